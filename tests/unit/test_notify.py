@@ -1,0 +1,128 @@
+"""Tests for mfcd.notify against a notify socket the test binds itself, as systemd (PID 1) does."""
+
+import os
+import socket
+import struct
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from mfcd.notify import notify, watchdog_interval
+
+_UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}, <linux/socket.h>
+
+
+@dataclass(frozen=True)
+class Received:
+    lines: list[str]
+    pid: int | None
+
+
+class NotifyListener:
+    """A datagram socket with SO_PASSCRED, bound where $NOTIFY_SOCKET will point."""
+
+    def __init__(self, sock: socket.socket, env_value: str) -> None:
+        self.sock = sock
+        self.env_value = env_value
+
+    def receive(self) -> Received:
+        data, ancdata, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(_UCRED.size))
+        pid = None
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, _uid, _gid = _UCRED.unpack(payload[: _UCRED.size])
+        return Received(data.decode("utf-8").split("\n"), pid)
+
+
+@pytest.fixture(params=["path", "abstract"])
+def listener(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[NotifyListener]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.settimeout(5)
+    # A short directory of our own: tmp_path can exceed the 108-byte sun_path limit.
+    with tempfile.TemporaryDirectory(prefix="mfcd-notify-") as tmp, sock:
+        if request.param == "path":
+            env_value = os.path.join(tmp, "notify")
+            sock.bind(env_value)
+        else:
+            name = f"mfcd-test-notify-{os.getpid()}-{id(sock)}"
+            sock.bind("\0" + name)
+            env_value = "@" + name
+        monkeypatch.setenv("NOTIFY_SOCKET", env_value)
+        yield NotifyListener(sock, env_value)
+
+
+def test_ready_and_status_arrive_as_one_datagram(listener: NotifyListener) -> None:
+    assert notify("READY=1\nSTATUS=listening on /run/mfcd/mfcd.sock")
+    received = listener.receive()
+    assert received.lines == ["READY=1", "STATUS=listening on /run/mfcd/mfcd.sock"]
+
+
+def test_sender_pid_is_ours(listener: NotifyListener) -> None:
+    # systemd's NotifyAccess=main accepts only datagrams whose credentials name the main pid.
+    assert notify("WATCHDOG=1")
+    assert listener.receive().pid == os.getpid()
+
+
+def test_each_call_is_a_separate_datagram(listener: NotifyListener) -> None:
+    for state in ("RELOADING=1", "READY=1", "STOPPING=1"):
+        assert notify(state)
+    assert [listener.receive().lines for _ in range(3)] == [
+        ["RELOADING=1"],
+        ["READY=1"],
+        ["STOPPING=1"],
+    ]
+
+
+def test_status_is_utf8(listener: NotifyListener) -> None:
+    assert notify("STATUS=3 routes · 2 interfaces")
+    assert listener.receive().lines == ["STATUS=3 routes · 2 interfaces"]
+
+
+def test_no_notify_socket_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", "")
+    assert notify("READY=1") is False
+
+
+@pytest.mark.parametrize("value", ["relative/notify", "vsock:2:1234"])
+def test_unsupported_address_is_ignored(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("NOTIFY_SOCKET", value)
+    assert notify("READY=1") is False
+
+
+def test_unreachable_socket_reports_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    with tempfile.TemporaryDirectory(prefix="mfcd-notify-") as tmp:
+        monkeypatch.setenv("NOTIFY_SOCKET", os.path.join(tmp, "nobody-listens"))
+        assert notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", f"@mfcd-test-nobody-{os.getpid()}")
+    assert notify("READY=1") is False
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert watchdog_interval() == 15.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval() == 15.0
+
+
+def test_watchdog_meant_for_another_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "30000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert watchdog_interval() is None
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "-5", "abc", "1.5"])
+def test_watchdog_disabled_or_malformed(monkeypatch: pytest.MonkeyPatch, value: str | None) -> None:
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    if value is None:
+        monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_USEC", value)
+    assert watchdog_interval() is None
