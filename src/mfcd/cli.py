@@ -1,0 +1,591 @@
+"""mfcctl, the command-line client: builds a request, sends it to mfcd, prints the answer.
+
+It imports only the standard library and mfcd.protocol (no asyncio, logging or
+dataclasses) so that it starts in a few milliseconds; a test guards that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from mfcd import __version__, protocol
+
+EXIT_CODES_HELP = """\
+exit status:
+  0  success
+  1  the daemon rejected the request (invalid argument, VIF limit, ...)
+  2  usage error (bad command line or batch file)
+  3  cannot reach mfcd (not running, or shutting down)
+  4  permission denied on the control socket
+  5  the route does not exist
+  6  the kernel or the state file refused the change (nothing was changed)
+  7  protocol or internal error
+"""
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with an exit status."""
+
+    def __init__(self, message: str, status: int, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+# --- talking to the daemon -----------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, path: str, verbose: bool = False, stderr: TextIO = sys.stderr) -> None:
+        self.path = path
+        self.verbose = verbose
+        self.stderr = stderr
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self._next_id = 1
+
+    def _connect(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise CliError(
+                f"cannot reach mfcd at {self.path}: nothing is listening — start it with"
+                " `systemctl start mfc_daemon` or `mfcd`",
+                protocol.EXIT_UNREACHABLE,
+            ) from None
+        except PermissionError:
+            sock.close()
+            raise CliError(
+                f"cannot reach mfcd at {self.path}: permission denied — be root or a member"
+                " of group mfc",
+                protocol.EXIT_PERMISSION,
+            ) from None
+        except OSError as e:
+            sock.close()
+            raise CliError(
+                f"cannot reach mfcd at {self.path}: {e.strerror}", protocol.EXIT_UNREACHABLE
+            ) from None
+        self._sock = sock
+        return sock
+
+    def call(self, cmd: str, args: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        """Send one request; return its result or raise CliError with the daemon's message."""
+        sock = self._connect()
+        request = protocol.encode_request(cmd, args, self._next_id, dry_run)
+        self._next_id += 1
+        if self.verbose:
+            print(f"> {_clip(request)}", file=self.stderr)
+        started = time.perf_counter()
+        try:
+            sock.sendall(request)
+            line = self._read_line(sock)
+        except OSError as e:
+            raise CliError(
+                f"lost the connection to mfcd: {e.strerror}", protocol.EXIT_UNREACHABLE
+            ) from None
+        elapsed = time.perf_counter() - started
+        if self.verbose:
+            print(f"< {_clip(line)}", file=self.stderr)
+            print(f"round trip {elapsed * 1000:.2f} ms", file=self.stderr)
+        try:
+            response = protocol.decode(line)
+        except ValueError:
+            raise CliError(
+                "mfcd sent a response that is not JSON", protocol.EXIT_PROTOCOL
+            ) from None
+        if response.get("ok"):
+            result: dict[str, Any] = response.get("result", {})
+            return result
+        error = response.get("error") or {}
+        code = str(error.get("code", "internal_error"))
+        status = protocol.ERROR_EXIT.get(code, protocol.EXIT_PROTOCOL)
+        raise CliError(str(error.get("message", "request failed")), status, code)
+
+    def _read_line(self, sock: socket.socket) -> bytes:
+        chunks = [self._buffer]
+        data = self._buffer
+        while b"\n" not in data:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise CliError(
+                    "mfcd closed the connection without answering (is it shutting down?)",
+                    protocol.EXIT_UNREACHABLE,
+                )
+            chunks.append(data)
+        joined = b"".join(chunks)
+        line, _, self._buffer = joined.partition(b"\n")
+        return line
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _clip(data: bytes, limit: int = 2000) -> str:
+    text = data.decode(errors="replace").rstrip("\n")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} bytes)"
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def _split_oifs(values: list[str]) -> list[str]:
+    return [name for value in values for name in value.split(",") if name]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mfcctl",
+        description="Control mfcd, the multicast routing daemon: add, delete and show"
+        " multicast routes (IPv4 and IPv6), VIF settings and statistics.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=os.environ.get(protocol.SOCKET_ENV, protocol.DEFAULT_SOCKET),
+        help=f"mfcd's control socket (default ${protocol.SOCKET_ENV} or {protocol.DEFAULT_SOCKET})",
+    )
+    _output_option(parser, "table")
+    parser.add_argument(
+        "-n",
+        "--dry-run",
+        action="store_true",
+        help="validate and show what the daemon would do, change nothing",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the request, the response and the round-trip time to stderr",
+    )
+    parser.add_argument("--version", action="version", version=f"mfcctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    mfc = sub.add_parser("mfc", help="add or delete multicast routes (MFC entries)")
+    mfc_sub = mfc.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = mfc_sub.add_parser(
+        "add",
+        help="add or replace the route for (source, group)",
+        description="Add the route for (SOURCE, GROUP), or replace it if one exists. Packets"
+        " from SOURCE to GROUP that arrive on IIF are forwarded out of every OIF. A route"
+        " naming an interface that does not exist yet is kept as pending and installed when"
+        " the interface appears.",
+    )
+    _key_options(add)
+    add.add_argument("--iif", required=True, metavar="IFNAME", help="incoming interface")
+    add.add_argument(
+        "--oifs",
+        required=True,
+        nargs="+",
+        metavar="IFNAME",
+        help="outgoing interfaces, comma- or space-separated",
+    )
+    _output_option(add)
+    delete = mfc_sub.add_parser("del", help="delete the route for (source, group)")
+    _key_options(delete)
+    _output_option(delete)
+
+    show = sub.add_parser("show", help="show VIFs and routes (IPv4 and IPv6)")
+    show.add_argument(
+        "-s",
+        "--stats",
+        action="store_true",
+        help="include packet, byte and wrong-interface counters from the kernel",
+    )
+    show.add_argument(
+        "-w",
+        "--watch",
+        type=float,
+        metavar="SECONDS",
+        help="refresh every SECONDS and show rates (implies --stats; Ctrl-C to stop)",
+    )
+    _output_option(show)
+
+    batch = sub.add_parser(
+        "batch",
+        help="apply many route changes from a file as one transaction",
+        description="Read `mfc add ...` and `mfc del ...` lines (the same options as on the"
+        " command line; `#` starts a comment) from FILE, or stdin for `-`, and apply them all"
+        " as one all-or-nothing transaction.",
+    )
+    batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
+    _output_option(batch)
+
+    vif = sub.add_parser("vif", help="show VIFs or change per-interface settings")
+    vif_sub = vif.add_subparsers(dest="action", metavar="ACTION", required=True)
+    vif_set = vif_sub.add_parser(
+        "set",
+        help="change an interface's settings (kept across restarts)",
+        description="Change an interface's settings. They are saved, apply to its VIF now and"
+        " whenever it is created again.",
+    )
+    vif_set.add_argument("interface", metavar="IFNAME")
+    vif_set.add_argument(
+        "--threshold",
+        type=int,
+        required=True,
+        metavar="TTL",
+        help="IPv4 TTL threshold: forward out of this interface only packets whose TTL is"
+        " greater than TTL (1-255, default 1). Linux ignores it for IPv6.",
+    )
+    _output_option(vif_set)
+    vif_show = vif_sub.add_parser("show", help="show VIFs and interface settings")
+    vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
+    _output_option(vif_show)
+
+    ping = sub.add_parser("ping", help="check that mfcd answers; print its version")
+    _output_option(ping)
+    return parser
+
+
+def _key_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True, metavar="ADDR", help="unicast source address")
+    parser.add_argument("--group", required=True, metavar="ADDR", help="multicast group address")
+
+
+def _output_option(parser: argparse.ArgumentParser, default: str = argparse.SUPPRESS) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default=default,
+        help="output format (default table)",
+    )
+
+
+# --- batch files ---------------------------------------------------------------------------------
+
+
+def parse_batch(lines: Sequence[str], name: str) -> list[dict[str, Any]]:
+    """Parse batch lines into protocol ops; raise CliError naming the file and line."""
+    ops = []
+    for lineno, raw in enumerate(lines, 1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        try:
+            ops.append(_batch_line(words))
+        except ValueError as e:
+            raise CliError(f"{name}:{lineno}: {e}", protocol.EXIT_USAGE) from None
+    return ops
+
+
+def _batch_line(words: list[str]) -> dict[str, Any]:
+    if words[0] == "mfc":
+        words = words[1:]
+    if not words or words[0] not in ("add", "del"):
+        raise ValueError("expected `mfc add ...` or `mfc del ...`")
+    kind, rest = words[0], words[1:]
+    values: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for word in rest:
+        if word.startswith("--"):
+            flag = word[2:]
+            if flag not in ("source", "group", "iif", "oifs") or flag in values:
+                raise ValueError(f"unexpected option {word}")
+            current = values[flag] = []
+        elif current is None:
+            raise ValueError(f"unexpected word {word!r}")
+        else:
+            current.append(word)
+    wanted = ("source", "group", "iif", "oifs") if kind == "add" else ("source", "group")
+    for flag in wanted:
+        if not values.get(flag):
+            raise ValueError(f"`mfc {kind}` needs --{flag}")
+    for flag, given in values.items():
+        if flag not in wanted:
+            raise ValueError(f"`mfc {kind}` takes no --{flag}")
+        if flag != "oifs" and len(given) != 1:
+            raise ValueError(f"--{flag} takes one value")
+    op: dict[str, Any] = {"op": kind, "source": values["source"][0], "group": values["group"][0]}
+    if kind == "add":
+        op["iif"] = values["iif"][0]
+        op["oifs"] = _split_oifs(values["oifs"])
+    return op
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def table(rows: list[list[str]], right: frozenset[int] | set[int] = frozenset()) -> list[str]:
+    """Align columns; `right` holds the indexes of numeric columns."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    out = []
+    for row in rows:
+        cells = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def _human(n: float) -> str:
+    for unit in ("", "k", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}P"
+
+
+def format_show(result: dict[str, Any], width: int, rates: dict[str, Any] | None = None) -> str:
+    lines: list[str] = []
+    vifs = result.get("vifs", [])
+    stats = any("stats" in v for v in vifs) or any("stats" in r for r in result.get("routes", []))
+    lines.append(f"VIFs ({len(vifs)})")
+    header = ["FAMILY", "VIF", "INTERFACE", "IFINDEX", "THRESHOLD", "ROUTES"]
+    if stats:
+        header += ["PKTS IN", "PKTS OUT", "BYTES IN", "BYTES OUT"]
+    rows = [header]
+    for v in vifs:
+        row = [
+            v["family"],
+            str(v["vif"]),
+            v["interface"],
+            str(v["ifindex"]) if v["present"] else "absent",
+            str(v["threshold"]),
+            str(v["routes"]),
+        ]
+        if stats:
+            s = v.get("stats", {})
+            row += [
+                _human(s.get("packets_in", 0)),
+                _human(s.get("packets_out", 0)),
+                _human(s.get("bytes_in", 0)),
+                _human(s.get("bytes_out", 0)),
+            ]
+        rows.append(row)
+    lines += table(rows, right={1, 3, 4, 5, 6, 7, 8, 9}) if vifs else ["  (none)"]
+    lines.append("")
+    lines += format_routes(result.get("routes", []), width, stats, rates)
+    return "\n".join(lines)
+
+
+def _state(route: dict[str, Any]) -> str:
+    state = str(route["state"])
+    if route.get("reason"):
+        state += f" ({route['reason']})"
+    return state
+
+
+def format_routes(
+    routes: list[dict[str, Any]], width: int, stats: bool, rates: dict[str, Any] | None
+) -> list[str]:
+    lines = [f"Routes ({len(routes)})"]
+    if not routes:
+        return [*lines, "  (none)"]
+    header = ["SOURCE", "GROUP", "IIF", "OIFS", "STATE"]
+    if stats:
+        header += ["PACKETS", "BYTES", "WRONG IF"] + (["PKT/S", "BIT/S"] if rates else [])
+    rows = [header]
+    for r in routes:
+        row = [r["source"], r["group"], r["iif"], ",".join(r["oifs"]), _state(r)]
+        if stats:
+            s = r.get("stats", {})
+            row += [
+                _human(s.get("packets", 0)),
+                _human(s.get("bytes", 0)),
+                _human(s.get("wrong_if", 0)),
+            ]
+            if rates:
+                pps, bps = rates.get(f"{r['source']} {r['group']}", (0.0, 0.0))
+                row += [_human(pps), _human(bps)]
+        rows.append(row)
+    numeric = set(range(5, len(header)))
+    aligned = table(rows, right=numeric)
+    if max(len(line) for line in aligned) <= width:
+        return lines + aligned
+    # Too wide (long IPv6 addresses or names): one block per route instead of a table.
+    for row in rows[1:]:
+        lines.append(f"{row[0]} -> {row[1]}")
+        detail = f"    iif {row[2]}  oifs {row[3]}  {row[4]}"
+        if stats:
+            detail += "  " + "  ".join(
+                f"{h.lower()} {v}" for h, v in zip(header[5:], row[5:], strict=True)
+            )
+        lines.append(detail)
+    return lines
+
+
+def format_plan(result: dict[str, Any]) -> str:
+    plan = result.get("plan", [])
+    if not plan:
+        return "no kernel changes needed"
+    out = []
+    for step in plan:
+        action = step["action"].replace("_", " ")
+        fam = step["family"]
+        if "vif" in step:
+            out.append(f"{action} {fam} VIF {step['vif']} ({step['interface']})")
+        elif "parent" in step:
+            oifs = ",".join(str(v) for v in step["oifs"])
+            out.append(
+                f"{action} {fam} {step['source']} -> {step['group']}"
+                f" iif VIF {step['parent']} oifs VIF {oifs}"
+            )
+        else:
+            out.append(f"{action} {fam} {step['source']} -> {step['group']}")
+    return "\n".join(out)
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
+        self.args = args
+        self.stdout = stdout
+        self.stderr = stderr
+        self.client = Client(args.socket, args.verbose, stderr)
+        self.json = args.output == "json"
+
+    def emit(self, result: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:
+        if self.json:
+            self.stdout.write(json.dumps(result, indent=2) + "\n")
+        else:
+            out = text(result)
+            if out:
+                self.stdout.write(out + "\n")
+
+    def change(self, cmd: str, args: dict[str, Any]) -> int:
+        result = self.client.call(cmd, args, dry_run=self.args.dry_run)
+        self.emit(result, self._change_text)
+        return protocol.EXIT_OK
+
+    def _change_text(self, result: dict[str, Any]) -> str:
+        if result.get("dry_run"):
+            return "dry run, nothing changed; mfcd would:\n" + _indent(format_plan(result))
+        if self.args.verbose:
+            return format_plan(result)
+        if result.get("state") in ("pending", "degraded"):
+            return f"route {result['state']}: {result.get('reason', '')}"
+        return ""
+
+    def run(self) -> int:
+        a = self.args
+        if a.command == "mfc":
+            args = {"source": a.source, "group": a.group}
+            if a.action == "add":
+                args.update(iif=a.iif, oifs=_split_oifs(a.oifs))
+            return self.change(f"mfc.{a.action}", args)
+        if a.command == "batch":
+            return self.change("batch", {"ops": self._read_batch(a.file)})
+        if a.command == "vif" and a.action == "set":
+            return self.change("vif.set", {"interface": a.interface, "threshold": a.threshold})
+        if a.command == "vif":
+            result = self.client.call("vif.show", {"stats": a.stats})
+            self.emit(result, lambda r: format_show(r | {"routes": []}, _width()).split("\n\n")[0])
+            return protocol.EXIT_OK
+        if a.command == "ping":
+            result = self.client.call("ping", {})
+            self.emit(result, lambda r: f"mfcd {r['version']} (pid {r['pid']}) is running")
+            return protocol.EXIT_OK
+        if a.watch is not None:
+            return self.watch(a.watch)
+        result = self.client.call("show", {"stats": a.stats})
+        self.emit(result, lambda r: format_show(r, _width()))
+        return protocol.EXIT_OK
+
+    def _read_batch(self, name: str) -> list[dict[str, Any]]:
+        try:
+            if name == "-":
+                lines = sys.stdin.read().splitlines()
+            else:
+                with open(name, encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+        except OSError as e:
+            raise CliError(f"cannot read {name}: {e.strerror}", protocol.EXIT_USAGE) from None
+        return parse_batch(lines, "stdin" if name == "-" else name)
+
+    def watch(self, interval: float) -> int:
+        if interval <= 0:
+            raise CliError("--watch needs a positive number of seconds", protocol.EXIT_USAGE)
+        previous: dict[str, tuple[int, int]] = {}
+        last = 0.0
+        try:
+            while True:
+                result = self.client.call("show", {"stats": True})
+                now = time.monotonic()
+                rates = _rates(result, previous, now - last if last else 0.0)
+                last = now
+                if self.json:
+                    result["rates"] = {k: {"pps": p, "bps": b} for k, (p, b) in rates.items()}
+                    self.stdout.write(json.dumps(result, separators=(",", ":")) + "\n")
+                else:
+                    if self.stdout.isatty():
+                        self.stdout.write("\x1b[H\x1b[2J")
+                    stamp = time.strftime("%H:%M:%S")
+                    self.stdout.write(f"every {interval:g} s, {stamp}\n\n")
+                    self.stdout.write(format_show(result, _width(), rates) + "\n")
+                self.stdout.flush()
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return protocol.EXIT_OK
+
+
+def _rates(
+    result: dict[str, Any], previous: dict[str, tuple[int, int]], elapsed: float
+) -> dict[str, tuple[float, float]]:
+    rates = {}
+    for r in result.get("routes", []):
+        key = f"{r['source']} {r['group']}"
+        s = r.get("stats", {})
+        now = (s.get("packets", 0), s.get("bytes", 0))
+        if elapsed > 0 and key in previous:
+            packets, nbytes = previous[key]
+            rates[key] = (max(0, now[0] - packets) / elapsed, max(0, now[1] - nbytes) * 8 / elapsed)
+        previous[key] = now
+    return rates
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def _width() -> int:
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def main(
+    argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    cli = Cli(args, out, err)
+    try:
+        return cli.run()
+    except CliError as e:
+        if cli.json and e.code:
+            out.write(json.dumps({"error": {"code": e.code, "message": str(e)}}) + "\n")
+        print(f"mfcctl: {e}", file=err)
+        return e.status
+    except BrokenPipeError:
+        return protocol.EXIT_OK
+    finally:
+        cli.client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

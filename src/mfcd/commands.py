@@ -1,0 +1,211 @@
+"""What each control-protocol command does: envelope checks, argument validation, dispatch, results.
+
+`handle()` turns one request line into one response line and never raises: every
+failure becomes an error response with a stable code.  Validation happens in full
+before the controller is called, so a rejected request changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mfcd import __version__, protocol, validate
+from mfcd.controller import (
+    FAMILY_NAMES,
+    AddRoute,
+    Change,
+    Controller,
+    DelRoute,
+    SetThreshold,
+    describe_step,
+)
+from mfcd.errors import BadRequest, InvalidArgument, MfcdError, UnsupportedVersion
+from mfcd.model import Step
+
+log = logging.getLogger("mfcd")
+
+ENVELOPE_FIELDS = {"v", "id", "cmd", "args", "dry_run"}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who sent a request (SO_PEERCRED), for the log."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"uid={self.uid} pid={self.pid}"
+
+
+class Commands:
+    def __init__(self, controller: Controller, families: tuple[int, ...]) -> None:
+        self.controller = controller
+        self.families = families
+        self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
+            "ping": self.ping,
+            "show": self.show,
+            "mfc.add": self.mfc_add,
+            "mfc.del": self.mfc_del,
+            "batch": self.batch,
+            "vif.set": self.vif_set,
+            "vif.show": self.vif_show,
+        }
+
+    def handle(self, line: bytes, peer: Peer) -> bytes:
+        request_id: Any = None
+        try:
+            try:
+                msg = protocol.decode(line)
+            except ValueError as e:
+                raise BadRequest(f"request is not a JSON object: {e}") from None
+            request_id = msg.get("id")
+            if not isinstance(request_id, (int, str, type(None))) or isinstance(request_id, bool):
+                request_id = None
+                raise BadRequest("id must be an integer or a string", field="id")
+            cmd, args, dry_run = self._envelope(msg)
+            return protocol.encode_result(request_id, self.table[cmd](args, dry_run, peer))
+        except MfcdError as e:
+            if e.code not in ("not_found",):
+                log.debug("%s: rejected: %s", peer, e)
+            return protocol.encode_error(request_id, e.code, str(e), e.field)
+        except Exception as e:  # a bug; keep serving everyone else
+            log.exception("internal error while handling a request from %s", peer)
+            return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
+
+    def _envelope(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
+        unknown = set(msg) - ENVELOPE_FIELDS
+        if unknown:
+            raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in request")
+        if msg.get("v") != protocol.PROTOCOL_VERSION:
+            raise UnsupportedVersion(
+                f"protocol version {msg.get('v')!r} is not supported; this mfcd speaks"
+                f" version {protocol.PROTOCOL_VERSION} (upgrade mfcctl and mfcd together)"
+            )
+        cmd = msg.get("cmd")
+        if not isinstance(cmd, str) or cmd not in self.table:
+            raise BadRequest(f"unknown command {cmd!r}", field="cmd")
+        args = msg.get("args", {})
+        if not isinstance(args, dict):
+            raise BadRequest("args must be a JSON object", field="args")
+        dry_run = msg.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest("dry_run must be true or false", field="dry_run")
+        return cmd, args, dry_run
+
+    # --- commands --------------------------------------------------------------------------------
+
+    def ping(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, ())
+        return {
+            "version": __version__,
+            "protocol": protocol.PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "families": [FAMILY_NAMES[f] for f in self.families],
+        }
+
+    def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, (), ("stats",))
+        return self.controller.show(stats=_flag(args, "stats"))
+
+    def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, (), ("stats",))
+        shown = self.controller.show(stats=_flag(args, "stats"))
+        thresholds = self.controller.router.thresholds
+        return {
+            "schema": shown["schema"],
+            "vifs": shown["vifs"],
+            "settings": [{"interface": n, "threshold": t} for n, t in sorted(thresholds.items())],
+            "max_vifs": shown["max_vifs"],
+        }
+
+    def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        route = validate.route(args)
+        self._check_family(route.family)
+        return self._change([AddRoute(route)], dry_run, peer, "mfc.add", args)
+
+    def mfc_del(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        key = validate.key(args)
+        self._check_family(key[0])
+        return self._change([DelRoute(key)], dry_run, peer, "mfc.del", args)
+
+    def vif_set(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, ("interface", "threshold"))
+        name = validate.interface(args["interface"], "interface")
+        change = SetThreshold(name, validate.threshold(args["threshold"]))
+        return self._change([change], dry_run, peer, "vif.set", args)
+
+    def batch(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, ("ops",))
+        ops = args["ops"]
+        if not isinstance(ops, list):
+            raise BadRequest("ops must be a list", field="ops")
+        changes: list[Change] = []
+        for index, op in enumerate(ops):
+            try:
+                changes.append(self._batch_op(op))
+            except MfcdError as e:
+                e.args = (f"op {index + 1}: {e}",)
+                raise
+        return self._change(changes, dry_run, peer, "batch", {"ops": len(changes)})
+
+    def _batch_op(self, op: Any) -> Change:
+        if not isinstance(op, dict):
+            raise BadRequest("each op must be a JSON object")
+        kind = op.get("op")
+        fields = {k: v for k, v in op.items() if k != "op"}
+        if kind == "add":
+            route = validate.route(fields)
+            self._check_family(route.family)
+            return AddRoute(route)
+        if kind == "del":
+            key = validate.key(fields)
+            self._check_family(key[0])
+            return DelRoute(key)
+        raise BadRequest(f'op must be "add" or "del", not {kind!r}', field="op")
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _check_family(self, family: int) -> None:
+        if family not in self.families:
+            name = FAMILY_NAMES[family].replace("ip", "IP")
+            raise InvalidArgument(
+                f"{name} is disabled in this mfcd's configuration", field="source"
+            )
+
+    def _change(
+        self, changes: list[Change], dry_run: bool, peer: Peer, cmd: str, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        steps = self.controller.change(changes, dry_run=dry_run)
+        result: dict[str, Any] = {"dry_run": dry_run, "plan": [describe_step(s) for s in steps]}
+        routes = [c.route for c in changes if isinstance(c, AddRoute)]
+        if len(routes) == 1 and not dry_run:
+            status = self.controller.router.status(routes[0].key)
+            result["state"] = status.state
+            if status.reason:
+                result["reason"] = status.reason
+        if not dry_run:
+            log.info("%s %s %s: %s", peer, cmd, _summary(args), _outcome(steps))
+        return result
+
+
+def _flag(args: dict[str, Any], name: str) -> bool:
+    value = args.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false", field=name)
+    return value
+
+
+def _summary(args: dict[str, Any]) -> str:
+    return " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in args.items())
+
+
+def _outcome(steps: list[Step]) -> str:
+    if not steps:
+        return "no kernel change"
+    return f"{len(steps)} kernel operation{'s' if len(steps) != 1 else ''}"

@@ -1,0 +1,259 @@
+"""Applies validated changes all-or-nothing: model plan, then kernel, then the durable journal.
+
+The controller owns the order that makes a change safe: the model computes the
+kernel steps inside a transaction; the kernel applies them (undoing its own
+partial work on failure); the journal records the change durably; only then is
+the model transaction committed and the client answered.  If any stage fails,
+every earlier stage is undone, so memory, kernel and state file never disagree.
+Kernel and state file are injected, so all of this is unit-tested with fakes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mfcd.errors import KernelError, StateError
+from mfcd.kernel import SgCounters, VifCounters
+from mfcd.model import MAXVIFS, AddMfc, AddVif, DelMfc, DelVif, Route, RouteKey, Router, Step
+from mfcd.state import Loaded, Op, route_op
+
+log = logging.getLogger("mfcd")
+
+FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
+SHOW_SCHEMA = 1
+
+
+class KernelLike(Protocol):
+    def execute(self, steps: Sequence[Step]) -> None: ...
+    def undo(self, steps: Sequence[Step]) -> list[KernelError]: ...
+    def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None: ...
+    def vif_counters(self, family: int, vifi: int) -> VifCounters | None: ...
+
+
+class StateLike(Protocol):
+    ops_since_snapshot: int
+
+    def append(self, ops: list[Op]) -> None: ...
+    def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AddRoute:
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
+class DelRoute:
+    key: RouteKey
+
+
+@dataclass(frozen=True, slots=True)
+class SetThreshold:
+    interface: str
+    threshold: int
+
+
+Change = AddRoute | DelRoute | SetThreshold
+
+
+def _op(change: Change) -> Op:
+    match change:
+        case AddRoute(route):
+            return route_op(route)
+        case DelRoute((family, source, group)):
+            return ["del", family, source, group]
+        case SetThreshold(interface, threshold):
+            return ["threshold", interface, threshold]
+
+
+def describe_step(step: Step) -> dict[str, Any]:
+    """A step as shown to people and programs (dry-run plans, verbose results)."""
+    op = step.op
+    out: dict[str, Any] = {"action": step.action, "family": FAMILY_NAMES[op.family]}
+    match op:
+        case AddVif() | DelVif():
+            out.update(vif=op.vifi, interface=op.interface)
+        case AddMfc():
+            out.update(source=op.source, group=op.group, parent=op.parent)
+            out["oifs"] = [vifi for vifi, _ in op.oifs]
+        case DelMfc():
+            out.update(source=op.source, group=op.group)
+    return out
+
+
+class Controller:
+    def __init__(self, kernel: KernelLike, state: StateLike, router: Router | None = None) -> None:
+        self.kernel = kernel
+        self.state = state
+        self.router = router or Router()
+
+    # --- start-up --------------------------------------------------------------------------------
+
+    def restore(self, loaded: Loaded, links: dict[str, int]) -> None:
+        """Install the saved routes for the interfaces that exist; the others stay pending."""
+        router = self.router
+        router.begin()
+        try:
+            router.thresholds.update(loaded.thresholds)
+            steps: list[Step] = []
+            for name, ifindex in links.items():
+                steps += router.link_up(name, ifindex)
+            for route in loaded.routes.values():
+                steps += router.restore(route)
+            self.kernel.execute(steps)
+        except KernelError as e:
+            router.rollback()
+            log.warning("restoring all routes at once failed (%s); restoring one by one", e)
+            self._restore_one_by_one(loaded, links)
+            return
+        router.commit()
+
+    def _restore_one_by_one(self, loaded: Loaded, links: dict[str, int]) -> None:
+        router = self.router
+        router.begin()
+        router.thresholds.update(loaded.thresholds)
+        for name, ifindex in links.items():
+            router.link_up(name, ifindex)
+        router.commit()
+        for route in loaded.routes.values():
+            self._apply_quietly(f"restore {route.source} -> {route.group}", router.restore, route)
+
+    # --- client changes --------------------------------------------------------------------------
+
+    def change(self, changes: Sequence[Change], dry_run: bool = False) -> list[Step]:
+        """Apply changes as one transaction; return the kernel steps taken (or planned)."""
+        router = self.router
+        router.begin()
+        try:
+            steps: list[Step] = []
+            for change in changes:
+                match change:
+                    case AddRoute(route):
+                        steps += router.add_route(route)
+                    case DelRoute((family, source, group)):
+                        steps += router.del_route(family, source, group)
+                    case SetThreshold(interface, threshold):
+                        steps += router.set_threshold(interface, threshold)
+            if dry_run:
+                router.rollback()
+                return steps
+            self.kernel.execute(steps)
+            try:
+                self.state.append([_op(c) for c in changes])
+            except StateError:
+                self._undo_kernel(steps)
+                raise
+        except BaseException:
+            router.rollback()
+            raise
+        router.commit()
+        self._maybe_compact()
+        if router.blocked and any(isinstance(s.op, DelVif) for s in steps):
+            self._apply_quietly("install routes waiting for a free VIF", router.retry_blocked)
+        return steps
+
+    def _undo_kernel(self, steps: Sequence[Step]) -> None:
+        for failure in self.kernel.undo(steps):
+            log.error("rollback incomplete, kernel and mfcd may disagree: %s", failure)
+
+    def _maybe_compact(self) -> None:
+        # Compact once the journal holds as many ops as there are routes (and at least 10,000),
+        # so compaction's O(routes) cost is spread over O(routes) changes.
+        if self.state.ops_since_snapshot >= max(10_000, len(self.router.routes)):
+            self.compact()
+
+    def compact(self) -> None:
+        router = self.router
+        self.state.write_snapshot(list(router.routes.values()), dict(router.thresholds))
+
+    # --- interface events ------------------------------------------------------------------------
+
+    def link_up(self, interface: str, ifindex: int) -> list[Step]:
+        return self._apply_quietly(
+            f"interface {interface} up", self.router.link_up, interface, ifindex
+        )
+
+    def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
+        return self._apply_quietly(
+            f"interface {interface} gone", self.router.link_down, interface, kernel_dropped_vif
+        )
+
+    def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:
+        """Run a model method as its own transaction; log instead of raising (no client waits)."""
+        router = self.router
+        router.begin()
+        try:
+            steps: list[Step] = method(*args)
+            self.kernel.execute(steps)
+        except KernelError as e:
+            router.rollback()
+            log.error("%s: %s", what, e)
+            return []
+        router.commit()
+        for step in steps:
+            log.info("%s: %s", what, _step_text(step))
+        return steps
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def show(self, stats: bool = False) -> dict[str, Any]:
+        router = self.router
+        vifs = []
+        for vif in router.iter_vifs():
+            entry: dict[str, Any] = {
+                "family": FAMILY_NAMES[vif.family],
+                "vif": vif.vifi,
+                "interface": vif.interface,
+                "ifindex": vif.ifindex,
+                "present": vif.ifindex is not None,
+                "threshold": router.threshold(vif.interface),
+                "routes": len(vif.users),
+            }
+            if stats:
+                c = self.kernel.vif_counters(vif.family, vif.vifi) if vif.ifindex else None
+                entry["stats"] = {
+                    "packets_in": c.packets_in if c else 0,
+                    "packets_out": c.packets_out if c else 0,
+                    "bytes_in": c.bytes_in if c else 0,
+                    "bytes_out": c.bytes_out if c else 0,
+                }
+            vifs.append(entry)
+        routes = [self._route_json(r, stats) for r in router.routes.values()]
+        return {
+            "schema": SHOW_SCHEMA,
+            "vifs": vifs,
+            "routes": routes,
+            "max_vifs": MAXVIFS,
+        }
+
+    def _route_json(self, route: Route, stats: bool) -> dict[str, Any]:
+        status = self.router.status(route.key)
+        out: dict[str, Any] = {
+            "family": FAMILY_NAMES[route.family],
+            "source": route.source,
+            "group": route.group,
+            "iif": route.iif,
+            "oifs": list(route.oifs),
+            "state": status.state,
+        }
+        if status.state != "installed":
+            out["missing"] = list(status.missing)
+            out["reason"] = status.reason
+        if stats:
+            c = None
+            if route.key in self.router.installed:
+                c = self.kernel.sg_counters(route.family, route.source, route.group)
+            out["stats"] = {
+                "packets": c.packets if c else 0,
+                "bytes": c.bytes if c else 0,
+                "wrong_if": c.wrong_if if c else 0,
+            }
+        return out
+
+
+def _step_text(step: Step) -> str:
+    d = describe_step(step)
+    return " ".join(f"{k}={v}" for k, v in d.items())

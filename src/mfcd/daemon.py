@@ -1,0 +1,187 @@
+"""mfcd, the daemon: wires config, kernel, state file, control socket, signals and readiness.
+
+Start-up order matters: refuse early if another mfcd serves the socket; take the
+kernel's tables (MRT_INIT); load the state file and install its routes; only then
+listen and tell systemd READY=1, so a client never sees a half-restored daemon.
+Shutdown reverses it: stop taking requests, MRT_DONE (the kernel removes every VIF
+and route the daemon added), remove the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from mfcd import __version__, config, notify
+from mfcd.commands import Commands
+from mfcd.controller import Controller
+from mfcd.errors import MfcdError
+from mfcd.kernel import Kernel
+from mfcd.server import Server, bind_control_socket, socket_permissions
+from mfcd.state import StateFile
+
+log = logging.getLogger("mfcd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mfcd",
+        description=(
+            "Multicast routing daemon: owns the kernel's IPv4 and IPv6 multicast forwarding"
+            " cache, persists routes and serves mfcctl on a Unix socket. Runs in the foreground"
+            " and logs to stderr."
+        ),
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"configuration file (default {config.DEFAULT_PATH}; missing means defaults)",
+    )
+    parser.add_argument("--socket", metavar="PATH", help="control socket (overrides socket_path)")
+    parser.add_argument("--state-file", metavar="PATH", help="state file (overrides state_file)")
+    parser.add_argument(
+        "--log-level", choices=config.LOG_LEVELS, help="log verbosity (overrides log_level)"
+    )
+    parser.add_argument("--version", action="version", version=f"mfcd {__version__}")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd the journal adds timestamps and the unit name itself.
+    fmt = (
+        "%(levelname)s: %(message)s"
+        if "JOURNAL_STREAM" in os.environ
+        else ("%(asctime)s mfcd[%(process)d] %(levelname)s: %(message)s")
+    )
+    logging.basicConfig(stream=sys.stderr, format=fmt, level=level.upper(), force=True)
+
+
+def current_links() -> dict[str, int]:
+    return {name: index for index, name in socket.if_nameindex()}
+
+
+class Daemon:
+    def __init__(self, cfg: config.Config, config_path: str | None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        notify.notify("STATUS=starting")
+        listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
+        kernel = None
+        state = StateFile(cfg.state_file)
+        try:
+            kernel = Kernel(cfg.families)
+            loaded = state.load()
+            if loaded.torn_tail:
+                log.warning(
+                    "%s: ignored an incomplete last record (never acknowledged)", state.path
+                )
+            controller = Controller(kernel, state)
+            controller.restore(loaded, current_links())
+            if state.ops_since_snapshot or not os.path.exists(cfg.state_file):
+                controller.compact()
+            await self._serve(controller, kernel, listener)
+        finally:
+            listener.close()
+            if kernel is not None:
+                kernel.close()
+            state.close()
+
+    async def _serve(self, controller: Controller, kernel: Kernel, listener: socket.socket) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        for sock in kernel.sockets.values():
+            loop.add_reader(sock.fileno(), sock.drain)
+        server = Server(
+            Commands(controller, cfg.families),
+            cfg.socket_path,
+            cfg.client_timeout,
+            cfg.max_request_bytes,
+        )
+        await server.start(listener)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        routes = controller.router.routes
+        installed = len(controller.router.installed)
+        status = f"{installed} of {len(routes)} routes installed"
+        log.info("mfcd %s ready on %s: %s", __version__, cfg.socket_path, status)
+        notify.notify(f"READY=1\nSTATUS={status}")
+        watchdog = asyncio.create_task(self._watchdog())
+        await self.stopping.wait()
+        log.info("stopping: removing routes from the kernel")
+        notify.notify("STOPPING=1\nSTATUS=stopping")
+        watchdog.cancel()
+        await server.stop()
+        for sock in kernel.sockets.values():
+            loop.remove_reader(sock.fileno())
+
+    async def _watchdog(self) -> None:
+        interval = notify.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            notify.notify("WATCHDOG=1")
+            await asyncio.sleep(interval / 2)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; apply what can change while running."""
+        try:
+            new = config.load(self.config_path)
+        except MfcdError as e:
+            log.error("reload failed, keeping the running configuration: %s", e)
+            return
+        new = config.override(new, socket_path=self.cfg.socket_path, state_file=self.cfg.state_file)
+        if new.families != self.cfg.families:
+            log.warning("reload: changing ipv4/ipv6 needs a restart; keeping the running families")
+        logging.getLogger().setLevel(new.log_level.upper())
+        try:
+            if new.socket_group != self.cfg.socket_group or new.socket_mode != self.cfg.socket_mode:
+                socket_permissions(self.cfg.socket_path, new.socket_group, new.socket_mode)
+        except MfcdError as e:
+            log.error("reload: %s", e)
+            return
+        self.cfg = new
+        log.info("configuration reloaded from %s", self.config_path or config.DEFAULT_PATH)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config.load(args.config)
+        cfg = config.override(
+            cfg, socket_path=args.socket, state_file=args.state_file, log_level=args.log_level
+        )
+        cfg = config.override(
+            cfg,
+            socket_path=os.path.abspath(cfg.socket_path),
+            state_file=os.path.abspath(cfg.state_file),
+        )
+    except MfcdError as e:
+        print(f"mfcd: {e}", file=sys.stderr)
+        return 1
+    setup_logging(cfg.log_level)
+    daemon = Daemon(cfg, args.config)
+    try:
+        asyncio.run(daemon.run())
+    except MfcdError as e:
+        log.error("%s", e)
+        notify.notify(f"STATUS=failed: {e}")
+        return 1
+    except KeyboardInterrupt:
+        pass
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

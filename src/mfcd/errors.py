@@ -1,0 +1,63 @@
+"""The daemon's error hierarchy; each error carries the stable protocol code it is reported with."""
+
+from __future__ import annotations
+
+
+class MfcdError(Exception):
+    """A failure a client or operator can act on; `str()` is the one-line message."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BadRequest(MfcdError):
+    code = "bad_request"
+
+
+class UnsupportedVersion(MfcdError):
+    code = "unsupported_version"
+
+
+class InvalidArgument(MfcdError):
+    code = "invalid_argument"
+
+
+class NotFound(MfcdError):
+    code = "not_found"
+
+
+class VifLimit(MfcdError):
+    code = "vif_limit"
+
+
+class TooLarge(MfcdError):
+    code = "too_large"
+
+
+class KernelError(MfcdError):
+    """The kernel refused an operation; carries the operation and errno."""
+
+    code = "kernel_error"
+
+    def __init__(self, message: str, operation: str, errno: int) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.errno = errno
+        self.undo_failures: list[KernelError] = []  # set when rolling back also failed
+
+
+class StateError(MfcdError):
+    """The state file could not be read or written."""
+
+    code = "state_error"
+
+
+class ConfigError(MfcdError):
+    code = "config_error"
+
+
+class ShuttingDown(MfcdError):
+    code = "shutting_down"

@@ -1,0 +1,461 @@
+"""The routing model: desired routes, VIF allocation and the kernel operations they need (no I/O).
+
+Theory of operation
+-------------------
+The daemon keeps *desired* routes, one per (family, source, group).  A route is
+*installed* when every interface it names exists: the model then holds a VIF for
+each of those interfaces and an MFC entry in the kernel.  A route naming an
+interface that does not exist is *pending*; it is installed the moment the last
+missing interface appears.  An installed route whose interface disappears is
+*degraded*: the kernel removed the VIF by itself, the MFC entry stays, and the
+VIF index stays reserved for that interface name so that when the interface is
+re-created the same VIF index is added again and the entry is re-issued.  A VIF
+index is never handed to another interface while an entry refers to it.
+
+Every mutating method returns the kernel operations (`Step`s, each paired with
+the operation that undoes it) in the order the kernel needs them: VIFs before
+the MFC entries that use them (the kernel silently drops an oif that is not yet
+a VIF), and MFC entries removed before their VIFs are released.
+
+Mutations happen inside a transaction: `begin()` starts an undo log, `rollback()`
+restores every dict, set and field that changed, `commit()` drops the log.  The
+log records only what changed, so a transaction costs O(its own changes), never
+O(number of routes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mfcd.errors import InvalidArgument, NotFound, VifLimit
+
+MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
+DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
+
+RouteKey = tuple[int, str, str]  # (family 4|6, source, group), addresses in canonical text form
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A desired (S,G) route: packets from `source` to `group` arriving on `iif` leave on `oifs`."""
+
+    family: int
+    source: str
+    group: str
+    iif: str
+    oifs: tuple[str, ...]
+
+    @property
+    def key(self) -> RouteKey:
+        return (self.family, self.source, self.group)
+
+    @property
+    def interfaces(self) -> tuple[str, ...]:
+        return (self.iif, *self.oifs)
+
+
+# --- kernel operations -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AddVif:
+    family: int
+    vifi: int
+    interface: str
+    ifindex: int
+    threshold: int
+
+
+@dataclass(frozen=True, slots=True)
+class DelVif:
+    family: int
+    vifi: int
+    interface: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddMfc:
+    """Write an MFC entry; the kernel replaces an existing (S,G) in place, keeping its counters."""
+
+    family: int
+    source: str
+    group: str
+    parent: int
+    oifs: tuple[tuple[int, int], ...]  # (vif index, TTL threshold), sorted by vif index
+
+
+@dataclass(frozen=True, slots=True)
+class DelMfc:
+    family: int
+    source: str
+    group: str
+
+
+KernelOp = AddVif | DelVif | AddMfc | DelMfc
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One kernel operation, the operation that undoes it, and what it means for a reader."""
+
+    op: KernelOp
+    undo: KernelOp
+    action: str  # add_vif, del_vif, add_mfc, replace_mfc, del_mfc, readd_vif, reissue_mfc
+
+
+@dataclass(slots=True)
+class Vif:
+    """A VIF (IPv4) or MIF (IPv6) the model owns; ifindex is None while its interface is absent."""
+
+    family: int
+    vifi: int
+    interface: str
+    ifindex: int | None
+    users: set[RouteKey] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStatus:
+    state: str  # installed | degraded | pending
+    missing: tuple[str, ...]  # interfaces that do not exist now
+    reason: str  # empty when installed
+
+
+_MISSING: Any = object()
+
+
+class _UndoLog:
+    """Records the old value of every dict slot, set member and attribute a transaction changes."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, Any, Any, Any]] = []
+
+    def rollback(self, to: int = 0) -> None:
+        """Undo every change recorded after the first `to` entries."""
+        entries = self.entries
+        while len(entries) > to:
+            kind, target, key, old = entries.pop()
+            if kind == 0:  # dict slot
+                if old is _MISSING:
+                    target.pop(key, None)
+                else:
+                    target[key] = old
+            elif kind == 1:  # set member
+                if old:
+                    target.add(key)
+                else:
+                    target.discard(key)
+            elif isinstance(target, list):  # list slot
+                target[key] = old
+            else:  # attribute
+                setattr(target, key, old)
+
+
+class Router:
+    """Desired routes of both families, the VIFs that serve them, and the interfaces that exist."""
+
+    def __init__(self) -> None:
+        self.routes: dict[RouteKey, Route] = {}
+        self.installed: dict[
+            RouteKey, AddMfc
+        ] = {}  # what the kernel holds for each installed route
+        self.vifs: dict[tuple[int, str], Vif] = {}
+        self.slots: dict[int, list[str | None]] = {4: [None] * MAXVIFS, 6: [None] * MAXVIFS}
+        self.links: dict[str, int] = {}  # interfaces that exist now: name -> ifindex
+        self.waiting: dict[str, set[RouteKey]] = {}  # absent interface -> pending routes naming it
+        self.blocked: dict[RouteKey, None] = {}  # pending only for want of a free VIF index
+        self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
+        self._log: _UndoLog | None = None
+
+    # --- transactions ----------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        if self._log is not None:
+            raise RuntimeError("transaction already open")
+        self._log = _UndoLog()
+
+    def commit(self) -> None:
+        self._log = None
+
+    def rollback(self) -> None:
+        if self._log is not None:
+            self._log.rollback()
+        self._log = None
+
+    def _savepoint(self) -> int:
+        if self._log is None:
+            raise RuntimeError("model changes need an open transaction")
+        return len(self._log.entries)
+
+    def _set(self, d: dict[Any, Any], key: Any, value: Any) -> None:
+        if self._log is not None:
+            self._log.entries.append((0, d, key, d.get(key, _MISSING)))
+        d[key] = value
+
+    def _pop(self, d: dict[Any, Any], key: Any) -> None:
+        if key in d:
+            if self._log is not None:
+                self._log.entries.append((0, d, key, d[key]))
+            del d[key]
+
+    def _add(self, s: set[Any], key: Any) -> None:
+        if key not in s:
+            if self._log is not None:
+                self._log.entries.append((1, s, key, False))
+            s.add(key)
+
+    def _discard(self, s: set[Any], key: Any) -> None:
+        if key in s:
+            if self._log is not None:
+                self._log.entries.append((1, s, key, True))
+            s.discard(key)
+
+    def _assign(self, target: Any, key: Any, value: Any) -> None:
+        old = target[key] if isinstance(target, list) else getattr(target, key)
+        if self._log is not None:
+            self._log.entries.append((2, target, key, old))
+        if isinstance(target, list):
+            target[key] = value
+        else:
+            setattr(target, key, value)
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def status(self, key: RouteKey) -> RouteStatus:
+        route = self.routes[key]
+        missing = tuple(n for n in dict.fromkeys(route.interfaces) if n not in self.links)
+        if key in self.installed:
+            if missing:
+                return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
+            return RouteStatus("installed", (), "")
+        if missing:
+            return RouteStatus("pending", missing, "waiting for " + ", ".join(missing))
+        return RouteStatus("pending", (), f"no free VIF: all {MAXVIFS} are in use")
+
+    def vif_of(self, family: int, interface: str) -> Vif | None:
+        return self.vifs.get((family, interface))
+
+    def iter_vifs(self) -> Iterator[Vif]:
+        for family in (4, 6):
+            for name in self.slots[family]:
+                if name is not None:
+                    yield self.vifs[(family, name)]
+
+    def threshold(self, interface: str) -> int:
+        return self.thresholds.get(interface, DEFAULT_THRESHOLD)
+
+    # --- route changes ---------------------------------------------------------------------------
+
+    def add_route(self, route: Route) -> list[Step]:
+        """Add or replace a route; raises VifLimit (leaving the transaction to roll back)."""
+        key = route.key
+        old = self.routes.get(key)
+        if old == route:
+            return []
+        if old is not None:
+            self._forget_pending(old)
+        self._set(self.routes, key, route)
+        missing = [n for n in route.interfaces if n not in self.links]
+        if missing:
+            steps = self._uninstall(key, old) if old is not None else []
+            self._wait(key, missing)
+            return steps
+        return self._install(route, old)
+
+    def restore(self, route: Route) -> list[Step]:
+        """Add a saved route at start-up: install it if possible, else leave it pending."""
+        self._set(self.routes, route.key, route)
+        return self._try_install(route.key)
+
+    def del_route(self, family: int, source: str, group: str) -> list[Step]:
+        key = (family, source, group)
+        route = self.routes.get(key)
+        if route is None:
+            raise NotFound(f"no route for source {source} group {group}")
+        self._forget_pending(route)
+        self._pop(self.routes, key)
+        return self._uninstall(key, route)
+
+    def set_threshold(self, interface: str, threshold: int) -> list[Step]:
+        """Change the TTL threshold of an interface and re-issue the IPv4 entries that use it."""
+        if not 1 <= threshold <= 255:
+            raise InvalidArgument("threshold must be between 1 and 255", field="threshold")
+        if self.threshold(interface) == threshold:
+            return []
+        self._set(self.thresholds, interface, threshold)
+        vif = self.vifs.get((4, interface))
+        if vif is None:
+            return []
+        return self._reissue(vif.users)
+
+    # --- interface events ------------------------------------------------------------------------
+
+    def link_up(self, interface: str, ifindex: int) -> list[Step]:
+        """An interface exists (new or re-created): re-add lost VIFs, install pending routes.
+
+        Unlike client requests, nothing here fails: a route that cannot get a VIF
+        stays pending (blocked) until a VIF index is freed.
+        """
+        if self.links.get(interface) == ifindex:
+            return []
+        self._set(self.links, interface, ifindex)
+        steps: list[Step] = []
+        for family in (4, 6):
+            vif = self.vifs.get((family, interface))
+            if vif is not None and vif.ifindex != ifindex:
+                # The kernel dropped the VIF with the old device; add the same index for the new one
+                # and re-issue its entries (an oif missing at write time is never restored).
+                self._assign(vif, "ifindex", ifindex)
+                add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface))
+                steps.append(Step(add, DelVif(family, vif.vifi, interface), "readd_vif"))
+                steps += self._reissue(vif.users)
+        for key in sorted(self.waiting.get(interface, ())):
+            steps += self._try_install(key)
+        return steps
+
+    def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
+        """An interface is gone (deleted: the kernel already removed its VIF) or renamed away."""
+        if interface not in self.links:
+            return []
+        self._pop(self.links, interface)
+        steps: list[Step] = []
+        for family in (4, 6):
+            vif = self.vifs.get((family, interface))
+            if vif is None or vif.ifindex is None:
+                continue
+            if not kernel_dropped_vif:
+                # Renamed: the device (and its VIF) still exist under another name; let go of it.
+                undo = AddVif(family, vif.vifi, interface, vif.ifindex, self.threshold(interface))
+                steps.append(Step(DelVif(family, vif.vifi, interface), undo, "del_vif"))
+            self._assign(vif, "ifindex", None)
+        return steps
+
+    def retry_blocked(self) -> list[Step]:
+        """Install routes that were pending for want of a VIF index, now that some may be free."""
+        steps: list[Step] = []
+        for key in list(self.blocked):
+            steps += self._try_install(key)
+        return steps
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _try_install(self, key: RouteKey) -> list[Step]:
+        route = self.routes.get(key)
+        if route is None or key in self.installed:
+            return []
+        self._forget_pending(route)
+        missing = [n for n in route.interfaces if n not in self.links]
+        if missing:
+            self._wait(key, missing)
+            return []
+        savepoint = self._savepoint()
+        try:
+            return self._install(route, None)
+        except VifLimit:
+            # Undo the VIFs this route had already taken, so other routes can still use them.
+            assert self._log is not None
+            self._log.rollback(savepoint)
+            self._set(self.blocked, key, None)
+            return []
+
+    def _wait(self, key: RouteKey, missing: Iterable[str]) -> None:
+        for name in missing:
+            waiters = self.waiting.get(name)
+            if waiters is None:
+                waiters = set()
+                self._set(self.waiting, name, waiters)
+            self._add(waiters, key)
+
+    def _forget_pending(self, route: Route) -> None:
+        key = route.key
+        self._pop(self.blocked, key)
+        for name in route.interfaces:
+            waiters = self.waiting.get(name)
+            if waiters is not None and key in waiters:
+                self._discard(waiters, key)
+                if not waiters:
+                    self._pop(self.waiting, name)
+
+    def _install(self, route: Route, old: Route | None) -> list[Step]:
+        """Write `route` to the kernel, allocating VIFs first; release what `old` alone used."""
+        key = route.key
+        family = route.family
+        steps: list[Step] = []
+        for name in dict.fromkeys(route.interfaces):
+            steps += self._acquire(family, name, key)
+        entry = self._entry(route)
+        previous = self.installed.get(key)
+        if previous is None:
+            steps.append(Step(entry, DelMfc(family, route.source, route.group), "add_mfc"))
+        else:
+            steps.append(Step(entry, previous, "replace_mfc"))
+        self._set(self.installed, key, entry)
+        if old is not None and previous is not None:
+            for name in set(old.interfaces) - set(route.interfaces):
+                steps += self._release(family, name, key)
+        return steps
+
+    def _uninstall(self, key: RouteKey, route: Route | None) -> list[Step]:
+        previous = self.installed.get(key)
+        if previous is None or route is None:
+            return []
+        family, source, group = key
+        steps = [Step(DelMfc(family, source, group), previous, "del_mfc")]
+        self._pop(self.installed, key)
+        for name in dict.fromkeys(route.interfaces):
+            steps += self._release(family, name, key)
+        return steps
+
+    def _acquire(self, family: int, name: str, user: RouteKey) -> list[Step]:
+        vif = self.vifs.get((family, name))
+        if vif is not None:
+            self._add(vif.users, user)
+            return []
+        slots = self.slots[family]
+        try:
+            vifi = slots.index(None)
+        except ValueError:
+            fam = "IPv4" if family == 4 else "IPv6"
+            raise VifLimit(
+                f"cannot add {fam} VIF for {name}: all {MAXVIFS} VIFs are in use;"
+                " delete routes on other interfaces first"
+            ) from None
+        ifindex = self.links[name]
+        vif = Vif(family, vifi, name, ifindex)
+        vif.users.add(user)
+        self._set(self.vifs, (family, name), vif)
+        self._assign(slots, vifi, name)
+        add = AddVif(family, vifi, name, ifindex, self.threshold(name))
+        return [Step(add, DelVif(family, vifi, name), "add_vif")]
+
+    def _release(self, family: int, name: str, user: RouteKey) -> list[Step]:
+        vif = self.vifs[(family, name)]
+        self._discard(vif.users, user)
+        if vif.users:
+            return []
+        self._pop(self.vifs, (family, name))
+        self._assign(self.slots[family], vif.vifi, None)
+        if vif.ifindex is None:
+            return []  # the kernel removed it together with the interface
+        undo = AddVif(family, vif.vifi, name, vif.ifindex, self.threshold(name))
+        return [Step(DelVif(family, vif.vifi, name), undo, "del_vif")]
+
+    def _entry(self, route: Route) -> AddMfc:
+        vifs = self.vifs
+        family = route.family
+        oifs = sorted((vifs[(family, n)].vifi, self.threshold(n)) for n in set(route.oifs))
+        parent = vifs[(family, route.iif)].vifi
+        return AddMfc(family, route.source, route.group, parent, tuple(oifs))
+
+    def _reissue(self, keys: Iterable[RouteKey]) -> list[Step]:
+        steps: list[Step] = []
+        for key in sorted(keys):
+            previous = self.installed[key]
+            entry = self._entry(self.routes[key])
+            self._set(self.installed, key, entry)
+            steps.append(Step(entry, previous, "reissue_mfc"))
+        return steps

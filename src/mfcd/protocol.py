@@ -1,0 +1,96 @@
+"""Wire format shared by mfcd and mfcctl: newline-delimited JSON requests, responses, error codes.
+
+Stdlib-only and free of daemon-side imports, because mfcctl imports it on every start.
+
+A request is one JSON object on one line:
+
+    {"v": 1, "id": 7, "cmd": "mfc.add", "args": {...}, "dry_run": false}
+
+and its response is one JSON object on one line, either
+
+    {"v": 1, "id": 7, "ok": true, "result": {...}}
+    {"v": 1, "id": 7, "ok": false, "error": {"code": "invalid_argument", "message": "...",
+                                             "field": "group"}}
+
+`code` is stable and meant for programs; `message` is for people.  docs/protocol.md
+describes every command and result.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+DEFAULT_SOCKET = "/run/mfcd/mfcd.sock"
+SOCKET_ENV = "MFCD_SOCKET"
+
+# Requests larger than this are refused: it bounds the daemon's memory per client.  A batch of
+# 100,000 routes takes about 9 MiB, so the limit leaves room for a few hundred thousand routes.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+COMMANDS = (
+    "ping",
+    "show",
+    "mfc.add",
+    "mfc.del",
+    "batch",
+    "vif.set",
+    "vif.show",
+    "sync",
+)
+
+# Error codes (stable) and the mfcctl exit status each one maps to.
+ERROR_EXIT = {
+    "bad_request": 1,  # not JSON, wrong shape, unknown field or command
+    "unsupported_version": 1,
+    "invalid_argument": 1,  # a value is wrong: address, interface name, threshold...
+    "vif_limit": 1,  # all 32 VIFs of a family are in use
+    "too_large": 1,
+    "timeout": 1,  # the client took longer than client_timeout to send a request
+    "not_found": 5,  # mfc del of a route that does not exist
+    "kernel_error": 6,  # the kernel refused a change; nothing was changed
+    "state_error": 6,  # the state file could not be written; nothing was changed
+    "shutting_down": 3,
+    "internal_error": 7,
+}
+
+# mfcctl exit statuses (documented in mfcctl(8) and docs/cli.md).
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_PERMISSION = 4
+EXIT_NOT_FOUND = 5
+EXIT_KERNEL = 6
+EXIT_PROTOCOL = 7
+
+
+def encode_request(
+    cmd: str, args: dict[str, Any], request_id: int = 1, dry_run: bool = False
+) -> bytes:
+    msg: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "cmd": cmd, "args": args}
+    if dry_run:
+        msg["dry_run"] = True
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_result(request_id: Any, result: dict[str, Any]) -> bytes:
+    msg = {"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result}
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_error(request_id: Any, code: str, message: str, field: str | None = None) -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    msg = {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error}
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse one message line; raises ValueError when it is not a JSON object."""
+    msg = json.loads(line)
+    if not isinstance(msg, dict):
+        raise ValueError("a message must be a JSON object")
+    return msg

@@ -1,0 +1,176 @@
+"""The control socket: an asyncio Unix-socket server speaking newline-delimited JSON.
+
+Requests are handled synchronously inside the event loop, so kernel changes are
+applied strictly one at a time while any number of clients stay connected.  Each
+client gets `client_timeout` seconds to send a complete request line and at most
+`max_request_bytes` per line; a client that breaks either rule gets an error and is
+disconnected, and nobody else notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import socket
+import stat
+import struct
+
+from mfcd import protocol
+from mfcd.commands import Commands, Peer
+from mfcd.errors import ConfigError
+
+log = logging.getLogger("mfcd")
+
+_UCRED = struct.Struct("=iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+
+
+def peer_of(sock: socket.socket | None) -> Peer:
+    if sock is None:
+        return Peer(0, 0, 0)
+    try:
+        pid, uid, gid = _UCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        )
+    except OSError:
+        return Peer(0, 0, 0)
+    return Peer(pid, uid, gid)
+
+
+def bind_control_socket(path: str, group: str, mode: int) -> socket.socket:
+    """Create the listening socket: refuse if another daemon serves it, replace a stale file."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ConfigError(
+                f"{path} exists and is not a socket; remove it or choose another path"
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError as e:
+            if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise ConfigError(
+                    f"cannot check the existing socket {path}: {e.strerror}"
+                ) from None
+            os.unlink(path)  # stale: left by a daemon that did not exit cleanly
+        else:
+            raise ConfigError(
+                f"another mfcd is already serving {path}; stop it first (systemctl stop mfc_daemon)"
+            )
+        finally:
+            probe.close()
+    _group_id(group)  # fail before binding when the group does not exist
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bind under a strict umask so the socket is never reachable by others, even for a moment.
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot create the control socket {path}: {e.strerror}") from None
+    finally:
+        os.umask(old)
+    try:
+        socket_permissions(path, group, mode)
+    except ConfigError:
+        sock.close()
+        raise
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def _group_id(group: str) -> int:
+    if not group:
+        return -1
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f"socket group {group!r} does not exist: create it (the mfcd package does)"
+            " or set socket_group in the configuration"
+        ) from None
+
+
+def socket_permissions(path: str, group: str, mode: int) -> None:
+    """Give the socket its group and mode (also on reload)."""
+    gid = _group_id(group)
+    try:
+        if gid >= 0:
+            os.chown(path, -1, gid)
+        os.chmod(path, mode)
+    except OSError as e:
+        raise ConfigError(f"cannot set owner or mode of {path}: {e.strerror}") from None
+
+
+class Server:
+    def __init__(
+        self, commands: Commands, path: str, client_timeout: float, max_request_bytes: int
+    ) -> None:
+        self.commands = commands
+        self.path = path
+        self.client_timeout = client_timeout
+        self.max_request_bytes = max_request_bytes
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_unix_server(
+            self._client, sock=sock, limit=self.max_request_bytes
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, finish the request in progress, disconnect clients, remove the socket."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.gather(*self._clients, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        peer = peer_of(writer.get_extra_info("socket"))
+        try:
+            await self._serve(reader, writer, peer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), self.client_timeout)
+            except asyncio.IncompleteReadError:
+                return  # the client closed its end
+            except asyncio.LimitOverrunError:
+                message = f"request larger than {self.max_request_bytes} bytes; split it up"
+                writer.write(protocol.encode_error(None, "too_large", message))
+                await writer.drain()
+                return
+            except TimeoutError:
+                message = f"no complete request within {self.client_timeout:g} s; disconnecting"
+                writer.write(protocol.encode_error(None, "timeout", message))
+                await writer.drain()
+                return
+            if not line.strip():
+                continue
+            # Synchronous on purpose: one change at a time, and no await between the kernel
+            # change and the journal write.
+            writer.write(self.commands.handle(line, peer))
+            await writer.drain()

@@ -1,0 +1,222 @@
+"""The state file: an append-only, checksummed journal of route changes, compacted into snapshots.
+
+Format (text, one record per line):
+
+    mfcd-state 1
+    <crc32 as 8 hex digits> <JSON record>
+    ...
+
+The first record is a snapshot, `{"snapshot": {"routes": [...], "thresholds": {...}}}`;
+each later record is one acknowledged change, `{"ops": [...]}`, where an op is
+`["add", family, source, group, iif, [oifs...]]`, `["del", family, source, group]` or
+`["threshold", interface, ttl]`.  A change is appended and fdatasync'ed before the
+client is told it succeeded, so its cost does not grow with the number of routes.
+When the journal has grown to about as many ops as there are routes, the daemon
+writes a fresh snapshot to a temporary file, fsyncs it, renames it over the
+journal and fsyncs the directory: compaction costs O(routes) once per O(routes)
+changes.
+
+A last line without its newline is a write the daemon never acknowledged (it died
+mid-write); it is ignored and cut off before the next append.  Anything else that
+does not parse or whose checksum does not match is corruption: loading fails with
+the file name, line and reason, and the file is never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from mfcd.errors import StateError
+from mfcd.model import Route
+
+HEADER = b"mfcd-state 1\n"
+
+Op = list[Any]
+
+
+def route_op(route: Route) -> Op:
+    return ["add", route.family, route.source, route.group, route.iif, list(route.oifs)]
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    body = json.dumps(record, separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What a state file holds, replayed."""
+
+    routes: dict[tuple[int, str, str], Route] = field(default_factory=dict)
+    thresholds: dict[str, int] = field(default_factory=dict)
+    ops_since_snapshot: int = 0
+    good_length: int = 0  # bytes up to the end of the last complete record
+    torn_tail: bool = False
+
+
+def _apply(loaded: Loaded, op: Op) -> None:
+    kind = op[0]
+    if kind == "add":
+        _, family, source, group, iif, oifs = op
+        loaded.routes[(family, source, group)] = Route(family, source, group, iif, tuple(oifs))
+    elif kind == "del":
+        _, family, source, group = op
+        loaded.routes.pop((family, source, group), None)
+    elif kind == "threshold":
+        _, name, ttl = op
+        loaded.thresholds[name] = ttl
+    else:
+        raise ValueError(f"unknown op {kind!r}")
+
+
+def parse(data: bytes, path: str = "state file") -> Loaded:
+    """Replay a journal held in memory; raise StateError on corruption."""
+    loaded = Loaded()
+    if not data:
+        return loaded
+    if not data.startswith(HEADER):
+        raise StateError(f"{path}: not an mfcd state file (line 1 is not {HEADER.decode()!r})")
+    pos = len(HEADER)
+    loaded.good_length = pos
+    lineno = 1
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            loaded.torn_tail = True  # an unacknowledged write cut short by a crash
+            break
+        lineno += 1
+        line = data[pos:end]
+        try:
+            crc, body = line.split(b" ", 1)
+            if int(crc, 16) != zlib.crc32(body):
+                raise ValueError("checksum mismatch")
+            record = json.loads(body)
+            if "snapshot" in record:
+                snap = record["snapshot"]
+                loaded.routes.clear()
+                loaded.thresholds = dict(snap.get("thresholds", {}))
+                for op in snap["routes"]:
+                    _apply(loaded, ["add", *op])
+                loaded.ops_since_snapshot = 0
+            else:
+                for op in record["ops"]:
+                    _apply(loaded, op)
+                loaded.ops_since_snapshot += len(record["ops"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise StateError(
+                f"{path}: line {lineno} is corrupt ({e}); the file was left untouched —"
+                " repair or move it away, then start mfcd again"
+            ) from None
+        pos = end + 1
+        loaded.good_length = pos
+    return loaded
+
+
+class StateFile:
+    """The journal on disk; every write is durable when the call returns."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.ops_since_snapshot = 0
+
+    def load(self) -> Loaded:
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return Loaded()
+        except OSError as e:
+            raise StateError(f"{self.path}: cannot read the state file: {e.strerror}") from None
+        loaded = parse(data, self.path)
+        self.ops_since_snapshot = loaded.ops_since_snapshot
+        if loaded.good_length or data:
+            self._open_for_append(loaded.good_length)
+        return loaded
+
+    def _open_for_append(self, good_length: int) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+            size = os.fstat(fd).st_size
+            if size != good_length:
+                os.ftruncate(fd, good_length)  # drop the torn, never-acknowledged tail
+                os.fsync(fd)
+            os.lseek(fd, 0, os.SEEK_END)
+        except OSError as e:
+            raise StateError(f"{self.path}: cannot open the state file: {e.strerror}") from None
+        self._fd = fd
+
+    def append(self, ops: list[Op]) -> None:
+        """Durably record one change (one or many ops) before it is acknowledged."""
+        if self._fd is None:
+            self.write_snapshot([], {})
+        assert self._fd is not None
+        data = encode_record({"ops": ops})
+        try:
+            _write_all(self._fd, data)
+            os.fdatasync(self._fd)
+        except OSError as e:
+            self._recover_after_failed_append()
+            raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
+        self.ops_since_snapshot += len(ops)
+
+    def _recover_after_failed_append(self) -> None:
+        # A partial line would make later records unreadable; cut back to the last good record.
+        # If even that fails the torn line is ignored at the next start, like after a crash.
+        if self._fd is None:
+            return
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+            os.ftruncate(self._fd, parse(data, self.path).good_length)
+            os.lseek(self._fd, 0, os.SEEK_END)
+        except (OSError, StateError):
+            pass
+
+    def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None:
+        """Replace the journal with one snapshot: temporary file, fsync, rename, fsync dir."""
+        record = {
+            "snapshot": {
+                "routes": [[r.family, r.source, r.group, r.iif, list(r.oifs)] for r in routes],
+                "thresholds": thresholds,
+            }
+        }
+        directory = os.path.dirname(os.path.abspath(self.path))
+        tmp = f"{self.path}.tmp"
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            try:
+                _write_all(fd, HEADER + encode_record(record))
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.rename(tmp, self.path)
+            dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        except OSError as e:
+            raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+        os.lseek(fd, 0, os.SEEK_END)
+        self.ops_since_snapshot = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,151 @@
+"""Validation of request arguments into model values; every check runs before any kernel call."""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Any
+
+from mfcd.errors import BadRequest, InvalidArgument
+from mfcd.model import MAXVIFS, Route, RouteKey
+
+IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
+# Linux accepts almost any byte in a name; we accept the characters people and tools use, so a
+# name can never smuggle whitespace, quotes or control characters into logs and tables.
+_IFNAME = re.compile(r"[A-Za-z0-9_.+@-]{1,15}\Z")
+
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def require_fields(
+    args: Any, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Check that `args` is an object with all `required` and no unknown fields."""
+    if not isinstance(args, dict):
+        raise BadRequest("arguments must be a JSON object")
+    for name in required:
+        if name not in args:
+            raise BadRequest(f"missing field {name!r}", field=name)
+    allowed = set(required) | set(optional)
+    for name in args:
+        if name not in allowed:
+            raise BadRequest(f"unknown field {name!r}", field=name)
+    return args
+
+
+def _address(value: Any, field: str) -> tuple[int, bytes, str]:
+    """Parse an address; return (family, packed, canonical text)."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string", field=field)
+    family = 6 if ":" in value else 4
+    try:
+        packed = socket.inet_pton(_AF[family], value)
+    except (OSError, ValueError):
+        raise InvalidArgument(
+            f"{field} {value!r} is not an IPv4 or IPv6 address", field=field
+        ) from None
+    return family, packed, socket.inet_ntop(_AF[family], packed)
+
+
+def _check_group(family: int, packed: bytes, text: str) -> None:
+    if family == 4:
+        if not 224 <= packed[0] <= 239:
+            raise InvalidArgument(f"group {text} is not a multicast address (224.0.0.0/4)", "group")
+        if packed[:3] == b"\xe0\x00\x00":
+            raise InvalidArgument(
+                f"group {text} is link-local (224.0.0.0/24) and is never routed", "group"
+            )
+        return
+    if packed[0] != 0xFF:
+        raise InvalidArgument(f"group {text} is not a multicast address (ff00::/8)", "group")
+    scope = packed[1] & 0x0F
+    if scope <= 2:
+        what = {0: "reserved", 1: "interface-local", 2: "link-local"}[scope]
+        raise InvalidArgument(f"group {text} has {what} scope and is never routed", "group")
+
+
+def _check_source(family: int, packed: bytes, text: str) -> None:
+    if family == 4:
+        if packed == b"\x00\x00\x00\x00":
+            raise InvalidArgument("source 0.0.0.0 is not a unicast address", "source")
+        if packed[0] >= 224:
+            raise InvalidArgument(f"source {text} is not a unicast address", "source")
+        return
+    if packed == bytes(16):
+        raise InvalidArgument("source :: is not a unicast address", "source")
+    if packed[0] == 0xFF:
+        raise InvalidArgument(f"source {text} is not a unicast address", "source")
+    if packed[0] == 0xFE and packed[1] & 0xC0 == 0x80:
+        raise InvalidArgument(
+            f"source {text} is link-local; packets from it are never forwarded", "source"
+        )
+
+
+def route_key(args: dict[str, Any]) -> RouteKey:
+    """Validate source and group; return the route key with canonical addresses."""
+    family, src_packed, source = _address(args["source"], "source")
+    gfamily, grp_packed, group = _address(args["group"], "group")
+    if family != gfamily:
+        raise InvalidArgument(
+            f"source {source} and group {group} are of different address families", "group"
+        )
+    _check_source(family, src_packed, source)
+    _check_group(family, grp_packed, group)
+    return family, source, group
+
+
+def interface(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be an interface name (a string)", field=field)
+    if not _IFNAME.match(value) or value in (".", ".."):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidArgument(
+            f"{field} {shown!r} is not a valid interface name: 1 to {IFNAMSIZ - 1} characters"
+            " of letters, digits and _ . + @ -",
+            field=field,
+        )
+    return value
+
+
+def interfaces(value: Any, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise InvalidArgument(f"{field} must be a non-empty list of interface names", field=field)
+    names = tuple(interface(v, field) for v in value)
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InvalidArgument(f"{field} names {dup} more than once", field=field)
+    return names
+
+
+ROUTE_FIELDS = ("source", "group", "iif", "oifs")
+KEY_FIELDS = ("source", "group")
+
+
+def route(args: Any) -> Route:
+    """Validate the arguments of `mfc add` into a Route."""
+    args = require_fields(args, ROUTE_FIELDS)
+    family, source, group = route_key(args)
+    iif = interface(args["iif"], "iif")
+    oifs = interfaces(args["oifs"], "oifs")
+    if iif in oifs:
+        raise InvalidArgument(
+            f"iif {iif} is also listed in oifs; the kernel never forwards a packet back out of"
+            " the interface it arrived on",
+            field="oifs",
+        )
+    if len(oifs) + 1 > MAXVIFS:
+        raise InvalidArgument(
+            f"a route can use at most {MAXVIFS} interfaces (the kernel's VIF limit)", "oifs"
+        )
+    return Route(family, source, group, iif, oifs)
+
+
+def key(args: Any) -> RouteKey:
+    """Validate the arguments of `mfc del` into a route key."""
+    return route_key(require_fields(args, KEY_FIELDS))
+
+
+def threshold(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
+        raise InvalidArgument("threshold must be an integer TTL from 1 to 255", field="threshold")
+    return value
