@@ -156,6 +156,7 @@ class Lifecycle:
     module_file: Run = Run(-1, "", "")
     mfcd_version: Run = Run(-1, "", "")
     mfcctl_help: Run = Run(-1, "", "")
+    config_load: Run = Run(-1, "", "")
     verify: Run = Run(-1, "", "")
     enabled: bool = False
     purge: Run = Run(-1, "", "")
@@ -187,6 +188,9 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
         record.module_file = run("python3", "-c", "import mfcd; print(mfcd.__file__)")
         record.mfcd_version = run("mfcd", "--version")
         record.mfcctl_help = run("mfcctl", "--help")
+        record.config_load = run(
+            "python3", "-c", f"from mfcd import config; config.load({CONFIG!r})"
+        )
         documented = re.findall(r"man:(\S+)\((\d)\)", Path(UNIT).read_text())
         pages_installed = all(
             Path(f"/usr/share/man/man{sec}/{name}.{sec}.gz").exists() for name, sec in documented
@@ -256,6 +260,11 @@ def test_commands_run(lifecycle: Lifecycle) -> None:
     assert version() in lifecycle.mfcd_version.stdout
     assert lifecycle.mfcctl_help.returncode == 0, lifecycle.mfcctl_help
     assert "usage" in lifecycle.mfcctl_help.stdout.lower()
+
+
+def test_default_config_is_valid(lifecycle: Lifecycle) -> None:
+    # The conffile as shipped must satisfy the daemon's strict parser.
+    assert lifecycle.config_load == Run(0, "", "")
 
 
 def test_unit_verifies_and_is_enabled(lifecycle: Lifecycle) -> None:
