@@ -66,9 +66,9 @@ class Run:
     stderr: str
 
 
-def run(*args: str, check: bool = False) -> Run:
+def run(*args: str, check: bool = False, **extra_env: str) -> Run:
     # The system's environment, not a venv's: the installed package must work on its own.
-    env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
+    env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "HOME": "/root", **extra_env}
     done = subprocess.run(
         args, capture_output=True, text=True, env=env, cwd="/", timeout=300, check=False
     )
@@ -171,8 +171,13 @@ def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("packages")
-    deb = Path(run(str(ROOT / "packaging" / "build-deb.sh"), str(out), check=True).stdout.strip())
-    rpm = Path(run(str(ROOT / "packaging" / "build-rpm.sh"), str(out), check=True).stdout.strip())
+    # One revision for both packages, even if someone commits in this checkout meanwhile.
+    rev = run("git", "-C", str(ROOT), "stash", "create", check=True).stdout.strip() or "HEAD"
+    built = [
+        run(str(ROOT / "packaging" / script), str(out), check=True, MFCD_BUILD_REV=rev)
+        for script in ("build-deb.sh", "build-rpm.sh")
+    ]
+    deb, rpm = (Path(result.stdout.strip()) for result in built)
     record = Lifecycle(deb, rpm)
     had_user = user_exists()
     before = snapshot()
