@@ -248,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
     _output_option(vif_show)
 
+    sync = sub.add_parser(
+        "sync",
+        help="compare the kernel's tables with mfcd's routes and repair any drift",
+        description="Read the kernel's VIFs and MFC entries and repair every difference from"
+        " mfcd's routes: re-add missing VIFs and entries, rewrite changed entries, delete"
+        " entries mfcd does not own. With --dry-run, only report. mfcd also does this at"
+        " start-up and after interface changes.",
+    )
+    _output_option(sync)
+
     ping = sub.add_parser("ping", help="check that mfcd answers; print its version")
     _output_option(ping)
     return parser
@@ -445,6 +455,18 @@ def format_plan(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def format_sync(result: dict[str, Any]) -> str:
+    repairs = result.get("repairs", [])
+    if not repairs:
+        return "kernel and mfcd agree: nothing to repair"
+    head = "would repair (dry run, nothing changed):" if result.get("dry_run") else "repaired:"
+    lines = format_plan({"plan": repairs}).splitlines()
+    for line, repair in zip(lines, repairs, strict=True):
+        if "error" in repair:
+            lines[lines.index(line)] = f"{line}  FAILED: {repair['error']}"
+    return head + "\n" + _indent("\n".join(lines))
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -492,6 +514,10 @@ class Cli:
         if a.command == "vif":
             result = self.client.call("vif.show", {"stats": a.stats})
             self.emit(result, lambda r: format_show(r | {"routes": []}, _width()).split("\n\n")[0])
+            return protocol.EXIT_OK
+        if a.command == "sync":
+            result = self.client.call("sync", {}, dry_run=a.dry_run)
+            self.emit(result, format_sync)
             return protocol.EXIT_OK
         if a.command == "ping":
             result = self.client.call("ping", {})

@@ -20,6 +20,7 @@ from mfcd.controller import (
     Change,
     Controller,
     DelRoute,
+    KernelView,
     SetThreshold,
     describe_step,
 )
@@ -44,9 +45,15 @@ class Peer:
 
 
 class Commands:
-    def __init__(self, controller: Controller, families: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        families: tuple[int, ...],
+        observe: Callable[[], KernelView] | None = None,
+    ) -> None:
         self.controller = controller
         self.families = families
+        self.observe = observe
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
             "ping": self.ping,
             "show": self.show,
@@ -55,6 +62,7 @@ class Commands:
             "batch": self.batch,
             "vif.set": self.vif_set,
             "vif.show": self.vif_show,
+            "sync": self.sync,
         }
 
     def handle(self, line: bytes, peer: Peer) -> bytes:
@@ -123,6 +131,15 @@ class Commands:
             "settings": [{"interface": n, "threshold": t} for n, t in sorted(thresholds.items())],
             "max_vifs": shown["max_vifs"],
         }
+
+    def sync(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, ())
+        if self.observe is None:
+            raise BadRequest("sync is not available in this mfcd")
+        repairs = self.controller.sync(self.observe(), dry_run=dry_run)
+        if not dry_run:
+            log.info("%s sync: %d repairs", peer, len(repairs))
+        return {"dry_run": dry_run, "repairs": repairs}
 
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         route = validate.route(args)

@@ -17,13 +17,32 @@ from typing import Any, Protocol
 
 from mfcd.errors import KernelError, StateError
 from mfcd.kernel import SgCounters, VifCounters
-from mfcd.model import MAXVIFS, AddMfc, AddVif, DelMfc, DelVif, Route, RouteKey, Router, Step
+from mfcd.model import (
+    MAXVIFS,
+    AddMfc,
+    AddVif,
+    DelMfc,
+    DelVif,
+    KernelEntry,
+    Route,
+    RouteKey,
+    Router,
+    Step,
+)
 from mfcd.state import Loaded, Op, route_op
 
 log = logging.getLogger("mfcd")
 
 FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
 SHOW_SCHEMA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class KernelView:
+    """What the kernel holds now: VIFs as (family, index); MFC entries as model.KernelEntry."""
+
+    vifs: set[tuple[int, int]]
+    mfc: dict[RouteKey, KernelEntry]
 
 
 class KernelLike(Protocol):
@@ -180,6 +199,42 @@ class Controller:
         return self._apply_quietly(
             f"interface {interface} gone", self.router.link_down, interface, kernel_dropped_vif
         )
+
+    def link_event(self, kind: str, interface: str, ifindex: int) -> list[Step]:
+        """Apply one rtnetlink link event ("new" or "del")."""
+        links = self.router.links
+        if kind == "del":
+            return self.link_down(interface) if links.get(interface) == ifindex else []
+        steps: list[Step] = []
+        renamed_from = next((n for n, i in links.items() if i == ifindex and n != interface), None)
+        if renamed_from is not None:
+            steps += self.link_down(renamed_from, kernel_dropped_vif=False)
+        return steps + self.link_up(interface, ifindex)
+
+    def sync_links(self, links: dict[str, int]) -> list[Step]:
+        """Bring the model's view of interfaces in line with a fresh dump (after a missed event)."""
+        steps: list[Step] = []
+        for name in [n for n in self.router.links if n not in links]:
+            steps += self.link_down(name)
+        for name, ifindex in links.items():
+            steps += self.link_event("new", name, ifindex)
+        return steps
+
+    def sync(self, view: KernelView, dry_run: bool = False) -> list[dict[str, Any]]:
+        """Repair drift between the kernel's tables and the model; report each repair."""
+        report = []
+        for step in self.router.repair(view.vifs, view.mfc):
+            entry = describe_step(step)
+            if not dry_run:
+                try:
+                    self.kernel.execute([step])
+                except KernelError as e:
+                    entry["error"] = str(e)
+                    log.warning("sync: %s failed: %s", _step_text(step), e)
+                else:
+                    log.info("sync: repaired: %s", _step_text(step))
+            report.append(entry)
+        return report
 
     def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:
         """Run a model method as its own transaction; log instead of raising (no client waits)."""

@@ -18,11 +18,12 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from mfcd import __version__, config, notify
+from mfcd import __version__, config, netlink, notify
 from mfcd.commands import Commands
-from mfcd.controller import Controller
+from mfcd.controller import Controller, KernelView
 from mfcd.errors import MfcdError
 from mfcd.kernel import Kernel
+from mfcd.model import MAXVIFS, KernelEntry, RouteKey
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import StateFile
 
@@ -62,15 +63,39 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(stream=sys.stderr, format=fmt, level=level.upper(), force=True)
 
 
+DEFAULT_TABLE = {4: 253, 6: 254}  # RT_TABLE_DEFAULT (IPv4) and RT_TABLE_MAIN (IPv6)
+RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
+
+
 def current_links() -> dict[str, int]:
-    return {name: index for index, name in socket.if_nameindex()}
+    return {link.name: link.ifindex for link in netlink.dump_links()}
+
+
+def observe_kernel(kernel: Kernel) -> KernelView:
+    """Read what the kernel holds now: VIFs by ioctl, MFC entries by a netlink dump."""
+    vifs = set()
+    mfc: dict[RouteKey, KernelEntry] = {}
+    for family in kernel.sockets:
+        for vifi in range(MAXVIFS):
+            if kernel.vif_counters(family, vifi) is not None:
+                vifs.add((family, vifi))
+        for entry in netlink.dump_mfc(family, DEFAULT_TABLE[family]):
+            if entry.resolved:
+                mfc[(family, entry.source, entry.group)] = (entry.iif, entry.oifs)
+    return KernelView(vifs, mfc)
 
 
 class Daemon:
+    # Set once start-up has taken the kernel's tables (see run()).
+    controller: Controller
+    kernel: Kernel
+    monitor: netlink.LinkMonitor
+
     def __init__(self, cfg: config.Config, config_path: str | None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.stopping = asyncio.Event()
+        self._resync: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -78,6 +103,8 @@ class Daemon:
         listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
         kernel = None
         state = StateFile(cfg.state_file)
+        # Subscribe before the dump, so no interface change falls between the two.
+        monitor = netlink.LinkMonitor()
         try:
             kernel = Kernel(cfg.families)
             loaded = state.load()
@@ -89,24 +116,29 @@ class Daemon:
             controller.restore(loaded, current_links())
             if state.ops_since_snapshot or not os.path.exists(cfg.state_file):
                 controller.compact()
-            await self._serve(controller, kernel, listener)
+            await self._serve(controller, kernel, listener, monitor)
         finally:
             listener.close()
+            monitor.close()
             if kernel is not None:
                 kernel.close()
             state.close()
 
-    async def _serve(self, controller: Controller, kernel: Kernel, listener: socket.socket) -> None:
+    async def _serve(
+        self,
+        controller: Controller,
+        kernel: Kernel,
+        listener: socket.socket,
+        monitor: netlink.LinkMonitor,
+    ) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         for sock in kernel.sockets.values():
             loop.add_reader(sock.fileno(), sock.drain)
-        server = Server(
-            Commands(controller, cfg.families),
-            cfg.socket_path,
-            cfg.client_timeout,
-            cfg.max_request_bytes,
-        )
+        self.controller, self.kernel, self.monitor = controller, kernel, monitor
+        loop.add_reader(monitor.fileno(), self._on_link_events)
+        commands = Commands(controller, cfg.families, lambda: observe_kernel(kernel))
+        server = Server(commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes)
         await server.start(listener)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -117,6 +149,8 @@ class Daemon:
         log.info("mfcd %s ready on %s: %s", __version__, cfg.socket_path, status)
         notify.notify(f"READY=1\nSTATUS={status}")
         watchdog = asyncio.create_task(self._watchdog())
+        # Check for drift (entries or VIFs another program left in the table) once we serve.
+        self._resync_later(0.0)
         await self.stopping.wait()
         log.info("stopping: removing routes from the kernel")
         notify.notify("STOPPING=1\nSTATUS=stopping")
@@ -124,6 +158,33 @@ class Daemon:
         await server.stop()
         for sock in kernel.sockets.values():
             loop.remove_reader(sock.fileno())
+        loop.remove_reader(monitor.fileno())
+        if self._resync is not None:
+            self._resync.cancel()
+
+    def _on_link_events(self) -> None:
+        events = self.monitor.read_events()
+        if self.monitor.overrun:
+            log.warning("missed interface events (netlink overrun); re-reading all interfaces")
+            self.controller.sync_links(current_links())
+        else:
+            for event in events:
+                self.controller.link_event(event.kind, event.link.name, event.link.ifindex)
+        if events or self.monitor.overrun:
+            self._resync_later(RESYNC_DELAY)
+
+    def _resync_later(self, delay: float) -> None:
+        """Check the kernel for drift once interface events have settled (debounced)."""
+        if self._resync is not None:
+            self._resync.cancel()
+        self._resync = asyncio.get_running_loop().call_later(delay, self._resync_now)
+
+    def _resync_now(self) -> None:
+        self._resync = None
+        try:
+            self.controller.sync(observe_kernel(self.kernel))
+        except OSError as e:
+            log.error("checking the kernel's tables failed: %s", e)
 
     async def _watchdog(self) -> None:
         interval = notify.watchdog_interval()
@@ -131,7 +192,7 @@ class Daemon:
             return
         while True:
             notify.notify("WATCHDOG=1")
-            await asyncio.sleep(interval / 2)
+            await asyncio.sleep(interval)  # already half the timeout
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file; apply what can change while running."""

@@ -286,6 +286,8 @@ class Kernel:
         """Apply the inverse of `steps`, newest first; go on past failures and return them."""
         failures = []
         for step in reversed(steps):
+            if step.undo is None:
+                continue
             try:
                 self.apply(step.undo)
             except KernelError as e:

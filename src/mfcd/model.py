@@ -35,6 +35,9 @@ MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
 
 RouteKey = tuple[int, str, str]  # (family 4|6, source, group), addresses in canonical text form
+KernelEntry = tuple[
+    int | None, dict[int, int]
+]  # (iif ifindex, {oif ifindex: ttl}) as netlink has it
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ class Step:
     """One kernel operation, the operation that undoes it, and what it means for a reader."""
 
     op: KernelOp
-    undo: KernelOp
+    undo: KernelOp | None  # None: nothing to restore (repairs of what the model does not own)
     action: str  # add_vif, del_vif, add_mfc, replace_mfc, del_mfc, readd_vif, reissue_mfc
 
 
@@ -340,6 +343,53 @@ class Router:
         for key in list(self.blocked):
             steps += self._try_install(key)
         return steps
+
+    def repair(
+        self, kernel_vifs: set[tuple[int, int]], kernel_mfc: dict[RouteKey, KernelEntry]
+    ) -> list[Step]:
+        """Steps that make the kernel match the model again, from what the kernel holds now.
+
+        `kernel_vifs` holds (family, vif index) of every VIF in the kernel; `kernel_mfc`
+        maps each (family, source, group) in the kernel to (iif ifindex or None, {oif
+        ifindex: ttl}).  Nothing in the model changes: it is the truth being restored.
+        """
+        steps: list[Step] = []
+        reissue: set[RouteKey] = set()
+        families = {family for family, _ in kernel_vifs} | {key[0] for key in kernel_mfc}
+        for family in sorted(families | {f for f, _ in self.vifs}):
+            for vifi, name in enumerate(self.slots[family]):
+                vif = self.vifs[(family, name)] if name is not None else None
+                wanted = vif is not None and vif.ifindex is not None
+                present = (family, vifi) in kernel_vifs
+                if wanted and not present:
+                    assert vif is not None and vif.ifindex is not None
+                    add = AddVif(
+                        family, vifi, vif.interface, vif.ifindex, self.threshold(name or "")
+                    )
+                    steps.append(Step(add, None, "readd_vif"))
+                    reissue |= vif.users
+                elif present and not wanted and vif is None:
+                    steps.append(Step(DelVif(family, vifi, "?"), None, "del_vif"))
+        for key, entry in self.installed.items():
+            if key in reissue or kernel_mfc.get(key) != self._expected(key):
+                steps.append(Step(entry, None, "reissue_mfc"))
+        for key in kernel_mfc.keys() - self.installed.keys():
+            steps.append(Step(DelMfc(*key), None, "del_mfc"))
+        return steps
+
+    def _expected(self, key: RouteKey) -> KernelEntry:
+        """How the kernel reports an installed route's entry (ifindexes, not VIF numbers)."""
+        route = self.routes[key]
+        family = route.family
+        iif = self.vifs[(family, route.iif)].ifindex
+        if iif is None:
+            return None, {}  # the kernel reports neither iif nor oifs once the parent VIF is gone
+        oifs = {}
+        for name in route.oifs:
+            ifindex = self.vifs[(family, name)].ifindex
+            if ifindex is not None:  # the kernel hides oifs whose VIF is gone
+                oifs[ifindex] = self.threshold(name) if family == 4 else 1
+        return iif, oifs
 
     # --- internals -------------------------------------------------------------------------------
 

@@ -127,6 +127,7 @@ _VERSION_OF_RTNL_FAMILY = {RTNL_FAMILY_IPMR: 4, RTNL_FAMILY_IP6MR: 6}
 ReadableBuffer = bytes | bytearray | memoryview
 # One netlink message as iter_messages yields it: (type, flags, seq, the whole message).
 Message = tuple[int, int, int, memoryview]
+RTNH_F_UNRESOLVED = 0x20  # rtm_flags of an entry still waiting in the unresolved queue
 _T = TypeVar("_T")
 _seq = itertools.count(1)
 
@@ -164,6 +165,7 @@ class MfcEntry:
     packets: int
     bytes: int
     wrong_if: int
+    resolved: bool = True  # False for the kernel's unresolved queue (traffic without a route)
 
 
 class NetlinkError(OSError):
@@ -292,7 +294,7 @@ def parse_mfc_message(data: ReadableBuffer) -> MfcEntry | None:
         return None
     if len(view) < NLMSGHDR.size + RTMSG.size:
         raise ValueError("route message shorter than struct rtmsg")
-    rtm_family, _dl, _sl, _tos, rtm_table, _proto, _scope, _type, _fl = RTMSG.unpack_from(
+    rtm_family, _dl, _sl, _tos, rtm_table, _proto, _scope, _type, flags = RTMSG.unpack_from(
         view, NLMSGHDR.size
     )
     version = _VERSION_OF_RTNL_FAMILY.get(rtm_family)
@@ -320,6 +322,7 @@ def parse_mfc_message(data: ReadableBuffer) -> MfcEntry | None:
         packets=packets,
         bytes=octets,
         wrong_if=wrong_if,
+        resolved=not flags & RTNH_F_UNRESOLVED,
     )
 
 
