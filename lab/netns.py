@@ -33,9 +33,12 @@ def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Comple
 class Lab:
     """A router namespace, one sender and `receivers` receivers."""
 
-    def __init__(self, receivers: int = 3, prefix: str | None = None) -> None:
+    def __init__(
+        self, receivers: int = 3, prefix: str | None = None, linked: int | None = None
+    ) -> None:
         self.prefix = prefix or f"mfcdt{secrets.token_hex(3)}"
         self.receivers = receivers
+        self.linked = receivers if linked is None else linked  # receivers linked at create()
         self.router = f"{self.prefix}-rtr"
         self.sender = f"{self.prefix}-snd"
         self.rx = [f"{self.prefix}-rx{k}" for k in range(1, receivers + 1)]
@@ -53,7 +56,7 @@ class Lab:
                 run("ip", "netns", "add", ns)
                 self.ip(ns, "link", "set", "lo", "up")
             self.link(self.sender, "s0", "r0", 0)
-            for k, ns in enumerate(self.rx, 1):
+            for k, ns in enumerate(self.rx[: self.linked], 1):
                 self.link(ns, "x0", f"r{k}", k)
             # Packets sent to any group leave the sender through s0.
             self.ip(self.sender, "route", "add", "224.0.0.0/4", "dev", "s0")
@@ -79,7 +82,13 @@ class Lab:
         self.link(self.rx[k - 1], "x0", f"r{k}", k)
 
     def del_router_link(self, router_ifname: str) -> None:
+        """Delete a router interface (and with it the veth peer in the other namespace)."""
         self.ip(self.router, "link", "del", router_ifname)
+
+    def add_sender_link(self) -> None:
+        """(Re-)create the sender's link to the router (interface r0)."""
+        self.link(self.sender, "s0", "r0", 0)
+        self.ip(self.sender, "route", "replace", "224.0.0.0/4", "dev", "s0")
 
     def destroy(self) -> None:
         for proc in self.processes:

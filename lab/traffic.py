@@ -34,7 +34,6 @@ def _socket(group: str, port: int, ifname: str) -> socket.socket:
 
 
 def recv(group: str, port: int, ifname: str) -> None:
-    sock = _socket(group, port, ifname)
     received = 0
     stop = False
 
@@ -43,6 +42,15 @@ def recv(group: str, port: int, ifname: str) -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
+    try:
+        sock = _socket(group, port, ifname)
+    except OSError:
+        # No such interface (its link is deleted): nothing can arrive; report 0 like any receiver.
+        print("ready", flush=True)
+        while not stop:
+            time.sleep(0.05)
+        print(json.dumps({"received": 0, "interface": "absent"}), flush=True)
+        return
     sock.settimeout(0.05)
     print("ready", flush=True)
     while not stop:

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,14 +90,28 @@ class Mfcd:
         data: dict[str, object] = json.loads(self.ok("show", "--output", "json"))
         return data
 
+    def wait_state(self, group: str, state: str, timeout: float = 10) -> dict[str, Any]:
+        """Poll `show` until the route for `group` reaches `state`; return it."""
+        deadline = time.monotonic() + timeout
+        route: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            routes: list[dict[str, Any]] = self.show()["routes"]  # type: ignore[assignment]
+            route = next(r for r in routes if r["group"] == group)
+            if route["state"] == state:
+                return route
+            time.sleep(0.05)
+        raise AssertionError(f"route to {group} stayed {route.get('state')}, not {state}")
+
     def kernel_routes(self, family: int) -> str:
         """What `ip mroute` says in the router namespace."""
         return self.lab.ip(self.lab.router, "-6" if family == 6 else "-4", "mroute", "show")
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    the_lab = Lab(receivers=3)
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The lab network; `@pytest.mark.lab(receivers=N, linked=M)` changes its shape."""
+    marker = request.node.get_closest_marker("lab")
+    the_lab = Lab(**(marker.kwargs if marker else {"receivers": 3}))
     the_lab.create()
     try:
         yield the_lab

@@ -1,0 +1,97 @@
+"""End to end: routes survive interfaces that appear late, vanish and come back, and kernel drift."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from lab.netns import Lab
+from tests.netns import kernel_tables
+from tests.netns.conftest import Mfcd
+from tests.netns.test_forwarding import FLOWS, add, received
+
+
+@pytest.mark.lab(receivers=4, linked=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_route_naming_a_missing_interface_is_pending_until_it_appears(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    source, group = FLOWS[family]
+    out = mfcd.ok(
+        "mfc", "add", "--source", source, "--group", group, "--iif", "r0", "--oifs", "r1,r4"
+    )
+    assert "pending" in out and "r4" in out
+    route = mfcd.wait_state(group, "pending")
+    assert route["missing"] == ["r4"] and route["reason"] == "waiting for r4"
+    assert received(lab, family) == [0, 0, 0, 0]
+    assert kernel_tables.mfc(lab, family) == {}
+
+    lab.add_receiver_link(4)  # the interface appears: no command needed
+    mfcd.wait_state(group, "installed")
+    assert received(lab, family) == [5, 0, 0, 5]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("which", ["oif", "iif"])
+def test_deleted_and_recreated_interface_resumes_forwarding(
+    lab: Lab, mfcd: Mfcd, family: int, which: str
+) -> None:
+    source, group = FLOWS[family]
+    add(mfcd, family, "r0", "r1", "r2")
+    assert received(lab, family) == [5, 5, 0]
+    vifs_before = kernel_tables.vifs(lab, family)
+
+    if which == "oif":
+        lab.del_router_link("r1")
+    else:
+        lab.del_router_link("r0")
+    route = mfcd.wait_state(group, "degraded")
+    assert route["missing"] == (["r1"] if which == "oif" else ["r0"])
+    if which == "oif":  # (with r0 gone the sender has no link to send on)
+        assert received(lab, family) == [0, 5, 0]
+
+    if which == "oif":
+        lab.add_receiver_link(1)
+    else:
+        lab.add_sender_link()
+    mfcd.wait_state(group, "installed")
+    assert received(lab, family) == [5, 5, 0]
+    # The same VIF index serves the re-created interface.
+    assert kernel_tables.vifs(lab, family) == vifs_before
+
+
+DEL_VIF = """
+import socket, struct
+family, vifi = {family}, {vifi}
+if family == 4:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+    s.setsockopt(socket.IPPROTO_IP, 203, struct.pack("=HBBIi4s", vifi, 0, 0, 0, 0, bytes(4)))
+else:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    s.setsockopt(socket.IPPROTO_IPV6, 203, struct.pack("=HBBH2xI", vifi, 0, 0, 0, 0))
+"""
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_sync_repairs_a_vif_removed_behind_the_daemons_back(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    add(mfcd, family, "r0", "r1", "r2")
+    vif = {name: index for index, name in kernel_tables.vifs(lab, family).items()}["r1"]
+    # Another privileged program deletes r1's VIF (the kernel allows any CAP_NET_ADMIN socket).
+    code = textwrap.dedent(DEL_VIF.format(family=family, vifi=vif))
+    assert lab.exec(lab.router, sys.executable, "-c", code).returncode == 0
+    assert received(lab, family) == [0, 5, 0]
+
+    report = mfcd.ok("--dry-run", "sync")
+    assert (
+        "would repair" in report
+        and f"readd vif {'ipv4' if family == 4 else 'ipv6'} VIF {vif}" in report
+    )
+    assert received(lab, family) == [0, 5, 0]  # a dry run repairs nothing
+
+    assert "repaired" in mfcd.ok("sync")
+    assert received(lab, family) == [5, 5, 0]
+    assert mfcd.ok("sync").startswith("kernel and mfcd agree")
