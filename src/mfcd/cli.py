@@ -69,7 +69,7 @@ class Client:
             sock.close()
             raise CliError(
                 f"cannot reach mfcd at {self.path}: permission denied — be root or a member"
-                " of group mfc",
+                f" of group {_socket_group(self.path)}",
                 protocol.EXIT_PERMISSION,
             ) from None
         except OSError as e:
@@ -132,6 +132,16 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _socket_group(path: str) -> str:
+    """The group that may use the socket (for the error message), or mfc if it cannot be read."""
+    import grp  # only on this error path
+
+    try:
+        return grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        return "mfc"
 
 
 def _clip(data: bytes, limit: int = 2000) -> str:

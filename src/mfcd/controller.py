@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mfcd.errors import KernelError, StateError
+from mfcd.errors import KernelError, MfcdError, StateError
 from mfcd.kernel import SgCounters, VifCounters
 from mfcd.model import (
     MAXVIFS,
@@ -148,14 +148,13 @@ class Controller:
         router.begin()
         try:
             steps: list[Step] = []
-            for change in changes:
-                match change:
-                    case AddRoute(route):
-                        steps += router.add_route(route)
-                    case DelRoute((family, source, group)):
-                        steps += router.del_route(family, source, group)
-                    case SetThreshold(interface, threshold):
-                        steps += router.set_threshold(interface, threshold)
+            for index, change in enumerate(changes):
+                try:
+                    steps += self._plan(change)
+                except MfcdError as e:
+                    if len(changes) > 1:  # say which op of a batch failed
+                        e.args = (f"op {index + 1}: {e}",)
+                    raise
             if dry_run:
                 router.rollback()
                 return steps
@@ -173,6 +172,16 @@ class Controller:
         if router.blocked and any(isinstance(s.op, DelVif) for s in steps):
             self._apply_quietly("install routes waiting for a free VIF", router.retry_blocked)
         return steps
+
+    def _plan(self, change: Change) -> list[Step]:
+        router = self.router
+        match change:
+            case AddRoute(route):
+                return router.add_route(route)
+            case DelRoute((family, source, group)):
+                return router.del_route(family, source, group)
+            case SetThreshold(interface, threshold):
+                return router.set_threshold(interface, threshold)
 
     def _undo_kernel(self, steps: Sequence[Step]) -> None:
         for failure in self.kernel.undo(steps):

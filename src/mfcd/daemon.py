@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -119,6 +120,8 @@ class Daemon:
             await self._serve(controller, kernel, listener, monitor)
         finally:
             listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cfg.socket_path)  # ours: bind_control_socket refused to take another's
             monitor.close()
             if kernel is not None:
                 kernel.close()
