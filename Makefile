@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := $(shell grep -v '^\#' .ci/apt-packages)
 
-.PHONY: deps venv run test unit lint demo bench clean
+.PHONY: deps venv run test unit lint demo bench bench-quick docs man clean
 
 # System packages (needs root); skipped when everything is already installed.
 deps:
@@ -37,6 +37,24 @@ unit: venv
 # Everything: lint, type checks, unit tests, and (as root) the namespace, package and benchmark smoke tests.
 test: venv lint
 	$(VENV)/bin/pytest -q
+
+# A guided tour in private namespaces: builds a small network, starts mfcd, routes, sends, cleans up.
+demo: venv
+	$(PY) -m lab.demo
+
+# The full benchmark against smcroute and the raw kernel loop (minutes); results in bench/results/.
+bench: venv
+	$(PY) bench/run.py
+
+bench-quick: venv
+	$(PY) bench/run.py --quick
+
+# The documentation site (offline, warnings are errors) and the committed man pages.
+docs: venv
+	$(VENV)/bin/sphinx-build -q -W -b html docs docs/_build/html
+
+man: venv
+	$(PY) docs/build_man.py
 
 clean:
 	rm -rf $(VENV) .run build dist src/*.egg-info .mypy_cache .ruff_cache .pytest_cache
