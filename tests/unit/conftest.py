@@ -1,0 +1,163 @@
+"""Shared fakes for the unit tests: a kernel that forwards like Linux, an in-memory journal."""
+
+from __future__ import annotations
+
+import copy
+import errno
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mfcd.errors import KernelError, StateError
+from mfcd.kernel import Kernel
+from mfcd.model import AddMfc, AddVif, DelMfc, DelVif, KernelOp, Route, RouteKey, Router, Step
+from mfcd.state import Op
+
+# What a packet from (S,G) does in the kernel: the device it must arrive on (None: no VIF there)
+# and the (device, TTL threshold) pairs it leaves on.
+Forwarding = tuple[int | None, frozenset[tuple[int, int]]]
+
+
+@dataclass
+class MfcEntry:
+    parent: int
+    ttls: dict[int, int]  # vif index -> TTL threshold, as the kernel kept them at write time
+
+
+class FakeKernel(Kernel):
+    """The multicast tables of one netns, with Linux's rules, behind the real Kernel.execute/undo.
+
+    Like Linux (see kernel-notes.md section 0): an MFC oif that is not a VIF when the entry is
+    written is dropped for good; deleting a VIF (or its device) keeps the MFC entries, and the oif
+    forwards again if the same VIF index is added back.  Adding a VIF index that is taken, deleting
+    one that is free, adding a VIF for a device that does not exist or deleting an absent MFC entry
+    fails as in Linux.  `fail_at=n` makes the n-th operation applied fail once.
+    """
+
+    def __init__(self, devices: set[int] | None = None, fail_at: int | None = None) -> None:
+        # No super().__init__(): it would open the real mroute sockets.
+        self.sockets = {}
+        self.vifs: dict[tuple[int, int], int] = {}  # (family, vifi) -> ifindex
+        self.mfcs: dict[RouteKey, MfcEntry] = {}
+        self.devices = devices  # ifindexes that exist; None: any
+        self.fail_at = fail_at
+        self.applied: list[KernelOp] = []
+        self.calls = 0
+
+    def apply(self, op: KernelOp) -> None:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KernelError("injected failure", type(op).__name__, errno.ENOBUFS)
+        match op:
+            case AddVif(family, vifi, _, ifindex, _):
+                if (family, vifi) in self.vifs:
+                    raise KernelError(f"VIF {vifi} exists", "MRT_ADD_VIF", errno.EADDRINUSE)
+                if self.devices is not None and ifindex not in self.devices:
+                    raise KernelError(f"no device {ifindex}", "MRT_ADD_VIF", errno.ENODEV)
+                self.vifs[(family, vifi)] = ifindex
+            case DelVif(family, vifi, _):
+                if self.vifs.pop((family, vifi), None) is None:
+                    raise KernelError(f"no VIF {vifi}", "MRT_DEL_VIF", errno.EADDRNOTAVAIL)
+            case AddMfc(family, source, group, parent, oifs):
+                ttls = {v: ttl for v, ttl in oifs if (family, v) in self.vifs}
+                self.mfcs[(family, source, group)] = MfcEntry(parent, ttls)
+            case DelMfc(family, source, group):
+                if self.mfcs.pop((family, source, group), None) is None:
+                    raise KernelError("no such entry", "MRT_DEL_MFC", errno.ENOENT)
+        self.applied.append(op)
+
+    def device_gone(self, ifindex: int) -> None:
+        """A device was deleted: Linux removes its VIFs (NETDEV_UNREGISTER), keeps the MFC."""
+        for key in [k for k, i in self.vifs.items() if i == ifindex]:
+            del self.vifs[key]
+
+    def forwarding(self, key: RouteKey) -> Forwarding:
+        entry = self.mfcs[key]
+        family = key[0]
+        oifs = frozenset(
+            (self.vifs[(family, v)], ttl if family == 4 else 0)
+            for v, ttl in entry.ttls.items()
+            if (family, v) in self.vifs
+        )
+        return self.vifs.get((family, entry.parent)), oifs
+
+    def view(self) -> tuple[dict[tuple[int, int], int], dict[RouteKey, tuple[int, Forwarding]]]:
+        """What forwarding depends on: the VIFs, and each entry's parent index and forwarding."""
+        entries = {k: (e.parent, self.forwarding(k)) for k, e in self.mfcs.items()}
+        return dict(self.vifs), entries
+
+    def clone(self) -> FakeKernel:
+        other = FakeKernel(self.devices)
+        other.vifs = dict(self.vifs)
+        other.mfcs = copy.deepcopy(self.mfcs)
+        return other
+
+
+@dataclass
+class FakeState:
+    """The journal in memory; `fail` makes every write raise StateError."""
+
+    fail: bool = False
+    fail_snapshot: bool = False
+    records: list[list[Op]] = field(default_factory=list)
+    snapshots: list[tuple[list[Route], dict[str, int]]] = field(default_factory=list)
+    ops_since_snapshot: int = 0
+
+    def append(self, ops: list[Op]) -> None:
+        if self.fail:
+            raise StateError("state.journal: cannot write the state file: No space left on device")
+        self.records.append(copy.deepcopy(ops))
+        self.ops_since_snapshot += len(ops)
+
+    def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None:
+        if self.fail_snapshot:
+            raise StateError("state.journal: cannot write the state file: No space left on device")
+        self.snapshots.append((list(routes), dict(thresholds)))
+        self.ops_since_snapshot = 0
+
+
+def observable(router: Router) -> dict[str, Any]:
+    """A deep copy of everything a Router holds that anyone can observe."""
+    return copy.deepcopy(
+        {
+            "routes": router.routes,
+            "installed": router.installed,
+            "vifs": router.vifs,
+            "slots": router.slots,
+            "links": router.links,
+            "waiting": router.waiting,
+            "blocked": router.blocked,
+            "thresholds": router.thresholds,
+        }
+    )
+
+
+def run(router: Router, steps_of: Any, *args: Any) -> list[Step]:
+    """Call a Router method as one committed transaction."""
+    router.begin()
+    try:
+        steps: list[Step] = steps_of(*args)
+    except BaseException:
+        router.rollback()
+        raise
+    router.commit()
+    return steps
+
+
+def router_with_links(*names: str, first_ifindex: int = 1) -> Router:
+    """A Router that has seen `names` come up, with ifindexes first_ifindex, first_ifindex+1..."""
+    router = Router()
+    for ifindex, name in enumerate(names, first_ifindex):
+        run(router, router.link_up, name, ifindex)
+    return router
+
+
+def check_undo(kernel: FakeKernel, steps: Sequence[Step]) -> None:
+    """Failing after any prefix of `steps` and undoing it leaves `kernel` forwarding as before."""
+    before = kernel.view()
+    for done in range(len(steps) + 1):
+        trial = kernel.clone()
+        for step in steps[:done]:
+            trial.apply(step.op)
+        assert trial.undo(steps[:done]) == []
+        assert trial.view() == before, f"undo of {steps[:done]} does not restore the kernel"

@@ -1,0 +1,555 @@
+"""Tests for mfcd.model: VIF allocation, step order, pending/degraded routes, transactions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from conftest import FakeKernel, check_undo, observable, router_with_links, run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mfcd.errors import InvalidArgument, MfcdError, NotFound, VifLimit
+from mfcd.model import (
+    DEFAULT_THRESHOLD,
+    MAXVIFS,
+    AddMfc,
+    AddVif,
+    DelMfc,
+    DelVif,
+    Route,
+    Router,
+    Step,
+)
+
+GROUP4 = "239.1.1.1"
+GROUP6 = "ff0e::1"
+
+
+def r4(n: int, iif: str, *oifs: str) -> Route:
+    return Route(4, f"10.0.0.{n}", GROUP4, iif, oifs)
+
+
+def r6(n: int, iif: str, *oifs: str) -> Route:
+    return Route(6, f"2001:db8::{n}", GROUP6, iif, oifs)
+
+
+def actions(steps: list[Step]) -> list[str]:
+    return [s.action for s in steps]
+
+
+def vif_ops(steps: list[Step], kind: type[AddVif | DelVif]) -> list[tuple[int, str]]:
+    """(index, interface) of the steps that add (AddVif) or delete (DelVif) a VIF, in order."""
+    return [(op.vifi, op.interface) for s in steps if isinstance(op := s.op, kind)]
+
+
+def vifi(router: Router, name: str, family: int = 4) -> int:
+    vif = router.vif_of(family, name)
+    assert vif is not None, f"no VIF for {name}"
+    return vif.vifi
+
+
+def check_invariants(router: Router) -> None:
+    """What must hold between transactions, whatever happened before."""
+    for family in (4, 6):
+        names = [n for n in router.slots[family] if n is not None]
+        assert len(names) == len(set(names)), "two VIFs for one interface"
+    for (family, name), vif in router.vifs.items():
+        assert (vif.family, vif.interface) == (family, name)
+        assert router.slots[family][vif.vifi] == name
+        users = {
+            k for k in router.installed if k[0] == family and name in router.routes[k].interfaces
+        }
+        assert vif.users == users, f"VIF {name} users {vif.users} != routes using it {users}"
+        assert vif.ifindex == router.links.get(name)
+    for family in (4, 6):
+        for slot in router.slots[family]:
+            if slot is not None:
+                assert (family, slot) in router.vifs
+    assert set(router.installed) <= set(router.routes)
+    for key, entry in router.installed.items():
+        route = router.routes[key]
+        assert entry.parent == vifi(router, route.iif, key[0])
+        assert {v for v, _ in entry.oifs} == {vifi(router, n, key[0]) for n in route.oifs}
+    for key in router.routes:
+        if key not in router.installed:
+            route = router.routes[key]
+            missing = {n for n in route.interfaces if n not in router.links}
+            waiting = {n for n, keys in router.waiting.items() if key in keys}
+            # It waits for some missing interface (link_up re-checks them all), never a present one.
+            assert waiting <= missing, f"{key} waits for {waiting}, misses only {missing}"
+            assert bool(waiting) == bool(missing) or key in router.blocked
+
+
+# --- VIF allocation ------------------------------------------------------------------------------
+
+
+def test_vifs_are_allocated_lowest_free_first() -> None:
+    router = router_with_links("a", "b", "c", "d", "e")
+    steps = run(router, router.add_route, r4(1, "a", "b", "c"))
+    assert vif_ops(steps, AddVif) == [
+        (0, "a"),
+        (1, "b"),
+        (2, "c"),
+    ]
+    run(router, router.add_route, r4(2, "a", "d"))
+    assert vifi(router, "d") == 3
+    steps = run(router, router.del_route, 4, "10.0.0.1", GROUP4)
+    assert vif_ops(steps, DelVif) == [(1, "b"), (2, "c")]
+    steps = run(router, router.add_route, r4(3, "e", "b"))
+    assert vif_ops(steps, AddVif) == [
+        (1, "e"),
+        (2, "b"),
+    ]
+    check_invariants(router)
+
+
+def test_families_allocate_vifs_independently() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    steps = run(router, router.add_route, r6(1, "b", "a"))
+    assert vif_ops(steps, AddVif) == [(0, "b"), (1, "a")]
+    assert {s.op.family for s in steps} == {6}
+    assert (vifi(router, "a", 6), vifi(router, "a", 4)) == (1, 0)
+
+
+def test_routes_share_vifs_and_the_last_user_releases_them() -> None:
+    router = router_with_links("a", "b", "c")
+    first = run(router, router.add_route, r4(1, "a", "b"))
+    second = run(router, router.add_route, r4(2, "b", "a", "c"))
+    assert actions(first) == ["add_vif", "add_vif", "add_mfc"]
+    assert actions(second) == ["add_vif", "add_mfc"]  # only c is new
+    assert len(router.vifs) == 3
+    a = router.vif_of(4, "a")
+    assert a is not None
+    assert a.users == {r4(1, "a").key, r4(2, "a").key}
+
+    steps = run(router, router.del_route, *r4(1, "a").key)
+    assert actions(steps) == ["del_mfc"]  # a and b are still used by the second route
+    steps = run(router, router.del_route, *r4(2, "a").key)
+    assert actions(steps) == ["del_mfc", "del_vif", "del_vif", "del_vif"]
+    assert sorted(vif_ops(steps, DelVif)) == [(0, "a"), (1, "b"), (2, "c")]
+    assert router.vifs == {}
+    assert router.slots[4] == [None] * MAXVIFS
+
+
+def test_an_interface_never_gets_two_vifs() -> None:
+    router = router_with_links("a", "b", "c")
+    for n, (iif, *oifs) in enumerate([("a", "b"), ("b", "a"), ("c", "a", "b"), ("a", "c")]):
+        run(router, router.add_route, r4(n, iif, *oifs))
+    assert sorted(n for n in router.slots[4] if n is not None) == ["a", "b", "c"]
+    check_invariants(router)
+
+
+# --- step order ----------------------------------------------------------------------------------
+
+
+def test_vifs_are_added_before_the_entry_and_released_after_its_deletion() -> None:
+    router = router_with_links("a", "b", "c")
+    steps = run(router, router.add_route, r4(1, "a", "b", "c"))
+    assert actions(steps) == ["add_vif", "add_vif", "add_vif", "add_mfc"]
+    entry = steps[-1].op
+    assert entry == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1), (2, 1)))
+    assert steps[-1].undo == DelMfc(4, "10.0.0.1", GROUP4)
+
+    steps = run(router, router.del_route, 4, "10.0.0.1", GROUP4)
+    assert actions(steps) == ["del_mfc", "del_vif", "del_vif", "del_vif"]
+    assert steps[0].undo == entry
+
+
+def test_replace_writes_one_entry_and_releases_only_unused_vifs() -> None:
+    router = router_with_links("a", "b", "c", "d")
+    run(router, router.add_route, r4(1, "a", "b", "c"))
+    run(router, router.add_route, r4(2, "d", "b"))  # keeps b in use after the replace
+    before = router.installed[r4(1, "a").key]
+
+    steps = run(router, router.add_route, r4(1, "a", "c", "d"))
+    assert actions(steps) == ["replace_mfc"]  # d already has a VIF, b is still used by route 2
+    assert steps[0].undo == before
+    assert steps[0].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((2, 1), (3, 1)))
+
+    steps = run(router, router.add_route, r4(1, "a", "d"))
+    assert actions(steps) == ["replace_mfc", "del_vif"]
+    assert vif_ops(steps, DelVif) == [(2, "c")]
+    check_invariants(router)
+
+
+def test_replace_with_a_new_interface_adds_its_vif_first() -> None:
+    router = router_with_links("a", "b", "c")
+    run(router, router.add_route, r4(1, "a", "b"))
+    steps = run(router, router.add_route, r4(1, "a", "c"))
+    assert actions(steps) == ["add_vif", "replace_mfc", "del_vif"]
+    assert (steps[0].op, steps[2].op) == (AddVif(4, 2, "c", 3, 1), DelVif(4, 1, "b"))
+
+
+def test_adding_the_same_route_again_changes_nothing() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    before = observable(router)
+    assert run(router, router.add_route, r4(1, "a", "b")) == []
+    assert observable(router) == before
+
+
+def test_deleting_an_unknown_route_raises_not_found() -> None:
+    router = Router()
+    router.begin()
+    with pytest.raises(NotFound):
+        router.del_route(4, "10.0.0.1", GROUP4)
+
+
+# --- pending and degraded routes -----------------------------------------------------------------
+
+
+def test_pending_route_is_installed_when_its_interface_appears() -> None:
+    router = router_with_links("a")
+    assert run(router, router.add_route, r4(1, "a", "x")) == []
+    status = router.status(r4(1, "a").key)
+    assert (status.state, status.missing) == ("pending", ("x",))
+    assert router.vifs == {}  # nothing is reserved for a pending route
+
+    steps = run(router, router.link_up, "x", 7)
+    assert actions(steps) == ["add_vif", "add_vif", "add_mfc"]
+    assert steps[1].op == AddVif(4, 1, "x", 7, DEFAULT_THRESHOLD)
+    assert router.status(r4(1, "a").key).state == "installed"
+    assert router.waiting == {}
+    check_invariants(router)
+
+
+def test_link_down_degrades_keeps_the_index_and_link_up_readds_it() -> None:
+    router = router_with_links("a", "b", "c")
+    run(router, router.add_route, r4(1, "a", "b"))
+    entry = router.installed[r4(1, "a").key]
+
+    assert run(router, router.link_down, "b") == []  # the kernel removed the VIF itself
+    status = router.status(r4(1, "a").key)
+    assert (status.state, status.missing) == ("degraded", ("b",))
+    b = router.vif_of(4, "b")
+    assert b is not None
+    assert (b.vifi, b.ifindex) == (1, None)
+    assert router.slots[4][1] == "b"
+
+    # Another interface must not get index 1 while the entry still refers to it.
+    run(router, router.add_route, r4(2, "c", "a"))
+    assert vifi(router, "c") == 2
+
+    steps = run(router, router.link_up, "b", 42)
+    assert actions(steps) == ["readd_vif", "reissue_mfc"]
+    assert steps[0].op == AddVif(4, 1, "b", 42, DEFAULT_THRESHOLD)
+    assert steps[0].undo == DelVif(4, 1, "b")
+    assert steps[1].op == entry
+    assert steps[1].undo == entry
+    assert router.status(r4(1, "a").key).state == "installed"
+    check_invariants(router)
+
+
+def test_link_up_with_the_same_ifindex_is_a_no_op() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    assert run(router, router.link_up, "b", 2) == []
+
+
+def test_deleting_a_degraded_route_frees_the_index_without_del_vif() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    run(router, router.link_down, "b")
+    steps = run(router, router.del_route, *r4(1, "a").key)
+    assert actions(steps) == ["del_mfc", "del_vif"]
+    assert vif_ops(steps, DelVif) == [(0, "a")]
+    assert router.slots[4][1] is None
+    check_invariants(router)
+
+
+def test_rename_releases_the_vif_in_the_kernel_and_keeps_the_index() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    steps = run(router, router.link_down, "b", False)
+    assert steps == [Step(DelVif(4, 1, "b"), AddVif(4, 1, "b", 2, DEFAULT_THRESHOLD), "del_vif")]
+    assert router.status(r4(1, "a").key).state == "degraded"
+    assert router.slots[4][1] == "b"
+
+
+def test_vif_limit_is_32_per_family() -> None:
+    names = [f"e{i}" for i in range(MAXVIFS + 1)]
+    router = router_with_links(*names)
+    run(router, router.add_route, r4(1, names[0], *names[1:MAXVIFS]))
+    run(router, router.add_route, r6(1, names[0], *names[1:MAXVIFS]))  # IPv6 has its own 32
+    before = observable(router)
+    router.begin()
+    with pytest.raises(VifLimit, match="all 32 VIFs are in use"):
+        router.add_route(r4(2, names[0], names[MAXVIFS]))
+    router.rollback()
+    assert observable(router) == before
+
+
+def test_route_blocked_by_the_vif_limit_is_installed_once_an_index_is_free() -> None:
+    names = [f"e{i}" for i in range(MAXVIFS)]
+    router = router_with_links(*names)
+    run(router, router.add_route, r4(1, names[0], *names[1:]))
+    run(router, router.add_route, r4(2, names[0], "x"))
+    assert run(router, router.link_up, "x", 99) == []  # link events never fail
+    status = router.status(r4(2, "x").key)
+    assert (status.state, status.missing) == ("pending", ())
+    assert "no free VIF" in status.reason
+    run(router, router.add_route, r4(1, names[0], *names[1:-1]))  # frees the last index
+    steps = run(router, router.retry_blocked)
+    assert actions(steps) == ["add_vif", "add_mfc"]
+    assert router.blocked == {}
+    check_invariants(router)
+
+
+def test_set_threshold_reissues_ipv4_entries_with_the_new_ttl() -> None:
+    router = router_with_links("a", "b", "c")
+    run(router, router.add_route, r4(1, "a", "b", "c"))
+    run(router, router.add_route, r6(1, "a", "b"))
+    before = router.installed[r4(1, "a").key]
+    steps = run(router, router.set_threshold, "b", 5)
+    assert actions(steps) == ["reissue_mfc"]
+    assert steps[0].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 5), (2, 1)))
+    assert steps[0].undo == before
+    assert run(router, router.set_threshold, "b", 5) == []
+    assert run(router, router.set_threshold, "unused", 9) == []
+    assert router.threshold("unused") == 9
+
+
+@pytest.mark.parametrize("ttl", [0, 256, -1])
+def test_set_threshold_rejects_out_of_range(ttl: int) -> None:
+    router = Router()
+    router.begin()
+    with pytest.raises(InvalidArgument):
+        router.set_threshold("a", ttl)
+
+
+def test_new_vifs_use_the_interface_threshold() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.set_threshold, "b", 64)
+    steps = run(router, router.add_route, r4(1, "a", "b"))
+    assert steps[1].op == AddVif(4, 1, "b", 2, 64)
+    assert steps[2].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 64),))
+
+
+def test_changes_need_an_open_transaction() -> None:
+    router = router_with_links("a")
+    router.add_route(r4(1, "a", "x"))  # pending: no savepoint needed, recorded nowhere
+    with pytest.raises(RuntimeError):
+        router.link_up("x", 5)
+    router.begin()
+    with pytest.raises(RuntimeError):
+        router.begin()
+
+
+# --- undo of every step --------------------------------------------------------------------------
+
+
+def test_every_step_undo_inverts_its_op() -> None:
+    router = router_with_links("a", "b", "c", "d")
+    kernel = FakeKernel()
+    plans: list[tuple[Any, ...]] = [
+        (router.add_route, r4(1, "a", "b", "c")),
+        (router.add_route, r6(1, "a", "b")),
+        (router.add_route, r4(1, "a", "c", "d")),
+        (router.set_threshold, "c", 9),
+        (router.link_down, "d", False),
+        (router.link_up, "d", 11),
+        (router.del_route, 6, "2001:db8::1", GROUP6),
+        (router.del_route, 4, "10.0.0.1", GROUP4),
+    ]
+    seen: set[str] = set()
+    for method, *args in plans:
+        steps = run(router, method, *args)
+        for step in steps:
+            match step.op, step.undo:
+                case AddVif(f, v, n, _, _), DelVif(f2, v2, n2):
+                    assert (f, v, n) == (f2, v2, n2)
+                case DelVif(f, v, n), AddVif(f2, v2, n2, _, _):
+                    assert (f, v, n) == (f2, v2, n2)
+                case AddMfc(f, s, g, _, _), DelMfc(f2, s2, g2):
+                    assert (f, s, g) == (f2, s2, g2)
+                case AddMfc(f, s, g, _, _), AddMfc(f2, s2, g2, _, _):
+                    assert (f, s, g) == (f2, s2, g2)
+                case DelMfc(f, s, g), AddMfc(f2, s2, g2, _, _):
+                    assert (f, s, g) == (f2, s2, g2)
+                case _:
+                    pytest.fail(f"{step.action}: {step.undo} does not invert {step.op}")
+            seen.add(step.action)
+        check_undo(kernel, steps)
+        assert kernel.undo([]) == []
+        kernel.execute(steps)
+    assert seen == {"add_vif", "del_vif", "add_mfc", "replace_mfc", "del_mfc", "readd_vif"} | {
+        "reissue_mfc"
+    }
+
+
+# --- property tests ------------------------------------------------------------------------------
+
+NAMES = ("a", "b", "c", "d", "e")
+SOURCES = {4: ("10.0.0.1", "10.0.0.2", "10.0.0.3"), 6: ("2001:db8::1", "2001:db8::2")}
+GROUPS = {4: ("239.1.1.1", "239.2.2.2"), 6: ("ff0e::1", "ff05::2")}
+
+
+@st.composite
+def routes(draw: st.DrawFn) -> Route:
+    family = draw(st.sampled_from((4, 6)))
+    names = draw(st.lists(st.sampled_from(NAMES), min_size=2, max_size=4, unique=True))
+    source = draw(st.sampled_from(SOURCES[family]))
+    return Route(family, source, draw(st.sampled_from(GROUPS[family])), names[0], tuple(names[1:]))
+
+
+Action = tuple[Any, ...]
+route_changes = st.one_of(
+    st.tuples(st.just("add"), routes()),
+    st.tuples(st.just("del"), routes()),
+    st.tuples(st.just("threshold"), st.sampled_from(NAMES), st.integers(1, 4)),
+)
+link_events = st.one_of(
+    st.tuples(st.just("up"), st.sampled_from(NAMES), st.integers(1, 3)),
+    st.tuples(st.just("down"), st.sampled_from(NAMES), st.booleans()),
+)
+
+
+def perform(router: Router, action: Action) -> list[Step]:
+    match action:
+        case ("add", Route() as route):
+            return router.add_route(route)
+        case ("del", Route() as route):
+            return router.del_route(*route.key)
+        case ("threshold", str(name), int(ttl)):
+            return router.set_threshold(name, ttl)
+        case ("up", str(name), int(ifindex)):
+            return router.link_up(name, ifindex)
+        case ("down", str(name), bool(dropped)):
+            return router.link_down(name, dropped)
+    raise AssertionError(f"unknown action {action}")
+
+
+def transaction(router: Router, todo: list[Action]) -> list[Step] | None:
+    """Perform `todo` in one transaction; None (rolled back) when the model refuses one."""
+    router.begin()
+    steps: list[Step] = []
+    try:
+        for action in todo:
+            steps += perform(router, action)
+    except MfcdError:
+        router.rollback()
+        return None
+    return steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    committed=st.lists(st.one_of(route_changes, link_events), max_size=15),
+    rolled_back=st.lists(st.one_of(route_changes, link_events), min_size=1, max_size=15),
+)
+def test_rollback_restores_everything(committed: list[Action], rolled_back: list[Action]) -> None:
+    router = Router()
+    for action in committed:
+        if transaction(router, [action]) is not None:
+            router.commit()
+    before = observable(router)
+    if transaction(router, rolled_back) is not None:
+        router.rollback()
+    assert observable(router) == before
+    router.begin()  # the transaction is closed
+    router.rollback()
+
+
+@dataclass
+class World:
+    """The netns the model is told about: devices (name -> ifindex) and the kernel's tables."""
+
+    kernel: FakeKernel = field(default_factory=lambda: FakeKernel(set()))
+    devices: dict[str, int] = field(default_factory=dict)
+    next_ifindex: int = 1
+
+    def link_event(self, router: Router, name: str, kind: str, dropped: bool) -> list[Step]:
+        assert self.kernel.devices is not None
+        if kind == "up":
+            if name in self.devices:
+                return []
+            ifindex = self.devices[name] = self.next_ifindex
+            self.next_ifindex += 1
+            self.kernel.devices.add(ifindex)
+            return run(router, router.link_up, name, ifindex)
+        if name not in self.devices:
+            return []
+        ifindex = self.devices.pop(name)
+        if dropped:  # deleted: the kernel drops its VIFs; else renamed away, still a device
+            self.kernel.devices.discard(ifindex)
+            self.kernel.device_gone(ifindex)
+        return run(router, router.link_down, name, dropped)
+
+    def check(self, router: Router) -> None:
+        """The kernel forwards every installed route exactly as the model says, and nothing else."""
+        kernel = self.kernel
+        assert router.links == self.devices
+        present = {(v.family, v.vifi): v.ifindex for v in router.iter_vifs() if v.ifindex}
+        assert kernel.vifs == present
+        assert set(kernel.mfcs) == set(router.installed)
+        for key, entry in router.installed.items():
+            route = router.routes[key]
+            family = key[0]
+            assert kernel.mfcs[key].parent == vifi(router, route.iif, family)
+            oifs = frozenset(
+                (self.devices[n], router.threshold(n) if family == 4 else 0)
+                for n in route.oifs
+                if n in self.devices
+            )
+            assert kernel.forwarding(key) == (self.devices.get(route.iif), oifs), route
+            if family == 4:  # IPv6 entries have no TTLs (struct mf6cctl holds a MIF set)
+                ttls = {vifi(router, n): router.threshold(n) for n in route.oifs}
+                assert dict(entry.oifs) == ttls, f"the model's record of {route} is stale"
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(st.lists(route_changes, min_size=1, max_size=3), link_events),
+        max_size=30,
+    )
+)
+def test_kernel_forwards_what_the_model_says(events: list[Any]) -> None:
+    router = Router()
+    world = World()
+    for event in events:
+        if isinstance(event, tuple):
+            _, name, arg = event
+            steps = world.link_event(router, name, event[0], arg if event[0] == "down" else True)
+        else:
+            planned = transaction(router, event)
+            if planned is None:
+                continue
+            steps = planned
+            router.commit()
+        check_undo(world.kernel, steps)
+        world.kernel.execute(steps)
+        if router.blocked and any(isinstance(s.op, DelVif) for s in steps):
+            world.kernel.execute(run(router, router.retry_blocked))
+        check_invariants(router)
+        world.check(router)
+
+
+def test_link_events_reach_the_kernel_through_the_world() -> None:
+    # A fixed scenario for the simulation above: degrade, rename, re-create.
+    router = Router()
+    world = World()
+    for name in ("a", "b", "c"):
+        world.kernel.execute(world.link_event(router, name, "up", True))
+    changes: list[list[Action]] = [
+        [("add", r4(1, "a", "b", "c"))],
+        [("threshold", "c", 3)],
+        [("add", r6(1, "b", "a"))],
+    ]
+    for change in changes:
+        steps = transaction(router, change)
+        assert steps is not None
+        world.kernel.execute(steps)
+        router.commit()
+        world.check(router)
+    world.kernel.execute(world.link_event(router, "b", "down", True))
+    world.check(router)
+    world.kernel.execute(world.link_event(router, "c", "down", False))
+    world.check(router)
+    for name in ("b", "c"):
+        world.kernel.execute(world.link_event(router, name, "up", True))
+        world.check(router)
+    assert world.kernel.forwarding(r4(1, "a").key) == (1, frozenset({(4, 1), (5, 3)}))
