@@ -7,6 +7,7 @@ dataclasses) so that it starts in a few milliseconds; a test guards that.
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
 import shutil
@@ -136,8 +137,6 @@ class Client:
 
 def _socket_group(path: str) -> str:
     """The group that may use the socket (for the error message), or mfc if it cannot be read."""
-    import grp  # only on this error path
-
     try:
         return grp.getgrgid(os.stat(path).st_gid).gr_name
     except (OSError, KeyError):
@@ -366,36 +365,51 @@ def _human(n: float) -> str:
 
 
 def format_show(result: dict[str, Any], width: int, rates: dict[str, Any] | None = None) -> str:
-    lines: list[str] = []
     vifs = result.get("vifs", [])
     stats = any("stats" in v for v in vifs) or any("stats" in r for r in result.get("routes", []))
-    lines.append(f"VIFs ({len(vifs)})")
-    header = ["FAMILY", "VIF", "INTERFACE", "IFINDEX", "THRESHOLD", "ROUTES"]
-    if stats:
-        header += ["PKTS IN", "PKTS OUT", "BYTES IN", "BYTES OUT"]
+    lines = format_vifs(vifs, stats)
+    lines.append("")
+    lines += format_routes(result.get("routes", []), width, stats, rates)
+    return "\n".join(lines)
+
+
+def format_vif_show(result: dict[str, Any]) -> str:
+    vifs = result.get("vifs", [])
+    lines = format_vifs(vifs, any("stats" in v for v in vifs))
+    settings = result.get("settings", [])
+    lines += ["", f"Interface settings ({len(settings)})"]
+    rows = [["INTERFACE", "THRESHOLD"]] + [[s["interface"], str(s["threshold"])] for s in settings]
+    lines += table(rows, right={1}) if settings else ["  (none: every interface uses threshold 1)"]
+    return "\n".join(lines)
+
+
+def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:
+    lines = [f"VIFs ({len(vifs)})"]
+    # With counters, ifindex and threshold give way so the table fits 80 columns.
+    header = ["FAMILY", "VIF", "INTERFACE"]
+    header += (
+        ["ROUTES", "PKTS IN", "PKTS OUT", "BYTES IN", "BYTES OUT"]
+        if stats
+        else ["IFINDEX", "THRESHOLD", "ROUTES"]
+    )
     rows = [header]
     for v in vifs:
-        row = [
-            v["family"],
-            str(v["vif"]),
-            v["interface"],
-            str(v["ifindex"]) if v["present"] else "absent",
-            str(v["threshold"]),
-            str(v["routes"]),
-        ]
+        row = [v["family"], str(v["vif"]), v["interface"]]
         if stats:
             s = v.get("stats", {})
             row += [
+                str(v["routes"]),
                 _human(s.get("packets_in", 0)),
                 _human(s.get("packets_out", 0)),
                 _human(s.get("bytes_in", 0)),
                 _human(s.get("bytes_out", 0)),
             ]
+        else:
+            ifindex = str(v["ifindex"]) if v["present"] else "absent"
+            row += [ifindex, str(v["threshold"]), str(v["routes"])]
         rows.append(row)
-    lines += table(rows, right={1, 3, 4, 5, 6, 7, 8, 9}) if vifs else ["  (none)"]
-    lines.append("")
-    lines += format_routes(result.get("routes", []), width, stats, rates)
-    return "\n".join(lines)
+    lines += table(rows, right=set(range(3, len(header))) | {1}) if vifs else ["  (none)"]
+    return lines
 
 
 def _state(route: dict[str, Any]) -> str:
@@ -523,7 +537,7 @@ class Cli:
             return self.change("vif.set", {"interface": a.interface, "threshold": a.threshold})
         if a.command == "vif":
             result = self.client.call("vif.show", {"stats": a.stats})
-            self.emit(result, lambda r: format_show(r | {"routes": []}, _width()).split("\n\n")[0])
+            self.emit(result, format_vif_show)
             return protocol.EXIT_OK
         if a.command == "sync":
             result = self.client.call("sync", {}, dry_run=a.dry_run)
