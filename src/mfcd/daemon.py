@@ -65,6 +65,8 @@ def setup_logging(level: str) -> None:
 
 
 DEFAULT_TABLE = {4: 253, 6: 254}  # RT_TABLE_DEFAULT (IPv4) and RT_TABLE_MAIN (IPv6)
+# Settings a running daemon cannot change: SIGHUP keeps the running value and warns.
+RESTART_ONLY = ("socket_path", "state_file", "ipv4", "ipv6", "max_request_bytes")
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
 
 
@@ -92,9 +94,13 @@ class Daemon:
     kernel: Kernel
     monitor: netlink.LinkMonitor
 
-    def __init__(self, cfg: config.Config, config_path: str | None) -> None:
+    def __init__(
+        self, cfg: config.Config, config_path: str | None, overrides: dict[str, str | None]
+    ) -> None:
         self.cfg = cfg
         self.config_path = config_path
+        self.overrides = overrides
+        self.server: Server | None = None
         self.stopping = asyncio.Event()
         self._resync: asyncio.TimerHandle | None = None
 
@@ -141,7 +147,9 @@ class Daemon:
         self.controller, self.kernel, self.monitor = controller, kernel, monitor
         loop.add_reader(monitor.fileno(), self._on_link_events)
         commands = Commands(controller, cfg.families, lambda: observe_kernel(kernel))
-        server = Server(commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes)
+        server = self.server = Server(
+            commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
+        )
         await server.start(listener)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -198,43 +206,54 @@ class Daemon:
             await asyncio.sleep(interval)  # already half the timeout
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config file; apply what can change while running."""
+        """SIGHUP: re-read the config file and apply what can change while running."""
         try:
-            new = config.load(self.config_path)
+            new = resolve(config.load(self.config_path), self.overrides)
         except MfcdError as e:
             log.error("reload failed, keeping the running configuration: %s", e)
             return
-        new = config.override(new, socket_path=self.cfg.socket_path, state_file=self.cfg.state_file)
-        if new.families != self.cfg.families:
-            log.warning("reload: changing ipv4/ipv6 needs a restart; keeping the running families")
+        old = self.cfg
+        fixed = {k: getattr(old, k) for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)}
+        for key in fixed:
+            log.warning("reload: %s changes only at restart; keeping %r", key, getattr(old, key))
+        new = config.override(new, **fixed)
+        if (new.socket_group, new.socket_mode) != (old.socket_group, old.socket_mode):
+            try:
+                socket_permissions(old.socket_path, new.socket_group, new.socket_mode)
+            except MfcdError as e:
+                log.error("reload failed, keeping the running configuration: %s", e)
+                return
         logging.getLogger().setLevel(new.log_level.upper())
-        try:
-            if new.socket_group != self.cfg.socket_group or new.socket_mode != self.cfg.socket_mode:
-                socket_permissions(self.cfg.socket_path, new.socket_group, new.socket_mode)
-        except MfcdError as e:
-            log.error("reload: %s", e)
-            return
+        if self.server is not None:
+            self.server.client_timeout = new.client_timeout
         self.cfg = new
         log.info("configuration reloaded from %s", self.config_path or config.DEFAULT_PATH)
 
 
+def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:
+    """Apply command-line flags, then make paths absolute (the daemon may change directory)."""
+    cfg = config.override(cfg, **overrides)
+    return config.override(
+        cfg,
+        socket_path=os.path.abspath(cfg.socket_path),
+        state_file=os.path.abspath(cfg.state_file),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    overrides = {
+        "socket_path": args.socket,
+        "state_file": args.state_file,
+        "log_level": args.log_level,
+    }
     try:
-        cfg = config.load(args.config)
-        cfg = config.override(
-            cfg, socket_path=args.socket, state_file=args.state_file, log_level=args.log_level
-        )
-        cfg = config.override(
-            cfg,
-            socket_path=os.path.abspath(cfg.socket_path),
-            state_file=os.path.abspath(cfg.state_file),
-        )
+        cfg = resolve(config.load(args.config), overrides)
     except MfcdError as e:
         print(f"mfcd: {e}", file=sys.stderr)
         return 1
     setup_logging(cfg.log_level)
-    daemon = Daemon(cfg, args.config)
+    daemon = Daemon(cfg, args.config, overrides)
     try:
         asyncio.run(daemon.run())
     except MfcdError as e:

@@ -329,3 +329,29 @@ def test_only_root_and_the_socket_group_can_connect(
             if d.proc is not None:
                 d.stop()
         subprocess.run(["rm", "-rf", str(rundir)], check=False)
+
+
+def test_sighup_reloads_the_config_and_survives_a_bad_one(lab: Lab, mfcd: Mfcd) -> None:
+    add(mfcd, 4, "r0", "r1")
+    assert os.stat(mfcd.socket).st_mode & 0o777 == 0o660
+    base = mfcd.config_file.read_text()
+    mfcd.config_file.write_text(
+        base.replace('log_level = "debug"', 'log_level = "info"')
+        + 'socket_mode = "0600"\nipv6 = false\n'
+    )
+    assert mfcd.proc is not None
+    mfcd.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while os.stat(mfcd.socket).st_mode & 0o777 != 0o600 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.stat(mfcd.socket).st_mode & 0o777 == 0o600
+    mfcd.config_file.write_text(base + "no_such_setting = 1\n")
+    mfcd.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.3)
+    assert mfcd.ok("ping").startswith("mfcd")
+    assert received(lab, 4) == [5, 0, 0]  # routes untouched by either reload
+    add(mfcd, 6, "r0", "r2")  # ipv6 = false takes effect only at restart
+    _, log = mfcd.stop()
+    assert "ipv6 changes only at restart" in log
+    assert "reload failed" in log and "no_such_setting" in log
+    assert log.count("configuration reloaded") == 1
