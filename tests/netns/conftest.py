@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -84,10 +85,8 @@ class Mfcd:
         assert result.returncode == 0, f"mfcctl {' '.join(args)}: {result.stderr}"
         return result.stdout
 
-    def show(self) -> dict[str, object]:
-        import json
-
-        data: dict[str, object] = json.loads(self.ok("show", "--output", "json"))
+    def show(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.ok("show", "--output", "json"))
         return data
 
     def wait_state(self, group: str, state: str, timeout: float = 10) -> dict[str, Any]:
@@ -95,7 +94,7 @@ class Mfcd:
         deadline = time.monotonic() + timeout
         route: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            routes: list[dict[str, Any]] = self.show()["routes"]  # type: ignore[assignment]
+            routes: list[dict[str, Any]] = self.show()["routes"]
             route = next(r for r in routes if r["group"] == group)
             if route["state"] == state:
                 return route

@@ -1,4 +1,4 @@
-"""Reading the kernel's multicast tables in a namespace (/proc/net/ip_mr_cache, ip6_mr_cache, *_vif)."""
+"""The kernel's multicast tables in a namespace, from /proc/net/ip_mr_* and /proc/net/ip6_mr_*."""
 
 from __future__ import annotations
 

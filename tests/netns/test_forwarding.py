@@ -1,4 +1,4 @@
-"""End to end: mfcctl tells the real mfcd to route, and real multicast packets follow (IPv4, IPv6)."""
+"""End to end: mfcctl tells the real mfcd to route, and real multicast packets follow."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def received(lab: Lab, family: int, group: str | None = None) -> list[int]:
 
 
 def assert_kernel_matches_show(lab: Lab, mfcd: Mfcd, family: int) -> None:
-    """Every installed route of `show` is in the kernel's MFC with the same iif and oifs, and only those."""
+    """The kernel's MFC holds exactly the installed routes of `show`, with the same iif and oifs."""
     shown: dict[str, Any] = mfcd.show()
     vif_of = {v["interface"]: v["vif"] for v in shown["vifs"] if v["family"] == FAMILY[family]}
     expected = {

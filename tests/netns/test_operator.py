@@ -1,4 +1,4 @@
-"""End to end: statistics from real packets, VIF settings, JSON output, verbose and dry-run modes."""
+"""End to end: statistics from real packets, VIF settings, JSON output, verbose and dry runs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.netns.conftest import BIN, Mfcd
 from tests.netns.test_forwarding import FAMILY, FLOWS, add, received
 
 
-def stats_of(mfcd: Mfcd) -> tuple[dict[str, Any], dict[str, Any]]:
+def stats_of(mfcd: Mfcd) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
     shown: dict[str, Any] = json.loads(mfcd.ok("show", "--stats", "--output", "json"))
     routes = {r["group"]: r["stats"] for r in shown["routes"]}
     vifs = {(v["family"], v["interface"]): v["stats"] for v in shown["vifs"]}
@@ -25,7 +25,7 @@ def stats_of(mfcd: Mfcd) -> tuple[dict[str, Any], dict[str, Any]]:
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_statistics_count_real_packets(lab: Lab, mfcd: Mfcd, family: int) -> None:
-    source, group = FLOWS[family]
+    group = FLOWS[family][1]
     add(mfcd, family, "r0", "r1", "r2")
     routes, vifs = stats_of(mfcd)
     assert routes[group] == {"packets": 0, "bytes": 0, "wrong_if": 0}

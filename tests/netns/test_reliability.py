@@ -85,7 +85,7 @@ def test_kill_9_while_adding_loses_no_acknowledged_route(lab: Lab, mfcd: Mfcd) -
     assert kernel_tables.mfc(lab, 4) == {}  # the kernel dropped everything with the socket
 
     mfcd.start()
-    recovered = {r["group"] for r in mfcd.show()["routes"]}  # type: ignore[union-attr]
+    recovered = {r["group"] for r in mfcd.show()["routes"]}
     # Every acknowledged route is back; at most the one request in flight at the kill is extra.
     assert set(acked) <= recovered
     in_flight = set(attempted[len(acked) : len(acked) + 1])
@@ -193,7 +193,7 @@ def test_fifty_concurrent_clients_end_consistent(lab: Lab, mfcd: Mfcd) -> None:
     for t in threads:
         t.join()
     expected = {group(n * 4 + k) for n in range(50) for k in (2, 3)}
-    assert {r["group"] for r in mfcd.show()["routes"]} == expected  # type: ignore[union-attr]
+    assert {r["group"] for r in mfcd.show()["routes"]} == expected
     assert installed_groups(lab) == expected
     mfcd.stop()
     mfcd.start()
