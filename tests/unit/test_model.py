@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import FakeKernel, check_undo, observable, router_with_links, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from mfcd.model import (
     Router,
     Step,
 )
+from tests.unit.conftest import FakeKernel, check_undo, observable, router_with_links, run
 
 GROUP4 = "239.1.1.1"
 GROUP6 = "ff0e::1"
