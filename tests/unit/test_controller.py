@@ -1,0 +1,222 @@
+"""Tests for mfcd.controller: all-or-nothing changes across model, kernel and journal."""
+
+from __future__ import annotations
+
+import pytest
+
+from mfcd.controller import AddRoute, Change, Controller, DelRoute, SetThreshold, describe_step
+from mfcd.errors import KernelError, StateError, VifLimit
+from mfcd.model import MAXVIFS, Route
+from mfcd.state import Loaded, route_op
+from tests.unit.conftest import FakeKernel, FakeState, observable
+
+LINKS = {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
+def r4(n: int, iif: str, *oifs: str) -> Route:
+    return Route(4, f"10.0.0.{n}", "239.1.1.1", iif, oifs)
+
+
+def controller_with(*names: str, state: FakeState | None = None) -> Controller:
+    """A controller whose interfaces `names` exist (ifindex = position + 1)."""
+    ctl = Controller(FakeKernel(), state or FakeState())
+    for ifindex, name in enumerate(names, 1):
+        ctl.link_up(name, ifindex)
+    return ctl
+
+
+@pytest.fixture
+def ctl() -> Controller:
+    """Interfaces a-d exist; two routes are installed and journaled."""
+    ctl = controller_with(*LINKS)
+    ctl.change([AddRoute(r4(1, "a", "b")), AddRoute(r4(2, "b", "a", "c"))])
+    return ctl
+
+
+def fake(ctl: Controller) -> tuple[FakeKernel, FakeState]:
+    assert isinstance(ctl.kernel, FakeKernel)
+    assert isinstance(ctl.state, FakeState)
+    return ctl.kernel, ctl.state
+
+
+# A change that touches every kind of step: new VIF, new entry, replace, delete, release.
+MIXED: list[Change] = [
+    AddRoute(r4(3, "c", "d")),
+    AddRoute(r4(1, "a", "c")),
+    DelRoute(r4(2, "b").key),
+    SetThreshold("d", 7),
+]
+
+
+def test_change_applies_kernel_then_journal(ctl: Controller) -> None:
+    kernel, state = fake(ctl)
+    steps = ctl.change(MIXED)
+    assert kernel.applied[-len(steps) :] == [s.op for s in steps]
+    assert state.records[-1] == [
+        route_op(r4(3, "c", "d")),
+        route_op(r4(1, "a", "c")),
+        ["del", 4, "10.0.0.2", "239.1.1.1"],
+        ["threshold", "d", 7],
+    ]
+    assert set(kernel.mfcs) == {r4(1, "a").key, r4(3, "a").key}
+
+
+def plan_length(ctl: Controller) -> int:
+    return len(ctl.change(MIXED, dry_run=True))
+
+
+@pytest.mark.parametrize("nth", range(1, 7))
+def test_failing_kernel_op_undoes_everything(ctl: Controller, nth: int) -> None:
+    kernel, state = fake(ctl)
+    assert nth <= plan_length(ctl)
+    router_before, kernel_before = observable(ctl.router), kernel.clone()
+    records = list(state.records)
+    kernel.fail_at = kernel.calls + nth
+    with pytest.raises(KernelError) as info:
+        ctl.change(MIXED)
+    assert info.value.undo_failures == []
+    assert (kernel.vifs, kernel.mfcs) == (kernel_before.vifs, kernel_before.mfcs)
+    assert observable(ctl.router) == router_before
+    assert state.records == records
+
+
+def test_failing_journal_undoes_the_kernel(ctl: Controller) -> None:
+    kernel, state = fake(ctl)
+    router_before, kernel_before = observable(ctl.router), kernel.clone()
+    records = list(state.records)
+    state.fail = True
+    with pytest.raises(StateError):
+        ctl.change(MIXED)
+    assert len(kernel.applied) > len(kernel_before.applied)  # it was applied, then undone
+    assert (kernel.vifs, kernel.mfcs) == (kernel_before.vifs, kernel_before.mfcs)
+    assert observable(ctl.router) == router_before
+    assert state.records == records
+
+
+def test_vif_limit_changes_nothing() -> None:
+    names = [f"e{i}" for i in range(MAXVIFS + 1)]
+    ctl = controller_with(*names)
+    kernel, state = fake(ctl)
+    before = observable(ctl.router)
+    with pytest.raises(VifLimit):
+        ctl.change([AddRoute(r4(1, names[0], *names[1:MAXVIFS])), AddRoute(r4(2, "e0", "e32"))])
+    assert (kernel.applied, state.records) == ([], [])
+    assert observable(ctl.router) == before
+
+
+def test_dry_run_returns_the_plan_and_changes_nothing(ctl: Controller) -> None:
+    kernel, state = fake(ctl)
+    before, applied, records = observable(ctl.router), list(kernel.applied), list(state.records)
+    plan = ctl.change(MIXED, dry_run=True)
+    assert [s.action for s in plan] == [
+        "add_vif",
+        "add_mfc",
+        "replace_mfc",
+        "del_mfc",
+        "del_vif",
+        "reissue_mfc",
+    ]
+    assert describe_step(plan[0]) == {
+        "action": "add_vif",
+        "family": "ipv4",
+        "vif": 3,
+        "interface": "d",
+    }
+    assert (kernel.applied, state.records) == (applied, records)
+    assert observable(ctl.router) == before
+    assert ctl.change(MIXED) == plan  # the real run does what the dry run said
+
+
+def test_restore_installs_what_it_can_and_leaves_the_rest_pending() -> None:
+    loaded = Loaded(
+        routes={r.key: r for r in (r4(1, "a", "b"), r4(2, "a", "x"), r4(3, "y", "b"))},
+        thresholds={"b": 5},
+    )
+    ctl = Controller(FakeKernel(), FakeState())
+    ctl.restore(loaded, {"a": 1, "b": 2})
+    kernel, state = fake(ctl)
+    states = {k[1]: ctl.router.status(k).state for k in loaded.routes}
+    assert states == {"10.0.0.1": "installed", "10.0.0.2": "pending", "10.0.0.3": "pending"}
+    assert set(kernel.mfcs) == {r4(1, "a").key}
+    assert kernel.mfcs[r4(1, "a").key].ttls == {1: 5}
+    assert state.records == []  # restoring is not a change
+    steps = ctl.link_up("x", 9)
+    assert [s.action for s in steps] == ["add_vif", "add_mfc"]
+    assert ctl.router.status(r4(2, "a").key).state == "installed"
+
+
+def test_restore_falls_back_to_one_route_at_a_time() -> None:
+    loaded = Loaded(routes={r.key: r for r in (r4(1, "a", "b"), r4(2, "c", "d"))})
+    kernel = FakeKernel(fail_at=4)  # fails the first, all-at-once attempt only
+    ctl = Controller(kernel, FakeState())
+    ctl.restore(loaded, LINKS)
+    assert all(ctl.router.status(k).state == "installed" for k in loaded.routes)
+    assert set(kernel.mfcs) == set(loaded.routes)
+    assert len(kernel.vifs) == 4
+
+
+def test_link_event_failure_leaves_the_model_unchanged(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    ctl.router.begin()
+    ctl.router.add_route(r4(5, "a", "x"))
+    ctl.router.commit()
+    before = observable(ctl.router)
+    kernel.fail_at = kernel.calls + 2
+    assert ctl.link_up("x", 9) == []  # logged, not raised
+    assert observable(ctl.router) == before
+    assert ctl.router.status(r4(5, "a").key).state == "pending"
+
+
+@pytest.mark.parametrize(("already", "compacted"), [(9_998, False), (9_999, True)])
+def test_compaction_once_the_journal_holds_enough_ops(
+    ctl: Controller, already: int, compacted: bool
+) -> None:
+    _, state = fake(ctl)
+    state.ops_since_snapshot = already
+    ctl.change([AddRoute(r4(3, "c", "d"))])
+    if compacted:
+        assert state.snapshots == [(list(ctl.router.routes.values()), {})]
+        assert state.ops_since_snapshot == 0
+    else:
+        assert (state.snapshots, state.ops_since_snapshot) == ([], already + 1)
+
+
+def test_compaction_threshold_grows_with_the_number_of_routes() -> None:
+    ctl = controller_with("a", "b")
+    _, state = fake(ctl)
+    ctl.router.begin()
+    for n in range(10_001):
+        ctl.router.restore(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.9.9.9", "a", ("x",)))
+    ctl.router.commit()
+    state.ops_since_snapshot = 10_000
+    ctl.change([AddRoute(r4(1, "a", "b"))])
+    assert state.snapshots == []  # 10,001 ops < 10,002 routes
+    ctl.change([SetThreshold("b", 3)])
+    assert len(state.snapshots) == 1
+
+
+def test_failed_compaction_does_not_fail_a_change_already_made(ctl: Controller) -> None:
+    kernel, state = fake(ctl)
+    state.ops_since_snapshot = 9_999
+    state.fail_snapshot = True
+    # The change is in the kernel and durable in the journal: reporting state_error ("nothing
+    # was changed") would be false.
+    steps = ctl.change([AddRoute(r4(3, "c", "d"))])
+    assert steps
+    assert r4(3, "c").key in kernel.mfcs
+    assert state.records[-1] == [route_op(r4(3, "c", "d"))]
+
+
+@pytest.mark.parametrize("present", [True, False], ids=["oif-present", "oif-deleted"])
+def test_blocked_route_is_installed_when_a_vif_index_is_freed(present: bool) -> None:
+    names = [f"e{i}" for i in range(MAXVIFS)]
+    ctl = controller_with(*names)
+    big, small, blocked = r4(1, "e0", *names[1:-1]), r4(2, "e0", "e31"), r4(3, "e0", "x")
+    ctl.change([AddRoute(big), AddRoute(small), AddRoute(blocked)])  # 32 VIFs; `blocked` waits
+    ctl.link_up("x", 99)
+    assert "no free VIF" in ctl.router.status(blocked.key).reason
+    if not present:
+        ctl.link_down("e31")  # the kernel drops its VIF; index 31 stays reserved for `small`
+    ctl.change([DelRoute(small.key)])  # index 31 is free now, either way
+    assert ctl.router.status(blocked.key).state == "installed"
+    assert ctl.router.slots[4][31] == "x"
