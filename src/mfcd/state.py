@@ -24,6 +24,7 @@ the file name, line and reason, and the file is never rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zlib
@@ -106,7 +107,7 @@ def parse(data: bytes, path: str = "state file") -> Loaded:
                 for op in record["ops"]:
                     _apply(loaded, op)
                 loaded.ops_since_snapshot += len(record["ops"])
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StateError(
                 f"{path}: line {lineno} is corrupt ({e}); the file was left untouched —"
                 " repair or move it away, then start mfcd again"
@@ -122,6 +123,7 @@ class StateFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        self._length = 0  # bytes of complete records: where the next append starts
         self.ops_since_snapshot = 0
 
     def load(self) -> Loaded:
@@ -149,6 +151,7 @@ class StateFile:
         except OSError as e:
             raise StateError(f"{self.path}: cannot open the state file: {e.strerror}") from None
         self._fd = fd
+        self._length = good_length
 
     def append(self, ops: list[Op]) -> None:
         """Durably record one change (one or many ops) before it is acknowledged."""
@@ -160,22 +163,22 @@ class StateFile:
             _write_all(self._fd, data)
             os.fdatasync(self._fd)
         except OSError as e:
-            self._recover_after_failed_append()
+            self._cut_back()
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
+        self._length += len(data)
         self.ops_since_snapshot += len(ops)
 
-    def _recover_after_failed_append(self) -> None:
-        # A partial line would make later records unreadable; cut back to the last good record.
-        # If even that fails the torn line is ignored at the next start, like after a crash.
-        if self._fd is None:
-            return
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-            os.ftruncate(self._fd, parse(data, self.path).good_length)
+    def _cut_back(self) -> None:
+        """Drop a record whose write failed: the change is refused, so it must not replay.
+
+        If even this fails, a partial line is ignored at the next start like after a crash;
+        a complete one would replay a refused change, which is why we try.
+        """
+        assert self._fd is not None
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._length)
             os.lseek(self._fd, 0, os.SEEK_END)
-        except (OSError, StateError):
-            pass
+            os.fdatasync(self._fd)
 
     def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None:
         """Replace the journal with one snapshot: temporary file, fsync, rename, fsync dir."""
@@ -185,35 +188,42 @@ class StateFile:
                 "thresholds": thresholds,
             }
         }
+        data = HEADER + encode_record(record)
         directory = os.path.dirname(os.path.abspath(self.path))
         tmp = f"{self.path}.tmp"
+        fd = -1
         try:
             os.makedirs(directory, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-            try:
-                _write_all(fd, HEADER + encode_record(record))
-                os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                raise
+            _write_all(fd, data)
+            os.fsync(fd)
             os.rename(tmp, self.path)
-            dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+            _fsync_directory(directory)
         except OSError as e:
+            if fd >= 0:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
         if self._fd is not None:
             os.close(self._fd)
         self._fd = fd
-        os.lseek(fd, 0, os.SEEK_END)
+        self._length = len(data)
         self.ops_since_snapshot = 0
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename in `directory` durable."""
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
