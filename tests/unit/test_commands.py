@@ -1,0 +1,268 @@
+"""Tests for mfcd.commands: one response line per request, stable error codes, no half changes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mfcd import protocol
+from mfcd.commands import Commands, Peer
+from mfcd.controller import Controller
+from tests.unit.conftest import FakeKernel, FakeState, observable
+
+PEER = Peer(pid=4242, uid=0, gid=0)
+ROUTE = {"source": "10.0.0.1", "group": "239.1.1.1", "iif": "a", "oifs": ["b"]}
+
+
+def make_commands(families: tuple[int, ...] = (4, 6)) -> Commands:
+    ctl = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(("a", "b", "c"), 1):
+        ctl.link_up(name, ifindex)
+    commands = Commands(ctl, families)
+    assert ask(commands, "mfc.add", ROUTE)["ok"]
+    return commands
+
+
+@pytest.fixture
+def commands() -> Commands:
+    """Interfaces a, b, c exist and ROUTE is installed."""
+    return make_commands()
+
+
+def answer(commands: Commands, line: bytes) -> dict[str, Any]:
+    """Send one raw line; check the response is one line of JSON; return it decoded."""
+    raw = commands.handle(line, PEER)
+    assert raw.endswith(b"\n")
+    assert raw.count(b"\n") == 1
+    response = json.loads(raw)
+    assert isinstance(response, dict)
+    assert response["v"] == protocol.PROTOCOL_VERSION
+    assert isinstance(response["ok"], bool)
+    if not response["ok"]:
+        error = response["error"]
+        assert error["code"] in protocol.ERROR_EXIT
+        assert isinstance(error["message"], str)
+        assert "\n" not in error["message"]
+    return response
+
+
+def ask(commands: Commands, cmd: str, args: Any, **envelope: Any) -> dict[str, Any]:
+    msg = {"v": 1, "id": 7, "cmd": cmd, "args": args, **envelope}
+    return answer(commands, json.dumps(msg).encode())
+
+
+def snapshot(commands: Commands) -> tuple[Any, ...]:
+    kernel, state = commands.controller.kernel, commands.controller.state
+    assert isinstance(kernel, FakeKernel)
+    assert isinstance(state, FakeState)
+    return observable(commands.controller.router), kernel.view(), list(state.records)
+
+
+def error_of(response: dict[str, Any]) -> tuple[str, str | None]:
+    assert response["ok"] is False, response
+    return response["error"]["code"], response["error"].get("field")
+
+
+# --- envelopes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"not json",
+        b"{",
+        b"\xff\xfe\x00",
+        b"[1, 2]",
+        b'"ping"',
+        b"null",
+        b"1e999",
+        b'{"v": 1, "cmd": "ping", "id": ' + b"9" * 5000 + b"}",
+        b"[" * 100_000,
+        b'{"a":' * 100_000,
+    ],
+    ids=lambda b: repr(b[:20]),
+)
+def test_lines_that_are_not_json_objects_are_bad_requests(commands: Commands, line: bytes) -> None:
+    before = snapshot(commands)
+    assert error_of(answer(commands, line)) == ("bad_request", None)
+    assert snapshot(commands) == before
+
+
+@pytest.mark.parametrize(
+    ("msg", "code", "field"),
+    [
+        ({"v": 2, "cmd": "ping"}, "unsupported_version", None),
+        ({"cmd": "ping"}, "unsupported_version", None),
+        ({"v": "1", "cmd": "ping"}, "unsupported_version", None),
+        ({"v": 1e999, "cmd": "ping"}, "unsupported_version", None),
+        ({"v": 1, "cmd": "reboot"}, "bad_request", "cmd"),
+        ({"v": 1}, "bad_request", "cmd"),
+        ({"v": 1, "cmd": ["ping"]}, "bad_request", "cmd"),
+        ({"v": 1, "cmd": "ping", "extra": True}, "bad_request", None),
+        ({"v": 1, "cmd": "ping", "args": []}, "bad_request", "args"),
+        ({"v": 1, "cmd": "ping", "args": None}, "bad_request", "args"),
+        ({"v": 1, "cmd": "ping", "dry_run": "yes"}, "bad_request", "dry_run"),
+        ({"v": 1, "cmd": "ping", "dry_run": 1}, "bad_request", "dry_run"),
+        ({"v": 1, "cmd": "ping", "id": [1]}, "bad_request", "id"),
+        ({"v": 1, "cmd": "ping", "id": True}, "bad_request", "id"),
+        ({"v": 1, "cmd": "ping", "id": 1.5}, "bad_request", "id"),
+        ({"v": 1, "cmd": "ping", "args": {"x": 1}}, "bad_request", "x"),
+        ({"v": 1, "cmd": "show", "args": {"stats": "yes"}}, "bad_request", "stats"),
+        ({"v": 1, "cmd": "sync"}, "bad_request", None),  # no kernel observer in this mfcd
+    ],
+)
+def test_bad_envelopes(
+    commands: Commands, msg: dict[str, Any], code: str, field: str | None
+) -> None:
+    before = snapshot(commands)
+    assert error_of(answer(commands, json.dumps(msg).encode())) == (code, field)
+    assert snapshot(commands) == before
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_version_must_be_the_integer_1(commands: Commands, version: Any) -> None:
+    response = answer(commands, json.dumps({"v": version, "cmd": "ping"}).encode())
+    assert response["ok"] is False, f"version {version!r} was accepted"
+    assert response["error"]["code"] in ("unsupported_version", "bad_request")
+
+
+@pytest.mark.parametrize("request_id", [0, "abc", 10**30, None])
+def test_the_id_is_echoed(commands: Commands, request_id: Any) -> None:
+    assert ask(commands, "ping", {}, id=request_id)["id"] == request_id
+    assert ask(commands, "nope", {}, id=request_id)["id"] == request_id
+
+
+def test_ping_and_show(commands: Commands) -> None:
+    result = ask(commands, "ping", {})["result"]
+    assert (result["protocol"], result["families"]) == (1, ["ipv4", "ipv6"])
+    shown = ask(commands, "show", {"stats": True})["result"]
+    assert [(r["source"], r["state"]) for r in shown["routes"]] == [("10.0.0.1", "installed")]
+    assert [v["interface"] for v in shown["vifs"]] == ["a", "b"]
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args", "code", "field"),
+    [
+        ("mfc.add", dict(ROUTE, source=5), "invalid_argument", "source"),
+        ("mfc.add", dict(ROUTE, source="10.0.0.300"), "invalid_argument", "source"),
+        ("mfc.add", dict(ROUTE, group="224.0.0.5"), "invalid_argument", "group"),
+        ("mfc.add", dict(ROUTE, oifs="b"), "invalid_argument", "oifs"),
+        ("mfc.add", dict(ROUTE, oifs=[{"name": "b"}]), "invalid_argument", "oifs"),
+        ("mfc.add", dict(ROUTE, iif={"a": [[[]]]}), "invalid_argument", "iif"),
+        ("mfc.add", dict(ROUTE, ttl=1), "bad_request", "ttl"),
+        ("mfc.add", {"source": "10.0.0.1"}, "bad_request", "group"),
+        ("mfc.add", dict(ROUTE, oifs=["a"]), "invalid_argument", "oifs"),
+        ("mfc.del", {"source": "10.0.0.9", "group": "239.1.1.1"}, "not_found", None),
+        ("mfc.del", dict(ROUTE), "bad_request", "iif"),
+        ("vif.set", {"interface": "b", "threshold": 10**100}, "invalid_argument", "threshold"),
+        ("vif.set", {"interface": "b", "threshold": 1e308}, "invalid_argument", "threshold"),
+        ("vif.set", {"interface": "b", "threshold": True}, "invalid_argument", "threshold"),
+        ("vif.set", {"interface": "b b", "threshold": 2}, "invalid_argument", "interface"),
+        ("vif.set", {"interface": "b"}, "bad_request", "threshold"),
+        ("batch", {"ops": "add"}, "bad_request", "ops"),
+        ("batch", {"ops": [["add"]]}, "bad_request", None),
+        ("batch", {"ops": [dict(ROUTE, op="replace")]}, "bad_request", "op"),
+        ("batch", {"ops": [dict(ROUTE, op="add", source=[])]}, "invalid_argument", "source"),
+    ],
+)
+def test_bad_arguments_change_nothing(
+    commands: Commands, cmd: str, args: dict[str, Any], code: str, field: str | None
+) -> None:
+    before = snapshot(commands)
+    assert error_of(ask(commands, cmd, args)) == (code, field)
+    assert snapshot(commands) == before
+
+
+def test_a_bad_op_rejects_the_whole_batch_and_is_named(commands: Commands) -> None:
+    before = snapshot(commands)
+    good = dict(ROUTE, op="add", source="10.0.0.2")
+    bad = dict(ROUTE, op="add", group="10.0.0.3")
+    response = ask(commands, "batch", {"ops": [good, good, bad]})
+    assert error_of(response) == ("invalid_argument", "group")
+    assert response["error"]["message"].startswith("op 3: ")
+    assert snapshot(commands) == before
+
+
+def test_a_disabled_family_is_an_invalid_argument() -> None:
+    commands = make_commands(families=(4,))
+    v6 = {"source": "2001:db8::1", "group": "ff0e::1", "iif": "a", "oifs": ["b"]}
+    assert error_of(ask(commands, "mfc.add", v6)) == ("invalid_argument", "source")
+    assert ask(commands, "ping", {})["result"]["families"] == ["ipv4"]
+
+
+def test_dry_run_reports_the_plan(commands: Commands) -> None:
+    before = snapshot(commands)
+    args = dict(ROUTE, source="10.0.0.2", oifs=["c"])
+    result = ask(commands, "mfc.add", args, dry_run=True)["result"]
+    assert result["dry_run"] is True
+    assert [p["action"] for p in result["plan"]] == ["add_vif", "add_mfc"]
+    assert snapshot(commands) == before
+    result = ask(commands, "mfc.add", args)["result"]
+    assert (result["dry_run"], result["state"]) == (False, "installed")
+
+
+def test_a_pending_route_says_why(commands: Commands) -> None:
+    result = ask(commands, "mfc.add", dict(ROUTE, oifs=["zz"]))["result"]
+    assert (result["state"], result["reason"]) == ("pending", "waiting for zz")
+
+
+# --- fuzzing -------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+FIELDS = ("source", "group", "iif", "oifs", "interface", "threshold", "stats", "ops", "op")
+field_values = st.one_of(
+    json_values,
+    st.sampled_from(["10.0.0.1", "10.0.0.2", "239.1.1.1", "224.0.0.1", "2001:db8::1", "ff0e::1"]),
+    st.sampled_from(["a", "b", "c", "x", ".", "a b"]),
+    st.lists(st.sampled_from(["a", "b", "c", "x", "a"]), max_size=3),
+)
+arg_objects = st.dictionaries(st.sampled_from(FIELDS), field_values, max_size=5)
+envelopes = st.fixed_dictionaries(
+    {"v": st.sampled_from([1, 1, 1, 2, "1", None])},
+    optional={
+        "id": json_values,
+        "cmd": st.sampled_from([*protocol.COMMANDS, "nope"]) | json_values,
+        "args": arg_objects
+        | st.fixed_dictionaries({"ops": st.lists(arg_objects, max_size=3)})
+        | json_values,
+        "dry_run": st.booleans() | json_values,
+    },
+)
+
+
+def check_one(commands: Commands, line: bytes) -> None:
+    before = snapshot(commands)
+    response = answer(commands, line)
+    if not response["ok"]:
+        assert response["error"]["code"] != "internal_error", response
+        assert snapshot(commands) == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_bytes(line: bytes) -> None:
+    check_one(make_commands(), line)
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values)
+def test_fuzz_json_values(value: Any) -> None:
+    check_one(make_commands(), json.dumps(value).encode())
+
+
+@settings(max_examples=250, deadline=None)
+@given(envelopes)
+def test_fuzz_requests(msg: dict[str, Any]) -> None:
+    check_one(make_commands(), json.dumps(msg).encode())
