@@ -90,9 +90,10 @@ class Commands:
         unknown = set(msg) - ENVELOPE_FIELDS
         if unknown:
             raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in request")
-        if msg.get("v") != protocol.PROTOCOL_VERSION:
+        version = msg.get("v")
+        if type(version) is not int or version != protocol.PROTOCOL_VERSION:
             raise UnsupportedVersion(
-                f"protocol version {msg.get('v')!r} is not supported; this mfcd speaks"
+                f"protocol version {version!r} is not supported; this mfcd speaks"
                 f" version {protocol.PROTOCOL_VERSION} (upgrade mfcctl and mfcd together)"
             )
         cmd = msg.get("cmd")

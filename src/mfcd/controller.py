@@ -138,7 +138,15 @@ class Controller:
             router.link_up(name, ifindex)
         router.commit()
         for route in loaded.routes.values():
-            self._apply_quietly(f"restore {route.source} -> {route.group}", router.restore, route)
+            what = f"restore {route.source} -> {route.group}"
+            if (
+                not self._apply_quietly(what, router.restore, route)
+                and route.key not in router.routes
+            ):
+                # The kernel refused it: keep the route (it is saved) and retry later.
+                router.begin()
+                router.park(route, "the kernel refused it at start-up; retried by mfcctl sync")
+                router.commit()
 
     # --- client changes --------------------------------------------------------------------------
 
@@ -169,7 +177,9 @@ class Controller:
             raise
         router.commit()
         self._maybe_compact()
-        if router.blocked and any(isinstance(s.op, DelVif) for s in steps):
+        # A change that freed a VIF index (even one whose interface is gone, so no DelVif
+        # step) lets routes waiting for one in.
+        if router.blocked and any(key[0] in router.free_families() for key in router.blocked):
             self._apply_quietly("install routes waiting for a free VIF", router.retry_blocked)
         return steps
 
@@ -190,8 +200,12 @@ class Controller:
     def _maybe_compact(self) -> None:
         # Compact once the journal holds as many ops as there are routes (and at least 10,000),
         # so compaction's O(routes) cost is spread over O(routes) changes.
+        # The change is already durable in the journal, so a failed compaction only costs space.
         if self.state.ops_since_snapshot >= max(10_000, len(self.router.routes)):
-            self.compact()
+            try:
+                self.compact()
+            except StateError as e:
+                log.error("compacting the state file failed (the journal keeps growing): %s", e)
 
     def compact(self) -> None:
         router = self.router
@@ -230,7 +244,12 @@ class Controller:
         return steps
 
     def sync(self, view: KernelView, dry_run: bool = False) -> list[dict[str, Any]]:
-        """Repair drift between the kernel's tables and the model; report each repair."""
+        """Repair drift between the kernel's tables and the model; report each repair.
+
+        Routes still pending for want of a VIF or after a kernel refusal are retried too.
+        """
+        if not dry_run and self.router.blocked:
+            self._apply_quietly("retry pending routes", self.router.retry_blocked)
         report = []
         for step in self.router.repair(view.vifs, view.mfc):
             entry = describe_step(step)

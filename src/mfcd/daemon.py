@@ -193,6 +193,9 @@ class Daemon:
     def _resync_now(self) -> None:
         self._resync = None
         try:
+            # A link event whose kernel change failed left the model's view of interfaces
+            # behind; a fresh dump sets it right before the tables are compared.
+            self.controller.sync_links(current_links())
             self.controller.sync(observe_kernel(self.kernel))
         except OSError as e:
             log.error("checking the kernel's tables failed: %s", e)

@@ -172,6 +172,7 @@ class Router:
         self.waiting: dict[str, set[RouteKey]] = {}  # absent interface -> pending routes naming it
         self.blocked: dict[RouteKey, None] = {}  # pending only for want of a free VIF index
         self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
+        self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
         self._log: _UndoLog | None = None
 
     # --- transactions ----------------------------------------------------------------------------
@@ -237,6 +238,8 @@ class Router:
             return RouteStatus("installed", (), "")
         if missing:
             return RouteStatus("pending", missing, "waiting for " + ", ".join(missing))
+        if key in self.refused:
+            return RouteStatus("pending", (), self.refused[key])
         return RouteStatus("pending", (), f"no free VIF: all {MAXVIFS} are in use")
 
     def vif_of(self, family: int, interface: str) -> Vif | None:
@@ -247,6 +250,10 @@ class Router:
             for name in self.slots[family]:
                 if name is not None:
                     yield self.vifs[(family, name)]
+
+    def free_families(self) -> set[int]:
+        """Families with at least one free VIF index."""
+        return {family for family, slots in self.slots.items() if None in slots}
 
     def threshold(self, interface: str) -> int:
         return self.thresholds.get(interface, DEFAULT_THRESHOLD)
@@ -273,6 +280,12 @@ class Router:
         """Add a saved route at start-up: install it if possible, else leave it pending."""
         self._set(self.routes, route.key, route)
         return self._try_install(route.key)
+
+    def park(self, route: Route, reason: str) -> None:
+        """Keep a route the kernel refused as pending; retry_blocked() tries it again."""
+        self._set(self.routes, route.key, route)
+        self._set(self.refused, route.key, reason)
+        self._set(self.blocked, route.key, None)
 
     def del_route(self, family: int, source: str, group: str) -> list[Step]:
         key = (family, source, group)
@@ -423,6 +436,7 @@ class Router:
     def _forget_pending(self, route: Route) -> None:
         key = route.key
         self._pop(self.blocked, key)
+        self._pop(self.refused, key)
         for name in route.interfaces:
             waiters = self.waiting.get(name)
             if waiters is not None and key in waiters:

@@ -19,7 +19,10 @@ describes every command and result.
 from __future__ import annotations
 
 import json
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # mfcctl imports this module on every start; typing would cost milliseconds
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "/run/mfcd/mfcd.sock"
@@ -90,7 +93,10 @@ def encode_error(request_id: Any, code: str, message: str, field: str | None = N
 
 def decode(line: bytes) -> dict[str, Any]:
     """Parse one message line; raises ValueError when it is not a JSON object."""
-    msg = json.loads(line)
+    try:
+        msg = json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(msg, dict):
         raise ValueError("a message must be a JSON object")
     return msg
