@@ -26,10 +26,12 @@ run: venv
 	mkdir -p .run
 	$(VENV)/bin/mfcd --config dev/mfcd.conf
 
+CODE := $(wildcard src tests bench lab docs/*.py)
+
 lint: venv
-	$(VENV)/bin/ruff check src tests bench lab
-	$(VENV)/bin/ruff format --check src tests bench lab
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
+	$(VENV)/bin/mypy $(CODE)
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit
