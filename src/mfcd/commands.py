@@ -208,7 +208,10 @@ class Commands:
             if status.reason:
                 result["reason"] = status.reason
         if not dry_run:
-            log.info("%s %s %s: %s", peer, cmd, _summary(args), _outcome(steps))
+            outcome = _outcome(steps)
+            if result.get("state", "installed") != "installed":
+                outcome += f"; route {result['state']}: {result.get('reason', '')}"
+            log.info("%s %s %s: %s", peer, cmd, _summary(args), outcome)
         return result
 
 
