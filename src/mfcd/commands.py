@@ -54,6 +54,7 @@ class Commands:
         self.controller = controller
         self.families = families
         self.observe = observe
+        self.on_change: Callable[[], None] | None = None  # called after each applied change
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
             "ping": self.ping,
             "show": self.show,
@@ -208,6 +209,8 @@ class Commands:
             if status.reason:
                 result["reason"] = status.reason
         if not dry_run:
+            if self.on_change is not None:
+                self.on_change()
             outcome = _outcome(steps)
             if result.get("state", "installed") != "installed":
                 outcome += f"; route {result['state']}: {result.get('reason', '')}"

@@ -147,6 +147,7 @@ class Daemon:
         self.controller, self.kernel, self.monitor = controller, kernel, monitor
         loop.add_reader(monitor.fileno(), self._on_link_events)
         commands = Commands(controller, cfg.families, lambda: observe_kernel(kernel))
+        commands.on_change = self.report_status
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )
@@ -154,9 +155,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        routes = controller.router.routes
-        installed = len(controller.router.installed)
-        status = f"{installed} of {len(routes)} routes installed"
+        status = self.status()
         log.info("mfcd %s ready on %s: %s", __version__, cfg.socket_path, status)
         notify.notify(f"READY=1\nSTATUS={status}")
         watchdog = asyncio.create_task(self._watchdog())
@@ -173,6 +172,15 @@ class Daemon:
         if self._resync is not None:
             self._resync.cancel()
 
+    def status(self) -> str:
+        router = self.controller.router
+        total, installed = len(router.routes), len(router.installed)
+        return f"{installed} of {total} routes installed, {total - installed} pending"
+
+    def report_status(self) -> None:
+        """Keep `systemctl status mfc_daemon` current."""
+        notify.notify(f"STATUS={self.status()}")
+
     def _on_link_events(self) -> None:
         events = self.monitor.read_events()
         if self.monitor.overrun:
@@ -182,6 +190,7 @@ class Daemon:
             for event in events:
                 self.controller.link_event(event.kind, event.link.name, event.link.ifindex)
         if events or self.monitor.overrun:
+            self.report_status()
             self._resync_later(RESYNC_DELAY)
 
     def _resync_later(self, delay: float) -> None:
