@@ -215,8 +215,10 @@ def test_blocked_route_is_installed_when_a_vif_index_is_freed(present: bool) -> 
     ctl.change([AddRoute(big), AddRoute(small), AddRoute(blocked)])  # 32 VIFs; `blocked` waits
     ctl.link_up("x", 99)
     assert "no free VIF" in ctl.router.status(blocked.key).reason
-    if not present:
-        ctl.link_down("e31")  # the kernel drops its VIF; index 31 stays reserved for `small`
+    if not present:  # deleted: the kernel drops its VIF; index 31 stays reserved for `small`
+        kernel, _ = fake(ctl)
+        kernel.device_gone(ctl.router.links["e31"])
+        ctl.link_down("e31")
     ctl.change([DelRoute(small.key)])  # index 31 is free now, either way
     assert ctl.router.status(blocked.key).state == "installed"
     assert ctl.router.slots[4][31] == "x"

@@ -1,0 +1,351 @@
+"""Tests for mfcctl (mfcd.cli): parser, batch files, table layout, errors, import cost."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mfcd import cli, protocol
+
+ROOT = Path(__file__).resolve().parents[2]
+ADD = ["mfc", "add", "--source", "10.0.0.1", "--group", "239.1.1.1", "--iif", "r0", "--oifs"]
+V6_SOURCE = "2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"  # 39 characters, the longest IPv6 text
+V6_GROUP = "ff0e:1111:2222:3333:4444:5555:6666:7777"
+NAME15 = "abcdefghijklmno"
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = cli.main(list(argv), out, err)
+    return status, out.getvalue(), err.getvalue()
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("oifs", [["r1,r2"], ["r1", "r2"], ["r1,", "r2"], ["r1", ",r2"]])
+def test_parser_takes_oifs_comma_or_space_separated(oifs: list[str]) -> None:
+    args = cli.build_parser().parse_args([*ADD, *oifs])
+    assert (args.command, args.action, args.source, args.group, args.iif) == (
+        "mfc",
+        "add",
+        "10.0.0.1",
+        "239.1.1.1",
+        "r0",
+    )
+    assert args.oifs == oifs
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mfc", "add", "--source", "10.0.0.1", "--group", "239.1.1.1", "--iif", "r0"],
+        [*ADD],
+        ["mfc", "del", "--source", "10.0.0.1"],
+        ["mfc"],
+        ["vif", "set", "r1"],
+        ["vif", "set", "r1", "--threshold", "x"],
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_parser_rejects_incomplete_commands(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(*argv)
+    assert status == protocol.EXIT_USAGE
+    captured = capsys.readouterr()
+    assert "usage: mfcctl" in err + captured.err
+    assert out + captured.out == ""
+
+
+def test_usage_errors_go_to_the_given_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_cli("mfc", "add", "--source", "10.0.0.1")
+    assert status == protocol.EXIT_USAGE
+    assert capsys.readouterr().err == "", "argparse wrote to sys.stderr, not to main()'s stderr"
+    assert "usage: mfcctl" in err
+
+
+# --- talking to a daemon -------------------------------------------------------------------------
+
+
+class FakeDaemon:
+    """A control socket that answers every request with `reply` and keeps what it was sent."""
+
+    def __init__(self, path: Path, reply: dict[str, Any]) -> None:
+        self.path = path
+        self.reply = reply
+        self.requests: list[dict[str, Any]] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(1)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                request = json.loads(line)
+                self.requests.append(request)
+                response = {"v": 1, "id": request["id"], **self.reply}
+                conn.sendall(json.dumps(response).encode() + b"\n")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[FakeDaemon]:
+    fake = FakeDaemon(tmp_path / "mfcd.sock", {"ok": True, "result": {"dry_run": False}})
+    yield fake
+    fake.close()
+
+
+@pytest.mark.parametrize("oifs", [["r1,r2"], ["r1", "r2"]])
+def test_mfc_add_sends_the_oif_list(daemon: FakeDaemon, oifs: list[str]) -> None:
+    status, out, err = run_cli("--socket", str(daemon.path), *ADD, *oifs)
+    assert (status, out, err) == (0, "", "")
+    daemon.close()
+    [request] = daemon.requests
+    assert (request["cmd"], request["args"]) == (
+        "mfc.add",
+        {"source": "10.0.0.1", "group": "239.1.1.1", "iif": "r0", "oifs": ["r1", "r2"]},
+    )
+
+
+def test_daemon_errors_map_to_exit_statuses(tmp_path: Path) -> None:
+    error = {"code": "not_found", "message": "no route for source 10.0.0.1 group 239.1.1.1"}
+    fake = FakeDaemon(tmp_path / "s", {"ok": False, "error": error})
+    status, out, err = run_cli("--socket", str(fake.path), "mfc", "del", *ADD[2:6])
+    fake.close()
+    assert (status, out) == (protocol.EXIT_NOT_FOUND, "")
+    assert err == f"mfcctl: {error['message']}\n"
+
+
+def test_unreachable_daemon_is_exit_status_3(tmp_path: Path) -> None:
+    status, out, err = run_cli("--socket", str(tmp_path / "nothing-here.sock"), "ping")
+    assert status == protocol.EXIT_UNREACHABLE == 3
+    assert out == ""
+    assert err.startswith("mfcctl: cannot reach mfcd")
+    assert err.count("\n") == 1 and err.endswith("\n")
+
+
+def test_socket_path_that_is_no_socket_is_unreachable(tmp_path: Path) -> None:
+    path = tmp_path / "plain-file"
+    path.write_text("")
+    status, _, err = run_cli("--socket", str(path), "show")
+    assert status == protocol.EXIT_UNREACHABLE
+    assert err.startswith("mfcctl: cannot reach mfcd")
+
+
+# --- batch files ---------------------------------------------------------------------------------
+
+
+def test_parse_batch_skips_comments_and_blank_lines() -> None:
+    lines = [
+        "# routes for the lab",
+        "",
+        "   ",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,r2  # two oifs",
+        "add --source 10.0.0.2 --group 239.1.1.1 --iif r0 --oifs r1 r2",
+        "mfc del --source 10.0.0.3 --group 239.1.1.1",
+        "\tdel   --group ff0e::1 --source 2001:db8::1",
+    ]
+    assert cli.parse_batch(lines, "routes.batch") == [
+        {
+            "op": "add",
+            "source": "10.0.0.1",
+            "group": "239.1.1.1",
+            "iif": "r0",
+            "oifs": ["r1", "r2"],
+        },
+        {
+            "op": "add",
+            "source": "10.0.0.2",
+            "group": "239.1.1.1",
+            "iif": "r0",
+            "oifs": ["r1", "r2"],
+        },
+        {"op": "del", "source": "10.0.0.3", "group": "239.1.1.1"},
+        {"op": "del", "source": "2001:db8::1", "group": "ff0e::1"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("mfc show", "expected `mfc add ...` or `mfc del ...`"),
+        ("mfc", "expected `mfc add ...`"),
+        ("vif set r1 --threshold 3", "expected `mfc add ...`"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0", "needs --oifs"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --oifs r1", "needs --iif"),
+        ("mfc del --group 239.1.1.1", "needs --source"),
+        ("mfc del --source 10.0.0.1 --group 239.1.1.1 --iif r0", "takes no --iif"),
+        ("mfc del --source 10.0.0.1 10.0.0.2 --group 239.1.1.1", "--source takes one value"),
+        ("mfc del --source 10.0.0.1 --source 10.0.0.2 --group g", "unexpected option --source"),
+        ("mfc del --src 10.0.0.1 --group 239.1.1.1", "unexpected option --src"),
+        ("mfc del 10.0.0.1 239.1.1.1", "unexpected word '10.0.0.1'"),
+    ],
+)
+def test_parse_batch_errors_name_file_and_line(line: str, words: str) -> None:
+    good = "mfc del --source 10.0.0.9 --group 239.1.1.1"
+    with pytest.raises(cli.CliError) as info:
+        cli.parse_batch(["# header", good, "", line, good], "lab.batch")
+    assert str(info.value).startswith("lab.batch:4: ")
+    assert words in str(info.value)
+    assert info.value.status == protocol.EXIT_USAGE
+
+
+def test_unreadable_batch_file_is_a_usage_error(tmp_path: Path) -> None:
+    status, _, err = run_cli("--socket", str(tmp_path / "s"), "batch", str(tmp_path / "nope"))
+    assert status == protocol.EXIT_USAGE
+    assert err.startswith("mfcctl: cannot read")
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def vif(family: str, index: int, name: str, ifindex: int | None = 7) -> dict[str, Any]:
+    return {
+        "family": family,
+        "vif": index,
+        "interface": name,
+        "ifindex": ifindex,
+        "present": ifindex is not None,
+        "threshold": 1,
+        "routes": 2,
+    }
+
+
+def route(
+    source: str, group: str, iif: str, oifs: list[str], state: str = "installed"
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "family": "ipv6" if ":" in source else "ipv4",
+        "source": source,
+        "group": group,
+        "iif": iif,
+        "oifs": oifs,
+        "state": state,
+    }
+    if state != "installed":
+        out.update(missing=oifs[:1], reason=f"waiting for {oifs[0]}")
+    return out
+
+
+def with_stats(result: dict[str, Any]) -> dict[str, Any]:
+    counters = {"packets": 123456, "bytes": 98765432, "wrong_if": 3}
+    vif_counters = {"packets_in": 1, "packets_out": 2, "bytes_in": 3000, "bytes_out": 4_000_000}
+    return {
+        "vifs": [dict(v, stats=vif_counters) for v in result["vifs"]],
+        "routes": [dict(r, stats=counters) for r in result["routes"]],
+    }
+
+
+def column_starts(header: str, names: list[str]) -> list[int]:
+    return [header.index(name) for name in names]
+
+
+def test_show_aligns_columns() -> None:
+    result = {
+        "vifs": [vif("ipv4", 0, "r0", 3), vif("ipv4", 1, "eth10", None), vif("ipv6", 12, "r1")],
+        "routes": [
+            route("10.0.0.1", "239.1.1.1", "r0", ["r1", "r2"]),
+            route("192.168.100.200", "239.255.0.1", "eth10", ["r3"], "pending"),
+            route("2001:db8::1", "ff0e::1", "r1", ["r0"]),
+        ],
+    }
+    text = cli.format_show(result, 80)
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    routes_at = lines.index("Routes (3)")
+    header, *rows = lines[routes_at + 1 :]
+    starts = column_starts(header, ["SOURCE", "GROUP", "IIF", "OIFS", "STATE"])
+    for row, r in zip(rows, result["routes"], strict=True):
+        cells = [r["source"], r["group"], r["iif"], ",".join(r["oifs"]), r["state"]]
+        assert [row.index(c, s) for c, s in zip(cells, starts, strict=True)] == starts, row
+    vif_header = lines[1]
+    # Numbers are right-aligned: each VIF index ends where its header does.
+    end = vif_header.index("VIF") + len("VIF")
+    assert [line[end - 2 : end].strip() for line in lines[2:5]] == ["0", "1", "12"]
+    assert "absent" in lines[3]
+
+
+@pytest.mark.parametrize("stats", [False, True], ids=["plain", "stats"])
+def test_show_fits_80_columns_with_long_addresses_and_names(stats: bool) -> None:
+    oifs = [NAME15, NAME15[::-1]]
+    result = {
+        "vifs": [vif("ipv6", 31, NAME15, 2_147_483_647), vif("ipv6", 30, oifs[-1])],
+        "routes": [
+            route(V6_SOURCE, V6_GROUP, NAME15, oifs),
+            route("10.0.0.1", "239.1.1.1", "r0", ["r1"]),
+        ],
+    }
+    text = cli.format_show(with_stats(result) if stats else result, 80)
+    too_long = [line for line in text.splitlines() if len(line) > 80]
+    assert too_long == []
+    assert V6_SOURCE in text and V6_GROUP in text  # nothing is cut off
+    assert NAME15 in text
+
+
+def test_show_with_nothing() -> None:
+    assert (
+        cli.format_show({"vifs": [], "routes": []}, 80)
+        == "VIFs (0)\n  (none)\n\nRoutes (0)\n  (none)"
+    )
+
+
+def test_format_plan() -> None:
+    plan = {
+        "plan": [
+            {"action": "add_vif", "family": "ipv4", "vif": 0, "interface": "r0"},
+            {
+                "action": "add_mfc",
+                "family": "ipv4",
+                "source": "10.0.0.1",
+                "group": "239.1.1.1",
+                "parent": 0,
+                "oifs": [1, 2],
+            },
+            {"action": "del_mfc", "family": "ipv6", "source": "2001:db8::1", "group": "ff0e::1"},
+        ]
+    }
+    assert cli.format_plan(plan).splitlines() == [
+        "add vif ipv4 VIF 0 (r0)",
+        "add mfc ipv4 10.0.0.1 -> 239.1.1.1 iif VIF 0 oifs VIF 1,2",
+        "del mfc ipv6 2001:db8::1 -> ff0e::1",
+    ]
+    assert cli.format_plan({"plan": []}) == "no kernel changes needed"
+
+
+# --- start-up cost -------------------------------------------------------------------------------
+
+
+def test_importing_the_cli_pulls_in_no_daemon_code() -> None:
+    heavy = [
+        "asyncio",
+        "logging",
+        "dataclasses",
+        "mfcd.model",
+        "mfcd.daemon",
+        "mfcd.server",
+        "mfcd.controller",
+    ]
+    code = f"import sys, mfcd.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
