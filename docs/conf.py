@@ -1,4 +1,4 @@
-"""Sphinx configuration of the documentation site (`make docs`); the man pages have docs/man/conf.py."""
+"""Sphinx configuration of the documentation site (`make docs`); man pages: docs/man/conf.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mfcd import __version__  # noqa: E402
 
 project = "mfcd"
 author = "mfcd developers"
-copyright = "mfcd developers"  # noqa: A001
+copyright = "mfcd developers"
 version = release = __version__
 
 extensions = ["myst_parser", "sphinxarg.ext"]

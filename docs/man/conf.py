@@ -13,9 +13,10 @@ import importlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from docutils import nodes
 from docutils.parsers.rst import directives
@@ -50,7 +51,7 @@ exclude_patterns = ["_build"]
 smartquotes = False
 man_make_section_directory = False
 man_show_urls = False
-man_pages = [
+man_pages: list[tuple[str, str, str, list[str], int]] = [
     ("mfcd", "mfcd", "multicast routing daemon for Linux", [], 8),
     ("mfcctl", "mfcctl", "control mfcd, the multicast routing daemon", [], 8),
     ("mfc_daemon.conf", "mfc_daemon.conf", "configuration file of mfcd", [], 5),
@@ -75,10 +76,8 @@ def _markup_usage(usage: str) -> str:
     """Options in bold, metavars in italics, as man pages write a synopsis."""
     words = []
     for word in usage.split():
-        word = _escape(word)
-        word = re.sub(r"^(\[?)(-[\w-]+)", r"\1**\2**", word)
-        word = re.sub(r"^(\[?)([A-Z][A-Z_\\]*)(\]?)$", r"\1*\2*\3", word)
-        words.append(word)
+        text = re.sub(r"^(\[?)(-[\w-]+)", r"\1**\2**", _escape(word))
+        words.append(re.sub(r"^(\[?)([A-Z][A-Z_\\]*)(\]?)$", r"\1*\2*\3", text))
     return " ".join(words)
 
 
@@ -133,7 +132,7 @@ class ArgparseDirective(SphinxDirective):
     """``.. mfcd-argparse:: module:function`` with ``:section: synopsis|options|commands``."""
 
     required_arguments = 1
-    option_spec = {
+    option_spec: ClassVar[dict[str, Callable[[str], Any]]] = {
         "section": lambda value: directives.choice(value, ("synopsis", "options", "commands"))
     }
 

@@ -1,0 +1,132 @@
+# bash completion for mfcctl(8), the client of the mfcd multicast routing daemon.
+# Installed as /usr/share/bash-completion/completions/mfcctl; needs only bash itself.
+# Completes commands, actions, options, --output values, interface names (from
+# /sys/class/net) for --iif, --oifs and `vif set`, and file names for `batch`.
+# tests/docs/test_completion.py keeps the option lists in step with mfcctl's parser.
+
+_mfcctl_interfaces() {
+    local dev
+    for dev in /sys/class/net/*; do
+        [[ -e $dev ]] && printf '%s\n' "${dev##*/}"
+    done
+}
+
+# COMPREPLY = the words of $1 (newline-separated) that start with $2, each prefixed by $3.
+_mfcctl_reply() {
+    local word
+    COMPREPLY=()
+    while IFS= read -r word; do
+        [[ -n $word && $word == "$2"* ]] && COMPREPLY+=("$3$word")
+    done <<<"$1"
+}
+
+_mfcctl() {
+    # Split the line ourselves: COMP_WORDS breaks words at ':' (IPv6) and '='.
+    local line=${COMP_LINE:0:COMP_POINT}
+    local -a words
+    read -r -a words <<<"$line"
+    [[ $line == *[[:space:]] || ${#words[@]} -eq 0 ]] && words+=("")
+    local cur=${words[-1]}
+    local prev=
+    ((${#words[@]} > 1)) && prev=${words[-2]}
+
+    # Walk the words before the current one: command, action, positionals, the last option.
+    local cmd='' action='' npos=0 in_oifs=0 skip=0 word i
+    for ((i = 1; i < ${#words[@]} - 1; i++)); do
+        word=${words[i]}
+        if ((skip)); then
+            skip=0
+            continue
+        fi
+        case $word in
+            --oifs) in_oifs=1 ;;
+            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold)
+                in_oifs=0
+                skip=1
+                ;;
+            -*) in_oifs=0 ;;
+            *)
+                ((in_oifs)) && continue
+                if [[ -z $cmd ]]; then
+                    cmd=$word
+                elif [[ ($cmd == mfc || $cmd == vif) && -z $action ]]; then
+                    action=$word
+                else
+                    ((npos++))
+                fi
+                ;;
+        esac
+    done
+
+    # --opt=value: complete the value (bash treats '=' as a word break by default).
+    local prefix=
+    if [[ $cur == --*=* ]]; then
+        prev=${cur%%=*}
+        cur=${cur#*=}
+        [[ $COMP_WORDBREAKS == *=* ]] || prefix="$prev="
+    elif [[ $prev == --*=* ]]; then
+        prev=
+    fi
+
+    case $prev in
+        -o | --output)
+            _mfcctl_reply $'table\njson' "$cur" "$prefix"
+            return
+            ;;
+        --iif)
+            _mfcctl_reply "$(_mfcctl_interfaces)" "$cur" "$prefix"
+            return
+            ;;
+        --socket)
+            compopt -o filenames 2>/dev/null
+            _mfcctl_reply "$(compgen -f -- "$cur")" "$cur" "$prefix"
+            return
+            ;;
+        -w | --watch | --source | --group | --threshold)
+            COMPREPLY=()
+            return
+            ;;
+    esac
+    if [[ $cur != -* ]] && [[ $prev == --oifs || $in_oifs == 1 ]]; then
+        # Interfaces are comma- or space-separated: complete the part after the last comma.
+        local head=
+        [[ $cur == *,* ]] && head=${cur%,*},
+        _mfcctl_reply "$(_mfcctl_interfaces)" "${cur##*,}" "$head"
+        return
+    fi
+
+    local opts
+    case "$cmd $action" in
+        " ") opts="-h --help --socket -o --output -n --dry-run -v --verbose --version" ;;
+        "mfc add") opts="-h --help --source --group --iif --oifs -o --output" ;;
+        "mfc del") opts="-h --help --source --group -o --output" ;;
+        "show ") opts="-h --help -s --stats -w --watch -o --output" ;;
+        "batch ") opts="-h --help -o --output" ;;
+        "vif set") opts="-h --help --threshold -o --output" ;;
+        "vif show") opts="-h --help -s --stats -o --output" ;;
+        "sync " | "ping ") opts="-h --help -o --output" ;;
+        *) opts="-h --help" ;;
+    esac
+    if [[ $cur == -* ]]; then
+        _mfcctl_reply "${opts// /$'\n'}" "$cur" ""
+        return
+    fi
+
+    case "$cmd $action" in
+        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping' "$cur" "" ;;
+        "mfc ") _mfcctl_reply $'add\ndel' "$cur" "" ;;
+        "vif ") _mfcctl_reply $'set\nshow' "$cur" "" ;;
+        "vif set")
+            ((npos == 0)) && _mfcctl_reply "$(_mfcctl_interfaces)" "$cur" ""
+            ;;
+        "batch ")
+            if ((npos == 0)); then
+                compopt -o filenames 2>/dev/null
+                _mfcctl_reply "$(compgen -f -- "$cur")" "$cur" ""
+            fi
+            ;;
+        *) COMPREPLY=() ;;
+    esac
+}
+
+complete -F _mfcctl mfcctl
