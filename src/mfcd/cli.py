@@ -7,6 +7,7 @@ dataclasses) so that it starts in a few milliseconds; a test guards that.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import json
 import os
@@ -445,14 +446,36 @@ def format_routes(
         return lines + aligned
     # Too wide (long IPv6 addresses or names): one block per route instead of a table.
     for row in rows[1:]:
-        lines.append(f"{row[0]} -> {row[1]}")
-        detail = f"    iif {row[2]}  oifs {row[3]}  {row[4]}"
-        if stats:
-            detail += "  " + "  ".join(
-                f"{h.lower()} {v}" for h, v in zip(header[5:], row[5:], strict=True)
-            )
-        lines.append(detail)
+        flow = f"{row[0]} -> {row[1]}"
+        lines += [flow] if len(flow) <= width else [row[0], f"  -> {row[1]}"]
+        fields = [f"iif {row[2]}", *_wrap_list("oifs ", row[3], width - 4), row[4]]
+        fields += [f"{h.lower()} {v}" for h, v in zip(header[5:], row[5:], strict=True)]
+        lines += _pack(fields, width, "    ")
     return lines
+
+
+def _wrap_list(label: str, items: str, width: int) -> list[str]:
+    """Split a comma-separated list into pieces of at most `width` characters, commas kept."""
+    pieces, current = [], label
+    for item in items.split(","):
+        if len(current) + len(item) + 1 > width and current != label:
+            pieces.append(current + ",")
+            current = "  "
+        current += item if current in (label, "  ") else "," + item
+    return [*pieces, current]
+
+
+def _pack(fields: list[str], width: int, indent: str) -> list[str]:
+    """Lay fields out two spaces apart, starting a new indented line when one would overflow."""
+    lines: list[str] = []
+    current = ""
+    for field in fields:
+        if current and len(indent) + len(current) + 2 + len(field) > width:
+            lines.append(indent + current)
+            current = field
+        else:
+            current = f"{current}  {field}" if current else field
+    return [*lines, indent + current] if current else lines
 
 
 def format_plan(result: dict[str, Any]) -> str:
@@ -618,10 +641,12 @@ def main(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+    # argparse prints usage errors, --help and --version to sys.stdout/sys.stderr itself.
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            return int(e.code or 0)
     cli = Cli(args, out, err)
     try:
         return cli.run()

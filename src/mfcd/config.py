@@ -94,7 +94,9 @@ def load(path: str | None) -> Config:
 
 def override(config: Config, **values: Any) -> Config:
     """Apply command-line flags (None means not given)."""
-    given = {k: v for k, v in values.items() if v is not None}
-    for key, value in given.items():
-        _check(key, value, f"--{key.replace('_', '-')}")
+    given = {
+        key: _check(key, value, f"--{key.replace('_', '-')}")
+        for key, value in values.items()
+        if value is not None
+    }
     return replace(config, **given)
