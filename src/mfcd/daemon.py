@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from mfcd import __version__, config, netlink, notify
@@ -219,6 +220,15 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change while running."""
+        # RELOADING=1 needs the monotonic time it started (sd_notify(3)); READY=1 ends it.
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        notify.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
+        try:
+            self._reload()
+        finally:
+            notify.notify(f"READY=1\nSTATUS={self.status()}")
+
+    def _reload(self) -> None:
         try:
             new = resolve(config.load(self.config_path), self.overrides)
         except MfcdError as e:

@@ -92,8 +92,7 @@ def _explain(family: int, optname: int, err: int) -> str:
     if optname == MRT_INIT and err == errno.EADDRINUSE:
         return (
             f"another multicast router already owns the {fam} multicast routing table"
-            " (smcroute, pimd, FRR pimd, igmpproxy, mrouted or a second mfcd):"
-            " stop it, or give mfcd its own table"
+            " (smcroute, pimd, FRR pimd, igmpproxy, mrouted or a second mfcd): stop it first"
         )
     if err in (errno.EPERM, errno.EACCES):
         return f"{op} ({fam}) not permitted: mfcd needs CAP_NET_ADMIN and CAP_NET_RAW (run as root)"
