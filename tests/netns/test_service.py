@@ -52,6 +52,10 @@ def test_ready_only_once_routes_are_restored_then_status_watchdog_stopping(
             assert pings.count("WATCHDOG=1") >= 2  # every 0.2 s for WatchdogSec=0.4s
             add(daemon, 6, "r0", "r2")
             assert "STATUS=2 of 2 routes installed, 0 pending" in _messages(sock, "STATUS=2")
+            daemon.proc.send_signal(signal.SIGHUP)
+            reload = [m for m in _messages(sock, "READY=1") if m != "WATCHDOG=1"]
+            assert reload[0].startswith("RELOADING=1\nMONOTONIC_USEC=")
+            assert reload[-1] == "READY=1\nSTATUS=2 of 2 routes installed, 0 pending"
             daemon.proc.send_signal(signal.SIGTERM)
             assert any(m.startswith("STOPPING=1") for m in _messages(sock, "STOPPING=1"))
         finally:
