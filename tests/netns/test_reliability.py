@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -271,8 +272,9 @@ def test_slow_and_oversized_clients_are_cut_off_without_hurting_others(
     assert daemon.ok("ping").startswith("mfcd")
 
 
-def _ctl_as(uid: int, gid: int, path: str) -> subprocess.CompletedProcess[str]:
-    # Debian's python3 and the source tree, since the venv's interpreter lives under /root.
+def _ctl_as(uid: int, gid: int, path: str, code: Path) -> subprocess.CompletedProcess[str]:
+    # Debian's python3 and a world-readable copy of the package: the venv's interpreter and the
+    # checkout may sit in directories other users cannot enter.
     return subprocess.run(
         [
             "setpriv",
@@ -290,7 +292,7 @@ def _ctl_as(uid: int, gid: int, path: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=30,
         check=False,
-        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin"},
     )
 
 
@@ -300,6 +302,9 @@ def test_only_root_and_the_socket_group_can_connect(
     rundir = Path(f"/run/{lab.prefix}")
     rundir.mkdir(mode=0o755)
     try:
+        code = rundir / "code"
+        shutil.copytree(REPO / "src" / "mfcd", code / "mfcd")
+        subprocess.run(["chmod", "-R", "a+rX", str(rundir)], check=True)
         daemon = Mfcd(lab, tmp_path)
         daemon.socket = str(rundir / "mfcd.sock")
         daemon.config_file.write_text(
@@ -310,9 +315,9 @@ def test_only_root_and_the_socket_group_can_connect(
         daemon.start()
         st_ = os.stat(daemon.socket)
         assert oct(st_.st_mode & 0o777) == "0o660" and st_.st_gid == 65534
-        member = _ctl_as(65534, 65534, daemon.socket)
+        member = _ctl_as(65534, 65534, daemon.socket, code)
         assert member.returncode == 0, member.stderr
-        outsider = _ctl_as(65534, 12345, daemon.socket)
+        outsider = _ctl_as(65534, 12345, daemon.socket, code)
         assert outsider.returncode == 4
         assert "permission denied" in outsider.stderr and "group nogroup" in outsider.stderr
         # A second daemon on the same socket refuses to start and leaves the first one serving.
