@@ -552,7 +552,10 @@ class Cli:
                 args.update(iif=a.iif, oifs=_split_oifs(a.oifs))
             return self.change(f"mfc.{a.action}", args)
         if a.command == "batch":
-            return self.change("batch", {"ops": self._read_batch(a.file)})
+            args = {"ops": self._read_batch(a.file)}
+            if a.verbose:
+                args["plan"] = True
+            return self.change("batch", args)
         if a.command == "vif" and a.action == "set":
             return self.change("vif.set", {"interface": a.interface, "threshold": a.threshold})
         if a.command == "vif":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from mfcd.controller import (
     KernelView,
     SetThreshold,
     describe_step,
+    gc_paused,
 )
 from mfcd.errors import BadRequest, InvalidArgument, MfcdError, UnsupportedVersion
 from mfcd.model import Step
@@ -67,6 +69,11 @@ class Commands:
         }
 
     def handle(self, line: bytes, peer: Peer) -> bytes:
+        # Decoding and validating a large batch allocates as much as applying it does.
+        with gc_paused():
+            return self._handle(line, peer)
+
+    def _handle(self, line: bytes, peer: Peer) -> bytes:
         request_id: Any = None
         try:
             try:
@@ -160,7 +167,7 @@ class Commands:
         return self._change([change], dry_run, peer, "vif.set", args)
 
     def batch(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
-        validate.require_fields(args, ("ops",))
+        validate.require_fields(args, ("ops",), ("plan",))
         ops = args["ops"]
         if not isinstance(ops, list):
             raise BadRequest("ops must be a list", field="ops")
@@ -171,7 +178,10 @@ class Commands:
             except MfcdError as e:
                 e.args = (f"op {index + 1}: {e}",)
                 raise
-        return self._change(changes, dry_run, peer, "batch", {"ops": len(changes)})
+        # A batch answers with counts; the step-by-step plan (as large as the batch) only when
+        # asked for or in a dry run.
+        plan = dry_run or _flag(args, "plan")
+        return self._change(changes, dry_run, peer, "batch", {"ops": len(changes)}, plan=plan)
 
     def _batch_op(self, op: Any) -> Change:
         if not isinstance(op, dict):
@@ -198,10 +208,20 @@ class Commands:
             )
 
     def _change(
-        self, changes: list[Change], dry_run: bool, peer: Peer, cmd: str, args: dict[str, Any]
+        self,
+        changes: list[Change],
+        dry_run: bool,
+        peer: Peer,
+        cmd: str,
+        args: dict[str, Any],
+        *,
+        plan: bool = True,
     ) -> dict[str, Any]:
         steps = self.controller.change(changes, dry_run=dry_run)
-        result: dict[str, Any] = {"dry_run": dry_run, "plan": [describe_step(s) for s in steps]}
+        result: dict[str, Any] = {"dry_run": dry_run, "changes": len(changes)}
+        result["kernel_operations"] = dict(Counter(s.action for s in steps))
+        if plan:
+            result["plan"] = [describe_step(s) for s in steps]
         routes = [c.route for c in changes if isinstance(c, AddRoute)]
         if len(routes) == 1 and not dry_run:
             status = self.controller.router.status(routes[0].key)

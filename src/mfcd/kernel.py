@@ -257,13 +257,14 @@ class Kernel:
             raise KernelError(
                 f"{family_name(op.family)} is disabled in the configuration", "config", 0
             )
+        if type(op) is AddMfc:  # by far the most common: tested first, and cheaply
+            sock.add_mfc(op.source, op.group, op.parent, op.oifs)
+            return
         match op:
             case AddVif():
                 sock.add_vif(op.vifi, op.ifindex, op.threshold)
             case DelVif():
                 sock.del_vif(op.vifi)
-            case AddMfc():
-                sock.add_mfc(op.source, op.group, op.parent, op.oifs)
             case DelMfc():
                 sock.del_mfc(op.source, op.group)
 

@@ -48,11 +48,12 @@ class Route:
     source: str
     group: str
     iif: str
-    oifs: tuple[str, ...]
+    oifs: tuple[str, ...]  # distinct, and never the iif (validate.route guarantees it)
+    # Computed once: it is the dict key of the route everywhere, so it is shared, not copied.
+    key: RouteKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> RouteKey:
-        return (self.family, self.source, self.group)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.family, self.source, self.group))
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -116,7 +117,7 @@ class Vif:
     vifi: int
     interface: str
     ifindex: int | None
-    users: set[RouteKey] = field(default_factory=set)
+    refs: int = 0  # installed routes that use it (as iif or oif)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +307,7 @@ class Router:
         vif = self.vifs.get((4, interface))
         if vif is None:
             return []
-        return self._reissue(vif.users)
+        return self._reissue(self._users(4, interface))
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -328,7 +329,7 @@ class Router:
                 self._assign(vif, "ifindex", ifindex)
                 add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface))
                 steps.append(Step(add, DelVif(family, vif.vifi, interface), "readd_vif"))
-                steps += self._reissue(vif.users)
+                steps += self._reissue(self._users(family, interface))
         for key in sorted(self.waiting.get(interface, ())):
             steps += self._try_install(key)
         return steps
@@ -380,7 +381,7 @@ class Router:
                         family, vifi, vif.interface, vif.ifindex, self.threshold(name or "")
                     )
                     steps.append(Step(add, None, "readd_vif"))
-                    reissue |= vif.users
+                    reissue.update(self._users(family, vif.interface))
                 elif present and not wanted and vif is None:
                     steps.append(Step(DelVif(family, vifi, "?"), None, "del_vif"))
         for key, entry in self.installed.items():
@@ -448,19 +449,28 @@ class Router:
         """Write `route` to the kernel, allocating VIFs first; release what `old` alone used."""
         key = route.key
         family = route.family
-        steps: list[Step] = []
-        for name in dict.fromkeys(route.interfaces):
-            steps += self._acquire(family, name, key)
-        entry = self._entry(route)
         previous = self.installed.get(key)
+        # Interfaces the installed old version already holds a reference on.
+        held = frozenset(old.interfaces) if old is not None and previous is not None else ()
+        steps: list[Step] = []
+        vifs = self.vifs
+        for name in (route.iif, *route.oifs):
+            if name in held:
+                continue
+            vif = vifs.get((family, name))
+            if vif is None:
+                steps += self._new_vif(family, name)
+            else:
+                self._assign(vif, "refs", vif.refs + 1)
+        entry = self._entry(route)
         if previous is None:
             steps.append(Step(entry, DelMfc(family, route.source, route.group), "add_mfc"))
         else:
             steps.append(Step(entry, previous, "replace_mfc"))
         self._set(self.installed, key, entry)
-        if old is not None and previous is not None:
-            for name in set(old.interfaces) - set(route.interfaces):
-                steps += self._release(family, name, key)
+        for name in held:
+            if name != route.iif and name not in route.oifs:
+                steps += self._release(family, name)
         return steps
 
     def _uninstall(self, key: RouteKey, route: Route | None) -> list[Step]:
@@ -470,15 +480,20 @@ class Router:
         family, source, group = key
         steps = [Step(DelMfc(family, source, group), previous, "del_mfc")]
         self._pop(self.installed, key)
-        for name in dict.fromkeys(route.interfaces):
-            steps += self._release(family, name, key)
+        for name in route.interfaces:
+            steps += self._release(family, name)
         return steps
 
-    def _acquire(self, family: int, name: str, user: RouteKey) -> list[Step]:
-        vif = self.vifs.get((family, name))
-        if vif is not None:
-            self._add(vif.users, user)
-            return []
+    def _users(self, family: int, interface: str) -> list[RouteKey]:
+        """Installed routes using an interface: a scan, as only rare events need it."""
+        routes = self.routes
+        return [
+            key
+            for key in self.installed
+            if key[0] == family and (routes[key].iif == interface or interface in routes[key].oifs)
+        ]
+
+    def _new_vif(self, family: int, name: str) -> list[Step]:
         slots = self.slots[family]
         try:
             vifi = slots.index(None)
@@ -489,17 +504,16 @@ class Router:
                 " delete routes on other interfaces first"
             ) from None
         ifindex = self.links[name]
-        vif = Vif(family, vifi, name, ifindex)
-        vif.users.add(user)
+        vif = Vif(family, vifi, name, ifindex, refs=1)
         self._set(self.vifs, (family, name), vif)
         self._assign(slots, vifi, name)
         add = AddVif(family, vifi, name, ifindex, self.threshold(name))
         return [Step(add, DelVif(family, vifi, name), "add_vif")]
 
-    def _release(self, family: int, name: str, user: RouteKey) -> list[Step]:
+    def _release(self, family: int, name: str) -> list[Step]:
         vif = self.vifs[(family, name)]
-        self._discard(vif.users, user)
-        if vif.users:
+        if vif.refs > 1:
+            self._assign(vif, "refs", vif.refs - 1)
             return []
         self._pop(self.vifs, (family, name))
         self._assign(self.slots[family], vif.vifi, None)
@@ -511,7 +525,10 @@ class Router:
     def _entry(self, route: Route) -> AddMfc:
         vifs = self.vifs
         family = route.family
-        oifs = sorted((vifs[(family, n)].vifi, self.threshold(n)) for n in set(route.oifs))
+        th = self.thresholds
+        oifs = [(vifs[(family, n)].vifi, th.get(n, DEFAULT_THRESHOLD)) for n in route.oifs]
+        if len(oifs) > 1:
+            oifs.sort()
         parent = vifs[(family, route.iif)].vifi
         return AddMfc(family, route.source, route.group, parent, tuple(oifs))
 

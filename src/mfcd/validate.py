@@ -23,6 +23,8 @@ def require_fields(
     """Check that `args` is an object with all `required` and no unknown fields."""
     if not isinstance(args, dict):
         raise BadRequest("arguments must be a JSON object")
+    if args.keys() == _FIELD_SETS.get(required):
+        return args  # the common case: exactly the required fields
     for name in required:
         if name not in args:
             raise BadRequest(f"missing field {name!r}", field=name)
@@ -44,6 +46,10 @@ def _address(value: Any, field: str) -> tuple[int, bytes, str]:
         raise InvalidArgument(
             f"{field} {value!r} is not an IPv4 or IPv6 address", field=field
         ) from None
+    if family == 4:
+        # glibc's inet_pton takes only four decimals without leading zeros, which is already
+        # the canonical form; IPv6 text has many spellings and needs inet_ntop.
+        return family, packed, value
     return family, packed, socket.inet_ntop(_AF[family], packed)
 
 
@@ -94,7 +100,12 @@ def route_key(args: dict[str, Any]) -> RouteKey:
     return family, source, group
 
 
+_seen_names: set[str] = set()  # names already validated: batches repeat a few names many times
+
+
 def interface(value: Any, field: str) -> str:
+    if value.__class__ is str and value in _seen_names:
+        return str(value)
     if not isinstance(value, str):
         raise InvalidArgument(f"{field} must be an interface name (a string)", field=field)
     if not _IFNAME.match(value) or value in (".", ".."):
@@ -104,14 +115,16 @@ def interface(value: Any, field: str) -> str:
             " of letters, digits and _ . + @ -",
             field=field,
         )
+    if len(_seen_names) < 4096:
+        _seen_names.add(value)
     return value
 
 
 def interfaces(value: Any, field: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise InvalidArgument(f"{field} must be a non-empty list of interface names", field=field)
-    names = tuple(interface(v, field) for v in value)
-    if len(set(names)) != len(names):
+    names = tuple([interface(v, field) for v in value])
+    if len(names) > 1 and len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise InvalidArgument(f"{field} names {dup} more than once", field=field)
     return names
@@ -119,6 +132,9 @@ def interfaces(value: Any, field: str) -> tuple[str, ...]:
 
 ROUTE_FIELDS = ("source", "group", "iif", "oifs")
 KEY_FIELDS = ("source", "group")
+_FIELD_SETS: dict[tuple[str, ...], frozenset[str]] = {
+    fields: frozenset(fields) for fields in (ROUTE_FIELDS, KEY_FIELDS)
+}
 
 
 def route(args: Any) -> Route:

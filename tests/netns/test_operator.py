@@ -111,8 +111,16 @@ def test_json_output_for_every_command(lab: Lab, mfcd: Mfcd) -> None:
     assert js("vif", "show")["vifs"][0]["interface"] == "r0"
     assert js("vif", "set", "r2", "--threshold", "3")["plan"] == []  # r2 is no VIF yet
     assert js("sync")["repairs"] == []
-    batch = js("batch", "-", stdin=f"mfc del {' '.join(route)}\n")
-    assert [s["action"] for s in batch["plan"]] == ["del_mfc", "del_vif", "del_vif"]
+    js("mfc", "add", *route, "--iif", "r0", "--oifs", "r3")  # replace: r1 out, r3 in
+    # A batch answers with counts (its plan would be as long as the batch) ...
+    batch = js("batch", "-", stdin=f"mfc add {' '.join(route)} --iif r0 --oifs r1,r3\n")
+    assert batch["changes"] == 1 and "plan" not in batch
+    assert batch["kernel_operations"] == {"add_vif": 1, "replace_mfc": 1}
+    # ... and with the plan too under --verbose.
+    verbose = json.loads(
+        mfcd.ok("--output", "json", "--verbose", "batch", "-", stdin=f"mfc del {' '.join(route)}\n")
+    )
+    assert [s["action"] for s in verbose["plan"]] == ["del_mfc", "del_vif", "del_vif", "del_vif"]
     failed = mfcd.ctl("--output", "json", "mfc", "del", *route)
     assert failed.returncode == 5
     assert json.loads(failed.stdout)["error"]["code"] == "not_found"
