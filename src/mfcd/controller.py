@@ -271,10 +271,9 @@ class Controller:
     def sync(self, view: KernelView, dry_run: bool = False) -> list[dict[str, Any]]:
         """Repair drift between the kernel's tables and the model; report each repair.
 
-        Routes still pending for want of a VIF or after a kernel refusal are retried too.
+        Then routes still pending for want of a VIF or after a kernel refusal are retried:
+        a repair may have removed what stood in their way (a VIF another program added).
         """
-        if not dry_run and self.router.blocked:
-            self._apply_quietly("retry pending routes", self.router.retry_blocked)
         report = []
         for step in self.router.repair(view.vifs, view.mfc):
             entry = describe_step(step)
@@ -287,6 +286,9 @@ class Controller:
                 else:
                     log.info("sync: repaired: %s", _step_text(step))
             report.append(entry)
+        if not dry_run and self.router.blocked:
+            retried = self._apply_quietly("retry pending routes", self.router.retry_blocked)
+            report += [describe_step(step) for step in retried]
         return report
 
     def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:
@@ -329,7 +331,9 @@ class Controller:
                     "bytes_out": c.bytes_out if c else 0,
                 }
             vifs.append(entry)
-        routes = [self._route_json(r, stats) for r in router.routes.values()]
+        # Every VIF present: an installed route is simply installed, with no per-route checks.
+        healthy = all(vif.ifindex is not None for vif in router.vifs.values())
+        routes = [self._route_json(r, stats, healthy) for r in router.routes.values()]
         return {
             "schema": SHOW_SCHEMA,
             "vifs": vifs,
@@ -337,19 +341,21 @@ class Controller:
             "max_vifs": MAXVIFS,
         }
 
-    def _route_json(self, route: Route, stats: bool) -> dict[str, Any]:
-        status = self.router.status(route.key)
+    def _route_json(self, route: Route, stats: bool, healthy: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
             "family": FAMILY_NAMES[route.family],
             "source": route.source,
             "group": route.group,
             "iif": route.iif,
             "oifs": list(route.oifs),
-            "state": status.state,
+            "state": "installed",
         }
-        if status.state != "installed":
-            out["missing"] = list(status.missing)
-            out["reason"] = status.reason
+        if not (healthy and route.key in self.router.installed):
+            status = self.router.status(route.key)
+            out["state"] = status.state
+            if status.state != "installed":
+                out["missing"] = list(status.missing)
+                out["reason"] = status.reason
         if stats:
             c = None
             if route.key in self.router.installed:

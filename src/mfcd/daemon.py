@@ -105,6 +105,7 @@ class Daemon:
         self.server: Server | None = None
         self.stopping = asyncio.Event()
         self._resync: asyncio.TimerHandle | None = None
+        self.inherited = False  # the kernel's tables held VIFs or entries before we added any
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -122,6 +123,10 @@ class Daemon:
                     "%s: ignored an incomplete last record (never acknowledged)", state.path
                 )
             controller = Controller(kernel, state)
+            # Our MRT_INIT table starts empty unless another program left static entries in it;
+            # only then is the drift check after start-up worth its full dump of the table.
+            before = observe_kernel(kernel)
+            self.inherited = bool(before.vifs or before.mfc)
             controller.restore(loaded, current_links())
             del loaded
             # The restored routes live as long as the daemon: keep the cyclic GC from rescanning
@@ -165,8 +170,9 @@ class Daemon:
         log.info("mfcd %s ready on %s: %s", __version__, cfg.socket_path, status)
         notify.notify(f"READY=1\nSTATUS={status}")
         watchdog = asyncio.create_task(self._watchdog())
-        # Check for drift (entries or VIFs another program left in the table) once we serve.
-        self._resync_later(0.0)
+        if self.inherited:
+            log.warning("the kernel's tables held entries mfcd did not add; repairing them")
+            self._resync_later(0.0)
         await self.stopping.wait()
         log.info("stopping: removing routes from the kernel")
         notify.notify("STOPPING=1\nSTATUS=stopping")

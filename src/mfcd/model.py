@@ -175,6 +175,7 @@ class Router:
         self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
         self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
         self._log: _UndoLog | None = None
+        self._oif_sets: dict[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = {}
 
     # --- transactions ----------------------------------------------------------------------------
 
@@ -218,6 +219,11 @@ class Router:
             if self._log is not None:
                 self._log.entries.append((1, s, key, True))
             s.discard(key)
+
+    def _count(self, vif: Vif, delta: int) -> None:
+        if self._log is not None:
+            self._log.entries.append((2, vif, "refs", vif.refs))
+        vif.refs += delta
 
     def _assign(self, target: Any, key: Any, value: Any) -> None:
         old = target[key] if isinstance(target, list) else getattr(target, key)
@@ -461,7 +467,7 @@ class Router:
             if vif is None:
                 steps += self._new_vif(family, name)
             else:
-                self._assign(vif, "refs", vif.refs + 1)
+                self._count(vif, 1)
         entry = self._entry(route)
         if previous is None:
             steps.append(Step(entry, DelMfc(family, route.source, route.group), "add_mfc"))
@@ -513,7 +519,7 @@ class Router:
     def _release(self, family: int, name: str) -> list[Step]:
         vif = self.vifs[(family, name)]
         if vif.refs > 1:
-            self._assign(vif, "refs", vif.refs - 1)
+            self._count(vif, -1)
             return []
         self._pop(self.vifs, (family, name))
         self._assign(self.slots[family], vif.vifi, None)
@@ -530,7 +536,10 @@ class Router:
         if len(oifs) > 1:
             oifs.sort()
         parent = vifs[(family, route.iif)].vifi
-        return AddMfc(family, route.source, route.group, parent, tuple(oifs))
+        # Many routes share an oif set: keep one tuple per distinct set (memory, not speed).
+        shared = tuple(oifs)
+        shared = self._oif_sets.setdefault(shared, shared)
+        return AddMfc(family, route.source, route.group, parent, shared)
 
     def _reissue(self, keys: Iterable[RouteKey]) -> list[Step]:
         steps: list[Step] = []

@@ -29,6 +29,7 @@ import json
 import os
 import zlib
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from mfcd.errors import StateError
@@ -59,11 +60,19 @@ class Loaded:
     torn_tail: bool = False
 
 
+def _route(family: Any, source: Any, group: Any, iif: Any, oifs: Any) -> Route:
+    """A route as saved; the checksum vouches for the bytes, this for the types."""
+    if family not in (4, 6) or not all(isinstance(v, str) for v in (source, group, iif, *oifs)):
+        raise ValueError("malformed route")
+    # Interface names repeat across routes: share one string object per name.
+    return Route(family, source, group, intern(iif), tuple([intern(n) for n in oifs]))
+
+
 def _apply(loaded: Loaded, op: Op) -> None:
     kind = op[0]
     if kind == "add":
-        _, family, source, group, iif, oifs = op
-        loaded.routes[(family, source, group)] = Route(family, source, group, iif, tuple(oifs))
+        route = _route(*op[1:])
+        loaded.routes[route.key] = route
     elif kind == "del":
         _, family, source, group = op
         loaded.routes.pop((family, source, group), None)
@@ -100,8 +109,10 @@ def parse(data: bytes, path: str = "state file") -> Loaded:
                 snap = record["snapshot"]
                 loaded.routes.clear()
                 loaded.thresholds = dict(snap.get("thresholds", {}))
-                for op in snap["routes"]:
-                    _apply(loaded, ["add", *op])
+                routes = loaded.routes
+                for family, source, group, iif, oifs in snap["routes"]:
+                    route = _route(family, source, group, iif, oifs)
+                    routes[route.key] = route
                 loaded.ops_since_snapshot = 0
             else:
                 for op in record["ops"]:

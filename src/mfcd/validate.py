@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+from sys import intern
 from typing import Any
 
 from mfcd.errors import BadRequest, InvalidArgument
@@ -105,7 +106,7 @@ _seen_names: set[str] = set()  # names already validated: batches repeat a few n
 
 def interface(value: Any, field: str) -> str:
     if value.__class__ is str and value in _seen_names:
-        return str(value)
+        return intern(value)  # one shared string per name, however many routes use it
     if not isinstance(value, str):
         raise InvalidArgument(f"{field} must be an interface name (a string)", field=field)
     if not _IFNAME.match(value) or value in (".", ".."):
@@ -116,7 +117,7 @@ def interface(value: Any, field: str) -> str:
             field=field,
         )
     if len(_seen_names) < 4096:
-        _seen_names.add(value)
+        _seen_names.add(intern(value))
     return value
 
 

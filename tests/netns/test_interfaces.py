@@ -95,3 +95,32 @@ def test_sync_repairs_a_vif_removed_behind_the_daemons_back(
     assert "repaired" in mfcd.ok("sync")
     assert received(lab, family) == [5, 5, 0]
     assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+
+
+STATIC_LEFTOVERS = """
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+# Without MRT_INIT these are static: they outlive this process, as another tool's would.
+s.setsockopt(socket.IPPROTO_IP, 202, struct.pack("=HBBIi4s", 0, 8, 1, 0, {ifindex}, bytes(4)))
+mfc = struct.pack("=4s4sH32s2xIIIi", socket.inet_aton("198.18.0.9"), socket.inet_aton("239.9.9.9"),
+                  0, bytes(32), 0, 0, 0, 0)
+s.setsockopt(socket.IPPROTO_IP, 204, mfc)
+"""
+
+
+def test_start_up_clears_entries_another_program_left_and_installs_saved_routes(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    add(mfcd, 4, "r0", "r1")
+    mfcd.stop()
+    ifindex = int(lab.ip(lab.router, "-o", "link", "show", "r3").split(":")[0])
+    code = textwrap.dedent(STATIC_LEFTOVERS.format(ifindex=ifindex))
+    assert lab.exec(lab.router, sys.executable, "-c", code).returncode == 0
+    assert ("198.18.0.9", "239.9.9.9") in kernel_tables.mfc(lab, 4)
+    assert kernel_tables.vifs(lab, 4) == {0: "r3"}  # squats the VIF index mfcd will want
+
+    mfcd.start()
+    mfcd.wait_state(FLOWS[4][1], "installed")
+    assert set(kernel_tables.mfc(lab, 4)) == {FLOWS[4]}
+    assert received(lab, 4) == [5, 0, 0]
+    assert mfcd.ok("sync").startswith("kernel and mfcd agree")
