@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import mfcd
 from mfcd import cli, protocol
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -349,3 +350,9 @@ def test_importing_the_cli_pulls_in_no_daemon_code() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_version_comes_from_the_package_constant() -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["--version"], out, err) == 0
+    assert out.getvalue() == f"mfcctl {mfcd.__version__}\n"

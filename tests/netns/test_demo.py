@@ -1,0 +1,31 @@
+"""`make demo` works: the tour routes, forwards, deletes, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from lab.netns import leftover_namespaces
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_forwards_to_the_routed_receivers_and_cleans_up() -> None:
+    before = set(leftover_namespaces())
+    result = subprocess.run(
+        [sys.executable, "-m", "lab.demo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    routed, deleted = out.split("== deleting the route")
+    counts = [line.split()[-1] for line in routed.splitlines() if "received" in line]
+    assert counts == ["5", "5", "0"]
+    assert [line.split()[-1] for line in deleted.splitlines() if "received" in line] == ["0"] * 3
+    assert "dry run, nothing changed" in out and "installed" in out
+    assert set(leftover_namespaces()) == before
