@@ -93,7 +93,10 @@ class Client:
             print(f"> {_clip(request)}", file=self.stderr)
         started = time.perf_counter()
         try:
-            sock.sendall(request)
+            # mfcd may refuse a request (too large) and close before it is all sent: then
+            # read why, if it said so.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)
             line = self._read_line(sock)
         except OSError as e:
             raise CliError(
@@ -595,6 +598,9 @@ class Cli:
         try:
             while True:
                 result = self.client.call("show", {"stats": True})
+                # A fresh connection per sample: idle between samples, an open one would meet
+                # the daemon's client_timeout.
+                self.client.close()
                 now = time.monotonic()
                 rates = _rates(result, previous, now - last if last else 0.0)
                 last = now

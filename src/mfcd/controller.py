@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -129,6 +129,8 @@ class Controller:
         self.kernel = kernel
         self.state = state
         self.router = router or Router()
+        # Called when the kernel may no longer match the model (a rollback it refused).
+        self.on_drift: Callable[[], None] | None = None
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -160,18 +162,12 @@ class Controller:
         router.begin()
         router.thresholds.update(loaded.thresholds)
         for name, ifindex in links.items():
-            router.link_up(name, ifindex)
+            router.note_link(name, ifindex)
+        for route in loaded.routes.values():
+            router.keep(route)
         router.commit()
         for route in loaded.routes.values():
-            what = f"restore {route.source} -> {route.group}"
-            if (
-                not self._apply_quietly(what, router.restore, route)
-                and route.key not in router.routes
-            ):
-                # The kernel refused it: keep the route (it is saved) and retry later.
-                router.begin()
-                router.park(route, "the kernel refused it at start-up; retried by mfcctl sync")
-                router.commit()
+            self._install_or_park(route.key, f"restore {route.source} -> {route.group}")
 
     # --- client changes --------------------------------------------------------------------------
 
@@ -197,15 +193,16 @@ class Controller:
             except StateError:
                 self._undo_kernel(steps)
                 raise
-        except BaseException:
+        except BaseException as e:
             router.rollback()
+            self._report_undo_failures(e)
             raise
         router.commit()
         self._maybe_compact()
         # A change that freed a VIF index (even one whose interface is gone, so no DelVif
         # step) lets routes waiting for one in.
         if router.blocked and any(key[0] in router.free_families() for key in router.blocked):
-            self._apply_quietly("install routes waiting for a free VIF", router.retry_blocked)
+            self.retry_pending(list(router.blocked))
         return steps
 
     def _plan(self, change: Change) -> list[Step]:
@@ -219,8 +216,17 @@ class Controller:
                 return router.set_threshold(interface, threshold)
 
     def _undo_kernel(self, steps: Sequence[Step]) -> None:
-        for failure in self.kernel.undo(steps):
-            log.error("rollback incomplete, kernel and mfcd may disagree: %s", failure)
+        self._report_undo_failures(KernelError("", "undo", 0), self.kernel.undo(steps))
+
+    def _report_undo_failures(
+        self, error: BaseException, failures: Sequence[KernelError] | None = None
+    ) -> None:
+        """A rollback the kernel refused leaves it out of step with the model: log, then repair."""
+        failures = failures if failures is not None else getattr(error, "undo_failures", [])
+        for failure in failures:
+            log.error("rollback incomplete, kernel and mfcd disagree: %s", failure)
+        if failures and self.on_drift is not None:
+            self.on_drift()
 
     def _maybe_compact(self) -> None:
         # Compact once the journal holds as many ops as there are routes (and at least 10,000),
@@ -239,9 +245,43 @@ class Controller:
     # --- interface events ------------------------------------------------------------------------
 
     def link_up(self, interface: str, ifindex: int) -> list[Step]:
-        return self._apply_quietly(
-            f"interface {interface} up", self.router.link_up, interface, ifindex
-        )
+        """An interface exists: each family's VIF, then each waiting route, on its own.
+
+        Separate transactions, so that one refusal (say, a route of a disabled family)
+        does not keep the interface's other routes from coming back.
+        """
+        router = self.router
+        router.begin()
+        changed = router.note_link(interface, ifindex)
+        router.commit()
+        if not changed:
+            return []
+        what = f"interface {interface} up"
+        steps: list[Step] = []
+        for family in (4, 6):
+            steps += self._apply_quietly(what, router.revive_vif, family, interface)
+        for key in router.waiting_for(interface):
+            steps += self._install_or_park(key, what)
+        return steps
+
+    def retry_pending(self, keys: Sequence[RouteKey]) -> list[Step]:
+        """Try to install pending routes, each in its own transaction."""
+        steps: list[Step] = []
+        for key in keys:
+            steps += self._install_or_park(key, "install pending route")
+        return steps
+
+    def _install_or_park(self, key: RouteKey, what: str) -> list[Step]:
+        """Install a pending route; if the kernel refuses, keep it pending with the reason."""
+        outcome = self._attempt(what, self.router.try_install, key)
+        if not isinstance(outcome, str):
+            return outcome
+        route = self.router.routes.get(key)
+        if route is not None:
+            self.router.begin()
+            self.router.park(route, f"the kernel refused it ({outcome}); mfcctl sync retries")
+            self.router.commit()
+        return []
 
     def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
         return self._apply_quietly(
@@ -262,8 +302,11 @@ class Controller:
     def sync_links(self, links: dict[str, int]) -> list[Step]:
         """Bring the model's view of interfaces in line with a fresh dump (after a missed event)."""
         steps: list[Step] = []
-        for name in [n for n in self.router.links if n not in links]:
-            steps += self.link_down(name)
+        present = set(links.values())
+        for name, ifindex in [(n, i) for n, i in self.router.links.items() if n not in links]:
+            # Gone under this name but its device still exists: renamed, so the kernel still
+            # has the VIF (on the renamed device) and mfcd must remove it.
+            steps += self.link_down(name, kernel_dropped_vif=ifindex not in present)
         for name, ifindex in links.items():
             steps += self.link_event("new", name, ifindex)
         return steps
@@ -286,22 +329,29 @@ class Controller:
                 else:
                     log.info("sync: repaired: %s", _step_text(step))
             report.append(entry)
-        if not dry_run and self.router.blocked:
-            retried = self._apply_quietly("retry pending routes", self.router.retry_blocked)
+        if not dry_run:
+            router = self.router
+            retried = self.retry_pending([*router.blocked, *router.refused])
             report += [describe_step(step) for step in retried]
         return report
 
     def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:
         """Run a model method as its own transaction; log instead of raising (no client waits)."""
+        outcome = self._attempt(what, method, *args)
+        return [] if isinstance(outcome, str) else outcome
+
+    def _attempt(self, what: str, method: Any, *args: Any) -> list[Step] | str:
+        """Run a model method as its own transaction: its steps, or why it failed (logged)."""
         router = self.router
         router.begin()
         try:
             steps: list[Step] = method(*args)
             self.kernel.execute(steps)
-        except KernelError as e:
+        except Exception as e:  # never leave the transaction open, whatever went wrong
             router.rollback()
             log.error("%s: %s", what, e)
-            return []
+            self._report_undo_failures(e)
+            return str(e)
         router.commit()
         for step in steps:
             log.info("%s: %s", what, _step_text(step))

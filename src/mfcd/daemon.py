@@ -106,10 +106,18 @@ class Daemon:
         self.stopping = asyncio.Event()
         self._resync: asyncio.TimerHandle | None = None
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
+        self.serving = False  # start-up is over
+        self._reload_pending = False  # SIGHUP arrived during start-up
 
     async def run(self) -> None:
         cfg = self.cfg
         notify.notify("STATUS=starting")
+        # Signals are handled from the first moment: SIGTERM during a long start-up stops
+        # cleanly once it is done, and SIGHUP waits for it instead of killing the process.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
         kernel = None
         state = StateFile(cfg.state_file)
@@ -163,9 +171,9 @@ class Daemon:
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )
         await server.start(listener)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.serving = True
+        if self._reload_pending:
+            self.reload()
         status = self.status()
         log.info("mfcd %s ready on %s: %s", __version__, cfg.socket_path, status)
         notify.notify(f"READY=1\nSTATUS={status}")
@@ -194,14 +202,24 @@ class Daemon:
         notify.notify(f"STATUS={self.status()}")
 
     def _on_link_events(self) -> None:
-        events = self.monitor.read_events()
-        if self.monitor.overrun:
-            log.warning("missed interface events (netlink overrun); re-reading all interfaces")
-            self.controller.sync_links(current_links())
-        else:
-            for event in events:
-                self.controller.link_event(event.kind, event.link.name, event.link.ifindex)
-        if events or self.monitor.overrun:
+        before = dict(self.controller.router.links)
+        try:
+            events = self.monitor.read_events()
+            if self.monitor.overrun:
+                log.warning("missed interface events (netlink overrun); re-reading interfaces")
+                self.controller.sync_links(current_links())
+            else:
+                for event in events:
+                    self.controller.link_event(event.kind, event.link.name, event.link.ifindex)
+        except (OSError, ValueError) as e:
+            # A dump interrupted during the very storm that overran us, or a message we cannot
+            # parse: the delayed resync re-reads every interface.
+            log.error("reading interface events failed: %s; re-reading them shortly", e)
+            self._resync_later(RESYNC_DELAY)
+            return
+        # Only a change of interfaces the model tracks (created, deleted, renamed) can have
+        # left the kernel's tables behind; carrier flaps and MTU changes cannot.
+        if self.controller.router.links != before:
             self.report_status()
             self._resync_later(RESYNC_DELAY)
 
@@ -228,6 +246,12 @@ class Daemon:
         while True:
             notify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)  # already half the timeout
+
+    def _on_hup(self) -> None:
+        if self.serving:
+            self.reload()
+        else:
+            self._reload_pending = True
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and apply what can change while running."""
@@ -295,6 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         pass
+    except Exception as e:  # a bug: say so plainly, with the traceback for the report
+        log.critical("mfcd failed unexpectedly: %s", e, exc_info=True)
+        notify.notify(f"STATUS=failed: {e}")
+        return 1
     log.info("stopped")
     return 0
 

@@ -158,6 +158,13 @@ class MrouteSocket:
     def add_vif(self, vifi: int, ifindex: int, threshold: int) -> None:
         if self.family == 4:
             data = VIFCTL.pack(vifi, VIFF_USE_IFINDEX, threshold, 0, ifindex, b"\0" * 4)
+        elif ifindex > 0xFFFF:
+            raise KernelError(
+                f"IPv6 cannot route through interface index {ifindex}: the kernel's mif6ctl"
+                " holds at most 65535 (re-create the interface to get a lower index)",
+                "MRT6_ADD_MIF",
+                0,
+            )
         else:
             data = MIF6CTL.pack(vifi, 0, threshold, ifindex, 0)
         self._setsockopt(MRT_ADD_VIF, data)
@@ -215,15 +222,18 @@ class MrouteSocket:
         _, icount, ocount, ibytes, obytes = SIOC_VIF_REQ.unpack(buf)
         return VifCounters(icount, ocount, ibytes, obytes)
 
-    def drain(self) -> int:
-        """Read and discard everything queued (upcalls, IGMP/MLD); return how many messages."""
-        count = 0
-        while True:
+    def drain(self, limit: int = 1024) -> int:
+        """Read and discard what is queued (upcalls, IGMP/MLD); return how many messages.
+
+        At most `limit` per call, so a flood cannot starve the event loop; the socket stays
+        readable and the loop calls again.
+        """
+        for count in range(limit):
             try:
                 self.sock.recv(65536)
             except (BlockingIOError, InterruptedError):
                 return count
-            count += 1
+        return limit
 
     def close(self) -> None:
         """MRT_DONE, then close: the kernel removes this socket's VIFs and MFC entries."""
@@ -281,6 +291,10 @@ class Kernel:
         except KernelError as e:
             e.undo_failures = self.undo(steps[:done])
             raise
+        except Exception as e:  # a value the kernel structures cannot hold, say: undo all the same
+            error = KernelError(f"cannot apply {steps[done].action}: {e}", "encode", 0)
+            error.undo_failures = self.undo(steps[:done])
+            raise error from e
 
     def undo(self, steps: Sequence[Step]) -> list[KernelError]:
         """Apply the inverse of `steps`, newest first; go on past failures and return them."""

@@ -286,13 +286,16 @@ class Router:
     def restore(self, route: Route) -> list[Step]:
         """Add a saved route at start-up: install it if possible, else leave it pending."""
         self._set(self.routes, route.key, route)
-        return self._try_install(route.key)
+        return self.try_install(route.key)
+
+    def keep(self, route: Route) -> None:
+        """Hold a route without installing it yet (try_install does that)."""
+        self._set(self.routes, route.key, route)
 
     def park(self, route: Route, reason: str) -> None:
-        """Keep a route the kernel refused as pending; retry_blocked() tries it again."""
+        """Keep a route the kernel refused as pending; `mfcctl sync` tries it again."""
         self._set(self.routes, route.key, route)
         self._set(self.refused, route.key, reason)
-        self._set(self.blocked, route.key, None)
 
     def del_route(self, family: int, source: str, group: str) -> list[Step]:
         key = (family, source, group)
@@ -323,22 +326,37 @@ class Router:
         Unlike client requests, nothing here fails: a route that cannot get a VIF
         stays pending (blocked) until a VIF index is freed.
         """
-        if self.links.get(interface) == ifindex:
+        if not self.note_link(interface, ifindex):
             return []
-        self._set(self.links, interface, ifindex)
         steps: list[Step] = []
         for family in (4, 6):
-            vif = self.vifs.get((family, interface))
-            if vif is not None and vif.ifindex != ifindex:
-                # The kernel dropped the VIF with the old device; add the same index for the new one
-                # and re-issue its entries (an oif missing at write time is never restored).
-                self._assign(vif, "ifindex", ifindex)
-                add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface))
-                steps.append(Step(add, DelVif(family, vif.vifi, interface), "readd_vif"))
-                steps += self._reissue(self._users(family, interface))
-        for key in sorted(self.waiting.get(interface, ())):
-            steps += self._try_install(key)
+            steps += self.revive_vif(family, interface)
+        for key in self.waiting_for(interface):
+            steps += self.try_install(key)
         return steps
+
+    def note_link(self, interface: str, ifindex: int) -> bool:
+        """Record that an interface exists; False if that was known already."""
+        if self.links.get(interface) == ifindex:
+            return False
+        self._set(self.links, interface, ifindex)
+        return True
+
+    def revive_vif(self, family: int, interface: str) -> list[Step]:
+        """Give a (re-)created interface its reserved VIF index back and re-issue its entries."""
+        vif = self.vifs.get((family, interface))
+        ifindex = self.links.get(interface)
+        if vif is None or ifindex is None or vif.ifindex == ifindex:
+            return []
+        # The kernel dropped the VIF with the old device; add the same index for the new one
+        # and re-issue its entries (an oif missing at write time is never restored).
+        self._assign(vif, "ifindex", ifindex)
+        add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface))
+        steps = [Step(add, DelVif(family, vif.vifi, interface), "readd_vif")]
+        return steps + self._reissue(self._users(family, interface))
+
+    def waiting_for(self, interface: str) -> list[RouteKey]:
+        return sorted(self.waiting.get(interface, ()))
 
     def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
         """An interface is gone (deleted: the kernel already removed its VIF) or renamed away."""
@@ -361,7 +379,7 @@ class Router:
         """Install routes that were pending for want of a VIF index, now that some may be free."""
         steps: list[Step] = []
         for key in list(self.blocked):
-            steps += self._try_install(key)
+            steps += self.try_install(key)
         return steps
 
     def repair(
@@ -401,9 +419,7 @@ class Router:
         """How the kernel reports an installed route's entry (ifindexes, not VIF numbers)."""
         route = self.routes[key]
         family = route.family
-        iif = self.vifs[(family, route.iif)].ifindex
-        if iif is None:
-            return None, {}  # the kernel reports neither iif nor oifs once the parent VIF is gone
+        iif = self.vifs[(family, route.iif)].ifindex  # None: the kernel reports no iif either
         oifs = {}
         for name in route.oifs:
             ifindex = self.vifs[(family, name)].ifindex
@@ -413,7 +429,8 @@ class Router:
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _try_install(self, key: RouteKey) -> list[Step]:
+    def try_install(self, key: RouteKey) -> list[Step]:
+        """Install a pending route if its interfaces exist and VIF indexes are free."""
         route = self.routes.get(key)
         if route is None or key in self.installed:
             return []

@@ -55,6 +55,7 @@ ERROR_EXIT = {
     "kernel_error": 6,  # the kernel refused a change; nothing was changed
     "state_error": 6,  # the state file could not be written; nothing was changed
     "shutting_down": 3,
+    "too_many_clients": 3,  # the daemon already serves its maximum of connections
     "internal_error": 7,
 }
 

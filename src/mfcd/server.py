@@ -26,6 +26,7 @@ from mfcd.errors import ConfigError
 log = logging.getLogger("mfcd")
 
 _UCRED = struct.Struct("=iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+MAX_CLIENTS = 256  # connections served at once; more are refused with too_many_clients
 
 
 def peer_of(sock: socket.socket | None) -> Peer:
@@ -138,11 +139,20 @@ class Server:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._clients.add(task)
         peer = peer_of(writer.get_extra_info("socket"))
+        if len(self._clients) >= MAX_CLIENTS:
+            # Each client costs a descriptor and a buffer: refuse rather than run out of both.
+            log.warning("refusing %s: %d clients connected already", peer, MAX_CLIENTS)
+            message = f"mfcd serves at most {MAX_CLIENTS} clients at once; try again"
+            writer.write(protocol.encode_error(None, "too_many_clients", message))
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.drain(), 1.0)
+            writer.close()
+            return
+        self._clients.add(task)
         try:
             await self._serve(reader, writer, peer)
-        except (ConnectionError, asyncio.CancelledError):
+        except (ConnectionError, asyncio.CancelledError, TimeoutError):
             pass
         finally:
             self._clients.discard(task)
@@ -155,22 +165,30 @@ class Server:
     ) -> None:
         while True:
             try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), self.client_timeout)
+                line = await self._read_request(reader)
             except asyncio.IncompleteReadError:
                 return  # the client closed its end
             except asyncio.LimitOverrunError:
                 message = f"request larger than {self.max_request_bytes} bytes; split it up"
-                writer.write(protocol.encode_error(None, "too_large", message))
-                await writer.drain()
+                await self._send(writer, protocol.encode_error(None, "too_large", message))
                 return
             except TimeoutError:
                 message = f"no complete request within {self.client_timeout:g} s; disconnecting"
-                writer.write(protocol.encode_error(None, "timeout", message))
-                await writer.drain()
+                await self._send(writer, protocol.encode_error(None, "timeout", message))
                 return
-            if not line.strip():
-                continue
             # Synchronous on purpose: one change at a time, and no await between the kernel
             # change and the journal write.
-            writer.write(self.commands.handle(line, peer))
-            await writer.drain()
+            await self._send(writer, self.commands.handle(line, peer))
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """The next non-blank line, within client_timeout (blank lines do not extend it)."""
+        async with asyncio.timeout(self.client_timeout):
+            while True:
+                line = await reader.readuntil(b"\n")
+                if line.strip():
+                    return line
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        """Write a response; a client that stops reading it is dropped after client_timeout."""
+        writer.write(data)
+        await asyncio.wait_for(writer.drain(), self.client_timeout)

@@ -16,8 +16,9 @@ writes a fresh snapshot to a temporary file, fsyncs it, renames it over the
 journal and fsyncs the directory: compaction costs O(routes) once per O(routes)
 changes.
 
-A last line without its newline is a write the daemon never acknowledged (it died
-mid-write); it is ignored and cut off before the next append.  Anything else that
+A record is written and synced before its newline is, so a last line without its
+newline is a write the daemon never acknowledged (it died mid-write); it is ignored
+and cut off before the next append.  Anything else that
 does not parse or whose checksum does not match is corruption: loading fails with
 the file name, line and reason, and the file is never rewritten.
 """
@@ -32,7 +33,8 @@ from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
 
-from mfcd.errors import StateError
+from mfcd import validate
+from mfcd.errors import MfcdError, StateError
 from mfcd.model import Route
 
 HEADER = b"mfcd-state 1\n"
@@ -61,9 +63,19 @@ class Loaded:
 
 
 def _route(family: Any, source: Any, group: Any, iif: Any, oifs: Any) -> Route:
-    """A route as saved; the checksum vouches for the bytes, this for the types."""
-    if family not in (4, 6) or not all(isinstance(v, str) for v in (source, group, iif, *oifs)):
+    """A route as saved; the checksum vouches for the bytes, this for what the model assumes."""
+    if (
+        family not in (4, 6)
+        or not isinstance(source, str)
+        or not isinstance(group, str)
+        or not isinstance(oifs, list)
+        or not oifs
+        or iif in oifs
+        or len(set(oifs)) != len(oifs)
+    ):
         raise ValueError("malformed route")
+    validate.interface(iif, "iif")  # cached: names repeat
+    validate.interfaces(oifs, "oifs")
     # Interface names repeat across routes: share one string object per name.
     return Route(family, source, group, intern(iif), tuple([intern(n) for n in oifs]))
 
@@ -78,7 +90,7 @@ def _apply(loaded: Loaded, op: Op) -> None:
         loaded.routes.pop((family, source, group), None)
     elif kind == "threshold":
         _, name, ttl = op
-        loaded.thresholds[name] = ttl
+        loaded.thresholds[validate.interface(name, "interface")] = validate.threshold(ttl)
     else:
         raise ValueError(f"unknown op {kind!r}")
 
@@ -108,7 +120,10 @@ def parse(data: bytes, path: str = "state file") -> Loaded:
             if "snapshot" in record:
                 snap = record["snapshot"]
                 loaded.routes.clear()
-                loaded.thresholds = dict(snap.get("thresholds", {}))
+                loaded.thresholds = {
+                    validate.interface(name, "interface"): validate.threshold(ttl)
+                    for name, ttl in snap.get("thresholds", {}).items()
+                }
                 routes = loaded.routes
                 for family, source, group, iif, oifs in snap["routes"]:
                     route = _route(family, source, group, iif, oifs)
@@ -118,7 +133,7 @@ def parse(data: bytes, path: str = "state file") -> Loaded:
                 for op in record["ops"]:
                     _apply(loaded, op)
                 loaded.ops_since_snapshot += len(record["ops"])
-        except (ValueError, KeyError, TypeError, IndexError) as e:
+        except (ValueError, KeyError, TypeError, IndexError, MfcdError) as e:
             raise StateError(
                 f"{path}: line {lineno} is corrupt ({e}); the file was left untouched —"
                 " repair or move it away, then start mfcd again"
@@ -171,7 +186,13 @@ class StateFile:
         assert self._fd is not None
         data = encode_record({"ops": ops})
         try:
-            _write_all(self._fd, data)
+            # The record first, then its newline: a crash can tear a multi-page write in any
+            # order, but a line that has its newline was whole on disk before the newline was
+            # written. So a newline-terminated line with a bad checksum is real corruption,
+            # and a torn write always shows as a last line without one.
+            _write_all(self._fd, data[:-1])
+            os.fdatasync(self._fd)
+            _write_all(self._fd, b"\n")
             os.fdatasync(self._fd)
         except OSError as e:
             self._cut_back()
@@ -188,7 +209,9 @@ class StateFile:
         assert self._fd is not None
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, self._length)
-            os.lseek(self._fd, 0, os.SEEK_END)
+        # Even if the truncation failed, the next record overwrites the refused one from here.
+        with contextlib.suppress(OSError):
+            os.lseek(self._fd, self._length, os.SEEK_SET)
             os.fdatasync(self._fd)
 
     def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None:
@@ -209,16 +232,20 @@ class StateFile:
             _write_all(fd, data)
             os.fsync(fd)
             os.rename(tmp, self.path)
-            _fsync_directory(directory)
         except OSError as e:
             if fd >= 0:
                 os.close(fd)
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
+        # From the rename on, the new file is the journal: appending to the old, unlinked one
+        # would lose changes. A failed directory fsync only risks the rename itself at a crash,
+        # and the old journal holds the same routes.
         if self._fd is not None:
             os.close(self._fd)
         self._fd = fd
+        with contextlib.suppress(OSError):
+            _fsync_directory(directory)
         self._length = len(data)
         self.ops_since_snapshot = 0
 

@@ -124,3 +124,68 @@ def test_start_up_clears_entries_another_program_left_and_installs_saved_routes(
     assert set(kernel_tables.mfc(lab, 4)) == {FLOWS[4]}
     assert received(lab, 4) == [5, 0, 0]
     assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_renamed_interface_is_let_go_and_taken_back_by_name(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    group = FLOWS[family][1]
+    add(mfcd, family, "r0", "r1", "r2")
+    lab.ip(lab.router, "link", "set", "r1", "down")
+    lab.ip(lab.router, "link", "set", "r1", "name", "r1x")
+    lab.ip(lab.router, "link", "set", "r1x", "up")
+    route = mfcd.wait_state(group, "degraded")
+    assert route["missing"] == ["r1"]
+    # Routes follow names: the renamed device no longer gets the traffic.
+    assert "r1x" not in kernel_tables.vifs(lab, family).values()
+    assert received(lab, family) == [0, 5, 0]
+    lab.ip(lab.router, "link", "set", "r1x", "name", "r1")
+    mfcd.wait_state(group, "installed")
+    assert received(lab, family) == [5, 5, 0]
+    assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+
+
+def test_sync_agrees_while_an_iif_is_missing(lab: Lab, mfcd: Mfcd) -> None:
+    add(mfcd, 4, "r0", "r1", "r2")
+    lab.del_router_link("r0")
+    mfcd.wait_state(FLOWS[4][1], "degraded")
+    assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+
+
+def test_ipv6_refuses_an_interface_index_above_65535_and_changes_nothing(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    # mif6ctl holds the ifindex in 16 bits; IPv4's vifctl has 32.
+    lab.ip(
+        lab.router, "link", "add", "big", "index", "70000", "type", "veth", "peer", "name", "bigp"
+    )
+    lab.ip(lab.router, "link", "set", "big", "up")
+    before = mfcd.show()
+    result = mfcd.ctl(
+        "mfc",
+        "add",
+        "--source",
+        FLOWS[6][0],
+        "--group",
+        FLOWS[6][1],
+        "--iif",
+        "r0",
+        "--oifs",
+        "big",
+    )
+    assert result.returncode == 6 and "65535" in result.stderr
+    assert mfcd.show() == before and kernel_tables.vifs(lab, 6) == {}
+    mfcd.ok(
+        "mfc",
+        "add",
+        "--source",
+        FLOWS[4][0],
+        "--group",
+        FLOWS[4][1],
+        "--iif",
+        "r0",
+        "--oifs",
+        "big,r1",
+    )
+    assert received(lab, 4) == [5, 0, 0]

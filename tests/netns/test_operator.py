@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,3 +160,40 @@ def test_ipv6_ignores_thresholds_as_documented(lab: Lab, mfcd: Mfcd) -> None:
     mfcd.ok("vif", "set", "r1", "--threshold", "100")  # so r1's MIF is created with it
     add(mfcd, 6, "r0", "r1", "r2")
     assert received(lab, 6) == [5, 5, 0]
+
+
+def test_watch_outlasts_the_client_timeout_and_too_large_is_reported(
+    lab: Lab, tmp_path: Path
+) -> None:
+    daemon = Mfcd(lab, tmp_path, "client_timeout = 0.5\nmax_request_bytes = 65536\n")
+    daemon.start()
+    try:
+        watch = subprocess.Popen(
+            [
+                str(BIN / "mfcctl"),
+                "--socket",
+                daemon.socket,
+                "show",
+                "--watch",
+                "0.8",
+                "--output",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2.2)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=10)
+        assert watch.returncode == 0, err
+        assert len(out.splitlines()) >= 3
+        big = "".join(
+            f"mfc add --source 198.18.0.2 --group 239.5.{i // 250}.{i % 250 + 1}"
+            " --iif r0 --oifs r1\n"
+            for i in range(2000)
+        )
+        result = daemon.ctl("batch", "-", stdin=big)
+        assert result.returncode == 1 and "larger than 65536 bytes" in result.stderr
+    finally:
+        daemon.stop()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from mfcd.controller import AddRoute, Change, Controller, DelRoute, SetThreshold, describe_step
+from mfcd.controller import (
+    AddRoute,
+    Change,
+    Controller,
+    DelRoute,
+    KernelView,
+    SetThreshold,
+    describe_step,
+)
 from mfcd.errors import KernelError, StateError, VifLimit
 from mfcd.model import MAXVIFS, Route
 from mfcd.state import Loaded, route_op
@@ -155,16 +163,23 @@ def test_restore_falls_back_to_one_route_at_a_time() -> None:
     assert len(kernel.vifs) == 4
 
 
-def test_link_event_failure_leaves_the_model_unchanged(ctl: Controller) -> None:
+def test_a_route_the_kernel_refuses_on_link_up_stays_pending_with_the_reason(
+    ctl: Controller,
+) -> None:
     kernel, _ = fake(ctl)
     ctl.router.begin()
     ctl.router.add_route(r4(5, "a", "x"))
     ctl.router.commit()
-    before = observable(ctl.router)
+    vifs_before = dict(kernel.vifs)
     kernel.fail_at = kernel.calls + 2
     assert ctl.link_up("x", 9) == []  # logged, not raised
-    assert observable(ctl.router) == before
-    assert ctl.router.status(r4(5, "a").key).state == "pending"
+    assert ctl.router.links["x"] == 9  # the interface exists, whatever the kernel said
+    status = ctl.router.status(r4(5, "a").key)
+    assert status.state == "pending" and "kernel refused" in status.reason
+    assert kernel.vifs == vifs_before and r4(5, "a").key not in kernel.mfcs  # all undone
+    # `mfcctl sync` retries it, and now it installs.
+    ctl.sync(KernelView(set(), {}))
+    assert ctl.router.status(r4(5, "a").key).state == "installed"
 
 
 @pytest.mark.parametrize(("already", "compacted"), [(9_998, False), (9_999, True)])
