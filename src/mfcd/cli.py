@@ -6,12 +6,11 @@ dataclasses) so that it starts in a few milliseconds; a test guards that.
 
 from __future__ import annotations
 
+import _socket  # not `socket`: that also imports selectors and more, a few ms per start
 import argparse
-import contextlib
 import grp
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,14 +51,14 @@ class Client:
         self.path = path
         self.verbose = verbose
         self.stderr = stderr
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._buffer = b""
         self._next_id = 1
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> _socket.socket:
         if self._sock is not None:
             return self._sock
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.path)
         except (FileNotFoundError, ConnectionRefusedError):
@@ -95,8 +94,10 @@ class Client:
         try:
             # mfcd may refuse a request (too large) and close before it is all sent: then
             # read why, if it said so.
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            try:  # noqa: SIM105 (importing contextlib would cost a millisecond per start)
                 sock.sendall(request)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
             line = self._read_line(sock)
         except OSError as e:
             raise CliError(
@@ -120,7 +121,7 @@ class Client:
         status = protocol.ERROR_EXIT.get(code, protocol.EXIT_PROTOCOL)
         raise CliError(str(error.get("message", "request failed")), status, code)
 
-    def _read_line(self, sock: socket.socket) -> bytes:
+    def _read_line(self, sock: _socket.socket) -> bytes:
         chunks = [self._buffer]
         data = self._buffer
         while b"\n" not in data:
@@ -161,7 +162,8 @@ def _split_oifs(values: list[str]) -> list[str]:
     return [name for value in values for name in value.split(",") if name]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """mfcctl's parser; with `only`, just that subcommand (enough to parse a command line)."""
     parser = argparse.ArgumentParser(
         prog="mfcctl",
         description="Control mfcd, the multicast routing daemon: add, delete and show"
@@ -190,7 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mfcctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, add_command in COMMANDS.items():
+        # Building every subcommand's parser costs milliseconds at each start: when the
+        # command is known, build only its own (help and docs build them all).
+        if only is None or name == only:
+            add_command(sub)
+    return parser
 
+
+def _mfc_command(sub: Any) -> None:
     mfc = sub.add_parser("mfc", help="add or delete multicast routes (MFC entries)")
     mfc_sub = mfc.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = mfc_sub.add_parser(
@@ -215,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     _key_options(delete)
     _output_option(delete)
 
+
+def _show_command(sub: Any) -> None:
     show = sub.add_parser("show", help="show VIFs and routes (IPv4 and IPv6)")
     show.add_argument(
         "-s",
@@ -231,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _output_option(show)
 
+
+def _batch_command(sub: Any) -> None:
     batch = sub.add_parser(
         "batch",
         help="apply many route changes from a file as one transaction",
@@ -241,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
     _output_option(batch)
 
+
+def _vif_command(sub: Any) -> None:
     vif = sub.add_parser("vif", help="show VIFs or change per-interface settings")
     vif_sub = vif.add_subparsers(dest="action", metavar="ACTION", required=True)
     vif_set = vif_sub.add_parser(
@@ -263,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
     _output_option(vif_show)
 
+
+def _sync_command(sub: Any) -> None:
     sync = sub.add_parser(
         "sync",
         help="compare the kernel's tables with mfcd's routes and repair any drift",
@@ -273,9 +291,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _output_option(sync)
 
+
+def _ping_command(sub: Any) -> None:
     ping = sub.add_parser("ping", help="check that mfcd answers; print its version")
     _output_option(ping)
-    return parser
+
+
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "mfc": _mfc_command,
+    "show": _show_command,
+    "batch": _batch_command,
+    "vif": _vif_command,
+    "sync": _sync_command,
+    "ping": _ping_command,
+}
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named in argv, found without argparse (None if unsure)."""
+    args = iter(argv)
+    for word in args:
+        if word in COMMANDS:
+            return word
+        if word in ("--socket", "-o", "--output"):
+            next(args, None)  # skip the option's value
+        elif not word.startswith("-") or word in ("-h", "--help"):
+            return None
+    return None
 
 
 def _key_options(parser: argparse.ArgumentParser) -> None:
@@ -666,13 +708,16 @@ def main(
 ) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    parser = build_parser()
+    parser = build_parser(_command_in(argv if argv is not None else sys.argv[1:]))
     # argparse prints usage errors, --help and --version to sys.stdout/sys.stderr itself.
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as e:
-            return int(e.code or 0)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.stdout, sys.stderr = saved
     cli = Cli(args, out, err)
     try:
         return cli.run()
