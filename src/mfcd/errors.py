@@ -33,10 +33,6 @@ class VifLimit(MfcdError):
     code = "vif_limit"
 
 
-class TooLarge(MfcdError):
-    code = "too_large"
-
-
 class KernelError(MfcdError):
     """The kernel refused an operation; carries the operation and errno."""
 
@@ -57,7 +53,3 @@ class StateError(MfcdError):
 
 class ConfigError(MfcdError):
     code = "config_error"
-
-
-class ShuttingDown(MfcdError):
-    code = "shutting_down"
