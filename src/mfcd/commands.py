@@ -187,13 +187,12 @@ class Commands:
         if not isinstance(op, dict):
             raise BadRequest("each op must be a JSON object")
         kind = op.get("op")
-        fields = {k: v for k, v in op.items() if k != "op"}
         if kind == "add":
-            route = validate.route(fields)
+            route = validate.route(op, validate.BATCH_ADD_FIELDS)
             self._check_family(route.family)
             return AddRoute(route)
         if kind == "del":
-            key = validate.key(fields)
+            key = validate.key(op, validate.BATCH_DEL_FIELDS)
             self._check_family(key[0])
             return DelRoute(key)
         raise BadRequest(f'op must be "add" or "del", not {kind!r}', field="op")

@@ -271,9 +271,13 @@ class Router:
         """Add or replace a route; raises VifLimit (leaving the transaction to roll back)."""
         key = route.key
         old = self.routes.get(key)
-        if old == route:
+        if old is None:
+            steps = self._add_to_existing_vifs(route)
+            if steps is not None:
+                return steps
+        elif old == route:
             return []
-        if old is not None:
+        else:
             self._forget_pending(old)
         self._set(self.routes, key, route)
         missing = [n for n in route.interfaces if n not in self.links]
@@ -282,6 +286,46 @@ class Router:
             self._wait(key, missing)
             return steps
         return self._install(route, old)
+
+    def _add_to_existing_vifs(self, route: Route) -> list[Step] | None:
+        """The common case of a bulk load, done directly: a new route whose interfaces all
+        exist and already have VIFs. None if the route needs the general path.
+
+        Same result as `_install(route, None)` (the model tests run both), at a fraction
+        of the cost: a batch of 100,000 routes spends most of its model time here.
+        """
+        if self._log is None:
+            return None
+        family = route.family
+        vifs = self.vifs
+        used = []
+        for name in (route.iif, *route.oifs):
+            vif = vifs.get((family, name))
+            if vif is None or vif.ifindex is None:
+                return None
+            used.append(vif)
+        log = self._log.entries
+        key = route.key
+        for vif in used:
+            log.append((2, vif, "refs", vif.refs))
+            vif.refs += 1
+        th = self.thresholds
+        oifs = [(vif.vifi, th.get(vif.interface, DEFAULT_THRESHOLD)) for vif in used[1:]]
+        if len(oifs) > 1:
+            oifs.sort()
+        shared = tuple(oifs)
+        entry = AddMfc(
+            family,
+            route.source,
+            route.group,
+            used[0].vifi,
+            self._oif_sets.setdefault(shared, shared),
+        )
+        log.append((0, self.routes, key, _MISSING))
+        self.routes[key] = route
+        log.append((0, self.installed, key, _MISSING))
+        self.installed[key] = entry
+        return [Step(entry, DelMfc(family, route.source, route.group), "add_mfc")]
 
     def restore(self, route: Route) -> list[Step]:
         """Add a saved route at start-up: install it if possible, else leave it pending."""

@@ -133,14 +133,17 @@ def interfaces(value: Any, field: str) -> tuple[str, ...]:
 
 ROUTE_FIELDS = ("source", "group", "iif", "oifs")
 KEY_FIELDS = ("source", "group")
+BATCH_ADD_FIELDS = ("op", *ROUTE_FIELDS)
+BATCH_DEL_FIELDS = ("op", *KEY_FIELDS)
 _FIELD_SETS: dict[tuple[str, ...], frozenset[str]] = {
-    fields: frozenset(fields) for fields in (ROUTE_FIELDS, KEY_FIELDS)
+    fields: frozenset(fields)
+    for fields in (ROUTE_FIELDS, KEY_FIELDS, BATCH_ADD_FIELDS, BATCH_DEL_FIELDS)
 }
 
 
-def route(args: Any) -> Route:
-    """Validate the arguments of `mfc add` into a Route."""
-    args = require_fields(args, ROUTE_FIELDS)
+def route(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> Route:
+    """Validate the arguments of `mfc add` (or a batch's add op) into a Route."""
+    args = require_fields(args, fields)
     family, source, group = route_key(args)
     iif = interface(args["iif"], "iif")
     oifs = interfaces(args["oifs"], "oifs")
@@ -157,9 +160,9 @@ def route(args: Any) -> Route:
     return Route(family, source, group, iif, oifs)
 
 
-def key(args: Any) -> RouteKey:
-    """Validate the arguments of `mfc del` into a route key."""
-    return route_key(require_fields(args, KEY_FIELDS))
+def key(args: Any, fields: tuple[str, ...] = KEY_FIELDS) -> RouteKey:
+    """Validate the arguments of `mfc del` (or a batch's del op) into a route key."""
+    return route_key(require_fields(args, fields))
 
 
 def threshold(value: Any) -> int:
