@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mfcd.errors import KernelError, MfcdError, StateError
+from mfcd.errors import KernelError, MfcdError, StateError, VifLimit
 from mfcd.kernel import SgCounters, VifCounters
 from mfcd.model import (
     MAXVIFS,
@@ -140,8 +140,11 @@ class Controller:
             self._restore(loaded, links)
 
     def _restore(self, loaded: Loaded, links: dict[str, int]) -> None:
+        # All at once and without an undo log (it would hold several entries per route, the
+        # largest allocation of a start-up): if anything fails, the kernel undoes its part
+        # and the model starts over, one route at a time.
         router = self.router
-        router.begin()
+        router.begin(undo=False)
         try:
             router.thresholds.update(loaded.thresholds)
             steps: list[Step] = []
@@ -150,8 +153,8 @@ class Controller:
             for route in loaded.routes.values():
                 steps += router.restore(route)
             self.kernel.execute(steps)
-        except KernelError as e:
-            router.rollback()
+        except (KernelError, VifLimit) as e:
+            self.router = Router()
             log.warning("restoring all routes at once failed (%s); restoring one by one", e)
             self._restore_one_by_one(loaded, links)
             return

@@ -130,13 +130,21 @@ class RouteStatus:
 _MISSING: Any = object()
 
 
+class _Discard(list[tuple[int, Any, Any, Any]]):
+    """The undo log of a transaction that cannot be rolled back: it keeps nothing."""
+
+    def append(self, entry: tuple[int, Any, Any, Any]) -> None:
+        pass
+
+
 class _UndoLog:
     """Records the old value of every dict slot, set member and attribute a transaction changes."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "recording")
 
-    def __init__(self) -> None:
-        self.entries: list[tuple[int, Any, Any, Any]] = []
+    def __init__(self, recording: bool = True) -> None:
+        self.recording = recording
+        self.entries: list[tuple[int, Any, Any, Any]] = [] if recording else _Discard()
 
     def rollback(self, to: int = 0) -> None:
         """Undo every change recorded after the first `to` entries."""
@@ -179,10 +187,12 @@ class Router:
 
     # --- transactions ----------------------------------------------------------------------------
 
-    def begin(self) -> None:
+    def begin(self, undo: bool = True) -> None:
+        """Start a transaction; with undo=False it records nothing and cannot roll back
+        (start-up uses that on an empty model: on failure it starts over from scratch)."""
         if self._log is not None:
             raise RuntimeError("transaction already open")
-        self._log = _UndoLog()
+        self._log = _UndoLog(recording=undo)
 
     def commit(self) -> None:
         self._log = None
@@ -492,6 +502,8 @@ class Router:
         except VifLimit:
             # Undo the VIFs this route had already taken, so other routes can still use them.
             assert self._log is not None
+            if not self._log.recording:
+                raise  # nothing to undo with: the caller starts over, recording
             self._log.rollback(savepoint)
             self._set(self.blocked, key, None)
             return []

@@ -237,3 +237,17 @@ def test_blocked_route_is_installed_when_a_vif_index_is_freed(present: bool) -> 
     ctl.change([DelRoute(small.key)])  # index 31 is free now, either way
     assert ctl.router.status(blocked.key).state == "installed"
     assert ctl.router.slots[4][31] == "x"
+
+
+def test_restore_with_more_interfaces_than_vifs_starts_over_and_leaks_no_vif() -> None:
+    names = [f"e{i}" for i in range(MAXVIFS)]
+    big, last, extra = r4(1, "e0", *names[1:-1]), r4(2, "e0", "e31"), r4(3, "e0", "x")
+    loaded = Loaded(routes={r.key: r for r in (big, last, extra)})
+    kernel = FakeKernel()
+    ctl = Controller(kernel, FakeState())
+    ctl.restore(loaded, {name: i + 1 for i, name in enumerate([*names, "x"])})
+    assert ctl.router.status(big.key).state == "installed"
+    assert ctl.router.status(last.key).state == "installed"
+    assert "no free VIF" in ctl.router.status(extra.key).reason
+    assert len(kernel.vifs) == MAXVIFS and set(kernel.mfcs) == {big.key, last.key}
+    assert ctl.router.slots[4] == names  # every index serves a route; none leaked to `x`
