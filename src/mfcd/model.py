@@ -20,7 +20,9 @@ a VIF), and MFC entries removed before their VIFs are released.
 Mutations happen inside a transaction: `begin()` starts an undo log, `rollback()`
 restores every dict, set and field that changed, `commit()` drops the log.  The
 log records only what changed, so a transaction costs O(its own changes), never
-O(number of routes).
+O(number of routes).  A VIF counts the installed routes that use it; the routes
+themselves are found by a scan, which only rare events (an interface re-created,
+a threshold changed, a repair) need.
 """
 
 from __future__ import annotations
@@ -35,9 +37,8 @@ MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
 
 RouteKey = tuple[int, str, str]  # (family 4|6, source, group), addresses in canonical text form
-KernelEntry = tuple[
-    int | None, dict[int, int]
-]  # (iif ifindex, {oif ifindex: ttl}) as netlink has it
+# An MFC entry as netlink reports it: (iif ifindex or None, {oif ifindex: ttl}).
+KernelEntry = tuple[int | None, dict[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
