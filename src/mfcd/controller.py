@@ -60,9 +60,10 @@ SHOW_SCHEMA = 1
 
 @dataclass(frozen=True, slots=True)
 class KernelView:
-    """What the kernel holds now: VIFs as (family, index); MFC entries as model.KernelEntry."""
+    """What the kernel holds now: VIFs as (family, index) -> device name; MFC entries as
+    model.KernelEntry."""
 
-    vifs: set[tuple[int, int]]
+    vifs: dict[tuple[int, int], str]
     mfc: dict[RouteKey, KernelEntry]
 
 

@@ -26,7 +26,7 @@ from mfcd.commands import Commands
 from mfcd.controller import Controller, KernelView
 from mfcd.errors import MfcdError
 from mfcd.kernel import Kernel
-from mfcd.model import MAXVIFS, KernelEntry, RouteKey
+from mfcd.model import KernelEntry, RouteKey
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import StateFile
 
@@ -76,14 +76,24 @@ def current_links() -> dict[str, int]:
     return {link.name: link.ifindex for link in netlink.dump_links()}
 
 
+def kernel_vifs(family: int) -> dict[tuple[int, int], str]:
+    """The default table's VIFs: (family, index) -> device name, from /proc.
+
+    /proc has the device of each VIF, which tells a VIF re-pointed or renamed behind
+    mfcd's back from its own; it shows only the default table, the one mfcd uses.
+    """
+    name = "ip_mr_vif" if family == 4 else "ip6_mr_vif"
+    with open(f"/proc/net/{name}", encoding="ascii") as f:
+        rows = [line.split() for line in f.read().splitlines()[1:]]
+    return {(family, int(row[0])): row[1] for row in rows if len(row) > 1}
+
+
 def observe_kernel(kernel: Kernel) -> KernelView:
-    """Read what the kernel holds now: VIFs by ioctl, MFC entries by a netlink dump."""
-    vifs = set()
+    """Read what the kernel holds now: VIFs from /proc, MFC entries by a netlink dump."""
+    vifs: dict[tuple[int, int], str] = {}
     mfc: dict[RouteKey, KernelEntry] = {}
     for family in kernel.sockets:
-        for vifi in range(MAXVIFS):
-            if kernel.vif_counters(family, vifi) is not None:
-                vifs.add((family, vifi))
+        vifs.update(kernel_vifs(family))
         for entry in netlink.dump_mfc(family, DEFAULT_TABLE[family]):
             if entry.resolved:
                 mfc[(family, entry.source, entry.group)] = (entry.iif, entry.oifs)

@@ -438,13 +438,14 @@ class Router:
         return steps
 
     def repair(
-        self, kernel_vifs: set[tuple[int, int]], kernel_mfc: dict[RouteKey, KernelEntry]
+        self, kernel_vifs: dict[tuple[int, int], str], kernel_mfc: dict[RouteKey, KernelEntry]
     ) -> list[Step]:
         """Steps that make the kernel match the model again, from what the kernel holds now.
 
-        `kernel_vifs` holds (family, vif index) of every VIF in the kernel; `kernel_mfc`
-        maps each (family, source, group) in the kernel to (iif ifindex or None, {oif
-        ifindex: ttl}).  Nothing in the model changes: it is the truth being restored.
+        `kernel_vifs` maps (family, vif index) of every VIF in the kernel to the name of
+        its device; `kernel_mfc` maps each (family, source, group) in the kernel to (iif
+        ifindex or None, {oif ifindex: ttl}).  Nothing in the model changes: it is the
+        truth being restored.
         """
         steps: list[Step] = []
         reissue: set[RouteKey] = set()
@@ -452,17 +453,17 @@ class Router:
         for family in sorted(families | {f for f, _ in self.vifs}):
             for vifi, name in enumerate(self.slots[family]):
                 vif = self.vifs[(family, name)] if name is not None else None
-                wanted = vif is not None and vif.ifindex is not None
-                present = (family, vifi) in kernel_vifs
-                if wanted and not present:
-                    assert vif is not None and vif.ifindex is not None
+                device = kernel_vifs.get((family, vifi))
+                if device is not None and (vif is None or vif.ifindex is None or device != name):
+                    # Not ours, or on another device (one renamed behind our back): remove it.
+                    steps.append(Step(DelVif(family, vifi, device), None, "del_vif"))
+                    device = None
+                if device is None and vif is not None and vif.ifindex is not None:
                     add = AddVif(
-                        family, vifi, vif.interface, vif.ifindex, self.threshold(name or "")
+                        family, vifi, vif.interface, vif.ifindex, self.threshold(vif.interface)
                     )
                     steps.append(Step(add, None, "readd_vif"))
                     reissue.update(self._users(family, vif.interface))
-                elif present and not wanted and vif is None:
-                    steps.append(Step(DelVif(family, vifi, "?"), None, "del_vif"))
         for key, entry in self.installed.items():
             if key in reissue or kernel_mfc.get(key) != self._expected(key):
                 steps.append(Step(entry, None, "reissue_mfc"))

@@ -178,7 +178,7 @@ def test_a_route_the_kernel_refuses_on_link_up_stays_pending_with_the_reason(
     assert status.state == "pending" and "kernel refused" in status.reason
     assert kernel.vifs == vifs_before and r4(5, "a").key not in kernel.mfcs  # all undone
     # `mfcctl sync` retries it, and now it installs.
-    ctl.sync(KernelView(set(), {}))
+    ctl.sync(KernelView({}, {}))
     assert ctl.router.status(r4(5, "a").key).state == "installed"
 
 

@@ -556,3 +556,56 @@ def test_link_events_reach_the_kernel_through_the_world() -> None:
         world.kernel.execute(world.link_event(router, name, "up", True))
         world.check(router)
     assert world.kernel.forwarding(r4(1, "a").key) == (1, frozenset({(4, 2), (5, 3)}))
+
+
+# --- repair: what `mfcctl sync` does from what the kernel holds ---------------------------------
+
+
+def _in_sync(router: Router) -> tuple[dict[tuple[int, int], str], dict[Any, Any]]:
+    """The kernel's view when it holds exactly what the model wants."""
+    vifs = {(v.family, v.vifi): v.interface for v in router.iter_vifs() if v.ifindex is not None}
+    mfc = {key: router._expected(key) for key in router.installed}
+    return vifs, mfc
+
+
+def test_repair_finds_nothing_when_the_kernel_agrees_even_with_an_iif_gone() -> None:
+    router = router_with_links("a", "b", "c")
+    run(router, router.add_route, r4(1, "a", "b", "c"))
+    run(router, router.link_down, "a")  # degraded: the kernel reports no iif, oifs still there
+    vifs, mfc = _in_sync(router)
+    assert mfc[r4(1, "a").key] == (None, {2: 1, 3: 1})
+    assert router.repair(vifs, mfc) == []
+
+
+def test_repair_re_adds_a_missing_vif_and_reissues_its_entries() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    vifs, mfc = _in_sync(router)
+    del vifs[(4, 1)]
+    steps = router.repair(vifs, mfc)
+    assert actions(steps) == ["readd_vif", "reissue_mfc"]
+    assert vif_ops(steps, AddVif) == [(1, "b")]
+
+
+def test_repair_moves_a_vif_that_points_at_another_device() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    vifs, mfc = _in_sync(router)
+    vifs[(4, 1)] = "b-renamed"  # the device was renamed and the event missed
+    steps = router.repair(vifs, mfc)
+    assert actions(steps) == ["del_vif", "readd_vif", "reissue_mfc"]
+    assert vif_ops(steps, DelVif) == [(1, "b-renamed")] and vif_ops(steps, AddVif) == [(1, "b")]
+
+
+def test_repair_removes_what_the_model_does_not_own() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    vifs, mfc = _in_sync(router)
+    vifs[(4, 5)] = "x"
+    stray = (4, "10.9.9.9", GROUP4)
+    mfc[stray] = (1, {2: 1})
+    mfc[r4(1, "a").key] = (1, {})  # our entry lost its oif
+    steps = router.repair(vifs, mfc)
+    assert sorted(actions(steps)) == ["del_mfc", "del_vif", "reissue_mfc"]
+    assert vif_ops(steps, DelVif) == [(5, "x")]
+    assert [s.op for s in steps if s.action == "del_mfc"] == [DelMfc(*stray)]
