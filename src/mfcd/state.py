@@ -62,22 +62,30 @@ class Loaded:
     torn_tail: bool = False
 
 
+# Interfaces of the routes read so far: (iif, *oifs) as saved -> (iif, oifs) checked and
+# interned. Most routes share a handful of combinations, so each is checked once and every
+# route using it shares the same strings and tuple.
+_Interfaces = tuple[str, tuple[str, ...]]
+_seen_interfaces: dict[tuple[Any, ...], _Interfaces] = {}
+
+
 def _route(family: Any, source: Any, group: Any, iif: Any, oifs: Any) -> Route:
     """A route as saved; the checksum vouches for the bytes, this for what the model assumes."""
-    if (
-        family not in (4, 6)
-        or not isinstance(source, str)
-        or not isinstance(group, str)
-        or not isinstance(oifs, list)
-        or not oifs
-        or iif in oifs
-        or len(set(oifs)) != len(oifs)
-    ):
+    if family not in (4, 6) or not isinstance(source, str) or not isinstance(group, str):
         raise ValueError("malformed route")
-    validate.interface(iif, "iif")  # cached: names repeat
-    validate.interfaces(oifs, "oifs")
-    # Interface names repeat across routes: share one string object per name.
-    return Route(family, source, group, intern(iif), tuple([intern(n) for n in oifs]))
+    if not isinstance(oifs, list):
+        raise ValueError("malformed oifs")
+    combo = (iif, *oifs)
+    checked = _seen_interfaces.get(combo)
+    if checked is None:
+        if not oifs or iif in oifs or len(set(oifs)) != len(oifs):
+            raise ValueError("malformed route")
+        validate.interface(iif, "iif")
+        validate.interfaces(oifs, "oifs")
+        checked = (intern(iif), tuple([intern(n) for n in oifs]))
+        if len(_seen_interfaces) < 65536:
+            _seen_interfaces[combo] = checked
+    return Route(family, source, group, *checked)
 
 
 def _apply(loaded: Loaded, op: Op) -> None:
