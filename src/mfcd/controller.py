@@ -199,7 +199,7 @@ class Controller:
                 raise
         except BaseException as e:
             router.rollback()
-            self._report_undo_failures(e)
+            self._report_undo_failures(getattr(e, "undo_failures", []))
             raise
         router.commit()
         self._maybe_compact()
@@ -220,13 +220,10 @@ class Controller:
                 return router.set_threshold(interface, threshold)
 
     def _undo_kernel(self, steps: Sequence[Step]) -> None:
-        self._report_undo_failures(KernelError("", "undo", 0), self.kernel.undo(steps))
+        self._report_undo_failures(self.kernel.undo(steps))
 
-    def _report_undo_failures(
-        self, error: BaseException, failures: Sequence[KernelError] | None = None
-    ) -> None:
+    def _report_undo_failures(self, failures: Sequence[KernelError]) -> None:
         """A rollback the kernel refused leaves it out of step with the model: log, then repair."""
-        failures = failures if failures is not None else getattr(error, "undo_failures", [])
         for failure in failures:
             log.error("rollback incomplete, kernel and mfcd disagree: %s", failure)
         if failures and self.on_drift is not None:
@@ -354,7 +351,7 @@ class Controller:
         except Exception as e:  # never leave the transaction open, whatever went wrong
             router.rollback()
             log.error("%s: %s", what, e)
-            self._report_undo_failures(e)
+            self._report_undo_failures(getattr(e, "undo_failures", []))
             return str(e)
         router.commit()
         for step in steps:

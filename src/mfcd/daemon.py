@@ -174,6 +174,8 @@ class Daemon:
         for sock in kernel.sockets.values():
             loop.add_reader(sock.fileno(), sock.drain)
         self.controller, self.kernel, self.monitor = controller, kernel, monitor
+        # A rollback the kernel refused: compare and repair once the dust settles.
+        controller.on_drift = lambda: self._resync_later(RESYNC_DELAY)
         loop.add_reader(monitor.fileno(), self._on_link_events)
         commands = Commands(controller, cfg.families, lambda: observe_kernel(kernel))
         commands.on_change = self.report_status

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mfcd.controller import (
@@ -251,3 +253,23 @@ def test_restore_with_more_interfaces_than_vifs_starts_over_and_leaks_no_vif() -
     assert "no free VIF" in ctl.router.status(extra.key).reason
     assert len(kernel.vifs) == MAXVIFS and set(kernel.mfcs) == {big.key, last.key}
     assert ctl.router.slots[4] == names  # every index serves a route; none leaked to `x`
+
+
+def test_a_refused_rollback_is_logged_and_asks_for_a_repair(
+    ctl: Controller, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel, _ = fake(ctl)
+    drift: list[bool] = []
+    ctl.on_drift = lambda: drift.append(True)
+    refuse_undo = kernel.undo
+
+    def undo(steps: Any) -> list[KernelError]:
+        refuse_undo(steps)
+        return [KernelError("MRT_DEL_MFC (IPv4) failed", "MRT_DEL_MFC", 2)]
+
+    kernel.undo = undo  # type: ignore[method-assign]
+    kernel.fail_at = kernel.calls + 2  # the second route's entry: the first one is undone
+    with pytest.raises(KernelError):
+        ctl.change([AddRoute(r4(7, "a", "b")), AddRoute(r4(8, "c", "d"))])
+    assert drift == [True]
+    assert "rollback incomplete" in caplog.text
