@@ -202,7 +202,7 @@ class Controller:
             self._report_undo_failures(getattr(e, "undo_failures", []))
             raise
         router.commit()
-        self._maybe_compact()
+        self.maybe_compact()
         # A change that freed a VIF index (even one whose interface is gone, so no DelVif
         # step) lets routes waiting for one in.
         if router.blocked and any(key[0] in router.free_families() for key in router.blocked):
@@ -229,7 +229,7 @@ class Controller:
         if failures and self.on_drift is not None:
             self.on_drift()
 
-    def _maybe_compact(self) -> None:
+    def maybe_compact(self) -> None:
         # Compact once the journal holds as many ops as there are routes (and at least 10,000),
         # so compaction's O(routes) cost is spread over O(routes) changes.
         # The change is already durable in the journal, so a failed compaction only costs space.

@@ -69,6 +69,7 @@ def setup_logging(level: str) -> None:
 DEFAULT_TABLE = {4: 253, 6: 254}  # RT_TABLE_DEFAULT (IPv4) and RT_TABLE_MAIN (IPv6)
 # Settings a running daemon cannot change: SIGHUP keeps the running value and warns.
 RESTART_ONLY = ("socket_path", "state_file", "ipv4", "ipv6", "max_request_bytes")
+COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
 
 
@@ -150,8 +151,8 @@ class Daemon:
             # The restored routes live as long as the daemon: keep the cyclic GC from rescanning
             # them on every collection.
             gc.freeze()
-            if state.ops_since_snapshot or not os.path.exists(cfg.state_file):
-                controller.compact()
+            if not os.path.exists(cfg.state_file):
+                controller.compact()  # an empty state file, so a lost one is noticed at start
             await self._serve(controller, kernel, listener, monitor)
         finally:
             listener.close()
@@ -193,6 +194,8 @@ class Daemon:
         if self.inherited:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0)
+        # A long journal is compacted by the usual rule, but not before the first requests.
+        loop.call_later(COMPACT_DELAY, controller.maybe_compact)
         await self.stopping.wait()
         log.info("stopping: removing routes from the kernel")
         notify.notify("STOPPING=1\nSTATUS=stopping")
