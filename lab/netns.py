@@ -55,21 +55,44 @@ class Lab:
             for ns in self.namespaces:
                 run("ip", "netns", "add", ns)
                 self.ip(ns, "link", "set", "lo", "up")
+                # No duplicate address detection on the lab's own links (these sysctls belong
+                # to the namespace): addresses are usable at once instead of after a second.
+                run(
+                    "ip",
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                )
             self.link(self.sender, "s0", "r0", 0)
             for k, ns in enumerate(self.rx[: self.linked], 1):
                 self.link(ns, "x0", f"r{k}", k)
             # Packets sent to any group leave the sender through s0.
             self.ip(self.sender, "route", "add", "224.0.0.0/4", "dev", "s0")
+            self.wait_settled()
         except BaseException:
             self.destroy()
             raise
 
     def link(self, ns: str, ifname: str, router_ifname: str, subnet: int) -> None:
         """A veth pair from `ns` (ifname) to the router (router_ifname) on subnet `subnet`."""
-        tmp_a, tmp_b = f"{self.prefix}a{subnet}", f"{self.prefix}b{subnet}"
-        run("ip", "link", "add", tmp_a[:15], "type", "veth", "peer", "name", tmp_b[:15])
-        run("ip", "link", "set", tmp_a[:15], "netns", ns, "name", ifname)
-        run("ip", "link", "set", tmp_b[:15], "netns", self.router, "name", router_ifname)
+        # Created inside the namespaces themselves: the host never sees either end.
+        self.ip(
+            ns,
+            "link",
+            "add",
+            ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            router_ifname,
+            "netns",
+            self.router,
+        )
         for where, name, host in ((ns, ifname, 2), (self.router, router_ifname, 1)):
             self.ip(where, "addr", "add", f"198.18.{subnet}.{host}/24", "dev", name)
             self.ip(
@@ -77,9 +100,22 @@ class Lab:
             )
             self.ip(where, "link", "set", name, "up")
 
+    def wait_settled(self, timeout: float = 10) -> None:
+        """Wait until every link has carrier and no IPv6 address is still tentative (DAD):
+        a veth's carrier comes up asynchronously, and a packet sent before is lost."""
+        deadline = time.monotonic() + timeout
+        for ns in self.namespaces:
+            while time.monotonic() < deadline:
+                links = self.ip(ns, "-o", "link", "show", "up")
+                tentative = self.ip(ns, "-6", "-o", "addr", "show", "tentative")
+                if "NO-CARRIER" not in links and not tentative.strip():
+                    break
+                time.sleep(0.02)
+
     def add_receiver_link(self, k: int) -> None:
         """(Re-)create receiver k's link to the router (interface r<k>)."""
         self.link(self.rx[k - 1], "x0", f"r{k}", k)
+        self.wait_settled()
 
     def del_router_link(self, router_ifname: str) -> None:
         """Delete a router interface (and with it the veth peer in the other namespace)."""
@@ -89,6 +125,7 @@ class Lab:
         """(Re-)create the sender's link to the router (interface r0)."""
         self.link(self.sender, "s0", "r0", 0)
         self.ip(self.sender, "route", "replace", "224.0.0.0/4", "dev", "s0")
+        self.wait_settled()
 
     def destroy(self) -> None:
         for proc in self.processes:

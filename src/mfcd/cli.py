@@ -58,11 +58,19 @@ class Client:
     def _connect(self) -> _socket.socket:
         if self._sock is not None:
             return self._sock
+        if not self.path:
+            raise CliError("--socket needs a path", protocol.EXIT_USAGE)
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.path)
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
+            if _exists_but_not_a_socket(self.path):
+                raise CliError(
+                    f"cannot reach mfcd at {self.path}: that is not a socket — check --socket"
+                    f" or ${protocol.SOCKET_ENV}",
+                    protocol.EXIT_USAGE,
+                ) from None
             raise CliError(
                 f"cannot reach mfcd at {self.path}: nothing is listening — start it with"
                 " `systemctl start mfc_daemon` or `mfcd`",
@@ -140,6 +148,13 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _exists_but_not_a_socket(path: str) -> bool:
+    try:
+        return (os.stat(path).st_mode & 0o170000) != 0o140000  # S_IFMT, S_IFSOCK
+    except OSError:
+        return False
 
 
 def _socket_group(path: str) -> str:
@@ -221,13 +236,24 @@ def _mfc_command(sub: Any) -> None:
         help="outgoing interfaces, comma- or space-separated",
     )
     _output_option(add)
-    delete = mfc_sub.add_parser("del", help="delete the route for (source, group)")
+    delete = mfc_sub.add_parser(
+        "del",
+        help="delete the route for (source, group)",
+        description="Delete the route for (SOURCE, GROUP): its MFC entry leaves the kernel, and"
+        " VIFs no other route uses are released. Exit status 5 if there is no such route.",
+    )
     _key_options(delete)
     _output_option(delete)
 
 
 def _show_command(sub: Any) -> None:
-    show = sub.add_parser("show", help="show VIFs and routes (IPv4 and IPv6)")
+    show = sub.add_parser(
+        "show",
+        help="show VIFs and routes (IPv4 and IPv6)",
+        description="Show the VIFs and every route with its state: installed, pending (an"
+        " interface does not exist yet, or no VIF is free) or degraded (an interface went away;"
+        " it is forwarded again when the interface is back).",
+    )
     show.add_argument(
         "-s",
         "--stats",
@@ -265,7 +291,9 @@ def _vif_command(sub: Any) -> None:
         description="Change an interface's settings. They are saved, apply to its VIF now and"
         " whenever it is created again.",
     )
-    vif_set.add_argument("interface", metavar="IFNAME")
+    vif_set.add_argument(
+        "interface", metavar="IFNAME", help="interface name (it need not exist yet)"
+    )
     vif_set.add_argument(
         "--threshold",
         type=int,
@@ -275,7 +303,12 @@ def _vif_command(sub: Any) -> None:
         " greater than TTL (1-255, default 1). Linux ignores it for IPv6.",
     )
     _output_option(vif_set)
-    vif_show = vif_sub.add_parser("show", help="show VIFs and interface settings")
+    vif_show = vif_sub.add_parser(
+        "show",
+        help="show VIFs and interface settings",
+        description="Show the VIFs (with --stats, their packet and byte counters) and the"
+        " interfaces whose settings were changed with `vif set`.",
+    )
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
     _output_option(vif_show)
 
@@ -293,7 +326,12 @@ def _sync_command(sub: Any) -> None:
 
 
 def _ping_command(sub: Any) -> None:
-    ping = sub.add_parser("ping", help="check that mfcd answers; print its version")
+    ping = sub.add_parser(
+        "ping",
+        help="check that mfcd answers; print its version",
+        description="Check that mfcd answers on its socket; print its version and process id."
+        " Exit status 0 when it does, 3 when nothing listens.",
+    )
     _output_option(ping)
 
 
@@ -340,16 +378,32 @@ def _output_option(parser: argparse.ArgumentParser, default: str = argparse.SUPP
 
 def parse_batch(lines: Sequence[str], name: str) -> list[dict[str, Any]]:
     """Parse batch lines into protocol ops; raise CliError naming the file and line."""
+    return parse_batch_lines(lines, name)[0]
+
+
+def parse_batch_lines(lines: Sequence[str], name: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """Parse batch lines into protocol ops and the line number of each op."""
     ops = []
+    numbers = []
     for lineno, raw in enumerate(lines, 1):
-        words = raw.split("#", 1)[0].split()
-        if not words:
-            continue
         try:
+            words = _words(raw)
+            if not words:
+                continue
             ops.append(_batch_line(words))
         except ValueError as e:
             raise CliError(f"{name}:{lineno}: {e}", protocol.EXIT_USAGE) from None
-    return ops
+        numbers.append(lineno)
+    return ops, numbers
+
+
+def _words(line: str) -> list[str]:
+    """A batch line's words: `#` starts a comment; quotes work as in a shell."""
+    if '"' in line or "'" in line:
+        import shlex  # noqa: PLC0415 (only for the rare quoted line)
+
+        return shlex.split(line, comments=True)
+    return line.split("#", 1)[0].split()
 
 
 _CANONICAL_ADD = ("mfc", "add", "--source", "--group", "--iif", "--oifs")
@@ -376,11 +430,16 @@ def _batch_line(words: list[str]) -> dict[str, Any]:
     values: dict[str, list[str]] = {}
     current: list[str] | None = None
     for word in rest:
-        if word.startswith("--"):
-            flag = word[2:]
-            if flag not in ("source", "group", "iif", "oifs") or flag in values:
-                raise ValueError(f"unexpected option {word}")
-            current = values[flag] = []
+        if word.startswith("-"):
+            flag, has_value, value = word.removeprefix("--").partition("=")
+            if flag not in ("source", "group", "iif", "oifs") or not word.startswith("--"):
+                raise ValueError(
+                    f"unexpected option {word} (a batch line takes --source,"
+                    " --group, --iif and --oifs; global options go before `batch`)"
+                )
+            if flag in values:
+                raise ValueError(f"--{flag} given twice")
+            current = values[flag] = [value] if has_value else []
         elif current is None:
             raise ValueError(f"unexpected word {word!r}")
         else:
@@ -614,10 +673,7 @@ class Cli:
                 args.update(iif=a.iif, oifs=_split_oifs(a.oifs))
             return self.change(f"mfc.{a.action}", args)
         if a.command == "batch":
-            args = {"ops": self._read_batch(a.file)}
-            if a.verbose:
-                args["plan"] = True
-            return self.change("batch", args)
+            return self.batch(a.file)
         if a.command == "vif" and a.action == "set":
             return self.change("vif.set", {"interface": a.interface, "threshold": a.threshold})
         if a.command == "vif":
@@ -638,7 +694,7 @@ class Cli:
         self.emit(result, lambda r: format_show(r, _width()))
         return protocol.EXIT_OK
 
-    def _read_batch(self, name: str) -> list[dict[str, Any]]:
+    def batch(self, name: str) -> int:
         try:
             if name == "-":
                 lines = sys.stdin.read().splitlines()
@@ -647,7 +703,20 @@ class Cli:
                     lines = f.read().splitlines()
         except OSError as e:
             raise CliError(f"cannot read {name}: {e.strerror}", protocol.EXIT_USAGE) from None
-        return parse_batch(lines, "stdin" if name == "-" else name)
+        shown = "stdin" if name == "-" else name
+        ops, numbers = parse_batch_lines(lines, shown)
+        args: dict[str, Any] = {"ops": ops}
+        if self.args.verbose:
+            args["plan"] = True
+        try:
+            return self.change("batch", args)
+        except CliError as e:
+            # The daemon counts ops ("op 3: ..."); people count lines of their file.
+            head, sep, rest = str(e).partition(": ")
+            index = head.removeprefix("op ")
+            if sep and head.startswith("op ") and index.isdigit() and 0 < int(index) <= len(ops):
+                e.args = (f"{shown}:{numbers[int(index) - 1]}: {rest}",)
+            raise
 
     def watch(self, interval: float) -> int:
         if interval <= 0:

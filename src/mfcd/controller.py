@@ -285,6 +285,10 @@ class Controller:
         return []
 
     def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
+        if interface in self.router.links and any(
+            (family, interface) in self.router.vifs for family in (4, 6)
+        ):
+            log.info("interface %s gone: its routes are degraded until it is back", interface)
         return self._apply_quietly(
             f"interface {interface} gone", self.router.link_down, interface, kernel_dropped_vif
         )

@@ -88,7 +88,7 @@ def bind_control_socket(path: str, group: str, mode: int) -> socket.socket:
 
 def _group_id(group: str) -> int:
     if not group:
-        return -1
+        return os.getegid()  # the daemon's own group (also taking back a group a reload removed)
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
@@ -102,7 +102,7 @@ def socket_permissions(path: str, group: str, mode: int) -> None:
     """Give the socket its group and mode (also on reload)."""
     gid = _group_id(group)
     try:
-        if gid >= 0:
+        if os.stat(path).st_gid != gid:  # needs CAP_CHOWN only when it changes something
             os.chown(path, -1, gid)
         os.chmod(path, mode)
     except OSError as e:

@@ -13,7 +13,8 @@ from mfcd.model import MAXVIFS, Route, RouteKey
 IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
 # Linux accepts almost any byte in a name; we accept the characters people and tools use, so a
 # name can never smuggle whitespace, quotes or control characters into logs and tables.
-_IFNAME = re.compile(r"[A-Za-z0-9_.+@-]{1,15}\Z")
+# Not starting with "-": such a name would read as an option to mfcctl, ip and others.
+_IFNAME = re.compile(r"[A-Za-z0-9_.+@][A-Za-z0-9_.+@-]{0,14}\Z")
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 
@@ -77,11 +78,21 @@ def _check_source(family: int, packed: bytes, text: str) -> None:
             raise InvalidArgument("source 0.0.0.0 is not a unicast address", "source")
         if packed[0] >= 224:
             raise InvalidArgument(f"source {text} is not a unicast address", "source")
+        if packed[0] == 127:
+            raise InvalidArgument(
+                f"source {text} is a loopback address; packets from it are never routed", "source"
+            )
         return
     if packed == bytes(16):
         raise InvalidArgument("source :: is not a unicast address", "source")
     if packed[0] == 0xFF:
         raise InvalidArgument(f"source {text} is not a unicast address", "source")
+    if packed[:12] == b"\0" * 10 + b"\xff\xff" or packed == bytes(15) + b"\x01":
+        raise InvalidArgument(
+            f"source {text} is an IPv4-mapped or loopback address, never an IPv6 packet's"
+            " source on the wire; use the IPv4 address for an IPv4 route",
+            "source",
+        )
     if packed[0] == 0xFE and packed[1] & 0xC0 == 0x80:
         raise InvalidArgument(
             f"source {text} is link-local; packets from it are never forwarded", "source"
@@ -113,7 +124,7 @@ def interface(value: Any, field: str) -> str:
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidArgument(
             f"{field} {shown!r} is not a valid interface name: 1 to {IFNAMSIZ - 1} characters"
-            " of letters, digits and _ . + @ -",
+            " of letters, digits and _ . + @ - (not starting with -)",
             field=field,
         )
     if len(_seen_names) < 4096:

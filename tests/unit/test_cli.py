@@ -195,7 +195,8 @@ def test_parse_batch_skips_comments_and_blank_lines() -> None:
         ("mfc del --group 239.1.1.1", "needs --source"),
         ("mfc del --source 10.0.0.1 --group 239.1.1.1 --iif r0", "takes no --iif"),
         ("mfc del --source 10.0.0.1 10.0.0.2 --group 239.1.1.1", "--source takes one value"),
-        ("mfc del --source 10.0.0.1 --source 10.0.0.2 --group g", "unexpected option --source"),
+        ("mfc del --source 10.0.0.1 --source 10.0.0.2 --group g", "--source given twice"),
+        ("mfc add --source s --group g --iif r0 --oifs r1 -o json", "unexpected option -o"),
         ("mfc del --src 10.0.0.1 --group 239.1.1.1", "unexpected option --src"),
         ("mfc del 10.0.0.1 239.1.1.1", "unexpected word '10.0.0.1'"),
     ],
@@ -356,3 +357,23 @@ def test_version_comes_from_the_package_constant() -> None:
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["--version"], out, err) == 0
     assert out.getvalue() == f"mfcctl {mfcd.__version__}\n"
+
+
+def test_batch_lines_take_equals_and_quotes_like_the_command_line() -> None:
+    ops = cli.parse_batch(
+        [
+            'mfc add --source="10.0.0.1" --group 239.1.1.1 --iif r0 --oifs r1 r2  # two oifs',
+            "mfc del --source '10.0.0.2' --group=239.1.1.2",
+        ],
+        "b",
+    )
+    assert ops == [
+        {
+            "op": "add",
+            "source": "10.0.0.1",
+            "group": "239.1.1.1",
+            "iif": "r0",
+            "oifs": ["r1", "r2"],
+        },
+        {"op": "del", "source": "10.0.0.2", "group": "239.1.1.2"},
+    ]
