@@ -360,3 +360,17 @@ def test_sighup_reloads_the_config_and_survives_a_bad_one(lab: Lab, mfcd: Mfcd) 
     assert "ipv6 changes only at restart" in log
     assert "reload failed" in log and "no_such_setting" in log
     assert log.count("configuration reloaded") == 1
+
+
+def test_a_reload_without_a_socket_group_takes_the_old_groups_access_away(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    base = mfcd.config_file.read_text()
+    assert mfcd.proc is not None
+    for group, gid in (("nogroup", 65534), ("", os.getegid())):
+        mfcd.config_file.write_text(base.replace('socket_group = ""', f'socket_group = "{group}"'))
+        mfcd.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while os.stat(mfcd.socket).st_gid != gid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.stat(mfcd.socket).st_gid == gid

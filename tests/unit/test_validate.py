@@ -201,3 +201,22 @@ def test_thresholds_rejected(value: Any) -> None:
 def test_require_fields_accepts_optional_fields() -> None:
     assert validate.require_fields({"stats": True}, (), ("stats",)) == {"stats": True}
     assert validate.require_fields({}, (), ("stats",)) == {}
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:198.18.0.2", "IPv4-mapped"),
+    ],
+)
+def test_sources_that_never_reach_a_router_are_refused(source: str, words: str) -> None:
+    group = "ff3e::1" if ":" in source else "239.1.1.1"
+    with pytest.raises(InvalidArgument, match=words):
+        validate.route({**GOOD, "source": source, "group": group})
+
+
+def test_interface_names_may_not_look_like_options() -> None:
+    with pytest.raises(InvalidArgument, match="not starting with -"):
+        validate.route({**GOOD, "oifs": ["eth1", "-o"]})
