@@ -143,12 +143,12 @@ def test_unreachable_daemon_is_exit_status_3(tmp_path: Path) -> None:
     assert err.count("\n") == 1 and err.endswith("\n")
 
 
-def test_socket_path_that_is_no_socket_is_unreachable(tmp_path: Path) -> None:
+def test_socket_path_that_is_no_socket_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "plain-file"
     path.write_text("")
     status, _, err = run_cli("--socket", str(path), "show")
-    assert status == protocol.EXIT_UNREACHABLE
-    assert err.startswith("mfcctl: cannot reach mfcd")
+    assert status == protocol.EXIT_USAGE
+    assert err.startswith("mfcctl: cannot reach mfcd") and "not a socket" in err
 
 
 # --- batch files ---------------------------------------------------------------------------------
