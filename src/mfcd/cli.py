@@ -7,7 +7,6 @@ dataclasses) so that it starts in a few milliseconds; a test guards that.
 from __future__ import annotations
 
 import _socket  # not `socket`: that also imports selectors and more, a few ms per start
-import argparse
 import grp
 import json
 import os
@@ -19,6 +18,7 @@ from mfcd import __version__, protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a few milliseconds at every start; annotations only need it here
+    import argparse  # imported when a parser is built: `mfc add`/`mfc del` never need one
     from typing import Any, TextIO
 
 EXIT_CODES_HELP = """\
@@ -179,6 +179,8 @@ def _split_oifs(values: list[str]) -> list[str]:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """mfcctl's parser; with `only`, just that subcommand (enough to parse a command line)."""
+    import argparse  # noqa: PLC0415 (see the TYPE_CHECKING import)
+
     parser = argparse.ArgumentParser(
         prog="mfcctl",
         description="Control mfcd, the multicast routing daemon: add, delete and show"
@@ -345,6 +347,50 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
 }
 
 
+class _Parsed:
+    """A command line parsed without argparse: the same attributes its Namespace would have."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
+def _parse_route_change(argv: Sequence[str]) -> _Parsed | None:
+    """`[--socket PATH] [-o FORMAT] [-n] [-v] mfc add|del OPTIONS` without argparse.
+
+    The commands scripts run thousands of times skip argparse's import and set-up, about
+    a sixth of mfcctl's start. Anything else, help and every mistake included, returns
+    None and goes through argparse, so messages and behaviour stay argparse's.
+    """
+    values: dict[str, Any] = {
+        "socket": os.environ.get(protocol.SOCKET_ENV, protocol.DEFAULT_SOCKET),
+        "output": "table",
+        "dry_run": False,
+        "verbose": False,
+    }
+    words = list(argv)
+    while words and words[0] != "mfc":
+        word = words.pop(0)
+        if word == "--socket" and words:
+            values["socket"] = words.pop(0)
+        elif word in ("-o", "--output") and words and words[0] in ("table", "json"):
+            values["output"] = words.pop(0)
+        elif word in ("-n", "--dry-run", "-v", "--verbose"):
+            values["dry_run" if word in ("-n", "--dry-run") else "verbose"] = True
+        else:
+            return None
+    if len(words) >= 2 and words[-2] in ("-o", "--output") and words[-1] in ("table", "json"):
+        values["output"] = words[-1]  # -o may also follow the command
+        words = words[:-2]
+    if len(words) < 3 or words[1] not in ("add", "del") or "-h" in words or "--help" in words:
+        return None
+    try:
+        op = _batch_line(words)
+    except ValueError:
+        return None
+    values.update(op)
+    return _Parsed(command="mfc", action=values.pop("op"), **values)
+
+
 def _command_in(argv: Sequence[str]) -> str | None:
     """The subcommand named in argv, found without argparse (None if unsure)."""
     args = iter(argv)
@@ -363,12 +409,15 @@ def _key_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", required=True, metavar="ADDR", help="multicast group address")
 
 
-def _output_option(parser: argparse.ArgumentParser, default: str = argparse.SUPPRESS) -> None:
+def _output_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    import argparse  # noqa: PLC0415 (loaded already: build_parser imported it)
+
     parser.add_argument(
         "-o",
         "--output",
         choices=("table", "json"),
-        default=default,
+        # Absent after the command, -o must not override the one given before it.
+        default=argparse.SUPPRESS if default is None else default,
         help="output format (default table)",
     )
 
@@ -634,7 +683,7 @@ def format_sync(result: dict[str, Any]) -> str:
 
 
 class Cli:
-    def __init__(self, args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> None:
+    def __init__(self, args: Any, stdout: TextIO, stderr: TextIO) -> None:
         self.args = args
         self.stdout = stdout
         self.stderr = stderr
@@ -777,16 +826,19 @@ def main(
 ) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    parser = build_parser(_command_in(argv if argv is not None else sys.argv[1:]))
-    # argparse prints usage errors, --help and --version to sys.stdout/sys.stderr itself.
-    saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = out, err
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        sys.stdout, sys.stderr = saved
+    words = argv if argv is not None else sys.argv[1:]
+    args: Any = _parse_route_change(words)
+    if args is None:
+        parser = build_parser(_command_in(words))
+        # argparse prints usage errors, --help and --version to sys.stdout/sys.stderr itself.
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = out, err
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            return int(e.code or 0)
+        finally:
+            sys.stdout, sys.stderr = saved
     cli = Cli(args, out, err)
     try:
         return cli.run()

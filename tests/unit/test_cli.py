@@ -377,3 +377,76 @@ def test_batch_lines_take_equals_and_quotes_like_the_command_line() -> None:
         },
         {"op": "del", "source": "10.0.0.2", "group": "239.1.1.2"},
     ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [
+            "mfc",
+            "add",
+            "--source",
+            "10.0.0.1",
+            "--group",
+            "239.1.1.1",
+            "--iif",
+            "r0",
+            "--oifs",
+            "r1,r2",
+        ],
+        [
+            "--socket",
+            "/x",
+            "-n",
+            "-v",
+            "mfc",
+            "add",
+            "--source",
+            "10.0.0.1",
+            "--group",
+            "239.1.1.1",
+            "--iif",
+            "r0",
+            "--oifs",
+            "r1",
+            "r2",
+            "-o",
+            "json",
+        ],
+        ["-o", "json", "mfc", "del", "--source", "10.0.0.1", "--group", "239.1.1.1"],
+    ],
+)
+def test_route_changes_parse_without_argparse_exactly_as_with_it(argv: list[str]) -> None:
+    fast = cli._parse_route_change(argv)
+    assert fast is not None
+    slow = vars(cli.build_parser().parse_args(argv))
+    slow["oifs"] = cli._split_oifs(slow["oifs"]) if "oifs" in slow else None
+    assert {k: v for k, v in vars(fast).items()} == {k: v for k, v in slow.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mfc", "add", "--help"],
+        ["mfc", "add", "--source", "10.0.0.1"],
+        ["mfc", "add", "--sou", "10.0.0.1", "--group", "g", "--iif", "a", "--oifs", "b"],
+        ["--socket=/x", "mfc", "del", "--source", "s", "--group", "g"],
+        ["show"],
+    ],
+)
+def test_anything_else_goes_to_argparse(argv: list[str]) -> None:
+    assert cli._parse_route_change(argv) is None
+
+
+def test_a_route_change_does_not_import_argparse() -> None:
+    code = (
+        "import sys; from mfcd.cli import main; "
+        "status = main(['--socket', '/nonexistent', 'mfc', 'del', '--source', '10.0.0.1',"
+        " '--group', '239.1.1.1']); "
+        "assert status == 3, status; assert 'argparse' not in sys.modules, 'argparse'"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "src"))
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
