@@ -380,43 +380,16 @@ def test_batch_lines_take_equals_and_quotes_like_the_command_line() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
+    "line",
     [
-        [
-            "mfc",
-            "add",
-            "--source",
-            "10.0.0.1",
-            "--group",
-            "239.1.1.1",
-            "--iif",
-            "r0",
-            "--oifs",
-            "r1,r2",
-        ],
-        [
-            "--socket",
-            "/x",
-            "-n",
-            "-v",
-            "mfc",
-            "add",
-            "--source",
-            "10.0.0.1",
-            "--group",
-            "239.1.1.1",
-            "--iif",
-            "r0",
-            "--oifs",
-            "r1",
-            "r2",
-            "-o",
-            "json",
-        ],
-        ["-o", "json", "mfc", "del", "--source", "10.0.0.1", "--group", "239.1.1.1"],
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,r2",
+        "--socket /x -n -v mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 r2"
+        " -o json",
+        "-o json mfc del --source 10.0.0.1 --group 239.1.1.1",
     ],
 )
-def test_route_changes_parse_without_argparse_exactly_as_with_it(argv: list[str]) -> None:
+def test_route_changes_parse_without_argparse_exactly_as_with_it(line: str) -> None:
+    argv = line.split()
     fast = cli._parse_route_change(argv)
     assert fast is not None
     slow = vars(cli.build_parser().parse_args(argv))
