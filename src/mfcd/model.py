@@ -131,21 +131,14 @@ class RouteStatus:
 _MISSING: Any = object()
 
 
-class _Discard(list[tuple[int, Any, Any, Any]]):
-    """The undo log of a transaction that cannot be rolled back: it keeps nothing."""
-
-    def append(self, entry: tuple[int, Any, Any, Any]) -> None:
-        pass
-
-
 class _UndoLog:
     """Records the old value of every dict slot, set member and attribute a transaction changes."""
 
     __slots__ = ("entries", "recording")
 
     def __init__(self, recording: bool = True) -> None:
-        self.recording = recording
-        self.entries: list[tuple[int, Any, Any, Any]] = [] if recording else _Discard()
+        self.recording = recording  # False: nothing is kept and there is no rollback
+        self.entries: list[tuple[int, Any, Any, Any]] = []
 
     def rollback(self, to: int = 0) -> None:
         """Undo every change recorded after the first `to` entries."""
@@ -184,6 +177,9 @@ class Router:
         self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
         self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
         self._log: _UndoLog | None = None
+        # Where changes are recorded: the open log's entries, or None when nothing is
+        # (no transaction, or one begun with undo=False).
+        self._undo: list[tuple[int, Any, Any, Any]] | None = None
         self._oif_sets: dict[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = {}
 
     # --- transactions ----------------------------------------------------------------------------
@@ -194,14 +190,15 @@ class Router:
         if self._log is not None:
             raise RuntimeError("transaction already open")
         self._log = _UndoLog(recording=undo)
+        self._undo = self._log.entries if undo else None
 
     def commit(self) -> None:
-        self._log = None
+        self._log = self._undo = None
 
     def rollback(self) -> None:
         if self._log is not None:
             self._log.rollback()
-        self._log = None
+        self._log = self._undo = None
 
     def _savepoint(self) -> int:
         if self._log is None:
@@ -209,37 +206,37 @@ class Router:
         return len(self._log.entries)
 
     def _set(self, d: dict[Any, Any], key: Any, value: Any) -> None:
-        if self._log is not None:
-            self._log.entries.append((0, d, key, d.get(key, _MISSING)))
+        if self._undo is not None:
+            self._undo.append((0, d, key, d.get(key, _MISSING)))
         d[key] = value
 
     def _pop(self, d: dict[Any, Any], key: Any) -> None:
         if key in d:
-            if self._log is not None:
-                self._log.entries.append((0, d, key, d[key]))
+            if self._undo is not None:
+                self._undo.append((0, d, key, d[key]))
             del d[key]
 
     def _add(self, s: set[Any], key: Any) -> None:
         if key not in s:
-            if self._log is not None:
-                self._log.entries.append((1, s, key, False))
+            if self._undo is not None:
+                self._undo.append((1, s, key, False))
             s.add(key)
 
     def _discard(self, s: set[Any], key: Any) -> None:
         if key in s:
-            if self._log is not None:
-                self._log.entries.append((1, s, key, True))
+            if self._undo is not None:
+                self._undo.append((1, s, key, True))
             s.discard(key)
 
     def _count(self, vif: Vif, delta: int) -> None:
-        if self._log is not None:
-            self._log.entries.append((2, vif, "refs", vif.refs))
+        if self._undo is not None:
+            self._undo.append((2, vif, "refs", vif.refs))
         vif.refs += delta
 
     def _assign(self, target: Any, key: Any, value: Any) -> None:
         old = target[key] if isinstance(target, list) else getattr(target, key)
-        if self._log is not None:
-            self._log.entries.append((2, target, key, old))
+        if self._undo is not None:
+            self._undo.append((2, target, key, old))
         if isinstance(target, list):
             target[key] = value
         else:
@@ -317,10 +314,11 @@ class Router:
             if vif is None or vif.ifindex is None:
                 return None
             used.append(vif)
-        log = self._log.entries
+        undo = self._undo
         key = route.key
         for vif in used:
-            log.append((2, vif, "refs", vif.refs))
+            if undo is not None:
+                undo.append((2, vif, "refs", vif.refs))
             vif.refs += 1
         th = self.thresholds
         oifs = [(vif.vifi, th.get(vif.interface, DEFAULT_THRESHOLD)) for vif in used[1:]]
@@ -334,7 +332,8 @@ class Router:
             used[0].vifi,
             self._oif_sets.setdefault(shared, shared),
         )
-        log.append((0, self.installed, key, _MISSING))
+        if undo is not None:
+            undo.append((0, self.installed, key, _MISSING))
         self.installed[key] = entry
         return [Step(entry, DelMfc(family, route.source, route.group), "add_mfc")]
 
