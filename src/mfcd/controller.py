@@ -188,7 +188,8 @@ class Controller:
                     if len(changes) > 1:  # say which op of a batch failed
                         e.args = (f"op {index + 1}: {e}",)
                     raise
-            if dry_run:
+            if dry_run or not router.changed():
+                # Nothing to do (the same route again, an empty batch): no journal record.
                 router.rollback()
                 return steps
             self.kernel.execute(steps)

@@ -200,6 +200,10 @@ class Router:
             self._log.rollback()
         self._log = self._undo = None
 
+    def changed(self) -> bool:
+        """Whether the open transaction has changed anything so far."""
+        return bool(self._undo)
+
     def _savepoint(self) -> int:
         if self._log is None:
             raise RuntimeError("model changes need an open transaction")

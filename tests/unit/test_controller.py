@@ -273,3 +273,12 @@ def test_a_refused_rollback_is_logged_and_asks_for_a_repair(
         ctl.change([AddRoute(r4(7, "a", "b")), AddRoute(r4(8, "c", "d"))])
     assert drift == [True]
     assert "rollback incomplete" in caplog.text
+
+
+def test_a_change_that_changes_nothing_writes_no_journal_record(ctl: Controller) -> None:
+    kernel, state = fake(ctl)
+    ctl.change([AddRoute(r4(9, "a", "b"))])
+    records, calls = list(state.records), kernel.calls
+    assert ctl.change([AddRoute(r4(9, "a", "b"))]) == []  # the same route again
+    assert ctl.change([]) == []  # an empty batch
+    assert state.records == records and kernel.calls == calls
