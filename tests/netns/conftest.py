@@ -28,6 +28,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(pytest.mark.skip(reason="needs root (network namespaces)"))
 
 
+def route_args(source: str, group: str, iif: str, oifs: str) -> list[str]:
+    """The words of `mfcctl mfc add` for one route (oifs comma-separated)."""
+    return ["mfc", "add", "--source", source, "--group", group, "--iif", iif, "--oifs", oifs]
+
+
 class Mfcd:
     """The real daemon in the lab's router namespace, driven through the real mfcctl."""
 

@@ -8,7 +8,7 @@ import pytest
 
 from lab.netns import Lab
 from tests.netns import kernel_tables
-from tests.netns.conftest import Mfcd
+from tests.netns.conftest import Mfcd, route_args
 
 FLOWS = {4: ("198.18.0.2", "239.1.1.1"), 6: ("2001:db8::2", "ff3e::1:1")}
 FAMILY = {4: "ipv4", 6: "ipv6"}
@@ -16,18 +16,7 @@ FAMILY = {4: "ipv4", 6: "ipv6"}
 
 def add(mfcd: Mfcd, family: int, iif: str, *oifs: str, group: str | None = None) -> None:
     source, default_group = FLOWS[family]
-    mfcd.ok(
-        "mfc",
-        "add",
-        "--source",
-        source,
-        "--group",
-        group or default_group,
-        "--iif",
-        iif,
-        "--oifs",
-        ",".join(oifs),
-    )
+    mfcd.ok(*route_args(source, group or default_group, iif, ",".join(oifs)))
 
 
 def received(lab: Lab, family: int, group: str | None = None) -> list[int]:
@@ -90,19 +79,7 @@ def test_both_families_and_several_groups_at_once(lab: Lab, mfcd: Mfcd) -> None:
 @pytest.mark.parametrize("family", [4, 6])
 def test_dry_run_changes_nothing(lab: Lab, mfcd: Mfcd, family: int) -> None:
     source, group = FLOWS[family]
-    out = mfcd.ok(
-        "--dry-run",
-        "mfc",
-        "add",
-        "--source",
-        source,
-        "--group",
-        group,
-        "--iif",
-        "r0",
-        "--oifs",
-        "r1",
-    )
+    out = mfcd.ok("--dry-run", *route_args(source, group, "r0", "r1"))
     assert "add vif" in out and "add mfc" in out
     assert mfcd.show()["routes"] == []
     assert kernel_tables.mfc(lab, family) == {}
@@ -110,18 +87,7 @@ def test_dry_run_changes_nothing(lab: Lab, mfcd: Mfcd, family: int) -> None:
 
 
 def test_errors_are_one_line_with_documented_exit_codes(mfcd: Mfcd) -> None:
-    bad = mfcd.ctl(
-        "mfc",
-        "add",
-        "--source",
-        "198.18.0.2",
-        "--group",
-        "198.18.9.9",
-        "--iif",
-        "r0",
-        "--oifs",
-        "r1",
-    )
+    bad = mfcd.ctl(*route_args("198.18.0.2", "198.18.9.9", "r0", "r1"))
     assert bad.returncode == 1
     assert bad.stderr.count("\n") == 1 and "not a multicast address" in bad.stderr
     missing = mfcd.ctl("mfc", "del", "--source", "198.18.0.2", "--group", "239.9.9.9")

@@ -9,7 +9,7 @@ import pytest
 
 from lab.netns import Lab
 from tests.netns import kernel_tables
-from tests.netns.conftest import Mfcd
+from tests.netns.conftest import Mfcd, route_args
 from tests.netns.test_forwarding import FLOWS, add, received
 
 
@@ -162,30 +162,8 @@ def test_ipv6_refuses_an_interface_index_above_65535_and_changes_nothing(
     )
     lab.ip(lab.router, "link", "set", "big", "up")
     before = mfcd.show()
-    result = mfcd.ctl(
-        "mfc",
-        "add",
-        "--source",
-        FLOWS[6][0],
-        "--group",
-        FLOWS[6][1],
-        "--iif",
-        "r0",
-        "--oifs",
-        "big",
-    )
+    result = mfcd.ctl(*route_args(FLOWS[6][0], FLOWS[6][1], "r0", "big"))
     assert result.returncode == 6 and "65535" in result.stderr
     assert mfcd.show() == before and kernel_tables.vifs(lab, 6) == {}
-    mfcd.ok(
-        "mfc",
-        "add",
-        "--source",
-        FLOWS[4][0],
-        "--group",
-        FLOWS[4][1],
-        "--iif",
-        "r0",
-        "--oifs",
-        "big,r1",
-    )
+    mfcd.ok(*route_args(FLOWS[4][0], FLOWS[4][1], "r0", "big,r1"))
     assert received(lab, 4) == [5, 0, 0]

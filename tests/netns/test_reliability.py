@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from lab.netns import Lab
 from tests.netns import kernel_tables
-from tests.netns.conftest import Mfcd
+from tests.netns.conftest import Mfcd, route_args
 from tests.netns.test_forwarding import add, received
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,9 +69,7 @@ def test_kill_9_while_adding_loses_no_acknowledged_route(lab: Lab, mfcd: Mfcd) -
         while not stop.is_set():
             g = group(i)
             attempted.append(g)
-            result = mfcd.ctl(
-                "mfc", "add", "--source", "198.18.0.2", "--group", g, "--iif", "r0", "--oifs", "r1"
-            )
+            result = mfcd.ctl(*route_args("198.18.0.2", g, "r0", "r1"))
             if result.returncode == 0:
                 acked.append(g)
             i += 1
@@ -125,36 +123,14 @@ def _extra_interfaces(lab: Lab, count: int) -> list[str]:
 def test_a_33rd_interface_rolls_back_the_whole_request(lab: Lab, mfcd: Mfcd) -> None:
     extra = _extra_interfaces(lab, 30)
     # 31 VIFs: r0 plus r1 and 29 extra interfaces.
-    mfcd.ok(
-        "mfc",
-        "add",
-        "--source",
-        "198.18.0.2",
-        "--group",
-        "239.3.0.1",
-        "--iif",
-        "r0",
-        "--oifs",
-        ",".join(["r1", *extra[:29]]),
-    )
+    mfcd.ok(*route_args("198.18.0.2", "239.3.0.1", "r0", ",".join(["r1", *extra[:29]])))
     assert len(kernel_tables.vifs(lab, 4)) == 31
     before_show = mfcd.show()
     before_kernel = (kernel_tables.mfc(lab, 4), kernel_tables.vifs(lab, 4))
     before_state = Path(mfcd.state_file).read_bytes()
 
     # r2 would be VIF 32 and r3 would be VIF 33: refused, and r2's VIF is not left behind.
-    result = mfcd.ctl(
-        "mfc",
-        "add",
-        "--source",
-        "198.18.0.2",
-        "--group",
-        "239.3.0.2",
-        "--iif",
-        "r0",
-        "--oifs",
-        "r2,r3",
-    )
+    result = mfcd.ctl(*route_args("198.18.0.2", "239.3.0.2", "r0", "r2,r3"))
     assert result.returncode == 1 and "32 VIFs" in result.stderr
     # The same inside a batch whose first op alone would fit.
     batch = (
@@ -173,18 +149,7 @@ def test_a_33rd_interface_rolls_back_the_whole_request(lab: Lab, mfcd: Mfcd) -> 
 def test_fifty_concurrent_clients_end_consistent(lab: Lab, mfcd: Mfcd) -> None:
     def client(n: int) -> None:
         for k in range(4):
-            mfcd.ok(
-                "mfc",
-                "add",
-                "--source",
-                "198.18.0.2",
-                "--group",
-                group(n * 4 + k),
-                "--iif",
-                "r0",
-                "--oifs",
-                "r1" if k % 2 else "r2",
-            )
+            mfcd.ok(*route_args("198.18.0.2", group(n * 4 + k), "r0", "r1" if k % 2 else "r2"))
         for k in range(2):
             mfcd.ok("mfc", "del", "--source", "198.18.0.2", "--group", group(n * 4 + k))
 
