@@ -26,6 +26,7 @@ from mfcd.model import (
     DelMfc,
     DelVif,
     KernelEntry,
+    Ports,
     Route,
     RouteKey,
     Router,
@@ -242,7 +243,7 @@ class Controller:
 
     def compact(self) -> None:
         router = self.router
-        self.state.write_snapshot(list(router.routes.values()), dict(router.thresholds))
+        self.state.write_snapshot(list(router.iter_routes()), dict(router.thresholds))
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -278,8 +279,8 @@ class Controller:
         outcome = self._attempt(what, self.router.try_install, key)
         if not isinstance(outcome, str):
             return outcome
-        route = self.router.routes.get(key)
-        if route is not None:
+        if key in self.router.routes:
+            route = self.router.route(key)
             self.router.begin()
             self.router.park(route, f"the kernel refused it ({outcome}); mfcctl sync retries")
             self.router.commit()
@@ -389,7 +390,9 @@ class Controller:
             vifs.append(entry)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
         healthy = all(vif.ifindex is not None for vif in router.vifs.values())
-        routes = [self._route_json(r, stats, healthy) for r in router.routes.values()]
+        routes = [
+            self._route_json(key, ports, stats, healthy) for key, ports in router.routes.items()
+        ]
         return {
             "schema": SHOW_SCHEMA,
             "vifs": vifs,
@@ -397,25 +400,27 @@ class Controller:
             "max_vifs": MAXVIFS,
         }
 
-    def _route_json(self, route: Route, stats: bool, healthy: bool) -> dict[str, Any]:
+    def _route_json(
+        self, key: RouteKey, ports: Ports, stats: bool, healthy: bool
+    ) -> dict[str, Any]:
+        family, source, group = key
         out: dict[str, Any] = {
-            "family": FAMILY_NAMES[route.family],
-            "source": route.source,
-            "group": route.group,
-            "iif": route.iif,
-            "oifs": list(route.oifs),
+            "family": FAMILY_NAMES[family],
+            "source": source,
+            "group": group,
+            "iif": ports.iif,
+            "oifs": list(ports.oifs),
             "state": "installed",
         }
-        if not (healthy and route.key in self.router.installed):
-            status = self.router.status(route.key)
+        installed = key in self.router.installed
+        if not (healthy and installed):
+            status = self.router.status(key)
             out["state"] = status.state
             if status.state != "installed":
                 out["missing"] = list(status.missing)
                 out["reason"] = status.reason
         if stats:
-            c = None
-            if route.key in self.router.installed:
-                c = self.kernel.sg_counters(route.family, route.source, route.group)
+            c = self.kernel.sg_counters(family, source, group) if installed else None
             out["stats"] = {
                 "packets": c.packets if c else 0,
                 "bytes": c.bytes if c else 0,

@@ -192,7 +192,7 @@ def test_compaction_once_the_journal_holds_enough_ops(
     state.ops_since_snapshot = already
     ctl.change([AddRoute(r4(3, "c", "d"))])
     if compacted:
-        assert state.snapshots == [(list(ctl.router.routes.values()), {})]
+        assert state.snapshots == [(list(ctl.router.iter_routes()), {})]
         assert state.ops_since_snapshot == 0
     else:
         assert (state.snapshots, state.ops_since_snapshot) == ([], already + 1)

@@ -162,7 +162,7 @@ def test_replace_writes_one_entry_and_releases_only_unused_vifs() -> None:
     router = router_with_links("a", "b", "c", "d")
     run(router, router.add_route, r4(1, "a", "b", "c"))
     run(router, router.add_route, r4(2, "d", "b"))  # keeps b in use after the replace
-    before = router.installed[r4(1, "a").key]
+    before = router.entry(r4(1, "a").key)
 
     steps = run(router, router.add_route, r4(1, "a", "c", "d"))
     assert actions(steps) == ["replace_mfc"]  # d already has a VIF, b is still used by route 2
@@ -219,7 +219,7 @@ def test_pending_route_is_installed_when_its_interface_appears() -> None:
 def test_link_down_degrades_keeps_the_index_and_link_up_readds_it() -> None:
     router = router_with_links("a", "b", "c")
     run(router, router.add_route, r4(1, "a", "b"))
-    entry = router.installed[r4(1, "a").key]
+    entry = router.entry(r4(1, "a").key)
 
     assert run(router, router.link_down, "b") == []  # the kernel removed the VIF itself
     status = router.status(r4(1, "a").key)
@@ -302,7 +302,7 @@ def test_set_threshold_reissues_ipv4_entries_with_the_new_ttl() -> None:
     router = router_with_links("a", "b", "c")
     run(router, router.add_route, r4(1, "a", "b", "c"))
     run(router, router.add_route, r6(1, "a", "b"))
-    before = router.installed[r4(1, "a").key]
+    before = router.entry(r4(1, "a").key)
     steps = run(router, router.set_threshold, "b", 5)
     assert actions(steps) == ["reissue_mfc"]
     assert steps[0].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 5), (2, 1)))
