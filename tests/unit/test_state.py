@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mfcd import state
 from mfcd.errors import StateError
 from mfcd.model import Route
-from mfcd.state import HEADER, StateFile, encode_record, route_op
+from mfcd.state import HEADER, SNAPSHOT_CHUNK, StateFile, encode_record, route_op
 
 R1 = Route(4, "10.0.0.1", "239.1.1.1", "eth0", ("eth1", "eth2"))
 R2 = Route(6, "2001:db8::1", "ff0e::1", "eth1", ("eth0",))
@@ -158,6 +161,16 @@ def test_a_complete_record_without_newline_is_still_torn(path: Path, journal: by
         (line(b'{"ops":[[]]}'), "line 5 is corrupt"),
         (line(b'{"snapshot":{"routes":[[4]]}}'), "line 5 is corrupt"),
         (line(b'{"snapshot":{}}'), "line 5 is corrupt"),
+        (line(b'{"snapshot":5}'), "malformed snapshot"),
+        (line(b'{"snapshot":{"routes":[],"thresholds":[]}}'), "line 5 is corrupt"),
+        (line(b'{"snapshot":{"chunks":0}}'), "malformed snapshot"),
+        (line(b'{"snapshot":{"chunks":true}}'), "malformed snapshot"),
+        (line(b'{"snapshot":{"chunks":"1"}}'), "malformed snapshot"),
+        (line(b'{"snapshot":{"chunks":1,"routes":[]}}'), "malformed snapshot"),
+        # Announces two route records; the next line is an ops record.
+        (line(b'{"snapshot":{"chunks":2}}'), "line 5 is corrupt (incomplete snapshot"),
+        (line(b'{"routes":[]}'), "route record outside a snapshot"),
+        (line(b'{"routes":[[4,"10.0.0.9","239.1.1.9","eth0",["eth1"]]]}'), "outside a snapshot"),
     ],
 )
 def test_corrupt_line_names_file_and_line_and_leaves_the_file_alone(
@@ -228,3 +241,236 @@ def test_unreadable_path_is_a_state_error(tmp_path: Path) -> None:
 def test_parse_of_nothing_is_empty() -> None:
     loaded = state.parse(b"")
     assert (loaded.routes, loaded.good_length, loaded.torn_tail) == ({}, 0, False)
+
+
+# --- snapshots in several lines ------------------------------------------------------------------
+
+
+def many(count: int) -> list[Route]:
+    """`count` distinct routes over a few interface combinations, both families."""
+    routes = []
+    for n in range(count):
+        if n % 7 == 6:
+            routes.append(Route(6, f"2001:db8::{n:x}", "ff0e::2", "eth1", ("eth0",)))
+        else:
+            oifs = ("eth1", "eth2") if n % 2 else ("eth3",)
+            routes.append(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.2.2.2", "eth0", oifs))
+    return routes
+
+
+def saved(routes: list[Route]) -> list[list[Any]]:
+    return [[r.family, r.source, r.group, r.iif, list(r.oifs)] for r in routes]
+
+
+def chunked(path: Path, count: int = 2500, thresholds: dict[str, int] | None = None) -> bytes:
+    """A state file holding a snapshot of `many(count)`, as write_snapshot writes it."""
+    sf = StateFile(str(path))
+    sf.load()
+    sf.write_snapshot(many(count), thresholds or {})
+    sf.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "count", [0, 1, SNAPSHOT_CHUNK - 1, SNAPSHOT_CHUNK, SNAPSHOT_CHUNK + 1, 2500]
+)
+def test_snapshot_round_trip_in_bounded_lines(path: Path, count: int) -> None:
+    routes = many(count)
+    data = chunked(path, count, {"eth1": 5})
+    records = data[len(HEADER) :].splitlines()
+    if count <= SNAPSHOT_CHUNK:  # one record, as mfcd has always written it
+        assert data == HEADER + encode_record(
+            {"snapshot": {"routes": saved(routes), "thresholds": {"eth1": 5}}}
+        )
+    else:
+        parts = -(-count // SNAPSHOT_CHUNK)
+        expected = [encode_record({"snapshot": {"thresholds": {"eth1": 5}, "chunks": parts}})]
+        for start in range(0, count, SNAPSHOT_CHUNK):
+            rows = saved(routes[start : start + SNAPSHOT_CHUNK])
+            expected.append(encode_record({"routes": rows}))
+        assert data == HEADER + b"".join(expected)
+        assert len(records) == 1 + parts
+    sf, loaded = reload(path)
+    assert list(loaded.routes.values()) == routes  # in order
+    assert all(key == route.key for key, route in loaded.routes.items())
+    assert loaded.thresholds == {"eth1": 5}
+    assert (loaded.ops_since_snapshot, sf.ops_since_snapshot) == (0, 0)
+    assert (loaded.good_length, loaded.torn_tail) == (len(data), False)
+    sf.close()
+
+
+def test_write_snapshot_takes_any_iterable(path: Path) -> None:
+    routes = many(SNAPSHOT_CHUNK + 5)
+    sf = StateFile(str(path))
+    sf.load()
+    sf.write_snapshot(iter(routes), {})
+    from_iterator = path.read_bytes()
+    sf.write_snapshot({r.key: r for r in routes}.values(), {})
+    sf.close()
+    assert path.read_bytes() == from_iterator
+    assert list(reload(path)[1].routes.values()) == routes
+
+
+def test_a_single_record_snapshot_of_any_size_still_loads(path: Path) -> None:
+    """Files written before snapshots were split: one snapshot line, however many routes."""
+    routes = many(2500)
+    snapshot = {"snapshot": {"routes": saved(routes), "thresholds": {"eth2": 4}}}
+    path.write_bytes(HEADER + encode_record(snapshot) + encode_record({"ops": [["del", *R1.key]]}))
+    sf, loaded = reload(path)
+    assert list(loaded.routes.values()) == routes
+    assert (loaded.thresholds, loaded.ops_since_snapshot) == ({"eth2": 4}, 1)
+    sf.close()
+
+
+def test_ops_after_a_chunked_snapshot_count_alone(path: Path) -> None:
+    routes = many(2500)
+    chunked(path)
+    sf, _ = reload(path)
+    assert sf.ops_since_snapshot == 0
+    sf.append([route_op(R1)])
+    sf.append([["del", *routes[1500].key], ["threshold", "eth3", 2]])
+    sf.close()
+    sf, loaded = reload(path)
+    assert (loaded.ops_since_snapshot, sf.ops_since_snapshot) == (3, 3)
+    expected = {r.key: r for r in routes if r is not routes[1500]}
+    expected[R1.key] = R1
+    assert loaded.routes == expected
+    assert loaded.thresholds == {"eth3": 2}
+    sf.close()
+
+
+def test_a_snapshot_after_ops_starts_over(path: Path, journal: bytes) -> None:
+    """A snapshot record further down (none is written there today) replaces what precedes it."""
+    routes = many(1500)
+    snapshot = chunked(path.with_name("other"), 1500)[len(HEADER) :]
+    path.write_bytes(journal + snapshot + encode_record({"ops": [route_op(R1)]}))
+    _, loaded = reload(path)
+    assert loaded.routes == {**{r.key: r for r in routes}, R1.key: R1}
+    assert (loaded.thresholds, loaded.ops_since_snapshot) == ({}, 1)
+
+
+def snapshot_lines(path: Path) -> list[bytes]:
+    """The lines of a 2,500-route state file: header, snapshot, then 3 route records."""
+    lines = chunked(path).splitlines(keepends=True)
+    assert len(lines) == 5
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("keep", "extra", "reason"),
+    [
+        # The last route record is gone: the file ends early.
+        (4, b"", "2 found before the end of the file"),
+        # A middle one is gone: the snapshot is one record short when it ends.
+        ((0, 1, 2, 4), b"", "2 found before the end of the file"),
+        # Gone, and an acknowledged change follows where it should be.
+        (4, encode_record({"ops": [route_op(R1)]}), "2 found before line 5"),
+        # A second snapshot where a route record should be.
+        (3, encode_record({"snapshot": {"routes": []}}), "1 found before line 4"),
+        # Only part of the last one: not a torn append (snapshots are never appended to).
+        (4, encode_record({"routes": []})[:-1], "2 found before an incomplete last line"),
+    ],
+)
+def test_a_snapshot_missing_route_records_is_corrupt(
+    path: Path, keep: int | tuple[int, ...], extra: bytes, reason: str
+) -> None:
+    lines = snapshot_lines(path)
+    kept = lines[:keep] if isinstance(keep, int) else [lines[n] for n in keep]
+    data = b"".join(kept) + extra
+    path.write_bytes(data)
+    with pytest.raises(StateError) as info:
+        reload(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: line 2 is corrupt (incomplete snapshot: 3 route records")
+    assert reason in message
+    assert path.read_bytes() == data  # never cut back, unlike a torn append
+
+
+def test_a_bad_route_record_names_its_line_and_snapshot(path: Path) -> None:
+    lines = snapshot_lines(path)
+    lines[3] = b"0" + lines[3][1:]
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(StateError) as info:
+        reload(path)
+    assert "line 4 is corrupt (checksum mismatch; it is route record 2 of 3 of the snapshot on" in (
+        str(info.value)
+    )
+
+
+def test_a_malformed_route_in_a_route_record_is_corrupt(path: Path) -> None:
+    lines = snapshot_lines(path)
+    lines[4] = encode_record({"routes": [[4, "10.9.9.9", "239.1.1.1", "eth0", ["eth0"]]]})
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(
+        StateError, match=r"line 5 is corrupt \(malformed route; it is route record"
+    ):
+        reload(path)
+
+
+def test_torn_tail_after_a_chunked_snapshot(path: Path) -> None:
+    data = chunked(path)
+    sf, _ = reload(path)
+    sf.append([route_op(R1)])
+    sf.close()
+    journal = path.read_bytes()
+    path.write_bytes(journal + encode_record({"ops": [["del", *R1.key]]})[:-3])
+    sf, loaded = reload(path)
+    assert loaded.torn_tail
+    assert (loaded.good_length, loaded.ops_since_snapshot) == (len(journal), 1)
+    assert len(loaded.routes) == 2501
+    sf.append([["threshold", "eth2", 9]])
+    sf.close()
+    assert path.read_bytes() == journal + encode_record({"ops": [["threshold", "eth2", 9]]})
+    assert path.read_bytes().startswith(data)
+
+
+def test_a_snapshot_that_fails_midway_leaves_the_old_journal(
+    path: Path, journal: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sf, _ = reload(path)
+    fds = len(os.listdir("/proc/self/fd"))
+    write = os.write
+    writes = 0
+
+    def fail_third(fd: int, data: Any) -> int:
+        nonlocal writes
+        writes += 1
+        if writes == 3:  # header, snapshot record, then the first route record
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", fail_third)
+    with pytest.raises(StateError, match="cannot write the state file: No space left on device"):
+        sf.write_snapshot(many(SNAPSHOT_CHUNK * 2), {})
+    monkeypatch.undo()
+    assert writes == 3
+
+    def routes() -> Iterator[Route]:
+        yield from many(SNAPSHOT_CHUNK * 2)
+        raise RuntimeError("no more")
+
+    with pytest.raises(RuntimeError, match="no more"):
+        sf.write_snapshot(routes(), {})
+    leaked = len(os.listdir("/proc/self/fd")) - fds
+    assert (sorted(os.listdir(path.parent)), leaked) == ([path.name], 0)
+    assert path.read_bytes() == journal
+    sf.append([["del", *R2.key]])
+    sf.close()
+    assert reload(path)[1].routes == {R1.key: R1}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_parse_leaves_the_garbage_collector_as_it_found_it(path: Path, enabled: bool) -> None:
+    good = chunked(path)
+    was = gc.isenabled()
+    try:
+        if not enabled:
+            gc.disable()
+        assert len(state.parse(good).routes) == 2500
+        assert gc.isenabled() == enabled
+        with pytest.raises(StateError):
+            state.parse(good[:-1] + b"x\n")
+        assert gc.isenabled() == enabled
+    finally:
+        if was:
+            gc.enable()
