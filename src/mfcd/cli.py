@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from mfcd import __version__, protocol
+from mfcd import __version__, batchfile, protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a few milliseconds at every start; annotations only need it here
@@ -171,10 +171,6 @@ def _clip(data: bytes, limit: int = 2000) -> str:
 
 
 # --- command line --------------------------------------------------------------------------------
-
-
-def _split_oifs(values: list[str]) -> list[str]:
-    return [name for value in values for name in value.split(",") if name]
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -384,7 +380,7 @@ def _parse_route_change(argv: Sequence[str]) -> _Parsed | None:
     if len(words) < 3 or words[1] not in ("add", "del") or "-h" in words or "--help" in words:
         return None
     try:
-        op = _batch_line(words)
+        op = batchfile.line_op(words)
     except ValueError:
         return None
     values.update(op)
@@ -420,93 +416,6 @@ def _output_option(parser: argparse.ArgumentParser, default: str | None = None) 
         default=argparse.SUPPRESS if default is None else default,
         help="output format (default table)",
     )
-
-
-# --- batch files ---------------------------------------------------------------------------------
-
-
-def parse_batch(lines: Sequence[str], name: str) -> list[dict[str, Any]]:
-    """Parse batch lines into protocol ops; raise CliError naming the file and line."""
-    return parse_batch_lines(lines, name)[0]
-
-
-def parse_batch_lines(lines: Sequence[str], name: str) -> tuple[list[dict[str, Any]], list[int]]:
-    """Parse batch lines into protocol ops and the line number of each op."""
-    ops = []
-    numbers = []
-    for lineno, raw in enumerate(lines, 1):
-        try:
-            words = _words(raw)
-            if not words:
-                continue
-            ops.append(_batch_line(words))
-        except ValueError as e:
-            raise CliError(f"{name}:{lineno}: {e}", protocol.EXIT_USAGE) from None
-        numbers.append(lineno)
-    return ops, numbers
-
-
-def _words(line: str) -> list[str]:
-    """A batch line's words: `#` starts a comment; quotes work as in a shell."""
-    if '"' in line or "'" in line:
-        import shlex  # noqa: PLC0415 (only for the rare quoted line)
-
-        return shlex.split(line, comments=True)
-    return line.split("#", 1)[0].split()
-
-
-_CANONICAL_ADD = ("mfc", "add", "--source", "--group", "--iif", "--oifs")
-
-
-def _batch_line(words: list[str]) -> dict[str, Any]:
-    # The shape generated files use, `mfc add --source S --group G --iif I --oifs O`, is
-    # recognised directly: a batch of 100,000 lines spends most of its parsing here.
-    if len(words) == 10 and tuple(words[i] for i in (0, 1, 2, 4, 6, 8)) == _CANONICAL_ADD:
-        oifs = [name for name in words[9].split(",") if name]
-        if oifs and not any(words[i].startswith("--") for i in (3, 5, 7, 9)):
-            return {
-                "op": "add",
-                "source": words[3],
-                "group": words[5],
-                "iif": words[7],
-                "oifs": oifs,
-            }
-    if words[0] == "mfc":
-        words = words[1:]
-    if not words or words[0] not in ("add", "del"):
-        raise ValueError("expected `mfc add ...` or `mfc del ...`")
-    kind, rest = words[0], words[1:]
-    values: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for word in rest:
-        if word.startswith("-"):
-            flag, has_value, value = word.removeprefix("--").partition("=")
-            if flag not in ("source", "group", "iif", "oifs") or not word.startswith("--"):
-                raise ValueError(
-                    f"unexpected option {word} (a batch line takes --source,"
-                    " --group, --iif and --oifs; global options go before `batch`)"
-                )
-            if flag in values:
-                raise ValueError(f"--{flag} given twice")
-            current = values[flag] = [value] if has_value else []
-        elif current is None:
-            raise ValueError(f"unexpected word {word!r}")
-        else:
-            current.append(word)
-    wanted = ("source", "group", "iif", "oifs") if kind == "add" else ("source", "group")
-    for flag in wanted:
-        if not values.get(flag):
-            raise ValueError(f"`mfc {kind}` needs --{flag}")
-    for flag, given in values.items():
-        if flag not in wanted:
-            raise ValueError(f"`mfc {kind}` takes no --{flag}")
-        if flag != "oifs" and len(given) != 1:
-            raise ValueError(f"--{flag} takes one value")
-    op: dict[str, Any] = {"op": kind, "source": values["source"][0], "group": values["group"][0]}
-    if kind == "add":
-        op["iif"] = values["iif"][0]
-        op["oifs"] = _split_oifs(values["oifs"])
-    return op
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -719,7 +628,7 @@ class Cli:
         if a.command == "mfc":
             args = {"source": a.source, "group": a.group}
             if a.action == "add":
-                args.update(iif=a.iif, oifs=_split_oifs(a.oifs))
+                args.update(iif=a.iif, oifs=batchfile.split_oifs(a.oifs))
             return self.change(f"mfc.{a.action}", args)
         if a.command == "batch":
             return self.batch(a.file)
@@ -746,25 +655,24 @@ class Cli:
     def batch(self, name: str) -> int:
         try:
             if name == "-":
-                lines = sys.stdin.read().splitlines()
+                text = sys.stdin.read()
             else:
                 with open(name, encoding="utf-8") as f:
-                    lines = f.read().splitlines()
-        except OSError as e:
-            raise CliError(f"cannot read {name}: {e.strerror}", protocol.EXIT_USAGE) from None
-        shown = "stdin" if name == "-" else name
-        ops, numbers = parse_batch_lines(lines, shown)
-        args: dict[str, Any] = {"ops": ops}
+                    text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+            raise CliError(f"cannot read {name}: {why}", protocol.EXIT_USAGE) from None
+        # mfcd parses the text itself (one line at a time, which keeps a large batch small in
+        # memory) and names a failing line as "line N: ...": here that becomes "FILE:N: ...".
+        args: dict[str, Any] = {"text": text}
         if self.args.verbose:
             args["plan"] = True
         try:
             return self.change("batch", args)
         except CliError as e:
-            # The daemon counts ops ("op 3: ..."); people count lines of their file.
             head, sep, rest = str(e).partition(": ")
-            index = head.removeprefix("op ")
-            if sep and head.startswith("op ") and index.isdigit() and 0 < int(index) <= len(ops):
-                e.args = (f"{shown}:{numbers[int(index) - 1]}: {rest}",)
+            if sep and head.startswith("line ") and head[5:].isdigit():
+                e.args = (f"{'stdin' if name == '-' else name}:{head[5:]}: {rest}",)
             raise
 
     def watch(self, interval: float) -> int:

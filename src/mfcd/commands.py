@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import __version__, protocol, validate
+from mfcd import __version__, batchfile, protocol, validate
 from mfcd.controller import (
     FAMILY_NAMES,
-    AddRoute,
-    Change,
     Controller,
-    DelRoute,
     KernelView,
-    SetThreshold,
     describe_step,
     gc_paused,
 )
-from mfcd.errors import BadRequest, InvalidArgument, MfcdError, UnsupportedVersion
-from mfcd.model import Step
+from mfcd.errors import BadRequest, BatchSyntax, InvalidArgument, MfcdError, UnsupportedVersion
+from mfcd.model import AddRoute, Change, DelRoute, SetThreshold
 
 log = logging.getLogger("mfcd")
 
@@ -153,7 +148,7 @@ class Commands:
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         route = validate.route(args)
         self._check_family(route.family)
-        return self._change([AddRoute(route)], dry_run, peer, "mfc.add", args)
+        return self._change([AddRoute.of(route)], dry_run, peer, "mfc.add", args)
 
     def mfc_del(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         key = validate.key(args)
@@ -167,8 +162,27 @@ class Commands:
         return self._change([change], dry_run, peer, "vif.set", args)
 
     def batch(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
-        validate.require_fields(args, ("ops",), ("plan",))
-        ops = args["ops"]
+        validate.require_fields(args, (), ("ops", "text", "plan"))
+        if ("ops" in args) == ("text" in args):
+            raise BadRequest("a batch takes either ops (a list) or text (batch file lines)")
+        text = args.get("text")
+        if text is not None:
+            if not isinstance(text, str):
+                raise BadRequest("text must be a string", field="text")
+            changes = self._text_changes(text)
+        else:
+            changes = self._op_changes(args["ops"])
+        # A batch answers with counts; the step-by-step plan (as large as the batch) only when
+        # asked for or in a dry run.
+        plan = dry_run or _flag(args, "plan")
+        try:
+            return self._change(changes, dry_run, peer, "batch", {"ops": len(changes)}, plan=plan)
+        except MfcdError as e:
+            if text is not None:  # people count the lines of their file, not its changes
+                _name_line(e, text)
+            raise
+
+    def _op_changes(self, ops: Any) -> list[Change]:
         if not isinstance(ops, list):
             raise BadRequest("ops must be a list", field="ops")
         changes: list[Change] = []
@@ -178,10 +192,31 @@ class Commands:
             except MfcdError as e:
                 e.args = (f"op {index + 1}: {e}",)
                 raise
-        # A batch answers with counts; the step-by-step plan (as large as the batch) only when
-        # asked for or in a dry run.
-        plan = dry_run or _flag(args, "plan")
-        return self._change(changes, dry_run, peer, "batch", {"ops": len(changes)}, plan=plan)
+        return changes
+
+    def _text_changes(self, text: str) -> list[Change]:
+        changes: list[Change] = []
+        families = self.families
+        lineno = 0
+        try:
+            for lineno, op in batchfile.lines(text):  # noqa: B007 (the except clause reads it)
+                if op["op"] == "add":
+                    key, ports = validate.route_parts(
+                        op["source"], op["group"], op["iif"], op["oifs"]
+                    )
+                    if key[0] not in families:
+                        self._check_family(key[0])
+                    changes.append(AddRoute(key, ports))
+                else:
+                    key = validate.route_key_of(op["source"], op["group"])
+                    self._check_family(key[0])
+                    changes.append(DelRoute(key))
+        except batchfile.SyntaxProblem as e:
+            raise BatchSyntax(str(e)) from None
+        except MfcdError as e:
+            e.args = (f"line {lineno}: {e}",)
+            raise
+        return changes
 
     def _batch_op(self, op: Any) -> Change:
         if not isinstance(op, dict):
@@ -190,7 +225,7 @@ class Commands:
         if kind == "add":
             route = validate.route(op, validate.BATCH_ADD_FIELDS)
             self._check_family(route.family)
-            return AddRoute(route)
+            return AddRoute.of(route)
         if kind == "del":
             key = validate.key(op, validate.BATCH_DEL_FIELDS)
             self._check_family(key[0])
@@ -216,24 +251,23 @@ class Commands:
         *,
         plan: bool = True,
     ) -> dict[str, Any]:
-        steps = self.controller.change(changes, dry_run=dry_run)
+        outcome = self.controller.change(changes, dry_run=dry_run, keep_steps=plan)
         result: dict[str, Any] = {"dry_run": dry_run, "changes": len(changes)}
-        result["kernel_operations"] = dict(Counter(s.action for s in steps))
+        result["kernel_operations"] = dict(outcome.counts)
         if plan:
-            result["plan"] = [describe_step(s) for s in steps]
-        routes = [c.route for c in changes if isinstance(c, AddRoute)]
-        if len(routes) == 1 and not dry_run:
-            status = self.controller.router.status(routes[0].key)
+            result["plan"] = [describe_step(s) for s in outcome.steps]
+        if len(changes) == 1 and isinstance(changes[0], AddRoute) and not dry_run:
+            status = self.controller.router.status(changes[0].key)
             result["state"] = status.state
             if status.reason:
                 result["reason"] = status.reason
         if not dry_run:
             if self.on_change is not None:
                 self.on_change()
-            outcome = _outcome(steps)
+            done = _outcome(sum(outcome.counts.values()))
             if result.get("state", "installed") != "installed":
-                outcome += f"; route {result['state']}: {result.get('reason', '')}"
-            log.info("%s %s %s: %s", peer, cmd, _summary(args), outcome)
+                done += f"; route {result['state']}: {result.get('reason', '')}"
+            log.info("%s %s %s: %s", peer, cmd, _summary(args), done)
         return result
 
 
@@ -248,7 +282,19 @@ def _summary(args: dict[str, Any]) -> str:
     return " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in args.items())
 
 
-def _outcome(steps: list[Step]) -> str:
-    if not steps:
+def _outcome(operations: int) -> str:
+    if not operations:
         return "no kernel change"
-    return f"{len(steps)} kernel operation{'s' if len(steps) != 1 else ''}"
+    return f"{operations} kernel operation{'s' if operations != 1 else ''}"
+
+
+def _name_line(error: MfcdError, text: str) -> None:
+    """Turn "op N: ..." into "line L: ...", L being the line of the batch text's N-th change."""
+    head, sep, rest = str(error).partition(": ")
+    if not (sep and head.startswith("op ") and head[3:].isdigit()):
+        return
+    wanted = int(head[3:])
+    for count, (lineno, _) in enumerate(batchfile.lines(text), 1):
+        if count == wanted:
+            error.args = (f"line {lineno}: {rest}",)
+            return

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mfcd.errors import KernelError, MfcdError, StateError, VifLimit
@@ -22,21 +23,27 @@ from mfcd.kernel import SgCounters, VifCounters
 from mfcd.model import (
     MAXVIFS,
     AddMfc,
+    AddRoute,
     AddVif,
+    Change,
     DelMfc,
+    DelRoute,
     DelVif,
     KernelEntry,
+    KernelOp,
     Ports,
     Route,
     RouteKey,
     Router,
+    SetThreshold,
     Step,
 )
-from mfcd.state import Loaded, Op, route_op
+from mfcd.state import Loaded
 
 log = logging.getLogger("mfcd")
 
 FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
+CHUNK = 1024  # changes planned and applied at a time
 
 
 @contextlib.contextmanager
@@ -70,7 +77,7 @@ class KernelView:
 
 class KernelLike(Protocol):
     def execute(self, steps: Sequence[Step]) -> None: ...
-    def undo(self, steps: Sequence[Step]) -> list[KernelError]: ...
+    def undo(self, ops: Sequence[KernelOp | None]) -> list[KernelError]: ...
     def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None: ...
     def vif_counters(self, family: int, vifi: int) -> VifCounters | None: ...
 
@@ -78,37 +85,17 @@ class KernelLike(Protocol):
 class StateLike(Protocol):
     ops_since_snapshot: int
 
-    def append(self, ops: list[Op]) -> None: ...
+    def append(self, changes: Sequence[Change]) -> None: ...
     def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class AddRoute:
-    route: Route
+@dataclass(slots=True)
+class Outcome:
+    """What a change did (or in a dry run would do): kernel operations counted by action,
+    and the steps themselves when they were asked for."""
 
-
-@dataclass(frozen=True, slots=True)
-class DelRoute:
-    key: RouteKey
-
-
-@dataclass(frozen=True, slots=True)
-class SetThreshold:
-    interface: str
-    threshold: int
-
-
-Change = AddRoute | DelRoute | SetThreshold
-
-
-def _op(change: Change) -> Op:
-    match change:
-        case AddRoute(route):
-            return route_op(route)
-        case DelRoute((family, source, group)):
-            return ["del", family, source, group]
-        case SetThreshold(interface, threshold):
-            return ["threshold", interface, threshold]
+    counts: Counter[str] = field(default_factory=Counter)
+    steps: list[Step] = field(default_factory=list)
 
 
 def describe_step(step: Step) -> dict[str, Any]:
@@ -143,10 +130,11 @@ class Controller:
 
     def _restore(self, loaded: Loaded, links: dict[str, int]) -> None:
         # All at once and without an undo log (it would hold several entries per route, the
-        # largest allocation of a start-up): if anything fails, the kernel undoes its part
-        # and the model starts over, one route at a time.
+        # largest allocation of a start-up), CHUNK steps at a time: if anything fails, the
+        # kernel's part is undone and the model starts over, one route at a time.
         router = self.router
         router.begin(undo=False)
+        undo: list[KernelOp | None] = []
         try:
             router.thresholds.update(loaded.thresholds)
             steps: list[Step] = []
@@ -154,13 +142,22 @@ class Controller:
                 steps += router.link_up(name, ifindex)
             for route in loaded.routes.values():
                 steps += router.restore(route)
-            self.kernel.execute(steps)
+                if len(steps) >= CHUNK:
+                    self._execute_into(steps, undo)
+                    steps = []
+            self._execute_into(steps, undo)
         except (KernelError, VifLimit) as e:
+            self._report_undo_failures([*getattr(e, "undo_failures", []), *self.kernel.undo(undo)])
             self.router = Router()
             log.warning("restoring all routes at once failed (%s); restoring one by one", e)
             self._restore_one_by_one(loaded, links)
             return
         router.commit()
+
+    def _execute_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
+        """Apply steps; add what undoes them to `undo` (if one fails, the kernel undid them)."""
+        self.kernel.execute(steps)
+        undo += [step.undo for step in steps]
 
     def _restore_one_by_one(self, loaded: Loaded, links: dict[str, int]) -> None:
         router = self.router
@@ -176,53 +173,67 @@ class Controller:
 
     # --- client changes --------------------------------------------------------------------------
 
-    def change(self, changes: Sequence[Change], dry_run: bool = False) -> list[Step]:
-        """Apply changes as one transaction; return the kernel steps taken (or planned)."""
+    def change(
+        self, changes: Sequence[Change], dry_run: bool = False, keep_steps: bool = True
+    ) -> Outcome:
+        """Apply changes as one transaction: the kernel operations taken (or planned), counted,
+        and with keep_steps also listed.
+
+        Changes are planned and applied CHUNK at a time, so a batch of 100,000 routes never
+        holds more than a chunk's steps: what the kernel must undo if a later change fails
+        is kept as the undo operations alone.
+        """
         router = self.router
         router.begin()
+        outcome = Outcome()
+        undo: list[KernelOp | None] = []  # what undoes each step applied so far, in order
         try:
-            steps: list[Step] = []
-            for index, change in enumerate(changes):
-                try:
-                    steps += self._plan(change)
-                except MfcdError as e:
-                    if len(changes) > 1:  # say which op of a batch failed
-                        e.args = (f"op {index + 1}: {e}",)
-                    raise
+            for start in range(0, len(changes), CHUNK):
+                steps = self._plan_chunk(changes, start)
+                outcome.counts.update(step.action for step in steps)
+                if keep_steps:
+                    outcome.steps += steps
+                if not dry_run:
+                    self._execute_into(steps, undo)
             if dry_run or not router.changed():
                 # Nothing to do (the same route again, an empty batch): no journal record.
                 router.rollback()
-                return steps
-            self.kernel.execute(steps)
-            try:
-                self.state.append([_op(c) for c in changes])
-            except StateError:
-                self._undo_kernel(steps)
-                raise
+                return outcome
+            self.state.append(changes)
         except BaseException as e:
+            # What is in the kernel comes out again, newest first (a chunk the kernel refused
+            # has already undone its own part).
+            failures = [*getattr(e, "undo_failures", []), *self.kernel.undo(undo)]
             router.rollback()
-            self._report_undo_failures(getattr(e, "undo_failures", []))
+            self._report_undo_failures(failures)
             raise
         router.commit()
-        self.maybe_compact()
         # A change that freed a VIF index (even one whose interface is gone, so no DelVif
         # step) lets routes waiting for one in.
         if router.blocked and any(key[0] in router.free_families() for key in router.blocked):
             self.retry_pending(list(router.blocked))
+        return outcome
+
+    def _plan_chunk(self, changes: Sequence[Change], start: int) -> list[Step]:
+        steps: list[Step] = []
+        for index in range(start, min(start + CHUNK, len(changes))):
+            try:
+                steps += self._plan(changes[index])
+            except MfcdError as e:
+                if len(changes) > 1:  # say which op of a batch failed
+                    e.args = (f"op {index + 1}: {e}",)
+                raise
         return steps
 
     def _plan(self, change: Change) -> list[Step]:
         router = self.router
         match change:
-            case AddRoute(route):
-                return router.add_route(route)
+            case AddRoute(key, ports):
+                return router.add(key, router.share(ports))
             case DelRoute((family, source, group)):
                 return router.del_route(family, source, group)
             case SetThreshold(interface, threshold):
                 return router.set_threshold(interface, threshold)
-
-    def _undo_kernel(self, steps: Sequence[Step]) -> None:
-        self._report_undo_failures(self.kernel.undo(steps))
 
     def _report_undo_failures(self, failures: Sequence[KernelError]) -> None:
         """A rollback the kernel refused leaves it out of step with the model: log, then repair."""
@@ -232,6 +243,8 @@ class Controller:
             self.on_drift()
 
     def maybe_compact(self) -> None:
+        """Compact the state file if it is due; the daemon calls this after each change,
+        once the client has its answer (a compaction of 100,000 routes takes a while)."""
         # Compact once the journal holds as many ops as there are routes (and at least 10,000),
         # so compaction's O(routes) cost is spread over O(routes) changes.
         # The change is already durable in the journal, so a failed compaction only costs space.

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from mfcd import __version__, config, netlink, notify
 from mfcd.commands import Commands
-from mfcd.controller import Controller, KernelView
+from mfcd.controller import Controller, KernelView, gc_paused
 from mfcd.errors import MfcdError
 from mfcd.kernel import Kernel
 from mfcd.model import KernelEntry, RouteKey
@@ -136,21 +136,7 @@ class Daemon:
         monitor = netlink.LinkMonitor()
         try:
             kernel = Kernel(cfg.families)
-            loaded = state.load()
-            if loaded.torn_tail:
-                log.warning(
-                    "%s: ignored an incomplete last record (never acknowledged)", state.path
-                )
-            controller = Controller(kernel, state)
-            # Our MRT_INIT table starts empty unless another program left static entries in it;
-            # only then is the drift check after start-up worth its full dump of the table.
-            before = observe_kernel(kernel)
-            self.inherited = bool(before.vifs or before.mfc)
-            controller.restore(loaded, current_links())
-            del loaded
-            # The restored routes live as long as the daemon: keep the cyclic GC from rescanning
-            # them on every collection.
-            gc.freeze()
+            controller = self._restore(state, kernel)
             if not os.path.exists(cfg.state_file):
                 controller.compact()  # an empty state file, so a lost one is noticed at start
             await self._serve(controller, kernel, listener, monitor)
@@ -162,6 +148,28 @@ class Daemon:
             if kernel is not None:
                 kernel.close()
             state.close()
+
+    def _restore(self, state: StateFile, kernel: Kernel) -> Controller:
+        """Read the state file and put its routes in the kernel."""
+        # The cyclic GC stays paused from the first object read to the freeze: nothing here
+        # forms cycles, and every pass would walk the growing set of routes again.
+        with gc_paused():
+            loaded = state.load()
+            if loaded.torn_tail:
+                log.warning(
+                    "%s: ignored an incomplete last record (never acknowledged)", state.path
+                )
+            controller = Controller(kernel, state)
+            # Our MRT_INIT table starts empty unless another program left static entries in
+            # it; only then is the drift check after start-up worth its full dump of the table.
+            before = observe_kernel(kernel)
+            self.inherited = bool(before.vifs or before.mfc)
+            controller.restore(loaded, current_links())
+            del loaded
+            # The restored routes live as long as the daemon: keep the cyclic GC from
+            # rescanning them on every collection.
+            gc.freeze()
+        return controller
 
     async def _serve(
         self,
@@ -179,7 +187,7 @@ class Daemon:
         controller.on_drift = lambda: self._resync_later(RESYNC_DELAY)
         loop.add_reader(monitor.fileno(), self._on_link_events)
         commands = Commands(controller, cfg.families, lambda: observe_kernel(kernel))
-        commands.on_change = self.report_status
+        commands.on_change = self._after_change
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )
@@ -211,6 +219,11 @@ class Daemon:
         router = self.controller.router
         total, installed = len(router.routes), len(router.installed)
         return f"{installed} of {total} routes installed, {total - installed} pending"
+
+    def _after_change(self) -> None:
+        self.report_status()
+        # After the client is answered: the response is sent before the loop runs callbacks.
+        asyncio.get_running_loop().call_soon(self.controller.maybe_compact)
 
     def report_status(self) -> None:
         """Keep `systemctl status mfc_daemon` current."""

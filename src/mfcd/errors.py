@@ -21,6 +21,12 @@ class UnsupportedVersion(MfcdError):
     code = "unsupported_version"
 
 
+class BatchSyntax(MfcdError):
+    """A line of a batch text does not parse (mfcctl reports it as a usage error)."""
+
+    code = "syntax_error"
+
+
 class InvalidArgument(MfcdError):
     code = "invalid_argument"
 

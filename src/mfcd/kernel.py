@@ -17,9 +17,10 @@ import socket
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from mfcd.errors import KernelError
-from mfcd.model import AddMfc, AddVif, DelMfc, DelVif, KernelOp, Step
+from mfcd.model import AddMfc, AddVif, DelMfc, DelVif, KernelOp, Oifs, Step
 
 # Socket option numbers, shared by IPv4 (level IPPROTO_IP) and IPv6 (level IPPROTO_IPV6).
 MRT_INIT = 200
@@ -60,6 +61,8 @@ SIOC_SG_REQ6 = struct.Struct("@28s28sLLL")
 SIOC_MIF_REQ6 = struct.Struct("@HLLLL")
 
 _LONG = struct.calcsize("@L")
+_AF_INET = socket.AF_INET
+_pton = socket.inet_pton
 assert VIFCTL.size == 16
 assert MFCCTL.size == 60
 assert SIOC_SG_REQ.size == 8 + 3 * _LONG
@@ -134,6 +137,7 @@ class MrouteSocket:
             # upcalls still arrive.
             self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
         self.sock.setblocking(False)
+        self._ttls: dict[Oifs, bytes] = {}  # IPv4 oif set -> ttls
         try:
             if table is not None:
                 self._setsockopt(MRT_TABLE, struct.pack("=I", table))
@@ -149,11 +153,14 @@ class MrouteSocket:
         try:
             self.sock.setsockopt(self.level, optname, value)
         except OSError as e:
-            raise KernelError(
-                _explain(self.family, optname, e.errno or 0),
-                _OPNAMES.get(optname, "?"),
-                e.errno or 0,
-            ) from None
+            self._refused(optname, e)
+
+    def _refused(self, optname: int, e: OSError) -> NoReturn:
+        raise KernelError(
+            _explain(self.family, optname, e.errno or 0),
+            _OPNAMES.get(optname, "?"),
+            e.errno or 0,
+        ) from None
 
     def add_vif(self, vifi: int, ifindex: int, threshold: int) -> None:
         if self.family == 4:
@@ -176,23 +183,36 @@ class MrouteSocket:
             data = MIF6CTL.pack(vifi, 0, 0, 0, 0)
         self._setsockopt(MRT_DEL_VIF, data)
 
-    def _mfc(self, source: str, group: str, parent: int, oifs: Iterable[tuple[int, int]]) -> bytes:
+    def _mfc(
+        self, source: str, group: str, parent: int, oifs: tuple[tuple[int, int], ...]
+    ) -> bytes:
         if self.family == 4:
-            ttls = bytearray(32)
-            for vifi, ttl in oifs:
-                ttls[vifi] = ttl
-            src = socket.inet_pton(socket.AF_INET, source)
-            grp = socket.inet_pton(socket.AF_INET, group)
-            return MFCCTL.pack(src, grp, parent, bytes(ttls), 0, 0, 0, 0)
+            src, grp = _pton(_AF_INET, source), _pton(_AF_INET, group)
+            return MFCCTL.pack(src, grp, parent, self._ttls_of(oifs), 0, 0, 0, 0)
         words = [0] * 8
         for vifi, _ttl in oifs:  # IPv6 has no per-entry thresholds: a set bit means forward
             words[vifi >> 5] |= 1 << (vifi & 31)
         return MF6CCTL.pack(_sin6(source), _sin6(group), parent, IF_SET.pack(*words))
 
-    def add_mfc(
-        self, source: str, group: str, parent: int, oifs: Sequence[tuple[int, int]]
-    ) -> None:
-        self._setsockopt(MRT_ADD_MFC, self._mfc(source, group, parent, oifs))
+    def _ttls_of(self, oifs: Oifs) -> bytes:
+        """mfcctl.mfcc_ttls: each oif's threshold at its VIF index; built once per oif set, as
+        100,000 entries share a few sets."""
+        ttls = self._ttls.get(oifs)
+        if ttls is None:
+            array = bytearray(32)
+            for vifi, ttl in oifs:
+                array[vifi] = ttl
+            ttls = bytes(array)
+            if len(self._ttls) < 4096:
+                self._ttls[oifs] = ttls
+        return ttls
+
+    def add_mfc(self, source: str, group: str, parent: int, oifs: Oifs) -> None:
+        data = self._mfc(source, group, parent, oifs)
+        try:  # not _setsockopt: the one call made per route, so one Python call less
+            self.sock.setsockopt(self.level, MRT_ADD_MFC, data)
+        except OSError as e:
+            self._refused(MRT_ADD_MFC, e)
 
     def del_mfc(self, source: str, group: str) -> None:
         self._setsockopt(MRT_DEL_MFC, self._mfc(source, group, 0, ()))
@@ -289,21 +309,22 @@ class Kernel:
                 self.apply(step.op)
                 done += 1
         except KernelError as e:
-            e.undo_failures = self.undo(steps[:done])
+            e.undo_failures = self.undo([step.undo for step in steps[:done]])
             raise
         except Exception as e:  # a value the kernel structures cannot hold, say: undo all the same
             error = KernelError(f"cannot apply {steps[done].action}: {e}", "encode", 0)
-            error.undo_failures = self.undo(steps[:done])
+            error.undo_failures = self.undo([step.undo for step in steps[:done]])
             raise error from e
 
-    def undo(self, steps: Sequence[Step]) -> list[KernelError]:
-        """Apply the inverse of `steps`, newest first; go on past failures and return them."""
+    def undo(self, ops: Sequence[KernelOp | None]) -> list[KernelError]:
+        """Apply the undo operations of applied steps, newest first (None: nothing to undo);
+        go on past failures and return them."""
         failures = []
-        for step in reversed(steps):
-            if step.undo is None:
+        for op in reversed(ops):
+            if op is None:
                 continue
             try:
-                self.apply(step.undo)
+                self.apply(op)
             except KernelError as e:
                 failures.append(e)
         return failures

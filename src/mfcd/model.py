@@ -129,6 +129,32 @@ class Step(NamedTuple):
     action: str  # add_vif, del_vif, add_mfc, replace_mfc, del_mfc, readd_vif, reissue_mfc
 
 
+# --- requested changes -------------------------------------------------------------------------
+
+
+class AddRoute(NamedTuple):
+    """Add or replace a route, given as its key and shared interfaces (a batch holds 100,000s)."""
+
+    key: RouteKey
+    ports: Ports
+
+    @classmethod
+    def of(cls, route: Route) -> AddRoute:
+        return cls(route.key, Ports(route.iif, route.oifs))
+
+
+class DelRoute(NamedTuple):
+    key: RouteKey
+
+
+class SetThreshold(NamedTuple):
+    interface: str
+    threshold: int
+
+
+Change = AddRoute | DelRoute | SetThreshold  # what a client asks for; journaled as it is
+
+
 @dataclass(slots=True)
 class Vif:
     """A VIF (IPv4) or MIF (IPv6) the model owns; ifindex is None while its interface is absent."""
@@ -148,6 +174,7 @@ class RouteStatus:
 
 
 _MISSING: Any = object()
+_new = tuple.__new__
 _DICT, _SET, _SLOT, _DIRECT = range(4)  # kinds of undo-log entries
 
 
@@ -203,6 +230,9 @@ class Router:
         # The shared Ports and Entry values (interning is only for memory: forgetting is safe).
         self._ports: dict[Ports, Ports] = {}
         self._entries: dict[Entry, Entry] = {}
+        # The direct path's VIFs and entry per family and Ports, within one transaction: a
+        # transaction starts with it empty, and any change of a VIF or threshold clears it.
+        self._direct: dict[int, dict[Ports, tuple[tuple[Vif, ...], Entry]]] = {4: {}, 6: {}}
 
     # --- transactions ----------------------------------------------------------------------------
 
@@ -213,6 +243,7 @@ class Router:
             raise RuntimeError("transaction already open")
         self._log = _UndoLog(recording=undo)
         self._undo = self._log.entries if undo else None
+        self._forget_direct()
 
     def commit(self) -> None:
         self._log = self._undo = None
@@ -221,6 +252,11 @@ class Router:
         if self._log is not None:
             self._log.rollback()
         self._log = self._undo = None
+        self._forget_direct()
+
+    def _forget_direct(self) -> None:
+        self._direct[4].clear()
+        self._direct[6].clear()
 
     def changed(self) -> bool:
         """Whether the open transaction has changed anything so far."""
@@ -232,11 +268,15 @@ class Router:
         return len(self._log.entries)
 
     def _set(self, d: dict[Any, Any], key: Any, value: Any) -> None:
+        if d is self.vifs or d is self.thresholds:
+            self._forget_direct()
         if self._undo is not None:
             self._undo.append((_DICT, d, key, d.get(key, _MISSING)))
         d[key] = value
 
     def _pop(self, d: dict[Any, Any], key: Any) -> None:
+        if d is self.vifs:
+            self._forget_direct()
         if key in d:
             if self._undo is not None:
                 self._undo.append((_DICT, d, key, d[key]))
@@ -260,6 +300,8 @@ class Router:
         vif.refs += delta
 
     def _assign(self, target: Any, key: Any, value: Any) -> None:
+        if isinstance(target, Vif):
+            self._forget_direct()
         old = target[key] if isinstance(target, list) else getattr(target, key)
         if self._undo is not None:
             self._undo.append((_SLOT, target, key, old))
@@ -269,6 +311,19 @@ class Router:
             setattr(target, key, value)
 
     # --- queries ---------------------------------------------------------------------------------
+
+    def ports(self, iif: str, oifs: tuple[str, ...]) -> Ports:
+        """The shared Ports value for these interfaces."""
+        return self.share(Ports(iif, oifs))
+
+    def share(self, ports: Ports) -> Ports:
+        """The shared Ports value equal to `ports` (from now on `ports` itself if new)."""
+        shared = self._ports.get(ports)
+        if shared is None:
+            if len(self._ports) >= 65536:  # only ever a cache: bound it under churn
+                self._ports.clear()
+            shared = self._ports[ports] = ports
+        return shared
 
     def route(self, key: RouteKey) -> Route:
         iif, oifs = self.routes[key]
@@ -315,8 +370,10 @@ class Router:
 
     def add_route(self, route: Route) -> list[Step]:
         """Add or replace a route; raises VifLimit (leaving the transaction to roll back)."""
-        key = route.key
-        ports = self._share_ports(route.iif, route.oifs)
+        return self.add(route.key, self.ports(route.iif, route.oifs))
+
+    def add(self, key: RouteKey, ports: Ports) -> list[Step]:
+        """`add_route` for a route given as its key and (shared) interfaces."""
         old = self.routes.get(key)
         if old is None:
             steps = self._install_direct(key, ports)
@@ -345,25 +402,39 @@ class Router:
         if self._log is None:
             return None
         family = key[0]
+        known = self._direct[family].get(ports)
+        if known is None:
+            known = self._direct_entry(family, ports)
+            if known is None:
+                return None
+        used, entry = known
+        for vif in used:
+            vif.refs += 1
+        self.routes[key] = ports
+        self.installed[key] = entry
+        if self._undo is not None:
+            self._undo.append((_DIRECT, self, key, None))
+        # tuple.__new__ directly: half the cost of the NamedTuples' own constructors.
+        write = _new(AddMfc, (family, key[1], key[2], entry.parent, entry.oifs))
+        return [_new(Step, (write, _new(DelMfc, key), "add_mfc"))]
+
+    def _direct_entry(self, family: int, ports: Ports) -> tuple[tuple[Vif, ...], Entry] | None:
+        """The VIFs and the entry of a route on `ports`, if all its VIFs exist and are up."""
         vifs = self.vifs
         used = []
-        for name in (ports.iif, *ports.oifs):
+        for name in ports.interfaces:
             vif = vifs.get((family, name))
             if vif is None or vif.ifindex is None:
                 return None
             used.append(vif)
-        for vif in used:
-            vif.refs += 1
-        self.routes[key] = ports
         th = self.thresholds
         oifs = [(vif.vifi, th.get(vif.interface, DEFAULT_THRESHOLD)) for vif in used[1:]]
         if len(oifs) > 1:
             oifs.sort()
-        entry = self._share_entry(used[0].vifi, tuple(oifs))
-        self.installed[key] = entry
-        if self._undo is not None:
-            self._undo.append((_DIRECT, self, key, None))
-        return [Step(_write(key, entry), DelMfc(*key), "add_mfc")]
+        known = (tuple(used), self._share_entry(used[0].vifi, tuple(oifs)))
+        if len(self._direct[family]) < 4096:
+            self._direct[family][ports] = known
+        return known
 
     def _undo_direct(self, key: RouteKey) -> None:
         """Roll back `_install_direct`."""
@@ -375,7 +446,7 @@ class Router:
     def restore(self, route: Route) -> list[Step]:
         """Add a saved route at start-up: install it if possible, else leave it pending."""
         key = route.key
-        ports = self._share_ports(route.iif, route.oifs)
+        ports = self.ports(route.iif, route.oifs)
         if key not in self.routes:
             steps = self._install_direct(key, ports)
             if steps is not None:
@@ -385,12 +456,12 @@ class Router:
 
     def keep(self, route: Route) -> None:
         """Hold a route without installing it yet (try_install does that)."""
-        self._set(self.routes, route.key, self._share_ports(route.iif, route.oifs))
+        self._set(self.routes, route.key, self.ports(route.iif, route.oifs))
 
     def park(self, route: Route, reason: str) -> None:
         """Keep a route the kernel refused as pending; `mfcctl sync` tries it again."""
         key = route.key
-        self._set(self.routes, key, self._share_ports(route.iif, route.oifs))
+        self._set(self.routes, key, self.ports(route.iif, route.oifs))
         self._set(self.refused, key, reason)
 
     def del_route(self, family: int, source: str, group: str) -> list[Step]:
@@ -526,15 +597,6 @@ class Router:
 
     # --- internals -------------------------------------------------------------------------------
 
-    def _share_ports(self, iif: str, oifs: tuple[str, ...]) -> Ports:
-        ports = Ports(iif, oifs)
-        shared = self._ports.get(ports)
-        if shared is None:
-            if len(self._ports) >= 65536:  # only ever a cache: bound it under churn
-                self._ports.clear()
-            shared = self._ports[ports] = ports
-        return shared
-
     def _share_entry(self, parent: int, oifs: Oifs) -> Entry:
         entry = Entry(parent, oifs)
         shared = self._entries.get(entry)
@@ -563,6 +625,7 @@ class Router:
             if not self._log.recording:
                 raise  # nothing to undo with: the caller starts over, recording
             self._log.rollback(savepoint)
+            self._forget_direct()
             self._set(self.blocked, key, None)
             return []
 

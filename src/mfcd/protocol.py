@@ -47,6 +47,7 @@ COMMANDS = (
 ERROR_EXIT = {
     "bad_request": 1,  # not JSON, wrong shape, unknown field or command
     "unsupported_version": 1,
+    "syntax_error": 2,  # a line of a batch text does not parse
     "invalid_argument": 1,  # a value is wrong: address, interface name, threshold...
     "vif_limit": 1,  # all 32 VIFs of a family are in use
     "too_large": 1,

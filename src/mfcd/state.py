@@ -40,14 +40,14 @@ import gc
 import json
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
 
 from mfcd import validate
 from mfcd.errors import MfcdError, StateError
-from mfcd.model import Route
+from mfcd.model import AddRoute, Change, DelRoute, Ports, Route, SetThreshold
 
 HEADER = b"mfcd-state 1\n"
 SNAPSHOT_CHUNK = 1000  # routes per snapshot line at most
@@ -57,6 +57,42 @@ Op = list[Any]
 
 def route_op(route: Route) -> Op:
     return ["add", route.family, route.source, route.group, route.iif, list(route.oifs)]
+
+
+def change_op(change: Change) -> Op:
+    """How the journal spells a change."""
+    match change:
+        case AddRoute((family, source, group), (iif, oifs)):
+            return ["add", family, source, group, iif, list(oifs)]
+        case DelRoute((family, source, group)):
+            return ["del", family, source, group]
+        case SetThreshold(interface, threshold):
+            return ["threshold", interface, threshold]
+
+
+def encode_changes(changes: Sequence[Change]) -> bytes:
+    """The journal record of one acknowledged change: `{"ops": [...]}`, checksummed.
+
+    The same bytes as encode_record({"ops": [change_op(c) ...]}) (a test holds both to
+    that), at a third of the cost for the 100,000 adds of a large batch: an add is
+    formatted directly, with the JSON of its interfaces made once per combination.
+    Addresses are validated and canonical (hex digits, dots, colons), so they need no
+    escaping; interface names go through json.dumps all the same.
+    """
+    ports_json: dict[Ports, str] = {}
+    parts = []
+    for change in changes:
+        if change.__class__ is AddRoute:
+            (family, source, group), ports = change
+            text = ports_json.get(ports)
+            if text is None:
+                text = json.dumps([ports.iif, list(ports.oifs)], separators=(",", ":"))[1:-1]
+                ports_json[ports] = text
+            parts.append(f'["add",{family},"{source}","{group}",{text}]')
+        else:
+            parts.append(json.dumps(change_op(change), separators=(",", ":")))
+    body = ('{"ops":[' + ",".join(parts) + "]}").encode()
+    return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
@@ -293,12 +329,12 @@ class StateFile:
         self._fd = fd
         self._length = good_length
 
-    def append(self, ops: list[Op]) -> None:
+    def append(self, changes: Sequence[Change]) -> None:
         """Durably record one change (one or many ops) before it is acknowledged."""
         if self._fd is None:
             self.write_snapshot([], {})
         assert self._fd is not None
-        data = encode_record({"ops": ops})
+        data = encode_changes(changes)
         try:
             # The record first, then its newline: a crash can tear a multi-page write in any
             # order, but a line that has its newline was whole on disk before the newline was
@@ -312,7 +348,7 @@ class StateFile:
             self._cut_back()
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
         self._length += len(data)
-        self.ops_since_snapshot += len(ops)
+        self.ops_since_snapshot += len(changes)
 
     def _cut_back(self) -> None:
         """Drop a record whose write failed: the change is refused, so it must not replay.

@@ -8,7 +8,7 @@ from sys import intern
 from typing import Any
 
 from mfcd.errors import BadRequest, InvalidArgument
-from mfcd.model import MAXVIFS, Route, RouteKey
+from mfcd.model import MAXVIFS, Ports, Route, RouteKey
 
 IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
 # Linux accepts almost any byte in a name; we accept the characters people and tools use, so a
@@ -17,6 +17,9 @@ IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
 _IFNAME = re.compile(r"[A-Za-z0-9_.+@][A-Za-z0-9_.+@-]{0,14}\Z")
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+AF_INET = socket.AF_INET
+inet_pton = socket.inet_pton
+_LOCAL4 = b"\xe0\x00\x00"  # 224.0.0.0/24
 
 
 def require_fields(
@@ -101,8 +104,25 @@ def _check_source(family: int, packed: bytes, text: str) -> None:
 
 def route_key(args: dict[str, Any]) -> RouteKey:
     """Validate source and group; return the route key with canonical addresses."""
-    family, src_packed, source = _address(args["source"], "source")
-    gfamily, grp_packed, group = _address(args["group"], "group")
+    return route_key_of(args["source"], args["group"])
+
+
+def route_key_of(source: Any, group: Any) -> RouteKey:
+    """Validate a source and a group; return the route key with canonical addresses."""
+    if source.__class__ is str and group.__class__ is str and ":" not in source + group:
+        # IPv4, the common case of large batches: the checks of _address and the _check_*
+        # functions inline.
+        try:
+            src = inet_pton(AF_INET, source)
+            grp = inet_pton(AF_INET, group)
+        except (OSError, ValueError):
+            pass  # _address below says which one is wrong
+        else:
+            first = src[0]
+            if 0 < first < 224 and first != 127 and 224 <= grp[0] <= 239 and grp[:3] != _LOCAL4:
+                return (4, source, group)
+    family, src_packed, source = _address(source, "source")
+    gfamily, grp_packed, group = _address(group, "group")
     if family != gfamily:
         raise InvalidArgument(
             f"source {source} and group {group} are of different address families", "group"
@@ -155,9 +175,38 @@ _FIELD_SETS: dict[tuple[str, ...], frozenset[str]] = {
 def route(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> Route:
     """Validate the arguments of `mfc add` (or a batch's add op) into a Route."""
     args = require_fields(args, fields)
-    family, source, group = route_key(args)
-    iif = interface(args["iif"], "iif")
-    oifs = interfaces(args["oifs"], "oifs")
+    (family, source, group), ports = route_parts(
+        args["source"], args["group"], args["iif"], args["oifs"]
+    )
+    return Route(family, source, group, ports.iif, ports.oifs)
+
+
+# Interfaces of the routes validated so far: (iif, *oifs) as given -> (iif, oifs) checked and
+# interned. Batches repeat a few combinations many times, so each is checked once.
+_seen_ports: dict[tuple[Any, ...], Ports] = {}
+
+
+def route_parts(source: Any, group: Any, iif: Any, oifs: Any) -> tuple[RouteKey, Ports]:
+    """Validate a route's values: its key, and its interfaces (one shared value per
+    combination)."""
+    key = route_key_of(source, group)
+    if oifs.__class__ is not list:
+        return key, _ports(iif, oifs)
+    given = (iif, *oifs)
+    try:
+        checked = _seen_ports.get(given)  # only ever holds combinations of valid names
+    except TypeError:  # something unhashable: _ports says what is wrong
+        checked = None
+    if checked is None:
+        checked = _ports(iif, oifs)
+        if len(_seen_ports) < 4096:
+            _seen_ports[given] = checked
+    return key, checked
+
+
+def _ports(iif_value: Any, oifs_value: Any) -> Ports:
+    iif = interface(iif_value, "iif")
+    oifs = interfaces(oifs_value, "oifs")
     if iif in oifs:
         raise InvalidArgument(
             f"iif {iif} is also listed in oifs; the kernel never forwards a packet back out of"
@@ -168,7 +217,7 @@ def route(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> Route:
         raise InvalidArgument(
             f"a route can use at most {MAXVIFS} interfaces (the kernel's VIF limit)", "oifs"
         )
-    return Route(family, source, group, iif, oifs)
+    return Ports(intern(iif), tuple([intern(n) for n in oifs]))
 
 
 def key(args: Any, fields: tuple[str, ...] = KEY_FIELDS) -> RouteKey:

@@ -122,6 +122,10 @@ def test_json_output_for_every_command(lab: Lab, mfcd: Mfcd) -> None:
         mfcd.ok("--output", "json", "--verbose", "batch", "-", stdin=f"mfc del {' '.join(route)}\n")
     )
     assert [s["action"] for s in verbose["plan"]] == ["del_mfc", "del_vif", "del_vif", "del_vif"]
+    # mfcd parses the batch text; a line that does not parse is a usage error naming the line.
+    bad = mfcd.ctl("batch", "-", stdin=f"# one good line, one bad\nmfc add {' '.join(route)}\n")
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr == "mfcctl: stdin:2: `mfc add` needs --iif\n"
     failed = mfcd.ctl("--output", "json", "mfc", "del", *route)
     assert failed.returncode == 5
     assert json.loads(failed.stdout)["error"]["code"] == "not_found"

@@ -10,8 +10,19 @@ from typing import Any
 
 from mfcd.errors import KernelError, StateError
 from mfcd.kernel import Kernel
-from mfcd.model import AddMfc, AddVif, DelMfc, DelVif, KernelOp, Route, RouteKey, Router, Step
-from mfcd.state import Op
+from mfcd.model import (
+    AddMfc,
+    AddVif,
+    Change,
+    DelMfc,
+    DelVif,
+    KernelOp,
+    Route,
+    RouteKey,
+    Router,
+    Step,
+)
+from mfcd.state import Op, change_op
 
 # What a packet from (S,G) does in the kernel: the device it must arrive on (None: no VIF there)
 # and the (device, TTL threshold) pairs it leaves on.
@@ -103,11 +114,11 @@ class FakeState:
     snapshots: list[tuple[list[Route], dict[str, int]]] = field(default_factory=list)
     ops_since_snapshot: int = 0
 
-    def append(self, ops: list[Op]) -> None:
+    def append(self, changes: Sequence[Change]) -> None:
         if self.fail:
             raise StateError("state.journal: cannot write the state file: No space left on device")
-        self.records.append(copy.deepcopy(ops))
-        self.ops_since_snapshot += len(ops)
+        self.records.append([change_op(c) for c in changes])
+        self.ops_since_snapshot += len(changes)
 
     def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None:
         if self.fail_snapshot:
@@ -159,5 +170,5 @@ def check_undo(kernel: FakeKernel, steps: Sequence[Step]) -> None:
         trial = kernel.clone()
         for step in steps[:done]:
             trial.apply(step.op)
-        assert trial.undo(steps[:done]) == []
+        assert trial.undo([s.undo for s in steps[:done]]) == []
         assert trial.view() == before, f"undo of {steps[:done]} does not restore the kernel"

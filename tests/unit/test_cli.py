@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import mfcd
-from mfcd import cli, protocol
+from mfcd import batchfile, cli, protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 ADD = ["mfc", "add", "--source", "10.0.0.1", "--group", "239.1.1.1", "--iif", "r0", "--oifs"]
@@ -152,62 +152,6 @@ def test_socket_path_that_is_no_socket_is_a_usage_error(tmp_path: Path) -> None:
 
 
 # --- batch files ---------------------------------------------------------------------------------
-
-
-def test_parse_batch_skips_comments_and_blank_lines() -> None:
-    lines = [
-        "# routes for the lab",
-        "",
-        "   ",
-        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,r2  # two oifs",
-        "add --source 10.0.0.2 --group 239.1.1.1 --iif r0 --oifs r1 r2",
-        "mfc del --source 10.0.0.3 --group 239.1.1.1",
-        "\tdel   --group ff0e::1 --source 2001:db8::1",
-    ]
-    assert cli.parse_batch(lines, "routes.batch") == [
-        {
-            "op": "add",
-            "source": "10.0.0.1",
-            "group": "239.1.1.1",
-            "iif": "r0",
-            "oifs": ["r1", "r2"],
-        },
-        {
-            "op": "add",
-            "source": "10.0.0.2",
-            "group": "239.1.1.1",
-            "iif": "r0",
-            "oifs": ["r1", "r2"],
-        },
-        {"op": "del", "source": "10.0.0.3", "group": "239.1.1.1"},
-        {"op": "del", "source": "2001:db8::1", "group": "ff0e::1"},
-    ]
-
-
-@pytest.mark.parametrize(
-    ("line", "words"),
-    [
-        ("mfc show", "expected `mfc add ...` or `mfc del ...`"),
-        ("mfc", "expected `mfc add ...`"),
-        ("vif set r1 --threshold 3", "expected `mfc add ...`"),
-        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0", "needs --oifs"),
-        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --oifs r1", "needs --iif"),
-        ("mfc del --group 239.1.1.1", "needs --source"),
-        ("mfc del --source 10.0.0.1 --group 239.1.1.1 --iif r0", "takes no --iif"),
-        ("mfc del --source 10.0.0.1 10.0.0.2 --group 239.1.1.1", "--source takes one value"),
-        ("mfc del --source 10.0.0.1 --source 10.0.0.2 --group g", "--source given twice"),
-        ("mfc add --source s --group g --iif r0 --oifs r1 -o json", "unexpected option -o"),
-        ("mfc del --src 10.0.0.1 --group 239.1.1.1", "unexpected option --src"),
-        ("mfc del 10.0.0.1 239.1.1.1", "unexpected word '10.0.0.1'"),
-    ],
-)
-def test_parse_batch_errors_name_file_and_line(line: str, words: str) -> None:
-    good = "mfc del --source 10.0.0.9 --group 239.1.1.1"
-    with pytest.raises(cli.CliError) as info:
-        cli.parse_batch(["# header", good, "", line, good], "lab.batch")
-    assert str(info.value).startswith("lab.batch:4: ")
-    assert words in str(info.value)
-    assert info.value.status == protocol.EXIT_USAGE
 
 
 def test_unreadable_batch_file_is_a_usage_error(tmp_path: Path) -> None:
@@ -359,26 +303,6 @@ def test_version_comes_from_the_package_constant() -> None:
     assert out.getvalue() == f"mfcctl {mfcd.__version__}\n"
 
 
-def test_batch_lines_take_equals_and_quotes_like_the_command_line() -> None:
-    ops = cli.parse_batch(
-        [
-            'mfc add --source="10.0.0.1" --group 239.1.1.1 --iif r0 --oifs r1 r2  # two oifs',
-            "mfc del --source '10.0.0.2' --group=239.1.1.2",
-        ],
-        "b",
-    )
-    assert ops == [
-        {
-            "op": "add",
-            "source": "10.0.0.1",
-            "group": "239.1.1.1",
-            "iif": "r0",
-            "oifs": ["r1", "r2"],
-        },
-        {"op": "del", "source": "10.0.0.2", "group": "239.1.1.2"},
-    ]
-
-
 @pytest.mark.parametrize(
     "line",
     [
@@ -393,7 +317,7 @@ def test_route_changes_parse_without_argparse_exactly_as_with_it(line: str) -> N
     fast = cli._parse_route_change(argv)
     assert fast is not None
     slow = vars(cli.build_parser().parse_args(argv))
-    slow["oifs"] = cli._split_oifs(slow["oifs"]) if "oifs" in slow else None
+    slow["oifs"] = batchfile.split_oifs(slow["oifs"]) if "oifs" in slow else None
     assert {k: v for k, v in vars(fast).items()} == {k: v for k, v in slow.items() if v is not None}
 
 

@@ -171,6 +171,16 @@ def test_ping_and_show(commands: Commands) -> None:
         ("batch", {"ops": [["add"]]}, "bad_request", None),
         ("batch", {"ops": [dict(ROUTE, op="replace")]}, "bad_request", "op"),
         ("batch", {"ops": [dict(ROUTE, op="add", source=[])]}, "invalid_argument", "source"),
+        ("batch", {}, "bad_request", None),
+        ("batch", {"ops": [], "text": ""}, "bad_request", None),
+        ("batch", {"text": ["mfc del --source 10.0.0.1 --group 239.1.1.1"]}, "bad_request", "text"),
+        ("batch", {"text": "mfc show"}, "syntax_error", None),
+        (
+            "batch",
+            {"text": "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs a"},
+            "invalid_argument",
+            "oifs",
+        ),
     ],
 )
 def test_bad_arguments_change_nothing(
@@ -188,6 +198,50 @@ def test_a_bad_op_rejects_the_whole_batch_and_is_named(commands: Commands) -> No
     response = ask(commands, "batch", {"ops": [good, good, bad]})
     assert error_of(response) == ("invalid_argument", "group")
     assert response["error"]["message"].startswith("op 3: ")
+    assert snapshot(commands) == before
+
+
+BATCH_TEXT = """\
+# two adds, a comment, a blank line and a del
+mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b,c
+
+add --source 2001:db8::2 --group ff3e::1 --iif a --oifs b
+mfc del --source 10.0.0.1 --group 239.1.1.1
+"""
+
+
+def test_a_batch_text_is_one_transaction(commands: Commands) -> None:
+    result = ask(commands, "batch", {"text": BATCH_TEXT})["result"]
+    assert result["changes"] == 3
+    assert "plan" not in result
+    router = commands.controller.router
+    assert set(router.routes) == {(4, "10.0.0.2", "239.1.1.1"), (6, "2001:db8::2", "ff3e::1")}
+    state = commands.controller.state
+    assert isinstance(state, FakeState)
+    assert state.records[-1] == [
+        ["add", 4, "10.0.0.2", "239.1.1.1", "a", ["b", "c"]],
+        ["add", 6, "2001:db8::2", "ff3e::1", "a", ["b"]],
+        ["del", 4, "10.0.0.1", "239.1.1.1"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "code", "message"),
+    [
+        ("mfc add --source 10.0.0.3 --group 239.1.1.1 --iif a", "syntax_error", "needs --oifs"),
+        ("mfc add --source 10.0.0.3 --group 10.0.0.4 --iif a --oifs b", "invalid_argument",
+         "not a multicast address"),
+        ("mfc del --source 10.0.0.9 --group 239.1.1.1", "not_found", "no route"),
+    ],
+)  # fmt: skip
+def test_a_bad_line_of_a_batch_text_rejects_it_all_and_is_named_by_its_line(
+    commands: Commands, bad: str, code: str, message: str
+) -> None:
+    before = snapshot(commands)
+    response = ask(commands, "batch", {"text": BATCH_TEXT + "\n" + bad + "\n"})
+    assert error_of(response)[0] == code
+    assert response["error"]["message"].startswith("line 7: ")
+    assert message in response["error"]["message"]
     assert snapshot(commands) == before
 
 

@@ -6,17 +6,14 @@ from typing import Any
 
 import pytest
 
+from mfcd import controller
 from mfcd.controller import (
-    AddRoute,
-    Change,
     Controller,
-    DelRoute,
     KernelView,
-    SetThreshold,
     describe_step,
 )
-from mfcd.errors import KernelError, StateError, VifLimit
-from mfcd.model import MAXVIFS, Route
+from mfcd.errors import KernelError, NotFound, StateError, VifLimit
+from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, Route, SetThreshold
 from mfcd.state import Loaded, route_op
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
@@ -39,7 +36,7 @@ def controller_with(*names: str, state: FakeState | None = None) -> Controller:
 def ctl() -> Controller:
     """Interfaces a-d exist; two routes are installed and journaled."""
     ctl = controller_with(*LINKS)
-    ctl.change([AddRoute(r4(1, "a", "b")), AddRoute(r4(2, "b", "a", "c"))])
+    ctl.change([AddRoute.of(r4(1, "a", "b")), AddRoute.of(r4(2, "b", "a", "c"))])
     return ctl
 
 
@@ -51,8 +48,8 @@ def fake(ctl: Controller) -> tuple[FakeKernel, FakeState]:
 
 # A change that touches every kind of step: new VIF, new entry, replace, delete, release.
 MIXED: list[Change] = [
-    AddRoute(r4(3, "c", "d")),
-    AddRoute(r4(1, "a", "c")),
+    AddRoute.of(r4(3, "c", "d")),
+    AddRoute.of(r4(1, "a", "c")),
     DelRoute(r4(2, "b").key),
     SetThreshold("d", 7),
 ]
@@ -60,7 +57,7 @@ MIXED: list[Change] = [
 
 def test_change_applies_kernel_then_journal(ctl: Controller) -> None:
     kernel, state = fake(ctl)
-    steps = ctl.change(MIXED)
+    steps = ctl.change(MIXED).steps
     assert kernel.applied[-len(steps) :] == [s.op for s in steps]
     assert state.records[-1] == [
         route_op(r4(3, "c", "d")),
@@ -72,11 +69,18 @@ def test_change_applies_kernel_then_journal(ctl: Controller) -> None:
 
 
 def plan_length(ctl: Controller) -> int:
-    return len(ctl.change(MIXED, dry_run=True))
+    return len(ctl.change(MIXED, dry_run=True).steps)
+
+
+@pytest.fixture(params=[1, 2, controller.CHUNK])
+def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Changes are applied this many at a time (1 and 2: every failure spans chunks)."""
+    monkeypatch.setattr(controller, "CHUNK", request.param)
+    return int(request.param)
 
 
 @pytest.mark.parametrize("nth", range(1, 7))
-def test_failing_kernel_op_undoes_everything(ctl: Controller, nth: int) -> None:
+def test_failing_kernel_op_undoes_everything(ctl: Controller, nth: int, chunk: int) -> None:
     kernel, state = fake(ctl)
     assert nth <= plan_length(ctl)
     router_before, kernel_before = observable(ctl.router), kernel.clone()
@@ -90,7 +94,20 @@ def test_failing_kernel_op_undoes_everything(ctl: Controller, nth: int) -> None:
     assert state.records == records
 
 
-def test_failing_journal_undoes_the_kernel(ctl: Controller) -> None:
+def test_a_change_the_model_refuses_in_a_later_chunk_undoes_the_earlier_ones(
+    ctl: Controller, chunk: int
+) -> None:
+    kernel, state = fake(ctl)
+    router_before, kernel_before = observable(ctl.router), kernel.clone()
+    records = list(state.records)
+    with pytest.raises(NotFound, match=r"^op 5: no route"):
+        ctl.change([*MIXED, DelRoute(r4(99, "a").key)])
+    assert (kernel.vifs, kernel.mfcs) == (kernel_before.vifs, kernel_before.mfcs)
+    assert observable(ctl.router) == router_before
+    assert state.records == records
+
+
+def test_failing_journal_undoes_the_kernel(ctl: Controller, chunk: int) -> None:
     kernel, state = fake(ctl)
     router_before, kernel_before = observable(ctl.router), kernel.clone()
     records = list(state.records)
@@ -109,7 +126,9 @@ def test_vif_limit_changes_nothing() -> None:
     kernel, state = fake(ctl)
     before = observable(ctl.router)
     with pytest.raises(VifLimit):
-        ctl.change([AddRoute(r4(1, names[0], *names[1:MAXVIFS])), AddRoute(r4(2, "e0", "e32"))])
+        ctl.change(
+            [AddRoute.of(r4(1, names[0], *names[1:MAXVIFS])), AddRoute.of(r4(2, "e0", "e32"))]
+        )
     assert (kernel.applied, state.records) == ([], [])
     assert observable(ctl.router) == before
 
@@ -117,7 +136,7 @@ def test_vif_limit_changes_nothing() -> None:
 def test_dry_run_returns_the_plan_and_changes_nothing(ctl: Controller) -> None:
     kernel, state = fake(ctl)
     before, applied, records = observable(ctl.router), list(kernel.applied), list(state.records)
-    plan = ctl.change(MIXED, dry_run=True)
+    plan = ctl.change(MIXED, dry_run=True).steps
     assert [s.action for s in plan] == [
         "add_vif",
         "add_mfc",
@@ -134,7 +153,7 @@ def test_dry_run_returns_the_plan_and_changes_nothing(ctl: Controller) -> None:
     }
     assert (kernel.applied, state.records) == (applied, records)
     assert observable(ctl.router) == before
-    assert ctl.change(MIXED) == plan  # the real run does what the dry run said
+    assert ctl.change(MIXED).steps == plan  # the real run does what the dry run said
 
 
 def test_restore_installs_what_it_can_and_leaves_the_rest_pending() -> None:
@@ -155,14 +174,18 @@ def test_restore_installs_what_it_can_and_leaves_the_rest_pending() -> None:
     assert ctl.router.status(r4(2, "a").key).state == "installed"
 
 
-def test_restore_falls_back_to_one_route_at_a_time() -> None:
-    loaded = Loaded(routes={r.key: r for r in (r4(1, "a", "b"), r4(2, "c", "d"))})
-    kernel = FakeKernel(fail_at=4)  # fails the first, all-at-once attempt only
+@pytest.mark.parametrize("nth", range(1, 8))
+def test_restore_falls_back_to_one_route_at_a_time(nth: int, chunk: int) -> None:
+    routes = (r4(1, "a", "b"), r4(2, "c", "d"), r4(3, "a", "b", "c"))
+    loaded = Loaded(routes={r.key: r for r in routes})
+    kernel = FakeKernel(fail_at=nth)  # fails the first, all-at-once attempt only
     ctl = Controller(kernel, FakeState())
     ctl.restore(loaded, LINKS)
     assert all(ctl.router.status(k).state == "installed" for k in loaded.routes)
     assert set(kernel.mfcs) == set(loaded.routes)
     assert len(kernel.vifs) == 4
+    # nth - 1 applied, the nth refused, nth - 1 undone, then all 7 again one route at a time.
+    assert kernel.calls == nth + (nth - 1) + 7
 
 
 def test_a_route_the_kernel_refuses_on_link_up_stays_pending_with_the_reason(
@@ -190,7 +213,9 @@ def test_compaction_once_the_journal_holds_enough_ops(
 ) -> None:
     _, state = fake(ctl)
     state.ops_since_snapshot = already
-    ctl.change([AddRoute(r4(3, "c", "d"))])
+    ctl.change([AddRoute.of(r4(3, "c", "d"))])
+    assert state.snapshots == []  # the change alone never compacts: the daemon asks after it
+    ctl.maybe_compact()
     if compacted:
         assert state.snapshots == [(list(ctl.router.iter_routes()), {})]
         assert state.ops_since_snapshot == 0
@@ -206,9 +231,11 @@ def test_compaction_threshold_grows_with_the_number_of_routes() -> None:
         ctl.router.restore(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.9.9.9", "a", ("x",)))
     ctl.router.commit()
     state.ops_since_snapshot = 10_000
-    ctl.change([AddRoute(r4(1, "a", "b"))])
+    ctl.change([AddRoute.of(r4(1, "a", "b"))])
+    ctl.maybe_compact()
     assert state.snapshots == []  # 10,001 ops < 10,002 routes
     ctl.change([SetThreshold("b", 3)])
+    ctl.maybe_compact()
     assert len(state.snapshots) == 1
 
 
@@ -218,7 +245,8 @@ def test_failed_compaction_does_not_fail_a_change_already_made(ctl: Controller) 
     state.fail_snapshot = True
     # The change is in the kernel and durable in the journal: reporting state_error ("nothing
     # was changed") would be false.
-    steps = ctl.change([AddRoute(r4(3, "c", "d"))])
+    steps = ctl.change([AddRoute.of(r4(3, "c", "d"))]).steps
+    ctl.maybe_compact()  # logs the failure
     assert steps
     assert r4(3, "c").key in kernel.mfcs
     assert state.records[-1] == [route_op(r4(3, "c", "d"))]
@@ -229,7 +257,9 @@ def test_blocked_route_is_installed_when_a_vif_index_is_freed(present: bool) -> 
     names = [f"e{i}" for i in range(MAXVIFS)]
     ctl = controller_with(*names)
     big, small, blocked = r4(1, "e0", *names[1:-1]), r4(2, "e0", "e31"), r4(3, "e0", "x")
-    ctl.change([AddRoute(big), AddRoute(small), AddRoute(blocked)])  # 32 VIFs; `blocked` waits
+    ctl.change(
+        [AddRoute.of(big), AddRoute.of(small), AddRoute.of(blocked)]
+    )  # 32 VIFs; `blocked` waits
     ctl.link_up("x", 99)
     assert "no free VIF" in ctl.router.status(blocked.key).reason
     if not present:  # deleted: the kernel drops its VIF; index 31 stays reserved for `small`
@@ -263,22 +293,22 @@ def test_a_refused_rollback_is_logged_and_asks_for_a_repair(
     ctl.on_drift = lambda: drift.append(True)
     refuse_undo = kernel.undo
 
-    def undo(steps: Any) -> list[KernelError]:
-        refuse_undo(steps)
+    def undo(ops: Any) -> list[KernelError]:
+        refuse_undo(ops)
         return [KernelError("MRT_DEL_MFC (IPv4) failed", "MRT_DEL_MFC", 2)]
 
     kernel.undo = undo  # type: ignore[method-assign]
     kernel.fail_at = kernel.calls + 2  # the second route's entry: the first one is undone
     with pytest.raises(KernelError):
-        ctl.change([AddRoute(r4(7, "a", "b")), AddRoute(r4(8, "c", "d"))])
+        ctl.change([AddRoute.of(r4(7, "a", "b")), AddRoute.of(r4(8, "c", "d"))])
     assert drift == [True]
     assert "rollback incomplete" in caplog.text
 
 
 def test_a_change_that_changes_nothing_writes_no_journal_record(ctl: Controller) -> None:
     kernel, state = fake(ctl)
-    ctl.change([AddRoute(r4(9, "a", "b"))])
+    ctl.change([AddRoute.of(r4(9, "a", "b"))])
     records, calls = list(state.records), kernel.calls
-    assert ctl.change([AddRoute(r4(9, "a", "b"))]) == []  # the same route again
-    assert ctl.change([]) == []  # an empty batch
+    assert ctl.change([AddRoute.of(r4(9, "a", "b"))]).steps == []  # the same route again
+    assert ctl.change([]).steps == []  # an empty batch
     assert state.records == records and kernel.calls == calls

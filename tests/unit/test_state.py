@@ -11,11 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mfcd import state
+from mfcd import state, validate
 from mfcd.errors import StateError
-from mfcd.model import Route
-from mfcd.state import HEADER, SNAPSHOT_CHUNK, StateFile, encode_record, route_op
+from mfcd.model import AddRoute, Change, DelRoute, Route, SetThreshold
+from mfcd.state import (
+    HEADER,
+    SNAPSHOT_CHUNK,
+    StateFile,
+    change_op,
+    encode_changes,
+    encode_record,
+    route_op,
+)
 
 R1 = Route(4, "10.0.0.1", "239.1.1.1", "eth0", ("eth1", "eth2"))
 R2 = Route(6, "2001:db8::1", "ff0e::1", "eth1", ("eth0",))
@@ -37,7 +47,7 @@ def journal(path: Path) -> bytes:
     sf = StateFile(str(path))
     sf.load()
     sf.write_snapshot([R1], {"eth1": 3})
-    sf.append([route_op(R2), ["threshold", "eth0", 7]])
+    sf.append([AddRoute.of(R2), SetThreshold("eth0", 7)])
     sf.close()
     return path.read_bytes()
 
@@ -51,7 +61,7 @@ def test_missing_file_loads_empty_and_first_append_creates_it(path: Path) -> Non
     sf, loaded = reload(path)
     assert (loaded.routes, loaded.thresholds) == ({}, {})
     assert not path.exists()
-    sf.append([route_op(R1)])
+    sf.append([AddRoute.of(R1)])
     sf.close()
     _, loaded = reload(path)
     assert loaded.routes == {R1.key: R1}
@@ -64,7 +74,7 @@ def test_round_trip(path: Path, journal: bytes) -> None:
     assert loaded.thresholds == {"eth1": 3, "eth0": 7}
     assert loaded.ops_since_snapshot == 2
     assert sf.ops_since_snapshot == 2
-    sf.append([["del", *R1.key]])
+    sf.append([DelRoute(R1.key)])
     sf.close()
     _, loaded = reload(path)
     assert loaded.routes == {R2.key: R2}
@@ -75,7 +85,7 @@ def test_snapshot_replaces_earlier_ops(path: Path, journal: bytes) -> None:
     sf, _ = reload(path)
     sf.write_snapshot([R2], {})
     assert sf.ops_since_snapshot == 0
-    sf.append([route_op(R1)])
+    sf.append([AddRoute.of(R1)])
     sf.close()
     data = path.read_bytes()
     assert data.count(b"\n") == 3  # header, snapshot, one change
@@ -119,7 +129,7 @@ def test_a_failed_snapshot_keeps_the_old_journal_whole(
     # Neither the temporary file nor its descriptor may be left behind.
     leaked = len(os.listdir("/proc/self/fd")) - fds
     assert (sorted(os.listdir(path.parent)), leaked) == ([path.name], 0)
-    sf.append([["del", *R2.key]])  # the journal still takes changes
+    sf.append([DelRoute(R2.key)])  # the journal still takes changes
     sf.close()
     assert reload(path)[1].routes == {R1.key: R1}
 
@@ -131,7 +141,7 @@ def test_torn_tail_is_ignored_and_cut_before_the_next_append(path: Path, journal
     assert loaded.torn_tail
     assert loaded.good_length == len(journal)
     assert R1.key in loaded.routes  # the unacknowledged delete never happened
-    sf.append([["threshold", "eth2", 9]])
+    sf.append([SetThreshold("eth2", 9)])
     sf.close()
     assert path.read_bytes() == journal + encode_record({"ops": [["threshold", "eth2", 9]]})
     assert reload(path)[1].thresholds["eth2"] == 9
@@ -197,8 +207,8 @@ def test_bad_header_is_corruption(path: Path, head: bytes) -> None:
 
 
 def test_append_cost_does_not_depend_on_the_number_of_routes(tmp_path: Path) -> None:
-    ops = [route_op(R1), ["threshold", "eth1", 4]]
-    record = encode_record({"ops": ops})
+    changes: list[Change] = [AddRoute.of(R1), SetThreshold("eth1", 4)]
+    record = encode_record({"ops": [route_op(R1), ["threshold", "eth1", 4]]})
     for count in (1, 2000):
         path = tmp_path / f"journal-{count}"
         sf = StateFile(str(path))
@@ -208,7 +218,7 @@ def test_append_cost_does_not_depend_on_the_number_of_routes(tmp_path: Path) -> 
         ]
         sf.write_snapshot(routes, {})
         size = path.stat().st_size
-        sf.append(ops)
+        sf.append(changes)
         assert path.stat().st_size == size + len(record)
         assert path.read_bytes()[size:] == record
         sf.close()
@@ -224,11 +234,11 @@ def test_a_failed_append_is_cut_back_and_reported(
 
     monkeypatch.setattr(os, "fdatasync", fail)
     with pytest.raises(StateError, match="No space left on device"):
-        sf.append([["del", *R1.key]])
+        sf.append([DelRoute(R1.key)])
     monkeypatch.undo()
     assert path.read_bytes() == journal
     assert sf.ops_since_snapshot == 2
-    sf.append([["del", *R2.key]])
+    sf.append([DelRoute(R2.key)])
     sf.close()
     assert reload(path)[1].routes == {R1.key: R1}
 
@@ -327,8 +337,8 @@ def test_ops_after_a_chunked_snapshot_count_alone(path: Path) -> None:
     chunked(path)
     sf, _ = reload(path)
     assert sf.ops_since_snapshot == 0
-    sf.append([route_op(R1)])
-    sf.append([["del", *routes[1500].key], ["threshold", "eth3", 2]])
+    sf.append([AddRoute.of(R1)])
+    sf.append([DelRoute(routes[1500].key), SetThreshold("eth3", 2)])
     sf.close()
     sf, loaded = reload(path)
     assert (loaded.ops_since_snapshot, sf.ops_since_snapshot) == (3, 3)
@@ -410,7 +420,7 @@ def test_a_malformed_route_in_a_route_record_is_corrupt(path: Path) -> None:
 def test_torn_tail_after_a_chunked_snapshot(path: Path) -> None:
     data = chunked(path)
     sf, _ = reload(path)
-    sf.append([route_op(R1)])
+    sf.append([AddRoute.of(R1)])
     sf.close()
     journal = path.read_bytes()
     path.write_bytes(journal + encode_record({"ops": [["del", *R1.key]]})[:-3])
@@ -418,7 +428,7 @@ def test_torn_tail_after_a_chunked_snapshot(path: Path) -> None:
     assert loaded.torn_tail
     assert (loaded.good_length, loaded.ops_since_snapshot) == (len(journal), 1)
     assert len(loaded.routes) == 2501
-    sf.append([["threshold", "eth2", 9]])
+    sf.append([SetThreshold("eth2", 9)])
     sf.close()
     assert path.read_bytes() == journal + encode_record({"ops": [["threshold", "eth2", 9]]})
     assert path.read_bytes().startswith(data)
@@ -454,7 +464,7 @@ def test_a_snapshot_that_fails_midway_leaves_the_old_journal(
     leaked = len(os.listdir("/proc/self/fd")) - fds
     assert (sorted(os.listdir(path.parent)), leaked) == ([path.name], 0)
     assert path.read_bytes() == journal
-    sf.append([["del", *R2.key]])
+    sf.append([DelRoute(R2.key)])
     sf.close()
     assert reload(path)[1].routes == {R1.key: R1}
 
@@ -474,3 +484,33 @@ def test_parse_leaves_the_garbage_collector_as_it_found_it(path: Path, enabled: 
     finally:
         if was:
             gc.enable()
+
+
+NAMES = st.sampled_from(["eth0", "eth1", "r0", "br-lan.10", "a+b@c", "x_y-z"])
+ADDRESSES = {
+    4: (["10.0.0.1", "198.18.255.254"], ["239.1.1.1", "232.0.0.9"]),
+    6: (["2001:db8::1", "fd00::a"], ["ff3e::1:2", "ff05::db8:0:1"]),
+}
+
+
+@st.composite
+def adds(draw: st.DrawFn) -> AddRoute:
+    sources, groups = ADDRESSES[draw(st.sampled_from([4, 6]))]
+    names = draw(st.lists(NAMES, min_size=2, max_size=4, unique=True))
+    args = {"source": draw(st.sampled_from(sources)), "group": draw(st.sampled_from(groups))}
+    return AddRoute.of(validate.route({**args, "iif": names[0], "oifs": names[1:]}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            adds(),
+            st.just(DelRoute((6, "2001:db8::1", "ff3e::1:2"))),
+            st.builds(SetThreshold, NAMES, st.integers(1, 255)),
+        ),
+        max_size=6,
+    )
+)
+def test_changes_are_encoded_as_json_encodes_their_ops(changes: list[Any]) -> None:
+    assert encode_changes(changes) == encode_record({"ops": [change_op(c) for c in changes]})

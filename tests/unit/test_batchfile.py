@@ -1,0 +1,86 @@
+"""Tests for mfcd.batchfile: the `mfc add|del` line syntax of batch texts."""
+
+from __future__ import annotations
+
+import pytest
+
+from mfcd import batchfile
+
+
+def ops(*lines: str) -> list[tuple[int, batchfile.Op]]:
+    return list(batchfile.lines("\n".join(lines)))
+
+
+def test_comments_and_blank_lines_are_skipped_and_lines_keep_their_numbers() -> None:
+    assert ops(
+        "# routes for the lab",
+        "",
+        "   ",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,r2  # two oifs",
+        "add --source 10.0.0.2 --group 239.1.1.1 --iif r0 --oifs r1 r2",
+        "mfc del --source 10.0.0.3 --group 239.1.1.1",
+        "\tdel   --group ff0e::1 --source 2001:db8::1",
+    ) == [
+        (4, {"op": "add", "source": "10.0.0.1", "group": "239.1.1.1", "iif": "r0",
+             "oifs": ["r1", "r2"]}),
+        (5, {"op": "add", "source": "10.0.0.2", "group": "239.1.1.1", "iif": "r0",
+             "oifs": ["r1", "r2"]}),
+        (6, {"op": "del", "source": "10.0.0.3", "group": "239.1.1.1"}),
+        (7, {"op": "del", "source": "2001:db8::1", "group": "ff0e::1"}),
+    ]  # fmt: skip
+
+
+def test_the_generated_shape_and_the_general_parser_agree() -> None:
+    fast = "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,r2"
+    # The same words in another order take the general path.
+    slow = "mfc add --group 239.1.1.1 --source 10.0.0.1 --oifs r1,r2 --iif r0"
+    assert ops(fast)[0][1] == ops(slow)[0][1]
+    assert ops(fast + ",,")[0][1] == ops(fast)[0][1]  # empty names between commas are dropped
+
+
+def test_equals_and_quotes_work_like_on_the_command_line() -> None:
+    assert ops(
+        'mfc add --source="10.0.0.1" --group 239.1.1.1 --iif r0 --oifs r1 r2  # two oifs',
+        "mfc del --source '10.0.0.2' --group=239.1.1.2",
+    ) == [
+        (1, {"op": "add", "source": "10.0.0.1", "group": "239.1.1.1", "iif": "r0",
+             "oifs": ["r1", "r2"]}),
+        (2, {"op": "del", "source": "10.0.0.2", "group": "239.1.1.2"}),
+    ]  # fmt: skip
+
+
+def test_a_text_without_a_final_newline_and_with_crlf_line_ends() -> None:
+    text = "mfc del --source 10.0.0.1 --group 239.1.1.1\r\nmfc del --source 10.0.0.2 --group g"
+    assert [(n, op["source"]) for n, op in batchfile.lines(text)] == [
+        (1, "10.0.0.1"),
+        (2, "10.0.0.2"),
+    ]
+    assert list(batchfile.lines("")) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("mfc show", "expected `mfc add ...` or `mfc del ...`"),
+        ("mfc", "expected `mfc add ...`"),
+        ("vif set r1 --threshold 3", "expected `mfc add ...`"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0", "needs --oifs"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --oifs r1", "needs --iif"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs ,", "needs --oifs"),
+        ("mfc del --group 239.1.1.1", "needs --source"),
+        ("mfc del --source 10.0.0.1 --group 239.1.1.1 --iif r0", "takes no --iif"),
+        ("mfc del --source 10.0.0.1 10.0.0.2 --group 239.1.1.1", "--source takes one value"),
+        ("mfc del --source 10.0.0.1 --source 10.0.0.2 --group g", "--source given twice"),
+        ("mfc add --source s --group g --iif r0 --oifs r1 -o json", "unexpected option -o"),
+        ("mfc add --source s --group g --iif -x --oifs r1", "unexpected option -x"),
+        ("mfc del --src 10.0.0.1 --group 239.1.1.1", "unexpected option --src"),
+        ("mfc del 10.0.0.1 239.1.1.1", "unexpected word '10.0.0.1'"),
+        ("mfc del --source 'unclosed --group g", "quotation"),
+    ],
+)
+def test_a_bad_line_is_named_by_its_number(line: str, words: str) -> None:
+    good = "mfc del --source 10.0.0.9 --group 239.1.1.1"
+    with pytest.raises(batchfile.SyntaxProblem) as info:
+        ops("# header", good, "", line, good)
+    assert str(info.value).startswith("line 4: ")
+    assert words in str(info.value)
