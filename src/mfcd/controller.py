@@ -140,8 +140,8 @@ class Controller:
             steps: list[Step] = []
             for name, ifindex in links.items():
                 steps += router.link_up(name, ifindex)
-            for route in loaded.routes.values():
-                steps += router.restore(route)
+            for key, ports in loaded.routes.items():
+                steps += router.restore(key, ports)
                 if len(steps) >= CHUNK:
                     self._execute_into(steps, undo)
                     steps = []
@@ -165,11 +165,11 @@ class Controller:
         router.thresholds.update(loaded.thresholds)
         for name, ifindex in links.items():
             router.note_link(name, ifindex)
-        for route in loaded.routes.values():
-            router.keep(route)
+        for key, ports in loaded.routes.items():
+            router.keep(key, ports)
         router.commit()
-        for route in loaded.routes.values():
-            self._install_or_park(route.key, f"restore {route.source} -> {route.group}")
+        for key in loaded.routes:
+            self._install_or_park(key, f"restore {key[1]} -> {key[2]}")
 
     # --- client changes --------------------------------------------------------------------------
 

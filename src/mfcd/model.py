@@ -443,10 +443,9 @@ class Router:
         for name in self.routes.pop(key).interfaces:
             self.vifs[(family, name)].refs -= 1
 
-    def restore(self, route: Route) -> list[Step]:
+    def restore(self, key: RouteKey, ports: Ports) -> list[Step]:
         """Add a saved route at start-up: install it if possible, else leave it pending."""
-        key = route.key
-        ports = self.ports(route.iif, route.oifs)
+        ports = self.share(ports)
         if key not in self.routes:
             steps = self._install_direct(key, ports)
             if steps is not None:
@@ -454,9 +453,9 @@ class Router:
         self._set(self.routes, key, ports)
         return self.try_install(key)
 
-    def keep(self, route: Route) -> None:
+    def keep(self, key: RouteKey, ports: Ports) -> None:
         """Hold a route without installing it yet (try_install does that)."""
-        self._set(self.routes, route.key, self.ports(route.iif, route.oifs))
+        self._set(self.routes, key, self.share(ports))
 
     def park(self, route: Route, reason: str) -> None:
         """Keep a route the kernel refused as pending; `mfcctl sync` tries it again."""

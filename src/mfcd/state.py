@@ -47,7 +47,7 @@ from typing import Any
 
 from mfcd import validate
 from mfcd.errors import MfcdError, StateError
-from mfcd.model import AddRoute, Change, DelRoute, Ports, Route, SetThreshold
+from mfcd.model import AddRoute, Change, DelRoute, Ports, Route, RouteKey, SetThreshold
 
 HEADER = b"mfcd-state 1\n"
 SNAPSHOT_CHUNK = 1000  # routes per snapshot line at most
@@ -104,7 +104,12 @@ def encode_record(record: dict[str, Any]) -> bytes:
 class Loaded:
     """What a state file holds, replayed."""
 
-    routes: dict[tuple[int, str, str], Route] = field(default_factory=dict)
+    def route_list(self) -> list[Route]:
+        return [Route(*key, *ports) for key, ports in self.routes.items()]
+
+    # Each route's key and interfaces, as the model keeps them (one Ports per combination):
+    # the key tuples read here are the ones the model goes on using.
+    routes: dict[RouteKey, Ports] = field(default_factory=dict)
     thresholds: dict[str, int] = field(default_factory=dict)
     ops_since_snapshot: int = 0
     good_length: int = 0  # bytes up to the end of the last complete record
@@ -113,36 +118,25 @@ class Loaded:
 
 # Interfaces of the routes read so far: (iif, *oifs) as saved -> (iif, oifs) checked and
 # interned. Most routes share a handful of combinations, so each is checked once and every
-# route using it shares the same strings and tuple.
-_Interfaces = tuple[str, tuple[str, ...]]
-_seen_interfaces: dict[tuple[Any, ...], _Interfaces] = {}
+# route using it shares the same Ports.
+_seen_interfaces: dict[tuple[Any, ...], Ports] = {}
 
 
-def _check_interfaces(combo: tuple[Any, ...], iif: Any, oifs: list[Any]) -> _Interfaces:
+def _check_interfaces(combo: tuple[Any, ...], iif: Any, oifs: list[Any]) -> Ports:
     """The first route with these interfaces: check them, remember them as `combo`."""
     if not oifs or iif in oifs or len(set(oifs)) != len(oifs):
         raise ValueError("malformed route")
     validate.interface(iif, "iif")
     validate.interfaces(oifs, "oifs")
-    checked = (intern(iif), tuple([intern(n) for n in oifs]))
+    checked = Ports(intern(iif), tuple([intern(n) for n in oifs]))
     if len(_seen_interfaces) < 65536:
         _seen_interfaces[combo] = checked
     return checked
 
 
-def _route(family: Any, source: Any, group: Any, iif: Any, oifs: Any) -> Route:
-    """A route as saved; the checksum vouches for the bytes, this for what the model assumes."""
-    if family not in (4, 6) or source.__class__ is not str or group.__class__ is not str:
-        raise ValueError("malformed route")
-    if oifs.__class__ is not list:
-        raise ValueError("malformed oifs")
-    combo = (iif, *oifs)
-    iif, oifs = _seen_interfaces.get(combo) or _check_interfaces(combo, iif, oifs)
-    return Route(family, source, group, iif, oifs)
-
-
-def _add_routes(routes: dict[tuple[int, str, str], Route], saved: list[Any]) -> None:
-    """Add a snapshot's routes: `_route` for each, inlined (the hot loop of every start)."""
+def _add_routes(routes: dict[RouteKey, Ports], saved: list[Any]) -> None:
+    """Add saved routes `[family, source, group, iif, [oifs]]`; the checksum vouches for the
+    bytes, this for what the model assumes (the hot loop of every start)."""
     seen = _seen_interfaces
     for family, source, group, saved_iif, saved_oifs in saved:
         if (
@@ -155,16 +149,13 @@ def _add_routes(routes: dict[tuple[int, str, str], Route], saved: list[Any]) -> 
         checked = seen.get((saved_iif, *saved_oifs))
         if checked is None:
             checked = _check_interfaces((saved_iif, *saved_oifs), saved_iif, saved_oifs)
-        iif, oifs = checked
-        # The key spelled out rather than route.key: a NamedTuple computes it on each access.
-        routes[family, source, group] = Route(family, source, group, iif, oifs)
+        routes[family, source, group] = checked
 
 
 def _apply(loaded: Loaded, op: Op) -> None:
     kind = op[0]
     if kind == "add":
-        route = _route(*op[1:])
-        loaded.routes[route.key] = route
+        _add_routes(loaded.routes, [op[1:]])
     elif kind == "del":
         _, family, source, group = op
         loaded.routes.pop((family, source, group), None)

@@ -13,7 +13,7 @@ from mfcd.controller import (
     describe_step,
 )
 from mfcd.errors import KernelError, NotFound, StateError, VifLimit
-from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, Route, SetThreshold
+from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, Ports, Route, SetThreshold
 from mfcd.state import Loaded, route_op
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
@@ -158,7 +158,9 @@ def test_dry_run_returns_the_plan_and_changes_nothing(ctl: Controller) -> None:
 
 def test_restore_installs_what_it_can_and_leaves_the_rest_pending() -> None:
     loaded = Loaded(
-        routes={r.key: r for r in (r4(1, "a", "b"), r4(2, "a", "x"), r4(3, "y", "b"))},
+        routes={
+            r.key: Ports(r.iif, r.oifs) for r in (r4(1, "a", "b"), r4(2, "a", "x"), r4(3, "y", "b"))
+        },
         thresholds={"b": 5},
     )
     ctl = Controller(FakeKernel(), FakeState())
@@ -177,7 +179,7 @@ def test_restore_installs_what_it_can_and_leaves_the_rest_pending() -> None:
 @pytest.mark.parametrize("nth", range(1, 8))
 def test_restore_falls_back_to_one_route_at_a_time(nth: int, chunk: int) -> None:
     routes = (r4(1, "a", "b"), r4(2, "c", "d"), r4(3, "a", "b", "c"))
-    loaded = Loaded(routes={r.key: r for r in routes})
+    loaded = Loaded(routes={r.key: Ports(r.iif, r.oifs) for r in routes})
     kernel = FakeKernel(fail_at=nth)  # fails the first, all-at-once attempt only
     ctl = Controller(kernel, FakeState())
     ctl.restore(loaded, LINKS)
@@ -228,7 +230,7 @@ def test_compaction_threshold_grows_with_the_number_of_routes() -> None:
     _, state = fake(ctl)
     ctl.router.begin()
     for n in range(10_001):
-        ctl.router.restore(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.9.9.9", "a", ("x",)))
+        ctl.router.restore((4, f"10.{n >> 8}.{n & 255}.1", "239.9.9.9"), Ports("a", ("x",)))
     ctl.router.commit()
     state.ops_since_snapshot = 10_000
     ctl.change([AddRoute.of(r4(1, "a", "b"))])
@@ -274,7 +276,7 @@ def test_blocked_route_is_installed_when_a_vif_index_is_freed(present: bool) -> 
 def test_restore_with_more_interfaces_than_vifs_starts_over_and_leaks_no_vif() -> None:
     names = [f"e{i}" for i in range(MAXVIFS)]
     big, last, extra = r4(1, "e0", *names[1:-1]), r4(2, "e0", "e31"), r4(3, "e0", "x")
-    loaded = Loaded(routes={r.key: r for r in (big, last, extra)})
+    loaded = Loaded(routes={r.key: Ports(r.iif, r.oifs) for r in (big, last, extra)})
     kernel = FakeKernel()
     ctl = Controller(kernel, FakeState())
     ctl.restore(loaded, {name: i + 1 for i, name in enumerate([*names, "x"])})

@@ -16,16 +16,22 @@ from hypothesis import strategies as st
 
 from mfcd import state, validate
 from mfcd.errors import StateError
-from mfcd.model import AddRoute, Change, DelRoute, Route, SetThreshold
+from mfcd.model import AddRoute, Change, DelRoute, Route, RouteKey, SetThreshold
 from mfcd.state import (
     HEADER,
     SNAPSHOT_CHUNK,
+    Loaded,
     StateFile,
     change_op,
     encode_changes,
     encode_record,
     route_op,
 )
+
+
+def routes_of(loaded: Loaded) -> dict[RouteKey, Route]:
+    return {route.key: route for route in loaded.route_list()}
+
 
 R1 = Route(4, "10.0.0.1", "239.1.1.1", "eth0", ("eth1", "eth2"))
 R2 = Route(6, "2001:db8::1", "ff0e::1", "eth1", ("eth0",))
@@ -64,20 +70,20 @@ def test_missing_file_loads_empty_and_first_append_creates_it(path: Path) -> Non
     sf.append([AddRoute.of(R1)])
     sf.close()
     _, loaded = reload(path)
-    assert loaded.routes == {R1.key: R1}
+    assert routes_of(loaded) == {R1.key: R1}
     assert path.read_bytes().startswith(HEADER)
 
 
 def test_round_trip(path: Path, journal: bytes) -> None:
     sf, loaded = reload(path)
-    assert loaded.routes == {R1.key: R1, R2.key: R2}
+    assert routes_of(loaded) == {R1.key: R1, R2.key: R2}
     assert loaded.thresholds == {"eth1": 3, "eth0": 7}
     assert loaded.ops_since_snapshot == 2
     assert sf.ops_since_snapshot == 2
     sf.append([DelRoute(R1.key)])
     sf.close()
     _, loaded = reload(path)
-    assert loaded.routes == {R2.key: R2}
+    assert routes_of(loaded) == {R2.key: R2}
     assert loaded.ops_since_snapshot == 3
 
 
@@ -90,7 +96,7 @@ def test_snapshot_replaces_earlier_ops(path: Path, journal: bytes) -> None:
     data = path.read_bytes()
     assert data.count(b"\n") == 3  # header, snapshot, one change
     _, loaded = reload(path)
-    assert loaded.routes == {R2.key: R2, R1.key: R1}
+    assert routes_of(loaded) == {R2.key: R2, R1.key: R1}
     assert (loaded.thresholds, loaded.ops_since_snapshot) == ({}, 1)
 
 
@@ -131,7 +137,7 @@ def test_a_failed_snapshot_keeps_the_old_journal_whole(
     assert (sorted(os.listdir(path.parent)), leaked) == ([path.name], 0)
     sf.append([DelRoute(R2.key)])  # the journal still takes changes
     sf.close()
-    assert reload(path)[1].routes == {R1.key: R1}
+    assert routes_of(reload(path)[1]) == {R1.key: R1}
 
 
 def test_torn_tail_is_ignored_and_cut_before_the_next_append(path: Path, journal: bytes) -> None:
@@ -240,7 +246,7 @@ def test_a_failed_append_is_cut_back_and_reported(
     assert sf.ops_since_snapshot == 2
     sf.append([DelRoute(R2.key)])
     sf.close()
-    assert reload(path)[1].routes == {R1.key: R1}
+    assert routes_of(reload(path)[1]) == {R1.key: R1}
 
 
 def test_unreadable_path_is_a_state_error(tmp_path: Path) -> None:
@@ -301,8 +307,7 @@ def test_snapshot_round_trip_in_bounded_lines(path: Path, count: int) -> None:
         assert data == HEADER + b"".join(expected)
         assert len(records) == 1 + parts
     sf, loaded = reload(path)
-    assert list(loaded.routes.values()) == routes  # in order
-    assert all(key == route.key for key, route in loaded.routes.items())
+    assert loaded.route_list() == routes  # in order
     assert loaded.thresholds == {"eth1": 5}
     assert (loaded.ops_since_snapshot, sf.ops_since_snapshot) == (0, 0)
     assert (loaded.good_length, loaded.torn_tail) == (len(data), False)
@@ -318,7 +323,7 @@ def test_write_snapshot_takes_any_iterable(path: Path) -> None:
     sf.write_snapshot({r.key: r for r in routes}.values(), {})
     sf.close()
     assert path.read_bytes() == from_iterator
-    assert list(reload(path)[1].routes.values()) == routes
+    assert reload(path)[1].route_list() == routes
 
 
 def test_a_single_record_snapshot_of_any_size_still_loads(path: Path) -> None:
@@ -327,7 +332,7 @@ def test_a_single_record_snapshot_of_any_size_still_loads(path: Path) -> None:
     snapshot = {"snapshot": {"routes": saved(routes), "thresholds": {"eth2": 4}}}
     path.write_bytes(HEADER + encode_record(snapshot) + encode_record({"ops": [["del", *R1.key]]}))
     sf, loaded = reload(path)
-    assert list(loaded.routes.values()) == routes
+    assert loaded.route_list() == routes
     assert (loaded.thresholds, loaded.ops_since_snapshot) == ({"eth2": 4}, 1)
     sf.close()
 
@@ -344,7 +349,7 @@ def test_ops_after_a_chunked_snapshot_count_alone(path: Path) -> None:
     assert (loaded.ops_since_snapshot, sf.ops_since_snapshot) == (3, 3)
     expected = {r.key: r for r in routes if r is not routes[1500]}
     expected[R1.key] = R1
-    assert loaded.routes == expected
+    assert routes_of(loaded) == expected
     assert loaded.thresholds == {"eth3": 2}
     sf.close()
 
@@ -355,7 +360,7 @@ def test_a_snapshot_after_ops_starts_over(path: Path, journal: bytes) -> None:
     snapshot = chunked(path.with_name("other"), 1500)[len(HEADER) :]
     path.write_bytes(journal + snapshot + encode_record({"ops": [route_op(R1)]}))
     _, loaded = reload(path)
-    assert loaded.routes == {**{r.key: r for r in routes}, R1.key: R1}
+    assert routes_of(loaded) == {**{r.key: r for r in routes}, R1.key: R1}
     assert (loaded.thresholds, loaded.ops_since_snapshot) == ({}, 1)
 
 
@@ -466,7 +471,7 @@ def test_a_snapshot_that_fails_midway_leaves_the_old_journal(
     assert path.read_bytes() == journal
     sf.append([DelRoute(R2.key)])
     sf.close()
-    assert reload(path)[1].routes == {R1.key: R1}
+    assert routes_of(reload(path)[1]) == {R1.key: R1}
 
 
 @pytest.mark.parametrize("enabled", [True, False])
