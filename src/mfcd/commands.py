@@ -196,24 +196,24 @@ class Commands:
 
     def _text_changes(self, text: str) -> list[Change]:
         changes: list[Change] = []
+        add = changes.append
         families = self.families
+        route_parts = validate.route_parts
         lineno = 0
         try:
-            for lineno, op in batchfile.lines(text):  # noqa: B007 (the except clause reads it)
-                if op["op"] == "add":
-                    key, ports = validate.route_parts(
-                        op["source"], op["group"], op["iif"], op["oifs"]
-                    )
+            for lineno, kind, source, group, iif, oifs in batchfile.lines(text):  # noqa: B007
+                if oifs is not None:
+                    key, ports = route_parts(source, group, iif, oifs)
                     if key[0] not in families:
                         self._check_family(key[0])
-                    changes.append(AddRoute(key, ports))
+                    add(AddRoute(key, ports))
                 else:
-                    key = validate.route_key_of(op["source"], op["group"])
+                    key = validate.route_key_of(source, group)
                     self._check_family(key[0])
-                    changes.append(DelRoute(key))
+                    add(DelRoute(key))
         except batchfile.SyntaxProblem as e:
             raise BatchSyntax(str(e)) from None
-        except MfcdError as e:
+        except MfcdError as e:  # (lineno is the failing line's)
             e.args = (f"line {lineno}: {e}",)
             raise
         return changes
@@ -294,7 +294,7 @@ def _name_line(error: MfcdError, text: str) -> None:
     if not (sep and head.startswith("op ") and head[3:].isdigit()):
         return
     wanted = int(head[3:])
-    for count, (lineno, _) in enumerate(batchfile.lines(text), 1):
+    for count, (lineno, *_) in enumerate(batchfile.lines(text), 1):
         if count == wanted:
             error.args = (f"line {lineno}: {rest}",)
             return

@@ -109,7 +109,12 @@ def route_key(args: dict[str, Any]) -> RouteKey:
 
 def route_key_of(source: Any, group: Any) -> RouteKey:
     """Validate a source and a group; return the route key with canonical addresses."""
-    if source.__class__ is str and group.__class__ is str and ":" not in source + group:
+    if (
+        source.__class__ is str
+        and group.__class__ is str
+        and ":" not in source
+        and ":" not in group
+    ):
         # IPv4, the common case of large batches: the checks of _address and the _check_*
         # functions inline.
         try:
