@@ -93,30 +93,6 @@ def words(line: str) -> list[str]:
 def line_op(words: list[str]) -> Op:
     """The words of one change (`[mfc] add|del --source ...`) as a protocol op; ValueError
     says what is wrong."""
-    # The shape generated files use, `mfc add --source S --group G --iif I --oifs O`, is
-    # recognised directly: a batch of 100,000 lines spends most of its parsing here.
-    if (
-        len(words) == 10
-        and words[0] == "mfc"
-        and words[1] == "add"
-        and words[2] == "--source"
-        and words[4] == "--group"
-        and words[6] == "--iif"
-        and words[8] == "--oifs"
-        and words[3][0] != "-"
-        and words[5][0] != "-"
-        and words[7][0] != "-"
-        and words[9][0] != "-"
-    ):
-        oifs = words[9].split(",") if "," in words[9] else [words[9]]
-        if all(oifs):
-            return {
-                "op": "add",
-                "source": words[3],
-                "group": words[5],
-                "iif": words[7],
-                "oifs": oifs,
-            }
     if words[0] == "mfc":
         words = words[1:]
     if not words or words[0] not in ("add", "del"):
