@@ -36,17 +36,7 @@ def lines(text: str) -> Iterator[Change]:
 
     Raises SyntaxProblem with the message prefixed `line N: `.
     """
-    lineno = 0
-    pos = 0
-    end = len(text)
-    while pos < end:
-        # One line at a time, not splitlines(): a line's words are freed before the next is read.
-        newline = text.find("\n", pos)
-        if newline < 0:
-            newline = end
-        line = text[pos:newline]
-        pos = newline + 1
-        lineno += 1
+    for lineno, line in _numbered(text):
         if "#" in line or '"' in line or "'" in line:
             try:
                 found = words(line)
@@ -79,6 +69,30 @@ def lines(text: str) -> Iterator[Change]:
         except ValueError as e:
             raise SyntaxProblem(f"line {lineno}: {e}") from None
         yield lineno, op["op"], op["source"], op["group"], op.get("iif", ""), op.get("oifs")
+
+
+# What ends a line besides "\n", as for str.splitlines(); str.split() would take these for
+# spaces, so a "#" comment would swallow the lines after it.
+_OTHER_LINE_ENDS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
+def _numbered(text: str) -> Iterator[tuple[int, str]]:
+    """The lines of a text with their numbers, ended as by str.splitlines()."""
+    if any(end in text for end in _OTHER_LINE_ENDS):  # (`re` would slow mfcctl's start)
+        yield from enumerate(text.splitlines(), 1)
+        return
+    # The usual text: one line at a time, not splitlines(), so that a line's words are freed
+    # before the next line is read.
+    lineno = 0
+    pos = 0
+    end = len(text)
+    while pos < end:
+        newline = text.find("\n", pos)
+        if newline < 0:
+            newline = end
+        lineno += 1
+        yield lineno, text[pos:newline]
+        pos = newline + 1
 
 
 def words(line: str) -> list[str]:

@@ -251,7 +251,9 @@ class Commands:
         *,
         plan: bool = True,
     ) -> dict[str, Any]:
-        outcome = self.controller.change(changes, dry_run=dry_run, keep_steps=plan)
+        outcome = self.controller.change(
+            changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch"
+        )
         result: dict[str, Any] = {"dry_run": dry_run, "changes": len(changes)}
         result["kernel_operations"] = dict(outcome.counts)
         if plan:

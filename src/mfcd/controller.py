@@ -174,10 +174,15 @@ class Controller:
     # --- client changes --------------------------------------------------------------------------
 
     def change(
-        self, changes: Sequence[Change], dry_run: bool = False, keep_steps: bool = True
+        self,
+        changes: Sequence[Change],
+        dry_run: bool = False,
+        keep_steps: bool = True,
+        numbered: bool = False,
     ) -> Outcome:
         """Apply changes as one transaction: the kernel operations taken (or planned), counted,
-        and with keep_steps also listed.
+        and with keep_steps also listed.  A change the model refuses is named in the error
+        ("op N: ...") when there are several, or with `numbered` (a batch of one).
 
         Changes are planned and applied CHUNK at a time, so a batch of 100,000 routes never
         holds more than a chunk's steps: what the kernel must undo if a later change fails
@@ -189,7 +194,7 @@ class Controller:
         undo: list[KernelOp | None] = []  # what undoes each step applied so far, in order
         try:
             for start in range(0, len(changes), CHUNK):
-                steps = self._plan_chunk(changes, start)
+                steps = self._plan_chunk(changes, start, numbered or len(changes) > 1)
                 outcome.counts.update(step.action for step in steps)
                 if keep_steps:
                     outcome.steps += steps
@@ -214,7 +219,7 @@ class Controller:
             self.retry_pending(list(router.blocked))
         return outcome
 
-    def _plan_chunk(self, changes: Sequence[Change], start: int) -> list[Step]:
+    def _plan_chunk(self, changes: Sequence[Change], start: int, numbered: bool) -> list[Step]:
         router = self.router
         add_direct = router.add_direct
         steps: list[Step] = []
@@ -230,7 +235,7 @@ class Controller:
                         continue
                 steps += self._plan(change)
             except MfcdError as e:
-                if len(changes) > 1:  # say which op of a batch failed
+                if numbered:  # say which op of a batch failed
                     e.args = (f"op {index + 1}: {e}",)
                 raise
         return steps

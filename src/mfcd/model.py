@@ -173,6 +173,7 @@ class RouteStatus:
     reason: str  # empty when installed
 
 
+_Direct = tuple[tuple[Vif, ...], Entry, Ports]  # what add_direct needs to know of a Ports
 _MISSING: Any = object()
 _new = tuple.__new__
 _DICT, _SET, _SLOT, _DIRECT = range(4)  # kinds of undo-log entries
@@ -232,7 +233,7 @@ class Router:
         self._entries: dict[Entry, Entry] = {}
         # The direct path's VIFs and entry per family and Ports, within one transaction: a
         # transaction starts with it empty, and any change of a VIF or threshold clears it.
-        self._direct: dict[int, dict[Ports, tuple[tuple[Vif, ...], Entry]]] = {4: {}, 6: {}}
+        self._direct: dict[int, dict[Ports, _Direct]] = {4: {}, 6: {}}
 
     # --- transactions ----------------------------------------------------------------------------
 
@@ -407,10 +408,10 @@ class Router:
             known = self._direct_entry(family, ports)
             if known is None:
                 return None
-        used, entry = known
+        used, entry, shared = known
         for vif in used:
             vif.refs += 1
-        self.routes[key] = ports
+        self.routes[key] = shared
         self.installed[key] = entry
         if self._undo is not None:
             self._undo.append((_DIRECT, self, key, None))
@@ -418,8 +419,9 @@ class Router:
         write = _new(AddMfc, (family, key[1], key[2], entry.parent, entry.oifs))
         return [_new(Step, (write, _new(DelMfc, key), "add_mfc"))]
 
-    def _direct_entry(self, family: int, ports: Ports) -> tuple[tuple[Vif, ...], Entry] | None:
-        """The VIFs and the entry of a route on `ports`, if all its VIFs exist and are up."""
+    def _direct_entry(self, family: int, ports: Ports) -> _Direct | None:
+        """The VIFs, the entry and the shared Ports of a route on `ports`, if all its VIFs
+        exist and are up."""
         vifs = self.vifs
         used = []
         for name in ports.interfaces:
@@ -431,7 +433,7 @@ class Router:
         oifs = [(vif.vifi, th.get(vif.interface, DEFAULT_THRESHOLD)) for vif in used[1:]]
         if len(oifs) > 1:
             oifs.sort()
-        known = (tuple(used), self._share_entry(used[0].vifi, tuple(oifs)))
+        known = (tuple(used), self._share_entry(used[0].vifi, tuple(oifs)), self.share(ports))
         if len(self._direct[family]) < 4096:
             self._direct[family][ports] = known
         return known

@@ -104,9 +104,6 @@ def encode_record(record: dict[str, Any]) -> bytes:
 class Loaded:
     """What a state file holds, replayed."""
 
-    def route_list(self) -> list[Route]:
-        return [Route(*key, *ports) for key, ports in self.routes.items()]
-
     # Each route's key and interfaces, as the model keeps them (one Ports per combination):
     # the key tuples read here are the ones the model goes on using.
     routes: dict[RouteKey, Ports] = field(default_factory=dict)
@@ -114,6 +111,9 @@ class Loaded:
     ops_since_snapshot: int = 0
     good_length: int = 0  # bytes up to the end of the last complete record
     torn_tail: bool = False
+
+    def route_list(self) -> list[Route]:
+        return [Route(*key, *ports) for key, ports in self.routes.items()]
 
 
 # Interfaces of the routes read so far: (iif, *oifs) as saved -> (iif, oifs) checked and
@@ -205,6 +205,10 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
     while pos < len(data):
         end = data.find(b"\n", pos)
         if end < 0:
+            if pos == len(HEADER):
+                # The first record is a snapshot, written whole before a rename: it cannot be
+                # a torn append. Cutting it off would silently drop every route.
+                raise _corrupt(path, lineno + 1, "the snapshot has no newline; it was cut short")
             loaded.torn_tail = True  # an unacknowledged write cut short by a crash
             then = "an incomplete last line"
             break

@@ -84,3 +84,20 @@ def test_a_bad_line_is_named_by_its_number(line: str, words: str) -> None:
         ops("# header", good, "", line, good)
     assert str(info.value).startswith("line 4: ")
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("end", ["\r", "\r\n", "\v", "\f", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_every_line_end_of_splitlines_ends_a_line_and_its_comment(end: str) -> None:
+    # str.split() takes these for spaces: a "#" comment must not swallow the lines after it.
+    text = end.join(
+        [
+            "# studio routes",
+            "mfc del --source 10.0.0.1 --group 239.1.1.1",
+            "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif r0 --oifs r1  # one oif",
+            "",
+        ]
+    )
+    assert list(batchfile.lines(text)) == [
+        (2, "del", "10.0.0.1", "239.1.1.1", "", None),
+        (3, "add", "10.0.0.2", "239.1.1.1", "r0", ["r1"]),
+    ]

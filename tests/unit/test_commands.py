@@ -245,6 +245,16 @@ def test_a_bad_line_of_a_batch_text_rejects_it_all_and_is_named_by_its_line(
     assert snapshot(commands) == before
 
 
+@pytest.mark.parametrize("form", ["text", "ops"])
+def test_a_batch_of_one_change_names_it_too(commands: Commands, form: str) -> None:
+    gone = {"op": "del", "source": "10.0.0.9", "group": "239.1.1.1"}
+    text = "# nothing else\n\nmfc del --source 10.0.0.9 --group 239.1.1.1\n"
+    response = ask(commands, "batch", {"text": text} if form == "text" else {"ops": [gone]})
+    assert error_of(response)[0] == "not_found"
+    where = "line 3: " if form == "text" else "op 1: "
+    assert response["error"]["message"] == where + "no route for source 10.0.0.9 group 239.1.1.1"
+
+
 def test_a_disabled_family_is_an_invalid_argument() -> None:
     commands = make_commands(families=(4,))
     v6 = {"source": "2001:db8::1", "group": "ff0e::1", "iif": "a", "oifs": ["b"]}

@@ -160,6 +160,20 @@ def test_a_complete_record_without_newline_is_still_torn(path: Path, journal: by
     assert R1.key in loaded.routes
 
 
+@pytest.mark.parametrize("cut", [1, 5], ids=["newline", "more"])
+def test_a_snapshot_cut_short_is_corrupt_and_the_file_left_alone(path: Path, cut: int) -> None:
+    # The first record is a snapshot, written whole and renamed into place: never a torn
+    # append, so its routes must not be dropped as one.
+    sf = StateFile(str(path))
+    sf.write_snapshot([R1, R2], {})
+    sf.close()
+    data = path.read_bytes()[:-cut]
+    path.write_bytes(data)
+    with pytest.raises(StateError, match="line 2 is corrupt"):
+        StateFile(str(path)).load()
+    assert path.read_bytes() == data
+
+
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
