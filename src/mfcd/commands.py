@@ -123,7 +123,7 @@ class Commands:
 
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats",))
-        return self.controller.show(stats=_flag(args, "stats"))
+        return self.controller.show(stats=_flag(args, "stats"), encoded=True)
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats",))

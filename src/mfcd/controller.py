@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,7 @@ from mfcd.model import (
     SetThreshold,
     Step,
 )
+from mfcd.protocol import Encoded
 from mfcd.state import Loaded
 
 log = logging.getLogger("mfcd")
@@ -394,7 +396,9 @@ class Controller:
 
     # --- queries ---------------------------------------------------------------------------------
 
-    def show(self, stats: bool = False) -> dict[str, Any]:
+    def show(self, stats: bool = False, encoded: bool = False) -> dict[str, Any]:
+        """VIFs and routes as the protocol shows them; with `encoded`, the routes are one
+        protocol.Encoded JSON text (the same JSON: a test holds both to it)."""
         router = self.router
         vifs = []
         for vif in router.iter_vifs():
@@ -418,15 +422,41 @@ class Controller:
             vifs.append(entry)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
         healthy = all(vif.ifindex is not None for vif in router.vifs.values())
-        routes = [
-            self._route_json(key, ports, stats, healthy) for key, ports in router.routes.items()
-        ]
+        routes: list[dict[str, Any]] | Encoded
+        if encoded:
+            routes = self._routes_encoded(stats, healthy)
+        else:
+            routes = [
+                self._route_json(key, ports, stats, healthy) for key, ports in router.routes.items()
+            ]
         return {
             "schema": SHOW_SCHEMA,
             "vifs": vifs,
-            "routes": routes,
             "max_vifs": MAXVIFS,
+            "routes": routes,  # last: an Encoded member is written last all the same
         }
+
+    def _routes_encoded(self, stats: bool, healthy: bool) -> Encoded:
+        installed = self.router.installed
+        interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
+        parts = []
+        for key, ports in self.router.routes.items():
+            if stats or not healthy or key not in installed:
+                parts.append(_json(self._route_json(key, ports, stats, healthy)))
+                continue
+            # An installed route of a healthy table: formatted directly. Addresses are
+            # canonical (hex digits, dots, colons) and need no escaping; names go through
+            # json.dumps once per combination.
+            text = interfaces.get(ports)
+            if text is None:
+                text = _json({"iif": ports.iif, "oifs": list(ports.oifs)})[1:-1]
+                interfaces[ports] = text
+            family, source, group = key
+            parts.append(
+                f'{{"family":"{FAMILY_NAMES[family]}","source":"{source}","group":"{group}",'
+                f'{text},"state":"installed"}}'
+            )
+        return Encoded(f"[{','.join(parts)}]")
 
     def _route_json(
         self, key: RouteKey, ports: Ports, stats: bool, healthy: bool
@@ -455,6 +485,10 @@ class Controller:
                 "wrong_if": c.wrong_if if c else 0,
             }
         return out
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _step_text(step: Step) -> str:

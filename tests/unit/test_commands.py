@@ -137,6 +137,18 @@ def test_the_id_is_echoed(commands: Commands, request_id: Any) -> None:
     assert ask(commands, "nope", {}, id=request_id)["id"] == request_id
 
 
+@pytest.mark.parametrize(
+    "result",
+    [{}, {"a": 1}, {"a": [1, "x"], "b": {"c": None}}],
+)
+def test_encoded_members_are_spliced_into_the_result(result: dict[str, Any]) -> None:
+    members = {"routes": [{"source": "10.0.0.1", "oifs": ["b"]}], "z": 'q"uote'}
+    encoded = {k: protocol.Encoded(json.dumps(v)) for k, v in members.items()}
+    line = protocol.encode_result(9, {**result, **encoded})
+    assert line.endswith(b"}}\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"v": 1, "id": 9, "ok": True, "result": {**result, **members}}
+
+
 def test_ping_and_show(commands: Commands) -> None:
     result = ask(commands, "ping", {})["result"]
     assert (result["protocol"], result["families"]) == (1, ["ipv4", "ipv6"])

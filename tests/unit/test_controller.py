@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from mfcd.controller import (
 )
 from mfcd.errors import KernelError, NotFound, StateError, VifLimit
 from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, Ports, Route, SetThreshold
+from mfcd.protocol import Encoded
 from mfcd.state import Loaded, route_op
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
@@ -314,3 +316,23 @@ def test_a_change_that_changes_nothing_writes_no_journal_record(ctl: Controller)
     assert ctl.change([AddRoute.of(r4(9, "a", "b"))]).steps == []  # the same route again
     assert ctl.change([]).steps == []  # an empty batch
     assert state.records == records and kernel.calls == calls
+
+
+@pytest.mark.parametrize("stats", [False, True])
+def test_show_encodes_its_routes_as_json_would(ctl: Controller, stats: bool) -> None:
+    ctl.change(
+        [
+            AddRoute.of(Route(6, "2001:db8::1", "ff3e::1", "a", ("b", "c"))),
+            AddRoute.of(r4(3, "a", "zz")),  # pending
+        ]
+    )
+    for healthy in (True, False):
+        if not healthy:
+            ctl.link_down("c")  # degrades the routes using c: every route takes the slow path
+        shown = ctl.show(stats=stats)
+        encoded = ctl.show(stats=stats, encoded=True)
+        assert isinstance(encoded["routes"], Encoded)
+        assert encoded["routes"] == json.dumps(shown["routes"], separators=(",", ":"))
+        assert {k: v for k, v in encoded.items() if k != "routes"} == {
+            k: v for k, v in shown.items() if k != "routes"
+        }
