@@ -30,13 +30,31 @@ def split_oifs(values: list[str]) -> list[str]:
 Change = tuple[int, str, str, str, str, "list[str] | None"]  # line, add|del, S, G, iif, oifs
 
 
+# What ends a line besides "\n", as for str.splitlines(); str.split() would take these for
+# spaces, so a "#" comment would swallow the lines after it. A text with any of them is
+# rewritten with "\n" alone first.
+_OTHER_LINE_ENDS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+
 def lines(text: str) -> Iterator[Change]:
     """Each change of a batch text as (line number, "add" or "del", source, group, iif,
     oifs); a del has no iif ("") and no oifs (None).  Blank and comment lines yield nothing.
 
     Raises SyntaxProblem with the message prefixed `line N: `.
     """
-    for lineno, line in _numbered(text):
+    if any(end in text for end in _OTHER_LINE_ENDS):  # (`re` would slow mfcctl's start)
+        text = "\n".join(text.splitlines())
+    lineno = 0
+    pos = 0
+    end = len(text)
+    while pos < end:
+        # One line at a time, not splitlines(): a line's words are freed before the next is read.
+        newline = text.find("\n", pos)
+        if newline < 0:
+            newline = end
+        line = text[pos:newline]
+        pos = newline + 1
+        lineno += 1
         if "#" in line or '"' in line or "'" in line:
             try:
                 found = words(line)
@@ -69,30 +87,6 @@ def lines(text: str) -> Iterator[Change]:
         except ValueError as e:
             raise SyntaxProblem(f"line {lineno}: {e}") from None
         yield lineno, op["op"], op["source"], op["group"], op.get("iif", ""), op.get("oifs")
-
-
-# What ends a line besides "\n", as for str.splitlines(); str.split() would take these for
-# spaces, so a "#" comment would swallow the lines after it.
-_OTHER_LINE_ENDS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
-
-
-def _numbered(text: str) -> Iterator[tuple[int, str]]:
-    """The lines of a text with their numbers, ended as by str.splitlines()."""
-    if any(end in text for end in _OTHER_LINE_ENDS):  # (`re` would slow mfcctl's start)
-        yield from enumerate(text.splitlines(), 1)
-        return
-    # The usual text: one line at a time, not splitlines(), so that a line's words are freed
-    # before the next line is read.
-    lineno = 0
-    pos = 0
-    end = len(text)
-    while pos < end:
-        newline = text.find("\n", pos)
-        if newline < 0:
-            newline = end
-        lineno += 1
-        yield lineno, text[pos:newline]
-        pos = newline + 1
 
 
 def words(line: str) -> list[str]:

@@ -198,15 +198,15 @@ class Commands:
         changes: list[Change] = []
         add = changes.append
         families = self.families
-        route_parts = validate.route_parts
+        add_change = validate.add_change
         lineno = 0
         try:
             for lineno, kind, source, group, iif, oifs in batchfile.lines(text):  # noqa: B007
                 if oifs is not None:
-                    key, ports = route_parts(source, group, iif, oifs)
-                    if key[0] not in families:
-                        self._check_family(key[0])
-                    add(AddRoute(key, ports))
+                    change = add_change(source, group, iif, oifs)
+                    if change.key[0] not in families:
+                        self._check_family(change.key[0])
+                    add(change)
                 else:
                     key = validate.route_key_of(source, group)
                     self._check_family(key[0])

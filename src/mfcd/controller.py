@@ -230,11 +230,8 @@ class Controller:
             try:
                 # A new route on interfaces that have VIFs: nearly every route of a bulk load,
                 # so tried first, with the fewest calls.
-                if change.__class__ is AddRoute:
-                    found = add_direct(*change)
-                    if found is not None:
-                        steps += found
-                        continue
+                if change.__class__ is AddRoute and add_direct(change[0], change[1], steps):
+                    continue
                 steps += self._plan(change)
             except MfcdError as e:
                 if numbered:  # say which op of a batch failed

@@ -8,7 +8,7 @@ from sys import intern
 from typing import Any
 
 from mfcd.errors import BadRequest, InvalidArgument
-from mfcd.model import MAXVIFS, Ports, Route, RouteKey
+from mfcd.model import MAXVIFS, AddRoute, Ports, Route, RouteKey
 
 IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
 # Linux accepts almost any byte in a name; we accept the characters people and tools use, so a
@@ -19,6 +19,7 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.+@][A-Za-z0-9_.+@-]{0,14}\Z")
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 AF_INET = socket.AF_INET
 inet_pton = socket.inet_pton
+_new = tuple.__new__
 _LOCAL4 = b"\xe0\x00\x00"  # 224.0.0.0/24
 
 
@@ -180,7 +181,7 @@ _FIELD_SETS: dict[tuple[str, ...], frozenset[str]] = {
 def route(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> Route:
     """Validate the arguments of `mfc add` (or a batch's add op) into a Route."""
     args = require_fields(args, fields)
-    (family, source, group), ports = route_parts(
+    (family, source, group), ports = add_change(
         args["source"], args["group"], args["iif"], args["oifs"]
     )
     return Route(family, source, group, ports.iif, ports.oifs)
@@ -191,12 +192,12 @@ def route(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> Route:
 _seen_ports: dict[tuple[Any, ...], Ports] = {}
 
 
-def route_parts(source: Any, group: Any, iif: Any, oifs: Any) -> tuple[RouteKey, Ports]:
-    """Validate a route's values: its key, and its interfaces (one shared value per
-    combination)."""
+def add_change(source: Any, group: Any, iif: Any, oifs: Any) -> AddRoute:
+    """Validate a route's values into the change that adds it: its key, and its interfaces
+    (one shared value per combination)."""
     key = route_key_of(source, group)
     if oifs.__class__ is not list:
-        return key, _ports(iif, oifs)
+        return AddRoute(key, _ports(iif, oifs))
     given = (iif, *oifs)
     try:
         checked = _seen_ports.get(given)  # only ever holds combinations of valid names
@@ -206,7 +207,7 @@ def route_parts(source: Any, group: Any, iif: Any, oifs: Any) -> tuple[RouteKey,
         checked = _ports(iif, oifs)
         if len(_seen_ports) < 4096:
             _seen_ports[given] = checked
-    return key, checked
+    return _new(AddRoute, (key, checked))  # tuple.__new__: half the NamedTuple's own cost
 
 
 def _ports(iif_value: Any, oifs_value: Any) -> Ports:
