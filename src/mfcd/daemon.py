@@ -230,7 +230,8 @@ class Daemon:
         notify.notify(f"STATUS={self.status()}")
 
     def _on_link_events(self) -> None:
-        before = dict(self.controller.router.links)
+        router = self.controller.router
+        before, tracked = dict(router.links), router.tracked_links()
         try:
             events = self.monitor.read_events()
             if self.monitor.overrun:
@@ -246,9 +247,13 @@ class Daemon:
             self._resync_later(RESYNC_DELAY)
             return
         # Only a change of interfaces the model tracks (created, deleted, renamed) can have
-        # left the kernel's tables behind; carrier flaps and MTU changes cannot.
-        if self.controller.router.links != before:
+        # left the kernel's tables behind; carrier flaps, MTU changes and interfaces no route
+        # names cannot. The check dumps every MFC entry (2 s at 100,000 routes), so a host
+        # where containers come and go must not run it for each of their veths.
+        router = self.controller.router
+        if router.links != before:
             self.report_status()
+        if router.tracked_links() != tracked:
             self._resync_later(RESYNC_DELAY)
 
     def _resync_later(self, delay: float) -> None:

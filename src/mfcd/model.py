@@ -524,6 +524,14 @@ class Router:
         steps = [Step(add, DelVif(family, vif.vifi, interface), "readd_vif")]
         return steps + self._reissue(self._users(family, interface))
 
+    def tracked_links(self) -> dict[str, int | None]:
+        """The interfaces the routes depend on (those with VIFs, and those pending routes wait
+        for), with their ifindex or None while absent: only a change of these can leave the
+        kernel's tables behind the model; another interface coming or going cannot."""
+        links = self.links
+        names = {name for _, name in self.vifs} | self.waiting.keys()
+        return {name: links.get(name) for name in names}
+
     def waiting_for(self, interface: str) -> list[RouteKey]:
         return sorted(self.waiting.get(interface, ()))
 

@@ -609,3 +609,19 @@ def test_repair_removes_what_the_model_does_not_own() -> None:
     assert sorted(actions(steps)) == ["del_mfc", "del_vif", "reissue_mfc"]
     assert vif_ops(steps, DelVif) == [(5, "x")]
     assert [s.op for s in steps if s.action == "del_mfc"] == [DelMfc(*stray)]
+
+
+def test_tracked_links_are_the_interfaces_routes_use_or_wait_for() -> None:
+    router = router_with_links("a", "b", "c")
+    run(router, router.add_route, r4(1, "a", "b"))
+    run(router, router.add_route, r4(2, "a", "z"))  # pending: waits for z
+    tracked = router.tracked_links()
+    assert tracked == {"a": 1, "b": 2, "z": None}
+    # An interface no route names comes and goes: nothing the kernel's tables depend on.
+    run(router, router.link_up, "x", 9)
+    run(router, router.link_down, "c")
+    assert router.tracked_links() == tracked
+    run(router, router.link_up, "z", 10)  # the pending route's interface appears
+    assert router.tracked_links() == {"a": 1, "b": 2, "z": 10}
+    run(router, router.link_down, "b")  # deleted: its VIF index stays reserved for it
+    assert router.tracked_links() == {"a": 1, "b": None, "z": 10}
