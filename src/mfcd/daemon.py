@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from mfcd import __version__, config, netlink, notify
 from mfcd.commands import Commands
@@ -71,6 +71,7 @@ DEFAULT_TABLE = {4: 253, 6: 254}  # RT_TABLE_DEFAULT (IPv4) and RT_TABLE_MAIN (I
 RESTART_ONLY = ("socket_path", "state_file", "ipv4", "ipv6", "max_request_bytes")
 COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
+MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
 
 
 def current_links() -> dict[str, int]:
@@ -89,11 +90,14 @@ def kernel_vifs(family: int) -> dict[tuple[int, int], str]:
     return {(family, int(row[0])): row[1] for row in rows if len(row) > 1}
 
 
-def observe_kernel(kernel: Kernel) -> KernelView:
-    """Read what the kernel holds now: VIFs from /proc, MFC entries by a netlink dump."""
+def observe_kernel(families: Iterable[int]) -> KernelView:
+    """Read what the kernel holds now: VIFs from /proc, MFC entries by a netlink dump.
+
+    Only /proc and a netlink socket of its own: safe to run in a thread.
+    """
     vifs: dict[tuple[int, int], str] = {}
     mfc: dict[RouteKey, KernelEntry] = {}
-    for family in kernel.sockets:
+    for family in families:
         vifs.update(kernel_vifs(family))
         for entry in netlink.dump_mfc(family, DEFAULT_TABLE[family]):
             if entry.resolved:
@@ -116,6 +120,8 @@ class Daemon:
         self.server: Server | None = None
         self.stopping = asyncio.Event()
         self._resync: asyncio.TimerHandle | None = None
+        self._checking: asyncio.Task[None] | None = None  # a drift check under way
+        self._deferred = 0  # drift checks left to later in a row, as the model changed
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
         self.serving = False  # start-up is over
         self._reload_pending = False  # SIGHUP arrived during start-up
@@ -162,7 +168,7 @@ class Daemon:
             controller = Controller(kernel, state)
             # Our MRT_INIT table starts empty unless another program left static entries in
             # it; only then is the drift check after start-up worth its full dump of the table.
-            before = observe_kernel(kernel)
+            before = observe_kernel(list(kernel.sockets))
             self.inherited = bool(before.vifs or before.mfc)
             controller.restore(loaded, current_links())
             del loaded
@@ -186,7 +192,7 @@ class Daemon:
         # A rollback the kernel refused: compare and repair once the dust settles.
         controller.on_drift = lambda: self._resync_later(RESYNC_DELAY)
         loop.add_reader(monitor.fileno(), self._on_link_events)
-        commands = Commands(controller, cfg.families, lambda: observe_kernel(kernel))
+        commands = Commands(controller, cfg.families, lambda: observe_kernel(list(kernel.sockets)))
         commands.on_change = self._after_change
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
@@ -214,6 +220,8 @@ class Daemon:
         loop.remove_reader(monitor.fileno())
         if self._resync is not None:
             self._resync.cancel()
+        if self._checking is not None:
+            self._checking.cancel()
 
     def status(self) -> str:
         router = self.controller.router
@@ -264,13 +272,37 @@ class Daemon:
 
     def _resync_now(self) -> None:
         self._resync = None
+        if self._checking is not None and not self._checking.done():
+            self._resync_later(RESYNC_DELAY)  # one check at a time: the next one after it
+            return
+        self._checking = asyncio.get_running_loop().create_task(self._check_drift())
+
+    async def _check_drift(self) -> None:
+        """Compare the kernel's tables with the model and repair what differs.
+
+        The dump of the MFC takes 2 s at 100,000 routes, most of it in the kernel: it runs
+        in a thread, and clients are served meanwhile. A change of the model during the
+        dump would look like drift, so the comparison is then left to a later check.
+        """
+        controller = self.controller
         try:
             # A link event whose kernel change failed left the model's view of interfaces
             # behind; a fresh dump sets it right before the tables are compared.
-            self.controller.sync_links(current_links())
-            self.controller.sync(observe_kernel(self.kernel))
+            controller.sync_links(current_links())
+            version = controller.router.version
+            view = await asyncio.to_thread(observe_kernel, list(self.kernel.sockets))
         except OSError as e:
             log.error("checking the kernel's tables failed: %s", e)
+            return
+        if controller.router.version != version and self._deferred < MAX_DEFERRED_CHECKS:
+            self._deferred += 1
+            self._resync_later(RESYNC_DELAY)
+            return
+        if controller.router.version != version:
+            # Changes keep coming (a busy client): check on the loop, between two requests.
+            view = observe_kernel(list(self.kernel.sockets))
+        self._deferred = 0
+        controller.sync(view)
 
     async def _watchdog(self) -> None:
         interval = notify.watchdog_interval()

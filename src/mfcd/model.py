@@ -225,6 +225,7 @@ class Router:
         self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
         self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
         self._log: _UndoLog | None = None
+        self.version = 0  # counts the transactions committed with a change
         # Where changes are recorded: the open log's entries, or None when nothing is
         # (no transaction, or one begun with undo=False).
         self._undo: list[tuple[int, Any, Any, Any]] | None = None
@@ -247,6 +248,8 @@ class Router:
         self._forget_direct()
 
     def commit(self) -> None:
+        if self._log is not None and (self._log.entries or not self._log.recording):
+            self.version += 1
         self._log = self._undo = None
 
     def rollback(self) -> None:

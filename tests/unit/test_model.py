@@ -625,3 +625,17 @@ def test_tracked_links_are_the_interfaces_routes_use_or_wait_for() -> None:
     assert router.tracked_links() == {"a": 1, "b": 2, "z": 10}
     run(router, router.link_down, "b")  # deleted: its VIF index stays reserved for it
     assert router.tracked_links() == {"a": 1, "b": None, "z": 10}
+
+
+def test_version_counts_the_transactions_that_changed_something() -> None:
+    router = router_with_links("a", "b")
+    version = router.version
+    run(router, router.add_route, r4(1, "a", "b"))
+    assert router.version == version + 1
+    run(router, router.add_route, r4(1, "a", "b"))  # the same route again: no change
+    run(router, router.link_up, "a", 1)  # an interface already known
+    assert router.version == version + 1
+    router.begin()
+    router.add_route(r4(2, "a", "b"))
+    router.rollback()  # rolled back: nothing changed
+    assert router.version == version + 1
