@@ -98,13 +98,14 @@ _mfcctl() {
     local opts
     case "$cmd $action" in
         " ") opts="-h --help --socket -o --output -n --dry-run -v --verbose --version" ;;
-        "mfc add") opts="-h --help --source --group --iif --oifs -o --output" ;;
-        "mfc del") opts="-h --help --source --group -o --output" ;;
-        "show ") opts="-h --help -s --stats -w --watch -o --output" ;;
-        "batch ") opts="-h --help -o --output" ;;
-        "vif set") opts="-h --help --threshold -o --output" ;;
-        "vif show") opts="-h --help -s --stats -o --output" ;;
-        "sync " | "ping ") opts="-h --help -o --output" ;;
+        "mfc add") opts="-h --help --source --group --iif --oifs -o --output -n --dry-run -v --verbose" ;;
+        "mfc del") opts="-h --help --source --group -o --output -n --dry-run -v --verbose" ;;
+        "show ") opts="-h --help -s --stats -w --watch -o --output -v --verbose" ;;
+        "batch ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
+        "vif set") opts="-h --help --threshold -o --output -n --dry-run -v --verbose" ;;
+        "vif show") opts="-h --help -s --stats -o --output -v --verbose" ;;
+        "sync ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
+        "ping ") opts="-h --help -o --output -v --verbose" ;;
         *) opts="-h --help" ;;
     esac
     if [[ $cur == -* ]]; then

@@ -114,7 +114,7 @@ def line_op(words: list[str]) -> Op:
             if flag not in ("source", "group", "iif", "oifs") or not word.startswith("--"):
                 raise ValueError(
                     f"unexpected option {word} (a batch line takes --source,"
-                    " --group, --iif and --oifs; global options go before `batch`)"
+                    " --group, --iif and --oifs; global options go on mfcctl's command line)"
                 )
             if flag in values:
                 raise ValueError(f"--{flag} given twice")

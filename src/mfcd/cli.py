@@ -233,7 +233,7 @@ def _mfc_command(sub: Any) -> None:
         metavar="IFNAME",
         help="outgoing interfaces, comma- or space-separated",
     )
-    _output_option(add)
+    _command_options(add, changes=True)
     delete = mfc_sub.add_parser(
         "del",
         help="delete the route for (source, group)",
@@ -241,7 +241,7 @@ def _mfc_command(sub: Any) -> None:
         " VIFs no other route uses are released. Exit status 5 if there is no such route.",
     )
     _key_options(delete)
-    _output_option(delete)
+    _command_options(delete, changes=True)
 
 
 def _show_command(sub: Any) -> None:
@@ -265,7 +265,7 @@ def _show_command(sub: Any) -> None:
         metavar="SECONDS",
         help="refresh every SECONDS and show rates (implies --stats; Ctrl-C to stop)",
     )
-    _output_option(show)
+    _command_options(show, changes=False)
 
 
 def _batch_command(sub: Any) -> None:
@@ -277,7 +277,7 @@ def _batch_command(sub: Any) -> None:
         " as one all-or-nothing transaction.",
     )
     batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
-    _output_option(batch)
+    _command_options(batch, changes=True)
 
 
 def _vif_command(sub: Any) -> None:
@@ -300,7 +300,7 @@ def _vif_command(sub: Any) -> None:
         help="IPv4 TTL threshold: forward out of this interface only packets whose TTL is"
         " greater than TTL (1-255, default 1). Linux ignores it for IPv6.",
     )
-    _output_option(vif_set)
+    _command_options(vif_set, changes=True)
     vif_show = vif_sub.add_parser(
         "show",
         help="show VIFs and interface settings",
@@ -308,7 +308,7 @@ def _vif_command(sub: Any) -> None:
         " interfaces whose settings were changed with `vif set`.",
     )
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
-    _output_option(vif_show)
+    _command_options(vif_show, changes=False)
 
 
 def _sync_command(sub: Any) -> None:
@@ -320,7 +320,7 @@ def _sync_command(sub: Any) -> None:
         " entries mfcd does not own. With --dry-run, only report. mfcd also does this at"
         " start-up and after interface changes.",
     )
-    _output_option(sync)
+    _command_options(sync, changes=True)
 
 
 def _ping_command(sub: Any) -> None:
@@ -330,7 +330,7 @@ def _ping_command(sub: Any) -> None:
         description="Check that mfcd answers on its socket; print its version and process id."
         " Exit status 0 when it does, 3 when nothing listens.",
     )
-    _output_option(ping)
+    _command_options(ping, changes=False)
 
 
 COMMANDS: dict[str, Callable[[Any], None]] = {
@@ -374,9 +374,15 @@ def _parse_route_change(argv: Sequence[str]) -> _Parsed | None:
             values["dry_run" if word in ("-n", "--dry-run") else "verbose"] = True
         else:
             return None
-    if len(words) >= 2 and words[-2] in ("-o", "--output") and words[-1] in ("table", "json"):
-        values["output"] = words[-1]  # -o may also follow the command
-        words = words[:-2]
+    while len(words) > 3:  # global options may also follow the command
+        if words[-2] in ("-o", "--output") and words[-1] in ("table", "json"):
+            values["output"] = words[-1]
+            words = words[:-2]
+        elif words[-1] in ("-n", "--dry-run", "-v", "--verbose"):
+            values["dry_run" if words[-1] in ("-n", "--dry-run") else "verbose"] = True
+            words = words[:-1]
+        else:
+            break
     if len(words) < 3 or words[1] not in ("add", "del") or "-h" in words or "--help" in words:
         return None
     try:
@@ -403,6 +409,29 @@ def _command_in(argv: Sequence[str]) -> str | None:
 def _key_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, metavar="ADDR", help="unicast source address")
     parser.add_argument("--group", required=True, metavar="ADDR", help="multicast group address")
+
+
+def _command_options(parser: argparse.ArgumentParser, *, changes: bool) -> None:
+    """The global options a command also takes after its own: -o, -v, and -n if it changes
+    something. Given there, they override the ones before the command."""
+    import argparse  # noqa: PLC0415 (loaded already: build_parser imported it)
+
+    _output_option(parser)
+    if changes:
+        parser.add_argument(
+            "-n",
+            "--dry-run",
+            action="store_true",
+            default=argparse.SUPPRESS,  # absent here: the global option's value stands
+            help="validate and show what the daemon would do, change nothing",
+        )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the request, the response and the round-trip time to stderr",
+    )
 
 
 def _output_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:

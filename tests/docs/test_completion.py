@@ -78,7 +78,10 @@ def _leaves(
         ("mfcctl -o j", ["json"]),
         ("mfcctl show -o ", ["table", "json"]),
         ("mfcctl --output=j", ["json"]),  # bash breaks the word at '=' and keeps "--output="
-        ("mfcctl -n --socket /tmp/x.sock sync --", ["--help", "--output"]),
+        (
+            "mfcctl -n --socket /tmp/x.sock sync --",
+            ["--help", "--output", "--dry-run", "--verbose"],
+        ),
         ("mfcctl show --watch ", []),
         ("mfcctl mfc add --source 2001:db8::2 --group ff3e::1 --", None),
         ("mfcctl vif set lo ", []),

@@ -297,6 +297,24 @@ def test_importing_the_cli_pulls_in_no_daemon_code() -> None:
     assert done.stdout.strip() == "[]", done.stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "dry_run", "verbose"),
+    [
+        (["show", "-v"], False, True),
+        (["-v", "show"], False, True),
+        (["sync", "-n"], True, False),
+        (["batch", "f", "--dry-run", "--verbose"], True, True),
+        (["-n", "vif", "set", "r1", "--threshold", "3"], True, False),
+        (["vif", "set", "r1", "--threshold", "3", "-n"], True, False),
+    ],
+)
+def test_global_options_may_follow_the_command(
+    argv: list[str], dry_run: bool, verbose: bool
+) -> None:
+    parsed = cli.build_parser().parse_args(argv)
+    assert (parsed.dry_run, parsed.verbose) == (dry_run, verbose)
+
+
 def test_version_comes_from_the_package_constant() -> None:
     out, err = io.StringIO(), io.StringIO()
     assert cli.main(["--version"], out, err) == 0
@@ -310,6 +328,8 @@ def test_version_comes_from_the_package_constant() -> None:
         "--socket /x -n -v mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 r2"
         " -o json",
         "-o json mfc del --source 10.0.0.1 --group 239.1.1.1",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 r2 -n -o json -v",
+        "-v mfc del --source 10.0.0.1 --group 239.1.1.1 --dry-run",
     ],
 )
 def test_route_changes_parse_without_argparse_exactly_as_with_it(line: str) -> None:
