@@ -160,6 +160,14 @@ def test_unreadable_batch_file_is_a_usage_error(tmp_path: Path) -> None:
     assert err.startswith("mfcctl: cannot read")
 
 
+def test_a_batch_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    batch = tmp_path / "routes.batch"
+    batch.write_bytes(b"mfc del --source 10.0.0.1 --group 239.1.1.\xff\n")
+    status, _, err = run_cli("--socket", str(tmp_path / "s"), "batch", str(batch))
+    assert status == protocol.EXIT_USAGE
+    assert err == f"mfcctl: cannot read {batch}: not UTF-8 text\n"
+
+
 # --- output --------------------------------------------------------------------------------------
 
 
