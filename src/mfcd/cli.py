@@ -191,18 +191,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help=f"mfcd's control socket (default ${protocol.SOCKET_ENV} or {protocol.DEFAULT_SOCKET})",
     )
     _output_option(parser, "table")
-    parser.add_argument(
-        "-n",
-        "--dry-run",
-        action="store_true",
-        help="validate and show what the daemon would do, change nothing",
-    )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        help="print the request, the response and the round-trip time to stderr",
-    )
+    _flag_options(parser, dry_run=True, default=False)
     parser.add_argument("--version", action="version", version=f"mfcctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, add_command in COMMANDS.items():
@@ -417,19 +406,24 @@ def _command_options(parser: argparse.ArgumentParser, *, changes: bool) -> None:
     import argparse  # noqa: PLC0415 (loaded already: build_parser imported it)
 
     _output_option(parser)
-    if changes:
+    # Absent after the command: the value given (or defaulted) before it stands.
+    _flag_options(parser, dry_run=changes, default=argparse.SUPPRESS)
+
+
+def _flag_options(parser: argparse.ArgumentParser, *, dry_run: bool, default: Any) -> None:
+    if dry_run:
         parser.add_argument(
             "-n",
             "--dry-run",
             action="store_true",
-            default=argparse.SUPPRESS,  # absent here: the global option's value stands
+            default=default,
             help="validate and show what the daemon would do, change nothing",
         )
     parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",
-        default=argparse.SUPPRESS,
+        default=default,
         help="print the request, the response and the round-trip time to stderr",
     )
 

@@ -16,13 +16,14 @@ from typing import Any
 from mfcd import __version__, batchfile, protocol, validate
 from mfcd.controller import (
     FAMILY_NAMES,
+    SHOW_SCHEMA,
     Controller,
     KernelView,
     describe_step,
     gc_paused,
 )
 from mfcd.errors import BadRequest, BatchSyntax, InvalidArgument, MfcdError, UnsupportedVersion
-from mfcd.model import AddRoute, Change, DelRoute, SetThreshold
+from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, SetThreshold
 
 log = logging.getLogger("mfcd")
 
@@ -127,13 +128,13 @@ class Commands:
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats",))
-        shown = self.controller.show(stats=_flag(args, "stats"))
+        # The VIFs alone: not the JSON of every route, which show would build.
         thresholds = self.controller.router.thresholds
         return {
-            "schema": shown["schema"],
-            "vifs": shown["vifs"],
+            "schema": SHOW_SCHEMA,
+            "vifs": self.controller.show_vifs(stats=_flag(args, "stats")),
             "settings": [{"interface": n, "threshold": t} for n, t in sorted(thresholds.items())],
-            "max_vifs": shown["max_vifs"],
+            "max_vifs": MAXVIFS,
         }
 
     def sync(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:

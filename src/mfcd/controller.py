@@ -393,9 +393,8 @@ class Controller:
 
     # --- queries ---------------------------------------------------------------------------------
 
-    def show(self, stats: bool = False, encoded: bool = False) -> dict[str, Any]:
-        """VIFs and routes as the protocol shows them; with `encoded`, the routes are one
-        protocol.Encoded JSON text (the same JSON: a test holds both to it)."""
+    def show_vifs(self, stats: bool = False) -> list[dict[str, Any]]:
+        """The VIFs as the protocol shows them."""
         router = self.router
         vifs = []
         for vif in router.iter_vifs():
@@ -417,6 +416,13 @@ class Controller:
                     "bytes_out": c.bytes_out if c else 0,
                 }
             vifs.append(entry)
+        return vifs
+
+    def show(self, stats: bool = False, encoded: bool = False) -> dict[str, Any]:
+        """VIFs and routes as the protocol shows them; with `encoded`, the routes are one
+        protocol.Encoded JSON text (the same JSON: a test holds both to it)."""
+        router = self.router
+        vifs = self.show_vifs(stats)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
         healthy = all(vif.ifindex is not None for vif in router.vifs.values())
         routes: list[dict[str, Any]] | Encoded

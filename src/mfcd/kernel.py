@@ -208,12 +208,7 @@ class MrouteSocket:
         return ttls
 
     def add_mfc(self, source: str, group: str, parent: int, oifs: Oifs) -> None:
-        if self.family == 4:  # a bulk load's 100,000 entries: _mfc inlined
-            ttls = self._ttls.get(oifs) or self._ttls_of(oifs)
-            src, grp = _pton(_AF_INET, source), _pton(_AF_INET, group)
-            data = MFCCTL.pack(src, grp, parent, ttls, 0, 0, 0, 0)
-        else:
-            data = self._mfc(source, group, parent, oifs)
+        data = self._mfc(source, group, parent, oifs)
         try:  # not _setsockopt: the one call made per route, so one Python call less
             self.sock.setsockopt(self.level, MRT_ADD_MFC, data)
         except OSError as e:

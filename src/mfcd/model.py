@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from mfcd.errors import InvalidArgument, NotFound, VifLimit
 
@@ -175,6 +175,7 @@ class RouteStatus:
 
 _Direct = tuple[tuple[Vif, ...], Entry, Ports]  # what add_direct needs to know of a Ports
 _MISSING: Any = object()
+_T = TypeVar("_T")
 _new = tuple.__new__
 _DICT, _SET, _SLOT, _DIRECT = range(4)  # kinds of undo-log entries
 
@@ -322,12 +323,7 @@ class Router:
 
     def share(self, ports: Ports) -> Ports:
         """The shared Ports value equal to `ports` (from now on `ports` itself if new)."""
-        shared = self._ports.get(ports)
-        if shared is None:
-            if len(self._ports) >= 65536:  # only ever a cache: bound it under churn
-                self._ports.clear()
-            shared = self._ports[ports] = ports
-        return shared
+        return _intern(self._ports, ports)
 
     def route(self, key: RouteKey) -> Route:
         iif, oifs = self.routes[key]
@@ -611,13 +607,7 @@ class Router:
     # --- internals -------------------------------------------------------------------------------
 
     def _share_entry(self, parent: int, oifs: Oifs) -> Entry:
-        entry = Entry(parent, oifs)
-        shared = self._entries.get(entry)
-        if shared is None:
-            if len(self._entries) >= 65536:
-                self._entries.clear()
-            shared = self._entries[entry] = entry
-        return shared
+        return _intern(self._entries, Entry(parent, oifs))
 
     def try_install(self, key: RouteKey) -> list[Step]:
         """Install a pending route if its interfaces exist and VIF indexes are free."""
@@ -752,6 +742,16 @@ class Router:
             self._set(self.installed, key, entry)
             steps.append(Step(_write(key, entry), _write(key, previous), "reissue_mfc"))
         return steps
+
+
+def _intern(table: dict[_T, _T], value: _T) -> _T:
+    """The value equal to `value` kept in `table` (from now on `value` itself if new)."""
+    shared = table.get(value)
+    if shared is None:
+        if len(table) >= 65536:  # only ever a cache: bound it under churn
+            table.clear()
+        shared = table[value] = value
+    return shared
 
 
 def _write(key: RouteKey, entry: Entry) -> AddMfc:

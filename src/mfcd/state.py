@@ -56,7 +56,7 @@ Op = list[Any]
 
 
 def route_op(route: Route) -> Op:
-    return ["add", route.family, route.source, route.group, route.iif, list(route.oifs)]
+    return change_op(AddRoute.of(route))
 
 
 def change_op(change: Change) -> Op:
