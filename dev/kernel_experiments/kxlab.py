@@ -398,3 +398,77 @@ def upcalls(s: socket.socket, wait: float = 0.3) -> list[tuple[int, int, str, st
             b = socket.inet_ntop(socket.AF_INET6, dst6)
             out.append((kind, mif, a, b, len(data)))
     return out
+
+
+# --- IGMP / MLD reports seen on the wire ---------------------------------------------------------
+
+ETH_P_ALL = 0x0003
+
+
+def capture_socket(lab: Lab, ns: str, ifname: str) -> socket.socket:
+    """An AF_PACKET socket on ns/ifname; read it later with reports()."""
+    s = lab.sock(ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    with lab.inside(ns):
+        s.bind((ifname, ETH_P_ALL))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.setblocking(False)
+    return s
+
+
+Record = tuple[int, str, list[str]]  # (record type, group, sources)
+
+
+def reports(s: socket.socket) -> list[tuple[str, str, list[Record]]]:
+    """Decode the IGMP and MLD reports queued on a capture socket: (src, kind, records)."""
+    out: list[tuple[str, str, list[Record]]] = []
+    while True:
+        try:
+            frame, addr = s.recvfrom(65536)
+        except BlockingIOError:
+            return out
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        kind = struct.unpack_from("!H", frame, 12)[0]
+        if kind == 0x0800 and frame[14 + 9] == 2:
+            ihl = (frame[14] & 15) * 4
+            src = socket.inet_ntoa(frame[26:30])
+            out.append((src, *_igmp(frame[14 + ihl :])))
+        elif kind == 0x86DD and frame[14 + 6] == 0:  # hop-by-hop first: MLD
+            hbh = 54 + (frame[54 + 1] + 1) * 8
+            if frame[54] == 58:
+                src = socket.inet_ntop(socket.AF_INET6, frame[22:38])
+                out.append((src, *_mld(frame[hbh:])))
+
+
+def _igmp(msg: bytes) -> tuple[str, list[Record]]:
+    if msg[0] != 0x22:
+        names = {0x11: "query", 0x16: "v2-report", 0x17: "v2-leave"}
+        return names.get(msg[0], hex(msg[0])), [(0, socket.inet_ntoa(msg[4:8]), [])]
+    recs: list[Record] = []
+    pos, count = 8, struct.unpack_from("!H", msg, 6)[0]
+    for _ in range(count):
+        rtype, aux, nsrc = struct.unpack_from("!BBH", msg, pos)
+        grp = socket.inet_ntoa(msg[pos + 4 : pos + 8])
+        srcs = [socket.inet_ntoa(msg[pos + 8 + 4 * k : pos + 12 + 4 * k]) for k in range(nsrc)]
+        recs.append((rtype, grp, srcs))
+        pos += 8 + 4 * nsrc + 4 * aux
+    return "igmpv3-report", recs
+
+
+def _mld(msg: bytes) -> tuple[str, list[Record]]:
+    if msg[0] != 143:
+        return {130: "mld-query", 131: "mldv1-report", 132: "mldv1-done"}.get(
+            msg[0], str(msg[0])
+        ), []
+    recs: list[Record] = []
+    pos, count = 8, struct.unpack_from("!H", msg, 6)[0]
+    ntop = socket.inet_ntop
+    for _ in range(count):
+        rtype, aux, nsrc = struct.unpack_from("!BBH", msg, pos)
+        grp = ntop(socket.AF_INET6, msg[pos + 4 : pos + 20])
+        srcs = [
+            ntop(socket.AF_INET6, msg[pos + 20 + 16 * k : pos + 36 + 16 * k]) for k in range(nsrc)
+        ]
+        recs.append((rtype, grp, srcs))
+        pos += 20 + 16 * nsrc + 4 * aux
+    return "mldv2-report", recs
