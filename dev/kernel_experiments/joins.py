@@ -43,10 +43,8 @@ def igmp_block(lab: Lab, ns: str, ifname: str) -> str:
 
 
 def setup(lab: Lab) -> tuple[str, str]:
-    host, peer = lab.netns("host"), lab.netns("peer")
-    lab.veth(host, "j0", peer, "p0")
-    lab.addr(peer, "p0", "198.18.7.2/24", "198.18.7.3/24", "2001:db8:7::2/64")
-    lab.ip(peer, "route", "add", "224.0.0.0/4", "dev", "p0")
+    host, peer = lab.pair(7, host_addrs=False)
+    lab.addr(peer, "p0", "198.18.7.3/24")  # a second source
     return host, peer
 
 

@@ -237,6 +237,20 @@ class Lab:
         self.children.append(child)
         return child
 
+    def pair(self, subnet: int, host_addrs: bool = True) -> tuple[str, str]:
+        """host(j0) -- (p0)peer on 198.18.<subnet>.0/24 and 2001:db8:<subnet hex>::/64.
+
+        The peer is .2/::2 and sends multicast out of p0; the host is .1/::1 unless
+        host_addrs is False (then j0 has no IPv4 address and only its IPv6 link-local).
+        """
+        host, peer = self.netns("host"), self.netns("peer")
+        self.veth(host, "j0", peer, "p0")
+        if host_addrs:
+            self.addr(host, "j0", f"198.18.{subnet}.1/24", f"2001:db8:{subnet:x}::1/64")
+        self.addr(peer, "p0", f"198.18.{subnet}.2/24", f"2001:db8:{subnet:x}::2/64")
+        self.ip(peer, "route", "add", "224.0.0.0/4", "dev", "p0")
+        return host, peer
+
     # --- a router between a sender and receivers ------------------------------------------------
 
     def router_lab(self, receivers: int = 1, tag: str = "") -> tuple[str, str, list[str]]:
