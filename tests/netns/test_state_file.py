@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Lab
+from mfcd.state import HEADER, HEADER_V1, encode_record
 from tests.netns.conftest import BIN, Mfcd, route_args
 
 
@@ -189,3 +190,24 @@ def test_a_planted_temporary_link_is_not_followed(lab: Lab, mfcd: Mfcd, tmp_path
     assert code == 1
     assert f"{state_file}: cannot read the state file: it is a symbolic link" in err
     assert victim.read_bytes() == b"precious\n"
+
+
+def test_a_version_1_file_loads_and_is_rewritten_in_version_2(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.stop()
+    routes = [[4, "198.18.0.2", group(i), "r0", ["r1"]] for i in range(1, 4)]
+    v1 = (
+        HEADER_V1
+        + encode_record({"snapshot": {"routes": routes[:2], "thresholds": {"r1": 3}}})
+        + encode_record({"ops": [["add", *routes[2]]]})
+    )
+    Path(mfcd.state_file).write_bytes(v1)
+    mfcd.start()
+    assert groups(mfcd) == {group(i) for i in range(1, 4)}
+    data = Path(mfcd.state_file).read_bytes()
+    assert data.startswith(HEADER) and data.count(b"\n") == 2  # one snapshot, numbered
+    add_routes(mfcd, range(4, 5))
+    code, log = mfcd.stop()
+    assert code == 0
+    assert f"{mfcd.state_file}: format version 1; rewriting it" in log
+    mfcd.start()
+    assert groups(mfcd) == {group(i) for i in range(1, 5)}
