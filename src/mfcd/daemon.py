@@ -111,6 +111,7 @@ class Daemon:
     # Set once start-up has taken the kernel's tables (see run()).
     controller: Controller
     kernel: Kernel
+    state: StateFile
     monitor: netlink.LinkMonitor
 
     def __init__(
@@ -139,7 +140,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
         kernel = None
-        state = StateFile(cfg.state_file)
+        state = self.state = StateFile(cfg.state_file)
         # Subscribe before the dump, so no interface change falls between the two.
         monitor = netlink.LinkMonitor()
         try:
@@ -325,12 +326,16 @@ class Daemon:
             await asyncio.sleep(interval)  # already half the timeout
 
     async def _keep_state_file(self) -> None:
-        """Once a second, write the state file back if it was deleted or replaced; each change
-        checks it too, this is for the quiet times (a restart would otherwise start empty)."""
+        """Once a second, write the state file back if it was deleted or replaced (each change
+        checks it too, this is for the quiet times: a restart would otherwise start empty),
+        and lock its lock file again if that went."""
         while True:
             await asyncio.sleep(STATE_CHECK_INTERVAL)
             try:
                 self.controller.keep_state_file()
+                relocked = self.state.keep_lock()
+                if relocked is not None:
+                    log.warning("%s", relocked)
             except MfcdError as e:
                 log.error("%s; trying again in %d s", e, STATE_RETRY_INTERVAL)
                 await asyncio.sleep(STATE_RETRY_INTERVAL)

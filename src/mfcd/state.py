@@ -49,11 +49,12 @@ before the first change.
 
 Ownership: the daemon holds an exclusive flock on `<path>.lock` (which holds its pid) for
 its lifetime, so a second mfcd on the same file refuses to start; the kernel drops the lock
-when the process dies, even by SIGKILL.  Before each append the path is checked to still
-lead to the open journal, as long as mfcd left it: if it was deleted, renamed, replaced or
-changed, the caller must write a whole snapshot there (SnapshotNeeded) rather than append
-to a file nobody will read.  No state file, temporary file or lock is opened through a
-symbolic link, and the temporary file is created afresh (O_EXCL), never reused.
+when the process dies, even by SIGKILL.  Before each append, and again once the record is
+on disk, the path is checked to still lead to the open journal as mfcd left it: if it was
+deleted, renamed, replaced or changed, the caller must write a whole snapshot there
+(SnapshotNeeded) rather than acknowledge a record in a file nobody will read.  No state
+file, temporary file or lock is opened through a symbolic link, and the temporary file is
+created afresh (O_EXCL), never reused.
 """
 
 from __future__ import annotations
@@ -471,6 +472,30 @@ class StateFile:
             raise StateError(f"{self.lock_path}: cannot lock the state file: {_why(e)}") from None
         self._lock_fd = fd
 
+    def keep_lock(self) -> str | None:
+        """Lock a new `<path>.lock` if ours was deleted or replaced while mfcd runs (a second
+        mfcd could otherwise lock that one); say so, or None if nothing happened. Raises
+        StateError if another mfcd got there first."""
+        if self._lock_fd is None:
+            return None
+        held = os.fstat(self._lock_fd)
+        try:
+            stat = os.stat(self.lock_path, follow_symlinks=False)
+            if (stat.st_dev, stat.st_ino) == (held.st_dev, held.st_ino):
+                return None
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StateError(f"{self.lock_path}: cannot check the lock: {_why(e)}") from None
+        old, self._lock_fd = self._lock_fd, None
+        try:
+            self.lock()
+        except StateError:
+            self._lock_fd = old
+            raise
+        os.close(old)
+        return f"{self.lock_path} was deleted or replaced while mfcd was running; locked it again"
+
     def load(self) -> Loaded:
         try:
             # Read and write through the same descriptor: the file appended to is the one read.
@@ -508,8 +533,10 @@ class StateFile:
 
     def replaced(self) -> str | None:
         """Why the path no longer leads to the journal as mfcd left it, or None if it does."""
-        if self._fd is None:
-            return None
+        return None if self._fd is None else self._moved(self._length)
+
+    def _moved(self, length: int) -> str | None:
+        """Why the path does not lead to our journal, `length` bytes long, or None."""
         try:
             stat = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
@@ -518,10 +545,10 @@ class StateFile:
             raise StateError(f"{self.path}: cannot check the state file: {_why(e)}") from None
         if (stat.st_dev, stat.st_ino) != self._identity:
             return f"{self.path} was replaced by another file while mfcd was running"
-        if stat.st_size != self._length:
+        if stat.st_size != length:
             return (
                 f"{self.path} was changed while mfcd was running"
-                f" ({stat.st_size} bytes where mfcd left {self._length})"
+                f" ({stat.st_size} bytes where mfcd left {length})"
             )
         return None
 
@@ -552,6 +579,15 @@ class StateFile:
         except OSError as e:
             self._cut_back()
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
+        # Once more now that it is on disk: the file may have gone while it was written.
+        try:
+            reason = self._moved(self._length + len(data))
+        except StateError:
+            self._cut_back()  # refused, so it must not replay
+            raise
+        if reason is not None:
+            # The record went to a file no restart reads: a snapshot at the path must hold it.
+            raise SnapshotNeeded(reason)
         self._length += len(data)
         self._seq += 1
         self.ops_since_snapshot += len(changes)

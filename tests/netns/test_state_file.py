@@ -49,8 +49,8 @@ def test_a_second_mfcd_on_the_same_state_file_refuses_and_names_the_holder(
     assert mfcd.proc is not None
     holder = mfcd.proc.pid
     other = spawn_other(lab, tmp_path, mfcd.state_file)
-    code, _, err = lab.stop(other) if other.wait(timeout=15) is not None else (0, "", "")
-    assert code == 1, err
+    assert other.wait(timeout=15) == 1
+    _, _, err = lab.stop(other)
     assert (
         f"{mfcd.state_file} is in use by another mfcd (pid {holder}, which holds"
         f" {mfcd.state_file}.lock); stop that one, or give this one its own state_file"
@@ -58,8 +58,19 @@ def test_a_second_mfcd_on_the_same_state_file_refuses_and_names_the_holder(
     assert Path(mfcd.state_file).read_bytes() == data
     assert not (tmp_path / "other.sock").exists()
     assert groups(mfcd) == {group(i) for i in range(1, 4)}  # the first one is unharmed
+    # A lock file deleted under the holder is locked again within a second or so.
+    lock = Path(f"{mfcd.state_file}.lock")
+    lock.unlink()
+    deadline = time.monotonic() + 10
+    while not lock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lock.read_text() == f"{holder}\n"
+    other = spawn_other(lab, tmp_path, mfcd.state_file)
+    assert other.wait(timeout=15) == 1
+    assert f"is in use by another mfcd (pid {holder}," in lab.stop(other)[2]
     # The kernel drops the lock with its holder, even one killed outright.
-    mfcd.stop(signal.SIGKILL)
+    _, log = mfcd.stop(signal.SIGKILL)
+    assert f"WARNING: {lock} was deleted or replaced while mfcd was running; locked it again" in log
     other = spawn_other(lab, tmp_path, mfcd.state_file)
     try:
         deadline = time.monotonic() + 15

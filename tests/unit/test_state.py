@@ -3,6 +3,7 @@ version 1 files, the lock, and a state file deleted, replaced or planted behind 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import gc
@@ -796,6 +797,29 @@ def test_a_failed_append_that_cannot_be_cut_back_is_not_appended_to(
     sf.close()
 
 
+def test_a_file_deleted_while_a_record_is_written_needs_a_snapshot(
+    path: Path, journal: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before an append cannot see what happens during it: a second one after."""
+    sf, _ = reload(path)
+    fdatasync = os.fdatasync
+
+    def meanwhile(fd: int) -> None:
+        fdatasync(fd)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    monkeypatch.setattr(os, "fdatasync", meanwhile)
+    with pytest.raises(SnapshotNeeded, match="was deleted or renamed while mfcd was running"):
+        sf.append([DelRoute(R1.key)])
+    monkeypatch.undo()
+    sf.write_snapshot([R2], {})  # what the controller does: the change is in it
+    sf.append([AddRoute.of(R1)])
+    sf.close()
+    _, loaded = reload(path)
+    assert (routes_of(loaded), loaded.seq) == ({R2.key: R2, R1.key: R1}, 4)
+
+
 # --- one owner ---------------------------------------------------------------------------------
 
 
@@ -815,6 +839,36 @@ def test_a_second_user_of_the_file_is_refused_with_the_holders_pid(path: Path) -
     second.lock()  # released on close (and by the kernel when a process dies)
     second.close()
     assert lock.exists()
+
+
+@pytest.mark.parametrize("meddle", [delete, replace])
+def test_a_lock_file_removed_while_locked_is_locked_again(path: Path, meddle: Any) -> None:
+    lock = Path(f"{path}.lock")
+    first = StateFile(str(path))
+    first.lock()
+    assert first.keep_lock() is None
+    meddle(lock)
+    assert first.keep_lock() == (
+        f"{lock} was deleted or replaced while mfcd was running; locked it again"
+    )
+    assert lock.read_text() == f"{os.getpid()}\n"
+    with pytest.raises(StateError, match="is in use by another mfcd"):
+        StateFile(str(path)).lock()
+    first.close()
+
+
+def test_a_lock_file_taken_by_another_meanwhile_is_reported(path: Path) -> None:
+    first = StateFile(str(path))
+    first.lock()
+    Path(f"{path}.lock").unlink()
+    second = StateFile(str(path))
+    second.lock()
+    with pytest.raises(StateError, match="is in use by another mfcd"):
+        first.keep_lock()
+    with pytest.raises(StateError, match="is in use by another mfcd"):
+        first.keep_lock()  # still ours to close, still theirs
+    first.close()
+    second.close()
 
 
 def test_a_lock_that_holds_no_pid_yet_says_so(path: Path) -> None:
