@@ -1,8 +1,9 @@
 """mfcd, the daemon: wires config, kernel, state file, control socket, signals and readiness.
 
-Start-up order matters: refuse early if another mfcd serves the socket; take the
-kernel's tables (MRT_INIT); load the state file and install its routes; only then
-listen and tell systemd READY=1, so a client never sees a half-restored daemon.
+Start-up order matters: refuse early if another mfcd serves the socket or holds the state
+file's lock; take the kernel's tables (MRT_INIT); load the state file and install its
+routes; only then listen and tell systemd READY=1, so a client never sees a
+half-restored daemon.
 Shutdown reverses it: stop taking requests, MRT_DONE (the kernel removes every VIF
 and route the daemon added), remove the socket.
 """
