@@ -221,8 +221,8 @@ def parse(data: bytes, path: str = "state file") -> Loaded:
         # mfcd never leaves its file empty (a new one starts with an empty snapshot, renamed
         # into place whole), so this is a file truncated or overwritten by something else.
         raise StateError(
-            f"{path}: the state file is empty (0 bytes), which mfcd never leaves it: it was"
-            f" truncated; {_LEFT_UNTOUCHED}"
+            f"{path}: the state file is empty (0 bytes); mfcd never writes an empty one, so"
+            f" something truncated it; {_LEFT_UNTOUCHED}"
         )
     if data.startswith(HEADER):
         loaded = Loaded()
