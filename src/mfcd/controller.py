@@ -40,7 +40,7 @@ from mfcd.model import (
     Step,
 )
 from mfcd.protocol import Encoded
-from mfcd.state import Loaded
+from mfcd.state import Loaded, SnapshotNeeded
 
 log = logging.getLogger("mfcd")
 
@@ -89,6 +89,7 @@ class StateLike(Protocol):
 
     def append(self, changes: Sequence[Change]) -> None: ...
     def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None: ...
+    def replaced(self) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -206,7 +207,7 @@ class Controller:
                 # Nothing to do (the same route again, an empty batch): no journal record.
                 router.rollback()
                 return outcome
-            self.state.append(changes)
+            self._record(changes)
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
             # has already undone its own part).
@@ -271,6 +272,28 @@ class Controller:
     def compact(self) -> None:
         router = self.router
         self.state.write_snapshot(list(router.iter_routes()), dict(router.thresholds))
+
+    def _record(self, changes: Sequence[Change]) -> None:
+        """Make a change durable: appended to the journal or, if the state file was deleted or
+        replaced behind mfcd's back, in a whole snapshot written there again."""
+        try:
+            self.state.append(changes)
+        except SnapshotNeeded as e:
+            # The model already holds the change (uncommitted), so the snapshot has it; if the
+            # snapshot fails too, the change is refused and rolled back like any other.
+            self._write_back(str(e))
+
+    def keep_state_file(self) -> None:
+        """Write the state file again if it was deleted or replaced while mfcd runs, so that
+        a restart finds the routes even if no change came since (the daemon calls this
+        every second)."""
+        reason = self.state.replaced()
+        if reason is not None:
+            self._write_back(reason)
+
+    def _write_back(self, reason: str) -> None:
+        log.warning("%s; writing all %d routes there again", reason, len(self.router.routes))
+        self.compact()
 
     # --- interface events ------------------------------------------------------------------------
 

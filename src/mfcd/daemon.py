@@ -1,8 +1,9 @@
 """mfcd, the daemon: wires config, kernel, state file, control socket, signals and readiness.
 
-Start-up order matters: refuse early if another mfcd serves the socket; take the
-kernel's tables (MRT_INIT); load the state file and install its routes; only then
-listen and tell systemd READY=1, so a client never sees a half-restored daemon.
+Start-up order matters: refuse early if another mfcd serves the socket or holds the state
+file's lock; take the kernel's tables (MRT_INIT); load the state file and install its
+routes; only then listen and tell systemd READY=1, so a client never sees a
+half-restored daemon.
 Shutdown reverses it: stop taking requests, MRT_DONE (the kernel removes every VIF
 and route the daemon added), remove the socket.
 """
@@ -28,7 +29,7 @@ from mfcd.errors import MfcdError
 from mfcd.kernel import Kernel
 from mfcd.model import KernelEntry, RouteKey
 from mfcd.server import Server, bind_control_socket, socket_permissions
-from mfcd.state import StateFile
+from mfcd.state import VERSION, StateFile
 
 log = logging.getLogger("mfcd")
 
@@ -71,6 +72,8 @@ DEFAULT_TABLE = {4: 253, 6: 254}  # RT_TABLE_DEFAULT (IPv4) and RT_TABLE_MAIN (I
 RESTART_ONLY = ("socket_path", "state_file", "ipv4", "ipv6", "max_request_bytes")
 COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
+STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
+STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
 
 
@@ -109,6 +112,7 @@ class Daemon:
     # Set once start-up has taken the kernel's tables (see run()).
     controller: Controller
     kernel: Kernel
+    state: StateFile
     monitor: netlink.LinkMonitor
 
     def __init__(
@@ -137,14 +141,17 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
         kernel = None
-        state = StateFile(cfg.state_file)
+        state = self.state = StateFile(cfg.state_file)
         # Subscribe before the dump, so no interface change falls between the two.
         monitor = netlink.LinkMonitor()
         try:
+            state.lock()  # before anything else: a second mfcd on this file stops here
             kernel = Kernel(cfg.families)
             controller = self._restore(state, kernel)
-            if not os.path.exists(cfg.state_file):
-                controller.compact()  # an empty state file, so a lost one is noticed at start
+            if state.needs_snapshot:
+                # No file yet: an empty one, so that a lost one is noticed at start. Version 1:
+                # rewritten in the current format before any change is appended.
+                controller.compact()
             await self._serve(controller, kernel, listener, monitor)
         finally:
             listener.close()
@@ -162,9 +169,14 @@ class Daemon:
         with gc_paused():
             loaded = state.load()
             if loaded.torn_tail:
+                # Most likely; a file cut short mid-line by something else looks the same.
                 log.warning(
-                    "%s: ignored an incomplete last record (never acknowledged)", state.path
+                    "%s: dropped an incomplete last record, most likely a change a crash"
+                    " interrupted before it was acknowledged",
+                    state.path,
                 )
+            if loaded.version < VERSION:
+                log.info("%s: format version %d; rewriting it", state.path, loaded.version)
             controller = Controller(kernel, state)
             # Our MRT_INIT table starts empty unless another program left static entries in
             # it; only then is the drift check after start-up worth its full dump of the table.
@@ -205,6 +217,7 @@ class Daemon:
         log.info("mfcd %s ready on %s: %s", __version__, cfg.socket_path, status)
         notify.notify(f"READY=1\nSTATUS={status}")
         watchdog = asyncio.create_task(self._watchdog())
+        keeper = asyncio.create_task(self._keep_state_file())
         if self.inherited:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0)
@@ -214,6 +227,7 @@ class Daemon:
         log.info("stopping: removing routes from the kernel")
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
+        keeper.cancel()
         await server.stop()
         for sock in kernel.sockets.values():
             loop.remove_reader(sock.fileno())
@@ -311,6 +325,21 @@ class Daemon:
         while True:
             notify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)  # already half the timeout
+
+    async def _keep_state_file(self) -> None:
+        """Once a second, write the state file back if it was deleted or replaced (each change
+        checks it too, this is for the quiet times: a restart would otherwise start empty),
+        and lock its lock file again if that went."""
+        while True:
+            await asyncio.sleep(STATE_CHECK_INTERVAL)
+            try:
+                self.controller.keep_state_file()
+                relocked = self.state.keep_lock()
+                if relocked is not None:
+                    log.warning("%s", relocked)
+            except MfcdError as e:
+                log.error("%s; trying again in %d s", e, STATE_RETRY_INTERVAL)
+                await asyncio.sleep(STATE_RETRY_INTERVAL)
 
     def _on_hup(self) -> None:
         if self.serving:
