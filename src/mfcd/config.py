@@ -91,7 +91,9 @@ def load(path: str | None) -> Config:
         if path is None:
             return Config()
         raise ConfigError(f"{name}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{name}: cannot read: {e}") from None
     return parse(text, name)
 

@@ -98,6 +98,10 @@ def prepare(directory: str, what: str) -> None:
     """Create `directory` if missing, then refuse it if anyone but root or us could write it."""
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"the {what} {directory}, or one above it, is a file: choose another directory"
+        ) from None
     except OSError as e:
         raise ConfigError(
             f"cannot create the {what} {directory}: {e.strerror}; create it or choose another"
