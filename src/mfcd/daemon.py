@@ -383,7 +383,7 @@ def missing_capabilities(proc_status: str) -> list[str]:
 def check_start_up(cfg: config.Config) -> None:
     """Refuse to start, with one line saying what to do, before touching anything."""
     try:
-        with open("/proc/self/status", encoding="ascii") as f:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as f:
             missing = missing_capabilities(f.read())
     except OSError:
         missing = []
