@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grp
 import os
+import select
 import shutil
 import signal
 import socket
@@ -99,8 +100,9 @@ def test_a_reload_does_not_chmod_what_took_the_sockets_place(
         base.replace('socket_group = ""', 'socket_group = "nogroup"') + 'socket_mode = "0600"\n'
     )
     assert mfcd.proc is not None
+    refused = f"{mfcd.socket} is no longer the socket mfcd created"
     mfcd.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    log = _read_log_until(mfcd.proc, refused)
     assert mfcd.ctl("--socket", real, "ping").returncode == 0  # still serving, after the reload
     # Another socket in its place: a socket, but not the one mfcd bound.
     os.unlink(mfcd.socket)
@@ -109,15 +111,32 @@ def test_a_reload_does_not_chmod_what_took_the_sockets_place(
         os.chmod(mfcd.socket, 0o755)
         mfcd.config_file.write_text(base + 'socket_mode = "0640"\n')
         mfcd.proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        log += _read_log_until(mfcd.proc, refused)
         assert mfcd.ctl("--socket", real, "ping").returncode == 0
         assert stat.S_IMODE(os.stat(mfcd.socket).st_mode) == 0o755
     after = os.stat(victim)
     assert (stat.S_IMODE(after.st_mode), after.st_gid) == (0o644, before.st_gid)
     assert stat.S_IMODE(os.stat(real).st_mode) == 0o660  # the failed reloads changed nothing
-    _, log = mfcd.stop()
-    assert log.count(f"{mfcd.socket} is no longer the socket mfcd created") == 2
+    log += mfcd.stop()[1]
+    assert log.count(refused) == 2
     assert "configuration reloaded" not in log
+
+
+def _read_log_until(proc: subprocess.Popen[str], text: str, timeout: float = 20) -> str:
+    """What the daemon logs until a line with `text` (read from the pipe's descriptor: the
+    rest is left for Mfcd.stop to collect)."""
+    assert proc.stderr is not None
+    fd, seen, deadline = proc.stderr.fileno(), b"", time.monotonic() + timeout
+    while text.encode() not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, seen.decode()
+        if select.select([fd], [], [], remaining)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, seen.decode()  # the daemon exited
+            seen += chunk
+    while not seen.endswith(b"\n"):  # the rest of that line
+        seen += os.read(fd, 1)
+    return seen.decode()
 
 
 @pytest.fixture
