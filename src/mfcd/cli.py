@@ -30,8 +30,12 @@ exit status:
   4  permission denied on the control socket
   5  the route does not exist
   6  the kernel or the state file refused the change (nothing was changed)
-  7  protocol or internal error
+  7  protocol or internal error: a reply that is malformed or answers another
+     request, or a socket served by a user other than root, mfc or you
 """
+
+
+DAEMON_USER = "mfc"  # the user mfc_daemon.service runs mfcd as
 
 
 class CliError(Exception):
@@ -88,13 +92,19 @@ class Client:
             raise CliError(
                 f"cannot reach mfcd at {self.path}: {e.strerror}", protocol.EXIT_UNREACHABLE
             ) from None
+        try:
+            _check_server(sock, self.path)
+        except BaseException:
+            sock.close()
+            raise
         self._sock = sock
         return sock
 
     def call(self, cmd: str, args: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         """Send one request; return its result or raise CliError with the daemon's message."""
         sock = self._connect()
-        request = protocol.encode_request(cmd, args, self._next_id, dry_run)
+        request_id = self._next_id
+        request = protocol.encode_request(cmd, args, request_id, dry_run)
         self._next_id += 1
         if self.verbose:
             print(f"> {_clip(request)}", file=self.stderr)
@@ -121,13 +131,21 @@ class Client:
             raise CliError(
                 "mfcd sent a response that is not JSON", protocol.EXIT_PROTOCOL
             ) from None
-        if response.get("ok"):
-            result: dict[str, Any] = response.get("result", {})
+        # Only a well-formed answer to this very request counts: anything else (a reply to
+        # another id, no result) is an error, never a silent success. An error may carry
+        # id null: mfcd could not read the request (too large, timeout, too many clients).
+        ok, result, error = response.get("ok"), response.get("result"), response.get("error")
+        answer_id = response.get("id")
+        if ok is True and answer_id == request_id and isinstance(result, dict):
             return result
-        error = response.get("error") or {}
-        code = str(error.get("code", "internal_error"))
-        status = protocol.ERROR_EXIT.get(code, protocol.EXIT_PROTOCOL)
-        raise CliError(str(error.get("message", "request failed")), status, code)
+        if ok is False and answer_id in (request_id, None) and isinstance(error, dict):
+            code = str(error.get("code", "internal_error"))
+            status = protocol.ERROR_EXIT.get(code, protocol.EXIT_PROTOCOL)
+            raise CliError(str(error.get("message", "request failed")), status, code)
+        raise CliError(
+            f"mfcd sent a reply that does not answer request {request_id}: {_clip(line, 200)}",
+            protocol.EXIT_PROTOCOL,
+        )
 
     def _read_line(self, sock: _socket.socket) -> bytes:
         chunks = [self._buffer]
@@ -148,6 +166,32 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _check_server(sock: _socket.socket, path: str) -> None:
+    """Refuse a socket not served by root, by the user mfcctl runs as, or by user mfc.
+
+    In a directory others can write, another user could have put their own socket in
+    mfcd's place and so read (and answer) our requests. The kernel says which user the
+    listening process runs as (SO_PEERCRED), whatever happened to the path meanwhile.
+    """
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # pid, uid, gid
+    uid = int.from_bytes(cred[4:8], sys.byteorder)
+    if uid in (0, os.geteuid()):
+        return
+    import pwd  # noqa: PLC0415 (only needed when the daemon runs as a user of its own)
+
+    try:
+        if pwd.getpwnam(DAEMON_USER).pw_uid == uid:
+            return
+    except KeyError:
+        pass
+    raise CliError(
+        f"refusing {path}: it is served by uid {uid}, not by root or user {DAEMON_USER}"
+        f" — another user may have replaced mfcd's socket; check who can write to"
+        f" {os.path.dirname(path) or '.'}",
+        protocol.EXIT_PROTOCOL,
+    )
 
 
 def _exists_but_not_a_socket(path: str) -> bool:

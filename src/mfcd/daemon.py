@@ -22,10 +22,10 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from mfcd import __version__, config, netlink, notify
+from mfcd import __version__, config, directory_trust, netlink, notify
 from mfcd.commands import Commands
 from mfcd.controller import Controller, KernelView, gc_paused
-from mfcd.errors import MfcdError
+from mfcd.errors import ConfigError, MfcdError
 from mfcd.kernel import Kernel
 from mfcd.model import KernelEntry, RouteKey
 from mfcd.server import Server, bind_control_socket, socket_permissions
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--socket", metavar="PATH", help="control socket (overrides socket_path)")
     parser.add_argument("--state-file", metavar="PATH", help="state file (overrides state_file)")
+    parser.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help='group that may use the control socket; "" for mfcd\'s own (overrides socket_group)',
+    )
     parser.add_argument(
         "--log-level", choices=config.LOG_LEVELS, help="log verbosity (overrides log_level)"
     )
@@ -391,11 +396,41 @@ def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Conf
     )
 
 
+# Capability numbers (linux/capability.h) mfcd needs: raw IGMP/ICMPv6 sockets, MRT_* options.
+NEEDED_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
+
+
+def missing_capabilities(proc_status: str) -> list[str]:
+    """The needed capabilities absent from CapEff in the text of /proc/self/status."""
+    for line in proc_status.splitlines():
+        if line.startswith("CapEff:"):
+            effective = int(line.split()[1], 16)
+            return [name for name, bit in NEEDED_CAPABILITIES.items() if not effective >> bit & 1]
+    return []  # no such line (not Linux /proc): let the kernel calls say what fails
+
+
+def check_start_up(cfg: config.Config) -> None:
+    """Refuse to start, with one line saying what to do, before touching anything."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as f:
+            missing = missing_capabilities(f.read())
+    except OSError:
+        missing = []
+    if missing:
+        raise ConfigError(
+            f"mfcd needs {' and '.join(missing)}: run it as root, or through"
+            " mfc_daemon.service, which grants them to user mfc"
+        )
+    directory_trust.prepare(os.path.dirname(cfg.state_file), "state directory")
+    directory_trust.prepare(os.path.dirname(cfg.socket_path), "socket directory")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
         "socket_path": args.socket,
         "state_file": args.state_file,
+        "socket_group": args.socket_group,
         "log_level": args.log_level,
     }
     try:
@@ -406,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(cfg.log_level)
     daemon = Daemon(cfg, args.config, overrides)
     try:
+        check_start_up(cfg)
         asyncio.run(daemon.run())
     except MfcdError as e:
         log.error("%s", e)
