@@ -25,7 +25,7 @@ EXIT_CODES_HELP = """\
 exit status:
   0  success
   1  the daemon rejected the request (invalid argument, VIF limit, ...)
-  2  usage error (bad command line or batch file)
+  2  usage error (bad command line or batch file), or --socket is not a socket
   3  cannot reach mfcd (not running, or shutting down)
   4  permission denied on the control socket
   5  the route does not exist
@@ -72,8 +72,7 @@ class Client:
                     protocol.EXIT_USAGE,
                 ) from None
             raise CliError(
-                f"cannot reach mfcd at {self.path}: nothing is listening — start it with"
-                " `systemctl start mfc_daemon` or `mfcd`",
+                f"cannot reach mfcd at {self.path}: {_why_no_answer(self.path)}",
                 protocol.EXIT_UNREACHABLE,
             ) from None
         except PermissionError:
@@ -155,6 +154,16 @@ def _exists_but_not_a_socket(path: str) -> bool:
         return (os.stat(path).st_mode & 0o170000) != 0o140000  # S_IFMT, S_IFSOCK
     except OSError:
         return False
+
+
+def _why_no_answer(path: str) -> str:
+    """Why connecting found no mfcd: no such file (a wrong path?), or a socket nobody serves."""
+    if not os.path.lexists(path):
+        return (
+            f"{path} does not exist — start mfcd (`systemctl start mfc_daemon` or `mfcd`),"
+            f" or check --socket or ${protocol.SOCKET_ENV}"
+        )
+    return "nothing is listening — start it with `systemctl start mfc_daemon` or `mfcd`"
 
 
 def _socket_group(path: str) -> str:

@@ -143,6 +143,23 @@ def test_unreachable_daemon_is_exit_status_3(tmp_path: Path) -> None:
     assert err.count("\n") == 1 and err.endswith("\n")
 
 
+def test_a_socket_path_that_does_not_exist_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "typo.sock"
+    status, _, err = run_cli("--socket", str(path), "ping")
+    assert status == protocol.EXIT_UNREACHABLE
+    assert err.startswith(f"mfcctl: cannot reach mfcd at {path}: {path} does not exist")
+    assert "--socket" in err and "nothing is listening" not in err
+
+
+def test_a_socket_nobody_serves_is_nothing_listening(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(str(path))  # the file stays after close, as after a crash
+    status, _, err = run_cli("--socket", str(path), "ping")
+    assert status == protocol.EXIT_UNREACHABLE
+    assert "nothing is listening" in err
+
+
 def test_socket_path_that_is_no_socket_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "plain-file"
     path.write_text("")
