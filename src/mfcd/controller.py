@@ -433,9 +433,7 @@ class Controller:
         if encoded:
             routes = self._routes_encoded(stats, healthy)
         else:
-            routes = [
-                self._route_json(key, ports, stats, healthy) for key, ports in self._sorted()
-            ]
+            routes = [self._route_json(key, ports, stats, healthy) for key, ports in self._sorted()]
         return {
             "schema": SHOW_SCHEMA,
             "vifs": vifs,
