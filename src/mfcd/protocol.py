@@ -37,6 +37,8 @@ COMMANDS = (
     "show",
     "mfc.add",
     "mfc.del",
+    "mfc.oif.add",
+    "mfc.oif.del",
     "batch",
     "vif.set",
     "vif.show",
