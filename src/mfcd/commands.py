@@ -31,7 +31,16 @@ from mfcd.errors import (
     NotFound,
     UnsupportedVersion,
 )
-from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, Ports, RouteKey, SetThreshold
+from mfcd.model import (
+    DEFAULT_THRESHOLD,
+    MAXVIFS,
+    AddRoute,
+    Change,
+    DelRoute,
+    Ports,
+    RouteKey,
+    SetThreshold,
+)
 
 log = logging.getLogger("mfcd")
 
@@ -144,7 +153,12 @@ class Commands:
         return {
             "schema": SHOW_SCHEMA,
             "vifs": self.controller.show_vifs(stats=_flag(args, "stats")),
-            "settings": [{"interface": n, "threshold": t} for n, t in sorted(thresholds.items())],
+            # (A journal may hold a setting back to the default: that is no setting.)
+            "settings": [
+                {"interface": n, "threshold": t}
+                for n, t in sorted(thresholds.items())
+                if t != DEFAULT_THRESHOLD
+            ],
             "max_vifs": MAXVIFS,
         }
 

@@ -45,6 +45,10 @@ COMMANDS = (
     "sync",
 )
 
+# vif.set's threshold for an interface with no setting (mfcd.model.DEFAULT_THRESHOLD): setting
+# it removes the interface's setting (`mfcctl vif set IF --threshold default`).
+DEFAULT_THRESHOLD = 1
+
 # Error codes (stable) and the mfcctl exit status each one maps to.
 ERROR_EXIT = {
     "bad_request": 1,  # not JSON, wrong shape, unknown field or command

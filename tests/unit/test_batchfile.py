@@ -49,7 +49,8 @@ def test_oif_lines_add_or_remove_oifs_of_a_route() -> None:
         (2, "oif_del", "10.0.0.1", "239.1.1.1", "", ["r1", "r2"]),
         (3, "oif_add", "10.0.0.1", "239.1.1.1", "", ["r4", "r5"]),
     ]
-    assert batchfile.line_op("mfc oif del --source s --group g --oifs=r1".split()) == {
+    words = ["mfc", "oif", "del", "--source", "s", "--group", "g", "--oifs=r1"]
+    assert batchfile.line_op(words) == {
         "op": "oif_del",
         "source": "s",
         "group": "g",
