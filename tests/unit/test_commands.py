@@ -445,3 +445,21 @@ def test_fuzz_json_values(value: Any) -> None:
 @given(envelopes)
 def test_fuzz_requests(msg: dict[str, Any]) -> None:
     check_one(make_commands(), json.dumps(msg).encode())
+
+
+def test_vif_set_to_the_default_clears_the_setting_and_is_journaled_as_that(
+    commands: Commands,
+) -> None:
+    ask(commands, "vif.set", {"interface": "b", "threshold": 5})
+    assert ask(commands, "vif.show", {})["result"]["settings"] == [
+        {"interface": "b", "threshold": 5}
+    ]
+    result = ask(commands, "vif.set", {"interface": "b", "threshold": 1})["result"]
+    assert [step["action"] for step in result["plan"]] == ["reissue_mfc"]
+    assert ask(commands, "vif.show", {})["result"]["settings"] == []
+    state = commands.controller.state
+    assert isinstance(state, FakeState)
+    assert state.records[-1] == [["threshold", "b", 1]]
+    # A journal replayed at start may hold the default as a setting: it is shown as none.
+    commands.controller.router.thresholds["c"] = 1
+    assert ask(commands, "vif.show", {})["result"]["settings"] == []
