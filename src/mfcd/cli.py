@@ -294,9 +294,10 @@ def _batch_command(sub: Any) -> None:
     batch = sub.add_parser(
         "batch",
         help="apply many route changes from a file as one transaction",
-        description="Read `mfc add ...` and `mfc del ...` lines (the same options as on the"
-        " command line; `#` starts a comment) from FILE, or stdin for `-`, and apply them all"
-        " as one all-or-nothing transaction.",
+        description="Read `mfc add ...`, `mfc del ...` and `mfc oif add|del ...` lines (the"
+        " same options as on the command line; `#` starts a comment) from FILE, or stdin for"
+        " `-`, and apply them all as one all-or-nothing transaction. Prints how many routes"
+        " were added and deleted.",
     )
     batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
     _command_options(batch, changes=True)
