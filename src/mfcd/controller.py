@@ -14,6 +14,7 @@ import contextlib
 import gc
 import json
 import logging
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -123,6 +124,9 @@ class Controller:
         self.router = router or Router()
         # Called when the kernel may no longer match the model (a rollback it refused).
         self.on_drift: Callable[[], None] | None = None
+        # show's route order, kept while no transaction changes the model: sorting costs
+        # about as much as formatting, and `show --watch` asks again and again.
+        self._order: tuple[int, int, list[tuple[RouteKey, Ports]]] = (-1, -1, [])
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -452,9 +456,7 @@ class Controller:
         if encoded:
             routes = self._routes_encoded(stats, healthy)
         else:
-            routes = [
-                self._route_json(key, ports, stats, healthy) for key, ports in router.routes.items()
-            ]
+            routes = [self._route_json(key, ports, stats, healthy) for key, ports in self._sorted()]
         return {
             "schema": SHOW_SCHEMA,
             "vifs": vifs,
@@ -466,7 +468,7 @@ class Controller:
         installed = self.router.installed
         interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
         parts = []
-        for key, ports in self.router.routes.items():
+        for key, ports in self._sorted():
             if stats or not healthy or key not in installed:
                 parts.append(_json(self._route_json(key, ports, stats, healthy)))
                 continue
@@ -483,6 +485,17 @@ class Controller:
                 f'{text},"state":"installed"}}'
             )
         return Encoded(f"[{','.join(parts)}]")
+
+    def _sorted(self) -> list[tuple[RouteKey, Ports]]:
+        """The routes in the order `ip mroute` and smcroute users expect: IPv4 first, then by
+        group, then by source, comparing addresses as numbers (10.0.0.9 before 10.0.0.10)."""
+        routes = self.router.routes
+        version, count, items = self._order
+        # Every change of a route commits a transaction, which counts in router.version.
+        if version != self.router.version or count != len(routes):
+            items = sorted(routes.items(), key=_address_order())
+            self._order = (self.router.version, len(routes), items)
+        return items
 
     def _route_json(
         self, key: RouteKey, ports: Ports, stats: bool, healthy: bool
@@ -511,6 +524,27 @@ class Controller:
                 "wrong_if": c.wrong_if if c else 0,
             }
         return out
+
+
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:
+    """A sort key for routes: family, group and source as one number (an int compares
+    faster than a tuple of packed addresses)."""
+    pton = socket.inet_pton
+    number = int.from_bytes
+    groups: dict[str, int] = {}  # many routes share a group: convert it once
+
+    def order(route: tuple[RouteKey, Ports]) -> int:
+        family, source, group = route[0]
+        af = _AF[family]
+        shifted = groups.get(group)
+        if shifted is None:
+            shifted = groups[group] = number(pton(af, group)) << 128
+        return (family << 256) | shifted | number(pton(af, source))
+
+    return order
 
 
 def _json(value: Any) -> str:

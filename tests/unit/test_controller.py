@@ -363,6 +363,29 @@ def test_a_change_that_changes_nothing_writes_no_journal_record(ctl: Controller)
     assert state.records == records and kernel.calls == calls
 
 
+def test_show_sorts_routes_by_family_group_and_source_as_numbers() -> None:
+    ctl = controller_with(*LINKS)
+    wanted = [
+        (4, "10.0.0.9", "239.1.1.2"),
+        (4, "10.0.0.10", "239.1.1.2"),  # after .9: numbers, not text
+        (4, "9.0.0.1", "239.1.1.10"),
+        (4, "10.0.0.1", "239.1.1.10"),
+        (4, "10.0.0.1", "239.2.0.0"),
+        (6, "2001:db8::9", "ff3e::2"),
+        (6, "2001:db8::1:0", "ff3e::2"),
+        (6, "2001:db8::1", "ff3e::10"),
+    ]
+    ports = Ports("a", ("b",))
+    ctl.change([AddRoute(key, ports) for key in reversed(wanted)])
+    ctl.change([AddRoute((4, "10.0.0.5", "239.1.1.1"), ports)])  # a later change: sorted again
+    wanted.insert(0, (4, "10.0.0.5", "239.1.1.1"))
+    for encoded in (False, True):
+        routes = ctl.show(encoded=encoded)["routes"]
+        shown = json.loads(routes) if encoded else routes
+        families = {"ipv4": 4, "ipv6": 6}
+        assert [(families[r["family"]], r["source"], r["group"]) for r in shown] == wanted
+
+
 @pytest.mark.parametrize("stats", [False, True])
 def test_show_encodes_its_routes_as_json_would(ctl: Controller, stats: bool) -> None:
     ctl.change(
