@@ -73,7 +73,7 @@ RESTART_ONLY = ("socket_path", "state_file", "ipv4", "ipv6", "max_request_bytes"
 COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
-CHECK_CHUNK = 10_000  # routes a drift check probes and writes between two turns of the loop
+CHECK_CHUNK = 2_000  # routes a drift check probes and writes between two turns of the loop
 
 
 def current_links() -> dict[str, int]:
