@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -412,24 +413,29 @@ class Controller:
         return self.repair(steps, dry_run), readded
 
     def check_entries(
-        self, keys: Sequence[RouteKey], dry_run: bool = False, stale: Iterable[RouteKey] = ()
+        self,
+        keys: Sequence[RouteKey],
+        dry_run: bool = False,
+        stale: AbstractSet[RouteKey] = frozenset(),
+        rewrite_all: bool = True,
     ) -> list[dict[str, Any]]:
-        """Probe the kernel's entry of each installed route in `keys` and write it again.
+        """Probe the kernel's entry of each installed route in `keys`; write entries again.
 
         The repairs are the entries found missing, and those in `stale` (known to need
-        writing). Unless `dry_run`, every entry is written again, missing or not:
-        MRT_ADD_MFC replaces in place and keeps the counters, and only a write corrects an
-        entry whose iif or oifs differ, which a probe (SIOCGETSGCNT) cannot see. O(len(keys)),
-        about 3 microseconds a route.
+        writing); unless `dry_run` they are written. With `rewrite_all` every entry is
+        written again, missing or not: MRT_ADD_MFC replaces in place and keeps the
+        counters, and only a write corrects an entry whose iif or oifs differ, which a
+        probe (SIOCGETSGCNT) cannot see. O(len(keys)): a few microseconds a route.
         """
         router = self.router
         installed = router.installed
         keys = [key for key in keys if key in installed]
         wanted = set(self.kernel.missing(keys))
-        wanted.update(key for key in stale if key in installed)
+        wanted.update(key for key in keys if key in stale)
         failed: dict[RouteKey, KernelError] = {}
         if not dry_run:
-            for op, error in self.kernel.rewrite(router.entry(key) for key in keys):
+            writes = keys if rewrite_all else [key for key in keys if key in wanted]
+            for op, error in self.kernel.rewrite(router.entry(key) for key in writes):
                 failed[(op.family, op.source, op.group)] = error
         report = []
         for key in keys:

@@ -309,11 +309,14 @@ class Daemon:
         """Compare the kernel's tables with the model where they can differ, and repair.
 
         The VIFs are read from /proc (32 rows); the MFC entries of the routes on the
-        interfaces that changed are probed one by one (SIOCGETSGCNT, O(1) each) and written
-        again in place, CHECK_CHUNK at a time with clients served in between: a cost that
-        grows with the routes touched, where a dump of the kernel's table grows faster than
-        the table (minutes at 1,000,000 entries). Only the full check, for entries another
-        program left behind, dumps the table.
+        interfaces that changed are probed one by one (SIOCGETSGCNT, O(1) each), CHECK_CHUNK
+        at a time with clients served in between: a cost that grows with the routes
+        touched, where a dump of the kernel's table grows faster than the table (minutes at
+        1,000,000 entries). Missing entries are written again, and so are those of routes
+        on a VIF added back (the kernel dropped their oifs there). The event itself wrote
+        the entries it changed a moment ago, so they are not written a second time; `mfcctl
+        sync` writes every entry again. Only the full check, for entries another program
+        left behind, dumps the table.
         """
         touched, self._touched = self._touched, set()
         if self._full_check:
@@ -332,20 +335,23 @@ class Daemon:
             return
         report, readded = controller.repair_vifs(view.vifs)
         router = controller.router
+        stale = set(router.users(readded))
         if touched is None:
             keys = list(router.installed)
         else:
-            keys = router.users({(f, name) for f in families for name in touched} | readded)
+            keys = router.users({(f, name) for f in families for name in touched})
+            keys += stale.difference(keys)
         for start in range(0, len(keys), CHECK_CHUNK):
             if start:
                 await asyncio.sleep(0)  # requests are answered between two chunks
-            report += controller.check_entries(keys[start : start + CHECK_CHUNK])
+            chunk = keys[start : start + CHECK_CHUNK]
+            report += controller.check_entries(chunk, stale=stale, rewrite_all=False)
         report += map(describe_step, controller.retry_pending([*router.blocked, *router.refused]))
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
         repairs = Counter(entry["action"] for entry in report)
         log.log(
             logging.WARNING if report else logging.INFO,
-            "drift check of %s: %d entries checked and written again, %s, in %.2f s",
+            "drift check of %s: %d entries checked, %s, in %.2f s",
             what,
             len(keys),
             ", ".join(f"{a} {n}" for a, n in sorted(repairs.items())) or "nothing to repair",

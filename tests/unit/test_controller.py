@@ -412,3 +412,16 @@ def test_interface_events_log_one_line_at_info(
     ctl.link_down("c")
     ctl.link_up("c", 14)
     assert sum("reissue_mfc" in r.getMessage() for r in caplog.records) == 51 + 1
+
+
+def test_check_entries_without_rewrite_all_writes_only_missing_and_stale(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    one, two = r4(1, "a").key, r4(2, "b").key
+    del kernel.mfcs[one]
+    kernel.mfcs[two].ttls.clear()
+    writes = len(kernel.applied)
+    report = ctl.check_entries([one, two], rewrite_all=False)
+    assert [r["source"] for r in report] == ["10.0.0.1"]
+    assert len(kernel.applied) == writes + 1 and kernel.mfcs[two].ttls == {}
+    ctl.check_entries([one, two], stale={two}, rewrite_all=False)
+    assert kernel.forwarding(two) == (2, frozenset({(1, 1), (3, 1)}))
