@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mfcd import commands as commands_module
 from mfcd import protocol
 from mfcd.commands import Commands, Peer
-from mfcd.controller import Controller
+from mfcd.controller import Controller, KernelView
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
 PEER = Peer(pid=4242, uid=0, gid=0)
@@ -342,3 +343,25 @@ def test_fuzz_json_values(value: Any) -> None:
 @given(envelopes)
 def test_fuzz_requests(msg: dict[str, Any]) -> None:
     check_one(make_commands(), json.dumps(msg).encode())
+
+
+def test_sync_reads_the_whole_table_only_when_small_or_asked(
+    commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[bool] = []
+
+    def observe(full: bool) -> KernelView:
+        asked.append(full)
+        kernel = commands.controller.kernel
+        assert isinstance(kernel, FakeKernel)
+        vifs = {key: "abc"[ifindex - 1] for key, ifindex in kernel.vifs.items()}
+        return KernelView(vifs, {} if full else None)
+
+    commands.observe = observe
+    assert ask(commands, "sync", {})["result"]["full"] is True  # 1 route: the dump is cheap
+    monkeypatch.setattr(commands_module, "FULL_SYNC_ROUTES", 0)
+    result = ask(commands, "sync", {})["result"]
+    assert result == {"dry_run": False, "repairs": [], "full": False}
+    assert ask(commands, "sync", {"full": True})["result"]["full"] is True
+    assert ask(commands, "sync", {"full": 1})["error"]["code"] == "bad_request"
+    assert asked == [True, False, True]
