@@ -610,7 +610,9 @@ class Router:
         """
         wanted: dict[int, set[str]] = {}
         for family, name in interfaces:
-            wanted.setdefault(family, set()).add(name)
+            vif = self.vifs.get((family, name))
+            if vif is not None and vif.refs:  # else no installed route uses it: no scan
+                wanted.setdefault(family, set()).add(name)
         if not wanted:
             return []
         installed = self.installed
