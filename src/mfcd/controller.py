@@ -15,8 +15,10 @@ import gc
 import json
 import logging
 import socket
+import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,10 +74,11 @@ SHOW_SCHEMA = 1
 @dataclass(frozen=True, slots=True)
 class KernelView:
     """What the kernel holds now: VIFs as (family, index) -> device name; MFC entries as
-    model.KernelEntry."""
+    model.KernelEntry, or None when the MFC was not read (a dump of a large table costs
+    minutes: then each route's entry is probed instead, see Controller.sync)."""
 
     vifs: dict[tuple[int, int], str]
-    mfc: dict[RouteKey, KernelEntry]
+    mfc: dict[RouteKey, KernelEntry] | None
 
 
 class KernelLike(Protocol):
@@ -83,6 +86,8 @@ class KernelLike(Protocol):
     def undo(self, ops: Sequence[KernelOp | None]) -> list[KernelError]: ...
     def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None: ...
     def vif_counters(self, family: int, vifi: int) -> VifCounters | None: ...
+    def missing(self, keys: Iterable[RouteKey]) -> list[RouteKey]: ...
+    def rewrite(self, ops: Iterable[AddMfc]) -> list[tuple[AddMfc, KernelError]]: ...
 
 
 class StateLike(Protocol):
@@ -313,19 +318,25 @@ class Controller:
         router.commit()
         if not changed:
             return []
+        started = time.monotonic()
         what = f"interface {interface} up"
         steps: list[Step] = []
         for family in (4, 6):
             steps += self._apply_quietly(what, router.revive_vif, family, interface)
         for key in router.waiting_for(interface):
             steps += self._install_or_park(key, what)
+        if steps:
+            log.info("%s (ifindex %d): %s", what, ifindex, summarize(steps, started))
         return steps
 
     def retry_pending(self, keys: Sequence[RouteKey]) -> list[Step]:
         """Try to install pending routes, each in its own transaction."""
+        started = time.monotonic()
         steps: list[Step] = []
         for key in keys:
             steps += self._install_or_park(key, "install pending route")
+        if steps:
+            log.info("pending routes: %s", summarize(steps, started))
         return steps
 
     def _install_or_park(self, key: RouteKey, what: str) -> list[Step]:
@@ -341,10 +352,11 @@ class Controller:
         return []
 
     def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
-        if interface in self.router.links and any(
-            (family, interface) in self.router.vifs for family in (4, 6)
-        ):
-            log.info("interface %s gone: its routes are degraded until it is back", interface)
+        router = self.router
+        vifs = [router.vifs.get((family, interface)) for family in (4, 6)]
+        if interface in router.links and any(vifs):
+            routes = sum(vif.refs for vif in vifs if vif is not None)
+            log.info("interface %s gone: %d routes degraded until it is back", interface, routes)
         return self._apply_quietly(
             f"interface {interface} gone", self.router.link_down, interface, kernel_dropped_vif
         )
@@ -377,9 +389,36 @@ class Controller:
 
         Then routes still pending for want of a VIF or after a kernel refusal are retried:
         a repair may have removed what stood in their way (a VIF another program added).
+
+        With `view.mfc` None the MFC is not compared as a whole: each installed route's entry
+        is probed (O(1) each) and re-added if missing, and the others are written again in
+        place (the kernel keeps their counters), which corrects a wrong iif or oif set the
+        probe cannot see. Entries mfcd does not own are then neither found nor removed.
         """
+        started = time.monotonic()
+        router = self.router
+        if view.mfc is not None:
+            report = self.repair(router.repair(view.vifs, view.mfc), dry_run)
+        else:
+            report, readded = self.repair_vifs(view.vifs, dry_run)
+            stale = set(router.users(readded))
+            report += self.check_entries(list(router.installed), dry_run, stale)
+        if not dry_run:
+            retried = self.retry_pending([*router.blocked, *router.refused])
+            report += [describe_step(step) for step in retried]
+            log.info(
+                "sync: %d repairs, %d routes checked%s in %.2f s",
+                len(report),
+                len(router.installed),
+                "" if view.mfc is not None else " by probe (foreign entries not looked for)",
+                time.monotonic() - started,
+            )
+        return report
+
+    def repair(self, steps: Sequence[Step], dry_run: bool = False) -> list[dict[str, Any]]:
+        """Apply repair steps one by one (a refused one is reported with its error)."""
         report = []
-        for step in self.router.repair(view.vifs, view.mfc):
+        for step in steps:
             entry = describe_step(step)
             if not dry_run:
                 try:
@@ -388,12 +427,55 @@ class Controller:
                     entry["error"] = str(e)
                     log.warning("sync: %s failed: %s", _step_text(step), e)
                 else:
-                    log.info("sync: repaired: %s", _step_text(step))
+                    log.debug("sync: repaired: %s", _step_text(step))
             report.append(entry)
+        return report
+
+    def repair_vifs(
+        self, kernel_vifs: dict[tuple[int, int], str], dry_run: bool = False
+    ) -> tuple[list[dict[str, Any]], set[tuple[int, str]]]:
+        """Make the kernel's VIFs match the model's: the repairs, and the (family, interface)
+        of each VIF added back (its routes' entries must be written again)."""
+        steps, readded = self.router.repair_vifs(kernel_vifs)
+        return self.repair(steps, dry_run), readded
+
+    def check_entries(
+        self,
+        keys: Sequence[RouteKey],
+        dry_run: bool = False,
+        stale: AbstractSet[RouteKey] = frozenset(),
+        rewrite_all: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Probe the kernel's entry of each installed route in `keys`; write entries again.
+
+        The repairs are the entries found missing, and those in `stale` (known to need
+        writing); unless `dry_run` they are written. With `rewrite_all` every entry is
+        written again, missing or not: MRT_ADD_MFC replaces in place and keeps the
+        counters, and only a write corrects an entry whose iif or oifs differ, which a
+        probe (SIOCGETSGCNT) cannot see. O(len(keys)): a few microseconds a route.
+        """
+        router = self.router
+        installed = router.installed
+        keys = [key for key in keys if key in installed]
+        wanted = set(self.kernel.missing(keys))
+        wanted.update(key for key in keys if key in stale)
+        failed: dict[RouteKey, KernelError] = {}
         if not dry_run:
-            router = self.router
-            retried = self.retry_pending([*router.blocked, *router.refused])
-            report += [describe_step(step) for step in retried]
+            writes = keys if rewrite_all else [key for key in keys if key in wanted]
+            for op, error in self.kernel.rewrite(router.entry(key) for key in writes):
+                failed[(op.family, op.source, op.group)] = error
+        report = []
+        for key in keys:
+            if key not in wanted and key not in failed:
+                continue
+            step = Step(router.entry(key), None, "reissue_mfc")
+            entry = describe_step(step)
+            if key in failed:
+                entry["error"] = str(failed[key])
+                log.warning("sync: %s failed: %s", _step_text(step), failed[key])
+            elif not dry_run:
+                log.debug("sync: repaired: %s", _step_text(step))
+            report.append(entry)
         return report
 
     def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:
@@ -414,8 +496,9 @@ class Controller:
             self._report_undo_failures(getattr(e, "undo_failures", []))
             return str(e)
         router.commit()
-        for step in steps:
-            log.info("%s: %s", what, _step_text(step))
+        if log.isEnabledFor(logging.DEBUG):  # callers log a summary at info
+            for step in steps:
+                log.debug("%s: %s", what, _step_text(step))
         return steps
 
     # --- queries ---------------------------------------------------------------------------------
@@ -549,6 +632,14 @@ def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def summarize(steps: Sequence[Step], started: float) -> str:
+    """One line for what a run of steps did: routes affected, operations by kind, time taken."""
+    counts = Counter(step.action for step in steps)
+    routes = sum(n for action, n in counts.items() if action.endswith("_mfc"))
+    kinds = ", ".join(f"{action} {n}" for action, n in sorted(counts.items()))
+    return f"{routes} routes affected ({kinds}) in {time.monotonic() - started:.2f} s"
 
 
 def _step_text(step: Step) -> str:

@@ -8,32 +8,121 @@
 # itself because the receiving socket has SO_PASSCRED: with NotifyAccess=main the datagram must
 # come from the main process, not from a child.
 
+#
+# Sending never blocks. A datagram socket whose reader does not keep up holds only
+# net.unix.max_dgram_qlen datagrams (10 by default); a blocking send to it waits until the
+# reader takes one, and a daemon waiting there answers nobody. So the socket is non-blocking
+# and a datagram that does not fit now is reported as BUSY: the caller drops it or keeps the
+# latest to send again later (StatusReporter does that for STATUS=).
+
+import asyncio
+import enum
 import os
 import socket
+from collections.abc import Callable
 
-__all__ = ["notify", "watchdog_interval"]
+__all__ = ["Sent", "StatusReporter", "notify", "send", "watchdog_interval"]
+
+STATUS_INTERVAL = 1.0  # seconds: at most one STATUS= per interval
 
 
-def notify(state: str) -> bool:
-    """Send `state` (e.g. "READY=1\\nSTATUS=listening") to the service manager.
+class Sent(enum.Enum):
+    """What became of a notification."""
 
-    Returns True if the datagram was sent, False when not run under systemd ($NOTIFY_SOCKET
-    unset or not an absolute/abstract address) or when sending failed. As sd_notify(3)
-    recommends, callers may ignore the result: a daemon must run the same without systemd.
+    SENT = "sent"
+    OFF = "off"  # not run under systemd, or the socket cannot be reached: nobody to tell
+    BUSY = "busy"  # the service manager's queue is full now: try again later
+
+
+def send(state: str) -> Sent:
+    """Send `state` (e.g. "READY=1\\nSTATUS=listening") to the service manager, never blocking.
+
+    OFF when not run under systemd ($NOTIFY_SOCKET unset or not an absolute/abstract
+    address) or when sending failed; BUSY when the receiver's queue is full.
     STATUS= values must be a single line.
     """
     address = os.environ.get("NOTIFY_SOCKET", "")
     if address.startswith("@"):
         address = "\0" + address[1:]
     elif not address.startswith("/"):
-        return False
+        return Sent.OFF
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
-            sock.sendall(state.encode("utf-8"))
+            sock.send(state.encode("utf-8"))
+    except BlockingIOError:
+        return Sent.BUSY
     except OSError:
-        return False
-    return True
+        return Sent.OFF
+    return Sent.SENT
+
+
+def notify(state: str) -> bool:
+    """`send` for callers that need to know only whether the datagram went out.
+
+    As sd_notify(3) recommends, callers may ignore the result: a daemon must run the same
+    without systemd. A datagram the service manager cannot take now is dropped (False).
+    """
+    return send(state) is Sent.SENT
+
+
+class StatusReporter:
+    """STATUS= (and READY=1 and the like) for the service manager, rate-limited, never blocking.
+
+    `changed()` after every change sends the status at once if none went out in the last
+    `interval` seconds, else once when the interval is over: a burst of 1,000 changes sends
+    two datagrams, the second with the latest status. `announce(state)` sends a state change
+    (READY=1, RELOADING=1, STOPPING=1) with the current status at once. A datagram the
+    manager cannot take now is kept, the latest replacing an older one, and sent again
+    after `interval`.
+    """
+
+    def __init__(self, status: Callable[[], str], interval: float = STATUS_INTERVAL) -> None:
+        self.status = status
+        self.interval = interval
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = -interval  # loop time of the last datagram sent (or tried)
+        self._announcement = ""  # a state change not delivered yet (BUSY)
+
+    def changed(self) -> None:
+        """The status may have changed: report it, at most once per interval."""
+        if self._timer is not None:
+            return  # a report is due; it will carry the status as it is then
+        loop = asyncio.get_running_loop()
+        wait = self._last + self.interval - loop.time()
+        if wait > 0:
+            self._timer = loop.call_later(wait, self._due)
+        else:
+            self._send()
+
+    def announce(self, state: str) -> None:
+        """Send a state change with the current status now (kept for later if BUSY)."""
+        self._announcement = state
+        self._cancel()
+        self._send()
+
+    def close(self) -> None:
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> None:
+        self._timer = None
+        self._send()
+
+    def _send(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        head = f"{self._announcement}\n" if self._announcement else ""
+        if send(f"{head}STATUS={self.status()}") is Sent.BUSY:
+            # Keep only the latest: the next try sends the status as it is by then.
+            self._timer = loop.call_later(self.interval, self._due)
+        else:
+            self._announcement = ""
 
 
 def watchdog_interval() -> float | None:

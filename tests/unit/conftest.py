@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import errno
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +76,9 @@ class FakeKernel(Kernel):
                 if self.mfcs.pop((family, source, group), None) is None:
                     raise KernelError("no such entry", "MRT_DEL_MFC", errno.ENOENT)
         self.applied.append(op)
+
+    def missing(self, keys: Iterable[RouteKey]) -> list[RouteKey]:
+        return [key for key in keys if key not in self.mfcs]
 
     def device_gone(self, ifindex: int) -> None:
         """A device was deleted: Linux removes its VIFs (NETDEV_UNREGISTER), keeps the MFC."""

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mfcd import batchfile, protocol
+from mfcd import commands as commands_module
 from mfcd.commands import Commands, Peer
-from mfcd.controller import Controller
+from mfcd.controller import Controller, KernelView
 from mfcd.model import Ports
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
@@ -463,3 +464,25 @@ def test_vif_set_to_the_default_clears_the_setting_and_is_journaled_as_that(
     # A journal replayed at start may hold the default as a setting: it is shown as none.
     commands.controller.router.thresholds["c"] = 1
     assert ask(commands, "vif.show", {})["result"]["settings"] == []
+
+
+def test_sync_reads_the_whole_table_only_when_small_or_asked(
+    commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[bool] = []
+
+    def observe(full: bool) -> KernelView:
+        asked.append(full)
+        kernel = commands.controller.kernel
+        assert isinstance(kernel, FakeKernel)
+        vifs = {key: "abc"[ifindex - 1] for key, ifindex in kernel.vifs.items()}
+        return KernelView(vifs, {} if full else None)
+
+    commands.observe = observe
+    assert ask(commands, "sync", {})["result"]["full"] is True  # 1 route: the dump is cheap
+    monkeypatch.setattr(commands_module, "FULL_SYNC_ROUTES", 0)
+    result = ask(commands, "sync", {})["result"]
+    assert result == {"dry_run": False, "repairs": [], "full": False}
+    assert ask(commands, "sync", {"full": True})["result"]["full"] is True
+    assert ask(commands, "sync", {"full": 1})["error"]["code"] == "bad_request"
+    assert asked == [True, False, True]

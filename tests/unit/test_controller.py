@@ -404,3 +404,92 @@ def test_show_encodes_its_routes_as_json_would(ctl: Controller, stats: bool) -> 
         assert {k: v for k, v in encoded.items() if k != "routes"} == {
             k: v for k, v in shown.items() if k != "routes"
         }
+
+
+# --- drift checks that grow with the routes checked, not with a dump of the kernel ------------
+
+
+def _vifs_of(kernel: FakeKernel, ctl: Controller) -> dict[tuple[int, int], str]:
+    """The kernel's VIFs as /proc names them (device names)."""
+    names = {ifindex: name for name, ifindex in ctl.router.links.items()}
+    return {key: names[ifindex] for key, ifindex in kernel.vifs.items()}
+
+
+def test_probing_sync_re_adds_a_missing_entry_and_rewrites_the_others(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    one, two = r4(1, "a").key, r4(2, "b").key
+    del kernel.mfcs[one]  # removed behind mfcd's back
+    kernel.mfcs[two].ttls.clear()  # oifs lost: a probe cannot see this, a write repairs it
+    kernel.mfcs[(4, "10.9.9.9", "239.9.9.9")] = kernel.mfcs[two]  # foreign: not looked for
+    before = kernel.view()
+    report = ctl.sync(KernelView(_vifs_of(kernel, ctl), None), dry_run=True)
+    assert [(r["action"], r["source"]) for r in report] == [("reissue_mfc", "10.0.0.1")]
+    assert kernel.view() == before  # a dry run changes nothing
+
+    report = ctl.sync(KernelView(_vifs_of(kernel, ctl), None))
+    assert [(r["action"], r["source"]) for r in report] == [("reissue_mfc", "10.0.0.1")]
+    assert kernel.forwarding(one) == (1, frozenset({(2, 1)}))
+    assert kernel.forwarding(two) == (2, frozenset({(1, 1), (3, 1)}))
+    assert (4, "10.9.9.9", "239.9.9.9") in kernel.mfcs
+
+
+def test_probing_sync_re_adds_a_vif_and_reports_the_entries_on_it(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    vifs = _vifs_of(kernel, ctl)
+    lost = next(key for key, name in vifs.items() if name == "c")
+    del kernel.vifs[lost], vifs[lost]
+    report = ctl.sync(KernelView(vifs, None), dry_run=True)
+    assert [r["action"] for r in report] == ["readd_vif", "reissue_mfc"]
+    assert report[1]["source"] == "10.0.0.2"  # the route using c
+    ctl.sync(KernelView(vifs, None))
+    assert kernel.forwarding(r4(2, "b").key) == (2, frozenset({(1, 1), (3, 1)}))
+
+
+def test_check_entries_looks_only_at_the_keys_given(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    one, two = r4(1, "a").key, r4(2, "b").key
+    del kernel.mfcs[one], kernel.mfcs[two]
+    report = ctl.check_entries([two, (4, "10.7.7.7", "239.1.1.1")])  # the second: not a route
+    assert [r["source"] for r in report] == ["10.0.0.2"]
+    assert set(kernel.mfcs) == {two}
+
+
+def test_a_rewrite_the_kernel_refuses_is_reported(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    kernel.fail_at = kernel.calls + 1
+    report = ctl.check_entries(list(ctl.router.installed))
+    assert len(report) == 1 and "injected failure" in report[0]["error"]
+
+
+def test_interface_events_log_one_line_at_info(
+    ctl: Controller, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctl.change([AddRoute.of(Route(4, f"10.1.0.{n}", "239.1.1.1", "a", ("c",))) for n in range(50)])
+    kernel, _ = fake(ctl)
+    caplog.set_level("INFO", logger="mfcd")
+    kernel.device_gone(3)
+    ctl.link_down("c")
+    ctl.link_up("c", 13)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "interface c gone: 51 routes degraded until it is back"
+    assert lines[1].startswith("interface c up (ifindex 13): 51 routes affected")
+    assert len(lines) == 2
+    caplog.clear()
+    caplog.set_level("DEBUG", logger="mfcd")
+    kernel.device_gone(13)
+    ctl.link_down("c")
+    ctl.link_up("c", 14)
+    assert sum("reissue_mfc" in r.getMessage() for r in caplog.records) == 51 + 1
+
+
+def test_check_entries_without_rewrite_all_writes_only_missing_and_stale(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    one, two = r4(1, "a").key, r4(2, "b").key
+    del kernel.mfcs[one]
+    kernel.mfcs[two].ttls.clear()
+    writes = len(kernel.applied)
+    report = ctl.check_entries([one, two], rewrite_all=False)
+    assert [r["source"] for r in report] == ["10.0.0.1"]
+    assert len(kernel.applied) == writes + 1 and kernel.mfcs[two].ttls == {}
+    ctl.check_entries([one, two], stale={two}, rewrite_all=False)
+    assert kernel.forwarding(two) == (2, frozenset({(1, 1), (3, 1)}))

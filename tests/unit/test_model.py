@@ -649,3 +649,12 @@ def test_version_counts_the_transactions_that_changed_something() -> None:
     router.add_route(r4(2, "a", "b"))
     router.rollback()  # rolled back: nothing changed
     assert router.version == version + 1
+
+
+def test_users_are_the_installed_routes_on_any_of_the_interfaces() -> None:
+    router = router_with_links("a", "b", "c", "d")
+    for route in (r4(1, "a", "b"), r4(2, "c", "a"), r4(3, "c", "d"), r4(4, "a", "z")):
+        run(router, router.add_route, route)
+    assert router.users([(4, "a")]) == [r4(1, "a").key, r4(2, "a").key]  # not the pending one
+    assert router.users([(4, "b"), (4, "d")]) == [r4(1, "a").key, r4(3, "a").key]
+    assert router.users([(6, "a")]) == [] and router.users([]) == []

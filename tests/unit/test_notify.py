@@ -1,15 +1,17 @@
 """Tests for mfcd.notify against a notify socket the test binds itself, as systemd (PID 1) does."""
 
+import asyncio
 import os
 import socket
 import struct
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from mfcd.notify import notify, watchdog_interval
+from mfcd.notify import Sent, StatusReporter, notify, send, watchdog_interval
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}, <linux/socket.h>
 
@@ -126,3 +128,80 @@ def test_watchdog_disabled_or_malformed(monkeypatch: pytest.MonkeyPatch, value: 
     else:
         monkeypatch.setenv("WATCHDOG_USEC", value)
     assert watchdog_interval() is None
+
+
+def _drain(sock: socket.socket) -> list[str]:
+    """Every datagram queued on `sock` now."""
+    seen = []
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        while True:
+            seen.append(sock.recv(4096).decode())
+    except BlockingIOError:
+        return seen
+    finally:
+        sock.settimeout(timeout)
+
+
+def test_a_socket_nobody_reads_never_blocks_the_sender(listener: NotifyListener) -> None:
+    # The queue of a datagram socket holds net.unix.max_dgram_qlen datagrams (10 by
+    # default); a blocking send would wait there for ever.
+    started = time.monotonic()
+    results = [send(f"STATUS={n} routes") for n in range(1000)]
+    assert time.monotonic() - started < 2
+    assert results[0] is Sent.SENT and results[-1] is Sent.BUSY
+    assert set(results) == {Sent.SENT, Sent.BUSY}
+    sent = results.count(Sent.SENT)
+    assert notify("WATCHDOG=1") is False  # dropped, and the caller may ignore that
+    # The queue held exactly what was sent, and room again means SENT again.
+    assert len(_drain(listener.sock)) == sent
+    assert send("READY=1") is Sent.SENT
+
+
+def test_status_reports_are_limited_to_one_per_interval_and_the_latest_wins(
+    listener: NotifyListener,
+) -> None:
+    count = 0
+
+    async def burst() -> list[str]:
+        nonlocal count
+        reporter = StatusReporter(lambda: f"{count} changes", interval=0.3)
+        seen: list[str] = []
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # about 1,000 changes a second for 1 s
+            count += 1
+            reporter.changed()
+            seen += _drain(listener.sock)
+            await asyncio.sleep(0.001)
+        final = count
+        await asyncio.sleep(0.5)  # the last report is due within one interval
+        reporter.close()
+        seen += _drain(listener.sock)
+        assert seen[-1] == f"STATUS={final} changes"
+        return seen
+
+    seen = asyncio.run(burst())
+    # 1 s of changes at one report per 0.3 s: the first at once, then one per interval.
+    assert 3 <= len(seen) <= 6, seen
+    assert count > 100
+
+
+def test_a_busy_report_is_kept_and_the_latest_sent_when_there_is_room(
+    listener: NotifyListener,
+) -> None:
+    status = "old"
+
+    async def scenario() -> list[str]:
+        nonlocal status
+        while send("STATUS=filler") is Sent.SENT:
+            pass
+        reporter = StatusReporter(lambda: status, interval=0.1)
+        reporter.announce("READY=1")  # BUSY: kept
+        status = "new"
+        _drain(listener.sock)  # the manager catches up
+        await asyncio.sleep(0.3)
+        reporter.close()
+        return _drain(listener.sock)
+
+    assert asyncio.run(scenario()) == ["READY=1\nSTATUS=new"]
