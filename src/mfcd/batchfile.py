@@ -20,7 +20,11 @@ Op = dict[str, "Any"]
 
 
 class SyntaxProblem(ValueError):
-    """A batch line that does not parse; the message says why."""
+    """A batch line that does not parse: the message says why, `line` which (from 1)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
 
 
 def split_oifs(values: list[str]) -> list[str]:
@@ -43,7 +47,7 @@ def lines(text: str) -> Iterator[Change]:
     being "add", "del", "oif_add" or "oif_del"; only an add has an iif (the others "") and
     a del has no oifs (None).  Blank and comment lines yield nothing.
 
-    Raises SyntaxProblem with the message prefixed `line N: `.
+    Raises SyntaxProblem naming the line.
     """
     if any(end in text for end in _OTHER_LINE_ENDS):  # (`re` would slow mfcctl's start)
         text = "\n".join(text.splitlines())
@@ -62,7 +66,7 @@ def lines(text: str) -> Iterator[Change]:
             try:
                 found = words(line)
             except ValueError as e:  # shlex: "No closing quotation"
-                raise SyntaxProblem(f"line {lineno}: {e}") from None
+                raise SyntaxProblem(str(e), lineno) from None
         else:
             found = line.split()
             # The shape generated files use, `mfc add --source S --group G --iif I --oifs O`,
@@ -88,7 +92,7 @@ def lines(text: str) -> Iterator[Change]:
         try:
             op = line_op(found)
         except ValueError as e:
-            raise SyntaxProblem(f"line {lineno}: {e}") from None
+            raise SyntaxProblem(str(e), lineno) from None
         yield lineno, op["op"], op["source"], op["group"], op.get("iif", ""), op.get("oifs")
 
 

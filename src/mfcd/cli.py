@@ -21,30 +21,62 @@ if TYPE_CHECKING:  # typing costs a few milliseconds at every start; annotations
     import argparse  # imported when a parser is built: `mfc add`/`mfc del` never need one
     from typing import Any, TextIO
 
-EXIT_CODES_HELP = """\
-exit status:
-  0  success
-  1  the daemon rejected the request (invalid argument, VIF limit, ...)
-  2  usage error (bad command line or batch file), or --socket is not a socket
-  3  cannot reach mfcd (not running, or shutting down)
-  4  permission denied on the control socket
-  5  the route does not exist
-  6  the kernel or the state file refused the change (nothing was changed)
-  7  protocol or internal error: a reply that is malformed or answers another
-     request, or a socket served by a user other than root, mfc or you
-"""
+
+def exit_codes_help(width: int = 79) -> str:
+    """The exit statuses for --help's epilog, from protocol.EXIT_STATUSES."""
+    lines = ["exit status:"]
+    for status, text in protocol.EXIT_STATUSES.items():
+        line = f"  {status} "
+        for word in text.split():
+            if len(line) + 1 + len(word) > width:
+                lines.append(line)
+                line = "    "
+            line += " " + word
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 DAEMON_USER = "mfc"  # the user mfc_daemon.service runs mfcd as
 
 
 class CliError(Exception):
-    """A failure reported as one line on stderr with an exit status."""
+    """A failure reported as one line on stderr with an exit status.
 
-    def __init__(self, message: str, status: int, code: str = "") -> None:
+    A batch the daemon refused says where: `op` (of a batch of ops) or `line` (of the
+    batch text, read from `file`), both counted from 1.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        code: str = "",
+        op: int | None = None,
+        line: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.op = op
+        self.line = line
+        self.file = ""
+
+    def located(self) -> str:
+        """The message after where it applies: `FILE:LINE: ...` as compilers say it, `op N: ...`."""
+        if self.line is not None:
+            return f"{self.file}:{self.line}: {self}" if self.file else f"line {self.line}: {self}"
+        if self.op is not None:
+            return f"op {self.op}: {self}"
+        return str(self)
+
+    def as_json(self) -> dict[str, Any]:
+        """The error as `-o json` prints it: the daemon's code, message and position."""
+        error: dict[str, Any] = {"code": self.code, "message": str(self)}
+        if self.op is not None:
+            error["op"] = self.op
+        if self.line is not None:
+            error["line"] = self.line
+        return {"error": error}
 
 
 # --- talking to the daemon -----------------------------------------------------------------------
@@ -140,7 +172,8 @@ class Client:
         if ok is False and answer_id in (request_id, None) and isinstance(error, dict):
             code = str(error.get("code", "internal_error"))
             status = protocol.ERROR_EXIT.get(code, protocol.EXIT_PROTOCOL)
-            raise CliError(str(error.get("message", "request failed")), status, code)
+            message = str(error.get("message", "request failed"))
+            raise CliError(message, status, code, _count(error, "op"), _count(error, "line"))
         raise CliError(
             f"mfcd sent a reply that does not answer request {request_id}: {_clip(line, 200)}",
             protocol.EXIT_PROTOCOL,
@@ -165,6 +198,12 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _count(error: dict[str, Any], name: str) -> int | None:
+    """An error's `op` or `line`: a number from 1, or None (absent, or not a number)."""
+    value = error.get(name)
+    return value if type(value) is int and value > 0 else None
 
 
 def _check_server(sock: _socket.socket, path: str) -> None:
@@ -234,7 +273,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="mfcctl",
         description="Control mfcd, the multicast routing daemon: add, delete and show"
         " multicast routes (IPv4 and IPv6), VIF settings and statistics.",
-        epilog=EXIT_CODES_HELP,
+        epilog=exit_codes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -806,16 +845,14 @@ class Cli:
             why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
             raise CliError(f"cannot read {name}: {why}", protocol.EXIT_USAGE) from None
         # mfcd parses the text itself (one line at a time, which keeps a large batch small in
-        # memory) and names a failing line as "line N: ...": here that becomes "FILE:N: ...".
+        # memory) and names a failing line in the error's `line`: printed as "FILE:N: ...".
         args: dict[str, Any] = {"text": text}
         if self.args.verbose:
             args["plan"] = True
         try:
             return self.change("batch", args)
         except CliError as e:
-            head, sep, rest = str(e).partition(": ")
-            if sep and head.startswith("line ") and head[5:].isdigit():
-                e.args = (f"{'stdin' if name == '-' else name}:{head[5:]}: {rest}",)
+            e.file = "stdin" if name == "-" else name
             raise
 
     def watch(self, interval: float) -> int:
@@ -905,8 +942,8 @@ def main(
         return cli.run()
     except CliError as e:
         if cli.json and e.code:
-            out.write(json.dumps({"error": {"code": e.code, "message": str(e)}}) + "\n")
-        print(f"mfcctl: {e}", file=err)
+            out.write(json.dumps(e.as_json()) + "\n")
+        print(f"mfcctl: {e.located()}", file=err)
         return e.status
     except BrokenPipeError:
         return protocol.EXIT_OK

@@ -14,15 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import __version__, batchfile, protocol, validate
-from mfcd.controller import (
-    FAMILY_NAMES,
-    SHOW_SCHEMA,
-    Controller,
-    KernelView,
-    describe_step,
-    gc_paused,
-)
+from mfcd import __version__, batchfile, protocol, validate, views
+from mfcd.controller import Controller, KernelView, gc_paused
 from mfcd.errors import (
     BadRequest,
     BatchSyntax,
@@ -32,8 +25,6 @@ from mfcd.errors import (
     UnsupportedVersion,
 )
 from mfcd.model import (
-    DEFAULT_THRESHOLD,
-    MAXVIFS,
     AddRoute,
     Change,
     DelRoute,
@@ -74,6 +65,7 @@ class Commands:
         self.controller = controller
         self.families = families
         self.observe = observe
+        self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
             "ping": self.ping,
@@ -109,7 +101,7 @@ class Commands:
         except MfcdError as e:
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
-            return protocol.encode_error(request_id, e.code, str(e), e.field)
+            return protocol.encode_error(request_id, e.code, str(e), e.field, op=e.op, line=e.line)
         except Exception as e:  # a bug; keep serving everyone else
             log.exception("internal error while handling a request from %s", peer)
             return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
@@ -143,28 +135,16 @@ class Commands:
             "version": __version__,
             "protocol": protocol.PROTOCOL_VERSION,
             "pid": os.getpid(),
-            "families": [FAMILY_NAMES[f] for f in self.families],
+            "families": [protocol.FAMILY_NAMES[f] for f in self.families],
         }
 
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats",))
-        return self.controller.show(stats=_flag(args, "stats"), encoded=True)
+        return self.views.show(self.controller.router, stats=_flag(args, "stats"), encoded=True)
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats",))
-        # The VIFs alone: not the JSON of every route, which show would build.
-        thresholds = self.controller.router.thresholds
-        return {
-            "schema": SHOW_SCHEMA,
-            "vifs": self.controller.show_vifs(stats=_flag(args, "stats")),
-            # (A journal may hold a setting back to the default: that is no setting.)
-            "settings": [
-                {"interface": n, "threshold": t}
-                for n, t in sorted(thresholds.items())
-                if t != DEFAULT_THRESHOLD
-            ],
-            "max_vifs": MAXVIFS,
-        }
+        return self.views.vif_show(self.controller.router, stats=_flag(args, "stats"))
 
     def sync(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("full",))
@@ -243,8 +223,9 @@ class Commands:
         try:
             result = self._change(changes, dry_run, peer, "batch", {"ops": len(changes)}, plan=plan)
         except MfcdError as e:
-            if text is not None:  # people count the lines of their file, not its changes
-                _name_line(e, text)
+            if text is not None and e.op is not None:  # people count the lines of their file
+                e.line = _line_of(e.op, text)
+                e.op = None
             raise
         result["added"] = len(changes) - deleted - updated
         result["deleted"] = deleted
@@ -289,7 +270,7 @@ class Commands:
             try:
                 change = self._batch_op(op, routes)
             except MfcdError as e:
-                e.args = (f"op {index + 1}: {e}",)
+                e.op = index + 1
                 raise
             changes.append(change)
             if isinstance(change, DelRoute):
@@ -322,9 +303,9 @@ class Commands:
                     add(self._oif_change(kind, source, group, oifs, routes.get))
                     updated += 1
         except batchfile.SyntaxProblem as e:
-            raise BatchSyntax(str(e)) from None
+            raise BatchSyntax(str(e), line=e.line) from None
         except MfcdError as e:  # (lineno is the failing line's)
-            e.args = (f"line {lineno}: {e}",)
+            e.line = lineno
             raise
         return changes, deleted, updated
 
@@ -351,9 +332,9 @@ class Commands:
 
     def _check_family(self, family: int) -> None:
         if family not in self.families:
-            name = FAMILY_NAMES[family].replace("ip", "IP")
             raise InvalidArgument(
-                f"{name} is disabled in this mfcd's configuration", field="source"
+                f"{protocol.family_text(family)} is disabled in this mfcd's configuration",
+                field="source",
             )
 
     def _change(
@@ -369,17 +350,15 @@ class Commands:
         outcome = self.controller.change(
             changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch"
         )
-        result: dict[str, Any] = {"dry_run": dry_run, "changes": len(changes)}
-        result["kernel_operations"] = dict(outcome.counts)
-        if plan:
-            result["plan"] = [describe_step(s) for s in outcome.steps]
-        if len(changes) == 1 and isinstance(changes[0], AddRoute) and not dry_run:
-            status = self.controller.router.status(changes[0].key)
-            result["state"] = status.state
-            if status.reason:
-                result["reason"] = status.reason
-            if status.missing:
-                result["missing"] = list(status.missing)
+        only = changes[0] if len(changes) == 1 else None
+        result = views.change_result(
+            self.controller.router,
+            changes=len(changes),
+            counts=outcome.counts,
+            steps=outcome.steps if plan else None,
+            dry_run=dry_run,
+            added=only.key if isinstance(only, AddRoute) else None,
+        )
         if not dry_run:
             if self.on_change is not None:
                 self.on_change()
@@ -450,13 +429,9 @@ def _outcome(operations: int) -> str:
     return f"{operations} kernel operation{'s' if operations != 1 else ''}"
 
 
-def _name_line(error: MfcdError, text: str) -> None:
-    """Turn "op N: ..." into "line L: ...", L being the line of the batch text's N-th change."""
-    head, sep, rest = str(error).partition(": ")
-    if not (sep and head.startswith("op ") and head[3:].isdigit()):
-        return
-    wanted = int(head[3:])
+def _line_of(op: int, text: str) -> int | None:
+    """The line of a batch text that holds its `op`-th change (counted from 1)."""
     for count, (lineno, *_) in enumerate(batchfile.lines(text), 1):
-        if count == wanted:
-            error.args = (f"line {lineno}: {rest}",)
-            return
+        if count == op:
+            return lineno
+    return None

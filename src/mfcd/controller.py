@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,32 +20,29 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mfcd import views
 from mfcd.errors import KernelError, MfcdError, StateError, VifLimit
 from mfcd.kernel import SgCounters, VifCounters
 from mfcd.model import (
-    MAXVIFS,
     AddMfc,
     AddRoute,
-    AddVif,
     Change,
-    DelMfc,
     DelRoute,
-    DelVif,
     KernelEntry,
     KernelOp,
-    Ports,
     Route,
     RouteKey,
     Router,
     SetThreshold,
     Step,
 )
-from mfcd.protocol import Encoded
 from mfcd.state import Loaded, SnapshotNeeded
 
 log = logging.getLogger("mfcd")
 
-FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
+# daemon.py imports describe_step from here; it is views.describe_step all the same.
+describe_step = views.describe_step
+
 CHUNK = 1024  # changes planned and applied at a time
 
 
@@ -66,9 +61,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-SHOW_SCHEMA = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,21 +99,6 @@ class Outcome:
     steps: list[Step] = field(default_factory=list)
 
 
-def describe_step(step: Step) -> dict[str, Any]:
-    """A step as shown to people and programs (dry-run plans, verbose results)."""
-    op = step.op
-    out: dict[str, Any] = {"action": step.action, "family": FAMILY_NAMES[op.family]}
-    match op:
-        case AddVif() | DelVif():
-            out.update(vif=op.vifi, interface=op.interface)
-        case AddMfc():
-            out.update(source=op.source, group=op.group, parent=op.parent)
-            out["oifs"] = [vifi for vifi, _ in op.oifs]
-        case DelMfc():
-            out.update(source=op.source, group=op.group)
-    return out
-
-
 class Controller:
     def __init__(self, kernel: KernelLike, state: StateLike, router: Router | None = None) -> None:
         self.kernel = kernel
@@ -129,9 +106,6 @@ class Controller:
         self.router = router or Router()
         # Called when the kernel may no longer match the model (a rollback it refused).
         self.on_drift: Callable[[], None] | None = None
-        # show's route order, kept while no transaction changes the model: sorting costs
-        # about as much as formatting, and `show --watch` asks again and again.
-        self._order: tuple[int, int, list[tuple[RouteKey, Ports]]] = (-1, -1, [])
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -194,7 +168,7 @@ class Controller:
     ) -> Outcome:
         """Apply changes as one transaction: the kernel operations taken (or planned), counted,
         and with keep_steps also listed.  A change the model refuses is named in the error
-        ("op N: ...") when there are several, or with `numbered` (a batch of one).
+        (its `op`, counted from 1) when there are several, or with `numbered` (a batch of one).
 
         Changes are planned and applied CHUNK at a time, so a batch of 100,000 routes never
         holds more than a chunk's steps: what the kernel must undo if a later change fails
@@ -245,7 +219,7 @@ class Controller:
                 steps += self._plan(change)
             except MfcdError as e:
                 if numbered:  # say which op of a batch failed
-                    e.args = (f"op {index + 1}: {e}",)
+                    e.op = index + 1
                 raise
         return steps
 
@@ -326,7 +300,12 @@ class Controller:
         for key in router.waiting_for(interface):
             steps += self._install_or_park(key, what)
         if steps:
-            log.info("%s (ifindex %d): %s", what, ifindex, summarize(steps, started))
+            log.info(
+                "%s (ifindex %d): %s",
+                what,
+                ifindex,
+                views.summarize(steps, time.monotonic() - started),
+            )
         return steps
 
     def retry_pending(self, keys: Sequence[RouteKey]) -> list[Step]:
@@ -336,7 +315,7 @@ class Controller:
         for key in keys:
             steps += self._install_or_park(key, "install pending route")
         if steps:
-            log.info("pending routes: %s", summarize(steps, started))
+            log.info("pending routes: %s", views.summarize(steps, time.monotonic() - started))
         return steps
 
     def _install_or_park(self, key: RouteKey, what: str) -> list[Step]:
@@ -405,7 +384,7 @@ class Controller:
             report += self.check_entries(list(router.installed), dry_run, stale)
         if not dry_run:
             retried = self.retry_pending([*router.blocked, *router.refused])
-            report += [describe_step(step) for step in retried]
+            report += map(views.describe_step, retried)
             log.info(
                 "sync: %d repairs, %d routes checked%s in %.2f s",
                 len(report),
@@ -419,16 +398,16 @@ class Controller:
         """Apply repair steps one by one (a refused one is reported with its error)."""
         report = []
         for step in steps:
-            entry = describe_step(step)
+            error: KernelError | None = None
             if not dry_run:
                 try:
                     self.kernel.execute([step])
                 except KernelError as e:
-                    entry["error"] = str(e)
-                    log.warning("sync: %s failed: %s", _step_text(step), e)
+                    error = e
+                    log.warning("sync: %s failed: %s", views.step_text(step), e)
                 else:
-                    log.debug("sync: repaired: %s", _step_text(step))
-            report.append(entry)
+                    log.debug("sync: repaired: %s", views.step_text(step))
+            report.append(views.repair(step, error))
         return report
 
     def repair_vifs(
@@ -469,13 +448,12 @@ class Controller:
             if key not in wanted and key not in failed:
                 continue
             step = Step(router.entry(key), None, "reissue_mfc")
-            entry = describe_step(step)
-            if key in failed:
-                entry["error"] = str(failed[key])
-                log.warning("sync: %s failed: %s", _step_text(step), failed[key])
+            refused = failed.get(key)
+            if refused is not None:
+                log.warning("sync: %s failed: %s", views.step_text(step), refused)
             elif not dry_run:
-                log.debug("sync: repaired: %s", _step_text(step))
-            report.append(entry)
+                log.debug("sync: repaired: %s", views.step_text(step))
+            report.append(views.repair(step, refused))
         return report
 
     def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:
@@ -498,150 +476,5 @@ class Controller:
         router.commit()
         if log.isEnabledFor(logging.DEBUG):  # callers log a summary at info
             for step in steps:
-                log.debug("%s: %s", what, _step_text(step))
+                log.debug("%s: %s", what, views.step_text(step))
         return steps
-
-    # --- queries ---------------------------------------------------------------------------------
-
-    def show_vifs(self, stats: bool = False) -> list[dict[str, Any]]:
-        """The VIFs as the protocol shows them."""
-        router = self.router
-        vifs = []
-        for vif in router.iter_vifs():
-            entry: dict[str, Any] = {
-                "family": FAMILY_NAMES[vif.family],
-                "vif": vif.vifi,
-                "interface": vif.interface,
-                "ifindex": vif.ifindex,
-                "present": vif.ifindex is not None,
-                "threshold": router.threshold(vif.interface),
-                "routes": vif.refs,
-            }
-            if stats:
-                c = self.kernel.vif_counters(vif.family, vif.vifi) if vif.ifindex else None
-                entry["stats"] = {
-                    "packets_in": c.packets_in if c else 0,
-                    "packets_out": c.packets_out if c else 0,
-                    "bytes_in": c.bytes_in if c else 0,
-                    "bytes_out": c.bytes_out if c else 0,
-                }
-            vifs.append(entry)
-        return vifs
-
-    def show(self, stats: bool = False, encoded: bool = False) -> dict[str, Any]:
-        """VIFs and routes as the protocol shows them; with `encoded`, the routes are one
-        protocol.Encoded JSON text (the same JSON: a test holds both to it)."""
-        router = self.router
-        vifs = self.show_vifs(stats)
-        # Every VIF present: an installed route is simply installed, with no per-route checks.
-        healthy = all(vif.ifindex is not None for vif in router.vifs.values())
-        routes: list[dict[str, Any]] | Encoded
-        if encoded:
-            routes = self._routes_encoded(stats, healthy)
-        else:
-            routes = [self._route_json(key, ports, stats, healthy) for key, ports in self._sorted()]
-        return {
-            "schema": SHOW_SCHEMA,
-            "vifs": vifs,
-            "max_vifs": MAXVIFS,
-            "routes": routes,  # last: an Encoded member is written last all the same
-        }
-
-    def _routes_encoded(self, stats: bool, healthy: bool) -> Encoded:
-        installed = self.router.installed
-        interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
-        parts = []
-        for key, ports in self._sorted():
-            if stats or not healthy or key not in installed:
-                parts.append(_json(self._route_json(key, ports, stats, healthy)))
-                continue
-            # An installed route of a healthy table: formatted directly. Addresses are
-            # canonical (hex digits, dots, colons) and need no escaping; names go through
-            # json.dumps once per combination.
-            text = interfaces.get(ports)
-            if text is None:
-                text = _json({"iif": ports.iif, "oifs": list(ports.oifs)})[1:-1]
-                interfaces[ports] = text
-            family, source, group = key
-            parts.append(
-                f'{{"family":"{FAMILY_NAMES[family]}","source":"{source}","group":"{group}",'
-                f'{text},"state":"installed"}}'
-            )
-        return Encoded(f"[{','.join(parts)}]")
-
-    def _sorted(self) -> list[tuple[RouteKey, Ports]]:
-        """The routes in the order `ip mroute` and smcroute users expect: IPv4 first, then by
-        group, then by source, comparing addresses as numbers (10.0.0.9 before 10.0.0.10)."""
-        routes = self.router.routes
-        version, count, items = self._order
-        # Every change of a route commits a transaction, which counts in router.version.
-        if version != self.router.version or count != len(routes):
-            items = sorted(routes.items(), key=_address_order())
-            self._order = (self.router.version, len(routes), items)
-        return items
-
-    def _route_json(
-        self, key: RouteKey, ports: Ports, stats: bool, healthy: bool
-    ) -> dict[str, Any]:
-        family, source, group = key
-        out: dict[str, Any] = {
-            "family": FAMILY_NAMES[family],
-            "source": source,
-            "group": group,
-            "iif": ports.iif,
-            "oifs": list(ports.oifs),
-            "state": "installed",
-        }
-        installed = key in self.router.installed
-        if not (healthy and installed):
-            status = self.router.status(key)
-            out["state"] = status.state
-            if status.state != "installed":
-                out["missing"] = list(status.missing)
-                out["reason"] = status.reason
-        if stats:
-            c = self.kernel.sg_counters(family, source, group) if installed else None
-            out["stats"] = {
-                "packets": c.packets if c else 0,
-                "bytes": c.bytes if c else 0,
-                "wrong_if": c.wrong_if if c else 0,
-            }
-        return out
-
-
-_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-
-
-def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:
-    """A sort key for routes: family, group and source as one number (an int compares
-    faster than a tuple of packed addresses)."""
-    pton = socket.inet_pton
-    number = int.from_bytes
-    groups: dict[str, int] = {}  # many routes share a group: convert it once
-
-    def order(route: tuple[RouteKey, Ports]) -> int:
-        family, source, group = route[0]
-        af = _AF[family]
-        shifted = groups.get(group)
-        if shifted is None:
-            shifted = groups[group] = number(pton(af, group)) << 128
-        return (family << 256) | shifted | number(pton(af, source))
-
-    return order
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def summarize(steps: Sequence[Step], started: float) -> str:
-    """One line for what a run of steps did: routes affected, operations by kind, time taken."""
-    counts = Counter(step.action for step in steps)
-    routes = sum(n for action, n in counts.items() if action.endswith("_mfc"))
-    kinds = ", ".join(f"{action} {n}" for action, n in sorted(counts.items()))
-    return f"{routes} routes affected ({kinds}) in {time.monotonic() - started:.2f} s"
-
-
-def _step_text(step: Step) -> str:
-    d = describe_step(step)
-    return " ".join(f"{k}={v}" for k, v in d.items())

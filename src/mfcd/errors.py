@@ -4,13 +4,27 @@ from __future__ import annotations
 
 
 class MfcdError(Exception):
-    """A failure a client or operator can act on; `str()` is the one-line message."""
+    """A failure a client or operator can act on; `str()` is the one-line message.
+
+    Where in a request it lies travels beside the message, for programs: `field`, the
+    argument at fault; in a batch, `op`, the operation (counted from 1) of `ops`, or
+    `line`, the line of `text` (counted from 1).
+    """
 
     code = "internal_error"
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        *,
+        op: int | None = None,
+        line: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.field = field
+        self.op = op
+        self.line = line
 
 
 class BadRequest(MfcdError):

@@ -12,8 +12,9 @@ and its response is one JSON object on one line, either
     {"v": 1, "id": 7, "ok": false, "error": {"code": "invalid_argument", "message": "...",
                                              "field": "group"}}
 
-`code` is stable and meant for programs; `message` is for people.  docs/protocol.md
-describes every command and result.
+`code` is stable and meant for programs; `message` is for people; `field`, `op` and
+`line` (when present) say where the request is at fault.  docs/protocol.md describes
+every command and result.
 """
 
 from __future__ import annotations
@@ -49,24 +50,8 @@ COMMANDS = (
 # it removes the interface's setting (`mfcctl vif set IF --threshold default`).
 DEFAULT_THRESHOLD = 1
 
-# Error codes (stable) and the mfcctl exit status each one maps to.
-ERROR_EXIT = {
-    "bad_request": 1,  # not JSON, wrong shape, unknown field or command
-    "unsupported_version": 1,
-    "syntax_error": 2,  # a line of a batch text does not parse
-    "invalid_argument": 1,  # a value is wrong: address, interface name, threshold...
-    "vif_limit": 1,  # all 32 VIFs of a family are in use
-    "too_large": 1,
-    "timeout": 1,  # the client took longer than client_timeout to send a request
-    "not_found": 5,  # mfc del of a route that does not exist
-    "kernel_error": 6,  # the kernel refused a change; nothing was changed
-    "state_error": 6,  # the state file could not be written; nothing was changed
-    "shutting_down": 3,
-    "too_many_clients": 3,  # the daemon already serves its maximum of connections
-    "internal_error": 7,
-}
-
-# mfcctl exit statuses (documented in mfcctl(8) and docs/cli.md).
+# mfcctl exit statuses, each with the line --help gives it (docs/cli.md says more; a test
+# holds it and mfcctl(8) to this table).
 EXIT_OK = 0
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
@@ -75,6 +60,42 @@ EXIT_PERMISSION = 4
 EXIT_NOT_FOUND = 5
 EXIT_KERNEL = 6
 EXIT_PROTOCOL = 7
+EXIT_STATUSES = {
+    EXIT_OK: "success",
+    EXIT_REJECTED: "the daemon rejected the request (invalid argument, VIF limit, ...)",
+    EXIT_USAGE: "usage error (bad command line or batch file), or --socket is not a socket",
+    EXIT_UNREACHABLE: "cannot reach mfcd (not running, or shutting down)",
+    EXIT_PERMISSION: "permission denied on the control socket",
+    EXIT_NOT_FOUND: "the route does not exist",
+    EXIT_KERNEL: "the kernel or the state file refused the change (nothing was changed)",
+    EXIT_PROTOCOL: "protocol or internal error: a reply that is malformed or answers another"
+    " request, or a socket served by a user other than root, mfc or you",
+}
+
+# Error codes (stable) and the mfcctl exit status each one maps to.
+ERROR_EXIT = {
+    "bad_request": EXIT_REJECTED,  # not JSON, wrong shape, unknown field or command
+    "unsupported_version": EXIT_REJECTED,
+    "syntax_error": EXIT_USAGE,  # a line of a batch text does not parse
+    "invalid_argument": EXIT_REJECTED,  # a value is wrong: address, interface name, threshold...
+    "vif_limit": EXIT_REJECTED,  # all 32 VIFs of a family are in use
+    "too_large": EXIT_REJECTED,
+    "timeout": EXIT_REJECTED,  # the client took longer than client_timeout to send a request
+    "not_found": EXIT_NOT_FOUND,  # mfc del of a route that does not exist
+    "kernel_error": EXIT_KERNEL,  # the kernel refused a change; nothing was changed
+    "state_error": EXIT_KERNEL,  # the state file could not be written; nothing was changed
+    "shutting_down": EXIT_UNREACHABLE,
+    "too_many_clients": EXIT_UNREACHABLE,  # the daemon already serves its maximum of connections
+    "internal_error": EXIT_PROTOCOL,
+}
+
+# The address families by number (model.py's route keys) and by name (in results and messages).
+FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
+
+
+def family_text(family: int) -> str:
+    """A family's name in a sentence: IPv4, IPv6."""
+    return "IP" + FAMILY_NAMES[family][2:]
 
 
 def encode_request(
@@ -102,10 +123,23 @@ def encode_result(request_id: Any, result: dict[str, Any]) -> bytes:
     return text.encode() + b"\n"
 
 
-def encode_error(request_id: Any, code: str, message: str, field: str | None = None) -> bytes:
+def encode_error(
+    request_id: Any,
+    code: str,
+    message: str,
+    field: str | None = None,
+    *,
+    op: int | None = None,
+    line: int | None = None,
+) -> bytes:
+    """An error response; `op` and `line` place it in a batch (its ops, or its text)."""
     error: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         error["field"] = field
+    if op is not None:
+        error["op"] = op
+    if line is not None:
+        error["line"] = line
     msg = {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error}
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
 

@@ -130,16 +130,42 @@ def test_every_error_code_is_documented_with_its_exit_status() -> None:
     assert table == {code: str(status) for code, status in protocol.ERROR_EXIT.items()}
 
 
-def test_every_exit_status_is_documented() -> None:
-    statuses = {int(n) for n in re.findall(r"^  (\d+)  ", cli.EXIT_CODES_HELP, re.M)}
-    constants = {v for k, v in vars(protocol).items() if k.startswith("EXIT_")}
-    assert statuses == constants
+def _exit_status_block() -> dict[int, str]:
+    """docs/cli.md's exit statuses (which mfcctl(8) includes): status -> its text."""
     reference = (DOCS / "cli.md").read_text(encoding="utf-8")
     block = reference.split("<!-- exit-status -->")[1].split("<!-- /exit-status -->")[0]
-    assert {int(n) for n in re.findall(r"^`(\d+)`$", block, re.M)} == statuses
+    entries = re.split(r"^`(\d+)`$", block, flags=re.M)[1:]
+    return {
+        int(n): " ".join(text.split()) for n, text in zip(entries[::2], entries[1::2], strict=True)
+    }
+
+
+def test_every_exit_status_is_documented() -> None:
+    statuses = set(protocol.EXIT_STATUSES)
+    constants = {v for k, v in vars(protocol).items() if k.startswith("EXIT_") and type(v) is int}
+    assert statuses == constants
+    assert set(protocol.ERROR_EXIT.values()) <= statuses
+    epilog = cli.build_parser().epilog or ""
+    assert {int(n) for n in re.findall(r"^  (\d+)  ", epilog, re.M)} == statuses
+    assert list(_exit_status_block()) == sorted(statuses)
+    # mfcctl(8) shows the same block: included from docs/cli.md, and so in the page built.
+    source = (MAN / "mfcctl.rst").read_text(encoding="utf-8")
+    assert re.search(
+        r"^\.\. include:: \.\./cli\.md\n(   :.*\n)*   :start-after: <!-- exit-status -->\n"
+        r"   :end-before: <!-- /exit-status -->$",
+        source,
+        re.M,
+    )
     page = (MAN / "mfcctl.8").read_text(encoding="utf-8")
     for status in statuses:
         assert f"\n.B \\fB{status}\\fP\n" in page
+
+
+@pytest.mark.parametrize(("code", "status"), protocol.ERROR_EXIT.items())
+def test_each_error_code_is_listed_under_its_exit_status(code: str, status: int) -> None:
+    block = _exit_status_block()
+    assert f"`{code}`" in block[status], f"docs/cli.md: exit status {status} lacks `{code}`"
+    assert all(f"`{code}`" not in text for n, text in block.items() if n != status)
 
 
 def test_every_mfcctl_command_and_option_is_in_the_man_page() -> None:

@@ -97,10 +97,13 @@ class FakeDaemon:
         conn, _ = self.sock.accept()
         with conn, conn.makefile("rb") as lines:
             for line in lines:
-                request = json.loads(line)
-                self.requests.append(request)
-                response = {"v": 1, "id": request["id"], **self.reply}
-                conn.sendall(json.dumps(response).encode() + b"\n")
+                conn.sendall(self.respond(line))
+
+    def respond(self, line: bytes) -> bytes:
+        request = json.loads(line)
+        self.requests.append(request)
+        response = {"v": 1, "id": request["id"], **self.reply}
+        return json.dumps(response).encode() + b"\n"
 
     def close(self) -> None:
         self.sock.close()
@@ -243,6 +246,79 @@ def test_a_batch_file_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
     status, _, err = run_cli("--socket", str(tmp_path / "s"), "batch", str(batch))
     assert status == protocol.EXIT_USAGE
     assert err == f"mfcctl: cannot read {batch}: not UTF-8 text\n"
+
+
+class Served(FakeDaemon):
+    """mfcd's request handling (mfcd.commands, on the fake kernel) behind a real socket."""
+
+    def __init__(self, path: Path) -> None:
+        from mfcd.commands import Commands, Peer  # noqa: PLC0415 (mfcctl must not import it)
+        from mfcd.controller import Controller  # noqa: PLC0415
+        from tests.unit.conftest import FakeKernel, FakeState  # noqa: PLC0415
+
+        controller = Controller(FakeKernel(), FakeState())
+        for ifindex, name in enumerate(("r0", "r1"), 1):
+            controller.link_up(name, ifindex)
+        self.commands, self.peer = Commands(controller, (4, 6)), Peer(1, 0, 0)
+        self.responses: list[dict[str, Any]] = []
+        super().__init__(path, {})
+
+    def respond(self, line: bytes) -> bytes:
+        response = self.commands.handle(line, self.peer)
+        self.responses.append(json.loads(response))
+        return response
+
+
+BAD_THIRD_LINE = """\
+# a comment, then a good line and a bad one
+mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1
+mfc del --source 10.0.0.9 --group 239.1.1.1
+"""
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_a_batch_error_names_the_file_and_line(tmp_path: Path, output: str) -> None:
+    batch = tmp_path / "routes.batch"
+    batch.write_text(BAD_THIRD_LINE)
+    daemon = Served(tmp_path / "s")
+    status, out, err = run_cli("--socket", str(daemon.path), "-o", output, "batch", str(batch))
+    daemon.close()
+    message = "no route for source 10.0.0.9 group 239.1.1.1"
+    error = {"code": "not_found", "message": message, "line": 3}
+    assert daemon.responses[-1]["error"] == error  # where: in the error object, not the text
+    assert (status, err) == (protocol.EXIT_NOT_FOUND, f"mfcctl: {batch}:3: {message}\n")
+    assert out == ("" if output == "table" else json.dumps({"error": error}) + "\n")
+
+
+def test_a_batch_syntax_error_names_the_line_of_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n\nmfc add --source 10.0.0.1\n"))
+    daemon = Served(tmp_path / "s")
+    status, _, err = run_cli("--socket", str(daemon.path), "batch", "-")
+    daemon.close()
+    assert daemon.responses[-1]["error"]["line"] == 3
+    assert (status, err) == (protocol.EXIT_USAGE, "mfcctl: stdin:3: `mfc add` needs --group\n")
+
+
+def test_an_error_of_an_op_is_printed_with_its_number(tmp_path: Path) -> None:
+    error = {"code": "invalid_argument", "message": "group 10.0.0.3 is not multicast", "op": 2}
+    fake = FakeDaemon(tmp_path / "s", {"ok": False, "error": error})
+    status, out, err = run_cli("--socket", str(fake.path), "-o", "json", *ADD, "r1")
+    fake.close()
+    assert (status, err) == (protocol.EXIT_REJECTED, f"mfcctl: op 2: {error['message']}\n")
+    assert json.loads(out) == {"error": error}
+
+
+def test_the_epilog_lists_every_exit_status_from_the_table() -> None:
+    epilog = cli.build_parser().epilog or ""
+    assert epilog.splitlines()[0] == "exit status:"
+    for status, text in protocol.EXIT_STATUSES.items():
+        assert f"\n  {status}  {text.split()[0]}" in epilog
+    assert all(len(line) < 80 for line in epilog.splitlines())
+    assert " ".join(epilog.split()) == "exit status: " + " ".join(
+        f"{status} {text}" for status, text in protocol.EXIT_STATUSES.items()
+    )
 
 
 # --- output --------------------------------------------------------------------------------------

@@ -221,13 +221,23 @@ def test_bad_arguments_change_nothing(
     assert snapshot(commands) == before
 
 
+def test_the_protocols_command_list_is_what_mfcd_serves(commands: Commands) -> None:
+    assert set(protocol.COMMANDS) == set(commands.table)
+    assert len(protocol.COMMANDS) == len(set(protocol.COMMANDS))
+    for cmd in protocol.COMMANDS:  # each is known (its empty args may still be wrong)
+        message = ask(commands, cmd, {}, dry_run=True).get("error", {}).get("message", "")
+        assert "unknown command" not in message
+    assert "unknown command" in ask(commands, "mfc.show", {})["error"]["message"]
+
+
 def test_a_bad_op_rejects_the_whole_batch_and_is_named(commands: Commands) -> None:
     before = snapshot(commands)
     good = dict(ROUTE, op="add", source="10.0.0.2")
     bad = dict(ROUTE, op="add", group="10.0.0.3")
     response = ask(commands, "batch", {"ops": [good, good, bad]})
     assert error_of(response) == ("invalid_argument", "group")
-    assert response["error"]["message"].startswith("op 3: ")
+    assert response["error"]["op"] == 3 and "line" not in response["error"]
+    assert response["error"]["message"].startswith("group 10.0.0.3 ")  # no "op 3:" in it
     assert snapshot(commands) == before
 
 
@@ -270,8 +280,9 @@ def test_a_bad_line_of_a_batch_text_rejects_it_all_and_is_named_by_its_line(
     before = snapshot(commands)
     response = ask(commands, "batch", {"text": BATCH_TEXT + "\n" + bad + "\n"})
     assert error_of(response)[0] == code
-    assert response["error"]["message"].startswith("line 7: ")
+    assert response["error"]["line"] == 7 and "op" not in response["error"]
     assert message in response["error"]["message"]
+    assert "line" not in response["error"]["message"]
     assert snapshot(commands) == before
 
 
@@ -281,8 +292,11 @@ def test_a_batch_of_one_change_names_it_too(commands: Commands, form: str) -> No
     text = "# nothing else\n\nmfc del --source 10.0.0.9 --group 239.1.1.1\n"
     response = ask(commands, "batch", {"text": text} if form == "text" else {"ops": [gone]})
     assert error_of(response)[0] == "not_found"
-    where = "line 3: " if form == "text" else "op 1: "
-    assert response["error"]["message"] == where + "no route for source 10.0.0.9 group 239.1.1.1"
+    assert response["error"] == {
+        "code": "not_found",
+        "message": "no route for source 10.0.0.9 group 239.1.1.1",
+        **({"line": 3} if form == "text" else {"op": 1}),
+    }
 
 
 def test_a_disabled_family_is_an_invalid_argument() -> None:
@@ -372,7 +386,8 @@ mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs c
 """
     response = ask(commands, "batch", {"text": text})
     assert error_of(response) == ("not_found", None)
-    assert response["error"]["message"] == "line 2: no route for source 10.0.0.1 group 239.1.1.1"
+    assert response["error"]["message"] == "no route for source 10.0.0.1 group 239.1.1.1"
+    assert response["error"]["line"] == 2
     assert snapshot(commands) == before
 
 

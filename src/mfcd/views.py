@@ -1,0 +1,268 @@
+"""What the protocol shows: show and vif.show, change results and plans, sync reports, log text.
+
+Pure: it reads the model (and, for statistics, a counters reader the caller passes)
+and builds the JSON values of results; it changes nothing and does no I/O of its
+own.  The controller changes state; commands.py answers requests with what this
+module builds from it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from mfcd.kernel import SgCounters, VifCounters
+from mfcd.model import (
+    DEFAULT_THRESHOLD,
+    MAXVIFS,
+    AddMfc,
+    AddVif,
+    DelMfc,
+    DelVif,
+    Ports,
+    RouteKey,
+    Router,
+    Step,
+)
+from mfcd.protocol import FAMILY_NAMES, Encoded
+
+SHOW_SCHEMA = 1
+
+
+class CountersReader(Protocol):
+    """Where statistics come from (the kernel's counters, in the daemon)."""
+
+    def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None: ...
+    def vif_counters(self, family: int, vifi: int) -> VifCounters | None: ...
+
+
+# --- plans, sync reports and log text -------------------------------------------------------------
+
+
+def describe_step(step: Step) -> dict[str, Any]:
+    """A step as shown to people and programs (dry-run plans, verbose results, sync repairs)."""
+    op = step.op
+    out: dict[str, Any] = {"action": step.action, "family": FAMILY_NAMES[op.family]}
+    match op:
+        case AddVif() | DelVif():
+            out.update(vif=op.vifi, interface=op.interface)
+        case AddMfc():
+            out.update(source=op.source, group=op.group, parent=op.parent)
+            out["oifs"] = [vifi for vifi, _ in op.oifs]
+        case DelMfc():
+            out.update(source=op.source, group=op.group)
+    return out
+
+
+def repair(step: Step, error: Exception | None = None) -> dict[str, Any]:
+    """A repair of a sync report: the step, and the error if the kernel refused it."""
+    entry = describe_step(step)
+    if error is not None:
+        entry["error"] = str(error)
+    return entry
+
+
+def step_text(step: Step) -> str:
+    """A step on one log line: `action=add_mfc family=ipv4 source=... group=...`."""
+    return " ".join(f"{k}={v}" for k, v in describe_step(step).items())
+
+
+def summarize(steps: Sequence[Step], seconds: float) -> str:
+    """One line for what a run of steps did: routes affected, operations by kind, time taken."""
+    counts = Counter(step.action for step in steps)
+    routes = sum(n for action, n in counts.items() if action.endswith("_mfc"))
+    kinds = ", ".join(f"{action} {n}" for action, n in sorted(counts.items()))
+    return f"{routes} routes affected ({kinds}) in {seconds:.2f} s"
+
+
+def change_result(
+    router: Router,
+    *,
+    changes: int,
+    counts: Counter[str],
+    steps: Sequence[Step] | None,
+    dry_run: bool,
+    added: RouteKey | None = None,
+) -> dict[str, Any]:
+    """The result of a change: kernel operations counted, the plan when `steps` are given,
+    and the state of the route a single add left (`added`, unless a dry run)."""
+    result: dict[str, Any] = {"dry_run": dry_run, "changes": changes}
+    result["kernel_operations"] = dict(counts)
+    if steps is not None:
+        result["plan"] = [describe_step(s) for s in steps]
+    if added is not None and not dry_run:
+        status = router.status(added)
+        result["state"] = status.state
+        if status.reason:
+            result["reason"] = status.reason
+        if status.missing:
+            result["missing"] = list(status.missing)
+    return result
+
+
+# --- show and vif.show ---------------------------------------------------------------------------
+
+
+class Views:
+    """Builds show and vif.show from a router, with counters from `counters` when asked.
+
+    It keeps show's route order while no transaction changes the router: sorting costs
+    about as much as formatting, and `show --watch` asks again and again.
+    """
+
+    def __init__(self, counters: CountersReader) -> None:
+        self.counters = counters
+        self._order: tuple[Router | None, int, int, list[tuple[RouteKey, Ports]]] = (
+            None,
+            -1,
+            -1,
+            [],
+        )
+
+    def vifs(self, router: Router, stats: bool = False) -> list[dict[str, Any]]:
+        """The VIFs as the protocol shows them."""
+        vifs = []
+        for vif in router.iter_vifs():
+            entry: dict[str, Any] = {
+                "family": FAMILY_NAMES[vif.family],
+                "vif": vif.vifi,
+                "interface": vif.interface,
+                "ifindex": vif.ifindex,
+                "present": vif.ifindex is not None,
+                "threshold": router.threshold(vif.interface),
+                "routes": vif.refs,
+            }
+            if stats:
+                c = self.counters.vif_counters(vif.family, vif.vifi) if vif.ifindex else None
+                entry["stats"] = {
+                    "packets_in": c.packets_in if c else 0,
+                    "packets_out": c.packets_out if c else 0,
+                    "bytes_in": c.bytes_in if c else 0,
+                    "bytes_out": c.bytes_out if c else 0,
+                }
+            vifs.append(entry)
+        return vifs
+
+    def vif_show(self, router: Router, stats: bool = False) -> dict[str, Any]:
+        """vif.show: the VIFs alone (not the JSON of every route, which show would build)."""
+        return {
+            "schema": SHOW_SCHEMA,
+            "vifs": self.vifs(router, stats),
+            # (A journal may hold a setting back to the default: that is no setting.)
+            "settings": [
+                {"interface": n, "threshold": t}
+                for n, t in sorted(router.thresholds.items())
+                if t != DEFAULT_THRESHOLD
+            ],
+            "max_vifs": MAXVIFS,
+        }
+
+    def show(self, router: Router, stats: bool = False, encoded: bool = False) -> dict[str, Any]:
+        """VIFs and routes as the protocol shows them; with `encoded`, the routes are one
+        protocol.Encoded JSON text (the same JSON: a test holds both to it)."""
+        vifs = self.vifs(router, stats)
+        # Every VIF present: an installed route is simply installed, with no per-route checks.
+        healthy = all(vif.ifindex is not None for vif in router.vifs.values())
+        routes: list[dict[str, Any]] | Encoded
+        if encoded:
+            routes = self._routes_encoded(router, stats, healthy)
+        else:
+            routes = [
+                self._route_json(router, key, ports, stats, healthy)
+                for key, ports in self._sorted(router)
+            ]
+        return {
+            "schema": SHOW_SCHEMA,
+            "vifs": vifs,
+            "max_vifs": MAXVIFS,
+            "routes": routes,  # last: an Encoded member is written last all the same
+        }
+
+    def _routes_encoded(self, router: Router, stats: bool, healthy: bool) -> Encoded:
+        installed = router.installed
+        interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
+        parts = []
+        for key, ports in self._sorted(router):
+            if stats or not healthy or key not in installed:
+                parts.append(_json(self._route_json(router, key, ports, stats, healthy)))
+                continue
+            # An installed route of a healthy table: formatted directly. Addresses are
+            # canonical (hex digits, dots, colons) and need no escaping; names go through
+            # json.dumps once per combination.
+            text = interfaces.get(ports)
+            if text is None:
+                text = _json({"iif": ports.iif, "oifs": list(ports.oifs)})[1:-1]
+                interfaces[ports] = text
+            family, source, group = key
+            parts.append(
+                f'{{"family":"{FAMILY_NAMES[family]}","source":"{source}","group":"{group}",'
+                f'{text},"state":"installed"}}'
+            )
+        return Encoded(f"[{','.join(parts)}]")
+
+    def _sorted(self, router: Router) -> list[tuple[RouteKey, Ports]]:
+        """The routes in the order `ip mroute` and smcroute users expect: IPv4 first, then by
+        group, then by source, comparing addresses as numbers (10.0.0.9 before 10.0.0.10)."""
+        routes = router.routes
+        known, version, count, items = self._order
+        # Every change of a route commits a transaction, which counts in router.version.
+        if known is not router or version != router.version or count != len(routes):
+            items = sorted(routes.items(), key=_address_order())
+            self._order = (router, router.version, len(routes), items)
+        return items
+
+    def _route_json(
+        self, router: Router, key: RouteKey, ports: Ports, stats: bool, healthy: bool
+    ) -> dict[str, Any]:
+        family, source, group = key
+        out: dict[str, Any] = {
+            "family": FAMILY_NAMES[family],
+            "source": source,
+            "group": group,
+            "iif": ports.iif,
+            "oifs": list(ports.oifs),
+            "state": "installed",
+        }
+        installed = key in router.installed
+        if not (healthy and installed):
+            status = router.status(key)
+            out["state"] = status.state
+            if status.state != "installed":
+                out["missing"] = list(status.missing)
+                out["reason"] = status.reason
+        if stats:
+            c = self.counters.sg_counters(family, source, group) if installed else None
+            out["stats"] = {
+                "packets": c.packets if c else 0,
+                "bytes": c.bytes if c else 0,
+                "wrong_if": c.wrong_if if c else 0,
+            }
+        return out
+
+
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:
+    """A sort key for routes: family, group and source as one number (an int compares
+    faster than a tuple of packed addresses)."""
+    pton = socket.inet_pton
+    number = int.from_bytes
+    groups: dict[str, int] = {}  # many routes share a group: convert it once
+
+    def order(route: tuple[RouteKey, Ports]) -> int:
+        family, source, group = route[0]
+        af = _AF[family]
+        shifted = groups.get(group)
+        if shifted is None:
+            shifted = groups[group] = number(pton(af, group)) << 128
+        return (family << 256) | shifted | number(pton(af, source))
+
+    return order
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,196 @@
+"""Tests for mfcd.views: what show, vif.show, change results and sync reports show."""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections import Counter
+
+import pytest
+
+from mfcd import views
+from mfcd.controller import Controller
+from mfcd.errors import KernelError
+from mfcd.kernel import SgCounters, VifCounters
+from mfcd.model import AddRoute, Ports, Route, SetThreshold, Step
+from mfcd.protocol import Encoded
+from mfcd.views import Views, describe_step
+from tests.unit.test_controller import LINKS, controller_with, r4
+
+
+@pytest.fixture
+def ctl() -> Controller:
+    """Interfaces a-d exist; two routes are installed."""
+    ctl = controller_with(*LINKS)
+    ctl.change([AddRoute.of(r4(1, "a", "b")), AddRoute.of(r4(2, "b", "a", "c"))])
+    return ctl
+
+
+class Counters:
+    """Counters as the kernel would give them: every route and VIF has counted some packets."""
+
+    def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None:
+        return SgCounters(packets=len(source), bytes=1000, wrong_if=1)
+
+    def vif_counters(self, family: int, vifi: int) -> VifCounters | None:
+        return VifCounters(packets_in=vifi, packets_out=2, bytes_in=3, bytes_out=4)
+
+
+# --- show ----------------------------------------------------------------------------------------
+
+
+def test_show_sorts_routes_by_family_group_and_source_as_numbers() -> None:
+    ctl = controller_with(*LINKS)
+    shows = Views(ctl.kernel)
+    wanted = [
+        (4, "10.0.0.9", "239.1.1.2"),
+        (4, "10.0.0.10", "239.1.1.2"),  # after .9: numbers, not text
+        (4, "9.0.0.1", "239.1.1.10"),
+        (4, "10.0.0.1", "239.1.1.10"),
+        (4, "10.0.0.1", "239.2.0.0"),
+        (6, "2001:db8::9", "ff3e::2"),
+        (6, "2001:db8::1:0", "ff3e::2"),
+        (6, "2001:db8::1", "ff3e::10"),
+    ]
+    ports = Ports("a", ("b",))
+    ctl.change([AddRoute(key, ports) for key in reversed(wanted)])
+    shows.show(ctl.router)
+    ctl.change([AddRoute((4, "10.0.0.5", "239.1.1.1"), ports)])  # a later change: sorted again
+    wanted.insert(0, (4, "10.0.0.5", "239.1.1.1"))
+    for encoded in (False, True):
+        routes = shows.show(ctl.router, encoded=encoded)["routes"]
+        shown = json.loads(routes) if encoded else routes
+        families = {"ipv4": 4, "ipv6": 6}
+        assert [(families[r["family"]], r["source"], r["group"]) for r in shown] == wanted
+
+
+def test_show_of_another_router_is_not_the_order_kept_for_the_first(ctl: Controller) -> None:
+    shows = Views(ctl.kernel)
+    assert len(shows.show(ctl.router)["routes"]) == 2
+    other = controller_with(*LINKS)  # the same version and number of routes, other routes
+    other.change([AddRoute.of(r4(7, "a", "b")), AddRoute.of(r4(8, "a", "c"))])
+    assert other.router.version == ctl.router.version
+    assert [r["source"] for r in shows.show(other.router)["routes"]] == ["10.0.0.7", "10.0.0.8"]
+
+
+@pytest.mark.parametrize("stats", [False, True])
+def test_show_encodes_its_routes_as_json_would(ctl: Controller, stats: bool) -> None:
+    shows = Views(Counters())
+    ctl.change(
+        [
+            AddRoute.of(Route(6, "2001:db8::1", "ff3e::1", "a", ("b", "c"))),
+            AddRoute.of(r4(3, "a", "zz")),  # pending
+        ]
+    )
+    for healthy in (True, False):
+        if not healthy:
+            ctl.link_down("c")  # degrades the routes using c: every route takes the slow path
+        shown = shows.show(ctl.router, stats=stats)
+        encoded = shows.show(ctl.router, stats=stats, encoded=True)
+        assert isinstance(encoded["routes"], Encoded)
+        assert encoded["routes"] == json.dumps(shown["routes"], separators=(",", ":"))
+        assert {k: v for k, v in encoded.items() if k != "routes"} == {
+            k: v for k, v in shown.items() if k != "routes"
+        }
+
+
+def test_show_tells_each_routes_state_and_what_it_waits_for(ctl: Controller) -> None:
+    ctl.change([AddRoute.of(r4(3, "a", "zz"))])
+    ctl.link_down("c")
+    routes = {r["source"]: r for r in Views(ctl.kernel).show(ctl.router)["routes"]}
+    assert routes["10.0.0.1"] == {
+        "family": "ipv4",
+        "source": "10.0.0.1",
+        "group": "239.1.1.1",
+        "iif": "a",
+        "oifs": ["b"],
+        "state": "installed",
+    }
+    assert (routes["10.0.0.2"]["state"], routes["10.0.0.2"]["missing"]) == ("degraded", ["c"])
+    assert (routes["10.0.0.3"]["state"], routes["10.0.0.3"]["reason"]) == (
+        "pending",
+        ctl.router.status(r4(3, "a").key).reason,
+    )
+
+
+def test_stats_come_from_the_counters_reader_for_what_the_kernel_holds(ctl: Controller) -> None:
+    ctl.change([AddRoute.of(r4(3, "a", "zz"))])  # pending: the kernel has no counters for it
+    shown = Views(Counters()).show(ctl.router, stats=True)
+    stats = {r["source"]: r["stats"] for r in shown["routes"]}
+    assert stats["10.0.0.2"] == {"packets": 8, "bytes": 1000, "wrong_if": 1}
+    assert stats["10.0.0.3"] == {"packets": 0, "bytes": 0, "wrong_if": 0}
+    vif = shown["vifs"][1]
+    assert vif["stats"] == {
+        "packets_in": vif["vif"],
+        "packets_out": 2,
+        "bytes_in": 3,
+        "bytes_out": 4,
+    }
+    assert all("stats" not in v for v in Views(Counters()).show(ctl.router)["vifs"])
+
+
+def test_vif_show_lists_the_vifs_and_the_settings_other_than_the_default(ctl: Controller) -> None:
+    ctl.change([SetThreshold("b", 16), SetThreshold("zz", 3)])
+    ctl.change([SetThreshold("zz", 1)])  # back to the default: no setting
+    shown = Views(ctl.kernel).vif_show(ctl.router)
+    assert shown["settings"] == [{"interface": "b", "threshold": 16}]
+    assert [(v["interface"], v["threshold"], v["routes"]) for v in shown["vifs"]] == [
+        ("a", 1, 2),
+        ("b", 16, 2),
+        ("c", 1, 1),
+    ]
+    assert (shown["schema"], shown["max_vifs"]) == (views.SHOW_SCHEMA, 32)
+
+
+# --- plans, results, reports and log text --------------------------------------------------------
+
+
+def test_a_step_is_described_by_what_it_does(ctl: Controller) -> None:
+    plan = ctl.change([AddRoute.of(r4(3, "c", "d"))], dry_run=True).steps
+    assert [describe_step(step) for step in plan] == [
+        {"action": "add_vif", "family": "ipv4", "vif": 3, "interface": "d"},
+        {
+            "action": "add_mfc",
+            "family": "ipv4",
+            "source": "10.0.0.3",
+            "group": "239.1.1.1",
+            "parent": 2,
+            "oifs": [3],
+        },
+    ]
+    assert views.step_text(plan[0]) == "action=add_vif family=ipv4 vif=3 interface=d"
+
+
+def test_a_repair_the_kernel_refused_carries_its_error(ctl: Controller) -> None:
+    step = Step(ctl.router.entry(r4(1, "a").key), None, "reissue_mfc")
+    assert views.repair(step) == describe_step(step)
+    refused = KernelError("MRT_ADD_MFC failed: no buffer space", "MRT_ADD_MFC", errno.ENOBUFS)
+    assert views.repair(step, refused) == {
+        **describe_step(step),
+        "error": "MRT_ADD_MFC failed: no buffer space",
+    }
+
+
+def test_a_summary_counts_routes_and_operations(ctl: Controller) -> None:
+    steps = ctl.change([AddRoute.of(r4(3, "c", "d"))], dry_run=True).steps
+    assert views.summarize(steps, 0.25) == "1 routes affected (add_mfc 1, add_vif 1) in 0.25 s"
+
+
+def test_a_change_result_says_the_state_of_the_route_added(ctl: Controller) -> None:
+    key = r4(3, "a", "zz").key
+    outcome = ctl.change([AddRoute.of(r4(3, "a", "zz"))])
+    result = views.change_result(
+        ctl.router, changes=1, counts=outcome.counts, steps=outcome.steps, dry_run=False, added=key
+    )
+    assert result == {
+        "dry_run": False,
+        "changes": 1,
+        "kernel_operations": {},
+        "plan": [],
+        "state": "pending",
+        "reason": ctl.router.status(key).reason,
+        "missing": ["zz"],
+    }
+    counts = Counter({"add_mfc": 2})
+    batch = views.change_result(ctl.router, changes=2, counts=counts, steps=None, dry_run=True)
+    assert batch == {"dry_run": True, "changes": 2, "kernel_operations": {"add_mfc": 2}}
