@@ -131,6 +131,24 @@ def test_json_output_for_every_command(lab: Lab, mfcd: Mfcd) -> None:
     assert json.loads(failed.stdout)["error"]["code"] == "not_found"
 
 
+def test_a_batch_error_names_its_file_and_line(mfcd: Mfcd, tmp_path: Path) -> None:
+    source, group = FLOWS[4]
+    batch = tmp_path / "routes.batch"
+    batch.write_text(
+        f"# line 3 deletes a route that does not exist\n"
+        f"mfc add --source {source} --group {group} --iif r0 --oifs r1\n"
+        f"mfc del --source {source} --group 239.9.9.9\n"
+    )
+    missing = f"no route for source {source} group 239.9.9.9"
+    failed = mfcd.ctl("batch", str(batch))
+    assert (failed.returncode, failed.stderr) == (5, f"mfcctl: {batch}:3: {missing}\n")
+    as_json = mfcd.ctl("--output", "json", "batch", str(batch))
+    assert json.loads(as_json.stdout) == {
+        "error": {"code": "not_found", "message": missing, "line": 3}
+    }
+    assert mfcd.show()["routes"] == []  # all or nothing
+
+
 def test_verbose_and_dry_run(lab: Lab, mfcd: Mfcd) -> None:
     source, group = FLOWS[6]
     result = mfcd.ctl(
