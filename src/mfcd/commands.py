@@ -28,6 +28,7 @@ from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, SetThreshold
 log = logging.getLogger("mfcd")
 
 ENVELOPE_FIELDS = {"v", "id", "cmd", "args", "dry_run"}
+MAX_MESSAGE = 1000  # characters of an error message; the rest of a quoted value is left out
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,10 @@ class Commands:
         except MfcdError as e:
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
-            return protocol.encode_error(request_id, e.code, str(e), e.field)
+            message = str(e)
+            if len(message) > MAX_MESSAGE:  # it may quote a value of any size
+                message = message[: MAX_MESSAGE - 3] + "..."
+            return protocol.encode_error(request_id, e.code, message, e.field)
         except Exception as e:  # a bug; keep serving everyone else
             log.exception("internal error while handling a request from %s", peer)
             return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
@@ -167,7 +171,7 @@ class Commands:
         if ("ops" in args) == ("text" in args):
             raise BadRequest("a batch takes either ops (a list) or text (batch file lines)")
         text = args.get("text")
-        if text is not None:
+        if "text" in args:
             if not isinstance(text, str):
                 raise BadRequest("text must be a string", field="text")
             changes = self._text_changes(text)
