@@ -22,7 +22,14 @@ from mfcd.controller import (
     describe_step,
     gc_paused,
 )
-from mfcd.errors import BadRequest, BatchSyntax, InvalidArgument, MfcdError, UnsupportedVersion
+from mfcd.errors import (
+    BadRequest,
+    BatchSyntax,
+    InvalidArgument,
+    MfcdError,
+    TooLarge,
+    UnsupportedVersion,
+)
 from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, SetThreshold
 
 log = logging.getLogger("mfcd")
@@ -54,6 +61,8 @@ class Commands:
         self.families = families
         self.observe = observe
         self.on_change: Callable[[], None] | None = None  # called after each applied change
+        # JSON values a request may hold (set by the server from max_request_bytes).
+        self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
             "ping": self.ping,
             "show": self.show,
@@ -65,16 +74,18 @@ class Commands:
             "sync": self.sync,
         }
 
-    def handle(self, line: bytes, peer: Peer) -> bytes:
+    def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
             return self._handle(line, peer)
 
-    def _handle(self, line: bytes, peer: Peer) -> bytes:
+    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
         request_id: Any = None
         try:
             try:
-                msg = protocol.decode(line)
+                msg = protocol.decode(line, self.max_values)
+            except protocol.TooManyValues as e:
+                raise TooLarge(str(e)) from None
             except ValueError as e:
                 raise BadRequest(f"request is not a JSON object: {e}") from None
             request_id = msg.get("id")
