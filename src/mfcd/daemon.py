@@ -74,6 +74,25 @@ RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the ker
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
 
 
+# Signals whose default action kills the process, ignored with a log line. SIGQUIT would
+# also dump core; stopping takes SIGTERM, which releases the kernel's tables cleanly.
+IGNORED_SIGNALS = (
+    signal.SIGUSR2,
+    signal.SIGQUIT,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGPWR,
+)
+
+
+def _ignore(sig: signal.Signals) -> None:
+    log.warning(
+        "ignoring %s (SIGTERM stops mfcd, SIGHUP reloads, SIGUSR1 logs the status)", sig.name
+    )
+
+
 def current_links() -> dict[str, int]:
     return {link.name: link.ifindex for link in netlink.dump_links()}
 
@@ -135,6 +154,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self._log_status)
+        # Their default action would kill mfcd without releasing the socket file.
+        for sig in IGNORED_SIGNALS:
+            loop.add_signal_handler(sig, _ignore, sig)
         listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
         kernel = None
         state = StateFile(cfg.state_file)
@@ -209,11 +232,12 @@ class Daemon:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0)
         # A long journal is compacted by the usual rule, but not before the first requests.
-        loop.call_later(COMPACT_DELAY, controller.maybe_compact)
+        compact = loop.call_later(COMPACT_DELAY, controller.maybe_compact)
         await self.stopping.wait()
         log.info("stopping: removing routes from the kernel")
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
+        compact.cancel()  # the journal is closed soon
         await server.stop()
         for sock in kernel.sockets.values():
             loop.remove_reader(sock.fileno())
@@ -222,6 +246,13 @@ class Daemon:
             self._resync.cancel()
         if self._checking is not None:
             self._checking.cancel()
+
+    def _log_status(self) -> None:
+        """SIGUSR1: one line on what mfcd holds and serves."""
+        if not self.serving or self.server is None:
+            log.info("status: starting")
+            return
+        log.info("status: %s; %s", self.status(), self.server.load())
 
     def status(self) -> str:
         router = self.controller.router

@@ -62,6 +62,7 @@ ERROR_EXIT = {
     "state_error": 6,  # the state file could not be written; nothing was changed
     "shutting_down": 3,
     "too_many_clients": 3,  # the daemon already serves its maximum of connections
+    "busy": 3,  # other clients' large requests or unread responses fill mfcd's budget for them
     "internal_error": 7,
 }
 

@@ -10,7 +10,8 @@ Memory: the request bytes buffered for all clients together (partial lines, and 
 line being handled) stay within a budget of twice `max_request_bytes`.  The first
 FREE_BYTES of each client's buffer do not count, so small requests always get
 through; a client whose buffer would overrun the budget gets `busy` and is
-disconnected.
+disconnected.  Responses that clients have not read yet have a budget of the same
+size: over it, the next request gets `busy` instead of a response.
 """
 
 from __future__ import annotations
@@ -238,6 +239,11 @@ class Server:
                 return
             if line is None or self.stopping:
                 return  # the client closed its end, or mfcd stops: no new request is handled
+            if self._responses_held() > self.budget:
+                # Clients that do not read what they asked for (`show` of many routes):
+                # no new response is made until theirs are taken or they are dropped.
+                await self._send(writer, protocol.encode_error(None, "busy", self._busy()))
+                return
             # Synchronous on purpose: one change at a time, and no await between the kernel
             # change and the journal write.
             response = self.commands.handle(line, peer)
@@ -286,14 +292,20 @@ class Server:
         counted = max(0, size - FREE_BYTES)
         more = counted - buffer.counted
         if more > 0 and self.buffered + more > self.budget:
-            mib = self.budget // (1024 * 1024)
-            raise Refused(
-                "busy",
-                f"mfcd's buffers for requests ({mib} MiB, for all clients) are taken by"
-                " other large requests; try again",
-            )
+            raise Refused("busy", self._busy())
         self.buffered += more
         buffer.counted = counted
+
+    def _busy(self) -> str:
+        mib = self.budget // (1024 * 1024)
+        return (
+            f"mfcd's memory for requests and responses ({mib} MiB for all clients) is taken"
+            " by other clients; try again"
+        )
+
+    def _responses_held(self) -> int:
+        """Bytes of responses written and not yet taken by their clients."""
+        return sum(w.transport.get_write_buffer_size() for w in self._clients.values())
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         """Write a response; a client that stops reading it is dropped after client_timeout."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,9 +17,11 @@ from typing import IO
 import pytest
 
 from lab.netns import Lab
+from mfcd import protocol
 from tests.netns import kernel_tables
-from tests.netns.conftest import BIN, Mfcd
-from tests.netns.test_forwarding import add
+from tests.netns.conftest import BIN, Mfcd, route_args
+from tests.netns.test_forwarding import add, received
+from tests.netns.test_reliability import _raw_exchange
 
 
 class LoggedMfcd(Mfcd):
@@ -160,3 +163,120 @@ def test_sigterm_stops_within_2_s_while_clients_pipeline_requests(
     # After "stopping" at most the one request in flight is applied.
     after = log[log.index("stopping") :]
     assert after.count(" mfc.add ") + after.count(" mfc.del ") <= 1, after
+
+
+def test_stray_signals_neither_kill_mfcd_nor_stop_its_service(lab: Lab, daemon: LoggedMfcd) -> None:
+    add(daemon, 4, "r0", "r1")
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT, signal.SIGALRM):
+        daemon.signal(sig)
+        time.sleep(0.2)
+        assert daemon.proc is not None and daemon.proc.poll() is None, f"{sig.name} killed mfcd"
+        assert daemon.ok("ping").startswith("mfcd")
+    assert received(lab, 4) == [5, 0, 0]
+    code, log = daemon.stop()
+    assert code == 0, log
+    assert "status: 1 of 1 routes installed, 0 pending; 0 clients connected" in log
+    for name in ("SIGUSR2", "SIGQUIT", "SIGALRM"):
+        assert f"ignoring {name}" in log
+    assert not os.path.exists(daemon.socket)
+
+
+def hold_partial_line(path: str, size: int, replies: list[bytes]) -> socket.socket:
+    """Connect and send `size` bytes of a request line that never ends; keep what mfcd says."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.settimeout(20)
+    head = b'{"v":1,"id":1,"cmd":"batch","args":{"text":"'
+    with contextlib.suppress(OSError):  # refused and closed while sending
+        sock.sendall(head + b"x" * (size - len(head)))
+    sock.settimeout(0.5)
+    try:
+        replies.append(sock.recv(65536))
+    except TimeoutError:
+        replies.append(b"")  # holding its line, as it should
+    return sock
+
+
+MIB = 1024 * 1024
+
+
+def test_many_clients_holding_large_partial_lines_stay_within_the_budget(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # max_request_bytes 16 MiB: buffers for all clients together 32 MiB. 64 clients try 4 MiB
+    # each: 256 MiB unbounded.
+    daemon = LoggedMfcd(lab, tmp_path, f"max_request_bytes = {16 * MIB}\n")
+    daemon.start()
+    try:
+        idle = daemon.status("VmRSS")
+        replies: list[bytes] = []
+        threads, sockets = [], []
+        for _ in range(64):
+            thread = threading.Thread(
+                target=lambda: sockets.append(hold_partial_line(daemon.socket, 4 * MIB, replies))
+            )
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(replies) == 64
+        assert daemon.ok("ping").startswith("mfcd")  # served meanwhile
+        peak = daemon.status("VmHWM")
+        refused = [r for r in replies if r]
+        holding = len(replies) - len(refused)
+        for reply in refused:
+            assert json.loads(reply)["error"]["code"] == "busy"
+        # The budget (32 MiB) holds 8 of the 4 MiB lines, give or take the free 64 KiB each.
+        assert 7 <= holding <= 9, replies
+        # Budget + 64 KiB free per client + the streams' buffers + slack for the allocator.
+        assert (peak - idle) * 1024 < 32 * MIB + 64 * 0.5 * MIB + 16 * MIB, (idle, peak)
+        for sock in sockets:
+            sock.close()
+        # The budget is given back: a large request goes through again.
+        time.sleep(0.5)
+        text = "mfc add --source 198.18.0.2 --group 239.6.0.1 --iif r0 --oifs r1\n" * 150_000
+        msg = {"v": 1, "id": 2, "cmd": "batch", "args": {"text": text}, "dry_run": True}
+        reply = json.loads(_raw_exchange(daemon.socket, json.dumps(msg).encode() + b"\n", 60))
+        assert reply["ok"] is True, reply
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"[" * (60 * MIB), "too_large"),  # nested 60 MiB deep
+        (b"[" + b"[]," * (20 * MIB) + b"[]]", "too_large"),  # 20 million empty arrays
+        (b'["ab",' + b'"ab",' * (12 * MIB) + b'"ab"]', "too_large"),  # 12 million strings
+        (b"[" + b"1.5," * (15 * MIB) + b"1.5]", "too_large"),  # 15 million floats
+        (b"[" * MIB, "bad_request"),  # nested 1 MiB deep
+    ],
+    ids=["deep", "arrays", "strings", "floats", "deep-small"],
+)
+def test_packed_json_is_refused_quickly_without_a_memory_spike(
+    daemon: LoggedMfcd, payload: bytes, code: str
+) -> None:
+    idle = daemon.status("VmRSS")
+    started = time.monotonic()
+    reply = json.loads(_raw_exchange(daemon.socket, payload + b"\n", 60))
+    took = time.monotonic() - started
+    assert reply["error"]["code"] == code
+    # The budget of docs/operations.md: the line, its text decoded, and at most
+    # max_request_bytes / 64 values of about 100 bytes each. Parsed in full, 60 MiB of
+    # empty arrays would take 1.5 GB.
+    max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
+    budget = 2 * len(payload) + max_values * 100 + 16 * MIB
+    assert (daemon.status("VmHWM") - idle) * 1024 < budget
+    assert took < 0.1 * len(payload) / MIB + 1  # about 100 ms per MiB at most
+    assert daemon.ok("ping").startswith("mfcd")
+
+
+def test_40002_oifs_are_refused_at_once(daemon: LoggedMfcd) -> None:
+    oifs = ",".join(f"e{i}" for i in range(40_002))
+    started = time.monotonic()
+    # As a batch: one argument of 250 kB is more than exec takes.
+    line = " ".join(route_args("198.18.0.2", "239.7.0.1", "r0", oifs))
+    result = daemon.ctl("batch", "-", stdin=line + "\n")
+    assert time.monotonic() - started < 2
+    assert result.returncode == 1
+    assert "names 40002 interfaces; a route can use at most 32 interfaces" in result.stderr
