@@ -88,16 +88,15 @@ def request(request_id: int, cmd: str, **args: object) -> bytes:
 class Pipeliner:
     """A client that sends requests without pause and reads whatever comes back."""
 
-    def __init__(self, path: str, block: bytes) -> None:
+    def __init__(self, path: str, block: bytes, read: bool = True) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
         self.block = block
         self.responses = 0
         self.closed = threading.Event()
-        self.threads = [
-            threading.Thread(target=self._send, daemon=True),
-            threading.Thread(target=self._receive, daemon=True),
-        ]
+        self.threads = [threading.Thread(target=self._send, daemon=True)]
+        if read:
+            self.threads.append(threading.Thread(target=self._receive, daemon=True))
         for thread in self.threads:
             thread.start()
 
@@ -118,6 +117,8 @@ class Pipeliner:
 
     def close(self) -> None:
         self.closed.set()
+        with contextlib.suppress(OSError):  # wakes a sendall blocked on a full buffer
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         for thread in self.threads:
             thread.join(timeout=10)
@@ -137,6 +138,8 @@ def test_sigterm_stops_within_2_s_while_clients_pipeline_requests(
     )
     pings = b"".join(request(i, "ping") for i in range(200))
     clients = [Pipeliner(daemon.socket, changes), Pipeliner(daemon.socket, pings)]
+    # And one that never reads its responses: mfcd waits for it to take them, then gives up.
+    deaf = Pipeliner(daemon.socket, b"".join(request(i, "show") for i in range(100)), read=False)
     try:
         deadline = time.monotonic() + 10
         while min(c.responses for c in clients) < 100 and time.monotonic() < deadline:
@@ -150,7 +153,7 @@ def test_sigterm_stops_within_2_s_while_clients_pipeline_requests(
         for client in clients:
             assert client.closed.wait(5), "mfcd exited and left a connection open"
     finally:
-        for client in clients:
+        for client in [*clients, deaf]:
             client.close()
     _, log = daemon.stop()
     assert code == 0, log
@@ -280,3 +283,29 @@ def test_40002_oifs_are_refused_at_once(daemon: LoggedMfcd) -> None:
     assert time.monotonic() - started < 2
     assert result.returncode == 1
     assert "names 40002 interfaces; a route can use at most 32 interfaces" in result.stderr
+
+
+def test_responses_nobody_reads_are_bounded(lab: Lab, tmp_path: Path) -> None:
+    # Budget 1 MiB; `show` of 20,000 routes is 2 MB.
+    daemon = LoggedMfcd(lab, tmp_path, f"max_request_bytes = {MIB // 2}\n")
+    daemon.start()
+    try:
+        lines = [
+            f"mfc add --source 198.18.0.2 --group 239.8.{i // 250}.{i % 250 + 1} --iif r0"
+            " --oifs r1\n"
+            for i in range(20_000)
+        ]
+        for start in range(0, 20_000, 5_000):  # 1.4 MB in all, in requests of 350 kB
+            daemon.ok("batch", "-", stdin="".join(lines[start : start + 5_000]))
+        deaf = Pipeliner(daemon.socket, request(1, "show"), read=False)
+        try:
+            time.sleep(1)  # its shows are made and wait to be read
+            reply = json.loads(_raw_exchange(daemon.socket, request(2, "ping")))
+            assert reply["error"]["code"] == "busy"
+            assert "try again" in reply["error"]["message"]
+        finally:
+            deaf.close()
+        time.sleep(0.5)
+        assert daemon.ok("ping").startswith("mfcd")  # freed with the connection
+    finally:
+        daemon.stop(signal.SIGKILL)
