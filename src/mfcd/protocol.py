@@ -141,11 +141,10 @@ class _Counter:
         return float(text)
 
 
-def decode(
-    line: bytes | bytearray, max_values: int = MAX_REQUEST_BYTES // BYTES_PER_VALUE
-) -> dict[str, Any]:
+def decode(line: bytes | bytearray, max_values: int | None = None) -> dict[str, Any]:
     """Parse one message line; raises ValueError when it is not a JSON object, TooManyValues
-    when it holds more than `max_values` strings, numbers, arrays and objects."""
+    when it holds more than `max_values` strings, numbers, arrays and objects (mfcd's limit
+    for requests; None for mfcd's responses, which mfcctl reads: `show` may be large)."""
     try:
         msg = _parse(line, max_values)
     except RecursionError:
@@ -155,9 +154,9 @@ def decode(
     return msg
 
 
-def _parse(line: bytes | bytearray, max_values: int) -> Any:
+def _parse(line: bytes | bytearray, max_values: int | None) -> Any:
     # Each value but a few singletons takes two bytes at least: a shorter line is safe.
-    if len(line) <= 2 * max_values:
+    if max_values is None or len(line) <= 2 * max_values:
         return json.loads(line)
     # Every string has two quotes and every array and object its bracket, so these counts
     # are upper bounds (quotes and brackets inside strings count too); numbers are counted

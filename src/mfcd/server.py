@@ -281,7 +281,7 @@ class Server:
                 else:
                     line = data[: end + 1]
                     del data[: end + 1]
-                if line.strip():
+                if not line.isspace():  # (strip() would copy a line of any size)
                     return line
 
     def _too_large(self) -> str:

@@ -63,3 +63,9 @@ def test_brackets_and_quotes_inside_strings_count_too() -> None:
 def test_deep_nesting_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="nested too deeply"):
         protocol.decode(b"[" * 1500, 10_000)
+
+
+def test_responses_are_not_limited() -> None:
+    """mfcctl decodes mfcd's responses, and `show` of many routes holds millions of values."""
+    response = {"v": 1, "id": 1, "ok": True, "result": {"routes": [["a", "b"]] * 3_000_000}}
+    assert protocol.decode(json.dumps(response).encode()) == response
