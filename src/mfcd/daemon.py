@@ -87,6 +87,14 @@ IGNORED_SIGNALS = (
 )
 
 
+def _ignore_signals_from_now_on(loop: asyncio.AbstractEventLoop) -> None:
+    """mfcd is done: closing the loop would give each signal its default action back, and a
+    second SIGTERM (an impatient operator's) would kill the process in its last steps."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, *IGNORED_SIGNALS):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _ignore(sig: signal.Signals) -> None:
     log.warning(
         "ignoring %s (SIGTERM stops mfcd, SIGHUP reloads, SIGUSR1 logs the status)", sig.name
@@ -177,6 +185,7 @@ class Daemon:
             if kernel is not None:
                 kernel.close()
             state.close()
+            _ignore_signals_from_now_on(loop)
 
     def _restore(self, state: StateFile, kernel: Kernel) -> Controller:
         """Read the state file and put its routes in the kernel."""
