@@ -20,10 +20,9 @@ $(VENV)/.done: pyproject.toml requirements-dev.txt
 
 venv: $(VENV)/.done
 
-# Runs the daemon in the foreground with dev/mfcd.conf (socket and state under .run/).
-# In a second shell: .venv/bin/mfcctl --socket .run/mfcd.sock show
+# Runs the daemon in the foreground with dev/mfcd.conf (socket and state under /run/mfcd-dev/).
+# In a second shell: .venv/bin/mfcctl --socket /run/mfcd-dev/mfcd.sock show
 run: venv
-	mkdir -p .run
 	$(VENV)/bin/mfcd --config dev/mfcd.conf
 
 CODE := $(wildcard src tests bench lab docs/*.py)

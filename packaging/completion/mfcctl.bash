@@ -1,7 +1,8 @@
 # bash completion for mfcctl(8), the client of the mfcd multicast routing daemon.
 # Installed as /usr/share/bash-completion/completions/mfcctl; needs only bash itself.
 # Completes commands, actions, options, --output values, interface names (from
-# /sys/class/net) for --iif, --oifs and `vif set`, and file names for `batch`.
+# /sys/class/net) for --iif, --oifs and `vif set`, `default` for --threshold, and file
+# names for `batch`.
 # tests/docs/test_completion.py keeps the option lists in step with mfcctl's parser.
 
 _mfcctl_interfaces() {
@@ -51,6 +52,8 @@ _mfcctl() {
                     cmd=$word
                 elif [[ ($cmd == mfc || $cmd == vif) && -z $action ]]; then
                     action=$word
+                elif [[ $cmd == mfc && $action == oif ]]; then
+                    action="oif $word" # mfc oif add|del
                 else
                     ((npos++))
                 fi
@@ -82,7 +85,11 @@ _mfcctl() {
             _mfcctl_reply "$(compgen -f -- "$cur")" "$cur" "$prefix"
             return
             ;;
-        -w | --watch | --source | --group | --threshold)
+        --threshold)
+            _mfcctl_reply default "$cur" "$prefix"
+            return
+            ;;
+        -w | --watch | --source | --group)
             COMPREPLY=()
             return
             ;;
@@ -100,6 +107,8 @@ _mfcctl() {
         " ") opts="-h --help --socket -o --output -n --dry-run -v --verbose --version" ;;
         "mfc add") opts="-h --help --source --group --iif --oifs -o --output -n --dry-run -v --verbose" ;;
         "mfc del") opts="-h --help --source --group -o --output -n --dry-run -v --verbose" ;;
+        "mfc oif") opts="-h --help" ;;
+        "mfc oif add" | "mfc oif del") opts="-h --help --source --group --oifs -o --output -n --dry-run -v --verbose" ;;
         "show ") opts="-h --help -s --stats -w --watch -o --output -v --verbose" ;;
         "batch ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
         "vif set") opts="-h --help --threshold -o --output -n --dry-run -v --verbose" ;;
@@ -115,7 +124,8 @@ _mfcctl() {
 
     case "$cmd $action" in
         " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping' "$cur" "" ;;
-        "mfc ") _mfcctl_reply $'add\ndel' "$cur" "" ;;
+        "mfc ") _mfcctl_reply $'add\ndel\noif' "$cur" "" ;;
+        "mfc oif") _mfcctl_reply $'add\ndel' "$cur" "" ;;
         "vif ") _mfcctl_reply $'set\nshow' "$cur" "" ;;
         "vif set")
             ((npos == 0)) && _mfcctl_reply "$(_mfcctl_interfaces)" "$cur" ""

@@ -1,11 +1,11 @@
 """The batch file syntax (`mfc add|del` lines), read by mfcd and by mfcctl's own command line.
 
-A batch line holds the words of an `mfcctl mfc add` or `mfc del` command: the
-leading `mfc` is optional, `#` starts a comment, quotes work as in a shell and
-`--oifs` takes names separated by spaces or commas.  mfcctl sends a batch file's
-text as it is and mfcd parses it here, line by line, so a batch of 100,000 lines
-never exists as 100,000 request objects.  Standard library only: mfcctl imports
-this module too, and must start fast.
+A batch line holds the words of an `mfcctl mfc add`, `mfc del`, `mfc oif add` or
+`mfc oif del` command: the leading `mfc` is optional, `#` starts a comment, quotes
+work as in a shell and `--oifs` takes names separated by spaces or commas.  mfcctl
+sends a batch file's text as it is and mfcd parses it here, line by line, so a
+batch of 100,000 lines never exists as 100,000 request objects.  Standard library
+only: mfcctl imports this module too, and must start fast.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def split_oifs(values: list[str]) -> list[str]:
     return [name for value in values for name in value.split(",") if name]
 
 
-Change = tuple[int, str, str, str, str, "list[str] | None"]  # line, add|del, S, G, iif, oifs
+# line, kind (add, del, oif_add, oif_del), S, G, iif ("" but for add), oifs (None for del)
+Change = tuple[int, str, str, str, str, "list[str] | None"]
+OIF_OPS = ("oif_add", "oif_del")  # add or remove oifs of an existing route
 
 
 # What ends a line besides "\n", as for str.splitlines(); str.split() would take these for
@@ -37,8 +39,9 @@ _OTHER_LINE_ENDS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", 
 
 
 def lines(text: str) -> Iterator[Change]:
-    """Each change of a batch text as (line number, "add" or "del", source, group, iif,
-    oifs); a del has no iif ("") and no oifs (None).  Blank and comment lines yield nothing.
+    """Each change of a batch text as (line number, kind, source, group, iif, oifs), kind
+    being "add", "del", "oif_add" or "oif_del"; only an add has an iif (the others "") and
+    a del has no oifs (None).  Blank and comment lines yield nothing.
 
     Raises SyntaxProblem with the message prefixed `line N: `.
     """
@@ -99,13 +102,22 @@ def words(line: str) -> list[str]:
 
 
 def line_op(words: list[str]) -> Op:
-    """The words of one change (`[mfc] add|del --source ...`) as a protocol op; ValueError
-    says what is wrong."""
+    """The words of one change (`[mfc] add|del --source ...`, `[mfc] oif add|del --source
+    ...`) as a protocol op, whose "op" is add, del, oif_add or oif_del; ValueError says what
+    is wrong."""
     if words[0] == "mfc":
         words = words[1:]
+    oif = bool(words) and words[0] == "oif"
+    if oif:
+        words = words[1:]
     if not words or words[0] not in ("add", "del"):
-        raise ValueError("expected `mfc add ...` or `mfc del ...`")
+        raise ValueError(
+            "expected `mfc oif add|del ...`"
+            if oif
+            else "expected `mfc add ...`, `mfc del ...` or `mfc oif add|del ...`"
+        )
     kind, rest = words[0], words[1:]
+    command = f"mfc oif {kind}" if oif else f"mfc {kind}"
     values: dict[str, list[str]] = {}
     current: list[str] | None = None
     for word in rest:
@@ -113,8 +125,8 @@ def line_op(words: list[str]) -> Op:
             flag, has_value, value = word.removeprefix("--").partition("=")
             if flag not in ("source", "group", "iif", "oifs") or not word.startswith("--"):
                 raise ValueError(
-                    f"unexpected option {word} (a batch line takes --source,"
-                    " --group, --iif and --oifs; global options go on mfcctl's command line)"
+                    f"unexpected option {word} (a batch line takes --source, --group, --iif"
+                    " and --oifs; global options go on mfcctl's command line)"
                 )
             if flag in values:
                 raise ValueError(f"--{flag} given twice")
@@ -123,19 +135,29 @@ def line_op(words: list[str]) -> Op:
             raise ValueError(f"unexpected word {word!r}")
         else:
             current.append(word)
-    wanted = ("source", "group", "iif", "oifs") if kind == "add" else ("source", "group")
+    if oif:
+        wanted: tuple[str, ...] = ("source", "group", "oifs")
+    elif kind == "add":
+        wanted = ("source", "group", "iif", "oifs")
+    else:
+        wanted = ("source", "group")
     for flag in wanted:
         if not values.get(flag):
-            raise ValueError(f"`mfc {kind}` needs --{flag}")
+            raise ValueError(f"`{command}` needs --{flag}")
     for flag, given in values.items():
         if flag not in wanted:
-            raise ValueError(f"`mfc {kind}` takes no --{flag}")
+            raise ValueError(f"`{command}` takes no --{flag}")
         if flag != "oifs" and len(given) != 1:
             raise ValueError(f"--{flag} takes one value")
-    op: Op = {"op": kind, "source": values["source"][0], "group": values["group"][0]}
-    if kind == "add":
+    op: Op = {
+        "op": f"oif_{kind}" if oif else kind,
+        "source": values["source"][0],
+        "group": values["group"][0],
+    }
+    if kind == "add" and not oif:
         op["iif"] = values["iif"][0]
+    if "oifs" in wanted:
         op["oifs"] = split_oifs(values["oifs"])
         if not op["oifs"]:
-            raise ValueError("`mfc add` needs --oifs (names, not just commas)")
+            raise ValueError(f"`{command}` needs --oifs (names, not just commas)")
     return op

@@ -25,13 +25,17 @@ EXIT_CODES_HELP = """\
 exit status:
   0  success
   1  the daemon rejected the request (invalid argument, VIF limit, ...)
-  2  usage error (bad command line or batch file)
+  2  usage error (bad command line or batch file), or --socket is not a socket
   3  cannot reach mfcd (not running, or shutting down)
   4  permission denied on the control socket
   5  the route does not exist
   6  the kernel or the state file refused the change (nothing was changed)
-  7  protocol or internal error
+  7  protocol or internal error: a reply that is malformed or answers another
+     request, or a socket served by a user other than root, mfc or you
 """
+
+
+DAEMON_USER = "mfc"  # the user mfc_daemon.service runs mfcd as
 
 
 class CliError(Exception):
@@ -72,8 +76,7 @@ class Client:
                     protocol.EXIT_USAGE,
                 ) from None
             raise CliError(
-                f"cannot reach mfcd at {self.path}: nothing is listening — start it with"
-                " `systemctl start mfc_daemon` or `mfcd`",
+                f"cannot reach mfcd at {self.path}: {_why_no_answer(self.path)}",
                 protocol.EXIT_UNREACHABLE,
             ) from None
         except PermissionError:
@@ -88,13 +91,19 @@ class Client:
             raise CliError(
                 f"cannot reach mfcd at {self.path}: {e.strerror}", protocol.EXIT_UNREACHABLE
             ) from None
+        try:
+            _check_server(sock, self.path)
+        except BaseException:
+            sock.close()
+            raise
         self._sock = sock
         return sock
 
     def call(self, cmd: str, args: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         """Send one request; return its result or raise CliError with the daemon's message."""
         sock = self._connect()
-        request = protocol.encode_request(cmd, args, self._next_id, dry_run)
+        request_id = self._next_id
+        request = protocol.encode_request(cmd, args, request_id, dry_run)
         self._next_id += 1
         if self.verbose:
             print(f"> {_clip(request)}", file=self.stderr)
@@ -121,13 +130,21 @@ class Client:
             raise CliError(
                 "mfcd sent a response that is not JSON", protocol.EXIT_PROTOCOL
             ) from None
-        if response.get("ok"):
-            result: dict[str, Any] = response.get("result", {})
+        # Only a well-formed answer to this very request counts: anything else (a reply to
+        # another id, no result) is an error, never a silent success. An error may carry
+        # id null: mfcd could not read the request (too large, timeout, too many clients).
+        ok, result, error = response.get("ok"), response.get("result"), response.get("error")
+        answer_id = response.get("id")
+        if ok is True and answer_id == request_id and isinstance(result, dict):
             return result
-        error = response.get("error") or {}
-        code = str(error.get("code", "internal_error"))
-        status = protocol.ERROR_EXIT.get(code, protocol.EXIT_PROTOCOL)
-        raise CliError(str(error.get("message", "request failed")), status, code)
+        if ok is False and answer_id in (request_id, None) and isinstance(error, dict):
+            code = str(error.get("code", "internal_error"))
+            status = protocol.ERROR_EXIT.get(code, protocol.EXIT_PROTOCOL)
+            raise CliError(str(error.get("message", "request failed")), status, code)
+        raise CliError(
+            f"mfcd sent a reply that does not answer request {request_id}: {_clip(line, 200)}",
+            protocol.EXIT_PROTOCOL,
+        )
 
     def _read_line(self, sock: _socket.socket) -> bytes:
         chunks = [self._buffer]
@@ -150,11 +167,47 @@ class Client:
             self._sock = None
 
 
+def _check_server(sock: _socket.socket, path: str) -> None:
+    """Refuse a socket not served by root, by the user mfcctl runs as, or by user mfc.
+
+    In a directory others can write, another user could have put their own socket in
+    mfcd's place and so read (and answer) our requests. The kernel says which user the
+    listening process runs as (SO_PEERCRED), whatever happened to the path meanwhile.
+    """
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # pid, uid, gid
+    uid = int.from_bytes(cred[4:8], sys.byteorder)
+    if uid in (0, os.geteuid()):
+        return
+    import pwd  # noqa: PLC0415 (only needed when the daemon runs as a user of its own)
+
+    try:
+        if pwd.getpwnam(DAEMON_USER).pw_uid == uid:
+            return
+    except KeyError:
+        pass
+    raise CliError(
+        f"refusing {path}: it is served by uid {uid}, not by root or user {DAEMON_USER}"
+        f" — another user may have replaced mfcd's socket; check who can write to"
+        f" {os.path.dirname(path) or '.'}",
+        protocol.EXIT_PROTOCOL,
+    )
+
+
 def _exists_but_not_a_socket(path: str) -> bool:
     try:
         return (os.stat(path).st_mode & 0o170000) != 0o140000  # S_IFMT, S_IFSOCK
     except OSError:
         return False
+
+
+def _why_no_answer(path: str) -> str:
+    """Why connecting found no mfcd: no such file (a wrong path?), or a socket nobody serves."""
+    if not os.path.lexists(path):
+        return (
+            f"{path} does not exist — start mfcd (`systemctl start mfc_daemon` or `mfcd`),"
+            f" or check --socket or ${protocol.SOCKET_ENV}"
+        )
+    return "nothing is listening — start it with `systemctl start mfc_daemon` or `mfcd`"
 
 
 def _socket_group(path: str) -> str:
@@ -203,7 +256,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def _mfc_command(sub: Any) -> None:
-    mfc = sub.add_parser("mfc", help="add or delete multicast routes (MFC entries)")
+    mfc = sub.add_parser(
+        "mfc", help="add or delete multicast routes (MFC entries), or some of their oifs"
+    )
     mfc_sub = mfc.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = mfc_sub.add_parser(
         "add",
@@ -211,17 +266,11 @@ def _mfc_command(sub: Any) -> None:
         description="Add the route for (SOURCE, GROUP), or replace it if one exists. Packets"
         " from SOURCE to GROUP that arrive on IIF are forwarded out of every OIF. A route"
         " naming an interface that does not exist yet is kept as pending and installed when"
-        " the interface appears.",
+        " the interface appears; mfcctl warns about it on stderr.",
     )
     _key_options(add)
     add.add_argument("--iif", required=True, metavar="IFNAME", help="incoming interface")
-    add.add_argument(
-        "--oifs",
-        required=True,
-        nargs="+",
-        metavar="IFNAME",
-        help="outgoing interfaces, comma- or space-separated",
-    )
+    _oifs_option(add, "outgoing interfaces, comma- or space-separated")
     _command_options(add, changes=True)
     delete = mfc_sub.add_parser(
         "del",
@@ -231,6 +280,34 @@ def _mfc_command(sub: Any) -> None:
     )
     _key_options(delete)
     _command_options(delete, changes=True)
+    oif = mfc_sub.add_parser(
+        "oif",
+        help="add or remove outgoing interfaces of a route, keeping the others",
+        description="Add or remove some outgoing interfaces of the route for (SOURCE, GROUP)"
+        " without restating the others; mfcd changes the route in one step. Exit status 5 if"
+        " there is no such route.",
+    )
+    oif_sub = oif.add_subparsers(dest="oif", metavar="ACTION", required=True)
+    oif_add = oif_sub.add_parser(
+        "add",
+        help="add outgoing interfaces to a route",
+        description="Add each OIF to the outgoing interfaces of the route for (SOURCE, GROUP);"
+        " those it has already stay as they are. An interface that does not exist yet makes"
+        " the route pending until it appears.",
+    )
+    _key_options(oif_add)
+    _oifs_option(oif_add, "outgoing interfaces to add, comma- or space-separated")
+    _command_options(oif_add, changes=True)
+    oif_del = oif_sub.add_parser(
+        "del",
+        help="remove outgoing interfaces from a route",
+        description="Remove each OIF from the outgoing interfaces of the route for (SOURCE,"
+        " GROUP). Each must be one of them, and one must remain: to remove the route, use"
+        " `mfc del`.",
+    )
+    _key_options(oif_del)
+    _oifs_option(oif_del, "outgoing interfaces to remove, comma- or space-separated")
+    _command_options(oif_del, changes=True)
 
 
 def _show_command(sub: Any) -> None:
@@ -261,9 +338,10 @@ def _batch_command(sub: Any) -> None:
     batch = sub.add_parser(
         "batch",
         help="apply many route changes from a file as one transaction",
-        description="Read `mfc add ...` and `mfc del ...` lines (the same options as on the"
-        " command line; `#` starts a comment) from FILE, or stdin for `-`, and apply them all"
-        " as one all-or-nothing transaction.",
+        description="Read `mfc add ...`, `mfc del ...` and `mfc oif add|del ...` lines (the"
+        " same options as on the command line; `#` starts a comment) from FILE, or stdin for"
+        " `-`, and apply them all as one all-or-nothing transaction. Prints how many routes"
+        " were added and deleted.",
     )
     batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
     _command_options(batch, changes=True)
@@ -276,18 +354,24 @@ def _vif_command(sub: Any) -> None:
         "set",
         help="change an interface's settings (kept across restarts)",
         description="Change an interface's settings. They are saved, apply to its VIF now and"
-        " whenever it is created again.",
+        " whenever it is created again. Setting the default value (`default`) removes the"
+        " setting.",
     )
     vif_set.add_argument(
         "interface", metavar="IFNAME", help="interface name (it need not exist yet)"
     )
+
+    def threshold(text: str) -> int:  # (argparse names the function in its error message)
+        return protocol.DEFAULT_THRESHOLD if text == "default" else int(text)
+
     vif_set.add_argument(
         "--threshold",
-        type=int,
+        type=threshold,
         required=True,
         metavar="TTL",
         help="IPv4 TTL threshold: forward out of this interface only packets whose TTL is"
-        " greater than TTL (1-255, default 1). Linux ignores it for IPv6.",
+        " greater than TTL (1-255). `default` (or 1, the default) removes the setting."
+        " Linux ignores it for IPv6.",
     )
     _command_options(vif_set, changes=True)
     vif_show = vif_sub.add_parser(
@@ -372,14 +456,22 @@ def _parse_route_change(argv: Sequence[str]) -> _Parsed | None:
             words = words[:-1]
         else:
             break
-    if len(words) < 3 or words[1] not in ("add", "del") or "-h" in words or "--help" in words:
+    if (
+        len(words) < 3
+        or words[1] not in ("add", "del", "oif")
+        or "-h" in words
+        or "--help" in words
+    ):
         return None
     try:
         op = batchfile.line_op(words)
     except ValueError:
         return None
     values.update(op)
-    return _Parsed(command="mfc", action=values.pop("op"), **values)
+    action = values.pop("op")
+    if action in batchfile.OIF_OPS:  # `mfc oif add`: argparse's action "oif", oif "add"
+        return _Parsed(command="mfc", action="oif", oif=action[4:], **values)
+    return _Parsed(command="mfc", action=action, **values)
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
@@ -393,6 +485,10 @@ def _command_in(argv: Sequence[str]) -> str | None:
         elif not word.startswith("-") or word in ("-h", "--help"):
             return None
     return None
+
+
+def _oifs_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--oifs", required=True, nargs="+", metavar="IFNAME", help=help)
 
 
 def _key_options(parser: argparse.ArgumentParser) -> None:
@@ -635,11 +731,32 @@ class Cli:
     def change(self, cmd: str, args: dict[str, Any]) -> int:
         result = self.client.call(cmd, args, dry_run=self.args.dry_run)
         self.emit(result, self._change_text)
+        self.warn_missing(result)
         return protocol.EXIT_OK
+
+    def warn_missing(self, result: dict[str, Any]) -> None:
+        """Name on stderr the interfaces a change waits for: a typo is seen at once."""
+        missing = result.get("missing") or []
+        if not missing or result.get("dry_run"):
+            return
+        they = "it appears" if len(missing) == 1 else "they appear"
+        if "pending" in result:  # a batch: how many of its routes wait
+            count = result["pending"]
+            routes = "1 route is" if count == 1 else f"{count} routes are"
+            warning = f"{routes} pending: {_names(missing)} (yet); each is installed when {they}"
+        else:
+            state = result.get("state", "pending")
+            warning = f"{_names(missing)} (yet); the route is {state} until {they}"
+        print(f"mfcctl: warning: {warning}", file=self.stderr)
 
     def _change_text(self, result: dict[str, Any]) -> str:
         if result.get("dry_run"):
             return "dry run, nothing changed; mfcd would:\n" + _indent(format_plan(result))
+        if "deleted" in result:  # a batch
+            summary = f"{result.get('added', 0)} added, {result['deleted']} deleted"
+            if result.get("updated"):
+                summary += f", {result['updated']} updated"
+            return f"{format_plan(result)}\n{summary}" if self.args.verbose else summary
         if self.args.verbose:
             return format_plan(result)
         if result.get("state") in ("pending", "degraded"):
@@ -652,6 +769,9 @@ class Cli:
             args = {"source": a.source, "group": a.group}
             if a.action == "add":
                 args.update(iif=a.iif, oifs=batchfile.split_oifs(a.oifs))
+            if a.action == "oif":
+                args["oifs"] = batchfile.split_oifs(a.oifs)
+                return self.change(f"mfc.oif.{a.oif}", args)
             return self.change(f"mfc.{a.action}", args)
         if a.command == "batch":
             return self.batch(a.file)
@@ -740,6 +860,16 @@ def _rates(
             rates[key] = (max(0, now[0] - packets) / elapsed, max(0, now[1] - nbytes) * 8 / elapsed)
         previous[key] = now
     return rates
+
+
+def _names(interfaces: list[str], shown: int = 3) -> str:
+    """`interface r9 does not exist`, `interfaces r8, r9 do not exist`, at most `shown` named."""
+    if len(interfaces) == 1:
+        return f"interface {interfaces[0]} does not exist"
+    names = ", ".join(interfaces[:shown])
+    if len(interfaces) > shown:
+        names += f" and {len(interfaces) - shown} more"
+    return f"interfaces {names} do not exist"
 
 
 def _indent(text: str) -> str:

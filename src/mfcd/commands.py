@@ -7,6 +7,7 @@ before the controller is called, so a rejected request changes nothing.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -27,15 +28,26 @@ from mfcd.errors import (
     BatchSyntax,
     InvalidArgument,
     MfcdError,
+    NotFound,
     TooLarge,
     UnsupportedVersion,
 )
-from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, SetThreshold
+from mfcd.model import (
+    DEFAULT_THRESHOLD,
+    MAXVIFS,
+    AddRoute,
+    Change,
+    DelRoute,
+    Ports,
+    RouteKey,
+    SetThreshold,
+)
 
 log = logging.getLogger("mfcd")
 
 ENVELOPE_FIELDS = {"v", "id", "cmd", "args", "dry_run"}
 MAX_MESSAGE = 1000  # characters of an error message; the rest of a quoted value is left out
+OIF_FIELDS = ("source", "group", "oifs")  # mfc.oif.add, mfc.oif.del
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +80,8 @@ class Commands:
             "show": self.show,
             "mfc.add": self.mfc_add,
             "mfc.del": self.mfc_del,
+            "mfc.oif.add": self.mfc_oif_add,
+            "mfc.oif.del": self.mfc_oif_del,
             "batch": self.batch,
             "vif.set": self.vif_set,
             "vif.show": self.vif_show,
@@ -148,7 +162,12 @@ class Commands:
         return {
             "schema": SHOW_SCHEMA,
             "vifs": self.controller.show_vifs(stats=_flag(args, "stats")),
-            "settings": [{"interface": n, "threshold": t} for n, t in sorted(thresholds.items())],
+            # (A journal may hold a setting back to the default: that is no setting.)
+            "settings": [
+                {"interface": n, "threshold": t}
+                for n, t in sorted(thresholds.items())
+                if t != DEFAULT_THRESHOLD
+            ],
             "max_vifs": MAXVIFS,
         }
 
@@ -171,6 +190,40 @@ class Commands:
         self._check_family(key[0])
         return self._change([DelRoute(key)], dry_run, peer, "mfc.del", args)
 
+    def mfc_oif_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        return self._mfc_oif("oif_add", args, dry_run, peer)
+
+    def mfc_oif_del(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        return self._mfc_oif("oif_del", args, dry_run, peer)
+
+    def _mfc_oif(
+        self, kind: str, args: dict[str, Any], dry_run: bool, peer: Peer
+    ) -> dict[str, Any]:
+        validate.require_fields(args, OIF_FIELDS)
+        lookup = self.controller.router.routes.get
+        change = self._oif_change(kind, args["source"], args["group"], args["oifs"], lookup)
+        return self._change([change], dry_run, peer, f"mfc.{kind.replace('_', '.')}", args)
+
+    def _oif_change(
+        self,
+        kind: str,
+        source: Any,
+        group: Any,
+        oifs: Any,
+        lookup: Callable[[RouteKey], Ports | None],
+    ) -> AddRoute:
+        """An oif_add or oif_del as the AddRoute of the route's whole new oif list: the model
+        and the journal know only whole routes, and the change is atomic (no client reads the
+        route first). `lookup` gives a route's interfaces as the request finds them."""
+        key = validate.route_key_of(source, group)
+        self._check_family(key[0])
+        names = validate.interfaces(oifs, "oifs")
+        ports = lookup(key)
+        if ports is None:
+            raise NotFound(f"no route for source {key[1]} group {key[2]}")
+        new = _new_oifs(kind, key, ports, names)
+        return validate.add_change(key[1], key[2], ports.iif, list(new))
+
     def vif_set(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, ("interface", "threshold"))
         name = validate.interface(args["interface"], "interface")
@@ -185,59 +238,107 @@ class Commands:
         if "text" in args:
             if not isinstance(text, str):
                 raise BadRequest("text must be a string", field="text")
-            changes = self._text_changes(text)
+            changes, deleted, updated = self._text_changes(text)
         else:
-            changes = self._op_changes(args["ops"])
+            changes, deleted, updated = self._op_changes(args["ops"])
         # A batch answers with counts; the step-by-step plan (as large as the batch) only when
         # asked for or in a dry run.
         plan = dry_run or _flag(args, "plan")
         try:
-            return self._change(changes, dry_run, peer, "batch", {"ops": len(changes)}, plan=plan)
+            result = self._change(changes, dry_run, peer, "batch", {"ops": len(changes)}, plan=plan)
         except MfcdError as e:
             if text is not None:  # people count the lines of their file, not its changes
                 _name_line(e, text)
             raise
+        result["added"] = len(changes) - deleted - updated
+        result["deleted"] = deleted
+        result["updated"] = updated
+        if not dry_run:
+            pending, missing = self._pending(changes)
+            result["pending"] = pending
+            result["missing"] = missing
+        return result
 
-    def _op_changes(self, ops: Any) -> list[Change]:
+    def _pending(self, changes: list[Change]) -> tuple[int, list[str]]:
+        """How many of the routes a batch added wait for interfaces that do not exist, and
+        which interfaces those are."""
+        router = self.controller.router
+        if not any(router.waiting.values()):
+            return 0, []  # the common case, known without looking at 100,000 routes
+        links, routes = router.links, router.routes
+        missing_of: dict[int, tuple[str, ...]] = {}  # id(ports): its missing interfaces
+        pending: set[RouteKey] = set()
+        names: set[str] = set()
+        for change in changes:
+            if not isinstance(change, AddRoute):
+                continue
+            ports = change.ports  # one shared value per combination: checked once each
+            missing = missing_of.get(id(ports))
+            if missing is None:
+                missing = tuple(n for n in ports.interfaces if n not in links)
+                missing_of[id(ports)] = missing
+            if missing and routes.get(change.key) == ports:  # still so after the batch
+                pending.add(change.key)
+                names.update(missing)
+        return len(pending), sorted(names)
+
+    def _op_changes(self, ops: Any) -> tuple[list[Change], int, int]:
+        """A batch's ops as changes, with how many delete a route and how many change oifs."""
         if not isinstance(ops, list):
             raise BadRequest("ops must be a list", field="ops")
         changes: list[Change] = []
+        routes = _BatchRoutes(self.controller.router.routes, changes)
+        deleted = updated = 0
         for index, op in enumerate(ops):
             try:
-                changes.append(self._batch_op(op))
+                change = self._batch_op(op, routes)
             except MfcdError as e:
                 e.args = (f"op {index + 1}: {e}",)
                 raise
-        return changes
+            changes.append(change)
+            if isinstance(change, DelRoute):
+                deleted += 1
+            elif op["op"] in batchfile.OIF_OPS:
+                updated += 1
+        return changes, deleted, updated
 
-    def _text_changes(self, text: str) -> list[Change]:
+    def _text_changes(self, text: str) -> tuple[list[Change], int, int]:
+        """A batch text's changes, with how many delete a route and how many change oifs."""
         changes: list[Change] = []
         add = changes.append
         families = self.families
         add_change = validate.add_change
-        lineno = 0
+        routes = _BatchRoutes(self.controller.router.routes, changes)
+        lineno = deleted = updated = 0
         try:
             for lineno, kind, source, group, iif, oifs in batchfile.lines(text):  # noqa: B007
-                if oifs is not None:
+                if kind == "add":
                     change = add_change(source, group, iif, oifs)
                     if change.key[0] not in families:
                         self._check_family(change.key[0])
                     add(change)
-                else:
+                elif kind == "del":
                     key = validate.route_key_of(source, group)
                     self._check_family(key[0])
                     add(DelRoute(key))
+                    deleted += 1
+                else:
+                    add(self._oif_change(kind, source, group, oifs, routes.get))
+                    updated += 1
         except batchfile.SyntaxProblem as e:
             raise BatchSyntax(str(e)) from None
         except MfcdError as e:  # (lineno is the failing line's)
             e.args = (f"line {lineno}: {e}",)
             raise
-        return changes
+        return changes, deleted, updated
 
-    def _batch_op(self, op: Any) -> Change:
+    def _batch_op(self, op: Any, routes: _BatchRoutes) -> Change:
         if not isinstance(op, dict):
             raise BadRequest("each op must be a JSON object")
         kind = op.get("op")
+        if kind in batchfile.OIF_OPS:
+            validate.require_fields(op, ("op", *OIF_FIELDS))
+            return self._oif_change(kind, op["source"], op["group"], op["oifs"], routes.get)
         if kind == "add":
             route = validate.route(op, validate.BATCH_ADD_FIELDS)
             self._check_family(route.family)
@@ -246,7 +347,9 @@ class Commands:
             key = validate.key(op, validate.BATCH_DEL_FIELDS)
             self._check_family(key[0])
             return DelRoute(key)
-        raise BadRequest(f'op must be "add" or "del", not {kind!r}', field="op")
+        raise BadRequest(
+            f'op must be "add", "del", "oif_add" or "oif_del", not {kind!r}', field="op"
+        )
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -279,6 +382,8 @@ class Commands:
             result["state"] = status.state
             if status.reason:
                 result["reason"] = status.reason
+            if status.missing:
+                result["missing"] = list(status.missing)
         if not dry_run:
             if self.on_change is not None:
                 self.on_change()
@@ -287,6 +392,49 @@ class Commands:
                 done += f"; route {result['state']}: {result.get('reason', '')}"
             log.info("%s %s %s: %s", peer, cmd, _summary(args), done)
         return result
+
+
+def _new_oifs(kind: str, key: RouteKey, ports: Ports, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The route's oifs with `names` added (those it has already stay where they are) or
+    removed (each must be one of them, and one oif at least must remain)."""
+    if kind == "oif_add":
+        return ports.oifs + tuple(n for n in names if n not in ports.oifs)
+    route = f"the route for source {key[1]} group {key[2]}"
+    absent = [n for n in names if n not in ports.oifs]
+    if absent:
+        raise InvalidArgument(
+            f"{route} has no oif {absent[0]} (its oifs: {', '.join(ports.oifs)})", field="oifs"
+        )
+    left = tuple(n for n in ports.oifs if n not in names)
+    if not left:
+        raise InvalidArgument(
+            f"{route} would have no oif left; to remove the route, use `mfc del`", field="oifs"
+        )
+    return left
+
+
+class _BatchRoutes:
+    """The routes as a batch's changes so far leave them: what its oif ops build on.
+
+    It catches up with the batch's list of changes only when asked, so the loop that reads
+    a batch does no more work for batches without oif ops (nearly all of them).
+    """
+
+    def __init__(self, routes: dict[RouteKey, Ports], changes: list[Change]) -> None:
+        self.routes = routes
+        self.changes = changes
+        self.seen = 0
+        self.latest: dict[RouteKey, Ports | None] = {}
+
+    def get(self, key: RouteKey) -> Ports | None:
+        latest = self.latest
+        for change in itertools.islice(self.changes, self.seen, None):
+            if isinstance(change, AddRoute):
+                latest[change.key] = change.ports
+            elif isinstance(change, DelRoute):
+                latest[change.key] = None
+        self.seen = len(self.changes)
+        return latest[key] if key in latest else self.routes.get(key)
 
 
 def _flag(args: dict[str, Any], name: str) -> bool:

@@ -11,6 +11,7 @@ from mfcd.protocol import MAX_REQUEST_BYTES
 
 DEFAULT_PATH = "/etc/mfc_daemon.conf"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_SOCKET_GROUP = "mfc"  # the package's group; optional unless named in the configuration
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +19,9 @@ class Config:
     """Every setting and its default (documented in mfc_daemon.conf(5) and docs/configuration)."""
 
     socket_path: str = "/run/mfcd/mfcd.sock"
-    socket_group: str = "mfc"  # group allowed to use the socket; "" keeps the daemon's own group
+    # Group allowed to use the socket; "" keeps the daemon's own group. None (not set): group
+    # mfc if it exists, else the daemon's own group with a socket only its user can use.
+    socket_group: str | None = None
     socket_mode: int = 0o660
     state_file: str = "/var/lib/mfcd/state.journal"
     log_level: str = "info"
@@ -34,6 +37,7 @@ class Config:
 
 
 _TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
+_TYPES["socket_group"] = str  # None only as the default: a group set must be a name (or "")
 _RANGES = {"client_timeout": (0.001, 3600.0), "max_request_bytes": (1024.0, float(1 << 30))}
 
 
@@ -89,7 +93,9 @@ def load(path: str | None) -> Config:
         if path is None:
             return Config()
         raise ConfigError(f"{name}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{name}: cannot read: {e}") from None
     return parse(text, name)
 

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import json
 import logging
+import socket
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from mfcd.model import (
     Step,
 )
 from mfcd.protocol import Encoded
-from mfcd.state import Loaded
+from mfcd.state import Loaded, SnapshotNeeded
 
 log = logging.getLogger("mfcd")
 
@@ -89,6 +90,7 @@ class StateLike(Protocol):
 
     def append(self, changes: Sequence[Change]) -> None: ...
     def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None: ...
+    def replaced(self) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -122,6 +124,9 @@ class Controller:
         self.router = router or Router()
         # Called when the kernel may no longer match the model (a rollback it refused).
         self.on_drift: Callable[[], None] | None = None
+        # show's route order, kept while no transaction changes the model: sorting costs
+        # about as much as formatting, and `show --watch` asks again and again.
+        self._order: tuple[int, int, list[tuple[RouteKey, Ports]]] = (-1, -1, [])
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -206,7 +211,7 @@ class Controller:
                 # Nothing to do (the same route again, an empty batch): no journal record.
                 router.rollback()
                 return outcome
-            self.state.append(changes)
+            self._record(changes)
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
             # has already undone its own part).
@@ -271,6 +276,28 @@ class Controller:
     def compact(self) -> None:
         router = self.router
         self.state.write_snapshot(list(router.iter_routes()), dict(router.thresholds))
+
+    def _record(self, changes: Sequence[Change]) -> None:
+        """Make a change durable: appended to the journal or, if the state file was deleted or
+        replaced behind mfcd's back, in a whole snapshot written there again."""
+        try:
+            self.state.append(changes)
+        except SnapshotNeeded as e:
+            # The model already holds the change (uncommitted), so the snapshot has it; if the
+            # snapshot fails too, the change is refused and rolled back like any other.
+            self._write_back(str(e))
+
+    def keep_state_file(self) -> None:
+        """Write the state file again if it was deleted or replaced while mfcd runs, so that
+        a restart finds the routes even if no change came since (the daemon calls this
+        every second)."""
+        reason = self.state.replaced()
+        if reason is not None:
+            self._write_back(reason)
+
+    def _write_back(self, reason: str) -> None:
+        log.warning("%s; writing all %d routes there again", reason, len(self.router.routes))
+        self.compact()
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -429,9 +456,7 @@ class Controller:
         if encoded:
             routes = self._routes_encoded(stats, healthy)
         else:
-            routes = [
-                self._route_json(key, ports, stats, healthy) for key, ports in router.routes.items()
-            ]
+            routes = [self._route_json(key, ports, stats, healthy) for key, ports in self._sorted()]
         return {
             "schema": SHOW_SCHEMA,
             "vifs": vifs,
@@ -443,7 +468,7 @@ class Controller:
         installed = self.router.installed
         interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
         parts = []
-        for key, ports in self.router.routes.items():
+        for key, ports in self._sorted():
             if stats or not healthy or key not in installed:
                 parts.append(_json(self._route_json(key, ports, stats, healthy)))
                 continue
@@ -460,6 +485,17 @@ class Controller:
                 f'{text},"state":"installed"}}'
             )
         return Encoded(f"[{','.join(parts)}]")
+
+    def _sorted(self) -> list[tuple[RouteKey, Ports]]:
+        """The routes in the order `ip mroute` and smcroute users expect: IPv4 first, then by
+        group, then by source, comparing addresses as numbers (10.0.0.9 before 10.0.0.10)."""
+        routes = self.router.routes
+        version, count, items = self._order
+        # Every change of a route commits a transaction, which counts in router.version.
+        if version != self.router.version or count != len(routes):
+            items = sorted(routes.items(), key=_address_order())
+            self._order = (self.router.version, len(routes), items)
+        return items
 
     def _route_json(
         self, key: RouteKey, ports: Ports, stats: bool, healthy: bool
@@ -488,6 +524,27 @@ class Controller:
                 "wrong_if": c.wrong_if if c else 0,
             }
         return out
+
+
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:
+    """A sort key for routes: family, group and source as one number (an int compares
+    faster than a tuple of packed addresses)."""
+    pton = socket.inet_pton
+    number = int.from_bytes
+    groups: dict[str, int] = {}  # many routes share a group: convert it once
+
+    def order(route: tuple[RouteKey, Ports]) -> int:
+        family, source, group = route[0]
+        af = _AF[family]
+        shifted = groups.get(group)
+        if shifted is None:
+            shifted = groups[group] = number(pton(af, group)) << 128
+        return (family << 256) | shifted | number(pton(af, source))
+
+    return order
 
 
 def _json(value: Any) -> str:

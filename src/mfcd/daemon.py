@@ -1,8 +1,9 @@
 """mfcd, the daemon: wires config, kernel, state file, control socket, signals and readiness.
 
-Start-up order matters: refuse early if another mfcd serves the socket; take the
-kernel's tables (MRT_INIT); load the state file and install its routes; only then
-listen and tell systemd READY=1, so a client never sees a half-restored daemon.
+Start-up order matters: refuse early if another mfcd serves the socket or holds the state
+file's lock; take the kernel's tables (MRT_INIT); load the state file and install its
+routes; only then listen and tell systemd READY=1, so a client never sees a
+half-restored daemon.
 Shutdown reverses it: stop taking requests, MRT_DONE (the kernel removes every VIF
 and route the daemon added), remove the socket.
 """
@@ -21,14 +22,14 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 
-from mfcd import __version__, config, netlink, notify
+from mfcd import __version__, config, directory_trust, netlink, notify
 from mfcd.commands import Commands
 from mfcd.controller import Controller, KernelView, gc_paused
-from mfcd.errors import MfcdError
+from mfcd.errors import ConfigError, MfcdError
 from mfcd.kernel import Kernel
 from mfcd.model import KernelEntry, RouteKey
 from mfcd.server import Server, bind_control_socket, socket_permissions
-from mfcd.state import StateFile
+from mfcd.state import VERSION, StateFile
 
 log = logging.getLogger("mfcd")
 
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--socket", metavar="PATH", help="control socket (overrides socket_path)")
     parser.add_argument("--state-file", metavar="PATH", help="state file (overrides state_file)")
+    parser.add_argument(
+        "--socket-group",
+        metavar="GROUP",
+        help='group that may use the control socket; "" for mfcd\'s own (overrides socket_group)',
+    )
     parser.add_argument(
         "--log-level", choices=config.LOG_LEVELS, help="log verbosity (overrides log_level)"
     )
@@ -71,6 +77,8 @@ DEFAULT_TABLE = {4: 253, 6: 254}  # RT_TABLE_DEFAULT (IPv4) and RT_TABLE_MAIN (I
 RESTART_ONLY = ("socket_path", "state_file", "ipv4", "ipv6", "max_request_bytes")
 COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
+STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
+STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
 
 
@@ -136,6 +144,7 @@ class Daemon:
     # Set once start-up has taken the kernel's tables (see run()).
     controller: Controller
     kernel: Kernel
+    state: StateFile
     monitor: netlink.LinkMonitor
 
     def __init__(
@@ -168,14 +177,17 @@ class Daemon:
             loop.add_signal_handler(sig, _ignore, sig)
         listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
         kernel = None
-        state = StateFile(cfg.state_file)
+        state = self.state = StateFile(cfg.state_file)
         # Subscribe before the dump, so no interface change falls between the two.
         monitor = netlink.LinkMonitor()
         try:
+            state.lock()  # before anything else: a second mfcd on this file stops here
             kernel = Kernel(cfg.families)
             controller = self._restore(state, kernel)
-            if not os.path.exists(cfg.state_file):
-                controller.compact()  # an empty state file, so a lost one is noticed at start
+            if state.needs_snapshot:
+                # No file yet: an empty one, so that a lost one is noticed at start. Version 1:
+                # rewritten in the current format before any change is appended.
+                controller.compact()
             await self._serve(controller, kernel, listener, monitor)
         finally:
             listener.close()
@@ -194,9 +206,14 @@ class Daemon:
         with gc_paused():
             loaded = state.load()
             if loaded.torn_tail:
+                # Most likely; a file cut short mid-line by something else looks the same.
                 log.warning(
-                    "%s: ignored an incomplete last record (never acknowledged)", state.path
+                    "%s: dropped an incomplete last record, most likely a change a crash"
+                    " interrupted before it was acknowledged",
+                    state.path,
                 )
+            if loaded.version < VERSION:
+                log.info("%s: format version %d; rewriting it", state.path, loaded.version)
             controller = Controller(kernel, state)
             # Our MRT_INIT table starts empty unless another program left static entries in
             # it; only then is the drift check after start-up worth its full dump of the table.
@@ -237,6 +254,7 @@ class Daemon:
         log.info("mfcd %s ready on %s: %s", __version__, cfg.socket_path, status)
         notify.notify(f"READY=1\nSTATUS={status}")
         watchdog = asyncio.create_task(self._watchdog())
+        keeper = asyncio.create_task(self._keep_state_file())
         if self.inherited:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0)
@@ -246,6 +264,7 @@ class Daemon:
         log.info("stopping: removing routes from the kernel")
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
+        keeper.cancel()
         compact.cancel()  # the journal is closed soon
         await server.stop()
         for sock in kernel.sockets.values():
@@ -352,6 +371,21 @@ class Daemon:
             notify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)  # already half the timeout
 
+    async def _keep_state_file(self) -> None:
+        """Once a second, write the state file back if it was deleted or replaced (each change
+        checks it too, this is for the quiet times: a restart would otherwise start empty),
+        and lock its lock file again if that went."""
+        while True:
+            await asyncio.sleep(STATE_CHECK_INTERVAL)
+            try:
+                self.controller.keep_state_file()
+                relocked = self.state.keep_lock()
+                if relocked is not None:
+                    log.warning("%s", relocked)
+            except MfcdError as e:
+                log.error("%s; trying again in %d s", e, STATE_RETRY_INTERVAL)
+                await asyncio.sleep(STATE_RETRY_INTERVAL)
+
     def _on_hup(self) -> None:
         if self.serving:
             self.reload()
@@ -402,11 +436,41 @@ def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Conf
     )
 
 
+# Capability numbers (linux/capability.h) mfcd needs: raw IGMP/ICMPv6 sockets, MRT_* options.
+NEEDED_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
+
+
+def missing_capabilities(proc_status: str) -> list[str]:
+    """The needed capabilities absent from CapEff in the text of /proc/self/status."""
+    for line in proc_status.splitlines():
+        if line.startswith("CapEff:"):
+            effective = int(line.split()[1], 16)
+            return [name for name, bit in NEEDED_CAPABILITIES.items() if not effective >> bit & 1]
+    return []  # no such line (not Linux /proc): let the kernel calls say what fails
+
+
+def check_start_up(cfg: config.Config) -> None:
+    """Refuse to start, with one line saying what to do, before touching anything."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as f:
+            missing = missing_capabilities(f.read())
+    except OSError:
+        missing = []
+    if missing:
+        raise ConfigError(
+            f"mfcd needs {' and '.join(missing)}: run it as root, or through"
+            " mfc_daemon.service, which grants them to user mfc"
+        )
+    directory_trust.prepare(os.path.dirname(cfg.state_file), "state directory")
+    directory_trust.prepare(os.path.dirname(cfg.socket_path), "socket directory")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
         "socket_path": args.socket,
         "state_file": args.state_file,
+        "socket_group": args.socket_group,
         "log_level": args.log_level,
     }
     try:
@@ -417,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(cfg.log_level)
     daemon = Daemon(cfg, args.config, overrides)
     try:
+        check_start_up(cfg)
         asyncio.run(daemon.run())
     except MfcdError as e:
         log.error("%s", e)

@@ -98,7 +98,12 @@ def _explain(family: int, optname: int, err: int) -> str:
             " (smcroute, pimd, FRR pimd, igmpproxy, mrouted or a second mfcd): stop it first"
         )
     if err in (errno.EPERM, errno.EACCES):
+        op = op if optname else "a raw socket"
         return f"{op} ({fam}) not permitted: mfcd needs CAP_NET_ADMIN and CAP_NET_RAW (run as root)"
+    if optname == 0 and err == errno.EAFNOSUPPORT:
+        return f"{fam} is turned off in this kernel (ipv6.disable=1?): set ipv{family} = false"
+    if optname == 0:
+        return f"cannot open a raw {fam} socket: {os.strerror(err)} (errno {err})"
     if optname == MRT_INIT and err in (errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EAFNOSUPPORT):
         return (
             f"this kernel has no {fam} multicast routing"
@@ -127,12 +132,15 @@ class MrouteSocket:
 
     def __init__(self, family: int, table: int | None = None) -> None:
         self.family = family
-        if family == 4:
-            self.level = socket.IPPROTO_IP
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
-        else:
-            self.level = socket.IPPROTO_IPV6
-            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        try:
+            if family == 4:
+                self.level = socket.IPPROTO_IP
+                self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+            else:
+                self.level = socket.IPPROTO_IPV6
+                self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        except OSError as e:  # no CAP_NET_RAW, or the family is off (ipv6.disable=1)
+            raise KernelError(_explain(family, 0, e.errno or 0), "socket", e.errno or 0) from None
             # Block every ICMPv6 type: MLD and other ICMPv6 stop queueing up on the socket;
             # upcalls still arrive.
             self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)

@@ -280,7 +280,7 @@ class Router:
         d[key] = value
 
     def _pop(self, d: dict[Any, Any], key: Any) -> None:
-        if d is self.vifs:
+        if d is self.vifs or d is self.thresholds:
             self._forget_direct()
         if key in d:
             if self._undo is not None:
@@ -480,7 +480,10 @@ class Router:
             raise InvalidArgument("threshold must be between 1 and 255", field="threshold")
         if self.threshold(interface) == threshold:
             return []
-        self._set(self.thresholds, interface, threshold)
+        if threshold == DEFAULT_THRESHOLD:
+            self._pop(self.thresholds, interface)  # the default is no setting at all
+        else:
+            self._set(self.thresholds, interface, threshold)
         vif = self.vifs.get((4, interface))
         if vif is None:
             return []

@@ -42,11 +42,17 @@ COMMANDS = (
     "show",
     "mfc.add",
     "mfc.del",
+    "mfc.oif.add",
+    "mfc.oif.del",
     "batch",
     "vif.set",
     "vif.show",
     "sync",
 )
+
+# vif.set's threshold for an interface with no setting (mfcd.model.DEFAULT_THRESHOLD): setting
+# it removes the interface's setting (`mfcctl vif set IF --threshold default`).
+DEFAULT_THRESHOLD = 1
 
 # Error codes (stable) and the mfcctl exit status each one maps to.
 ERROR_EXIT = {

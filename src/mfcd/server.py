@@ -28,6 +28,7 @@ import struct
 
 from mfcd import protocol
 from mfcd.commands import Commands, Peer
+from mfcd.config import DEFAULT_SOCKET_GROUP
 from mfcd.errors import ConfigError
 
 log = logging.getLogger("mfcd")
@@ -52,8 +53,12 @@ def peer_of(sock: socket.socket | None) -> Peer:
     return Peer(pid, uid, gid)
 
 
-def bind_control_socket(path: str, group: str, mode: int) -> socket.socket:
-    """Create the listening socket: refuse if another daemon serves it, replace a stale file."""
+def bind_control_socket(path: str, group: str | None, mode: int) -> socket.socket:
+    """Create the listening socket: refuse if another daemon serves it, replace a stale file.
+
+    The caller has checked the directory (directory_trust): nobody else can swap the file
+    between the bind and the lstat that records which inode is ours.
+    """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o755, exist_ok=True)
     if os.path.lexists(path):
@@ -76,25 +81,52 @@ def bind_control_socket(path: str, group: str, mode: int) -> socket.socket:
             )
         finally:
             probe.close()
-    _group_id(group)  # fail before binding when the group does not exist
+    access = _socket_access(group, mode)  # fail before binding when the group does not exist
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # Bind under a strict umask so the socket is never reachable by others, even for a moment.
     old = os.umask(0o177)
     try:
         sock.bind(path)
+        st = os.lstat(path)
+        _bound[path] = (st.st_dev, st.st_ino)
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot create the control socket {path}: {e.strerror}") from None
+        # "AF_UNIX path too long" comes without an errno.
+        raise ConfigError(f"cannot create the control socket {path}: {e.strerror or e}") from None
     finally:
         os.umask(old)
     try:
-        socket_permissions(path, group, mode)
+        _set_access(path, *access)
     except ConfigError:
         sock.close()
         raise
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+# The (st_dev, st_ino) of each socket file this process bound: a reload changes the owner
+# and mode of that file only, never of whatever has taken its name since.
+_bound: dict[str, tuple[int, int]] = {}
+
+
+def _socket_access(group: str | None, mode: int) -> tuple[int, int]:
+    """The socket's group id and mode: a named group must exist, the default one may not.
+
+    Like dockerd with its default group `docker`: a host without the package's group `mfc`
+    (a test or CI machine) still gets a daemon, whose socket only its own user can use.
+    """
+    if group is not None:
+        return _group_id(group), mode
+    try:
+        return grp.getgrnam(DEFAULT_SOCKET_GROUP).gr_gid, mode
+    except KeyError:
+        log.warning(
+            "group %s does not exist: the control socket is for mfcd's user only"
+            " (create the group, or set socket_group)",
+            DEFAULT_SOCKET_GROUP,
+        )
+        return os.getegid(), mode & 0o700
 
 
 def _group_id(group: str) -> int:
@@ -109,15 +141,37 @@ def _group_id(group: str) -> int:
         ) from None
 
 
-def socket_permissions(path: str, group: str, mode: int) -> None:
-    """Give the socket its group and mode (also on reload)."""
-    gid = _group_id(group)
+def socket_permissions(path: str, group: str | None, mode: int) -> None:
+    """Give the socket its group and mode (on reload): only if it still is the one we bound."""
+    _set_access(path, *_socket_access(group, mode))
+
+
+def _set_access(path: str, gid: int, mode: int) -> None:
+    """chown and chmod the socket we bound, through a descriptor, never by name.
+
+    O_PATH|O_NOFOLLOW opens a symlink itself rather than its target; fchmod refuses an
+    O_PATH descriptor (EBADF), but /proc/self/fd/N leads to exactly the inode opened.
+    """
     try:
-        if os.stat(path).st_gid != gid:  # needs CAP_CHOWN only when it changes something
-            os.chown(path, -1, gid)
-        os.chmod(path, mode)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         raise ConfigError(f"cannot set owner or mode of {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or (st.st_dev, st.st_ino) != _bound.get(path):
+            raise ConfigError(
+                f"{path} is no longer the socket mfcd created (replaced by another file or a"
+                " symlink): not changing its owner or mode; check who can write to"
+                f" {os.path.dirname(path)} and restart mfcd"
+            )
+        inode = f"/proc/self/fd/{fd}"
+        if st.st_gid != gid:  # needs CAP_CHOWN only when it changes something
+            os.chown(inode, -1, gid)
+        os.chmod(inode, mode)
+    except OSError as e:
+        raise ConfigError(f"cannot set owner or mode of {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 class Refused(Exception):

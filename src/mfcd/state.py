@@ -1,21 +1,29 @@
-"""The state file: an append-only, checksummed journal of route changes, compacted into snapshots.
+"""The state file: an append-only, checksummed, numbered journal of route changes, compacted
+into snapshots, with one owner at a time.
 
-Format (text, one record per line):
+Format version 2 (text, one record per line):
 
-    mfcd-state 1
+    mfcd-state 2
     <crc32 as 8 hex digits> <JSON record>
     ...
 
-The file starts with a snapshot.  Up to SNAPSHOT_CHUNK routes, it is one record,
-`{"snapshot": {"routes": [...], "thresholds": {...}}}`, a route being
-`[family, source, group, iif, [oifs...]]`.  A larger snapshot is a record without
-routes, `{"snapshot": {"thresholds": {...}, "chunks": K}}`, followed by exactly K
-records `{"routes": [...]}` of at most SNAPSHOT_CHUNK routes each: a single line of
-100,000 routes would make the reader build all their lists at once, and the memory
-they took, scattered between the routes that stay, would never go back to the system.
-A `{"routes": ...}` record anywhere else, or fewer than K of them, is corruption.
+Every record carries a sequence number, `"seq"`, its first key: one more than the record
+before it.  A gap is a lost record, a repeat a copied or replayed one; both are corruption.
+The numbers go on across compactions, so a line copied from an older file does not fit.
 
-Each later record is one acknowledged change, `{"ops": [...]}`, where an op is
+The file starts with a snapshot, which states its route count.  Up to SNAPSHOT_CHUNK routes,
+it is one record, `{"seq": S, "snapshot": {"routes": [...], "thresholds": {...}, "count": N}}`,
+a route being `[family, source, group, iif, [oifs...]]`.  A larger snapshot is a record
+without routes, `{"seq": S, "snapshot": {"thresholds": {...}, "count": N, "chunks": K}}`,
+followed by exactly K records `{"seq": S+i, "routes": [...]}` of at most SNAPSHOT_CHUNK
+routes each: a single line of 100,000 routes would make the reader build all their lists
+at once, and the memory they took, scattered between the routes that stay, would never go
+back to the system.  A `{"routes": ...}` record anywhere else, fewer than K of them, or a
+route count other than N, is corruption; so is a snapshot anywhere but first, a file of
+0 bytes and one that ends after its header (mfcd writes neither: a new file starts with
+an empty snapshot).
+
+Each later record is one acknowledged change, `{"seq": S, "ops": [...]}`, where an op is
 `["add", family, source, group, iif, [oifs...]]`, `["del", family, source, group]` or
 `["threshold", interface, ttl]`.  A change is appended and fdatasync'ed before the
 client is told it succeeded, so its cost does not grow with the number of routes.
@@ -24,21 +32,40 @@ writes a fresh snapshot to a temporary file, fsyncs it, renames it over the
 journal and fsyncs the directory: compaction costs O(routes) once per O(routes)
 changes, and a snapshot, however many lines it takes, is on disk whole or not at all.
 
-A record is written and synced before its newline is, so a last line without its
-newline is a write the daemon never acknowledged (it died mid-write); it is ignored
-and cut off before the next append.  Anything else that
-does not parse or whose checksum does not match is corruption: loading fails with
-the file name, line and reason, and the file is never rewritten.  That includes a
-snapshot that ends early, even in a line without its newline: snapshots are never
-appended to, so its missing routes were acknowledged once and must not be dropped.
+A record is written and synced before its newline is, so a last line without its newline
+is, most likely, a change a crash interrupted before it was acknowledged: it is ignored
+and cut off before the next append.  Nothing in the file proves it, though: a file cut
+short in the middle of a line looks the same, and so does one cut cleanly at the end of
+a record (the one loss nothing here can detect; see docs/state-file.md).  A torn line
+whose sequence number can be read must still be the next one.  Anything else that does
+not parse, whose checksum does not match or whose sequence number does not follow is
+corruption: loading fails with the file name, line and reason, and the file is never
+rewritten.  That includes a snapshot that ends early, even in a line without its
+newline: snapshots are never appended to, so its missing routes were acknowledged once.
+
+Version 1 (`mfcd-state 1`, written by earlier releases) is the same without sequence numbers
+or route counts; it still loads, with none of their checks, and is rewritten in version 2
+before the first change.
+
+Ownership: the daemon holds an exclusive flock on `<path>.lock` (which holds its pid) for
+its lifetime, so a second mfcd on the same file refuses to start; the kernel drops the lock
+when the process dies, even by SIGKILL.  Before each append, and again once the record is
+on disk, the path is checked to still lead to the open journal as mfcd left it: if it was
+deleted, renamed, replaced or changed, the caller must write a whole snapshot there
+(SnapshotNeeded) rather than acknowledge a record in a file nobody will read.  No state
+file, temporary file or lock is opened through a symbolic link, and the temporary file is
+created afresh (O_EXCL), never reused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import gc
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -49,10 +76,23 @@ from mfcd import validate
 from mfcd.errors import MfcdError, StateError
 from mfcd.model import AddRoute, Change, DelRoute, Ports, Route, RouteKey, SetThreshold
 
-HEADER = b"mfcd-state 1\n"
+VERSION = 2
+HEADER = b"mfcd-state 2\n"
+HEADER_V1 = b"mfcd-state 1\n"  # still read; never written
 SNAPSHOT_CHUNK = 1000  # routes per snapshot line at most
+# Never follow a symbolic link to a state file: one planted in a directory others can write
+# would turn the daemon's (root's) writes onto a file of the planter's choosing.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 Op = list[Any]
+
+
+class SnapshotNeeded(StateError):
+    """The journal cannot take an append: the caller must write a whole snapshot instead.
+
+    The path was deleted, renamed, replaced or changed behind mfcd's back, or the file is in
+    an older format: a record appended there would be acknowledged and then never read.
+    """
 
 
 def route_op(route: Route) -> Op:
@@ -70,11 +110,11 @@ def change_op(change: Change) -> Op:
             return ["threshold", interface, threshold]
 
 
-def encode_changes(changes: Sequence[Change]) -> bytes:
-    """The journal record of one acknowledged change: `{"ops": [...]}`, checksummed.
+def encode_changes(changes: Sequence[Change], seq: int) -> bytes:
+    """The journal record of one acknowledged change: `{"seq": seq, "ops": [...]}`, checksummed.
 
-    The same bytes as encode_record({"ops": [change_op(c) ...]}) (a test holds both to
-    that), at a third of the cost for the 100,000 adds of a large batch: an add is
+    The same bytes as encode_record({"seq": seq, "ops": [change_op(c) ...]}) (a test holds
+    both to that), at a third of the cost for the 100,000 adds of a large batch: an add is
     formatted directly, with the JSON of its interfaces made once per combination.
     Addresses are validated and canonical (hex digits, dots, colons), so they need no
     escaping; interface names go through json.dumps all the same.
@@ -91,7 +131,7 @@ def encode_changes(changes: Sequence[Change]) -> bytes:
             parts.append(f'["add",{family},"{source}","{group}",{text}]')
         else:
             parts.append(json.dumps(change_op(change), separators=(",", ":")))
-    body = ('{"ops":[' + ",".join(parts) + "]}").encode()
+    body = (f'{{"seq":{seq:d},"ops":[' + ",".join(parts) + "]}").encode()
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
@@ -111,6 +151,8 @@ class Loaded:
     ops_since_snapshot: int = 0
     good_length: int = 0  # bytes up to the end of the last complete record
     torn_tail: bool = False
+    version: int = VERSION
+    seq: int = 0  # sequence number of the last complete record (version 2)
 
     def route_list(self) -> list[Route]:
         return [Route(*key, *ports) for key, ports in self.routes.items()]
@@ -166,20 +208,31 @@ def _apply(loaded: Loaded, op: Op) -> None:
         raise ValueError(f"unknown op {kind!r}")
 
 
+_LEFT_UNTOUCHED = "the file was left untouched — repair or move it away, then start mfcd again"
+
+
 def _corrupt(path: str, lineno: int, reason: object) -> StateError:
-    return StateError(
-        f"{path}: line {lineno} is corrupt ({reason}); the file was left untouched —"
-        " repair or move it away, then start mfcd again"
-    )
+    return StateError(f"{path}: line {lineno} is corrupt ({reason}); {_LEFT_UNTOUCHED}")
 
 
 def parse(data: bytes, path: str = "state file") -> Loaded:
     """Replay a journal held in memory; raise StateError on corruption."""
-    loaded = Loaded()
     if not data:
-        return loaded
-    if not data.startswith(HEADER):
-        raise StateError(f"{path}: not an mfcd state file (line 1 is not {HEADER.decode()!r})")
+        # mfcd never leaves its file empty (a new one starts with an empty snapshot, renamed
+        # into place whole), so this is a file truncated or overwritten by something else.
+        raise StateError(
+            f"{path}: the state file is empty (0 bytes); mfcd never writes an empty one, so"
+            f" something truncated it; {_LEFT_UNTOUCHED}"
+        )
+    if data.startswith(HEADER):
+        loaded = Loaded()
+    elif data.startswith(HEADER_V1):
+        loaded = Loaded(version=1)
+    else:
+        raise StateError(
+            f"{path}: not an mfcd state file (line 1 is neither {HEADER.decode()!r}"
+            f" nor {HEADER_V1.decode()!r})"
+        )
     # Nothing read here forms a reference cycle, so the cyclic collector has nothing to
     # find; left on, it would walk the growing set of routes again and again (40% of the
     # time at 100,000 routes). Its next pass still looks at the new objects once, unless the
@@ -194,22 +247,49 @@ def parse(data: bytes, path: str = "state file") -> Loaded:
     return loaded
 
 
+def _next_seq(record: Any, seq: int) -> int:
+    """The sequence number of `record`, which must follow `seq` (0: the first record)."""
+    got = record.get("seq") if record.__class__ is dict else None
+    if got.__class__ is not int or got < 1:
+        raise ValueError("no sequence number")
+    if seq and got != seq + 1:
+        if got <= seq:
+            raise ValueError(
+                f"sequence number {got} after {seq}: a record repeated or copied from earlier"
+            )
+        missing = got - seq - 1
+        raise ValueError(
+            f"sequence number {got} after {seq}: {missing} record{'s' * (missing > 1)} missing"
+        )
+    return int(got)
+
+
+_TORN_SEQ = re.compile(rb'[0-9a-f]{8} \{"seq":([0-9]+)[,}]')
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    """The snapshot being read: its line, and what it announced."""
+
+    line: int = 0
+    chunks: int = 0  # route records announced
+    missing: int = 0  # of these, not read yet
+    count: int = -1  # routes it says it holds (version 2)
+
+
 def _replay(loaded: Loaded, data: bytes, path: str) -> None:
-    routes = loaded.routes
-    pos = len(HEADER)
+    pos = len(HEADER)  # the same length in both versions
     loaded.good_length = pos
+    if pos == len(data):
+        # A new file is written with its (empty) snapshot in one go, so this one lost it.
+        raise _corrupt(path, 2, "the file ends after its header, without a snapshot")
     lineno = 1
-    chunks = missing = 0  # route records the last snapshot announced, and of these not read
-    snapshot_line = 0
+    snap = _Snapshot()
     then = "the end of the file"
     while pos < len(data):
         end = data.find(b"\n", pos)
         if end < 0:
-            if pos == len(HEADER):
-                # The first record is a snapshot, written whole before a rename: it cannot be
-                # a torn append. Cutting it off would silently drop every route.
-                raise _corrupt(path, lineno + 1, "the snapshot has no newline; it was cut short")
-            loaded.torn_tail = True  # an unacknowledged write cut short by a crash
+            _torn_line(loaded, data[pos:], snap, path, lineno + 1)
             then = "an incomplete last line"
             break
         lineno += 1
@@ -217,45 +297,87 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
             crc, body = data[pos:end].split(b" ", 1)
             if int(crc, 16) != zlib.crc32(body):
                 raise ValueError("checksum mismatch")
-            record = json.loads(body)
-            if missing:
-                if record.__class__ is not dict or "routes" not in record:
-                    then = f"line {lineno}"
-                    break
-                _add_routes(routes, record["routes"])
-                missing -= 1
-            elif "snapshot" in record:
-                chunks = missing = _read_snapshot(loaded, record["snapshot"])
-                snapshot_line = lineno
-            elif "routes" in record:
-                raise ValueError("route record outside a snapshot")
-            else:
-                for op in record["ops"]:
-                    _apply(loaded, op)
-                loaded.ops_since_snapshot += len(record["ops"])
+            if not _take(loaded, json.loads(body), snap, lineno, path):
+                then = f"line {lineno}"
+                break
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, MfcdError) as e:
+            if isinstance(e, StateError):
+                raise  # already says which line
             reason = str(e)
-            if missing:  # say that the lines before this one are not enough
-                part = chunks - missing + 1
-                reason += f"; it is route record {part} of {chunks} of the snapshot on line"
-                reason += f" {snapshot_line}"
+            if snap.missing:  # say that the lines before this one are not enough
+                part = snap.chunks - snap.missing + 1
+                reason += f"; it is route record {part} of {snap.chunks} of the snapshot on line"
+                reason += f" {snap.line}"
             raise _corrupt(path, lineno, reason) from None
         pos = end + 1
         loaded.good_length = pos
-    if missing:
+    if snap.missing:
         # Snapshots are written whole and never appended to: the routes of the missing
         # records were acknowledged once, so this is corruption, never a torn write.
         reason = (
-            f"incomplete snapshot: {chunks} route records announced,"
-            f" {chunks - missing} found before {then}"
+            f"incomplete snapshot: {snap.chunks} route records announced,"
+            f" {snap.chunks - snap.missing} found before {then}"
         )
-        raise _corrupt(path, snapshot_line, reason)
+        raise _corrupt(path, snap.line, reason)
 
 
-def _read_snapshot(loaded: Loaded, snap: Any) -> int:
+def _torn_line(loaded: Loaded, tail: bytes, snap: _Snapshot, path: str, lineno: int) -> None:
+    """A last line without its newline: most likely a change cut short by a crash."""
+    if lineno == 2:
+        # The first record is a snapshot, written whole before a rename: it cannot be a torn
+        # append. Cutting it off would silently drop every route.
+        raise _corrupt(path, lineno, "the snapshot has no newline; it was cut short")
+    if loaded.version >= 2 and not snap.missing:
+        # Its number, if it was written in full, must be the next one.
+        match = _TORN_SEQ.match(tail)
+        if match and int(match[1]) != loaded.seq + 1:
+            reason = f"an incomplete last line with sequence number {int(match[1])}"
+            raise _corrupt(path, lineno, f"{reason} after {loaded.seq}")
+    loaded.torn_tail = True
+
+
+def _take(loaded: Loaded, record: Any, snap: _Snapshot, lineno: int, path: str) -> bool:
+    """Replay one record; False if it ends a snapshot too early (reported by the caller)."""
+    numbered = loaded.version >= 2
+    if numbered:
+        loaded.seq = _next_seq(record, loaded.seq)
+    if snap.missing:
+        if record.__class__ is not dict or "routes" not in record:
+            return False
+        _add_routes(loaded.routes, record["routes"])
+        snap.missing -= 1
+    elif "snapshot" in record:
+        if numbered and lineno != 2:
+            raise ValueError("a snapshot after the first record")
+        snap.chunks = snap.missing = _read_snapshot(loaded, record["snapshot"], numbered)
+        snap.count = record["snapshot"]["count"] if numbered else -1
+        snap.line = lineno
+    elif "routes" in record:
+        raise ValueError("route record outside a snapshot")
+    elif numbered and lineno == 2:
+        raise ValueError("the first record is not a snapshot")
+    else:
+        for op in record["ops"]:
+            _apply(loaded, op)
+        loaded.ops_since_snapshot += len(record["ops"])
+        return True
+    if not snap.missing and snap.count >= 0 and len(loaded.routes) != snap.count:
+        raise _counted_wrong(path, snap.line, snap.count, len(loaded.routes))
+    return True
+
+
+def _counted_wrong(path: str, lineno: int, count: int, found: int) -> StateError:
+    return _corrupt(path, lineno, f"the snapshot says it holds {count} routes, it has {found}")
+
+
+def _read_snapshot(loaded: Loaded, snap: Any, numbered: bool) -> int:
     """Start over from a snapshot record; return how many route records must follow it."""
     if snap.__class__ is not dict:
         raise ValueError("malformed snapshot")
+    if numbered:
+        count = snap.get("count")
+        if count.__class__ is not int or count < 0:
+            raise ValueError("malformed snapshot (no route count)")
     loaded.routes.clear()
     loaded.thresholds = {
         validate.interface(name, "interface"): validate.threshold(ttl)
@@ -271,21 +393,33 @@ def _read_snapshot(loaded: Loaded, snap: Any) -> int:
     return int(chunks)
 
 
-def _snapshot_records(routes: Iterable[Route], thresholds: dict[str, int]) -> Iterator[bytes]:
-    """The lines of a snapshot, encoded one at a time: SNAPSHOT_CHUNK routes at most each."""
+def _snapshot_records(
+    routes: Iterable[Route], thresholds: dict[str, int], seq: int
+) -> Iterator[bytes]:
+    """The lines of a snapshot numbered from `seq`, encoded one at a time: SNAPSHOT_CHUNK
+    routes at most each."""
     saved = routes if isinstance(routes, list) else list(routes)
     size = SNAPSHOT_CHUNK
-    if len(saved) <= size:
-        yield encode_record({"snapshot": {"routes": _saved(saved), "thresholds": thresholds}})
+    count = len(saved)
+    if count <= size:
+        snap = {"routes": _saved(saved), "thresholds": thresholds, "count": count}
+        yield encode_record({"seq": seq, "snapshot": snap})
         return
-    chunks = -(-len(saved) // size)
-    yield encode_record({"snapshot": {"thresholds": thresholds, "chunks": chunks}})
-    for start in range(0, len(saved), size):
-        yield encode_record({"routes": _saved(saved[start : start + size])})
+    chunks = -(-count // size)
+    snap = {"thresholds": thresholds, "count": count, "chunks": chunks}
+    yield encode_record({"seq": seq, "snapshot": snap})
+    for n, start in enumerate(range(0, count, size), 1):
+        yield encode_record({"seq": seq + n, "routes": _saved(saved[start : start + size])})
 
 
 def _saved(routes: list[Route]) -> list[list[Any]]:
     return [[r.family, r.source, r.group, r.iif, list(r.oifs)] for r in routes]
+
+
+def _why(e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "it is a symbolic link, and mfcd follows none there; name the file itself"
+    return e.strerror or str(e)
 
 
 class StateFile:
@@ -293,43 +427,146 @@ class StateFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.lock_path = f"{path}.lock"
         self._fd: int | None = None
+        self._identity = (0, 0)  # device and inode of the journal _fd writes to
+        self._lock_fd: int | None = None
         self._length = 0  # bytes of complete records: where the next append starts
+        self._seq = 0  # sequence number of the last record written
+        self._fresh = False  # load() found no file: the first append may start one
         self.ops_since_snapshot = 0
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """No journal of the current format to append to yet (no file, or version 1)."""
+        return self._fd is None
+
+    def lock(self) -> None:
+        """Make this process the file's only user until it exits (or close()).
+
+        An flock on `<path>.lock`, which then holds our pid for the message a second mfcd
+        gives; the kernel releases it when the process ends, however it ends. The lock
+        file stays: removing it would let a second daemon lock a new one while the first
+        holds the old.
+        """
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
+        except OSError as e:
+            raise StateError(
+                f"{self.lock_path}: cannot open the state file's lock: {_why(e)}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise StateError(
+                f"{self.path} is in use by another mfcd (pid {holder}, which holds"
+                f" {self.lock_path}); stop that one, or give this one its own state_file"
+            ) from None
+        except OSError as e:
+            os.close(fd)
+            raise StateError(f"{self.lock_path}: cannot lock the state file: {_why(e)}") from None
+        self._lock_fd = fd
+
+    def keep_lock(self) -> str | None:
+        """Lock a new `<path>.lock` if ours was deleted or replaced while mfcd runs (a second
+        mfcd could otherwise lock that one); say so, or None if nothing happened. Raises
+        StateError if another mfcd got there first."""
+        if self._lock_fd is None:
+            return None
+        held = os.fstat(self._lock_fd)
+        try:
+            stat = os.stat(self.lock_path, follow_symlinks=False)
+            if (stat.st_dev, stat.st_ino) == (held.st_dev, held.st_ino):
+                return None
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise StateError(f"{self.lock_path}: cannot check the lock: {_why(e)}") from None
+        old, self._lock_fd = self._lock_fd, None
+        try:
+            self.lock()
+        except StateError:
+            self._lock_fd = old
+            raise
+        os.close(old)
+        return f"{self.lock_path} was deleted or replaced while mfcd was running; locked it again"
 
     def load(self) -> Loaded:
         try:
-            with open(self.path, "rb") as f:
-                data = f.read()
+            # Read and write through the same descriptor: the file appended to is the one read.
+            fd = os.open(self.path, os.O_RDWR | _NOFOLLOW)
         except FileNotFoundError:
+            self._fresh = True
             return Loaded()
         except OSError as e:
-            raise StateError(f"{self.path}: cannot read the state file: {e.strerror}") from None
-        loaded = parse(data, self.path)
+            raise StateError(f"{self.path}: cannot read the state file: {_why(e)}") from None
+        try:
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read()
+            loaded = parse(data, self.path)
+            if loaded.version == VERSION:
+                self._keep_for_append(fd, loaded)
+        except OSError as e:
+            os.close(fd)
+            raise StateError(f"{self.path}: cannot read the state file: {_why(e)}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if loaded.version != VERSION:
+            os.close(fd)  # never appended to: needs_snapshot, rewritten whole first
         self.ops_since_snapshot = loaded.ops_since_snapshot
-        if loaded.good_length or data:
-            self._open_for_append(loaded.good_length)
         return loaded
 
-    def _open_for_append(self, good_length: int) -> None:
+    def _keep_for_append(self, fd: int, loaded: Loaded) -> None:
+        if os.fstat(fd).st_size != loaded.good_length:
+            os.ftruncate(fd, loaded.good_length)  # drop the torn, never-acknowledged tail
+            os.fsync(fd)
+        os.lseek(fd, loaded.good_length, os.SEEK_SET)
+        stat = os.fstat(fd)
+        self._fd, self._identity = fd, (stat.st_dev, stat.st_ino)
+        self._length, self._seq = loaded.good_length, loaded.seq
+
+    def replaced(self) -> str | None:
+        """Why the path no longer leads to the journal as mfcd left it, or None if it does."""
+        return None if self._fd is None else self._moved(self._length)
+
+    def _moved(self, length: int) -> str | None:
+        """Why the path does not lead to our journal, `length` bytes long, or None."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-            size = os.fstat(fd).st_size
-            if size != good_length:
-                os.ftruncate(fd, good_length)  # drop the torn, never-acknowledged tail
-                os.fsync(fd)
-            os.lseek(fd, 0, os.SEEK_END)
+            stat = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return f"{self.path} was deleted or renamed while mfcd was running"
         except OSError as e:
-            raise StateError(f"{self.path}: cannot open the state file: {e.strerror}") from None
-        self._fd = fd
-        self._length = good_length
+            raise StateError(f"{self.path}: cannot check the state file: {_why(e)}") from None
+        if (stat.st_dev, stat.st_ino) != self._identity:
+            return f"{self.path} was replaced by another file while mfcd was running"
+        if stat.st_size != length:
+            return (
+                f"{self.path} was changed while mfcd was running"
+                f" ({stat.st_size} bytes where mfcd left {length})"
+            )
+        return None
 
     def append(self, changes: Sequence[Change]) -> None:
-        """Durably record one change (one or many ops) before it is acknowledged."""
+        """Durably record one change (one or many ops) before it is acknowledged.
+
+        Raises SnapshotNeeded when the path no longer leads to the journal: the caller must
+        write a whole snapshot (this change included) instead.
+        """
         if self._fd is None:
+            if not self._fresh:
+                raise SnapshotNeeded(f"{self.path} is in an older format; rewriting it")
             self.write_snapshot([], {})
+        reason = self.replaced()
+        if reason is not None:
+            raise SnapshotNeeded(reason)
         assert self._fd is not None
-        data = encode_changes(changes)
+        data = encode_changes(changes, self._seq + 1)
         try:
             # The record first, then its newline: a crash can tear a multi-page write in any
             # order, but a line that has its newline was whole on disk before the newline was
@@ -342,19 +579,29 @@ class StateFile:
         except OSError as e:
             self._cut_back()
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
+        # Once more now that it is on disk: the file may have gone while it was written.
+        try:
+            reason = self._moved(self._length + len(data))
+        except StateError:
+            self._cut_back()  # refused, so it must not replay
+            raise
+        if reason is not None:
+            # The record went to a file no restart reads: a snapshot at the path must hold it.
+            raise SnapshotNeeded(reason)
         self._length += len(data)
+        self._seq += 1
         self.ops_since_snapshot += len(changes)
 
     def _cut_back(self) -> None:
         """Drop a record whose write failed: the change is refused, so it must not replay.
 
         If even this fails, a partial line is ignored at the next start like after a crash;
-        a complete one would replay a refused change, which is why we try.
+        a complete one would replay a refused change, which is why we try.  (The next
+        append finds the file longer than mfcd left it and writes a snapshot instead.)
         """
         assert self._fd is not None
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, self._length)
-        # Even if the truncation failed, the next record overwrites the refused one from here.
         with contextlib.suppress(OSError):
             os.lseek(self._fd, self._length, os.SEEK_SET)
             os.fdatasync(self._fd)
@@ -365,40 +612,64 @@ class StateFile:
         tmp = f"{self.path}.tmp"
         fd = -1
         length = len(HEADER)
+        seq = self._seq
         try:
             os.makedirs(directory, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            fd = _create(tmp)
             _write_all(fd, HEADER)
-            for record in _snapshot_records(routes, thresholds):
+            for record in _snapshot_records(routes, thresholds, self._seq + 1):
                 _write_all(fd, record)
                 length += len(record)
+                seq += 1
             os.fsync(fd)
-            os.rename(tmp, self.path)
+            os.rename(tmp, self.path)  # replaces a link at the path itself, never its target
         except BaseException as e:
             if fd >= 0:
                 os.close(fd)
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
             if isinstance(e, OSError):
-                raise StateError(
-                    f"{self.path}: cannot write the state file: {e.strerror}"
-                ) from None
+                raise StateError(f"{self.path}: cannot write the state file: {_why(e)}") from None
             raise
         # From the rename on, the new file is the journal: appending to the old, unlinked one
         # would lose changes. A failed directory fsync only risks the rename itself at a crash,
         # and the old journal holds the same routes.
         if self._fd is not None:
             os.close(self._fd)
-        self._fd = fd
+        stat = os.fstat(fd)
+        self._fd, self._identity = fd, (stat.st_dev, stat.st_ino)
         with contextlib.suppress(OSError):
             _fsync_directory(directory)
         self._length = length
+        self._seq = seq
         self.ops_since_snapshot = 0
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+
+def _create(tmp: str) -> int:
+    """A new, empty temporary file at `tmp`, whatever was there.
+
+    A leftover (a crash during a compaction) is removed first: unlink removes a symbolic
+    link, not its target. O_EXCL then refuses anything planted in between instead of
+    opening it; the compaction fails and is tried again later.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o640)
+
+
+def _read_pid(fd: int) -> str:
+    """The pid a lock file holds, as text, or "unknown" (it may not be written yet)."""
+    with contextlib.suppress(OSError, ValueError):
+        return str(int(os.pread(fd, 32, 0).decode("ascii").strip()))
+    return "unknown"
 
 
 def _fsync_directory(directory: str) -> None:

@@ -77,10 +77,17 @@ def _check_group(family: int, packed: bytes, text: str) -> None:
         raise InvalidArgument(f"group {text} has {what} scope and is never routed", "group")
 
 
+# The unspecified address is how smcroute and `ip mroute` spell "any source".
+_ANY_SOURCE = (
+    "source {} means any source: (*,G) routes are not supported yet; give the sender's"
+    " unicast address"
+)
+
+
 def _check_source(family: int, packed: bytes, text: str) -> None:
     if family == 4:
         if packed == b"\x00\x00\x00\x00":
-            raise InvalidArgument("source 0.0.0.0 is not a unicast address", "source")
+            raise InvalidArgument(_ANY_SOURCE.format("0.0.0.0"), "source")
         if packed[0] >= 224:
             raise InvalidArgument(f"source {text} is not a unicast address", "source")
         if packed[0] == 127:
@@ -89,7 +96,7 @@ def _check_source(family: int, packed: bytes, text: str) -> None:
             )
         return
     if packed == bytes(16):
-        raise InvalidArgument("source :: is not a unicast address", "source")
+        raise InvalidArgument(_ANY_SOURCE.format("::"), "source")
     if packed[0] == 0xFF:
         raise InvalidArgument(f"source {text} is not a unicast address", "source")
     if packed[:12] == b"\0" * 10 + b"\xff\xff" or packed == bytes(15) + b"\x01":

@@ -71,7 +71,10 @@ def _leaves(
     [
         ("mfcctl m", ["mfc"]),
         ("mfcctl ", ["mfc", "show", "batch", "vif", "sync", "ping"]),
-        ("mfcctl mfc ", ["add", "del"]),
+        ("mfcctl mfc ", ["add", "del", "oif"]),
+        ("mfcctl mfc oif ", ["add", "del"]),
+        ("mfcctl mfc oif del --source 198.18.0.2 --group 232.1.1.1 --o", ["--oifs", "--output"]),
+        ("mfcctl vif set lo --threshold ", ["default"]),
         ("mfcctl vif s", ["set", "show"]),
         ("mfcctl show --o", ["--output"]),
         ("mfcctl --output ", ["table", "json"]),
@@ -107,6 +110,7 @@ def test_option_value_after_equals_without_word_break() -> None:
         ("mfcctl mfc add --iif eth0 --oifs r1 l", "lo"),
         ("mfcctl mfc add --iif eth0 --oifs r1,l", "r1,lo"),
         ("mfcctl vif set l", "lo"),
+        ("mfcctl mfc oif del --source 198.18.0.2 --group 232.1.1.1 --oifs r1,l", "r1,lo"),
     ],
 )
 def test_completes_interface_names(line: str, expected: str) -> None:

@@ -1,9 +1,12 @@
-"""Builds the .deb and .rpm, installs and purges the .deb on this machine, and checks each step."""
+"""Builds the .deb and .rpm and checks them; where CI is set, also installs and purges the .deb."""
 
-# Needs root and Debian's build tools (see .ci/apt-packages). The whole install/purge cycle
-# runs once, in a module fixture that records what it saw and always purges the package and
-# removes the user it created; the tests then judge the record. The machine must not already
-# have mfcd installed: the test skips rather than replace a real installation.
+# Needs Debian's build tools (see .ci/apt-packages). Building and reading the packages
+# changes nothing outside a temporary directory. Installing does: it writes to /usr and /etc
+# and creates the system user `mfc`, so it runs only where the CI environment variable is
+# set (`.ci/run` sets it), never on a newcomer's `make test`. The whole install/purge cycle
+# runs once, as root, in a module fixture that records what it saw and always purges the
+# package and removes the user it created; the tests then judge the record. The machine must
+# not already have mfcd installed: the test skips rather than replace a real installation.
 
 import io
 import os
@@ -78,9 +81,7 @@ def run(*args: str, check: bool = False, **extra_env: str) -> Run:
     return result
 
 
-def missing_prerequisites() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (dpkg -i, systemd-sysusers)"
+def missing_build_prerequisites() -> str | None:
     if shutil.which("dpkg-query", path=SYSTEM_PATH) is None:
         return "not a Debian system"
     status = run("dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *BUILD_PACKAGES)
@@ -90,6 +91,17 @@ def missing_prerequisites() -> str | None:
         return "build tools missing: " + " ".join(missing)
     if not (ROOT / ".git").exists():
         return "not a git checkout (the build scripts use git archive)"
+    return None
+
+
+def missing_install_prerequisites() -> str | None:
+    if not os.environ.get("CI"):
+        return (
+            "installing the .deb changes this machine (files in /usr and /etc, the system"
+            " user mfc): only where CI is set, e.g. `CI=true make test`"
+        )
+    if os.geteuid() != 0:
+        return "needs root (dpkg -i, systemd-sysusers)"
     if run("dpkg-query", "-W", PACKAGE).returncode == 0:
         return f"{PACKAGE} is already known to dpkg here; not replacing it"
     return None
@@ -142,12 +154,17 @@ def rpm_files(rpm: Path) -> dict[str, str]:
     return files
 
 
+@dataclass(frozen=True)
+class Built:
+    deb: Path
+    rpm: Path
+
+
 @dataclass
 class Lifecycle:
     """What installing, using and purging the .deb showed."""
 
     deb: Path
-    rpm: Path
     install: Run = Run(-1, "", "")
     contents: list[str] = field(default_factory=list)
     conffiles: list[str] = field(default_factory=list)
@@ -166,19 +183,29 @@ class Lifecycle:
 
 
 @pytest.fixture(scope="module")
-def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
-    reason = missing_prerequisites()
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The .deb and .rpm, built in a temporary directory from the checkout."""
+    reason = missing_build_prerequisites()
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("packages")
     # One revision for both packages, even if someone commits in this checkout meanwhile.
     rev = run("git", "-C", str(ROOT), "stash", "create", check=True).stdout.strip() or "HEAD"
-    built = [
+    results = [
         run(str(ROOT / "packaging" / script), str(out), check=True, MFCD_BUILD_REV=rev)
         for script in ("build-deb.sh", "build-rpm.sh")
     ]
-    deb, rpm = (Path(result.stdout.strip()) for result in built)
-    record = Lifecycle(deb, rpm)
+    deb, rpm = (Path(result.stdout.strip()) for result in results)
+    return Built(deb, rpm)
+
+
+@pytest.fixture(scope="module")
+def lifecycle(built: Built) -> Iterator[Lifecycle]:
+    reason = missing_install_prerequisites()
+    if reason:
+        pytest.skip(reason)
+    deb = built.deb
+    record = Lifecycle(deb)
     had_user = user_exists()
     before = snapshot()
     package_paths = set(deb_files(deb, dirs=True)) - {"/"}
@@ -234,8 +261,7 @@ def test_system_user_and_group(lifecycle: Lifecycle) -> None:
     assert lifecycle.group[2] == gid
 
 
-def test_files(lifecycle: Lifecycle) -> None:
-    contents = set(lifecycle.contents)
+def expected_files() -> set[str]:
     expected = {
         "/usr/bin/mfcd",
         "/usr/bin/mfcctl",
@@ -254,7 +280,16 @@ def test_files(lifecycle: Lifecycle) -> None:
         expected.add(f"/usr/share/man/man{page.suffix[1:]}/{page.name}.gz")
     if (ROOT / "packaging" / "completion" / "mfcctl.bash").exists():
         expected.add("/usr/share/bash-completion/completions/mfcctl")
-    assert expected - contents == set()
+    return expected
+
+
+def test_deb_holds_the_files(built: Built) -> None:
+    # Read from the .deb itself: needs no installation.
+    assert expected_files() - set(deb_files(built.deb)) == set()
+
+
+def test_files(lifecycle: Lifecycle) -> None:
+    assert expected_files() - set(lifecycle.contents) == set()
     assert lifecycle.conffiles == [CONFIG]
     # The installed package is what runs, not a checkout or /usr/local.
     assert lifecycle.module_file.stdout.strip() == f"{SITE}/mfcd/__init__.py"
@@ -285,21 +320,21 @@ def test_purge_leaves_only_the_user(lifecycle: Lifecycle) -> None:
     assert lifecycle.user_kept
 
 
-def test_rpm_holds_the_same_files(lifecycle: Lifecycle) -> None:
+def test_rpm_holds_the_same_files(built: Built) -> None:
     debian_only = "/usr/share/doc/"  # changelog.gz and copyright, required by Debian policy
     deb = {
         path.replace("/usr/lib/python3/dist-packages/", "/PYTHON/").replace(
             "/lib/systemd/", "/usr/lib/systemd/"
         ): mode
-        for path, mode in deb_files(lifecycle.deb).items()
+        for path, mode in deb_files(built.deb).items()
         if not path.startswith(debian_only)
     }
     # The wheel's license file: dh_python3 drops it (the license is in .../doc/mfcd/copyright).
     rpm_only = re.compile(r"\.dist-info/LICENSE")
     rpm = {
         re.sub(r"^/usr/lib/python3\.\d+/site-packages/", "/PYTHON/", path): mode
-        for path, mode in rpm_files(lifecycle.rpm).items()
+        for path, mode in rpm_files(built.rpm).items()
         if not rpm_only.search(path)
     }
     assert rpm == deb
-    assert run("rpm", "-qcp", str(lifecycle.rpm)).stdout.split() == [CONFIG]
+    assert run("rpm", "-qcp", str(built.rpm)).stdout.split() == [CONFIG]

@@ -22,7 +22,7 @@ from mfcd.model import (
     Router,
     Step,
 )
-from mfcd.state import Op, change_op
+from mfcd.state import Op, SnapshotNeeded, change_op
 
 # What a packet from (S,G) does in the kernel: the device it must arrive on (None: no VIF there)
 # and the (device, TTL threshold) pairs it leaves on.
@@ -113,10 +113,13 @@ class FakeState:
     records: list[list[Op]] = field(default_factory=list)
     snapshots: list[tuple[list[Route], dict[str, int]]] = field(default_factory=list)
     ops_since_snapshot: int = 0
+    moved: str | None = None  # why the file is not where mfcd left it (it then needs a snapshot)
 
     def append(self, changes: Sequence[Change]) -> None:
         if self.fail:
             raise StateError("state.journal: cannot write the state file: No space left on device")
+        if self.moved is not None:
+            raise SnapshotNeeded(self.moved)
         self.records.append([change_op(c) for c in changes])
         self.ops_since_snapshot += len(changes)
 
@@ -125,6 +128,10 @@ class FakeState:
             raise StateError("state.journal: cannot write the state file: No space left on device")
         self.snapshots.append((list(routes), dict(thresholds)))
         self.ops_since_snapshot = 0
+        self.moved = None
+
+    def replaced(self) -> str | None:
+        return self.moved
 
 
 def observable(router: Router) -> dict[str, Any]:

@@ -39,6 +39,25 @@ def test_the_generated_shape_and_the_general_parser_agree() -> None:
     assert ops(fast.replace(",r2", "")) == [(1, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1"])]
 
 
+def test_oif_lines_add_or_remove_oifs_of_a_route() -> None:
+    assert ops(
+        "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r3",
+        "oif del --group 239.1.1.1 --source 10.0.0.1 --oifs r1,r2  # two",
+        "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r4 r5",
+    ) == [
+        (1, "oif_add", "10.0.0.1", "239.1.1.1", "", ["r3"]),
+        (2, "oif_del", "10.0.0.1", "239.1.1.1", "", ["r1", "r2"]),
+        (3, "oif_add", "10.0.0.1", "239.1.1.1", "", ["r4", "r5"]),
+    ]
+    words = ["mfc", "oif", "del", "--source", "s", "--group", "g", "--oifs=r1"]
+    assert batchfile.line_op(words) == {
+        "op": "oif_del",
+        "source": "s",
+        "group": "g",
+        "oifs": ["r1"],
+    }
+
+
 def test_equals_and_quotes_work_like_on_the_command_line() -> None:
     assert ops(
         'mfc add --source="10.0.0.1" --group 239.1.1.1 --iif r0 --oifs r1 r2  # two oifs',
@@ -61,7 +80,12 @@ def test_a_text_without_a_final_newline_and_with_crlf_line_ends() -> None:
 @pytest.mark.parametrize(
     ("line", "words"),
     [
-        ("mfc show", "expected `mfc add ...` or `mfc del ...`"),
+        ("mfc show", "expected `mfc add ...`, `mfc del ...` or `mfc oif add|del ...`"),
+        ("mfc oif show --source s --group g --oifs r1", "expected `mfc oif add|del ...`"),
+        ("oif", "expected `mfc oif add|del ...`"),
+        ("mfc oif add --source s --group g --iif r0 --oifs r1", "`mfc oif add` takes no --iif"),
+        ("mfc oif del --source s --group g", "`mfc oif del` needs --oifs"),
+        ("mfc oif del --source s --group g --oifs ,", "`mfc oif del` needs --oifs (names"),
         ("mfc", "expected `mfc add ...`"),
         ("vif set r1 --threshold 3", "expected `mfc add ...`"),
         ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0", "needs --oifs"),

@@ -126,6 +126,66 @@ def test_mfc_add_sends_the_oif_list(daemon: FakeDaemon, oifs: list[str]) -> None
     )
 
 
+@pytest.mark.parametrize("action", ["add", "del"])
+def test_mfc_oif_sends_the_oifs_to_add_or_remove(daemon: FakeDaemon, action: str) -> None:
+    argv = ["mfc", "oif", action, *ADD[2:6], "--oifs", "r3,r4", "r5"]
+    assert run_cli("--socket", str(daemon.path), *argv) == (0, "", "")
+    daemon.close()
+    [request] = daemon.requests
+    assert (request["cmd"], request["args"]) == (
+        f"mfc.oif.{action}",
+        {"source": "10.0.0.1", "group": "239.1.1.1", "oifs": ["r3", "r4", "r5"]},
+    )
+
+
+def test_a_pending_route_is_a_warning_on_stderr_naming_the_interface(tmp_path: Path) -> None:
+    result = {"dry_run": False, "state": "pending", "reason": "waiting for r9", "missing": ["r9"]}
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    status, out, err = run_cli("--socket", str(fake.path), *ADD, "r9")
+    fake.close()
+    assert (status, out) == (0, "route pending: waiting for r9\n")
+    assert err == (
+        "mfcctl: warning: interface r9 does not exist (yet); the route is pending until it"
+        " appears\n"
+    )
+
+
+def test_a_batch_prints_a_summary_and_warns_about_its_pending_routes(tmp_path: Path) -> None:
+    result = {
+        "dry_run": False,
+        "changes": 10003,
+        "added": 10000,
+        "deleted": 2,
+        "updated": 1,
+        "pending": 7,
+        "missing": ["r1", "r2", "r3", "r4", "r5"],
+    }
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    batch = tmp_path / "routes.batch"
+    batch.write_text("mfc del --source 10.0.0.1 --group 239.1.1.1\n")
+    status, out, err = run_cli("--socket", str(fake.path), "batch", str(batch))
+    fake.close()
+    assert (status, out) == (0, "10000 added, 2 deleted, 1 updated\n")
+    assert err == (
+        "mfcctl: warning: 7 routes are pending: interfaces r1, r2, r3 and 2 more do not exist"
+        " (yet); each is installed when they appear\n"
+    )
+
+
+def test_vif_set_threshold_default_sends_the_default(daemon: FakeDaemon) -> None:
+    argv = ["--socket", str(daemon.path), "vif", "set", "r1", "--threshold", "default"]
+    assert run_cli(*argv) == (0, "", "")
+    daemon.close()
+    [request] = daemon.requests
+    assert request["args"] == {"interface": "r1", "threshold": protocol.DEFAULT_THRESHOLD}
+
+
+def test_the_default_threshold_is_the_models() -> None:
+    from mfcd import model  # noqa: PLC0415 (mfcctl itself must not import it)
+
+    assert protocol.DEFAULT_THRESHOLD == model.DEFAULT_THRESHOLD
+
+
 def test_daemon_errors_map_to_exit_statuses(tmp_path: Path) -> None:
     error = {"code": "not_found", "message": "no route for source 10.0.0.1 group 239.1.1.1"}
     fake = FakeDaemon(tmp_path / "s", {"ok": False, "error": error})
@@ -141,6 +201,23 @@ def test_unreachable_daemon_is_exit_status_3(tmp_path: Path) -> None:
     assert out == ""
     assert err.startswith("mfcctl: cannot reach mfcd")
     assert err.count("\n") == 1 and err.endswith("\n")
+
+
+def test_a_socket_path_that_does_not_exist_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "typo.sock"
+    status, _, err = run_cli("--socket", str(path), "ping")
+    assert status == protocol.EXIT_UNREACHABLE
+    assert err.startswith(f"mfcctl: cannot reach mfcd at {path}: {path} does not exist")
+    assert "--socket" in err and "nothing is listening" not in err
+
+
+def test_a_socket_nobody_serves_is_nothing_listening(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(str(path))  # the file stays after close, as after a crash
+    status, _, err = run_cli("--socket", str(path), "ping")
+    assert status == protocol.EXIT_UNREACHABLE
+    assert "nothing is listening" in err
 
 
 def test_socket_path_that_is_no_socket_is_a_usage_error(tmp_path: Path) -> None:
@@ -338,6 +415,8 @@ def test_version_comes_from_the_package_constant() -> None:
         "-o json mfc del --source 10.0.0.1 --group 239.1.1.1",
         "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 r2 -n -o json -v",
         "-v mfc del --source 10.0.0.1 --group 239.1.1.1 --dry-run",
+        "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r3",
+        "-n mfc oif del --source 10.0.0.1 --group 239.1.1.1 --oifs r1 r2,r3 -o json",
     ],
 )
 def test_route_changes_parse_without_argparse_exactly_as_with_it(line: str) -> None:
@@ -357,6 +436,9 @@ def test_route_changes_parse_without_argparse_exactly_as_with_it(line: str) -> N
         ["mfc", "add", "--sou", "10.0.0.1", "--group", "g", "--iif", "a", "--oifs", "b"],
         ["--socket=/x", "mfc", "del", "--source", "s", "--group", "g"],
         ["show"],
+        ["mfc", "oif", "--source", "s", "--group", "g", "--oifs", "r1"],
+        ["mfc", "oif", "add", "--help"],
+        ["mfc", "oif", "add", "--source", "s", "--group", "g", "--iif", "r0", "--oifs", "r1"],
     ],
 )
 def test_anything_else_goes_to_argparse(argv: list[str]) -> None:

@@ -9,13 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mfcd import protocol
+from mfcd import batchfile, protocol
 from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
+from mfcd.model import Ports
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
 PEER = Peer(pid=4242, uid=0, gid=0)
 ROUTE = {"source": "10.0.0.1", "group": "239.1.1.1", "iif": "a", "oifs": ["b"]}
+KEY = {"source": "10.0.0.1", "group": "239.1.1.1"}
 
 
 def make_commands(families: tuple[int, ...] = (4, 6)) -> Commands:
@@ -187,6 +189,21 @@ def test_ping_and_show(commands: Commands) -> None:
         ("batch", {"ops": [], "text": ""}, "bad_request", None),
         ("batch", {"text": ["mfc del --source 10.0.0.1 --group 239.1.1.1"]}, "bad_request", "text"),
         ("batch", {"text": "mfc show"}, "syntax_error", None),
+        ("mfc.oif.add", {**KEY, "oifs": ["c"], "iif": "a"}, "bad_request", "iif"),
+        ("mfc.oif.add", {**KEY, "oifs": []}, "invalid_argument", "oifs"),
+        ("mfc.oif.add", {**KEY, "oifs": ["a"]}, "invalid_argument", "oifs"),  # the iif
+        ("mfc.oif.add", {**KEY, "oifs": ["c", "c"]}, "invalid_argument", "oifs"),
+        ("mfc.oif.add", {**KEY, "source": "10.0.0.9", "oifs": ["c"]}, "not_found", None),
+        ("mfc.oif.del", {**KEY, "oifs": ["c"]}, "invalid_argument", "oifs"),  # not an oif
+        ("mfc.oif.del", {**KEY, "oifs": ["b"]}, "invalid_argument", "oifs"),  # the last one
+        ("mfc.oif.del", {**KEY, "source": "0.0.0.0", "oifs": ["b"]}, "invalid_argument", "source"),
+        ("batch", {"ops": [{**KEY, "op": "oif_add", "oifs": ["c"], "x": 1}]}, "bad_request", "x"),
+        (
+            "batch",
+            {"text": "mfc oif del --source 10.0.0.1 --group 239.1.1.1 --oifs b"},
+            "invalid_argument",
+            "oifs",
+        ),
         (
             "batch",
             {"text": "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs a"},
@@ -285,9 +302,95 @@ def test_dry_run_reports_the_plan(commands: Commands) -> None:
     assert (result["dry_run"], result["state"]) == (False, "installed")
 
 
-def test_a_pending_route_says_why(commands: Commands) -> None:
+def test_a_pending_route_says_why_and_names_what_is_missing(commands: Commands) -> None:
     result = ask(commands, "mfc.add", dict(ROUTE, oifs=["zz"]))["result"]
     assert (result["state"], result["reason"]) == ("pending", "waiting for zz")
+    assert result["missing"] == ["zz"]
+    assert "missing" not in ask(commands, "mfc.add", ROUTE)["result"]
+
+
+def oifs_of(commands: Commands, source: str = "10.0.0.1") -> tuple[str, ...]:
+    return commands.controller.router.routes[(4, source, "239.1.1.1")].oifs
+
+
+def test_oif_add_and_del_change_one_oif_and_journal_the_whole_route(commands: Commands) -> None:
+    result = ask(commands, "mfc.oif.add", {**KEY, "oifs": ["c"]})["result"]
+    assert [step["action"] for step in result["plan"]] == ["add_vif", "replace_mfc"]
+    assert result["state"] == "installed"
+    assert oifs_of(commands) == ("b", "c")
+    assert ask(commands, "mfc.oif.add", {**KEY, "oifs": ["b"]})["result"]["plan"] == []
+    ask(commands, "mfc.oif.del", {**KEY, "oifs": ["b"]})
+    assert oifs_of(commands) == ("c",)
+    state = commands.controller.state
+    assert isinstance(state, FakeState)
+    assert state.records[-2:] == [
+        [["add", 4, "10.0.0.1", "239.1.1.1", "a", ["b", "c"]]],
+        [["add", 4, "10.0.0.1", "239.1.1.1", "a", ["c"]]],
+    ]
+
+
+def test_oif_add_of_a_missing_interface_makes_the_route_pending(commands: Commands) -> None:
+    result = ask(commands, "mfc.oif.add", {**KEY, "oifs": ["zz"]})["result"]
+    assert (result["state"], result["missing"]) == ("pending", ["zz"])
+
+
+def test_oif_changes_dry_run_changes_nothing(commands: Commands) -> None:
+    before = snapshot(commands)
+    result = ask(commands, "mfc.oif.add", {**KEY, "oifs": ["c"]}, dry_run=True)["result"]
+    assert [step["action"] for step in result["plan"]] == ["add_vif", "replace_mfc"]
+    assert snapshot(commands) == before
+
+
+@pytest.mark.parametrize("form", ["text", "ops"])
+def test_oif_changes_in_a_batch_build_on_the_changes_before_them(
+    commands: Commands, form: str
+) -> None:
+    text = """\
+mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b
+mfc oif add --source 10.0.0.2 --group 239.1.1.1 --oifs c
+mfc oif del --source 10.0.0.2 --group 239.1.1.1 --oifs b
+mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs c
+mfc del --source 10.0.0.1 --group 239.1.1.1
+"""
+    ops = [batchfile.line_op(line.split()) for line in text.splitlines()]
+    result = ask(commands, "batch", {"text": text} if form == "text" else {"ops": ops})["result"]
+    assert (result["added"], result["deleted"], result["updated"]) == (1, 1, 3)
+    assert result["pending"] == 0
+    assert commands.controller.router.routes == {
+        (4, "10.0.0.2", "239.1.1.1"): Ports("a", ("c",)),
+    }
+
+
+def test_an_oif_change_after_its_route_is_deleted_in_the_batch_is_not_found(
+    commands: Commands,
+) -> None:
+    before = snapshot(commands)
+    text = """\
+mfc del --source 10.0.0.1 --group 239.1.1.1
+mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs c
+"""
+    response = ask(commands, "batch", {"text": text})
+    assert error_of(response) == ("not_found", None)
+    assert response["error"]["message"] == "line 2: no route for source 10.0.0.1 group 239.1.1.1"
+    assert snapshot(commands) == before
+
+
+def test_a_batch_counts_its_pending_routes_and_names_the_missing_interfaces(
+    commands: Commands,
+) -> None:
+    text = """\
+mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b,r9
+mfc add --source 10.0.0.3 --group 239.1.1.1 --iif r8 --oifs b
+mfc add --source 10.0.0.3 --group 239.1.1.1 --iif r8 --oifs b
+mfc add --source 10.0.0.4 --group 239.1.1.1 --iif a --oifs r7
+mfc del --source 10.0.0.4 --group 239.1.1.1
+mfc add --source 10.0.0.5 --group 239.1.1.1 --iif a --oifs c
+"""
+    result = ask(commands, "batch", {"text": text})["result"]
+    assert (result["added"], result["deleted"], result["updated"]) == (5, 1, 0)
+    assert (result["pending"], result["missing"]) == (2, ["r8", "r9"])
+    result = ask(commands, "batch", {"text": text}, dry_run=True)["result"]
+    assert "pending" not in result
 
 
 # --- fuzzing -------------------------------------------------------------------------------------
@@ -342,3 +445,21 @@ def test_fuzz_json_values(value: Any) -> None:
 @given(envelopes)
 def test_fuzz_requests(msg: dict[str, Any]) -> None:
     check_one(make_commands(), json.dumps(msg).encode())
+
+
+def test_vif_set_to_the_default_clears_the_setting_and_is_journaled_as_that(
+    commands: Commands,
+) -> None:
+    ask(commands, "vif.set", {"interface": "b", "threshold": 5})
+    assert ask(commands, "vif.show", {})["result"]["settings"] == [
+        {"interface": "b", "threshold": 5}
+    ]
+    result = ask(commands, "vif.set", {"interface": "b", "threshold": 1})["result"]
+    assert [step["action"] for step in result["plan"]] == ["reissue_mfc"]
+    assert ask(commands, "vif.show", {})["result"]["settings"] == []
+    state = commands.controller.state
+    assert isinstance(state, FakeState)
+    assert state.records[-1] == [["threshold", "b", 1]]
+    # A journal replayed at start may hold the default as a setting: it is shown as none.
+    commands.controller.router.thresholds["c"] = 1
+    assert ask(commands, "vif.show", {})["result"]["settings"] == []

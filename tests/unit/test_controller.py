@@ -122,6 +122,51 @@ def test_failing_journal_undoes_the_kernel(ctl: Controller, chunk: int) -> None:
     assert state.records == records
 
 
+def test_a_state_file_gone_behind_our_back_gets_a_snapshot_with_the_change(
+    ctl: Controller, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, state = fake(ctl)
+    records = list(state.records)
+    state.moved = "state.journal was deleted or renamed while mfcd was running"
+    ctl.change(MIXED)
+    assert state.records == records  # nothing appended to the lost file
+    routes, thresholds = state.snapshots[-1]
+    assert {r.key: r for r in routes} == {r.key: r for r in ctl.router.iter_routes()}
+    assert r4(3, "c", "d") in routes and thresholds == {"d": 7}  # the change is in it
+    assert "was deleted or renamed while mfcd was running; writing all 2 routes there again" in (
+        caplog.text
+    )
+    ctl.change([DelRoute(r4(3, "c").key)])  # and appends go on
+    assert state.records[-1] == [["del", 4, "10.0.0.3", "239.1.1.1"]]
+
+
+def test_a_change_whose_snapshot_fails_too_is_undone(ctl: Controller) -> None:
+    kernel, state = fake(ctl)
+    router_before, kernel_before = observable(ctl.router), kernel.clone()
+    state.moved, state.fail_snapshot = "state.journal was deleted", True
+    with pytest.raises(StateError, match="No space left on device"):
+        ctl.change(MIXED)
+    assert (kernel.vifs, kernel.mfcs) == (kernel_before.vifs, kernel_before.mfcs)
+    assert observable(ctl.router) == router_before
+    assert state.snapshots == []
+
+
+def test_keep_state_file_writes_it_back_only_when_it_is_gone(
+    ctl: Controller, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, state = fake(ctl)
+    ctl.keep_state_file()
+    assert state.snapshots == []
+    state.moved = "state.journal was deleted or renamed while mfcd was running"
+    ctl.keep_state_file()
+    assert [sorted(r.key for r in routes) for routes, _ in state.snapshots] == [
+        sorted(r.key for r in ctl.router.iter_routes())
+    ]
+    assert "writing all 2 routes there again" in caplog.text
+    ctl.keep_state_file()
+    assert len(state.snapshots) == 1
+
+
 def test_vif_limit_changes_nothing() -> None:
     names = [f"e{i}" for i in range(MAXVIFS + 1)]
     ctl = controller_with(*names)
@@ -316,6 +361,29 @@ def test_a_change_that_changes_nothing_writes_no_journal_record(ctl: Controller)
     assert ctl.change([AddRoute.of(r4(9, "a", "b"))]).steps == []  # the same route again
     assert ctl.change([]).steps == []  # an empty batch
     assert state.records == records and kernel.calls == calls
+
+
+def test_show_sorts_routes_by_family_group_and_source_as_numbers() -> None:
+    ctl = controller_with(*LINKS)
+    wanted = [
+        (4, "10.0.0.9", "239.1.1.2"),
+        (4, "10.0.0.10", "239.1.1.2"),  # after .9: numbers, not text
+        (4, "9.0.0.1", "239.1.1.10"),
+        (4, "10.0.0.1", "239.1.1.10"),
+        (4, "10.0.0.1", "239.2.0.0"),
+        (6, "2001:db8::9", "ff3e::2"),
+        (6, "2001:db8::1:0", "ff3e::2"),
+        (6, "2001:db8::1", "ff3e::10"),
+    ]
+    ports = Ports("a", ("b",))
+    ctl.change([AddRoute(key, ports) for key in reversed(wanted)])
+    ctl.change([AddRoute((4, "10.0.0.5", "239.1.1.1"), ports)])  # a later change: sorted again
+    wanted.insert(0, (4, "10.0.0.5", "239.1.1.1"))
+    for encoded in (False, True):
+        routes = ctl.show(encoded=encoded)["routes"]
+        shown = json.loads(routes) if encoded else routes
+        families = {"ipv4": 4, "ipv6": 6}
+        assert [(families[r["family"]], r["source"], r["group"]) for r in shown] == wanted
 
 
 @pytest.mark.parametrize("stats", [False, True])

@@ -320,6 +320,16 @@ def test_set_threshold_rejects_out_of_range(ttl: int) -> None:
         router.set_threshold("a", ttl)
 
 
+def test_setting_the_default_threshold_removes_the_setting() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, Route(4, "10.0.0.1", "239.1.1.1", "a", ("b",)))
+    run(router, router.set_threshold, "b", 5)
+    steps = run(router, router.set_threshold, "b", DEFAULT_THRESHOLD)
+    assert [step.action for step in steps] == ["reissue_mfc"]
+    assert router.thresholds == {}
+    assert router.threshold("b") == DEFAULT_THRESHOLD
+
+
 def test_new_vifs_use_the_interface_threshold() -> None:
     router = router_with_links("a", "b")
     run(router, router.set_threshold, "b", 64)

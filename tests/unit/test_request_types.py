@@ -39,6 +39,8 @@ VALUES: list[Any] = [
 
 ADD_OP = dict(ROUTE, op="add", source="10.0.0.2")
 DEL_OP = {"op": "del", "source": "10.0.0.1", "group": "239.1.1.1"}
+OIF_ADD_OP = {"op": "oif_add", "source": "10.0.0.2", "group": "239.1.1.1", "oifs": ["c"]}
+OIF_DEL_OP = {"op": "oif_del", "source": "10.0.0.2", "group": "239.1.1.1", "oifs": ["b"]}
 # A valid request of each command; each test below breaks one part of one of them.
 VALID: dict[str, dict[str, Any]] = {
     "ping": {},
@@ -48,7 +50,9 @@ VALID: dict[str, dict[str, Any]] = {
     "mfc.add": dict(ROUTE, source="10.0.0.2"),
     "mfc.del": {"source": "10.0.0.1", "group": "239.1.1.1"},
     "vif.set": {"interface": "b", "threshold": 4},
-    "batch": {"ops": [ADD_OP, DEL_OP], "plan": True},
+    "mfc.oif.add": {"source": "10.0.0.1", "group": "239.1.1.1", "oifs": ["c"]},
+    "mfc.oif.del": {"source": "10.0.0.3", "group": "239.1.1.1", "oifs": ["b"]},
+    "batch": {"ops": [ADD_OP, OIF_ADD_OP, OIF_DEL_OP, DEL_OP], "plan": True},
 }
 TEXT_BATCH = {"text": "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b\n"}
 assert set(VALID) == set(protocol.COMMANDS)
@@ -78,8 +82,11 @@ CASES = [
 ]
 
 
-def with_observer(commands: Commands) -> Commands:
-    """sync needs to see the kernel: the fake kernel's tables, as the daemon would read them."""
+def fresh_commands() -> Commands:
+    """ROUTE, and a route to 10.0.0.3 with two oifs, are installed; sync sees an empty kernel."""
+    commands = make_commands()
+    two_oifs = {"source": "10.0.0.3", "group": "239.1.1.1", "iif": "a", "oifs": ["b", "c"]}
+    assert answer(commands, json.dumps(request("mfc.add", two_oifs)).encode())["ok"]
     commands.observe = lambda: KernelView({}, {})
     return commands
 
@@ -116,7 +123,7 @@ def check(commands: Commands, msg: dict[str, Any]) -> None:
 
 def test_the_valid_requests_are_valid() -> None:
     for cmd, args in [*VALID.items(), ("batch", TEXT_BATCH)]:
-        response = answer(with_observer(make_commands()), json.dumps(request(cmd, args)).encode())
+        response = answer(fresh_commands(), json.dumps(request(cmd, args)).encode())
         assert response["ok"], (cmd, response)
 
 
@@ -125,8 +132,8 @@ def test_every_field_with_every_json_type(cmd: str, where: Where) -> None:
     args = TEXT_BATCH if where[:2] == ("args", "text") else VALID[cmd]
     msg = request(cmd, args)
     for value in VALUES:
-        check(with_observer(make_commands()), replaced(msg, where, value))
-    check(with_observer(make_commands()), removed(msg, where))
+        check(fresh_commands(), replaced(msg, where, value))
+    check(fresh_commands(), removed(msg, where))
 
 
 @pytest.mark.parametrize("cmd", sorted(VALID))
@@ -135,7 +142,7 @@ def test_unexpected_fields_of_every_type(cmd: str, field: str) -> None:
     for value in VALUES:
         args = dict(VALID[cmd])
         args[field] = value
-        check(with_observer(make_commands()), request(cmd, args))
+        check(fresh_commands(), request(cmd, args))
 
 
 def test_batch_text_null_is_a_bad_request() -> None:

@@ -1,10 +1,15 @@
-"""Tests for mfcd.state: the checksummed journal, torn tails, corruption, snapshots."""
+"""Tests for mfcd.state: the checksummed, numbered journal, torn tails, corruption, snapshots,
+version 1 files, the lock, and a state file deleted, replaced or planted behind mfcd's back."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import gc
+import json
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +24,10 @@ from mfcd.errors import StateError
 from mfcd.model import AddRoute, Change, DelRoute, Route, RouteKey, SetThreshold
 from mfcd.state import (
     HEADER,
+    HEADER_V1,
     SNAPSHOT_CHUNK,
     Loaded,
+    SnapshotNeeded,
     StateFile,
     change_op,
     encode_changes,
@@ -42,6 +49,15 @@ def line(body: bytes, crc: int | None = None) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(body) if crc is None else crc, body)
 
 
+def saved(routes: list[Route]) -> list[list[Any]]:
+    return [[r.family, r.source, r.group, r.iif, list(r.oifs)] for r in routes]
+
+
+def rec(seq: int, **record: Any) -> bytes:
+    """A version 2 record: its sequence number first, as mfcd writes it."""
+    return encode_record({"seq": seq, **record})
+
+
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     return tmp_path / "state.journal"
@@ -49,7 +65,8 @@ def path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def journal(path: Path) -> bytes:
-    """A journal on disk: a snapshot with R1, then one change adding R2 and a threshold."""
+    """A journal on disk: a snapshot with R1 (seq 1), then one change adding R2 and a
+    threshold (seq 2)."""
     sf = StateFile(str(path))
     sf.load()
     sf.write_snapshot([R1], {"eth1": 3})
@@ -61,6 +78,15 @@ def journal(path: Path) -> bytes:
 def reload(path: Path) -> tuple[StateFile, state.Loaded]:
     sf = StateFile(str(path))
     return sf, sf.load()
+
+
+def refused(path: Path, data: bytes) -> str:
+    """Why loading `data` fails; the file must be left exactly as it was."""
+    path.write_bytes(data)
+    with pytest.raises(StateError) as info:
+        reload(path)
+    assert path.read_bytes() == data
+    return str(info.value)
 
 
 def test_missing_file_loads_empty_and_first_append_creates_it(path: Path) -> None:
@@ -105,16 +131,17 @@ def test_write_snapshot_leaves_no_temporary_file(path: Path, journal: bytes) -> 
     sf.write_snapshot([R1, R2], {"eth0": 2})
     sf.close()
     assert sorted(os.listdir(path.parent)) == [path.name]
-    assert path.read_bytes() == HEADER + encode_record(
-        {
-            "snapshot": {
-                "routes": [
-                    [4, "10.0.0.1", "239.1.1.1", "eth0", ["eth1", "eth2"]],
-                    [6, "2001:db8::1", "ff0e::1", "eth1", ["eth0"]],
-                ],
-                "thresholds": {"eth0": 2},
-            }
-        }
+    # Numbered on from the journal it replaces: a line copied from that one does not fit.
+    assert path.read_bytes() == HEADER + rec(
+        3,
+        snapshot={
+            "routes": [
+                [4, "10.0.0.1", "239.1.1.1", "eth0", ["eth1", "eth2"]],
+                [6, "2001:db8::1", "ff0e::1", "eth1", ["eth0"]],
+            ],
+            "thresholds": {"eth0": 2},
+            "count": 2,
+        },
     )
 
 
@@ -141,7 +168,7 @@ def test_a_failed_snapshot_keeps_the_old_journal_whole(
 
 
 def test_torn_tail_is_ignored_and_cut_before_the_next_append(path: Path, journal: bytes) -> None:
-    torn = encode_record({"ops": [["del", *R1.key]]})[:-5]
+    torn = rec(3, ops=[["del", *R1.key]])[:-5]
     path.write_bytes(journal + torn)
     sf, loaded = reload(path)
     assert loaded.torn_tail
@@ -149,12 +176,12 @@ def test_torn_tail_is_ignored_and_cut_before_the_next_append(path: Path, journal
     assert R1.key in loaded.routes  # the unacknowledged delete never happened
     sf.append([SetThreshold("eth2", 9)])
     sf.close()
-    assert path.read_bytes() == journal + encode_record({"ops": [["threshold", "eth2", 9]]})
+    assert path.read_bytes() == journal + rec(3, ops=[["threshold", "eth2", 9]])
     assert reload(path)[1].thresholds["eth2"] == 9
 
 
 def test_a_complete_record_without_newline_is_still_torn(path: Path, journal: bytes) -> None:
-    path.write_bytes(journal + encode_record({"ops": [["del", *R1.key]]}).rstrip(b"\n"))
+    path.write_bytes(journal + rec(3, ops=[["del", *R1.key]]).rstrip(b"\n"))
     _, loaded = reload(path)
     assert loaded.torn_tail
     assert R1.key in loaded.routes
@@ -177,47 +204,72 @@ def test_a_snapshot_cut_short_is_corrupt_and_the_file_left_alone(path: Path, cut
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [
-        (line(b'{"ops":[]}', crc=0x12345678), "checksum mismatch"),
-        (line(b'{"ops":[["add",4'), "line 5 is corrupt"),
+        (line(b'{"seq":4,"ops":[]}', crc=0x12345678), "checksum mismatch"),
+        (line(b'{"seq":4,"ops":[["add",4'), "line 5 is corrupt"),
         (line(b"\xff\xfe"), "line 5 is corrupt"),
         (b"not a record\n", "line 5 is corrupt"),
         (b"\n", "line 5 is corrupt"),
-        (line(b"[1,2]"), "line 5 is corrupt"),
-        (line(b"7"), "line 5 is corrupt"),
-        (line(b'{"neither":1}'), "line 5 is corrupt"),
-        (line(b'{"ops":[["add",4,"10.0.0.9"]]}'), "line 5 is corrupt"),
-        (line(b'{"ops":[["move",1]]}'), "unknown op 'move'"),
-        (line(b'{"ops":[5]}'), "line 5 is corrupt"),
-        (line(b'{"ops":[[]]}'), "line 5 is corrupt"),
-        (line(b'{"snapshot":{"routes":[[4]]}}'), "line 5 is corrupt"),
-        (line(b'{"snapshot":{}}'), "line 5 is corrupt"),
-        (line(b'{"snapshot":5}'), "malformed snapshot"),
-        (line(b'{"snapshot":{"routes":[],"thresholds":[]}}'), "line 5 is corrupt"),
-        (line(b'{"snapshot":{"chunks":0}}'), "malformed snapshot"),
-        (line(b'{"snapshot":{"chunks":true}}'), "malformed snapshot"),
-        (line(b'{"snapshot":{"chunks":"1"}}'), "malformed snapshot"),
-        (line(b'{"snapshot":{"chunks":1,"routes":[]}}'), "malformed snapshot"),
-        # Announces two route records; the next line is an ops record.
-        (line(b'{"snapshot":{"chunks":2}}'), "line 5 is corrupt (incomplete snapshot"),
-        (line(b'{"routes":[]}'), "route record outside a snapshot"),
-        (line(b'{"routes":[[4,"10.0.0.9","239.1.1.9","eth0",["eth1"]]]}'), "outside a snapshot"),
+        (line(b"[1,2]"), "no sequence number"),
+        (line(b"7"), "no sequence number"),
+        (line(b'{"ops":[]}'), "line 5 is corrupt (no sequence number)"),
+        (line(b'{"seq":"4","ops":[]}'), "no sequence number"),
+        (line(b'{"seq":4,"neither":1}'), "line 5 is corrupt"),
+        (line(b'{"seq":4,"ops":[["add",4,"10.0.0.9"]]}'), "line 5 is corrupt"),
+        (line(b'{"seq":4,"ops":[["move",1]]}'), "unknown op 'move'"),
+        (line(b'{"seq":4,"ops":[5]}'), "line 5 is corrupt"),
+        (line(b'{"seq":4,"ops":[[]]}'), "line 5 is corrupt"),
+        (rec(4, snapshot={"routes": [], "count": 0}), "a snapshot after the first record"),
+        (rec(4, routes=[]), "route record outside a snapshot"),
+        (rec(4, routes=[[4, "10.0.0.9", "239.1.1.9", "eth0", ["eth1"]]]), "outside a snapshot"),
+        # A gap is a lost record, a repeat one copied or replayed.
+        (rec(5, ops=[]), "line 5 is corrupt (sequence number 5 after 3: 1 record missing)"),
+        (rec(7, ops=[]), "sequence number 7 after 3: 3 records missing"),
+        (rec(3, ops=[]), "sequence number 3 after 3: a record repeated or copied from earlier"),
+        (rec(1, ops=[]), "sequence number 1 after 3: a record repeated"),
     ],
 )
 def test_corrupt_line_names_file_and_line_and_leaves_the_file_alone(
     path: Path, journal: bytes, bad: bytes, reason: str
 ) -> None:
-    data = journal + line(b'{"ops":[]}') + bad + line(b'{"ops":[]}')
-    path.write_bytes(data)
-    with pytest.raises(StateError) as info:
-        reload(path)
-    assert str(path) in str(info.value)
-    assert reason in str(info.value)
-    assert path.read_bytes() == data
+    message = refused(path, journal + rec(3, ops=[]) + bad + rec(5, ops=[]))
+    assert str(path) in message
+    assert reason in message
+    assert "the file was left untouched" in message
 
 
-@pytest.mark.parametrize("head", [b"mfcd-state 2\n", b"garbage\n", b"\n", b"mfcd-state 1"])
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (rec(1, snapshot={"routes": [[4]], "count": 1}), "line 2 is corrupt"),
+        (rec(1, snapshot={"count": 0}), "line 2 is corrupt"),
+        (rec(1, snapshot=5), "malformed snapshot"),
+        (rec(1, snapshot={"routes": [], "thresholds": [], "count": 0}), "line 2 is corrupt"),
+        (rec(1, snapshot={"routes": []}), "malformed snapshot (no route count)"),
+        (rec(1, snapshot={"routes": [], "count": -1}), "no route count"),
+        (rec(1, snapshot={"routes": [], "count": "0"}), "no route count"),
+        (rec(1, snapshot={"count": 0, "chunks": 0}), "malformed snapshot"),
+        (rec(1, snapshot={"count": 0, "chunks": True}), "malformed snapshot"),
+        (rec(1, snapshot={"count": 0, "chunks": "1"}), "malformed snapshot"),
+        (rec(1, snapshot={"count": 0, "chunks": 1, "routes": []}), "malformed snapshot"),
+        # Announces two route records; the next line is an ops record.
+        (rec(1, snapshot={"count": 5, "chunks": 2}), "line 2 is corrupt (incomplete snapshot"),
+        (rec(1, snapshot={"routes": saved([R1]), "count": 2}), "says it holds 2 routes, it has 1"),
+        (rec(1, snapshot={"routes": saved([R1, R1]), "count": 2}), "holds 2 routes, it has 1"),
+        (rec(1, ops=[]), "line 2 is corrupt (the first record is not a snapshot)"),
+        (rec(1, routes=[]), "route record outside a snapshot"),
+        (encode_record({"snapshot": {"routes": [], "count": 0}}), "no sequence number"),
+        (rec(0, snapshot={"routes": [], "count": 0}), "no sequence number"),
+    ],
+)
+def test_a_bad_snapshot_is_corrupt(path: Path, bad: bytes, reason: str) -> None:
+    message = refused(path, HEADER + bad + rec(2, ops=[]))
+    assert message.startswith(f"{path}: line 2 is corrupt (")
+    assert reason in message
+
+
+@pytest.mark.parametrize("head", [b"mfcd-state 3\n", b"garbage\n", b"\n", b"mfcd-state 2"])
 def test_bad_header_is_corruption(path: Path, head: bytes) -> None:
-    data = head + line(b'{"ops":[]}')
+    data = head + rec(1, ops=[])
     path.write_bytes(data)
     with pytest.raises(StateError, match="not an mfcd state file") as info:
         reload(path)
@@ -228,8 +280,9 @@ def test_bad_header_is_corruption(path: Path, head: bytes) -> None:
 
 def test_append_cost_does_not_depend_on_the_number_of_routes(tmp_path: Path) -> None:
     changes: list[Change] = [AddRoute.of(R1), SetThreshold("eth1", 4)]
-    record = encode_record({"ops": [route_op(R1), ["threshold", "eth1", 4]]})
-    for count in (1, 2000):
+    ops = [route_op(R1), ["threshold", "eth1", 4]]
+    # After a snapshot of one line (seq 1), and of three (seq 1 to 3).
+    for count, record in ((1, rec(2, ops=ops)), (2000, rec(4, ops=ops))):
         path = tmp_path / f"journal-{count}"
         sf = StateFile(str(path))
         sf.load()
@@ -268,11 +321,6 @@ def test_unreadable_path_is_a_state_error(tmp_path: Path) -> None:
         StateFile(str(tmp_path)).load()  # a directory
 
 
-def test_parse_of_nothing_is_empty() -> None:
-    loaded = state.parse(b"")
-    assert (loaded.routes, loaded.good_length, loaded.torn_tail) == ({}, 0, False)
-
-
 # --- snapshots in several lines ------------------------------------------------------------------
 
 
@@ -286,10 +334,6 @@ def many(count: int) -> list[Route]:
             oifs = ("eth1", "eth2") if n % 2 else ("eth3",)
             routes.append(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.2.2.2", "eth0", oifs))
     return routes
-
-
-def saved(routes: list[Route]) -> list[list[Any]]:
-    return [[r.family, r.source, r.group, r.iif, list(r.oifs)] for r in routes]
 
 
 def chunked(path: Path, count: int = 2500, thresholds: dict[str, int] | None = None) -> bytes:
@@ -308,23 +352,25 @@ def test_snapshot_round_trip_in_bounded_lines(path: Path, count: int) -> None:
     routes = many(count)
     data = chunked(path, count, {"eth1": 5})
     records = data[len(HEADER) :].splitlines()
-    if count <= SNAPSHOT_CHUNK:  # one record, as mfcd has always written it
-        assert data == HEADER + encode_record(
-            {"snapshot": {"routes": saved(routes), "thresholds": {"eth1": 5}}}
-        )
+    if count <= SNAPSHOT_CHUNK:  # one record
+        snap = {"routes": saved(routes), "thresholds": {"eth1": 5}, "count": count}
+        assert data == HEADER + rec(1, snapshot=snap)
+        last = 1
     else:
         parts = -(-count // SNAPSHOT_CHUNK)
-        expected = [encode_record({"snapshot": {"thresholds": {"eth1": 5}, "chunks": parts}})]
-        for start in range(0, count, SNAPSHOT_CHUNK):
-            rows = saved(routes[start : start + SNAPSHOT_CHUNK])
-            expected.append(encode_record({"routes": rows}))
+        snap = {"thresholds": {"eth1": 5}, "count": count, "chunks": parts}
+        expected = [rec(1, snapshot=snap)]
+        for n, start in enumerate(range(0, count, SNAPSHOT_CHUNK), 2):
+            expected.append(rec(n, routes=saved(routes[start : start + SNAPSHOT_CHUNK])))
         assert data == HEADER + b"".join(expected)
         assert len(records) == 1 + parts
+        last = 1 + parts
     sf, loaded = reload(path)
     assert loaded.route_list() == routes  # in order
     assert loaded.thresholds == {"eth1": 5}
     assert (loaded.ops_since_snapshot, sf.ops_since_snapshot) == (0, 0)
     assert (loaded.good_length, loaded.torn_tail) == (len(data), False)
+    assert (loaded.version, loaded.seq) == (2, last)
     sf.close()
 
 
@@ -333,18 +379,23 @@ def test_write_snapshot_takes_any_iterable(path: Path) -> None:
     sf = StateFile(str(path))
     sf.load()
     sf.write_snapshot(iter(routes), {})
-    from_iterator = path.read_bytes()
+    sf.close()
+    other = path.with_name("other")
+    sf = StateFile(str(other))
+    sf.load()
     sf.write_snapshot({r.key: r for r in routes}.values(), {})
     sf.close()
-    assert path.read_bytes() == from_iterator
+    assert path.read_bytes() == other.read_bytes()
     assert reload(path)[1].route_list() == routes
 
 
 def test_a_single_record_snapshot_of_any_size_still_loads(path: Path) -> None:
-    """Files written before snapshots were split: one snapshot line, however many routes."""
+    """Version 1 files written before snapshots were split: one snapshot line, however many
+    routes."""
     routes = many(2500)
     snapshot = {"snapshot": {"routes": saved(routes), "thresholds": {"eth2": 4}}}
-    path.write_bytes(HEADER + encode_record(snapshot) + encode_record({"ops": [["del", *R1.key]]}))
+    v1 = HEADER_V1 + encode_record(snapshot) + encode_record({"ops": [["del", *R1.key]]})
+    path.write_bytes(v1)
     sf, loaded = reload(path)
     assert loaded.route_list() == routes
     assert (loaded.thresholds, loaded.ops_since_snapshot) == ({"eth2": 4}, 1)
@@ -369,13 +420,28 @@ def test_ops_after_a_chunked_snapshot_count_alone(path: Path) -> None:
 
 
 def test_a_snapshot_after_ops_starts_over(path: Path, journal: bytes) -> None:
-    """A snapshot record further down (none is written there today) replaces what precedes it."""
+    """In version 1, a snapshot record further down (mfcd never wrote one there) replaces
+    what precedes it; in version 2 it is corruption (test_corrupt_line...)."""
     routes = many(1500)
-    snapshot = chunked(path.with_name("other"), 1500)[len(HEADER) :]
-    path.write_bytes(journal + snapshot + encode_record({"ops": [route_op(R1)]}))
+    snapshot = v1_chunked(many(1500))
+    ops = encode_record({"ops": [route_op(R2)]})
+    path.write_bytes(
+        HEADER_V1 + v1_chunked([R1]) + ops + snapshot + encode_record({"ops": [route_op(R1)]})
+    )
     _, loaded = reload(path)
     assert routes_of(loaded) == {**{r.key: r for r in routes}, R1.key: R1}
     assert (loaded.thresholds, loaded.ops_since_snapshot) == ({}, 1)
+
+
+def v1_chunked(routes: list[Route]) -> bytes:
+    """A version 1 snapshot: no sequence numbers, no route count, chunked above 1,000."""
+    if len(routes) <= SNAPSHOT_CHUNK:
+        return encode_record({"snapshot": {"routes": saved(routes), "thresholds": {}}})
+    parts = -(-len(routes) // SNAPSHOT_CHUNK)
+    lines = [encode_record({"snapshot": {"thresholds": {}, "chunks": parts}})]
+    for start in range(0, len(routes), SNAPSHOT_CHUNK):
+        lines.append(encode_record({"routes": saved(routes[start : start + SNAPSHOT_CHUNK])}))
+    return b"".join(lines)
 
 
 def snapshot_lines(path: Path) -> list[bytes]:
@@ -390,29 +456,21 @@ def snapshot_lines(path: Path) -> list[bytes]:
     [
         # The last route record is gone: the file ends early.
         (4, b"", "2 found before the end of the file"),
-        # A middle one is gone: the snapshot is one record short when it ends.
-        ((0, 1, 2, 4), b"", "2 found before the end of the file"),
         # Gone, and an acknowledged change follows where it should be.
-        (4, encode_record({"ops": [route_op(R1)]}), "2 found before line 5"),
+        (4, rec(4, ops=[route_op(R1)]), "2 found before line 5"),
         # A second snapshot where a route record should be.
-        (3, encode_record({"snapshot": {"routes": []}}), "1 found before line 4"),
+        (3, rec(3, snapshot={"routes": [], "count": 0}), "1 found before line 4"),
         # Only part of the last one: not a torn append (snapshots are never appended to).
-        (4, encode_record({"routes": []})[:-1], "2 found before an incomplete last line"),
+        (4, rec(4, routes=[])[:-1], "2 found before an incomplete last line"),
     ],
 )
 def test_a_snapshot_missing_route_records_is_corrupt(
-    path: Path, keep: int | tuple[int, ...], extra: bytes, reason: str
+    path: Path, keep: int, extra: bytes, reason: str
 ) -> None:
     lines = snapshot_lines(path)
-    kept = lines[:keep] if isinstance(keep, int) else [lines[n] for n in keep]
-    data = b"".join(kept) + extra
-    path.write_bytes(data)
-    with pytest.raises(StateError) as info:
-        reload(path)
-    message = str(info.value)
+    message = refused(path, b"".join(lines[:keep]) + extra)  # never cut, unlike a torn append
     assert message.startswith(f"{path}: line 2 is corrupt (incomplete snapshot: 3 route records")
     assert reason in message
-    assert path.read_bytes() == data  # never cut back, unlike a torn append
 
 
 def test_a_bad_route_record_names_its_line_and_snapshot(path: Path) -> None:
@@ -428,7 +486,7 @@ def test_a_bad_route_record_names_its_line_and_snapshot(path: Path) -> None:
 
 def test_a_malformed_route_in_a_route_record_is_corrupt(path: Path) -> None:
     lines = snapshot_lines(path)
-    lines[4] = encode_record({"routes": [[4, "10.9.9.9", "239.1.1.1", "eth0", ["eth0"]]]})
+    lines[4] = rec(4, routes=[[4, "10.9.9.9", "239.1.1.1", "eth0", ["eth0"]]])
     path.write_bytes(b"".join(lines))
     with pytest.raises(
         StateError, match=r"line 5 is corrupt \(malformed route; it is route record"
@@ -442,14 +500,14 @@ def test_torn_tail_after_a_chunked_snapshot(path: Path) -> None:
     sf.append([AddRoute.of(R1)])
     sf.close()
     journal = path.read_bytes()
-    path.write_bytes(journal + encode_record({"ops": [["del", *R1.key]]})[:-3])
+    path.write_bytes(journal + rec(6, ops=[["del", *R1.key]])[:-3])
     sf, loaded = reload(path)
     assert loaded.torn_tail
     assert (loaded.good_length, loaded.ops_since_snapshot) == (len(journal), 1)
     assert len(loaded.routes) == 2501
     sf.append([SetThreshold("eth2", 9)])
     sf.close()
-    assert path.read_bytes() == journal + encode_record({"ops": [["threshold", "eth2", 9]]})
+    assert path.read_bytes() == journal + rec(6, ops=[["threshold", "eth2", 9]])
     assert path.read_bytes().startswith(data)
 
 
@@ -529,7 +587,347 @@ def adds(draw: st.DrawFn) -> AddRoute:
             st.builds(SetThreshold, NAMES, st.integers(1, 255)),
         ),
         max_size=6,
-    )
+    ),
+    st.integers(1, 2**53),
 )
-def test_changes_are_encoded_as_json_encodes_their_ops(changes: list[Any]) -> None:
-    assert encode_changes(changes) == encode_record({"ops": [change_op(c) for c in changes]})
+def test_changes_are_encoded_as_json_encodes_their_ops(changes: list[Any], seq: int) -> None:
+    expected = encode_record({"seq": seq, "ops": [change_op(c) for c in changes]})
+    assert encode_changes(changes, seq) == expected
+
+
+# --- damage the issue met: each is refused, the file left as it is --------------------------
+
+
+@pytest.fixture
+def history(path: Path) -> list[bytes]:
+    """The lines of a state file: header, a 2,500-route snapshot (seq 1-4, lines 2-5), then
+    four changes (seq 5-8, lines 6-9): add R1, add R2, del R1, a threshold."""
+    chunked(path)
+    sf, _ = reload(path)
+    sf.append([AddRoute.of(R1)])
+    sf.append([AddRoute.of(R2)])
+    sf.append([DelRoute(R1.key)])
+    sf.append([SetThreshold("eth1", 4)])
+    sf.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 9
+    return lines
+
+
+def without_route(line: bytes) -> bytes:
+    """A route record with its last route left out, checksummed again."""
+    record = json.loads(line.split(b" ", 1)[1])
+    return rec(record["seq"], routes=record["routes"][:-1])
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda lines: b"", "the state file is empty (0 bytes)"),
+        (lambda lines: lines[0], "line 2 is corrupt (the file ends after its header"),
+        (
+            lambda lines: b"".join(lines[:6] + lines[7:]),  # add R2 gone
+            "line 7 is corrupt (sequence number 7 after 5: 1 record missing)",
+        ),
+        (
+            lambda lines: b"".join([*lines, lines[5]]),  # add R1 replayed after its del
+            "line 10 is corrupt (sequence number 5 after 8: a record repeated or copied",
+        ),
+        (
+            lambda lines: b"".join(lines[:3] + lines[4:]),  # a route record of the snapshot
+            "line 4 is corrupt (sequence number 4 after 2: 1 record missing; it is route"
+            " record 2 of 3",
+        ),
+        (
+            lambda lines: b"".join([*lines[:3], without_route(lines[3]), *lines[4:]]),
+            "line 2 is corrupt (the snapshot says it holds 2500 routes, it has 2499)",
+        ),
+        (
+            # Cut in the middle of a line, then the rest of an older line: the torn line's
+            # number must be the next one.
+            lambda lines: b"".join(lines[:7]) + lines[5][:-9],
+            "line 8 is corrupt (an incomplete last line with sequence number 5 after 6)",
+        ),
+    ],
+    ids=["empty", "header-only", "middle-record", "replayed", "route-record", "count", "torn-seq"],
+)
+def test_damage_is_refused_and_the_file_left_untouched(
+    path: Path, history: list[bytes], damage: Any, reason: str
+) -> None:
+    message = refused(path, damage(history))
+    assert message.startswith(f"{path}: ")
+    assert reason in message
+    assert message.endswith(
+        "the file was left untouched — repair or move it away, then start mfcd again"
+    )
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("cut", [1, 9, 40])
+def test_a_line_cut_short_at_the_end_is_a_torn_change(
+    path: Path, history: list[bytes], cut: int
+) -> None:
+    """What nothing in the file can tell from a crash mid-append: the last line cut short.
+    The change it held is dropped, as an unacknowledged one would be (documented)."""
+    data = b"".join(history)[:-cut]
+    path.write_bytes(data)
+    sf, loaded = reload(path)
+    assert loaded.torn_tail
+    assert (loaded.seq, loaded.thresholds) == (7, {})
+    assert loaded.good_length == len(b"".join(history[:8]))
+    sf.append([SetThreshold("eth2", 1)])  # numbered 8, as the dropped one was
+    sf.close()
+    assert path.read_bytes() == b"".join(history[:8]) + rec(8, ops=[["threshold", "eth2", 1]])
+
+
+def test_a_clean_cut_at_the_end_cannot_be_detected(path: Path, history: list[bytes]) -> None:
+    """The one loss the format cannot see (documented): whole last records gone."""
+    path.write_bytes(b"".join(history[:7]))
+    _, loaded = reload(path)
+    assert not loaded.torn_tail
+    assert set(loaded.routes) == {*(r.key for r in many(2500)), R1.key, R2.key}
+
+
+# --- version 1 files ---------------------------------------------------------------------------
+
+
+def test_a_version_1_file_loads_and_is_rewritten_before_the_first_change(path: Path) -> None:
+    v1 = HEADER_V1 + v1_chunked(many(1500)) + encode_record({"ops": [route_op(R1)]})
+    path.write_bytes(v1)
+    sf, loaded = reload(path)
+    assert (loaded.version, loaded.ops_since_snapshot) == (1, 1)
+    assert set(loaded.routes) == {*(r.key for r in many(1500)), R1.key}
+    assert sf.needs_snapshot
+    assert path.read_bytes() == v1  # loading never writes
+    with pytest.raises(SnapshotNeeded, match="older format"):
+        sf.append([AddRoute.of(R2)])
+    assert path.read_bytes() == v1
+    sf.write_snapshot(loaded.route_list(), loaded.thresholds)
+    sf.append([AddRoute.of(R2)])
+    sf.close()
+    assert path.read_bytes().startswith(HEADER)
+    _, again = reload(path)
+    assert (again.version, again.seq) == (2, 4)
+    assert set(again.routes) == {*loaded.routes, R2.key}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (HEADER_V1, "line 2 is corrupt (the file ends after its header"),
+        (HEADER_V1 + encode_record({"snapshot": {"routes": []}})[:-1], "line 2 is corrupt"),
+        (HEADER_V1 + line(b'{"ops":[]}', crc=1), "checksum mismatch"),
+    ],
+)
+def test_a_damaged_version_1_file_is_refused(path: Path, data: bytes, reason: str) -> None:
+    path.write_bytes(data)
+    with pytest.raises(StateError, match=re.escape(reason)):
+        reload(path)
+    assert path.read_bytes() == data
+
+
+def test_a_version_1_torn_tail_is_still_torn(path: Path) -> None:
+    v1 = HEADER_V1 + v1_chunked([R1])
+    path.write_bytes(v1 + encode_record({"ops": [["del", *R1.key]]})[:-2])
+    _, loaded = reload(path)
+    assert (loaded.torn_tail, loaded.good_length, set(loaded.routes)) == (True, len(v1), {R1.key})
+
+
+# --- a file deleted, renamed, replaced or changed while in use ----------------------------------
+
+
+def delete(path: Path) -> str:
+    path.unlink()
+    return "was deleted or renamed while mfcd was running"
+
+
+def rename(path: Path) -> str:
+    path.rename(path.with_name("moved"))
+    return "was deleted or renamed while mfcd was running"
+
+
+def replace(path: Path) -> str:
+    other = path.with_name("other")
+    other.write_bytes(path.read_bytes())
+    other.rename(path)
+    return "was replaced by another file while mfcd was running"
+
+
+def truncate(path: Path) -> str:
+    os.truncate(path, 0)
+    return "was changed while mfcd was running (0 bytes where mfcd left"
+
+
+@pytest.mark.parametrize("meddle", [delete, rename, replace, truncate])
+def test_an_append_to_a_file_not_where_mfcd_left_it_is_refused(
+    path: Path, journal: bytes, meddle: Any
+) -> None:
+    sf, _ = reload(path)
+    assert sf.replaced() is None
+    reason = meddle(path)
+    assert reason in (sf.replaced() or "")
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    with pytest.raises(SnapshotNeeded, match=re.escape(reason)):
+        sf.append([DelRoute(R1.key)])
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before  # nothing written
+    # The caller writes a whole snapshot at the path (the controller does); then appends go on.
+    sf.write_snapshot([R2], {})
+    assert sf.replaced() is None
+    sf.append([AddRoute.of(R1)])
+    sf.close()
+    assert routes_of(reload(path)[1]) == {R2.key: R2, R1.key: R1}
+
+
+def test_a_failed_append_that_cannot_be_cut_back_is_not_appended_to(
+    path: Path, journal: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused record left in the file: the next change writes a snapshot instead."""
+    sf, _ = reload(path)
+
+    def fail(fd: int, *args: Any) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fail)
+    monkeypatch.setattr(os, "ftruncate", fail)
+    with pytest.raises(StateError, match="Input/output error"):
+        sf.append([DelRoute(R1.key)])
+    monkeypatch.undo()
+    with pytest.raises(SnapshotNeeded, match="was changed while mfcd was running"):
+        sf.append([DelRoute(R2.key)])
+    sf.close()
+
+
+def test_a_file_deleted_while_a_record_is_written_needs_a_snapshot(
+    path: Path, journal: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check before an append cannot see what happens during it: a second one after."""
+    sf, _ = reload(path)
+    fdatasync = os.fdatasync
+
+    def meanwhile(fd: int) -> None:
+        fdatasync(fd)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    monkeypatch.setattr(os, "fdatasync", meanwhile)
+    with pytest.raises(SnapshotNeeded, match="was deleted or renamed while mfcd was running"):
+        sf.append([DelRoute(R1.key)])
+    monkeypatch.undo()
+    sf.write_snapshot([R2], {})  # what the controller does: the change is in it
+    sf.append([AddRoute.of(R1)])
+    sf.close()
+    _, loaded = reload(path)
+    assert (routes_of(loaded), loaded.seq) == ({R2.key: R2, R1.key: R1}, 4)
+
+
+# --- one owner ---------------------------------------------------------------------------------
+
+
+def test_a_second_user_of_the_file_is_refused_with_the_holders_pid(path: Path) -> None:
+    first = StateFile(str(path))
+    first.lock()
+    lock = Path(f"{path}.lock")
+    assert lock.read_text() == f"{os.getpid()}\n"
+    second = StateFile(str(path))
+    with pytest.raises(StateError) as info:
+        second.lock()
+    assert str(info.value) == (
+        f"{path} is in use by another mfcd (pid {os.getpid()}, which holds {lock});"
+        " stop that one, or give this one its own state_file"
+    )
+    first.close()
+    second.lock()  # released on close (and by the kernel when a process dies)
+    second.close()
+    assert lock.exists()
+
+
+@pytest.mark.parametrize("meddle", [delete, replace])
+def test_a_lock_file_removed_while_locked_is_locked_again(path: Path, meddle: Any) -> None:
+    lock = Path(f"{path}.lock")
+    first = StateFile(str(path))
+    first.lock()
+    assert first.keep_lock() is None
+    meddle(lock)
+    assert first.keep_lock() == (
+        f"{lock} was deleted or replaced while mfcd was running; locked it again"
+    )
+    assert lock.read_text() == f"{os.getpid()}\n"
+    with pytest.raises(StateError, match="is in use by another mfcd"):
+        StateFile(str(path)).lock()
+    first.close()
+
+
+def test_a_lock_file_taken_by_another_meanwhile_is_reported(path: Path) -> None:
+    first = StateFile(str(path))
+    first.lock()
+    Path(f"{path}.lock").unlink()
+    second = StateFile(str(path))
+    second.lock()
+    with pytest.raises(StateError, match="is in use by another mfcd"):
+        first.keep_lock()
+    with pytest.raises(StateError, match="is in use by another mfcd"):
+        first.keep_lock()  # still ours to close, still theirs
+    first.close()
+    second.close()
+
+
+def test_a_lock_that_holds_no_pid_yet_says_so(path: Path) -> None:
+    holder = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(StateError, match=r"\(pid unknown, which holds"):
+            StateFile(str(path)).lock()
+    finally:
+        os.close(holder)
+
+
+# --- symbolic links ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    """A file someone would like root to overwrite."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious\n")
+    return victim
+
+
+def test_a_state_file_that_is_a_link_is_refused(path: Path, target: Path) -> None:
+    path.symlink_to(target)
+    with pytest.raises(StateError, match="it is a symbolic link, and mfcd follows none there"):
+        reload(path)
+    assert target.read_bytes() == b"precious\n"
+
+
+def test_a_lock_file_that_is_a_link_is_refused(path: Path, target: Path) -> None:
+    Path(f"{path}.lock").symlink_to(target)
+    with pytest.raises(StateError, match="cannot open the state file's lock: it is a symbolic"):
+        StateFile(str(path)).lock()
+    assert target.read_bytes() == b"precious\n"
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_planted_temporary_link_is_removed_not_followed(
+    path: Path, journal: bytes, target: Path, dangling: bool
+) -> None:
+    tmp = Path(f"{path}.tmp")
+    if dangling:
+        target.unlink()
+    tmp.symlink_to(target)
+    sf, _ = reload(path)
+    sf.write_snapshot([R2], {})
+    sf.close()
+    assert not tmp.exists() and not tmp.is_symlink()
+    assert target.exists() != dangling
+    if not dangling:
+        assert target.read_bytes() == b"precious\n"
+    assert routes_of(reload(path)[1]) == {R2.key: R2}
+
+
+def test_a_leftover_temporary_file_is_replaced(path: Path, journal: bytes) -> None:
+    Path(f"{path}.tmp").write_bytes(b"half a snapshot")
+    sf, _ = reload(path)
+    sf.write_snapshot([R2], {})
+    sf.close()
+    assert sorted(os.listdir(path.parent)) == [path.name]
+    assert routes_of(reload(path)[1]) == {R2.key: R2}
