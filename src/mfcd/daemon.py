@@ -84,6 +84,33 @@ MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing 
 CHECK_CHUNK = 2_000  # routes a drift check probes and writes between two turns of the loop
 
 
+# Signals whose default action kills the process, ignored with a log line. SIGQUIT would
+# also dump core; stopping takes SIGTERM, which releases the kernel's tables cleanly.
+IGNORED_SIGNALS = (
+    signal.SIGUSR2,
+    signal.SIGQUIT,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGPWR,
+)
+
+
+def _ignore_signals_from_now_on(loop: asyncio.AbstractEventLoop) -> None:
+    """mfcd is done: closing the loop would give each signal its default action back, and a
+    second SIGTERM (an impatient operator's) would kill the process in its last steps."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, *IGNORED_SIGNALS):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _ignore(sig: signal.Signals) -> None:
+    log.warning(
+        "ignoring %s (SIGTERM stops mfcd, SIGHUP reloads, SIGUSR1 logs the status)", sig.name
+    )
+
+
 def current_links() -> dict[str, int]:
     return {link.name: link.ifindex for link in netlink.dump_links()}
 
@@ -159,6 +186,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self._log_status)
+        # Their default action would kill mfcd without releasing the socket file.
+        for sig in IGNORED_SIGNALS:
+            loop.add_signal_handler(sig, _ignore, sig)
         listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
         kernel = None
         state = self.state = StateFile(cfg.state_file)
@@ -181,6 +212,7 @@ class Daemon:
             if kernel is not None:
                 kernel.close()
             state.close()
+            _ignore_signals_from_now_on(loop)
 
     def _restore(self, state: StateFile, kernel: Kernel) -> Controller:
         """Read the state file and put its routes in the kernel."""
@@ -244,13 +276,14 @@ class Daemon:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0, full=True)
         # A long journal is compacted by the usual rule, but not before the first requests.
-        loop.call_later(COMPACT_DELAY, controller.maybe_compact)
+        compact = loop.call_later(COMPACT_DELAY, controller.maybe_compact)
         await self.stopping.wait()
         log.info("stopping: removing routes from the kernel")
         self.reporter.close()  # no STATUS= of routes after this one
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
         keeper.cancel()
+        compact.cancel()  # the journal is closed soon
         await server.stop()
         for sock in kernel.sockets.values():
             loop.remove_reader(sock.fileno())
@@ -259,6 +292,13 @@ class Daemon:
             self._resync.cancel()
         if self._checking is not None:
             self._checking.cancel()
+
+    def _log_status(self) -> None:
+        """SIGUSR1: one line on what mfcd holds and serves."""
+        if not self.serving or self.server is None:
+            log.info("status: starting")
+            return
+        log.info("status: %s; %s", self.status(), self.server.load())
 
     def status(self) -> str:
         router = self.controller.router
