@@ -46,7 +46,7 @@ VALID: dict[str, dict[str, Any]] = {
     "ping": {},
     "show": {"stats": True},
     "vif.show": {"stats": True},
-    "sync": {},
+    "sync": {"full": True},
     "mfc.add": dict(ROUTE, source="10.0.0.2"),
     "mfc.del": {"source": "10.0.0.1", "group": "239.1.1.1"},
     "vif.set": {"interface": "b", "threshold": 4},
@@ -87,7 +87,7 @@ def fresh_commands() -> Commands:
     commands = make_commands()
     two_oifs = {"source": "10.0.0.3", "group": "239.1.1.1", "iif": "a", "oifs": ["b", "c"]}
     assert answer(commands, json.dumps(request("mfc.add", two_oifs)).encode())["ok"]
-    commands.observe = lambda: KernelView({}, {})
+    commands.observe = lambda full: KernelView({}, {})
     return commands
 
 
