@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from mfcd import __version__, config, directory_trust, netlink, notify
 from mfcd.commands import Commands
 from mfcd.controller import Controller, KernelView, describe_step, gc_paused
-from mfcd.errors import ConfigError, MfcdError
+from mfcd.errors import ConfigError, MfcdError, StateError
 from mfcd.kernel import Kernel
 from mfcd.model import KernelEntry, RouteKey
 from mfcd.server import Server, bind_control_socket, socket_permissions
@@ -174,6 +174,7 @@ class Daemon:
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
         self.serving = False  # start-up is over
         self._reload_pending = False  # SIGHUP arrived during start-up
+        self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
 
@@ -276,7 +277,7 @@ class Daemon:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0, full=True)
         # A long journal is compacted by the usual rule, but not before the first requests.
-        compact = loop.call_later(COMPACT_DELAY, controller.maybe_compact)
+        compact = loop.call_later(COMPACT_DELAY, self._compact_soon)
         await self.stopping.wait()
         log.info("stopping: removing routes from the kernel")
         self.reporter.close()  # no STATUS= of routes after this one
@@ -284,6 +285,8 @@ class Daemon:
         watchdog.cancel()
         keeper.cancel()
         compact.cancel()  # the journal is closed soon
+        if self._compacting is not None:
+            self._compacting.cancel()
         await server.stop()
         for sock in kernel.sockets.values():
             loop.remove_reader(sock.fileno())
@@ -308,7 +311,44 @@ class Daemon:
     def _after_change(self) -> None:
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.
-        asyncio.get_running_loop().call_soon(self.controller.maybe_compact)
+        asyncio.get_running_loop().call_soon(self._compact_soon)
+
+    def _compact_soon(self) -> None:
+        """Start compacting the state file in a thread if it is due and not under way."""
+        if self._compacting is None and self.controller.compaction_due():
+            self._compacting = asyncio.get_running_loop().create_task(self._compact())
+
+    async def _compact(self) -> None:
+        """Write a snapshot in a thread while requests are served, then put it in place.
+
+        Formatting and syncing 1,000,000 routes takes seconds: on the loop it would hold
+        every client for that long after the change that made it due. Only copying the
+        routes (two dicts, some tens of ms) and the final rename happen here.
+        """
+        router = self.controller.router
+        began = time.monotonic()
+        job = self.state.start_compaction(dict(router.routes), dict(router.thresholds))
+        routes = len(job.routes)
+        writing = asyncio.ensure_future(asyncio.to_thread(job.write))
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            job.cancel()  # mfcd is stopping: the thread stops at its next record
+            await asyncio.wait([writing])
+            job.discard()
+            raise
+        finally:
+            self._compacting = None
+        try:
+            if self.state.finish_compaction(job):
+                log.info(
+                    "compacted the state file: %d routes, %d changes made meanwhile, in %.2f s",
+                    routes,
+                    len(job.tail),
+                    time.monotonic() - began,
+                )
+        except StateError as e:
+            log.error("compacting the state file failed (the journal keeps growing): %s", e)
 
     def report_status(self) -> None:
         """Keep `systemctl status mfc_daemon` current (at most once a second)."""
