@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,10 +20,11 @@ from mfcd.controller import (
     FAMILY_NAMES,
     SHOW_SCHEMA,
     Controller,
-    KernelView,
     describe_step,
     gc_paused,
+    observe,
 )
+from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.errors import (
     BadRequest,
     BatchSyntax,
@@ -69,11 +71,13 @@ class Commands:
         self,
         controller: Controller,
         families: tuple[int, ...],
-        observe: Callable[[bool], KernelView] | None = None,
+        plane: Dataplane | None = None,
+        upcalls: Counter[str] | None = None,
     ) -> None:
         self.controller = controller
         self.families = families
-        self.observe = observe
+        self.plane = plane  # read by sync; None: sync is not available
+        self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.on_change: Callable[[], None] | None = None  # called after each applied change
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
             "ping": self.ping,
@@ -144,6 +148,7 @@ class Commands:
             "protocol": protocol.PROTOCOL_VERSION,
             "pid": os.getpid(),
             "families": [FAMILY_NAMES[f] for f in self.families],
+            "upcalls": {kind: self.upcalls[kind] for kind in UPCALL_KINDS},
         }
 
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
@@ -168,10 +173,11 @@ class Commands:
 
     def sync(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("full",))
-        if self.observe is None:
+        if self.plane is None:
             raise BadRequest("sync is not available in this mfcd")
         full = _flag(args, "full") or len(self.controller.router.installed) <= FULL_SYNC_ROUTES
-        repairs = self.controller.sync(self.observe(full), dry_run=dry_run)
+        view = observe(self.plane, self.families, full)
+        repairs = self.controller.sync(view, dry_run=dry_run)
         if not dry_run:
             log.info("%s sync: %d repairs", peer, len(repairs))
         return {"dry_run": dry_run, "repairs": repairs, "full": full}
