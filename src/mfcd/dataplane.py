@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from mfcd.errors import KernelError
-from mfcd.model import DEFAULT_TABLE, AddMfc, KernelOp, RouteKey, Step
+from mfcd.model import DEFAULT_TABLE, KernelOp, RouteKey, Step
 
 # Upcall kinds: IGMPMSG_NOCACHE / MRT6MSG_NOCACHE (a packet with no entry),
 # IGMPMSG_WRONGVIF / MRT6MSG_WRONGMIF (a packet on the wrong interface, only with
@@ -191,7 +191,3 @@ def vif_counters(plane: Dataplane, family: int, vifi: int) -> VifCounters | None
         return plane.counters(family, DEFAULT_TABLE[family], vifs=[vifi]).vifs[0]
     except KernelError:
         return None
-
-
-def entry_key(op: AddMfc) -> RouteKey:
-    return (op.family, op.source, op.group)
