@@ -481,3 +481,17 @@ def test_sync_reads_the_whole_table_only_when_small_or_asked(
     assert ask(commands, "sync", {"full": 1})["error"]["code"] == "bad_request"
     asked = [entries for _family, _table, entries in kernel.observed]
     assert asked == [True, True, False, False, True, True]  # IPv4 and IPv6 each time
+
+
+def test_ping_reports_the_upcalls_counted_by_kind(commands: Commands) -> None:
+    assert ask(commands, "ping", {})["result"]["upcalls"] == {
+        "nocache": 0,
+        "wrongvif": 0,
+        "wholepkt": 0,
+    }
+    commands.upcalls.update(["nocache", "nocache", "wrongvif"])
+    assert ask(commands, "ping", {})["result"]["upcalls"] == {
+        "nocache": 2,
+        "wrongvif": 1,
+        "wholepkt": 0,
+    }
