@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from mfcd import __version__, config, directory_trust, netlink, notify
 from mfcd.commands import Commands
 from mfcd.controller import Controller, describe_step, gc_paused, observe
+from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError
 from mfcd.kernel import Kernel
 from mfcd.server import Server, bind_control_socket, socket_permissions
@@ -80,10 +81,6 @@ STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is stil
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
 CHECK_CHUNK = 2_000  # routes a drift check probes and writes between two turns of the loop
-
-
-def current_links() -> dict[str, int]:
-    return {link.name: link.ifindex for link in netlink.dump_links()}
 
 
 class Daemon:
@@ -168,7 +165,7 @@ class Daemon:
             # it; only then is the drift check after start-up worth its full dump of the table.
             before = observe(kernel, kernel.families)
             self.inherited = bool(before.vifs or before.mfc)
-            controller.restore(loaded, current_links())
+            controller.restore(loaded, netlink.current_links())
             del loaded
             # The restored routes live as long as the daemon: keep the cyclic GC from
             # rescanning them on every collection.
@@ -240,21 +237,33 @@ class Daemon:
         self.reporter.changed()
 
     def _on_kernel_events(self) -> None:
+        """A table's socket or the link monitor is readable: read what the kernel reported."""
+        try:
+            events = self.kernel.events()
+        except (OSError, ValueError) as e:
+            # A read failed during the very storm that overran us, or a message we cannot
+            # parse: the delayed resync re-reads every interface.
+            log.error("reading interface events failed: %s; re-reading them shortly", e)
+            self._resync_later(RESYNC_DELAY)
+            return
+        # Counted only (nothing logged per upcall: a flood would flood the journal).
+        self.upcalls.update(upcall.kind for upcall in events.upcalls)
+        if events.links or events.links_lost:
+            self._on_link_events(events)
+
+    def _on_link_events(self, events: Events) -> None:
         router = self.controller.router
         before, tracked = dict(router.links), router.tracked_links()
         try:
-            events = self.kernel.events()
-            # Counted only (nothing logged per upcall: a flood would flood the journal).
-            self.upcalls.update(upcall.kind for upcall in events.upcalls)
             if events.links_lost:
                 log.warning("missed interface events (netlink overrun); re-reading interfaces")
-                self.controller.sync_links(current_links())
+                self.controller.sync_links(netlink.current_links())
             else:
                 for link in events.links:
                     self.controller.link_event(link.kind, link.name, link.ifindex)
         except (OSError, ValueError) as e:
-            # A dump interrupted during the very storm that overran us, or a message we cannot
-            # parse: the delayed resync re-reads every interface.
+            # The dump interrupted during the storm that overran us: the delayed resync
+            # re-reads every interface.
             log.error("reading interface events failed: %s; re-reading them shortly", e)
             self._resync_later(RESYNC_DELAY)
             return
@@ -314,7 +323,7 @@ class Daemon:
         try:
             # A link event whose kernel change failed left the model's view of interfaces
             # behind; a fresh dump sets it right before the tables are compared.
-            controller.sync_links(current_links())
+            controller.sync_links(netlink.current_links())
             view = observe(self.kernel, families, full=False)
         except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
@@ -353,7 +362,7 @@ class Daemon:
         """
         controller = self.controller
         try:
-            controller.sync_links(current_links())
+            controller.sync_links(netlink.current_links())
             version = controller.router.version
             view = await asyncio.to_thread(observe, self.kernel, self.kernel.families)
         except (OSError, KernelError) as e:

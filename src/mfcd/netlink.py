@@ -437,6 +437,11 @@ def dump_links() -> list[Link]:
     return _dump("dump links", RTM_GETLINK, request, parse_link_message)
 
 
+def current_links() -> dict[str, int]:
+    """Every interface's name -> ifindex."""
+    return {link.name: link.ifindex for link in dump_links()}
+
+
 def mfc_request(family: int, table: int | None = None) -> bytes:
     """The rtmsg (+ RTA_TABLE) payload of an MFC dump request."""
     if family not in _FAMILIES:
