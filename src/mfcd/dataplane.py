@@ -14,6 +14,8 @@ It has exactly four operations:
   its VIFs (index -> device, ifindex, counters) and, with `entries`, its MFC entries
   ((source, group) -> iif, oifs with TTLs, counters). Reading every entry costs more than
   linear time in the kernel (minutes at 1,000,000): without `entries` only the VIFs.
+  The real Kernel reads the VIFs of a default table from /proc, those of another IPv4
+  table by netlink, and refuses another IPv6 table (the kernel lists no such VIFs).
 - `counters(family, table, entries=(), vifs=())`: per-(S,G) and per-VIF counters, one
   O(1) probe each, in the order asked; None for an entry or VIF the table does not hold.
 - `events()`: what the kernel reported since the last call (upcalls of every table,

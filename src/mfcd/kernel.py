@@ -253,6 +253,10 @@ def parse_proc_vifs(family: int, text: str) -> dict[int, ObservedVif]:
     return vifs
 
 
+def _disabled(family: int) -> KernelError:
+    return KernelError(f"{family_name(family)} is disabled in the configuration", "config", 0)
+
+
 def _sin6(address: str) -> bytes:
     return SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, socket.inet_pton(socket.AF_INET6, address), 0)
 
@@ -420,9 +424,7 @@ class Kernel:
         sock = self.sockets.get((family, table))
         if sock is None:
             if family not in self.families:
-                raise KernelError(
-                    f"{family_name(family)} is disabled in the configuration", "config", 0
-                )
+                raise _disabled(family)
             sock = self.sockets[(family, table)] = MrouteSocket(family, table)
         return sock
 
@@ -467,25 +469,12 @@ class Kernel:
             raise error from e
 
     def observe(self, family: int, table: int, entries: bool = True) -> Observation:
-        """The table's VIFs (from /proc: 32 rows at most) and with `entries` its MFC (a
-        netlink dump filtered by table). Only /proc and a netlink socket of its own: safe
-        to run in a thread."""
+        """The table's VIFs (32 at most) and with `entries` its MFC (a netlink dump filtered
+        by table). Only /proc and netlink sockets of its own: safe to run in a thread."""
         if family not in self.families:
-            raise KernelError(
-                f"{family_name(family)} is disabled in the configuration", "config", 0
-            )
-        if table != DEFAULT_TABLE[family]:
-            # /proc shows only the default table; the others need a netlink VIF dump
-            # (RTM_GETLINK, family 128, IPv4 only) or counters probes: not done yet.
-            raise KernelError(
-                f"observing {family_name(family)} table {table} is not supported yet",
-                "observe",
-                0,
-            )
-        name = "ip_mr_vif" if family == 4 else "ip6_mr_vif"
+            raise _disabled(family)
         try:
-            with open(f"/proc/net/{name}", encoding="ascii") as f:
-                vifs = parse_proc_vifs(family, f.read())
+            vifs = self._observe_vifs(family, table)
             mfc = None
             if entries:
                 mfc = {
@@ -501,6 +490,30 @@ class Kernel:
             ) from None
         return Observation(family, table, vifs, mfc)
 
+    def _observe_vifs(self, family: int, table: int) -> dict[int, ObservedVif]:
+        """/proc for the default tables (it shows only those); the netlink VIF dump for other
+        IPv4 tables. IPv6 has no such dump: another IPv6 table's VIFs are not readable yet."""
+        if table == DEFAULT_TABLE[family]:
+            name = "ip_mr_vif" if family == 4 else "ip6_mr_vif"
+            with open(f"/proc/net/{name}", encoding="ascii") as f:
+                return parse_proc_vifs(family, f.read())
+        if family == 6:
+            raise KernelError(
+                f"observing IPv6 table {table} is not supported: the kernel lists the VIFs of"
+                " the default IPv6 table only",
+                "observe",
+                0,
+            )
+        vifs = {}
+        for v in netlink.dump_vifs(table):
+            try:
+                device = socket.if_indextoname(v.ifindex)
+            except OSError:  # deleted since the dump
+                continue
+            counters = VifCounters(v.packets_in, v.packets_out, v.bytes_in, v.bytes_out)
+            vifs[v.vifi] = ObservedVif(device, v.ifindex, counters)
+        return vifs
+
     def counters(
         self,
         family: int,
@@ -511,9 +524,7 @@ class Kernel:
         """SIOCGETSGCNT per (S,G) and SIOCGETVIFCNT per VIF, through the table's socket; a
         table not open holds nothing of mfcd's: all None."""
         if family not in self.families:
-            raise KernelError(
-                f"{family_name(family)} is disabled in the configuration", "config", 0
-            )
+            raise _disabled(family)
         sock = self.sockets.get((family, table))
         if sock is None:
             return Counters([None for _ in entries], [None for _ in vifs])

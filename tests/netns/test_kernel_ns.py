@@ -86,6 +86,14 @@ def test_an_op_naming_another_table_opens_it_and_close_table_empties_it(netns: s
         out["counters"] = [c.entries[0] is not None, c.entries[1], c.vifs[0] is not None, c.vifs[1]]
         out["in_default"] = k.counters(4, 253, [("198.18.0.2", "239.5.0.1")]).entries
         out["observe"] = [sorted(k.observe(4, 253).vifs), k.observe(6, 254).entries]
+        seen = k.observe(4, 100)
+        out["vifs100"] = {i: [v.device, v.ifindex == (r0, r1)[i]] for i, v in seen.vifs.items()}
+        out["entries100"] = {f"{s},{g}": [e.iif == r0, e.oifs == {r1: 1}]
+                             for (s, g), e in seen.entries.items()}
+        try:
+            k.observe(6, 200)
+        except KernelError as e:
+            out["observe6"] = str(e)
         k.close_table(4, 100)
         k.close_table(6, 200)
         out["after"] = [mroute("-4", "table", "100"), mroute("-6", "table", "200")]
@@ -100,6 +108,9 @@ def test_an_op_naming_another_table_opens_it_and_close_table_empties_it(netns: s
     assert out["counters"] == [True, None, True, None]
     assert out["in_default"] == [None]  # SIOCGETSGCNT is per table
     assert out["observe"] == [[], {}]
+    assert out["vifs100"] == {"0": ["r0", True], "1": ["r1", True]}  # netlink VIF dump
+    assert out["entries100"] == {"198.18.0.2,239.5.0.1": [True, True]}
+    assert "default IPv6 table only" in out["observe6"]
     assert out["after"] == ["", ""]
     assert out["left"] == [[4, 253], [6, 254]]
 
