@@ -442,13 +442,12 @@ class Kernel:
         """Apply in order; on a failure raise KernelError with `applied` (no undo here)."""
         done = 0
         family = table = -1
-        sock: MrouteSocket | None = None
+        sock: MrouteSocket
         try:
             for op in ops:
-                if op.family != family or op.table != table:
+                if op.table != table or op.family != family:  # one socket per chunk, usually
                     sock = self.open_table(op.family, op.table)
                     family, table = op.family, op.table
-                assert sock is not None
                 if type(op) is AddMfc:  # by far the most common: tested first, and cheaply
                     sock.add_mfc(op.source, op.group, op.parent, op.oifs)
                 else:
