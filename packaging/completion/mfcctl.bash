@@ -113,7 +113,7 @@ _mfcctl() {
         "batch ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
         "vif set") opts="-h --help --threshold -o --output -n --dry-run -v --verbose" ;;
         "vif show") opts="-h --help -s --stats -o --output -v --verbose" ;;
-        "sync ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
+        "sync ") opts="-h --help --full -o --output -n --dry-run -v --verbose" ;;
         "ping ") opts="-h --help -o --output -v --verbose" ;;
         *) opts="-h --help" ;;
     esac

@@ -393,6 +393,12 @@ def _sync_command(sub: Any) -> None:
         " entries mfcd does not own. With --dry-run, only report. mfcd also does this at"
         " start-up and after interface changes.",
     )
+    sync.add_argument(
+        "--full",
+        action="store_true",
+        help="read the kernel's whole MFC, which also finds entries mfcd did not add (by"
+        " default only up to 100,000 routes: the kernel's dump takes minutes at 1,000,000)",
+    )
     _command_options(sync, changes=True)
 
 
@@ -782,7 +788,7 @@ class Cli:
             self.emit(result, format_vif_show)
             return protocol.EXIT_OK
         if a.command == "sync":
-            result = self.client.call("sync", {}, dry_run=a.dry_run)
+            result = self.client.call("sync", {"full": True} if a.full else {}, dry_run=a.dry_run)
             self.emit(result, format_sync)
             return protocol.EXIT_OK
         if a.command == "ping":

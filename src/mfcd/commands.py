@@ -31,6 +31,7 @@ from mfcd.errors import (
     InvalidArgument,
     MfcdError,
     NotFound,
+    TooLarge,
     UnsupportedVersion,
 )
 from mfcd.model import (
@@ -47,6 +48,7 @@ from mfcd.model import (
 log = logging.getLogger("mfcd")
 
 ENVELOPE_FIELDS = {"v", "id", "cmd", "args", "dry_run"}
+MAX_MESSAGE = 1000  # characters of an error message; the rest of a quoted value is left out
 OIF_FIELDS = ("source", "group", "oifs")  # mfc.oif.add, mfc.oif.del
 # Up to this many installed routes `sync` dumps the kernel's whole MFC (about 1 s at 100,000
 # entries, growing faster than the table: minutes at 1,000,000) and so also finds entries mfcd
@@ -79,6 +81,8 @@ class Commands:
         self.plane = plane  # read by sync; None: sync is not available
         self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.on_change: Callable[[], None] | None = None  # called after each applied change
+        # JSON values a request may hold (set by the server from max_request_bytes).
+        self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
             "ping": self.ping,
             "show": self.show,
@@ -92,16 +96,18 @@ class Commands:
             "sync": self.sync,
         }
 
-    def handle(self, line: bytes, peer: Peer) -> bytes:
+    def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
             return self._handle(line, peer)
 
-    def _handle(self, line: bytes, peer: Peer) -> bytes:
+    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
         request_id: Any = None
         try:
             try:
-                msg = protocol.decode(line)
+                msg = protocol.decode(line, self.max_values)
+            except protocol.TooManyValues as e:
+                raise TooLarge(str(e)) from None
             except ValueError as e:
                 raise BadRequest(f"request is not a JSON object: {e}") from None
             request_id = msg.get("id")
@@ -113,7 +119,10 @@ class Commands:
         except MfcdError as e:
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
-            return protocol.encode_error(request_id, e.code, str(e), e.field)
+            message = str(e)
+            if len(message) > MAX_MESSAGE:  # it may quote a value of any size
+                message = message[: MAX_MESSAGE - 3] + "..."
+            return protocol.encode_error(request_id, e.code, message, e.field)
         except Exception as e:  # a bug; keep serving everyone else
             log.exception("internal error while handling a request from %s", peer)
             return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
@@ -237,7 +246,7 @@ class Commands:
         if ("ops" in args) == ("text" in args):
             raise BadRequest("a batch takes either ops (a list) or text (batch file lines)")
         text = args.get("text")
-        if text is not None:
+        if "text" in args:
             if not isinstance(text, str):
                 raise BadRequest("text must be a string", field="text")
             changes, deleted, updated = self._text_changes(text)

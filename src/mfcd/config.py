@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from mfcd.errors import ConfigError
+from mfcd.protocol import MAX_REQUEST_BYTES
 
 DEFAULT_PATH = "/etc/mfc_daemon.conf"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -27,7 +28,8 @@ class Config:
     ipv4: bool = True
     ipv6: bool = True
     client_timeout: float = 30.0  # seconds a client may take to send a complete request
-    max_request_bytes: int = 64 * 1024 * 1024
+    # Longest request line: a batch of 1,000,000 routes as text fits (see protocol.py).
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
     @property
     def families(self) -> tuple[int, ...]:

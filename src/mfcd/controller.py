@@ -283,13 +283,17 @@ class Controller:
         if failures and self.on_drift is not None:
             self.on_drift()
 
+    def compaction_due(self) -> bool:
+        """Whether the journal should be compacted into a snapshot now."""
+        # Once the journal holds as many ops as there are routes (and at least 10,000), so
+        # compaction's O(routes) cost is spread over O(routes) changes.
+        return self.state.ops_since_snapshot >= max(10_000, len(self.router.routes))
+
     def maybe_compact(self) -> None:
-        """Compact the state file if it is due; the daemon calls this after each change,
-        once the client has its answer (a compaction of 100,000 routes takes a while)."""
-        # Compact once the journal holds as many ops as there are routes (and at least 10,000),
-        # so compaction's O(routes) cost is spread over O(routes) changes.
+        """Compact the state file here and now if it is due (the daemon instead writes the
+        snapshot in a thread: see Daemon._compact)."""
         # The change is already durable in the journal, so a failed compaction only costs space.
-        if self.state.ops_since_snapshot >= max(10_000, len(self.router.routes)):
+        if self.compaction_due():
             try:
                 self.compact()
             except StateError as e:

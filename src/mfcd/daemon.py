@@ -27,7 +27,7 @@ from mfcd import __version__, config, directory_trust, netlink, notify
 from mfcd.commands import Commands
 from mfcd.controller import Controller, describe_step, gc_paused, observe
 from mfcd.dataplane import Events
-from mfcd.errors import ConfigError, KernelError, MfcdError
+from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.kernel import Kernel
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import VERSION, StateFile
@@ -83,6 +83,33 @@ MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing 
 CHECK_CHUNK = 2_000  # routes a drift check probes and writes between two turns of the loop
 
 
+# Signals whose default action kills the process, ignored with a log line. SIGQUIT would
+# also dump core; stopping takes SIGTERM, which releases the kernel's tables cleanly.
+IGNORED_SIGNALS = (
+    signal.SIGUSR2,
+    signal.SIGQUIT,
+    signal.SIGALRM,
+    signal.SIGVTALRM,
+    signal.SIGPROF,
+    signal.SIGIO,
+    signal.SIGPWR,
+)
+
+
+def _ignore_signals_from_now_on(loop: asyncio.AbstractEventLoop) -> None:
+    """mfcd is done: closing the loop would give each signal its default action back, and a
+    second SIGTERM (an impatient operator's) would kill the process in its last steps."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, *IGNORED_SIGNALS):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _ignore(sig: signal.Signals) -> None:
+    log.warning(
+        "ignoring %s (SIGTERM stops mfcd, SIGHUP reloads, SIGUSR1 logs the status)", sig.name
+    )
+
+
 class Daemon:
     # Set once start-up has taken the kernel's tables (see run()).
     controller: Controller
@@ -108,6 +135,7 @@ class Daemon:
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
         self.serving = False  # start-up is over
         self._reload_pending = False  # SIGHUP arrived during start-up
+        self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
         # Upcalls received, by kind (dataplane.UPCALL_KINDS): counted, not yet acted on.
@@ -122,6 +150,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self._log_status)
+        # Their default action would kill mfcd without releasing the socket file.
+        for sig in IGNORED_SIGNALS:
+            loop.add_signal_handler(sig, _ignore, sig)
         listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
         kernel = None
         state = self.state = StateFile(cfg.state_file)
@@ -144,6 +176,7 @@ class Daemon:
             if kernel is not None:
                 kernel.close()
             state.close()
+            _ignore_signals_from_now_on(loop)
 
     def _restore(self, state: StateFile, kernel: Kernel) -> Controller:
         """Read the state file and put its routes in the kernel."""
@@ -207,13 +240,16 @@ class Daemon:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0, full=True)
         # A long journal is compacted by the usual rule, but not before the first requests.
-        loop.call_later(COMPACT_DELAY, controller.maybe_compact)
+        compact = loop.call_later(COMPACT_DELAY, self._compact_soon)
         await self.stopping.wait()
         log.info("stopping: removing routes from the kernel")
         self.reporter.close()  # no STATUS= of routes after this one
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
         keeper.cancel()
+        compact.cancel()  # the journal is closed soon
+        if self._compacting is not None:
+            self._compacting.cancel()
         await server.stop()
         for fd in fds:
             loop.remove_reader(fd)
@@ -221,6 +257,13 @@ class Daemon:
             self._resync.cancel()
         if self._checking is not None:
             self._checking.cancel()
+
+    def _log_status(self) -> None:
+        """SIGUSR1: one line on what mfcd holds and serves."""
+        if not self.serving or self.server is None:
+            log.info("status: starting")
+            return
+        log.info("status: %s; %s", self.status(), self.server.load())
 
     def status(self) -> str:
         router = self.controller.router
@@ -230,7 +273,44 @@ class Daemon:
     def _after_change(self) -> None:
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.
-        asyncio.get_running_loop().call_soon(self.controller.maybe_compact)
+        asyncio.get_running_loop().call_soon(self._compact_soon)
+
+    def _compact_soon(self) -> None:
+        """Start compacting the state file in a thread if it is due and not under way."""
+        if self._compacting is None and self.controller.compaction_due():
+            self._compacting = asyncio.get_running_loop().create_task(self._compact())
+
+    async def _compact(self) -> None:
+        """Write a snapshot in a thread while requests are served, then put it in place.
+
+        Formatting and syncing 1,000,000 routes takes seconds: on the loop it would hold
+        every client for that long after the change that made it due. Only copying the
+        routes (two dicts, some tens of ms) and the final rename happen here.
+        """
+        router = self.controller.router
+        began = time.monotonic()
+        job = self.state.start_compaction(dict(router.routes), dict(router.thresholds))
+        routes = len(job.routes)
+        writing = asyncio.ensure_future(asyncio.to_thread(job.write))
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            job.cancel()  # mfcd is stopping: the thread stops at its next record
+            await asyncio.wait([writing])
+            job.discard()
+            raise
+        finally:
+            self._compacting = None
+        try:
+            if self.state.finish_compaction(job):
+                log.info(
+                    "compacted the state file: %d routes, %d changes made meanwhile, in %.2f s",
+                    routes,
+                    len(job.tail),
+                    time.monotonic() - began,
+                )
+        except StateError as e:
+            log.error("compacting the state file failed (the journal keeps growing): %s", e)
 
     def report_status(self) -> None:
         """Keep `systemctl status mfc_daemon` current (at most once a second)."""

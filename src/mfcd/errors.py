@@ -35,6 +35,10 @@ class NotFound(MfcdError):
     code = "not_found"
 
 
+class TooLarge(MfcdError):
+    code = "too_large"
+
+
 class VifLimit(MfcdError):
     code = "vif_limit"
 

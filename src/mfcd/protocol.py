@@ -28,9 +28,14 @@ PROTOCOL_VERSION = 1
 DEFAULT_SOCKET = "/run/mfcd/mfcd.sock"
 SOCKET_ENV = "MFCD_SOCKET"
 
-# Requests larger than this are refused: it bounds the daemon's memory per client.  A batch of
-# 100,000 routes takes about 7 MiB as text (9 MiB as ops): room for some 900,000 routes.
-MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# Requests larger than this are refused (the default of max_request_bytes).  A batch of
+# 1,000,000 IPv4 routes takes about 66 MiB as mfcctl sends it (text); IPv6 lines are longer.
+MAX_REQUEST_BYTES = 128 * 1024 * 1024
+# Bytes of request per JSON value (string, number, array, object) allowed at most: parsed,
+# a value costs 50 to 100 bytes of memory, so a request of packed small values (`[[],[],...`)
+# would take 20 times its size. A batch as text is one string; as ops, about 12 values per
+# route: room for ops of some 170,000 routes at the default max_request_bytes.
+BYTES_PER_VALUE = 64
 
 COMMANDS = (
     "ping",
@@ -63,6 +68,7 @@ ERROR_EXIT = {
     "state_error": 6,  # the state file could not be written; nothing was changed
     "shutting_down": 3,
     "too_many_clients": 3,  # the daemon already serves its maximum of connections
+    "busy": 3,  # other clients' large requests or unread responses fill mfcd's budget for them
     "internal_error": 7,
 }
 
@@ -110,12 +116,64 @@ def encode_error(request_id: Any, code: str, message: str, field: str | None = N
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
 
 
-def decode(line: bytes) -> dict[str, Any]:
-    """Parse one message line; raises ValueError when it is not a JSON object."""
+class TooManyValues(ValueError):
+    """A request holds more JSON values than mfcd parses (see BYTES_PER_VALUE)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"request holds more than {limit} JSON values (strings, numbers, arrays, objects);"
+            " send a large batch as text, or split it up"
+        )
+
+
+class _Counter:
+    """json.loads hooks counting the numbers it parses (JSON has no hook for strings or arrays)."""
+
+    def __init__(self, limit: int, used: int) -> None:
+        self.limit = limit
+        self.left = limit - used
+
+    def count(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise TooManyValues(self.limit)
+
+    def parse_int(self, text: str) -> int:
+        self.count()
+        return int(text)
+
+    def parse_float(self, text: str) -> float:
+        self.count()
+        return float(text)
+
+
+def decode(line: bytes | bytearray, max_values: int | None = None) -> dict[str, Any]:
+    """Parse one message line; raises ValueError when it is not a JSON object, TooManyValues
+    when it holds more than `max_values` strings, numbers, arrays and objects (mfcd's limit
+    for requests; None for mfcd's responses, which mfcctl reads: `show` may be large)."""
     try:
-        msg = json.loads(line)
+        msg = _parse(line, max_values)
     except RecursionError:
         raise ValueError("nested too deeply") from None
     if not isinstance(msg, dict):
         raise ValueError("a message must be a JSON object")
     return msg
+
+
+def _parse(line: bytes | bytearray, max_values: int | None) -> Any:
+    # Each value but a few singletons takes two bytes at least: a shorter line is safe.
+    if max_values is None or len(line) <= 2 * max_values:
+        return json.loads(line)
+    # Every string has two quotes and every array and object its bracket, so these counts
+    # are upper bounds (quotes and brackets inside strings count too); numbers are counted
+    # as they are parsed. Either way the memory of parsing stays in proportion to the line.
+    values = line.count(b'"') // 2 + line.count(b"[") + line.count(b"{")
+    if values > max_values:
+        raise TooManyValues(max_values)
+    counter = _Counter(max_values, values)
+    return json.loads(
+        line,
+        parse_int=counter.parse_int,
+        parse_float=counter.parse_float,
+        parse_constant=counter.parse_float,  # NaN, Infinity: floats too
+    )

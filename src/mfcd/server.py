@@ -5,6 +5,13 @@ applied strictly one at a time while any number of clients stay connected.  Each
 client gets `client_timeout` seconds to send a complete request line and at most
 `max_request_bytes` per line; a client that breaks either rule gets an error and is
 disconnected, and nobody else notices.
+
+Memory: the request bytes buffered for all clients together (partial lines, and the
+line being handled) stay within a budget of twice `max_request_bytes`.  The first
+FREE_BYTES of each client's buffer do not count, so small requests always get
+through; a client whose buffer would overrun the budget gets `busy` and is
+disconnected.  Responses that clients have not read yet have a budget of the same
+size: over it, the next request gets `busy` instead of a response.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ log = logging.getLogger("mfcd")
 
 _UCRED = struct.Struct("=iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 MAX_CLIENTS = 256  # connections served at once; more are refused with too_many_clients
+CHUNK = 256 * 1024  # bytes taken from a client's stream at a time
+STREAM_LIMIT = 64 * 1024  # the stream stops reading the socket beyond twice this, unread
+FREE_BYTES = 64 * 1024  # of each client's buffer, not counted against the shared budget
+CLOSE_GRACE = 0.5  # seconds a closing connection has to take its last response
 
 
 def peer_of(sock: socket.socket | None) -> Peer:
@@ -163,6 +174,25 @@ def _set_access(path: str, gid: int, mode: int) -> None:
         os.close(fd)
 
 
+class Refused(Exception):
+    """A client broke a limit: the error it gets before it is disconnected."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Buffer:
+    """What one client sent and mfcd has not answered yet."""
+
+    __slots__ = ("counted", "data", "scanned")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.scanned = 0  # data[:scanned] holds no newline
+        self.counted = 0  # bytes of it counted against the shared budget
+
+
 class Server:
     def __init__(
         self, commands: Commands, path: str, client_timeout: float, max_request_bytes: int
@@ -171,78 +201,170 @@ class Server:
         self.path = path
         self.client_timeout = client_timeout
         self.max_request_bytes = max_request_bytes
+        commands.max_values = max_request_bytes // protocol.BYTES_PER_VALUE
+        self.budget = 2 * max_request_bytes  # for every client's request bytes together
+        self.buffered = 0  # bytes counted against the budget now
+        self.stopping = False
         self._server: asyncio.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self, sock: socket.socket) -> None:
-        self._server = await asyncio.start_unix_server(
-            self._client, sock=sock, limit=self.max_request_bytes
+        self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=STREAM_LIMIT)
+
+    def load(self) -> str:
+        """How busy the socket is, for the status line of SIGUSR1."""
+        mib = 1024 * 1024
+        return (
+            f"{len(self._clients)} clients connected,"
+            f" request buffers {self.buffered / mib:.1f} of {self.budget / mib:.0f} MiB"
         )
 
     async def stop(self) -> None:
-        """Stop accepting, finish the request in progress, disconnect clients, remove the socket."""
+        """Take no more connections and read no more requests; disconnect every client once
+        the response being written has gone out (for at most CLOSE_GRACE); remove the socket.
+
+        Requests are handled synchronously, so none is ever half done here: cancelling a
+        client interrupts it while it waits for a request or for its response to be read.
+        """
+        self.stopping = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._clients):
+        for task in self._clients:
             task.cancel()
         if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
+            await asyncio.wait(list(self._clients), timeout=2 * CLOSE_GRACE)
+        for writer in self._clients.values():  # none left, unless something hangs
+            writer.transport.abort()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self.stopping:  # accepted just before the listener closed
+            writer.transport.abort()
+            return
         peer = peer_of(writer.get_extra_info("socket"))
         if len(self._clients) >= MAX_CLIENTS:
             # Each client costs a descriptor and a buffer: refuse rather than run out of both.
             log.warning("refusing %s: %d clients connected already", peer, MAX_CLIENTS)
             message = f"mfcd serves at most {MAX_CLIENTS} clients at once; try again"
             writer.write(protocol.encode_error(None, "too_many_clients", message))
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.drain(), 1.0)
-            writer.close()
+            await self._close(writer)
             return
-        self._clients.add(task)
+        self._clients[task] = writer
+        buffer = Buffer()
         try:
-            await self._serve(reader, writer, peer)
+            await self._serve(reader, writer, peer, buffer)
         except (ConnectionError, asyncio.CancelledError, TimeoutError):
             pass
+        except Exception:  # a bug: this client is dropped, everyone else is served
+            log.exception("internal error while serving %s", peer)
         finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
+            self._hold(buffer, 0)
+            del self._clients[task]
+            await self._close(writer)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close a connection once its last response is sent; drop it if that takes long."""
+        writer.close()
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
                 await writer.wait_closed()
+        except (Exception, asyncio.CancelledError):
+            writer.transport.abort()
 
     async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+        buffer: Buffer,
     ) -> None:
-        while True:
+        while not self.stopping:
             try:
-                line = await self._read_request(reader)
-            except asyncio.IncompleteReadError:
-                return  # the client closed its end
-            except asyncio.LimitOverrunError:
-                message = f"request larger than {self.max_request_bytes} bytes; split it up"
-                await self._send(writer, protocol.encode_error(None, "too_large", message))
+                line = await self._read_request(reader, buffer)
+            except Refused as e:
+                await self._send(writer, protocol.encode_error(None, e.code, str(e)))
                 return
             except TimeoutError:
                 message = f"no complete request within {self.client_timeout:g} s; disconnecting"
                 await self._send(writer, protocol.encode_error(None, "timeout", message))
                 return
+            if line is None or self.stopping:
+                return  # the client closed its end, or mfcd stops: no new request is handled
+            if self._responses_held() > self.budget:
+                # Clients that do not read what they asked for (`show` of many routes):
+                # no new response is made until theirs are taken or they are dropped.
+                await self._send(writer, protocol.encode_error(None, "busy", self._busy()))
+                return
             # Synchronous on purpose: one change at a time, and no await between the kernel
             # change and the journal write.
-            await self._send(writer, self.commands.handle(line, peer))
+            response = self.commands.handle(line, peer)
+            del line
+            self._hold(buffer, len(buffer.data))
+            await self._send(writer, response)
+            # A client that pipelines has its next requests read already, and neither the
+            # read nor the send waits: give the other clients, and a stop, their turn.
+            await asyncio.sleep(0)
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> bytes:
-        """The next non-blank line, within client_timeout (blank lines do not extend it)."""
+    async def _read_request(
+        self, reader: asyncio.StreamReader, buffer: Buffer
+    ) -> bytes | bytearray | None:
+        """The next non-blank line (None at the end of the stream), within client_timeout
+        (blank lines do not extend it). Its bytes stay counted until _hold releases them."""
         async with asyncio.timeout(self.client_timeout):
             while True:
-                line = await reader.readuntil(b"\n")
-                if line.strip():
+                data = buffer.data
+                end = data.find(b"\n", buffer.scanned)
+                if end < 0:
+                    buffer.scanned = len(data)
+                    if len(data) > self.max_request_bytes:
+                        raise Refused("too_large", self._too_large())
+                    chunk = await reader.read(CHUNK)
+                    if not chunk:
+                        return None
+                    self._hold(buffer, len(data) + len(chunk))
+                    data += chunk
+                    continue
+                if end > self.max_request_bytes:
+                    raise Refused("too_large", self._too_large())
+                buffer.scanned = 0
+                if end == len(data) - 1:  # the whole buffer, as usual: no copy
+                    line, buffer.data = data, bytearray()
+                else:
+                    line = data[: end + 1]
+                    del data[: end + 1]
+                if not line.isspace():  # (strip() would copy a line of any size)
                     return line
+
+    def _too_large(self) -> str:
+        return f"request larger than {self.max_request_bytes} bytes; split it up"
+
+    def _hold(self, buffer: Buffer, size: int) -> None:
+        """Let a client's buffer hold `size` bytes, within the shared budget."""
+        counted = max(0, size - FREE_BYTES)
+        more = counted - buffer.counted
+        if more > 0 and self.buffered + more > self.budget:
+            raise Refused("busy", self._busy())
+        self.buffered += more
+        buffer.counted = counted
+
+    def _busy(self) -> str:
+        mib = self.budget // (1024 * 1024)
+        return (
+            f"mfcd's memory for requests and responses ({mib} MiB for all clients) is taken"
+            " by other clients; try again"
+        )
+
+    def _responses_held(self) -> int:
+        """Bytes of responses written and not yet taken by their clients."""
+        return sum(w.transport.get_write_buffer_size() for w in self._clients.values())
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         """Write a response; a client that stops reading it is dropped after client_timeout."""
         writer.write(data)
-        await asyncio.wait_for(writer.drain(), self.client_timeout)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+        # that arrives as the drain completes, and the client would be served on after a stop.
+        async with asyncio.timeout(self.client_timeout):
+            await writer.drain()

@@ -31,6 +31,9 @@ When the journal has grown to about as many ops as there are routes, the daemon
 writes a fresh snapshot to a temporary file, fsyncs it, renames it over the
 journal and fsyncs the directory: compaction costs O(routes) once per O(routes)
 changes, and a snapshot, however many lines it takes, is on disk whole or not at all.
+The daemon writes it in a thread (`Compaction`) from a copy of the routes while the
+journal keeps taking changes; those are appended to the new file, renumbered, just
+before the rename.
 
 A record is written and synced before its newline is, so a last line without its newline
 is, most likely, a change a crash interrupted before it was acknowledged: it is ignored
@@ -67,7 +70,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from sys import intern
 from typing import Any
@@ -434,6 +437,7 @@ class StateFile:
         self._length = 0  # bytes of complete records: where the next append starts
         self._seq = 0  # sequence number of the last record written
         self._fresh = False  # load() found no file: the first append may start one
+        self._compaction: Compaction | None = None  # a snapshot being written in a thread
         self.ops_since_snapshot = 0
 
     @property
@@ -591,6 +595,8 @@ class StateFile:
         self._length += len(data)
         self._seq += 1
         self.ops_since_snapshot += len(changes)
+        if self._compaction is not None:
+            self._compaction.tail.append(changes)
 
     def _cut_back(self) -> None:
         """Drop a record whose write failed: the change is refused, so it must not replay.
@@ -608,29 +614,56 @@ class StateFile:
 
     def write_snapshot(self, routes: Iterable[Route], thresholds: dict[str, int]) -> None:
         """Replace the journal with one snapshot: temporary file, fsync, rename, fsync dir."""
-        directory = os.path.dirname(os.path.abspath(self.path))
+        self._stale_compaction()  # this snapshot has everything a compaction under way has
         tmp = f"{self.path}.tmp"
-        fd = -1
-        length = len(HEADER)
-        seq = self._seq
+        fd, length, seq = _write_snapshot_file(self.path, tmp, routes, thresholds, self._seq)
         try:
-            os.makedirs(directory, exist_ok=True)
-            fd = _create(tmp)
-            _write_all(fd, HEADER)
-            for record in _snapshot_records(routes, thresholds, self._seq + 1):
-                _write_all(fd, record)
-                length += len(record)
-                seq += 1
-            os.fsync(fd)
             os.rename(tmp, self.path)  # replaces a link at the path itself, never its target
-        except BaseException as e:
-            if fd >= 0:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            if isinstance(e, OSError):
-                raise StateError(f"{self.path}: cannot write the state file: {_why(e)}") from None
-            raise
+        except OSError as e:
+            _discard(fd, tmp)
+            raise StateError(f"{self.path}: cannot write the state file: {_why(e)}") from None
+        self._switch_to(fd, length, seq, ops=0)
+
+    def start_compaction(
+        self, routes: dict[RouteKey, Ports], thresholds: dict[str, int]
+    ) -> Compaction:
+        """Begin a snapshot of `routes` (a copy the caller will not change) that a thread writes
+        with `Compaction.write` while the journal keeps taking changes; `finish_compaction`
+        then adds those changes to it and puts it in the journal's place."""
+        job = Compaction(self.path, routes, thresholds, self._seq)
+        self._compaction = job
+        return job
+
+    def finish_compaction(self, job: Compaction) -> bool:
+        """Append the changes recorded since the compaction began (renumbered after the
+        snapshot), sync, and rename it over the journal. False if it was overtaken (a
+        snapshot was written meanwhile, or it was cancelled): nothing changes then."""
+        if self._compaction is job:
+            self._compaction = None
+        if job.error is not None or job.stale:
+            job.discard()
+            if job.error is not None and not job.stale:
+                raise job.error
+            return False
+        fd, length, seq, ops = job.fd, job.length, job.seq, 0
+        try:
+            for changes in job.tail:
+                seq += 1
+                data = encode_changes(changes, seq)
+                _write_all(fd, data)
+                length += len(data)
+                ops += len(changes)
+            os.fdatasync(fd)
+            os.rename(job.tmp, self.path)
+        except OSError as e:
+            job.discard()
+            raise StateError(f"{self.path}: cannot write the state file: {_why(e)}") from None
+        job.fd = -1  # the journal's now
+        self._switch_to(fd, length, seq, ops)
+        return True
+
+    def _switch_to(self, fd: int, length: int, seq: int, ops: int) -> None:
+        """Make the snapshot just renamed to the path the journal appended to from now on."""
         # From the rename on, the new file is the journal: appending to the old, unlinked one
         # would lose changes. A failed directory fsync only risks the rename itself at a crash,
         # and the old journal holds the same routes.
@@ -639,18 +672,123 @@ class StateFile:
         stat = os.fstat(fd)
         self._fd, self._identity = fd, (stat.st_dev, stat.st_ino)
         with contextlib.suppress(OSError):
-            _fsync_directory(directory)
+            _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
         self._length = length
         self._seq = seq
-        self.ops_since_snapshot = 0
+        self.ops_since_snapshot = ops
+
+    def _stale_compaction(self) -> None:
+        if self._compaction is not None:
+            self._compaction.stale = True
+            self._compaction = None
 
     def close(self) -> None:
+        if self._compaction is not None:
+            self._compaction.cancel()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
+
+
+class Compaction:
+    """A snapshot a thread writes while the event loop keeps serving (see start_compaction).
+
+    The thread only writes its own temporary file from a copy of the routes; everything the
+    journal and the loop share is touched in finish_compaction, on the loop.
+    """
+
+    def __init__(
+        self, path: str, routes: dict[RouteKey, Ports], thresholds: dict[str, int], seq: int
+    ) -> None:
+        self.path = path
+        self.tmp = f"{path}.compact"  # not .tmp: a snapshot written back meanwhile uses that
+        self.routes = routes
+        self.thresholds = thresholds
+        self.fd = -1
+        self.length = 0
+        self.seq = seq  # of the snapshot's last record once written
+        self.tail: list[Sequence[Change]] = []  # changes journaled meanwhile, in order
+        self.stale = False  # overtaken by a snapshot written meanwhile: never renamed
+        self.error: StateError | None = None
+        self._cancelled = False
+
+    def write(self) -> None:
+        """The thread's part: the snapshot to the temporary file, synced; errors kept for
+        finish_compaction (a thread must not raise them where nobody looks)."""
+        routes = (
+            Route(family, source, group, iif, oifs)
+            for (family, source, group), (iif, oifs) in self.routes.items()
+        )
+        try:
+            self.fd, self.length, self.seq = _write_snapshot_file(
+                self.path,
+                self.tmp,
+                routes,
+                self.thresholds,
+                self.seq,
+                cancelled=lambda: self._cancelled,
+            )
+        except StateError as e:
+            self.error = e
+        self.routes = {}  # its memory goes back now, not when the job is dropped
+
+    def cancel(self) -> None:
+        """Stop the thread at its next record (mfcd is stopping); the file is removed."""
+        self._cancelled = True
+        self.stale = True
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            _discard(self.fd, self.tmp)
+            self.fd = -1
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _write_snapshot_file(
+    path: str,
+    tmp: str,
+    routes: Iterable[Route],
+    thresholds: dict[str, int],
+    seq: int,
+    *,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> tuple[int, int, int]:
+    """Write a snapshot numbered after `seq` to a new file `tmp` and fsync it: its open
+    descriptor, length and last sequence number. The caller renames it into place."""
+    fd = -1
+    length = len(HEADER)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
+        fd = _create(tmp)
+        _write_all(fd, HEADER)
+        for record in _snapshot_records(routes, thresholds, seq + 1):
+            if cancelled():
+                raise _Cancelled
+            _write_all(fd, record)
+            length += len(record)
+            seq += 1
+        os.fsync(fd)
+    except BaseException as e:
+        if fd >= 0:
+            _discard(fd, tmp)
+        if isinstance(e, OSError):
+            raise StateError(f"{path}: cannot write the state file: {_why(e)}") from None
+        if isinstance(e, _Cancelled):
+            raise StateError(f"{path}: cannot write the state file: cancelled") from None
+        raise
+    return fd, length, seq
+
+
+def _discard(fd: int, tmp: str) -> None:
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
 
 def _create(tmp: str) -> int:

@@ -11,6 +11,7 @@ from mfcd.errors import BadRequest, InvalidArgument
 from mfcd.model import MAXVIFS, AddRoute, Ports, Route, RouteKey
 
 IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
+MAX_OIFS = MAXVIFS - 1  # every interface of a route, its iif too, needs a VIF of its own
 # Linux accepts almost any byte in a name; we accept the characters people and tools use, so a
 # name can never smuggle whitespace, quotes or control characters into logs and tables.
 # Not starting with "-": such a name would read as an option to mfcctl, ip and others.
@@ -168,11 +169,23 @@ def interface(value: Any, field: str) -> str:
 def interfaces(value: Any, field: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise InvalidArgument(f"{field} must be a non-empty list of interface names", field=field)
+    _check_oif_count(value, field)
     names = tuple([interface(v, field) for v in value])
     if len(names) > 1 and len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
+        dup = next(n for n in names if names.count(n) > 1)  # at most MAX_OIFS names
         raise InvalidArgument(f"{field} names {dup} more than once", field=field)
     return names
+
+
+def _check_oif_count(oifs: list[Any], field: str = "oifs") -> None:
+    """Refuse more oifs than a route can have before looking at any of them, so a list of
+    any length costs nothing but its own parsing."""
+    if len(oifs) > MAX_OIFS:
+        raise InvalidArgument(
+            f"{field} names {len(oifs)} interfaces; a route can use at most {MAXVIFS}"
+            f" interfaces (the kernel's VIF limit): its iif and up to {MAX_OIFS} oifs",
+            field=field,
+        )
 
 
 ROUTE_FIELDS = ("source", "group", "iif", "oifs")
@@ -205,6 +218,7 @@ def add_change(source: Any, group: Any, iif: Any, oifs: Any) -> AddRoute:
     key = route_key_of(source, group)
     if oifs.__class__ is not list:
         return AddRoute(key, _ports(iif, oifs))
+    _check_oif_count(oifs)
     given = (iif, *oifs)
     try:
         checked = _seen_ports.get(given)  # only ever holds combinations of valid names
@@ -225,10 +239,6 @@ def _ports(iif_value: Any, oifs_value: Any) -> Ports:
             f"iif {iif} is also listed in oifs; the kernel never forwards a packet back out of"
             " the interface it arrived on",
             field="oifs",
-        )
-    if len(oifs) + 1 > MAXVIFS:
-        raise InvalidArgument(
-            f"a route can use at most {MAXVIFS} interfaces (the kernel's VIF limit)", "oifs"
         )
     return Ports(intern(iif), tuple([intern(n) for n in oifs]))
 

@@ -83,7 +83,7 @@ def _leaves(
         ("mfcctl --output=j", ["json"]),  # bash breaks the word at '=' and keeps "--output="
         (
             "mfcctl -n --socket /tmp/x.sock sync --",
-            ["--help", "--output", "--dry-run", "--verbose"],
+            ["--help", "--full", "--output", "--dry-run", "--verbose"],
         ),
         ("mfcctl show --watch ", []),
         ("mfcctl mfc add --source 2001:db8::2 --group ff3e::1 --", None),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 
@@ -95,6 +96,11 @@ def test_sync_repairs_a_vif_removed_behind_the_daemons_back(
     assert "repaired" in mfcd.ok("sync")
     assert received(lab, family) == [5, 5, 0]
     assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+    assert json.loads(mfcd.ok("-o", "json", "sync", "--full")) == {
+        "dry_run": False,
+        "repairs": [],
+        "full": True,
+    }
 
 
 STATIC_LEFTOVERS = """

@@ -76,7 +76,10 @@ def test_kill_9_while_adding_loses_no_acknowledged_route(lab: Lab, mfcd: Mfcd) -
 
     thread = threading.Thread(target=client)
     thread.start()
-    time.sleep(1.5)
+    # Kill it once some changes are acknowledged (a loaded machine runs fewer per second).
+    deadline = time.monotonic() + 30
+    while len(acked) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
     mfcd.stop(signal.SIGKILL)
     stop.set()
     thread.join()

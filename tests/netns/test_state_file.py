@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Lab
+from mfcd import state
 from mfcd.state import HEADER, HEADER_V1, encode_record
 from tests.netns.conftest import BIN, Mfcd, route_args
 
@@ -25,6 +26,11 @@ def group(i: int) -> str:
 def add_routes(mfcd: Mfcd, numbers: range) -> None:
     for i in numbers:
         mfcd.ok(*route_args("198.18.0.2", group(i), "r0", "r1"))
+
+
+def journal_ops(path: str) -> int:
+    """Ops journaled since the state file's snapshot."""
+    return state.parse(Path(path).read_bytes(), path).ops_since_snapshot
 
 
 def groups(mfcd: Mfcd) -> set[str]:
@@ -222,3 +228,31 @@ def test_a_version_1_file_loads_and_is_rewritten_in_version_2(lab: Lab, mfcd: Mf
     assert f"{mfcd.state_file}: format version 1; rewriting it" in log
     mfcd.start()
     assert groups(mfcd) == {group(i) for i in range(1, 5)}
+
+
+def test_changes_made_while_a_compaction_is_written_survive_it(lab: Lab, mfcd: Mfcd) -> None:
+    """A batch large enough to make compaction due, then more changes at once, while the
+    snapshot is written in a thread; after a kill -9, every change is back."""
+    count = 30_000
+    text = "".join(
+        f"mfc add --source 198.18.0.2 --group 239.{4 + i // 65536}.{i // 256 % 256}.{i % 256}"
+        " --iif r0 --oifs r1\n"
+        for i in range(count)
+    )
+    mfcd.ok("batch", "-", stdin=text)
+    # Straight after the answer the snapshot is being written: these land in its tail.
+    mfcd.ok("mfc", "del", "--source", "198.18.0.2", "--group", "239.4.0.0")
+    add_routes(mfcd, range(1, 21))
+    compacted = Path(f"{mfcd.state_file}.compact")
+    deadline = time.monotonic() + 60
+    while compacted.exists() or journal_ops(mfcd.state_file) > 21:
+        assert time.monotonic() < deadline, "the journal was not compacted"
+        time.sleep(0.1)
+    mfcd.stop(signal.SIGKILL)
+    mfcd.start()
+    found = groups(mfcd)
+    assert len(found) == count - 1 + 20
+    assert "239.4.0.0" not in found
+    assert {group(i) for i in range(1, 21)} <= found
+    assert "compacted the state file: 30000 routes" in mfcd.log
+    assert "ERROR" not in mfcd.log

@@ -40,7 +40,7 @@ def test_empty_file_gives_the_defaults() -> None:
         0o660,
         "info",
     )
-    assert (cfg.client_timeout, cfg.max_request_bytes) == (30.0, 64 * 1024 * 1024)
+    assert (cfg.client_timeout, cfg.max_request_bytes) == (30.0, 128 * 1024 * 1024)
     assert cfg.families == (4, 6)
 
 

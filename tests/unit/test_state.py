@@ -931,3 +931,81 @@ def test_a_leftover_temporary_file_is_replaced(path: Path, journal: bytes) -> No
     sf.close()
     assert sorted(os.listdir(path.parent)) == [path.name]
     assert routes_of(reload(path)[1]) == {R2.key: R2}
+
+
+# --- compaction in a thread ------------------------------------------------------------------
+
+
+def started(path: Path, routes: list[Route]) -> StateFile:
+    """A journal holding `routes` (one snapshot, then each added again by a change), loaded."""
+    sf = StateFile(str(path))
+    sf.load()
+    sf.write_snapshot(routes, {})
+    for route in routes:
+        sf.append([AddRoute.of(route)])
+    sf.close()
+    sf = StateFile(str(path))
+    sf.load()
+    return sf
+
+
+def as_ports(routes: list[Route]) -> dict[RouteKey, Any]:
+    return {r.key: AddRoute.of(r).ports for r in routes}
+
+
+def test_a_compaction_keeps_the_changes_journaled_while_it_was_written(path: Path) -> None:
+    routes = many(2 * SNAPSHOT_CHUNK + 5)
+    sf = started(path, routes)
+    job = sf.start_compaction(as_ports(routes), {"eth0": 3})
+    # Changes keep coming while the thread writes; they go to the journal as usual.
+    sf.append([DelRoute(routes[0].key)])
+    job.write()
+    sf.append([AddRoute.of(R1), SetThreshold("eth1", 4)])
+    assert sf.finish_compaction(job) is True
+    assert sf.ops_since_snapshot == 3
+    assert not os.path.exists(f"{path}.compact")
+    sf.append([DelRoute(routes[1].key)])  # appends go on in the new file, numbered on
+    sf.close()
+    loaded = state.parse(path.read_bytes(), str(path))
+    assert routes_of(loaded) == {r.key: r for r in [*routes[2:], R1]}
+    assert loaded.thresholds == {"eth0": 3, "eth1": 4}
+    assert loaded.ops_since_snapshot == 4
+
+
+def test_a_snapshot_written_meanwhile_overtakes_a_compaction(path: Path) -> None:
+    routes = many(10)
+    sf = started(path, routes)
+    job = sf.start_compaction(as_ports(routes), {})
+    job.write()
+    sf.write_snapshot([R2], {})  # e.g. the file was deleted and written back with a change
+    assert sf.finish_compaction(job) is False
+    assert not os.path.exists(f"{path}.compact")
+    sf.close()
+    assert routes_of(state.parse(path.read_bytes())) == {R2.key: R2}
+
+
+def test_a_cancelled_compaction_leaves_the_journal_as_it_was(path: Path) -> None:
+    routes = many(3 * SNAPSHOT_CHUNK)
+    sf = started(path, routes)
+    before = path.read_bytes()
+    job = sf.start_compaction(as_ports(routes), {})
+    job.cancel()  # before the thread's first record: it stops there
+    job.write()
+    assert sf.finish_compaction(job) is False
+    assert not os.path.exists(f"{path}.compact")
+    assert path.read_bytes() == before
+
+
+def test_a_compaction_that_cannot_write_fails_and_changes_nothing(path: Path) -> None:
+    routes = many(10)
+    sf = started(path, routes)
+    before = path.read_bytes()
+    os.mkdir(f"{path}.compact")  # in the way: it cannot be replaced by a file
+    job = sf.start_compaction(as_ports(routes), {})
+    job.write()
+    with pytest.raises(StateError, match="cannot write the state file"):
+        sf.finish_compaction(job)
+    assert path.read_bytes() == before
+    sf.append([AddRoute.of(R1)])  # the journal still takes changes
+    sf.close()
+    assert R1.key in routes_of(state.parse(path.read_bytes()))
