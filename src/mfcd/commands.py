@@ -10,12 +10,14 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from mfcd import __version__, batchfile, protocol, validate, views
-from mfcd.controller import Controller, KernelView, gc_paused
+from mfcd.controller import Controller, gc_paused, observe
+from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.errors import (
     BadRequest,
     BatchSyntax,
@@ -62,11 +64,13 @@ class Commands:
         self,
         controller: Controller,
         families: tuple[int, ...],
-        observe: Callable[[bool], KernelView] | None = None,
+        plane: Dataplane | None = None,
+        upcalls: Counter[str] | None = None,
     ) -> None:
         self.controller = controller
         self.families = families
-        self.observe = observe
+        self.plane = plane  # read by sync; None: sync is not available
+        self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
         # JSON values a request may hold (set by the server from max_request_bytes).
@@ -145,6 +149,7 @@ class Commands:
             "protocol": protocol.PROTOCOL_VERSION,
             "pid": os.getpid(),
             "families": [protocol.FAMILY_NAMES[f] for f in self.families],
+            "upcalls": {kind: self.upcalls[kind] for kind in UPCALL_KINDS},
         }
 
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
@@ -157,10 +162,11 @@ class Commands:
 
     def sync(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("full",))
-        if self.observe is None:
+        if self.plane is None:
             raise BadRequest("sync is not available in this mfcd")
         full = _flag(args, "full") or len(self.controller.router.installed) <= FULL_SYNC_ROUTES
-        repairs = self.controller.sync(self.observe(full), dry_run=dry_run)
+        view = observe(self.plane, self.families, full)
+        repairs = self.controller.sync(view, dry_run=dry_run)
         if not dry_run:
             log.info("%s sync: %d repairs", peer, len(repairs))
         return {"dry_run": dry_run, "repairs": repairs, "full": full}

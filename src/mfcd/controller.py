@@ -1,9 +1,9 @@
 """Applies validated changes all-or-nothing: model plan, then kernel, then the durable journal.
 
 The controller owns the order that makes a change safe: the model computes the
-kernel steps inside a transaction; the kernel applies them (undoing its own
-partial work on failure); the journal records the change durably; only then is
-the model transaction committed and the client answered.  If any stage fails,
+kernel steps inside a transaction; the data plane (dataplane.Dataplane) applies them
+and dataplane.execute undoes a partial application; the journal records the change
+durably; only then is the model transaction committed and the client answered.  If any stage fails,
 every earlier stage is undone, so memory, kernel and state file never disagree.
 Kernel and state file are injected, so all of this is unit-tested with fakes.
 """
@@ -21,10 +21,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mfcd import views
+from mfcd.dataplane import (
+    Dataplane,
+    execute,
+    missing,
+    rewrite,
+)
+from mfcd.dataplane import undo as undo_ops
 from mfcd.errors import KernelError, MfcdError, StateError, VifLimit
-from mfcd.kernel import SgCounters, VifCounters
 from mfcd.model import (
-    AddMfc,
+    DEFAULT_TABLE,
     AddRoute,
     Change,
     DelRoute,
@@ -40,8 +46,6 @@ from mfcd.state import Loaded, SnapshotNeeded
 
 log = logging.getLogger("mfcd")
 
-# daemon.py imports describe_step from here; it is views.describe_step all the same.
-describe_step = views.describe_step
 
 CHUNK = 1024  # changes planned and applied at a time
 
@@ -73,13 +77,19 @@ class KernelView:
     mfc: dict[RouteKey, KernelEntry] | None
 
 
-class KernelLike(Protocol):
-    def execute(self, steps: Sequence[Step]) -> None: ...
-    def undo(self, ops: Sequence[KernelOp | None]) -> list[KernelError]: ...
-    def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None: ...
-    def vif_counters(self, family: int, vifi: int) -> VifCounters | None: ...
-    def missing(self, keys: Iterable[RouteKey]) -> list[RouteKey]: ...
-    def rewrite(self, ops: Iterable[AddMfc]) -> list[tuple[AddMfc, KernelError]]: ...
+def observe(plane: Dataplane, families: Iterable[int], full: bool = True) -> KernelView:
+    """What the default tables of `families` hold now, as a KernelView: the VIFs, and with
+    `full` every MFC entry (a dump that costs minutes at 1,000,000 entries; without it the
+    MFC is None and Controller.sync probes the model's entries one by one instead)."""
+    vifs: dict[tuple[int, int], str] = {}
+    mfc: dict[RouteKey, KernelEntry] | None = {} if full else None
+    for family in families:
+        seen = plane.observe(family, DEFAULT_TABLE[family], entries=full)
+        vifs.update(((family, vifi), vif.device) for vifi, vif in seen.vifs.items())
+        if mfc is not None and seen.entries is not None:
+            for (source, group), entry in seen.entries.items():
+                mfc[(family, source, group)] = (entry.iif, entry.oifs)
+    return KernelView(vifs, mfc)
 
 
 class StateLike(Protocol):
@@ -100,7 +110,7 @@ class Outcome:
 
 
 class Controller:
-    def __init__(self, kernel: KernelLike, state: StateLike, router: Router | None = None) -> None:
+    def __init__(self, kernel: Dataplane, state: StateLike, router: Router | None = None) -> None:
         self.kernel = kernel
         self.state = state
         self.router = router or Router()
@@ -133,7 +143,9 @@ class Controller:
                     steps = []
             self._execute_into(steps, undo)
         except (KernelError, VifLimit) as e:
-            self._report_undo_failures([*getattr(e, "undo_failures", []), *self.kernel.undo(undo)])
+            self._report_undo_failures(
+                [*getattr(e, "undo_failures", []), *undo_ops(self.kernel, undo)]
+            )
             self.router = Router()
             log.warning("restoring all routes at once failed (%s); restoring one by one", e)
             self._restore_one_by_one(loaded, links)
@@ -142,7 +154,7 @@ class Controller:
 
     def _execute_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
         """Apply steps; add what undoes them to `undo` (if one fails, the kernel undid them)."""
-        self.kernel.execute(steps)
+        execute(self.kernel, steps)
         undo += [step.undo for step in steps]
 
     def _restore_one_by_one(self, loaded: Loaded, links: dict[str, int]) -> None:
@@ -194,7 +206,7 @@ class Controller:
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
             # has already undone its own part).
-            failures = [*getattr(e, "undo_failures", []), *self.kernel.undo(undo)]
+            failures = [*getattr(e, "undo_failures", []), *undo_ops(self.kernel, undo)]
             router.rollback()
             self._report_undo_failures(failures)
             raise
@@ -405,7 +417,7 @@ class Controller:
             error: KernelError | None = None
             if not dry_run:
                 try:
-                    self.kernel.execute([step])
+                    execute(self.kernel, [step])
                 except KernelError as e:
                     error = e
                     log.warning("sync: %s failed: %s", views.step_text(step), e)
@@ -440,12 +452,12 @@ class Controller:
         router = self.router
         installed = router.installed
         keys = [key for key in keys if key in installed]
-        wanted = set(self.kernel.missing(keys))
+        wanted = set(missing(self.kernel, keys))
         wanted.update(key for key in keys if key in stale)
         failed: dict[RouteKey, KernelError] = {}
         if not dry_run:
             writes = keys if rewrite_all else [key for key in keys if key in wanted]
-            for op, error in self.kernel.rewrite(router.entry(key) for key in writes):
+            for op, error in rewrite(self.kernel, (router.entry(key) for key in writes)):
                 failed[(op.family, op.source, op.group)] = error
         report = []
         for key in keys:
@@ -471,7 +483,7 @@ class Controller:
         router.begin()
         try:
             steps: list[Step] = method(*args)
-            self.kernel.execute(steps)
+            execute(self.kernel, steps)
         except Exception as e:  # never leave the transaction open, whatever went wrong
             router.rollback()
             log.error("%s: %s", what, e)

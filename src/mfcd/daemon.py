@@ -21,14 +21,14 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from mfcd import __version__, config, directory_trust, netlink, notify
+from mfcd import __version__, config, directory_trust, netlink, notify, views
 from mfcd.commands import Commands
-from mfcd.controller import Controller, KernelView, describe_step, gc_paused
-from mfcd.errors import ConfigError, MfcdError, StateError
+from mfcd.controller import Controller, gc_paused, observe
+from mfcd.dataplane import Events
+from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.kernel import Kernel
-from mfcd.model import KernelEntry, RouteKey
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import VERSION, StateFile
 
@@ -73,7 +73,6 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(stream=sys.stderr, format=fmt, level=level.upper(), force=True)
 
 
-DEFAULT_TABLE = {4: 253, 6: 254}  # RT_TABLE_DEFAULT (IPv4) and RT_TABLE_MAIN (IPv6)
 # Settings a running daemon cannot change: SIGHUP keeps the running value and warns.
 RESTART_ONLY = ("socket_path", "state_file", "ipv4", "ipv6", "max_request_bytes")
 COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
@@ -111,44 +110,6 @@ def _ignore(sig: signal.Signals) -> None:
     )
 
 
-def current_links() -> dict[str, int]:
-    return {link.name: link.ifindex for link in netlink.dump_links()}
-
-
-def kernel_vifs(family: int) -> dict[tuple[int, int], str]:
-    """The default table's VIFs: (family, index) -> device name, from /proc.
-
-    /proc has the device of each VIF, which tells a VIF re-pointed or renamed behind
-    mfcd's back from its own; it shows only the default table, the one mfcd uses.
-    """
-    name = "ip_mr_vif" if family == 4 else "ip6_mr_vif"
-    with open(f"/proc/net/{name}", encoding="ascii") as f:
-        rows = [line.split() for line in f.read().splitlines()[1:]]
-    return {(family, int(row[0])): row[1] for row in rows if len(row) > 1}
-
-
-def observe_kernel(families: Iterable[int], full: bool = True) -> KernelView:
-    """Read what the kernel holds now: VIFs from /proc (32 rows at most), and with `full`
-    every MFC entry by a netlink dump.
-
-    The dump costs more than linear time in the kernel (1.1 s at 100,000 entries, 21 s at
-    400,000, minutes at 1,000,000): without `full` the MFC is left unread (None) and
-    Controller.sync probes the model's entries one by one instead.
-    Only /proc and a netlink socket of its own: safe to run in a thread.
-    """
-    vifs: dict[tuple[int, int], str] = {}
-    for family in families:
-        vifs.update(kernel_vifs(family))
-    if not full:
-        return KernelView(vifs, None)
-    mfc: dict[RouteKey, KernelEntry] = {}
-    for family in families:
-        for entry in netlink.dump_mfc(family, DEFAULT_TABLE[family]):
-            if entry.resolved:
-                mfc[(family, entry.source, entry.group)] = (entry.iif, entry.oifs)
-    return KernelView(vifs, mfc)
-
-
 class Daemon:
     # Set once start-up has taken the kernel's tables (see run()).
     controller: Controller
@@ -177,6 +138,8 @@ class Daemon:
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
+        # Upcalls received, by kind (dataplane.UPCALL_KINDS): counted, not yet acted on.
+        self.upcalls: Counter[str] = Counter()
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -198,7 +161,7 @@ class Daemon:
         monitor = netlink.LinkMonitor()
         try:
             state.lock()  # before anything else: a second mfcd on this file stops here
-            kernel = Kernel(cfg.families)
+            kernel = Kernel(cfg.families, monitor)
             controller = self._restore(state, kernel)
             if state.needs_snapshot:
                 # No file yet: an empty one, so that a lost one is noticed at start. Version 1:
@@ -233,9 +196,9 @@ class Daemon:
             controller = Controller(kernel, state)
             # Our MRT_INIT table starts empty unless another program left static entries in
             # it; only then is the drift check after start-up worth its full dump of the table.
-            before = observe_kernel(list(kernel.sockets))
+            before = observe(kernel, kernel.families)
             self.inherited = bool(before.vifs or before.mfc)
-            controller.restore(loaded, current_links())
+            controller.restore(loaded, netlink.current_links())
             del loaded
             # The restored routes live as long as the daemon: keep the cyclic GC from
             # rescanning them on every collection.
@@ -251,15 +214,15 @@ class Daemon:
     ) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        for sock in kernel.sockets.values():
-            loop.add_reader(sock.fileno(), sock.drain)
         self.controller, self.kernel, self.monitor = controller, kernel, monitor
         # A rollback the kernel refused: compare and repair once the dust settles.
         controller.on_drift = lambda: self._resync_later(RESYNC_DELAY)
-        loop.add_reader(monitor.fileno(), self._on_link_events)
-        commands = Commands(
-            controller, cfg.families, lambda full: observe_kernel(list(kernel.sockets), full)
-        )
+        # Every table's socket and the link monitor: each readable one means events() has
+        # something (upcalls must be read continuously: a full buffer drops them silently).
+        fds = kernel.fds()
+        for fd in fds:
+            loop.add_reader(fd, self._on_kernel_events)
+        commands = Commands(controller, cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
@@ -288,9 +251,8 @@ class Daemon:
         if self._compacting is not None:
             self._compacting.cancel()
         await server.stop()
-        for sock in kernel.sockets.values():
-            loop.remove_reader(sock.fileno())
-        loop.remove_reader(monitor.fileno())
+        for fd in fds:
+            loop.remove_reader(fd)
         if self._resync is not None:
             self._resync.cancel()
         if self._checking is not None:
@@ -354,20 +316,34 @@ class Daemon:
         """Keep `systemctl status mfc_daemon` current (at most once a second)."""
         self.reporter.changed()
 
-    def _on_link_events(self) -> None:
+    def _on_kernel_events(self) -> None:
+        """A table's socket or the link monitor is readable: read what the kernel reported."""
+        try:
+            events = self.kernel.events()
+        except (OSError, ValueError) as e:
+            # A read failed during the very storm that overran us, or a message we cannot
+            # parse: the delayed resync re-reads every interface.
+            log.error("reading interface events failed: %s; re-reading them shortly", e)
+            self._resync_later(RESYNC_DELAY)
+            return
+        # Counted only (nothing logged per upcall: a flood would flood the journal).
+        self.upcalls.update(upcall.kind for upcall in events.upcalls)
+        if events.links or events.links_lost:
+            self._on_link_events(events)
+
+    def _on_link_events(self, events: Events) -> None:
         router = self.controller.router
         before, tracked = dict(router.links), router.tracked_links()
         try:
-            events = self.monitor.read_events()
-            if self.monitor.overrun:
+            if events.links_lost:
                 log.warning("missed interface events (netlink overrun); re-reading interfaces")
-                self.controller.sync_links(current_links())
+                self.controller.sync_links(netlink.current_links())
             else:
-                for event in events:
-                    self.controller.link_event(event.kind, event.link.name, event.link.ifindex)
+                for link in events.links:
+                    self.controller.link_event(link.kind, link.name, link.ifindex)
         except (OSError, ValueError) as e:
-            # A dump interrupted during the very storm that overran us, or a message we cannot
-            # parse: the delayed resync re-reads every interface.
+            # The dump interrupted during the storm that overran us: the delayed resync
+            # re-reads every interface.
             log.error("reading interface events failed: %s; re-reading them shortly", e)
             self._resync_later(RESYNC_DELAY)
             return
@@ -423,13 +399,13 @@ class Daemon:
             await self._check_full()
             return
         started = time.monotonic()
-        controller, families = self.controller, list(self.kernel.sockets)
+        controller, families = self.controller, self.kernel.families
         try:
             # A link event whose kernel change failed left the model's view of interfaces
             # behind; a fresh dump sets it right before the tables are compared.
-            controller.sync_links(current_links())
-            view = observe_kernel(families, full=False)
-        except OSError as e:
+            controller.sync_links(netlink.current_links())
+            view = observe(self.kernel, families, full=False)
+        except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
             return
         report, readded = controller.repair_vifs(view.vifs)
@@ -445,7 +421,9 @@ class Daemon:
                 await asyncio.sleep(0)  # requests are answered between two chunks
             chunk = keys[start : start + CHECK_CHUNK]
             report += controller.check_entries(chunk, stale=stale, rewrite_all=False)
-        report += map(describe_step, controller.retry_pending([*router.blocked, *router.refused]))
+        report += map(
+            views.describe_step, controller.retry_pending([*router.blocked, *router.refused])
+        )
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
         repairs = Counter(entry["action"] for entry in report)
         log.log(
@@ -466,10 +444,10 @@ class Daemon:
         """
         controller = self.controller
         try:
-            controller.sync_links(current_links())
+            controller.sync_links(netlink.current_links())
             version = controller.router.version
-            view = await asyncio.to_thread(observe_kernel, list(self.kernel.sockets))
-        except OSError as e:
+            view = await asyncio.to_thread(observe, self.kernel, self.kernel.families)
+        except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
             return
         if controller.router.version != version and self._deferred < MAX_DEFERRED_CHECKS:
@@ -478,7 +456,7 @@ class Daemon:
             return
         if controller.router.version != version:
             # Changes keep coming (a busy client): check on the loop, between two requests.
-            view = observe_kernel(list(self.kernel.sockets))
+            view = observe(self.kernel, self.kernel.families)
         self._deferred = 0
         controller.sync(view)
 

@@ -67,6 +67,7 @@ class KernelError(MfcdError):
         self.operation = operation
         self.errno = errno
         self.undo_failures: list[KernelError] = []  # set when rolling back also failed
+        self.applied = 0  # Dataplane.apply: how many operations went in before this one
 
 
 class StateError(MfcdError):

@@ -1,10 +1,15 @@
 """The kernel's multicast routing API (linux/mroute.h, linux/mroute6.h); the only code using it.
 
-Per address family one raw socket (IGMP for IPv4, ICMPv6 for IPv6) does MRT_INIT and
+`Kernel` is the real data plane (see dataplane.py for the interface it implements).
+Per (family, table) one raw socket (IGMP for IPv4, ICMPv6 for IPv6) does MRT_INIT and
 then owns the table: VIFs and MFC entries added through it live exactly as long as
 the socket, so a crash or exit never leaves stale routes behind.  The daemon
-re-applies its saved state at start.  The kernel queues upcalls and IGMP/MLD
-packets on the socket; `drain()` must be called whenever it is readable.
+re-applies its saved state at start.  The kernel queues upcalls (and on IPv4 IGMP
+packets) on the socket; `Kernel.events()` must be called whenever it is readable, as a
+full receive buffer silently drops both the upcall and the unresolved entry.
+
+Packing the kernel's structures and parsing what it sends are pure functions
+(pack_*, parse_*), unit-tested against the uapi sizes in tests/unit/test_kernel.py.
 """
 
 from __future__ import annotations
@@ -16,11 +21,24 @@ import os
 import socket
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
+from mfcd import netlink
+from mfcd.dataplane import (
+    Counters,
+    Events,
+    LinkChange,
+    Observation,
+    ObservedEntry,
+    ObservedVif,
+    SgCounters,
+    Upcall,
+    UpcallKind,
+    VifCounters,
+)
 from mfcd.errors import KernelError
-from mfcd.model import AddMfc, AddVif, DelMfc, DelVif, KernelOp, Oifs, Step
+from mfcd.model import DEFAULT_TABLE, AddMfc, AddVif, DelMfc, DelVif, KernelOp, Oifs
+from mfcd.protocol import family_text
 
 # Socket option numbers, shared by IPv4 (level IPPROTO_IP) and IPv6 (level IPPROTO_IPV6).
 MRT_INIT = 200
@@ -60,9 +78,9 @@ SIOC_SG_REQ6 = struct.Struct("@28s28sLLL")
 # struct sioc_mif_req6 { mifi_t mifi; unsigned long icount, ocount, ibytes, obytes; }
 SIOC_MIF_REQ6 = struct.Struct("@HLLLL")
 
-_Op = TypeVar("_Op", bound=KernelOp)
 _LONG = struct.calcsize("@L")
 _AF_INET = socket.AF_INET
+_AF_INET6 = socket.AF_INET6
 _pton = socket.inet_pton
 assert VIFCTL.size == 16
 assert MFCCTL.size == 60
@@ -82,16 +100,13 @@ _OPNAMES = {
     MRT_ADD_MFC: "MRT_ADD_MFC",
     MRT_DEL_MFC: "MRT_DEL_MFC",
     MRT_TABLE: "MRT_TABLE",
+    SIOCGETSGCNT: "SIOCGETSGCNT",
 }
-
-
-def family_name(family: int) -> str:
-    return "IPv4" if family == 4 else "IPv6"
 
 
 def _explain(family: int, optname: int, err: int) -> str:
     """A one-line message for a refused socket option, with what to do about it."""
-    fam = family_name(family)
+    fam = family_text(family)
     op = _OPNAMES.get(optname, str(optname))
     if optname == MRT_INIT and err == errno.EADDRINUSE:
         return (
@@ -113,26 +128,145 @@ def _explain(family: int, optname: int, err: int) -> str:
     return f"{op} ({fam}) failed: {os.strerror(err)} (errno {err})"
 
 
-@dataclass(frozen=True, slots=True)
-class SgCounters:
-    packets: int
-    bytes: int
-    wrong_if: int
+# --- pure packing and parsing (unit-tested in tests/unit/test_kernel.py) ----------------------
+
+# struct igmpmsg { u32 unused1, unused2; u8 im_msgtype, im_mbz, im_vif, im_vif_hi;
+#                  in_addr im_src, im_dst; }: laid over the IP header of the packet's copy.
+IGMPMSG = struct.Struct("=8xBBBB4s4s")
+# struct mrt6msg { u8 im6_mbz, im6_msgtype; u16 im6_mif; u32 im6_pad; in6_addr im6_src, im6_dst; }
+MRT6MSG = struct.Struct("=BBHI16s16s")
+assert IGMPMSG.size == 20
+assert MRT6MSG.size == 40
+# IGMPMSG_NOCACHE/WRONGVIF/WHOLEPKT/WRVIFWHOLE (mroute.h); MRT6MSG_NOCACHE/WRONGMIF/WHOLEPKT
+# (mroute6.h, which has no WRMIFWHOLE). WRVIFWHOLE is a WRONGVIF that carries the packet.
+_UPCALL_KINDS: dict[int, dict[int, UpcallKind]] = {
+    4: {1: "nocache", 2: "wrongvif", 3: "wholepkt", 4: "wrongvif"},
+    6: {1: "nocache", 2: "wrongvif", 3: "wholepkt"},
+}
 
 
-@dataclass(frozen=True, slots=True)
-class VifCounters:
-    packets_in: int
-    packets_out: int
-    bytes_in: int
-    bytes_out: int
+def pack_vifctl(vifi: int, ifindex: int, threshold: int) -> bytes:
+    """An IPv4 vifctl naming its device by ifindex (VIFF_USE_IFINDEX)."""
+    return VIFCTL.pack(vifi, VIFF_USE_IFINDEX, threshold, 0, ifindex, b"\0" * 4)
+
+
+def pack_mif6ctl(mifi: int, ifindex: int, threshold: int) -> bytes:
+    """An IPv6 mif6ctl; its pifi (the ifindex) is 16 bits wide."""
+    if ifindex > 0xFFFF:
+        raise KernelError(
+            f"IPv6 cannot route through interface index {ifindex}: the kernel's mif6ctl"
+            " holds at most 65535 (re-create the interface to get a lower index)",
+            "MRT6_ADD_MIF",
+            0,
+        )
+    return MIF6CTL.pack(mifi, 0, threshold, ifindex, 0)
+
+
+def pack_ttls(oifs: Oifs) -> bytes:
+    """mfcctl.mfcc_ttls: each oif's threshold at its VIF index, 0 (no forwarding) elsewhere."""
+    array = bytearray(32)
+    for vifi, ttl in oifs:
+        array[vifi] = ttl
+    return bytes(array)
+
+
+def pack_mfcctl(source: str, group: str, parent: int, ttls: bytes) -> bytes:
+    return MFCCTL.pack(_pton(_AF_INET, source), _pton(_AF_INET, group), parent, ttls, 0, 0, 0, 0)
+
+
+def pack_mf6cctl(source: str, group: str, parent: int, oifs: Oifs) -> bytes:
+    """An mf6cctl: IPv6 has no per-entry thresholds, a set bit in the if_set means forward."""
+    words = [0] * 8
+    for vifi, _ttl in oifs:
+        words[vifi >> 5] |= 1 << (vifi & 31)
+    return MF6CCTL.pack(_sin6(source), _sin6(group), parent, IF_SET.pack(*words))
+
+
+def pack_sg_req(family: int, source: str, group: str) -> bytes:
+    """The SIOCGETSGCNT request (sioc_sg_req / sioc_sg_req6) for one (S,G)."""
+    if family == 4:
+        return SIOC_SG_REQ.pack(_pton(_AF_INET, source), _pton(_AF_INET, group), 0, 0, 0)
+    return SIOC_SG_REQ6.pack(_sin6(source), _sin6(group), 0, 0, 0)
+
+
+def parse_sg_req(family: int, data: bytes | bytearray) -> SgCounters:
+    layout = SIOC_SG_REQ if family == 4 else SIOC_SG_REQ6
+    _, _, packets, nbytes, wrong_if = layout.unpack(data)
+    return SgCounters(packets, nbytes, wrong_if)
+
+
+def pack_vif_req(vifi: int) -> bytes:
+    """The SIOCGETVIFCNT request (sioc_vif_req; sioc_mif_req6 has the same layout)."""
+    return SIOC_VIF_REQ.pack(vifi, 0, 0, 0, 0)
+
+
+def parse_vif_req(data: bytes | bytearray) -> VifCounters:
+    _, icount, ocount, ibytes, obytes = SIOC_VIF_REQ.unpack(data)
+    return VifCounters(icount, ocount, ibytes, obytes)
+
+
+def parse_upcall(family: int, table: int, data: bytes | bytearray | memoryview) -> Upcall | None:
+    """The upcall in a datagram read from a table's mroute socket; None for anything else
+    (IGMP packets, which share the IPv4 socket, and unknown message types).
+
+    IPv6: only the first 40 bytes (struct mrt6msg) are read. The kernel sends more, which it
+    does not initialise (stale memory of other processes): never parse or log them.
+    """
+    if family == 4:
+        if len(data) < IGMPMSG.size:
+            return None
+        kind, mbz, vif, vif_hi, src, dst = IGMPMSG.unpack_from(data)
+        if mbz != 0:  # an IP header's protocol byte: a real IGMP packet, not an upcall
+            return None
+        vif |= vif_hi << 8
+        source, group = socket.inet_ntop(_AF_INET, src), socket.inet_ntop(_AF_INET, dst)
+    else:
+        if len(data) < MRT6MSG.size:
+            return None
+        mbz, kind, vif, _pad, src, dst = MRT6MSG.unpack_from(data)
+        if mbz != 0:
+            return None
+        source, group = socket.inet_ntop(_AF_INET6, src), socket.inet_ntop(_AF_INET6, dst)
+    name = _UPCALL_KINDS[family].get(kind)
+    return None if name is None else Upcall(name, family, table, source, group, vif)
+
+
+def parse_proc_vifs(family: int, text: str) -> dict[int, ObservedVif]:
+    """/proc/net/ip_mr_vif or ip6_mr_vif: the default table's VIFs.
+
+    Columns: index, device, bytes in, packets in, bytes out, packets out, flags, and for
+    IPv4 local and remote; a VIF added with VIFF_USE_IFINDEX shows its ifindex as local.
+    """
+    vifs = {}
+    for line in text.splitlines()[1:]:
+        row = line.split()
+        if len(row) < 7:
+            continue
+        ifindex = None
+        if family == 4 and len(row) >= 8 and int(row[6], 16) & VIFF_USE_IFINDEX:
+            ifindex = int(row[7], 16)
+        counters = VifCounters(int(row[3]), int(row[5]), int(row[2]), int(row[4]))
+        vifs[int(row[0])] = ObservedVif(row[1], ifindex, counters)
+    return vifs
+
+
+def _disabled(family: int) -> KernelError:
+    return KernelError(f"{family_text(family)} is disabled in the configuration", "config", 0)
+
+
+def _sin6(address: str) -> bytes:
+    return SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, socket.inet_pton(socket.AF_INET6, address), 0)
+
+
+# --- sockets --------------------------------------------------------------------------------------
 
 
 class MrouteSocket:
-    """One family's MRT_INIT socket."""
+    """One table's MRT_INIT socket."""
 
     def __init__(self, family: int, table: int | None = None) -> None:
         self.family = family
+        self.table = DEFAULT_TABLE[family] if table is None else table
         try:
             if family == 4:
                 self.level = socket.IPPROTO_IP
@@ -142,13 +276,16 @@ class MrouteSocket:
                 self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
         except OSError as e:  # no CAP_NET_RAW, or the family is off (ipv6.disable=1)
             raise KernelError(_explain(family, 0, e.errno or 0), "socket", e.errno or 0) from None
-            # Block every ICMPv6 type: MLD and other ICMPv6 stop queueing up on the socket;
-            # upcalls still arrive.
-            self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
-        self.sock.setblocking(False)
         self._ttls: dict[Oifs, bytes] = {}  # IPv4 oif set -> ttls
         try:
-            if table is not None:
+            if family == 6:
+                # Block every ICMPv6 type: MLD and other ICMPv6 stop queueing up on the
+                # socket; upcalls do not pass the filter and still arrive.
+                self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
+            self.sock.setblocking(False)
+            # The default table without MRT_TABLE: a kernel without multiple tables has no
+            # MRT_TABLE option at all.
+            if table is not None and table != DEFAULT_TABLE[family]:
                 self._setsockopt(MRT_TABLE, struct.pack("=I", table))
             self._setsockopt(MRT_INIT, struct.pack("=i", 1))
         except BaseException:
@@ -173,45 +310,25 @@ class MrouteSocket:
 
     def add_vif(self, vifi: int, ifindex: int, threshold: int) -> None:
         if self.family == 4:
-            data = VIFCTL.pack(vifi, VIFF_USE_IFINDEX, threshold, 0, ifindex, b"\0" * 4)
-        elif ifindex > 0xFFFF:
-            raise KernelError(
-                f"IPv6 cannot route through interface index {ifindex}: the kernel's mif6ctl"
-                " holds at most 65535 (re-create the interface to get a lower index)",
-                "MRT6_ADD_MIF",
-                0,
-            )
+            data = pack_vifctl(vifi, ifindex, threshold)
         else:
-            data = MIF6CTL.pack(vifi, 0, threshold, ifindex, 0)
+            data = pack_mif6ctl(vifi, ifindex, threshold)
         self._setsockopt(MRT_ADD_VIF, data)
 
     def del_vif(self, vifi: int) -> None:
-        if self.family == 4:
-            data = VIFCTL.pack(vifi, 0, 0, 0, 0, b"\0" * 4)
-        else:
-            data = MIF6CTL.pack(vifi, 0, 0, 0, 0)
+        data = pack_vifctl(vifi, 0, 0) if self.family == 4 else MIF6CTL.pack(vifi, 0, 0, 0, 0)
         self._setsockopt(MRT_DEL_VIF, data)
 
-    def _mfc(
-        self, source: str, group: str, parent: int, oifs: tuple[tuple[int, int], ...]
-    ) -> bytes:
+    def _mfc(self, source: str, group: str, parent: int, oifs: Oifs) -> bytes:
         if self.family == 4:
-            src, grp = _pton(_AF_INET, source), _pton(_AF_INET, group)
-            return MFCCTL.pack(src, grp, parent, self._ttls_of(oifs), 0, 0, 0, 0)
-        words = [0] * 8
-        for vifi, _ttl in oifs:  # IPv6 has no per-entry thresholds: a set bit means forward
-            words[vifi >> 5] |= 1 << (vifi & 31)
-        return MF6CCTL.pack(_sin6(source), _sin6(group), parent, IF_SET.pack(*words))
+            return pack_mfcctl(source, group, parent, self._ttls_of(oifs))
+        return pack_mf6cctl(source, group, parent, oifs)
 
     def _ttls_of(self, oifs: Oifs) -> bytes:
-        """mfcctl.mfcc_ttls: each oif's threshold at its VIF index; built once per oif set, as
-        100,000 entries share a few sets."""
+        """pack_ttls, once per oif set: 100,000 entries share a few sets."""
         ttls = self._ttls.get(oifs)
         if ttls is None:
-            array = bytearray(32)
-            for vifi, ttl in oifs:
-                array[vifi] = ttl
-            ttls = bytes(array)
+            ttls = pack_ttls(oifs)
             if len(self._ttls) < 4096:
                 self._ttls[oifs] = ttls
         return ttls
@@ -227,61 +344,42 @@ class MrouteSocket:
         self._setsockopt(MRT_DEL_MFC, self._mfc(source, group, 0, ()))
 
     def sg_counters(self, source: str, group: str) -> SgCounters | None:
-        """The (S,G) entry's counters, or None when the kernel has no such entry."""
-        if self.family == 4:
-            src = socket.inet_pton(socket.AF_INET, source)
-            grp = socket.inet_pton(socket.AF_INET, group)
-            req, layout = SIOC_SG_REQ.pack(src, grp, 0, 0, 0), SIOC_SG_REQ
-        else:
-            req, layout = SIOC_SG_REQ6.pack(_sin6(source), _sin6(group), 0, 0, 0), SIOC_SG_REQ6
-        buf = bytearray(req)
+        """The (S,G) entry's counters (one O(1) SIOCGETSGCNT), or None when the table holds
+        no such entry (EADDRNOTAVAIL, also for an unresolved one)."""
+        buf = bytearray(pack_sg_req(self.family, source, group))
         try:
             fcntl.ioctl(self.sock.fileno(), SIOCGETSGCNT, buf, True)
-        except OSError:
-            return None
-        _, _, packets, nbytes, wrong_if = layout.unpack(buf)
-        return SgCounters(packets, nbytes, wrong_if)
-
-    def has_entry(self, source: str, group: str) -> bool:
-        """Whether the kernel holds an (S,G) entry: one O(1) SIOCGETSGCNT lookup.
-
-        The kernel's own walks of the table (a netlink dump, /proc/net/ip_mr_cache) cost more
-        than linear time, minutes at 1,000,000 entries; probing each entry costs about a
-        microsecond. The probe sees only presence, not the entry's iif and oifs.
-        """
-        if self.family == 4:
-            req = SIOC_SG_REQ.pack(_pton(_AF_INET, source), _pton(_AF_INET, group), 0, 0, 0)
-        else:
-            req = SIOC_SG_REQ6.pack(_sin6(source), _sin6(group), 0, 0, 0)
-        try:
-            fcntl.ioctl(self.sock.fileno(), SIOCGETSGCNT, bytearray(req), True)
         except OSError as e:
             if e.errno in (errno.EADDRNOTAVAIL, errno.ENOENT):
-                return False
-            raise
-        return True
+                return None
+            self._refused(SIOCGETSGCNT, e)
+        return parse_sg_req(self.family, buf)
 
     def vif_counters(self, vifi: int) -> VifCounters | None:
-        buf = bytearray(SIOC_VIF_REQ.pack(vifi, 0, 0, 0, 0))
+        """A VIF's counters, or None when there is no such VIF (EINVAL past the highest one,
+        EADDRNOTAVAIL for a gap below it)."""
+        buf = bytearray(pack_vif_req(vifi))
         try:
             fcntl.ioctl(self.sock.fileno(), SIOCGETVIFCNT, buf, True)
         except OSError:
             return None
-        _, icount, ocount, ibytes, obytes = SIOC_VIF_REQ.unpack(buf)
-        return VifCounters(icount, ocount, ibytes, obytes)
+        return parse_vif_req(buf)
 
-    def drain(self, limit: int = 1024) -> int:
-        """Read and discard what is queued (upcalls, IGMP/MLD); return how many messages.
-
-        At most `limit` per call, so a flood cannot starve the event loop; the socket stays
-        readable and the loop calls again.
-        """
-        for count in range(limit):
+    def read_upcalls(self, limit: int = 1024) -> list[Upcall]:
+        """Read what is queued (upcalls, and on IPv4 IGMP packets, which are skipped); the
+        upcalls parsed. At most `limit` datagrams per call, so a flood cannot starve the
+        event loop: the socket stays readable and the loop calls again."""
+        upcalls = []
+        recv, family, table = self.sock.recv, self.family, self.table
+        for _ in range(limit):
             try:
-                self.sock.recv(65536)
+                data = recv(_UPCALL_READ)
             except (BlockingIOError, InterruptedError):
-                return count
-        return limit
+                break
+            upcall = parse_upcall(family, table, data)
+            if upcall is not None:
+                upcalls.append(upcall)
+        return upcalls
 
     def close(self) -> None:
         """MRT_DONE, then close: the kernel removes this socket's VIFs and MFC entries."""
@@ -293,98 +391,158 @@ class MrouteSocket:
         self.sock.close()
 
 
-def _sin6(address: str) -> bytes:
-    return SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, socket.inet_pton(socket.AF_INET6, address), 0)
+# Bytes read per datagram: the upcall headers (20 and 40 bytes) and the start of the packet
+# after them; the rest of a long datagram (WHOLEPKT) is discarded by the kernel.
+_UPCALL_READ = 256
 
 
 class Kernel:
-    """Both families' sockets; applies model steps all-or-nothing."""
+    """The real data plane (dataplane.Dataplane): one MrouteSocket per (family, table), and
+    the interface events of a netlink.LinkMonitor.
 
-    def __init__(self, families: Iterable[int], table: int | None = None) -> None:
-        self.sockets: dict[int, MrouteSocket] = {}
+    The default tables of `families` are opened at once; another table is opened (MRT_TABLE,
+    then MRT_INIT) when an operation first names it, and closed by close_table. Operations
+    for a family not in `families` are refused. `fds()` lists the descriptors to wait on:
+    call events() when one is readable (they change when a table is opened or closed).
+    """
+
+    def __init__(self, families: Iterable[int], monitor: netlink.LinkMonitor | None = None) -> None:
+        self.families = tuple(families)
+        self.monitor = monitor
+        self.sockets: dict[tuple[int, int], MrouteSocket] = {}
         try:
-            for family in families:
-                self.sockets[family] = MrouteSocket(family, table)
+            for family in self.families:
+                self.open_table(family, DEFAULT_TABLE[family])
         except BaseException:
             self.close()
             raise
 
-    def apply(self, op: KernelOp) -> None:
-        sock = self.sockets.get(op.family)
+    def open_table(self, family: int, table: int) -> MrouteSocket:
+        sock = self.sockets.get((family, table))
         if sock is None:
-            raise KernelError(
-                f"{family_name(op.family)} is disabled in the configuration", "config", 0
-            )
-        if type(op) is AddMfc:  # by far the most common: tested first, and cheaply
-            sock.add_mfc(op.source, op.group, op.parent, op.oifs)
-            return
-        match op:
-            case AddVif():
-                sock.add_vif(op.vifi, op.ifindex, op.threshold)
-            case DelVif():
-                sock.del_vif(op.vifi)
-            case DelMfc():
-                sock.del_mfc(op.source, op.group)
+            if family not in self.families:
+                raise _disabled(family)
+            sock = self.sockets[(family, table)] = MrouteSocket(family, table)
+        return sock
 
-    def execute(self, steps: Sequence[Step]) -> None:
-        """Apply every step; if one fails, undo the ones already applied and re-raise.
+    def close_table(self, family: int, table: int) -> None:
+        """MRT_DONE: the kernel removes the table's VIFs and entries."""
+        sock = self.sockets.pop((family, table), None)
+        if sock is not None:
+            sock.close()
 
-        Failures of the undo itself are attached to the error as `undo_failures`.
-        """
+    def fds(self) -> list[int]:
+        fds = [sock.fileno() for sock in self.sockets.values()]
+        return fds + ([self.monitor.fileno()] if self.monitor is not None else [])
+
+    def apply(self, ops: Sequence[KernelOp]) -> None:
+        """Apply in order; on a failure raise KernelError with `applied` (no undo here)."""
         done = 0
+        family = table = -1
+        sock: MrouteSocket
         try:
-            for step in steps:
-                self.apply(step.op)
+            for op in ops:
+                if op.table != table or op.family != family:  # one socket per chunk, usually
+                    sock = self.open_table(op.family, op.table)
+                    family, table = op.family, op.table
+                if type(op) is AddMfc:  # by far the most common: tested first, and cheaply
+                    sock.add_mfc(op.source, op.group, op.parent, op.oifs)
+                else:
+                    match op:
+                        case AddVif():
+                            sock.add_vif(op.vifi, op.ifindex, op.threshold)
+                        case DelVif():
+                            sock.del_vif(op.vifi)
+                        case DelMfc():
+                            sock.del_mfc(op.source, op.group)
                 done += 1
         except KernelError as e:
-            e.undo_failures = self.undo([step.undo for step in steps[:done]])
+            e.applied = done
             raise
-        except Exception as e:  # a value the kernel structures cannot hold, say: undo all the same
-            error = KernelError(f"cannot apply {steps[done].action}: {e}", "encode", 0)
-            error.undo_failures = self.undo([step.undo for step in steps[:done]])
+        except Exception as e:  # a value the kernel structures cannot hold, say
+            error = KernelError(f"cannot apply {ops[done]}: {e}", "encode", 0)
+            error.applied = done
             raise error from e
 
-    def undo(self, ops: Sequence[KernelOp | None]) -> list[KernelError]:
-        """Apply the undo operations of applied steps, newest first (None: nothing to undo);
-        go on past failures and return them."""
-        failures = []
-        for op in reversed(ops):
-            if op is None:
+    def observe(self, family: int, table: int, entries: bool = True) -> Observation:
+        """The table's VIFs (32 at most) and with `entries` its MFC (a netlink dump filtered
+        by table). Only /proc and netlink sockets of its own: safe to run in a thread."""
+        if family not in self.families:
+            raise _disabled(family)
+        try:
+            vifs = self._observe_vifs(family, table)
+            mfc = None
+            if entries:
+                mfc = {
+                    (e.source, e.group): ObservedEntry(
+                        e.iif, e.oifs, SgCounters(e.packets, e.bytes, e.wrong_if)
+                    )
+                    for e in netlink.dump_mfc(family, table)
+                    if e.resolved
+                }
+        except OSError as e:
+            raise KernelError(
+                f"cannot read the {family_text(family)} table {table}: {e}", "observe", e.errno or 0
+            ) from None
+        return Observation(family, table, vifs, mfc)
+
+    def _observe_vifs(self, family: int, table: int) -> dict[int, ObservedVif]:
+        """/proc for the default tables (it shows only those); the netlink VIF dump for other
+        IPv4 tables. IPv6 has no such dump: another IPv6 table's VIFs are not readable yet."""
+        if table == DEFAULT_TABLE[family]:
+            name = "ip_mr_vif" if family == 4 else "ip6_mr_vif"
+            with open(f"/proc/net/{name}", encoding="ascii") as f:
+                return parse_proc_vifs(family, f.read())
+        if family == 6:
+            raise KernelError(
+                f"observing IPv6 table {table} is not supported: the kernel lists the VIFs of"
+                " the default IPv6 table only",
+                "observe",
+                0,
+            )
+        vifs = {}
+        for v in netlink.dump_vifs(table):
+            try:
+                device = socket.if_indextoname(v.ifindex)
+            except OSError:  # deleted since the dump
                 continue
-            try:
-                self.apply(op)
-            except KernelError as e:
-                failures.append(e)
-        return failures
+            counters = VifCounters(v.packets_in, v.packets_out, v.bytes_in, v.bytes_out)
+            vifs[v.vifi] = ObservedVif(device, v.ifindex, counters)
+        return vifs
 
-    def missing(self, keys: Iterable[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
-        """The (family, source, group) of `keys` the kernel holds no entry for (probed one by
-        one, O(1) each); keys of a disabled family count as missing."""
-        sockets = self.sockets
-        out = []
-        for key in keys:
-            sock = sockets.get(key[0])
-            if sock is None or not sock.has_entry(key[1], key[2]):
-                out.append(key)
-        return out
+    def counters(
+        self,
+        family: int,
+        table: int,
+        entries: Iterable[tuple[str, str]] = (),
+        vifs: Iterable[int] = (),
+    ) -> Counters:
+        """SIOCGETSGCNT per (S,G) and SIOCGETVIFCNT per VIF, through the table's socket; a
+        table not open holds nothing of mfcd's: all None."""
+        if family not in self.families:
+            raise _disabled(family)
+        sock = self.sockets.get((family, table))
+        if sock is None:
+            return Counters([None for _ in entries], [None for _ in vifs])
+        probe = sock.sg_counters
+        return Counters([probe(s, g) for s, g in entries], [sock.vif_counters(v) for v in vifs])
 
-    def rewrite(self, ops: Iterable[_Op]) -> list[tuple[_Op, KernelError]]:
-        """Apply each operation on its own, with no undo (repairs); return the refused ones."""
-        failures = []
-        for op in ops:
-            try:
-                self.apply(op)
-            except KernelError as e:
-                failures.append((op, e))
-        return failures
+    def events(self) -> Events:
+        """Interface events (all queued), then up to 1,024 datagrams of each table's socket.
 
-    def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None:
-        sock = self.sockets.get(family)
-        return sock.sg_counters(source, group) if sock else None
-
-    def vif_counters(self, family: int, vifi: int) -> VifCounters | None:
-        sock = self.sockets.get(family)
-        return sock.vif_counters(vifi) if sock else None
+        A failure to read interface events raises netlink.NetlinkError (an OSError) before
+        any upcall is read: those stay queued for the next call.
+        """
+        links: list[LinkChange] = []
+        lost = False
+        if self.monitor is not None:
+            for event in self.monitor.read_events():
+                links.append(LinkChange(event.kind, event.link.name, event.link.ifindex))
+            lost = self.monitor.overrun
+        upcalls: list[Upcall] = []
+        for sock in self.sockets.values():
+            upcalls += sock.read_upcalls()
+        return Events(upcalls, links, lost)
 
     def close(self) -> None:
         for sock in self.sockets.values():

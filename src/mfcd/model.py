@@ -39,8 +39,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from mfcd.errors import InvalidArgument, NotFound, VifLimit
+from mfcd.protocol import family_text
 
 MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
+# The kernel's default multicast routing table of each family: RT_TABLE_DEFAULT for IPv4,
+# RT_TABLE_MAIN for IPv6 (an MRT_INIT socket without MRT_TABLE takes it; /proc shows only it).
+DEFAULT_TABLE = {4: 253, 6: 254}
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
 
 RouteKey = tuple[int, str, str]  # (family 4|6, source, group), addresses in canonical text form
@@ -88,18 +92,24 @@ class Entry(NamedTuple):
 # --- kernel operations -------------------------------------------------------------------------
 
 
+# Each operation names the multicast routing table it applies to (the kernel's table number,
+# model.DEFAULT_TABLE for now) as its last field.
+
+
 class AddVif(NamedTuple):
     family: int
     vifi: int
     interface: str
     ifindex: int
     threshold: int
+    table: int
 
 
 class DelVif(NamedTuple):
     family: int
     vifi: int
     interface: str
+    table: int
 
 
 class AddMfc(NamedTuple):
@@ -110,12 +120,14 @@ class AddMfc(NamedTuple):
     group: str
     parent: int
     oifs: Oifs
+    table: int
 
 
 class DelMfc(NamedTuple):
     family: int
     source: str
     group: str
+    table: int
 
 
 KernelOp = AddVif | DelVif | AddMfc | DelMfc
@@ -416,8 +428,9 @@ class Router:
         if self._undo is not None:
             self._undo.append((_DIRECT, self, key, None))
         # tuple.__new__ directly: half the cost of the NamedTuples' own constructors.
-        write = _new(AddMfc, (family, key[1], key[2], entry.parent, entry.oifs))
-        steps.append(_new(Step, (write, _new(DelMfc, key), "add_mfc")))
+        table = DEFAULT_TABLE[family]
+        write = _new(AddMfc, (family, key[1], key[2], entry.parent, entry.oifs, table))
+        steps.append(_new(Step, (write, _new(DelMfc, (*key, table)), "add_mfc")))
         return True
 
     def _direct_entry(self, family: int, ports: Ports) -> _Direct | None:
@@ -522,8 +535,10 @@ class Router:
         # The kernel dropped the VIF with the old device; add the same index for the new one
         # and re-issue its entries (an oif missing at write time is never restored).
         self._assign(vif, "ifindex", ifindex)
-        add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface))
-        steps = [Step(add, DelVif(family, vif.vifi, interface), "readd_vif")]
+        add = AddVif(
+            family, vif.vifi, interface, ifindex, self.threshold(interface), DEFAULT_TABLE[family]
+        )
+        steps = [Step(add, DelVif(family, vif.vifi, interface, DEFAULT_TABLE[family]), "readd_vif")]
         return steps + self._reissue(self._users(family, interface))
 
     def tracked_links(self) -> dict[str, int | None]:
@@ -549,8 +564,19 @@ class Router:
                 continue
             if not kernel_dropped_vif:
                 # Renamed: the device (and its VIF) still exist under another name; let go of it.
-                undo = AddVif(family, vif.vifi, interface, vif.ifindex, self.threshold(interface))
-                steps.append(Step(DelVif(family, vif.vifi, interface), undo, "del_vif"))
+                undo = AddVif(
+                    family,
+                    vif.vifi,
+                    interface,
+                    vif.ifindex,
+                    self.threshold(interface),
+                    DEFAULT_TABLE[family],
+                )
+                steps.append(
+                    Step(
+                        DelVif(family, vif.vifi, interface, DEFAULT_TABLE[family]), undo, "del_vif"
+                    )
+                )
             self._assign(vif, "ifindex", None)
         return steps
 
@@ -577,7 +603,7 @@ class Router:
             if key in reissue or kernel_mfc.get(key) != self._expected(key):
                 steps.append(Step(_write(key, entry), None, "reissue_mfc"))
         for key in kernel_mfc.keys() - self.installed.keys():
-            steps.append(Step(DelMfc(*key), None, "del_mfc"))
+            steps.append(Step(_delete(key), None, "del_mfc"))
         return steps
 
     def repair_vifs(
@@ -594,11 +620,18 @@ class Router:
                 device = kernel_vifs.get((family, vifi))
                 if device is not None and (vif is None or vif.ifindex is None or device != name):
                     # Not ours, or on another device (one renamed behind our back): remove it.
-                    steps.append(Step(DelVif(family, vifi, device), None, "del_vif"))
+                    steps.append(
+                        Step(DelVif(family, vifi, device, DEFAULT_TABLE[family]), None, "del_vif")
+                    )
                     device = None
                 if device is None and vif is not None and vif.ifindex is not None:
                     add = AddVif(
-                        family, vifi, vif.interface, vif.ifindex, self.threshold(vif.interface)
+                        family,
+                        vifi,
+                        vif.interface,
+                        vif.ifindex,
+                        self.threshold(vif.interface),
+                        DEFAULT_TABLE[family],
                     )
                     steps.append(Step(add, None, "readd_vif"))
                     readded.add((family, vif.interface))
@@ -708,7 +741,7 @@ class Router:
                 self._count(vif, 1)
         entry = self._entry(family, ports)
         if previous is None:
-            steps.append(Step(_write(key, entry), DelMfc(*key), "add_mfc"))
+            steps.append(Step(_write(key, entry), _delete(key), "add_mfc"))
         else:
             steps.append(Step(_write(key, entry), _write(key, previous), "replace_mfc"))
         self._set(self.installed, key, entry)
@@ -722,7 +755,7 @@ class Router:
         if previous is None or ports is None:
             return []
         family = key[0]
-        steps = [Step(DelMfc(*key), _write(key, previous), "del_mfc")]
+        steps = [Step(_delete(key), _write(key, previous), "del_mfc")]
         self._pop(self.installed, key)
         for name in ports.interfaces:
             steps += self._release(family, name)
@@ -737,7 +770,7 @@ class Router:
         try:
             vifi = slots.index(None)
         except ValueError:
-            fam = "IPv4" if family == 4 else "IPv6"
+            fam = family_text(family)
             raise VifLimit(
                 f"cannot add {fam} VIF for {name}: all {MAXVIFS} VIFs are in use;"
                 " delete routes on other interfaces first"
@@ -746,8 +779,8 @@ class Router:
         vif = Vif(family, vifi, name, ifindex, refs=1)
         self._set(self.vifs, (family, name), vif)
         self._assign(slots, vifi, name)
-        add = AddVif(family, vifi, name, ifindex, self.threshold(name))
-        return [Step(add, DelVif(family, vifi, name), "add_vif")]
+        add = AddVif(family, vifi, name, ifindex, self.threshold(name), DEFAULT_TABLE[family])
+        return [Step(add, DelVif(family, vifi, name, DEFAULT_TABLE[family]), "add_vif")]
 
     def _release(self, family: int, name: str) -> list[Step]:
         vif = self.vifs[(family, name)]
@@ -758,8 +791,10 @@ class Router:
         self._assign(self.slots[family], vif.vifi, None)
         if vif.ifindex is None:
             return []  # the kernel removed it together with the interface
-        undo = AddVif(family, vif.vifi, name, vif.ifindex, self.threshold(name))
-        return [Step(DelVif(family, vif.vifi, name), undo, "del_vif")]
+        undo = AddVif(
+            family, vif.vifi, name, vif.ifindex, self.threshold(name), DEFAULT_TABLE[family]
+        )
+        return [Step(DelVif(family, vif.vifi, name, DEFAULT_TABLE[family]), undo, "del_vif")]
 
     def _entry(self, family: int, ports: Ports) -> Entry:
         vifs = self.vifs
@@ -790,4 +825,8 @@ def _intern(table: dict[_T, _T], value: _T) -> _T:
 
 
 def _write(key: RouteKey, entry: Entry) -> AddMfc:
-    return AddMfc(key[0], key[1], key[2], entry.parent, entry.oifs)
+    return AddMfc(key[0], key[1], key[2], entry.parent, entry.oifs, DEFAULT_TABLE[key[0]])
+
+
+def _delete(key: RouteKey) -> DelMfc:
+    return DelMfc(key[0], key[1], key[2], DEFAULT_TABLE[key[0]])

@@ -32,9 +32,12 @@ __all__ = [
     "LinkEvent",
     "LinkMonitor",
     "MfcEntry",
+    "MrVif",
     "NetlinkError",
+    "current_links",
     "dump_links",
     "dump_mfc",
+    "dump_vifs",
     "error_of",
     "iter_messages",
     "mfc_request",
@@ -42,6 +45,7 @@ __all__ = [
     "parse_link_event",
     "parse_link_message",
     "parse_mfc_message",
+    "parse_vif_tables",
 ]
 
 # --- kernel ABI -------------------------------------------------------------------------------
@@ -59,6 +63,7 @@ RTNEXTHOP = struct.Struct("=HBBi")
 # struct rta_mfc_stats: packets, bytes, wrong_if (<linux/mroute.h>)
 RTA_MFC_STATS_STRUCT = struct.Struct("=QQQ")
 _U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
 _I32 = struct.Struct("=i")
 
 assert NLMSGHDR.size == 16
@@ -89,6 +94,17 @@ RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 
 IFLA_IFNAME = 3
+IFLA_AF_SPEC = 26
+# Inside IFLA_AF_SPEC of an RTM_NEWLINK of family RTNL_FAMILY_IPMR (<linux/if_link.h>)
+IPMRA_TABLE_ID = 1
+IPMRA_TABLE_VIFS = 6
+IPMRA_VIF = 1
+IPMRA_VIFA_IFINDEX = 1
+IPMRA_VIFA_VIF_ID = 2
+IPMRA_VIFA_BYTES_IN = 4
+IPMRA_VIFA_BYTES_OUT = 5
+IPMRA_VIFA_PACKETS_IN = 6
+IPMRA_VIFA_PACKETS_OUT = 7
 IFF_UP = 0x1
 
 RTA_DST = 1
@@ -166,6 +182,19 @@ class MfcEntry:
     bytes: int
     wrong_if: int
     resolved: bool = True  # False for the kernel's unresolved queue (traffic without a route)
+
+
+@dataclass(frozen=True, slots=True)
+class MrVif:
+    """One VIF of an IPv4 multicast routing table, as the VIF dump reports it."""
+
+    table: int
+    vifi: int
+    ifindex: int
+    bytes_in: int
+    bytes_out: int
+    packets_in: int
+    packets_out: int
 
 
 class NetlinkError(OSError):
@@ -326,6 +355,57 @@ def parse_mfc_message(data: ReadableBuffer) -> MfcEntry | None:
     )
 
 
+def _iter_attrs(data: memoryview) -> Iterator[tuple[int, memoryview]]:
+    """Each (type, payload) of a run of rtattrs, duplicates included (nested lists)."""
+    offset, end = 0, len(data)
+    while end - offset >= RTATTR.size:
+        length, kind = RTATTR.unpack_from(data, offset)
+        if length < RTATTR.size or offset + length > end:
+            raise ValueError(f"bad rta_len {length} at offset {offset} of {end}")
+        yield kind & NLA_TYPE_MASK, data[offset + RTATTR.size : offset + length]
+        offset = _align(offset + length)
+
+
+def _u64(attrs: dict[int, memoryview], key: int) -> int:
+    raw = attrs.get(key)
+    if raw is None or len(raw) < _U64.size:
+        raise ValueError(f"VIF attribute {key} missing or short")
+    value: int = _U64.unpack_from(raw)[0]
+    return value
+
+
+def parse_vif_tables(data: ReadableBuffer) -> list[MrVif] | None:
+    """Decode one RTM_NEWLINK of family RTNL_FAMILY_IPMR (one per IPv4 table): its VIFs;
+    None for any other message."""
+    kind, view = _message(data, 0)
+    if kind != RTM_NEWLINK or len(view) < NLMSGHDR.size + IFINFOMSG.size:
+        return None
+    if IFINFOMSG.unpack_from(view, NLMSGHDR.size)[0] != RTNL_FAMILY_IPMR:
+        return None
+    spec = parse_attrs(view, NLMSGHDR.size + IFINFOMSG.size).get(IFLA_AF_SPEC)
+    if spec is None:
+        return None
+    table_attrs = parse_attrs(spec)
+    table = _u32(table_attrs[IPMRA_TABLE_ID])
+    vifs = []
+    for vif_kind, nested in _iter_attrs(table_attrs.get(IPMRA_TABLE_VIFS, memoryview(b""))):
+        if vif_kind != IPMRA_VIF:
+            continue
+        a = parse_attrs(nested)
+        vifs.append(
+            MrVif(
+                table,
+                _u32(a[IPMRA_VIFA_VIF_ID]),
+                _u32(a[IPMRA_VIFA_IFINDEX]),
+                _u64(a, IPMRA_VIFA_BYTES_IN),
+                _u64(a, IPMRA_VIFA_BYTES_OUT),
+                _u64(a, IPMRA_VIFA_PACKETS_IN),
+                _u64(a, IPMRA_VIFA_PACKETS_OUT),
+            )
+        )
+    return vifs
+
+
 def _extack_message(view: memoryview, offset: int) -> str:
     """The kernel's NLMSGERR_ATTR_MSG text from the TLVs at `offset`, or ""."""
     try:
@@ -435,6 +515,19 @@ def dump_links() -> list[Link]:
     # A full ifinfomsg, not the legacy rtgenmsg: strict checking rejects the short form.
     request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
     return _dump("dump links", RTM_GETLINK, request, parse_link_message)
+
+
+def dump_vifs(table: int) -> list[MrVif]:
+    """The VIFs of one IPv4 multicast routing table (any table, unlike /proc); the kernel has
+    no such dump for IPv6."""
+    request = IFINFOMSG.pack(RTNL_FAMILY_IPMR, 0, 0, 0, 0)
+    tables = _dump("dump vifs", RTM_GETLINK, request, parse_vif_tables)
+    return [vif for vifs in tables for vif in vifs if vif.table == table]
+
+
+def current_links() -> dict[str, int]:
+    """Every interface's name -> ifindex."""
+    return {link.name: link.ifindex for link in dump_links()}
 
 
 def mfc_request(family: int, table: int | None = None) -> bytes:

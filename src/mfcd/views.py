@@ -12,9 +12,9 @@ import json
 import socket
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from mfcd.kernel import SgCounters, VifCounters
+from mfcd.dataplane import CountersReader, sg_counters, vif_counters
 from mfcd.model import (
     DEFAULT_THRESHOLD,
     MAXVIFS,
@@ -30,13 +30,6 @@ from mfcd.model import (
 from mfcd.protocol import FAMILY_NAMES, Encoded
 
 SHOW_SCHEMA = 1
-
-
-class CountersReader(Protocol):
-    """Where statistics come from (the kernel's counters, in the daemon)."""
-
-    def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None: ...
-    def vif_counters(self, family: int, vifi: int) -> VifCounters | None: ...
 
 
 # --- plans, sync reports and log text -------------------------------------------------------------
@@ -136,7 +129,7 @@ class Views:
                 "routes": vif.refs,
             }
             if stats:
-                c = self.counters.vif_counters(vif.family, vif.vifi) if vif.ifindex else None
+                c = vif_counters(self.counters, vif.family, vif.vifi) if vif.ifindex else None
                 entry["stats"] = {
                     "packets_in": c.packets_in if c else 0,
                     "packets_out": c.packets_out if c else 0,
@@ -234,7 +227,7 @@ class Views:
                 out["missing"] = list(status.missing)
                 out["reason"] = status.reason
         if stats:
-            c = self.counters.sg_counters(family, source, group) if installed else None
+            c = sg_counters(self.counters, family, source, group) if installed else None
             out["stats"] = {
                 "packets": c.packets if c else 0,
                 "bytes": c.bytes if c else 0,

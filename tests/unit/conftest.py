@@ -8,9 +8,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mfcd.dataplane import (
+    Counters,
+    Events,
+    Observation,
+    ObservedEntry,
+    ObservedVif,
+    SgCounters,
+    Upcall,
+    VifCounters,
+    undo,
+)
 from mfcd.errors import KernelError, StateError
-from mfcd.kernel import Kernel
 from mfcd.model import (
+    DEFAULT_TABLE,
     AddMfc,
     AddVif,
     Change,
@@ -35,30 +46,45 @@ class MfcEntry:
     ttls: dict[int, int]  # vif index -> TTL threshold, as the kernel kept them at write time
 
 
-class FakeKernel(Kernel):
-    """The multicast tables of one netns, with Linux's rules, behind the real Kernel.execute/undo.
+class FakeKernel:
+    """The default multicast tables of one netns, with Linux's rules: a dataplane.Dataplane.
 
     Like Linux (see kernel-notes.md section 0): an MFC oif that is not a VIF when the entry is
     written is dropped for good; deleting a VIF (or its device) keeps the MFC entries, and the oif
     forwards again if the same VIF index is added back.  Adding a VIF index that is taken, deleting
     one that is free, adding a VIF for a device that does not exist or deleting an absent MFC entry
-    fails as in Linux.  `fail_at=n` makes the n-th operation applied fail once.
+    fails as in Linux.  `fail_at=n` makes the n-th operation applied fail once; `refuse`
+    makes every operation equal to one of its members fail.  Upcalls put in `upcalls` are
+    returned by the next events().  Only the default tables exist: an operation naming another
+    table fails as for a disabled family.
     """
 
     def __init__(self, devices: set[int] | None = None, fail_at: int | None = None) -> None:
-        # No super().__init__(): it would open the real mroute sockets.
-        self.sockets = {}
         self.vifs: dict[tuple[int, int], int] = {}  # (family, vifi) -> ifindex
         self.mfcs: dict[RouteKey, MfcEntry] = {}
         self.devices = devices  # ifindexes that exist; None: any
         self.fail_at = fail_at
         self.applied: list[KernelOp] = []
         self.calls = 0
+        self.refuse: set[KernelOp] = set()
+        self.names: dict[int, str] = {}  # ifindex -> device name, for observe()
+        self.observed: list[tuple[int, int, bool]] = []  # observe() calls
+        self.upcalls: list[Upcall] = []
 
-    def apply(self, op: KernelOp) -> None:
+    def apply(self, ops: Sequence[KernelOp]) -> None:
+        for done, op in enumerate(ops):
+            try:
+                self._apply(op)
+            except KernelError as e:
+                e.applied = done
+                raise
+
+    def _apply(self, op: KernelOp) -> None:
         self.calls += 1
-        if self.calls == self.fail_at:
+        if self.calls == self.fail_at or op in self.refuse:
             raise KernelError("injected failure", type(op).__name__, errno.ENOBUFS)
+        if op.table != DEFAULT_TABLE[op.family]:
+            raise KernelError(f"no table {op.table}", "config", 0)
         match op:
             case AddVif(family, vifi, _, ifindex, _):
                 if (family, vifi) in self.vifs:
@@ -77,8 +103,43 @@ class FakeKernel(Kernel):
                     raise KernelError("no such entry", "MRT_DEL_MFC", errno.ENOENT)
         self.applied.append(op)
 
-    def missing(self, keys: Iterable[RouteKey]) -> list[RouteKey]:
-        return [key for key in keys if key not in self.mfcs]
+    def observe(self, family: int, table: int, entries: bool = True) -> Observation:
+        """VIF devices are named by `names`, else after their ifindex ("if7")."""
+        self.observed.append((family, table, entries))
+        zero_vif, zero_sg = VifCounters(0, 0, 0, 0), SgCounters(0, 0, 0)
+        vifs = {
+            vifi: ObservedVif(self.names.get(ifindex, f"if{ifindex}"), ifindex, zero_vif)
+            for (f, vifi), ifindex in self.vifs.items()
+            if f == family and table == DEFAULT_TABLE[family]
+        }
+        if not entries:
+            return Observation(family, table, vifs, None)
+        mfc = {}
+        for (f, source, group), entry in self.mfcs.items():
+            if f == family and table == DEFAULT_TABLE[family]:
+                iif = self.vifs.get((family, entry.parent))
+                oifs = {self.vifs[(f, v)]: t for v, t in entry.ttls.items() if (f, v) in self.vifs}
+                mfc[(source, group)] = ObservedEntry(iif, oifs, zero_sg)
+        return Observation(family, table, vifs, mfc)
+
+    def counters(
+        self,
+        family: int,
+        table: int,
+        entries: Iterable[tuple[str, str]] = (),
+        vifs: Iterable[int] = (),
+    ) -> Counters:
+        ours = table == DEFAULT_TABLE[family]
+        sg = [
+            SgCounters(0, 0, 0) if ours and (family, s, g) in self.mfcs else None
+            for s, g in entries
+        ]
+        vif = [VifCounters(0, 0, 0, 0) if ours and (family, v) in self.vifs else None for v in vifs]
+        return Counters(sg, vif)
+
+    def events(self) -> Events:
+        upcalls, self.upcalls = self.upcalls, []
+        return Events(upcalls, [], False)
 
     def device_gone(self, ifindex: int) -> None:
         """A device was deleted: Linux removes its VIFs (NETDEV_UNREGISTER), keeps the MFC."""
@@ -178,7 +239,6 @@ def check_undo(kernel: FakeKernel, steps: Sequence[Step]) -> None:
     before = kernel.view()
     for done in range(len(steps) + 1):
         trial = kernel.clone()
-        for step in steps[:done]:
-            trial.apply(step.op)
-        assert trial.undo([s.undo for s in steps[:done]]) == []
+        trial.apply([step.op for step in steps[:done]])
+        assert undo(trial, [s.undo for s in steps[:done]]) == []
         assert trial.view() == before, f"undo of {steps[:done]} does not restore the kernel"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from mfcd import batchfile, protocol
 from mfcd import commands as commands_module
 from mfcd.commands import Commands, Peer
-from mfcd.controller import Controller, KernelView
+from mfcd.controller import Controller
 from mfcd.model import Ports
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
@@ -484,20 +484,29 @@ def test_vif_set_to_the_default_clears_the_setting_and_is_journaled_as_that(
 def test_sync_reads_the_whole_table_only_when_small_or_asked(
     commands: Commands, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked: list[bool] = []
-
-    def observe(full: bool) -> KernelView:
-        asked.append(full)
-        kernel = commands.controller.kernel
-        assert isinstance(kernel, FakeKernel)
-        vifs = {key: "abc"[ifindex - 1] for key, ifindex in kernel.vifs.items()}
-        return KernelView(vifs, {} if full else None)
-
-    commands.observe = observe
+    kernel = commands.controller.kernel
+    assert isinstance(kernel, FakeKernel)
+    kernel.names = {1: "a", 2: "b", 3: "c"}
+    commands.plane = kernel
     assert ask(commands, "sync", {})["result"]["full"] is True  # 1 route: the dump is cheap
     monkeypatch.setattr(commands_module, "FULL_SYNC_ROUTES", 0)
     result = ask(commands, "sync", {})["result"]
     assert result == {"dry_run": False, "repairs": [], "full": False}
     assert ask(commands, "sync", {"full": True})["result"]["full"] is True
     assert ask(commands, "sync", {"full": 1})["error"]["code"] == "bad_request"
-    assert asked == [True, False, True]
+    asked = [entries for _family, _table, entries in kernel.observed]
+    assert asked == [True, True, False, False, True, True]  # IPv4 and IPv6 each time
+
+
+def test_ping_reports_the_upcalls_counted_by_kind(commands: Commands) -> None:
+    assert ask(commands, "ping", {})["result"]["upcalls"] == {
+        "nocache": 0,
+        "wrongvif": 0,
+        "wholepkt": 0,
+    }
+    commands.upcalls.update(["nocache", "nocache", "wrongvif"])
+    assert ask(commands, "ping", {})["result"]["upcalls"] == {
+        "nocache": 2,
+        "wrongvif": 1,
+        "wholepkt": 0,
+    }

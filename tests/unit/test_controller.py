@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from mfcd import controller
 from mfcd.controller import Controller, KernelView
 from mfcd.errors import KernelError, NotFound, StateError, VifLimit
-from mfcd.model import MAXVIFS, AddRoute, Change, DelRoute, Ports, Route, SetThreshold
+from mfcd.model import (
+    DEFAULT_TABLE,
+    MAXVIFS,
+    AddRoute,
+    Change,
+    DelMfc,
+    DelRoute,
+    Ports,
+    Route,
+    SetThreshold,
+)
 from mfcd.state import Loaded, route_op
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
@@ -329,16 +337,11 @@ def test_a_refused_rollback_is_logged_and_asks_for_a_repair(
     kernel, _ = fake(ctl)
     drift: list[bool] = []
     ctl.on_drift = lambda: drift.append(True)
-    refuse_undo = kernel.undo
-
-    def undo(ops: Any) -> list[KernelError]:
-        refuse_undo(ops)
-        return [KernelError("MRT_DEL_MFC (IPv4) failed", "MRT_DEL_MFC", 2)]
-
-    kernel.undo = undo  # type: ignore[method-assign]
+    first = r4(7, "a", "b")
+    kernel.refuse.add(DelMfc(*first.key, DEFAULT_TABLE[4]))  # the undo of the first entry
     kernel.fail_at = kernel.calls + 2  # the second route's entry: the first one is undone
     with pytest.raises(KernelError):
-        ctl.change([AddRoute.of(r4(7, "a", "b")), AddRoute.of(r4(8, "c", "d"))])
+        ctl.change([AddRoute.of(first), AddRoute.of(r4(8, "c", "d"))])
     assert drift == [True]
     assert "rollback incomplete" in caplog.text
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mfcd.dataplane import execute, undo
 from mfcd.errors import InvalidArgument, MfcdError, NotFound, VifLimit
 from mfcd.model import (
     DEFAULT_THRESHOLD,
@@ -150,8 +151,8 @@ def test_vifs_are_added_before_the_entry_and_released_after_its_deletion() -> No
     steps = run(router, router.add_route, r4(1, "a", "b", "c"))
     assert actions(steps) == ["add_vif", "add_vif", "add_vif", "add_mfc"]
     entry = steps[-1].op
-    assert entry == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1), (2, 1)))
-    assert steps[-1].undo == DelMfc(4, "10.0.0.1", GROUP4)
+    assert entry == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1), (2, 1)), 253)
+    assert steps[-1].undo == DelMfc(4, "10.0.0.1", GROUP4, 253)
 
     steps = run(router, router.del_route, 4, "10.0.0.1", GROUP4)
     assert actions(steps) == ["del_mfc", "del_vif", "del_vif", "del_vif"]
@@ -167,7 +168,7 @@ def test_replace_writes_one_entry_and_releases_only_unused_vifs() -> None:
     steps = run(router, router.add_route, r4(1, "a", "c", "d"))
     assert actions(steps) == ["replace_mfc"]  # d already has a VIF, b is still used by route 2
     assert steps[0].undo == before
-    assert steps[0].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((2, 1), (3, 1)))
+    assert steps[0].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((2, 1), (3, 1)), 253)
 
     steps = run(router, router.add_route, r4(1, "a", "d"))
     assert actions(steps) == ["replace_mfc", "del_vif"]
@@ -180,7 +181,7 @@ def test_replace_with_a_new_interface_adds_its_vif_first() -> None:
     run(router, router.add_route, r4(1, "a", "b"))
     steps = run(router, router.add_route, r4(1, "a", "c"))
     assert actions(steps) == ["add_vif", "replace_mfc", "del_vif"]
-    assert (steps[0].op, steps[2].op) == (AddVif(4, 2, "c", 3, 1), DelVif(4, 1, "b"))
+    assert (steps[0].op, steps[2].op) == (AddVif(4, 2, "c", 3, 1, 253), DelVif(4, 1, "b", 253))
 
 
 def test_adding_the_same_route_again_changes_nothing() -> None:
@@ -210,7 +211,7 @@ def test_pending_route_is_installed_when_its_interface_appears() -> None:
 
     steps = run(router, router.link_up, "x", 7)
     assert actions(steps) == ["add_vif", "add_vif", "add_mfc"]
-    assert steps[1].op == AddVif(4, 1, "x", 7, DEFAULT_THRESHOLD)
+    assert steps[1].op == AddVif(4, 1, "x", 7, DEFAULT_THRESHOLD, 253)
     assert router.status(r4(1, "a").key).state == "installed"
     assert router.waiting == {}
     check_invariants(router)
@@ -235,8 +236,8 @@ def test_link_down_degrades_keeps_the_index_and_link_up_readds_it() -> None:
 
     steps = run(router, router.link_up, "b", 42)
     assert actions(steps) == ["readd_vif", "reissue_mfc"]
-    assert steps[0].op == AddVif(4, 1, "b", 42, DEFAULT_THRESHOLD)
-    assert steps[0].undo == DelVif(4, 1, "b")
+    assert steps[0].op == AddVif(4, 1, "b", 42, DEFAULT_THRESHOLD, 253)
+    assert steps[0].undo == DelVif(4, 1, "b", 253)
     assert steps[1].op == entry
     assert steps[1].undo == entry
     assert router.status(r4(1, "a").key).state == "installed"
@@ -264,7 +265,9 @@ def test_rename_releases_the_vif_in_the_kernel_and_keeps_the_index() -> None:
     router = router_with_links("a", "b")
     run(router, router.add_route, r4(1, "a", "b"))
     steps = run(router, router.link_down, "b", False)
-    assert steps == [Step(DelVif(4, 1, "b"), AddVif(4, 1, "b", 2, DEFAULT_THRESHOLD), "del_vif")]
+    assert steps == [
+        Step(DelVif(4, 1, "b", 253), AddVif(4, 1, "b", 2, DEFAULT_THRESHOLD, 253), "del_vif")
+    ]
     assert router.status(r4(1, "a").key).state == "degraded"
     assert router.slots[4][1] == "b"
 
@@ -305,7 +308,7 @@ def test_set_threshold_reissues_ipv4_entries_with_the_new_ttl() -> None:
     before = router.entry(r4(1, "a").key)
     steps = run(router, router.set_threshold, "b", 5)
     assert actions(steps) == ["reissue_mfc"]
-    assert steps[0].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 5), (2, 1)))
+    assert steps[0].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 5), (2, 1)), 253)
     assert steps[0].undo == before
     assert run(router, router.set_threshold, "b", 5) == []
     assert run(router, router.set_threshold, "unused", 9) == []
@@ -334,8 +337,8 @@ def test_new_vifs_use_the_interface_threshold() -> None:
     router = router_with_links("a", "b")
     run(router, router.set_threshold, "b", 64)
     steps = run(router, router.add_route, r4(1, "a", "b"))
-    assert steps[1].op == AddVif(4, 1, "b", 2, 64)
-    assert steps[2].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 64),))
+    assert steps[1].op == AddVif(4, 1, "b", 2, 64, 253)
+    assert steps[2].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 64),), 253)
 
 
 def test_changes_need_an_open_transaction() -> None:
@@ -383,8 +386,8 @@ def test_every_step_undo_inverts_its_op() -> None:
                     pytest.fail(f"{step.action}: {step.undo} does not invert {step.op}")
             seen.add(step.action)
         check_undo(kernel, steps)
-        assert kernel.undo([]) == []
-        kernel.execute(steps)
+        assert undo(kernel, []) == []
+        execute(kernel, steps)
     assert seen == {"add_vif", "del_vif", "add_mfc", "replace_mfc", "del_mfc", "readd_vif"} | {
         "reissue_mfc"
     }
@@ -531,9 +534,9 @@ def test_kernel_forwards_what_the_model_says(events: list[Any]) -> None:
             steps = planned
             router.commit()
         check_undo(world.kernel, steps)
-        world.kernel.execute(steps)
+        execute(world.kernel, steps)
         if router.blocked and any(isinstance(s.op, DelVif) for s in steps):
-            world.kernel.execute(run(router, router.retry_blocked))
+            execute(world.kernel, run(router, router.retry_blocked))
         check_invariants(router)
         world.check(router)
 
@@ -543,7 +546,7 @@ def test_link_events_reach_the_kernel_through_the_world() -> None:
     router = Router()
     world = World()
     for name in ("a", "b", "c"):
-        world.kernel.execute(world.link_event(router, name, "up", True))
+        execute(world.kernel, world.link_event(router, name, "up", True))
     changes: list[list[Action]] = [
         [("add", r4(1, "a", "b", "c"))],
         [("threshold", "c", 3)],
@@ -552,18 +555,18 @@ def test_link_events_reach_the_kernel_through_the_world() -> None:
     for change in changes:
         steps = transaction(router, change)
         assert steps is not None
-        world.kernel.execute(steps)
+        execute(world.kernel, steps)
         router.commit()
         world.check(router)
-    world.kernel.execute(world.link_event(router, "b", "down", True))
+    execute(world.kernel, world.link_event(router, "b", "down", True))
     world.check(router)
     # Written while b has no VIF: the kernel drops b from the entry for good, until re-issued.
-    world.kernel.execute(run(router, router.set_threshold, "b", 2))
+    execute(world.kernel, run(router, router.set_threshold, "b", 2))
     world.check(router)
-    world.kernel.execute(world.link_event(router, "c", "down", False))
+    execute(world.kernel, world.link_event(router, "c", "down", False))
     world.check(router)
     for name in ("b", "c"):
-        world.kernel.execute(world.link_event(router, name, "up", True))
+        execute(world.kernel, world.link_event(router, name, "up", True))
         world.check(router)
     assert world.kernel.forwarding(r4(1, "a").key) == (1, frozenset({(4, 2), (5, 3)}))
 
@@ -618,7 +621,7 @@ def test_repair_removes_what_the_model_does_not_own() -> None:
     steps = router.repair(vifs, mfc)
     assert sorted(actions(steps)) == ["del_mfc", "del_vif", "reissue_mfc"]
     assert vif_ops(steps, DelVif) == [(5, "x")]
-    assert [s.op for s in steps if s.action == "del_mfc"] == [DelMfc(*stray)]
+    assert [s.op for s in steps if s.action == "del_mfc"] == [DelMfc(*stray, 253)]
 
 
 def test_tracked_links_are_the_interfaces_routes_use_or_wait_for() -> None:

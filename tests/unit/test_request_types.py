@@ -11,7 +11,7 @@ import pytest
 
 from mfcd import protocol
 from mfcd.commands import Commands
-from mfcd.controller import KernelView
+from tests.unit.conftest import FakeKernel
 from tests.unit.test_commands import ROUTE, answer, make_commands, snapshot
 
 # One value of each JSON type, and the edges of each: what json.loads can hand a command.
@@ -87,7 +87,7 @@ def fresh_commands() -> Commands:
     commands = make_commands()
     two_oifs = {"source": "10.0.0.3", "group": "239.1.1.1", "iif": "a", "oifs": ["b", "c"]}
     assert answer(commands, json.dumps(request("mfc.add", two_oifs)).encode())["ok"]
-    commands.observe = lambda full: KernelView({}, {})
+    commands.plane = FakeKernel()  # an empty one
     return commands
 
 

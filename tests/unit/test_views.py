@@ -5,13 +5,15 @@ from __future__ import annotations
 import errno
 import json
 from collections import Counter
+from collections.abc import Iterable
 
 import pytest
 
 from mfcd import views
 from mfcd.controller import Controller
+from mfcd.dataplane import Counters as Read
+from mfcd.dataplane import SgCounters, VifCounters
 from mfcd.errors import KernelError
-from mfcd.kernel import SgCounters, VifCounters
 from mfcd.model import AddRoute, Ports, Route, SetThreshold, Step
 from mfcd.protocol import Encoded
 from mfcd.views import Views, describe_step
@@ -29,11 +31,17 @@ def ctl() -> Controller:
 class Counters:
     """Counters as the kernel would give them: every route and VIF has counted some packets."""
 
-    def sg_counters(self, family: int, source: str, group: str) -> SgCounters | None:
-        return SgCounters(packets=len(source), bytes=1000, wrong_if=1)
-
-    def vif_counters(self, family: int, vifi: int) -> VifCounters | None:
-        return VifCounters(packets_in=vifi, packets_out=2, bytes_in=3, bytes_out=4)
+    def counters(
+        self,
+        family: int,
+        table: int,
+        entries: Iterable[tuple[str, str]] = (),
+        vifs: Iterable[int] = (),
+    ) -> Read:
+        return Read(
+            [SgCounters(packets=len(source), bytes=1000, wrong_if=1) for source, _ in entries],
+            [VifCounters(packets_in=vifi, packets_out=2, bytes_in=3, bytes_out=4) for vifi in vifs],
+        )
 
 
 # --- show ----------------------------------------------------------------------------------------

@@ -1,0 +1,200 @@
+"""The one kernel interface of the route engine: the Dataplane protocol, its values, and
+all-or-nothing execution on top of it (no I/O).
+
+The interface
+-------------
+A data plane holds the multicast routing tables, each named by (family, table) where
+`table` is the kernel's table number (model.DEFAULT_TABLE: 253 for IPv4, 254 for IPv6).
+It has exactly four operations:
+
+- `apply(ops)`: apply model.KernelOps in order, each in the table it names. On the first
+  failure it raises KernelError with `applied` set to how many ops went in before it; it
+  never undoes anything (that is `execute`, below, in the core).
+- `observe(family, table, entries=True)`: what one table holds now, as an Observation:
+  its VIFs (index -> device, ifindex, counters) and, with `entries`, its MFC entries
+  ((source, group) -> iif, oifs with TTLs, counters). Reading every entry costs more than
+  linear time in the kernel (minutes at 1,000,000): without `entries` only the VIFs.
+  The real Kernel reads the VIFs of a default table from /proc, those of another IPv4
+  table by netlink, and refuses another IPv6 table (the kernel lists no such VIFs).
+- `counters(family, table, entries=(), vifs=())`: per-(S,G) and per-VIF counters, one
+  O(1) probe each, in the order asked; None for an entry or VIF the table does not hold.
+- `events()`: what the kernel reported since the last call (upcalls of every table,
+  interface changes), read without blocking and bounded per call, so a flood cannot
+  starve the caller: call again while the source stays readable.
+
+kernel.Kernel (with netlink.py) is the only real implementation; tests/unit/conftest.py's
+FakeKernel implements the same protocol with Linux's rules. How a caller waits for events
+is not part of the protocol: the real Kernel names its file descriptors (`Kernel.fds()`),
+and the daemon calls `events()` whenever one is readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
+
+from mfcd.errors import KernelError
+from mfcd.model import DEFAULT_TABLE, KernelOp, RouteKey, Step
+
+# Upcall kinds: IGMPMSG_NOCACHE / MRT6MSG_NOCACHE (a packet with no entry),
+# IGMPMSG_WRONGVIF / MRT6MSG_WRONGMIF (a packet on the wrong interface, only with
+# MRT_ASSERT or MRT_PIM), IGMPMSG_WHOLEPKT / MRT6MSG_WHOLEPKT (PIM register, whole packet).
+UpcallKind = Literal["nocache", "wrongvif", "wholepkt"]
+UPCALL_KINDS: tuple[UpcallKind, ...] = ("nocache", "wrongvif", "wholepkt")
+
+
+class SgCounters(NamedTuple):
+    packets: int
+    bytes: int
+    wrong_if: int
+
+
+class VifCounters(NamedTuple):
+    packets_in: int
+    packets_out: int
+    bytes_in: int
+    bytes_out: int
+
+
+class ObservedVif(NamedTuple):
+    device: str
+    ifindex: int | None  # None where the kernel does not say (IPv6's /proc)
+    counters: VifCounters
+
+
+class ObservedEntry(NamedTuple):
+    iif: int | None  # ifindex; None when the parent is not a VIF
+    oifs: dict[int, int]  # oif ifindex -> TTL threshold
+    counters: SgCounters
+
+
+class Observation(NamedTuple):
+    family: int
+    table: int
+    vifs: dict[int, ObservedVif]  # VIF index -> VIF
+    entries: dict[tuple[str, str], ObservedEntry] | None  # None: not read
+
+
+class Counters(NamedTuple):
+    entries: list[SgCounters | None]  # in the order asked; None: no such entry
+    vifs: list[VifCounters | None]  # in the order asked; None: no such VIF
+
+
+class Upcall(NamedTuple):
+    """A message from a table's mroute socket about one packet."""
+
+    kind: UpcallKind
+    family: int
+    table: int
+    source: str
+    group: str
+    vif: int  # the VIF index the packet arrived on
+
+
+class LinkChange(NamedTuple):
+    """An interface created or changed ("new") or deleted ("del")."""
+
+    kind: Literal["new", "del"]
+    name: str
+    ifindex: int
+
+
+class Events(NamedTuple):
+    upcalls: list[Upcall]
+    links: list[LinkChange]
+    links_lost: bool  # interface events were lost (overrun): re-read every interface
+
+
+class CountersReader(Protocol):
+    """The part of a data plane that reads counters (all that show and stats need)."""
+
+    def counters(
+        self,
+        family: int,
+        table: int,
+        entries: Iterable[tuple[str, str]] = (),
+        vifs: Iterable[int] = (),
+    ) -> Counters: ...
+
+
+@runtime_checkable
+class Dataplane(CountersReader, Protocol):
+    def apply(self, ops: Sequence[KernelOp]) -> None: ...
+    def observe(self, family: int, table: int, entries: bool = True) -> Observation: ...
+    def events(self) -> Events: ...
+
+
+# --- all-or-nothing execution, on any data plane --------------------------------------------------
+
+
+def execute(plane: Dataplane, steps: Sequence[Step]) -> None:
+    """Apply every step; if one fails, undo the ones already applied and re-raise.
+
+    Failures of the undo itself are attached to the error as `undo_failures`.
+    """
+    try:
+        plane.apply([step.op for step in steps])
+    except KernelError as e:
+        e.undo_failures = undo(plane, [step.undo for step in steps[: e.applied]])
+        raise
+
+
+def undo(plane: Dataplane, ops: Sequence[KernelOp | None]) -> list[KernelError]:
+    """Apply the undo operations of applied steps, newest first (None: nothing to undo); go
+    on past failures and return them."""
+    failures = []
+    for op in reversed(ops):
+        if op is None:
+            continue
+        try:
+            plane.apply((op,))
+        except KernelError as e:
+            failures.append(e)
+    return failures
+
+
+_Op = TypeVar("_Op", bound=KernelOp)
+
+
+def rewrite(plane: Dataplane, ops: Iterable[_Op]) -> list[tuple[_Op, KernelError]]:
+    """Apply each operation on its own, with no undo (repairs); return the refused ones."""
+    failures = []
+    for op in ops:
+        try:
+            plane.apply((op,))
+        except KernelError as e:
+            failures.append((op, e))
+    return failures
+
+
+def missing(plane: Dataplane, keys: Iterable[RouteKey]) -> list[RouteKey]:
+    """The keys (in the default tables) the data plane holds no entry for: one O(1)
+    counters probe each, where a dump of the table grows faster than the table."""
+    by_family: dict[int, list[RouteKey]] = {}
+    for key in keys:
+        by_family.setdefault(key[0], []).append(key)
+    out = []
+    for family, some in by_family.items():
+        try:
+            found = plane.counters(family, DEFAULT_TABLE[family], [(k[1], k[2]) for k in some])
+        except KernelError:  # a disabled family: nothing of it is in the kernel
+            out += some
+            continue
+        out += [key for key, c in zip(some, found.entries, strict=True) if c is None]
+    return out
+
+
+def sg_counters(plane: CountersReader, family: int, source: str, group: str) -> SgCounters | None:
+    """One (S,G) entry's counters in the family's default table (None: not there)."""
+    try:
+        return plane.counters(family, DEFAULT_TABLE[family], [(source, group)]).entries[0]
+    except KernelError:
+        return None
+
+
+def vif_counters(plane: CountersReader, family: int, vifi: int) -> VifCounters | None:
+    """One VIF's counters in the family's default table (None: not there)."""
+    try:
+        return plane.counters(family, DEFAULT_TABLE[family], vifs=[vifi]).vifs[0]
+    except KernelError:
+        return None

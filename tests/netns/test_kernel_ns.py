@@ -1,0 +1,141 @@
+"""Root-only checks of mfcd.kernel.Kernel (the real data plane) in private network namespaces.
+
+Python 3.11 has no os.setns, so each check runs as a child `ip netns exec NS python3 -c ...`
+that imports mfcd from src/ and prints JSON; the namespaces are always deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create network namespaces"),
+]
+
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+PRELUDE = textwrap.dedent(
+    """
+    import json, socket, subprocess
+    from mfcd.errors import KernelError
+    from mfcd.kernel import Kernel
+    from mfcd.model import AddMfc, AddVif, DelMfc
+    r0, r1 = socket.if_nametoindex("r0"), socket.if_nametoindex("r1")
+    def mroute(family, *table):
+        return subprocess.run(["ip", family, "mroute", "show", *table], capture_output=True,
+                              text=True, check=True).stdout
+    """
+)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"mfcdtest-k-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        ip = ["ip", "-n", name, "link"]
+        subprocess.run([*ip, "add", "r0", "type", "veth", "peer", "name", "r1"], check=True)
+        for dev in ("r0", "r1", "lo"):
+            subprocess.run([*ip, "set", dev, "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def run_py(ns: str, code: str) -> Any:
+    """Run PRELUDE + code in `ns`; return the JSON value of its `out`."""
+    script = PRELUDE + textwrap.dedent(code) + "\nprint(json.dumps(out))\n"
+    done = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_an_op_naming_another_table_opens_it_and_close_table_empties_it(netns: str) -> None:
+    out = run_py(
+        netns,
+        """
+        k = Kernel([4, 6])
+        out = {}
+        ops = [AddVif(4, 0, "r0", r0, 1, 100), AddVif(4, 1, "r1", r1, 1, 100),
+               AddMfc(4, "198.18.0.2", "239.5.0.1", 0, ((1, 1),), 100),
+               AddVif(6, 0, "r0", r0, 1, 200), AddVif(6, 1, "r1", r1, 1, 200),
+               AddMfc(6, "2001:db8::2", "ff3e::5:1", 0, ((1, 1),), 200)]
+        k.apply(ops)
+        out["tables"] = sorted(k.sockets)
+        out["shown4"] = mroute("-4", "table", "100")
+        out["shown6"] = mroute("-6", "table", "200")
+        out["default4"] = mroute("-4")
+        c = k.counters(4, 100, [("198.18.0.2", "239.5.0.1"), ("198.18.0.2", "239.5.0.9")], [1, 5])
+        out["counters"] = [c.entries[0] is not None, c.entries[1], c.vifs[0] is not None, c.vifs[1]]
+        out["in_default"] = k.counters(4, 253, [("198.18.0.2", "239.5.0.1")]).entries
+        out["observe"] = [sorted(k.observe(4, 253).vifs), k.observe(6, 254).entries]
+        seen = k.observe(4, 100)
+        out["vifs100"] = {i: [v.device, v.ifindex == (r0, r1)[i]] for i, v in seen.vifs.items()}
+        out["entries100"] = {f"{s},{g}": [e.iif == r0, e.oifs == {r1: 1}]
+                             for (s, g), e in seen.entries.items()}
+        try:
+            k.observe(6, 200)
+        except KernelError as e:
+            out["observe6"] = str(e)
+        k.close_table(4, 100)
+        k.close_table(6, 200)
+        out["after"] = [mroute("-4", "table", "100"), mroute("-6", "table", "200")]
+        out["left"] = sorted(k.sockets)
+        k.close()
+        """,
+    )
+    assert out["tables"] == [[4, 100], [4, 253], [6, 200], [6, 254]]
+    assert "(198.18.0.2,239.5.0.1)" in out["shown4"].replace(" ", "")
+    assert "(2001:db8::2,ff3e::5:1)" in out["shown6"].replace(" ", "")
+    assert "239.5.0.1" not in out["default4"]
+    assert out["counters"] == [True, None, True, None]
+    assert out["in_default"] == [None]  # SIOCGETSGCNT is per table
+    assert out["observe"] == [[], {}]
+    assert out["vifs100"] == {"0": ["r0", True], "1": ["r1", True]}  # netlink VIF dump
+    assert out["entries100"] == {"198.18.0.2,239.5.0.1": [True, True]}
+    assert "default IPv6 table only" in out["observe6"]
+    assert out["after"] == ["", ""]
+    assert out["left"] == [[4, 253], [6, 254]]
+
+
+def test_a_refused_op_reports_how_many_went_in_and_a_disabled_family_is_refused(
+    netns: str,
+) -> None:
+    out = run_py(
+        netns,
+        """
+        k = Kernel([4])
+        out = {}
+        try:
+            k.apply([AddVif(4, 0, "r0", r0, 1, 253), AddVif(4, 1, "r1", r1, 1, 253),
+                     DelMfc(4, "198.18.0.2", "239.5.0.1", 253), AddVif(4, 2, "r1", r1, 1, 253)])
+        except KernelError as e:
+            out["refused"] = [e.operation, e.errno, e.applied]
+        out["vifs"] = sorted(k.observe(4, 253).vifs)  # no undo in the data plane
+        try:
+            k.apply([AddVif(6, 0, "r0", r0, 1, 254)])
+        except KernelError as e:
+            out["v6"] = [str(e), e.applied]
+        k.close()
+        """,
+    )
+    assert out["refused"] == ["MRT_DEL_MFC", 2, 2]  # ENOENT after two VIFs went in
+    assert out["vifs"] == [0, 1]
+    assert out["v6"] == ["IPv6 is disabled in the configuration", 0]

@@ -1,0 +1,159 @@
+"""Tests for mfcd.kernel's pure packing and parsing, and for the Dataplane implementations."""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import struct
+
+import pytest
+
+from mfcd import kernel
+from mfcd.dataplane import Dataplane, ObservedVif, SgCounters, Upcall, VifCounters
+from mfcd.errors import KernelError
+from mfcd.kernel import Kernel
+from tests.unit.conftest import FakeKernel
+
+LONG = struct.calcsize("@L")
+
+
+def test_struct_sizes_match_the_uapi_headers() -> None:
+    # linux/mroute.h, linux/mroute6.h on a 64-bit or 32-bit ABI: unsigned long is LONG bytes.
+    assert kernel.VIFCTL.size == 16  # struct vifctl
+    assert kernel.MFCCTL.size == 60  # struct mfcctl (MAXVIFS 32)
+    assert kernel.MIF6CTL.size == 12  # struct mif6ctl
+    assert kernel.MF6CCTL.size == 92  # struct mf6cctl: 2 x sockaddr_in6, mifi_t, pad, if_set
+    assert kernel.SIOC_SG_REQ.size == 8 + 3 * LONG
+    assert kernel.SIOC_SG_REQ6.size == 56 + 3 * LONG
+    assert kernel.SIOC_VIF_REQ.size == 5 * LONG  # vifi_t padded to a long
+    assert kernel.IGMPMSG.size == 20  # struct igmpmsg
+    assert kernel.MRT6MSG.size == 40  # struct mrt6msg
+
+
+def test_vifctl_names_the_device_by_ifindex() -> None:
+    data = kernel.pack_vifctl(3, 42, 5)
+    assert kernel.VIFCTL.unpack(data) == (3, kernel.VIFF_USE_IFINDEX, 5, 0, 42, b"\0" * 4)
+
+
+def test_mif6ctl_round_trip_and_its_16_bit_ifindex() -> None:
+    assert kernel.MIF6CTL.unpack(kernel.pack_mif6ctl(7, 65535, 1)) == (7, 0, 1, 65535, 0)
+    with pytest.raises(KernelError, match="65535"):
+        kernel.pack_mif6ctl(7, 65536, 1)
+
+
+def test_mfcctl_puts_each_threshold_at_its_vif_index() -> None:
+    ttls = kernel.pack_ttls(((1, 5), (31, 1)))
+    data = kernel.pack_mfcctl("198.18.0.1", "239.1.2.3", 0, ttls)
+    origin, group, parent, packed, *counters = kernel.MFCCTL.unpack(data)
+    assert socket.inet_ntop(socket.AF_INET, origin) == "198.18.0.1"
+    assert socket.inet_ntop(socket.AF_INET, group) == "239.1.2.3"
+    assert (parent, counters) == (0, [0, 0, 0, 0])
+    assert packed == bytes([0, 5] + [0] * 29 + [1])
+
+
+def test_mf6cctl_sets_one_bit_per_oif() -> None:
+    data = kernel.pack_mf6cctl("2001:db8::2", "ff3e::1", 2, ((0, 1), (5, 1), (31, 1)))
+    origin, group, parent, ifset = kernel.MF6CCTL.unpack(data)
+    family, _port, _flow, address, _scope = kernel.SOCKADDR_IN6.unpack(origin)
+    assert (family, socket.inet_ntop(socket.AF_INET6, address)) == (socket.AF_INET6, "2001:db8::2")
+    assert socket.inet_ntop(socket.AF_INET6, kernel.SOCKADDR_IN6.unpack(group)[3]) == "ff3e::1"
+    assert parent == 2
+    assert kernel.IF_SET.unpack(ifset) == (1 | 1 << 5 | 1 << 31, 0, 0, 0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(("family", "source"), [(4, "198.18.0.2"), (6, "2001:db8::2")])
+def test_sg_request_round_trip(family: int, source: str) -> None:
+    group = "239.1.1.1" if family == 4 else "ff3e::1"
+    request = kernel.pack_sg_req(family, source, group)
+    assert kernel.parse_sg_req(family, request) == SgCounters(0, 0, 0)
+    layout = kernel.SIOC_SG_REQ if family == 4 else kernel.SIOC_SG_REQ6
+    src, grp, *_ = layout.unpack(request)
+    answered = layout.pack(src, grp, 10, 1500, 2)  # what the kernel writes back
+    assert kernel.parse_sg_req(family, answered) == SgCounters(10, 1500, 2)
+
+
+def test_vif_request_round_trip() -> None:
+    assert kernel.SIOC_VIF_REQ.unpack(kernel.pack_vif_req(4)) == (4, 0, 0, 0, 0)
+    answered = kernel.SIOC_VIF_REQ.pack(4, 9, 8, 900, 800)
+    assert kernel.parse_vif_req(answered) == VifCounters(9, 8, 900, 800)
+
+
+def igmpmsg(msgtype: int, vif: int, source: str, group: str, mbz: int = 0) -> bytes:
+    """An IPv4 upcall as recv() returns it: igmpmsg over the IP header, then 8 more bytes."""
+    src, dst = socket.inet_pton(socket.AF_INET, source), socket.inet_pton(socket.AF_INET, group)
+    header = b"\x45\x00\x00\x1c" + b"\0" * 4 + bytes([msgtype, mbz, vif & 255, vif >> 8])
+    return header + src + dst + b"\0" * 8
+
+
+def test_ipv4_upcalls_are_parsed_by_kind() -> None:
+    data = igmpmsg(1, 0, "198.18.0.2", "239.3.0.1")
+    assert len(data) == 28  # as observed (docs/kernel.md B)
+    assert kernel.parse_upcall(4, 253, data) == Upcall(
+        "nocache", 4, 253, "198.18.0.2", "239.3.0.1", 0
+    )
+    kinds = [
+        kernel.parse_upcall(4, 100, igmpmsg(t, 300, "1.2.3.4", "239.0.0.1")) for t in (2, 3, 4)
+    ]
+    assert [(u.kind, u.vif, u.table) for u in kinds if u] == [
+        ("wrongvif", 300, 100),
+        ("wholepkt", 300, 100),
+        ("wrongvif", 300, 100),  # IGMPMSG_WRVIFWHOLE
+    ]
+
+
+def test_ipv4_igmp_packets_and_short_or_unknown_messages_are_not_upcalls() -> None:
+    # A real IGMP packet: byte 9 is the IP header's protocol (2), where an upcall has im_mbz 0.
+    assert kernel.parse_upcall(4, 253, igmpmsg(1, 0, "198.18.0.2", "224.0.0.1", mbz=2)) is None
+    assert kernel.parse_upcall(4, 253, igmpmsg(9, 0, "198.18.0.2", "239.0.0.1")) is None
+    assert kernel.parse_upcall(4, 253, igmpmsg(1, 0, "198.18.0.2", "239.0.0.1")[:19]) is None
+
+
+def mrt6msg(msgtype: int, mif: int, source: str, group: str) -> bytes:
+    src = socket.inet_pton(socket.AF_INET6, source)
+    dst = socket.inet_pton(socket.AF_INET6, group)
+    return bytes([0, msgtype]) + struct.pack("=HI", mif, 0) + src + dst
+
+
+def test_ipv6_upcalls_read_only_the_first_40_bytes() -> None:
+    # The kernel sends 80 bytes; 40..79 are uninitialised memory (docs/kernel.md B).
+    garbage = b"password=hunter2 and other stale text!!!"
+    data = mrt6msg(1, 2, "2001:db8::2", "ff3e::3:1") + garbage
+    assert len(data) == 80
+    upcall = kernel.parse_upcall(6, 254, data)
+    assert upcall == Upcall("nocache", 6, 254, "2001:db8::2", "ff3e::3:1", 2)
+    assert "hunter2" not in repr(upcall)
+    assert kernel.parse_upcall(6, 254, mrt6msg(2, 1, "::1", "ff3e::1")).kind == "wrongvif"  # type: ignore[union-attr]
+    assert kernel.parse_upcall(6, 254, mrt6msg(3, 1, "::1", "ff3e::1")).kind == "wholepkt"  # type: ignore[union-attr]
+    assert kernel.parse_upcall(6, 254, mrt6msg(4, 1, "::1", "ff3e::1")) is None
+    assert kernel.parse_upcall(6, 254, data[:39]) is None
+    assert kernel.parse_upcall(6, 254, b"\x01" + data[1:]) is None  # im6_mbz must be 0
+
+
+def test_proc_vifs_are_parsed_with_counters_and_the_ipv4_ifindex() -> None:
+    v4 = (
+        "Interface      BytesIn  PktsIn  BytesOut PktsOut Flags Local    Remote\n"
+        " 0 r1              190       5       380      10 00008 00000002 00000000\n"
+        " 3 eth0              0       0         0       0 00000 0100A8C0 00000000\n"
+    )
+    vifs = kernel.parse_proc_vifs(4, v4)
+    assert vifs[0] == ObservedVif("r1", 2, VifCounters(5, 10, 190, 380))
+    assert vifs[3].device == "eth0" and vifs[3].ifindex is None  # by address, not ifindex
+    v6 = "Interface      BytesIn  PktsIn  BytesOut PktsOut Flags\n 3 r1   7 1 0 0 00000\n"
+    assert kernel.parse_proc_vifs(6, v6) == {3: ObservedVif("r1", None, VifCounters(1, 0, 7, 0))}
+    assert kernel.parse_proc_vifs(4, v4.splitlines()[0]) == {}
+
+
+def _plane(plane: Dataplane) -> Dataplane:
+    return plane
+
+
+def test_the_fake_and_the_real_kernel_both_implement_the_dataplane_protocol() -> None:
+    fake: Dataplane = FakeKernel()  # checked by mypy
+    assert isinstance(_plane(fake), Dataplane)
+    real: type[Dataplane] = Kernel  # checked by mypy, without opening sockets
+    assert FakeKernel not in Kernel.__mro__ and Kernel not in FakeKernel.__mro__
+    for name in ("apply", "observe", "counters", "events"):
+        wanted = inspect.signature(getattr(Dataplane, name))
+        for implementation in (FakeKernel, real):
+            got = inspect.signature(getattr(implementation, name))
+            assert list(got.parameters) == list(wanted.parameters), (implementation, name)
