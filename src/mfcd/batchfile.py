@@ -62,24 +62,38 @@ def lines(text: str) -> Iterator[Change]:
                 raise SyntaxProblem(f"line {lineno}: {e}") from None
         else:
             found = line.split()
-            # The shape generated files use, `mfc add --source S --group G --iif I --oifs O`,
-            # checked directly: a batch of 100,000 lines spends most of its parsing here.
+            # The shapes generated files use, `[mfc] add --source S --group G --iif I --oifs
+            # O...` and `[mfc] del --source S --group G`, checked directly: a batch of 100,000
+            # lines spends most of its parsing here. Anything else goes to line_op below.
+            k = 1 if found and found[0] == "mfc" else 0
+            size = len(found) - k
             if (
-                len(found) == 10
-                and found[0] == "mfc"
-                and found[1] == "add"
-                and found[2] == "--source"
-                and found[4] == "--group"
-                and found[6] == "--iif"
-                and found[8] == "--oifs"
-                and found[3][0] != "-"
-                and found[5][0] != "-"
-                and found[7][0] != "-"
-                and found[9][0] != "-"
-                and "," not in found[9]
+                size >= 5
+                and found[k + 1] == "--source"
+                and found[k + 3] == "--group"
+                and found[k + 2][0] != "-"
+                and found[k + 4][0] != "-"
             ):
-                yield lineno, "add", found[3], found[5], found[7], [found[9]]
-                continue
+                kind = found[k]
+                if (
+                    kind == "add"
+                    and size >= 9
+                    and found[k + 5] == "--iif"
+                    and found[k + 7] == "--oifs"
+                    and found[k + 6][0] != "-"
+                ):
+                    oifs = found[k + 8 :]
+                    if size == 9 and oifs[0][0] != "-" and "," not in oifs[0]:
+                        yield lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs
+                        continue
+                    if all(oif[0] != "-" for oif in oifs):
+                        oifs = split_oifs(oifs)
+                        if oifs:
+                            yield lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs
+                            continue
+                elif kind == "del" and size == 5:
+                    yield lineno, "del", found[k + 2], found[k + 4], "", None
+                    continue
         if not found:
             continue
         try:
