@@ -423,6 +423,11 @@ class Namespace:
             raise BenchError(f"{self.name}: {got['wrong']} of {got['probed']} probed still there")
 
 
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(peak, now) of a process: VmHWM and VmRSS in MiB."""
+    return status_kib(pid, "VmHWM") / MIB, status_kib(pid, "VmRSS") / MIB
+
+
 def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -559,10 +564,8 @@ class Mfcd:
         return result
 
     def memory(self) -> tuple[float, float]:
-        """(peak, now): VmHWM and VmRSS in MiB."""
         assert self.proc is not None
-        pid = self.proc.pid
-        return status_kib(pid, "VmHWM") / MIB, status_kib(pid, "VmRSS") / MIB
+        return memory_mib(self.proc.pid)
 
     def close_connection(self) -> None:
         if self.conn is not None:
@@ -679,10 +682,8 @@ class Smcroute:
             raise BenchError(f"smcrouted refused {cmd} {' '.join(args)}: {reply.decode()!r}")
 
     def memory(self) -> tuple[float, float]:
-        """(peak, now): VmHWM and VmRSS in MiB."""
         assert self.proc is not None
-        pid = self.proc.pid
-        return status_kib(pid, "VmHWM") / MIB, status_kib(pid, "VmRSS") / MIB
+        return memory_mib(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None:
