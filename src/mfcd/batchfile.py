@@ -62,38 +62,10 @@ def lines(text: str) -> Iterator[Change]:
                 raise SyntaxProblem(f"line {lineno}: {e}") from None
         else:
             found = line.split()
-            # The shapes generated files use, `[mfc] add --source S --group G --iif I --oifs
-            # O...` and `[mfc] del --source S --group G`, checked directly: a batch of 100,000
-            # lines spends most of its parsing here. Anything else goes to line_op below.
-            k = 1 if found and found[0] == "mfc" else 0
-            size = len(found) - k
-            if (
-                size >= 5
-                and found[k + 1] == "--source"
-                and found[k + 3] == "--group"
-                and found[k + 2][0] != "-"
-                and found[k + 4][0] != "-"
-            ):
-                kind = found[k]
-                if (
-                    kind == "add"
-                    and size >= 9
-                    and found[k + 5] == "--iif"
-                    and found[k + 7] == "--oifs"
-                    and found[k + 6][0] != "-"
-                ):
-                    oifs = found[k + 8 :]
-                    if size == 9 and oifs[0][0] != "-" and "," not in oifs[0]:
-                        yield lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs
-                        continue
-                    if all(oif[0] != "-" for oif in oifs):
-                        oifs = split_oifs(oifs)
-                        if oifs:
-                            yield lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs
-                            continue
-                elif kind == "del" and size == 5:
-                    yield lineno, "del", found[k + 2], found[k + 4], "", None
-                    continue
+            change = _generated(lineno, found)
+            if change is not None:
+                yield change
+                continue
         if not found:
             continue
         try:
@@ -101,6 +73,56 @@ def lines(text: str) -> Iterator[Change]:
         except ValueError as e:
             raise SyntaxProblem(f"line {lineno}: {e}") from None
         yield lineno, op["op"], op["source"], op["group"], op.get("iif", ""), op.get("oifs")
+
+
+def _generated(lineno: int, found: list[str]) -> Change | None:
+    """A line of the shapes generated files use, `[mfc] add --source S --group G --iif I
+    --oifs O...` and `[mfc] del --source S --group G`, checked directly: a batch of 100,000
+    lines spends most of its parsing here.  None for anything else (the general parser's
+    job, which also gives the messages)."""
+    k = 1 if found and found[0] == "mfc" else 0
+    size = len(found) - k
+    if (
+        size < 5
+        or found[k + 1] != "--source"
+        or found[k + 3] != "--group"
+        or found[k + 2][0] == "-"
+        or found[k + 4][0] == "-"
+    ):
+        return None
+    kind = found[k]
+    if kind == "del":
+        return (lineno, "del", found[k + 2], found[k + 4], "", None) if size == 5 else None
+    if (
+        kind != "add"
+        or size < 9
+        or found[k + 5] != "--iif"
+        or found[k + 7] != "--oifs"
+        or found[k + 6][0] == "-"
+    ):
+        return None
+    oifs = found[k + 8 :]
+    if size == 9:  # one word: "r1" or "r1,r2"
+        oif = oifs[0]
+        if oif[0] == "-":
+            return None
+        if "," in oif:
+            oifs = oif.split(",")
+            if "" in oifs:  # "r1,,r2" or "r1,": drop the empty names
+                oifs = split_oifs(oifs)
+    elif (  # "r1 r2": two words, spelt out (a generator costs more here)
+        size == 10
+        and oifs[0][0] != "-"
+        and oifs[1][0] != "-"
+        and "," not in oifs[0]
+        and "," not in oifs[1]
+    ) or not any(oif[0] == "-" or "," in oif for oif in oifs):  # "r1 r2 r3 ..."
+        pass
+    elif all(oif[0] != "-" for oif in oifs):  # "r1, r2" and the like
+        oifs = split_oifs(oifs)
+    else:
+        return None
+    return (lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs) if oifs else None
 
 
 def words(line: str) -> list[str]:
