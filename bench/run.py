@@ -128,9 +128,11 @@ class Settings:
 
 
 FULL = Settings(
-    sizes=(1_000, 10_000, 40_000, 100_000, 1_000_000),
+    sizes=(1_000, 10_000, 20_000, 40_000, 100_000, 1_000_000),
     repeats=3,
-    smcroute_max=40_000,  # about 100 s per start at 40,000; 100,000 would take 10 minutes
+    # smcrouted's start grows with about N^2.3: 20 s at 20,000 on a quiet machine, 100 s at
+    # 40,000 (4-7 minutes with the machine shared), 100,000 would take 10 minutes or more.
+    smcroute_max=20_000,
     smcroute_repeat_max=10_000,
     smcroute_batch_max=10_000,
     commands=400,
@@ -723,6 +725,7 @@ class Bench:
         self.processes: list[subprocess.Popen[Any]] = []
         self.namespaces: list[str] = []
         self.results = Results()
+        self.started = time.monotonic()
 
     # --- set-up and clean-up ---------------------------------------------------------------------
 
@@ -741,6 +744,11 @@ class Bench:
         for name in self.namespaces:
             run("ip", "netns", "del", name, check=False)
 
+    def progress(self, text: str) -> None:
+        """A line of progress with the minutes since the start (what takes how long)."""
+        minutes, seconds = divmod(int(time.monotonic() - self.started), 60)
+        print(f"[{minutes:3d}:{seconds:02d}] {text}", flush=True)
+
     # --- scenarios -------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -755,14 +763,14 @@ class Bench:
         (self.workdir / "smc").mkdir()
         self.mfcd = Mfcd(self.mfcd_ns, self.workdir / "mfcd", s.timeout)
         self.smc = Smcroute(self.smc_ns, self.workdir / "smc", s.timeout)
-        print("Scenarios 6 (no routes), 3 (one command at a time)", flush=True)
+        self.progress("Scenarios 6 (no routes), 3 (one command at a time)")
         self.empty_memory_and_commands()
-        print(f"Scenario 5 with {s.scaling_small} routes", flush=True)
+        self.progress(f"Scenario 5 with {s.scaling_small} routes")
         self.small_table_scaling(s.scaling_small)
         for n in s.sizes:
-            print(f"Scenarios 1, 2, 6 with N={n}", flush=True)
+            self.progress(f"Scenarios 1, 2, 6 with N={n}")
             self.bulk_and_recovery(n)
-        print(f"Scenario 7 with N={s.shape_n}", flush=True)
+        self.progress(f"Scenario 7 with N={s.shape_n}")
         self.line_shapes(s.shape_n)
 
     def empty_memory_and_commands(self) -> None:
@@ -890,7 +898,7 @@ class Bench:
             last = rep == s.repeats - 1
             smc_now = smc and rep < smc_repeats
             tools = "raw loop, mfcd" + (", smcroute" if smc_now else "")
-            print(f"  round {rep + 1} of {s.repeats}: {tools}", flush=True)
+            self.progress(f"  round {rep + 1} of {s.repeats}: {tools}")
             # The three tools in turn, each round: A B C A B C.
             self.raw_ns.call("raw_init")
             sample(RAW_LOOP, self.raw_ns.call("raw_add", start=0, n=n)["seconds"])
@@ -965,6 +973,8 @@ class Bench:
     ) -> None:
         """smcroutectl -b into an empty smcrouted (if `lines`), smcrouted started with n
         routes in its config, and a restart of it, each measured on its own."""
+        if n > self.s.smcroute_repeat_max:  # minutes: say so
+            self.progress(f"  smcrouted start and restart with {n} routes (super-linear)")
         self.smc.stop()
         if lines:
             self.smc.start(0)
@@ -1358,7 +1368,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--smcroute-max",
         type=int,
         metavar="N",
-        help="largest N smcroute loads (default 40,000: about 100 s per start, super-linear)",
+        help="largest N smcroute loads (default 20,000; 40,000 adds two starts of 100 s or more)",
     )
     parser.add_argument(
         "--sizes",
