@@ -44,8 +44,8 @@ test: venv lint
 demo: venv
 	$(PY) -m lab.demo
 
-# The full benchmark against smcroute and the raw kernel loop (up to 1,000,000 routes: 8-12
-# minutes on 2 quiet cores, about 30 shared); results in bench/results/. BENCH_ARGS="--max-n 300000".
+# The full benchmark against smcroute and the raw kernel loop (up to 1,000,000 routes: about
+# 15 minutes on 2 cores); results in bench/results/. BENCH_ARGS="--max-n 300000".
 BENCH_ARGS ?=
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
