@@ -11,7 +11,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1024,11 +1024,12 @@ def test_a_lock_taken_by_another_mfcd_meanwhile_stops_every_write(path: Path) ->
     data = path.read_bytes()
     with pytest.raises(StateError, match="refuses changes until it is restarted"):
         first.append([AddRoute.of(R2)])
-    for write in (
+    writes: list[Callable[[], None]] = [
         lambda: first.append([DelRoute(R1.key)]),
         lambda: first.write_snapshot([R2], {}),
         first.hold_lock,
-    ):
+    ]
+    for write in writes:
         with pytest.raises(StateError, match="refuses changes until it is restarted"):
             write()
     assert path.read_bytes() == data
