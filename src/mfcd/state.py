@@ -71,8 +71,9 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
+from itertools import islice
 from sys import intern
 from typing import Any
 
@@ -402,19 +403,21 @@ def _snapshot_records(
     routes: Iterable[Route], thresholds: dict[str, int], seq: int
 ) -> Iterator[bytes]:
     """The lines of a snapshot numbered from `seq`, encoded one at a time: SNAPSHOT_CHUNK
-    routes at most each."""
-    saved = routes if isinstance(routes, list) else list(routes)
+    routes at most each. Sized `routes` (a list, a dict's values) are read a chunk at a
+    time, so a large snapshot never holds every route's record at once."""
+    sized = routes if isinstance(routes, Sized) else list(routes)
     size = SNAPSHOT_CHUNK
-    count = len(saved)
+    count = len(sized)
     if count <= size:
-        snap = {"routes": _saved(saved), "thresholds": thresholds, "count": count}
+        snap = {"routes": _saved(list(sized)), "thresholds": thresholds, "count": count}
         yield encode_record({"seq": seq, "snapshot": snap})
         return
     chunks = -(-count // size)
     snap = {"thresholds": thresholds, "count": count, "chunks": chunks}
     yield encode_record({"seq": seq, "snapshot": snap})
-    for n, start in enumerate(range(0, count, size), 1):
-        yield encode_record({"seq": seq + n, "routes": _saved(saved[start : start + size])})
+    it = iter(sized)
+    for n in range(1, chunks + 1):
+        yield encode_record({"seq": seq + n, "routes": _saved(list(islice(it, size)))})
 
 
 def _saved(routes: list[Route]) -> list[list[Any]]:
@@ -759,10 +762,7 @@ class Compaction:
     def write(self) -> None:
         """The thread's part: the snapshot to the temporary file, synced; errors kept for
         finish_compaction (a thread must not raise them where nobody looks)."""
-        routes = (
-            Route(family, source, group, iif, oifs)
-            for (family, source, group), (iif, oifs) in self.routes.items()
-        )
+        routes = _RouteView(self.routes)
         try:
             self.fd, self.length, self.seq = _write_snapshot_file(
                 self.path,
@@ -785,6 +785,20 @@ class Compaction:
         if self.fd >= 0:
             _discard(self.fd, self.tmp)
             self.fd = -1
+
+
+class _RouteView(Sized, Iterable[Route]):
+    """The routes of a key -> Ports dict as Routes, built as they are read."""
+
+    def __init__(self, routes: dict[RouteKey, Ports]) -> None:
+        self.routes = routes
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+    def __iter__(self) -> Iterator[Route]:
+        for (family, source, group), (iif, oifs) in self.routes.items():
+            yield Route(family, source, group, iif, oifs)
 
 
 class _Cancelled(Exception):
