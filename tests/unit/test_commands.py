@@ -255,7 +255,10 @@ def test_a_batch_text_is_one_transaction(commands: Commands) -> None:
     assert result["changes"] == 3
     assert "plan" not in result
     router = commands.controller.router
-    assert set(router.routes) == {(4, "10.0.0.2", "239.1.1.1"), (6, "2001:db8::2", "ff3e::1")}
+    assert set(router.routes) == {
+        (4, "10.0.0.2", "239.1.1.1", 253),
+        (6, "2001:db8::2", "ff3e::1", 254),
+    }
     state = commands.controller.state
     assert isinstance(state, FakeState)
     assert state.records[-1] == [
@@ -325,7 +328,7 @@ def test_a_pending_route_says_why_and_names_what_is_missing(commands: Commands) 
 
 
 def oifs_of(commands: Commands, source: str = "10.0.0.1") -> tuple[str, ...]:
-    return commands.controller.router.routes[(4, source, "239.1.1.1")].oifs
+    return commands.controller.router.routes[(4, source, "239.1.1.1", 253)].oifs
 
 
 def test_oif_add_and_del_change_one_oif_and_journal_the_whole_route(commands: Commands) -> None:
@@ -372,7 +375,7 @@ mfc del --source 10.0.0.1 --group 239.1.1.1
     assert (result["added"], result["deleted"], result["updated"]) == (1, 1, 3)
     assert result["pending"] == 0
     assert commands.controller.router.routes == {
-        (4, "10.0.0.2", "239.1.1.1"): Ports("a", ("c",)),
+        (4, "10.0.0.2", "239.1.1.1", 253): Ports("a", ("c",)),
     }
 
 

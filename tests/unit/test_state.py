@@ -40,8 +40,8 @@ def routes_of(loaded: Loaded) -> dict[RouteKey, Route]:
     return {route.key: route for route in loaded.route_list()}
 
 
-R1 = Route(4, "10.0.0.1", "239.1.1.1", "eth0", ("eth1", "eth2"))
-R2 = Route(6, "2001:db8::1", "ff0e::1", "eth1", ("eth0",))
+R1 = Route(4, "10.0.0.1", "239.1.1.1", "eth0", ("eth1", "eth2"), 253)
+R2 = Route(6, "2001:db8::1", "ff0e::1", "eth1", ("eth0",), 254)
 
 
 def line(body: bytes, crc: int | None = None) -> bytes:
@@ -287,7 +287,8 @@ def test_append_cost_does_not_depend_on_the_number_of_routes(tmp_path: Path) -> 
         sf = StateFile(str(path))
         sf.load()
         routes = [
-            Route(4, f"10.{n >> 8}.{n & 255}.1", "239.1.1.1", "a", ("b",)) for n in range(count)
+            Route(4, f"10.{n >> 8}.{n & 255}.1", "239.1.1.1", "a", ("b",), 253)
+            for n in range(count)
         ]
         sf.write_snapshot(routes, {})
         size = path.stat().st_size
@@ -329,10 +330,10 @@ def many(count: int) -> list[Route]:
     routes = []
     for n in range(count):
         if n % 7 == 6:
-            routes.append(Route(6, f"2001:db8::{n:x}", "ff0e::2", "eth1", ("eth0",)))
+            routes.append(Route(6, f"2001:db8::{n:x}", "ff0e::2", "eth1", ("eth0",), 254))
         else:
             oifs = ("eth1", "eth2") if n % 2 else ("eth3",)
-            routes.append(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.2.2.2", "eth0", oifs))
+            routes.append(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.2.2.2", "eth0", oifs, 253))
     return routes
 
 
@@ -583,7 +584,7 @@ def adds(draw: st.DrawFn) -> AddRoute:
     st.lists(
         st.one_of(
             adds(),
-            st.just(DelRoute((6, "2001:db8::1", "ff3e::1:2"))),
+            st.just(DelRoute((6, "2001:db8::1", "ff3e::1:2", 254))),
             st.builds(SetThreshold, NAMES, st.integers(1, 255)),
         ),
         max_size=6,
