@@ -310,19 +310,19 @@ class Commands:
         routes = _BatchRoutes(self.controller.router.routes, changes)
         lineno = deleted = updated = 0
         try:
-            for lineno, kind, source, group, iif, oifs in batchfile.lines(text):  # noqa: B007
+            for lineno, kind, source, group, iif, oifs, table in batchfile.lines(text):  # noqa: B007
                 if kind == "add":
-                    change = add_change(source, group, iif, oifs)
+                    change = add_change(source, group, iif, oifs, table)
                     if change.key[0] not in families:
                         self._check_family(change.key[0])
                     add(change)
                 elif kind == "del":
-                    key = validate.route_key_of(source, group)
+                    key = validate.route_key_of(source, group, table)
                     self._check_family(key[0])
                     add(DelRoute(key))
                     deleted += 1
                 else:
-                    add(self._oif_change(kind, source, group, oifs, routes.get))
+                    add(self._oif_change(kind, source, group, oifs, routes.get, table=table))
                     updated += 1
         except batchfile.SyntaxProblem as e:
             raise BatchSyntax(str(e), line=e.line) from None

@@ -493,6 +493,9 @@ def test_version_comes_from_the_package_constant() -> None:
         "-v mfc del --source 10.0.0.1 --group 239.1.1.1 --dry-run",
         "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r3",
         "-n mfc oif del --source 10.0.0.1 --group 239.1.1.1 --oifs r1 r2,r3 -o json",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 100",
+        "mfc del --table default --source 10.0.0.1 --group 239.1.1.1",
+        "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r3 --table=studio",
     ],
 )
 def test_route_changes_parse_without_argparse_exactly_as_with_it(line: str) -> None:

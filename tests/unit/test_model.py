@@ -670,3 +670,61 @@ def test_users_are_the_installed_routes_on_any_of_the_interfaces() -> None:
     assert router.users([(4, 253, "a")]) == [r4(1, "a").key, r4(2, "a").key]  # not the pending one
     assert router.users([(4, 253, "b"), (4, 253, "d")]) == [r4(1, "a").key, r4(3, "a").key]
     assert router.users([(6, 254, "a")]) == [] and router.users([]) == []
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def in_table(route: Route, table: int) -> Route:
+    return route._replace(table=table)
+
+
+def test_each_table_has_its_own_vifs_and_an_interface_may_be_a_vif_in_several() -> None:
+    router = router_with_links("a", "b", "c")
+    default, other = r4(1, "a", "b"), in_table(r4(1, "c", "a"), 100)  # the same (S,G)
+    run(router, router.add_route, default)
+    steps = run(router, router.add_route, other)
+    assert [(s.action, s.op.table) for s in steps] == [
+        ("add_vif", 100),
+        ("add_vif", 100),
+        ("add_mfc", 100),
+    ]
+    assert vif_ops(steps, AddVif) == [(0, "c"), (1, "a")]  # indexes of table 100's own
+    assert (vifi(router, "a"), vifi(router, "a", 4, 100)) == (0, 1)
+    assert set(router.routes) == {default.key, other.key}
+    assert router.tables() == {(4, 253), (4, 100)}
+    check_invariants(router)
+    # Deleting the last route of table 100 releases its VIFs there only.
+    steps = run(router, router.del_route, other.key)
+    assert [(s.action, s.op.table) for s in steps] == [
+        ("del_mfc", 100),
+        ("del_vif", 100),
+        ("del_vif", 100),
+    ]
+    assert router.tables() == {(4, 253)}
+    assert router.status(default.key).state == "installed"
+    check_invariants(router)
+
+
+def test_the_vif_limit_is_per_table() -> None:
+    names = [f"e{i}" for i in range(MAXVIFS + 1)]
+    router = router_with_links(*names)
+    run(router, router.add_route, r4(1, "e0", *names[1:MAXVIFS]))  # 32 VIFs: the default full
+    with pytest.raises(VifLimit, match="all 32 VIFs are in use"):
+        run(router, router.add_route, r4(2, "e0", names[MAXVIFS]))
+    run(router, router.add_route, in_table(r4(2, "e0", names[MAXVIFS]), 7))
+    assert router.status(in_table(r4(2, "e0"), 7).key).state == "installed"
+    with pytest.raises(VifLimit, match="VIFs of table 7 are in use"):
+        run(router, router.add_route, in_table(r4(3, "e1", *names[2:]), 7))
+    check_invariants(router)
+
+
+def test_a_link_event_reaches_the_vifs_of_every_table() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    run(router, router.add_route, in_table(r6(1, "b", "a"), 100))
+    run(router, router.link_down, "b")
+    steps = run(router, router.link_up, "b", 12)
+    readded = [(s.op.family, s.op.table) for s in steps if s.action == "readd_vif"]
+    assert sorted(readded) == [(4, 253), (6, 100)]
+    check_invariants(router)

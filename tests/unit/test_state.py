@@ -1010,3 +1010,46 @@ def test_a_compaction_that_cannot_write_fails_and_changes_nothing(path: Path) ->
     sf.append([AddRoute.of(R1)])  # the journal still takes changes
     sf.close()
     assert R1.key in routes_of(state.parse(path.read_bytes()))
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+T4 = Route(4, "10.0.0.1", "239.1.1.1", "eth1", ("eth2",), 100)  # R1's (S,G) in table 100
+T6 = Route(6, "2001:db8::1", "ff0e::1", "eth0", ("eth1",), 253)  # IPv4's default, not IPv6's
+
+
+def test_routes_of_other_tables_round_trip_and_default_ones_are_written_as_before(
+    path: Path,
+) -> None:
+    sf = StateFile(str(path))
+    sf.load()
+    sf.write_snapshot([R1, T4], {})
+    sf.append([AddRoute.of(T6), AddRoute.of(R2)])
+    sf.append([DelRoute(R1.key)])
+    sf.close()
+    _, loaded = reload(path)
+    assert routes_of(loaded) == {T4.key: T4, T6.key: T6, R2.key: R2}
+    text = path.read_text()
+    # Only a route of another table carries its number; the default tables' records are
+    # exactly those of the format without tables.
+    assert '"239.1.1.1","eth1",["eth2"],100]' in text
+    assert '"ff0e::1","eth0",["eth1"],253]' in text
+    assert '["add",6,"2001:db8::1","ff0e::1","eth1",["eth0"]]' in text
+    assert '["del",4,"10.0.0.1","239.1.1.1"]' in text
+
+
+def test_a_file_without_tables_loads_into_the_default_tables(path: Path) -> None:
+    path.write_bytes(
+        HEADER
+        + rec(1, snapshot={"routes": saved([R1]), "thresholds": {}, "count": 1})
+        + rec(2, ops=[["add", 6, "2001:db8::1", "ff0e::1", "eth1", ["eth0"]]])
+    )
+    _, loaded = reload(path)
+    assert set(loaded.routes) == {(4, "10.0.0.1", "239.1.1.1", 253), R2.key}
+
+
+@pytest.mark.parametrize("table", [0, -1, 2**32, "100", None, 1.5])
+def test_a_bad_table_number_is_corrupt(path: Path, table: Any) -> None:
+    bad = [4, "10.0.0.1", "239.1.1.1", "eth0", ["eth1"], table]
+    why = refused(path, HEADER + rec(1, snapshot={"routes": [bad], "thresholds": {}, "count": 1}))
+    assert "malformed route" in why
