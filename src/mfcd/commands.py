@@ -172,6 +172,8 @@ class Commands:
         repairs = self.controller.sync(view, dry_run=dry_run)
         if not dry_run:
             log.info("%s sync: %d repairs", peer, len(repairs))
+            if self.on_change is not None:
+                self.on_change()  # a retried route may have opened or emptied a table
         return {"dry_run": dry_run, "repairs": repairs, "full": full}
 
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:

@@ -377,6 +377,7 @@ class Daemon:
         touched = {n for n in tracked.keys() | after.keys() if tracked.get(n) != after.get(n)}
         if touched:
             self._resync_later(RESYNC_DELAY, touched)
+        self._sync_tables()  # a pending route installed now may have opened a table
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False
@@ -444,6 +445,7 @@ class Daemon:
         report += map(
             views.describe_step, controller.retry_pending([*router.blocked, *router.refused])
         )
+        self._sync_tables()
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
         repairs = Counter(entry["action"] for entry in report)
         log.log(
