@@ -443,3 +443,33 @@ def test_check_entries_without_rewrite_all_writes_only_missing_and_stale(ctl: Co
     assert len(kernel.applied) == writes + 1 and kernel.mfcs[two].ttls == {}
     ctl.check_entries([one, two], stale={two}, rewrite_all=False)
     assert kernel.forwarding(two) == (2, frozenset({(1, 1), (3, 1)}))
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def test_sync_reads_every_table_it_can_and_probes_the_ipv6_ones_it_cannot(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    v4 = r4(1, "c", "a")._replace(table=100)
+    v6 = Route(6, "2001:db8::1", "ff3e::1", "a", ("b",), 100)
+    ctl.change([AddRoute.of(v4), AddRoute.of(v6)])
+    assert ctl.router.tables() == {(4, 253), (4, 100), (6, 100)}
+    kernel.names = {ifindex: name for name, ifindex in ctl.router.links.items()}
+    view = controller.observe(kernel, (4, 6), True, ctl.router.tables())
+    # IPv6 table 100 is not read (Linux lists no VIFs of it): its entries are probed.
+    assert view.tables == {(4, 253), (4, 100), (6, 254)}
+    assert ctl.sync(view, dry_run=True) == []
+    # Table 100 loses a VIF and the IPv6 entry behind mfcd's back; the default table is intact.
+    lost = next(k for k, ifindex in kernel.vifs.items() if k[:2] == (4, 100) and ifindex == 1)
+    del kernel.vifs[lost]
+    del kernel.mfcs[v6.key]
+    view = controller.observe(kernel, (4, 6), True, ctl.router.tables())
+    report = ctl.sync(view)
+    assert sorted((r["action"], r["family"], r["table"]) for r in report) == [
+        ("readd_vif", "ipv4", 100),
+        ("reissue_mfc", "ipv4", 100),
+        ("reissue_mfc", "ipv6", 100),
+    ]
+    assert kernel.forwarding(v4.key) == (3, frozenset({(1, 1)}))
+    assert v6.key in kernel.mfcs
+    assert kernel.forwarding(r4(1, "a").key) == (1, frozenset({(2, 1)}))  # untouched
