@@ -763,6 +763,8 @@ def format_plan(result: dict[str, Any]) -> str:
     for step in plan:
         action = step["action"].replace("_", " ")
         fam = step["family"]
+        if _other_table(step):  # the default tables go unsaid, as before tables existed
+            fam += f" table {step['table']}"
         if "vif" in step:
             out.append(f"{action} {fam} VIF {step['vif']} ({step['interface']})")
         elif "parent" in step:

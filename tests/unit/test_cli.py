@@ -571,3 +571,20 @@ def test_show_groups_the_routes_of_several_tables_under_a_header_each() -> None:
     # Only default tables: the layout without tables, as before.
     plain = {"vifs": result["vifs"][1:], "routes": result["routes"][1:]}
     assert "Table" not in cli.format_show(plain, 80) and "TABLE" not in cli.format_show(plain, 80)
+
+
+def test_a_plan_names_a_table_other_than_the_default() -> None:
+    plan = [
+        {"action": "add_vif", "family": "ipv4", "table": 100, "vif": 0, "interface": "r1"},
+        {
+            "action": "del_mfc",
+            "family": "ipv6",
+            "table": 254,
+            "source": "2001:db8::1",
+            "group": "ff3e::1",
+        },
+    ]
+    assert cli.format_plan({"plan": plan}).splitlines() == [
+        "add vif ipv4 table 100 VIF 0 (r1)",
+        "del mfc ipv6 2001:db8::1 -> ff3e::1",
+    ]
