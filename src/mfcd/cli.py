@@ -370,7 +370,11 @@ def _show_command(sub: Any) -> None:
         metavar="SECONDS",
         help="refresh every SECONDS and show rates (implies --stats; Ctrl-C to stop)",
     )
-    _table_option(show, "only the routes and VIFs of this table number (or name)")
+    _table_option(
+        show,
+        "only the routes and VIFs of this table (a number or a name; `default`: each"
+        " family's default table)",
+    )
     _command_options(show, changes=False)
 
 
@@ -421,7 +425,10 @@ def _vif_command(sub: Any) -> None:
         " interfaces whose settings were changed with `vif set`.",
     )
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
-    _table_option(vif_show, "only the VIFs of this table number (or name)")
+    _table_option(
+        vif_show,
+        "only the VIFs of this table (a number or a name; `default`: each family's default table)",
+    )
     _command_options(vif_show, changes=False)
 
 

@@ -469,7 +469,9 @@ def _in_table(key: RouteKey) -> str:
 
 
 def _table_filter(args: dict[str, Any]) -> int | None:
-    """The table number a show asks for (a name resolves as for IPv4: "default" is 253;
-    give "main" or 254 for IPv6's default), or None for every table."""
+    """The table number a show asks for, views.DEFAULT_TABLES for "default" (each family's
+    default table), or None for every table."""
     value = args.get("table")
-    return None if value is None else validate.table_of(value, 4)
+    if value is None:
+        return None
+    return views.DEFAULT_TABLES if value == "default" else validate.table_of(value, 4)

@@ -16,6 +16,7 @@ from typing import Any
 
 from mfcd.dataplane import CountersReader, sg_counters, vif_counters
 from mfcd.model import (
+    DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
     MAXVIFS,
     AddMfc,
@@ -125,7 +126,7 @@ class Views:
         """The VIFs as the protocol shows them (of one table number, if given)."""
         vifs = []
         for vif in router.iter_vifs():
-            if table is not None and vif.table != table:
+            if table is not None and not _in_table(table, vif.family, vif.table):
                 continue
             entry: dict[str, Any] = {
                 "family": FAMILY_NAMES[vif.family],
@@ -188,7 +189,7 @@ class Views:
             routes = [
                 self._route_json(router, key, ports, stats, healthy)
                 for key, ports in self._sorted(router)
-                if table is None or key[3] == table
+                if table is None or _in_table(table, key[0], key[3])
             ]
         return {
             "schema": SHOW_SCHEMA,
@@ -204,7 +205,7 @@ class Views:
         interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
         parts = []
         for key, ports in self._sorted(router):
-            if table is not None and key[3] != table:
+            if table is not None and not _in_table(table, key[0], key[3]):
                 continue
             if stats or not healthy or key not in installed:
                 parts.append(_json(self._route_json(router, key, ports, stats, healthy)))
@@ -265,6 +266,12 @@ class Views:
 
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+DEFAULT_TABLES = 0  # a show filter for each family's default table (0 is never a table)
+
+
+def _in_table(wanted: int, family: int, table: int) -> bool:
+    """Whether a route or VIF of (family, table) passes a show filter for table `wanted`."""
+    return table == wanted or (wanted == DEFAULT_TABLES and table == DEFAULT_TABLE[family])
 
 
 def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:

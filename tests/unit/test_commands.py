@@ -535,8 +535,17 @@ def test_a_route_names_its_table_by_number_or_name_and_show_tells_it(
     only = ask(commands, "show", {"table": 100})["result"]
     assert [r["iif"] for r in only["routes"]] == ["c"]
     assert {v["table"] for v in only["vifs"]} == {100}
-    vifs = ask(commands, "vif.show", {"table": "default"})["result"]["vifs"]
-    assert [(v["interface"], v["table"]) for v in vifs] == [("a", 253), ("b", 253)]
+    assert ask(commands, "mfc.add", {**ROUTE, "source": "2001:db8::1", "group": "ff3e::1"})["ok"]
+    vifs = ask(commands, "vif.show", {"table": "default"})["result"]["vifs"]  # both families'
+    assert [(v["interface"], v["table"]) for v in vifs] == [
+        ("a", 253),
+        ("b", 253),
+        ("a", 254),
+        ("b", 254),
+    ]
+    vifs = ask(commands, "vif.show", {"table": 254})["result"]["vifs"]
+    assert [(v["interface"], v["family"]) for v in vifs] == [("a", "ipv6"), ("b", "ipv6")]
+    assert ask(commands, "mfc.del", {"source": "2001:db8::1", "group": "ff3e::1"})["ok"]
     # The same (S,G) in another table is another route: deleting one leaves the other.
     assert ask(commands, "mfc.del", {**KEY, "table": 100})["ok"]
     assert set(commands.controller.router.routes) == {(4, "10.0.0.1", "239.1.1.1", 253)}
