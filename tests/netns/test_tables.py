@@ -18,15 +18,18 @@ from lab.netns import TRAFFIC, Lab
 from tests.netns.conftest import Mfcd, route_args
 
 GROUPS = {4: "239.1.7.1", 6: "ff3e::7:1"}
+UNROUTED = {4: "239.1.7.9", 6: "ff3e::7:9"}  # no route in any table
 # The address of each sender: the lab's sender (r0) and rx1 (r1).
 SOURCES = {4: ("198.18.0.2", "198.18.1.2"), 6: ("2001:db8::2", "2001:db8:1::2")}
 TABLE = "100"
 
 
-def send_and_count(lab: Lab, family: int, sender: int, count: int = 5) -> list[int]:
+def send_and_count(
+    lab: Lab, family: int, sender: int, count: int = 5, group: str | None = None
+) -> list[int]:
     """Send from sender 0 (the lab's sender, on r0) or 1 (rx1, on r1); return what rx2 (on r2)
     and rx3 (on r3) received."""
-    group = GROUPS[family]
+    group = group or GROUPS[family]
     ns, ifname = (lab.sender, "s0") if sender == 0 else (lab.rx[0], "x0")
     receivers = {
         rx: lab.spawn(rx, sys.executable, TRAFFIC, "recv", group, "5000", "x0") for rx in lab.rx[1:]
@@ -48,6 +51,12 @@ def send_and_count(lab: Lab, family: int, sender: int, count: int = 5) -> list[i
             lines = out.strip().splitlines()
             counts.append(json.loads(lines[-1])["received"] if lines else -1)
     return counts
+
+
+def upcalls(mfcd: Mfcd) -> int:
+    """How many NOCACHE upcalls mfcd has read (`ping`)."""
+    count: int = json.loads(mfcd.ok("ping", "-o", "json"))["upcalls"]["nocache"]
+    return count
 
 
 def mroute_table(lab: Lab, family: int, table: str) -> str:
@@ -83,6 +92,15 @@ def test_each_table_forwards_the_traffic_its_rule_steers_to_it(
     assert forwarded() == ([5, 0], [0, 5])  # r0's traffic by the default table, r1's by 100
     in_100 = mroute_table(lab, family, TABLE)
     assert f"({second}," in in_100.replace(", ", ",") and group in in_100
+
+    # Table 100's socket, opened after start-up, is watched too: an upcall of that table
+    # (a packet from r1 to a group with no route) is read and counted.
+    before = upcalls(mfcd)
+    assert send_and_count(lab, family, 1, 1, UNROUTED[family]) == [0, 0]
+    deadline = time.monotonic() + 5
+    while upcalls(mfcd) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upcalls(mfcd) == before + 1
 
     # A restart restores both tables from the state file.
     mfcd.stop()
