@@ -116,3 +116,31 @@ def test_each_table_forwards_the_traffic_its_rule_steers_to_it(
     assert [r["table"] for r in mfcd.show()["routes"]] == [253 if family == 4 else 254] * 2
     _, log = mfcd.stop()
     assert f"table {TABLE} is empty: closed" in log
+
+
+@pytest.mark.lab(receivers=3)
+def test_an_interface_recreated_comes_back_in_every_table_it_is_a_vif_of(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    family, group = 4, GROUPS[4]
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    first, second = SOURCES[family]
+    mfcd.ok(*route_args(first, group, "r0", "r3"))  # r3 is a VIF in both tables
+    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+    assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
+    lab.del_router_link("r3")
+    routes = mfcd.show()["routes"]
+    deadline = time.monotonic() + 10
+    while {r["state"] for r in routes} != {"degraded"} and time.monotonic() < deadline:
+        time.sleep(0.05)
+        routes = mfcd.show()["routes"]
+    assert sorted((r["table"], r["state"]) for r in routes) == [
+        (100, "degraded"),
+        (253, "degraded"),
+    ]
+    lab.add_receiver_link(3)
+    deadline = time.monotonic() + 10
+    while {r["state"] for r in mfcd.show()["routes"]} != {"installed"}:
+        assert time.monotonic() < deadline, mfcd.show()["routes"]
+        time.sleep(0.05)
+    assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
