@@ -144,3 +144,30 @@ def test_an_interface_recreated_comes_back_in_every_table_it_is_a_vif_of(
         assert time.monotonic() < deadline, mfcd.show()["routes"]
         time.sleep(0.05)
     assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
+
+
+HOLD_TABLE = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+s.setsockopt(socket.IPPROTO_IP, 209, struct.pack("=I", int(sys.argv[1])))  # MRT_TABLE
+s.setsockopt(socket.IPPROTO_IP, 200, struct.pack("=i", 1))  # MRT_INIT
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.lab(receivers=3)
+def test_a_table_another_router_owns_is_refused_and_nothing_changes(lab: Lab, mfcd: Mfcd) -> None:
+    holder = lab.spawn(lab.router, sys.executable, "-c", HOLD_TABLE, TABLE)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    first, second = SOURCES[4]
+    mfcd.ok(*route_args(first, GROUPS[4], "r0", "r2"))
+    before = mfcd.show()
+    refused = mfcd.ctl(*route_args(second, GROUPS[4], "r1", "r3"), "--table", TABLE)
+    assert refused.returncode != 0
+    assert f"already owns IPv4 multicast routing table {TABLE}" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert mfcd.show() == before
+    lab.stop(holder)
+    mfcd.ok(*route_args(second, GROUPS[4], "r1", "r3"), "--table", TABLE)
+    assert [r["table"] for r in mfcd.show()["routes"]] == [100, 253]
