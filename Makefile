@@ -43,9 +43,11 @@ test: venv lint
 demo: venv
 	$(PY) -m lab.demo
 
-# The full benchmark against smcroute and the raw kernel loop (minutes); results in bench/results/.
+# The full benchmark against smcroute and the raw kernel loop (up to 1,000,000 routes: about
+# 15 minutes on 2 cores); results in bench/results/. BENCH_ARGS="--max-n 300000".
+BENCH_ARGS ?=
 bench: venv
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 bench-quick: venv
 	$(PY) bench/run.py --quick

@@ -71,23 +71,9 @@ def lines(text: str) -> Iterator[Change]:
                 raise SyntaxProblem(str(e), lineno) from None
         else:
             found = line.split()
-            # The shape generated files use, `mfc add --source S --group G --iif I --oifs O`,
-            # checked directly: a batch of 100,000 lines spends most of its parsing here.
-            if (
-                len(found) == 10
-                and found[0] == "mfc"
-                and found[1] == "add"
-                and found[2] == "--source"
-                and found[4] == "--group"
-                and found[6] == "--iif"
-                and found[8] == "--oifs"
-                and found[3][0] != "-"
-                and found[5][0] != "-"
-                and found[7][0] != "-"
-                and found[9][0] != "-"
-                and "," not in found[9]
-            ):
-                yield lineno, "add", found[3], found[5], found[7], [found[9]], None
+            change = _generated(lineno, found)
+            if change is not None:
+                yield change
                 continue
         if not found:
             continue
@@ -104,6 +90,56 @@ def lines(text: str) -> Iterator[Change]:
             op.get("oifs"),
             op.get("table"),
         )
+
+
+def _generated(lineno: int, found: list[str]) -> Change | None:
+    """A line of the shapes generated files use, `[mfc] add --source S --group G --iif I
+    --oifs O...` and `[mfc] del --source S --group G`, checked directly: a batch of 100,000
+    lines spends most of its parsing here.  None for anything else (the general parser's
+    job, which also gives the messages)."""
+    k = 1 if found and found[0] == "mfc" else 0
+    size = len(found) - k
+    if (
+        size < 5
+        or found[k + 1] != "--source"
+        or found[k + 3] != "--group"
+        or found[k + 2][0] == "-"
+        or found[k + 4][0] == "-"
+    ):
+        return None
+    kind = found[k]
+    if kind == "del":
+        return (lineno, "del", found[k + 2], found[k + 4], "", None, None) if size == 5 else None
+    if (
+        kind != "add"
+        or size < 9
+        or found[k + 5] != "--iif"
+        or found[k + 7] != "--oifs"
+        or found[k + 6][0] == "-"
+    ):
+        return None
+    oifs = found[k + 8 :]
+    if size == 9:  # one word: "r1" or "r1,r2"
+        oif = oifs[0]
+        if oif[0] == "-":
+            return None
+        if "," in oif:
+            oifs = oif.split(",")
+            if "" in oifs:  # "r1,,r2" or "r1,": drop the empty names
+                oifs = split_oifs(oifs)
+    elif (  # "r1 r2": two words, spelt out (a generator costs more here)
+        size == 10
+        and oifs[0][0] != "-"
+        and oifs[1][0] != "-"
+        and "," not in oifs[0]
+        and "," not in oifs[1]
+    ) or not any(oif[0] == "-" or "," in oif for oif in oifs):  # "r1 r2 r3 ..."
+        pass
+    elif all(oif[0] != "-" for oif in oifs):  # "r1, r2" and the like
+        oifs = split_oifs(oifs)
+    else:
+        return None
+    return (lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs, None) if oifs else None
 
 
 def words(line: str) -> list[str]:

@@ -477,12 +477,20 @@ class _Parsed:
         self.__dict__.update(values)
 
 
-def _parse_route_change(argv: Sequence[str]) -> _Parsed | None:
-    """`[--socket PATH] [-o FORMAT] [-n] [-v] mfc add|del OPTIONS` without argparse.
+# What _parse_common recognises: the commands scripts and monitoring run over and over.
+_FAST_COMMANDS = ("mfc", "ping", "show", "batch")
+_FLAGS = {"-n": "dry_run", "--dry-run": "dry_run", "-v": "verbose", "--verbose": "verbose"}
+_OUTPUT = ("-o", "--output")
 
-    The commands scripts run thousands of times skip argparse's import and set-up, about
-    a sixth of mfcctl's start. Anything else, help and every mistake included, returns
-    None and goes through argparse, so messages and behaviour stay argparse's.
+
+def _parse_common(argv: Sequence[str]) -> _Parsed | None:
+    """`[--socket PATH] [-o FORMAT] [-n] [-v] COMMAND ...` without argparse, for `mfc add`,
+    `mfc del`, `ping`, `show [-s]` and `batch FILE`.
+
+    The commands run thousands of times skip argparse's import and set-up, about a sixth
+    of mfcctl's start. Anything else, help and every mistake included, returns None and
+    goes through argparse, so messages and behaviour stay argparse's: only exact words are
+    recognised here (no abbreviations, no `--opt=value`, no combined short flags).
     """
     values: dict[str, Any] = {
         "socket": os.environ.get(protocol.SOCKET_ENV, protocol.DEFAULT_SOCKET),
@@ -491,22 +499,36 @@ def _parse_route_change(argv: Sequence[str]) -> _Parsed | None:
         "verbose": False,
     }
     words = list(argv)
-    while words and words[0] != "mfc":
-        word = words.pop(0)
-        if word == "--socket" and words:
-            values["socket"] = words.pop(0)
-        elif word in ("-o", "--output") and words and words[0] in ("table", "json"):
-            values["output"] = words.pop(0)
-        elif word in ("-n", "--dry-run", "-v", "--verbose"):
-            values["dry_run" if word in ("-n", "--dry-run") else "verbose"] = True
+    i = 0
+    while i < len(words) and words[i] not in _FAST_COMMANDS:
+        word = words[i]
+        value = words[i + 1] if i + 1 < len(words) else "-"
+        if word == "--socket" and not value.startswith("-"):
+            values["socket"] = value
+            i += 2
+        elif word in _OUTPUT and value in ("table", "json"):
+            values["output"] = value
+            i += 2
+        elif word in _FLAGS:
+            values[_FLAGS[word]] = True
+            i += 1
         else:
             return None
+    if i == len(words):
+        return None
+    if words[i] == "mfc":
+        return _parse_route_change(words[i:], values)
+    return _parse_simple_command(words[i], words[i + 1 :], values)
+
+
+def _parse_route_change(words: list[str], values: dict[str, Any]) -> _Parsed | None:
+    """`mfc add|del OPTIONS [-o FORMAT] [-n] [-v]` (words from `mfc` on)."""
     while len(words) > 3:  # global options may also follow the command
-        if words[-2] in ("-o", "--output") and words[-1] in ("table", "json"):
+        if words[-2] in _OUTPUT and words[-1] in ("table", "json"):
             values["output"] = words[-1]
             words = words[:-2]
-        elif words[-1] in ("-n", "--dry-run", "-v", "--verbose"):
-            values["dry_run" if words[-1] in ("-n", "--dry-run") else "verbose"] = True
+        elif words[-1] in _FLAGS:
+            values[_FLAGS[words[-1]]] = True
             words = words[:-1]
         else:
             break
@@ -521,6 +543,7 @@ def _parse_route_change(argv: Sequence[str]) -> _Parsed | None:
         op = batchfile.line_op(words)
     except ValueError:
         return None
+    values["table"] = None  # as argparse has it without --table
     values.update(op)
     action = values.pop("op")
     if action in batchfile.OIF_OPS:  # `mfc oif add`: argparse's action "oif", oif "add"
@@ -531,6 +554,32 @@ def _parse_route_change(argv: Sequence[str]) -> _Parsed | None:
 def _table_filter(a: Any) -> dict[str, Any]:
     """The "table" argument of show and vif show, if --table was given."""
     return {} if a.table is None else {"table": _table_value(a.table)}
+
+
+def _parse_simple_command(command: str, rest: list[str], values: dict[str, Any]) -> _Parsed | None:
+    """`ping`, `show [-s]` or `batch FILE`, each with `-o FORMAT`, `-v` (and `-n` for batch)
+    in any order after it, as argparse takes them."""
+    if command == "show":
+        values.update(stats=False, watch=None, table=None)  # (`show --table` goes to argparse)
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word in _OUTPUT and i + 1 < len(rest) and rest[i + 1] in ("table", "json"):
+            values["output"] = rest[i + 1]
+            i += 2
+            continue
+        if word in ("-v", "--verbose") or (word in ("-n", "--dry-run") and command == "batch"):
+            values[_FLAGS[word]] = True
+        elif command == "show" and word in ("-s", "--stats"):
+            values["stats"] = True
+        elif command == "batch" and "file" not in values and (word == "-" or word[:1] != "-"):
+            values["file"] = word
+        else:
+            return None
+        i += 1
+    if command == "batch" and "file" not in values:
+        return None
+    return _Parsed(command=command, **values)
 
 
 def _command_in(argv: Sequence[str]) -> str | None:
@@ -857,7 +906,7 @@ class Cli:
         a = self.args
         if a.command == "mfc":
             args = {"source": a.source, "group": a.group}
-            if getattr(a, "table", None) is not None:
+            if a.table is not None:
                 args["table"] = _table_value(a.table)
             if a.action == "add":
                 args.update(iif=a.iif, oifs=batchfile.split_oifs(a.oifs))
@@ -993,7 +1042,7 @@ def main(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     words = argv if argv is not None else sys.argv[1:]
-    args: Any = _parse_route_change(words)
+    args: Any = _parse_common(words)
     if args is None:
         parser = build_parser(_command_in(words))
         # argparse prints usage errors, --help and --version to sys.stdout/sys.stderr itself.

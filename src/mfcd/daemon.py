@@ -499,15 +499,15 @@ class Daemon:
         while True:
             await asyncio.sleep(STATE_CHECK_INTERVAL)
             try:
+                self.state.hold_lock()  # first: never write back a file another mfcd owns
                 self.controller.keep_state_file()
-                relocked = self.state.keep_lock()
-                if relocked is not None:
-                    log.warning("%s", relocked)
             except MfcdError as e:
                 log.error("%s; trying again in %d s", e, STATE_RETRY_INTERVAL)
                 await asyncio.sleep(STATE_RETRY_INTERVAL)
 
     def _on_hup(self) -> None:
+        if self.stopping.is_set():
+            return  # the configuration no longer matters, and READY=1 would be wrong now
         if self.serving:
             self.reload()
         else:

@@ -71,6 +71,7 @@ import errno
 import fcntl
 import gc
 import json
+import logging
 import os
 import re
 import zlib
@@ -101,6 +102,7 @@ SNAPSHOT_CHUNK = 1000  # routes per snapshot line at most
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 Op = list[Any]
+log = logging.getLogger("mfcd")
 
 
 class SnapshotNeeded(StateError):
@@ -478,6 +480,8 @@ class StateFile:
         self._seq = 0  # sequence number of the last record written
         self._fresh = False  # load() found no file: the first append may start one
         self._compaction: Compaction | None = None  # a snapshot being written in a thread
+        self._lock_lost: str | None = None  # another mfcd took the lock: why nothing is written
+        self._directory_unsynced = False  # the last rename into place is not known durable
         self.ops_since_snapshot = 0
 
     @property
@@ -539,6 +543,23 @@ class StateFile:
             raise
         os.close(old)
         return f"{self.lock_path} was deleted or replaced while mfcd was running; locked it again"
+
+    def hold_lock(self) -> None:
+        """Refuse to write unless this process still holds the state file's lock.
+
+        If `<path>.lock` was deleted or replaced, it is locked again; if another mfcd locked
+        it first (in that moment, or since), two daemons would overwrite each other's
+        changes, so this one refuses every write from then on, and says so.
+        """
+        if self._lock_lost is not None:
+            raise StateError(self._lock_lost)
+        try:
+            relocked = self.keep_lock()
+        except StateError as e:
+            self._lock_lost = f"{e}; this mfcd refuses changes until it is restarted"
+            raise StateError(self._lock_lost) from None
+        if relocked is not None:
+            log.warning("%s", relocked)
 
     def load(self) -> Loaded:
         try:
@@ -602,6 +623,9 @@ class StateFile:
         Raises SnapshotNeeded when the path no longer leads to the journal: the caller must
         write a whole snapshot (this change included) instead.
         """
+        self.hold_lock()
+        if self._directory_unsynced:
+            self._sync_directory()
         if self._fd is None:
             if not self._fresh:
                 raise SnapshotNeeded(f"{self.path} is in an older format; rewriting it")
@@ -654,6 +678,7 @@ class StateFile:
 
     def write_snapshot(self, routes: Iterable[Route], thresholds: dict[str, int]) -> None:
         """Replace the journal with one snapshot: temporary file, fsync, rename, fsync dir."""
+        self.hold_lock()
         self._stale_compaction()  # this snapshot has everything a compaction under way has
         tmp = f"{self.path}.tmp"
         fd, length, seq = _write_snapshot_file(self.path, tmp, routes, thresholds, self._seq)
@@ -685,6 +710,11 @@ class StateFile:
             if job.error is not None and not job.stale:
                 raise job.error
             return False
+        try:
+            self.hold_lock()
+        except StateError:
+            job.discard()
+            raise
         fd, length, seq, ops = job.fd, job.length, job.seq, 0
         try:
             for changes in job.tail:
@@ -705,17 +735,28 @@ class StateFile:
     def _switch_to(self, fd: int, length: int, seq: int, ops: int) -> None:
         """Make the snapshot just renamed to the path the journal appended to from now on."""
         # From the rename on, the new file is the journal: appending to the old, unlinked one
-        # would lose changes. A failed directory fsync only risks the rename itself at a crash,
-        # and the old journal holds the same routes.
+        # would lose changes. A failed directory fsync risks the rename itself at a crash:
+        # the old journal holds the same routes now, but not the changes appended next, so
+        # the next append syncs the directory first or is refused.
         if self._fd is not None:
             os.close(self._fd)
         stat = os.fstat(fd)
         self._fd, self._identity = fd, (stat.st_dev, stat.st_ino)
-        with contextlib.suppress(OSError):
-            _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+        self._directory_unsynced = True
+        with contextlib.suppress(StateError):
+            self._sync_directory()
         self._length = length
         self._seq = seq
         self.ops_since_snapshot = ops
+
+    def _sync_directory(self) -> None:
+        try:
+            _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as e:
+            raise StateError(
+                f"{self.path}: cannot make the state file's directory durable: {_why(e)}"
+            ) from None
+        self._directory_unsynced = False
 
     def _stale_compaction(self) -> None:
         if self._compaction is not None:

@@ -1,7 +1,8 @@
 """The benchmark's quick mode runs end to end, so bench/run.py cannot rot (root only).
 
-It checks that every scenario produced numbers for mfcd, smcroute and the raw floor, and
-that no namespace or process of the run is left behind, also when the run fails.
+It checks that every scenario produced numbers for mfcd, smcroute and the raw floor, that
+each comparison is a paired one with its range, that every target has a verdict, and that
+no namespace or process of the run is left behind, also when the run fails.
 """
 
 from __future__ import annotations
@@ -26,7 +27,22 @@ pytestmark = [
 ]
 
 # (scenario, tool) pairs the quick run must report; scenario 2's raw floor is the raw loop.
-EXPECTED = {(s, tool) for s in range(1, 7) for tool in ("mfcd", "smcroute", "raw")}
+# Scenario 7 (batch line shapes) is mfcd's alone.
+EXPECTED = {(s, tool) for s in range(1, 7) for tool in ("mfcd", "smcroute", "raw")} | {(7, "mfcd")}
+# Like for like: CLI against CLI, open connection against smcroute's own IPC, in turn.
+PAIRED = {
+    (1, "smcroutectl -b -> all in kernel", "mfcctl batch -> next answer"),
+    (1, "smcrouted start -> all in kernel", "mfcctl batch -> next answer"),
+    (2, "smcrouted restart -> serving", "mfcd restart -> answers"),
+    (3, "mfcctl mfc add", "smcroutectl add"),
+    (3, "mfcctl ping", "python3 -I -c pass"),
+    (3, "mfcctl show", "python3 -I -c pass"),
+    (3, "mfcctl batch FILE", "python3 -I -c pass"),
+    (4, "mfcctl show", "smcroutectl show routes"),
+    (5, "mfc.add on an open connection", "smcroute IPC add (own connection)"),
+    (5, "mfcctl mfc add", "smcroutectl add"),
+    (7, "batch of 'add (no mfc), one oif' lines", "batch of 'mfc add, one oif' lines"),
+}
 
 
 def namespaces(prefix: str) -> list[str]:
@@ -73,8 +89,23 @@ def test_quick_benchmark_reports_every_scenario_and_cleans_up(tmp_path: Path) ->
     assert not EXPECTED - got, f"missing {sorted(EXPECTED - got)}"
     for r in data["results"]:
         assert r["samples"] and all(x >= 0 for x in r["samples"]), r
-    assert {t["scenario"] for t in data["targets"]} == set(range(1, 7))
-    assert all(t["met"] is not None for t in data["targets"]), data["targets"]
+        assert r["min"] <= r["median"] <= r["max"], r
+    memory = [r for r in data["results"] if r["scenario"] == 6]
+    assert all(r["unit"] == "MiB" for r in memory)
+    assert any("VmHWM" in r["variant"] for r in memory)
+    # A batch's time until the next answer includes its own answer, sample by sample.
+    rows = {(r["scenario"], r["n"], r["variant"]): r["samples"] for r in data["results"]}
+    for (scenario, n, variant), samples in rows.items():
+        if variant == "mfcctl batch -> next answer":
+            own = rows[(scenario, n, "mfcctl batch -> its answer")]
+            assert all(a <= b for a, b in zip(own, samples, strict=True)), (own, samples)
+    got_pairs = {(c["scenario"], c["a"], c["b"]) for c in data["comparisons"]}
+    assert not PAIRED - got_pairs, f"missing {sorted(PAIRED - got_pairs)}"
+    for c in data["comparisons"]:
+        assert c["ratios"] and c["min"] <= c["median"] <= c["max"], c
+    assert {t["scenario"] for t in data["targets"]} == set(range(1, 8))
+    verdicts = {"met", "missed", "straddled"}
+    assert all(t["verdict"] in verdicts for t in data["targets"]), data["targets"]
     for key in ("nproc", "cpu", "kernel", "python"):
         assert data["machine"][key], key
     assert "Targets:" in output

@@ -58,6 +58,49 @@ def test_oif_lines_add_or_remove_oifs_of_a_route() -> None:
     }
 
 
+def general(line: str) -> list[batchfile.Change] | str:
+    """What the general parser (line_op) makes of one line, or its error message."""
+    try:
+        op = batchfile.line_op(line.split())
+    except ValueError as e:
+        return str(e)
+    return [
+        (1, op["op"], op["source"], op["group"], op.get("iif", ""), op.get("oifs"), op.get("table"))
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+        "add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,r2",
+        "add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 r2 r3",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1, ,r2",
+        "mfc del --source 10.0.0.1 --group 239.1.1.1",
+        "del --source 10.0.0.1 --group 239.1.1.1",
+        # Near misses: each must give the general parser's answer or error.
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs ,",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --oifs r2",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 -v",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif -r0 --oifs r1",
+        "mfc add --source -x --group 239.1.1.1 --iif r0 --oifs r1",
+        "mfc del --source 10.0.0.1 --group 239.1.1.1 --iif r0",
+        "mfc del --source 10.0.0.1 --group --oifs",
+        "del --source 10.0.0.1 --group 239.1.1.1 extra",
+        "mfc mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+        "mfc show --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+    ],
+)
+def test_every_fast_line_shape_agrees_with_the_general_parser(line: str) -> None:
+    try:
+        got: list[batchfile.Change] | str = ops(line)
+    except batchfile.SyntaxProblem as e:
+        got = str(e)
+    assert got == general(line)
+
+
 def test_equals_and_quotes_work_like_on_the_command_line() -> None:
     assert ops(
         'mfc add --source="10.0.0.1" --group 239.1.1.1 --iif r0 --oifs r1 r2  # two oifs',

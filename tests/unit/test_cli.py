@@ -496,15 +496,31 @@ def test_version_comes_from_the_package_constant() -> None:
         "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 100",
         "mfc del --table default --source 10.0.0.1 --group 239.1.1.1",
         "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r3 --table=studio",
+        "ping",
+        "--socket /x -o json ping",
+        "ping -o json -v",
+        "-n ping --verbose",
+        "show",
+        "show -s",
+        "-o table show --stats -o json",
+        "--socket /x -v show -o table -s",
+        "-n show",
+        "batch routes.txt",
+        "batch -",
+        "--socket /x -o json batch -n -",
+        "batch -v f --dry-run -o json",
+        "-o json batch -o table show",  # the file is called "show"
+        "--socket show ping",  # the socket is called "show"
     ],
 )
-def test_route_changes_parse_without_argparse_exactly_as_with_it(line: str) -> None:
+def test_common_commands_parse_without_argparse_exactly_as_with_it(line: str) -> None:
     argv = line.split()
-    fast = cli._parse_route_change(argv)
+    fast = cli._parse_common(argv)
     assert fast is not None
     slow = vars(cli.build_parser().parse_args(argv))
-    slow["oifs"] = batchfile.split_oifs(slow["oifs"]) if "oifs" in slow else None
-    assert {k: v for k, v in vars(fast).items()} == {k: v for k, v in slow.items() if v is not None}
+    if "oifs" in slow:
+        slow["oifs"] = batchfile.split_oifs(slow["oifs"])
+    assert vars(fast) == slow
 
 
 @pytest.mark.parametrize(
@@ -514,14 +530,87 @@ def test_route_changes_parse_without_argparse_exactly_as_with_it(line: str) -> N
         ["mfc", "add", "--source", "10.0.0.1"],
         ["mfc", "add", "--sou", "10.0.0.1", "--group", "g", "--iif", "a", "--oifs", "b"],
         ["--socket=/x", "mfc", "del", "--source", "s", "--group", "g"],
-        ["show"],
         ["mfc", "oif", "--source", "s", "--group", "g", "--oifs", "r1"],
         ["mfc", "oif", "add", "--help"],
         ["mfc", "oif", "add", "--source", "s", "--group", "g", "--iif", "r0", "--oifs", "r1"],
+        ["--socket", "-n", "ping"],
+        ["--socket"],
+        ["-o", "yaml", "ping"],
+        ["-o"],
+        ["-n"],
+        [],
+        ["ping", "--help"],
+        ["ping", "-n"],
+        ["ping", "extra"],
+        ["ping", "-o"],
+        ["show", "-w", "1"],
+        ["show", "--watch", "1"],
+        ["show", "--stat"],
+        ["show", "-sv"],
+        ["show", "-n"],
+        ["show", "-o", "yaml"],
+        ["show", "-h"],
+        ["batch"],
+        ["batch", "a", "b"],
+        ["batch", "-x"],
+        ["batch", "--", "-x"],
+        ["batch", "--output=json", "f"],
+        ["sync"],
+        ["vif", "show"],
+        ["--version"],
     ],
 )
 def test_anything_else_goes_to_argparse(argv: list[str]) -> None:
-    assert cli._parse_route_change(argv) is None
+    assert cli._parse_common(argv) is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--socket", "-n", "ping"],
+        ["ping", "-n"],
+        ["ping", "extra"],
+        ["show", "-n"],
+        ["show", "-o", "yaml"],
+        ["batch"],
+        ["batch", "a", "b"],
+        ["batch", "-x"],
+    ],
+)
+def test_mistakes_near_the_fast_path_are_argparse_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(*argv)
+    captured = capsys.readouterr()
+    assert status == protocol.EXIT_USAGE
+    assert "usage: mfcctl" in err + captured.err
+    assert out + captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ping"],
+        ["show", "-s", "-o", "json"],
+        ["batch", "-"],
+    ],
+)
+def test_common_commands_do_not_import_argparse(argv: list[str]) -> None:
+    code = (
+        "import sys; from mfcd.cli import main; "
+        f"status = main(['--socket', '/nonexistent', *{argv!r}]); "
+        "assert status == 3, status; assert 'argparse' not in sys.modules, 'argparse'"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        input="",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_route_change_does_not_import_argparse() -> None:

@@ -11,7 +11,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -1010,6 +1010,58 @@ def test_a_compaction_that_cannot_write_fails_and_changes_nothing(path: Path) ->
     sf.append([AddRoute.of(R1)])  # the journal still takes changes
     sf.close()
     assert R1.key in routes_of(state.parse(path.read_bytes()))
+
+
+def test_a_lock_taken_by_another_mfcd_meanwhile_stops_every_write(path: Path) -> None:
+    """Two daemons appending to one file would overwrite each other's changes: once another
+    mfcd holds the lock, this one refuses every write, for good."""
+    first = StateFile(str(path))
+    first.lock()
+    first.load()
+    first.append([AddRoute.of(R1)])
+    Path(f"{path}.lock").unlink()
+    second = StateFile(str(path))
+    second.lock()  # in the moment before the first one locks a new file
+    data = path.read_bytes()
+    with pytest.raises(StateError, match="refuses changes until it is restarted"):
+        first.append([AddRoute.of(R2)])
+    writes: list[Callable[[], None]] = [
+        lambda: first.append([DelRoute(R1.key)]),
+        lambda: first.write_snapshot([R2], {}),
+        first.hold_lock,
+    ]
+    for write in writes:
+        with pytest.raises(StateError, match="refuses changes until it is restarted"):
+            write()
+    assert path.read_bytes() == data
+    second.close()
+    with pytest.raises(StateError, match="refuses changes"):
+        first.append([AddRoute.of(R2)])  # even once the other is gone: it may be back
+    first.close()
+
+
+def test_a_rename_whose_directory_sync_failed_is_synced_before_the_next_append(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sf = StateFile(str(path))
+    sf.load()
+    synced: list[str] = []
+    failing = True
+
+    def fsync_directory(directory: str) -> None:
+        if failing:
+            raise OSError(errno.EIO, "Input/output error")
+        synced.append(directory)
+
+    monkeypatch.setattr(state, "_fsync_directory", fsync_directory)
+    sf.write_snapshot([R1], {})  # renamed into place; its directory not known durable
+    with pytest.raises(StateError, match="cannot make the state file's directory durable"):
+        sf.append([AddRoute.of(R2)])  # not acknowledged: a crash could undo the rename
+    failing = False
+    sf.append([AddRoute.of(R2)])
+    assert synced == [str(path.parent)]
+    sf.close()
+    assert routes_of(state.parse(path.read_bytes())) == {R1.key: R1, R2.key: R2}
 
 
 # --- tables ---------------------------------------------------------------------------------------
