@@ -1,8 +1,9 @@
 # bash completion for mfcctl(8), the client of the mfcd multicast routing daemon.
 # Installed as /usr/share/bash-completion/completions/mfcctl; needs only bash itself.
 # Completes commands, actions, options, --output values, interface names (from
-# /sys/class/net) for --iif, --oifs and `vif set`, `default` for --threshold, and file
-# names for `batch`.
+# /sys/class/net) for --iif, --oifs and `vif set`, `default` for --threshold, table
+# names (default and those of /etc/iproute2/rt_tables) for --table, and file names for
+# `batch`.
 # tests/docs/test_completion.py keeps the option lists in step with mfcctl's parser.
 
 _mfcctl_interfaces() {
@@ -41,7 +42,7 @@ _mfcctl() {
         fi
         case $word in
             --oifs) in_oifs=1 ;;
-            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold)
+            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold | --table)
                 in_oifs=0
                 skip=1
                 ;;
@@ -89,6 +90,12 @@ _mfcctl() {
             _mfcctl_reply default "$cur" "$prefix"
             return
             ;;
+        --table)
+            local names
+            names=$(awk '$1 ~ /^[0-9]+$/ && NF >= 2 { print $2 }' /etc/iproute2/rt_tables 2>/dev/null)
+            _mfcctl_reply "default"$'\n'"$names" "$cur" "$prefix"
+            return
+            ;;
         -w | --watch | --source | --group)
             COMPREPLY=()
             return
@@ -105,14 +112,14 @@ _mfcctl() {
     local opts
     case "$cmd $action" in
         " ") opts="-h --help --socket -o --output -n --dry-run -v --verbose --version" ;;
-        "mfc add") opts="-h --help --source --group --iif --oifs -o --output -n --dry-run -v --verbose" ;;
-        "mfc del") opts="-h --help --source --group -o --output -n --dry-run -v --verbose" ;;
+        "mfc add") opts="-h --help --source --group --table --iif --oifs -o --output -n --dry-run -v --verbose" ;;
+        "mfc del") opts="-h --help --source --group --table -o --output -n --dry-run -v --verbose" ;;
         "mfc oif") opts="-h --help" ;;
-        "mfc oif add" | "mfc oif del") opts="-h --help --source --group --oifs -o --output -n --dry-run -v --verbose" ;;
-        "show ") opts="-h --help -s --stats -w --watch -o --output -v --verbose" ;;
+        "mfc oif add" | "mfc oif del") opts="-h --help --source --group --table --oifs -o --output -n --dry-run -v --verbose" ;;
+        "show ") opts="-h --help -s --stats -w --watch --table -o --output -v --verbose" ;;
         "batch ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
         "vif set") opts="-h --help --threshold -o --output -n --dry-run -v --verbose" ;;
-        "vif show") opts="-h --help -s --stats -o --output -v --verbose" ;;
+        "vif show") opts="-h --help -s --stats --table -o --output -v --verbose" ;;
         "sync ") opts="-h --help --full -o --output -n --dry-run -v --verbose" ;;
         "ping ") opts="-h --help -o --output -v --verbose" ;;
         *) opts="-h --help" ;;

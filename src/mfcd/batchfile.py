@@ -31,8 +31,9 @@ def split_oifs(values: list[str]) -> list[str]:
     return [name for value in values for name in value.split(",") if name]
 
 
-# line, kind (add, del, oif_add, oif_del), S, G, iif ("" but for add), oifs (None for del)
-Change = tuple[int, str, str, str, str, "list[str] | None"]
+# line, kind (add, del, oif_add, oif_del), S, G, iif ("" but for add), oifs (None for del),
+# table (its --table as written, None without one: the family's default table)
+Change = tuple[int, str, str, str, str, "list[str] | None", "str | None"]
 OIF_OPS = ("oif_add", "oif_del")  # add or remove oifs of an existing route
 
 
@@ -43,9 +44,10 @@ _OTHER_LINE_ENDS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", 
 
 
 def lines(text: str) -> Iterator[Change]:
-    """Each change of a batch text as (line number, kind, source, group, iif, oifs), kind
-    being "add", "del", "oif_add" or "oif_del"; only an add has an iif (the others "") and
-    a del has no oifs (None).  Blank and comment lines yield nothing.
+    """Each change of a batch text as (line number, kind, source, group, iif, oifs, table),
+    kind being "add", "del", "oif_add" or "oif_del"; only an add has an iif (the others "")
+    and a del has no oifs (None); table is None without --table.  Blank and comment lines
+    yield nothing.
 
     Raises SyntaxProblem naming the line.
     """
@@ -79,7 +81,15 @@ def lines(text: str) -> Iterator[Change]:
             op = line_op(found)
         except ValueError as e:
             raise SyntaxProblem(str(e), lineno) from None
-        yield lineno, op["op"], op["source"], op["group"], op.get("iif", ""), op.get("oifs")
+        yield (
+            lineno,
+            op["op"],
+            op["source"],
+            op["group"],
+            op.get("iif", ""),
+            op.get("oifs"),
+            op.get("table"),
+        )
 
 
 def _generated(lineno: int, found: list[str]) -> Change | None:
@@ -99,7 +109,7 @@ def _generated(lineno: int, found: list[str]) -> Change | None:
         return None
     kind = found[k]
     if kind == "del":
-        return (lineno, "del", found[k + 2], found[k + 4], "", None) if size == 5 else None
+        return (lineno, "del", found[k + 2], found[k + 4], "", None, None) if size == 5 else None
     if (
         kind != "add"
         or size < 9
@@ -129,7 +139,7 @@ def _generated(lineno: int, found: list[str]) -> Change | None:
         oifs = split_oifs(oifs)
     else:
         return None
-    return (lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs) if oifs else None
+    return (lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs, None) if oifs else None
 
 
 def words(line: str) -> list[str]:
@@ -163,10 +173,10 @@ def line_op(words: list[str]) -> Op:
     for word in rest:
         if word.startswith("-"):
             flag, has_value, value = word.removeprefix("--").partition("=")
-            if flag not in ("source", "group", "iif", "oifs") or not word.startswith("--"):
+            if flag not in ("source", "group", "iif", "oifs", "table") or not word.startswith("--"):
                 raise ValueError(
-                    f"unexpected option {word} (a batch line takes --source, --group, --iif"
-                    " and --oifs; global options go on mfcctl's command line)"
+                    f"unexpected option {word} (a batch line takes --source, --group, --iif,"
+                    " --oifs and --table; global options go on mfcctl's command line)"
                 )
             if flag in values:
                 raise ValueError(f"--{flag} given twice")
@@ -185,6 +195,10 @@ def line_op(words: list[str]) -> Op:
         if not values.get(flag):
             raise ValueError(f"`{command}` needs --{flag}")
     for flag, given in values.items():
+        if flag == "table":
+            if len(given) != 1:
+                raise ValueError("--table takes one value")
+            continue
         if flag not in wanted:
             raise ValueError(f"`{command}` takes no --{flag}")
         if flag != "oifs" and len(given) != 1:
@@ -196,6 +210,8 @@ def line_op(words: list[str]) -> Op:
     }
     if kind == "add" and not oif:
         op["iif"] = values["iif"][0]
+    if "table" in values:
+        op["table"] = values["table"][0]
     if "oifs" in wanted:
         op["oifs"] = split_oifs(values["oifs"])
         if not op["oifs"]:

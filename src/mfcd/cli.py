@@ -370,6 +370,11 @@ def _show_command(sub: Any) -> None:
         metavar="SECONDS",
         help="refresh every SECONDS and show rates (implies --stats; Ctrl-C to stop)",
     )
+    _table_option(
+        show,
+        "only the routes and VIFs of this table (a number or a name; `default`: each"
+        " family's default table)",
+    )
     _command_options(show, changes=False)
 
 
@@ -420,6 +425,10 @@ def _vif_command(sub: Any) -> None:
         " interfaces whose settings were changed with `vif set`.",
     )
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
+    _table_option(
+        vif_show,
+        "only the VIFs of this table (a number or a name; `default`: each family's default table)",
+    )
     _command_options(vif_show, changes=False)
 
 
@@ -534,6 +543,7 @@ def _parse_route_change(words: list[str], values: dict[str, Any]) -> _Parsed | N
         op = batchfile.line_op(words)
     except ValueError:
         return None
+    values["table"] = None  # as argparse has it without --table
     values.update(op)
     action = values.pop("op")
     if action in batchfile.OIF_OPS:  # `mfc oif add`: argparse's action "oif", oif "add"
@@ -541,11 +551,16 @@ def _parse_route_change(words: list[str], values: dict[str, Any]) -> _Parsed | N
     return _Parsed(command="mfc", action=action, **values)
 
 
+def _table_filter(a: Any) -> dict[str, Any]:
+    """The "table" argument of show and vif show, if --table was given."""
+    return {} if a.table is None else {"table": _table_value(a.table)}
+
+
 def _parse_simple_command(command: str, rest: list[str], values: dict[str, Any]) -> _Parsed | None:
     """`ping`, `show [-s]` or `batch FILE`, each with `-o FORMAT`, `-v` (and `-n` for batch)
     in any order after it, as argparse takes them."""
     if command == "show":
-        values.update(stats=False, watch=None)
+        values.update(stats=False, watch=None, table=None)  # (`show --table` goes to argparse)
     i = 0
     while i < len(rest):
         word = rest[i]
@@ -587,6 +602,21 @@ def _oifs_option(parser: argparse.ArgumentParser, help: str) -> None:
 def _key_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, metavar="ADDR", help="unicast source address")
     parser.add_argument("--group", required=True, metavar="ADDR", help="multicast group address")
+    _table_option(
+        parser,
+        "the route's multicast routing table: a number, `default` (the"
+        " kernel's default table: 253 for IPv4, 254 for IPv6, the default) or a name from"
+        " /etc/iproute2/rt_tables",
+    )
+
+
+def _table_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--table", metavar="TABLE", help=help)
+
+
+def _table_value(text: str) -> int | str:
+    """A --table as the protocol takes it: a number as a number, a name as it is."""
+    return int(text) if text.isdigit() else text
 
 
 def _command_options(parser: argparse.ArgumentParser, *, changes: bool) -> None:
@@ -655,8 +685,19 @@ def format_show(result: dict[str, Any], width: int, rates: dict[str, Any] | None
     vifs = result.get("vifs", [])
     stats = any("stats" in v for v in vifs) or any("stats" in r for r in result.get("routes", []))
     lines = format_vifs(vifs, stats)
-    lines.append("")
-    lines += format_routes(result.get("routes", []), width, stats, rates)
+    routes = result.get("routes", [])
+    if not any(_other_table(r) for r in [*routes, *vifs]):
+        lines.append("")
+        lines += format_routes(routes, width, stats, rates)
+        return "\n".join(lines)
+    # Several tables: the routes of each under a header of their own, in the daemon's order
+    # (by family, then table).
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in routes:
+        groups.setdefault((r["family"], r["table"]), []).append(r)
+    for (family, number), some in groups.items():
+        lines += ["", f"Table {number} ({family})"]
+        lines += format_routes(some, width, stats, rates)
     return "\n".join(lines)
 
 
@@ -672,8 +713,9 @@ def format_vif_show(result: dict[str, Any]) -> str:
 
 def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:
     lines = [f"VIFs ({len(vifs)})"]
+    tables = any(_other_table(v) for v in vifs)  # a TABLE column only when there are several
     # With counters, ifindex and threshold give way so the table fits 80 columns.
-    header = ["FAMILY", "VIF", "INTERFACE"]
+    header = ["FAMILY", *(["TABLE"] if tables else []), "VIF", "INTERFACE"]
     header += (
         ["ROUTES", "PKTS IN", "PKTS OUT", "BYTES IN", "BYTES OUT"]
         if stats
@@ -681,7 +723,7 @@ def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:
     )
     rows = [header]
     for v in vifs:
-        row = [v["family"], str(v["vif"]), v["interface"]]
+        row = [v["family"], *([str(v["table"])] if tables else []), str(v["vif"]), v["interface"]]
         if stats:
             s = v.get("stats", {})
             row += [
@@ -695,7 +737,9 @@ def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:
             ifindex = str(v["ifindex"]) if v["present"] else "absent"
             row += [ifindex, str(v["threshold"]), str(v["routes"])]
         rows.append(row)
-    lines += table(rows, right=set(range(3, len(header))) | {1}) if vifs else ["  (none)"]
+    first = 4 if tables else 3  # the first numeric column after the interface
+    right = set(range(first, len(header))) | ({1, 2} if tables else {1})
+    lines += table(rows, right=right) if vifs else ["  (none)"]
     return lines
 
 
@@ -726,7 +770,7 @@ def format_routes(
                 _human(s.get("wrong_if", 0)),
             ]
             if rates:
-                pps, bps = rates.get(f"{r['source']} {r['group']}", (0.0, 0.0))
+                pps, bps = rates.get(_route_id(r), (0.0, 0.0))
                 row += [_human(pps), _human(bps)]
         rows.append(row)
     numeric = set(range(5, len(header)))
@@ -775,6 +819,8 @@ def format_plan(result: dict[str, Any]) -> str:
     for step in plan:
         action = step["action"].replace("_", " ")
         fam = step["family"]
+        if _other_table(step):  # the default tables go unsaid, as before tables existed
+            fam += f" table {step['table']}"
         if "vif" in step:
             out.append(f"{action} {fam} VIF {step['vif']} ({step['interface']})")
         elif "parent" in step:
@@ -860,6 +906,8 @@ class Cli:
         a = self.args
         if a.command == "mfc":
             args = {"source": a.source, "group": a.group}
+            if a.table is not None:
+                args["table"] = _table_value(a.table)
             if a.action == "add":
                 args.update(iif=a.iif, oifs=batchfile.split_oifs(a.oifs))
             if a.action == "oif":
@@ -871,7 +919,7 @@ class Cli:
         if a.command == "vif" and a.action == "set":
             return self.change("vif.set", {"interface": a.interface, "threshold": a.threshold})
         if a.command == "vif":
-            result = self.client.call("vif.show", {"stats": a.stats})
+            result = self.client.call("vif.show", {"stats": a.stats, **_table_filter(a)})
             self.emit(result, format_vif_show)
             return protocol.EXIT_OK
         if a.command == "sync":
@@ -884,7 +932,7 @@ class Cli:
             return protocol.EXIT_OK
         if a.watch is not None:
             return self.watch(a.watch)
-        result = self.client.call("show", {"stats": a.stats})
+        result = self.client.call("show", {"stats": a.stats, **_table_filter(a)})
         self.emit(result, lambda r: format_show(r, _width()))
         return protocol.EXIT_OK
 
@@ -938,12 +986,27 @@ class Cli:
             return protocol.EXIT_OK
 
 
+_DEFAULT_TABLES = {"ipv4": 253, "ipv6": 254}  # the kernel's default table of each family
+
+
+def _other_table(entry: dict[str, Any]) -> bool:
+    """Whether a route or VIF is in a table other than its family's default."""
+    return entry.get("table", _DEFAULT_TABLES.get(entry["family"])) != _DEFAULT_TABLES.get(
+        entry["family"]
+    )
+
+
+def _route_id(r: dict[str, Any]) -> str:
+    """How --watch names a route: "S G", and " table N" after it for another table."""
+    return f"{r['source']} {r['group']}" + (f" table {r['table']}" if _other_table(r) else "")
+
+
 def _rates(
     result: dict[str, Any], previous: dict[str, tuple[int, int]], elapsed: float
 ) -> dict[str, tuple[float, float]]:
     rates = {}
     for r in result.get("routes", []):
-        key = f"{r['source']} {r['group']}"
+        key = _route_id(r)
         s = r.get("stats", {})
         now = (s.get("packets", 0), s.get("bytes", 0))
         if elapsed > 0 and key in previous:

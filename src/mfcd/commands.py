@@ -28,6 +28,7 @@ from mfcd.errors import (
     UnsupportedVersion,
 )
 from mfcd.model import (
+    DEFAULT_TABLE,
     AddRoute,
     Change,
     DelRoute,
@@ -153,22 +154,26 @@ class Commands:
         }
 
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
-        validate.require_fields(args, (), ("stats",))
-        return self.views.show(self.controller.router, stats=_flag(args, "stats"), encoded=True)
+        validate.require_fields(args, (), ("stats", "table"))
+        router, table = self.controller.router, _table_filter(args)
+        return self.views.show(router, stats=_flag(args, "stats"), encoded=True, table=table)
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
-        validate.require_fields(args, (), ("stats",))
-        return self.views.vif_show(self.controller.router, stats=_flag(args, "stats"))
+        validate.require_fields(args, (), ("stats", "table"))
+        router, table = self.controller.router, _table_filter(args)
+        return self.views.vif_show(router, stats=_flag(args, "stats"), table=table)
 
     def sync(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("full",))
         if self.plane is None:
             raise BadRequest("sync is not available in this mfcd")
         full = _flag(args, "full") or len(self.controller.router.installed) <= FULL_SYNC_ROUTES
-        view = observe(self.plane, self.families, full)
+        view = observe(self.plane, self.families, full, self.controller.router.tables())
         repairs = self.controller.sync(view, dry_run=dry_run)
         if not dry_run:
             log.info("%s sync: %d repairs", peer, len(repairs))
+            if self.on_change is not None:
+                self.on_change()  # a retried route may have opened or emptied a table
         return {"dry_run": dry_run, "repairs": repairs, "full": full}
 
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
@@ -190,9 +195,11 @@ class Commands:
     def _mfc_oif(
         self, kind: str, args: dict[str, Any], dry_run: bool, peer: Peer
     ) -> dict[str, Any]:
-        validate.require_fields(args, OIF_FIELDS)
+        validate.require_fields(args, OIF_FIELDS, validate.OPTIONAL)
         lookup = self.controller.router.routes.get
-        change = self._oif_change(kind, args["source"], args["group"], args["oifs"], lookup)
+        change = self._oif_change(
+            kind, args["source"], args["group"], args["oifs"], lookup, table=args.get("table")
+        )
         return self._change([change], dry_run, peer, f"mfc.{kind.replace('_', '.')}", args)
 
     def _oif_change(
@@ -202,18 +209,20 @@ class Commands:
         group: Any,
         oifs: Any,
         lookup: Callable[[RouteKey], Ports | None],
+        *,
+        table: Any = None,
     ) -> AddRoute:
         """An oif_add or oif_del as the AddRoute of the route's whole new oif list: the model
         and the journal know only whole routes, and the change is atomic (no client reads the
         route first). `lookup` gives a route's interfaces as the request finds them."""
-        key = validate.route_key_of(source, group)
+        key = validate.route_key_of(source, group, table)
         self._check_family(key[0])
         names = validate.interfaces(oifs, "oifs")
         ports = lookup(key)
         if ports is None:
-            raise NotFound(f"no route for source {key[1]} group {key[2]}")
+            raise NotFound(f"no route for source {key[1]} group {key[2]}{_in_table(key)}")
         new = _new_oifs(kind, key, ports, names)
-        return validate.add_change(key[1], key[2], ports.iif, list(new))
+        return validate.add_change(key[1], key[2], ports.iif, list(new), key[3])
 
     def vif_set(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, ("interface", "threshold"))
@@ -303,19 +312,19 @@ class Commands:
         routes = _BatchRoutes(self.controller.router.routes, changes)
         lineno = deleted = updated = 0
         try:
-            for lineno, kind, source, group, iif, oifs in batchfile.lines(text):  # noqa: B007
+            for lineno, kind, source, group, iif, oifs, table in batchfile.lines(text):  # noqa: B007
                 if kind == "add":
-                    change = add_change(source, group, iif, oifs)
+                    change = add_change(source, group, iif, oifs, table)
                     if change.key[0] not in families:
                         self._check_family(change.key[0])
                     add(change)
                 elif kind == "del":
-                    key = validate.route_key_of(source, group)
+                    key = validate.route_key_of(source, group, table)
                     self._check_family(key[0])
                     add(DelRoute(key))
                     deleted += 1
                 else:
-                    add(self._oif_change(kind, source, group, oifs, routes.get))
+                    add(self._oif_change(kind, source, group, oifs, routes.get, table=table))
                     updated += 1
         except batchfile.SyntaxProblem as e:
             raise BatchSyntax(str(e), line=e.line) from None
@@ -329,8 +338,10 @@ class Commands:
             raise BadRequest("each op must be a JSON object")
         kind = op.get("op")
         if kind in batchfile.OIF_OPS:
-            validate.require_fields(op, ("op", *OIF_FIELDS))
-            return self._oif_change(kind, op["source"], op["group"], op["oifs"], routes.get)
+            validate.require_fields(op, ("op", *OIF_FIELDS), validate.OPTIONAL)
+            return self._oif_change(
+                kind, op["source"], op["group"], op["oifs"], routes.get, table=op.get("table")
+            )
         if kind == "add":
             route = validate.route(op, validate.BATCH_ADD_FIELDS)
             self._check_family(route.family)
@@ -450,3 +461,17 @@ def _line_of(op: int, text: str) -> int | None:
         if count == op:
             return lineno
     return None
+
+
+def _in_table(key: RouteKey) -> str:
+    """ " in table N" for a route of a table other than its family's default, else ""."""
+    return "" if key[3] == DEFAULT_TABLE[key[0]] else f" in table {key[3]}"
+
+
+def _table_filter(args: dict[str, Any]) -> int | None:
+    """The table number a show asks for, views.DEFAULT_TABLES for "default" (each family's
+    default table), or None for every table."""
+    value = args.get("table")
+    if value is None:
+        return None
+    return views.DEFAULT_TABLES if value == "default" else validate.table_of(value, 4)

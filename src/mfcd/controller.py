@@ -69,27 +69,39 @@ def gc_paused() -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class KernelView:
-    """What the kernel holds now: VIFs as (family, index) -> device name; MFC entries as
-    model.KernelEntry, or None when the MFC was not read (a dump of a large table costs
-    minutes: then each route's entry is probed instead, see Controller.sync)."""
+    """What the kernel holds now: VIFs as (family, table, index) -> device name; MFC entries
+    as model.KernelEntry, or None when the MFC was not read (a dump of a large table costs
+    minutes: then each route's entry is probed instead, see Controller.sync); `tables` are
+    the (family, table) that were read (None: every table the model uses)."""
 
-    vifs: dict[tuple[int, int], str]
+    vifs: dict[tuple[int, int, int], str]
     mfc: dict[RouteKey, KernelEntry] | None
+    tables: frozenset[tuple[int, int]] | None = None
 
 
-def observe(plane: Dataplane, families: Iterable[int], full: bool = True) -> KernelView:
-    """What the default tables of `families` hold now, as a KernelView: the VIFs, and with
-    `full` every MFC entry (a dump that costs minutes at 1,000,000 entries; without it the
-    MFC is None and Controller.sync probes the model's entries one by one instead)."""
-    vifs: dict[tuple[int, int], str] = {}
+def observe(
+    plane: Dataplane,
+    families: Iterable[int],
+    full: bool = True,
+    tables: Iterable[tuple[int, int]] = (),
+) -> KernelView:
+    """What the default tables of `families` and the other `tables` hold now, as a
+    KernelView: the VIFs, and with `full` every MFC entry (a dump that costs minutes at
+    1,000,000 entries; without it the MFC is None and Controller.sync probes the model's
+    entries one by one instead). Another IPv6 table than the default is not read: the kernel
+    does not list its VIFs (docs/kernel.md), so sync probes its entries instead."""
+    families = tuple(families)
+    wanted = {(family, DEFAULT_TABLE[family]) for family in families}
+    wanted |= {(f, t) for f, t in tables if f in families and (f == 4 or t == DEFAULT_TABLE[f])}
+    vifs: dict[tuple[int, int, int], str] = {}
     mfc: dict[RouteKey, KernelEntry] | None = {} if full else None
-    for family in families:
-        seen = plane.observe(family, DEFAULT_TABLE[family], entries=full)
-        vifs.update(((family, vifi), vif.device) for vifi, vif in seen.vifs.items())
+    for family, table in sorted(wanted):
+        seen = plane.observe(family, table, entries=full)
+        vifs.update(((family, table, vifi), vif.device) for vifi, vif in seen.vifs.items())
         if mfc is not None and seen.entries is not None:
             for (source, group), entry in seen.entries.items():
-                mfc[(family, source, group)] = (entry.iif, entry.oifs)
-    return KernelView(vifs, mfc)
+                mfc[(family, source, group, table)] = (entry.iif, entry.oifs)
+    return KernelView(vifs, mfc, frozenset(wanted))
 
 
 class StateLike(Protocol):
@@ -213,7 +225,7 @@ class Controller:
         router.commit()
         # A change that freed a VIF index (even one whose interface is gone, so no DelVif
         # step) lets routes waiting for one in.
-        if router.blocked and any(key[0] in router.free_families() for key in router.blocked):
+        if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
             self.retry_pending(list(router.blocked))
         return outcome
 
@@ -240,8 +252,8 @@ class Controller:
         match change:
             case AddRoute(key, ports):
                 return router.add(key, router.share(ports))
-            case DelRoute((family, source, group)):
-                return router.del_route(family, source, group)
+            case DelRoute(key):
+                return router.del_route(key)
             case SetThreshold(interface, threshold):
                 return router.set_threshold(interface, threshold)
 
@@ -311,8 +323,8 @@ class Controller:
         started = time.monotonic()
         what = f"interface {interface} up"
         steps: list[Step] = []
-        for family in (4, 6):
-            steps += self._apply_quietly(what, router.revive_vif, family, interface)
+        for vif in router.vifs_named(interface):
+            steps += self._apply_quietly(what, router.revive_vif, vif.family, vif.table, interface)
         for key in router.waiting_for(interface):
             steps += self._install_or_park(key, what)
         if steps:
@@ -348,9 +360,9 @@ class Controller:
 
     def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
         router = self.router
-        vifs = [router.vifs.get((family, interface)) for family in (4, 6)]
-        if interface in router.links and any(vifs):
-            routes = sum(vif.refs for vif in vifs if vif is not None)
+        vifs = router.vifs_named(interface)
+        if interface in router.links and vifs:
+            routes = sum(vif.refs for vif in vifs)
             log.info("interface %s gone: %d routes degraded until it is back", interface, routes)
         return self._apply_quietly(
             f"interface {interface} gone", self.router.link_down, interface, kernel_dropped_vif
@@ -393,9 +405,14 @@ class Controller:
         started = time.monotonic()
         router = self.router
         if view.mfc is not None:
-            report = self.repair(router.repair(view.vifs, view.mfc), dry_run)
+            report = self.repair(router.repair(view.vifs, view.mfc, view.tables), dry_run)
+            # Tables that could not be read (IPv6 other than the default): probe their entries.
+            read = view.tables
+            if read is not None:
+                unread = [k for k in router.installed if (k[0], k[3]) not in read]
+                report += self.check_entries(unread, dry_run)
         else:
-            report, readded = self.repair_vifs(view.vifs, dry_run)
+            report, readded = self.repair_vifs(view.vifs, dry_run, view.tables)
             stale = set(router.users(readded))
             report += self.check_entries(list(router.installed), dry_run, stale)
         if not dry_run:
@@ -427,11 +444,15 @@ class Controller:
         return report
 
     def repair_vifs(
-        self, kernel_vifs: dict[tuple[int, int], str], dry_run: bool = False
-    ) -> tuple[list[dict[str, Any]], set[tuple[int, str]]]:
-        """Make the kernel's VIFs match the model's: the repairs, and the (family, interface)
-        of each VIF added back (its routes' entries must be written again)."""
-        steps, readded = self.router.repair_vifs(kernel_vifs)
+        self,
+        kernel_vifs: dict[tuple[int, int, int], str],
+        dry_run: bool = False,
+        tables: AbstractSet[tuple[int, int]] | None = None,
+    ) -> tuple[list[dict[str, Any]], set[tuple[int, int, str]]]:
+        """Make the kernel's VIFs match the model's in `tables` (None: all): the repairs, and
+        the (family, table, interface) of each VIF added back (its routes' entries must be
+        written again)."""
+        steps, readded = self.router.repair_vifs(kernel_vifs, tables)
         return self.repair(steps, dry_run), readded
 
     def check_entries(
@@ -458,7 +479,7 @@ class Controller:
         if not dry_run:
             writes = keys if rewrite_all else [key for key in keys if key in wanted]
             for op, error in rewrite(self.kernel, (router.entry(key) for key in writes)):
-                failed[(op.family, op.source, op.group)] = error
+                failed[(op.family, op.source, op.group, op.table)] = error
         report = []
         for key in keys:
             if key not in wanted and key not in failed:

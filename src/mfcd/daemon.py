@@ -23,12 +23,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from mfcd import __version__, config, directory_trust, netlink, notify, views
+from mfcd import __version__, config, directory_trust, netlink, notify, protocol, views
 from mfcd.commands import Commands
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.kernel import Kernel
+from mfcd.model import DEFAULT_TABLE
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import VERSION, StateFile
 
@@ -133,6 +134,7 @@ class Daemon:
         self._touched: set[str] | None = set()
         self._full_check = False
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
+        self._readers: set[int] = set()  # the file descriptors the loop waits on
         self.serving = False  # start-up is over
         self._reload_pending = False  # SIGHUP arrived during start-up
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
@@ -219,9 +221,7 @@ class Daemon:
         controller.on_drift = lambda: self._resync_later(RESYNC_DELAY)
         # Every table's socket and the link monitor: each readable one means events() has
         # something (upcalls must be read continuously: a full buffer drops them silently).
-        fds = kernel.fds()
-        for fd in fds:
-            loop.add_reader(fd, self._on_kernel_events)
+        self._sync_tables()
         commands = Commands(controller, cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
         server = self.server = Server(
@@ -251,8 +251,9 @@ class Daemon:
         if self._compacting is not None:
             self._compacting.cancel()
         await server.stop()
-        for fd in fds:
+        for fd in self._readers:
             loop.remove_reader(fd)
+        self._readers.clear()
         if self._resync is not None:
             self._resync.cancel()
         if self._checking is not None:
@@ -270,7 +271,25 @@ class Daemon:
         total, installed = len(router.routes), len(router.installed)
         return f"{installed} of {total} routes installed, {total - installed} pending"
 
+    def _sync_tables(self) -> None:
+        """Close the tables no VIF uses any more (MRT_DONE), and wait on exactly the open
+        tables' sockets: a table other than the default is opened by the kernel operation
+        that first names it and closed here once its last VIF is gone."""
+        kernel, loop = self.kernel, asyncio.get_running_loop()
+        used = self.controller.router.tables()
+        for family, table in list(kernel.sockets):
+            if table != DEFAULT_TABLE[family] and (family, table) not in used:
+                kernel.close_table(family, table)
+                log.info("%s table %d is empty: closed", protocol.family_text(family), table)
+        fds = set(kernel.fds())
+        for fd in self._readers - fds:
+            loop.remove_reader(fd)
+        for fd in fds - self._readers:
+            loop.add_reader(fd, self._on_kernel_events)
+        self._readers = fds
+
     def _after_change(self) -> None:
+        self._sync_tables()
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.
         asyncio.get_running_loop().call_soon(self._compact_soon)
@@ -358,6 +377,7 @@ class Daemon:
         touched = {n for n in tracked.keys() | after.keys() if tracked.get(n) != after.get(n)}
         if touched:
             self._resync_later(RESYNC_DELAY, touched)
+        self._sync_tables()  # a pending route installed now may have opened a table
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False
@@ -404,17 +424,18 @@ class Daemon:
             # A link event whose kernel change failed left the model's view of interfaces
             # behind; a fresh dump sets it right before the tables are compared.
             controller.sync_links(netlink.current_links())
-            view = observe(self.kernel, families, full=False)
+            view = observe(self.kernel, families, False, controller.router.tables())
         except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
             return
-        report, readded = controller.repair_vifs(view.vifs)
+        report, readded = controller.repair_vifs(view.vifs, tables=view.tables)
         router = controller.router
         stale = set(router.users(readded))
         if touched is None:
             keys = list(router.installed)
         else:
-            keys = router.users({(f, name) for f in families for name in touched})
+            vifs = [vif for name in touched for vif in router.vifs_named(name)]
+            keys = router.users({(vif.family, vif.table, vif.interface) for vif in vifs})
             keys += stale.difference(keys)
         for start in range(0, len(keys), CHECK_CHUNK):
             if start:
@@ -424,6 +445,7 @@ class Daemon:
         report += map(
             views.describe_step, controller.retry_pending([*router.blocked, *router.refused])
         )
+        self._sync_tables()
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
         repairs = Counter(entry["action"] for entry in report)
         log.log(
@@ -446,7 +468,8 @@ class Daemon:
         try:
             controller.sync_links(netlink.current_links())
             version = controller.router.version
-            view = await asyncio.to_thread(observe, self.kernel, self.kernel.families)
+            tables = controller.router.tables()
+            view = await asyncio.to_thread(observe, self.kernel, self.kernel.families, True, tables)
         except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
             return
@@ -456,9 +479,10 @@ class Daemon:
             return
         if controller.router.version != version:
             # Changes keep coming (a busy client): check on the loop, between two requests.
-            view = observe(self.kernel, self.kernel.families)
+            view = observe(self.kernel, self.kernel.families, True, controller.router.tables())
         self._deferred = 0
         controller.sync(view)
+        self._sync_tables()
 
     async def _watchdog(self) -> None:
         interval = notify.watchdog_interval()

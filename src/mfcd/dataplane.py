@@ -168,15 +168,15 @@ def rewrite(plane: Dataplane, ops: Iterable[_Op]) -> list[tuple[_Op, KernelError
 
 
 def missing(plane: Dataplane, keys: Iterable[RouteKey]) -> list[RouteKey]:
-    """The keys (in the default tables) the data plane holds no entry for: one O(1)
+    """The keys the data plane holds no entry for (each in its own table): one O(1)
     counters probe each, where a dump of the table grows faster than the table."""
-    by_family: dict[int, list[RouteKey]] = {}
+    by_table: dict[tuple[int, int], list[RouteKey]] = {}
     for key in keys:
-        by_family.setdefault(key[0], []).append(key)
+        by_table.setdefault((key[0], key[3]), []).append(key)
     out = []
-    for family, some in by_family.items():
+    for (family, table), some in by_table.items():
         try:
-            found = plane.counters(family, DEFAULT_TABLE[family], [(k[1], k[2]) for k in some])
+            found = plane.counters(family, table, [(k[1], k[2]) for k in some])
         except KernelError:  # a disabled family: nothing of it is in the kernel
             out += some
             continue
@@ -184,17 +184,23 @@ def missing(plane: Dataplane, keys: Iterable[RouteKey]) -> list[RouteKey]:
     return out
 
 
-def sg_counters(plane: CountersReader, family: int, source: str, group: str) -> SgCounters | None:
-    """One (S,G) entry's counters in the family's default table (None: not there)."""
+def sg_counters(
+    plane: CountersReader, family: int, source: str, group: str, table: int | None = None
+) -> SgCounters | None:
+    """One (S,G) entry's counters in a table (None: the family's default; None: not there)."""
+    table = DEFAULT_TABLE[family] if table is None else table
     try:
-        return plane.counters(family, DEFAULT_TABLE[family], [(source, group)]).entries[0]
+        return plane.counters(family, table, [(source, group)]).entries[0]
     except KernelError:
         return None
 
 
-def vif_counters(plane: CountersReader, family: int, vifi: int) -> VifCounters | None:
-    """One VIF's counters in the family's default table (None: not there)."""
+def vif_counters(
+    plane: CountersReader, family: int, vifi: int, table: int | None = None
+) -> VifCounters | None:
+    """One VIF's counters in a table (None: the family's default; None: not there)."""
+    table = DEFAULT_TABLE[family] if table is None else table
     try:
-        return plane.counters(family, DEFAULT_TABLE[family], vifs=[vifi]).vifs[0]
+        return plane.counters(family, table, vifs=[vifi]).vifs[0]
     except KernelError:
         return None

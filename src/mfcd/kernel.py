@@ -104,14 +104,28 @@ _OPNAMES = {
 }
 
 
-def _explain(family: int, optname: int, err: int) -> str:
-    """A one-line message for a refused socket option, with what to do about it."""
+def _explain(family: int, optname: int, err: int, table: int | None = None) -> str:
+    """A one-line message for a refused socket option, with what to do about it (`table`:
+    the table of the socket, None or the default for the family's default table)."""
     fam = family_text(family)
     op = _OPNAMES.get(optname, str(optname))
+    other = table is not None and table != DEFAULT_TABLE[family]
     if optname == MRT_INIT and err == errno.EADDRINUSE:
+        which = (
+            f"{fam} multicast routing table {table}"
+            if other
+            else f"the {fam} multicast routing table"
+        )
         return (
-            f"another multicast router already owns the {fam} multicast routing table"
+            f"another multicast router already owns {which}"
             " (smcroute, pimd, FRR pimd, igmpproxy, mrouted or a second mfcd): stop it first"
+            + ("" if not other else " or use another table")
+        )
+    if optname == MRT_TABLE and err in (errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EINVAL):
+        option = f"CONFIG_IP{'V6' if family == 6 else ''}_MROUTE_MULTIPLE_TABLES"
+        return (
+            f"this kernel has only the default {fam} multicast routing table ({option} is"
+            f" off): table {table} cannot be used; use the default table"
         )
     if err in (errno.EPERM, errno.EACCES):
         op = op if optname else "a raw socket"
@@ -303,7 +317,7 @@ class MrouteSocket:
 
     def _refused(self, optname: int, e: OSError) -> NoReturn:
         raise KernelError(
-            _explain(self.family, optname, e.errno or 0),
+            _explain(self.family, optname, e.errno or 0, self.table),
             _OPNAMES.get(optname, "?"),
             e.errno or 0,
         ) from None

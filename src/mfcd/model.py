@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The daemon keeps *desired* routes, one per (family, source, group).  A route is
+The daemon keeps *desired* routes, one per (family, source, group, table).  A route is
 *installed* when every interface it names exists: the model then holds a VIF for
 each of those interfaces and an MFC entry in the kernel.  A route naming an
 interface that does not exist is *pending*; it is installed the moment the last
@@ -25,7 +25,7 @@ themselves are found by a scan, which only rare events (an interface re-created,
 a threshold changed, a repair) need.
 
 Memory layout: a router holds 100,000s of routes, so per route it keeps only its
-key (family, source, group) and, in `routes` and `installed`, references to values
+key (family, source, group, table) and, in `routes` and `installed`, references to values
 shared by every route with the same interfaces (`Ports`) and the same kernel entry
 (`Entry`).  `Route` and the kernel operations are built when asked for.  Values are
 NamedTuples rather than frozen dataclasses: they are as immutable, and a bulk load
@@ -35,6 +35,7 @@ builds several per route, where a frozen dataclass costs three times as much to 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -47,7 +48,11 @@ MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
 DEFAULT_TABLE = {4: 253, 6: 254}
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
 
-RouteKey = tuple[int, str, str]  # (family 4|6, source, group), addresses in canonical text form
+# (family 4|6, source, group, table), addresses in canonical text form; `table` is the kernel's
+# multicast routing table number (DEFAULT_TABLE[family] unless the route names another). It is
+# last so that a key is also the fields of the DelMfc that removes its entry.
+RouteKey = tuple[int, str, str, int]
+TableKey = tuple[int, int]  # (family, table): one kernel table, with its own 32 VIFs
 # An MFC entry as netlink reports it: (iif ifindex or None, {oif ifindex: ttl}).
 KernelEntry = tuple[int | None, dict[int, int]]
 Oifs = tuple[tuple[int, int], ...]  # (vif index, TTL threshold), sorted by vif index
@@ -72,10 +77,11 @@ class Route(NamedTuple):
     group: str
     iif: str
     oifs: tuple[str, ...]  # distinct, and never the iif (validate.route guarantees it)
+    table: int
 
     @property
     def key(self) -> RouteKey:
-        return (self.family, self.source, self.group)
+        return (self.family, self.source, self.group, self.table)
 
     @property
     def interfaces(self) -> tuple[str, ...]:
@@ -92,8 +98,8 @@ class Entry(NamedTuple):
 # --- kernel operations -------------------------------------------------------------------------
 
 
-# Each operation names the multicast routing table it applies to (the kernel's table number,
-# model.DEFAULT_TABLE for now) as its last field.
+# Each operation names the multicast routing table it applies to (the kernel's table number)
+# as its last field.
 
 
 class AddVif(NamedTuple):
@@ -175,6 +181,7 @@ class Vif:
     vifi: int
     interface: str
     ifindex: int | None
+    table: int
     refs: int = 0  # installed routes that use it (as iif or oif)
 
 
@@ -185,7 +192,10 @@ class RouteStatus:
     reason: str  # empty when installed
 
 
-_Direct = tuple[tuple[Vif, ...], Entry, Ports]  # what add_direct needs to know of a Ports
+_Direct = tuple[tuple[Vif, ...], Entry, Ports]
+VifKey = tuple[
+    int, int, str
+]  # (family, table, interface)  # what add_direct needs to know of a Ports
 _MISSING: Any = object()
 _T = TypeVar("_T")
 _new = tuple.__new__
@@ -230,8 +240,9 @@ class Router:
     def __init__(self) -> None:
         self.routes: dict[RouteKey, Ports] = {}
         self.installed: dict[RouteKey, Entry] = {}  # what the kernel holds for installed routes
-        self.vifs: dict[tuple[int, str], Vif] = {}
-        self.slots: dict[int, list[str | None]] = {4: [None] * MAXVIFS, 6: [None] * MAXVIFS}
+        self.vifs: dict[VifKey, Vif] = {}
+        # VIF indexes per table: a table's list exists from its first VIF until its last goes.
+        self.slots: dict[TableKey, list[str | None]] = {}
         self.links: dict[str, int] = {}  # interfaces that exist now: name -> ifindex
         self.waiting: dict[str, set[RouteKey]] = {}  # absent interface -> pending routes naming it
         self.blocked: dict[RouteKey, None] = {}  # pending only for want of a free VIF index
@@ -247,7 +258,7 @@ class Router:
         self._entries: dict[Entry, Entry] = {}
         # The direct path's VIFs and entry per family and Ports, within one transaction: a
         # transaction starts with it empty, and any change of a VIF or threshold clears it.
-        self._direct: dict[int, dict[Ports, _Direct]] = {4: {}, 6: {}}
+        self._direct: dict[TableKey, dict[Ports, _Direct]] = {}
 
     # --- transactions ----------------------------------------------------------------------------
 
@@ -272,8 +283,8 @@ class Router:
         self._forget_direct()
 
     def _forget_direct(self) -> None:
-        self._direct[4].clear()
-        self._direct[6].clear()
+        if self._direct:
+            self._direct.clear()
 
     def changed(self) -> bool:
         """Whether the open transaction has changed anything so far."""
@@ -339,11 +350,11 @@ class Router:
 
     def route(self, key: RouteKey) -> Route:
         iif, oifs = self.routes[key]
-        return Route(key[0], key[1], key[2], iif, oifs)
+        return Route(key[0], key[1], key[2], iif, oifs, key[3])
 
     def iter_routes(self) -> Iterator[Route]:
-        for (family, source, group), (iif, oifs) in self.routes.items():
-            yield Route(family, source, group, iif, oifs)
+        for (family, source, group, table), (iif, oifs) in self.routes.items():
+            yield Route(family, source, group, iif, oifs, table)
 
     def entry(self, key: RouteKey) -> AddMfc:
         """The kernel operation that writes an installed route's entry."""
@@ -362,18 +373,29 @@ class Router:
             return RouteStatus("pending", (), self.refused[key])
         return RouteStatus("pending", (), f"no free VIF: all {MAXVIFS} are in use")
 
-    def vif_of(self, family: int, interface: str) -> Vif | None:
-        return self.vifs.get((family, interface))
+    def vif_of(self, family: int, interface: str, table: int | None = None) -> Vif | None:
+        table = DEFAULT_TABLE[family] if table is None else table
+        return self.vifs.get((family, table, interface))
 
     def iter_vifs(self) -> Iterator[Vif]:
-        for family in (4, 6):
-            for name in self.slots[family]:
+        """Every VIF, by family, table and index."""
+        for (family, table), slots in sorted(self.slots.items()):
+            for name in slots:
                 if name is not None:
-                    yield self.vifs[(family, name)]
+                    yield self.vifs[(family, table, name)]
 
-    def free_families(self) -> set[int]:
-        """Families with at least one free VIF index."""
-        return {family for family, slots in self.slots.items() if None in slots}
+    def vifs_named(self, interface: str) -> list[Vif]:
+        """The VIFs of an interface, in every family and table (32 per table at most)."""
+        return [vif for vif in self.iter_vifs() if vif.interface == interface]
+
+    def has_free_vif(self, family: int, table: int) -> bool:
+        """Whether the table has a free VIF index (a table with no VIF yet has 32)."""
+        slots = self.slots.get((family, table))
+        return slots is None or None in slots
+
+    def tables(self) -> set[TableKey]:
+        """The tables that hold VIFs (and so may hold entries): the kernel tables in use."""
+        return set(self.slots)
 
     def threshold(self, interface: str) -> int:
         return self.thresholds.get(interface, DEFAULT_THRESHOLD)
@@ -415,9 +437,11 @@ class Router:
         if self._log is None or key in self.routes:
             return False
         family = key[0]
-        known = self._direct[family].get(ports)
+        table = key[3]
+        direct = self._direct.get((family, table))
+        known = direct.get(ports) if direct is not None else None
         if known is None:
-            known = self._direct_entry(family, ports)
+            known = self._direct_entry(family, table, ports)
             if known is None:
                 return False
         used, entry, shared = known
@@ -428,18 +452,17 @@ class Router:
         if self._undo is not None:
             self._undo.append((_DIRECT, self, key, None))
         # tuple.__new__ directly: half the cost of the NamedTuples' own constructors.
-        table = DEFAULT_TABLE[family]
         write = _new(AddMfc, (family, key[1], key[2], entry.parent, entry.oifs, table))
-        steps.append(_new(Step, (write, _new(DelMfc, (*key, table)), "add_mfc")))
+        steps.append(_new(Step, (write, _new(DelMfc, key), "add_mfc")))
         return True
 
-    def _direct_entry(self, family: int, ports: Ports) -> _Direct | None:
+    def _direct_entry(self, family: int, table: int, ports: Ports) -> _Direct | None:
         """The VIFs, the entry and the shared Ports of a route on `ports`, if all its VIFs
         exist and are up."""
         vifs = self.vifs
         used = []
         for name in ports.interfaces:
-            vif = vifs.get((family, name))
+            vif = vifs.get((family, table, name))
             if vif is None or vif.ifindex is None:
                 return None
             used.append(vif)
@@ -448,16 +471,17 @@ class Router:
         if len(oifs) > 1:
             oifs.sort()
         known = (tuple(used), self._share_entry(used[0].vifi, tuple(oifs)), self.share(ports))
-        if len(self._direct[family]) < 4096:
-            self._direct[family][ports] = known
+        direct = self._direct.setdefault((family, table), {})
+        if len(direct) < 4096:
+            direct[ports] = known
         return known
 
     def _undo_direct(self, key: RouteKey) -> None:
         """Roll back `add_direct`."""
-        family = key[0]
+        family, table = key[0], key[3]
         del self.installed[key]
         for name in self.routes.pop(key).interfaces:
-            self.vifs[(family, name)].refs -= 1
+            self.vifs[(family, table, name)].refs -= 1
 
     def restore(self, key: RouteKey, ports: Ports) -> list[Step]:
         """Add a saved route at start-up: install it if possible, else leave it pending."""
@@ -478,11 +502,12 @@ class Router:
         self._set(self.routes, key, self.ports(route.iif, route.oifs))
         self._set(self.refused, key, reason)
 
-    def del_route(self, family: int, source: str, group: str) -> list[Step]:
-        key = (family, source, group)
+    def del_route(self, key: RouteKey) -> list[Step]:
+        source, group = key[1], key[2]
         ports = self.routes.get(key)
         if ports is None:
-            raise NotFound(f"no route for source {source} group {group}")
+            where = "" if key[3] == DEFAULT_TABLE[key[0]] else f" in table {key[3]}"
+            raise NotFound(f"no route for source {source} group {group}{where}")
         self._forget_pending(key, ports)
         self._pop(self.routes, key)
         return self._uninstall(key, ports)
@@ -497,10 +522,10 @@ class Router:
             self._pop(self.thresholds, interface)  # the default is no setting at all
         else:
             self._set(self.thresholds, interface, threshold)
-        vif = self.vifs.get((4, interface))
-        if vif is None:
+        used = [(4, vif.table, interface) for vif in self.vifs_named(interface) if vif.family == 4]
+        if not used:
             return []
-        return self._reissue(self._users(4, interface))
+        return self._reissue(self.users(used))
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -513,8 +538,8 @@ class Router:
         if not self.note_link(interface, ifindex):
             return []
         steps: list[Step] = []
-        for family in (4, 6):
-            steps += self.revive_vif(family, interface)
+        for vif in self.vifs_named(interface):
+            steps += self.revive_vif(vif.family, vif.table, interface)
         for key in self.waiting_for(interface):
             steps += self.try_install(key)
         return steps
@@ -526,27 +551,25 @@ class Router:
         self._set(self.links, interface, ifindex)
         return True
 
-    def revive_vif(self, family: int, interface: str) -> list[Step]:
+    def revive_vif(self, family: int, table: int, interface: str) -> list[Step]:
         """Give a (re-)created interface its reserved VIF index back and re-issue its entries."""
-        vif = self.vifs.get((family, interface))
+        vif = self.vifs.get((family, table, interface))
         ifindex = self.links.get(interface)
         if vif is None or ifindex is None or vif.ifindex == ifindex:
             return []
         # The kernel dropped the VIF with the old device; add the same index for the new one
         # and re-issue its entries (an oif missing at write time is never restored).
         self._assign(vif, "ifindex", ifindex)
-        add = AddVif(
-            family, vif.vifi, interface, ifindex, self.threshold(interface), DEFAULT_TABLE[family]
-        )
-        steps = [Step(add, DelVif(family, vif.vifi, interface, DEFAULT_TABLE[family]), "readd_vif")]
-        return steps + self._reissue(self._users(family, interface))
+        add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface), table)
+        steps = [Step(add, DelVif(family, vif.vifi, interface, table), "readd_vif")]
+        return steps + self._reissue(self.users([(family, table, interface)]))
 
     def tracked_links(self) -> dict[str, int | None]:
         """The interfaces the routes depend on (those with VIFs, and those pending routes wait
         for), with their ifindex or None while absent: only a change of these can leave the
         kernel's tables behind the model; another interface coming or going cannot."""
         links = self.links
-        names = {name for _, name in self.vifs} | self.waiting.keys()
+        names = {name for _, _, name in self.vifs} | self.waiting.keys()
         return {name: links.get(name) for name in names}
 
     def waiting_for(self, interface: str) -> list[RouteKey]:
@@ -558,25 +581,15 @@ class Router:
             return []
         self._pop(self.links, interface)
         steps: list[Step] = []
-        for family in (4, 6):
-            vif = self.vifs.get((family, interface))
-            if vif is None or vif.ifindex is None:
+        for vif in self.vifs_named(interface):
+            if vif.ifindex is None:
                 continue
             if not kernel_dropped_vif:
                 # Renamed: the device (and its VIF) still exist under another name; let go of it.
-                undo = AddVif(
-                    family,
-                    vif.vifi,
-                    interface,
-                    vif.ifindex,
-                    self.threshold(interface),
-                    DEFAULT_TABLE[family],
-                )
-                steps.append(
-                    Step(
-                        DelVif(family, vif.vifi, interface, DEFAULT_TABLE[family]), undo, "del_vif"
-                    )
-                )
+                family, table = vif.family, vif.table
+                threshold = self.threshold(interface)
+                undo = AddVif(family, vif.vifi, interface, vif.ifindex, threshold, table)
+                steps.append(Step(DelVif(family, vif.vifi, interface, table), undo, "del_vif"))
             self._assign(vif, "ifindex", None)
         return steps
 
@@ -588,18 +601,24 @@ class Router:
         return steps
 
     def repair(
-        self, kernel_vifs: dict[tuple[int, int], str], kernel_mfc: dict[RouteKey, KernelEntry]
+        self,
+        kernel_vifs: dict[tuple[int, int, int], str],
+        kernel_mfc: dict[RouteKey, KernelEntry],
+        tables: AbstractSet[TableKey] | None = None,
     ) -> list[Step]:
         """Steps that make the kernel match the model again, from what the kernel holds now.
 
-        `kernel_vifs` maps (family, vif index) of every VIF in the kernel to the name of
-        its device; `kernel_mfc` maps each (family, source, group) in the kernel to (iif
-        ifindex or None, {oif ifindex: ttl}).  Nothing in the model changes: it is the
+        `kernel_vifs` maps (family, table, vif index) of every VIF in the kernel to the name
+        of its device; `kernel_mfc` maps each route key in the kernel to (iif ifindex or
+        None, {oif ifindex: ttl}).  `tables` are the (family, table) that were read (None:
+        every table); the rest are left alone.  Nothing in the model changes: it is the
         truth being restored.
         """
-        steps, readded = self.repair_vifs(kernel_vifs)
+        steps, readded = self.repair_vifs(kernel_vifs, tables)
         reissue = set(self.users(readded))
         for key, entry in self.installed.items():
+            if tables is not None and (key[0], key[3]) not in tables:
+                continue
             if key in reissue or kernel_mfc.get(key) != self._expected(key):
                 steps.append(Step(_write(key, entry), None, "reissue_mfc"))
         for key in kernel_mfc.keys() - self.installed.keys():
@@ -607,56 +626,54 @@ class Router:
         return steps
 
     def repair_vifs(
-        self, kernel_vifs: dict[tuple[int, int], str]
-    ) -> tuple[list[Step], set[tuple[int, str]]]:
-        """The VIF part of `repair`: its steps, and the (family, interface) of each VIF it
-        adds back, whose routes' entries must be written again (the kernel dropped their
-        oifs on that VIF for good, or never had them)."""
+        self,
+        kernel_vifs: dict[tuple[int, int, int], str],
+        tables: AbstractSet[TableKey] | None = None,
+    ) -> tuple[list[Step], set[VifKey]]:
+        """The VIF part of `repair`: its steps, and the (family, table, interface) of each
+        VIF it adds back, whose routes' entries must be written again (the kernel dropped
+        their oifs on that VIF for good, or never had them)."""
         steps: list[Step] = []
-        readded: set[tuple[int, str]] = set()
-        for family in sorted({family for family, _ in kernel_vifs} | {f for f, _ in self.vifs}):
-            for vifi, name in enumerate(self.slots[family]):
-                vif = self.vifs[(family, name)] if name is not None else None
-                device = kernel_vifs.get((family, vifi))
+        readded: set[VifKey] = set()
+        seen = {(family, table) for family, table, _ in kernel_vifs} | self.slots.keys()
+        for family, table in sorted(seen):
+            if tables is not None and (family, table) not in tables:
+                continue
+            slots = self.slots.get((family, table), [None] * MAXVIFS)
+            for vifi, name in enumerate(slots):
+                vif = self.vifs[(family, table, name)] if name is not None else None
+                device = kernel_vifs.get((family, table, vifi))
                 if device is not None and (vif is None or vif.ifindex is None or device != name):
                     # Not ours, or on another device (one renamed behind our back): remove it.
-                    steps.append(
-                        Step(DelVif(family, vifi, device, DEFAULT_TABLE[family]), None, "del_vif")
-                    )
+                    steps.append(Step(DelVif(family, vifi, device, table), None, "del_vif"))
                     device = None
                 if device is None and vif is not None and vif.ifindex is not None:
-                    add = AddVif(
-                        family,
-                        vifi,
-                        vif.interface,
-                        vif.ifindex,
-                        self.threshold(vif.interface),
-                        DEFAULT_TABLE[family],
-                    )
+                    threshold = self.threshold(vif.interface)
+                    add = AddVif(family, vifi, vif.interface, vif.ifindex, threshold, table)
                     steps.append(Step(add, None, "readd_vif"))
-                    readded.add((family, vif.interface))
+                    readded.add((family, table, vif.interface))
         return steps, readded
 
-    def users(self, interfaces: Iterable[tuple[int, str]]) -> list[RouteKey]:
-        """Installed routes using any of these (family, interface) pairs, in model order.
+    def users(self, interfaces: Iterable[VifKey]) -> list[RouteKey]:
+        """Installed routes using any of these (family, table, interface) VIFs, in model order.
 
         One pass over the routes that decides once per distinct Ports value (100,000s of
         routes share a few): 0.3 s per million routes on a busy machine, so an event on one
         interface costs a scan, not a dump of the kernel's table.
         """
-        wanted: dict[int, set[str]] = {}
-        for family, name in interfaces:
-            vif = self.vifs.get((family, name))
+        wanted: dict[TableKey, set[str]] = {}
+        for family, table, name in interfaces:
+            vif = self.vifs.get((family, table, name))
             if vif is not None and vif.refs:  # else no installed route uses it: no scan
-                wanted.setdefault(family, set()).add(name)
+                wanted.setdefault((family, table), set()).add(name)
         if not wanted:
             return []
         installed = self.installed
         found: list[RouteKey] = []
-        for family, names in wanted.items():
+        for (family, table), names in wanted.items():
             verdicts: dict[int, bool] = {}  # id(Ports) -> uses one of `names`
             for key, ports in self.routes.items():
-                if key[0] != family:
+                if key[0] != family or key[3] != table:
                     continue
                 hit = verdicts.get(id(ports))
                 if hit is None:
@@ -667,12 +684,12 @@ class Router:
 
     def _expected(self, key: RouteKey) -> KernelEntry:
         """How the kernel reports an installed route's entry (ifindexes, not VIF numbers)."""
-        family = key[0]
+        family, table = key[0], key[3]
         iif, route_oifs = self.routes[key]
-        parent = self.vifs[(family, iif)].ifindex  # None: the kernel reports no iif either
+        parent = self.vifs[(family, table, iif)].ifindex  # None: the kernel reports no iif either
         oifs = {}
         for name in route_oifs:
-            ifindex = self.vifs[(family, name)].ifindex
+            ifindex = self.vifs[(family, table, name)].ifindex
             if ifindex is not None:  # the kernel hides oifs whose VIF is gone
                 oifs[ifindex] = self.threshold(name) if family == 4 else 1
         return parent, oifs
@@ -725,7 +742,7 @@ class Router:
 
     def _install(self, key: RouteKey, ports: Ports, old: Ports | None) -> list[Step]:
         """Write a route to the kernel, allocating VIFs first; release what `old` alone used."""
-        family = key[0]
+        family, table = key[0], key[3]
         previous = self.installed.get(key)
         # Interfaces the installed old version already holds a reference on.
         held = frozenset(old.interfaces) if old is not None and previous is not None else ()
@@ -734,12 +751,12 @@ class Router:
         for name in ports.interfaces:
             if name in held:
                 continue
-            vif = vifs.get((family, name))
+            vif = vifs.get((family, table, name))
             if vif is None:
-                steps += self._new_vif(family, name)
+                steps += self._new_vif(family, table, name)
             else:
                 self._count(vif, 1)
-        entry = self._entry(family, ports)
+        entry = self._entry(family, table, ports)
         if previous is None:
             steps.append(Step(_write(key, entry), _delete(key), "add_mfc"))
         else:
@@ -747,68 +764,69 @@ class Router:
         self._set(self.installed, key, entry)
         for name in held:
             if name != ports.iif and name not in ports.oifs:
-                steps += self._release(family, name)
+                steps += self._release(family, table, name)
         return steps
 
     def _uninstall(self, key: RouteKey, ports: Ports | None) -> list[Step]:
         previous = self.installed.get(key)
         if previous is None or ports is None:
             return []
-        family = key[0]
+        family, table = key[0], key[3]
         steps = [Step(_delete(key), _write(key, previous), "del_mfc")]
         self._pop(self.installed, key)
         for name in ports.interfaces:
-            steps += self._release(family, name)
+            steps += self._release(family, table, name)
         return steps
 
-    def _users(self, family: int, interface: str) -> list[RouteKey]:
-        """Installed routes using an interface: a scan, as only rare events need it."""
-        return self.users([(family, interface)])
-
-    def _new_vif(self, family: int, name: str) -> list[Step]:
-        slots = self.slots[family]
+    def _new_vif(self, family: int, table: int, name: str) -> list[Step]:
+        slots = self.slots.get((family, table))
+        if slots is None:
+            slots = [None] * MAXVIFS
+            self._set(self.slots, (family, table), slots)
         try:
             vifi = slots.index(None)
         except ValueError:
             fam = family_text(family)
+            where = "" if table == DEFAULT_TABLE[family] else f" of table {table}"
             raise VifLimit(
-                f"cannot add {fam} VIF for {name}: all {MAXVIFS} VIFs are in use;"
+                f"cannot add {fam} VIF for {name}: all {MAXVIFS} VIFs{where} are in use;"
                 " delete routes on other interfaces first"
             ) from None
         ifindex = self.links[name]
-        vif = Vif(family, vifi, name, ifindex, refs=1)
-        self._set(self.vifs, (family, name), vif)
+        vif = Vif(family, vifi, name, ifindex, table, refs=1)
+        self._set(self.vifs, (family, table, name), vif)
         self._assign(slots, vifi, name)
-        add = AddVif(family, vifi, name, ifindex, self.threshold(name), DEFAULT_TABLE[family])
-        return [Step(add, DelVif(family, vifi, name, DEFAULT_TABLE[family]), "add_vif")]
+        add = AddVif(family, vifi, name, ifindex, self.threshold(name), table)
+        return [Step(add, DelVif(family, vifi, name, table), "add_vif")]
 
-    def _release(self, family: int, name: str) -> list[Step]:
-        vif = self.vifs[(family, name)]
+    def _release(self, family: int, table: int, name: str) -> list[Step]:
+        vif = self.vifs[(family, table, name)]
         if vif.refs > 1:
             self._count(vif, -1)
             return []
-        self._pop(self.vifs, (family, name))
-        self._assign(self.slots[family], vif.vifi, None)
+        self._pop(self.vifs, (family, table, name))
+        slots = self.slots[(family, table)]
+        self._assign(slots, vif.vifi, None)
+        if slots.count(None) == MAXVIFS:
+            self._pop(self.slots, (family, table))  # the table's last VIF: it is no longer used
         if vif.ifindex is None:
             return []  # the kernel removed it together with the interface
-        undo = AddVif(
-            family, vif.vifi, name, vif.ifindex, self.threshold(name), DEFAULT_TABLE[family]
-        )
-        return [Step(DelVif(family, vif.vifi, name, DEFAULT_TABLE[family]), undo, "del_vif")]
+        undo = AddVif(family, vif.vifi, name, vif.ifindex, self.threshold(name), table)
+        return [Step(DelVif(family, vif.vifi, name, table), undo, "del_vif")]
 
-    def _entry(self, family: int, ports: Ports) -> Entry:
+    def _entry(self, family: int, table: int, ports: Ports) -> Entry:
         vifs = self.vifs
         th = self.thresholds
-        oifs = [(vifs[(family, n)].vifi, th.get(n, DEFAULT_THRESHOLD)) for n in ports.oifs]
+        oifs = [(vifs[(family, table, n)].vifi, th.get(n, DEFAULT_THRESHOLD)) for n in ports.oifs]
         if len(oifs) > 1:
             oifs.sort()
-        return self._share_entry(vifs[(family, ports.iif)].vifi, tuple(oifs))
+        return self._share_entry(vifs[(family, table, ports.iif)].vifi, tuple(oifs))
 
     def _reissue(self, keys: Iterable[RouteKey]) -> list[Step]:
         steps: list[Step] = []
         for key in sorted(keys):
             previous = self.installed[key]
-            entry = self._entry(key[0], self.routes[key])
+            entry = self._entry(key[0], key[3], self.routes[key])
             self._set(self.installed, key, entry)
             steps.append(Step(_write(key, entry), _write(key, previous), "reissue_mfc"))
         return steps
@@ -825,8 +843,8 @@ def _intern(table: dict[_T, _T], value: _T) -> _T:
 
 
 def _write(key: RouteKey, entry: Entry) -> AddMfc:
-    return AddMfc(key[0], key[1], key[2], entry.parent, entry.oifs, DEFAULT_TABLE[key[0]])
+    return AddMfc(key[0], key[1], key[2], entry.parent, entry.oifs, key[3])
 
 
 def _delete(key: RouteKey) -> DelMfc:
-    return DelMfc(key[0], key[1], key[2], DEFAULT_TABLE[key[0]])
+    return _new(DelMfc, key)

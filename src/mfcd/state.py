@@ -13,8 +13,11 @@ The numbers go on across compactions, so a line copied from an older file does n
 
 The file starts with a snapshot, which states its route count.  Up to SNAPSHOT_CHUNK routes,
 it is one record, `{"seq": S, "snapshot": {"routes": [...], "thresholds": {...}, "count": N}}`,
-a route being `[family, source, group, iif, [oifs...]]`.  A larger snapshot is a record
-without routes, `{"seq": S, "snapshot": {"thresholds": {...}, "count": N, "chunks": K}}`,
+a route being `[family, source, group, iif, [oifs...]]`, or
+`[family, source, group, iif, [oifs...], table]` for a route of a table other than its
+family's default (253 for IPv4, 254 for IPv6): files without tables load unchanged, into
+the default tables.  A larger snapshot is a record without routes,
+`{"seq": S, "snapshot": {"thresholds": {...}, "count": N, "chunks": K}}`,
 followed by exactly K records `{"seq": S+i, "routes": [...]}` of at most SNAPSHOT_CHUNK
 routes each: a single line of 100,000 routes would make the reader build all their lists
 at once, and the memory they took, scattered between the routes that stay, would never go
@@ -25,7 +28,8 @@ an empty snapshot).
 
 Each later record is one acknowledged change, `{"seq": S, "ops": [...]}`, where an op is
 `["add", family, source, group, iif, [oifs...]]`, `["del", family, source, group]` or
-`["threshold", interface, ttl]`.  A change is appended and fdatasync'ed before the
+`["threshold", interface, ttl]`; an add or del of a route in another table than the
+default ends with the table number.  A change is appended and fdatasync'ed before the
 client is told it succeeded, so its cost does not grow with the number of routes.
 When the journal has grown to about as many ops as there are routes, the daemon
 writes a fresh snapshot to a temporary file, fsyncs it, renames it over the
@@ -79,7 +83,16 @@ from typing import Any
 
 from mfcd import validate
 from mfcd.errors import MfcdError, StateError
-from mfcd.model import AddRoute, Change, DelRoute, Ports, Route, RouteKey, SetThreshold
+from mfcd.model import (
+    DEFAULT_TABLE,
+    AddRoute,
+    Change,
+    DelRoute,
+    Ports,
+    Route,
+    RouteKey,
+    SetThreshold,
+)
 
 VERSION = 2
 HEADER = b"mfcd-state 2\n"
@@ -108,10 +121,14 @@ def route_op(route: Route) -> Op:
 def change_op(change: Change) -> Op:
     """How the journal spells a change."""
     match change:
-        case AddRoute((family, source, group), (iif, oifs)):
-            return ["add", family, source, group, iif, list(oifs)]
-        case DelRoute((family, source, group)):
-            return ["del", family, source, group]
+        case AddRoute((family, source, group, table), (iif, oifs)):
+            if table == DEFAULT_TABLE[family]:
+                return ["add", family, source, group, iif, list(oifs)]
+            return ["add", family, source, group, iif, list(oifs), table]
+        case DelRoute((family, source, group, table)):
+            if table == DEFAULT_TABLE[family]:
+                return ["del", family, source, group]
+            return ["del", family, source, group, table]
         case SetThreshold(interface, threshold):
             return ["threshold", interface, threshold]
 
@@ -128,8 +145,8 @@ def encode_changes(changes: Sequence[Change], seq: int) -> bytes:
     ports_json: dict[Ports, str] = {}
     parts = []
     for change in changes:
-        if change.__class__ is AddRoute:
-            (family, source, group), ports = change
+        if change.__class__ is AddRoute and change[0][3] == DEFAULT_TABLE[change[0][0]]:
+            (family, source, group, _), ports = change
             text = ports_json.get(ports)
             if text is None:
                 text = json.dumps([ports.iif, list(ports.oifs)], separators=(",", ":"))[1:-1]
@@ -161,7 +178,7 @@ class Loaded:
     seq: int = 0  # sequence number of the last complete record (version 2)
 
     def route_list(self) -> list[Route]:
-        return [Route(*key, *ports) for key, ports in self.routes.items()]
+        return [Route(f, s, g, *ports, t) for (f, s, g, t), ports in self.routes.items()]
 
 
 # Interfaces of the routes read so far: (iif, *oifs) as saved -> (iif, oifs) checked and
@@ -183,10 +200,17 @@ def _check_interfaces(combo: tuple[Any, ...], iif: Any, oifs: list[Any]) -> Port
 
 
 def _add_routes(routes: dict[RouteKey, Ports], saved: list[Any]) -> None:
-    """Add saved routes `[family, source, group, iif, [oifs]]`; the checksum vouches for the
+    """Add saved routes `[family, source, group, iif, [oifs]]` (with a table number after
+    the oifs for a route of a table other than the default); the checksum vouches for the
     bytes, this for what the model assumes (the hot loop of every start)."""
     seen = _seen_interfaces
-    for family, source, group, saved_iif, saved_oifs in saved:
+    defaults = DEFAULT_TABLE
+    for route in saved:
+        if len(route) == 5:  # a route of a default table: nearly all of them, unpacked fastest
+            family, source, group, saved_iif, saved_oifs = route
+            rest = None
+        else:
+            family, source, group, saved_iif, saved_oifs, *rest = route
         if (
             source.__class__ is not str
             or group.__class__ is not str
@@ -194,10 +218,18 @@ def _add_routes(routes: dict[RouteKey, Ports], saved: list[Any]) -> None:
             or family not in (4, 6)
         ):
             raise ValueError("malformed route")
+        table: int = defaults[family] if rest is None else _table(rest)
         checked = seen.get((saved_iif, *saved_oifs))
         if checked is None:
             checked = _check_interfaces((saved_iif, *saved_oifs), saved_iif, saved_oifs)
-        routes[family, source, group] = checked
+        routes[family, source, group, table] = checked
+
+
+def _table(rest: list[Any]) -> int:
+    """The table number ending a saved route or op (absent: the family's default)."""
+    if len(rest) != 1 or rest[0].__class__ is not int or not 0 < rest[0] < 2**32:
+        raise ValueError("malformed route")
+    return int(rest[0])
 
 
 def _apply(loaded: Loaded, op: Op) -> None:
@@ -205,8 +237,11 @@ def _apply(loaded: Loaded, op: Op) -> None:
     if kind == "add":
         _add_routes(loaded.routes, [op[1:]])
     elif kind == "del":
-        _, family, source, group = op
-        loaded.routes.pop((family, source, group), None)
+        _, family, source, group, *rest = op
+        if family not in (4, 6):
+            raise ValueError("malformed route")
+        table = _table(rest) if rest else DEFAULT_TABLE[family]
+        loaded.routes.pop((family, source, group, table), None)
     elif kind == "threshold":
         _, name, ttl = op
         loaded.thresholds[validate.interface(name, "interface")] = validate.threshold(ttl)
@@ -421,7 +456,12 @@ def _snapshot_records(
 
 
 def _saved(routes: list[Route]) -> list[list[Any]]:
-    return [[r.family, r.source, r.group, r.iif, list(r.oifs)] for r in routes]
+    return [
+        [r.family, r.source, r.group, r.iif, list(r.oifs)]
+        if r.table == DEFAULT_TABLE[r.family]
+        else [r.family, r.source, r.group, r.iif, list(r.oifs), r.table]
+        for r in routes
+    ]
 
 
 def _why(e: OSError) -> str:
@@ -797,8 +837,8 @@ class _RouteView(Sized, Iterable[Route]):
         return len(self.routes)
 
     def __iter__(self) -> Iterator[Route]:
-        for (family, source, group), (iif, oifs) in self.routes.items():
-            yield Route(family, source, group, iif, oifs)
+        for (family, source, group, table), (iif, oifs) in self.routes.items():
+            yield Route(family, source, group, iif, oifs, table)
 
 
 class _Cancelled(Exception):

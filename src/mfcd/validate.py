@@ -7,8 +7,9 @@ import socket
 from sys import intern
 from typing import Any
 
+from mfcd import rt_tables
 from mfcd.errors import BadRequest, InvalidArgument
-from mfcd.model import MAXVIFS, AddRoute, Ports, Route, RouteKey
+from mfcd.model import DEFAULT_TABLE, MAXVIFS, AddRoute, Ports, Route, RouteKey
 
 IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
 MAX_OIFS = MAXVIFS - 1  # every interface of a route, its iif too, needs a VIF of its own
@@ -112,12 +113,50 @@ def _check_source(family: int, packed: bytes, text: str) -> None:
 
 
 def route_key(args: dict[str, Any]) -> RouteKey:
-    """Validate source and group; return the route key with canonical addresses."""
-    return route_key_of(args["source"], args["group"])
+    """Validate source, group and table; return the route key with canonical addresses."""
+    return route_key_of(args["source"], args["group"], args.get("table"))
 
 
-def route_key_of(source: Any, group: Any) -> RouteKey:
-    """Validate a source and a group; return the route key with canonical addresses."""
+MAX_TABLE = 2**32 - 1
+_table_names: dict[str, int] | None = None  # /etc/iproute2/rt_tables, read when first needed
+
+
+def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> int:
+    """A route's table: None or "default" for the family's default table (IPv4 253, IPv6
+    254), a number from 1 to 2**32-1, or a name from /etc/iproute2/rt_tables (`names`, read
+    from the files when not given)."""
+    if value is None or value == "default":
+        return DEFAULT_TABLE[family]
+    if value.__class__ is int:
+        if 1 <= value <= MAX_TABLE:
+            return int(value)
+        raise InvalidArgument(
+            f"table {value} is out of range: give a number from 1 to {MAX_TABLE}"
+            " (0 is RT_TABLE_UNSPEC) or a name",
+            field="table",
+        )
+    if isinstance(value, str):
+        if value.isdigit():
+            return table_of(int(value), family, names)
+        if names is None:
+            global _table_names  # noqa: PLW0603 (read the files once per daemon)
+            if _table_names is None:
+                _table_names = rt_tables.load()
+            names = _table_names
+        number = names.get(value)
+        if number is None or number == 0:
+            raise InvalidArgument(
+                f"table {value!r} is not a table name: give a number, default, or a name"
+                " from /etc/iproute2/rt_tables",
+                field="table",
+            )
+        return number
+    raise InvalidArgument("table must be a number or a table name", field="table")
+
+
+def route_key_of(source: Any, group: Any, table: Any = None) -> RouteKey:
+    """Validate a source, a group and a table (None: the default); return the route key
+    with canonical addresses."""
     if (
         source.__class__ is str
         and group.__class__ is str
@@ -134,7 +173,7 @@ def route_key_of(source: Any, group: Any) -> RouteKey:
         else:
             first = src[0]
             if 0 < first < 224 and first != 127 and 224 <= grp[0] <= 239 and grp[:3] != _LOCAL4:
-                return (4, source, group)
+                return (4, source, group, 253 if table is None else table_of(table, 4))
     family, src_packed, source = _address(source, "source")
     gfamily, grp_packed, group = _address(group, "group")
     if family != gfamily:
@@ -143,7 +182,7 @@ def route_key_of(source: Any, group: Any) -> RouteKey:
         )
     _check_source(family, src_packed, source)
     _check_group(family, grp_packed, group)
-    return family, source, group
+    return family, source, group, table_of(table, family)
 
 
 _seen_names: set[str] = set()  # names already validated: batches repeat a few names many times
@@ -190,6 +229,7 @@ def _check_oif_count(oifs: list[Any], field: str = "oifs") -> None:
 
 ROUTE_FIELDS = ("source", "group", "iif", "oifs")
 KEY_FIELDS = ("source", "group")
+OPTIONAL = ("table",)
 BATCH_ADD_FIELDS = ("op", *ROUTE_FIELDS)
 BATCH_DEL_FIELDS = ("op", *KEY_FIELDS)
 _FIELD_SETS: dict[tuple[str, ...], frozenset[str]] = {
@@ -200,11 +240,11 @@ _FIELD_SETS: dict[tuple[str, ...], frozenset[str]] = {
 
 def route(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> Route:
     """Validate the arguments of `mfc add` (or a batch's add op) into a Route."""
-    args = require_fields(args, fields)
-    (family, source, group), ports = add_change(
-        args["source"], args["group"], args["iif"], args["oifs"]
+    args = require_fields(args, fields, OPTIONAL)
+    (family, source, group, table), ports = add_change(
+        args["source"], args["group"], args["iif"], args["oifs"], args.get("table")
     )
-    return Route(family, source, group, ports.iif, ports.oifs)
+    return Route(family, source, group, ports.iif, ports.oifs, table)
 
 
 # Interfaces of the routes validated so far: (iif, *oifs) as given -> (iif, oifs) checked and
@@ -212,10 +252,10 @@ def route(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> Route:
 _seen_ports: dict[tuple[Any, ...], Ports] = {}
 
 
-def add_change(source: Any, group: Any, iif: Any, oifs: Any) -> AddRoute:
+def add_change(source: Any, group: Any, iif: Any, oifs: Any, table: Any = None) -> AddRoute:
     """Validate a route's values into the change that adds it: its key, and its interfaces
     (one shared value per combination)."""
-    key = route_key_of(source, group)
+    key = route_key_of(source, group, table)
     if oifs.__class__ is not list:
         return AddRoute(key, _ports(iif, oifs))
     _check_oif_count(oifs)
@@ -245,7 +285,7 @@ def _ports(iif_value: Any, oifs_value: Any) -> Ports:
 
 def key(args: Any, fields: tuple[str, ...] = KEY_FIELDS) -> RouteKey:
     """Validate the arguments of `mfc del` (or a batch's del op) into a route key."""
-    return route_key(require_fields(args, fields))
+    return route_key(require_fields(args, fields, OPTIONAL))
 
 
 def threshold(value: Any) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from mfcd.dataplane import CountersReader, sg_counters, vif_counters
 from mfcd.model import (
+    DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
     MAXVIFS,
     AddMfc,
@@ -38,7 +39,11 @@ SHOW_SCHEMA = 1
 def describe_step(step: Step) -> dict[str, Any]:
     """A step as shown to people and programs (dry-run plans, verbose results, sync repairs)."""
     op = step.op
-    out: dict[str, Any] = {"action": step.action, "family": FAMILY_NAMES[op.family]}
+    out: dict[str, Any] = {
+        "action": step.action,
+        "family": FAMILY_NAMES[op.family],
+        "table": op.table,
+    }
     match op:
         case AddVif() | DelVif():
             out.update(vif=op.vifi, interface=op.interface)
@@ -115,12 +120,17 @@ class Views:
             [],
         )
 
-    def vifs(self, router: Router, stats: bool = False) -> list[dict[str, Any]]:
-        """The VIFs as the protocol shows them."""
+    def vifs(
+        self, router: Router, stats: bool = False, table: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The VIFs as the protocol shows them (of one table number, if given)."""
         vifs = []
         for vif in router.iter_vifs():
+            if table is not None and not _in_table(table, vif.family, vif.table):
+                continue
             entry: dict[str, Any] = {
                 "family": FAMILY_NAMES[vif.family],
+                "table": vif.table,
                 "vif": vif.vifi,
                 "interface": vif.interface,
                 "ifindex": vif.ifindex,
@@ -129,7 +139,11 @@ class Views:
                 "routes": vif.refs,
             }
             if stats:
-                c = vif_counters(self.counters, vif.family, vif.vifi) if vif.ifindex else None
+                c = (
+                    vif_counters(self.counters, vif.family, vif.vifi, vif.table)
+                    if vif.ifindex
+                    else None
+                )
                 entry["stats"] = {
                     "packets_in": c.packets_in if c else 0,
                     "packets_out": c.packets_out if c else 0,
@@ -139,11 +153,13 @@ class Views:
             vifs.append(entry)
         return vifs
 
-    def vif_show(self, router: Router, stats: bool = False) -> dict[str, Any]:
+    def vif_show(
+        self, router: Router, stats: bool = False, table: int | None = None
+    ) -> dict[str, Any]:
         """vif.show: the VIFs alone (not the JSON of every route, which show would build)."""
         return {
             "schema": SHOW_SCHEMA,
-            "vifs": self.vifs(router, stats),
+            "vifs": self.vifs(router, stats, table),
             # (A journal may hold a setting back to the default: that is no setting.)
             "settings": [
                 {"interface": n, "threshold": t}
@@ -153,19 +169,27 @@ class Views:
             "max_vifs": MAXVIFS,
         }
 
-    def show(self, router: Router, stats: bool = False, encoded: bool = False) -> dict[str, Any]:
-        """VIFs and routes as the protocol shows them; with `encoded`, the routes are one
+    def show(
+        self,
+        router: Router,
+        stats: bool = False,
+        encoded: bool = False,
+        table: int | None = None,
+    ) -> dict[str, Any]:
+        """VIFs and routes as the protocol shows them, by family and table (only those of
+        table number `table`, if given); with `encoded`, the routes are one
         protocol.Encoded JSON text (the same JSON: a test holds both to it)."""
-        vifs = self.vifs(router, stats)
+        vifs = self.vifs(router, stats, table)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
         healthy = all(vif.ifindex is not None for vif in router.vifs.values())
         routes: list[dict[str, Any]] | Encoded
         if encoded:
-            routes = self._routes_encoded(router, stats, healthy)
+            routes = self._routes_encoded(router, stats, healthy, table)
         else:
             routes = [
                 self._route_json(router, key, ports, stats, healthy)
                 for key, ports in self._sorted(router)
+                if table is None or _in_table(table, key[0], key[3])
             ]
         return {
             "schema": SHOW_SCHEMA,
@@ -174,11 +198,15 @@ class Views:
             "routes": routes,  # last: an Encoded member is written last all the same
         }
 
-    def _routes_encoded(self, router: Router, stats: bool, healthy: bool) -> Encoded:
+    def _routes_encoded(
+        self, router: Router, stats: bool, healthy: bool, table: int | None
+    ) -> Encoded:
         installed = router.installed
         interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
         parts = []
         for key, ports in self._sorted(router):
+            if table is not None and not _in_table(table, key[0], key[3]):
+                continue
             if stats or not healthy or key not in installed:
                 parts.append(_json(self._route_json(router, key, ports, stats, healthy)))
                 continue
@@ -189,10 +217,10 @@ class Views:
             if text is None:
                 text = _json({"iif": ports.iif, "oifs": list(ports.oifs)})[1:-1]
                 interfaces[ports] = text
-            family, source, group = key
+            family, source, group, number = key
             parts.append(
-                f'{{"family":"{FAMILY_NAMES[family]}","source":"{source}","group":"{group}",'
-                f'{text},"state":"installed"}}'
+                f'{{"family":"{FAMILY_NAMES[family]}","table":{number},"source":"{source}",'
+                f'"group":"{group}",{text},"state":"installed"}}'
             )
         return Encoded(f"[{','.join(parts)}]")
 
@@ -210,9 +238,10 @@ class Views:
     def _route_json(
         self, router: Router, key: RouteKey, ports: Ports, stats: bool, healthy: bool
     ) -> dict[str, Any]:
-        family, source, group = key
+        family, source, group, table = key
         out: dict[str, Any] = {
             "family": FAMILY_NAMES[family],
+            "table": table,
             "source": source,
             "group": group,
             "iif": ports.iif,
@@ -227,7 +256,7 @@ class Views:
                 out["missing"] = list(status.missing)
                 out["reason"] = status.reason
         if stats:
-            c = sg_counters(self.counters, family, source, group) if installed else None
+            c = sg_counters(self.counters, family, source, group, table) if installed else None
             out["stats"] = {
                 "packets": c.packets if c else 0,
                 "bytes": c.bytes if c else 0,
@@ -237,22 +266,28 @@ class Views:
 
 
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+DEFAULT_TABLES = 0  # a show filter for each family's default table (0 is never a table)
+
+
+def _in_table(wanted: int, family: int, table: int) -> bool:
+    """Whether a route or VIF of (family, table) passes a show filter for table `wanted`."""
+    return table == wanted or (wanted == DEFAULT_TABLES and table == DEFAULT_TABLE[family])
 
 
 def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:
-    """A sort key for routes: family, group and source as one number (an int compares
-    faster than a tuple of packed addresses)."""
+    """A sort key for routes: family, table, group and source as one number (an int
+    compares faster than a tuple of packed addresses)."""
     pton = socket.inet_pton
     number = int.from_bytes
     groups: dict[str, int] = {}  # many routes share a group: convert it once
 
     def order(route: tuple[RouteKey, Ports]) -> int:
-        family, source, group = route[0]
+        family, source, group, table = route[0]
         af = _AF[family]
         shifted = groups.get(group)
         if shifted is None:
             shifted = groups[group] = number(pton(af, group)) << 128
-        return (family << 256) | shifted | number(pton(af, source))
+        return (((family << 32) | table) << 256) | shifted | number(pton(af, source))
 
     return order
 

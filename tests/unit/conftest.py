@@ -60,7 +60,7 @@ class FakeKernel:
     """
 
     def __init__(self, devices: set[int] | None = None, fail_at: int | None = None) -> None:
-        self.vifs: dict[tuple[int, int], int] = {}  # (family, vifi) -> ifindex
+        self.vifs: dict[tuple[int, int, int], int] = {}  # (family, table, vifi) -> ifindex
         self.mfcs: dict[RouteKey, MfcEntry] = {}
         self.devices = devices  # ifindexes that exist; None: any
         self.fail_at = fail_at
@@ -83,23 +83,22 @@ class FakeKernel:
         self.calls += 1
         if self.calls == self.fail_at or op in self.refuse:
             raise KernelError("injected failure", type(op).__name__, errno.ENOBUFS)
-        if op.table != DEFAULT_TABLE[op.family]:
-            raise KernelError(f"no table {op.table}", "config", 0)
+        # Every table exists (the real Kernel opens one when an operation first names it).
         match op:
-            case AddVif(family, vifi, _, ifindex, _):
-                if (family, vifi) in self.vifs:
+            case AddVif(family, vifi, _, ifindex, _, table):
+                if (family, table, vifi) in self.vifs:
                     raise KernelError(f"VIF {vifi} exists", "MRT_ADD_VIF", errno.EADDRINUSE)
                 if self.devices is not None and ifindex not in self.devices:
                     raise KernelError(f"no device {ifindex}", "MRT_ADD_VIF", errno.ENODEV)
-                self.vifs[(family, vifi)] = ifindex
-            case DelVif(family, vifi, _):
-                if self.vifs.pop((family, vifi), None) is None:
+                self.vifs[(family, table, vifi)] = ifindex
+            case DelVif(family, vifi, _, table):
+                if self.vifs.pop((family, table, vifi), None) is None:
                     raise KernelError(f"no VIF {vifi}", "MRT_DEL_VIF", errno.EADDRNOTAVAIL)
-            case AddMfc(family, source, group, parent, oifs):
-                ttls = {v: ttl for v, ttl in oifs if (family, v) in self.vifs}
-                self.mfcs[(family, source, group)] = MfcEntry(parent, ttls)
-            case DelMfc(family, source, group):
-                if self.mfcs.pop((family, source, group), None) is None:
+            case AddMfc(family, source, group, parent, oifs, table):
+                ttls = {v: ttl for v, ttl in oifs if (family, table, v) in self.vifs}
+                self.mfcs[(family, source, group, table)] = MfcEntry(parent, ttls)
+            case DelMfc(family, source, group, table):
+                if self.mfcs.pop((family, source, group, table), None) is None:
                     raise KernelError("no such entry", "MRT_DEL_MFC", errno.ENOENT)
         self.applied.append(op)
 
@@ -107,18 +106,24 @@ class FakeKernel:
         """VIF devices are named by `names`, else after their ifindex ("if7")."""
         self.observed.append((family, table, entries))
         zero_vif, zero_sg = VifCounters(0, 0, 0, 0), SgCounters(0, 0, 0)
+        if family == 6 and table != DEFAULT_TABLE[6]:
+            raise KernelError(f"observing IPv6 table {table} is not supported", "observe", 0)
         vifs = {
             vifi: ObservedVif(self.names.get(ifindex, f"if{ifindex}"), ifindex, zero_vif)
-            for (f, vifi), ifindex in self.vifs.items()
-            if f == family and table == DEFAULT_TABLE[family]
+            for (f, t, vifi), ifindex in self.vifs.items()
+            if f == family and t == table
         }
         if not entries:
             return Observation(family, table, vifs, None)
         mfc = {}
-        for (f, source, group), entry in self.mfcs.items():
-            if f == family and table == DEFAULT_TABLE[family]:
-                iif = self.vifs.get((family, entry.parent))
-                oifs = {self.vifs[(f, v)]: t for v, t in entry.ttls.items() if (f, v) in self.vifs}
+        for (f, source, group, t), entry in self.mfcs.items():
+            if f == family and t == table:
+                iif = self.vifs.get((family, t, entry.parent))
+                oifs = {
+                    self.vifs[(f, t, v)]: ttl
+                    for v, ttl in entry.ttls.items()
+                    if (f, t, v) in self.vifs
+                }
                 mfc[(source, group)] = ObservedEntry(iif, oifs, zero_sg)
         return Observation(family, table, vifs, mfc)
 
@@ -129,12 +134,10 @@ class FakeKernel:
         entries: Iterable[tuple[str, str]] = (),
         vifs: Iterable[int] = (),
     ) -> Counters:
-        ours = table == DEFAULT_TABLE[family]
         sg = [
-            SgCounters(0, 0, 0) if ours and (family, s, g) in self.mfcs else None
-            for s, g in entries
+            SgCounters(0, 0, 0) if (family, s, g, table) in self.mfcs else None for s, g in entries
         ]
-        vif = [VifCounters(0, 0, 0, 0) if ours and (family, v) in self.vifs else None for v in vifs]
+        vif = [VifCounters(0, 0, 0, 0) if (family, table, v) in self.vifs else None for v in vifs]
         return Counters(sg, vif)
 
     def events(self) -> Events:
@@ -148,15 +151,17 @@ class FakeKernel:
 
     def forwarding(self, key: RouteKey) -> Forwarding:
         entry = self.mfcs[key]
-        family = key[0]
+        family, table = key[0], key[3]
         oifs = frozenset(
-            (self.vifs[(family, v)], ttl if family == 4 else 0)
+            (self.vifs[(family, table, v)], ttl if family == 4 else 0)
             for v, ttl in entry.ttls.items()
-            if (family, v) in self.vifs
+            if (family, table, v) in self.vifs
         )
-        return self.vifs.get((family, entry.parent)), oifs
+        return self.vifs.get((family, table, entry.parent)), oifs
 
-    def view(self) -> tuple[dict[tuple[int, int], int], dict[RouteKey, tuple[int, Forwarding]]]:
+    def view(
+        self,
+    ) -> tuple[dict[tuple[int, int, int], int], dict[RouteKey, tuple[int, Forwarding]]]:
         """What forwarding depends on: the VIFs, and each entry's parent index and forwarding."""
         entries = {k: (e.parent, self.forwarding(k)) for k, e in self.mfcs.items()}
         return dict(self.vifs), entries

@@ -21,10 +21,10 @@ def test_comments_and_blank_lines_are_skipped_and_lines_keep_their_numbers() -> 
         "mfc del --source 10.0.0.3 --group 239.1.1.1",
         "\tdel   --group ff0e::1 --source 2001:db8::1",
     ) == [
-        (4, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1", "r2"]),
-        (5, "add", "10.0.0.2", "239.1.1.1", "r0", ["r1", "r2"]),
-        (6, "del", "10.0.0.3", "239.1.1.1", "", None),
-        (7, "del", "2001:db8::1", "ff0e::1", "", None),
+        (4, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1", "r2"], None),
+        (5, "add", "10.0.0.2", "239.1.1.1", "r0", ["r1", "r2"], None),
+        (6, "del", "10.0.0.3", "239.1.1.1", "", None, None),
+        (7, "del", "2001:db8::1", "ff0e::1", "", None, None),
     ]
 
 
@@ -36,7 +36,7 @@ def test_the_generated_shape_and_the_general_parser_agree() -> None:
     assert ops(fast + ",,") == ops(fast)  # empty names between commas are dropped
     # One oif takes the shortest path of all; it agrees with the general one too.
     assert ops(fast.replace(",r2", "")) == ops(slow.replace(",r2", ""))
-    assert ops(fast.replace(",r2", "")) == [(1, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1"])]
+    assert ops(fast.replace(",r2", "")) == [(1, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1"], None)]
 
 
 def test_oif_lines_add_or_remove_oifs_of_a_route() -> None:
@@ -45,9 +45,9 @@ def test_oif_lines_add_or_remove_oifs_of_a_route() -> None:
         "oif del --group 239.1.1.1 --source 10.0.0.1 --oifs r1,r2  # two",
         "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r4 r5",
     ) == [
-        (1, "oif_add", "10.0.0.1", "239.1.1.1", "", ["r3"]),
-        (2, "oif_del", "10.0.0.1", "239.1.1.1", "", ["r1", "r2"]),
-        (3, "oif_add", "10.0.0.1", "239.1.1.1", "", ["r4", "r5"]),
+        (1, "oif_add", "10.0.0.1", "239.1.1.1", "", ["r3"], None),
+        (2, "oif_del", "10.0.0.1", "239.1.1.1", "", ["r1", "r2"], None),
+        (3, "oif_add", "10.0.0.1", "239.1.1.1", "", ["r4", "r5"], None),
     ]
     words = ["mfc", "oif", "del", "--source", "s", "--group", "g", "--oifs=r1"]
     assert batchfile.line_op(words) == {
@@ -64,7 +64,9 @@ def general(line: str) -> list[batchfile.Change] | str:
         op = batchfile.line_op(line.split())
     except ValueError as e:
         return str(e)
-    return [(1, op["op"], op["source"], op["group"], op.get("iif", ""), op.get("oifs"))]
+    return [
+        (1, op["op"], op["source"], op["group"], op.get("iif", ""), op.get("oifs"), op.get("table"))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -104,8 +106,8 @@ def test_equals_and_quotes_work_like_on_the_command_line() -> None:
         'mfc add --source="10.0.0.1" --group 239.1.1.1 --iif r0 --oifs r1 r2  # two oifs',
         "mfc del --source '10.0.0.2' --group=239.1.1.2",
     ) == [
-        (1, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1", "r2"]),
-        (2, "del", "10.0.0.2", "239.1.1.2", "", None),
+        (1, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1", "r2"], None),
+        (2, "del", "10.0.0.2", "239.1.1.2", "", None, None),
     ]
 
 
@@ -163,6 +165,20 @@ def test_every_line_end_of_splitlines_ends_a_line_and_its_comment(end: str) -> N
         ]
     )
     assert list(batchfile.lines(text)) == [
-        (2, "del", "10.0.0.1", "239.1.1.1", "", None),
-        (3, "add", "10.0.0.2", "239.1.1.1", "r0", ["r1"]),
+        (2, "del", "10.0.0.1", "239.1.1.1", "", None, None),
+        (3, "add", "10.0.0.2", "239.1.1.1", "r0", ["r1"], None),
     ]
+
+
+def test_a_line_may_name_its_table() -> None:
+    assert ops(
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 100",
+        "mfc del --table=default --source 10.0.0.2 --group 239.1.1.1",
+        "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r2 --table studio",
+    ) == [
+        (1, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1"], "100"),
+        (2, "del", "10.0.0.2", "239.1.1.1", "", None, "default"),
+        (3, "oif_add", "10.0.0.1", "239.1.1.1", "", ["r2"], "studio"),
+    ]
+    with pytest.raises(batchfile.SyntaxProblem, match="--table takes one value"):
+        ops("mfc del --source 10.0.0.2 --group 239.1.1.1 --table 1 2")

@@ -493,6 +493,9 @@ def test_version_comes_from_the_package_constant() -> None:
         "-v mfc del --source 10.0.0.1 --group 239.1.1.1 --dry-run",
         "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r3",
         "-n mfc oif del --source 10.0.0.1 --group 239.1.1.1 --oifs r1 r2,r3 -o json",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 100",
+        "mfc del --table default --source 10.0.0.1 --group 239.1.1.1",
+        "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r3 --table=studio",
         "ping",
         "--socket /x -o json ping",
         "ping -o json -v",
@@ -622,3 +625,55 @@ def test_a_route_change_does_not_import_argparse() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_show_groups_the_routes_of_several_tables_under_a_header_each() -> None:
+    result = {
+        "vifs": [dict(vif("ipv4", 0, "r1"), table=100), dict(vif("ipv4", 0, "r0"), table=253)],
+        "routes": [
+            dict(route("10.0.0.2", "239.1.1.1", "r1", ["r3"]), table=100),
+            dict(route("10.0.0.1", "239.1.1.1", "r0", ["r2"]), table=253),
+            dict(route("2001:db8::1", "ff0e::1", "r0", ["r2"]), table=254),
+        ],
+    }
+    lines = cli.format_show(result, 80).splitlines()
+    assert lines[1].split() == [
+        "FAMILY",
+        "TABLE",
+        "VIF",
+        "INTERFACE",
+        "IFINDEX",
+        "THRESHOLD",
+        "ROUTES",
+    ]
+    assert lines[2].split()[:4] == ["ipv4", "100", "0", "r1"]
+    headers = [line for line in lines if line.startswith(("Table ", "Routes "))]
+    assert headers == [
+        "Table 100 (ipv4)",
+        "Routes (1)",
+        "Table 253 (ipv4)",
+        "Routes (1)",
+        "Table 254 (ipv6)",
+        "Routes (1)",
+    ]
+    assert lines[lines.index("Table 100 (ipv4)") + 3].split()[:2] == ["10.0.0.2", "239.1.1.1"]
+    # Only default tables: the layout without tables, as before.
+    plain = {"vifs": result["vifs"][1:], "routes": result["routes"][1:]}
+    assert "Table" not in cli.format_show(plain, 80) and "TABLE" not in cli.format_show(plain, 80)
+
+
+def test_a_plan_names_a_table_other_than_the_default() -> None:
+    plan = [
+        {"action": "add_vif", "family": "ipv4", "table": 100, "vif": 0, "interface": "r1"},
+        {
+            "action": "del_mfc",
+            "family": "ipv6",
+            "table": 254,
+            "source": "2001:db8::1",
+            "group": "ff3e::1",
+        },
+    ]
+    assert cli.format_plan({"plan": plan}).splitlines() == [
+        "add vif ipv4 table 100 VIF 0 (r1)",
+        "del mfc ipv6 2001:db8::1 -> ff3e::1",
+    ]

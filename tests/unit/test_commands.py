@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mfcd import batchfile, protocol
+from mfcd import batchfile, protocol, validate
 from mfcd import commands as commands_module
 from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
@@ -255,7 +255,10 @@ def test_a_batch_text_is_one_transaction(commands: Commands) -> None:
     assert result["changes"] == 3
     assert "plan" not in result
     router = commands.controller.router
-    assert set(router.routes) == {(4, "10.0.0.2", "239.1.1.1"), (6, "2001:db8::2", "ff3e::1")}
+    assert set(router.routes) == {
+        (4, "10.0.0.2", "239.1.1.1", 253),
+        (6, "2001:db8::2", "ff3e::1", 254),
+    }
     state = commands.controller.state
     assert isinstance(state, FakeState)
     assert state.records[-1] == [
@@ -325,7 +328,7 @@ def test_a_pending_route_says_why_and_names_what_is_missing(commands: Commands) 
 
 
 def oifs_of(commands: Commands, source: str = "10.0.0.1") -> tuple[str, ...]:
-    return commands.controller.router.routes[(4, source, "239.1.1.1")].oifs
+    return commands.controller.router.routes[(4, source, "239.1.1.1", 253)].oifs
 
 
 def test_oif_add_and_del_change_one_oif_and_journal_the_whole_route(commands: Commands) -> None:
@@ -372,7 +375,7 @@ mfc del --source 10.0.0.1 --group 239.1.1.1
     assert (result["added"], result["deleted"], result["updated"]) == (1, 1, 3)
     assert result["pending"] == 0
     assert commands.controller.router.routes == {
-        (4, "10.0.0.2", "239.1.1.1"): Ports("a", ("c",)),
+        (4, "10.0.0.2", "239.1.1.1", 253): Ports("a", ("c",)),
     }
 
 
@@ -510,3 +513,75 @@ def test_ping_reports_the_upcalls_counted_by_kind(commands: Commands) -> None:
         "wrongvif": 1,
         "wholepkt": 0,
     }
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def test_a_route_names_its_table_by_number_or_name_and_show_tells_it(
+    commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validate, "_table_names", {"studio": 100, "main": 254})
+    other = {**ROUTE, "iif": "c", "oifs": ["a"], "table": "studio"}
+    result = ask(commands, "mfc.add", other)["result"]
+    assert [(s["action"], s["table"]) for s in result["plan"]] == [
+        ("add_vif", 100),
+        ("add_vif", 100),
+        ("add_mfc", 100),
+    ]
+    shown = ask(commands, "show", {})["result"]
+    # By family, then table: table 100 before the default table 253.
+    assert [(r["table"], r["iif"]) for r in shown["routes"]] == [(100, "c"), (253, "a")]
+    only = ask(commands, "show", {"table": 100})["result"]
+    assert [r["iif"] for r in only["routes"]] == ["c"]
+    assert {v["table"] for v in only["vifs"]} == {100}
+    assert ask(commands, "mfc.add", {**ROUTE, "source": "2001:db8::1", "group": "ff3e::1"})["ok"]
+    vifs = ask(commands, "vif.show", {"table": "default"})["result"]["vifs"]  # both families'
+    assert [(v["interface"], v["table"]) for v in vifs] == [
+        ("a", 253),
+        ("b", 253),
+        ("a", 254),
+        ("b", 254),
+    ]
+    vifs = ask(commands, "vif.show", {"table": 254})["result"]["vifs"]
+    assert [(v["interface"], v["family"]) for v in vifs] == [("a", "ipv6"), ("b", "ipv6")]
+    assert ask(commands, "mfc.del", {"source": "2001:db8::1", "group": "ff3e::1"})["ok"]
+    # The same (S,G) in another table is another route: deleting one leaves the other.
+    assert ask(commands, "mfc.del", {**KEY, "table": 100})["ok"]
+    assert set(commands.controller.router.routes) == {(4, "10.0.0.1", "239.1.1.1", 253)}
+    code = error_of(ask(commands, "mfc.del", {**KEY, "table": 100}))
+    assert code == ("not_found", None)
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        (0, "out of range"),
+        (2**32, "out of range"),
+        ("nosuch", "not a table name"),
+        (True, "must be a number or a table name"),
+        ([100], "must be a number or a table name"),
+    ],
+)
+def test_a_bad_table_is_refused_and_changes_nothing(
+    commands: Commands, table: Any, words: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validate, "_table_names", {"studio": 100})
+    before = snapshot(commands)
+    response = ask(commands, "mfc.add", {**ROUTE, "table": table})
+    assert error_of(response) == ("invalid_argument", "table")
+    assert words in response["error"]["message"]
+    assert snapshot(commands) == before
+
+
+def test_batch_lines_and_ops_take_a_table(commands: Commands) -> None:
+    text = (
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif c --oifs a --table 100\n"
+        "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs b --table 100\n"
+    )
+    assert ask(commands, "batch", {"text": text})["ok"]
+    ops = [{"op": "oif_del", **KEY, "oifs": ["a"], "table": 100}]
+    assert ask(commands, "batch", {"ops": ops})["ok"]
+    router = commands.controller.router
+    assert router.routes[(4, "10.0.0.1", "239.1.1.1", 100)] == Ports("c", ("b",))
+    assert router.routes[(4, "10.0.0.1", "239.1.1.1", 253)] == Ports("a", ("b",))

@@ -8,7 +8,6 @@ from mfcd import controller
 from mfcd.controller import Controller, KernelView
 from mfcd.errors import KernelError, NotFound, StateError, VifLimit
 from mfcd.model import (
-    DEFAULT_TABLE,
     MAXVIFS,
     AddRoute,
     Change,
@@ -25,7 +24,7 @@ LINKS = {"a": 1, "b": 2, "c": 3, "d": 4}
 
 
 def r4(n: int, iif: str, *oifs: str) -> Route:
-    return Route(4, f"10.0.0.{n}", "239.1.1.1", iif, oifs)
+    return Route(4, f"10.0.0.{n}", "239.1.1.1", iif, oifs, 253)
 
 
 def controller_with(*names: str, state: FakeState | None = None) -> Controller:
@@ -274,7 +273,7 @@ def test_compaction_threshold_grows_with_the_number_of_routes() -> None:
     _, state = fake(ctl)
     ctl.router.begin()
     for n in range(10_001):
-        ctl.router.restore((4, f"10.{n >> 8}.{n & 255}.1", "239.9.9.9"), Ports("a", ("x",)))
+        ctl.router.restore((4, f"10.{n >> 8}.{n & 255}.1", "239.9.9.9", 253), Ports("a", ("x",)))
     ctl.router.commit()
     state.ops_since_snapshot = 10_000
     ctl.change([AddRoute.of(r4(1, "a", "b"))])
@@ -314,7 +313,7 @@ def test_blocked_route_is_installed_when_a_vif_index_is_freed(present: bool) -> 
         ctl.link_down("e31")
     ctl.change([DelRoute(small.key)])  # index 31 is free now, either way
     assert ctl.router.status(blocked.key).state == "installed"
-    assert ctl.router.slots[4][31] == "x"
+    assert ctl.router.slots[(4, 253)][31] == "x"
 
 
 def test_restore_with_more_interfaces_than_vifs_starts_over_and_leaks_no_vif() -> None:
@@ -328,7 +327,7 @@ def test_restore_with_more_interfaces_than_vifs_starts_over_and_leaks_no_vif() -
     assert ctl.router.status(last.key).state == "installed"
     assert "no free VIF" in ctl.router.status(extra.key).reason
     assert len(kernel.vifs) == MAXVIFS and set(kernel.mfcs) == {big.key, last.key}
-    assert ctl.router.slots[4] == names  # every index serves a route; none leaked to `x`
+    assert ctl.router.slots[(4, 253)] == names  # every index serves a route; none leaked to `x`
 
 
 def test_a_refused_rollback_is_logged_and_asks_for_a_repair(
@@ -338,7 +337,7 @@ def test_a_refused_rollback_is_logged_and_asks_for_a_repair(
     drift: list[bool] = []
     ctl.on_drift = lambda: drift.append(True)
     first = r4(7, "a", "b")
-    kernel.refuse.add(DelMfc(*first.key, DEFAULT_TABLE[4]))  # the undo of the first entry
+    kernel.refuse.add(DelMfc(*first.key))  # the undo of the first entry
     kernel.fail_at = kernel.calls + 2  # the second route's entry: the first one is undone
     with pytest.raises(KernelError):
         ctl.change([AddRoute.of(first), AddRoute.of(r4(8, "c", "d"))])
@@ -358,7 +357,7 @@ def test_a_change_that_changes_nothing_writes_no_journal_record(ctl: Controller)
 # --- drift checks that grow with the routes checked, not with a dump of the kernel ------------
 
 
-def _vifs_of(kernel: FakeKernel, ctl: Controller) -> dict[tuple[int, int], str]:
+def _vifs_of(kernel: FakeKernel, ctl: Controller) -> dict[tuple[int, int, int], str]:
     """The kernel's VIFs as /proc names them (device names)."""
     names = {ifindex: name for name, ifindex in ctl.router.links.items()}
     return {key: names[ifindex] for key, ifindex in kernel.vifs.items()}
@@ -369,7 +368,7 @@ def test_probing_sync_re_adds_a_missing_entry_and_rewrites_the_others(ctl: Contr
     one, two = r4(1, "a").key, r4(2, "b").key
     del kernel.mfcs[one]  # removed behind mfcd's back
     kernel.mfcs[two].ttls.clear()  # oifs lost: a probe cannot see this, a write repairs it
-    kernel.mfcs[(4, "10.9.9.9", "239.9.9.9")] = kernel.mfcs[two]  # foreign: not looked for
+    kernel.mfcs[(4, "10.9.9.9", "239.9.9.9", 253)] = kernel.mfcs[two]  # foreign: not looked for
     before = kernel.view()
     report = ctl.sync(KernelView(_vifs_of(kernel, ctl), None), dry_run=True)
     assert [(r["action"], r["source"]) for r in report] == [("reissue_mfc", "10.0.0.1")]
@@ -379,7 +378,7 @@ def test_probing_sync_re_adds_a_missing_entry_and_rewrites_the_others(ctl: Contr
     assert [(r["action"], r["source"]) for r in report] == [("reissue_mfc", "10.0.0.1")]
     assert kernel.forwarding(one) == (1, frozenset({(2, 1)}))
     assert kernel.forwarding(two) == (2, frozenset({(1, 1), (3, 1)}))
-    assert (4, "10.9.9.9", "239.9.9.9") in kernel.mfcs
+    assert (4, "10.9.9.9", "239.9.9.9", 253) in kernel.mfcs
 
 
 def test_probing_sync_re_adds_a_vif_and_reports_the_entries_on_it(ctl: Controller) -> None:
@@ -398,7 +397,7 @@ def test_check_entries_looks_only_at_the_keys_given(ctl: Controller) -> None:
     kernel, _ = fake(ctl)
     one, two = r4(1, "a").key, r4(2, "b").key
     del kernel.mfcs[one], kernel.mfcs[two]
-    report = ctl.check_entries([two, (4, "10.7.7.7", "239.1.1.1")])  # the second: not a route
+    report = ctl.check_entries([two, (4, "10.7.7.7", "239.1.1.1", 253)])  # the second: not a route
     assert [r["source"] for r in report] == ["10.0.0.2"]
     assert set(kernel.mfcs) == {two}
 
@@ -413,7 +412,9 @@ def test_a_rewrite_the_kernel_refuses_is_reported(ctl: Controller) -> None:
 def test_interface_events_log_one_line_at_info(
     ctl: Controller, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ctl.change([AddRoute.of(Route(4, f"10.1.0.{n}", "239.1.1.1", "a", ("c",))) for n in range(50)])
+    ctl.change(
+        [AddRoute.of(Route(4, f"10.1.0.{n}", "239.1.1.1", "a", ("c",), 253)) for n in range(50)]
+    )
     kernel, _ = fake(ctl)
     caplog.set_level("INFO", logger="mfcd")
     kernel.device_gone(3)
@@ -442,3 +443,33 @@ def test_check_entries_without_rewrite_all_writes_only_missing_and_stale(ctl: Co
     assert len(kernel.applied) == writes + 1 and kernel.mfcs[two].ttls == {}
     ctl.check_entries([one, two], stale={two}, rewrite_all=False)
     assert kernel.forwarding(two) == (2, frozenset({(1, 1), (3, 1)}))
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def test_sync_reads_every_table_it_can_and_probes_the_ipv6_ones_it_cannot(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    v4 = r4(1, "c", "a")._replace(table=100)
+    v6 = Route(6, "2001:db8::1", "ff3e::1", "a", ("b",), 100)
+    ctl.change([AddRoute.of(v4), AddRoute.of(v6)])
+    assert ctl.router.tables() == {(4, 253), (4, 100), (6, 100)}
+    kernel.names = {ifindex: name for name, ifindex in ctl.router.links.items()}
+    view = controller.observe(kernel, (4, 6), True, ctl.router.tables())
+    # IPv6 table 100 is not read (Linux lists no VIFs of it): its entries are probed.
+    assert view.tables == frozenset({(4, 253), (4, 100), (6, 254)})
+    assert ctl.sync(view, dry_run=True) == []
+    # Table 100 loses a VIF and the IPv6 entry behind mfcd's back; the default table is intact.
+    lost = next(k for k, ifindex in kernel.vifs.items() if k[:2] == (4, 100) and ifindex == 1)
+    del kernel.vifs[lost]
+    del kernel.mfcs[v6.key]
+    view = controller.observe(kernel, (4, 6), True, ctl.router.tables())
+    report = ctl.sync(view)
+    assert sorted((r["action"], r["family"], r["table"]) for r in report) == [
+        ("readd_vif", "ipv4", 100),
+        ("reissue_mfc", "ipv4", 100),
+        ("reissue_mfc", "ipv6", 100),
+    ]
+    assert kernel.forwarding(v4.key) == (3, frozenset({(1, 1)}))
+    assert v6.key in kernel.mfcs
+    assert kernel.forwarding(r4(1, "a").key) == (1, frozenset({(2, 1)}))  # untouched

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mfcd.dataplane import execute, undo
 from mfcd.errors import InvalidArgument, MfcdError, NotFound, VifLimit
 from mfcd.model import (
+    DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
     MAXVIFS,
     AddMfc,
@@ -29,11 +30,11 @@ GROUP6 = "ff0e::1"
 
 
 def r4(n: int, iif: str, *oifs: str) -> Route:
-    return Route(4, f"10.0.0.{n}", GROUP4, iif, oifs)
+    return Route(4, f"10.0.0.{n}", GROUP4, iif, oifs, 253)
 
 
 def r6(n: int, iif: str, *oifs: str) -> Route:
-    return Route(6, f"2001:db8::{n}", GROUP6, iif, oifs)
+    return Route(6, f"2001:db8::{n}", GROUP6, iif, oifs, 254)
 
 
 def actions(steps: list[Step]) -> list[str]:
@@ -45,34 +46,37 @@ def vif_ops(steps: list[Step], kind: type[AddVif | DelVif]) -> list[tuple[int, s
     return [(op.vifi, op.interface) for s in steps if isinstance(op := s.op, kind)]
 
 
-def vifi(router: Router, name: str, family: int = 4) -> int:
-    vif = router.vif_of(family, name)
+def vifi(router: Router, name: str, family: int = 4, table: int | None = None) -> int:
+    vif = router.vif_of(family, name, table)
     assert vif is not None, f"no VIF for {name}"
     return vif.vifi
 
 
 def check_invariants(router: Router) -> None:
     """What must hold between transactions, whatever happened before."""
-    for family in (4, 6):
-        names = [n for n in router.slots[family] if n is not None]
+    for slots in router.slots.values():
+        names = [n for n in slots if n is not None]
         assert len(names) == len(set(names)), "two VIFs for one interface"
-    for (family, name), vif in router.vifs.items():
-        assert (vif.family, vif.interface) == (family, name)
-        assert router.slots[family][vif.vifi] == name
+        assert names, "a table with no VIF keeps no slots"
+    for (family, table, name), vif in router.vifs.items():
+        assert (vif.family, vif.table, vif.interface) == (family, table, name)
+        assert router.slots[(family, table)][vif.vifi] == name
         users = {
-            k for k in router.installed if k[0] == family and name in router.routes[k].interfaces
+            k
+            for k in router.installed
+            if k[0] == family and k[3] == table and name in router.routes[k].interfaces
         }
         assert vif.refs == len(users), f"VIF {name} refs {vif.refs} != routes using it {users}"
         assert vif.ifindex == router.links.get(name)
-    for family in (4, 6):
-        for slot in router.slots[family]:
+    for (family, table), slots in router.slots.items():
+        for slot in slots:
             if slot is not None:
-                assert (family, slot) in router.vifs
+                assert (family, table, slot) in router.vifs
     assert set(router.installed) <= set(router.routes)
     for key, entry in router.installed.items():
         route = router.routes[key]
-        assert entry.parent == vifi(router, route.iif, key[0])
-        assert {v for v, _ in entry.oifs} == {vifi(router, n, key[0]) for n in route.oifs}
+        assert entry.parent == vifi(router, route.iif, key[0], key[3])
+        assert {v for v, _ in entry.oifs} == {vifi(router, n, key[0], key[3]) for n in route.oifs}
     for key in router.routes:
         if key not in router.installed:
             route = router.routes[key]
@@ -96,7 +100,7 @@ def test_vifs_are_allocated_lowest_free_first() -> None:
     ]
     run(router, router.add_route, r4(2, "a", "d"))
     assert vifi(router, "d") == 3
-    steps = run(router, router.del_route, 4, "10.0.0.1", GROUP4)
+    steps = run(router, router.del_route, (4, "10.0.0.1", GROUP4, 253))
     assert vif_ops(steps, DelVif) == [(1, "b"), (2, "c")]
     steps = run(router, router.add_route, r4(3, "e", "b"))
     assert vif_ops(steps, AddVif) == [
@@ -126,20 +130,20 @@ def test_routes_share_vifs_and_the_last_user_releases_them() -> None:
     assert a is not None
     assert a.refs == 2  # r4(1, "a") and r4(2, "a")
 
-    steps = run(router, router.del_route, *r4(1, "a").key)
+    steps = run(router, router.del_route, r4(1, "a").key)
     assert actions(steps) == ["del_mfc"]  # a and b are still used by the second route
-    steps = run(router, router.del_route, *r4(2, "a").key)
+    steps = run(router, router.del_route, r4(2, "a").key)
     assert actions(steps) == ["del_mfc", "del_vif", "del_vif", "del_vif"]
     assert sorted(vif_ops(steps, DelVif)) == [(0, "a"), (1, "b"), (2, "c")]
     assert router.vifs == {}
-    assert router.slots[4] == [None] * MAXVIFS
+    assert (4, 253) not in router.slots  # the table's last VIF is gone
 
 
 def test_an_interface_never_gets_two_vifs() -> None:
     router = router_with_links("a", "b", "c")
     for n, (iif, *oifs) in enumerate([("a", "b"), ("b", "a"), ("c", "a", "b"), ("a", "c")]):
         run(router, router.add_route, r4(n, iif, *oifs))
-    assert sorted(n for n in router.slots[4] if n is not None) == ["a", "b", "c"]
+    assert sorted(n for n in router.slots[(4, 253)] if n is not None) == ["a", "b", "c"]
     check_invariants(router)
 
 
@@ -154,7 +158,7 @@ def test_vifs_are_added_before_the_entry_and_released_after_its_deletion() -> No
     assert entry == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1), (2, 1)), 253)
     assert steps[-1].undo == DelMfc(4, "10.0.0.1", GROUP4, 253)
 
-    steps = run(router, router.del_route, 4, "10.0.0.1", GROUP4)
+    steps = run(router, router.del_route, (4, "10.0.0.1", GROUP4, 253))
     assert actions(steps) == ["del_mfc", "del_vif", "del_vif", "del_vif"]
     assert steps[0].undo == entry
 
@@ -196,7 +200,7 @@ def test_deleting_an_unknown_route_raises_not_found() -> None:
     router = Router()
     router.begin()
     with pytest.raises(NotFound):
-        router.del_route(4, "10.0.0.1", GROUP4)
+        router.del_route((4, "10.0.0.1", GROUP4, 253))
 
 
 # --- pending and degraded routes -----------------------------------------------------------------
@@ -228,7 +232,7 @@ def test_link_down_degrades_keeps_the_index_and_link_up_readds_it() -> None:
     b = router.vif_of(4, "b")
     assert b is not None
     assert (b.vifi, b.ifindex) == (1, None)
-    assert router.slots[4][1] == "b"
+    assert router.slots[(4, 253)][1] == "b"
 
     # Another interface must not get index 1 while the entry still refers to it.
     run(router, router.add_route, r4(2, "c", "a"))
@@ -254,10 +258,10 @@ def test_deleting_a_degraded_route_frees_the_index_without_del_vif() -> None:
     router = router_with_links("a", "b")
     run(router, router.add_route, r4(1, "a", "b"))
     run(router, router.link_down, "b")
-    steps = run(router, router.del_route, *r4(1, "a").key)
+    steps = run(router, router.del_route, r4(1, "a").key)
     assert actions(steps) == ["del_mfc", "del_vif"]
     assert vif_ops(steps, DelVif) == [(0, "a")]
-    assert router.slots[4][1] is None
+    assert (4, 253) not in router.slots  # both indexes free: the table holds no VIF
     check_invariants(router)
 
 
@@ -269,7 +273,7 @@ def test_rename_releases_the_vif_in_the_kernel_and_keeps_the_index() -> None:
         Step(DelVif(4, 1, "b", 253), AddVif(4, 1, "b", 2, DEFAULT_THRESHOLD, 253), "del_vif")
     ]
     assert router.status(r4(1, "a").key).state == "degraded"
-    assert router.slots[4][1] == "b"
+    assert router.slots[(4, 253)][1] == "b"
 
 
 def test_vif_limit_is_32_per_family() -> None:
@@ -325,7 +329,7 @@ def test_set_threshold_rejects_out_of_range(ttl: int) -> None:
 
 def test_setting_the_default_threshold_removes_the_setting() -> None:
     router = router_with_links("a", "b")
-    run(router, router.add_route, Route(4, "10.0.0.1", "239.1.1.1", "a", ("b",)))
+    run(router, router.add_route, Route(4, "10.0.0.1", "239.1.1.1", "a", ("b",), 253))
     run(router, router.set_threshold, "b", 5)
     steps = run(router, router.set_threshold, "b", DEFAULT_THRESHOLD)
     assert [step.action for step in steps] == ["reissue_mfc"]
@@ -364,8 +368,8 @@ def test_every_step_undo_inverts_its_op() -> None:
         (router.set_threshold, "c", 9),
         (router.link_down, "d", False),
         (router.link_up, "d", 11),
-        (router.del_route, 6, "2001:db8::1", GROUP6),
-        (router.del_route, 4, "10.0.0.1", GROUP4),
+        (router.del_route, (6, "2001:db8::1", GROUP6, 254)),
+        (router.del_route, (4, "10.0.0.1", GROUP4, 253)),
     ]
     seen: set[str] = set()
     for method, *args in plans:
@@ -405,7 +409,8 @@ def routes(draw: st.DrawFn) -> Route:
     family = draw(st.sampled_from((4, 6)))
     names = draw(st.lists(st.sampled_from(NAMES), min_size=2, max_size=4, unique=True))
     source = draw(st.sampled_from(SOURCES[family]))
-    return Route(family, source, draw(st.sampled_from(GROUPS[family])), names[0], tuple(names[1:]))
+    group = draw(st.sampled_from(GROUPS[family]))
+    return Route(family, source, group, names[0], tuple(names[1:]), DEFAULT_TABLE[family])
 
 
 Action = tuple[Any, ...]
@@ -425,7 +430,7 @@ def perform(router: Router, action: Action) -> list[Step]:
         case ("add", Route() as route):
             return router.add_route(route)
         case ("del", Route() as route):
-            return router.del_route(*route.key)
+            return router.del_route(route.key)
         case ("threshold", str(name), int(ttl)):
             return router.set_threshold(name, ttl)
         case ("up", str(name), int(ifindex)):
@@ -495,7 +500,7 @@ class World:
         """The kernel forwards every installed route exactly as the model says, and nothing else."""
         kernel = self.kernel
         assert router.links == self.devices
-        present = {(v.family, v.vifi): v.ifindex for v in router.iter_vifs() if v.ifindex}
+        present = {(v.family, v.table, v.vifi): v.ifindex for v in router.iter_vifs() if v.ifindex}
         assert kernel.vifs == present
         assert set(kernel.mfcs) == set(router.installed)
         for key, entry in router.installed.items():
@@ -574,9 +579,13 @@ def test_link_events_reach_the_kernel_through_the_world() -> None:
 # --- repair: what `mfcctl sync` does from what the kernel holds ---------------------------------
 
 
-def _in_sync(router: Router) -> tuple[dict[tuple[int, int], str], dict[Any, Any]]:
+def _in_sync(router: Router) -> tuple[dict[tuple[int, int, int], str], dict[Any, Any]]:
     """The kernel's view when it holds exactly what the model wants."""
-    vifs = {(v.family, v.vifi): v.interface for v in router.iter_vifs() if v.ifindex is not None}
+    vifs = {
+        (v.family, v.table, v.vifi): v.interface
+        for v in router.iter_vifs()
+        if v.ifindex is not None
+    }
     mfc = {key: router._expected(key) for key in router.installed}
     return vifs, mfc
 
@@ -594,7 +603,7 @@ def test_repair_re_adds_a_missing_vif_and_reissues_its_entries() -> None:
     router = router_with_links("a", "b")
     run(router, router.add_route, r4(1, "a", "b"))
     vifs, mfc = _in_sync(router)
-    del vifs[(4, 1)]
+    del vifs[(4, 253, 1)]
     steps = router.repair(vifs, mfc)
     assert actions(steps) == ["readd_vif", "reissue_mfc"]
     assert vif_ops(steps, AddVif) == [(1, "b")]
@@ -604,7 +613,7 @@ def test_repair_moves_a_vif_that_points_at_another_device() -> None:
     router = router_with_links("a", "b")
     run(router, router.add_route, r4(1, "a", "b"))
     vifs, mfc = _in_sync(router)
-    vifs[(4, 1)] = "b-renamed"  # the device was renamed and the event missed
+    vifs[(4, 253, 1)] = "b-renamed"  # the device was renamed and the event missed
     steps = router.repair(vifs, mfc)
     assert actions(steps) == ["del_vif", "readd_vif", "reissue_mfc"]
     assert vif_ops(steps, DelVif) == [(1, "b-renamed")] and vif_ops(steps, AddVif) == [(1, "b")]
@@ -614,14 +623,14 @@ def test_repair_removes_what_the_model_does_not_own() -> None:
     router = router_with_links("a", "b")
     run(router, router.add_route, r4(1, "a", "b"))
     vifs, mfc = _in_sync(router)
-    vifs[(4, 5)] = "x"
-    stray = (4, "10.9.9.9", GROUP4)
+    vifs[(4, 253, 5)] = "x"
+    stray = (4, "10.9.9.9", GROUP4, 253)
     mfc[stray] = (1, {2: 1})
     mfc[r4(1, "a").key] = (1, {})  # our entry lost its oif
     steps = router.repair(vifs, mfc)
     assert sorted(actions(steps)) == ["del_mfc", "del_vif", "reissue_mfc"]
     assert vif_ops(steps, DelVif) == [(5, "x")]
-    assert [s.op for s in steps if s.action == "del_mfc"] == [DelMfc(*stray, 253)]
+    assert [s.op for s in steps if s.action == "del_mfc"] == [DelMfc(*stray)]
 
 
 def test_tracked_links_are_the_interfaces_routes_use_or_wait_for() -> None:
@@ -658,6 +667,64 @@ def test_users_are_the_installed_routes_on_any_of_the_interfaces() -> None:
     router = router_with_links("a", "b", "c", "d")
     for route in (r4(1, "a", "b"), r4(2, "c", "a"), r4(3, "c", "d"), r4(4, "a", "z")):
         run(router, router.add_route, route)
-    assert router.users([(4, "a")]) == [r4(1, "a").key, r4(2, "a").key]  # not the pending one
-    assert router.users([(4, "b"), (4, "d")]) == [r4(1, "a").key, r4(3, "a").key]
-    assert router.users([(6, "a")]) == [] and router.users([]) == []
+    assert router.users([(4, 253, "a")]) == [r4(1, "a").key, r4(2, "a").key]  # not the pending one
+    assert router.users([(4, 253, "b"), (4, 253, "d")]) == [r4(1, "a").key, r4(3, "a").key]
+    assert router.users([(6, 254, "a")]) == [] and router.users([]) == []
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def in_table(route: Route, table: int) -> Route:
+    return route._replace(table=table)
+
+
+def test_each_table_has_its_own_vifs_and_an_interface_may_be_a_vif_in_several() -> None:
+    router = router_with_links("a", "b", "c")
+    default, other = r4(1, "a", "b"), in_table(r4(1, "c", "a"), 100)  # the same (S,G)
+    run(router, router.add_route, default)
+    steps = run(router, router.add_route, other)
+    assert [(s.action, s.op.table) for s in steps] == [
+        ("add_vif", 100),
+        ("add_vif", 100),
+        ("add_mfc", 100),
+    ]
+    assert vif_ops(steps, AddVif) == [(0, "c"), (1, "a")]  # indexes of table 100's own
+    assert (vifi(router, "a"), vifi(router, "a", 4, 100)) == (0, 1)
+    assert set(router.routes) == {default.key, other.key}
+    assert router.tables() == {(4, 253), (4, 100)}
+    check_invariants(router)
+    # Deleting the last route of table 100 releases its VIFs there only.
+    steps = run(router, router.del_route, other.key)
+    assert [(s.action, s.op.table) for s in steps] == [
+        ("del_mfc", 100),
+        ("del_vif", 100),
+        ("del_vif", 100),
+    ]
+    assert router.tables() == {(4, 253)}
+    assert router.status(default.key).state == "installed"
+    check_invariants(router)
+
+
+def test_the_vif_limit_is_per_table() -> None:
+    names = [f"e{i}" for i in range(MAXVIFS + 1)]
+    router = router_with_links(*names)
+    run(router, router.add_route, r4(1, "e0", *names[1:MAXVIFS]))  # 32 VIFs: the default full
+    with pytest.raises(VifLimit, match="all 32 VIFs are in use"):
+        run(router, router.add_route, r4(2, "e0", names[MAXVIFS]))
+    run(router, router.add_route, in_table(r4(2, "e0", names[MAXVIFS]), 7))
+    assert router.status(in_table(r4(2, "e0"), 7).key).state == "installed"
+    with pytest.raises(VifLimit, match="VIFs of table 7 are in use"):
+        run(router, router.add_route, in_table(r4(3, "e1", *names[2:]), 7))
+    check_invariants(router)
+
+
+def test_a_link_event_reaches_the_vifs_of_every_table() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    run(router, router.add_route, in_table(r6(1, "b", "a"), 100))
+    run(router, router.link_down, "b")
+    steps = run(router, router.link_up, "b", 12)
+    readded = [(s.op.family, s.op.table) for s in steps if s.action == "readd_vif"]
+    assert sorted(readded) == [(4, 253), (6, 100)]
+    check_invariants(router)

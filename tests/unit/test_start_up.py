@@ -47,3 +47,14 @@ def test_a_socket_the_kernel_refuses_is_one_line() -> None:
     assert off == "IPv6 is turned off in this kernel (ipv6.disable=1?): set ipv6 = false"
     denied = kernel._explain(4, 0, errno.EPERM)
     assert denied.startswith("a raw socket (IPv4) not permitted: mfcd needs CAP_NET_ADMIN")
+
+
+def test_a_table_the_kernel_refuses_is_named() -> None:
+    owned = kernel._explain(4, kernel.MRT_INIT, errno.EADDRINUSE, 100)
+    assert owned.startswith(
+        "another multicast router already owns IPv4 multicast routing table 100"
+    )
+    default = kernel._explain(6, kernel.MRT_INIT, errno.EADDRINUSE, 254)
+    assert default.startswith("another multicast router already owns the IPv6 multicast routing")
+    single = kernel._explain(6, kernel.MRT_TABLE, errno.ENOPROTOOPT, 100)
+    assert "CONFIG_IPV6_MROUTE_MULTIPLE_TABLES is off" in single and "\n" not in single

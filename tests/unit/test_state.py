@@ -40,8 +40,8 @@ def routes_of(loaded: Loaded) -> dict[RouteKey, Route]:
     return {route.key: route for route in loaded.route_list()}
 
 
-R1 = Route(4, "10.0.0.1", "239.1.1.1", "eth0", ("eth1", "eth2"))
-R2 = Route(6, "2001:db8::1", "ff0e::1", "eth1", ("eth0",))
+R1 = Route(4, "10.0.0.1", "239.1.1.1", "eth0", ("eth1", "eth2"), 253)
+R2 = Route(6, "2001:db8::1", "ff0e::1", "eth1", ("eth0",), 254)
 
 
 def line(body: bytes, crc: int | None = None) -> bytes:
@@ -287,7 +287,8 @@ def test_append_cost_does_not_depend_on_the_number_of_routes(tmp_path: Path) -> 
         sf = StateFile(str(path))
         sf.load()
         routes = [
-            Route(4, f"10.{n >> 8}.{n & 255}.1", "239.1.1.1", "a", ("b",)) for n in range(count)
+            Route(4, f"10.{n >> 8}.{n & 255}.1", "239.1.1.1", "a", ("b",), 253)
+            for n in range(count)
         ]
         sf.write_snapshot(routes, {})
         size = path.stat().st_size
@@ -329,10 +330,10 @@ def many(count: int) -> list[Route]:
     routes = []
     for n in range(count):
         if n % 7 == 6:
-            routes.append(Route(6, f"2001:db8::{n:x}", "ff0e::2", "eth1", ("eth0",)))
+            routes.append(Route(6, f"2001:db8::{n:x}", "ff0e::2", "eth1", ("eth0",), 254))
         else:
             oifs = ("eth1", "eth2") if n % 2 else ("eth3",)
-            routes.append(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.2.2.2", "eth0", oifs))
+            routes.append(Route(4, f"10.{n >> 8}.{n & 255}.1", "239.2.2.2", "eth0", oifs, 253))
     return routes
 
 
@@ -583,7 +584,7 @@ def adds(draw: st.DrawFn) -> AddRoute:
     st.lists(
         st.one_of(
             adds(),
-            st.just(DelRoute((6, "2001:db8::1", "ff3e::1:2"))),
+            st.just(DelRoute((6, "2001:db8::1", "ff3e::1:2", 254))),
             st.builds(SetThreshold, NAMES, st.integers(1, 255)),
         ),
         max_size=6,
@@ -1061,3 +1062,46 @@ def test_a_rename_whose_directory_sync_failed_is_synced_before_the_next_append(
     assert synced == [str(path.parent)]
     sf.close()
     assert routes_of(state.parse(path.read_bytes())) == {R1.key: R1, R2.key: R2}
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+T4 = Route(4, "10.0.0.1", "239.1.1.1", "eth1", ("eth2",), 100)  # R1's (S,G) in table 100
+T6 = Route(6, "2001:db8::1", "ff0e::1", "eth0", ("eth1",), 253)  # IPv4's default, not IPv6's
+
+
+def test_routes_of_other_tables_round_trip_and_default_ones_are_written_as_before(
+    path: Path,
+) -> None:
+    sf = StateFile(str(path))
+    sf.load()
+    sf.write_snapshot([R1, T4], {})
+    sf.append([AddRoute.of(T6), AddRoute.of(R2)])
+    sf.append([DelRoute(R1.key)])
+    sf.close()
+    _, loaded = reload(path)
+    assert routes_of(loaded) == {T4.key: T4, T6.key: T6, R2.key: R2}
+    text = path.read_text()
+    # Only a route of another table carries its number; the default tables' records are
+    # exactly those of the format without tables.
+    assert '"239.1.1.1","eth1",["eth2"],100]' in text
+    assert '"ff0e::1","eth0",["eth1"],253]' in text
+    assert '["add",6,"2001:db8::1","ff0e::1","eth1",["eth0"]]' in text
+    assert '["del",4,"10.0.0.1","239.1.1.1"]' in text
+
+
+def test_a_file_without_tables_loads_into_the_default_tables(path: Path) -> None:
+    path.write_bytes(
+        HEADER
+        + rec(1, snapshot={"routes": saved([R1]), "thresholds": {}, "count": 1})
+        + rec(2, ops=[["add", 6, "2001:db8::1", "ff0e::1", "eth1", ["eth0"]]])
+    )
+    _, loaded = reload(path)
+    assert set(loaded.routes) == {(4, "10.0.0.1", "239.1.1.1", 253), R2.key}
+
+
+@pytest.mark.parametrize("table", [0, -1, 2**32, "100", None, 1.5])
+def test_a_bad_table_number_is_corrupt(path: Path, table: Any) -> None:
+    bad = [4, "10.0.0.1", "239.1.1.1", "eth0", ["eth1"], table]
+    why = refused(path, HEADER + rec(1, snapshot={"routes": [bad], "thresholds": {}, "count": 1}))
+    assert "malformed route" in why

@@ -29,7 +29,7 @@ def rejected(value: Any, error: type[MfcdError] = InvalidArgument, field: str | 
 
 
 def test_a_good_route_is_accepted() -> None:
-    assert validate.route(GOOD) == Route(4, "10.1.2.3", "239.1.1.1", "eth0", ("eth1", "eth2"))
+    assert validate.route(GOOD) == Route(4, "10.1.2.3", "239.1.1.1", "eth0", ("eth1", "eth2"), 253)
 
 
 # --- addresses -----------------------------------------------------------------------------------
@@ -38,17 +38,21 @@ def test_a_good_route_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("source", "group", "key"),
     [
-        ("10.1.2.3", "239.1.1.1", (4, "10.1.2.3", "239.1.1.1")),
-        ("192.0.2.1", "224.0.1.1", (4, "192.0.2.1", "224.0.1.1")),
-        ("198.51.100.7", "239.255.255.255", (4, "198.51.100.7", "239.255.255.255")),
-        ("2001:DB8:0::2", "FF0E::1", (6, "2001:db8::2", "ff0e::1")),
-        ("2001:0db8:0000:0000:0000:0000:0000:0001", "ff05::1:3", (6, "2001:db8::1", "ff05::1:3")),
-        ("fd00::1", "ff08::abcd", (6, "fd00::1", "ff08::abcd")),
-        ("2001:db8::1", "ff3e::8000:1", (6, "2001:db8::1", "ff3e::8000:1")),  # SSM, global
+        ("10.1.2.3", "239.1.1.1", (4, "10.1.2.3", "239.1.1.1", 253)),
+        ("192.0.2.1", "224.0.1.1", (4, "192.0.2.1", "224.0.1.1", 253)),
+        ("198.51.100.7", "239.255.255.255", (4, "198.51.100.7", "239.255.255.255", 253)),
+        ("2001:DB8:0::2", "FF0E::1", (6, "2001:db8::2", "ff0e::1", 254)),
+        (
+            "2001:0db8:0000:0000:0000:0000:0000:0001",
+            "ff05::1:3",
+            (6, "2001:db8::1", "ff05::1:3", 254),
+        ),
+        ("fd00::1", "ff08::abcd", (6, "fd00::1", "ff08::abcd", 254)),
+        ("2001:db8::1", "ff3e::8000:1", (6, "2001:db8::1", "ff3e::8000:1", 254)),  # SSM, global
     ],
 )
 def test_addresses_are_accepted_in_canonical_form(
-    source: str, group: str, key: tuple[int, str, str]
+    source: str, group: str, key: tuple[int, str, str, int]
 ) -> None:
     assert validate.key({"source": source, "group": group}) == key
     route = validate.route(args(source=source, group=group))

@@ -51,25 +51,26 @@ def test_show_sorts_routes_by_family_group_and_source_as_numbers() -> None:
     ctl = controller_with(*LINKS)
     shows = Views(ctl.kernel)
     wanted = [
-        (4, "10.0.0.9", "239.1.1.2"),
-        (4, "10.0.0.10", "239.1.1.2"),  # after .9: numbers, not text
-        (4, "9.0.0.1", "239.1.1.10"),
-        (4, "10.0.0.1", "239.1.1.10"),
-        (4, "10.0.0.1", "239.2.0.0"),
-        (6, "2001:db8::9", "ff3e::2"),
-        (6, "2001:db8::1:0", "ff3e::2"),
-        (6, "2001:db8::1", "ff3e::10"),
+        (4, "10.0.0.9", "239.1.1.2", 253),
+        (4, "10.0.0.10", "239.1.1.2", 253),  # after .9: numbers, not text
+        (4, "9.0.0.1", "239.1.1.10", 253),
+        (4, "10.0.0.1", "239.1.1.10", 253),
+        (4, "10.0.0.1", "239.2.0.0", 253),
+        (6, "2001:db8::9", "ff3e::2", 254),
+        (6, "2001:db8::1:0", "ff3e::2", 254),
+        (6, "2001:db8::1", "ff3e::10", 254),
     ]
     ports = Ports("a", ("b",))
     ctl.change([AddRoute(key, ports) for key in reversed(wanted)])
     shows.show(ctl.router)
-    ctl.change([AddRoute((4, "10.0.0.5", "239.1.1.1"), ports)])  # a later change: sorted again
-    wanted.insert(0, (4, "10.0.0.5", "239.1.1.1"))
+    ctl.change([AddRoute((4, "10.0.0.5", "239.1.1.1", 253), ports)])  # a later change: sorted again
+    wanted.insert(0, (4, "10.0.0.5", "239.1.1.1", 253))
     for encoded in (False, True):
         routes = shows.show(ctl.router, encoded=encoded)["routes"]
         shown = json.loads(routes) if encoded else routes
         families = {"ipv4": 4, "ipv6": 6}
-        assert [(families[r["family"]], r["source"], r["group"]) for r in shown] == wanted
+        shown_keys = [(families[r["family"]], r["source"], r["group"], r["table"]) for r in shown]
+        assert shown_keys == wanted
 
 
 def test_show_of_another_router_is_not_the_order_kept_for_the_first(ctl: Controller) -> None:
@@ -86,7 +87,7 @@ def test_show_encodes_its_routes_as_json_would(ctl: Controller, stats: bool) -> 
     shows = Views(Counters())
     ctl.change(
         [
-            AddRoute.of(Route(6, "2001:db8::1", "ff3e::1", "a", ("b", "c"))),
+            AddRoute.of(Route(6, "2001:db8::1", "ff3e::1", "a", ("b", "c"), 254)),
             AddRoute.of(r4(3, "a", "zz")),  # pending
         ]
     )
@@ -108,6 +109,7 @@ def test_show_tells_each_routes_state_and_what_it_waits_for(ctl: Controller) -> 
     routes = {r["source"]: r for r in Views(ctl.kernel).show(ctl.router)["routes"]}
     assert routes["10.0.0.1"] == {
         "family": "ipv4",
+        "table": 253,
         "source": "10.0.0.1",
         "group": "239.1.1.1",
         "iif": "a",
@@ -156,17 +158,18 @@ def test_vif_show_lists_the_vifs_and_the_settings_other_than_the_default(ctl: Co
 def test_a_step_is_described_by_what_it_does(ctl: Controller) -> None:
     plan = ctl.change([AddRoute.of(r4(3, "c", "d"))], dry_run=True).steps
     assert [describe_step(step) for step in plan] == [
-        {"action": "add_vif", "family": "ipv4", "vif": 3, "interface": "d"},
+        {"action": "add_vif", "family": "ipv4", "table": 253, "vif": 3, "interface": "d"},
         {
             "action": "add_mfc",
             "family": "ipv4",
+            "table": 253,
             "source": "10.0.0.3",
             "group": "239.1.1.1",
             "parent": 2,
             "oifs": [3],
         },
     ]
-    assert views.step_text(plan[0]) == "action=add_vif family=ipv4 vif=3 interface=d"
+    assert views.step_text(plan[0]) == "action=add_vif family=ipv4 table=253 vif=3 interface=d"
 
 
 def test_a_repair_the_kernel_refused_carries_its_error(ctl: Controller) -> None:

@@ -1,0 +1,173 @@
+"""End to end: routes in two multicast routing tables, traffic steered by `ip mrule`.
+
+The lab's rx1 namespace (on the router's r1) sends instead of receiving, so two senders
+reach the router: the sender on r0 and rx1 on r1. `ip mrule iif r1 lookup 100` sends r1's
+traffic to table 100. Both tables hold routes for both senders' (S,G), each to another
+receiver, so a packet that reached the wrong table would arrive at the wrong receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from lab.netns import TRAFFIC, Lab
+from tests.netns.conftest import Mfcd, route_args
+
+GROUPS = {4: "239.1.7.1", 6: "ff3e::7:1"}
+UNROUTED = {4: "239.1.7.9", 6: "ff3e::7:9"}  # no route in any table
+# The address of each sender: the lab's sender (r0) and rx1 (r1).
+SOURCES = {4: ("198.18.0.2", "198.18.1.2"), 6: ("2001:db8::2", "2001:db8:1::2")}
+TABLE = "100"
+
+
+def send_and_count(
+    lab: Lab, family: int, sender: int, count: int = 5, group: str | None = None
+) -> list[int]:
+    """Send from sender 0 (the lab's sender, on r0) or 1 (rx1, on r1); return what rx2 (on r2)
+    and rx3 (on r3) received."""
+    group = group or GROUPS[family]
+    ns, ifname = (lab.sender, "s0") if sender == 0 else (lab.rx[0], "x0")
+    receivers = {
+        rx: lab.spawn(rx, sys.executable, TRAFFIC, "recv", group, "5000", "x0") for rx in lab.rx[1:]
+    }
+    counts = []
+    try:
+        for proc in receivers.values():
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        source = SOURCES[family][sender]
+        sent = lab.exec(
+            ns, sys.executable, TRAFFIC, "send", group, "5000", ifname, source, str(count)
+        )
+        assert sent.returncode == 0, sent.stderr
+        time.sleep(0.3)
+    finally:
+        for proc in receivers.values():
+            _, out, _ = lab.stop(proc)
+            lines = out.strip().splitlines()
+            counts.append(json.loads(lines[-1])["received"] if lines else -1)
+    return counts
+
+
+def upcalls(mfcd: Mfcd) -> int:
+    """How many NOCACHE upcalls mfcd has read (`ping`)."""
+    count: int = json.loads(mfcd.ok("ping", "-o", "json"))["upcalls"]["nocache"]
+    return count
+
+
+def mroute_table(lab: Lab, family: int, table: str) -> str:
+    shown = lab.exec(lab.router, "ip", f"-{family}", "mroute", "show", "table", table)
+    return shown.stdout
+
+
+@pytest.mark.lab(receivers=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_each_table_forwards_the_traffic_its_rule_steers_to_it(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    lab.ip(lab.router, f"-{family}", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    group = GROUPS[family]
+    first, second = SOURCES[family]
+    # The default table sends both senders' traffic to r2, table 100 to r3.
+    for table, oif in (("default", "r2"), (TABLE, "r3")):
+        for source, iif in ((first, "r0"), (second, "r1")):
+            mfcd.ok(*route_args(source, group, iif, oif), "--table", table)
+    shown = mfcd.show()
+    assert sorted((r["source"], r["table"]) for r in shown["routes"]) == sorted(
+        (s, t) for s in (first, second) for t in (253 if family == 4 else 254, 100)
+    )
+    assert {(v["interface"], v["table"]) for v in shown["vifs"] if v["table"] == 100} == {
+        ("r0", 100),
+        ("r1", 100),
+        ("r3", 100),
+    }
+
+    def forwarded() -> tuple[list[int], list[int]]:
+        return send_and_count(lab, family, 0), send_and_count(lab, family, 1)
+
+    assert forwarded() == ([5, 0], [0, 5])  # r0's traffic by the default table, r1's by 100
+    in_100 = mroute_table(lab, family, TABLE)
+    assert f"({second}," in in_100.replace(", ", ",") and group in in_100
+
+    # Table 100's socket, opened after start-up, is watched too: an upcall of that table
+    # (a packet from r1 to a group with no route) is read and counted.
+    before = upcalls(mfcd)
+    assert send_and_count(lab, family, 1, 1, UNROUTED[family]) == [0, 0]
+    deadline = time.monotonic() + 5
+    while upcalls(mfcd) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upcalls(mfcd) == before + 1
+
+    # A restart restores both tables from the state file.
+    mfcd.stop()
+    mfcd.start()
+    assert forwarded() == ([5, 0], [0, 5])
+    assert mfcd.ok("sync", "--dry-run", "-o", "json").count('"action"') == 0
+
+    # Deleting table 100's routes empties it (mfcd closes it); the rule may stay.
+    for source in (first, second):
+        mfcd.ok("mfc", "del", "--source", source, "--group", group, "--table", TABLE)
+    assert group not in mroute_table(lab, family, TABLE)
+    assert forwarded() == ([5, 0], [0, 0])  # r1's traffic finds no route in table 100
+    assert [r["table"] for r in mfcd.show()["routes"]] == [253 if family == 4 else 254] * 2
+    _, log = mfcd.stop()
+    assert f"table {TABLE} is empty: closed" in log
+
+
+@pytest.mark.lab(receivers=3)
+def test_an_interface_recreated_comes_back_in_every_table_it_is_a_vif_of(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    family, group = 4, GROUPS[4]
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    first, second = SOURCES[family]
+    mfcd.ok(*route_args(first, group, "r0", "r3"))  # r3 is a VIF in both tables
+    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+    assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
+    lab.del_router_link("r3")
+    routes = mfcd.show()["routes"]
+    deadline = time.monotonic() + 10
+    while {r["state"] for r in routes} != {"degraded"} and time.monotonic() < deadline:
+        time.sleep(0.05)
+        routes = mfcd.show()["routes"]
+    assert sorted((r["table"], r["state"]) for r in routes) == [
+        (100, "degraded"),
+        (253, "degraded"),
+    ]
+    lab.add_receiver_link(3)
+    deadline = time.monotonic() + 10
+    while {r["state"] for r in mfcd.show()["routes"]} != {"installed"}:
+        assert time.monotonic() < deadline, mfcd.show()["routes"]
+        time.sleep(0.05)
+    assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
+
+
+HOLD_TABLE = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+s.setsockopt(socket.IPPROTO_IP, 209, struct.pack("=I", int(sys.argv[1])))  # MRT_TABLE
+s.setsockopt(socket.IPPROTO_IP, 200, struct.pack("=i", 1))  # MRT_INIT
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.lab(receivers=3)
+def test_a_table_another_router_owns_is_refused_and_nothing_changes(lab: Lab, mfcd: Mfcd) -> None:
+    holder = lab.spawn(lab.router, sys.executable, "-c", HOLD_TABLE, TABLE)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    first, second = SOURCES[4]
+    mfcd.ok(*route_args(first, GROUPS[4], "r0", "r2"))
+    before = mfcd.show()
+    refused = mfcd.ctl(*route_args(second, GROUPS[4], "r1", "r3"), "--table", TABLE)
+    assert refused.returncode != 0
+    assert f"already owns IPv4 multicast routing table {TABLE}" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert mfcd.show() == before
+    lab.stop(holder)
+    mfcd.ok(*route_args(second, GROUPS[4], "r1", "r3"), "--table", TABLE)
+    assert [r["table"] for r in mfcd.show()["routes"]] == [100, 253]
