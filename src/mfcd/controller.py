@@ -42,7 +42,7 @@ from mfcd.model import (
     SetThreshold,
     Step,
 )
-from mfcd.state import Loaded, SnapshotNeeded
+from mfcd.state import Loaded, RouteView, SnapshotNeeded
 
 log = logging.getLogger("mfcd")
 
@@ -108,7 +108,7 @@ class StateLike(Protocol):
     ops_since_snapshot: int
 
     def append(self, changes: Sequence[Change]) -> None: ...
-    def write_snapshot(self, routes: list[Route], thresholds: dict[str, int]) -> None: ...
+    def write_snapshot(self, routes: Iterable[Route], thresholds: dict[str, int]) -> None: ...
     def replaced(self) -> str | None: ...
 
 
@@ -282,7 +282,7 @@ class Controller:
 
     def compact(self) -> None:
         router = self.router
-        self.state.write_snapshot(list(router.iter_routes()), dict(router.thresholds))
+        self.state.write_snapshot(RouteView(router.routes), dict(router.thresholds))
 
     def _record(self, changes: Sequence[Change]) -> None:
         """Make a change durable: appended to the journal or, if the state file was deleted or

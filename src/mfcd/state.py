@@ -802,7 +802,7 @@ class Compaction:
     def write(self) -> None:
         """The thread's part: the snapshot to the temporary file, synced; errors kept for
         finish_compaction (a thread must not raise them where nobody looks)."""
-        routes = _RouteView(self.routes)
+        routes = RouteView(self.routes)
         try:
             self.fd, self.length, self.seq = _write_snapshot_file(
                 self.path,
@@ -827,8 +827,9 @@ class Compaction:
             self.fd = -1
 
 
-class _RouteView(Sized, Iterable[Route]):
-    """The routes of a key -> Ports dict as Routes, built as they are read."""
+class RouteView(Sized, Iterable[Route]):
+    """The routes of a key -> Ports dict as Routes, built as they are read: what a snapshot
+    is written from, a chunk at a time, without a list of every route."""
 
     def __init__(self, routes: dict[RouteKey, Ports]) -> None:
         self.routes = routes
