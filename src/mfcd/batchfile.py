@@ -35,6 +35,7 @@ def split_oifs(values: list[str]) -> list[str]:
 # table (its --table as written, None without one: the family's default table)
 Change = tuple[int, str, str, str, str, "list[str] | None", "str | None"]
 OIF_OPS = ("oif_add", "oif_del")  # add or remove oifs of an existing route
+JOIN_OPS = ("join", "leave")  # group joins: `join --interface IF --group G [--source S]`
 
 
 # What ends a line besides "\n", as for str.splitlines(); str.split() would take these for
@@ -84,9 +85,9 @@ def lines(text: str) -> Iterator[Change]:
         yield (
             lineno,
             op["op"],
-            op["source"],
+            op.get("source", ""),  # (a join without --source: "")
             op["group"],
-            op.get("iif", ""),
+            op["iif"] if "iif" in op else op.get("interface", ""),  # (a join's interface)
             op.get("oifs"),
             op.get("table"),
         )
@@ -157,6 +158,8 @@ def line_op(words: list[str]) -> Op:
     is wrong."""
     if words[0] == "mfc":
         words = words[1:]
+    if words and words[0] in JOIN_OPS:
+        return join_op(words)
     oif = bool(words) and words[0] == "oif"
     if oif:
         words = words[1:]
@@ -164,7 +167,8 @@ def line_op(words: list[str]) -> Op:
         raise ValueError(
             "expected `mfc oif add|del ...`"
             if oif
-            else "expected `mfc add ...`, `mfc del ...` or `mfc oif add|del ...`"
+            else "expected `mfc add ...`, `mfc del ...`, `mfc oif add|del ...`, `join ...` or"
+            " `leave ...`"
         )
     kind, rest = words[0], words[1:]
     command = f"mfc oif {kind}" if oif else f"mfc {kind}"
@@ -217,3 +221,27 @@ def line_op(words: list[str]) -> Op:
         if not op["oifs"]:
             raise ValueError(f"`{command}` needs --oifs (names, not just commas)")
     return op
+
+
+def join_op(words: list[str]) -> Op:
+    """The words of `join|leave --interface IF --group G [--source S]` as a protocol op."""
+    kind, values = words[0], {}
+    rest = iter(words[1:])
+    for word in rest:
+        flag, has_value, value = word.removeprefix("--").partition("=")
+        if flag not in ("interface", "group", "source") or not word.startswith("--"):
+            raise ValueError(
+                f"unexpected {'option' if word.startswith('-') else 'word'} {word} (`{kind}`"
+                " takes --interface, --group and --source)"
+            )
+        if flag in values:
+            raise ValueError(f"--{flag} given twice")
+        if not has_value:
+            value = next(rest, "")
+            if not value or value.startswith("--"):
+                raise ValueError(f"--{flag} takes one value")
+        values[flag] = value
+    for flag in ("interface", "group"):
+        if flag not in values:
+            raise ValueError(f"`{kind}` needs --{flag}")
+    return {"op": kind, **values}

@@ -375,6 +375,13 @@ def _show_command(sub: Any) -> None:
         "only the routes and VIFs of this table (a number or a name; `default`: each"
         " family's default table)",
     )
+    show.add_argument(
+        "what",
+        nargs="?",
+        choices=("groups",),
+        help="`groups`: show the group joins (interface, group, source, state, origin) and"
+        " the interfaces that send router advertisements, instead of VIFs and routes",
+    )
     _command_options(show, changes=False)
 
 
@@ -392,6 +399,8 @@ def _batch_command(sub: Any) -> None:
 
 
 def _vif_command(sub: Any) -> None:
+    import argparse  # noqa: PLC0415 (loaded already: build_parser imported it)
+
     vif = sub.add_parser("vif", help="show VIFs or change per-interface settings")
     vif_sub = vif.add_subparsers(dest="action", metavar="ACTION", required=True)
     vif_set = vif_sub.add_parser(
@@ -411,11 +420,17 @@ def _vif_command(sub: Any) -> None:
     vif_set.add_argument(
         "--threshold",
         type=threshold,
-        required=True,
         metavar="TTL",
         help="IPv4 TTL threshold: forward out of this interface only packets whose TTL is"
         " greater than TTL (1-255). `default` (or 1, the default) removes the setting."
         " Linux ignores it for IPv6.",
+    )
+    vif_set.add_argument(
+        "--mrdisc",
+        action=argparse.BooleanOptionalAction,
+        help="send IGMP Multicast Router Advertisements (RFC 4286) on this interface every"
+        " mrdisc_interval seconds and answer solicitations, so IGMP snooping switches find"
+        " the router port (IPv4); --no-mrdisc stops it",
     )
     _command_options(vif_set, changes=True)
     vif_show = vif_sub.add_parser(
@@ -450,6 +465,39 @@ def _sync_command(sub: Any) -> None:
     _command_options(sync, changes=True)
 
 
+def _join_command(sub: Any, name: str = "join") -> None:
+    joining = name == "join"
+    cmd = sub.add_parser(
+        name,
+        help="join a multicast group on an interface (IGMP/MLD; kept across restarts)"
+        if joining
+        else "leave a group joined with `join`",
+        description="Join GROUP on IFNAME: the kernel reports the membership (IGMP for IPv4,"
+        " MLD for IPv6) so that upstream routers and IGMP/MLD snooping switches send the"
+        " group's traffic to this port. With --source, only that source's (SSM). A prefix"
+        " (239.1.1.0/28) joins every address in it, at most 1,024 joins per command. The"
+        " join is saved, made again at start and whenever the interface is created again;"
+        " while the interface does not exist it is pending. Joining again changes nothing."
+        if joining
+        else "Leave GROUP (and SOURCE) on IFNAME, joined before with `join`; prefixes as for"
+        " `join`. Exit status 5 if it was not joined.",
+    )
+    cmd.add_argument("--interface", required=True, metavar="IFNAME", help="interface name")
+    cmd.add_argument(
+        "--group", required=True, metavar="GROUP", help="multicast group address or prefix"
+    )
+    cmd.add_argument(
+        "--source",
+        metavar="SOURCE",
+        help="only this source's traffic (SSM): a unicast address or prefix (default: any)",
+    )
+    _command_options(cmd, changes=True)
+
+
+def _leave_command(sub: Any) -> None:
+    _join_command(sub, "leave")
+
+
 def _ping_command(sub: Any) -> None:
     ping = sub.add_parser(
         "ping",
@@ -467,6 +515,8 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
     "vif": _vif_command,
     "sync": _sync_command,
     "ping": _ping_command,
+    "join": _join_command,
+    "leave": _leave_command,
 }
 
 
@@ -823,6 +873,9 @@ def format_plan(result: dict[str, Any]) -> str:
             fam += f" table {step['table']}"
         if "vif" in step:
             out.append(f"{action} {fam} VIF {step['vif']} ({step['interface']})")
+        elif action in ("join", "leave"):
+            source = "" if step["source"] == "*" else f" source {step['source']}"
+            out.append(f"{action} {fam} group {step['group']}{source} on {step['interface']}")
         elif "parent" in step:
             oifs = ",".join(str(v) for v in step["oifs"])
             out.append(
@@ -832,6 +885,17 @@ def format_plan(result: dict[str, Any]) -> str:
         else:
             out.append(f"{action} {fam} {step['source']} -> {step['group']}")
     return "\n".join(out)
+
+
+def format_groups(result: dict[str, Any]) -> str:
+    joins = result.get("groups", [])
+    lines = [f"Groups ({len(joins)})"]
+    rows = [["INTERFACE", "GROUP", "SOURCE", "STATE", "ORIGIN"]]
+    rows += [[j["interface"], j["group"], j["source"], _state(j), j["origin"]] for j in joins]
+    lines += table(rows) if joins else ["  (none)"]
+    mrdisc = result.get("mrdisc", [])
+    lines += ["", f"Router advertisements (mrdisc): {', '.join(mrdisc) if mrdisc else 'none'}"]
+    return "\n".join(lines)
 
 
 def format_sync(result: dict[str, Any]) -> str:
@@ -879,7 +943,9 @@ class Cli:
         if not missing or result.get("dry_run"):
             return
         they = "it appears" if len(missing) == 1 else "they appear"
-        if "pending" in result:  # a batch: how many of its routes wait
+        if "joins" in result:  # a join
+            warning = f"{_names(missing)} (yet); joined when {they}"
+        elif "pending" in result:  # a batch: how many of its routes wait
             count = result["pending"]
             routes = "1 route is" if count == 1 else f"{count} routes are"
             warning = f"{routes} pending: {_names(missing)} (yet); each is installed when {they}"
@@ -895,9 +961,14 @@ class Cli:
             summary = f"{result.get('added', 0)} added, {result['deleted']} deleted"
             if result.get("updated"):
                 summary += f", {result['updated']} updated"
+            if "joined" in result:
+                summary += f", {result['joined']} joined, {result['left']} left"
             return f"{format_plan(result)}\n{summary}" if self.args.verbose else summary
         if self.args.verbose:
             return format_plan(result)
+        if "joins" in result and result.get("pending"):
+            joins = f"{result['pending']} of {result['joins']} joins"
+            return f"{joins} pending: {result.get('reason', '')}"
         if result.get("state") in ("pending", "degraded"):
             return f"route {result['state']}: {result.get('reason', '')}"
         return ""
@@ -917,7 +988,18 @@ class Cli:
         if a.command == "batch":
             return self.batch(a.file)
         if a.command == "vif" and a.action == "set":
-            return self.change("vif.set", {"interface": a.interface, "threshold": a.threshold})
+            settings = {"threshold": a.threshold, "mrdisc": a.mrdisc}
+            if settings == {"threshold": None, "mrdisc": None}:
+                raise CliError(
+                    "vif set needs --threshold or --mrdisc/--no-mrdisc", protocol.EXIT_USAGE
+                )
+            args = {k: v for k, v in settings.items() if v is not None}
+            return self.change("vif.set", {"interface": a.interface, **args})
+        if a.command in ("join", "leave"):
+            args = {"interface": a.interface, "group": a.group}
+            if a.source is not None:
+                args["source"] = a.source
+            return self.change(a.command, args)
         if a.command == "vif":
             result = self.client.call("vif.show", {"stats": a.stats, **_table_filter(a)})
             self.emit(result, format_vif_show)
@@ -929,6 +1011,9 @@ class Cli:
         if a.command == "ping":
             result = self.client.call("ping", {})
             self.emit(result, lambda r: f"mfcd {r['version']} (pid {r['pid']}) is running")
+            return protocol.EXIT_OK
+        if getattr(a, "what", None) == "groups":
+            self.emit(self.client.call("group.show", {}), format_groups)
             return protocol.EXIT_OK
         if a.watch is not None:
             return self.watch(a.watch)

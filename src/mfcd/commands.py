@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import __version__, batchfile, protocol, validate, views
+from mfcd import __version__, batchfile, groups, protocol, validate, views
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.errors import (
@@ -27,6 +27,7 @@ from mfcd.errors import (
     TooLarge,
     UnsupportedVersion,
 )
+from mfcd.groups import Join, JoinKey, Leave, SetMrdisc
 from mfcd.model import (
     DEFAULT_TABLE,
     AddRoute,
@@ -87,6 +88,9 @@ class Commands:
             "vif.set": self.vif_set,
             "vif.show": self.vif_show,
             "sync": self.sync,
+            "join": self.join,
+            "leave": self.leave,
+            "group.show": self.group_show,
         }
 
     def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
@@ -225,10 +229,73 @@ class Commands:
         return validate.add_change(key[1], key[2], ports.iif, list(new), key[3])
 
     def vif_set(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
-        validate.require_fields(args, ("interface", "threshold"))
+        validate.require_fields(args, ("interface",), ("threshold", "mrdisc"))
         name = validate.interface(args["interface"], "interface")
-        change = SetThreshold(name, validate.threshold(args["threshold"]))
-        return self._change([change], dry_run, peer, "vif.set", args)
+        changes: list[Change] = []
+        if "threshold" in args:
+            changes.append(SetThreshold(name, validate.threshold(args["threshold"])))
+        if "mrdisc" in args:
+            changes.append(SetMrdisc(name, _flag(args, "mrdisc")))
+        if not changes:
+            raise BadRequest("vif.set needs threshold or mrdisc (or both)", field="threshold")
+        return self._change(changes, dry_run, peer, "vif.set", args)
+
+    # --- group joins -----------------------------------------------------------------------------
+
+    def join(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        keys = self._join_keys(args)
+        result = self._change([Join(k) for k in keys], dry_run, peer, "join", args)
+        if not dry_run:
+            result.update(self._join_states(keys))
+        return result
+
+    def leave(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        keys = self._join_keys(args)
+        return self._change([Leave(k) for k in keys], dry_run, peer, "leave", args)
+
+    def group_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, ())
+        joins = self.controller.joins
+        shown = []
+        for key in sorted(joins.wanted, key=groups.sort_key):
+            status = joins.status(key)
+            entry = {
+                "interface": key[0],
+                "family": protocol.FAMILY_NAMES[groups.family_of(key)],
+                "group": key[1],
+                "source": key[2],
+                "state": status.state,
+                "origin": joins.origin(key),
+            }
+            if status.reason:
+                entry["reason"] = status.reason
+            shown.append(entry)
+        return {"groups": shown, "mrdisc": sorted(joins.mrdisc)}
+
+    def _join_keys(
+        self, args: Any, fields: tuple[str, ...] = ("interface", "group")
+    ) -> list[JoinKey]:
+        validate.require_fields(args, fields, ("source",))
+        return self._join_keys_of(args["interface"], args["group"], args.get("source"))
+
+    def _join_keys_of(self, interface: Any, group: Any, source: Any) -> list[JoinKey]:
+        keys = groups.join_keys(validate.interface(interface, "interface"), group, source)
+        self._check_family(groups.family_of(keys[0]))
+        return keys
+
+    def _join_states(self, keys: list[JoinKey]) -> dict[str, Any]:
+        """How many of the joins wait, and for which interfaces (or why)."""
+        joins = self.controller.joins
+        waiting = [key for key in keys if key not in joins.joined]
+        out: dict[str, Any] = {"joins": len(keys), "pending": len(waiting)}
+        if waiting:
+            out["state"] = "pending"
+            out["reason"] = joins.status(waiting[0]).reason
+            links = self.controller.router.links
+            out["missing"] = sorted({key[0] for key in waiting if key[0] not in links})
+        else:
+            out["state"] = "joined"
+        return out
 
     def batch(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("ops", "text", "plan"))
@@ -251,9 +318,14 @@ class Commands:
                 e.line = _line_of(e.op, text)
                 e.op = None
             raise
-        result["added"] = len(changes) - deleted - updated
+        kinds = Counter(map(type, changes))  # (in C: no cost worth naming at 100,000 changes)
+        joined, left = kinds[Join], kinds[Leave]
+        result["added"] = len(changes) - deleted - updated - joined - left
         result["deleted"] = deleted
         result["updated"] = updated
+        if joined or left:
+            result["joined"] = joined
+            result["left"] = left
         if not dry_run:
             pending, missing = self._pending(changes)
             result["pending"] = pending
@@ -323,6 +395,11 @@ class Commands:
                     self._check_family(key[0])
                     add(DelRoute(key))
                     deleted += 1
+                elif kind in ("join", "leave"):
+                    # (a line's interface comes as its "iif", a join's any source as "")
+                    keys = self._join_keys_of(iif, group, source or None)
+                    kind_of = Join if kind == "join" else Leave
+                    changes += [kind_of(key) for key in keys]
                 else:
                     add(self._oif_change(kind, source, group, oifs, routes.get, table=table))
                     updated += 1
@@ -350,8 +427,18 @@ class Commands:
             key = validate.key(op, validate.BATCH_DEL_FIELDS)
             self._check_family(key[0])
             return DelRoute(key)
+        if kind in ("join", "leave"):
+            keys = self._join_keys(op, ("op", "interface", "group"))
+            if len(keys) != 1:
+                raise InvalidArgument(
+                    "a batch's join and leave ops name one group and source each (no"
+                    " prefixes; batch text lines take them)",
+                    field="group",
+                )
+            return Join(keys[0]) if kind == "join" else Leave(keys[0])
         raise BadRequest(
-            f'op must be "add", "del", "oif_add" or "oif_del", not {kind!r}', field="op"
+            f'op must be "add", "del", "oif_add", "oif_del", "join" or "leave", not {kind!r}',
+            field="op",
         )
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -385,6 +472,8 @@ class Commands:
             dry_run=dry_run,
             added=only.key if isinstance(only, AddRoute) else None,
         )
+        if plan and outcome.memberships:
+            result.setdefault("plan", []).extend(map(groups.describe, outcome.memberships))
         if not dry_run:
             if self.on_change is not None:
                 self.on_change()

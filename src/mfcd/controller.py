@@ -29,6 +29,7 @@ from mfcd.dataplane import (
 )
 from mfcd.dataplane import undo as undo_ops
 from mfcd.errors import KernelError, MfcdError, StateError, VifLimit
+from mfcd.groups import Join, Joins, Leave, MembershipOp, SetMrdisc
 from mfcd.model import (
     DEFAULT_TABLE,
     AddRoute,
@@ -108,7 +109,12 @@ class StateLike(Protocol):
     ops_since_snapshot: int
 
     def append(self, changes: Sequence[Change]) -> None: ...
-    def write_snapshot(self, routes: Iterable[Route], thresholds: dict[str, int]) -> None: ...
+    def write_snapshot(
+        self,
+        routes: Iterable[Route],
+        thresholds: dict[str, int],
+        extra: dict[str, Any] | None = None,
+    ) -> None: ...
     def replaced(self) -> str | None: ...
 
 
@@ -119,13 +125,31 @@ class Outcome:
 
     counts: Counter[str] = field(default_factory=Counter)
     steps: list[Step] = field(default_factory=list)
+    memberships: list[MembershipOp] = field(default_factory=list)  # group joins and leaves
+
+
+class MembershipsLike(Protocol):
+    """The kernel's group memberships (membership.Memberships)."""
+
+    def apply(self, ops: Sequence[MembershipOp]) -> None: ...
+    def one(self, op: MembershipOp) -> None: ...
 
 
 class Controller:
-    def __init__(self, kernel: Dataplane, state: StateLike, router: Router | None = None) -> None:
+    def __init__(
+        self,
+        kernel: Dataplane,
+        state: StateLike,
+        router: Router | None = None,
+        members: MembershipsLike | None = None,
+    ) -> None:
         self.kernel = kernel
         self.state = state
         self.router = router or Router()
+        # Group joins: the model, and the kernel's memberships (None: the model only).
+        self.joins = Joins()
+        self.members = members
+        self._member_ops: list[MembershipOp] = []  # planned by the change under way
         # Called when the kernel may no longer match the model (a rollback it refused).
         self.on_drift: Callable[[], None] | None = None
 
@@ -164,6 +188,51 @@ class Controller:
             return
         router.commit()
 
+    def restore_joins(self, loaded: Loaded) -> None:
+        """Join the saved groups on the interfaces that exist; the others stay pending."""
+        joins, links = self.joins, self.router.links
+        joins.begin()
+        ops = [op for key in loaded.joins for op in joins.join(key, "api", links)]
+        for name in loaded.mrdisc:
+            joins.set_mrdisc(name, True)
+        joins.commit()
+        self._carry_out(ops, "restore joins")
+        if loaded.joins:
+            log.info("joins: %d of %d joined", len(joins.joined), len(joins.wanted))
+
+    def _carry_out(self, ops: Sequence[MembershipOp], what: str) -> None:
+        """Carry out membership ops the model already holds, one by one; a join the kernel
+        refuses stays pending with the reason (no client waits for these)."""
+        if self.members is None:
+            return
+        for op in ops:
+            try:
+                self.members.one(op)
+            except KernelError as e:
+                if op.join:
+                    self.joins.begin()
+                    self.joins.park(op.key, f"the kernel refused it ({e}); mfcctl sync retries")
+                    self.joins.commit()
+                    log.error("%s: %s", what, e)
+                else:
+                    log.debug("%s: %s", what, e)
+
+    def _members(self, what: str, method: Any, *args: Any) -> list[MembershipOp]:
+        """Run a join model method as its own transaction, then carry out its ops."""
+        self.joins.begin()
+        try:
+            ops: list[MembershipOp] = method(*args)
+        except BaseException:
+            self.joins.rollback()
+            raise
+        self.joins.commit()
+        self._carry_out(ops, what)
+        return ops
+
+    def snapshot_extra(self) -> dict[str, Any]:
+        """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
+        return {"joins": self.joins.saved(), "mrdisc": sorted(self.joins.mrdisc)}
+
     def _execute_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
         """Apply steps; add what undoes them to `undo` (if one fails, the kernel undid them)."""
         execute(self.kernel, steps)
@@ -198,10 +267,13 @@ class Controller:
         holds more than a chunk's steps: what the kernel must undo if a later change fails
         is kept as the undo operations alone.
         """
-        router = self.router
+        router, joins = self.router, self.joins
         router.begin()
+        joins.begin()
+        self._member_ops = []
         outcome = Outcome()
         undo: list[KernelOp | None] = []  # what undoes each step applied so far, in order
+        joined: list[MembershipOp] = []  # memberships changed in the kernel so far
         try:
             for start in range(0, len(changes), CHUNK):
                 steps = self._plan_chunk(changes, start, numbered or len(changes) > 1)
@@ -210,19 +282,31 @@ class Controller:
                     outcome.steps += steps
                 if not dry_run:
                     self._execute_into(steps, undo)
-            if dry_run or not router.changed():
+            # Group joins after the routes (their traffic then finds the routes in place).
+            ops = self._member_ops
+            outcome.counts.update("join" if op.join else "leave" for op in ops)
+            if keep_steps:
+                outcome.memberships = ops
+            if not dry_run and ops and self.members is not None:
+                self.members.apply(ops)  # all or nothing
+                joined = ops
+            if dry_run or not (router.changed() or joins.changed()):
                 # Nothing to do (the same route again, an empty batch): no journal record.
                 router.rollback()
+                joins.rollback()
                 return outcome
             self._record(changes)
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
             # has already undone its own part).
-            failures = [*getattr(e, "undo_failures", []), *undo_ops(self.kernel, undo)]
+            failures = [*getattr(e, "undo_failures", []), *self._unjoin(joined)]
+            failures += undo_ops(self.kernel, undo)
             router.rollback()
+            joins.rollback()
             self._report_undo_failures(failures)
             raise
         router.commit()
+        joins.commit()
         # A change that freed a VIF index (even one whose interface is gone, so no DelVif
         # step) lets routes waiting for one in.
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
@@ -256,6 +340,24 @@ class Controller:
                 return router.del_route(key)
             case SetThreshold(interface, threshold):
                 return router.set_threshold(interface, threshold)
+            case Join(key, origin):
+                self._member_ops += self.joins.join(key, origin, router.links)
+            case Leave(key):
+                self._member_ops += self.joins.leave(key)
+            case SetMrdisc(interface, on):
+                self.joins.set_mrdisc(interface, on)
+        return []
+
+    def _unjoin(self, ops: Sequence[MembershipOp]) -> list[KernelError]:
+        """Undo memberships a failed change made, newest first; the refusals."""
+        failures = []
+        for op in reversed(ops):
+            try:
+                assert self.members is not None
+                self.members.one(op.inverse)
+            except KernelError as e:
+                failures.append(e)
+        return failures
 
     def _report_undo_failures(self, failures: Sequence[KernelError]) -> None:
         """A rollback the kernel refused leaves it out of step with the model: log, then repair."""
@@ -282,7 +384,8 @@ class Controller:
 
     def compact(self) -> None:
         router = self.router
-        self.state.write_snapshot(RouteView(router.routes), dict(router.thresholds))
+        routes = RouteView(router.routes)
+        self.state.write_snapshot(routes, dict(router.thresholds), self.snapshot_extra())
 
     def _record(self, changes: Sequence[Change]) -> None:
         """Make a change durable: appended to the journal or, if the state file was deleted or
@@ -322,6 +425,7 @@ class Controller:
             return []
         started = time.monotonic()
         what = f"interface {interface} up"
+        self._members(what, self.joins.link_up, interface, ifindex)
         steps: list[Step] = []
         for vif in router.vifs_named(interface):
             steps += self._apply_quietly(what, router.revive_vif, vif.family, vif.table, interface)
@@ -364,6 +468,7 @@ class Controller:
         if interface in router.links and vifs:
             routes = sum(vif.refs for vif in vifs)
             log.info("interface %s gone: %d routes degraded until it is back", interface, routes)
+        self._members(f"interface {interface} gone", self.joins.link_down, interface)
         return self._apply_quietly(
             f"interface {interface} gone", self.router.link_down, interface, kernel_dropped_vif
         )
@@ -416,6 +521,7 @@ class Controller:
             stale = set(router.users(readded))
             report += self.check_entries(list(router.installed), dry_run, stale)
         if not dry_run:
+            self._members("sync: retry joins", self.joins.retry, router.links)
             retried = self.retry_pending([*router.blocked, *router.refused])
             report += map(views.describe_step, retried)
             log.info(

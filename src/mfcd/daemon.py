@@ -29,6 +29,7 @@ from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.kernel import Kernel
+from mfcd.membership import Memberships
 from mfcd.model import DEFAULT_TABLE
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import VERSION, StateFile
@@ -115,6 +116,7 @@ class Daemon:
     # Set once start-up has taken the kernel's tables (see run()).
     controller: Controller
     kernel: Kernel
+    members: Memberships
     state: StateFile
     monitor: netlink.LinkMonitor
 
@@ -161,6 +163,7 @@ class Daemon:
         state = self.state = StateFile(cfg.state_file)
         # Subscribe before the dump, so no interface change falls between the two.
         monitor = netlink.LinkMonitor()
+        members = self.members = Memberships()
         try:
             state.lock()  # before anything else: a second mfcd on this file stops here
             kernel = Kernel(cfg.families, monitor)
@@ -177,6 +180,7 @@ class Daemon:
             monitor.close()
             if kernel is not None:
                 kernel.close()
+            members.close()  # leaves every group
             state.close()
             _ignore_signals_from_now_on(loop)
 
@@ -195,12 +199,13 @@ class Daemon:
                 )
             if loaded.version < VERSION:
                 log.info("%s: format version %d; rewriting it", state.path, loaded.version)
-            controller = Controller(kernel, state)
+            controller = Controller(kernel, state, members=self.members)
             # Our MRT_INIT table starts empty unless another program left static entries in
             # it; only then is the drift check after start-up worth its full dump of the table.
             before = observe(kernel, kernel.families)
             self.inherited = bool(before.vifs or before.mfc)
             controller.restore(loaded, netlink.current_links())
+            controller.restore_joins(loaded)
             del loaded
             # The restored routes live as long as the daemon: keep the cyclic GC from
             # rescanning them on every collection.
@@ -308,7 +313,8 @@ class Daemon:
         """
         router = self.controller.router
         began = time.monotonic()
-        job = self.state.start_compaction(dict(router.routes), dict(router.thresholds))
+        extra = self.controller.snapshot_extra()
+        job = self.state.start_compaction(dict(router.routes), dict(router.thresholds), extra)
         routes = len(job.routes)
         writing = asyncio.ensure_future(asyncio.to_thread(job.write))
         try:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from mfcd.errors import InvalidArgument, NotFound, VifLimit
+from mfcd.groups import Join, Leave, SetMrdisc
 from mfcd.protocol import family_text
 
 MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
@@ -170,7 +171,8 @@ class SetThreshold(NamedTuple):
     threshold: int
 
 
-Change = AddRoute | DelRoute | SetThreshold  # what a client asks for; journaled as it is
+# What a client asks for; journaled as it is. Joins and mrdisc go to groups.Joins, not Router.
+Change = AddRoute | DelRoute | SetThreshold | Join | Leave | SetMrdisc
 
 
 @dataclass(slots=True)

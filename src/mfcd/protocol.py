@@ -49,6 +49,9 @@ COMMANDS = (
     "vif.set",
     "vif.show",
     "sync",
+    "join",
+    "leave",
+    "group.show",
 )
 
 # vif.set's threshold for an interface with no setting (mfcd.model.DEFAULT_THRESHOLD): setting

@@ -81,8 +81,9 @@ from itertools import islice
 from sys import intern
 from typing import Any
 
-from mfcd import validate
+from mfcd import groups, validate
 from mfcd.errors import MfcdError, StateError
+from mfcd.groups import Join, JoinKey, Leave, SetMrdisc
 from mfcd.model import (
     DEFAULT_TABLE,
     AddRoute,
@@ -131,6 +132,12 @@ def change_op(change: Change) -> Op:
             return ["del", family, source, group, table]
         case SetThreshold(interface, threshold):
             return ["threshold", interface, threshold]
+        case Join(key, _):
+            return ["join", *key]
+        case Leave(key):
+            return ["leave", *key]
+        case SetMrdisc(interface, on):
+            return ["mrdisc", interface, on]
 
 
 def encode_changes(changes: Sequence[Change], seq: int) -> bytes:
@@ -176,6 +183,8 @@ class Loaded:
     torn_tail: bool = False
     version: int = VERSION
     seq: int = 0  # sequence number of the last complete record (version 2)
+    joins: dict[JoinKey, None] = field(default_factory=dict)  # the API's group joins
+    mrdisc: dict[str, None] = field(default_factory=dict)  # interfaces sending advertisements
 
     def route_list(self) -> list[Route]:
         return [Route(f, s, g, *ports, t) for (f, s, g, t), ports in self.routes.items()]
@@ -245,8 +254,31 @@ def _apply(loaded: Loaded, op: Op) -> None:
     elif kind == "threshold":
         _, name, ttl = op
         loaded.thresholds[validate.interface(name, "interface")] = validate.threshold(ttl)
+    elif kind == "join":
+        loaded.joins[_join_key(op[1:])] = None
+    elif kind == "leave":
+        loaded.joins.pop(_join_key(op[1:]), None)
+    elif kind == "mrdisc":
+        _, name, on = op
+        if on.__class__ is not bool:
+            raise ValueError("malformed mrdisc op")
+        if on:
+            loaded.mrdisc[validate.interface(name, "interface")] = None
+        else:
+            loaded.mrdisc.pop(name, None)
     else:
         raise ValueError(f"unknown op {kind!r}")
+
+
+def _join_key(saved: Any) -> JoinKey:
+    """A saved join `[interface, group, source or "*"]`, checked."""
+    if saved.__class__ is not list or len(saved) != 3:
+        raise ValueError("malformed join")
+    interface, group, source = saved
+    keys = groups.join_keys(validate.interface(interface, "interface"), group, source)
+    if len(keys) != 1 or "/" in group or "/" in source:
+        raise ValueError("malformed join")
+    return keys[0]
 
 
 _LEFT_UNTOUCHED = "the file was left untouched — repair or move it away, then start mfcd again"
@@ -425,6 +457,10 @@ def _read_snapshot(loaded: Loaded, snap: Any, numbered: bool) -> int:
         for name, ttl in snap.get("thresholds", {}).items()
     }
     loaded.ops_since_snapshot = 0
+    loaded.joins = dict.fromkeys(_join_key(saved) for saved in snap.get("joins", ()))
+    loaded.mrdisc = dict.fromkeys(
+        validate.interface(n, "interface") for n in snap.get("mrdisc", ())
+    )
     if "chunks" not in snap:
         _add_routes(loaded.routes, snap["routes"])
         return 0
@@ -435,20 +471,25 @@ def _read_snapshot(loaded: Loaded, snap: Any, numbered: bool) -> int:
 
 
 def _snapshot_records(
-    routes: Iterable[Route], thresholds: dict[str, int], seq: int
+    routes: Iterable[Route],
+    thresholds: dict[str, int],
+    seq: int,
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[bytes]:
     """The lines of a snapshot numbered from `seq`, encoded one at a time: SNAPSHOT_CHUNK
     routes at most each. Sized `routes` (a list, a dict's values) are read a chunk at a
-    time, so a large snapshot never holds every route's record at once."""
+    time, so a large snapshot never holds every route's record at once. `extra` holds the
+    snapshot's "joins" and "mrdisc" (left out when empty, as files without them are)."""
     sized = routes if isinstance(routes, Sized) else list(routes)
     size = SNAPSHOT_CHUNK
     count = len(sized)
+    more = {k: v for k, v in (extra or {}).items() if v}
     if count <= size:
-        snap = {"routes": _saved(list(sized)), "thresholds": thresholds, "count": count}
+        snap = {"routes": _saved(list(sized)), "thresholds": thresholds, "count": count, **more}
         yield encode_record({"seq": seq, "snapshot": snap})
         return
     chunks = -(-count // size)
-    snap = {"thresholds": thresholds, "count": count, "chunks": chunks}
+    snap = {"thresholds": thresholds, "count": count, "chunks": chunks, **more}
     yield encode_record({"seq": seq, "snapshot": snap})
     it = iter(sized)
     for n in range(1, chunks + 1):
@@ -679,12 +720,19 @@ class StateFile:
             os.lseek(self._fd, self._length, os.SEEK_SET)
             os.fdatasync(self._fd)
 
-    def write_snapshot(self, routes: Iterable[Route], thresholds: dict[str, int]) -> None:
+    def write_snapshot(
+        self,
+        routes: Iterable[Route],
+        thresholds: dict[str, int],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         """Replace the journal with one snapshot: temporary file, fsync, rename, fsync dir."""
         self.hold_lock()
         self._stale_compaction()  # this snapshot has everything a compaction under way has
         tmp = f"{self.path}.tmp"
-        fd, length, seq = _write_snapshot_file(self.path, tmp, routes, thresholds, self._seq)
+        fd, length, seq = _write_snapshot_file(
+            self.path, tmp, routes, thresholds, self._seq, extra=extra
+        )
         try:
             os.rename(tmp, self.path)  # replaces a link at the path itself, never its target
         except OSError as e:
@@ -693,12 +741,15 @@ class StateFile:
         self._switch_to(fd, length, seq, ops=0)
 
     def start_compaction(
-        self, routes: dict[RouteKey, Ports], thresholds: dict[str, int]
+        self,
+        routes: dict[RouteKey, Ports],
+        thresholds: dict[str, int],
+        extra: dict[str, Any] | None = None,
     ) -> Compaction:
         """Begin a snapshot of `routes` (a copy the caller will not change) that a thread writes
         with `Compaction.write` while the journal keeps taking changes; `finish_compaction`
         then adds those changes to it and puts it in the journal's place."""
-        job = Compaction(self.path, routes, thresholds, self._seq)
+        job = Compaction(self.path, routes, thresholds, self._seq, extra)
         self._compaction = job
         return job
 
@@ -785,9 +836,15 @@ class Compaction:
     """
 
     def __init__(
-        self, path: str, routes: dict[RouteKey, Ports], thresholds: dict[str, int], seq: int
+        self,
+        path: str,
+        routes: dict[RouteKey, Ports],
+        thresholds: dict[str, int],
+        seq: int,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.path = path
+        self.extra = extra
         self.tmp = f"{path}.compact"  # not .tmp: a snapshot written back meanwhile uses that
         self.routes = routes
         self.thresholds = thresholds
@@ -810,6 +867,7 @@ class Compaction:
                 routes,
                 self.thresholds,
                 self.seq,
+                extra=self.extra,
                 cancelled=lambda: self._cancelled,
             )
         except StateError as e:
@@ -853,6 +911,7 @@ def _write_snapshot_file(
     thresholds: dict[str, int],
     seq: int,
     *,
+    extra: dict[str, Any] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> tuple[int, int, int]:
     """Write a snapshot numbered after `seq` to a new file `tmp` and fsync it: its open
@@ -863,7 +922,7 @@ def _write_snapshot_file(
         os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
         fd = _create(tmp)
         _write_all(fd, HEADER)
-        for record in _snapshot_records(routes, thresholds, seq + 1):
+        for record in _snapshot_records(routes, thresholds, seq + 1, extra):
             if cancelled():
                 raise _Cancelled
             _write_all(fd, record)

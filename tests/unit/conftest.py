@@ -192,7 +192,12 @@ class FakeState:
         self.records.append([change_op(c) for c in changes])
         self.ops_since_snapshot += len(changes)
 
-    def write_snapshot(self, routes: Iterable[Route], thresholds: dict[str, int]) -> None:
+    def write_snapshot(
+        self,
+        routes: Iterable[Route],
+        thresholds: dict[str, int],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         if self.fail_snapshot:
             raise StateError("state.journal: cannot write the state file: No space left on device")
         self.snapshots.append((list(routes), dict(thresholds)))

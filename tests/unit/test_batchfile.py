@@ -123,7 +123,7 @@ def test_a_text_without_a_final_newline_and_with_crlf_line_ends() -> None:
 @pytest.mark.parametrize(
     ("line", "words"),
     [
-        ("mfc show", "expected `mfc add ...`, `mfc del ...` or `mfc oif add|del ...`"),
+        ("mfc show", "expected `mfc add ...`, `mfc del ...`, `mfc oif add|del ...`, `join ...`"),
         ("mfc oif show --source s --group g --oifs r1", "expected `mfc oif add|del ...`"),
         ("oif", "expected `mfc oif add|del ...`"),
         ("mfc oif add --source s --group g --iif r0 --oifs r1", "`mfc oif add` takes no --iif"),

@@ -62,7 +62,9 @@ def snapshot(commands: Commands) -> tuple[Any, ...]:
     kernel, state = commands.controller.kernel, commands.controller.state
     assert isinstance(kernel, FakeKernel)
     assert isinstance(state, FakeState)
-    return observable(commands.controller.router), kernel.view(), list(state.records)
+    joins = commands.controller.joins
+    model = (dict(joins.wanted), dict(joins.joined), dict(joins.refused), dict(joins.mrdisc))
+    return observable(commands.controller.router), kernel.view(), list(state.records), model
 
 
 def error_of(response: dict[str, Any]) -> tuple[str, str | None]:

@@ -41,6 +41,8 @@ ADD_OP = dict(ROUTE, op="add", source="10.0.0.2")
 DEL_OP = {"op": "del", "source": "10.0.0.1", "group": "239.1.1.1"}
 OIF_ADD_OP = {"op": "oif_add", "source": "10.0.0.2", "group": "239.1.1.1", "oifs": ["c"]}
 OIF_DEL_OP = {"op": "oif_del", "source": "10.0.0.2", "group": "239.1.1.1", "oifs": ["b"]}
+JOIN_OP = {"op": "join", "interface": "c", "group": "ff3e::1", "source": "2001:db8::1"}
+LEAVE_OP = {"op": "leave", "interface": "a", "group": "239.3.3.2"}
 # A valid request of each command; each test below breaks one part of one of them.
 VALID: dict[str, dict[str, Any]] = {
     "ping": {},
@@ -52,7 +54,10 @@ VALID: dict[str, dict[str, Any]] = {
     "vif.set": {"interface": "b", "threshold": 4},
     "mfc.oif.add": {"source": "10.0.0.1", "group": "239.1.1.1", "oifs": ["c"]},
     "mfc.oif.del": {"source": "10.0.0.3", "group": "239.1.1.1", "oifs": ["b"]},
-    "batch": {"ops": [ADD_OP, OIF_ADD_OP, OIF_DEL_OP, DEL_OP], "plan": True},
+    "batch": {"ops": [ADD_OP, OIF_ADD_OP, OIF_DEL_OP, DEL_OP, JOIN_OP, LEAVE_OP], "plan": True},
+    "join": {"interface": "b", "group": "239.2.2.0/30", "source": "10.0.0.9"},
+    "leave": {"interface": "a", "group": "239.3.3.3"},
+    "group.show": {},
 }
 TEXT_BATCH = {"text": "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b\n"}
 assert set(VALID) == set(protocol.COMMANDS)
@@ -87,6 +92,8 @@ def fresh_commands() -> Commands:
     commands = make_commands()
     two_oifs = {"source": "10.0.0.3", "group": "239.1.1.1", "iif": "a", "oifs": ["b", "c"]}
     assert answer(commands, json.dumps(request("mfc.add", two_oifs)).encode())["ok"]
+    joins = {"interface": "a", "group": "239.3.3.2/31"}
+    assert answer(commands, json.dumps(request("join", joins)).encode())["ok"]
     commands.plane = FakeKernel()  # an empty one
     return commands
 

@@ -1,0 +1,206 @@
+"""Group memberships in the kernel: RFC 3678 MCAST_JOIN_(SOURCE_)GROUP by interface index.
+
+The kernel's IGMP and MLD code does the protocol work (reports, answers to queries,
+leaves); mfcd only holds the memberships, on sockets of its own.  A socket holds a
+limited number: `net.ipv4.igmp_max_memberships` IPv4 groups (20 by default), IPv6 groups
+up to what `net.core.optmem_max` allows (about 2,300), and 10 (IPv4) or 64 (IPv6)
+sources per group.  The 21st join answers ENOBUFS (IPv6: ENOMEM); mfcd then opens
+another socket rather than asking anyone to change a sysctl, so 10,000 joins take 500
+IPv4 sockets.  The sockets are unbound UDP sockets with a drop-all BPF filter: they
+pull the group's traffic toward the host without ever queueing a datagram of it.
+Memberships end with the process, even after SIGKILL (docs/kernel.md, C.5).
+
+The structures are packed by pure functions, unit-tested for their sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+import struct
+from collections.abc import Sequence
+
+from mfcd.errors import KernelError
+from mfcd.groups import ANY_SOURCE, JoinKey, MembershipOp, describe_key
+
+# linux/in.h (IPPROTO_IP) and linux/in6.h (IPPROTO_IPV6) use the same numbers.
+MCAST_JOIN_GROUP = 42
+MCAST_BLOCK_SOURCE = 43
+MCAST_UNBLOCK_SOURCE = 44
+MCAST_LEAVE_GROUP = 45
+MCAST_JOIN_SOURCE_GROUP = 46
+MCAST_LEAVE_SOURCE_GROUP = 47
+SO_ATTACH_FILTER = 26
+SOCKADDR_STORAGE = 128
+# struct group_req: u32 gr_interface, 4 bytes of padding (the sockaddr_storage is 8-aligned
+# on 64-bit), sockaddr_storage gr_group. group_source_req adds gsr_source.
+GROUP_REQ = struct.Struct("=I4x128s")
+GROUP_SOURCE_REQ = struct.Struct("=I4x128s128s")
+assert GROUP_REQ.size == 136 and GROUP_SOURCE_REQ.size == 264  # x86_64, verified (kernel.md C.1)
+# A socket is full when the kernel answers one of these to a join: IPv4 groups and the
+# sources of a group (both families) give ENOBUFS, IPv6 groups ENOMEM.
+FULL = (errno.ENOBUFS, errno.ENOMEM)
+_LEVEL = {4: socket.IPPROTO_IP, 6: socket.IPPROTO_IPV6}
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def sockaddr(family: int, address: str) -> bytes:
+    """A sockaddr_in or sockaddr_in6 (port 0) in a zeroed sockaddr_storage."""
+    packed = socket.inet_pton(_AF[family], address)
+    if family == 4:
+        raw = struct.pack("=H2s4s", socket.AF_INET, b"\0\0", packed)  # family, port, address
+    else:  # family, port, flowinfo, address, scope id
+        raw = struct.pack("=H2sI16sI", socket.AF_INET6, b"\0\0", 0, packed, 0)
+    return raw.ljust(SOCKADDR_STORAGE, b"\0")
+
+
+def group_req(ifindex: int, family: int, group: str) -> bytes:
+    return GROUP_REQ.pack(ifindex, sockaddr(family, group))
+
+
+def group_source_req(ifindex: int, family: int, group: str, source: str) -> bytes:
+    return GROUP_SOURCE_REQ.pack(ifindex, sockaddr(family, group), sockaddr(family, source))
+
+
+def request(op: MembershipOp) -> tuple[int, int, bytes]:
+    """The (level, option, value) of the setsockopt that carries out `op`."""
+    _, group, source = op.key
+    family = 6 if ":" in group else 4
+    if source == ANY_SOURCE:
+        option = MCAST_JOIN_GROUP if op.join else MCAST_LEAVE_GROUP
+        return _LEVEL[family], option, group_req(op.ifindex, family, group)
+    option = MCAST_JOIN_SOURCE_GROUP if op.join else MCAST_LEAVE_SOURCE_GROUP
+    return _LEVEL[family], option, group_source_req(op.ifindex, family, group, source)
+
+
+def drop_all_program() -> ctypes.Array[ctypes.c_char]:
+    """The classic BPF program `ret #0` (accept no byte of any packet)."""
+    return ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K
+
+
+_DROP_ALL = drop_all_program()  # kept alive: the kernel copies it at attach time anyway
+
+
+class Memberships:
+    """The join sockets of both families and which socket holds each membership."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[int, list[socket.socket]] = {4: [], 6: []}
+        self.room: dict[int, list[socket.socket]] = {4: [], 6: []}  # not known to be full
+        self.held: dict[JoinKey, socket.socket] = {}
+        self.count: dict[int, int] = {}  # fileno -> memberships held
+
+    def apply(self, ops: Sequence[MembershipOp]) -> None:
+        """Carry out `ops` in order, all or nothing: if the kernel refuses one, those before
+        it are undone and KernelError says which one and why."""
+        for done, op in enumerate(ops):
+            try:
+                self.one(op)
+            except KernelError as e:
+                for earlier in reversed(ops[:done]):
+                    try:
+                        self.one(earlier.inverse)
+                    except KernelError as failure:
+                        e.undo_failures.append(failure)
+                e.applied = done
+                raise
+
+    def one(self, op: MembershipOp) -> None:
+        if op.join:
+            self._join(op)
+        else:
+            self._leave(op)
+
+    def _join(self, op: MembershipOp) -> None:
+        family = 6 if ":" in op.key[1] else 4
+        level, option, value = request(op)
+        room = self.room[family]
+        while True:
+            sock = room[-1] if room else self._open(family)
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError as e:
+                if e.errno in FULL and self.count.get(sock.fileno(), 0):
+                    room.remove(sock)  # full: try the next one (or a new one)
+                    continue
+                raise _error(op, e) from None
+            self.held[op.key] = sock
+            self.count[sock.fileno()] = self.count.get(sock.fileno(), 0) + 1
+            return
+
+    def _leave(self, op: MembershipOp) -> None:
+        sock = self.held.pop(op.key, None)
+        if sock is None:
+            return  # never held (a join the kernel refused earlier): nothing to do
+        level, option, value = request(op)
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError as e:
+            if e.errno not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.EINVAL):
+                self.held[op.key] = sock
+                raise _error(op, e) from None
+            # The device is gone and took the membership with it. A source leave cannot
+            # name a device that no longer exists; a group leave still clears the
+            # socket's record of it, which would otherwise count toward its limit.
+            if op.key[2] != ANY_SOURCE:
+                group_leave = (op.key[0], op.key[1], ANY_SOURCE)
+                level, _, value = request(MembershipOp(False, group_leave, op.ifindex))
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(level, MCAST_LEAVE_GROUP, value)
+        self._release(sock, 6 if ":" in op.key[1] else 4)
+
+    def _release(self, sock: socket.socket, family: int) -> None:
+        fd = sock.fileno()
+        self.count[fd] -= 1
+        if self.count[fd] == 0:
+            del self.count[fd]
+            self.sockets[family].remove(sock)
+            if sock in self.room[family]:
+                self.room[family].remove(sock)
+            sock.close()
+        elif sock not in self.room[family]:
+            self.room[family].insert(0, sock)  # room again, tried after the newest
+
+    def _open(self, family: int) -> socket.socket:
+        try:
+            sock = socket.socket(_AF[family], socket.SOCK_DGRAM)
+        except OSError as e:
+            raise KernelError(
+                f"cannot open a socket for group joins: {e.strerror}", "join", e.errno or 0
+            ) from None
+        # Unbound, it receives nothing already; the filter makes sure it never queues the
+        # joined traffic even if something binds it later.
+        fprog = struct.pack("@HP", 1, ctypes.addressof(_DROP_ALL))  # struct sock_fprog
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        self.sockets[family].append(sock)
+        self.room[family].append(sock)
+        return sock
+
+    def socket_count(self) -> int:
+        return len(self.sockets[4]) + len(self.sockets[6])
+
+    def close(self) -> None:
+        """Leave every group (the kernel sends the leaves as the sockets close)."""
+        for family in (4, 6):
+            for sock in self.sockets[family]:
+                sock.close()
+            self.sockets[family].clear()
+            self.room[family].clear()
+        self.held.clear()
+        self.count.clear()
+
+
+def _error(op: MembershipOp, e: OSError) -> KernelError:
+    what = "join" if op.join else "leave"
+    why = e.strerror or os.strerror(e.errno or 0)
+    hint = ""
+    if e.errno == errno.ENODEV:
+        hint = "; the interface is gone"
+    elif e.errno in FULL:
+        hint = "; the kernel's per-socket limit (net.ipv4.igmp_max_msf or mld_max_msf) is hit"
+    return KernelError(
+        f"the kernel refused to {what} {describe_key(op.key)}: {why}{hint}", what, e.errno or 0
+    )
