@@ -150,6 +150,7 @@ class Controller:
         self.joins = Joins()
         self.members = members
         self._member_ops: list[MembershipOp] = []  # planned by the change under way
+        self._admin: dict[str, bool] = {}  # interfaces' IFF_UP as the last link event said
         # Called when the kernel may no longer match the model (a rollback it refused).
         self.on_drift: Callable[[], None] | None = None
 
@@ -208,6 +209,7 @@ class Controller:
         for op in ops:
             try:
                 self.members.one(op)
+                log.debug("%s: %s", what, op)
             except KernelError as e:
                 if op.join:
                     self.joins.begin()
@@ -472,6 +474,17 @@ class Controller:
         return self._apply_quietly(
             f"interface {interface} gone", self.router.link_down, interface, kernel_dropped_vif
         )
+
+    def link_admin(self, kind: str, interface: str, up: bool) -> None:
+        """Follow an interface's administrative state: when it comes up, join its SSM groups
+        again. Linux empties a group's source list when its interface goes down and does not
+        restore it on up (docs/kernel.md), so the report would otherwise be for any source."""
+        was = self._admin.pop(interface, None)
+        if kind == "del":
+            return
+        self._admin[interface] = up
+        if up and was is not True:
+            self._members(f"interface {interface} up", self.joins.refresh, interface)
 
     def link_event(self, kind: str, interface: str, ifindex: int) -> list[Step]:
         """Apply one rtnetlink link event ("new" or "del")."""

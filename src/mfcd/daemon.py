@@ -366,6 +366,7 @@ class Daemon:
             else:
                 for link in events.links:
                     self.controller.link_event(link.kind, link.name, link.ifindex)
+                    self.controller.link_admin(link.kind, link.name, link.up)
         except (OSError, ValueError) as e:
             # The dump interrupted during the storm that overran us: the delayed resync
             # re-reads every interface.

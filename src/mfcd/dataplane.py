@@ -97,6 +97,7 @@ class LinkChange(NamedTuple):
     kind: Literal["new", "del"]
     name: str
     ifindex: int
+    up: bool = True  # IFF_UP, the administrative state
 
 
 class Events(NamedTuple):

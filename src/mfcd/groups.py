@@ -210,6 +210,15 @@ class Joins:
                 ops.append(MembershipOp(True, key, ifindex))
         return ops
 
+    def refresh(self, interface: str) -> list[MembershipOp]:
+        """Leave and join again the SSM groups joined on an interface (nothing changes here)."""
+        ops = []
+        for key in self.on(interface):
+            held = self.joined.get(key)
+            if held is not None and key[2] != ANY_SOURCE:
+                ops += [MembershipOp(False, key, held), MembershipOp(True, key, held)]
+        return ops
+
     def park(self, key: JoinKey, reason: str) -> None:
         """Keep a join the kernel refused as pending, with the reason."""
         self._pop(self.joined, key)

@@ -551,7 +551,8 @@ class Kernel:
         lost = False
         if self.monitor is not None:
             for event in self.monitor.read_events():
-                links.append(LinkChange(event.kind, event.link.name, event.link.ifindex))
+                link = event.link
+                links.append(LinkChange(event.kind, link.name, link.ifindex, link.up))
             lost = self.monitor.overrun
         upcalls: list[Upcall] = []
         for sock in self.sockets.values():

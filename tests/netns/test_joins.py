@@ -1,0 +1,251 @@
+"""Group joins against the real kernel: /proc, `ip maddr`, reports on the wire, scale, restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.netns import Lab
+from tests.netns.conftest import Mfcd
+
+CAPTURE = str(Path(__file__).parents[2] / "lab" / "capture.py")
+# IGMPv3 / MLDv2 group record types (RFC 3376 4.2.12, RFC 3810 5.2.12)
+CHANGE_TO_EXCLUDE = 4
+ALLOW_NEW_SOURCES = 5
+# (ASM group, SSM group, SSM source) per family; the source is the receiver rx1's address.
+GROUPS = {
+    4: ("239.7.0.1", "239.7.0.2", "198.18.1.2"),
+    6: ("ff3e::7:1", "ff3e::7:2", "2001:db8:1::2"),
+}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)
+
+
+def read(lab: Lab, path: str) -> str:
+    result = lab.exec(lab.router, "cat", path)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def memberships(lab: Lab, ifname: str, family: int) -> set[str]:
+    """The groups the kernel holds on ifname, from /proc/net/igmp or /proc/net/igmp6."""
+    found: set[str] = set()
+    if family == 4:
+        inside = False
+        for line in read(lab, "/proc/net/igmp").splitlines()[1:]:
+            if not line.startswith("\t"):
+                inside = line.split()[1] == ifname
+            elif inside:
+                found.add(socket.inet_ntoa(bytes.fromhex(line.split()[0])[::-1]))
+        return found
+    for line in read(lab, "/proc/net/igmp6").splitlines():
+        fields = line.split()
+        if fields[1] == ifname:
+            found.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(fields[2])))
+    return found
+
+
+def source_filters(lab: Lab, ifname: str, family: int) -> set[tuple[str, str]]:
+    """(group, source) pairs of /proc/net/mcfilter or /proc/net/mcfilter6 on ifname."""
+    found: set[tuple[str, str]] = set()
+    if family == 4:
+        for line in read(lab, "/proc/net/mcfilter").splitlines()[1:]:
+            _, dev, group, source, *_ = line.split()
+            if dev == ifname:
+                found.add((_ipv4(group), _ipv4(source)))
+        return found
+    for line in read(lab, "/proc/net/mcfilter6").splitlines()[1:]:
+        _, dev, group, source, *_ = line.split()
+        if dev == ifname:
+            found.add(
+                (
+                    socket.inet_ntop(socket.AF_INET6, bytes.fromhex(group)),
+                    socket.inet_ntop(socket.AF_INET6, bytes.fromhex(source)),
+                )
+            )
+    return found
+
+
+def _ipv4(hex_text: str) -> str:
+    return socket.inet_ntoa(int(hex_text, 16).to_bytes(4, "big"))
+
+
+def groups(mfcd: Mfcd) -> list[dict[str, Any]]:
+    shown: list[dict[str, Any]] = json.loads(mfcd.ok("show", "groups", "-o", "json"))["groups"]
+    return shown
+
+
+@contextmanager
+def capture(lab: Lab, ns: str, ifname: str, seconds: float) -> Iterator[list[dict[str, Any]]]:
+    """IGMP/MLD messages arriving on ns/ifname during the block (and up to `seconds`)."""
+    proc = lab.spawn(ns, sys.executable, CAPTURE, ifname, str(seconds))
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
+    seen: list[dict[str, Any]] = []
+    try:
+        yield seen
+    finally:
+        try:
+            out, _ = proc.communicate(timeout=seconds + 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        if proc in lab.processes:
+            lab.processes.remove(proc)
+        seen += [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def records(messages: list[dict[str, Any]]) -> list[list[Any]]:
+    return [record for m in messages for record in m.get("records", [])]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_asm_and_ssm_joins_show_in_the_kernel_and_on_the_wire(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    asm, ssm, source = GROUPS[family]
+    with capture(lab, lab.rx[0], "x0", 3.5) as seen:
+        mfcd.ok("join", "--interface", "r1", "--group", asm)
+        mfcd.ok("join", "--interface", "r1", "--group", ssm, "--source", source)
+    assert {asm, ssm} <= memberships(lab, "r1", family)
+    assert source_filters(lab, "r1", family) == {(ssm, source)}
+    maddr = lab.ip(lab.router, f"-{family}", "maddr", "show", "dev", "r1").split()
+    assert (
+        maddr[maddr.index(asm) - 1] == maddr[maddr.index(ssm) - 1] == f"inet{'6' * (family == 6)}"
+    )
+    # The reports the peer saw: an IGMPv3 (MLDv2) report for each join.
+    reports = [m for m in seen if m["type"] == (0x22 if family == 4 else 143)]
+    assert reports, seen
+    assert [CHANGE_TO_EXCLUDE, asm, []] in records(reports)
+    assert [ALLOW_NEW_SOURCES, ssm, [source]] in records(reports)
+    shown = {(g["group"], g["source"]): g for g in groups(mfcd)}
+    assert shown[(asm, "*")]["state"] == "joined"
+    assert shown[(ssm, source)]["origin"] == "api"
+    # Leaving takes the membership away (and joining again is idempotent before that).
+    mfcd.ok("join", "--interface", "r1", "--group", asm)
+    mfcd.ok("leave", "--interface", "r1", "--group", asm)
+    assert asm not in memberships(lab, "r1", family)
+    mfcd.ok("leave", "--interface", "r1", "--group", ssm, "--source", source)
+    assert source_filters(lab, "r1", family) == set()
+    assert groups(mfcd) == []
+
+
+def test_leaving_what_was_never_joined_is_not_found(mfcd: Mfcd) -> None:
+    result = mfcd.ctl("leave", "--interface", "r1", "--group", "239.7.0.9", "-o", "json")
+    assert result.returncode == 5
+    assert json.loads(result.stdout)["error"]["code"] == "not_found"
+    assert "group 239.7.0.9 on r1 was not joined" in result.stderr
+
+
+def test_a_thousand_joins_on_one_interface(lab: Lab, mfcd: Mfcd) -> None:
+    """1,024 IPv4 joins need 52 sockets at the default 20 per socket; no sysctl changes."""
+    mfcd.ok("join", "--interface", "r1", "--group", "239.20.0.0/22")
+    mfcd.ok("join", "--interface", "r1", "--group", "ff3e::20:0/118")
+    v4 = {g for g in memberships(lab, "r1", 4) if g.startswith("239.20.")}
+    v6 = {g for g in memberships(lab, "r1", 6) if g.startswith("ff3e::20:")}
+    assert len(v4) == 1024 and "239.20.3.255" in v4
+    assert len(v6) == 1024 and "ff3e::20:3ff" in v6
+    assert read(lab, "/proc/sys/net/ipv4/igmp_max_memberships").strip() == "20"
+    shown = groups(mfcd)
+    assert len(shown) == 2048 and {g["state"] for g in shown} == {"joined"}
+    # Leaving them all frees every socket's memberships.
+    mfcd.ok("leave", "--interface", "r1", "--group", "239.20.0.0/22")
+    assert not {g for g in memberships(lab, "r1", 4) if g.startswith("239.20.")}
+
+
+def test_a_range_expands_and_one_past_the_cap_is_refused(lab: Lab, mfcd: Mfcd) -> None:
+    out = mfcd.ok("join", "--interface", "r1", "--group", "239.8.0.0/30", "-o", "json")
+    assert json.loads(out)["joins"] == 4
+    assert {"239.8.0.0", "239.8.0.3"} <= memberships(lab, "r1", 4)
+    # SSM: every group for every source.
+    mfcd.ok("join", "--interface", "r2", "--group", "239.8.1.0/31", "--source", "198.18.2.0/31")
+    assert len(source_filters(lab, "r2", 4)) == 4
+    refused = mfcd.ctl("join", "--interface", "r1", "--group", "239.9.0.0/21")
+    assert refused.returncode == 1
+    assert "239.9.0.0/21 holds 2048 addresses" in refused.stderr
+    assert "at most 1024" in refused.stderr
+    product = mfcd.ctl(
+        "join", "--interface", "r1", "--group", "239.9.0.0/22", "--source", "198.18.9.0/31"
+    )
+    assert product.returncode == 1 and "2048 joins" in product.stderr
+    assert not {g for g in memberships(lab, "r1", 4) if g.startswith("239.9.")}
+    assert len(groups(mfcd)) == 8
+
+
+def test_joins_in_a_batch_file(lab: Lab, mfcd: Mfcd, tmp_path: Path) -> None:
+    batch = tmp_path / "joins.batch"
+    batch.write_text(
+        "join --interface r1 --group 239.10.0.0/29\n"
+        "mfc add --source 198.18.0.2 --group 239.10.0.1 --iif r0 --oifs r1\n"
+        "join --interface r2 --group ff3e::10:1 --source 2001:db8::2\n"
+        "leave --interface r1 --group 239.10.0.7\n"
+    )
+    dry = mfcd.ok("batch", str(batch), "--dry-run")
+    assert "join ipv4 group 239.10.0.0 on r1" in dry
+    assert groups(mfcd) == []
+    out = mfcd.ok("batch", str(batch))
+    assert "9 joined, 1 left" in out
+    assert {f"239.10.0.{k}" for k in range(7)} <= memberships(lab, "r1", 4)
+    assert "239.10.0.7" not in memberships(lab, "r1", 4)
+    assert source_filters(lab, "r2", 6) == {("ff3e::10:1", "2001:db8::2")}
+    # A bad line changes nothing at all.
+    batch.write_text(
+        "join --interface r3 --group 239.11.0.1\nleave --interface r3 --group 239.11.0.2\n"
+    )
+    failed = mfcd.ctl("batch", str(batch))
+    assert failed.returncode == 5 and ":2:" in failed.stderr
+    assert "239.11.0.1" not in memberships(lab, "r3", 4)
+
+
+def test_joins_survive_restarts_and_an_interface_recreated(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok("join", "--interface", "r1", "--group", "239.12.0.1")
+    mfcd.ok("join", "--interface", "r1", "--group", "ff3e::12:1", "--source", "2001:db8:1::2")
+    pending = mfcd.ok("join", "--interface", "r9", "--group", "239.12.0.9")
+    assert "1 of 1 joins pending: waiting for r9" in pending
+    mfcd.stop()
+    mfcd.start()
+    assert "239.12.0.1" in memberships(lab, "r1", 4)
+    assert source_filters(lab, "r1", 6) == {("ff3e::12:1", "2001:db8:1::2")}
+    # kill -9: the kernel drops the memberships by itself; the next start joins again.
+    mfcd.stop(signal.SIGKILL)
+    wait_for(lambda: "239.12.0.1" not in memberships(lab, "r1", 4), what="memberships gone")
+    mfcd.start()
+    assert "239.12.0.1" in memberships(lab, "r1", 4)
+    # The interface deleted: pending; re-created (a new ifindex): joined again by itself.
+    lab.del_router_link("r1")
+    wait_for(lambda: {g["state"] for g in groups(mfcd) if g["interface"] == "r1"} == {"pending"})
+    assert {g.get("reason") for g in groups(mfcd)} == {"waiting for r1", "waiting for r9"}
+    lab.add_receiver_link(1)
+    wait_for(lambda: "239.12.0.1" in memberships(lab, "r1", 4), what="re-joined on r1")
+    wait_for(lambda: ("ff3e::12:1", "2001:db8:1::2") in source_filters(lab, "r1", 6))
+    assert {g["state"] for g in groups(mfcd) if g["interface"] == "r1"} == {"joined"}
+
+
+def test_ssm_joins_keep_their_source_across_link_down_and_up(lab: Lab, mfcd: Mfcd) -> None:
+    """Linux empties a group's source list on link down and leaves it empty on up."""
+    mfcd.ok("join", "--interface", "r2", "--group", "239.13.0.1", "--source", "198.18.2.2")
+    mfcd.ok("join", "--interface", "r2", "--group", "ff3e::13:1", "--source", "2001:db8:2::2")
+    lab.ip(lab.router, "link", "set", "r2", "down")
+    wait_for(lambda: not source_filters(lab, "r2", 4), what="the kernel dropping the sources")
+    lab.ip(lab.router, "link", "set", "r2", "up")
+    wait_for(lambda: source_filters(lab, "r2", 4) == {("239.13.0.1", "198.18.2.2")})
+    wait_for(lambda: source_filters(lab, "r2", 6) == {("ff3e::13:1", "2001:db8:2::2")})
