@@ -610,7 +610,7 @@ def _parse_simple_command(command: str, rest: list[str], values: dict[str, Any])
     """`ping`, `show [-s]` or `batch FILE`, each with `-o FORMAT`, `-v` (and `-n` for batch)
     in any order after it, as argparse takes them."""
     if command == "show":
-        values.update(stats=False, watch=None, table=None)  # (`show --table` goes to argparse)
+        values.update(stats=False, watch=None, table=None, what=None)  # (`show --table`: argparse)
     i = 0
     while i < len(rest):
         word = rest[i]
@@ -988,11 +988,7 @@ class Cli:
         if a.command == "batch":
             return self.batch(a.file)
         if a.command == "vif" and a.action == "set":
-            settings = {"threshold": a.threshold, "mrdisc": a.mrdisc}
-            if settings == {"threshold": None, "mrdisc": None}:
-                raise CliError(
-                    "vif set needs --threshold or --mrdisc/--no-mrdisc", protocol.EXIT_USAGE
-                )
+            settings = {"threshold": a.threshold, "mrdisc": a.mrdisc}  # (main: one at least)
             args = {k: v for k, v in settings.items() if v is not None}
             return self.change("vif.set", {"interface": a.interface, **args})
         if a.command in ("join", "leave"):
@@ -1012,7 +1008,7 @@ class Cli:
             result = self.client.call("ping", {})
             self.emit(result, lambda r: f"mfcd {r['version']} (pid {r['pid']}) is running")
             return protocol.EXIT_OK
-        if getattr(a, "what", None) == "groups":
+        if a.what == "groups":
             self.emit(self.client.call("group.show", {}), format_groups)
             return protocol.EXIT_OK
         if a.watch is not None:
@@ -1135,6 +1131,12 @@ def main(
         sys.stdout, sys.stderr = out, err
         try:
             args = parser.parse_args(argv)
+            if (
+                args.command == "vif"
+                and args.action == "set"
+                and args.threshold is None is args.mrdisc
+            ):
+                parser.error("vif set needs --threshold or --mrdisc/--no-mrdisc")  # (both None)
         except SystemExit as e:
             return int(e.code or 0)
         finally:

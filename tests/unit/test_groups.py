@@ -1,0 +1,295 @@
+"""Group joins, the pure parts: arguments and ranges, the join model, struct packing, the
+state file's join records, batch lines and the join commands (with a fake data plane)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from mfcd import batchfile, membership, state
+from mfcd.errors import InvalidArgument, NotFound, StateError
+from mfcd.groups import (
+    ANY_SOURCE,
+    MAX_EXPANSION,
+    Join,
+    Joins,
+    Leave,
+    MembershipOp,
+    SetMrdisc,
+    join_keys,
+)
+from mfcd.state import StateFile, change_op, parse
+from tests.unit.conftest import FakeState
+from tests.unit.test_commands import ask, make_commands
+
+# --- arguments ---------------------------------------------------------------------------------
+
+
+def test_one_group_any_source() -> None:
+    assert join_keys("r1", "239.1.1.1") == [("r1", "239.1.1.1", ANY_SOURCE)]
+    assert join_keys("r1", "FF3E:0::1", "*") == [("r1", "ff3e::1", ANY_SOURCE)]
+
+
+def test_prefixes_expand_to_every_group_for_every_source() -> None:
+    keys = join_keys("r1", "239.1.1.0/31", "198.18.0.0/31")
+    assert keys == [
+        ("r1", "239.1.1.0", "198.18.0.0"),
+        ("r1", "239.1.1.0", "198.18.0.1"),
+        ("r1", "239.1.1.1", "198.18.0.0"),
+        ("r1", "239.1.1.1", "198.18.0.1"),
+    ]
+    assert len(join_keys("r1", "239.1.0.0/22")) == MAX_EXPANSION == 1024
+
+
+@pytest.mark.parametrize(
+    ("group", "source", "words"),
+    [
+        ("239.1.0.0/21", None, "holds 2048 addresses"),
+        ("ff3e::/64", None, "holds 18446744073709551616 addresses"),
+        ("239.1.0.0/22", "198.18.0.0/31", "1024 groups times 2 sources is 2048 joins"),
+        ("239.1.1.1/24", None, "has host bits set"),
+        ("10.1.1.1", None, "not a multicast address"),
+        ("224.0.0.5", None, "link-local"),
+        ("ff01::1", None, "interface-local"),
+        ("239.1.1.1", "239.2.2.2", "not a unicast sender"),
+        ("239.1.1.1", "0.0.0.0", "not a unicast sender"),
+        ("239.1.1.1", "2001:db8::1", "different address families"),
+        ("nonsense", None, "not an address or a prefix"),
+        (7, None, "must be an address or a prefix"),
+    ],
+)
+def test_bad_joins_are_refused_with_a_reason(group: object, source: object, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        join_keys("r1", group, source)
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+A = ("r1", "239.1.1.1", ANY_SOURCE)
+S = ("r1", "ff3e::1", "2001:db8::1")
+LINKS = {"r1": 5}
+
+
+def joined(joins: Joins, method: object, *args: object) -> list[MembershipOp]:
+    joins.begin()
+    try:
+        ops: list[MembershipOp] = method(*args)  # type: ignore[operator]
+    except BaseException:
+        joins.rollback()
+        raise
+    joins.commit()
+    return ops
+
+
+def test_a_join_is_joined_at_once_if_its_interface_exists_and_idempotent() -> None:
+    joins = Joins()
+    assert joined(joins, joins.join, A, "api", LINKS) == [MembershipOp(True, A, 5)]
+    assert joined(joins, joins.join, A, "api", LINKS) == []
+    assert joins.status(A) == ("joined", "")
+    assert joins.saved() == [list(A)]
+
+
+def test_a_join_waits_for_its_interface_and_follows_it() -> None:
+    joins = Joins()
+    assert joined(joins, joins.join, S, "api", {}) == []
+    assert joins.status(S) == ("pending", "waiting for r1")
+    assert joined(joins, joins.link_up, "r1", 7) == [MembershipOp(True, S, 7)]
+    assert joined(joins, joins.link_up, "r1", 7) == []
+    # Re-created (a new ifindex): the old device's membership is let go of first.
+    assert joined(joins, joins.link_up, "r1", 8) == [
+        MembershipOp(False, S, 7),
+        MembershipOp(True, S, 8),
+    ]
+    assert joined(joins, joins.link_down, "r1") == [MembershipOp(False, S, 8)]
+    assert joins.status(S).state == "pending"
+    assert joined(joins, joins.link_down, "r1") == []
+
+
+def test_leaving_a_join_never_made_is_not_found_and_leaving_a_pending_one_is_quiet() -> None:
+    joins = Joins()
+    with pytest.raises(NotFound, match=r"group 239\.1\.1\.1 on r1 was not joined"):
+        joined(joins, joins.leave, A)
+    joined(joins, joins.join, A, "api", {})
+    assert joined(joins, joins.leave, A) == []
+    assert not joins.wanted
+
+
+def test_rollback_restores_everything() -> None:
+    joins = Joins()
+    joined(joins, joins.join, A, "api", LINKS)
+    before = (dict(joins.wanted), dict(joins.joined), dict(joins.mrdisc))
+    joins.begin()
+    joins.leave(A)
+    joins.join(S, "api", LINKS)
+    joins.set_mrdisc("r1", True)
+    assert joins.changed()
+    joins.rollback()
+    assert (dict(joins.wanted), dict(joins.joined), dict(joins.mrdisc)) == before
+
+
+def test_refused_joins_wait_with_the_reason_and_are_retried() -> None:
+    joins = Joins()
+    joined(joins, joins.join, S, "api", LINKS)
+    joined(joins, joins.park, S, "the kernel refused it (No buffer space)")
+    assert joins.status(S) == ("pending", "the kernel refused it (No buffer space)")
+    assert joined(joins, joins.retry, LINKS) == [MembershipOp(True, S, 5)]
+    assert joins.status(S).state == "joined"
+
+
+def test_refresh_joins_the_ssm_groups_again_only() -> None:
+    joins = Joins()
+    joined(joins, joins.join, A, "api", LINKS)
+    joined(joins, joins.join, S, "api", LINKS)
+    assert joined(joins, joins.refresh, "r1") == [
+        MembershipOp(False, S, 5),
+        MembershipOp(True, S, 5),
+    ]
+
+
+def test_only_the_apis_joins_are_saved() -> None:
+    joins = Joins()
+    joined(joins, joins.join, A, "config", LINKS)
+    joined(joins, joins.join, S, "api", LINKS)
+    assert joins.saved() == [list(S)]
+    assert joins.origin(A) == "config"
+
+
+# --- struct packing ------------------------------------------------------------------------------
+
+
+def test_group_req_layouts() -> None:
+    v4 = membership.group_req(3, 4, "239.1.2.3")
+    assert len(v4) == 136
+    assert struct.unpack_from("=I", v4)[0] == 3 and v4[4:8] == bytes(4)  # padding
+    assert struct.unpack_from("=H", v4, 8)[0] == socket.AF_INET
+    assert v4[12:16] == bytes([239, 1, 2, 3]) and v4[16:] == bytes(120)
+    v6 = membership.group_source_req(9, 6, "ff3e::1", "2001:db8::1")
+    assert len(v6) == 264
+    assert struct.unpack_from("=H", v6, 8)[0] == socket.AF_INET6
+    assert v6[16:32] == socket.inet_pton(socket.AF_INET6, "ff3e::1")
+    assert struct.unpack_from("=H", v6, 136)[0] == socket.AF_INET6
+    assert v6[144:160] == socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+
+
+@pytest.mark.parametrize(
+    ("op", "level", "option", "size"),
+    [
+        (MembershipOp(True, A, 1), socket.IPPROTO_IP, 42, 136),
+        (MembershipOp(False, A, 1), socket.IPPROTO_IP, 45, 136),
+        (MembershipOp(True, S, 1), socket.IPPROTO_IPV6, 46, 264),
+        (MembershipOp(False, S, 1), socket.IPPROTO_IPV6, 47, 264),
+    ],
+)
+def test_each_op_uses_the_rfc_3678_call(
+    op: MembershipOp, level: int, option: int, size: int
+) -> None:
+    got_level, got_option, value = membership.request(op)
+    assert (got_level, got_option, len(value)) == (level, option, size)
+
+
+def test_the_drop_all_filter_is_one_ret_0() -> None:
+    assert membership.drop_all_program().raw[:8] == struct.pack("=HBBI", 0x06, 0, 0, 0)
+
+
+# --- the state file ------------------------------------------------------------------------------
+
+
+def test_join_ops_are_journaled_and_replayed(tmp_path: Path) -> None:
+    assert change_op(Join(A)) == ["join", "r1", "239.1.1.1", "*"]
+    assert change_op(Leave(S)) == ["leave", "r1", "ff3e::1", "2001:db8::1"]
+    assert change_op(SetMrdisc("r2", True)) == ["mrdisc", "r2", True]
+    sf = StateFile(str(tmp_path / "state.journal"))
+    sf.load()
+    sf.append([Join(A), Join(S), SetMrdisc("r2", True)])
+    sf.append([Leave(A), SetMrdisc("r3", True), SetMrdisc("r3", False)])
+    loaded = parse((tmp_path / "state.journal").read_bytes())
+    assert list(loaded.joins) == [S]
+    assert list(loaded.mrdisc) == ["r2"]
+    sf.close()
+
+
+def test_a_snapshot_keeps_joins_and_a_file_without_them_loads(tmp_path: Path) -> None:
+    sf = StateFile(str(tmp_path / "state.journal"))
+    sf.load()
+    sf.write_snapshot([], {}, {"joins": [list(A), list(S)], "mrdisc": ["r1"]})
+    sf.close()
+    data = (tmp_path / "state.journal").read_bytes()
+    assert b'"joins":[["r1","239.1.1.1","*"],' in data
+    loaded = parse(data)
+    assert list(loaded.joins) == [A, S] and list(loaded.mrdisc) == ["r1"]
+    plain = state.HEADER + state.encode_record(
+        {"seq": 1, "snapshot": {"routes": [], "thresholds": {}, "count": 0}}
+    )
+    assert parse(plain).joins == {}
+
+
+@pytest.mark.parametrize(
+    "op",
+    [["join", "r1", "239.1.1.0/30", "*"], ["join", "r1", "10.0.0.1", "*"], ["join", "r1"]],
+)
+def test_a_malformed_join_record_is_corruption(op: list[object]) -> None:
+    snapshot = state.encode_record({"seq": 1, "snapshot": {"routes": [], "count": 0}})
+    data = state.HEADER + snapshot + state.encode_record({"seq": 2, "ops": [op]})
+    with pytest.raises(StateError, match="line 3 is corrupt"):
+        parse(data)
+
+
+# --- batch lines and commands --------------------------------------------------------------------
+
+
+def test_join_and_leave_lines() -> None:
+    text = (
+        "join --interface r1 --group 239.1.1.0/30\n"
+        "mfc leave --interface=r2 --group ff3e::1 --source 2001:db8::1  # comment\n"
+    )
+    assert list(batchfile.lines(text)) == [
+        (1, "join", "", "239.1.1.0/30", "r1", None, None),
+        (2, "leave", "2001:db8::1", "ff3e::1", "r2", None, None),
+    ]
+    for bad, words in [
+        ("join --group 239.1.1.1", "needs --interface"),
+        ("join --interface r1 --group", "--group takes one value"),
+        ("join --interface r1 --group 239.1.1.1 --oifs r2", "unexpected option --oifs"),
+        ("leave --interface r1 --interface r2 --group 239.1.1.1", "--interface given twice"),
+    ]:
+        with pytest.raises(batchfile.SyntaxProblem, match=words):
+            list(batchfile.lines(bad))
+
+
+def test_join_command_results_and_group_show() -> None:
+    commands = make_commands()  # interfaces a, b, c exist; no memberships (a fake data plane)
+    planned = ask(commands, "join", {"interface": "a", "group": "239.5.0.0/31"}, dry_run=True)
+    assert [step["action"] for step in planned["result"]["plan"]] == ["join", "join"]
+    assert commands.controller.joins.wanted == {}
+    done = ask(commands, "join", {"interface": "zz", "group": "239.5.0.1"})["result"]
+    assert (done["state"], done["reason"], done["missing"]) == ("pending", "waiting for zz", ["zz"])
+    shown = ask(commands, "group.show", {})["result"]
+    assert shown["groups"] == [
+        {
+            "interface": "zz",
+            "family": "ipv4",
+            "group": "239.5.0.1",
+            "source": "*",
+            "state": "pending",
+            "origin": "api",
+            "reason": "waiting for zz",
+        }
+    ]
+    gone = ask(commands, "leave", {"interface": "a", "group": "239.5.0.1"})
+    assert gone["error"]["code"] == "not_found"
+
+
+def test_vif_set_mrdisc_is_kept_and_journaled() -> None:
+    commands = make_commands()
+    ctl = commands.controller
+    assert ask(commands, "vif.set", {"interface": "b", "mrdisc": True})["ok"]
+    assert "b" in ctl.joins.mrdisc
+    assert isinstance(ctl.state, FakeState)
+    assert ctl.state.records[-1] == [["mrdisc", "b", True]]
+    refused = ask(commands, "vif.set", {"interface": "b"})
+    assert refused["error"]["code"] == "bad_request"
+    assert json.dumps(ask(commands, "group.show", {})["result"]["mrdisc"]) == '["b"]'
