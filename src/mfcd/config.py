@@ -30,6 +30,8 @@ class Config:
     client_timeout: float = 30.0  # seconds a client may take to send a complete request
     # Longest request line: a batch of 1,000,000 routes as text fits (see protocol.py).
     max_request_bytes: int = MAX_REQUEST_BYTES
+    # Seconds between Multicast Router Advertisements (RFC 4286) on `vif set IF --mrdisc`.
+    mrdisc_interval: int = 20
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -38,7 +40,11 @@ class Config:
 
 _TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
 _TYPES["socket_group"] = str  # None only as the default: a group set must be a name (or "")
-_RANGES = {"client_timeout": (0.001, 3600.0), "max_request_bytes": (1024.0, float(1 << 30))}
+_RANGES = {
+    "client_timeout": (0.001, 3600.0),
+    "max_request_bytes": (1024.0, float(1 << 30)),
+    "mrdisc_interval": (4.0, 180.0),  # RFC 4286's range of the advertisement interval
+}
 
 
 def _check(key: str, value: Any, where: str) -> Any:

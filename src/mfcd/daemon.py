@@ -16,6 +16,7 @@ import contextlib
 import gc
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -23,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from mfcd import __version__, config, directory_trust, netlink, notify, protocol, views
+from mfcd import __version__, config, directory_trust, mrdisc, netlink, notify, protocol, views
 from mfcd.commands import Commands
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import Events
@@ -144,6 +145,12 @@ class Daemon:
         self.reporter = notify.StatusReporter(self.status)
         # Upcalls received, by kind (dataplane.UPCALL_KINDS): counted, not yet acted on.
         self.upcalls: Counter[str] = Counter()
+        # Multicast router discovery: the socket (opened when an interface first needs it),
+        # and per advertising interface its ifindex and when its next advertisements are due.
+        self.advertiser: mrdisc.Advertiser | None = None
+        self._adverts: dict[str, tuple[int, list[float]]] = {}
+        self._answered: dict[int, float] = {}  # ifindex -> when a solicitation was last answered
+        self._rng = random.Random()
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -241,6 +248,7 @@ class Daemon:
         self.reporter.announce("READY=1")
         watchdog = asyncio.create_task(self._watchdog())
         keeper = asyncio.create_task(self._keep_state_file())
+        advertising = asyncio.create_task(self._advertise())
         if self.inherited:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0, full=True)
@@ -252,6 +260,10 @@ class Daemon:
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
         keeper.cancel()
+        advertising.cancel()
+        if self.advertiser is not None:
+            loop.remove_reader(self.advertiser.fileno())
+            self.advertiser.close(terminate=[ifindex for ifindex, _ in self._adverts.values()])
         compact.cancel()  # the journal is closed soon
         if self._compacting is not None:
             self._compacting.cancel()
@@ -511,6 +523,65 @@ class Daemon:
             except MfcdError as e:
                 log.error("%s; trying again in %d s", e, STATE_RETRY_INTERVAL)
                 await asyncio.sleep(STATE_RETRY_INTERVAL)
+
+    async def _advertise(self) -> None:
+        """Send RFC 4286 advertisements on the interfaces set with `vif set IF --mrdisc`."""
+        while True:
+            try:
+                self._advertise_due(time.monotonic())
+            except OSError as e:  # the raw socket could not be opened: say so, try later
+                log.error("multicast router discovery: %s; trying again in 10 s", e)
+                await asyncio.sleep(10)
+            await asyncio.sleep(0.2)
+
+    def _advertise_due(self, now: float) -> None:
+        """Send the advertisements due by `now`; start and stop interfaces as they come, go
+        and are set or unset (a few dict lookups when nothing is due)."""
+        links = self.controller.router.links
+        wanted = {n: links[n] for n in self.controller.joins.mrdisc if n in links}
+        if 4 not in self.kernel.families:
+            wanted = {}
+        adv = self.advertiser
+        if adv is None:
+            if not wanted:
+                return
+            adv = self.advertiser = mrdisc.Advertiser()
+            asyncio.get_running_loop().add_reader(adv.fileno(), self._on_solicitation)
+        for name, (ifindex, _) in list(self._adverts.items()):
+            if wanted.get(name) != ifindex:
+                del self._adverts[name]
+                if links.get(name) == ifindex:  # switched off (the interface is still there)
+                    self._send_mrd(mrdisc.TERMINATION, name, ifindex)
+        for name, ifindex in wanted.items():
+            entry = self._adverts.get(name)
+            if entry is None:
+                due = [now + delay for delay in mrdisc.initial_delays(self._rng)]
+                entry = self._adverts[name] = (ifindex, due)
+            due = entry[1]
+            if now >= due[0]:
+                self._send_mrd(mrdisc.ADVERTISEMENT, name, ifindex)
+                due.pop(0)
+                if not due:
+                    due.append(now + mrdisc.next_delay(self.cfg.mrdisc_interval, self._rng))
+        adv.listen(wanted)
+
+    def _send_mrd(self, kind: int, name: str, ifindex: int) -> None:
+        assert self.advertiser is not None
+        try:
+            self.advertiser.send(kind, ifindex, self.cfg.mrdisc_interval)
+        except OSError as e:  # the link is down, say: the next one may go through
+            log.debug("multicast router discovery: cannot send on %s: %s", name, e.strerror)
+
+    def _on_solicitation(self) -> None:
+        """Answer solicitations on advertising interfaces (at most one a second each)."""
+        assert self.advertiser is not None
+        now = time.monotonic()
+        by_index = {ifindex: name for name, (ifindex, _) in self._adverts.items()}
+        for ifindex in self.advertiser.solicited():
+            name = by_index.get(ifindex)
+            if name is not None and now - self._answered.get(ifindex, -1e9) >= mrdisc.ANSWER_GAP:
+                self._answered[ifindex] = now
+                self._send_mrd(mrdisc.ADVERTISEMENT, name, ifindex)
 
     def _on_hup(self) -> None:
         if self.stopping.is_set():

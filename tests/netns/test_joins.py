@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -249,3 +251,67 @@ def test_ssm_joins_keep_their_source_across_link_down_and_up(lab: Lab, mfcd: Mfc
     lab.ip(lab.router, "link", "set", "r2", "up")
     wait_for(lambda: source_filters(lab, "r2", 4) == {("239.13.0.1", "198.18.2.2")})
     wait_for(lambda: source_filters(lab, "r2", 6) == {("ff3e::13:1", "2001:db8:2::2")})
+
+
+# --- multicast router discovery (RFC 4286) --------------------------------------------------------
+
+SOLICIT = """
+import socket, struct
+from mfcd import mrdisc
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+mreqn = struct.pack("=4s4si", bytes(4), bytes(4), socket.if_nametoindex("x0"))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+s.sendto(mrdisc.message(mrdisc.SOLICITATION), (mrdisc.ALL_ROUTERS, 0))
+"""
+
+
+def mrd(messages: list[dict[str, Any]], kind: int) -> list[dict[str, Any]]:
+    return [m for m in messages if m["family"] == 4 and m["type"] == kind]
+
+
+@contextmanager
+def daemon(lab: Lab, workdir: Path, config: str) -> Iterator[Mfcd]:
+    mfcd = Mfcd(lab, workdir, config)
+    mfcd.start()
+    try:
+        yield mfcd
+    finally:
+        if mfcd.proc is not None:
+            mfcd.stop()
+
+
+def test_router_advertisements_go_out_at_the_configured_interval(lab: Lab, tmp_path: Path) -> None:
+    config = "mrdisc_interval = 4\n"
+    with daemon(lab, tmp_path, config) as mfcd, capture(lab, lab.rx[0], "x0", 13.0) as seen:
+        mfcd.ok("vif", "set", "r1", "--mrdisc")
+    adverts = mrd(seen, 0x30)
+    for m in adverts:
+        assert (m["dst"], m["ttl"], m["router_alert"], m["code"]) == ("224.0.0.106", 1, True, 4)
+        packet = bytes.fromhex(m["bytes"])
+        assert len(packet) == 8 and packet[4:] == bytes(4)  # query interval, robustness: 0
+        total = sum(struct.unpack("!4H", packet))
+        assert (total & 0xFFFF) + (total >> 16) == 0xFFFF  # a valid checksum
+    times = [m["t"] for m in adverts]
+    # Three at first within 2 s of each other, then one every 4 s (less up to 2.5%).
+    assert len(times) >= 5, times
+    assert all(0 <= b - a <= 2.2 for a, b in itertools.pairwise(times[:3])), times
+    gaps = [b - a for a, b in itertools.pairwise(times[2:])]
+    assert gaps and all(3.8 <= gap <= 4.4 for gap in gaps), times
+
+
+def test_solicitations_are_answered_and_mrdisc_persists(lab: Lab, tmp_path: Path) -> None:
+    with daemon(lab, tmp_path, "mrdisc_interval = 180\n") as mfcd:
+        mfcd.ok("vif", "set", "r1", "--mrdisc")
+        mfcd.stop()
+        mfcd.start()
+        assert json.loads(mfcd.ok("show", "groups", "-o", "json"))["mrdisc"] == ["r1"]
+        time.sleep(4.5)  # the initial advertisements are over; the next regular one is minutes away
+        with capture(lab, lab.rx[0], "x0", 2.0) as seen:
+            sent = lab.exec(lab.rx[0], sys.executable, "-c", SOLICIT)
+            assert sent.returncode == 0, sent.stderr
+        assert len(mrd(seen, 0x30)) == 1, seen
+        with capture(lab, lab.rx[0], "x0", 1.5) as seen:
+            mfcd.ok("vif", "set", "r1", "--no-mrdisc")
+        assert len(mrd(seen, 0x32)) == 1, seen
+        assert json.loads(mfcd.ok("show", "groups", "-o", "json"))["mrdisc"] == []
