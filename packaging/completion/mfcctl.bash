@@ -1,7 +1,7 @@
 # bash completion for mfcctl(8), the client of the mfcd multicast routing daemon.
 # Installed as /usr/share/bash-completion/completions/mfcctl; needs only bash itself.
 # Completes commands, actions, options, --output values, interface names (from
-# /sys/class/net) for --iif, --oifs and `vif set`, `default` for --threshold, table
+# /sys/class/net) for --iif, --oifs, --interface and `vif set`, `default` for --threshold, table
 # names (default and those of /etc/iproute2/rt_tables) for --table, and file names for
 # `batch`.
 # tests/docs/test_completion.py keeps the option lists in step with mfcctl's parser.
@@ -42,7 +42,7 @@ _mfcctl() {
         fi
         case $word in
             --oifs) in_oifs=1 ;;
-            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold | --table)
+            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold | --table | --interface)
                 in_oifs=0
                 skip=1
                 ;;
@@ -77,7 +77,7 @@ _mfcctl() {
             _mfcctl_reply $'table\njson' "$cur" "$prefix"
             return
             ;;
-        --iif)
+        --iif | --interface)
             _mfcctl_reply "$(_mfcctl_interfaces)" "$cur" "$prefix"
             return
             ;;
@@ -117,8 +117,9 @@ _mfcctl() {
         "mfc oif") opts="-h --help" ;;
         "mfc oif add" | "mfc oif del") opts="-h --help --source --group --table --oifs -o --output -n --dry-run -v --verbose" ;;
         "show ") opts="-h --help -s --stats -w --watch --table -o --output -v --verbose" ;;
+        "join " | "leave ") opts="-h --help --interface --group --source -o --output -n --dry-run -v --verbose" ;;
         "batch ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
-        "vif set") opts="-h --help --threshold -o --output -n --dry-run -v --verbose" ;;
+        "vif set") opts="-h --help --threshold --mrdisc --no-mrdisc -o --output -n --dry-run -v --verbose" ;;
         "vif show") opts="-h --help -s --stats --table -o --output -v --verbose" ;;
         "sync ") opts="-h --help --full -o --output -n --dry-run -v --verbose" ;;
         "ping ") opts="-h --help -o --output -v --verbose" ;;
@@ -130,7 +131,8 @@ _mfcctl() {
     fi
 
     case "$cmd $action" in
-        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping' "$cur" "" ;;
+        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping\njoin\nleave' "$cur" "" ;;
+        "show ") ((npos == 0)) && _mfcctl_reply groups "$cur" "" ;;
         "mfc ") _mfcctl_reply $'add\ndel\noif' "$cur" "" ;;
         "mfc oif") _mfcctl_reply $'add\ndel' "$cur" "" ;;
         "vif ") _mfcctl_reply $'set\nshow' "$cur" "" ;;

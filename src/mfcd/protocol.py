@@ -74,7 +74,7 @@ EXIT_STATUSES = {
     EXIT_USAGE: "usage error (bad command line or batch file), or --socket is not a socket",
     EXIT_UNREACHABLE: "cannot reach mfcd (not running, or shutting down)",
     EXIT_PERMISSION: "permission denied on the control socket",
-    EXIT_NOT_FOUND: "the route does not exist",
+    EXIT_NOT_FOUND: "the route (or group join) does not exist",
     EXIT_KERNEL: "the kernel or the state file refused the change (nothing was changed)",
     EXIT_PROTOCOL: "protocol or internal error: a reply that is malformed or answers another"
     " request, or a socket served by a user other than root, mfc or you",
