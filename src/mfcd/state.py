@@ -32,8 +32,9 @@ Each later record is one acknowledged change, `{"seq": S, "ops": [...]}`, where 
 default ends with the table number. Group joins are `["join", interface, group, source]`
 and `["leave", ...]` (source "*" for any) and `["mrdisc", interface, true|false]`; a
 snapshot keeps them as `"joins": [[interface, group, source], ...]` and `"mrdisc": [...]`
-beside the thresholds, left out when empty (files without them load unchanged).  A change is appended and fdatasync'ed before the
-client is told it succeeded, so its cost does not grow with the number of routes.
+beside the thresholds, left out when empty (files without them load unchanged).
+A change is appended and fdatasync'ed before the client is told it succeeded, so its
+cost does not grow with the number of routes.
 When the journal has grown to about as many ops as there are routes, the daemon
 writes a fresh snapshot to a temporary file, fsyncs it, renames it over the
 journal and fsyncs the directory: compaction costs O(routes) once per O(routes)
