@@ -545,11 +545,17 @@ def _outcome(operations: int) -> str:
 
 
 def _line_of(op: int, text: str) -> int | None:
-    """The line of a batch text that holds its `op`-th change (counted from 1)."""
-    for count, (lineno, *_) in enumerate(batchfile.lines(text), 1):
-        if count == op:
+    """The line of a batch text that holds its `op`-th change (counted from 1); a join or
+    leave line of a prefix holds one change per join."""
+    count = 0
+    for lineno, kind, source, group, interface, *_ in batchfile.lines(text):
+        count += len(groups.join_keys(interface, group, source or None)) if kind in _JOINS else 1
+        if count >= op:
             return lineno
     return None
+
+
+_JOINS = frozenset(batchfile.JOIN_OPS)
 
 
 def _in_table(key: RouteKey) -> str:

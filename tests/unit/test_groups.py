@@ -293,3 +293,10 @@ def test_vif_set_mrdisc_is_kept_and_journaled() -> None:
     refused = ask(commands, "vif.set", {"interface": "b"})
     assert refused["error"]["code"] == "bad_request"
     assert json.dumps(ask(commands, "group.show", {})["result"]["mrdisc"]) == '["b"]'
+
+
+def test_a_failing_line_after_a_range_is_named() -> None:
+    commands = make_commands()
+    text = "join --interface a --group 239.6.0.0/29\nleave --interface a --group 239.6.1.1\n"
+    refused = ask(commands, "batch", {"text": text})
+    assert (refused["error"]["code"], refused["error"]["line"]) == ("not_found", 2)
