@@ -150,7 +150,6 @@ class Controller:
         self.joins = Joins()
         self.members = members
         self._member_ops: list[MembershipOp] = []  # planned by the change under way
-        self._admin: dict[str, bool] = {}  # interfaces' IFF_UP as the last link event said
         # Called when the kernel may no longer match the model (a rollback it refused).
         self.on_drift: Callable[[], None] | None = None
 
@@ -476,14 +475,11 @@ class Controller:
         )
 
     def link_admin(self, kind: str, interface: str, up: bool) -> None:
-        """Follow an interface's administrative state: when it comes up, join its SSM groups
-        again. Linux empties a group's source list when its interface goes down and does not
-        restore it on up (docs/kernel.md), so the report would otherwise be for any source."""
-        was = self._admin.pop(interface, None)
-        if kind == "del":
-            return
-        self._admin[interface] = up
-        if up and was is not True:
+        """After a link event of an interface that is up, join its SSM groups again. Linux
+        empties a group's source list when its interface goes down and does not restore it
+        on up (docs/kernel.md); IPv6 may do so only when the carrier follows, which is
+        another event. A leave and a join restore it; the kernel then sends two reports."""
+        if kind == "new" and up and self.joins.wanted:
             self._members(f"interface {interface} up", self.joins.refresh, interface)
 
     def link_event(self, kind: str, interface: str, ifindex: int) -> list[Step]:

@@ -249,8 +249,9 @@ def test_ssm_joins_keep_their_source_across_link_down_and_up(lab: Lab, mfcd: Mfc
     lab.ip(lab.router, "link", "set", "r2", "down")
     wait_for(lambda: not source_filters(lab, "r2", 4), what="the kernel dropping the sources")
     lab.ip(lab.router, "link", "set", "r2", "up")
-    wait_for(lambda: source_filters(lab, "r2", 4) == {("239.13.0.1", "198.18.2.2")})
-    wait_for(lambda: source_filters(lab, "r2", 6) == {("ff3e::13:1", "2001:db8:2::2")})
+    v4, v6 = ("239.13.0.1", "198.18.2.2"), ("ff3e::13:1", "2001:db8:2::2")
+    wait_for(lambda: source_filters(lab, "r2", 4) == {v4}, what="the IPv4 source again")
+    wait_for(lambda: source_filters(lab, "r2", 6) == {v6}, what="the IPv6 source again")
 
 
 # --- multicast router discovery (RFC 4286) --------------------------------------------------------
