@@ -235,7 +235,14 @@ class Commands:
         if "threshold" in args:
             changes.append(SetThreshold(name, validate.threshold(args["threshold"])))
         if "mrdisc" in args:
-            changes.append(SetMrdisc(name, _flag(args, "mrdisc")))
+            on = _flag(args, "mrdisc")
+            if on and 4 not in self.families:
+                raise InvalidArgument(
+                    "multicast router discovery is IPv4 only, and IPv4 is disabled in this"
+                    " mfcd's configuration",
+                    field="mrdisc",
+                )
+            changes.append(SetMrdisc(name, on))
         if not changes:
             raise BadRequest("vif.set needs threshold or mrdisc (or both)", field="threshold")
         return self._change(changes, dry_run, peer, "vif.set", args)

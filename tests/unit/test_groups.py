@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mfcd import batchfile, membership, state
-from mfcd.errors import InvalidArgument, NotFound, StateError
+from mfcd.errors import InvalidArgument, KernelError, NotFound, StateError
 from mfcd.groups import (
     ANY_SOURCE,
     MAX_EXPANSION,
@@ -24,7 +26,7 @@ from mfcd.groups import (
 )
 from mfcd.state import StateFile, change_op, parse
 from tests.unit.conftest import FakeState
-from tests.unit.test_commands import ask, make_commands
+from tests.unit.test_commands import ask, make_commands, snapshot
 
 # --- arguments ---------------------------------------------------------------------------------
 
@@ -300,3 +302,76 @@ def test_a_failing_line_after_a_range_is_named() -> None:
     text = "join --interface a --group 239.6.0.0/29\nleave --interface a --group 239.6.1.1\n"
     refused = ask(commands, "batch", {"text": text})
     assert (refused["error"]["code"], refused["error"]["line"]) == ("not_found", 2)
+
+
+# --- all or nothing ------------------------------------------------------------------------------
+
+
+class FakeMemberships:
+    """The kernel's memberships in memory; joins of `refuse` fail as Linux's ENODEV would."""
+
+    def __init__(self, refuse: frozenset[tuple[str, str, str]] = frozenset()) -> None:
+        self.held: dict[tuple[str, str, str], int] = {}
+        self.refuse = refuse
+
+    def one(self, op: MembershipOp) -> None:
+        if op.join and op.key in self.refuse:
+            raise KernelError("the kernel refused to join: No such device", "join", 19)
+        if op.join:
+            self.held[op.key] = op.ifindex
+        else:
+            self.held.pop(op.key, None)
+
+    def apply(self, ops: Sequence[MembershipOp]) -> None:
+        for done, op in enumerate(ops):
+            try:
+                self.one(op)
+            except KernelError:
+                for earlier in reversed(ops[:done]):
+                    self.one(earlier.inverse)
+                raise
+
+
+def with_members(refuse: frozenset[tuple[str, str, str]] = frozenset()) -> tuple[Any, ...]:
+    commands = make_commands()
+    members = FakeMemberships(refuse)
+    commands.controller.members = members
+    return commands, members
+
+
+BATCH = (
+    "mfc add --source 10.0.0.7 --group 239.1.1.7 --iif a --oifs b\n"
+    "join --interface a --group 239.7.0.0/31\n"
+)
+
+
+def test_a_join_the_kernel_refuses_undoes_the_whole_batch() -> None:
+    commands, members = with_members(frozenset({("a", "239.7.0.1", ANY_SOURCE)}))
+    before = snapshot(commands)
+    refused = ask(commands, "batch", {"text": BATCH})
+    assert refused["error"]["code"] == "kernel_error"
+    assert "No such device" in refused["error"]["message"]
+    assert snapshot(commands) == before
+    assert members.held == {}
+
+
+def test_a_journal_that_fails_undoes_the_memberships() -> None:
+    commands, members = with_members()
+    before = snapshot(commands)
+    state = commands.controller.state
+    assert isinstance(state, FakeState)
+    state.fail = True
+    refused = ask(commands, "batch", {"text": BATCH})
+    assert refused["error"]["code"] == "state_error"
+    assert snapshot(commands) == before
+    assert members.held == {}
+    state.fail = False
+    assert ask(commands, "batch", {"text": BATCH})["ok"]
+    assert set(members.held) == {("a", "239.7.0.0", "*"), ("a", "239.7.0.1", "*")}
+
+
+def test_mrdisc_needs_ipv4() -> None:
+    commands = make_commands()
+    commands.families = (6,)
+    refused = ask(commands, "vif.set", {"interface": "a", "mrdisc": True})
+    assert (refused["error"]["code"], refused["error"]["field"]) == ("invalid_argument", "mrdisc")
