@@ -169,18 +169,34 @@ class MetricsServer:
         if head_only:
             return
         size = 0
-        for part in metrics.exposition(self.sources()):
-            if part:
-                data = part.encode()
+        longest = 0.0  # the longest time the loop was held for one slice
+        parts = metrics.exposition(self.sources())
+        while True:
+            began = time.monotonic()
+            part = next(parts, None)
+            if part is None:
+                break
+            data = part.encode()
+            if data:
                 size += len(data)
-                await self._send(writer, b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            longest = max(longest, time.monotonic() - began)
+            await self._drain(writer)
             await asyncio.sleep(0)  # the other clients' turn
         if chunked:
             await self._send(writer, b"0\r\n\r\n")
-        log.debug("metrics: %d bytes in %.3f s", size, time.monotonic() - started)
+        log.debug(
+            "metrics: %d bytes in %.3f s, the loop held for %.1f ms at most",
+            size,
+            time.monotonic() - started,
+            longest * 1000,
+        )
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         writer.write(data)
+        await self._drain(writer)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
         async with asyncio.timeout(SEND_TIMEOUT):
             await writer.drain()
 
