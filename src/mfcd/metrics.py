@@ -21,13 +21,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mfcd.dataplane import UPCALL_KINDS, CountersReader, SgCounters
+from mfcd.dataplane import UPCALL_KINDS, CountersReader
 from mfcd.errors import KernelError
 from mfcd.model import ORIGINS, Ports, RouteKey, Router
 from mfcd.protocol import FAMILY_NAMES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-CHUNK = 1_000  # routes read and formatted between two turns of the event loop
+CHUNK = 500  # routes read and formatted between two turns of the event loop
 ROUTE_STATES = ("installed", "pending", "degraded")
 # What happens to (S,G) entries learned from traffic, counted in Registry.entries.
 ENTRY_EVENTS = {
@@ -390,11 +390,6 @@ class _Rows:
         self.labels: list[str] = []
         self.values: tuple[list[int], list[int], list[int]] = ([], [], [])
 
-    def add(self, label: str, counters: SgCounters) -> None:
-        self.labels.append(label)
-        for values, value in zip(self.values, counters, strict=True):
-            values.append(value)
-
 
 def _read_routes(
     router: Router, reader: CountersReader, keys: Sequence[RouteKey], rows: _Rows
@@ -406,6 +401,8 @@ def _read_routes(
         by_table.setdefault((key[0], key[3]), []).append(key)
     routes, installed = router.routes, router.installed
     iif_text: dict[str, str] = {}
+    add_label = rows.labels.append
+    add_packets, add_bytes, add_wrong = (values.append for values in rows.values)
     for (fam, table), some in by_table.items():
         try:
             read = reader.counters(fam, table, [(k[1], k[2]) for k in some]).entries
@@ -420,4 +417,7 @@ def _read_routes(
             if iif is None:
                 iif = iif_text[ports.iif] = escape(ports.iif)
             # Addresses are canonical text (digits, hex, dots, colons): nothing to escape.
-            rows.add(f'{head}{key[1]}",group="{key[2]}",iif="{iif}"}}', counters)
+            add_label(f'{head}{key[1]}",group="{key[2]}",iif="{iif}"}}')
+            add_packets(counters[0])
+            add_bytes(counters[1])
+            add_wrong(counters[2])
