@@ -9,8 +9,9 @@ for milliseconds at a time, not for the whole page.
 
 Limits: MAX_CONNECTIONS at once (more are closed at once), the request head within
 HEAD_TIMEOUT seconds and MAX_HEAD bytes, each slice taken by the client within
-SEND_TIMEOUT seconds; one page is built at a time (a second scrape waits), so the kernel's
-counters are read once per page and never twice at the same time.
+SEND_TIMEOUT seconds and the whole page within PAGE_TIMEOUT; one page is built at a time
+(a second scrape waits), so the kernel's counters are read once per page and never twice
+at the same time.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ MAX_CONNECTIONS = 16
 MAX_HEAD = 8192  # bytes of request line and headers
 HEAD_TIMEOUT = 10.0  # seconds to send them
 SEND_TIMEOUT = 30.0  # seconds for the client to take each slice of the page
+PAGE_TIMEOUT = 120.0  # seconds for the whole page: a trickling reader blocks other scrapes
 PATH = "/metrics"
 
 
@@ -157,7 +159,7 @@ class MetricsServer:
         except HttpError as e:
             await self._send(writer, _response(e.status))
             return
-        async with self._page:
+        async with self._page, asyncio.timeout(PAGE_TIMEOUT):
             await self._page_to(writer, method == "HEAD", chunked)
 
     async def _page_to(self, writer: asyncio.StreamWriter, head_only: bool, chunked: bool) -> None:

@@ -115,6 +115,41 @@ def test_metrics_page_is_served_and_promtool_accepts_it(
     daemon.ok("ping")  # and mfcd goes on serving its clients
 
 
+# Run in the router namespace: send argv[2] to port argv[1] as it is, print the status line.
+RAW = """
+import socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20) as s:
+    s.sendall(sys.argv[2].encode())
+    print(s.makefile("rb").readline().decode().strip())
+"""
+
+
+def test_a_bad_request_gets_its_error_and_a_reload_turns_route_series_off(
+    lab: Lab, tmp_path: Path, daemons: list[Mfcd]
+) -> None:
+    daemon = start(lab, tmp_path, daemons, f"127.0.0.1:{PORT}")
+    daemon.ok(*route_args(SOURCE, GROUP, "r0", "r1"))
+    for request, status in (
+        ("GET /metrics HTTP/1.1\r\nX: " + "x" * 9000 + "\r\n\r\n", "400 Bad Request"),
+        ("GET /metrics SPDY/3\r\n\r\n", "400 Bad Request"),
+        ("DELETE /metrics HTTP/1.1\r\n\r\n", "405 Method Not Allowed"),
+    ):
+        sent = lab.exec(lab.router, sys.executable, "-c", RAW, str(PORT), request)
+        assert sent.stdout.strip() == f"HTTP/1.1 {status}", sent.stderr
+    url = f"http://127.0.0.1:{PORT}/metrics"
+    assert "mfcd_metrics_route_series_omitted 0\n" in fetch(lab, url)["body"]
+    with daemon.config_file.open("a") as f:
+        f.write("metrics_route_series_max = 0\n")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "mfcd_metrics_route_series_omitted 1\n" not in (body := fetch(lab, url)["body"]):
+        assert time.monotonic() < deadline, "the reload did not apply metrics_route_series_max"
+        time.sleep(0.1)
+    assert "mfcd_route_packets_total{" not in body
+    assert 'mfcd_routes{state="installed",origin="api"} 1\n' in body
+
+
 def test_a_port_in_use_stops_mfcd_at_start_with_one_line(
     lab: Lab, tmp_path: Path, daemons: list[Mfcd]
 ) -> None:
