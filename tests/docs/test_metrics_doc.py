@@ -4,19 +4,16 @@ under `promtool test rules`."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
-
-import pytest
 
 from mfcd import metrics
 from mfcd.model import AddRoute, Route
 from mfcd.protocol import FAMILY_NAMES
 from tests.unit.test_controller import LINKS, controller_with
+from tests.unit.test_metrics import tool as metrics_tool
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -24,15 +21,6 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 def section(name: str) -> str:
     text = DOC.read_text(encoding="utf-8")
     return text.split(f"<!-- {name} -->", 1)[1].split(f"<!-- /{name} -->", 1)[0]
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: install the Debian package prometheus")
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return found
 
 
 def served() -> dict[str, tuple[str, set[str]]]:
@@ -69,7 +57,7 @@ def test_the_table_lists_every_metric_with_its_type_and_labels() -> None:
 def test_the_example_alert_rules_pass_promtool_and_fire_as_described(tmp_path: Path) -> None:
     rules = section("alert-rules").split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "rules.yml").write_text(rules)
-    tool = promtool()
+    tool = metrics_tool("promtool")
     checked = subprocess.run(
         [tool, "check", "rules", str(tmp_path / "rules.yml")],
         capture_output=True,

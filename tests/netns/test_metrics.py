@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pytest
 
 from lab.netns import Lab
 from tests.netns.conftest import Mfcd, route_args
+from tests.unit.test_metrics import tool
 
 PORT = 10040  # mfcd's port in the docs' examples
 SOURCE, GROUP = "198.18.0.2", "239.1.1.1"
@@ -38,15 +38,6 @@ except urllib.error.HTTPError as e:
     out = {"status": e.code, "headers": dict(e.headers), "body": e.read().decode()}
 print(json.dumps(out))
 """
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing: install the Debian package prometheus")
-        pytest.skip(f"{name} is not installed (Debian package prometheus)")
-    return found
 
 
 def fetch(lab: Lab, url: str, method: str = "GET") -> dict[str, Any]:

@@ -223,12 +223,14 @@ def test_process_metrics_are_parsed_from_proc() -> None:
 # --- promtool -------------------------------------------------------------------------------------
 
 
-def promtool() -> str:
-    found = shutil.which("promtool")
+def tool(name: str) -> str:
+    """The path of promtool or prometheus (Debian package prometheus): a test without it is
+    skipped, except in CI, where it fails."""
+    found = shutil.which(name)
     if found is None:
         if os.environ.get("CI"):
-            pytest.fail("promtool is missing: install the Debian package prometheus")
-        pytest.skip("promtool is not installed (Debian package prometheus)")
+            pytest.fail(f"{name} is missing: install the Debian package prometheus")
+        pytest.skip(f"{name} is not installed (Debian package prometheus)")
     return found
 
 
@@ -244,7 +246,11 @@ def test_promtool_accepts_a_whole_page(ctl: Controller, tmp_path: Path) -> None:
     text = page(ctl, registry=registry)
     assert '"we\\"ird\\\\"' in text
     result = subprocess.run(
-        [promtool(), "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        [tool("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
