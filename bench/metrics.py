@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -131,11 +132,14 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=5)
     parser.add_argument("--probe", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help="namespace name prefix (default: mfcdt<random>)")
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(probe(args.probe, args.scrapes, args.pid)))
         return 0
-    lab = Lab(receivers=1)
+    # SIGTERM ends the run through the finally below, which removes what it made.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
+    lab = Lab(receivers=1, prefix=args.prefix)
     lab.create()
     work = Path(tempfile.mkdtemp(prefix="mfcd-bench-metrics-"))
     sock = str(work / "mfcd.sock")
