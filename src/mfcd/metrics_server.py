@@ -113,8 +113,9 @@ def read_process() -> metrics.Process | None:
 class MetricsServer:
     """Serves metrics.exposition() of the Sources that `sources()` gives at each scrape."""
 
-    def __init__(self, sources: Callable[[], metrics.Sources]) -> None:
+    def __init__(self, sources: Callable[[], metrics.Sources], chunk: int = metrics.CHUNK) -> None:
         self.sources = sources
+        self.chunk = chunk  # routes per slice
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._page = asyncio.Lock()  # one page built at a time
@@ -172,7 +173,7 @@ class MetricsServer:
             return
         size = 0
         longest = 0.0  # the longest time the loop was held for one slice
-        parts = metrics.exposition(self.sources())
+        parts = metrics.exposition(self.sources(), self.chunk)
         while True:
             began = time.monotonic()
             part = next(parts, None)

@@ -3,10 +3,13 @@ what each metric counts, the per-route limit, and promtool's verdict on a whole 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +24,7 @@ from mfcd.dataplane import Counters as Read
 from mfcd.dataplane import SgCounters, VifCounters
 from mfcd.errors import ConfigError
 from mfcd.metrics import Histogram, Registry, Sources
-from mfcd.metrics_server import HttpError, parse_head
+from mfcd.metrics_server import HttpError, MetricsServer, parse_head, read_process
 from mfcd.model import AddRoute, DelRoute, Route
 from tests.unit.test_controller import LINKS, controller_with, r4
 
@@ -289,3 +292,73 @@ def test_metrics_listen_takes_an_ip_literal_and_a_port() -> None:
     ):
         with pytest.raises(ConfigError, match="not an address and port"):
             listen_address(bad)
+
+
+# --- the HTTP shell, on the loopback of the test's own network -----------------------------------
+
+
+def test_process_metrics_of_this_process_are_read_from_proc() -> None:
+    process = read_process()
+    assert process is not None
+    assert process.resident_bytes > 1_000_000 and process.virtual_bytes > process.resident_bytes
+    assert 0 < process.open_fds <= process.max_fds
+    assert time.time() - 86_400 * 30 < process.start_time_seconds <= time.time()
+    assert process.cpu_seconds > 0
+
+
+def test_a_scrape_lets_other_tasks_run_between_its_slices(ctl: Controller) -> None:
+    """The page goes out chunked, whole, and while it is built the loop runs other tasks:
+    a ticker task advances between slices (one more tick per slice at least)."""
+    ctl.change([AddRoute.of(r4(n, "a", "b")) for n in range(10, 250)])
+
+    async def scrape() -> tuple[bytes, int]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(False)
+        src = Sources(ctl.router, Counted(), Registry(), Counter(), "1", None, 10_000)
+        server = MetricsServer(lambda: src, chunk=10)
+        await server.start(sock)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(ticker())
+        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = await reader.read()
+        seen = ticks
+        ticking.cancel()
+        writer.close()
+        await server.stop()
+        return response, seen
+
+    response, ticks = asyncio.run(scrape())
+    head, body = response.split(b"\r\n\r\n", 1)
+    assert b"Transfer-Encoding: chunked" in head
+    text, slices = dechunk(body)
+    assert slices > 3 * 243 / 10  # the route series went out 10 routes at a time
+    assert ticks >= slices
+    assert len(samples(text, "mfcd_route_packets_total")) == 243
+    promtool = [tool("promtool"), "check", "metrics"]
+    result = subprocess.run(promtool, input=text, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def dechunk(body: bytes) -> tuple[str, int]:
+    """The text of a chunked body, and how many chunks it came in."""
+    out, count = b"", 0
+    while True:
+        size_line, body = body.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            assert body == b"\r\n"
+            return out.decode(), count
+        out += body[:size]
+        assert body[size : size + 2] == b"\r\n"
+        body = body[size + 2 :]
+        count += 1
