@@ -83,11 +83,13 @@ print(time.perf_counter() - began, size)
 CURL = ["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total} %{size_download}"]
 
 
-def scrape() -> tuple[float, int]:
+def scrape(gzip: bool = False) -> tuple[float, int]:
     """One scrape, by another process (so that it does not hold the pinger's GIL): curl,
     which like Prometheus reads the page at C speed, else Python's urllib (slower: its
     time then includes Python's parsing of 33 MB)."""
     command = [*CURL, URL] if shutil.which("curl") else [sys.executable, "-c", SCRAPE]
+    if gzip:  # (size_download is then the compressed size)
+        command = [*CURL, "--compressed", URL]
     out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
     seconds, size = out.stdout.split()
     return float(seconds), int(size)
@@ -99,7 +101,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def probe(path: str, scrapes: int, pid: int) -> dict[str, object]:
+def probe(path: str, scrapes: int, pid: int, gzip: bool) -> dict[str, object]:
     """In the router namespace: the measurements."""
     idle, _ = ping_while(path, lambda: time.sleep(3.0))
     times: list[float] = []
@@ -108,7 +110,7 @@ def probe(path: str, scrapes: int, pid: int) -> dict[str, object]:
     during: list[float] = []
     for _ in range(scrapes):
         before = cpu_seconds(pid)
-        latencies, (seconds, size) = ping_while(path, scrape)
+        latencies, (seconds, size) = ping_while(path, lambda: scrape(gzip))
         cpu.append(cpu_seconds(pid) - before)  # the pings' share is some milliseconds
         times.append(seconds)
         sizes.append(size)
@@ -132,10 +134,11 @@ def main() -> int:
     parser.add_argument("--scrapes", type=int, default=5)
     parser.add_argument("--probe", metavar="SOCKET", help=argparse.SUPPRESS)
     parser.add_argument("--pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--gzip", action="store_true", help="ask for the page gzipped (curl)")
     parser.add_argument("--prefix", help="namespace name prefix (default: mfcdt<random>)")
     args = parser.parse_args()
     if args.probe:
-        print(json.dumps(probe(args.probe, args.scrapes, args.pid)))
+        print(json.dumps(probe(args.probe, args.scrapes, args.pid, args.gzip)))
         return 0
     # SIGTERM ends the run through the finally below, which removes what it made.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
@@ -173,6 +176,7 @@ def main() -> int:
             str(args.scrapes),
             "--pid",
             str(daemon.pid),
+            *(["--gzip"] if args.gzip else []),
             timeout=600,
         )
         if measured.returncode != 0:
@@ -183,7 +187,7 @@ def main() -> int:
         _, _, log = lab.stop(daemon)
         # mfcd's own view: the longest the loop was held for one slice of each page.
         held = re.findall(r"the loop held for ([0-9.]+) ms at most", log)
-        built = re.findall(r"metrics: [0-9]+ bytes in ([0-9.]+) s", log)
+        built = re.findall(r"metrics: [0-9]+ bytes \([0-9]+ sent\) in ([0-9.]+) s", log)
         result["mfcd_page_seconds"] = [float(s) for s in built]
         result["loop_held_max_ms"] = [float(ms) for ms in held]
         print(json.dumps(result, indent=1))

@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import resource
 import socket
 import time
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mfcd import metrics
 from mfcd.config import listen_address
@@ -46,14 +49,22 @@ class HttpError(Exception):
         self.status = status
 
 
-def parse_head(head: bytes) -> tuple[str, bool]:
-    """The method of a request head (GET or HEAD) and whether the client speaks HTTP/1.1
-    (then the page goes out chunked; to HTTP/1.0 it ends with the connection)."""
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a request for the page asks for."""
+
+    head_only: bool  # HEAD: the response's head alone
+    chunked: bool  # HTTP/1.1: the page goes out chunked (to HTTP/1.0 it ends with the connection)
+    gzip: bool  # the client takes gzip (Prometheus does): 15 times fewer bytes on the wire
+
+
+def parse_head(head: bytes) -> Request:
+    """The request of a request head (its request line and headers)."""
     try:
         text = head.decode("ascii")
     except UnicodeDecodeError:
         raise HttpError("400 Bad Request") from None
-    line = text.split("\r\n", 1)[0]
+    line, *headers = text.split("\r\n")
     parts = line.split(" ")
     if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
         raise HttpError("400 Bad Request")
@@ -62,7 +73,20 @@ def parse_head(head: bytes) -> tuple[str, bool]:
         raise HttpError("404 Not Found")
     if method not in ("GET", "HEAD"):
         raise HttpError("405 Method Not Allowed")
-    return method, version == "HTTP/1.1"
+    return Request(method == "HEAD", version == "HTTP/1.1", _takes_gzip(headers))
+
+
+def _takes_gzip(headers: list[str]) -> bool:
+    """Whether an Accept-Encoding header lists gzip (and not with q=0)."""
+    for header in headers:
+        name, _, value = header.partition(":")
+        if name.strip().lower() != "accept-encoding":
+            continue
+        for coding in value.split(","):
+            token, *params = (p.strip().lower() for p in coding.split(";"))
+            if token == "gzip" and not any(re.fullmatch(r"q=0(\.0*)?", p) for p in params):
+                return True
+    return False
 
 
 def bind(text: str) -> socket.socket:
@@ -153,7 +177,7 @@ class MetricsServer:
         try:
             async with asyncio.timeout(HEAD_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
-            method, chunked = parse_head(head)
+            request = parse_head(head)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             await self._send(writer, _response("400 Bad Request"))
             return
@@ -161,36 +185,45 @@ class MetricsServer:
             await self._send(writer, _response(e.status))
             return
         async with self._page, asyncio.timeout(PAGE_TIMEOUT):
-            await self._page_to(writer, method == "HEAD", chunked)
+            await self._page_to(writer, request)
 
-    async def _page_to(self, writer: asyncio.StreamWriter, head_only: bool, chunked: bool) -> None:
+    async def _page_to(self, writer: asyncio.StreamWriter, request: Request) -> None:
         started = time.monotonic()
         fields = [f"Content-Type: {metrics.CONTENT_TYPE}", "Connection: close"]
-        if chunked:
+        if request.chunked:
             fields.append("Transfer-Encoding: chunked")
+        if request.gzip:
+            fields.append("Content-Encoding: gzip")
         await self._send(writer, _head("200 OK", fields))
-        if head_only:
+        if request.head_only:
             return
-        size = 0
+        # Level 1: a tenth of the time of level 6 for nearly the same size on this text.
+        gzip = zlib.compressobj(1, zlib.DEFLATED, 31) if request.gzip else None
+        size = sent = 0
         longest = 0.0  # the longest time the loop was held for one slice
         parts = metrics.exposition(self.sources(), self.chunk)
         while True:
             began = time.monotonic()
             part = next(parts, None)
+            data = part.encode() if part is not None else b""
+            size += len(data)
+            if gzip is not None:
+                data = gzip.compress(data) if part is not None else gzip.flush()
+            if data:  # (an empty chunk would end a chunked body)
+                sent += len(data)
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data) if request.chunked else data)
+            longest = max(longest, time.monotonic() - began)
             if part is None:
                 break
-            data = part.encode()
-            if data:
-                size += len(data)
-                writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
-            longest = max(longest, time.monotonic() - began)
             await self._drain(writer)
             await asyncio.sleep(0)  # the other clients' turn
-        if chunked:
-            await self._send(writer, b"0\r\n\r\n")
+        if request.chunked:
+            writer.write(b"0\r\n\r\n")
+        await self._drain(writer)
         log.debug(
-            "metrics: %d bytes in %.3f s, the loop held for %.1f ms at most",
+            "metrics: %d bytes (%d sent) in %.3f s, the loop held for %.1f ms at most",
             size,
+            sent,
             time.monotonic() - started,
             longest * 1000,
         )

@@ -197,6 +197,10 @@ def test_prometheus_scrapes_the_packet_counter_of_a_route(
             value = _query(lab, query)
         assert value > 0, (tmp_path / "prometheus.log").read_text()[-3000:]
         assert _query(lab, 'up{job="mfcd"}') == 1
+        # Prometheus asks for gzip, and got it: mfcd logs each page's size and bytes sent.
+        _, mfcd_log = daemon.stop()
+        pages = re.findall(r"metrics: ([0-9]+) bytes \(([0-9]+) sent\)", mfcd_log)
+        assert pages and all(int(sent) < int(size) / 3 for size, sent in pages), pages
     finally:
         os.kill(prometheus.pid, signal.SIGTERM)
         try:

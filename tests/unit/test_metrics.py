@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +25,7 @@ from mfcd.dataplane import Counters as Read
 from mfcd.dataplane import SgCounters, VifCounters
 from mfcd.errors import ConfigError
 from mfcd.metrics import Histogram, Registry, Sources
-from mfcd.metrics_server import HttpError, MetricsServer, parse_head, read_process
+from mfcd.metrics_server import HttpError, MetricsServer, Request, parse_head, read_process
 from mfcd.model import AddRoute, DelRoute, Route
 from tests.unit.test_controller import LINKS, controller_with, r4
 
@@ -262,8 +263,8 @@ def test_promtool_accepts_a_whole_page(ctl: Controller, tmp_path: Path) -> None:
 
 
 def test_only_get_and_head_of_metrics_are_served() -> None:
-    assert parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") == ("GET", True)
-    assert parse_head(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n") == ("HEAD", False)
+    assert parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") == Request(False, True, False)
+    assert parse_head(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n") == Request(True, False, False)
     for head, status in (
         (b"GET / HTTP/1.1\r\n\r\n", "404 Not Found"),
         (b"POST /metrics HTTP/1.1\r\n\r\n", "405 Method Not Allowed"),
@@ -274,6 +275,22 @@ def test_only_get_and_head_of_metrics_are_served() -> None:
         with pytest.raises(HttpError) as e:
             parse_head(head)
         assert e.value.status == status
+
+
+@pytest.mark.parametrize(
+    ("accept", "gzip"),
+    [
+        ("Accept-Encoding: gzip", True),
+        ("accept-encoding: identity, GZIP;q=0.5", True),
+        ("Accept-Encoding: deflate, gzip;q=0", False),
+        ("Accept-Encoding: gzip;q=0.000", False),
+        ("Accept-Encoding: x-gzip", False),
+        ("X-Accept-Encoding: gzip", False),
+    ],
+)
+def test_gzip_is_used_when_the_client_takes_it(accept: str, gzip: bool) -> None:
+    head = f"GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n\r\n".encode()
+    assert parse_head(head).gzip is gzip
 
 
 def test_metrics_listen_takes_an_ip_literal_and_a_port() -> None:
@@ -306,9 +323,10 @@ def test_process_metrics_of_this_process_are_read_from_proc() -> None:
     assert process.cpu_seconds > 0
 
 
-def test_a_scrape_lets_other_tasks_run_between_its_slices(ctl: Controller) -> None:
-    """The page goes out chunked, whole, and while it is built the loop runs other tasks:
-    a ticker task advances between slices (one more tick per slice at least)."""
+@pytest.mark.parametrize("gzip", [False, True])
+def test_a_scrape_lets_other_tasks_run_between_its_slices(ctl: Controller, gzip: bool) -> None:
+    """The page goes out chunked (gzipped if asked), whole, and while it is built the loop
+    runs other tasks: a ticker task advances between slices (one tick per slice at least)."""
     ctl.change([AddRoute.of(r4(n, "a", "b")) for n in range(10, 250)])
 
     async def scrape() -> tuple[bytes, int]:
@@ -329,7 +347,8 @@ def test_a_scrape_lets_other_tasks_run_between_its_slices(ctl: Controller) -> No
 
         ticking = asyncio.create_task(ticker())
         reader, writer = await asyncio.open_connection(*sock.getsockname())
-        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        accept = b"Accept-Encoding: gzip\r\n" if gzip else b""
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n%s\r\n" % accept)
         response = await reader.read()
         seen = ticks
         ticking.cancel()
@@ -340,8 +359,11 @@ def test_a_scrape_lets_other_tasks_run_between_its_slices(ctl: Controller) -> No
     response, ticks = asyncio.run(scrape())
     head, body = response.split(b"\r\n\r\n", 1)
     assert b"Transfer-Encoding: chunked" in head
-    text, slices = dechunk(body)
-    assert slices > 3 * 243 / 10  # the route series went out 10 routes at a time
+    assert (b"Content-Encoding: gzip" in head) is gzip
+    data, slices = dechunk(body)
+    text = (zlib.decompress(data, 31) if gzip else data).decode()
+    # The route series went out 10 routes at a time (compressed, fewer bytes, as often).
+    assert slices > (1 if gzip else 3 * 243 / 10)
     assert ticks >= slices
     assert len(samples(text, "mfcd_route_packets_total")) == 243
     promtool = [tool("promtool"), "check", "metrics"]
@@ -349,15 +371,15 @@ def test_a_scrape_lets_other_tasks_run_between_its_slices(ctl: Controller) -> No
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def dechunk(body: bytes) -> tuple[str, int]:
-    """The text of a chunked body, and how many chunks it came in."""
+def dechunk(body: bytes) -> tuple[bytes, int]:
+    """The data of a chunked body, and how many chunks it came in."""
     out, count = b"", 0
     while True:
         size_line, body = body.split(b"\r\n", 1)
         size = int(size_line, 16)
         if size == 0:
             assert body == b"\r\n"
-            return out.decode(), count
+            return out, count
         out += body[:size]
         assert body[size : size + 2] == b"\r\n"
         body = body[size + 2 :]
