@@ -19,7 +19,7 @@ import pytest
 
 from mfcd import metrics
 from mfcd.commands import Commands, Peer
-from mfcd.config import listen_address
+from mfcd.config import listen_address, parse
 from mfcd.controller import Controller
 from mfcd.dataplane import Counters as Read
 from mfcd.dataplane import SgCounters, VifCounters
@@ -384,3 +384,13 @@ def dechunk(body: bytes) -> tuple[bytes, int]:
         assert body[size : size + 2] == b"\r\n"
         body = body[size + 2 :]
         count += 1
+
+
+def test_the_metrics_settings_are_checked_when_the_file_is_read() -> None:
+    cfg = parse('metrics_listen = "[::1]:10040"\nmetrics_route_series_max = 0\n', "f.conf")
+    assert (cfg.metrics_listen, cfg.metrics_route_series_max) == ("[::1]:10040", 0)
+    assert parse("", "f.conf").metrics_listen == ""  # off by default
+    with pytest.raises(ConfigError, match=r"^f\.conf: metrics_listen: 'localhost:1' is not"):
+        parse('metrics_listen = "localhost:1"\n', "f.conf")
+    with pytest.raises(ConfigError, match="metrics_route_series_max must be between 0 and"):
+        parse("metrics_route_series_max = -1\n", "f.conf")
