@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from mfcd.dataplane import UPCALL_KINDS, CountersReader
 from mfcd.errors import KernelError
-from mfcd.model import ORIGINS, Ports, RouteKey, Router
+from mfcd.model import ORIGINS, RouteKey, Router
 from mfcd.protocol import FAMILY_NAMES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -183,7 +183,7 @@ class Sources:
 def exposition(src: Sources, chunk: int = CHUNK) -> Iterator[str]:
     """The page, a slice at a time (an empty slice: a turn for the loop, nothing to send)."""
     yield _process(src) + _build_info(src.version)
-    yield _routes_by_state(src.router, src.registry)
+    yield from _routes_by_state(src.router, src.registry, chunk)
     yield _activity(src)
     yield _vifs(src.router, src.counters)
     yield from _route_series(src, chunk)
@@ -222,40 +222,64 @@ _VSZ = "Virtual memory size in bytes."
 _START = "Start time of the process since unix epoch in seconds."
 
 
-def route_counts(router: Router) -> Counter[tuple[str, str]]:
-    """Routes by (state, origin): installed, degraded (installed, an interface gone) or
-    pending; origin as model.Router.origins records it (absent: "api")."""
-    routes, installed, links = router.routes, router.installed, router.links
-    missing: dict[int, bool] = {}  # id(Ports) -> an interface is gone (Ports are shared)
+class _States:
+    """The state of routes: pending, degraded (installed, an interface gone) or installed."""
 
-    def degraded(ports: Ports) -> bool:
-        gone = missing.get(id(ports))
+    def __init__(self, router: Router) -> None:
+        self.routes, self.installed, self.links = router.routes, router.installed, router.links
+        self.missing: dict[int, bool] = {}  # id(Ports) -> an interface is gone (Ports are shared)
+        # Every VIF present: no installed route is degraded, and none needs a look.
+        self.healthy = all(vif.ifindex is not None for vif in router.vifs.values())
+
+    def degraded(self, key: RouteKey) -> bool:
+        """Whether an installed route has an interface gone (False for any other key)."""
+        ports = self.routes.get(key)
+        if ports is None or key not in self.installed:
+            return False
+        gone = self.missing.get(id(ports))
         if gone is None:
-            gone = missing[id(ports)] = any(n not in links for n in ports.interfaces)
+            gone = self.missing[id(ports)] = any(n not in self.links for n in ports.interfaces)
         return gone
 
-    def state(key: RouteKey) -> str:
-        if key not in installed:
+    def of(self, key: RouteKey) -> str:
+        if key not in self.installed:
             return "pending"
-        return "degraded" if degraded(routes[key]) else "installed"
+        return "degraded" if not self.healthy and self.degraded(key) else "installed"
 
-    # Every VIF present: no installed route is degraded, and none needs a look.
-    healthy = all(vif.ifindex is not None for vif in router.vifs.values())
-    bad = 0 if healthy else sum(1 for key, _ in installed.items() if degraded(routes[key]))
+
+def route_counts(router: Router, degraded: int | None = None) -> Counter[tuple[str, str]]:
+    """Routes by (state, origin): installed, degraded (installed, an interface gone) or
+    pending; origin as model.Router.origins records it (absent: "api"). `degraded`, if
+    given, is the number of degraded routes, counted by the caller a slice at a time."""
+    states = _States(router)
+    routes, installed = router.routes, router.installed
+    if degraded is None:
+        degraded = 0 if states.healthy else sum(map(states.degraded, list(installed)))
     counts: Counter[tuple[str, str]] = Counter()
     counts["pending", "api"] = len(routes) - len(installed)
-    counts["degraded", "api"] = bad
-    counts["installed", "api"] = len(installed) - bad
+    counts["degraded", "api"] = degraded
+    counts["installed", "api"] = len(installed) - degraded
     for key, origin in router.origins.items():  # sparse: the routes not from the API
         if key in routes:
-            where = state(key)
+            where = states.of(key)
             counts[where, "api"] -= 1
             counts[where, origin] += 1
     return counts
 
 
-def _routes_by_state(router: Router, registry: Registry) -> str:
-    counts = route_counts(router)
+def _routes_by_state(router: Router, registry: Registry, chunk: int) -> Iterator[str]:
+    """mfcd_routes (and the hooks' counts). With an interface gone, finding the degraded
+    routes takes a look at each installed route: 80 ms at 100,000, so it is done 20
+    slices' worth at a time, with turns of the loop in between."""
+    states = _States(router)
+    degraded = 0
+    if not states.healthy:
+        keys = list(router.installed)
+        step = 20 * chunk
+        for start in range(0, len(keys), step):
+            degraded += sum(map(states.degraded, keys[start : start + step]))
+            yield ""
+    counts = route_counts(router, degraded)
     out = family(
         "mfcd_routes",
         "gauge",
@@ -278,7 +302,7 @@ def _routes_by_state(router: Router, registry: Registry) -> str:
                 what,
                 [(labels([("origin", o)]), by_origin.get(o, 0)) for o in ORIGINS],
             )
-    return out
+    yield out
 
 
 def _activity(src: Sources) -> str:

@@ -165,6 +165,8 @@ def test_routes_are_counted_by_state_and_origin() -> None:
     routes = samples(text, "mfcd_routes")
     assert len(routes) == 9  # every state and origin, zeros included
     assert routes['{state="pending",origin="learned"}'] == "1"
+    assert routes['{state="degraded",origin="api"}'] == "1"  # (counted a slice at a time)
+    assert routes['{state="installed",origin="config"}'] == "1"
     assert routes['{state="pending",origin="api"}'] == "0"
     # A degraded route still has its kernel entry and its series; a pending one has neither.
     assert len(samples(text, "mfcd_route_packets_total")) == 4
