@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import __version__, batchfile, groups, protocol, validate, views
+from mfcd import __version__, batchfile, groups, metrics, protocol, validate, views
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.errors import (
@@ -75,6 +76,7 @@ class Commands:
         self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
+        self.registry = metrics.Registry()  # requests counted for /metrics (the daemon's)
         # JSON values a request may hold (set by the server from max_request_bytes).
         self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
@@ -99,7 +101,19 @@ class Commands:
             return self._handle(line, peer)
 
     def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+        started = time.monotonic()
+        command, result = "invalid", "internal_error"  # (as /metrics counts requests)
+        try:
+            response, command, result = self._answer(line, peer)
+        finally:
+            self.registry.request(command, result, time.monotonic() - started)
+        return response
+
+    def _answer(self, line: bytes | bytearray, peer: Peer) -> tuple[bytes, str, str]:
+        """The response, the command (or "invalid" before it is known) and the result
+        ("ok" or the error code)."""
         request_id: Any = None
+        cmd = "invalid"
         try:
             try:
                 msg = protocol.decode(line, self.max_values)
@@ -112,17 +126,22 @@ class Commands:
                 request_id = None
                 raise BadRequest("id must be an integer or a string", field="id")
             cmd, args, dry_run = self._envelope(msg)
-            return protocol.encode_result(request_id, self.table[cmd](args, dry_run, peer))
+            result = self.table[cmd](args, dry_run, peer)
+            return protocol.encode_result(request_id, result), cmd, "ok"
         except MfcdError as e:
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
             message = str(e)
             if len(message) > MAX_MESSAGE:  # it may quote a value of any size
                 message = message[: MAX_MESSAGE - 3] + "..."
-            return protocol.encode_error(request_id, e.code, message, e.field, op=e.op, line=e.line)
+            error = protocol.encode_error(
+                request_id, e.code, message, e.field, op=e.op, line=e.line
+            )
+            return error, cmd, e.code
         except Exception as e:  # a bug; keep serving everyone else
             log.exception("internal error while handling a request from %s", peer)
-            return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
+            error = protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
+            return error, cmd, "internal_error"
 
     def _envelope(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
         unknown = set(msg) - ENVELOPE_FIELDS
