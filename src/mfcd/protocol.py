@@ -89,7 +89,7 @@ ERROR_EXIT = {
     "vif_limit": EXIT_REJECTED,  # all 32 VIFs of a family are in use
     "too_large": EXIT_REJECTED,
     "timeout": EXIT_REJECTED,  # the client took longer than client_timeout to send a request
-    "not_found": EXIT_NOT_FOUND,  # mfc del of a route that does not exist
+    "not_found": EXIT_NOT_FOUND,  # mfc del of a route that does not exist, leave of no join
     "kernel_error": EXIT_KERNEL,  # the kernel refused a change; nothing was changed
     "state_error": EXIT_KERNEL,  # the state file could not be written; nothing was changed
     "shutting_down": EXIT_UNREACHABLE,
