@@ -23,6 +23,7 @@ import resource
 import socket
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 from mfcd.errors import KernelError
 from mfcd.groups import ANY_SOURCE, JoinKey, MembershipOp, describe_key
@@ -93,6 +94,10 @@ class Memberships:
         self.room: dict[int, list[socket.socket]] = {4: [], 6: []}  # not known to be full
         self.held: dict[JoinKey, socket.socket] = {}
         self.count: dict[int, int] = {}  # fileno -> memberships held
+        # fileno -> (group, ifindex) -> [any source?, memberships]: a socket never holds one
+        # group on one interface both for any source and for some sources (the kernel
+        # would refuse the one, or worse, take an SSM leave for a leave of the ASM join).
+        self.groups: dict[int, dict[tuple[str, int], list[Any]]] = {}
 
     def apply(self, ops: Sequence[MembershipOp]) -> None:
         """Carry out `ops` in order, all or nothing: if the kernel refuses one, those before
@@ -119,8 +124,9 @@ class Memberships:
         family = 6 if ":" in op.key[1] else 4
         level, option, value = request(op)
         room = self.room[family]
+        group, asm = (op.key[1], op.ifindex), op.key[2] == ANY_SOURCE
         while True:
-            sock = room[-1] if room else self._open(family)
+            sock = self._fitting(room, group, asm) or self._open(family)
             try:
                 sock.setsockopt(level, option, value)
             except OSError as e:
@@ -128,9 +134,21 @@ class Memberships:
                     room.remove(sock)  # full: try the next one (or a new one)
                     continue
                 raise _error(op, e) from None
+            fd = sock.fileno()
             self.held[op.key] = sock
-            self.count[sock.fileno()] = self.count.get(sock.fileno(), 0) + 1
+            self.count[fd] = self.count.get(fd, 0) + 1
+            self.groups.setdefault(fd, {}).setdefault(group, [asm, 0])[1] += 1
             return
+
+    def _fitting(
+        self, room: list[socket.socket], group: tuple[str, int], asm: bool
+    ) -> socket.socket | None:
+        """The newest socket with room that may take a join of `group` (None: open one)."""
+        for sock in reversed(room):
+            held = self.groups.get(sock.fileno(), {}).get(group)
+            if held is None or not (asm or held[0]):  # sources join sources of a group
+                return sock
+        return None
 
     def _leave(self, op: MembershipOp) -> None:
         sock = self.held.pop(op.key, None)
@@ -151,13 +169,18 @@ class Memberships:
                 level, _, value = request(MembershipOp(False, group_leave, op.ifindex))
                 with contextlib.suppress(OSError):
                     sock.setsockopt(level, MCAST_LEAVE_GROUP, value)
-        self._release(sock, 6 if ":" in op.key[1] else 4)
+        self._release(sock, op, 6 if ":" in op.key[1] else 4)
 
-    def _release(self, sock: socket.socket, family: int) -> None:
+    def _release(self, sock: socket.socket, op: MembershipOp, family: int) -> None:
         fd = sock.fileno()
+        groups = self.groups[fd]
+        held = groups[(op.key[1], op.ifindex)]
+        held[1] -= 1
+        if not held[1]:
+            del groups[(op.key[1], op.ifindex)]
         self.count[fd] -= 1
         if self.count[fd] == 0:
-            del self.count[fd]
+            del self.count[fd], self.groups[fd]
             self.sockets[family].remove(sock)
             if sock in self.room[family]:
                 self.room[family].remove(sock)
@@ -197,6 +220,7 @@ class Memberships:
             self.room[family].clear()
         self.held.clear()
         self.count.clear()
+        self.groups.clear()
 
 
 def _more_files() -> bool:

@@ -151,6 +151,23 @@ def test_asm_and_ssm_joins_show_in_the_kernel_and_on_the_wire(
     assert groups(mfcd) == []
 
 
+def test_a_group_for_any_source_and_for_one_source_on_one_interface(lab: Lab, mfcd: Mfcd) -> None:
+    """Both at once, in either order, each left on its own (sockets never mix the two)."""
+    source = "198.18.3.2"
+    mfcd.ok("join", "--interface", "r3", "--group", "239.14.0.1", "--source", source)
+    mfcd.ok("join", "--interface", "r3", "--group", "239.14.0.1")
+    mfcd.ok("join", "--interface", "r3", "--group", "239.14.0.2")
+    mfcd.ok("join", "--interface", "r3", "--group", "239.14.0.2", "--source", source)
+    assert {g["state"] for g in groups(mfcd)} == {"joined"}
+    mfcd.ok("leave", "--interface", "r3", "--group", "239.14.0.1", "--source", source)
+    mfcd.ok("leave", "--interface", "r3", "--group", "239.14.0.2")
+    assert {"239.14.0.1", "239.14.0.2"} <= memberships(lab, "r3", 4)
+    assert source_filters(lab, "r3", 4) == {("239.14.0.2", source)}
+    mfcd.ok("leave", "--interface", "r3", "--group", "239.14.0.1")
+    assert "239.14.0.1" not in memberships(lab, "r3", 4)
+    assert source_filters(lab, "r3", 4) == {("239.14.0.2", source)}
+
+
 def test_leaving_what_was_never_joined_is_not_found(mfcd: Mfcd) -> None:
     result = mfcd.ctl("leave", "--interface", "r1", "--group", "239.7.0.9", "-o", "json")
     assert result.returncode == 5
