@@ -1,5 +1,5 @@
-"""Issue 14: joins on a link with no address at all, on a down link, and an SSM join's
-source list across link down and up."""
+"""Issue 14: joins on a link with no address at all, on a down link, an SSM join's source
+list across link down and up, and ASM and SSM joins of one group on one socket."""
 
 from __future__ import annotations
 
@@ -95,9 +95,35 @@ def link_down_up(lab: Lab, v6: bool) -> None:
     say(f"{tag} joined while down, after link up: mcfilter", sources(lab, host, v6))
 
 
+def modes(lab: Lab) -> None:
+    host, _ = lab.pair(14)
+    idx = lab.ifindex(host, "j0")
+    for v6 in (False, True):
+        tag = "v6" if v6 else "v4"
+        fam, lv = (
+            (socket.AF_INET6, socket.IPPROTO_IPV6) if v6 else (socket.AF_INET, socket.IPPROTO_IP)
+        )
+        grp, src = ("ff3e::e:1", "2001:db8:e::2") if v6 else ("239.14.0.1", "198.18.14.2")
+        asm, ssm = group_req(idx, grp), group_source_req(idx, grp, src)
+        first = lab.sock(host, fam, socket.SOCK_DGRAM)
+        first.setsockopt(lv, MCAST_JOIN_GROUP, asm)
+        say(
+            f"{tag} one socket: ASM join, then SSM join of the same group",
+            try_call(first.setsockopt, lv, MCAST_JOIN_SOURCE_GROUP, ssm),
+        )
+        second = lab.sock(host, fam, socket.SOCK_DGRAM)
+        second.setsockopt(lv, MCAST_JOIN_SOURCE_GROUP, ssm)
+        say(
+            f"{tag} one socket: SSM join, then ASM join of the same group",
+            try_call(second.setsockopt, lv, MCAST_JOIN_GROUP, asm),
+        )
+
+
 def main() -> None:
     with Lab() as lab:
         no_address(lab)
+    with Lab() as lab:
+        modes(lab)
     for v6 in (False, True):
         with Lab() as lab:
             link_down_up(lab, v6)
