@@ -332,7 +332,11 @@ class Daemon:
     def status(self) -> str:
         router = self.controller.router
         total, installed = len(router.routes), len(router.installed)
-        return f"{installed} of {total} routes installed, {total - installed} pending"
+        text = f"{installed} of {total} routes installed, {total - installed} pending"
+        joins = self.controller.joins
+        if joins.wanted:  # (a host without joins keeps the line it always had)
+            text += f"; {len(joins.joined)} of {len(joins.wanted)} groups joined"
+        return text
 
     def _sync_tables(self) -> None:
         """Close the tables no VIF uses any more (MRT_DONE), and wait on exactly the open
