@@ -240,7 +240,11 @@ def test_joins_survive_restarts_and_an_interface_recreated(lab: Lab, mfcd: Mfcd)
     mfcd.ok("join", "--interface", "r1", "--group", "ff3e::12:1", "--source", "2001:db8:1::2")
     pending = mfcd.ok("join", "--interface", "r9", "--group", "239.12.0.9")
     assert "1 of 1 joins pending: waiting for r9" in pending
+    assert mfcd.proc is not None
+    mfcd.proc.send_signal(signal.SIGUSR1)  # the status line counts the joins
+    time.sleep(0.3)
     mfcd.stop()
+    assert "0 pending; 2 of 3 groups joined" in mfcd.log
     mfcd.start()
     assert "239.12.0.1" in memberships(lab, "r1", 4)
     assert source_filters(lab, "r1", 6) == {("ff3e::12:1", "2001:db8:1::2")}
