@@ -286,8 +286,11 @@ def _check_group(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None
             f"group {address} is link-local (224.0.0.0/24): never routed, nothing to pull in",
             "group",
         )
-    if address.version == 6 and address.packed[1] & 0x0F <= 1:
-        raise InvalidArgument(f"group {address} has interface-local or reserved scope", "group")
+    if address.version == 6 and address.packed[1] & 0x0F <= 2:
+        what = {0: "reserved", 1: "interface-local", 2: "link-local"}[address.packed[1] & 0x0F]
+        raise InvalidArgument(
+            f"group {address} has {what} scope: never routed, nothing to pull in", "group"
+        )
 
 
 def _check_source(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:

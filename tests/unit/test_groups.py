@@ -57,6 +57,7 @@ def test_prefixes_expand_to_every_group_for_every_source() -> None:
         ("10.1.1.1", None, "not a multicast address"),
         ("224.0.0.5", None, "link-local"),
         ("ff01::1", None, "interface-local"),
+        ("ff02::fb", None, "link-local scope"),
         ("239.1.1.1", "239.2.2.2", "not a unicast sender"),
         ("239.1.1.1", "0.0.0.0", "not a unicast sender"),
         ("239.1.1.1", "2001:db8::1", "different address families"),
