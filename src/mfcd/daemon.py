@@ -265,6 +265,7 @@ class Daemon:
         commands.on_change = self._after_change
         commands.registry = self.registry
         self.state.on_sync = self.registry.state_sync_seconds.observe
+        self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )

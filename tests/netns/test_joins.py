@@ -19,6 +19,7 @@ import pytest
 
 from lab.netns import Lab
 from tests.netns.conftest import Mfcd
+from tests.netns.test_metrics import fetch
 
 CAPTURE = str(Path(__file__).parents[2] / "lab" / "capture.py")
 # IGMPv3 / MLDv2 group record types (RFC 3376 4.2.12, RFC 3810 5.2.12)
@@ -337,3 +338,13 @@ def test_solicitations_are_answered_and_mrdisc_persists(lab: Lab, tmp_path: Path
             mfcd.ok("vif", "set", "r1", "--no-mrdisc")
         assert len(mrd(seen, 0x32)) == 1, seen
         assert json.loads(mfcd.ok("show", "groups", "-o", "json"))["mrdisc"] == []
+
+
+def test_metrics_count_the_joins(lab: Lab, tmp_path: Path) -> None:
+    listen = "127.0.0.1:10044"
+    with daemon(lab, tmp_path, f'metrics_listen = "{listen}"\n') as mfcd:
+        mfcd.ok("join", "--interface", "r1", "--group", "239.15.0.0/31")
+        mfcd.ok("join", "--interface", "r9", "--group", "239.15.0.9")
+        body = fetch(lab, f"http://{listen}/metrics")["body"]
+    assert 'mfcd_joins{origin="api"} 3\n' in body
+    assert 'mfcd_joins{origin="config"} 0\n' in body
