@@ -11,13 +11,14 @@ import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import __version__, batchfile, protocol, validate, views
+from mfcd import __version__, batchfile, probes, protocol, validate, views
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
+from mfcd.diagnosis import Query
 from mfcd.errors import (
     BadRequest,
     BatchSyntax,
@@ -27,6 +28,7 @@ from mfcd.errors import (
     TooLarge,
     UnsupportedVersion,
 )
+from mfcd.events import EventBus
 from mfcd.model import (
     DEFAULT_TABLE,
     AddRoute,
@@ -60,6 +62,21 @@ class Peer:
         return f"uid={self.uid} pid={self.pid}"
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A request answered later, by the server, instead of a response line: `answer` (the
+    response line, made while other clients are served: diagnose) or, with `subscribe`,
+    a stream of events on this connection until the client closes it (monitor)."""
+
+    request_id: Any
+    answer: Callable[[], Awaitable[bytes]] | None = None
+    subscribe: bool = False
+
+
+DIAGNOSE_SECONDS = 2.0  # diagnose samples packets and counters this long by default
+MAX_DIAGNOSE_SECONDS = 10.0
+
+
 class Commands:
     def __init__(
         self,
@@ -88,13 +105,19 @@ class Commands:
             "vif.show": self.vif_show,
             "sync": self.sync,
         }
+        self.events = EventBus()  # what `monitor` subscribers are told
+        # Commands the server completes itself (see Deferred).
+        self.deferred: dict[str, Callable[[Any, dict[str, Any], Peer], Deferred]] = {
+            "diagnose": self.diagnose,
+            "monitor": self.monitor,
+        }
 
-    def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+    def handle(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
             return self._handle(line, peer)
 
-    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
         request_id: Any = None
         try:
             try:
@@ -108,17 +131,24 @@ class Commands:
                 request_id = None
                 raise BadRequest("id must be an integer or a string", field="id")
             cmd, args, dry_run = self._envelope(msg)
+            if cmd in self.deferred:
+                return self.deferred[cmd](request_id, args, peer)
             return protocol.encode_result(request_id, self.table[cmd](args, dry_run, peer))
-        except MfcdError as e:
+        except Exception as e:
+            return self._failure(request_id, e, peer)
+
+    def _failure(self, request_id: Any, e: Exception, peer: Peer) -> bytes:
+        """The error response for a request that raised `e` (logged if it is a bug)."""
+        if isinstance(e, MfcdError):
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
             message = str(e)
             if len(message) > MAX_MESSAGE:  # it may quote a value of any size
                 message = message[: MAX_MESSAGE - 3] + "..."
             return protocol.encode_error(request_id, e.code, message, e.field, op=e.op, line=e.line)
-        except Exception as e:  # a bug; keep serving everyone else
-            log.exception("internal error while handling a request from %s", peer)
-            return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
+        # A bug; keep serving everyone else.
+        log.error("internal error while handling a request from %s", peer, exc_info=e)
+        return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
 
     def _envelope(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
         unknown = set(msg) - ENVELOPE_FIELDS
@@ -131,7 +161,7 @@ class Commands:
                 f" version {protocol.PROTOCOL_VERSION} (upgrade mfcctl and mfcd together)"
             )
         cmd = msg.get("cmd")
-        if not isinstance(cmd, str) or cmd not in self.table:
+        if not isinstance(cmd, str) or (cmd not in self.table and cmd not in self.deferred):
             raise BadRequest(f"unknown command {cmd!r}", field="cmd")
         args = msg.get("args", {})
         if not isinstance(args, dict):
@@ -163,6 +193,37 @@ class Commands:
         router, table = self.controller.router, _table_filter(args)
         return self.views.vif_show(router, stats=_flag(args, "stats"), table=table)
 
+    def diagnose(self, request_id: Any, args: dict[str, Any], peer: Peer) -> Deferred:
+        """Walk one flow's path (probes.diagnose): validated now, answered after sampling."""
+        validate.require_fields(args, ("group",), ("source", "table", "seconds"))
+        family, group = validate.group_of(args["group"])
+        source = args.get("source")
+        table = args.get("table")
+        if source is not None:
+            family, source, group, number = validate.route_key_of(source, group, table)
+        else:
+            number = validate.table_of(table, family)
+        self._check_family(family)
+        seconds = validate.seconds(
+            args.get("seconds", DIAGNOSE_SECONDS), "seconds", 0.1, MAX_DIAGNOSE_SECONDS
+        )
+        query = Query(family, group, source, number, seconds)
+
+        async def answer() -> bytes:
+            try:
+                controller = self.controller
+                result = await probes.diagnose(controller.router, controller.kernel, query)
+            except Exception as e:
+                return self._failure(request_id, e, peer)
+            return protocol.encode_result(request_id, result)
+
+        return Deferred(request_id, answer=answer)
+
+    def monitor(self, request_id: Any, args: dict[str, Any], peer: Peer) -> Deferred:
+        """Subscribe this connection to the event stream (the server streams it)."""
+        validate.require_fields(args, ())
+        return Deferred(request_id, subscribe=True)
+
     def sync(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("full",))
         if self.plane is None:
@@ -172,6 +233,8 @@ class Commands:
         repairs = self.controller.sync(view, dry_run=dry_run)
         if not dry_run:
             log.info("%s sync: %d repairs", peer, len(repairs))
+            for entry in repairs:
+                self.events.emit("repair", **entry)
             if self.on_change is not None:
                 self.on_change()  # a retried route may have opened or emptied a table
         return {"dry_run": dry_run, "repairs": repairs, "full": full}
@@ -388,11 +451,38 @@ class Commands:
         if not dry_run:
             if self.on_change is not None:
                 self.on_change()
+            if self.events.subscribers:
+                self._tell(changes)
             done = _outcome(sum(outcome.counts.values()))
             if result.get("state", "installed") != "installed":
                 done += f"; route {result['state']}: {result.get('reason', '')}"
             log.info("%s %s %s: %s", peer, cmd, _summary(args), done)
         return result
+
+    def _tell(self, changes: list[Change]) -> None:
+        """Tell monitor subscribers what a change did, one event per route or setting."""
+        router, emit = self.controller.router, self.events.emit
+        origins: dict[RouteKey, str] = getattr(router, "origins", {})
+        for change in changes:
+            if isinstance(change, SetThreshold):
+                emit("threshold", interface=change.interface, threshold=change.threshold)
+                continue
+            family, source, group, table = change.key
+            fields = {
+                "family": protocol.FAMILY_NAMES[family],
+                "table": table,
+                "source": source,
+                "group": group,
+                "origin": origins.get(change.key, "api"),
+            }
+            if isinstance(change, DelRoute):
+                emit("route.del", **fields)
+                continue
+            if change.key not in router.routes:  # replaced again later in the same batch
+                continue
+            status = router.status(change.key)
+            iif, oifs = router.routes[change.key]
+            emit("route.add", **fields, iif=iif, oifs=list(oifs), state=status.state)
 
 
 def _new_oifs(kind: str, key: RouteKey, ports: Ports, names: tuple[str, ...]) -> tuple[str, ...]:

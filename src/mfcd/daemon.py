@@ -28,6 +28,7 @@ from mfcd.commands import Commands
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
+from mfcd.events import EventBus
 from mfcd.kernel import Kernel
 from mfcd.model import DEFAULT_TABLE
 from mfcd.server import Server, bind_control_socket, socket_permissions
@@ -142,6 +143,7 @@ class Daemon:
         self.reporter = notify.StatusReporter(self.status)
         # Upcalls received, by kind (dataplane.UPCALL_KINDS): counted, not yet acted on.
         self.upcalls: Counter[str] = Counter()
+        self.events = EventBus()  # what `mfcctl monitor` subscribers are told
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -224,6 +226,7 @@ class Daemon:
         self._sync_tables()
         commands = Commands(controller, cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
+        commands.events = self.events
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )
@@ -351,6 +354,13 @@ class Daemon:
             self._on_link_events(events)
 
     def _on_link_events(self, events: Events) -> None:
+        if self.events.subscribers:
+            for link in events.links:
+                self.events.emit(
+                    "link", action=link.kind, interface=link.name, ifindex=link.ifindex
+                )
+            if events.links_lost:
+                self.events.emit("link", action="lost", interface=None, ifindex=None)
         router = self.controller.router
         before, tracked = dict(router.links), router.tracked_links()
         try:
@@ -447,6 +457,8 @@ class Daemon:
         )
         self._sync_tables()
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
+        for entry in report:
+            self.events.emit("repair", **entry)
         repairs = Counter(entry["action"] for entry in report)
         log.log(
             logging.WARNING if report else logging.INFO,
@@ -481,7 +493,8 @@ class Daemon:
             # Changes keep coming (a busy client): check on the loop, between two requests.
             view = observe(self.kernel, self.kernel.families, True, controller.router.tables())
         self._deferred = 0
-        controller.sync(view)
+        for entry in controller.sync(view):
+            self.events.emit("repair", **entry)
         self._sync_tables()
 
     async def _watchdog(self) -> None:
@@ -545,6 +558,7 @@ class Daemon:
             self.server.client_timeout = new.client_timeout
         self.cfg = new
         log.info("configuration reloaded from %s", self.config_path or config.DEFAULT_PATH)
+        self.events.emit("reload", config=self.config_path or config.DEFAULT_PATH)
 
 
 def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:
