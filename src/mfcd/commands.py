@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,7 @@ class Deferred:
     a stream of events on this connection until the client closes it (monitor)."""
 
     request_id: Any
-    answer: Callable[[], Awaitable[bytes]] | None = None
+    answer: Callable[[], Coroutine[Any, Any, bytes]] | None = None
     subscribe: bool = False
 
 
@@ -112,7 +112,17 @@ class Commands:
             "monitor": self.monitor,
         }
 
-    def handle(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
+    def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+        """The response line to a request; a deferred command (diagnose, monitor) is
+        refused here: only the server, through `dispatch`, completes those."""
+        response = self.dispatch(line, peer)
+        if isinstance(response, Deferred):
+            message = "this command streams or answers later: only the control socket serves it"
+            return protocol.encode_error(response.request_id, "bad_request", message)
+        return response
+
+    def dispatch(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
+        """The response line to a request, or a Deferred the server completes."""
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
             return self._handle(line, peer)

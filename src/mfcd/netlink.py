@@ -474,28 +474,36 @@ def _dump_once(
     with _open_socket(kind) as sock:
         try:
             sock.send(header + request)
-            while True:
-                view = _recv(sock, buf)
-                if view is None:
+            for reply_type, reply_flags, message in _replies(sock, buf, seq):
+                interrupted |= bool(reply_flags & NLM_F_DUMP_INTR)
+                if reply_type in (NLMSG_DONE, NLMSG_ERROR):
+                    err, detail = error_of(message)
+                    if err:
+                        raise NetlinkError(err, kind, detail)
+                    if reply_type == NLMSG_DONE:
+                        return items, interrupted
                     continue
-                for reply_type, reply_flags, reply_seq, message in iter_messages(view):
-                    if reply_seq != seq:
-                        continue  # left over from an earlier request; not ours
-                    interrupted |= bool(reply_flags & NLM_F_DUMP_INTR)
-                    if reply_type in (NLMSG_DONE, NLMSG_ERROR):
-                        err, detail = error_of(message)
-                        if err:
-                            raise NetlinkError(err, kind, detail)
-                        if reply_type == NLMSG_DONE:
-                            return items, interrupted
-                        continue
-                    item = parse(message)
-                    if item is not None:
-                        items.append(item)
+                item = parse(message)
+                if item is not None:
+                    items.append(item)
+            return items, interrupted  # (the replies never end: only for the type checker)
         except NetlinkError:
             raise
         except OSError as exc:
             raise NetlinkError(exc.errno or errno.EIO, kind) from exc
+
+
+def _replies(
+    sock: socket.socket, buf: bytearray, seq: int
+) -> Iterator[tuple[int, int, memoryview]]:
+    """(type, flags, message) of each message the kernel sends in answer to request `seq`."""
+    while True:
+        view = _recv(sock, buf)
+        if view is None:
+            continue
+        for reply_type, reply_flags, reply_seq, message in iter_messages(view):
+            if reply_seq == seq:  # else left over from an earlier request; not ours
+                yield reply_type, reply_flags, message
 
 
 def _dump(
@@ -654,19 +662,14 @@ def route_get(family: int, address: str) -> int | None:
     with _open_socket("route lookup") as sock:
         try:
             sock.send(header + request)
-            while True:
-                view = _recv(sock, buf)
-                if view is None:
-                    continue
-                for reply_type, _flags, reply_seq, message in iter_messages(view):
-                    if reply_seq != seq:
-                        continue
-                    if reply_type == NLMSG_ERROR:
-                        err, detail = error_of(message)
-                        if err in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES):
-                            return None  # no route, or an unreachable/prohibit one
-                        raise NetlinkError(err or errno.EIO, "route lookup", detail)
-                    return parse_route_oif(message)
+            for reply_type, _flags, message in _replies(sock, buf, seq):
+                if reply_type == NLMSG_ERROR:
+                    err, detail = error_of(message)
+                    if err in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES):
+                        return None  # no route, or an unreachable/prohibit one
+                    raise NetlinkError(err or errno.EIO, "route lookup", detail)
+                return parse_route_oif(message)
+            return None  # (the replies never end: only for the type checker)
         except NetlinkError:
             raise
         except OSError as exc:

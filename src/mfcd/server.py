@@ -300,7 +300,7 @@ class Server:
                 return
             # Synchronous on purpose: one change at a time, and no await between the kernel
             # change and the journal write.
-            response = self.commands.handle(line, peer)
+            response = self.commands.dispatch(line, peer)
             del line
             self._hold(buffer, len(buffer.data))
             if isinstance(response, Deferred):
