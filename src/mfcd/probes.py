@@ -276,7 +276,8 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
         sources = {p.source for p in packets}
         one = source if source is not None else (min(sources) if len(sources) == 1 else None)
         seen = sample_of(packets, one, elapsed, error) if one is not None else None
-        facts = Facts(family, source, group, None, {}, None, seen, None)
+        # Without a source, the one sender seen (if just one) stands for it in the fix.
+        facts = Facts(family, one, group, None, {}, None, seen, None)
         flows.append(_flow_json(None, diagnosis.checklist(facts)))
     checks = [c for flow in flows for c in flow["checks"]]
     return {
