@@ -49,11 +49,9 @@ for i in range(3000):
 
 
 @contextmanager
-def sending(
-    lab: Lab, source: str = SOURCE, group: str = GROUP, ttl: int = 8, ns: str | None = None
-) -> Iterator[None]:
-    ifname = "s0" if ns is None else "x0"
-    proc = lab.spawn(ns or lab.sender, sys.executable, "-c", SENDER, group, ifname, source, str(ttl))
+def sending(lab: Lab, source: str = SOURCE, group: str = GROUP, ttl: int = 8) -> Iterator[None]:
+    """The sender sends the flow out of s0 (to the router's r0) while the block runs."""
+    proc = lab.spawn(lab.sender, sys.executable, "-c", SENDER, group, "s0", source, str(ttl))
     try:
         time.sleep(0.3)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
