@@ -30,7 +30,7 @@ from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
 from mfcd.kernel import Kernel
-from mfcd.model import DEFAULT_TABLE
+from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, Step
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import VERSION, StateFile
 
@@ -366,10 +366,11 @@ class Daemon:
         try:
             if events.links_lost:
                 log.warning("missed interface events (netlink overrun); re-reading interfaces")
-                self.controller.sync_links(netlink.current_links())
+                self._tell_route_states(self.controller.sync_links(netlink.current_links()))
             else:
                 for link in events.links:
-                    self.controller.link_event(link.kind, link.name, link.ifindex)
+                    steps = self.controller.link_event(link.kind, link.name, link.ifindex)
+                    self._tell_route_states(steps)
         except (OSError, ValueError) as e:
             # The dump interrupted during the storm that overran us: the delayed resync
             # re-reads every interface.
@@ -388,6 +389,25 @@ class Daemon:
         if touched:
             self._resync_later(RESYNC_DELAY, touched)
         self._sync_tables()  # a pending route installed now may have opened a table
+
+    def _tell_route_states(self, steps: list[Step]) -> None:
+        """Tell monitor subscribers the state of each route an interface event wrote."""
+        if not self.events.subscribers:
+            return
+        router = self.controller.router
+        ops = [s.op for s in steps if isinstance(s.op, (AddMfc, DelMfc))]
+        for key in dict.fromkeys((op.family, op.source, op.group, op.table) for op in ops):
+            if key in router.routes:
+                status = router.status(key)
+                self.events.emit(
+                    "route.state",
+                    family=protocol.FAMILY_NAMES[key[0]],
+                    table=key[3],
+                    source=key[1],
+                    group=key[2],
+                    state=status.state,
+                    reason=status.reason,
+                )
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False
