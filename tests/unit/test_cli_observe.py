@@ -15,6 +15,17 @@ import pytest
 from mfcd import cli, protocol
 from tests.unit.test_cli import FakeDaemon, run_cli
 
+ROUTE = {
+    "kind": "route",
+    "family": "ipv4",
+    "table": 253,
+    "source": "198.18.0.2",
+    "group": "239.1.1.1",
+    "iif": "r0",
+    "oifs": ["r1", "r2"],
+    "state": "installed",
+    "origin": "api",
+}
 RESULT = {
     "group": "239.1.1.1",
     "source": "198.18.0.2",
@@ -23,17 +34,7 @@ RESULT = {
     "verdict": "failed",
     "flows": [
         {
-            "route": {
-                "kind": "route",
-                "family": "ipv4",
-                "table": 253,
-                "source": "198.18.0.2",
-                "group": "239.1.1.1",
-                "iif": "r0",
-                "oifs": ["r1", "r2"],
-                "state": "installed",
-                "origin": "api",
-            },
+            "route": ROUTE,
             "verdict": "failed",
             "checks": [
                 {"check": "route", "status": "passed", "detail": "route ... matches"},
@@ -99,17 +100,7 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
     ("event", "text"),
     [
         (
-            {
-                "event": "route.add",
-                "family": "ipv4",
-                "table": 253,
-                "source": "198.18.0.2",
-                "group": "239.1.1.1",
-                "iif": "r0",
-                "oifs": ["r1", "r2"],
-                "state": "pending",
-                "origin": "api",
-            },
+            {**ROUTE, "event": "route.add", "state": "pending"},
             "route.add ipv4 198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 (pending)",
         ),
         (
