@@ -942,8 +942,8 @@ def format_event(event: dict[str, Any]) -> str:
             text += f" iif {event['iif']} oifs {','.join(event.get('oifs', []))}"
         if _other_table(event):
             text += f" table {event['table']}"
-        if event.get("state", "installed") != "installed":
-            text += f" ({event['state']})"
+        if kind == "route.state" or event.get("state", "installed") != "installed":
+            text += f" ({event['state']}{': ' + event['reason'] if event.get('reason') else ''})"
         if event.get("origin", "api") != "api":
             text += f" [{event['origin']}]"
     elif kind == "link":

@@ -197,7 +197,7 @@ def checklist(facts: Facts) -> list[Check]:
     checks.append(_wrong_if(facts, intent))
     checks.append(_rp_filter(facts, intent))
     checks.append(_ttl(facts, intent))
-    checks.append(_forwarded(facts, intent))
+    checks.append(_counted(facts, intent))
     checks += _interface_checks(facts, "oif", intent.oifs)
     checks.append(_snooping(facts, intent))
     return checks
@@ -412,18 +412,18 @@ def _ttl(facts: Facts, intent: Intent) -> Check:
     )
 
 
-def _forwarded(facts: Facts, intent: Intent) -> Check:
+def _counted(facts: Facts, intent: Intent) -> Check:
     counts = facts.counts
     if counts is None:
-        return Check("forwarded", "unknown", "the route has no kernel entry to count packets on")
+        return Check("counted", "unknown", "the route has no kernel entry to count packets on")
     if counts.packets > 0:
         return Check(
-            "forwarded",
+            "counted",
             "passed",
             f"the kernel counted {counts.packets} packets on the route in {counts.seconds:g} s",
         )
     return Check(
-        "forwarded",
+        "counted",
         "failed",
         f"the kernel counted no packet on the route in {counts.seconds:g} s"
         f" ({counts.total_packets} in all)",

@@ -150,7 +150,7 @@ def test_rp_filter_with_no_route_back(lab: Lab, mfcd: Mfcd) -> None:
     assert found["rp_filter"]["status"] == "failed"
     assert "no route back" in found["rp_filter"]["detail"]
     assert found["arrival"]["status"] == "passed"  # it arrives, and is dropped after
-    assert found["forwarded"]["status"] == "failed"
+    assert found["counted"]["status"] == "failed"
     # Loose mode with a route back passes.
     lab.exec(lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2")
     lab.ip(lab.router, "route", "add", f"{stranger}/32", "dev", "r0")
@@ -203,7 +203,7 @@ def test_a_pending_route(lab: Lab, mfcd: Mfcd) -> None:
     assert found["state"]["detail"] == "pending: waiting for nosuch0"
     assert "create nosuch0" in found["state"]["fix"]
     assert found["oif:nosuch0"]["detail"] == "nosuch0 does not exist"
-    assert found["forwarded"]["status"] == "unknown"  # no kernel entry to count on
+    assert found["counted"]["status"] == "unknown"  # no kernel entry to count on
 
 
 def test_no_route_names_where_the_flow_arrives(lab: Lab, mfcd: Mfcd) -> None:

@@ -26,6 +26,7 @@ ROUTE = {
     "state": "installed",
     "origin": "api",
 }
+KEY = {k: v for k, v in ROUTE.items() if k in ("family", "table", "source", "group")}
 RESULT = {
     "group": "239.1.1.1",
     "source": "198.18.0.2",
@@ -113,6 +114,14 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
                 "origin": "config",
             },
             "route.del ipv6 2001:db8::2 -> ff3e::1 table 7 [config]",
+        ),
+        (
+            {**KEY, "event": "route.state", "state": "installed", "reason": ""},
+            "route.state ipv4 198.18.0.2 -> 239.1.1.1 (installed)",
+        ),
+        (
+            {**KEY, "event": "route.state", "state": "degraded", "reason": "waiting for r2"},
+            "route.state ipv4 198.18.0.2 -> 239.1.1.1 (degraded: waiting for r2)",
         ),
         (
             {"event": "link", "action": "del", "interface": "r3", "ifindex": 9},

@@ -51,7 +51,7 @@ def test_a_healthy_flow_passes_every_check_in_path_order() -> None:
         "wrong_if",
         "rp_filter",
         "ttl",
-        "forwarded",
+        "counted",
         "oif",
         "oif",
         "bridge_snooping",
@@ -130,7 +130,7 @@ def test_nothing_arrives_asks_about_a_join() -> None:
     c = check(facts, "arrival")
     assert c.status == "failed"
     assert "join" in c.fix
-    assert check(facts, "forwarded").status == "failed"
+    assert check(facts, "counted").status == "failed"
     assert check(facts, "ttl").status == "unknown"
 
 
