@@ -471,9 +471,12 @@ class Commands:
 
     def _tell(self, changes: list[Change]) -> None:
         """Tell monitor subscribers what a change did, one event per route or setting."""
-        router, emit = self.controller.router, self.events.emit
+        router, bus, emit = self.controller.router, self.events, self.events.emit
         origins: dict[RouteKey, str] = getattr(router, "origins", {})
-        for change in changes:
+        for index, change in enumerate(changes):
+            if bus.saturated():  # a batch larger than every buffer: count the rest
+                bus.drop(len(changes) - index)
+                return
             if isinstance(change, SetThreshold):
                 emit("threshold", interface=change.interface, threshold=change.threshold)
                 continue

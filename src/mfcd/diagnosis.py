@@ -288,6 +288,10 @@ def _mc_forwarding(facts: Facts, intent: Intent) -> Check:
         return Check("mc_forwarding", "unknown", f"cannot read mc_forwarding of {intent.iif}")
     if link.mc_forwarding:
         return Check("mc_forwarding", "passed", f"mc_forwarding is on for {intent.iif}")
+    if intent.state == "pending":
+        fix = f"the kernel turns it on when mfcd installs the route and adds {intent.iif}'s VIF"
+        fix += " (see state)"
+        return Check("mc_forwarding", "failed", f"mc_forwarding is off for {intent.iif}", fix)
     return Check(
         "mc_forwarding",
         "failed",

@@ -77,6 +77,16 @@ class EventBus:
         if subscriber in self.subscribers:
             self.subscribers.remove(subscriber)
 
+    def saturated(self) -> bool:
+        """Whether every subscriber's buffer is full: more events would only be counted."""
+        return all(len(s.events) >= s.limit for s in self.subscribers)
+
+    def drop(self, count: int) -> None:
+        """Count `count` events as dropped for every subscriber, without making them (the
+        rest of a large batch once every buffer is full)."""
+        for subscriber in self.subscribers:
+            subscriber.dropped += count
+
     def emit(self, kind: str, **fields: Any) -> None:
         """Tell every subscriber; `fields` are JSON values (shared, never changed after)."""
         if not self.subscribers:

@@ -204,6 +204,9 @@ def test_a_pending_route(lab: Lab, mfcd: Mfcd) -> None:
     assert "create nosuch0" in found["state"]["fix"]
     assert found["oif:nosuch0"]["detail"] == "nosuch0 does not exist"
     assert found["counted"]["status"] == "unknown"  # no kernel entry to count on
+    # No VIF for r0 yet: the kernel keeps its multicast from the routing table.
+    assert found["mc_forwarding"]["status"] == "failed"
+    assert "see state" in found["mc_forwarding"]["fix"]
 
 
 def test_no_route_names_where_the_flow_arrives(lab: Lab, mfcd: Mfcd) -> None:

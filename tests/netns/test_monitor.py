@@ -4,14 +4,20 @@ subscriber that stops reading holds nobody up and is told what it missed."""
 from __future__ import annotations
 
 import json
+import select
+import signal
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 from typing import Any
 
 from lab.netns import Lab
 from mfcd import events, protocol
+from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd, route_args
+from tests.netns.test_interfaces import DEL_VIF
 
 SOURCE = "198.18.0.2"
 
@@ -96,23 +102,33 @@ def test_mfcctl_monitor_prints_lines(lab: Lab, mfcd: Mfcd) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
+
+    def line(timeout: float) -> dict[str, Any] | None:
         assert proc.stdout is not None
+        if not select.select([proc.stdout], [], [], timeout)[0]:
+            return None
+        event: dict[str, Any] = json.loads(proc.stdout.readline())
+        return event
+
+    try:
         # Its subscription starts at some moment: change a setting until it shows.
-        for threshold in range(2, 50):
+        deadline = time.monotonic() + 20
+        for threshold in range(2, 200):
+            assert time.monotonic() < deadline and proc.poll() is None
             mfcd.ok("vif", "set", "r1", "--threshold", str(threshold))
-            time.sleep(0.1)
-            if proc.poll() is not None:
+            event = line(0.2)
+            if event is not None:
                 break
-            line = json.loads(proc.stdout.readline())
-            if line["event"] == "threshold":
-                break
+        while line(0.5) is not None:  # the last settings' events
+            pass
         mfcd.ok(*route_args(SOURCE, "239.1.1.3", "r0", "r1"))
-        while True:
-            event = json.loads(proc.stdout.readline())
-            if event["event"] == "route.add":
-                break
-        assert (event["group"], event["state"]) == ("239.1.1.3", "installed")
+        event = line(10)
+        assert event is not None
+        assert (event["event"], event["group"], event["state"]) == (
+            "route.add",
+            "239.1.1.3",
+            "installed",
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -148,3 +164,32 @@ def test_a_subscriber_that_stops_reading_holds_nobody_up_and_sees_the_gap(mfcd: 
     assert seen[-1]["group"] == "239.3.0.1"  # events after the gap come after it
     # Other subscribers are unaffected by this one's state.
     mfcd.ok("ping")
+
+
+def test_reloads_and_repairs_are_told(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, "239.1.1.1", "r0", "r1"))
+    vif = {name: index for index, name in kernel_tables.vifs(lab, 4).items()}["r1"]
+    sub = Subscriber(mfcd.socket)
+    try:
+        assert mfcd.proc is not None
+        mfcd.proc.send_signal(signal.SIGHUP)
+        reload = sub.until("reload")[-1]
+        assert reload["config"] == str(mfcd.config_file)
+        # Another privileged program deletes r1's VIF; sync puts it back, and says so.
+        code = textwrap.dedent(DEL_VIF.format(family=4, vifi=vif))
+        assert lab.exec(lab.router, sys.executable, "-c", code).returncode == 0
+        mfcd.ok("sync")
+        repair = sub.until("repair")[-1]
+    finally:
+        sub.close()
+    assert (repair["action"], repair["interface"], repair["vif"]) == ("readd_vif", "r1", vif)
+
+
+def test_stopping_mfcd_ends_the_subscription(mfcd: Mfcd) -> None:
+    sub = Subscriber(mfcd.socket)
+    try:
+        code, _ = mfcd.stop()
+        assert code == 0
+        assert sub.sock.recv(1 << 16) == b""  # closed, nothing half sent
+    finally:
+        sub.close()

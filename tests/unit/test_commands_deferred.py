@@ -108,3 +108,14 @@ def test_diagnose_fields_of_every_json_type_never_fail_inside(field: str) -> Non
             response = dispatch(commands, "monitor", args)
             assert isinstance(response, bytes)
             assert error_of(response)["code"] == "bad_request"
+
+
+def test_a_batch_larger_than_the_buffer_is_told_in_part_and_counted_in_full() -> None:
+    commands = make_commands()
+    sub = commands.events.subscribe(lambda: None, limit=3)
+    ops = [{"op": "add", **ROUTE, "group": f"239.1.2.{n}"} for n in range(10)]
+    assert ask(commands, "batch", {"ops": ops})["ok"]
+    events = sub.take()
+    assert [e["group"] for e in events[:3]] == ["239.1.2.0", "239.1.2.1", "239.1.2.2"]
+    assert events[3]["event"] == "gap"
+    assert events[3]["dropped"] == 7

@@ -120,6 +120,10 @@ def test_interfaces_missing_down_or_without_carrier() -> None:
 def test_mc_forwarding_off() -> None:
     c = check(with_interface(HEALTHY, "r0", mc_forwarding=False), "mc_forwarding")
     assert c.status == "failed"
+    assert "mfcctl sync" in c.fix
+    pending = dataclasses.replace(INTENT, state="pending", reason="waiting for r9")
+    facts = dataclasses.replace(with_interface(HEALTHY, "r0", mc_forwarding=False), intent=pending)
+    assert "see state" in check(facts, "mc_forwarding").fix
     assert check(with_interface(HEALTHY, "r0", mc_forwarding=None), "mc_forwarding").status == (
         "unknown"
     )

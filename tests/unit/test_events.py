@@ -47,3 +47,16 @@ def test_unsubscribed_gets_nothing_more() -> None:
     bus.unsubscribe(sub)  # twice is harmless (a connection closing as mfcd stops)
     bus.emit("reload", config="/etc/mfc_daemon.conf")
     assert sub.take() == []
+
+
+def test_a_saturated_bus_counts_drops_without_making_events() -> None:
+    bus = EventBus()
+    small = bus.subscribe(lambda: None, limit=1)
+    large = bus.subscribe(lambda: None, limit=2)
+    bus.emit("link", n=0)
+    assert not bus.saturated()
+    bus.emit("link", n=1)
+    assert bus.saturated()
+    bus.drop(5)
+    assert small.take()[-1]["dropped"] == 6
+    assert large.take()[-1]["dropped"] == 5
