@@ -17,8 +17,10 @@ import fcntl
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,10 @@ SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4  # a packet this host sends (the forwarded copies), <linux/if_packet.h>
 ETH_P = {4: 0x0800, 6: 0x86DD}
 MAX_PACKETS = 200  # sampled at most: enough for TTLs and arrival interfaces
+STOP_CHECK = 0.2  # seconds between two looks at the stop flag while sampling
+# Diagnoses read the machine in threads of their own, two at a time: a crowd of them waits
+# here instead of holding the default executor's threads, which write the state file.
+_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="diagnose")
 SNAP = 64  # bytes of each packet copied: the IP header is all that is read
 _IFREQ = struct.Struct("=16sH22x")  # struct ifreq: name, then ifr_flags in the union
 _FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
@@ -92,10 +98,11 @@ def parse_packet(family: int, data: bytes) -> tuple[str, int] | None:
 
 
 def sample_packets(
-    family: int, group: str, source: str | None, seconds: float
+    family: int, group: str, source: str | None, seconds: float, stop: threading.Event
 ) -> tuple[list[Packet], str]:
     """The flow's packets arriving on any interface within `seconds` (MAX_PACKETS at most),
-    and an error text when no sample could be taken. Blocks: run it in a thread."""
+    and an error text when no sample could be taken. Blocks: run it in a thread; `stop`
+    ends it early (mfcd stops)."""
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P[family]))
     except OSError as e:
@@ -110,13 +117,13 @@ def sample_packets(
         deadline = time.monotonic() + seconds
         while len(packets) < MAX_PACKETS:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or stop.is_set():
                 break
-            sock.settimeout(left)
+            sock.settimeout(min(left, STOP_CHECK))
             try:
                 data, address = sock.recvfrom(SNAP)
             except TimeoutError:
-                break
+                continue
             except OSError as e:
                 return packets, f"reading packets failed: {e.strerror}"
             if address[2] == PACKET_OUTGOING:
@@ -228,10 +235,11 @@ def route_back(family: int, source: str) -> RouteBack:
 
 
 def _machine_facts(
-    family: int, intents: list[Intent], seconds: float, group: str, source: str | None
+    query: Query, intents: list[Intent], stop: threading.Event
 ) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack]]:
     """Everything read from the machine (blocking: in a thread)."""
-    packets, error = sample_packets(family, group, source, seconds)
+    family = query.family
+    packets, error = sample_packets(family, query.group, query.source, query.seconds, stop)
     names = {n for intent in intents for n in (intent.iif, *intent.oifs)}
     interfaces = {n: read_interface(family, n) for n in names}
     backs = {}
@@ -248,9 +256,15 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
     intents = diagnosis.matching_intents(router, query)
     before = [_counters(counters, i) for i in intents]
     started = time.monotonic()
-    packets, error, interfaces, backs = await asyncio.to_thread(
-        _machine_facts, family, intents, query.seconds, group, source
+    stop = threading.Event()
+    reading = asyncio.get_running_loop().run_in_executor(
+        _executor, _machine_facts, query, intents, stop
     )
+    try:
+        packets, error, interfaces, backs = await asyncio.shield(reading)
+    except asyncio.CancelledError:
+        stop.set()  # mfcd stops: the thread ends within STOP_CHECK
+        raise
     elapsed = round(time.monotonic() - started, 1)
     after = [_counters(counters, i) for i in intents]
     flows = []

@@ -287,3 +287,24 @@ def test_bad_arguments_are_refused(mfcd: Mfcd, args: list[str], message: str) ->
     result = mfcd.ctl("diagnose", *args)
     assert result.returncode == 1
     assert message in result.stderr
+
+
+def test_mfcd_stops_at_once_during_a_diagnosis(lab: Lab, mfcd: Mfcd) -> None:
+    slow = subprocess.Popen(
+        [*mfcd_command(mfcd), "diagnose", "--group", GROUP, "--seconds", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        code, _ = mfcd.stop()
+        assert code == 0
+        assert time.monotonic() - started < 5  # not the 10 s of sampling
+        _, err = slow.communicate(timeout=20)
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait()
+    assert slow.returncode == 3, err  # the daemon went away: no answer, no false verdict
