@@ -182,6 +182,9 @@ class Facts:
     counts: Counts | None  # None: the route has no kernel entry (or no route)
     sample: Sample | None
     route_back: RouteBack | None  # None: not looked up (IPv6, or no source)
+    # Packets that left by each oif's VIF during the interval (every route on the VIF
+    # counts); an oif without a VIF is absent. None: not read.
+    sent: dict[str, int] | None = None
 
 
 def checklist(facts: Facts) -> list[Check]:
@@ -199,6 +202,7 @@ def checklist(facts: Facts) -> list[Check]:
     checks.append(_ttl(facts, intent))
     checks.append(_counted(facts, intent))
     checks += _interface_checks(facts, "oif", intent.oifs)
+    checks.append(_sent(facts, intent))
     checks.append(_snooping(facts, intent))
     return checks
 
@@ -432,6 +436,29 @@ def _counted(facts: Facts, intent: Intent) -> Check:
         f"the kernel counted no packet on the route in {counts.seconds:g} s"
         f" ({counts.total_packets} in all)",
         "see the checks that failed above",
+    )
+
+
+def _sent(facts: Facts, intent: Intent) -> Check:
+    sent = facts.sent
+    seconds = facts.counts.seconds if facts.counts is not None else 0.0
+    if sent is None or facts.counts is None or not any(o in sent for o in intent.oifs):
+        return Check("sent", "unknown", "no oif VIF counters to read")
+    silent = [o for o in intent.oifs if sent.get(o, 0) <= 0]
+    if not silent:
+        counts = ", ".join(f"{o} {sent[o]}" for o in intent.oifs)
+        return Check("sent", "passed", f"packets left by every oif in {seconds:g} s ({counts})")
+    if facts.counts.packets <= 0:
+        why = "nothing was counted on the route"
+        fix = "see the checks that failed above"
+    else:
+        why = "although the route counted packets"
+        fix = "see the ttl and oif checks (TTL at or below a threshold, an oif down)"
+    return Check(
+        "sent",
+        "failed",
+        f"no packet left by {', '.join(silent)} in {seconds:g} s, {why}",
+        fix,
     )
 
 

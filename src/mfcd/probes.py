@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mfcd import diagnosis, netlink
-from mfcd.dataplane import CountersReader, SgCounters, sg_counters
+from mfcd.dataplane import CountersReader, SgCounters, sg_counters, vif_counters
 from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Sample
 from mfcd.model import Router
 
@@ -255,6 +255,7 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
     family, group, source = query.family, query.group, query.source
     intents = diagnosis.matching_intents(router, query)
     before = [_counters(counters, i) for i in intents]
+    vifs_before = [_sent(router, counters, i) for i in intents]
     started = time.monotonic()
     stop = threading.Event()
     reading = asyncio.get_running_loop().run_in_executor(
@@ -267,8 +268,9 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
         raise
     elapsed = round(time.monotonic() - started, 1)
     after = [_counters(counters, i) for i in intents]
+    vifs_after = [_sent(router, counters, i) for i in intents]
     flows = []
-    for intent, old, new in zip(intents, before, after, strict=True):
+    for index, (intent, old, new) in enumerate(zip(intents, before, after, strict=True)):
         counts = None
         if old is not None and new is not None:
             counts = Counts(
@@ -284,6 +286,7 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
             counts,
             sample,
             backs.get(intent.source),
+            _difference(vifs_before[index], vifs_after[index]),
         )
         flows.append(_flow_json(intent, diagnosis.checklist(facts)))
     if not intents:
@@ -310,6 +313,23 @@ def _counters(reader: CountersReader, intent: Intent) -> SgCounters | None:
     if intent.state not in {"installed", "degraded"}:
         return None
     return sg_counters(reader, intent.family, intent.source, intent.group, intent.table)
+
+
+def _sent(router: Router, reader: CountersReader, intent: Intent) -> dict[str, int]:
+    """Packets out of each oif's VIF so far (an oif without a VIF, or gone, is left out)."""
+    out = {}
+    for oif in intent.oifs:
+        vif = router.vif_of(intent.family, oif, intent.table)
+        if vif is None or vif.ifindex is None:
+            continue
+        counters = vif_counters(reader, intent.family, vif.vifi, intent.table)
+        if counters is not None:
+            out[oif] = counters.packets_out
+    return out
+
+
+def _difference(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {n: after[n] - before[n] for n in after if n in before}
 
 
 def _flow_json(intent: Intent | None, checks: list[diagnosis.Check]) -> dict[str, Any]:

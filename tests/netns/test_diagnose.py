@@ -134,6 +134,9 @@ def test_a_ttl_1_sender(lab: Lab, mfcd: Mfcd) -> None:
     assert "TTL 1" in ttl["detail"]
     assert "TTL >= 2" in ttl["fix"]
     assert checks(result)["arrival"]["status"] == "passed"
+    # The kernel counts them on the route, and drops them: nothing leaves.
+    assert checks(result)["counted"]["status"] == "passed"
+    assert checks(result)["sent"]["status"] == "failed"
 
 
 def test_rp_filter_with_no_route_back(lab: Lab, mfcd: Mfcd) -> None:
@@ -180,8 +183,9 @@ def test_an_oif_down(lab: Lab, mfcd: Mfcd) -> None:
     with sending(lab):
         status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
     assert status == 8
-    assert failed(result) == {"oif:r2"}
+    assert failed(result) == {"oif:r2", "sent"}  # the kernel sends nothing out of r2
     assert checks(result)["oif:r2"]["fix"] == "ip link set r2 up"
+    assert "no packet left by r2" in checks(result)["sent"]["detail"]
 
 
 def test_an_oif_without_carrier(lab: Lab, mfcd: Mfcd) -> None:

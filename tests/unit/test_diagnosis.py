@@ -25,6 +25,7 @@ HEALTHY = Facts(
     Counts(2.0, 200, 0, 1000),
     Sample(2.0, {"r0": 190}, {"r0": (8,) * 190}),
     RouteBack("r0"),
+    {"r1": 190, "r2": 190},
 )
 
 
@@ -54,6 +55,7 @@ def test_a_healthy_flow_passes_every_check_in_path_order() -> None:
         "counted",
         "oif",
         "oif",
+        "sent",
         "bridge_snooping",
     ]
     assert {c.status for c in checks} == {"passed"}
@@ -197,6 +199,21 @@ def test_ttl_at_the_threshold_is_not_forwarded() -> None:
     assert c.status == "failed"
     assert "TTL 1" in c.detail
     assert "TTL >= 2" in c.fix
+
+
+def test_nothing_sent_while_the_route_counts_points_at_ttl_and_oifs() -> None:
+    facts = dataclasses.replace(HEALTHY, sent={"r1": 0, "r2": 12})
+    c = check(facts, "sent")
+    assert (c.status, c.detail) == (
+        "failed",
+        "no packet left by r1 in 2 s, although the route counted packets",
+    )
+    assert "ttl" in c.fix
+    quiet = dataclasses.replace(facts, counts=Counts(2.0, 0, 0, 0))
+    assert "nothing was counted" in check(quiet, "sent").detail
+    assert check(dataclasses.replace(HEALTHY, sent={}), "sent").status == "unknown"
+    assert check(dataclasses.replace(HEALTHY, sent=None), "sent").status == "unknown"
+    assert "r1 190, r2 190" in check(HEALTHY, "sent").detail
 
 
 def test_ttl_below_one_oifs_threshold_names_it() -> None:
