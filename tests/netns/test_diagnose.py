@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from lab.netns import Lab
-from tests.netns.conftest import Mfcd, route_args
+from tests.netns.conftest import BIN, Mfcd, route_args
 
 SOURCE, GROUP = "198.18.0.2", "239.1.1.1"
 SOURCE6, GROUP6 = "2001:db8:0::2", "ff3e::1:1"
@@ -253,31 +253,35 @@ def test_a_bridge_oif_snooping_with_no_querier(lab: Lab, mfcd: Mfcd) -> None:
     assert checks(result)["bridge_snooping"]["status"] == "passed"
 
 
-def test_sampling_does_not_hold_up_other_clients(lab: Lab, mfcd: Mfcd) -> None:
-    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1"))
+@contextmanager
+def diagnosing(mfcd: Mfcd, seconds: int) -> Iterator[subprocess.Popen[str]]:
+    """A diagnosis sampling for `seconds` in the background (0.5 s into it on entry)."""
+    command = [str(BIN / "mfcctl"), "--socket", mfcd.socket, "diagnose", "--group", GROUP]
     slow = subprocess.Popen(
-        [*mfcd_command(mfcd), "diagnose", "--group", GROUP, "--seconds", "4"],
+        [*command, "--seconds", str(seconds)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        time.sleep(0.5)  # the diagnosis is sampling now
+        time.sleep(0.5)
+        yield slow
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait()
+
+
+def test_sampling_does_not_hold_up_other_clients(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1"))
+    with diagnosing(mfcd, 4) as slow:
         started = time.monotonic()
         mfcd.ok("ping")
         mfcd.ok("show")
         assert time.monotonic() - started < 2
         assert slow.poll() is None  # still sampling
         out, _ = slow.communicate(timeout=20)
-    finally:
-        if slow.poll() is None:
-            slow.kill()
-            slow.wait()
     assert "verdict: failed" in out  # nothing was sent
-
-
-def mfcd_command(mfcd: Mfcd) -> list[str]:
-    return [sys.executable, "-m", "mfcd.cli", "--socket", mfcd.socket]
 
 
 @pytest.mark.parametrize(
@@ -294,21 +298,10 @@ def test_bad_arguments_are_refused(mfcd: Mfcd, args: list[str], message: str) ->
 
 
 def test_mfcd_stops_at_once_during_a_diagnosis(lab: Lab, mfcd: Mfcd) -> None:
-    slow = subprocess.Popen(
-        [*mfcd_command(mfcd), "diagnose", "--group", GROUP, "--seconds", "10"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(0.5)
+    with diagnosing(mfcd, 10) as slow:
         started = time.monotonic()
         code, _ = mfcd.stop()
         assert code == 0
         assert time.monotonic() - started < 5  # not the 10 s of sampling
         _, err = slow.communicate(timeout=20)
-    finally:
-        if slow.poll() is None:
-            slow.kill()
-            slow.wait()
     assert slow.returncode == 3, err  # the daemon went away: no answer, no false verdict
