@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import __version__, batchfile, probes, protocol, validate, views
+from mfcd import __version__, batchfile, metrics, probes, protocol, validate, views
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.diagnosis import Query
@@ -91,6 +92,7 @@ class Commands:
         self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
+        self.registry = metrics.Registry()  # requests counted for /metrics (the daemon's)
         # JSON values a request may hold (set by the server from max_request_bytes).
         self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
@@ -128,7 +130,19 @@ class Commands:
             return self._handle(line, peer)
 
     def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
+        started = time.monotonic()
+        command, result = "invalid", "internal_error"  # (as /metrics counts requests)
+        try:
+            response, command, result = self._answer(line, peer)
+        finally:
+            self.registry.request(command, result, time.monotonic() - started)
+        return response
+
+    def _answer(self, line: bytes | bytearray, peer: Peer) -> tuple[bytes | Deferred, str, str]:
+        """The response (a Deferred for diagnose and monitor), the command (or "invalid"
+        before it is known) and the result ("ok" or the error code)."""
         request_id: Any = None
+        cmd = "invalid"
         try:
             try:
                 msg = protocol.decode(line, self.max_values)
@@ -141,11 +155,13 @@ class Commands:
                 request_id = None
                 raise BadRequest("id must be an integer or a string", field="id")
             cmd, args, dry_run = self._envelope(msg)
-            if cmd in self.deferred:
-                return self.deferred[cmd](request_id, args, peer)
-            return protocol.encode_result(request_id, self.table[cmd](args, dry_run, peer))
+            if cmd in self.deferred:  # (counted when accepted, not when answered)
+                return self.deferred[cmd](request_id, args, peer), cmd, "ok"
+            result = self.table[cmd](args, dry_run, peer)
+            return protocol.encode_result(request_id, result), cmd, "ok"
         except Exception as e:
-            return self._failure(request_id, e, peer)
+            code = e.code if isinstance(e, MfcdError) else "internal_error"
+            return self._failure(request_id, e, peer), cmd, code
 
     def _failure(self, request_id: Any, e: Exception, peer: Peer) -> bytes:
         """The error response for a request that raised `e` (logged if it is a bug)."""
@@ -472,7 +488,6 @@ class Commands:
     def _tell(self, changes: list[Change]) -> None:
         """Tell monitor subscribers what a change did, one event per route or setting."""
         router, bus, emit = self.controller.router, self.events, self.events.emit
-        origins: dict[RouteKey, str] = getattr(router, "origins", {})
         for index, change in enumerate(changes):
             if bus.saturated():  # a batch larger than every buffer: count the rest
                 bus.drop(len(changes) - index)
@@ -486,7 +501,7 @@ class Commands:
                 "table": table,
                 "source": source,
                 "group": group,
-                "origin": origins.get(change.key, "api"),
+                "origin": router.origin(change.key),
             }
             if isinstance(change, DelRoute):
                 emit("route.del", **fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -30,6 +31,10 @@ class Config:
     client_timeout: float = 30.0  # seconds a client may take to send a complete request
     # Longest request line: a batch of 1,000,000 routes as text fits (see protocol.py).
     max_request_bytes: int = MAX_REQUEST_BYTES
+    # "ADDRESS:PORT" of the Prometheus /metrics endpoint ("[IPv6]:PORT"); "" leaves it off.
+    metrics_listen: str = ""
+    # Installed routes up to which /metrics has per-route series (3 each); 0: never.
+    metrics_route_series_max: int = 10_000
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -38,7 +43,11 @@ class Config:
 
 _TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
 _TYPES["socket_group"] = str  # None only as the default: a group set must be a name (or "")
-_RANGES = {"client_timeout": (0.001, 3600.0), "max_request_bytes": (1024.0, float(1 << 30))}
+_RANGES = {
+    "client_timeout": (0.001, 3600.0),
+    "max_request_bytes": (1024.0, float(1 << 30)),
+    "metrics_route_series_max": (0.0, 10_000_000.0),
+}
 
 
 def _check(key: str, value: Any, where: str) -> Any:
@@ -64,7 +73,30 @@ def _check(key: str, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {key} must be between {low:g} and {high:g}")
     if key in ("socket_path", "state_file") and not value:
         raise ConfigError(f"{where}: {key} must not be empty")
+    if key == "metrics_listen" and value:
+        listen_address(value, where)
     return value
+
+
+def listen_address(text: str, where: str = "metrics_listen") -> tuple[str, int]:
+    """(address, port) of "198.18.0.1:PORT" or "[2001:db8::1]:PORT": IP literals only (a
+    name would resolve at each start, maybe to another address), ports 1 to 65535."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host, version = host[1:-1], 6
+    else:
+        version = 4
+    try:
+        address = ipaddress.ip_address(host)
+        number = int(port, 10) if port.isdigit() else 0
+    except ValueError:
+        address, number = None, 0
+    if not sep or address is None or address.version != version or not 1 <= number <= 65535:
+        raise ConfigError(
+            f'{where}: {text!r} is not an address and port such as "127.0.0.1:10040" or'
+            ' "[::1]:10040"'
+        )
+    return str(address), number
 
 
 def parse(text: str, path: str = DEFAULT_PATH) -> Config:

@@ -23,13 +23,15 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from mfcd import __version__, config, directory_trust, netlink, notify, protocol, views
+from mfcd import __version__, config, directory_trust, metrics, netlink, notify, protocol, views
 from mfcd.commands import Commands
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
 from mfcd.kernel import Kernel
+from mfcd.metrics_server import MetricsServer, read_process
+from mfcd.metrics_server import bind as bind_metrics_socket
 from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, Step
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import VERSION, StateFile
@@ -76,7 +78,14 @@ def setup_logging(level: str) -> None:
 
 
 # Settings a running daemon cannot change: SIGHUP keeps the running value and warns.
-RESTART_ONLY = ("socket_path", "state_file", "ipv4", "ipv6", "max_request_bytes")
+RESTART_ONLY = (
+    "socket_path",
+    "state_file",
+    "ipv4",
+    "ipv6",
+    "max_request_bytes",
+    "metrics_listen",
+)
 COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
 STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
@@ -144,6 +153,10 @@ class Daemon:
         # Upcalls received, by kind (dataplane.UPCALL_KINDS): counted, not yet acted on.
         self.upcalls: Counter[str] = Counter()
         self.events = EventBus()  # what `mfcctl monitor` subscribers are told
+        # What /metrics counts between scrapes; its server, if metrics_listen is set.
+        self.registry = metrics.Registry()
+        self.metrics: MetricsServer | None = None
+        self._metrics_socket: socket.socket | None = None
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -165,6 +178,8 @@ class Daemon:
         monitor = netlink.LinkMonitor()
         try:
             state.lock()  # before anything else: a second mfcd on this file stops here
+            if cfg.metrics_listen:  # a port taken stops mfcd before it touches the kernel
+                self._metrics_socket = bind_metrics_socket(cfg.metrics_listen)
             kernel = Kernel(cfg.families, monitor)
             controller = self._restore(state, kernel)
             if state.needs_snapshot:
@@ -174,6 +189,8 @@ class Daemon:
             await self._serve(controller, kernel, listener, monitor)
         finally:
             listener.close()
+            if self._metrics_socket is not None:
+                self._metrics_socket.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cfg.socket_path)  # ours: bind_control_socket refused to take another's
             monitor.close()
@@ -227,10 +244,15 @@ class Daemon:
         commands = Commands(controller, cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
         commands.events = self.events
+        commands.registry = self.registry
+        self.state.on_sync = self.registry.state_sync_seconds.observe
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )
         await server.start(listener)
+        if self._metrics_socket is not None:
+            self.metrics = MetricsServer(self._metrics_sources)
+            await self.metrics.start(self._metrics_socket)
         self.serving = True
         if self._reload_pending:
             self.reload()
@@ -254,6 +276,8 @@ class Daemon:
         if self._compacting is not None:
             self._compacting.cancel()
         await server.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         for fd in self._readers:
             loop.remove_reader(fd)
         self._readers.clear()
@@ -261,6 +285,18 @@ class Daemon:
             self._resync.cancel()
         if self._checking is not None:
             self._checking.cancel()
+
+    def _metrics_sources(self) -> metrics.Sources:
+        """What a scrape of /metrics shows now."""
+        return metrics.Sources(
+            router=self.controller.router,
+            counters=self.kernel,
+            registry=self.registry,
+            upcalls=self.upcalls,
+            version=__version__,
+            process=read_process(),
+            route_series_max=self.cfg.metrics_route_series_max,  # applied on reload
+        )
 
     def _log_status(self) -> None:
         """SIGUSR1: one line on what mfcd holds and serves."""

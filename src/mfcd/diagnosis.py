@@ -107,7 +107,6 @@ def matching_intents(router: Router, query: Query) -> list[Intent]:
 def _intent_of(router: Router, key: RouteKey) -> Intent:
     ports = router.routes[key]
     status = router.status(key)
-    origins: dict[RouteKey, str] = getattr(router, "origins", {})
     # IPv6 has no per-MIF threshold in its MFC (mf6cctl has only an oif set): 1 each.
     thresholds = {oif: router.threshold(oif) if key[0] == 4 else 1 for oif in ports.oifs}
     return Intent(
@@ -120,7 +119,7 @@ def _intent_of(router: Router, key: RouteKey) -> Intent:
         ports.oifs,
         status.state,
         status.reason,
-        origins.get(key, "api"),
+        router.origin(key),
         thresholds,
     )
 

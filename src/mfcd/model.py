@@ -47,6 +47,8 @@ MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
 # RT_TABLE_MAIN for IPv6 (an MRT_INIT socket without MRT_TABLE takes it; /proc shows only it).
 DEFAULT_TABLE = {4: 253, 6: 254}
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
+# Where a route comes from: the control socket, the configuration file, or learned from traffic.
+ORIGINS = ("api", "config", "learned")
 
 # (family 4|6, source, group, table), addresses in canonical text form; `table` is the kernel's
 # multicast routing table number (DEFAULT_TABLE[family] unless the route names another). It is
@@ -248,6 +250,8 @@ class Router:
         self.blocked: dict[RouteKey, None] = {}  # pending only for want of a free VIF index
         self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
         self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
+        # The origin of each route whose origin is not "api" (sparse: absent means "api").
+        self.origins: dict[RouteKey, str] = {}
         self._log: _UndoLog | None = None
         self.version = 0  # counts the transactions committed with a change
         # Where changes are recorded: the open log's entries, or None when nothing is
@@ -347,6 +351,10 @@ class Router:
     def share(self, ports: Ports) -> Ports:
         """The shared Ports value equal to `ports` (from now on `ports` itself if new)."""
         return _intern(self._ports, ports)
+
+    def origin(self, key: RouteKey) -> str:
+        """Where the route comes from: one of ORIGINS."""
+        return self.origins.get(key, "api")
 
     def route(self, key: RouteKey) -> Route:
         iif, oifs = self.routes[key]

@@ -74,6 +74,7 @@ import json
 import logging
 import os
 import re
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
@@ -486,6 +487,8 @@ class StateFile:
         self._lock_lost: str | None = None  # another mfcd took the lock: why nothing is written
         self._directory_unsynced = False  # the last rename into place is not known durable
         self.ops_since_snapshot = 0
+        # Told the seconds each change took to become durable (for /metrics).
+        self.on_sync: Callable[[float], None] | None = None
 
     @property
     def needs_snapshot(self) -> bool:
@@ -638,6 +641,7 @@ class StateFile:
             raise SnapshotNeeded(reason)
         assert self._fd is not None
         data = encode_changes(changes, self._seq + 1)
+        began = time.monotonic()
         try:
             # The record first, then its newline: a crash can tear a multi-page write in any
             # order, but a line that has its newline was whole on disk before the newline was
@@ -650,6 +654,8 @@ class StateFile:
         except OSError as e:
             self._cut_back()
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
+        if self.on_sync is not None:
+            self.on_sync(time.monotonic() - began)
         # Once more now that it is on disk: the file may have gone while it was written.
         try:
             reason = self._moved(self._length + len(data))
