@@ -406,7 +406,7 @@ class Daemon:
             else:
                 for link in events.links:
                     steps = self.controller.link_event(link.kind, link.name, link.ifindex)
-                    self._tell_route_states(steps)
+                    self._tell_route_states(steps, link.name if link.kind == "del" else None)
         except (OSError, ValueError) as e:
             # The dump interrupted during the storm that overran us: the delayed resync
             # re-reads every interface.
@@ -426,13 +426,18 @@ class Daemon:
             self._resync_later(RESYNC_DELAY, touched)
         self._sync_tables()  # a pending route installed now may have opened a table
 
-    def _tell_route_states(self, steps: list[Step]) -> None:
-        """Tell monitor subscribers the state of each route an interface event wrote."""
+    def _tell_route_states(self, steps: list[Step], deleted: str | None = None) -> None:
+        """Tell monitor subscribers the state of each route an interface event wrote, and
+        of the installed routes on a `deleted` interface (degraded now, with no write)."""
         if not self.events.subscribers:
             return
         router = self.controller.router
         ops = [s.op for s in steps if isinstance(s.op, (AddMfc, DelMfc))]
-        for key in dict.fromkeys((op.family, op.source, op.group, op.table) for op in ops):
+        keys = [(op.family, op.source, op.group, op.table) for op in ops]
+        if deleted is not None:  # (a scan of the routes: only while someone subscribes)
+            vifs = router.vifs_named(deleted)
+            keys += router.users({(vif.family, vif.table, vif.interface) for vif in vifs})
+        for key in dict.fromkeys(keys):
             if key in router.routes:
                 status = router.status(key)
                 self.events.emit(

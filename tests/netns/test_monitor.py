@@ -71,27 +71,30 @@ def test_route_and_interface_events_arrive_in_order(lab: Lab, mfcd: Mfcd) -> Non
         mfcd.ok(*route_args(SOURCE, "239.1.1.2", "r0", "r2"))
         lab.ip(lab.router, "link", "add", "r9", "type", "veth", "peer", "name", "r9p")
         seen = sub.until("route.state", group="239.1.1.1")
-        mfcd.ok("mfc", "del", "--source", SOURCE, "--group", "239.1.1.1")
         lab.ip(lab.router, "link", "del", "r9")
-        seen += sub.until("link", action="del", interface="r9")
+        seen += sub.until("route.state", group="239.1.1.1", state="degraded")
+        mfcd.ok("mfc", "del", "--source", SOURCE, "--group", "239.1.1.1")
+        seen += sub.until("route.del")
     finally:
         sub.close()
-    routes = [(e["event"], e["group"]) for e in seen if e["event"].startswith("route.")]
-    assert routes == [
-        ("route.add", "239.1.1.1"),
-        ("route.add", "239.1.1.2"),
-        ("route.state", "239.1.1.1"),
-        ("route.del", "239.1.1.1"),
+    routes = [
+        (e["event"], e["group"], e.get("state")) for e in seen if e["event"].startswith("route.")
     ]
+    assert routes == [
+        ("route.add", "239.1.1.1", "pending"),
+        ("route.add", "239.1.1.2", "installed"),
+        ("route.state", "239.1.1.1", "installed"),
+        ("route.state", "239.1.1.1", "degraded"),
+        ("route.del", "239.1.1.1", None),
+    ]
+    degraded = [e for e in seen if e["event"] == "route.state"][-1]
+    assert degraded["reason"] == "waiting for r9"
     first = next(e for e in seen if e["event"] == "route.add")
     assert (first["iif"], first["oifs"], first["state"]) == ("r0", ["r1", "r9"], "pending")
     assert first["family"] == "ipv4" and first["origin"] == "api"
     links = [e["action"] for e in seen if e["event"] == "link" and e["interface"] == "r9"]
     assert links[0] == "new"
     assert links[-1] == "del"
-    # r9 appearing installed the pending route (before it was deleted: no more events of it).
-    states = [e for e in seen if e["event"] == "route.state"]
-    assert [(e["group"], e["state"]) for e in states][:1] == [("239.1.1.1", "installed")]
     assert [e["time"] for e in seen] == sorted(e["time"] for e in seen)
 
 
