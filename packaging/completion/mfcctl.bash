@@ -42,7 +42,7 @@ _mfcctl() {
         fi
         case $word in
             --oifs) in_oifs=1 ;;
-            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold | --table | --interface)
+            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold | --table | --interface | --seconds)
                 in_oifs=0
                 skip=1
                 ;;
@@ -96,7 +96,7 @@ _mfcctl() {
             _mfcctl_reply "default"$'\n'"$names" "$cur" "$prefix"
             return
             ;;
-        -w | --watch | --source | --group)
+        -w | --watch | --source | --group | --seconds)
             COMPREPLY=()
             return
             ;;
@@ -123,6 +123,8 @@ _mfcctl() {
         "vif show") opts="-h --help -s --stats --table -o --output -v --verbose" ;;
         "sync ") opts="-h --help --full -o --output -n --dry-run -v --verbose" ;;
         "ping ") opts="-h --help -o --output -v --verbose" ;;
+        "diagnose ") opts="-h --help --group --source --table --seconds -o --output -v --verbose" ;;
+        "monitor ") opts="-h --help -o --output -v --verbose" ;;
         *) opts="-h --help" ;;
     esac
     if [[ $cur == -* ]]; then
@@ -131,7 +133,7 @@ _mfcctl() {
     fi
 
     case "$cmd $action" in
-        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping\njoin\nleave' "$cur" "" ;;
+        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping\njoin\nleave\ndiagnose\nmonitor' "$cur" "" ;;
         "show ") ((npos == 0)) && _mfcctl_reply groups "$cur" "" ;;
         "mfc ") _mfcctl_reply $'add\ndel\noif' "$cur" "" ;;
         "mfc oif") _mfcctl_reply $'add\ndel' "$cur" "" ;;

@@ -179,6 +179,27 @@ class Client:
             protocol.EXIT_PROTOCOL,
         )
 
+    def next_event(self) -> dict[str, Any]:
+        """The next event of a `monitor` subscription (after call("monitor", ...))."""
+        if self._sock is None:
+            raise CliError("not subscribed", protocol.EXIT_PROTOCOL)
+        try:
+            line = self._read_line(self._sock)
+        except OSError as e:
+            raise CliError(
+                f"lost the connection to mfcd: {e.strerror}", protocol.EXIT_UNREACHABLE
+            ) from None
+        try:
+            event = protocol.decode(line).get("event")
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            raise CliError(
+                f"mfcd sent a line that is not an event: {_clip(line, 200)}",
+                protocol.EXIT_PROTOCOL,
+            )
+        return event
+
     def _read_line(self, sock: _socket.socket) -> bytes:
         chunks = [self._buffer]
         data = self._buffer
@@ -508,6 +529,45 @@ def _ping_command(sub: Any) -> None:
     _command_options(ping, changes=False)
 
 
+def _diagnose_command(sub: Any) -> None:
+    diagnose = sub.add_parser(
+        "diagnose",
+        help="walk a flow's path and say why it is not forwarded",
+        description="Check, step by step, what a flow from SOURCE to GROUP needs to be"
+        " forwarded: a matching route, installed; its interfaces up with carrier;"
+        " mc_forwarding; packets arriving on the iif (not elsewhere, and at all); rp_filter"
+        " and the route back to the source; the packets' TTL against the oifs' thresholds;"
+        " the kernel's counters; bridges snooping with no querier. mfcd samples the flow's"
+        " packets and counters for SECONDS and changes nothing. Each check is passed, failed"
+        " (with what to do) or unknown. Exit status 8 when a check failed.",
+    )
+    diagnose.add_argument("--group", required=True, metavar="ADDR", help="multicast group")
+    diagnose.add_argument(
+        "--source", metavar="ADDR", help="the sender's address (default: every route of GROUP)"
+    )
+    _table_option(diagnose, "the multicast routing table (a number or a name; default: default)")
+    diagnose.add_argument(
+        "--seconds",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long to sample packets and counters (0.1 to 10, default 2)",
+    )
+    _command_options(diagnose, changes=False)
+
+
+def _monitor_command(sub: Any) -> None:
+    monitor = sub.add_parser(
+        "monitor",
+        help="print mfcd's events as they happen",
+        description="Print mfcd's events as they happen, one line each (JSON lines with"
+        " --output json): routes added and removed, interface changes, repairs, reloads."
+        " A reader that falls behind loses events; a `gap` line says how many. Ctrl-C to"
+        " stop.",
+    )
+    _command_options(monitor, changes=False)
+
+
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "mfc": _mfc_command,
     "show": _show_command,
@@ -517,6 +577,8 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
     "ping": _ping_command,
     "join": _join_command,
     "leave": _leave_command,
+    "diagnose": _diagnose_command,
+    "monitor": _monitor_command,
 }
 
 
@@ -910,6 +972,57 @@ def format_sync(result: dict[str, Any]) -> str:
     return head + "\n" + _indent("\n".join(lines))
 
 
+_MARKS = {"passed": "ok  ", "failed": "FAIL", "unknown": "??  "}
+
+
+def format_diagnosis(result: dict[str, Any]) -> str:
+    """diagnose's checklist: one block per matching route, one line per check, the fix
+    under each failure."""
+    lines = []
+    for flow in result.get("flows", []):
+        route = flow.get("route")
+        if route is not None:
+            head = f"{route['source']} -> {route['group']} iif {route['iif']}"
+            head += f" oifs {','.join(route['oifs'])} ({route['state']})"
+            lines.append(head + (f" table {route['table']}" if _other_table(route) else ""))
+        else:
+            lines.append(f"{result.get('source') or '*'} -> {result.get('group')}")
+        for check in flow.get("checks", []):
+            mark = _MARKS.get(check.get("status"), "??  ")
+            lines.append(f"  {mark} {check.get('check', ''):<16} {check.get('detail', '')}")
+            if check.get("fix"):
+                lines.append(f"       {'':<16} -> {check['fix']}")
+    lines.append(f"verdict: {result.get('verdict')} (sampled {result.get('seconds')} s)")
+    return "\n".join(lines)
+
+
+def format_event(event: dict[str, Any]) -> str:
+    """One monitor event on one line."""
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
+    kind = str(event.get("event"))
+    if kind.startswith(("route.", "learned", "expired")) and "source" in event:
+        text = f"{event.get('family')} {event['source']} -> {event.get('group')}"
+        if "iif" in event:
+            text += f" iif {event['iif']} oifs {','.join(event.get('oifs', []))}"
+        if _other_table(event):
+            text += f" table {event['table']}"
+        if kind == "route.state" or event.get("state", "installed") != "installed":
+            text += f" ({event['state']}{': ' + event['reason'] if event.get('reason') else ''})"
+        if event.get("origin", "api") != "api":
+            text += f" [{event['origin']}]"
+    elif kind == "link":
+        text = f"{event.get('action')} {event.get('interface')}"
+        if event.get("ifindex") is not None:
+            text += f" (ifindex {event['ifindex']})"
+    elif kind == "gap":
+        text = f"{event.get('dropped')} events dropped (mfcctl read too slowly)"
+    else:
+        text = " ".join(
+            f"{k}={v}" for k, v in event.items() if k not in ("event", "time") and v is not None
+        )
+    return f"{stamp} {kind} {text}".rstrip()
+
+
 # --- commands ------------------------------------------------------------------------------------
 
 
@@ -1004,6 +1117,10 @@ class Cli:
             result = self.client.call("sync", {"full": True} if a.full else {}, dry_run=a.dry_run)
             self.emit(result, format_sync)
             return protocol.EXIT_OK
+        if a.command == "diagnose":
+            return self.diagnose()
+        if a.command == "monitor":
+            return self.monitor()
         if a.command == "ping":
             result = self.client.call("ping", {})
             self.emit(result, lambda r: f"mfcd {r['version']} (pid {r['pid']}) is running")
@@ -1016,6 +1133,30 @@ class Cli:
         result = self.client.call("show", {"stats": a.stats, **_table_filter(a)})
         self.emit(result, lambda r: format_show(r, _width()))
         return protocol.EXIT_OK
+
+    def diagnose(self) -> int:
+        a = self.args
+        args: dict[str, Any] = {"group": a.group, "seconds": a.seconds}
+        if a.source is not None:
+            args["source"] = a.source
+        args.update(_table_filter(a))
+        result = self.client.call("diagnose", args)
+        self.emit(result, format_diagnosis)
+        failed = result.get("verdict") == "failed"
+        return protocol.EXIT_CHECK_FAILED if failed else protocol.EXIT_OK
+
+    def monitor(self) -> int:
+        self.client.call("monitor", {})
+        try:
+            while True:
+                event = self.client.next_event()
+                if self.json:
+                    self.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
+                else:
+                    self.stdout.write(format_event(event) + "\n")
+                self.stdout.flush()
+        except KeyboardInterrupt:
+            return protocol.EXIT_OK
 
     def batch(self, name: str) -> int:
         try:

@@ -12,13 +12,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import __version__, batchfile, groups, metrics, protocol, validate, views
+from mfcd import __version__, batchfile, groups, metrics, probes, protocol, validate, views
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
+from mfcd.diagnosis import Query
 from mfcd.errors import (
     BadRequest,
     BatchSyntax,
@@ -28,6 +29,7 @@ from mfcd.errors import (
     TooLarge,
     UnsupportedVersion,
 )
+from mfcd.events import EventBus
 from mfcd.groups import Join, JoinKey, Leave, SetMrdisc
 from mfcd.model import (
     DEFAULT_TABLE,
@@ -62,6 +64,21 @@ class Peer:
         return f"uid={self.uid} pid={self.pid}"
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A request answered later, by the server, instead of a response line: `answer` (the
+    response line, made while other clients are served: diagnose) or, with `subscribe`,
+    a stream of events on this connection until the client closes it (monitor)."""
+
+    request_id: Any
+    answer: Callable[[], Coroutine[Any, Any, bytes]] | None = None
+    subscribe: bool = False
+
+
+DIAGNOSE_SECONDS = 2.0  # diagnose samples packets and counters this long by default
+MAX_DIAGNOSE_SECONDS = 10.0
+
+
 class Commands:
     def __init__(
         self,
@@ -94,13 +111,29 @@ class Commands:
             "leave": self.leave,
             "group.show": self.group_show,
         }
+        self.events = EventBus()  # what `monitor` subscribers are told
+        # Commands the server completes itself (see Deferred).
+        self.deferred: dict[str, Callable[[Any, dict[str, Any], Peer], Deferred]] = {
+            "diagnose": self.diagnose,
+            "monitor": self.monitor,
+        }
 
     def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+        """The response line to a request; a deferred command (diagnose, monitor) is
+        refused here: only the server, through `dispatch`, completes those."""
+        response = self.dispatch(line, peer)
+        if isinstance(response, Deferred):
+            message = "this command streams or answers later: only the control socket serves it"
+            return protocol.encode_error(response.request_id, "bad_request", message)
+        return response
+
+    def dispatch(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
+        """The response line to a request, or a Deferred the server completes."""
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
             return self._handle(line, peer)
 
-    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
         started = time.monotonic()
         command, result = "invalid", "internal_error"  # (as /metrics counts requests)
         try:
@@ -109,9 +142,9 @@ class Commands:
             self.registry.request(command, result, time.monotonic() - started)
         return response
 
-    def _answer(self, line: bytes | bytearray, peer: Peer) -> tuple[bytes, str, str]:
-        """The response, the command (or "invalid" before it is known) and the result
-        ("ok" or the error code)."""
+    def _answer(self, line: bytes | bytearray, peer: Peer) -> tuple[bytes | Deferred, str, str]:
+        """The response (a Deferred for diagnose and monitor), the command (or "invalid"
+        before it is known) and the result ("ok" or the error code)."""
         request_id: Any = None
         cmd = "invalid"
         try:
@@ -126,22 +159,26 @@ class Commands:
                 request_id = None
                 raise BadRequest("id must be an integer or a string", field="id")
             cmd, args, dry_run = self._envelope(msg)
+            if cmd in self.deferred:  # (counted when accepted, not when answered)
+                return self.deferred[cmd](request_id, args, peer), cmd, "ok"
             result = self.table[cmd](args, dry_run, peer)
             return protocol.encode_result(request_id, result), cmd, "ok"
-        except MfcdError as e:
+        except Exception as e:
+            code = e.code if isinstance(e, MfcdError) else "internal_error"
+            return self._failure(request_id, e, peer), cmd, code
+
+    def _failure(self, request_id: Any, e: Exception, peer: Peer) -> bytes:
+        """The error response for a request that raised `e` (logged if it is a bug)."""
+        if isinstance(e, MfcdError):
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
             message = str(e)
             if len(message) > MAX_MESSAGE:  # it may quote a value of any size
                 message = message[: MAX_MESSAGE - 3] + "..."
-            error = protocol.encode_error(
-                request_id, e.code, message, e.field, op=e.op, line=e.line
-            )
-            return error, cmd, e.code
-        except Exception as e:  # a bug; keep serving everyone else
-            log.exception("internal error while handling a request from %s", peer)
-            error = protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
-            return error, cmd, "internal_error"
+            return protocol.encode_error(request_id, e.code, message, e.field, op=e.op, line=e.line)
+        # A bug; keep serving everyone else.
+        log.error("internal error while handling a request from %s", peer, exc_info=e)
+        return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
 
     def _envelope(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
         unknown = set(msg) - ENVELOPE_FIELDS
@@ -154,7 +191,7 @@ class Commands:
                 f" version {protocol.PROTOCOL_VERSION} (upgrade mfcctl and mfcd together)"
             )
         cmd = msg.get("cmd")
-        if not isinstance(cmd, str) or cmd not in self.table:
+        if not isinstance(cmd, str) or (cmd not in self.table and cmd not in self.deferred):
             raise BadRequest(f"unknown command {cmd!r}", field="cmd")
         args = msg.get("args", {})
         if not isinstance(args, dict):
@@ -186,6 +223,37 @@ class Commands:
         router, table = self.controller.router, _table_filter(args)
         return self.views.vif_show(router, stats=_flag(args, "stats"), table=table)
 
+    def diagnose(self, request_id: Any, args: dict[str, Any], peer: Peer) -> Deferred:
+        """Walk one flow's path (probes.diagnose): validated now, answered after sampling."""
+        validate.require_fields(args, ("group",), ("source", "table", "seconds"))
+        family, group = validate.group_of(args["group"])
+        source = args.get("source")
+        table = args.get("table")
+        if source is not None:
+            family, source, group, number = validate.route_key_of(source, group, table)
+        else:
+            number = validate.table_of(table, family)
+        self._check_family(family)
+        seconds = validate.seconds(
+            args.get("seconds", DIAGNOSE_SECONDS), "seconds", 0.1, MAX_DIAGNOSE_SECONDS
+        )
+        query = Query(family, group, source, number, seconds)
+
+        async def answer() -> bytes:
+            try:
+                controller = self.controller
+                result = await probes.diagnose(controller.router, controller.kernel, query)
+            except Exception as e:
+                return self._failure(request_id, e, peer)
+            return protocol.encode_result(request_id, result)
+
+        return Deferred(request_id, answer=answer)
+
+    def monitor(self, request_id: Any, args: dict[str, Any], peer: Peer) -> Deferred:
+        """Subscribe this connection to the event stream (the server streams it)."""
+        validate.require_fields(args, ())
+        return Deferred(request_id, subscribe=True)
+
     def sync(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("full",))
         if self.plane is None:
@@ -195,6 +263,8 @@ class Commands:
         repairs = self.controller.sync(view, dry_run=dry_run)
         if not dry_run:
             log.info("%s sync: %d repairs", peer, len(repairs))
+            for entry in repairs:
+                self.events.emit("repair", **entry)
             if self.on_change is not None:
                 self.on_change()  # a retried route may have opened or emptied a table
         return {"dry_run": dry_run, "repairs": repairs, "full": full}
@@ -503,11 +573,48 @@ class Commands:
         if not dry_run:
             if self.on_change is not None:
                 self.on_change()
+            if self.events.subscribers:
+                self._tell(changes)
             done = _outcome(sum(outcome.counts.values()))
             if result.get("state", "installed") != "installed":
                 done += f"; route {result['state']}: {result.get('reason', '')}"
             log.info("%s %s %s: %s", peer, cmd, _summary(args), done)
         return result
+
+    def _tell(self, changes: list[Change]) -> None:
+        """Tell monitor subscribers what a change did, one event per route or setting."""
+        router, bus, emit = self.controller.router, self.events, self.events.emit
+        for index, change in enumerate(changes):
+            if bus.saturated():  # a batch larger than every buffer: count the rest
+                bus.drop(len(changes) - index)
+                return
+            if isinstance(change, SetThreshold):
+                emit("threshold", interface=change.interface, threshold=change.threshold)
+                continue
+            if isinstance(change, SetMrdisc):
+                emit("mrdisc", interface=change.interface, on=change.on)
+                continue
+            if isinstance(change, (Join, Leave)):
+                interface, group, source = change.key
+                kind = "join" if isinstance(change, Join) else "leave"
+                emit(kind, interface=interface, group=group, source=source)
+                continue
+            family, source, group, table = change.key
+            fields = {
+                "family": protocol.FAMILY_NAMES[family],
+                "table": table,
+                "source": source,
+                "group": group,
+                "origin": router.origin(change.key),
+            }
+            if isinstance(change, DelRoute):
+                emit("route.del", **fields)
+                continue
+            if change.key not in router.routes:  # replaced again later in the same batch
+                continue
+            status = router.status(change.key)
+            iif, oifs = router.routes[change.key]
+            emit("route.add", **fields, iif=iif, oifs=list(oifs), state=status.state)
 
 
 def _new_oifs(kind: str, key: RouteKey, ports: Ports, names: tuple[str, ...]) -> tuple[str, ...]:

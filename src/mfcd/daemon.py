@@ -39,11 +39,12 @@ from mfcd.commands import Commands
 from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
+from mfcd.events import EventBus
 from mfcd.kernel import Kernel
 from mfcd.membership import Memberships
 from mfcd.metrics_server import MetricsServer, read_process
 from mfcd.metrics_server import bind as bind_metrics_socket
-from mfcd.model import DEFAULT_TABLE
+from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, Step
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import VERSION, StateFile
 
@@ -170,6 +171,7 @@ class Daemon:
         self._adverts: dict[str, tuple[int, list[float]]] = {}
         self._answered: dict[int, float] = {}  # ifindex -> when a solicitation was last answered
         self._rng = random.Random()
+        self.events = EventBus()  # what `mfcctl monitor` subscribers are told
         # What /metrics counts between scrapes; its server, if metrics_listen is set.
         self.registry = metrics.Registry()
         self.metrics: MetricsServer | None = None
@@ -263,6 +265,7 @@ class Daemon:
         self._sync_tables()
         commands = Commands(controller, cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
+        commands.events = self.events
         commands.registry = self.registry
         self.state.on_sync = self.registry.state_sync_seconds.observe
         self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
@@ -293,10 +296,7 @@ class Daemon:
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
         keeper.cancel()
-        advertising.cancel()
-        if self.advertiser is not None:
-            loop.remove_reader(self.advertiser.fileno())
-            self.advertiser.close(terminate=[ifindex for ifindex, _ in self._adverts.values()])
+        self._stop_advertising(advertising)
         compact.cancel()  # the journal is closed soon
         if self._compacting is not None:
             self._compacting.cancel()
@@ -420,15 +420,23 @@ class Daemon:
             self._on_link_events(events)
 
     def _on_link_events(self, events: Events) -> None:
+        if self.events.subscribers:
+            for link in events.links:
+                self.events.emit(
+                    "link", action=link.kind, interface=link.name, ifindex=link.ifindex
+                )
+            if events.links_lost:
+                self.events.emit("link", action="lost", interface=None, ifindex=None)
         router = self.controller.router
         before, tracked = dict(router.links), router.tracked_links()
         try:
             if events.links_lost:
                 log.warning("missed interface events (netlink overrun); re-reading interfaces")
-                self.controller.sync_links(netlink.current_links())
+                self._tell_route_states(self.controller.sync_links(netlink.current_links()))
             else:
                 for link in events.links:
-                    self.controller.link_event(link.kind, link.name, link.ifindex)
+                    steps = self.controller.link_event(link.kind, link.name, link.ifindex)
+                    self._tell_route_states(steps, link.name if link.kind == "del" else None)
                     self.controller.link_admin(link.kind, link.name, link.up)
         except (OSError, ValueError) as e:
             # The dump interrupted during the storm that overran us: the delayed resync
@@ -448,6 +456,30 @@ class Daemon:
         if touched:
             self._resync_later(RESYNC_DELAY, touched)
         self._sync_tables()  # a pending route installed now may have opened a table
+
+    def _tell_route_states(self, steps: list[Step], deleted: str | None = None) -> None:
+        """Tell monitor subscribers the state of each route an interface event wrote, and
+        of the installed routes on a `deleted` interface (degraded now, with no write)."""
+        if not self.events.subscribers:
+            return
+        router = self.controller.router
+        ops = [s.op for s in steps if isinstance(s.op, (AddMfc, DelMfc))]
+        keys = [(op.family, op.source, op.group, op.table) for op in ops]
+        if deleted is not None:  # (a scan of the routes: only while someone subscribes)
+            vifs = router.vifs_named(deleted)
+            keys += router.users({(vif.family, vif.table, vif.interface) for vif in vifs})
+        for key in dict.fromkeys(keys):
+            if key in router.routes:
+                status = router.status(key)
+                self.events.emit(
+                    "route.state",
+                    family=protocol.FAMILY_NAMES[key[0]],
+                    table=key[3],
+                    source=key[1],
+                    group=key[2],
+                    state=status.state,
+                    reason=status.reason,
+                )
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False
@@ -517,6 +549,8 @@ class Daemon:
         )
         self._sync_tables()
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
+        for entry in report:
+            self.events.emit("repair", **entry)
         repairs = Counter(entry["action"] for entry in report)
         log.log(
             logging.WARNING if report else logging.INFO,
@@ -551,7 +585,8 @@ class Daemon:
             # Changes keep coming (a busy client): check on the loop, between two requests.
             view = observe(self.kernel, self.kernel.families, True, controller.router.tables())
         self._deferred = 0
-        controller.sync(view)
+        for entry in controller.sync(view):
+            self.events.emit("repair", **entry)
         self._sync_tables()
 
     async def _watchdog(self) -> None:
@@ -574,6 +609,13 @@ class Daemon:
             except MfcdError as e:
                 log.error("%s; trying again in %d s", e, STATE_RETRY_INTERVAL)
                 await asyncio.sleep(STATE_RETRY_INTERVAL)
+
+    def _stop_advertising(self, advertising: asyncio.Task[None]) -> None:
+        """Stop router discovery: a termination on each advertising interface."""
+        advertising.cancel()
+        if self.advertiser is not None:
+            asyncio.get_running_loop().remove_reader(self.advertiser.fileno())
+            self.advertiser.close(terminate=[ifindex for ifindex, _ in self._adverts.values()])
 
     async def _advertise(self) -> None:
         """Send RFC 4286 advertisements on the interfaces set with `vif set IF --mrdisc`."""
@@ -674,6 +716,7 @@ class Daemon:
             self.server.client_timeout = new.client_timeout
         self.cfg = new
         log.info("configuration reloaded from %s", self.config_path or config.DEFAULT_PATH)
+        self.events.emit("reload", config=self.config_path or config.DEFAULT_PATH)
 
 
 def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:

@@ -474,28 +474,36 @@ def _dump_once(
     with _open_socket(kind) as sock:
         try:
             sock.send(header + request)
-            while True:
-                view = _recv(sock, buf)
-                if view is None:
+            for reply_type, reply_flags, message in _replies(sock, buf, seq):
+                interrupted |= bool(reply_flags & NLM_F_DUMP_INTR)
+                if reply_type in (NLMSG_DONE, NLMSG_ERROR):
+                    err, detail = error_of(message)
+                    if err:
+                        raise NetlinkError(err, kind, detail)
+                    if reply_type == NLMSG_DONE:
+                        return items, interrupted
                     continue
-                for reply_type, reply_flags, reply_seq, message in iter_messages(view):
-                    if reply_seq != seq:
-                        continue  # left over from an earlier request; not ours
-                    interrupted |= bool(reply_flags & NLM_F_DUMP_INTR)
-                    if reply_type in (NLMSG_DONE, NLMSG_ERROR):
-                        err, detail = error_of(message)
-                        if err:
-                            raise NetlinkError(err, kind, detail)
-                        if reply_type == NLMSG_DONE:
-                            return items, interrupted
-                        continue
-                    item = parse(message)
-                    if item is not None:
-                        items.append(item)
+                item = parse(message)
+                if item is not None:
+                    items.append(item)
+            return items, interrupted  # (the replies never end: only for the type checker)
         except NetlinkError:
             raise
         except OSError as exc:
             raise NetlinkError(exc.errno or errno.EIO, kind) from exc
+
+
+def _replies(
+    sock: socket.socket, buf: bytearray, seq: int
+) -> Iterator[tuple[int, int, memoryview]]:
+    """(type, flags, message) of each message the kernel sends in answer to request `seq`."""
+    while True:
+        view = _recv(sock, buf)
+        if view is None:
+            continue
+        for reply_type, reply_flags, reply_seq, message in iter_messages(view):
+            if reply_seq == seq:  # else left over from an earlier request; not ours
+                yield reply_type, reply_flags, message
 
 
 def _dump(
@@ -620,3 +628,49 @@ class LinkMonitor:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# --- unicast route lookup (`ip route get`), read-only, for mfcctl diagnose --------------------
+
+RTA_OIF = 4
+
+
+def route_get_request(family: int, address: str) -> bytes:
+    """The rtmsg + RTA_DST payload of an RTM_GETROUTE for one address (4 or 6)."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    raw = socket.inet_pton(af, address)
+    request = RTMSG.pack(af, len(raw) * 8, 0, 0, 0, 0, 0, 0, 0)
+    return request + RTATTR.pack(RTATTR.size + len(raw), RTA_DST) + raw
+
+
+def parse_route_oif(data: ReadableBuffer) -> int | None:
+    """The RTA_OIF (ifindex) of an RTM_NEWROUTE answer, None if it names none."""
+    kind, view = _message(data, RTMSG.size)
+    if kind != RTM_NEWROUTE:
+        return None
+    oif = parse_attrs(view, NLMSGHDR.size + RTMSG.size).get(RTA_OIF)
+    return None if oif is None else _u32(oif)
+
+
+def route_get(family: int, address: str) -> int | None:
+    """The ifindex the kernel's unicast route to `address` leaves by (as `ip route get`);
+    None when there is no route (unreachable). Reads only."""
+    seq = next(_seq) & 0xFFFFFFFF
+    request = route_get_request(family, address)
+    header = NLMSGHDR.pack(NLMSGHDR.size + len(request), RTM_GETROUTE, NLM_F_REQUEST, seq, 0)
+    buf = bytearray(RECV_BUFSIZE // 16)
+    with _open_socket("route lookup") as sock:
+        try:
+            sock.send(header + request)
+            for reply_type, _flags, message in _replies(sock, buf, seq):
+                if reply_type == NLMSG_ERROR:
+                    err, detail = error_of(message)
+                    if err in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES):
+                        return None  # no route, or an unreachable/prohibit one
+                    raise NetlinkError(err or errno.EIO, "route lookup", detail)
+                return parse_route_oif(message)
+            return None  # (the replies never end: only for the type checker)
+        except NetlinkError:
+            raise
+        except OSError as exc:
+            raise NetlinkError(exc.errno or errno.EIO, "route lookup") from exc

@@ -52,6 +52,8 @@ COMMANDS = (
     "join",
     "leave",
     "group.show",
+    "diagnose",
+    "monitor",
 )
 
 # vif.set's threshold for an interface with no setting (mfcd.model.DEFAULT_THRESHOLD): setting
@@ -68,6 +70,7 @@ EXIT_PERMISSION = 4
 EXIT_NOT_FOUND = 5
 EXIT_KERNEL = 6
 EXIT_PROTOCOL = 7
+EXIT_CHECK_FAILED = 8
 EXIT_STATUSES = {
     EXIT_OK: "success",
     EXIT_REJECTED: "the daemon rejected the request (invalid argument, VIF limit, ...)",
@@ -78,6 +81,7 @@ EXIT_STATUSES = {
     EXIT_KERNEL: "the kernel or the state file refused the change (nothing was changed)",
     EXIT_PROTOCOL: "protocol or internal error: a reply that is malformed or answers another"
     " request, or a socket served by a user other than root, mfc or you",
+    EXIT_CHECK_FAILED: "diagnose: a check of the flow failed",
 }
 
 # Error codes (stable) and the mfcctl exit status each one maps to.
@@ -150,6 +154,12 @@ def encode_error(
     if line is not None:
         error["line"] = line
     msg = {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error}
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def encode_event(request_id: Any, event: dict[str, Any]) -> bytes:
+    """One event of a `monitor` subscription: {"v": 1, "id": ID, "event": {...}}."""
+    msg = {"v": PROTOCOL_VERSION, "id": request_id, "event": event}
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
 
 

@@ -27,7 +27,7 @@ import stat
 import struct
 
 from mfcd import protocol
-from mfcd.commands import Commands, Peer
+from mfcd.commands import Commands, Deferred, Peer
 from mfcd.config import DEFAULT_SOCKET_GROUP
 from mfcd.errors import ConfigError
 
@@ -300,13 +300,51 @@ class Server:
                 return
             # Synchronous on purpose: one change at a time, and no await between the kernel
             # change and the journal write.
-            response = self.commands.handle(line, peer)
+            response = self.commands.dispatch(line, peer)
             del line
             self._hold(buffer, len(buffer.data))
+            if isinstance(response, Deferred):
+                if response.subscribe:
+                    await self._stream(response, reader, writer)
+                    return
+                assert response.answer is not None
+                response = await response.answer()  # others are served meanwhile
             await self._send(writer, response)
             # A client that pipelines has its next requests read already, and neither the
             # read nor the send waits: give the other clients, and a stop, their turn.
             await asyncio.sleep(0)
+
+    async def _stream(
+        self, request: Deferred, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Serve a monitor subscription until the client closes the connection.
+
+        Events wait in the subscriber's bounded buffer (events.Subscriber) while the
+        client is slow: writing waits for the socket to drain, with no timeout, and the
+        daemon never waits for it. Anything the client sends from now on is read and
+        ignored, so its closing is noticed.
+        """
+        wake = asyncio.Event()
+        bus = self.commands.events
+        subscriber = bus.subscribe(wake.set)
+        closed = asyncio.ensure_future(_until_closed(reader))
+        try:
+            result = {"subscribed": True, "buffer": subscriber.limit}
+            writer.write(protocol.encode_result(request.request_id, result))
+            while not closed.done():
+                await writer.drain()
+                wake.clear()
+                events = subscriber.take()
+                if events:
+                    encode, rid = protocol.encode_event, request.request_id
+                    writer.write(b"".join(encode(rid, event) for event in events))
+                    continue
+                waiting = asyncio.ensure_future(wake.wait())
+                await asyncio.wait({closed, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+        finally:
+            closed.cancel()
+            bus.unsubscribe(subscriber)
 
     async def _read_request(
         self, reader: asyncio.StreamReader, buffer: Buffer
@@ -368,3 +406,9 @@ class Server:
         # that arrives as the drain completes, and the client would be served on after a stop.
         async with asyncio.timeout(self.client_timeout):
             await writer.drain()
+
+
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    """Read and drop what a subscriber sends, until it closes its end."""
+    while await reader.read(CHUNK):
+        pass

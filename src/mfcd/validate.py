@@ -292,3 +292,17 @@ def threshold(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 255:
         raise InvalidArgument("threshold must be an integer TTL from 1 to 255", field="threshold")
     return value
+
+
+def group_of(value: Any) -> tuple[int, str]:
+    """Validate a routable multicast group; return (family, canonical text)."""
+    family, packed, group = _address(value, "group")
+    _check_group(family, packed, group)
+    return family, group
+
+
+def seconds(value: Any, field: str, low: float, high: float) -> float:
+    """Validate a number of seconds in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InvalidArgument(f"{field} must be seconds from {low:g} to {high:g}", field)
+    return float(value)

@@ -69,8 +69,13 @@ def _leaves(
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("mfcctl m", ["mfc"]),
-        ("mfcctl ", ["mfc", "show", "batch", "vif", "sync", "ping", "join", "leave"]),
+        ("mfcctl m", ["mfc", "monitor"]),
+        ("mfcctl d", ["diagnose"]),
+        (
+            "mfcctl ",
+            ["mfc", "show", "batch", "vif", "sync", "ping", "join", "leave", "diagnose", "monitor"],
+        ),
+        ("mfcctl diagnose --group 239.1.1.1 --s", ["--source", "--seconds"]),
         ("mfcctl mfc ", ["add", "del", "oif"]),
         ("mfcctl mfc oif ", ["add", "del"]),
         ("mfcctl mfc oif del --source 198.18.0.2 --group 232.1.1.1 --o", ["--oifs", "--output"]),

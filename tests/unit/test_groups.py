@@ -376,3 +376,19 @@ def test_mrdisc_needs_ipv4() -> None:
     commands.families = (6,)
     refused = ask(commands, "vif.set", {"interface": "a", "mrdisc": True})
     assert (refused["error"]["code"], refused["error"]["field"]) == ("invalid_argument", "mrdisc")
+
+
+def test_joins_tell_monitor_subscribers() -> None:
+    commands = make_commands()
+    sub = commands.events.subscribe(lambda: None)
+    assert ask(commands, "join", {"interface": "a", "group": "239.8.0.0/31"})["ok"]
+    assert ask(commands, "leave", {"interface": "a", "group": "239.8.0.1"})["ok"]
+    assert ask(commands, "vif.set", {"interface": "b", "mrdisc": True})["ok"]
+    events = sub.take()
+    assert [(e["event"], e.get("group")) for e in events] == [
+        ("join", "239.8.0.0"),
+        ("join", "239.8.0.1"),
+        ("leave", "239.8.0.1"),
+        ("mrdisc", None),
+    ]
+    assert (events[0]["interface"], events[0]["source"], events[3]["on"]) == ("a", "*", True)

@@ -573,3 +573,22 @@ def test_link_monitor_raises_other_errors(monkeypatch: pytest.MonkeyPatch) -> No
     monitor = monitor_with(monkeypatch, OSError(errno.EBADF, "bad"))
     with pytest.raises(NetlinkError, match="link monitor"):
         monitor.read_events()
+
+
+def test_route_get_request_asks_for_one_address() -> None:
+    request = netlink.route_get_request(4, "198.18.0.2")
+    family, dst_len = request[0], request[1]
+    assert (family, dst_len) == (socket.AF_INET, 32)
+    attrs = netlink.parse_attrs(request, netlink.RTMSG.size)
+    assert bytes(attrs[netlink.RTA_DST]) == socket.inet_aton("198.18.0.2")
+    request6 = netlink.route_get_request(6, "2001:db8::2")
+    assert (request6[0], request6[1]) == (socket.AF_INET6, 128)
+
+
+def test_parse_route_oif_reads_the_answers_interface() -> None:
+    payload = netlink.RTMSG.pack(socket.AF_INET, 32, 0, 0, 254, 0, 0, 1, 0)
+    payload += netlink.RTATTR.pack(8, netlink.RTA_OIF) + struct.pack("=I", 7)
+    message = netlink.NLMSGHDR.pack(16 + len(payload), netlink.RTM_NEWROUTE, 0, 1, 0) + payload
+    assert netlink.parse_route_oif(message) == 7
+    without = netlink.NLMSGHDR.pack(16 + 12, netlink.RTM_NEWROUTE, 0, 1, 0) + payload[:12]
+    assert netlink.parse_route_oif(without) is None

@@ -1,0 +1,493 @@
+"""`mfcctl diagnose`'s verdicts: facts about one flow in, a checklist out (pure, no I/O).
+
+Theory of operation
+-------------------
+A multicast packet from S to G is forwarded when every step of its path works: a route
+(an intent) matches it and is installed; its iif exists, is up and has carrier, and the
+kernel hands the interface's multicast to the routing table (mc_forwarding); the packets
+reach the router on that iif (not on another interface, not at all when nobody asked the
+upstream for them); rp_filter lets the source in; their TTL is above each oif's
+threshold; the kernel counts them on the route; and each oif is up and forwards onto its
+link (a bridge that snoops IGMP/MLD with no querier may prune the stream).
+
+probes.py gathers the facts (model state, /proc, /sys, counters sampled over an
+interval, a packet-socket sample of the flow on every interface); `checklist()` walks the
+path in order and says for each step passed, failed or unknown, and for each failure one
+line saying what to do. Nothing here reads the machine, so every verdict is unit-tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mfcd.model import DEFAULT_TABLE, RouteKey, Router
+
+Status = Literal["passed", "failed", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One item of the checklist: `check` is a stable name, `fix` is set on failures."""
+
+    check: str
+    status: Status
+    detail: str
+    fix: str = ""
+    interface: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"check": self.check, "status": self.status, "detail": self.detail}
+        if self.interface is not None:
+            out["interface"] = self.interface
+        if self.fix:
+            out["fix"] = self.fix
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What to diagnose: the flow from `source` (None: any) to `group` in `table` (a kernel
+    table number), sampled for `seconds`."""
+
+    family: int
+    group: str
+    source: str | None
+    table: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A route (later also a template) that matches the flow, as the model holds it."""
+
+    kind: str  # "route" (the templates helper adds "template")
+    family: int
+    source: str
+    group: str
+    table: int
+    iif: str
+    oifs: tuple[str, ...]
+    state: str  # installed | pending | degraded
+    reason: str
+    origin: str = "api"
+    thresholds: dict[str, int] = field(default_factory=dict)  # oif -> TTL threshold
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "family": "ipv4" if self.family == 4 else "ipv6",
+            "table": self.table,
+            "source": self.source,
+            "group": self.group,
+            "iif": self.iif,
+            "oifs": list(self.oifs),
+            "state": self.state,
+            "origin": self.origin,
+        }
+
+
+def matching_intents(router: Router, query: Query) -> list[Intent]:
+    """The intents that match the query's packets. The one place that decides "which intent
+    matches": the templates helper extends it with (*,G) and prefix templates after the
+    exact routes."""
+    family, group, number = query.family, query.group, query.table
+    if query.source is not None:
+        key: RouteKey = (family, query.source, group, number)
+        keys = [key] if key in router.routes else []
+    else:
+        # A scan, but diagnose runs rarely and by hand.
+        keys = sorted(
+            k for k in router.routes if k[0] == family and k[2] == group and k[3] == number
+        )
+    return [_intent_of(router, key) for key in keys]
+
+
+def _intent_of(router: Router, key: RouteKey) -> Intent:
+    ports = router.routes[key]
+    status = router.status(key)
+    # IPv6 has no per-MIF threshold in its MFC (mf6cctl has only an oif set): 1 each.
+    thresholds = {oif: router.threshold(oif) if key[0] == 4 else 1 for oif in ports.oifs}
+    return Intent(
+        "route",
+        key[0],
+        key[1],
+        key[2],
+        key[3],
+        ports.iif,
+        ports.oifs,
+        status.state,
+        status.reason,
+        router.origin(key),
+        thresholds,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """What the machine says of one interface; None: could not be read."""
+
+    name: str
+    exists: bool
+    up: bool | None = None  # IFF_UP
+    running: bool | None = None  # IFF_RUNNING: up with carrier
+    mc_forwarding: bool | None = None
+    rp_filter: int | None = None  # effective: max(all, this interface); IPv4 only
+    snooping: bool | None = None  # None: not a bridge
+    querier: bool | None = None  # the bridge's own IGMP/MLD querier
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The flow's packets a packet socket saw in `seconds`, by the interface they arrived
+    on (forwarded copies leaving the router are not counted); `error` when it could not
+    sample (then the rest is empty)."""
+
+    seconds: float
+    arrivals: dict[str, int] = field(default_factory=dict)
+    ttls: dict[str, tuple[int, ...]] = field(default_factory=dict)  # interface -> TTLs seen
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """The route's kernel counters at the start and end of the sampling interval."""
+
+    seconds: float
+    packets: int  # counted during the interval
+    wrong_if: int
+    total_packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class RouteBack:
+    """The unicast route to the source: the interface it leaves by, None if there is no
+    route; `error` when the lookup failed."""
+
+    interface: str | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything the checklist of one flow looks at."""
+
+    family: int
+    source: str | None
+    group: str
+    intent: Intent | None
+    interfaces: dict[str, Interface]
+    counts: Counts | None  # None: the route has no kernel entry (or no route)
+    sample: Sample | None
+    route_back: RouteBack | None  # None: not looked up (IPv6, or no source)
+    # Packets that left by each oif's VIF during the interval (every route on the VIF
+    # counts); an oif without a VIF is absent. None: not read.
+    sent: dict[str, int] | None = None
+
+
+def checklist(facts: Facts) -> list[Check]:
+    """The path of the flow, step by step."""
+    intent = facts.intent
+    checks = [_route(facts)]
+    if intent is None:
+        return checks
+    checks.append(_state(intent))
+    checks += _interface_checks(facts, "iif", [intent.iif])
+    checks.append(_mc_forwarding(facts, intent))
+    checks.append(_arrival(facts, intent))
+    checks.append(_wrong_if(facts, intent))
+    checks.append(_rp_filter(facts, intent))
+    checks.append(_ttl(facts, intent))
+    checks.append(_counted(facts, intent))
+    checks += _interface_checks(facts, "oif", intent.oifs)
+    checks.append(_sent(facts, intent))
+    checks.append(_snooping(facts, intent))
+    return checks
+
+
+def verdict(checks: Iterable[Check]) -> str:
+    """ "failed" if any check failed, else "unknown" if any could not tell, else "ok"."""
+    statuses = {c.status for c in checks}
+    if "failed" in statuses:
+        return "failed"
+    return "unknown" if "unknown" in statuses else "ok"
+
+
+# --- the checks, in the order of the path ---------------------------------------------------------
+
+
+def _flow(facts: Facts) -> str:
+    return f"({facts.source or '*'}, {facts.group})"
+
+
+def _route(facts: Facts) -> Check:
+    intent = facts.intent
+    if intent is not None:
+        return Check("route", "passed", f"{intent.kind} {_intent_text(intent)} matches")
+    iif = "IIF"
+    if facts.sample is not None and facts.sample.arrivals:
+        iif = _busiest(facts.sample.arrivals)
+    source = facts.source or "SOURCE"
+    return Check(
+        "route",
+        "failed",
+        f"no route matches {_flow(facts)}",
+        f"add one: mfcctl mfc add --source {source} --group {facts.group} --iif {iif}"
+        " --oifs OIF[,OIF...]",
+    )
+
+
+def _intent_text(intent: Intent) -> str:
+    return f"{intent.source} -> {intent.group} iif {intent.iif} oifs {','.join(intent.oifs)}" + (
+        "" if intent.table == DEFAULT_TABLE[intent.family] else f" table {intent.table}"
+    )
+
+
+def _state(intent: Intent) -> Check:
+    if intent.state == "installed":
+        return Check("state", "passed", "installed in the kernel")
+    if intent.reason.startswith("waiting for "):
+        names = intent.reason[len("waiting for ") :]
+        fix = (
+            f"create {names} (the route is installed the moment it appears), or fix the"
+            " interface names: mfcctl mfc add ... with the right --iif/--oifs"
+        )
+        if intent.state == "degraded":
+            fix = f"{names} went away; the route forwards again when it is back: re-create it"
+    elif "VIF" in intent.reason:
+        fix = "free a VIF: delete routes on interfaces you no longer need (mfcctl show)"
+    else:
+        fix = "fix what the kernel refused (see mfcd's log), then run mfcctl sync"
+    return Check("state", "failed", f"{intent.state}: {intent.reason}", fix)
+
+
+def _interface_checks(facts: Facts, role: str, names: Sequence[str]) -> list[Check]:
+    return [_interface(role, facts.interfaces.get(n, Interface(n, False))) for n in names]
+
+
+def _interface(role: str, link: Interface) -> Check:
+    name = link.name
+    if not link.exists:
+        return Check(role, "failed", f"{name} does not exist", f"create {name}", name)
+    if link.up is None:
+        return Check(role, "unknown", f"cannot read the state of {name}", "", name)
+    if not link.up:
+        return Check(role, "failed", f"{name} is down", f"ip link set {name} up", name)
+    if link.running is False:
+        return Check(
+            role,
+            "failed",
+            f"{name} is up but has no carrier",
+            f"check {name}'s cable or peer (a veth's other end must be up too)",
+            name,
+        )
+    return Check(role, "passed", f"{name} is up, with carrier", "", name)
+
+
+def _mc_forwarding(facts: Facts, intent: Intent) -> Check:
+    link = facts.interfaces.get(intent.iif)
+    if link is None or link.mc_forwarding is None:
+        return Check("mc_forwarding", "unknown", f"cannot read mc_forwarding of {intent.iif}")
+    if link.mc_forwarding:
+        return Check("mc_forwarding", "passed", f"mc_forwarding is on for {intent.iif}")
+    if intent.state == "pending":
+        fix = f"the kernel turns it on when mfcd installs the route and adds {intent.iif}'s VIF"
+        fix += " (see state)"
+        return Check("mc_forwarding", "failed", f"mc_forwarding is off for {intent.iif}", fix)
+    return Check(
+        "mc_forwarding",
+        "failed",
+        f"mc_forwarding is off for {intent.iif}: the kernel does not pass its multicast to"
+        " the multicast routing table",
+        "the kernel turns it on with the interface's VIF: run mfcctl sync (and check that no"
+        " other program removed the VIF)",
+    )
+
+
+def _arrival(facts: Facts, intent: Intent) -> Check:
+    sample = facts.sample
+    if sample is None or sample.error:
+        why = sample.error if sample is not None else "no packet sample"
+        return Check("arrival", "unknown", f"could not sample packets: {why}")
+    on_iif = sample.arrivals.get(intent.iif, 0)
+    elsewhere = {n: c for n, c in sample.arrivals.items() if n != intent.iif}
+    if on_iif:
+        return Check(
+            "arrival", "passed", f"{on_iif} packets arrived on {intent.iif} in {sample.seconds:g} s"
+        )
+    if elsewhere:
+        where = _busiest(elsewhere)
+        return Check(
+            "arrival",
+            "failed",
+            f"the flow arrives on {_names(elsewhere)}, not on the iif {intent.iif}",
+            f"make {where} the route's iif: mfcctl mfc add --source {intent.source}"
+            f" --group {intent.group} --iif {where} --oifs {','.join(intent.oifs)}"
+            " (or fix the upstream path)",
+        )
+    return Check(
+        "arrival",
+        "failed",
+        f"no packet from {intent.source} to {intent.group} reached this router in"
+        f" {sample.seconds:g} s",
+        f"check that the sender sends; if the upstream switch or router forwards {intent.group}"
+        f" only where it is asked for, a join is needed on {intent.iif} (an IGMP/MLD report)",
+    )
+
+
+def _wrong_if(facts: Facts, intent: Intent) -> Check:
+    counts = facts.counts
+    if counts is None:
+        return Check("wrong_if", "unknown", "no kernel entry to read counters from")
+    if counts.wrong_if <= 0:
+        return Check("wrong_if", "passed", f"wrong_if did not rise in {counts.seconds:g} s")
+    where = "another interface"
+    sample = facts.sample
+    if sample is not None:
+        elsewhere = {n: c for n, c in sample.arrivals.items() if n != intent.iif}
+        if elsewhere:
+            where = _busiest(elsewhere)
+    return Check(
+        "wrong_if",
+        "failed",
+        f"wrong_if rose by {counts.wrong_if} in {counts.seconds:g} s: the flow arrives on"
+        f" {where}, not on the iif {intent.iif}",
+        f"make {where} the route's iif, or fix the upstream path so it arrives on {intent.iif}",
+    )
+
+
+def _rp_filter(facts: Facts, intent: Intent) -> Check:
+    if intent.family == 6:
+        return Check("rp_filter", "passed", "IPv6 has no rp_filter")
+    link = facts.interfaces.get(intent.iif)
+    if link is None or link.rp_filter is None:
+        return Check("rp_filter", "unknown", f"cannot read rp_filter of {intent.iif}")
+    mode = link.rp_filter
+    if mode == 0:
+        return Check("rp_filter", "passed", f"rp_filter is off on {intent.iif}")
+    back = facts.route_back
+    if back is None or back.error:
+        why = back.error if back is not None else "not looked up"
+        return Check("rp_filter", "unknown", f"rp_filter={mode} on {intent.iif}; route back: {why}")
+    knob = f"net.ipv4.conf.{intent.iif}.rp_filter (and .all)"
+    if back.interface is None:
+        return Check(
+            "rp_filter",
+            "failed",
+            f"rp_filter={mode} on {intent.iif} and no route back to {intent.source}: the kernel"
+            " drops the flow before routing it",
+            f"add a route to {intent.source} via {intent.iif}, or set {knob} to 0",
+        )
+    if mode == 1 and back.interface != intent.iif:
+        return Check(
+            "rp_filter",
+            "failed",
+            f"strict rp_filter on {intent.iif}, but the route back to {intent.source} leaves by"
+            f" {back.interface}: the kernel drops the flow before routing it",
+            f"route {intent.source} via {intent.iif}, or set {knob} to 2 (loose) or 0",
+        )
+    return Check(
+        "rp_filter",
+        "passed",
+        f"rp_filter={mode} on {intent.iif}; the route back to {intent.source} leaves by"
+        f" {back.interface}",
+    )
+
+
+def _ttl(facts: Facts, intent: Intent) -> Check:
+    word = "TTL" if intent.family == 4 else "hop limit"
+    sample = facts.sample
+    ttls = sample.ttls.get(intent.iif, ()) if sample is not None else ()
+    if not ttls:
+        return Check("ttl", "unknown", f"no packet sampled on {intent.iif} to read its {word}")
+    low = min(ttls)
+    seen = f"{word} {low}" if low == max(ttls) else f"{word} {low} to {max(ttls)}"
+    # The kernel forwards out of an oif only packets whose TTL is above its threshold.
+    blocked = sorted(o for o, t in intent.thresholds.items() if low <= t)
+    if not blocked:
+        return Check("ttl", "passed", f"packets arrive with {seen}, above every oif's threshold")
+    needed = max(intent.thresholds[o] for o in blocked) + 1
+    where = "every oif" if len(blocked) == len(intent.thresholds) else ", ".join(blocked)
+    return Check(
+        "ttl",
+        "failed",
+        f"packets arrive with {seen}: not forwarded to {where} (threshold"
+        f" {max(intent.thresholds[o] for o in blocked)})",
+        f"make the sender use {word} >= {needed} (IP_MULTICAST_TTL / IPV6_MULTICAST_HOPS;"
+        " many senders default to 1)",
+    )
+
+
+def _counted(facts: Facts, intent: Intent) -> Check:
+    counts = facts.counts
+    if counts is None:
+        return Check("counted", "unknown", "the route has no kernel entry to count packets on")
+    if counts.packets > 0:
+        return Check(
+            "counted",
+            "passed",
+            f"the kernel counted {counts.packets} packets on the route in {counts.seconds:g} s",
+        )
+    return Check(
+        "counted",
+        "failed",
+        f"the kernel counted no packet on the route in {counts.seconds:g} s"
+        f" ({counts.total_packets} in all)",
+        "see the checks that failed above",
+    )
+
+
+def _sent(facts: Facts, intent: Intent) -> Check:
+    sent = facts.sent
+    seconds = facts.counts.seconds if facts.counts is not None else 0.0
+    if sent is None or facts.counts is None or not any(o in sent for o in intent.oifs):
+        return Check("sent", "unknown", "no oif VIF counters to read")
+    silent = [o for o in intent.oifs if sent.get(o, 0) <= 0]
+    if not silent:
+        counts = ", ".join(f"{o} {sent[o]}" for o in intent.oifs)
+        return Check("sent", "passed", f"packets left by every oif in {seconds:g} s ({counts})")
+    if facts.counts.packets <= 0:
+        why = "nothing was counted on the route"
+        fix = "see the checks that failed above"
+    else:
+        why = "although the route counted packets"
+        fix = "see the ttl and oif checks (TTL at or below a threshold, an oif down)"
+    return Check(
+        "sent",
+        "failed",
+        f"no packet left by {', '.join(silent)} in {seconds:g} s, {why}",
+        fix,
+    )
+
+
+def _snooping(facts: Facts, intent: Intent) -> Check:
+    bridges = [facts.interfaces[o] for o in intent.oifs if o in facts.interfaces]
+    bridges = [b for b in bridges if b.snooping is not None]
+    if not bridges:
+        return Check("bridge_snooping", "passed", "no oif is a bridge")
+    pruning = [b.name for b in bridges if b.snooping and not b.querier]
+    if not pruning:
+        return Check(
+            "bridge_snooping", "passed", "every bridge oif has a querier or does not snoop"
+        )
+    name = pruning[0]
+    return Check(
+        "bridge_snooping",
+        "failed",
+        f"bridge {', '.join(pruning)} snoops IGMP/MLD with no querier of its own: receivers'"
+        " memberships time out and the bridge may prune the stream",
+        f"ip link set {name} type bridge mcast_querier 1 (unless another querier serves that"
+        f" LAN), or mcast_snooping 0",
+    )
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _busiest(arrivals: dict[str, int]) -> str:
+    return max(sorted(arrivals), key=lambda n: arrivals[n])
+
+
+def _names(arrivals: dict[str, int]) -> str:
+    return ", ".join(f"{n} ({c} packets)" for n, c in sorted(arrivals.items()))

@@ -1,0 +1,340 @@
+"""What `mfcctl diagnose` reads from the machine: interface state, sysctls, bridge settings,
+the route back to a source, the flow's packets on the wire (read-only; the thin shell
+around the pure diagnosis.py).
+
+Nothing here changes anything: /proc and /sys are only read, the route lookup is an
+RTM_GETROUTE (as `ip route get`), and the packet sample is an AF_PACKET socket with a BPF
+filter that copies only the flow's packets, for a few seconds at most. Sampling blocks,
+so `diagnose()` runs it in a thread: the daemon keeps serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from mfcd import diagnosis, netlink
+from mfcd.dataplane import CountersReader, SgCounters, sg_counters, vif_counters
+from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Sample
+from mfcd.model import Router
+
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+SO_ATTACH_FILTER = 26
+PACKET_OUTGOING = 4  # a packet this host sends (the forwarded copies), <linux/if_packet.h>
+ETH_P = {4: 0x0800, 6: 0x86DD}
+MAX_PACKETS = 200  # sampled at most: enough for TTLs and arrival interfaces
+STOP_CHECK = 0.2  # seconds between two looks at the stop flag while sampling
+# Diagnoses read the machine in threads of their own, two at a time: a crowd of them waits
+# here instead of holding the default executor's threads, which write the state file.
+_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="diagnose")
+SNAP = 64  # bytes of each packet copied: the IP header is all that is read
+_IFREQ = struct.Struct("=16sH22x")  # struct ifreq: name, then ifr_flags in the union
+_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+# Classic BPF opcodes (<linux/filter.h>)
+_LD_W_ABS = 0x20
+_JEQ_K = 0x15
+_RET_K = 0x06
+
+
+# --- the flow's packets ---------------------------------------------------------------------------
+
+
+def bpf_program(family: int, group: str, source: str | None) -> list[tuple[int, int, int, int]]:
+    """A classic BPF program accepting IP packets from `source` (None: any) to `group`,
+    as a SOCK_DGRAM packet socket sees them (from the IP header on)."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    # Offsets of the source and destination addresses in the IPv4 / IPv6 header.
+    src_at, dst_at = (12, 16) if family == 4 else (8, 24)
+    words: list[tuple[int, int]] = []
+    for address, at in ((group, dst_at), (source, src_at)):
+        if address is None:
+            continue
+        raw = socket.inet_pton(af, address)
+        words += [(at + i, int.from_bytes(raw[i : i + 4], "big")) for i in range(0, len(raw), 4)]
+    program = []
+    for index, (offset, value) in enumerate(words):
+        # On a mismatch jump to the final "ret 0" (after the remaining pairs and "ret SNAP").
+        left = len(words) - index - 1
+        program += [(_LD_W_ABS, 0, 0, offset), (_JEQ_K, 0, 2 * left + 1, value)]
+    return [*program, (_RET_K, 0, 0, SNAP), (_RET_K, 0, 0, 0)]
+
+
+def _attach(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    code = b"".join(_FILTER.pack(*insn) for insn in program)
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    interface: str  # where it arrived
+    source: str
+    ttl: int  # TTL or hop limit
+
+
+def parse_packet(family: int, data: bytes) -> tuple[str, int] | None:
+    """(source, TTL or hop limit) of an IP header; None if too short."""
+    if family == 4:
+        if len(data) < 20:
+            return None
+        return socket.inet_ntop(socket.AF_INET, data[12:16]), data[8]
+    if len(data) < 40:
+        return None
+    return socket.inet_ntop(socket.AF_INET6, data[8:24]), data[7]
+
+
+def sample_packets(
+    family: int, group: str, source: str | None, seconds: float, stop: threading.Event
+) -> tuple[list[Packet], str]:
+    """The flow's packets arriving on any interface within `seconds` (MAX_PACKETS at most),
+    and an error text when no sample could be taken. Blocks: run it in a thread; `stop`
+    ends it early (mfcd stops)."""
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P[family]))
+    except OSError as e:
+        return [], f"cannot open a packet socket: {e.strerror} (mfcd needs CAP_NET_RAW)"
+    packets: list[Packet] = []
+    with sock:
+        try:
+            _attach(sock, bpf_program(family, group, source))
+        except OSError as e:
+            return [], f"cannot attach the packet filter: {e.strerror}"
+        _drain(sock)  # what arrived before the filter was attached
+        deadline = time.monotonic() + seconds
+        while len(packets) < MAX_PACKETS:
+            left = deadline - time.monotonic()
+            if left <= 0 or stop.is_set():
+                break
+            sock.settimeout(min(left, STOP_CHECK))
+            try:
+                data, address = sock.recvfrom(SNAP)
+            except TimeoutError:
+                continue
+            except OSError as e:
+                return packets, f"reading packets failed: {e.strerror}"
+            if address[2] == PACKET_OUTGOING:
+                continue  # a copy mfcd's route forwards (or the router sends): not an arrival
+            parsed = parse_packet(family, data)
+            if parsed is not None:
+                packets.append(Packet(address[0], *parsed))
+    return packets, ""
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(SNAP)
+    except (BlockingIOError, InterruptedError):
+        pass
+    finally:
+        sock.setblocking(True)
+
+
+def sample_of(packets: Iterable[Packet], source: str, seconds: float, error: str = "") -> Sample:
+    """The packets of one source as diagnosis.Sample."""
+    arrivals: dict[str, int] = {}
+    ttls: dict[str, list[int]] = {}
+    for p in packets:
+        if p.source == source:
+            arrivals[p.interface] = arrivals.get(p.interface, 0) + 1
+            ttls.setdefault(p.interface, []).append(p.ttl)
+    return Sample(seconds, arrivals, {n: tuple(t) for n, t in ttls.items()}, error)
+
+
+# --- interfaces and sysctls -----------------------------------------------------------------------
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _number(path: str) -> int | None:
+    text = _read(path)
+    return int(text) if text is not None and text.lstrip("-").isdigit() else None
+
+
+def interface_flags(name: str) -> int | None:
+    """SIOCGIFFLAGS of `name` in this network namespace; None if it does not exist."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            out = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, _IFREQ.pack(os.fsencode(name), 0))
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.ENXIO, errno.EINVAL):
+                return None
+            raise
+    flags: int = _IFREQ.unpack(out)[1]
+    return flags
+
+
+def read_interface(family: int, name: str) -> Interface:
+    """An interface's state, sysctls and bridge settings, as far as they can be read."""
+    try:
+        flags = interface_flags(name)
+    except OSError:
+        return Interface(name, True)
+    if flags is None:
+        return Interface(name, False)
+    ip = "ipv4" if family == 4 else "ipv6"
+    forwarding = _number(f"/proc/sys/net/{ip}/conf/{name}/mc_forwarding")
+    rp_filter = None
+    if family == 4:
+        values = [_number(f"/proc/sys/net/ipv4/conf/{n}/rp_filter") for n in ("all", name)]
+        # The kernel uses the larger of the two (ip-sysctl.rst).
+        rp_filter = None if None in values else max(v for v in values if v is not None)
+    bridge = f"/sys/class/net/{name}/bridge"
+    snooping = querier = None
+    if os.path.isdir(bridge):
+        snooping_value = _number(f"{bridge}/multicast_snooping")
+        snooping = None if snooping_value is None else bool(snooping_value)
+        querier = bool(_number(f"{bridge}/multicast_querier"))
+    return Interface(
+        name,
+        True,
+        bool(flags & IFF_UP),
+        bool(flags & IFF_RUNNING),
+        None if forwarding is None else bool(forwarding),
+        rp_filter,
+        snooping,
+        querier,
+    )
+
+
+def route_back(family: int, source: str) -> RouteBack:
+    try:
+        ifindex = netlink.route_get(family, source)
+    except OSError as e:
+        return RouteBack(None, f"route lookup failed: {e.strerror or e}")
+    if ifindex is None:
+        return RouteBack(None)
+    try:
+        return RouteBack(socket.if_indextoname(ifindex))
+    except OSError:
+        return RouteBack(f"ifindex {ifindex}")
+
+
+# --- the whole diagnosis --------------------------------------------------------------------------
+
+
+def _machine_facts(
+    query: Query, intents: list[Intent], stop: threading.Event
+) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack]]:
+    """Everything read from the machine (blocking: in a thread)."""
+    family = query.family
+    packets, error = sample_packets(family, query.group, query.source, query.seconds, stop)
+    names = {n for intent in intents for n in (intent.iif, *intent.oifs)}
+    interfaces = {n: read_interface(family, n) for n in names}
+    backs = {}
+    if family == 4:
+        for intent in intents:
+            if intent.source not in backs:
+                backs[intent.source] = route_back(family, intent.source)
+    return packets, error, interfaces, backs
+
+
+async def diagnose(router: Router, counters: CountersReader, query: Query) -> dict[str, Any]:
+    """Diagnose every intent matching the flow; the result of the `diagnose` command."""
+    family, group, source = query.family, query.group, query.source
+    intents = diagnosis.matching_intents(router, query)
+    before = [_counters(counters, i) for i in intents]
+    vifs_before = [_sent(router, counters, i) for i in intents]
+    started = time.monotonic()
+    stop = threading.Event()
+    reading = asyncio.get_running_loop().run_in_executor(
+        _executor, _machine_facts, query, intents, stop
+    )
+    try:
+        packets, error, interfaces, backs = await asyncio.shield(reading)
+    except asyncio.CancelledError:
+        stop.set()  # mfcd stops: the thread ends within STOP_CHECK
+        raise
+    elapsed = round(time.monotonic() - started, 1)
+    after = [_counters(counters, i) for i in intents]
+    vifs_after = [_sent(router, counters, i) for i in intents]
+    flows = []
+    for index, (intent, old, new) in enumerate(zip(intents, before, after, strict=True)):
+        counts = None
+        if old is not None and new is not None:
+            counts = Counts(
+                elapsed, new.packets - old.packets, new.wrong_if - old.wrong_if, new.packets
+            )
+        sample = sample_of(packets, intent.source, elapsed, error)
+        facts = Facts(
+            family,
+            intent.source,
+            group,
+            intent,
+            interfaces,
+            counts,
+            sample,
+            backs.get(intent.source),
+            _difference(vifs_before[index], vifs_after[index]),
+        )
+        flows.append(_flow_json(intent, diagnosis.checklist(facts)))
+    if not intents:
+        sources = {p.source for p in packets}
+        one = source if source is not None else (min(sources) if len(sources) == 1 else None)
+        seen = sample_of(packets, one, elapsed, error) if one is not None else None
+        # Without a source, the one sender seen (if just one) stands for it in the fix.
+        facts = Facts(family, one, group, None, {}, None, seen, None)
+        flows.append(_flow_json(None, diagnosis.checklist(facts)))
+    checks = [c for flow in flows for c in flow["checks"]]
+    return {
+        "group": group,
+        "source": source,
+        "table": query.table,
+        "seconds": elapsed,
+        "verdict": diagnosis.verdict(
+            diagnosis.Check(c["check"], c["status"], c["detail"]) for c in checks
+        ),
+        "flows": flows,
+    }
+
+
+def _counters(reader: CountersReader, intent: Intent) -> SgCounters | None:
+    if intent.state not in {"installed", "degraded"}:
+        return None
+    return sg_counters(reader, intent.family, intent.source, intent.group, intent.table)
+
+
+def _sent(router: Router, reader: CountersReader, intent: Intent) -> dict[str, int]:
+    """Packets out of each oif's VIF so far (an oif without a VIF, or gone, is left out)."""
+    out = {}
+    for oif in intent.oifs:
+        vif = router.vif_of(intent.family, oif, intent.table)
+        if vif is None or vif.ifindex is None:
+            continue
+        counters = vif_counters(reader, intent.family, vif.vifi, intent.table)
+        if counters is not None:
+            out[oif] = counters.packets_out
+    return out
+
+
+def _difference(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {n: after[n] - before[n] for n in after if n in before}
+
+
+def _flow_json(intent: Intent | None, checks: list[diagnosis.Check]) -> dict[str, Any]:
+    return {
+        "route": None if intent is None else intent.as_json(),
+        "verdict": diagnosis.verdict(checks),
+        "checks": [c.as_json() for c in checks],
+    }

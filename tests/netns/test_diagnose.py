@@ -1,0 +1,307 @@
+"""End to end: `mfcctl diagnose` against the real daemon and kernel, one failure class each.
+
+Each test breaks the flow's path in one way inside the lab's namespaces (a TTL-1 sender,
+rp_filter with no route back, traffic on another interface, an oif down, a pending route,
+a bridge that snoops with no querier), sends real packets, and checks that diagnose
+names that failure, and only passes a healthy flow.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from lab.netns import Lab
+from tests.netns.conftest import BIN, Mfcd, route_args
+
+SOURCE, GROUP = "198.18.0.2", "239.1.1.1"
+SOURCE6, GROUP6 = "2001:db8:0::2", "ff3e::1:1"
+
+# Sends to GROUP from SOURCE out of IFNAME with the given TTL, 100 packets a second, until
+# killed (at most 30 s): the flow diagnose samples.
+SENDER = """
+import socket, sys, time
+group, ifname, source, ttl = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if ":" in group:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    index = socket.if_nametoindex(ifname)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
+    s.bind((source, 0, 0, 0))
+    dest = (group, 5000, 0, index)
+else:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(source))
+    s.bind((source, 0))
+    dest = (group, 5000)
+for i in range(3000):
+    s.sendto(b"diagnose %d" % i, dest)
+    time.sleep(0.01)
+"""
+
+
+@contextmanager
+def sending(lab: Lab, source: str = SOURCE, group: str = GROUP, ttl: int = 8) -> Iterator[None]:
+    """The sender sends the flow out of s0 (to the router's r0) while the block runs."""
+    proc = lab.spawn(lab.sender, sys.executable, "-c", SENDER, group, "s0", source, str(ttl))
+    try:
+        time.sleep(0.3)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        yield
+    finally:
+        lab.stop(proc)
+
+
+def diagnose(mfcd: Mfcd, *args: str) -> tuple[int, dict[str, Any]]:
+    result = mfcd.ctl("-o", "json", "diagnose", "--seconds", "1", *args)
+    assert result.stdout, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return result.returncode, data
+
+
+def checks(result: dict[str, Any], flow: int = 0) -> dict[str, dict[str, Any]]:
+    """The checks of one flow by name (oifs as oif:NAME)."""
+    out = {}
+    for c in result["flows"][flow]["checks"]:
+        name = c["check"] if c["check"] != "oif" else f"oif:{c['interface']}"
+        out[name] = c
+    return out
+
+
+def failed(result: dict[str, Any]) -> set[str]:
+    return {name for name, c in checks(result).items() if c["status"] == "failed"}
+
+
+def machine_state(lab: Lab) -> str:
+    """What diagnose must leave as it is: links, addresses, routes, MFC, sysctls."""
+    router = lab.router
+    parts = [
+        lab.ip(router, "-d", "link", "show"),
+        lab.ip(router, "addr", "show"),
+        lab.ip(router, "route", "show", "table", "all"),
+        lab.ip(router, "mroute", "show"),
+        lab.exec(router, "sysctl", "-a", "--pattern", "net.ipv4.conf").stdout,
+    ]
+    # Counters and timers move on their own; the rest must not.
+    return "\n".join(
+        line
+        for part in parts
+        for line in part.splitlines()
+        if "Iif" not in line and "used" not in line.lower()
+    )
+
+
+def test_a_healthy_flow_passes_and_nothing_changes(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,r2"))
+    before = machine_state(lab)
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 0, result
+    assert result["verdict"] == "ok"
+    found = checks(result)
+    assert {c["status"] for c in found.values()} == {"passed"}
+    assert "TTL 8" in found["ttl"]["detail"]
+    assert "arrived on r0" in found["arrival"]["detail"]
+    assert machine_state(lab) == before
+    # The text form: the route, then one line per check.
+    text = mfcd.ctl("diagnose", "--group", GROUP, "--seconds", "0.2").stdout
+    assert text.splitlines()[0] == f"{SOURCE} -> {GROUP} iif r0 oifs r1,r2 (installed)"
+
+
+def test_ipv6_healthy_flow_passes(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE6, GROUP6, "r0", "r1"))
+    with sending(lab, SOURCE6, GROUP6):
+        status, result = diagnose(mfcd, "--group", GROUP6, "--source", SOURCE6)
+    assert (status, result["verdict"]) == (0, "ok"), result
+    assert "hop limit 8" in checks(result)["ttl"]["detail"]
+
+
+def test_a_ttl_1_sender(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1"))
+    with sending(lab, ttl=1):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    ttl = checks(result)["ttl"]
+    assert ttl["status"] == "failed"
+    assert "TTL 1" in ttl["detail"]
+    assert "TTL >= 2" in ttl["fix"]
+    assert checks(result)["arrival"]["status"] == "passed"
+    # The kernel counts them on the route, and drops them: nothing leaves.
+    assert checks(result)["counted"]["status"] == "passed"
+    assert checks(result)["sent"]["status"] == "failed"
+
+
+def test_rp_filter_with_no_route_back(lab: Lab, mfcd: Mfcd) -> None:
+    stranger = "198.19.5.5"  # the router has no route to it (and no default route)
+    lab.ip(lab.sender, "addr", "add", f"{stranger}/32", "dev", "s0")
+    # The namespace's own sysctl: the host's are never touched.
+    sysctl = lab.exec(lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
+    assert sysctl.returncode == 0, sysctl.stderr
+    mfcd.ok(*route_args(stranger, GROUP, "r0", "r1"))
+    with sending(lab, source=stranger):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", stranger)
+    assert status == 8
+    found = checks(result)
+    assert found["rp_filter"]["status"] == "failed"
+    assert "no route back" in found["rp_filter"]["detail"]
+    assert found["arrival"]["status"] == "passed"  # it arrives, and is dropped after
+    assert found["counted"]["status"] == "failed"
+    # Loose mode with a route back passes.
+    lab.exec(lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=2")
+    lab.ip(lab.router, "route", "add", f"{stranger}/32", "dev", "r0")
+    with sending(lab, source=stranger):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", stranger)
+    assert checks(result)["rp_filter"]["status"] == "passed", result
+    assert (status, result["verdict"]) == (0, "ok"), result
+
+
+def test_traffic_on_the_wrong_interface(lab: Lab, mfcd: Mfcd) -> None:
+    # The route expects the flow on r1; it arrives on r0, which another route makes a VIF.
+    mfcd.ok(*route_args(SOURCE, GROUP, "r1", "r2"))
+    mfcd.ok(*route_args(SOURCE, "239.1.1.2", "r0", "r2"))
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    found = checks(result)
+    assert found["wrong_if"]["status"] == "failed"
+    assert "arrives on r0" in found["wrong_if"]["detail"]
+    assert found["arrival"]["status"] == "failed"
+    assert "--iif r0" in found["arrival"]["fix"]
+
+
+def test_an_oif_down(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,r2"))
+    lab.ip(lab.router, "link", "set", "r2", "down")
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    assert failed(result) == {"oif:r2", "sent"}  # the kernel sends nothing out of r2
+    assert checks(result)["oif:r2"]["fix"] == "ip link set r2 up"
+    assert "no packet left by r2" in checks(result)["sent"]["detail"]
+
+
+def test_an_oif_without_carrier(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,r2"))
+    lab.ip(lab.rx[1], "link", "set", "x0", "down")  # the veth's other end
+    with sending(lab):
+        _, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert failed(result) == {"oif:r2"}
+    assert "no carrier" in checks(result)["oif:r2"]["detail"]
+
+
+def test_a_pending_route(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,nosuch0"))
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    found = checks(result)
+    assert found["state"]["status"] == "failed"
+    assert found["state"]["detail"] == "pending: waiting for nosuch0"
+    assert "create nosuch0" in found["state"]["fix"]
+    assert found["oif:nosuch0"]["detail"] == "nosuch0 does not exist"
+    assert found["counted"]["status"] == "unknown"  # no kernel entry to count on
+    # No VIF for r0 yet: the kernel keeps its multicast from the routing table.
+    assert found["mc_forwarding"]["status"] == "failed"
+    assert "see state" in found["mc_forwarding"]["fix"]
+
+
+def test_no_route_names_where_the_flow_arrives(lab: Lab, mfcd: Mfcd) -> None:
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP)
+    assert status == 8
+    assert result["flows"][0]["route"] is None
+    route = checks(result)["route"]
+    assert route["status"] == "failed"
+    assert f"--source {SOURCE} --group {GROUP} --iif r0" in route["fix"]
+
+
+def test_nothing_arrives(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1"))
+    status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    arrival = checks(result)["arrival"]
+    assert arrival["status"] == "failed"
+    assert "join" in arrival["fix"]
+
+
+def test_a_bridge_oif_snooping_with_no_querier(lab: Lab, mfcd: Mfcd) -> None:
+    router = lab.router
+    lab.ip(router, "link", "add", "br0", "type", "bridge", "mcast_snooping", "1")
+    lab.ip(router, "link", "set", "br0", "type", "bridge", "mcast_querier", "0")
+    lab.ip(router, "link", "set", "r2", "master", "br0")
+    lab.ip(router, "link", "set", "br0", "up")
+    lab.wait_settled()
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,br0"))
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    snooping = checks(result)["bridge_snooping"]
+    assert snooping["status"] == "failed"
+    assert "br0" in snooping["detail"]
+    assert "mcast_querier 1" in snooping["fix"]
+    lab.ip(router, "link", "set", "br0", "type", "bridge", "mcast_querier", "1")
+    with sending(lab):
+        _, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert checks(result)["bridge_snooping"]["status"] == "passed"
+
+
+@contextmanager
+def diagnosing(mfcd: Mfcd, seconds: int) -> Iterator[subprocess.Popen[str]]:
+    """A diagnosis sampling for `seconds` in the background (0.5 s into it on entry)."""
+    command = [str(BIN / "mfcctl"), "--socket", mfcd.socket, "diagnose", "--group", GROUP]
+    slow = subprocess.Popen(
+        [*command, "--seconds", str(seconds)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        yield slow
+    finally:
+        if slow.poll() is None:
+            slow.kill()
+            slow.wait()
+
+
+def test_sampling_does_not_hold_up_other_clients(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1"))
+    with diagnosing(mfcd, 4) as slow:
+        started = time.monotonic()
+        mfcd.ok("ping")
+        mfcd.ok("show")
+        assert time.monotonic() - started < 2
+        assert slow.poll() is None  # still sampling
+        out, _ = slow.communicate(timeout=20)
+    assert "verdict: failed" in out  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--group", "10.0.0.1"], "not a multicast address"),
+        (["--group", GROUP, "--seconds", "11"], "seconds must be"),
+    ],
+)
+def test_bad_arguments_are_refused(mfcd: Mfcd, args: list[str], message: str) -> None:
+    result = mfcd.ctl("diagnose", *args)
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_mfcd_stops_at_once_during_a_diagnosis(lab: Lab, mfcd: Mfcd) -> None:
+    with diagnosing(mfcd, 10) as slow:
+        started = time.monotonic()
+        code, _ = mfcd.stop()
+        assert code == 0
+        assert time.monotonic() - started < 5  # not the 10 s of sampling
+        _, err = slow.communicate(timeout=20)
+    assert slow.returncode == 3, err  # the daemon went away: no answer, no false verdict

@@ -1,0 +1,198 @@
+"""End to end: `mfcctl monitor` subscribers of the real daemon see its events in order, and a
+subscriber that stops reading holds nobody up and is told what it missed."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+from lab.netns import Lab
+from mfcd import events, protocol
+from tests.netns import kernel_tables
+from tests.netns.conftest import BIN, Mfcd, route_args
+from tests.netns.test_interfaces import DEL_VIF
+
+SOURCE = "198.18.0.2"
+
+
+class Subscriber:
+    """A raw monitor subscription on the control socket (reads only when asked)."""
+
+    def __init__(self, path: str, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(path)
+        self.sock.settimeout(10)
+        self.buffer = b""
+        self.sock.sendall(protocol.encode_request("monitor", {}, 5))
+        ack = json.loads(self._line())
+        assert ack["ok"] is True and ack["id"] == 5, ack
+        assert ack["result"]["subscribed"] is True
+
+    def _line(self) -> bytes:
+        while b"\n" not in self.buffer:
+            data = self.sock.recv(1 << 16)
+            assert data, "mfcd closed the subscription"
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def next(self) -> dict[str, Any]:
+        message = json.loads(self._line())
+        assert message["id"] == 5
+        event: dict[str, Any] = message["event"]
+        return event
+
+    def until(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
+        """Events up to and with the first of `kind` with `fields`."""
+        seen = []
+        while True:
+            event = self.next()
+            seen.append(event)
+            if event["event"] == kind and all(event.get(k) == v for k, v in fields.items()):
+                return seen
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_route_and_interface_events_arrive_in_order(lab: Lab, mfcd: Mfcd) -> None:
+    sub = Subscriber(mfcd.socket)
+    try:
+        mfcd.ok(*route_args(SOURCE, "239.1.1.1", "r0", "r1,r9"))
+        mfcd.ok(*route_args(SOURCE, "239.1.1.2", "r0", "r2"))
+        lab.ip(lab.router, "link", "add", "r9", "type", "veth", "peer", "name", "r9p")
+        seen = sub.until("route.state", group="239.1.1.1")
+        lab.ip(lab.router, "link", "del", "r9")
+        seen += sub.until("route.state", group="239.1.1.1", state="degraded")
+        mfcd.ok("mfc", "del", "--source", SOURCE, "--group", "239.1.1.1")
+        seen += sub.until("route.del")
+    finally:
+        sub.close()
+    routes = [
+        (e["event"], e["group"], e.get("state")) for e in seen if e["event"].startswith("route.")
+    ]
+    assert routes == [
+        ("route.add", "239.1.1.1", "pending"),
+        ("route.add", "239.1.1.2", "installed"),
+        ("route.state", "239.1.1.1", "installed"),
+        ("route.state", "239.1.1.1", "degraded"),
+        ("route.del", "239.1.1.1", None),
+    ]
+    degraded = [e for e in seen if e["event"] == "route.state"][-1]
+    assert degraded["reason"] == "waiting for r9"
+    first = next(e for e in seen if e["event"] == "route.add")
+    assert (first["iif"], first["oifs"], first["state"]) == ("r0", ["r1", "r9"], "pending")
+    assert first["family"] == "ipv4" and first["origin"] == "api"
+    links = [e["action"] for e in seen if e["event"] == "link" and e["interface"] == "r9"]
+    assert links[0] == "new"
+    assert links[-1] == "del"
+    assert [e["time"] for e in seen] == sorted(e["time"] for e in seen)
+
+
+def test_mfcctl_monitor_prints_lines(lab: Lab, mfcd: Mfcd) -> None:
+    proc = subprocess.Popen(
+        [str(BIN / "mfcctl"), "--socket", mfcd.socket, "monitor", "-o", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def line(timeout: float) -> dict[str, Any] | None:
+        assert proc.stdout is not None
+        if not select.select([proc.stdout], [], [], timeout)[0]:
+            return None
+        event: dict[str, Any] = json.loads(proc.stdout.readline())
+        return event
+
+    try:
+        # Its subscription starts at some moment: change a setting until it shows.
+        deadline = time.monotonic() + 20
+        for threshold in range(2, 200):
+            assert time.monotonic() < deadline and proc.poll() is None
+            mfcd.ok("vif", "set", "r1", "--threshold", str(threshold))
+            event = line(0.2)
+            if event is not None:
+                break
+        while line(0.5) is not None:  # the last settings' events
+            pass
+        mfcd.ok(*route_args(SOURCE, "239.1.1.3", "r0", "r1"))
+        event = line(10)
+        assert event is not None
+        assert (event["event"], event["group"], event["state"]) == (
+            "route.add",
+            "239.1.1.3",
+            "installed",
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    text = mfcd.ctl("monitor", "--help").stdout
+    assert "gap" in text
+
+
+def test_a_subscriber_that_stops_reading_holds_nobody_up_and_sees_the_gap(mfcd: Mfcd) -> None:
+    slow = Subscriber(mfcd.socket, rcvbuf=4096)
+    try:
+        routes = 3 * events.BUFFER
+        for round_ in range(2):
+            lines = "".join(
+                f"mfc add --source 198.18.{round_}.{n // 250 + 1} --group 239.2.{n % 250}.1"
+                " --iif r0 --oifs r1\n"
+                for n in range(routes)
+            )
+            started = time.monotonic()
+            mfcd.ok("batch", "-", stdin=lines)
+            mfcd.ok("ping")
+            mfcd.ok("show")
+            # The batch and the requests after it took no longer for the stuck subscriber.
+            assert time.monotonic() - started < 10
+        # Now it reads: the events it had room for, a gap for the others, nothing lost unsaid.
+        mfcd.ok(*route_args(SOURCE, "239.3.0.1", "r0", "r1"))
+        seen = slow.until("route.add", group="239.3.0.1")
+    finally:
+        slow.close()
+    added = [e for e in seen if e["event"] == "route.add"]
+    gaps = [e for e in seen if e["event"] == "gap"]
+    assert gaps, "no gap reported"
+    assert sum(g["dropped"] for g in gaps) + len(added) == 2 * routes + 1
+    assert seen[-1]["group"] == "239.3.0.1"  # events after the gap come after it
+    # Other subscribers are unaffected by this one's state.
+    mfcd.ok("ping")
+
+
+def test_reloads_and_repairs_are_told(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, "239.1.1.1", "r0", "r1"))
+    vif = {name: index for index, name in kernel_tables.vifs(lab, 4).items()}["r1"]
+    sub = Subscriber(mfcd.socket)
+    try:
+        assert mfcd.proc is not None
+        mfcd.proc.send_signal(signal.SIGHUP)
+        reload = sub.until("reload")[-1]
+        assert reload["config"] == str(mfcd.config_file)
+        # Another privileged program deletes r1's VIF; sync puts it back, and says so.
+        code = textwrap.dedent(DEL_VIF.format(family=4, vifi=vif))
+        assert lab.exec(lab.router, sys.executable, "-c", code).returncode == 0
+        mfcd.ok("sync")
+        repair = sub.until("repair")[-1]
+    finally:
+        sub.close()
+    assert (repair["action"], repair["interface"], repair["vif"]) == ("readd_vif", "r1", vif)
+
+
+def test_stopping_mfcd_ends_the_subscription(mfcd: Mfcd) -> None:
+    sub = Subscriber(mfcd.socket)
+    try:
+        code, _ = mfcd.stop()
+        assert code == 0
+        assert sub.sock.recv(1 << 16) == b""  # closed, nothing half sent
+    finally:
+        sub.close()

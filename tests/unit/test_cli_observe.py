@@ -1,0 +1,165 @@
+"""Tests for mfcctl diagnose and monitor: the request sent, the checklist and event lines, the
+exit status."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mfcd import cli, protocol
+from tests.unit.test_cli import FakeDaemon, run_cli
+
+ROUTE = {
+    "kind": "route",
+    "family": "ipv4",
+    "table": 253,
+    "source": "198.18.0.2",
+    "group": "239.1.1.1",
+    "iif": "r0",
+    "oifs": ["r1", "r2"],
+    "state": "installed",
+    "origin": "api",
+}
+KEY = {k: v for k, v in ROUTE.items() if k in ("family", "table", "source", "group")}
+RESULT = {
+    "group": "239.1.1.1",
+    "source": "198.18.0.2",
+    "table": 253,
+    "seconds": 2.0,
+    "verdict": "failed",
+    "flows": [
+        {
+            "route": ROUTE,
+            "verdict": "failed",
+            "checks": [
+                {"check": "route", "status": "passed", "detail": "route ... matches"},
+                {
+                    "check": "ttl",
+                    "status": "failed",
+                    "detail": "packets arrive with TTL 1",
+                    "fix": "make the sender use TTL >= 2",
+                },
+                {"check": "arrival", "status": "unknown", "detail": "could not sample"},
+            ],
+        }
+    ],
+}
+
+
+def test_the_checklist_marks_each_check_and_puts_the_fix_under_a_failure() -> None:
+    lines = cli.format_diagnosis(RESULT).splitlines()
+    assert lines[0] == "198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 (installed)"
+    assert lines[1].split()[:2] == ["ok", "route"]
+    assert lines[2].split()[:2] == ["FAIL", "ttl"]
+    assert lines[3].strip() == "-> make the sender use TTL >= 2"
+    assert lines[4].split()[:2] == ["??", "arrival"]
+    assert lines[-1] == "verdict: failed (sampled 2.0 s)"
+
+
+@pytest.fixture
+def diagnosed(tmp_path: Path) -> Iterator[FakeDaemon]:
+    fake = FakeDaemon(tmp_path / "mfcd.sock", {"ok": True, "result": RESULT})
+    yield fake
+    fake.close()
+
+
+def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDaemon) -> None:
+    status, out, _ = run_cli(
+        "--socket",
+        str(diagnosed.path),
+        "diagnose",
+        "--group",
+        "239.1.1.1",
+        "--source",
+        "198.18.0.2",
+        "--table",
+        "7",
+        "--seconds",
+        "0.5",
+        "-o",
+        "json",
+    )
+    assert status == protocol.EXIT_CHECK_FAILED == 8
+    assert json.loads(out) == RESULT
+    request = diagnosed.requests[0]
+    assert request["cmd"] == "diagnose"
+    assert request["args"] == {
+        "group": "239.1.1.1",
+        "source": "198.18.0.2",
+        "table": 7,
+        "seconds": 0.5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("event", "text"),
+    [
+        (
+            {**ROUTE, "event": "route.add", "state": "pending"},
+            "route.add ipv4 198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 (pending)",
+        ),
+        (
+            {
+                "event": "route.del",
+                "family": "ipv6",
+                "table": 7,
+                "source": "2001:db8::2",
+                "group": "ff3e::1",
+                "origin": "config",
+            },
+            "route.del ipv6 2001:db8::2 -> ff3e::1 table 7 [config]",
+        ),
+        (
+            {**KEY, "event": "route.state", "state": "installed", "reason": ""},
+            "route.state ipv4 198.18.0.2 -> 239.1.1.1 (installed)",
+        ),
+        (
+            {**KEY, "event": "route.state", "state": "degraded", "reason": "waiting for r2"},
+            "route.state ipv4 198.18.0.2 -> 239.1.1.1 (degraded: waiting for r2)",
+        ),
+        (
+            {"event": "link", "action": "del", "interface": "r3", "ifindex": 9},
+            "link del r3 (ifindex 9)",
+        ),
+        ({"event": "gap", "dropped": 12}, "gap 12 events dropped (mfcctl read too slowly)"),
+        ({"event": "reload", "config": "/etc/x.conf"}, "reload config=/etc/x.conf"),
+    ],
+)
+def test_event_lines(event: dict[str, Any], text: str) -> None:
+    line = cli.format_event({"time": 0, **event})
+    assert line.split(" ", 1)[1] == text
+
+
+def test_monitor_prints_each_event_as_it_comes(tmp_path: Path) -> None:
+    path = tmp_path / "mfcd.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    events = [{"event": "link", "time": 1.0, "action": "new", "interface": "r1", "ifindex": 3}]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            request = json.loads(conn.makefile("rb").readline())
+            assert request["cmd"] == "monitor"
+            conn.sendall(protocol.encode_result(request["id"], {"subscribed": True}))
+            for event in events:
+                conn.sendall(protocol.encode_event(request["id"], event))
+            # Closing ends mfcctl's stream: it says the daemon went away.
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        status, out, err = run_cli("--socket", str(path), "-o", "json", "monitor")
+    finally:
+        thread.join(timeout=5)
+        server.close()
+    assert [json.loads(line) for line in out.splitlines()] == events
+    assert status == protocol.EXIT_UNREACHABLE
+    assert "closed the connection" in err

@@ -1,0 +1,270 @@
+"""Tests for mfcd.diagnosis: each failure class gives its verdict and one line saying what to do."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from mfcd import diagnosis
+from mfcd.diagnosis import Check, Counts, Facts, Intent, Interface, Query, RouteBack, Sample
+from mfcd.model import Ports
+from tests.unit.conftest import router_with_links, run
+
+SOURCE, GROUP = "198.18.0.2", "239.1.1.1"
+INTENT = Intent(
+    "route", 4, SOURCE, GROUP, 253, "r0", ("r1", "r2"), "installed", "", "api", {"r1": 1, "r2": 1}
+)
+UP = {n: Interface(n, True, True, True, True, 0) for n in ("r0", "r1", "r2")}
+HEALTHY = Facts(
+    4,
+    SOURCE,
+    GROUP,
+    INTENT,
+    UP,
+    Counts(2.0, 200, 0, 1000),
+    Sample(2.0, {"r0": 190}, {"r0": (8,) * 190}),
+    RouteBack("r0"),
+    {"r1": 190, "r2": 190},
+)
+
+
+def check(facts: Facts, name: str) -> Check:
+    found = [c for c in diagnosis.checklist(facts) if c.check == name]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def with_interface(facts: Facts, name: str, **changes: object) -> Facts:
+    interfaces = dict(facts.interfaces)
+    interfaces[name] = dataclasses.replace(interfaces[name], **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(facts, interfaces=interfaces)
+
+
+def test_a_healthy_flow_passes_every_check_in_path_order() -> None:
+    checks = diagnosis.checklist(HEALTHY)
+    assert [c.check for c in checks] == [
+        "route",
+        "state",
+        "iif",
+        "mc_forwarding",
+        "arrival",
+        "wrong_if",
+        "rp_filter",
+        "ttl",
+        "counted",
+        "oif",
+        "oif",
+        "sent",
+        "bridge_snooping",
+    ]
+    assert {c.status for c in checks} == {"passed"}
+    assert all(not c.fix for c in checks)
+    assert diagnosis.verdict(checks) == "ok"
+
+
+def test_every_failure_says_what_to_do_on_one_line() -> None:
+    bad = dataclasses.replace(
+        HEALTHY,
+        counts=Counts(2.0, 0, 50, 0),
+        sample=Sample(2.0, {"r2": 50}, {"r2": (1,) * 50}),
+        route_back=RouteBack(None),
+    )
+    bad = with_interface(bad, "r0", rp_filter=1, mc_forwarding=False)
+    bad = with_interface(bad, "r1", up=False)
+    failed = [c for c in diagnosis.checklist(bad) if c.status == "failed"]
+    assert len(failed) >= 5
+    for c in failed:
+        assert c.fix and "\n" not in c.fix and "\n" not in c.detail
+
+
+def test_no_route_suggests_the_interface_the_flow_arrives_on() -> None:
+    facts = Facts(4, SOURCE, GROUP, None, {}, None, Sample(2.0, {"r3": 10}, {"r3": (8,)}), None)
+    checks = diagnosis.checklist(facts)
+    assert [c.check for c in checks] == ["route"]
+    assert checks[0].status == "failed"
+    assert f"--source {SOURCE} --group {GROUP} --iif r3" in checks[0].fix
+    assert diagnosis.verdict(checks) == "failed"
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "words"),
+    [
+        ("pending", "waiting for r9", "create r9"),
+        ("degraded", "waiting for r2", "r2 went away"),
+        ("pending", "no free VIF: all 32 are in use", "free a VIF"),
+        ("pending", "kernel refused: EINVAL", "mfcctl sync"),
+    ],
+)
+def test_a_route_not_installed_says_why(state: str, reason: str, words: str) -> None:
+    facts = dataclasses.replace(
+        HEALTHY, intent=dataclasses.replace(INTENT, state=state, reason=reason)
+    )
+    c = check(facts, "state")
+    assert (c.status, c.detail) == ("failed", f"{state}: {reason}")
+    assert words in c.fix
+
+
+def test_interfaces_missing_down_or_without_carrier() -> None:
+    missing = dataclasses.replace(HEALTHY, interfaces={k: v for k, v in UP.items() if k != "r0"})
+    assert check(missing, "iif").detail == "r0 does not exist"
+    down = with_interface(HEALTHY, "r0", up=False)
+    assert check(down, "iif").fix == "ip link set r0 up"
+    no_carrier = with_interface(HEALTHY, "r0", running=False)
+    assert "no carrier" in check(no_carrier, "iif").detail
+    oif_down = with_interface(HEALTHY, "r2", up=False)
+    oifs = [c for c in diagnosis.checklist(oif_down) if c.check == "oif"]
+    assert [(c.interface, c.status) for c in oifs] == [("r1", "passed"), ("r2", "failed")]
+    unknown = with_interface(HEALTHY, "r1", up=None)
+    assert next(c.status for c in diagnosis.checklist(unknown) if c.check == "oif") == "unknown"
+
+
+def test_mc_forwarding_off() -> None:
+    c = check(with_interface(HEALTHY, "r0", mc_forwarding=False), "mc_forwarding")
+    assert c.status == "failed"
+    assert "mfcctl sync" in c.fix
+    pending = dataclasses.replace(INTENT, state="pending", reason="waiting for r9")
+    facts = dataclasses.replace(with_interface(HEALTHY, "r0", mc_forwarding=False), intent=pending)
+    assert "see state" in check(facts, "mc_forwarding").fix
+    assert check(with_interface(HEALTHY, "r0", mc_forwarding=None), "mc_forwarding").status == (
+        "unknown"
+    )
+
+
+def test_nothing_arrives_asks_about_a_join() -> None:
+    facts = dataclasses.replace(HEALTHY, sample=Sample(2.0), counts=Counts(2.0, 0, 0, 0))
+    c = check(facts, "arrival")
+    assert c.status == "failed"
+    assert "join" in c.fix
+    assert check(facts, "counted").status == "failed"
+    assert check(facts, "ttl").status == "unknown"
+
+
+def test_traffic_on_another_interface_is_named() -> None:
+    facts = dataclasses.replace(
+        HEALTHY,
+        counts=Counts(2.0, 0, 40, 0),
+        sample=Sample(2.0, {"r2": 40, "r1": 3}, {"r2": (8,)}),
+    )
+    arrival, wrong_if = check(facts, "arrival"), check(facts, "wrong_if")
+    assert arrival.status == wrong_if.status == "failed"
+    assert "--iif r2" in arrival.fix
+    assert "rose by 40" in wrong_if.detail
+    assert "arrives on r2" in wrong_if.detail
+
+
+def test_wrong_if_without_a_sample_still_fails() -> None:
+    facts = dataclasses.replace(HEALTHY, counts=Counts(2.0, 0, 4, 0), sample=None)
+    c = check(facts, "wrong_if")
+    assert c.status == "failed"
+    assert "another interface" in c.detail
+    assert check(facts, "arrival").status == "unknown"
+
+
+def test_a_sample_that_failed_is_unknown_with_the_reason() -> None:
+    facts = dataclasses.replace(HEALTHY, sample=Sample(0.0, error="no CAP_NET_RAW"))
+    c = check(facts, "arrival")
+    assert (c.status, c.detail) == ("unknown", "could not sample packets: no CAP_NET_RAW")
+
+
+@pytest.mark.parametrize(
+    ("mode", "back", "status"),
+    [
+        (0, RouteBack(None), "passed"),
+        (1, RouteBack(None), "failed"),
+        (2, RouteBack(None), "failed"),
+        (1, RouteBack("r1"), "failed"),
+        (2, RouteBack("r1"), "passed"),
+        (1, RouteBack("r0"), "passed"),
+        (1, RouteBack(None, "EPERM"), "unknown"),
+    ],
+)
+def test_rp_filter_and_the_route_back(mode: int, back: RouteBack, status: str) -> None:
+    facts = dataclasses.replace(with_interface(HEALTHY, "r0", rp_filter=mode), route_back=back)
+    c = check(facts, "rp_filter")
+    assert c.status == status
+    if status == "failed":
+        assert "rp_filter" in c.fix
+
+
+def test_ipv6_has_no_rp_filter() -> None:
+    intent = dataclasses.replace(INTENT, family=6, source="2001:db8::2", group="ff3e::1")
+    facts = dataclasses.replace(HEALTHY, family=6, intent=intent, route_back=None)
+    assert check(with_interface(facts, "r0", rp_filter=None), "rp_filter").status == "passed"
+
+
+def test_ttl_at_the_threshold_is_not_forwarded() -> None:
+    facts = dataclasses.replace(HEALTHY, sample=Sample(2.0, {"r0": 5}, {"r0": (1, 1, 1)}))
+    c = check(facts, "ttl")
+    assert c.status == "failed"
+    assert "TTL 1" in c.detail
+    assert "TTL >= 2" in c.fix
+
+
+def test_nothing_sent_while_the_route_counts_points_at_ttl_and_oifs() -> None:
+    facts = dataclasses.replace(HEALTHY, sent={"r1": 0, "r2": 12})
+    c = check(facts, "sent")
+    assert (c.status, c.detail) == (
+        "failed",
+        "no packet left by r1 in 2 s, although the route counted packets",
+    )
+    assert "ttl" in c.fix
+    quiet = dataclasses.replace(facts, counts=Counts(2.0, 0, 0, 0))
+    assert "nothing was counted" in check(quiet, "sent").detail
+    assert check(dataclasses.replace(HEALTHY, sent={}), "sent").status == "unknown"
+    assert check(dataclasses.replace(HEALTHY, sent=None), "sent").status == "unknown"
+    assert "r1 190, r2 190" in check(HEALTHY, "sent").detail
+
+
+def test_ttl_below_one_oifs_threshold_names_it() -> None:
+    intent = dataclasses.replace(INTENT, thresholds={"r1": 1, "r2": 16})
+    facts = dataclasses.replace(
+        HEALTHY, intent=intent, sample=Sample(2.0, {"r0": 5}, {"r0": (8, 9)})
+    )
+    c = check(facts, "ttl")
+    assert c.status == "failed"
+    assert "not forwarded to r2 (threshold 16)" in c.detail
+    assert ">= 17" in c.fix
+
+
+def test_hop_limit_for_ipv6() -> None:
+    intent = dataclasses.replace(INTENT, family=6, source="2001:db8::2", group="ff3e::1")
+    facts = dataclasses.replace(
+        HEALTHY, family=6, intent=intent, sample=Sample(2.0, {"r0": 2}, {"r0": (1,)})
+    )
+    assert "hop limit 1" in check(facts, "ttl").detail
+
+
+def test_bridge_snooping_without_a_querier() -> None:
+    facts = with_interface(HEALTHY, "r1", snooping=True, querier=False)
+    c = check(facts, "bridge_snooping")
+    assert c.status == "failed"
+    assert "mcast_querier 1" in c.fix
+    with_querier = with_interface(HEALTHY, "r1", snooping=True, querier=True)
+    assert check(with_querier, "bridge_snooping").status == "passed"
+    no_snooping = with_interface(HEALTHY, "r1", snooping=False, querier=False)
+    assert check(no_snooping, "bridge_snooping").status == "passed"
+
+
+def test_verdict_order() -> None:
+    passed, unknown, failed = (Check("x", s, "") for s in ("passed", "unknown", "failed"))
+    assert diagnosis.verdict([passed]) == "ok"
+    assert diagnosis.verdict([passed, unknown]) == "unknown"
+    assert diagnosis.verdict([unknown, failed, passed]) == "failed"
+
+
+def test_matching_intents_from_the_model() -> None:
+    router = router_with_links("r0", "r1")
+    other = (4, "198.18.0.3", GROUP, 253)
+    for key in ((4, SOURCE, GROUP, 253), other, (4, SOURCE, "239.1.1.2", 253)):
+        run(router, router.add, key, router.share(Ports("r0", ("r1", "r9"))))
+    router.thresholds["r1"] = 4
+    one = diagnosis.matching_intents(router, Query(4, GROUP, SOURCE, 253, 1.0))
+    assert len(one) == 1
+    assert one[0].state == "pending"
+    assert one[0].reason == "waiting for r9"
+    assert one[0].thresholds == {"r1": 4, "r9": 1}
+    assert one[0].as_json()["origin"] == "api"
+    every = diagnosis.matching_intents(router, Query(4, GROUP, None, 253, 1.0))
+    assert [i.source for i in every] == [SOURCE, "198.18.0.3"]
+    assert diagnosis.matching_intents(router, Query(4, GROUP, SOURCE, 100, 1.0)) == []

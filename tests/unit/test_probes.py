@@ -1,0 +1,98 @@
+"""Tests for the pure parts of mfcd.probes: the packet filter, header parsing, samples."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from mfcd import probes
+from mfcd.probes import Packet
+
+
+def run_bpf(program: list[tuple[int, int, int, int]], packet: bytes) -> int:
+    """Classic BPF as the kernel runs the three instructions bpf_program uses."""
+    pc, acc = 0, 0
+    while True:
+        code, jt, jf, k = program[pc]
+        if code == probes._LD_W_ABS:
+            if k + 4 > len(packet):
+                return 0  # the kernel drops a packet a load runs past
+            acc = struct.unpack_from("!I", packet, k)[0]
+            pc += 1
+        elif code == probes._JEQ_K:
+            pc += 1 + (jt if acc == k else jf)
+        elif code == probes._RET_K:
+            return k
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+
+
+def ipv4(source: str, group: str, ttl: int) -> bytes:
+    header = bytearray(20)
+    header[0], header[8], header[9] = 0x45, ttl, 17
+    header[12:16] = socket.inet_aton(source)
+    header[16:20] = socket.inet_aton(group)
+    return bytes(header) + b"payload"
+
+
+def ipv6(source: str, group: str, hops: int) -> bytes:
+    header = bytearray(40)
+    header[0], header[6], header[7] = 0x60, 17, hops
+    header[8:24] = socket.inet_pton(socket.AF_INET6, source)
+    header[24:40] = socket.inet_pton(socket.AF_INET6, group)
+    return bytes(header)
+
+
+@pytest.mark.parametrize(
+    ("source", "packet", "accepted"),
+    [
+        ("198.18.0.2", ipv4("198.18.0.2", "239.1.1.1", 8), True),
+        ("198.18.0.2", ipv4("198.18.0.3", "239.1.1.1", 8), False),
+        ("198.18.0.2", ipv4("198.18.0.2", "239.1.1.2", 8), False),
+        (None, ipv4("198.18.0.3", "239.1.1.1", 8), True),
+        (None, ipv4("198.18.0.3", "239.1.1.9", 8), False),
+        ("198.18.0.2", b"\x45" * 10, False),
+    ],
+)
+def test_ipv4_filter(source: str | None, packet: bytes, accepted: bool) -> None:
+    program = probes.bpf_program(4, "239.1.1.1", source)
+    assert (run_bpf(program, packet) == probes.SNAP) == accepted
+    assert run_bpf(program, packet) in (0, probes.SNAP)
+
+
+@pytest.mark.parametrize(
+    ("source", "packet", "accepted"),
+    [
+        ("2001:db8::2", ipv6("2001:db8::2", "ff3e::1", 8), True),
+        ("2001:db8::2", ipv6("2001:db8::3", "ff3e::1", 8), False),
+        ("2001:db8::2", ipv6("2001:db8::2", "ff3e::1:1", 8), False),
+        (None, ipv6("2001:db8::7", "ff3e::1", 8), True),
+        # Differs only in the last word of the source: every word is compared.
+        ("2001:db8::2", ipv6("2001:db8::1:0:0:2", "ff3e::1", 8), False),
+    ],
+)
+def test_ipv6_filter(source: str | None, packet: bytes, accepted: bool) -> None:
+    program = probes.bpf_program(6, "ff3e::1", source)
+    assert (run_bpf(program, packet) == probes.SNAP) == accepted
+
+
+def test_parse_packet() -> None:
+    assert probes.parse_packet(4, ipv4("198.18.0.2", "239.1.1.1", 1)) == ("198.18.0.2", 1)
+    assert probes.parse_packet(6, ipv6("2001:db8::2", "ff3e::1", 64)) == ("2001:db8::2", 64)
+    assert probes.parse_packet(4, b"short") is None
+    assert probes.parse_packet(6, ipv4("198.18.0.2", "239.1.1.1", 1)) is None
+
+
+def test_sample_of_keeps_one_source_by_interface() -> None:
+    packets = [
+        Packet("r0", "198.18.0.2", 8),
+        Packet("r0", "198.18.0.2", 7),
+        Packet("r2", "198.18.0.2", 1),
+        Packet("r0", "198.18.0.9", 3),
+    ]
+    sample = probes.sample_of(packets, "198.18.0.2", 2.0)
+    assert sample.arrivals == {"r0": 2, "r2": 1}
+    assert sample.ttls == {"r0": (8, 7), "r2": (1,)}
+    assert sample.error == ""
