@@ -11,7 +11,7 @@ import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,8 @@ class Commands:
         self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
+        # Reads the config files again and applies them (the daemon's; None: not available).
+        self.reloader: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
         # JSON values a request may hold (set by the server from max_request_bytes).
         self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
@@ -87,14 +89,27 @@ class Commands:
             "vif.set": self.vif_set,
             "vif.show": self.vif_show,
             "sync": self.sync,
+            "reload": self.reload_unavailable,
         }
 
     def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+        """The response to a request line (`reload` needs the server: see handle_request)."""
+        response = self.handle_request(line, peer)
+        if isinstance(response, bytes):
+            return response
+        response.close()  # a coroutine never awaited
+        return protocol.encode_error(None, "bad_request", "reload needs mfcd's server")
+
+    def handle_request(
+        self, line: bytes | bytearray, peer: Peer
+    ) -> bytes | Coroutine[Any, Any, bytes]:
+        """The response to a request line, or for `reload` what to await for it (the files
+        are read while other clients are served)."""
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
             return self._handle(line, peer)
 
-    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes | Coroutine[Any, Any, bytes]:
         request_id: Any = None
         try:
             try:
@@ -108,17 +123,34 @@ class Commands:
                 request_id = None
                 raise BadRequest("id must be an integer or a string", field="id")
             cmd, args, dry_run = self._envelope(msg)
+            if cmd == "reload" and self.reloader is not None:
+                validate.require_fields(args, ())
+                return self._reload(request_id, dry_run, peer)
             return protocol.encode_result(request_id, self.table[cmd](args, dry_run, peer))
         except MfcdError as e:
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
-            message = str(e)
-            if len(message) > MAX_MESSAGE:  # it may quote a value of any size
-                message = message[: MAX_MESSAGE - 3] + "..."
+            message = _clip(str(e))
             return protocol.encode_error(request_id, e.code, message, e.field, op=e.op, line=e.line)
         except Exception as e:  # a bug; keep serving everyone else
             log.exception("internal error while handling a request from %s", peer)
             return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
+
+    async def _reload(self, request_id: Any, dry_run: bool, peer: Peer) -> bytes:
+        assert self.reloader is not None
+        try:
+            result = await self.reloader(dry_run)
+        except MfcdError as e:
+            return protocol.encode_error(request_id, e.code, _clip(str(e)), e.field)
+        except Exception as e:  # a bug; keep serving everyone else
+            log.exception("internal error while reloading for %s", peer)
+            return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
+        if not dry_run:
+            log.info("%s reload: %s", peer, result["summary"])
+        return protocol.encode_result(request_id, result)
+
+    def reload_unavailable(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        raise BadRequest("reload is not available in this mfcd")
 
     def _envelope(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
         unknown = set(msg) - ENVELOPE_FIELDS
@@ -436,6 +468,13 @@ class _BatchRoutes:
                 latest[change.key] = None
         self.seen = len(self.changes)
         return latest[key] if key in latest else self.routes.get(key)
+
+
+def _clip(message: str) -> str:
+    """An error message of at most MAX_MESSAGE characters (it may quote a value of any size)."""
+    if len(message) > MAX_MESSAGE:
+        return message[: MAX_MESSAGE - 3] + "..."
+    return message
 
 
 def _flag(args: dict[str, Any], name: str) -> bool:

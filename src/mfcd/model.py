@@ -43,6 +43,8 @@ from mfcd.errors import InvalidArgument, NotFound, VifLimit
 from mfcd.protocol import family_text
 
 MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
+# Where an intent comes from: a client (mfcctl/JSON), the config files, or kernel upcalls.
+ORIGINS = ("api", "config", "learned")
 # The kernel's default multicast routing table of each family: RT_TABLE_DEFAULT for IPv4,
 # RT_TABLE_MAIN for IPv6 (an MRT_INIT socket without MRT_TABLE takes it; /proc shows only it).
 DEFAULT_TABLE = {4: 253, 6: 254}
@@ -248,6 +250,8 @@ class Router:
         self.blocked: dict[RouteKey, None] = {}  # pending only for want of a free VIF index
         self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
         self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
+        # The origin of each route whose origin is not "api" (sparse: absent means "api").
+        self.origins: dict[RouteKey, str] = {}
         self._log: _UndoLog | None = None
         self.version = 0  # counts the transactions committed with a change
         # Where changes are recorded: the open log's entries, or None when nothing is
@@ -399,6 +403,17 @@ class Router:
 
     def threshold(self, interface: str) -> int:
         return self.thresholds.get(interface, DEFAULT_THRESHOLD)
+
+    def origin(self, key: RouteKey) -> str:
+        """Where a route comes from: "api", "config" or "learned" (model.ORIGINS)."""
+        return self.origins.get(key, "api")
+
+    def set_origin(self, key: RouteKey, origin: str) -> None:
+        """Record a route's origin within the transaction ("api": no entry)."""
+        if origin == "api":
+            self._pop(self.origins, key)
+        elif self.origins.get(key) != origin:
+            self._set(self.origins, key, origin)
 
     # --- route changes ---------------------------------------------------------------------------
 

@@ -300,8 +300,10 @@ class Server:
                 return
             # Synchronous on purpose: one change at a time, and no await between the kernel
             # change and the journal write.
-            response = self.commands.handle(line, peer)
+            response = self.commands.handle_request(line, peer)
             del line
+            if not isinstance(response, bytes):
+                response = await response  # reload: the files are read in a thread meanwhile
             self._hold(buffer, len(buffer.data))
             await self._send(writer, response)
             # A client that pipelines has its next requests read already, and neither the

@@ -55,7 +55,8 @@ VALID: dict[str, dict[str, Any]] = {
     "batch": {"ops": [ADD_OP, OIF_ADD_OP, OIF_DEL_OP, DEL_OP], "plan": True},
 }
 TEXT_BATCH = {"text": "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b\n"}
-assert set(VALID) == set(protocol.COMMANDS)
+# reload takes no arguments and needs the daemon (tests/unit/test_declarations.py, netns).
+assert {*VALID, "reload"} == set(protocol.COMMANDS)
 
 Where = tuple[str | int, ...]  # where a value sits inside the request
 
