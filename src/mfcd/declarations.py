@@ -199,7 +199,7 @@ def parse_text(
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        problems.append(_toml_problem(path, str(e)))
+        problems.append(_toml_problem(path, str(e), text))
         return None
     source = _Source(path, len(into.files), text)
     into.files.append(path)
@@ -217,8 +217,11 @@ def parse_text(
     return data
 
 
-def _toml_problem(path: str, message: str) -> str:
-    # tomllib: "Invalid value (at line 3, column 7)"
+def _toml_problem(path: str, message: str, text: str) -> str:
+    # tomllib: "Invalid value (at line 3, column 7)", or "(at end of document)"
+    if message.endswith("(at end of document)"):
+        last = text.rstrip("\n").count("\n") + 1
+        return f"{path}:{last}: not valid TOML: {message[: -len('(at end of document)')].strip()}"
     m = re.search(r"\(at line (\d+), column (\d+)\)$", message)
     if m:
         reason = message[: m.start()].strip()
