@@ -210,6 +210,8 @@ def _with_line(message: str, path: str, text: str) -> str:
         return message
     rest = message[len(prefix) :]
     for key in _TYPES:
+        if rest.startswith(f"{key}: "):  # "log_level: log_level must be ..."
+            rest = rest[len(key) + 2 :]
         if rest.startswith(key) or rest.startswith(f"unknown setting {key!r}"):
             return f"{path}:{_line_of_key(text, key)}: {rest}"
     m = rest.split("'")

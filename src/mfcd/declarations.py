@@ -382,12 +382,16 @@ def _parse_join(
             raise _Bad(f"group {entry['group']} is not a multicast address or prefix", "group")
         src = entry.get("source")
         if src is not None:
-            snet = _network(src, "source")
-            if snet.version != net.version or snet.is_multicast:
+            address = _network(src, "source")
+            if (
+                address.version != net.version
+                or address.is_multicast
+                or address.prefixlen != (address.max_prefixlen)
+            ):
                 raise _Bad(
                     f"source {src} must be a unicast {family_text(net.version)} address", "source"
                 )
-            src = str(snet)
+            src = str(address.network_address)
         group = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
         where = source.at(source.entry_line("join", index))
         for other in into.joins:
