@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from mfcd.declarations import Declarations, Problems, check, parse_text
+from mfcd.declarations import Declarations, Part, Problems, check, merge, parse_file
 from mfcd.errors import ConfigError
 from mfcd.protocol import MAX_REQUEST_BYTES
 
@@ -150,48 +150,65 @@ def override(config: Config, **values: Any) -> Config:
     return replace(config, **given)
 
 
-def load_all(path: str | None) -> tuple[Config, Declarations]:
+class ReadCache:
+    """What the last read found, so that a reload parses only the files that changed (the
+    daemon keeps one): each file's Part by path, and the declarations last merged."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, Part] = {}
+        self.merged: tuple[tuple[int, ...], Declarations] | None = None
+
+
+def load_all(path: str | None, cache: ReadCache | None = None) -> tuple[Config, Declarations]:
     """The settings and the declarations of the config file and its drop-ins: what start-up,
     a reload and `mfcd --check-config` read. Raises declarations.Problems listing every
-    problem of every file; nothing is half-read."""
+    problem of every file; nothing is half-read. With a `cache`, a file whose text has not
+    changed since is not parsed again."""
     name = path or DEFAULT_PATH
-    found = Declarations()
+    cache = cache or ReadCache()
     problems: list[str] = []
     cfg = Config()
+    files: list[str] = []
+    if path is not None or os.path.exists(name):
+        files.append(name)
     try:
-        text = read_text(name)
-    except ConfigError as e:
-        if path is not None or os.path.exists(name):
-            problems.append(str(e) if os.path.exists(name) else f"{name}: no such file")
-        text = None
-    if text is not None:
-        settings = parse_text(text, name, found, problems)
-        if settings is not None:
-            try:
-                cfg = from_table(settings, name)
-            except ConfigError as e:
-                problems.append(_with_line(str(e), name, text))
-    try:
-        extra = drop_ins(name)
+        files += drop_ins(name)
     except ConfigError as e:
         problems.append(str(e))
-        extra = []
-    for drop_in in extra:
+    parts: dict[str, Part] = {}
+    for index, file in enumerate(files):
         try:
-            text = read_text(drop_in)
+            text = read_text(file)
         except ConfigError as e:
-            problems.append(str(e))
+            problems.append(str(e) if os.path.exists(file) else f"{file}: no such file")
             continue
-        settings = parse_text(text, drop_in, found, problems)
-        for key in settings or ():
-            line = _line_of_key(text, key)
+        part = cache.parts.get(file)
+        if part is None or part.text != text:
+            part = parse_file(text, file)
+        parts[file] = part
+        problems += part.problems
+        if part.settings is None:
+            continue
+        if index == 0 and file == name:
+            try:
+                cfg = from_table(part.settings, name)
+            except ConfigError as e:
+                problems.append(_with_line(str(e), name, text))
+            continue
+        for key in part.settings:
             problems.append(
-                f"{drop_in}:{line}: {key!r}: a drop-in file declares only [[route]], [[join]]"
-                f" and [[interface]]; settings belong in {name}"
+                f"{file}:{_line_of_key(text, key)}: {key!r}: a drop-in file declares only"
+                f" [[route]], [[join]] and [[interface]]; settings belong in {name}"
             )
+    cache.parts = parts
+    ids = tuple(id(part.found) for part in parts.values())
+    if cache.merged is not None and cache.merged[0] == ids and not problems:
+        return cfg, cache.merged[1]  # the same files as the last good read: checked already
+    found = merge([part.found for part in parts.values()], problems)
     check(found, problems)
     if problems:
         raise Problems(problems)
+    cache.merged = (ids, found)
     return cfg, found
 
 

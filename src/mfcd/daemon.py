@@ -141,11 +141,14 @@ class Daemon:
         config_path: str | None,
         overrides: dict[str, str | None],
         declared: declarations.Declarations | None = None,
+        read_cache: config.ReadCache | None = None,
     ) -> None:
         self.cfg = cfg
         # What the config files declared at start: applied once the state file's routes are.
         self.declared = declared or declarations.Declarations()
         self._reloading = asyncio.Lock()  # one reload at a time
+        # What the files held when last read: a reload parses only the files that changed.
+        self._read_cache = read_cache or config.ReadCache()
         self.config_path = config_path
         self.overrides = overrides
         self.server: Server | None = None
@@ -594,7 +597,7 @@ class Daemon:
         self,
     ) -> tuple[config.Config, declarations.Declarations, declarations.Diff]:
         """Parse the files and diff the declarations (in a thread: 100,000 routes take seconds)."""
-        new, declared = config.load_all(self.config_path)
+        new, declared = config.load_all(self.config_path, self._read_cache)
         new = resolve(new, self.overrides)
         return new, declared, declarations.diff(self.controller.declared, declared)
 
@@ -721,7 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check_config:
         return check_config(args.config)
     try:
-        cfg, declared = config.load_all(args.config)
+        read_cache = config.ReadCache()
+        cfg, declared = config.load_all(args.config, read_cache)
         cfg = resolve(cfg, overrides)
     except declarations.Problems as e:
         for problem in e.problems:
@@ -731,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mfcd: {e}", file=sys.stderr)
         return 1
     setup_logging(cfg.log_level)
-    daemon = Daemon(cfg, args.config, overrides, declared)
+    daemon = Daemon(cfg, args.config, overrides, declared, read_cache)
     try:
         check_start_up(cfg)
         asyncio.run(daemon.run())

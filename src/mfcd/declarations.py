@@ -151,7 +151,7 @@ class _Source:
         self.index = index
         self.text = text
         self.headers: dict[str, list[int]] | None = None
-        self.offsets: list[int] = []  # where each header starts, in the order found
+        self.starts: list[int] = []  # where each line starts (see key_line)
 
     def header_lines(self, kind: str) -> list[int]:
         if self.headers is None:
@@ -175,13 +175,17 @@ class _Source:
 
     def key_line(self, key: str, start: int) -> int | None:
         """The first line at or after `start`, before the next table header, setting `key`."""
-        lines = self.text.split("\n", start - 1 + 200)[start - 1 : start - 1 + 200]
-        for offset, text in enumerate(lines):
-            if offset and text.lstrip().startswith("["):
+        if not self.starts:  # where each line starts: made once, when a problem is found
+            self.starts = [0, *(m.end() for m in re.finditer("\n", self.text))]
+        for line in range(start, min(start + 200, len(self.starts) + 1)):
+            begin = self.starts[line - 1]
+            end = self.starts[line] if line < len(self.starts) else len(self.text)
+            text = self.text[begin:end]
+            if line > start and text.lstrip().startswith("["):
                 return None
             m = _KEY.match(text)
             if m and m.group(1) == key:
-                return start + offset
+                return line
         return None
 
     def at(self, line: int) -> str:
@@ -215,6 +219,64 @@ def parse_text(
         for index, entry in enumerate(entries):
             parse_one(entry, source, index, into, problems)
     return data
+
+
+class Part(NamedTuple):
+    """One file as read: its text, its declarations alone, its other keys (None if it is
+    not TOML) and its problems. A reload reuses the Part of a file whose text is the same."""
+
+    text: str
+    found: Declarations
+    settings: dict[str, Any] | None
+    problems: list[str]
+
+
+def parse_file(text: str, path: str) -> Part:
+    found = Declarations()
+    problems: list[str] = []
+    settings = parse_text(text, path, found, problems)
+    return Part(text, found, settings, problems)
+
+
+def merge(parts: list[Declarations], problems: list[str]) -> Declarations:
+    """The declarations of several files as one (a declaration in two files is a problem).
+    The declarations of the only file that has any are returned as they are."""
+    parts = [p for p in parts if p.routes or p.templates or p.joins or p.interfaces]
+    if len(parts) == 1:
+        return parts[0]
+    out = Declarations()
+    joins: dict[tuple[str, str, str | None], str] = {}
+    for part in parts:
+        shift = len(out.files) << _LINE_SHIFT
+        out.files += part.files
+        routes, positions = out.routes, out.positions
+        for key, ports in part.routes.items():
+            if key in routes:
+                problems.append(
+                    f"{part.where(key)}: route: the route {key[1]} -> {key[2]}{_table_text(key)}"
+                    f" is declared twice (also at {out.where(key)})"
+                )
+                continue
+            routes[key] = ports
+            positions[key] = part.positions[key] + shift
+        out.wild |= part.wild
+        out.templates += part.templates
+        for join in part.joins:
+            seen = joins.setdefault((join.interface, join.group, join.source), join.where)
+            if seen != join.where:
+                problems.append(f"{join.where}: join: this join is declared twice (also at {seen})")
+            else:
+                out.joins.append(join)
+        for name, setting in part.interfaces.items():
+            other = out.interfaces.get(name)
+            if other is not None:
+                problems.append(
+                    f"{setting.where}: interface: interface {name} is declared twice (also at"
+                    f" {other.where})"
+                )
+            else:
+                out.interfaces[name] = setting
+    return out
 
 
 def _toml_problem(path: str, message: str, text: str) -> str:

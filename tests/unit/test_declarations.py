@@ -190,12 +190,33 @@ def test_drop_ins_are_read_sorted_and_hold_only_declarations(tmp_path: Path) -> 
     with pytest.raises(Problems) as e:
         config.load_all(str(main))
     assert e.value.problems == [
-        f"{tmp_path}/mfcd.d/30.conf:4: route: the route 198.18.0.2 -> 239.1.1.1 is declared"
-        f" twice (also at {main}:2)",
         f"{tmp_path}/mfcd.d/30.conf:1: 'ipv6': a drop-in file declares only [[route]],"
         f" [[join]] and [[interface]]; settings belong in {main}",
+        f"{tmp_path}/mfcd.d/30.conf:2: route: the route 198.18.0.2 -> 239.1.1.1 is declared"
+        f" twice (also at {main}:2)",
     ]
     assert str(e.value).endswith("(and 1 more: mfcd --check-config lists them)")
+
+
+def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path) -> None:
+    main = tmp_path / "mfcd.conf"
+    main.write_text(route("239.1.1.1"))
+    (tmp_path / "mfcd.d").mkdir()
+    drop_in = tmp_path / "mfcd.d" / "10.conf"
+    drop_in.write_text(route("239.1.1.2"))
+    cache = config.ReadCache()
+    _, first = config.load_all(str(main), cache)
+    _, again = config.load_all(str(main), cache)
+    assert again is first  # nothing parsed or checked again
+    kept = cache.parts[str(main)]
+    drop_in.write_text(route("239.1.1.3"))
+    _, changed = config.load_all(str(main), cache)
+    assert cache.parts[str(main)] is kept
+    assert [k[2] for k in changed.routes] == ["239.1.1.1", "239.1.1.3"]
+    assert changed.where((4, "198.18.0.2", "239.1.1.3", 253)) == f"{drop_in}:1"
+    drop_in.write_text(route("239.1.1.1"))
+    with pytest.raises(Problems, match="declared twice"):
+        config.load_all(str(main), cache)
 
 
 def test_a_setting_error_names_its_line(tmp_path: Path) -> None:
