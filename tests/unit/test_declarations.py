@@ -4,6 +4,7 @@ apply of declared intents, and mfcd.smcroute_import."""
 from __future__ import annotations
 
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,36 @@ def test_every_unconvertible_line_is_reported_with_file_and_line() -> None:
     assert lines == [2, 3, 4, 5, 6, 7, 8, 9, 11]
     found, problems = parse(converted.text)
     assert problems == [] and len(found.routes) == 1
+
+
+# --- the plain TOML reader --------------------------------------------------------------------
+
+PLAIN = [
+    'a = 1\nb = -2\nc = 1.5 # x\nd = true\ne = []\nf = ["x",]\n'
+    '[[route]]\noifs = [ "a" , "b" ]  # c\n\n[[route]] # z\nk="v"\r\n',
+    (Path(__file__).parents[2] / "packaging" / "mfc_daemon.conf").read_text(),
+    *(smcroute_import.convert_file(str(f)).text for f in sorted(DATA.glob("*.conf"))),
+]
+NOT_PLAIN = [
+    'a = "x\\ty"',
+    "a = 01",
+    "a = 'x'",
+    'a = [\n"b"]',
+    "a = 1\na = 2",
+    "[x]\n",
+    "a.b = 1",
+    "a = 1e3",
+    'a = "x" y',
+    "route = 1\n[[route]]\n",
+    '"a" = 1',
+]
+
+
+@pytest.mark.parametrize("text", PLAIN)
+def test_plain_toml_reads_as_tomllib_does(text: str) -> None:
+    assert declarations.plain_toml(text) == tomllib.loads(text)
+
+
+@pytest.mark.parametrize("text", NOT_PLAIN)
+def test_anything_else_is_left_to_tomllib(text: str) -> None:
+    assert declarations.plain_toml(text) is None
