@@ -184,7 +184,7 @@ def load_all(path: str | None, cache: ReadCache | None = None) -> tuple[Config, 
             continue
         part = cache.parts.get(file)
         if part is None or part.text != text:
-            part = parse_file(text, file)
+            part = parse_file(text, file, part)
         parts[file] = part
         problems += part.problems
         if part.settings is None:

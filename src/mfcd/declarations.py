@@ -278,21 +278,112 @@ def parse_text(
     return data
 
 
+# A [[route]] block's text -> the exact route it declares (key, interfaces, has wildcards).
+Blocks = dict[str, tuple[RouteKey, Ports, bool]]
+
+
 class Part(NamedTuple):
     """One file as read: its text, its declarations alone, its other keys (None if it is
-    not TOML) and its problems. A reload reuses the Part of a file whose text is the same."""
+    not TOML) and its problems. A reload reuses the Part of a file whose text is the same,
+    and the routes of the [[route]] blocks whose text is the same (`blocks`)."""
 
     text: str
     found: Declarations
     settings: dict[str, Any] | None
     problems: list[str]
+    blocks: Blocks | None = None
 
 
-def parse_file(text: str, path: str) -> Part:
+def parse_file(text: str, path: str, previous: Part | None = None) -> Part:
+    """Read one file. If it is plain TOML with only exact routes after its settings, each
+    [[route]] block is parsed and checked once: a block whose text `previous` had is taken
+    from it (a change of one route in 100,000 parses one block, not the file)."""
+    part = _parse_blocks(text, path, previous.blocks if previous is not None else None)
+    if part is not None:
+        return part
     found = Declarations()
     problems: list[str] = []
     settings = parse_text(text, path, found, problems)
-    return Part(text, found, settings, problems)
+    return Part(text, found, settings, problems, _blocks_of(text, found) if not problems else None)
+
+
+def _block_starts(text: str) -> list[int] | None:
+    """Where each [[route]] header starts, or None if the file has another kind of table."""
+    starts = []
+    for m in _HEADER.finditer(text):
+        if m.group(1) != "route":
+            return None
+        starts.append(m.start())
+    return starts
+
+
+def _blocks_of(text: str, found: Declarations) -> Blocks | None:
+    """The blocks of a file just parsed in full, for the next read (files of exact routes
+    only: a template, join or interface is not kept per block)."""
+    starts = _block_starts(text)
+    if not starts or found.templates or len(starts) != len(found.routes):
+        return None
+    blocks: Blocks = {}
+    ends = [*starts[1:], len(text)]
+    keys = sorted(found.routes, key=found.positions.__getitem__)  # in the order of the file
+    for start, end, key in zip(starts, ends, keys, strict=True):
+        blocks[text[start:end]] = (key, found.routes[key], key in found.wild)
+    return blocks
+
+
+def _parse_blocks(text: str, path: str, known: Blocks | None) -> Part | None:
+    """`parse_file` by blocks, or None when a full read is needed (no blocks known, another
+    kind of table, text that is not plain TOML, or any problem: the full read reports it)."""
+    if not known:
+        return None
+    starts = _block_starts(text)
+    if not starts:
+        return None
+    settings = plain_toml(text[: starts[0]])
+    if settings is None or any(kind in settings for kind in KINDS):
+        return None
+    found = Declarations(files=[path])
+    routes, positions, wild = found.routes, found.positions, found.wild
+    blocks: Blocks = {}
+    line, last = 1, 0
+    ends = [*starts[1:], len(text)]
+    for start, end in zip(starts, ends, strict=True):
+        line += text.count("\n", last, start)
+        last = start
+        block = text[start:end]
+        parsed = known.get(block) or blocks.get(block)
+        if parsed is None:
+            parsed = _one_block(block, path)
+            if parsed is None:
+                return None
+        key, ports, has_wildcards = parsed
+        if key in routes:
+            return None  # a duplicate: the full read says where both are
+        routes[key] = ports
+        positions[key] = line
+        if has_wildcards:
+            wild.add(key)
+        blocks[block] = parsed
+    return Part(text, found, settings, [], blocks)
+
+
+def _one_block(block: str, path: str) -> tuple[RouteKey, Ports, bool] | None:
+    """The exact route of one [[route]] block, or None (not plain, a template, a problem)."""
+    data = plain_toml(block)
+    if data is None:
+        return None
+    found = Declarations()
+    problems: list[str] = []
+    source = _Source(path, 0, block)
+    found.files.append(path)
+    entries = data.get("route")
+    if not isinstance(entries, list) or len(entries) != 1 or len(data) != 1:
+        return None
+    _parse_route(entries[0], source, 0, found, problems)
+    if problems or len(found.routes) != 1:
+        return None
+    ((key, ports),) = found.routes.items()
+    return key, ports, key in found.wild
 
 
 def merge(parts: list[Declarations], problems: list[str]) -> Declarations:
@@ -579,8 +670,12 @@ def _check_vifs(into: Declarations, problems: list[str]) -> None:
                         f" name {len(seen)} interfaces"
                     )
 
+    # Routes share their Ports values: each distinct one is counted once, at its first route.
+    first: dict[tuple[int, int, int], RouteKey] = {}
     for key, ports in into.routes.items():
-        count(key[0], key[3], ports.interfaces, partial(into.where, key))
+        first.setdefault((key[0], key[3], id(ports)), key)
+    for key in first.values():
+        count(key[0], key[3], into.routes[key].interfaces, partial(into.where, key))
     for t in into.templates:
         count(t.family, t.table, (t.iif, *t.oifs), partial(str, t.where))
 

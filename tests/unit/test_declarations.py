@@ -391,3 +391,30 @@ def test_plain_toml_reads_as_tomllib_does(text: str) -> None:
 @pytest.mark.parametrize("text", NOT_PLAIN)
 def test_anything_else_is_left_to_tomllib(text: str) -> None:
     assert declarations.plain_toml(text) is None
+
+
+def test_a_file_read_again_by_blocks_reads_as_a_full_read() -> None:
+    base = 'log_level = "info"\n\n' + "".join(route(f"239.1.1.{k}") + "\n" for k in range(1, 6))
+    first = declarations.parse_file(base, "f.conf")
+    assert first.blocks is not None and len(first.blocks) == 5
+    variants = [
+        base.replace(
+            '"239.1.1.3"\niif = "a"\noifs = ["b"]', '"239.1.1.3"\niif = "a"\noifs = ["c"]'
+        ),
+        route("239.1.1.9") + "\n" + base,  # every line moves down
+        base.replace(route("239.1.1.2"), ""),
+        base + "# the end\n",
+        base + route("239.1.1.1"),  # a duplicate: the full read reports it
+        base + route("239.2.0.0/24"),  # a template: read in full
+        base + route("10.0.0.1"),  # a problem: read in full
+        base.replace('oifs = ["b"]', 'oifs = ["b", "vlan*"]', 1),
+    ]
+    for text in variants:
+        again = declarations.parse_file(text, "f.conf", first)
+        full = declarations.parse_file(text, "f.conf")
+        assert again.found.routes == full.found.routes
+        assert again.found.positions == full.found.positions
+        assert again.found.wild == full.found.wild
+        assert again.found.templates == full.found.templates
+        assert again.problems == full.problems
+        assert again.settings == full.settings
