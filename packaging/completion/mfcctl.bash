@@ -3,7 +3,7 @@
 # Completes commands, actions, options, --output values, interface names (from
 # /sys/class/net) for --iif, --oifs, --interface and `vif set`, `default` for --threshold, table
 # names (default and those of /etc/iproute2/rt_tables) for --table, and file names for
-# `batch`.
+# `batch` and `import-smcroute`.
 # tests/docs/test_completion.py keeps the option lists in step with mfcctl's parser.
 
 _mfcctl_interfaces() {
@@ -42,7 +42,7 @@ _mfcctl() {
         fi
         case $word in
             --oifs) in_oifs=1 ;;
-            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold | --table | --interface | --seconds)
+            --socket | -o | --output | -w | --watch | --source | --group | --iif | --threshold | --table | --interface | --seconds | --to)
                 in_oifs=0
                 skip=1
                 ;;
@@ -81,7 +81,7 @@ _mfcctl() {
             _mfcctl_reply "$(_mfcctl_interfaces)" "$cur" "$prefix"
             return
             ;;
-        --socket)
+        --socket | --to)
             compopt -o filenames 2>/dev/null
             _mfcctl_reply "$(compgen -f -- "$cur")" "$cur" "$prefix"
             return
@@ -125,6 +125,8 @@ _mfcctl() {
         "ping ") opts="-h --help -o --output -v --verbose" ;;
         "diagnose ") opts="-h --help --group --source --table --seconds -o --output -v --verbose" ;;
         "monitor ") opts="-h --help -o --output -v --verbose" ;;
+        "reload ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
+        "import-smcroute ") opts="-h --help --to -o --output" ;;
         *) opts="-h --help" ;;
     esac
     if [[ $cur == -* ]]; then
@@ -133,7 +135,7 @@ _mfcctl() {
     fi
 
     case "$cmd $action" in
-        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping\njoin\nleave\ndiagnose\nmonitor' "$cur" "" ;;
+        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping\njoin\nleave\ndiagnose\nmonitor\nreload\nimport-smcroute' "$cur" "" ;;
         "show ") ((npos == 0)) && _mfcctl_reply groups "$cur" "" ;;
         "mfc ") _mfcctl_reply $'add\ndel\noif' "$cur" "" ;;
         "mfc oif") _mfcctl_reply $'add\ndel' "$cur" "" ;;
@@ -141,7 +143,7 @@ _mfcctl() {
         "vif set")
             ((npos == 0)) && _mfcctl_reply "$(_mfcctl_interfaces)" "$cur" ""
             ;;
-        "batch ")
+        "batch " | "import-smcroute ")
             if ((npos == 0)); then
                 compopt -o filenames 2>/dev/null
                 _mfcctl_reply "$(compgen -f -- "$cur")" "$cur" ""

@@ -566,6 +566,31 @@ def _monitor_command(sub: Any) -> None:
         " stop.",
     )
     _command_options(monitor, changes=False)
+def _reload_command(sub: Any) -> None:
+    reload = sub.add_parser(
+        "reload",
+        help="read the config files again and apply what changed",
+        description="Make mfcd read its config file and drop-ins again and apply the"
+        " difference as one transaction: routes the files add, remove or change; routes"
+        " unchanged are not touched (their counters keep counting); routes added with mfcctl"
+        " are kept. A file with any error changes nothing: the first problem is printed with"
+        " FILE:LINE (`mfcd --check-config` lists them all). With --dry-run, print the plan.",
+    )
+    _command_options(reload, changes=True)
+
+
+def _import_command(sub: Any) -> None:
+    imp = sub.add_parser(
+        "import-smcroute",
+        help="convert an smcroute.conf to mfcd's config (TOML) on stdout",
+        description="Convert an smcroute.conf (phyint, mroute, mgroup, ssmgroup, include) to"
+        " the [[route]], [[join]] and [[interface]] declarations of mfc_daemon.conf(5),"
+        " printed on stdout (or written to --output). Every line that cannot be converted is"
+        " reported on stderr as FILE:LINE: why, and the exit status is then 1. Needs no mfcd.",
+    )
+    imp.add_argument("file", metavar="FILE", help="the smcroute.conf to convert")
+    imp.add_argument("--to", metavar="OUT", help="write the TOML to OUT instead of stdout")
+    _output_option(imp)
 
 
 COMMANDS: dict[str, Callable[[Any], None]] = {
@@ -579,6 +604,8 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
     "leave": _leave_command,
     "diagnose": _diagnose_command,
     "monitor": _monitor_command,
+    "reload": _reload_command,
+    "import-smcroute": _import_command,
 }
 
 
@@ -960,6 +987,25 @@ def format_groups(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_reload(result: dict[str, Any]) -> str:
+    """`3 added, 1 removed, 0 changed, 9,996 unchanged`; in a dry run the plan before it."""
+    if not result.get("dry_run"):
+        return str(result["summary"])
+    lines = ["dry run, nothing changed; mfcd would:"]
+    for entry in result.get("plan", []):
+        if entry["action"] == "threshold":
+            lines.append(f"  set threshold {entry['threshold']} on {entry['interface']}")
+            continue
+        what = f"{entry['action']} {entry['source']} -> {entry['group']}"
+        if _other_table(entry):
+            what += f" table {entry['table']}"
+        if "iif" in entry:
+            what += f" iif {entry['iif']} oifs {','.join(entry['oifs'])}"
+        lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
+    lines.append(result["summary"])
+    return "\n".join(lines)
+
+
 def format_sync(result: dict[str, Any]) -> str:
     repairs = result.get("repairs", [])
     if not repairs:
@@ -1121,6 +1167,12 @@ class Cli:
             return self.diagnose()
         if a.command == "monitor":
             return self.monitor()
+        if a.command == "reload":
+            result = self.client.call("reload", {}, dry_run=a.dry_run)
+            self.emit(result, format_reload)
+            return protocol.EXIT_OK
+        if a.command == "import-smcroute":
+            return self.import_smcroute(a.file, a.to)
         if a.command == "ping":
             result = self.client.call("ping", {})
             self.emit(result, lambda r: f"mfcd {r['version']} (pid {r['pid']}) is running")
@@ -1178,6 +1230,26 @@ class Cli:
         except CliError as e:
             e.file = "stdin" if name == "-" else name
             raise
+
+    def import_smcroute(self, name: str, to: str | None) -> int:
+        # Only this command needs it: mfcctl's other commands start without it.
+        from mfcd import smcroute_import  # noqa: PLC0415
+
+        try:
+            converted = smcroute_import.convert_file(name)
+        except OSError as e:
+            raise CliError(f"cannot read {name}: {e.strerror}", protocol.EXIT_USAGE) from None
+        if to is not None:
+            with open(to, "w", encoding="utf-8") as f:
+                f.write(converted.text)
+        elif not self.json:
+            self.stdout.write(converted.text)
+        if self.json:
+            result = {"toml": converted.text, "problems": converted.problems, "to": to}
+            self.stdout.write(json.dumps(result) + "\n")
+        for problem in converted.problems:
+            print(f"mfcctl: {problem}", file=self.stderr)
+        return protocol.EXIT_REJECTED if converted.problems else protocol.EXIT_OK
 
     def watch(self, interval: float) -> int:
         if interval <= 0:

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,8 @@ class Commands:
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
         self.registry = metrics.Registry()  # requests counted for /metrics (the daemon's)
+        # Reads the config files again and applies them (the daemon's; None: not available).
+        self.reloader: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
         # JSON values a request may hold (set by the server from max_request_bytes).
         self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
@@ -110,6 +112,7 @@ class Commands:
             "join": self.join,
             "leave": self.leave,
             "group.show": self.group_show,
+            "reload": self.reload_unavailable,
         }
         self.events = EventBus()  # what `monitor` subscribers are told
         # Commands the server completes itself (see Deferred).
@@ -143,7 +146,7 @@ class Commands:
         return response
 
     def _answer(self, line: bytes | bytearray, peer: Peer) -> tuple[bytes | Deferred, str, str]:
-        """The response (a Deferred for diagnose and monitor), the command (or "invalid"
+        """The response (a Deferred for diagnose, monitor and reload), the command (or "invalid"
         before it is known) and the result ("ok" or the error code)."""
         request_id: Any = None
         cmd = "invalid"
@@ -159,6 +162,10 @@ class Commands:
                 request_id = None
                 raise BadRequest("id must be an integer or a string", field="id")
             cmd, args, dry_run = self._envelope(msg)
+            if cmd == "reload" and self.reloader is not None:
+                validate.require_fields(args, ())
+                reload = self._reload
+                return Deferred(request_id, lambda: reload(request_id, dry_run, peer)), cmd, "ok"
             if cmd in self.deferred:  # (counted when accepted, not when answered)
                 return self.deferred[cmd](request_id, args, peer), cmd, "ok"
             result = self.table[cmd](args, dry_run, peer)
@@ -172,13 +179,27 @@ class Commands:
         if isinstance(e, MfcdError):
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
-            message = str(e)
-            if len(message) > MAX_MESSAGE:  # it may quote a value of any size
-                message = message[: MAX_MESSAGE - 3] + "..."
+            message = _clip(str(e))
             return protocol.encode_error(request_id, e.code, message, e.field, op=e.op, line=e.line)
         # A bug; keep serving everyone else.
         log.error("internal error while handling a request from %s", peer, exc_info=e)
         return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
+
+    async def _reload(self, request_id: Any, dry_run: bool, peer: Peer) -> bytes:
+        assert self.reloader is not None
+        try:
+            result = await self.reloader(dry_run)
+        except MfcdError as e:
+            return protocol.encode_error(request_id, e.code, _clip(str(e)), e.field)
+        except Exception as e:  # a bug; keep serving everyone else
+            log.exception("internal error while reloading for %s", peer)
+            return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
+        if not dry_run:
+            log.info("%s reload: %s", peer, result["summary"])
+        return protocol.encode_result(request_id, result)
+
+    def reload_unavailable(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        raise BadRequest("reload is not available in this mfcd")
 
     def _envelope(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
         unknown = set(msg) - ENVELOPE_FIELDS
@@ -658,6 +679,13 @@ class _BatchRoutes:
                 latest[change.key] = None
         self.seen = len(self.changes)
         return latest[key] if key in latest else self.routes.get(key)
+
+
+def _clip(message: str) -> str:
+    """An error message of at most MAX_MESSAGE characters (it may quote a value of any size)."""
+    if len(message) > MAX_MESSAGE:
+        return message[: MAX_MESSAGE - 3] + "..."
+    return message
 
 
 def _flag(args: dict[str, Any], name: str) -> bool:

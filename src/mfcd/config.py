@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from mfcd.declarations import Declarations, Part, Problems, check, merge, parse_file
 from mfcd.errors import ConfigError
 from mfcd.protocol import MAX_REQUEST_BYTES
 
 DEFAULT_PATH = "/etc/mfc_daemon.conf"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DROP_IN_SUFFIX = ".d"  # /etc/mfc_daemon.conf -> /etc/mfc_daemon.d/*.conf
+DECLARATION_KINDS = ("route", "join", "interface")  # see mfcd.declarations
 DEFAULT_SOCKET_GROUP = "mfc"  # the package's group; optional unless named in the configuration
 
 
@@ -107,8 +111,16 @@ def parse(text: str, path: str = DEFAULT_PATH) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_table(data, path)
+
+
+def from_table(data: dict[str, Any], path: str) -> Config:
+    """The settings of a parsed file (its declarations, declarations.KINDS, are left to
+    mfcd.declarations)."""
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key in DECLARATION_KINDS:
+            continue
         if key not in _TYPES:
             raise ConfigError(f"{path}: unknown setting {key!r}")
         values[key] = _check(key, value, f"{path}: {key}")
@@ -116,6 +128,34 @@ def parse(text: str, path: str = DEFAULT_PATH) -> Config:
     if not (config.ipv4 or config.ipv6):
         raise ConfigError(f"{path}: ipv4 and ipv6 are both false; enable at least one family")
     return config
+
+
+def drop_in_dir(path: str) -> str:
+    """The drop-in directory of a config file: its name without .conf, plus .d."""
+    base = path[: -len(".conf")] if path.endswith(".conf") else path
+    return base + DROP_IN_SUFFIX
+
+
+def drop_ins(path: str) -> list[str]:
+    """The drop-in files of a config file, sorted by name (none if the directory is missing)."""
+    directory = drop_in_dir(path)
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".conf"))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise ConfigError(f"{directory}: cannot read the drop-in directory: {e.strerror}") from None
+    return [os.path.join(directory, n) for n in names]
+
+
+def read_text(name: str) -> str:
+    try:
+        with open(name, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{name}: cannot read: {e}") from None
 
 
 def load(path: str | None) -> Config:
@@ -143,3 +183,90 @@ def override(config: Config, **values: Any) -> Config:
         if value is not None
     }
     return replace(config, **given)
+
+
+class ReadCache:
+    """What the last read found, so that a reload parses only the files that changed (the
+    daemon keeps one): each file's Part by path, and the declarations last merged."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, Part] = {}
+        self.merged: tuple[tuple[int, ...], Declarations] | None = None
+
+
+def load_all(path: str | None, cache: ReadCache | None = None) -> tuple[Config, Declarations]:
+    """The settings and the declarations of the config file and its drop-ins: what start-up,
+    a reload and `mfcd --check-config` read. Raises declarations.Problems listing every
+    problem of every file; nothing is half-read. With a `cache`, a file whose text has not
+    changed since is not parsed again."""
+    name = path or DEFAULT_PATH
+    cache = cache or ReadCache()
+    problems: list[str] = []
+    cfg = Config()
+    files: list[str] = []
+    if path is not None or os.path.exists(name):
+        files.append(name)
+    try:
+        files += drop_ins(name)
+    except ConfigError as e:
+        problems.append(str(e))
+    parts: dict[str, Part] = {}
+    for index, file in enumerate(files):
+        try:
+            text = read_text(file)
+        except ConfigError as e:
+            problems.append(str(e) if os.path.exists(file) else f"{file}: no such file")
+            continue
+        part = cache.parts.get(file)
+        if part is None or part.text != text:
+            part = parse_file(text, file, part)
+        parts[file] = part
+        problems += part.problems
+        if part.settings is None:
+            continue
+        if index == 0 and file == name:
+            try:
+                cfg = from_table(part.settings, name)
+            except ConfigError as e:
+                problems.append(_with_line(str(e), name, text))
+            continue
+        for key in part.settings:
+            problems.append(
+                f"{file}:{_line_of_key(text, key)}: {key!r}: a drop-in file declares only"
+                f" [[route]], [[join]] and [[interface]]; settings belong in {name}"
+            )
+    cache.parts = parts
+    ids = tuple(id(part.found) for part in parts.values())
+    if cache.merged is not None and cache.merged[0] == ids and not problems:
+        return cfg, cache.merged[1]  # the same files as the last good read: checked already
+    found = merge([part.found for part in parts.values()], problems)
+    check(found, problems)
+    if problems:
+        raise Problems(problems)
+    cache.merged = (ids, found)
+    return cfg, found
+
+
+def _line_of_key(text: str, key: str) -> int:
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.lstrip()
+        if stripped.startswith(key) and stripped[len(key) :].lstrip().startswith("="):
+            return number
+    return 1
+
+
+def _with_line(message: str, path: str, text: str) -> str:
+    """A setting's error as FILE:LINE: the line that sets the key it names."""
+    prefix = f"{path}: "
+    if not message.startswith(prefix):
+        return message
+    rest = message[len(prefix) :]
+    for key in _TYPES:
+        if rest.startswith(f"{key}: "):  # "log_level: log_level must be ..."
+            rest = rest[len(key) + 2 :]
+        if rest.startswith(key) or rest.startswith(f"unknown setting {key!r}"):
+            return f"{path}:{_line_of_key(text, key)}: {rest}"
+    m = rest.split("'")
+    if rest.startswith("unknown setting") and len(m) > 1:
+        return f"{path}:{_line_of_key(text, m[1])}: {rest}"
+    return message

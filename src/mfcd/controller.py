@@ -28,15 +28,18 @@ from mfcd.dataplane import (
     rewrite,
 )
 from mfcd.dataplane import undo as undo_ops
-from mfcd.errors import KernelError, MfcdError, StateError, VifLimit
+from mfcd.declarations import Declarations, Diff, expand
+from mfcd.errors import DeclaredInConfig, KernelError, MfcdError, StateError, VifLimit
 from mfcd.groups import Join, Joins, Leave, MembershipOp, SetMrdisc
 from mfcd.model import (
     DEFAULT_TABLE,
+    DEFAULT_THRESHOLD,
     AddRoute,
     Change,
     DelRoute,
     KernelEntry,
     KernelOp,
+    Ports,
     Route,
     RouteKey,
     Router,
@@ -152,6 +155,8 @@ class Controller:
         self._member_ops: list[MembershipOp] = []  # planned by the change under way
         # Called when the kernel may no longer match the model (a rollback it refused).
         self.on_drift: Callable[[], None] | None = None
+        # What the config files declare now (applied by apply_declared).
+        self.declared = Declarations()
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -259,6 +264,9 @@ class Controller:
         dry_run: bool = False,
         keep_steps: bool = True,
         numbered: bool = False,
+        *,
+        origin: str = "api",
+        journal: Sequence[Change] | None = None,
     ) -> Outcome:
         """Apply changes as one transaction: the kernel operations taken (or planned), counted,
         and with keep_steps also listed.  A change the model refuses is named in the error
@@ -267,8 +275,14 @@ class Controller:
         Changes are planned and applied CHUNK at a time, so a batch of 100,000 routes never
         holds more than a chunk's steps: what the kernel must undo if a later change fails
         is kept as the undo operations alone.
+
+        `origin` is where the changes come from: an "api" change to a route or threshold the
+        config files declare is refused; the routes other origins add are marked with it.
+        `journal` is what is written to the state file (default: the changes themselves).
         """
         router, joins = self.router, self.joins
+        if origin == "api" and (router.origins or self.declared.interfaces):
+            self._refuse_declared(changes)
         router.begin()
         joins.begin()
         self._member_ops = []
@@ -291,12 +305,16 @@ class Controller:
             if not dry_run and ops and self.members is not None:
                 self.members.apply(ops)  # all or nothing
                 joined = ops
+            if origin != "api":
+                self._mark(changes, origin)
             if dry_run or not (router.changed() or joins.changed()):
                 # Nothing to do (the same route again, an empty batch): no journal record.
                 router.rollback()
                 joins.rollback()
                 return outcome
-            self._record(changes)
+            record = changes if journal is None else journal
+            if record:
+                self._record(record)
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
             # has already undone its own part).
@@ -313,6 +331,125 @@ class Controller:
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
             self.retry_pending(list(router.blocked))
         return outcome
+
+    def _refuse_declared(self, changes: Sequence[Change]) -> None:
+        """Refuse a runtime change to a route or interface threshold the config files
+        declare: they own it, and the next reload would undo the change."""
+        origins, declared = self.router.origins, self.declared
+        for index, change in enumerate(changes):
+            error = None
+            if isinstance(change, SetThreshold):
+                setting = declared.interfaces.get(change.interface)
+                if setting is not None and setting.threshold is not None:
+                    error = DeclaredInConfig(
+                        f"the threshold of {setting.name} is declared in {setting.where};"
+                        " change it there and reload (mfcctl reload)",
+                        field="threshold",
+                    )
+            elif origins.get(change.key) == "config":
+                key = change.key
+                error = DeclaredInConfig(
+                    f"the route {key[1]} -> {key[2]} is declared in {declared.where(key)};"
+                    " change it there and reload (mfcctl reload)"
+                )
+            if error is not None:
+                if len(changes) > 1:
+                    error.op = index + 1
+                raise error
+
+    def _mark(self, changes: Sequence[Change], origin: str) -> None:
+        """Record the origin of the routes these changes add (and forget that of those they
+        delete)."""
+        set_origin = self.router.set_origin
+        for change in changes:
+            if isinstance(change, AddRoute):
+                set_origin(change.key, origin)
+            elif isinstance(change, DelRoute):
+                set_origin(change.key, "api")
+
+    # --- declared intents (the config files) ----------------------------------------------------
+
+    def apply_declared(self, new: Declarations, diff: Diff, dry_run: bool = False) -> Outcome:
+        """Make the config intents those of `new`, as one transaction: routes the files no
+        longer declare go, thresholds change, routes added or changed are written; routes
+        the diff finds unchanged are not touched (their kernel counters keep counting).
+
+        One function per kind of intent builds its changes; the templates and the joins
+        are parsed and counted (`diff`) but applied by their own code once it exists.
+        An api route the files now declare is taken over: it is deleted from the state file.
+        """
+        journal: list[Change] = []  # what leaves the state file: api intents taken over
+        changes: list[Change] = []
+        changes += self._declared_removals(diff)
+        changes += self._declared_thresholds(diff, journal)
+        changes += self._declared_routes(new, diff, journal)
+        outcome = self.change(
+            changes, dry_run, keep_steps=dry_run, numbered=False, origin="config", journal=journal
+        )
+        if not dry_run:
+            self.declared = new
+        return outcome
+
+    def _declared_removals(self, diff: Diff) -> list[Change]:
+        routes = self.router.routes
+        return [DelRoute(key) for key in diff.removed if key in routes]
+
+    def _declared_thresholds(self, diff: Diff, journal: list[Change]) -> list[Change]:
+        changes: list[Change] = []
+        running = self.declared.interfaces
+        for name, threshold in sorted(diff.thresholds.items()):
+            changes.append(SetThreshold(name, threshold or DEFAULT_THRESHOLD))
+            was_declared = name in running and running[name].threshold is not None
+            if name in self.router.thresholds and not was_declared:
+                journal.append(SetThreshold(name, DEFAULT_THRESHOLD))  # an api setting taken over
+        return changes
+
+    def _declared_routes(
+        self, new: Declarations, diff: Diff, journal: list[Change]
+    ) -> list[Change]:
+        router = self.router
+        routes, origins, links = router.routes, router.origins, router.links
+        share = router.share
+        changes: list[Change] = []
+        for keys in (diff.added, diff.changed):
+            for key in keys:
+                ports = new.routes[key]
+                if key in new.wild:
+                    ports = expand(ports, links)
+                changes.append(AddRoute(key, share(ports)))
+                if key in routes and key not in origins:
+                    journal.append(DelRoute(key))  # an api route taken over
+        return changes
+
+    def follow_wildcards(self) -> Outcome | None:
+        """Re-plan the declared routes with wildcard oifs after interfaces came or went (None:
+        nothing to change). Routes without wildcards are never looked at."""
+        declared, router = self.declared, self.router
+        changes: list[Change] = []
+        for key in sorted(declared.wild):
+            ports = expand(declared.routes[key], router.links)
+            if router.routes.get(key) != ports:
+                changes.append(AddRoute(key, router.share(ports)))
+        if not changes:
+            return None
+        return self.change(changes, keep_steps=True, origin="config", journal=())
+
+    def persistent(self, copy: bool = True) -> tuple[dict[RouteKey, Ports], dict[str, int]]:
+        """The routes and thresholds the state file holds: the "api" ones (the routes are
+        the model's own dict if there are no others and no `copy` is asked for)."""
+        router = self.router
+        origins = router.origins
+        if origins:
+            routes = {k: v for k, v in router.routes.items() if k not in origins}
+        else:
+            routes = dict(router.routes) if copy else router.routes
+        declared = self.declared.interfaces
+        thresholds = {
+            name: value
+            for name, value in router.thresholds.items()
+            if name not in declared or declared[name].threshold is None
+        }
+        return routes, thresholds
 
     def _plan_chunk(self, changes: Sequence[Change], start: int, numbered: bool) -> list[Step]:
         router = self.router
@@ -384,9 +521,8 @@ class Controller:
                 log.error("compacting the state file failed (the journal keeps growing): %s", e)
 
     def compact(self) -> None:
-        router = self.router
-        routes = RouteView(router.routes)
-        self.state.write_snapshot(routes, dict(router.thresholds), self.snapshot_extra())
+        routes, thresholds = self.persistent(copy=False)
+        self.state.write_snapshot(RouteView(routes), thresholds, self.snapshot_extra())
 
     def _record(self, changes: Sequence[Change]) -> None:
         """Make a change durable: appended to the journal or, if the state file was deleted or

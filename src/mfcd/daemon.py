@@ -23,10 +23,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from mfcd import (
     __version__,
     config,
+    declarations,
     directory_trust,
     metrics,
     mrdisc,
@@ -74,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level", choices=config.LOG_LEVELS, help="log verbosity (overrides log_level)"
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration file and its drop-ins (routes, joins, interfaces too),"
+        " print every problem as FILE:LINE: reason, and exit: 0 if it is valid, 1 if not;"
+        " touches nothing",
     )
     parser.add_argument("--version", action="version", version=f"mfcd {__version__}")
     return parser
@@ -142,9 +151,19 @@ class Daemon:
     monitor: netlink.LinkMonitor
 
     def __init__(
-        self, cfg: config.Config, config_path: str | None, overrides: dict[str, str | None]
+        self,
+        cfg: config.Config,
+        config_path: str | None,
+        overrides: dict[str, str | None],
+        declared: declarations.Declarations | None = None,
+        read_cache: config.ReadCache | None = None,
     ) -> None:
         self.cfg = cfg
+        # What the config files declared at start: applied once the state file's routes are.
+        self.declared = declared or declarations.Declarations()
+        self._reloading = asyncio.Lock()  # one reload at a time
+        # What the files held when last read: a reload parses only the files that changed.
+        self._read_cache = read_cache or config.ReadCache()
         self.config_path = config_path
         self.overrides = overrides
         self.server: Server | None = None
@@ -243,10 +262,29 @@ class Daemon:
             controller.restore(loaded, netlink.current_links())
             controller.restore_joins(loaded)
             del loaded
+            self._apply_declared_at_start(controller)
             # The restored routes live as long as the daemon: keep the cyclic GC from
             # rescanning them on every collection.
             gc.freeze()
         return controller
+
+    def _apply_declared_at_start(self, controller: Controller) -> None:
+        """Put the routes and settings the config files declare in the kernel. A kernel that
+        refuses leaves mfcd running with the state file's routes (a reload tries again)."""
+        declared = self.declared
+        change = declarations.diff(declarations.Declarations(), declared)
+        try:
+            outcome = controller.apply_declared(declared, change)
+        except MfcdError as e:
+            log.error("the config files' routes were not applied (mfcctl reload retries): %s", e)
+            return
+        if declared.routes or declared.interfaces:
+            log.info(
+                "config: %d routes, %d interface settings (%s)",
+                len(declared.routes),
+                len(declared.interfaces),
+                ", ".join(f"{a} {n}" for a, n in sorted(outcome.counts.items())) or "no change",
+            )
 
     async def _serve(
         self,
@@ -269,6 +307,7 @@ class Daemon:
         commands.registry = self.registry
         self.state.on_sync = self.registry.state_sync_seconds.observe
         self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
+        commands.reloader = self.reload_config
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )
@@ -278,7 +317,7 @@ class Daemon:
             await self.metrics.start(self._metrics_socket)
         self.serving = True
         if self._reload_pending:
-            self.reload()
+            self._reload_soon()
         status = self.status()
         log.info("mfcd %s ready on %s: %s", __version__, cfg.socket_path, status)
         self.reporter.announce("READY=1")
@@ -374,10 +413,10 @@ class Daemon:
         every client for that long after the change that made it due. Only copying the
         routes (two dicts, some tens of ms) and the final rename happen here.
         """
-        router = self.controller.router
         began = time.monotonic()
+        routes, thresholds = self.controller.persistent()
         extra = self.controller.snapshot_extra()
-        job = self.state.start_compaction(dict(router.routes), dict(router.thresholds), extra)
+        job = self.state.start_compaction(routes, thresholds, extra)
         routes = len(job.routes)
         writing = asyncio.ensure_future(asyncio.to_thread(job.write))
         try:
@@ -451,6 +490,7 @@ class Daemon:
         router = self.controller.router
         if router.links != before:
             self.report_status()
+            self._follow_wildcards()
         after = router.tracked_links()
         touched = {n for n in tracked.keys() | after.keys() if tracked.get(n) != after.get(n)}
         if touched:
@@ -480,6 +520,15 @@ class Daemon:
                     state=status.state,
                     reason=status.reason,
                 )
+    def _follow_wildcards(self) -> None:
+        """Interfaces came or went: re-plan the declared routes whose oifs are wildcards."""
+        try:
+            outcome = self.controller.follow_wildcards()
+        except MfcdError as e:
+            log.error("wildcard oifs: could not follow the interfaces: %s", e)
+            return
+        if outcome is not None:
+            log.info("wildcard oifs follow the interfaces: %s", views.summarize(outcome.steps, 0.0))
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False
@@ -680,37 +729,85 @@ class Daemon:
         if self.stopping.is_set():
             return  # the configuration no longer matters, and READY=1 would be wrong now
         if self.serving:
-            self.reload()
+            self._reload_soon()
         else:
             self._reload_pending = True
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config file and apply what can change while running."""
-        # RELOADING=1 needs the monotonic time it started (sd_notify(3)); READY=1 ends it.
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        notify.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
-        try:
-            self._reload()
-        finally:
-            self.reporter.announce("READY=1")
+    def _reload_soon(self) -> None:
+        """SIGHUP: reload in a task (the files are read in a thread, clients are served)."""
+        asyncio.get_running_loop().create_task(self._reload_logged())
 
-    def _reload(self) -> None:
+    async def _reload_logged(self) -> None:
+        with contextlib.suppress(MfcdError):  # logged by reload_config
+            await self.reload_config()
+
+    async def reload_config(self, dry_run: bool = False) -> dict[str, Any]:
+        """Read the config files again and apply the difference: the settings that can change
+        while running, and the declared routes and interface settings (one transaction).
+        A file with any error changes nothing and raises it (every problem is logged)."""
+        async with self._reloading:
+            if dry_run:
+                return await self._reload(dry_run)
+            # RELOADING=1 needs the monotonic time it started (sd_notify(3)); READY=1 ends it.
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            notify.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
+            try:
+                return await self._reload(dry_run)
+            finally:
+                self.reporter.announce("READY=1")
+
+    def _read_config(
+        self,
+    ) -> tuple[config.Config, declarations.Declarations, declarations.Diff]:
+        """Parse the files and diff the declarations (in a thread: 100,000 routes take seconds)."""
+        new, declared = config.load_all(self.config_path, self._read_cache)
+        new = resolve(new, self.overrides)
+        return new, declared, declarations.diff(self.controller.declared, declared)
+
+    async def _reload(self, dry_run: bool) -> dict[str, Any]:
+        started = time.monotonic()
+        name = self.config_path or config.DEFAULT_PATH
         try:
-            new = resolve(config.load(self.config_path), self.overrides)
+            with gc_paused():
+                new, declared, change = await asyncio.to_thread(self._read_config)
+        except declarations.Problems as e:
+            for problem in e.problems:
+                log.error("reload: %s", problem)
+            log.error("reload failed, keeping the running configuration and routes")
+            raise
         except MfcdError as e:
-            log.error("reload failed, keeping the running configuration: %s", e)
-            return
+            log.error("reload failed, keeping the running configuration and routes: %s", e)
+            raise
+        if not dry_run:
+            try:
+                self._apply_settings(new)
+            except MfcdError as e:
+                log.error("reload failed, keeping the running configuration and routes: %s", e)
+                raise
+        try:
+            outcome = self.controller.apply_declared(declared, change, dry_run)
+        except MfcdError as e:
+            log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
+            raise
+        result = views.reload_result(change, outcome, declared, dry_run)
+        if not dry_run:
+            self._after_change()
+            log.info(
+                "configuration reloaded from %s: %s, in %.2f s",
+                name,
+                result["summary"],
+                time.monotonic() - started,
+            )
+        return result
+
+    def _apply_settings(self, new: config.Config) -> None:
         old = self.cfg
         fixed = {k: getattr(old, k) for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)}
         for key in fixed:
             log.warning("reload: %s changes only at restart; keeping %r", key, getattr(old, key))
         new = config.override(new, **fixed)
         if (new.socket_group, new.socket_mode) != (old.socket_group, old.socket_mode):
-            try:
-                socket_permissions(old.socket_path, new.socket_group, new.socket_mode)
-            except MfcdError as e:
-                log.error("reload failed, keeping the running configuration: %s", e)
-                return
+            socket_permissions(old.socket_path, new.socket_group, new.socket_mode)
         logging.getLogger().setLevel(new.log_level.upper())
         if self.server is not None:
             self.server.client_timeout = new.client_timeout
@@ -758,6 +855,29 @@ def check_start_up(cfg: config.Config) -> None:
     directory_trust.prepare(os.path.dirname(cfg.socket_path), "socket directory")
 
 
+def check_config(path: str | None) -> int:
+    """`mfcd --check-config`: every problem of the files on stderr, FILE:LINE first; 0 if none.
+    The same code reads the files at start and on a reload."""
+    name = path or config.DEFAULT_PATH
+    try:
+        _, declared = config.load_all(path)
+    except declarations.Problems as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        count = len(e.problems)
+        print(f"{name}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        return 1
+    except MfcdError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    print(
+        f"{name}: valid ({len(declared.files)} files, {len(declared.routes)} routes,"
+        f" {len(declared.templates)} templates, {len(declared.joins)} joins,"
+        f" {len(declared.interfaces)} interfaces)"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
@@ -766,13 +886,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "socket_group": args.socket_group,
         "log_level": args.log_level,
     }
+    if args.check_config:
+        return check_config(args.config)
     try:
-        cfg = resolve(config.load(args.config), overrides)
+        read_cache = config.ReadCache()
+        cfg, declared = config.load_all(args.config, read_cache)
+        cfg = resolve(cfg, overrides)
+    except declarations.Problems as e:
+        for problem in e.problems:
+            print(f"mfcd: {problem}", file=sys.stderr)
+        return 1
     except MfcdError as e:
         print(f"mfcd: {e}", file=sys.stderr)
         return 1
     setup_logging(cfg.log_level)
-    daemon = Daemon(cfg, args.config, overrides)
+    daemon = Daemon(cfg, args.config, overrides, declared, read_cache)
     try:
         check_start_up(cfg)
         asyncio.run(daemon.run())

@@ -78,3 +78,9 @@ class StateError(MfcdError):
 
 class ConfigError(MfcdError):
     code = "config_error"
+
+
+class DeclaredInConfig(MfcdError):
+    """A runtime change to a route or setting the config files declare (they own it)."""
+
+    code = "declared_in_config"

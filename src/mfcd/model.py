@@ -44,6 +44,8 @@ from mfcd.groups import Join, Leave, SetMrdisc
 from mfcd.protocol import family_text
 
 MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
+# Where an intent comes from: a client (mfcctl/JSON), the config files, or kernel upcalls.
+ORIGINS = ("api", "config", "learned")
 # The kernel's default multicast routing table of each family: RT_TABLE_DEFAULT for IPv4,
 # RT_TABLE_MAIN for IPv6 (an MRT_INIT socket without MRT_TABLE takes it; /proc shows only it).
 DEFAULT_TABLE = {4: 253, 6: 254}
@@ -409,6 +411,17 @@ class Router:
 
     def threshold(self, interface: str) -> int:
         return self.thresholds.get(interface, DEFAULT_THRESHOLD)
+
+    def origin(self, key: RouteKey) -> str:
+        """Where a route comes from: "api", "config" or "learned" (model.ORIGINS)."""
+        return self.origins.get(key, "api")
+
+    def set_origin(self, key: RouteKey, origin: str) -> None:
+        """Record a route's origin within the transaction ("api": no entry)."""
+        if origin == "api":
+            self._pop(self.origins, key)
+        elif self.origins.get(key) != origin:
+            self._set(self.origins, key, origin)
 
     # --- route changes ---------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ COMMANDS = (
     "group.show",
     "diagnose",
     "monitor",
+    "reload",
 )
 
 # vif.set's threshold for an interface with no setting (mfcd.model.DEFAULT_THRESHOLD): setting
@@ -100,6 +101,8 @@ ERROR_EXIT = {
     "too_many_clients": EXIT_UNREACHABLE,  # the daemon already serves its maximum of connections
     "busy": EXIT_UNREACHABLE,  # others' large requests or unread responses fill mfcd's budget
     "internal_error": EXIT_PROTOCOL,
+    "declared_in_config": EXIT_REJECTED,  # a runtime change to what the config files declare
+    "config_error": EXIT_REJECTED,  # reload: the config files have an error; nothing changed
 }
 
 # The address families by number (model.py's route keys) and by name (in results and messages).

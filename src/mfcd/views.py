@@ -294,3 +294,50 @@ def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+# --- reload --------------------------------------------------------------------------------------
+
+
+def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> dict[str, Any]:
+    """The result of a reload (a declarations.Diff applied, a controller.Outcome): routes
+    added, removed, changed and unchanged, with a one-line summary, and in a dry run the
+    plan: each route that changes, with the FILE:LINE that declares it."""
+    result: dict[str, Any] = {
+        "dry_run": dry_run,
+        "files": list(declared.files),
+        "added": len(change.added),
+        "removed": len(change.removed),
+        "changed": len(change.changed),
+        "unchanged": change.unchanged,
+        "thresholds": len(change.thresholds),
+        "templates": {"added": change.templates[0], "removed": change.templates[1]},
+        "joins": {"added": change.joins[0], "removed": change.joins[1]},
+        "kernel_operations": dict(outcome.counts),
+    }
+    parts = [f"{result[k]:,} {k}" for k in ("added", "removed", "changed", "unchanged")]
+    if change.thresholds:
+        parts.append(f"{len(change.thresholds)} thresholds changed")
+    result["summary"] = ", ".join(parts)
+    if dry_run:
+        plan: list[dict[str, Any]] = []
+        for action, keys in (("add", change.added), ("change", change.changed)):
+            for key in keys:
+                iif, oifs = declared.routes[key]
+                plan.append(_declared(action, key, declared.where(key), iif=iif, oifs=list(oifs)))
+        plan += [_declared("remove", key, None) for key in change.removed]
+        for name, threshold in sorted(change.thresholds.items()):
+            value = DEFAULT_THRESHOLD if threshold is None else threshold
+            plan.append({"action": "threshold", "interface": name, "threshold": value})
+        result["plan"] = plan
+        result["kernel_plan"] = [describe_step(s) for s in outcome.steps]
+    return result
+
+
+def _declared(action: str, key: RouteKey, where: str | None, **more: Any) -> dict[str, Any]:
+    family, source, group, table = key
+    entry: dict[str, Any] = {"action": action, "family": FAMILY_NAMES[family]}
+    entry.update(source=source, group=group, table=table, **more)
+    if where is not None:
+        entry["where"] = where
+    return entry

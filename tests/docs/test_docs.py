@@ -173,7 +173,9 @@ def test_every_mfcctl_command_and_option_is_in_the_man_page() -> None:
     leaves = _leaves(cli.build_parser())
     assert len(leaves) >= 8
     for words, parser in leaves:
-        assert f"\\fB{' '.join(words)}\\fP" in page, f"mfcctl {' '.join(words)} is undocumented"
+        assert f"\\fB{_roff(' '.join(words))}\\fP" in page, (
+            f"mfcctl {' '.join(words)} is undocumented"
+        )
         for action in parser._actions:
             for option in action.option_strings:
                 if option not in ("-h", "--help"):

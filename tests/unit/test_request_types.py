@@ -60,8 +60,9 @@ VALID: dict[str, dict[str, Any]] = {
     "group.show": {},
 }
 TEXT_BATCH = {"text": "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b\n"}
-# diagnose and monitor are answered by the server: test_commands_deferred.py checks them.
-assert set(VALID) == set(protocol.COMMANDS) - {"diagnose", "monitor"}
+# diagnose and monitor are answered by the server: test_commands_deferred.py checks them;
+# reload takes no arguments and needs the daemon (tests/unit/test_declarations.py, netns).
+assert set(VALID) == set(protocol.COMMANDS) - {"diagnose", "monitor", "reload"}
 
 Where = tuple[str | int, ...]  # where a value sits inside the request
 

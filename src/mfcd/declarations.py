@@ -1,0 +1,770 @@
+"""Routes, templates, joins and interface settings declared in the config files (pure, no I/O).
+
+The TOML shape (docs/configuration.md has the complete example):
+
+    [[route]]                      # one table per route
+    source = "198.18.1.2"          # optional: absent or "*" = any source; "198.18.0.0/16" a prefix
+    group = "239.1.1.1"            # or a prefix, "239.2.0.0/24"
+    iif = "eth0"
+    oifs = ["eth1", "vlan*"]       # a name ending in * or + is a wildcard
+    table = 100                    # optional: number, "default" or an rt_tables name
+
+    [[join]]
+    interface = "eth0"
+    group = "239.1.1.1"            # or a prefix
+    source = "198.18.1.2"          # optional: a source-specific join
+
+    [[interface]]
+    name = "eth1"
+    threshold = 3                  # TTL threshold (1-255)
+    mrdisc = true                  # multicast router discovery (RFC 4286) announcements
+
+A route with one source address and one group is an exact (S,G) route; any other is a
+template (its routes are learned from traffic). Every problem is reported as "FILE:LINE:
+reason", and every problem of every file is collected, so `mfcd --check-config` prints
+them all. tomllib gives no positions: the n-th `[[route]]` header of a file is the n-th
+entry of its `route` array, and a key's line is found in the lines of its entry.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, NamedTuple
+
+from mfcd import validate
+from mfcd.errors import MfcdError
+from mfcd.model import DEFAULT_TABLE, MAXVIFS, Ports, RouteKey
+from mfcd.protocol import family_text
+
+KINDS = ("route", "join", "interface")  # the top-level keys that declare, not set
+ROUTE_KEYS = ("source", "group", "iif", "oifs", "table")
+JOIN_KEYS = ("interface", "group", "source")
+INTERFACE_KEYS = ("name", "threshold", "mrdisc")
+ANY_SOURCE = "*"
+WILDCARDS = ("*", "+")  # a name ending in one of these matches every name it is the start of
+_LINE_SHIFT = 32  # a position is file index << 32 | line (one int per route, not a string)
+
+
+class Template(NamedTuple):
+    """A route with any source, a source prefix or a group prefix: a pattern routes are
+    learned from (applied by the templates code; here it is parsed and checked)."""
+
+    family: int
+    source: str  # "*" or a prefix such as "198.18.0.0/16"
+    group: str  # a prefix such as "239.2.0.0/24" ("/32" or "/128" for one group)
+    iif: str
+    oifs: tuple[str, ...]
+    table: int
+    where: str
+
+
+class Join(NamedTuple):
+    """A group joined on an interface (IGMP/MLD membership), any-source or source-specific."""
+
+    family: int
+    interface: str
+    group: str  # an address, or a prefix (each group of it is joined)
+    source: str | None
+    where: str
+
+
+class InterfaceSetting(NamedTuple):
+    name: str
+    threshold: int | None
+    mrdisc: bool | None
+    where: str
+
+
+@dataclass(slots=True)
+class Declarations:
+    """Everything the config files declare, validated; positions kept for messages."""
+
+    files: list[str] = field(default_factory=list)
+    routes: dict[RouteKey, Ports] = field(default_factory=dict)  # exact (S,G), as declared
+    positions: dict[RouteKey, int] = field(default_factory=dict)  # see where()
+    wild: set[RouteKey] = field(default_factory=set)  # routes naming a wildcard interface
+    templates: list[Template] = field(default_factory=list)
+    joins: list[Join] = field(default_factory=list)
+    interfaces: dict[str, InterfaceSetting] = field(default_factory=dict)
+
+    def where(self, key: RouteKey) -> str:
+        """FILE:LINE of a declared route."""
+        position = self.positions[key]
+        return f"{self.files[position >> _LINE_SHIFT]}:{position & ((1 << _LINE_SHIFT) - 1)}"
+
+    def thresholds(self) -> dict[str, int]:
+        return {n: s.threshold for n, s in self.interfaces.items() if s.threshold is not None}
+
+
+class Problems(MfcdError):
+    """Every problem found in the config files, each "FILE:LINE: reason"; the message is
+    the first one, with how many more there are."""
+
+    code = "config_error"
+
+    def __init__(self, problems: list[str]) -> None:
+        more = len(problems) - 1
+        tail = f" (and {more} more: mfcd --check-config lists them)" if more else ""
+        super().__init__(problems[0] + tail)
+        self.problems = problems
+
+
+def is_wildcard(name: str) -> bool:
+    return name.endswith(WILDCARDS)
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether an interface name matches a declared name (a wildcard or the name itself)."""
+    if pattern.endswith(WILDCARDS):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def expand(ports: Ports, links: Iterable[str]) -> Ports:
+    """The concrete interfaces of declared ones: each wildcard oif replaced by the existing
+    interfaces it matches (never the iif; a name listed outright stays where it is)."""
+    if not any(n.endswith(WILDCARDS) for n in ports.oifs):
+        return ports
+    plain = [n for n in ports.oifs if not n.endswith(WILDCARDS)]
+    patterns = [n[:-1] for n in ports.oifs if n.endswith(WILDCARDS)]
+    taken = {ports.iif, *plain}
+    found = sorted(n for n in links if n not in taken and n.startswith(tuple(patterns)))
+    return Ports(ports.iif, (*plain, *found))
+
+
+# --- positions ----------------------------------------------------------------------------------
+
+_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*(route|join|interface)[ \t]*\]\]", re.MULTILINE)
+_KEY = re.compile(r"[ \t]*([A-Za-z0-9_-]+)[ \t]*=")
+
+
+class _Source:
+    """One file's text, with the line of each [[kind]] header (found when first asked)."""
+
+    def __init__(self, path: str, index: int, text: str) -> None:
+        self.path = path
+        self.index = index
+        self.text = text
+        self.headers: dict[str, list[int]] | None = None
+        self.starts: list[int] = []  # where each line starts (see key_line)
+
+    def header_lines(self, kind: str) -> list[int]:
+        if self.headers is None:
+            headers: dict[str, list[int]] = {k: [] for k in KINDS}
+            line, last = 1, 0
+            text = self.text
+            for m in _HEADER.finditer(text):
+                line += text.count("\n", last, m.start())
+                last = m.start()
+                headers[m.group(1)].append(line)
+            self.headers = headers
+        return self.headers[kind]
+
+    def entry_line(self, kind: str, index: int) -> int:
+        """The line of the index-th [[kind]] header, or of the first `kind =` line when the
+        entries are written another way (an inline array)."""
+        lines = self.header_lines(kind)
+        if len(lines) > index:
+            return lines[index]
+        return self.key_line(kind, 1) or 1
+
+    def key_line(self, key: str, start: int) -> int | None:
+        """The first line at or after `start`, before the next table header, setting `key`."""
+        if not self.starts:  # where each line starts: made once, when a problem is found
+            self.starts = [0, *(m.end() for m in re.finditer("\n", self.text))]
+        for line in range(start, min(start + 200, len(self.starts) + 1)):
+            begin = self.starts[line - 1]
+            end = self.starts[line] if line < len(self.starts) else len(self.text)
+            text = self.text[begin:end]
+            if line > start and text.lstrip().startswith("["):
+                return None
+            m = _KEY.match(text)
+            if m and m.group(1) == key:
+                return line
+        return None
+
+    def at(self, line: int) -> str:
+        return f"{self.path}:{line}"
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+# The plain TOML that config files are written in, one line at a time: `[[kind]]` headers
+# and `key = value` lines whose value is a string without escapes, an integer, a float, a
+# boolean, or a list of such strings on one line. Ten times faster than tomllib, which
+# reads anything else (and says what is wrong with a file that is not TOML).
+_STRING = r'"[^"\\\x00-\x1f\x7f]*"'  # a basic string without escapes
+_PLAIN_KEY = re.compile(
+    rf"[ \t]*([A-Za-z0-9_-]+)[ \t]*=[ \t]*(?:({_STRING})"
+    rf"|(\[[ \t]*(?:{_STRING}[ \t]*(?:,[ \t]*{_STRING}[ \t]*)*,?[ \t]*)?\])"
+    r"|(true|false)|([+-]?(?:0|[1-9][0-9]*))|([+-]?(?:0|[1-9][0-9]*)\.[0-9]+))"
+    r"[ \t]*(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?\Z"
+)
+_PLAIN_HEADER = re.compile(
+    r"[ \t]*\[\[[ \t]*(route|join|interface)[ \t]*\]\][ \t]*(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?\Z"
+)
+_PLAIN_SKIP = re.compile(r"[ \t]*(?:#[^\x00-\x08\x0a-\x1f\x7f]*)?\Z")
+_LIST_ITEM = re.compile(r'"([^"]*)"')
+
+
+def plain_toml(text: str) -> dict[str, Any] | None:
+    """What tomllib.loads would return for a file in plain TOML (see above), or None for
+    any other file, which tomllib then reads."""
+    data: dict[str, Any] = {}
+    table = data
+    key_match, header_match, skip_match = _PLAIN_KEY.match, _PLAIN_HEADER.match, _PLAIN_SKIP.match
+    for raw in text.split("\n"):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        m = key_match(line)
+        if m is not None:
+            key, string, items, boolean, integer, number = m.groups()
+            if key in table:
+                return None  # a key set twice: tomllib says so
+            if string is not None:
+                table[key] = string[1:-1]
+            elif items is not None:
+                table[key] = _LIST_ITEM.findall(items)
+            elif boolean is not None:
+                table[key] = boolean == "true"
+            elif integer is not None:
+                table[key] = int(integer)
+            else:
+                table[key] = float(number)
+            continue
+        h = header_match(line)
+        if h is not None:
+            entries = data.setdefault(h.group(1), [])
+            if not isinstance(entries, list):
+                return None
+            table = {}
+            entries.append(table)
+            continue
+        if skip_match(line) is None:
+            return None
+    return data
+
+
+def parse_text(
+    text: str, path: str, into: Declarations, problems: list[str]
+) -> dict[str, Any] | None:
+    """Parse one file's TOML and its declarations into `into`; return its other (setting)
+    keys, or None if it is not valid TOML. Problems are appended, never raised."""
+    data = plain_toml(text)
+    if data is None:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            problems.append(_toml_problem(path, str(e), text))
+            return None
+    source = _Source(path, len(into.files), text)
+    into.files.append(path)
+    for kind in KINDS:
+        if kind not in data:
+            continue
+        entries = data.pop(kind)
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            line = source.key_line(kind, 1) or source.entry_line(kind, 0)
+            problems.append(f"{source.at(line)}: {kind} must be a list of [[{kind}]] tables")
+            continue
+        parse_one = _PARSERS[kind]
+        for index, entry in enumerate(entries):
+            parse_one(entry, source, index, into, problems)
+    return data
+
+
+# A [[route]] block's text -> the exact route it declares (key, interfaces, has wildcards).
+Blocks = dict[str, tuple[RouteKey, Ports, bool]]
+
+
+class Part(NamedTuple):
+    """One file as read: its text, its declarations alone, its other keys (None if it is
+    not TOML) and its problems. A reload reuses the Part of a file whose text is the same,
+    and the routes of the [[route]] blocks whose text is the same (`blocks`)."""
+
+    text: str
+    found: Declarations
+    settings: dict[str, Any] | None
+    problems: list[str]
+    blocks: Blocks | None = None
+
+
+def parse_file(text: str, path: str, previous: Part | None = None) -> Part:
+    """Read one file. If it is plain TOML with only exact routes after its settings, each
+    [[route]] block is parsed and checked once: a block whose text `previous` had is taken
+    from it (a change of one route in 100,000 parses one block, not the file)."""
+    part = _parse_blocks(text, path, previous.blocks if previous is not None else None)
+    if part is not None:
+        return part
+    found = Declarations()
+    problems: list[str] = []
+    settings = parse_text(text, path, found, problems)
+    return Part(text, found, settings, problems, _blocks_of(text, found) if not problems else None)
+
+
+def _block_starts(text: str) -> list[int] | None:
+    """Where each [[route]] header starts, or None if the file has another kind of table."""
+    starts = []
+    for m in _HEADER.finditer(text):
+        if m.group(1) != "route":
+            return None
+        starts.append(m.start())
+    return starts
+
+
+def _blocks_of(text: str, found: Declarations) -> Blocks | None:
+    """The blocks of a file just parsed in full, for the next read (files of exact routes
+    only: a template, join or interface is not kept per block)."""
+    starts = _block_starts(text)
+    if not starts or found.templates or len(starts) != len(found.routes):
+        return None
+    blocks: Blocks = {}
+    ends = [*starts[1:], len(text)]
+    keys = sorted(found.routes, key=found.positions.__getitem__)  # in the order of the file
+    for start, end, key in zip(starts, ends, keys, strict=True):
+        blocks[text[start:end]] = (key, found.routes[key], key in found.wild)
+    return blocks
+
+
+def _parse_blocks(text: str, path: str, known: Blocks | None) -> Part | None:
+    """`parse_file` by blocks, or None when a full read is needed (no blocks known, another
+    kind of table, text that is not plain TOML, or any problem: the full read reports it)."""
+    if not known:
+        return None
+    starts = _block_starts(text)
+    if not starts:
+        return None
+    settings = plain_toml(text[: starts[0]])
+    if settings is None or any(kind in settings for kind in KINDS):
+        return None
+    found = Declarations(files=[path])
+    routes, positions, wild = found.routes, found.positions, found.wild
+    blocks: Blocks = {}
+    line, last = 1, 0
+    ends = [*starts[1:], len(text)]
+    for start, end in zip(starts, ends, strict=True):
+        line += text.count("\n", last, start)
+        last = start
+        block = text[start:end]
+        parsed = known.get(block) or blocks.get(block)
+        if parsed is None:
+            parsed = _one_block(block, path)
+            if parsed is None:
+                return None
+        key, ports, has_wildcards = parsed
+        if key in routes:
+            return None  # a duplicate: the full read says where both are
+        routes[key] = ports
+        positions[key] = line
+        if has_wildcards:
+            wild.add(key)
+        blocks[block] = parsed
+    return Part(text, found, settings, [], blocks)
+
+
+def _one_block(block: str, path: str) -> tuple[RouteKey, Ports, bool] | None:
+    """The exact route of one [[route]] block, or None (not plain, a template, a problem)."""
+    data = plain_toml(block)
+    if data is None:
+        return None
+    found = Declarations()
+    problems: list[str] = []
+    source = _Source(path, 0, block)
+    found.files.append(path)
+    entries = data.get("route")
+    if not isinstance(entries, list) or len(entries) != 1 or len(data) != 1:
+        return None
+    _parse_route(entries[0], source, 0, found, problems)
+    if problems or len(found.routes) != 1:
+        return None
+    ((key, ports),) = found.routes.items()
+    return key, ports, key in found.wild
+
+
+def merge(parts: list[Declarations], problems: list[str]) -> Declarations:
+    """The declarations of several files as one (a declaration in two files is a problem).
+    The declarations of the only file that has any are returned as they are."""
+    parts = [p for p in parts if p.routes or p.templates or p.joins or p.interfaces]
+    if len(parts) == 1:
+        return parts[0]
+    out = Declarations()
+    joins: dict[tuple[str, str, str | None], str] = {}
+    for part in parts:
+        shift = len(out.files) << _LINE_SHIFT
+        out.files += part.files
+        routes, positions = out.routes, out.positions
+        for key, ports in part.routes.items():
+            if key in routes:
+                problems.append(
+                    f"{part.where(key)}: route: the route {key[1]} -> {key[2]}{_table_text(key)}"
+                    f" is declared twice (also at {out.where(key)})"
+                )
+                continue
+            routes[key] = ports
+            positions[key] = part.positions[key] + shift
+        out.wild |= part.wild
+        out.templates += part.templates
+        for join in part.joins:
+            seen = joins.setdefault((join.interface, join.group, join.source), join.where)
+            if seen != join.where:
+                problems.append(f"{join.where}: join: this join is declared twice (also at {seen})")
+            else:
+                out.joins.append(join)
+        for name, setting in part.interfaces.items():
+            other = out.interfaces.get(name)
+            if other is not None:
+                problems.append(
+                    f"{setting.where}: interface: interface {name} is declared twice (also at"
+                    f" {other.where})"
+                )
+            else:
+                out.interfaces[name] = setting
+    return out
+
+
+def _toml_problem(path: str, message: str, text: str) -> str:
+    # tomllib: "Invalid value (at line 3, column 7)", or "(at end of document)"
+    if message.endswith("(at end of document)"):
+        last = text.rstrip("\n").count("\n") + 1
+        return f"{path}:{last}: not valid TOML: {message[: -len('(at end of document)')].strip()}"
+    m = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+    if m:
+        reason = message[: m.start()].strip()
+        return f"{path}:{m.group(1)}: not valid TOML: {reason} (column {m.group(2)})"
+    return f"{path}: not valid TOML: {message}"
+
+
+class _Bad(Exception):
+    """One problem in an entry: its message and the key at fault (for the line)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _locate(source: _Source, kind: str, index: int, e: Exception) -> str:
+    start = source.entry_line(kind, index)
+    key = getattr(e, "key", None) or getattr(e, "field", None)
+    line = source.key_line(key, start) if key else None
+    return f"{source.at(line or start)}: {kind}: {e}"
+
+
+def _fields(entry: dict[str, Any], allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
+    for name in entry:
+        if name not in allowed:
+            raise _Bad(f"unknown key {name!r} (allowed: {', '.join(allowed)})", name)
+    for name in required:
+        if name not in entry:
+            raise _Bad(f"missing key {name!r}")
+
+
+def _parse_route(
+    entry: dict[str, Any], source: _Source, index: int, into: Declarations, problems: list[str]
+) -> None:
+    try:
+        _fields(entry, ROUTE_KEYS, ("group", "iif", "oifs"))
+        src, group = entry.get("source", ANY_SOURCE), entry["group"]
+        line = source.entry_line("route", index)
+        if _exact(src) and _exact(group):
+            _exact_route(entry, source, line, into)
+        else:
+            into.templates.append(_template(entry, src, group, source.at(line)))
+    except (_Bad, MfcdError) as e:
+        problems.append(_locate(source, "route", index, e))
+
+
+def _exact(address: Any) -> bool:
+    return isinstance(address, str) and "/" not in address and address not in _ANY
+
+
+_ANY = (ANY_SOURCE, "0.0.0.0", "::")  # smcroute and `ip mroute` spell any source as 0.0.0.0
+
+
+def _exact_route(entry: dict[str, Any], source: _Source, line: int, into: Declarations) -> None:
+    src, group, iif, oifs = entry["source"], entry["group"], entry["iif"], entry["oifs"]
+    if isinstance(iif, str) and is_wildcard(iif):
+        raise _Bad(
+            f"iif {iif} is a wildcard: an (S,G) route arrives on one interface (a template,"
+            ' with source "*" or a prefix, may take a wildcard iif)',
+            "iif",
+        )
+    wild = isinstance(oifs, list) and any(isinstance(n, str) and is_wildcard(n) for n in oifs)
+    if wild:
+        key = validate.route_key_of(src, group, entry.get("table"))
+        iif = validate.interface(iif, "iif")
+        _check_patterns(oifs, "oifs")
+        if iif in oifs:
+            raise _Bad(f"iif {iif} is also listed in oifs", "oifs")
+        ports = Ports(iif, tuple(oifs))
+    else:
+        change = validate.add_change(src, group, iif, oifs, entry.get("table"))
+        key, ports = change.key, change.ports
+    previous = into.positions.get(key)
+    if previous is not None:
+        raise _Bad(
+            f"the route {key[1]} -> {key[2]}{_table_text(key)} is declared twice (also at"
+            f" {into.where(key)})",
+            "group",
+        )
+    into.routes[key] = ports
+    into.positions[key] = source.index << _LINE_SHIFT | line
+    if wild:
+        into.wild.add(key)
+
+
+def _check_patterns(names: list[Any], key: str) -> None:
+    """Wildcards: a valid name's start, then * or +."""
+    seen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str):
+            raise _Bad(f"{key} must be a list of interface names", key)
+        if name in seen:
+            raise _Bad(f"{key} names {name} more than once", key)
+        seen.add(name)
+        if is_wildcard(name):
+            stem = name[:-1]
+            if not stem:
+                raise _Bad(f"{key}: a wildcard needs the start of a name, as in eth+ or vlan*", key)
+            validate.interface(stem, key)
+        else:
+            validate.interface(name, key)
+    if len(names) > validate.MAX_OIFS:
+        validate.interfaces(names, key)  # says why
+
+
+def _table_text(key: RouteKey) -> str:
+    return "" if key[3] == DEFAULT_TABLE[key[0]] else f" in table {key[3]}"
+
+
+def _network(value: Any, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if not isinstance(value, str):
+        raise _Bad(f"{key} must be a string", key)
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as e:
+        raise _Bad(f"{key} {value!r} is not an address or a prefix: {e}", key) from None
+
+
+def _template(entry: dict[str, Any], src: Any, group: Any, where: str) -> Template:
+    net = _network(group, "group")
+    if not net.is_multicast:
+        raise _Bad(f"group {group} is not a multicast address or prefix", "group")
+    family = net.version
+    if src in _ANY:
+        source = ANY_SOURCE
+    else:
+        snet = _network(src, "source")
+        if snet.version != family:
+            raise _Bad(f"source {src} and group {group} are of different families", "source")
+        if snet.is_multicast:
+            raise _Bad(f"source {src} is not a unicast address or prefix", "source")
+        source = str(snet)
+    iif = entry["iif"]
+    if not isinstance(iif, str):
+        raise _Bad("iif must be an interface name (a string)", "iif")
+    _check_patterns([iif], "iif")
+    oifs = entry["oifs"]
+    if not isinstance(oifs, list) or not oifs:
+        raise _Bad("oifs must be a non-empty list of interface names", "oifs")
+    _check_patterns(oifs, "oifs")
+    if iif in oifs:
+        raise _Bad(f"iif {iif} is also listed in oifs", "oifs")
+    table = validate.table_of(entry.get("table"), family)
+    return Template(family, source, str(net), iif, tuple(oifs), table, where)
+
+
+def _parse_join(
+    entry: dict[str, Any], source: _Source, index: int, into: Declarations, problems: list[str]
+) -> None:
+    try:
+        _fields(entry, JOIN_KEYS, ("interface", "group"))
+        name = entry["interface"]
+        if not isinstance(name, str):
+            raise _Bad("interface must be an interface name (a string)", "interface")
+        _check_patterns([name], "interface")
+        net = _network(entry["group"], "group")
+        if not net.is_multicast:
+            raise _Bad(f"group {entry['group']} is not a multicast address or prefix", "group")
+        src = entry.get("source")
+        if src is not None:
+            address = _network(src, "source")
+            if (
+                address.version != net.version
+                or address.is_multicast
+                or address.prefixlen != (address.max_prefixlen)
+            ):
+                raise _Bad(
+                    f"source {src} must be a unicast {family_text(net.version)} address", "source"
+                )
+            src = str(address.network_address)
+        group = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+        where = source.at(source.entry_line("join", index))
+        for other in into.joins:
+            if (other.interface, other.group, other.source) == (name, group, src):
+                raise _Bad(f"this join is declared twice (also at {other.where})", "group")
+        into.joins.append(Join(net.version, name, group, src, where))
+    except (_Bad, MfcdError) as e:
+        problems.append(_locate(source, "join", index, e))
+
+
+def _parse_interface(
+    entry: dict[str, Any], source: _Source, index: int, into: Declarations, problems: list[str]
+) -> None:
+    try:
+        _fields(entry, INTERFACE_KEYS, ("name",))
+        name = entry["name"]
+        if not isinstance(name, str):
+            raise _Bad("name must be an interface name (a string)", "name")
+        validate.interface(name, "name")
+        threshold = entry.get("threshold")
+        if threshold is not None:
+            try:
+                validate.threshold(threshold)
+            except MfcdError as e:
+                raise _Bad(str(e), "threshold") from None
+        mrdisc = entry.get("mrdisc")
+        if mrdisc is not None and not isinstance(mrdisc, bool):
+            raise _Bad("mrdisc must be true or false", "mrdisc")
+        other = into.interfaces.get(name)
+        if other is not None:
+            raise _Bad(f"interface {name} is declared twice (also at {other.where})", "name")
+        where = source.at(source.entry_line("interface", index))
+        into.interfaces[name] = InterfaceSetting(name, threshold, mrdisc, where)
+    except (_Bad, MfcdError) as e:
+        problems.append(_locate(source, "interface", index, e))
+
+
+_PARSERS = {"route": _parse_route, "join": _parse_join, "interface": _parse_interface}
+
+
+# --- checks across declarations -----------------------------------------------------------------
+
+
+def check(into: Declarations, problems: list[str]) -> None:
+    """What only the whole set of declarations shows: VIFs per table, overlapping templates."""
+    _check_vifs(into, problems)
+    _check_templates(into, problems)
+
+
+def _check_vifs(into: Declarations, problems: list[str]) -> None:
+    """At most 32 VIFs per family and table, counted over the declared interface names
+    (a wildcard counts when it is expanded, at run time)."""
+    names: dict[tuple[int, int], set[str]] = {}  # (family, table) -> interface names
+    reported: set[tuple[int, int]] = set()
+
+    def count(family: int, table: int, interfaces: Iterable[str], where: Callable[[], str]) -> None:
+        seen = names.setdefault((family, table), set())
+        for name in interfaces:
+            if name not in seen and not is_wildcard(name):
+                seen.add(name)
+                if len(seen) > MAXVIFS and (family, table) not in reported:
+                    reported.add((family, table))
+                    problems.append(
+                        f"{where()}: route: {family_text(family)} table {table} would need more"
+                        f" than {MAXVIFS} VIFs (the kernel's limit): the routes declared so far"
+                        f" name {len(seen)} interfaces"
+                    )
+
+    # Routes share their Ports values: each distinct one is counted once, at its first route.
+    first: dict[tuple[int, int, int], RouteKey] = {}
+    for key, ports in into.routes.items():
+        first.setdefault((key[0], key[3], id(ports)), key)
+    for key in first.values():
+        count(key[0], key[3], into.routes[key].interfaces, partial(into.where, key))
+    for t in into.templates:
+        count(t.family, t.table, (t.iif, *t.oifs), partial(str, t.where))
+
+
+def _check_templates(into: Declarations, problems: list[str]) -> None:
+    """Two templates for the same iif and table whose (source, group) ranges overlap with
+    neither inside the other: no longest match decides between them."""
+    by_iif: dict[tuple[int, int, str], list[tuple[Any, Any, Template]]] = {}
+    for t in into.templates:
+        src = None if t.source == ANY_SOURCE else ipaddress.ip_network(t.source)
+        grp = ipaddress.ip_network(t.group)
+        for other_src, other_grp, other in by_iif.get((t.family, t.table, t.iif), ()):
+            same = src == other_src and grp == other_grp
+            if same:
+                problems.append(
+                    f"{t.where}: route: the template {t.source} -> {t.group} on {t.iif} is"
+                    f" declared twice (also at {other.where})"
+                )
+                continue
+            if not (_overlap(src, other_src) and grp.overlaps(other_grp)):
+                continue
+            inner = _within(src, other_src) and grp.subnet_of(other_grp)
+            outer = _within(other_src, src) and other_grp.subnet_of(grp)
+            if not (inner or outer):
+                problems.append(
+                    f"{t.where}: route: the template {t.source} -> {t.group} on {t.iif}"
+                    f" overlaps {other.source} -> {other.group} (at {other.where}) and neither"
+                    " is inside the other: split one so that one is more specific"
+                )
+        by_iif.setdefault((t.family, t.table, t.iif), []).append((src, grp, t))
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    return a is None or b is None or bool(a.overlaps(b))
+
+
+def _within(inner: Any, outer: Any) -> bool:
+    """Whether a source range (None: any source) lies inside another."""
+    if outer is None:
+        return True
+    return inner is not None and bool(inner.subnet_of(outer))
+
+
+# --- differences --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Diff:
+    """What a reload changes in the exact routes and interface settings; templates and joins
+    are counted (their intents are applied by their own code)."""
+
+    added: list[RouteKey] = field(default_factory=list)
+    removed: list[RouteKey] = field(default_factory=list)
+    changed: list[RouteKey] = field(default_factory=list)
+    unchanged: int = 0
+    thresholds: dict[str, int | None] = field(default_factory=dict)  # name -> new (None: unset)
+    templates: tuple[int, int] = (0, 0)  # added, removed
+    joins: tuple[int, int] = (0, 0)
+
+
+def diff(old: Declarations, new: Declarations) -> Diff:
+    """The difference between the running declarations and those just read. O(routes):
+    each route's declared interfaces are one shared value, compared by identity first."""
+    result = Diff()
+    if new is old:
+        result.unchanged = len(new.routes)
+        return result
+    old_routes = old.routes
+    added, changed = result.added, result.changed
+    for key, ports in new.routes.items():
+        before = old_routes.get(key)
+        if before is None:
+            added.append(key)
+        elif before is not ports and before != ports:
+            changed.append(key)
+    result.unchanged = len(new.routes) - len(added) - len(changed)
+    new_routes = new.routes
+    if len(old_routes) + len(added) != len(new_routes):
+        result.removed = [key for key in old_routes if key not in new_routes]
+    old_th, new_th = old.thresholds(), new.thresholds()
+    for name in old_th.keys() | new_th.keys():
+        if old_th.get(name) != new_th.get(name):
+            result.thresholds[name] = new_th.get(name)
+    result.templates = _set_diff(old.templates, new.templates)
+    result.joins = _set_diff(old.joins, new.joins)
+    return result
+
+
+def _set_diff(old: list[Any], new: list[Any]) -> tuple[int, int]:
+    before = {item[:-1] for item in old}  # without `where`
+    after = {item[:-1] for item in new}
+    return len(after - before), len(before - after)

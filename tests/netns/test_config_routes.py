@@ -1,0 +1,265 @@
+"""End to end: routes and interface settings declared in the config files, reload by diff,
+drop-ins, wildcards, --check-config and smcroute.conf import, with the real mfcd and packets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.netns import Lab
+from tests.netns import kernel_tables
+from tests.netns.conftest import BIN, Mfcd, route_args
+
+SOURCE = "198.18.0.2"
+DATA = Path(__file__).parent.parent / "data" / "smcroute"
+
+
+def route(group: str, iif: str, *oifs: str, source: str = SOURCE) -> str:
+    names = ", ".join(f'"{n}"' for n in oifs)
+    return f'\n[[route]]\nsource = "{source}"\ngroup = "{group}"\niif = "{iif}"\noifs = [{names}]\n'
+
+
+def write_config(mfcd: Mfcd, declarations: str) -> None:
+    """Keep the daemon's own settings (the first lines the fixture wrote), new declarations."""
+    settings = mfcd.config_file.read_text().split("\n[[", 1)[0].rstrip("\n")
+    mfcd.config_file.write_text(settings + "\n" + declarations)
+
+
+def received(lab: Lab, group: str) -> list[int]:
+    counts = lab.probe(group)
+    return [counts[ns] for ns in lab.rx]
+
+
+def shown(mfcd: Mfcd, stats: bool = False) -> dict[str, dict[str, Any]]:
+    args = ("show", "--stats", "--output", "json") if stats else ("show", "--output", "json")
+    routes = json.loads(mfcd.ok(*args))["routes"]
+    return {r["group"]: r for r in routes}
+
+
+def packets(mfcd: Mfcd, group: str) -> int:
+    count: int = shown(mfcd, stats=True)[group]["stats"]["packets"]
+    return count
+
+
+@pytest.fixture
+def daemon(lab: Lab, tmp_path: Path) -> Any:
+    daemon = Mfcd(lab, tmp_path)
+    yield daemon
+    if daemon.proc is not None:
+        daemon.stop()
+
+
+def test_config_routes_installed_at_start_and_reload_applies_the_difference(
+    lab: Lab, daemon: Mfcd
+) -> None:
+    write_config(
+        daemon,
+        route("239.5.0.1", "r0", "r1")  # unchanged by the reload
+        + route("239.5.0.2", "r0", "r2")  # removed
+        + route("239.5.0.3", "r0", "r1"),  # changed: to r2
+    )
+    daemon.start()
+    assert received(lab, "239.5.0.1") == [5, 0, 0]
+    assert received(lab, "239.5.0.2") == [0, 5, 0]
+    assert packets(daemon, "239.5.0.1") == 5
+    daemon.ok(*route_args(SOURCE, "239.5.0.9", "r0", "r3"))  # a runtime route
+
+    write_config(
+        daemon,
+        route("239.5.0.1", "r0", "r1")
+        + route("239.5.0.3", "r0", "r2")
+        + route("239.5.0.4", "r0", "r3"),
+    )
+    dry = daemon.ok("reload", "--dry-run")
+    assert (
+        "add 198.18.0.2 -> 239.5.0.4" in dry and "1 added, 1 removed, 1 changed, 1 unchanged" in dry
+    )
+    assert "239.5.0.4" not in shown(daemon)  # a dry run changes nothing
+    out = daemon.ok("reload")
+    assert out.strip() == "1 added, 1 removed, 1 changed, 1 unchanged"
+
+    routes = shown(daemon)
+    assert set(routes) == {"239.5.0.1", "239.5.0.3", "239.5.0.4", "239.5.0.9"}
+    assert received(lab, "239.5.0.1") == [5, 0, 0]
+    # Not touched in the kernel: its counters went on from 5, not from 0.
+    assert packets(daemon, "239.5.0.1") == 10
+    assert received(lab, "239.5.0.2") == [0, 0, 0]
+    assert received(lab, "239.5.0.3") == [0, 5, 0]
+    assert received(lab, "239.5.0.4") == [0, 0, 5]
+    assert received(lab, "239.5.0.9") == [0, 0, 5]  # the runtime route survived
+
+    # A runtime change to a config route is refused, naming the file and line.
+    refused = daemon.ctl("mfc", "del", "--source", SOURCE, "--group", "239.5.0.1", "-o", "json")
+    assert refused.returncode == 1
+    assert json.loads(refused.stdout)["error"]["code"] == "declared_in_config"
+    header = daemon.config_file.read_text().splitlines().index("[[route]]") + 1
+    assert f"{daemon.config_file}:{header}" in refused.stderr  # its [[route]] header
+    assert received(lab, "239.5.0.1") == [5, 0, 0]
+
+    # Config routes are not in the state file: a restart without them in the file ends them,
+    # and the runtime route comes back.
+    daemon.stop()
+    write_config(daemon, "")
+    daemon.start()
+    assert set(shown(daemon)) == {"239.5.0.9"}
+
+
+def test_a_bad_config_changes_nothing_and_reload_names_file_and_line(
+    lab: Lab, daemon: Mfcd
+) -> None:
+    write_config(daemon, route("239.5.1.1", "r0", "r1"))
+    daemon.start()
+    before = kernel_tables.mfc(lab, 4)
+    write_config(daemon, route("239.5.1.1", "r0", "r2") + route("10.1.1.1", "r0", "r3"))
+    result = daemon.ctl("reload")
+    assert result.returncode == 1
+    assert f"{daemon.config_file}:" in result.stderr and "10.1.1.1" in result.stderr
+    assert kernel_tables.mfc(lab, 4) == before
+    assert received(lab, "239.5.1.1") == [5, 0, 0]
+    # SIGHUP: the same, logged.
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert received(lab, "239.5.1.1") == [5, 0, 0]
+    _, log = daemon.stop()
+    assert "reload failed" in log
+
+
+def test_drop_ins_are_read_at_start_and_on_sighup(lab: Lab, daemon: Mfcd) -> None:
+    drop_ins = daemon.config_file.with_suffix(".d")
+    drop_ins.mkdir()
+    (drop_ins / "10-a.conf").write_text(route("239.5.2.1", "r0", "r1"))
+    (drop_ins / "ignored.txt").write_text("not read: only *.conf")
+    daemon.start()
+    assert set(shown(daemon)) == {"239.5.2.1"}
+    (drop_ins / "20-b.conf").write_text(route("239.5.2.2", "r0", "r2"))
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "239.5.2.2" not in shown(daemon) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert received(lab, "239.5.2.2") == [0, 5, 0]
+
+
+@pytest.mark.lab(receivers=3, linked=2)
+def test_wildcard_oifs_follow_interfaces_that_come_and_go(lab: Lab, daemon: Mfcd) -> None:
+    write_config(daemon, route("239.5.3.1", "r0", "r*"))
+    daemon.start()
+    assert shown(daemon)["239.5.3.1"]["oifs"] == ["r1", "r2"]
+    assert received(lab, "239.5.3.1")[:2] == [5, 5]
+    lab.add_receiver_link(3)  # r3 appears: no reload needed
+    deadline = time.monotonic() + 10
+    while shown(daemon)["239.5.3.1"]["oifs"] != ["r1", "r2", "r3"]:
+        assert time.monotonic() < deadline, shown(daemon)
+        time.sleep(0.05)
+    assert received(lab, "239.5.3.1") == [5, 5, 5]
+    lab.del_router_link("r2")
+    while shown(daemon)["239.5.3.1"]["oifs"] != ["r1", "r3"]:
+        assert time.monotonic() < deadline, shown(daemon)
+        time.sleep(0.05)
+    assert shown(daemon)["239.5.3.1"]["state"] == "installed"
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "mfcd"), "--check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "words"),
+    [
+        ('[[route]]\ngroup = "239.1.1.1"\niif = "a"\noifs = [\n', 4, "not valid TOML"),
+        ("log_level = 3\n", 1, "log_level must be a str"),
+        ('[[route]]\ngroup = "239.1.1.1"\niif = "a"\noifs = ["b"]\ncolour = 1\n', 5, "unknown key"),
+        (
+            '[[route]]\nsource = "198.18.0.2"\ngroup = "239.1.1.1"\niif = "a"\noifs = "b"\n',
+            5,
+            "oifs",
+        ),
+        (
+            '[[route]]\nsource = "198.18.0.2"\ngroup = "10.1.1.1"\niif = "a"\noifs = ["b"]\n',
+            3,
+            "not a multicast",
+        ),
+        (
+            '[[route]]\nsource = "2001:db8::1"\ngroup = "239.1.1.1"\niif = "a"\noifs = ["b"]\n',
+            3,
+            "different address families",
+        ),
+        (route("239.1.1.1", "a", "b") + route("239.1.1.1", "a", "c"), 10, "declared twice"),
+        (
+            '[[route]]\nsource = "198.18.0.0/16"\ngroup = "239.1.0.0/24"\niif = "a"\noifs = ["b"]\n'
+            '[[route]]\nsource = "198.18.1.0/24"\ngroup = "239.1.0.0/16"\n'
+            'iif = "a"\noifs = ["b"]\n',
+            6,
+            "overlaps",
+        ),
+        (
+            "".join(route(f"239.1.1.{k}", "a", f"o{k}") for k in range(40)),
+            6 * 31 + 2,
+            "more than 32 VIFs",
+        ),
+        ('[[interface]]\nname = "a"\nthreshold = 0\n', 3, "threshold"),
+    ],
+)
+def test_check_config_catches_each_error_class(
+    tmp_path: Path, text: str, line: int, words: str
+) -> None:
+    path = tmp_path / "bad.conf"
+    path.write_text(text)
+    result = check_config(path)
+    assert result.returncode == 1, result.stdout
+    assert f"{path}:{line}: " in result.stderr, result.stderr
+    assert words in result.stderr
+
+
+def test_imported_smcroute_config_forwards_like_smcroute(
+    lab: Lab, daemon: Mfcd, tmp_path: Path
+) -> None:
+    original = DATA / "forward.conf"
+    # smcroute with the original file first.
+    smcroute = lab.spawn(
+        lab.router,
+        "smcrouted",
+        "-n",
+        "-N",
+        "-f",
+        str(original),
+        "-l",
+        "none",
+        "-u",
+        str(tmp_path / "smcroute.sock"),
+        "-P",
+        str(tmp_path / "smcroute.pid"),
+    )
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "smcroute.pid").exists():
+        assert smcroute.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    by_smcroute = {g: received(lab, g) for g in ("239.7.7.1", "239.7.7.2")}
+    lab.stop(smcroute)
+
+    converted = subprocess.run(
+        [str(BIN / "mfcctl"), "import-smcroute", str(original)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert converted.returncode == 0, converted.stderr
+    write_config(daemon, converted.stdout)
+    assert check_config(daemon.config_file).returncode == 0
+    daemon.start()
+    by_mfcd = {g: received(lab, g) for g in ("239.7.7.1", "239.7.7.2")}
+    assert by_smcroute == by_mfcd == {"239.7.7.1": [5, 5, 0], "239.7.7.2": [0, 0, 5]}

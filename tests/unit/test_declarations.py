@@ -1,0 +1,420 @@
+"""Tests for mfcd.declarations (parse, check, diff), config.load_all (drop-ins), the controller's
+apply of declared intents, and mfcd.smcroute_import."""
+
+from __future__ import annotations
+
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mfcd import config, declarations, smcroute_import
+from mfcd.controller import Controller
+from mfcd.declarations import Declarations, Problems, diff, expand, matches
+from mfcd.errors import DeclaredInConfig
+from mfcd.model import AddRoute, DelRoute, Ports, SetThreshold
+from tests.unit.conftest import FakeKernel, FakeState
+
+DATA = Path(__file__).parent.parent / "data" / "smcroute"
+KEY = (4, "198.18.0.2", "239.1.1.1", 253)
+OTHER = (4, "198.18.0.2", "239.9.9.9", 253)
+
+
+def parse(text: str, path: str = "f.conf") -> tuple[Declarations, list[str]]:
+    found = Declarations()
+    problems: list[str] = []
+    declarations.parse_text(textwrap.dedent(text), path, found, problems)
+    declarations.check(found, problems)
+    return found, problems
+
+
+def route(group: str = "239.1.1.1", oifs: str = '"b"', source: str = "198.18.0.2") -> str:
+    return f'[[route]]\nsource = "{source}"\ngroup = "{group}"\niif = "a"\noifs = [{oifs}]\n'
+
+
+def test_an_exact_route_a_template_a_join_and_an_interface() -> None:
+    found, problems = parse(
+        """
+        log_level = "debug"
+
+        [[route]]
+        source = "198.18.0.2"
+        group = "239.1.1.1"
+        iif = "a"
+        oifs = ["b", "vlan*"]
+
+        [[route]]
+        group = "239.2.0.0/24"
+        iif = "eth+"
+        oifs = ["b"]
+        table = 100
+
+        [[join]]
+        interface = "a"
+        group = "239.1.1.1"
+        source = "198.18.0.2"
+
+        [[interface]]
+        name = "b"
+        threshold = 3
+        mrdisc = true
+        """
+    )
+    assert problems == []
+    assert found.routes == {KEY: Ports("a", ("b", "vlan*"))}
+    assert found.where(KEY) == "f.conf:4"
+    assert found.wild == {KEY}
+    (template,) = found.templates
+    assert (template.source, template.group, template.iif, template.table) == (
+        "*",
+        "239.2.0.0/24",
+        "eth+",
+        100,
+    )
+    assert template.where == "f.conf:10"
+    (join,) = found.joins
+    assert (join.interface, join.group, join.source, join.where) == (
+        "a",
+        "239.1.1.1",
+        "198.18.0.2",
+        "f.conf:16",
+    )
+    assert found.interfaces["b"].threshold == 3 and found.interfaces["b"].mrdisc is True
+    assert found.thresholds() == {"b": 3}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[[route]]\ngroup = 1\n", "f.conf:1: route: missing key 'iif'"),
+        (route() + "colour = 2\n", "f.conf:6: route: unknown key 'colour'"),
+        (route(group="10.0.0.1"), "f.conf:3: route: group 10.0.0.1 is not a multicast"),
+        (route(oifs='"a"'), "f.conf:5: route: iif a is also listed in oifs"),
+        (route(oifs='"b", "b"'), "f.conf:5: route: oifs names b more than once"),
+        (route(oifs='"x y"'), "f.conf:5: route: oifs 'x y' is not a valid interface name"),
+        (route(oifs='"*"'), "f.conf:5: route: oifs: a wildcard needs the start of a name"),
+        (route(group="239.1.1.0/24", source="198.18.0.1/24"), "f.conf:2: route: source"),
+        (route(group="239.1.1.0/24", source="2001:db8::/64"), "different families"),
+        (route(group="ff3e::1", source="198.18.0.2"), "different address families"),
+        (
+            '[[route]]\nsource = "198.18.0.2"\ngroup = "239.1.1.1"\niif = "a*"\noifs = ["b"]\n',
+            "f.conf:4: route: iif a* is a wildcard",
+        ),
+        (route() + "table = 0\n", "f.conf:6: route: table 0 is out of range"),
+        ("route = 3\n", "f.conf:1: route must be a list of [[route]] tables"),
+        ('[[join]]\ninterface = "a"\ngroup = "10.1.1.1"\n', "f.conf:3: join: group 10.1.1.1"),
+        (
+            '[[join]]\ninterface = "a"\ngroup = "239.1.1.1"\nsource = "ff3e::1"\n',
+            "f.conf:4: join: source ff3e::1 must be a unicast IPv4 address",
+        ),
+        ('[[interface]]\nname = "a"\nmrdisc = "yes"\n', "f.conf:3: interface: mrdisc must be"),
+        (
+            '[[interface]]\nname = "a"\n[[interface]]\nname = "a"\n',
+            "f.conf:4: interface: interface a is declared twice (also at f.conf:1)",
+        ),
+        ("[[route]\n", "f.conf:1: not valid TOML"),
+    ],
+)
+def test_each_problem_is_named_with_its_file_and_line(text: str, expected: str) -> None:
+    _, problems = parse(text)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(expected) or expected in problems[0], problems[0]
+
+
+def test_every_problem_is_collected() -> None:
+    _, problems = parse(route(group="10.0.0.1") + route(group="10.0.0.2") + route() + route())
+    assert [p.split(":")[1] for p in problems] == ["3", "8", "18"]
+
+
+def test_duplicates_and_ambiguous_templates() -> None:
+    text = (
+        route(group="239.1.0.0/24", source="198.18.0.0/16")
+        + route(group="239.1.0.0/16", source="198.18.1.0/24")  # crosses the first
+        + route(group="239.1.0.0/25", source="198.18.0.0/24")  # inside the first: fine
+        + route(group="239.1.0.0/24", source="198.18.0.0/16")  # the first again
+    )
+    _, problems = parse(text)
+    assert any("f.conf:6:" in p and "overlaps" in p for p in problems), problems
+    assert any("f.conf:16:" in p and "declared twice" in p for p in problems), problems
+    assert len(problems) == 3  # the duplicate also crosses the second
+
+
+def test_vifs_are_counted_per_family_and_table() -> None:
+    routes = "".join(route(group=f"239.1.1.{k}", oifs=f'"o{k}"') for k in range(31))
+    _, problems = parse(routes)
+    assert problems == []  # a and o0..o30: 32 interfaces
+    _, problems = parse(routes + route(group="239.1.2.1", oifs='"o99"'))
+    assert len(problems) == 1 and "IPv4 table 253 would need more than 32 VIFs" in problems[0]
+    other = route(group="239.1.2.1", oifs='"o99"') + "table = 7\n"
+    assert parse(routes + other)[1] == []  # another table has its own 32
+
+
+def test_wildcards_match_and_expand() -> None:
+    assert matches("eth+", "eth10") and matches("vlan*", "vlan") and not matches("eth+", "et0")
+    assert matches("eth0", "eth0") and not matches("eth0", "eth01")
+    links = ["a", "vlan2", "vlan1", "b", "c"]
+    assert expand(Ports("a", ("c", "vlan*")), links) == Ports("a", ("c", "vlan1", "vlan2"))
+    assert expand(Ports("vlan1", ("vlan*",)), links) == Ports("vlan1", ("vlan2",))
+    plain = Ports("a", ("b",))
+    assert expand(plain, links) is plain
+
+
+def test_diff_finds_added_removed_changed_unchanged() -> None:
+    old, _ = parse(route("239.1.1.1") + route("239.1.1.2") + route("239.1.1.3"))
+    new, _ = parse(route("239.1.1.1") + route("239.1.1.3", oifs='"c"') + route("239.1.1.4"))
+    change = diff(old, new)
+    assert [k[2] for k in change.added] == ["239.1.1.4"]
+    assert [k[2] for k in change.removed] == ["239.1.1.2"]
+    assert [k[2] for k in change.changed] == ["239.1.1.3"]
+    assert change.unchanged == 1
+    same = diff(new, new)
+    assert (same.added, same.removed, same.changed, same.unchanged) == ([], [], [], 3)
+
+
+def test_drop_ins_are_read_sorted_and_hold_only_declarations(tmp_path: Path) -> None:
+    main = tmp_path / "mfcd.conf"
+    main.write_text('log_level = "debug"\n' + route("239.1.1.1"))
+    (tmp_path / "mfcd.d").mkdir()
+    (tmp_path / "mfcd.d" / "20.conf").write_text(route("239.1.1.3"))
+    (tmp_path / "mfcd.d" / "10.conf").write_text(route("239.1.1.2"))
+    (tmp_path / "mfcd.d" / "x.txt").write_text("not toml at all [")
+    cfg, found = config.load_all(str(main))
+    assert cfg.log_level == "debug"
+    assert found.files == [
+        str(main),
+        str(tmp_path / "mfcd.d/10.conf"),
+        str(tmp_path / "mfcd.d/20.conf"),
+    ]
+    assert [k[2] for k in found.routes] == ["239.1.1.1", "239.1.1.2", "239.1.1.3"]
+    (tmp_path / "mfcd.d" / "30.conf").write_text("ipv6 = false\n" + route("239.1.1.1"))
+    with pytest.raises(Problems) as e:
+        config.load_all(str(main))
+    assert e.value.problems == [
+        f"{tmp_path}/mfcd.d/30.conf:1: 'ipv6': a drop-in file declares only [[route]],"
+        f" [[join]] and [[interface]]; settings belong in {main}",
+        f"{tmp_path}/mfcd.d/30.conf:2: route: the route 198.18.0.2 -> 239.1.1.1 is declared"
+        f" twice (also at {main}:2)",
+    ]
+    assert str(e.value).endswith("(and 1 more: mfcd --check-config lists them)")
+
+
+def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path) -> None:
+    main = tmp_path / "mfcd.conf"
+    main.write_text(route("239.1.1.1"))
+    (tmp_path / "mfcd.d").mkdir()
+    drop_in = tmp_path / "mfcd.d" / "10.conf"
+    drop_in.write_text(route("239.1.1.2"))
+    cache = config.ReadCache()
+    _, first = config.load_all(str(main), cache)
+    _, again = config.load_all(str(main), cache)
+    assert again is first  # nothing parsed or checked again
+    kept = cache.parts[str(main)]
+    drop_in.write_text(route("239.1.1.3"))
+    _, changed = config.load_all(str(main), cache)
+    assert cache.parts[str(main)] is kept
+    assert [k[2] for k in changed.routes] == ["239.1.1.1", "239.1.1.3"]
+    assert changed.where((4, "198.18.0.2", "239.1.1.3", 253)) == f"{drop_in}:1"
+    drop_in.write_text(route("239.1.1.1"))
+    with pytest.raises(Problems, match="declared twice"):
+        config.load_all(str(main), cache)
+
+
+def test_a_setting_error_names_its_line(tmp_path: Path) -> None:
+    main = tmp_path / "mfcd.conf"
+    main.write_text('ipv4 = true\nlog_level = "loud"\n')
+    with pytest.raises(Problems) as e:
+        config.load_all(str(main))
+    assert e.value.problems[0].startswith(f"{main}:2: log_level must be one of")
+
+
+# --- the controller applies declared intents --------------------------------------------------
+
+
+def controller() -> Controller:
+    ctl = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(("a", "b", "c", "vlan1"), 1):
+        ctl.link_up(name, ifindex)
+    return ctl
+
+
+def apply(ctl: Controller, text: str) -> None:
+    new, problems = parse(text)
+    assert problems == []
+    ctl.apply_declared(new, diff(ctl.declared, new))
+
+
+def test_declared_routes_have_origin_config_and_stay_out_of_the_state_file() -> None:
+    ctl = controller()
+    state = ctl.state
+    assert isinstance(state, FakeState) and isinstance(ctl.kernel, FakeKernel)
+    apply(ctl, route() + '[[interface]]\nname = "b"\nthreshold = 4\n')
+    assert ctl.router.origin(KEY) == "config"
+    assert ctl.kernel.mfcs[KEY].ttls == {1: 4}
+    assert state.records == []  # nothing journaled
+    ctl.change([AddRoute(OTHER, Ports("a", ("c",)))])
+    ctl.compact()
+    routes, thresholds = state.snapshots[-1]
+    assert [r.group for r in routes] == ["239.9.9.9"] and thresholds == {}
+    # Removed from the files: removed from the kernel, the threshold back to the default.
+    apply(ctl, "")
+    assert KEY not in ctl.kernel.mfcs and KEY not in ctl.router.origins
+    assert ctl.router.thresholds == {}
+
+
+def test_a_runtime_change_to_a_declared_route_or_threshold_is_refused() -> None:
+    ctl = controller()
+    apply(ctl, route() + '[[interface]]\nname = "b"\nthreshold = 4\n')
+    with pytest.raises(DeclaredInConfig, match=r"declared in f.conf:1; change it there"):
+        ctl.change([DelRoute(KEY)])
+    with pytest.raises(DeclaredInConfig) as e:
+        ctl.change([AddRoute(OTHER, Ports("a", ("c",))), DelRoute(KEY)])
+    assert e.value.op == 2
+    with pytest.raises(DeclaredInConfig, match=r"threshold of b is declared in f\.conf:6"):
+        ctl.change([SetThreshold("b", 9)])
+    assert ctl.router.routes[KEY] == Ports("a", ("b",))
+
+
+def test_a_declared_route_takes_over_an_api_route_and_the_state_file_forgets_it() -> None:
+    ctl = controller()
+    state = ctl.state
+    assert isinstance(state, FakeState)
+    ctl.change([AddRoute(KEY, Ports("a", ("c",))), SetThreshold("b", 6)])
+    apply(ctl, route() + '[[interface]]\nname = "b"\nthreshold = 4\n')
+    assert ctl.router.routes[KEY] == Ports("a", ("b",)) and ctl.router.origin(KEY) == "config"
+    assert ctl.router.thresholds == {"b": 4}
+    assert [op[0] for op in state.records[-1]] == ["threshold", "del"]
+
+
+def test_unchanged_routes_are_not_touched_and_wildcards_follow_links() -> None:
+    ctl = controller()
+    kernel = ctl.kernel
+    assert isinstance(kernel, FakeKernel)
+    apply(ctl, route() + route("239.1.1.2", oifs='"vlan*"'))
+    wild = (4, "198.18.0.2", "239.1.1.2", 253)
+    assert ctl.router.routes[wild] == Ports("a", ("vlan1",))
+    before = len(kernel.applied)
+    apply(ctl, route() + route("239.1.1.2", oifs='"vlan*"'))
+    assert len(kernel.applied) == before  # nothing written again
+    ctl.link_up("vlan2", 9)
+    assert ctl.follow_wildcards() is not None
+    assert ctl.router.routes[wild] == Ports("a", ("vlan1", "vlan2"))
+    ctl.link_down("vlan1")
+    ctl.follow_wildcards()
+    assert ctl.router.routes[wild] == Ports("a", ("vlan2",))
+    assert ctl.follow_wildcards() is None
+
+
+# --- smcroute.conf import ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["man-example", "phyint", "mroute", "mgroup", "include", "forward"]
+)
+def test_each_corpus_file_converts_to_a_valid_config(name: str, tmp_path: Path) -> None:
+    converted = smcroute_import.convert_file(str(DATA / f"{name}.conf"))
+    assert converted.problems == []
+    out = tmp_path / "mfcd.conf"
+    out.write_text(converted.text)
+    config.load_all(str(out))  # raises on any problem
+
+
+def test_each_directive_is_converted() -> None:
+    text = smcroute_import.convert_file(str(DATA / "man-example.conf")).text
+    found, problems = parse(text)
+    assert problems == []
+    assert found.interfaces["eth0"].threshold == 11
+    assert (4, "192.168.1.42", "225.1.2.3", 253) in found.routes
+    assert {(t.source, t.group) for t in found.templates} == {
+        ("*", "225.3.2.1/32"),
+        ("*", "225.0.0.0/24"),
+    }
+    assert {(j.interface, j.group, j.source) for j in found.joins} == {
+        ("eth0", "225.1.2.3", None),
+        ("virbr0", "225.1.2.4", "192.168.123.110"),
+        ("eth0", "225.3.2.1", None),
+        ("eth0", "225.0.0.0/24", None),
+    }
+    phy, _ = parse(smcroute_import.convert_file(str(DATA / "phyint.conf")).text)
+    assert {n: (s.threshold, s.mrdisc) for n, s in phy.interfaces.items()} == {
+        "eth2": (None, True),
+        "eth3": (64, None),
+        "eth4": (2, True),
+        "eth5": (None, True),
+    }
+    mroute, _ = parse(smcroute_import.convert_file(str(DATA / "mroute.conf")).text)
+    assert (6, "2001:db8::42", "ff3e::1234", 254) in mroute.routes
+    assert mroute.routes[(4, "192.168.1.42", "225.1.2.6", 253)].oifs == ("eth1", "vlan+")
+    assert ("192.168.1.43/32", "eth+") in {(t.source, t.iif) for t in mroute.templates}
+    joins, _ = parse(smcroute_import.convert_file(str(DATA / "mgroup.conf")).text)
+    assert len(joins.joins) == 9  # a /30 of sources is four joins
+    included, _ = parse(smcroute_import.convert_file(str(DATA / "include.conf")).text)
+    assert len(included.routes) == len(included.joins) == 1
+
+
+def test_every_unconvertible_line_is_reported_with_file_and_line() -> None:
+    converted = smcroute_import.convert_file(str(DATA / "unconvertible.conf"))
+    lines = [int(p.split(":")[1]) for p in converted.problems]
+    assert lines == [2, 3, 4, 5, 6, 7, 8, 9, 11]
+    found, problems = parse(converted.text)
+    assert problems == [] and len(found.routes) == 1
+
+
+# --- the plain TOML reader --------------------------------------------------------------------
+
+PLAIN = [
+    'a = 1\nb = -2\nc = 1.5 # x\nd = true\ne = []\nf = ["x",]\n'
+    '[[route]]\noifs = [ "a" , "b" ]  # c\n\n[[route]] # z\nk="v"\r\n',
+    (Path(__file__).parents[2] / "packaging" / "mfc_daemon.conf").read_text(),
+    *(smcroute_import.convert_file(str(f)).text for f in sorted(DATA.glob("*.conf"))),
+]
+NOT_PLAIN = [
+    'a = "x\\ty"',
+    "a = 01",
+    "a = 'x'",
+    'a = [\n"b"]',
+    "a = 1\na = 2",
+    "[x]\n",
+    "a.b = 1",
+    "a = 1e3",
+    'a = "x" y',
+    "route = 1\n[[route]]\n",
+    '"a" = 1',
+]
+
+
+@pytest.mark.parametrize("text", PLAIN)
+def test_plain_toml_reads_as_tomllib_does(text: str) -> None:
+    assert declarations.plain_toml(text) == tomllib.loads(text)
+
+
+@pytest.mark.parametrize("text", NOT_PLAIN)
+def test_anything_else_is_left_to_tomllib(text: str) -> None:
+    assert declarations.plain_toml(text) is None
+
+
+def test_a_file_read_again_by_blocks_reads_as_a_full_read() -> None:
+    base = 'log_level = "info"\n\n' + "".join(route(f"239.1.1.{k}") + "\n" for k in range(1, 6))
+    first = declarations.parse_file(base, "f.conf")
+    assert first.blocks is not None and len(first.blocks) == 5
+    variants = [
+        base.replace(
+            '"239.1.1.3"\niif = "a"\noifs = ["b"]', '"239.1.1.3"\niif = "a"\noifs = ["c"]'
+        ),
+        route("239.1.1.9") + "\n" + base,  # every line moves down
+        base.replace(route("239.1.1.2"), ""),
+        base + "# the end\n",
+        base + route("239.1.1.1"),  # a duplicate: the full read reports it
+        base + route("239.2.0.0/24"),  # a template: read in full
+        base + route("10.0.0.1"),  # a problem: read in full
+        base.replace('oifs = ["b"]', 'oifs = ["b", "vlan*"]', 1),
+    ]
+    for text in variants:
+        again = declarations.parse_file(text, "f.conf", first)
+        full = declarations.parse_file(text, "f.conf")
+        assert again.found.routes == full.found.routes
+        assert again.found.positions == full.found.positions
+        assert again.found.wild == full.found.wild
+        assert again.found.templates == full.found.templates
+        assert again.problems == full.problems
+        assert again.settings == full.settings
