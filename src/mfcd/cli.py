@@ -566,6 +566,8 @@ def _monitor_command(sub: Any) -> None:
         " stop.",
     )
     _command_options(monitor, changes=False)
+
+
 def _reload_command(sub: Any) -> None:
     reload = sub.add_parser(
         "reload",

@@ -346,7 +346,7 @@ class Controller:
                         " change it there and reload (mfcctl reload)",
                         field="threshold",
                     )
-            elif origins.get(change.key) == "config":
+            elif isinstance(change, (AddRoute, DelRoute)) and origins.get(change.key) == "config":
                 key = change.key
                 error = DeclaredInConfig(
                     f"the route {key[1]} -> {key[2]} is declared in {declared.where(key)};"

@@ -414,9 +414,8 @@ class Daemon:
         routes (two dicts, some tens of ms) and the final rename happen here.
         """
         began = time.monotonic()
-        routes, thresholds = self.controller.persistent()
-        extra = self.controller.snapshot_extra()
-        job = self.state.start_compaction(routes, thresholds, extra)
+        saved, thresholds = self.controller.persistent()
+        job = self.state.start_compaction(saved, thresholds, self.controller.snapshot_extra())
         routes = len(job.routes)
         writing = asyncio.ensure_future(asyncio.to_thread(job.write))
         try:
@@ -520,6 +519,7 @@ class Daemon:
                     state=status.state,
                     reason=status.reason,
                 )
+
     def _follow_wildcards(self) -> None:
         """Interfaces came or went: re-plan the declared routes whose oifs are wildcards."""
         try:

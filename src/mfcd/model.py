@@ -50,8 +50,6 @@ ORIGINS = ("api", "config", "learned")
 # RT_TABLE_MAIN for IPv6 (an MRT_INIT socket without MRT_TABLE takes it; /proc shows only it).
 DEFAULT_TABLE = {4: 253, 6: 254}
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
-# Where a route comes from: the control socket, the configuration file, or learned from traffic.
-ORIGINS = ("api", "config", "learned")
 
 # (family 4|6, source, group, table), addresses in canonical text form; `table` is the kernel's
 # multicast routing table number (DEFAULT_TABLE[family] unless the route names another). It is
@@ -355,10 +353,6 @@ class Router:
     def share(self, ports: Ports) -> Ports:
         """The shared Ports value equal to `ports` (from now on `ports` itself if new)."""
         return _intern(self._ports, ports)
-
-    def origin(self, key: RouteKey) -> str:
-        """Where the route comes from: one of ORIGINS."""
-        return self.origins.get(key, "api")
 
     def route(self, key: RouteKey) -> Route:
         iif, oifs = self.routes[key]
