@@ -3,6 +3,10 @@
 `handle()` turns one request line into one response line and never raises: every
 failure becomes an error response with a stable code.  Validation happens in full
 before the controller is called, so a rejected request changes nothing.
+
+Group commit: the server uses `submit()` instead, which handles the request at once but
+leaves its journal record to wait for `flush()`, one sync for every request of the group
+(see controller.Group); `settle()` then gives the response, or the sync's error.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mfcd import __version__, batchfile, protocol, validate, views
-from mfcd.controller import Controller, gc_paused, observe
+from mfcd.controller import Controller, Group, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.errors import (
     BadRequest,
@@ -60,6 +64,17 @@ class Peer:
         return f"uid={self.uid} pid={self.pid}"
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A request handled by submit(): its response, to be sent once `group` (the changes it
+    made or saw) is synced; if that sync fails, a request that `changed` something is
+    refused instead."""
+
+    response: bytes
+    group: Group | None
+    changed: bool
+
+
 class Commands:
     def __init__(
         self,
@@ -90,9 +105,38 @@ class Commands:
         }
 
     def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+        """One request, answered once what it changed is durable (a group of its own)."""
+        answer = self.submit(line, peer)
+        if answer.group is not None:
+            self.flush()
+        return self.settle(answer)
+
+    def submit(self, line: bytes | bytearray, peer: Peer) -> Answer:
+        """Handle one request now; its answer waits for the group it joined (if any)."""
+        deferrals = self.controller.deferrals
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
-            return self._handle(line, peer)
+            response = self._handle(line, peer)
+        changed = self.controller.deferrals != deferrals
+        return Answer(response, self.controller.group, changed)
+
+    def flush(self) -> None:
+        """Sync the group of changes waiting (one journal record); see controller.flush."""
+        if self.controller.group is None:
+            return
+        self.controller.flush()
+        if self.on_change is not None:
+            self.on_change()  # (a compaction may be due, or a table empty again)
+
+    def settle(self, answer: Answer) -> bytes:
+        """The response to send once the answer's group is flushed: its own, or if the sync
+        failed and the request changed something, that error (it was undone)."""
+        group = answer.group
+        if group is None or group.error is None or not answer.changed:
+            return answer.response
+        request_id = protocol.decode(answer.response).get("id")
+        error = group.error
+        return protocol.encode_error(request_id, error.code, str(error)[:MAX_MESSAGE])
 
     def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
         request_id: Any = None

@@ -31,11 +31,13 @@ from mfcd.dataplane import undo as undo_ops
 from mfcd.errors import KernelError, MfcdError, StateError, VifLimit
 from mfcd.model import (
     DEFAULT_TABLE,
+    DEFAULT_THRESHOLD,
     AddRoute,
     Change,
     DelRoute,
     KernelEntry,
     KernelOp,
+    Ports,
     Route,
     RouteKey,
     Router,
@@ -48,6 +50,10 @@ log = logging.getLogger("mfcd")
 
 
 CHUNK = 1024  # changes planned and applied at a time
+# Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
+# journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
+# need not be kept.
+GROUP_MAX_CHANGES = CHUNK
 
 
 @contextlib.contextmanager
@@ -112,6 +118,23 @@ class StateLike(Protocol):
     def replaced(self) -> str | None: ...
 
 
+# What a request's changes replaced, to put back if their sync fails: each route's Ports
+# before (None: there was none) and each interface's threshold before (None: no setting).
+Before = tuple[dict[RouteKey, Ports | None], dict[str, int | None]]
+
+
+@dataclass(slots=True, eq=False)
+class Group:
+    """Changes already in the model and the kernel whose journal record waits for one sync
+    together (group commit): the changes of every request handled in one turn of the event
+    loop. Once `done`, `error` says why the sync failed (None: they are durable)."""
+
+    changes: list[Change] = field(default_factory=list)
+    before: list[Before] = field(default_factory=list)  # one per change() deferred, in order
+    done: bool = False
+    error: MfcdError | None = None
+
+
 @dataclass(slots=True)
 class Outcome:
     """What a change did (or in a dry run would do): kernel operations counted by action,
@@ -128,6 +151,12 @@ class Controller:
         self.router = router or Router()
         # Called when the kernel may no longer match the model (a rollback it refused).
         self.on_drift: Callable[[], None] | None = None
+        # Group commit (the server turns it on): a small change is applied and answered only
+        # after flush() has journaled it, with every other change of its group, in one sync.
+        self.grouping = False
+        self.group: Group | None = None  # the changes waiting for flush(), if any
+        self.deferrals = 0  # change() calls deferred so far: tells a request that waits
+        self._reverting = False  # putting back a group whose sync failed: nothing to record
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -198,6 +227,7 @@ class Controller:
         holds more than a chunk's steps: what the kernel must undo if a later change fails
         is kept as the undo operations alone.
         """
+        before = self._deferrable(changes, dry_run)
         router = self.router
         router.begin()
         outcome = Outcome()
@@ -214,7 +244,10 @@ class Controller:
                 # Nothing to do (the same route again, an empty batch): no journal record.
                 router.rollback()
                 return outcome
-            self._record(changes)
+            if before is not None:
+                self._defer(changes, before)
+            elif not self._reverting:
+                self._record(changes)
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
             # has already undone its own part).
@@ -228,6 +261,75 @@ class Controller:
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
             self.retry_pending(list(router.blocked))
         return outcome
+
+    def _deferrable(self, changes: Sequence[Change], dry_run: bool) -> Before | None:
+        """What `changes` replace, if their journal record may wait for the group's sync;
+        None if they are journaled here and now (after the group, which is flushed first)."""
+        if not self.grouping or self._reverting or dry_run:
+            return None
+        before = _before(self.router, changes) if len(changes) <= GROUP_MAX_CHANGES else None
+        if before is None:
+            self.flush()  # the journal keeps the order in which changes were applied
+        return before
+
+    def _defer(self, changes: Sequence[Change], before: Before) -> None:
+        group = self.group
+        if group is None:
+            group = self.group = Group()
+        group.changes += changes
+        group.before.append(before)
+        self.deferrals += 1
+
+    def flush(self) -> MfcdError | None:
+        """Journal the group's changes in one record with one sync; if that fails, put the
+        model and the kernel back as they were before them and say why (none of them may be
+        acknowledged). None when they are durable, or there were none."""
+        group, self.group = self.group, None
+        if group is None:
+            return None
+        group.done = True
+        try:
+            self._record(group.changes)
+        except Exception as e:
+            group.error = e if isinstance(e, MfcdError) else StateError(f"internal error: {e}")
+            log.error(
+                "%s: refusing the %d changes waiting for it and putting them back",
+                group.error,
+                len(group.changes),
+            )
+            self._revert(group)
+        return group.error
+
+    def _revert(self, group: Group) -> None:
+        """Undo a group's changes, newest first, as changes of their own (link events may
+        have come in between, so an undo log of the model would not fit any more)."""
+        routes: dict[RouteKey, Ports | None] = {}
+        thresholds: dict[str, int | None] = {}
+        for old_routes, old_thresholds in reversed(group.before):
+            routes.update(old_routes)
+            thresholds.update(old_thresholds)
+        router = self.router
+        undo: list[Change] = [
+            SetThreshold(name, DEFAULT_THRESHOLD if ttl is None else ttl)
+            for name, ttl in thresholds.items()
+            if router.thresholds.get(name) != ttl
+        ]
+        undo += [
+            DelRoute(key) if ports is None else AddRoute(key, ports)
+            for key, ports in routes.items()
+            if router.routes.get(key) != ports
+        ]
+        self._reverting = True
+        try:
+            for change in undo:  # one by one: a refusal keeps the others from coming back
+                try:
+                    self.change([change], keep_steps=False)
+                except MfcdError as e:
+                    log.error("putting back %s failed: %s", change, e)
+                    if self.on_drift is not None:
+                        self.on_drift()
+        finally:
+            self._reverting = False
 
     def _plan_chunk(self, changes: Sequence[Change], start: int, numbered: bool) -> list[Step]:
         router = self.router
@@ -267,7 +369,10 @@ class Controller:
     def compaction_due(self) -> bool:
         """Whether the journal should be compacted into a snapshot now."""
         # Once the journal holds as many ops as there are routes (and at least 10,000), so
-        # compaction's O(routes) cost is spread over O(routes) changes.
+        # compaction's O(routes) cost is spread over O(routes) changes. Never while a group
+        # waits for its sync: the snapshot would hold changes that sync may still refuse.
+        if self.group is not None:
+            return False
         return self.state.ops_since_snapshot >= max(10_000, len(self.router.routes))
 
     def maybe_compact(self) -> None:
@@ -298,6 +403,7 @@ class Controller:
         """Write the state file again if it was deleted or replaced while mfcd runs, so that
         a restart finds the routes even if no change came since (the daemon calls this
         every second)."""
+        self.flush()  # a snapshot must not hold changes their sync may still refuse
         reason = self.state.replaced()
         if reason is not None:
             self._write_back(reason)
@@ -515,3 +621,22 @@ class Controller:
             for step in steps:
                 log.debug("%s: %s", what, views.step_text(step))
         return steps
+
+
+def _before(router: Router, changes: Sequence[Change]) -> Before | None:
+    """What `changes` would replace in `router` (see Before); None if one of them is of a
+    kind this does not know how to put back (it is then journaled on its own)."""
+    routes: dict[RouteKey, Ports | None] = {}
+    thresholds: dict[str, int | None] = {}
+    for change in changes:
+        if isinstance(change, (AddRoute, DelRoute)):
+            key = change.key
+            if key not in routes:
+                routes[key] = router.routes.get(key)
+        elif isinstance(change, SetThreshold):
+            name = change.interface
+            if name not in thresholds:
+                thresholds[name] = router.thresholds.get(name)
+        else:
+            return None
+    return routes, thresholds

@@ -12,6 +12,12 @@ FREE_BYTES of each client's buffer do not count, so small requests always get
 through; a client whose buffer would overrun the budget gets `busy` and is
 disconnected.  Responses that clients have not read yet have a budget of the same
 size: over it, the next request gets `busy` instead of a response.
+
+Group commit: a change is applied when its request is handled, but its response waits
+until its journal record is synced, together with those of every request handled in the
+same turn of the event loop (a callback scheduled after them: `_flush`). So N clients
+whose requests arrive together cost one sync, not N, and each is answered only once its
+change is durable; if that sync fails, every change of the group is undone and refused.
 """
 
 from __future__ import annotations
@@ -207,6 +213,9 @@ class Server:
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        # Set while requests wait for the sync `_flush` makes in the loop's next turn.
+        self._flushed: asyncio.Future[None] | None = None
+        commands.controller.grouping = True
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=STREAM_LIMIT)
@@ -298,15 +307,37 @@ class Server:
                 # no new response is made until theirs are taken or they are dropped.
                 await self._send(writer, protocol.encode_error(None, "busy", self._busy()))
                 return
-            # Synchronous on purpose: one change at a time, and no await between the kernel
-            # change and the journal write.
-            response = self.commands.handle(line, peer)
+            # Synchronous on purpose: one change at a time. Its journal record waits for the
+            # group's sync, and its response for that.
+            answer = self.commands.submit(line, peer)
             del line
             self._hold(buffer, len(buffer.data))
-            await self._send(writer, response)
+            if answer.group is not None and not answer.group.done:
+                await self._synced()
+            await self._send(writer, self.commands.settle(answer))
             # A client that pipelines has its next requests read already, and neither the
             # read nor the send waits: give the other clients, and a stop, their turn.
             await asyncio.sleep(0)
+
+    async def _synced(self) -> None:
+        """Wait for the sync of the group being formed: `_flush` runs once every request
+        handled in this turn of the loop has joined it."""
+        if self._flushed is None:
+            loop = asyncio.get_running_loop()
+            self._flushed = loop.create_future()
+            loop.call_soon(self._flush)
+        # Shielded: a client cancelled while waiting must not cancel everyone else's wait.
+        await asyncio.shield(self._flushed)
+
+    def _flush(self) -> None:
+        flushed, self._flushed = self._flushed, None
+        try:
+            self.commands.flush()
+        except Exception:  # a bug: the waiting clients still get an answer
+            log.exception("internal error while syncing the state file")
+        finally:
+            if flushed is not None:
+                flushed.set_result(None)
 
     async def _read_request(
         self, reader: asyncio.StreamReader, buffer: Buffer

@@ -486,6 +486,7 @@ class StateFile:
         self._lock_lost: str | None = None  # another mfcd took the lock: why nothing is written
         self._directory_unsynced = False  # the last rename into place is not known durable
         self.ops_since_snapshot = 0
+        self.syncs = 0  # fdatasyncs that appends made: what group commit saves
 
     @property
     def needs_snapshot(self) -> bool:
@@ -647,6 +648,7 @@ class StateFile:
             os.fdatasync(self._fd)
             _write_all(self._fd, b"\n")
             os.fdatasync(self._fd)
+            self.syncs += 2
         except OSError as e:
             self._cut_back()
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
