@@ -70,7 +70,7 @@ class Answer:
     made or saw) is synced; if that sync fails, a request that `changed` something is
     refused instead."""
 
-    response: bytes
+    response: protocol.Response
     group: Group | None
     changed: bool
 
@@ -109,7 +109,8 @@ class Commands:
         answer = self.submit(line, peer)
         if answer.group is not None:
             self.flush()
-        return self.settle(answer)
+        response = self.settle(answer)
+        return response if isinstance(response, bytes) else response.join()
 
     def submit(self, line: bytes | bytearray, peer: Peer) -> Answer:
         """Handle one request now; its answer waits for the group it joined (if any)."""
@@ -128,17 +129,19 @@ class Commands:
         if self.on_change is not None:
             self.on_change()  # (a compaction may be due, or a table empty again)
 
-    def settle(self, answer: Answer) -> bytes:
+    def settle(self, answer: Answer) -> protocol.Response:
         """The response to send once the answer's group is flushed: its own, or if the sync
         failed and the request changed something, that error (it was undone)."""
         group = answer.group
         if group is None or group.error is None or not answer.changed:
             return answer.response
-        request_id = protocol.decode(answer.response).get("id")
+        response = answer.response  # (only show's is a Stream, and it changes nothing)
+        sent = protocol.decode(response if isinstance(response, bytes) else response.join())
+        request_id = sent.get("id")
         error = group.error
         return protocol.encode_error(request_id, error.code, str(error)[:MAX_MESSAGE])
 
-    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
+    def _handle(self, line: bytes | bytearray, peer: Peer) -> protocol.Response:
         request_id: Any = None
         try:
             try:
@@ -152,7 +155,7 @@ class Commands:
                 request_id = None
                 raise BadRequest("id must be an integer or a string", field="id")
             cmd, args, dry_run = self._envelope(msg)
-            return protocol.encode_result(request_id, self.table[cmd](args, dry_run, peer))
+            return protocol.encode_response(request_id, self.table[cmd](args, dry_run, peer))
         except MfcdError as e:
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
@@ -200,7 +203,7 @@ class Commands:
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
         router, table = self.controller.router, _table_filter(args)
-        return self.views.show(router, stats=_flag(args, "stats"), encoded=True, table=table)
+        return self.views.show(router, stats=_flag(args, "stats"), streamed=True, table=table)
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))

@@ -392,10 +392,26 @@ class Server:
         """Bytes of responses written and not yet taken by their clients."""
         return sum(w.transport.get_write_buffer_size() for w in self._clients.values())
 
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _send(self, writer: asyncio.StreamWriter, data: protocol.Response) -> None:
         """Write a response; a client that stops reading it is dropped after client_timeout."""
+        if isinstance(data, protocol.Stream):
+            await self._send_stream(writer, data)
+            return
         writer.write(data)
         # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
         # that arrives as the drain completes, and the client would be served on after a stop.
         async with asyncio.timeout(self.client_timeout):
             await writer.drain()
+
+    async def _send_stream(self, writer: asyncio.StreamWriter, stream: protocol.Stream) -> None:
+        """Write a response a part at a time, each made only once the client has taken the
+        one before (beyond the transport's buffer): no whole response in memory, and the
+        other clients are served between two parts."""
+        writer.write(stream.head)
+        for part in stream.parts:
+            if part:
+                writer.write(part.encode())
+            async with asyncio.timeout(self.client_timeout):
+                await writer.drain()
+            await asyncio.sleep(0)  # drain() does not wait while the buffer is small
+        await self._send(writer, stream.tail)

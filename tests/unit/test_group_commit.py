@@ -36,6 +36,14 @@ def add(request_id: int, oifs: tuple[str, ...] = ("b",)) -> bytes:
     return request(request_id, "mfc.add", source="10.0.0.1", group=group, iif="a", oifs=list(oifs))
 
 
+def settled(commands: Commands, answer: Answer) -> dict[str, Any]:
+    """The response an answer gets once its group is flushed, decoded."""
+    response = commands.settle(answer)
+    assert isinstance(response, bytes)
+    decoded: dict[str, Any] = json.loads(response)
+    return decoded
+
+
 def journal(path: Path) -> list[dict[str, Any]]:
     """The records of a state file after its header, decoded."""
     lines = path.read_bytes().splitlines()[1:]
@@ -65,7 +73,7 @@ def test_requests_handled_together_are_journaled_with_one_sync(tmp_path: Path) -
     commands.flush()
 
     assert state.syncs == syncs + 2  # the 20 changes cost what one did
-    responses = [json.loads(commands.settle(a)) for a in answers]
+    responses = [settled(commands, a) for a in answers]
     assert [(r["ok"], r["id"]) for r in responses] == [(True, i) for i in range(1, CLIENTS + 1)]
     records_now = journal(path)
     assert len(records_now) == records + 1
@@ -80,7 +88,7 @@ def test_without_grouping_each_request_costs_its_own_sync(tmp_path: Path) -> Non
     for i in range(CLIENTS):
         answer = commands.submit(add(i), PEER)
         assert answer.group is None
-        assert json.loads(commands.settle(answer))["ok"]
+        assert settled(commands, answer)["ok"]
     assert state.syncs == 2 * CLIENTS
     state.close()
 
@@ -138,7 +146,7 @@ def test_a_failed_sync_refuses_every_change_of_the_group_and_undoes_it() -> None
     state.fail = True
     commands.flush()
 
-    codes = [json.loads(commands.settle(a)).get("error", {}).get("code") for a in answers]
+    codes = [settled(commands, a).get("error", {}).get("code") for a in answers]
     assert codes == ["state_error"] * 5 + [None]
     assert observable(router) == model
     assert kernel.view() == kernel_view
@@ -163,7 +171,7 @@ def test_a_large_request_is_journaled_after_the_group_it_follows() -> None:
     assert small.group is not None and small.group.done  # synced before the batch
     assert large.group is None  # journaled on its own, synced before its answer
     assert [len(r) for r in state.records] == [1, GROUP_MAX_CHANGES + 1]
-    assert json.loads(commands.settle(small))["ok"] and json.loads(commands.settle(large))["ok"]
+    assert settled(commands, small)["ok"] and settled(commands, large)["ok"]
 
 
 def test_a_dry_run_in_a_group_is_answered_as_it_is() -> None:
@@ -185,5 +193,5 @@ def test_a_dry_run_in_a_group_is_answered_as_it_is() -> None:
     assert dry.group is change.group and not dry.changed
     state.fail = True
     commands.flush()
-    assert json.loads(commands.settle(change))["error"]["code"] == "state_error"
-    assert json.loads(commands.settle(dry))["ok"]
+    assert settled(commands, change)["error"]["code"] == "state_error"
+    assert settled(commands, dry)["ok"]
