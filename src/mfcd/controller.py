@@ -256,6 +256,11 @@ class Controller:
             self._report_undo_failures(failures)
             raise
         router.commit()
+        if len(changes) > GROUP_MAX_CHANGES:
+            # A bulk load's routes live long, and the cyclic GC, paused while it ran, would
+            # then walk them all in one go (a stall of 100s of ms at 1,000,000 routes), and
+            # again and again: put them out of its reach, as start-up does.
+            gc.freeze()
         # A change that freed a VIF index (even one whose interface is gone, so no DelVif
         # step) lets routes waiting for one in.
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
