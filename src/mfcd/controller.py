@@ -50,6 +50,7 @@ log = logging.getLogger("mfcd")
 
 
 CHUNK = 1024  # changes planned and applied at a time
+REISSUE_CHUNK = 2_000  # routes whose entries reissue_slices() writes between two yields
 # Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
 # journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
 # need not be kept.
@@ -157,6 +158,11 @@ class Controller:
         self.group: Group | None = None  # the changes waiting for flush(), if any
         self.deferrals = 0  # change() calls deferred so far: tells a request that waits
         self._reverting = False  # putting back a group whose sync failed: nothing to record
+        # Sliced re-creation (the daemon turns it on): link_up adds the VIF back at once and
+        # leaves its routes' entries to reissue_slices(), which the daemon runs a slice at a
+        # time with clients served in between; `reissues` are the VIFs waiting for it.
+        self.sliced = False
+        self.reissues: dict[tuple[int, int, str], None] = {}
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -435,7 +441,13 @@ class Controller:
         what = f"interface {interface} up"
         steps: list[Step] = []
         for vif in router.vifs_named(interface):
-            steps += self._apply_quietly(what, router.revive_vif, vif.family, vif.table, interface)
+            revive = router.revive_vif
+            readded = self._apply_quietly(
+                what, revive, vif.family, vif.table, interface, not self.sliced
+            )
+            if readded and self.sliced:
+                self.reissues[(vif.family, vif.table, interface)] = None
+            steps += readded
         for key in router.waiting_for(interface):
             steps += self._install_or_park(key, what)
         if steps:
@@ -446,6 +458,40 @@ class Controller:
                 views.summarize(steps, time.monotonic() - started),
             )
         return steps
+
+    def reissue_slices(self) -> Iterator[int]:
+        """Write again the kernel entries of the installed routes on the VIFs link_up added
+        back (see `sliced`): the kernel dropped their oifs there for good. Yields after each
+        REISSUE_CHUNK routes looked at (how many it wrote), so the caller can serve clients
+        in between. Each entry written is the model's as it is then: a route changed or
+        deleted meanwhile stays as its change left it; if a VIF's interface is gone again,
+        its routes are left to its next re-creation."""
+        router = self.router
+        while self.reissues:
+            vifs, started = set(self.reissues), time.monotonic()
+            self.reissues.clear()
+            keys = list(router.routes)  # the keys themselves, not copies: about 8 MB a million
+            written = failed = 0
+            yield 0
+            for start in range(0, len(keys), REISSUE_CHUNK):
+                live = {v for v in vifs if (vif := router.vifs.get(v)) and vif.ifindex is not None}
+                chunk = _on_vifs(router, keys[start : start + REISSUE_CHUNK], live)
+                failures = rewrite(self.kernel, (router.entry(key) for key in chunk))
+                for op, error in failures:
+                    log.warning("writing %s -> %s again failed: %s", op[1], op[2], error)
+                written += len(chunk)
+                failed += len(failures)
+                yield len(chunk)
+            names = ", ".join(sorted({name for _, _, name in vifs}))
+            log.info(
+                "interface %s up: entries of %d routes written again (%d refused) in %.2f s",
+                names,
+                written,
+                failed,
+                time.monotonic() - started,
+            )
+            if failed and self.on_drift is not None:
+                self.on_drift()
 
     def retry_pending(self, keys: Sequence[RouteKey]) -> list[Step]:
         """Try to install pending routes, each in its own transaction."""
@@ -645,3 +691,25 @@ def _before(router: Router, changes: Sequence[Change]) -> Before | None:
         else:
             return None
     return routes, thresholds
+
+
+def _on_vifs(
+    router: Router, keys: Sequence[RouteKey], vifs: AbstractSet[tuple[int, int, str]]
+) -> list[RouteKey]:
+    """The keys of installed routes that use one of `vifs` (family, table, interface)."""
+    if not vifs:
+        return []
+    routes, installed = router.routes, router.installed
+    verdicts: dict[tuple[int, int, int], bool] = {}  # (family, table, id(ports)): uses one
+    found = []
+    for key in keys:
+        ports = routes.get(key)
+        if ports is None or key not in installed:
+            continue
+        where = (key[0], key[3], id(ports))
+        hit = verdicts.get(where)
+        if hit is None:
+            hit = verdicts[where] = any((key[0], key[3], n) in vifs for n in ports.interfaces)
+        if hit:
+            found.append(key)
+    return found

@@ -138,6 +138,7 @@ class Daemon:
         self.serving = False  # start-up is over
         self._reload_pending = False  # SIGHUP arrived during start-up
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
+        self._reissuing: asyncio.Task[None] | None = None  # entries written again in slices
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
         # Upcalls received, by kind (dataplane.UPCALL_KINDS): counted, not yet acted on.
@@ -219,6 +220,9 @@ class Daemon:
         self.controller, self.kernel, self.monitor = controller, kernel, monitor
         # A rollback the kernel refused: compare and repair once the dust settles.
         controller.on_drift = lambda: self._resync_later(RESYNC_DELAY)
+        # An interface re-created under 1,000,000 routes: their entries are written again a
+        # slice at a time, clients served in between (see _reissue).
+        controller.sliced = True
         # Every table's socket and the link monitor: each readable one means events() has
         # something (upcalls must be read continuously: a full buffer drops them silently).
         self._sync_tables()
@@ -258,6 +262,8 @@ class Daemon:
             self._resync.cancel()
         if self._checking is not None:
             self._checking.cancel()
+        if self._reissuing is not None:
+            self._reissuing.cancel()
 
     def _log_status(self) -> None:
         """SIGUSR1: one line on what mfcd holds and serves."""
@@ -378,6 +384,20 @@ class Daemon:
         if touched:
             self._resync_later(RESYNC_DELAY, touched)
         self._sync_tables()  # a pending route installed now may have opened a table
+        self._reissue_soon()
+
+    def _reissue_soon(self) -> None:
+        """Start writing the entries of re-created interfaces' routes again, if any wait."""
+        if self.controller.reissues and self._reissuing is None:
+            self._reissuing = asyncio.get_running_loop().create_task(self._reissue())
+
+    async def _reissue(self) -> None:
+        """Controller.reissue_slices, with clients served between two slices."""
+        try:
+            for _ in self.controller.reissue_slices():
+                await asyncio.sleep(0)
+        finally:
+            self._reissuing = None
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False
@@ -424,6 +444,7 @@ class Daemon:
             # A link event whose kernel change failed left the model's view of interfaces
             # behind; a fresh dump sets it right before the tables are compared.
             controller.sync_links(netlink.current_links())
+            self._reissue_soon()
             view = observe(self.kernel, families, False, controller.router.tables())
         except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
