@@ -137,6 +137,17 @@ class Group:
 
 
 @dataclass(slots=True)
+class _Reissue:
+    """An interface link_up gave its VIFs back to, whose routes' entries reissue_slices
+    writes again: what its summary line will say."""
+
+    ifindex: int
+    started: float
+    vifs: set[tuple[int, int, str]] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
 class Outcome:
     """What a change did (or in a dry run would do): kernel operations counted by action,
     and the steps themselves when they were asked for."""
@@ -162,7 +173,7 @@ class Controller:
         # leaves its routes' entries to reissue_slices(), which the daemon runs a slice at a
         # time with clients served in between; `reissues` are the VIFs waiting for it.
         self.sliced = False
-        self.reissues: dict[tuple[int, int, str], None] = {}
+        self.reissues: dict[str, _Reissue] = {}  # by interface name
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -446,11 +457,15 @@ class Controller:
                 what, revive, vif.family, vif.table, interface, not self.sliced
             )
             if readded and self.sliced:
-                self.reissues[(vif.family, vif.table, interface)] = None
+                job = self.reissues.setdefault(interface, _Reissue(ifindex, started))
+                job.vifs.add((vif.family, vif.table, interface))
             steps += readded
         for key in router.waiting_for(interface):
             steps += self._install_or_park(key, what)
-        if steps:
+        waiting = self.reissues.get(interface)
+        if waiting is not None:
+            waiting.counts.update(step.action for step in steps)  # said once its entries are
+        elif steps:
             log.info(
                 "%s (ifindex %d): %s",
                 what,
@@ -465,32 +480,33 @@ class Controller:
         REISSUE_CHUNK routes looked at (how many it wrote), so the caller can serve clients
         in between. Each entry written is the model's as it is then: a route changed or
         deleted meanwhile stays as its change left it; if a VIF's interface is gone again,
-        its routes are left to its next re-creation."""
+        its routes are left to its next re-creation. The interface event's summary line is
+        logged at the end, as link_up logs it when it does everything at once."""
         router = self.router
+        debug = log.isEnabledFor(logging.DEBUG)
         while self.reissues:
-            vifs, started = set(self.reissues), time.monotonic()
-            self.reissues.clear()
+            interface = next(iter(self.reissues))
+            job = self.reissues.pop(interface)
+            what = f"interface {interface} up"
             keys = list(router.routes)  # the keys themselves, not copies: about 8 MB a million
-            written = failed = 0
             yield 0
             for start in range(0, len(keys), REISSUE_CHUNK):
-                live = {v for v in vifs if (vif := router.vifs.get(v)) and vif.ifindex is not None}
-                chunk = _on_vifs(router, keys[start : start + REISSUE_CHUNK], live)
-                failures = rewrite(self.kernel, (router.entry(key) for key in chunk))
-                for op, error in failures:
-                    log.warning("writing %s -> %s again failed: %s", op[1], op[2], error)
-                written += len(chunk)
-                failed += len(failures)
+                live = {v for v in job.vifs if (vif := router.vifs.get(v)) and vif.ifindex}
+                chunk = on_vifs(router, keys[start : start + REISSUE_CHUNK], live)
+                for op, error in rewrite(self.kernel, (router.entry(key) for key in chunk)):
+                    step = Step(op, None, "reissue_mfc")
+                    log.warning("%s: %s failed: %s", what, views.step_text(step), error)
+                    job.counts["refused"] += 1
+                if debug:
+                    for key in chunk:
+                        step = Step(router.entry(key), None, "reissue_mfc")
+                        log.debug("%s: %s", what, views.step_text(step))
+                job.counts["reissue_mfc"] += len(chunk)
                 yield len(chunk)
-            names = ", ".join(sorted({name for _, _, name in vifs}))
-            log.info(
-                "interface %s up: entries of %d routes written again (%d refused) in %.2f s",
-                names,
-                written,
-                failed,
-                time.monotonic() - started,
-            )
-            if failed and self.on_drift is not None:
+            seconds = time.monotonic() - job.started
+            summary = views.summarize_counts(job.counts, seconds)
+            log.info("%s (ifindex %d): %s", what, job.ifindex, summary)
+            if job.counts["refused"] and self.on_drift is not None:
                 self.on_drift()
 
     def retry_pending(self, keys: Sequence[RouteKey]) -> list[Step]:
@@ -693,10 +709,11 @@ def _before(router: Router, changes: Sequence[Change]) -> Before | None:
     return routes, thresholds
 
 
-def _on_vifs(
+def on_vifs(
     router: Router, keys: Sequence[RouteKey], vifs: AbstractSet[tuple[int, int, str]]
 ) -> list[RouteKey]:
-    """The keys of installed routes that use one of `vifs` (family, table, interface)."""
+    """The keys of installed routes that use one of `vifs` (family, table, interface): as
+    Router.users, for a slice of the keys at a time."""
     if not vifs:
         return []
     routes, installed = router.routes, router.installed

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from mfcd import __version__, config, directory_trust, netlink, notify, protocol, views
 from mfcd.commands import Commands
-from mfcd.controller import Controller, gc_paused, observe
+from mfcd.controller import Controller, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.kernel import Kernel
@@ -455,8 +455,12 @@ class Daemon:
         if touched is None:
             keys = list(router.installed)
         else:
-            vifs = [vif for name in touched for vif in router.vifs_named(name)]
-            keys = router.users({(vif.family, vif.table, vif.interface) for vif in vifs})
+            vifs = {(v.family, v.table, v.interface) for n in touched for v in router.vifs_named(n)}
+            keys, listed = [], list(router.routes)
+            for start in range(0, len(listed), CHECK_CHUNK):
+                await asyncio.sleep(0)  # the routes are looked through a chunk at a time too
+                keys += on_vifs(router, listed[start : start + CHECK_CHUNK], vifs)
+            del listed
             keys += stale.difference(keys)
         for start in range(0, len(keys), CHECK_CHUNK):
             if start:

@@ -75,7 +75,12 @@ def step_text(step: Step) -> str:
 
 def summarize(steps: Sequence[Step], seconds: float) -> str:
     """One line for what a run of steps did: routes affected, operations by kind, time taken."""
-    counts = Counter(step.action for step in steps)
+    return summarize_counts(Counter(step.action for step in steps), seconds)
+
+
+def summarize_counts(counts: Counter[str], seconds: float) -> str:
+    """summarize() of steps counted by action (any other count, as "refused", shown too)."""
+    counts = +counts  # (no zero counts)
     routes = sum(n for action, n in counts.items() if action.endswith("_mfc"))
     kinds = ", ".join(f"{action} {n}" for action, n in sorted(counts.items()))
     return f"{routes} routes affected ({kinds}) in {seconds:.2f} s"
