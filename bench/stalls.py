@@ -2,7 +2,7 @@
 wait during a large show, after a large batch, during an interface re-creation and a restart.
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
-              [--base SRC] [--only clients,show,batch,relink,restart]
+              [--base SRC] [--only clients,show,batch,relink,idle]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -20,8 +20,10 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
 - batch: a `--routes` batch; the longest ping wait from its answer to 5 s after it.
 - relink: `r1` (every route's oif) deleted and created again; the longest ping wait until
   mfcd logs that the interface is up.
-- restart: right after the batch is answered, mfcd is stopped and started again; time until
-  it answers, peak and settled RSS.
+- restart (with batch): right after the batch is answered, mfcd is stopped and started
+  again; time until it answers, peak and settled RSS.
+- idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
+  nothing else happening (the machine's own scheduling delays when it is shared).
 """
 
 from __future__ import annotations
@@ -313,6 +315,19 @@ def relink(d: Daemon, routes: int) -> dict[str, Any]:
     return {"re-creation to logged s": round(took, 2), "longest ping wait ms": longest(waits, t)}
 
 
+def idle(d: Daemon, routes: int) -> dict[str, Any]:
+    """The floor: the longest ping wait over 5 s with `routes` loaded and nothing else asked
+    (the machine's own scheduling delays, on a shared machine)."""
+    d.start()
+    load(d, routes)
+    time.sleep(6)
+    pinger = d.pinger()
+    time.sleep(5)
+    waits = waits_of(pinger)
+    d.stop()
+    return {"longest ping wait, idle, ms": longest(waits)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, default=1_000_000)
@@ -321,6 +336,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
     parser.add_argument("--only", default="clients,show,batch,relink")
+    parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("stalls.py: needs root (it creates network namespaces)")
@@ -332,6 +348,7 @@ def main() -> int:
         "show": lambda d: show(d, args.routes),
         "batch": lambda d: batch(d, args.routes),
         "relink": lambda d: relink(d, args.routes),
+        "idle": lambda d: idle(d, args.routes),
     }
     results: dict[str, Any] = {"routes": args.routes, "connections": args.clients, "load": []}
     for name in args.only.split(","):
@@ -343,6 +360,10 @@ def main() -> int:
                         got = scenarios[name](d)
                     finally:
                         d.close()
+                        if args.keep_logs is not None:
+                            args.keep_logs.mkdir(parents=True, exist_ok=True)
+                            kept = args.keep_logs / f"{name}-{round_ + 1}-{label[0]}.log"
+                            kept.write_bytes(d.log.read_bytes())
                 print(f"{name} round {round_ + 1} {label}: {json.dumps(got)}", flush=True)
                 results.setdefault(name, {}).setdefault(label, []).append(got)
                 results["load"].append(round(os.getloadavg()[0], 1))

@@ -50,7 +50,7 @@ log = logging.getLogger("mfcd")
 
 
 CHUNK = 1024  # changes planned and applied at a time
-REISSUE_CHUNK = 2_000  # routes whose entries reissue_slices() writes between two yields
+REISSUE_CHUNK = 500  # routes whose entries reissue_slices() writes between two yields
 # Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
 # journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
 # need not be kept.

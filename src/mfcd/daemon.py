@@ -81,7 +81,7 @@ RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the ker
 STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
-CHECK_CHUNK = 2_000  # routes a drift check probes and writes between two turns of the loop
+CHECK_CHUNK = 1_000  # routes a drift check probes and writes between two turns of the loop
 
 
 # Signals whose default action kills the process, ignored with a log line. SIGQUIT would

@@ -35,7 +35,7 @@ from mfcd.protocol import FAMILY_NAMES, Encoded, Streamed
 SHOW_SCHEMA = 1
 # Routes a streamed show formats, or computes sort keys for, in one part: a few ms of work
 # between two turns of the event loop, whatever the table's size.
-SLICE = 5_000
+SLICE = 2_000
 
 
 # --- plans, sync reports and log text -------------------------------------------------------------
