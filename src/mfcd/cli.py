@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from mfcd import __version__, batchfile, protocol
 
@@ -162,6 +162,10 @@ class Client:
             raise CliError(
                 "mfcd sent a response that is not JSON", protocol.EXIT_PROTOCOL
             ) from None
+        return self._result(response, request_id, line)
+
+    def _result(self, response: dict[str, Any], request_id: int, line: bytes) -> dict[str, Any]:
+        """The result of a response to `request_id`; CliError for an error or anything else."""
         # Only a well-formed answer to this very request counts: anything else (a reply to
         # another id, no result) is an error, never a silent success. An error may carry
         # id null: mfcd could not read the request (too large, timeout, too many clients).
@@ -200,6 +204,37 @@ class Client:
             )
         return event
 
+    def call_streamed(
+        self, cmd: str, args: dict[str, Any], member: str
+    ) -> tuple[dict[str, Any], Iterator[Any] | None]:
+        """Send one request; return its result's members before `member` and an iterator of
+        `member`'s items, read from the socket as they are taken (`show` of 1,000,000 routes
+        is never held whole), or None if it has no such array. Errors as call()."""
+        from mfcd import jsonstream  # noqa: PLC0415 (only this path reads a stream)
+
+        sock = self._connect()
+        request_id = self._next_id
+        self._next_id += 1
+        try:
+            sock.sendall(protocol.encode_request(cmd, args, request_id))
+            envelope, items, reader = jsonstream.response(
+                lambda: sock.recv(1 << 20), member, self._buffer
+            )
+        except (ValueError, OSError) as e:
+            raise _read_failure(e) from None
+        result = self._result(envelope, request_id, json.dumps(envelope).encode())
+        if items is None:
+            self._buffer = reader.rest
+            return result, None
+        return result, self._items(items, reader)
+
+    def _items(self, items: Iterator[Any], reader: Any) -> Iterator[Any]:
+        try:
+            yield from items
+        except (ValueError, OSError) as e:
+            raise _read_failure(e) from None
+        self._buffer = reader.rest
+
     def _read_line(self, sock: _socket.socket) -> bytes:
         chunks = [self._buffer]
         data = self._buffer
@@ -219,6 +254,18 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def _read_failure(e: Exception) -> CliError:
+    """What went wrong reading a streamed response (jsonstream: Truncated is a ValueError)."""
+    if isinstance(e, OSError):
+        return CliError(f"lost the connection to mfcd: {e.strerror}", protocol.EXIT_UNREACHABLE)
+    if type(e).__name__ == "Truncated":
+        return CliError(
+            "mfcd closed the connection without answering (is it shutting down?)",
+            protocol.EXIT_UNREACHABLE,
+        )
+    return CliError("mfcd sent a response that is not JSON", protocol.EXIT_PROTOCOL)
 
 
 def _count(error: dict[str, Any], name: str) -> int | None:
@@ -1184,6 +1231,8 @@ class Cli:
             return protocol.EXIT_OK
         if a.watch is not None:
             return self.watch(a.watch)
+        if self.json and not self.stdout.isatty():
+            return self.show_json({"stats": a.stats, **_table_filter(a)})
         result = self.client.call("show", {"stats": a.stats, **_table_filter(a)})
         self.emit(result, lambda r: format_show(r, _width()))
         return protocol.EXIT_OK
@@ -1211,6 +1260,23 @@ class Cli:
                 self.stdout.flush()
         except KeyboardInterrupt:
             return protocol.EXIT_OK
+
+    def show_json(self, args: dict[str, Any]) -> int:
+        """`show -o json` to a program: the routes written as they arrive, in the same text
+        emit() gives (json.dumps of the result, whose routes come last)."""
+        head, routes = self.client.call_streamed("show", args, "routes")
+        write, dumps = self.stdout.write, json.dumps
+        if routes is None:
+            write(dumps(head) + "\n")
+            return protocol.EXIT_OK
+        text = dumps(head)
+        write(f'{text[:-1]}{", " if head else ""}"routes": [')
+        comma = ""
+        for route in routes:
+            write(comma + dumps(route))
+            comma = ", "
+        write("]}\n")
+        return protocol.EXIT_OK
 
     def batch(self, name: str) -> int:
         try:

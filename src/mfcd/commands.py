@@ -3,6 +3,10 @@
 `handle()` turns one request line into one response line and never raises: every
 failure becomes an error response with a stable code.  Validation happens in full
 before the controller is called, so a rejected request changes nothing.
+
+Group commit: the server uses `submit()` instead, which handles the request at once but
+leaves its journal record to wait for `flush()`, one sync for every request of the group
+(see controller.Group); `settle()` then gives the response, or the sync's error.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mfcd import __version__, batchfile, groups, metrics, probes, protocol, validate, views
-from mfcd.controller import Controller, gc_paused, observe
+from mfcd.controller import Controller, Group, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.diagnosis import Query
 from mfcd.errors import (
@@ -79,6 +83,17 @@ DIAGNOSE_SECONDS = 2.0  # diagnose samples packets and counters this long by def
 MAX_DIAGNOSE_SECONDS = 10.0
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A request handled by submit(): its response, to be sent once `group` (the changes it
+    made or saw) is synced; if that sync fails, a request that `changed` something is
+    refused instead."""
+
+    response: protocol.Response | Deferred
+    group: Group | None
+    changed: bool
+
+
 class Commands:
     def __init__(
         self,
@@ -122,21 +137,50 @@ class Commands:
         }
 
     def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
-        """The response line to a request; a deferred command (diagnose, monitor) is
-        refused here: only the server, through `dispatch`, completes those."""
-        response = self.dispatch(line, peer)
+        """One request, answered once what it changed is durable (a group of its own). A
+        deferred command (diagnose, monitor, reload) is refused here: only the server
+        completes those."""
+        answer = self.submit(line, peer)
+        if answer.group is not None:
+            self.flush()
+        response = self.settle(answer)
         if isinstance(response, Deferred):
             message = "this command streams or answers later: only the control socket serves it"
             return protocol.encode_error(response.request_id, "bad_request", message)
-        return response
+        return response if isinstance(response, bytes) else response.join()
 
-    def dispatch(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
-        """The response line to a request, or a Deferred the server completes."""
+    def submit(self, line: bytes | bytearray, peer: Peer) -> Answer:
+        """Handle one request now; its answer (a Deferred the server completes, for
+        diagnose, monitor and reload) waits for the group it joined (if any)."""
+        deferrals = self.controller.deferrals
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
-            return self._handle(line, peer)
+            response = self._handle(line, peer)
+        changed = self.controller.deferrals != deferrals
+        return Answer(response, self.controller.group, changed)
 
-    def _handle(self, line: bytes | bytearray, peer: Peer) -> bytes | Deferred:
+    def flush(self) -> None:
+        """Sync the group of changes waiting (one journal record); see controller.flush."""
+        if self.controller.group is None:
+            return
+        self.controller.flush()
+        if self.on_change is not None:
+            self.on_change()  # (a compaction may be due, or a table empty again)
+
+    def settle(self, answer: Answer) -> protocol.Response | Deferred:
+        """The response to send once the answer's group is flushed: its own, or if the sync
+        failed and the request changed something, that error (it was undone)."""
+        group = answer.group
+        response = answer.response  # (show's Stream and the Deferreds change nothing)
+        if group is None or group.error is None or not answer.changed:
+            return response
+        assert not isinstance(response, Deferred)
+        sent = protocol.decode(response if isinstance(response, bytes) else response.join())
+        request_id = sent.get("id")
+        error = group.error
+        return protocol.encode_error(request_id, error.code, str(error)[:MAX_MESSAGE])
+
+    def _handle(self, line: bytes | bytearray, peer: Peer) -> protocol.Response | Deferred:
         started = time.monotonic()
         command, result = "invalid", "internal_error"  # (as /metrics counts requests)
         try:
@@ -145,7 +189,9 @@ class Commands:
             self.registry.request(command, result, time.monotonic() - started)
         return response
 
-    def _answer(self, line: bytes | bytearray, peer: Peer) -> tuple[bytes | Deferred, str, str]:
+    def _answer(
+        self, line: bytes | bytearray, peer: Peer
+    ) -> tuple[protocol.Response | Deferred, str, str]:
         """The response (a Deferred for diagnose, monitor and reload), the command (or "invalid"
         before it is known) and the result ("ok" or the error code)."""
         request_id: Any = None
@@ -169,7 +215,7 @@ class Commands:
             if cmd in self.deferred:  # (counted when accepted, not when answered)
                 return self.deferred[cmd](request_id, args, peer), cmd, "ok"
             result = self.table[cmd](args, dry_run, peer)
-            return protocol.encode_result(request_id, result), cmd, "ok"
+            return protocol.encode_response(request_id, result), cmd, "ok"
         except Exception as e:
             code = e.code if isinstance(e, MfcdError) else "internal_error"
             return self._failure(request_id, e, peer), cmd, code
@@ -237,7 +283,7 @@ class Commands:
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
         router, table = self.controller.router, _table_filter(args)
-        return self.views.show(router, stats=_flag(args, "stats"), encoded=True, table=table)
+        return self.views.show(router, stats=_flag(args, "stats"), streamed=True, table=table)
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))

@@ -52,6 +52,11 @@ log = logging.getLogger("mfcd")
 
 
 CHUNK = 1024  # changes planned and applied at a time
+REISSUE_CHUNK = 500  # routes whose entries reissue_slices() writes between two yields
+# Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
+# journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
+# need not be kept.
+GROUP_MAX_CHANGES = CHUNK
 
 
 @contextlib.contextmanager
@@ -121,6 +126,34 @@ class StateLike(Protocol):
     def replaced(self) -> str | None: ...
 
 
+# What a request's changes replaced, to put back if their sync fails: each route's Ports
+# before (None: there was none) and each interface's threshold before (None: no setting).
+Before = tuple[dict[RouteKey, Ports | None], dict[str, int | None]]
+
+
+@dataclass(slots=True, eq=False)
+class Group:
+    """Changes already in the model and the kernel whose journal record waits for one sync
+    together (group commit): the changes of every request handled in one turn of the event
+    loop. Once `done`, `error` says why the sync failed (None: they are durable)."""
+
+    changes: list[Change] = field(default_factory=list)
+    before: list[Before] = field(default_factory=list)  # one per change() deferred, in order
+    done: bool = False
+    error: MfcdError | None = None
+
+
+@dataclass(slots=True)
+class _Reissue:
+    """An interface link_up gave its VIFs back to, whose routes' entries reissue_slices
+    writes again: what its summary line will say."""
+
+    ifindex: int
+    started: float
+    vifs: set[tuple[int, int, str]] = field(default_factory=set)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
 @dataclass(slots=True)
 class Outcome:
     """What a change did (or in a dry run would do): kernel operations counted by action,
@@ -157,6 +190,17 @@ class Controller:
         self.on_drift: Callable[[], None] | None = None
         # What the config files declare now (applied by apply_declared).
         self.declared = Declarations()
+        # Group commit (the server turns it on): a small change is applied and answered only
+        # after flush() has journaled it, with every other change of its group, in one sync.
+        self.grouping = False
+        self.group: Group | None = None  # the changes waiting for flush(), if any
+        self.deferrals = 0  # change() calls deferred so far: tells a request that waits
+        self._reverting = False  # putting back a group whose sync failed: nothing to record
+        # Sliced re-creation (the daemon turns it on): link_up adds the VIF back at once and
+        # leaves its routes' entries to reissue_slices(), which the daemon runs a slice at a
+        # time with clients served in between; `reissues` are the VIFs waiting for it.
+        self.sliced = False
+        self.reissues: dict[str, _Reissue] = {}  # by interface name
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -283,6 +327,8 @@ class Controller:
         router, joins = self.router, self.joins
         if origin == "api" and (router.origins or self.declared.interfaces):
             self._refuse_declared(changes)
+        # Only what is journaled as it is (the API's changes) may wait for a group's sync.
+        before = self._deferrable(changes, dry_run, journal is None)
         router.begin()
         joins.begin()
         self._member_ops = []
@@ -313,7 +359,9 @@ class Controller:
                 joins.rollback()
                 return outcome
             record = changes if journal is None else journal
-            if record:
+            if before is not None:
+                self._defer(changes, before)
+            elif record and not self._reverting:
                 self._record(record)
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
@@ -326,6 +374,11 @@ class Controller:
             raise
         router.commit()
         joins.commit()
+        if len(changes) > GROUP_MAX_CHANGES:
+            # A bulk load's routes live long, and the cyclic GC, paused while it ran, would
+            # then walk them all in one go (a stall of 100s of ms at 1,000,000 routes), and
+            # again and again: put them out of its reach, as start-up does.
+            gc.freeze()
         # A change that freed a VIF index (even one whose interface is gone, so no DelVif
         # step) lets routes waiting for one in.
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
@@ -451,6 +504,77 @@ class Controller:
         }
         return routes, thresholds
 
+    def _deferrable(self, changes: Sequence[Change], dry_run: bool, own: bool) -> Before | None:
+        """What `changes` replace, if their journal record may wait for the group's sync;
+        None if they are journaled here and now (after the group, which is flushed first).
+        `own`: the record is the changes themselves (not another origin's journal)."""
+        if not self.grouping or self._reverting or dry_run:
+            return None
+        small = own and len(changes) <= GROUP_MAX_CHANGES
+        before = _before(self.router, changes) if small else None
+        if before is None:
+            self.flush()  # the journal keeps the order in which changes were applied
+        return before
+
+    def _defer(self, changes: Sequence[Change], before: Before) -> None:
+        group = self.group
+        if group is None:
+            group = self.group = Group()
+        group.changes += changes
+        group.before.append(before)
+        self.deferrals += 1
+
+    def flush(self) -> MfcdError | None:
+        """Journal the group's changes in one record with one sync; if that fails, put the
+        model and the kernel back as they were before them and say why (none of them may be
+        acknowledged). None when they are durable, or there were none."""
+        group, self.group = self.group, None
+        if group is None:
+            return None
+        group.done = True
+        try:
+            self._record(group.changes)
+        except Exception as e:
+            group.error = e if isinstance(e, MfcdError) else StateError(f"internal error: {e}")
+            log.error(
+                "%s: refusing the %d changes waiting for it and putting them back",
+                group.error,
+                len(group.changes),
+            )
+            self._revert(group)
+        return group.error
+
+    def _revert(self, group: Group) -> None:
+        """Undo a group's changes, newest first, as changes of their own (link events may
+        have come in between, so an undo log of the model would not fit any more)."""
+        routes: dict[RouteKey, Ports | None] = {}
+        thresholds: dict[str, int | None] = {}
+        for old_routes, old_thresholds in reversed(group.before):
+            routes.update(old_routes)
+            thresholds.update(old_thresholds)
+        router = self.router
+        undo: list[Change] = [
+            SetThreshold(name, DEFAULT_THRESHOLD if ttl is None else ttl)
+            for name, ttl in thresholds.items()
+            if router.thresholds.get(name) != ttl
+        ]
+        undo += [
+            DelRoute(key) if ports is None else AddRoute(key, ports)
+            for key, ports in routes.items()
+            if router.routes.get(key) != ports
+        ]
+        self._reverting = True
+        try:
+            for change in undo:  # one by one: a refusal keeps the others from coming back
+                try:
+                    self.change([change], keep_steps=False)
+                except MfcdError as e:
+                    log.error("putting back %s failed: %s", change, e)
+                    if self.on_drift is not None:
+                        self.on_drift()
+        finally:
+            self._reverting = False
+
     def _plan_chunk(self, changes: Sequence[Change], start: int, numbered: bool) -> list[Step]:
         router = self.router
         add_direct = router.add_direct
@@ -507,7 +631,10 @@ class Controller:
     def compaction_due(self) -> bool:
         """Whether the journal should be compacted into a snapshot now."""
         # Once the journal holds as many ops as there are routes (and at least 10,000), so
-        # compaction's O(routes) cost is spread over O(routes) changes.
+        # compaction's O(routes) cost is spread over O(routes) changes. Never while a group
+        # waits for its sync: the snapshot would hold changes that sync may still refuse.
+        if self.group is not None:
+            return False
         return self.state.ops_since_snapshot >= max(10_000, len(self.router.routes))
 
     def maybe_compact(self) -> None:
@@ -538,6 +665,7 @@ class Controller:
         """Write the state file again if it was deleted or replaced while mfcd runs, so that
         a restart finds the routes even if no change came since (the daemon calls this
         every second)."""
+        self.flush()  # a snapshot must not hold changes their sync may still refuse
         reason = self.state.replaced()
         if reason is not None:
             self._write_back(reason)
@@ -565,10 +693,20 @@ class Controller:
         self._members(what, self.joins.link_up, interface, ifindex)
         steps: list[Step] = []
         for vif in router.vifs_named(interface):
-            steps += self._apply_quietly(what, router.revive_vif, vif.family, vif.table, interface)
+            revive = router.revive_vif
+            readded = self._apply_quietly(
+                what, revive, vif.family, vif.table, interface, not self.sliced
+            )
+            if readded and self.sliced:
+                job = self.reissues.setdefault(interface, _Reissue(ifindex, started))
+                job.vifs.add((vif.family, vif.table, interface))
+            steps += readded
         for key in router.waiting_for(interface):
             steps += self._install_or_park(key, what)
-        if steps:
+        waiting = self.reissues.get(interface)
+        if waiting is not None:
+            waiting.counts.update(step.action for step in steps)  # said once its entries are
+        elif steps:
             log.info(
                 "%s (ifindex %d): %s",
                 what,
@@ -576,6 +714,41 @@ class Controller:
                 views.summarize(steps, time.monotonic() - started),
             )
         return steps
+
+    def reissue_slices(self) -> Iterator[int]:
+        """Write again the kernel entries of the installed routes on the VIFs link_up added
+        back (see `sliced`): the kernel dropped their oifs there for good. Yields after each
+        REISSUE_CHUNK routes looked at (how many it wrote), so the caller can serve clients
+        in between. Each entry written is the model's as it is then: a route changed or
+        deleted meanwhile stays as its change left it; if a VIF's interface is gone again,
+        its routes are left to its next re-creation. The interface event's summary line is
+        logged at the end, as link_up logs it when it does everything at once."""
+        router = self.router
+        debug = log.isEnabledFor(logging.DEBUG)
+        while self.reissues:
+            interface = next(iter(self.reissues))
+            job = self.reissues.pop(interface)
+            what = f"interface {interface} up"
+            keys = list(router.routes)  # the keys themselves, not copies: about 8 MB a million
+            yield 0
+            for start in range(0, len(keys), REISSUE_CHUNK):
+                live = {v for v in job.vifs if (vif := router.vifs.get(v)) and vif.ifindex}
+                chunk = on_vifs(router, keys[start : start + REISSUE_CHUNK], live)
+                for op, error in rewrite(self.kernel, (router.entry(key) for key in chunk)):
+                    step = Step(op, None, "reissue_mfc")
+                    log.warning("%s: %s failed: %s", what, views.step_text(step), error)
+                    job.counts["refused"] += 1
+                if debug:
+                    for key in chunk:
+                        step = Step(router.entry(key), None, "reissue_mfc")
+                        log.debug("%s: %s", what, views.step_text(step))
+                job.counts["reissue_mfc"] += len(chunk)
+                yield len(chunk)
+            seconds = time.monotonic() - job.started
+            summary = views.summarize_counts(job.counts, seconds)
+            log.info("%s (ifindex %d): %s", what, job.ifindex, summary)
+            if job.counts["refused"] and self.on_drift is not None:
+                self.on_drift()
 
     def retry_pending(self, keys: Sequence[RouteKey]) -> list[Step]:
         """Try to install pending routes, each in its own transaction."""
@@ -766,3 +939,45 @@ class Controller:
             for step in steps:
                 log.debug("%s: %s", what, views.step_text(step))
         return steps
+
+
+def _before(router: Router, changes: Sequence[Change]) -> Before | None:
+    """What `changes` would replace in `router` (see Before); None if one of them is of a
+    kind this does not know how to put back (it is then journaled on its own)."""
+    routes: dict[RouteKey, Ports | None] = {}
+    thresholds: dict[str, int | None] = {}
+    for change in changes:
+        if isinstance(change, (AddRoute, DelRoute)):
+            key = change.key
+            if key not in routes:
+                routes[key] = router.routes.get(key)
+        elif isinstance(change, SetThreshold):
+            name = change.interface
+            if name not in thresholds:
+                thresholds[name] = router.thresholds.get(name)
+        else:
+            return None
+    return routes, thresholds
+
+
+def on_vifs(
+    router: Router, keys: Sequence[RouteKey], vifs: AbstractSet[tuple[int, int, str]]
+) -> list[RouteKey]:
+    """The keys of installed routes that use one of `vifs` (family, table, interface): as
+    Router.users, for a slice of the keys at a time."""
+    if not vifs:
+        return []
+    routes, installed = router.routes, router.installed
+    verdicts: dict[tuple[int, int, int], bool] = {}  # (family, table, id(ports)): uses one
+    found = []
+    for key in keys:
+        ports = routes.get(key)
+        if ports is None or key not in installed:
+            continue
+        where = (key[0], key[3], id(ports))
+        hit = verdicts.get(where)
+        if hit is None:
+            hit = verdicts[where] = any((key[0], key[3], n) in vifs for n in ports.interfaces)
+        if hit:
+            found.append(key)
+    return found

@@ -38,7 +38,7 @@ from mfcd import (
     views,
 )
 from mfcd.commands import Commands
-from mfcd.controller import Controller, gc_paused, observe
+from mfcd.controller import Controller, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
@@ -112,7 +112,7 @@ RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the ker
 STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
-CHECK_CHUNK = 2_000  # routes a drift check probes and writes between two turns of the loop
+CHECK_CHUNK = 1_000  # routes a drift check probes and writes between two turns of the loop
 
 
 # Signals whose default action kills the process, ignored with a log line. SIGQUIT would
@@ -180,6 +180,7 @@ class Daemon:
         self.serving = False  # start-up is over
         self._reload_pending = False  # SIGHUP arrived during start-up
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
+        self._reissuing: asyncio.Task[None] | None = None  # entries written again in slices
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
         # Upcalls received, by kind (dataplane.UPCALL_KINDS): counted, not yet acted on.
@@ -298,18 +299,17 @@ class Daemon:
         self.controller, self.kernel, self.monitor = controller, kernel, monitor
         # A rollback the kernel refused: compare and repair once the dust settles.
         controller.on_drift = lambda: self._resync_later(RESYNC_DELAY)
+        # An interface re-created under 1,000,000 routes: their entries are written again a
+        # slice at a time, clients served in between (see _reissue).
+        controller.sliced = True
         # Every table's socket and the link monitor: each readable one means events() has
         # something (upcalls must be read continuously: a full buffer drops them silently).
         self._sync_tables()
-        commands = Commands(controller, cfg.families, kernel, self.upcalls)
-        commands.on_change = self._after_change
-        commands.events = self.events
-        commands.registry = self.registry
-        self.state.on_sync = self.registry.state_sync_seconds.observe
-        self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
-        commands.reloader = self.reload_config
         server = self.server = Server(
-            commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
+            self._commands(controller, kernel),
+            cfg.socket_path,
+            cfg.client_timeout,
+            cfg.max_request_bytes,
         )
         await server.start(listener)
         if self._metrics_socket is not None:
@@ -349,6 +349,19 @@ class Daemon:
             self._resync.cancel()
         if self._checking is not None:
             self._checking.cancel()
+        if self._reissuing is not None:
+            self._reissuing.cancel()
+
+    def _commands(self, controller: Controller, kernel: Kernel) -> Commands:
+        """The control protocol's commands, wired to the daemon's events, metrics and reload."""
+        commands = Commands(controller, self.cfg.families, kernel, self.upcalls)
+        commands.on_change = self._after_change
+        commands.events = self.events
+        commands.registry = self.registry
+        self.state.on_sync = self.registry.state_sync_seconds.observe
+        self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
+        commands.reloader = self.reload_config
+        return commands
 
     def _metrics_sources(self) -> metrics.Sources:
         """What a scrape of /metrics shows now."""
@@ -495,6 +508,20 @@ class Daemon:
         if touched:
             self._resync_later(RESYNC_DELAY, touched)
         self._sync_tables()  # a pending route installed now may have opened a table
+        self._reissue_soon()
+
+    def _reissue_soon(self) -> None:
+        """Start writing the entries of re-created interfaces' routes again, if any wait."""
+        if self.controller.reissues and self._reissuing is None:
+            self._reissuing = asyncio.get_running_loop().create_task(self._reissue())
+
+    async def _reissue(self) -> None:
+        """Controller.reissue_slices, with clients served between two slices."""
+        try:
+            for _ in self.controller.reissue_slices():
+                await asyncio.sleep(0)
+        finally:
+            self._reissuing = None
 
     def _tell_route_states(self, steps: list[Step], deleted: str | None = None) -> None:
         """Tell monitor subscribers the state of each route an interface event wrote, and
@@ -575,6 +602,7 @@ class Daemon:
             # A link event whose kernel change failed left the model's view of interfaces
             # behind; a fresh dump sets it right before the tables are compared.
             controller.sync_links(netlink.current_links())
+            self._reissue_soon()
             view = observe(self.kernel, families, False, controller.router.tables())
         except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
@@ -585,8 +613,12 @@ class Daemon:
         if touched is None:
             keys = list(router.installed)
         else:
-            vifs = [vif for name in touched for vif in router.vifs_named(name)]
-            keys = router.users({(vif.family, vif.table, vif.interface) for vif in vifs})
+            vifs = {(v.family, v.table, v.interface) for n in touched for v in router.vifs_named(n)}
+            keys, listed = [], list(router.routes)
+            for start in range(0, len(listed), CHECK_CHUNK):
+                await asyncio.sleep(0)  # the routes are looked through a chunk at a time too
+                keys += on_vifs(router, listed[start : start + CHECK_CHUNK], vifs)
+            del listed
             keys += stale.difference(keys)
         for start in range(0, len(keys), CHECK_CHUNK):
             if start:

@@ -568,8 +568,12 @@ class Router:
         self._set(self.links, interface, ifindex)
         return True
 
-    def revive_vif(self, family: int, table: int, interface: str) -> list[Step]:
-        """Give a (re-)created interface its reserved VIF index back and re-issue its entries."""
+    def revive_vif(
+        self, family: int, table: int, interface: str, reissue: bool = True
+    ) -> list[Step]:
+        """Give a (re-)created interface its reserved VIF index back and re-issue its entries
+        (without `reissue`, the caller writes them again itself: their Entry is unchanged,
+        the VIF keeps its index)."""
         vif = self.vifs.get((family, table, interface))
         ifindex = self.links.get(interface)
         if vif is None or ifindex is None or vif.ifindex == ifindex:
@@ -579,6 +583,8 @@ class Router:
         self._assign(vif, "ifindex", ifindex)
         add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface), table)
         steps = [Step(add, DelVif(family, vif.vifi, interface, table), "readd_vif")]
+        if not reissue:
+            return steps
         return steps + self._reissue(self.users([(family, table, interface)]))
 
     def tracked_links(self) -> dict[str, int | None]:

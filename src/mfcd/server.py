@@ -12,6 +12,12 @@ FREE_BYTES of each client's buffer do not count, so small requests always get
 through; a client whose buffer would overrun the budget gets `busy` and is
 disconnected.  Responses that clients have not read yet have a budget of the same
 size: over it, the next request gets `busy` instead of a response.
+
+Group commit: a change is applied when its request is handled, but its response waits
+until its journal record is synced, together with those of every request handled in the
+same turn of the event loop (a callback scheduled after them: `_flush`). So N clients
+whose requests arrive together cost one sync, not N, and each is answered only once its
+change is durable; if that sync fails, every change of the group is undone and refused.
 """
 
 from __future__ import annotations
@@ -207,6 +213,9 @@ class Server:
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        # Set while requests wait for the sync `_flush` makes in the loop's next turn.
+        self._flushed: asyncio.Future[None] | None = None
+        commands.controller.grouping = True
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=STREAM_LIMIT)
@@ -298,11 +307,14 @@ class Server:
                 # no new response is made until theirs are taken or they are dropped.
                 await self._send(writer, protocol.encode_error(None, "busy", self._busy()))
                 return
-            # Synchronous on purpose: one change at a time, and no await between the kernel
-            # change and the journal write.
-            response = self.commands.dispatch(line, peer)
+            # Synchronous on purpose: one change at a time. Its journal record waits for the
+            # group's sync, and its response for that.
+            answer = self.commands.submit(line, peer)
             del line
             self._hold(buffer, len(buffer.data))
+            if answer.group is not None and not answer.group.done:
+                await self._synced()
+            response = self.commands.settle(answer)
             if isinstance(response, Deferred):
                 if response.subscribe:
                     await self._stream(response, reader, writer)
@@ -345,6 +357,26 @@ class Server:
         finally:
             closed.cancel()
             bus.unsubscribe(subscriber)
+
+    async def _synced(self) -> None:
+        """Wait for the sync of the group being formed: `_flush` runs once every request
+        handled in this turn of the loop has joined it."""
+        if self._flushed is None:
+            loop = asyncio.get_running_loop()
+            self._flushed = loop.create_future()
+            loop.call_soon(self._flush)
+        # Shielded: a client cancelled while waiting must not cancel everyone else's wait.
+        await asyncio.shield(self._flushed)
+
+    def _flush(self) -> None:
+        flushed, self._flushed = self._flushed, None
+        try:
+            self.commands.flush()
+        except Exception:  # a bug: the waiting clients still get an answer
+            log.exception("internal error while syncing the state file")
+        finally:
+            if flushed is not None:
+                flushed.set_result(None)
 
     async def _read_request(
         self, reader: asyncio.StreamReader, buffer: Buffer
@@ -399,13 +431,29 @@ class Server:
         """Bytes of responses written and not yet taken by their clients."""
         return sum(w.transport.get_write_buffer_size() for w in self._clients.values())
 
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _send(self, writer: asyncio.StreamWriter, data: protocol.Response) -> None:
         """Write a response; a client that stops reading it is dropped after client_timeout."""
+        if isinstance(data, protocol.Stream):
+            await self._send_stream(writer, data)
+            return
         writer.write(data)
         # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
         # that arrives as the drain completes, and the client would be served on after a stop.
         async with asyncio.timeout(self.client_timeout):
             await writer.drain()
+
+    async def _send_stream(self, writer: asyncio.StreamWriter, stream: protocol.Stream) -> None:
+        """Write a response a part at a time, each made only once the client has taken the
+        one before (beyond the transport's buffer): no whole response in memory, and the
+        other clients are served between two parts."""
+        writer.write(stream.head)
+        for part in stream.parts:
+            if part:
+                writer.write(part.encode())
+            async with asyncio.timeout(self.client_timeout):
+                await writer.drain()
+            await asyncio.sleep(0)  # drain() does not wait while the buffer is small
+        await self._send(writer, stream.tail)
 
 
 async def _until_closed(reader: asyncio.StreamReader) -> None:

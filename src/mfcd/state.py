@@ -35,6 +35,13 @@ snapshot keeps them as `"joins": [[interface, group, source], ...]` and `"mrdisc
 beside the thresholds, left out when empty (files without them load unchanged).
 A change is appended and fdatasync'ed before the client is told it succeeded, so its
 cost does not grow with the number of routes.
+A change of more than RECORD_OPS ops (a bulk batch) takes K records of at most RECORD_OPS
+ops, `{"seq": S, "parts": K, "ops": [...]}` then `{"seq": S+i, "part": i+1, "ops": [...]}`
+for i = 1..K-1, replayed as one change, all or nothing: reading one record of 1,000,000
+ops would build all of them at once.  If fewer than K-1 complete lines follow the first,
+the change was cut short by a crash before it was acknowledged: it is dropped like a
+torn last line.  A part anywhere else, or one missing before the next record, is
+corruption.
 When the journal has grown to about as many ops as there are routes, the daemon
 writes a fresh snapshot to a temporary file, fsyncs it, renames it over the
 journal and fsyncs the directory: compaction costs O(routes) once per O(routes)
@@ -104,6 +111,7 @@ VERSION = 2
 HEADER = b"mfcd-state 2\n"
 HEADER_V1 = b"mfcd-state 1\n"  # still read; never written
 SNAPSHOT_CHUNK = 1000  # routes per snapshot line at most
+RECORD_OPS = 20_000  # ops per journal record at most: a larger change takes several
 # Never follow a symbolic link to a state file: one planted in a directory others can write
 # would turn the daemon's (root's) writes onto a file of the planter's choosing.
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
@@ -145,7 +153,20 @@ def change_op(change: Change) -> Op:
             return ["mrdisc", interface, on]
 
 
-def encode_changes(changes: Sequence[Change], seq: int) -> bytes:
+def encode_parts(changes: Sequence[Change], seq: int) -> Iterator[bytes]:
+    """The records of one change numbered from `seq`: one, or K of RECORD_OPS ops at most
+    (the first saying K, each other its place), encoded one at a time."""
+    if len(changes) <= RECORD_OPS:
+        yield encode_changes(changes, seq)
+        return
+    parts = -(-len(changes) // RECORD_OPS)
+    for i in range(parts):
+        ops = changes[i * RECORD_OPS : (i + 1) * RECORD_OPS]
+        place = f'"parts":{parts:d},' if i == 0 else f'"part":{i + 1:d},'
+        yield encode_changes(ops, seq + i, place)
+
+
+def encode_changes(changes: Sequence[Change], seq: int, part: str = "") -> bytes:
     """The journal record of one acknowledged change: `{"seq": seq, "ops": [...]}`, checksummed.
 
     The same bytes as encode_record({"seq": seq, "ops": [change_op(c) ...]}) (a test holds
@@ -166,7 +187,7 @@ def encode_changes(changes: Sequence[Change], seq: int) -> bytes:
             parts.append(f'["add",{family},"{source}","{group}",{text}]')
         else:
             parts.append(json.dumps(change_op(change), separators=(",", ":")))
-    body = (f'{{"seq":{seq:d},"ops":[' + ",".join(parts) + "]}").encode()
+    body = (f'{{"seq":{seq:d},{part}"ops":[' + ",".join(parts) + "]}").encode()
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
@@ -353,6 +374,9 @@ class _Snapshot:
     chunks: int = 0  # route records announced
     missing: int = 0  # of these, not read yet
     count: int = -1  # routes it says it holds (version 2)
+    # (Not of the snapshot: of a change written as several records.)
+    part: int = 0  # the part of it read last (0: none under way)
+    parts: int = 0  # how many it has
 
 
 def _replay(loaded: Loaded, data: bytes, path: str) -> None:
@@ -375,7 +399,13 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
             crc, body = data[pos:end].split(b" ", 1)
             if int(crc, 16) != zlib.crc32(body):
                 raise ValueError("checksum mismatch")
-            if not _take(loaded, json.loads(body), snap, lineno, path):
+            record = json.loads(body)
+            if not _whole(record, data, end):
+                # A change of several records cut short by a crash: never acknowledged.
+                loaded.torn_tail = True
+                then = "an incomplete last change"
+                break
+            if not _take(loaded, record, snap, lineno, path):
                 then = f"line {lineno}"
                 break
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, MfcdError) as e:
@@ -397,6 +427,21 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
             f" {snap.chunks - snap.missing} found before {then}"
         )
         raise _corrupt(path, snap.line, reason)
+
+
+def _whole(record: Any, data: bytes, end: int) -> bool:
+    """False for the first record of a change of K records that fewer than K-1 complete
+    lines follow (the file ends inside the change)."""
+    parts = record.get("parts") if record.__class__ is dict else None
+    if parts is None:
+        return True
+    if parts.__class__ is not int or parts < 2:
+        raise ValueError("malformed record (parts)")
+    for _ in range(parts - 1):
+        end = data.find(b"\n", end + 1)
+        if end < 0:
+            return False
+    return True
 
 
 def _torn_line(loaded: Loaded, tail: bytes, snap: _Snapshot, path: str, lineno: int) -> None:
@@ -435,6 +480,7 @@ def _take(loaded: Loaded, record: Any, snap: _Snapshot, lineno: int, path: str) 
     elif numbered and lineno == 2:
         raise ValueError("the first record is not a snapshot")
     else:
+        _next_part(record, snap)
         for op in record["ops"]:
             _apply(loaded, op)
         loaded.ops_since_snapshot += len(record["ops"])
@@ -442,6 +488,24 @@ def _take(loaded: Loaded, record: Any, snap: _Snapshot, lineno: int, path: str) 
     if not snap.missing and snap.count >= 0 and len(loaded.routes) != snap.count:
         raise _counted_wrong(path, snap.line, snap.count, len(loaded.routes))
     return True
+
+
+def _next_part(record: dict[str, Any], snap: _Snapshot) -> None:
+    """Check that a change record comes where it must: the parts of a change of several
+    records in order, with nothing between them."""
+    part = record.get("part")
+    if "parts" in record:
+        if snap.part:
+            raise ValueError(f"a change begins after part {snap.part} of {snap.parts} of another")
+        snap.part, snap.parts = 1, record["parts"]
+    elif part is not None:
+        if part != snap.part + 1 or not snap.part:
+            raise ValueError(f"part {part} of a change where it does not belong")
+        snap.part = part
+    elif snap.part:
+        raise ValueError(f"a change ends after part {snap.part} of {snap.parts}")
+    if snap.part == snap.parts:
+        snap.part = snap.parts = 0
 
 
 def _counted_wrong(path: str, lineno: int, count: int, found: int) -> StateError:
@@ -534,6 +598,7 @@ class StateFile:
         self.ops_since_snapshot = 0
         # Told the seconds each change took to become durable (for /metrics).
         self.on_sync: Callable[[float], None] | None = None
+        self.syncs = 0  # fdatasyncs that appends made: what group commit saves
 
     @property
     def needs_snapshot(self) -> bool:
@@ -685,17 +750,22 @@ class StateFile:
         if reason is not None:
             raise SnapshotNeeded(reason)
         assert self._fd is not None
-        data = encode_changes(changes, self._seq + 1)
+        length = records = 0
         began = time.monotonic()
         try:
             # The record first, then its newline: a crash can tear a multi-page write in any
             # order, but a line that has its newline was whole on disk before the newline was
             # written. So a newline-terminated line with a bad checksum is real corruption,
-            # and a torn write always shows as a last line without one.
-            _write_all(self._fd, data[:-1])
-            os.fdatasync(self._fd)
+            # and a torn write always shows as a last line without one. (A change of several
+            # records: each newline goes with the next record, once the one it ends is on
+            # disk.)
+            for record in encode_parts(changes, self._seq + 1):
+                _write_all(self._fd, (b"\n" if records else b"") + record[:-1])
+                os.fdatasync(self._fd)
+                length, records = length + len(record), records + 1
             _write_all(self._fd, b"\n")
             os.fdatasync(self._fd)
+            self.syncs += records + 1
         except OSError as e:
             self._cut_back()
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
@@ -703,15 +773,15 @@ class StateFile:
             self.on_sync(time.monotonic() - began)
         # Once more now that it is on disk: the file may have gone while it was written.
         try:
-            reason = self._moved(self._length + len(data))
+            reason = self._moved(self._length + length)
         except StateError:
             self._cut_back()  # refused, so it must not replay
             raise
         if reason is not None:
             # The record went to a file no restart reads: a snapshot at the path must hold it.
             raise SnapshotNeeded(reason)
-        self._length += len(data)
-        self._seq += 1
+        self._length += length
+        self._seq += records
         self.ops_since_snapshot += len(changes)
         if self._compaction is not None:
             self._compaction.tail.append(changes)
@@ -782,10 +852,10 @@ class StateFile:
         fd, length, seq, ops = job.fd, job.length, job.seq, 0
         try:
             for changes in job.tail:
-                seq += 1
-                data = encode_changes(changes, seq)
-                _write_all(fd, data)
-                length += len(data)
+                for data in encode_parts(changes, seq + 1):
+                    seq += 1
+                    _write_all(fd, data)
+                    length += len(data)
                 ops += len(changes)
             os.fdatasync(fd)
             os.rename(job.tmp, self.path)

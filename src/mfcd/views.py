@@ -8,10 +8,12 @@ module builds from it.
 
 from __future__ import annotations
 
+import heapq
 import json
 import socket
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 from mfcd.dataplane import CountersReader, sg_counters, vif_counters
@@ -28,9 +30,12 @@ from mfcd.model import (
     Router,
     Step,
 )
-from mfcd.protocol import FAMILY_NAMES, Encoded
+from mfcd.protocol import FAMILY_NAMES, Encoded, Streamed
 
 SHOW_SCHEMA = 1
+# Routes a streamed show formats, or computes sort keys for, in one part: a few ms of work
+# between two turns of the event loop, whatever the table's size.
+SLICE = 2_000
 
 
 # --- plans, sync reports and log text -------------------------------------------------------------
@@ -70,7 +75,12 @@ def step_text(step: Step) -> str:
 
 def summarize(steps: Sequence[Step], seconds: float) -> str:
     """One line for what a run of steps did: routes affected, operations by kind, time taken."""
-    counts = Counter(step.action for step in steps)
+    return summarize_counts(Counter(step.action for step in steps), seconds)
+
+
+def summarize_counts(counts: Counter[str], seconds: float) -> str:
+    """summarize() of steps counted by action (any other count, as "refused", shown too)."""
+    counts = +counts  # (no zero counts)
     routes = sum(n for action, n in counts.items() if action.endswith("_mfc"))
     kinds = ", ".join(f"{action} {n}" for action, n in sorted(counts.items()))
     return f"{routes} routes affected ({kinds}) in {seconds:.2f} s"
@@ -113,7 +123,7 @@ class Views:
 
     def __init__(self, counters: CountersReader) -> None:
         self.counters = counters
-        self._order: tuple[Router | None, int, int, list[tuple[RouteKey, Ports]]] = (
+        self._order: tuple[Router | None, int, int, list[RouteKey]] = (
             None,
             -1,
             -1,
@@ -175,20 +185,24 @@ class Views:
         stats: bool = False,
         encoded: bool = False,
         table: int | None = None,
+        streamed: bool = False,
     ) -> dict[str, Any]:
         """VIFs and routes as the protocol shows them, by family and table (only those of
         table number `table`, if given); with `encoded`, the routes are one
-        protocol.Encoded JSON text (the same JSON: a test holds both to it)."""
+        protocol.Encoded JSON text, with `streamed` a protocol.Streamed one made a part at a
+        time as it is written (the same JSON: a test holds the three to it)."""
         vifs = self.vifs(router, stats, table)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
-        healthy = all(vif.ifindex is not None for vif in router.vifs.values())
-        routes: list[dict[str, Any]] | Encoded
-        if encoded:
+        healthy = _healthy(router)
+        routes: list[dict[str, Any]] | Encoded | Streamed
+        if streamed:
+            routes = Streamed(self._routes_streamed(router, stats, table))
+        elif encoded:
             routes = self._routes_encoded(router, stats, healthy, table)
         else:
             routes = [
-                self._route_json(router, key, ports, stats, healthy)
-                for key, ports in self._sorted(router)
+                self._route_json(router, key, router.routes[key], stats, healthy)
+                for key in self._sorted(router)
                 if table is None or _in_table(table, key[0], key[3])
             ]
         return {
@@ -201,14 +215,41 @@ class Views:
     def _routes_encoded(
         self, router: Router, stats: bool, healthy: bool, table: int | None
     ) -> Encoded:
-        installed = router.installed
+        texts = self._route_texts(router, self._sorted(router), stats, healthy, table)
+        return Encoded(f"[{','.join(texts)}]")
+
+    def _routes_streamed(self, router: Router, stats: bool, table: int | None) -> Iterator[str]:
+        """The routes' JSON array in parts of SLICE routes, sorted a slice at a time first.
+
+        Other clients are served between two parts, so the routes may change meanwhile: each
+        part shows its routes as they are when it is made, and leaves out those deleted
+        since the show began (a route added since is not in it)."""
+        keys = yield from self._sorted_in_slices(router)
+        yield "["
+        comma = ""
+        while chunk := list(islice(keys, SLICE)):
+            text = ",".join(self._route_texts(router, chunk, stats, _healthy(router), table))
+            yield comma + text if text else ""
+            comma = comma or ("," if text else "")
+        yield "]"
+
+    def _route_texts(
+        self,
+        router: Router,
+        keys: Iterable[RouteKey],
+        stats: bool,
+        healthy: bool,
+        table: int | None,
+    ) -> Iterator[str]:
+        """The JSON text of each of these routes that still exists (in `table`, if given)."""
+        routes, installed = router.routes, router.installed
         interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
-        parts = []
-        for key, ports in self._sorted(router):
-            if table is not None and not _in_table(table, key[0], key[3]):
+        for key in keys:
+            ports = routes.get(key)
+            if ports is None or (table is not None and not _in_table(table, key[0], key[3])):
                 continue
             if stats or not healthy or key not in installed:
-                parts.append(_json(self._route_json(router, key, ports, stats, healthy)))
+                yield _json(self._route_json(router, key, ports, stats, healthy))
                 continue
             # An installed route of a healthy table: formatted directly. Addresses are
             # canonical (hex digits, dots, colons) and need no escaping; names go through
@@ -218,22 +259,53 @@ class Views:
                 text = _json({"iif": ports.iif, "oifs": list(ports.oifs)})[1:-1]
                 interfaces[ports] = text
             family, source, group, number = key
-            parts.append(
+            yield (
                 f'{{"family":"{FAMILY_NAMES[family]}","table":{number},"source":"{source}",'
                 f'"group":"{group}",{text},"state":"installed"}}'
             )
-        return Encoded(f"[{','.join(parts)}]")
 
-    def _sorted(self, router: Router) -> list[tuple[RouteKey, Ports]]:
+    def _sorted(self, router: Router) -> list[RouteKey]:
         """The routes in the order `ip mroute` and smcroute users expect: IPv4 first, then by
         group, then by source, comparing addresses as numbers (10.0.0.9 before 10.0.0.10)."""
         routes = router.routes
-        known, version, count, items = self._order
+        known, version, count, keys = self._order
         # Every change of a route commits a transaction, which counts in router.version.
         if known is not router or version != router.version or count != len(routes):
-            items = sorted(routes.items(), key=_address_order())
-            self._order = (router, router.version, len(routes), items)
-        return items
+            keys = sorted(routes, key=_address_order())
+            self._order = (router, router.version, len(routes), keys)
+        return keys
+
+    def _sorted_in_slices(self, router: Router) -> Generator[str, None, Iterator[RouteKey]]:
+        """The routes in _sorted's order, as an iterator, computed without holding the loop:
+        sort keys are made and sorted SLICE routes at a time (a pause, "", after each), and
+        the sorted runs merged as the keys are taken."""
+        known, version, count, cached = self._order
+        if known is router and version == router.version and count == len(router.routes):
+            return iter(cached)
+        version, keys = router.version, list(router.routes)  # the keys themselves: no copies
+        bits = len(keys).bit_length()
+        order = _address_order()
+        runs = []
+        for start in range(0, len(keys), SLICE):
+            run = [order(keys[i]) << bits | i for i in range(start, min(start + SLICE, len(keys)))]
+            run.sort()
+            runs.append(run)
+            yield ""
+        return self._merged(router, version, keys, runs, bits)
+
+    def _merged(
+        self, router: Router, version: int, keys: list[RouteKey], runs: list[list[int]], bits: int
+    ) -> Iterator[RouteKey]:
+        """The keys in the order of the sorted runs; kept for the next show if the routes are
+        still those they were made from."""
+        mask = (1 << bits) - 1
+        ordered = []
+        for n in heapq.merge(*runs):
+            key = keys[n & mask]
+            ordered.append(key)
+            yield key
+        if router.version == version and len(router.routes) == len(ordered):
+            self._order = (router, version, len(ordered), ordered)
 
     def _route_json(
         self, router: Router, key: RouteKey, ports: Ports, stats: bool, healthy: bool
@@ -274,15 +346,20 @@ def _in_table(wanted: int, family: int, table: int) -> bool:
     return table == wanted or (wanted == DEFAULT_TABLES and table == DEFAULT_TABLE[family])
 
 
-def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:
-    """A sort key for routes: family, table, group and source as one number (an int
+def _healthy(router: Router) -> bool:
+    """Every VIF is present: an installed route is simply installed."""
+    return all(vif.ifindex is not None for vif in router.vifs.values())
+
+
+def _address_order() -> Callable[[RouteKey], int]:
+    """A sort key for route keys: family, table, group and source as one number (an int
     compares faster than a tuple of packed addresses)."""
     pton = socket.inet_pton
     number = int.from_bytes
     groups: dict[str, int] = {}  # many routes share a group: convert it once
 
-    def order(route: tuple[RouteKey, Ports]) -> int:
-        family, source, group, table = route[0]
+    def order(key: RouteKey) -> int:
+        family, source, group, table = key
         af = _AF[family]
         shifted = groups.get(group)
         if shifted is None:

@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 
 from mfcd.commands import Commands, Deferred
+from mfcd.protocol import Stream
 from tests.unit.test_commands import PEER, ROUTE, ask, make_commands
 from tests.unit.test_request_types import VALUES
 
 
 def dispatch(commands: Commands, cmd: str, args: dict[str, Any]) -> bytes | Deferred:
     line = json.dumps({"v": 1, "id": 9, "cmd": cmd, "args": args}).encode()
-    return commands.dispatch(line, PEER)
+    response = commands.settle(commands.submit(line, PEER))
+    assert not isinstance(response, Stream)
+    return response
 
 
 def error_of(response: bytes | Deferred) -> dict[str, Any]:

@@ -1,0 +1,375 @@
+"""Concurrency and stalls: durable changes/s of concurrent clients, and how long other clients
+wait during a large show, after a large batch, during an interface re-creation and a restart.
+
+Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
+              [--base SRC] [--only clients,show,batch,relink,idle]
+
+Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
+`r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
+revision, e.g. from `git archive`) every scenario runs for that revision (A) and for this
+checkout (B) in turn, A B A B, in the same run, so load on the shared machine lands on both.
+mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's `src`.
+
+- clients: `--clients` connections, each sending `mfc.add` of a new route and waiting for its
+  answer, for `--seconds`: changes acknowledged per second (each acknowledged only once
+  durable) and the answer time's median and p99; the state file's records and syncs are not
+  read, the rate is what clients see.
+- show: `--routes` loaded, then `show --output json` read by a client over a raw connection
+  (bytes, time to the last byte, the daemon's peak RSS during it) while a pinger process
+  measures the longest wait of a `ping` on its own connection.
+- batch: a `--routes` batch; the longest ping wait from its answer to 5 s after it.
+- relink: `r1` (every route's oif) deleted and created again; the longest ping wait until
+  mfcd logs that the interface is up.
+- restart (with batch): right after the batch is answered, mfcd is stopped and started
+  again; time until it answers, peak and settled RSS.
+- idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
+  nothing else happening (the machine's own scheduling delays when it is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
+PYTHON = sys.executable
+# MFCD_PROFILE=FILE: run mfcd under cProfile, its stats written to FILE when it stops.
+_PROFILE_FILE = os.environ.get("MFCD_PROFILE")
+PROFILE = ("-m", "cProfile", "-o", _PROFILE_FILE) if _PROFILE_FILE else ()
+PINGER = """
+import json, socket, sys, time, select
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1])
+f = sock.makefile("rwb")
+waits = []
+while not select.select([sys.stdin], [], [], 0.005)[0]:
+    t = time.monotonic()
+    f.write(b'{"v":1,"id":1,"cmd":"ping","args":{}}\\n'); f.flush()
+    f.readline()
+    waits.append((t, time.monotonic() - t))
+print(json.dumps(waits))
+"""
+
+
+def run(*cmd: str, timeout: float = 600) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout).stdout
+
+
+def group(n: int) -> str:
+    return f"232.{n >> 16 & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def batch_text(start: int, routes: int) -> str:
+    return "".join(
+        f"mfc add --source 198.18.0.3 --group {group(n)} --iif r0 --oifs r1\n"
+        for n in range(start, start + routes)
+    )
+
+
+def kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Daemon:
+    """mfcd of one revision in a namespace of its own."""
+
+    def __init__(self, src: Path, work: Path) -> None:
+        self.src, self.work = src, work
+        self.ns = f"mfcds{secrets.token_hex(3)}"
+        self.sock = str(work / "mfcd.sock")
+        self.log = work / "mfcd.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        (work / "mfcd.conf").write_text(
+            f'socket_path = "{self.sock}"\nstate_file = "{work / "state.journal"}"\n'
+            'socket_group = ""\nlog_level = "info"\nmax_request_bytes = 1073741824\n'
+            "client_timeout = 600\n"
+        )
+        run("ip", "netns", "add", self.ns)
+        for k in range(3):
+            veth = ("type", "veth", "peer", "name", f"p{k}")
+            run("ip", "-n", self.ns, "link", "add", f"r{k}", *veth)
+            run("ip", "-n", self.ns, "link", "set", f"r{k}", "up")
+
+    def start(self) -> float:
+        """Start mfcd; seconds until it answers a ping."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.sock)
+        env = dict(os.environ, PYTHONPATH=str(self.src))
+        started = time.monotonic()
+        with self.log.open("a") as err:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, PYTHON, *PROFILE, "-m", "mfcd.daemon", "--config",
+                 str(self.work / "mfcd.conf")],
+                stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=self.work,
+            )  # fmt: skip
+        while True:
+            if self.proc.poll() is not None or time.monotonic() - started > 600:
+                raise RuntimeError(f"mfcd did not start: {self.log.read_text()[-2000:]}")
+            try:
+                self.call("ping")
+                return time.monotonic() - started
+            except OSError:
+                time.sleep(0.01)
+
+    def call(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(self.sock)
+            f = sock.makefile("rwb")
+            f.write(json.dumps({"v": 1, "id": 1, "cmd": cmd, "args": args or {}}).encode() + b"\n")
+            f.flush()
+            response = json.loads(f.readline())
+        if not response.get("ok"):
+            raise RuntimeError(f"{cmd}: {response}")
+        return response["result"]
+
+    def pinger(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [PYTHON, "-c", PINGER, self.sock],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        subprocess.run(["ip", "netns", "del", self.ns], check=False, capture_output=True)
+
+
+def waits_of(pinger: subprocess.Popen[str]) -> list[tuple[float, float]]:
+    out, _ = pinger.communicate("stop\n", timeout=600)
+    return [(t, w) for t, w in json.loads(out)]
+
+
+def longest(waits: list[tuple[float, float]], start: float = 0.0, end: float = 1e18) -> float:
+    """The longest wait of a ping sent in [start, end] (ms)."""
+    return round(1000 * max((w for t, w in waits if start <= t <= end), default=0), 1)
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+
+async def _client(path: str, base: int, until: float, answers: list[float]) -> None:
+    reader, writer = await asyncio.open_unix_connection(path)
+    n = 0
+    while time.monotonic() < until:
+        route = base + n
+        n += 1
+        args = {"source": "198.18.0.4", "group": group(route), "iif": "r0", "oifs": ["r1"]}
+        t = time.monotonic()
+        writer.write(json.dumps({"v": 1, "id": n, "cmd": "mfc.add", "args": args}).encode() + b"\n")
+        response = json.loads(await reader.readline())
+        if not response.get("ok"):
+            raise RuntimeError(f"mfc.add: {response}")
+        answers.append(time.monotonic() - t)
+    writer.close()
+
+
+def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
+    d.start()
+    answers: list[float] = []
+
+    async def main() -> float:
+        t = time.monotonic()
+        until = t + seconds
+        await asyncio.gather(*(_client(d.sock, c << 16, until, answers) for c in range(n)))
+        return time.monotonic() - t
+
+    took = asyncio.run(main())
+    d.stop()
+    answers.sort()
+    # Records of changes in the journal (no compaction below 10,000 changes): changes per sync.
+    records = len((d.work / "state.journal").read_bytes().splitlines()) - 2
+    return {
+        "changes per journal record": round(len(answers) / max(records, 1), 1),
+        "changes/s": round(len(answers) / took),
+        "answer median ms": round(1000 * statistics.median(answers), 2),
+        "answer p99 ms": round(1000 * answers[int(0.99 * (len(answers) - 1))], 2),
+    }
+
+
+def load(d: Daemon, routes: int) -> float:
+    batch = d.work / "routes.batch"
+    if not batch.exists():
+        batch.write_text(batch_text(0, routes))
+    t = time.monotonic()
+    subprocess.run(
+        [PYTHON, "-m", "mfcd.cli", "--socket", d.sock, "batch", str(batch)],
+        check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(d.src)),
+    )  # fmt: skip
+    return time.monotonic() - t
+
+
+def batch(d: Daemon, routes: int) -> dict[str, Any]:
+    d.start()
+    pinger = d.pinger()
+    time.sleep(0.2)
+    took = load(d, routes)
+    answered = time.monotonic()
+    time.sleep(5)
+    waits = waits_of(pinger)
+    result = {
+        "batch answered s": round(took, 2),
+        "longest ping wait after the answer ms": longest(waits, answered),
+        "RSS after ... MiB (peak, now)": [
+            round(kib(d.proc.pid, "VmHWM") / 1024, 1),  # type: ignore[union-attr]
+            round(kib(d.proc.pid, "VmRSS") / 1024, 1),  # type: ignore[union-attr]
+        ],
+    }
+    # The restart right after a batch: its last journal record is the whole batch.
+    d.stop()
+    started = d.start()
+    assert d.proc is not None
+    result["restart → answers s"] = round(started, 2)
+    result["RSS after restart MiB (peak, now)"] = [
+        round(kib(d.proc.pid, "VmHWM") / 1024, 1),
+        round(kib(d.proc.pid, "VmRSS") / 1024, 1),
+    ]
+    d.stop()
+    return result
+
+
+def show(d: Daemon, routes: int) -> dict[str, Any]:
+    d.start()
+    load(d, routes)
+    time.sleep(6)  # the compaction after the batch is over
+    assert d.proc is not None
+    Path(f"/proc/{d.proc.pid}/clear_refs").write_text("5")  # VmHWM from now on
+    rss = kib(d.proc.pid, "VmRSS")
+    pinger = d.pinger()
+    time.sleep(0.2)
+    t = time.monotonic()
+    size = 0  # (pings sent while the show is under way count)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(d.sock)
+        sock.sendall(b'{"v":1,"id":1,"cmd":"show","args":{}}\n')
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise RuntimeError("connection closed during show")
+            size += len(data)
+            if data.endswith(b"\n"):
+                break
+    took = time.monotonic() - t
+    time.sleep(0.2)
+    waits = waits_of(pinger)
+    result = {
+        "show bytes": size,
+        "show s": round(took, 2),
+        "longest ping wait during show ms": longest(waits, t, t + took),
+        "RSS growth during show MiB": round((kib(d.proc.pid, "VmHWM") - rss) / 1024, 1),
+    }
+    d.stop()
+    return result
+
+
+# The line mfcd logs once every entry on a re-created r1 is written again (before sliced
+# re-creation: with the VIF, in one go).
+RELINKED = re.compile(r"interface r1 up.*(reissue_mfc|written again)")
+
+
+def relink(d: Daemon, routes: int) -> dict[str, Any]:
+    d.start()
+    load(d, routes)
+    time.sleep(6)
+    seen = len(RELINKED.findall(d.log.read_text()))
+    pinger = d.pinger()
+    time.sleep(0.2)
+    t = time.monotonic()
+    run("ip", "-n", d.ns, "link", "del", "r1")
+    run("ip", "-n", d.ns, "link", "add", "r1", "type", "veth", "peer", "name", "p1")
+    run("ip", "-n", d.ns, "link", "set", "r1", "up")
+    while len(RELINKED.findall(d.log.read_text())) == seen:
+        if time.monotonic() - t > 600:
+            raise RuntimeError("no 'interface r1 up' in 10 minutes")
+        time.sleep(0.05)
+    took = time.monotonic() - t
+    time.sleep(0.2)
+    waits = waits_of(pinger)
+    d.stop()
+    return {"re-creation to logged s": round(took, 2), "longest ping wait ms": longest(waits, t)}
+
+
+def idle(d: Daemon, routes: int) -> dict[str, Any]:
+    """The floor: the longest ping wait over 5 s with `routes` loaded and nothing else asked
+    (the machine's own scheduling delays, on a shared machine)."""
+    d.start()
+    load(d, routes)
+    time.sleep(6)
+    pinger = d.pinger()
+    time.sleep(5)
+    waits = waits_of(pinger)
+    d.stop()
+    return {"longest ping wait, idle, ms": longest(waits)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--routes", type=int, default=1_000_000)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
+    parser.add_argument("--only", default="clients,show,batch,relink")
+    parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("stalls.py: needs root (it creates network namespaces)")
+    revisions = {"B (this checkout)": SRC}
+    if args.base is not None:
+        revisions = {"A (base)": args.base.resolve(), **revisions}
+    scenarios = {
+        "clients": lambda d: clients(d, args.clients, args.seconds),
+        "show": lambda d: show(d, args.routes),
+        "batch": lambda d: batch(d, args.routes),
+        "relink": lambda d: relink(d, args.routes),
+        "idle": lambda d: idle(d, args.routes),
+    }
+    results: dict[str, Any] = {"routes": args.routes, "connections": args.clients, "load": []}
+    for name in args.only.split(","):
+        for round_ in range(args.rounds):
+            for label, src in revisions.items():
+                with tempfile.TemporaryDirectory(prefix="mfcd-stalls-") as tmp:
+                    d = Daemon(src, Path(tmp))
+                    try:
+                        got = scenarios[name](d)
+                    finally:
+                        d.close()
+                        if args.keep_logs is not None:
+                            args.keep_logs.mkdir(parents=True, exist_ok=True)
+                            kept = args.keep_logs / f"{name}-{round_ + 1}-{label[0]}.log"
+                            kept.write_bytes(d.log.read_bytes())
+                print(f"{name} round {round_ + 1} {label}: {json.dumps(got)}", flush=True)
+                results.setdefault(name, {}).setdefault(label, []).append(got)
+                results["load"].append(round(os.getloadavg()[0], 1))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
