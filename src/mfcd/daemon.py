@@ -830,6 +830,7 @@ class Daemon:
                 result["summary"],
                 time.monotonic() - started,
             )
+            self.events.emit("reload", config=name, summary=result["summary"])
         return result
 
     def _apply_settings(self, new: config.Config) -> None:
@@ -844,8 +845,6 @@ class Daemon:
         if self.server is not None:
             self.server.client_timeout = new.client_timeout
         self.cfg = new
-        log.info("configuration reloaded from %s", self.config_path or config.DEFAULT_PATH)
-        self.events.emit("reload", config=self.config_path or config.DEFAULT_PATH)
 
 
 def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:
