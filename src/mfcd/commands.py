@@ -27,15 +27,20 @@ from mfcd.errors import (
     TooLarge,
     UnsupportedVersion,
 )
+from mfcd.learning import Learner
 from mfcd.model import (
     DEFAULT_TABLE,
     AddRoute,
+    AddTemplate,
     Change,
     DelRoute,
+    DelTemplate,
     Ports,
     RouteKey,
     SetThreshold,
+    template_text,
 )
+from mfcd.templates import TemplateKey
 
 log = logging.getLogger("mfcd")
 
@@ -74,6 +79,7 @@ class Commands:
         self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
+        self.learner: Learner | None = None  # learned entries (None: flush has none)
         # JSON values a request may hold (set by the server from max_request_bytes).
         self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
@@ -87,6 +93,7 @@ class Commands:
             "vif.set": self.vif_set,
             "vif.show": self.vif_show,
             "sync": self.sync,
+            "flush": self.flush,
         }
 
     def handle(self, line: bytes | bytearray, peer: Peer) -> bytes:
@@ -156,7 +163,29 @@ class Commands:
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
         router, table = self.controller.router, _table_filter(args)
-        return self.views.show(router, stats=_flag(args, "stats"), encoded=True, table=table)
+        stats = _flag(args, "stats")
+        learner = self.learner
+        result = self.views.show(
+            router,
+            stats=stats,
+            encoded=True,
+            table=table,
+            learned_since=learner.since if learner is not None else None,
+        )
+        if stats and learner is not None:
+            result["learning"] = learner.stats()
+        return result
+
+    def flush(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, ())
+        learned = len(self.controller.router.learned)
+        if dry_run or self.learner is None:
+            return {"dry_run": dry_run, "flushed": learned if dry_run else 0}
+        flushed = self.learner.flush()
+        log.info("%s flush: %d learned entries removed", peer, flushed)
+        if self.on_change is not None:
+            self.on_change()
+        return {"dry_run": False, "flushed": flushed}
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
@@ -177,14 +206,55 @@ class Commands:
         return {"dry_run": dry_run, "repairs": repairs, "full": full}
 
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        if _names_template(args):
+            return self._change([self._add_template(args)], dry_run, peer, "mfc.add", args)
         route = validate.route(args)
         self._check_family(route.family)
         return self._change([AddRoute.of(route)], dry_run, peer, "mfc.add", args)
 
     def mfc_del(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        if _names_template(args):
+            return self._change([self._del_template(args)], dry_run, peer, "mfc.del", args)
         key = validate.key(args)
         self._check_family(key[0])
         return self._change([DelRoute(key)], dry_run, peer, "mfc.del", args)
+
+    def _add_template(self, args: dict[str, Any], fields: tuple[str, ...] = ()) -> AddTemplate:
+        validate.require_fields(
+            args, (*fields, *validate.TEMPLATE_FIELDS), validate.TEMPLATE_OPTIONAL
+        )
+        change = validate.template_change(
+            args.get("source"), args["group"], args["iif"], args["oifs"], args.get("table")
+        )
+        self._check_family(change.key[0])
+        return change
+
+    def _del_template(self, args: dict[str, Any], fields: tuple[str, ...] = ()) -> DelTemplate:
+        validate.require_fields(args, (*fields, "group"), (*validate.TEMPLATE_OPTIONAL, "iif"))
+        return DelTemplate(
+            self._template_named(
+                args.get("source"), args["group"], args.get("iif"), args.get("table")
+            )
+        )
+
+    def _template_named(self, source: Any, group: Any, iif: Any, table: Any) -> TemplateKey:
+        """The template `mfc del` names: by its prefixes and table, and by its iif when
+        several templates have those prefixes (one per iif)."""
+        key = validate.template_key_of(source, group, iif or "lo", table)
+        self._check_family(key[0])
+        if iif is not None:
+            return key
+        found = self.controller.router.templates_named(*key[:4])
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise NotFound(f"no template {template_text(key).rsplit(' iif ', 1)[0]}")
+        iifs = ", ".join(k[4] for k in found)
+        raise InvalidArgument(
+            f"{len(found)} templates have source {key[1]} group {key[2]} (iif {iifs}):"
+            " say which with --iif",
+            field="iif",
+        )
 
     def mfc_oif_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         return self._mfc_oif("oif_add", args, dry_run, peer)
@@ -297,7 +367,7 @@ class Commands:
                 e.op = index + 1
                 raise
             changes.append(change)
-            if isinstance(change, DelRoute):
+            if isinstance(change, (DelRoute, DelTemplate)):
                 deleted += 1
             elif op["op"] in batchfile.OIF_OPS:
                 updated += 1
@@ -313,7 +383,10 @@ class Commands:
         lineno = deleted = updated = 0
         try:
             for lineno, kind, source, group, iif, oifs, table in batchfile.lines(text):  # noqa: B007
-                if kind == "add":
+                if (source == "*" or "/" in source or "/" in group) and kind in ("add", "del"):
+                    add(self._template_line(kind, source, group, iif, oifs, table=table))
+                    deleted += kind == "del"
+                elif kind == "add":
                     change = add_change(source, group, iif, oifs, table)
                     if change.key[0] not in families:
                         self._check_family(change.key[0])
@@ -333,10 +406,25 @@ class Commands:
             raise
         return changes, deleted, updated
 
+    def _template_line(
+        self, kind: str, source: str, group: str, iif: str, oifs: Any, *, table: Any
+    ) -> Change:
+        """A batch line's template add or del (a source of "*" is any source)."""
+        source_value = None if source == "*" else source
+        if kind == "add":
+            change = validate.template_change(source_value, group, iif, oifs, table)
+            self._check_family(change.key[0])
+            return change
+        return DelTemplate(self._template_named(source_value, group, iif or None, table))
+
     def _batch_op(self, op: Any, routes: _BatchRoutes) -> Change:
         if not isinstance(op, dict):
             raise BadRequest("each op must be a JSON object")
         kind = op.get("op")
+        if kind in ("add", "del") and _names_template(op):
+            if kind == "add":
+                return self._add_template(op, ("op",))
+            return self._del_template(op, ("op",))
         if kind in batchfile.OIF_OPS:
             validate.require_fields(op, ("op", *OIF_FIELDS), validate.OPTIONAL)
             return self._oif_change(
@@ -383,7 +471,7 @@ class Commands:
             counts=outcome.counts,
             steps=outcome.steps if plan else None,
             dry_run=dry_run,
-            added=only.key if isinstance(only, AddRoute) else None,
+            added=only.key if isinstance(only, (AddRoute, AddTemplate)) else None,
         )
         if not dry_run:
             if self.on_change is not None:
@@ -436,6 +524,12 @@ class _BatchRoutes:
                 latest[change.key] = None
         self.seen = len(self.changes)
         return latest[key] if key in latest else self.routes.get(key)
+
+
+def _names_template(args: dict[str, Any]) -> bool:
+    """Whether mfc.add/mfc.del arguments (or a batch op) name a template: no source, a
+    source of any (\"*\", 0.0.0.0, ::) or a prefix on either side."""
+    return validate.names_template(args.get("source"), args.get("group"))
 
 
 def _flag(args: dict[str, Any], name: str) -> bool:

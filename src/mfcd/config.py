@@ -30,6 +30,9 @@ class Config:
     client_timeout: float = 30.0  # seconds a client may take to send a complete request
     # Longest request line: a batch of 1,000,000 routes as text fits (see protocol.py).
     max_request_bytes: int = MAX_REQUEST_BYTES
+    # Seconds a learned entry's packet counter may stand still before it is removed (0: never).
+    learned_idle_timeout: float = 60.0
+    max_learned: int = 100_000  # learned entries at most; new flows past it are not learned
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -38,7 +41,12 @@ class Config:
 
 _TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(Config)}
 _TYPES["socket_group"] = str  # None only as the default: a group set must be a name (or "")
-_RANGES = {"client_timeout": (0.001, 3600.0), "max_request_bytes": (1024.0, float(1 << 30))}
+_RANGES = {
+    "client_timeout": (0.001, 3600.0),
+    "max_request_bytes": (1024.0, float(1 << 30)),
+    "learned_idle_timeout": (0.0, 86400.0),
+    "max_learned": (0.0, 10_000_000.0),
+}
 
 
 def _check(key: str, value: Any, where: str) -> Any:

@@ -29,6 +29,7 @@ from mfcd.controller import Controller, gc_paused, observe
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.kernel import Kernel
+from mfcd.learning import Learner
 from mfcd.model import DEFAULT_TABLE
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.state import VERSION, StateFile
@@ -115,6 +116,7 @@ class Daemon:
     # Set once start-up has taken the kernel's tables (see run()).
     controller: Controller
     kernel: Kernel
+    learner: Learner
     state: StateFile
     monitor: netlink.LinkMonitor
 
@@ -224,6 +226,9 @@ class Daemon:
         self._sync_tables()
         commands = Commands(controller, cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
+        self.learner = commands.learner = Learner(
+            controller, kernel, cfg.learned_idle_timeout, cfg.max_learned
+        )
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )
@@ -236,6 +241,7 @@ class Daemon:
         self.reporter.announce("READY=1")
         watchdog = asyncio.create_task(self._watchdog())
         keeper = asyncio.create_task(self._keep_state_file())
+        expiry = asyncio.create_task(self._expire_learned())
         if self.inherited:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0, full=True)
@@ -247,6 +253,7 @@ class Daemon:
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
         keeper.cancel()
+        expiry.cancel()
         compact.cancel()  # the journal is closed soon
         if self._compacting is not None:
             self._compacting.cancel()
@@ -289,6 +296,7 @@ class Daemon:
         self._readers = fds
 
     def _after_change(self) -> None:
+        self.learner.after_change()  # a new template may match traffic already flowing
         self._sync_tables()
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.
@@ -308,7 +316,9 @@ class Daemon:
         """
         router = self.controller.router
         began = time.monotonic()
-        job = self.state.start_compaction(dict(router.routes), dict(router.thresholds))
+        job = self.state.start_compaction(
+            dict(router.persistent_routes()), dict(router.thresholds), router.templates
+        )
         routes = len(job.routes)
         writing = asyncio.ensure_future(asyncio.to_thread(job.write))
         try:
@@ -345,8 +355,10 @@ class Daemon:
             log.error("reading interface events failed: %s; re-reading them shortly", e)
             self._resync_later(RESYNC_DELAY)
             return
-        # Counted only (nothing logged per upcall: a flood would flood the journal).
-        self.upcalls.update(upcall.kind for upcall in events.upcalls)
+        # Counted, then learned from (nothing logged per upcall: a flood would flood the log).
+        if events.upcalls:
+            self.upcalls.update(upcall.kind for upcall in events.upcalls)
+            self.learner.on_upcalls(events.upcalls)
         if events.links or events.links_lost:
             self._on_link_events(events)
 
@@ -492,6 +504,12 @@ class Daemon:
             notify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)  # already half the timeout
 
+    async def _expire_learned(self) -> None:
+        """Remove learned entries that went idle, a slice of them per tick (learning.py)."""
+        while True:
+            await asyncio.sleep(self.learner.interval)
+            self.learner.tick()
+
     async def _keep_state_file(self) -> None:
         """Once a second, write the state file back if it was deleted or replaced (each change
         checks it too, this is for the quiet times: a restart would otherwise start empty),
@@ -543,6 +561,9 @@ class Daemon:
         logging.getLogger().setLevel(new.log_level.upper())
         if self.server is not None:
             self.server.client_timeout = new.client_timeout
+        if self.serving:
+            self.learner.idle_timeout = new.learned_idle_timeout
+            self.learner.max_learned = new.max_learned
         self.cfg = new
         log.info("configuration reloaded from %s", self.config_path or config.DEFAULT_PATH)
 

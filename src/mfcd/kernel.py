@@ -48,7 +48,14 @@ MRT_DEL_VIF = 203
 MRT_ADD_MFC = 204
 MRT_DEL_MFC = 205
 MRT_VERSION = 206
+MRT_ASSERT = 207
 MRT_TABLE = 209
+SO_RCVBUFFORCE = 33  # socket.SO_RCVBUFFORCE where Python defines it
+# Receive buffer of each table's socket: the kernel drops an upcall (and its unresolved
+# entry, with the packets queued on it) when the buffer is full. An upcall takes about
+# 768 bytes of buffer (its skb's truesize), so 4 MiB (which the kernel doubles for its
+# bookkeeping) holds some 10,000 upcalls read late; the default (208 KiB) about 270.
+UPCALL_BUFFER = 4 * 1024 * 1024
 
 VIFF_USE_IFINDEX = 0x8  # vifctl: lcl_ifindex holds an ifindex, not an address
 ICMP6_FILTER = 1  # level IPPROTO_ICMPV6
@@ -100,6 +107,7 @@ _OPNAMES = {
     MRT_ADD_MFC: "MRT_ADD_MFC",
     MRT_DEL_MFC: "MRT_DEL_MFC",
     MRT_TABLE: "MRT_TABLE",
+    MRT_ASSERT: "MRT_ASSERT",
     SIOCGETSGCNT: "SIOCGETSGCNT",
 }
 
@@ -302,9 +310,22 @@ class MrouteSocket:
             if table is not None and table != DEFAULT_TABLE[family]:
                 self._setsockopt(MRT_TABLE, struct.pack("=I", table))
             self._setsockopt(MRT_INIT, struct.pack("=i", 1))
+            # WRONGVIF/WRONGMIF upcalls for packets of an entry arriving on another VIF (the
+            # kernel sends at most one per entry every 3 s): learned entries follow them.
+            self._setsockopt(MRT_ASSERT, struct.pack("=i", 1))
+            self._size_buffer()
         except BaseException:
             self.sock.close()
             raise
+
+    def _size_buffer(self) -> None:
+        """UPCALL_BUFFER bytes of receive buffer: SO_RCVBUFFORCE (root, CAP_NET_ADMIN)
+        passes net.core.rmem_max; without it SO_RCVBUF gets what rmem_max allows."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UPCALL_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UPCALL_BUFFER)
 
     def fileno(self) -> int:
         return self.sock.fileno()

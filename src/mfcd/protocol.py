@@ -49,6 +49,7 @@ COMMANDS = (
     "vif.set",
     "vif.show",
     "sync",
+    "flush",
 )
 
 # vif.set's threshold for an interface with no setting (mfcd.model.DEFAULT_THRESHOLD): setting

@@ -86,13 +86,16 @@ from mfcd.errors import MfcdError, StateError
 from mfcd.model import (
     DEFAULT_TABLE,
     AddRoute,
+    AddTemplate,
     Change,
     DelRoute,
+    DelTemplate,
     Ports,
     Route,
     RouteKey,
     SetThreshold,
 )
+from mfcd.templates import TemplateKey
 
 VERSION = 2
 HEADER = b"mfcd-state 2\n"
@@ -131,6 +134,10 @@ def change_op(change: Change) -> Op:
             return ["del", family, source, group, table]
         case SetThreshold(interface, threshold):
             return ["threshold", interface, threshold]
+        case AddTemplate((family, source, group, table, iif), (_, oifs)):
+            return ["template", family, source, group, iif, list(oifs), table]
+        case DelTemplate((family, source, group, table, iif)):
+            return ["untemplate", family, source, group, iif, table]
 
 
 def encode_changes(changes: Sequence[Change], seq: int) -> bytes:
@@ -171,6 +178,7 @@ class Loaded:
     # the key tuples read here are the ones the model goes on using.
     routes: dict[RouteKey, Ports] = field(default_factory=dict)
     thresholds: dict[str, int] = field(default_factory=dict)
+    templates: dict[TemplateKey, Ports] = field(default_factory=dict)
     ops_since_snapshot: int = 0
     good_length: int = 0  # bytes up to the end of the last complete record
     torn_tail: bool = False
@@ -225,6 +233,16 @@ def _add_routes(routes: dict[RouteKey, Ports], saved: list[Any]) -> None:
         routes[family, source, group, table] = checked
 
 
+def _add_templates(templates: dict[TemplateKey, Ports], saved: list[Any]) -> None:
+    """Add saved templates `[family, source, group, iif, [oifs], table]`, validated like a
+    request (they are few)."""
+    for family, source, group, iif, oifs, table in saved:
+        change = validate.template_change(source, group, iif, oifs, table)
+        if change.key[0] != family:
+            raise ValueError("malformed template")
+        templates[change.key] = change.ports
+
+
 def _table(rest: list[Any]) -> int:
     """The table number ending a saved route or op (absent: the family's default)."""
     if len(rest) != 1 or rest[0].__class__ is not int or not 0 < rest[0] < 2**32:
@@ -245,6 +263,11 @@ def _apply(loaded: Loaded, op: Op) -> None:
     elif kind == "threshold":
         _, name, ttl = op
         loaded.thresholds[validate.interface(name, "interface")] = validate.threshold(ttl)
+    elif kind == "template":
+        _add_templates(loaded.templates, [op[1:]])
+    elif kind == "untemplate":
+        _, family, source, group, iif, table = op
+        loaded.templates.pop(validate.template_key_of(source, group, iif, table), None)
     else:
         raise ValueError(f"unknown op {kind!r}")
 
@@ -420,6 +443,8 @@ def _read_snapshot(loaded: Loaded, snap: Any, numbered: bool) -> int:
         if count.__class__ is not int or count < 0:
             raise ValueError("malformed snapshot (no route count)")
     loaded.routes.clear()
+    loaded.templates.clear()
+    _add_templates(loaded.templates, snap.get("templates", []))
     loaded.thresholds = {
         validate.interface(name, "interface"): validate.threshold(ttl)
         for name, ttl in snap.get("thresholds", {}).items()
@@ -435,24 +460,40 @@ def _read_snapshot(loaded: Loaded, snap: Any, numbered: bool) -> int:
 
 
 def _snapshot_records(
-    routes: Iterable[Route], thresholds: dict[str, int], seq: int
+    routes: Iterable[Route],
+    thresholds: dict[str, int],
+    seq: int,
+    templates: dict[TemplateKey, Ports] | None = None,
 ) -> Iterator[bytes]:
     """The lines of a snapshot numbered from `seq`, encoded one at a time: SNAPSHOT_CHUNK
     routes at most each. Sized `routes` (a list, a dict's values) are read a chunk at a
-    time, so a large snapshot never holds every route's record at once."""
+    time, so a large snapshot never holds every route's record at once. Templates (few)
+    go in the first record, as `"templates": [[family, source, group, iif, [oifs], table]]`
+    (absent when there are none: files of earlier versions have none)."""
     sized = routes if isinstance(routes, Sized) else list(routes)
     size = SNAPSHOT_CHUNK
     count = len(sized)
+    snap: dict[str, Any]
     if count <= size:
         snap = {"routes": _saved(list(sized)), "thresholds": thresholds, "count": count}
+        _save_templates(snap, templates)
         yield encode_record({"seq": seq, "snapshot": snap})
         return
     chunks = -(-count // size)
     snap = {"thresholds": thresholds, "count": count, "chunks": chunks}
+    _save_templates(snap, templates)
     yield encode_record({"seq": seq, "snapshot": snap})
     it = iter(sized)
     for n in range(1, chunks + 1):
         yield encode_record({"seq": seq + n, "routes": _saved(list(islice(it, size)))})
+
+
+def _save_templates(snap: dict[str, Any], templates: dict[TemplateKey, Ports] | None) -> None:
+    if templates:
+        snap["templates"] = [
+            [family, source, group, iif, list(ports.oifs), table]
+            for (family, source, group, table, iif), ports in sorted(templates.items())
+        ]
 
 
 def _saved(routes: list[Route]) -> list[list[Any]]:
@@ -679,12 +720,19 @@ class StateFile:
             os.lseek(self._fd, self._length, os.SEEK_SET)
             os.fdatasync(self._fd)
 
-    def write_snapshot(self, routes: Iterable[Route], thresholds: dict[str, int]) -> None:
+    def write_snapshot(
+        self,
+        routes: Iterable[Route],
+        thresholds: dict[str, int],
+        templates: dict[TemplateKey, Ports] | None = None,
+    ) -> None:
         """Replace the journal with one snapshot: temporary file, fsync, rename, fsync dir."""
         self.hold_lock()
         self._stale_compaction()  # this snapshot has everything a compaction under way has
         tmp = f"{self.path}.tmp"
-        fd, length, seq = _write_snapshot_file(self.path, tmp, routes, thresholds, self._seq)
+        fd, length, seq = _write_snapshot_file(
+            self.path, tmp, routes, thresholds, self._seq, templates=templates
+        )
         try:
             os.rename(tmp, self.path)  # replaces a link at the path itself, never its target
         except OSError as e:
@@ -693,12 +741,16 @@ class StateFile:
         self._switch_to(fd, length, seq, ops=0)
 
     def start_compaction(
-        self, routes: dict[RouteKey, Ports], thresholds: dict[str, int]
+        self,
+        routes: dict[RouteKey, Ports],
+        thresholds: dict[str, int],
+        templates: dict[TemplateKey, Ports] | None = None,
     ) -> Compaction:
         """Begin a snapshot of `routes` (a copy the caller will not change) that a thread writes
         with `Compaction.write` while the journal keeps taking changes; `finish_compaction`
         then adds those changes to it and puts it in the journal's place."""
         job = Compaction(self.path, routes, thresholds, self._seq)
+        job.templates = dict(templates or {})
         self._compaction = job
         return job
 
@@ -795,6 +847,7 @@ class Compaction:
         self.length = 0
         self.seq = seq  # of the snapshot's last record once written
         self.tail: list[Sequence[Change]] = []  # changes journaled meanwhile, in order
+        self.templates: dict[TemplateKey, Ports] = {}
         self.stale = False  # overtaken by a snapshot written meanwhile: never renamed
         self.error: StateError | None = None
         self._cancelled = False
@@ -811,6 +864,7 @@ class Compaction:
                 self.thresholds,
                 self.seq,
                 cancelled=lambda: self._cancelled,
+                templates=self.templates,
             )
         except StateError as e:
             self.error = e
@@ -854,6 +908,7 @@ def _write_snapshot_file(
     seq: int,
     *,
     cancelled: Callable[[], bool] = lambda: False,
+    templates: dict[TemplateKey, Ports] | None = None,
 ) -> tuple[int, int, int]:
     """Write a snapshot numbered after `seq` to a new file `tmp` and fsync it: its open
     descriptor, length and last sequence number. The caller renames it into place."""
@@ -863,7 +918,7 @@ def _write_snapshot_file(
         os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
         fd = _create(tmp)
         _write_all(fd, HEADER)
-        for record in _snapshot_records(routes, thresholds, seq + 1):
+        for record in _snapshot_records(routes, thresholds, seq + 1, templates):
             if cancelled():
                 raise _Cancelled
             _write_all(fd, record)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, sg_counters, vif_counters
 from mfcd.model import (
     DEFAULT_TABLE,
@@ -23,12 +25,14 @@ from mfcd.model import (
     AddVif,
     DelMfc,
     DelVif,
+    PendingKey,
     Ports,
     RouteKey,
     Router,
     Step,
 )
 from mfcd.protocol import FAMILY_NAMES, Encoded
+from mfcd.templates import TemplateKey
 
 SHOW_SCHEMA = 1
 
@@ -83,7 +87,7 @@ def change_result(
     counts: Counter[str],
     steps: Sequence[Step] | None,
     dry_run: bool,
-    added: RouteKey | None = None,
+    added: PendingKey | None = None,
 ) -> dict[str, Any]:
     """The result of a change: kernel operations counted, the plan when `steps` are given,
     and the state of the route a single add left (`added`, unless a dry run)."""
@@ -113,6 +117,7 @@ class Views:
 
     def __init__(self, counters: CountersReader) -> None:
         self.counters = counters
+        self._since: Mapping[RouteKey, float] = {}  # learned_since of the show under way
         self._order: tuple[Router | None, int, int, list[tuple[RouteKey, Ports]]] = (
             None,
             -1,
@@ -175,13 +180,17 @@ class Views:
         stats: bool = False,
         encoded: bool = False,
         table: int | None = None,
+        learned_since: Mapping[RouteKey, float] | None = None,
     ) -> dict[str, Any]:
         """VIFs and routes as the protocol shows them, by family and table (only those of
         table number `table`, if given); with `encoded`, the routes are one
-        protocol.Encoded JSON text (the same JSON: a test holds both to it)."""
+        protocol.Encoded JSON text (the same JSON: a test holds both to it). Every route
+        has its origin; a learned one names its template and, from `learned_since` (when
+        each was learned, time.monotonic), its age. Templates follow the routes."""
         vifs = self.vifs(router, stats, table)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
         healthy = all(vif.ifindex is not None for vif in router.vifs.values())
+        self._since = learned_since or {}
         routes: list[dict[str, Any]] | Encoded
         if encoded:
             routes = self._routes_encoded(router, stats, healthy, table)
@@ -191,6 +200,7 @@ class Views:
                 for key, ports in self._sorted(router)
                 if table is None or _in_table(table, key[0], key[3])
             ]
+            routes += self._templates_json(router, table)
         return {
             "schema": SHOW_SCHEMA,
             "vifs": vifs,
@@ -202,12 +212,13 @@ class Views:
         self, router: Router, stats: bool, healthy: bool, table: int | None
     ) -> Encoded:
         installed = router.installed
+        origins = router.origins
         interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
         parts = []
         for key, ports in self._sorted(router):
             if table is not None and not _in_table(table, key[0], key[3]):
                 continue
-            if stats or not healthy or key not in installed:
+            if stats or not healthy or key not in installed or key in origins:
                 parts.append(_json(self._route_json(router, key, ports, stats, healthy)))
                 continue
             # An installed route of a healthy table: formatted directly. Addresses are
@@ -220,9 +231,40 @@ class Views:
             family, source, group, number = key
             parts.append(
                 f'{{"family":"{FAMILY_NAMES[family]}","table":{number},"source":"{source}",'
-                f'"group":"{group}",{text},"state":"installed"}}'
+                f'"group":"{group}",{text},"state":"installed","origin":"api"}}'
             )
+        parts += map(_json, self._templates_json(router, table))
         return Encoded(f"[{','.join(parts)}]")
+
+    def _templates_json(self, router: Router, table: int | None) -> list[dict[str, Any]]:
+        """The templates as show lists them, after the routes: by family, table, group,
+        source and iif, each with the number of entries learned from it."""
+        if not router.templates:
+            return []
+        counts = Counter(router.learned.values())
+        out = []
+        for key in sorted(router.templates, key=_template_order):
+            family, source, group, number, iif = key
+            if table is not None and not _in_table(table, family, number):
+                continue
+            status = router.status(key)
+            entry: dict[str, Any] = {
+                "family": FAMILY_NAMES[family],
+                "table": number,
+                "source": source,
+                "group": group,
+                "iif": iif,
+                "oifs": list(router.templates[key].oifs),
+                "state": status.state,
+                "origin": "api",
+                "template": True,
+                "learned": counts[key],
+            }
+            if status.state != "installed":
+                entry["missing"] = list(status.missing)
+                entry["reason"] = status.reason
+            out.append(entry)
+        return out
 
     def _sorted(self, router: Router) -> list[tuple[RouteKey, Ports]]:
         """The routes in the order `ip mroute` and smcroute users expect: IPv4 first, then by
@@ -247,7 +289,14 @@ class Views:
             "iif": ports.iif,
             "oifs": list(ports.oifs),
             "state": "installed",
+            "origin": router.origin(key),
         }
+        template = router.learned.get(key)
+        if template is not None:
+            out["learned_from"] = {"source": template[1], "group": template[2], "iif": template[4]}
+            since = self._since.get(key)
+            if since is not None:
+                out["age"] = round(time.monotonic() - since, 1)
         installed = key in router.installed
         if not (healthy and installed):
             status = router.status(key)
@@ -272,6 +321,12 @@ DEFAULT_TABLES = 0  # a show filter for each family's default table (0 is never 
 def _in_table(wanted: int, family: int, table: int) -> bool:
     """Whether a route or VIF of (family, table) passes a show filter for table `wanted`."""
     return table == wanted or (wanted == DEFAULT_TABLES and table == DEFAULT_TABLE[family])
+
+
+def _template_order(key: TemplateKey) -> tuple[int, int, int, int, int, int, str]:
+    family, source, group, table, iif = key
+    g, s = tpl.prefix_of(group, family), tpl.prefix_of(source, family)
+    return family, table, g.network, g.length, s.network, s.length, iif
 
 
 def _address_order() -> Callable[[tuple[RouteKey, Ports]], int]:

@@ -53,6 +53,7 @@ VALID: dict[str, dict[str, Any]] = {
     "mfc.oif.add": {"source": "10.0.0.1", "group": "239.1.1.1", "oifs": ["c"]},
     "mfc.oif.del": {"source": "10.0.0.3", "group": "239.1.1.1", "oifs": ["b"]},
     "batch": {"ops": [ADD_OP, OIF_ADD_OP, OIF_DEL_OP, DEL_OP], "plan": True},
+    "flush": {},
 }
 TEXT_BATCH = {"text": "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b\n"}
 assert set(VALID) == set(protocol.COMMANDS)
