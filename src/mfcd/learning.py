@@ -126,9 +126,7 @@ class Learner:
         self.seen[key] = (-1, now)
         self.counts["learned"] += 1
         self.recent.pop((family, table, source, group), None)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("learned %s -> %s from template %s", source, group, template)
-        return 1
+        return 1  # (not logged: a flood of new flows would flood the log)
 
     def _repoint(self, upcall: Upcall) -> None:
         router = self.router
