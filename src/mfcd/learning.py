@@ -105,7 +105,7 @@ class Learner:
         router = self.router
         router.begin()
         try:
-            template, steps = router.learn(family, table, source, group, vif)
+            _, steps = router.learn(family, table, source, group, vif)
             if steps and len(router.learned) > self.max_learned:
                 router.rollback()
                 self._dropped()
