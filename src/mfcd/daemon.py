@@ -223,12 +223,11 @@ class Daemon:
         controller.on_drift = lambda: self._resync_later(RESYNC_DELAY)
         # Every table's socket and the link monitor: each readable one means events() has
         # something (upcalls must be read continuously: a full buffer drops them silently).
+        self.learner = Learner(controller, kernel, cfg.learned_idle_timeout, cfg.max_learned)
         self._sync_tables()
         commands = Commands(controller, cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
-        self.learner = commands.learner = Learner(
-            controller, kernel, cfg.learned_idle_timeout, cfg.max_learned
-        )
+        commands.learner = self.learner
         server = self.server = Server(
             commands, cfg.socket_path, cfg.client_timeout, cfg.max_request_bytes
         )

@@ -53,8 +53,8 @@ MRT_TABLE = 209
 SO_RCVBUFFORCE = 33  # socket.SO_RCVBUFFORCE where Python defines it
 # Receive buffer of each table's socket: the kernel drops an upcall (and its unresolved
 # entry, with the packets queued on it) when the buffer is full. An upcall takes about
-# 768 bytes of buffer (its skb's truesize), so 4 MiB (which the kernel doubles for its
-# bookkeeping) holds some 10,000 upcalls read late; the default (208 KiB) about 270.
+# 832 bytes of buffer (docs/kernel.md), so 4 MiB (which the kernel doubles for its
+# bookkeeping) holds some 10,000 upcalls read late; the default (208 KiB) 256.
 UPCALL_BUFFER = 4 * 1024 * 1024
 
 VIFF_USE_IFINDEX = 0x8  # vifctl: lcl_ifindex holds an ifindex, not an address

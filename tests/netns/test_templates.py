@@ -78,15 +78,17 @@ def templates_shown(mfcd: Mfcd) -> list[dict[str, Any]]:
 
 def no_rp_filter(lab: Lab) -> None:
     """Let the router take sources it has no route back to (the namespace's own sysctls)."""
-    lab.exec(lab.router, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0")
-    lab.exec(lab.router, "sysctl", "-qw", "net.ipv4.conf.r0.rp_filter=0")
+    for conf in ("all", "r0", "r1"):
+        lab.exec(lab.router, "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
 
 
-def add_sender_address(lab: Lab, address: str) -> None:
+def add_sender_address(lab: Lab, address: str, ns: str = "", dev: str = "s0") -> None:
+    """Give the sender (or namespace `ns`, interface `dev`) one more address."""
     family = "-6" if ":" in address else "-4"
     length = "128" if ":" in address else "32"
     extra = ["nodad"] if ":" in address else []
-    lab.ip(lab.sender, family, "addr", "add", f"{address}/{length}", "dev", "s0", *extra)
+    where = ns or lab.sender
+    lab.ip(where, family, "addr", "add", f"{address}/{length}", "dev", dev, *extra)
     lab.wait_settled()
 
 
@@ -344,3 +346,32 @@ def _rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+@pytest.mark.lab(receivers=1)
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_flow_that_changes_sides_is_repointed_by_the_other_template(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    net = NET[family]
+    no_rp_filter(lab)
+    mfcd.ok(*template(net["group"], "r0", "r1"))
+    mfcd.ok(*template(net["group"], "r1", "r0"))  # smcroute's bidirectional pair
+    assert received(lab.probe(net["group"]), lab) == [5]
+    [entry] = learned(mfcd)
+    assert (entry["iif"], entry["oifs"]) == ("r0", ["r1"])
+    # The same source now sends from the other side (r1 is an oif of the entry: the kernel
+    # reports the wrong interface).
+    receiver = lab.rx[0]
+    add_sender_address(lab, net["sender"], ns=receiver, dev="x0")
+    if family == 4:
+        lab.ip(receiver, "route", "add", "224.0.0.0/4", "dev", "x0")
+    sent = lab.exec(
+        receiver, sys.executable, TRAFFIC, "send", net["group"], "5000", "x0", net["sender"], "5"
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert wait_until(lambda: [(r["iif"], r["oifs"]) for r in learned(mfcd)] == [("r1", ["r0"])])
+    [entry] = learned(mfcd)
+    assert entry["learned_from"]["iif"] == "r1"
+    counts = json.loads(mfcd.ok("show", "--stats", "--output", "json"))["learning"]
+    assert counts["repointed"] == 1
