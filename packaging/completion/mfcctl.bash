@@ -113,7 +113,7 @@ _mfcctl() {
     case "$cmd $action" in
         " ") opts="-h --help --socket -o --output -n --dry-run -v --verbose --version" ;;
         "mfc add") opts="-h --help --source --group --table --iif --oifs -o --output -n --dry-run -v --verbose" ;;
-        "mfc del") opts="-h --help --source --group --table -o --output -n --dry-run -v --verbose" ;;
+        "mfc del") opts="-h --help --source --group --table --iif -o --output -n --dry-run -v --verbose" ;;
         "mfc oif") opts="-h --help" ;;
         "mfc oif add" | "mfc oif del") opts="-h --help --source --group --table --oifs -o --output -n --dry-run -v --verbose" ;;
         "show ") opts="-h --help -s --stats -w --watch --table -o --output -v --verbose" ;;
@@ -121,6 +121,7 @@ _mfcctl() {
         "vif set") opts="-h --help --threshold -o --output -n --dry-run -v --verbose" ;;
         "vif show") opts="-h --help -s --stats --table -o --output -v --verbose" ;;
         "sync ") opts="-h --help --full -o --output -n --dry-run -v --verbose" ;;
+        "flush ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
         "ping ") opts="-h --help -o --output -v --verbose" ;;
         *) opts="-h --help" ;;
     esac
@@ -130,7 +131,7 @@ _mfcctl() {
     fi
 
     case "$cmd $action" in
-        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping' "$cur" "" ;;
+        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nflush\nping' "$cur" "" ;;
         "mfc ") _mfcctl_reply $'add\ndel\noif' "$cur" "" ;;
         "mfc oif") _mfcctl_reply $'add\ndel' "$cur" "" ;;
         "vif ") _mfcctl_reply $'set\nshow' "$cur" "" ;;

@@ -70,7 +70,7 @@ def _leaves(
     ("line", "expected"),
     [
         ("mfcctl m", ["mfc"]),
-        ("mfcctl ", ["mfc", "show", "batch", "vif", "sync", "ping"]),
+        ("mfcctl ", ["mfc", "show", "batch", "vif", "sync", "flush", "ping"]),
         ("mfcctl mfc ", ["add", "del", "oif"]),
         ("mfcctl mfc oif ", ["add", "del"]),
         ("mfcctl mfc oif del --source 198.18.0.2 --group 232.1.1.1 --o", ["--oifs", "--output"]),
