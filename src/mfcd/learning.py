@@ -103,13 +103,12 @@ class Learner:
         """Learn the entry of one packet (family, table, source, group, arrival VIF)."""
         family, table, source, group, vif = where
         router = self.router
+        if len(router.learned) >= self.max_learned and router.would_learn(*where):
+            self._dropped()  # (checked without a transaction: a flood comes here often)
+            return 0
         router.begin()
         try:
             _, steps = router.learn(family, table, source, group, vif)
-            if steps and len(router.learned) > self.max_learned:
-                router.rollback()
-                self._dropped()
-                return 0
             execute(self.plane, steps)
         except Exception as e:  # never leave the transaction open; a refusal is logged
             router.rollback()

@@ -647,17 +647,32 @@ class Router:
         """A packet from `source` to `group` arrived on VIF `vif` with no entry (a NOCACHE
         upcall): learn its entry from the best template, if one matches and holds its VIFs.
         Returns the template (None: none matches) and the steps (none: nothing learned)."""
-        name = self._vif_name(family, table, vif)
-        if name is None:
-            return None, []
+        best = self.match(family, table, source, group, vif)
         key = (family, source, group, table)
-        best = self.template_index().match(family, table, name, source, group)
         if best is None or key in self.routes or best not in self.holding:
             return best, []  # no template; an exact route (or learned already); pending
         steps = self._put(key, self.templates[best])
         self._set(self.origins, key, "learned")
         self._set(self.learned, key, best)
         return best, steps
+
+    def match(
+        self, family: int, table: int, source: str, group: str, vif: int
+    ) -> TemplateKey | None:
+        """The best template for a packet that arrived on VIF `vif` (no change)."""
+        name = self._vif_name(family, table, vif)
+        if name is None:
+            return None
+        return self.template_index().match(family, table, name, source, group)
+
+    def would_learn(self, family: int, table: int, source: str, group: str, vif: int) -> bool:
+        """Whether `learn` would install an entry for this packet (no change)."""
+        best = self.match(family, table, source, group, vif)
+        return (
+            best is not None
+            and best in self.holding
+            and (family, source, group, table) not in self.routes
+        )
 
     def repoint(self, family: int, table: int, source: str, group: str, vif: int) -> list[Step]:
         """A learned entry's packets arrive on another VIF (WRONGVIF): if a template covers
