@@ -507,7 +507,8 @@ class Daemon:
         """Remove learned entries that went idle, a slice of them per tick (learning.py)."""
         while True:
             await asyncio.sleep(self.learner.interval)
-            self.learner.tick()
+            for _ in self.learner.ticking():
+                await asyncio.sleep(0)  # requests are answered between two steps
 
     async def _keep_state_file(self) -> None:
         """Once a second, write the state file back if it was deleted or replaced (each change

@@ -400,7 +400,7 @@ class MrouteSocket:
             return None
         return parse_vif_req(buf)
 
-    def read_upcalls(self, limit: int = 1024) -> list[Upcall]:
+    def read_upcalls(self, limit: int = 256) -> list[Upcall]:
         """Read what is queued (upcalls, and on IPv4 IGMP packets, which are skipped); the
         upcalls parsed. At most `limit` datagrams per call, so a flood cannot starve the
         event loop: the socket stays readable and the loop calls again."""
@@ -563,7 +563,8 @@ class Kernel:
         return Counters([probe(s, g) for s, g in entries], [sock.vif_counters(v) for v in vifs])
 
     def events(self) -> Events:
-        """Interface events (all queued), then up to 1,024 datagrams of each table's socket.
+        """Interface events (all queued), then up to 256 datagrams of each table's socket
+        (each may be learned from: a few ms of work, then the loop serves others).
 
         A failure to read interface events raises netlink.NetlinkError (an OSError) before
         any upcall is read: those stay queued for the next call.

@@ -14,9 +14,10 @@ oldest first out), so that a template added while the traffic flows is matched a
 it at once instead of after the kernel's entry expires. Nothing is put in the kernel for
 unmatched traffic (no "stop filter" entry that would block a flow forever).
 
-Idle expiry reads the packet counters of learned entries only, a slice per tick: every
-learned entry is looked at about four times per idle timeout, so a tick costs
-O(learned / (timeout / 4) * interval) probes, never O(all routes).
+Idle expiry reads the packet counters of learned entries only, a slice per tick (10 a
+second): every learned entry is looked at about four times per idle timeout, so a tick
+costs O(learned / (timeout / 4) * interval) probes, never O(all routes), and removes at
+most the entries of its slice.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from mfcd.dataplane import Dataplane, Upcall, execute
@@ -38,6 +39,7 @@ log = logging.getLogger("mfcd")
 UNRESOLVED_LIFE = 10.0  # seconds the kernel keeps an unresolved entry (and stays quiet about it)
 RECENT_MAX = 10_000  # unmatched upcalls remembered at most
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about learned entries dropped
+STEP = 128  # learned entries an expiry step reads and removes between two turns of the loop
 
 
 def _where(upcall: Upcall) -> tuple[int, int, str, str, int]:
@@ -82,10 +84,12 @@ class Learner:
 
     @property
     def interval(self) -> float:
-        """Seconds between two ticks: a quarter of the idle timeout, at most 1 s."""
+        """Seconds between two ticks: 0.1 (a quarter of a shorter idle timeout), so that a
+        tick's slice stays small: at 100,000 learned entries and a 60 s timeout, 667
+        counters read, about a millisecond."""
         if self.idle_timeout <= 0:
             return 1.0
-        return min(1.0, max(0.05, self.idle_timeout / 4))
+        return min(0.1, max(0.025, self.idle_timeout / 4))
 
     # --- upcalls ---------------------------------------------------------------------------------
 
@@ -194,22 +198,29 @@ class Learner:
     # --- expiry and flush --------------------------------------------------------------------
 
     def tick(self) -> int:
-        """One slice of the idle expiry (call every `interval` seconds); how many expired."""
+        """One slice of the idle expiry, at once; how many expired."""
+        return sum(self.ticking())
+
+    def ticking(self) -> Iterator[int]:
+        """One slice of the idle expiry (run every `interval` seconds), STEP entries at a
+        time: yields how many of each step expired, so that the caller can serve others
+        between two steps."""
         now = self.clock()
         self._forget_recent(now)
-        learned = self.router.learned
-        if self.idle_timeout <= 0 or (not learned and not self.since):
-            return 0
+        if self.idle_timeout <= 0 or (not self.router.learned and not self.since):
+            return
         if self._position >= len(self._cycle):
             self._start_cycle()
         period = max(self.interval, self.idle_timeout / 4)
         size = math.ceil(len(self._cycle) * self.interval / period) if self._cycle else 0
         chunk = self._cycle[self._position : self._position + size]
         self._position += size
-        idle = self._idle([key for key in chunk if key in learned], now)
-        if idle:
-            self.counts["expired"] += self._remove(idle, "idle")
-        return len(idle)
+        for start in range(0, len(chunk), STEP):
+            learned = self.router.learned  # (read again: others may have run meanwhile)
+            idle = self._idle([k for k in chunk[start : start + STEP] if k in learned], now)
+            if idle:
+                self.counts["expired"] += self._remove(idle, "idle")
+            yield len(idle)
 
     def _start_cycle(self) -> None:
         learned = self.router.learned
@@ -260,7 +271,7 @@ class Learner:
         for key in keys:
             self.since.pop(key, None)
             self.seen.pop(key, None)
-        if keys:
+        if keys and why != "idle":  # (idle ones go a step at a time: counted, not logged)
             log.info("removed %d learned entries (%s)", len(keys), why)
         return len(keys)
 
