@@ -389,6 +389,7 @@ class Daemon:
         if touched:
             self._resync_later(RESYNC_DELAY, touched)
         self._sync_tables()  # a pending route installed now may have opened a table
+        self.learner.after_change()  # a template that took its VIFs now may match traffic
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False

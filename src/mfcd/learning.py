@@ -76,7 +76,8 @@ class Learner:
         self._position = 0
         self._dropped_unlogged = 0
         self._dropped_logged_at = -math.inf
-        self._templates: dict[TemplateKey, Any] = {}  # as of the last retry of `recent`
+        # The templates and those holding VIFs, as of the last retry of `recent`.
+        self._templates: tuple[dict[TemplateKey, Any], dict[TemplateKey, None]] = ({}, {})
 
     @property
     def router(self) -> Router:
@@ -175,12 +176,14 @@ class Learner:
             self._dropped_unlogged = 0
 
     def after_change(self) -> int:
-        """After a client's change: if the templates changed, match them against the
-        unmatched upcalls of the last UNRESOLVED_LIFE seconds; how many were learned."""
-        templates = self.router.templates
-        if templates == self._templates:
+        """After a client's change or an interface event: if the templates changed (or one
+        took its VIFs), match them against the unmatched upcalls of the last
+        UNRESOLVED_LIFE seconds; how many were learned."""
+        router = self.router
+        now = (router.templates, router.holding)
+        if now == self._templates:
             return 0
-        self._templates = dict(templates)
+        self._templates = (dict(router.templates), dict(router.holding))
         self._forget_recent(self.clock())
         learned = 0
         for (family, table, source, group), (vif, _) in list(self.recent.items()):

@@ -446,3 +446,14 @@ def test_show_encodes_templates_and_learned_entries_as_json_would() -> None:
     for route in (*plain, *again):
         route.pop("age", None)  # (the clock moved between the two)
     assert again == plain
+
+
+def test_a_pending_template_learns_what_arrived_meanwhile_once_its_interfaces_exist() -> None:
+    ctl, kernel, learner, _ = setup()
+    ctl.change([star("239.9.9.9", "a", "b"), star("239.1.1.1", "a", "zz")])  # zz: missing
+    learner.after_change()
+    learner.on_upcalls([upcall(ctl, "198.18.0.9", "239.1.1.1", "a")])
+    assert kernel.mfcs == {}  # the best template is pending: nothing learned, remembered
+    ctl.link_up("zz", 9)
+    assert learner.after_change() == 1
+    assert kernel.forwarding(key("198.18.0.9")) == (1, frozenset({(9, 1)}))
