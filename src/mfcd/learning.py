@@ -39,7 +39,7 @@ log = logging.getLogger("mfcd")
 UNRESOLVED_LIFE = 10.0  # seconds the kernel keeps an unresolved entry (and stays quiet about it)
 RECENT_MAX = 10_000  # unmatched upcalls remembered at most
 DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about learned entries dropped
-STEP = 128  # learned entries an expiry step reads and removes between two turns of the loop
+STEP = 64  # learned entries an expiry step reads and removes between two turns of the loop
 
 
 def _where(upcall: Upcall) -> tuple[int, int, str, str, int]:
