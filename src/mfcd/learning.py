@@ -220,18 +220,23 @@ class Learner:
         self._position += size
         for start in range(0, len(chunk), STEP):
             learned = self.router.learned  # (read again: others may have run meanwhile)
-            idle = self._idle([k for k in chunk[start : start + STEP] if k in learned], now)
+            keys = []
+            for key in chunk[start : start + STEP]:
+                if key in learned:
+                    keys.append(key)
+                elif key in self.since:  # flushed, its template gone, or now an API route
+                    del self.since[key]
+                    self.seen.pop(key, None)
+            idle = self._idle(keys, now)
             if idle:
                 self.counts["expired"] += self._remove(idle, "idle")
             yield len(idle)
 
     def _start_cycle(self) -> None:
-        learned = self.router.learned
-        self._cycle = list(learned)
+        """The entries of the next expiry pass: those the learner learned (a key list, one
+        copy; the entries removed meanwhile by other means are let go of as it meets them)."""
+        self._cycle = list(self.since)
         self._position = 0
-        for gone in [key for key in self.since if key not in learned]:
-            del self.since[gone]
-            self.seen.pop(gone, None)
 
     def _idle(self, keys: list[RouteKey], now: float) -> list[RouteKey]:
         """The entries among `keys` whose packet counter has not moved for idle_timeout."""
