@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mfcd import templates as tpl
 from mfcd import validate
 from mfcd.controller import Controller, observe
-from mfcd.dataplane import Upcall
+from mfcd.dataplane import Upcall, UpcallKind
 from mfcd.errors import InvalidArgument, NotFound
 from mfcd.learning import Learner
 from mfcd.model import AddRoute, AddTemplate, DelRoute, DelTemplate, Route
@@ -168,10 +168,12 @@ def tkey(group: str, iif: str, source: str | None = None) -> TemplateKey:
     return validate.template_key_of(source, group, iif)
 
 
-def upcall(ctl: Controller, source: str, group: str, arrived: str, kind: str = "nocache") -> Upcall:
+def upcall(
+    ctl: Controller, source: str, group: str, arrived: str, kind: UpcallKind = "nocache"
+) -> Upcall:
     vif = ctl.router.vif_of(4, arrived)
     assert vif is not None
-    return Upcall(kind, 4, 253, source, group, vif.vifi)  # type: ignore[arg-type]
+    return Upcall(kind, 4, 253, source, group, vif.vifi)
 
 
 def key(source: str, group: str = "239.1.1.1") -> tuple[int, str, str, int]:
@@ -457,3 +459,85 @@ def test_a_pending_template_learns_what_arrived_meanwhile_once_its_interfaces_ex
     ctl.link_up("zz", 9)
     assert learner.after_change() == 1
     assert kernel.forwarding(key("198.18.0.9")) == (1, frozenset({(9, 1)}))
+
+
+# --- random sequences ------------------------------------------------------------------------
+
+_GROUPS = ["239.1.1.1", "239.1.1.0/24", "239.1.0.0/16"]
+_SOURCES = [None, "198.18.0.0/16", "198.18.0.1"]
+_NAMES = ["a", "b", "c"]
+
+_ops = st.one_of(
+    st.tuples(
+        st.just("template"),
+        st.sampled_from(_GROUPS),
+        st.sampled_from(_SOURCES),
+        st.sampled_from(["a", "b"]),
+        st.sets(st.sampled_from(_NAMES), min_size=1),
+    ),
+    st.tuples(st.just("untemplate"), st.integers(0, 20)),
+    st.tuples(
+        st.sampled_from(["nocache", "wrongvif"]),
+        st.sampled_from(["198.18.0.1", "198.18.0.2"]),
+        st.sampled_from(["239.1.1.1", "239.1.1.2", "239.1.2.1"]),
+        st.sampled_from(["a", "b"]),
+    ),
+    st.tuples(st.sampled_from(["route", "unroute"]), st.sampled_from(["198.18.0.1", "198.18.0.2"])),
+    st.tuples(st.just("flush")),
+)
+
+
+def _apply_op(ctl: Controller, learner: Learner, op: tuple[Any, ...]) -> None:
+    kind = op[0]
+    router = ctl.router
+    if kind == "template":
+        _, group, source, iif, oifs = op
+        outs = sorted(set(oifs) - {iif})
+        if outs:
+            ctl.change([star(str(group), str(iif), *outs, source=source)])
+    elif kind == "untemplate":
+        keys = sorted(router.templates)
+        if keys:
+            ctl.change([DelTemplate(keys[int(op[1]) % len(keys)])])
+    elif kind in ("nocache", "wrongvif"):
+        _, source, group, arrived = op
+        if router.vif_of(4, str(arrived)) is not None:
+            learner.on_upcalls([upcall(ctl, source, group, arrived, kind)])
+    elif kind == "route":
+        ctl.change([AddRoute.of(Route(4, str(op[1]), "239.1.1.1", "c", ("a",), 253))])
+    elif kind == "unroute":
+        if (4, op[1], "239.1.1.1", 253) in router.routes and key(str(op[1])) not in router.learned:
+            ctl.change([DelRoute(key(str(op[1])))])
+    else:
+        learner.flush()
+    learner.after_change()
+
+
+def _check_invariants(ctl: Controller, kernel: FakeKernel) -> None:
+    router = ctl.router
+    # The kernel holds exactly the installed entries, as the model wrote them.
+    assert set(kernel.mfcs) == set(router.installed)
+    # Each VIF counts the installed routes and the holding templates that use it.
+    for (_, _, name), vif in router.vifs.items():  # (one family and table here)
+        users = sum(name in router.routes[k].interfaces for k in router.installed)
+        users += sum(name in router.templates[t].interfaces for t in router.holding)
+        assert vif.refs == users, name
+    # Each learned entry follows the best template of its interface.
+    index = router.template_index()
+    for k, template in router.learned.items():
+        ports = router.routes[k]
+        assert router.origin(k) == "learned"
+        assert index.match(k[0], k[3], ports.iif, k[1], k[2]) == template
+        assert template in router.holding and router.templates[template] == ports
+    assert set(router.origins) == set(router.learned)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_ops, max_size=25))
+def test_random_sequences_keep_kernel_vifs_and_learned_entries_consistent(
+    ops: list[tuple[Any, ...]],
+) -> None:
+    ctl, kernel, learner, _ = setup()
+    for op in ops:
+        _apply_op(ctl, learner, op)
+        _check_invariants(ctl, kernel)
