@@ -37,6 +37,7 @@ from mfcd.model import (
     DelTemplate,
     Ports,
     RouteKey,
+    Router,
     SetThreshold,
     template_text,
 )
@@ -266,7 +267,7 @@ class Commands:
         self, kind: str, args: dict[str, Any], dry_run: bool, peer: Peer
     ) -> dict[str, Any]:
         validate.require_fields(args, OIF_FIELDS, validate.OPTIONAL)
-        lookup = self.controller.router.routes.get
+        lookup = _BatchRoutes(self.controller.router, []).get
         change = self._oif_change(
             kind, args["source"], args["group"], args["oifs"], lookup, table=args.get("table")
         )
@@ -358,7 +359,7 @@ class Commands:
         if not isinstance(ops, list):
             raise BadRequest("ops must be a list", field="ops")
         changes: list[Change] = []
-        routes = _BatchRoutes(self.controller.router.routes, changes)
+        routes = _BatchRoutes(self.controller.router, changes)
         deleted = updated = 0
         for index, op in enumerate(ops):
             try:
@@ -379,7 +380,7 @@ class Commands:
         add = changes.append
         families = self.families
         add_change = validate.add_change
-        routes = _BatchRoutes(self.controller.router.routes, changes)
+        routes = _BatchRoutes(self.controller.router, changes)
         lineno = deleted = updated = 0
         try:
             for lineno, kind, source, group, iif, oifs, table in batchfile.lines(text):  # noqa: B007
@@ -509,8 +510,9 @@ class _BatchRoutes:
     a batch does no more work for batches without oif ops (nearly all of them).
     """
 
-    def __init__(self, routes: dict[RouteKey, Ports], changes: list[Change]) -> None:
-        self.routes = routes
+    def __init__(self, router: Router, changes: list[Change]) -> None:
+        self.routes = router.routes
+        self.learned = router.learned  # not routes to edit: `flush` and templates own them
         self.changes = changes
         self.seen = 0
         self.latest: dict[RouteKey, Ports | None] = {}
@@ -523,7 +525,9 @@ class _BatchRoutes:
             elif isinstance(change, DelRoute):
                 latest[change.key] = None
         self.seen = len(self.changes)
-        return latest[key] if key in latest else self.routes.get(key)
+        if key in latest:
+            return latest[key]
+        return None if key in self.learned else self.routes.get(key)
 
 
 def _names_template(args: dict[str, Any]) -> bool:

@@ -541,3 +541,17 @@ def test_random_sequences_keep_kernel_vifs_and_learned_entries_consistent(
     for op in ops:
         _apply_op(ctl, learner, op)
         _check_invariants(ctl, kernel)
+
+
+def test_oif_changes_of_a_learned_entry_are_not_found() -> None:
+    commands = make_commands()
+    ctl = commands.controller
+    commands.learner = Learner(ctl, ctl.kernel)
+    assert ask(commands, "mfc.add", {"group": "239.5.5.5", "iif": "a", "oifs": ["b"]})["ok"]
+    commands.learner.on_upcalls([upcall(ctl, "10.1.1.1", "239.5.5.5", "a")])
+    args = {"source": "10.1.1.1", "group": "239.5.5.5", "oifs": ["c"]}
+    assert ask(commands, "mfc.oif.add", args)["error"]["code"] == "not_found"
+    assert ask(commands, "batch", {"ops": [dict(args, op="oif_add")]})["error"]["code"] == (
+        "not_found"
+    )
+    assert ctl.router.origin((4, "10.1.1.1", "239.5.5.5", 253)) == "learned"
