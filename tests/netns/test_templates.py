@@ -375,3 +375,21 @@ def test_a_flow_that_changes_sides_is_repointed_by_the_other_template(
     assert entry["learned_from"]["iif"] == "r1"
     counts = json.loads(mfcd.ok("show", "--stats", "--output", "json"))["learning"]
     assert counts["repointed"] == 1
+
+
+@pytest.mark.lab(receivers=1)
+def test_each_tables_socket_gets_a_large_upcall_buffer_and_assert_mode(lab: Lab) -> None:
+    probe = (
+        "import socket\n"
+        "from mfcd.kernel import MrouteSocket, UPCALL_BUFFER\n"
+        "for family in (4, 6):\n"
+        "    s = MrouteSocket(family)\n"
+        "    level = socket.IPPROTO_IP if family == 4 else socket.IPPROTO_IPV6\n"
+        "    size = s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)\n"
+        "    print(family, size >= 2 * UPCALL_BUFFER, s.sock.getsockopt(level, 207))\n"
+        "    s.close()\n"
+    )
+    done = lab.exec(lab.router, sys.executable, "-c", probe)
+    assert done.returncode == 0, done.stderr
+    # The kernel doubles what it is asked for; MRT_ASSERT reads back as 1.
+    assert done.stdout.split() == ["4", "True", "1", "6", "True", "1"]
