@@ -729,14 +729,16 @@ def format_show(result: dict[str, Any], width: int, rates: dict[str, Any] | None
     routes = [r for r in everything if not r.get("template")] if templates else everything
     if templates:
         lines += ["", *format_templates(templates)]
-    if "learning" in result:
-        learning = result["learning"]
+    learning = result.get("learning")
+    if learning and (templates or learning.get("learned") or learning.get("unmatched")):
         lines += [
             "",
-            "Learning: {entries} entries (max {max_learned}), {learned} learned, {expired}"
-            " expired, {dropped} dropped past the max, {unmatched} upcalls matched no"
-            " template".format(**learning),
+            "Learning: {entries} entries now (max_learned {max_learned}); since start:".format(
+                **learning
+            ),
         ]
+        counts = ("learned", "expired", "dropped", "unmatched", "repointed")
+        lines += _pack([f"{name} {learning.get(name, 0)}" for name in counts], width, "  ")
     if not any(_other_table(r) for r in [*routes, *vifs]):
         lines.append("")
         lines += format_routes(routes, width, stats, rates)

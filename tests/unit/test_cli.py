@@ -703,3 +703,21 @@ def test_show_lists_templates_and_marks_learned_entries() -> None:
     assert "installed, learned 12s from * 239.1.1.1" in text
     [row] = [line for line in text.splitlines() if line.startswith("*")]
     assert row.split() == ["*", "239.1.1.1", "r0", "r1", "installed", "1"]
+
+
+def test_show_stats_says_what_learning_did_in_80_columns() -> None:
+    learning = {
+        "entries": 100000,
+        "max_learned": 100000,
+        "idle_timeout": 60.0,
+        "learned": 123456789,
+        "expired": 123456789,
+        "dropped": 123456789,
+        "unmatched": 123456789,
+        "repointed": 123456,
+    }
+    text = cli.format_show({"vifs": [], "routes": [], "learning": learning}, 80)
+    assert "Learning: 100000 entries now" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    quiet = dict(learning, learned=0, unmatched=0)
+    assert "Learning" not in cli.format_show({"vifs": [], "routes": [], "learning": quiet}, 80)
