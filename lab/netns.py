@@ -176,9 +176,15 @@ class Lab:
     # --- traffic ---------------------------------------------------------------------------------
 
     def probe(
-        self, group: str, count: int = 5, port: int = 5000, source_family: int | None = None
+        self,
+        group: str,
+        count: int = 5,
+        port: int = 5000,
+        source_family: int | None = None,
+        source: str | None = None,
     ) -> dict[str, int]:
-        """Send `count` packets to `group` from the sender; return how many each receiver got."""
+        """Send `count` packets to `group` from the sender (from its address on s0, or from
+        `source`, which must be one of its addresses); return how many each receiver got."""
         family = source_family or (6 if ":" in group else 4)
         receivers = {
             ns: self.spawn(ns, sys.executable, TRAFFIC, "recv", group, str(port), "x0")
@@ -192,7 +198,8 @@ class Lab:
                     raise RuntimeError(
                         f"receiver failed: {line} {proc.stderr.read() if proc.stderr else ''}"
                     )
-            source = "198.18.0.2" if family == 4 else "2001:db8:0::2"
+            if source is None:
+                source = "198.18.0.2" if family == 4 else "2001:db8:0::2"
             sent = self.exec(
                 self.sender,
                 sys.executable,

@@ -113,7 +113,7 @@ _mfcctl() {
     case "$cmd $action" in
         " ") opts="-h --help --socket -o --output -n --dry-run -v --verbose --version" ;;
         "mfc add") opts="-h --help --source --group --table --iif --oifs -o --output -n --dry-run -v --verbose" ;;
-        "mfc del") opts="-h --help --source --group --table -o --output -n --dry-run -v --verbose" ;;
+        "mfc del") opts="-h --help --source --group --table --iif -o --output -n --dry-run -v --verbose" ;;
         "mfc oif") opts="-h --help" ;;
         "mfc oif add" | "mfc oif del") opts="-h --help --source --group --table --oifs -o --output -n --dry-run -v --verbose" ;;
         "show ") opts="-h --help -s --stats -w --watch --table -o --output -v --verbose" ;;
@@ -122,6 +122,7 @@ _mfcctl() {
         "vif set") opts="-h --help --threshold --mrdisc --no-mrdisc -o --output -n --dry-run -v --verbose" ;;
         "vif show") opts="-h --help -s --stats --table -o --output -v --verbose" ;;
         "sync ") opts="-h --help --full -o --output -n --dry-run -v --verbose" ;;
+        "flush ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
         "ping ") opts="-h --help -o --output -v --verbose" ;;
         "diagnose ") opts="-h --help --group --source --table --seconds -o --output -v --verbose" ;;
         "monitor ") opts="-h --help -o --output -v --verbose" ;;
@@ -135,7 +136,7 @@ _mfcctl() {
     fi
 
     case "$cmd $action" in
-        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nping\njoin\nleave\ndiagnose\nmonitor\nreload\nimport-smcroute' "$cur" "" ;;
+        " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nflush\nping\njoin\nleave\ndiagnose\nmonitor\nreload\nimport-smcroute' "$cur" "" ;;
         "show ") ((npos == 0)) && _mfcctl_reply groups "$cur" "" ;;
         "mfc ") _mfcctl_reply $'add\ndel\noif' "$cur" "" ;;
         "mfc oif") _mfcctl_reply $'add\ndel' "$cur" "" ;;

@@ -46,8 +46,9 @@ _OTHER_LINE_ENDS = ("\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", 
 
 def lines(text: str) -> Iterator[Change]:
     """Each change of a batch text as (line number, kind, source, group, iif, oifs, table),
-    kind being "add", "del", "oif_add" or "oif_del"; only an add has an iif (the others "")
-    and a del has no oifs (None); table is None without --table.  Blank and comment lines
+    kind being "add", "del", "oif_add" or "oif_del"; only an add (and a template's del) has
+    an iif (the others "") and a del has no oifs (None); source is "*" without --source
+    (any source: a template); table is None without --table.  Blank and comment lines
     yield nothing.
 
     Raises SyntaxProblem naming the line.
@@ -85,7 +86,8 @@ def lines(text: str) -> Iterator[Change]:
         yield (
             lineno,
             op["op"],
-            op.get("source", ""),  # (a join without --source: "")
+            # No source: a join of any source (""), a template of any source ("*").
+            op.get("source", "" if op["op"] in ("join", "leave") else "*"),
             op["group"],
             op["iif"] if "iif" in op else op.get("interface", ""),  # (a join's interface)
             op.get("oifs"),
@@ -189,30 +191,27 @@ def line_op(words: list[str]) -> Op:
             raise ValueError(f"unexpected word {word!r}")
         else:
             current.append(word)
+    # Without --source, an add or del names a template of any source; a del names a
+    # template's iif when several templates have the same prefixes.
     if oif:
         wanted: tuple[str, ...] = ("source", "group", "oifs")
+        optional: tuple[str, ...] = ("table",)
     elif kind == "add":
-        wanted = ("source", "group", "iif", "oifs")
+        wanted, optional = ("group", "iif", "oifs"), ("source", "table")
     else:
-        wanted = ("source", "group")
+        wanted, optional = ("group",), ("source", "table", "iif")
     for flag in wanted:
         if not values.get(flag):
             raise ValueError(f"`{command}` needs --{flag}")
     for flag, given in values.items():
-        if flag == "table":
-            if len(given) != 1:
-                raise ValueError("--table takes one value")
-            continue
-        if flag not in wanted:
+        if flag not in wanted and flag not in optional:
             raise ValueError(f"`{command}` takes no --{flag}")
         if flag != "oifs" and len(given) != 1:
             raise ValueError(f"--{flag} takes one value")
-    op: Op = {
-        "op": f"oif_{kind}" if oif else kind,
-        "source": values["source"][0],
-        "group": values["group"][0],
-    }
-    if kind == "add" and not oif:
+    op: Op = {"op": f"oif_{kind}" if oif else kind, "group": values["group"][0]}
+    if "source" in values:
+        op["source"] = values["source"][0]
+    if "iif" in values:
         op["iif"] = values["iif"][0]
     if "table" in values:
         op["table"] = values["table"][0]

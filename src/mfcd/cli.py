@@ -369,23 +369,32 @@ def _mfc_command(sub: Any) -> None:
     mfc_sub = mfc.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = mfc_sub.add_parser(
         "add",
-        help="add or replace the route for (source, group)",
+        help="add or replace the route for (source, group), or a template",
         description="Add the route for (SOURCE, GROUP), or replace it if one exists. Packets"
         " from SOURCE to GROUP that arrive on IIF are forwarded out of every OIF. A route"
         " naming an interface that does not exist yet is kept as pending and installed when"
-        " the interface appears; mfcctl warns about it on stderr.",
+        " the interface appears; mfcctl warns about it on stderr. Without --source (any"
+        " source), or with a prefix as SOURCE or GROUP (198.18.0.0/16, 239.2.0.0/24), it is a"
+        " template: mfcd learns an (S,G) entry from it for each flow that arrives on IIF (the"
+        " most specific template wins; an exact route always wins).",
     )
-    _key_options(add)
+    _key_options(add, template=True)
     add.add_argument("--iif", required=True, metavar="IFNAME", help="incoming interface")
     _oifs_option(add, "outgoing interfaces, comma- or space-separated")
     _command_options(add, changes=True)
     delete = mfc_sub.add_parser(
         "del",
-        help="delete the route for (source, group)",
+        help="delete the route for (source, group), or a template",
         description="Delete the route for (SOURCE, GROUP): its MFC entry leaves the kernel, and"
-        " VIFs no other route uses are released. Exit status 5 if there is no such route.",
+        " VIFs no other route uses are released. Exit status 5 if there is no such route."
+        " A template (no --source, or a prefix) is deleted with the entries learned from it;"
+        " when several templates have the same prefixes (one per incoming interface), --iif"
+        " says which.",
     )
-    _key_options(delete)
+    _key_options(delete, template=True)
+    delete.add_argument(
+        "--iif", metavar="IFNAME", help="the incoming interface of the template to delete"
+    )
     _command_options(delete, changes=True)
     oif = mfc_sub.add_parser(
         "oif",
@@ -566,6 +575,16 @@ def _leave_command(sub: Any) -> None:
     _join_command(sub, "leave")
 
 
+def _flush_command(sub: Any) -> None:
+    flush = sub.add_parser(
+        "flush",
+        help="remove the entries learned from templates now",
+        description="Remove every (S,G) entry mfcd learned from a template. Flows still"
+        " running are learned again from their next packet.",
+    )
+    _command_options(flush, changes=True)
+
+
 def _ping_command(sub: Any) -> None:
     ping = sub.add_parser(
         "ping",
@@ -648,6 +667,7 @@ COMMANDS: dict[str, Callable[[Any], None]] = {
     "batch": _batch_command,
     "vif": _vif_command,
     "sync": _sync_command,
+    "flush": _flush_command,
     "ping": _ping_command,
     "join": _join_command,
     "leave": _leave_command,
@@ -731,7 +751,9 @@ def _parse_route_change(words: list[str], values: dict[str, Any]) -> _Parsed | N
         op = batchfile.line_op(words)
     except ValueError:
         return None
-    values["table"] = None  # as argparse has it without --table
+    values.update(table=None, source=None)  # as argparse has them without --table, --source
+    if op["op"] == "del":
+        values["iif"] = None
     values.update(op)
     action = values.pop("op")
     if action in batchfile.OIF_OPS:  # `mfc oif add`: argparse's action "oif", oif "add"
@@ -787,9 +809,26 @@ def _oifs_option(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--oifs", required=True, nargs="+", metavar="IFNAME", help=help)
 
 
-def _key_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", required=True, metavar="ADDR", help="unicast source address")
-    parser.add_argument("--group", required=True, metavar="ADDR", help="multicast group address")
+def _key_options(parser: argparse.ArgumentParser, template: bool = False) -> None:
+    if template:
+        parser.add_argument(
+            "--source",
+            metavar="ADDR",
+            help="unicast source address, or a prefix (a template); omitted: any source",
+        )
+        parser.add_argument(
+            "--group",
+            required=True,
+            metavar="ADDR",
+            help="multicast group address, or a prefix (a template)",
+        )
+    else:
+        parser.add_argument(
+            "--source", required=True, metavar="ADDR", help="unicast source address"
+        )
+        parser.add_argument(
+            "--group", required=True, metavar="ADDR", help="multicast group address"
+        )
     _table_option(
         parser,
         "the route's multicast routing table: a number, `default` (the"
@@ -873,7 +912,21 @@ def format_show(result: dict[str, Any], width: int, rates: dict[str, Any] | None
     vifs = result.get("vifs", [])
     stats = any("stats" in v for v in vifs) or any("stats" in r for r in result.get("routes", []))
     lines = format_vifs(vifs, stats)
-    routes = result.get("routes", [])
+    everything = result.get("routes", [])
+    templates = [r for r in everything if r.get("template")]
+    routes = [r for r in everything if not r.get("template")] if templates else everything
+    if templates:
+        lines += ["", *format_templates(templates)]
+    learning = result.get("learning")
+    if learning and (templates or learning.get("learned") or learning.get("unmatched")):
+        lines += [
+            "",
+            "Learning: {entries} entries now (max_learned {max_learned}); since start:".format(
+                **learning
+            ),
+        ]
+        counts = ("learned", "expired", "dropped", "unmatched", "repointed")
+        lines += _pack([f"{name} {learning.get(name, 0)}" for name in counts], width, "  ")
     if not any(_other_table(r) for r in [*routes, *vifs]):
         lines.append("")
         lines += format_routes(routes, width, stats, rates)
@@ -887,6 +940,17 @@ def format_show(result: dict[str, Any], width: int, rates: dict[str, Any] | None
         lines += ["", f"Table {number} ({family})"]
         lines += format_routes(some, width, stats, rates)
     return "\n".join(lines)
+
+
+def format_templates(templates: list[dict[str, Any]]) -> list[str]:
+    """The templates of `show`, each with how many entries were learned from it."""
+    tables = any(_other_table(t) for t in templates)
+    rows = [["SOURCE", "GROUP", *(["TABLE"] if tables else []), "IIF", "OIFS", "STATE", "LEARNED"]]
+    for t in templates:
+        table_column = [str(t["table"])] if tables else []
+        row = [t["source"], t["group"], *table_column, t["iif"], ",".join(t["oifs"]), _state(t)]
+        rows.append([*row, str(t.get("learned", 0))])
+    return [f"Templates ({len(templates)})", *table(rows, right={len(rows[0]) - 1})]
 
 
 def format_vif_show(result: dict[str, Any]) -> str:
@@ -931,6 +995,17 @@ def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:
     return lines
 
 
+def _origin(route: dict[str, Any]) -> str:
+    """`learned 12s from * 239.1.1.1`: where a route other than the API's comes from."""
+    origin = str(route["origin"])
+    if "age" in route:
+        origin += f" {route['age']:.0f}s"
+    template = route.get("learned_from")
+    if template:
+        origin += f" from {template['source']} {template['group']}"
+    return origin
+
+
 def _state(route: dict[str, Any]) -> str:
     state = str(route["state"])
     if route.get("reason"):
@@ -950,6 +1025,8 @@ def format_routes(
     rows = [header]
     for r in routes:
         row = [r["source"], r["group"], r["iif"], ",".join(r["oifs"]), _state(r)]
+        if r.get("origin", "api") != "api":
+            row[4] += f", {_origin(r)}"
         if stats:
             s = r.get("stats", {})
             row += [
@@ -1184,11 +1261,15 @@ class Cli:
     def run(self) -> int:
         a = self.args
         if a.command == "mfc":
-            args = {"source": a.source, "group": a.group}
+            args = {"group": a.group}
+            if a.source is not None:
+                args["source"] = a.source
             if a.table is not None:
                 args["table"] = _table_value(a.table)
             if a.action == "add":
                 args.update(iif=a.iif, oifs=batchfile.split_oifs(a.oifs))
+            if a.action == "del" and a.iif is not None:
+                args["iif"] = a.iif
             if a.action == "oif":
                 args["oifs"] = batchfile.split_oifs(a.oifs)
                 return self.change(f"mfc.oif.{a.oif}", args)
@@ -1222,6 +1303,10 @@ class Cli:
             return protocol.EXIT_OK
         if a.command == "import-smcroute":
             return self.import_smcroute(a.file, a.to)
+        if a.command == "flush":
+            result = self.client.call("flush", {}, dry_run=a.dry_run)
+            self.emit(result, _flush_text)
+            return protocol.EXIT_OK
         if a.command == "ping":
             result = self.client.call("ping", {})
             self.emit(result, lambda r: f"mfcd {r['version']} (pid {r['pid']}) is running")
@@ -1376,6 +1461,12 @@ def _rates(
             rates[key] = (max(0, now[0] - packets) / elapsed, max(0, now[1] - nbytes) * 8 / elapsed)
         previous[key] = now
     return rates
+
+
+def _flush_text(result: dict[str, Any]) -> str:
+    n = result.get("flushed", 0)
+    entries = "1 learned entry" if n == 1 else f"{n} learned entries"
+    return f"would remove {entries}" if result.get("dry_run") else f"removed {entries}"
 
 
 def _names(interfaces: list[str], shown: int = 3) -> str:

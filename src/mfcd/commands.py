@@ -35,15 +35,21 @@ from mfcd.errors import (
 )
 from mfcd.events import EventBus
 from mfcd.groups import Join, JoinKey, Leave, SetMrdisc
+from mfcd.learning import Learner
 from mfcd.model import (
     DEFAULT_TABLE,
     AddRoute,
+    AddTemplate,
     Change,
     DelRoute,
+    DelTemplate,
     Ports,
     RouteKey,
+    Router,
     SetThreshold,
+    template_text,
 )
+from mfcd.templates import TemplateKey
 
 log = logging.getLogger("mfcd")
 
@@ -111,6 +117,7 @@ class Commands:
         self.registry = metrics.Registry()  # requests counted for /metrics (the daemon's)
         # Reads the config files again and applies them (the daemon's; None: not available).
         self.reloader: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
+        self.learner: Learner | None = None  # learned entries (None: flush has none)
         # JSON values a request may hold (set by the server from max_request_bytes).
         self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
@@ -128,6 +135,7 @@ class Commands:
             "leave": self.leave,
             "group.show": self.group_show,
             "reload": self.reload_unavailable,
+            "flush": self.flush_learned,
         }
         self.events = EventBus()  # what `monitor` subscribers are told
         # Commands the server completes itself (see Deferred).
@@ -283,7 +291,29 @@ class Commands:
     def show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
         router, table = self.controller.router, _table_filter(args)
-        return self.views.show(router, stats=_flag(args, "stats"), streamed=True, table=table)
+        stats = _flag(args, "stats")
+        learner = self.learner
+        result = self.views.show(
+            router,
+            stats=stats,
+            streamed=True,
+            table=table,
+            learned_since=learner.since if learner is not None else None,
+        )
+        if stats and learner is not None:
+            result["learning"] = learner.stats()
+        return result
+
+    def flush_learned(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        validate.require_fields(args, ())
+        learned = len(self.controller.router.learned)
+        if dry_run or self.learner is None:
+            return {"dry_run": dry_run, "flushed": learned if dry_run else 0}
+        flushed = self.learner.flush()
+        log.info("%s flush: %d learned entries removed", peer, flushed)
+        if self.on_change is not None:
+            self.on_change()
+        return {"dry_run": False, "flushed": flushed}
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
@@ -337,14 +367,55 @@ class Commands:
         return {"dry_run": dry_run, "repairs": repairs, "full": full}
 
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        if _names_template(args):
+            return self._change([self._add_template(args)], dry_run, peer, "mfc.add", args)
         route = validate.route(args)
         self._check_family(route.family)
         return self._change([AddRoute.of(route)], dry_run, peer, "mfc.add", args)
 
     def mfc_del(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        if _names_template(args):
+            return self._change([self._del_template(args)], dry_run, peer, "mfc.del", args)
         key = validate.key(args)
         self._check_family(key[0])
         return self._change([DelRoute(key)], dry_run, peer, "mfc.del", args)
+
+    def _add_template(self, args: dict[str, Any], fields: tuple[str, ...] = ()) -> AddTemplate:
+        validate.require_fields(
+            args, (*fields, *validate.TEMPLATE_FIELDS), validate.TEMPLATE_OPTIONAL
+        )
+        change = validate.template_change(
+            args.get("source"), args["group"], args["iif"], args["oifs"], args.get("table")
+        )
+        self._check_family(change.key[0])
+        return change
+
+    def _del_template(self, args: dict[str, Any], fields: tuple[str, ...] = ()) -> DelTemplate:
+        validate.require_fields(args, (*fields, "group"), (*validate.TEMPLATE_OPTIONAL, "iif"))
+        return DelTemplate(
+            self._template_named(
+                args.get("source"), args["group"], args.get("iif"), args.get("table")
+            )
+        )
+
+    def _template_named(self, source: Any, group: Any, iif: Any, table: Any) -> TemplateKey:
+        """The template `mfc del` names: by its prefixes and table, and by its iif when
+        several templates have those prefixes (one per iif)."""
+        key = validate.template_key_of(source, group, iif or "lo", table)
+        self._check_family(key[0])
+        if iif is not None:
+            return key
+        found = self.controller.router.templates_named(*key[:4])
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise NotFound(f"no template {template_text(key).rsplit(' iif ', 1)[0]}")
+        iifs = ", ".join(k[4] for k in found)
+        raise InvalidArgument(
+            f"{len(found)} templates have source {key[1]} group {key[2]} (iif {iifs}):"
+            " say which with --iif",
+            field="iif",
+        )
 
     def mfc_oif_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         return self._mfc_oif("oif_add", args, dry_run, peer)
@@ -356,7 +427,7 @@ class Commands:
         self, kind: str, args: dict[str, Any], dry_run: bool, peer: Peer
     ) -> dict[str, Any]:
         validate.require_fields(args, OIF_FIELDS, validate.OPTIONAL)
-        lookup = self.controller.router.routes.get
+        lookup = _BatchRoutes(self.controller.router, []).get
         change = self._oif_change(
             kind, args["source"], args["group"], args["oifs"], lookup, table=args.get("table")
         )
@@ -523,7 +594,7 @@ class Commands:
         if not isinstance(ops, list):
             raise BadRequest("ops must be a list", field="ops")
         changes: list[Change] = []
-        routes = _BatchRoutes(self.controller.router.routes, changes)
+        routes = _BatchRoutes(self.controller.router, changes)
         deleted = updated = 0
         for index, op in enumerate(ops):
             try:
@@ -532,7 +603,7 @@ class Commands:
                 e.op = index + 1
                 raise
             changes.append(change)
-            if isinstance(change, DelRoute):
+            if isinstance(change, (DelRoute, DelTemplate)):
                 deleted += 1
             elif op["op"] in batchfile.OIF_OPS:
                 updated += 1
@@ -544,11 +615,14 @@ class Commands:
         add = changes.append
         families = self.families
         add_change = validate.add_change
-        routes = _BatchRoutes(self.controller.router.routes, changes)
+        routes = _BatchRoutes(self.controller.router, changes)
         lineno = deleted = updated = 0
         try:
             for lineno, kind, source, group, iif, oifs, table in batchfile.lines(text):  # noqa: B007
-                if kind == "add":
+                if (source == "*" or "/" in source or "/" in group) and kind in ("add", "del"):
+                    add(self._template_line(kind, source, group, iif, oifs, table=table))
+                    deleted += kind == "del"
+                elif kind == "add":
                     change = add_change(source, group, iif, oifs, table)
                     if change.key[0] not in families:
                         self._check_family(change.key[0])
@@ -573,10 +647,25 @@ class Commands:
             raise
         return changes, deleted, updated
 
+    def _template_line(
+        self, kind: str, source: str, group: str, iif: str, oifs: Any, *, table: Any
+    ) -> Change:
+        """A batch line's template add or del (a source of "*" is any source)."""
+        source_value = None if source == "*" else source
+        if kind == "add":
+            change = validate.template_change(source_value, group, iif, oifs, table)
+            self._check_family(change.key[0])
+            return change
+        return DelTemplate(self._template_named(source_value, group, iif or None, table))
+
     def _batch_op(self, op: Any, routes: _BatchRoutes) -> Change:
         if not isinstance(op, dict):
             raise BadRequest("each op must be a JSON object")
         kind = op.get("op")
+        if kind in ("add", "del") and _names_template(op):
+            if kind == "add":
+                return self._add_template(op, ("op",))
+            return self._del_template(op, ("op",))
         if kind in batchfile.OIF_OPS:
             validate.require_fields(op, ("op", *OIF_FIELDS), validate.OPTIONAL)
             return self._oif_change(
@@ -633,7 +722,7 @@ class Commands:
             counts=outcome.counts,
             steps=outcome.steps if plan else None,
             dry_run=dry_run,
-            added=only.key if isinstance(only, AddRoute) else None,
+            added=only.key if isinstance(only, (AddRoute, AddTemplate)) else None,
         )
         if plan and outcome.memberships:
             result.setdefault("plan", []).extend(map(groups.describe, outcome.memberships))
@@ -666,6 +755,9 @@ class Commands:
                 kind = "join" if isinstance(change, Join) else "leave"
                 emit(kind, interface=interface, group=group, source=source)
                 continue
+            if isinstance(change, (AddTemplate, DelTemplate)):
+                self._tell_template(change)
+                continue
             family, source, group, table = change.key
             fields = {
                 "family": protocol.FAMILY_NAMES[family],
@@ -682,6 +774,17 @@ class Commands:
             status = router.status(change.key)
             iif, oifs = router.routes[change.key]
             emit("route.add", **fields, iif=iif, oifs=list(oifs), state=status.state)
+
+    def _tell_template(self, change: AddTemplate | DelTemplate) -> None:
+        family, source, group, table, iif = key = change.key
+        fields = {"family": protocol.FAMILY_NAMES[family], "table": table}
+        fields.update(source=source, group=group, iif=iif, origin="api")
+        router = self.controller.router
+        if isinstance(change, DelTemplate):
+            self.events.emit("template.del", **fields)
+        elif key in router.templates:
+            oifs = list(router.templates[key].oifs)
+            self.events.emit("template.add", **fields, oifs=oifs, state=router.status(key).state)
 
 
 def _new_oifs(kind: str, key: RouteKey, ports: Ports, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -710,8 +813,9 @@ class _BatchRoutes:
     a batch does no more work for batches without oif ops (nearly all of them).
     """
 
-    def __init__(self, routes: dict[RouteKey, Ports], changes: list[Change]) -> None:
-        self.routes = routes
+    def __init__(self, router: Router, changes: list[Change]) -> None:
+        self.routes = router.routes
+        self.learned = router.learned  # not routes to edit: `flush` and templates own them
         self.changes = changes
         self.seen = 0
         self.latest: dict[RouteKey, Ports | None] = {}
@@ -724,7 +828,15 @@ class _BatchRoutes:
             elif isinstance(change, DelRoute):
                 latest[change.key] = None
         self.seen = len(self.changes)
-        return latest[key] if key in latest else self.routes.get(key)
+        if key in latest:
+            return latest[key]
+        return None if key in self.learned else self.routes.get(key)
+
+
+def _names_template(args: dict[str, Any]) -> bool:
+    """Whether mfc.add/mfc.del arguments (or a batch op) name a template: no source, a
+    source of any (\"*\", 0.0.0.0, ::) or a prefix on either side."""
+    return validate.names_template(args.get("source"), args.get("group"))
 
 
 def _clip(message: str) -> str:

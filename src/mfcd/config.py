@@ -41,6 +41,9 @@ class Config:
     metrics_listen: str = ""
     # Installed routes up to which /metrics has per-route series (3 each); 0: never.
     metrics_route_series_max: int = 10_000
+    # Seconds a learned entry's packet counter may stand still before it is removed (0: never).
+    learned_idle_timeout: float = 60.0
+    max_learned: int = 100_000  # learned entries at most; new flows past it are not learned
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -54,6 +57,8 @@ _RANGES = {
     "max_request_bytes": (1024.0, float(1 << 30)),
     "mrdisc_interval": (4.0, 180.0),  # RFC 4286's range of the advertisement interval
     "metrics_route_series_max": (0.0, 10_000_000.0),
+    "learned_idle_timeout": (0.0, 86400.0),
+    "max_learned": (0.0, 10_000_000.0),
 }
 
 

@@ -35,10 +35,13 @@ from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
     AddRoute,
+    AddTemplate,
     Change,
     DelRoute,
+    DelTemplate,
     KernelEntry,
     KernelOp,
+    PendingKey,
     Ports,
     Route,
     RouteKey,
@@ -47,6 +50,7 @@ from mfcd.model import (
     Step,
 )
 from mfcd.state import Loaded, RouteView, SnapshotNeeded
+from mfcd.templates import TemplateKey
 
 log = logging.getLogger("mfcd")
 
@@ -122,6 +126,7 @@ class StateLike(Protocol):
         routes: Iterable[Route],
         thresholds: dict[str, int],
         extra: dict[str, Any] | None = None,
+        templates: dict[TemplateKey, Ports] | None = None,
     ) -> None: ...
     def replaced(self) -> str | None: ...
 
@@ -226,6 +231,9 @@ class Controller:
                 if len(steps) >= CHUNK:
                     self._execute_into(steps, undo)
                     steps = []
+            for tkey, ports in loaded.templates.items():
+                router.keep_template(tkey, ports)
+                steps += router.try_install(tkey)
             self._execute_into(steps, undo)
         except (KernelError, VifLimit) as e:
             self._report_undo_failures(
@@ -296,9 +304,13 @@ class Controller:
             router.note_link(name, ifindex)
         for key, ports in loaded.routes.items():
             router.keep(key, ports)
+        for tkey, ports in loaded.templates.items():
+            router.keep_template(tkey, ports)
         router.commit()
         for key in loaded.routes:
             self._install_or_park(key, f"restore {key[1]} -> {key[2]}")
+        for tkey in loaded.templates:
+            self._install_or_park(tkey, f"restore template {tkey[1]} -> {tkey[2]}")
 
     # --- client changes --------------------------------------------------------------------------
 
@@ -602,6 +614,10 @@ class Controller:
                 return router.del_route(key)
             case SetThreshold(interface, threshold):
                 return router.set_threshold(interface, threshold)
+            case AddTemplate(key, ports):
+                return router.add_template(key, ports)
+            case DelTemplate(key):
+                return router.del_template(key)
             case Join(key, origin):
                 self._member_ops += self.joins.join(key, origin, router.links)
             case Leave(key):
@@ -649,7 +665,12 @@ class Controller:
 
     def compact(self) -> None:
         routes, thresholds = self.persistent(copy=False)
-        self.state.write_snapshot(RouteView(routes), thresholds, self.snapshot_extra())
+        self.state.write_snapshot(
+            RouteView(routes),
+            thresholds,
+            self.snapshot_extra(),
+            templates=dict(self.router.templates),
+        )
 
     def _record(self, changes: Sequence[Change]) -> None:
         """Make a change durable: appended to the journal or, if the state file was deleted or
@@ -750,7 +771,7 @@ class Controller:
             if job.counts["refused"] and self.on_drift is not None:
                 self.on_drift()
 
-    def retry_pending(self, keys: Sequence[RouteKey]) -> list[Step]:
+    def retry_pending(self, keys: Sequence[PendingKey]) -> list[Step]:
         """Try to install pending routes, each in its own transaction."""
         started = time.monotonic()
         steps: list[Step] = []
@@ -760,12 +781,12 @@ class Controller:
             log.info("pending routes: %s", views.summarize(steps, time.monotonic() - started))
         return steps
 
-    def _install_or_park(self, key: RouteKey, what: str) -> list[Step]:
+    def _install_or_park(self, key: PendingKey, what: str) -> list[Step]:
         """Install a pending route; if the kernel refuses, keep it pending with the reason."""
         outcome = self._attempt(what, self.router.try_install, key)
         if not isinstance(outcome, str):
             return outcome
-        if key in self.router.routes:
+        if len(key) == 4 and key in self.router.routes:
             route = self.router.route(key)
             self.router.begin()
             self.router.park(route, f"the kernel refused it ({outcome}); mfcctl sync retries")

@@ -43,6 +43,7 @@ from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
 from mfcd.kernel import Kernel
+from mfcd.learning import Learner
 from mfcd.membership import Memberships
 from mfcd.metrics_server import MetricsServer, read_process
 from mfcd.metrics_server import bind as bind_metrics_socket
@@ -147,6 +148,7 @@ class Daemon:
     controller: Controller
     kernel: Kernel
     members: Memberships
+    learner: Learner
     state: StateFile
     monitor: netlink.LinkMonitor
 
@@ -304,6 +306,7 @@ class Daemon:
         controller.sliced = True
         # Every table's socket and the link monitor: each readable one means events() has
         # something (upcalls must be read continuously: a full buffer drops them silently).
+        self.learner = Learner(controller, kernel, cfg.learned_idle_timeout, cfg.max_learned)
         self._sync_tables()
         server = self.server = Server(
             self._commands(controller, kernel),
@@ -324,6 +327,7 @@ class Daemon:
         watchdog = asyncio.create_task(self._watchdog())
         keeper = asyncio.create_task(self._keep_state_file())
         advertising = asyncio.create_task(self._advertise())
+        expiry = asyncio.create_task(self._expire_learned())
         if self.inherited:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0, full=True)
@@ -336,6 +340,7 @@ class Daemon:
         watchdog.cancel()
         keeper.cancel()
         self._stop_advertising(advertising)
+        expiry.cancel()
         compact.cancel()  # the journal is closed soon
         if self._compacting is not None:
             self._compacting.cancel()
@@ -356,6 +361,7 @@ class Daemon:
         """The control protocol's commands, wired to the daemon's events, metrics and reload."""
         commands = Commands(controller, self.cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
+        commands.learner = self.learner
         commands.events = self.events
         commands.registry = self.registry
         self.state.on_sync = self.registry.state_sync_seconds.observe
@@ -409,6 +415,7 @@ class Daemon:
         self._readers = fds
 
     def _after_change(self) -> None:
+        self.learner.after_change()  # a new template may match traffic already flowing
         self._sync_tables()
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.
@@ -428,7 +435,9 @@ class Daemon:
         """
         began = time.monotonic()
         saved, thresholds = self.controller.persistent()
-        job = self.state.start_compaction(saved, thresholds, self.controller.snapshot_extra())
+        job = self.state.start_compaction(
+            saved, thresholds, self.controller.snapshot_extra(), self.controller.router.templates
+        )
         routes = len(job.routes)
         writing = asyncio.ensure_future(asyncio.to_thread(job.write))
         try:
@@ -465,8 +474,10 @@ class Daemon:
             log.error("reading interface events failed: %s; re-reading them shortly", e)
             self._resync_later(RESYNC_DELAY)
             return
-        # Counted only (nothing logged per upcall: a flood would flood the journal).
-        self.upcalls.update(upcall.kind for upcall in events.upcalls)
+        # Counted, then learned from (nothing logged per upcall: a flood would flood the log).
+        if events.upcalls:
+            self.upcalls.update(upcall.kind for upcall in events.upcalls)
+            self.learner.on_upcalls(events.upcalls)
         if events.links or events.links_lost:
             self._on_link_events(events)
 
@@ -509,6 +520,7 @@ class Daemon:
             self._resync_later(RESYNC_DELAY, touched)
         self._sync_tables()  # a pending route installed now may have opened a table
         self._reissue_soon()
+        self.learner.after_change()  # a template that took its VIFs now may match traffic
 
     def _reissue_soon(self) -> None:
         """Start writing the entries of re-created interfaces' routes again, if any wait."""
@@ -678,6 +690,13 @@ class Daemon:
             notify.notify("WATCHDOG=1")
             await asyncio.sleep(interval)  # already half the timeout
 
+    async def _expire_learned(self) -> None:
+        """Remove learned entries that went idle, a slice of them per tick (learning.py)."""
+        while True:
+            await asyncio.sleep(self.learner.interval)
+            for _ in self.learner.ticking():
+                await asyncio.sleep(0)  # requests are answered between two steps
+
     async def _keep_state_file(self) -> None:
         """Once a second, write the state file back if it was deleted or replaced (each change
         checks it too, this is for the quiet times: a restart would otherwise start empty),
@@ -844,6 +863,9 @@ class Daemon:
         logging.getLogger().setLevel(new.log_level.upper())
         if self.server is not None:
             self.server.client_timeout = new.client_timeout
+        if self.serving:
+            self.learner.idle_timeout = new.learned_idle_timeout
+            self.learner.max_learned = new.max_learned
         self.cfg = new
 
 

@@ -48,7 +48,14 @@ MRT_DEL_VIF = 203
 MRT_ADD_MFC = 204
 MRT_DEL_MFC = 205
 MRT_VERSION = 206
+MRT_ASSERT = 207
 MRT_TABLE = 209
+SO_RCVBUFFORCE = 33  # socket.SO_RCVBUFFORCE where Python defines it
+# Receive buffer of each table's socket: the kernel drops an upcall (and its unresolved
+# entry, with the packets queued on it) when the buffer is full. An upcall takes about
+# 832 bytes of buffer (docs/kernel.md), so 4 MiB (which the kernel doubles for its
+# bookkeeping) holds some 10,000 upcalls read late; the default (208 KiB) 256.
+UPCALL_BUFFER = 4 * 1024 * 1024
 
 VIFF_USE_IFINDEX = 0x8  # vifctl: lcl_ifindex holds an ifindex, not an address
 ICMP6_FILTER = 1  # level IPPROTO_ICMPV6
@@ -100,6 +107,7 @@ _OPNAMES = {
     MRT_ADD_MFC: "MRT_ADD_MFC",
     MRT_DEL_MFC: "MRT_DEL_MFC",
     MRT_TABLE: "MRT_TABLE",
+    MRT_ASSERT: "MRT_ASSERT",
     SIOCGETSGCNT: "SIOCGETSGCNT",
 }
 
@@ -302,9 +310,22 @@ class MrouteSocket:
             if table is not None and table != DEFAULT_TABLE[family]:
                 self._setsockopt(MRT_TABLE, struct.pack("=I", table))
             self._setsockopt(MRT_INIT, struct.pack("=i", 1))
+            # WRONGVIF/WRONGMIF upcalls for packets of an entry arriving on another VIF (the
+            # kernel sends at most one per entry every 3 s): learned entries follow them.
+            self._setsockopt(MRT_ASSERT, struct.pack("=i", 1))
+            self._size_buffer()
         except BaseException:
             self.sock.close()
             raise
+
+    def _size_buffer(self) -> None:
+        """UPCALL_BUFFER bytes of receive buffer: SO_RCVBUFFORCE (root, CAP_NET_ADMIN)
+        passes net.core.rmem_max; without it SO_RCVBUF gets what rmem_max allows."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, UPCALL_BUFFER)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UPCALL_BUFFER)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -379,7 +400,7 @@ class MrouteSocket:
             return None
         return parse_vif_req(buf)
 
-    def read_upcalls(self, limit: int = 1024) -> list[Upcall]:
+    def read_upcalls(self, limit: int = 256) -> list[Upcall]:
         """Read what is queued (upcalls, and on IPv4 IGMP packets, which are skipped); the
         upcalls parsed. At most `limit` datagrams per call, so a flood cannot starve the
         event loop: the socket stays readable and the loop calls again."""
@@ -542,7 +563,8 @@ class Kernel:
         return Counters([probe(s, g) for s, g in entries], [sock.vif_counters(v) for v in vifs])
 
     def events(self) -> Events:
-        """Interface events (all queued), then up to 1,024 datagrams of each table's socket.
+        """Interface events (all queued), then up to 256 datagrams of each table's socket
+        (each may be learned from: a few ms of work, then the loop serves others).
 
         A failure to read interface events raises netlink.NetlinkError (an OSError) before
         any upcall is read: those stay queued for the next call.

@@ -39,12 +39,15 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
+from mfcd import templates as tpl
 from mfcd.errors import InvalidArgument, NotFound, VifLimit
 from mfcd.groups import Join, Leave, SetMrdisc
 from mfcd.protocol import family_text
+from mfcd.templates import TemplateKey
 
 MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
-# Where an intent comes from: a client (mfcctl/JSON), the config files, or kernel upcalls.
+# Who asked for an intent: mfcctl or JSON ("api"), the configuration file ("config"), or the
+# kernel's upcalls through a template ("learned"). Only "api" intents are saved.
 ORIGINS = ("api", "config", "learned")
 # The kernel's default multicast routing table of each family: RT_TABLE_DEFAULT for IPv4,
 # RT_TABLE_MAIN for IPv6 (an MRT_INIT socket without MRT_TABLE takes it; /proc shows only it).
@@ -58,6 +61,8 @@ RouteKey = tuple[int, str, str, int]
 TableKey = tuple[int, int]  # (family, table): one kernel table, with its own 32 VIFs
 # An MFC entry as netlink reports it: (iif ifindex or None, {oif ifindex: ttl}).
 KernelEntry = tuple[int | None, dict[int, int]]
+# What may wait for an interface or a VIF index: a route, or a template (model.TemplateKey).
+PendingKey = RouteKey | TemplateKey
 Oifs = tuple[tuple[int, int], ...]  # (vif index, TTL threshold), sorted by vif index
 
 
@@ -173,8 +178,19 @@ class SetThreshold(NamedTuple):
     threshold: int
 
 
+class AddTemplate(NamedTuple):
+    """Add or replace a template (its oifs; the iif is part of its key)."""
+
+    key: TemplateKey
+    ports: Ports
+
+
+class DelTemplate(NamedTuple):
+    key: TemplateKey
+
+
 # What a client asks for; journaled as it is. Joins and mrdisc go to groups.Joins, not Router.
-Change = AddRoute | DelRoute | SetThreshold | Join | Leave | SetMrdisc
+Change = AddRoute | DelRoute | SetThreshold | AddTemplate | DelTemplate | Join | Leave | SetMrdisc
 
 
 @dataclass(slots=True)
@@ -248,12 +264,19 @@ class Router:
         # VIF indexes per table: a table's list exists from its first VIF until its last goes.
         self.slots: dict[TableKey, list[str | None]] = {}
         self.links: dict[str, int] = {}  # interfaces that exist now: name -> ifindex
-        self.waiting: dict[str, set[RouteKey]] = {}  # absent interface -> pending routes naming it
-        self.blocked: dict[RouteKey, None] = {}  # pending only for want of a free VIF index
+        # absent interface -> pending routes and templates naming it
+        self.waiting: dict[str, set[PendingKey]] = {}
+        self.blocked: dict[PendingKey, None] = {}  # pending only for want of a free VIF index
         self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
         self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
-        # The origin of each route whose origin is not "api" (sparse: absent means "api").
+        # Routes whose origin is not "api" (absent: "api"), see ORIGINS.
         self.origins: dict[RouteKey, str] = {}
+        # Templates (mfcd.templates), and those holding VIFs on their interfaces: the kernel
+        # sends upcalls only for packets arriving on a VIF.
+        self.templates: dict[TemplateKey, Ports] = {}
+        self.holding: dict[TemplateKey, None] = {}
+        self.learned: dict[RouteKey, TemplateKey] = {}  # learned route -> its template
+        self._index: tpl.Index | None = None  # templates arranged for matching
         self._log: _UndoLog | None = None
         self.version = 0  # counts the transactions committed with a change
         # Where changes are recorded: the open log's entries, or None when nothing is
@@ -287,6 +310,7 @@ class Router:
             self._log.rollback()
         self._log = self._undo = None
         self._forget_direct()
+        self._index = None
 
     def _forget_direct(self) -> None:
         if self._direct:
@@ -304,6 +328,8 @@ class Router:
     def _set(self, d: dict[Any, Any], key: Any, value: Any) -> None:
         if d is self.vifs or d is self.thresholds:
             self._forget_direct()
+        elif d is self.templates:
+            self._index = None
         if self._undo is not None:
             self._undo.append((_DICT, d, key, d.get(key, _MISSING)))
         d[key] = value
@@ -311,6 +337,8 @@ class Router:
     def _pop(self, d: dict[Any, Any], key: Any) -> None:
         if d is self.vifs or d is self.thresholds:
             self._forget_direct()
+        elif d is self.templates:
+            self._index = None
         if key in d:
             if self._undo is not None:
                 self._undo.append((_DICT, d, key, d[key]))
@@ -366,7 +394,10 @@ class Router:
         """The kernel operation that writes an installed route's entry."""
         return _write(key, self.installed[key])
 
-    def status(self, key: RouteKey) -> RouteStatus:
+    def status(self, key: PendingKey) -> RouteStatus:
+        """A route's or a template's state (a template is installed while it holds its VIFs)."""
+        if len(key) == 5:
+            return self._template_status(key)
         ports = self.routes[key]
         missing = tuple(n for n in dict.fromkeys(ports.interfaces) if n not in self.links)
         if key in self.installed:
@@ -424,7 +455,14 @@ class Router:
         return self.add(route.key, self.ports(route.iif, route.oifs))
 
     def add(self, key: RouteKey, ports: Ports) -> list[Step]:
-        """`add_route` for a route given as its key and (shared) interfaces."""
+        """`add_route` for a route given as its key and (shared) interfaces. A route learned
+        from a template (or of another origin) becomes the API's: an exact route wins."""
+        if self.origins and key in self.origins:
+            self._pop(self.origins, key)
+            self._pop(self.learned, key)
+        return self._put(key, ports)
+
+    def _put(self, key: RouteKey, ports: Ports) -> list[Step]:
         old = self.routes.get(key)
         if old is None:
             steps: list[Step] = []
@@ -513,6 +551,10 @@ class Router:
         """Hold a route without installing it yet (try_install does that)."""
         self._set(self.routes, key, self.share(ports))
 
+    def keep_template(self, key: TemplateKey, ports: Ports) -> None:
+        """Hold a template without taking its VIFs yet (try_install does that)."""
+        self._set(self.templates, key, self.share(ports))
+
     def park(self, route: Route, reason: str) -> None:
         """Keep a route the kernel refused as pending; `mfcctl sync` tries it again."""
         key = route.key
@@ -522,9 +564,15 @@ class Router:
     def del_route(self, key: RouteKey) -> list[Step]:
         source, group = key[1], key[2]
         ports = self.routes.get(key)
-        if ports is None:
+        if ports is None or key in self.learned:
             where = "" if key[3] == DEFAULT_TABLE[key[0]] else f" in table {key[3]}"
-            raise NotFound(f"no route for source {source} group {group}{where}")
+            learned = (
+                "; that entry is learned from a template (`mfcctl flush` removes learned"
+                " entries, `mfc del` of the template stops them)"
+                if key in self.learned
+                else ""
+            )
+            raise NotFound(f"no route for source {source} group {group}{where}{learned}")
         self._forget_pending(key, ports)
         self._pop(self.routes, key)
         return self._uninstall(key, ports)
@@ -543,6 +591,200 @@ class Router:
         if not used:
             return []
         return self._reissue(self.users(used))
+
+    # --- templates and learned entries (see mfcd.templates) -------------------------------------
+
+    def persistent_routes(self) -> dict[RouteKey, Ports]:
+        """The routes the state file keeps: those of origin "api" (the configuration file's
+        come from it at start, learned entries from the traffic)."""
+        if not self.origins:
+            return self.routes
+        origins = self.origins
+        return {key: ports for key, ports in self.routes.items() if key not in origins}
+
+    def template_index(self) -> tpl.Index:
+        if self._index is None:
+            self._index = tpl.Index(self.templates)
+        return self._index
+
+    def add_template(self, key: TemplateKey, ports: Ports) -> list[Step]:
+        """Add or replace a template: hold VIFs on its interfaces (pending while one is
+        missing), then point the learned entries it now matches best at it. Raises VifLimit
+        like add (leaving the transaction to roll back)."""
+        ports = self.share(ports)
+        old = self.templates.get(key)
+        if old == ports:
+            return []
+        if old is not None:
+            self._forget_pending(key, old)
+        held = key in self.holding
+        if held:
+            self._pop(self.holding, key)
+        self._set(self.templates, key, ports)
+        steps = self._hold(key, ports, block=False)
+        steps += self._rematch(key[0], key[3], key[4])
+        if held and old is not None:
+            steps += self._release_all(key[0], key[3], old)
+        return steps
+
+    def del_template(self, key: TemplateKey) -> list[Step]:
+        """Delete a template: its learned entries go to the next best template of their
+        interface, or out of the kernel; then its VIFs are released."""
+        ports = self.templates.get(key)
+        if ports is None:
+            raise NotFound(f"no template {template_text(key)}")
+        self._forget_pending(key, ports)
+        self._pop(self.templates, key)
+        held = key in self.holding
+        if held:
+            self._pop(self.holding, key)
+        steps = self._rematch(key[0], key[3], key[4])
+        if held:
+            steps += self._release_all(key[0], key[3], ports)
+        return steps
+
+    def templates_named(
+        self, family: int, source: str, group: str, table: int
+    ) -> list[TemplateKey]:
+        """The templates with these prefixes, of any iif."""
+        return sorted(k for k in self.templates if k[:4] == (family, source, group, table))
+
+    def learn(
+        self, family: int, table: int, source: str, group: str, vif: int
+    ) -> tuple[TemplateKey | None, list[Step]]:
+        """A packet from `source` to `group` arrived on VIF `vif` with no entry (a NOCACHE
+        upcall): learn its entry from the best template, if one matches and holds its VIFs.
+        Returns the template (None: none matches) and the steps (none: nothing learned)."""
+        best = self.match(family, table, source, group, vif)
+        key = (family, source, group, table)
+        if best is None or key in self.routes or best not in self.holding:
+            return best, []  # no template; an exact route (or learned already); pending
+        steps = self._put(key, self.templates[best])
+        self._set(self.origins, key, "learned")
+        self._set(self.learned, key, best)
+        return best, steps
+
+    def match(
+        self, family: int, table: int, source: str, group: str, vif: int
+    ) -> TemplateKey | None:
+        """The best template for a packet that arrived on VIF `vif` (no change)."""
+        name = self._vif_name(family, table, vif)
+        if name is None:
+            return None
+        return self.template_index().match(family, table, name, source, group)
+
+    def would_learn(self, family: int, table: int, source: str, group: str, vif: int) -> bool:
+        """Whether `learn` would install an entry for this packet (no change)."""
+        best = self.match(family, table, source, group, vif)
+        return (
+            best is not None
+            and best in self.holding
+            and (family, source, group, table) not in self.routes
+        )
+
+    def repoint(self, family: int, table: int, source: str, group: str, vif: int) -> list[Step]:
+        """A learned entry's packets arrive on another VIF (WRONGVIF): if a template covers
+        that interface, the entry is rewritten from it (its iif becomes that interface)."""
+        key = (family, source, group, table)
+        name = self._vif_name(family, table, vif)
+        if name is None or key not in self.learned:
+            return []
+        best = self.template_index().match(family, table, name, source, group)
+        if best is None or best not in self.holding or best == self.learned[key]:
+            return []
+        return self._point(key, best)
+
+    def unlearn(self, key: RouteKey) -> list[Step]:
+        """Remove a learned entry (idle, flushed, or its template gone)."""
+        ports = self.routes.get(key)
+        if ports is None or key not in self.learned:
+            return []
+        self._forget_pending(key, ports)
+        self._pop(self.routes, key)
+        self._pop(self.origins, key)
+        self._pop(self.learned, key)
+        return self._uninstall(key, ports)
+
+    def _vif_name(self, family: int, table: int, vif: int) -> str | None:
+        slots = self.slots.get((family, table))
+        if slots is None or not 0 <= vif < MAXVIFS:
+            return None
+        return slots[vif]
+
+    def _rematch(self, family: int, table: int, iif: str) -> list[Step]:
+        """Point each learned entry arriving on `iif` at its best template now, or remove it."""
+        index = self.template_index()
+        routes = self.routes
+        steps: list[Step] = []
+        for key in [k for k in self.learned if k[0] == family and k[3] == table]:
+            if routes[key].iif != iif:
+                continue
+            best = index.match(family, table, iif, key[1], key[2])
+            if best is None or best not in self.holding:
+                steps += self.unlearn(key)
+            else:
+                steps += self._point(key, best)
+        return steps
+
+    def _point(self, key: RouteKey, template: TemplateKey) -> list[Step]:
+        steps = self._put(key, self.templates[template])
+        if self.learned[key] != template:
+            self._set(self.learned, key, template)
+        return steps
+
+    def _try_hold(self, key: TemplateKey) -> list[Step]:
+        ports = self.templates.get(key)
+        if ports is None or key in self.holding:
+            return []
+        self._forget_pending(key, ports)
+        steps = self._hold(key, ports, block=True)
+        # Traffic that arrived meanwhile had no VIF to arrive on: nothing to rematch.
+        return steps
+
+    def _hold(self, key: TemplateKey, ports: Ports, block: bool) -> list[Step]:
+        """Take a VIF on each interface of a template (pending while one is missing); with
+        `block`, a full VIF table leaves it pending (blocked) instead of raising VifLimit."""
+        missing = [n for n in ports.interfaces if n not in self.links]
+        if missing:
+            self._wait(key, missing)
+            return []
+        family, table = key[0], key[3]
+        savepoint = self._savepoint()
+        steps: list[Step] = []
+        try:
+            for name in ports.interfaces:
+                vif = self.vifs.get((family, table, name))
+                if vif is None:
+                    steps += self._new_vif(family, table, name)
+                else:
+                    self._count(vif, 1)
+        except VifLimit:
+            assert self._log is not None
+            if not block or not self._log.recording:
+                raise
+            self._log.rollback(savepoint)
+            self._forget_direct()
+            self._set(self.blocked, key, None)
+            return []
+        self._set(self.holding, key, None)
+        return steps
+
+    def _release_all(self, family: int, table: int, ports: Ports) -> list[Step]:
+        steps: list[Step] = []
+        for name in ports.interfaces:
+            steps += self._release(family, table, name)
+        return steps
+
+    def _template_status(self, key: TemplateKey) -> RouteStatus:
+        ports = self.templates[key]
+        missing = tuple(n for n in dict.fromkeys(ports.interfaces) if n not in self.links)
+        if key in self.holding:
+            if missing:
+                return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
+            return RouteStatus("installed", (), "")
+        if missing:
+            return RouteStatus("pending", missing, "waiting for " + ", ".join(missing))
+        return RouteStatus("pending", (), f"no free VIF: all {MAXVIFS} are in use")
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -595,7 +837,7 @@ class Router:
         names = {name for _, _, name in self.vifs} | self.waiting.keys()
         return {name: links.get(name) for name in names}
 
-    def waiting_for(self, interface: str) -> list[RouteKey]:
+    def waiting_for(self, interface: str) -> list[PendingKey]:
         return sorted(self.waiting.get(interface, ()))
 
     def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
@@ -722,8 +964,11 @@ class Router:
     def _share_entry(self, parent: int, oifs: Oifs) -> Entry:
         return _intern(self._entries, Entry(parent, oifs))
 
-    def try_install(self, key: RouteKey) -> list[Step]:
-        """Install a pending route if its interfaces exist and VIF indexes are free."""
+    def try_install(self, key: PendingKey) -> list[Step]:
+        """Install a pending route (or template) if its interfaces exist and VIF indexes are
+        free."""
+        if len(key) == 5:
+            return self._try_hold(key)
         ports = self.routes.get(key)
         if ports is None or key in self.installed:
             return []
@@ -745,7 +990,7 @@ class Router:
             self._set(self.blocked, key, None)
             return []
 
-    def _wait(self, key: RouteKey, missing: Iterable[str]) -> None:
+    def _wait(self, key: PendingKey, missing: Iterable[str]) -> None:
         for name in missing:
             waiters = self.waiting.get(name)
             if waiters is None:
@@ -753,7 +998,7 @@ class Router:
                 self._set(self.waiting, name, waiters)
             self._add(waiters, key)
 
-    def _forget_pending(self, key: RouteKey, ports: Ports) -> None:
+    def _forget_pending(self, key: PendingKey, ports: Ports) -> None:
         self._pop(self.blocked, key)
         self._pop(self.refused, key)
         for name in ports.interfaces:
@@ -853,6 +1098,13 @@ class Router:
             self._set(self.installed, key, entry)
             steps.append(Step(_write(key, entry), _write(key, previous), "reissue_mfc"))
         return steps
+
+
+def template_text(key: TemplateKey) -> str:
+    """A template as messages name it: `source * group 239.1.1.1 iif r0 (in table N)`."""
+    family, source, group, table, iif = key
+    where = "" if table == DEFAULT_TABLE[family] else f" in table {table}"
+    return f"source {source} group {group} iif {iif}{where}"
 
 
 def _intern(table: dict[_T, _T], value: _T) -> _T:

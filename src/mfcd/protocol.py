@@ -56,6 +56,7 @@ COMMANDS = (
     "diagnose",
     "monitor",
     "reload",
+    "flush",
 )
 
 # vif.set's threshold for an interface with no setting (mfcd.model.DEFAULT_THRESHOLD): setting

@@ -99,13 +99,16 @@ from mfcd.groups import Join, JoinKey, Leave, SetMrdisc
 from mfcd.model import (
     DEFAULT_TABLE,
     AddRoute,
+    AddTemplate,
     Change,
     DelRoute,
+    DelTemplate,
     Ports,
     Route,
     RouteKey,
     SetThreshold,
 )
+from mfcd.templates import TemplateKey
 
 VERSION = 2
 HEADER = b"mfcd-state 2\n"
@@ -151,6 +154,10 @@ def change_op(change: Change) -> Op:
             return ["leave", *key]
         case SetMrdisc(interface, on):
             return ["mrdisc", interface, on]
+        case AddTemplate((family, source, group, table, iif), (_, oifs)):
+            return ["template", family, source, group, iif, list(oifs), table]
+        case DelTemplate((family, source, group, table, iif)):
+            return ["untemplate", family, source, group, iif, table]
 
 
 def encode_parts(changes: Sequence[Change], seq: int) -> Iterator[bytes]:
@@ -204,6 +211,7 @@ class Loaded:
     # the key tuples read here are the ones the model goes on using.
     routes: dict[RouteKey, Ports] = field(default_factory=dict)
     thresholds: dict[str, int] = field(default_factory=dict)
+    templates: dict[TemplateKey, Ports] = field(default_factory=dict)
     ops_since_snapshot: int = 0
     good_length: int = 0  # bytes up to the end of the last complete record
     torn_tail: bool = False
@@ -260,6 +268,16 @@ def _add_routes(routes: dict[RouteKey, Ports], saved: list[Any]) -> None:
         routes[family, source, group, table] = checked
 
 
+def _add_templates(templates: dict[TemplateKey, Ports], saved: list[Any]) -> None:
+    """Add saved templates `[family, source, group, iif, [oifs], table]`, validated like a
+    request (they are few)."""
+    for family, source, group, iif, oifs, table in saved:
+        change = validate.template_change(source, group, iif, oifs, table)
+        if change.key[0] != family:
+            raise ValueError("malformed template")
+        templates[change.key] = change.ports
+
+
 def _table(rest: list[Any]) -> int:
     """The table number ending a saved route or op (absent: the family's default)."""
     if len(rest) != 1 or rest[0].__class__ is not int or not 0 < rest[0] < 2**32:
@@ -292,6 +310,11 @@ def _apply(loaded: Loaded, op: Op) -> None:
             loaded.mrdisc[validate.interface(name, "interface")] = None
         else:
             loaded.mrdisc.pop(name, None)
+    elif kind == "template":
+        _add_templates(loaded.templates, [op[1:]])
+    elif kind == "untemplate":
+        _, family, source, group, iif, table = op
+        loaded.templates.pop(validate.template_key_of(source, group, iif, table), None)
     else:
         raise ValueError(f"unknown op {kind!r}")
 
@@ -521,6 +544,8 @@ def _read_snapshot(loaded: Loaded, snap: Any, numbered: bool) -> int:
         if count.__class__ is not int or count < 0:
             raise ValueError("malformed snapshot (no route count)")
     loaded.routes.clear()
+    loaded.templates.clear()
+    _add_templates(loaded.templates, snap.get("templates", []))
     loaded.thresholds = {
         validate.interface(name, "interface"): validate.threshold(ttl)
         for name, ttl in snap.get("thresholds", {}).items()
@@ -544,25 +569,40 @@ def _snapshot_records(
     thresholds: dict[str, int],
     seq: int,
     extra: dict[str, Any] | None = None,
+    templates: dict[TemplateKey, Ports] | None = None,
 ) -> Iterator[bytes]:
     """The lines of a snapshot numbered from `seq`, encoded one at a time: SNAPSHOT_CHUNK
     routes at most each. Sized `routes` (a list, a dict's values) are read a chunk at a
     time, so a large snapshot never holds every route's record at once. `extra` holds the
-    snapshot's "joins" and "mrdisc" (left out when empty, as files without them are)."""
+    snapshot's "joins" and "mrdisc" (left out when empty, as files without them are).
+    Templates (few) go in the first record, as
+    `"templates": [[family, source, group, iif, [oifs], table]]` (absent when there are
+    none: files of earlier versions have none)."""
     sized = routes if isinstance(routes, Sized) else list(routes)
     size = SNAPSHOT_CHUNK
     count = len(sized)
     more = {k: v for k, v in (extra or {}).items() if v}
+    snap: dict[str, Any]
     if count <= size:
         snap = {"routes": _saved(list(sized)), "thresholds": thresholds, "count": count, **more}
+        _save_templates(snap, templates)
         yield encode_record({"seq": seq, "snapshot": snap})
         return
     chunks = -(-count // size)
     snap = {"thresholds": thresholds, "count": count, "chunks": chunks, **more}
+    _save_templates(snap, templates)
     yield encode_record({"seq": seq, "snapshot": snap})
     it = iter(sized)
     for n in range(1, chunks + 1):
         yield encode_record({"seq": seq + n, "routes": _saved(list(islice(it, size)))})
+
+
+def _save_templates(snap: dict[str, Any], templates: dict[TemplateKey, Ports] | None) -> None:
+    if templates:
+        snap["templates"] = [
+            [family, source, group, iif, list(ports.oifs), table]
+            for (family, source, group, table, iif), ports in sorted(templates.items())
+        ]
 
 
 def _saved(routes: list[Route]) -> list[list[Any]]:
@@ -805,13 +845,14 @@ class StateFile:
         routes: Iterable[Route],
         thresholds: dict[str, int],
         extra: dict[str, Any] | None = None,
+        templates: dict[TemplateKey, Ports] | None = None,
     ) -> None:
         """Replace the journal with one snapshot: temporary file, fsync, rename, fsync dir."""
         self.hold_lock()
         self._stale_compaction()  # this snapshot has everything a compaction under way has
         tmp = f"{self.path}.tmp"
         fd, length, seq = _write_snapshot_file(
-            self.path, tmp, routes, thresholds, self._seq, extra=extra
+            self.path, tmp, routes, thresholds, self._seq, extra=extra, templates=templates
         )
         try:
             os.rename(tmp, self.path)  # replaces a link at the path itself, never its target
@@ -825,11 +866,13 @@ class StateFile:
         routes: dict[RouteKey, Ports],
         thresholds: dict[str, int],
         extra: dict[str, Any] | None = None,
+        templates: dict[TemplateKey, Ports] | None = None,
     ) -> Compaction:
         """Begin a snapshot of `routes` (a copy the caller will not change) that a thread writes
         with `Compaction.write` while the journal keeps taking changes; `finish_compaction`
         then adds those changes to it and puts it in the journal's place."""
         job = Compaction(self.path, routes, thresholds, self._seq, extra)
+        job.templates = dict(templates or {})
         self._compaction = job
         return job
 
@@ -932,6 +975,7 @@ class Compaction:
         self.length = 0
         self.seq = seq  # of the snapshot's last record once written
         self.tail: list[Sequence[Change]] = []  # changes journaled meanwhile, in order
+        self.templates: dict[TemplateKey, Ports] = {}
         self.stale = False  # overtaken by a snapshot written meanwhile: never renamed
         self.error: StateError | None = None
         self._cancelled = False
@@ -949,6 +993,7 @@ class Compaction:
                 self.seq,
                 extra=self.extra,
                 cancelled=lambda: self._cancelled,
+                templates=self.templates,
             )
         except StateError as e:
             self.error = e
@@ -993,6 +1038,7 @@ def _write_snapshot_file(
     *,
     extra: dict[str, Any] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    templates: dict[TemplateKey, Ports] | None = None,
 ) -> tuple[int, int, int]:
     """Write a snapshot numbered after `seq` to a new file `tmp` and fsync it: its open
     descriptor, length and last sequence number. The caller renames it into place."""
@@ -1002,7 +1048,7 @@ def _write_snapshot_file(
         os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
         fd = _create(tmp)
         _write_all(fd, HEADER)
-        for record in _snapshot_records(routes, thresholds, seq + 1, extra):
+        for record in _snapshot_records(routes, thresholds, seq + 1, extra, templates):
             if cancelled():
                 raise _Cancelled
             _write_all(fd, record)

@@ -8,8 +8,10 @@ from sys import intern
 from typing import Any
 
 from mfcd import rt_tables
+from mfcd import templates as tpl
 from mfcd.errors import BadRequest, InvalidArgument
-from mfcd.model import DEFAULT_TABLE, MAXVIFS, AddRoute, Ports, Route, RouteKey
+from mfcd.model import DEFAULT_TABLE, MAXVIFS, AddRoute, AddTemplate, Ports, Route, RouteKey
+from mfcd.templates import TemplateKey
 
 IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
 MAX_OIFS = MAXVIFS - 1  # every interface of a route, its iif too, needs a VIF of its own
@@ -47,6 +49,8 @@ def _address(value: Any, field: str) -> tuple[int, bytes, str]:
     """Parse an address; return (family, packed, canonical text)."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{field} must be a string", field=field)
+    if "/" in value:  # a full-length prefix is an address ("198.18.0.2/32")
+        value = tpl.bare(value)
     family = 6 if ":" in value else 4
     try:
         packed = socket.inet_pton(_AF[family], value)
@@ -78,11 +82,9 @@ def _check_group(family: int, packed: bytes, text: str) -> None:
         raise InvalidArgument(f"group {text} has {what} scope and is never routed", "group")
 
 
-# The unspecified address is how smcroute and `ip mroute` spell "any source".
-_ANY_SOURCE = (
-    "source {} means any source: (*,G) routes are not supported yet; give the sender's"
-    " unicast address"
-)
+# The unspecified address is how smcroute and `ip mroute` spell "any source": such a route is
+# a template (tpl.is_template), so an exact route never gets here with it.
+_ANY_SOURCE = "source {} means any source: that is a template (`--source` omitted), not a route"
 
 
 def _check_source(family: int, packed: bytes, text: str) -> None:
@@ -281,6 +283,76 @@ def _ports(iif_value: Any, oifs_value: Any) -> Ports:
             field="oifs",
         )
     return Ports(intern(iif), tuple([intern(n) for n in oifs]))
+
+
+# --- templates ------------------------------------------------------------------------------------
+
+
+def names_template(source: Any, group: Any) -> bool:
+    """Whether a source (None: not given) and group name a template rather than a route."""
+    if source is None:
+        return True
+    return source.__class__ is str and group.__class__ is str and tpl.is_template(source, group)
+
+
+def template_key_of(source: Any, group: Any, iif: Any, table: Any = None) -> TemplateKey:
+    """Validate a template's source prefix (None: any), group prefix, iif and table into its
+    key, with canonical prefixes (see mfcd.templates)."""
+    if not isinstance(group, str):
+        raise InvalidArgument("group must be a string", field="group")
+    if source is None or source in ("0.0.0.0", "::"):
+        source = tpl.ANY
+    elif not isinstance(source, str):
+        raise InvalidArgument("source must be a string", field="source")
+    g = tpl.parse(group, "group")
+    s = tpl.parse(source, "source", g.family)
+    if s.family != g.family:
+        raise InvalidArgument(
+            f"source {source} and group {group} are of different address families", "group"
+        )
+    _check_group_prefix(g)
+    _check_source_prefix(s)
+    return g.family, s.text, g.text, table_of(table, g.family), interface(iif, "iif")
+
+
+def _packed(prefix: tpl.Prefix) -> bytes:
+    return prefix.network.to_bytes(4 if prefix.family == 4 else 16, "big")
+
+
+def _check_group_prefix(g: tpl.Prefix) -> None:
+    packed = _packed(g)
+    if g.length == (32 if g.family == 4 else 128):
+        _check_group(g.family, packed, g.text)
+        return
+    multicast = (g.length >= 4 and packed[0] >> 4 == 0xE) if g.family == 4 else g.length >= 8
+    if not multicast or (g.family == 6 and packed[0] != 0xFF):
+        whole = "224.0.0.0/4" if g.family == 4 else "ff00::/8"
+        raise InvalidArgument(f"group {g.text} is not within the multicast range {whole}", "group")
+    local = (
+        g.length >= 24 and packed[:3] == _LOCAL4
+        if g.family == 4
+        else g.length >= 16 and packed[1] & 0x0F <= 2
+    )
+    if local:
+        raise InvalidArgument(f"group {g.text} holds only link-local groups, never routed", "group")
+
+
+def _check_source_prefix(s: tpl.Prefix) -> None:
+    packed = _packed(s)
+    if s.length == (32 if s.family == 4 else 128):
+        _check_source(s.family, packed, s.text)
+    elif s.length >= (4 if s.family == 4 else 8) and packed[0] >= (224 if s.family == 4 else 255):
+        raise InvalidArgument(f"source {s.text} is not a unicast prefix", "source")
+
+
+def template_change(source: Any, group: Any, iif: Any, oifs: Any, table: Any = None) -> AddTemplate:
+    """Validate a template's values into the change that adds it."""
+    ports = _ports(iif, oifs)
+    return AddTemplate(template_key_of(source, group, ports.iif, table), ports)
+
+
+TEMPLATE_FIELDS = ("group", "iif", "oifs")
+TEMPLATE_OPTIONAL = ("source", "table")
 
 
 def key(args: Any, fields: tuple[str, ...] = KEY_FIELDS) -> RouteKey:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import heapq
 import json
 import socket
+import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any
 
+from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, sg_counters, vif_counters
 from mfcd.model import (
     DEFAULT_TABLE,
@@ -25,12 +27,14 @@ from mfcd.model import (
     AddVif,
     DelMfc,
     DelVif,
+    PendingKey,
     Ports,
     RouteKey,
     Router,
     Step,
 )
 from mfcd.protocol import FAMILY_NAMES, Encoded, Streamed
+from mfcd.templates import TemplateKey
 
 SHOW_SCHEMA = 1
 # Routes a streamed show formats, or computes sort keys for, in one part: a few ms of work
@@ -93,7 +97,7 @@ def change_result(
     counts: Counter[str],
     steps: Sequence[Step] | None,
     dry_run: bool,
-    added: RouteKey | None = None,
+    added: PendingKey | None = None,
 ) -> dict[str, Any]:
     """The result of a change: kernel operations counted, the plan when `steps` are given,
     and the state of the route a single add left (`added`, unless a dry run)."""
@@ -123,6 +127,7 @@ class Views:
 
     def __init__(self, counters: CountersReader) -> None:
         self.counters = counters
+        self._since: Mapping[RouteKey, float] = {}  # learned_since of the show under way
         self._order: tuple[Router | None, int, int, list[RouteKey]] = (
             None,
             -1,
@@ -182,18 +187,23 @@ class Views:
     def show(
         self,
         router: Router,
+        *,
         stats: bool = False,
         encoded: bool = False,
         table: int | None = None,
         streamed: bool = False,
+        learned_since: Mapping[RouteKey, float] | None = None,
     ) -> dict[str, Any]:
         """VIFs and routes as the protocol shows them, by family and table (only those of
         table number `table`, if given); with `encoded`, the routes are one
         protocol.Encoded JSON text, with `streamed` a protocol.Streamed one made a part at a
-        time as it is written (the same JSON: a test holds the three to it)."""
+        time as it is written (the same JSON: a test holds the three to it). Every route
+        has its origin; a learned one names its template and, from `learned_since` (when
+        each was learned, time.monotonic), its age. Templates follow the routes."""
         vifs = self.vifs(router, stats, table)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
         healthy = _healthy(router)
+        self._since = learned_since or {}
         routes: list[dict[str, Any]] | Encoded | Streamed
         if streamed:
             routes = Streamed(self._routes_streamed(router, stats, table))
@@ -205,6 +215,7 @@ class Views:
                 for key in self._sorted(router)
                 if table is None or _in_table(table, key[0], key[3])
             ]
+            routes += self._templates_json(router, table)
         return {
             "schema": SHOW_SCHEMA,
             "vifs": vifs,
@@ -215,7 +226,8 @@ class Views:
     def _routes_encoded(
         self, router: Router, stats: bool, healthy: bool, table: int | None
     ) -> Encoded:
-        texts = self._route_texts(router, self._sorted(router), stats, healthy, table)
+        texts = list(self._route_texts(router, self._sorted(router), stats, healthy, table))
+        texts += map(_json, self._templates_json(router, table))
         return Encoded(f"[{','.join(texts)}]")
 
     def _routes_streamed(self, router: Router, stats: bool, table: int | None) -> Iterator[str]:
@@ -231,6 +243,8 @@ class Views:
             text = ",".join(self._route_texts(router, chunk, stats, _healthy(router), table))
             yield comma + text if text else ""
             comma = comma or ("," if text else "")
+        templates = ",".join(map(_json, self._templates_json(router, table)))
+        yield comma + templates if templates else ""
         yield "]"
 
     def _route_texts(
@@ -243,12 +257,13 @@ class Views:
     ) -> Iterator[str]:
         """The JSON text of each of these routes that still exists (in `table`, if given)."""
         routes, installed = router.routes, router.installed
+        origins = router.origins
         interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
         for key in keys:
             ports = routes.get(key)
             if ports is None or (table is not None and not _in_table(table, key[0], key[3])):
                 continue
-            if stats or not healthy or key not in installed:
+            if stats or not healthy or key not in installed or key in origins:
                 yield _json(self._route_json(router, key, ports, stats, healthy))
                 continue
             # An installed route of a healthy table: formatted directly. Addresses are
@@ -261,8 +276,38 @@ class Views:
             family, source, group, number = key
             yield (
                 f'{{"family":"{FAMILY_NAMES[family]}","table":{number},"source":"{source}",'
-                f'"group":"{group}",{text},"state":"installed"}}'
+                f'"group":"{group}",{text},"state":"installed","origin":"api"}}'
             )
+
+    def _templates_json(self, router: Router, table: int | None) -> list[dict[str, Any]]:
+        """The templates as show lists them, after the routes: by family, table, group,
+        source and iif, each with the number of entries learned from it."""
+        if not router.templates:
+            return []
+        counts = Counter(router.learned.values())
+        out = []
+        for key in sorted(router.templates, key=_template_order):
+            family, source, group, number, iif = key
+            if table is not None and not _in_table(table, family, number):
+                continue
+            status = router.status(key)
+            entry: dict[str, Any] = {
+                "family": FAMILY_NAMES[family],
+                "table": number,
+                "source": source,
+                "group": group,
+                "iif": iif,
+                "oifs": list(router.templates[key].oifs),
+                "state": status.state,
+                "origin": "api",
+                "template": True,
+                "learned": counts[key],
+            }
+            if status.state != "installed":
+                entry["missing"] = list(status.missing)
+                entry["reason"] = status.reason
+            out.append(entry)
+        return out
 
     def _sorted(self, router: Router) -> list[RouteKey]:
         """The routes in the order `ip mroute` and smcroute users expect: IPv4 first, then by
@@ -319,7 +364,14 @@ class Views:
             "iif": ports.iif,
             "oifs": list(ports.oifs),
             "state": "installed",
+            "origin": router.origin(key),
         }
+        template = router.learned.get(key)
+        if template is not None:
+            out["learned_from"] = {"source": template[1], "group": template[2], "iif": template[4]}
+            since = self._since.get(key)
+            if since is not None:
+                out["age"] = round(time.monotonic() - since, 1)
         installed = key in router.installed
         if not (healthy and installed):
             status = router.status(key)
@@ -349,6 +401,12 @@ def _in_table(wanted: int, family: int, table: int) -> bool:
 def _healthy(router: Router) -> bool:
     """Every VIF is present: an installed route is simply installed."""
     return all(vif.ifindex is not None for vif in router.vifs.values())
+
+
+def _template_order(key: TemplateKey) -> tuple[int, int, int, int, int, int, str]:
+    family, source, group, table, iif = key
+    g, s = tpl.prefix_of(group, family), tpl.prefix_of(source, family)
+    return family, table, g.network, g.length, s.network, s.length, iif
 
 
 def _address_order() -> Callable[[RouteKey], int]:

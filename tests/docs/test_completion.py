@@ -79,6 +79,7 @@ def _leaves(
                 "batch",
                 "vif",
                 "sync",
+                "flush",
                 "ping",
                 "join",
                 "leave",

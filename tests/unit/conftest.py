@@ -28,12 +28,14 @@ from mfcd.model import (
     DelMfc,
     DelVif,
     KernelOp,
+    Ports,
     Route,
     RouteKey,
     Router,
     Step,
 )
 from mfcd.state import Op, SnapshotNeeded, change_op
+from mfcd.templates import TemplateKey
 
 # What a packet from (S,G) does in the kernel: the device it must arrive on (None: no VIF there)
 # and the (device, TTL threshold) pairs it leaves on.
@@ -181,6 +183,7 @@ class FakeState:
     fail_snapshot: bool = False
     records: list[list[Op]] = field(default_factory=list)
     snapshots: list[tuple[list[Route], dict[str, int]]] = field(default_factory=list)
+    templates: dict[TemplateKey, Ports] = field(default_factory=dict)  # of the last snapshot
     ops_since_snapshot: int = 0
     moved: str | None = None  # why the file is not where mfcd left it (it then needs a snapshot)
 
@@ -197,10 +200,12 @@ class FakeState:
         routes: Iterable[Route],
         thresholds: dict[str, int],
         extra: dict[str, Any] | None = None,
+        templates: dict[TemplateKey, Ports] | None = None,
     ) -> None:
         if self.fail_snapshot:
             raise StateError("state.journal: cannot write the state file: No space left on device")
         self.snapshots.append((list(routes), dict(thresholds)))
+        self.templates = dict(templates or {})
         self.ops_since_snapshot = 0
         self.moved = None
 

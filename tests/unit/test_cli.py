@@ -496,6 +496,10 @@ def test_version_comes_from_the_package_constant() -> None:
         "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 100",
         "mfc del --table default --source 10.0.0.1 --group 239.1.1.1",
         "mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs r3 --table=studio",
+        "mfc add --group 239.1.1.1 --iif r0 --oifs r1,r2",
+        "mfc add --source 198.18.0.0/16 --group 239.2.0.0/24 --iif r0 --oifs r1",
+        "mfc del --group 239.1.1.1",
+        "mfc del --group ff3e::2:0/112 --iif r0 -n",
         "ping",
         "--socket /x -o json ping",
         "ping -o json -v",
@@ -677,3 +681,43 @@ def test_a_plan_names_a_table_other_than_the_default() -> None:
         "add vif ipv4 table 100 VIF 0 (r1)",
         "del mfc ipv6 2001:db8::1 -> ff3e::1",
     ]
+
+
+def test_show_lists_templates_and_marks_learned_entries() -> None:
+    learned = {
+        "family": "ipv4",
+        "table": 253,
+        "source": "198.18.0.2",
+        "group": "239.1.1.1",
+        "iif": "r0",
+        "oifs": ["r1"],
+        "state": "installed",
+        "origin": "learned",
+        "learned_from": {"source": "*", "group": "239.1.1.1", "iif": "r0"},
+        "age": 12.4,
+    }
+    template = dict(learned, source="*", origin="api", template=True, learned=1)
+    del template["learned_from"], template["age"]
+    text = cli.format_show({"vifs": [], "routes": [learned, template]}, 120)
+    assert "Templates (1)" in text and "Routes (1)" in text
+    assert "installed, learned 12s from * 239.1.1.1" in text
+    [row] = [line for line in text.splitlines() if line.startswith("*")]
+    assert row.split() == ["*", "239.1.1.1", "r0", "r1", "installed", "1"]
+
+
+def test_show_stats_says_what_learning_did_in_80_columns() -> None:
+    learning = {
+        "entries": 100000,
+        "max_learned": 100000,
+        "idle_timeout": 60.0,
+        "learned": 123456789,
+        "expired": 123456789,
+        "dropped": 123456789,
+        "unmatched": 123456789,
+        "repointed": 123456,
+    }
+    text = cli.format_show({"vifs": [], "routes": [], "learning": learning}, 80)
+    assert "Learning: 100000 entries now" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    quiet = dict(learning, learned=0, unmatched=0)
+    assert "Learning" not in cli.format_show({"vifs": [], "routes": [], "learning": quiet}, 80)

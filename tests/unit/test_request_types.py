@@ -58,6 +58,7 @@ VALID: dict[str, dict[str, Any]] = {
     "join": {"interface": "b", "group": "239.2.2.0/30", "source": "10.0.0.9"},
     "leave": {"interface": "a", "group": "239.3.3.3"},
     "group.show": {},
+    "flush": {},
 }
 TEXT_BATCH = {"text": "mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b\n"}
 # diagnose and monitor are answered by the server: test_commands_deferred.py checks them;

@@ -115,6 +115,7 @@ def test_show_tells_each_routes_state_and_what_it_waits_for(ctl: Controller) -> 
         "iif": "a",
         "oifs": ["b"],
         "state": "installed",
+        "origin": "api",
     }
     assert (routes["10.0.0.2"]["state"], routes["10.0.0.2"]["missing"]) == ("degraded", ["c"])
     assert (routes["10.0.0.3"]["state"], routes["10.0.0.3"]["reason"]) == (

@@ -1,0 +1,293 @@
+"""Learned entries: (S,G) entries installed from templates when the kernel reports a packet
+with no entry (NOCACHE upcall), re-pointed on a wrong interface, expired when idle, flushed.
+
+Learning happens on the event loop as soon as the upcall is read: the kernel holds the
+first packets of the flow (up to 4, for about 10 s) on an unresolved entry and forwards
+them when the entry is added. A learned entry is part of the realization (model.Router
+keeps it as a route of origin "learned"), never of the state file: after a restart the
+traffic teaches it again. So learning is one model transaction and one kernel write, with
+no journal and no fsync.
+
+The kernel sends one NOCACHE upcall per unresolved (S,G) and then stays quiet for its
+~10 s life. An upcall no template matches is remembered for that long (bounded: RECENT_MAX,
+oldest first out), so that a template added while the traffic flows is matched against
+it at once instead of after the kernel's entry expires. Nothing is put in the kernel for
+unmatched traffic (no "stop filter" entry that would block a flow forever).
+
+Idle expiry reads the packet counters of learned entries only, a slice per tick (10 a
+second): every learned entry is looked at about four times per idle timeout, so a tick
+costs O(learned / (timeout / 4) * interval) probes, never O(all routes), and removes at
+most the entries of its slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from mfcd.dataplane import Dataplane, Upcall, execute
+from mfcd.errors import KernelError
+from mfcd.model import RouteKey, Router, Step
+from mfcd.templates import TemplateKey
+
+log = logging.getLogger("mfcd")
+
+UNRESOLVED_LIFE = 10.0  # seconds the kernel keeps an unresolved entry (and stays quiet about it)
+RECENT_MAX = 10_000  # unmatched upcalls remembered at most
+DROP_LOG_INTERVAL = 10.0  # seconds between two log lines about learned entries dropped
+STEP = 64  # learned entries an expiry step reads and removes between two turns of the loop
+
+
+def _where(upcall: Upcall) -> tuple[int, int, str, str, int]:
+    return upcall.family, upcall.table, upcall.source, upcall.group, upcall.vif
+
+
+class RouterHolder(Protocol):
+    """What the learner needs of the controller: its router (replaced at a failed restore)."""
+
+    router: Router
+
+
+class Learner:
+    def __init__(
+        self,
+        controller: RouterHolder,
+        plane: Dataplane,
+        idle_timeout: float = 60.0,
+        max_learned: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.controller = controller
+        self.plane = plane
+        self.idle_timeout = idle_timeout  # 0: learned entries never expire
+        self.max_learned = max_learned
+        self.clock = clock
+        self.since: dict[RouteKey, float] = {}  # when each learned entry was learned
+        # Per learned entry: its packet count when last read, and since when it has that count.
+        self.seen: dict[RouteKey, tuple[int, float]] = {}
+        # Unmatched upcalls: (family, table, source, group) -> (arrival VIF, when).
+        self.recent: OrderedDict[tuple[int, int, str, str], tuple[int, float]] = OrderedDict()
+        self.counts = {"learned": 0, "dropped": 0, "expired": 0, "unmatched": 0, "repointed": 0}
+        self._cycle: list[RouteKey] = []  # the learned entries of the expiry pass under way
+        self._position = 0
+        self._dropped_unlogged = 0
+        self._dropped_logged_at = -math.inf
+        # The templates and those holding VIFs, as of the last retry of `recent`.
+        self._templates: tuple[dict[TemplateKey, Any], dict[TemplateKey, None]] = ({}, {})
+
+    @property
+    def router(self) -> Router:
+        return self.controller.router
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two ticks: 0.1 (a quarter of a shorter idle timeout), so that a
+        tick's slice stays small: at 100,000 learned entries and a 60 s timeout, 667
+        counters read, about a millisecond."""
+        if self.idle_timeout <= 0:
+            return 1.0
+        return min(0.1, max(0.025, self.idle_timeout / 4))
+
+    # --- upcalls ---------------------------------------------------------------------------------
+
+    def on_upcalls(self, upcalls: Iterable[Upcall]) -> int:
+        """Learn from NOCACHE upcalls and re-point on WRONGVIF ones; how many were learned."""
+        learned = 0
+        for upcall in upcalls:
+            if upcall.kind == "nocache":
+                learned += self._learn(_where(upcall), remember=True)
+            elif upcall.kind == "wrongvif":
+                self._repoint(upcall)
+        return learned
+
+    def _learn(self, where: tuple[int, int, str, str, int], remember: bool) -> int:
+        """Learn the entry of one packet (family, table, source, group, arrival VIF)."""
+        family, table, source, group, vif = where
+        router = self.router
+        if len(router.learned) >= self.max_learned and router.would_learn(*where):
+            self._dropped()  # (checked without a transaction: a flood comes here often)
+            return 0
+        router.begin()
+        try:
+            _, steps = router.learn(family, table, source, group, vif)
+            execute(self.plane, steps)
+        except Exception as e:  # never leave the transaction open; a refusal is logged
+            router.rollback()
+            log.error("learning %s -> %s: %s", source, group, e)
+            return 0
+        router.commit()
+        key = (family, source, group, table)
+        if not steps:
+            if remember and key not in router.routes:  # no template, or one still pending
+                self._remember(family, table, source, group, vif)
+            return 0
+        now = self.clock()
+        self.since[key] = now
+        self.seen[key] = (-1, now)
+        self.counts["learned"] += 1
+        self.recent.pop((family, table, source, group), None)
+        return 1  # (not logged: a flood of new flows would flood the log)
+
+    def _repoint(self, upcall: Upcall) -> None:
+        router = self.router
+        router.begin()
+        try:
+            steps = router.repoint(
+                upcall.family, upcall.table, upcall.source, upcall.group, upcall.vif
+            )
+            execute(self.plane, steps)
+        except Exception as e:
+            router.rollback()
+            log.error("re-pointing %s -> %s: %s", upcall.source, upcall.group, e)
+            return
+        router.commit()
+        if steps:
+            self.counts["repointed"] += 1
+            log.info(
+                "learned entry %s -> %s now arrives on VIF %d: re-pointed",
+                upcall.source,
+                upcall.group,
+                upcall.vif,
+            )
+
+    def _remember(self, family: int, table: int, source: str, group: str, vif: int) -> None:
+        self.counts["unmatched"] += 1
+        key = (family, table, source, group)
+        self.recent.pop(key, None)
+        self.recent[key] = (vif, self.clock())
+        if len(self.recent) > RECENT_MAX:
+            self.recent.popitem(last=False)
+
+    def _dropped(self) -> None:
+        self.counts["dropped"] += 1
+        self._dropped_unlogged += 1
+        now = self.clock()
+        if now - self._dropped_logged_at >= DROP_LOG_INTERVAL:
+            log.warning(
+                "max_learned (%d) reached: %d new flows not learned since the last report",
+                self.max_learned,
+                self._dropped_unlogged,
+            )
+            self._dropped_logged_at = now
+            self._dropped_unlogged = 0
+
+    def after_change(self) -> int:
+        """After a client's change or an interface event: if the templates changed (or one
+        took its VIFs), match them against the unmatched upcalls of the last
+        UNRESOLVED_LIFE seconds; how many were learned."""
+        router = self.router
+        now = (router.templates, router.holding)
+        if now == self._templates:
+            return 0
+        self._templates = (dict(router.templates), dict(router.holding))
+        self._forget_recent(self.clock())
+        learned = 0
+        for (family, table, source, group), (vif, _) in list(self.recent.items()):
+            learned += self._learn((family, table, source, group, vif), remember=False)
+        return learned
+
+    def _forget_recent(self, now: float) -> None:
+        recent = self.recent
+        while recent:
+            key, (_, when) = next(iter(recent.items()))
+            if now - when < UNRESOLVED_LIFE:
+                break
+            del recent[key]
+
+    # --- expiry and flush --------------------------------------------------------------------
+
+    def tick(self) -> int:
+        """One slice of the idle expiry, at once; how many expired."""
+        return sum(self.ticking())
+
+    def ticking(self) -> Iterator[int]:
+        """One slice of the idle expiry (run every `interval` seconds), STEP entries at a
+        time: yields how many of each step expired, so that the caller can serve others
+        between two steps."""
+        now = self.clock()
+        self._forget_recent(now)
+        if self.idle_timeout <= 0 or (not self.router.learned and not self.since):
+            return
+        if self._position >= len(self._cycle):
+            self._start_cycle()
+        period = max(self.interval, self.idle_timeout / 4)
+        size = math.ceil(len(self._cycle) * self.interval / period) if self._cycle else 0
+        chunk = self._cycle[self._position : self._position + size]
+        self._position += size
+        for start in range(0, len(chunk), STEP):
+            learned = self.router.learned  # (read again: others may have run meanwhile)
+            keys = []
+            for key in chunk[start : start + STEP]:
+                if key in learned:
+                    keys.append(key)
+                elif key in self.since:  # flushed, its template gone, or now an API route
+                    del self.since[key]
+                    self.seen.pop(key, None)
+            idle = self._idle(keys, now)
+            if idle:
+                self.counts["expired"] += self._remove(idle, "idle")
+            yield len(idle)
+
+    def _start_cycle(self) -> None:
+        """The entries of the next expiry pass: those the learner learned (a key list, one
+        copy; the entries removed meanwhile by other means are let go of as it meets them)."""
+        self._cycle = list(self.since)
+        self._position = 0
+
+    def _idle(self, keys: list[RouteKey], now: float) -> list[RouteKey]:
+        """The entries among `keys` whose packet counter has not moved for idle_timeout."""
+        by_table: dict[tuple[int, int], list[RouteKey]] = {}
+        for key in keys:
+            by_table.setdefault((key[0], key[3]), []).append(key)
+        idle = []
+        for (family, table), some in by_table.items():
+            try:
+                found = self.plane.counters(family, table, [(k[1], k[2]) for k in some]).entries
+            except KernelError as e:
+                log.error("reading the counters of learned entries failed: %s", e)
+                continue
+            for key, counters in zip(some, found, strict=True):
+                packets = counters.packets if counters is not None else -1
+                last = self.seen.get(key)
+                if last is None or last[0] != packets:
+                    self.seen[key] = (packets, now)
+                elif now - last[1] >= self.idle_timeout:
+                    idle.append(key)
+        return idle
+
+    def flush(self) -> int:
+        """Remove every learned entry now; how many."""
+        return self._remove(list(self.router.learned), "flush")
+
+    def _remove(self, keys: list[RouteKey], why: str) -> int:
+        router = self.router
+        router.begin()
+        steps: list[Step] = []
+        try:
+            for key in keys:
+                steps += router.unlearn(key)
+            execute(self.plane, steps)
+        except Exception as e:
+            router.rollback()
+            log.error("removing learned entries (%s) failed: %s", why, e)
+            return 0
+        router.commit()
+        for key in keys:
+            self.since.pop(key, None)
+            self.seen.pop(key, None)
+        if keys and why != "idle":  # (idle ones go a step at a time: counted, not logged)
+            log.info("removed %d learned entries (%s)", len(keys), why)
+        return len(keys)
+
+    def stats(self) -> dict[str, int | float]:
+        """What `show --stats` says about learning."""
+        return {
+            "entries": len(self.router.learned),
+            "max_learned": self.max_learned,
+            "idle_timeout": self.idle_timeout,
+            **self.counts,
+        }

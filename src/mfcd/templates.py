@@ -1,0 +1,181 @@
+"""Templates: (*,G) and prefix routes, their canonical text and the most-specific match (no I/O).
+
+A template says "packets from any source in S to any group in G arriving on IIF leave on
+OIFS". The kernel's MFC holds only exact (S,G) entries, so a template is never written to
+the kernel: when a packet with no entry arrives on a VIF, the kernel sends an upcall
+(NOCACHE) and mfcd *learns* the (S,G) entry from the template that matches (model.Router
+keeps templates and learned entries; learning.py answers the upcalls).
+
+Identity: a template is named by (family, source prefix, group prefix, table, iif), its
+TemplateKey. Two templates with the same prefixes but different iifs are two templates
+(smcroute's bidirectional `mroute from a group G to b` + `mroute from b group G to a`).
+
+Text: a source prefix of length 0 is "*" (any source; "0.0.0.0", "0.0.0.0/0", "::" and
+"::/0" are spelt so too), a full-length prefix is the bare address, any other prefix is
+"network/length" with the host bits zero. A template whose source and group are both
+full-length is not a template but an exact route.
+
+Matching: among the templates of the packet's family, table and arrival interface that
+contain its source and group, the one with the longest group prefix wins, then the one
+with the longest source prefix. That order is total: two templates of the same iif with
+the same group length and the same source length that both contain one (S,G) have the
+same prefixes, so they are one template. No overlap is ambiguous, and none is refused.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from mfcd.errors import InvalidArgument
+
+# (family 4|6, source prefix text, group prefix text, table, iif)
+TemplateKey = tuple[int, str, str, int, str]
+ANY = "*"
+_BITS = {4: 32, 6: 128}
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+class Prefix(NamedTuple):
+    family: int
+    network: int  # the address as a number, host bits zero
+    length: int
+    text: str  # canonical
+
+
+def family_of(text: str) -> int:
+    return 6 if ":" in text else 4
+
+
+def parse(value: str, field: str, family: int | None = None) -> Prefix:
+    """A prefix as a source or group of a template: "A", "A/LEN", or "*" (any; then
+    `family` says which)."""
+    if value == ANY:
+        if family is None:
+            raise InvalidArgument(f"{field} * needs a group to say its address family", field)
+        return Prefix(family, 0, 0, ANY)
+    address, slash, length_text = value.partition("/")
+    fam = family_of(address)
+    bits = _BITS[fam]
+    try:
+        packed = socket.inet_pton(_AF[fam], address)
+    except (OSError, ValueError):
+        raise InvalidArgument(
+            f"{field} {value!r} is not an IPv4 or IPv6 address or prefix", field=field
+        ) from None
+    length = bits
+    if slash:
+        if not length_text.isdigit() or int(length_text) > bits:
+            raise InvalidArgument(
+                f"{field} {value!r}: the prefix length must be a number from 0 to {bits}",
+                field=field,
+            )
+        length = int(length_text)
+    number = int.from_bytes(packed, "big")
+    host = (1 << (bits - length)) - 1
+    if number & host:
+        network = socket.inet_ntop(_AF[fam], (number & ~host).to_bytes(bits // 8, "big"))
+        raise InvalidArgument(
+            f"{field} {value} has host bits set: did you mean {network}/{length}?", field=field
+        )
+    return Prefix(fam, number, length, text_of(fam, number, length))
+
+
+def text_of(family: int, network: int, length: int) -> str:
+    if length == 0:
+        return ANY
+    address = socket.inet_ntop(_AF[family], network.to_bytes(_BITS[family] // 8, "big"))
+    return address if length == _BITS[family] else f"{address}/{length}"
+
+
+def is_template(source: str, group: str) -> bool:
+    """Whether a (source, group) as given names a template rather than an exact route: no
+    source (any), or a prefix shorter than an address on either side."""
+    if source in (ANY, "0.0.0.0", "::"):
+        return True
+    for text in (source, group):
+        _, slash, length = text.partition("/")
+        if slash and length != str(_BITS[family_of(text)]):
+            return True
+    return False
+
+
+def bare(text: str) -> str:
+    """An address given as a full-length prefix ("198.18.0.2/32") without its length."""
+    return text.partition("/")[0]
+
+
+_parsed: dict[tuple[str, int], Prefix] = {}
+
+
+def prefix_of(text: str, family: int) -> Prefix:
+    """The Prefix of canonical text (kept: templates are few and matched often)."""
+    prefix = _parsed.get((text, family))
+    if prefix is None:
+        prefix = parse(text, "prefix", family)
+        if len(_parsed) < 4096:
+            _parsed[(text, family)] = prefix
+    return prefix
+
+
+def address_number(family: int, text: str) -> int:
+    return int.from_bytes(socket.inet_pton(_AF[family], text), "big")
+
+
+def contains(prefix: Prefix, number: int) -> bool:
+    bits = _BITS[prefix.family]
+    return number >> (bits - prefix.length) == prefix.network >> (bits - prefix.length)
+
+
+def specificity(key: TemplateKey) -> tuple[int, int]:
+    """How specific a template is: (group prefix length, source prefix length); larger wins."""
+    return prefix_of(key[2], key[0]).length, prefix_of(key[1], key[0]).length
+
+
+def matches(key: TemplateKey, source: str, group: str) -> bool:
+    family = key[0]
+    return contains(prefix_of(key[2], family), address_number(family, group)) and contains(
+        prefix_of(key[1], family), address_number(family, source)
+    )
+
+
+# Per (family, table, iif): one level per distinct (group length, source length), most
+# specific first, each a dict from (group network, source network) to the template.
+_Level = tuple[int, int, dict[tuple[int, int], TemplateKey]]
+
+
+class Index:
+    """The templates arranged for matching: a match costs one dict lookup per distinct pair
+    of prefix lengths among the templates of that interface, whatever their number."""
+
+    def __init__(self, keys: Iterable[TemplateKey]) -> None:
+        self.levels: dict[tuple[int, int, str], list[_Level]] = {}
+        by_lengths: dict[tuple[int, int, str], dict[tuple[int, int], _Level]] = {}
+        for key in keys:
+            family, source, group, table, iif = key
+            g, s = prefix_of(group, family), prefix_of(source, family)
+            levels = by_lengths.setdefault((family, table, iif), {})
+            level = levels.get((g.length, s.length))
+            if level is None:
+                level = levels[(g.length, s.length)] = (g.length, s.length, {})
+            level[2][(g.network, s.network)] = key
+        for where, levels in by_lengths.items():
+            self.levels[where] = sorted(levels.values(), key=lambda lv: (-lv[0], -lv[1]))
+
+    def match(
+        self, family: int, table: int, iif: str, source: str, group: str
+    ) -> TemplateKey | None:
+        """The most specific template for (source, group) arriving on `iif`."""
+        levels = self.levels.get((family, table, iif))
+        if not levels:
+            return None
+        bits = _BITS[family]
+        src, grp = address_number(family, source), address_number(family, group)
+        for glen, slen, found in levels:
+            gmask = ((1 << glen) - 1) << (bits - glen)
+            smask = ((1 << slen) - 1) << (bits - slen)
+            key = found.get((grp & gmask, src & smask))
+            if key is not None:
+                return key
+        return None
