@@ -1122,11 +1122,20 @@ def format_reload(result: dict[str, Any]) -> str:
         if entry["action"] == "threshold":
             lines.append(f"  set threshold {entry['threshold']} on {entry['interface']}")
             continue
-        what = f"{entry['action']} {entry['source']} -> {entry['group']}"
+        if entry["action"] == "mrdisc":
+            lines.append(f"  turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}")
+            continue
+        if entry["action"] in ("join", "leave"):
+            what = f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
+            lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
+            continue
+        what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
         if _other_table(entry):
             what += f" table {entry['table']}"
         if "iif" in entry:
-            what += f" iif {entry['iif']} oifs {','.join(entry['oifs'])}"
+            what += f" iif {entry['iif']}"
+        if "oifs" in entry:
+            what += f" oifs {','.join(entry['oifs'])}"
         lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
     lines.append(result["summary"])
     return "\n".join(lines)
