@@ -384,8 +384,9 @@ class Controller:
                 joined = ops
             if origin != "api":
                 self._mark(changes, origin)
-            if dry_run or not (router.changed() or joins.changed()):
+            if dry_run or not (router.changed() or joins.changed() or journal):
                 # Nothing to do (the same route again, an empty batch): no journal record.
+                # (An api intent the config takes over as it is still leaves the state file.)
                 router.rollback()
                 joins.rollback()
                 return outcome
