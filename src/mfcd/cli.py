@@ -1126,7 +1126,8 @@ def format_reload(result: dict[str, Any]) -> str:
             lines.append(f"  turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}")
             continue
         if entry["action"] in ("join", "leave"):
-            what = f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
+            what = f"{entry['action']} {entry['source']} -> {entry['group']}"
+            what += f" on {entry['interface']}"
             lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
             continue
         what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
