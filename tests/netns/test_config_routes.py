@@ -225,6 +225,20 @@ def test_check_config_catches_each_error_class(
     assert words in result.stderr
 
 
+def write_imported(daemon: Mfcd, original: Path) -> None:
+    """Convert an smcroute.conf with mfcctl import-smcroute into the daemon's config file."""
+    converted = subprocess.run(
+        [str(BIN / "mfcctl"), "import-smcroute", str(original)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert converted.returncode == 0, converted.stderr
+    write_config(daemon, converted.stdout)
+    assert check_config(daemon.config_file).returncode == 0
+
+
 def test_imported_smcroute_config_forwards_like_smcroute(
     lab: Lab, daemon: Mfcd, tmp_path: Path
 ) -> None:
@@ -251,16 +265,7 @@ def test_imported_smcroute_config_forwards_like_smcroute(
     by_smcroute = {g: received(lab, g) for g in ("239.7.7.1", "239.7.7.2")}
     lab.stop(smcroute)
 
-    converted = subprocess.run(
-        [str(BIN / "mfcctl"), "import-smcroute", str(original)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert converted.returncode == 0, converted.stderr
-    write_config(daemon, converted.stdout)
-    assert check_config(daemon.config_file).returncode == 0
+    write_imported(daemon, original)
     daemon.start()
     by_mfcd = {g: received(lab, g) for g in ("239.7.7.1", "239.7.7.2")}
     assert by_smcroute == by_mfcd == {"239.7.7.1": [5, 5, 0], "239.7.7.2": [0, 0, 5]}
@@ -324,16 +329,7 @@ def test_config_templates_and_joins_are_applied_and_a_reload_takes_them_away(
 def test_imported_smcroute_mroute_without_source_forwards_and_mgroup_joins(
     lab: Lab, daemon: Mfcd
 ) -> None:
-    converted = subprocess.run(
-        [str(BIN / "mfcctl"), "import-smcroute", str(DATA / "forward-any.conf")],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert converted.returncode == 0, converted.stderr
-    write_config(daemon, converted.stdout)
-    assert check_config(daemon.config_file).returncode == 0
+    write_imported(daemon, DATA / "forward-any.conf")
     daemon.start()
     assert received(lab, "239.7.8.1") == [0, 5, 0]
     assert "239.7.8.8" in memberships(lab, "r3", 4)
