@@ -614,6 +614,8 @@ def _template(entry: dict[str, Any], src: Any, group: Any, where: str) -> Templa
     if iif in oifs:
         raise _Bad(f"iif {iif} is also listed in oifs", "oifs")
     table = validate.table_of(entry.get("table"), family)
+    # What mfcctl refuses too (a link-local group range...): as the controller will apply it.
+    validate.template_key_of(source, str(net), iif.rstrip("".join(WILDCARDS)) or "lo", table)
     return Template(family, source, str(net), iif, tuple(oifs), table, where)
 
 
@@ -642,6 +644,8 @@ def _parse_join(
                 )
             src = str(address.network_address)
         group = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+        # What mfcctl join refuses too (a link-local group, too many groups), as applied.
+        groups.join_keys(name.rstrip("".join(WILDCARDS)), group, src)
         where = source.at(source.entry_line("join", index))
         for other in into.joins:
             if (other.interface, other.group, other.source) == (name, group, src):

@@ -156,3 +156,19 @@ def test_the_dry_run_plan_lists_templates_joins_and_mrdisc_and_changes_nothing()
     assert {"add_template", "join", "mrdisc"} <= actions
     assert ctl.router.templates == {} and ctl.joins.wanted == {} and ctl.joins.mrdisc == {}
     assert ctl.declared.templates == []
+
+
+def test_check_config_refuses_what_applying_would_refuse() -> None:
+    text = (
+        '[[route]]\ngroup = "224.0.0.0/24"\niif = "a"\noifs = ["b"]\n'
+        '[[join]]\ninterface = "a"\ngroup = "224.0.0.5"\n'
+        '[[join]]\ninterface = "a*"\ngroup = "239.0.0.0/16"\n'
+    )
+    _, problems = parse(text)
+    assert [p.split(": ", 2)[:2] for p in problems] == [
+        ["f.conf:2", "route"],
+        ["f.conf:7", "join"],  # the line of its group
+        ["f.conf:10", "join"],
+    ]
+    assert "link-local" in problems[0] and "link-local" in problems[1]
+    assert "at most 1024" in problems[2]
