@@ -15,7 +15,7 @@ import pytest
 from lab.netns import Lab
 from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd, route_args
-from tests.netns.test_joins import groups, memberships
+from tests.netns.test_joins import capture, groups, memberships, mrd
 
 SOURCE = "198.18.0.2"
 DATA = Path(__file__).parent.parent / "data" / "smcroute"
@@ -333,3 +333,20 @@ def test_imported_smcroute_mroute_without_source_forwards_and_mgroup_joins(
     daemon.start()
     assert received(lab, "239.7.8.1") == [0, 5, 0]
     assert "239.7.8.8" in memberships(lab, "r3", 4)
+
+
+def test_config_mrdisc_advertises_is_refused_to_the_api_and_ends_with_a_reload(
+    lab: Lab, daemon: Mfcd
+) -> None:
+    write_config(daemon, '\n[[interface]]\nname = "r1"\nmrdisc = true\n')
+    with capture(lab, lab.rx[0], "x0", 3.0) as seen:
+        daemon.start()
+    assert mrd(seen, 0x30), seen  # advertisements, from start-up on
+    assert json.loads(daemon.ok("show", "groups", "-o", "json"))["mrdisc"] == ["r1"]
+    code, message = refused_code(daemon, "vif", "set", "r1", "--no-mrdisc")
+    assert code == "declared_in_config" and f"{daemon.config_file}:" in message
+    write_config(daemon, "")
+    with capture(lab, lab.rx[0], "x0", 1.5) as seen:
+        assert "1 mrdisc settings changed" in daemon.ok("reload")
+    assert len(mrd(seen, 0x32)) == 1, seen  # a termination
+    assert json.loads(daemon.ok("show", "groups", "-o", "json"))["mrdisc"] == []
