@@ -948,7 +948,10 @@ def format_templates(templates: list[dict[str, Any]]) -> list[str]:
     rows = [["SOURCE", "GROUP", *(["TABLE"] if tables else []), "IIF", "OIFS", "STATE", "LEARNED"]]
     for t in templates:
         table_column = [str(t["table"])] if tables else []
-        row = [t["source"], t["group"], *table_column, t["iif"], ",".join(t["oifs"]), _state(t)]
+        state = _state(t)
+        if t.get("origin", "api") != "api":
+            state += f", {t['origin']}"  # as a route's: only when not the API's
+        row = [t["source"], t["group"], *table_column, t["iif"], ",".join(t["oifs"]), state]
         rows.append([*row, str(t.get("learned", 0))])
     return [f"Templates ({len(templates)})", *table(rows, right={len(rows[0]) - 1})]
 

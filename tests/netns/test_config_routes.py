@@ -293,6 +293,7 @@ def test_config_templates_and_joins_are_applied_and_a_reload_takes_them_away(
     # The template forwards a sender no route names (its entry is learned from the upcall).
     assert received(lab, "239.8.0.1") == [5, 0, 0]
     assert templates_shown(daemon)["239.8.0.0/24"]["origin"] == "config"
+    assert "installed, config" in daemon.ok("show")
     assert "239.8.9.9" in memberships(lab, "r2", 4)
     [join] = groups(daemon)
     assert (join["group"], join["origin"]) == ("239.8.9.9", "config")

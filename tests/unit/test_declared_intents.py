@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mfcd import views
+from mfcd import cli, views
 from mfcd.controller import Controller
 from mfcd.declarations import diff
 from mfcd.errors import DeclaredInConfig
@@ -172,3 +172,13 @@ def test_check_config_refuses_what_applying_would_refuse() -> None:
     ]
     assert "link-local" in problems[0] and "link-local" in problems[1]
     assert "at most 1024" in problems[2]
+
+
+def test_show_text_names_a_config_template_origin() -> None:
+    ctl = controller()
+    reload(ctl, TEMPLATE_TEXT.format(oifs='"b"'))
+    ctl.change([AddTemplate((4, "*", "239.3.0.0/24", 253, "a"), Ports("a", ("c",)))])
+    shown = [r for r in views.Views(kernel_of(ctl)).show(ctl.router)["routes"] if r.get("template")]
+    lines = cli.format_templates(shown)
+    assert "installed, config" in lines[2] and "239.2.0.0/24" in lines[2]
+    assert "config" not in lines[3] and "239.3.0.0/24" in lines[3]
