@@ -279,7 +279,7 @@ class Daemon:
         try:
             outcome = controller.apply_declared(declared, change)
         except MfcdError as e:
-            log.error("the config files' routes were not applied (mfcctl reload retries): %s", e)
+            log.error("the config files' intents were not applied (mfcctl reload retries): %s", e)
             return
         if declared.routes or declared.interfaces or declared.templates or declared.joins:
             log.info(
@@ -799,7 +799,8 @@ class Daemon:
 
     async def reload_config(self, dry_run: bool = False) -> dict[str, Any]:
         """Read the config files again and apply the difference: the settings that can change
-        while running, and the declared routes and interface settings (one transaction).
+        while running, and the declared routes, templates, joins and interface settings (one
+        transaction).
         A file with any error changes nothing and raises it (every problem is logged)."""
         async with self._reloading:
             if dry_run:

@@ -54,7 +54,7 @@ _LINE_SHIFT = 32  # a position is file index << 32 | line (one int per route, no
 
 class Template(NamedTuple):
     """A route with any source, a source prefix or a group prefix: a pattern routes are
-    learned from (applied by the templates code; here it is parsed and checked)."""
+    learned from (parsed and checked here; the controller applies it, see template_intents)."""
 
     family: int
     source: str  # "*" or a prefix such as "198.18.0.0/16"
