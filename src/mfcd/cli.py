@@ -948,7 +948,10 @@ def format_templates(templates: list[dict[str, Any]]) -> list[str]:
     rows = [["SOURCE", "GROUP", *(["TABLE"] if tables else []), "IIF", "OIFS", "STATE", "LEARNED"]]
     for t in templates:
         table_column = [str(t["table"])] if tables else []
-        row = [t["source"], t["group"], *table_column, t["iif"], ",".join(t["oifs"]), _state(t)]
+        state = _state(t)
+        if t.get("origin", "api") != "api":
+            state += f", {t['origin']}"  # as a route's: only when not the API's
+        row = [t["source"], t["group"], *table_column, t["iif"], ",".join(t["oifs"]), state]
         rows.append([*row, str(t.get("learned", 0))])
     return [f"Templates ({len(templates)})", *table(rows, right={len(rows[0]) - 1})]
 
@@ -1122,11 +1125,21 @@ def format_reload(result: dict[str, Any]) -> str:
         if entry["action"] == "threshold":
             lines.append(f"  set threshold {entry['threshold']} on {entry['interface']}")
             continue
-        what = f"{entry['action']} {entry['source']} -> {entry['group']}"
+        if entry["action"] == "mrdisc":
+            lines.append(f"  turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}")
+            continue
+        if entry["action"] in ("join", "leave"):
+            what = f"{entry['action']} {entry['source']} -> {entry['group']}"
+            what += f" on {entry['interface']}"
+            lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
+            continue
+        what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
         if _other_table(entry):
             what += f" table {entry['table']}"
         if "iif" in entry:
-            what += f" iif {entry['iif']} oifs {','.join(entry['oifs'])}"
+            what += f" iif {entry['iif']}"
+        if "oifs" in entry:
+            what += f" oifs {','.join(entry['oifs'])}"
         lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
     lines.append(result["summary"])
     return "\n".join(lines)

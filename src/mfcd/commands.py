@@ -778,8 +778,8 @@ class Commands:
     def _tell_template(self, change: AddTemplate | DelTemplate) -> None:
         family, source, group, table, iif = key = change.key
         fields = {"family": protocol.FAMILY_NAMES[family], "table": table}
-        fields.update(source=source, group=group, iif=iif, origin="api")
         router = self.controller.router
+        fields.update(source=source, group=group, iif=iif, origin=router.template_origin(key))
         if isinstance(change, DelTemplate):
             self.events.emit("template.del", **fields)
         elif key in router.templates:

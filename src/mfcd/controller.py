@@ -28,9 +28,16 @@ from mfcd.dataplane import (
     rewrite,
 )
 from mfcd.dataplane import undo as undo_ops
-from mfcd.declarations import Declarations, Diff, expand
+from mfcd.declarations import (
+    Declarations,
+    Diff,
+    expand,
+    is_wildcard,
+    join_intents,
+    template_intents,
+)
 from mfcd.errors import DeclaredInConfig, KernelError, MfcdError, StateError, VifLimit
-from mfcd.groups import Join, Joins, Leave, MembershipOp, SetMrdisc
+from mfcd.groups import ORIGIN_CONFIG, Join, Joins, Leave, MembershipOp, SetMrdisc, describe_key
 from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
@@ -48,6 +55,7 @@ from mfcd.model import (
     Router,
     SetThreshold,
     Step,
+    template_text,
 )
 from mfcd.state import Loaded, RouteView, SnapshotNeeded
 from mfcd.templates import TemplateKey
@@ -289,7 +297,15 @@ class Controller:
 
     def snapshot_extra(self) -> dict[str, Any]:
         """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
-        return {"joins": self.joins.saved(), "mrdisc": sorted(self.joins.mrdisc)}
+        declared = self.declared.mrdisc()
+        mrdisc = sorted(n for n in self.joins.mrdisc if n not in declared)
+        return {"joins": self.joins.saved(), "mrdisc": mrdisc}
+
+    def persistent_templates(self) -> dict[TemplateKey, Ports]:
+        """The templates the state file keeps: the API's (config ones come from the files)."""
+        router = self.router
+        origins = router.template_origins
+        return {k: v for k, v in router.templates.items() if k not in origins}
 
     def _execute_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
         """Apply steps; add what undoes them to `undo` (if one fails, the kernel undid them)."""
@@ -337,7 +353,10 @@ class Controller:
         `journal` is what is written to the state file (default: the changes themselves).
         """
         router, joins = self.router, self.joins
-        if origin == "api" and (router.origins or self.declared.interfaces):
+        declared = self.declared
+        if origin == "api" and (
+            router.origins or router.template_origins or declared.interfaces or declared.joins
+        ):
             self._refuse_declared(changes)
         # Only what is journaled as it is (the API's changes) may wait for a group's sync.
         before = self._deferrable(changes, dry_run, journal is None)
@@ -365,8 +384,9 @@ class Controller:
                 joined = ops
             if origin != "api":
                 self._mark(changes, origin)
-            if dry_run or not (router.changed() or joins.changed()):
+            if dry_run or not (router.changed() or joins.changed() or journal):
                 # Nothing to do (the same route again, an empty batch): no journal record.
+                # (An api intent the config takes over as it is still leaves the state file.)
                 router.rollback()
                 joins.rollback()
                 return outcome
@@ -398,29 +418,45 @@ class Controller:
         return outcome
 
     def _refuse_declared(self, changes: Sequence[Change]) -> None:
-        """Refuse a runtime change to a route or interface threshold the config files
-        declare: they own it, and the next reload would undo the change."""
-        origins, declared = self.router.origins, self.declared
+        """Refuse a runtime change to a route, template, join or interface setting the config
+        files declare: they own it, and the next reload would undo the change. Joining a
+        group the files join changes nothing and is not refused."""
         for index, change in enumerate(changes):
-            error = None
-            if isinstance(change, SetThreshold):
-                setting = declared.interfaces.get(change.interface)
-                if setting is not None and setting.threshold is not None:
-                    error = DeclaredInConfig(
-                        f"the threshold of {setting.name} is declared in {setting.where};"
-                        " change it there and reload (mfcctl reload)",
-                        field="threshold",
-                    )
-            elif isinstance(change, (AddRoute, DelRoute)) and origins.get(change.key) == "config":
-                key = change.key
-                error = DeclaredInConfig(
-                    f"the route {key[1]} -> {key[2]} is declared in {declared.where(key)};"
-                    " change it there and reload (mfcctl reload)"
-                )
+            error = self._declared_error(change)
             if error is not None:
                 if len(changes) > 1:
                     error.op = index + 1
                 raise error
+
+    def _declared_error(self, change: Change) -> DeclaredInConfig | None:
+        """Why `change` is refused (see _refuse_declared), or None."""
+        router, declared = self.router, self.declared
+        again = "; change it there and reload (mfcctl reload)"
+        if isinstance(change, (SetThreshold, SetMrdisc)):
+            setting = declared.interfaces.get(change.interface)
+            what = "threshold" if isinstance(change, SetThreshold) else "mrdisc"
+            if setting is not None and getattr(setting, what) is not None:
+                return DeclaredInConfig(
+                    f"the {what} of {setting.name} is declared in {setting.where}{again}",
+                    field=what,
+                )
+        elif isinstance(change, (AddRoute, DelRoute)):
+            key = change.key
+            if router.origins.get(key) == "config":
+                return DeclaredInConfig(
+                    f"the route {key[1]} -> {key[2]} is declared in {declared.where(key)}{again}"
+                )
+        elif isinstance(change, (AddTemplate, DelTemplate)):
+            tkey = change.key
+            if router.template_origins.get(tkey) == "config":
+                _, where = template_intents(declared, router.links).get(tkey, (None, "?"))
+                return DeclaredInConfig(
+                    f"the template {template_text(tkey)} is declared in {where}{again}"
+                )
+        elif isinstance(change, Leave) and self.joins.wanted.get(change.key) == ORIGIN_CONFIG:
+            where = join_intents(declared, router.links).get(change.key, "?")
+            return DeclaredInConfig(f"{describe_key(change.key)} is joined in {where}{again}")
+        return None
 
     def _mark(self, changes: Sequence[Change], origin: str) -> None:
         """Record the origin of the routes these changes add (and forget that of those they
@@ -431,6 +467,8 @@ class Controller:
                 set_origin(change.key, origin)
             elif isinstance(change, DelRoute):
                 set_origin(change.key, "api")
+            elif isinstance(change, AddTemplate) and change.key in self.router.templates:
+                self.router.set_template_origin(change.key, origin)
 
     # --- declared intents (the config files) ----------------------------------------------------
 
@@ -439,15 +477,19 @@ class Controller:
         longer declare go, thresholds change, routes added or changed are written; routes
         the diff finds unchanged are not touched (their kernel counters keep counting).
 
-        One function per kind of intent builds its changes; the templates and the joins
-        are parsed and counted (`diff`) but applied by their own code once it exists.
-        An api route the files now declare is taken over: it is deleted from the state file.
+        One function per kind of intent builds its changes. Templates and joins are
+        compared with the config ones running (few; wildcards expanded over the interfaces
+        that exist). An api route, template, join or setting the files now declare is taken
+        over: it is deleted from the state file.
         """
         journal: list[Change] = []  # what leaves the state file: api intents taken over
         changes: list[Change] = []
         changes += self._declared_removals(diff)
         changes += self._declared_thresholds(diff, journal)
+        changes += self._declared_mrdisc(diff, journal)
+        changes += self._declared_templates(new, journal)
         changes += self._declared_routes(new, diff, journal)
+        changes += self._declared_joins(new, journal)
         outcome = self.change(
             changes, dry_run, keep_steps=dry_run, numbered=False, origin="config", journal=journal
         )
@@ -467,6 +509,47 @@ class Controller:
             was_declared = name in running and running[name].threshold is not None
             if name in self.router.thresholds and not was_declared:
                 journal.append(SetThreshold(name, DEFAULT_THRESHOLD))  # an api setting taken over
+        return changes
+
+    def _declared_mrdisc(self, diff: Diff, journal: list[Change]) -> list[Change]:
+        changes: list[Change] = []
+        running = self.declared.mrdisc()
+        for name, on in sorted(diff.mrdisc.items()):
+            changes.append(SetMrdisc(name, bool(on)))
+            if name in self.joins.mrdisc and name not in running:
+                journal.append(SetMrdisc(name, False))  # an api setting taken over
+        return changes
+
+    def _declared_templates(self, new: Declarations, journal: list[Change]) -> list[Change]:
+        """The config templates of `new` against those running: removals first (they free
+        VIFs), then additions and changes; an api template declared now is taken over."""
+        router = self.router
+        wanted = template_intents(new, router.links)
+        origins = router.template_origins
+        changes: list[Change] = [
+            DelTemplate(key) for key, o in origins.items() if o == "config" and key not in wanted
+        ]
+        for key, (ports, _) in wanted.items():
+            if origins.get(key) == "config" and router.templates.get(key) == ports:
+                continue
+            changes.append(AddTemplate(key, ports))
+            if key in router.templates and key not in origins:
+                journal.append(DelTemplate(key))
+        return changes
+
+    def _declared_joins(self, new: Declarations, journal: list[Change]) -> list[Change]:
+        """The config joins of `new` against those running; an api join is taken over."""
+        wanted = join_intents(new, self.router.links)
+        running = self.joins.wanted
+        changes: list[Change] = [
+            Leave(key) for key, o in running.items() if o == ORIGIN_CONFIG and key not in wanted
+        ]
+        for key in wanted:
+            origin = running.get(key)
+            if origin != ORIGIN_CONFIG:
+                changes.append(Join(key, ORIGIN_CONFIG))
+                if origin is not None:
+                    journal.append(Leave(key))
         return changes
 
     def _declared_routes(
@@ -491,13 +574,18 @@ class Controller:
         nothing to change). Routes without wildcards are never looked at."""
         declared, router = self.declared, self.router
         changes: list[Change] = []
+        journal: list[Change] = []
         for key in sorted(declared.wild):
             ports = expand(declared.routes[key], router.links)
             if router.routes.get(key) != ports:
                 changes.append(AddRoute(key, router.share(ports)))
+        if declared.templates:
+            changes += self._declared_templates(declared, journal)
+        if any(is_wildcard(j.interface) for j in declared.joins):
+            changes += self._declared_joins(declared, journal)
         if not changes:
             return None
-        return self.change(changes, keep_steps=True, origin="config", journal=())
+        return self.change(changes, keep_steps=True, origin="config", journal=journal)
 
     def persistent(self, copy: bool = True) -> tuple[dict[RouteKey, Ports], dict[str, int]]:
         """The routes and thresholds the state file holds: the "api" ones (the routes are
@@ -669,7 +757,7 @@ class Controller:
             RouteView(routes),
             thresholds,
             self.snapshot_extra(),
-            templates=dict(self.router.templates),
+            templates=self.persistent_templates(),
         )
 
     def _record(self, changes: Sequence[Change]) -> None:

@@ -279,12 +279,14 @@ class Daemon:
         try:
             outcome = controller.apply_declared(declared, change)
         except MfcdError as e:
-            log.error("the config files' routes were not applied (mfcctl reload retries): %s", e)
+            log.error("the config files' intents were not applied (mfcctl reload retries): %s", e)
             return
-        if declared.routes or declared.interfaces:
+        if declared.routes or declared.interfaces or declared.templates or declared.joins:
             log.info(
-                "config: %d routes, %d interface settings (%s)",
+                "config: %d routes, %d templates, %d joins, %d interface settings (%s)",
                 len(declared.routes),
+                len(declared.templates),
+                len(declared.joins),
                 len(declared.interfaces),
                 ", ".join(f"{a} {n}" for a, n in sorted(outcome.counts.items())) or "no change",
             )
@@ -436,7 +438,10 @@ class Daemon:
         began = time.monotonic()
         saved, thresholds = self.controller.persistent()
         job = self.state.start_compaction(
-            saved, thresholds, self.controller.snapshot_extra(), self.controller.router.templates
+            saved,
+            thresholds,
+            self.controller.snapshot_extra(),
+            self.controller.persistent_templates(),
         )
         routes = len(job.routes)
         writing = asyncio.ensure_future(asyncio.to_thread(job.write))
@@ -794,7 +799,8 @@ class Daemon:
 
     async def reload_config(self, dry_run: bool = False) -> dict[str, Any]:
         """Read the config files again and apply the difference: the settings that can change
-        while running, and the declared routes and interface settings (one transaction).
+        while running, and the declared routes, templates, joins and interface settings (one
+        transaction).
         A file with any error changes nothing and raises it (every problem is logged)."""
         async with self._reloading:
             if dry_run:

@@ -36,10 +36,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NamedTuple
 
-from mfcd import validate
+from mfcd import groups, validate
 from mfcd.errors import MfcdError
+from mfcd.groups import JoinKey
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, Ports, RouteKey
 from mfcd.protocol import family_text
+from mfcd.templates import TemplateKey
 
 KINDS = ("route", "join", "interface")  # the top-level keys that declare, not set
 ROUTE_KEYS = ("source", "group", "iif", "oifs", "table")
@@ -52,7 +54,7 @@ _LINE_SHIFT = 32  # a position is file index << 32 | line (one int per route, no
 
 class Template(NamedTuple):
     """A route with any source, a source prefix or a group prefix: a pattern routes are
-    learned from (applied by the templates code; here it is parsed and checked)."""
+    learned from (parsed and checked here; the controller applies it, see template_intents)."""
 
     family: int
     source: str  # "*" or a prefix such as "198.18.0.0/16"
@@ -100,6 +102,9 @@ class Declarations:
     def thresholds(self) -> dict[str, int]:
         return {n: s.threshold for n, s in self.interfaces.items() if s.threshold is not None}
 
+    def mrdisc(self) -> dict[str, bool]:
+        return {n: s.mrdisc for n, s in self.interfaces.items() if s.mrdisc is not None}
+
 
 class Problems(MfcdError):
     """Every problem found in the config files, each "FILE:LINE: reason"; the message is
@@ -135,6 +140,40 @@ def expand(ports: Ports, links: Iterable[str]) -> Ports:
     taken = {ports.iif, *plain}
     found = sorted(n for n in links if n not in taken and n.startswith(tuple(patterns)))
     return Ports(ports.iif, (*plain, *found))
+
+
+def template_intents(
+    declared: Declarations, links: Iterable[str]
+) -> dict[TemplateKey, tuple[Ports, str]]:
+    """The templates the config files declare, as model keys with their interfaces and
+    FILE:LINE: a wildcard iif is one template per existing interface it matches, wildcard
+    oifs are the existing interfaces they match (see expand)."""
+    names = list(links)
+    out: dict[TemplateKey, tuple[Ports, str]] = {}
+    for t in declared.templates:
+        iifs = [n for n in names if matches(t.iif, n)] if is_wildcard(t.iif) else [t.iif]
+        for iif in iifs:
+            ports = expand(Ports(iif, tuple(n for n in t.oifs if n != iif)), names)
+            if not ports.oifs:
+                continue
+            change = validate.template_change(t.source, t.group, iif, list(ports.oifs), t.table)
+            out.setdefault(change.key, (change.ports, t.where))
+    return out
+
+
+def join_intents(declared: Declarations, links: Iterable[str]) -> dict[JoinKey, str]:
+    """The joins the config files declare, as join keys with FILE:LINE: a group prefix is
+    one join per group, a wildcard interface one per existing interface it matches."""
+    names = list(links)
+    out: dict[JoinKey, str] = {}
+    for j in declared.joins:
+        interfaces = [n for n in names if matches(j.interface, n)]
+        if not is_wildcard(j.interface):
+            interfaces = [j.interface]
+        for name in interfaces:
+            for key in groups.join_keys(name, j.group, j.source):
+                out.setdefault(key, j.where)
+    return out
 
 
 # --- positions ----------------------------------------------------------------------------------
@@ -575,6 +614,8 @@ def _template(entry: dict[str, Any], src: Any, group: Any, where: str) -> Templa
     if iif in oifs:
         raise _Bad(f"iif {iif} is also listed in oifs", "oifs")
     table = validate.table_of(entry.get("table"), family)
+    # What mfcctl refuses too (a link-local group range...): as the controller will apply it.
+    validate.template_key_of(source, str(net), iif.rstrip("".join(WILDCARDS)) or "lo", table)
     return Template(family, source, str(net), iif, tuple(oifs), table, where)
 
 
@@ -603,6 +644,8 @@ def _parse_join(
                 )
             src = str(address.network_address)
         group = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+        # What mfcctl join refuses too (a link-local group, too many groups), as applied.
+        groups.join_keys(name.rstrip("".join(WILDCARDS)), group, src)
         where = source.at(source.entry_line("join", index))
         for other in into.joins:
             if (other.interface, other.group, other.source) == (name, group, src):
@@ -723,17 +766,29 @@ def _within(inner: Any, outer: Any) -> bool:
 
 
 @dataclass(slots=True)
+class Declared:
+    """What a reload changes in one kind of declaration: the entries added and removed, and
+    those whose identity stays with another value (a template's oifs)."""
+
+    added: list[Any] = field(default_factory=list)
+    removed: list[Any] = field(default_factory=list)
+    changed: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Diff:
-    """What a reload changes in the exact routes and interface settings; templates and joins
-    are counted (their intents are applied by their own code)."""
+    """What a reload changes: the exact routes, the interface settings, the templates and
+    the joins (the controller applies them; templates and joins it compares with the
+    running intents too, so wildcards follow the interfaces)."""
 
     added: list[RouteKey] = field(default_factory=list)
     removed: list[RouteKey] = field(default_factory=list)
     changed: list[RouteKey] = field(default_factory=list)
     unchanged: int = 0
     thresholds: dict[str, int | None] = field(default_factory=dict)  # name -> new (None: unset)
-    templates: tuple[int, int] = (0, 0)  # added, removed
-    joins: tuple[int, int] = (0, 0)
+    mrdisc: dict[str, bool | None] = field(default_factory=dict)  # name -> new (None: unset)
+    templates: Declared = field(default_factory=Declared)  # of Template
+    joins: Declared = field(default_factory=Declared)  # of Join
 
 
 def diff(old: Declarations, new: Declarations) -> Diff:
@@ -759,12 +814,33 @@ def diff(old: Declarations, new: Declarations) -> Diff:
     for name in old_th.keys() | new_th.keys():
         if old_th.get(name) != new_th.get(name):
             result.thresholds[name] = new_th.get(name)
-    result.templates = _set_diff(old.templates, new.templates)
-    result.joins = _set_diff(old.joins, new.joins)
+    old_md, new_md = old.mrdisc(), new.mrdisc()
+    for name in old_md.keys() | new_md.keys():
+        if old_md.get(name) != new_md.get(name):
+            result.mrdisc[name] = new_md.get(name)
+    result.templates = _listed(old.templates, new.templates, _template_id)
+    result.joins = _listed(old.joins, new.joins, _join_id)
     return result
 
 
-def _set_diff(old: list[Any], new: list[Any]) -> tuple[int, int]:
-    before = {item[:-1] for item in old}  # without `where`
-    after = {item[:-1] for item in new}
-    return len(after - before), len(before - after)
+def _template_id(t: Template) -> tuple[Any, ...]:
+    return (t.family, t.source, t.group, t.table, t.iif)
+
+
+def _join_id(j: Join) -> tuple[Any, ...]:
+    return (j.interface, j.group, j.source)
+
+
+def _listed(old: list[Any], new: list[Any], identity: Callable[[Any], Any]) -> Declared:
+    """Entries added, removed and changed (same identity, other value), `where` aside."""
+    before = {identity(item): item for item in old}
+    after = {identity(item): item for item in new}
+    out = Declared()
+    for ident, item in after.items():
+        was = before.get(ident)
+        if was is None:
+            out.added.append(item)
+        elif was[:-1] != item[:-1]:
+            out.changed.append(item)
+    out.removed = [item for ident, item in before.items() if ident not in after]
+    return out

@@ -28,6 +28,7 @@ ANY_SOURCE = "*"  # the source of an ASM join
 JoinKey = tuple[str, str, str]
 MAX_EXPANSION = 1024  # joins one command (or one batch line) may expand to
 ORIGIN_API = "api"
+ORIGIN_CONFIG = "config"
 MRDISC_INTERVAL = 20  # seconds between Multicast Router Advertisements (RFC 4286's default)
 MRDISC_RANGE = (4, 180)  # RFC 4286's MaxAdvertisementInterval bounds
 
@@ -145,8 +146,11 @@ class Joins:
     # --- changes ---------------------------------------------------------------------------------
 
     def join(self, key: JoinKey, origin: str, links: dict[str, int]) -> list[MembershipOp]:
-        """Want a join; join it now if its interface exists. Joining again changes nothing."""
+        """Want a join; join it now if its interface exists. Joining again changes nothing,
+        except that the config files take over a join the API made (origin "config")."""
         if key in self.wanted:
+            if origin == ORIGIN_CONFIG and self.wanted[key] != origin:
+                self._set(self.wanted, key, origin)
             return []
         self._set(self.wanted, key, origin)
         ifindex = links.get(key[0])

@@ -276,6 +276,8 @@ class Router:
         self.templates: dict[TemplateKey, Ports] = {}
         self.holding: dict[TemplateKey, None] = {}
         self.learned: dict[RouteKey, TemplateKey] = {}  # learned route -> its template
+        # Templates whose origin is not "api" (absent: "api"), like `origins` for routes.
+        self.template_origins: dict[TemplateKey, str] = {}
         self._index: tpl.Index | None = None  # templates arranged for matching
         self._log: _UndoLog | None = None
         self.version = 0  # counts the transactions committed with a change
@@ -447,6 +449,17 @@ class Router:
             self._pop(self.origins, key)
         elif self.origins.get(key) != origin:
             self._set(self.origins, key, origin)
+
+    def template_origin(self, key: TemplateKey) -> str:
+        """Where a template comes from: "api" or "config"."""
+        return self.template_origins.get(key, "api")
+
+    def set_template_origin(self, key: TemplateKey, origin: str) -> None:
+        """Record a template's origin within the transaction ("api": no entry)."""
+        if origin == "api":
+            self._pop(self.template_origins, key)
+        elif self.template_origins.get(key) != origin:
+            self._set(self.template_origins, key, origin)
 
     # --- route changes ---------------------------------------------------------------------------
 
@@ -635,6 +648,7 @@ class Router:
             raise NotFound(f"no template {template_text(key)}")
         self._forget_pending(key, ports)
         self._pop(self.templates, key)
+        self._pop(self.template_origins, key)
         held = key in self.holding
         if held:
             self._pop(self.holding, key)

@@ -299,7 +299,7 @@ class Views:
                 "iif": iif,
                 "oifs": list(router.templates[key].oifs),
                 "state": status.state,
-                "origin": "api",
+                "origin": router.template_origin(key),
                 "template": True,
                 "learned": counts[key],
             }
@@ -446,13 +446,20 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         "changed": len(change.changed),
         "unchanged": change.unchanged,
         "thresholds": len(change.thresholds),
-        "templates": {"added": change.templates[0], "removed": change.templates[1]},
-        "joins": {"added": change.joins[0], "removed": change.joins[1]},
+        "templates": _counted(change.templates),
+        "joins": _counted(change.joins),
         "kernel_operations": dict(outcome.counts),
     }
     parts = [f"{result[k]:,} {k}" for k in ("added", "removed", "changed", "unchanged")]
     if change.thresholds:
         parts.append(f"{len(change.thresholds)} thresholds changed")
+    if change.mrdisc:
+        parts.append(f"{len(change.mrdisc)} mrdisc settings changed")
+    for kind in ("templates", "joins"):
+        counts = result[kind]
+        if any(counts.values()):
+            done = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+            parts.append(f"{kind}: {done}")
     result["summary"] = ", ".join(parts)
     if dry_run:
         plan: list[dict[str, Any]] = []
@@ -464,6 +471,10 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         for name, threshold in sorted(change.thresholds.items()):
             value = DEFAULT_THRESHOLD if threshold is None else threshold
             plan.append({"action": "threshold", "interface": name, "threshold": value})
+        for name, on in sorted(change.mrdisc.items()):
+            plan.append({"action": "mrdisc", "interface": name, "on": bool(on)})
+        plan += _template_plan(change.templates)
+        plan += _join_plan(change.joins)
         result["plan"] = plan
         result["kernel_plan"] = [describe_step(s) for s in outcome.steps]
     return result
@@ -476,3 +487,42 @@ def _declared(action: str, key: RouteKey, where: str | None, **more: Any) -> dic
     if where is not None:
         entry["where"] = where
     return entry
+
+
+def _counted(declared: Any) -> dict[str, int]:
+    """A declarations.Declared as counts."""
+    return {
+        "added": len(declared.added),
+        "removed": len(declared.removed),
+        "changed": len(declared.changed),
+    }
+
+
+def _template_plan(declared: Any) -> list[dict[str, Any]]:
+    """The plan's lines for templates (a declarations.Declared of Template)."""
+    plan = []
+    for action, items in (
+        ("add_template", declared.added),
+        ("change_template", declared.changed),
+        ("remove_template", declared.removed),
+    ):
+        for t in items:
+            entry: dict[str, Any] = {"action": action, "family": FAMILY_NAMES[t.family]}
+            entry.update(source=t.source, group=t.group, table=t.table, iif=t.iif)
+            if action != "remove_template":
+                entry.update(oifs=list(t.oifs), where=t.where)
+            plan.append(entry)
+    return plan
+
+
+def _join_plan(declared: Any) -> list[dict[str, Any]]:
+    """The plan's lines for joins (a declarations.Declared of Join)."""
+    plan = []
+    for action, items in (("join", declared.added), ("leave", declared.removed)):
+        for j in items:
+            entry: dict[str, Any] = {"action": action, "interface": j.interface}
+            entry.update(group=j.group, source=j.source or "*")
+            if action == "join":
+                entry["where"] = j.where
+            plan.append(entry)
+    return plan

@@ -15,6 +15,7 @@ import pytest
 from lab.netns import Lab
 from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd, route_args
+from tests.netns.test_joins import capture, groups, memberships, mrd
 
 SOURCE = "198.18.0.2"
 DATA = Path(__file__).parent.parent / "data" / "smcroute"
@@ -224,6 +225,20 @@ def test_check_config_catches_each_error_class(
     assert words in result.stderr
 
 
+def write_imported(daemon: Mfcd, original: Path) -> None:
+    """Convert an smcroute.conf with mfcctl import-smcroute into the daemon's config file."""
+    converted = subprocess.run(
+        [str(BIN / "mfcctl"), "import-smcroute", str(original)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert converted.returncode == 0, converted.stderr
+    write_config(daemon, converted.stdout)
+    assert check_config(daemon.config_file).returncode == 0
+
+
 def test_imported_smcroute_config_forwards_like_smcroute(
     lab: Lab, daemon: Mfcd, tmp_path: Path
 ) -> None:
@@ -250,16 +265,89 @@ def test_imported_smcroute_config_forwards_like_smcroute(
     by_smcroute = {g: received(lab, g) for g in ("239.7.7.1", "239.7.7.2")}
     lab.stop(smcroute)
 
-    converted = subprocess.run(
-        [str(BIN / "mfcctl"), "import-smcroute", str(original)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert converted.returncode == 0, converted.stderr
-    write_config(daemon, converted.stdout)
-    assert check_config(daemon.config_file).returncode == 0
+    write_imported(daemon, original)
     daemon.start()
     by_mfcd = {g: received(lab, g) for g in ("239.7.7.1", "239.7.7.2")}
     assert by_smcroute == by_mfcd == {"239.7.7.1": [5, 5, 0], "239.7.7.2": [0, 0, 5]}
+
+
+TEMPLATE = '\n[[route]]\ngroup = "239.8.0.0/24"\niif = "r0"\noifs = ["r1"]\n'
+JOIN = '\n[[join]]\ninterface = "r2"\ngroup = "239.8.9.9"\n'
+
+
+def templates_shown(mfcd: Mfcd) -> dict[str, dict[str, Any]]:
+    return {r["group"]: r for r in mfcd.show()["routes"] if r.get("template")}
+
+
+def refused_code(mfcd: Mfcd, *args: str) -> tuple[str, str]:
+    result = mfcd.ctl(*args, "-o", "json")
+    assert result.returncode == 1, result.stdout
+    return json.loads(result.stdout)["error"]["code"], result.stderr
+
+
+def test_config_templates_and_joins_are_applied_and_a_reload_takes_them_away(
+    lab: Lab, daemon: Mfcd
+) -> None:
+    write_config(daemon, TEMPLATE + JOIN)
+    daemon.start()
+    # The template forwards a sender no route names (its entry is learned from the upcall).
+    assert received(lab, "239.8.0.1") == [5, 0, 0]
+    assert templates_shown(daemon)["239.8.0.0/24"]["origin"] == "config"
+    assert "installed, config" in daemon.ok("show")
+    assert "239.8.9.9" in memberships(lab, "r2", 4)
+    [join] = groups(daemon)
+    assert (join["group"], join["origin"]) == ("239.8.9.9", "config")
+    # Runtime ones next to them; the API may not change the config's.
+    daemon.ok("mfc", "add", "--group", "239.8.1.0/24", "--iif", "r0", "--oifs", "r3")
+    daemon.ok("join", "--interface", "r3", "--group", "239.8.9.8")
+    daemon.ok("join", "--interface", "r2", "--group", "239.8.9.9")  # idempotent
+    code, message = refused_code(daemon, "mfc", "del", "--group", "239.8.0.0/24")
+    assert code == "declared_in_config" and f"{daemon.config_file}:" in message
+    code, message = refused_code(daemon, "leave", "--interface", "r2", "--group", "239.8.9.9")
+    assert code == "declared_in_config" and f"{daemon.config_file}:" in message
+
+    write_config(daemon, "")
+    dry = daemon.ok("reload", "--dry-run")
+    assert "remove template * -> 239.8.0.0/24" in dry and "leave * -> 239.8.9.9 on r2" in dry
+    assert "239.8.9.9" in memberships(lab, "r2", 4)  # a dry run changes nothing
+    out = daemon.ok("reload")
+    assert "templates: 1 removed" in out and "joins: 1 removed" in out
+    assert received(lab, "239.8.0.1") == [0, 0, 0]
+    assert "239.8.9.9" not in memberships(lab, "r2", 4)
+    # The runtime template and join survived the reload.
+    assert received(lab, "239.8.1.1") == [0, 0, 5]
+    assert "239.8.9.8" in memberships(lab, "r3", 4)
+    assert set(templates_shown(daemon)) == {"239.8.1.0/24"}
+
+    # Not in the state file: after a restart only the runtime ones come back.
+    daemon.stop()
+    daemon.start()
+    assert set(templates_shown(daemon)) == {"239.8.1.0/24"}
+    assert memberships(lab, "r2", 4) & {"239.8.9.9"} == set()
+    assert "239.8.9.8" in memberships(lab, "r3", 4)
+
+
+def test_imported_smcroute_mroute_without_source_forwards_and_mgroup_joins(
+    lab: Lab, daemon: Mfcd
+) -> None:
+    write_imported(daemon, DATA / "forward-any.conf")
+    daemon.start()
+    assert received(lab, "239.7.8.1") == [0, 5, 0]
+    assert "239.7.8.8" in memberships(lab, "r3", 4)
+
+
+def test_config_mrdisc_advertises_is_refused_to_the_api_and_ends_with_a_reload(
+    lab: Lab, daemon: Mfcd
+) -> None:
+    write_config(daemon, '\n[[interface]]\nname = "r1"\nmrdisc = true\n')
+    with capture(lab, lab.rx[0], "x0", 3.0) as seen:
+        daemon.start()
+    assert mrd(seen, 0x30), seen  # advertisements, from start-up on
+    assert json.loads(daemon.ok("show", "groups", "-o", "json"))["mrdisc"] == ["r1"]
+    code, message = refused_code(daemon, "vif", "set", "r1", "--no-mrdisc")
+    assert code == "declared_in_config" and f"{daemon.config_file}:" in message
+    write_config(daemon, "")
+    with capture(lab, lab.rx[0], "x0", 1.5) as seen:
+        assert "1 mrdisc settings changed" in daemon.ok("reload")
+    assert len(mrd(seen, 0x32)) == 1, seen  # a termination
+    assert json.loads(daemon.ok("show", "groups", "-o", "json"))["mrdisc"] == []

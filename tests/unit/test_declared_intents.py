@@ -1,0 +1,184 @@
+"""Tests for the config files' templates, joins and mrdisc settings applied by the controller
+(origin "config": applied by diff, kept out of the state file, refused to the API)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mfcd import cli, views
+from mfcd.controller import Controller
+from mfcd.declarations import diff
+from mfcd.errors import DeclaredInConfig
+from mfcd.groups import Join, Leave, SetMrdisc
+from mfcd.model import AddTemplate, DelTemplate, Ports
+from tests.unit.conftest import FakeKernel, FakeState
+from tests.unit.test_declarations import controller, parse
+
+TEMPLATE = (4, "*", "239.2.0.0/24", 253, "a")
+ASM = ("b", "239.5.5.5", "*")
+TEMPLATE_TEXT = '[[route]]\ngroup = "239.2.0.0/24"\niif = "a"\noifs = [{oifs}]\n'
+JOIN_TEXT = '[[join]]\ninterface = "b"\ngroup = "239.5.5.5"\n'
+
+
+def reload(ctl: Controller, text: str, dry_run: bool = False) -> dict[str, object]:
+    new, problems = parse(text)
+    assert problems == []
+    change = diff(ctl.declared, new)
+    outcome = ctl.apply_declared(new, change, dry_run)
+    return views.reload_result(change, outcome, new, dry_run)
+
+
+def kernel_of(ctl: Controller) -> FakeKernel:
+    assert isinstance(ctl.kernel, FakeKernel)
+    return ctl.kernel
+
+
+def state_of(ctl: Controller) -> FakeState:
+    assert isinstance(ctl.state, FakeState)
+    return ctl.state
+
+
+def test_a_config_template_has_origin_config_and_stays_out_of_the_state_file() -> None:
+    ctl = controller()
+    result = reload(ctl, TEMPLATE_TEXT.format(oifs='"b"'))
+    router = ctl.router
+    assert router.templates[TEMPLATE] == Ports("a", ("b",))
+    assert router.template_origin(TEMPLATE) == "config"
+    assert router.status(TEMPLATE).state == "installed"  # holds its VIFs: upcalls come
+    assert result["templates"] == {"added": 1, "removed": 0, "changed": 0}
+    assert "templates: 1 added" in str(result["summary"])
+    shown = views.Views(kernel_of(ctl)).show(router)["routes"]
+    assert [(r["group"], r["origin"]) for r in shown if r.get("template")] == [
+        ("239.2.0.0/24", "config")
+    ]
+    assert state_of(ctl).records == []  # nothing journaled
+    api = (4, "*", "239.3.0.0/24", 253, "a")
+    ctl.change([AddTemplate(api, Ports("a", ("c",)))])
+    ctl.compact()
+    assert list(state_of(ctl).templates) == [api]
+    # Its oifs changed in the file: replaced; then removed from the file: gone.
+    result = reload(ctl, TEMPLATE_TEXT.format(oifs='"c"'))
+    assert router.templates[TEMPLATE] == Ports("a", ("c",))
+    assert result["templates"] == {"added": 0, "removed": 0, "changed": 1}
+    reload(ctl, "")
+    assert TEMPLATE not in router.templates and TEMPLATE not in router.template_origins
+    assert api in router.templates  # the API's stays
+
+
+def test_an_api_change_to_a_config_template_is_refused_with_file_and_line() -> None:
+    ctl = controller()
+    reload(ctl, "\n" + TEMPLATE_TEXT.format(oifs='"b"'))
+    with pytest.raises(DeclaredInConfig, match=r"template .* is declared in f\.conf:2; change"):
+        ctl.change([DelTemplate(TEMPLATE)])
+    with pytest.raises(DeclaredInConfig) as e:
+        other = AddTemplate((4, "*", "239.3.0.0/24", 253, "a"), Ports("a", ("c",)))
+        ctl.change([other, AddTemplate(TEMPLATE, Ports("a", ("c",)))])
+    assert e.value.op == 2 and e.value.code == "declared_in_config"
+    assert ctl.router.templates[TEMPLATE] == Ports("a", ("b",))
+
+
+def test_an_api_template_the_files_declare_is_taken_over() -> None:
+    ctl = controller()
+    ctl.change([AddTemplate(TEMPLATE, Ports("a", ("b",)))])
+    reload(ctl, TEMPLATE_TEXT.format(oifs='"b"'))
+    assert ctl.router.template_origin(TEMPLATE) == "config"
+    assert state_of(ctl).records[-1] == [["untemplate", 4, "*", "239.2.0.0/24", "a", 253]]
+
+
+def test_a_wildcard_template_iif_is_one_template_per_interface() -> None:
+    ctl = controller()
+    reload(ctl, '[[route]]\ngroup = "239.2.0.0/24"\niif = "vlan*"\noifs = ["b"]\n')
+    assert list(ctl.router.templates) == [(4, "*", "239.2.0.0/24", 253, "vlan1")]
+    ctl.link_up("vlan2", 9)
+    ctl.follow_wildcards()
+    assert (4, "*", "239.2.0.0/24", 253, "vlan2") in ctl.router.templates
+    assert ctl.router.template_origin((4, "*", "239.2.0.0/24", 253, "vlan2")) == "config"
+
+
+def test_a_config_join_has_origin_config_and_stays_out_of_the_state_file() -> None:
+    ctl = controller()
+    result = reload(ctl, JOIN_TEXT)
+    joins = ctl.joins
+    assert joins.wanted == {ASM: "config"} and ASM in joins.joined
+    assert result["joins"] == {"added": 1, "removed": 0, "changed": 0}
+    assert state_of(ctl).records == [] and ctl.snapshot_extra()["joins"] == []
+    # An API join of it changes nothing; an API leave is refused, naming the file's line.
+    ctl.change([Join(ASM)])
+    assert joins.wanted == {ASM: "config"} and state_of(ctl).records == []
+    with pytest.raises(DeclaredInConfig, match=r"group 239\.5\.5\.5 on b is joined in f\.conf:1"):
+        ctl.change([Leave(ASM)])
+    # Removed from the files: left.
+    result = reload(ctl, "")
+    assert joins.wanted == {} and joins.joined == {}
+    assert result["joins"] == {"added": 0, "removed": 1, "changed": 0}
+
+
+def test_an_api_join_the_files_declare_is_taken_over_and_a_prefix_is_each_group() -> None:
+    ctl = controller()
+    ctl.change([Join(ASM)])
+    reload(ctl, JOIN_TEXT + '[[join]]\ninterface = "c"\ngroup = "239.6.6.0/31"\n')
+    assert ctl.joins.wanted == {
+        ASM: "config",
+        ("c", "239.6.6.0", "*"): "config",
+        ("c", "239.6.6.1", "*"): "config",
+    }
+    assert state_of(ctl).records[-1] == [["leave", "b", "239.5.5.5", "*"]]
+
+
+def test_config_mrdisc_is_on_refused_to_the_api_and_not_saved() -> None:
+    ctl = controller()
+    ctl.change([SetMrdisc("c", True)])
+    result = reload(ctl, '[[interface]]\nname = "b"\nmrdisc = true\n')
+    assert set(ctl.joins.mrdisc) == {"b", "c"}
+    assert ctl.snapshot_extra()["mrdisc"] == ["c"]
+    assert "1 mrdisc settings changed" in str(result["summary"])
+    with pytest.raises(DeclaredInConfig, match=r"mrdisc of b is declared in f\.conf:1"):
+        ctl.change([SetMrdisc("b", False)])
+    reload(ctl, "")
+    assert set(ctl.joins.mrdisc) == {"c"}
+
+
+def test_an_api_mrdisc_the_files_declare_is_taken_over() -> None:
+    ctl = controller()
+    ctl.change([SetMrdisc("b", True)])
+    reload(ctl, '[[interface]]\nname = "b"\nmrdisc = true\n')
+    assert state_of(ctl).records[-1] == [["mrdisc", "b", False]]
+    assert "b" in ctl.joins.mrdisc
+
+
+def test_the_dry_run_plan_lists_templates_joins_and_mrdisc_and_changes_nothing() -> None:
+    ctl = controller()
+    text = (
+        TEMPLATE_TEXT.format(oifs='"b"') + JOIN_TEXT + '[[interface]]\nname = "c"\nmrdisc = true\n'
+    )
+    result = reload(ctl, text, dry_run=True)
+    actions = {entry["action"] for entry in result["plan"]}  # type: ignore[attr-defined]
+    assert {"add_template", "join", "mrdisc"} <= actions
+    assert ctl.router.templates == {} and ctl.joins.wanted == {} and ctl.joins.mrdisc == {}
+    assert ctl.declared.templates == []
+
+
+def test_check_config_refuses_what_applying_would_refuse() -> None:
+    text = (
+        '[[route]]\ngroup = "224.0.0.0/24"\niif = "a"\noifs = ["b"]\n'
+        '[[join]]\ninterface = "a"\ngroup = "224.0.0.5"\n'
+        '[[join]]\ninterface = "a*"\ngroup = "239.0.0.0/16"\n'
+    )
+    _, problems = parse(text)
+    assert [p.split(": ", 2)[:2] for p in problems] == [
+        ["f.conf:2", "route"],
+        ["f.conf:7", "join"],  # the line of its group
+        ["f.conf:10", "join"],
+    ]
+    assert "link-local" in problems[0] and "link-local" in problems[1]
+    assert "at most 1024" in problems[2]
+
+
+def test_show_text_names_a_config_template_origin() -> None:
+    ctl = controller()
+    reload(ctl, TEMPLATE_TEXT.format(oifs='"b"'))
+    ctl.change([AddTemplate((4, "*", "239.3.0.0/24", 253, "a"), Ports("a", ("c",)))])
+    shown = [r for r in views.Views(kernel_of(ctl)).show(ctl.router)["routes"] if r.get("template")]
+    lines = cli.format_templates(shown)
+    assert "installed, config" in lines[2] and "239.2.0.0/24" in lines[2]
+    assert "config" not in lines[3] and "239.3.0.0/24" in lines[3]
