@@ -1175,7 +1175,13 @@ def format_event(event: dict[str, Any]) -> str:
     if kind.startswith(("route.", "learned", "expired")) and "source" in event:
         text = f"{event.get('family')} {event['source']} -> {event.get('group')}"
         if "iif" in event:
-            text += f" iif {event['iif']} oifs {','.join(event.get('oifs', []))}"
+            text += f" iif {event['iif']}"
+        if "oifs" in event:
+            text += f" oifs {','.join(event['oifs'])}"
+        if isinstance(event.get("template"), dict):  # learned, expired: from which template
+            text += f" from {event['template'].get('source')} -> {event['template'].get('group')}"
+        if event.get("reason") and kind == "expired":
+            text += f" ({event['reason']})"
         if _other_table(event):
             text += f" table {event['table']}"
         if kind == "route.state" or event.get("state", "installed") != "installed":

@@ -27,6 +27,7 @@ ROUTE = {
     "origin": "api",
 }
 KEY = {k: v for k, v in ROUTE.items() if k in ("family", "table", "source", "group")}
+TEMPLATE = {"source": "*", "group": "239.1.0.0/16", "iif": "r0"}
 RESULT = {
     "group": "239.1.1.1",
     "source": "198.18.0.2",
@@ -126,6 +127,18 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
         (
             {"event": "link", "action": "del", "interface": "r3", "ifindex": 9},
             "link del r3 (ifindex 9)",
+        ),
+        (
+            {**KEY, "event": "learned", "iif": "r0", "template": TEMPLATE},
+            "learned ipv4 198.18.0.2 -> 239.1.1.1 iif r0 from * -> 239.1.0.0/16",
+        ),
+        (
+            {**KEY, "event": "expired", "iif": "r0", "template": TEMPLATE, "reason": "idle"},
+            "expired ipv4 198.18.0.2 -> 239.1.1.1 iif r0 from * -> 239.1.0.0/16 (idle)",
+        ),
+        (
+            {**KEY, "event": "expired", "reason": "replaced"},
+            "expired ipv4 198.18.0.2 -> 239.1.1.1 (replaced)",
         ),
         ({"event": "gap", "dropped": 12}, "gap 12 events dropped (mfcctl read too slowly)"),
         ({"event": "reload", "config": "/etc/x.conf"}, "reload config=/etc/x.conf"),
