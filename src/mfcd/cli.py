@@ -1156,6 +1156,10 @@ def format_diagnosis(result: dict[str, Any]) -> str:
         if route is not None:
             head = f"{route['source']} -> {route['group']} iif {route['iif']}"
             head += f" oifs {','.join(route['oifs'])} ({route['state']})"
+            template = route.get("template")
+            if isinstance(template, dict):
+                learned = "learned from" if route.get("learned") else "nothing learned yet from"
+                head += f", {learned} template {template.get('source')} -> {template.get('group')}"
             lines.append(head + (f" table {route['table']}" if _other_table(route) else ""))
         else:
             lines.append(f"{result.get('source') or '*'} -> {result.get('group')}")

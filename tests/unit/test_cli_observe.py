@@ -63,6 +63,17 @@ def test_the_checklist_marks_each_check_and_puts_the_fix_under_a_failure() -> No
     assert lines[-1] == "verdict: failed (sampled 2.0 s)"
 
 
+def test_a_template_flow_names_its_template_and_whether_an_entry_is_learned() -> None:
+    route = {**ROUTE, "kind": "template", "template": {"source": "*", "group": "239.1.0.0/16"}}
+    for learned, words in ((False, "nothing learned yet from"), (True, "learned from")):
+        flow = {"route": {**route, "learned": learned}, "verdict": "ok", "checks": []}
+        head = cli.format_diagnosis({**RESULT, "flows": [flow]}).splitlines()[0]
+        assert head == (
+            f"198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 (installed), {words} template"
+            " * -> 239.1.0.0/16"
+        )
+
+
 @pytest.fixture
 def diagnosed(tmp_path: Path) -> Iterator[FakeDaemon]:
     fake = FakeDaemon(tmp_path / "mfcd.sock", {"ok": True, "result": RESULT})
