@@ -600,7 +600,8 @@ def _diagnose_command(sub: Any) -> None:
         "diagnose",
         help="walk a flow's path and say why it is not forwarded",
         description="Check, step by step, what a flow from SOURCE to GROUP needs to be"
-        " forwarded: a matching route, installed; its interfaces up with carrier;"
+        " forwarded: a matching route, installed (or a template, and an entry learned from"
+        " it); its interfaces up with carrier;"
         " mc_forwarding; packets arriving on the iif (not elsewhere, and at all); rp_filter"
         " and the route back to the source; the packets' TTL against the oifs' thresholds;"
         " the kernel's counters; bridges snooping with no querier. mfcd samples the flow's"
