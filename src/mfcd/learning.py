@@ -20,7 +20,7 @@ costs O(learned / (timeout / 4) * interval) probes, never O(all routes), and rem
 most the entries of its slice.
 
 Monitor subscribers (events.EventBus) are told of each entry learned and each removed
-("expired", with why: idle, flush, template_deleted, replaced); with no subscriber this
+("expired", with why: idle, flush, template_deleted or _changed); with no subscriber this
 costs one test per learned or removed batch, and nothing is built.
 """
 
@@ -225,8 +225,7 @@ class Learner:
         deleted = [t for t in old if t not in router.templates]
         by_reason: dict[str, list[_Told]] = {}
         for key in gone:
-            if key in router.routes:  # a route of the API or the config file took its place
-                by_reason.setdefault("replaced", []).append((key, None, None))
+            if key in router.routes:  # a route took its place: its route.add event says so
                 continue
             family, source, group, table = key
             was = [t for t in deleted if t[0] == family and t[3] == table]
@@ -348,7 +347,7 @@ class Learner:
                 return
             fields: dict[str, Any] = {"family": FAMILY_NAMES[family], "table": table}
             fields.update(source=source, group=group)
-            if template is not None:  # (unknown only for an entry a route replaced)
+            if template is not None:  # (unknown after a template change: see _let_go)
                 fields["iif"] = iif
                 _, t_source, t_group, _, t_iif = template
                 fields["template"] = {"source": t_source, "group": t_group, "iif": t_iif}

@@ -148,8 +148,8 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
             "expired ipv4 198.18.0.2 -> 239.1.1.1 iif r0 from * -> 239.1.0.0/16 (idle)",
         ),
         (
-            {**KEY, "event": "expired", "reason": "replaced"},
-            "expired ipv4 198.18.0.2 -> 239.1.1.1 (replaced)",
+            {**KEY, "event": "expired", "reason": "template_changed"},
+            "expired ipv4 198.18.0.2 -> 239.1.1.1 (template_changed)",
         ),
         ({"event": "gap", "dropped": 12}, "gap 12 events dropped (mfcctl read too slowly)"),
         ({"event": "reload", "config": "/etc/x.conf"}, "reload config=/etc/x.conf"),
