@@ -420,13 +420,16 @@ def _arrival(facts: Facts, intent: Intent) -> Check:
         )
     if elsewhere:
         where = _busiest(elsewhere)
+        what, source, group = "route", intent.source, intent.group
+        if intent.template is not None:  # a template for that iif (any source: no --source)
+            what, (source, group) = "template", intent.template
+        option = "" if source == "*" else f"--source {source} "
         return Check(
             "arrival",
             "failed",
             f"the flow arrives on {_names(elsewhere)}, not on the iif {intent.iif}",
-            f"make {where} the route's iif: mfcctl mfc add --source {intent.source}"
-            f" --group {intent.group} --iif {where} --oifs {','.join(intent.oifs)}"
-            " (or fix the upstream path)",
+            f"make {where} the {what}'s iif: mfcctl mfc add {option}--group {group}"
+            f" --iif {where} --oifs {','.join(intent.oifs)} (or fix the upstream path)",
         )
     return Check(
         "arrival",

@@ -348,7 +348,8 @@ def test_a_template_whose_iif_gets_no_traffic_says_nothing_is_learned(lab: Lab, 
     assert found["learned"]["status"] == "failed"
     assert found["arrival"]["status"] == "failed"
     assert "arrives on r0" in found["arrival"]["detail"]
-    assert "--iif r0" in found["arrival"]["fix"]
+    fix = found["arrival"]["fix"]
+    assert "template's iif: mfcctl mfc add --group 239.1.0.0/16 --iif r0 --oifs r1" in fix
     assert mfcd.show()["routes"] == [r for r in mfcd.show()["routes"] if r.get("template")]
 
 

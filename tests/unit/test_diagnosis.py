@@ -352,6 +352,15 @@ def test_a_template_with_packets_on_its_iif_but_nothing_learned_points_further()
     assert "max_learned" in learned.fix
 
 
+def test_a_template_whose_flow_arrives_elsewhere_suggests_a_template_there() -> None:
+    facts = dataclasses.replace(HEALTHY, intent=TEMPLATE, sample=Sample(2.0, {"r2": 9}, {}))
+    arrival = check(facts, "arrival")
+    assert arrival.status == "failed"
+    assert arrival.fix.startswith(
+        "make r2 the template's iif: mfcctl mfc add --group 239.1.0.0/16 --iif r2 --oifs r1,r2"
+    )
+
+
 def test_a_learned_entry_is_checked_as_a_route() -> None:
     facts = dataclasses.replace(HEALTHY, intent=dataclasses.replace(TEMPLATE, learned=True))
     checks = diagnosis.checklist(facts)
