@@ -628,7 +628,8 @@ def _monitor_command(sub: Any) -> None:
         "monitor",
         help="print mfcd's events as they happen",
         description="Print mfcd's events as they happen, one line each (JSON lines with"
-        " --output json): routes added and removed, interface changes, repairs, reloads."
+        " --output json): routes and templates added and removed, entries learned from"
+        " templates and expired, interface changes, repairs, reloads."
         " A reader that falls behind loses events; a `gap` line says how many. Ctrl-C to"
         " stop.",
     )
