@@ -600,7 +600,8 @@ def _diagnose_command(sub: Any) -> None:
         "diagnose",
         help="walk a flow's path and say why it is not forwarded",
         description="Check, step by step, what a flow from SOURCE to GROUP needs to be"
-        " forwarded: a matching route, installed; its interfaces up with carrier;"
+        " forwarded: a matching route, installed (or a template, and an entry learned from"
+        " it); its interfaces up with carrier;"
         " mc_forwarding; packets arriving on the iif (not elsewhere, and at all); rp_filter"
         " and the route back to the source; the packets' TTL against the oifs' thresholds;"
         " the kernel's counters; bridges snooping with no querier. mfcd samples the flow's"
@@ -627,7 +628,8 @@ def _monitor_command(sub: Any) -> None:
         "monitor",
         help="print mfcd's events as they happen",
         description="Print mfcd's events as they happen, one line each (JSON lines with"
-        " --output json): routes added and removed, interface changes, repairs, reloads."
+        " --output json): routes and templates added and removed, entries learned from"
+        " templates and expired, interface changes, repairs, reloads."
         " A reader that falls behind loses events; a `gap` line says how many. Ctrl-C to"
         " stop.",
     )
@@ -1169,6 +1171,10 @@ def format_diagnosis(result: dict[str, Any]) -> str:
         if route is not None:
             head = f"{route['source']} -> {route['group']} iif {route['iif']}"
             head += f" oifs {','.join(route['oifs'])} ({route['state']})"
+            template = route.get("template")
+            if isinstance(template, dict):
+                learned = "learned from" if route.get("learned") else "nothing learned yet from"
+                head += f", {learned} template {template.get('source')} -> {template.get('group')}"
             lines.append(head + (f" table {route['table']}" if _other_table(route) else ""))
         else:
             lines.append(f"{result.get('source') or '*'} -> {result.get('group')}")
@@ -1188,7 +1194,13 @@ def format_event(event: dict[str, Any]) -> str:
     if kind.startswith(("route.", "learned", "expired")) and "source" in event:
         text = f"{event.get('family')} {event['source']} -> {event.get('group')}"
         if "iif" in event:
-            text += f" iif {event['iif']} oifs {','.join(event.get('oifs', []))}"
+            text += f" iif {event['iif']}"
+        if "oifs" in event:
+            text += f" oifs {','.join(event['oifs'])}"
+        if isinstance(event.get("template"), dict):  # learned, expired: from which template
+            text += f" from {event['template'].get('source')} -> {event['template'].get('group')}"
+        if event.get("reason") and kind == "expired":
+            text += f" ({event['reason']})"
         if _other_table(event):
             text += f" table {event['table']}"
         if kind == "route.state" or event.get("state", "installed") != "installed":

@@ -308,7 +308,10 @@ class Daemon:
         controller.sliced = True
         # Every table's socket and the link monitor: each readable one means events() has
         # something (upcalls must be read continuously: a full buffer drops them silently).
-        self.learner = Learner(controller, kernel, cfg.learned_idle_timeout, cfg.max_learned)
+        self.learner = Learner(
+            controller, kernel, cfg.learned_idle_timeout, cfg.max_learned, events=self.events
+        )
+        self.registry.entries = self.learner.counts  # mfcd_{learned,expired,dropped}_entries_total
         self._sync_tables()
         server = self.server = Server(
             self._commands(controller, kernel),
@@ -368,6 +371,7 @@ class Daemon:
         commands.registry = self.registry
         self.state.on_sync = self.registry.state_sync_seconds.observe
         self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
+        self.registry.templates = lambda: metrics.template_counts(controller.router)
         commands.reloader = self.reload_config
         return commands
 

@@ -22,7 +22,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mfcd import templates as tpl
 from mfcd.model import DEFAULT_TABLE, RouteKey, Router
+from mfcd.templates import TemplateKey
 
 Status = Literal["passed", "failed", "unknown"]
 
@@ -60,9 +62,14 @@ class Query:
 
 @dataclass(frozen=True, slots=True)
 class Intent:
-    """A route (later also a template) that matches the flow, as the model holds it."""
+    """A route or a template that matches the flow, as the model holds it.
 
-    kind: str  # "route" (the templates helper adds "template")
+    For a template (kind "template"), `source` and `group` are the flow's: those of the
+    (S,G) entry learned from it (`learned`), or of the query when none is learned yet
+    (without a source: the template's source prefix); `template` holds its prefixes, and
+    `state` is the learned entry's, else the template's (installed: it holds its VIFs)."""
+
+    kind: str  # "route" or "template"
     family: int
     source: str
     group: str
@@ -73,9 +80,16 @@ class Intent:
     reason: str
     origin: str = "api"
     thresholds: dict[str, int] = field(default_factory=dict)  # oif -> TTL threshold
+    template: tuple[str, str] | None = None  # a template's source and group prefixes
+    learned: bool = False  # a template's: an (S,G) entry is learned from it for the flow
+
+    @property
+    def entry(self) -> bool:
+        """Whether the kernel should hold an (S,G) entry for it (counters to read)."""
+        return self.template is None or self.learned
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "family": "ipv4" if self.family == 4 else "ipv6",
             "table": self.table,
@@ -86,12 +100,17 @@ class Intent:
             "state": self.state,
             "origin": self.origin,
         }
+        if self.template is not None:
+            out["template"] = {"source": self.template[0], "group": self.template[1]}
+            out["learned"] = self.learned
+        return out
 
 
 def matching_intents(router: Router, query: Query) -> list[Intent]:
-    """The intents that match the query's packets. The one place that decides "which intent
-    matches": the templates helper extends it with (*,G) and prefix templates after the
-    exact routes."""
+    """The intents that match the query's packets: the exact routes (and entries learned
+    from templates, shown as their template), else the templates that would teach an
+    entry, matched as the learner matches (templates.Index: the most specific template of
+    each interface; without a source, of those whose group prefix holds the group)."""
     family, group, number = query.family, query.group, query.table
     if query.source is not None:
         key: RouteKey = (family, query.source, group, number)
@@ -101,16 +120,45 @@ def matching_intents(router: Router, query: Query) -> list[Intent]:
         keys = sorted(
             k for k in router.routes if k[0] == family and k[2] == group and k[3] == number
         )
-    return [_intent_of(router, key) for key in keys]
+    if keys:
+        return [_intent_of(router, key) for key in keys]
+    return [_template_intent(router, query, t) for t in _matching_templates(router, query)]
+
+
+def _matching_templates(router: Router, query: Query) -> list[TemplateKey]:
+    family, table, source, group = query.family, query.table, query.source, query.group
+    iifs = sorted({t[4] for t in router.templates if t[0] == family and t[3] == table})
+    if source is not None:
+        index = router.template_index()
+        found = (index.match(family, table, iif, source, group) for iif in iifs)
+        return [t for t in found if t is not None]
+    best = []
+    number = tpl.address_number(family, group)
+    for iif in iifs:
+        holding = [
+            t
+            for t in router.templates
+            if t[0] == family
+            and t[3] == table
+            and t[4] == iif
+            and tpl.contains(tpl.prefix_of(t[2], family), number)
+        ]
+        if holding:
+            best.append(max(holding, key=tpl.specificity))
+    return best
+
+
+def _thresholds(router: Router, family: int, oifs: tuple[str, ...]) -> dict[str, int]:
+    # IPv6 has no per-MIF threshold in its MFC (mf6cctl has only an oif set): 1 each.
+    return {oif: router.threshold(oif) if family == 4 else 1 for oif in oifs}
 
 
 def _intent_of(router: Router, key: RouteKey) -> Intent:
     ports = router.routes[key]
     status = router.status(key)
-    # IPv6 has no per-MIF threshold in its MFC (mf6cctl has only an oif set): 1 each.
-    thresholds = {oif: router.threshold(oif) if key[0] == 4 else 1 for oif in ports.oifs}
+    template = router.learned.get(key)
     return Intent(
-        "route",
+        "route" if template is None else "template",
         key[0],
         key[1],
         key[2],
@@ -120,7 +168,29 @@ def _intent_of(router: Router, key: RouteKey) -> Intent:
         status.state,
         status.reason,
         router.origin(key),
-        thresholds,
+        _thresholds(router, key[0], ports.oifs),
+        None if template is None else (template[1], template[2]),
+        template is not None,
+    )
+
+
+def _template_intent(router: Router, query: Query, key: TemplateKey) -> Intent:
+    """A template no entry is learned from for the flow yet."""
+    ports = router.templates[key]
+    status = router.status(key)
+    return Intent(
+        "template",
+        query.family,
+        query.source if query.source is not None else key[1],
+        query.group,
+        query.table,
+        ports.iif,
+        ports.oifs,
+        status.state,
+        status.reason,
+        "api",  # (templates of other origins: see model.Router.origins)
+        _thresholds(router, query.family, ports.oifs),
+        (key[1], key[2]),
     )
 
 
@@ -193,6 +263,8 @@ def checklist(facts: Facts) -> list[Check]:
     if intent is None:
         return checks
     checks.append(_state(intent))
+    if intent.template is not None:
+        checks.append(_learned(facts, intent))
     checks += _interface_checks(facts, "iif", [intent.iif])
     checks.append(_mc_forwarding(facts, intent))
     checks.append(_arrival(facts, intent))
@@ -232,19 +304,49 @@ def _route(facts: Facts) -> Check:
     return Check(
         "route",
         "failed",
-        f"no route matches {_flow(facts)}",
+        f"no route or template matches {_flow(facts)}",
         f"add one: mfcctl mfc add --source {source} --group {facts.group} --iif {iif}"
-        " --oifs OIF[,OIF...]",
+        " --oifs OIF[,OIF...] (without --source: a template for any source)",
     )
 
 
 def _intent_text(intent: Intent) -> str:
-    return f"{intent.source} -> {intent.group} iif {intent.iif} oifs {','.join(intent.oifs)}" + (
+    source, group = intent.template or (intent.source, intent.group)
+    return f"{source} -> {group} iif {intent.iif} oifs {','.join(intent.oifs)}" + (
         "" if intent.table == DEFAULT_TABLE[intent.family] else f" table {intent.table}"
     )
 
 
+def _learned(facts: Facts, intent: Intent) -> Check:
+    """A template's: whether an (S,G) entry is learned from it for the flow."""
+    if intent.learned:
+        return Check("learned", "passed", f"an entry for {_flow(facts)} is learned from it")
+    if intent.state != "installed":
+        return Check("learned", "unknown", "nothing is learned while the template is not installed")
+    sample = facts.sample
+    arrived = sample.arrivals.get(intent.iif, 0) if sample is not None else 0
+    detail = f"no entry for {_flow(facts)} is learned from the template yet"
+    if arrived:
+        return Check(
+            "learned",
+            "failed",
+            f"{detail}, although {arrived} packets arrived on {intent.iif}",
+            "see the mc_forwarding and rp_filter checks below; past max_learned new flows are"
+            " not learned (mfcctl show --stats)",
+        )
+    return Check(
+        "learned",
+        "failed",
+        f"{detail}: mfcd learns it from the flow's first packet on {intent.iif}",
+        f"make the flow reach {intent.iif}: check that the sender sends; if the upstream"
+        f" forwards {intent.group} only where asked, join it on {intent.iif} (mfcctl join);"
+        " a sender behind another router needs a TTL of 2 or more",
+    )
+
+
 def _state(intent: Intent) -> Check:
+    if intent.state == "installed" and not intent.entry:
+        return Check("state", "passed", "installed: its interfaces have VIFs")
     if intent.state == "installed":
         return Check("state", "passed", "installed in the kernel")
     if intent.reason.startswith("waiting for "):
@@ -318,13 +420,16 @@ def _arrival(facts: Facts, intent: Intent) -> Check:
         )
     if elsewhere:
         where = _busiest(elsewhere)
+        what, source, group = "route", intent.source, intent.group
+        if intent.template is not None:  # a template for that iif (any source: no --source)
+            what, (source, group) = "template", intent.template
+        option = "" if source == "*" else f"--source {source} "
         return Check(
             "arrival",
             "failed",
             f"the flow arrives on {_names(elsewhere)}, not on the iif {intent.iif}",
-            f"make {where} the route's iif: mfcctl mfc add --source {intent.source}"
-            f" --group {intent.group} --iif {where} --oifs {','.join(intent.oifs)}"
-            " (or fix the upstream path)",
+            f"make {where} the {what}'s iif: mfcctl mfc add {option}--group {group}"
+            f" --iif {where} --oifs {','.join(intent.oifs)} (or fix the upstream path)",
         )
     return Check(
         "arrival",

@@ -18,6 +18,10 @@ Idle expiry reads the packet counters of learned entries only, a slice per tick 
 second): every learned entry is looked at about four times per idle timeout, so a tick
 costs O(learned / (timeout / 4) * interval) probes, never O(all routes), and removes at
 most the entries of its slice.
+
+Monitor subscribers (events.EventBus) are told of each entry learned and each removed
+("expired", with why: idle, flush, template_deleted or _changed); with no subscriber this
+costs one test per learned or removed batch, and nothing is built.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
+from mfcd import templates as tpl
 from mfcd.dataplane import Dataplane, Upcall, execute
 from mfcd.errors import KernelError
+from mfcd.events import EventBus
 from mfcd.model import RouteKey, Router, Step
+from mfcd.protocol import FAMILY_NAMES
 from mfcd.templates import TemplateKey
 
 log = logging.getLogger("mfcd")
@@ -44,6 +51,10 @@ STEP = 64  # learned entries an expiry step reads and removes between two turns 
 
 def _where(upcall: Upcall) -> tuple[int, int, str, str, int]:
     return upcall.family, upcall.table, upcall.source, upcall.group, upcall.vif
+
+
+# A learned entry as an event tells of it: its key, template and iif (None: not known).
+_Told = tuple[RouteKey, TemplateKey | None, str | None]
 
 
 class RouterHolder(Protocol):
@@ -59,7 +70,9 @@ class Learner:
         plane: Dataplane,
         idle_timeout: float = 60.0,
         max_learned: int = 100_000,
+        *,
         clock: Callable[[], float] = time.monotonic,
+        events: EventBus | None = None,
     ) -> None:
         self.controller = controller
         self.plane = plane
@@ -71,7 +84,11 @@ class Learner:
         self.seen: dict[RouteKey, tuple[int, float]] = {}
         # Unmatched upcalls: (family, table, source, group) -> (arrival VIF, when).
         self.recent: OrderedDict[tuple[int, int, str, str], tuple[int, float]] = OrderedDict()
-        self.counts = {"learned": 0, "dropped": 0, "expired": 0, "unmatched": 0, "repointed": 0}
+        self.events = events if events is not None else EventBus()  # monitor subscribers
+        # Since start-up ("expired": idle only); metrics.Registry.entries may be this Counter.
+        self.counts: Counter[str] = Counter(
+            {"learned": 0, "dropped": 0, "expired": 0, "unmatched": 0, "repointed": 0}
+        )
         self._cycle: list[RouteKey] = []  # the learned entries of the expiry pass under way
         self._position = 0
         self._dropped_unlogged = 0
@@ -113,11 +130,12 @@ class Learner:
             return 0
         router.begin()
         try:
-            _, steps = router.learn(family, table, source, group, vif)
+            template, steps = router.learn(family, table, source, group, vif)
             execute(self.plane, steps)
         except Exception as e:  # never leave the transaction open; a refusal is logged
             router.rollback()
             log.error("learning %s -> %s: %s", source, group, e)
+            self.counts["dropped"] += 1  # (the kernel refused: not learned, like past the limit)
             return 0
         router.commit()
         key = (family, source, group, table)
@@ -130,6 +148,8 @@ class Learner:
         self.seen[key] = (-1, now)
         self.counts["learned"] += 1
         self.recent.pop((family, table, source, group), None)
+        if self.events.subscribers and template is not None:
+            self._tell("learned", [(key, template, router.routes[key].iif)])
         return 1  # (not logged: a flood of new flows would flood the log)
 
     def _repoint(self, upcall: Upcall) -> None:
@@ -183,12 +203,39 @@ class Learner:
         now = (router.templates, router.holding)
         if now == self._templates:
             return 0
+        old = self._templates[0]
         self._templates = (dict(router.templates), dict(router.holding))
+        self._let_go(old)
         self._forget_recent(self.clock())
         learned = 0
         for (family, table, source, group), (vif, _) in list(self.recent.items()):
             learned += self._learn((family, table, source, group, vif), remember=False)
         return learned
+
+    def _let_go(self, old: dict[TemplateKey, Any]) -> None:
+        """Forget the learned entries a change of templates removed (model.Router._rematch)
+        and tell subscribers why: O(learned entries), but templates change seldom."""
+        router = self.router
+        gone = [key for key in self.since if key not in router.learned]
+        for key in gone:
+            del self.since[key]
+            self.seen.pop(key, None)
+        if not gone or not self.events.subscribers:
+            return
+        deleted = [t for t in old if t not in router.templates]
+        by_reason: dict[str, list[_Told]] = {}
+        for key in gone:
+            if key in router.routes:  # a route took its place: its route.add event says so
+                continue
+            family, source, group, table = key
+            was = [t for t in deleted if t[0] == family and t[3] == table]
+            was = [t for t in was if tpl.matches(t, source, group)]
+            template = max(was, key=tpl.specificity) if was else None
+            reason = "template_deleted" if template is not None else "template_changed"
+            iif = template[4] if template is not None else None
+            by_reason.setdefault(reason, []).append((key, template, iif))
+        for reason, told in by_reason.items():
+            self._tell("expired", told, reason=reason)
 
     def _forget_recent(self, now: float) -> None:
         recent = self.recent
@@ -265,6 +312,7 @@ class Learner:
 
     def _remove(self, keys: list[RouteKey], why: str) -> int:
         router = self.router
+        told = self._gone(keys) if self.events.subscribers else None
         router.begin()
         steps: list[Step] = []
         try:
@@ -281,7 +329,29 @@ class Learner:
             self.seen.pop(key, None)
         if keys and why != "idle":  # (idle ones go a step at a time: counted, not logged)
             log.info("removed %d learned entries (%s)", len(keys), why)
+        if told:
+            self._tell("expired", told, reason=why)
         return len(keys)
+
+    def _gone(self, keys: Iterable[RouteKey]) -> list[_Told]:
+        """What an `expired` event says of learned entries about to go: template and iif."""
+        learned, routes = self.router.learned, self.router.routes
+        return [(k, learned[k], routes[k].iif) for k in keys if k in learned and k in routes]
+
+    def _tell(self, kind: str, entries: list[_Told], **extra: str) -> None:
+        """Tell monitor subscribers of learned entries (past full buffers: counted only)."""
+        bus = self.events
+        for index, ((family, source, group, table), template, iif) in enumerate(entries):
+            if bus.saturated():
+                bus.drop(len(entries) - index)
+                return
+            fields: dict[str, Any] = {"family": FAMILY_NAMES[family], "table": table}
+            fields.update(source=source, group=group)
+            if template is not None:  # (unknown after a template change: see _let_go)
+                fields["iif"] = iif
+                _, t_source, t_group, _, t_iif = template
+                fields["template"] = {"source": t_source, "group": t_group, "iif": t_iif}
+            bus.emit(kind, **fields, **extra)
 
     def stats(self) -> dict[str, int | float]:
         """What `show --stats` says about learning."""

@@ -20,6 +20,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mfcd.dataplane import UPCALL_KINDS, CountersReader
 from mfcd.errors import KernelError
@@ -265,6 +266,12 @@ def route_counts(router: Router, degraded: int | None = None) -> Counter[tuple[s
             counts[where, "api"] -= 1
             counts[where, origin] += 1
     return counts
+
+
+def template_counts(router: Router) -> Counter[str]:
+    """Templates by origin: Router.origins holds those not from the API, as for routes."""
+    origins: dict[Any, str] = router.origins  # (keyed by RouteKey and TemplateKey alike)
+    return Counter(origins.get(key, "api") for key in router.templates)
 
 
 def _routes_by_state(router: Router, registry: Registry, chunk: int) -> Iterator[str]:

@@ -19,12 +19,13 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from mfcd import diagnosis, netlink
+from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, SgCounters, sg_counters, vif_counters
 from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Sample
 from mfcd.model import Router
@@ -145,15 +146,31 @@ def _drain(sock: socket.socket) -> None:
         sock.setblocking(True)
 
 
+def is_prefix(source: str) -> bool:
+    """Whether a flow's source is a template's prefix ("*", "198.18.0.0/16"), not an address."""
+    return source == tpl.ANY or "/" in source
+
+
 def sample_of(packets: Iterable[Packet], source: str, seconds: float, error: str = "") -> Sample:
-    """The packets of one source as diagnosis.Sample."""
+    """The packets of one source (or of the sources of a template's prefix) as
+    diagnosis.Sample."""
     arrivals: dict[str, int] = {}
     ttls: dict[str, list[int]] = {}
+    of_flow = _within(source) if is_prefix(source) else source.__eq__
     for p in packets:
-        if p.source == source:
+        if of_flow(p.source):
             arrivals[p.interface] = arrivals.get(p.interface, 0) + 1
             ttls.setdefault(p.interface, []).append(p.ttl)
     return Sample(seconds, arrivals, {n: tuple(t) for n, t in ttls.items()}, error)
+
+
+def _within(prefix: str) -> Callable[[str], bool]:
+    def within(address: str) -> bool:
+        family = tpl.family_of(address)
+        number = tpl.address_number(family, address)
+        return tpl.contains(tpl.prefix_of(prefix, family), number)
+
+    return within
 
 
 # --- interfaces and sysctls -----------------------------------------------------------------------
@@ -245,7 +262,7 @@ def _machine_facts(
     backs = {}
     if family == 4:
         for intent in intents:
-            if intent.source not in backs:
+            if intent.source not in backs and not is_prefix(intent.source):
                 backs[intent.source] = route_back(family, intent.source)
     return packets, error, interfaces, backs
 
@@ -310,8 +327,8 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
 
 
 def _counters(reader: CountersReader, intent: Intent) -> SgCounters | None:
-    if intent.state not in {"installed", "degraded"}:
-        return None
+    if intent.state not in {"installed", "degraded"} or not intent.entry:
+        return None  # (a template with nothing learned: no entry)
     return sg_counters(reader, intent.family, intent.source, intent.group, intent.table)
 
 

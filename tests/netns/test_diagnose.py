@@ -305,3 +305,56 @@ def test_mfcd_stops_at_once_during_a_diagnosis(lab: Lab, mfcd: Mfcd) -> None:
         assert time.monotonic() - started < 5  # not the 10 s of sampling
         _, err = slow.communicate(timeout=20)
     assert slow.returncode == 3, err  # the daemon went away: no answer, no false verdict
+
+
+def test_a_template_with_a_flow_from_an_unnamed_source_passes(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok("mfc", "add", "--group", "239.1.0.0/16", "--iif", "r0", "--oifs", "r1,r2")
+    with sending(lab):
+        for args in (["--source", SOURCE], []):  # the learned entry is found either way
+            status, result = diagnose(mfcd, "--group", GROUP, *args)
+            assert status == 0, result
+            assert result["verdict"] == "ok"
+            [flow] = result["flows"]
+            route = flow["route"]
+            assert (route["kind"], route["source"], route["learned"]) == ("template", SOURCE, True)
+            assert route["template"] == {"source": "*", "group": "239.1.0.0/16"}
+            found = checks(result)
+            assert {c["status"] for c in found.values()} == {"passed"}
+            assert (
+                found["learned"]["detail"] == f"an entry for ({SOURCE}, {GROUP}) is learned from it"
+            )
+            assert "arrived on r0" in found["arrival"]["detail"]
+            assert found["counted"]["status"] == "passed"
+
+
+def test_a_template_whose_iif_gets_no_traffic_says_nothing_is_learned(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok("mfc", "add", "--group", "239.1.0.0/16", "--iif", "r2", "--oifs", "r1")
+    # Nothing sent at all: is a join needed?
+    status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    route = result["flows"][0]["route"]
+    assert (route["kind"], route["iif"], route["learned"]) == ("template", "r2", False)
+    found = checks(result)
+    assert found["state"]["status"] == "passed"
+    assert found["learned"]["status"] == "failed"
+    assert "learns it from the flow's first packet on r2" in found["learned"]["detail"]
+    assert "join it on r2" in found["learned"]["fix"]
+    assert found["counted"]["status"] == "unknown"
+    # The flow arrives on r0, where no template waits for it: named as such.
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    found = checks(result)
+    assert found["learned"]["status"] == "failed"
+    assert found["arrival"]["status"] == "failed"
+    assert "arrives on r0" in found["arrival"]["detail"]
+    fix = found["arrival"]["fix"]
+    assert "template's iif: mfcctl mfc add --group 239.1.0.0/16 --iif r0 --oifs r1" in fix
+    assert mfcd.show()["routes"] == [r for r in mfcd.show()["routes"] if r.get("template")]
+
+
+def test_neither_a_route_nor_a_template_matches(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok("mfc", "add", "--group", "239.2.0.0/16", "--iif", "r0", "--oifs", "r1")
+    status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    assert checks(result)["route"]["detail"] == f"no route or template matches ({SOURCE}, {GROUP})"

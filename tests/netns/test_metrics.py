@@ -222,3 +222,36 @@ def _query(lab: Lab, expr: str) -> float:
         return 0.0
     result = json.loads(answer["body"])["data"]["result"]
     return float(result[0]["value"][1]) if result else 0.0
+
+
+def test_learned_and_expired_entries_are_counted_after_real_traffic(
+    lab: Lab, tmp_path: Path, daemons: list[Mfcd]
+) -> None:
+    config = f'metrics_listen = "127.0.0.1:{PORT}"\nlearned_idle_timeout = 1.0\n'
+    daemon = Mfcd(lab, tmp_path, config=config)
+    daemons.append(daemon)
+    daemon.start()
+    daemon.ok("mfc", "add", "--group", "239.1.0.0/16", "--iif", "r0", "--oifs", "r1")
+    url = f"http://127.0.0.1:{PORT}/metrics"
+
+    def values() -> dict[str, str]:
+        body = fetch(lab, url)["body"]
+        return dict(re.findall(r"^(mfcd_\w+(?:\{[^}]*\})?) (\S+)$", body, re.M))
+
+    before = values()
+    assert before["mfcd_learned_entries_total"] == "0"
+    assert before['mfcd_templates{origin="api"}'] == "1"
+    assert lab.probe(GROUP)[lab.rx[0]] == 5  # from a source no route names
+    learned = values()
+    assert learned["mfcd_learned_entries_total"] == "1"
+    assert learned['mfcd_routes{state="installed",origin="learned"}'] == "1"
+    label = f'{{table="253",family="ipv4",source="{SOURCE}",group="{GROUP}",iif="r0"}}'
+    assert learned[f"mfcd_route_packets_total{label}"] == "5"
+    deadline = time.monotonic() + 10
+    while values()["mfcd_expired_entries_total"] != "1":  # idle for a second: expired
+        assert time.monotonic() < deadline, "the learned entry did not expire"
+        time.sleep(0.2)
+    expired = values()
+    assert expired['mfcd_routes{state="installed",origin="learned"}'] == "0"
+    assert expired["mfcd_learned_entries_total"] == "1"
+    assert expired["mfcd_dropped_entries_total"] == "0"

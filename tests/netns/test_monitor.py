@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from lab.netns import Lab
-from mfcd import events, protocol
+from mfcd import cli, events, protocol
 from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd, route_args
 from tests.netns.test_interfaces import DEL_VIF
@@ -196,3 +196,29 @@ def test_stopping_mfcd_ends_the_subscription(mfcd: Mfcd) -> None:
         assert sub.sock.recv(1 << 16) == b""  # closed, nothing half sent
     finally:
         sub.close()
+
+
+def test_entries_learned_through_a_template_and_their_removal_are_told(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    group = "239.1.1.1"
+    mfcd.ok("mfc", "add", "--group", "239.1.0.0/16", "--iif", "r0", "--oifs", "r1")
+    sub = Subscriber(mfcd.socket)
+    try:
+        assert lab.probe(group)[lab.rx[0]] == 5  # a source no route names
+        learned = sub.until("learned", source=SOURCE, group=group)[-1]
+        mfcd.ok("flush")
+        flushed = sub.until("expired", source=SOURCE, group=group)[-1]
+        assert lab.probe(group)[lab.rx[0]] == 5  # learned again, then its template goes
+        sub.until("learned", source=SOURCE, group=group)
+        mfcd.ok("mfc", "del", "--group", "239.1.0.0/16")
+        gone = sub.until("expired", source=SOURCE, group=group)[-1]
+    finally:
+        sub.close()
+    template = {"source": "*", "group": "239.1.0.0/16", "iif": "r0"}
+    fields = {"family": "ipv4", "table": 253, "iif": "r0", "template": template}
+    assert {k: learned[k] for k in fields} == fields
+    assert {k: flushed[k] for k in fields} == fields and flushed["reason"] == "flush"
+    assert {k: gone[k] for k in fields} == fields and gone["reason"] == "template_deleted"
+    line = cli.format_event(flushed).split(" ", 1)[1]
+    assert line == f"expired ipv4 {SOURCE} -> {group} iif r0 from * -> 239.1.0.0/16 (flush)"

@@ -27,6 +27,7 @@ ROUTE = {
     "origin": "api",
 }
 KEY = {k: v for k, v in ROUTE.items() if k in ("family", "table", "source", "group")}
+TEMPLATE = {"source": "*", "group": "239.1.0.0/16", "iif": "r0"}
 RESULT = {
     "group": "239.1.1.1",
     "source": "198.18.0.2",
@@ -60,6 +61,17 @@ def test_the_checklist_marks_each_check_and_puts_the_fix_under_a_failure() -> No
     assert lines[3].strip() == "-> make the sender use TTL >= 2"
     assert lines[4].split()[:2] == ["??", "arrival"]
     assert lines[-1] == "verdict: failed (sampled 2.0 s)"
+
+
+def test_a_template_flow_names_its_template_and_whether_an_entry_is_learned() -> None:
+    route = {**ROUTE, "kind": "template", "template": {"source": "*", "group": "239.1.0.0/16"}}
+    for learned, words in ((False, "nothing learned yet from"), (True, "learned from")):
+        flow = {"route": {**route, "learned": learned}, "verdict": "ok", "checks": []}
+        head = cli.format_diagnosis({**RESULT, "flows": [flow]}).splitlines()[0]
+        assert head == (
+            f"198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 (installed), {words} template"
+            " * -> 239.1.0.0/16"
+        )
 
 
 @pytest.fixture
@@ -126,6 +138,18 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
         (
             {"event": "link", "action": "del", "interface": "r3", "ifindex": 9},
             "link del r3 (ifindex 9)",
+        ),
+        (
+            {**KEY, "event": "learned", "iif": "r0", "template": TEMPLATE},
+            "learned ipv4 198.18.0.2 -> 239.1.1.1 iif r0 from * -> 239.1.0.0/16",
+        ),
+        (
+            {**KEY, "event": "expired", "iif": "r0", "template": TEMPLATE, "reason": "idle"},
+            "expired ipv4 198.18.0.2 -> 239.1.1.1 iif r0 from * -> 239.1.0.0/16 (idle)",
+        ),
+        (
+            {**KEY, "event": "expired", "reason": "template_changed"},
+            "expired ipv4 198.18.0.2 -> 239.1.1.1 (template_changed)",
         ),
         ({"event": "gap", "dropped": 12}, "gap 12 events dropped (mfcctl read too slowly)"),
         ({"event": "reload", "config": "/etc/x.conf"}, "reload config=/etc/x.conf"),

@@ -9,6 +9,7 @@ import pytest
 from mfcd import diagnosis
 from mfcd.diagnosis import Check, Counts, Facts, Intent, Interface, Query, RouteBack, Sample
 from mfcd.model import Ports
+from tests.unit import test_templates as templates
 from tests.unit.conftest import router_with_links, run
 
 SOURCE, GROUP = "198.18.0.2", "239.1.1.1"
@@ -268,3 +269,107 @@ def test_matching_intents_from_the_model() -> None:
     every = diagnosis.matching_intents(router, Query(4, GROUP, None, 253, 1.0))
     assert [i.source for i in every] == [SOURCE, "198.18.0.3"]
     assert diagnosis.matching_intents(router, Query(4, GROUP, SOURCE, 100, 1.0)) == []
+
+
+# --- templates ---------------------------------------------------------------------------------
+
+
+def test_no_route_or_template_matching_says_both_can_be_added() -> None:
+    facts = Facts(4, SOURCE, GROUP, None, {}, None, Sample(2.0), None)
+    [route] = diagnosis.checklist(facts)
+    assert route.detail == f"no route or template matches ({SOURCE}, {GROUP})"
+    assert "without --source: a template" in route.fix
+
+
+def test_the_most_specific_template_of_each_iif_is_the_intent_when_no_route_matches() -> None:
+    ctl, _, learner, _ = templates.setup()
+    wide, narrow = (
+        templates.star("239.1.0.0/16", "a", "b"),
+        templates.star("239.1.1.0/24", "a", "c"),
+    )
+    other_iif = templates.star("239.0.0.0/8", "b", "d", source="198.18.0.0/16")
+    ctl.change([wide, narrow, other_iif, templates.star("239.2.0.0/16", "a", "b")])
+    query = Query(4, GROUP, "198.18.0.9", 253, 1.0)
+    found = diagnosis.matching_intents(ctl.router, query)
+    assert [(i.kind, i.template, i.iif, i.learned) for i in found] == [
+        ("template", ("*", "239.1.1.0/24"), "a", False),
+        ("template", ("198.18.0.0/16", "239.0.0.0/8"), "b", False),
+    ]
+    first = found[0]
+    assert (first.source, first.group, first.oifs, first.state) == (
+        "198.18.0.9",
+        GROUP,
+        ("c",),
+        "installed",
+    )
+    assert not first.entry
+    assert first.as_json()["template"] == {"source": "*", "group": "239.1.1.0/24"}
+    # A source outside the prefix of b's template: only a's.
+    outside = diagnosis.matching_intents(ctl.router, Query(4, GROUP, "198.19.0.9", 253, 1.0))
+    assert [i.iif for i in outside] == ["a"]
+    # Without a source: the templates holding the group, their source prefixes as the flow's.
+    anyone = diagnosis.matching_intents(ctl.router, Query(4, GROUP, None, 253, 1.0))
+    assert [(i.source, i.template) for i in anyone] == [
+        ("*", ("*", "239.1.1.0/24")),
+        ("198.18.0.0/16", ("198.18.0.0/16", "239.0.0.0/8")),
+    ]
+    # Learned: the entry is the intent, shown as its template, with or without a source.
+    learner.on_upcalls([templates.upcall(ctl, "198.18.0.9", GROUP, "a")])
+    for source in ("198.18.0.9", None):
+        [learned] = diagnosis.matching_intents(ctl.router, Query(4, GROUP, source, 253, 1.0))
+        assert (learned.kind, learned.source, learned.template) == (
+            "template",
+            "198.18.0.9",
+            ("*", "239.1.1.0/24"),
+        )
+        assert learned.learned and learned.entry and learned.origin == "learned"
+        assert learned.as_json()["learned"] is True
+    # No template holds another group.
+    assert diagnosis.matching_intents(ctl.router, Query(4, "238.3.0.1", None, 253, 1.0)) == []
+
+
+TEMPLATE = dataclasses.replace(INTENT, kind="template", template=("*", "239.1.0.0/16"))
+
+
+def test_a_template_with_nothing_learned_fails_on_learned_and_asks_about_a_join() -> None:
+    facts = dataclasses.replace(HEALTHY, intent=TEMPLATE, counts=None, sample=Sample(2.0))
+    checks = diagnosis.checklist(facts)
+    assert [c.check for c in checks][:4] == ["route", "state", "learned", "iif"]
+    assert check(facts, "route").detail.startswith("template * -> 239.1.0.0/16 iif r0")
+    assert check(facts, "state").detail == "installed: its interfaces have VIFs"
+    learned = check(facts, "learned")
+    assert learned.status == "failed"
+    assert "no entry for" in learned.detail and "r0" in learned.detail
+    assert "join it on r0" in learned.fix and "TTL of 2" in learned.fix
+    assert check(facts, "counted").status == "unknown"
+    assert diagnosis.verdict(checks) == "failed"
+
+
+def test_a_template_with_packets_on_its_iif_but_nothing_learned_points_further() -> None:
+    facts = dataclasses.replace(HEALTHY, intent=TEMPLATE, counts=None)
+    learned = check(facts, "learned")
+    assert learned.status == "failed" and "190 packets arrived on r0" in learned.detail
+    assert "max_learned" in learned.fix
+
+
+def test_a_template_whose_flow_arrives_elsewhere_suggests_a_template_there() -> None:
+    facts = dataclasses.replace(HEALTHY, intent=TEMPLATE, sample=Sample(2.0, {"r2": 9}, {}))
+    arrival = check(facts, "arrival")
+    assert arrival.status == "failed"
+    assert arrival.fix.startswith(
+        "make r2 the template's iif: mfcctl mfc add --group 239.1.0.0/16 --iif r2 --oifs r1,r2"
+    )
+
+
+def test_a_learned_entry_is_checked_as_a_route() -> None:
+    facts = dataclasses.replace(HEALTHY, intent=dataclasses.replace(TEMPLATE, learned=True))
+    checks = diagnosis.checklist(facts)
+    assert {c.status for c in checks} == {"passed"}
+    assert check(facts, "state").detail == "installed in the kernel"
+
+
+def test_a_pending_template_learns_nothing() -> None:
+    pending = dataclasses.replace(TEMPLATE, state="pending", reason="waiting for r9")
+    facts = dataclasses.replace(HEALTHY, intent=pending, counts=None)
+    assert check(facts, "learned").status == "unknown"
+    assert check(facts, "state").status == "failed"

@@ -96,3 +96,23 @@ def test_sample_of_keeps_one_source_by_interface() -> None:
     assert sample.arrivals == {"r0": 2, "r2": 1}
     assert sample.ttls == {"r0": (8, 7), "r2": (1,)}
     assert sample.error == ""
+
+
+@pytest.mark.parametrize(
+    ("source", "arrivals"),
+    [
+        ("*", {"r0": 3, "r1": 1}),
+        ("198.18.0.0/24", {"r0": 2}),
+        ("2001:db8::/32", {"r1": 1}),
+    ],
+)
+def test_sample_of_a_template_prefix_keeps_its_sources(
+    source: str, arrivals: dict[str, int]
+) -> None:
+    packets = [
+        Packet("r0", "198.18.0.2", 8),
+        Packet("r0", "198.18.0.9", 7),
+        Packet("r0", "198.19.0.2", 6),
+        Packet("r1", "2001:db8::2", 5),
+    ]
+    assert probes.sample_of(packets, source, 2.0).arrivals == arrivals
