@@ -188,7 +188,7 @@ def _template_intent(router: Router, query: Query, key: TemplateKey) -> Intent:
         ports.oifs,
         status.state,
         status.reason,
-        "api",  # (templates of other origins: see model.Router.origins)
+        router.template_origin(key),
         _thresholds(router, query.family, ports.oifs),
         (key[1], key[2]),
     )

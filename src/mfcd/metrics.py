@@ -20,7 +20,6 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from mfcd.dataplane import UPCALL_KINDS, CountersReader
 from mfcd.errors import KernelError
@@ -269,9 +268,9 @@ def route_counts(router: Router, degraded: int | None = None) -> Counter[tuple[s
 
 
 def template_counts(router: Router) -> Counter[str]:
-    """Templates by origin: Router.origins holds those not from the API, as for routes."""
-    origins: dict[Any, str] = router.origins  # (keyed by RouteKey and TemplateKey alike)
-    return Counter(origins.get(key, "api") for key in router.templates)
+    """Templates by origin (Router.template_origins holds those not from the API)."""
+    origin = router.template_origin
+    return Counter(origin(key) for key in router.templates)
 
 
 def _routes_by_state(router: Router, registry: Registry, chunk: int) -> Iterator[str]:
