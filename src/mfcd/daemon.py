@@ -933,8 +933,11 @@ def check_config(path: str | None) -> int:
     except MfcdError as e:
         print(str(e), file=sys.stderr)
         return 1
+    read = [name] if path is not None or os.path.exists(name) else []
+    read += config.drop_ins(name)
+    files = f"{len(read)} file{'s' if len(read) != 1 else ''}"
     print(
-        f"{name}: valid ({len(declared.files)} files, {len(declared.routes)} routes,"
+        f"{name}: valid ({files}, {len(declared.routes)} routes,"
         f" {len(declared.templates)} templates, {len(declared.joins)} joins,"
         f" {len(declared.interfaces)} interfaces)"
     )

@@ -418,3 +418,23 @@ def test_a_file_read_again_by_blocks_reads_as_a_full_read() -> None:
         assert again.found.templates == full.found.templates
         assert again.problems == full.problems
         assert again.settings == full.settings
+
+
+def test_check_config_counts_every_file_read_also_those_declaring_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mfcd.daemon import check_config  # noqa: PLC0415 (the daemon's entry point)
+
+    main = tmp_path / "mfc_daemon.conf"
+    main.write_text('log_level = "info"\n')
+    assert check_config(str(main)) == 0
+    assert (
+        capsys.readouterr().out
+        == f"{main}: valid (1 file, 0 routes, 0 templates, 0 joins, 0 interfaces)\n"
+    )
+    (tmp_path / "mfc_daemon.d").mkdir()
+    (tmp_path / "mfc_daemon.d" / "10-a.conf").write_text(
+        '[[route]]\nsource = "198.18.0.1"\ngroup = "239.1.1.1"\niif = "a"\noifs = ["b"]\n'
+    )
+    assert check_config(str(main)) == 0
+    assert "valid (2 files, 1 routes," in capsys.readouterr().out
