@@ -114,6 +114,7 @@ class Commands:
         self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
+        self._confirmed = False  # the request being handled succeeded while a group waits
         self.registry = metrics.Registry()  # requests counted for /metrics (the daemon's)
         # Reads the config files again and applies them (the daemon's; None: not available).
         self.reloader: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
@@ -161,10 +162,13 @@ class Commands:
         """Handle one request now; its answer (a Deferred the server completes, for
         diagnose, monitor and reload) waits for the group it joined (if any)."""
         deferrals = self.controller.deferrals
+        self._confirmed = False
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
             response = self._handle(line, peer)
-        changed = self.controller.deferrals != deferrals
+        # A change that found its work done already (the same route as another request of
+        # the group) confirms what that sync may still refuse: it waits for the same verdict.
+        changed = self.controller.deferrals != deferrals or self._confirmed
         return Answer(response, self.controller.group, changed)
 
     def flush(self) -> None:
@@ -727,6 +731,7 @@ class Commands:
         if plan and outcome.memberships:
             result.setdefault("plan", []).extend(map(groups.describe, outcome.memberships))
         if not dry_run:
+            self._confirmed = self.controller.group is not None
             if self.on_change is not None:
                 self.on_change()
             if self.events.subscribers:

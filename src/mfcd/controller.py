@@ -482,6 +482,10 @@ class Controller:
         that exist). An api route, template, join or setting the files now declare is taken
         over: it is deleted from the state file.
         """
+        if not dry_run:
+            # Api changes waiting for their sync first: the takeovers below are built from
+            # the model, which a failed sync would still change (putting those back).
+            self.flush()
         journal: list[Change] = []  # what leaves the state file: api intents taken over
         changes: list[Change] = []
         changes += self._declared_removals(diff)
@@ -490,12 +494,18 @@ class Controller:
         changes += self._declared_templates(new, journal)
         changes += self._declared_routes(new, diff, journal)
         changes += self._declared_joins(new, journal)
-        outcome = self.change(
-            changes, dry_run, keep_steps=dry_run, numbered=False, origin="config", journal=journal
-        )
-        if not dry_run:
-            self.declared = new
-        return outcome
+        if dry_run:
+            return self.change(changes, True, keep_steps=True, numbered=False, origin="config")
+        # `new` rules from the change on: a snapshot written during it (the state file was
+        # replaced) must leave out the thresholds and mrdisc settings the files now declare.
+        old, self.declared = self.declared, new
+        try:
+            return self.change(
+                changes, keep_steps=False, numbered=False, origin="config", journal=journal
+            )
+        except BaseException:
+            self.declared = old
+            raise
 
     def _declared_removals(self, diff: Diff) -> list[Change]:
         routes = self.router.routes
@@ -1052,12 +1062,17 @@ class Controller:
 
 def _before(router: Router, changes: Sequence[Change]) -> Before | None:
     """What `changes` would replace in `router` (see Before); None if one of them is of a
-    kind this does not know how to put back (it is then journaled on its own)."""
+    kind this does not know how to put back, or replaces a route of another origin (a
+    learned entry: putting it back as an api route would save it), which is then journaled
+    on its own, its rollback restoring the origin too."""
     routes: dict[RouteKey, Ports | None] = {}
     thresholds: dict[str, int | None] = {}
+    origins = router.origins
     for change in changes:
         if isinstance(change, (AddRoute, DelRoute)):
             key = change.key
+            if key in origins:
+                return None
             if key not in routes:
                 routes[key] = router.routes.get(key)
         elif isinstance(change, SetThreshold):

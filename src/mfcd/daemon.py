@@ -439,6 +439,12 @@ class Daemon:
         every client for that long after the change that made it due. Only copying the
         routes (two dicts, some tens of ms) and the final rename happen here.
         """
+        if not self.controller.compaction_due():
+            # A request came before this task's first step and its changes wait for their
+            # group's sync: a snapshot must not hold what that sync may still refuse. The
+            # next change's end (on_change, after its sync) asks again.
+            self._compacting = None
+            return
         began = time.monotonic()
         saved, thresholds = self.controller.persistent()
         job = self.state.start_compaction(
