@@ -168,14 +168,20 @@ def rewrite(plane: Dataplane, ops: Iterable[_Op]) -> list[tuple[_Op, KernelError
     return failures
 
 
+def by_table(keys: Iterable[RouteKey]) -> dict[tuple[int, int], list[RouteKey]]:
+    """Route keys grouped by (family, table), in their order: a counters probe asks one
+    table's socket at a time."""
+    tables: dict[tuple[int, int], list[RouteKey]] = {}
+    for key in keys:
+        tables.setdefault((key[0], key[3]), []).append(key)
+    return tables
+
+
 def missing(plane: Dataplane, keys: Iterable[RouteKey]) -> list[RouteKey]:
     """The keys the data plane holds no entry for (each in its own table): one O(1)
     counters probe each, where a dump of the table grows faster than the table."""
-    by_table: dict[tuple[int, int], list[RouteKey]] = {}
-    for key in keys:
-        by_table.setdefault((key[0], key[3]), []).append(key)
     out = []
-    for (family, table), some in by_table.items():
+    for (family, table), some in by_table(keys).items():
         try:
             found = plane.counters(family, table, [(k[1], k[2]) for k in some])
         except KernelError:  # a disabled family: nothing of it is in the kernel

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from mfcd import templates as tpl
-from mfcd.dataplane import Dataplane, Upcall, execute
+from mfcd.dataplane import Dataplane, Upcall, by_table, execute
 from mfcd.errors import KernelError
 from mfcd.events import EventBus
 from mfcd.model import RouteKey, Router, Step
@@ -287,11 +287,8 @@ class Learner:
 
     def _idle(self, keys: list[RouteKey], now: float) -> list[RouteKey]:
         """The entries among `keys` whose packet counter has not moved for idle_timeout."""
-        by_table: dict[tuple[int, int], list[RouteKey]] = {}
-        for key in keys:
-            by_table.setdefault((key[0], key[3]), []).append(key)
         idle = []
-        for (family, table), some in by_table.items():
+        for (family, table), some in by_table(keys).items():
             try:
                 found = self.plane.counters(family, table, [(k[1], k[2]) for k in some]).entries
             except KernelError as e:

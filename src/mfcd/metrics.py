@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mfcd.dataplane import UPCALL_KINDS, CountersReader
+from mfcd.dataplane import UPCALL_KINDS, CountersReader, by_table
 from mfcd.errors import KernelError
 from mfcd.model import ORIGINS, RouteKey, Router
 from mfcd.protocol import FAMILY_NAMES
@@ -352,12 +352,12 @@ VIF_FAMILIES = (
 
 
 def _vifs(router: Router, reader: CountersReader) -> str:
-    by_table: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    per_table: dict[tuple[int, int], list[tuple[int, str]]] = {}
     for vif in router.iter_vifs():
         if vif.ifindex is not None:  # the kernel removed the VIF of a gone interface
-            by_table.setdefault((vif.family, vif.table), []).append((vif.vifi, vif.interface))
+            per_table.setdefault((vif.family, vif.table), []).append((vif.vifi, vif.interface))
     rows: list[tuple[str, tuple[int, ...]]] = []
-    for (fam, table), vifs in by_table.items():
+    for (fam, table), vifs in per_table.items():
         try:
             read = reader.counters(fam, table, vifs=[vifi for vifi, _ in vifs]).vifs
         except KernelError:
@@ -426,14 +426,11 @@ def _read_routes(
 ) -> None:
     """Add the labels and counters of the routes still installed among `keys` to `rows`,
     one probe each."""
-    by_table: dict[tuple[int, int], list[RouteKey]] = {}
-    for key in keys:
-        by_table.setdefault((key[0], key[3]), []).append(key)
     routes, installed = router.routes, router.installed
     iif_text: dict[str, str] = {}
     add_label = rows.labels.append
     add_packets, add_bytes, add_wrong = (values.append for values in rows.values)
-    for (fam, table), some in by_table.items():
+    for (fam, table), some in by_table(keys).items():
         try:
             read = reader.counters(fam, table, [(k[1], k[2]) for k in some]).entries
         except KernelError:  # a family disabled since: nothing of it is in the kernel
