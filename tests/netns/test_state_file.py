@@ -80,10 +80,15 @@ def test_a_second_mfcd_on_the_same_state_file_refuses_and_names_the_holder(
     other = spawn_other(lab, tmp_path, mfcd.state_file)
     try:
         deadline = time.monotonic() + 15
-        while not (tmp_path / "other.sock").exists() and time.monotonic() < deadline:
+        # The socket is bound a moment before the state file is locked: wait for both.
+        holder_line = f"{other.pid}\n"
+        while time.monotonic() < deadline and not (
+            (tmp_path / "other.sock").exists()
+            and Path(f"{mfcd.state_file}.lock").read_text() == holder_line
+        ):
             assert other.poll() is None, lab.stop(other)[2]
             time.sleep(0.05)
-        assert Path(f"{mfcd.state_file}.lock").read_text() == f"{other.pid}\n"
+        assert Path(f"{mfcd.state_file}.lock").read_text() == holder_line
     finally:
         code, _, err = lab.stop(other)
     assert code == 0, err
