@@ -65,6 +65,7 @@ log = logging.getLogger("mfcd")
 
 CHUNK = 1024  # changes planned and applied at a time
 REISSUE_CHUNK = 500  # routes whose entries reissue_slices() writes between two yields
+RELOAD_CHUNK = 500  # declared route changes declared_slices() applies between two yields
 # Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
 # journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
 # need not be kept.
@@ -214,6 +215,9 @@ class Controller:
         # time with clients served in between; `reissues` are the VIFs waiting for it.
         self.sliced = False
         self.reissues: dict[str, _Reissue] = {}  # by interface name
+        # The routes a sliced reload (declared_slices) is changing, until it is done: an api
+        # change to one of them is refused meanwhile.
+        self.reloading: AbstractSet[RouteKey] = frozenset()
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -354,8 +358,16 @@ class Controller:
         """
         router, joins = self.router, self.joins
         declared = self.declared
-        if origin == "api" and (
-            router.origins or router.template_origins or declared.interfaces or declared.joins
+        if (
+            origin == "api"
+            and not self._reverting
+            and (
+                router.origins
+                or router.template_origins
+                or declared.interfaces
+                or declared.joins
+                or self.reloading
+            )
         ):
             self._refuse_declared(changes)
         # Only what is journaled as it is (the API's changes) may wait for a group's sync.
@@ -382,7 +394,7 @@ class Controller:
             if not dry_run and ops and self.members is not None:
                 self.members.apply(ops)  # all or nothing
                 joined = ops
-            if origin != "api":
+            if origin != "api" or self._reverting:  # (putting back an api route: unmark it)
                 self._mark(changes, origin)
             if dry_run or not (router.changed() or joins.changed() or journal):
                 # Nothing to do (the same route again, an empty batch): no journal record.
@@ -442,10 +454,16 @@ class Controller:
                 )
         elif isinstance(change, (AddRoute, DelRoute)):
             key = change.key
-            if router.origins.get(key) == "config":
+            if router.origins.get(key) != "config" and key not in self.reloading:
+                return None
+            if key in declared.positions:
                 return DeclaredInConfig(
                     f"the route {key[1]} -> {key[2]} is declared in {declared.where(key)}{again}"
                 )
+            return DeclaredInConfig(
+                f"the route {key[1]} -> {key[2]} is being removed by the reload under way (the"
+                " config files no longer declare it); retry once the reload is done"
+            )
         elif isinstance(change, (AddTemplate, DelTemplate)):
             tkey = change.key
             if router.template_origins.get(tkey) == "config":
@@ -492,7 +510,7 @@ class Controller:
         changes += self._declared_thresholds(diff, journal)
         changes += self._declared_mrdisc(diff, journal)
         changes += self._declared_templates(new, journal)
-        changes += self._declared_routes(new, diff, journal)
+        changes += self._declared_routes(new, [*diff.added, *diff.changed], journal)
         changes += self._declared_joins(new, journal)
         if dry_run:
             return self.change(changes, True, keep_steps=True, numbered=False, origin="config")
@@ -506,6 +524,100 @@ class Controller:
         except BaseException:
             self.declared = old
             raise
+
+    def declared_slices(self, new: Declarations, diff: Diff, outcome: Outcome) -> Iterator[int]:
+        """apply_declared a slice at a time, for a reload with clients served in between:
+        yields after each RELOAD_CHUNK route changes (how many), counting the kernel
+        operations in `outcome`.
+
+        Still all or nothing: each slice is a transaction of its own (model and kernel
+        agree on every route between two slices), and if one fails, or the last one with
+        the journal record of the api intents taken over, the slices before it are undone,
+        a slice at a time too, and the error raised. Routes the files no longer declare go
+        first, then those added or changed; thresholds, mrdisc, templates and joins are the
+        last slice. Meanwhile an api change to a route the reload changes is refused
+        (`reloading`); other changes, link events and learned entries go on."""
+        self.flush()  # as apply_declared: takeovers are built from the model
+        journal: list[Change] = []  # what leaves the state file: api intents taken over
+        removals = self._declared_removals(diff)
+        last = self._declared_thresholds(diff, journal)
+        last += self._declared_mrdisc(diff, journal)
+        last += self._declared_templates(new, journal)
+        old, self.declared = self.declared, new
+        self.reloading = {*diff.added, *diff.changed, *diff.removed}
+        before: dict[RouteKey, tuple[Ports | None, str]] = {}  # what the slices replaced
+        try:
+            keys = [*diff.added, *diff.changed]
+            for start in range(0, len(removals) + len(keys), RELOAD_CHUNK):
+                end = start + RELOAD_CHUNK
+                chunk = removals[start:end]
+                if end > len(removals):
+                    added = keys[max(0, start - len(removals)) : end - len(removals)]
+                    chunk += self._declared_routes(new, added, journal)
+                self._remember(chunk, before)
+                done = self.change(chunk, keep_steps=False, origin="config", journal=[])
+                outcome.counts.update(done.counts)
+                yield len(chunk)
+            last += self._declared_joins(new, journal)
+            done = self.change(last, keep_steps=False, origin="config", journal=journal)
+            outcome.counts.update(done.counts)
+        except GeneratorExit:  # mfcd stops: the state file never saw the slices
+            self.declared, self.reloading = old, frozenset()
+            raise
+        except BaseException:
+            self.declared, self.reloading = old, frozenset()
+            yield from self._put_back(before)
+            raise
+        self.reloading = frozenset()
+        if len(before) > GROUP_MAX_CHANGES:
+            gc.freeze()  # as change() does after a bulk load
+
+    def _remember(
+        self, changes: Sequence[Change], before: dict[RouteKey, tuple[Ports | None, str]]
+    ) -> None:
+        """Note what each route the changes touch was before the first of them (see _put_back)."""
+        routes, origins = self.router.routes, self.router.origins
+        for change in changes:
+            if isinstance(change, (AddRoute, DelRoute)) and change.key not in before:
+                key = change.key
+                before[key] = (routes.get(key), origins.get(key, "api"))
+
+    def _put_back(self, before: dict[RouteKey, tuple[Ports | None, str]]) -> Iterator[int]:
+        """Undo the slices of a failed reload: each route as it was, with its origin,
+        RELOAD_CHUNK at a time (yielding in between); nothing journaled, as the slices were
+        not. A chunk the kernel refuses is put back one route at a time, and a route that
+        still fails is logged and left to the drift check."""
+        router = self.router
+        items = list(before.items())
+        for start in range(0, len(items), RELOAD_CHUNK):
+            by_origin: dict[str, list[Change]] = {}
+            for key, (ports, origin) in items[start : start + RELOAD_CHUNK]:
+                if ports is None:
+                    if key in router.routes:
+                        by_origin.setdefault("api", []).append(DelRoute(key))
+                elif router.routes.get(key) != ports or router.origins.get(key, "api") != origin:
+                    by_origin.setdefault(origin, []).append(AddRoute(key, ports))
+            for origin, changes in by_origin.items():
+                self._put_back_chunk(changes, origin)
+            yield len(by_origin)
+
+    def _put_back_chunk(self, changes: list[Change], origin: str) -> None:
+        self._reverting = True  # nothing recorded, nothing refused (only until it returns)
+        try:
+            try:
+                self.change(changes, keep_steps=False, origin=origin, journal=[])
+                return
+            except MfcdError:
+                pass
+            for change in changes:
+                try:
+                    self.change([change], keep_steps=False, origin=origin, journal=[])
+                except MfcdError as e:
+                    log.error("reload: putting back %s failed: %s", change, e)
+                    if self.on_drift is not None:
+                        self.on_drift()
+        finally:
+            self._reverting = False
 
     def _declared_removals(self, diff: Diff) -> list[Change]:
         routes = self.router.routes
@@ -563,20 +675,20 @@ class Controller:
         return changes
 
     def _declared_routes(
-        self, new: Declarations, diff: Diff, journal: list[Change]
+        self, new: Declarations, keys: Iterable[RouteKey], journal: list[Change]
     ) -> list[Change]:
+        """The changes that add or change the routes `keys` as `new` declares them."""
         router = self.router
         routes, origins, links = router.routes, router.origins, router.links
         share = router.share
         changes: list[Change] = []
-        for keys in (diff.added, diff.changed):
-            for key in keys:
-                ports = new.routes[key]
-                if key in new.wild:
-                    ports = expand(ports, links)
-                changes.append(AddRoute(key, share(ports)))
-                if key in routes and key not in origins:
-                    journal.append(DelRoute(key))  # an api route taken over
+        for key in keys:
+            ports = new.routes[key]
+            if key in new.wild:
+                ports = expand(ports, links)
+            changes.append(AddRoute(key, share(ports)))
+            if key in routes and key not in origins:
+                journal.append(DelRoute(key))  # an api route taken over
         return changes
 
     def follow_wildcards(self) -> Outcome | None:
@@ -747,7 +859,7 @@ class Controller:
         # Once the journal holds as many ops as there are routes (and at least 10,000), so
         # compaction's O(routes) cost is spread over O(routes) changes. Never while a group
         # waits for its sync: the snapshot would hold changes that sync may still refuse.
-        if self.group is not None:
+        if self.group is not None or self.reloading:  # (a reload's takeovers not yet saved)
             return False
         return self.state.ops_since_snapshot >= max(10_000, len(self.router.routes))
 

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mfcd import (
@@ -38,7 +38,7 @@ from mfcd import (
     views,
 )
 from mfcd.commands import Commands
-from mfcd.controller import Controller, gc_paused, observe, on_vifs
+from mfcd.controller import Controller, Outcome, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
@@ -545,8 +545,7 @@ class Daemon:
     async def _reissue(self) -> None:
         """Controller.reissue_slices, with clients served between two slices."""
         try:
-            for _ in self.controller.reissue_slices():
-                await asyncio.sleep(0)
+            await in_slices(self.controller.reissue_slices())
         finally:
             self._reissuing = None
 
@@ -709,8 +708,7 @@ class Daemon:
         """Remove learned entries that went idle, a slice of them per tick (learning.py)."""
         while True:
             await asyncio.sleep(self.learner.interval)
-            for _ in self.learner.ticking():
-                await asyncio.sleep(0)  # requests are answered between two steps
+            await in_slices(self.learner.ticking())
 
     async def _keep_state_file(self) -> None:
         """Once a second, write the state file back if it was deleted or replaced (each change
@@ -852,7 +850,13 @@ class Daemon:
                 log.error("reload failed, keeping the running configuration and routes: %s", e)
                 raise
         try:
-            outcome = self.controller.apply_declared(declared, change, dry_run)
+            if dry_run:
+                outcome = self.controller.apply_declared(declared, change, dry_run)
+            else:
+                # A slice at a time, clients served in between (Controller.declared_slices
+                # says what they see meanwhile); a failed slice undoes them all.
+                outcome = Outcome()
+                await in_slices(self.controller.declared_slices(declared, change, outcome))
         except MfcdError as e:
             log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
             raise
@@ -883,6 +887,13 @@ class Daemon:
             self.learner.idle_timeout = new.learned_idle_timeout
             self.learner.max_learned = new.max_learned
         self.cfg = new
+
+
+async def in_slices(slices: Iterator[int]) -> None:
+    """Run work that yields between slices (re-created interfaces' entries, learned-entry
+    expiry, a reload), serving clients between two slices."""
+    for _ in slices:
+        await asyncio.sleep(0)
 
 
 def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:
