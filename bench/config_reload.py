@@ -5,6 +5,8 @@ Usage (as root, from the repository): `.venv/bin/python bench/config_reload.py [
 interfaces are never touched), for each N:
 
   start      mfcd started with N config routes, until it answers a request
+  recovery   mfcd restarted with the same N routes in its state file instead (added with
+             `mfcctl batch`), until it answers a request: the yardstick of `start`
   unchanged  `mfcctl reload` of the same file (median of 3), and smcroute's reload of the
              same N routes (`smcroutectl reload`, until it answers again)
   one        `mfcctl reload` after one route's oifs changed (median of 3)
@@ -44,6 +46,15 @@ def config_text(n: int, oifs: str = '"r1", "r2"', changed: int | None = None) ->
         lines.append(
             f'[[route]]\nsource = "{source}"\ngroup = "{group}"\niif = "r0"\noifs = [{out}]\n'
         )
+    return "".join(lines)
+
+
+def batch_text(n: int) -> str:
+    lines = []
+    for i in range(n):
+        a, b = divmod(i, 250)
+        source, group = f"198.18.{a % 250}.{b + 1}", f"239.{1 + a // 250}.{a % 250}.{b + 1}"
+        lines.append(f"mfc add --source {source} --group {group} --iif r0 --oifs r1,r2\n")
     return "".join(lines)
 
 
@@ -131,8 +142,19 @@ def bench_mfcd(n: int) -> dict[str, float]:
             stop.set()
             pinger.join()
             lab.stop(daemon.proc)
+            # The same routes from the state file (a config without routes).
+            daemon.write("")
+            daemon.start()
+            batch = Path(work) / "batch.txt"
+            batch.write_text(batch_text(n))
+            if daemon.ctl("batch", str(batch)).returncode != 0:
+                raise RuntimeError("mfcctl batch failed")
+            lab.stop(daemon.proc)
+            recovery = daemon.start()
+            lab.stop(daemon.proc)
             return {
                 "start_s": start,
+                "recovery_s": recovery,
                 "reload_unchanged_s": unchanged,
                 "reload_one_changed_s": statistics.median(one),
                 "reload_all_changed_s": every,

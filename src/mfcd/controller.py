@@ -65,7 +65,9 @@ log = logging.getLogger("mfcd")
 
 CHUNK = 1024  # changes planned and applied at a time
 REISSUE_CHUNK = 500  # routes whose entries reissue_slices() writes between two yields
-RELOAD_CHUNK = 500  # declared route changes declared_slices() applies between two yields
+# Declared route changes declared_slices() applies between two yields: some ms. A request
+# takes several turns of the loop (read, answer, write), each waiting for one slice.
+RELOAD_CHUNK = 100
 # Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
 # journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
 # need not be kept.
@@ -547,6 +549,7 @@ class Controller:
         self.reloading = {*diff.added, *diff.changed, *diff.removed}
         before: dict[RouteKey, tuple[Ports | None, str]] = {}  # what the slices replaced
         try:
+            yield 0  # (the plan so far is a slice of its own at 100,000 routes)
             keys = [*diff.added, *diff.changed]
             for start in range(0, len(removals) + len(keys), RELOAD_CHUNK):
                 end = start + RELOAD_CHUNK

@@ -337,7 +337,8 @@ def parse_file(text: str, path: str, previous: Part | None = None) -> Part:
     """Read one file. If it is plain TOML with only exact routes after its settings, each
     [[route]] block is parsed and checked once: a block whose text `previous` had is taken
     from it (a change of one route in 100,000 parses one block, not the file)."""
-    part = _parse_blocks(text, path, previous.blocks if previous is not None else None)
+    known = previous.blocks if previous is not None else None
+    part = _parse_blocks(text, path, known or {})
     if part is not None:
         return part
     found = Declarations()
@@ -370,11 +371,10 @@ def _blocks_of(text: str, found: Declarations) -> Blocks | None:
     return blocks
 
 
-def _parse_blocks(text: str, path: str, known: Blocks | None) -> Part | None:
-    """`parse_file` by blocks, or None when a full read is needed (no blocks known, another
+def _parse_blocks(text: str, path: str, known: Blocks) -> Part | None:
+    """`parse_file` by blocks (those `known` from the last read reused), or None when a full read
+    is needed (no [[route]] block, another
     kind of table, text that is not plain TOML, or any problem: the full read reports it)."""
-    if not known:
-        return None
     starts = _block_starts(text)
     if not starts:
         return None
@@ -384,6 +384,7 @@ def _parse_blocks(text: str, path: str, known: Blocks | None) -> Part | None:
     found = Declarations(files=[path])
     routes, positions, wild = found.routes, found.positions, found.wild
     blocks: Blocks = {}
+    ports_of: dict[tuple[str, str], Ports] = {}  # see _written_block
     line, last = 1, 0
     ends = [*starts[1:], len(text)]
     for start, end in zip(starts, ends, strict=True):
@@ -392,7 +393,7 @@ def _parse_blocks(text: str, path: str, known: Blocks | None) -> Part | None:
         block = text[start:end]
         parsed = known.get(block) or blocks.get(block)
         if parsed is None:
-            parsed = _one_block(block, path)
+            parsed = _written_block(block, ports_of) or _one_block(block, path)
             if parsed is None:
                 return None
         key, ports, has_wildcards = parsed
@@ -404,6 +405,40 @@ def _parse_blocks(text: str, path: str, known: Blocks | None) -> Part | None:
             wild.add(key)
         blocks[block] = parsed
     return Part(text, found, settings, [], blocks)
+
+
+# A [[route]] block of an exact route as mfcctl import-smcroute (and most generators) write
+# it: its keys in this order, one space around `=`, no comments, blank lines after it.
+_VALUE = r'"([^"\\\x00-\x1f\x7f]*)"'  # a basic string without escapes: its text
+_NAME = r'"([^"\\\x00-\x1f\x7f*+]*)"'  # the same, not a wildcard
+_WRITTEN = re.compile(
+    rf"\[\[route\]\]\nsource = {_VALUE}\ngroup = {_VALUE}\niif = {_NAME}\n"
+    r'oifs = \[((?:"[^"\\\x00-\x1f\x7f*+]*", )*"[^"\\\x00-\x1f\x7f*+]*")\]\n'
+    r"(?:table = ([1-9][0-9]{0,9})\n)?\n*\Z"
+)
+
+
+def _written_block(
+    block: str, ports_of: dict[tuple[str, str], Ports]
+) -> tuple[RouteKey, Ports, bool] | None:
+    """_one_block for a block written as _WRITTEN (None: another form, or a problem, for
+    _one_block to read): one match instead of a TOML reader, and each combination of
+    interfaces checked once (`ports_of`, by their text)."""
+    m = _WRITTEN.match(block)
+    if m is None:
+        return None
+    source, group, iif, oifs, table = m.groups()
+    if "/" in source or "/" in group or source in _ANY:
+        return None  # a template (as _exact says)
+    try:
+        key = validate.route_key_of(source, group, None if table is None else int(table))
+        ports = ports_of.get((iif, oifs))
+        if ports is None:
+            names = _LIST_ITEM.findall(oifs)
+            ports = ports_of[(iif, oifs)] = validate.add_change(source, group, iif, names).ports
+    except MfcdError:
+        return None
+    return key, ports, False
 
 
 def _one_block(block: str, path: str) -> tuple[RouteKey, Ports, bool] | None:

@@ -438,3 +438,43 @@ def test_check_config_counts_every_file_read_also_those_declaring_nothing(
     )
     assert check_config(str(main)) == 0
     assert "valid (2 files, 1 routes," in capsys.readouterr().out
+
+
+WRITTEN = '[[route]]\nsource = "{s}"\ngroup = "{g}"\niif = "{i}"\noifs = [{o}]\n{extra}'
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="a", o='"b", "c"', extra="\n\n"),
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="a", o='"b"', extra="table = 7\n"),
+        WRITTEN.format(s="2001:db8::1", g="ff3e::1", i="a", o='"b"', extra=""),
+        WRITTEN.format(s="2001:DB8::1", g="ff3e::0:1", i="a", o='"b"', extra=""),  # canonical
+        WRITTEN.format(s="*", g="239.1.1.1", i="a", o='"b"', extra=""),  # a template
+        WRITTEN.format(s="198.18.0.0/24", g="239.1.1.1", i="a", o='"b"', extra=""),
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="a", o='"vlan*"', extra=""),
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="a", o='"a"', extra=""),  # iif in oifs
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="a", o='"b", "b"', extra=""),
+        WRITTEN.format(s="10.0.0.300", g="239.1.1.1", i="a", o='"b"', extra=""),
+        WRITTEN.format(s="198.18.0.2", g="224.0.0.1", i="a", o='"b"', extra=""),
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="a", o='"b"', extra="table = 0\n"),
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="a", o='"b"', extra=f"table = {10**11}\n"),
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="-a", o='"b"', extra=""),
+        WRITTEN.format(s="198.18.0.2", g="239.1.1.1", i="a", o='"b"', extra="# done\n"),
+    ],
+)
+def test_a_route_written_as_import_smcroute_writes_it_reads_as_the_full_reader(
+    block: str,
+) -> None:
+    """The match of written blocks (declarations._WRITTEN), which start-up reads 100,000
+    routes with, against the TOML reader's path, also for what the match does not take."""
+    text = 'log_level = "info"\n\n' + block + route("239.9.9.9")
+    part = declarations.parse_file(text, "f.conf")
+    full, problems = Declarations(), list[str]()
+    declarations.parse_text(text, "f.conf", full, problems)
+    declarations.check(full, problems)
+    assert part.found.routes == full.routes
+    assert part.found.positions == full.positions
+    assert part.found.wild == full.wild
+    assert part.found.templates == full.templates
+    assert part.problems == problems
