@@ -372,9 +372,9 @@ def _blocks_of(text: str, found: Declarations) -> Blocks | None:
 
 
 def _parse_blocks(text: str, path: str, known: Blocks) -> Part | None:
-    """`parse_file` by blocks (those `known` from the last read reused), or None when a full read
-    is needed (no [[route]] block, another
-    kind of table, text that is not plain TOML, or any problem: the full read reports it)."""
+    """`parse_file` by blocks (those `known` from the last read reused), or None when a full
+    read is needed (no [[route]] block, another kind of table, text that is not plain TOML,
+    or any problem: the full read reports it)."""
     starts = _block_starts(text)
     if not starts:
         return None
