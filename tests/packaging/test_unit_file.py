@@ -70,7 +70,7 @@ def test_fixed_decisions() -> None:
     assert unit["Type"] == ["notify"]
     assert unit["NotifyAccess"] == ["main"]
     assert unit["ExecStart"] == ["/usr/bin/mfcd --config /etc/mfc_daemon.conf"]
-    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["ExecReload"] == ["/usr/bin/mfcctl --socket /run/mfcd/mfcd.sock reload"]
     assert unit["User"] == unit["Group"] == ["mfc"]
     assert unit["RuntimeDirectory"] == unit["StateDirectory"] == ["mfcd"]
     caps = {"CAP_NET_ADMIN", "CAP_NET_RAW"}
