@@ -338,13 +338,84 @@ def parse_file(text: str, path: str, previous: Part | None = None) -> Part:
     [[route]] block is parsed and checked once: a block whose text `previous` had is taken
     from it (a change of one route in 100,000 parses one block, not the file)."""
     known = previous.blocks if previous is not None else None
-    part = _parse_blocks(text, path, known or {})
+    part = _parse_edit(text, path, previous) if previous is not None else None
+    if part is None:
+        part = _parse_blocks(text, path, known or {})
     if part is not None:
         return part
     found = Declarations()
     problems: list[str] = []
     settings = parse_text(text, path, found, problems)
     return Part(text, found, settings, problems, _blocks_of(text, found) if not problems else None)
+
+
+_EDGE = 1 << 16  # characters compared at a time by _same_head and _same_tail
+_ROUTE_HEADER = "\n[[route]]\n"
+
+
+def _same_head(a: str, b: str) -> int:
+    """The length of the longest common prefix of a and b."""
+    end, at = min(len(a), len(b)), 0
+    while at + _EDGE <= end and a[at : at + _EDGE] == b[at : at + _EDGE]:
+        at += _EDGE
+    while at < end and a[at] == b[at]:
+        at += 1
+    return at
+
+
+def _same_tail(a: str, b: str, most: int) -> int:
+    """The length of the longest common suffix of a and b, at most `most` (<= both lengths)."""
+    done, la, lb = 0, len(a), len(b)
+    while (
+        done + _EDGE <= most
+        and a[la - done - _EDGE : la - done] == b[lb - done - _EDGE : lb - done]
+    ):
+        done += _EDGE
+    while done < most and a[la - done - 1] == b[lb - done - 1]:
+        done += 1
+    return done
+
+
+def _parse_edit(text: str, path: str, previous: Part) -> Part | None:
+    """parse_file for a file read before by blocks whose text differs in one stretch (an
+    edit of some routes): the blocks before and after the stretch are taken from `previous`
+    as they are, unread (their lines shifted if the stretch's count changed); those in it
+    are read as _parse_blocks reads them. None when that does not apply (no blocks known,
+    the stretch reaches the settings, a problem: the caller reads the file by blocks)."""
+    old, known = previous.text, previous.blocks
+    if not known or previous.problems or previous.settings is None:
+        return None
+    head = _same_head(old, text)
+    tail = _same_tail(old, text, min(len(old), len(text)) - head)
+    # The stretch grown to whole blocks: from the header before it to the one after it.
+    start = old.rfind(_ROUTE_HEADER, 0, head + 1) + 1
+    end = old.find(_ROUTE_HEADER, len(old) - tail - 1) + 1 or len(old)
+    new_end = end + len(text) - len(old)
+    if start == 0 or new_end < start:
+        return None
+    part = _parse_blocks(text[start:new_end], path, known)
+    if part is None or part.settings:
+        return None
+    first = old.count("\n", 0, start) + 1  # the stretch's first line
+    after = first + old.count("\n", start, end)  # the first line after it, before the edit
+    shift = part.text.count("\n") - (after - first)
+    found = previous.found
+    routes, positions = dict(found.routes), dict(found.positions)
+    for key, line in found.positions.items():
+        if line >= after:
+            if shift:
+                positions[key] = line + shift
+        elif line >= first:
+            del routes[key], positions[key]  # in the stretch: read again below
+    for key, ports in part.found.routes.items():
+        if key in routes:
+            return None  # also declared outside the stretch: the full read says where
+        routes[key] = ports
+        positions[key] = part.found.positions[key] + first - 1
+    wild = {key for key in found.wild if key in routes} | part.found.wild
+    into = Declarations(files=[path], routes=routes, positions=positions, wild=wild)
+    blocks = {**known, **(part.blocks or {})}
+    return Part(text, into, previous.settings, [], blocks)
 
 
 def _block_starts(text: str) -> list[int] | None:

@@ -408,10 +408,25 @@ def test_a_file_read_again_by_blocks_reads_as_a_full_read() -> None:
         base + route("239.2.0.0/24"),  # a template: read in full
         base + route("10.0.0.1"),  # a problem: read in full
         base.replace('oifs = ["b"]', 'oifs = ["b", "vlan*"]', 1),
+        # Edits in one stretch (declarations._parse_edit): first, last, two far apart, lines
+        # added or taken in the middle, the settings, an edit making a duplicate.
+        base.replace('"239.1.1.1"', '"239.1.1.7"'),
+        base.replace('"239.1.1.5"\niif = "a"', '"239.1.1.5"\ntable = 7\niif = "a"'),
+        base.replace('"239.1.1.1"', '"239.1.1.7"').replace('"239.1.1.5"', '"239.1.1.8"'),
+        base.replace(route("239.1.1.3"), route("239.1.1.3") + "\n\n" + route("239.3.3.3")),
+        base.replace(route("239.1.1.3") + "\n", ""),
+        base.replace('log_level = "info"', 'log_level = "debug"\nclient_timeout = 5'),
+        base.replace('"239.1.1.4"', '"239.1.1.2"'),
+        base.replace('"239.1.1.4"', '"239.1.1.0/24"'),
+        base.replace('"198.18.0.2"\ngroup = "239.1.1.2"', '"198.18.0.2"\ngroup = "239.1.1.2" # x'),
     ]
     for text in variants:
         again = declarations.parse_file(text, "f.conf", first)
         full = declarations.parse_file(text, "f.conf")
+        reference, problems = Declarations(), list[str]()
+        declarations.parse_text(text, "f.conf", reference, problems)
+        assert again.found.routes == reference.routes
+        assert again.found.positions == reference.positions
         assert again.found.routes == full.found.routes
         assert again.found.positions == full.found.positions
         assert again.found.wild == full.found.wild

@@ -27,7 +27,8 @@ def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def config(count: int, oifs: str = '"b"', first: int = 0, threshold: int = 5) -> Declarations:
     text = "".join(
-        f'[[route]]\nsource = "198.18.0.{i}"\ngroup = "239.1.1.1"\niif = "a"\noifs = [{oifs}]\n'
+        f'[[route]]\nsource = "198.18.{i // 250}.{i % 250}"\ngroup = "239.1.1.1"\niif = "a"\n'
+        f"oifs = [{oifs}]\n"
         for i in range(first, first + count)
     )
     text += f'[[interface]]\nname = "c"\nthreshold = {threshold}\n'
@@ -37,7 +38,7 @@ def config(count: int, oifs: str = '"b"', first: int = 0, threshold: int = 5) ->
 
 
 def key(i: int) -> tuple[int, str, str, int]:
-    return (4, f"198.18.0.{i}", "239.1.1.1", 253)
+    return (4, f"198.18.{i // 250}.{i % 250}", "239.1.1.1", 253)
 
 
 def everything(ctl: Controller) -> dict[str, Any]:
@@ -152,3 +153,16 @@ def test_a_client_change_between_slices_stays_when_the_reload_fails() -> None:
     assert ctl.router.routes[other.key] == Ports("a", ("b",))
     assert other.key in kernel_of(ctl).mfcs
     assert ctl.router.routes[key(0)] == Ports("a", ("b",))  # removed by slice 1, back
+
+
+def test_one_route_changed_in_many_is_the_only_one_written() -> None:
+    ctl = controller()
+    ctl.apply_declared(config(1_000, '"b", "c"'), diff(Declarations(), config(1_000, '"b", "c"')))
+    new = config(1_000, '"b", "c"')
+    new.routes[key(500)] = Ports("a", ("b",))
+    kernel = kernel_of(ctl)
+    since = len(kernel.applied)
+    outcome = Outcome()
+    list(ctl.declared_slices(new, diff(ctl.declared, new), outcome))
+    assert kernel.applied[since:] == [ctl.router.entry(key(500))]
+    assert sum(outcome.counts.values()) == 1
