@@ -412,9 +412,12 @@ def _parse_edit(text: str, path: str, previous: Part) -> Part | None:
             return None  # also declared outside the stretch: the full read says where
         routes[key] = ports
         positions[key] = part.found.positions[key] + first - 1
+    blocks = part.blocks or {}
+    if len(known) + len(blocks) > 2 * len(routes) + 1000:
+        return None  # the blocks of former edits would pile up: read by blocks, afresh
     wild = {key for key in found.wild if key in routes} | part.found.wild
     into = Declarations(files=[path], routes=routes, positions=positions, wild=wild)
-    blocks = {**known, **(part.blocks or {})}
+    blocks = {**known, **blocks}  # (the edited blocks' former texts too: a few)
     return Part(text, into, previous.settings, [], blocks)
 
 

@@ -493,3 +493,19 @@ def test_a_route_written_as_import_smcroute_writes_it_reads_as_the_full_reader(
     assert part.found.wild == full.wild
     assert part.found.templates == full.templates
     assert part.problems == problems
+
+
+def test_blocks_of_former_edits_do_not_pile_up() -> None:
+    """A file rewritten whole again and again is read by blocks afresh once the blocks kept
+    from former reads outnumber twice its routes (plus some)."""
+    count = 2_000
+
+    def text(oif: str) -> str:
+        blocks = (route(f"239.1.{k // 250}.{k % 250 + 1}", f'"{oif}"') for k in range(count))
+        return 'log_level = "info"\n\n' + "".join(blocks)
+
+    part = declarations.parse_file(text("b"), "f.conf")
+    for oif in ("c", "vlan1", "b2", "c2", "d", "e"):
+        part = declarations.parse_file(text(oif), "f.conf", part)
+        assert part.blocks is not None and len(part.blocks) <= 2 * count + 1000
+        assert set(part.found.routes.values()) == {Ports("a", (oif,))}
