@@ -13,7 +13,8 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
 - clients: `--clients` connections, each sending `mfc.add` of a new route and waiting for its
   answer, for `--seconds`: changes acknowledged per second (each acknowledged only once
   durable) and the answer time's median and p99; the state file's records and syncs are not
-  read, the rate is what clients see.
+  read, the rate is what clients see. mfcd's CPU time per change (from /proc) and the
+  clients' own (this process's) say which side of the shared cores is the limit.
 - show: `--routes` loaded, then `show --output json` read by a client over a raw connection
   (bytes, time to the last byte, the daemon's peak RSS during it) while a pinger process
   measures the longest wait of a `ping` on its own connection.
@@ -190,9 +191,17 @@ async def _client(path: str, base: int, until: float, answers: list[float]) -> N
     writer.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
     d.start()
+    assert d.proc is not None
     answers: list[float] = []
+    daemon_cpu, own_cpu = cpu_seconds(d.proc.pid), time.process_time()
 
     async def main() -> float:
         t = time.monotonic()
@@ -201,6 +210,7 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
         return time.monotonic() - t
 
     took = asyncio.run(main())
+    daemon_cpu, own_cpu = cpu_seconds(d.proc.pid) - daemon_cpu, time.process_time() - own_cpu
     d.stop()
     answers.sort()
     # Records of changes in the journal (no compaction below 10,000 changes): changes per sync.
@@ -210,6 +220,10 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
         "changes/s": round(len(answers) / took),
         "answer median ms": round(1000 * statistics.median(answers), 2),
         "answer p99 ms": round(1000 * answers[int(0.99 * (len(answers) - 1))], 2),
+        # Where the 2 cores went: mfcd's CPU, and the clients' own (this process).
+        "mfcd CPU ms per change": round(1000 * daemon_cpu / max(len(answers), 1), 3),
+        "mfcd CPU % of one core": round(100 * daemon_cpu / took),
+        "clients' CPU ms per change": round(1000 * own_cpu / max(len(answers), 1), 3),
     }
 
 

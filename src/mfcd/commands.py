@@ -5,8 +5,9 @@ failure becomes an error response with a stable code.  Validation happens in ful
 before the controller is called, so a rejected request changes nothing.
 
 Group commit: the server uses `submit()` instead, which handles the request at once but
-leaves its journal record to wait for `flush()`, one sync for every request of the group
-(see controller.Group); `settle()` then gives the response, or the sync's error.
+leaves its journal record to wait for `flush()` (or for the journal's thread: `finish_sync()`),
+one sync for every request of the group (see controller.Group); `settle()` then gives the
+response, or the sync's error.
 """
 
 from __future__ import annotations
@@ -173,11 +174,17 @@ class Commands:
 
     def flush(self) -> None:
         """Sync the group of changes waiting (one journal record); see controller.flush."""
-        if self.controller.group is None:
+        if self.controller.group is None and self.controller.syncing is None:
             return
         self.controller.flush()
         if self.on_change is not None:
             self.on_change()  # (a compaction may be due, or a table empty again)
+
+    def finish_sync(self) -> None:
+        """Conclude the group a thread journaled; see controller.finish_sync."""
+        self.controller.finish_sync()
+        if self.on_change is not None:
+            self.on_change()
 
     def settle(self, answer: Answer) -> protocol.Response | Deferred:
         """The response to send once the answer's group is flushed: its own, or if the sync
