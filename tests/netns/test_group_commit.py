@@ -27,7 +27,8 @@ async def client(path: str, number: int, acknowledged: set[str]) -> None:
     reader, writer = await asyncio.open_unix_connection(path)
     try:
         for n in range(1 << 16):
-            args = {"source": "198.18.0.2", "group": group(number, n), "iif": "r0", "oifs": ["r1"]}
+            name = group(number, n)
+            args = {"source": "198.18.0.2", "group": name, "iif": "r0", "oifs": ["r1"]}
             request = {"v": 1, "id": n, "cmd": "mfc.add", "args": args}
             writer.write(json.dumps(request).encode() + b"\n")
             line = await reader.readline()
@@ -35,7 +36,7 @@ async def client(path: str, number: int, acknowledged: set[str]) -> None:
                 return  # mfcd was killed: this change may or may not have been kept
             response = json.loads(line)
             assert response["ok"], response
-            acknowledged.add(args["group"])
+            acknowledged.add(name)
     except ConnectionError:
         return
     finally:
