@@ -2,7 +2,7 @@
 wait during a large show, after a large batch, during an interface re-creation and a restart.
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
-              [--base SRC] [--only clients,show,batch,relink,idle]
+              [--base SRC] [--only clients,show,batch,relink,idle] [--work-dir DIR]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -14,7 +14,10 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   answer, for `--seconds`: changes acknowledged per second (each acknowledged only once
   durable) and the answer time's median and p99; the state file's records and syncs are not
   read, the rate is what clients see. mfcd's CPU time per change (from /proc) and the
-  clients' own (this process's) say which side of the shared cores is the limit.
+  clients' own (this process's) say which side of the shared cores is the limit; the
+  median fdatasync of the run's directory, measured just before, what the disk allows
+  (each record costs two). With `--work-dir /dev/shm` syncs cost next to nothing and the
+  rate shows the CPU cost alone.
 - show: `--routes` loaded, then `show --output json` read by a client over a raw connection
   (bytes, time to the last byte, the daemon's peak RSS during it) while a pinger process
   measures the longest wait of a `ping` on its own connection.
@@ -197,7 +200,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sync_ms(directory: Path, count: int = 50) -> float:
+    """The median time (ms) of a small append and its fdatasync in `directory` now: with
+    two of them per journal record, what bounds the records per second."""
+    path = directory / "sync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(count):
+            os.write(fd, b"x" * 200)
+            t = time.monotonic()
+            os.fdatasync(fd)
+            times.append(time.monotonic() - t)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(1000 * statistics.median(times), 2)
+
+
 def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
+    synced = sync_ms(d.work)
     d.start()
     assert d.proc is not None
     answers: list[float] = []
@@ -216,6 +238,7 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
     # Records of changes in the journal (no compaction below 10,000 changes): changes per sync.
     records = len((d.work / "state.journal").read_bytes().splitlines()) - 2
     return {
+        "fdatasync median ms (before)": synced,
         "changes per journal record": round(len(answers) / max(records, 1), 1),
         "changes/s": round(len(answers) / took),
         "answer median ms": round(1000 * statistics.median(answers), 2),
@@ -351,6 +374,12 @@ def main() -> int:
     parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
     parser.add_argument("--only", default="clients,show,batch,relink")
     parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="make each run's directory (state file included) in DIR, e.g. /dev/shm: syncs"
+        " then cost next to nothing and the clients scenario measures CPU alone",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("stalls.py: needs root (it creates network namespaces)")
@@ -368,7 +397,7 @@ def main() -> int:
     for name in args.only.split(","):
         for round_ in range(args.rounds):
             for label, src in revisions.items():
-                with tempfile.TemporaryDirectory(prefix="mfcd-stalls-") as tmp:
+                with tempfile.TemporaryDirectory(prefix="mfcd-stalls-", dir=args.work_dir) as tmp:
                     d = Daemon(src, Path(tmp))
                     try:
                         got = scenarios[name](d)

@@ -221,7 +221,7 @@ class Server:
         # Requests waiting for their group's sync, by group.
         self._waiting: dict[Group, asyncio.Future[None]] = {}
         commands.controller.grouping = True
-        commands.controller.on_synced = self._on_synced
+        commands.on_synced = self._on_synced
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=STREAM_LIMIT)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from mfcd.commands import Answer, Commands
 from mfcd.model import Change
@@ -175,3 +178,30 @@ def test_the_server_answers_others_while_the_thread_syncs(tmp_path: Path) -> Non
     answers = asyncio.run(scenario())
     assert [(a["ok"], a["id"]) for a in answers] == [(True, 2), (True, 1), (True, 3)]
     assert [len(r) for r in state.records] == [1, 1]
+
+
+def test_a_groups_changes_are_logged_once_with_its_verdict(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = SlowState()
+    commands = make_commands(state)
+    caplog.set_level(logging.INFO, logger="mfcd")
+    for i in (1, 2, 3):
+        commands.submit(add(i), PEER)
+    started(commands, state)
+    assert not any("mfc.add" in r.message for r in caplog.records)  # not durable yet
+    state.disk.release()
+    commands.finish_sync()
+    logged = [r.message for r in caplog.records if "mfc.add" in r.message]
+    assert len(logged) == 1 and logged[0].startswith("3 changes, one sync: ")
+    assert all(f"group=239.1.0.{i}" in logged[0] for i in (1, 2, 3))
+
+    caplog.clear()
+    commands.submit(add(4), PEER)
+    started(commands, state)
+    state.fail = True
+    state.disk.release()
+    commands.finish_sync()
+    logged = [r.message for r in caplog.records if "group=239.1.0.4" in r.message]
+    assert len(logged) == 1 and logged[0].startswith("undone, the sync failed: ")
+    commands.controller.close()
