@@ -19,9 +19,10 @@ same turn of the event loop (a callback scheduled after them: `_sync`). So N cli
 whose requests arrive together cost one sync, not N, and each is answered only once its
 change is durable; if that sync fails, every change of the group is undone and refused.
 The record is written and synced by a thread (controller.start_sync): meanwhile the loop
-goes on handling requests, which form the next group, journaled as soon as the thread is
-done with the one before; if a sync fails, the group formed meanwhile (planned on top of
-the refused one) is refused with it.
+goes on handling requests, which form the next group, journaled once the thread is done
+with the one before and the clients it answered are back in it, or after as long as that
+sync took (gathering.Gathering); if a sync fails, the group formed meanwhile (planned on
+top of the refused one) is refused with it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from mfcd.commands import Commands, Deferred, Peer
 from mfcd.config import DEFAULT_SOCKET_GROUP
 from mfcd.controller import Group
 from mfcd.errors import ConfigError
+from mfcd.gathering import Gathering
 
 log = logging.getLogger("mfcd")
 
@@ -220,6 +222,10 @@ class Server:
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         # Requests waiting for their group's sync, by group.
         self._waiting: dict[Group, asyncio.Future[None]] = {}
+        self._members: dict[Group, int] = {}  # how many requests wait, by group
+        self._gathering = Gathering()  # when the next group's sync may start
+        self._holding: asyncio.TimerHandle | None = None  # ends the hold on it
+        self._began = 0.0  # when the journal's thread took the group it syncs
         commands.controller.grouping = True
         commands.on_synced = self._on_synced
 
@@ -250,6 +256,8 @@ class Server:
             await asyncio.wait(list(self._clients), timeout=2 * CLOSE_GRACE)
         for writer in self._clients.values():  # none left, unless something hangs
             writer.transport.abort()
+        if self._holding is not None:
+            self._holding.cancel()
         self.commands.controller.close()  # the journal's thread, done with its record
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
@@ -366,49 +374,68 @@ class Server:
             bus.unsubscribe(subscriber)
 
     async def _synced(self, group: Group) -> None:
-        """Wait for the verdict on `group`, the group being formed (or already handed to
-        the journal's thread by a request before this one)."""
+        """Wait for the verdict on `group`, the group being formed."""
+        loop = asyncio.get_running_loop()
         waiting = self._waiting.get(group)
         if waiting is None:
-            loop = asyncio.get_running_loop()
             waiting = self._waiting[group] = loop.create_future()
             # Once every request handled in this turn of the loop has joined the group.
             loop.call_soon(self._sync)
+        members = self._members[group] = self._members.get(group, 0) + 1
+        if members == self._gathering.expected:
+            loop.call_soon(self._sync)  # the clients of the last group are back
         # Shielded: a client cancelled while waiting must not cancel everyone else's wait.
         await asyncio.shield(waiting)
 
     def _on_synced(self, group: Group) -> None:
+        self._members.pop(group, None)
         waiting = self._waiting.pop(group, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
 
     def _sync(self) -> None:
         """Hand the group formed so far to the journal's thread, unless it is busy with the
-        one before (whose end calls this again): requests go on being handled while the
-        disk syncs, and form the next group."""
+        one before (whose end calls this again) or the group is held for the clients of
+        the one before (gathering.Gathering): requests go on being handled while the disk
+        syncs, and form the next group."""
         controller = self.commands.controller
-        if self.stopping:
-            return  # (the requests waiting were cancelled: none is answered now)
+        forming = controller.group
+        if self.stopping or forming is None or controller.syncing is not None:
+            return  # (stopping: the requests waiting were cancelled, none is answered now)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not self._gathering.ready(now, self._members.get(forming, 0)):
+            if self._holding is None:
+                self._holding = loop.call_at(self._gathering.until, self._held)
+            return
         try:
             written = controller.start_sync()
         except Exception:  # a bug: the waiting clients still get an answer
             log.exception("internal error while syncing the state file")
             self._answer_all()
             return
-        if written is None:
-            return
-        group, loop = controller.syncing, asyncio.get_running_loop()
-        assert group is not None
-        written.add_done_callback(lambda _: loop.call_soon_threadsafe(self._written, group))
+        if written is not None:
+            self._began = now
+            written.add_done_callback(lambda _: loop.call_soon_threadsafe(self._written, forming))
+
+    def _held(self) -> None:
+        self._holding = None
+        self._sync()
 
     def _written(self, group: Group) -> None:
         """The journal's thread is done with `group`: its verdict, then the next group."""
+        controller = self.commands.controller
+        now = asyncio.get_running_loop().time()
+        answered = self._members.get(group, 0)
         try:
-            if self.commands.controller.syncing is group:  # (not concluded by a flush)
+            if controller.syncing is group:  # (not concluded by a flush)
                 self.commands.finish_sync()
         except Exception:  # a bug: the waiting clients still get an answer
             log.exception("internal error while syncing the state file")
             self._answer_all()
+        forming = controller.group
+        waiting = 0 if forming is None else self._members.get(forming, 0)
+        self._gathering.synced(now, now - self._began, answered, waiting)
         self._sync()
 
     def _answer_all(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mfcd import gathering
 from mfcd.commands import Answer, Commands
 from mfcd.model import Change
 from mfcd.server import Server, bind_control_socket
@@ -205,3 +206,41 @@ def test_a_groups_changes_are_logged_once_with_its_verdict(
     logged = [r.message for r in caplog.records if "group=239.1.0.4" in r.message]
     assert len(logged) == 1 and logged[0].startswith("undone, the sync failed: ")
     commands.controller.close()
+
+
+def test_the_next_sync_waits_for_the_clients_just_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the real server: three clients in a group being synced, two more waiting in
+    the next; once the three are answered and send again, the next sync takes all five
+    (started at once, it would take two, and the three would need a sync of their own)."""
+    monkeypatch.setattr(gathering, "HOLD_MAX", WAIT)  # only the clients' return ends it
+    state = SlowState()
+    commands = make_commands(state, grouping=False)  # the server turns it on
+
+    async def scenario() -> None:
+        sock_path = str(tmp_path / "mfcd.sock")
+        server = Server(commands, sock_path, client_timeout=10, max_request_bytes=1 << 20)
+        await server.start(bind_control_socket(sock_path, "", 0o600))
+        clients = [await asyncio.open_unix_connection(sock_path) for _ in range(5)]
+        for i, (_, writer) in enumerate(clients[:3]):
+            writer.write(add(i))
+        await asyncio.to_thread(state.appending.wait, WAIT)
+        state.appending.clear()
+        for i, (_, writer) in enumerate(clients[3:], 3):
+            writer.write(add(i))
+        await asyncio.sleep(0.2)  # (the journal's thread is held for as long)
+        state.disk.release()
+        for i, (reader, writer) in enumerate(clients[:3]):
+            assert json.loads(await asyncio.wait_for(reader.readline(), WAIT))["ok"]
+            writer.write(add(10 + i))
+        await asyncio.to_thread(state.appending.wait, WAIT)
+        state.disk.release()
+        for reader, _ in clients:
+            assert json.loads(await asyncio.wait_for(reader.readline(), WAIT))["ok"]
+        for _, writer in clients:
+            writer.close()
+        await server.stop()
+
+    asyncio.run(scenario())
+    assert [len(r) for r in state.records] == [3, 5]
