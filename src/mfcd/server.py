@@ -503,6 +503,8 @@ class Server:
             await self._send_stream(writer, data)
             return
         writer.write(data)
+        if not writer.transport.get_write_buffer_size():
+            return  # all sent already: nothing to wait for (a lost connection shows on read)
         # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
         # that arrives as the drain completes, and the client would be served on after a stop.
         async with asyncio.timeout(self.client_timeout):
