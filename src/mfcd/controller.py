@@ -687,8 +687,8 @@ class Controller:
         group, written = self.syncing, self._written
         if group is None or written is None:
             return
-        failure = written.result()
         self.syncing = self._written = None
+        failure = written.result()
         groups = [group]
         if self.group is not None and failure is not None:
             groups.append(self.group)

@@ -442,7 +442,11 @@ class Daemon:
         # A snapshot must not hold what a group's sync may still refuse: under a steady
         # load a group is always forming or syncing, so they are synced here first (on the
         # loop, once per compaction).
-        self.controller.flush()
+        try:
+            self.controller.flush()
+        except BaseException:
+            self._compacting = None  # (a bug: the next change tries again)
+            raise
         if not self.controller.compaction_due():
             self._compacting = None  # (that sync failed, or there was nothing to compact)
             return
