@@ -2,7 +2,7 @@
 wait during a large show, after a large batch, during an interface re-creation and a restart.
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
-              [--base SRC] [--only clients,show,batch,relink,idle]
+              [--base SRC] [--only clients,show,batch,relink,idle] [--work-dir DIR]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -13,7 +13,11 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
 - clients: `--clients` connections, each sending `mfc.add` of a new route and waiting for its
   answer, for `--seconds`: changes acknowledged per second (each acknowledged only once
   durable) and the answer time's median and p99; the state file's records and syncs are not
-  read, the rate is what clients see.
+  read, the rate is what clients see. mfcd's CPU time per change (from /proc) and the
+  clients' own (this process's) say which side of the shared cores is the limit; the
+  median fdatasync of the run's directory, measured just before, what the disk allows
+  (each record costs two). With `--work-dir /dev/shm` syncs cost next to nothing and the
+  rate shows the CPU cost alone.
 - show: `--routes` loaded, then `show --output json` read by a client over a raw connection
   (bytes, time to the last byte, the daemon's peak RSS during it) while a pinger process
   measures the longest wait of a `ping` on its own connection.
@@ -190,9 +194,36 @@ async def _client(path: str, base: int, until: float, answers: list[float]) -> N
     writer.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sync_ms(directory: Path, count: int = 50) -> float:
+    """The median time (ms) of a small append and its fdatasync in `directory` now: with
+    two of them per journal record, what bounds the records per second."""
+    path = directory / "sync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    times = []
+    try:
+        for _ in range(count):
+            os.write(fd, b"x" * 200)
+            t = time.monotonic()
+            os.fdatasync(fd)
+            times.append(time.monotonic() - t)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return round(1000 * statistics.median(times), 2)
+
+
 def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
+    synced = sync_ms(d.work)
     d.start()
+    assert d.proc is not None
     answers: list[float] = []
+    daemon_cpu, own_cpu = cpu_seconds(d.proc.pid), time.process_time()
 
     async def main() -> float:
         t = time.monotonic()
@@ -201,15 +232,21 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
         return time.monotonic() - t
 
     took = asyncio.run(main())
+    daemon_cpu, own_cpu = cpu_seconds(d.proc.pid) - daemon_cpu, time.process_time() - own_cpu
     d.stop()
     answers.sort()
     # Records of changes in the journal (no compaction below 10,000 changes): changes per sync.
     records = len((d.work / "state.journal").read_bytes().splitlines()) - 2
     return {
+        "fdatasync median ms (before)": synced,
         "changes per journal record": round(len(answers) / max(records, 1), 1),
         "changes/s": round(len(answers) / took),
         "answer median ms": round(1000 * statistics.median(answers), 2),
         "answer p99 ms": round(1000 * answers[int(0.99 * (len(answers) - 1))], 2),
+        # Where the 2 cores went: mfcd's CPU, and the clients' own (this process).
+        "mfcd CPU ms per change": round(1000 * daemon_cpu / max(len(answers), 1), 3),
+        "mfcd CPU % of one core": round(100 * daemon_cpu / took),
+        "clients' CPU ms per change": round(1000 * own_cpu / max(len(answers), 1), 3),
     }
 
 
@@ -337,6 +374,12 @@ def main() -> int:
     parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
     parser.add_argument("--only", default="clients,show,batch,relink")
     parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="make each run's directory (state file included) in DIR, e.g. /dev/shm: syncs"
+        " then cost next to nothing and the clients scenario measures CPU alone",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("stalls.py: needs root (it creates network namespaces)")
@@ -354,7 +397,7 @@ def main() -> int:
     for name in args.only.split(","):
         for round_ in range(args.rounds):
             for label, src in revisions.items():
-                with tempfile.TemporaryDirectory(prefix="mfcd-stalls-") as tmp:
+                with tempfile.TemporaryDirectory(prefix="mfcd-stalls-", dir=args.work_dir) as tmp:
                     d = Daemon(src, Path(tmp))
                     try:
                         got = scenarios[name](d)

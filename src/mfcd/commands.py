@@ -5,8 +5,9 @@ failure becomes an error response with a stable code.  Validation happens in ful
 before the controller is called, so a rejected request changes nothing.
 
 Group commit: the server uses `submit()` instead, which handles the request at once but
-leaves its journal record to wait for `flush()`, one sync for every request of the group
-(see controller.Group); `settle()` then gives the response, or the sync's error.
+leaves its journal record to wait for `flush()` (or for the journal's thread: `finish_sync()`),
+one sync for every request of the group (see controller.Group); `settle()` then gives the
+response, or the sync's error.
 """
 
 from __future__ import annotations
@@ -115,6 +116,11 @@ class Commands:
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
         self._confirmed = False  # the request being handled succeeded while a group waits
+        # What each change waiting for its group's sync did, logged with the group's verdict:
+        # one log record per sync, not per change, and only once the changes are durable.
+        self._done: dict[Group, list[tuple[Peer, str, dict[str, Any], str]]] = {}
+        self.on_synced: Callable[[Group], None] | None = None  # told each group's verdict
+        controller.on_synced = self._synced
         self.registry = metrics.Registry()  # requests counted for /metrics (the daemon's)
         # Reads the config files again and applies them (the daemon's; None: not available).
         self.reloader: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
@@ -173,11 +179,17 @@ class Commands:
 
     def flush(self) -> None:
         """Sync the group of changes waiting (one journal record); see controller.flush."""
-        if self.controller.group is None:
+        if self.controller.group is None and self.controller.syncing is None:
             return
         self.controller.flush()
         if self.on_change is not None:
             self.on_change()  # (a compaction may be due, or a table empty again)
+
+    def finish_sync(self) -> None:
+        """Conclude the group a thread journaled; see controller.finish_sync."""
+        self.controller.finish_sync()
+        if self.on_change is not None:
+            self.on_change()
 
     def settle(self, answer: Answer) -> protocol.Response | Deferred:
         """The response to send once the answer's group is flushed: its own, or if the sync
@@ -739,8 +751,26 @@ class Commands:
             done = _outcome(sum(outcome.counts.values()))
             if result.get("state", "installed") != "installed":
                 done += f"; route {result['state']}: {result.get('reason', '')}"
-            log.info("%s %s %s: %s", peer, cmd, _summary(args), done)
+            group = self.controller.group
+            if group is not None:  # (the change waits for its sync: logged with its verdict)
+                self._done.setdefault(group, []).append((peer, cmd, args, done))
+            else:
+                log.info("%s %s %s: %s", peer, cmd, _summary(args), done)
         return result
+
+    def _synced(self, group: Group) -> None:
+        """A group's verdict: log what its changes did (or that they were undone)."""
+        done = self._done.pop(group, None)
+        if done and log.isEnabledFor(logging.INFO):
+            lines = [f"{peer} {cmd} {_summary(args)}: {what}" for peer, cmd, args, what in done]
+            if group.error is not None:
+                log.info("undone, the sync failed: %s", "; ".join(lines))
+            elif len(lines) == 1:
+                log.info("%s", lines[0])
+            else:
+                log.info("%d changes, one sync: %s", len(lines), "; ".join(lines))
+        if self.on_synced is not None:
+            self.on_synced(group)
 
     def _tell(self, changes: list[Change]) -> None:
         """Tell monitor subscribers what a change did, one event per route or setting."""

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -211,6 +212,12 @@ class Controller:
         # after flush() has journaled it, with every other change of its group, in one sync.
         self.grouping = False
         self.group: Group | None = None  # the changes waiting for flush(), if any
+        # The group a thread is journaling (start_sync), while the next one forms; only that
+        # thread touches the state file until finish_sync has taken its verdict.
+        self.syncing: Group | None = None
+        self._written: Future[Exception | None] | None = None  # the thread's verdict
+        self._writer: ThreadPoolExecutor | None = None  # the journal's thread, once needed
+        self.on_synced: Callable[[Group], None] | None = None  # told each group's verdict
         self.deferrals = 0  # change() calls deferred so far: tells a request that waits
         self._reverting = False  # putting back a group whose sync failed: nothing to record
         # Sliced re-creation (the daemon turns it on): link_up adds the VIF back at once and
@@ -769,22 +776,93 @@ class Controller:
     def flush(self) -> MfcdError | None:
         """Journal the group's changes in one record with one sync; if that fails, put the
         model and the kernel back as they were before them and say why (none of them may be
-        acknowledged). None when they are durable, or there were none."""
+        acknowledged). None when they are durable, or there were none. A group a thread is
+        journaling is concluded first (waiting for it): the journal keeps the order."""
+        self.finish_sync()
         group, self.group = self.group, None
         if group is None:
             return None
-        group.done = True
+        failure: Exception | None = None
         try:
             self._record(group.changes)
         except Exception as e:
-            group.error = e if isinstance(e, MfcdError) else StateError(f"internal error: {e}")
+            failure = e
+        self._conclude([group], failure)
+        return group.error
+
+    def start_sync(self) -> Future[Exception | None] | None:
+        """Hand the group formed so far to a thread that journals it (one record, one sync)
+        while the loop goes on handling requests, which form the next group; the future is
+        done once it is written, and finish_sync then gives its verdict. None if there is no
+        group, or a thread is journaling one already (its finish_sync comes first)."""
+        if self.syncing is not None or self.group is None:
+            return None
+        group, self.group = self.group, None
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="mfcd-journal")
+        self.syncing = group
+        self._written = self._writer.submit(self._write, group.changes)
+        return self._written
+
+    def _write(self, changes: Sequence[Change]) -> Exception | None:
+        """In the journal's thread: append the record; what went wrong, for finish_sync."""
+        try:
+            self.state.append(changes)
+        except Exception as e:
+            return e
+        return None
+
+    def finish_sync(self) -> None:
+        """Conclude the group a thread journals (waiting for it if need be): answered once
+        durable, or undone and refused. If its sync failed, the group formed meanwhile is
+        refused with it: its changes were planned on top of the refused ones."""
+        group, written = self.syncing, self._written
+        if group is None or written is None:
+            return
+        self.syncing = self._written = None
+        failure = written.result()
+        groups = [group]
+        if self.group is not None and failure is not None:
+            groups.append(self.group)
+            self.group = None
+        if isinstance(failure, SnapshotNeeded):
+            # The record went where no restart reads it: a snapshot of the model at the
+            # path must hold it, and holds the next group's changes too (applied already).
+            try:
+                self._write_back(str(failure))
+                failure = None
+            except Exception as e:
+                failure = e
+        self._conclude(groups, failure)
+
+    def _conclude(self, groups: list[Group], failure: Exception | None) -> None:
+        """Give groups (oldest first) their verdict; after a failure, undo them newest first."""
+        error = None
+        if failure is not None:
+            error = (
+                failure
+                if isinstance(failure, MfcdError)
+                else StateError(f"internal error: {failure}")
+            )
             log.error(
                 "%s: refusing the %d changes waiting for it and putting them back",
-                group.error,
-                len(group.changes),
+                error,
+                sum(len(group.changes) for group in groups),
             )
-            self._revert(group)
-        return group.error
+        for group in reversed(groups):
+            group.done, group.error = True, error
+            if error is not None:
+                self._revert(group)
+        if self.on_synced is not None:
+            for group in groups:
+                self.on_synced(group)
+
+    def close(self) -> None:
+        """Conclude a group being journaled and stop the journal's thread."""
+        self.finish_sync()
+        if self._writer is not None:
+            self._writer.shutdown()
+            self._writer = None
 
     def _revert(self, group: Group) -> None:
         """Undo a group's changes, newest first, as changes of their own (link events may
@@ -879,8 +957,12 @@ class Controller:
         # Once the journal holds as many ops as there are routes (and at least 10,000), so
         # compaction's O(routes) cost is spread over O(routes) changes. Never while a group
         # waits for its sync: the snapshot would hold changes that sync may still refuse.
-        if self.group is not None or self.reloading:  # (a reload's takeovers not yet saved)
+        if self.group is not None or self.syncing is not None or self.reloading:
             return False
+        return self.journal_long()
+
+    def journal_long(self) -> bool:
+        """Whether the journal has grown enough to be compacted (whatever waits)."""
         return self.state.ops_since_snapshot >= max(10_000, len(self.router.routes))
 
     def maybe_compact(self) -> None:

@@ -429,7 +429,7 @@ class Daemon:
 
     def _compact_soon(self) -> None:
         """Start compacting the state file in a thread if it is due and not under way."""
-        if self._compacting is None and self.controller.compaction_due():
+        if self._compacting is None and self.controller.journal_long():
             self._compacting = asyncio.get_running_loop().create_task(self._compact())
 
     async def _compact(self) -> None:
@@ -439,11 +439,16 @@ class Daemon:
         every client for that long after the change that made it due. Only copying the
         routes (two dicts, some tens of ms) and the final rename happen here.
         """
+        # A snapshot must not hold what a group's sync may still refuse: under a steady
+        # load a group is always forming or syncing, so they are synced here first (on the
+        # loop, once per compaction).
+        try:
+            self.controller.flush()
+        except BaseException:
+            self._compacting = None  # (a bug: the next change tries again)
+            raise
         if not self.controller.compaction_due():
-            # A request came before this task's first step and its changes wait for their
-            # group's sync: a snapshot must not hold what that sync may still refuse. The
-            # next change's end (on_change, after its sync) asks again.
-            self._compacting = None
+            self._compacting = None  # (that sync failed, or there was nothing to compact)
             return
         began = time.monotonic()
         saved, thresholds = self.controller.persistent()
@@ -465,6 +470,7 @@ class Daemon:
         finally:
             self._compacting = None
         try:
+            self.controller.finish_sync()  # the journal's thread must not be appending
             if self.state.finish_compaction(job):
                 log.info(
                     "compacted the state file: %d routes, %d changes made meanwhile, in %.2f s",
@@ -716,6 +722,8 @@ class Daemon:
         and lock its lock file again if that went."""
         while True:
             await asyncio.sleep(STATE_CHECK_INTERVAL)
+            if self.controller.syncing is not None:
+                continue  # the journal's thread appends, and each append checks this too
             try:
                 self.state.hold_lock()  # first: never write back a file another mfcd owns
                 self.controller.keep_state_file()

@@ -15,9 +15,14 @@ size: over it, the next request gets `busy` instead of a response.
 
 Group commit: a change is applied when its request is handled, but its response waits
 until its journal record is synced, together with those of every request handled in the
-same turn of the event loop (a callback scheduled after them: `_flush`). So N clients
+same turn of the event loop (a callback scheduled after them: `_sync`). So N clients
 whose requests arrive together cost one sync, not N, and each is answered only once its
 change is durable; if that sync fails, every change of the group is undone and refused.
+The record is written and synced by a thread (controller.start_sync): meanwhile the loop
+goes on handling requests, which form the next group, journaled once the thread is done
+with the one before and the clients it answered are back in it, or after as long as that
+sync took (gathering.Gathering); if a sync fails, the group formed meanwhile (planned on
+top of the refused one) is refused with it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ import struct
 from mfcd import protocol
 from mfcd.commands import Commands, Deferred, Peer
 from mfcd.config import DEFAULT_SOCKET_GROUP
+from mfcd.controller import Group
 from mfcd.errors import ConfigError
+from mfcd.gathering import Gathering
 
 log = logging.getLogger("mfcd")
 
@@ -213,9 +220,14 @@ class Server:
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        # Set while requests wait for the sync `_flush` makes in the loop's next turn.
-        self._flushed: asyncio.Future[None] | None = None
+        # Requests waiting for their group's sync, by group.
+        self._waiting: dict[Group, asyncio.Future[None]] = {}
+        self._members: dict[Group, int] = {}  # how many requests wait, by group
+        self._gathering = Gathering()  # when the next group's sync may start
+        self._holding: asyncio.TimerHandle | None = None  # ends the hold on it
+        self._began = 0.0  # when the journal's thread took the group it syncs
         commands.controller.grouping = True
+        commands.on_synced = self._on_synced
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=STREAM_LIMIT)
@@ -244,6 +256,9 @@ class Server:
             await asyncio.wait(list(self._clients), timeout=2 * CLOSE_GRACE)
         for writer in self._clients.values():  # none left, unless something hangs
             writer.transport.abort()
+        if self._holding is not None:
+            self._holding.cancel()
+        self.commands.controller.close()  # the journal's thread, done with its record
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
@@ -313,7 +328,7 @@ class Server:
             del line
             self._hold(buffer, len(buffer.data))
             if answer.group is not None and not answer.group.done:
-                await self._synced()
+                await self._synced(answer.group)
             response = self.commands.settle(answer)
             if isinstance(response, Deferred):
                 if response.subscribe:
@@ -358,25 +373,76 @@ class Server:
             closed.cancel()
             bus.unsubscribe(subscriber)
 
-    async def _synced(self) -> None:
-        """Wait for the sync of the group being formed: `_flush` runs once every request
-        handled in this turn of the loop has joined it."""
-        if self._flushed is None:
-            loop = asyncio.get_running_loop()
-            self._flushed = loop.create_future()
-            loop.call_soon(self._flush)
+    async def _synced(self, group: Group) -> None:
+        """Wait for the verdict on `group`, the group being formed."""
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting.get(group)
+        if waiting is None:
+            waiting = self._waiting[group] = loop.create_future()
+            # Once every request handled in this turn of the loop has joined the group.
+            loop.call_soon(self._sync)
+        members = self._members[group] = self._members.get(group, 0) + 1
+        if members == self._gathering.expected:
+            loop.call_soon(self._sync)  # the clients of the last group are back
         # Shielded: a client cancelled while waiting must not cancel everyone else's wait.
-        await asyncio.shield(self._flushed)
+        await asyncio.shield(waiting)
 
-    def _flush(self) -> None:
-        flushed, self._flushed = self._flushed, None
+    def _on_synced(self, group: Group) -> None:
+        self._members.pop(group, None)
+        waiting = self._waiting.pop(group, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def _sync(self) -> None:
+        """Hand the group formed so far to the journal's thread, unless it is busy with the
+        one before (whose end calls this again) or the group is held for the clients of
+        the one before (gathering.Gathering): requests go on being handled while the disk
+        syncs, and form the next group."""
+        controller = self.commands.controller
+        forming = controller.group
+        if self.stopping or forming is None or controller.syncing is not None:
+            return  # (stopping: the requests waiting were cancelled, none is answered now)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not self._gathering.ready(now, self._members.get(forming, 0)):
+            if self._holding is None:
+                self._holding = loop.call_at(self._gathering.until, self._held)
+            return
         try:
-            self.commands.flush()
+            written = controller.start_sync()
         except Exception:  # a bug: the waiting clients still get an answer
             log.exception("internal error while syncing the state file")
-        finally:
-            if flushed is not None:
-                flushed.set_result(None)
+            self._answer_all()
+            return
+        if written is not None:
+            self._began = now
+            written.add_done_callback(lambda _: loop.call_soon_threadsafe(self._written, forming))
+
+    def _held(self) -> None:
+        self._holding = None
+        self._sync()
+
+    def _written(self, group: Group) -> None:
+        """The journal's thread is done with `group`: its verdict, then the next group."""
+        controller = self.commands.controller
+        now = asyncio.get_running_loop().time()
+        answered = self._members.get(group, 0)
+        try:
+            if controller.syncing is group:  # (not concluded by a flush)
+                self.commands.finish_sync()
+        except Exception:  # a bug: the waiting clients still get an answer
+            log.exception("internal error while syncing the state file")
+            self._answer_all()
+        forming = controller.group
+        waiting = 0 if forming is None else self._members.get(forming, 0)
+        self._gathering.synced(now, now - self._began, answered, waiting)
+        self._sync()
+
+    def _answer_all(self) -> None:
+        """Answer every client waiting for a group other than the one forming."""
+        forming = self.commands.controller.group
+        for group in [g for g in self._waiting if g is not forming]:
+            self._on_synced(group)
 
     async def _read_request(
         self, reader: asyncio.StreamReader, buffer: Buffer
@@ -437,6 +503,8 @@ class Server:
             await self._send_stream(writer, data)
             return
         writer.write(data)
+        if not writer.transport.get_write_buffer_size():
+            return  # all sent already: nothing to wait for (a lost connection shows on read)
         # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
         # that arrives as the drain completes, and the client would be served on after a stop.
         async with asyncio.timeout(self.client_timeout):
