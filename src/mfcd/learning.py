@@ -12,7 +12,9 @@ The kernel sends one NOCACHE upcall per unresolved (S,G) and then stays quiet fo
 ~10 s life. An upcall no template matches is remembered for that long (bounded: RECENT_MAX,
 oldest first out), so that a template added while the traffic flows is matched against
 it at once instead of after the kernel's entry expires. Nothing is put in the kernel for
-unmatched traffic (no "stop filter" entry that would block a flow forever).
+unmatched traffic (no "stop filter" entry that would block a flow forever), except when
+the templates of exactly one other interface match it: then the entry of that interface
+is learned, so that the flow is forwarded when it comes from there (see _learn_for_its_iif).
 
 Idle expiry reads the packet counters of learned entries only, a slice per tick (10 a
 second): every learned entry is looked at about four times per idle timeout, so a tick
@@ -142,6 +144,8 @@ class Learner:
         if not steps:
             if remember and key not in router.routes:  # no template, or one still pending
                 self._remember(family, table, source, group, vif)
+                if template is None:
+                    return self._learn_for_its_iif(family, table, source, group, vif)
             return 0
         now = self.clock()
         self.since[key] = now
@@ -151,6 +155,26 @@ class Learner:
         if self.events.subscribers and template is not None:
             self._tell("learned", [(key, template, router.routes[key].iif)])
         return 1  # (not logged: a flood of new flows would flood the log)
+
+    def _learn_for_its_iif(self, family: int, table: int, source: str, group: str, vif: int) -> int:
+        """A packet no template of its arrival interface matches, whose (S,G) the templates of
+        exactly one other interface match: learn the entry of that interface now. Two routers
+        on one LAN forwarding the same source each see the other's copy first (smcroute's
+        issue #143); while the kernel's unresolved entry lives (~10 s) it sends no upcall for
+        the packets of the (S,G) from the right interface, so they would be lost until then.
+        The entry forwards only from that interface: the copies keep being dropped."""
+        router = self.router
+        index = router.template_index()
+        homes = [
+            vifi
+            for vifi, name in enumerate(router.slots.get((family, table), ()))
+            if name is not None
+            and vifi != vif
+            and index.match(family, table, name, source, group) is not None
+        ]
+        if len(homes) != 1:
+            return 0
+        return self._learn((family, table, source, group, homes[0]), remember=False)
 
     def _repoint(self, upcall: Upcall) -> None:
         router = self.router
