@@ -558,8 +558,9 @@ def test_reload_then_cli_adds_an_oif(
     strict=True,
     raises=RuntimeError,
     reason="mfcd keys a route by (source, group, table): the same (S,G) from a second iif is "
-    "refused at start ('the route ... is declared twice'), and `mfc add` of it replaces the "
-    "first; smcroute installs one kernel entry per iif (MRT_ADD_MFC_PROXY keeps the parent)",
+    "refused at start ('the route ... is declared twice'). A newer smcroute installs one "
+    "kernel entry per iif (MRT_ADD_MFC_PROXY); the kernel then forwards from one of them only "
+    "(docs/smcroute.md)",
 )
 def test_same(lab: Lab, tmp_path: Path, daemons: list[Mfcd]) -> None:
     """same.sh: the same (S,G) declared from two inbound interfaces (a1 and a2) to b1: both
