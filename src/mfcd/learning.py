@@ -13,8 +13,9 @@ The kernel sends one NOCACHE upcall per unresolved (S,G) and then stays quiet fo
 oldest first out), so that a template added while the traffic flows is matched against
 it at once instead of after the kernel's entry expires. Nothing is put in the kernel for
 unmatched traffic (no "stop filter" entry that would block a flow forever), except when
-the templates of exactly one other interface match it: then the entry of that interface
-is learned, so that the flow is forwarded when it comes from there (see _learn_for_its_iif).
+the templates of exactly one other interface match it and send it out of its arrival
+interface: then that entry is learned, so that the flow is forwarded when it comes from
+the other interface (see _learn_for_its_iif).
 
 Idle expiry reads the packet counters of learned entries only, a slice per tick (10 a
 second): every learned entry is looked at about four times per idle timeout, so a tick
@@ -158,23 +159,28 @@ class Learner:
 
     def _learn_for_its_iif(self, family: int, table: int, source: str, group: str, vif: int) -> int:
         """A packet no template of its arrival interface matches, whose (S,G) the templates of
-        exactly one other interface match: learn the entry of that interface now. Two routers
-        on one LAN forwarding the same source each see the other's copy first (smcroute's
-        issue #143); while the kernel's unresolved entry lives (~10 s) it sends no upcall for
-        the packets of the (S,G) from the right interface, so they would be lost until then.
-        The entry forwards only from that interface: the copies keep being dropped."""
+        exactly one other interface match, and that interface's template sends the flow out
+        of the arrival interface: learn that template's entry now. Two routers on one LAN
+        forwarding the same source each see the other's copy first (smcroute's issue #143);
+        while the kernel's unresolved entry lives (~10 s) it sends no upcall for the packets
+        of the (S,G) from the right interface, so they would be lost until then. The entry
+        forwards only from that interface: the copies keep being dropped."""
         router = self.router
         index = router.template_index()
-        homes = [
-            vifi
-            for vifi, name in enumerate(router.slots.get((family, table), ()))
-            if name is not None
-            and vifi != vif
-            and index.match(family, table, name, source, group) is not None
-        ]
+        homes = []
+        for f, t, name in index.levels:  # the interfaces that have templates: few
+            other = router.vifs.get((f, t, name)) if (f, t) == (family, table) else None
+            if other is None or other.vifi == vif or other.ifindex is None:
+                continue  # (a wildcard iif has no VIF of its own: not considered)
+            best = index.match(family, table, name, source, group)
+            if best is not None:
+                homes.append((other.vifi, best))
         if len(homes) != 1:
             return 0
-        return self._learn((family, table, source, group, homes[0]), remember=False)
+        (home, best), arrival = homes[0], router.slots[(family, table)][vif]
+        if arrival not in router.templates[best].oifs:
+            return 0
+        return self._learn((family, table, source, group, home), remember=False)
 
     def _repoint(self, upcall: Upcall) -> None:
         router = self.router

@@ -18,6 +18,13 @@ def test_a_packet_on_another_interface_learns_the_entry_of_the_one_template_it_m
     assert learner.counts["unmatched"] == 1 and not learner.recent
 
 
+def test_no_entry_when_the_arrival_interface_is_not_an_oif_of_that_template() -> None:
+    ctl, kernel, learner, _ = setup()
+    ctl.change([star("239.1.1.1", "b", "c"), star("239.9.9.9", "a", "c")])  # a: a VIF
+    assert learner.on_upcalls([upcall(ctl, "198.18.0.9", "239.1.1.1", "a")]) == 0
+    assert kernel.mfcs == {} and learner.counts["unmatched"] == 1
+
+
 def test_no_entry_when_templates_of_two_interfaces_or_of_the_arrival_one_match() -> None:
     ctl, kernel, learner, _ = setup()
     ctl.change([star("239.1.1.1", "b", "a"), star("239.1.1.1", "c", "a")])
