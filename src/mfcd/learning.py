@@ -166,15 +166,11 @@ class Learner:
         of the (S,G) from the right interface, so they would be lost until then. The entry
         forwards only from that interface: the copies keep being dropped."""
         router = self.router
-        index = router.template_index()
         homes = []
-        for f, t, name in index.levels:  # the interfaces that have templates: few
-            other = router.vifs.get((f, t, name)) if (f, t) == (family, table) else None
-            if other is None or other.vifi == vif or other.ifindex is None:
-                continue  # (a wildcard iif has no VIF of its own: not considered)
-            best = index.match(family, table, name, source, group)
-            if best is not None:
-                homes.append((other.vifi, best))
+        for name, best in router.template_index().match_each(family, table, source, group):
+            other = router.vifs.get((family, table, name))
+            if other is not None and other.vifi != vif and other.ifindex is not None:
+                homes.append((other.vifi, best))  # (a wildcard iif has no VIF: not considered)
         if len(homes) != 1:
             return 0
         (home, best), arrival = homes[0], router.slots[(family, table)][vif]
