@@ -98,7 +98,7 @@ def deliver(
             ns, sys.executable, TRAFFIC, "send", group, str(port), ifname, source, str(count)
         )
         assert sent.returncode == 0, sent.stderr
-        time.sleep(0.3)
+        time.sleep(1.0)  # (under load mfcd may answer the upcall late: the held packets come then)
     finally:
         counts = []
         for proc in receivers:
