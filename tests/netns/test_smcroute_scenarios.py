@@ -144,6 +144,13 @@ def mroute_oifs(lab: Lab, family: int, source: str, group: str) -> tuple[str, se
     raise AssertionError(f"no ({source},{group}) in {mroute_lines(lab, family)}")
 
 
+def redeclare(daemon: Mfcd, declarations: str) -> None:
+    """Replace the declarations of the daemon's config file, keep its settings (the lines
+    before the first comment: import-smcroute's output starts with one)."""
+    settings = daemon.config_file.read_text().split("\n#", 1)[0]
+    daemon.config_file.write_text(settings + "\n" + declarations)
+
+
 def wait_for(check: Any, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -325,9 +332,7 @@ mgroup from r1 group 239.3.2.1
     refused = daemon.ctl("leave", "--interface", "r1", "--group", "239.3.2.1", "-o", "json")
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["error"]["code"] == "declared_in_config"
-    declarations = import_smcroute(tmp_path, "phyint r0 enable\n")
-    settings = daemon.config_file.read_text().split("\n#", 1)[0]
-    daemon.config_file.write_text(settings + "\n" + declarations)
+    redeclare(daemon, import_smcroute(tmp_path, "phyint r0 enable\n"))
     daemon.ok("reload")
     assert ("239.1.2.3", "198.18.0.10") not in source_filters(lab, "r0", 4)
     assert ("ff3e::114", SND6) not in source_filters(lab, "r0", 6)
@@ -505,9 +510,7 @@ def reload_scenario(lab: Lab, tmp_path: Path, daemons: list[Mfcd], family: int) 
         0,
     ]
 
-    settings = daemon.config_file.read_text().split("\n#", 1)[0]
-    converted = import_smcroute(tmp_path, RELOAD_CONF_2.format(**names))
-    daemon.config_file.write_text(settings + "\n" + converted)
+    redeclare(daemon, import_smcroute(tmp_path, RELOAD_CONF_2.format(**names)))
     daemon.ok("reload")
     # `ip -6 mroute` prints no thresholds.
     oifs = {"r2(ttl 2)", "r3(ttl 3)"} if family == 4 else {"r2", "r3"}
@@ -666,10 +669,7 @@ include {tmp_path}/conf2
     assert ("2001:db8::1", "ff3e::114") in kernel(lab, 6)
 
     # The globbed files as drop-ins: remove one and reload.
-    settings = daemon.config_file.read_text().split("\n#", 1)[0]
-    daemon.config_file.write_text(
-        settings + "\n" + import_smcroute(tmp_path, base.replace("include", "# include"))
-    )
+    redeclare(daemon, import_smcroute(tmp_path, base.replace("include", "# include")))
     drop_ins = daemon.config_file.with_suffix(".d")
     drop_ins.mkdir()
     for name in ("conf2", "a.foo", "b.foo"):
