@@ -12,7 +12,10 @@ The kernel sends one NOCACHE upcall per unresolved (S,G) and then stays quiet fo
 ~10 s life. An upcall no template matches is remembered for that long (bounded: RECENT_MAX,
 oldest first out), so that a template added while the traffic flows is matched against
 it at once instead of after the kernel's entry expires. Nothing is put in the kernel for
-unmatched traffic (no "stop filter" entry that would block a flow forever).
+unmatched traffic (no "stop filter" entry that would block a flow forever), except when
+the templates of exactly one other interface match it and send it out of its arrival
+interface: then that entry is learned, so that the flow is forwarded when it comes from
+the other interface (see _learn_for_its_iif).
 
 Idle expiry reads the packet counters of learned entries only, a slice per tick (10 a
 second): every learned entry is looked at about four times per idle timeout, so a tick
@@ -142,6 +145,8 @@ class Learner:
         if not steps:
             if remember and key not in router.routes:  # no template, or one still pending
                 self._remember(family, table, source, group, vif)
+                if template is None:
+                    return self._learn_for_its_iif(family, table, source, group, vif)
             return 0
         now = self.clock()
         self.since[key] = now
@@ -151,6 +156,27 @@ class Learner:
         if self.events.subscribers and template is not None:
             self._tell("learned", [(key, template, router.routes[key].iif)])
         return 1  # (not logged: a flood of new flows would flood the log)
+
+    def _learn_for_its_iif(self, family: int, table: int, source: str, group: str, vif: int) -> int:
+        """A packet no template of its arrival interface matches, whose (S,G) the templates of
+        exactly one other interface match, and that interface's template sends the flow out
+        of the arrival interface: learn that template's entry now. Two routers on one LAN
+        forwarding the same source each see the other's copy first (smcroute's issue #143);
+        while the kernel's unresolved entry lives (~10 s) it sends no upcall for the packets
+        of the (S,G) from the right interface, so they would be lost until then. The entry
+        forwards only from that interface: the copies keep being dropped."""
+        router = self.router
+        homes = []
+        for name, best in router.template_index().match_each(family, table, source, group):
+            other = router.vifs.get((family, table, name))
+            if other is not None and other.vifi != vif and other.ifindex is not None:
+                homes.append((other.vifi, best))  # (a wildcard iif has no VIF: not considered)
+        if len(homes) != 1:
+            return 0
+        (home, best), arrival = homes[0], router.slots[(family, table)][vif]
+        if arrival not in router.templates[best].oifs:
+            return 0
+        return self._learn((family, table, source, group, home), remember=False)
 
     def _repoint(self, upcall: Upcall) -> None:
         router = self.router

@@ -25,7 +25,7 @@ same prefixes, so they are one template. No overlap is ambiguous, and none is re
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from mfcd.errors import InvalidArgument
@@ -141,7 +141,8 @@ def matches(key: TemplateKey, source: str, group: str) -> bool:
 
 
 # Per (family, table, iif): one level per distinct (group length, source length), most
-# specific first, each a dict from (group network, source network) to the template.
+# specific first: the group and source masks of these lengths (a longer prefix's mask is the
+# larger number) and a dict from (group network, source network) to the template.
 _Level = tuple[int, int, dict[tuple[int, int], TemplateKey]]
 
 
@@ -158,7 +159,9 @@ class Index:
             levels = by_lengths.setdefault((family, table, iif), {})
             level = levels.get((g.length, s.length))
             if level is None:
-                level = levels[(g.length, s.length)] = (g.length, s.length, {})
+                bits = _BITS[family]
+                masks = (_mask(g.length, bits), _mask(s.length, bits))
+                level = levels[(g.length, s.length)] = (*masks, {})
             level[2][(g.network, s.network)] = key
         for where, levels in by_lengths.items():
             self.levels[where] = sorted(levels.values(), key=lambda lv: (-lv[0], -lv[1]))
@@ -170,12 +173,29 @@ class Index:
         levels = self.levels.get((family, table, iif))
         if not levels:
             return None
-        bits = _BITS[family]
+        return _best(levels, address_number(family, source), address_number(family, group))
+
+    def match_each(
+        self, family: int, table: int, source: str, group: str
+    ) -> Iterator[tuple[str, TemplateKey]]:
+        """(iif, its most specific template) for each iif of this family and table with a
+        template for (source, group): the addresses are converted once for all of them."""
         src, grp = address_number(family, source), address_number(family, group)
-        for glen, slen, found in levels:
-            gmask = ((1 << glen) - 1) << (bits - glen)
-            smask = ((1 << slen) - 1) << (bits - slen)
-            key = found.get((grp & gmask, src & smask))
-            if key is not None:
-                return key
-        return None
+        for (f, t, iif), levels in self.levels.items():
+            if f == family and t == table:
+                key = _best(levels, src, grp)
+                if key is not None:
+                    yield iif, key
+
+
+def _mask(length: int, bits: int) -> int:
+    return ((1 << length) - 1) << (bits - length)
+
+
+def _best(levels: list[_Level], src: int, grp: int) -> TemplateKey | None:
+    """The first level (most specific first) with a template containing (src, grp)."""
+    for gmask, smask, found in levels:
+        key = found.get((grp & gmask, src & smask))
+        if key is not None:
+            return key
+    return None

@@ -278,8 +278,8 @@ def _ports(iif_value: Any, oifs_value: Any) -> Ports:
     oifs = interfaces(oifs_value, "oifs")
     if iif in oifs:
         raise InvalidArgument(
-            f"iif {iif} is also listed in oifs; the kernel never forwards a packet back out of"
-            " the interface it arrived on",
+            f"iif {iif} is also listed in oifs; mfcd does not send a flow back out of the"
+            " interface it arrives on (the kernel would, for an (S,G) route)",
             field="oifs",
         )
     return Ports(intern(iif), tuple([intern(n) for n in oifs]))
