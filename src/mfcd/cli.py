@@ -953,7 +953,7 @@ def format_templates(templates: list[dict[str, Any]]) -> list[str]:
         state = _state(t)
         if t.get("origin", "api") != "api":
             state += f", {t['origin']}"  # as a route's: only when not the API's
-        row = [t["source"], t["group"], *table_column, t["iif"], ",".join(t["oifs"]), state]
+        row = [t["source"], t["group"], *table_column, t["iif"], _oifs_text(t), state]
         rows.append([*row, str(t.get("learned", 0))])
     return [f"Templates ({len(templates)})", *table(rows, right={len(rows[0]) - 1})]
 
@@ -1029,7 +1029,7 @@ def format_routes(
         header += ["PACKETS", "BYTES", "WRONG IF"] + (["PKT/S", "BIT/S"] if rates else [])
     rows = [header]
     for r in routes:
-        row = [r["source"], r["group"], r["iif"], ",".join(r["oifs"]), _state(r)]
+        row = [r["source"], r["group"], r["iif"], _oifs_text(r), _state(r)]
         if r.get("origin", "api") != "api":
             row[4] += f", {_origin(r)}"
         if stats:
@@ -1055,6 +1055,19 @@ def format_routes(
         fields += [f"{h.lower()} {v}" for h, v in zip(header[5:], row[5:], strict=True)]
         lines += _pack(fields, width, "    ")
     return lines
+
+
+def _oifs_text(route: dict[str, Any]) -> str:
+    """A route's or template's oifs; with wildcards, as given, each wildcard followed by the
+    interfaces it matches now: eth1,vlan*(vlan1,vlan2)."""
+    patterns = route.get("oif_patterns")
+    if not patterns:
+        return ",".join(route["oifs"])
+    parts = []
+    for name in patterns:
+        found = [n for n in route["oifs"] if n not in patterns and n.startswith(name[:-1])]
+        parts.append(f"{name}({','.join(found)})" if name.endswith(("*", "+")) else name)
+    return ",".join(parts)
 
 
 def _wrap_list(label: str, items: str, width: int) -> list[str]:

@@ -303,6 +303,7 @@ class Commands:
             streamed=True,
             table=table,
             learned_since=learner.since if learner is not None else None,
+            patterns=self.controller.shown_patterns(),
         )
         if stats and learner is not None:
             result["learning"] = learner.stats()
@@ -373,9 +374,9 @@ class Commands:
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         if _names_template(args):
             return self._change([self._add_template(args)], dry_run, peer, "mfc.add", args)
-        route = validate.route(args)
-        self._check_family(route.family)
-        return self._change([AddRoute.of(route)], dry_run, peer, "mfc.add", args)
+        change = validate.route_change(args)
+        self._check_family(change.key[0])
+        return self._change([change], dry_run, peer, "mfc.add", args)
 
     def mfc_del(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         if _names_template(args):
@@ -431,7 +432,7 @@ class Commands:
         self, kind: str, args: dict[str, Any], dry_run: bool, peer: Peer
     ) -> dict[str, Any]:
         validate.require_fields(args, OIF_FIELDS, validate.OPTIONAL)
-        lookup = _BatchRoutes(self.controller.router, []).get
+        lookup = _BatchRoutes(self.controller.router, [], self.controller.wild_routes).get
         change = self._oif_change(
             kind, args["source"], args["group"], args["oifs"], lookup, table=args.get("table")
         )
@@ -452,7 +453,7 @@ class Commands:
         route first). `lookup` gives a route's interfaces as the request finds them."""
         key = validate.route_key_of(source, group, table)
         self._check_family(key[0])
-        names = validate.interfaces(oifs, "oifs")
+        names = validate.interfaces(oifs, "oifs", wild=True)
         ports = lookup(key)
         if ports is None:
             raise NotFound(f"no route for source {key[1]} group {key[2]}{_in_table(key)}")
@@ -598,7 +599,7 @@ class Commands:
         if not isinstance(ops, list):
             raise BadRequest("ops must be a list", field="ops")
         changes: list[Change] = []
-        routes = _BatchRoutes(self.controller.router, changes)
+        routes = _BatchRoutes(self.controller.router, changes, self.controller.wild_routes)
         deleted = updated = 0
         for index, op in enumerate(ops):
             try:
@@ -619,7 +620,7 @@ class Commands:
         add = changes.append
         families = self.families
         add_change = validate.add_change
-        routes = _BatchRoutes(self.controller.router, changes)
+        routes = _BatchRoutes(self.controller.router, changes, self.controller.wild_routes)
         lineno = deleted = updated = 0
         try:
             for lineno, kind, source, group, iif, oifs, table in batchfile.lines(text):  # noqa: B007
@@ -676,9 +677,9 @@ class Commands:
                 kind, op["source"], op["group"], op["oifs"], routes.get, table=op.get("table")
             )
         if kind == "add":
-            route = validate.route(op, validate.BATCH_ADD_FIELDS)
-            self._check_family(route.family)
-            return AddRoute.of(route)
+            change = validate.route_change(op, validate.BATCH_ADD_FIELDS)
+            self._check_family(change.key[0])
+            return change
         if kind == "del":
             key = validate.key(op, validate.BATCH_DEL_FIELDS)
             self._check_family(key[0])
@@ -818,8 +819,11 @@ class _BatchRoutes:
     a batch does no more work for batches without oif ops (nearly all of them).
     """
 
-    def __init__(self, router: Router, changes: list[Change]) -> None:
+    def __init__(
+        self, router: Router, changes: list[Change], patterns: dict[RouteKey, Ports]
+    ) -> None:
         self.routes = router.routes
+        self.patterns = patterns
         self.learned = router.learned  # not routes to edit: `flush` and templates own them
         self.changes = changes
         self.seen = 0
@@ -835,6 +839,8 @@ class _BatchRoutes:
         self.seen = len(self.changes)
         if key in latest:
             return latest[key]
+        if key in self.patterns:
+            return self.patterns[key]  # a wildcard route's oifs as given, not its expansion
         return None if key in self.learned else self.routes.get(key)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mfcd import views
+from mfcd import views, wildcards
 from mfcd.dataplane import (
     Dataplane,
     execute,
@@ -31,8 +31,6 @@ from mfcd.dataplane import undo as undo_ops
 from mfcd.declarations import (
     Declarations,
     Diff,
-    expand,
-    is_wildcard,
     join_intents,
     template_intents,
 )
@@ -59,6 +57,7 @@ from mfcd.model import (
 )
 from mfcd.state import Loaded, RouteView, SnapshotNeeded
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import Pattern, expand, is_wildcard
 
 log = logging.getLogger("mfcd")
 
@@ -214,11 +213,16 @@ class Controller:
         # time with clients served in between; `reissues` are the VIFs waiting for it.
         self.sliced = False
         self.reissues: dict[str, _Reissue] = {}  # by interface name
+        # Runtime routes and templates with wildcard oifs: their patterns (what the state
+        # file keeps); the model holds their expansions (see mfcd.wildcards).
+        self.wild_routes: dict[RouteKey, Ports] = {}
+        self.wild_templates: dict[TemplateKey, Ports] = {}
 
     # --- start-up --------------------------------------------------------------------------------
 
     def restore(self, loaded: Loaded, links: dict[str, int]) -> None:
         """Install the saved routes for the interfaces that exist; the others stay pending."""
+        self._take_patterns(loaded, links)
         with gc_paused():
             self._restore(loaded, links)
 
@@ -252,6 +256,22 @@ class Controller:
             self._restore_one_by_one(loaded, links)
             return
         router.commit()
+
+    def _take_patterns(self, loaded: Loaded, links: dict[str, int]) -> None:
+        """Keep the saved routes' and templates' wildcard patterns; what is installed is
+        their expansion over the interfaces that exist (no scan unless a pattern was read)."""
+        if not wildcards.made:
+            return
+        for key, ports in loaded.routes.items():
+            if ports.__class__ is Pattern:
+                self.wild_routes[key] = ports
+        for key in self.wild_routes:
+            loaded.routes[key] = expand(loaded.routes[key], links)
+        for tkey, ports in loaded.templates.items():
+            if ports.__class__ is Pattern:
+                self.wild_templates[tkey] = ports
+        for tkey in self.wild_templates:
+            loaded.templates[tkey] = expand(loaded.templates[tkey], links)
 
     def restore_joins(self, loaded: Loaded) -> None:
         """Join the saved groups on the interfaces that exist; the others stay pending."""
@@ -302,10 +322,13 @@ class Controller:
         return {"joins": self.joins.saved(), "mrdisc": mrdisc}
 
     def persistent_templates(self) -> dict[TemplateKey, Ports]:
-        """The templates the state file keeps: the API's (config ones come from the files)."""
+        """The templates the state file keeps: the API's (config ones come from the files),
+        a wildcard one as its pattern."""
         router = self.router
         origins = router.template_origins
-        return {k: v for k, v in router.templates.items() if k not in origins}
+        kept = {k: v for k, v in router.templates.items() if k not in origins}
+        wild = self.wild_templates
+        return {**kept, **{k: v for k, v in wild.items() if k not in origins}} if wild else kept
 
     def _execute_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
         """Apply steps; add what undoes them to `undo` (if one fails, the kernel undid them)."""
@@ -354,6 +377,13 @@ class Controller:
         """
         router, joins = self.router, self.joins
         declared = self.declared
+        if (
+            origin == "api"
+            and journal is None
+            and (wildcards.made or self.wild_routes or self.wild_templates)
+            and self._touches_patterns(changes)
+        ):
+            return self._change_patterns(changes, dry_run, keep_steps, numbered)
         if origin == "api" and (
             router.origins or router.template_origins or declared.interfaces or declared.joins
         ):
@@ -416,6 +446,89 @@ class Controller:
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
             self.retry_pending(list(router.blocked))
         return outcome
+
+    def _touches_patterns(self, changes: Sequence[Change]) -> bool:
+        """Whether an api change adds a wildcard pattern or replaces or deletes one."""
+        routes, templates = self.wild_routes, self.wild_templates
+        for change in changes:
+            if isinstance(change, (AddRoute, AddTemplate)) and change.ports.__class__ is Pattern:
+                return True
+            if isinstance(change, (AddRoute, DelRoute)) and change.key in routes:
+                return True
+            if isinstance(change, (AddTemplate, DelTemplate)) and change.key in templates:
+                return True
+        return False
+
+    def _change_patterns(
+        self, changes: Sequence[Change], dry_run: bool, keep_steps: bool, numbered: bool
+    ) -> Outcome:
+        """change() for api changes with wildcard patterns: the model gets each pattern's
+        expansion over the interfaces that exist, the journal the patterns as given (never
+        left to a group's sync: the patterns are set here, and put back if the change fails
+        or is a dry run)."""
+        links = self.router.links
+        routes, templates = dict(self.wild_routes), dict(self.wild_templates)
+        applied: list[Change] = []
+        for change in changes:
+            if isinstance(change, (AddRoute, DelRoute)):
+                routes.pop(change.key, None)
+            elif isinstance(change, (AddTemplate, DelTemplate)):
+                templates.pop(change.key, None)
+            if isinstance(change, AddRoute) and change.ports.__class__ is Pattern:
+                routes[change.key] = change.ports
+                now = self.router.share(expand(change.ports, links))
+                applied.append(AddRoute(change.key, now))
+            elif isinstance(change, AddTemplate) and change.ports.__class__ is Pattern:
+                templates[change.key] = change.ports
+                applied.append(AddTemplate(change.key, expand(change.ports, links)))
+            else:
+                applied.append(change)
+        was = self.wild_routes, self.wild_templates
+        self.wild_routes, self.wild_templates = routes, templates  # a snapshot written now
+        try:
+            return self.change(applied, dry_run, keep_steps, numbered, journal=list(changes))
+        except BaseException:
+            self.wild_routes, self.wild_templates = was
+            raise
+        finally:
+            if dry_run:
+                self.wild_routes, self.wild_templates = was
+
+    def shown_patterns(self) -> tuple[dict[RouteKey, Ports], dict[TemplateKey, Ports]]:
+        """The wildcard oifs as given (the config files' routes and the runtime routes and
+        templates) that show lists beside their expansion."""
+        declared = self.declared
+        routes = {key: declared.routes[key] for key in declared.wild}
+        routes.update(self.wild_routes)
+        return routes, self.wild_templates
+
+    def follow_api_wildcards(self) -> list[tuple[bool, str]]:
+        """Re-expand the runtime routes and templates with wildcard oifs after interfaces
+        came or went, each as a change of its own (nothing journaled: the patterns did not
+        change). Each that changed is reported (True, line); one that cannot follow (the
+        VIF table is full) keeps its oifs and is reported (False, why), so the others still
+        follow."""
+        router = self.router
+        links = router.links
+        lines: list[tuple[bool, str]] = []
+        todo: list[tuple[str, Ports, Change]] = []
+        for key, ports in self.wild_routes.items():
+            now = router.share(expand(ports, links))
+            if router.routes.get(key) != now:
+                todo.append((f"route {key[1]} -> {key[2]}", now, AddRoute(key, now)))
+        for tkey, ports in self.wild_templates.items():
+            now = expand(ports, links)
+            if router.templates.get(tkey) != now:
+                todo.append((f"template {template_text(tkey)}", now, AddTemplate(tkey, now)))
+        for what, now, change in todo:
+            oifs = ",".join(now.oifs) or "none"
+            try:
+                self.change([change], keep_steps=False, journal=[])
+            except MfcdError as e:
+                lines.append((False, f"{what}: its wildcard oifs match {oifs} now, but {e}"))
+                continue
+            lines.append((True, f"{what}: its wildcard oifs match {oifs} now"))
+        return lines
 
     def _refuse_declared(self, changes: Sequence[Change]) -> None:
         """Refuse a runtime change to a route, template, join or interface setting the config
@@ -500,12 +613,22 @@ class Controller:
         # replaced) must leave out the thresholds and mrdisc settings the files now declare.
         old, self.declared = self.declared, new
         try:
-            return self.change(
+            outcome = self.change(
                 changes, keep_steps=False, numbered=False, origin="config", journal=journal
             )
         except BaseException:
             self.declared = old
             raise
+        self._drop_taken_patterns()
+        return outcome
+
+    def _drop_taken_patterns(self) -> None:
+        """Forget the patterns of runtime routes and templates the config files took over."""
+        origins, template_origins = self.router.origins, self.router.template_origins
+        for key in [k for k in self.wild_routes if k in origins]:
+            del self.wild_routes[key]
+        for tkey in [k for k in self.wild_templates if k in template_origins]:
+            del self.wild_templates[tkey]
 
     def _declared_removals(self, diff: Diff) -> list[Change]:
         routes = self.router.routes
@@ -606,6 +729,9 @@ class Controller:
             routes = {k: v for k, v in router.routes.items() if k not in origins}
         else:
             routes = dict(router.routes) if copy else router.routes
+        if self.wild_routes:  # a wildcard route is saved as its pattern
+            wild = self.wild_routes
+            routes = {**routes, **{k: v for k, v in wild.items() if k not in origins}}
         declared = self.declared.interfaces
         thresholds = {
             name: value

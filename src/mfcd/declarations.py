@@ -42,13 +42,13 @@ from mfcd.groups import JoinKey
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, Ports, RouteKey
 from mfcd.protocol import family_text
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import WILDCARDS, expand, is_wildcard, matches
 
 KINDS = ("route", "join", "interface")  # the top-level keys that declare, not set
 ROUTE_KEYS = ("source", "group", "iif", "oifs", "table")
 JOIN_KEYS = ("interface", "group", "source")
 INTERFACE_KEYS = ("name", "threshold", "mrdisc")
 ANY_SOURCE = "*"
-WILDCARDS = ("*", "+")  # a name ending in one of these matches every name it is the start of
 _LINE_SHIFT = 32  # a position is file index << 32 | line (one int per route, not a string)
 
 
@@ -117,29 +117,6 @@ class Problems(MfcdError):
         tail = f" (and {more} more: mfcd --check-config lists them)" if more else ""
         super().__init__(problems[0] + tail)
         self.problems = problems
-
-
-def is_wildcard(name: str) -> bool:
-    return name.endswith(WILDCARDS)
-
-
-def matches(pattern: str, name: str) -> bool:
-    """Whether an interface name matches a declared name (a wildcard or the name itself)."""
-    if pattern.endswith(WILDCARDS):
-        return name.startswith(pattern[:-1])
-    return name == pattern
-
-
-def expand(ports: Ports, links: Iterable[str]) -> Ports:
-    """The concrete interfaces of declared ones: each wildcard oif replaced by the existing
-    interfaces it matches (never the iif; a name listed outright stays where it is)."""
-    if not any(n.endswith(WILDCARDS) for n in ports.oifs):
-        return ports
-    plain = [n for n in ports.oifs if not n.endswith(WILDCARDS)]
-    patterns = [n[:-1] for n in ports.oifs if n.endswith(WILDCARDS)]
-    taken = {ports.iif, *plain}
-    found = sorted(n for n in links if n not in taken and n.startswith(tuple(patterns)))
-    return Ports(ports.iif, (*plain, *found))
 
 
 def template_intents(

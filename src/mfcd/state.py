@@ -109,6 +109,7 @@ from mfcd.model import (
     SetThreshold,
 )
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import pattern
 
 VERSION = 2
 HEADER = b"mfcd-state 2\n"
@@ -235,8 +236,8 @@ def _check_interfaces(combo: tuple[Any, ...], iif: Any, oifs: list[Any]) -> Port
     if not oifs or iif in oifs or len(set(oifs)) != len(oifs):
         raise ValueError("malformed route")
     validate.interface(iif, "iif")
-    validate.interfaces(oifs, "oifs")
-    checked = Ports(intern(iif), tuple([intern(n) for n in oifs]))
+    validate.interfaces(oifs, "oifs", wild=True)  # a wildcard oif is saved as written
+    checked = pattern(intern(iif), tuple([intern(n) for n in oifs]))
     if len(_seen_interfaces) < 65536:
         _seen_interfaces[combo] = checked
     return checked

@@ -1,0 +1,59 @@
+"""Interface wildcards (pure): names ending in `*` or `+` that stand for every interface whose
+name starts with what comes before, now and later.
+
+Config routes (declarations) and runtime routes (mfcctl, JSON, batches) share these. A
+route or template whose oifs name a wildcard keeps that *pattern* as its intent (what the
+state file and the config files hold); the model and the kernel get its *expansion* over
+the interfaces that exist (expand), redone whenever interfaces come or go. A pattern is a
+Ports of its own class (Pattern), so the hot paths tell one apart without reading names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from mfcd.model import Ports
+
+WILDCARDS = ("*", "+")  # a name ending in one of these matches every name it is the start of
+
+# Whether any Pattern was made in this process: until one is, nothing needs looking at for
+# patterns (a batch of 100,000 plain routes costs no scan).
+made = False
+
+
+class Pattern(Ports):
+    """A route's or template's interfaces as given, with at least one wildcard oif."""
+
+    __slots__ = ()
+
+
+def is_wildcard(name: str) -> bool:
+    return name.endswith(WILDCARDS)
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whether an interface name matches a declared name (a wildcard or the name itself)."""
+    if pattern.endswith(WILDCARDS):
+        return name.startswith(pattern[:-1])
+    return name == pattern
+
+
+def pattern(iif: str, oifs: tuple[str, ...]) -> Ports:
+    """The Ports of these interfaces: a Pattern if an oif is a wildcard."""
+    if any(n.endswith(WILDCARDS) for n in oifs):
+        global made  # noqa: PLW0603 (a one-way switch, see above)
+        made = True
+        return Pattern(iif, oifs)
+    return Ports(iif, oifs)
+
+
+def expand(ports: Ports, links: Iterable[str]) -> Ports:
+    """The concrete interfaces of declared ones: each wildcard oif replaced by the existing
+    interfaces it matches (never the iif; a name listed outright stays where it is)."""
+    if not any(n.endswith(WILDCARDS) for n in ports.oifs):
+        return ports
+    plain = [n for n in ports.oifs if not n.endswith(WILDCARDS)]
+    patterns = [n[:-1] for n in ports.oifs if n.endswith(WILDCARDS)]
+    taken = {ports.iif, *plain}
+    found = sorted(n for n in links if n not in taken and n.startswith(tuple(patterns)))
+    return Ports(ports.iif, (*plain, *found))

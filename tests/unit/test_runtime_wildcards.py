@@ -1,0 +1,238 @@
+"""Wildcard oifs of runtime (api) routes and templates: validation, expansion in the model,
+patterns in the journal and snapshots, following interfaces, show and the CLI's text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mfcd import cli, validate
+from mfcd.controller import Controller
+from mfcd.errors import InvalidArgument
+from mfcd.model import MAXVIFS, AddRoute, DelRoute, Ports
+from mfcd.state import StateFile
+from mfcd.views import Views
+from mfcd.wildcards import Pattern, expand
+from tests.unit.conftest import FakeKernel, FakeState
+from tests.unit.test_commands import ask, error_of, make_commands
+
+KEY = (4, "198.18.0.2", "239.1.1.1", 253)
+OTHER = (4, "198.18.0.2", "239.1.1.2", 253)
+TKEY = (4, "*", "239.2.0.0/16", 253, "a")
+
+
+def controller(*names: str) -> Controller:
+    ctl = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(names, 1):
+        ctl.link_up(name, ifindex)
+    return ctl
+
+
+def add(ctl: Controller, oifs: list[str], key: tuple[int, str, str, int] = KEY) -> None:
+    ctl.change([validate.add_change(key[1], key[2], "a", oifs)])
+
+
+def records(ctl: Controller) -> list[object]:
+    state = ctl.state
+    assert isinstance(state, FakeState)
+    return list(state.records)
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def test_wildcard_oifs_validate_into_a_pattern_and_plain_ones_do_not() -> None:
+    change = validate.add_change("198.18.0.2", "239.1.1.1", "a", ["b", "vlan*", "eth+"])
+    assert change.ports.__class__ is Pattern
+    assert change.ports == Ports("a", ("b", "vlan*", "eth+"))
+    assert validate.add_change("198.18.0.2", "239.1.1.1", "a", ["b"]).ports.__class__ is Ports
+
+
+@pytest.mark.parametrize(
+    ("iif", "oifs", "says"),
+    [
+        ("a", ["*"], "a wildcard needs the start of a name"),
+        ("a", ["+"], "a wildcard needs the start of a name"),
+        ("a", ["vl an*"], "is not a valid interface name"),
+        ("a", ["-x*"], "is not a valid interface name"),
+        ("a", ["vlan*", "vlan*"], "names vlan* more than once"),
+        ("eth*", ["b"], "iif eth* is a wildcard"),
+        ("eth+", ["b"], "iif eth+ is a wildcard"),
+    ],
+)
+def test_bad_wildcards_are_refused(iif: str, oifs: list[str], says: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate.add_change("198.18.0.2", "239.1.1.1", iif, oifs)
+    assert says in str(info.value)
+
+
+def test_a_template_takes_wildcard_oifs_but_no_wildcard_iif() -> None:
+    change = validate.template_change(None, "239.2.0.0/16", "a", ["vlan*"])
+    assert change.ports.__class__ is Pattern
+    with pytest.raises(InvalidArgument, match="iif vlan\\* is a wildcard"):
+        validate.template_change(None, "239.2.0.0/16", "vlan*", ["b"])
+
+
+# --- the controller --------------------------------------------------------------------------------
+
+
+def test_the_model_gets_the_expansion_and_the_journal_the_pattern() -> None:
+    ctl = controller("a", "b", "vlan1", "vlan2", "other")
+    add(ctl, ["b", "vlan*"])
+    assert ctl.router.routes[KEY] == Ports("a", ("b", "vlan1", "vlan2"))
+    assert ctl.wild_routes[KEY] == Ports("a", ("b", "vlan*"))
+    assert records(ctl) == [[["add", 4, "198.18.0.2", "239.1.1.1", "a", ["b", "vlan*"]]]]
+    routes, _ = ctl.persistent()
+    assert routes[KEY] == Ports("a", ("b", "vlan*"))  # a snapshot keeps the pattern too
+
+
+def test_a_wildcard_that_matches_nothing_yet_is_a_route_with_no_oifs_for_now() -> None:
+    ctl = controller("a")
+    add(ctl, ["vlan*"])
+    assert ctl.router.routes[KEY] == Ports("a", ())
+    assert ctl.router.status(KEY).state == "installed"
+    ctl.link_up("vlan7", 9)
+    assert ctl.follow_api_wildcards() == [
+        (True, "route 198.18.0.2 -> 239.1.1.1: its wildcard oifs match vlan7 now")
+    ]
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan7",))
+
+
+def test_interfaces_that_come_and_go_are_followed_without_a_journal_record() -> None:
+    ctl = controller("a", "vlan1")
+    add(ctl, ["vlan*"])
+    kernel = ctl.kernel
+    assert isinstance(kernel, FakeKernel)
+    ctl.link_up("vlan2", 7)
+    ctl.follow_api_wildcards()
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan1", "vlan2"))
+    assert len(kernel.mfcs[KEY].ttls) == 2  # the kernel's entry forwards to both
+    ctl.link_event("del", "vlan1", 2)
+    ctl.follow_api_wildcards()
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan2",))
+    assert len(records(ctl)) == 1  # only the add: following changes no intent
+    assert ctl.follow_api_wildcards() == []  # nothing left to do
+
+
+def test_a_route_that_cannot_follow_past_the_vif_limit_keeps_its_oifs_and_others_follow() -> None:
+    names = ["a", *(f"x{i}" for i in range(MAXVIFS - 2))]
+    ctl = controller(*names, "vlan1")
+    add(ctl, ["vlan*"])  # a, vlan1
+    add(ctl, [*names[1:], "y*"], OTHER)  # the other 30 VIFs: the table is full now
+    ctl.link_up("vlan2", 100)
+    ctl.link_up("y1", 101)
+    lines = ctl.follow_api_wildcards()
+    assert [ok for ok, _ in lines] == [False, False]
+    assert "all 32 VIFs are in use" in lines[0][1]
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan1",))  # as it was, still installed
+    assert ctl.router.status(KEY).state == "installed"
+    ctl.change([DelRoute(OTHER)])  # VIFs free again: the next interface event catches up
+    assert [ok for ok, _ in ctl.follow_api_wildcards()] == [True]
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan1", "vlan2"))
+
+
+def test_del_forgets_the_pattern_and_a_plain_add_replaces_it() -> None:
+    ctl = controller("a", "b", "vlan1")
+    add(ctl, ["vlan*"])
+    add(ctl, ["b"])
+    assert KEY not in ctl.wild_routes and ctl.router.routes[KEY] == Ports("a", ("b",))
+    add(ctl, ["vlan*"])
+    ctl.change([DelRoute(KEY)])
+    assert ctl.wild_routes == {} and KEY not in ctl.router.routes
+    ctl.link_up("vlan2", 9)
+    assert ctl.follow_api_wildcards() == []
+
+
+def test_a_dry_run_or_a_refused_change_keeps_no_pattern() -> None:
+    ctl = controller("a", "vlan1")
+    outcome = ctl.change([validate.add_change(KEY[1], KEY[2], "a", ["vlan*"])], dry_run=True)
+    assert outcome.counts["add_mfc"] == 1  # the plan of the expansion
+    assert ctl.wild_routes == {} and ctl.router.routes == {}
+    ctl.state.fail = True  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="No space left"):
+        add(ctl, ["vlan*"])
+    assert ctl.wild_routes == {} and ctl.router.routes == {}
+
+
+def test_templates_with_wildcard_oifs_follow_too() -> None:
+    ctl = controller("a", "vlan1")
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "a", ["vlan*"])])
+    assert ctl.router.templates[TKEY] == Ports("a", ("vlan1",))
+    assert ctl.persistent_templates()[TKEY] == Ports("a", ("vlan*",))
+    ctl.link_up("vlan2", 9)
+    ctl.follow_api_wildcards()
+    assert ctl.router.templates[TKEY] == Ports("a", ("vlan1", "vlan2"))
+
+
+def test_a_restart_restores_the_pattern_and_installs_its_expansion(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.journal")
+    sf = StateFile(path)
+    sf.load()
+    sf.write_snapshot([], {})
+    sf.append([validate.add_change(KEY[1], KEY[2], "a", ["b", "vlan*"])])
+    sf.close()
+    loaded = StateFile(path).load()
+    assert loaded.routes[KEY].__class__ is Pattern
+    ctl = Controller(FakeKernel(), FakeState())
+    ctl.restore(loaded, {"a": 1, "b": 2, "vlan3": 3, "c": 4})
+    assert ctl.router.routes[KEY] == Ports("a", ("b", "vlan3"))
+    assert ctl.wild_routes[KEY] == Ports("a", ("b", "vlan*"))
+    assert ctl.router.status(KEY).state == "installed"
+
+
+def test_requests_take_wildcards_as_json_batch_ops_and_batch_lines() -> None:
+    commands = make_commands()  # a, b, c; a route 10.0.0.1 -> 239.1.1.1 a -> b
+    ctl = commands.controller
+    ctl.link_up("vlan1", 11)
+    route = {"source": "10.0.0.9", "group": "239.1.1.9", "iif": "a", "oifs": ["vlan*"]}
+    key = (4, "10.0.0.9", "239.1.1.9", 253)
+    dry = ask(commands, "mfc.add", route, dry_run=True)["result"]
+    assert [s["action"] for s in dry["plan"]] == ["add_vif", "add_mfc"]  # vlan1's VIF, entry
+    assert key not in ctl.router.routes
+    assert ask(commands, "mfc.add", route)["ok"]
+    assert ctl.router.routes[key] == Ports("a", ("vlan1",))
+    text = "mfc add --source 10.0.0.8 --group 239.1.1.8 --iif a --oifs b,vlan+\n"
+    assert ask(commands, "batch", {"text": text})["ok"]
+    assert ctl.wild_routes[(4, "10.0.0.8", "239.1.1.8", 253)] == Ports("a", ("b", "vlan+"))
+    op = dict(route, op="add", group="239.1.1.7")
+    assert ask(commands, "batch", {"ops": [op]})["ok"]
+    assert (4, "10.0.0.9", "239.1.1.7", 253) in ctl.wild_routes
+    # oif add and del edit the pattern, not its expansion
+    edit = {"source": "10.0.0.9", "group": "239.1.1.9", "oifs": ["b"]}
+    assert ask(commands, "mfc.oif.add", edit)["ok"]
+    assert ctl.wild_routes[key] == Ports("a", ("vlan*", "b"))
+    assert ctl.router.routes[key] == Ports("a", ("b", "vlan1"))
+    edit["oifs"] = ["vlan1"]
+    assert error_of(ask(commands, "mfc.oif.del", edit)) == ("invalid_argument", "oifs")
+    edit["oifs"] = ["vlan*"]
+    assert ask(commands, "mfc.oif.del", edit)["ok"]
+    assert key not in ctl.wild_routes and ctl.router.routes[key] == Ports("a", ("b",))
+    # del names the route as always; show gives the patterns
+    shown = ask(commands, "show", {})["result"]["routes"]
+    assert [r.get("oif_patterns") for r in shown if r["group"] == "239.1.1.8"] == [["b", "vlan+"]]
+    assert ask(commands, "mfc.del", {"source": "10.0.0.8", "group": "239.1.1.8"})["ok"]
+    assert (4, "10.0.0.8", "239.1.1.8", 253) not in ctl.wild_routes
+
+
+# --- show ------------------------------------------------------------------------------------------
+
+
+class _NoCounters:
+    def counters(self, *args: object) -> None:
+        raise AssertionError("no counters asked for")
+
+
+def test_show_gives_the_pattern_beside_the_expansion_and_the_cli_prints_both() -> None:
+    ctl = controller("a", "b", "vlan1", "vlan2")
+    add(ctl, ["b", "vlan*", "eth+"])
+    add(ctl, ["b"], OTHER)
+    shown = Views(_NoCounters()).show(  # type: ignore[arg-type]
+        ctl.router, patterns=ctl.shown_patterns()
+    )
+    first, second = shown["routes"]
+    assert first["oifs"] == ["b", "vlan1", "vlan2"]
+    assert first["oif_patterns"] == ["b", "vlan*", "eth+"]
+    assert "oif_patterns" not in second
+    assert cli._oifs_text(first) == "b,vlan*(vlan1,vlan2),eth+()"
+    assert cli._oifs_text(second) == "b"
