@@ -10,10 +10,10 @@ import pytest
 from mfcd import cli, validate
 from mfcd.controller import Controller
 from mfcd.errors import InvalidArgument
-from mfcd.model import MAXVIFS, AddRoute, DelRoute, Ports
+from mfcd.model import MAXVIFS, DelRoute, Ports
 from mfcd.state import StateFile
 from mfcd.views import Views
-from mfcd.wildcards import Pattern, expand
+from mfcd.wildcards import Pattern
 from tests.unit.conftest import FakeKernel, FakeState
 from tests.unit.test_commands import ask, error_of, make_commands
 
