@@ -297,9 +297,9 @@ def _ports(iif_value: Any, oifs_value: Any) -> Ports:
     mfcd.wildcards), the iif may not: packets arrive on one interface."""
     if iif_value.__class__ is str and is_wildcard(iif_value):
         raise InvalidArgument(
-            f"iif {interface_or_wildcard(iif_value, 'iif')} is a wildcard: a route or template added at runtime arrives on one"
-            " interface (wildcard oifs are fine; a wildcard iif is for templates in the config"
-            " files)",
+            f"iif {interface_or_wildcard(iif_value, 'iif')} is a wildcard: a route or template"
+            " added at runtime arrives on one interface (wildcard oifs are fine; a wildcard"
+            " iif is for templates in the config files)",
             field="iif",
         )
     iif = interface(iif_value, "iif")

@@ -74,7 +74,7 @@ def test_a_template_takes_wildcard_oifs_but_no_wildcard_iif() -> None:
         validate.template_change(None, "239.2.0.0/16", "vlan*", ["b"])
 
 
-# --- the controller --------------------------------------------------------------------------------
+# --- the controller ------------------------------------------------------------------------------
 
 
 def test_the_model_gets_the_expansion_and_the_journal_the_pattern() -> None:
@@ -215,7 +215,7 @@ def test_requests_take_wildcards_as_json_batch_ops_and_batch_lines() -> None:
     assert (4, "10.0.0.8", "239.1.1.8", 253) not in ctl.wild_routes
 
 
-# --- show ------------------------------------------------------------------------------------------
+# --- show ----------------------------------------------------------------------------------------
 
 
 class _NoCounters:
