@@ -1,0 +1,80 @@
+"""End to end: a route added with mfcctl whose oifs name a wildcard (`vlan*`) follows the
+interfaces that appear and go, with real packets, and keeps its pattern across a restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import pytest
+
+from lab.netns import Lab
+from tests.netns.conftest import Mfcd, route_args
+
+SOURCE = "198.18.0.2"
+GROUP = "239.6.0.1"
+
+
+def add_vlan(lab: Lab, k: int, name: str) -> None:
+    """Link receiver k to the router, the router's end named `name`."""
+    lab.link(lab.rx[k - 1], "x0", name, k)
+    lab.wait_settled()
+
+
+def route(mfcd: Mfcd) -> dict[str, object]:
+    found: dict[str, object] = next(r for r in mfcd.show()["routes"] if r["group"] == GROUP)
+    return found
+
+
+def wait_for(what: Callable[[], bool], mfcd: Mfcd, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, route(mfcd)
+        time.sleep(0.05)
+
+
+@pytest.mark.lab(receivers=3, linked=1)
+def test_a_wildcard_route_follows_vlans_that_come_and_go_and_survives_a_restart(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    add_vlan(lab, 2, "vlan1")  # rx2 behind vlan1; rx3 not linked yet; rx1 behind r1
+    dry = mfcd.ok(*route_args(SOURCE, GROUP, "r0", "vlan*"), "--dry-run")
+    assert "vlan1" in dry and GROUP not in mfcd.ok("show")  # the plan of the expansion
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "vlan*"))
+    shown = route(mfcd)
+    assert (shown["oifs"], shown["oif_patterns"]) == (["vlan1"], ["vlan*"])
+    assert "vlan*(vlan1)" in mfcd.ok("show")
+    assert lab.probe(GROUP) == dict(zip(lab.rx, [0, 5, 0], strict=True))
+
+    # vlan2 appears: packets reach it with no further command.
+    add_vlan(lab, 3, "vlan2")
+    wait_for(lambda: route(mfcd)["oifs"] == ["vlan1", "vlan2"], mfcd)
+    assert lab.probe(GROUP) == dict(zip(lab.rx, [0, 5, 5], strict=True))
+
+    # vlan1 goes: dropped from the route, which stays installed.
+    lab.del_router_link("vlan1")
+    wait_for(lambda: route(mfcd)["oifs"] == ["vlan2"], mfcd)
+    assert route(mfcd)["state"] == "installed"
+    assert lab.probe(GROUP) == dict(zip(lab.rx, [0, 0, 5], strict=True))
+
+    # The state file holds the pattern: after a restart, the route follows again.
+    mfcd.stop()
+    saved = [line.split(" ", 1)[1] for line in open(mfcd.state_file).read().splitlines()[1:]]
+    assert any('"vlan*"' in line for line in saved) and not any("vlan2" in r for r in saved)
+    add_vlan(lab, 2, "vlan1")  # back while mfcd was down
+    mfcd.start()
+    shown = route(mfcd)
+    assert (shown["oifs"], shown["oif_patterns"]) == (["vlan1", "vlan2"], ["vlan*"])
+    assert lab.probe(GROUP) == dict(zip(lab.rx, [0, 5, 5], strict=True))
+    lab.del_router_link("vlan2")
+    wait_for(lambda: route(mfcd)["oifs"] == ["vlan1"], mfcd)
+    assert lab.probe(GROUP) == dict(zip(lab.rx, [0, 5, 0], strict=True))
+
+    # del names the route as always; a wildcard iif is refused, as in the config files.
+    refused = mfcd.ctl(*route_args(SOURCE, "239.6.0.2", "vlan*", "r1"), "-o", "json")
+    assert refused.returncode != 0
+    assert json.loads(refused.stdout)["error"]["code"] == "invalid_argument"
+    assert "iif vlan* is a wildcard" in refused.stderr
+    mfcd.ok("mfc", "del", "--source", SOURCE, "--group", GROUP)
+    assert GROUP not in mfcd.ok("show")
