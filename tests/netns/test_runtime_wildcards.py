@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_a_wildcard_route_follows_vlans_that_come_and_go_and_survives_a_restart(
 
     # The state file holds the pattern: after a restart, the route follows again.
     mfcd.stop()
-    saved = [line.split(" ", 1)[1] for line in open(mfcd.state_file).read().splitlines()[1:]]
+    saved = Path(mfcd.state_file).read_text().splitlines()[1:]
     assert any('"vlan*"' in line for line in saved) and not any("vlan2" in r for r in saved)
     add_vlan(lab, 2, "vlan1")  # back while mfcd was down
     mfcd.start()
