@@ -380,7 +380,11 @@ def _mfc_command(sub: Any) -> None:
     )
     _key_options(add, template=True)
     add.add_argument("--iif", required=True, metavar="IFNAME", help="incoming interface")
-    _oifs_option(add, "outgoing interfaces, comma- or space-separated")
+    _oifs_option(
+        add,
+        "outgoing interfaces, comma- or space-separated; a name ending in * or + is a"
+        " wildcard (quote it): every interface it matches, now and later",
+    )
     _command_options(add, changes=True)
     delete = mfc_sub.add_parser(
         "del",

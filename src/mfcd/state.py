@@ -16,7 +16,8 @@ it is one record, `{"seq": S, "snapshot": {"routes": [...], "thresholds": {...},
 a route being `[family, source, group, iif, [oifs...]]`, or
 `[family, source, group, iif, [oifs...], table]` for a route of a table other than its
 family's default (253 for IPv4, 254 for IPv6): files without tables load unchanged, into
-the default tables.  A larger snapshot is a record without routes,
+the default tables.  An oif may be a wildcard (`"vlan*"`, see mfcd.wildcards): it is
+saved as given, never as what it matched.  A larger snapshot is a record without routes,
 `{"seq": S, "snapshot": {"thresholds": {...}, "count": N, "chunks": K}}`,
 followed by exactly K records `{"seq": S+i, "routes": [...]}` of at most SNAPSHOT_CHUNK
 routes each: a single line of 100,000 routes would make the reader build all their lists
