@@ -50,6 +50,7 @@ from mfcd.model import (
     template_text,
 )
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import is_wildcard
 
 log = logging.getLogger("mfcd")
 
@@ -518,6 +519,12 @@ class Commands:
         return self._join_keys_of(args["interface"], args["group"], args.get("source"))
 
     def _join_keys_of(self, interface: Any, group: Any, source: Any) -> list[JoinKey]:
+        if interface.__class__ is str and is_wildcard(interface):
+            raise InvalidArgument(
+                f"interface {interface} is a wildcard: mfcctl joins on one interface (a join"
+                " declared in the config files may take a wildcard)",
+                field="interface",
+            )
         keys = groups.join_keys(validate.interface(interface, "interface"), group, source)
         self._check_family(groups.family_of(keys[0]))
         return keys

@@ -15,7 +15,7 @@ from mfcd.state import StateFile
 from mfcd.views import Views
 from mfcd.wildcards import Pattern
 from tests.unit.conftest import FakeKernel, FakeState
-from tests.unit.test_commands import ask, error_of, make_commands
+from tests.unit.test_commands import ask, error_of, make_commands, snapshot
 
 KEY = (4, "198.18.0.2", "239.1.1.1", 253)
 OTHER = (4, "198.18.0.2", "239.1.1.2", 253)
@@ -236,3 +236,15 @@ def test_show_gives_the_pattern_beside_the_expansion_and_the_cli_prints_both() -
     assert "oif_patterns" not in second
     assert cli._oifs_text(first) == "b,vlan*(vlan1,vlan2),eth+()"
     assert cli._oifs_text(second) == "b"
+
+
+@pytest.mark.parametrize("interface", ["vlan*", "vlan+"])
+def test_a_runtime_join_on_a_wildcard_is_refused_and_changes_nothing(interface: str) -> None:
+    commands = make_commands()
+    before = snapshot(commands)
+    answer = ask(commands, "join", {"interface": interface, "group": "239.3.3.3"})
+    assert error_of(answer) == ("invalid_argument", "interface")
+    assert "is a wildcard" in answer["error"]["message"]
+    text = f"join --interface {interface} --group 239.3.3.3\n"
+    assert error_of(ask(commands, "batch", {"text": text}))[0] == "invalid_argument"
+    assert snapshot(commands) == before
