@@ -957,7 +957,8 @@ def format_templates(templates: list[dict[str, Any]]) -> list[str]:
         state = _state(t)
         if t.get("origin", "api") != "api":
             state += f", {t['origin']}"  # as a route's: only when not the API's
-        row = [t["source"], t["group"], *table_column, t["iif"], _oifs_text(t), state]
+        iif = f"{t['iif_pattern']}({t['iif']})" if "iif_pattern" in t else t["iif"]
+        row = [t["source"], t["group"], *table_column, iif, _oifs_text(t), state]
         rows.append([*row, str(t.get("learned", 0))])
     return [f"Templates ({len(templates)})", *table(rows, right={len(rows[0]) - 1})]
 

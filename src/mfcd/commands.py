@@ -734,7 +734,7 @@ class Commands:
             counts=outcome.counts,
             steps=outcome.steps if plan else None,
             dry_run=dry_run,
-            added=only.key if isinstance(only, (AddRoute, AddTemplate)) else None,
+            added=_added(self.controller.router, only),
         )
         if plan and outcome.memberships:
             result.setdefault("plan", []).extend(map(groups.describe, outcome.memberships))
@@ -849,6 +849,16 @@ class _BatchRoutes:
         if key in self.patterns:
             return self.patterns[key]  # a wildcard route's oifs as given, not its expansion
         return None if key in self.learned else self.routes.get(key)
+
+
+def _added(router: Router, change: Change | None) -> RouteKey | TemplateKey | None:
+    """The route or template a single add left, whose state the answer gives (a template
+    with a wildcard iif is none: it stands for one template per interface it matches)."""
+    if isinstance(change, AddRoute):
+        return change.key
+    if isinstance(change, AddTemplate) and change.key in router.templates:
+        return change.key
+    return None
 
 
 def _names_template(args: dict[str, Any]) -> bool:

@@ -34,7 +34,15 @@ from mfcd.declarations import (
     join_intents,
     template_intents,
 )
-from mfcd.errors import DeclaredInConfig, KernelError, MfcdError, StateError, VifLimit
+from mfcd.errors import (
+    DeclaredInConfig,
+    InvalidArgument,
+    KernelError,
+    MfcdError,
+    NotFound,
+    StateError,
+    VifLimit,
+)
 from mfcd.groups import ORIGIN_CONFIG, Join, Joins, Leave, MembershipOp, SetMrdisc, describe_key
 from mfcd.model import (
     DEFAULT_TABLE,
@@ -57,7 +65,7 @@ from mfcd.model import (
 )
 from mfcd.state import Loaded, RouteView, SnapshotNeeded
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import Pattern, expand, is_wildcard
+from mfcd.wildcards import Pattern, expand, expansion_of, iif_expansion, is_wildcard
 
 log = logging.getLogger("mfcd")
 
@@ -270,8 +278,9 @@ class Controller:
         for tkey, ports in loaded.templates.items():
             if ports.__class__ is Pattern:
                 self.wild_templates[tkey] = ports
-        for tkey in self.wild_templates:
-            loaded.templates[tkey] = expand(loaded.templates[tkey], links)
+        for tkey, ports in self.wild_templates.items():
+            del loaded.templates[tkey]
+            loaded.templates.update(self._template_expansion(tkey, ports, links))
 
     def restore_joins(self, loaded: Loaded) -> None:
         """Join the saved groups on the interfaces that exist; the others stay pending."""
@@ -328,7 +337,27 @@ class Controller:
         origins = router.template_origins
         kept = {k: v for k, v in router.templates.items() if k not in origins}
         wild = self.wild_templates
-        return {**kept, **{k: v for k, v in wild.items() if k not in origins}} if wild else kept
+        if not wild:
+            return kept
+        iifs = [k for k in wild if is_wildcard(k[4])]  # not their expansions, but them
+        kept = {k: v for k, v in kept.items() if not any(expansion_of(k, p) for p in iifs)}
+        return {**kept, **{k: v for k, v in wild.items() if k not in origins}}
+
+    def _template_expansion(
+        self, key: TemplateKey, ports: Ports, links: Iterable[str]
+    ) -> dict[TemplateKey, Ports]:
+        """The templates a runtime template with wildcards stands for: itself with its
+        oifs expanded, or with a wildcard iif one per interface it matches."""
+        if is_wildcard(key[4]):
+            return iif_expansion(key, ports, links)
+        return {key: expand(ports, links)}
+
+    def _expanded_now(self, key: TemplateKey) -> list[TemplateKey]:
+        """The templates the model holds for a runtime template with wildcards."""
+        templates = self.router.templates
+        if is_wildcard(key[4]):
+            return [k for k in templates if expansion_of(k, key)]
+        return [key] if key in templates else []
 
     def _execute_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
         """Apply steps; add what undoes them to `undo` (if one fails, the kernel undid them)."""
@@ -455,9 +484,18 @@ class Controller:
                 return True
             if isinstance(change, (AddRoute, DelRoute)) and change.key in routes:
                 return True
-            if isinstance(change, (AddTemplate, DelTemplate)) and change.key in templates:
+            if isinstance(change, (AddTemplate, DelTemplate)) and (
+                change.key in templates or is_wildcard(change.key[4]) or self._owner(change.key)
+            ):
                 return True
         return False
+
+    def _owner(self, key: TemplateKey) -> TemplateKey | None:
+        """The runtime template with a wildcard iif that `key` is one of the expansions of."""
+        for pattern_key in self.wild_templates:
+            if is_wildcard(pattern_key[4]) and expansion_of(key, pattern_key):
+                return pattern_key
+        return None
 
     def _change_patterns(
         self, changes: Sequence[Change], dry_run: bool, keep_steps: bool, numbered: bool
@@ -478,9 +516,8 @@ class Controller:
                 routes[change.key] = change.ports
                 now = self.router.share(expand(change.ports, links))
                 applied.append(AddRoute(change.key, now))
-            elif isinstance(change, AddTemplate) and change.ports.__class__ is Pattern:
-                templates[change.key] = change.ports
-                applied.append(AddTemplate(change.key, expand(change.ports, links)))
+            elif isinstance(change, (AddTemplate, DelTemplate)):
+                applied += self._template_changes(change, templates, links)
             else:
                 applied.append(change)
         was = self.wild_routes, self.wild_templates
@@ -494,13 +531,43 @@ class Controller:
             if dry_run:
                 self.wild_routes, self.wild_templates = was
 
+    def _template_changes(
+        self,
+        change: AddTemplate | DelTemplate,
+        templates: dict[TemplateKey, Ports],
+        links: Iterable[str],
+    ) -> list[Change]:
+        """What an api template change with wildcards makes of the model's templates (see
+        _change_patterns); `templates` become the patterns after it."""
+        key = change.key
+        owner = self._owner(key)
+        if owner is not None and owner != key:
+            raise InvalidArgument(
+                f"template {template_text(key)} is one of those the template with iif"
+                f" {owner[4]} stands for: change or delete that one (--iif '{owner[4]}')",
+                field="iif",
+            )
+        if isinstance(change, DelTemplate):
+            if is_wildcard(key[4]) and key not in self.wild_templates:
+                raise NotFound(f"no template {template_text(key)}")
+            return [DelTemplate(k) for k in self._expanded_now(key)]
+        if change.ports.__class__ is not Pattern:
+            return [change]
+        templates[key] = change.ports
+        wanted = self._template_expansion(key, change.ports, links)
+        gone: list[Change] = [DelTemplate(k) for k in self._expanded_now(key) if k not in wanted]
+        return gone + [AddTemplate(k, p) for k, p in wanted.items()]
+
     def shown_patterns(self) -> tuple[dict[RouteKey, Ports], dict[TemplateKey, Ports]]:
         """The wildcard oifs as given (the config files' routes and the runtime routes and
         templates) that show lists beside their expansion."""
         declared = self.declared
         routes = {key: declared.routes[key] for key in declared.wild}
         routes.update(self.wild_routes)
-        return routes, self.wild_templates
+        templates: dict[TemplateKey, Ports] = {}
+        for key, ports in self.wild_templates.items():
+            templates.update(dict.fromkeys(self._expanded_now(key), ports))
+        return routes, templates
 
     def follow_api_wildcards(self) -> list[tuple[bool, str]]:
         """Re-expand the runtime routes and templates with wildcard oifs after interfaces
@@ -511,23 +578,32 @@ class Controller:
         router = self.router
         links = router.links
         lines: list[tuple[bool, str]] = []
-        todo: list[tuple[str, Ports, Change]] = []
+        todo: list[tuple[str, str, list[Change]]] = []
         for key, ports in self.wild_routes.items():
             now = router.share(expand(ports, links))
             if router.routes.get(key) != now:
-                todo.append((f"route {key[1]} -> {key[2]}", now, AddRoute(key, now)))
+                what = f"route {key[1]} -> {key[2]}: its wildcard oifs match"
+                todo.append((what, ",".join(now.oifs) or "none", [AddRoute(key, now)]))
         for tkey, ports in self.wild_templates.items():
-            now = expand(ports, links)
-            if router.templates.get(tkey) != now:
-                todo.append((f"template {template_text(tkey)}", now, AddTemplate(tkey, now)))
-        for what, now, change in todo:
-            oifs = ",".join(now.oifs) or "none"
+            wanted = self._template_expansion(tkey, ports, links)
+            changes: list[Change] = [
+                DelTemplate(k) for k in self._expanded_now(tkey) if k not in wanted
+            ]
+            changes += [
+                AddTemplate(k, p) for k, p in wanted.items() if router.templates.get(k) != p
+            ]
+            if changes:
+                now_text = "; ".join(
+                    f"iif {k[4]} oifs {','.join(p.oifs)}" for k, p in wanted.items()
+                )
+                todo.append((f"template {template_text(tkey)}: now", now_text or "none", changes))
+        for what, now_text, changes in todo:
             try:
-                self.change([change], keep_steps=False, journal=[])
+                self.change(changes, keep_steps=False, journal=[])
             except MfcdError as e:
-                lines.append((False, f"{what}: its wildcard oifs match {oifs} now, but {e}"))
+                lines.append((False, f"{what} {now_text}, but {e}"))
                 continue
-            lines.append((True, f"{what}: its wildcard oifs match {oifs} now"))
+            lines.append((True, f"{what} {now_text}"))
         return lines
 
     def _refuse_declared(self, changes: Sequence[Change]) -> None:

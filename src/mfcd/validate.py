@@ -292,17 +292,21 @@ def add_change(source: Any, group: Any, iif: Any, oifs: Any, table: Any = None) 
     return _new(AddRoute, (key, checked))  # tuple.__new__: half the NamedTuple's own cost
 
 
-def _ports(iif_value: Any, oifs_value: Any) -> Ports:
+def _ports(iif_value: Any, oifs_value: Any, wild_iif: bool = False) -> Ports:
     """A route's or template's interfaces; oifs may be wildcards (a Pattern, see
-    mfcd.wildcards), the iif may not: packets arrive on one interface."""
-    if iif_value.__class__ is str and is_wildcard(iif_value):
+    mfcd.wildcards), the iif only a template's (`wild_iif`): an (S,G) route's packets
+    arrive on one interface."""
+    if wild_iif:
+        iif = interface_or_wildcard(iif_value, "iif")
+    elif iif_value.__class__ is str and is_wildcard(iif_value):
         raise InvalidArgument(
-            f"iif {interface_or_wildcard(iif_value, 'iif')} is a wildcard: a route or template"
-            " added at runtime arrives on one interface (wildcard oifs are fine; a wildcard"
-            " iif is for templates in the config files)",
+            f"iif {interface_or_wildcard(iif_value, 'iif')} is a wildcard: an (S,G) route"
+            " arrives on one interface (a template, with any source or a prefix, may take a"
+            " wildcard iif)",
             field="iif",
         )
-    iif = interface(iif_value, "iif")
+    else:
+        iif = interface(iif_value, "iif")
     oifs = interfaces(oifs_value, "oifs", wild=True)
     if iif in oifs:
         raise InvalidArgument(
@@ -340,7 +344,7 @@ def template_key_of(source: Any, group: Any, iif: Any, table: Any = None) -> Tem
         )
     _check_group_prefix(g)
     _check_source_prefix(s)
-    return g.family, s.text, g.text, table_of(table, g.family), interface(iif, "iif")
+    return g.family, s.text, g.text, table_of(table, g.family), interface_or_wildcard(iif, "iif")
 
 
 def _packed(prefix: tpl.Prefix) -> bytes:
@@ -375,7 +379,7 @@ def _check_source_prefix(s: tpl.Prefix) -> None:
 
 def template_change(source: Any, group: Any, iif: Any, oifs: Any, table: Any = None) -> AddTemplate:
     """Validate a template's values into the change that adds it."""
-    ports = _ports(iif, oifs)
+    ports = _ports(iif, oifs, wild_iif=True)
     return AddTemplate(template_key_of(source, group, ports.iif, table), ports)
 
 

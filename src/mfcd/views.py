@@ -35,6 +35,7 @@ from mfcd.model import (
 )
 from mfcd.protocol import FAMILY_NAMES, Encoded, Streamed
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import is_wildcard
 
 SHOW_SCHEMA = 1
 # Routes a streamed show formats, or computes sort keys for, in one part: a few ms of work
@@ -314,8 +315,12 @@ class Views:
             if status.state != "installed":
                 entry["missing"] = list(status.missing)
                 entry["reason"] = status.reason
-            if key in self._template_patterns:
-                entry["oif_patterns"] = list(self._template_patterns[key].oifs)
+            wild = self._template_patterns.get(key)
+            if wild is not None:  # a runtime template with wildcards
+                if wild.iif != iif:
+                    entry["iif_pattern"] = wild.iif
+                if any(map(is_wildcard, wild.oifs)):
+                    entry["oif_patterns"] = [n for n in wild.oifs if n != iif]
             out.append(entry)
         return out
 

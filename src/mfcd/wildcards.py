@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mfcd.model import Ports
+from mfcd.templates import TemplateKey
 
 WILDCARDS = ("*", "+")  # a name ending in one of these matches every name it is the start of
 
@@ -39,8 +40,9 @@ def matches(pattern: str, name: str) -> bool:
 
 
 def pattern(iif: str, oifs: tuple[str, ...]) -> Ports:
-    """The Ports of these interfaces: a Pattern if an oif is a wildcard."""
-    if any(n.endswith(WILDCARDS) for n in oifs):
+    """The Ports of these interfaces: a Pattern if an oif (or a template's iif) is a
+    wildcard."""
+    if iif.endswith(WILDCARDS) or any(n.endswith(WILDCARDS) for n in oifs):
         global made  # noqa: PLW0603 (a one-way switch, see above)
         made = True
         return Pattern(iif, oifs)
@@ -57,3 +59,20 @@ def expand(ports: Ports, links: Iterable[str]) -> Ports:
     taken = {ports.iif, *plain}
     found = sorted(n for n in links if n not in taken and n.startswith(tuple(patterns)))
     return Ports(ports.iif, (*plain, *found))
+
+
+def iif_expansion(key: TemplateKey, ports: Ports, links: Iterable[str]) -> dict[TemplateKey, Ports]:
+    """A template whose iif is a wildcard: one template per existing interface it matches,
+    each with its oifs expanded (never its own iif); one left with no oif is none."""
+    names = list(links)
+    out: dict[TemplateKey, Ports] = {}
+    for name in sorted(n for n in names if matches(ports.iif, n)):
+        now = expand(Ports(name, tuple(n for n in ports.oifs if n != name)), names)
+        if now.oifs:
+            out[(*key[:4], name)] = now
+    return out
+
+
+def expansion_of(key: TemplateKey, pattern_key: TemplateKey) -> bool:
+    """Whether a template is one a template with a wildcard iif expands to."""
+    return key[:4] == pattern_key[:4] and matches(pattern_key[4], key[4])

@@ -9,8 +9,8 @@ import pytest
 
 from mfcd import cli, validate
 from mfcd.controller import Controller
-from mfcd.errors import InvalidArgument
-from mfcd.model import MAXVIFS, DelRoute, Ports
+from mfcd.errors import InvalidArgument, NotFound
+from mfcd.model import MAXVIFS, DelRoute, DelTemplate, Ports
 from mfcd.state import StateFile
 from mfcd.views import Views
 from mfcd.wildcards import Pattern
@@ -31,6 +31,15 @@ def controller(*names: str) -> Controller:
 
 def add(ctl: Controller, oifs: list[str], key: tuple[int, str, str, int] = KEY) -> None:
     ctl.change([validate.add_change(key[1], key[2], "a", oifs)])
+
+
+def gone(ctl: Controller, name: str) -> None:
+    """An interface deleted: the kernel drops its VIFs, then mfcd hears of it."""
+    kernel = ctl.kernel
+    assert isinstance(kernel, FakeKernel)
+    ifindex = ctl.router.links[name]
+    kernel.device_gone(ifindex)
+    ctl.link_event("del", name, ifindex)
 
 
 def records(ctl: Controller) -> list[object]:
@@ -67,11 +76,13 @@ def test_bad_wildcards_are_refused(iif: str, oifs: list[str], says: str) -> None
     assert says in str(info.value)
 
 
-def test_a_template_takes_wildcard_oifs_but_no_wildcard_iif() -> None:
+def test_a_template_takes_wildcard_oifs_and_a_wildcard_iif() -> None:
     change = validate.template_change(None, "239.2.0.0/16", "a", ["vlan*"])
     assert change.ports.__class__ is Pattern
-    with pytest.raises(InvalidArgument, match="iif vlan\\* is a wildcard"):
-        validate.template_change(None, "239.2.0.0/16", "vlan*", ["b"])
+    change = validate.template_change(None, "239.2.0.0/16", "vlan*", ["b"])
+    assert change.ports.__class__ is Pattern and change.key[4] == "vlan*"
+    with pytest.raises(InvalidArgument, match="a wildcard needs the start of a name"):
+        validate.template_change(None, "239.2.0.0/16", "*", ["b"])
 
 
 # --- the controller ------------------------------------------------------------------------------
@@ -94,7 +105,7 @@ def test_a_wildcard_that_matches_nothing_yet_is_a_route_with_no_oifs_for_now() -
     assert ctl.router.status(KEY).state == "installed"
     ctl.link_up("vlan7", 9)
     assert ctl.follow_api_wildcards() == [
-        (True, "route 198.18.0.2 -> 239.1.1.1: its wildcard oifs match vlan7 now")
+        (True, "route 198.18.0.2 -> 239.1.1.1: its wildcard oifs match vlan7")
     ]
     assert ctl.router.routes[KEY] == Ports("a", ("vlan7",))
 
@@ -108,7 +119,7 @@ def test_interfaces_that_come_and_go_are_followed_without_a_journal_record() -> 
     ctl.follow_api_wildcards()
     assert ctl.router.routes[KEY] == Ports("a", ("vlan1", "vlan2"))
     assert len(kernel.mfcs[KEY].ttls) == 2  # the kernel's entry forwards to both
-    ctl.link_event("del", "vlan1", 2)
+    gone(ctl, "vlan1")
     ctl.follow_api_wildcards()
     assert ctl.router.routes[KEY] == Ports("a", ("vlan2",))
     assert len(records(ctl)) == 1  # only the add: following changes no intent
@@ -165,6 +176,38 @@ def test_templates_with_wildcard_oifs_follow_too() -> None:
     assert ctl.router.templates[TKEY] == Ports("a", ("vlan1", "vlan2"))
 
 
+TPAT = (4, "*", "239.2.0.0/16", 253, "up*")
+
+
+def test_a_template_with_a_wildcard_iif_is_one_per_interface_and_follows_them() -> None:
+    ctl = controller("up1", "up2", "b", "vlan1")
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "up*", ["b", "vlan*"])])
+    one, two = (*TPAT[:4], "up1"), (*TPAT[:4], "up2")
+    assert ctl.router.templates == {
+        one: Ports("up1", ("b", "vlan1")),
+        two: Ports("up2", ("b", "vlan1")),
+    }
+    assert records(ctl) == [[["template", 4, "*", "239.2.0.0/16", "up*", ["b", "vlan*"], 253]]]
+    assert ctl.persistent_templates() == {TPAT: Ports("up*", ("b", "vlan*"))}
+    ctl.link_up("up3", 9)
+    gone(ctl, "up1")
+    assert [ok for ok, _ in ctl.follow_api_wildcards()] == [True]
+    assert set(ctl.router.templates) == {two, (*TPAT[:4], "up3")}
+    # an expansion is changed or deleted through its wildcard template only
+    with pytest.raises(InvalidArgument, match="--iif 'up\\*'"):
+        ctl.change([DelTemplate(two)])
+    shown = Views(_NoCounters()).show(  # type: ignore[arg-type]
+        ctl.router, patterns=ctl.shown_patterns()
+    )
+    rows = [(t["iif"], t.get("iif_pattern"), t.get("oif_patterns")) for t in shown["routes"]]
+    assert rows == [("up2", "up*", ["b", "vlan*"]), ("up3", "up*", ["b", "vlan*"])]
+    ctl.change([DelTemplate(TPAT)])
+    assert ctl.router.templates == {} and ctl.wild_templates == {}
+    assert records(ctl)[-1] == [["untemplate", 4, "*", "239.2.0.0/16", "up*", 253]]
+    with pytest.raises(NotFound):
+        ctl.change([DelTemplate(TPAT)])
+
+
 def test_a_restart_restores_the_pattern_and_installs_its_expansion(tmp_path: Path) -> None:
     path = str(tmp_path / "state.journal")
     sf = StateFile(path)
@@ -179,6 +222,15 @@ def test_a_restart_restores_the_pattern_and_installs_its_expansion(tmp_path: Pat
     assert ctl.router.routes[KEY] == Ports("a", ("b", "vlan3"))
     assert ctl.wild_routes[KEY] == Ports("a", ("b", "vlan*"))
     assert ctl.router.status(KEY).state == "installed"
+    template = validate.template_change(None, "239.2.0.0/16", "up*", ["vlan*"])
+    sf = StateFile(path)
+    sf.load()
+    sf.append([template])
+    sf.close()
+    ctl = Controller(FakeKernel(), FakeState())
+    ctl.restore(StateFile(path).load(), {"a": 1, "up1": 2, "vlan3": 3})
+    assert ctl.router.templates == {(*TPAT[:4], "up1"): Ports("up1", ("vlan3",))}
+    assert ctl.persistent_templates() == {TPAT: Ports("up*", ("vlan*",))}
 
 
 def test_requests_take_wildcards_as_json_batch_ops_and_batch_lines() -> None:
@@ -248,3 +300,24 @@ def test_a_runtime_join_on_a_wildcard_is_refused_and_changes_nothing(interface: 
     text = f"join --interface {interface} --group 239.3.3.3\n"
     assert error_of(ask(commands, "batch", {"text": text}))[0] == "invalid_argument"
     assert snapshot(commands) == before
+
+
+def test_requests_add_show_and_delete_a_template_with_a_wildcard_iif() -> None:
+    commands = make_commands()
+    ctl = commands.controller
+    ctl.link_up("up1", 21)
+    ctl.link_up("up2", 22)
+    text = "mfc add --group 239.4.0.0/16 --iif up* --oifs b,c\n"
+    assert ask(commands, "batch", {"text": text})["ok"]
+    templates = [r for r in ask(commands, "show", {})["result"]["routes"] if r.get("template")]
+    assert [(t["iif"], t["iif_pattern"], t["oifs"]) for t in templates] == [
+        ("up1", "up*", ["b", "c"]),
+        ("up2", "up*", ["b", "c"]),
+    ]
+    assert "oif_patterns" not in templates[0]  # no wildcard among the oifs
+    lines = cli.format_templates(templates)
+    assert "up*(up1)" in lines[2] and "up*(up2)" in lines[3]
+    refused = ask(commands, "mfc.del", {"group": "239.4.0.0/16", "iif": "up1"})
+    assert error_of(refused) == ("invalid_argument", "iif")
+    assert ask(commands, "mfc.del", {"group": "239.4.0.0/16", "iif": "up*"})["ok"]
+    assert ctl.router.templates == {} and ctl.wild_templates == {}
