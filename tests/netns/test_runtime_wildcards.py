@@ -79,3 +79,35 @@ def test_a_wildcard_route_follows_vlans_that_come_and_go_and_survives_a_restart(
     assert "iif vlan* is a wildcard" in refused.stderr
     mfcd.ok("mfc", "del", "--source", SOURCE, "--group", GROUP)
     assert GROUP not in mfcd.ok("show")
+
+
+@pytest.mark.lab(receivers=3, linked=1)
+def test_a_template_with_wildcard_iif_and_oifs_learns_and_forwards_to_vlans_that_appear(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    group = "239.7.0.1"
+    mfcd.ok("mfc", "add", "--group", "239.7.0.0/16", "--iif", "r*", "--oifs", "vlan*")
+
+    def templates() -> list[tuple[str, str, list[str]]]:
+        shown = [r for r in mfcd.show()["routes"] if r.get("template")]
+        return [(t["iif"], t["iif_pattern"], t["oifs"]) for t in shown]
+
+    # r0 (the sender's side) and r1 match r*; no vlan yet: no oif, so no template.
+    assert templates() == []
+    add_vlan(lab, 2, "vlan1")
+    deadline = time.monotonic() + 10
+    while templates() != [("r0", "r*", ["vlan1"]), ("r1", "r*", ["vlan1"])]:
+        assert time.monotonic() < deadline, templates()
+        time.sleep(0.05)
+    assert "r*(r0)" in mfcd.ok("show")
+    assert lab.probe(group) == dict(zip(lab.rx, [0, 5, 0], strict=True))  # learned from r0's
+
+    mfcd.stop()
+    add_vlan(lab, 3, "vlan2")  # appears while mfcd is down
+    mfcd.start()
+    assert templates() == [("r0", "r*", ["vlan1", "vlan2"]), ("r1", "r*", ["vlan1", "vlan2"])]
+    assert lab.probe(group) == dict(zip(lab.rx, [0, 5, 5], strict=True))
+    refused = mfcd.ctl("mfc", "del", "--group", "239.7.0.0/16", "--iif", "r1")
+    assert refused.returncode != 0 and "--iif 'r*'" in refused.stderr
+    mfcd.ok("mfc", "del", "--group", "239.7.0.0/16", "--iif", "r*")
+    assert templates() == []
