@@ -65,7 +65,7 @@ from mfcd.model import (
 )
 from mfcd.state import Loaded, RouteView, SnapshotNeeded
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import Pattern, expand, expansion_of, iif_expansion, is_wildcard
+from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, per_iif
 
 log = logging.getLogger("mfcd")
 
@@ -348,9 +348,7 @@ class Controller:
     ) -> dict[TemplateKey, Ports]:
         """The templates a runtime template with wildcards stands for: itself with its
         oifs expanded, or with a wildcard iif one per interface it matches."""
-        if is_wildcard(key[4]):
-            return iif_expansion(key, ports, links)
-        return {key: expand(ports, links)}
+        return {(*key[:4], p.iif): p for p in per_iif(ports, links)}
 
     def _expanded_now(self, key: TemplateKey) -> list[TemplateKey]:
         """The templates the model holds for a runtime template with wildcards."""

@@ -42,7 +42,7 @@ from mfcd.groups import JoinKey
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, Ports, RouteKey
 from mfcd.protocol import family_text
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import WILDCARDS, expand, is_wildcard, matches
+from mfcd.wildcards import WILDCARDS, is_wildcard, matches, per_iif
 
 KINDS = ("route", "join", "interface")  # the top-level keys that declare, not set
 ROUTE_KEYS = ("source", "group", "iif", "oifs", "table")
@@ -128,12 +128,8 @@ def template_intents(
     names = list(links)
     out: dict[TemplateKey, tuple[Ports, str]] = {}
     for t in declared.templates:
-        iifs = [n for n in names if matches(t.iif, n)] if is_wildcard(t.iif) else [t.iif]
-        for iif in iifs:
-            ports = expand(Ports(iif, tuple(n for n in t.oifs if n != iif)), names)
-            if not ports.oifs:
-                continue
-            change = validate.template_change(t.source, t.group, iif, list(ports.oifs), t.table)
+        for ports in per_iif(Ports(t.iif, t.oifs), names):
+            change = validate.template_change(t.source, t.group, ports.iif, [*ports.oifs], t.table)
             out.setdefault(change.key, (change.ports, t.where))
     return out
 

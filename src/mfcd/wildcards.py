@@ -61,15 +61,18 @@ def expand(ports: Ports, links: Iterable[str]) -> Ports:
     return Ports(ports.iif, (*plain, *found))
 
 
-def iif_expansion(key: TemplateKey, ports: Ports, links: Iterable[str]) -> dict[TemplateKey, Ports]:
-    """A template whose iif is a wildcard: one template per existing interface it matches,
-    each with its oifs expanded (never its own iif); one left with no oif is none."""
+def per_iif(ports: Ports, links: Iterable[str]) -> list[Ports]:
+    """A template's interfaces over the interfaces that exist: with a wildcard iif, one
+    Ports per interface it matches (else the iif as given), each with its wildcard oifs
+    expanded and never its own iif among them; one left with no oif is none."""
     names = list(links)
-    out: dict[TemplateKey, Ports] = {}
-    for name in sorted(n for n in names if matches(ports.iif, n)):
+    iif = ports.iif
+    iifs = sorted(n for n in names if matches(iif, n)) if is_wildcard(iif) else [iif]
+    out = []
+    for name in iifs:
         now = expand(Ports(name, tuple(n for n in ports.oifs if n != name)), names)
         if now.oifs:
-            out[(*key[:4], name)] = now
+            out.append(now)
     return out
 
 
