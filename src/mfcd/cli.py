@@ -1062,6 +1062,12 @@ def format_routes(
     return lines
 
 
+def _interface(join: dict[str, Any]) -> str:
+    """A join's interface; one of a wildcard join's as vlan*(vlan1)."""
+    pattern = join.get("interface_pattern")
+    return f"{pattern}({join['interface']})" if pattern else str(join["interface"])
+
+
 def _oifs_text(route: dict[str, Any]) -> str:
     """A route's or template's oifs; with wildcards, as given, each wildcard followed by the
     interfaces it matches now: eth1,vlan*(vlan1,vlan2)."""
@@ -1129,7 +1135,7 @@ def format_groups(result: dict[str, Any]) -> str:
     joins = result.get("groups", [])
     lines = [f"Groups ({len(joins)})"]
     rows = [["INTERFACE", "GROUP", "SOURCE", "STATE", "ORIGIN"]]
-    rows += [[j["interface"], j["group"], j["source"], _state(j), j["origin"]] for j in joins]
+    rows += [[_interface(j), j["group"], j["source"], _state(j), j["origin"]] for j in joins]
     lines += table(rows) if joins else ["  (none)"]
     mrdisc = result.get("mrdisc", [])
     lines += ["", f"Router advertisements (mrdisc): {', '.join(mrdisc) if mrdisc else 'none'}"]

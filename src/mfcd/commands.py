@@ -486,6 +486,8 @@ class Commands:
         keys = self._join_keys(args)
         result = self._change([Join(k) for k in keys], dry_run, peer, "join", args)
         if not dry_run:
+            if is_wildcard(keys[0][0]):  # the joins it stands for now
+                keys = [e for k in keys for e in self.controller.expanded_joins(k)]
             result.update(self._join_states(keys))
         return result
 
@@ -509,6 +511,9 @@ class Commands:
             }
             if status.reason:
                 entry["reason"] = status.reason
+            owner = self.controller.wild_joins and self.controller.join_owner(key)
+            if owner:
+                entry["interface_pattern"] = owner[0]
             shown.append(entry)
         return {"groups": shown, "mrdisc": sorted(joins.mrdisc)}
 
@@ -519,13 +524,8 @@ class Commands:
         return self._join_keys_of(args["interface"], args["group"], args.get("source"))
 
     def _join_keys_of(self, interface: Any, group: Any, source: Any) -> list[JoinKey]:
-        if interface.__class__ is str and is_wildcard(interface):
-            raise InvalidArgument(
-                f"interface {interface} is a wildcard: mfcctl joins on one interface (a join"
-                " declared in the config files may take a wildcard)",
-                field="interface",
-            )
-        keys = groups.join_keys(validate.interface(interface, "interface"), group, source)
+        name = validate.interface_or_wildcard(interface, "interface")  # "vlan*": each vlan
+        keys = groups.join_keys(name, group, source)
         self._check_family(groups.family_of(keys[0]))
         return keys
 

@@ -43,7 +43,16 @@ from mfcd.errors import (
     StateError,
     VifLimit,
 )
-from mfcd.groups import ORIGIN_CONFIG, Join, Joins, Leave, MembershipOp, SetMrdisc, describe_key
+from mfcd.groups import (
+    ORIGIN_CONFIG,
+    Join,
+    JoinKey,
+    Joins,
+    Leave,
+    MembershipOp,
+    SetMrdisc,
+    describe_key,
+)
 from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
@@ -65,7 +74,7 @@ from mfcd.model import (
 )
 from mfcd.state import Loaded, RouteView, SnapshotNeeded
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, per_iif
+from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, matches, per_iif
 
 log = logging.getLogger("mfcd")
 
@@ -225,6 +234,7 @@ class Controller:
         # file keeps); the model holds their expansions (see mfcd.wildcards).
         self.wild_routes: dict[RouteKey, Ports] = {}
         self.wild_templates: dict[TemplateKey, Ports] = {}
+        self.wild_joins: dict[JoinKey, None] = {}  # joins on a wildcard interface
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -285,8 +295,10 @@ class Controller:
     def restore_joins(self, loaded: Loaded) -> None:
         """Join the saved groups on the interfaces that exist; the others stay pending."""
         joins, links = self.joins, self.router.links
+        self.wild_joins = {k: None for k in loaded.joins if is_wildcard(k[0])}
+        keys = [e for k in loaded.joins for e in self._join_expansion(k, links)]
         joins.begin()
-        ops = [op for key in loaded.joins for op in joins.join(key, "api", links)]
+        ops = [op for key in keys for op in joins.join(key, "api", links)]
         for name in loaded.mrdisc:
             joins.set_mrdisc(name, True)
         joins.commit()
@@ -328,7 +340,34 @@ class Controller:
         """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
         declared = self.declared.mrdisc()
         mrdisc = sorted(n for n in self.joins.mrdisc if n not in declared)
-        return {"joins": self.joins.saved(), "mrdisc": mrdisc}
+        saved = self.joins.saved()
+        if self.wild_joins:  # a wildcard join is saved as itself, not its expansions
+            saved = [k for k in saved if self.join_owner((k[0], k[1], k[2])) is None]
+            saved += [list(k) for k in self.wild_joins]
+        return {"joins": saved, "mrdisc": mrdisc}
+
+    def _join_expansion(self, key: JoinKey, links: Iterable[str]) -> list[JoinKey]:
+        """The joins a join stands for: with a wildcard interface, one per existing
+        interface it matches; else itself."""
+        if not is_wildcard(key[0]):
+            return [key]
+        return [(name, key[1], key[2]) for name in sorted(links) if matches(key[0], name)]
+
+    def expanded_joins(self, key: JoinKey) -> list[JoinKey]:
+        """The runtime joins the model holds for a join on a wildcard interface."""
+        wanted = self.joins.wanted
+        return [k for k in wanted if k[1:] == key[1:] and k[0] != key[0] and matches(key[0], k[0])]
+
+    def join_owner(self, key: JoinKey) -> JoinKey | None:
+        """The runtime join on a wildcard interface that `key` is one of the expansions of."""
+        for pattern_key in self.wild_joins:
+            if (
+                key[1:] == pattern_key[1:]
+                and key != pattern_key
+                and matches(pattern_key[0], key[0])
+            ):
+                return pattern_key
+        return None
 
     def persistent_templates(self) -> dict[TemplateKey, Ports]:
         """The templates the state file keeps: the API's (config ones come from the files),
@@ -407,7 +446,7 @@ class Controller:
         if (
             origin == "api"
             and journal is None
-            and (wildcards.made or self.wild_routes or self.wild_templates)
+            and (wildcards.made or self.wild_routes or self.wild_templates or self.wild_joins)
             and self._touches_patterns(changes)
         ):
             return self._change_patterns(changes, dry_run, keep_steps, numbered)
@@ -486,6 +525,10 @@ class Controller:
                 change.key in templates or is_wildcard(change.key[4]) or self._owner(change.key)
             ):
                 return True
+            if isinstance(change, (Join, Leave)) and (
+                is_wildcard(change.key[0]) or (self.wild_joins and self.join_owner(change.key))
+            ):
+                return True
         return False
 
     def _owner(self, key: TemplateKey) -> TemplateKey | None:
@@ -504,6 +547,7 @@ class Controller:
         or is a dry run)."""
         links = self.router.links
         routes, templates = dict(self.wild_routes), dict(self.wild_templates)
+        joins = dict(self.wild_joins)
         applied: list[Change] = []
         for change in changes:
             if isinstance(change, (AddRoute, DelRoute)):
@@ -516,18 +560,45 @@ class Controller:
                 applied.append(AddRoute(change.key, now))
             elif isinstance(change, (AddTemplate, DelTemplate)):
                 applied += self._template_changes(change, templates, links)
+            elif isinstance(change, (Join, Leave)):
+                applied += self._join_changes(change, joins, links)
             else:
                 applied.append(change)
-        was = self.wild_routes, self.wild_templates
-        self.wild_routes, self.wild_templates = routes, templates  # a snapshot written now
+        was = self.wild_routes, self.wild_templates, self.wild_joins
+        # (set now: a snapshot written during the change has them)
+        self.wild_routes, self.wild_templates, self.wild_joins = routes, templates, joins
         try:
             return self.change(applied, dry_run, keep_steps, numbered, journal=list(changes))
         except BaseException:
-            self.wild_routes, self.wild_templates = was
+            self.wild_routes, self.wild_templates, self.wild_joins = was
             raise
         finally:
             if dry_run:
-                self.wild_routes, self.wild_templates = was
+                self.wild_routes, self.wild_templates, self.wild_joins = was
+
+    def _join_changes(
+        self, change: Join | Leave, joins: dict[JoinKey, None], links: Iterable[str]
+    ) -> list[Change]:
+        """What an api join or leave with a wildcard interface makes of the model's joins
+        (see _change_patterns); `joins` become the wildcard joins after it."""
+        key = change.key
+        if not is_wildcard(key[0]):
+            owner = self.join_owner(key)
+            if isinstance(change, Leave) and owner is not None:
+                raise InvalidArgument(
+                    f"{describe_key(key)} is one of the joins on {owner[0]}: leave that one"
+                    f" (--interface '{owner[0]}')",
+                    field="interface",
+                )
+            return [change]
+        if isinstance(change, Leave):
+            if key not in joins:
+                raise NotFound(f"{describe_key(key)} was not joined")
+            del joins[key]
+            return [Leave(k) for k in self.expanded_joins(key)]
+        joins[key] = None
+        wanted = self.joins.wanted
+        return [Join(k) for k in self._join_expansion(key, links) if k not in wanted]
 
     def _template_changes(
         self,
@@ -595,6 +666,14 @@ class Controller:
                     f"iif {k[4]} oifs {','.join(p.oifs)}" for k, p in wanted.items()
                 )
                 todo.append((f"template {template_text(tkey)}: now", now_text or "none", changes))
+        for jkey in self.wild_joins:
+            on = self._join_expansion(jkey, links)
+            had = self.expanded_joins(jkey)
+            changes = [Leave(k) for k in had if k not in on]
+            changes += [Join(k) for k in on if k not in had]
+            if changes:
+                names = ",".join(k[0] for k in on) or "none"
+                todo.append((f"{describe_key(jkey)}: now on", names, changes))
         for what, now_text, changes in todo:
             try:
                 self.change(changes, keep_steps=False, journal=[])

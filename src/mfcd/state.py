@@ -326,7 +326,7 @@ def _join_key(saved: Any) -> JoinKey:
     if saved.__class__ is not list or len(saved) != 3:
         raise ValueError("malformed join")
     interface, group, source = saved
-    keys = groups.join_keys(validate.interface(interface, "interface"), group, source)
+    keys = groups.join_keys(validate.interface_or_wildcard(interface, "interface"), group, source)
     if len(keys) != 1 or "/" in group or "/" in source:
         raise ValueError("malformed join")
     return keys[0]

@@ -290,16 +290,47 @@ def test_show_gives_the_pattern_beside_the_expansion_and_the_cli_prints_both() -
     assert cli._oifs_text(second) == "b"
 
 
-@pytest.mark.parametrize("interface", ["vlan*", "vlan+"])
-def test_a_runtime_join_on_a_wildcard_is_refused_and_changes_nothing(interface: str) -> None:
+def test_a_join_on_a_wildcard_interface_joins_each_match_and_follows_them(
+    tmp_path: Path,
+) -> None:
     commands = make_commands()
-    before = snapshot(commands)
-    answer = ask(commands, "join", {"interface": interface, "group": "239.3.3.3"})
-    assert error_of(answer) == ("invalid_argument", "interface")
-    assert "is a wildcard" in answer["error"]["message"]
-    text = f"join --interface {interface} --group 239.3.3.3\n"
-    assert error_of(ask(commands, "batch", {"text": text}))[0] == "invalid_argument"
-    assert snapshot(commands) == before
+    ctl = commands.controller
+    ctl.link_up("vlan1", 21)
+    ctl.link_up("vlan2", 22)
+    answer = ask(commands, "join", {"interface": "vlan*", "group": "239.3.3.3"})["result"]
+    assert (answer["joins"], answer["state"]) == (2, "joined")
+    assert set(ctl.joins.joined) == {("vlan1", "239.3.3.3", "*"), ("vlan2", "239.3.3.3", "*")}
+    assert records(ctl)[-1] == [["join", "vlan*", "239.3.3.3", "*"]]
+    assert ctl.snapshot_extra()["joins"] == [["vlan*", "239.3.3.3", "*"]]
+    shown = ask(commands, "group.show", {})["result"]["groups"]
+    assert [(g["interface"], g.get("interface_pattern")) for g in shown] == [
+        ("vlan1", "vlan*"),
+        ("vlan2", "vlan*"),
+    ]
+    assert cli.format_groups({"groups": shown}).count("vlan*(vlan") == 2
+    gone(ctl, "vlan1")
+    ctl.link_up("vlan3", 23)
+    assert [ok for ok, _ in ctl.follow_api_wildcards()] == [True]
+    assert set(ctl.joins.wanted) == {("vlan2", "239.3.3.3", "*"), ("vlan3", "239.3.3.3", "*")}
+    refused = ask(commands, "leave", {"interface": "vlan2", "group": "239.3.3.3"})
+    assert error_of(refused) == ("invalid_argument", "interface")
+    # a restart: the join comes back as the wildcard, over the interfaces there are then
+    path = str(tmp_path / "state.journal")
+    sf = StateFile(path)
+    sf.load()
+    sf.write_snapshot([], {}, ctl.snapshot_extra())
+    sf.close()
+    again = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(("vlan7", "other"), 1):
+        again.link_up(name, ifindex)
+    again.restore_joins(StateFile(path).load())
+    assert set(again.joins.wanted) == {("vlan7", "239.3.3.3", "*")}
+    assert again.wild_joins == {("vlan*", "239.3.3.3", "*"): None}
+    # leave names the wildcard
+    assert ask(commands, "leave", {"interface": "vlan*", "group": "239.3.3.3"})["ok"]
+    assert ctl.joins.wanted == {} and ctl.wild_joins == {}
+    missing = ask(commands, "leave", {"interface": "vlan*", "group": "239.3.3.3"})
+    assert error_of(missing)[0] == "not_found"
 
 
 def test_requests_add_show_and_delete_a_template_with_a_wildcard_iif() -> None:
