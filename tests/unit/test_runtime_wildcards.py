@@ -15,7 +15,7 @@ from mfcd.state import StateFile
 from mfcd.views import Views
 from mfcd.wildcards import Pattern
 from tests.unit.conftest import FakeKernel, FakeState
-from tests.unit.test_commands import ask, error_of, make_commands, snapshot
+from tests.unit.test_commands import ask, error_of, make_commands
 
 KEY = (4, "198.18.0.2", "239.1.1.1", 253)
 OTHER = (4, "198.18.0.2", "239.1.1.2", 253)
