@@ -379,7 +379,12 @@ def _mfc_command(sub: Any) -> None:
         " most specific template wins; an exact route always wins).",
     )
     _key_options(add, template=True)
-    add.add_argument("--iif", required=True, metavar="IFNAME", help="incoming interface")
+    add.add_argument(
+        "--iif",
+        required=True,
+        metavar="IFNAME",
+        help="incoming interface (a template's may be a wildcard: one template per interface)",
+    )
     _oifs_option(
         add,
         "outgoing interfaces, comma- or space-separated; a name ending in * or + is a"
@@ -563,7 +568,13 @@ def _join_command(sub: Any, name: str = "join") -> None:
         else "Leave GROUP (and SOURCE) on IFNAME, joined before with `join`; prefixes as for"
         " `join`. Exit status 5 if it was not joined.",
     )
-    cmd.add_argument("--interface", required=True, metavar="IFNAME", help="interface name")
+    cmd.add_argument(
+        "--interface",
+        required=True,
+        metavar="IFNAME",
+        help="interface name; one ending in * or + is a wildcard (quote it): every interface"
+        " it matches, now and later",
+    )
     cmd.add_argument(
         "--group", required=True, metavar="GROUP", help="multicast group address or prefix"
     )

@@ -7,7 +7,7 @@ import socket
 from sys import intern
 from typing import Any
 
-from mfcd import rt_tables
+from mfcd import rt_tables, wildcards
 from mfcd import templates as tpl
 from mfcd.errors import BadRequest, InvalidArgument
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, AddRoute, AddTemplate, Ports, Route, RouteKey
@@ -212,6 +212,7 @@ def interface_or_wildcard(value: Any, field: str) -> str:
     """An interface name, or a wildcard: the start of one followed by * or + (see
     mfcd.wildcards)."""
     if value.__class__ is str and value.endswith(WILDCARDS):
+        wildcards.seen()  # (a join's key holds the name itself: no Pattern tells of it)
         if len(value) < 2:
             raise InvalidArgument(
                 f"{field}: a wildcard needs the start of a name, as in eth+ or vlan*", field=field

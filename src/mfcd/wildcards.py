@@ -28,6 +28,12 @@ class Pattern(Ports):
     __slots__ = ()
 
 
+def seen() -> None:
+    """A wildcard was read (a request or the state file): see `made`."""
+    global made  # noqa: PLW0603 (a one-way switch)
+    made = True
+
+
 def is_wildcard(name: str) -> bool:
     return name.endswith(WILDCARDS)
 
@@ -43,8 +49,7 @@ def pattern(iif: str, oifs: tuple[str, ...]) -> Ports:
     """The Ports of these interfaces: a Pattern if an oif (or a template's iif) is a
     wildcard."""
     if iif.endswith(WILDCARDS) or any(n.endswith(WILDCARDS) for n in oifs):
-        global made  # noqa: PLW0603 (a one-way switch, see above)
-        made = True
+        seen()
         return Pattern(iif, oifs)
     return Ports(iif, oifs)
 

@@ -12,6 +12,7 @@ import pytest
 
 from lab.netns import Lab
 from tests.netns.conftest import Mfcd, route_args
+from tests.netns.test_joins import groups, memberships
 
 SOURCE = "198.18.0.2"
 GROUP = "239.6.0.1"
@@ -31,7 +32,7 @@ def route(mfcd: Mfcd) -> dict[str, object]:
 def wait_for(what: Callable[[], bool], mfcd: Mfcd, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not what():
-        assert time.monotonic() < deadline, route(mfcd)
+        assert time.monotonic() < deadline, mfcd.ok("show")
         time.sleep(0.05)
 
 
@@ -40,8 +41,9 @@ def test_a_wildcard_route_follows_vlans_that_come_and_go_and_survives_a_restart(
     lab: Lab, mfcd: Mfcd
 ) -> None:
     add_vlan(lab, 2, "vlan1")  # rx2 behind vlan1; rx3 not linked yet; rx1 behind r1
-    dry = mfcd.ok(*route_args(SOURCE, GROUP, "r0", "vlan*"), "--dry-run")
-    assert "vlan1" in dry and GROUP not in mfcd.ok("show")  # the plan of the expansion
+    # The plan of the expansion (once mfcd has heard of vlan1: a dry run changes nothing).
+    wait_for(lambda: "vlan1" in mfcd.ok(*route_args(SOURCE, GROUP, "r0", "vlan*"), "-n"), mfcd)
+    assert GROUP not in mfcd.ok("show")
     mfcd.ok(*route_args(SOURCE, GROUP, "r0", "vlan*"))
     shown = route(mfcd)
     assert (shown["oifs"], shown["oif_patterns"]) == (["vlan1"], ["vlan*"])
@@ -111,3 +113,32 @@ def test_a_template_with_wildcard_iif_and_oifs_learns_and_forwards_to_vlans_that
     assert refused.returncode != 0 and "--iif 'r*'" in refused.stderr
     mfcd.ok("mfc", "del", "--group", "239.7.0.0/16", "--iif", "r*")
     assert templates() == []
+
+
+@pytest.mark.lab(receivers=3, linked=1)
+def test_a_join_on_a_wildcard_interface_follows_vlans_in_the_kernel(lab: Lab, mfcd: Mfcd) -> None:
+    group = "239.8.0.1"
+    add_vlan(lab, 2, "vlan1")
+    mfcd.ok("join", "--interface", "vlan*", "--group", group)
+    deadline = time.monotonic() + 10
+    while group not in memberships(lab, "vlan1", 4):  # (once mfcd has heard of vlan1)
+        assert time.monotonic() < deadline, groups(mfcd)
+        time.sleep(0.05)
+    add_vlan(lab, 3, "vlan2")  # appears: joined there too, with no command
+    while group not in memberships(lab, "vlan2", 4):
+        assert time.monotonic() < deadline, groups(mfcd)
+        time.sleep(0.05)
+    assert [(g["interface"], g["interface_pattern"]) for g in groups(mfcd)] == [
+        ("vlan1", "vlan*"),
+        ("vlan2", "vlan*"),
+    ]
+    lab.del_router_link("vlan1")
+    while [g["interface"] for g in groups(mfcd)] != ["vlan2"]:
+        assert time.monotonic() < deadline, groups(mfcd)
+        time.sleep(0.05)
+    mfcd.stop()
+    add_vlan(lab, 2, "vlan1")
+    mfcd.start()  # the wildcard was saved, not vlan2
+    assert group in memberships(lab, "vlan1", 4) and group in memberships(lab, "vlan2", 4)
+    mfcd.ok("leave", "--interface", "vlan*", "--group", group)
+    assert groups(mfcd) == [] and group not in memberships(lab, "vlan1", 4)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mfcd import cli, validate
+from mfcd import cli, validate, wildcards
 from mfcd.controller import Controller
 from mfcd.errors import InvalidArgument, NotFound
 from mfcd.model import MAXVIFS, DelRoute, DelTemplate, Ports
@@ -291,8 +291,9 @@ def test_show_gives_the_pattern_beside_the_expansion_and_the_cli_prints_both() -
 
 
 def test_a_join_on_a_wildcard_interface_joins_each_match_and_follows_them(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(wildcards, "made", False)  # as in a new mfcd: no wildcard seen yet
     commands = make_commands()
     ctl = commands.controller
     ctl.link_up("vlan1", 21)
