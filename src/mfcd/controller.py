@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Protocol
 
 from mfcd import views, wildcards
@@ -79,6 +80,7 @@ from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, matches, 
 log = logging.getLogger("mfcd")
 
 
+_KEY, _PORTS, _GROUP = itemgetter(0), itemgetter(1), itemgetter(2)  # of an AddRoute, a key
 CHUNK = 1024  # changes planned and applied at a time
 REISSUE_CHUNK = 500  # routes whose entries reissue_slices() writes between two yields
 # Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
@@ -516,6 +518,15 @@ class Controller:
     def _touches_patterns(self, changes: Sequence[Change]) -> bool:
         """Whether an api change adds a wildcard pattern or replaces or deletes one."""
         routes, templates = self.wild_routes, self.wild_templates
+        if set(map(type, changes)) == {AddRoute}:  # a bulk load: looked at in C, ~20x faster
+            if Pattern in set(map(type, map(_PORTS, changes))):
+                return True
+            if not routes:
+                return False
+            groups = {key[2] for key in routes}  # strings: their hashes are kept, not tuples'
+            if groups.isdisjoint(map(_GROUP, map(_KEY, changes))):
+                return False
+            return not routes.keys().isdisjoint(map(_KEY, changes))
         for change in changes:
             if isinstance(change, (AddRoute, AddTemplate)) and change.ports.__class__ is Pattern:
                 return True

@@ -353,3 +353,18 @@ def test_requests_add_show_and_delete_a_template_with_a_wildcard_iif() -> None:
     assert error_of(refused) == ("invalid_argument", "iif")
     assert ask(commands, "mfc.del", {"group": "239.4.0.0/16", "iif": "up*"})["ok"]
     assert ctl.router.templates == {} and ctl.wild_templates == {}
+
+
+def test_the_scan_of_a_bulk_load_finds_a_pattern_or_a_wildcard_routes_key() -> None:
+    ctl = controller("a", "b")
+    plain = [validate.add_change("198.18.0.2", f"239.9.0.{i}", "a", ["b"]) for i in range(1, 50)]
+    assert not ctl._touches_patterns(plain)
+    wild = validate.add_change("198.18.0.2", "239.9.1.1", "a", ["vlan*"])
+    assert ctl._touches_patterns([*plain, wild])  # all adds: the C path
+    ctl.change([wild])
+    assert not ctl._touches_patterns(plain)
+    other = validate.add_change("198.18.0.3", "239.9.1.1", "a", ["b"])
+    assert not ctl._touches_patterns([*plain, other])  # its group, another source
+    again = validate.add_change("198.18.0.2", "239.9.1.1", "a", ["b"])
+    assert ctl._touches_patterns([*plain, again])  # replaces the wildcard route
+    assert ctl._touches_patterns([*plain, DelRoute(again.key)])  # the loop
