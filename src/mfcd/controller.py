@@ -518,7 +518,7 @@ class Controller:
     def _touches_patterns(self, changes: Sequence[Change]) -> bool:
         """Whether an api change adds a wildcard pattern or replaces or deletes one."""
         routes, templates = self.wild_routes, self.wild_templates
-        if set(map(type, changes)) == {AddRoute}:  # a bulk load: looked at in C, ~20x faster
+        if set(map(type, changes)) == {AddRoute}:  # a bulk load: looked at in C (2-3x faster)
             if Pattern in set(map(type, map(_PORTS, changes))):
                 return True
             if not routes:
