@@ -356,9 +356,14 @@ class Controller:
         return [(name, key[1], key[2]) for name in sorted(links) if matches(key[0], name)]
 
     def expanded_joins(self, key: JoinKey) -> list[JoinKey]:
-        """The runtime joins the model holds for a join on a wildcard interface."""
+        """The runtime joins the model holds for a join on a wildcard interface (not those
+        the config files took over: they own them)."""
         wanted = self.joins.wanted
-        return [k for k in wanted if k[1:] == key[1:] and k[0] != key[0] and matches(key[0], k[0])]
+        return [
+            k
+            for k, origin in wanted.items()
+            if k[1:] == key[1:] and origin != ORIGIN_CONFIG and k != key and matches(key[0], k[0])
+        ]
 
     def join_owner(self, key: JoinKey) -> JoinKey | None:
         """The runtime join on a wildcard interface that `key` is one of the expansions of."""
@@ -681,7 +686,7 @@ class Controller:
             on = self._join_expansion(jkey, links)
             had = self.expanded_joins(jkey)
             changes = [Leave(k) for k in had if k not in on]
-            changes += [Join(k) for k in on if k not in had]
+            changes += [Join(k) for k in on if k not in self.joins.wanted]
             if changes:
                 names = ",".join(k[0] for k in on) or "none"
                 todo.append((f"{describe_key(jkey)}: now on", names, changes))

@@ -10,12 +10,14 @@ import pytest
 from mfcd import cli, validate, wildcards
 from mfcd.controller import Controller
 from mfcd.errors import InvalidArgument, NotFound
+from mfcd.groups import Join
 from mfcd.model import MAXVIFS, DelRoute, DelTemplate, Ports
 from mfcd.state import StateFile
 from mfcd.views import Views
 from mfcd.wildcards import Pattern
 from tests.unit.conftest import FakeKernel, FakeState
 from tests.unit.test_commands import ask, error_of, make_commands
+from tests.unit.test_declarations import apply
 
 KEY = (4, "198.18.0.2", "239.1.1.1", 253)
 OTHER = (4, "198.18.0.2", "239.1.1.2", 253)
@@ -368,3 +370,19 @@ def test_the_scan_of_a_bulk_load_finds_a_pattern_or_a_wildcard_routes_key() -> N
     again = validate.add_change("198.18.0.2", "239.9.1.1", "a", ["b"])
     assert ctl._touches_patterns([*plain, again])  # replaces the wildcard route
     assert ctl._touches_patterns([*plain, DelRoute(again.key)])  # the loop
+
+
+def test_a_wildcard_join_leaves_alone_the_joins_the_config_files_own() -> None:
+    ctl = controller("vlan1", "vlan2")
+    apply(ctl, '[[join]]\ninterface = "vlan1"\ngroup = "239.3.3.3"\n')
+    ctl.change([Join(("vlan*", "239.3.3.3", "*"))])
+    assert ctl.joins.wanted == {
+        ("vlan1", "239.3.3.3", "*"): "config",
+        ("vlan2", "239.3.3.3", "*"): "api",
+    }
+    gone(ctl, "vlan1")
+    gone(ctl, "vlan2")
+    assert ctl.follow_api_wildcards() == [(True, "group 239.3.3.3 on vlan*: now on none")]
+    assert ctl.joins.wanted == {("vlan1", "239.3.3.3", "*"): "config"}  # pending, as declared
+    ctl.link_up("vlan1", 7)
+    assert ctl.follow_api_wildcards() == []  # nothing to do: the config files join vlan1
