@@ -393,14 +393,18 @@ class Controller:
         self, key: TemplateKey, ports: Ports, links: Iterable[str]
     ) -> dict[TemplateKey, Ports]:
         """The templates a runtime template with wildcards stands for: itself with its
-        oifs expanded, or with a wildcard iif one per interface it matches."""
-        return {(*key[:4], p.iif): p for p in per_iif(ports, links)}
+        oifs expanded, or with a wildcard iif one per interface it matches (but those the
+        config files declare: they own them)."""
+        origins = self.router.template_origins
+        expansion = {(*key[:4], p.iif): p for p in per_iif(ports, links)}
+        return {k: p for k, p in expansion.items() if k not in origins} if origins else expansion
 
     def _expanded_now(self, key: TemplateKey) -> list[TemplateKey]:
-        """The templates the model holds for a runtime template with wildcards."""
-        templates = self.router.templates
+        """The templates the model holds for a runtime template with wildcards (not those
+        the config files took over)."""
+        templates, origins = self.router.templates, self.router.template_origins
         if is_wildcard(key[4]):
-            return [k for k in templates if expansion_of(k, key)]
+            return [k for k in templates if expansion_of(k, key) and k not in origins]
         return [key] if key in templates else []
 
     def _execute_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:

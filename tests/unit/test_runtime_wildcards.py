@@ -386,3 +386,16 @@ def test_a_wildcard_join_leaves_alone_the_joins_the_config_files_own() -> None:
     assert ctl.joins.wanted == {("vlan1", "239.3.3.3", "*"): "config"}  # pending, as declared
     ctl.link_up("vlan1", 7)
     assert ctl.follow_api_wildcards() == []  # nothing to do: the config files join vlan1
+
+
+def test_a_wildcard_iif_template_leaves_alone_the_templates_the_config_files_own() -> None:
+    ctl = controller("up1", "up2", "b")
+    apply(ctl, '[[route]]\ngroup = "239.2.0.0/16"\niif = "up1"\noifs = ["b"]\n')
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "up*", ["b"])])
+    assert ctl.router.template_origins == {(*TPAT[:4], "up1"): "config"}
+    assert set(ctl.router.templates) == {(*TPAT[:4], "up1"), (*TPAT[:4], "up2")}
+    ctl.link_up("up3", 9)
+    assert [ok for ok, _ in ctl.follow_api_wildcards()] == [True]
+    assert set(ctl.router.templates) == {(*TPAT[:4], n) for n in ("up1", "up2", "up3")}
+    ctl.change([DelTemplate(TPAT)])
+    assert set(ctl.router.templates) == {(*TPAT[:4], "up1")}  # the declared one stays
