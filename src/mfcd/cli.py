@@ -379,8 +379,17 @@ def _mfc_command(sub: Any) -> None:
         " most specific template wins; an exact route always wins).",
     )
     _key_options(add, template=True)
-    add.add_argument("--iif", required=True, metavar="IFNAME", help="incoming interface")
-    _oifs_option(add, "outgoing interfaces, comma- or space-separated")
+    add.add_argument(
+        "--iif",
+        required=True,
+        metavar="IFNAME",
+        help="incoming interface (a template's may be a wildcard: one template per interface)",
+    )
+    _oifs_option(
+        add,
+        "outgoing interfaces, comma- or space-separated; a name ending in * or + is a"
+        " wildcard (quote it): every interface it matches, now and later",
+    )
     _command_options(add, changes=True)
     delete = mfc_sub.add_parser(
         "del",
@@ -559,7 +568,13 @@ def _join_command(sub: Any, name: str = "join") -> None:
         else "Leave GROUP (and SOURCE) on IFNAME, joined before with `join`; prefixes as for"
         " `join`. Exit status 5 if it was not joined.",
     )
-    cmd.add_argument("--interface", required=True, metavar="IFNAME", help="interface name")
+    cmd.add_argument(
+        "--interface",
+        required=True,
+        metavar="IFNAME",
+        help="interface name; one ending in * or + is a wildcard (quote it): every interface"
+        " it matches, now and later",
+    )
     cmd.add_argument(
         "--group", required=True, metavar="GROUP", help="multicast group address or prefix"
     )
@@ -953,7 +968,8 @@ def format_templates(templates: list[dict[str, Any]]) -> list[str]:
         state = _state(t)
         if t.get("origin", "api") != "api":
             state += f", {t['origin']}"  # as a route's: only when not the API's
-        row = [t["source"], t["group"], *table_column, t["iif"], ",".join(t["oifs"]), state]
+        iif = f"{t['iif_pattern']}({t['iif']})" if "iif_pattern" in t else t["iif"]
+        row = [t["source"], t["group"], *table_column, iif, _oifs_text(t), state]
         rows.append([*row, str(t.get("learned", 0))])
     return [f"Templates ({len(templates)})", *table(rows, right={len(rows[0]) - 1})]
 
@@ -1029,7 +1045,7 @@ def format_routes(
         header += ["PACKETS", "BYTES", "WRONG IF"] + (["PKT/S", "BIT/S"] if rates else [])
     rows = [header]
     for r in routes:
-        row = [r["source"], r["group"], r["iif"], ",".join(r["oifs"]), _state(r)]
+        row = [r["source"], r["group"], r["iif"], _oifs_text(r), _state(r)]
         if r.get("origin", "api") != "api":
             row[4] += f", {_origin(r)}"
         if stats:
@@ -1055,6 +1071,25 @@ def format_routes(
         fields += [f"{h.lower()} {v}" for h, v in zip(header[5:], row[5:], strict=True)]
         lines += _pack(fields, width, "    ")
     return lines
+
+
+def _interface(join: dict[str, Any]) -> str:
+    """A join's interface; one of a wildcard join's as vlan*(vlan1)."""
+    pattern = join.get("interface_pattern")
+    return f"{pattern}({join['interface']})" if pattern else str(join["interface"])
+
+
+def _oifs_text(route: dict[str, Any]) -> str:
+    """A route's or template's oifs; with wildcards, as given, each wildcard followed by the
+    interfaces it matches now: eth1,vlan*(vlan1,vlan2)."""
+    patterns = route.get("oif_patterns")
+    if not patterns:
+        return ",".join(route["oifs"])
+    parts = []
+    for name in patterns:
+        found = [n for n in route["oifs"] if n not in patterns and n.startswith(name[:-1])]
+        parts.append(f"{name}({','.join(found)})" if name.endswith(("*", "+")) else name)
+    return ",".join(parts)
 
 
 def _wrap_list(label: str, items: str, width: int) -> list[str]:
@@ -1111,7 +1146,7 @@ def format_groups(result: dict[str, Any]) -> str:
     joins = result.get("groups", [])
     lines = [f"Groups ({len(joins)})"]
     rows = [["INTERFACE", "GROUP", "SOURCE", "STATE", "ORIGIN"]]
-    rows += [[j["interface"], j["group"], j["source"], _state(j), j["origin"]] for j in joins]
+    rows += [[_interface(j), j["group"], j["source"], _state(j), j["origin"]] for j in joins]
     lines += table(rows) if joins else ["  (none)"]
     mrdisc = result.get("mrdisc", [])
     lines += ["", f"Router advertisements (mrdisc): {', '.join(mrdisc) if mrdisc else 'none'}"]

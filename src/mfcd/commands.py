@@ -51,6 +51,7 @@ from mfcd.model import (
     template_text,
 )
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import is_wildcard
 
 log = logging.getLogger("mfcd")
 
@@ -315,6 +316,7 @@ class Commands:
             streamed=True,
             table=table,
             learned_since=learner.since if learner is not None else None,
+            patterns=self.controller.shown_patterns(),
         )
         if stats and learner is not None:
             result["learning"] = learner.stats()
@@ -385,9 +387,9 @@ class Commands:
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         if _names_template(args):
             return self._change([self._add_template(args)], dry_run, peer, "mfc.add", args)
-        route = validate.route(args)
-        self._check_family(route.family)
-        return self._change([AddRoute.of(route)], dry_run, peer, "mfc.add", args)
+        change = validate.route_change(args)
+        self._check_family(change.key[0])
+        return self._change([change], dry_run, peer, "mfc.add", args)
 
     def mfc_del(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         if _names_template(args):
@@ -443,7 +445,7 @@ class Commands:
         self, kind: str, args: dict[str, Any], dry_run: bool, peer: Peer
     ) -> dict[str, Any]:
         validate.require_fields(args, OIF_FIELDS, validate.OPTIONAL)
-        lookup = _BatchRoutes(self.controller.router, []).get
+        lookup = _BatchRoutes(self.controller.router, [], self.controller.wild_routes).get
         change = self._oif_change(
             kind, args["source"], args["group"], args["oifs"], lookup, table=args.get("table")
         )
@@ -464,7 +466,7 @@ class Commands:
         route first). `lookup` gives a route's interfaces as the request finds them."""
         key = validate.route_key_of(source, group, table)
         self._check_family(key[0])
-        names = validate.interfaces(oifs, "oifs")
+        names = validate.interfaces(oifs, "oifs", wild=True)
         ports = lookup(key)
         if ports is None:
             raise NotFound(f"no route for source {key[1]} group {key[2]}{_in_table(key)}")
@@ -496,6 +498,8 @@ class Commands:
         keys = self._join_keys(args)
         result = self._change([Join(k) for k in keys], dry_run, peer, "join", args)
         if not dry_run:
+            if is_wildcard(keys[0][0]):  # the joins it stands for now
+                keys = [e for k in keys for e in self.controller.expanded_joins(k)]
             result.update(self._join_states(keys))
         return result
 
@@ -519,6 +523,9 @@ class Commands:
             }
             if status.reason:
                 entry["reason"] = status.reason
+            owner = self.controller.wild_joins and self.controller.join_owner(key)
+            if owner:
+                entry["interface_pattern"] = owner[0]
             shown.append(entry)
         return {"groups": shown, "mrdisc": sorted(joins.mrdisc)}
 
@@ -529,7 +536,8 @@ class Commands:
         return self._join_keys_of(args["interface"], args["group"], args.get("source"))
 
     def _join_keys_of(self, interface: Any, group: Any, source: Any) -> list[JoinKey]:
-        keys = groups.join_keys(validate.interface(interface, "interface"), group, source)
+        name = validate.interface_or_wildcard(interface, "interface")  # "vlan*": each vlan
+        keys = groups.join_keys(name, group, source)
         self._check_family(groups.family_of(keys[0]))
         return keys
 
@@ -610,7 +618,7 @@ class Commands:
         if not isinstance(ops, list):
             raise BadRequest("ops must be a list", field="ops")
         changes: list[Change] = []
-        routes = _BatchRoutes(self.controller.router, changes)
+        routes = _BatchRoutes(self.controller.router, changes, self.controller.wild_routes)
         deleted = updated = 0
         for index, op in enumerate(ops):
             try:
@@ -631,7 +639,7 @@ class Commands:
         add = changes.append
         families = self.families
         add_change = validate.add_change
-        routes = _BatchRoutes(self.controller.router, changes)
+        routes = _BatchRoutes(self.controller.router, changes, self.controller.wild_routes)
         lineno = deleted = updated = 0
         try:
             for lineno, kind, source, group, iif, oifs, table in batchfile.lines(text):  # noqa: B007
@@ -688,9 +696,9 @@ class Commands:
                 kind, op["source"], op["group"], op["oifs"], routes.get, table=op.get("table")
             )
         if kind == "add":
-            route = validate.route(op, validate.BATCH_ADD_FIELDS)
-            self._check_family(route.family)
-            return AddRoute.of(route)
+            change = validate.route_change(op, validate.BATCH_ADD_FIELDS)
+            self._check_family(change.key[0])
+            return change
         if kind == "del":
             key = validate.key(op, validate.BATCH_DEL_FIELDS)
             self._check_family(key[0])
@@ -738,7 +746,7 @@ class Commands:
             counts=outcome.counts,
             steps=outcome.steps if plan else None,
             dry_run=dry_run,
-            added=only.key if isinstance(only, (AddRoute, AddTemplate)) else None,
+            added=_added(self.controller.router, only),
         )
         if plan and outcome.memberships:
             result.setdefault("plan", []).extend(map(groups.describe, outcome.memberships))
@@ -848,8 +856,11 @@ class _BatchRoutes:
     a batch does no more work for batches without oif ops (nearly all of them).
     """
 
-    def __init__(self, router: Router, changes: list[Change]) -> None:
+    def __init__(
+        self, router: Router, changes: list[Change], patterns: dict[RouteKey, Ports]
+    ) -> None:
         self.routes = router.routes
+        self.patterns = patterns
         self.learned = router.learned  # not routes to edit: `flush` and templates own them
         self.changes = changes
         self.seen = 0
@@ -865,7 +876,19 @@ class _BatchRoutes:
         self.seen = len(self.changes)
         if key in latest:
             return latest[key]
+        if key in self.patterns:
+            return self.patterns[key]  # a wildcard route's oifs as given, not its expansion
         return None if key in self.learned else self.routes.get(key)
+
+
+def _added(router: Router, change: Change | None) -> RouteKey | TemplateKey | None:
+    """The route or template a single add left, whose state the answer gives (a template
+    with a wildcard iif is none: it stands for one template per interface it matches)."""
+    if isinstance(change, AddRoute):
+        return change.key
+    if isinstance(change, AddTemplate) and change.key in router.templates:
+        return change.key
+    return None
 
 
 def _names_template(args: dict[str, Any]) -> bool:

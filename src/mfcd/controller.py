@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Protocol
 
-from mfcd import views
+from mfcd import views, wildcards
 from mfcd.dataplane import (
     Dataplane,
     execute,
@@ -32,13 +33,28 @@ from mfcd.dataplane import undo as undo_ops
 from mfcd.declarations import (
     Declarations,
     Diff,
-    expand,
-    is_wildcard,
     join_intents,
     template_intents,
 )
-from mfcd.errors import DeclaredInConfig, KernelError, MfcdError, StateError, VifLimit
-from mfcd.groups import ORIGIN_CONFIG, Join, Joins, Leave, MembershipOp, SetMrdisc, describe_key
+from mfcd.errors import (
+    DeclaredInConfig,
+    InvalidArgument,
+    KernelError,
+    MfcdError,
+    NotFound,
+    StateError,
+    VifLimit,
+)
+from mfcd.groups import (
+    ORIGIN_CONFIG,
+    Join,
+    JoinKey,
+    Joins,
+    Leave,
+    MembershipOp,
+    SetMrdisc,
+    describe_key,
+)
 from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
@@ -60,11 +76,13 @@ from mfcd.model import (
 )
 from mfcd.state import Loaded, RouteView, SnapshotNeeded
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, matches, per_iif
 
 log = logging.getLogger("mfcd")
 _new = tuple.__new__  # a NamedTuple made without its own __new__: half the cost
 
 
+_KEY, _PORTS, _GROUP = itemgetter(0), itemgetter(1), itemgetter(2)  # of an AddRoute, a key
 CHUNK = 1024  # changes planned and applied at a time
 REISSUE_CHUNK = 500  # routes whose entries reissue_slices() writes between two yields
 # Declared route changes declared_slices() applies between two yields: some ms. A request
@@ -228,11 +246,17 @@ class Controller:
         # The routes a sliced reload (declared_slices) is changing, until it is done: an api
         # change to one of them is refused meanwhile.
         self.reloading: AbstractSet[RouteKey] = frozenset()
+        # Runtime routes and templates with wildcard oifs: their patterns (what the state
+        # file keeps); the model holds their expansions (see mfcd.wildcards).
+        self.wild_routes: dict[RouteKey, Ports] = {}
+        self.wild_templates: dict[TemplateKey, Ports] = {}
+        self.wild_joins: dict[JoinKey, None] = {}  # joins on a wildcard interface
 
     # --- start-up --------------------------------------------------------------------------------
 
     def restore(self, loaded: Loaded, links: dict[str, int]) -> None:
         """Install the saved routes for the interfaces that exist; the others stay pending."""
+        self._take_patterns(loaded, links)
         with gc_paused():
             self._restore(loaded, links)
 
@@ -267,11 +291,30 @@ class Controller:
             return
         router.commit()
 
+    def _take_patterns(self, loaded: Loaded, links: dict[str, int]) -> None:
+        """Keep the saved routes' and templates' wildcard patterns; what is installed is
+        their expansion over the interfaces that exist (no scan unless a pattern was read)."""
+        if not wildcards.made:
+            return
+        for key, ports in loaded.routes.items():
+            if ports.__class__ is Pattern:
+                self.wild_routes[key] = ports
+        for key in self.wild_routes:
+            loaded.routes[key] = expand(loaded.routes[key], links)
+        for tkey, ports in loaded.templates.items():
+            if ports.__class__ is Pattern:
+                self.wild_templates[tkey] = ports
+        for tkey, ports in self.wild_templates.items():
+            del loaded.templates[tkey]
+            loaded.templates.update(self._template_expansion(tkey, ports, links))
+
     def restore_joins(self, loaded: Loaded) -> None:
         """Join the saved groups on the interfaces that exist; the others stay pending."""
         joins, links = self.joins, self.router.links
+        self.wild_joins = {k: None for k in loaded.joins if is_wildcard(k[0])}
+        keys = [e for k in loaded.joins for e in self._join_expansion(k, links)]
         joins.begin()
-        ops = [op for key in loaded.joins for op in joins.join(key, "api", links)]
+        ops = [op for key in keys for op in joins.join(key, "api", links)]
         for name in loaded.mrdisc:
             joins.set_mrdisc(name, True)
         joins.commit()
@@ -313,13 +356,70 @@ class Controller:
         """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
         declared = self.declared.mrdisc()
         mrdisc = sorted(n for n in self.joins.mrdisc if n not in declared)
-        return {"joins": self.joins.saved(), "mrdisc": mrdisc}
+        saved = self.joins.saved()
+        if self.wild_joins:  # a wildcard join is saved as itself, not its expansions
+            saved = [k for k in saved if self.join_owner((k[0], k[1], k[2])) is None]
+            saved += [list(k) for k in self.wild_joins]
+        return {"joins": saved, "mrdisc": mrdisc}
+
+    def _join_expansion(self, key: JoinKey, links: Iterable[str]) -> list[JoinKey]:
+        """The joins a join stands for: with a wildcard interface, one per existing
+        interface it matches; else itself."""
+        if not is_wildcard(key[0]):
+            return [key]
+        return [(name, key[1], key[2]) for name in sorted(links) if matches(key[0], name)]
+
+    def expanded_joins(self, key: JoinKey) -> list[JoinKey]:
+        """The runtime joins the model holds for a join on a wildcard interface (not those
+        the config files took over: they own them)."""
+        wanted = self.joins.wanted
+        return [
+            k
+            for k, origin in wanted.items()
+            if k[1:] == key[1:] and origin != ORIGIN_CONFIG and k != key and matches(key[0], k[0])
+        ]
+
+    def join_owner(self, key: JoinKey) -> JoinKey | None:
+        """The runtime join on a wildcard interface that `key` is one of the expansions of."""
+        for pattern_key in self.wild_joins:
+            if (
+                key[1:] == pattern_key[1:]
+                and key != pattern_key
+                and matches(pattern_key[0], key[0])
+            ):
+                return pattern_key
+        return None
 
     def persistent_templates(self) -> dict[TemplateKey, Ports]:
-        """The templates the state file keeps: the API's (config ones come from the files)."""
+        """The templates the state file keeps: the API's (config ones come from the files),
+        a wildcard one as its pattern."""
         router = self.router
         origins = router.template_origins
-        return {k: v for k, v in router.templates.items() if k not in origins}
+        kept = {k: v for k, v in router.templates.items() if k not in origins}
+        wild = self.wild_templates
+        if not wild:
+            return kept
+        iifs = [k for k in wild if is_wildcard(k[4])]  # not their expansions, but them
+        kept = {k: v for k, v in kept.items() if not any(expansion_of(k, p) for p in iifs)}
+        return {**kept, **{k: v for k, v in wild.items() if k not in origins}}
+
+    def _template_expansion(
+        self, key: TemplateKey, ports: Ports, links: Iterable[str]
+    ) -> dict[TemplateKey, Ports]:
+        """The templates a runtime template with wildcards stands for: itself with its
+        oifs expanded, or with a wildcard iif one per interface it matches (but those the
+        config files declare: they own them)."""
+        origins = self.router.template_origins
+        expansion = {(*key[:4], p.iif): p for p in per_iif(ports, links)}
+        return {k: p for k, p in expansion.items() if k not in origins} if origins else expansion
+
+    def _expanded_now(self, key: TemplateKey) -> list[TemplateKey]:
+        """The templates the model holds for a runtime template with wildcards (not those
+        the config files took over)."""
+        templates, origins = self.router.templates, self.router.template_origins
+        if is_wildcard(key[4]):
+            return [k for k in templates if expansion_of(k, key) and k not in origins]
+        return [key] if key in templates else []
 
     def _execute_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
         """Apply steps; add what undoes them to `undo` (if one fails, the kernel undid them)."""
@@ -368,6 +468,14 @@ class Controller:
         """
         router, joins = self.router, self.joins
         declared = self.declared
+        if (
+            origin == "api"
+            and journal is None
+            and not self._reverting
+            and (wildcards.made or self.wild_routes or self.wild_templates or self.wild_joins)
+            and self._touches_patterns(changes)
+        ):
+            return self._change_patterns(changes, dry_run, keep_steps, numbered)
         if (
             origin == "api"
             and not self._reverting
@@ -438,6 +546,185 @@ class Controller:
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
             self.retry_pending(list(router.blocked))
         return outcome
+
+    def _touches_patterns(self, changes: Sequence[Change]) -> bool:
+        """Whether an api change adds a wildcard pattern or replaces or deletes one."""
+        routes, templates = self.wild_routes, self.wild_templates
+        if set(map(type, changes)) == {AddRoute}:  # a bulk load: looked at in C (2-3x faster)
+            if Pattern in set(map(type, map(_PORTS, changes))):
+                return True
+            if not routes:
+                return False
+            groups = {key[2] for key in routes}  # strings: their hashes are kept, not tuples'
+            if groups.isdisjoint(map(_GROUP, map(_KEY, changes))):
+                return False
+            return not routes.keys().isdisjoint(map(_KEY, changes))
+        for change in changes:
+            if isinstance(change, (AddRoute, AddTemplate)) and change.ports.__class__ is Pattern:
+                return True
+            if isinstance(change, (AddRoute, DelRoute)) and change.key in routes:
+                return True
+            if isinstance(change, (AddTemplate, DelTemplate)) and (
+                change.key in templates or is_wildcard(change.key[4]) or self._owner(change.key)
+            ):
+                return True
+            if isinstance(change, (Join, Leave)) and (
+                is_wildcard(change.key[0]) or (self.wild_joins and self.join_owner(change.key))
+            ):
+                return True
+        return False
+
+    def _owner(self, key: TemplateKey) -> TemplateKey | None:
+        """The runtime template with a wildcard iif that `key` is one of the expansions of."""
+        for pattern_key in self.wild_templates:
+            if is_wildcard(pattern_key[4]) and expansion_of(key, pattern_key):
+                return pattern_key
+        return None
+
+    def _change_patterns(
+        self, changes: Sequence[Change], dry_run: bool, keep_steps: bool, numbered: bool
+    ) -> Outcome:
+        """change() for api changes with wildcard patterns: the model gets each pattern's
+        expansion over the interfaces that exist, the journal the patterns as given (never
+        left to a group's sync: the patterns are set here, and put back if the change fails
+        or is a dry run)."""
+        links = self.router.links
+        routes, templates = dict(self.wild_routes), dict(self.wild_templates)
+        joins = dict(self.wild_joins)
+        applied: list[Change] = []
+        for change in changes:
+            if isinstance(change, (AddRoute, DelRoute)):
+                routes.pop(change.key, None)
+            elif isinstance(change, (AddTemplate, DelTemplate)):
+                templates.pop(change.key, None)
+            if isinstance(change, AddRoute) and change.ports.__class__ is Pattern:
+                routes[change.key] = change.ports
+                now = self.router.share(expand(change.ports, links))
+                applied.append(AddRoute(change.key, now))
+            elif isinstance(change, (AddTemplate, DelTemplate)):
+                applied += self._template_changes(change, templates, links)
+            elif isinstance(change, (Join, Leave)):
+                applied += self._join_changes(change, joins, links)
+            else:
+                applied.append(change)
+        was = self.wild_routes, self.wild_templates, self.wild_joins
+        # (set now: a snapshot written during the change has them)
+        self.wild_routes, self.wild_templates, self.wild_joins = routes, templates, joins
+        try:
+            return self.change(applied, dry_run, keep_steps, numbered, journal=list(changes))
+        except BaseException:
+            self.wild_routes, self.wild_templates, self.wild_joins = was
+            raise
+        finally:
+            if dry_run:
+                self.wild_routes, self.wild_templates, self.wild_joins = was
+
+    def _join_changes(
+        self, change: Join | Leave, joins: dict[JoinKey, None], links: Iterable[str]
+    ) -> list[Change]:
+        """What an api join or leave with a wildcard interface makes of the model's joins
+        (see _change_patterns); `joins` become the wildcard joins after it."""
+        key = change.key
+        if not is_wildcard(key[0]):
+            owner = self.join_owner(key)
+            if isinstance(change, Leave) and owner is not None:
+                raise InvalidArgument(
+                    f"{describe_key(key)} is one of the joins on {owner[0]}: leave that one"
+                    f" (--interface '{owner[0]}')",
+                    field="interface",
+                )
+            return [change]
+        if isinstance(change, Leave):
+            if key not in joins:
+                raise NotFound(f"{describe_key(key)} was not joined")
+            del joins[key]
+            return [Leave(k) for k in self.expanded_joins(key)]
+        joins[key] = None
+        wanted = self.joins.wanted
+        return [Join(k) for k in self._join_expansion(key, links) if k not in wanted]
+
+    def _template_changes(
+        self,
+        change: AddTemplate | DelTemplate,
+        templates: dict[TemplateKey, Ports],
+        links: Iterable[str],
+    ) -> list[Change]:
+        """What an api template change with wildcards makes of the model's templates (see
+        _change_patterns); `templates` become the patterns after it."""
+        key = change.key
+        owner = self._owner(key)
+        if owner is not None and owner != key:
+            raise InvalidArgument(
+                f"template {template_text(key)} is one of those the template with iif"
+                f" {owner[4]} stands for: change or delete that one (--iif '{owner[4]}')",
+                field="iif",
+            )
+        if isinstance(change, DelTemplate):
+            if is_wildcard(key[4]) and key not in self.wild_templates:
+                raise NotFound(f"no template {template_text(key)}")
+            return [DelTemplate(k) for k in self._expanded_now(key)]
+        if change.ports.__class__ is not Pattern:
+            return [change]
+        templates[key] = change.ports
+        wanted = self._template_expansion(key, change.ports, links)
+        gone: list[Change] = [DelTemplate(k) for k in self._expanded_now(key) if k not in wanted]
+        return gone + [AddTemplate(k, p) for k, p in wanted.items()]
+
+    def shown_patterns(self) -> tuple[dict[RouteKey, Ports], dict[TemplateKey, Ports]]:
+        """The wildcard oifs as given (the config files' routes and the runtime routes and
+        templates) that show lists beside their expansion."""
+        declared = self.declared
+        routes = {key: declared.routes[key] for key in declared.wild}
+        routes.update(self.wild_routes)
+        templates: dict[TemplateKey, Ports] = {}
+        for key, ports in self.wild_templates.items():
+            templates.update(dict.fromkeys(self._expanded_now(key), ports))
+        return routes, templates
+
+    def follow_api_wildcards(self) -> list[tuple[bool, str]]:
+        """Re-expand the runtime routes and templates with wildcard oifs after interfaces
+        came or went, each as a change of its own (nothing journaled: the patterns did not
+        change). Each that changed is reported (True, line); one that cannot follow (the
+        VIF table is full) keeps its oifs and is reported (False, why), so the others still
+        follow."""
+        router = self.router
+        links = router.links
+        lines: list[tuple[bool, str]] = []
+        todo: list[tuple[str, str, list[Change]]] = []
+        for key, ports in self.wild_routes.items():
+            now = router.share(expand(ports, links))
+            if router.routes.get(key) != now:
+                what = f"route {key[1]} -> {key[2]}: its wildcard oifs match"
+                todo.append((what, ",".join(now.oifs) or "none", [AddRoute(key, now)]))
+        for tkey, ports in self.wild_templates.items():
+            wanted = self._template_expansion(tkey, ports, links)
+            changes: list[Change] = [
+                DelTemplate(k) for k in self._expanded_now(tkey) if k not in wanted
+            ]
+            changes += [
+                AddTemplate(k, p) for k, p in wanted.items() if router.templates.get(k) != p
+            ]
+            if changes:
+                now_text = "; ".join(
+                    f"iif {k[4]} oifs {','.join(p.oifs)}" for k, p in wanted.items()
+                )
+                todo.append((f"template {template_text(tkey)}: now", now_text or "none", changes))
+        for jkey in self.wild_joins:
+            on = self._join_expansion(jkey, links)
+            had = self.expanded_joins(jkey)
+            changes = [Leave(k) for k in had if k not in on]
+            changes += [Join(k) for k in on if k not in self.joins.wanted]
+            if changes:
+                names = ",".join(k[0] for k in on) or "none"
+                todo.append((f"{describe_key(jkey)}: now on", names, changes))
+        for what, now_text, changes in todo:
+            try:
+                self.change(changes, keep_steps=False, journal=[])
+            except MfcdError as e:
+                lines.append((False, f"{what} {now_text}, but {e}"))
+                continue
+            lines.append((True, f"{what} {now_text}"))
+        return lines
 
     def _refuse_declared(self, changes: Sequence[Change]) -> None:
         """Refuse a runtime change to a route, template, join or interface setting the config
@@ -532,12 +819,22 @@ class Controller:
         # replaced) must leave out the thresholds and mrdisc settings the files now declare.
         old, self.declared = self.declared, new
         try:
-            return self.change(
+            outcome = self.change(
                 changes, keep_steps=False, numbered=False, origin="config", journal=journal
             )
         except BaseException:
             self.declared = old
             raise
+        self._drop_taken_patterns()
+        return outcome
+
+    def _drop_taken_patterns(self) -> None:
+        """Forget the patterns of runtime routes and templates the config files took over."""
+        origins, template_origins = self.router.origins, self.router.template_origins
+        for key in [k for k in self.wild_routes if k in origins]:
+            del self.wild_routes[key]
+        for tkey in [k for k in self.wild_templates if k in template_origins]:
+            del self.wild_templates[tkey]
 
     def declared_slices(self, new: Declarations, diff: Diff, outcome: Outcome) -> Iterator[int]:
         """apply_declared a slice at a time, for a reload with clients served in between:
@@ -584,6 +881,7 @@ class Controller:
             self.declared, self.reloading = old, frozenset()
             yield from self._put_back(before)
             raise
+        self._drop_taken_patterns()
         # What only the reload used goes, a part at a time: freeing 100,000s of objects
         # takes some 10 ms a kind.
         self.reloading = frozenset()
@@ -745,6 +1043,9 @@ class Controller:
             routes = {k: v for k, v in router.routes.items() if k not in origins}
         else:
             routes = dict(router.routes) if copy else router.routes
+        if self.wild_routes:  # a wildcard route is saved as its pattern
+            wild = self.wild_routes
+            routes = {**routes, **{k: v for k, v in wild.items() if k not in origins}}
         declared = self.declared.interfaces
         thresholds = {
             name: value

@@ -585,9 +585,12 @@ class Daemon:
             outcome = self.controller.follow_wildcards()
         except MfcdError as e:
             log.error("wildcard oifs: could not follow the interfaces: %s", e)
-            return
-        if outcome is not None:
-            log.info("wildcard oifs follow the interfaces: %s", views.summarize(outcome.steps, 0.0))
+        else:
+            if outcome is not None:
+                steps = views.summarize(outcome.steps, 0.0)
+                log.info("wildcard oifs follow the interfaces: %s", steps)
+        for followed, line in self.controller.follow_api_wildcards():  # the runtime ones
+            (log.info if followed else log.error)("wildcard oifs: %s", line)
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False

@@ -42,13 +42,13 @@ from mfcd.groups import JoinKey
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, Ports, RouteKey
 from mfcd.protocol import family_text
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import WILDCARDS, is_wildcard, matches, per_iif
 
 KINDS = ("route", "join", "interface")  # the top-level keys that declare, not set
 ROUTE_KEYS = ("source", "group", "iif", "oifs", "table")
 JOIN_KEYS = ("interface", "group", "source")
 INTERFACE_KEYS = ("name", "threshold", "mrdisc")
 ANY_SOURCE = "*"
-WILDCARDS = ("*", "+")  # a name ending in one of these matches every name it is the start of
 _LINE_SHIFT = 32  # a position is file index << 32 | line (one int per route, not a string)
 
 
@@ -119,29 +119,6 @@ class Problems(MfcdError):
         self.problems = problems
 
 
-def is_wildcard(name: str) -> bool:
-    return name.endswith(WILDCARDS)
-
-
-def matches(pattern: str, name: str) -> bool:
-    """Whether an interface name matches a declared name (a wildcard or the name itself)."""
-    if pattern.endswith(WILDCARDS):
-        return name.startswith(pattern[:-1])
-    return name == pattern
-
-
-def expand(ports: Ports, links: Iterable[str]) -> Ports:
-    """The concrete interfaces of declared ones: each wildcard oif replaced by the existing
-    interfaces it matches (never the iif; a name listed outright stays where it is)."""
-    if not any(n.endswith(WILDCARDS) for n in ports.oifs):
-        return ports
-    plain = [n for n in ports.oifs if not n.endswith(WILDCARDS)]
-    patterns = [n[:-1] for n in ports.oifs if n.endswith(WILDCARDS)]
-    taken = {ports.iif, *plain}
-    found = sorted(n for n in links if n not in taken and n.startswith(tuple(patterns)))
-    return Ports(ports.iif, (*plain, *found))
-
-
 def template_intents(
     declared: Declarations, links: Iterable[str]
 ) -> dict[TemplateKey, tuple[Ports, str]]:
@@ -151,12 +128,8 @@ def template_intents(
     names = list(links)
     out: dict[TemplateKey, tuple[Ports, str]] = {}
     for t in declared.templates:
-        iifs = [n for n in names if matches(t.iif, n)] if is_wildcard(t.iif) else [t.iif]
-        for iif in iifs:
-            ports = expand(Ports(iif, tuple(n for n in t.oifs if n != iif)), names)
-            if not ports.oifs:
-                continue
-            change = validate.template_change(t.source, t.group, iif, list(ports.oifs), t.table)
+        for ports in per_iif(Ports(t.iif, t.oifs), names):
+            change = validate.template_change(t.source, t.group, ports.iif, [*ports.oifs], t.table)
             out.setdefault(change.key, (change.ports, t.where))
     return out
 

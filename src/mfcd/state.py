@@ -16,7 +16,8 @@ it is one record, `{"seq": S, "snapshot": {"routes": [...], "thresholds": {...},
 a route being `[family, source, group, iif, [oifs...]]`, or
 `[family, source, group, iif, [oifs...], table]` for a route of a table other than its
 family's default (253 for IPv4, 254 for IPv6): files without tables load unchanged, into
-the default tables.  A larger snapshot is a record without routes,
+the default tables.  An oif may be a wildcard (`"vlan*"`, see mfcd.wildcards): it is
+saved as given, never as what it matched.  A larger snapshot is a record without routes,
 `{"seq": S, "snapshot": {"thresholds": {...}, "count": N, "chunks": K}}`,
 followed by exactly K records `{"seq": S+i, "routes": [...]}` of at most SNAPSHOT_CHUNK
 routes each: a single line of 100,000 routes would make the reader build all their lists
@@ -109,6 +110,7 @@ from mfcd.model import (
     SetThreshold,
 )
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import pattern
 
 VERSION = 2
 HEADER = b"mfcd-state 2\n"
@@ -235,8 +237,8 @@ def _check_interfaces(combo: tuple[Any, ...], iif: Any, oifs: list[Any]) -> Port
     if not oifs or iif in oifs or len(set(oifs)) != len(oifs):
         raise ValueError("malformed route")
     validate.interface(iif, "iif")
-    validate.interfaces(oifs, "oifs")
-    checked = Ports(intern(iif), tuple([intern(n) for n in oifs]))
+    validate.interfaces(oifs, "oifs", wild=True)  # a wildcard oif is saved as written
+    checked = pattern(intern(iif), tuple([intern(n) for n in oifs]))
     if len(_seen_interfaces) < 65536:
         _seen_interfaces[combo] = checked
     return checked
@@ -324,7 +326,7 @@ def _join_key(saved: Any) -> JoinKey:
     if saved.__class__ is not list or len(saved) != 3:
         raise ValueError("malformed join")
     interface, group, source = saved
-    keys = groups.join_keys(validate.interface(interface, "interface"), group, source)
+    keys = groups.join_keys(validate.interface_or_wildcard(interface, "interface"), group, source)
     if len(keys) != 1 or "/" in group or "/" in source:
         raise ValueError("malformed join")
     return keys[0]

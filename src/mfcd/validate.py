@@ -7,11 +7,12 @@ import socket
 from sys import intern
 from typing import Any
 
-from mfcd import rt_tables
+from mfcd import rt_tables, wildcards
 from mfcd import templates as tpl
 from mfcd.errors import BadRequest, InvalidArgument
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, AddRoute, AddTemplate, Ports, Route, RouteKey
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import WILDCARDS, is_wildcard, pattern
 
 IFNAMSIZ = 16  # linux/if.h; names hold at most IFNAMSIZ - 1 characters
 MAX_OIFS = MAXVIFS - 1  # every interface of a route, its iif too, needs a VIF of its own
@@ -207,11 +208,26 @@ def interface(value: Any, field: str) -> str:
     return value
 
 
-def interfaces(value: Any, field: str) -> tuple[str, ...]:
+def interface_or_wildcard(value: Any, field: str) -> str:
+    """An interface name, or a wildcard: the start of one followed by * or + (see
+    mfcd.wildcards)."""
+    if value.__class__ is str and value.endswith(WILDCARDS):
+        wildcards.seen()  # (a join's key holds the name itself: no Pattern tells of it)
+        if len(value) < 2:
+            raise InvalidArgument(
+                f"{field}: a wildcard needs the start of a name, as in eth+ or vlan*", field=field
+            )
+        return interface(value[:-1], field) + value[-1]
+    return interface(value, field)
+
+
+def interfaces(value: Any, field: str, wild: bool = False) -> tuple[str, ...]:
+    """A list of interface names (with `wild`, wildcards too)."""
     if not isinstance(value, list) or not value:
         raise InvalidArgument(f"{field} must be a non-empty list of interface names", field=field)
     _check_oif_count(value, field)
-    names = tuple([interface(v, field) for v in value])
+    check = interface_or_wildcard if wild else interface
+    names = tuple([check(v, field) for v in value])
     if len(names) > 1 and len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)  # at most MAX_OIFS names
         raise InvalidArgument(f"{field} names {dup} more than once", field=field)
@@ -242,11 +258,15 @@ _FIELD_SETS: dict[tuple[str, ...], frozenset[str]] = {
 
 def route(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> Route:
     """Validate the arguments of `mfc add` (or a batch's add op) into a Route."""
-    args = require_fields(args, fields, OPTIONAL)
-    (family, source, group, table), ports = add_change(
-        args["source"], args["group"], args["iif"], args["oifs"], args.get("table")
-    )
+    (family, source, group, table), ports = route_change(args, fields)
     return Route(family, source, group, ports.iif, ports.oifs, table)
+
+
+def route_change(args: Any, fields: tuple[str, ...] = ROUTE_FIELDS) -> AddRoute:
+    """Validate the arguments of `mfc add` (or a batch's add op) into the change that adds
+    the route (its interfaces a wildcards.Pattern if an oif is a wildcard)."""
+    args = require_fields(args, fields, OPTIONAL)
+    return add_change(args["source"], args["group"], args["iif"], args["oifs"], args.get("table"))
 
 
 # Interfaces of the routes validated so far: (iif, *oifs) as given -> (iif, oifs) checked and
@@ -273,16 +293,29 @@ def add_change(source: Any, group: Any, iif: Any, oifs: Any, table: Any = None) 
     return _new(AddRoute, (key, checked))  # tuple.__new__: half the NamedTuple's own cost
 
 
-def _ports(iif_value: Any, oifs_value: Any) -> Ports:
-    iif = interface(iif_value, "iif")
-    oifs = interfaces(oifs_value, "oifs")
+def _ports(iif_value: Any, oifs_value: Any, wild_iif: bool = False) -> Ports:
+    """A route's or template's interfaces; oifs may be wildcards (a Pattern, see
+    mfcd.wildcards), the iif only a template's (`wild_iif`): an (S,G) route's packets
+    arrive on one interface."""
+    if wild_iif:
+        iif = interface_or_wildcard(iif_value, "iif")
+    elif iif_value.__class__ is str and is_wildcard(iif_value):
+        raise InvalidArgument(
+            f"iif {interface_or_wildcard(iif_value, 'iif')} is a wildcard: an (S,G) route"
+            " arrives on one interface (a template, with any source or a prefix, may take a"
+            " wildcard iif)",
+            field="iif",
+        )
+    else:
+        iif = interface(iif_value, "iif")
+    oifs = interfaces(oifs_value, "oifs", wild=True)
     if iif in oifs:
         raise InvalidArgument(
             f"iif {iif} is also listed in oifs; mfcd does not send a flow back out of the"
             " interface it arrives on (the kernel would, for an (S,G) route)",
             field="oifs",
         )
-    return Ports(intern(iif), tuple([intern(n) for n in oifs]))
+    return pattern(intern(iif), tuple([intern(n) for n in oifs]))
 
 
 # --- templates ------------------------------------------------------------------------------------
@@ -312,7 +345,7 @@ def template_key_of(source: Any, group: Any, iif: Any, table: Any = None) -> Tem
         )
     _check_group_prefix(g)
     _check_source_prefix(s)
-    return g.family, s.text, g.text, table_of(table, g.family), interface(iif, "iif")
+    return g.family, s.text, g.text, table_of(table, g.family), interface_or_wildcard(iif, "iif")
 
 
 def _packed(prefix: tpl.Prefix) -> bytes:
@@ -347,7 +380,7 @@ def _check_source_prefix(s: tpl.Prefix) -> None:
 
 def template_change(source: Any, group: Any, iif: Any, oifs: Any, table: Any = None) -> AddTemplate:
     """Validate a template's values into the change that adds it."""
-    ports = _ports(iif, oifs)
+    ports = _ports(iif, oifs, wild_iif=True)
     return AddTemplate(template_key_of(source, group, ports.iif, table), ports)
 
 

@@ -35,6 +35,7 @@ from mfcd.model import (
 )
 from mfcd.protocol import FAMILY_NAMES, Encoded, Streamed
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import is_wildcard
 
 SHOW_SCHEMA = 1
 # Routes a streamed show formats, or computes sort keys for, in one part: a few ms of work
@@ -128,6 +129,10 @@ class Views:
     def __init__(self, counters: CountersReader) -> None:
         self.counters = counters
         self._since: Mapping[RouteKey, float] = {}  # learned_since of the show under way
+        # Wildcard oifs as given, of the routes and templates that have them (the show
+        # under way's): shown beside their expansion.
+        self._patterns: Mapping[RouteKey, Ports] = {}
+        self._template_patterns: Mapping[TemplateKey, Ports] = {}
         self._order: tuple[Router | None, int, int, list[RouteKey]] = (
             None,
             -1,
@@ -193,13 +198,17 @@ class Views:
         table: int | None = None,
         streamed: bool = False,
         learned_since: Mapping[RouteKey, float] | None = None,
+        patterns: tuple[Mapping[RouteKey, Ports], Mapping[TemplateKey, Ports]] | None = None,
     ) -> dict[str, Any]:
         """VIFs and routes as the protocol shows them, by family and table (only those of
         table number `table`, if given); with `encoded`, the routes are one
         protocol.Encoded JSON text, with `streamed` a protocol.Streamed one made a part at a
         time as it is written (the same JSON: a test holds the three to it). Every route
         has its origin; a learned one names its template and, from `learned_since` (when
-        each was learned, time.monotonic), its age. Templates follow the routes."""
+        each was learned, time.monotonic), its age. Templates follow the routes. A route or
+        template with wildcard oifs (`patterns`: the routes', the templates') shows them as
+        given in "oif_patterns", its "oifs" being what they match now."""
+        self._patterns, self._template_patterns = patterns or ({}, {})
         vifs = self.vifs(router, stats, table)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
         healthy = _healthy(router)
@@ -257,13 +266,13 @@ class Views:
     ) -> Iterator[str]:
         """The JSON text of each of these routes that still exists (in `table`, if given)."""
         routes, installed = router.routes, router.installed
-        origins = router.origins
+        origins, wild = router.origins, self._patterns
         interfaces: dict[Ports, str] = {}  # '"iif":...,"oifs":[...]' of each Ports
         for key in keys:
             ports = routes.get(key)
             if ports is None or (table is not None and not _in_table(table, key[0], key[3])):
                 continue
-            if stats or not healthy or key not in installed or key in origins:
+            if stats or not healthy or key not in installed or key in origins or key in wild:
                 yield _json(self._route_json(router, key, ports, stats, healthy))
                 continue
             # An installed route of a healthy table: formatted directly. Addresses are
@@ -306,6 +315,12 @@ class Views:
             if status.state != "installed":
                 entry["missing"] = list(status.missing)
                 entry["reason"] = status.reason
+            wild = self._template_patterns.get(key)
+            if wild is not None:  # a runtime template with wildcards
+                if wild.iif != iif:
+                    entry["iif_pattern"] = wild.iif
+                if any(map(is_wildcard, wild.oifs)):
+                    entry["oif_patterns"] = [n for n in wild.oifs if n != iif]
             out.append(entry)
         return out
 
@@ -366,6 +381,9 @@ class Views:
             "state": "installed",
             "origin": router.origin(key),
         }
+        wild = self._patterns.get(key)
+        if wild is not None:
+            out["oif_patterns"] = list(wild.oifs)
         template = router.learned.get(key)
         if template is not None:
             out["learned_from"] = {"source": template[1], "group": template[2], "iif": template[4]}

@@ -11,9 +11,10 @@ import pytest
 
 from mfcd import config, declarations, smcroute_import
 from mfcd.controller import Controller
-from mfcd.declarations import Declarations, Problems, diff, expand, matches
+from mfcd.declarations import Declarations, Problems, diff
 from mfcd.errors import DeclaredInConfig
 from mfcd.model import AddRoute, DelRoute, Ports, SetThreshold
+from mfcd.wildcards import expand, matches
 from tests.unit.conftest import FakeKernel, FakeState
 
 DATA = Path(__file__).parent.parent / "data" / "smcroute"

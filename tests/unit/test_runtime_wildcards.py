@@ -1,0 +1,401 @@
+"""Wildcard oifs of runtime (api) routes and templates: validation, expansion in the model,
+patterns in the journal and snapshots, following interfaces, show and the CLI's text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mfcd import cli, validate, wildcards
+from mfcd.controller import Controller
+from mfcd.errors import InvalidArgument, NotFound
+from mfcd.groups import Join
+from mfcd.model import MAXVIFS, DelRoute, DelTemplate, Ports
+from mfcd.state import StateFile
+from mfcd.views import Views
+from mfcd.wildcards import Pattern
+from tests.unit.conftest import FakeKernel, FakeState
+from tests.unit.test_commands import ask, error_of, make_commands
+from tests.unit.test_declarations import apply
+
+KEY = (4, "198.18.0.2", "239.1.1.1", 253)
+OTHER = (4, "198.18.0.2", "239.1.1.2", 253)
+TKEY = (4, "*", "239.2.0.0/16", 253, "a")
+
+
+def controller(*names: str) -> Controller:
+    ctl = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(names, 1):
+        ctl.link_up(name, ifindex)
+    return ctl
+
+
+def add(ctl: Controller, oifs: list[str], key: tuple[int, str, str, int] = KEY) -> None:
+    ctl.change([validate.add_change(key[1], key[2], "a", oifs)])
+
+
+def gone(ctl: Controller, name: str) -> None:
+    """An interface deleted: the kernel drops its VIFs, then mfcd hears of it."""
+    kernel = ctl.kernel
+    assert isinstance(kernel, FakeKernel)
+    ifindex = ctl.router.links[name]
+    kernel.device_gone(ifindex)
+    ctl.link_event("del", name, ifindex)
+
+
+def records(ctl: Controller) -> list[object]:
+    state = ctl.state
+    assert isinstance(state, FakeState)
+    return list(state.records)
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def test_wildcard_oifs_validate_into_a_pattern_and_plain_ones_do_not() -> None:
+    change = validate.add_change("198.18.0.2", "239.1.1.1", "a", ["b", "vlan*", "eth+"])
+    assert change.ports.__class__ is Pattern
+    assert change.ports == Ports("a", ("b", "vlan*", "eth+"))
+    assert validate.add_change("198.18.0.2", "239.1.1.1", "a", ["b"]).ports.__class__ is Ports
+
+
+@pytest.mark.parametrize(
+    ("iif", "oifs", "says"),
+    [
+        ("a", ["*"], "a wildcard needs the start of a name"),
+        ("a", ["+"], "a wildcard needs the start of a name"),
+        ("a", ["vl an*"], "is not a valid interface name"),
+        ("a", ["-x*"], "is not a valid interface name"),
+        ("a", ["vlan*", "vlan*"], "names vlan* more than once"),
+        ("eth*", ["b"], "iif eth* is a wildcard"),
+        ("eth+", ["b"], "iif eth+ is a wildcard"),
+    ],
+)
+def test_bad_wildcards_are_refused(iif: str, oifs: list[str], says: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        validate.add_change("198.18.0.2", "239.1.1.1", iif, oifs)
+    assert says in str(info.value)
+
+
+def test_a_template_takes_wildcard_oifs_and_a_wildcard_iif() -> None:
+    change = validate.template_change(None, "239.2.0.0/16", "a", ["vlan*"])
+    assert change.ports.__class__ is Pattern
+    change = validate.template_change(None, "239.2.0.0/16", "vlan*", ["b"])
+    assert change.ports.__class__ is Pattern and change.key[4] == "vlan*"
+    with pytest.raises(InvalidArgument, match="a wildcard needs the start of a name"):
+        validate.template_change(None, "239.2.0.0/16", "*", ["b"])
+
+
+# --- the controller ------------------------------------------------------------------------------
+
+
+def test_the_model_gets_the_expansion_and_the_journal_the_pattern() -> None:
+    ctl = controller("a", "b", "vlan1", "vlan2", "other")
+    add(ctl, ["b", "vlan*"])
+    assert ctl.router.routes[KEY] == Ports("a", ("b", "vlan1", "vlan2"))
+    assert ctl.wild_routes[KEY] == Ports("a", ("b", "vlan*"))
+    assert records(ctl) == [[["add", 4, "198.18.0.2", "239.1.1.1", "a", ["b", "vlan*"]]]]
+    routes, _ = ctl.persistent()
+    assert routes[KEY] == Ports("a", ("b", "vlan*"))  # a snapshot keeps the pattern too
+
+
+def test_a_wildcard_that_matches_nothing_yet_is_a_route_with_no_oifs_for_now() -> None:
+    ctl = controller("a")
+    add(ctl, ["vlan*"])
+    assert ctl.router.routes[KEY] == Ports("a", ())
+    assert ctl.router.status(KEY).state == "installed"
+    ctl.link_up("vlan7", 9)
+    assert ctl.follow_api_wildcards() == [
+        (True, "route 198.18.0.2 -> 239.1.1.1: its wildcard oifs match vlan7")
+    ]
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan7",))
+
+
+def test_interfaces_that_come_and_go_are_followed_without_a_journal_record() -> None:
+    ctl = controller("a", "vlan1")
+    add(ctl, ["vlan*"])
+    kernel = ctl.kernel
+    assert isinstance(kernel, FakeKernel)
+    ctl.link_up("vlan2", 7)
+    ctl.follow_api_wildcards()
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan1", "vlan2"))
+    assert len(kernel.mfcs[KEY].ttls) == 2  # the kernel's entry forwards to both
+    gone(ctl, "vlan1")
+    ctl.follow_api_wildcards()
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan2",))
+    assert len(records(ctl)) == 1  # only the add: following changes no intent
+    assert ctl.follow_api_wildcards() == []  # nothing left to do
+
+
+def test_a_route_that_cannot_follow_past_the_vif_limit_keeps_its_oifs_and_others_follow() -> None:
+    names = ["a", *(f"x{i}" for i in range(MAXVIFS - 2))]
+    ctl = controller(*names, "vlan1")
+    add(ctl, ["vlan*"])  # a, vlan1
+    add(ctl, [*names[1:], "y*"], OTHER)  # the other 30 VIFs: the table is full now
+    ctl.link_up("vlan2", 100)
+    ctl.link_up("y1", 101)
+    lines = ctl.follow_api_wildcards()
+    assert [ok for ok, _ in lines] == [False, False]
+    assert "all 32 VIFs are in use" in lines[0][1]
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan1",))  # as it was, still installed
+    assert ctl.router.status(KEY).state == "installed"
+    ctl.change([DelRoute(OTHER)])  # VIFs free again: the next interface event catches up
+    assert [ok for ok, _ in ctl.follow_api_wildcards()] == [True]
+    assert ctl.router.routes[KEY] == Ports("a", ("vlan1", "vlan2"))
+
+
+def test_del_forgets_the_pattern_and_a_plain_add_replaces_it() -> None:
+    ctl = controller("a", "b", "vlan1")
+    add(ctl, ["vlan*"])
+    add(ctl, ["b"])
+    assert KEY not in ctl.wild_routes and ctl.router.routes[KEY] == Ports("a", ("b",))
+    add(ctl, ["vlan*"])
+    ctl.change([DelRoute(KEY)])
+    assert ctl.wild_routes == {} and KEY not in ctl.router.routes
+    ctl.link_up("vlan2", 9)
+    assert ctl.follow_api_wildcards() == []
+
+
+def test_a_dry_run_or_a_refused_change_keeps_no_pattern() -> None:
+    ctl = controller("a", "vlan1")
+    outcome = ctl.change([validate.add_change(KEY[1], KEY[2], "a", ["vlan*"])], dry_run=True)
+    assert outcome.counts["add_mfc"] == 1  # the plan of the expansion
+    assert ctl.wild_routes == {} and ctl.router.routes == {}
+    ctl.state.fail = True  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="No space left"):
+        add(ctl, ["vlan*"])
+    assert ctl.wild_routes == {} and ctl.router.routes == {}
+
+
+def test_templates_with_wildcard_oifs_follow_too() -> None:
+    ctl = controller("a", "vlan1")
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "a", ["vlan*"])])
+    assert ctl.router.templates[TKEY] == Ports("a", ("vlan1",))
+    assert ctl.persistent_templates()[TKEY] == Ports("a", ("vlan*",))
+    ctl.link_up("vlan2", 9)
+    ctl.follow_api_wildcards()
+    assert ctl.router.templates[TKEY] == Ports("a", ("vlan1", "vlan2"))
+
+
+TPAT = (4, "*", "239.2.0.0/16", 253, "up*")
+
+
+def test_a_template_with_a_wildcard_iif_is_one_per_interface_and_follows_them() -> None:
+    ctl = controller("up1", "up2", "b", "vlan1")
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "up*", ["b", "vlan*"])])
+    one, two = (*TPAT[:4], "up1"), (*TPAT[:4], "up2")
+    assert ctl.router.templates == {
+        one: Ports("up1", ("b", "vlan1")),
+        two: Ports("up2", ("b", "vlan1")),
+    }
+    assert records(ctl) == [[["template", 4, "*", "239.2.0.0/16", "up*", ["b", "vlan*"], 253]]]
+    assert ctl.persistent_templates() == {TPAT: Ports("up*", ("b", "vlan*"))}
+    ctl.link_up("up3", 9)
+    gone(ctl, "up1")
+    assert [ok for ok, _ in ctl.follow_api_wildcards()] == [True]
+    assert set(ctl.router.templates) == {two, (*TPAT[:4], "up3")}
+    # an expansion is changed or deleted through its wildcard template only
+    with pytest.raises(InvalidArgument, match="--iif 'up\\*'"):
+        ctl.change([DelTemplate(two)])
+    shown = Views(_NoCounters()).show(  # type: ignore[arg-type]
+        ctl.router, patterns=ctl.shown_patterns()
+    )
+    rows = [(t["iif"], t.get("iif_pattern"), t.get("oif_patterns")) for t in shown["routes"]]
+    assert rows == [("up2", "up*", ["b", "vlan*"]), ("up3", "up*", ["b", "vlan*"])]
+    ctl.change([DelTemplate(TPAT)])
+    assert ctl.router.templates == {} and ctl.wild_templates == {}
+    assert records(ctl)[-1] == [["untemplate", 4, "*", "239.2.0.0/16", "up*", 253]]
+    with pytest.raises(NotFound):
+        ctl.change([DelTemplate(TPAT)])
+
+
+def test_a_restart_restores_the_pattern_and_installs_its_expansion(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.journal")
+    sf = StateFile(path)
+    sf.load()
+    sf.write_snapshot([], {})
+    sf.append([validate.add_change(KEY[1], KEY[2], "a", ["b", "vlan*"])])
+    sf.close()
+    loaded = StateFile(path).load()
+    assert loaded.routes[KEY].__class__ is Pattern
+    ctl = Controller(FakeKernel(), FakeState())
+    ctl.restore(loaded, {"a": 1, "b": 2, "vlan3": 3, "c": 4})
+    assert ctl.router.routes[KEY] == Ports("a", ("b", "vlan3"))
+    assert ctl.wild_routes[KEY] == Ports("a", ("b", "vlan*"))
+    assert ctl.router.status(KEY).state == "installed"
+    template = validate.template_change(None, "239.2.0.0/16", "up*", ["vlan*"])
+    sf = StateFile(path)
+    sf.load()
+    sf.append([template])
+    sf.close()
+    ctl = Controller(FakeKernel(), FakeState())
+    ctl.restore(StateFile(path).load(), {"a": 1, "up1": 2, "vlan3": 3})
+    assert ctl.router.templates == {(*TPAT[:4], "up1"): Ports("up1", ("vlan3",))}
+    assert ctl.persistent_templates() == {TPAT: Ports("up*", ("vlan*",))}
+
+
+def test_requests_take_wildcards_as_json_batch_ops_and_batch_lines() -> None:
+    commands = make_commands()  # a, b, c; a route 10.0.0.1 -> 239.1.1.1 a -> b
+    ctl = commands.controller
+    ctl.link_up("vlan1", 11)
+    route = {"source": "10.0.0.9", "group": "239.1.1.9", "iif": "a", "oifs": ["vlan*"]}
+    key = (4, "10.0.0.9", "239.1.1.9", 253)
+    dry = ask(commands, "mfc.add", route, dry_run=True)["result"]
+    assert [s["action"] for s in dry["plan"]] == ["add_vif", "add_mfc"]  # vlan1's VIF, entry
+    assert key not in ctl.router.routes
+    assert ask(commands, "mfc.add", route)["ok"]
+    assert ctl.router.routes[key] == Ports("a", ("vlan1",))
+    text = "mfc add --source 10.0.0.8 --group 239.1.1.8 --iif a --oifs b,vlan+\n"
+    assert ask(commands, "batch", {"text": text})["ok"]
+    assert ctl.wild_routes[(4, "10.0.0.8", "239.1.1.8", 253)] == Ports("a", ("b", "vlan+"))
+    op = dict(route, op="add", group="239.1.1.7")
+    assert ask(commands, "batch", {"ops": [op]})["ok"]
+    assert (4, "10.0.0.9", "239.1.1.7", 253) in ctl.wild_routes
+    # oif add and del edit the pattern, not its expansion
+    edit = {"source": "10.0.0.9", "group": "239.1.1.9", "oifs": ["b"]}
+    assert ask(commands, "mfc.oif.add", edit)["ok"]
+    assert ctl.wild_routes[key] == Ports("a", ("vlan*", "b"))
+    assert ctl.router.routes[key] == Ports("a", ("b", "vlan1"))
+    edit["oifs"] = ["vlan1"]
+    assert error_of(ask(commands, "mfc.oif.del", edit)) == ("invalid_argument", "oifs")
+    edit["oifs"] = ["vlan*"]
+    assert ask(commands, "mfc.oif.del", edit)["ok"]
+    assert key not in ctl.wild_routes and ctl.router.routes[key] == Ports("a", ("b",))
+    # del names the route as always; show gives the patterns
+    shown = ask(commands, "show", {})["result"]["routes"]
+    assert [r.get("oif_patterns") for r in shown if r["group"] == "239.1.1.8"] == [["b", "vlan+"]]
+    assert ask(commands, "mfc.del", {"source": "10.0.0.8", "group": "239.1.1.8"})["ok"]
+    assert (4, "10.0.0.8", "239.1.1.8", 253) not in ctl.wild_routes
+
+
+# --- show ----------------------------------------------------------------------------------------
+
+
+class _NoCounters:
+    def counters(self, *args: object) -> None:
+        raise AssertionError("no counters asked for")
+
+
+def test_show_gives_the_pattern_beside_the_expansion_and_the_cli_prints_both() -> None:
+    ctl = controller("a", "b", "vlan1", "vlan2")
+    add(ctl, ["b", "vlan*", "eth+"])
+    add(ctl, ["b"], OTHER)
+    shown = Views(_NoCounters()).show(  # type: ignore[arg-type]
+        ctl.router, patterns=ctl.shown_patterns()
+    )
+    first, second = shown["routes"]
+    assert first["oifs"] == ["b", "vlan1", "vlan2"]
+    assert first["oif_patterns"] == ["b", "vlan*", "eth+"]
+    assert "oif_patterns" not in second
+    assert cli._oifs_text(first) == "b,vlan*(vlan1,vlan2),eth+()"
+    assert cli._oifs_text(second) == "b"
+
+
+def test_a_join_on_a_wildcard_interface_joins_each_match_and_follows_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wildcards, "made", False)  # as in a new mfcd: no wildcard seen yet
+    commands = make_commands()
+    ctl = commands.controller
+    ctl.link_up("vlan1", 21)
+    ctl.link_up("vlan2", 22)
+    answer = ask(commands, "join", {"interface": "vlan*", "group": "239.3.3.3"})["result"]
+    assert (answer["joins"], answer["state"]) == (2, "joined")
+    assert set(ctl.joins.joined) == {("vlan1", "239.3.3.3", "*"), ("vlan2", "239.3.3.3", "*")}
+    assert records(ctl)[-1] == [["join", "vlan*", "239.3.3.3", "*"]]
+    assert ctl.snapshot_extra()["joins"] == [["vlan*", "239.3.3.3", "*"]]
+    shown = ask(commands, "group.show", {})["result"]["groups"]
+    assert [(g["interface"], g.get("interface_pattern")) for g in shown] == [
+        ("vlan1", "vlan*"),
+        ("vlan2", "vlan*"),
+    ]
+    assert cli.format_groups({"groups": shown}).count("vlan*(vlan") == 2
+    gone(ctl, "vlan1")
+    ctl.link_up("vlan3", 23)
+    assert [ok for ok, _ in ctl.follow_api_wildcards()] == [True]
+    assert set(ctl.joins.wanted) == {("vlan2", "239.3.3.3", "*"), ("vlan3", "239.3.3.3", "*")}
+    refused = ask(commands, "leave", {"interface": "vlan2", "group": "239.3.3.3"})
+    assert error_of(refused) == ("invalid_argument", "interface")
+    # a restart: the join comes back as the wildcard, over the interfaces there are then
+    path = str(tmp_path / "state.journal")
+    sf = StateFile(path)
+    sf.load()
+    sf.write_snapshot([], {}, ctl.snapshot_extra())
+    sf.close()
+    again = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(("vlan7", "other"), 1):
+        again.link_up(name, ifindex)
+    again.restore_joins(StateFile(path).load())
+    assert set(again.joins.wanted) == {("vlan7", "239.3.3.3", "*")}
+    assert again.wild_joins == {("vlan*", "239.3.3.3", "*"): None}
+    # leave names the wildcard
+    assert ask(commands, "leave", {"interface": "vlan*", "group": "239.3.3.3"})["ok"]
+    assert ctl.joins.wanted == {} and ctl.wild_joins == {}
+    missing = ask(commands, "leave", {"interface": "vlan*", "group": "239.3.3.3"})
+    assert error_of(missing)[0] == "not_found"
+
+
+def test_requests_add_show_and_delete_a_template_with_a_wildcard_iif() -> None:
+    commands = make_commands()
+    ctl = commands.controller
+    ctl.link_up("up1", 21)
+    ctl.link_up("up2", 22)
+    text = "mfc add --group 239.4.0.0/16 --iif up* --oifs b,c\n"
+    assert ask(commands, "batch", {"text": text})["ok"]
+    templates = [r for r in ask(commands, "show", {})["result"]["routes"] if r.get("template")]
+    assert [(t["iif"], t["iif_pattern"], t["oifs"]) for t in templates] == [
+        ("up1", "up*", ["b", "c"]),
+        ("up2", "up*", ["b", "c"]),
+    ]
+    assert "oif_patterns" not in templates[0]  # no wildcard among the oifs
+    lines = cli.format_templates(templates)
+    assert "up*(up1)" in lines[2] and "up*(up2)" in lines[3]
+    refused = ask(commands, "mfc.del", {"group": "239.4.0.0/16", "iif": "up1"})
+    assert error_of(refused) == ("invalid_argument", "iif")
+    assert ask(commands, "mfc.del", {"group": "239.4.0.0/16", "iif": "up*"})["ok"]
+    assert ctl.router.templates == {} and ctl.wild_templates == {}
+
+
+def test_the_scan_of_a_bulk_load_finds_a_pattern_or_a_wildcard_routes_key() -> None:
+    ctl = controller("a", "b")
+    plain = [validate.add_change("198.18.0.2", f"239.9.0.{i}", "a", ["b"]) for i in range(1, 50)]
+    assert not ctl._touches_patterns(plain)
+    wild = validate.add_change("198.18.0.2", "239.9.1.1", "a", ["vlan*"])
+    assert ctl._touches_patterns([*plain, wild])  # all adds: the C path
+    ctl.change([wild])
+    assert not ctl._touches_patterns(plain)
+    other = validate.add_change("198.18.0.3", "239.9.1.1", "a", ["b"])
+    assert not ctl._touches_patterns([*plain, other])  # its group, another source
+    again = validate.add_change("198.18.0.2", "239.9.1.1", "a", ["b"])
+    assert ctl._touches_patterns([*plain, again])  # replaces the wildcard route
+    assert ctl._touches_patterns([*plain, DelRoute(again.key)])  # the loop
+
+
+def test_a_wildcard_join_leaves_alone_the_joins_the_config_files_own() -> None:
+    ctl = controller("vlan1", "vlan2")
+    apply(ctl, '[[join]]\ninterface = "vlan1"\ngroup = "239.3.3.3"\n')
+    ctl.change([Join(("vlan*", "239.3.3.3", "*"))])
+    assert ctl.joins.wanted == {
+        ("vlan1", "239.3.3.3", "*"): "config",
+        ("vlan2", "239.3.3.3", "*"): "api",
+    }
+    gone(ctl, "vlan1")
+    gone(ctl, "vlan2")
+    assert ctl.follow_api_wildcards() == [(True, "group 239.3.3.3 on vlan*: now on none")]
+    assert ctl.joins.wanted == {("vlan1", "239.3.3.3", "*"): "config"}  # pending, as declared
+    ctl.link_up("vlan1", 7)
+    assert ctl.follow_api_wildcards() == []  # nothing to do: the config files join vlan1
+
+
+def test_a_wildcard_iif_template_leaves_alone_the_templates_the_config_files_own() -> None:
+    ctl = controller("up1", "up2", "b")
+    apply(ctl, '[[route]]\ngroup = "239.2.0.0/16"\niif = "up1"\noifs = ["b"]\n')
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "up*", ["b"])])
+    assert ctl.router.template_origins == {(*TPAT[:4], "up1"): "config"}
+    assert set(ctl.router.templates) == {(*TPAT[:4], "up1"), (*TPAT[:4], "up2")}
+    ctl.link_up("up3", 9)
+    assert [ok for ok, _ in ctl.follow_api_wildcards()] == [True]
+    assert set(ctl.router.templates) == {(*TPAT[:4], n) for n in ("up1", "up2", "up3")}
+    ctl.change([DelTemplate(TPAT)])
+    assert set(ctl.router.templates) == {(*TPAT[:4], "up1")}  # the declared one stays
