@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mfcd import cli, validate, wildcards
-from mfcd.controller import Controller
+from mfcd.controller import Controller, Outcome
+from mfcd.declarations import diff
 from mfcd.errors import InvalidArgument, NotFound
 from mfcd.groups import Join
 from mfcd.model import MAXVIFS, DelRoute, DelTemplate, Ports
@@ -17,7 +18,7 @@ from mfcd.views import Views
 from mfcd.wildcards import Pattern
 from tests.unit.conftest import FakeKernel, FakeState
 from tests.unit.test_commands import ask, error_of, make_commands
-from tests.unit.test_declarations import apply
+from tests.unit.test_declarations import apply, parse
 
 KEY = (4, "198.18.0.2", "239.1.1.1", 253)
 OTHER = (4, "198.18.0.2", "239.1.1.2", 253)
@@ -399,3 +400,28 @@ def test_a_wildcard_iif_template_leaves_alone_the_templates_the_config_files_own
     assert set(ctl.router.templates) == {(*TPAT[:4], n) for n in ("up1", "up2", "up3")}
     ctl.change([DelTemplate(TPAT)])
     assert set(ctl.router.templates) == {(*TPAT[:4], "up1")}  # the declared one stays
+
+
+@pytest.mark.parametrize("sliced", [False, True], ids=["at-start", "sliced-reload"])
+def test_a_config_route_takes_over_a_runtime_wildcard_route_and_its_pattern_goes(
+    sliced: bool,
+) -> None:
+    """Whether the files are applied whole (start) or a slice at a time (reload), a route
+    they declare stops being a runtime wildcard route: its pattern no longer follows
+    interfaces and is not saved."""
+    ctl = controller("a", "b", "vlan1")
+    add(ctl, ["vlan*"])
+    assert KEY in ctl.wild_routes
+    new, problems = parse(
+        '[[route]]\nsource = "198.18.0.2"\ngroup = "239.1.1.1"\niif = "a"\noifs = ["b"]\n'
+    )
+    assert problems == []
+    if sliced:
+        list(ctl.declared_slices(new, diff(ctl.declared, new), Outcome()))
+    else:
+        ctl.apply_declared(new, diff(ctl.declared, new))
+    assert KEY not in ctl.wild_routes
+    assert ctl.router.origin(KEY) == "config"
+    assert ctl.router.routes[KEY] == Ports("a", ("b",))
+    ctl.link_up("vlan2", 9)  # no longer followed
+    assert ctl.router.routes[KEY] == Ports("a", ("b",))
