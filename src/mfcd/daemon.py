@@ -1,7 +1,8 @@
 """mfcd, the daemon: wires config, kernel, state file, control socket, signals and readiness.
 
-Start-up order matters: refuse early if another mfcd serves the socket or holds the state
-file's lock; take the kernel's tables (MRT_INIT); load the state file and install its
+Start-up order matters: refuse early if another mfcd holds the state file's lock (checked
+first: a second mfcd then never touches the socket) or serves the socket; take the
+kernel's tables (MRT_INIT); load the state file and install its
 routes; only then listen and tell systemd READY=1, so a client never sees a
 half-restored daemon.
 Shutdown reverses it: stop taking requests, MRT_DONE (the kernel removes every VIF
@@ -212,14 +213,20 @@ class Daemon:
         # Their default action would kill mfcd without releasing the socket file.
         for sig in IGNORED_SIGNALS:
             loop.add_signal_handler(sig, _ignore, sig)
-        listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
-        kernel = None
         state = self.state = StateFile(cfg.state_file)
+        # Before anything else, the socket too: a second mfcd on this file stops here, and
+        # never binds (or removes) a socket while the first one runs.
+        state.lock()
+        try:
+            listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
+        except BaseException:
+            state.close()
+            raise
+        kernel = None
         # Subscribe before the dump, so no interface change falls between the two.
         monitor = netlink.LinkMonitor()
         members = self.members = Memberships()
         try:
-            state.lock()  # before anything else: a second mfcd on this file stops here
             if cfg.metrics_listen:  # a port taken stops mfcd before it touches the kernel
                 self._metrics_socket = bind_metrics_socket(cfg.metrics_listen)
             kernel = Kernel(cfg.families, monitor)
