@@ -67,7 +67,7 @@ CHUNK = 1024  # changes planned and applied at a time
 # Routes whose entries reissue_slices() writes between two yields: small, as the daemon
 # gives the loop a turn only once a slice has run slices.SLICE_SECONDS (a yield costs
 # a generator resume, about a microsecond).
-REISSUE_CHUNK = 100
+REISSUE_CHUNK = 50
 # Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
 # journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
 # need not be kept.

@@ -611,6 +611,11 @@ class Daemon:
         if self._checking is not None and not self._checking.done():
             self._resync_later(RESYNC_DELAY, set())  # one check at a time: the next after it
             return
+        if self._reissuing is not None:
+            # Entries are being written again (a re-created interface): the check would probe
+            # them meanwhile, and the two slicing in turn would double a request's wait.
+            self._resync_later(RESYNC_DELAY, set())
+            return
         self._checking = asyncio.get_running_loop().create_task(self._check_drift())
 
     async def _check_drift(self) -> None:
