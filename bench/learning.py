@@ -498,7 +498,9 @@ def main() -> int:
         results.append({"tool": "mfcd", "drain": run_drain(args)})
     out = ROOT / "bench" / "results" / f"learning-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
+    out.write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=1, default=str) + "\n"
+    )
     print(f"written to {out}")
     return 0
 

@@ -365,7 +365,7 @@ class Commands:
             return None
 
         async def answer() -> bytes:
-            drained: list[Step] = []
+            drained: list[Step] = []  # (only counted: see _change)
             learned = [k for k, t in self.controller.router.learned.items() if t == key]
             try:
                 await run_sliced(learner.retiring(key, drained))
@@ -778,13 +778,14 @@ class Commands:
         drained: Sequence[Step] = (),
     ) -> dict[str, Any]:
         """Apply `changes`; the result. `drained`: kernel steps taken before for them (the
-        learned entries of a template let go of a slice at a time), counted and listed."""
+        learned entries of a template let go of a slice at a time): counted, not listed in
+        the plan (100,000 of them would hold the loop for a second or two, formatted and
+        encoded at once)."""
         outcome = self.controller.change(
             changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch"
         )
         if drained:
             outcome.counts.update(step.action for step in drained)
-            outcome.steps[:0] = drained
         only = changes[0] if len(changes) == 1 else None
         result = views.change_result(
             self.controller.router,
