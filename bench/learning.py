@@ -22,6 +22,10 @@ first of a new flow:
 3 expiry stall   (mfcd only) E flows learned, then a ping every 5 ms on an open connection
                  while all E go idle and expire (learned_idle_timeout 30 s): round trips,
                  p50, p99 and the longest.
+4 drain stall    (mfcd only, `--drain-entries D`) D flows learned, then `mfcctl flush`
+                 while pinging as in 3; D learned again, then the template deleted while
+                 pinging: each command's time, p99 and longest round trip. With `--base
+                 SRC` it runs for that revision's `src` (A) and this checkout (B) in turn.
 
 Every process this program starts is stopped by pid and every namespace removed on exit.
 """
@@ -128,6 +132,7 @@ class Tool:
 class Mfcd(Tool):
     name = "mfcd"
     idle_timeout = 60.0
+    src: Path | None = None  # run this `src` directory's mfcd (None: the checkout's venv)
 
     def start(self) -> None:
         sock = self.sock = self.workdir / "mfcd.sock"
@@ -138,16 +143,23 @@ class Mfcd(Tool):
             f"learned_idle_timeout = {self.idle_timeout}\n"
         )
         self.ctl = [str(BIN / "mfcctl"), "--socket", str(sock)]
-        self.proc = self.lab.spawn(self.lab.router, str(BIN / "mfcd"), "--config", str(config))
+        daemon = [str(BIN / "mfcd")]
+        self.env: dict[str, str] | None = None
+        if self.src is not None:
+            self.env = dict(os.environ, PYTHONPATH=str(self.src))
+            self.ctl = [sys.executable, "-m", "mfcd.cli", "--socket", str(sock)]
+            daemon = [sys.executable, "-m", "mfcd.daemon"]
+        self.proc = self.lab.spawn(self.lab.router, *daemon, "--config", str(config), env=self.env)
         deadline = time.monotonic() + 20
-        while subprocess.run([*self.ctl, "ping"], check=False, capture_output=True).returncode:
+        while self.mfcctl("ping", check=False).returncode:
             if time.monotonic() > deadline:
                 raise RuntimeError("mfcd did not start")
             time.sleep(0.05)
-        subprocess.run(
-            [*self.ctl, "mfc", "add", "--group", TEMPLATE, "--iif", "r0", "--oifs", "r1"],
-            check=True,
-            capture_output=True,
+        self.mfcctl("mfc", "add", "--group", TEMPLATE, "--iif", "r0", "--oifs", "r1")
+
+    def mfcctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.ctl, *args], check=check, capture_output=True, text=True, env=self.env
         )
 
 
@@ -313,6 +325,95 @@ def expiry_stall(lab: Lab, mfcd: Mfcd, entries: int) -> dict[str, Any]:
     }
 
 
+def learn(lab: Lab, group: str, first: str, entries: int) -> int:
+    """`entries` flows to `group` from `first` on, sent at 5,000 a second: how many the
+    kernel then holds resolved."""
+    lab.exec(
+        lab.sender, sys.executable, __file__, "send", group, "s0", first, str(entries), "5000",
+        timeout=600,
+    )  # fmt: skip
+    learned, before = resolved(lab, group), -1
+    while learned > before:  # until no more come in
+        time.sleep(1)
+        before, learned = learned, resolved(lab, group)
+    return learned
+
+
+def stall_of(mfcd: Mfcd, *command: str) -> dict[str, Any]:
+    """Run an mfcctl command while pinging on an open connection every 5 ms: its time, and
+    the ping round trips while it ran."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(mfcd.sock))
+    reader = client.makefile("rb")
+    rtts = []
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*mfcd.ctl, *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=mfcd.env,
+    )
+    while proc.poll() is None:
+        sent = time.monotonic()
+        client.sendall(b'{"v":1,"id":1,"cmd":"ping"}\n')
+        reader.readline()
+        rtts.append((time.monotonic() - sent) * 1000)
+        time.sleep(0.005)
+    took = time.monotonic() - started
+    client.close()
+    if proc.returncode:
+        raise RuntimeError(
+            f"mfcctl {' '.join(command)}: {proc.stderr.read() if proc.stderr else ''}"
+        )
+    rtts.sort()
+    return {
+        "s": round(took, 2),
+        "pings": len(rtts),
+        "rtt_ms_p99": round(rtts[int(0.99 * (len(rtts) - 1))], 1),
+        "rtt_ms_max": round(rtts[-1], 1),
+    }
+
+
+def drain(lab: Lab, mfcd: Mfcd, entries: int) -> dict[str, Any]:
+    """`entries` flows learned, then `mfcctl flush` while pinging; as many learned again,
+    then the template deleted while pinging."""
+    row: dict[str, Any] = {"learned": learn(lab, "239.9.0.5", "198.21.0.1", entries)}
+    row["flush"] = stall_of(mfcd, "flush")
+    row["learned again"] = learn(lab, "239.9.0.6", "198.22.0.1", entries)
+    row["template del"] = stall_of(mfcd, "mfc", "del", "--group", TEMPLATE, "--iif", "r0")
+    row["left"] = resolved(lab, "239.9.0.6")
+    return row
+
+
+def run_drain(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """drain() for the `--base` revision (A) and this checkout (B) in turn, A B A B."""
+    revisions: dict[str, Path | None] = {"B (this checkout)": None}
+    if args.base is not None:
+        revisions = {"A (base)": args.base.resolve(), **revisions}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for repeat in range(args.repeat):
+        for label, src in revisions.items():
+            lab = Lab(receivers=1)
+            workdir = Path(tempfile.mkdtemp(prefix="mfcd-bench-learning-"))
+            lab.create()
+            mfcd = Mfcd(lab, workdir)
+            mfcd.idle_timeout = 600.0  # nothing expires during the run
+            mfcd.src = src
+            try:
+                for conf in ("all", "r0"):
+                    lab.exec(lab.router, "sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
+                mfcd.start()
+                row = drain(lab, mfcd, args.drain_entries)
+                print(f"mfcd drain run {repeat + 1} {label}: {row}", flush=True)
+                rows.setdefault(label, []).append(row)
+            finally:
+                mfcd.stop()
+                lab.destroy()
+                shutil.rmtree(workdir, ignore_errors=True)
+    return rows
+
+
 def run_expiry(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for repeat in range(args.repeat):
@@ -376,6 +477,13 @@ def main() -> int:
     parser.add_argument(
         "--expiry-entries", type=int, default=100_000, help="learned entries expiring (0: skip)"
     )
+    parser.add_argument(
+        "--drain-entries",
+        type=int,
+        default=0,
+        help="learned entries flushed, then let go with their template (0: skip)",
+    )
+    parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
     args = parser.parse_args()
     args.preload = [int(p) for p in args.preload.split(",") if p]
     if os.geteuid() != 0:
@@ -386,9 +494,13 @@ def main() -> int:
         results += [run_tool(Mfcd, args), run_tool(Smcroute, args)]
     if args.expiry_entries:
         results.append({"tool": "mfcd", "expiry": run_expiry(args)})
+    if args.drain_entries:
+        results.append({"tool": "mfcd", "drain": run_drain(args)})
     out = ROOT / "bench" / "results" / f"learning-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")
+    out.write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=1, default=str) + "\n"
+    )
     print(f"written to {out}")
     return 0
 

@@ -2,7 +2,8 @@
 wait during a large show, after a large batch, during an interface re-creation and a restart.
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
-              [--base SRC] [--only clients,show,batch,relink,idle] [--work-dir DIR]
+              [--base SRC] [--only clients,show,batch,relink,degrade,updown,tables,idle]
+              [--work-dir DIR]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -23,9 +24,14 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   measures the longest wait of a `ping` on its own connection.
 - batch: a `--routes` batch; the longest ping wait from its answer to 5 s after it.
 - relink: `r1` (every route's oif) deleted and created again; the longest ping wait until
-  mfcd logs that the interface is up.
+  mfcd logs that the interface is up (every entry written again) and has logged the drift
+  check that follows the events.
+- degrade: `r1` deleted; the longest ping wait until the drift check that follows is logged.
+- updown: `r1` set down, and up 2 s later; the longest ping wait over 4 s.
 - restart (with batch): right after the batch is answered, mfcd is stopped and started
   again; time until it answers, peak and settled RSS.
+- tables: `--routes` in the default table, then as many in table 100: the time of each
+  batch and the RSS after it, two tables against one.
 - idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
   nothing else happening (the machine's own scheduling delays when it is shared).
 """
@@ -78,9 +84,9 @@ def group(n: int) -> str:
     return f"232.{n >> 16 & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
-def batch_text(start: int, routes: int) -> str:
+def batch_text(start: int, routes: int, table: str = "") -> str:
     return "".join(
-        f"mfc add --source 198.18.0.3 --group {group(n)} --iif r0 --oifs r1\n"
+        f"mfc add --source 198.18.0.3 --group {group(n)} --iif r0 --oifs r1{table}\n"
         for n in range(start, start + routes)
     )
 
@@ -250,10 +256,10 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def load(d: Daemon, routes: int) -> float:
-    batch = d.work / "routes.batch"
+def load(d: Daemon, routes: int, table: int | None = None) -> float:
+    batch = d.work / f"routes{table or ''}.batch"
     if not batch.exists():
-        batch.write_text(batch_text(0, routes))
+        batch.write_text(batch_text(0, routes, f" --table {table}" if table else ""))
     t = time.monotonic()
     subprocess.run(
         [PYTHON, "-m", "mfcd.cli", "--socket", d.sock, "batch", str(batch)],
@@ -330,26 +336,103 @@ def show(d: Daemon, routes: int) -> dict[str, Any]:
 RELINKED = re.compile(r"interface r1 up.*(reissue_mfc|written again)")
 
 
+# The line of the drift check that follows interface events on r1 (a second after them).
+CHECKED = re.compile(r"drift check of routes on r1")
+
+
+def logged(d: Daemon, pattern: re.Pattern[str], seen: int, since: float) -> float:
+    """Wait until `pattern` is in the log more than `seen` times; seconds since `since`."""
+    while len(pattern.findall(d.log.read_text())) <= seen:
+        if time.monotonic() - since > 600:
+            raise RuntimeError(f"no {pattern.pattern!r} in 10 minutes")
+        time.sleep(0.05)
+    return time.monotonic() - since
+
+
 def relink(d: Daemon, routes: int) -> dict[str, Any]:
     d.start()
     load(d, routes)
     time.sleep(6)
-    seen = len(RELINKED.findall(d.log.read_text()))
+    text = d.log.read_text()
+    seen, checked = len(RELINKED.findall(text)), len(CHECKED.findall(text))
     pinger = d.pinger()
     time.sleep(0.2)
     t = time.monotonic()
     run("ip", "-n", d.ns, "link", "del", "r1")
     run("ip", "-n", d.ns, "link", "add", "r1", "type", "veth", "peer", "name", "p1")
     run("ip", "-n", d.ns, "link", "set", "r1", "up")
-    while len(RELINKED.findall(d.log.read_text())) == seen:
-        if time.monotonic() - t > 600:
-            raise RuntimeError("no 'interface r1 up' in 10 minutes")
-        time.sleep(0.05)
-    took = time.monotonic() - t
+    took = logged(d, RELINKED, seen, t)
+    until = logged(d, CHECKED, checked, t)  # (it may run before the rewrite ends)
     time.sleep(0.2)
     waits = waits_of(pinger)
     d.stop()
-    return {"re-creation to logged s": round(took, 2), "longest ping wait ms": longest(waits, t)}
+    return {
+        "re-creation to logged s": round(took, 2),
+        "and its drift check s": round(until, 2),
+        "longest ping wait ms": longest(waits, t),
+    }
+
+
+def degrade(d: Daemon, routes: int) -> dict[str, Any]:
+    """r1 (every route's oif) deleted: the longest ping wait until the drift check that
+    follows is logged."""
+    d.start()
+    load(d, routes)
+    time.sleep(6)
+    checked = len(CHECKED.findall(d.log.read_text()))
+    pinger = d.pinger()
+    time.sleep(0.2)
+    t = time.monotonic()
+    run("ip", "-n", d.ns, "link", "del", "r1")
+    took = logged(d, CHECKED, checked, t)
+    time.sleep(0.2)
+    waits = waits_of(pinger)
+    d.stop()
+    return {
+        "deletion to drift check logged s": round(took, 2),
+        "longest ping wait ms": longest(waits, t),
+    }
+
+
+def updown(d: Daemon, routes: int) -> dict[str, Any]:
+    """r1 set down, then up again 2 s later: the longest ping wait over 4 s."""
+    d.start()
+    load(d, routes)
+    time.sleep(6)
+    pinger = d.pinger()
+    time.sleep(0.2)
+    t = time.monotonic()
+    run("ip", "-n", d.ns, "link", "set", "r1", "down")
+    time.sleep(2)
+    run("ip", "-n", d.ns, "link", "set", "r1", "up")
+    time.sleep(2)
+    waits = waits_of(pinger)
+    d.stop()
+    return {"longest ping wait ms": longest(waits, t)}
+
+
+def tables(d: Daemon, routes: int) -> dict[str, Any]:
+    """`routes` in the default table, then as many in table 100 (the same groups): each
+    batch's time and the RSS after it (settled, after the compaction), against one table."""
+    d.start()
+    assert d.proc is not None
+    rss = [kib(d.proc.pid, "VmRSS")]
+    took = []
+    for table in (None, 100):
+        took.append(load(d, routes, table))
+        time.sleep(6)  # the compaction after the batch is over
+        rss.append(kib(d.proc.pid, "VmRSS"))
+    peak = kib(d.proc.pid, "VmHWM")
+    d.stop()
+    one, two = rss[1] - rss[0], rss[2] - rss[0]
+    return {
+        "batch s (one table, the second)": [round(t, 2) for t in took],
+        "two tables / one: time": round(sum(took) / took[0], 2),
+        "RSS MiB (empty, one table, two)": [round(r / 1024, 1) for r in rss],
+        "two tables / one: RSS growth": round(two / one, 2),
+        "two tables / one: RSS": round(rss[2] / rss[1], 2),
+        "RSS peak MiB": round(peak / 1024, 1),
+    }
 
 
 def idle(d: Daemon, routes: int) -> dict[str, Any]:
@@ -391,7 +474,10 @@ def main() -> int:
         "show": lambda d: show(d, args.routes),
         "batch": lambda d: batch(d, args.routes),
         "relink": lambda d: relink(d, args.routes),
+        "degrade": lambda d: degrade(d, args.routes),
+        "updown": lambda d: updown(d, args.routes),
         "idle": lambda d: idle(d, args.routes),
+        "tables": lambda d: tables(d, args.routes),
     }
     results: dict[str, Any] = {"routes": args.routes, "connections": args.clients, "load": []}
     for name in args.only.split(","):

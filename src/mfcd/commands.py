@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +48,10 @@ from mfcd.model import (
     RouteKey,
     Router,
     SetThreshold,
+    Step,
     template_text,
 )
+from mfcd.slices import run_sliced
 from mfcd.templates import TemplateKey
 from mfcd.wildcards import is_wildcard
 
@@ -126,6 +128,9 @@ class Commands:
         # Reads the config files again and applies them (the daemon's; None: not available).
         self.reloader: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
         self.learner: Learner | None = None  # learned entries (None: flush has none)
+        # Learned entries flushed, or let go of with their template, a slice at a time with
+        # other clients served in between (the daemon turns it on; else one transaction).
+        self.slicing = False
         # JSON values a request may hold (set by the server from max_request_bytes).
         self.max_values = protocol.MAX_REQUEST_BYTES // protocol.BYTES_PER_VALUE
         self.table: dict[str, Callable[[dict[str, Any], bool, Peer], dict[str, Any]]] = {
@@ -146,6 +151,11 @@ class Commands:
             "flush": self.flush_learned,
         }
         self.events = EventBus()  # what `monitor` subscribers are told
+        # Commands answered later when `slicing` and their work is long (None: at once).
+        self.sliced: dict[str, Callable[[Any, dict[str, Any], Peer], Deferred | None]] = {
+            "flush": self._flush_sliced,
+            "mfc.del": self._del_template_sliced,
+        }
         # Commands the server completes itself (see Deferred).
         self.deferred: dict[str, Callable[[Any, dict[str, Any], Peer], Deferred]] = {
             "diagnose": self.diagnose,
@@ -239,6 +249,10 @@ class Commands:
                 return Deferred(request_id, lambda: reload(request_id, dry_run, peer)), cmd, "ok"
             if cmd in self.deferred:  # (counted when accepted, not when answered)
                 return self.deferred[cmd](request_id, args, peer), cmd, "ok"
+            if self.slicing and not dry_run and cmd in self.sliced:
+                later = self.sliced[cmd](request_id, args, peer)
+                if later is not None:
+                    return later, cmd, "ok"
             result = self.table[cmd](args, dry_run, peer)
             return protocol.encode_response(request_id, result), cmd, "ok"
         except Exception as e:
@@ -332,6 +346,52 @@ class Commands:
         if self.on_change is not None:
             self.on_change()
         return {"dry_run": False, "flushed": flushed}
+
+    def _flush_sliced(self, request_id: Any, args: dict[str, Any], peer: Peer) -> Deferred | None:
+        """flush, a slice at a time (learning.Learner.flushing), answered at its end."""
+        validate.require_fields(args, ())
+        learner = self.learner
+        if learner is None:
+            return None
+
+        async def answer() -> bytes:
+            flushed = await run_sliced(learner.flushing())
+            log.info("%s flush: %d learned entries removed", peer, flushed)
+            if self.on_change is not None:
+                self.on_change()
+            return protocol.encode_result(request_id, {"dry_run": False, "flushed": flushed})
+
+        return Deferred(request_id, answer=answer)
+
+    def _del_template_sliced(
+        self, request_id: Any, args: dict[str, Any], peer: Peer
+    ) -> Deferred | None:
+        """mfc.del of a template with learned entries: they go a slice at a time first
+        (learning.Learner.retiring), then the template in one transaction, journaled, as
+        any mfc.del. If that fails, the template stays: the entries re-pointed to another
+        template are pointed at it again (a slice at a time too), those removed are learned
+        again from the traffic."""
+        learner = self.learner
+        if learner is None or not _names_template(args):
+            return None
+        key = self._del_template(args).key
+        if key not in self.controller.router.learned.values():
+            return None
+
+        async def answer() -> bytes:
+            drained: list[Step] = []  # (only counted: see _change)
+            learned = [k for k, t in self.controller.router.learned.items() if t == key]
+            try:
+                await run_sliced(learner.retiring(key, drained))
+                result = self._change(
+                    [DelTemplate(key)], False, peer, "mfc.del", args, drained=drained
+                )
+            except Exception as e:
+                await run_sliced(learner.rematching(learned))
+                return self._failure(request_id, e, peer)
+            return protocol.encode_result(request_id, result)
+
+        return Deferred(request_id, answer=answer)
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
@@ -735,10 +795,17 @@ class Commands:
         args: dict[str, Any],
         *,
         plan: bool = True,
+        drained: Sequence[Step] = (),
     ) -> dict[str, Any]:
+        """Apply `changes`; the result. `drained`: kernel steps taken before for them (the
+        learned entries of a template let go of a slice at a time): counted, not listed in
+        the plan (100,000 of them would hold the loop for a second or two, formatted and
+        encoded at once)."""
         outcome = self.controller.change(
             changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch"
         )
+        if drained:
+            outcome.counts.update(step.action for step in drained)
         only = changes[0] if len(changes) == 1 else None
         result = views.change_result(
             self.controller.router,

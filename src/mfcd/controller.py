@@ -84,9 +84,12 @@ _new = tuple.__new__  # a NamedTuple made without its own __new__: half the cost
 
 _KEY, _PORTS, _GROUP = itemgetter(0), itemgetter(1), itemgetter(2)  # of an AddRoute, a key
 CHUNK = 1024  # changes planned and applied at a time
-REISSUE_CHUNK = 500  # routes whose entries reissue_slices() writes between two yields
-# Declared route changes declared_slices() applies between two yields: some ms. A request
-# takes several turns of the loop (read, answer, write), each waiting for one slice.
+# Routes whose entries reissue_slices() writes between two yields: small, as the daemon
+# gives the loop a turn only once a slice has run slices.SLICE_SECONDS (a yield costs
+# a generator resume, about a microsecond).
+REISSUE_CHUNK = 50
+# Declared route changes declared_slices() applies between two yields (the daemon gives the
+# loop a turn once a slice has run slices.SLICE_SECONDS).
 RELOAD_CHUNK = 100
 # Changes of one request that may wait for a group's sync; a larger request (a bulk batch) is
 # journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
@@ -1353,10 +1356,11 @@ class Controller:
         """Write again the kernel entries of the installed routes on the VIFs link_up added
         back (see `sliced`): the kernel dropped their oifs there for good. Yields after each
         REISSUE_CHUNK routes looked at (how many it wrote), so the caller can serve clients
-        in between. Each entry written is the model's as it is then: a route changed or
-        deleted meanwhile stays as its change left it; if a VIF's interface is gone again,
-        its routes are left to its next re-creation. The interface event's summary line is
-        logged at the end, as link_up logs it when it does everything at once."""
+        in between (slices.run_sliced). Each entry written is the model's as it is then: a
+        route changed or deleted meanwhile stays as its change left it; if a VIF's interface
+        is gone again, its routes are left to its next re-creation. The interface event's
+        summary line is logged at the end, as link_up logs it when it does everything at
+        once."""
         router = self.router
         debug = log.isEnabledFor(logging.DEBUG)
         while self.reissues:

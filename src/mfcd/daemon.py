@@ -1,7 +1,8 @@
 """mfcd, the daemon: wires config, kernel, state file, control socket, signals and readiness.
 
-Start-up order matters: refuse early if another mfcd serves the socket or holds the state
-file's lock; take the kernel's tables (MRT_INIT); load the state file and install its
+Start-up order matters: refuse early if another mfcd holds the state file's lock (checked
+first: a second mfcd then never touches the socket) or serves the socket; take the
+kernel's tables (MRT_INIT); load the state file and install its
 routes; only then listen and tell systemd READY=1, so a client never sees a
 half-restored daemon.
 Shutdown reverses it: stop taking requests, MRT_DONE (the kernel removes every VIF
@@ -47,8 +48,9 @@ from mfcd.learning import Learner
 from mfcd.membership import Memberships
 from mfcd.metrics_server import MetricsServer, read_process
 from mfcd.metrics_server import bind as bind_metrics_socket
-from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, Step
+from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, RouteKey, Step
 from mfcd.server import Server, bind_control_socket, socket_permissions
+from mfcd.slices import Budget, run_sliced
 from mfcd.state import VERSION, StateFile
 
 log = logging.getLogger("mfcd")
@@ -113,7 +115,7 @@ RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the ker
 STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
-CHECK_CHUNK = 1_000  # routes a drift check probes and writes between two turns of the loop
+CHECK_CHUNK = 100  # routes a drift check looks at, probes and writes between two budget checks
 
 
 # Signals whose default action kills the process, ignored with a log line. SIGQUIT would
@@ -212,14 +214,20 @@ class Daemon:
         # Their default action would kill mfcd without releasing the socket file.
         for sig in IGNORED_SIGNALS:
             loop.add_signal_handler(sig, _ignore, sig)
-        listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
-        kernel = None
         state = self.state = StateFile(cfg.state_file)
+        # Before anything else, the socket too: a second mfcd on this file stops here, and
+        # never binds (or removes) a socket while the first one runs.
+        state.lock()
+        try:
+            listener = bind_control_socket(cfg.socket_path, cfg.socket_group, cfg.socket_mode)
+        except BaseException:
+            state.close()
+            raise
+        kernel = None
         # Subscribe before the dump, so no interface change falls between the two.
         monitor = netlink.LinkMonitor()
         members = self.members = Memberships()
         try:
-            state.lock()  # before anything else: a second mfcd on this file stops here
             if cfg.metrics_listen:  # a port taken stops mfcd before it touches the kernel
                 self._metrics_socket = bind_metrics_socket(cfg.metrics_listen)
             kernel = Kernel(cfg.families, monitor)
@@ -367,6 +375,7 @@ class Daemon:
         commands = Commands(controller, self.cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
         commands.learner = self.learner
+        commands.slicing = True  # flush and a template's learned entries: see Commands.sliced
         commands.events = self.events
         commands.registry = self.registry
         self.state.on_sync = self.registry.state_sync_seconds.observe
@@ -551,7 +560,7 @@ class Daemon:
     async def _reissue(self) -> None:
         """Controller.reissue_slices, with clients served between two slices."""
         try:
-            await in_slices(self.controller.reissue_slices())
+            await run_sliced(self.controller.reissue_slices())
         finally:
             self._reissuing = None
 
@@ -611,14 +620,19 @@ class Daemon:
         if self._checking is not None and not self._checking.done():
             self._resync_later(RESYNC_DELAY, set())  # one check at a time: the next after it
             return
+        if self._reissuing is not None:
+            # Entries are being written again (a re-created interface): the check would probe
+            # them meanwhile, and the two slicing in turn would double a request's wait.
+            self._resync_later(RESYNC_DELAY, set())
+            return
         self._checking = asyncio.get_running_loop().create_task(self._check_drift())
 
     async def _check_drift(self) -> None:
         """Compare the kernel's tables with the model where they can differ, and repair.
 
         The VIFs are read from /proc (32 rows); the MFC entries of the routes on the
-        interfaces that changed are probed one by one (SIOCGETSGCNT, O(1) each), CHECK_CHUNK
-        at a time with clients served in between: a cost that grows with the routes
+        interfaces that changed are probed one by one (SIOCGETSGCNT, O(1) each), in slices
+        of slices.SLICE_SECONDS with clients served in between: a cost that grows with the routes
         touched, where a dump of the kernel's table grows faster than the table (minutes at
         1,000,000 entries). Missing entries are written again, and so are those of routes
         on a VIF added back (the kernel dropped their oifs there). The event itself wrote
@@ -644,20 +658,17 @@ class Daemon:
             return
         report, readded = controller.repair_vifs(view.vifs, tables=view.tables)
         router = controller.router
-        stale = set(router.users(readded))
+        budget = Budget()
+        stale = set(await self._users(readded, budget)) if readded else set()
         if touched is None:
             keys = list(router.installed)
         else:
             vifs = {(v.family, v.table, v.interface) for n in touched for v in router.vifs_named(n)}
-            keys, listed = [], list(router.routes)
-            for start in range(0, len(listed), CHECK_CHUNK):
-                await asyncio.sleep(0)  # the routes are looked through a chunk at a time too
-                keys += on_vifs(router, listed[start : start + CHECK_CHUNK], vifs)
-            del listed
-            keys += stale.difference(keys)
+            keys = await self._users(vifs, budget)
+            if stale:  # (a difference with 1,000,000 keys costs tens of ms, even from nothing)
+                keys += stale.difference(keys)
         for start in range(0, len(keys), CHECK_CHUNK):
-            if start:
-                await asyncio.sleep(0)  # requests are answered between two chunks
+            await budget.turn()  # requests are answered between two slices
             chunk = keys[start : start + CHECK_CHUNK]
             report += controller.check_entries(chunk, stale=stale, rewrite_all=False)
         report += map(
@@ -676,6 +687,17 @@ class Daemon:
             ", ".join(f"{a} {n}" for a, n in sorted(repairs.items())) or "nothing to repair",
             time.monotonic() - started,
         )
+
+    async def _users(self, vifs: set[tuple[int, int, str]], budget: Budget) -> list[RouteKey]:
+        """The installed routes on these (family, table, interface) VIFs, as Router.users,
+        looked through a slice at a time (a route changed meanwhile is seen as it is then)."""
+        router = self.controller.router
+        keys: list[RouteKey] = []
+        listed = list(router.routes)
+        for start in range(0, len(listed), CHECK_CHUNK):
+            await budget.turn()
+            keys += on_vifs(router, listed[start : start + CHECK_CHUNK], vifs)
+        return keys
 
     async def _check_full(self) -> None:
         """Compare every VIF and MFC entry, from a dump of the whole table; repair.
@@ -717,7 +739,7 @@ class Daemon:
         """Remove learned entries that went idle, a slice of them per tick (learning.py)."""
         while True:
             await asyncio.sleep(self.learner.interval)
-            await in_slices(self.learner.ticking())
+            await run_sliced(self.learner.ticking())  # requests answered between slices
 
     async def _keep_state_file(self) -> None:
         """Once a second, write the state file back if it was deleted or replaced (each change
@@ -877,7 +899,7 @@ class Daemon:
                 # A slice at a time, clients served in between (Controller.declared_slices
                 # says what they see meanwhile); a failed slice undoes them all.
                 outcome = Outcome()
-                await in_slices(self.controller.declared_slices(declared, change, outcome))
+                await run_sliced(self.controller.declared_slices(declared, change, outcome))
         except MfcdError as e:
             log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
             raise
@@ -908,13 +930,6 @@ class Daemon:
             self.learner.idle_timeout = new.learned_idle_timeout
             self.learner.max_learned = new.max_learned
         self.cfg = new
-
-
-async def in_slices(slices: Iterator[int]) -> None:
-    """Run work that yields between slices (re-created interfaces' entries, learned-entry
-    expiry, a reload), serving clients between two slices."""
-    for _ in slices:
-        await asyncio.sleep(0)
 
 
 def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:

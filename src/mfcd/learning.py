@@ -22,6 +22,13 @@ second): every learned entry is looked at about four times per idle timeout, so 
 costs O(learned / (timeout / 4) * interval) probes, never O(all routes), and removes at
 most the entries of its slice.
 
+Flushing every learned entry, and letting go of the entries of a template being deleted,
+reuse the expiry's steps: STEP entries at a time, each step its own model transaction
+and kernel write, yielded so that the daemon serves clients between two slices
+(slices.run_sliced). Between two steps each entry is either learned (in the model and
+the kernel) or gone from both; a step the kernel refuses is rolled back on its own, its
+entries stay learned (logged), and the work goes on with the next step.
+
 Monitor subscribers (events.EventBus) are told of each entry learned and each removed
 ("expired", with why: idle, flush, template_deleted or _changed); with no subscriber this
 costs one test per learned or removed batch, and nothing is built.
@@ -94,6 +101,7 @@ class Learner:
         )
         self._cycle: list[RouteKey] = []  # the learned entries of the expiry pass under way
         self._position = 0
+        self.retired: set[TemplateKey] = set()  # templates being deleted: see retiring()
         self._dropped_unlogged = 0
         self._dropped_logged_at = -math.inf
         # The templates and those holding VIFs, as of the last retry of `recent`.
@@ -128,6 +136,11 @@ class Learner:
         """Learn the entry of one packet (family, table, source, group, arrival VIF)."""
         family, table, source, group, vif = where
         router = self.router
+        if self.retired and router.match(*where) in self.retired:
+            # Its template is going (retiring): matched again once it is gone (after_change).
+            if remember:
+                self._remember(family, table, source, group, vif)
+            return 0
         if len(router.learned) >= self.max_learned and router.would_learn(*where):
             self._dropped()  # (checked without a transaction: a flood comes here often)
             return 0
@@ -180,6 +193,8 @@ class Learner:
 
     def _repoint(self, upcall: Upcall) -> None:
         router = self.router
+        if self.retired and router.match(*_where(upcall)) in self.retired:
+            return  # not to a template being deleted
         router.begin()
         try:
             steps = router.repoint(
@@ -331,7 +346,76 @@ class Learner:
 
     def flush(self) -> int:
         """Remove every learned entry now; how many."""
-        return self._remove(list(self.router.learned), "flush")
+        return sum(self.flushing())
+
+    def flushing(self) -> Iterator[int]:
+        """Remove every learned entry, STEP at a time (see the module's docstring): yields
+        how many each step removed. Entries learned meanwhile came after the flush: they
+        stay. Logs the total at the end."""
+        keys = list(self.router.learned)
+        flushed = 0
+        for start in range(0, len(keys), STEP):
+            learned = self.router.learned  # (read again: others may have run meanwhile)
+            removed = self._remove([k for k in keys[start : start + STEP] if k in learned], "flush")
+            flushed += removed
+            yield removed
+        if flushed:
+            log.info("removed %d learned entries (flush)", flushed)
+
+    def retiring(self, template: TemplateKey, steps: list[Step] | None = None) -> Iterator[int]:
+        """Before `template` is deleted, let go of the entries learned from it STEP at a
+        time (see the module's docstring): each goes to the next best template of its
+        interface or out of the kernel, as Router.del_template does in one transaction
+        (seconds at 100,000 entries). Meanwhile no entry is learned or re-pointed to it;
+        the flows it would have taken are remembered and matched again once it is gone
+        (after_change). Yields how many entries each step let go; the kernel steps taken
+        are added to `steps`. The template itself stays: the caller deletes it."""
+        self.retired.add(template)
+        try:
+            keys = [k for k, t in self.router.learned.items() if t == template]
+            for start in range(0, len(keys), STEP):
+                yield self._rematch(keys[start : start + STEP], template, steps)
+        finally:
+            self.retired.discard(template)
+
+    def rematching(self, keys: list[RouteKey]) -> Iterator[int]:
+        """Point these learned entries at their best template again, STEP at a time: those
+        retiring() re-pointed, when the template's deletion then failed."""
+        for start in range(0, len(keys), STEP):
+            yield self._rematch(keys[start : start + STEP], None, None)
+
+    def _rematch(
+        self, keys: list[RouteKey], retiring: TemplateKey | None, taken: list[Step] | None
+    ) -> int:
+        """One step of retiring() (the `keys` still learned from `retiring`, matched with
+        the templates not retired) or of rematching() (the `keys` still learned)."""
+        router = self.router
+        if retiring is None:
+            keys = [k for k in keys if k in router.learned]
+            index = router.template_index()
+        else:
+            keys = [k for k in keys if router.learned.get(k) == retiring]
+            index = tpl.Index(t for t in router.templates if t not in self.retired)
+        told = self._gone(keys) if self.events.subscribers else None
+        router.begin()
+        try:
+            steps = router.rematch_entries(keys, index)
+            execute(self.plane, steps)
+        except Exception as e:
+            router.rollback()
+            log.error("matching learned entries to their templates again failed: %s", e)
+            return 0
+        router.commit()
+        if taken is not None:
+            taken += steps
+        gone = {k for k in keys if k not in router.learned}
+        for key in gone:
+            self.since.pop(key, None)
+            self.seen.pop(key, None)
+        if told:
+            told = [t for t in told if t[0] in gone]
+            self._tell("expired", told, reason="template_deleted")
+        return len(keys)
 
     def _remove(self, keys: list[RouteKey], why: str) -> int:
         router = self.router
@@ -350,8 +434,6 @@ class Learner:
         for key in keys:
             self.since.pop(key, None)
             self.seen.pop(key, None)
-        if keys and why != "idle":  # (idle ones go a step at a time: counted, not logged)
-            log.info("removed %d learned entries (%s)", len(keys), why)
         if told:
             self._tell("expired", told, reason=why)
         return len(keys)

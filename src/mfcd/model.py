@@ -652,7 +652,8 @@ class Router:
         held = key in self.holding
         if held:
             self._pop(self.holding, key)
-        steps = self._rematch(key[0], key[3], key[4])
+        # Only the entries learned from it can change: for the others it was not the best.
+        steps = self._rematch(key[0], key[3], key[4], of=key)
         if held:
             steps += self._release_all(key[0], key[3], ports)
         return steps
@@ -725,16 +726,35 @@ class Router:
             return None
         return slots[vif]
 
-    def _rematch(self, family: int, table: int, iif: str) -> list[Step]:
-        """Point each learned entry arriving on `iif` at its best template now, or remove it."""
-        index = self.template_index()
-        routes = self.routes
+    def _rematch(
+        self, family: int, table: int, iif: str, of: TemplateKey | None = None
+    ) -> list[Step]:
+        """Point each learned entry arriving on `iif` (learned from `of`, if given) at its
+        best template now, or remove it."""
+        routes, learned = self.routes, self.learned
+        keys = [
+            k
+            for k, t in learned.items()
+            if k[0] == family and k[3] == table and (of is None or t == of)
+        ]
+        return self.rematch_entries([k for k in keys if routes[k].iif == iif])
+
+    def rematch_entries(
+        self, keys: Iterable[RouteKey], index: tpl.Index | None = None
+    ) -> list[Step]:
+        """Point each of these learned entries at its best template in `index` (default:
+        every template), or remove it. With an index that leaves out a template about to be
+        deleted, its entries go a slice at a time before it does (learning.Learner.retiring)."""
+        if index is None:
+            index = self.template_index()
+        routes, learned, holding = self.routes, self.learned, self.holding
         steps: list[Step] = []
-        for key in [k for k in self.learned if k[0] == family and k[3] == table]:
-            if routes[key].iif != iif:
+        for key in keys:
+            if key not in learned:
                 continue
-            best = index.match(family, table, iif, key[1], key[2])
-            if best is None or best not in self.holding:
+            family, source, group, table = key
+            best = index.match(family, table, routes[key].iif, source, group)
+            if best is None or best not in holding:
                 steps += self.unlearn(key)
             else:
                 steps += self._point(key, best)

@@ -80,7 +80,7 @@ def test_a_second_mfcd_on_the_same_state_file_refuses_and_names_the_holder(
     other = spawn_other(lab, tmp_path, mfcd.state_file)
     try:
         deadline = time.monotonic() + 15
-        # The socket is bound a moment before the state file is locked: wait for both.
+        # The lock is taken before the socket is bound (tests/netns/test_lock_order.py).
         holder_line = f"{other.pid}\n"
         while time.monotonic() < deadline and not (
             (tmp_path / "other.sock").exists()
