@@ -3,6 +3,7 @@ wait during a large show, after a large batch, during an interface re-creation a
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
               [--base SRC] [--only clients,show,batch,relink,idle]
+              [--wait-compaction]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -21,7 +22,9 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
 - relink: `r1` (every route's oif) deleted and created again; the longest ping wait until
   mfcd logs that the interface is up.
 - restart (with batch): right after the batch is answered, mfcd is stopped and started
-  again; time until it answers, peak and settled RSS.
+  again; time until it answers, peak and settled RSS. With `--wait-compaction`, the
+  restart waits for the compaction the batch made due to finish, and the RSS then is
+  reported too (the restart then reads a snapshot, not the batch's journal records).
 - idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
   nothing else happening (the machine's own scheduling delays when it is shared).
 """
@@ -225,7 +228,7 @@ def load(d: Daemon, routes: int) -> float:
     return time.monotonic() - t
 
 
-def batch(d: Daemon, routes: int) -> dict[str, Any]:
+def batch(d: Daemon, routes: int, wait_compaction: bool = False) -> dict[str, Any]:
     d.start()
     pinger = d.pinger()
     time.sleep(0.2)
@@ -241,6 +244,13 @@ def batch(d: Daemon, routes: int) -> dict[str, Any]:
             round(kib(d.proc.pid, "VmRSS") / 1024, 1),  # type: ignore[union-attr]
         ],
     }
+    if wait_compaction:  # and once the compaction the batch made due has finished
+        deadline = time.monotonic() + 300
+        while "compacted the state file" not in d.log.read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError("no compaction within 300 s of the batch")
+            time.sleep(0.2)
+        result["RSS once compacted MiB"] = round(kib(d.proc.pid, "VmRSS") / 1024, 1)  # type: ignore[union-attr]
     # The restart right after a batch: its last journal record is the whole batch.
     d.stop()
     started = d.start()
@@ -336,6 +346,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
     parser.add_argument("--only", default="clients,show,batch,relink")
+    parser.add_argument("--wait-compaction", action="store_true", help="see batch")
     parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -346,7 +357,7 @@ def main() -> int:
     scenarios = {
         "clients": lambda d: clients(d, args.clients, args.seconds),
         "show": lambda d: show(d, args.routes),
-        "batch": lambda d: batch(d, args.routes),
+        "batch": lambda d: batch(d, args.routes, args.wait_compaction),
         "relink": lambda d: relink(d, args.routes),
         "idle": lambda d: idle(d, args.routes),
     }

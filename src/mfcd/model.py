@@ -222,8 +222,7 @@ _new = tuple.__new__
 _DICT, _SET, _SLOT = range(3)  # kinds of undo-log entries
 # A route the direct path installed is logged as its key alone, (family, ...): a family (4 or
 # 6) is never one of the kinds above. The key already exists, so a bulk load's log costs one
-# list slot per route instead of a 72-byte tuple more, which outlived the transaction's other
-# per-route objects and left that much memory in holes the process kept after the batch.
+# list slot per route instead of one more 72-byte tuple per route until the commit.
 _ROUTE_KEY_FAMILIES = (4, 6)
 
 

@@ -999,7 +999,13 @@ class Compaction:
             )
         except StateError as e:
             self.error = e
-        self.routes = {}  # its memory goes back now, not when the job is dropped
+        # Its memory goes back now, not when the job is dropped (on the event loop), and a
+        # piece at a time: freeing 1,000,000 routes in one call holds the GIL, and with it
+        # every client, for 20-40 ms.
+        copy, self.routes = self.routes, {}
+        while copy:
+            for _ in range(min(len(copy), 10_000)):
+                copy.popitem()
 
     def cancel(self) -> None:
         """Stop the thread at its next record (mfcd is stopping); the file is removed."""
