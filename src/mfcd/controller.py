@@ -15,10 +15,9 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Protocol
 
 from mfcd import views
@@ -70,9 +69,6 @@ REISSUE_CHUNK = 500  # routes whose entries reissue_slices() writes between two 
 # journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
 # need not be kept.
 GROUP_MAX_CHANGES = CHUNK
-# Routes a compaction copies between two turns of the event loop (persistent_in_slices): a
-# copy of 1,000,000 routes in one go held every client for 70-90 ms on an idle machine.
-COPY_SLICE = 50_000
 
 
 @contextlib.contextmanager
@@ -614,39 +610,13 @@ class Controller:
             routes = {k: v for k, v in router.routes.items() if k not in origins}
         else:
             routes = dict(router.routes) if copy else router.routes
-        return routes, self._persistent_thresholds()
-
-    def _persistent_thresholds(self) -> dict[str, int]:
         declared = self.declared.interfaces
-        return {
+        thresholds = {
             name: value
-            for name, value in self.router.thresholds.items()
+            for name, value in router.thresholds.items()
             if name not in declared or declared[name].threshold is None
         }
-
-    def persistent_in_slices(
-        self, size: int = COPY_SLICE
-    ) -> Generator[tuple[dict[RouteKey, Ports], dict[str, int]] | None, None, None]:
-        """`persistent()` copied `size` routes at a time: yields None after each slice but
-        the last (serve clients, then resume), then the copy. If the model changed between
-        two slices (any committed transaction), the copy is made whole at the end instead,
-        so it is always the routes of one moment: the moment of its last yield."""
-        router = self.router
-        version = router.version
-        routes: dict[RouteKey, Ports] = {}
-        items = iter(router.routes.items())
-        while True:
-            part = list(islice(items, size))
-            origins = router.origins  # (routes of other origins are not saved)
-            routes.update([kv for kv in part if kv[0] not in origins] if origins else part)
-            if len(part) < size:
-                break
-            yield None
-            if router.version != version:  # changed meanwhile: the iterator is stale
-                del routes, items, part
-                yield self.persistent()
-                return
-        yield routes, self._persistent_thresholds()
+        return routes, thresholds
 
     def _deferrable(self, changes: Sequence[Change], dry_run: bool, own: bool) -> Before | None:
         """What `changes` replace, if their journal record may wait for the group's sync;

@@ -443,23 +443,16 @@ class Daemon:
 
         Formatting and syncing 1,000,000 routes takes seconds: on the loop it would hold
         every client for that long after the change that made it due. Only copying the
-        routes (in slices, clients served in between) and the final rename happen here.
+        routes (two dicts, some tens of ms) and the final rename happen here.
         """
-        began = time.monotonic()
-        copier = self.controller.persistent_in_slices()
-        for copy in copier:
-            if copy is not None:
-                break
-            await asyncio.sleep(0)
-        copier.close()  # (its frame would keep the copy alive)
-        if copy is None or not self.controller.compaction_due():
-            # A request came meanwhile and its changes wait for their group's sync: a
-            # snapshot must not hold what that sync may still refuse. The next change's end
-            # (on_change, after its sync) asks again.
+        if not self.controller.compaction_due():
+            # A request came before this task's first step and its changes wait for their
+            # group's sync: a snapshot must not hold what that sync may still refuse. The
+            # next change's end (on_change, after its sync) asks again.
             self._compacting = None
             return
-        saved, thresholds = copy
-        del copy
+        began = time.monotonic()
+        saved, thresholds = self.controller.persistent()
         job = self.state.start_compaction(
             saved,
             thresholds,
