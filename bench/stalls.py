@@ -3,7 +3,7 @@ wait during a large show, after a large batch, during an interface re-creation a
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
               [--base SRC] [--only clients,show,batch,relink,idle]
-              [--wait-compaction]
+              [--wait-compaction] [--distinct-sources]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -77,9 +77,20 @@ def group(n: int) -> str:
     return f"232.{n >> 16 & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
+# --distinct-sources: route n from source 10.0.0.0 + n (198.18.0.0/15 holds too few for
+# 1,000,000; nothing leaves the namespace), not all from one source
+DISTINCT_SOURCES = False
+
+
+def source(n: int) -> str:
+    if not DISTINCT_SOURCES:
+        return "198.18.0.3"
+    return f"10.{n >> 16 & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
 def batch_text(start: int, routes: int) -> str:
     return "".join(
-        f"mfc add --source 198.18.0.3 --group {group(n)} --iif r0 --oifs r1\n"
+        f"mfc add --source {source(n)} --group {group(n)} --iif r0 --oifs r1\n"
         for n in range(start, start + routes)
     )
 
@@ -347,8 +358,13 @@ def main() -> int:
     parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
     parser.add_argument("--only", default="clients,show,batch,relink")
     parser.add_argument("--wait-compaction", action="store_true", help="see batch")
+    parser.add_argument(
+        "--distinct-sources", action="store_true", help="every route from a source of its own"
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
     args = parser.parse_args()
+    global DISTINCT_SOURCES  # noqa: PLW0603 (a setting of the whole run)
+    DISTINCT_SOURCES = args.distinct_sources
     if os.geteuid() != 0:
         sys.exit("stalls.py: needs root (it creates network namespaces)")
     revisions = {"B (this checkout)": SRC}
