@@ -5,7 +5,7 @@ text, the journal's records) through malloc.  Once a large block has been freed,
 its mmap threshold, so later large blocks come from the heap (brk) as well; freed, they stay
 in the process, counted in its RSS, unless they happen to lie at the heap's top.
 `malloc_trim(0)` returns every free page of the heap to the system (madvise), wherever it
-lies: measured at 1,000,000 routes it gave back 35-40 MiB, in about 10 ms
+lies: measured at 1,000,000 routes it gave back 31-39 MiB, in about 10 ms
 (docs/benchmarks.md, "Memory at 1,000,000 routes").  It does not touch Python's own small
 object arenas: those go back only when empty, as before.
 
