@@ -3,7 +3,7 @@ wait during a large show, after a large batch, during an interface re-creation a
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
               [--base SRC] [--only clients,show,batch,relink,degrade,updown,tables,idle]
-              [--work-dir DIR]
+              [--work-dir DIR] [--wait-compaction] [--distinct-sources]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -29,7 +29,9 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
 - degrade: `r1` deleted; the longest ping wait until the drift check that follows is logged.
 - updown: `r1` set down, and up 2 s later; the longest ping wait over 4 s.
 - restart (with batch): right after the batch is answered, mfcd is stopped and started
-  again; time until it answers, peak and settled RSS.
+  again; time until it answers, peak and settled RSS. With `--wait-compaction`, the
+  restart waits for the compaction the batch made due to finish, and the RSS then is
+  reported too (the restart then reads a snapshot, not the batch's journal records).
 - tables: `--routes` in the default table, then as many in table 100: the time of each
   batch and the RSS after it, two tables against one.
 - idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
@@ -84,9 +86,20 @@ def group(n: int) -> str:
     return f"232.{n >> 16 & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
+# --distinct-sources: route n from source 10.0.0.0 + n (198.18.0.0/15 holds too few for
+# 1,000,000; nothing leaves the namespace), not all from one source
+DISTINCT_SOURCES = False
+
+
+def source(n: int) -> str:
+    if not DISTINCT_SOURCES:
+        return "198.18.0.3"
+    return f"10.{n >> 16 & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
 def batch_text(start: int, routes: int, table: str = "") -> str:
     return "".join(
-        f"mfc add --source 198.18.0.3 --group {group(n)} --iif r0 --oifs r1{table}\n"
+        f"mfc add --source {source(n)} --group {group(n)} --iif r0 --oifs r1{table}\n"
         for n in range(start, start + routes)
     )
 
@@ -268,7 +281,7 @@ def load(d: Daemon, routes: int, table: int | None = None) -> float:
     return time.monotonic() - t
 
 
-def batch(d: Daemon, routes: int) -> dict[str, Any]:
+def batch(d: Daemon, routes: int, wait_compaction: bool = False) -> dict[str, Any]:
     d.start()
     pinger = d.pinger()
     time.sleep(0.2)
@@ -284,6 +297,13 @@ def batch(d: Daemon, routes: int) -> dict[str, Any]:
             round(kib(d.proc.pid, "VmRSS") / 1024, 1),  # type: ignore[union-attr]
         ],
     }
+    if wait_compaction:  # and once the compaction the batch made due has finished
+        deadline = time.monotonic() + 300
+        while "compacted the state file" not in d.log.read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError("no compaction within 300 s of the batch")
+            time.sleep(0.2)
+        result["RSS once compacted MiB"] = round(kib(d.proc.pid, "VmRSS") / 1024, 1)  # type: ignore[union-attr]
     # The restart right after a batch: its last journal record is the whole batch.
     d.stop()
     started = d.start()
@@ -456,6 +476,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
     parser.add_argument("--only", default="clients,show,batch,relink")
+    parser.add_argument("--wait-compaction", action="store_true", help="see batch")
+    parser.add_argument(
+        "--distinct-sources", action="store_true", help="every route from a source of its own"
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
     parser.add_argument(
         "--work-dir",
@@ -464,6 +488,8 @@ def main() -> int:
         " then cost next to nothing and the clients scenario measures CPU alone",
     )
     args = parser.parse_args()
+    global DISTINCT_SOURCES  # noqa: PLW0603 (a setting of the whole run)
+    DISTINCT_SOURCES = args.distinct_sources
     if os.geteuid() != 0:
         sys.exit("stalls.py: needs root (it creates network namespaces)")
     revisions = {"B (this checkout)": SRC}
@@ -472,7 +498,7 @@ def main() -> int:
     scenarios = {
         "clients": lambda d: clients(d, args.clients, args.seconds),
         "show": lambda d: show(d, args.routes),
-        "batch": lambda d: batch(d, args.routes),
+        "batch": lambda d: batch(d, args.routes, args.wait_compaction),
         "relink": lambda d: relink(d, args.routes),
         "degrade": lambda d: degrade(d, args.routes),
         "updown": lambda d: updown(d, args.routes),

@@ -241,6 +241,9 @@ class Controller:
         self.on_synced: Callable[[Group], None] | None = None  # told each group's verdict
         self.deferrals = 0  # change() calls deferred so far: tells a request that waits
         self._reverting = False  # putting back a group whose sync failed: nothing to record
+        # A bulk change was applied: once its request is gone, the memory it freed may go
+        # back to the system (mfcd.heap).
+        self.heap_release_due = False
         # Sliced re-creation (the daemon turns it on): link_up adds the VIF back at once and
         # leaves its routes' entries to reissue_slices(), which the daemon runs a slice at a
         # time with clients served in between; `reissues` are the VIFs waiting for it.
@@ -544,6 +547,7 @@ class Controller:
             # then walk them all in one go (a stall of 100s of ms at 1,000,000 routes), and
             # again and again: put them out of its reach, as start-up does.
             gc.freeze()
+            self.heap_release_due = True  # (the daemon calls heap.release once answered)
         # A change that freed a VIF index (even one whose interface is gone, so no DelVif
         # step) lets routes waiting for one in.
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):

@@ -31,6 +31,7 @@ from mfcd import (
     config,
     declarations,
     directory_trust,
+    heap,
     metrics,
     mrdisc,
     netlink,
@@ -277,6 +278,7 @@ class Daemon:
             # The restored routes live as long as the daemon: keep the cyclic GC from
             # rescanning them on every collection.
             gc.freeze()
+        heap.release()  # the file's text and what was parsed from it are freed by now
         return controller
 
     def _apply_declared_at_start(self, controller: Controller) -> None:
@@ -435,6 +437,10 @@ class Daemon:
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.
         asyncio.get_running_loop().call_soon(self._compact_soon)
+        if self.controller.heap_release_due:
+            # By then the request's text and changes are freed as well.
+            self.controller.heap_release_due = False
+            asyncio.get_running_loop().call_soon(heap.release)
 
     def _compact_soon(self) -> None:
         """Start compacting the state file in a thread if it is due and not under way."""
@@ -467,6 +473,7 @@ class Daemon:
             self.controller.snapshot_extra(),
             self.controller.persistent_templates(),
         )
+        del saved  # the thread frees the copy once written, not the loop when this ends
         routes = len(job.routes)
         writing = asyncio.ensure_future(asyncio.to_thread(job.write))
         try:

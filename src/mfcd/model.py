@@ -219,15 +219,20 @@ VifKey = tuple[
 _MISSING: Any = object()
 _T = TypeVar("_T")
 _new = tuple.__new__
-_DICT, _SET, _SLOT, _DIRECT = range(4)  # kinds of undo-log entries
+_DICT, _SET, _SLOT = range(3)  # kinds of undo-log entries
+# A route the direct path installed is logged as its key alone, (family, ...): a family (4 or
+# 6) is never one of the kinds above. The key already exists, so a bulk load's log costs one
+# list slot per route instead of one more 72-byte tuple per route until the commit.
+_ROUTE_KEY_FAMILIES = (4, 6)
 
 
 class _UndoLog:
     """Records the old value of every dict slot, set member and attribute a transaction changes."""
 
-    __slots__ = ("entries", "recording")
+    __slots__ = ("entries", "recording", "router")
 
-    def __init__(self, recording: bool = True) -> None:
+    def __init__(self, router: Router, recording: bool = True) -> None:
+        self.router = router  # whose direct installs the route-key entries undo
         self.recording = recording  # False: nothing is kept and there is no rollback
         self.entries: list[tuple[int, Any, Any, Any]] = []
 
@@ -235,8 +240,11 @@ class _UndoLog:
         """Undo every change recorded after the first `to` entries."""
         entries = self.entries
         while len(entries) > to:
-            kind, target, key, old = entries.pop()
-            if kind == _DICT:
+            entry = entries.pop()
+            kind, target, key, old = entry
+            if kind in _ROUTE_KEY_FAMILIES:  # a route the direct path installed: one entry
+                self.router._undo_direct(entry)
+            elif kind == _DICT:
                 if old is _MISSING:
                     target.pop(key, None)
                 else:
@@ -246,8 +254,6 @@ class _UndoLog:
                     target.add(key)
                 else:
                     target.discard(key)
-            elif kind == _DIRECT:  # a route the direct path installed: one entry, not four
-                target._undo_direct(key)
             elif isinstance(target, list):  # list slot
                 target[key] = old
             else:  # attribute
@@ -298,7 +304,7 @@ class Router:
         (start-up uses that on an empty model: on failure it starts over from scratch)."""
         if self._log is not None:
             raise RuntimeError("transaction already open")
-        self._log = _UndoLog(recording=undo)
+        self._log = _UndoLog(self, recording=undo)
         self._undo = self._log.entries if undo else None
         self._forget_direct()
 
@@ -518,7 +524,7 @@ class Router:
         self.routes[key] = shared
         self.installed[key] = entry
         if self._undo is not None:
-            self._undo.append((_DIRECT, self, key, None))
+            self._undo.append(key)  # (see _ROUTE_KEY_FAMILIES)
         # tuple.__new__ directly: half the cost of the NamedTuples' own constructors.
         write = _new(AddMfc, (family, key[1], key[2], entry.parent, entry.oifs, table))
         steps.append(_new(Step, (write, _new(DelMfc, key), "add_mfc")))

@@ -7,7 +7,7 @@ import socket
 from sys import intern
 from typing import Any
 
-from mfcd import rt_tables, wildcards
+from mfcd import address_sharing, rt_tables, wildcards
 from mfcd import templates as tpl
 from mfcd.errors import BadRequest, InvalidArgument
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, AddRoute, AddTemplate, Ports, Route, RouteKey
@@ -26,6 +26,8 @@ AF_INET = socket.AF_INET
 inet_pton = socket.inet_pton
 _new = tuple.__new__
 _LOCAL4 = b"\xe0\x00\x00"  # 224.0.0.0/24
+# Routes that share a source or a group share its string (memory only).
+share_source, share_group = address_sharing.source, address_sharing.group
 
 
 def require_fields(
@@ -176,7 +178,8 @@ def route_key_of(source: Any, group: Any, table: Any = None) -> RouteKey:
         else:
             first = src[0]
             if 0 < first < 224 and first != 127 and 224 <= grp[0] <= 239 and grp[:3] != _LOCAL4:
-                return (4, source, group, 253 if table is None else table_of(table, 4))
+                table = 253 if table is None else table_of(table, 4)
+                return (4, share_source(source), share_group(group), table)
     family, src_packed, source = _address(source, "source")
     gfamily, grp_packed, group = _address(group, "group")
     if family != gfamily:
@@ -185,7 +188,7 @@ def route_key_of(source: Any, group: Any, table: Any = None) -> RouteKey:
         )
     _check_source(family, src_packed, source)
     _check_group(family, grp_packed, group)
-    return family, source, group, table_of(table, family)
+    return family, share_source(source), share_group(group), table_of(table, family)
 
 
 _seen_names: set[str] = set()  # names already validated: batches repeat a few names many times
