@@ -542,7 +542,13 @@ class Controller:
             raise
         router.commit()
         joins.commit()
-        if len(changes) > GROUP_MAX_CHANGES:
+        self._after_commit(len(changes))
+        return outcome
+
+    def _after_commit(self, size: int) -> None:
+        """What follows a committed change of `size` changes."""
+        router = self.router
+        if size > GROUP_MAX_CHANGES:
             # A bulk load's routes live long, and the cyclic GC, paused while it ran, would
             # then walk them all in one go (a stall of 100s of ms at 1,000,000 routes), and
             # again and again: put them out of its reach, as start-up does.
@@ -552,7 +558,6 @@ class Controller:
         # step) lets routes waiting for one in.
         if router.blocked and any(router.has_free_vif(k[0], k[3]) for k in router.blocked):
             self.retry_pending(list(router.blocked))
-        return outcome
 
     def _touches_patterns(self, changes: Sequence[Change]) -> bool:
         """Whether an api change adds a wildcard pattern or replaces or deletes one."""
