@@ -340,7 +340,9 @@ def test_config_mrdisc_advertises_is_refused_to_the_api_and_ends_with_a_reload(
     lab: Lab, daemon: Mfcd
 ) -> None:
     write_config(daemon, '\n[[interface]]\nname = "r1"\nmrdisc = true\n')
-    with capture(lab, lab.rx[0], "x0", 3.0) as seen:
+    # The window covers the start (seconds on a loaded machine) and the first of the initial
+    # advertisements, each up to mrdisc.MAX_INITIAL_INTERVAL after the one before.
+    with capture(lab, lab.rx[0], "x0", 7.0) as seen:
         daemon.start()
     assert mrd(seen, 0x30), seen  # advertisements, from start-up on
     assert json.loads(daemon.ok("show", "groups", "-o", "json"))["mrdisc"] == ["r1"]
