@@ -252,6 +252,10 @@ class Controller:
         # The routes a sliced reload (declared_slices) is changing, until it is done: an api
         # change to one of them is refused meanwhile.
         self.reloading: AbstractSet[RouteKey] = frozenset()
+        # A sliced reload is under way (declared_slices), and interfaces came or went
+        # meanwhile: the wildcards are followed once it is over (the daemon does).
+        self.in_reload = False
+        self.follow_due = False
         # Runtime routes and templates with wildcard oifs: their patterns (what the state
         # file keeps); the model holds their expansions (see mfcd.wildcards).
         self.wild_routes: dict[RouteKey, Ports] = {}
@@ -495,7 +499,7 @@ class Controller:
         ):
             self._refuse_declared(changes)
         # Only what is journaled as it is (the API's changes) may wait for a group's sync.
-        before = self._deferrable(changes, dry_run, journal is None)
+        before = self._deferrable(changes, dry_run, journal is None, journal == [])
         router.begin()
         joins.begin()
         self._member_ops = []
@@ -698,7 +702,10 @@ class Controller:
         came or went, each as a change of its own (nothing journaled: the patterns did not
         change). Each that changed is reported (True, line); one that cannot follow (the
         VIF table is full) keeps its oifs and is reported (False, why), so the others still
-        follow."""
+        follow. During a sliced reload, only noted (`follow_due`)."""
+        if self.in_reload:
+            self.follow_due = True
+            return []
         router = self.router
         links = router.links
         lines: list[tuple[bool, str]] = []
@@ -859,7 +866,16 @@ class Controller:
         a slice at a time too, and the error raised. Routes the files no longer declare go
         first, then those added or changed; thresholds, mrdisc, templates and joins are the
         last slice. Meanwhile an api change to a route the reload changes is refused
-        (`reloading`); other changes, link events and learned entries go on."""
+        (`reloading`); other changes, link events and learned entries go on. Wildcards
+        are not followed meanwhile (`follow_due` says an interface came or went): the
+        declarations in force change under the slices, and are put back if one fails."""
+        self.in_reload = True
+        try:
+            yield from self._declared_slices(new, diff, outcome)
+        finally:
+            self.in_reload = False
+
+    def _declared_slices(self, new: Declarations, diff: Diff, outcome: Outcome) -> Iterator[int]:
         self.flush()  # as apply_declared: takeovers are built from the model
         yield 0  # (at 100,000 routes each step below is worth a slice of its own)
         journal: list[Change] = []  # what leaves the state file: api intents taken over
@@ -890,8 +906,11 @@ class Controller:
             self.declared, self.reloading = old, frozenset()
             raise
         except BaseException:
-            self.declared, self.reloading = old, frozenset()
-            yield from self._put_back(before)
+            self.declared = old
+            try:  # (api changes to these routes stay refused until they are put back)
+                yield from self._put_back(before)
+            finally:
+                self.reloading = frozenset()
             raise
         self._drop_taken_patterns()
         # What only the reload used goes, a part at a time: freeing 100,000s of objects
@@ -1031,6 +1050,9 @@ class Controller:
     def follow_wildcards(self) -> Outcome | None:
         """Re-plan the declared routes with wildcard oifs after interfaces came or went (None:
         nothing to change). Routes without wildcards are never looked at."""
+        if self.in_reload:
+            self.follow_due = True
+            return None
         declared, router = self.declared, self.router
         changes: list[Change] = []
         journal: list[Change] = []
@@ -1066,11 +1088,15 @@ class Controller:
         }
         return routes, thresholds
 
-    def _deferrable(self, changes: Sequence[Change], dry_run: bool, own: bool) -> Before | None:
+    def _deferrable(
+        self, changes: Sequence[Change], dry_run: bool, own: bool, unrecorded: bool = False
+    ) -> Before | None:
         """What `changes` replace, if their journal record may wait for the group's sync;
         None if they are journaled here and now (after the group, which is flushed first).
-        `own`: the record is the changes themselves (not another origin's journal)."""
-        if not self.grouping or self._reverting or dry_run:
+        `own`: the record is the changes themselves (not another origin's journal);
+        `unrecorded`: nothing is journaled (a reload's slice, wildcards followed), so there
+        is no order to keep and the group goes on forming: its sync is not waited for here."""
+        if not self.grouping or self._reverting or dry_run or unrecorded:
             return None
         small = own and len(changes) <= GROUP_MAX_CHANGES
         before = _before(self.router, changes) if small else None

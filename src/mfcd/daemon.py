@@ -877,6 +877,12 @@ class Daemon:
             try:
                 return await self._reload_paused(dry_run)
             finally:
+                # The requests served between slices may have left reference cycles: they
+                # are collected before what stays is frozen (frozen, they never would be).
+                # The GC being paused, everything made since it was is in the youngest
+                # generation: this pass looks at the reload's own objects only (some
+                # 40 ms per 100,000 routes changed), never at the routes frozen before.
+                gc.collect(0)
                 gc.freeze()
 
     async def _reload_paused(self, dry_run: bool) -> dict[str, Any]:
@@ -906,7 +912,12 @@ class Daemon:
                 # A slice at a time, clients served in between (Controller.declared_slices
                 # says what they see meanwhile); a failed slice undoes them all.
                 outcome = Outcome()
-                await run_sliced(self.controller.declared_slices(declared, change, outcome))
+                try:
+                    await run_sliced(self.controller.declared_slices(declared, change, outcome))
+                finally:
+                    if self.controller.follow_due:  # interfaces came or went meanwhile
+                        self.controller.follow_due = False
+                        self._follow_wildcards()
         except MfcdError as e:
             log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
             raise

@@ -167,3 +167,56 @@ def test_one_route_changed_in_many_is_the_only_one_written() -> None:
     list(ctl.declared_slices(new, diff(ctl.declared, new), outcome))
     assert kernel.applied[since:] == [ctl.router.entry(key(500))]
     assert sum(outcome.counts.values()) == 1
+
+
+def test_routes_stay_refused_to_the_api_until_a_failed_reload_has_put_them_back() -> None:
+    """Between two slices of the put-back, an api change to a route the reload had removed
+    would be overwritten by the put-back (the config route back): it is refused instead."""
+    ctl = controller()
+    ctl.apply_declared(config(6), diff(Declarations(), config(6)))
+    new = config(6, first=20)  # removes 0..5, adds 20..25
+    slices = ctl.declared_slices(new, diff(ctl.declared, new), Outcome())
+    for _ in range(4):  # 0..3 removed, then 4, 5 and 20, 21
+        next(slices)
+    assert key(0) not in ctl.router.routes
+    kernel = kernel_of(ctl)
+    kernel.fail_at = kernel.calls + 1
+    next(slices)  # the failing slice; the put-back's first slice
+    assert key(0) in ctl.reloading
+    with pytest.raises(DeclaredInConfig):
+        ctl.change([AddRoute.of(Route(4, key(0)[1], "239.1.1.1", "a", ("c",), 253))])
+    with pytest.raises(KernelError):
+        list(slices)
+    assert ctl.router.routes[key(0)] == Ports("a", ("b",))
+    assert ctl.router.origin(key(0)) == "config"
+    assert not ctl.reloading
+
+
+TEMPLATE = '[[route]]\ngroup = "239.{}.0.0/16"\niif = "a"\noifs = ["{}"]\n'
+WILD = '[[route]]\nsource = "198.18.9.9"\ngroup = "239.1.1.9"\niif = "a"\noifs = ["vlan*"]\n'
+
+
+def test_interfaces_that_come_during_a_reload_are_followed_once_it_is_over() -> None:
+    """A link event between two slices does not apply the new declarations outside the
+    reload (a template the reload removes would be removed twice, and the reload fail):
+    the wildcards are followed after it."""
+    ctl = controller()
+    old, problems = parse(TEMPLATE.format(2, "b") + TEMPLATE.format(3, "c"))
+    assert problems == []
+    ctl.apply_declared(old, diff(Declarations(), old))
+    routes = "".join(
+        f'[[route]]\nsource = "198.18.0.{i}"\ngroup = "239.1.1.1"\niif = "a"\noifs = ["b"]\n'
+        for i in range(1, 11)
+    )
+    new, problems = parse(routes + TEMPLATE.format(2, "b") + WILD)
+    assert problems == []
+    slices = ctl.declared_slices(new, diff(ctl.declared, new), Outcome())
+    for _ in range(3):
+        next(slices)
+    ctl.link_up("vlan2", 9)
+    assert ctl.follow_wildcards() is None
+    assert ctl.follow_due
+    list(slices)  # the reload ends well: the 239.3/16 template removed once
+    assert [k[2] for k in ctl.router.templates] == ["239.2.0.0/16"]
+    ctl.follow_wildcards()  # what the daemon does once the reload is over
+    assert ctl.router.routes[(4, "198.18.9.9", "239.1.1.9", 253)] == Ports("a", ("vlan1", "vlan2"))
