@@ -288,10 +288,15 @@ def test_only_root_and_the_socket_group_can_connect(
         outsider = _ctl_as(65534, 12345, daemon.socket, code)
         assert outsider.returncode == 4
         assert "permission denied" in outsider.stderr and "group nogroup" in outsider.stderr
-        # A second daemon on the same socket refuses to start and leaves the first one serving.
+        # A second daemon on the same socket (with a state file of its own: on the same one
+        # it would refuse on the state file's lock first) refuses to start and leaves the
+        # first one serving.
         (tmp_path / "second").mkdir()
         second = Mfcd(lab, tmp_path / "second")
-        second.config_file = daemon.config_file
+        second.config_file.write_text(
+            f'socket_path = "{daemon.socket}"\nstate_file = "{second.state_file}"\n'
+            'socket_group = "nogroup"\n'
+        )
         second.start(wait=False)
         assert second.proc is not None and second.proc.wait(timeout=15) == 1
         _, err = second.stop()

@@ -28,11 +28,13 @@ def directives() -> dict[str, list[str]]:
 
 
 def runnable_copy(tmp_path: Path) -> Path:
-    """The unit with ExecStart= on an existing binary: verify fails when /usr/bin/mfcd is absent."""
+    """The unit with ExecStart= and ExecReload= on an existing binary: verify fails when
+    /usr/bin/mfcd or /usr/bin/mfcctl is absent (the package installs them)."""
     text = UNIT.read_text()
-    assert "ExecStart=/usr/bin/mfcd " in text
+    assert "ExecStart=/usr/bin/mfcd " in text and "ExecReload=/usr/bin/mfcctl " in text
     copy = tmp_path / UNIT.name
-    copy.write_text(text.replace("ExecStart=/usr/bin/mfcd ", "ExecStart=/bin/true "))
+    text = text.replace("ExecStart=/usr/bin/mfcd ", "ExecStart=/bin/true ")
+    copy.write_text(text.replace("ExecReload=/usr/bin/mfcctl ", "ExecReload=/bin/true "))
     return copy
 
 
