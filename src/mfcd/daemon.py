@@ -134,10 +134,23 @@ IGNORED_SIGNALS = (
 
 def _ignore_signals_from_now_on(loop: asyncio.AbstractEventLoop) -> None:
     """mfcd is done: closing the loop would give each signal its default action back, and a
-    second SIGTERM (an impatient operator's) would kill the process in its last steps."""
+    second SIGTERM (an impatient operator's) would kill the process in its last steps.
+
+    Each signal goes straight from the loop's handler to SIG_IGN, never through SIG_DFL:
+    `loop.remove_signal_handler` sets SIG_DFL, and a SIGTERM in that instant ended mfcd
+    (seen once under a test's storm of SIGTERMs). So the loop only forgets the handlers
+    (its own bookkeeping, which closing the loop would otherwise undo with SIG_DFL)."""
+    handlers = getattr(loop, "_signal_handlers", None)  # (asyncio's unix event loops)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, *IGNORED_SIGNALS):
-        loop.remove_signal_handler(sig)
         signal.signal(sig, signal.SIG_IGN)
+        if isinstance(handlers, dict):
+            handlers.pop(sig, None)
+        else:  # another loop: its own removal (the brief SIG_DFL stays possible there)
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+    if isinstance(handlers, dict) and not handlers:
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)  # as the loop does once its last handler is gone
 
 
 def _ignore(sig: signal.Signals) -> None:
