@@ -951,18 +951,28 @@ class Controller:
             yield len(by_origin)
 
     def _put_back_chunk(self, changes: list[Change], origin: str) -> None:
-        self._reverting = True  # nothing recorded, nothing refused (only until it returns)
         try:
+            self._reverting = True  # nothing recorded, nothing refused (only until it returns)
             try:
                 self.change(changes, keep_steps=False, origin=origin, journal=[])
                 return
             except MfcdError:
                 pass
+        finally:
+            self._reverting = False
+        self._put_back_each(changes, origin, "reload: ")
+
+    def _put_back_each(self, changes: Sequence[Change], origin: str, why: str = "") -> None:
+        """Apply changes that undo others, one by one (a refusal keeps the others from coming
+        back), nothing recorded or refused; one the kernel still refuses is logged and left
+        to the drift check."""
+        self._reverting = True
+        try:
             for change in changes:
                 try:
                     self.change([change], keep_steps=False, origin=origin, journal=[])
                 except MfcdError as e:
-                    log.error("reload: putting back %s failed: %s", change, e)
+                    log.error("%sputting back %s failed: %s", why, change, e)
                     if self.on_drift is not None:
                         self.on_drift()
         finally:
@@ -1222,17 +1232,7 @@ class Controller:
             for key, ports in routes.items()
             if router.routes.get(key) != ports
         ]
-        self._reverting = True
-        try:
-            for change in undo:  # one by one: a refusal keeps the others from coming back
-                try:
-                    self.change([change], keep_steps=False)
-                except MfcdError as e:
-                    log.error("putting back %s failed: %s", change, e)
-                    if self.on_drift is not None:
-                        self.on_drift()
-        finally:
-            self._reverting = False
+        self._put_back_each(undo, "api")
 
     def _plan_chunk(self, changes: Sequence[Change], start: int, numbered: bool) -> list[Step]:
         router = self.router

@@ -451,10 +451,13 @@ class Router:
 
     def set_origin(self, key: RouteKey, origin: str) -> None:
         """Record a route's origin within the transaction ("api": no entry)."""
+        self._record_origin(self.origins, key, origin)
+
+    def _record_origin(self, origins: dict[Any, str], key: Any, origin: str) -> None:
         if origin == "api":
-            self._pop(self.origins, key)
-        elif self.origins.get(key) != origin:
-            self._set(self.origins, key, origin)
+            self._pop(origins, key)
+        elif origins.get(key) != origin:
+            self._set(origins, key, origin)
 
     def template_origin(self, key: TemplateKey) -> str:
         """Where a template comes from: "api" or "config"."""
@@ -462,10 +465,7 @@ class Router:
 
     def set_template_origin(self, key: TemplateKey, origin: str) -> None:
         """Record a template's origin within the transaction ("api": no entry)."""
-        if origin == "api":
-            self._pop(self.template_origins, key)
-        elif self.template_origins.get(key) != origin:
-            self._set(self.template_origins, key, origin)
+        self._record_origin(self.template_origins, key, origin)
 
     # --- route changes ---------------------------------------------------------------------------
 
