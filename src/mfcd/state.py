@@ -51,16 +51,24 @@ The daemon writes it in a thread (`Compaction`) from a copy of the routes while 
 journal keeps taking changes; those are appended to the new file, renumbered, just
 before the rename.
 
-A record is written and synced before its newline is, so a last line without its newline
-is, most likely, a change a crash interrupted before it was acknowledged: it is ignored
-and cut off before the next append.  Nothing in the file proves it, though: a file cut
-short in the middle of a line looks the same, and so does one cut cleanly at the end of
-a record (the one loss nothing here can detect; see docs/state-file.md).  A torn line
-whose sequence number can be read must still be the next one.  Anything else that does
-not parse, whose checksum does not match or whose sequence number does not follow is
-corruption: loading fails with the file name, line and reason, and the file is never
-rewritten.  That includes a snapshot that ends early, even in a line without its
-newline: snapshots are never appended to, so its missing routes were acknowledged once.
+An append is one write and one fdatasync: the newline that ends the record before it,
+then the record without its own newline, which goes with the next record (or is written
+when mfcd stops, or before a snapshot takes the journal's place).  So every newline is
+written after the line it ends was synced: a newline-terminated line with a bad checksum
+is corruption, never a torn write.  The last line, without newline, is a complete record
+when its checksum matches (a torn next write may follow it, even without the newline it
+began with: the longest start of the line that is a record counts).  A last line without
+newline that holds no complete record is, most likely, a change a crash interrupted before
+it was acknowledged: it is ignored and cut off before the next append.  Nothing in the
+file proves it, though: a file cut short in the middle of a line looks the same, and so
+does one cut cleanly at the end of a record (the one loss nothing here can detect; see
+docs/state-file.md).  A torn line whose sequence number can be read must still be the
+next one.  Anything else that does not parse, whose checksum does not match or whose
+sequence number does not follow is corruption: loading fails with the file name, line
+and reason, and the file is never rewritten.  That includes a snapshot that ends early,
+even in a line without its newline: snapshots are written whole, each line with its
+newline, and never appended to, so its missing routes were acknowledged once.
+(Releases before this rule drop a last line without newline: see docs/state-file.md.)
 
 Version 1 (`mfcd-state 1`, written by earlier releases) is the same without sequence numbers
 or route counts; it still loads, with none of their checks, and is rewritten in version 2
@@ -217,6 +225,8 @@ class Loaded:
     ops_since_snapshot: int = 0
     good_length: int = 0  # bytes up to the end of the last complete record
     torn_tail: bool = False
+    # The last complete record has no newline yet: the next append writes it first.
+    unterminated: bool = False
     version: int = VERSION
     seq: int = 0  # sequence number of the last complete record (version 2)
     joins: dict[JoinKey, None] = field(default_factory=dict)  # the API's group joins
@@ -417,6 +427,9 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
     then = "the end of the file"
     while pos < len(data):
         end = data.find(b"\n", pos)
+        unterminated = end < 0
+        if unterminated and lineno >= 2 and not snap.missing:
+            end = _record_end(data, pos)  # the last record, its newline still to come?
         if end < 0:
             _torn_line(loaded, data[pos:], snap, path, lineno + 1)
             then = "an incomplete last line"
@@ -444,6 +457,10 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
                 reason += f"; it is route record {part} of {snap.chunks} of the snapshot on line"
                 reason += f" {snap.line}"
             raise _corrupt(path, lineno, reason) from None
+        if unterminated:
+            loaded.good_length, loaded.unterminated = end, True
+            loaded.torn_tail = end < len(data)  # a write a crash interrupted followed it
+            break
         pos = end + 1
         loaded.good_length = pos
     if snap.missing:
@@ -458,17 +475,43 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
 
 def _whole(record: Any, data: bytes, end: int) -> bool:
     """False for the first record of a change of K records that fewer than K-1 complete
-    lines follow (the file ends inside the change)."""
+    records follow (the file ends inside the change)."""
     parts = record.get("parts") if record.__class__ is dict else None
     if parts is None:
         return True
     if parts.__class__ is not int or parts < 2:
         raise ValueError("malformed record (parts)")
-    for _ in range(parts - 1):
-        end = data.find(b"\n", end + 1)
+    if data[end : end + 1] != b"\n":
+        return False  # the last line itself
+    for left in range(parts - 1, 0, -1):
+        start, end = end + 1, data.find(b"\n", end + 1)
         if end < 0:
-            return False
+            # The last part may be the last line, complete but without its newline.
+            return left == 1 and _record_end(data, start) >= 0
     return True
+
+
+def _record_end(data: bytes, start: int) -> int:
+    """Where the complete record ends that the last line, data[start:] (no newline), begins
+    with, or -1 if it holds none: each `}` may end one, and the checksum tells which.
+
+    A torn append may leave the record before it followed by the rest of the write without
+    the newline it began with; the record, synced before that write began, still counts.
+    """
+    head = data[start : start + 9]
+    if len(head) < 9 or head[8:] != b" " or not _HEX8.fullmatch(head[:8]):
+        return -1
+    want, crc, at = int(head[:8], 16), 0, start + 9
+    view = memoryview(data)
+    while (brace := data.find(b"}", at)) >= 0:
+        crc = zlib.crc32(view[at : brace + 1], crc)  # running: each byte is read once
+        if crc == want:
+            return brace + 1
+        at = brace + 1
+    return -1
+
+
+_HEX8 = re.compile(rb"[0-9a-f]{8}")
 
 
 def _torn_line(loaded: Loaded, tail: bytes, snap: _Snapshot, path: str, lineno: int) -> None:
@@ -634,6 +677,7 @@ class StateFile:
         self._identity = (0, 0)  # device and inode of the journal _fd writes to
         self._lock_fd: int | None = None
         self._length = 0  # bytes of complete records: where the next append starts
+        self._unterminated = False  # the last record's newline is to be written with the next
         self._seq = 0  # sequence number of the last record written
         self._fresh = False  # load() found no file: the first append may start one
         self._compaction: Compaction | None = None  # a snapshot being written in a thread
@@ -755,6 +799,7 @@ class StateFile:
         stat = os.fstat(fd)
         self._fd, self._identity = fd, (stat.st_dev, stat.st_ino)
         self._length, self._seq = loaded.good_length, loaded.seq
+        self._unterminated = loaded.unterminated
 
     def replaced(self) -> str | None:
         """Why the path no longer leads to the journal as mfcd left it, or None if it does."""
@@ -796,20 +841,20 @@ class StateFile:
         assert self._fd is not None
         length = records = 0
         began = time.monotonic()
+        newline = b"\n" if self._unterminated else b""
         try:
-            # The record first, then its newline: a crash can tear a multi-page write in any
-            # order, but a line that has its newline was whole on disk before the newline was
-            # written. So a newline-terminated line with a bad checksum is real corruption,
-            # and a torn write always shows as a last line without one. (A change of several
-            # records: each newline goes with the next record, once the one it ends is on
-            # disk.)
+            # One write and one sync a record: the newline of the record before, then this
+            # one without its own. A crash can tear a multi-page write in any order, but a
+            # line that has its newline was whole on disk before the newline was written:
+            # a newline-terminated line with a bad checksum is real corruption, and a torn
+            # write shows in the last line. (A change of several records: the same, record
+            # after record, each synced before the next.)
             for record in encode_parts(changes, self._seq + 1):
-                _write_all(self._fd, (b"\n" if records else b"") + record[:-1])
+                _write_all(self._fd, newline + record[:-1])
                 os.fdatasync(self._fd)
-                length, records = length + len(record), records + 1
-            _write_all(self._fd, b"\n")
-            os.fdatasync(self._fd)
-            self.syncs += records + 1
+                self.syncs += 1
+                length, records = length + len(newline) + len(record) - 1, records + 1
+                newline = b"\n"
         except OSError as e:
             self._cut_back()
             raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
@@ -825,10 +870,24 @@ class StateFile:
             # The record went to a file no restart reads: a snapshot at the path must hold it.
             raise SnapshotNeeded(reason)
         self._length += length
+        self._unterminated = True
         self._seq += records
         self.ops_since_snapshot += len(changes)
         if self._compaction is not None:
             self._compaction.tail.append(changes)
+
+    def _end_line(self) -> None:
+        """Write the last record's newline, which would otherwise go with the next record: at
+        a stop, and before a snapshot takes the journal's place, so that a file mfcd leaves
+        ends in a newline (a release before this rule drops a last line without one)."""
+        if self._fd is None or not self._unterminated or self._lock_lost is not None:
+            return
+        with contextlib.suppress(OSError, StateError):
+            if self.replaced() is None:  # never into a file that is no longer as mfcd left it
+                _write_all(self._fd, b"\n")
+                self._length += 1
+                self._unterminated = False
+                os.fdatasync(self._fd)
 
     def _cut_back(self) -> None:
         """Drop a record whose write failed: the change is refused, so it must not replay.
@@ -854,6 +913,7 @@ class StateFile:
         """Replace the journal with one snapshot: temporary file, fsync, rename, fsync dir."""
         self.hold_lock()
         self._stale_compaction()  # this snapshot has everything a compaction under way has
+        self._end_line()
         tmp = f"{self.path}.tmp"
         fd, length, seq = _write_snapshot_file(
             self.path, tmp, routes, thresholds, self._seq, extra=extra, templates=templates
@@ -897,6 +957,7 @@ class StateFile:
             job.discard()
             raise
         fd, length, seq, ops = job.fd, job.length, job.seq, 0
+        self._end_line()
         try:
             for changes in job.tail:
                 for data in encode_parts(changes, seq + 1):
@@ -926,7 +987,7 @@ class StateFile:
         self._directory_unsynced = True
         with contextlib.suppress(StateError):
             self._sync_directory()
-        self._length = length
+        self._length, self._unterminated = length, False
         self._seq = seq
         self.ops_since_snapshot = ops
 
@@ -947,6 +1008,7 @@ class StateFile:
     def close(self) -> None:
         if self._compaction is not None:
             self._compaction.cancel()
+        self._end_line()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -180,11 +180,81 @@ def test_torn_tail_is_ignored_and_cut_before_the_next_append(path: Path, journal
     assert reload(path)[1].thresholds["eth2"] == 9
 
 
-def test_a_complete_record_without_newline_is_still_torn(path: Path, journal: bytes) -> None:
-    path.write_bytes(journal + rec(3, ops=[["del", *R1.key]]).rstrip(b"\n"))
+def test_a_complete_record_without_newline_is_the_last_change(path: Path, journal: bytes) -> None:
+    """Its newline goes with the next record: a crash leaves the last change without it."""
+    last = rec(3, ops=[["del", *R1.key]])
+    path.write_bytes(journal + last[:-1])
+    sf, loaded = reload(path)
+    assert (loaded.torn_tail, loaded.unterminated) == (False, True)
+    assert (loaded.seq, loaded.good_length) == (3, len(journal) + len(last) - 1)
+    assert R1.key not in loaded.routes
+    sf.append([SetThreshold("eth2", 9)])  # the newline first, then the record
+    assert path.read_bytes() == journal + last + rec(4, ops=[["threshold", "eth2", 9]])[:-1]
+    sf.close()  # a stop writes the last newline
+    assert path.read_bytes() == journal + last + rec(4, ops=[["threshold", "eth2", 9]])
+    assert reload(path)[1].thresholds["eth2"] == 9
+
+
+def test_a_complete_last_record_that_a_torn_write_follows_is_kept(
+    path: Path, journal: bytes
+) -> None:
+    """The next write, torn, may have lost the newline it began with: the record before it
+    was synced before that write began, so it counts, and the rest is cut off."""
+    last = rec(3, ops=[["del", *R1.key]])[:-1]
+    for torn in (b"\0" * 300, rec(4, ops=[["threshold", "eth2", 9]])[:-4], b"}" * 3):
+        path.write_bytes(journal + last + torn)
+        sf, loaded = reload(path)
+        assert (loaded.torn_tail, loaded.unterminated, loaded.seq) == (True, True, 3)
+        assert R1.key not in loaded.routes and "eth2" not in loaded.thresholds
+        assert path.stat().st_size == len(journal + last)  # the torn write cut off
+        sf.append([SetThreshold("eth2", 1)])
+        sf.close()
+        assert path.read_bytes() == journal + last + b"\n" + rec(4, ops=[["threshold", "eth2", 1]])
+
+
+def test_a_bad_checksum_is_corruption_with_a_newline_and_torn_without(
+    path: Path, journal: bytes
+) -> None:
+    """A line gets its newline only once it is on disk: with it, a bad checksum is damage."""
+    bad = line(b'{"seq":3,"ops":[["del",4,"10.0.0.1","239.1.1.1"]]}', crc=0x12345678)
+    assert "line 4 is corrupt (checksum mismatch)" in refused(path, journal + bad)
+    path.write_bytes(journal + bad[:-1])
     _, loaded = reload(path)
-    assert loaded.torn_tail
+    assert (loaded.torn_tail, loaded.seq, loaded.good_length) == (True, 2, len(journal))
     assert R1.key in loaded.routes
+
+
+def test_the_last_changes_cut_at_every_byte_are_there_whole_or_not_at_all(path: Path) -> None:
+    """As a crash leaves the file (no stop, so no last newline), cut anywhere in its last two
+    changes: each is in the loaded routes whole or not at all, and the next append and
+    start go on from there."""
+    sf = StateFile(str(path))
+    sf.load()
+    sf.write_snapshot([R1], {})
+    start = path.stat().st_size
+    sf.append([DelRoute(R1.key), AddRoute.of(R2)])
+    middle = path.stat().st_size
+    sf.append([SetThreshold("eth0", 5), AddRoute.of(R1)])
+    data = path.read_bytes()
+    os.close(sf._fd)  # type: ignore[arg-type]  # a crash: no stop, the last newline unwritten
+    sf._fd = None
+    sf.close()
+    first: tuple[set[RouteKey], dict[str, int]] = ({R2.key}, {})
+    both = ({R1.key, R2.key}, {"eth0": 5})
+    for cut in range(start, len(data) + 1):
+        path.write_bytes(data[:cut])
+        sf, loaded = reload(path)
+        got = (set(loaded.routes), loaded.thresholds)
+        if cut < middle:
+            assert got == ({R1.key}, {}), cut
+        elif cut <= middle + 1:  # the first whole, with or without the newline of the next
+            assert got == first, cut
+        else:
+            assert got == (both if cut == len(data) else first), cut
+        sf.append([SetThreshold("eth9", 1)])
+        sf.close()
+        _, again = reload(path)
+        assert (set(again.routes), again.thresholds) == (got[0], {**got[1], "eth9": 1}), cut
 
 
 @pytest.mark.parametrize("cut", [1, 5], ids=["newline", "more"])
@@ -293,9 +363,36 @@ def test_append_cost_does_not_depend_on_the_number_of_routes(tmp_path: Path) -> 
         sf.write_snapshot(routes, {})
         size = path.stat().st_size
         sf.append(changes)
-        assert path.stat().st_size == size + len(record)
-        assert path.read_bytes()[size:] == record
+        assert path.stat().st_size == size + len(record) - 1  # its newline comes later
+        assert path.read_bytes()[size:] == record[:-1]
         sf.close()
+
+
+def test_an_append_is_one_write_and_one_fdatasync(
+    path: Path, journal: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record's newline goes with the next record: one sync a record, counted in syncs."""
+    sf, _ = reload(path)
+    calls: list[str] = []
+    real_write, real_sync = os.write, os.fdatasync
+
+    def write(fd: int, data: Any) -> int:
+        calls.append("write")
+        return real_write(fd, data)
+
+    def fdatasync(fd: int) -> None:
+        calls.append("fdatasync")
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    for ttl in range(1, 4):
+        sf.append([SetThreshold("eth0", ttl)])
+    assert calls == ["write", "fdatasync"] * 3
+    assert sf.syncs == 3
+    monkeypatch.undo()
+    sf.close()
+    assert reload(path)[1].thresholds["eth0"] == 3
 
 
 def test_a_failed_append_is_cut_back_and_reported(
@@ -664,7 +761,7 @@ def test_damage_is_refused_and_the_file_left_untouched(
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("cut", [1, 9, 40])
+@pytest.mark.parametrize("cut", [2, 9, 40])
 def test_a_line_cut_short_at_the_end_is_a_torn_change(
     path: Path, history: list[bytes], cut: int
 ) -> None:
