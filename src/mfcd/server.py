@@ -196,14 +196,19 @@ class Refused(Exception):
 
 
 class Buffer:
-    """What one client sent and mfcd has not answered yet."""
+    """What one client sent and mfcd has not answered yet, and its deadline."""
 
-    __slots__ = ("counted", "data", "scanned")
+    __slots__ = ("counted", "data", "deadline", "expired", "scanned", "watch")
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.scanned = 0  # data[:scanned] holds no newline
         self.counted = 0  # bytes of it counted against the shared budget
+        # When the request being waited for must be complete (0: none is waited for now).
+        # One timer a connection checks it (Server._watch), not one a request.
+        self.deadline = 0.0
+        self.watch: asyncio.TimerHandle | None = None
+        self.expired = False  # the timer cancelled the wait: a timeout, not a stop
 
 
 class Server:
@@ -220,8 +225,10 @@ class Server:
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        # Requests waiting for their group's sync, by group.
-        self._waiting: dict[Group, asyncio.Future[None]] = {}
+        # Connections whose transport may hold response bytes not yet taken (see _write).
+        self._unsent: set[asyncio.StreamWriter] = set()
+        # Requests waiting for their group's sync (one future each), by group.
+        self._waiting: dict[Group, list[asyncio.Future[None]]] = {}
         self._members: dict[Group, int] = {}  # how many requests wait, by group
         self._gathering = Gathering()  # when the next group's sync may start
         self._holding: asyncio.TimerHandle | None = None  # ends the hold on it
@@ -278,6 +285,8 @@ class Server:
             return
         self._clients[task] = writer
         buffer = Buffer()
+        loop = asyncio.get_running_loop()
+        buffer.watch = loop.call_at(loop.time() + self.client_timeout, self._watch, task, buffer)
         try:
             await self._serve(reader, writer, peer, buffer)
         except (ConnectionError, asyncio.CancelledError, TimeoutError):
@@ -285,9 +294,23 @@ class Server:
         except Exception:  # a bug: this client is dropped, everyone else is served
             log.exception("internal error while serving %s", peer)
         finally:
+            buffer.watch.cancel()
             self._hold(buffer, 0)
             del self._clients[task]
+            self._unsent.discard(writer)
             await self._close(writer)
+
+    def _watch(self, task: asyncio.Task[None], buffer: Buffer) -> None:
+        """A connection's one timer: cancel its wait for a request once the deadline has
+        passed, else look again at the deadline (later requests moved it on)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if buffer.deadline and now >= buffer.deadline:
+            buffer.expired = True
+            task.cancel()  # (_read_request turns it into a TimeoutError)
+            return
+        later = buffer.deadline or now + self.client_timeout
+        buffer.watch = loop.call_at(later, self._watch, task, buffer)
 
     async def _close(self, writer: asyncio.StreamWriter) -> None:
         """Close a connection once its last response is sent; drop it if that takes long."""
@@ -327,7 +350,9 @@ class Server:
             answer = self.commands.submit(line, peer)
             del line
             self._hold(buffer, len(buffer.data))
-            if answer.group is not None and not answer.group.done:
+            waited = answer.group is not None and not answer.group.done
+            if waited:
+                assert answer.group is not None
                 await self._synced(answer.group)
             response = self.commands.settle(answer)
             if isinstance(response, Deferred):
@@ -336,7 +361,9 @@ class Server:
                     return
                 assert response.answer is not None
                 response = await response.answer()  # others are served meanwhile
-            await self._send(writer, response)
+                waited = True
+            if await self._send(writer, response) or waited:
+                continue  # others had their turn while this one waited
             # A client that pipelines has its next requests read already, and neither the
             # read nor the send waits: give the other clients, and a stop, their turn.
             await asyncio.sleep(0)
@@ -357,14 +384,14 @@ class Server:
         closed = asyncio.ensure_future(_until_closed(reader))
         try:
             result = {"subscribed": True, "buffer": subscriber.limit}
-            writer.write(protocol.encode_result(request.request_id, result))
+            self._write(writer, protocol.encode_result(request.request_id, result))
             while not closed.done():
                 await writer.drain()
                 wake.clear()
                 events = subscriber.take()
                 if events:
                     encode, rid = protocol.encode_event, request.request_id
-                    writer.write(b"".join(encode(rid, event) for event in events))
+                    self._write(writer, b"".join(encode(rid, event) for event in events))
                     continue
                 waiting = asyncio.ensure_future(wake.wait())
                 await asyncio.wait({closed, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -378,20 +405,22 @@ class Server:
         loop = asyncio.get_running_loop()
         waiting = self._waiting.get(group)
         if waiting is None:
-            waiting = self._waiting[group] = loop.create_future()
+            waiting = self._waiting[group] = []
             # Once every request handled in this turn of the loop has joined the group.
             loop.call_soon(self._sync)
         members = self._members[group] = self._members.get(group, 0) + 1
         if members == self._gathering.expected:
             loop.call_soon(self._sync)  # the clients of the last group are back
-        # Shielded: a client cancelled while waiting must not cancel everyone else's wait.
-        await asyncio.shield(waiting)
+        # One future each: a client cancelled while waiting cancels only its own wait.
+        mine = loop.create_future()
+        waiting.append(mine)
+        await mine
 
     def _on_synced(self, group: Group) -> None:
         self._members.pop(group, None)
-        waiting = self._waiting.pop(group, None)
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
+        for waiting in self._waiting.pop(group, ()):
+            if not waiting.done():
+                waiting.set_result(None)
 
     def _sync(self) -> None:
         """Hand the group formed so far to the journal's thread, unless it is busy with the
@@ -449,30 +478,44 @@ class Server:
     ) -> bytes | bytearray | None:
         """The next non-blank line (None at the end of the stream), within client_timeout
         (blank lines do not extend it). Its bytes stay counted until _hold releases them."""
-        async with asyncio.timeout(self.client_timeout):
-            while True:
-                data = buffer.data
-                end = data.find(b"\n", buffer.scanned)
-                if end < 0:
-                    buffer.scanned = len(data)
-                    if len(data) > self.max_request_bytes:
-                        raise Refused("too_large", self._too_large())
-                    chunk = await reader.read(CHUNK)
-                    if not chunk:
-                        return None
-                    self._hold(buffer, len(data) + len(chunk))
-                    data += chunk
-                    continue
-                if end > self.max_request_bytes:
+        buffer.deadline = asyncio.get_running_loop().time() + self.client_timeout
+        try:
+            return await self._next_line(reader, buffer)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # The connection's timer cancelled the wait (unless a stop cancelled it too).
+            if buffer.expired and task is not None and not task.uncancel():
+                raise TimeoutError from None
+            raise
+        finally:
+            buffer.deadline = 0.0
+
+    async def _next_line(
+        self, reader: asyncio.StreamReader, buffer: Buffer
+    ) -> bytes | bytearray | None:
+        while True:
+            data = buffer.data
+            end = data.find(b"\n", buffer.scanned)
+            if end < 0:
+                buffer.scanned = len(data)
+                if len(data) > self.max_request_bytes:
                     raise Refused("too_large", self._too_large())
-                buffer.scanned = 0
-                if end == len(data) - 1:  # the whole buffer, as usual: no copy
-                    line, buffer.data = data, bytearray()
-                else:
-                    line = data[: end + 1]
-                    del data[: end + 1]
-                if not line.isspace():  # (strip() would copy a line of any size)
-                    return line
+                chunk = await reader.read(CHUNK)
+                if not chunk:
+                    return None
+                self._hold(buffer, len(data) + len(chunk))
+                data += chunk
+                continue
+            if end > self.max_request_bytes:
+                raise Refused("too_large", self._too_large())
+            buffer.scanned = 0
+            if end == len(data) - 1:  # the whole buffer, as usual: no copy
+                line, buffer.data = data, bytearray()
+            else:
+                line = data[: end + 1]
+                del data[: end + 1]
+            if not line.isspace():  # (strip() would copy a line of any size)
+                return line
 
     def _too_large(self) -> str:
         return f"request larger than {self.max_request_bytes} bytes; split it up"
@@ -495,29 +538,44 @@ class Server:
 
     def _responses_held(self) -> int:
         """Bytes of responses written and not yet taken by their clients."""
-        return sum(w.transport.get_write_buffer_size() for w in self._clients.values())
+        held = 0
+        for writer in list(self._unsent):
+            size = writer.transport.get_write_buffer_size()
+            if not size:
+                self._unsent.discard(writer)  # all taken: not looked at again until a write
+            held += size
+        return held
 
-    async def _send(self, writer: asyncio.StreamWriter, data: protocol.Response) -> None:
-        """Write a response; a client that stops reading it is dropped after client_timeout."""
+    def _write(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
+        """Write to a client; True if all of it went out at once (as it mostly does)."""
+        writer.write(data)
+        if writer.transport.get_write_buffer_size():
+            self._unsent.add(writer)
+            return False
+        return True
+
+    async def _send(self, writer: asyncio.StreamWriter, data: protocol.Response) -> bool:
+        """Write a response; a client that stops reading it is dropped after client_timeout.
+        True if that had to wait (others were served meanwhile)."""
         if isinstance(data, protocol.Stream):
             await self._send_stream(writer, data)
-            return
-        writer.write(data)
-        if not writer.transport.get_write_buffer_size():
-            return  # all sent already: nothing to wait for (a lost connection shows on read)
+            return True
+        if self._write(writer, data):
+            return False  # all sent already: nothing to wait for (a lost connection shows on read)
         # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
         # that arrives as the drain completes, and the client would be served on after a stop.
         async with asyncio.timeout(self.client_timeout):
             await writer.drain()
+        return True
 
     async def _send_stream(self, writer: asyncio.StreamWriter, stream: protocol.Stream) -> None:
         """Write a response a part at a time, each made only once the client has taken the
         one before (beyond the transport's buffer): no whole response in memory, and the
         other clients are served between two parts."""
-        writer.write(stream.head)
+        self._write(writer, stream.head)
         for part in stream.parts:
             if part:
-                writer.write(part.encode())
+                self._write(writer, part.encode())
             async with asyncio.timeout(self.client_timeout):
                 await writer.drain()
             await asyncio.sleep(0)  # drain() does not wait while the buffer is small
