@@ -17,7 +17,7 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   read, the rate is what clients see. mfcd's CPU time per change (from /proc) and the
   clients' own (this process's) say which side of the shared cores is the limit; the
   median fdatasync of the run's directory, measured just before, what the disk allows
-  (each record costs two). With `--work-dir /dev/shm` syncs cost next to nothing and the
+  (each record costs one; two before one sync per record). With `--work-dir /dev/shm` syncs cost next to nothing and the
   rate shows the CPU cost alone.
 - show: `--routes` loaded, then `show --output json` read by a client over a raw connection
   (bytes, time to the last byte, the daemon's peak RSS during it) while a pinger process
@@ -221,7 +221,8 @@ def cpu_seconds(pid: int) -> float:
 
 def sync_ms(directory: Path, count: int = 50) -> float:
     """The median time (ms) of a small append and its fdatasync in `directory` now: with
-    two of them per journal record, what bounds the records per second."""
+    one of them per journal record (two before one sync per record), what bounds the
+    records per second."""
     path = directory / "sync.probe"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     times = []

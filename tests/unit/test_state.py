@@ -195,6 +195,21 @@ def test_a_complete_record_without_newline_is_the_last_change(path: Path, journa
     assert reload(path)[1].thresholds["eth2"] == 9
 
 
+def test_a_snapshot_taking_the_journals_place_ends_it_with_its_newline(path: Path) -> None:
+    """Should the rename not survive a crash, the old journal is whole for any release."""
+    sf = StateFile(str(path))
+    sf.load()
+    sf.write_snapshot([R1], {})
+    sf.append([DelRoute(R1.key)])
+    old = path.with_name("old.journal")
+    os.link(path, old)  # the journal's inode, which the snapshot's rename takes the path from
+    assert not old.read_bytes().endswith(b"\n")
+    sf.write_snapshot([R2], {})
+    assert old.read_bytes().endswith(b'"ops":[["del",4,"10.0.0.1","239.1.1.1"]]}\n')
+    assert path.read_bytes().endswith(b"\n")
+    sf.close()
+
+
 def test_a_complete_last_record_that_a_torn_write_follows_is_kept(
     path: Path, journal: bytes
 ) -> None:
