@@ -17,8 +17,8 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   read, the rate is what clients see. mfcd's CPU time per change (from /proc) and the
   clients' own (this process's) say which side of the shared cores is the limit; the
   median fdatasync of the run's directory, measured just before, what the disk allows
-  (each record costs one; two before one sync per record). With `--work-dir /dev/shm` syncs cost next to nothing and the
-  rate shows the CPU cost alone.
+  (each record costs one; two before one sync per record). With `--work-dir /dev/shm`
+  syncs cost next to nothing and the rate shows the CPU cost alone.
 - show: `--routes` loaded, then `show --output json` read by a client over a raw connection
   (bytes, time to the last byte, the daemon's peak RSS during it) while a pinger process
   measures the longest wait of a `ping` on its own connection.
