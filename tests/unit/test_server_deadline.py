@@ -53,9 +53,9 @@ def test_a_request_not_complete_in_time_is_a_timeout(tmp_path: Path) -> None:
         server, sock_path = await serving(tmp_path)
         loop = asyncio.get_running_loop()
         reader, writer = await asyncio.open_unix_connection(sock_path)
+        began = loop.time()  # (mfcd's wait for the next request begins after this)
         writer.write(request(1, "ping"))
         assert (await answer(reader))["ok"]
-        began = loop.time()
         for _ in range(2):  # half the timeout
             writer.write(b"\n")
             await asyncio.sleep(TIMEOUT / 4)
@@ -71,7 +71,7 @@ def test_a_request_not_complete_in_time_is_a_timeout(tmp_path: Path) -> None:
     assert refused["error"]["code"] == "timeout"
     assert "no complete request within 0.3 s" in refused["error"]["message"]
     assert rest == b""  # disconnected
-    assert TIMEOUT * 0.9 < took < TIMEOUT + 2
+    assert TIMEOUT <= took < TIMEOUT + 2
 
 
 def test_a_stop_while_a_request_is_awaited_is_not_a_timeout(tmp_path: Path) -> None:
