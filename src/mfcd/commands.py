@@ -948,7 +948,8 @@ class _AddRun:
         """Move the run of adds into the list of changes, as AddRoutes."""
         if self.keys:
             # tuple.__new__ on zip's pairs: half the cost of AddRoute(key, ports).
-            self.changes += map(_new, itertools.repeat(AddRoute), zip(self.keys, self.ports))
+            pairs = zip(self.keys, self.ports, strict=True)
+            self.changes += map(_new, itertools.repeat(AddRoute), pairs)
             self.keys.clear()
             self.ports.clear()
 
