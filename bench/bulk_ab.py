@@ -1,10 +1,10 @@
 """Bulk install and recovery of two revisions of mfcd against the raw setsockopt loop, in turn.
 
-Usage (root): python bench/bulk_ab.py --base SRC [--routes N] [--rounds R]
+Usage (root): python bench/bulk_ab.py --base SRC [--head SRC] [--routes N] [--rounds R]
 
 `bench/run.py`'s scenarios 1 and 2 for one N, with revision A (`--base`, a `src` directory
-of another revision, e.g. from `git archive`) and B (this checkout) alternated with the raw
-loop in every round: raw, A, raw, B. Each mfcd round is a `mfcctl batch` of N routes into an
+of another revision, e.g. from `git archive`) and B (`--head`, default this checkout's
+`src`) alternated with the raw loop in every round: raw, A, raw, B. Each mfcd round is a `mfcctl batch` of N routes into an
 empty daemon, timed until the daemon answers the next request, then a restart with the N
 routes in its state file, timed until it answers. Ratios are taken against the raw loop of
 the same round. Beside the wall-clock times, the daemon's own CPU time (utime + stime from
@@ -65,12 +65,13 @@ def mfcd_round(b: Bench, n: int, batch_file: Path, src: str) -> dict[str, float]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="revision A's src directory")
+    parser.add_argument("--head", default=str(bench.REPO / "src"), help="revision B's src")
     parser.add_argument("--routes", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     n = args.routes
     s = replace(FULL, sizes=(n,))
-    revisions = {"A": str(Path(args.base).resolve()), "B": str(bench.REPO / "src")}
+    revisions = {"A": str(Path(args.base).resolve()), "B": str(Path(args.head).resolve())}
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="mfcd-bulk-ab-", dir="/var/tmp") as tmp:
         b = Bench(s, f"mfcdab{secrets.token_hex(3)}", Path(tmp))

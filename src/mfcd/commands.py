@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mfcd import __version__, batchfile, groups, metrics, probes, protocol, validate, views
+from mfcd.batchscan import lines as batch_lines
 from mfcd.controller import Controller, Group, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.diagnosis import Query
@@ -706,7 +707,7 @@ class Commands:
         routes = _BatchRoutes(self.controller.router, run, self.controller.wild_routes)
         lineno = deleted = updated = 0
         try:
-            for lineno, kind, source, group, iif, oifs, table in batchfile.lines(text):  # noqa: B007
+            for lineno, kind, source, group, iif, oifs, table in batch_lines(text):  # noqa: B007
                 if (source == "*" or "/" in source or "/" in group) and kind in ("add", "del"):
                     add(self._template_line(kind, source, group, iif, oifs, table=table))
                     deleted += kind == "del"

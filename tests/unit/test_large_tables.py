@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from mfcd.model import Entry, Placed, Router, RouteKey
+from mfcd.model import Entry, Placed, RouteKey, Router
 
 from .conftest import observable, router_with_links, run
 
