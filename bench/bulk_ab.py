@@ -4,12 +4,13 @@ Usage (root): python bench/bulk_ab.py --base SRC [--head SRC] [--routes N] [--ro
 
 `bench/run.py`'s scenarios 1 and 2 for one N, with revision A (`--base`, a `src` directory
 of another revision, e.g. from `git archive`) and B (`--head`, default this checkout's
-`src`) alternated with the raw loop in every round: raw, A, raw, B. Each mfcd round is a `mfcctl batch` of N routes into an
-empty daemon, timed until the daemon answers the next request, then a restart with the N
-routes in its state file, timed until it answers. Ratios are taken against the raw loop of
-the same round. Beside the wall-clock times, the daemon's own CPU time (utime + stime from
-/proc) for the batch (until the next answer) and for the restart: far less sensitive than
-wall-clock time to other work on a shared machine. Figures: docs/benchmarks.md, "Large
+`src`) alternated with the raw loop in every round: raw, A, raw, B. Each mfcd round is a
+`mfcctl batch` of N routes into an empty daemon, timed until the daemon answers the next
+request, then a restart with the N routes in its state file, timed until it answers.
+Ratios are taken against the raw loop of the same round. Beside the wall-clock times, the
+daemon's own CPU time (utime + stime from /proc) for the batch (until the next answer) and
+for the restart: far less sensitive than wall-clock time to other work on a shared
+machine. Figures: docs/benchmarks.md, "Large
 tables again".
 """
 
