@@ -282,8 +282,10 @@ class Controller:
             steps: list[Step] = []
             for name, ifindex in links.items():
                 steps += router.link_up(name, ifindex)
+            add_direct = router.add_direct  # (nearly every route: restore's first try, inline)
             for key, ports in loaded.routes.items():
-                steps += router.restore(key, ports)
+                if not add_direct(key, ports, steps):
+                    steps += router.restore(key, ports)
                 if len(steps) >= CHUNK:
                     self._execute_into(steps, undo)
                     steps = []

@@ -25,16 +25,18 @@ themselves are found by a scan, which only rare events (an interface re-created,
 a threshold changed, a repair) need.
 
 Memory layout: a router holds 100,000s of routes, so per route it keeps only its
-key (family, source, group, table) and, in `routes` and `installed`, references to values
-shared by every route with the same interfaces (`Ports`) and the same kernel entry
-(`Entry`).  `Route` and the kernel operations are built when asked for.  Values are
-NamedTuples rather than frozen dataclasses: they are as immutable, and a bulk load
-builds several per route, where a frozen dataclass costs three times as much to make.
+key (family, source, group, table) and, in `routes`, a reference to a value shared by every
+route with the same interfaces (`Ports`) and, once installed, the same kernel entry
+(`Placed`: its Ports with its `Entry`). `installed` is a view of the installed routes in
+`routes`, not a second dict: one dict of 1,000,000 routes is 40 MiB.  `Route` and the
+kernel operations are built when asked for.  Values are NamedTuples rather than frozen
+dataclasses: they are as immutable, and a bulk load builds several per route, where a
+frozen dataclass costs three times as much to make.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -101,6 +103,54 @@ class Entry(NamedTuple):
 
     parent: int
     oifs: Oifs
+
+
+class Placed(Ports):
+    """An installed route's value in `Router.routes`: its interfaces (equal to its Ports, as
+    a tuple) with the kernel entry written for it; one shared instance per combination."""
+
+    # (A tuple subclass cannot have slots; the instances are few, their __dict__ is no cost.)
+    ports: Ports  # the shared plain Ports
+    entry: Entry
+
+
+def _placed(ports: Ports, entry: Entry) -> Placed:
+    value: Placed = _new(Placed, ports)
+    value.ports = ports
+    value.entry = entry
+    return value
+
+
+class Installed(Mapping["RouteKey", Entry]):
+    """The installed routes and their entries: a view of `Router.routes` (see Placed)."""
+
+    __slots__ = ("_router",)
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def __getitem__(self, key: RouteKey) -> Entry:
+        value = self._router.routes[key]
+        if value.__class__ is not Placed:
+            raise KeyError(key)
+        return value.entry
+
+    def __contains__(self, key: object) -> bool:
+        return self._router.routes.get(key).__class__ is Placed  # type: ignore[call-overload]
+
+    def get(self, key: RouteKey, default: Any = None) -> Any:
+        value = self._router.routes.get(key)
+        return value.entry if value.__class__ is Placed else default
+
+    def __iter__(self) -> Iterator[RouteKey]:
+        return (key for key, value in self._router.routes.items() if value.__class__ is Placed)
+
+    def __len__(self) -> int:
+        return self._router.installed_count()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[RouteKey, Entry]:
+        """A copy of what it shows now (a dict), not of the router behind it."""
+        return dict(self.items())
 
 
 # --- kernel operations -------------------------------------------------------------------------
@@ -212,7 +262,7 @@ class RouteStatus:
     reason: str  # empty when installed
 
 
-_Direct = tuple[tuple[Vif, ...], Entry, Ports]
+_Direct = tuple[tuple[Vif, ...], Entry, Placed]
 VifKey = tuple[
     int, int, str
 ]  # (family, table, interface)  # what add_direct needs to know of a Ports
@@ -239,6 +289,8 @@ class _UndoLog:
     def rollback(self, to: int = 0) -> None:
         """Undo every change recorded after the first `to` entries."""
         entries = self.entries
+        if len(entries) > to:
+            self.router._installed_n = -1  # counted again when asked (rollbacks are rare)
         while len(entries) > to:
             entry = entries.pop()
             kind, target, key, old = entry
@@ -264,8 +316,10 @@ class Router:
     """Desired routes of both families, the VIFs that serve them, and the interfaces that exist."""
 
     def __init__(self) -> None:
+        # Each route's interfaces: a Placed (its Ports and its Entry) once installed.
         self.routes: dict[RouteKey, Ports] = {}
-        self.installed: dict[RouteKey, Entry] = {}  # what the kernel holds for installed routes
+        self.installed = Installed(self)  # what the kernel holds for installed routes (a view)
+        self._installed_n = 0  # len(installed); -1: unknown (after a rollback), counted again
         self.vifs: dict[VifKey, Vif] = {}
         # VIF indexes per table: a table's list exists from its first VIF until its last goes.
         self.slots: dict[TableKey, list[str | None]] = {}
@@ -293,6 +347,7 @@ class Router:
         # The shared Ports and Entry values (interning is only for memory: forgetting is safe).
         self._ports: dict[Ports, Ports] = {}
         self._entries: dict[Entry, Entry] = {}
+        self._placed: dict[tuple[Ports, Entry], Placed] = {}
         # The direct path's VIFs and entry per family and Ports, within one transaction: a
         # transaction starts with it empty, and any change of a VIF or threshold clears it.
         self._direct: dict[TableKey, dict[Ports, _Direct]] = {}
@@ -388,7 +443,48 @@ class Router:
 
     def share(self, ports: Ports) -> Ports:
         """The shared Ports value equal to `ports` (from now on `ports` itself if new)."""
+        if ports.__class__ is Placed:
+            return ports.ports
         return _intern(self._ports, ports)
+
+    def installed_count(self) -> int:
+        """len(installed): kept up to date, but counted again after a rollback."""
+        if self._installed_n < 0:
+            self._installed_n = sum(1 for v in self.routes.values() if v.__class__ is Placed)
+        return self._installed_n
+
+    def _place(self, key: RouteKey, entry: Entry) -> None:
+        """Record the entry written for a route (held in `routes`) within the transaction."""
+        ports = self.routes[key]
+        if ports.__class__ is Placed:
+            ports = ports.ports
+        elif self._installed_n >= 0:
+            self._installed_n += 1
+        self._set(self.routes, key, self._share_placed(ports, entry))
+
+    def _unplace(self, key: RouteKey) -> None:
+        """Forget the entry of an installed route (it stays desired, now not installed)."""
+        value = self.routes.get(key)
+        if value.__class__ is Placed:
+            if self._installed_n > 0:
+                self._installed_n -= 1
+            self._set(self.routes, key, value.ports)
+
+    def _set_route(self, key: RouteKey, ports: Ports) -> None:
+        """Set a route's interfaces, leaving whether it is installed (and its entry) alone."""
+        ports = self.share(ports)
+        old = self.routes.get(key)
+        if old.__class__ is Placed:
+            ports = self._share_placed(ports, old.entry)
+        self._set(self.routes, key, ports)
+
+    def _share_placed(self, ports: Ports, entry: Entry) -> Placed:
+        shared = self._placed.get((ports, entry))
+        if shared is None or shared.ports is not ports or shared.entry is not entry:
+            if len(self._placed) >= 65536:  # only ever a cache, like _intern's
+                self._placed.clear()
+            shared = self._placed[(ports, entry)] = _placed(ports, entry)
+        return shared
 
     def route(self, key: RouteKey) -> Route:
         iif, oifs = self.routes[key]
@@ -491,7 +587,7 @@ class Router:
             return []
         else:
             self._forget_pending(key, old)
-        self._set(self.routes, key, ports)
+        self._set_route(key, ports)
         missing = [n for n in ports.interfaces if n not in self.links]
         if missing:
             steps = self._uninstall(key, old) if old is not None else []
@@ -518,11 +614,12 @@ class Router:
             known = self._direct_entry(family, table, ports)
             if known is None:
                 return False
-        used, entry, shared = known
+        used, entry, placed = known
         for vif in used:
             vif.refs += 1
-        self.routes[key] = shared
-        self.installed[key] = entry
+        self.routes[key] = placed
+        if self._installed_n >= 0:
+            self._installed_n += 1
         if self._undo is not None:
             self._undo.append(key)  # (see _ROUTE_KEY_FAMILIES)
         # tuple.__new__ directly: half the cost of the NamedTuples' own constructors.
@@ -544,7 +641,8 @@ class Router:
         oifs = [(vif.vifi, th.get(vif.interface, DEFAULT_THRESHOLD)) for vif in used[1:]]
         if len(oifs) > 1:
             oifs.sort()
-        known = (tuple(used), self._share_entry(used[0].vifi, tuple(oifs)), self.share(ports))
+        entry = self._share_entry(used[0].vifi, tuple(oifs))
+        known = (tuple(used), entry, self._share_placed(self.share(ports), entry))
         direct = self._direct.setdefault((family, table), {})
         if len(direct) < 4096:
             direct[ports] = known
@@ -553,7 +651,6 @@ class Router:
     def _undo_direct(self, key: RouteKey) -> None:
         """Roll back `add_direct`."""
         family, table = key[0], key[3]
-        del self.installed[key]
         for name in self.routes.pop(key).interfaces:
             self.vifs[(family, table, name)].refs -= 1
 
@@ -563,12 +660,12 @@ class Router:
         steps: list[Step] = []
         if self.add_direct(key, ports, steps):
             return steps
-        self._set(self.routes, key, ports)
+        self._set_route(key, ports)
         return self.try_install(key)
 
     def keep(self, key: RouteKey, ports: Ports) -> None:
         """Hold a route without installing it yet (try_install does that)."""
-        self._set(self.routes, key, self.share(ports))
+        self._set_route(key, ports)
 
     def keep_template(self, key: TemplateKey, ports: Ports) -> None:
         """Hold a template without taking its VIFs yet (try_install does that)."""
@@ -577,7 +674,7 @@ class Router:
     def park(self, route: Route, reason: str) -> None:
         """Keep a route the kernel refused as pending; `mfcctl sync` tries it again."""
         key = route.key
-        self._set(self.routes, key, self.ports(route.iif, route.oifs))
+        self._set_route(key, self.ports(route.iif, route.oifs))
         self._set(self.refused, key, reason)
 
     def del_route(self, key: RouteKey) -> list[Step]:
@@ -593,8 +690,9 @@ class Router:
             )
             raise NotFound(f"no route for source {source} group {group}{where}{learned}")
         self._forget_pending(key, ports)
+        steps = self._uninstall(key, ports)  # (while `routes` holds its entry)
         self._pop(self.routes, key)
-        return self._uninstall(key, ports)
+        return steps
 
     def set_threshold(self, interface: str, threshold: int) -> list[Step]:
         """Change the TTL threshold of an interface and re-issue the IPv4 entries that use it."""
@@ -721,10 +819,11 @@ class Router:
         if ports is None or key not in self.learned:
             return []
         self._forget_pending(key, ports)
+        steps = self._uninstall(key, ports)  # (while `routes` holds its entry)
         self._pop(self.routes, key)
         self._pop(self.origins, key)
         self._pop(self.learned, key)
-        return self._uninstall(key, ports)
+        return steps
 
     def _vif_name(self, family: int, table: int, vif: int) -> str | None:
         slots = self.slots.get((family, table))
@@ -1069,7 +1168,7 @@ class Router:
             steps.append(Step(_write(key, entry), _delete(key), "add_mfc"))
         else:
             steps.append(Step(_write(key, entry), _write(key, previous), "replace_mfc"))
-        self._set(self.installed, key, entry)
+        self._place(key, entry)
         for name in held:
             if name != ports.iif and name not in ports.oifs:
                 steps += self._release(family, table, name)
@@ -1081,7 +1180,7 @@ class Router:
             return []
         family, table = key[0], key[3]
         steps = [Step(_delete(key), _write(key, previous), "del_mfc")]
-        self._pop(self.installed, key)
+        self._unplace(key)
         for name in ports.interfaces:
             steps += self._release(family, table, name)
         return steps
@@ -1135,7 +1234,7 @@ class Router:
         for key in sorted(keys):
             previous = self.installed[key]
             entry = self._entry(key[0], key[3], self.routes[key])
-            self._set(self.installed, key, entry)
+            self._place(key, entry)
             steps.append(Step(_write(key, entry), _write(key, previous), "reissue_mfc"))
         return steps
 
