@@ -33,7 +33,8 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   restart waits for the compaction the batch made due to finish, and the RSS then is
   reported too (the restart then reads a snapshot, not the batch's journal records).
 - tables: `--routes` in the default table, then as many in table 100: the time of each
-  batch and the RSS after it, two tables against one.
+  batch, mfcd's CPU time for it and the RSS after it, two tables against one; and the
+  control, in a second mfcd: as many new routes into the same table after the first batch.
 - idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
   nothing else happening (the machine's own scheduling delays when it is shared).
 """
@@ -269,10 +270,10 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def load(d: Daemon, routes: int, table: int | None = None) -> float:
-    batch = d.work / f"routes{table or ''}.batch"
+def load(d: Daemon, routes: int, table: int | None = None, start: int = 0) -> float:
+    batch = d.work / f"routes{table or ''}-{start}.batch"
     if not batch.exists():
-        batch.write_text(batch_text(0, routes, f" --table {table}" if table else ""))
+        batch.write_text(batch_text(start, routes, f" --table {table}" if table else ""))
     t = time.monotonic()
     subprocess.run(
         [PYTHON, "-m", "mfcd.cli", "--socket", d.sock, "batch", str(batch)],
@@ -433,26 +434,57 @@ def updown(d: Daemon, routes: int) -> dict[str, Any]:
 
 def tables(d: Daemon, routes: int) -> dict[str, Any]:
     """`routes` in the default table, then as many in table 100 (the same groups): each
-    batch's time and the RSS after it (settled, after the compaction), against one table."""
-    d.start()
+    batch's time, mfcd's CPU time for it and the RSS after it (settled, after the
+    compaction), against one table. The control, in a second mfcd: the same first batch,
+    then `routes` new groups into the same table, which says whether a second batch costs
+    more for its table or for the routes already there."""
+    took, cpu, rss = _two_batches(d, routes, 100)
     assert d.proc is not None
-    rss = [kib(d.proc.pid, "VmRSS")]
-    took = []
-    for table in (None, 100):
-        took.append(load(d, routes, table))
-        time.sleep(6)  # the compaction after the batch is over
-        rss.append(kib(d.proc.pid, "VmRSS"))
     peak = kib(d.proc.pid, "VmHWM")
     d.stop()
+    (d.work / "control").mkdir()
+    other = Daemon(d.src, d.work / "control")
+    try:
+        control, control_cpu, _ = _two_batches(other, routes, None)
+    finally:
+        other.close()
     one, two = rss[1] - rss[0], rss[2] - rss[0]
     return {
         "batch s (one table, the second)": [round(t, 2) for t in took],
+        "batch CPU s (one table, the second)": [round(c, 2) for c in cpu],
         "two tables / one: time": round(sum(took) / took[0], 2),
+        "two tables / one: CPU": round(sum(cpu) / cpu[0], 2),
+        "control: batch s (one table, as many new routes in it)": [round(t, 2) for t in control],
+        "control: batch CPU s": [round(c, 2) for c in control_cpu],
         "RSS MiB (empty, one table, two)": [round(r / 1024, 1) for r in rss],
         "two tables / one: RSS growth": round(two / one, 2),
         "two tables / one: RSS": round(rss[2] / rss[1], 2),
         "RSS peak MiB": round(peak / 1024, 1),
     }
+
+
+def _two_batches(
+    d: Daemon, routes: int, table: int | None
+) -> tuple[list[float], list[float], list[int]]:
+    """Start mfcd, load `routes` into the default table, then `routes` more: the same groups
+    into `table`, or new groups into the default table (None). Each batch's time and mfcd's
+    CPU time for it, and the RSS (KiB) before, after the first and after the second."""
+    d.start()
+    assert d.proc is not None
+    rss = [kib(d.proc.pid, "VmRSS")]
+    took, cpu = [], []
+    for second in (False, True):
+        before = cpu_seconds(d.proc.pid)
+        if not second:
+            took.append(load(d, routes))
+        elif table is not None:
+            took.append(load(d, routes, table))
+        else:
+            took.append(load(d, routes, start=routes))
+        cpu.append(cpu_seconds(d.proc.pid) - before)
+        time.sleep(6)  # the compaction after the batch is over
+        rss.append(kib(d.proc.pid, "VmRSS"))
+    return took, cpu, rss
 
 
 def idle(d: Daemon, routes: int) -> dict[str, Any]:
