@@ -43,7 +43,7 @@ SHOW_SCHEMA = 1
 # A streamed show ends a part (and the loop gets a turn) once it has worked SLICE_SECONDS
 # on it (slices.py: wall clock, so a process the machine preempts makes shorter parts), or
 # at SLICE routes, whichever comes first; it looks at the clock every STEP routes.
-SLICE = 20_000
+SLICE = 5_000
 STEP = 128
 
 
