@@ -19,7 +19,8 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   median fdatasync of the run's directory, measured just before, what the disk allows
   (each record costs one; two before one sync per record). With `--work-dir /dev/shm`
   syncs cost next to nothing and the rate shows the CPU cost alone.
-- show: `--routes` loaded, then `show --output json` read by a client over a raw connection
+- show: `--routes` loaded (and the compaction that follows over), then `show --output json`
+  read by a client over a raw connection
   (bytes, time to the last byte, the daemon's peak RSS during it) while a pinger process
   measures the longest wait of a `ping` on its own connection.
 - batch: a `--routes` batch; the longest ping wait from its answer to 5 s after it.
@@ -33,7 +34,8 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   restart waits for the compaction the batch made due to finish, and the RSS then is
   reported too (the restart then reads a snapshot, not the batch's journal records).
 - tables: `--routes` in the default table, then as many in table 100: the time of each
-  batch and the RSS after it, two tables against one.
+  batch, mfcd's CPU time for it and the RSS after it, two tables against one; and the
+  control, in a second mfcd: as many new routes into the same table after the first batch.
 - idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
   nothing else happening (the machine's own scheduling delays when it is shared).
 """
@@ -270,10 +272,10 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
     }
 
 
-def load(d: Daemon, routes: int, table: int | None = None) -> float:
-    batch = d.work / f"routes{table or ''}.batch"
+def load(d: Daemon, routes: int, table: int | None = None, start: int = 0) -> float:
+    batch = d.work / f"routes{table or ''}-{start}.batch"
     if not batch.exists():
-        batch.write_text(batch_text(0, routes, f" --table {table}" if table else ""))
+        batch.write_text(batch_text(start, routes, f" --table {table}" if table else ""))
     t = time.monotonic()
     subprocess.run(
         [PYTHON, "-m", "mfcd.cli", "--socket", d.sock, "batch", str(batch)],
@@ -299,11 +301,7 @@ def batch(d: Daemon, routes: int, wait_compaction: bool = False) -> dict[str, An
         ],
     }
     if wait_compaction:  # and once the compaction the batch made due has finished
-        deadline = time.monotonic() + 300
-        while "compacted the state file" not in d.log.read_text():
-            if time.monotonic() > deadline:
-                raise RuntimeError("no compaction within 300 s of the batch")
-            time.sleep(0.2)
+        compacted(d)
         result["RSS once compacted MiB"] = round(kib(d.proc.pid, "VmRSS") / 1024, 1)  # type: ignore[union-attr]
     # The restart right after a batch: its last journal record is the whole batch.
     d.stop()
@@ -318,10 +316,22 @@ def batch(d: Daemon, routes: int, wait_compaction: bool = False) -> dict[str, An
     return result
 
 
+def compacted(d: Daemon, timeout: float = 300) -> None:
+    """Wait until mfcd has logged the compaction a batch made due (it runs in a thread, for
+    11-18 s after a batch of 1,000,000 routes, and its JSON encoding holds the GIL)."""
+    deadline = time.monotonic() + timeout
+    while "compacted the state file" not in d.log.read_text():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no compaction within {timeout} s of the batch")
+        time.sleep(0.2)
+
+
 def show(d: Daemon, routes: int) -> dict[str, Any]:
     d.start()
     load(d, routes)
-    time.sleep(6)  # the compaction after the batch is over
+    if routes >= 10_000:  # (the journal of a fresh mfcd is compacted from 10,000 ops)
+        compacted(d)  # (a show during the compaction would measure the compaction's stalls)
+    time.sleep(1)
     assert d.proc is not None
     Path(f"/proc/{d.proc.pid}/clear_refs").write_text("5")  # VmHWM from now on
     rss = kib(d.proc.pid, "VmRSS")
@@ -346,6 +356,12 @@ def show(d: Daemon, routes: int) -> dict[str, Any]:
         "show bytes": size,
         "show s": round(took, 2),
         "longest ping wait during show ms": longest(waits, t, t + took),
+        "the 3 longest: ms at s into the show": [
+            [round(1000 * w, 1), round(at - t, 2)]
+            for at, w in sorted((x for x in waits if t <= x[0] <= t + took), key=lambda x: x[1])[
+                -3:
+            ]
+        ],
         "RSS growth during show MiB": round((kib(d.proc.pid, "VmHWM") - rss) / 1024, 1),
     }
     d.stop()
@@ -434,26 +450,57 @@ def updown(d: Daemon, routes: int) -> dict[str, Any]:
 
 def tables(d: Daemon, routes: int) -> dict[str, Any]:
     """`routes` in the default table, then as many in table 100 (the same groups): each
-    batch's time and the RSS after it (settled, after the compaction), against one table."""
-    d.start()
+    batch's time, mfcd's CPU time for it and the RSS after it (settled, after the
+    compaction), against one table. The control, in a second mfcd: the same first batch,
+    then `routes` new groups into the same table, which says whether a second batch costs
+    more for its table or for the routes already there."""
+    took, cpu, rss = _two_batches(d, routes, 100)
     assert d.proc is not None
-    rss = [kib(d.proc.pid, "VmRSS")]
-    took = []
-    for table in (None, 100):
-        took.append(load(d, routes, table))
-        time.sleep(6)  # the compaction after the batch is over
-        rss.append(kib(d.proc.pid, "VmRSS"))
     peak = kib(d.proc.pid, "VmHWM")
     d.stop()
+    (d.work / "control").mkdir()
+    other = Daemon(d.src, d.work / "control")
+    try:
+        control, control_cpu, _ = _two_batches(other, routes, None)
+    finally:
+        other.close()
     one, two = rss[1] - rss[0], rss[2] - rss[0]
     return {
         "batch s (one table, the second)": [round(t, 2) for t in took],
+        "batch CPU s (one table, the second)": [round(c, 2) for c in cpu],
         "two tables / one: time": round(sum(took) / took[0], 2),
+        "two tables / one: CPU": round(sum(cpu) / cpu[0], 2),
+        "control: batch s (one table, as many new routes in it)": [round(t, 2) for t in control],
+        "control: batch CPU s": [round(c, 2) for c in control_cpu],
         "RSS MiB (empty, one table, two)": [round(r / 1024, 1) for r in rss],
         "two tables / one: RSS growth": round(two / one, 2),
         "two tables / one: RSS": round(rss[2] / rss[1], 2),
         "RSS peak MiB": round(peak / 1024, 1),
     }
+
+
+def _two_batches(
+    d: Daemon, routes: int, table: int | None
+) -> tuple[list[float], list[float], list[int]]:
+    """Start mfcd, load `routes` into the default table, then `routes` more: the same groups
+    into `table`, or new groups into the default table (None). Each batch's time and mfcd's
+    CPU time for it, and the RSS (KiB) before, after the first and after the second."""
+    d.start()
+    assert d.proc is not None
+    rss = [kib(d.proc.pid, "VmRSS")]
+    took, cpu = [], []
+    for second in (False, True):
+        before = cpu_seconds(d.proc.pid)
+        if not second:
+            took.append(load(d, routes))
+        elif table is not None:
+            took.append(load(d, routes, table))
+        else:
+            took.append(load(d, routes, start=routes))
+        cpu.append(cpu_seconds(d.proc.pid) - before)
+        time.sleep(6)  # the compaction after the batch is over
+        rss.append(kib(d.proc.pid, "VmRSS"))
+    return took, cpu, rss
 
 
 def idle(d: Daemon, routes: int) -> dict[str, Any]:

@@ -195,13 +195,16 @@ def encode_changes(changes: Sequence[Change], seq: int, part: str = "") -> bytes
     ports_json: dict[Ports, str] = {}
     parts = []
     for change in changes:
-        if change.__class__ is AddRoute and change[0][3] == DEFAULT_TABLE[change[0][0]]:
-            (family, source, group, _), ports = change
+        if change.__class__ is AddRoute:
+            (family, source, group, table), ports = change
             text = ports_json.get(ports)
             if text is None:
                 text = json.dumps([ports.iif, list(ports.oifs)], separators=(",", ":"))[1:-1]
                 ports_json[ports] = text
-            parts.append(f'["add",{family},"{source}","{group}",{text}]')
+            if table == DEFAULT_TABLE[family]:
+                parts.append(f'["add",{family},"{source}","{group}",{text}]')
+            else:  # (a batch into another table: as fast)
+                parts.append(f'["add",{family},"{source}","{group}",{text},{table:d}]')
         else:
             parts.append(json.dumps(change_op(change), separators=(",", ":")))
     body = (f'{{"seq":{seq:d},{part}"ops":[' + ",".join(parts) + "]}").encode()

@@ -159,6 +159,20 @@ def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> in
     raise InvalidArgument("table must be a number or a table name", field="table")
 
 
+_numbered_tables: dict[str, int] = {}  # "100" -> 100: a batch names its table on every line
+
+
+def _ipv4_table(value: Any) -> int:
+    """table_of(value, 4), a number given as text remembered (a batch into another table
+    costs no more than one into the default table)."""
+    number = _numbered_tables.get(value) if value.__class__ is str else None
+    if number is None:
+        number = table_of(value, 4)
+        if value.__class__ is str and value.isdigit() and len(_numbered_tables) < 64:
+            _numbered_tables[value] = number
+    return number
+
+
 def route_key_of(source: Any, group: Any, table: Any = None) -> RouteKey:
     """Validate a source, a group and a table (None: the default); return the route key
     with canonical addresses."""
@@ -178,7 +192,7 @@ def route_key_of(source: Any, group: Any, table: Any = None) -> RouteKey:
         else:
             first = src[0]
             if 0 < first < 224 and first != 127 and 224 <= grp[0] <= 239 and grp[:3] != _LOCAL4:
-                table = 253 if table is None else table_of(table, 4)
+                table = 253 if table is None else _ipv4_table(table)
                 return (4, share_source(source), share_group(group), table)
     family, src_packed, source = _address(source, "source")
     gfamily, grp_packed, group = _address(group, "group")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import json
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -34,13 +35,16 @@ from mfcd.model import (
     Step,
 )
 from mfcd.protocol import FAMILY_NAMES, Encoded, Streamed
+from mfcd.slices import SLICE_SECONDS
 from mfcd.templates import TemplateKey
 from mfcd.wildcards import is_wildcard
 
 SHOW_SCHEMA = 1
-# Routes a streamed show formats, or computes sort keys for, in one part: a few ms of work
-# between two turns of the event loop, whatever the table's size.
-SLICE = 2_000
+# A streamed show ends a part (and the loop gets a turn) once it has worked SLICE_SECONDS
+# on it (slices.py: wall clock, so a process the machine preempts makes shorter parts), or
+# at SLICE routes, whichever comes first; it looks at the clock every STEP routes.
+SLICE = 5_000
+STEP = 128
 
 
 # --- plans, sync reports and log text -------------------------------------------------------------
@@ -240,7 +244,8 @@ class Views:
         return Encoded(f"[{','.join(texts)}]")
 
     def _routes_streamed(self, router: Router, stats: bool, table: int | None) -> Iterator[str]:
-        """The routes' JSON array in parts of SLICE routes, sorted a slice at a time first.
+        """The routes' JSON array in parts of SLICE_SECONDS of work, sorted a part at a time
+        first.
 
         Other clients are served between two parts, so the routes may change meanwhile: each
         part shows its routes as they are when it is made, and leaves out those deleted
@@ -248,8 +253,20 @@ class Views:
         keys = yield from self._sorted_in_slices(router)
         yield "["
         comma = ""
-        while chunk := list(islice(keys, SLICE)):
-            text = ",".join(self._route_texts(router, chunk, stats, _healthy(router), table))
+        clock = time.perf_counter
+        while True:
+            deadline = clock() + SLICE_SECONDS
+            healthy = _healthy(router)
+            texts: list[str] = []
+            count = 0
+            while count < SLICE and (chunk := list(islice(keys, min(STEP, SLICE - count)))):
+                texts += self._route_texts(router, chunk, stats, healthy, table)
+                count += len(chunk)
+                if clock() >= deadline:
+                    break
+            if not count:
+                break
+            text = ",".join(texts)
             yield comma + text if text else ""
             comma = comma or ("," if text else "")
         templates = ",".join(map(_json, self._templates_json(router, table)))
@@ -337,24 +354,42 @@ class Views:
 
     def _sorted_in_slices(self, router: Router) -> Generator[str, None, Iterator[RouteKey]]:
         """The routes in _sorted's order, as an iterator, computed without holding the loop:
-        sort keys are made and sorted SLICE routes at a time (a pause, "", after each), and
-        the sorted runs merged as the keys are taken."""
+        sort keys are made and sorted a part (SLICE_SECONDS) at a time, a pause ("") after
+        each, and the sorted runs merged as the keys are taken."""
         known, version, count, cached = self._order
         if known is router and version == router.version and count == len(router.routes):
             return iter(cached)
         version, keys = router.version, list(router.routes)  # the keys themselves: no copies
         bits = len(keys).bit_length()
         order = _address_order()
+        clock = time.perf_counter
         runs = []
-        for start in range(0, len(keys), SLICE):
-            run = [order(keys[i]) << bits | i for i in range(start, min(start + SLICE, len(keys)))]
-            run.sort()
-            runs.append(run)
+        start, end = 0, len(keys)
+        while start < end:
+            deadline = clock() + SLICE_SECONDS
+            run: list[int] = []
+            stop = min(start + SLICE, end)
+            while start < stop:
+                step = min(start + STEP, stop)
+                run += [order(keys[i]) << bits | i for i in range(start, step)]
+                start = step
+                if clock() >= deadline:
+                    break
+            # Largest first, after a -1 that ends it: the merge takes each run's keys with
+            # pop(), so they are freed as they are taken, not 1,000,000 at once at the end.
+            run.sort(reverse=True)
+            run.insert(0, -1)
+            runs.append(iter(run.pop, -1))
             yield ""
         return self._merged(router, version, keys, runs, bits)
 
     def _merged(
-        self, router: Router, version: int, keys: list[RouteKey], runs: list[list[int]], bits: int
+        self,
+        router: Router,
+        version: int,
+        keys: list[RouteKey],
+        runs: list[Iterator[int]],
+        bits: int,
     ) -> Iterator[RouteKey]:
         """The keys in the order of the sorted runs; kept for the next show if the routes are
         still those they were made from."""
@@ -429,20 +464,24 @@ def _template_order(key: TemplateKey) -> tuple[int, int, int, int, int, int, str
 
 def _address_order() -> Callable[[RouteKey], int]:
     """A sort key for route keys: family, table, group and source as one number (an int
-    compares faster than a tuple of packed addresses)."""
+    compares faster than a tuple of packed addresses), the bytes of an IPv4 key fewer than
+    an IPv6 one's, so every IPv4 route comes first. No cache of the groups: one of
+    1,000,000 distinct groups was 100 MiB, and freeing or growing it held the loop."""
     pton = socket.inet_pton
     number = int.from_bytes
-    groups: dict[str, int] = {}  # many routes share a group: convert it once
+    packs = {4: _ORDER4.pack, 6: _ORDER6.pack}
 
     def order(key: RouteKey) -> int:
         family, source, group, table = key
         af = _AF[family]
-        shifted = groups.get(group)
-        if shifted is None:
-            shifted = groups[group] = number(pton(af, group)) << 128
-        return (((family << 32) | table) << 256) | shifted | number(pton(af, source))
+        return number(packs[family](family, table, pton(af, group), pton(af, source)))
 
     return order
+
+
+# family, table, group, source: big-endian, so that the bytes compare as the fields do
+_ORDER4 = struct.Struct(">BI4s4s")
+_ORDER6 = struct.Struct(">BI16s16s")
 
 
 def _json(value: Any) -> str:

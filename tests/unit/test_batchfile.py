@@ -91,6 +91,20 @@ def general(line: str) -> list[batchfile.Change] | str:
         "del --source 10.0.0.1 --group 239.1.1.1 extra",
         "mfc mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
         "mfc show --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+        # A table at the end (the shape of a batch into another table), and near misses.
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 100",
+        "add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,r2 --table studio",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 r2 --table default",
+        "mfc del --source 10.0.0.1 --group 239.1.1.1 --table 100",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs --table 100",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table -1",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 1 --table 2",
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs --table --table 2",
+        "mfc del --source 10.0.0.1 --group 239.1.1.1 --table 1 --table 2",
+        "mfc del --source 10.0.0.1 --group 239.1.1.1 --iif r0 --table 1",
+        "mfc del --source 10.0.0.1 --group --table 1",
+        "del --source 10.0.0.1 --group 239.1.1.1 extra --table 1",
     ],
 )
 def test_every_fast_line_shape_agrees_with_the_general_parser(line: str) -> None:
@@ -182,3 +196,15 @@ def test_a_line_may_name_its_table() -> None:
     ]
     with pytest.raises(batchfile.SyntaxProblem, match="--table takes one value"):
         ops("mfc del --source 10.0.0.2 --group 239.1.1.1 --table 1 2")
+
+
+def test_a_generated_line_ending_in_its_table_takes_the_direct_path() -> None:
+    # (a batch into a second table parsed as fast as one into the default table: issue 12)
+    line = "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 100"
+    assert batchfile._generated(7, line.split()) == (
+        7, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1"], "100"
+    )  # fmt: skip
+    line = "del --source 10.0.0.1 --group 239.1.1.1 --table studio"
+    assert batchfile._generated(7, line.split()) == (
+        7, "del", "10.0.0.1", "239.1.1.1", "", None, "studio"
+    )  # fmt: skip

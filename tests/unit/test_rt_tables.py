@@ -32,3 +32,14 @@ def test_validation_resolves_default_per_family_and_names_from_the_files() -> No
     for bad in ("unspec", "nosuch"):
         with pytest.raises(InvalidArgument, match="is not a table name"):
             validate.table_of(bad, 4, names)
+
+
+def test_a_route_key_takes_a_table_given_as_text_each_time_the_same() -> None:
+    # (the IPv4 path remembers "100" -> 100 for the lines of a batch; refusals stay refusals)
+    for _ in range(2):
+        assert validate.route_key_of("10.0.0.1", "239.1.1.1", "100")[3] == 100
+        assert validate.route_key_of("10.0.0.1", "239.1.1.1", 7)[3] == 7
+        assert validate.route_key_of("10.0.0.1", "239.1.1.1", "default")[3] == 253
+        for bad in ("0", "4294967296", True, "-1"):
+            with pytest.raises(InvalidArgument):
+                validate.route_key_of("10.0.0.1", "239.1.1.1", bad)

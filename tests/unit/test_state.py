@@ -687,7 +687,11 @@ ADDRESSES = {
 def adds(draw: st.DrawFn) -> AddRoute:
     sources, groups = ADDRESSES[draw(st.sampled_from([4, 6]))]
     names = draw(st.lists(NAMES, min_size=2, max_size=4, unique=True))
-    args = {"source": draw(st.sampled_from(sources)), "group": draw(st.sampled_from(groups))}
+    args: dict[str, Any] = {
+        "source": draw(st.sampled_from(sources)),
+        "group": draw(st.sampled_from(groups)),
+        "table": draw(st.sampled_from([None, "default", 100, 2**32 - 1])),
+    }
     return AddRoute.of(validate.route({**args, "iif": names[0], "oifs": names[1:]}))
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
+import random
 from collections import Counter
 from collections.abc import Iterable
 
@@ -16,7 +18,7 @@ from mfcd.dataplane import SgCounters, VifCounters
 from mfcd.errors import KernelError
 from mfcd.model import AddRoute, Ports, Route, SetThreshold, Step
 from mfcd.protocol import Encoded
-from mfcd.views import Views, describe_step
+from mfcd.views import Views, _address_order, describe_step
 from tests.unit.test_controller import LINKS, controller_with, r4
 
 
@@ -206,3 +208,28 @@ def test_a_change_result_says_the_state_of_the_route_added(ctl: Controller) -> N
     counts = Counter({"add_mfc": 2})
     batch = views.change_result(ctl.router, changes=2, counts=counts, steps=None, dry_run=True)
     assert batch == {"dry_run": True, "changes": 2, "kernel_operations": {"add_mfc": 2}}
+
+
+def test_the_sort_key_orders_by_family_table_group_and_source_as_numbers() -> None:
+    # (one int per key, made from packed fields: it must order as the tuple of the numbers)
+    rng = random.Random(12)
+    keys = []
+    for _ in range(2000):
+        family = rng.choice((4, 6))
+        table = rng.choice((1, 100, 253, 254, 2**32 - 1))
+        if family == 4:
+            source = str(ipaddress.IPv4Address(rng.getrandbits(32)))
+            group = str(
+                ipaddress.IPv4Address(rng.choice((0xE0000000, 0xEF000000)) | rng.getrandbits(8))
+            )
+        else:
+            source = str(ipaddress.IPv6Address(rng.getrandbits(128)))
+            group = str(ipaddress.IPv6Address(0xFF3E << 112 | rng.getrandbits(9)))
+        keys.append((family, source, group, table))
+
+    def numbers(key: tuple[int, str, str, int]) -> tuple[int, int, int, int]:
+        family, source, group, table = key
+        address = ipaddress.ip_address
+        return family, table, int(address(group)), int(address(source))
+
+    assert sorted(keys, key=_address_order()) == sorted(keys, key=numbers)
