@@ -258,6 +258,11 @@ class Controller:
         # meanwhile: the wildcards are followed once it is over (the daemon does).
         self.in_reload = False
         self.follow_due = False
+        # Between two slices of a sliced reload, what the state file holds instead of what
+        # the slices changed: the routes as they were before them, and the declarations
+        # then in force (a snapshot written meanwhile must hold the same, see persistent).
+        self.unjournaled: tuple[dict[RouteKey, tuple[Ports | None, str]], Declarations] | None
+        self.unjournaled = None
         # Runtime routes and templates with wildcard oifs: their patterns (what the state
         # file keeps); the model holds their expansions (see mfcd.wildcards).
         self.wild_routes: dict[RouteKey, Ports] = {}
@@ -366,13 +371,17 @@ class Controller:
 
     def snapshot_extra(self) -> dict[str, Any]:
         """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
-        declared = self.declared.mrdisc()
+        declared = self._saved_declarations().mrdisc()
         mrdisc = sorted(n for n in self.joins.mrdisc if n not in declared)
         saved = self.joins.saved()
         if self.wild_joins:  # a wildcard join is saved as itself, not its expansions
             saved = [k for k in saved if self.join_owner((k[0], k[1], k[2])) is None]
             saved += [list(k) for k in self.wild_joins]
         return {"joins": saved, "mrdisc": mrdisc}
+
+    def _saved_declarations(self) -> Declarations:
+        """The declarations the state file leaves out (those before a reload under way)."""
+        return self.declared if self.unjournaled is None else self.unjournaled[1]
 
     def _join_expansion(self, key: JoinKey, links: Iterable[str]) -> list[JoinKey]:
         """The joins a join stands for: with a wildcard interface, one per existing
@@ -895,6 +904,7 @@ class Controller:
         old, self.declared = self.declared, new
         self.reloading = {*diff.added, *diff.changed, *diff.removed}
         before: dict[RouteKey, tuple[Ports | None, str]] = {}  # what the slices replaced
+        self.unjournaled = (before, old)
         try:
             yield 0
             keys = [*diff.added, *diff.changed]
@@ -909,17 +919,19 @@ class Controller:
                 outcome.counts.update(done.counts)
                 yield len(chunk)
             last += self._declared_joins(new, journal)
+            # The last slice journals the takeovers: a snapshot it writes instead is of `new`.
+            self.unjournaled = None
             done = self.change(last, keep_steps=False, origin="config", journal=journal)
             outcome.counts.update(done.counts)
         except GeneratorExit:  # mfcd stops: the state file never saw the slices
-            self.declared, self.reloading = old, frozenset()
+            self.declared, self.reloading, self.unjournaled = old, frozenset(), None
             raise
         except BaseException:
-            self.declared = old
+            self.declared, self.unjournaled = old, (before, old)
             try:  # (api changes to these routes stay refused until they are put back)
                 yield from self._put_back(before)
             finally:
-                self.reloading = frozenset()
+                self.reloading, self.unjournaled = frozenset(), None
             raise
         self._drop_taken_patterns()
         # What only the reload used goes, a part at a time: freeing 100,000s of objects
@@ -1108,7 +1120,12 @@ class Controller:
         if self.wild_routes:  # a wildcard route is saved as its pattern
             wild = self.wild_routes
             routes = {**routes, **{k: v for k, v in wild.items() if k not in origins}}
-        declared = self.declared.interfaces
+        declared = self._saved_declarations().interfaces
+        if self.unjournaled is not None:  # api routes a reload under way took over: kept
+            wild = self.wild_routes
+            before = self.unjournaled[0].items()
+            kept = {k: wild.get(k, p) for k, (p, o) in before if o == "api" and p is not None}
+            routes = {**routes, **kept}
         thresholds = {
             name: value
             for name, value in router.thresholds.items()
