@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import groupby, repeat
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -83,6 +84,7 @@ _new = tuple.__new__  # a NamedTuple made without its own __new__: half the cost
 
 
 _KEY, _PORTS, _GROUP = itemgetter(0), itemgetter(1), itemgetter(2)  # of an AddRoute, a key
+_ACTION = itemgetter(2)  # of a Step
 CHUNK = 1024  # changes planned and applied at a time
 # Routes whose entries reissue_slices() writes between two yields: small, as the daemon
 # gives the loop a turn only once a slice has run slices.SLICE_SECONDS (a yield costs
@@ -256,6 +258,11 @@ class Controller:
         # meanwhile: the wildcards are followed once it is over (the daemon does).
         self.in_reload = False
         self.follow_due = False
+        # Between two slices of a sliced reload, what the state file holds instead of what
+        # the slices changed: the routes as they were before them, and the declarations
+        # then in force (a snapshot written meanwhile must hold the same, see persistent).
+        self.unjournaled: tuple[dict[RouteKey, tuple[Ports | None, str]], Declarations] | None
+        self.unjournaled = None
         # Runtime routes and templates with wildcard oifs: their patterns (what the state
         # file keeps); the model holds their expansions (see mfcd.wildcards).
         self.wild_routes: dict[RouteKey, Ports] = {}
@@ -366,13 +373,17 @@ class Controller:
 
     def snapshot_extra(self) -> dict[str, Any]:
         """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
-        declared = self.declared.mrdisc()
+        declared = self._saved_declarations().mrdisc()
         mrdisc = sorted(n for n in self.joins.mrdisc if n not in declared)
         saved = self.joins.saved()
         if self.wild_joins:  # a wildcard join is saved as itself, not its expansions
             saved = [k for k in saved if self.join_owner((k[0], k[1], k[2])) is None]
             saved += [list(k) for k in self.wild_joins]
         return {"joins": saved, "mrdisc": mrdisc}
+
+    def _saved_declarations(self) -> Declarations:
+        """The declarations the state file leaves out (those before a reload under way)."""
+        return self.declared if self.unjournaled is None else self.unjournaled[1]
 
     def _join_expansion(self, key: JoinKey, links: Iterable[str]) -> list[JoinKey]:
         """The joins a join stands for: with a wildcard interface, one per existing
@@ -511,7 +522,7 @@ class Controller:
         try:
             for start in range(0, len(changes), CHUNK):
                 steps = self._plan_chunk(changes, start, numbered or len(changes) > 1)
-                outcome.counts.update(step.action for step in steps)
+                outcome.counts.update(map(_ACTION, steps))
                 if keep_steps:
                     outcome.steps += steps
                 if not dry_run:
@@ -797,13 +808,20 @@ class Controller:
     def _mark(self, changes: Sequence[Change], origin: str) -> None:
         """Record the origin of the routes these changes add (and forget that of those they
         delete)."""
+        if origin != "api":
+            # Runs of AddRoute (all 100,000 of a start) marked a run at one go, in order.
+            for kind, run in groupby(changes, type):
+                if kind is AddRoute:
+                    self.router.set_origins(list(map(_KEY, run)), origin)
+                else:
+                    self._mark_each(run, origin)
+            return
+        self._mark_each(changes, origin)
+
+    def _mark_each(self, changes: Iterable[Change], origin: str) -> None:
         set_origin = self.router.set_origin
-        origins = self.router.origins
         for change in changes:
-            if change.__class__ is AddRoute:  # (the most, at start: kept lean)
-                if origins.get(change[0]) != origin:
-                    set_origin(change[0], origin)
-            elif isinstance(change, AddRoute):
+            if isinstance(change, AddRoute):
                 set_origin(change.key, origin)
             elif isinstance(change, DelRoute):
                 set_origin(change.key, "api")
@@ -888,6 +906,7 @@ class Controller:
         old, self.declared = self.declared, new
         self.reloading = {*diff.added, *diff.changed, *diff.removed}
         before: dict[RouteKey, tuple[Ports | None, str]] = {}  # what the slices replaced
+        self.unjournaled = (before, old)
         try:
             yield 0
             keys = [*diff.added, *diff.changed]
@@ -902,17 +921,19 @@ class Controller:
                 outcome.counts.update(done.counts)
                 yield len(chunk)
             last += self._declared_joins(new, journal)
+            # The last slice journals the takeovers: a snapshot it writes instead is of `new`.
+            self.unjournaled = None
             done = self.change(last, keep_steps=False, origin="config", journal=journal)
             outcome.counts.update(done.counts)
         except GeneratorExit:  # mfcd stops: the state file never saw the slices
-            self.declared, self.reloading = old, frozenset()
+            self.declared, self.reloading, self.unjournaled = old, frozenset(), None
             raise
         except BaseException:
-            self.declared = old
+            self.declared, self.unjournaled = old, (before, old)
             try:  # (api changes to these routes stay refused until they are put back)
                 yield from self._put_back(before)
             finally:
-                self.reloading = frozenset()
+                self.reloading, self.unjournaled = frozenset(), None
             raise
         self._drop_taken_patterns()
         # What only the reload used goes, a part at a time: freeing 100,000s of objects
@@ -1042,6 +1063,15 @@ class Controller:
         router = self.router
         routes, origins, links = router.routes, router.origins, router.links
         declared, wild, share = new.routes, new.wild, router.share
+        if not wild:  # (100,000 at start: in C but for the few distinct values)
+            keys = list(keys)
+            values = list(map(declared.__getitem__, keys))
+            ids = list(map(id, values))
+            by_id = {i: share(p) for i, p in dict(zip(ids, values, strict=True)).items()}
+            if routes:
+                journal += [DelRoute(k) for k in keys if k in routes and k not in origins]
+            values = list(map(by_id.__getitem__, ids))
+            return list(map(_new, repeat(AddRoute), zip(keys, values, strict=True)))
         shared: dict[int, Ports] = {}  # id of the declared value -> the router's (few values)
         changes: list[Change] = []
         append = changes.append
@@ -1092,7 +1122,12 @@ class Controller:
         if self.wild_routes:  # a wildcard route is saved as its pattern
             wild = self.wild_routes
             routes = {**routes, **{k: v for k, v in wild.items() if k not in origins}}
-        declared = self.declared.interfaces
+        declared = self._saved_declarations().interfaces
+        if self.unjournaled is not None:  # api routes a reload under way took over: kept
+            wild = self.wild_routes
+            before = self.unjournaled[0].items()
+            kept = {k: wild.get(k, p) for k, (p, o) in before if o == "api" and p is not None}
+            routes = {**routes, **kept}
         thresholds = {
             name: value
             for name, value in router.thresholds.items()

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import accumulate, repeat
+from operator import add
 from typing import Any, NamedTuple
 
 from mfcd import groups, validate
@@ -422,6 +425,14 @@ def _parse_blocks(text: str, path: str, known: Blocks) -> Part | None:
     """`parse_file` by blocks (those `known` from the last read reused), or None when a full
     read is needed (no [[route]] block, another kind of table, text that is not plain TOML,
     or any problem: the full read reports it)."""
+    first = _HEADER.search(text)
+    if first is not None and not known:
+        settings = plain_toml(text[: first.start()])
+        if settings is None or any(kind in settings for kind in KINDS):
+            return None
+        read = _read_written(text, first.start(), path)
+        if read is not None:
+            return Part(text, read[0], settings, [], read[1])
     starts = _block_starts(text)
     if not starts:
         return None
@@ -463,6 +474,94 @@ _WRITTEN = re.compile(
     r'oifs = \[((?:"[^"\\\x00-\x1f\x7f*+]*", )*"[^"\\\x00-\x1f\x7f*+]*")\]\n'
     r"(?:table = ([1-9][0-9]{0,9})\n)?\n*\Z"
 )
+
+
+# _WRITTEN for the blocks of a whole file at once (see _read_written): each block's text
+# as its first group, then its values, its table ("" when absent) and its blank lines.
+_WRITTEN_ALL = re.compile("(" + _WRITTEN.pattern.removesuffix(r"\n*\Z") + r"(\n*))")
+_WRITTEN_SPAN = 1 << 20  # characters of blocks read per findall (its rows are transient)
+_IPV4 = partial(socket.inet_pton, socket.AF_INET)
+# The first bytes route_key_of takes without further ado: unicast sources (not 0, not
+# 127), groups of 224/4 (224.0.0.0/24 aside, looked at below).
+_SOURCE_FIRST = bytes([*range(1, 127), *range(128, 224)])
+_GROUP_FIRST = bytes(range(224, 240))
+_LOCAL4 = b"\xe0\x00\x00"  # 224.0.0.0/24: link-local groups, never routed
+
+
+def _read_written(text: str, start: int, path: str) -> tuple[Declarations, Blocks] | None:
+    """_parse_blocks' routes and blocks for a file whose blocks from `start` on are all
+    written as _WRITTEN with IPv4 addresses (a start with 100,000 routes): a findall over
+    a span of blocks, each column checked at once. None if any block is in another form,
+    not IPv4 or has a problem: the caller reads the file by blocks, which says why."""
+    found = Declarations(files=[path])
+    blocks: Blocks = {}
+    ports_of: dict[tuple[str, str], Ports] = {}  # each combination of interfaces checked once
+    line, end = text.count("\n", 0, start) + 1, len(text)
+    while start < end:
+        stop = text.find(_ROUTE_HEADER, start + _WRITTEN_SPAN) + 1 or end
+        rows = _WRITTEN_ALL.findall(text, start, stop)
+        taken = _take_written(
+            rows, stop - start, line, found=found, blocks=blocks, ports_of=ports_of
+        )
+        if taken is None:
+            return None
+        line, start = taken, stop
+    return found, blocks
+
+
+def _take_written(
+    rows: list[tuple[str, ...]],
+    length: int,
+    line: int,
+    *,
+    found: Declarations,
+    blocks: Blocks,
+    ports_of: dict[tuple[str, str], Ports],
+) -> int | None:
+    """Add the routes of `rows` (_WRITTEN_ALL's, from `length` characters starting at
+    `line`) to `found` and `blocks`, checked as route_key_of and add_change check them;
+    the line after them, or None."""
+    if not rows:
+        return None
+    texts, sources, grouped, iifs, oifs, tables, blanks = zip(*rows, strict=True)
+    if sum(map(len, texts)) != length:
+        return None  # something between the blocks that is not one
+    try:
+        srcs, grps = b"".join(map(_IPV4, sources)), b"".join(map(_IPV4, grouped))
+    except (OSError, ValueError):
+        return None  # IPv6, a prefix, not an address: read by blocks
+    if srcs[::4].translate(None, _SOURCE_FIRST) or grps[::4].translate(None, _GROUP_FIRST):
+        return None
+    if b"\xe0" in grps[::4] and any(grps[k : k + 3] == _LOCAL4 for k in range(0, len(grps), 4)):
+        return None
+    numbers: Iterable[int] = repeat(DEFAULT_TABLE[4])
+    sizes: Iterable[int] = repeat(5)  # lines of a block before its blank lines
+    if any(tables):
+        numbers = [int(t) if t else DEFAULT_TABLE[4] for t in tables]
+        sizes = [6 if t else 5 for t in tables]
+        if max(numbers) > validate.MAX_TABLE:
+            return None
+    combos = list(zip(iifs, oifs, strict=True))
+    try:
+        for iif, listed in set(combos).difference(ports_of):
+            names = _LIST_ITEM.findall(listed)
+            ports_of[iif, listed] = validate.add_change(sources[0], grouped[0], iif, names).ports
+    except MfcdError:
+        return None
+    # Routes that share a source or a group share its string (memory only, as
+    # address_sharing does, here per span of blocks and in C: each text maps to its last row's).
+    share_source = dict(zip(sources, sources, strict=True)).__getitem__
+    share_group = dict(zip(grouped, grouped, strict=True)).__getitem__
+    keys = list(zip(repeat(4), map(share_source, sources), map(share_group, grouped), numbers))
+    ports = list(map(ports_of.__getitem__, combos))
+    routes, before = found.routes, len(found.routes)
+    routes.update(zip(keys, ports, strict=True))
+    if len(routes) != before + len(keys):
+        return None  # a route declared twice: the full read says where both are
+    lines: list[int] = list(accumulate(map(add, sizes, map(len, blanks)), initial=line))
+    found.positions.update(zip(keys, lines, strict=False))  # (one line more: the next)
+    blocks.update(zip(texts, zip(keys, ports, repeat(False)), strict=True))
+    return lines[-1]
 
 
 def _written_block(
