@@ -2,7 +2,7 @@
 wait during a large show, after a large batch, during an interface re-creation and a restart.
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
-              [--base SRC] [--only clients,show,batch,relink,degrade,updown,tables,idle]
+              [--base SRC] [--only clients,pings,show,batch,relink,degrade,updown,tables,idle]
               [--work-dir DIR] [--wait-compaction] [--distinct-sources]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
@@ -19,6 +19,9 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   median fdatasync of the run's directory, measured just before, what the disk allows
   (each record costs one; two before one sync per record). With `--work-dir /dev/shm`
   syncs cost next to nothing and the rate shows the CPU cost alone.
+- pings: the same connections sending `ping`, which changes nothing and waits for no sync:
+  requests/s and mfcd's CPU per request (user and system), the cost of the server's own
+  path (reading, decoding, answering, asyncio) that every request pays.
 - show: `--routes` loaded (and the compaction that follows over), then `show --output json`
   read by a client over a raw connection
   (bytes, time to the last byte, the daemon's peak RSS during it) while a pinger process
@@ -199,26 +202,63 @@ def longest(waits: list[tuple[float, float]], start: float = 0.0, end: float = 1
 # --- scenarios --------------------------------------------------------------------------------
 
 
-async def _client(path: str, base: int, until: float, answers: list[float]) -> None:
+async def _client(
+    path: str, base: int, until: float, answers: list[float], cmd: str = "mfc.add"
+) -> None:
     reader, writer = await asyncio.open_unix_connection(path)
     n = 0
     while time.monotonic() < until:
         route = base + n
         n += 1
         args = {"source": "198.18.0.4", "group": group(route), "iif": "r0", "oifs": ["r1"]}
+        if cmd == "ping":
+            args = {}
         t = time.monotonic()
-        writer.write(json.dumps({"v": 1, "id": n, "cmd": "mfc.add", "args": args}).encode() + b"\n")
+        writer.write(json.dumps({"v": 1, "id": n, "cmd": cmd, "args": args}).encode() + b"\n")
         response = json.loads(await reader.readline())
         if not response.get("ok"):
-            raise RuntimeError(f"mfc.add: {response}")
+            raise RuntimeError(f"{cmd}: {response}")
         answers.append(time.monotonic() - t)
     writer.close()
 
 
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used so far (all its threads)."""
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time a process has used so far (all its threads), apart."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def pings(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
+    d.start()
+    assert d.proc is not None
+    answers: list[float] = []
+    user, system = cpu_times(d.proc.pid)
+
+    async def main() -> float:
+        t = time.monotonic()
+        until = t + seconds
+        await asyncio.gather(*(_client(d.sock, 0, until, answers, "ping") for _ in range(n)))
+        return time.monotonic() - t
+
+    took = asyncio.run(main())
+    user_after, system_after = cpu_times(d.proc.pid)
+    d.stop()
+    count = max(len(answers), 1)
+    return {
+        "requests/s": round(len(answers) / took),
+        "answer median ms": round(1000 * statistics.median(answers), 2),
+        "mfcd CPU ms per request": round(
+            1000 * (user_after - user + system_after - system) / count, 3
+        ),
+        "… of it system": round(1000 * (system_after - system) / count, 3),
+        "mfcd CPU % of one core": round(100 * (user_after - user + system_after - system) / took),
+    }
 
 
 def sync_ms(directory: Path, count: int = 50) -> float:
@@ -545,6 +585,7 @@ def main() -> int:
         revisions = {"A (base)": args.base.resolve(), **revisions}
     scenarios = {
         "clients": lambda d: clients(d, args.clients, args.seconds),
+        "pings": lambda d: pings(d, args.clients, args.seconds),
         "show": lambda d: show(d, args.routes),
         "batch": lambda d: batch(d, args.routes, args.wait_compaction),
         "relink": lambda d: relink(d, args.routes),
