@@ -1,7 +1,8 @@
 """Tests for the memory of large tables (issue 12, "Large tables again" in
 docs/benchmarks.md): the installed routes are a view of `routes`, not a second dict, and
 kept right through transactions and rollbacks; a batch text's AddRoutes do not leave a
-hole beside every route once the batch is over."""
+hole beside every route once the batch is over; a journal record's adds, read together,
+keep their order with the other ops."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from mfcd.model import Entry, Placed, RouteKey, Router
+from mfcd.model import AddRoute, DelRoute, Entry, Placed, Ports, RouteKey, Router, SetThreshold
+from mfcd.state import StateFile
 
 from .conftest import observable, router_with_links, run
 
@@ -124,3 +126,29 @@ def test_a_batch_leaves_no_hole_beside_each_route_it_added() -> None:
     in_use, free = int(row[3]), int(row[4])
     assert in_use >= 60_000  # the group strings
     assert free < 6_000, f"{free} free 64-byte blocks beside {in_use}"
+
+
+def test_a_records_adds_read_together_keep_their_order_with_other_ops(tmp_path: Path) -> None:
+    """A record's runs of adds are read by one call each (a start's hot loop); a delete or
+    a setting between them still applies where it stands."""
+    a, b = key(1), key(2)
+    ports = Ports("eth0", ("eth1",))
+    other = Ports("eth0", ("eth2",))
+    sf = StateFile(str(tmp_path / "state.journal"))
+    sf.load()
+    sf.append(
+        [
+            AddRoute(a, ports),
+            AddRoute(b, ports),
+            DelRoute(a),
+            SetThreshold("eth1", 5),
+            AddRoute(a, other),
+            DelRoute(b),
+            AddRoute(key(3), ports),
+        ]
+    )
+    sf.close()
+    loaded = StateFile(str(tmp_path / "state.journal")).load()
+    assert loaded.routes == {a: other, key(3): ports}
+    assert loaded.thresholds == {"eth1": 5}
+    assert loaded.ops_since_snapshot == 7
