@@ -11,10 +11,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+from mfcd.commands import Commands
+from mfcd.controller import Controller
 from mfcd.model import AddRoute, DelRoute, Entry, Placed, Ports, RouteKey, Router, SetThreshold
 from mfcd.state import StateFile
 
-from .conftest import observable, router_with_links, run
+from .conftest import FakeKernel, FakeState, observable, router_with_links, run
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -152,3 +154,41 @@ def test_a_records_adds_read_together_keep_their_order_with_other_ops(tmp_path: 
     assert loaded.routes == {a: other, key(3): ports}
     assert loaded.thresholds == {"eth1": 5}
     assert loaded.ops_since_snapshot == 7
+
+
+def test_a_batch_texts_changes_keep_the_order_of_its_lines() -> None:
+    """Runs of adds become AddRoutes when the run ends (see _AddRun): every other line,
+    joins included, still comes where it stands."""
+    ctl = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(("a", "b", "c"), 1):
+        ctl.link_up(name, ifindex)
+    commands = Commands(ctl, (4, 6))
+    add = "add --source 10.0.0.1 --group 239.1.1.{} --iif a --oifs b"
+    text = "\n".join(
+        [
+            add.format(1),
+            add.format(2),
+            "join --interface c --group 239.2.2.2",
+            add.format(3),
+            "oif add --source 10.0.0.1 --group 239.1.1.3 --oifs c",
+            add.format(4),
+            "leave --interface c --group 239.2.2.2",
+            "del --source 10.0.0.1 --group 239.1.1.1",
+            add.format(5),
+        ]
+    )
+    changes, deleted, updated = commands._text_changes(text)
+    kinds = [type(change).__name__ for change in changes]
+    assert kinds == [
+        "AddRoute",
+        "AddRoute",
+        "Join",
+        "AddRoute",
+        "AddRoute",  # the oif add: route 3 with oifs b and c
+        "AddRoute",
+        "Leave",
+        "DelRoute",
+        "AddRoute",
+    ]
+    assert changes[4].ports.oifs == ("b", "c")  # type: ignore[union-attr]
+    assert (deleted, updated) == (1, 1)
