@@ -40,6 +40,7 @@ def test_one_dict_holds_the_routes_and_their_entries() -> None:
     big = [v for v in vars(router).values() if isinstance(v, dict) and len(v) >= 5_000]
     assert big == [router.routes]
     assert len(router.installed) == 5_000
+    assert list(router.installed) == list(router.routes)  # all installed: iterated as routes
     entry = router.installed[key(7)]
     assert isinstance(entry, Entry) and entry == router.installed.get(key(7))
     value = router.routes[key(7)]
