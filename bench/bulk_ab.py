@@ -1,6 +1,7 @@
 """Bulk install and recovery of two revisions of mfcd against the raw setsockopt loop, in turn.
 
 Usage (root): python bench/bulk_ab.py --base SRC [--head SRC] [--routes N] [--rounds R]
+              [--prefix PREFIX]
 
 `bench/run.py`'s scenarios 1 and 2 for one N, with revision A (`--base`, a `src` directory
 of another revision, e.g. from `git archive`) and B (`--head`, default this checkout's
@@ -69,13 +70,14 @@ def main() -> int:
     parser.add_argument("--head", default=str(bench.REPO / "src"), help="revision B's src")
     parser.add_argument("--routes", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--prefix", help="namespace name prefix (default random)")
     args = parser.parse_args()
     n = args.routes
     s = replace(FULL, sizes=(n,))
     revisions = {"A": str(Path(args.base).resolve()), "B": str(Path(args.head).resolve())}
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="mfcd-bulk-ab-", dir="/var/tmp") as tmp:
-        b = Bench(s, f"mfcdab{secrets.token_hex(3)}", Path(tmp))
+        b = Bench(s, args.prefix or f"mfcdab{secrets.token_hex(3)}", Path(tmp))
         try:
             with stop_on_signals():
                 for src in revisions.values():

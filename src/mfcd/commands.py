@@ -726,6 +726,7 @@ class Commands:
                     # (a line's interface comes as its "iif", a join's any source as "")
                     keys = self._join_keys_of(iif, group, source or None)
                     kind_of = Join if kind == "join" else Leave
+                    run.end()
                     changes += [kind_of(key) for key in keys]
                 else:
                     add(self._oif_change(kind, source, group, oifs, routes.get, table=table))

@@ -143,7 +143,10 @@ class Installed(Mapping["RouteKey", Entry]):
         return value.entry if value.__class__ is Placed else default
 
     def __iter__(self) -> Iterator[RouteKey]:
-        return (key for key, value in self._router.routes.items() if value.__class__ is Placed)
+        routes = self._router.routes
+        if self._router.installed_count() == len(routes):
+            return iter(routes)  # every route installed, the usual case: at C speed
+        return (key for key, value in routes.items() if value.__class__ is Placed)
 
     def __len__(self) -> int:
         return self._router.installed_count()

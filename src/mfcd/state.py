@@ -554,8 +554,16 @@ def _take(loaded: Loaded, record: Any, snap: _Snapshot, lineno: int, path: str) 
         raise ValueError("the first record is not a snapshot")
     else:
         _next_part(record, snap)
+        adds: list[Any] = []  # a run of adds, read by one _add_routes (a start's hot loop)
         for op in record["ops"]:
+            if op[0] == "add":
+                adds.append(op[1:])
+                continue
+            if adds:
+                _add_routes(loaded.routes, adds)
+                adds = []
             _apply(loaded, op)
+        _add_routes(loaded.routes, adds)
         loaded.ops_since_snapshot += len(record["ops"])
         return True
     if not snap.missing and snap.count >= 0 and len(loaded.routes) != snap.count:

@@ -1,7 +1,8 @@
 """Tests for the memory of large tables (issue 12, "Large tables again" in
 docs/benchmarks.md): the installed routes are a view of `routes`, not a second dict, and
 kept right through transactions and rollbacks; a batch text's AddRoutes do not leave a
-hole beside every route once the batch is over."""
+hole beside every route once the batch is over; a journal record's adds, read together,
+keep their order with the other ops."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from mfcd.model import Entry, Placed, RouteKey, Router
+from mfcd.commands import Commands
+from mfcd.controller import Controller
+from mfcd.model import AddRoute, DelRoute, Entry, Placed, Ports, RouteKey, Router, SetThreshold
+from mfcd.state import StateFile
 
-from .conftest import observable, router_with_links, run
+from .conftest import FakeKernel, FakeState, observable, router_with_links, run
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -36,6 +40,7 @@ def test_one_dict_holds_the_routes_and_their_entries() -> None:
     big = [v for v in vars(router).values() if isinstance(v, dict) and len(v) >= 5_000]
     assert big == [router.routes]
     assert len(router.installed) == 5_000
+    assert list(router.installed) == list(router.routes)  # all installed: iterated as routes
     entry = router.installed[key(7)]
     assert isinstance(entry, Entry) and entry == router.installed.get(key(7))
     value = router.routes[key(7)]
@@ -124,3 +129,67 @@ def test_a_batch_leaves_no_hole_beside_each_route_it_added() -> None:
     in_use, free = int(row[3]), int(row[4])
     assert in_use >= 60_000  # the group strings
     assert free < 6_000, f"{free} free 64-byte blocks beside {in_use}"
+
+
+def test_a_records_adds_read_together_keep_their_order_with_other_ops(tmp_path: Path) -> None:
+    """A record's runs of adds are read by one call each (a start's hot loop); a delete or
+    a setting between them still applies where it stands."""
+    a, b = key(1), key(2)
+    ports = Ports("eth0", ("eth1",))
+    other = Ports("eth0", ("eth2",))
+    sf = StateFile(str(tmp_path / "state.journal"))
+    sf.load()
+    sf.append(
+        [
+            AddRoute(a, ports),
+            AddRoute(b, ports),
+            DelRoute(a),
+            SetThreshold("eth1", 5),
+            AddRoute(a, other),
+            DelRoute(b),
+            AddRoute(key(3), ports),
+        ]
+    )
+    sf.close()
+    loaded = StateFile(str(tmp_path / "state.journal")).load()
+    assert loaded.routes == {a: other, key(3): ports}
+    assert loaded.thresholds == {"eth1": 5}
+    assert loaded.ops_since_snapshot == 7
+
+
+def test_a_batch_texts_changes_keep_the_order_of_its_lines() -> None:
+    """Runs of adds become AddRoutes when the run ends (see _AddRun): every other line,
+    joins included, still comes where it stands."""
+    ctl = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(("a", "b", "c"), 1):
+        ctl.link_up(name, ifindex)
+    commands = Commands(ctl, (4, 6))
+    add = "add --source 10.0.0.1 --group 239.1.1.{} --iif a --oifs b"
+    text = "\n".join(
+        [
+            add.format(1),
+            add.format(2),
+            "join --interface c --group 239.2.2.2",
+            add.format(3),
+            "oif add --source 10.0.0.1 --group 239.1.1.3 --oifs c",
+            add.format(4),
+            "leave --interface c --group 239.2.2.2",
+            "del --source 10.0.0.1 --group 239.1.1.1",
+            add.format(5),
+        ]
+    )
+    changes, deleted, updated = commands._text_changes(text)
+    kinds = [type(change).__name__ for change in changes]
+    assert kinds == [
+        "AddRoute",
+        "AddRoute",
+        "Join",
+        "AddRoute",
+        "AddRoute",  # the oif add: route 3 with oifs b and c
+        "AddRoute",
+        "Leave",
+        "DelRoute",
+        "AddRoute",
+    ]
+    assert changes[4].ports.oifs == ("b", "c")  # type: ignore[union-attr]
+    assert (deleted, updated) == (1, 1)
