@@ -1055,7 +1055,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.config)
     try:
         read_cache = config.ReadCache()
-        cfg, declared = config.load_all(args.config, read_cache)
+        # (as a reload reads them: GC passes over the routes read so far would double it)
+        with gc_paused():
+            cfg, declared = config.load_all(args.config, read_cache)
         cfg = resolve(cfg, overrides)
     except declarations.Problems as e:
         for problem in e.problems:
