@@ -1058,6 +1058,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (as a reload reads them: GC passes over the routes read so far would double it)
         with gc_paused():
             cfg, declared = config.load_all(args.config, read_cache)
+            # What was read lives until a reload replaces it: out of the GC's reach, as
+            # start-up then puts the routes (Daemon._restore), so no pass walks it before.
+            gc.freeze()
         cfg = resolve(cfg, overrides)
     except declarations.Problems as e:
         for problem in e.problems:
