@@ -4,9 +4,11 @@ Usage (as root, from the repository): `.venv/bin/python bench/config_reload.py [
 ...] [--smcroute-routes N ...]`. In a lab of network namespaces (lab/netns.py: the host's
 interfaces are never touched), for each N:
 
-  start      mfcd started with N config routes, until it answers a request
+  start      mfcd started with N config routes, until it answers a request (start_cpu_s:
+             the CPU time mfcd used until then, far less sensitive to other load)
   recovery   mfcd restarted with the same N routes in its state file instead (added with
              `mfcctl batch`), until it answers a request: the yardstick of `start`
+             (recovery_cpu_s likewise)
   unchanged  `mfcctl reload` of the same file (median of 3), and smcroute's reload of the
              same N routes (`smcroutectl reload`, until it answers again)
   one        `mfcctl reload` after one route's oifs changed (median of 3)
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import statistics
@@ -35,6 +38,13 @@ sys.path.insert(0, str(HERE.parent))
 from lab.netns import Lab  # noqa: E402
 
 BIN = Path(sys.executable).parent
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def config_text(n: int, oifs: str = '"r1", "r2"', changed: int | None = None) -> str:
@@ -87,7 +97,9 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(self.proc.stderr.read() if self.proc.stderr else "mfcd died")
             time.sleep(0.02)
-        return time.monotonic() - began
+        took = time.monotonic() - began
+        self.cpu = cpu_seconds(self.proc.pid)  # (`ip netns exec` execs mfcd: the same pid)
+        return took
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -128,6 +140,7 @@ def bench_mfcd(n: int) -> dict[str, float]:
             daemon = Daemon(lab, Path(work))
             daemon.write(config_text(n))
             start = daemon.start()
+            start_cpu = daemon.cpu
             unchanged = statistics.median(daemon.reload()[0] for _ in range(3))
             one = []
             for k in range(3):
@@ -155,6 +168,8 @@ def bench_mfcd(n: int) -> dict[str, float]:
             return {
                 "start_s": start,
                 "recovery_s": recovery,
+                "start_cpu_s": start_cpu,
+                "recovery_cpu_s": daemon.cpu,
                 "reload_unchanged_s": unchanged,
                 "reload_one_changed_s": statistics.median(one),
                 "reload_all_changed_s": every,

@@ -894,6 +894,10 @@ class Controller:
             yield from self._declared_slices(new, diff, outcome)
         finally:
             self.in_reload = False
+            # Files of many routes were read (their text, the declarations: some 10s of MiB
+            # at 100,000) and what the reload replaced is freed: a bulk change's release.
+            if len(new.routes) + len(diff.removed) > GROUP_MAX_CHANGES:
+                self.heap_release_due = True
 
     def _declared_slices(self, new: Declarations, diff: Diff, outcome: Outcome) -> Iterator[int]:
         self.flush()  # as apply_declared: takeovers are built from the model
@@ -1115,7 +1119,9 @@ class Controller:
         the model's own dict if there are no others and no `copy` is asked for)."""
         router = self.router
         origins = router.origins
-        if origins:
+        if origins and router.routes.keys() <= origins.keys():  # (a start with config routes)
+            routes = {}
+        elif origins:
             routes = {k: v for k, v in router.routes.items() if k not in origins}
         else:
             routes = dict(router.routes) if copy else router.routes

@@ -450,6 +450,10 @@ class Daemon:
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.
         asyncio.get_running_loop().call_soon(self._compact_soon)
+        self._release_heap_soon()
+
+    def _release_heap_soon(self) -> None:
+        """heap.release after bulk work, once the loop is done with it."""
         if self.controller.heap_release_due:
             # By then the request's text and changes are freed as well.
             self.controller.heap_release_due = False
@@ -572,6 +576,16 @@ class Daemon:
         self._reissue_soon()
         self.learner.after_change()  # a template that took its VIFs now may match traffic
 
+    def _sync_links(self, links: dict[str, int]) -> None:
+        """controller.sync_links for a drift check (events missed or not read): interfaces
+        that came or went are then followed by wildcards, as after their events."""
+        router = self.controller.router
+        before = dict(router.links)
+        self.controller.sync_links(links)
+        if router.links != before:
+            self.report_status()
+            self._follow_wildcards()
+
     def _reissue_soon(self) -> None:
         """Start writing the entries of re-created interfaces' routes again, if any wait."""
         if self.controller.reissues and self._reissuing is None:
@@ -670,7 +684,7 @@ class Daemon:
         try:
             # A link event whose kernel change failed left the model's view of interfaces
             # behind; a fresh dump sets it right before the tables are compared.
-            controller.sync_links(netlink.current_links())
+            self._sync_links(netlink.current_links())
             self._reissue_soon()
             view = observe(self.kernel, families, False, controller.router.tables())
         except (OSError, KernelError) as e:
@@ -728,7 +742,7 @@ class Daemon:
         """
         controller = self.controller
         try:
-            controller.sync_links(netlink.current_links())
+            self._sync_links(netlink.current_links())
             version = controller.router.version
             tables = controller.router.tables()
             view = await asyncio.to_thread(observe, self.kernel, self.kernel.families, True, tables)
@@ -897,6 +911,7 @@ class Daemon:
                 # 40 ms per 100,000 routes changed), never at the routes frozen before.
                 gc.collect(0)
                 gc.freeze()
+                self._release_heap_soon()  # (a failed reload, too: _after_change is not run)
 
     async def _reload_paused(self, dry_run: bool) -> dict[str, Any]:
         started = time.monotonic()
@@ -1040,7 +1055,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(args.config)
     try:
         read_cache = config.ReadCache()
-        cfg, declared = config.load_all(args.config, read_cache)
+        # (as a reload reads them: GC passes over the routes read so far would double it)
+        with gc_paused():
+            cfg, declared = config.load_all(args.config, read_cache)
+            # What was read lives until a reload replaces it: out of the GC's reach, as
+            # start-up then puts the routes (Daemon._restore), so no pass walks it before.
+            gc.freeze()
         cfg = resolve(cfg, overrides)
     except declarations.Problems as e:
         for problem in e.problems:

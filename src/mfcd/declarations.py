@@ -981,12 +981,14 @@ def diff(old: Declarations, new: Declarations) -> Diff:
         return result
     old_routes = old.routes
     added, changed = result.added, result.changed
-    for key, ports in new.routes.items():
+    for key, ports in new.routes.items() if old_routes else ():
         before = old_routes.get(key)
         if before is None:
             added.append(key)
         elif before is not ports and before != ports:
             changed.append(key)
+    if not old_routes:  # (the start: every route is added)
+        added += new.routes
     result.unchanged = len(new.routes) - len(added) - len(changed)
     new_routes = new.routes
     if len(old_routes) + len(added) != len(new_routes):

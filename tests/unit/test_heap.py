@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gc
 
-from mfcd import heap
-from mfcd.controller import GROUP_MAX_CHANGES, Controller
+from mfcd import declarations, heap
+from mfcd.controller import GROUP_MAX_CHANGES, Controller, Outcome
 from mfcd.model import AddRoute, Ports
 
 from .conftest import FakeKernel, FakeState
@@ -50,4 +50,28 @@ def test_a_bulk_change_asks_for_a_release_and_a_small_one_does_not() -> None:
     ctl.change(adds(0, 3))
     assert not ctl.heap_release_due
     ctl.change(adds(3, GROUP_MAX_CHANGES + 1))
+    assert ctl.heap_release_due
+
+
+def test_a_reload_of_many_routes_asks_for_a_release_and_one_of_a_few_does_not() -> None:
+    """As after a bulk change: the files' text and what the reload replaced are freed."""
+    ctl = Controller(FakeKernel(), FakeState())
+    for ifindex, name in enumerate(("a", "b"), 1):
+        ctl.link_up(name, ifindex)
+
+    def reload(count: int) -> None:
+        text = "".join(
+            f'[[route]]\nsource = "198.18.0.1"\ngroup = "239.15.{k >> 8}.{k & 255}"\n'
+            'iif = "a"\noifs = ["b"]\n'
+            for k in range(count)
+        )
+        new = declarations.parse_file(text, "f.conf").found
+        list(ctl.declared_slices(new, declarations.diff(ctl.declared, new), Outcome()))
+
+    reload(3)
+    assert not ctl.heap_release_due
+    reload(GROUP_MAX_CHANGES + 1)
+    assert ctl.heap_release_due
+    ctl.heap_release_due = False  # (the daemon's, once it has released)
+    reload(0)  # every route removed
     assert ctl.heap_release_due
