@@ -14,9 +14,7 @@ from tests.netns.test_tables import GROUPS, SOURCES, TABLE, UNROUTED, send_and_c
 
 
 @pytest.mark.lab(receivers=3)
-def test_a_table_closed_and_opened_again_has_its_new_socket_watched(
-    lab: Lab, mfcd: Mfcd
-) -> None:
+def test_a_table_closed_and_opened_again_has_its_new_socket_watched(lab: Lab, mfcd: Mfcd) -> None:
     lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
     group, (_, source) = GROUPS[4], SOURCES[4]
     route = route_args(source, group, "r1", "r3")
