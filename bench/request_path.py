@@ -71,11 +71,11 @@ def run(c, lines):
         if i % 10 == 9:
             c.flush()
             for answer in answers:
-                assert json.loads(c.settle(answer))["ok"]
+                assert b'"ok":true' in c.settle(answer)  # (not decoded: not the daemon's work)
             answers.clear()
     c.flush()
     for answer in answers:
-        assert json.loads(c.settle(answer))["ok"]
+        assert b'"ok":true' in c.settle(answer)
     return (time.process_time() - started) / len(lines)
 
 if profile != "-":
