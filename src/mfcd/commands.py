@@ -289,8 +289,8 @@ class Commands:
         raise BadRequest("reload is not available in this mfcd")
 
     def _envelope(self, msg: dict[str, Any]) -> tuple[str, dict[str, Any], bool]:
-        unknown = set(msg) - ENVELOPE_FIELDS
-        if unknown:
+        if not ENVELOPE_FIELDS.issuperset(msg):
+            unknown = set(msg) - ENVELOPE_FIELDS
             raise BadRequest(f"unknown field {sorted(unknown)[0]!r} in request")
         version = msg.get("v")
         if type(version) is not int or version != protocol.PROTOCOL_VERSION:

@@ -44,12 +44,12 @@ from mfcd.controller import Controller, Outcome, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
-from mfcd.kernel import Kernel
+from mfcd.kernel import Kernel, MrouteSocket
 from mfcd.learning import Learner
 from mfcd.membership import Memberships
 from mfcd.metrics_server import MetricsServer, read_process
 from mfcd.metrics_server import bind as bind_metrics_socket
-from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, RouteKey, Step
+from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, RouteKey, Step, TableKey
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.slices import Budget, run_sliced
 from mfcd.state import VERSION, StateFile
@@ -195,9 +195,12 @@ class Daemon:
         self._full_check = False
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
         self._readers: set[int] = set()  # the file descriptors the loop waits on
+        # The tables in use, the table sockets and the link monitor _sync_tables last saw.
+        self._tables_seen: tuple[list[TableKey], list[MrouteSocket], object] | None = None
         self.serving = False  # start-up is over
         self._reload_pending = False  # SIGHUP arrived during start-up
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
+        self._compact_called = False  # a _compact_soon waits in the loop's queue
         self._reissuing: asyncio.Task[None] | None = None  # entries written again in slices
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
@@ -378,6 +381,7 @@ class Daemon:
         for fd in self._readers:
             loop.remove_reader(fd)
         self._readers.clear()
+        self._tables_seen = None
         if self._resync is not None:
             self._resync.cancel()
         if self._checking is not None:
@@ -432,6 +436,11 @@ class Daemon:
         tables' sockets: a table other than the default is opened by the kernel operation
         that first names it and closed here once its last VIF is gone."""
         kernel, loop = self.kernel, asyncio.get_running_loop()
+        # Called after every change, which nearly always leaves the tables in use and the
+        # sockets open as the last call found them: then there is nothing to close or watch.
+        seen = (list(self.controller.router.slots), list(kernel.sockets.values()), kernel.monitor)
+        if seen == self._tables_seen:
+            return
         used = self.controller.router.tables()
         for family, table in list(kernel.sockets):
             if table != DEFAULT_TABLE[family] and (family, table) not in used:
@@ -443,13 +452,21 @@ class Daemon:
         for fd in fds - self._readers:
             loop.add_reader(fd, self._on_kernel_events)
         self._readers = fds
+        self._tables_seen = (
+            list(self.controller.router.slots),
+            list(kernel.sockets.values()),
+            kernel.monitor,
+        )
 
     def _after_change(self) -> None:
         self.learner.after_change()  # a new template may match traffic already flowing
         self._sync_tables()
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.
-        asyncio.get_running_loop().call_soon(self._compact_soon)
+        # One is enough for the changes before it runs (it sees them all).
+        if not self._compact_called:
+            self._compact_called = True
+            asyncio.get_running_loop().call_soon(self._compact_soon)
         self._release_heap_soon()
 
     def _release_heap_soon(self) -> None:
@@ -461,6 +478,7 @@ class Daemon:
 
     def _compact_soon(self) -> None:
         """Start compacting the state file in a thread if it is due and not under way."""
+        self._compact_called = False
         if self._compacting is None and self.controller.journal_long():
             self._compacting = asyncio.get_running_loop().create_task(self._compact())
 
