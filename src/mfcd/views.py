@@ -360,6 +360,7 @@ class Views:
         if known is router and version == router.version and count == len(router.routes):
             return iter(cached)
         version, keys = router.version, list(router.routes)  # the keys themselves: no copies
+        yield ""  # (that copy is a part of its own: 5-20 ms at 1,000,000 routes)
         bits = len(keys).bit_length()
         order = _address_order()
         clock = time.perf_counter
