@@ -249,7 +249,7 @@ class Views:
 
         Other clients are served between two parts, so the routes may change meanwhile: each
         part shows its routes as they are when it is made, and leaves out those deleted
-        since the show began (a route added since is not in it)."""
+        since the show began (a route added once their keys are copied is not in it)."""
         keys = yield from self._sorted_in_slices(router)
         yield "["
         comma = ""
@@ -359,8 +359,9 @@ class Views:
         known, version, count, cached = self._order
         if known is router and version == router.version and count == len(router.routes):
             return iter(cached)
-        # The keys themselves, no copies of them, copied a part at a time (a copy of
-        # 1,000,000 in one go held the loop 5-20 ms), twice at most, then in one go.
+        # A list of the key objects themselves, made a part at a time (1,000,000 of them
+        # in one go held the loop 5-20 ms); started again if the routes change meanwhile,
+        # and made in one go after two such restarts.
         for _attempt in range(2):
             version = router.version
             keys = yield from _copy_in_parts(router)
@@ -467,7 +468,7 @@ def _copy_in_parts(router: Router) -> Generator[str, None, list[RouteKey] | None
                 keys += islice(it, STEP * 32)
             except RuntimeError:  # changed in a way that left the version as it was
                 return None
-            if len(keys) == before:  # (the same)
+            if len(keys) == before:  # (the same: fewer keys than there are routes)
                 return None
             if clock() >= deadline:
                 break
