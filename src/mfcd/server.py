@@ -573,12 +573,18 @@ class Server:
         one before (beyond the transport's buffer): no whole response in memory, and the
         other clients are served between two parts."""
         self._write(writer, stream.head)
-        for part in stream.parts:
-            if part:
-                self._write(writer, part.encode())
-            async with asyncio.timeout(self.client_timeout):
-                await writer.drain()
-            await asyncio.sleep(0)  # drain() does not wait while the buffer is small
+        try:
+            for part in stream.parts:
+                if part:
+                    self._write(writer, part.encode())
+                async with asyncio.timeout(self.client_timeout):
+                    await writer.drain()
+                await asyncio.sleep(0)  # drain() does not wait while the buffer is small
+        finally:
+            # A client gone mid-show: the parts' generator ends now (it paused the cyclic GC).
+            close = getattr(stream.parts, "close", None)
+            if close is not None:
+                close()
         await self._send(writer, stream.tail)
 
 
