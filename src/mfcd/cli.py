@@ -860,7 +860,7 @@ def _table_option(parser: argparse.ArgumentParser, help: str) -> None:
 
 def _table_value(text: str) -> int | str:
     """A --table as the protocol takes it: a number as a number, a name as it is."""
-    return int(text) if text.isdigit() else text
+    return int(text) if text.isascii() and text.isdigit() else text
 
 
 def _command_options(parser: argparse.ArgumentParser, *, changes: bool) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from mfcd.dataplane import UPCALL_KINDS, CountersReader, by_table
 from mfcd.errors import KernelError
-from mfcd.model import ORIGINS, RouteKey, Router
+from mfcd.model import ORIGINS, Ports, RouteKey, Router
 from mfcd.protocol import FAMILY_NAMES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -227,7 +227,9 @@ class _States:
 
     def __init__(self, router: Router) -> None:
         self.routes, self.installed, self.links = router.routes, router.installed, router.links
-        self.missing: dict[int, bool] = {}  # id(Ports) -> an interface is gone (Ports are shared)
+        # Ports -> an interface is gone. Keyed by value, not id(): a Placed made since may
+        # take a freed one's id between two slices of a scrape.
+        self.missing: dict[Ports, bool] = {}
         # Every VIF present: no installed route is degraded, and none needs a look.
         self.healthy = all(vif.ifindex is not None for vif in router.vifs.values())
 
@@ -236,9 +238,9 @@ class _States:
         ports = self.routes.get(key)
         if ports is None or key not in self.installed:
             return False
-        gone = self.missing.get(id(ports))
+        gone = self.missing.get(ports)
         if gone is None:
-            gone = self.missing[id(ports)] = any(n not in self.links for n in ports.interfaces)
+            gone = self.missing[ports] = any(n not in self.links for n in ports.interfaces)
         return gone
 
     def of(self, key: RouteKey) -> str:

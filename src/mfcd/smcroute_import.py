@@ -103,7 +103,7 @@ class _Converter:
             elif word == "mrdisc":
                 mrdisc = True
             elif word == "ttl-threshold":
-                if i + 1 >= len(rest) or not rest[i + 1].isdigit():
+                if i + 1 >= len(rest) or not (rest[i + 1].isascii() and rest[i + 1].isdigit()):
                     raise _Problem("ttl-threshold needs a number from 1 to 255")
                 threshold = int(rest[i + 1])
                 if not 1 <= threshold <= 255:

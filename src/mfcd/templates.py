@@ -66,7 +66,7 @@ def parse(value: str, field: str, family: int | None = None) -> Prefix:
         ) from None
     length = bits
     if slash:
-        if not length_text.isdigit() or int(length_text) > bits:
+        if not (length_text.isascii() and length_text.isdigit()) or int(length_text) > bits:
             raise InvalidArgument(
                 f"{field} {value!r}: the prefix length must be a number from 0 to {bits}",
                 field=field,

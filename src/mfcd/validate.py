@@ -141,7 +141,7 @@ def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> in
             field="table",
         )
     if isinstance(value, str):
-        if value.isdigit():
+        if value.isascii() and value.isdigit():  # ("²".isdigit() too)
             return table_of(int(value), family, names)
         if names is None:
             global _table_names  # noqa: PLW0603 (read the files once per daemon)

@@ -13,7 +13,17 @@ from pathlib import Path
 
 from mfcd.commands import Commands
 from mfcd.controller import Controller
-from mfcd.model import AddRoute, DelRoute, Entry, Placed, Ports, RouteKey, Router, SetThreshold
+from mfcd.model import (
+    AddRoute,
+    DelRoute,
+    Entry,
+    Placed,
+    Ports,
+    RouteKey,
+    Router,
+    SetThreshold,
+    Step,
+)
 from mfcd.state import StateFile
 
 from .conftest import FakeKernel, FakeState, observable, router_with_links, run
@@ -77,6 +87,32 @@ def test_the_view_follows_deletes_pending_routes_replacements_and_rollbacks() ->
     assert key(4) in router.installed and router.status(key(4)).state == "degraded"
     run(router, router.del_route, key(4))
     assert len(router.installed) == counted(router) == 8
+
+
+def test_a_rollback_keeps_the_installed_count_without_counting_again() -> None:
+    """Dry runs and refused changes end in a rollback: counting the installed routes again
+    after each would walk every route on the loop (46 ms at 1,000,000)."""
+    router = router_with_links("eth0", "eth1", "eth2")
+    ports = router.ports("eth0", ("eth1",))
+    for n in range(10):
+        run(router, router.add, key(n), ports)
+    run(router, router.add, key(10), router.ports("eth0", ("gone",)))  # pending
+    for change in (
+        lambda: router.add(key(20), ports),  # direct install
+        lambda: router.add(key(4), router.ports("eth0", ("eth1", "eth2"))),  # replaced
+        lambda: router.del_route(key(5)),
+        lambda: router.add(key(10), ports),  # a pending route installed
+        lambda: router.link_down("eth1"),
+    ):
+        router.begin()
+        change()
+        router.rollback()
+        assert router._installed_n == counted(router) == 10
+    steps: list[Step] = []
+    router.begin()
+    assert router.add_direct(key(30), ports, steps)
+    router.rollback()
+    assert router._installed_n == counted(router) == 10
 
 
 def test_a_placed_value_given_back_as_ports_is_not_taken_as_installed() -> None:

@@ -555,3 +555,9 @@ def test_oif_changes_of_a_learned_entry_are_not_found() -> None:
         "not_found"
     )
     assert ctl.router.origin((4, "10.1.1.1", "239.5.5.5", 253)) == "learned"
+
+
+def test_a_prefix_length_in_digits_other_than_ascii_is_invalid() -> None:
+    # "²".isdigit() is True and int("²") raises ValueError: an internal error before.
+    with pytest.raises(InvalidArgument):
+        tpl.parse("239.0.0.0/²", "group")

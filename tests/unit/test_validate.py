@@ -224,3 +224,10 @@ def test_sources_that_never_reach_a_router_are_refused(source: str, words: str) 
 def test_interface_names_may_not_look_like_options() -> None:
     with pytest.raises(InvalidArgument, match="not starting with -"):
         validate.route({**GOOD, "oifs": ["eth1", "-o"]})
+
+
+@pytest.mark.parametrize("table", ["²", "1²", "٣"])
+def test_a_table_of_digits_other_than_ascii_is_refused_as_a_name(table: str) -> None:
+    # str.isdigit() is True for them, and int() refuses "²": an internal error before.
+    with pytest.raises(InvalidArgument, match="not a table name"):
+        validate.route_key_of("198.18.0.1", "239.1.1.1", table)
