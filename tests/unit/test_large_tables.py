@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from mfcd.commands import Commands
@@ -97,15 +98,16 @@ def test_a_rollback_keeps_the_installed_count_without_counting_again() -> None:
     for n in range(10):
         run(router, router.add, key(n), ports)
     run(router, router.add, key(10), router.ports("eth0", ("gone",)))  # pending
-    for change in (
-        lambda: router.add(key(20), ports),  # direct install
-        lambda: router.add(key(4), router.ports("eth0", ("eth1", "eth2"))),  # replaced
-        lambda: router.del_route(key(5)),
-        lambda: router.add(key(10), ports),  # a pending route installed
-        lambda: router.link_down("eth1"),
-    ):
+    changes: list[tuple[Callable[..., object], tuple[object, ...]]] = [
+        (router.add, (key(20), ports)),  # direct install
+        (router.add, (key(4), router.ports("eth0", ("eth1", "eth2")))),  # replaced
+        (router.del_route, (key(5),)),
+        (router.add, (key(10), ports)),  # a pending route installed
+        (router.link_down, ("eth1",)),
+    ]
+    for change, args in changes:
         router.begin()
-        change()
+        change(*args)
         router.rollback()
         assert router._installed_n == counted(router) == 10
     steps: list[Step] = []
