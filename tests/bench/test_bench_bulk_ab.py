@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from tests.bench.test_bench_quick import NEEDS_ROOT, REPO, namespaces
 
-from tests.bench.test_bench_quick import namespaces
-
-REPO = Path(__file__).resolve().parents[2]
-
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-]
+pytestmark = NEEDS_ROOT
 
 
 def test_bulk_ab_measures_both_revisions_against_the_raw_loop_and_cleans_up() -> None:

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+from tests.bench.test_bench_quick import NEEDS_ROOT, REPO, namespaces
 
-from tests.bench.test_bench_quick import namespaces
-
-REPO = Path(__file__).resolve().parents[2]
-
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
-]
+pytestmark = NEEDS_ROOT
 
 
 def test_metrics_benchmark_measures_a_scrape_and_cleans_up() -> None:

@@ -20,9 +20,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = [
+# What every end-to-end bench test needs (the others import it): root, for namespaces.
+NEEDS_ROOT = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)"),
+]
+pytestmark = [
+    *NEEDS_ROOT,
     pytest.mark.skipif(shutil.which("smcrouted") is None, reason="smcroute is not installed"),
 ]
 
