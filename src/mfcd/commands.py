@@ -809,9 +809,15 @@ class Commands:
         learned entries of a template let go of a slice at a time): counted, not listed in
         the plan (100,000 of them would hold the loop for a second or two, formatted and
         encoded at once)."""
-        outcome = self.controller.change(
-            changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch"
-        )
+        outcome = None
+        if len(changes) == 1 and plan and not dry_run and cmd != "batch":
+            one = changes[0]
+            if one.__class__ is AddRoute or one.__class__ is DelRoute:
+                outcome = self.controller.change_one(one)  # (None: not a case it covers)
+        if outcome is None:
+            outcome = self.controller.change(
+                changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch"
+            )
         if drained:
             outcome.counts.update(step.action for step in drained)
         only = changes[0] if len(changes) == 1 else None
