@@ -36,9 +36,11 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Coroutine
+from typing import Any
 
 from mfcd import protocol
-from mfcd.commands import Commands, Deferred, Peer
+from mfcd.commands import Answer, Commands, Deferred, Peer
 from mfcd.config import DEFAULT_SOCKET_GROUP
 from mfcd.controller import Group
 from mfcd.errors import ConfigError
@@ -48,8 +50,7 @@ log = logging.getLogger("mfcd")
 
 _UCRED = struct.Struct("=iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 MAX_CLIENTS = 256  # connections served at once; more are refused with too_many_clients
-CHUNK = 256 * 1024  # bytes taken from a client's stream at a time
-STREAM_LIMIT = 64 * 1024  # the stream stops reading the socket beyond twice this, unread
+STREAM_LIMIT = 64 * 1024  # a client busy with a request is not read beyond twice this
 FREE_BYTES = 64 * 1024  # of each client's buffer, not counted against the shared budget
 CLOSE_GRACE = 0.5  # seconds a closing connection has to take its last response
 
@@ -198,7 +199,7 @@ class Refused(Exception):
 class Buffer:
     """What one client sent and mfcd has not answered yet, and its deadline."""
 
-    __slots__ = ("counted", "data", "deadline", "expired", "scanned", "watch")
+    __slots__ = ("counted", "data", "deadline", "scanned", "watch")
 
     def __init__(self) -> None:
         self.data = bytearray()
@@ -208,7 +209,348 @@ class Buffer:
         # One timer a connection checks it (Server._watch), not one a request.
         self.deadline = 0.0
         self.watch: asyncio.TimerHandle | None = None
-        self.expired = False  # the timer cancelled the wait: a timeout, not a stop
+
+
+class Connection(asyncio.Protocol):
+    """One client. Its requests are taken from the socket's data as it arrives and handled
+    there and then (no task, stream or future per request: that machinery was a third of
+    the CPU a change cost). What must wait runs in a task of the connection's own: a
+    response the client is slow to take, show's parts, diagnose, reload, monitor; a
+    request waiting for its group's sync is answered by the server (Server._answer). No
+    further request of the client is handled until its last is answered (`busy`); what it
+    sends meanwhile waits unread (`unread`), and beyond 2 x STREAM_LIMIT the socket is no
+    longer read."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer = Peer(0, 0, 0)
+        self.buffer = Buffer()
+        self.unread: list[bytes] = []  # arrived while a request was under way
+        self.unread_size = 0
+        self.reading = True  # (False: paused, too much unread)
+        self.busy = False  # a request is under way: the next one waits
+        self.eof = False  # the client closed its end
+        self.closed = False  # closing or closed: nothing more is read or answered
+        self.subscribed = False  # a monitor: what the client sends is dropped
+        self.task: asyncio.Task[bool] | None = None  # the request's waiting part, if any
+        self.paused = False  # the transport's write buffer is over its high-water mark
+        self._drained: asyncio.Future[None] | None = None
+        self._ended: asyncio.Future[None] | None = None  # a monitor's: the client is gone
+        self._abort: asyncio.TimerHandle | None = None
+        self.lost: asyncio.Future[None] | None = None  # done once the connection is gone
+
+    # --- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.lost = asyncio.get_running_loop().create_future()
+        self.server._accept(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.subscribed:
+            return  # (a subscriber's input is read and dropped, as is a closing one's)
+        self.unread.append(data)
+        self.unread_size += len(data)
+        if self.busy:
+            if self.reading and self.unread_size > 2 * STREAM_LIMIT:
+                assert self.transport is not None
+                self.transport.pause_reading()
+                self.reading = False
+            return
+        self._next()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+        if not self.busy and not self.closed:
+            self._next()  # the requests sent before it are handled first
+        return True  # (the answers may still go out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server._gone(self)
+        if self._abort is not None:
+            self._abort.cancel()
+        if self.task is not None:
+            self.task.cancel()
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(ConnectionResetError("connection lost"))
+            self._drained.exception()  # (retrieved: no warning if nobody waits for it)
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Handle the requests that have arrived, until one has to wait."""
+        server = self.server
+        try:
+            while not self.busy and not self.closed:
+                line = self._line()
+                if line is None:
+                    return  # (waiting for more, or closed at the end of the stream)
+                if server.stopping:
+                    self.close()  # no new request is handled
+                    return
+                if server._responses_held() > server.budget:
+                    # Clients that do not read what they asked for (`show` of many routes):
+                    # no new response is made until theirs are taken or they are dropped.
+                    self.refuse("busy", server._busy())
+                    return
+                self._handle(line)
+        except Refused as e:
+            self.refuse(e.code, str(e))
+        except Exception:  # a bug: this client is dropped, everyone else is served
+            log.exception("internal error while serving %s", self.peer)
+            self.close()
+
+    def _line(self) -> bytes | bytearray | None:
+        """The next non-blank line, or None until one is complete (the deadline for it then
+        runs: blank lines do not extend it). Its bytes stay counted until _hold releases
+        them."""
+        server, buffer = self.server, self.buffer
+        limit = server.max_request_bytes
+        while True:
+            data = buffer.data
+            end = data.find(b"\n", buffer.scanned)
+            if end < 0:
+                buffer.scanned = len(data)
+                if len(data) > limit:
+                    raise Refused("too_large", server._too_large())
+                if not self.unread:
+                    if self.eof:
+                        self.close()  # the client closed its end
+                        return None
+                    if not buffer.deadline:
+                        buffer.deadline = server._loop.time() + server.client_timeout
+                    return None
+                chunk = self.unread[0] if len(self.unread) == 1 else b"".join(self.unread)
+                self.unread, self.unread_size = [], 0
+                if not self.reading:
+                    assert self.transport is not None
+                    self.transport.resume_reading()
+                    self.reading = True
+                server._hold(buffer, len(data) + len(chunk))
+                data += chunk
+                continue
+            if end > limit:
+                raise Refused("too_large", server._too_large())
+            buffer.scanned = 0
+            if end == len(data) - 1:  # the whole buffer, as usual: no copy
+                line, buffer.data = data, bytearray()
+            else:
+                line = data[: end + 1]
+                del data[: end + 1]
+            if not line.isspace():  # (strip() would copy a line of any size)
+                buffer.deadline = 0.0
+                return line
+
+    def _handle(self, line: bytes | bytearray) -> None:
+        """One request, handled now (synchronous on purpose: one change at a time). Its
+        journal record waits for the group's sync, and its response for that."""
+        server = self.server
+        answer = server.commands.submit(line, self.peer)
+        del line
+        server._hold(self.buffer, len(self.buffer.data))
+        group = answer.group
+        if group is not None and not group.done:
+            self.busy = True
+            server._join(group, self, answer)
+            return
+        self._respond(answer, False)
+
+    def settled(self, answer: Answer) -> None:
+        """The verdict on the group the request waited for: its response."""
+        if self.closed:
+            return
+        try:
+            self._respond(answer, True)
+        except Exception:  # a bug: this client is dropped, everyone else is served
+            log.exception("internal error while serving %s", self.peer)
+            self.close()
+            return
+        self._next()  # (a client that pipelines: its next request joins the next group)
+
+    def _respond(self, answer: Answer, waited: bool) -> None:
+        """Send a request's response, or start the task that makes or sends it; the
+        connection is `busy` until that is done."""
+        response = self.server.commands.settle(answer)
+        if isinstance(response, bytes):
+            self.busy = False
+            if self.write(response):
+                if not waited and (self.unread or self.buffer.data):
+                    # A client that pipelines has its next requests read already: give the
+                    # other clients, and a stop, their turn first.
+                    self.busy = True
+                    self.server._loop.call_soon(self._resume)
+                return
+            if not self.paused:
+                return  # (the transport takes the rest as the socket drains)
+            self._run(self._drained_in_time())
+            return
+        self._run(self._later(response))
+
+    def _resume(self) -> None:
+        if self.closed:
+            return
+        self.busy = False
+        self._next()
+
+    def _run(self, work: Coroutine[Any, Any, bool]) -> None:
+        """Run the waiting part of a request; the next request is handled once it is done
+        (and the connection closed if it says so: False)."""
+        self.busy = True
+        self.task = self.server._loop.create_task(work)
+        self.task.add_done_callback(self._ran)
+
+    def _ran(self, task: asyncio.Task[bool]) -> None:
+        self.task = None
+        if task.cancelled():
+            self.close()
+            return
+        failure = task.exception()
+        if failure is not None:
+            if not isinstance(failure, (ConnectionError, TimeoutError)):
+                log.error("internal error while serving %s", self.peer, exc_info=failure)
+            self.close()
+            return
+        if not task.result():
+            self.close()
+            return
+        self.busy = False
+        self._next()
+
+    async def _later(self, response: protocol.Response | Deferred) -> bool:
+        """A response made or sent while other clients are served; False: close."""
+        if isinstance(response, Deferred):
+            if response.subscribe:
+                await self._stream(response)
+                return False
+            assert response.answer is not None
+            response = await response.answer()  # others are served meanwhile
+        await self.send(response)
+        return True
+
+    async def _drained_in_time(self) -> bool:
+        async with asyncio.timeout(self.server.client_timeout):
+            await self.drain()
+        return True
+
+    async def _stream(self, request: Deferred) -> None:
+        """Serve a monitor subscription until the client closes the connection.
+
+        Events wait in the subscriber's bounded buffer (events.Subscriber) while the
+        client is slow: writing waits for the socket to drain, with no timeout, and the
+        daemon never waits for it. Anything the client sends from now on is read and
+        ignored, so its closing is noticed.
+        """
+        wake = asyncio.Event()
+        bus = self.server.commands.events
+        subscriber = bus.subscribe(wake.set)
+        self.subscribed = True
+        self.unread, self.unread_size = [], 0
+        ended = self._ended = self.server._loop.create_future()
+        if self.eof or self.closed:
+            ended.set_result(None)
+        try:
+            result = {"subscribed": True, "buffer": subscriber.limit}
+            self.write(protocol.encode_result(request.request_id, result))
+            while not ended.done():
+                await self.drain()
+                wake.clear()
+                events = subscriber.take()
+                if events:
+                    encode, rid = protocol.encode_event, request.request_id
+                    self.write(b"".join(encode(rid, event) for event in events))
+                    continue
+                waiting = asyncio.ensure_future(wake.wait())
+                await asyncio.wait({ended, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+        finally:
+            bus.unsubscribe(subscriber)
+
+    # --- writing and closing ---------------------------------------------------------------------
+
+    def write(self, data: bytes) -> bool:
+        """Write to the client; True if all of it went out at once (as it mostly does)."""
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+        if transport.get_write_buffer_size():
+            self.server._unsent.add(transport)
+            return False
+        return True
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its high-water mark."""
+        if self.closed:
+            raise ConnectionResetError("connection closed")
+        if not self.paused:
+            return
+        self._drained = self.server._loop.create_future()
+        await self._drained
+
+    async def send(self, data: protocol.Response) -> None:
+        """Write a response; a client that stops reading it is dropped after client_timeout."""
+        if isinstance(data, protocol.Stream):
+            await self._send_stream(data)
+            return
+        if self.write(data):
+            return
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+        # that arrives as the drain completes, and the client would be served on after a stop.
+        async with asyncio.timeout(self.server.client_timeout):
+            await self.drain()
+
+    async def _send_stream(self, stream: protocol.Stream) -> None:
+        """Write a response a part at a time, each made only once the client has taken the
+        one before (beyond the transport's buffer): no whole response in memory, and the
+        other clients are served between two parts."""
+        self.write(stream.head)
+        timeout = self.server.client_timeout
+        try:
+            for part in stream.parts:
+                if part:
+                    self.write(part.encode())
+                async with asyncio.timeout(timeout):
+                    await self.drain()
+                await asyncio.sleep(0)  # drain() does not wait while the buffer is small
+        finally:
+            # A client gone mid-show: the parts' generator ends now (it paused the cyclic GC).
+            close = getattr(stream.parts, "close", None)
+            if close is not None:
+                close()
+        await self.send(stream.tail)
+
+    def refuse(self, code: str, message: str) -> None:
+        """Send the error a client gets before it is disconnected, and disconnect it."""
+        if self.closed:
+            return
+        self.write(protocol.encode_error(None, code, message))
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection once its last response is sent; drop it if that takes long."""
+        if self.closed:
+            return
+        self.closed = True
+        self.server._gone(self)
+        assert self.transport is not None
+        self.transport.close()
+        self._abort = self.server._loop.call_later(CLOSE_GRACE, self.transport.abort)
 
 
 class Server:
@@ -224,11 +566,12 @@ class Server:
         self.buffered = 0  # bytes counted against the budget now
         self.stopping = False
         self._server: asyncio.Server | None = None
-        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        # Connections whose transport may hold response bytes not yet taken (see _write).
-        self._unsent: set[asyncio.StreamWriter] = set()
-        # Requests waiting for their group's sync (one future each), by group.
-        self._waiting: dict[Group, list[asyncio.Future[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop  # (the running loop, from start on)
+        self._clients: dict[Connection, None] = {}  # the connections served, in order
+        # Connections whose transport may hold response bytes not yet taken (see write).
+        self._unsent: set[asyncio.Transport] = set()
+        # Requests waiting for their group's sync (with their connection), by group.
+        self._waiting: dict[Group, list[tuple[Connection, Answer]]] = {}
         self._members: dict[Group, int] = {}  # how many requests wait, by group
         self._gathering = Gathering()  # when the next group's sync may start
         self._holding: asyncio.TimerHandle | None = None  # ends the hold on it
@@ -237,7 +580,8 @@ class Server:
         commands.on_synced = self._on_synced
 
     async def start(self, sock: socket.socket) -> None:
-        self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=STREAM_LIMIT)
+        loop = self._loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
 
     def load(self) -> str:
         """How busy the socket is, for the status line of SIGUSR1."""
@@ -251,158 +595,82 @@ class Server:
         """Take no more connections and read no more requests; disconnect every client once
         the response being written has gone out (for at most CLOSE_GRACE); remove the socket.
 
-        Requests are handled synchronously, so none is ever half done here: cancelling a
-        client interrupts it while it waits for a request or for its response to be read.
+        Requests are handled synchronously, so none is ever half done here: a client is
+        stopped while it waits for a request, for its group's sync (it is not answered),
+        or for its response to be made or read.
         """
         self.stopping = True
         if self._server is not None:
             self._server.close()
-        for task in self._clients:
-            task.cancel()
-        if self._clients:
-            await asyncio.wait(list(self._clients), timeout=2 * CLOSE_GRACE)
-        for writer in self._clients.values():  # none left, unless something hangs
-            writer.transport.abort()
+        connections = list(self._clients)
+        for connection in connections:
+            if connection.task is not None:
+                connection.task.cancel()
+            connection.close()
+        lost = [c.lost for c in connections if c.lost is not None and not c.lost.done()]
+        if lost:
+            await asyncio.wait(lost, timeout=2 * CLOSE_GRACE)
+        for connection in connections:  # none left, unless something hangs
+            lost_one = connection.lost
+            if connection.transport is not None and lost_one is not None and not lost_one.done():
+                connection.transport.abort()
         if self._holding is not None:
             self._holding.cancel()
         self.commands.controller.close()  # the journal's thread, done with its record
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, connection: Connection) -> None:
+        transport = connection.transport
+        assert transport is not None
         if self.stopping:  # accepted just before the listener closed
-            writer.transport.abort()
+            connection.closed = True
+            transport.abort()
             return
-        peer = peer_of(writer.get_extra_info("socket"))
+        connection.peer = peer = peer_of(transport.get_extra_info("socket"))
         if len(self._clients) >= MAX_CLIENTS:
             # Each client costs a descriptor and a buffer: refuse rather than run out of both.
             log.warning("refusing %s: %d clients connected already", peer, MAX_CLIENTS)
             message = f"mfcd serves at most {MAX_CLIENTS} clients at once; try again"
-            writer.write(protocol.encode_error(None, "too_many_clients", message))
-            await self._close(writer)
+            transport.write(protocol.encode_error(None, "too_many_clients", message))
+            connection.closed = True  # (never counted: nothing to forget)
+            transport.close()
+            connection._abort = self._loop.call_later(CLOSE_GRACE, transport.abort)
             return
-        self._clients[task] = writer
-        buffer = Buffer()
-        loop = asyncio.get_running_loop()
-        buffer.watch = loop.call_at(loop.time() + self.client_timeout, self._watch, task, buffer)
-        try:
-            await self._serve(reader, writer, peer, buffer)
-        except (ConnectionError, asyncio.CancelledError, TimeoutError):
-            pass
-        except Exception:  # a bug: this client is dropped, everyone else is served
-            log.exception("internal error while serving %s", peer)
-        finally:
-            buffer.watch.cancel()
-            self._hold(buffer, 0)
-            del self._clients[task]
-            self._unsent.discard(writer)
-            await self._close(writer)
+        self._clients[connection] = None
+        buffer = connection.buffer
+        buffer.deadline = self._loop.time() + self.client_timeout  # for the first request
+        buffer.watch = self._loop.call_at(buffer.deadline, self._watch, connection)
 
-    def _watch(self, task: asyncio.Task[None], buffer: Buffer) -> None:
-        """A connection's one timer: cancel its wait for a request once the deadline has
-        passed, else look again at the deadline (later requests moved it on)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+    def _gone(self, connection: Connection) -> None:
+        """Forget a connection closing or lost (once)."""
+        if connection not in self._clients:
+            return  # (never served, or forgotten already)
+        del self._clients[connection]
+        buffer = connection.buffer
+        if buffer.watch is not None:
+            buffer.watch.cancel()
+        self._hold(buffer, 0)
+        if connection.transport is not None:
+            self._unsent.discard(connection.transport)
+
+    def _watch(self, connection: Connection) -> None:
+        """A connection's one timer: disconnect it once the deadline for the request it is
+        waiting for has passed, else look again at the deadline (later requests moved it on)."""
+        if connection.closed:
+            return
+        buffer = connection.buffer
+        now = self._loop.time()
         if buffer.deadline and now >= buffer.deadline:
-            buffer.expired = True
-            task.cancel()  # (_read_request turns it into a TimeoutError)
+            message = f"no complete request within {self.client_timeout:g} s; disconnecting"
+            connection.refuse("timeout", message)
             return
         later = buffer.deadline or now + self.client_timeout
-        buffer.watch = loop.call_at(later, self._watch, task, buffer)
+        buffer.watch = self._loop.call_at(later, self._watch, connection)
 
-    async def _close(self, writer: asyncio.StreamWriter) -> None:
-        """Close a connection once its last response is sent; drop it if that takes long."""
-        writer.close()
-        try:
-            async with asyncio.timeout(CLOSE_GRACE):
-                await writer.wait_closed()
-        except (Exception, asyncio.CancelledError):
-            writer.transport.abort()
-
-    async def _serve(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        peer: Peer,
-        buffer: Buffer,
-    ) -> None:
-        while not self.stopping:
-            try:
-                line = await self._read_request(reader, buffer)
-            except Refused as e:
-                await self._send(writer, protocol.encode_error(None, e.code, str(e)))
-                return
-            except TimeoutError:
-                message = f"no complete request within {self.client_timeout:g} s; disconnecting"
-                await self._send(writer, protocol.encode_error(None, "timeout", message))
-                return
-            if line is None or self.stopping:
-                return  # the client closed its end, or mfcd stops: no new request is handled
-            if self._responses_held() > self.budget:
-                # Clients that do not read what they asked for (`show` of many routes):
-                # no new response is made until theirs are taken or they are dropped.
-                await self._send(writer, protocol.encode_error(None, "busy", self._busy()))
-                return
-            # Synchronous on purpose: one change at a time. Its journal record waits for the
-            # group's sync, and its response for that.
-            answer = self.commands.submit(line, peer)
-            del line
-            self._hold(buffer, len(buffer.data))
-            waited = answer.group is not None and not answer.group.done
-            if waited:
-                assert answer.group is not None
-                await self._synced(answer.group)
-            response = self.commands.settle(answer)
-            if isinstance(response, Deferred):
-                if response.subscribe:
-                    await self._stream(response, reader, writer)
-                    return
-                assert response.answer is not None
-                response = await response.answer()  # others are served meanwhile
-                waited = True
-            if await self._send(writer, response) or waited:
-                continue  # others had their turn while this one waited
-            # A client that pipelines has its next requests read already, and neither the
-            # read nor the send waits: give the other clients, and a stop, their turn.
-            await asyncio.sleep(0)
-
-    async def _stream(
-        self, request: Deferred, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """Serve a monitor subscription until the client closes the connection.
-
-        Events wait in the subscriber's bounded buffer (events.Subscriber) while the
-        client is slow: writing waits for the socket to drain, with no timeout, and the
-        daemon never waits for it. Anything the client sends from now on is read and
-        ignored, so its closing is noticed.
-        """
-        wake = asyncio.Event()
-        bus = self.commands.events
-        subscriber = bus.subscribe(wake.set)
-        closed = asyncio.ensure_future(_until_closed(reader))
-        try:
-            result = {"subscribed": True, "buffer": subscriber.limit}
-            self._write(writer, protocol.encode_result(request.request_id, result))
-            while not closed.done():
-                await writer.drain()
-                wake.clear()
-                events = subscriber.take()
-                if events:
-                    encode, rid = protocol.encode_event, request.request_id
-                    self._write(writer, b"".join(encode(rid, event) for event in events))
-                    continue
-                waiting = asyncio.ensure_future(wake.wait())
-                await asyncio.wait({closed, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-        finally:
-            closed.cancel()
-            bus.unsubscribe(subscriber)
-
-    async def _synced(self, group: Group) -> None:
-        """Wait for the verdict on `group`, the group being formed."""
-        loop = asyncio.get_running_loop()
+    def _join(self, group: Group, connection: Connection, answer: Answer) -> None:
+        """A request waits for the verdict on `group`, the group being formed."""
+        loop = self._loop
         waiting = self._waiting.get(group)
         if waiting is None:
             waiting = self._waiting[group] = []
@@ -411,16 +679,19 @@ class Server:
         members = self._members[group] = self._members.get(group, 0) + 1
         if members == self._gathering.expected:
             loop.call_soon(self._sync)  # the clients of the last group are back
-        # One future each: a client cancelled while waiting cancels only its own wait.
-        mine = loop.create_future()
-        waiting.append(mine)
-        await mine
+        waiting.append((connection, answer))
 
     def _on_synced(self, group: Group) -> None:
         self._members.pop(group, None)
-        for waiting in self._waiting.pop(group, ()):
-            if not waiting.done():
-                waiting.set_result(None)
+        waiting = self._waiting.pop(group, None)
+        if waiting and not self.stopping:  # (stopping: they are disconnected unanswered)
+            self._loop.call_soon(self._answer, waiting)
+
+    @staticmethod
+    def _answer(waiting: list[tuple[Connection, Answer]]) -> None:
+        """Answer the requests of a group that has its verdict, in the order they came."""
+        for connection, answer in waiting:
+            connection.settled(answer)
 
     def _sync(self) -> None:
         """Hand the group formed so far to the journal's thread, unless it is busy with the
@@ -473,50 +744,6 @@ class Server:
         for group in [g for g in self._waiting if g is not forming]:
             self._on_synced(group)
 
-    async def _read_request(
-        self, reader: asyncio.StreamReader, buffer: Buffer
-    ) -> bytes | bytearray | None:
-        """The next non-blank line (None at the end of the stream), within client_timeout
-        (blank lines do not extend it). Its bytes stay counted until _hold releases them."""
-        buffer.deadline = asyncio.get_running_loop().time() + self.client_timeout
-        try:
-            return await self._next_line(reader, buffer)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            # The connection's timer cancelled the wait (unless a stop cancelled it too).
-            if buffer.expired and task is not None and not task.uncancel():
-                raise TimeoutError from None
-            raise
-        finally:
-            buffer.deadline = 0.0
-
-    async def _next_line(
-        self, reader: asyncio.StreamReader, buffer: Buffer
-    ) -> bytes | bytearray | None:
-        while True:
-            data = buffer.data
-            end = data.find(b"\n", buffer.scanned)
-            if end < 0:
-                buffer.scanned = len(data)
-                if len(data) > self.max_request_bytes:
-                    raise Refused("too_large", self._too_large())
-                chunk = await reader.read(CHUNK)
-                if not chunk:
-                    return None
-                self._hold(buffer, len(data) + len(chunk))
-                data += chunk
-                continue
-            if end > self.max_request_bytes:
-                raise Refused("too_large", self._too_large())
-            buffer.scanned = 0
-            if end == len(data) - 1:  # the whole buffer, as usual: no copy
-                line, buffer.data = data, bytearray()
-            else:
-                line = data[: end + 1]
-                del data[: end + 1]
-            if not line.isspace():  # (strip() would copy a line of any size)
-                return line
-
     def _too_large(self) -> str:
         return f"request larger than {self.max_request_bytes} bytes; split it up"
 
@@ -539,56 +766,9 @@ class Server:
     def _responses_held(self) -> int:
         """Bytes of responses written and not yet taken by their clients."""
         held = 0
-        for writer in list(self._unsent):
-            size = writer.transport.get_write_buffer_size()
+        for transport in list(self._unsent):
+            size = transport.get_write_buffer_size()
             if not size:
-                self._unsent.discard(writer)  # all taken: not looked at again until a write
+                self._unsent.discard(transport)  # all taken: not looked at again until a write
             held += size
         return held
-
-    def _write(self, writer: asyncio.StreamWriter, data: bytes) -> bool:
-        """Write to a client; True if all of it went out at once (as it mostly does)."""
-        writer.write(data)
-        if writer.transport.get_write_buffer_size():
-            self._unsent.add(writer)
-            return False
-        return True
-
-    async def _send(self, writer: asyncio.StreamWriter, data: protocol.Response) -> bool:
-        """Write a response; a client that stops reading it is dropped after client_timeout.
-        True if that had to wait (others were served meanwhile)."""
-        if isinstance(data, protocol.Stream):
-            await self._send_stream(writer, data)
-            return True
-        if self._write(writer, data):
-            return False  # all sent already: nothing to wait for (a lost connection shows on read)
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
-        # that arrives as the drain completes, and the client would be served on after a stop.
-        async with asyncio.timeout(self.client_timeout):
-            await writer.drain()
-        return True
-
-    async def _send_stream(self, writer: asyncio.StreamWriter, stream: protocol.Stream) -> None:
-        """Write a response a part at a time, each made only once the client has taken the
-        one before (beyond the transport's buffer): no whole response in memory, and the
-        other clients are served between two parts."""
-        self._write(writer, stream.head)
-        try:
-            for part in stream.parts:
-                if part:
-                    self._write(writer, part.encode())
-                async with asyncio.timeout(self.client_timeout):
-                    await writer.drain()
-                await asyncio.sleep(0)  # drain() does not wait while the buffer is small
-        finally:
-            # A client gone mid-show: the parts' generator ends now (it paused the cyclic GC).
-            close = getattr(stream.parts, "close", None)
-            if close is not None:
-                close()
-        await self._send(writer, stream.tail)
-
-
-async def _until_closed(reader: asyncio.StreamReader) -> None:
-    """Read and drop what a subscriber sends, until it closes its end."""
-    while await reader.read(CHUNK):
-        pass
