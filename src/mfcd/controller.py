@@ -586,16 +586,21 @@ class Controller:
             return None
         before: Before = ({key: router.routes.get(key)}, {})  # (as _before)
         router.begin()
-        undo: list[KernelOp | None] = []
+        steps: list[Step] = []
+        applied: list[Step] = []
         try:
-            steps = self._plan_chunk((change,), 0, False)
+            # (as _plan_chunk, for one change that is no batch's)
+            if change.__class__ is not AddRoute or not router.add_direct(key, change[1], steps):
+                steps = self._plan(change)
             if steps:
-                self._execute_into(steps, undo)
+                execute(self.kernel, steps)
+                applied = steps
             if not router.changed():  # the same route again: no journal record
                 router.rollback()
                 return Outcome(Counter(map(_ACTION, steps)), steps)
             self._defer((change,), before)
         except BaseException as e:
+            undo = [step.undo for step in applied]
             failures = [*getattr(e, "undo_failures", []), *undo_ops(self.kernel, undo)]
             router.rollback()
             self._report_undo_failures(failures)
