@@ -814,6 +814,7 @@ class Commands:
             one = changes[0]
             if one.__class__ is AddRoute or one.__class__ is DelRoute:
                 outcome = self.controller.change_one(one)  # (None: not a case it covers)
+        one_route = outcome is not None
         if outcome is None:
             outcome = self.controller.change(
                 changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch"
@@ -833,7 +834,10 @@ class Commands:
             result.setdefault("plan", []).extend(map(groups.describe, outcome.memberships))
         if not dry_run:
             self._confirmed = self.controller.group is not None
-            if self.on_change is not None:
+            # A route whose entry alone changed (no VIF: no table opened or emptied, and no
+            # template) waits for its group's sync, which calls on_change for all of them.
+            later = one_route and self._confirmed and _entries_only(outcome.steps)
+            if self.on_change is not None and not later:
                 self.on_change()
             if self.events.subscribers:
                 self._tell(changes)
@@ -1033,6 +1037,14 @@ def _flag(args: dict[str, Any], name: str) -> bool:
 
 def _summary(args: dict[str, Any]) -> str:
     return " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in args.items())
+
+
+_ENTRY_ACTIONS = frozenset({"add_mfc", "del_mfc"})
+
+
+def _entries_only(steps: Sequence[Step]) -> bool:
+    """Whether kernel steps write or delete MFC entries only (no VIF)."""
+    return all(step.action in _ENTRY_ACTIONS for step in steps)
 
 
 def _outcome(operations: int) -> str:

@@ -182,3 +182,22 @@ def test_what_it_does_not_cover_is_left_to_the_general_transaction() -> None:
     controller.wild_routes[key] = Ports("a", ("b",))
     assert controller.change_one(add) is None
     assert daemon.taken == 0 and controller.group is None and not controller.router.routes
+
+
+def test_a_route_entry_alone_leaves_on_change_to_its_groups_sync() -> None:
+    """The daemon's after-change work (tables to watch or close, templates, status,
+    compaction) runs once per group for route entries written or deleted, at once for a
+    change that adds a VIF (a table may have been opened), and after every sync."""
+    daemon = Daemon(one=True)
+    calls: list[str] = []
+    daemon.commands.on_change = lambda: calls.append("changed")
+    daemon.step(1, ("add", ("239.1.1.1", "10.0.0.1"), "a", ["b"]))  # VIFs a, b added
+    assert calls == ["changed"]
+    daemon.step(2, ("add", ("239.1.1.2", "10.0.0.1"), "a", ["b"]))  # an entry alone
+    daemon.step(3, ("del", ("239.1.1.2", "10.0.0.1")))
+    assert calls == ["changed"]
+    daemon.flush()
+    assert calls == ["changed", "changed"]
+    daemon.step(4, ("add", ("239.1.1.3", "10.0.0.1"), "a", ["c"]))  # VIF c added
+    assert calls == ["changed"] * 3
+    assert daemon.taken == 4
