@@ -3,7 +3,7 @@ wait during a large show, after a large batch, during an interface re-creation a
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
               [--base SRC] [--only clients,pings,show,batch,relink,degrade,updown,tables,idle]
-              [--work-dir DIR] [--wait-compaction] [--distinct-sources]
+              [--work-dir DIR] [--wait-compaction] [--distinct-sources] [--lean-clients]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -17,7 +17,9 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   read, the rate is what clients see. mfcd's CPU time per change (from /proc) and the
   clients' own (this process's) say which side of the shared cores is the limit; the
   median fdatasync of the run's directory, measured just before, what the disk allows
-  (each record costs one; two before one sync per record). With `--work-dir /dev/shm`
+  (each record costs one; two before one sync per record). `--lean-clients`: the same
+  connections served by plain sockets and one `select`, answers checked, not decoded
+  (the least CPU a client can spend). With `--work-dir /dev/shm`
   syncs cost next to nothing and the rate shows the CPU cost alone.
 - pings: the same connections sending `ping`, which changes nothing and waits for no sync:
   requests/s and mfcd's CPU per request (user and system), the cost of the server's own
@@ -52,6 +54,7 @@ import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import statistics
@@ -90,6 +93,9 @@ def run(*cmd: str, timeout: float = 600) -> str:
 def group(n: int) -> str:
     return f"232.{n >> 16 & 255}.{(n >> 8) & 255}.{n & 255}"
 
+
+# --lean-clients: the clients scenario's connections served by _lean_clients
+LEAN_CLIENTS = False
 
 # --distinct-sources: route n from source 10.0.0.0 + n (198.18.0.0/15 holds too few for
 # 1,000,000; nothing leaves the namespace), not all from one source
@@ -222,6 +228,56 @@ async def _client(
     writer.close()
 
 
+def _lean_clients(path: str, n: int, seconds: float, answers: list[float]) -> None:
+    """`_client` for `n` connections at the least CPU a client can spend (--lean-clients):
+    plain sockets and one `select` for all of them, each request formatted from a
+    template, each answer checked for `"ok":true` instead of decoded. Says how much of
+    the figure the benchmark's own clients cost on the cores they share with mfcd."""
+    socks = []
+    for _ in range(n):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        socks.append(sock)
+    template = (
+        '{"v":1,"id":%d,"cmd":"mfc.add","args":{"source":"198.18.0.4","group":"%s",'
+        '"iif":"r0","oifs":["r1"]}}\n'
+    )
+    sent = [0.0] * n
+    count = [0] * n
+    pending = [b""] * n
+    by_fd = {sock.fileno(): i for i, sock in enumerate(socks)}
+
+    def send(i: int) -> None:
+        count[i] += 1
+        sent[i] = time.monotonic()
+        socks[i].sendall((template % (count[i], group((i << 16) + count[i] - 1))).encode())
+
+    until = time.monotonic() + seconds
+    for i in range(n):
+        send(i)
+    waiting = set(socks)
+    while waiting:
+        readable, _, _ = select.select(list(waiting), [], [])
+        for sock in readable:
+            i = by_fd[sock.fileno()]
+            data = pending[i] + sock.recv(65536)
+            if not data:
+                raise RuntimeError("mfcd closed a connection")
+            if not data.endswith(b"\n"):
+                pending[i] = data
+                continue
+            pending[i] = b""
+            if b'"ok":true' not in data:
+                raise RuntimeError(f"mfc.add: {data[:300]!r}")
+            answers.append(time.monotonic() - sent[i])
+            if time.monotonic() < until:
+                send(i)
+            else:
+                waiting.discard(sock)
+    for sock in socks:
+        sock.close()
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time a process has used so far (all its threads)."""
     return sum(cpu_times(pid))
@@ -293,7 +349,12 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
         await asyncio.gather(*(_client(d.sock, c << 16, until, answers) for c in range(n)))
         return time.monotonic() - t
 
-    took = asyncio.run(main())
+    if LEAN_CLIENTS:
+        t = time.monotonic()
+        _lean_clients(d.sock, n, seconds, answers)
+        took = time.monotonic() - t
+    else:
+        took = asyncio.run(main())
     daemon_cpu, own_cpu = cpu_seconds(d.proc.pid) - daemon_cpu, time.process_time() - own_cpu
     d.stop()
     answers.sort()
@@ -568,6 +629,11 @@ def main() -> int:
     parser.add_argument(
         "--distinct-sources", action="store_true", help="every route from a source of its own"
     )
+    parser.add_argument(
+        "--lean-clients",
+        action="store_true",
+        help="clients: plain sockets and one select, answers not decoded (see _lean_clients)",
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
     parser.add_argument(
         "--work-dir",
@@ -576,8 +642,9 @@ def main() -> int:
         " then cost next to nothing and the clients scenario measures CPU alone",
     )
     args = parser.parse_args()
-    global DISTINCT_SOURCES  # noqa: PLW0603 (a setting of the whole run)
+    global DISTINCT_SOURCES, LEAN_CLIENTS  # noqa: PLW0603 (settings of the whole run)
     DISTINCT_SOURCES = args.distinct_sources
+    LEAN_CLIENTS = args.lean_clients
     if os.geteuid() != 0:
         sys.exit("stalls.py: needs root (it creates network namespaces)")
     revisions = {"B (this checkout)": SRC}
