@@ -311,6 +311,10 @@ class Connection(asyncio.Protocol):
                     self.refuse("busy", server._busy())
                     return
                 self._handle(line)
+                if not (self.busy or self.unread or self.buffer.data or self.eof):
+                    # (nothing more has come: the wait for the next request begins)
+                    self.buffer.deadline = server._loop.time() + server.client_timeout
+                    return
         except Refused as e:
             self.refuse(e.code, str(e))
         except Exception:  # a bug: this client is dropped, everyone else is served

@@ -1,0 +1,116 @@
+"""The control socket's connections read as an asyncio.Protocol: requests sent together, cut
+anywhere, or followed by the end of the client's stream are each answered, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from mfcd import server as server_module
+from mfcd.commands import Deferred
+from tests.unit.test_group_commit import add, request
+from tests.unit.test_server_deadline import serving
+
+
+async def lines(reader: asyncio.StreamReader) -> list[dict[str, Any]]:
+    """Every line until the end of the stream, decoded."""
+    data = await asyncio.wait_for(reader.read(), 5)
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def test_requests_sent_together_then_the_end_of_the_stream_are_all_answered(
+    tmp_path: Path,
+) -> None:
+    """A client that pipelines changes (each waits for its group's sync) and pings, then
+    closes its end: every request is answered in order, then mfcd closes the connection."""
+
+    async def scenario() -> list[dict[str, Any]]:
+        server, sock_path = await serving(tmp_path)
+        reader, writer = await asyncio.open_unix_connection(sock_path)
+        writer.write(add(1) + request(2, "ping") + b"\n\n" + add(3) + add(4) + request(5, "ping"))
+        writer.write_eof()
+        answers = await lines(reader)
+        writer.close()
+        await server.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [(a["id"], a["ok"]) for a in answers] == [(i, True) for i in range(1, 6)]
+    assert answers[0]["result"]["state"] == "installed"
+
+
+def test_a_request_cut_into_single_bytes_is_answered(tmp_path: Path) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        server, sock_path = await serving(tmp_path)
+        reader, writer = await asyncio.open_unix_connection(sock_path)
+        for byte in add(7):
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.write_eof()
+        answers = await lines(reader)
+        writer.close()
+        await server.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [(a["id"], a["ok"]) for a in answers] == [(7, True)]
+
+
+def test_a_client_that_sends_while_its_request_waits_is_read_no_further_than_the_limit(
+    tmp_path: Path,
+) -> None:
+    """What a client sends while its last request is under way waits unread; past twice
+    STREAM_LIMIT its socket is not read any more (until that request is answered), and
+    what it sent is then handled as ever."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], bool]:
+        server, sock_path = await serving(tmp_path)
+        commands = server.commands
+        loop = asyncio.get_running_loop()
+        gate = loop.create_future()
+        # A request answered later (as diagnose is): the connection is busy until then.
+        real = commands.deferred["diagnose"]
+
+        def slow(request_id: Any, args: dict[str, Any], peer: Any) -> Any:
+            async def answer() -> bytes:
+                await gate
+                return b'{"v":1,"id":%d,"ok":true,"result":{}}\n' % request_id
+
+            return Deferred(request_id, answer=answer)
+
+        commands.deferred["diagnose"] = slow
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, sock_path)
+        await loop.sock_sendall(sock, request(1, "diagnose", group="239.1.1.1"))
+        await asyncio.sleep(0.1)
+        pings = b"".join(request(i, "ping") for i in range(2, 3002))  # about 120 kB
+        pings += b" " * (4 * server_module.STREAM_LIMIT) + b"\n"
+        sending = loop.create_task(loop.sock_sendall(sock, pings))
+        await asyncio.sleep(0.3)
+        connection = next(iter(server._clients))
+        # (the read that crosses the limit takes at most what one recv gives: 256 KiB)
+        limit = 2 * server_module.STREAM_LIMIT + 256 * 1024
+        paused = not connection.reading and connection.unread_size <= min(limit, len(pings) - 1)
+        gate.set_result(None)
+        await asyncio.wait_for(sending, 5)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 5)
+            if not chunk:
+                break
+            data += chunk
+        sock.close()
+        commands.deferred["diagnose"] = real
+        await server.stop()
+        return [json.loads(line) for line in data.splitlines()], paused
+
+    answers, paused = asyncio.run(scenario())
+    assert paused
+    assert [a["id"] for a in answers] == list(range(1, 3002))
+    assert all(a["ok"] for a in answers)
