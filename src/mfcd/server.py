@@ -274,8 +274,9 @@ class Connection(asyncio.Protocol):
         self.server._gone(self)
         if self._abort is not None:
             self._abort.cancel()
-        if self.task is not None:
-            self.task.cancel()
+        # A task under way is not cancelled: a reload or a flush goes on to its end, as it
+        # would for a client still there; writing its answer then fails (send), a show's
+        # next part (drain) and a monitor's wait (_ended) end at once.
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
         if self._drained is not None and not self._drained.done():
@@ -419,9 +420,11 @@ class Connection(asyncio.Protocol):
         self.busy = True
         self.task = self.server._loop.create_task(work)
         self.task.add_done_callback(self._ran)
+        self.server._tasks.add(self.task)
 
     def _ran(self, task: asyncio.Task[bool]) -> None:
         self.task = None
+        self.server._tasks.discard(task)
         if task.cancelled():
             self.close()
             return
@@ -509,6 +512,8 @@ class Connection(asyncio.Protocol):
 
     async def send(self, data: protocol.Response) -> None:
         """Write a response; a client that stops reading it is dropped after client_timeout."""
+        if self.closed:
+            raise ConnectionResetError("connection closed")
         if isinstance(data, protocol.Stream):
             await self._send_stream(data)
             return
@@ -572,6 +577,8 @@ class Server:
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop  # (the running loop, from start on)
         self._clients: dict[Connection, None] = {}  # the connections served, in order
+        # The connections' tasks under way (Connection._run), until they are done.
+        self._tasks: set[asyncio.Task[bool]] = set()
         # Connections whose transport may hold response bytes not yet taken (see write).
         self._unsent: set[asyncio.Transport] = set()
         # Requests waiting for their group's sync (with their connection), by group.
@@ -607,9 +614,9 @@ class Server:
         if self._server is not None:
             self._server.close()
         connections = list(self._clients)
+        for task in self._tasks:  # (also those of clients gone meanwhile: a reload's)
+            task.cancel()
         for connection in connections:
-            if connection.task is not None:
-                connection.task.cancel()
             connection.close()
         lost = [c.lost for c in connections if c.lost is not None and not c.lost.done()]
         if lost:

@@ -114,3 +114,42 @@ def test_a_client_that_sends_while_its_request_waits_is_read_no_further_than_the
     assert paused
     assert [a["id"] for a in answers] == list(range(1, 3002))
     assert all(a["ok"] for a in answers)
+
+
+def test_work_answered_later_goes_on_when_its_client_goes_away(tmp_path: Path) -> None:
+    """A request answered later (a reload, a flush in slices, diagnose) is not cut short by
+    its client leaving: its work ends as it would have, and nobody else notices."""
+
+    async def scenario() -> tuple[bool, dict[str, Any]]:
+        server, sock_path = await serving(tmp_path)
+        commands = server.commands
+        loop = asyncio.get_running_loop()
+        gate = loop.create_future()
+        finished = []
+
+        def slow(request_id: Any, args: dict[str, Any], peer: Any) -> Any:
+            async def answer() -> bytes:
+                await gate
+                finished.append(True)
+                return b'{"v":1,"id":%d,"ok":true,"result":{}}\n' % request_id
+
+            return Deferred(request_id, answer=answer)
+
+        commands.deferred["diagnose"] = slow
+        reader, writer = await asyncio.open_unix_connection(sock_path)
+        writer.write(request(1, "diagnose", group="239.1.1.1"))
+        await asyncio.sleep(0.1)
+        writer.close()  # gone before its answer
+        await asyncio.sleep(0.1)
+        gate.set_result(None)
+        await asyncio.sleep(0.1)
+        other_reader, other = await asyncio.open_unix_connection(sock_path)
+        other.write(request(2, "ping"))
+        pong = json.loads(await asyncio.wait_for(other_reader.readline(), 5))
+        other.close()
+        await server.stop()
+        return bool(finished), pong
+
+    finished, pong = asyncio.run(scenario())
+    assert finished
+    assert pong["ok"] and pong["id"] == 2
