@@ -136,7 +136,7 @@ def test_work_answered_later_goes_on_when_its_client_goes_away(tmp_path: Path) -
             return Deferred(request_id, answer=answer)
 
         commands.deferred["diagnose"] = slow
-        reader, writer = await asyncio.open_unix_connection(sock_path)
+        _reader, writer = await asyncio.open_unix_connection(sock_path)
         writer.write(request(1, "diagnose", group="239.1.1.1"))
         await asyncio.sleep(0.1)
         writer.close()  # gone before its answer
