@@ -306,7 +306,7 @@ class Connection(asyncio.Protocol):
                 if server.stopping:
                     self.close()  # no new request is handled
                     return
-                if server._responses_held() > server.budget:
+                if server._unsent and server._responses_held() > server.budget:
                     # Clients that do not read what they asked for (`show` of many routes):
                     # no new response is made until theirs are taken or they are dropped.
                     self.refuse("busy", server._busy())
@@ -348,7 +348,9 @@ class Connection(asyncio.Protocol):
                     assert self.transport is not None
                     self.transport.resume_reading()
                     self.reading = True
-                server._hold(buffer, len(data) + len(chunk))
+                size = len(data) + len(chunk)
+                if size > FREE_BYTES or buffer.counted:  # (else nothing to count: as _hold)
+                    server._hold(buffer, size)
                 data += chunk
                 continue
             if end > limit:
@@ -369,7 +371,9 @@ class Connection(asyncio.Protocol):
         server = self.server
         answer = server.commands.submit(line, self.peer)
         del line
-        server._hold(self.buffer, len(self.buffer.data))
+        buffer = self.buffer
+        if buffer.counted:  # (else nothing to release: as _hold)
+            server._hold(buffer, len(buffer.data))
         group = answer.group
         if group is not None and not group.done:
             self.busy = True
