@@ -24,7 +24,8 @@ from json.encoder import encode_basestring_ascii as encode_ascii
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # mfcctl imports this module on every start; typing would cost milliseconds
-    from collections.abc import Iterator
+    import re
+    from collections.abc import Callable, Iterator
     from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -287,8 +288,9 @@ def decode(line: bytes | bytearray, max_values: int | None = None) -> dict[str, 
 _DECODER = json.JSONDecoder()  # (what json.loads uses when given no arguments)
 # Its C scanner, and the whitespace its decode() skips: decode() itself, a method in
 # Python with a regular expression at either end, took half a small request's decoding.
-_SCAN = _DECODER.scan_once
-_SPACE = json.decoder.WHITESPACE.match
+# (Neither is in the type stubs; the pattern, [ \t\n\r]*, always matches.)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_SPACE: Callable[[str, int], re.Match[str]] = json.decoder.WHITESPACE.match  # type: ignore[attr-defined]
 
 
 def _parse(line: bytes | bytearray, max_values: int | None) -> Any:
