@@ -1036,7 +1036,8 @@ def _flag(args: dict[str, Any], name: str) -> bool:
 
 
 def _summary(args: dict[str, Any]) -> str:
-    return " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in args.items())
+    # (a list, not a generator: join makes one of it anyway, and this runs for every change)
+    return " ".join([f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in args.items()])
 
 
 _ENTRY_ACTIONS = frozenset({"add_mfc", "del_mfc"})
