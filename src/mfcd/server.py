@@ -6,6 +6,11 @@ client gets `client_timeout` seconds to send a complete request line and at most
 `max_request_bytes` per line; a client that breaks either rule gets an error and is
 disconnected, and nobody else notices.
 
+Each connection is an asyncio.Protocol (Connection): requests are handled as their bytes
+arrive, without a task, stream or future per request (that machinery cost a third of a
+change's CPU); what has to wait (a slow reader, show's parts, diagnose, reload, monitor)
+runs in a task of the connection's own.
+
 Memory: the request bytes buffered for all clients together (partial lines, and the
 line being handled) stay within a budget of twice `max_request_bytes`.  The first
 FREE_BYTES of each client's buffer do not count, so small requests always get
