@@ -218,9 +218,10 @@ class Buffer:
 
 class Connection(asyncio.Protocol):
     """One client. Its requests are taken from the socket's data as it arrives and handled
-    there and then (no task, stream or future per request). What must wait runs in a task of the connection's own: a
-    response the client is slow to take, show's parts, diagnose, reload, monitor; a
-    request waiting for its group's sync is answered by the server (Server._answer). No
+    there and then (no task, stream or future per request). What must wait runs in a task
+    of the connection's own: a response the client is slow to take, show's parts,
+    diagnose, reload, monitor; a request waiting for its group's sync is answered by the
+    server (Server._answer). No
     further request of the client is handled until its last is answered (`busy`); what it
     sends meanwhile waits unread (`unread`), and beyond 2 x STREAM_LIMIT the socket is no
     longer read."""
