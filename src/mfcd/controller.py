@@ -1305,21 +1305,25 @@ class Controller:
                 steps = self._plan_chunk(changes, start, numbered, run.start)
                 counts.update(map(_ACTION, steps))
                 yield steps
-            done = run.start + len(run.keys)
-            if not run.keys:
-                continue
-            taken = self._plan_run(run)
-            if taken is None:  # (not all new, or an interface without VIF: route by route)
-                done = run.start
-                continue
-            counts["add_mfc"] += len(run.keys)
-            yield taken
+            done, keys = run.start, run.keys
+            taken = self._plan_run(keys, run.ports) if keys else None
+            if taken is None and len(keys) > 1:
+                # The first route of a table (or on new interfaces) needs VIFs: planned on its
+                # own, the rest of the run then goes in one step.
+                steps = self._plan_chunk(changes, done, numbered, done + 1)
+                counts.update(map(_ACTION, steps))
+                yield steps
+                done, keys = done + 1, keys[1:]
+                taken = self._plan_run(keys, run.ports)
+            if taken is not None:  # (else route by route: not all new, say)
+                counts["add_mfc"] += len(keys)
+                done += len(keys)
+                yield taken
 
-    def _plan_run(self, run: RouteRun) -> list[Step] | None:
+    def _plan_run(self, keys: list[RouteKey], ports: Ports) -> list[Step] | None:
         """A run's step, if the model takes it whole (None: nothing changed)."""
         steps: list[Step] = []
-        add_run = getattr(self.router, "add_run", None)  # TEMP: bulk3's Router.add_run
-        return steps if add_run is not None and add_run(run.keys, run.ports, steps) else None
+        return steps if self.router.add_run(keys, ports, steps) else None
 
     def _plan_chunk(
         self, changes: Sequence[Change], start: int, numbered: bool, stop: int | None = None
