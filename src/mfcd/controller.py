@@ -1297,28 +1297,38 @@ class Controller:
         self, changes: Sequence[Change], runs: Sequence[RouteRun], numbered: bool, outcome: Outcome
     ) -> Iterator[list[Step]]:
         """The steps of `changes`, planned a chunk (or a whole run) at a time and counted
-        into `outcome` as they are: each route of a run's step counts as one operation."""
+        into `outcome` as they are (each route of a run's step counts as one operation),
+        given out once they stand for CHUNK changes or more, or the last ones."""
         counts = outcome.counts
+        steps: list[Step] = []  # planned, not given out yet
+        planned = 0  # the changes they stand for
+        more = 0  # routes their run steps stand for beyond one each (all add_mfc)
         done = 0  # changes planned so far
         for run in (*runs, RouteRun(len(changes), [], Ports("", ()))):
             for start in range(done, run.start, CHUNK):
-                steps = self._plan_chunk(changes, start, numbered, run.start)
-                counts.update(map(_ACTION, steps))
-                yield steps
+                steps += self._plan_chunk(changes, start, numbered, run.start)
+                planned += min(CHUNK, run.start - start)
+                if planned >= CHUNK:
+                    _count(counts, steps, more)
+                    yield steps
+                    steps, planned, more = [], 0, 0
             done, keys = run.start, run.keys
             taken = self._plan_run(keys, run.ports) if keys else None
             if taken is None and len(keys) > 1:
                 # The first route of a table (or on new interfaces) needs VIFs: planned on its
                 # own, the rest of the run then goes in one step.
-                steps = self._plan_chunk(changes, done, numbered, done + 1)
-                counts.update(map(_ACTION, steps))
-                yield steps
+                steps += self._plan_chunk(changes, done, numbered, done + 1)
+                planned += 1
                 done, keys = done + 1, keys[1:]
                 taken = self._plan_run(keys, run.ports)
             if taken is not None:  # (else route by route: not all new, say)
-                counts["add_mfc"] += len(keys)
+                steps += taken
+                planned += len(keys)
+                more += len(keys) - 1
                 done += len(keys)
-                yield taken
+        if steps:
+            _count(counts, steps, more)
+            yield steps
 
     def _plan_run(self, keys: list[RouteKey], ports: Ports) -> list[Step] | None:
         """A run's step, if the model takes it whole (None: nothing changed)."""
@@ -1706,6 +1716,14 @@ class Controller:
             for step in steps:
                 log.debug("%s: %s", what, views.step_text(step))
         return steps
+
+
+def _count(counts: Counter[str], steps: list[Step], more: int) -> None:
+    """Count steps by action into `counts`, in the order a route-by-route plan would have
+    named them first (the JSON answer keeps it): `more` add_mfc for their runs' routes."""
+    counts.update(map(_ACTION, steps))
+    if more:
+        counts["add_mfc"] += more
 
 
 def _before(router: Router, changes: Sequence[Change]) -> Before | None:
