@@ -730,7 +730,7 @@ class Commands:
         runs: list[RouteRun] = []
         # A run of adds is kept as keys and ports and made AddRoutes when the run ends (see
         # _AddRun): the AddRoutes then lie together, apart from the routes' group strings.
-        run = _AddRun(changes)
+        run = _AddRun(changes, runs)
         add = run.append
         families = self.families
         add_change = validate.add_change
@@ -740,8 +740,7 @@ class Commands:
             for piece in batchscan.pieces(text) if fast else batch_lines(text):
                 if isinstance(piece, batchscan.Run):  # lines read as columns
                     lineno = piece.line
-                    run.end()
-                    if not self._take_run(piece, changes, runs):
+                    if not self._take_run(piece, run):
                         raise _ReadAgain
                     continue
                 lineno, kind, source, group, iif, oifs, table = piece
@@ -778,11 +777,11 @@ class Commands:
         run.end()
         return changes, deleted, updated, runs
 
-    def _take_run(self, piece: batchscan.Run, changes: list[Change], runs: list[RouteRun]) -> bool:
-        """Append the AddRoutes of a batchscan.Run's lines (addresses valid already) to
-        `changes`, each stretch on one table and interfaces noted in `runs`; False, having
-        appended nothing, if a line is wrong or not a plain route's (its interfaces, table or
-        family) or a wildcard's: the caller then reads the text line by line."""
+    def _take_run(self, piece: batchscan.Run, run: _AddRun) -> bool:
+        """Add a batchscan.Run's lines (addresses valid already) to the changes, each stretch
+        on one table and interfaces as one run (see _AddRun.take); False, having added
+        nothing, if a line is wrong or not a plain route's (its interfaces, table or family)
+        or a wildcard's: the caller then reads the text line by line."""
         if 4 not in self.families:
             return False
         iifs, oifs, tables = piece.iifs, piece.oifs, piece.tables
@@ -811,10 +810,9 @@ class Commands:
         begin = 0
         for size, ports, number in stretches:
             end = begin + size
-            keys = list(zip(repeat(4), sources[begin:end], groups[begin:end], repeat(number)))
-            runs.append(RouteRun(len(changes), keys, ports))
-            # tuple.__new__ on zip's pairs: half the cost of AddRoute(key, ports).
-            changes += map(_new, repeat(AddRoute), zip(keys, repeat(ports)))
+            run.take(
+                list(zip(repeat(4), sources[begin:end], groups[begin:end], repeat(number))), ports
+            )
             begin = end
         return True
 
@@ -1009,38 +1007,59 @@ class _ReadAgain(Exception):
 
 
 class _AddRun:
-    """A batch's list of changes, its latest run of adds kept as two lists (keys, ports).
+    """A batch's list of changes, its latest adds kept as keys and ports until a change of
+    another kind comes (or the end): those of lines read one by one as two lists, those of
+    a batchscan.Run as a list of keys on one Ports each, which become RouteRuns.
 
     Memory: an AddRoute (56 bytes) lives until the batch is answered, a route's group string
     for good, and pymalloc puts both in the same 64-byte pools. Made one per line, they
     alternate, so the AddRoutes freed after the batch left a hole beside every group string
-    (61 MiB at 1,000,000 routes, which the process never gave back). Made together at the
-    end of the run, they fill pools of their own, which are freed whole.
+    (61 MiB at 1,000,000 routes, which the process never gave back). Made together when the
+    adds end, they fill pools (and arenas) of their own, which are freed whole.
     """
 
-    __slots__ = ("changes", "keys", "ports")
+    __slots__ = ("changes", "keys", "ports", "runs", "waiting")
 
-    def __init__(self, changes: list[Change]) -> None:
+    def __init__(self, changes: list[Change], runs: list[RouteRun]) -> None:
         self.changes = changes
+        self.runs = runs  # where the runs' AddRoutes stand in `changes`, once made
         self.keys: list[RouteKey] = []
         self.ports: list[Ports] = []
+        # Adds read before `keys` and not made yet, in order: a run's keys with their one
+        # Ports, or lines' keys with their Ports each.
+        self.waiting: list[tuple[list[RouteKey], Ports | list[Ports]]] = []
 
     def append(self, change: Change) -> None:
-        """Append a change that is not a route's add (the run so far goes first)."""
+        """Append a change that is not a route's add (the adds so far go first)."""
         self.end()
         self.changes.append(change)
 
-    def end(self) -> None:
-        """Move the run of adds into the list of changes, as AddRoutes."""
+    def take(self, keys: list[RouteKey], ports: Ports) -> None:
+        """Add new routes of one family and table on the same Ports (a run: see RouteRun)."""
+        self._wait_lines()
+        self.waiting.append((keys, ports))
+
+    def _wait_lines(self) -> None:
         if self.keys:
+            self.waiting.append((self.keys, self.ports))
+            self.keys, self.ports = [], []
+
+    def end(self) -> None:
+        """Move the adds into the list of changes, as AddRoutes."""
+        self._wait_lines()
+        changes = self.changes
+        for keys, ports in self.waiting:
+            if isinstance(ports, list):  # lines read one by one
+                pairs = zip(keys, ports, strict=True)
+            else:
+                self.runs.append(RouteRun(len(changes), keys, ports))
+                pairs = zip(keys, repeat(ports))
             # tuple.__new__ on zip's pairs: half the cost of AddRoute(key, ports).
-            pairs = zip(self.keys, self.ports, strict=True)
-            self.changes += map(_new, itertools.repeat(AddRoute), pairs)
-            self.keys.clear()
-            self.ports.clear()
+            changes += map(_new, repeat(AddRoute), pairs)
+        self.waiting.clear()
 
     def __len__(self) -> int:
-        return len(self.changes) + len(self.keys)
+        return len(self.changes) + len(self.keys) + sum(len(keys) for keys, _ in self.waiting)
 
     def __iter__(self) -> Iterator[Change]:
         self.end()
