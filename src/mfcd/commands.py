@@ -787,10 +787,9 @@ class Commands:
         iifs, oifs, tables = piece.iifs, piece.oifs, piece.tables
         try:
             numbers = {t: validate.ipv4_table(t) for t in set(tables)}  # (None: the default)
-            shared = {
-                combo: validate.route_ports(combo[0], [combo[1]])
-                for combo in set(zip(iifs, oifs, strict=True))
-            }
+            one = len(set(iifs)) == 1 and len(set(oifs)) == 1  # (no pair made a line)
+            combos = {(iifs[0], oifs[0])} if one else set(zip(iifs, oifs, strict=True))
+            shared = {combo: validate.route_ports(combo[0], [combo[1]]) for combo in combos}
         except MfcdError:
             return False
         if any(ports.__class__ is not Ports for ports in shared.values()):
@@ -810,9 +809,11 @@ class Commands:
         begin = 0
         for size, ports, number in stretches:
             end = begin + size
-            run.take(
-                list(zip(repeat(4), sources[begin:end], groups[begin:end], repeat(number))), ports
-            )
+            if size < len(sources):
+                sources_of, groups_of = sources[begin:end], groups[begin:end]
+            else:
+                sources_of, groups_of = sources, groups
+            run.take(list(zip(repeat(4), sources_of, groups_of, repeat(number))), ports)
             begin = end
         return True
 
