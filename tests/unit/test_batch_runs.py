@@ -109,7 +109,12 @@ def seen(commands: Commands, tmp_path: Path, name: str) -> dict[str, Any]:
     }
 
 
-def both(tmp_path: Path, text: str, fail_at: int | None = None, **args: Any) -> None:
+def both(
+    tmp_path: Path, text: str, fail_at: int | None = None, same_ops: bool = True, **args: Any
+) -> bytes:
+    """The fast path's answer, after checking the line-by-line path's is the same, and all it
+    left. `same_ops`: the kernel operations in order too (a failure after some chunks
+    went to the kernel undoes them at other places: only the result is the same)."""
     fast = make(tmp_path, "fast", fail_at)
     slow = make(tmp_path, "slow", fail_at)
     fast_answer = request(fast, text, **args)
@@ -117,9 +122,11 @@ def both(tmp_path: Path, text: str, fail_at: int | None = None, **args: Any) -> 
         slow_answer = request(slow, text, **args)
     assert fast_answer == slow_answer
     fast_seen, slow_seen = seen(fast, tmp_path, "fast"), seen(slow, tmp_path, "slow")
-    if fail_at is not None:  # (the undo of a run goes in its order, the route's newest first)
+    if fail_at is not None or not same_ops:
+        # (the undo of a run goes in its order, the routes' newest first)
         del fast_seen["ops"], slow_seen["ops"]
     assert fast_seen == slow_seen
+    return fast_answer
 
 
 @settings(
@@ -172,3 +179,26 @@ def test_a_large_batch_of_new_routes_takes_a_step_per_run(tmp_path: Path) -> Non
     # Each run's first route needs a VIF (r1's and table 100's) or not (r0 and r2 in 253).
     assert sum(taken) >= 1996 and len(taken) == 4
     both(tmp_path, text)
+
+
+@pytest.mark.parametrize("last", ["", "del --source 10.9.9.9 --group 239.9.9.9"])
+def test_a_batch_larger_than_a_chunk_in_small_parts_as_line_by_line(
+    tmp_path: Path, last: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3,000 lines read in parts of a few lines each (many runs, cut anywhere), with deletes
+    and other interfaces between: the same as line by line; with a last line that fails
+    (no such route), after chunks went to the kernel, nothing is left either way."""
+    monkeypatch.setattr(batchscan, "PART_CHARS", 300)
+    lines = []
+    for i in range(3000):
+        lines.append(
+            f"add --source 10.1.{i // 200}.{i % 200 + 1} --group 239.4.{i // 200}.{i % 200}"
+            f" --iif r{i // 700 % 2} --oifs r{2 + i // 1100 % 2}"
+        )
+        if i % 450 == 449:
+            lines.append(
+                f"del --source 10.1.{i // 200}.{i % 200 + 1} --group 239.4.{i // 200}.{i % 200}"
+            )
+    text = "\n".join([*lines, last])
+    answer = json.loads(both(tmp_path, text, same_ops=not last))
+    assert answer["ok"] == (not last)
