@@ -9,6 +9,12 @@ changes are the same either way: the expression takes only words that `batchfile
 takes as they are (no quote, comment, comma, wildcard or prefix, no leading "-"); the
 values are validated afterwards, whichever read them. mfcctl does not import this module
 (`re` would slow its start): only mfcd reads batch texts.
+
+`pieces` goes further for the IPv4 lines of that shape (with or without `--table N`): an
+expression that also checks their addresses splits the text, and each stretch of such
+lines comes as one `Run` of columns (sources, groups, iifs, oifs, tables), with no Python
+step per line; the caller validates a Run's few distinct interfaces and tables once and
+hands the controller its routes as runs (see commands.Commands._take_run).
 """
 
 from __future__ import annotations
@@ -80,9 +86,9 @@ def lines(text: str) -> Iterator[batchfile.Change]:
 def pieces(text: str) -> Iterator[Run | batchfile.Change]:
     """What lines(text) yields, but each stretch of consecutive usual IPv4 adds whose
     addresses are valid as one Run: read by one `re.split` over a part of the text at a time
-    and sliced into columns, without a Python step per line (about a third of `lines`'
-    cost). Raises batchfile.SyntaxProblem as `lines` does, once the pieces before the line
-    are out."""
+    and sliced into columns, without a Python step per line (reading and checking the
+    addresses together for about what `lines` costs to read them alone). Raises
+    batchfile.SyntaxProblem as `lines` does, once the pieces before the line are out."""
     if any(end in text for end in batchfile._OTHER_LINE_ENDS):
         yield from batchfile.lines(text)
         return

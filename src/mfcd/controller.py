@@ -537,6 +537,8 @@ class Controller:
         undo: list[KernelOp | None] = []  # what undoes each step applied so far, in order
         joined: list[MembershipOp] = []  # memberships changed in the kernel so far
         try:
+            # (A plan lists each route's step: no runs then.)
+            runs = () if keep_steps else runs
             for steps in self._planned(changes, runs, numbered or len(changes) > 1, outcome):
                 if keep_steps:
                     outcome.steps += steps
