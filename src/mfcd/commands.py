@@ -19,11 +19,23 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby, repeat
 from typing import Any
 
-from mfcd import __version__, batchfile, groups, metrics, probes, protocol, validate, views
+from mfcd import (
+    __version__,
+    address_sharing,
+    batchfile,
+    batchscan,
+    groups,
+    metrics,
+    probes,
+    protocol,
+    validate,
+    views,
+)
 from mfcd.batchscan import lines as batch_lines
-from mfcd.controller import Controller, Group, gc_paused, observe
+from mfcd.controller import Controller, Group, RouteRun, gc_paused, observe
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.diagnosis import Query
 from mfcd.errors import (
@@ -625,14 +637,19 @@ class Commands:
         if "text" in args:
             if not isinstance(text, str):
                 raise BadRequest("text must be a string", field="text")
-            changes, deleted, updated = self._text_changes(text)
+            changes, deleted, updated, runs = self._read_text(text)
         else:
             changes, deleted, updated = self._op_changes(args["ops"])
+            runs = []
         # A batch answers with counts; the step-by-step plan (as large as the batch) only when
         # asked for or in a dry run.
         plan = dry_run or _flag(args, "plan")
+        if plan:
+            runs = []  # (a plan lists each route's step)
         try:
-            result = self._change(changes, dry_run, peer, "batch", {"ops": len(changes)}, plan=plan)
+            result = self._change(
+                changes, dry_run, peer, "batch", {"ops": len(changes)}, plan=plan, runs=runs
+            )
         except MfcdError as e:
             if text is not None and e.op is not None:  # people count the lines of their file
                 e.line = _line_of(e.op, text)
@@ -697,17 +714,36 @@ class Commands:
 
     def _text_changes(self, text: str) -> tuple[list[Change], int, int]:
         """A batch text's changes, with how many delete a route and how many change oifs."""
+        changes, deleted, updated, _ = self._read_text(text)
+        return changes, deleted, updated
+
+    def _read_text(
+        self, text: str, fast: bool = True
+    ) -> tuple[list[Change], int, int, list[RouteRun]]:
+        """A batch text's changes, with how many delete a route and how many change oifs, and
+        the runs of them that add routes on one table and interfaces (see RouteRun).
+
+        `fast`: stretches of usual IPv4 adds are read and validated as columns (batchscan.pieces);
+        if one holds a mistake, the text is read again line by line, which names the first
+        wrong line exactly as it always has."""
         changes: list[Change] = []
+        runs: list[RouteRun] = []
         # A run of adds is kept as keys and ports and made AddRoutes when the run ends (see
         # _AddRun): the AddRoutes then lie together, apart from the routes' group strings.
-        run = _AddRun(changes)
+        run = _AddRun(changes, runs)
         add = run.append
         families = self.families
         add_change = validate.add_change
         routes = _BatchRoutes(self.controller.router, run, self.controller.wild_routes)
         lineno = deleted = updated = 0
         try:
-            for lineno, kind, source, group, iif, oifs, table in batch_lines(text):  # noqa: B007
+            for piece in batchscan.pieces(text) if fast else batch_lines(text):
+                if isinstance(piece, batchscan.Run):  # lines read as columns
+                    lineno = piece.line
+                    if not self._take_run(piece, run):
+                        raise _ReadAgain
+                    continue
+                lineno, kind, source, group, iif, oifs, table = piece
                 if (source == "*" or "/" in source or "/" in group) and kind in ("add", "del"):
                     add(self._template_line(kind, source, group, iif, oifs, table=table))
                     deleted += kind == "del"
@@ -736,8 +772,50 @@ class Commands:
         except MfcdError as e:  # (lineno is the failing line's)
             e.line = lineno
             raise
+        except _ReadAgain:
+            return self._read_text(text, fast=False)
         run.end()
-        return changes, deleted, updated
+        return changes, deleted, updated, runs
+
+    def _take_run(self, piece: batchscan.Run, run: _AddRun) -> bool:
+        """Add a batchscan.Run's lines (addresses valid already) to the changes, each stretch
+        on one table and interfaces as one run (see _AddRun.take); False, having added
+        nothing, if a line is wrong or not a plain route's (its interfaces, table or family)
+        or a wildcard's: the caller then reads the text line by line."""
+        if 4 not in self.families:
+            return False
+        iifs, oifs, tables = piece.iifs, piece.oifs, piece.tables
+        try:
+            numbers = {t: validate.ipv4_table(t) for t in set(tables)}  # (None: the default)
+            one = len(set(iifs)) == 1 and len(set(oifs)) == 1  # (no pair made a line)
+            combos = {(iifs[0], oifs[0])} if one else set(zip(iifs, oifs, strict=True))
+            shared = {combo: validate.route_ports(combo[0], [combo[1]]) for combo in combos}
+        except MfcdError:
+            return False
+        if any(ports.__class__ is not Ports for ports in shared.values()):
+            return False  # a wildcard oif: its pattern is followed by the general path
+        sources = address_sharing.sources(piece.sources)
+        groups = address_sharing.groups(piece.groups)
+        if len(numbers) == 1 and len(shared) == 1:
+            (ports,) = shared.values()
+            (number,) = numbers.values()
+            stretches = [(len(sources), ports, number)]
+        else:  # (rare: lines of several tables or interfaces, taken as they come)
+            marks = zip(iifs, oifs, tables, strict=True)
+            stretches = [
+                (len(list(same)), shared[(iif, oif)], numbers[table])
+                for (iif, oif, table), same in groupby(marks)
+            ]
+        begin = 0
+        for size, ports, number in stretches:
+            end = begin + size
+            if size < len(sources):
+                sources_of, groups_of = sources[begin:end], groups[begin:end]
+            else:
+                sources_of, groups_of = sources, groups
+            run.take(list(zip(repeat(4), sources_of, groups_of, repeat(number))), ports)
+            begin = end
+        return True
 
     def _template_line(
         self, kind: str, source: str, group: str, iif: str, oifs: Any, *, table: Any
@@ -804,20 +882,21 @@ class Commands:
         *,
         plan: bool = True,
         drained: Sequence[Step] = (),
+        runs: Sequence[RouteRun] = (),
     ) -> dict[str, Any]:
         """Apply `changes`; the result. `drained`: kernel steps taken before for them (the
         learned entries of a template let go of a slice at a time): counted, not listed in
         the plan (100,000 of them would hold the loop for a second or two, formatted and
-        encoded at once)."""
+        encoded at once). `runs`: see Controller.change."""
         outcome = None
-        if len(changes) == 1 and plan and not dry_run and cmd != "batch":
+        if len(changes) == 1 and plan and not dry_run and cmd != "batch" and not runs:
             one = changes[0]
             if one.__class__ is AddRoute or one.__class__ is DelRoute:
                 outcome = self.controller.change_one(one)  # (None: not a case it covers)
         one_route = outcome is not None
         if outcome is None:
             outcome = self.controller.change(
-                changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch"
+                changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch", runs=runs
             )
         if drained:
             outcome.counts.update(step.action for step in drained)
@@ -934,39 +1013,64 @@ def _new_oifs(kind: str, key: RouteKey, ports: Ports, names: tuple[str, ...]) ->
     return left
 
 
+class _ReadAgain(Exception):
+    """A batch text's run of usual lines holds a mistake: read it again line by line."""
+
+
 class _AddRun:
-    """A batch's list of changes, its latest run of adds kept as two lists (keys, ports).
+    """A batch's list of changes, its latest adds kept as keys and ports until a change of
+    another kind comes (or the end): those of lines read one by one as two lists, those of
+    a batchscan.Run as a list of keys on one Ports each, which become RouteRuns.
 
     Memory: an AddRoute (56 bytes) lives until the batch is answered, a route's group string
     for good, and pymalloc puts both in the same 64-byte pools. Made one per line, they
     alternate, so the AddRoutes freed after the batch left a hole beside every group string
-    (61 MiB at 1,000,000 routes, which the process never gave back). Made together at the
-    end of the run, they fill pools of their own, which are freed whole.
+    (61 MiB at 1,000,000 routes, which the process never gave back). Made together when the
+    adds end, they fill pools (and arenas) of their own, which are freed whole.
     """
 
-    __slots__ = ("changes", "keys", "ports")
+    __slots__ = ("changes", "keys", "ports", "runs", "waiting")
 
-    def __init__(self, changes: list[Change]) -> None:
+    def __init__(self, changes: list[Change], runs: list[RouteRun]) -> None:
         self.changes = changes
+        self.runs = runs  # where the runs' AddRoutes stand in `changes`, once made
         self.keys: list[RouteKey] = []
         self.ports: list[Ports] = []
+        # Adds read before `keys` and not made yet, in order: a run's keys with their one
+        # Ports, or lines' keys with their Ports each.
+        self.waiting: list[tuple[list[RouteKey], Ports | list[Ports]]] = []
 
     def append(self, change: Change) -> None:
-        """Append a change that is not a route's add (the run so far goes first)."""
+        """Append a change that is not a route's add (the adds so far go first)."""
         self.end()
         self.changes.append(change)
 
-    def end(self) -> None:
-        """Move the run of adds into the list of changes, as AddRoutes."""
+    def take(self, keys: list[RouteKey], ports: Ports) -> None:
+        """Add new routes of one family and table on the same Ports (a run: see RouteRun)."""
+        self._wait_lines()
+        self.waiting.append((keys, ports))
+
+    def _wait_lines(self) -> None:
         if self.keys:
+            self.waiting.append((self.keys, self.ports))
+            self.keys, self.ports = [], []
+
+    def end(self) -> None:
+        """Move the adds into the list of changes, as AddRoutes."""
+        self._wait_lines()
+        changes = self.changes
+        for keys, ports in self.waiting:
+            if isinstance(ports, list):  # lines read one by one
+                pairs = zip(keys, ports, strict=True)
+            else:
+                self.runs.append(RouteRun(len(changes), keys, ports))
+                pairs = zip(keys, repeat(ports))
             # tuple.__new__ on zip's pairs: half the cost of AddRoute(key, ports).
-            pairs = zip(self.keys, self.ports, strict=True)
-            self.changes += map(_new, itertools.repeat(AddRoute), pairs)
-            self.keys.clear()
-            self.ports.clear()
+            changes += map(_new, repeat(AddRoute), pairs)
+        self.waiting.clear()
 
     def __len__(self) -> int:
-        return len(self.changes) + len(self.keys)
+        return len(self.changes) + len(self.keys) + sum(len(keys) for keys, _ in self.waiting)
 
     def __iter__(self) -> Iterator[Change]:
         self.end()

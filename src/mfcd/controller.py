@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from mfcd import views, wildcards
 from mfcd.dataplane import (
@@ -154,6 +154,16 @@ def observe(
             for (source, group), entry in seen.entries.items():
                 mfc[(family, source, group, table)] = (entry.iif, entry.oifs)
     return KernelView(vifs, mfc, frozenset(wanted))
+
+
+class RouteRun(NamedTuple):
+    """changes[start : start + len(keys)] of a change: the AddRoutes of `keys` (one family
+    and table) on one shared `ports`, which the model may take in one step (Router.add_run)
+    when they are all new and their interfaces have VIFs."""
+
+    start: int
+    keys: list[RouteKey]
+    ports: Ports
 
 
 class StateLike(Protocol):
@@ -479,6 +489,7 @@ class Controller:
         *,
         origin: str = "api",
         journal: Sequence[Change] | None = None,
+        runs: Sequence[RouteRun] = (),
     ) -> Outcome:
         """Apply changes as one transaction: the kernel operations taken (or planned), counted,
         and with keep_steps also listed.  A change the model refuses is named in the error
@@ -491,6 +502,9 @@ class Controller:
         `origin` is where the changes come from: an "api" change to a route or threshold the
         config files declare is refused; the routes other origins add are marked with it.
         `journal` is what is written to the state file (default: the changes themselves).
+        `runs` (in order, apart) are stretches of the changes that add new routes on one
+        table and interfaces: each is planned as one step if the model takes it whole,
+        else a route at a time like the others (see RouteRun).
         """
         router, joins = self.router, self.joins
         declared = self.declared
@@ -523,9 +537,9 @@ class Controller:
         undo: list[KernelOp | None] = []  # what undoes each step applied so far, in order
         joined: list[MembershipOp] = []  # memberships changed in the kernel so far
         try:
-            for start in range(0, len(changes), CHUNK):
-                steps = self._plan_chunk(changes, start, numbered or len(changes) > 1)
-                outcome.counts.update(map(_ACTION, steps))
+            # (A plan lists each route's step: no runs then.)
+            runs = () if keep_steps else runs
+            for steps in self._planned(changes, runs, numbered or len(changes) > 1, outcome):
                 if keep_steps:
                     outcome.steps += steps
                 if not dry_run:
@@ -1324,11 +1338,56 @@ class Controller:
         ]
         self._put_back_each(undo, "api")
 
-    def _plan_chunk(self, changes: Sequence[Change], start: int, numbered: bool) -> list[Step]:
+    def _planned(
+        self, changes: Sequence[Change], runs: Sequence[RouteRun], numbered: bool, outcome: Outcome
+    ) -> Iterator[list[Step]]:
+        """The steps of `changes`, planned a chunk (or a whole run) at a time and counted
+        into `outcome` as they are (each route of a run's step counts as one operation),
+        given out once they stand for CHUNK changes or more, or the last ones."""
+        counts = outcome.counts
+        steps: list[Step] = []  # planned, not given out yet
+        planned = 0  # the changes they stand for
+        more = 0  # routes their run steps stand for beyond one each (all add_mfc)
+        done = 0  # changes planned so far
+        for run in (*runs, RouteRun(len(changes), [], Ports("", ()))):
+            for start in range(done, run.start, CHUNK):
+                steps += self._plan_chunk(changes, start, numbered, run.start)
+                planned += min(CHUNK, run.start - start)
+                if planned >= CHUNK:
+                    _count(counts, steps, more)
+                    yield steps
+                    steps, planned, more = [], 0, 0
+            done, keys = run.start, run.keys
+            taken = self._plan_run(keys, run.ports) if keys else None
+            if taken is None and len(keys) > 1:
+                # The first route of a table (or on new interfaces) needs VIFs: planned on its
+                # own, the rest of the run then goes in one step.
+                steps += self._plan_chunk(changes, done, numbered, done + 1)
+                planned += 1
+                done, keys = done + 1, keys[1:]
+                taken = self._plan_run(keys, run.ports)
+            if taken is not None:  # (else route by route: not all new, say)
+                steps += taken
+                planned += len(keys)
+                more += len(keys) - 1
+                done += len(keys)
+        if steps:
+            _count(counts, steps, more)
+            yield steps
+
+    def _plan_run(self, keys: list[RouteKey], ports: Ports) -> list[Step] | None:
+        """A run's step, if the model takes it whole (None: nothing changed)."""
+        steps: list[Step] = []
+        return steps if self.router.add_run(keys, ports, steps) else None
+
+    def _plan_chunk(
+        self, changes: Sequence[Change], start: int, numbered: bool, stop: int | None = None
+    ) -> list[Step]:
         router = self.router
         add_direct = router.add_direct
         steps: list[Step] = []
-        for index in range(start, min(start + CHUNK, len(changes))):
+        end = len(changes) if stop is None else stop
+        for index in range(start, min(start + CHUNK, end)):
             change = changes[index]
             try:
                 # A new route on interfaces that have VIFs: nearly every route of a bulk load,
@@ -1712,6 +1771,14 @@ def _counted(steps: Sequence[Step]) -> Counter[str]:
         action = step.action
         counts[action] = counts.get(action, 0) + 1
     return counts
+
+
+def _count(counts: Counter[str], steps: list[Step], more: int) -> None:
+    """Count steps by action into `counts`, in the order a route-by-route plan would have
+    named them first (the JSON answer keeps it): `more` add_mfc for their runs' routes."""
+    counts.update(map(_ACTION, steps))
+    if more:
+        counts["add_mfc"] += more
 
 
 def _before(router: Router, changes: Sequence[Change]) -> Before | None:

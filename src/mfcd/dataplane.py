@@ -8,8 +8,10 @@ A data plane holds the multicast routing tables, each named by (family, table) w
 It has exactly four operations:
 
 - `apply(ops)`: apply model.KernelOps in order, each in the table it names. On the first
-  failure it raises KernelError with `applied` set to how many ops went in before it; it
-  never undoes anything (that is `execute`, below, in the core).
+  failure it raises KernelError with `applied` set to how many ops went in before it, and
+  for a run (model.AddMfcRun, DelMfcRun: one call per route) `partial` set to how many of
+  its routes went in before the one refused; it never undoes anything (that is `execute`,
+  below, in the core).
 - `observe(family, table, entries=True)`: what one table holds now, as an Observation:
   its VIFs (index -> device, ifindex, counters) and, with `entries`, its MFC entries
   ((source, group) -> iif, oifs with TTLs, counters). Reading every entry costs more than
@@ -34,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from mfcd.errors import KernelError
-from mfcd.model import DEFAULT_TABLE, KernelOp, RouteKey, Step
+from mfcd.model import DEFAULT_TABLE, RUNS, KernelOp, RouteKey, Step, run_head, run_tail
 
 # Upcall kinds: IGMPMSG_NOCACHE / MRT6MSG_NOCACHE (a packet with no entry),
 # IGMPMSG_WRONGVIF / MRT6MSG_WRONGMIF (a packet on the wrong interface, only with
@@ -131,26 +133,36 @@ class Dataplane(CountersReader, Protocol):
 def execute(plane: Dataplane, steps: Sequence[Step]) -> None:
     """Apply every step; if one fails, undo the ones already applied and re-raise.
 
-    Failures of the undo itself are attached to the error as `undo_failures`.
+    A run step (model.AddMfcRun) the kernel took in part counts too: the routes of it that
+    went in (KernelError.partial) are undone with the others. Failures of the undo itself
+    are attached to the error as `undo_failures`.
     """
     try:
         plane.apply([step.op for step in steps])
     except KernelError as e:
-        e.undo_failures = undo(plane, [step.undo for step in steps[: e.applied]])
+        undos = [step.undo for step in steps[: e.applied]]
+        failed = steps[e.applied].undo if e.partial and e.applied < len(steps) else None
+        if failed is not None and failed.__class__ in RUNS:
+            undos.append(run_head(failed, e.partial))
+        e.undo_failures = undo(plane, undos)
         raise
 
 
 def undo(plane: Dataplane, ops: Sequence[KernelOp | None]) -> list[KernelError]:
     """Apply the undo operations of applied steps, newest first (None: nothing to undo); go
-    on past failures and return them."""
+    on past failures and return them (within a run too: its other routes are still undone)."""
     failures = []
-    for op in reversed(ops):
-        if op is None:
-            continue
-        try:
-            plane.apply((op,))
-        except KernelError as e:
-            failures.append(e)
+    for undo_op in reversed(ops):
+        op = undo_op
+        while op is not None:
+            try:
+                plane.apply((op,))
+                op = None
+            except KernelError as e:
+                failures.append(e)
+                # A run stopped at its route e.partial: go on with the routes after it.
+                rest = run_tail(op, e.partial + 1) if op.__class__ in RUNS else None
+                op = rest if rest is not None and rest.keys else None
     return failures
 
 

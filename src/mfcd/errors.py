@@ -68,6 +68,7 @@ class KernelError(MfcdError):
         self.errno = errno
         self.undo_failures: list[KernelError] = []  # set when rolling back also failed
         self.applied = 0  # Dataplane.apply: how many operations went in before this one
+        self.partial = 0  # ... and of this one, a run, how many of its routes went in
 
 
 class StateError(MfcdError):

@@ -37,7 +37,18 @@ from mfcd.dataplane import (
     VifCounters,
 )
 from mfcd.errors import KernelError
-from mfcd.model import DEFAULT_TABLE, AddMfc, AddVif, DelMfc, DelVif, KernelOp, Oifs
+from mfcd.model import (
+    DEFAULT_TABLE,
+    AddMfc,
+    AddMfcRun,
+    AddVif,
+    DelMfc,
+    DelMfcRun,
+    DelVif,
+    KernelOp,
+    Oifs,
+    RouteKey,
+)
 from mfcd.protocol import family_text
 
 # Socket option numbers, shared by IPv4 (level IPPROTO_IP) and IPv6 (level IPPROTO_IPV6).
@@ -202,6 +213,19 @@ def pack_mf6cctl(source: str, group: str, parent: int, oifs: Oifs) -> bytes:
     for vifi, _ttl in oifs:
         words[vifi >> 5] |= 1 << (vifi & 31)
     return MF6CCTL.pack(_sin6(source), _sin6(group), parent, IF_SET.pack(*words))
+
+
+def mfc_layout(family: int, parent: int, ttls_or_oifs: bytes | Oifs) -> tuple[bytes, bytes, bytes]:
+    """The parts of an MFC entry's structure around its two addresses, packed once for a run
+    of routes sharing the entry: head + packed source + mid + packed group + tail is
+    pack_mfcctl (IPv4, given its ttls) or pack_mf6cctl (IPv6, given its oifs)."""
+    if family == 4:
+        assert isinstance(ttls_or_oifs, bytes)
+        return b"", b"", pack_mfcctl("0.0.0.0", "0.0.0.0", parent, ttls_or_oifs)[8:]
+    assert isinstance(ttls_or_oifs, tuple)
+    whole = pack_mf6cctl("::", "::", parent, ttls_or_oifs)
+    # sockaddr_in6: family, port, flowinfo (8 bytes), the address (16), scope id (4)
+    return whole[:8], whole[24:36], whole[52:]
 
 
 def pack_sg_req(family: int, source: str, group: str) -> bytes:
@@ -378,6 +402,37 @@ class MrouteSocket:
     def del_mfc(self, source: str, group: str) -> None:
         self._setsockopt(MRT_DEL_MFC, self._mfc(source, group, 0, ()))
 
+    def mfc_run(self, optname: int, keys: Sequence[RouteKey], parent: int, oifs: Oifs) -> None:
+        """MRT_ADD_MFC (or MRT_DEL_MFC) of one entry for each key's (S,G), in order: the
+        structure is packed once and only the addresses change. On a failure the KernelError's
+        `partial` says how many went in before it."""
+        ttls = self._ttls_of(oifs) if self.family == 4 else oifs
+        head, mid, tail = mfc_layout(self.family, parent, ttls)
+        setsockopt, level = self.sock.setsockopt, self.level
+        af = _AF_INET if self.family == 4 else _AF_INET6
+        key: RouteKey | None = None
+        try:
+            if head:
+                for key in keys:
+                    setsockopt(
+                        level, optname, head + _pton(af, key[1]) + mid + _pton(af, key[2]) + tail
+                    )
+            else:  # IPv4: the addresses come first
+                for key in keys:
+                    setsockopt(level, optname, _pton(af, key[1]) + _pton(af, key[2]) + tail)
+        except Exception as e:
+            done = 0 if key is None else keys.index(key)
+            if isinstance(e, OSError) and e.errno is not None:  # the kernel refused it
+                error = KernelError(
+                    _explain(self.family, optname, e.errno, self.table),
+                    _OPNAMES[optname],
+                    e.errno,
+                )
+            else:  # a value the structure cannot hold (the model never makes one)
+                error = KernelError(f"cannot apply the entry of {key}: {e}", "encode", 0)
+            error.partial = done
+            raise error from None
+
     def sg_counters(self, source: str, group: str) -> SgCounters | None:
         """The (S,G) entry's counters (one O(1) SIOCGETSGCNT), or None when the table holds
         no such entry (EADDRNOTAVAIL, also for an unresolved one)."""
@@ -484,6 +539,10 @@ class Kernel:
                     sock.add_mfc(op.source, op.group, op.parent, op.oifs)
                 else:
                     match op:
+                        case AddMfcRun(_, _, parent, oifs, keys):
+                            sock.mfc_run(MRT_ADD_MFC, keys, parent, oifs)
+                        case DelMfcRun(_, _, keys):
+                            sock.mfc_run(MRT_DEL_MFC, keys, 0, ())
                         case AddVif():
                             sock.add_vif(op.vifi, op.ifindex, op.threshold)
                         case DelVif():

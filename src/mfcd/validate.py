@@ -162,7 +162,7 @@ def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> in
 _numbered_tables: dict[str, int] = {}  # "100" -> 100: a batch names its table on every line
 
 
-def _ipv4_table(value: Any) -> int:
+def ipv4_table(value: Any) -> int:
     """table_of(value, 4), a number given as text remembered (a batch into another table
     costs no more than one into the default table)."""
     number = _numbered_tables.get(value) if value.__class__ is str else None
@@ -192,7 +192,7 @@ def route_key_of(source: Any, group: Any, table: Any = None) -> RouteKey:
         else:
             first = src[0]
             if 0 < first < 224 and first != 127 and 224 <= grp[0] <= 239 and grp[:3] != _LOCAL4:
-                table = 253 if table is None else _ipv4_table(table)
+                table = 253 if table is None else ipv4_table(table)
                 return (4, share_source(source), share_group(group), table)
     family, src_packed, source = _address(source, "source")
     gfamily, grp_packed, group = _address(group, "group")
@@ -297,6 +297,12 @@ def add_change(source: Any, group: Any, iif: Any, oifs: Any, table: Any = None) 
     key = route_key_of(source, group, table)
     if oifs.__class__ is not list:
         return AddRoute(key, _ports(iif, oifs))
+    return _new(AddRoute, (key, route_ports(iif, oifs)))  # tuple.__new__: half the cost
+
+
+def route_ports(iif: Any, oifs: list[Any]) -> Ports:
+    """A route's interfaces, an iif and a list of oifs, validated (a wildcards.Pattern if an
+    oif is a wildcard): each combination is checked once, then shared."""
     _check_oif_count(oifs)
     given = (iif, *oifs)
     try:
@@ -307,7 +313,7 @@ def add_change(source: Any, group: Any, iif: Any, oifs: Any, table: Any = None) 
         checked = _ports(iif, oifs)
         if len(_seen_ports) < 4096:
             _seen_ports[given] = checked
-    return _new(AddRoute, (key, checked))  # tuple.__new__: half the NamedTuple's own cost
+    return checked
 
 
 def _ports(iif_value: Any, oifs_value: Any, wild_iif: bool = False) -> Ports:

@@ -22,10 +22,13 @@ from mfcd.dataplane import (
 from mfcd.errors import KernelError, StateError
 from mfcd.model import (
     DEFAULT_TABLE,
+    RUNS,
     AddMfc,
+    AddMfcRun,
     AddVif,
     Change,
     DelMfc,
+    DelMfcRun,
     DelVif,
     KernelOp,
     Ports,
@@ -33,6 +36,7 @@ from mfcd.model import (
     RouteKey,
     Router,
     Step,
+    run_ops,
 )
 from mfcd.state import Op, SnapshotNeeded, change_op
 from mfcd.templates import TemplateKey
@@ -56,9 +60,9 @@ class FakeKernel:
     forwards again if the same VIF index is added back.  Adding a VIF index that is taken, deleting
     one that is free, adding a VIF for a device that does not exist or deleting an absent MFC entry
     fails as in Linux.  `fail_at=n` makes the n-th operation applied fail once; `refuse`
-    makes every operation equal to one of its members fail.  Upcalls put in `upcalls` are
-    returned by the next events().  Only the default tables exist: an operation naming another
-    table fails as for a disabled family.
+    makes every operation equal to one of its members fail (a run's routes count one each).
+    Upcalls put in `upcalls` are returned by the next events().  Only the default tables
+    exist: an operation naming another table fails as for a disabled family.
     """
 
     def __init__(self, devices: set[int] | None = None, fail_at: int | None = None) -> None:
@@ -74,11 +78,24 @@ class FakeKernel:
         self.upcalls: list[Upcall] = []
 
     def apply(self, ops: Sequence[KernelOp]) -> None:
+        """A run (AddMfcRun, DelMfcRun) is one operation per route, as in Linux: `fail_at`
+        and `refuse` can stop it at any route, and `applied` lists its routes' operations."""
         for done, op in enumerate(ops):
+            try:
+                if op.__class__ in RUNS:
+                    self._apply_run(op)
+                else:
+                    self._apply(op)
+            except KernelError as e:
+                e.applied = done
+                raise
+
+    def _apply_run(self, run: AddMfcRun | DelMfcRun) -> None:
+        for partial, op in enumerate(run_ops(run)):
             try:
                 self._apply(op)
             except KernelError as e:
-                e.applied = done
+                e.partial = partial
                 raise
 
     def _apply(self, op: KernelOp) -> None:

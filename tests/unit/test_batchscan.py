@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mfcd import batchfile, batchscan
+from mfcd import batchfile, batchscan, validate
+from mfcd.errors import InvalidArgument
 
 USUAL = "add --source 10.0.0.{n} --group 239.1.1.{n} --iif r0 --oifs r1"
 # Lines around and between usual ones: each is either another shape or a near miss of the
@@ -66,3 +67,85 @@ def test_a_syntax_problem_names_its_line_in_the_whole_text(wrong: str) -> None:
         list(batchfile.lines(text))
     assert scanned.value.line == general.value.line == 3
     assert str(scanned.value) == str(general.value)
+
+
+# --- pieces: runs of usual IPv4 adds as columns ---------------------------------------------------
+
+
+def expanded(text: str) -> list[batchfile.Change]:
+    """batchscan.pieces(text) with each Run spelt out as the lines batchfile.lines gives."""
+    out: list[batchfile.Change] = []
+    for piece in batchscan.pieces(text):
+        if isinstance(piece, batchscan.Run):
+            columns = zip(*piece[1:], strict=True)
+            for i, (source, group, iif, oif, table) in enumerate(columns):
+                out.append((piece.line + i, "add", source, group, iif, [oif], table))
+        else:
+            out.append(piece)
+    return out
+
+
+NEAR_VALID = [  # usual lines whose addresses or table the columns must leave to validation
+    "add --source 127.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+    "add --source 10.0.0.1 --group 224.0.0.5 --iif r0 --oifs r1",
+    "add --source 010.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+    "add --source 10.0.0.1 --group 239.1.1.256 --iif r0 --oifs r1",
+    "add --source 239.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+    "add --source 10.0.0.1 --group 240.1.1.1 --iif r0 --oifs r1",
+    "add --source 0.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1",
+    "add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table default",
+    "add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 --table 100",
+    "mfc add --source 10.0.0.1 --group 224.1.0.0 --iif r0 --oifs r1 --table 7",
+]
+
+
+@pytest.mark.parametrize("end", ["", "\n"])
+@pytest.mark.parametrize("part_chars", [batchscan.PART_CHARS, 1, 40, 200])
+def test_pieces_are_the_lines_of_batchfile_with_runs_as_columns(
+    end: str, part_chars: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the parts the text is split into (PART_CHARS), the runs spelt out line by
+    line and the other lines between them are what batchfile.lines reads, numbered alike."""
+    monkeypatch.setattr(batchscan, "PART_CHARS", part_chars)
+    lines = []
+    for n, other in enumerate(OTHERS + NEAR_VALID):
+        lines += [USUAL.format(n=n), other, other, USUAL.format(n=n + 100)]
+    for text in (
+        text_of(lines, end),
+        text_of([USUAL.format(n=n) for n in range(50)], end),
+        text_of(OTHERS + NEAR_VALID, end),
+        "\n\n" + text_of(lines, end),
+        "",
+    ):
+        assert expanded(text) == list(batchfile.lines(text))
+    runs = [p for p in batchscan.pieces(text_of(lines, end)) if isinstance(p, batchscan.Run)]
+    assert runs, "the usual lines came as runs"
+
+
+@pytest.mark.parametrize("wrong", WRONG)
+def test_pieces_name_a_syntax_problem_in_the_whole_text(wrong: str) -> None:
+    text = text_of([USUAL.format(n=1), USUAL.format(n=2), wrong, USUAL.format(n=3)])
+    with pytest.raises(batchfile.SyntaxProblem) as scanned:
+        list(batchscan.pieces(text))
+    assert scanned.value.line == 3
+
+
+OCTETS = ["0", "1", "00", "01", "9", "10", "99", "100", "126", "127", "128", "199", "200"]
+OCTETS += ["223", "224", "225", "239", "240", "249", "250", "255", "256", "300", "1000"]
+
+
+def test_a_run_takes_exactly_the_addresses_route_key_of_takes_as_they_are() -> None:
+    """Every IPv4 source and group a Run holds is valid and canonical (route_key_of gives
+    them back unchanged), and every such pair is taken into a Run but for sources in 0/8
+    (valid, and rare: left to the line-by-line path)."""
+    quads = [f"{a}.{b}.{c}.1" for a in OCTETS for b in ("0", "1", "01") for c in ("0", "255")]
+    quads += [f"{a}.1.1.{d}" for a in ("10", "224") for d in OCTETS]
+    for source in quads[::3]:
+        for group in quads:
+            line = f"add --source {source} --group {group} --iif r0 --oifs r1"
+            taken = any(isinstance(p, batchscan.Run) for p in batchscan.pieces(line))
+            try:
+                valid = validate.route_key_of(source, group) == (4, source, group, 253)
+            except InvalidArgument:
+                valid = False
+            assert taken == (valid and not source.startswith("0.")), (source, group)

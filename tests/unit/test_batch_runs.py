@@ -1,0 +1,204 @@
+"""A batch text's fast path (usual IPv4 adds read as columns by batchscan.pieces, validated
+together and planned as runs through Router.add_run) against the line-by-line path it falls
+back to: the same answer bytes, model, kernel operations and state file for mixed batches,
+errors and kernel failures included."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mfcd import batchscan
+from mfcd.commands import Commands, Peer
+from mfcd.controller import Controller
+from mfcd.model import Ports, RouteKey, Step
+from mfcd.state import StateFile
+
+from .conftest import FakeKernel, observable
+
+PEER = Peer(pid=4242, uid=0, gid=0)
+LINKS = ("r0", "r1", "r2", "r3")  # r9 never exists: its routes wait for it
+
+n = st.integers(0, 3)
+usual = st.builds(
+    "{}add --source 10.{}.0.{} --group 239.1.{}.{} --iif {} --oifs {}{}".format,
+    st.sampled_from(["", "mfc "]),
+    n,
+    st.integers(1, 3),
+    n,
+    st.integers(0, 40),
+    st.sampled_from(["r0", "r1"]),
+    st.sampled_from(["r2", "r3", "r9"]),
+    st.sampled_from(["", "", " --table 100", " --table 253", " --table 0"]),
+)
+others = st.sampled_from(
+    [
+        "",
+        "# a comment",
+        "del --source 10.1.0.1 --group 239.1.1.1",
+        "del --source 10.0.0.2 --group 239.1.0.5 --table 100",
+        "add --source 10.0.0.1 --group 239.1.0.1 --iif r0 --oifs r1,r2",
+        "oif add --source 10.0.0.1 --group 239.1.0.1 --oifs r3",
+        "add --source 2001:db8::1 --group ff3e::1 --iif r0 --oifs r1",
+        "add --source 10.0.0.9 --group 239.2.0.0/16 --iif r0 --oifs r1",
+        "add --group 239.3.0.0/16 --iif r1 --oifs r2",
+        "add --source 10.0.0.3 --group 239.1.0.3 --iif r0 --oifs r0",  # iif also an oif
+        "add --source 10.0.0.3 --group 224.0.0.3 --iif r0 --oifs r1",  # link-local group
+        "add --source 10.0.0.3 --group 239.1.0.3 --iif r0 --oifs r+",  # a wildcard oif
+        "add --source 0.1.0.3 --group 239.1.0.3 --iif r0 --oifs r1",
+        "join --interface r1 --group 239.9.9.9",
+    ]
+)
+lines = st.lists(st.one_of(usual, usual, usual, others), max_size=60)
+
+
+def make(tmp_path: Path, name: str, fail_at: int | None = None) -> Commands:
+    state = StateFile(str(tmp_path / f"{name}.journal"))
+    state.load()
+    kernel = FakeKernel()
+    ctl = Controller(kernel, state)
+    for ifindex, link in enumerate(LINKS, 1):
+        ctl.link_up(link, ifindex)
+    commands = Commands(ctl, (4, 6))
+    # Routes there already: some lines replace them, delete them or add them again.
+    before = "\n".join(
+        f"add --source 10.0.0.{s} --group 239.1.0.{s} --iif r0 --oifs r2" for s in (1, 2, 3)
+    )
+    request(commands, before + "\ndel --source 10.0.0.3 --group 239.1.0.3")
+    if fail_at is not None:  # the batch's fail_at-th kernel operation fails
+        kernel.fail_at = kernel.calls + fail_at
+    return commands
+
+
+def request(commands: Commands, text: str, **args: Any) -> bytes:
+    msg = {"v": 1, "id": 7, "cmd": "batch", "args": {"text": text, **args}}
+    return commands.handle(json.dumps(msg).encode(), PEER)
+
+
+@contextmanager
+def line_by_line() -> Iterator[None]:
+    """The path of every batch before the fast one: no line read as part of a column."""
+    pieces = batchscan.pieces
+    batchscan.pieces = batchscan.lines
+    try:
+        yield
+    finally:
+        batchscan.pieces = pieces
+
+
+def seen(commands: Commands, tmp_path: Path, name: str) -> dict[str, Any]:
+    """Everything a batch can change: model, kernel (its operations in order), journal."""
+    kernel = commands.controller.kernel
+    assert isinstance(kernel, FakeKernel)
+    state = commands.controller.state
+    assert isinstance(state, StateFile)
+    state.close()
+    return {
+        "model": observable(commands.controller.router),
+        "kernel": (copy.deepcopy(kernel.mfcs), dict(kernel.vifs)),
+        "ops": list(kernel.applied),
+        "journal": (tmp_path / f"{name}.journal").read_bytes(),
+    }
+
+
+def both(
+    tmp_path: Path, text: str, fail_at: int | None = None, same_ops: bool = True, **args: Any
+) -> bytes:
+    """The fast path's answer, after checking the line-by-line path's is the same, and all it
+    left. `same_ops`: the kernel operations in order too (a failure after some chunks
+    went to the kernel undoes them at other places: only the result is the same)."""
+    fast = make(tmp_path, "fast", fail_at)
+    slow = make(tmp_path, "slow", fail_at)
+    fast_answer = request(fast, text, **args)
+    with line_by_line():
+        slow_answer = request(slow, text, **args)
+    assert fast_answer == slow_answer
+    fast_seen, slow_seen = seen(fast, tmp_path, "fast"), seen(slow, tmp_path, "slow")
+    if fail_at is not None or not same_ops:
+        # (the undo of a run goes in its order, the routes' newest first)
+        del fast_seen["ops"], slow_seen["ops"]
+    assert fast_seen == slow_seen
+    return fast_answer
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(lines=lines, plan=st.booleans())
+def test_a_mixed_batch_does_what_it_does_line_by_line(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], plan: bool
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("batch")
+    both(tmp_path, "\n".join(lines), plan=plan)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=lines, fail_at=st.integers(1, 40))
+def test_a_kernel_failure_in_a_batch_leaves_what_it_leaves_line_by_line(
+    tmp_path_factory: pytest.TempPathFactory, lines: list[str], fail_at: int
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("batch")
+    both(tmp_path, "\n".join(lines), fail_at=fail_at)
+
+
+def test_a_large_batch_of_new_routes_takes_a_step_per_run(tmp_path: Path) -> None:
+    """2,000 usual lines on two tables and two pairs of interfaces: four runs, each one
+    step of the model (and one kernel operation per route), same as line by line."""
+    lines = [
+        f"add --source 10.0.{i // 250}.{i % 250 + 1} --group 239.2.{i // 250}.{i % 250}"
+        f" --iif {'r0' if i < 1000 else 'r1'} --oifs r2{' --table 100' if i % 1000 >= 500 else ''}"
+        for i in range(2000)
+    ]
+    text = "\n".join(lines) + "\n"
+    pieces = [p for p in batchscan.pieces(text) if isinstance(p, batchscan.Run)]
+    assert sum(len(p.sources) for p in pieces) == 2000
+    commands = make(tmp_path, "count")
+    router = commands.controller.router
+    taken: list[int] = []
+    add_run = router.add_run
+
+    def counted(keys: Sequence[RouteKey], ports: Ports, steps: list[Step]) -> bool:
+        if add_run(keys, ports, steps):
+            taken.append(len(keys))
+            return True
+        return False
+
+    router.add_run = counted  # type: ignore[method-assign]
+    response = json.loads(request(commands, text))
+    assert response["ok"] and response["result"]["added"] == 2000
+    assert response["result"]["kernel_operations"]["add_mfc"] == 2000
+    assert len(router.routes) == 2000 + 2
+    # Each run's first route needs a VIF (r1's and table 100's) or not (r0 and r2 in 253).
+    assert sum(taken) >= 1996 and len(taken) == 4
+    both(tmp_path, text)
+
+
+@pytest.mark.parametrize("last", ["", "del --source 10.9.9.9 --group 239.9.9.9"])
+def test_a_batch_larger_than_a_chunk_in_small_parts_as_line_by_line(
+    tmp_path: Path, last: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """3,000 lines read in parts of a few lines each (many runs, cut anywhere), with deletes
+    and other interfaces between: the same as line by line; with a last line that fails
+    (no such route), after chunks went to the kernel, nothing is left either way."""
+    monkeypatch.setattr(batchscan, "PART_CHARS", 300)
+    lines = []
+    for i in range(3000):
+        lines.append(
+            f"add --source 10.1.{i // 200}.{i % 200 + 1} --group 239.4.{i // 200}.{i % 200}"
+            f" --iif r{i // 700 % 2} --oifs r{2 + i // 1100 % 2}"
+        )
+        if i % 450 == 449:
+            lines.append(
+                f"del --source 10.1.{i // 200}.{i % 200 + 1} --group 239.4.{i // 200}.{i % 200}"
+            )
+    text = "\n".join([*lines, last])
+    answer = json.loads(both(tmp_path, text, same_ops=not last))
+    assert answer["ok"] == (not last)
