@@ -282,8 +282,8 @@ class Controller:
 
     def _restore(self, loaded: Loaded, links: dict[str, int]) -> None:
         # All at once and without an undo log (it would hold several entries per route, the
-        # largest allocation of a start-up), CHUNK steps at a time: if anything fails, the
-        # kernel's part is undone and the model starts over, one route at a time.
+        # largest allocation of a start-up): if anything fails, the kernel's part is undone
+        # and the model starts over, one route at a time.
         router = self.router
         router.begin(undo=False)
         undo: list[KernelOp | None] = []
@@ -292,13 +292,11 @@ class Controller:
             steps: list[Step] = []
             for name, ifindex in links.items():
                 steps += router.link_up(name, ifindex)
-            add_direct = router.add_direct  # (nearly every route: restore's first try, inline)
-            for key, ports in loaded.routes.items():
-                if not add_direct(key, ports, steps):
-                    steps += router.restore(key, ports)
-                if len(steps) >= CHUNK:
-                    self._execute_into(steps, undo)
-                    steps = []
+            # The routes a state file holds come in runs on one combination of interfaces
+            # (a batch's, a snapshot's): each run goes to the model and the kernel at once
+            # (Router.add_run), in the file's order, so VIFs are numbered as route by route.
+            for ports, run in groupby(loaded.routes.items(), _PORTS):
+                steps = self._restore_run(list(map(_KEY, run)), ports, steps, undo)
             for tkey, ports in loaded.templates.items():
                 router.keep_template(tkey, ports)
                 steps += router.try_install(tkey)
@@ -312,6 +310,33 @@ class Controller:
             self._restore_one_by_one(loaded, links)
             return
         router.commit()
+
+    def _restore_run(
+        self, keys: list[RouteKey], ports: Ports, steps: list[Step], undo: list[KernelOp | None]
+    ) -> list[Step]:
+        """Restore saved routes on the same interfaces: plan them into `steps` (as a run
+        when they can be one) and apply what is planned once it is a run or CHUNK steps;
+        return the steps still to apply. A run that cannot be one goes a table at a time:
+        the first route adds the VIFs of a combination new to the model, the rest may then
+        still be a run; or route by route."""
+        router = self.router
+        if router.add_run(keys, ports, steps):
+            self._execute_into(steps, undo)
+            return []
+        tables: dict[tuple[int, int], list[RouteKey]] = {}
+        for key in keys:
+            tables.setdefault((key[0], key[3]), []).append(key)
+        add_direct = router.add_direct  # (nearly every route: restore's first try, inline)
+        for some in tables.values():
+            for i, key in enumerate(some):
+                if i == 1 and router.add_run(some[1:], ports, steps):
+                    break
+                if not add_direct(key, ports, steps):
+                    steps += router.restore(key, ports)
+                if len(steps) >= CHUNK:
+                    self._execute_into(steps, undo)
+                    steps = []
+        return steps
 
     def _take_patterns(self, loaded: Loaded, links: dict[str, int]) -> None:
         """Keep the saved routes' and templates' wildcard patterns; what is installed is
