@@ -15,7 +15,7 @@ for memory: a string not shared is as good as one that is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 LIMIT = 16_384  # addresses remembered per cache (a dict of about 1 MiB, the strings beside)
 
@@ -38,3 +38,19 @@ _sources: dict[str, str] = {}
 _groups: dict[str, str] = {}
 source = _sharing(_sources)  # the string in use for this source, or the text itself
 group = _sharing(_groups)  # the string in use for this group, or the text itself
+
+
+def _sharing_all(seen: dict[str, str]) -> Callable[[Sequence[str]], Iterator[str]]:
+    """A function handing back, for many texts at C speed, the strings in use for them (the
+    cache may pass LIMIT by the texts of one call before it is emptied at the next)."""
+
+    def shared_all(texts: Sequence[str]) -> Iterator[str]:
+        if len(seen) >= LIMIT:
+            seen.clear()
+        return map(seen.setdefault, texts, texts)
+
+    return shared_all
+
+
+sources = _sharing_all(_sources)  # `source` of each text
+groups = _sharing_all(_groups)  # `group` of each text

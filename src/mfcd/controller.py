@@ -19,7 +19,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
-from operator import itemgetter
+from operator import countOf, itemgetter
 from typing import Any, Protocol
 
 from mfcd import views, wildcards
@@ -295,8 +295,8 @@ class Controller:
             # The routes a state file holds come in runs on one combination of interfaces
             # (a batch's, a snapshot's): each run goes to the model and the kernel at once
             # (Router.add_run), in the file's order, so VIFs are numbered as route by route.
-            for ports, run in groupby(loaded.routes.items(), _PORTS):
-                steps = self._restore_run(list(map(_KEY, run)), ports, steps, undo)
+            for ports, keys in _runs(loaded.routes):
+                steps = self._restore_run(keys, ports, steps, undo)
             for tkey, ports in loaded.templates.items():
                 router.keep_template(tkey, ports)
                 steps += router.try_install(tkey)
@@ -314,20 +314,35 @@ class Controller:
     def _restore_run(
         self, keys: list[RouteKey], ports: Ports, steps: list[Step], undo: list[KernelOp | None]
     ) -> list[Step]:
-        """Restore saved routes on the same interfaces: plan them into `steps` (as a run
-        when they can be one) and apply what is planned once it is a run or CHUNK steps;
-        return the steps still to apply. A run that cannot be one goes a table at a time:
-        the first route adds the VIFs of a combination new to the model, the rest may then
-        still be a run; or route by route."""
+        """Restore saved routes on the same interfaces: plan them into `steps` as a run
+        when they can be one (after their first route, which adds the VIFs of a combination
+        new to the model), and apply what is planned once it is a run or CHUNK steps;
+        return the steps still to apply."""
         router = self.router
-        if router.add_run(keys, ports, steps):
-            self._execute_into(steps, undo)
-            return []
+        if not router.add_run(keys, ports, steps):
+            first, rest = keys[0], keys[1:]
+            if not router.add_direct(first, ports, steps):
+                steps += router.restore(first, ports)
+            if rest and not router.add_run(rest, ports, steps):
+                return self._restore_by_table(rest, ports, steps, undo)
+            if not rest:
+                return steps
+        self._execute_into(steps, undo)
+        return []
+
+    def _restore_by_table(
+        self, keys: list[RouteKey], ports: Ports, steps: list[Step], undo: list[KernelOp | None]
+    ) -> list[Step]:
+        """_restore_run of routes that are not one run: a table at a time, each as a run,
+        or as its first route and then a run, or route by route (pending ones, say)."""
+        router = self.router
         tables: dict[tuple[int, int], list[RouteKey]] = {}
         for key in keys:
             tables.setdefault((key[0], key[3]), []).append(key)
         add_direct = router.add_direct  # (nearly every route: restore's first try, inline)
         for some in tables.values():
+            if router.add_run(some, ports, steps):
+                continue
             for i, key in enumerate(some):
                 if i == 1 and router.add_run(some[1:], ports, steps):
                     break
@@ -1684,6 +1699,19 @@ class Controller:
             for step in steps:
                 log.debug("%s: %s", what, views.step_text(step))
         return steps
+
+
+def _runs(routes: dict[RouteKey, Ports]) -> Iterator[tuple[Ports, list[RouteKey]]]:
+    """The routes in runs of one combination of interfaces, in order: each run's Ports and
+    keys (all routes on one combination, the usual case: one pass at C speed)."""
+    if not routes:
+        return
+    first = next(iter(routes.values()))
+    if countOf(routes.values(), first) == len(routes):
+        yield first, list(routes)
+        return
+    for ports, run in groupby(routes.items(), _PORTS):
+        yield ports, list(map(_KEY, run))
 
 
 def _before(router: Router, changes: Sequence[Change]) -> Before | None:
