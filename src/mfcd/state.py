@@ -328,10 +328,23 @@ def _add_uniform(routes: dict[RouteKey, Ports], saved: list[Any], at: int) -> bo
             table = _table(tables[:1])
         else:
             table = DEFAULT_TABLE[family]
-        saved_iif, saved_oifs = iifs[0], oifs[0]
-        checked = _seen_interfaces.get((saved_iif, *saved_oifs))
     except (TypeError, KeyError, IndexError):  # not lists, or unhashable names: the loop says
         return False
+    _put_uniform(routes, (family, table, iifs[0], oifs[0]), sources, groups)
+    return True
+
+
+def _put_uniform(
+    routes: dict[RouteKey, Ports],
+    shared: tuple[int, int, Any, list[Any]],
+    sources: Sequence[str],
+    groups: Sequence[str],
+) -> None:
+    """Add routes of one family, table, iif and oifs (`shared`, checked once) from their
+    sources and groups, in order, as the loop of _add_routes would (a later route of a key
+    replaces an earlier one's value and keeps its place)."""
+    family, table, saved_iif, saved_oifs = shared
+    checked = _seen_interfaces.get((saved_iif, *saved_oifs))
     if checked is None:
         checked = _check_interfaces((saved_iif, *saved_oifs), saved_iif, saved_oifs)
     keys = zip(
@@ -340,8 +353,7 @@ def _add_uniform(routes: dict[RouteKey, Ports], saved: list[Any], at: int) -> bo
         address_sharing.groups(groups),
         repeat(table),
     )
-    routes.update(dict.fromkeys(keys, checked))
-    return True
+    routes.update(zip(keys, repeat(checked)))
 
 
 # --- records of uniform routes, read without json (see _uniform_record) -------------------------
@@ -436,16 +448,7 @@ def _add_saved(routes: dict[RouteKey, Ports], saved: list[Any], at: int) -> None
     family = saved.family
     table = DEFAULT_TABLE[family] if saved.table is None else _table([saved.table])
     saved_iif, saved_oifs = saved.interfaces
-    checked = _seen_interfaces.get((saved_iif, *saved_oifs))
-    if checked is None:
-        checked = _check_interfaces((saved_iif, *saved_oifs), saved_iif, saved_oifs)
-    keys = zip(
-        repeat(family),
-        address_sharing.sources(saved.sources),
-        address_sharing.groups(saved.groups),
-        repeat(table),
-    )
-    routes.update(dict.fromkeys(keys, checked))
+    _put_uniform(routes, (family, table, saved_iif, saved_oifs), saved.sources, saved.groups)
 
 
 def _add_templates(templates: dict[TemplateKey, Ports], saved: list[Any]) -> None:
