@@ -70,6 +70,11 @@ even in a line without its newline: snapshots are written whole, each line with 
 newline, and never appended to, so its missing routes were acknowledged once.
 (Releases before this rule drop a last line without newline: see docs/state-file.md.)
 
+Reading: a record of routes that all share family, table and interfaces (a batch's parts, a
+snapshot's route records, as written) is read by one regular-expression split rather than
+json (`_uniform_record`); anything else, or anything it does not take exactly, is read as
+JSON, with the same result.
+
 Version 1 (`mfcd-state 1`, written by earlier releases) is the same without sequence numbers
 or route counts; it still loads, with none of their checks, and is rewritten in version 2
 before the first change.
