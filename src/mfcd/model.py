@@ -207,7 +207,7 @@ class AddMfcRun(NamedTuple):
     table: int
     parent: int
     oifs: Oifs
-    keys: Sequence[RouteKey]  # each of this family and table; the caller does not change it
+    keys: Sequence[RouteKey]  # distinct, each of this family and table; never changed after
 
 
 class DelMfcRun(NamedTuple):
