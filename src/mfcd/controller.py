@@ -19,7 +19,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
-from operator import itemgetter
+from operator import countOf, itemgetter
 from typing import Any, NamedTuple, Protocol
 
 from mfcd import views, wildcards
@@ -292,8 +292,8 @@ class Controller:
 
     def _restore(self, loaded: Loaded, links: dict[str, int]) -> None:
         # All at once and without an undo log (it would hold several entries per route, the
-        # largest allocation of a start-up), CHUNK steps at a time: if anything fails, the
-        # kernel's part is undone and the model starts over, one route at a time.
+        # largest allocation of a start-up): if anything fails, the kernel's part is undone
+        # and the model starts over, one route at a time.
         router = self.router
         router.begin(undo=False)
         undo: list[KernelOp | None] = []
@@ -302,13 +302,11 @@ class Controller:
             steps: list[Step] = []
             for name, ifindex in links.items():
                 steps += router.link_up(name, ifindex)
-            add_direct = router.add_direct  # (nearly every route: restore's first try, inline)
-            for key, ports in loaded.routes.items():
-                if not add_direct(key, ports, steps):
-                    steps += router.restore(key, ports)
-                if len(steps) >= CHUNK:
-                    self._execute_into(steps, undo)
-                    steps = []
+            # The routes a state file holds come in runs on one combination of interfaces
+            # (a batch's, a snapshot's): each run goes to the model and the kernel at once
+            # (Router.add_run), in the file's order, so VIFs are numbered as route by route.
+            for ports, keys in _runs(loaded.routes):
+                steps = self._restore_run(keys, ports, steps, undo)
             for tkey, ports in loaded.templates.items():
                 router.keep_template(tkey, ports)
                 steps += router.try_install(tkey)
@@ -322,6 +320,48 @@ class Controller:
             self._restore_one_by_one(loaded, links)
             return
         router.commit()
+
+    def _restore_run(
+        self, keys: list[RouteKey], ports: Ports, steps: list[Step], undo: list[KernelOp | None]
+    ) -> list[Step]:
+        """Restore saved routes on the same interfaces: plan them into `steps` as a run
+        when they can be one (after their first route, which adds the VIFs of a combination
+        new to the model), and apply what is planned once it is a run or CHUNK steps;
+        return the steps still to apply."""
+        router = self.router
+        if not router.add_run(keys, ports, steps):
+            first, rest = keys[0], keys[1:]
+            if not router.add_direct(first, ports, steps):
+                steps += router.restore(first, ports)
+            if rest and not router.add_run(rest, ports, steps):
+                return self._restore_by_table(rest, ports, steps, undo)
+            if not rest:
+                return steps
+        self._execute_into(steps, undo)
+        return []
+
+    def _restore_by_table(
+        self, keys: list[RouteKey], ports: Ports, steps: list[Step], undo: list[KernelOp | None]
+    ) -> list[Step]:
+        """_restore_run of routes that are not one run: a table at a time, each as a run,
+        or as its first route and then a run, or route by route (pending ones, say)."""
+        router = self.router
+        tables: dict[tuple[int, int], list[RouteKey]] = {}
+        for key in keys:
+            tables.setdefault((key[0], key[3]), []).append(key)
+        add_direct = router.add_direct  # (nearly every route: restore's first try, inline)
+        for some in tables.values():
+            if router.add_run(some, ports, steps):
+                continue
+            for i, key in enumerate(some):
+                if i == 1 and router.add_run(some[1:], ports, steps):
+                    break
+                if not add_direct(key, ports, steps):
+                    steps += router.restore(key, ports)
+                if len(steps) >= CHUNK:
+                    self._execute_into(steps, undo)
+                    steps = []
+        return steps
 
     def _take_patterns(self, loaded: Loaded, links: dict[str, int]) -> None:
         """Keep the saved routes' and templates' wildcard patterns; what is installed is
@@ -1779,6 +1819,19 @@ def _count(counts: Counter[str], steps: list[Step], more: int) -> None:
     counts.update(map(_ACTION, steps))
     if more:
         counts["add_mfc"] += more
+
+
+def _runs(routes: dict[RouteKey, Ports]) -> Iterator[tuple[Ports, list[RouteKey]]]:
+    """The routes in runs of one combination of interfaces, in order: each run's Ports and
+    keys (all routes on one combination, the usual case: one pass at C speed)."""
+    if not routes:
+        return
+    first = next(iter(routes.values()))
+    if countOf(routes.values(), first) == len(routes):
+        yield first, list(routes)
+        return
+    for ports, run in groupby(routes.items(), _PORTS):
+        yield ports, list(map(_KEY, run))
 
 
 def _before(router: Router, changes: Sequence[Change]) -> Before | None:

@@ -207,7 +207,7 @@ class AddMfcRun(NamedTuple):
     table: int
     parent: int
     oifs: Oifs
-    keys: Sequence[RouteKey]  # each of this family and table; the caller does not change it
+    keys: Sequence[RouteKey]  # distinct, each of this family and table; never changed after
 
 
 class DelMfcRun(NamedTuple):
@@ -342,7 +342,7 @@ VifKey = tuple[
 ]  # (family, table, interface)  # what add_direct needs to know of a Ports
 _MISSING: Any = object()
 _T = TypeVar("_T")
-_FAMILY_TABLE = itemgetter(0, 3)  # of a RouteKey
+_FAMILY, _TABLE = itemgetter(0), itemgetter(3)  # of a RouteKey
 _new = tuple.__new__
 _DICT, _SET, _SLOT, _KEYS = range(4)  # kinds of undo-log entries (_KEYS: see set_origins)
 _RUN = 5  # the routes add_run installed at once (not 4 or 6: see _ROUTE_KEY_FAMILIES)
@@ -740,7 +740,7 @@ class Router:
         if self._log is None or not keys:
             return False
         family, table = keys[0][0], keys[0][3]
-        if set(map(_FAMILY_TABLE, keys)) != {(family, table)}:
+        if set(map(_FAMILY, keys)) != {family} or set(map(_TABLE, keys)) != {table}:
             return False
         known = self._direct_for(family, table, ports)
         if known is None:
@@ -748,7 +748,7 @@ class Router:
         used, entry, placed = known
         new = dict.fromkeys(keys, placed)
         routes = self.routes
-        if len(new) != len(keys) or not routes.keys().isdisjoint(new):
+        if len(new) != len(keys) or not routes.keys().isdisjoint(new.keys()):
             return False
         n = len(keys)
         for vif in used:

@@ -76,6 +76,7 @@ class FakeKernel:
         self.names: dict[int, str] = {}  # ifindex -> device name, for observe()
         self.observed: list[tuple[int, int, bool]] = []  # observe() calls
         self.upcalls: list[Upcall] = []
+        self.runs: list[int] = []  # the routes of each run applied (runs are applied whole)
 
     def apply(self, ops: Sequence[KernelOp]) -> None:
         """A run (AddMfcRun, DelMfcRun) is one operation per route, as in Linux: `fail_at`
@@ -84,6 +85,7 @@ class FakeKernel:
             try:
                 if op.__class__ in RUNS:
                     self._apply_run(op)
+                    self.runs.append(len(op.keys))
                 else:
                     self._apply(op)
             except KernelError as e:
