@@ -137,6 +137,8 @@ class Commands:
         # one log record per sync, not per change, and only once the changes are durable.
         self._done: dict[Group, list[tuple[Peer, str, dict[str, Any], str]]] = {}
         self.on_synced: Callable[[Group], None] | None = None  # told each group's verdict
+        # on_change left to a group's sync by a single route's change (see _change)
+        self._change_due = False
         controller.on_synced = self._synced
         self.registry = metrics.Registry()  # requests counted for /metrics (the daemon's)
         # Reads the config files again and applies them (the daemon's; None: not available).
@@ -207,12 +209,22 @@ class Commands:
         if self.controller.group is None and self.controller.syncing is None:
             return
         self.controller.flush()
-        if self.on_change is not None:
-            self.on_change()  # (a compaction may be due, or a table empty again)
+        self._changed()  # (a compaction may be due, or a table empty again)
 
     def finish_sync(self) -> None:
         """Conclude the group a thread journaled; see controller.finish_sync."""
         self.controller.finish_sync()
+        self._changed()
+
+    def flushed(self) -> None:
+        """After a group was concluded by `controller.flush` directly (the daemon's state
+        file keeper and compaction): the after-change work its single-route changes left
+        to their sync (see _change), if any."""
+        if self._change_due:
+            self._changed()
+
+    def _changed(self) -> None:
+        self._change_due = False
         if self.on_change is not None:
             self.on_change()
 
@@ -918,6 +930,7 @@ class Commands:
             later = one_route and self._confirmed and _entries_only(outcome.steps)
             if self.on_change is not None and not later:
                 self.on_change()
+            self._change_due |= later
             if self.events.subscribers:
                 self._tell(changes)
             done = _outcome(sum(outcome.counts.values()))

@@ -469,6 +469,11 @@ class Daemon:
             asyncio.get_running_loop().call_soon(self._compact_soon)
         self._release_heap_soon()
 
+    def _flushed(self) -> None:
+        """After a flush of the controller's own: the after-change work it may owe."""
+        if self.server is not None:
+            self.server.commands.flushed()
+
     def _release_heap_soon(self) -> None:
         """heap.release after bulk work, once the loop is done with it."""
         if self.controller.heap_release_due:
@@ -497,6 +502,7 @@ class Daemon:
         except BaseException:
             self._compacting = None  # (a bug: the next change tries again)
             raise
+        self._flushed()
         if not self.controller.compaction_due():
             self._compacting = None  # (that sync failed, or there was nothing to compact)
             return
@@ -804,6 +810,7 @@ class Daemon:
             try:
                 self.state.hold_lock()  # first: never write back a file another mfcd owns
                 self.controller.keep_state_file()
+                self._flushed()
             except MfcdError as e:
                 log.error("%s; trying again in %d s", e, STATE_RETRY_INTERVAL)
                 await asyncio.sleep(STATE_RETRY_INTERVAL)

@@ -478,6 +478,9 @@ class Connection(asyncio.Protocol):
         subscriber = bus.subscribe(wake.set)
         self.subscribed = True
         self.unread, self.unread_size = [], 0
+        if not self.reading and self.transport is not None:  # (paused while a request
+            self.transport.resume_reading()  # waited: read on, to see the client's end)
+            self.reading = True
         ended = self._ended = self.server._loop.create_future()
         if self.eof or self.closed:
             ended.set_result(None)
@@ -628,8 +631,11 @@ class Server:
         for connection in connections:
             connection.close()
         lost = [c.lost for c in connections if c.lost is not None and not c.lost.done()]
-        if lost:
-            await asyncio.wait(lost, timeout=2 * CLOSE_GRACE)
+        # The tasks too (a reload's, a flush's): their clean-up must run before the
+        # controller closes, also for a client gone before the stop.
+        waits: list[asyncio.Future[Any]] = [*lost, *(t for t in self._tasks if not t.done())]
+        if waits:
+            await asyncio.wait(waits, timeout=2 * CLOSE_GRACE)
         for connection in connections:  # none left, unless something hangs
             lost_one = connection.lost
             if connection.transport is not None and lost_one is not None and not lost_one.done():

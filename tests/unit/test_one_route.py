@@ -201,3 +201,22 @@ def test_a_route_entry_alone_leaves_on_change_to_its_groups_sync() -> None:
     daemon.step(4, ("add", ("239.1.1.3", "10.0.0.1"), "a", ["c"]))  # VIF c added
     assert calls == ["changed"] * 3
     assert daemon.taken == 4
+
+
+def test_the_after_change_work_left_to_a_sync_runs_when_the_controller_flushes_alone() -> None:
+    """A group concluded by Controller.flush directly (the daemon's state file keeper and
+    compaction) still gets the after-change work its single-route changes left to it, once
+    the daemon calls Commands.flushed; and none is owed after that."""
+    daemon = Daemon(one=True)
+    calls: list[str] = []
+    daemon.commands.on_change = lambda: calls.append("changed")
+    daemon.step(1, ("add", ("239.1.1.1", "10.0.0.1"), "a", ["b"]))  # VIFs a, b added
+    daemon.commands.flush()
+    calls.clear()
+    daemon.step(2, ("add", ("239.1.1.2", "10.0.0.1"), "a", ["b"]))  # an entry alone
+    assert calls == []
+    daemon.commands.controller.flush()  # as daemon._keep_state_file and _compact do
+    daemon.commands.flushed()
+    assert calls == ["changed"]
+    daemon.commands.flushed()
+    assert calls == ["changed"]

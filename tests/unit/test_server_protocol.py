@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,76 @@ def test_work_answered_later_goes_on_when_its_client_goes_away(tmp_path: Path) -
     finished, pong = asyncio.run(scenario())
     assert finished
     assert pong["ok"] and pong["id"] == 2
+
+
+def test_stop_winds_down_the_task_of_a_client_gone_before_closing_the_controller(
+    tmp_path: Path,
+) -> None:
+    """A reload whose client went away still runs its clean-up before stop closes the
+    controller (its `finally` would otherwise run on a closed kernel and journal)."""
+    events: list[str] = []
+
+    async def scenario() -> None:
+        server, path = await serving(tmp_path)
+
+        async def reloader(dry_run: bool) -> dict[str, Any]:
+            try:
+                await asyncio.sleep(30)
+            finally:
+                events.append("reload wound down")
+            return {}
+
+        server.commands.reloader = reloader
+        close = server.commands.controller.close
+
+        def closing() -> None:
+            events.append("controller closed")
+            close()
+
+        server.commands.controller.close = closing  # type: ignore[method-assign]
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        sock.sendall(request(0, "ping") + request(1, "reload"))
+        await asyncio.sleep(0.1)
+        sock.close()  # gone while its reload runs (the ping's answer unread: a reset)
+        await asyncio.sleep(0.1)
+        await server.stop()
+        events.append("stop returned")
+
+    asyncio.run(scenario())
+    assert events == ["reload wound down", "controller closed", "stop returned"]
+
+
+def test_a_monitor_notices_its_client_closing_after_the_socket_was_paused(
+    tmp_path: Path,
+) -> None:
+    """A client sends a change (its sync slow), `monitor`, then more than the read limit
+    and closes its end: the paused socket is read again once the monitor starts, so the
+    end is seen and the subscription dropped."""
+
+    async def scenario() -> int:
+        server, path = await serving(tmp_path)
+        state = server.commands.controller.state
+        append = state.append
+
+        def slow_append(changes: Any) -> Any:
+            time.sleep(0.5)
+            return append(changes)
+
+        state.append = slow_append  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, path)
+        await loop.sock_sendall(sock, add(1) + request(2, "monitor"))
+        await asyncio.sleep(0.1)  # the add waits for its (slow) sync
+        await loop.sock_sendall(sock, b" " * (400 * 1024))  # over the limit: paused
+        await asyncio.sleep(1.0)  # the monitor has started
+        sock.shutdown(socket.SHUT_WR)
+        await asyncio.sleep(0.5)
+        subscribers = len(server.commands.events.subscribers)
+        sock.close()
+        await server.stop()
+        return subscribers
+
+    assert asyncio.run(scenario()) == 0
