@@ -58,6 +58,7 @@ from mfcd.groups import (
 from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
+    RUN_MIN,
     AddRoute,
     AddTemplate,
     Change,
@@ -329,6 +330,8 @@ class Controller:
         new to the model), and apply what is planned once it is a run or CHUNK steps;
         return the steps still to apply."""
         router = self.router
+        if len(keys) < RUN_MIN:
+            return self._restore_by_table(keys, ports, steps, undo, runs=False)
         if not router.add_run(keys, ports, steps):
             first, rest = keys[0], keys[1:]
             if not router.add_direct(first, ports, steps):
@@ -341,20 +344,26 @@ class Controller:
         return []
 
     def _restore_by_table(
-        self, keys: list[RouteKey], ports: Ports, steps: list[Step], undo: list[KernelOp | None]
+        self,
+        keys: list[RouteKey],
+        ports: Ports,
+        steps: list[Step],
+        undo: list[KernelOp | None],
+        runs: bool = True,
     ) -> list[Step]:
         """_restore_run of routes that are not one run: a table at a time, each as a run,
-        or as its first route and then a run, or route by route (pending ones, say)."""
+        or as its first route and then a run, or route by route (pending ones, say, and
+        all of them without `runs`)."""
         router = self.router
         tables: dict[tuple[int, int], list[RouteKey]] = {}
         for key in keys:
             tables.setdefault((key[0], key[3]), []).append(key)
         add_direct = router.add_direct  # (nearly every route: restore's first try, inline)
         for some in tables.values():
-            if router.add_run(some, ports, steps):
+            if runs and router.add_run(some, ports, steps):
                 continue
             for i, key in enumerate(some):
-                if i == 1 and router.add_run(some[1:], ports, steps):
+                if runs and i == 1 and router.add_run(some[1:], ports, steps):
                     break
                 if not add_direct(key, ports, steps):
                     steps += router.restore(key, ports)

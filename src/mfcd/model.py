@@ -222,6 +222,10 @@ class DelMfcRun(NamedTuple):
 # first i routes of a run, the undo of those is the undo run's first i (run_head).
 KernelOp = AddVif | DelVif | AddMfc | DelMfc | AddMfcRun | DelMfcRun
 RUNS = (AddMfcRun, DelMfcRun)
+# Fewer routes than this on one combination go one by one (add_direct): a run's own
+# objects, its packed structure and its kernel call cost more than it saves on a few
+# routes, say when each line of a file alternates between two upstream interfaces.
+RUN_MIN = 16
 _Run = AddMfcRun | DelMfcRun
 
 

@@ -268,7 +268,8 @@ def _add_routes(routes: dict[RouteKey, Ports], saved: list[Any], at: int = 0) ->
     the oifs for a route of a table other than the default), each starting at index `at`
     of its list (1: "add" ops); the checksum vouches for the bytes, this for what the model
     assumes (the hot loop of every start)."""
-    if len(saved) >= _UNIFORM_MIN and _add_uniform(routes, saved, at):
+    # (a list only: anything else is left to the loop, which says what is wrong)
+    if saved.__class__ is list and len(saved) >= _UNIFORM_MIN and _add_uniform(routes, saved, at):
         return
     seen = _seen_interfaces
     defaults = DEFAULT_TABLE
@@ -305,9 +306,9 @@ def _add_uniform(routes: dict[RouteKey, Ports], saved: list[Any], at: int) -> bo
     a snapshot's: nearly every route of a start), in a few passes at C speed instead of a
     loop; False, having changed nothing, for any other list: the loop reads it (and says
     what is wrong, if anything). The result is the loop's, key for key (tests compare)."""
-    first = saved[0]
-    size = at + 5 if len(first) == at + 5 else at + 6
     try:
+        first = saved[0]
+        size = at + 5 if len(first) == at + 5 else at + 6
         if set(map(len, saved)) != {size}:
             return False
         # (the interfaces first: a snapshot's records of mixed routes fail here, cheaply)

@@ -5,6 +5,7 @@ to one route at a time."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from mfcd import controller
 from mfcd.controller import Controller
 from mfcd.dataplane import execute
-from mfcd.model import Ports, RouteKey, Router, Step
+from mfcd.model import RUN_MIN, Ports, RouteKey, Router, Step
 from mfcd.state import Loaded
 
 from .conftest import FakeKernel, FakeState, observable
@@ -142,5 +143,30 @@ def test_routes_of_two_families_sharing_one_ports_are_restored_as_a_run_per_fami
     assert kernel.runs == [49, 49]
     assert set(kernel.mfcs) == set(routes)
     router, reference = by_route(Loaded(routes=dict(routes)), LINKS)
+    assert observable(ctl.router) == observable(router)
+    assert kernel.view() == reference.view()
+
+
+def test_routes_whose_combinations_alternate_are_restored_one_by_one_in_chunks() -> None:
+    """Each route on another combination than the one before (two upstream interfaces taking
+    turns): runs of one route would cost a kernel call each, so they go one by one, CHUNK
+    steps to a kernel call, as before runs; a stretch of RUN_MIN routes is a run again."""
+    alternating = {key(4, n, None): Ports("ab"[n % 2], ("c",)) for n in range(3000)}
+    stretch = {key(4, n, None): Ports("d", ("c",)) for n in range(3000, 3000 + RUN_MIN)}
+    kernel = FakeKernel()
+    applies: list[int] = []
+    apply = kernel.apply
+
+    def counted(ops: Any) -> None:
+        applies.append(len(ops))
+        apply(ops)
+
+    kernel.apply = counted  # type: ignore[method-assign]
+    ctl = Controller(kernel, FakeState())
+    ctl.restore(Loaded(routes={**alternating, **stretch}), LINKS)
+    assert kernel.runs == [RUN_MIN - 1]  # the stretch's first route adds VIF d, then a run
+    assert len(applies) <= 3000 // controller.CHUNK + 3
+    assert set(kernel.mfcs) == {*alternating, *stretch}
+    router, reference = by_route(Loaded(routes={**alternating, **stretch}), LINKS)
     assert observable(ctl.router) == observable(router)
     assert kernel.view() == reference.view()

@@ -227,3 +227,24 @@ def test_the_uniform_reader_takes_a_batchs_records() -> None:
     record = state._uniform_record(body)
     assert record is not None and record["seq"] == 5 and len(record["ops"]) == 200
     assert record["ops"].sources == ["198.18.0.1"] * 200
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({str(i): ["x"] for i in range(16)}, "not enough values to unpack"),
+        (5, "'int' object is not iterable"),
+        (None, "'NoneType' object is not iterable"),
+        ("x" * 20, "not enough values to unpack"),
+    ],
+)
+def test_a_snapshot_whose_routes_are_not_a_list_is_corrupt_for_the_loops_reason(
+    value: Any, reason: str, tmp_path: Any
+) -> None:
+    """Routes that are no list (a hand-edited file with its checksum made again) are left
+    to the loop, which names what is wrong, as before the fast path."""
+    path = tmp_path / "state"
+    record = {"seq": 1, "snapshot": {"count": 0, "routes": value}}
+    path.write_bytes(state.HEADER + state.encode_record(record))
+    with pytest.raises(MfcdError, match=reason):
+        state.StateFile(str(path)).load()
