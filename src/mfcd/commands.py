@@ -813,7 +813,8 @@ class Commands:
                 sources_of, groups_of = sources[begin:end], groups[begin:end]
             else:
                 sources_of, groups_of = sources, groups
-            run.take(list(zip(repeat(4), sources_of, groups_of, repeat(number))), ports)
+            keys = list(zip(repeat(4), sources_of, groups_of, repeat(number)))
+            run.take(keys, ports, sources_of, groups_of)
             begin = end
         return True
 
@@ -1017,6 +1018,10 @@ class _ReadAgain(Exception):
     """A batch text's run of usual lines holds a mistake: read it again line by line."""
 
 
+# Adds waiting in an _AddRun: keys, their Ports (one, or one each), the sources and groups.
+_Waiting = tuple[list[RouteKey], Ports | list[Ports], Sequence[str], Sequence[str]]
+
+
 class _AddRun:
     """A batch's list of changes, its latest adds kept as keys and ports until a change of
     another kind comes (or the end): those of lines read one by one as two lists, those of
@@ -1037,40 +1042,43 @@ class _AddRun:
         self.keys: list[RouteKey] = []
         self.ports: list[Ports] = []
         # Adds read before `keys` and not made yet, in order: a run's keys with their one
-        # Ports, or lines' keys with their Ports each.
-        self.waiting: list[tuple[list[RouteKey], Ports | list[Ports]]] = []
+        # Ports and its columns (the journal's), or lines' keys with their Ports each.
+        self.waiting: list[_Waiting] = []
 
     def append(self, change: Change) -> None:
         """Append a change that is not a route's add (the adds so far go first)."""
         self.end()
         self.changes.append(change)
 
-    def take(self, keys: list[RouteKey], ports: Ports) -> None:
-        """Add new routes of one family and table on the same Ports (a run: see RouteRun)."""
+    def take(
+        self, keys: list[RouteKey], ports: Ports, sources: Sequence[str], groups: Sequence[str]
+    ) -> None:
+        """Add new routes of one family and table on the same Ports (a run: see RouteRun),
+        the keys' sources and groups in order beside them."""
         self._wait_lines()
-        self.waiting.append((keys, ports))
+        self.waiting.append((keys, ports, sources, groups))
 
     def _wait_lines(self) -> None:
         if self.keys:
-            self.waiting.append((self.keys, self.ports))
+            self.waiting.append((self.keys, self.ports, (), ()))
             self.keys, self.ports = [], []
 
     def end(self) -> None:
         """Move the adds into the list of changes, as AddRoutes."""
         self._wait_lines()
         changes = self.changes
-        for keys, ports in self.waiting:
+        for keys, ports, *columns in self.waiting:
             if isinstance(ports, list):  # lines read one by one
                 pairs = zip(keys, ports, strict=True)
             else:
-                self.runs.append(RouteRun(len(changes), keys, ports))
+                self.runs.append(RouteRun(len(changes), keys, ports, *columns))
                 pairs = zip(keys, repeat(ports))
             # tuple.__new__ on zip's pairs: half the cost of AddRoute(key, ports).
             changes += map(_new, repeat(AddRoute), pairs)
         self.waiting.clear()
 
     def __len__(self) -> int:
-        return len(self.changes) + len(self.keys) + sum(len(keys) for keys, _ in self.waiting)
+        return len(self.changes) + len(self.keys) + sum(len(wait[0]) for wait in self.waiting)
 
     def __iter__(self) -> Iterator[Change]:
         self.end()
