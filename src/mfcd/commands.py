@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby, repeat
 from typing import Any
@@ -655,7 +655,7 @@ class Commands:
                 e.line = _line_of(e.op, text)
                 e.op = None
             raise
-        kinds = Counter(map(type, changes))  # (in C: no cost worth naming at 100,000 changes)
+        kinds = Counter(map(type, _outside(changes, runs)))  # (runs hold AddRoutes alone)
         joined, left = kinds[Join], kinds[Leave]
         result["added"] = len(changes) - deleted - updated - joined - left
         result["deleted"] = deleted
@@ -787,7 +787,8 @@ class Commands:
         iifs, oifs, tables = piece.iifs, piece.oifs, piece.tables
         try:
             numbers = {t: validate.ipv4_table(t) for t in set(tables)}  # (None: the default)
-            one = len(set(iifs)) == 1 and len(set(oifs)) == 1  # (no pair made a line)
+            # (no pair made a line; list.count needs no hash of each fresh string, as set does)
+            one = iifs.count(iifs[0]) == len(iifs) and oifs.count(oifs[0]) == len(oifs)
             combos = {(iifs[0], oifs[0])} if one else set(zip(iifs, oifs, strict=True))
             shared = {combo: validate.route_ports(combo[0], [combo[1]]) for combo in combos}
         except MfcdError:
@@ -1115,6 +1116,20 @@ class _BatchRoutes:
         if key in self.patterns:
             return self.patterns[key]  # a wildcard route's oifs as given, not its expansion
         return None if key in self.learned else self.routes.get(key)
+
+
+def _outside(changes: list[Change], runs: Sequence[RouteRun]) -> Iterable[Change]:
+    """The changes in none of the runs, in C (the type of each of 100,000 AddRoutes cost
+    0.13 µs a route to count)."""
+    if not runs:
+        return changes
+    gaps = []
+    done = 0
+    for run in runs:
+        gaps.append(changes[done : run.start])
+        done = run.start + len(run.keys)
+    gaps.append(changes[done:])
+    return itertools.chain.from_iterable(gaps)
 
 
 def _added(router: Router, change: Change | None) -> RouteKey | TemplateKey | None:
