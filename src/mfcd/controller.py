@@ -75,7 +75,7 @@ from mfcd.model import (
     Step,
     template_text,
 )
-from mfcd.state import Loaded, RouteView, SnapshotNeeded
+from mfcd.state import Loaded, RouteView, RunOfAdds, SnapshotNeeded
 from mfcd.templates import TemplateKey
 from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, matches, per_iif
 
@@ -160,17 +160,21 @@ def observe(
 class RouteRun(NamedTuple):
     """changes[start : start + len(keys)] of a change: the AddRoutes of `keys` (one family
     and table) on one shared `ports`, which the model may take in one step (Router.add_run)
-    when they are all new and their interfaces have VIFs."""
+    when they are all new and their interfaces have VIFs, and the journal writes from the
+    columns `sources` and `groups` (the keys' addresses, in order; empty: taken from the
+    keys) without a step per route (state.RunOfAdds)."""
 
     start: int
     keys: list[RouteKey]
     ports: Ports
+    sources: Sequence[str] = ()
+    groups: Sequence[str] = ()
 
 
 class StateLike(Protocol):
     ops_since_snapshot: int
 
-    def append(self, changes: Sequence[Change]) -> None: ...
+    def append(self, changes: Sequence[Change], runs: Sequence[RunOfAdds] = ()) -> None: ...
     def write_snapshot(
         self,
         routes: Iterable[Route],
@@ -586,9 +590,10 @@ class Controller:
         undo: list[KernelOp | None] = []  # what undoes each step applied so far, in order
         joined: list[MembershipOp] = []  # memberships changed in the kernel so far
         try:
-            # (A plan lists each route's step: no runs then.)
-            runs = () if keep_steps else runs
-            for steps in self._planned(changes, runs, numbered or len(changes) > 1, outcome):
+            # (A plan lists each route's step: no runs then. The journal writes them all the
+            # same: the runs' AddRoutes are those changes.)
+            planned = () if keep_steps else runs
+            for steps in self._planned(changes, planned, numbered or len(changes) > 1, outcome):
                 if keep_steps:
                     outcome.steps += steps
                 if not dry_run:
@@ -614,7 +619,7 @@ class Controller:
             if before is not None:
                 self._defer(changes, before)
             elif record and not self._reverting:
-                self._record(record)
+                self._record(record, runs if journal is None else ())
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
             # has already undone its own part).
@@ -1521,11 +1526,12 @@ class Controller:
             templates=self.persistent_templates(),
         )
 
-    def _record(self, changes: Sequence[Change]) -> None:
-        """Make a change durable: appended to the journal or, if the state file was deleted or
-        replaced behind mfcd's back, in a whole snapshot written there again."""
+    def _record(self, changes: Sequence[Change], runs: Sequence[RouteRun] = ()) -> None:
+        """Make a change durable: appended to the journal (`runs` of it written from their
+        columns) or, if the state file was deleted or replaced behind mfcd's back, in a
+        whole snapshot written there again."""
         try:
-            self.state.append(changes)
+            self.state.append(changes, runs)
         except SnapshotNeeded as e:
             # The model already holds the change (uncommitted), so the snapshot has it; if the
             # snapshot fails too, the change is refused and rolled back like any other.

@@ -25,6 +25,7 @@ from mfcd.model import (
     RUNS,
     AddMfc,
     AddMfcRun,
+    AddRoute,
     AddVif,
     Change,
     DelMfc,
@@ -38,7 +39,7 @@ from mfcd.model import (
     Step,
     run_ops,
 )
-from mfcd.state import Op, SnapshotNeeded, change_op
+from mfcd.state import Op, RunOfAdds, SnapshotNeeded, change_op
 from mfcd.templates import TemplateKey
 
 # What a packet from (S,G) does in the kernel: the device it must arrive on (None: no VIF there)
@@ -194,6 +195,21 @@ class FakeKernel:
         return other
 
 
+def check_runs(changes: Sequence[Change], runs: Sequence[RunOfAdds]) -> None:
+    """What the journal takes on trust of the runs it is given (state.RunOfAdds): in order and
+    apart, each the AddRoutes of its keys on its Ports, of one family and table, with its
+    columns (if any) the keys' sources and groups."""
+    done = 0
+    for run in runs:
+        assert run.start >= done
+        done = run.start + len(run.keys)
+        assert list(changes[run.start : done]) == [AddRoute(key, run.ports) for key in run.keys]
+        assert len({(key[0], key[3]) for key in run.keys}) <= 1
+        if run.sources or run.groups:
+            assert list(run.sources) == [key[1] for key in run.keys]
+            assert list(run.groups) == [key[2] for key in run.keys]
+
+
 @dataclass
 class FakeState:
     """The journal in memory; `fail` makes every write raise StateError."""
@@ -206,7 +222,8 @@ class FakeState:
     ops_since_snapshot: int = 0
     moved: str | None = None  # why the file is not where mfcd left it (it then needs a snapshot)
 
-    def append(self, changes: Sequence[Change]) -> None:
+    def append(self, changes: Sequence[Change], runs: Sequence[RunOfAdds] = ()) -> None:
+        check_runs(changes, runs)
         if self.fail:
             raise StateError("state.journal: cannot write the state file: No space left on device")
         if self.moved is not None:

@@ -19,6 +19,7 @@ from mfcd import gathering
 from mfcd.commands import Answer, Commands
 from mfcd.model import Change
 from mfcd.server import Server, bind_control_socket
+from mfcd.state import RunOfAdds
 from tests.unit.conftest import FakeKernel, FakeState, observable
 from tests.unit.test_group_commit import PEER, add, make_commands, request, settled
 
@@ -34,11 +35,11 @@ class SlowState(FakeState):
     appending: threading.Event = field(default_factory=threading.Event)
     threads: list[str] = field(default_factory=list)
 
-    def append(self, changes: Sequence[Change]) -> None:
+    def append(self, changes: Sequence[Change], runs: Sequence[RunOfAdds] = ()) -> None:
         self.appending.set()
         assert self.disk.acquire(timeout=WAIT), "the test never let the append through"
         self.threads.append(threading.current_thread().name)
-        super().append(changes)
+        super().append(changes, runs)
 
 
 def started(commands: Commands, state: SlowState) -> None:
