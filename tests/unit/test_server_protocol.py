@@ -206,9 +206,9 @@ def test_a_monitor_notices_its_client_closing_after_the_socket_was_paused(
         state = server.commands.controller.state
         append = state.append
 
-        def slow_append(changes: Any) -> Any:
+        def slow_append(changes: Any, runs: Any = ()) -> Any:
             time.sleep(0.5)
-            return append(changes)
+            return append(changes, runs)
 
         state.append = slow_append  # type: ignore[method-assign]
         loop = asyncio.get_running_loop()
