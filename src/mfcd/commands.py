@@ -52,6 +52,7 @@ from mfcd.groups import Join, JoinKey, Leave, SetMrdisc
 from mfcd.learning import Learner
 from mfcd.model import (
     DEFAULT_TABLE,
+    RUN_MIN,
     AddRoute,
     AddTemplate,
     Change,
@@ -729,15 +730,21 @@ class Commands:
         changes, deleted, updated, _ = self._read_text(text)
         return changes, deleted, updated
 
-    def _read_text(
-        self, text: str, fast: bool = True
-    ) -> tuple[list[Change], int, int, list[RouteRun]]:
+    def _read_text(self, text: str) -> tuple[list[Change], int, int, list[RouteRun]]:
         """A batch text's changes, with how many delete a route and how many change oifs, and
         the runs of them that add routes on one table and interfaces (see RouteRun).
 
-        `fast`: stretches of usual IPv4 adds are read and validated as columns (batchscan.pieces);
+        Stretches of usual IPv4 adds are read and validated as columns (batchscan.pieces);
         if one holds a mistake, the text is read again line by line, which names the first
         wrong line exactly as it always has."""
+        try:
+            return self._read_pieces(text, fast=True)
+        except _ReadAgain:
+            pass  # (read again after the handler: the first pass's lists are freed first)
+        return self._read_pieces(text, fast=False)
+
+    def _read_pieces(self, text: str, fast: bool) -> tuple[list[Change], int, int, list[RouteRun]]:
+        """_read_text, reading stretches as columns if `fast` (_ReadAgain: one is wrong)."""
         changes: list[Change] = []
         runs: list[RouteRun] = []
         # A run of adds is kept as keys and ports and made AddRoutes when the run ends (see
@@ -784,8 +791,6 @@ class Commands:
         except MfcdError as e:  # (lineno is the failing line's)
             e.line = lineno
             raise
-        except _ReadAgain:
-            return self._read_text(text, fast=False)
         run.end()
         return changes, deleted, updated, runs
 
@@ -1068,7 +1073,12 @@ class _AddRun:
         self, keys: list[RouteKey], ports: Ports, sources: Sequence[str], groups: Sequence[str]
     ) -> None:
         """Add new routes of one family and table on the same Ports (a run: see RouteRun),
-        the keys' sources and groups in order beside them."""
+        the keys' sources and groups in order beside them. Fewer than RUN_MIN are taken
+        as lines: a run's objects would cost more than they save."""
+        if len(keys) < RUN_MIN:
+            self.keys += keys
+            self.ports += repeat(ports, len(keys))
+            return
         self._wait_lines()
         self.waiting.append((keys, ports, sources, groups))
 

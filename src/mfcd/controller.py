@@ -1425,6 +1425,10 @@ class Controller:
                 planned += len(keys)
                 more += len(keys) - 1
                 done += len(keys)
+                if planned >= CHUNK:  # (as a chunk: the kernel's part goes in in order)
+                    _count(counts, steps, more)
+                    yield steps
+                    steps, planned, more = [], 0, 0
         if steps:
             _count(counts, steps, more)
             yield steps

@@ -16,10 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfcd import batchscan
+from mfcd import batchscan, controller
 from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
-from mfcd.model import Ports, RouteKey, Step
+from mfcd.model import RUNS, Ports, RouteKey, Step
 from mfcd.state import StateFile
 
 from .conftest import FakeKernel, observable
@@ -202,3 +202,48 @@ def test_a_batch_larger_than_a_chunk_in_small_parts_as_line_by_line(
     text = "\n".join([*lines, last])
     answer = json.loads(both(tmp_path, text, same_ops=not last))
     assert answer["ok"] == (not last)
+
+
+def test_a_kernel_failure_in_a_run_is_the_answer_before_a_later_lines_mistake(
+    tmp_path: Path,
+) -> None:
+    """1,100 usual adds, then a del of a route that does not exist, the kernel refusing the
+    10th write: as line by line, the first chunk goes to the kernel before the del is
+    planned, so the answer is the kernel's refusal, not the del's not_found."""
+    lines = [
+        f"add --source 10.5.{i // 250}.{i % 250 + 1} --group 239.5.{i // 250}.{i % 250}"
+        " --iif r0 --oifs r2"
+        for i in range(1100)
+    ]
+    text = "\n".join([*lines, "del --source 10.99.0.1 --group 239.99.0.1"])
+    fast, slow = make(tmp_path, "fast", 10), make(tmp_path, "slow", 10)
+    answer = json.loads(request(fast, text))
+    with line_by_line():
+        assert json.loads(request(slow, text)) == answer
+    assert answer["error"]["code"] == "kernel_error"
+
+
+def test_adds_on_alternating_interfaces_go_line_by_line_in_chunks(tmp_path: Path) -> None:
+    """Each line on other interfaces than the one before (two upstreams taking turns): no
+    run of one route each, and the kernel is written a chunk at a time, as line by line."""
+    text = "\n".join(
+        f"add --source 10.3.{i // 250}.{i % 250 + 1} --group 239.3.{i // 250}.{i % 250}"
+        f" --iif r{i % 2} --oifs r2"
+        for i in range(5000)
+    )
+    commands = make(tmp_path, "alternating")
+    kernel = commands.controller.kernel
+    assert isinstance(kernel, FakeKernel)
+    sizes: list[int] = []
+    apply = kernel.apply
+
+    def counted(ops: Any) -> None:
+        sizes.append(sum(len(op.keys) if op.__class__ in RUNS else 1 for op in ops))
+        apply(ops)
+
+    kernel.apply = counted  # type: ignore[method-assign]
+    before = len(kernel.mfcs)
+    assert json.loads(request(commands, text))["ok"]
+    assert kernel.runs == []
+    assert max(sizes) <= controller.CHUNK + 1
+    assert len(kernel.mfcs) == before + 5000
