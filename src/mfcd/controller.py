@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import groupby, repeat
+from itertools import groupby, islice, repeat
 from operator import countOf, itemgetter
 from typing import Any, NamedTuple, Protocol
 
@@ -965,7 +965,9 @@ class Controller:
         changes += self._declared_thresholds(diff, journal)
         changes += self._declared_mrdisc(diff, journal)
         changes += self._declared_templates(new, journal)
+        first = len(changes)
         changes += self._declared_routes(new, [*diff.added, *diff.changed], journal)
+        runs = _route_runs(changes, first, len(changes))
         changes += self._declared_joins(new, journal)
         if dry_run:
             return self.change(changes, True, keep_steps=True, numbered=False, origin="config")
@@ -974,7 +976,12 @@ class Controller:
         old, self.declared = self.declared, new
         try:
             outcome = self.change(
-                changes, keep_steps=False, numbered=False, origin="config", journal=journal
+                changes,
+                keep_steps=False,
+                numbered=False,
+                origin="config",
+                journal=journal,
+                runs=runs,
             )
         except BaseException:
             self.declared = old
@@ -1838,6 +1845,27 @@ def _count(counts: Counter[str], steps: list[Step], more: int) -> None:
     counts.update(map(_ACTION, steps))
     if more:
         counts["add_mfc"] += more
+
+
+def _route_runs(changes: Sequence[Change], start: int, end: int) -> list[RouteRun]:
+    """The RouteRuns of changes[start:end], AddRoutes all (the config's routes at start):
+    each stretch of at least RUN_MIN on one shared Ports, family and table."""
+    runs = []
+    at = start
+    for _, same in groupby(islice(changes, start, end), _run_of):
+        adds = list(same)
+        if len(adds) >= RUN_MIN:
+            first = adds[0]
+            assert isinstance(first, AddRoute)
+            runs.append(RouteRun(at, list(map(_KEY, adds)), first.ports))
+        at += len(adds)
+    return runs
+
+
+def _run_of(change: Any) -> tuple[int, int, int]:
+    """What an AddRoute shares with the others of its run: its Ports, family and table."""
+    key = change[0]
+    return id(change[1]), key[0], key[3]
 
 
 def _runs(routes: dict[RouteKey, Ports]) -> Iterator[tuple[Ports, list[RouteKey]]]:
