@@ -1402,48 +1402,55 @@ class Controller:
     def _planned(
         self, changes: Sequence[Change], runs: Sequence[RouteRun], numbered: bool, outcome: Outcome
     ) -> Iterator[list[Step]]:
-        """The steps of `changes`, planned a chunk (or a whole run) at a time and counted
-        into `outcome` as they are (each route of a run's step counts as one operation),
-        given out once they stand for CHUNK changes or more, or the last ones."""
+        """The steps of `changes`, planned and counted into `outcome` as they are (each route
+        of a run's step counts as one operation), given out at every CHUNK changes and at
+        the end, as route by route: a run is cut there, so the kernel takes the same chunks
+        before a later change is planned, and a batch fails with the same error either way."""
         counts = outcome.counts
         steps: list[Step] = []  # planned, not given out yet
-        planned = 0  # the changes they stand for
         more = 0  # routes their run steps stand for beyond one each (all add_mfc)
         done = 0  # changes planned so far
+        end = CHUNK  # where the chunk being planned ends
         for run in (*runs, RouteRun(len(changes), [], Ports("", ()))):
-            for start in range(done, run.start, CHUNK):
-                steps += self._plan_chunk(changes, start, numbered, run.start)
-                planned += min(CHUNK, run.start - start)
-                if planned >= CHUNK:
+            stop = run.start + len(run.keys)
+            while done < stop:
+                if done < run.start:  # the changes before the run
+                    cut = min(run.start, end)
+                    steps += self._plan_chunk(changes, done, numbered, cut)
+                else:
+                    cut = min(stop, end)
+                    keys = run.keys[done - run.start : cut - run.start]
+                    more += self._plan_piece(changes, done, keys, run.ports, numbered, steps=steps)
+                done = cut
+                if done == end:
                     _count(counts, steps, more)
                     yield steps
-                    steps, planned, more = [], 0, 0
-            done, keys = run.start, run.keys
-            taken = self._plan_run(keys, run.ports) if keys else None
-            if taken is None and len(keys) > 1:
-                # The first route of a table (or on new interfaces) needs VIFs: planned on its
-                # own, the rest of the run then goes in one step.
-                steps += self._plan_chunk(changes, done, numbered, done + 1)
-                planned += 1
-                done, keys = done + 1, keys[1:]
-                taken = self._plan_run(keys, run.ports)
-            if taken is not None:  # (else route by route: not all new, say)
-                steps += taken
-                planned += len(keys)
-                more += len(keys) - 1
-                done += len(keys)
-                if planned >= CHUNK:  # (as a chunk: the kernel's part goes in in order)
-                    _count(counts, steps, more)
-                    yield steps
-                    steps, planned, more = [], 0, 0
+                    steps, more, end = [], 0, end + CHUNK
         if steps:
             _count(counts, steps, more)
             yield steps
 
-    def _plan_run(self, keys: list[RouteKey], ports: Ports) -> list[Step] | None:
-        """A run's step, if the model takes it whole (None: nothing changed)."""
-        steps: list[Step] = []
-        return steps if self.router.add_run(keys, ports, steps) else None
+    def _plan_piece(
+        self,
+        changes: Sequence[Change],
+        start: int,
+        keys: list[RouteKey],
+        ports: Ports,
+        numbered: bool,
+        *,
+        steps: list[Step],
+    ) -> int:
+        """Plan (into `steps`) the adds of `keys`, changes[start : start + len(keys)], in one
+        step if the model takes them whole, else their first route on its own (a table's
+        first, or on new interfaces: it adds VIFs) and the rest in one step, else route by
+        route (not all new, say); how many routes the run steps stand for beyond one each."""
+        if len(keys) > 1 and self.router.add_run(keys, ports, steps):
+            return len(keys) - 1
+        steps += self._plan_chunk(changes, start, numbered, start + 1)
+        if len(keys) > 2 and self.router.add_run(keys[1:], ports, steps):
+            return len(keys) - 2
+        steps += self._plan_chunk(changes, start + 1, numbered, start + len(keys))
+        return 0
 
     def _plan_chunk(
         self, changes: Sequence[Change], start: int, numbered: bool, stop: int | None = None

@@ -17,9 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mfcd import batchscan, controller
+from mfcd import commands as commands_module
 from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
-from mfcd.model import RUNS, Ports, RouteKey, Step
+from mfcd.model import RUN_MIN, RUNS, Ports, RouteKey, Step
 from mfcd.state import StateFile
 
 from .conftest import FakeKernel, observable
@@ -58,6 +59,13 @@ others = st.sampled_from(
     ]
 )
 lines = st.lists(st.one_of(usual, usual, usual, others), max_size=60)
+
+
+@pytest.fixture(autouse=True)
+def runs_of_any_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stretches of any length are runs here (a batch takes fewer than RUN_MIN lines as
+    lines): the short random batches would otherwise compare lines with lines."""
+    monkeypatch.setattr(commands_module, "RUN_MIN", 1)
 
 
 def make(tmp_path: Path, name: str, fail_at: int | None = None) -> Commands:
@@ -151,7 +159,8 @@ def test_a_kernel_failure_in_a_batch_leaves_what_it_leaves_line_by_line(
 
 def test_a_large_batch_of_new_routes_takes_a_step_per_run(tmp_path: Path) -> None:
     """2,000 usual lines on two tables and two pairs of interfaces: four runs, each one
-    step of the model (and one kernel operation per route), same as line by line."""
+    step of the model (and one kernel operation per route), the one across the first
+    chunk's end (line 1,024) cut there, same as line by line."""
     lines = [
         f"add --source 10.0.{i // 250}.{i % 250 + 1} --group 239.2.{i // 250}.{i % 250}"
         f" --iif {'r0' if i < 1000 else 'r1'} --oifs r2{' --table 100' if i % 1000 >= 500 else ''}"
@@ -176,8 +185,9 @@ def test_a_large_batch_of_new_routes_takes_a_step_per_run(tmp_path: Path) -> Non
     assert response["ok"] and response["result"]["added"] == 2000
     assert response["result"]["kernel_operations"]["add_mfc"] == 2000
     assert len(router.routes) == 2000 + 2
-    # Each run's first route needs a VIF (r1's and table 100's) or not (r0 and r2 in 253).
-    assert sum(taken) >= 1996 and len(taken) == 4
+    # Each run's first route needs a VIF (r1's and table 100's) or not (r0 and r2 in 253);
+    # the third run (lines 1,001-1,500) is cut at 1,024: its first route, 23, then 476.
+    assert taken == [500, 499, 23, 476, 499]
     both(tmp_path, text)
 
 
@@ -223,9 +233,12 @@ def test_a_kernel_failure_in_a_run_is_the_answer_before_a_later_lines_mistake(
     assert answer["error"]["code"] == "kernel_error"
 
 
-def test_adds_on_alternating_interfaces_go_line_by_line_in_chunks(tmp_path: Path) -> None:
+def test_adds_on_alternating_interfaces_go_line_by_line_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each line on other interfaces than the one before (two upstreams taking turns): no
     run of one route each, and the kernel is written a chunk at a time, as line by line."""
+    monkeypatch.setattr(commands_module, "RUN_MIN", RUN_MIN)
     text = "\n".join(
         f"add --source 10.3.{i // 250}.{i % 250 + 1} --group 239.3.{i // 250}.{i % 250}"
         f" --iif r{i % 2} --oifs r2"
@@ -247,3 +260,31 @@ def test_adds_on_alternating_interfaces_go_line_by_line_in_chunks(tmp_path: Path
     assert kernel.runs == []
     assert max(sizes) <= controller.CHUNK + 1
     assert len(kernel.mfcs) == before + 5000
+
+
+def usual_line(i: int, iif: str) -> str:
+    address = f"--source 10.5.{i // 250}.{i % 250 + 1} --group 239.5.{i // 250}.{i % 250}"
+    return f"add {address} --iif {iif} --oifs r2"
+
+
+@pytest.mark.parametrize(
+    ("run", "mistake", "fail_at"),
+    [(600, 1100, 10), (1500, 1800, 1200), (1500, 1800, 1030), (1024, 1024, 1000)],
+)
+def test_a_batch_with_a_kernel_refusal_and_a_mistake_fails_as_line_by_line(
+    tmp_path: Path, run: int, mistake: int, fail_at: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of `run` lines, then lines alternating between two iifs, a del of a route that
+    does not exist at line `mistake` + 1, the kernel refusing its `fail_at`th write: the
+    kernel takes the same chunks before a later line is planned, so the answer (the kernel's
+    refusal or the del's not_found, and its line) is the one line by line gives."""
+    monkeypatch.setattr(commands_module, "RUN_MIN", RUN_MIN)
+    lines = [usual_line(i, "r0") for i in range(run)]
+    lines += [usual_line(i, "r1" if i % 2 else "r0") for i in range(run, 2000)]
+    lines.insert(mistake, "del --source 10.99.0.1 --group 239.99.0.1")
+    text = "\n".join(lines)
+    fast, slow = make(tmp_path, "fast", fail_at), make(tmp_path, "slow", fail_at)
+    answer = request(fast, text)
+    with line_by_line():
+        assert request(slow, text) == answer
+    assert not json.loads(answer)["ok"]
