@@ -40,3 +40,14 @@ def vifs(lab: Lab, family: int) -> dict[int, str]:
     name = "ip_mr_vif" if family == 4 else "ip6_mr_vif"
     text = lab.exec(lab.router, "cat", f"/proc/net/{name}").stdout
     return {int(f[0]): f[1] for f in (line.split() for line in text.splitlines()[1:]) if f}
+
+
+def in_kernel(lab: Lab, family: int, table: str) -> int:
+    """How many MFC entries `ip mroute show table T` lists: none when the table does not
+    exist (mfcd closes a table other than the default once it is empty, and the kernel
+    then frees it: when depends on when mfcd's after-change work runs)."""
+    shown = lab.exec(lab.router, "ip", f"-{family}", "mroute", "show", "table", table)
+    if shown.returncode != 0:
+        assert "MR table does not exist" in shown.stderr, shown.stderr
+        return 0
+    return sum(1 for line in shown.stdout.splitlines() if line.startswith("("))

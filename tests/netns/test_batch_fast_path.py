@@ -9,6 +9,7 @@ import pytest
 
 from lab.netns import Lab
 from tests.netns.conftest import Mfcd
+from tests.netns.kernel_tables import in_kernel
 
 ROUTES = 500  # per family and table
 TABLE = "100"
@@ -29,12 +30,6 @@ def lines(family: int, table: str | None) -> str:
 
 
 BATCH = lines(4, None) + lines(4, TABLE) + lines(6, None) + lines(6, TABLE)
-
-
-def in_kernel(lab: Lab, family: int, table: str) -> int:
-    """How many MFC entries `ip mroute show table T` lists."""
-    shown = lab.ip(lab.router, f"-{family}", "mroute", "show", "table", table)
-    return sum(1 for line in shown.splitlines() if line.startswith("("))
 
 
 def vifs(lab: Lab, family: int) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 
 from lab.netns import Lab
 from tests.netns.conftest import Mfcd
+from tests.netns.kernel_tables import in_kernel
 
 TABLE = "100"
 ROUTES = 200  # per family and table
@@ -28,12 +29,6 @@ def lines(family: int, table: str | None, kind: str = "add") -> str:
         f"mfc {kind} --source {source} --group {group.format(n >> 8, n & 255)}{ports}{tail}\n"
         for n in range(ROUTES)
     )
-
-
-def in_kernel(lab: Lab, family: int, table: str) -> int:
-    """How many MFC entries `ip mroute show table T` lists."""
-    shown = lab.ip(lab.router, f"-{family}", "mroute", "show", "table", table)
-    return sum(1 for line in shown.splitlines() if line.startswith("("))
 
 
 @pytest.mark.lab(receivers=2)
