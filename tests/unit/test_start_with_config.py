@@ -45,7 +45,8 @@ def blocks(draw: st.DrawFn) -> str:
         for name, choices in values.items()
     }
     text = WRITTEN.format(**chosen, blank="\n" * draw(st.integers(0, 2)))
-    other = draw(st.sampled_from(("comment", "spaced", "order"))) if bad == "form" else ""
+    forms = ("comment", "spaced", "order", "escape", "tab", "bracket", "lines", "quote")
+    other = draw(st.sampled_from(forms)) if bad == "form" else ""
     if other == "comment":  # not the written form: the block is read by the TOML reader
         text = text.replace("\n", "  # here\n", 2)
     elif other == "spaced":
@@ -54,6 +55,16 @@ def blocks(draw: st.DrawFn) -> str:
         head, rest = text.split("\n", 1)
         lines = rest.split("\n")
         text = "\n".join([head, lines[1], lines[0], *lines[2:]])
+    elif other == "escape":  # "c" written with an escape: the TOML reader's "c"
+        text = text.replace('iif = "c"', 'iif = "\\u0063"')
+    elif other == "tab":  # a tab in a basic string: TOML, not the written form
+        text = text.replace('iif = "c"', 'iif = "c\td"')
+    elif other == "bracket":  # a ] in a name: past the loose match's list
+        text = text.replace("oifs = [", 'oifs = ["a]b", ')
+    elif other == "lines":  # the list of oifs over several lines
+        text = text.replace("oifs = [", "oifs = [\n")
+    elif other == "quote":  # an escaped quote in the iif
+        text = text.replace('iif = "c"', 'iif = "c\\"d"')
     return text
 
 
