@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, repeat
-from operator import add
+from operator import add, itemgetter
 from typing import Any, NamedTuple
 
 from mfcd import groups, validate
@@ -907,11 +907,19 @@ def _check_vifs(into: Declarations, problems: list[str]) -> None:
                         f" name {len(seen)} interfaces"
                     )
 
-    # Routes share their Ports values: each distinct one is counted once, at its first route.
-    first: dict[tuple[int, int, int], RouteKey] = {}
-    for key, ports in into.routes.items():
-        first.setdefault((key[0], key[3], id(ports)), key)
-    for key in first.values():
+    # Routes share their Ports values: each distinct one is counted once, at its first route
+    # (found a column at a time: a loop over 100,000 routes took a fifth of a start's read).
+    keys = list(into.routes)
+    shared = list(
+        zip(
+            map(itemgetter(0), keys),
+            map(itemgetter(3), keys),
+            map(id, into.routes.values()),
+            strict=True,
+        )
+    )
+    first = dict(zip(reversed(shared), reversed(keys), strict=True))  # each one's first route
+    for key in map(first.__getitem__, dict.fromkeys(shared)):  # in the order of the routes
         count(key[0], key[3], into.routes[key].interfaces, partial(into.where, key))
     for t in into.templates:
         count(t.family, t.table, (t.iif, *t.oifs), partial(str, t.where))
