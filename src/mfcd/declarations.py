@@ -537,8 +537,15 @@ def _take_written(
     texts, sources, grouped, interfaces, tables, blanks = zip(*rows, strict=True)
     if sum(map(len, texts)) != length:
         return None  # something between the blocks that is not one
+    # Routes that share a source or a group share its string (memory only, as
+    # address_sharing does, here per span of blocks and in C: each text maps to its first
+    # row's); each distinct address is checked once.
+    source_seen: dict[str, str] = {}
+    group_seen: dict[str, str] = {}
+    shared_sources = list(map(source_seen.setdefault, sources, sources))
+    shared_groups = list(map(group_seen.setdefault, grouped, grouped))
     try:
-        srcs, grps = b"".join(map(_IPV4, sources)), b"".join(map(_IPV4, grouped))
+        srcs, grps = b"".join(map(_IPV4, source_seen)), b"".join(map(_IPV4, group_seen))
     except (OSError, ValueError):
         return None  # IPv6, a prefix, not an address: read by blocks
     if srcs[::4].translate(None, _SOURCE_FIRST) or grps[::4].translate(None, _GROUP_FIRST):
@@ -561,11 +568,7 @@ def _take_written(
             ports_of[written] = validate.add_change(sources[0], grouped[0], iif, names).ports
     except MfcdError:
         return None
-    # Routes that share a source or a group share its string (memory only, as
-    # address_sharing does, here per span of blocks and in C: each text maps to its last row's).
-    share_source = dict(zip(sources, sources, strict=True)).__getitem__
-    share_group = dict(zip(grouped, grouped, strict=True)).__getitem__
-    keys = list(zip(repeat(4), map(share_source, sources), map(share_group, grouped), numbers))
+    keys = list(zip(repeat(4), shared_sources, shared_groups, numbers))
     ports = list(map(ports_of.__getitem__, interfaces))
     routes, before = found.routes, len(found.routes)
     routes.update(zip(keys, ports, strict=True))

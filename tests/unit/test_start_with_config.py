@@ -160,6 +160,23 @@ def test_routes_as_import_smcroute_writes_them_are_read_at_once_in_spans(
     assert declarations.parse_file(text, "f.conf").blocks == read[1]
 
 
+def test_routes_read_at_once_share_their_sources_and_groups_strings() -> None:
+    """Equal addresses in one span of blocks are one string among the keys (memory only,
+    as address_sharing does), and each distinct address is checked once, as each row."""
+    routes = [
+        WRITTEN.format(s=f"198.18.0.{k % 3 + 1}", g=f"239.1.0.{k % 5 + 1}", i="a", o='"b"',
+                       table="", blank="")
+        for k in range(15)
+    ]  # fmt: skip
+    read = declarations._read_written("".join(routes), 0, "f.conf")
+    assert read is not None
+    keys = list(read[0].routes)
+    assert len(keys) == 15
+    assert len({id(k[1]) for k in keys}) == 3 and len({id(k[2]) for k in keys}) == 5
+    wrong = [*routes[:14], routes[14].replace("198.18.0.3", "127.0.0.1")]
+    assert declarations._read_written("".join(wrong), 0, "f.conf") is None
+
+
 KEYS = [(4, f"198.18.0.{k}", "239.1.1.1", 253) for k in range(1, 6)]
 
 
