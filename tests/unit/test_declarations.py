@@ -151,6 +151,20 @@ def test_vifs_are_counted_per_family_and_table() -> None:
     assert parse(routes + other)[1] == []  # another table has its own 32
 
 
+def test_vifs_over_the_limit_are_reported_at_the_first_route_of_shared_interfaces() -> None:
+    """The whole-file read shares one Ports per combination of interfaces: the route
+    reported is the first that names the 33rd interface, not a later one sharing it."""
+    routes = "".join(route(group=f"239.1.1.{k}", oifs=f'"o{k}"') for k in range(31))
+    over = "".join(route(group=f"239.1.2.{k}", oifs='"o99"') for k in range(1, 4))
+    text = routes + route(group="239.1.3.1", oifs='"o0"') + over
+    part = declarations.parse_file(text, "f.conf")
+    assert part.blocks is not None  # (read at once, the Ports shared)
+    problems: list[str] = []
+    declarations.check(part.found, problems)
+    assert len(problems) == 1 and problems[0].startswith("f.conf:161: route: IPv4 table 253")
+    assert problems == parse(text)[1]
+
+
 def test_wildcards_match_and_expand() -> None:
     assert matches("eth+", "eth10") and matches("vlan*", "vlan") and not matches("eth+", "et0")
     assert matches("eth0", "eth0") and not matches("eth0", "eth01")

@@ -45,7 +45,8 @@ def blocks(draw: st.DrawFn) -> str:
         for name, choices in values.items()
     }
     text = WRITTEN.format(**chosen, blank="\n" * draw(st.integers(0, 2)))
-    other = draw(st.sampled_from(("comment", "spaced", "order"))) if bad == "form" else ""
+    forms = ("comment", "spaced", "order", "escape", "tab", "bracket", "lines", "quote")
+    other = draw(st.sampled_from(forms)) if bad == "form" else ""
     if other == "comment":  # not the written form: the block is read by the TOML reader
         text = text.replace("\n", "  # here\n", 2)
     elif other == "spaced":
@@ -54,6 +55,16 @@ def blocks(draw: st.DrawFn) -> str:
         head, rest = text.split("\n", 1)
         lines = rest.split("\n")
         text = "\n".join([head, lines[1], lines[0], *lines[2:]])
+    elif other == "escape":  # "c" written with an escape: the TOML reader's "c"
+        text = text.replace('iif = "c"', 'iif = "\\u0063"')
+    elif other == "tab":  # a tab in a basic string: TOML, not the written form
+        text = text.replace('iif = "c"', 'iif = "c\td"')
+    elif other == "bracket":  # a ] in a name: past the loose match's list
+        text = text.replace("oifs = [", 'oifs = ["a]b", ')
+    elif other == "lines":  # the list of oifs over several lines
+        text = text.replace("oifs = [", "oifs = [\n")
+    elif other == "quote":  # an escaped quote in the iif
+        text = text.replace('iif = "c"', 'iif = "c\\"d"')
     return text
 
 
@@ -147,6 +158,23 @@ def test_routes_as_import_smcroute_writes_them_are_read_at_once_in_spans(
     assert read[0].routes == full.routes and read[0].positions == full.positions
     assert len({id(p) for p in read[0].routes.values()}) == 2
     assert declarations.parse_file(text, "f.conf").blocks == read[1]
+
+
+def test_routes_read_at_once_share_their_sources_and_groups_strings() -> None:
+    """Equal addresses in one span of blocks are one string among the keys (memory only,
+    as address_sharing does), and each distinct address is checked once, as each row."""
+    routes = [
+        WRITTEN.format(s=f"198.18.0.{k % 3 + 1}", g=f"239.1.0.{k % 5 + 1}", i="a", o='"b"',
+                       table="", blank="")
+        for k in range(15)
+    ]  # fmt: skip
+    read = declarations._read_written("".join(routes), 0, "f.conf")
+    assert read is not None
+    keys = list(read[0].routes)
+    assert len(keys) == 15
+    assert len({id(k[1]) for k in keys}) == 3 and len({id(k[2]) for k in keys}) == 5
+    wrong = [*routes[:14], routes[14].replace("198.18.0.3", "127.0.0.1")]
+    assert declarations._read_written("".join(wrong), 0, "f.conf") is None
 
 
 KEYS = [(4, f"198.18.0.{k}", "239.1.1.1", 253) for k in range(1, 6)]
