@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,42 +23,42 @@ async def lines(reader: asyncio.StreamReader) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.splitlines()]
 
 
+async def exchange(
+    tmp_path: Path, send: Callable[[asyncio.StreamWriter], Awaitable[None]]
+) -> list[dict[str, Any]]:
+    """Serve, let `send` write to one connection, close its end: every answer, decoded."""
+    server, sock_path = await serving(tmp_path)
+    reader, writer = await asyncio.open_unix_connection(sock_path)
+    await send(writer)
+    writer.write_eof()
+    answers = await lines(reader)
+    writer.close()
+    await server.stop()
+    return answers
+
+
 def test_requests_sent_together_then_the_end_of_the_stream_are_all_answered(
     tmp_path: Path,
 ) -> None:
     """A client that pipelines changes (each waits for its group's sync) and pings, then
     closes its end: every request is answered in order, then mfcd closes the connection."""
 
-    async def scenario() -> list[dict[str, Any]]:
-        server, sock_path = await serving(tmp_path)
-        reader, writer = await asyncio.open_unix_connection(sock_path)
+    async def send(writer: asyncio.StreamWriter) -> None:
         writer.write(add(1) + request(2, "ping") + b"\n\n" + add(3) + add(4) + request(5, "ping"))
-        writer.write_eof()
-        answers = await lines(reader)
-        writer.close()
-        await server.stop()
-        return answers
 
-    answers = asyncio.run(scenario())
+    answers = asyncio.run(exchange(tmp_path, send))
     assert [(a["id"], a["ok"]) for a in answers] == [(i, True) for i in range(1, 6)]
     assert answers[0]["result"]["state"] == "installed"
 
 
 def test_a_request_cut_into_single_bytes_is_answered(tmp_path: Path) -> None:
-    async def scenario() -> list[dict[str, Any]]:
-        server, sock_path = await serving(tmp_path)
-        reader, writer = await asyncio.open_unix_connection(sock_path)
+    async def send(writer: asyncio.StreamWriter) -> None:
         for byte in add(7):
             writer.write(bytes([byte]))
             await writer.drain()
             await asyncio.sleep(0)
-        writer.write_eof()
-        answers = await lines(reader)
-        writer.close()
-        await server.stop()
-        return answers
 
-    answers = asyncio.run(scenario())
+    answers = asyncio.run(exchange(tmp_path, send))
     assert [(a["id"], a["ok"]) for a in answers] == [(7, True)]
 
 
