@@ -115,6 +115,7 @@ COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
 STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
+STOP_WAIT = 1.0  # seconds a stop waits for a cancelled SIGHUP reload to clean up
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
 CHECK_CHUNK = 100  # routes a drift check looks at, probes and writes between two budget checks
 
@@ -199,6 +200,9 @@ class Daemon:
         self._tables_seen: tuple[list[TableKey], list[MrouteSocket], object] | None = None
         self.serving = False  # start-up is over
         self._reload_pending = False  # SIGHUP arrived during start-up
+        # SIGHUP's reloads: a stop cancels them and waits for their clean-up (the server
+        # does the same for a client's reload) before the controller closes.
+        self._hup_reloads: set[asyncio.Task[None]] = set()
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
         self._compact_called = False  # a _compact_soon waits in the loop's queue
         self._reissuing: asyncio.Task[None] | None = None  # entries written again in slices
@@ -375,6 +379,7 @@ class Daemon:
         compact.cancel()  # the journal is closed soon
         if self._compacting is not None:
             self._compacting.cancel()
+        await self._end_hup_reloads()
         await server.stop()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -382,12 +387,9 @@ class Daemon:
             loop.remove_reader(fd)
         self._readers.clear()
         self._tables_seen = None
-        if self._resync is not None:
-            self._resync.cancel()
-        if self._checking is not None:
-            self._checking.cancel()
-        if self._reissuing is not None:
-            self._reissuing.cancel()
+        for task in (self._resync, self._checking, self._reissuing):
+            if task is not None:
+                task.cancel()
 
     def _commands(self, controller: Controller, kernel: Kernel) -> Commands:
         """The control protocol's commands, wired to the daemon's events, metrics and reload."""
@@ -891,7 +893,15 @@ class Daemon:
 
     def _reload_soon(self) -> None:
         """SIGHUP: reload in a task (the files are read in a thread, clients are served)."""
-        asyncio.get_running_loop().create_task(self._reload_logged())
+        task = asyncio.get_running_loop().create_task(self._reload_logged())
+        self._hup_reloads.add(task)
+        task.add_done_callback(self._hup_reloads.discard)
+
+    async def _end_hup_reloads(self) -> None:
+        for task in self._hup_reloads:
+            task.cancel()
+        if self._hup_reloads:
+            await asyncio.wait(set(self._hup_reloads), timeout=STOP_WAIT)
 
     async def _reload_logged(self) -> None:
         with contextlib.suppress(MfcdError):  # logged by reload_config

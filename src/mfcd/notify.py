@@ -84,10 +84,11 @@ class StatusReporter:
         self._timer: asyncio.TimerHandle | None = None
         self._last = -interval  # loop time of the last datagram sent (or tried)
         self._announcement = ""  # a state change not delivered yet (BUSY)
+        self._closed = False
 
     def changed(self) -> None:
         """The status may have changed: report it, at most once per interval."""
-        if self._timer is not None:
+        if self._timer is not None or self._closed:
             return  # a report is due; it will carry the status as it is then
         loop = asyncio.get_running_loop()
         wait = self._last + self.interval - loop.time()
@@ -97,12 +98,16 @@ class StatusReporter:
             self._send()
 
     def announce(self, state: str) -> None:
-        """Send a state change with the current status now (kept for later if BUSY)."""
+        """Send a state change with the current status now (kept for later if BUSY).
+        Nothing after close(): the daemon is stopping, and READY=1 then would be a lie."""
+        if self._closed:
+            return
         self._announcement = state
         self._cancel()
         self._send()
 
     def close(self) -> None:
+        self._closed = True
         self._cancel()
 
     def _cancel(self) -> None:

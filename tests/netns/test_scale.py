@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -103,12 +104,19 @@ def _drain(sock: socket.socket, seconds: float) -> list[str]:
     return seen
 
 
+@contextmanager
+def notified(lab: Lab, tmp_path: Path) -> Iterator[tuple[Mfcd, Path, socket.socket]]:
+    """`running` with a notify socket the test reads, past the daemon's READY=1."""
+    sock, env = _notify_socket(tmp_path)
+    with sock, running(lab, tmp_path, env=env) as (daemon, log):
+        assert any("READY=1" in m for m in _drain(sock, 0.5))
+        yield daemon, log, sock
+
+
 def test_status_is_sent_about_once_a_second_and_the_last_one_is_current(
     lab: Lab, tmp_path: Path
 ) -> None:
-    sock, env = _notify_socket(tmp_path)
-    with sock, running(lab, tmp_path, env=env) as (daemon, _):
-        assert any("READY=1" in m for m in _drain(sock, 0.5))
+    with notified(lab, tmp_path) as (daemon, _, sock):
         started = time.monotonic()
         sent = 0
         status: list[str] = []
@@ -225,3 +233,37 @@ def test_the_drift_check_after_an_interface_event_repairs_the_routes_on_it(
     assert re.search(
         r"WARNING: drift check of routes on r2: 1 entries checked.*reissue_mfc 1", log.read_text()
     )
+
+
+def _declared(routes: int) -> str:
+    return "".join(
+        f'\n[[route]]\nsource = "198.18.0.2"\ngroup = "239.4.{n // 250}.{n % 250 + 1}"\n'
+        f'iif = "r0"\noifs = ["r1"]\n'
+        for n in range(routes)
+    )
+
+
+def test_a_stop_during_a_sighup_reload_ends_it_and_says_nothing_after_stopping(
+    lab: Lab, tmp_path: Path
+) -> None:
+    # SIGHUP's reload runs in a task of its own. A stop must cancel it and wait for its
+    # clean-up, not leave it to asyncio.run's final cancellation, which ran its `finally`
+    # after STOPPING=1 and told systemd READY=1 about a daemon going away.
+    with notified(lab, tmp_path) as (daemon, log, sock):
+        settings = daemon.config_file.read_text()
+        daemon.config_file.write_text(settings + _declared(40_000))  # a reload of seconds
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while not any("RELOADING=1" in m for m in seen) and time.monotonic() < deadline:
+            seen += _drain(sock, 0.01)
+        assert any("RELOADING=1" in m for m in seen), seen
+        code, _, _ = lab.stop(daemon.proc)
+        daemon.proc = None  # stopped here: running() must not stop it again
+        seen += _drain(sock, 0.5)
+        assert code == 0, log.read_text()[-2000:]
+    stopping = next(i for i, m in enumerate(seen) if "STOPPING=1" in m)
+    assert not any("READY=1" in m for m in seen[stopping:]), seen
+    text = log.read_text()
+    assert "Traceback" not in text and "never retrieved" not in text, text[-2000:]

@@ -205,3 +205,19 @@ def test_a_busy_report_is_kept_and_the_latest_sent_when_there_is_room(
         return _drain(listener.sock)
 
     assert asyncio.run(scenario()) == ["READY=1\nSTATUS=new"]
+
+
+def test_nothing_is_sent_after_close(listener: NotifyListener) -> None:
+    # A stop closes the reporter before STOPPING=1; a reload that ends after that must not
+    # tell systemd READY=1 (nor a status) about a daemon that is going away.
+    async def scenario() -> list[str]:
+        reporter = StatusReporter(lambda: "1 route", interval=0.0)
+        reporter.announce("READY=1")
+        first = _drain(listener.sock)
+        reporter.close()
+        reporter.announce("READY=1")
+        reporter.changed()
+        await asyncio.sleep(0.05)
+        return first + _drain(listener.sock)
+
+    assert asyncio.run(scenario()) == ["READY=1\nSTATUS=1 route"]
