@@ -496,8 +496,10 @@ class Connection(asyncio.Protocol):
                     self.write(b"".join(encode(rid, event) for event in events))
                     continue
                 waiting = asyncio.ensure_future(wake.wait())
-                await asyncio.wait({ended, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
+                try:
+                    await asyncio.wait({ended, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                finally:  # also when a stop cancels the monitor: no wait left pending
+                    waiting.cancel()
         finally:
             bus.unsubscribe(subscriber)
 

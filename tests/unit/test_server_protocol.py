@@ -228,3 +228,21 @@ def test_a_monitor_notices_its_client_closing_after_the_socket_was_paused(
         return subscribers
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_monitor_cancelled_by_the_stop_leaves_no_task_behind(tmp_path: Path) -> None:
+    """A monitor waiting for events when mfcd stops: the stop cancels it, and its wait for
+    the next event goes with it (a task left pending is destroyed at the loop's end)."""
+
+    async def scenario() -> list[asyncio.Task[Any]]:
+        server, path = await serving(tmp_path)
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(request(1, "monitor"))
+        assert json.loads(await asyncio.wait_for(reader.readline(), 5))["ok"]
+        await asyncio.sleep(0.05)  # the monitor waits for an event
+        await server.stop()
+        await asyncio.sleep(0)  # cancelled tasks run to their end
+        writer.close()
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(scenario()) == []
