@@ -297,6 +297,27 @@ def parse_text(
 Blocks = dict[str, tuple[RouteKey, Ports, bool]]
 
 
+class _Columns:
+    """The blocks of a file read at once (_read_written) as columns, in the order of the
+    file: made into Blocks when first looked up (by a reload), not at start, which never
+    needs them (the dict of 100,000 texts was a tenth of a start's read)."""
+
+    __slots__ = ("built", "keys", "ports", "texts")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.keys: list[RouteKey] = []
+        self.ports: list[Ports] = []
+        self.built: Blocks | None = None
+
+    def blocks(self) -> Blocks:
+        if self.built is None:
+            values = zip(self.keys, self.ports, repeat(False))
+            self.built = dict(zip(self.texts, values, strict=False))  # (as long as the texts)
+            self.texts, self.keys, self.ports = [], [], []
+        return self.built
+
+
 class Part(NamedTuple):
     """One file as read: its text, its declarations alone, its other keys (None if it is
     not TOML) and its problems. A reload reuses the Part of a file whose text is the same,
@@ -306,7 +327,13 @@ class Part(NamedTuple):
     found: Declarations
     settings: dict[str, Any] | None
     problems: list[str]
-    blocks: Blocks | None = None
+    stored: Blocks | _Columns | None = None  # the blocks, as read (see blocks)
+
+    @property
+    def blocks(self) -> Blocks | None:
+        """The routes of the file's [[route]] blocks by their text (None: not kept)."""
+        stored = self.stored
+        return stored.blocks() if isinstance(stored, _Columns) else stored
 
 
 def parse_file(text: str, path: str, previous: Part | None = None) -> Part:
@@ -430,7 +457,7 @@ def _parse_blocks(text: str, path: str, known: Blocks) -> Part | None:
         settings = plain_toml(text[: first.start()])
         if settings is None or any(kind in settings for kind in KINDS):
             return None
-        read = _read_written(text, first.start(), path)
+        read = _read_columns(text, first.start(), path)
         if read is not None:
             return Part(text, read[0], settings, [], read[1])
     starts = _block_starts(text)
@@ -504,8 +531,14 @@ def _read_written(text: str, start: int, path: str) -> tuple[Declarations, Block
     written as _WRITTEN with IPv4 addresses (a start with 100,000 routes): a findall over
     a span of blocks, each column checked at once. None if any block is in another form,
     not IPv4 or has a problem: the caller reads the file by blocks, which says why."""
+    read = _read_columns(text, start, path)
+    return None if read is None else (read[0], read[1].blocks())
+
+
+def _read_columns(text: str, start: int, path: str) -> tuple[Declarations, _Columns] | None:
+    """_read_written with its blocks left as columns (built when a reload looks them up)."""
     found = Declarations(files=[path])
-    blocks: Blocks = {}
+    blocks = _Columns()
     ports_of: dict[str, Ports] = {}  # each text of interfaces checked once
     line, end = text.count("\n", 0, start) + 1, len(text)
     while start < end:
@@ -526,7 +559,7 @@ def _take_written(
     line: int,
     *,
     found: Declarations,
-    blocks: Blocks,
+    blocks: _Columns,
     ports_of: dict[str, Ports],
 ) -> int | None:
     """Add the routes of `rows` (_WRITTEN_ALL's, from `length` characters starting at
@@ -576,7 +609,9 @@ def _take_written(
         return None  # a route declared twice: the full read says where both are
     lines: list[int] = list(accumulate(map(add, sizes, map(len, blanks)), initial=line))
     found.positions.update(zip(keys, lines, strict=False))  # (one line more: the next)
-    blocks.update(zip(texts, zip(keys, ports, repeat(False)), strict=True))
+    blocks.texts += texts
+    blocks.keys += keys
+    blocks.ports += ports
     return lines[-1]
 
 
@@ -891,6 +926,9 @@ def check(into: Declarations, problems: list[str]) -> None:
     _check_templates(into, problems)
 
 
+_FEW_PORTS = 1000  # distinct Ports values up to which _check_vifs first counts them all
+
+
 def _check_vifs(into: Declarations, problems: list[str]) -> None:
     """At most 32 VIFs per family and table, counted over the declared interface names
     (a wildcard counts when it is expanded, at run time)."""
@@ -910,6 +948,13 @@ def _check_vifs(into: Declarations, problems: list[str]) -> None:
                         f" name {len(seen)} interfaces"
                     )
 
+    values = into.routes.values()
+    distinct = dict(zip(map(id, values), values, strict=True)).values()
+    if len(distinct) <= _FEW_PORTS:  # (the usual case: a few combinations of interfaces)
+        named = {n for ports in distinct for n in ports.interfaces}
+        named.update(n for t in into.templates for n in (t.iif, *t.oifs))
+        if len(named) <= MAXVIFS:
+            return  # no table can name more: no pass over the routes
     # Routes share their Ports values: each distinct one is counted once, at its first route
     # (found a column at a time: a loop over 100,000 routes took a fifth of a start's read).
     keys = list(into.routes)
