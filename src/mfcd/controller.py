@@ -1886,7 +1886,9 @@ def _one_run(changes: Sequence[Change], start: int, end: int) -> RouteRun | None
     """_route_runs' one run when changes[start:end] all share their Ports, family and table
     (the usual start: every config route on one combination), found in C; else None."""
     adds = changes[start:end]
-    ports, (family, _, _, table) = adds[0][1], adds[0][0]
+    first = adds[0]
+    assert isinstance(first, AddRoute)
+    ports, family, table = first.ports, first.key[0], first.key[3]
     if countOf(map(is_, map(_PORTS, adds), repeat(ports)), True) != len(adds):
         return None
     keys: list[RouteKey] = list(map(_KEY, adds))
