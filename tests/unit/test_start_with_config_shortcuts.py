@@ -67,7 +67,8 @@ def test_one_run_found_in_c_is_the_run_groupby_finds(
         m.setattr(controller_module, "_one_run", lambda *args: None)
         assert got == _route_runs(changes, start, end)
     for run in got:
-        assert all(c.ports is run.ports for c in changes[run.start : run.start + len(run.keys)])
+        adds = changes[run.start : run.start + len(run.keys)]
+        assert all(isinstance(c, AddRoute) and c.ports is run.ports for c in adds)
 
 
 def route_text(i: int, ports: Ports) -> str:
@@ -111,8 +112,9 @@ def test_declared_routes_on_one_value_are_those_route_by_route(
     journal: list[Change] = []
     got = ctl._declared_routes(new, keys, journal)
     want, taken = general_routes(ctl, new, keys)
-    assert got == want and [c.key for c in journal] == taken
-    assert all(c.ports is ctl.router.share(c.ports) for c in got)  # the router's own values
+    assert got == want and [c[0] for c in journal] == taken
+    # (the router's own values)
+    assert all(isinstance(c, AddRoute) and c.ports is ctl.router.share(c.ports) for c in got)
 
 
 def test_a_start_on_one_combination_applies_the_routes_route_by_route(
