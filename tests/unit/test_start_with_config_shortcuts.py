@@ -19,6 +19,7 @@ from mfcd.declarations import Declarations, diff
 from mfcd.model import RUN_MIN, AddRoute, Change, Ports, Route, SetThreshold
 from tests.unit.test_declarations import controller, parse
 from tests.unit.test_reload_slices import everything
+from tests.unit.test_start_with_config import WRITTEN
 
 ANY = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -177,3 +178,76 @@ def test_the_vif_check_reports_as_its_pass_over_the_routes(
         assert parse(text) == (found, problems)
     monkeypatch.setattr(declarations, "_FEW_PORTS", few)
     assert parse(text) == (found, problems)
+
+
+@st.composite
+def alike_files(draw: st.DrawFn) -> tuple[str, int]:
+    """Blocks as import-smcroute writes them, alike but for their addresses, with one blank
+    line after each or none; sometimes one block, or the end, not quite so."""
+    count = draw(st.integers(1, 30))
+    blank = draw(st.sampled_from(("", "\n")))
+    iif, oifs = draw(st.sampled_from((("a", '"b"'), ("a", '"b", "c"'), ("b", '"a"'))))
+    out = []
+    twice = draw(st.integers(1, 40))  # (a route declared twice when there are as many)
+    for i in range(count):
+        _, source, group, _ = key(0 if i == twice else i)
+        out.append(WRITTEN.format(s=source, g=group, i=iif, o=oifs, table="", blank=blank))
+    odd = draw(
+        st.sampled_from((None, "blank", "table", "iif", "source", "bracket", "end", "quote", "key"))
+    )
+    k = draw(st.integers(0, count - 1))
+    if odd == "blank":
+        out[k] += "\n"
+    elif odd == "table":
+        out[k] = out[k].replace("]\n", "]\ntable = 7\n", 1)
+    elif odd == "iif":
+        out[k] = out[k].replace(f'iif = "{iif}"', 'iif = "c"')
+    elif odd == "source":
+        out[k] = out[k].replace("198.18.", "10.300.", 1)
+    elif odd == "bracket":
+        out = [b.replace("oifs = [", 'oifs = ["x]y", ') for b in out]
+    elif odd == "key":  # a line of another key, its value where the group's would be
+        out[k] = out[k].replace('group = "', 'grouq = "', 1)
+    elif odd == "quote":
+        out[k] = out[k].replace('source = "', 'source = "1"', 1)
+    head = 'log_level = "info"\n\n'
+    text = head + "".join(out)
+    if odd == "end":
+        text = text.rstrip("\n")
+    return text, len(head)
+
+
+@ANY
+@given(case=alike_files())
+def test_a_file_of_alike_blocks_reads_as_by_spans(case: tuple[str, int]) -> None:
+    """_read_alike takes what _read_spans (the findall per span) takes, and reads it the
+    same; and the file reads as the TOML reader reads it."""
+    text, start = case
+    alike = declarations._read_alike(text, start, "f.conf")
+    spans = declarations._read_spans(text, start, "f.conf")
+    if alike is not None:
+        assert spans is not None
+        assert alike[0].routes == spans[0].routes
+        assert alike[0].positions == spans[0].positions
+        assert alike[1].blocks() == spans[1].blocks()
+    part = declarations.parse_file(text, "f.conf")
+    full, problems = parse(text)
+    assert (part.problems, part.found.routes, part.found.positions) == (
+        problems,
+        full.routes,
+        full.positions,
+    )
+    if not problems and spans is not None:
+        assert part.blocks == declarations._blocks_of(text, full)
+
+
+def test_the_benchs_file_is_read_alike() -> None:
+    """import-smcroute's form (a blank line after each block) and the bench's (none)."""
+    for blank in ("", "\n"):
+        text = "".join(
+            WRITTEN.format(s=key(i)[1], g=key(i)[2], i="a", o='"b", "c"', table="", blank=blank)
+            for i in range(600)
+        )
+        read = declarations._read_alike(text, 0, "f.conf")
+        assert read is not None and len(read[0].routes) == 600
+        assert read[1].blocks() == declarations._blocks_of(text, parse(text)[0])
