@@ -534,8 +534,9 @@ _LOCAL4 = b"\xe0\x00\x00"  # 224.0.0.0/24: link-local groups, never routed
 
 def _read_written(text: str, start: int, path: str) -> tuple[Declarations, Blocks] | None:
     """_parse_blocks' routes and blocks for a file whose blocks from `start` on are all
-    written as _WRITTEN with IPv4 addresses (a start with 100,000 routes): a findall over
-    a span of blocks, each column checked at once. None if any block is in another form,
+    written as _WRITTEN with IPv4 addresses (a start with 100,000 routes): blocks alike
+    but for their addresses from their lines, others by a findall over a span of blocks,
+    each column checked at once. None if any block is in another form,
     not IPv4 or has a problem: the caller reads the file by blocks, which says why."""
     read = _read_columns(text, start, path)
     return None if read is None else (read[0], read[1].blocks())
