@@ -15,6 +15,12 @@ interfaces are never touched), for each N:
   answered   the longest wait of a ping, sent every 10 ms on an open connection, while a
              reload that changes every route runs (the files are read in a thread; the
              changes are applied on the loop, so this grows with the routes changed)
+
+With `--base SRC [--rounds R]`, only start and recovery, for two revisions alternated in
+one lab (A: the mfcd package under SRC, e.g. main's `git archive` in /tmp; B: this
+checkout's), R rounds of both in turn, A first in odd rounds: each revision's start and
+recovery, wall-clock and CPU, and their ratios. The state file is written once (by B's
+`mfcctl batch`) and copied before each recovery; each start gets a fresh one.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -101,6 +108,17 @@ class Daemon:
         self.cpu = cpu_seconds(self.proc.pid)  # (`ip netns exec` execs mfcd: the same pid)
         return took
 
+    def fill_state(self, n: int) -> None:
+        """Leave the state file with the bench's N routes (`mfcctl batch`) and a config
+        without routes, mfcd stopped."""
+        self.write("")
+        self.start()
+        batch = self.work / "batch.txt"
+        batch.write_text(batch_text(n))
+        if self.ctl("batch", str(batch)).returncode != 0:
+            raise RuntimeError("mfcctl batch failed")
+        self.lab.stop(self.proc)
+
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / "mfcctl"), "--socket", self.socket, *args],
@@ -155,14 +173,7 @@ def bench_mfcd(n: int) -> dict[str, float]:
             stop.set()
             pinger.join()
             lab.stop(daemon.proc)
-            # The same routes from the state file (a config without routes).
-            daemon.write("")
-            daemon.start()
-            batch = Path(work) / "batch.txt"
-            batch.write_text(batch_text(n))
-            if daemon.ctl("batch", str(batch)).returncode != 0:
-                raise RuntimeError("mfcctl batch failed")
-            lab.stop(daemon.proc)
+            daemon.fill_state(n)  # the same routes from the state file
             recovery = daemon.start()
             lab.stop(daemon.proc)
             return {
@@ -177,6 +188,49 @@ def bench_mfcd(n: int) -> dict[str, float]:
             }
     finally:
         lab.destroy()
+
+
+def bench_ab(n: int, base: str, rounds: int) -> dict[str, dict[str, list[float]]]:
+    """Start and recovery of revisions A (`base`) and B (this checkout) alternated."""
+    revisions = {"A": str(Path(base).resolve()), "B": str(HERE.parent / "src")}
+    rows: dict[str, dict[str, list[float]]] = {"A": {}, "B": {}}
+    lab = Lab(receivers=2)
+    lab.create()
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            daemon, state = Daemon(lab, Path(work)), Path(work) / "state.journal"
+            os.environ["PYTHONPATH"] = revisions["B"]  # (lab.spawn passes the environment)
+            daemon.fill_state(n)
+            saved = Path(work) / "saved.journal"
+            shutil.copy(state, saved)
+            routes = config_text(n)
+            for r in range(rounds):
+                for rev in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                    os.environ["PYTHONPATH"] = revisions[rev]
+                    state.unlink(missing_ok=True)
+                    daemon.write(routes)
+                    start, start_cpu = daemon.start(), daemon.cpu
+                    lab.stop(daemon.proc)
+                    shutil.copy(saved, state)
+                    daemon.write("")
+                    recovery = daemon.start()
+                    lab.stop(daemon.proc)
+                    got = {
+                        "start_s": start,
+                        "recovery_s": recovery,
+                        "ratio": start / recovery,
+                        "start_cpu_s": start_cpu,
+                        "recovery_cpu_s": daemon.cpu,
+                        "cpu_ratio": start_cpu / daemon.cpu,
+                    }
+                    print(
+                        f"round {r + 1} {rev}: " + ", ".join(f"{k} {v:.3f}" for k, v in got.items())
+                    )
+                    for k, v in got.items():
+                        rows[rev].setdefault(k, []).append(v)
+    finally:
+        lab.destroy()
+    return rows
 
 
 def bench_smcroute(n: int) -> dict[str, float]:
@@ -227,7 +281,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--smcroute-routes", type=int, nargs="*", default=[10_000])
+    parser.add_argument("--base", help="A/B of start and recovery: revision A's src directory")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of the A/B (--base)")
     args = parser.parse_args()
+    if args.base:
+        for n in args.routes:
+            rows = bench_ab(n, args.base, args.rounds)
+            print(f"\n{n} routes, medians (ranges) of {args.rounds} rounds:")
+            for rev, values in rows.items():
+                for k, v in values.items():
+                    print(f"  {rev} {k}: {statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})")
+        return 0
     results: dict[str, dict[str, dict[str, float]]] = {"mfcd": {}, "smcroute": {}}
     for n in args.routes:
         results["mfcd"][str(n)] = bench_mfcd(n)

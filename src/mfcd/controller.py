@@ -19,7 +19,7 @@ from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby, islice, repeat
-from operator import countOf, itemgetter
+from operator import countOf, is_, itemgetter
 from typing import Any, NamedTuple, Protocol
 
 from mfcd import views, wildcards
@@ -85,6 +85,7 @@ _new = tuple.__new__  # a NamedTuple made without its own __new__: half the cost
 
 _KEY, _PORTS, _GROUP = itemgetter(0), itemgetter(1), itemgetter(2)  # of an AddRoute, a key
 _ACTION = itemgetter(2)  # of a Step
+_FAMILY, _TABLE = itemgetter(0), itemgetter(3)  # of a RouteKey
 CHUNK = 1024  # changes planned and applied at a time
 # Routes whose entries reissue_slices() writes between two yields: small, as the daemon
 # gives the loop a turn only once a slice has run slices.SLICE_SECONDS (a yield costs
@@ -1191,11 +1192,19 @@ class Controller:
         declared, wild, share = new.routes, new.wild, router.share
         if not wild:  # (100,000 at start: in C but for the few distinct values)
             keys = list(keys)
-            values = list(map(declared.__getitem__, keys))
-            ids = list(map(id, values))
-            by_id = {i: share(p) for i, p in dict(zip(ids, values, strict=True)).items()}
+            if len(keys) == len(declared) and keys == list(declared):  # (a start: no lookups)
+                values = list(declared.values())
+            else:
+                values = list(map(declared.__getitem__, keys))
             if routes:
                 journal += [DelRoute(k) for k in keys if k in routes and k not in origins]
+            if not values:
+                return []
+            if countOf(map(is_, values, repeat(values[0])), True) == len(values):
+                # All on one declared value (the usual start): it is shared once.
+                return list(map(_new, repeat(AddRoute), zip(keys, repeat(share(values[0])))))
+            ids = list(map(id, values))
+            by_id = {i: share(p) for i, p in dict(zip(ids, values, strict=True)).items()}
             values = list(map(by_id.__getitem__, ids))
             return list(map(_new, repeat(AddRoute), zip(keys, values, strict=True)))
         shared: dict[int, Ports] = {}  # id of the declared value -> the router's (few values)
@@ -1857,6 +1866,10 @@ def _count(counts: Counter[str], steps: list[Step], more: int) -> None:
 def _route_runs(changes: Sequence[Change], start: int, end: int) -> list[RouteRun]:
     """The RouteRuns of changes[start:end], AddRoutes all (the config's routes at start):
     each stretch of at least RUN_MIN on one shared Ports, family and table."""
+    if end - start >= RUN_MIN:
+        whole = _one_run(changes, start, end)
+        if whole is not None:
+            return [whole]
     runs = []
     at = start
     for _, same in groupby(islice(changes, start, end), _run_of):
@@ -1867,6 +1880,23 @@ def _route_runs(changes: Sequence[Change], start: int, end: int) -> list[RouteRu
             runs.append(RouteRun(at, list(map(_KEY, adds)), first.ports))
         at += len(adds)
     return runs
+
+
+def _one_run(changes: Sequence[Change], start: int, end: int) -> RouteRun | None:
+    """_route_runs' one run when changes[start:end] all share their Ports, family and table
+    (the usual start: every config route on one combination), found in C; else None."""
+    adds = changes[start:end]
+    first = adds[0]
+    assert isinstance(first, AddRoute)
+    ports, family, table = first.ports, first.key[0], first.key[3]
+    if countOf(map(is_, map(_PORTS, adds), repeat(ports)), True) != len(adds):
+        return None
+    keys: list[RouteKey] = list(map(_KEY, adds))
+    if countOf(map(_FAMILY, keys), family) != len(keys):
+        return None
+    if countOf(map(_TABLE, keys), table) != len(keys):
+        return None
+    return RouteRun(start, keys, ports)
 
 
 def _run_of(change: Any) -> tuple[int, int, int]:

@@ -32,10 +32,10 @@ import ipaddress
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import accumulate, repeat
+from itertools import accumulate, chain, repeat
 from operator import add, itemgetter
 from typing import Any, NamedTuple
 
@@ -297,6 +297,33 @@ def parse_text(
 Blocks = dict[str, tuple[RouteKey, Ports, bool]]
 
 
+class _Columns:
+    """The blocks of a file read at once (_read_written) as columns, in the order of the
+    file: made into Blocks when first looked up (by a reload), not at start, which never
+    needs them (the dict of 100,000 texts was a tenth of a start's read)."""
+
+    __slots__ = ("alike", "built", "keys", "ports", "texts")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.keys: list[RouteKey] = []
+        self.ports: list[Ports] = []
+        self.built: Blocks | None = None
+        # (text, start, lines a block) of blocks read by _read_alike: their texts, found
+        # when the blocks are built (the lines at start were split without them)
+        self.alike: tuple[str, int, int] | None = None
+
+    def blocks(self) -> Blocks:
+        if self.built is None:
+            if self.alike is not None:
+                text, start, period = self.alike
+                self.texts, self.alike = _ALIKE_BLOCKS[period].findall(text, start), None
+            values = zip(self.keys, self.ports, repeat(False))
+            self.built = dict(zip(self.texts, values, strict=False))  # (as long as the texts)
+            self.texts, self.keys, self.ports = [], [], []
+        return self.built
+
+
 class Part(NamedTuple):
     """One file as read: its text, its declarations alone, its other keys (None if it is
     not TOML) and its problems. A reload reuses the Part of a file whose text is the same,
@@ -306,7 +333,13 @@ class Part(NamedTuple):
     found: Declarations
     settings: dict[str, Any] | None
     problems: list[str]
-    blocks: Blocks | None = None
+    stored: Blocks | _Columns | None = None  # the blocks, as read (see blocks)
+
+    @property
+    def blocks(self) -> Blocks | None:
+        """The routes of the file's [[route]] blocks by their text (None: not kept)."""
+        stored = self.stored
+        return stored.blocks() if isinstance(stored, _Columns) else stored
 
 
 def parse_file(text: str, path: str, previous: Part | None = None) -> Part:
@@ -430,7 +463,7 @@ def _parse_blocks(text: str, path: str, known: Blocks) -> Part | None:
         settings = plain_toml(text[: first.start()])
         if settings is None or any(kind in settings for kind in KINDS):
             return None
-        read = _read_written(text, first.start(), path)
+        read = _read_columns(text, first.start(), path)
         if read is not None:
             return Part(text, read[0], settings, [], read[1])
     starts = _block_starts(text)
@@ -501,11 +534,80 @@ _LOCAL4 = b"\xe0\x00\x00"  # 224.0.0.0/24: link-local groups, never routed
 
 def _read_written(text: str, start: int, path: str) -> tuple[Declarations, Blocks] | None:
     """_parse_blocks' routes and blocks for a file whose blocks from `start` on are all
-    written as _WRITTEN with IPv4 addresses (a start with 100,000 routes): a findall over
-    a span of blocks, each column checked at once. None if any block is in another form,
+    written as _WRITTEN with IPv4 addresses (a start with 100,000 routes): blocks alike
+    but for their addresses from their lines, others by a findall over a span of blocks,
+    each column checked at once. None if any block is in another form,
     not IPv4 or has a problem: the caller reads the file by blocks, which says why."""
+    read = _read_columns(text, start, path)
+    return None if read is None else (read[0], read[1].blocks())
+
+
+def _read_columns(text: str, start: int, path: str) -> tuple[Declarations, _Columns] | None:
+    """_read_written with its blocks left as columns (built when a reload looks them up)."""
+    return _read_alike(text, start, path) or _read_spans(text, start, path)
+
+
+# The blocks import-smcroute writes (and the bench): alike but for their addresses. Split
+# in lines, a block's source and group are its second and third lines without their key
+# and quotes; the text rebuilt from them must be the file's.
+_ALIKE_HEAD, _ALIKE_MID = '[[route]]\nsource = "', '"\ngroup = "'
+_SOURCE_VALUE, _GROUP_VALUE = itemgetter(slice(10, -1)), itemgetter(slice(9, -1))
+# (and held to _WRITTEN_ALL's own form of them: a ] in a name ends its list there)
+_LOOSE_INTERFACES = re.compile(r'iif = "[^"]*"\noifs = \[[^]]*\]\n\Z')
+_ALIKE_BLOCKS = {n: re.compile(rf"(?:[^\n]*\n){{{n}}}") for n in (5, 6)}  # lines a block
+
+
+def _read_alike(text: str, start: int, path: str) -> tuple[Declarations, _Columns] | None:
+    """_read_spans of a file whose blocks from `start` on are written as _WRITTEN and alike
+    but for their source and group (one iif and oifs line, no table, each block followed
+    by one blank line or by none): its lines split once, without a findall, the form proved
+    by the text rebuilt from the addresses. None for any other file, and on any problem:
+    _read_spans reads it, or says it is not for a read at once."""
+    body = text[start:]
+    first = body.split("\n", 6)  # the first block's lines
+    if len(first) < 6 or not _LOOSE_INTERFACES.match(interfaces := f"{first[3]}\n{first[4]}\n"):
+        return None
+    # Cheap signs first (a file of other blocks is left at once): one interfaces' text
+    # for every block, no table.
+    count = body.count(_ALIKE_HEAD)
+    if body.count(interfaces) != count or "\ntable = " in body:
+        return None
+    period = 6 if first[5] == "" else 5  # lines a block (with its blank line)
+    lines = body.split("\n")
+    if count == 0 or len(lines) != period * count + 1:
+        return None
+    sources = list(map(_SOURCE_VALUE, lines[1::period]))
+    groups = list(map(_GROUP_VALUE, lines[2::period]))
+    tail = '"\n' + interfaces + "\n" * (period - 5)
+    pieces = zip(repeat(_ALIKE_HEAD), sources, repeat(_ALIKE_MID), groups, repeat(tail))
+    del lines
+    if "".join(chain.from_iterable(pieces)) != body:
+        return None
     found = Declarations(files=[path])
-    blocks: Blocks = {}
+    line = text.count("\n", 0, start) + 1
+    lines_at = range(line, line + period * count + 1, period)
+    # (a source or group with a quote, which _WRITTEN_ALL would read otherwise, is no address)
+    taken = _take_columns(
+        sources,
+        groups,
+        [interfaces] * count,
+        repeat(DEFAULT_TABLE[4]),
+        lines_at,
+        found=found,
+        ports_of={},
+    )
+    if taken is None:
+        return None
+    blocks = _Columns()
+    blocks.keys, blocks.ports = taken
+    blocks.alike = (text, start, period)
+    return found, blocks
+
+
+def _read_spans(text: str, start: int, path: str) -> tuple[Declarations, _Columns] | None:
+    """_read_columns a span of blocks at a time: a findall, each column checked at once."""
+    found = Declarations(files=[path])
+    blocks = _Columns()
     ports_of: dict[str, Ports] = {}  # each text of interfaces checked once
     line, end = text.count("\n", 0, start) + 1, len(text)
     while start < end:
@@ -526,7 +628,7 @@ def _take_written(
     line: int,
     *,
     found: Declarations,
-    blocks: Blocks,
+    blocks: _Columns,
     ports_of: dict[str, Ports],
 ) -> int | None:
     """Add the routes of `rows` (_WRITTEN_ALL's, from `length` characters starting at
@@ -537,6 +639,38 @@ def _take_written(
     texts, sources, grouped, interfaces, tables, blanks = zip(*rows, strict=True)
     if sum(map(len, texts)) != length:
         return None  # something between the blocks that is not one
+    numbers: Iterable[int] = repeat(DEFAULT_TABLE[4])
+    sizes: Iterable[int] = repeat(5)  # lines of a block before its blank lines
+    if any(tables):
+        numbers = [int(t) if t else DEFAULT_TABLE[4] for t in tables]
+        sizes = [6 if t else 5 for t in tables]
+        if max(numbers) > validate.MAX_TABLE:
+            return None
+    lines: list[int] = list(accumulate(map(add, sizes, map(len, blanks)), initial=line))
+    taken = _take_columns(
+        sources, grouped, interfaces, numbers, lines, found=found, ports_of=ports_of
+    )
+    if taken is None:
+        return None
+    blocks.texts += texts
+    blocks.keys += taken[0]
+    blocks.ports += taken[1]
+    return lines[-1]
+
+
+def _take_columns(
+    sources: Sequence[str],
+    grouped: Sequence[str],
+    interfaces: Sequence[str],
+    numbers: Iterable[int],
+    lines: Sequence[int],
+    *,
+    found: Declarations,
+    ports_of: dict[str, Ports],
+) -> tuple[list[RouteKey], list[Ports]] | None:
+    """The routes of blocks given as columns (their sources, groups, texts of interfaces,
+    tables and first lines, with the line after the last), checked as route_key_of and
+    add_change check them and added to `found`: their keys and Ports, or None."""
     # Routes that share a source or a group share its string (memory only, as
     # address_sharing does, here per span of blocks and in C: each text maps to its first
     # row's); each distinct address is checked once.
@@ -552,13 +686,6 @@ def _take_written(
         return None
     if b"\xe0" in grps[::4] and any(grps[k : k + 3] == _LOCAL4 for k in range(0, len(grps), 4)):
         return None
-    numbers: Iterable[int] = repeat(DEFAULT_TABLE[4])
-    sizes: Iterable[int] = repeat(5)  # lines of a block before its blank lines
-    if any(tables):
-        numbers = [int(t) if t else DEFAULT_TABLE[4] for t in tables]
-        sizes = [6 if t else 5 for t in tables]
-        if max(numbers) > validate.MAX_TABLE:
-            return None
     try:
         for written in set(interfaces).difference(ports_of):
             m = _INTERFACES_WRITTEN.match(written)
@@ -574,10 +701,8 @@ def _take_written(
     routes.update(zip(keys, ports, strict=True))
     if len(routes) != before + len(keys):
         return None  # a route declared twice: the full read says where both are
-    lines: list[int] = list(accumulate(map(add, sizes, map(len, blanks)), initial=line))
     found.positions.update(zip(keys, lines, strict=False))  # (one line more: the next)
-    blocks.update(zip(texts, zip(keys, ports, repeat(False)), strict=True))
-    return lines[-1]
+    return keys, ports
 
 
 def _written_block(
@@ -891,6 +1016,9 @@ def check(into: Declarations, problems: list[str]) -> None:
     _check_templates(into, problems)
 
 
+_FEW_PORTS = 1000  # distinct Ports values up to which _check_vifs first counts them all
+
+
 def _check_vifs(into: Declarations, problems: list[str]) -> None:
     """At most 32 VIFs per family and table, counted over the declared interface names
     (a wildcard counts when it is expanded, at run time)."""
@@ -910,6 +1038,13 @@ def _check_vifs(into: Declarations, problems: list[str]) -> None:
                         f" name {len(seen)} interfaces"
                     )
 
+    values = into.routes.values()
+    distinct = dict(zip(map(id, values), values, strict=True)).values()
+    if len(distinct) <= _FEW_PORTS:  # (the usual case: a few combinations of interfaces)
+        named = {n for ports in distinct for n in ports.interfaces}
+        named.update(n for t in into.templates for n in (t.iif, *t.oifs))
+        if len(named) <= MAXVIFS:
+            return  # no table can name more: no pass over the routes
     # Routes share their Ports values: each distinct one is counted once, at its first route
     # (found a column at a time: a loop over 100,000 routes took a fifth of a start's read).
     keys = list(into.routes)
