@@ -123,9 +123,10 @@ def _uniform(text: str, before: int) -> Run | None:
     only by their addresses (a generated file), which are then checked in bulk.
 
     The first line, matched by _VALID, gives what every line must repeat around its
-    addresses. The text is split at those repeated strings by a literal expression (no
-    backtracking over octets); the text made again from the columns must be the text
-    itself, so each line has the first one's shape. The addresses are then checked as
+    addresses. Each column is found after the string that stands before it by a literal
+    expression (no backtracking over octets; a column's strings are made one after the
+    other, as _anew would make them); the text made again from the columns must be the
+    text itself, so each line has the first one's shape. The addresses are then checked as
     _VALID checks them: glibc's inet_pton takes exactly canonical dotted quads (as
     validate._address relies on), and the first octets and 224.0.0.0/24 are looked at in
     the packed bytes, groups all at once and each distinct source once."""
@@ -139,12 +140,13 @@ def _uniform(text: str, before: int) -> Run | None:
         return None  # (the last line has no newline, or another end)
     between = tail + head  # what stands between one line's group and the next's source
     body = text[len(head) : len(text) - len(tail)]
-    columns = _splitter(middle, between).split(body)
-    count = len(columns) // 2
-    if len(columns) != 2 * count:
+    after_between, after_middle = _finders(middle, between)
+    sources = [first.group(1)]
+    sources += after_between.findall(body)
+    groups = after_middle.findall(body)
+    count = len(groups)
+    if len(sources) != count:
         return None
-    sources, groups = columns[0::2], columns[1::2]
-    del columns
     again = [middle] * (4 * count - 1)
     again[2::4] = groups
     again[0::4] = sources
@@ -155,20 +157,13 @@ def _uniform(text: str, before: int) -> Run | None:
     if not (_valid_sources(sources) and _valid_groups(groups)):
         return None
     iif, oif, table = first.group(3, 4, 5)
-    return Run(
-        before + 1,
-        _anew(sources),
-        _anew(groups),
-        [iif] * count,
-        [oif] * count,
-        [table] * count,
-    )
+    return Run(before + 1, sources, groups, [iif] * count, [oif] * count, [table] * count)
 
 
 @lru_cache(maxsize=64)
-def _splitter(middle: str, between: str) -> re.Pattern[str]:
-    """An expression that splits a uniform text's body at the strings around its addresses."""
-    return re.compile(f"{re.escape(middle)}|{re.escape(between)}")
+def _finders(middle: str, between: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Expressions that find a uniform text's sources (but the first) and its groups."""
+    return re.compile(re.escape(between) + "([0-9.]*)"), re.compile(re.escape(middle) + "([0-9.]*)")
 
 
 # First octets that no source of _SOURCE4 has (0/8, 127/8, 224 and up), and those of groups.
