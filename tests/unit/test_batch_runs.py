@@ -288,3 +288,95 @@ def test_a_batch_with_a_kernel_refusal_and_a_mistake_fails_as_line_by_line(
     with line_by_line():
         assert request(slow, text) == answer
     assert not json.loads(answer)["ok"]
+
+
+# --- generated files: every line of one shape (batchscan._uniform) ------------------------------
+
+octet = st.sampled_from(["0", "1", "01", "9", "127", "223", "224", "239", "240", "255", "256"])
+uniform_address = st.one_of(
+    st.builds("10.{}.0.{}".format, n, st.integers(1, 3)),
+    st.builds("239.1.{}.{}".format, n, st.integers(0, 40)),
+    st.builds("{}.{}.0.{}".format, octet, octet, octet),  # near misses and other ranges
+)
+shape = st.builds(
+    "{}add --source {{s}} --group {{g}} --iif {} --oifs {}{}".format,
+    st.sampled_from(["", "mfc "]),
+    st.sampled_from(["r0", "r1"]),
+    st.sampled_from(["r2", "r3", "r9"]),
+    st.sampled_from(["", " --table 100", " --table 253", " --table 0"]),
+)
+
+
+@st.composite
+def uniform_batch(draw: st.DrawFn) -> str:
+    """Lines of one shape, their addresses mostly valid (new routes, routes there already,
+    the same route twice), a few near misses; now and then one other line."""
+    line = draw(shape)
+    pairs = draw(
+        st.lists(
+            st.one_of(
+                st.builds(
+                    "10.{}.0.{} 239.1.{}.{}".format, n, st.integers(1, 3), n, st.integers(0, 40)
+                ),
+                st.builds("{} {}".format, uniform_address, uniform_address),
+            ),
+            min_size=1,
+            max_size=80,
+        )
+    )
+    texts = [line.format(s=s, g=g) for s, g in (pair.split() for pair in pairs)]
+    if draw(st.booleans()):
+        texts.insert(draw(st.integers(0, len(texts))), draw(others))
+    return "\n".join(texts) + draw(st.sampled_from(["\n", "", "\n\n"]))
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=uniform_batch(), part_chars=st.sampled_from([100, 1_000, batchscan.PART_CHARS]))
+def test_a_generated_batch_does_what_it_does_line_by_line(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str,
+    part_chars: int,
+) -> None:
+    """Batches of one shape, read in parts of PART_CHARS (some uniform, some with a near
+    miss or another line): the same answer, model, kernel operations and journal as line by
+    line."""
+    monkeypatch.setattr(batchscan, "PART_CHARS", part_chars)
+    tmp_path = tmp_path_factory.mktemp("batch")
+    both(tmp_path, text)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=uniform_batch(), fail_at=st.integers(1, 40))
+def test_a_kernel_failure_in_a_generated_batch_leaves_what_it_leaves_line_by_line(
+    tmp_path_factory: pytest.TempPathFactory, text: str, fail_at: int
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("batch")
+    both(tmp_path, text, fail_at=fail_at)
+
+
+def test_generated_batches_take_the_uniform_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tests above reach batchscan._uniform: a batch of 300 routes in parts of 1,000
+    characters is read part by part as runs by it, and does what it does line by line."""
+    taken: list[int] = []
+    uniform = batchscan._uniform
+
+    def counted(text: str, before: int) -> batchscan.Run | None:
+        run = uniform(text, before)
+        taken.append(run is not None)
+        return run
+
+    monkeypatch.setattr(batchscan, "_uniform", counted)
+    monkeypatch.setattr(batchscan, "PART_CHARS", 1_000)
+    text = "".join(
+        f"mfc add --source 10.0.{k % 3}.1 --group 239.2.{k // 256}.{k % 256} --iif r1 --oifs r3\n"
+        for k in range(300)
+    )
+    answer = json.loads(both(tmp_path, text))
+    assert answer["result"]["added"] == 300
+    # (the first two: the mixed batches that `make` starts both daemons with)
+    assert len(taken) > 10 and not any(taken[:2]) and all(taken[2:])

@@ -3,6 +3,10 @@ exactly what batchfile.lines gives, every other line is batchfile.lines' own."""
 
 from __future__ import annotations
 
+import random
+import re
+from collections.abc import Callable
+
 import pytest
 
 from mfcd import batchfile, batchscan, validate
@@ -149,3 +153,94 @@ def test_a_run_takes_exactly_the_addresses_route_key_of_takes_as_they_are() -> N
             except InvalidArgument:
                 valid = False
             assert taken == (valid and not source.startswith("0.")), (source, group)
+
+
+# --- uniform parts: a generated file's lines read at the strings around their addresses -----------
+
+SHAPES = [  # lines the expression takes, around their addresses
+    "add --source {s} --group {g} --iif r0 --oifs r1",
+    "mfc add --source {s} --group {g} --iif eth0.5 --oifs br-x@y",
+    "add --source {s} --group {g} --iif r0 --oifs r1 --table 100",
+    "mfc add --source {s} --group {g} --iif r1 --oifs r0 --table 0",
+]
+ADDRESSES = [f"{a}.{b}.1.{d}" for a in OCTETS for b in ("0", "01") for d in ("0", "255", "00")]
+# A line changed so that the text is no longer uniform, or its address not valid.
+MUTATIONS: list[Callable[[str], str]] = [
+    lambda line: line.replace("--iif r0", "--iif r2"),
+    lambda line: line.replace("--oifs", "--oifs  "),
+    lambda line: line.replace("mfc add", "add") if line.startswith("mfc") else "mfc " + line,
+    lambda line: line + " ",
+    lambda line: line + " --table 7",
+    lambda line: line.replace("--group ", "--group 1"),
+    lambda line: line.replace("--source ", "--source 0"),
+    lambda line: line.replace(" --group ", " --group 239.1.1.1 --group "),
+    lambda line: line.replace(" --group ", "\n"),
+    lambda line: line + "\n",
+    lambda line: "",
+    lambda line: "# " + line,
+    lambda line: line.replace("add", "del"),
+]
+
+
+def uniform_text(rng: random.Random, count: int) -> str:
+    shape = rng.choice(SHAPES)
+    sources = [f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 256)}"]
+    sources += [f"198.18.0.{n}" for n in range(1, 4)]
+    lines = []
+    for _ in range(count):
+        source = rng.choice(sources)
+        octets = rng.randrange(224, 240), *(rng.randrange(256) for _ in range(3))
+        group = ".".join(map(str, octets))
+        if rng.random() < 0.05:
+            source = rng.choice(ADDRESSES)
+        if rng.random() < 0.05:
+            group = rng.choice(ADDRESSES)
+        lines.append(shape.format(s=source, g=group))
+    if rng.random() < 0.5:
+        at = rng.randrange(count)
+        lines[at] = rng.choice(MUTATIONS)(lines[at])
+    return "\n".join(lines) + ("\n" if rng.random() < 0.9 else "")
+
+
+def test_a_uniform_part_is_read_as_the_split_reads_it() -> None:
+    """Over 1,500 random parts of one shape, some with a line changed (another interface,
+    spacing, prefix or table, an extra word, a near-miss address anywhere in it, a comment,
+    a blank line, no last newline), the uniform reading gives exactly the one Run the split
+    by _VALID gives, or nothing (and the split reads the part as before); it reads every
+    part the split reads as one Run whose lines differ only in their addresses and end in
+    a newline."""
+    rng = random.Random(12)
+    taken = 0
+    for _ in range(1_500):
+        text = uniform_text(rng, rng.choice([1, 2, 3, 17, 200]))
+        before = rng.randrange(10_000)
+        run = batchscan._uniform(text, before)
+        try:
+            split = list(batchscan._split_pieces(text, before))
+        except batchfile.SyntaxProblem:
+            assert run is None, text
+            continue
+        one_run = len(split) == 1 and isinstance(split[0], batchscan.Run)
+        # (a last line without its newline is left to the split: one part at most)
+        shapes = {re.sub(r"--source \S+ --group \S+", "", line) for line in text.split("\n")[:-1]}
+        same = len(shapes) == 1 and text.endswith("\n")
+        assert (run is not None) == (one_run and same), text
+        if run is not None:
+            assert [run] == split
+            taken += 1
+        assert list(batchscan._part_pieces(text, before)) == split
+    assert 250 < taken < 1_500
+
+
+def test_a_large_uniform_text_is_read_as_the_split_reads_it() -> None:
+    """A text of many parts (PART_CHARS each), all of one shape, comes as one Run a part,
+    equal to what the split by _VALID gives, with the whole text's line numbers."""
+    lines = [
+        f"mfc add --source 10.1.{n // 250 % 250}.{n % 250 + 1} --group 232.{n >> 16 & 255}"
+        f".{n >> 8 & 255}.{n & 255} --iif r0 --oifs r1"
+        for n in range(60_000)
+    ]
+    text = "\n".join(lines) + "\n"
+    pieces = list(batchscan.pieces(text))
+    assert len(pieces) > 2 and all(isinstance(piece, batchscan.Run) for piece in pieces)
+    assert expanded(text) == list(batchfile.lines(text))
