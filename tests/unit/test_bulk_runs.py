@@ -284,6 +284,44 @@ def test_a_layout_packs_like_the_whole_structure(
     assert head + kernel._pton(af, s) + mid + kernel._pton(af, g) + tail == whole
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    family=st.sampled_from((4, 6)),
+    parent=st.integers(0, 31),
+    oifs=st.dictionaries(st.integers(0, 31), st.integers(1, 255), max_size=8),
+    data=st.data(),
+)
+def test_a_run_s_structures_are_the_whole_structures_route_by_route(
+    family: int, parent: int, oifs: dict[int, int], data: st.DataObject
+) -> None:
+    """mfc_structs packs each key's structure as pack_mfcctl (IPv4) or pack_mf6cctl (IPv6)
+    packs that route alone, in order, for any addresses and entry."""
+    version: Literal[4, 6] = 4 if family == 4 else 6
+    address = st.ip_addresses(v=version).map(str)
+    pairs = data.draw(st.lists(st.tuples(address, address), max_size=40))
+    keys = [(family, s, g, 253) for s, g in pairs]
+    sorted_oifs = tuple(sorted(oifs.items()))
+    if family == 4:
+        ttls = kernel.pack_ttls(sorted_oifs)
+        layout = kernel.mfc_layout(4, parent, ttls)
+        whole = [kernel.pack_mfcctl(s, g, parent, ttls) for s, g in pairs]
+    else:
+        layout = kernel.mfc_layout(6, parent, sorted_oifs)
+        whole = [kernel.pack_mf6cctl(s, g, parent, sorted_oifs) for s, g in pairs]
+    assert kernel.mfc_structs(family, keys, layout) == whole
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_run_s_structures_refuse_what_a_route_alone_cannot_hold(family: int) -> None:
+    """An address inet_pton refuses fails mfc_structs as it fails the route alone (mfc_run
+    then writes the chunk route by route, which names the route)."""
+    layout = kernel.mfc_layout(4, 0, bytes(32)) if family == 4 else kernel.mfc_layout(6, 0, ())
+    good = "198.18.0.1" if family == 4 else "2001:db8::1"
+    for bad in ("198.18.0.300", "2001:db8::1::2", "", "198.18.0.1 "):
+        with pytest.raises(OSError):
+            kernel.mfc_structs(family, [(family, good, good, 253), (family, bad, good, 253)], layout)
+
+
 def test_a_restore_sized_mix_of_runs_and_single_routes_matches_route_by_route() -> None:
     """1,000 routes in random order over three combinations, grouped into runs by
     combination: the same kernel as route by route."""
