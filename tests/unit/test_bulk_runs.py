@@ -117,6 +117,47 @@ def test_add_run_is_add_direct_of_each_key(
     assert fa.applied == fb.applied
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    family=st.sampled_from((4, 6)),
+    size=st.integers(1, 60),
+    before=st.sampled_from(("none", "first", "two", "other")),
+)
+def test_a_run_keyed_by_a_dict_is_the_run_of_its_keys(family: int, size: int, before: str) -> None:
+    """add_keyed_run (a restore's whole table as the dict of the keys) makes the same model,
+    in the same order, and the same step as add_run of the keys: given the keys alone, the
+    keys after the first one (already added on its own), or a dict that does not end with
+    the keys as it should (then the model's dict comes from the list)."""
+    make = key4 if family == 4 else key6
+    every = [make(i) for i in range(size + 2)]
+    keyed = dict.fromkeys(every[:size], "saved")
+    keys = every[:size]
+    if before == "first":
+        keys = every[1:size]
+    elif before == "two":
+        keys = every[2:size]
+    elif before == "other":
+        keyed = dict.fromkeys(every[1 : size + 1], "saved")
+        keys = every[: size - 1]
+    combo = Ports("eth0", ("eth1",))
+    a, b = with_vifs(combo, family=family), with_vifs(combo, family=family)
+    a.begin()
+    b.begin()
+    steps_a: list[Step] = []
+    steps_b: list[Step] = []
+    for k in every[: size - len(keys)] if before in ("first", "two") else []:
+        assert a.add_direct(k, a.share(combo), steps_a)
+        assert b.add_direct(k, b.share(combo), steps_b)
+    took_a = a.add_run(keys, a.share(combo), steps_a)
+    took_b = b.add_keyed_run(keys, b.share(combo), steps_b, keyed)
+    assert took_a == took_b == bool(keys)
+    assert steps_a == steps_b
+    a.commit()
+    b.commit()
+    assert list(a.routes.items()) == list(b.routes.items())
+    assert state(a) == state(b)
+
+
 def test_add_run_makes_one_step_and_one_undo_log_entry() -> None:
     ports = Ports("eth0", ("eth1", "eth2"))
     router = with_vifs(ports)
@@ -319,7 +360,9 @@ def test_a_run_s_structures_refuse_what_a_route_alone_cannot_hold(family: int) -
     good = "198.18.0.1" if family == 4 else "2001:db8::1"
     for bad in ("198.18.0.300", "2001:db8::1::2", "", "198.18.0.1 "):
         with pytest.raises(OSError):
-            kernel.mfc_structs(family, [(family, good, good, 253), (family, bad, good, 253)], layout)
+            kernel.mfc_structs(
+                family, [(family, good, good, 253), (family, bad, good, 253)], layout
+            )
 
 
 def test_a_restore_sized_mix_of_runs_and_single_routes_matches_route_by_route() -> None:
