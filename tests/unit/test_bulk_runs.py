@@ -117,44 +117,44 @@ def test_add_run_is_add_direct_of_each_key(
     assert fa.applied == fb.applied
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     family=st.sampled_from((4, 6)),
-    size=st.integers(1, 60),
-    before=st.sampled_from(("none", "first", "two", "other")),
+    size=st.integers(3, 60),
+    held=st.sampled_from(("first", "two", "another", "first, keyed longer", "first, keyed other")),
 )
-def test_a_run_keyed_by_a_dict_is_the_run_of_its_keys(family: int, size: int, before: str) -> None:
+def test_a_run_keyed_by_a_dict_is_the_run_of_its_keys(family: int, size: int, held: str) -> None:
     """add_keyed_run (a restore's whole table as the dict of the keys) makes the same model,
-    in the same order, and the same step as add_run of the keys: given the keys alone, the
-    keys after the first one (already added on its own), or a dict that does not end with
-    the keys as it should (then the model's dict comes from the list)."""
+    in the same order, and the same step as add_run of the keys: when the model holds the
+    table's first route or two (which added the VIFs) and the dict holds them and the keys
+    (the dict is copied whole), and when the model holds another route or the dict holds
+    other keys (it is ignored)."""
     make = key4 if family == 4 else key6
-    every = [make(i) for i in range(size + 2)]
-    keyed = dict.fromkeys(every[:size], "saved")
-    keys = every[:size]
-    if before == "first":
-        keys = every[1:size]
-    elif before == "two":
-        keys = every[2:size]
-    elif before == "other":
-        keyed = dict.fromkeys(every[1 : size + 1], "saved")
-        keys = every[: size - 1]
+    every = [make(i) for i in range(size + 1)]
+    first = 2 if held == "two" else 1
+    keys = every[first:size]
+    keyed = dict.fromkeys(every[:size], Ports("r9", ("r8",)))
+    if held == "first, keyed longer":
+        keyed = dict.fromkeys(every, Ports("r9", ("r8",)))
+    elif held == "first, keyed other":
+        keyed = dict.fromkeys([every[0], *every[2 : size + 1]], Ports("r9", ("r8",)))
     combo = Ports("eth0", ("eth1",))
-    a, b = with_vifs(combo, family=family), with_vifs(combo, family=family)
+    a, b = router_with_links(*LINKS), router_with_links(*LINKS)
+    if held == "another":
+        a, b = with_vifs(combo, family=family), with_vifs(combo, family=family)
     a.begin()
     b.begin()
-    steps_a: list[Step] = []
-    steps_b: list[Step] = []
-    for k in every[: size - len(keys)] if before in ("first", "two") else []:
-        assert a.add_direct(k, a.share(combo), steps_a)
-        assert b.add_direct(k, b.share(combo), steps_b)
-    took_a = a.add_run(keys, a.share(combo), steps_a)
-    took_b = b.add_keyed_run(keys, b.share(combo), steps_b, keyed)
-    assert took_a == took_b == bool(keys)
+    steps_a, steps_b = a.add(every[0], a.share(combo)), b.add(every[0], b.share(combo))
+    if first == 2:
+        assert a.add_direct(every[1], a.share(combo), steps_a)
+        assert b.add_direct(every[1], b.share(combo), steps_b)
+    assert a.add_run(keys, a.share(combo), steps_a)
+    assert b.add_keyed_run(keys, b.share(combo), steps_b, keyed)
     assert steps_a == steps_b
-    a.commit()
-    b.commit()
     assert list(a.routes.items()) == list(b.routes.items())
+    assert state(a) == state(b)
+    a.rollback()
+    b.rollback()
     assert state(a) == state(b)
 
 
