@@ -72,8 +72,8 @@ newline, and never appended to, so its missing routes were acknowledged once.
 
 Reading: a record of routes that all share family, table and interfaces (a batch's parts, a
 snapshot's route records, as written) is read by one regular-expression split rather than
-json (`_uniform_record`); anything else, or anything it does not take exactly (a record with
-an escape or a control character anywhere, say), is read as JSON, with the same result.
+json (`_uniform_record`); anything else, or anything it does not take exactly, is read as
+JSON, with the same result.
 
 Version 1 (`mfcd-state 1`, written by earlier releases) is the same without sequence numbers
 or route counts; it still loads, with none of their checks, and is rewritten in version 2
@@ -500,11 +500,6 @@ _FIRST = re.compile(
     + r")*)?\])(?:,([1-9][0-9]{0,9}))?\]"
 )
 _UNIFORM_BYTES = 4096  # smaller records: json (a single change's record, say)
-# What no record read by the split holds: an escape or a control character anywhere would
-# leave a route, or the text between two, to json. Without them, a string is simply what
-# lies between two quotes, which the split's pattern finds much faster (_PLAIN).
-_NOT_PLAIN = bytes(range(0x20)) + b"\\"
-_PLAIN = r'"([^"]*)"'
 _patterns: dict[tuple[str, str, str, str], re.Pattern[str]] = {}
 
 
@@ -525,7 +520,7 @@ def _uniform_record(body: bytes) -> dict[str, Any] | None:
     (nearly every record of a start: a batch's parts, a snapshot's route records), read by
     one regular expression split at C speed instead of a list per route; None for any other
     record (json reads it). The result holds the same values json's would (tests compare)."""
-    if len(body) < _UNIFORM_BYTES or len(body.translate(None, _NOT_PLAIN)) != len(body):
+    if len(body) < _UNIFORM_BYTES:
         return None
     try:
         text = body.decode()
@@ -545,15 +540,7 @@ def _uniform_record(body: bytes) -> dict[str, Any] | None:
         prefix = '\\["add",' if kind == "ops" else "\\["
         suffix = "," + table if table else ""
         pattern = re.compile(
-            prefix
-            + family
-            + ","
-            + _PLAIN
-            + ","
-            + _PLAIN
-            + ","
-            + re.escape(interfaces + suffix)
-            + "\\]"
+            prefix + family + "," + _S + "," + _S + "," + re.escape(interfaces + suffix) + "\\]"
         )
         if len(_patterns) < 64:
             _patterns[key] = pattern
