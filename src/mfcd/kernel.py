@@ -436,7 +436,7 @@ class MrouteSocket:
             chunk = keys[at : at + MFC_RUN_CHUNK]
             try:
                 structs = mfc_structs(self.family, chunk, layout)
-            except (OSError, TypeError, ValueError, struct.error):
+            except Exception:  # (what the route-by-route loop then names: a bad address)
                 self._mfc_each(optname, chunk, at, layout)
                 continue
             left = iter(structs)
