@@ -13,8 +13,9 @@ raw loop (MRT_ADD_MFC of N structs packed in advance), revision A, the raw loop,
 revision B. A revision's round is what Daemon._restore does before it answers: imports,
 StateFile.load, Controller.restore into a Kernel of both families, with the cyclic GC
 paused. Printed: CPU time (process_time) and wall-clock time of each phase, and the ratio
-of the whole to the raw loop of the same round. `--profile FILE` runs B's last round
-under cProfile and writes its stats to FILE. Figures: docs/benchmarks.md, "Recovery at
+of the whole to the raw loop of the same round, and the user and system parts of the CPU
+time of each (os.times). `--profile FILE` runs B's last round under cProfile and writes
+its stats to FILE. Figures: docs/benchmarks.md, "Recovery at
 start through runs".
 """
 
@@ -53,8 +54,8 @@ state.close()
 """
 
 RESTORE = """
-import time
-wall0, cpu0 = time.monotonic(), time.process_time()
+import os, time
+wall0, cpu0, times0 = time.monotonic(), time.process_time(), os.times()
 import gc, json, sys
 from mfcd import netlink
 from mfcd.controller import Controller, gc_paused
@@ -76,7 +77,7 @@ with gc_paused():
     controller.restore(loaded, netlink.current_links())
     del loaded
     gc.freeze()
-wall3, cpu3 = time.monotonic(), time.process_time()
+wall3, cpu3, times3 = time.monotonic(), time.process_time(), os.times()
 if profile:
     prof.disable()
     prof.dump_stats(profile)
@@ -84,13 +85,14 @@ assert len(controller.router.installed) == {n}, len(controller.router.installed)
 print(json.dumps({{
     "imports": cpu1 - cpu0, "load": cpu2 - cpu1, "restore": cpu3 - cpu2, "cpu": cpu3 - cpu0,
     "wall": wall3 - wall0, "load wall": wall2 - wall1, "restore wall": wall3 - wall2,
+    "user": times3.user - times0.user, "sys": times3.system - times0.system,
 }}))
 kernel.close()
 state.close()
 """
 
 RAW = """
-import json, socket, struct, sys, time
+import json, os, socket, struct, sys, time
 sys.path.insert(0, {bench!r})
 from nsagent import _packed
 MFCCTL = struct.Struct("=4s4sH32s2xIIIi")
@@ -103,10 +105,14 @@ for vifi, name in enumerate(("r0", "r1")):
 addrs = [_packed(i) for i in range({n})]
 ttls = bytes([0, 1] + [0] * 30)
 setsockopt, pack, level = sock.setsockopt, MFCCTL.pack, socket.IPPROTO_IP
-wall0, cpu0 = time.monotonic(), time.process_time()
+wall0, cpu0, times0 = time.monotonic(), time.process_time(), os.times()
 for src, grp in addrs:
     setsockopt(level, 204, pack(src, grp, 0, ttls, 0, 0, 0, 0))
-print(json.dumps({{"wall": time.monotonic() - wall0, "cpu": time.process_time() - cpu0}}))
+times1 = os.times()
+print(json.dumps({{
+    "wall": time.monotonic() - wall0, "cpu": time.process_time() - cpu0,
+    "user": times1.user - times0.user, "sys": times1.system - times0.system,
+}}))
 sock.close()
 """
 
@@ -160,6 +166,7 @@ def main() -> int:
                     code = RESTORE.format(path=paths[rev], n=args.routes, profile=profile)
                     got = in_ns(ns, code, src)
                     got["raw wall"], got["raw cpu"] = raw["wall"], raw["cpu"]
+                    got["raw user"], got["raw sys"] = raw["user"], raw["sys"]
                     got["wall ÷ raw"] = got["wall"] / raw["wall"]
                     got["cpu ÷ raw cpu"] = got["cpu"] / raw["cpu"]
                     for k, v in got.items():

@@ -312,7 +312,8 @@ class Controller:
             # (a batch's, a snapshot's): each run goes to the model and the kernel at once
             # (Router.add_run), in the file's order, so VIFs are numbered as route by route.
             for ports, keys in _runs(loaded.routes):
-                steps = self._restore_run(keys, ports, steps, undo)
+                whole = loaded.routes if len(keys) == len(loaded.routes) else None
+                steps = self._restore_run(keys, ports, steps, undo, whole)
             for tkey, ports in loaded.templates.items():
                 router.keep_template(tkey, ports)
                 steps += router.try_install(tkey)
@@ -328,20 +329,26 @@ class Controller:
         router.commit()
 
     def _restore_run(
-        self, keys: list[RouteKey], ports: Ports, steps: list[Step], undo: list[KernelOp | None]
+        self,
+        keys: list[RouteKey],
+        ports: Ports,
+        steps: list[Step],
+        undo: list[KernelOp | None],
+        whole: dict[RouteKey, Ports] | None = None,
     ) -> list[Step]:
         """Restore saved routes on the same interfaces: plan them into `steps` as a run
         when they can be one (after their first route, which adds the VIFs of a combination
         new to the model), and apply what is planned once it is a run or CHUNK steps;
-        return the steps still to apply."""
+        return the steps still to apply. `whole`: the saved routes, when these are all of
+        them (the model's dict is built from it: see Router.add_keyed_run)."""
         router = self.router
         if len(keys) < RUN_MIN:
             return self._restore_by_table(keys, ports, steps, undo, runs=False)
-        if not router.add_run(keys, ports, steps):
+        if not router.add_keyed_run(keys, ports, steps, whole):
             first, rest = keys[0], keys[1:]
             if not router.add_direct(first, ports, steps):
                 steps += router.restore(first, ports)
-            if rest and not router.add_run(rest, ports, steps):
+            if rest and not router.add_keyed_run(rest, ports, steps, whole):
                 return self._restore_by_table(rest, ports, steps, undo)
             if not rest:
                 return steps

@@ -134,6 +134,44 @@ def test_a_run_refused_at_one_route_leaves_nothing_behind(lab: Lab) -> None:
         assert seen["vifs"] == []
 
 
+def test_a_long_run_refused_or_unpackable_past_its_first_chunks_says_where(lab: Lab) -> None:
+    """Runs longer than the chunks mfc_run packs at once: a route the kernel refuses in the
+    third chunk, and a source no structure can hold in the second, stop the run there
+    (`partial` is the number written before it, in both families) and the core takes out
+    everything written."""
+    out = run_in_router(
+        lab,
+        """
+        from mfcd.kernel import MFC_RUN_CHUNK
+        out = {}
+        for family in (4, 6):
+            for case in ("refused", "unpackable"):
+                bad = 2 * MFC_RUN_CHUNK + 7 if case == "refused" else MFC_RUN_CHUNK + 3
+                ks = keys(family, 3 * MFC_RUN_CHUNK, bad=bad if case == "refused" else None)
+                if case == "unpackable":
+                    ks[bad] = (family, "not-an-address", ks[bad][2], ks[bad][3])
+                steps = plan(family, ks, Ports("r0", ("r1",)))
+                try:
+                    execute(kernel, steps)
+                    error = None
+                except KernelError as e:
+                    error = [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
+                router.rollback()
+                out[f"{family} {case}"] = {
+                    "error": error, "cache": cache(family), "vifs": vifs(family), "bad": bad,
+                }
+        """,
+    )
+    for family in ("4", "6"):
+        refused, unpackable = out[f"{family} refused"], out[f"{family} unpackable"]
+        # (the run is the keys after the first, which an AddMfc of its own writes)
+        assert refused["error"] == ["MRT_ADD_MFC", 22, 3, refused["bad"] - 1, 0], refused
+        assert unpackable["error"] == ["encode", 0, 3, unpackable["bad"] - 1, 0], unpackable
+        for seen in (refused, unpackable):
+            assert seen["cache"] == []
+            assert seen["vifs"] == []
+
+
 # --- a restart restores its state file through runs ---------------------------------------------
 
 

@@ -117,6 +117,47 @@ def test_add_run_is_add_direct_of_each_key(
     assert fa.applied == fb.applied
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    family=st.sampled_from((4, 6)),
+    size=st.integers(3, 60),
+    held=st.sampled_from(("first", "two", "another", "first, keyed longer", "first, keyed other")),
+)
+def test_a_run_keyed_by_a_dict_is_the_run_of_its_keys(family: int, size: int, held: str) -> None:
+    """add_keyed_run (a restore's whole table as the dict of the keys) makes the same model,
+    in the same order, and the same step as add_run of the keys: when the model holds the
+    table's first route or two (which added the VIFs) and the dict holds them and the keys
+    (the dict is copied whole), and when the model holds another route or the dict holds
+    other keys (it is ignored)."""
+    make = key4 if family == 4 else key6
+    every = [make(i) for i in range(size + 1)]
+    first = 2 if held == "two" else 1
+    keys = every[first:size]
+    keyed = dict.fromkeys(every[:size], Ports("r9", ("r8",)))
+    if held == "first, keyed longer":
+        keyed = dict.fromkeys(every, Ports("r9", ("r8",)))
+    elif held == "first, keyed other":
+        keyed = dict.fromkeys([every[0], *every[2 : size + 1]], Ports("r9", ("r8",)))
+    combo = Ports("eth0", ("eth1",))
+    a, b = router_with_links(*LINKS), router_with_links(*LINKS)
+    if held == "another":
+        a, b = with_vifs(combo, family=family), with_vifs(combo, family=family)
+    a.begin()
+    b.begin()
+    steps_a, steps_b = a.add(every[0], a.share(combo)), b.add(every[0], b.share(combo))
+    if first == 2:
+        assert a.add_direct(every[1], a.share(combo), steps_a)
+        assert b.add_direct(every[1], b.share(combo), steps_b)
+    assert a.add_run(keys, a.share(combo), steps_a)
+    assert b.add_keyed_run(keys, b.share(combo), steps_b, keyed)
+    assert steps_a == steps_b
+    assert list(a.routes.items()) == list(b.routes.items())
+    assert state(a) == state(b)
+    a.rollback()
+    b.rollback()
+    assert state(a) == state(b)
+
+
 def test_add_run_makes_one_step_and_one_undo_log_entry() -> None:
     ports = Ports("eth0", ("eth1", "eth2"))
     router = with_vifs(ports)
@@ -282,6 +323,46 @@ def test_a_layout_packs_like_the_whole_structure(
         head, mid, tail = kernel.mfc_layout(6, parent, sorted_oifs)
         whole = kernel.pack_mf6cctl(s, g, parent, sorted_oifs)
     assert head + kernel._pton(af, s) + mid + kernel._pton(af, g) + tail == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    family=st.sampled_from((4, 6)),
+    parent=st.integers(0, 31),
+    oifs=st.dictionaries(st.integers(0, 31), st.integers(1, 255), max_size=8),
+    data=st.data(),
+)
+def test_a_run_s_structures_are_the_whole_structures_route_by_route(
+    family: int, parent: int, oifs: dict[int, int], data: st.DataObject
+) -> None:
+    """mfc_structs packs each key's structure as pack_mfcctl (IPv4) or pack_mf6cctl (IPv6)
+    packs that route alone, in order, for any addresses and entry."""
+    version: Literal[4, 6] = 4 if family == 4 else 6
+    address = st.ip_addresses(v=version).map(str)
+    pairs = data.draw(st.lists(st.tuples(address, address), max_size=40))
+    keys = [(family, s, g, 253) for s, g in pairs]
+    sorted_oifs = tuple(sorted(oifs.items()))
+    if family == 4:
+        ttls = kernel.pack_ttls(sorted_oifs)
+        layout = kernel.mfc_layout(4, parent, ttls)
+        whole = [kernel.pack_mfcctl(s, g, parent, ttls) for s, g in pairs]
+    else:
+        layout = kernel.mfc_layout(6, parent, sorted_oifs)
+        whole = [kernel.pack_mf6cctl(s, g, parent, sorted_oifs) for s, g in pairs]
+    assert kernel.mfc_structs(family, keys, layout) == whole
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_run_s_structures_refuse_what_a_route_alone_cannot_hold(family: int) -> None:
+    """An address inet_pton refuses fails mfc_structs as it fails the route alone (mfc_run
+    then writes the chunk route by route, which names the route)."""
+    layout = kernel.mfc_layout(4, 0, bytes(32)) if family == 4 else kernel.mfc_layout(6, 0, ())
+    good = "198.18.0.1" if family == 4 else "2001:db8::1"
+    for bad in ("198.18.0.300", "2001:db8::1::2", "", "198.18.0.1 "):
+        with pytest.raises(OSError):
+            kernel.mfc_structs(
+                family, [(family, good, good, 253), (family, bad, good, 253)], layout
+            )
 
 
 def test_a_restore_sized_mix_of_runs_and_single_routes_matches_route_by_route() -> None:

@@ -5,6 +5,7 @@ in the same order, or the same error, for mixed and damaged inputs."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -140,6 +141,33 @@ def batch_file(routes: list[AddRoute], parts: int = 1) -> bytes:
         state.RECORD_OPS = old
 
 
+def adds(n: int, family: int, table: int | None, sources: int, tag: int) -> list[AddRoute]:
+    """n adds on r0 -> r1 in `table` (None: the family's default), from `sources` sources,
+    each to its own group (`tag` the group's second-to-last part)."""
+    table_value = table or (253 if family == 4 else 254)
+    return [
+        AddRoute(
+            (
+                family,
+                f"198.18.0.{i % sources}" if family == 4 else f"2001:db8::{i % sources:x}",
+                f"239.{tag}.0.{i}" if family == 4 else f"ff3e::{tag}:{i:x}",
+                table_value,
+            ),
+            Ports("r0", ("r1",)),
+        )
+        for i in range(n)
+    ]
+
+
+def edit_record(lines: list[bytes], at: int, edit: Callable[[bytes], bytes | None]) -> None:
+    """Put edit(body) in place of the body of one record of a file's lines (picked by `at`),
+    checksummed again (None: the record stays as it was)."""
+    line = 2 + at % (len(lines) - 3) if len(lines) > 3 else 2
+    body = edit(lines[line].split(b" ", 1)[1])
+    if body is not None:
+        lines[line] = b"%08x %s" % (zlib.crc32(body), body)
+
+
 TEXTS = st.sampled_from(
     [
         '"r1"',
@@ -171,30 +199,18 @@ def test_a_uniform_record_is_read_as_json_reads_it(
     """Batch records of n adds on one combination, some with the text of one oif list
     replaced (another combination, escapes, whitespace, bad names) and checksummed again,
     the file maybe cut short: the same routes, counters and errors both ways."""
-    table_value = table or (253 if family == 4 else 254)
-    adds = [
-        AddRoute(
-            (
-                family,
-                f"198.18.0.{i % 7}" if family == 4 else f"2001:db8::{i % 7:x}",
-                f"239.21.0.{i}" if family == 4 else f"ff3e::21:{i:x}",
-                table_value,
-            ),
-            Ports("r0", ("r1",)),
-        )
-        for i in range(n)
-    ]
-    data = batch_file(adds, min(parts, n))
+    data = batch_file(adds(n, family, table, 7, 21), min(parts, n))
     lines = data.split(b"\n")
     for at, text in edits:
-        line = 2 + at % (len(lines) - 3) if len(lines) > 3 else 2
-        body = lines[line].split(b" ", 1)[1]
-        spots = [i for i in range(len(body)) if body.startswith(b'["r1"]', i)]
-        if not spots:
-            continue
-        spot = spots[at % len(spots)]
-        body = body[:spot] + b"[" + text.encode() + b"]" + body[spot + 6 :]
-        lines[line] = b"%08x %s" % (zlib.crc32(body), body)
+
+        def oifs_replaced(body: bytes, at: int = at, text: str = text) -> bytes | None:
+            spots = [i for i in range(len(body)) if body.startswith(b'["r1"]', i)]
+            if not spots:
+                return None
+            spot = spots[at % len(spots)]
+            return body[:spot] + b"[" + text.encode() + b"]" + body[spot + 6 :]
+
+        edit_record(lines, at, oifs_replaced)
     data = b"\n".join(lines)
     if cut:
         data = data[: max(len(state.HEADER) + 1, len(data) - cut)]
@@ -248,3 +264,62 @@ def test_a_snapshot_whose_routes_are_not_a_list_is_corrupt_for_the_loops_reason(
     path.write_bytes(state.HEADER + state.encode_record(record))
     with pytest.raises(MfcdError, match=reason):
         state.StateFile(str(path)).load()
+
+
+# Texts put in place of a source or a group in a record (the string's JSON text, quotes
+# included): what the split reads and what it must leave to json.
+ADDRESS_TEXTS = st.sampled_from(
+    [
+        '"198.18.0.9"',
+        '"198.18.0.\\u0039"',  # an escape: json reads it
+        '"198.18.0.9\\\\"',  # an escaped backslash
+        '"198.18.\\"0.9"',  # an escaped quote
+        '"198.18.0.9\x01"',  # a control character: json refuses it
+        '"198.18.0.9\t"',
+        '"é"',  # not ASCII: both read it
+        '"x","y"',  # a field more
+        '""',
+        '"\\n"',
+        '"198.18.0.9" ',  # whitespace between the fields
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    family=st.sampled_from([4, 6]),
+    table=st.sampled_from([None, 7]),
+    parts=st.integers(1, 3),
+    edits=st.lists(
+        st.tuples(st.integers(0, 10**6), st.sampled_from([1, 2]), ADDRESS_TEXTS), max_size=3
+    ),
+)
+def test_a_uniform_record_with_odd_addresses_is_read_as_json_reads_it(
+    n: int, family: int, table: int | None, *, parts: int, edits: list[tuple[int, int, str]]
+) -> None:
+    """Batch records of n adds on one combination with the text of some sources or groups
+    replaced (escapes, escaped quotes and backslashes, control characters, non-ASCII, a
+    field more, whitespace) and checksummed again: the same routes or error both ways."""
+    data = batch_file(adds(n, family, table, 5, 24), min(parts, n))
+    lines = data.split(b"\n")
+    for at, field, text in edits:
+
+        def address_replaced(
+            body: bytes, at: int = at, field: int = field, text: str = text
+        ) -> bytes | None:
+            ops = [i for i in range(len(body)) if body.startswith(b'["add",', i)]
+            if not ops:
+                return None
+            start = ops[at % len(ops)]
+            # the op's quotes: around "add", then the source's (field 1), the group's (2)
+            quotes = [i for i in range(start, len(body)) if body[i : i + 1] == b'"'][:8]
+            first, last = quotes[2 * field], quotes[2 * field + 1]
+            return body[:first] + text.encode() + body[last + 1 :]
+
+        edit_record(lines, at, address_replaced)
+    data = b"\n".join(lines)
+    fast = parsed(data, True)
+    assert fast == parsed(data, False)
+    if not edits:
+        assert len(fast[0]) == n
