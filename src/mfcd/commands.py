@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby, repeat
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from mfcd import (
@@ -1252,16 +1253,21 @@ def _flag(args: dict[str, Any], name: str) -> bool:
 
 
 def _summary(args: dict[str, Any]) -> str:
-    # (a list, not a generator: join makes one of it anyway, and this runs for every change)
-    return " ".join([f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in args.items()])
+    # (a loop, not a comprehension, which in Python 3.11 is a function made and called: this
+    # runs for every change)
+    parts = []
+    for k, v in args.items():
+        parts.append(f"{k}={','.join(v)}" if isinstance(v, list) else f"{k}={v}")
+    return " ".join(parts)
 
 
 _ENTRY_ACTIONS = frozenset({"add_mfc", "del_mfc"})
+_ACTION = attrgetter("action")  # of a Step
 
 
 def _entries_only(steps: Sequence[Step]) -> bool:
     """Whether kernel steps write or delete MFC entries only (no VIF)."""
-    return all(step.action in _ENTRY_ACTIONS for step in steps)
+    return _ENTRY_ACTIONS.issuperset(map(_ACTION, steps))  # (in C: no generator, per change)
 
 
 def _outcome(operations: int) -> str:

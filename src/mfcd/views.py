@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from json.encoder import encode_basestring_ascii as encode_ascii
+from operator import itemgetter
 from typing import Any
 
 from mfcd import templates as tpl
@@ -122,6 +123,9 @@ def change_result(
     return result
 
 
+_VIFI = itemgetter(0)  # of an Oifs item
+
+
 def route_response(
     request_id: Any, counts: Counter[str], steps: Sequence[Step], installed: bool
 ) -> bytes | None:
@@ -135,7 +139,7 @@ def route_response(
     for step in steps:
         op = step.op
         if isinstance(op, AddMfc):
-            oifs = ",".join([str(vifi) for vifi, _ in op.oifs])
+            oifs = ",".join(map(str, map(_VIFI, op.oifs)))
             plan.append(
                 f'{{"action":"{step.action}","family":"{FAMILY_NAMES[op.family]}",'
                 f'"table":{op.table:d},"source":"{op.source}","group":"{op.group}",'
@@ -154,7 +158,9 @@ def route_response(
         rid = encode_ascii(request_id)
     else:
         rid = f"{request_id:d}"
-    operations = ",".join([f'"{action}":{n:d}' for action, n in counts.items()])
+    operations = ""
+    for action, n in counts.items():  # (one, as a rule: no comprehension, which is a call)
+        operations += f',"{action}":{n:d}' if operations else f'"{action}":{n:d}'
     state = ',"state":"installed"' if installed else ""
     return (
         f'{{"v":{PROTOCOL_VERSION:d},"id":{rid},"ok":true,"result":{{"dry_run":false,'
