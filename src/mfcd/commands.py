@@ -496,7 +496,8 @@ class Commands:
         add = cmd == "mfc.add"
         change = validate.route_change(args) if add else DelRoute(validate.key(args))
         key = change.key
-        self._check_family(key[0])
+        if key[0] not in self.families:
+            self._check_family(key[0])
         outcome = self.controller.change_one(change)
         if outcome is None:  # (not a case it covers: the general transaction)
             return protocol.encode_result(
