@@ -682,7 +682,8 @@ class Controller:
             self._report_undo_failures(failures)
             raise
         router.commit()
-        self._after_commit(1)
+        if router.blocked:  # (all _after_commit(1) looks at)
+            self._after_commit(1)
         return Outcome(_counted(steps), steps)
 
     def _after_commit(self, size: int) -> None:
@@ -1852,10 +1853,13 @@ class Controller:
         return steps
 
 
+_NEW_COUNTER = dict.__new__  # an empty Counter, as Counter() makes one
+
+
 def _counted(steps: Sequence[Step]) -> Counter[str]:
     """Counter(step.action for step in steps), for the few steps of one route without
     Counter's own update (its Mapping check is a third of a single change's count)."""
-    counts: Counter[str] = Counter()
+    counts: Counter[str] = _NEW_COUNTER(Counter)  # (Counter() calls its update, in Python)
     for step in steps:
         action = step.action
         counts[action] = counts.get(action, 0) + 1

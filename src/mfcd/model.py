@@ -340,6 +340,7 @@ class RouteStatus:
     reason: str  # empty when installed
 
 
+_INSTALLED = RouteStatus("installed", (), "")
 _Direct = tuple[tuple[Vif, ...], Entry, Placed]
 VifKey = tuple[
     int, int, str
@@ -354,6 +355,55 @@ _RUN = 5  # the routes add_run installed at once (not 4 or 6: see _ROUTE_KEY_FAM
 # 6) is never one of the kinds above. The key already exists, so a bulk load's log costs one
 # list slot per route instead of one more 72-byte tuple per route until the commit.
 _ROUTE_KEY_FAMILIES = (4, 6)
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class _Counting(dict[_K, _V]):
+    """A dict that counts the calls that may change it (`changes`), whoever makes them:
+    the direct path's cache of VIFs and entries (Router._direct) holds only while neither
+    `vifs` nor `thresholds` has changed since it was filled, and start-up (and tests)
+    write `thresholds` directly, not through _set. Reads are the dict's own."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes = 0
+
+    def __setitem__(self, key: _K, value: _V) -> None:
+        self.changes += 1
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: _K) -> None:
+        self.changes += 1
+        dict.__delitem__(self, key)
+
+    def pop(self, *args: Any) -> Any:
+        self.changes += 1
+        return dict.pop(self, *args)
+
+    def popitem(self) -> tuple[_K, _V]:
+        self.changes += 1
+        return dict.popitem(self)
+
+    def setdefault(self, key: _K, default: Any = None) -> Any:
+        self.changes += 1
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.changes += 1
+        dict.update(self, *args, **kwargs)
+
+    def clear(self) -> None:
+        self.changes += 1
+        dict.clear(self)
+
+    def __ior__(self, other: Any) -> Any:  # type: ignore[misc]
+        self.changes += 1
+        return dict.__ior__(self, other)
 
 
 class _UndoLog:
@@ -403,6 +453,7 @@ class _UndoLog:
                 target[key] = old
             else:  # attribute
                 setattr(target, key, old)
+        router._forget_direct()  # (a Vif's ifindex may be back as it was: see _direct)
 
 
 def _fills(
@@ -429,14 +480,15 @@ class Router:
         self.routes: dict[RouteKey, Ports] = {}
         self.installed = Installed(self)  # what the kernel holds for installed routes (a view)
         self._installed_n = 0  # len(installed), kept exact; -1: unknown, counted again when asked
-        self.vifs: dict[VifKey, Vif] = {}
+        self.vifs: _Counting[VifKey, Vif] = _Counting()  # (see _direct)
         # VIF indexes per table: a table's list exists from its first VIF until its last goes.
         self.slots: dict[TableKey, list[str | None]] = {}
         self.links: dict[str, int] = {}  # interfaces that exist now: name -> ifindex
         # absent interface -> pending routes and templates naming it
         self.waiting: dict[str, set[PendingKey]] = {}
         self.blocked: dict[PendingKey, None] = {}  # pending only for want of a free VIF index
-        self.thresholds: dict[str, int] = {}  # per-interface TTL threshold (IPv4 MFC ttls)
+        # per-interface TTL threshold (IPv4 MFC ttls)
+        self.thresholds: _Counting[str, int] = _Counting()  # (see _direct)
         self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
         # Routes whose origin is not "api" (absent: "api"), see ORIGINS.
         self.origins: dict[RouteKey, str] = {}
@@ -457,9 +509,13 @@ class Router:
         self._ports: dict[Ports, Ports] = {}
         self._entries: dict[Entry, Entry] = {}
         self._placed: dict[tuple[Ports, Entry], Placed] = {}
-        # The direct path's VIFs and entry per family and Ports, within one transaction: a
-        # transaction starts with it empty, and any change of a VIF or threshold clears it.
+        # The direct path's VIFs and entry per family and Ports, kept across transactions
+        # (a single route's add would work them out again each time): good while `vifs` and
+        # `thresholds` have not changed since it was filled (`_direct_at`: their counts of
+        # changes then, see _Counting) and no Vif's fields but `refs` have (only _assign
+        # and a rollback write them, and both clear it).
         self._direct: dict[TableKey, dict[Ports, _Direct]] = {}
+        self._direct_at = 0
 
     # --- transactions ----------------------------------------------------------------------------
 
@@ -470,7 +526,6 @@ class Router:
             raise RuntimeError("transaction already open")
         self._log = _UndoLog(self, recording=undo)
         self._undo = self._log.entries if undo else None
-        self._forget_direct()
 
     def commit(self) -> None:
         if self._log is not None and (self._log.entries or not self._log.recording):
@@ -612,6 +667,13 @@ class Router:
         if len(key) == 5:
             return self._template_status(key)
         ports = self.routes[key]
+        links = self.links
+        if ports.__class__ is Placed and ports[0] in links:  # (installed, as usual: in short)
+            for name in ports[1]:
+                if name not in links:
+                    break
+            else:
+                return _INSTALLED
         missing = tuple(n for n in dict.fromkeys(ports.interfaces) if n not in self.links)
         if key in self.installed:
             if missing:
@@ -815,7 +877,11 @@ class Router:
 
     def _direct_for(self, family: int, table: int, ports: Ports) -> _Direct | None:
         """The VIFs, entry and shared Ports of a route on `ports` (see _direct_entry), from
-        the transaction's cache when it has them."""
+        the cache when it has them."""
+        at = self.vifs.changes + self.thresholds.changes
+        if at != self._direct_at:  # (both only ever count up)
+            self._direct_at = at
+            self._direct.clear()
         direct = self._direct.get((family, table))
         known = direct.get(ports) if direct is not None else None
         return self._direct_entry(family, table, ports) if known is None else known

@@ -306,8 +306,8 @@ def _parse(line: bytes | bytearray, max_values: int | None) -> Any:
                 value, end = _SCAN(text, 0)
             except StopIteration as e:
                 raise json.JSONDecodeError("Expecting value", text, e.value) from None
-            if end != len(text):
-                end = _SPACE(text, end).end()
+            if end != len(text) and not (end == len(text) - 1 and text[end] == "\n"):
+                end = _SPACE(text, end).end()  # (a request line's own "\n" needs no look)
                 if end != len(text):
                     raise json.JSONDecodeError("Extra data", text, end)
             return value

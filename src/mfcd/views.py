@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
+from json.encoder import encode_basestring_ascii as encode_ascii
+from operator import itemgetter
 from typing import Any
 
 from mfcd import templates as tpl
@@ -35,7 +37,7 @@ from mfcd.model import (
     Router,
     Step,
 )
-from mfcd.protocol import FAMILY_NAMES, Encoded, Streamed
+from mfcd.protocol import FAMILY_NAMES, PROTOCOL_VERSION, Encoded, Streamed
 from mfcd.slices import SLICE_SECONDS
 from mfcd.templates import TemplateKey
 from mfcd.wildcards import is_wildcard
@@ -119,6 +121,52 @@ def change_result(
         if status.missing:
             result["missing"] = list(status.missing)
     return result
+
+
+_VIFI = itemgetter(0)  # of an Oifs item
+
+
+def route_response(
+    request_id: Any, counts: Counter[str], steps: Sequence[Step], installed: bool
+) -> bytes | None:
+    """protocol.encode_response(request_id, change_result(...)) of a single route's mfc.add
+    (`installed`: its state is, with nothing missing) or mfc.del (False), formatted directly
+    (the result's dicts and their JSON took a fifth of such a request); None when a step is
+    not an MFC entry's (a VIF's): then build the result. `request_id`: an int (not a bool),
+    a string or None. tests/unit/test_one_route_lane.py holds the bytes to the general path's.
+    (Addresses are canonical, and actions plain names: nothing in them to escape.)"""
+    plan = []
+    for step in steps:
+        op = step.op
+        if isinstance(op, AddMfc):
+            oifs = ",".join(map(str, map(_VIFI, op.oifs)))
+            plan.append(
+                f'{{"action":"{step.action}","family":"{FAMILY_NAMES[op.family]}",'
+                f'"table":{op.table:d},"source":"{op.source}","group":"{op.group}",'
+                f'"parent":{op.parent:d},"oifs":[{oifs}]}}'
+            )
+        elif isinstance(op, DelMfc):
+            plan.append(
+                f'{{"action":"{step.action}","family":"{FAMILY_NAMES[op.family]}",'
+                f'"table":{op.table:d},"source":"{op.source}","group":"{op.group}"}}'
+            )
+        else:
+            return None
+    if request_id is None:
+        rid = "null"
+    elif request_id.__class__ is str:
+        rid = encode_ascii(request_id)
+    else:
+        rid = f"{request_id:d}"
+    operations = ""
+    for action, n in counts.items():  # (one, as a rule: no comprehension, which is a call)
+        operations += f',"{action}":{n:d}' if operations else f'"{action}":{n:d}'
+    state = ',"state":"installed"' if installed else ""
+    return (
+        f'{{"v":{PROTOCOL_VERSION:d},"id":{rid},"ok":true,"result":{{"dry_run":false,'
+        f'"changes":1,"kernel_operations":{{{operations}}},"plan":[{",".join(plan)}]'
+        f"{state}}}}}\n"
+    ).encode()
 
 
 # --- show and vif.show ---------------------------------------------------------------------------
