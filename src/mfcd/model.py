@@ -36,7 +36,6 @@ frozen dataclass costs three times as much to make.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -258,29 +257,6 @@ class Step(NamedTuple):
     op: KernelOp
     undo: KernelOp | None  # None: nothing to restore (repairs of what the model does not own)
     action: str  # add_vif, del_vif, add_mfc, replace_mfc, del_mfc, readd_vif, reissue_mfc
-
-
-def expand_steps(steps: Iterable[Step]) -> list[Step]:
-    """The steps with each run step made one step per route, as `add_direct` would have
-    made them (for plans shown to people, and for tests)."""
-    out: list[Step] = []
-    for step in steps:
-        op = step.op
-        if op.__class__ not in RUNS:
-            out.append(step)
-            continue
-        undo = step.undo
-        undos = run_ops(undo) if undo.__class__ in RUNS else [undo] * run_size(op)
-        out += [Step(o, u, step.action) for o, u in zip(run_ops(op), undos, strict=True)]
-    return out
-
-
-def count_actions(steps: Iterable[Step]) -> Counter[str]:
-    """Steps counted by action, a run step once per route (what a summary reports)."""
-    counts: Counter[str] = Counter()
-    for step in steps:
-        counts[step.action] += run_size(step.op)
-    return counts
 
 
 # --- requested changes -------------------------------------------------------------------------

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import random
+from collections import Counter
+from collections.abc import Iterable
 from typing import Literal
 
 import pytest
@@ -16,6 +18,7 @@ from mfcd import kernel
 from mfcd.dataplane import execute, undo
 from mfcd.errors import KernelError
 from mfcd.model import (
+    RUNS,
     AddMfc,
     AddMfcRun,
     DelMfc,
@@ -24,14 +27,37 @@ from mfcd.model import (
     RouteKey,
     Router,
     Step,
-    count_actions,
-    expand_steps,
     run_head,
     run_ops,
+    run_size,
     run_tail,
 )
 
 from .conftest import FakeKernel, observable, router_with_links, run
+
+
+def expand_steps(steps: Iterable[Step]) -> list[Step]:
+    """The steps with each run step made one step per route, as `add_direct` would have
+    made them: what the route-by-route path's steps are held equal to."""
+    out: list[Step] = []
+    for step in steps:
+        op = step.op
+        if op.__class__ not in RUNS:
+            out.append(step)
+            continue
+        undo = step.undo
+        undos = run_ops(undo) if undo.__class__ in RUNS else [undo] * run_size(op)
+        out += [Step(o, u, step.action) for o, u in zip(run_ops(op), undos, strict=True)]
+    return out
+
+
+def count_actions(steps: Iterable[Step]) -> Counter[str]:
+    """Steps counted by action, a run step once per route (what a summary reports)."""
+    counts: Counter[str] = Counter()
+    for step in steps:
+        counts[step.action] += run_size(step.op)
+    return counts
+
 
 LINKS = ("eth0", "eth1", "eth2", "eth3")
 
