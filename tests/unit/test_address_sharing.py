@@ -143,3 +143,21 @@ def test_a_large_bulk_stays_within_its_own_bound() -> None:
         )
         assert len(address_sharing._sources) <= address_sharing.BULK_LIMIT + address_sharing.LIMIT
     assert out == [f"10.{k >> 16 & 255}.{k >> 8 & 255}.{k & 255}" for k in range(n)]
+
+
+def test_a_batch_shares_sources_that_come_back_after_more_than_limit_others() -> None:
+    sources = address_sharing.LIMIT + 2_000
+    routes = cycling_routes(2 * sources + 300, sources)
+    text = "".join(
+        f"mfc add --source {r.source} --group {r.group} --iif eth0 --oifs eth1\n" for r in routes
+    )
+    ops = [
+        {"op": "add", "source": r.source, "group": r.group, "iif": "eth0", "oifs": ["eth1"]}
+        for r in routes
+    ]
+    for args in ({"text": text}, {"ops": ops}):
+        ctl = Controller(FakeKernel(), FakeState())
+        Commands(ctl, (4, 6)).batch(args, False, Peer(1, 0, 0))
+        assert list(ctl.router.routes) == [r.key for r in routes]
+        assert len({id(key[1]) for key in ctl.router.routes}) == sources
+        assert len(address_sharing._sources) <= address_sharing.LIMIT
