@@ -501,7 +501,8 @@ class Daemon:
 
         Formatting and syncing 1,000,000 routes takes seconds: on the loop it would hold
         every client for that long after the change that made it due. Only copying the
-        routes (one dict, some tens of ms) and the final rename happen here.
+        routes (two lists, or a dict with config or wildcard routes; some ms) and the final
+        rename happen here.
         """
         # A snapshot must not hold what a group's sync may still refuse: under a steady
         # load a group is always forming or syncing, so they are synced here first (on the
