@@ -74,7 +74,9 @@ groups = _sharing_all(_groups, _group_limit)  # `group` of each text, in one cal
 def bulk() -> Iterator[None]:
     """Remember up to BULK_LIMIT sources until the end of the block (a whole table read at
     once); the cache is then emptied, back within LIMIT. Groups keep LIMIT: a table's groups
-    are mostly distinct, and a larger cache would cost its dict for nothing."""
+    are mostly distinct, and a larger cache would cost its dict for nothing.
+    Not nested: the inner block's end would set the limit back under the outer one (a
+    smaller cache, never a wrong answer)."""
     _source_limit[0] = BULK_LIMIT
     try:
         yield

@@ -460,7 +460,12 @@ def _insert_new(routes: dict[RouteKey, Ports], keys: Sequence[RouteKey], placed:
     twice adds nothing, so fewer entries came than keys; those that came are the dict's
     last ones (insertion order), and popitem takes them out last first."""
     held = len(routes)
-    deque(map(routes.setdefault, keys, repeat(placed)), 0)
+    try:
+        deque(map(routes.setdefault, keys, repeat(placed)), 0)
+    except MemoryError:  # (the dict's growth): the run's undo is not logged yet
+        for _ in range(len(routes) - held):
+            routes.popitem()
+        raise
     added = len(routes) - held
     if added == len(keys):
         return True

@@ -1379,9 +1379,15 @@ class Compaction:
             )
         except StateError as e:
             self.error = e
-        # Its memory goes back now, not when the job is dropped (on the event loop), and a
-        # piece at a time: freeing 1,000,000 routes in one call holds the GIL, and with it
-        # every client, for 20-40 ms.
+        except Exception as e:  # (MemoryError, a bug): still the loop's to conclude, or
+            # the journal would keep handing this job its changes until the next compaction
+            self.error = StateError(f"writing the snapshot {self.tmp} failed: {e!r}")
+        self._release()
+
+    def _release(self) -> None:
+        """Its memory goes back now, not when the job is dropped (on the event loop), and a
+        piece at a time: freeing 1,000,000 routes in one call holds the GIL, and with it
+        every client, for 20-40 ms."""
         copy, self.routes = self.routes, {}
         if isinstance(copy, dict):
             while copy:

@@ -262,6 +262,36 @@ def test_a_run_s_keys_go_into_the_routes_as_the_three_passes_put_them(
     assert list(router.routes.items()) == list(expected.items())
 
 
+class _FullAfter(dict[RouteKey, Ports]):
+    """A routes dict whose memory runs out at its `room`-th new key."""
+
+    room = 0
+
+    def setdefault(self, key: RouteKey, default: Ports) -> Ports:
+        if key not in self:
+            self.room -= 1
+            if self.room < 0:
+                raise MemoryError
+        return super().setdefault(key, default)
+
+
+@pytest.mark.parametrize("room", [0, 1, 7, 19])
+def test_a_run_that_runs_out_of_memory_leaves_the_routes_as_they_were(room: int) -> None:
+    # Its undo is logged only once the keys are in: a run cut short by the dict's growth
+    # takes out what it put in before the error goes on.
+    ports = Ports("eth0", ("eth1",))
+    router = with_vifs(ports)
+    shared = router.share(ports)
+    routes = _FullAfter((key4(1_000 + n), shared) for n in range(5))
+    routes.room = room
+    before = list(routes.items())
+    router.routes = routes
+    router.begin()
+    with pytest.raises(MemoryError):
+        router.add_run([key4(n) for n in range(20)], shared, [])
+    assert list(router.routes.items()) == before
+
+
 def test_rollback_of_add_run_mixed_with_other_changes_restores_all() -> None:
     ports = Ports("eth0", ("eth1",))
     router = with_vifs(ports)

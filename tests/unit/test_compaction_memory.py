@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mfcd.model import Ports, RouteKey
+from mfcd import state
+from mfcd.errors import StateError
+from mfcd.model import AddRoute, Ports, RouteKey
 from mfcd.state import SNAPSHOT_CHUNK, StateFile, route_columns
 
 PORTS = Ports("eth0", ("eth1",))
@@ -73,3 +75,29 @@ def test_a_compaction_from_the_table_s_columns_writes_what_one_from_its_copy_wri
     assert list(table.items()) == before  # the table itself is only read
     loaded = StateFile(str(tmp_path / "columns.journal")).load()
     assert list(loaded.routes.items()) == before
+
+
+def test_an_unexpected_error_in_the_thread_ends_the_compaction_as_a_state_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not only a StateError: whatever stops the thread (MemoryError, a bug) is the loop's
+    # to conclude, or the journal would go on handing the job every change made after.
+    sf = StateFile(str(tmp_path / "state.journal"))
+    sf.load()
+    copy = {key(n): PORTS for n in range(3_000)}
+    job = sf.start_compaction(copy, {})
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(state, "_write_snapshot_file", broken)
+    job.write()
+    monkeypatch.undo()
+    assert isinstance(job.error, StateError) and "MemoryError" in str(job.error)
+    assert job.routes == {} and copy == {}  # freed all the same
+    with pytest.raises(StateError):
+        sf.finish_compaction(job)
+    sf.append([AddRoute(key(5), PORTS)])
+    assert job.tail == []  # no longer the journal's compaction
+    sf.close()
+    assert set(StateFile(str(tmp_path / "state.journal")).load().routes) == {key(5)}
