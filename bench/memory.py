@@ -1,9 +1,10 @@
 """Where mfcd's memory goes with many routes, in one process without a kernel or a socket.
 
-Usage: python bench/memory.py [--routes N] [--distinct-sources] [--no-release]
+Usage: python bench/memory.py [--routes N] [--distinct-sources | --bench-sources] [--no-release]
 
 Runs a batch text of N routes (`mfc add --source S --group G --iif r0 --oifs r1`, groups
-232.0.0.0 + n, one source unless --distinct-sources) through the daemon's own path,
+232.0.0.0 + n, one source unless --distinct-sources, or --bench-sources: bench/run.py's
+62,500 sources each coming back every 62,500 routes) through the daemon's own path,
 Commands.batch -> Controller -> a real state file in a temporary directory, with a kernel
 that accepts every operation; then reads that state file back as a restart does
 (StateFile.load, Controller.restore, gc.freeze). VmRSS in MiB at each stage, and the
@@ -48,8 +49,10 @@ class AcceptingKernel:
         pass
 
 
-def batch_text(n: int, distinct: bool) -> str:
+def batch_text(n: int, distinct: bool, cycling: bool = False) -> str:
     def source(k: int) -> str:
+        if cycling:  # as bench/nsagent.py's route_addr
+            return f"10.1.{(k // 250) % 250}.{k % 250 + 1}"
         return f"10.{k >> 16 & 255}.{k >> 8 & 255}.{k & 255}" if distinct else "198.18.0.3"
 
     return "".join(
@@ -79,6 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, default=1_000_000)
     parser.add_argument("--distinct-sources", action="store_true")
+    parser.add_argument("--bench-sources", action="store_true", help="bench/run.py's sources")
     parser.add_argument("--no-release", action="store_true", help="skip heap.release()")
     parser.add_argument("--restart-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
@@ -90,7 +94,7 @@ def main() -> int:
         state = StateFile(str(path))
         state.load()
         ctl = controller(state)
-        text = batch_text(args.routes, args.distinct_sources)
+        text = batch_text(args.routes, args.distinct_sources, args.bench_sources)
         start = rss()
         began = time.monotonic()
         Commands(ctl, (4, 6)).batch({"text": text}, False, Peer(1, 0, 0))

@@ -22,13 +22,13 @@ in a third of the time, read at the strings around its addresses (see _uniform).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Iterator
 from itertools import compress, repeat
 from socket import AF_INET, inet_pton
 from typing import NamedTuple
 
 from mfcd import batchfile
+from mfcd.validate import IFNAMSIZ
 
 _ADDRESS = r"[0-9A-Fa-f.:]+"
 _NAME = r"[A-Za-z0-9_.+@][A-Za-z0-9_.+@-]*"
@@ -125,61 +125,92 @@ def _uniform(text: str, before: int) -> Run | None:
     only by their addresses (a generated file), which are then checked in bulk.
 
     The first line, matched by _VALID, gives what every line must repeat around its
-    addresses. Each column is found after the string that stands before it by a literal
-    expression (no backtracking over octets; a column's strings are made one after the
-    other, as _anew would make them); the text made again from the columns must be the
-    text itself, so each line has the first one's shape. The addresses are then checked as
-    _VALID checks them: glibc's inet_pton takes exactly canonical dotted quads (as
-    validate._address relies on), and the first octets and 224.0.0.0/24 are looked at in
-    the packed bytes, groups all at once and each distinct source once."""
-    first = _VALID.match(text)
-    if first is None:
+    addresses (_Shape). The text is split at those literal strings (no expression made of
+    the text, no backtracking over octets), and the text made again from the pieces must be
+    the text itself, so each line has the first one's shape. The addresses are then
+    checked as _VALID checks them (see _valid_sources and _valid_groups), and each column's
+    strings made one after the other, as _anew would make them."""
+    shape = _shape(text)
+    if shape is None:
         return None
-    head = text[: first.start(1)]  # "mfc add --source " or "add --source "
-    middle = text[first.end(1) : first.start(2)]  # " --group "
-    tail = text[first.end(2) : first.end() + 1]  # " --iif I --oifs O[ --table N]\n"
-    if not text.endswith(tail) or first.end() == len(text):
-        return None  # (the last line has no newline, or another end)
-    between = tail + head  # what stands between one line's group and the next's source
-    if text.count(between) != text.count("\n") - 1:
-        return None  # (another line: known in a tenth of the time the columns take)
-    body = text[len(head) : len(text) - len(tail)]
-    after_between, after_middle = _finders(middle, between)
-    sources = [first.group(1)]
-    sources += after_between.findall(body)
-    groups = after_middle.findall(body)
-    count = len(groups)
-    if len(sources) != count:
+    fields = _fields(text, shape)
+    if fields is None:
         return None
-    again = [middle] * (4 * count - 1)
-    again[2::4] = groups
-    again[0::4] = sources
-    again[3::4] = repeat(between, count - 1)
-    if "".join(again) != body:
-        return None
-    del again
+    sources, groups = fields[0::2], fields[1::2]
     if not (_valid_sources(sources) and _valid_groups(groups)):
         return None
-    iif, oif, table = first.group(3, 4, 5)
+    del fields
+    count = len(groups)
+    iif, oif, table = shape.first.group(3, 4, 5)
+    sources, groups = _anew(sources), _anew(groups)
     return Run(before + 1, sources, groups, [iif] * count, [oif] * count, [table] * count)
 
 
-@lru_cache(maxsize=64)
-def _finders(middle: str, between: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    """Expressions that find a uniform text's sources (but the first) and its groups."""
-    return re.compile(re.escape(between) + "([0-9.]*)"), re.compile(re.escape(middle) + "([0-9.]*)")
+class _Shape(NamedTuple):
+    """The strings that a uniform text's first line has around its addresses."""
+
+    first: re.Match[str]  # the first line, by _VALID
+    head: str  # before its source: "mfc add --source " or "add --source "
+    middle: str  # between its source and group: " --group "
+    tail: str  # after its group: " --iif I --oifs O[ --table N]\n"
+
+
+def _shape(text: str) -> _Shape | None:
+    """The first line's _Shape, if every line of the text may repeat it: not when the text
+    does not end as the first line does (its last line has no newline, or another end) or
+    when an interface name is too long to be valid (the line is refused later, and a tail
+    of megabytes would cost as much to look for as the whole text: see test_batchscan.py)."""
+    first = _VALID.match(text)
+    if first is None or first.end() == len(text):
+        return None
+    if max(first.end(3) - first.start(3), first.end(4) - first.start(4)) >= IFNAMSIZ:
+        return None  # (the table has at most 10 digits: a valid tail is short)
+    tail = text[first.end(2) : first.end() + 1]
+    if not text.endswith(tail):
+        return None
+    return _Shape(first, text[: first.start(1)], text[first.end(1) : first.start(2)], tail)
+
+
+def _fields(text: str, shape: _Shape) -> list[str] | None:
+    """Each line's source and group, in turn, when the text is made of lines of its shape
+    with only these between its strings, else None."""
+    _, head, middle, tail = shape
+    between = tail + head  # what stands between one line's group and the next's source
+    if text.count(between) != text.count("\n") - 1:
+        return None  # (another line: known in a tenth of the time the pieces take)
+    body = text[len(head) : len(text) - len(tail)]
+    fields = middle.join(body.split(between)).split(middle)
+    if len(fields) % 2:
+        return None
+    # The text again: the fields between the strings, " --group " then the next line's.
+    again = [between] * (2 * len(fields) - 1)
+    again[0::2] = fields
+    again[1::4] = repeat(middle, len(fields) // 2)
+    return fields if "".join(again) == body else None
 
 
 # First octets that no source of _SOURCE4 has (0/8, 127/8, 224 and up), and those of groups.
 _NOT_SOURCE = bytes([0, 127, *range(224, 256)])
 _GROUP_FIRST = bytes(range(224, 240))
+# Bytes to 1 where they are 224 (0), others to 0: to find groups in 224.0.0.0/24 at once.
+_IS_224 = bytes(byte == 224 for byte in range(256))
+_IS_0 = bytes(byte == 0 for byte in range(256))
+
+
+def _packed(addresses: Iterable[str]) -> bytes | None:
+    """The IPv4 addresses packed one after the other, or None if one is not a dotted quad
+    that inet_pton takes (glibc's takes exactly canonical ones, as validate._address relies
+    on)."""
+    try:
+        return b"".join(map(inet_pton, repeat(AF_INET), addresses))
+    except (OSError, ValueError):
+        return None
 
 
 def _valid_sources(sources: list[str]) -> bool:
     """Whether every source is one that _SOURCE4 matches (each distinct one checked once)."""
-    try:
-        packed = b"".join(map(inet_pton, repeat(AF_INET), set(sources)))
-    except (OSError, ValueError):
+    packed = _packed(set(sources))
+    if packed is None:
         return False
     firsts = packed[0::4]
     return len(firsts.translate(None, _NOT_SOURCE)) == len(firsts)
@@ -187,15 +218,18 @@ def _valid_sources(sources: list[str]) -> bool:
 
 def _valid_groups(groups: list[str]) -> bool:
     """Whether every group is one that _GROUP4 matches."""
-    try:
-        packed = b"".join(map(inet_pton, repeat(AF_INET), groups))
-    except (OSError, ValueError):
+    packed = _packed(groups)
+    if packed is None:
         return False
     firsts = packed[0::4]
     if firsts.translate(None, _GROUP_FIRST):
         return False  # a first octet outside 224-239
-    # Canonical dotted quads: 224.0.0.0/24 is exactly the text starting with "224.0.0.".
-    return not (b"\xe0" in firsts and "\n224.0.0." in "\n" + "\n".join(groups))
+    if b"\xe0" not in firsts:
+        return True
+    # 224.0.0.0/24: a group whose first octet is 224 and next two 0, all groups at once.
+    in_224 = int.from_bytes(firsts.translate(_IS_224))
+    in_224 &= int.from_bytes(packed[1::4].translate(_IS_0))
+    return not in_224 & int.from_bytes(packed[2::4].translate(_IS_0))
 
 
 def _split_pieces(text: str, before: int) -> Iterator[Run | batchfile.Change]:

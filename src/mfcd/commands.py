@@ -686,13 +686,15 @@ class Commands:
         if ("ops" in args) == ("text" in args):
             raise BadRequest("a batch takes either ops (a list) or text (batch file lines)")
         text = args.get("text")
-        if "text" in args:
-            if not isinstance(text, str):
-                raise BadRequest("text must be a string", field="text")
-            changes, deleted, updated, runs = self._read_text(text)
-        else:
-            changes, deleted, updated = self._op_changes(args["ops"])
-            runs = []
+        if "text" in args and not isinstance(text, str):
+            raise BadRequest("text must be a string", field="text")
+        # (a source seen again only after many others is still shared: see address_sharing)
+        with address_sharing.bulk():
+            if text is not None:
+                changes, deleted, updated, runs = self._read_text(text)
+            else:
+                changes, deleted, updated = self._op_changes(args["ops"])
+                runs = []
         # A batch answers with counts; the step-by-step plan (as large as the batch) only when
         # asked for or in a dry run.
         plan = dry_run or _flag(args, "plan")

@@ -36,10 +36,11 @@ frozen dataclass costs three times as much to make.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar
 
@@ -260,29 +261,6 @@ class Step(NamedTuple):
     action: str  # add_vif, del_vif, add_mfc, replace_mfc, del_mfc, readd_vif, reissue_mfc
 
 
-def expand_steps(steps: Iterable[Step]) -> list[Step]:
-    """The steps with each run step made one step per route, as `add_direct` would have
-    made them (for plans shown to people, and for tests)."""
-    out: list[Step] = []
-    for step in steps:
-        op = step.op
-        if op.__class__ not in RUNS:
-            out.append(step)
-            continue
-        undo = step.undo
-        undos = run_ops(undo) if undo.__class__ in RUNS else [undo] * run_size(op)
-        out += [Step(o, u, step.action) for o, u in zip(run_ops(op), undos, strict=True)]
-    return out
-
-
-def count_actions(steps: Iterable[Step]) -> Counter[str]:
-    """Steps counted by action, a run step once per route (what a summary reports)."""
-    counts: Counter[str] = Counter()
-    for step in steps:
-        counts[step.action] += run_size(step.op)
-    return counts
-
-
 # --- requested changes -------------------------------------------------------------------------
 
 
@@ -470,6 +448,25 @@ def _fills(
         and next(ahead) == keys[0]
         and next(reversed(keyed)) == keys[-1]
     )
+
+
+def _insert_new(routes: dict[RouteKey, Ports], keys: Sequence[RouteKey], placed: Ports) -> bool:
+    """Insert the keys, each with `placed`, if they are distinct and none is in `routes`;
+    else leave `routes` as it was (its order too) and say False.
+
+    One probe a key (setdefault mapped over them, in C): a dict of the keys, a check that
+    none is held and an update were three hash passes, two of them into a dict of up to
+    1,000,000 routes, whose cache misses grew faster than the routes. A key held or seen
+    twice adds nothing, so fewer entries came than keys; those that came are the dict's
+    last ones (insertion order), and popitem takes them out last first."""
+    held = len(routes)
+    deque(map(routes.setdefault, keys, repeat(placed)), 0)
+    added = len(routes) - held
+    if added == len(keys):
+        return True
+    for _ in range(added):
+        routes.popitem()
+    return False
 
 
 class Router:
@@ -849,11 +846,8 @@ class Router:
             new.update(routes)  # (the values of the routes held, in their places)
             routes.clear()
             routes.update(new)  # (into an empty dict: a copy of the table, no insert per key)
-        else:
-            new = dict.fromkeys(keys, placed)
-            if len(new) != len(keys) or not routes.keys().isdisjoint(new.keys()):
-                return False
-            routes.update(new)
+        elif not _insert_new(routes, keys, placed):
+            return False
         n = len(keys)
         for vif in used:
             vif.refs += n

@@ -43,23 +43,24 @@ def test_statistics_count_real_packets(lab: Lab, mfcd: Mfcd, family: int) -> Non
     assert all(len(line) <= 80 for line in table.splitlines())
 
 
+def watching(socket: str, interval: str) -> subprocess.Popen[str]:
+    """`mfcctl show --watch` in JSON, started with SIGINT at its default: a test run
+    started in the background by a non-interactive shell ignores SIGINT, children inherit
+    an ignored signal (not a handler), and Python then installs no KeyboardInterrupt, so
+    the watch would never see the Ctrl-C the test sends."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        args = ["--socket", socket, "show", "--watch", interval, "--output", "json"]
+        return subprocess.Popen(
+            [str(BIN / "mfcctl"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_watch_shows_rates_while_traffic_flows(lab: Lab, mfcd: Mfcd) -> None:
     add(mfcd, 4, "r0", "r1")
-    watch = subprocess.Popen(
-        [
-            str(BIN / "mfcctl"),
-            "--socket",
-            mfcd.socket,
-            "show",
-            "--watch",
-            "0.2",
-            "--output",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watch = watching(mfcd.socket, "0.2")
     try:
         sender = threading.Thread(target=lambda: lab.probe(FLOWS[4][1], count=40))
         sender.start()
@@ -190,21 +191,7 @@ def test_watch_outlasts_the_client_timeout_and_too_large_is_reported(
     daemon = Mfcd(lab, tmp_path, "client_timeout = 0.5\nmax_request_bytes = 65536\n")
     daemon.start()
     try:
-        watch = subprocess.Popen(
-            [
-                str(BIN / "mfcctl"),
-                "--socket",
-                daemon.socket,
-                "show",
-                "--watch",
-                "0.8",
-                "--output",
-                "json",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        watch = watching(daemon.socket, "0.8")
         time.sleep(2.2)
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=10)

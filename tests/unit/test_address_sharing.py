@@ -3,6 +3,7 @@ whether they come from a batch line, a request or the state file, within a bound
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from mfcd import address_sharing, batchfile, validate
@@ -79,3 +80,84 @@ def test_the_cache_is_bounded_and_a_string_not_remembered_is_still_correct() -> 
     again = address_sharing.group(fresh("239.12.0.0"))
     assert again == first  # emptied when full: perhaps another object, always equal text
     assert address_sharing.group(again) is again
+
+
+def cycling_routes(n: int, sources: int) -> list[Route]:
+    """n routes of distinct groups whose `sources` sources come back in turn: each source is
+    seen again only after all the others (more than LIMIT of them here)."""
+    addresses = ((k % sources, f"239.14.{k >> 8 & 255}.{k & 255}") for k in range(n))
+    return [
+        Route(4, f"198.18.{s >> 8}.{s & 255}", group, "eth0", ("eth1",), 253)
+        for s, group in addresses
+    ]
+
+
+def test_a_restart_shares_sources_that_come_back_after_more_than_limit_others(
+    tmp_path: Path,
+) -> None:
+    sources = address_sharing.LIMIT + 3_000
+    routes = cycling_routes(2 * sources + 500, sources)
+    for write in ("snapshot", "journal"):  # the snapshot's chunks and one journal record
+        path = str(tmp_path / f"{write}.journal")
+        sf = StateFile(path)
+        sf.load()
+        if write == "snapshot":
+            sf.write_snapshot(routes, {})
+        else:
+            sf.write_snapshot([], {})
+            sf.append([AddRoute.of(r) for r in routes])
+        sf.close()
+        loaded = StateFile(path).load()
+        assert list(loaded.routes) == [r.key for r in routes]
+        assert len({id(key[1]) for key in loaded.routes}) == sources
+        # Once loaded, the cache is back within its bound.
+        assert len(address_sharing._sources) <= address_sharing.LIMIT
+
+
+def test_bulk_raises_the_source_bound_for_its_block_only() -> None:
+    texts = [f"198.19.{n >> 8 & 255}.{n & 255}" for n in range(address_sharing.LIMIT + 100)]
+    with address_sharing.bulk():
+        first = address_sharing.sources([fresh(t) for t in texts])
+        again = address_sharing.sources([fresh(t) for t in texts])
+        assert all(a is b for a, b in zip(first, again, strict=True))
+        assert address_sharing.source(fresh(texts[0])) is first[0]
+        assert len(address_sharing._sources) == len(texts)
+    assert len(address_sharing._sources) <= address_sharing.LIMIT
+    # Outside it, the bound holds again: a cache emptied when full (equal text, always).
+    for t in texts:
+        assert address_sharing.source(fresh(t)) == t
+        assert len(address_sharing._sources) <= address_sharing.LIMIT
+    # A block left by an exception restores the bound too.
+    with contextlib.suppress(RuntimeError), address_sharing.bulk():
+        address_sharing.sources([fresh(t) for t in texts])
+        raise RuntimeError
+    assert len(address_sharing._sources) <= address_sharing.LIMIT
+    assert address_sharing._source_limit == [address_sharing.LIMIT]
+
+
+def test_a_large_bulk_stays_within_its_own_bound() -> None:
+    n = address_sharing.BULK_LIMIT + 2 * address_sharing.LIMIT
+    with address_sharing.bulk():
+        out = address_sharing.sources(
+            [f"10.{k >> 16 & 255}.{k >> 8 & 255}.{k & 255}" for k in range(n)]
+        )
+        assert len(address_sharing._sources) <= address_sharing.BULK_LIMIT + address_sharing.LIMIT
+    assert out == [f"10.{k >> 16 & 255}.{k >> 8 & 255}.{k & 255}" for k in range(n)]
+
+
+def test_a_batch_shares_sources_that_come_back_after_more_than_limit_others() -> None:
+    sources = address_sharing.LIMIT + 2_000
+    routes = cycling_routes(2 * sources + 300, sources)
+    text = "".join(
+        f"mfc add --source {r.source} --group {r.group} --iif eth0 --oifs eth1\n" for r in routes
+    )
+    ops = [
+        {"op": "add", "source": r.source, "group": r.group, "iif": "eth0", "oifs": ["eth1"]}
+        for r in routes
+    ]
+    for args in ({"text": text}, {"ops": ops}):
+        ctl = Controller(FakeKernel(), FakeState())
+        Commands(ctl, (4, 6)).batch(args, False, Peer(1, 0, 0))
+        assert list(ctl.router.routes) == [r.key for r in routes]
+        assert len({id(key[1]) for key in ctl.router.routes}) == sources
+        assert len(address_sharing._sources) <= address_sharing.LIMIT

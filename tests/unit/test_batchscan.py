@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import random
 import re
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mfcd import batchfile, batchscan, validate
 from mfcd.errors import InvalidArgument
@@ -244,3 +247,93 @@ def test_a_large_uniform_text_is_read_as_the_split_reads_it() -> None:
     pieces = list(batchscan.pieces(text))
     assert len(pieces) > 2 and all(isinstance(piece, batchscan.Run) for piece in pieces)
     assert expanded(text) == list(batchfile.lines(text))
+
+
+# --- interface names too long to be valid: read as the split reads them, at its cost ----------
+
+long_shape = st.builds(
+    "{}add --source {{s}} --group {{g}} --iif {} --oifs {}{}".format,
+    st.sampled_from(["", "mfc "]),
+    st.sampled_from(["r0", "i" * 15, "i" * 16, "eth0." + "9" * 40]),
+    st.sampled_from(["r1", "o" * 15, "o" * 16, "br-" + "x" * 300]),
+    st.sampled_from(["", " --table 100"]),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=long_shape,
+    pairs=st.lists(
+        st.tuples(
+            st.sampled_from([*ADDRESSES[:8], "10.0.0.1", "198.18.0.2"]),
+            st.sampled_from(["239.1.1.1", "224.0.0.5", "224.0.1.5", "239.01.1.1"]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    end=st.sampled_from(["\n", ""]),
+)
+def test_long_interface_names_are_read_as_the_split_reads_them(
+    shape: str, pairs: list[tuple[str, str]], end: str
+) -> None:
+    """Lines of one shape whose interface names may be longer than IFNAMSIZ - 1 (refused
+    later): pieces() gives what the split by _VALID gives, and the uniform reading leaves
+    every text with such a name to it."""
+    text = "\n".join(shape.format(s=s, g=g) for s, g in pairs) + end
+    try:
+        split = list(batchscan._split_pieces(text, 0))
+    except batchfile.SyntaxProblem as e:
+        with pytest.raises(batchfile.SyntaxProblem) as raised:
+            list(batchscan.pieces(text))
+        assert (raised.value.line, str(raised.value)) == (e.line, str(e))
+        return
+    assert list(batchscan.pieces(text)) == split
+    names = re.search(r"--iif (\S+) --oifs (\S+)", text)
+    assert names is not None
+    if max(map(len, names.groups())) > validate.IFNAMSIZ - 1:
+        assert batchscan._uniform(text, 0) is None
+
+
+@pytest.mark.parametrize("names_checked", [True, False])
+def test_a_long_line_costs_memory_in_proportion_to_it(
+    monkeypatch: pytest.MonkeyPatch, names_checked: bool
+) -> None:
+    """A uniform part whose oif name is 2 MB is read with a few times its size in memory,
+    and nothing is kept: neither when the name's length sends it to the split, nor when
+    the uniform reading takes it (as it would a name of any length, IFNAMSIZ aside). No
+    expression is made of the text (one of 2 MB cost 240 MiB, and was kept in a cache)."""
+    monkeypatch.setattr(batchscan, "PART_CHARS", 1 << 23)  # (one part)
+    if not names_checked:
+        monkeypatch.setattr(batchscan, "IFNAMSIZ", 1 << 30, raising=False)
+    line = "mfc add --source 10.0.0.{} --group 239.1.1.1 --iif r0 --oifs " + "a" * 2_000_000
+    text = "".join(line.format(n) + "\n" for n in (1, 2))
+    compiled = re._cache.copy()  # type: ignore[attr-defined]
+    tracemalloc.start()
+    try:
+        pieces = list(batchscan.pieces(text))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(pieces) == 1 and isinstance(pieces[0], batchscan.Run)
+    assert peak < 6 * len(text)
+    assert re._cache.keys() <= compiled.keys()  # type: ignore[attr-defined]
+
+
+def test_groups_and_sources_are_checked_in_bulk_as_the_expression_checks_them() -> None:
+    """_valid_groups and _valid_sources say of random lists what _GROUP4 and _SOURCE4 say
+    of each address: 224.0.0.0/24 found in the packed bytes, not where a 224 and two 0
+    stand elsewhere (239.224.0.0, 224.1.0.0, 0.224.0.0)."""
+    rng = random.Random(7)
+    near = ["224.0.0.0", "224.0.0.255", "224.0.1.0", "224.1.0.0", "239.224.0.0", "225.0.0.1"]
+    near += ["0.224.0.0", "10.224.0.0", "127.0.0.1", "223.0.0.1", "224.00.0.1", "239.1.1.1"]
+    near += ADDRESSES
+    group4 = re.compile(batchscan._GROUP4)
+    source4 = re.compile(batchscan._SOURCE4)
+    for _ in range(3_000):
+        addresses = rng.choices(near, k=rng.choice([1, 2, 5, 40]))
+        if rng.random() < 0.5:  # mostly valid, one near miss at most
+            addresses = ["239.2.2.2"] * 30 + addresses[:1]
+        expected = all(group4.fullmatch(a) for a in addresses)
+        assert batchscan._valid_groups(addresses) == expected, addresses
+        expected = all(source4.fullmatch(a) for a in addresses)
+        assert batchscan._valid_sources(addresses) == expected, addresses

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import random
+from collections import Counter
+from collections.abc import Iterable
 from typing import Literal
 
 import pytest
@@ -16,6 +18,7 @@ from mfcd import kernel
 from mfcd.dataplane import execute, undo
 from mfcd.errors import KernelError
 from mfcd.model import (
+    RUNS,
     AddMfc,
     AddMfcRun,
     DelMfc,
@@ -24,14 +27,37 @@ from mfcd.model import (
     RouteKey,
     Router,
     Step,
-    count_actions,
-    expand_steps,
     run_head,
     run_ops,
+    run_size,
     run_tail,
 )
 
 from .conftest import FakeKernel, observable, router_with_links, run
+
+
+def expand_steps(steps: Iterable[Step]) -> list[Step]:
+    """The steps with each run step made one step per route, as `add_direct` would have
+    made them: what the route-by-route path's steps are held equal to."""
+    out: list[Step] = []
+    for step in steps:
+        op = step.op
+        if op.__class__ not in RUNS:
+            out.append(step)
+            continue
+        undo = step.undo
+        undos = run_ops(undo) if undo.__class__ in RUNS else [undo] * run_size(op)
+        out += [Step(o, u, step.action) for o, u in zip(run_ops(op), undos, strict=True)]
+    return out
+
+
+def count_actions(steps: Iterable[Step]) -> Counter[str]:
+    """Steps counted by action, a run step once per route (what a summary reports)."""
+    counts: Counter[str] = Counter()
+    for step in steps:
+        counts[step.action] += run_size(step.op)
+    return counts
+
 
 LINKS = ("eth0", "eth1", "eth2", "eth3")
 
@@ -191,15 +217,49 @@ def test_add_run_refuses_and_changes_nothing() -> None:
         ("an interface that does not exist", [key4(1)], router.share(Ports("eth0", ("nope",)))),
     ]
     for why, keys, p in cases:
-        before = state(router)
+        before, order = state(router), list(router.routes.items())
         router.begin()
         steps: list[Step] = []
         assert not router.add_run(keys, p, steps), why
         assert steps == [] and not router.changed(), why
         router.commit()
         assert state(router) == before, why
+        assert list(router.routes.items()) == order, why  # (the routes' order too)
     steps = []
     assert not router.add_run([key4(1)], shared, steps)  # no transaction open
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    held=st.lists(st.integers(0, 60), max_size=30, unique=True),
+    gone=st.lists(st.integers(0, 60), max_size=10),
+    keys=st.lists(st.integers(0, 90), min_size=1, max_size=40),
+)
+def test_a_run_s_keys_go_into_the_routes_as_the_three_passes_put_them(
+    held: list[int], gone: list[int], keys: list[int]
+) -> None:
+    """add_run's one probe a key (model._insert_new) against the three passes it replaced
+    (a dict of the keys, a check that none is held, an update): the same answer and the
+    same routes in the same order, whether the keys are new, held, deleted before (the
+    dict's holes) or given twice."""
+    ports = Ports("eth0", ("eth1",))
+    router = with_vifs(ports)
+    shared = router.share(ports)
+    for n in held:
+        router.routes[key4(1_000 + n)] = shared
+    for n in gone:
+        router.routes.pop(key4(1_000 + n), None)
+    run = [key4(1_000 + n) for n in keys]
+    expected = dict(router.routes)
+    new = dict.fromkeys(run, shared)
+    took = len(new) == len(run) and expected.keys().isdisjoint(new.keys())
+    if took:
+        expected.update(new)
+    router.begin()
+    steps: list[Step] = []
+    assert router.add_run(run, shared, steps) == took
+    router.commit()
+    assert list(router.routes.items()) == list(expected.items())
 
 
 def test_rollback_of_add_run_mixed_with_other_changes_restores_all() -> None:
