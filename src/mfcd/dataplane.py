@@ -138,7 +138,8 @@ def execute(plane: Dataplane, steps: Sequence[Step]) -> None:
     are attached to the error as `undo_failures`.
     """
     try:
-        plane.apply([step.op for step in steps])
+        # (one step, as a single change has: no comprehension, itself a function call)
+        plane.apply((steps[0].op,) if len(steps) == 1 else [step.op for step in steps])
     except KernelError as e:
         undos = [step.undo for step in steps[: e.applied]]
         failed = steps[e.applied].undo if e.partial and e.applied < len(steps) else None

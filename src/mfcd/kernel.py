@@ -413,7 +413,10 @@ class MrouteSocket:
         return ttls
 
     def add_mfc(self, source: str, group: str, parent: int, oifs: Oifs) -> None:
-        data = self._mfc(source, group, parent, oifs)
+        if self.family == 4:  # (_mfc without its call: this is the call made per route)
+            data = pack_mfcctl(source, group, parent, self._ttls.get(oifs) or self._ttls_of(oifs))
+        else:
+            data = pack_mf6cctl(source, group, parent, oifs)
         try:  # not _setsockopt: the one call made per route, so one Python call less
             self.sock.setsockopt(self.level, MRT_ADD_MFC, data)
         except OSError as e:
@@ -576,7 +579,10 @@ class Kernel:
         try:
             for op in ops:
                 if op.table != table or op.family != family:  # one socket per chunk, usually
-                    sock = self.open_table(op.family, op.table)
+                    # (a table open already, as it is for every route but a table's first)
+                    sock = self.sockets.get((op.family, op.table)) or self.open_table(
+                        op.family, op.table
+                    )
                     family, table = op.family, op.table
                 if type(op) is AddMfc:  # by far the most common: tested first, and cheaply
                     sock.add_mfc(op.source, op.group, op.parent, op.oifs)

@@ -254,6 +254,32 @@ class Connection(asyncio.Protocol):
         self.server._accept(self)
 
     def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        if (
+            self.busy
+            or self.closed
+            or self.subscribed
+            or self.unread
+            or buffer.data
+            or self.eof
+            or buffer.counted
+            or not self.reading
+            or not data
+            or len(data) > self.server.whole_line
+            or data.find(b"\n") != len(data) - 1
+            or data.isspace()
+        ):
+            self._arrived(data)
+            return
+        # One whole request line, nothing before it, as a client that waits for each answer
+        # sends it: what _line would make of it (the line itself, within the limit and
+        # FREE_BYTES, so nothing to count), without the buffer and a second look.
+        # tests/unit/test_server_protocol.py holds it to the general path.
+        buffer.deadline = 0.0
+        self._next(data)
+
+    def _arrived(self, data: bytes) -> None:
+        """What the client sent, in general: buffered, and handled if it may be now."""
         if self.closed or self.subscribed:
             return  # (a subscriber's input is read and dropped, as is a closing one's)
         self.unread.append(data)
@@ -300,14 +326,16 @@ class Connection(asyncio.Protocol):
 
     # --- requests --------------------------------------------------------------------------------
 
-    def _next(self) -> None:
-        """Handle the requests that have arrived, until one has to wait."""
+    def _next(self, line: bytes | bytearray | None = None) -> None:
+        """Handle the requests that have arrived, until one has to wait; `line`: the first
+        of them, taken from the buffer already (data_received's whole line)."""
         server = self.server
         try:
             while not self.busy and not self.closed:
-                line = self._line()
                 if line is None:
-                    return  # (waiting for more, or closed at the end of the stream)
+                    line = self._line()
+                    if line is None:
+                        return  # (waiting for more, or closed at the end of the stream)
                 if server.stopping:
                     self.close()  # no new request is handled
                     return
@@ -317,6 +345,7 @@ class Connection(asyncio.Protocol):
                     self.refuse("busy", server._busy())
                     return
                 self._handle(line)
+                line = None
                 if not (self.busy or self.unread or self.buffer.data or self.eof):
                     # (nothing more has come: the wait for the next request begins)
                     self.buffer.deadline = server._loop.time() + server.client_timeout
@@ -396,7 +425,13 @@ class Connection(asyncio.Protocol):
             log.exception("internal error while serving %s", self.peer)
             self.close()
             return
-        self._next()  # (a client that pipelines: its next request joins the next group)
+        if self.unread or self.buffer.data or self.eof:
+            self._next()  # (a client that pipelines: its next request joins the next group)
+        elif not (self.busy or self.closed or self.buffer.deadline):
+            # (what _next would find: nothing to read, so the wait for the next request
+            # begins; without its call and _line's)
+            server = self.server
+            self.buffer.deadline = server._loop.time() + server.client_timeout
 
     def _respond(self, answer: Answer, waited: bool) -> None:
         """Send a request's response, or start the task that makes or sends it; the
@@ -577,6 +612,8 @@ class Connection(asyncio.Protocol):
 
 
 class Server:
+    connection = Connection  # (the protocol of each client's connection)
+
     def __init__(
         self, commands: Commands, path: str, client_timeout: float, max_request_bytes: int
     ) -> None:
@@ -586,6 +623,9 @@ class Server:
         self.max_request_bytes = max_request_bytes
         commands.max_values = max_request_bytes // protocol.BYTES_PER_VALUE
         self.budget = 2 * max_request_bytes  # for every client's request bytes together
+        # The largest chunk taken as one whole request line (Connection.data_received):
+        # within the limit on a line, and counted by nobody (FREE_BYTES).
+        self.whole_line = min(max_request_bytes + 1, FREE_BYTES)
         self.buffered = 0  # bytes counted against the budget now
         self.stopping = False
         self._server: asyncio.Server | None = None
@@ -606,7 +646,8 @@ class Server:
 
     async def start(self, sock: socket.socket) -> None:
         loop = self._loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock)
+        connection = self.connection
+        self._server = await loop.create_unix_server(lambda: connection(self), sock=sock)
 
     def load(self) -> str:
         """How busy the socket is, for the status line of SIGUSR1."""

@@ -139,3 +139,48 @@ def test_a_refused_op_reports_how_many_went_in_and_a_disabled_family_is_refused(
     assert out["refused"] == ["MRT_DEL_MFC", 2, 2]  # ENOENT after two VIFs went in
     assert out["vifs"] == [0, 1]
     assert out["v6"] == ["IPv6 is disabled in the configuration", 0]
+
+
+def test_single_route_ops_write_what_a_run_of_them_writes(netns: str) -> None:
+    """One AddMfc applied alone (the single change's path: an open table looked up, its
+    IPv4 thresholds packed once per oif set) writes the entry a run writes, in IPv4 and
+    IPv6, in the default table and another, for an oif set seen first and again; a route
+    refused alone is refused with nothing applied."""
+    out = run_py(
+        netns,
+        """
+        from mfcd.model import AddMfcRun
+        k = Kernel([4, 6])
+        out = {}
+        for family, table in ((4, 253), (4, 100), (6, 254)):
+            k.apply([AddVif(family, 0, "r0", r0, 1, table), AddVif(family, 1, "r1", r1, 3, table)])
+        def entries(family, table):
+            return {sg: (e.iif, e.oifs) for sg, e in k.observe(family, table).entries.items()}
+        for family, table, source, groups in (
+            (4, 253, "198.18.0.2", ["239.5.0.%d" % n for n in (1, 2, 3)]),
+            (4, 100, "198.18.0.2", ["239.5.0.%d" % n for n in (1, 2, 3)]),
+            (6, 254, "2001:db8::2", ["ff3e::5:%d" % n for n in (1, 2, 3)]),
+        ):
+            oifs = ((1, 7),)
+            for group in groups:  # one at a time, as single changes come
+                k.apply((AddMfc(family, source, group, 0, oifs, table),))
+            alone = entries(family, table)
+            for group in groups:
+                k.apply((DelMfc(family, source, group, table),))
+            keys = tuple((family, source, group, table) for group in groups)
+            k.apply([AddMfcRun(family, table, 0, oifs, keys)])
+            run = entries(family, table)
+            out[f"{family}/{table}"] = [sorted(alone.items()) == sorted(run.items()), len(alone)]
+        try:  # a parent >= MAXVIFS
+            k.apply((AddMfc(4, "198.18.0.2", "239.5.0.9", 40, ((1, 1),), 253),))
+        except KernelError as e:
+            out["refused"] = [e.operation, e.applied]
+        k.close()
+        """,
+    )
+    assert out == {
+        "4/253": [True, 3],
+        "4/100": [True, 3],
+        "6/254": [True, 3],
+        "refused": ["MRT_ADD_MFC", 0],
+    }
