@@ -1412,8 +1412,11 @@ class Router:
         """Write a route to the kernel, allocating VIFs first; release what `old` alone used."""
         family, table = key[0], key[3]
         previous = self.installed.get(key)
-        # Interfaces the installed old version already holds a reference on.
-        held = frozenset(old.interfaces) if old is not None and previous is not None else ()
+        # Interfaces the installed old version already holds a reference on, in its order:
+        # those it alone used are released in that order (a set's would change with the
+        # hash seed, and with it the plan shown and the order of the kernel's writes).
+        released = old.interfaces if old is not None and previous is not None else ()
+        held = frozenset(released)
         steps: list[Step] = []
         vifs = self.vifs
         for name in ports.interfaces:
@@ -1430,7 +1433,7 @@ class Router:
         else:
             steps.append(Step(_write(key, entry), _write(key, previous), "replace_mfc"))
         self._place(key, entry)
-        for name in held:
+        for name in released:
             if name != ports.iif and name not in ports.oifs:
                 steps += self._release(family, table, name)
         return steps

@@ -180,6 +180,17 @@ def test_replace_writes_one_entry_and_releases_only_unused_vifs() -> None:
     check_invariants(router)
 
 
+def test_a_replace_releases_the_old_route_s_vifs_in_its_order() -> None:
+    # In the old route's order, not a set's (which changes with the hash seed): the plan
+    # shown and the kernel's writes are the same from one run of mfcd to the next.
+    oifs = ("o7", "o2", "o5", "o0", "o3", "o6", "o1", "o4")
+    router = router_with_links("a", *oifs, "g")
+    run(router, router.add_route, r4(1, "a", *oifs))
+    steps = run(router, router.add_route, r4(1, "a", "g"))
+    assert actions(steps) == ["add_vif", "replace_mfc", *["del_vif"] * len(oifs)]
+    assert [name for _, name in vif_ops(steps, DelVif)] == list(oifs)
+
+
 def test_replace_with_a_new_interface_adds_its_vif_first() -> None:
     router = router_with_links("a", "b", "c")
     run(router, router.add_route, r4(1, "a", "b"))
