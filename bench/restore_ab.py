@@ -117,12 +117,16 @@ sock.close()
 """
 
 
-def in_ns(ns: str, code: str, src: str | None = None) -> dict[str, float]:
+def run_snippet(code: str, src: str | None = None, ns: str | None = None) -> dict[str, float]:
+    """Run `code` in a fresh interpreter, in network namespace `ns` if given, with revision
+    `src` first on its path if given; the JSON object it prints (empty if none). Its stderr
+    ends the bench if it fails. (bench/restore_parts.py runs its rounds through it too.)"""
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src
+    where = ["ip", "netns", "exec", ns] if ns is not None else []
     done = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+        [*where, sys.executable, "-c", code],
         capture_output=True,
         text=True,
         env=env,
@@ -158,13 +162,13 @@ def main() -> int:
             paths = {rev: f"{tmp}/{rev}/state.journal" for rev in revisions}
             for rev, src in revisions.items():
                 code = WRITE.format(bench=bench, n=args.routes, form=args.form, path=paths[rev])
-                in_ns(ns, code, src)
+                run_snippet(code, src, ns)
             for r in range(args.rounds):
                 for rev, src in revisions.items():
-                    raw = in_ns(ns, RAW.format(bench=bench, n=args.routes))
+                    raw = run_snippet(RAW.format(bench=bench, n=args.routes), ns=ns)
                     profile = args.profile if rev == "B" and r == args.rounds - 1 else ""
                     code = RESTORE.format(path=paths[rev], n=args.routes, profile=profile)
-                    got = in_ns(ns, code, src)
+                    got = run_snippet(code, src, ns)
                     got["raw wall"], got["raw cpu"] = raw["wall"], raw["cpu"]
                     got["raw user"], got["raw sys"] = raw["user"], raw["sys"]
                     got["wall ÷ raw"] = got["wall"] / raw["wall"]

@@ -2,9 +2,12 @@
 building the model of its routes, and packing their MFC structures, for two revisions.
 
 Usage: python bench/restore_parts.py --base SRC [--head SRC] [--routes N] [--rounds R]
+              [--form journal|snapshot]
 
-Each revision writes a state file of N routes as a `mfcctl batch` leaves it (bench/run.py's
-routes: one source per 16 routes, every group distinct, r0 -> r1), then in a fresh process
+Each revision writes a state file of N routes (bench/run.py's routes: 62,500 sources each
+used by 16 routes, every group distinct, r0 -> r1) as a restart finds it, with
+bench/restore_ab.py's writer: `journal`, as a `mfcctl batch` leaves it (the default), or
+`snapshot`, as a compaction leaves it. Then, in a fresh process
 per round, A and B in turn: StateFile.load, then the model of the table as Controller.restore
 makes it (the first route, which adds the VIFs, then one run of the others), then the
 packing of the run's structures (kernel.mfc_structs where the revision has it, else the
@@ -17,30 +20,14 @@ own work".
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from restore_ab import WRITE, run_snippet
 
-WRITE = """
-import sys
-from mfcd.model import AddRoute, Ports
-from mfcd.state import StateFile
-sys.path.insert(0, {bench!r})
-from nsagent import route_addr
-ports = Ports("r0", ("r1",))
-state = StateFile({path!r})
-state.lock()
-state.load()
-state.write_snapshot([], {{}})
-state.append([AddRoute((4, *route_addr(i), 253), ports) for i in range({n})])
-state.close()
-"""
+REPO = Path(__file__).resolve().parents[1]
 
 PARTS = """
 import gc, json, socket, time
@@ -87,37 +74,29 @@ print(json.dumps({{
 """.replace("import gc, json", "import gc, json, os")
 
 
-def run(code: str, src: str) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": src}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(done.stderr)
-    out: dict[str, float] = json.loads(done.stdout) if done.stdout.strip() else {}
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="revision A's src directory")
     parser.add_argument("--head", default=str(REPO / "src"), help="revision B's src")
     parser.add_argument("--routes", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--form", choices=("journal", "snapshot"), default="journal")
     args = parser.parse_args()
     revisions = {"A": str(Path(args.base).resolve()), "B": str(Path(args.head).resolve())}
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="mfcd-restore-parts-", dir="/var/tmp") as tmp:
         paths = {rev: f"{tmp}/{rev}.journal" for rev in revisions}
         for rev, src in revisions.items():
-            run(WRITE.format(bench=str(REPO / "bench"), n=args.routes, path=paths[rev]), src)
+            bench = str(REPO / "bench")
+            code = WRITE.format(bench=bench, n=args.routes, form=args.form, path=paths[rev])
+            run_snippet(code, src)
         for r in range(args.rounds):
             for rev, src in revisions.items():
-                got = run(PARTS.format(path=paths[rev]), src)
+                got = run_snippet(PARTS.format(path=paths[rev]), src)
                 for k, v in got.items():
                     rows.setdefault(f"{rev} {k}", []).append(v)
                 print(f"round {r + 1} {rev}: " + ", ".join(f"{k} {v:.3f}" for k, v in got.items()))
-    print(f"\n{args.routes} routes, medians (ranges) of {args.rounds} rounds:")
+    print(f"\n{args.routes} routes, {args.form}, medians (ranges) of {args.rounds} rounds:")
     for k, values in sorted(rows.items(), key=lambda kv: (kv[0][2:], kv[0][0])):
         print(f"  {k}: {statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
     return 0

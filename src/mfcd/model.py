@@ -849,8 +849,13 @@ class Router:
             # (distinct, being a dict's, and not yet known: the model holds the ones before)
             new: dict[RouteKey, Ports] = dict.fromkeys(keyed, placed)
             new.update(routes)  # (the values of the routes held, in their places)
-            routes.clear()
-            routes.update(new)  # (into an empty dict: a copy of the table, no insert per key)
+            if self._undo is None:
+                # No undo log names the old dict (a restore's transaction): the model takes
+                # the new one, sparing a copy of the table and the freeing of this one.
+                self.routes = new
+            else:
+                routes.clear()
+                routes.update(new)  # (into an empty dict: a copy, no insert per key)
         elif not _insert_new(routes, keys, placed):
             return False
         n = len(keys)
