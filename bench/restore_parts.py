@@ -7,14 +7,14 @@ Usage: python bench/restore_parts.py --base SRC [--head SRC] [--routes N] [--rou
 Each revision writes a state file of N routes (bench/run.py's routes: 62,500 sources each
 used by 16 routes, every group distinct, r0 -> r1) as a restart finds it, with
 bench/restore_ab.py's writer: `journal`, as a `mfcctl batch` leaves it (the default), or
-`snapshot`, as a compaction leaves it. Then, in a fresh process
-per round, A and B in turn: StateFile.load, then the model of the table as Controller.restore
-makes it (the first route, which adds the VIFs, then one run of the others), then the
-packing of the run's structures (kernel.mfc_structs where the revision has it, else the
-per-route loop it replaced), each by process_time, with the cyclic GC off as at start.
-No kernel and no root needed: what the kernel does for each route (bench/restore_ab.py
-measures it) is the same in both. Figures: docs/benchmarks.md, "Recovery at start: mfcd's
-own work".
+`snapshot`, as a compaction leaves it. Then, in a fresh process per round, A and B in
+turn: StateFile.load, then the model of the table as Controller.restore makes it (the
+first route, which adds the VIFs, then one run of the others), then the packing of the
+run's structures (kernel.mfc_structs where the revision has it, else the per-route loop it
+replaced), each by process_time, with the cyclic GC off as at start, and the RSS at the
+end and its peak. No kernel and no root needed: what the kernel does for each route
+(bench/restore_ab.py measures it) is the same in both. Figures: docs/benchmarks.md,
+"Recovery at start: mfcd's own work" and "Recovery at start: where the read's time goes".
 """
 
 from __future__ import annotations
@@ -67,9 +67,11 @@ else:
 cpu4 = time.process_time()
 with open("/proc/self/statm") as f:
     rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+with open("/proc/self/status") as f:
+    peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10
 print(json.dumps({{
     "load": cpu1 - cpu0, "model": cpu3 - cpu2, "packing": cpu4 - cpu3,
-    "own work": cpu4 - cpu2 + cpu1 - cpu0, "rss MiB": rss,
+    "own work": cpu4 - cpu2 + cpu1 - cpu0, "rss MiB": rss, "peak MiB": peak,
 }}))
 """.replace("import gc, json", "import gc, json, os")
 
