@@ -19,16 +19,13 @@ Figures: docs/benchmarks.md, "The single change's own cost (issue 12)".
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from revision_ab import parser, revisions, run_child  # noqa: E402
 
 CHILD = """
 import cProfile, json, logging, pstats, sys, time
@@ -102,35 +99,20 @@ print(json.dumps({"add": best[0], "del": best[1]}))
 
 def measure(src: Path, n: int, profile: str = "-") -> dict[str, float]:
     """Run the child for revision `src`; its figures (seconds per request)."""
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(n), profile],
-        env=env,
-        check=True,
-        stdout=None if profile != "-" else subprocess.PIPE,
-        text=True,
-    ).stdout
-    if profile != "-":
-        return {}
-    figures: dict[str, float] = json.loads(out.splitlines()[-1])
-    return figures
+    return run_child(src, CHILD, str(n), profile, figures=profile == "-")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, help="src directory of revision A")
-    parser.add_argument("--head", type=Path, default=ROOT / "src", help="revision B")
-    parser.add_argument("--changes", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", nargs="?", const="", help="cProfile B once (to FILE)")
-    args = parser.parse_args()
+    arguments = parser(__doc__)
+    arguments.add_argument("--changes", type=int, default=20_000)
+    arguments.add_argument("--profile", nargs="?", const="", help="cProfile B once (to FILE)")
+    args = arguments.parse_args()
     if args.profile is not None:
         measure(args.head, args.changes, args.profile)
         return
-    revisions = [("B", args.head)] if args.base is None else [("A", args.base), ("B", args.head)]
-    results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in revisions}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in revisions(args)}
     for round_ in range(1, args.rounds + 1):
-        for name, src in revisions:
+        for name, src in revisions(args):
             figures = measure(src, args.changes)
             results[name].append(figures)
             text = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in figures.items())
