@@ -592,14 +592,14 @@ def _read_alike(text: str, start: int, path: str) -> tuple[Declarations, _Column
     groups = list(map(_GROUP_VALUE, lines[2 : whole + 3 : period]))
     gaps = [lines[5 + j : whole : period] for j in range(period - 5)]  # lines between blocks
     del lines
+    if len(sources) != count or len(groups) != count:
+        return None
     for gap in gaps:
         if gap.count("") != len(gap) and not all(map(_PLAIN_SKIP.match, set(gap))):
             return None  # between blocks: lines that are not blank or a comment
     tail = '"\n' + interfaces
     between = chain.from_iterable(zip(gaps, repeat(repeat("\n"))))
     pieces = zip(repeat(_ALIKE_HEAD), sources, repeat(_ALIKE_MID), groups, repeat(tail), *between)
-    if len(sources) != count or len(groups) != count:
-        return None
     last = (_ALIKE_HEAD, sources[-1], _ALIKE_MID, groups[-1], tail)
     rebuilt = "".join(chain(chain.from_iterable(islice(pieces, count - 1)), last))
     if len(rebuilt) != end or not body.startswith(rebuilt):
