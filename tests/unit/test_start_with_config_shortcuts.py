@@ -315,6 +315,15 @@ def assert_read_alike(text: str, start: int) -> None:
     part = declarations.parse_file(text, "f.conf")
     assert (part.found.routes, part.found.positions) == (full.routes, full.positions)
     assert part.blocks == declarations._blocks_of(text, full)
+    # A reload after one route's change reuses the blocks read at once.
+    edited = text.replace(f'"{key(20)[2]}"', '"239.7.7.7"')
+    assert edited != text
+    again = declarations.parse_file(edited, "f.conf", part)
+    full, problems = parse(edited)
+    assert problems == [] and (again.found.routes, again.found.positions) == (
+        full.routes,
+        full.positions,
+    )
 
 
 def test_the_benchs_file_is_read_alike() -> None:
