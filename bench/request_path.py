@@ -2,7 +2,7 @@
 without the server, the kernel or the disk.
 
 Usage: python bench/request_path.py [--base SRC] [--head SRC] [--changes N] [--rounds R]
-                                    [--profile [FILE]]
+                                    [--profile [FILE]] [--mix plain|readd|dry]
 
 Each round handles N `mfc.add` of new routes (one source, N groups, iif a, oif b) and then
 their N `mfc.del`, as requests on an open connection would be: `submit`, a flush of the
@@ -14,21 +14,20 @@ With `--base` (a `src` directory of another revision, e.g. from `git archive`), 
 (`--base`) and B (`--head`, default this checkout's `src`) run in turn, each in a process
 of its own, A B A B. `--profile` runs B once under cProfile instead and prints the
 functions by their own time and by cumulative time (or writes the stats to FILE).
+`--mix readd` sends each add twice in a row (the second changes nothing), `--mix dry` a
+dry run of another route's add before each add: "add" is then per request of the mix.
 Figures: docs/benchmarks.md, "The single change's own cost (issue 12)".
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from revision_ab import parser, revisions, run_child  # noqa: E402
 
 CHILD = """
 import cProfile, json, logging, pstats, sys, time
@@ -36,17 +35,26 @@ from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
 from tests.unit.conftest import FakeKernel, FakeState
 
-n, profile = int(sys.argv[1]), sys.argv[2]
+n, profile, mix = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 logging.basicConfig(level=logging.INFO, stream=open("/dev/null", "w"))
 peer = Peer(pid=1, uid=0, gid=0)
 
-def request(i, cmd, **args):
-    return json.dumps({"v": 1, "id": i, "cmd": cmd, "args": args}).encode() + b"\\n"
+def request(i, cmd, dry_run=False, **args):
+    envelope = {"v": 1, "id": i, "cmd": cmd, "args": args}
+    if dry_run:
+        envelope["dry_run"] = True
+    return json.dumps(envelope).encode() + b"\\n"
 
 groups = [f"239.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n)]
 adds = [request(i, "mfc.add", source="10.0.0.1", group=g, iif="a", oifs=["b"])
         for i, g in enumerate(groups)]
 dels = [request(i, "mfc.del", source="10.0.0.1", group=g) for i, g in enumerate(groups)]
+if mix == "readd":  # each add sent again at once: the same route, no change
+    adds = [line for add in adds for line in (add, add)]
+elif mix == "dry":  # a dry run of another route's add before each add
+    tries = [request(i, "mfc.add", True, source="10.0.0.3", group=g, iif="a", oifs=["b"])
+             for i, g in enumerate(groups)]
+    adds = [line for pair in zip(tries, adds) for line in pair]
 
 def commands():
     controller = Controller(FakeKernel(), FakeState())
@@ -100,38 +108,24 @@ print(json.dumps({"add": best[0], "del": best[1]}))
 """
 
 
-def measure(src: Path, n: int, profile: str = "-") -> dict[str, float]:
+def measure(src: Path, n: int, mix: str, profile: str = "-") -> dict[str, float]:
     """Run the child for revision `src`; its figures (seconds per request)."""
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(n), profile],
-        env=env,
-        check=True,
-        stdout=None if profile != "-" else subprocess.PIPE,
-        text=True,
-    ).stdout
-    if profile != "-":
-        return {}
-    figures: dict[str, float] = json.loads(out.splitlines()[-1])
-    return figures
+    return run_child(src, CHILD, str(n), profile, mix, figures=profile == "-")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, help="src directory of revision A")
-    parser.add_argument("--head", type=Path, default=ROOT / "src", help="revision B")
-    parser.add_argument("--changes", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", nargs="?", const="", help="cProfile B once (to FILE)")
-    args = parser.parse_args()
+    arguments = parser(__doc__)
+    arguments.add_argument("--changes", type=int, default=20_000)
+    arguments.add_argument("--profile", nargs="?", const="", help="cProfile B once (to FILE)")
+    arguments.add_argument("--mix", choices=("plain", "readd", "dry"), default="plain")
+    args = arguments.parse_args()
     if args.profile is not None:
-        measure(args.head, args.changes, args.profile)
+        measure(args.head, args.changes, args.mix, args.profile)
         return
-    revisions = [("B", args.head)] if args.base is None else [("A", args.base), ("B", args.head)]
-    results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in revisions}
+    results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in revisions(args)}
     for round_ in range(1, args.rounds + 1):
-        for name, src in revisions:
-            figures = measure(src, args.changes)
+        for name, src in revisions(args):
+            figures = measure(src, args.changes, args.mix)
             results[name].append(figures)
             text = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in figures.items())
             print(f"round {round_} {name}: {text}", flush=True)

@@ -18,16 +18,13 @@ Figures: docs/benchmarks.md, "Group commit towards 5,000 changes/s: the server's
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from revision_ab import parser, revisions, run_child  # noqa: E402
 
 CLIENT = """
 import select, socket, sys
@@ -101,31 +98,18 @@ print(json.dumps({"cpu": cpu, "calls": calls}))
 
 def measure(src: Path, clients: int, requests: int, kind: str) -> dict[str, float]:
     """Run the child for revision `src`: CPU seconds and calls per request."""
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(clients), str(requests), kind, CLIENT],
-        env=env,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout
-    figures: dict[str, float] = json.loads(out.splitlines()[-1])
-    return figures
+    return run_child(src, CHILD, str(clients), str(requests), kind, CLIENT)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, help="src directory of revision A")
-    parser.add_argument("--head", type=Path, default=ROOT / "src", help="revision B")
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=500, help="per client")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--kind", choices=("add", "ping"), default="add")
-    args = parser.parse_args()
-    revisions = [("B", args.head)] if args.base is None else [("A", args.base), ("B", args.head)]
-    results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in revisions}
+    arguments = parser(__doc__)
+    arguments.add_argument("--clients", type=int, default=20)
+    arguments.add_argument("--requests", type=int, default=500, help="per client")
+    arguments.add_argument("--kind", choices=("add", "ping"), default="add")
+    args = arguments.parse_args()
+    results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in revisions(args)}
     for round_ in range(1, args.rounds + 1):
-        for name, src in revisions:
+        for name, src in revisions(args):
             figures = measure(src, args.clients, args.requests, args.kind)
             results[name].append(figures)
             print(

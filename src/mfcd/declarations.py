@@ -35,7 +35,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, islice, repeat
 from operator import add, itemgetter
 from typing import Any, NamedTuple
 
@@ -298,7 +298,7 @@ Blocks = dict[str, tuple[RouteKey, Ports, bool]]
 
 
 class _Columns:
-    """The blocks of a file read at once (_read_written) as columns, in the order of the
+    """The blocks of a file read at once (_read_columns) as columns, in the order of the
     file: made into Blocks when first looked up (by a reload), not at start, which never
     needs them (the dict of 100,000 texts was a tenth of a start's read)."""
 
@@ -309,15 +309,18 @@ class _Columns:
         self.keys: list[RouteKey] = []
         self.ports: list[Ports] = []
         self.built: Blocks | None = None
-        # (text, start, lines a block) of blocks read by _read_alike: their texts, found
-        # when the blocks are built (the lines at start were split without them)
-        self.alike: tuple[str, int, int] | None = None
+        # (text, start, lines a block, blocks) of blocks read by _read_alike: their texts,
+        # found when the blocks are built (the lines at start were split without them)
+        self.alike: tuple[str, int, int, int] | None = None
 
     def blocks(self) -> Blocks:
         if self.built is None:
             if self.alike is not None:
-                text, start, period = self.alike
-                self.texts, self.alike = _ALIKE_BLOCKS[period].findall(text, start), None
+                text, start, period, count = self.alike
+                texts = _ALIKE_BLOCKS[period].findall(text, start)
+                del texts[count - 1 :]  # the last block: to the end of the file
+                texts.append(text[start + sum(map(len, texts)) :])
+                self.texts, self.alike = texts, None
             values = zip(self.keys, self.ports, repeat(False))
             self.built = dict(zip(self.texts, values, strict=False))  # (as long as the texts)
             self.texts, self.keys, self.ports = [], [], []
@@ -514,7 +517,7 @@ _WRITTEN = re.compile(
 _INTERFACES_WRITTEN = re.compile(_INTERFACES + r"\Z")
 
 
-# _WRITTEN for the blocks of a whole file at once (see _read_written), loosely: each
+# _WRITTEN for the blocks of a whole file at once (see _read_columns), loosely: each
 # block's text, its source and group, its two lines of interfaces as one text, its table
 # ("" when absent) and its blank lines. Twice as fast as _WRITTEN's character classes;
 # _take_written holds each column to _WRITTEN (the addresses by inet_pton, each distinct
@@ -532,57 +535,76 @@ _GROUP_FIRST = bytes(range(224, 240))
 _LOCAL4 = b"\xe0\x00\x00"  # 224.0.0.0/24: link-local groups, never routed
 
 
-def _read_written(text: str, start: int, path: str) -> tuple[Declarations, Blocks] | None:
-    """_parse_blocks' routes and blocks for a file whose blocks from `start` on are all
-    written as _WRITTEN with IPv4 addresses (a start with 100,000 routes): blocks alike
-    but for their addresses from their lines, others by a findall over a span of blocks,
-    each column checked at once. None if any block is in another form,
-    not IPv4 or has a problem: the caller reads the file by blocks, which says why."""
-    read = _read_columns(text, start, path)
-    return None if read is None else (read[0], read[1].blocks())
-
-
 def _read_columns(text: str, start: int, path: str) -> tuple[Declarations, _Columns] | None:
-    """_read_written with its blocks left as columns (built when a reload looks them up)."""
+    """_parse_blocks' routes and blocks for a file whose blocks from `start` on are all
+    written as _WRITTEN with IPv4 addresses (a start with 100,000 routes), the blocks left
+    as columns (built when a reload looks them up): blocks alike but for their addresses
+    from their lines, others by a findall over a span of blocks, each column checked at
+    once. None if any block is in another form, not IPv4 or has a problem: the caller
+    reads the file by blocks, which says why."""
     return _read_alike(text, start, path) or _read_spans(text, start, path)
 
 
-# The blocks import-smcroute writes (and the bench): alike but for their addresses. Split
-# in lines, a block's source and group are its second and third lines without their key
-# and quotes; the text rebuilt from them must be the file's.
+# The blocks import-smcroute writes (and the bench, and most files written by hand): alike
+# but for their addresses, as many lines between each and the next (blank lines, comment
+# lines such as import-smcroute's note of the line it converted), any such lines after
+# the last. Split in lines, a block's source and group are its second and third lines
+# without their key and quotes; the text rebuilt from them must be the file's.
 _ALIKE_HEAD, _ALIKE_MID = '[[route]]\nsource = "', '"\ngroup = "'
 _SOURCE_VALUE, _GROUP_VALUE = itemgetter(slice(10, -1)), itemgetter(slice(9, -1))
 # (and held to _WRITTEN_ALL's own form of them: a ] in a name ends its list there)
 _LOOSE_INTERFACES = re.compile(r'iif = "[^"]*"\noifs = \[[^]]*\]\n\Z')
-_ALIKE_BLOCKS = {n: re.compile(rf"(?:[^\n]*\n){{{n}}}") for n in (5, 6)}  # lines a block
+_GAP_MOST = 3  # lines between two blocks read alike (more: read by spans or by blocks)
+# a block's text, with the lines between it and the next, by its count of lines
+_ALIKE_BLOCKS = {n: re.compile(rf"(?:[^\n]*\n){{{n}}}") for n in range(5, 6 + _GAP_MOST)}
 
 
 def _read_alike(text: str, start: int, path: str) -> tuple[Declarations, _Columns] | None:
     """_read_spans of a file whose blocks from `start` on are written as _WRITTEN and alike
-    but for their source and group (one iif and oifs line, no table, each block followed
-    by one blank line or by none): its lines split once, without a findall, the form proved
-    by the text rebuilt from the addresses. None for any other file, and on any problem:
-    _read_spans reads it, or says it is not for a read at once."""
+    but for their source and group (one iif and oifs line, no table), as many blank or
+    comment lines between each and the next, any after the last, in LF or CRLF: its lines
+    split once, without a findall, the form proved by the text rebuilt from the addresses
+    and the lines between. None for any other file, and on any problem: _read_spans reads
+    it, or says it is not for a read at once."""
     body = text[start:]
+    if "\r" in body:  # CRLF: the same lines (a lone CR stays, and is no form read here)
+        body = body.replace("\r\n", "\n")
+    if not body.endswith("\n"):
+        body += "\n"  # (the last line's end: the same TOML, the same lines)
     first = body.split("\n", 6)  # the first block's lines
     if len(first) < 6 or not _LOOSE_INTERFACES.match(interfaces := f"{first[3]}\n{first[4]}\n"):
         return None
     # Cheap signs first (a file of other blocks is left at once): one interfaces' text
     # for every block, no table.
     count = body.count(_ALIKE_HEAD)
-    if body.count(interfaces) != count or "\ntable = " in body:
+    if count == 0 or body.count(interfaces) != count or "\ntable = " in body:
         return None
-    period = 6 if first[5] == "" else 5  # lines a block (with its blank line)
+    period = body.count("\n", 0, body.find(_ALIKE_HEAD, 1)) if count > 1 else 5  # (lines a block)
+    end = body.find(interfaces, body.rindex(_ALIKE_HEAD))  # the last block's end
+    if period not in _ALIKE_BLOCKS or end < 0:
+        return None
+    end += len(interfaces)
+    if not all(map(_PLAIN_SKIP.match, body[end:].split("\n"))):
+        return None  # after the last block: lines that are not blank or a comment
     lines = body.split("\n")
-    if count == 0 or len(lines) != period * count + 1:
-        return None
-    sources = list(map(_SOURCE_VALUE, lines[1::period]))
-    groups = list(map(_GROUP_VALUE, lines[2::period]))
-    tail = '"\n' + interfaces + "\n" * (period - 5)
-    pieces = zip(repeat(_ALIKE_HEAD), sources, repeat(_ALIKE_MID), groups, repeat(tail))
+    whole = period * (count - 1)  # the lines of all blocks but the last
+    sources = list(map(_SOURCE_VALUE, lines[1 : whole + 2 : period]))
+    groups = list(map(_GROUP_VALUE, lines[2 : whole + 3 : period]))
+    gaps = [lines[5 + j : whole : period] for j in range(period - 5)]  # lines between blocks
     del lines
-    if "".join(chain.from_iterable(pieces)) != body:
+    if len(sources) != count or len(groups) != count:
         return None
+    for gap in gaps:
+        if gap.count("") != len(gap) and not all(map(_PLAIN_SKIP.match, set(gap))):
+            return None  # between blocks: lines that are not blank or a comment
+    tail = '"\n' + interfaces
+    between = chain.from_iterable(zip(gaps, repeat(repeat("\n"))))
+    pieces = zip(repeat(_ALIKE_HEAD), sources, repeat(_ALIKE_MID), groups, repeat(tail), *between)
+    last = (_ALIKE_HEAD, sources[-1], _ALIKE_MID, groups[-1], tail)
+    rebuilt = "".join(chain(chain.from_iterable(islice(pieces, count - 1)), last))
+    if len(rebuilt) != end or not body.startswith(rebuilt):
+        return None
+    del rebuilt, body
     found = Declarations(files=[path])
     line = text.count("\n", 0, start) + 1
     lines_at = range(line, line + period * count + 1, period)
@@ -600,7 +622,7 @@ def _read_alike(text: str, start: int, path: str) -> tuple[Declarations, _Column
         return None
     blocks = _Columns()
     blocks.keys, blocks.ports = taken
-    blocks.alike = (text, start, period)
+    blocks.alike = (text, start, period, count)
     return found, blocks
 
 

@@ -368,7 +368,8 @@ class _Counting(dict[_K, _V]):
         return dict.popitem(self)
 
     def setdefault(self, key: _K, default: Any = None) -> Any:
-        self.changes += 1
+        if key not in self:  # (a key it holds is read, not changed)
+            self.changes += 1
         return dict.setdefault(self, key, default)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
@@ -399,6 +400,10 @@ class _UndoLog:
         entries = self.entries
         router = self.router
         routes = router.routes
+        # Whether a Vif's field but `refs` is put back (an ifindex may be back as it was):
+        # the direct path's cache then goes; a VIF or threshold put back is counted by
+        # _Counting. A rollback of neither (a dry run, the same route again) keeps it.
+        stale = not self.recording
         while len(entries) > to:
             entry = entries.pop()
             kind, target, key, old = entry
@@ -430,8 +435,11 @@ class _UndoLog:
             elif isinstance(target, list):  # list slot
                 target[key] = old
             else:  # attribute
+                if key != "refs" and target.__class__ is Vif:
+                    stale = True
                 setattr(target, key, old)
-        router._forget_direct()  # (a Vif's ifindex may be back as it was: see _direct)
+        if stale:
+            router._forget_direct()
 
 
 def _fills(
@@ -515,7 +523,7 @@ class Router:
         # (a single route's add would work them out again each time): good while `vifs` and
         # `thresholds` have not changed since it was filled (`_direct_at`: their counts of
         # changes then, see _Counting) and no Vif's fields but `refs` have (only _assign
-        # and a rollback write them, and both clear it).
+        # and a rollback write them: _assign clears it, a rollback that puts one back too).
         self._direct: dict[TableKey, dict[Ports, _Direct]] = {}
         self._direct_at = 0
 
@@ -536,9 +544,8 @@ class Router:
 
     def rollback(self) -> None:
         if self._log is not None:
-            self._log.rollback()
+            self._log.rollback()  # (which forgets the direct path's cache if it must)
         self._log = self._undo = None
-        self._forget_direct()
         self._index = None
 
     def _forget_direct(self) -> None:

@@ -59,6 +59,19 @@ PRELUDE = textwrap.dedent(
         steps = router.add(keys[0], router.share(ports))
         assert router.add_run(keys[1:], router.share(ports), steps)
         return steps
+
+    def refused(family, ks):
+        # plan and execute a run from r0 to r1 the kernel refuses (or that cannot be
+        # packed), then roll the model back: the error as [operation, errno, applied,
+        # partial, undo failures], or None if it was not refused
+        steps = plan(family, ks, Ports("r0", ("r1",)))
+        try:
+            execute(kernel, steps)
+            error = None
+        except KernelError as e:
+            error = [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
+        router.rollback()
+        return error
     """
 )
 
@@ -116,14 +129,7 @@ def test_a_run_refused_at_one_route_leaves_nothing_behind(lab: Lab) -> None:
         """
         out = {}
         for family in (4, 6):
-            ks = keys(family, 400, bad=201)
-            steps = plan(family, ks, Ports("r0", ("r1",)))
-            try:
-                execute(kernel, steps)
-                error = None
-            except KernelError as e:
-                error = [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
-            router.rollback()
+            error = refused(family, keys(family, 400, bad=201))
             out[family] = {"error": error, "cache": cache(family), "vifs": vifs(family)}
         """,
     )
@@ -150,13 +156,7 @@ def test_a_long_run_refused_or_unpackable_past_its_first_chunks_says_where(lab: 
                 ks = keys(family, 3 * MFC_RUN_CHUNK, bad=bad if case == "refused" else None)
                 if case == "unpackable":
                     ks[bad] = (family, "not-an-address", ks[bad][2], ks[bad][3])
-                steps = plan(family, ks, Ports("r0", ("r1",)))
-                try:
-                    execute(kernel, steps)
-                    error = None
-                except KernelError as e:
-                    error = [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
-                router.rollback()
+                error = refused(family, ks)
                 out[f"{family} {case}"] = {
                     "error": error, "cache": cache(family), "vifs": vifs(family), "bad": bad,
                 }

@@ -7,7 +7,8 @@ from __future__ import annotations
 import errno
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Literal
 
 import pytest
@@ -389,13 +390,33 @@ def test_run_helpers() -> None:
 # --- packing a run's structure once ---------------------------------------------------------------
 
 
+# An MFC entry of either family: its parent VIF and its oifs with their TTL thresholds.
+ENTRIES = {
+    "family": st.sampled_from((4, 6)),
+    "parent": st.integers(0, 31),
+    "oifs": st.dictionaries(st.integers(0, 31), st.integers(1, 255), max_size=8),
+    "data": st.data(),
+}
+
+
+def layout_and_whole(
+    family: int, parent: int, oifs: dict[int, int]
+) -> tuple[tuple[bytes, bytes, bytes], Callable[[str, str], bytes]]:
+    """An entry's run layout (mfc_layout) and what packs one route's whole structure with
+    it: pack_mfcctl (IPv4) or pack_mf6cctl (IPv6)."""
+    sorted_oifs = tuple(sorted(oifs.items()))
+    if family == 4:
+        ttls = kernel.pack_ttls(sorted_oifs)
+        return kernel.mfc_layout(4, parent, ttls), partial(
+            kernel.pack_mfcctl, parent=parent, ttls=ttls
+        )
+    return kernel.mfc_layout(6, parent, sorted_oifs), partial(
+        kernel.pack_mf6cctl, parent=parent, oifs=sorted_oifs
+    )
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    family=st.sampled_from((4, 6)),
-    parent=st.integers(0, 31),
-    oifs=st.dictionaries(st.integers(0, 31), st.integers(1, 255), max_size=8),
-    data=st.data(),
-)
+@given(**ENTRIES)
 def test_a_layout_packs_like_the_whole_structure(
     family: int, parent: int, oifs: dict[int, int], data: st.DataObject
 ) -> None:
@@ -403,25 +424,13 @@ def test_a_layout_packs_like_the_whole_structure(
     version: Literal[4, 6] = 4 if family == 4 else 6
     s = str(data.draw(st.ip_addresses(v=version)))
     g = str(data.draw(st.ip_addresses(v=version)))
-    sorted_oifs = tuple(sorted(oifs.items()))
     af = kernel._AF_INET if family == 4 else kernel._AF_INET6
-    if family == 4:
-        ttls = kernel.pack_ttls(sorted_oifs)
-        head, mid, tail = kernel.mfc_layout(4, parent, ttls)
-        whole = kernel.pack_mfcctl(s, g, parent, ttls)
-    else:
-        head, mid, tail = kernel.mfc_layout(6, parent, sorted_oifs)
-        whole = kernel.pack_mf6cctl(s, g, parent, sorted_oifs)
-    assert head + kernel._pton(af, s) + mid + kernel._pton(af, g) + tail == whole
+    (head, mid, tail), whole = layout_and_whole(family, parent, oifs)
+    assert head + kernel._pton(af, s) + mid + kernel._pton(af, g) + tail == whole(s, g)
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    family=st.sampled_from((4, 6)),
-    parent=st.integers(0, 31),
-    oifs=st.dictionaries(st.integers(0, 31), st.integers(1, 255), max_size=8),
-    data=st.data(),
-)
+@given(**ENTRIES)
 def test_a_run_s_structures_are_the_whole_structures_route_by_route(
     family: int, parent: int, oifs: dict[int, int], data: st.DataObject
 ) -> None:
@@ -431,15 +440,8 @@ def test_a_run_s_structures_are_the_whole_structures_route_by_route(
     address = st.ip_addresses(v=version).map(str)
     pairs = data.draw(st.lists(st.tuples(address, address), max_size=40))
     keys = [(family, s, g, 253) for s, g in pairs]
-    sorted_oifs = tuple(sorted(oifs.items()))
-    if family == 4:
-        ttls = kernel.pack_ttls(sorted_oifs)
-        layout = kernel.mfc_layout(4, parent, ttls)
-        whole = [kernel.pack_mfcctl(s, g, parent, ttls) for s, g in pairs]
-    else:
-        layout = kernel.mfc_layout(6, parent, sorted_oifs)
-        whole = [kernel.pack_mf6cctl(s, g, parent, sorted_oifs) for s, g in pairs]
-    assert kernel.mfc_structs(family, keys, layout) == whole
+    layout, whole = layout_and_whole(family, parent, oifs)
+    assert kernel.mfc_structs(family, keys, layout) == [whole(s, g) for s, g in pairs]
 
 
 @pytest.mark.parametrize("family", [4, 6])

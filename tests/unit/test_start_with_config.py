@@ -1,5 +1,5 @@
 """Tests for what makes a start with 100,000 config routes fast: the whole-file read of
-written [[route]] blocks (declarations._read_written) against the TOML reader, and the
+written [[route]] blocks (declarations._read_columns) against the TOML reader, and the
 origins of many routes set at one go (Router.set_origins) against one at a time."""
 
 from __future__ import annotations
@@ -101,10 +101,10 @@ def test_a_file_read_at_once_reads_as_the_toml_reader(
     assert part.found.wild == full.wild
     assert part.found.templates == full.templates
     assert part.blocks == declarations._blocks_of(text, full)
-    read = declarations._read_written(text, len(settings_text), "f.conf")
+    read = declarations._read_columns(text, len(settings_text), "f.conf")
     if read is not None:  # taken only for what it reads exactly as the TOML reader
         assert read[0].routes == full.routes and read[0].positions == full.positions
-        assert read[1] == part.blocks
+        assert read[1].blocks() == part.blocks
         assert not full.wild and not full.templates
 
 
@@ -130,13 +130,13 @@ def test_one_wrong_value_among_written_routes_reads_as_the_toml_reader(
     full, problems = full_read(text)
     assert (part.problems, part.found.routes) == (problems, full.routes)
     assert (part.found.templates, part.found.wild) == (full.templates, full.wild)
-    assert declarations._read_written(text, 0, "f.conf") is None
+    assert declarations._read_columns(text, 0, "f.conf") is None
 
 
 def test_routes_as_import_smcroute_writes_them_are_read_at_once_in_spans(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The bench's file (and import-smcroute's): read by _read_written, in several spans,
+    """The bench's file (and import-smcroute's): read by _read_columns, in several spans,
     with each route's line and a shared Ports per combination of interfaces."""
     monkeypatch.setattr(declarations, "_WRITTEN_SPAN", 1000)
     routes = [
@@ -151,13 +151,13 @@ def test_routes_as_import_smcroute_writes_them_are_read_at_once_in_spans(
         for k in range(300)
     ]
     text = 'log_level = "info"\n\n' + "".join(routes)
-    read = declarations._read_written(text, text.index("[[route]]"), "f.conf")
+    read = declarations._read_columns(text, text.index("[[route]]"), "f.conf")
     assert read is not None
     full, problems = full_read(text)
     assert problems == []
     assert read[0].routes == full.routes and read[0].positions == full.positions
     assert len({id(p) for p in read[0].routes.values()}) == 2
-    assert declarations.parse_file(text, "f.conf").blocks == read[1]
+    assert declarations.parse_file(text, "f.conf").blocks == read[1].blocks()
 
 
 def test_routes_read_at_once_share_their_sources_and_groups_strings() -> None:
@@ -168,13 +168,13 @@ def test_routes_read_at_once_share_their_sources_and_groups_strings() -> None:
                        table="", blank="")
         for k in range(15)
     ]  # fmt: skip
-    read = declarations._read_written("".join(routes), 0, "f.conf")
+    read = declarations._read_columns("".join(routes), 0, "f.conf")
     assert read is not None
     keys = list(read[0].routes)
     assert len(keys) == 15
     assert len({id(k[1]) for k in keys}) == 3 and len({id(k[2]) for k in keys}) == 5
     wrong = [*routes[:14], routes[14].replace("198.18.0.3", "127.0.0.1")]
-    assert declarations._read_written("".join(wrong), 0, "f.conf") is None
+    assert declarations._read_columns("".join(wrong), 0, "f.conf") is None
 
 
 KEYS = [(4, f"198.18.0.{k}", "239.1.1.1", 253) for k in range(1, 6)]

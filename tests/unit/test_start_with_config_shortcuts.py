@@ -6,6 +6,7 @@ and the VIF check that skips its pass when every interface fits (declarations._c
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mfcd import controller as controller_module
-from mfcd import declarations
+from mfcd import declarations, smcroute_import
 from mfcd.controller import Controller, _route_runs
 from mfcd.declarations import Declarations, diff
 from mfcd.model import RUN_MIN, AddRoute, Change, Ports, Route, SetThreshold
@@ -180,21 +181,29 @@ def test_the_vif_check_reports_as_its_pass_over_the_routes(
     assert parse(text) == (found, problems)
 
 
+# The lines between two blocks (the same count after each), and after the last.
+BETWEEN = ("", "\n", "\n\n", "# a note\n", "\n# f:{i}: mroute from a group 239.1.1.1 to b\n")
+AFTER = ("", "\n", "\n\n\n", "\n# the end\n", "# the end")
+ODD = ("blank", "table", "iif", "source", "bracket", "end", "quote", "key", "gap", "header",
+       "control", "cr", "after")  # fmt: skip
+
+
 @st.composite
 def alike_files(draw: st.DrawFn) -> tuple[str, int]:
-    """Blocks as import-smcroute writes them, alike but for their addresses, with one blank
-    line after each or none; sometimes one block, or the end, not quite so."""
+    """Blocks as import-smcroute writes them, alike but for their addresses, with as many
+    blank or comment lines after each but the last (import-smcroute's note of the line it
+    converted, the blank line people leave), any after the last, in LF or CRLF; sometimes
+    one block, the lines between, or the end, not quite so."""
     count = draw(st.integers(1, 30))
-    blank = draw(st.sampled_from(("", "\n")))
+    between = draw(st.sampled_from(BETWEEN))
     iif, oifs = draw(st.sampled_from((("a", '"b"'), ("a", '"b", "c"'), ("b", '"a"'))))
     out = []
     twice = draw(st.integers(1, 40))  # (a route declared twice when there are as many)
     for i in range(count):
         _, source, group, _ = key(0 if i == twice else i)
-        out.append(WRITTEN.format(s=source, g=group, i=iif, o=oifs, table="", blank=blank))
-    odd = draw(
-        st.sampled_from((None, "blank", "table", "iif", "source", "bracket", "end", "quote", "key"))
-    )
+        out.append(WRITTEN.format(s=source, g=group, i=iif, o=oifs, table="", blank=""))
+    gaps = [between.format(i=i) for i in range(count - 1)] + [draw(st.sampled_from(AFTER))]
+    odd = draw(st.sampled_from((None, None, None, *ODD)))
     k = draw(st.integers(0, count - 1))
     if odd == "blank":
         out[k] += "\n"
@@ -210,35 +219,111 @@ def alike_files(draw: st.DrawFn) -> tuple[str, int]:
         out[k] = out[k].replace('group = "', 'grouq = "', 1)
     elif odd == "quote":
         out[k] = out[k].replace('source = "', 'source = "1"', 1)
-    head = 'log_level = "info"\n\n'
-    text = head + "".join(out)
+    elif odd == "gap":  # a line between of another kind: a key (TOML, but not the form)
+        gaps[k] = gaps[k].replace("\n", "x = 1\n", 1) if "\n" in gaps[k] else "x = 1\n"
+    elif odd == "header":  # a header in a comment between: still a comment
+        gaps[k] = "# [[route]]\n" + gaps[k]
+    elif odd == "control":  # a control character in a comment: not TOML
+        gaps[k] = "# \x01\n" + gaps[k]
+    elif odd == "after":  # after the last block, a line that is not blank or a comment
+        gaps[-1] += "\nx = 2\n"
+    head, body = 'log_level = "info"\n\n', "".join(chain.from_iterable(zip(out, gaps, strict=True)))
     if odd == "end":
-        text = text.rstrip("\n")
-    return text, len(head)
+        body = body.rstrip("\n")
+    if odd == "cr":  # a lone CR at the end of a line: not TOML
+        lines = body.split("\n")
+        lines[k % len(lines)] += "\r"
+        body = "\n".join(lines)
+    if draw(st.booleans()):
+        head, body = head.replace("\n", "\r\n"), body.replace("\n", "\r\n")
+    return head + body, len(head)
 
 
 @ANY
 @given(case=alike_files())
 def test_a_file_of_alike_blocks_reads_as_by_spans(case: tuple[str, int]) -> None:
-    """_read_alike takes what _read_spans (the findall per span) takes, and reads it the
-    same; and the file reads as the TOML reader reads it."""
+    """_read_alike takes only what the TOML reader reads without a problem, and reads it
+    the same (routes, lines, the blocks kept for a reload), and as _read_spans (the findall
+    per span) where that takes it too; and the file reads as the TOML reader reads it."""
     text, start = case
     alike = declarations._read_alike(text, start, "f.conf")
     spans = declarations._read_spans(text, start, "f.conf")
+    full, problems = parse(text)
     if alike is not None:
-        assert spans is not None
+        assert problems == [] and not full.templates and not full.wild
+        assert alike[0].routes == full.routes
+        assert alike[0].positions == full.positions
+        assert alike[1].blocks() == declarations._blocks_of(text, full)
+    if alike is not None and spans is not None:
         assert alike[0].routes == spans[0].routes
         assert alike[0].positions == spans[0].positions
         assert alike[1].blocks() == spans[1].blocks()
     part = declarations.parse_file(text, "f.conf")
-    full, problems = parse(text)
     assert (part.problems, part.found.routes, part.found.positions) == (
         problems,
         full.routes,
         full.positions,
     )
-    if not problems and spans is not None:
+    if not problems and (spans is not None or alike is not None):
         assert part.blocks == declarations._blocks_of(text, full)
+
+
+EVERYDAY = {
+    "a blank line after each but the last": ("\n", ""),
+    "a blank line after each but the last, no end of line": ("\n", "!"),
+    "blank lines at the end": ("\n", "\n\n\n"),
+    "a comment before each": ("\n# route {i}\n", "\n"),
+    "a comment after the last": ("\n", "\n# the end\n"),
+    "CRLF": ("\n", "\r"),
+}
+
+
+@pytest.mark.parametrize("layout", EVERYDAY)
+def test_everyday_layouts_are_read_alike(layout: str) -> None:
+    """The layouts people and generators write take the read at once (they fell back to
+    the read by blocks, correctly but slower) and read as the TOML reader."""
+    between, after = EVERYDAY[layout]
+    blocks = [route_text(i, PORTS[1]) for i in range(50)]
+    gaps = [between.format(i=i) for i in range(49)]
+    text = "".join(chain.from_iterable(zip(blocks, gaps, strict=False))) + blocks[-1]
+    if after == "!":
+        text = text.rstrip("\n")
+    elif after == "\r":
+        text = text.replace("\n", "\r\n")
+    else:
+        text += after
+    assert_read_alike(text, 0)
+
+
+def test_import_smcroutes_output_is_read_alike(tmp_path: Any) -> None:
+    """mfcctl import-smcroute's file (a comment of the line converted before each block)."""
+    conf = tmp_path / "smcroute.conf"
+    mroutes = (f"mroute from a source {key(i)[1]} group {key(i)[2]} to b c" for i in range(50))
+    conf.write_text("\n".join(mroutes) + "\n")
+    converted = smcroute_import.convert_file(str(conf))
+    assert converted.problems == []
+    assert_read_alike(converted.text, converted.text.index("[[route]]"))
+
+
+def assert_read_alike(text: str, start: int) -> None:
+    read = declarations._read_alike(text, start, "f.conf")
+    assert read is not None
+    full, problems = parse(text)
+    assert problems == [] and len(full.routes) == 50
+    assert (read[0].routes, read[0].positions) == (full.routes, full.positions)
+    assert read[1].blocks() == declarations._blocks_of(text, full)
+    part = declarations.parse_file(text, "f.conf")
+    assert (part.found.routes, part.found.positions) == (full.routes, full.positions)
+    assert part.blocks == declarations._blocks_of(text, full)
+    # A reload after one route's change reuses the blocks read at once.
+    edited = text.replace(f'"{key(20)[2]}"', '"239.7.7.7"')
+    assert edited != text
+    again = declarations.parse_file(edited, "f.conf", part)
+    full, problems = parse(edited)
+    assert problems == [] and (again.found.routes, again.found.positions) == (
+        full.routes,
+        full.positions,
+    )
 
 
 def test_the_benchs_file_is_read_alike() -> None:
