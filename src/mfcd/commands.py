@@ -125,6 +125,9 @@ class Answer(NamedTuple):
     changed: bool
 
 
+_new_answer = tuple.__new__
+
+
 class Commands:
     def __init__(
         self,
@@ -215,7 +218,8 @@ class Commands:
         # A change that found its work done already (the same route as another request of
         # the group) confirms what that sync may still refuse: it waits for the same verdict.
         changed = self.controller.deferrals != deferrals or self._confirmed
-        return Answer(response, self.controller.group, changed)
+        # (tuple.__new__: a NamedTuple's own __new__ is a Python function, a call per request)
+        return _new_answer(Answer, (response, self.controller.group, changed))
 
     def flush(self) -> None:
         """Sync the group of changes waiting (one journal record); see controller.flush."""
@@ -1008,7 +1012,9 @@ class Commands:
         self._change_due |= later
         if self.events.subscribers:
             self._tell(changes)
-        done = _outcome(sum(outcome.counts.values())) + note
+        operations = sum(outcome.counts.values())
+        # (the usual texts looked up, not made: this is every change)
+        done = (_OUTCOMES.get(operations) or _outcome(operations)) + note
         group = self.controller.group
         if group is not None:  # (the change waits for its sync: logged with its verdict)
             self._done.setdefault(group, []).append((peer, cmd, args, done))
@@ -1311,6 +1317,9 @@ def _outcome(operations: int) -> str:
     if not operations:
         return "no kernel change"
     return f"{operations} kernel operation{'s' if operations != 1 else ''}"
+
+
+_OUTCOMES = {n: _outcome(n) for n in range(4)}  # _outcome's usual answers
 
 
 def _line_of(op: int, text: str) -> int | None:
