@@ -18,7 +18,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby, repeat
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -89,9 +89,14 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    # How the log names it, made once: a group's log line names it for each change.
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", f"uid={self.uid} pid={self.pid}")
 
     def __str__(self) -> str:
-        return f"uid={self.uid} pid={self.pid}"
+        return self.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +123,9 @@ class Answer(NamedTuple):
     response: protocol.Response | Deferred
     group: Group | None
     changed: bool
+
+
+_new_answer = tuple.__new__
 
 
 class Commands:
@@ -200,11 +208,18 @@ class Commands:
         self._confirmed = False
         # Decoding and validating a large batch allocates as much as applying it does.
         with gc_paused():
-            response = self._handle(line, peer)
+            # (timed and counted here, not in a function of its own: a call per request)
+            started = time.monotonic()
+            command, result = "invalid", "internal_error"  # (as /metrics counts requests)
+            try:
+                response, command, result = self._answer(line, peer)
+            finally:
+                self.registry.request(command, result, time.monotonic() - started)
         # A change that found its work done already (the same route as another request of
         # the group) confirms what that sync may still refuse: it waits for the same verdict.
         changed = self.controller.deferrals != deferrals or self._confirmed
-        return Answer(response, self.controller.group, changed)
+        # (tuple.__new__: a NamedTuple's own __new__ is a Python function, a call per request)
+        return _new_answer(Answer, (response, self.controller.group, changed))
 
     def flush(self) -> None:
         """Sync the group of changes waiting (one journal record); see controller.flush."""
@@ -243,15 +258,6 @@ class Commands:
         error = group.error
         return protocol.encode_error(request_id, error.code, str(error)[:MAX_MESSAGE])
 
-    def _handle(self, line: bytes | bytearray, peer: Peer) -> protocol.Response | Deferred:
-        started = time.monotonic()
-        command, result = "invalid", "internal_error"  # (as /metrics counts requests)
-        try:
-            response, command, result = self._answer(line, peer)
-        finally:
-            self.registry.request(command, result, time.monotonic() - started)
-        return response
-
     def _answer(
         self, line: bytes | bytearray, peer: Peer
     ) -> tuple[protocol.Response | Deferred, str, str]:
@@ -271,7 +277,12 @@ class Commands:
                 request_id = None
                 raise BadRequest("id must be an integer or a string", field="id")
             cmd, args, dry_run = self._envelope(msg)
-            if cmd in _ONE_ROUTE and not dry_run and not _names_template(args):
+            if (
+                cmd in _ONE_ROUTE
+                and not dry_run
+                # (_names_template's test, without its call: this is every single change)
+                and not validate.names_template(args.get("source"), args.get("group"))
+            ):
                 return self._one_route(request_id, cmd, args, peer), cmd, "ok"
             if cmd == "reload" and self.reloader is not None:
                 validate.require_fields(args, ())
@@ -1001,7 +1012,9 @@ class Commands:
         self._change_due |= later
         if self.events.subscribers:
             self._tell(changes)
-        done = _outcome(sum(outcome.counts.values())) + note
+        operations = sum(outcome.counts.values())
+        # (the usual texts looked up, not made: this is every change)
+        done = (_OUTCOMES.get(operations) or _outcome(operations)) + note
         group = self.controller.group
         if group is not None:  # (the change waits for its sync: logged with its verdict)
             self._done.setdefault(group, []).append((peer, cmd, args, done))
@@ -1012,7 +1025,7 @@ class Commands:
         """A group's verdict: log what its changes did (or that they were undone)."""
         done = self._done.pop(group, None)
         if done and log.isEnabledFor(logging.INFO):
-            lines = [f"{peer} {cmd} {_summary(args)}: {what}" for peer, cmd, args, what in done]
+            lines = [f"{who.text} {cmd} {_summary(args)}: {what}" for who, cmd, args, what in done]
             if group.error is not None:
                 log.info("undone, the sync failed: %s", "; ".join(lines))
             elif len(lines) == 1:
@@ -1256,6 +1269,33 @@ def _flag(args: dict[str, Any], name: str) -> bool:
 
 
 def _summary(args: dict[str, Any]) -> str:
+    """The arguments of a change as its log line shows them: key=value, lists joined by
+    commas. The usual single mfc.add and mfc.del (their fields in the order mfcctl sends
+    them, strings) are formatted in one go: what the loop makes of them (test_log_lines.py
+    holds it to `_summary_of_any`)."""
+    if len(args) in {2, 4}:
+        shape = tuple(args)
+        if shape == _ADD_ARGS:
+            source, group, iif, oifs = args.values()
+            if (
+                oifs.__class__ is list
+                and source.__class__ is str
+                and group.__class__ is str
+                and iif.__class__ is str
+            ):
+                return f"source={source} group={group} iif={iif} oifs={','.join(oifs)}"
+        elif shape == _DEL_ARGS:
+            source, group = args.values()
+            if source.__class__ is str and group.__class__ is str:
+                return f"source={source} group={group}"
+    return _summary_of_any(args)
+
+
+_ADD_ARGS = ("source", "group", "iif", "oifs")
+_DEL_ARGS = ("source", "group")
+
+
+def _summary_of_any(args: dict[str, Any]) -> str:
     # (a loop, not a comprehension, which in Python 3.11 is a function made and called: this
     # runs for every change)
     parts = []
@@ -1277,6 +1317,9 @@ def _outcome(operations: int) -> str:
     if not operations:
         return "no kernel change"
     return f"{operations} kernel operation{'s' if operations != 1 else ''}"
+
+
+_OUTCOMES = {n: _outcome(n) for n in range(4)}  # _outcome's usual answers
 
 
 def _line_of(op: int, text: str) -> int | None:
