@@ -257,6 +257,9 @@ def _line_of_key(text: str, key: str) -> int:
         stripped = line.lstrip()
         if stripped.startswith(key) and stripped[len(key) :].lstrip().startswith("="):
             return number
+        name = stripped.lstrip("[").lstrip()  # a table: [key] or [[key]]
+        if stripped[:1] == "[" and name.startswith(key) and name[len(key) :].lstrip()[:1] == "]":
+            return number
     return 1
 
 

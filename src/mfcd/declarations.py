@@ -155,6 +155,9 @@ def join_intents(declared: Declarations, links: Iterable[str]) -> dict[JoinKey, 
 # --- positions ----------------------------------------------------------------------------------
 
 _HEADER = re.compile(r"^[ \t]*\[\[[ \t]*(route|join|interface)[ \t]*\]\]", re.MULTILINE)
+# Any line that opens a table (or an array of arrays, which no declaration has): more of
+# them than _HEADER finds means a table a block's text must not hide (see _blocks_of).
+_ANY_HEADER = re.compile(r"^[ \t]*\[", re.MULTILINE)
 _KEY = re.compile(r"[ \t]*([A-Za-z0-9_-]+)[ \t]*=")
 
 
@@ -401,7 +404,9 @@ def _parse_edit(text: str, path: str, previous: Part) -> Part | None:
     tail = _same_tail(old, text, min(len(old), len(text)) - head)
     # The stretch grown to whole blocks: from the header before it to the one after it.
     start = old.rfind(_ROUTE_HEADER, 0, head + 1) + 1
-    end = old.find(_ROUTE_HEADER, len(old) - tail - 1) + 1 or len(old)
+    # (the header's own newline in the common tail too: otherwise the new text can have
+    # anything before the "[[route]]" there, "# " say, and the cut would land in a comment)
+    end = old.find(_ROUTE_HEADER, len(old) - tail) + 1 or len(old)
     new_end = end + len(text) - len(old)
     if start == 0 or new_end < start:
         return None
@@ -448,6 +453,10 @@ def _blocks_of(text: str, found: Declarations) -> Blocks | None:
     only: a template, join or interface is not kept per block)."""
     starts = _block_starts(text)
     if not starts or found.templates or len(starts) != len(found.routes):
+        return None
+    if len(_ANY_HEADER.findall(text)) != len(starts):
+        # Another table ([[routes]], [logging]: refused as a setting by config, not here)
+        # would sit in a block's text and be taken unread with it by the next read.
         return None
     blocks: Blocks = {}
     ends = [*starts[1:], len(text)]

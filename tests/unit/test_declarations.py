@@ -524,3 +524,35 @@ def test_blocks_of_former_edits_do_not_pile_up() -> None:
         part = declarations.parse_file(text(oif), "f.conf", part)
         assert part.blocks is not None and len(part.blocks) <= 2 * count + 1000
         assert set(part.found.routes.values()) == {Ports("a", (oif,))}
+
+
+def test_a_reload_reads_a_commented_out_header_as_a_fresh_read_does(tmp_path: Path) -> None:
+    # One edit, "[[route]]" -> "# [[route]]": its keys now clash with the block above. The
+    # edit's stretch once ended at that header (its newline outside the common tail), so
+    # the reload kept the route while a fresh read refuses the file.
+    main = tmp_path / "mfcd.conf"
+    text = 'log_level = "info"\n' + "".join(route(f"239.1.1.{k}") for k in (1, 2, 3))
+    main.write_text(text)
+    cache = config.ReadCache()
+    config.load_all(str(main), cache)
+    main.write_text(text.replace('oifs = ["b"]\n[[route]]', 'oifs = ["b"]\n# [[route]]', 1))
+    with pytest.raises(Problems) as fresh:
+        config.load_all(str(main))
+    with pytest.raises(Problems) as reload:
+        config.load_all(str(main), cache)
+    assert reload.value.problems == fresh.value.problems
+
+
+def test_a_table_mistyped_inside_a_block_is_refused_by_every_later_read(tmp_path: Path) -> None:
+    # [[routes]] is not a [[route]] header, so it sat in the block above it; kept with that
+    # block, a reload changing only a setting took it unread and accepted the file.
+    main = tmp_path / "mfcd.conf"
+    typo = route("239.1.0.9").replace("[[route]]", "[[routes]]")
+    text = 'log_level = "info"\n' + route("239.1.0.1") + typo
+    main.write_text(text)
+    cache = config.ReadCache()
+    with pytest.raises(Problems, match=f"^{main}:7: unknown setting 'routes'"):
+        config.load_all(str(main), cache)
+    main.write_text(text.replace('"info"', '"debug"'))
+    with pytest.raises(Problems, match=f"^{main}:7: unknown setting 'routes'"):
+        config.load_all(str(main), cache)
