@@ -25,9 +25,11 @@ from typing import Any, NamedTuple, Protocol
 from mfcd import views, wildcards
 from mfcd.dataplane import (
     Dataplane,
+    LaterDataplane,
     execute,
     missing,
     rewrite,
+    undo_applied,
 )
 from mfcd.dataplane import undo as undo_ops
 from mfcd.declarations import (
@@ -287,6 +289,10 @@ class Controller:
         self.wild_routes: dict[RouteKey, Ports] = {}
         self.wild_templates: dict[TemplateKey, Ports] = {}
         self.wild_joins: dict[JoinKey, None] = {}  # joins on a wildcard interface
+        # During the restore: the data plane's writer (see _restore_into), and the steps
+        # handed to it that it has not said are in yet.
+        self._later: LaterDataplane | None = None
+        self._inflight: list[Step] = []
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -303,6 +309,10 @@ class Controller:
         router = self.router
         router.begin(undo=False)
         undo: list[KernelOp | None] = []
+        # Long runs go to the kernel's writer process while the model goes on (_restore_into);
+        # all of it is waited for before the commit, and before any undo.
+        kernel = self.kernel
+        self._later = kernel if isinstance(kernel, LaterDataplane) else None
         try:
             router.thresholds.update(loaded.thresholds)
             steps: list[Step] = []
@@ -317,15 +327,23 @@ class Controller:
             for tkey, ports in loaded.templates.items():
                 router.keep_template(tkey, ports)
                 steps += router.try_install(tkey)
-            self._execute_into(steps, undo)
+            self._restore_into(steps, undo)
+            self._settle(undo)
         except (KernelError, VifLimit) as e:
-            self._report_undo_failures(
-                [*getattr(e, "undo_failures", []), *undo_ops(self.kernel, undo)]
-            )
+            failures = [*getattr(e, "undo_failures", [])]
+            try:
+                self._settle(undo)  # (a VifLimit with runs under way: they go in, then out)
+            except KernelError as late:
+                failures += late.undo_failures
+            self._report_undo_failures([*failures, *undo_ops(self.kernel, undo)])
             self.router = Router()
             log.warning("restoring all routes at once failed (%s); restoring one by one", e)
             self._restore_one_by_one(loaded, links)
             return
+        finally:
+            if self._later is not None:  # (settled by now: nothing is left to wait for)
+                self._later.release_writer()
+            self._later = None
         router.commit()
 
     def _restore_run(
@@ -352,7 +370,7 @@ class Controller:
                 return self._restore_by_table(rest, ports, steps, undo)
             if not rest:
                 return steps
-        self._execute_into(steps, undo)
+        self._restore_into(steps, undo)
         return []
 
     def _restore_by_table(
@@ -380,7 +398,7 @@ class Controller:
                 if not add_direct(key, ports, steps):
                     steps += router.restore(key, ports)
                 if len(steps) >= CHUNK:
-                    self._execute_into(steps, undo)
+                    self._restore_into(steps, undo)
                     steps = []
         return steps
 
@@ -522,6 +540,38 @@ class Controller:
         """Apply steps; add what undoes them to `undo` (if one fails, the kernel undid them)."""
         execute(self.kernel, steps)
         undo += [step.undo for step in steps]
+
+    def _restore_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
+        """_execute_into for the restore: with a data plane that has a writer process, long
+        runs are written by it while the restore goes on; _settle waits for them."""
+        later = self._later
+        if later is None:
+            self._execute_into(steps, undo)
+            return
+        self._inflight += steps
+        try:
+            later.apply_later([step.op for step in steps])
+        except KernelError as e:
+            self._undo_inflight(later, e)
+            raise
+
+    def _settle(self, undo: list[KernelOp | None]) -> None:
+        """Wait for the steps handed over by _restore_into, then add what undoes them to
+        `undo`; if one failed, the ones that went in are undone and the error raised."""
+        later = self._later
+        if later is None or not self._inflight:
+            return
+        try:
+            later.settle()
+        except KernelError as e:
+            self._undo_inflight(later, e)
+            raise
+        undo += [step.undo for step in self._inflight]
+        self._inflight = []
+
+    def _undo_inflight(self, plane: Dataplane, e: KernelError) -> None:
+        steps, self._inflight = self._inflight, []
+        undo_applied(plane, steps, e)
 
     def _restore_one_by_one(self, loaded: Loaded, links: dict[str, int]) -> None:
         router = self.router

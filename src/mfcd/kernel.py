@@ -539,7 +539,7 @@ class MrouteSocket:
 _UPCALL_READ = 256
 
 
-# --- the writer process: long runs written on the second CPU ---------------------------------------
+# --- the writer process: long runs written on the second CPU ------------------------------------
 
 # Routes of a run from which Kernel.apply_later hands it to the writer process: starting and
 # feeding it costs more than it saves on fewer (bench/writer_overlap.py).
@@ -550,7 +550,7 @@ WRITER_BUFFER = 1024 * 1024  # bytes of structures in flight to the writer at mo
 class WriterJob(NamedTuple):
     """A run handed to the writer: its position among the ops since the last settle."""
 
-    index: int
+    at: int  # its position among the ops since the last settle
     sock: MrouteSocket
     op: AddMfcRun
 
@@ -571,7 +571,7 @@ class Writer:
                     end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, WRITER_BUFFER)
             # -I -S: no site, no environment; the script imports the standard library only.
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", kernel_writer.__file__], stdin=theirs
+                [sys.executable, "-I", "-S", kernel_writer.__file__], stdin=theirs.fileno()
             )
         except BaseException:
             conn.close()
@@ -787,8 +787,10 @@ class Kernel:
         writer = self.writer
         if writer is None or not writer.jobs:
             return
+        routes = sum(len(job.op.keys) for job in writer.jobs)
         outcome = writer.wait()
         if outcome is None:
+            log.debug("kernel writer (pid %d): %d routes written", writer.proc.pid, routes)
             return
         self._later = 0
         if isinstance(outcome, tuple):
@@ -796,7 +798,7 @@ class Kernel:
             error = job.sock._run_error(
                 MRT_ADD_MFC, job.op.keys[done], done, OSError(err, os.strerror(err))
             )
-            error.applied = job.index
+            error.applied = job.at
             raise error
         self.writer = None
         self._writer_gone("it stopped")
@@ -809,8 +811,17 @@ class Kernel:
                 job.sock.mfc_run(MRT_ADD_MFC, rest, job.op.parent, job.op.oifs)
             except KernelError as e:
                 e.partial += done
-                e.applied = job.index
+                e.applied = job.at
                 raise
+
+    def release_writer(self) -> None:
+        """Settle, then end the writer process until apply_later needs one again."""
+        try:
+            self.settle()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
 
     def _start_writer(self) -> Writer | None:
         if self._writer_failed:

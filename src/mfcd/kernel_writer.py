@@ -135,7 +135,7 @@ def main() -> None:
     try:
         serve(conn)
     except (BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
-        pass
+        return  # the daemon is gone: so is this process, and the sockets with it
 
 
 if __name__ == "__main__":
