@@ -118,7 +118,7 @@ def serve(conn: socket.socket) -> None:
             left -= n
             if failed:
                 continue
-            structs = split(memoryview(buf)[: n * size], size)
+            structs = iter(list(split(memoryview(buf)[: n * size], size)))  # (a length hint)
             try:
                 deque(map(call, repeat(level), repeat(optname), structs), 0)
                 done += n
