@@ -33,11 +33,11 @@ from run import FULL, Bench, BenchError, batch_lines, stop_on_signals
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, own: bool = False) -> float:
+    """utime + stime, and (unless `own`) those of children reaped: the kernel writer
+    process, which has ended by the time a restart answers."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime, stime, and those of children reaped (the kernel writer process, which has
-    # ended by the time the restart answers)
-    return sum(int(f) for f in fields[11:15]) / TICK
+    return sum(int(f) for f in fields[11 : 13 if own else 15]) / TICK
 
 
 def mfcd_round(b: Bench, n: int, batch_file: Path, src: str) -> dict[str, float]:
@@ -60,6 +60,7 @@ def mfcd_round(b: Bench, n: int, batch_file: Path, src: str) -> dict[str, float]
     out["restart"] = m.start()[1]
     assert m.proc is not None
     out["restart cpu"] = cpu_seconds(m.proc.pid)
+    out["restart own cpu"] = cpu_seconds(m.proc.pid, own=True)  # (without the writer's)
     out["restart peak"], out["restart rss"] = m.memory()  # (after its heap release)
     b.mfcd_ns.wait_all(n, b.s.timeout)
     out["restart rss later"] = m.memory()[1]  # once the namespace has seen every route

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from itertools import repeat
 from operator import itemgetter, length_hint
 from queue import SimpleQueue
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from mfcd import kernel_writer, netlink
 from mfcd.dataplane import (
@@ -581,7 +581,8 @@ class Writer:
         self.conn = conn
         self.slots: dict[int, int] = {}  # id of an MrouteSocket -> slot in the writer
         self.jobs: deque[WriterJob] = deque()  # sent, not reported yet
-        self.queue: SimpleQueue[bytes | tuple[int, int] | WriterJob | None] = SimpleQueue()
+        # A reset, a socket (slot, fd), or a job (family, header, layout, keys); None: stop.
+        self.queue: SimpleQueue[bytes | tuple[Any, ...] | None] = SimpleQueue()
         self.thread = threading.Thread(target=self._feed, name="mfcd-kernel-writer", daemon=True)
         self.thread.start()
 
@@ -591,8 +592,13 @@ class Writer:
         if slot is None:
             slot = self.slots[id(sock)] = len(self.slots)
             self.queue.put((slot, sock.fileno()))
+        family, op = sock.family, job.op
+        # (the layout here: the socket's cache of ttls is the daemon thread's)
+        layout = mfc_layout(family, op.parent, sock._ttls_of(op.oifs) if family == 4 else op.oifs)
+        size = MFCCTL.size if family == 4 else MF6CCTL.size
+        header = kernel_writer.pack_job(slot, sock.level, MRT_ADD_MFC, size, len(op.keys))
         self.jobs.append(job)
-        self.queue.put(job)
+        self.queue.put((family, header, layout, op.keys))
 
     def _feed(self) -> None:
         """The feeding thread: pack each job's structures a chunk at a time and send them.
@@ -601,24 +607,23 @@ class Writer:
         conn, get = self.conn, self.queue.get
         try:
             while (item := get()) is not None:
-                if isinstance(item, WriterJob):
-                    self._send_job(item)
-                elif isinstance(item, bytes):
+                if isinstance(item, bytes):
                     conn.sendall(item)
-                else:
+                elif len(item) == 2:
                     socket.send_fds(conn, [kernel_writer.pack_socket(item[0])], [item[1]])
+                else:
+                    self._send_job(*item)
         except Exception:  # (an OSError, or a ValueError of a bad address)
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
 
-    def _send_job(self, job: WriterJob) -> None:
-        sock, op = job.sock, job.op
-        family, keys = sock.family, op.keys
-        layout = mfc_layout(family, op.parent, sock._ttls_of(op.oifs) if family == 4 else op.oifs)
-        size = MFCCTL.size if family == 4 else MF6CCTL.size
-        header = kernel_writer.pack_job(
-            self.slots[id(sock)], sock.level, MRT_ADD_MFC, size, len(keys)
-        )
+    def _send_job(
+        self,
+        family: int,
+        header: bytes,
+        layout: tuple[bytes, bytes, bytes],
+        keys: Sequence[RouteKey],
+    ) -> None:
         self.conn.sendall(header)
         send, join = self.conn.sendall, b"".join
         for at in range(0, len(keys), MFC_RUN_CHUNK):
