@@ -1,4 +1,5 @@
-"""The kernel's multicast routing API (linux/mroute.h, linux/mroute6.h); the only code using it.
+"""The kernel's multicast routing API (linux/mroute.h, linux/mroute6.h); the only code using it
+(with kernel_writer.py, the process it hands long runs of a restore to: see Writer).
 
 `Kernel` is the real data plane (see dataplane.py for the interface it implements).
 Per (family, table) one raw socket (IGMP for IPv4, ICMPv6 for IPv6) does MRT_INIT and
