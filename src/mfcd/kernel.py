@@ -834,7 +834,7 @@ class Kernel:
             return None
         try:
             self.writer = Writer()
-        except (OSError, subprocess.SubprocessError) as e:
+        except Exception as e:  # (OSError mostly; whatever it is, mfcd writes itself)
             self._writer_gone(f"it cannot start: {e}")
         return self.writer
 

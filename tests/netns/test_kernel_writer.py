@@ -198,3 +198,32 @@ def test_a_restart_writes_its_long_runs_through_the_writer_and_they_forward(
     for family in (4, 6):
         assert mroute_cache(lab, family) == []
     assert os.path.exists(daemon.state_file)
+
+
+def test_a_route_refused_in_a_run_the_writer_writes_stays_pending_alone(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """test_bulk_runs' refused restore run, with a run long enough for the writer: the
+    kernel refuses a route past WRITER_MIN; mfcd undoes what the writer wrote, restores
+    every route one by one, and only the refused one stays pending."""
+    n, bad = WRITER_MIN + 2000, WRITER_MIN + 1000
+    routes = routes_of(4, n, ("r1",))
+    routes[bad] = routes[bad]._replace(group="198.18.9.9")
+    daemon = Mfcd(lab, tmp_path)
+    config = daemon.config_file.read_text().replace('"debug"', '"info"')  # (see test_bulk_runs)
+    daemon.config_file.write_text(config)
+    write_state(daemon.state_file, routes)
+    daemon.start(wait=False)
+    try:
+        daemon.wait_ready(timeout=120)
+        assert len(mroute_cache(lab, 4)) == n - 1
+        shown = {r["group"]: r for r in daemon.show()["routes"]}
+        assert shown["198.18.9.9"]["state"] == "pending"
+        assert "the kernel refused it" in shown["198.18.9.9"]["reason"]
+        assert sum(r["state"] == "installed" for r in shown.values()) == n - 1
+    finally:
+        if daemon.proc is not None:
+            _, log = daemon.stop()
+    assert "restoring all routes at once failed" in log
+    assert "kernel writer process is not available" not in log
+    assert mroute_cache(lab, 4) == []
