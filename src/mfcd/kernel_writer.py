@@ -23,8 +23,9 @@ import socket
 import struct
 import sys
 from collections import deque
+from collections.abc import Iterator
 from itertools import repeat
-from operator import length_hint
+from operator import itemgetter, length_hint
 
 # Frame header: kind, slot, level, optname, structure size, count of structures.
 HEADER = struct.Struct("=BxxxiiiII")
@@ -34,6 +35,7 @@ REPORT = struct.Struct("=Iii")
 DONE, REFUSED, SKIPPED = 0, 1, 2
 # Structures read and written at once (a few hundred KiB at most).
 PIECE = 8192
+_FIRST = itemgetter(0)
 
 
 def pack_job(slot: int, level: int, optname: int, size: int, count: int) -> bytes:
@@ -54,11 +56,12 @@ def parse_report(data: bytes) -> tuple[int, int, int]:
     return done, err, status
 
 
-def split(data: bytes | bytearray | memoryview, size: int) -> map[memoryview]:
-    """The structures of `size` bytes in `data`, as views, at C speed."""
+def split(data: bytes | bytearray | memoryview, size: int) -> Iterator[tuple[bytes]]:
+    """The structures of `size` bytes in `data` (a torn tail left out), each as a 1-tuple,
+    at C speed (struct's iterator: half the cost of slicing a view, and it has a length
+    hint, so the loop knows how many it took)."""
     view = memoryview(data)
-    n = len(view) - len(view) % size
-    return map(view.__getitem__, map(slice, range(0, n, size), range(size, n + size, size)))
+    return struct.Struct(f"{size}s").iter_unpack(view[: len(view) - len(view) % size])
 
 
 def _read_exactly(conn: socket.socket, buf: bytearray, n: int) -> bool:
@@ -118,9 +121,9 @@ def serve(conn: socket.socket) -> None:
             left -= n
             if failed:
                 continue
-            structs = iter(list(split(memoryview(buf)[: n * size], size)))  # (a length hint)
+            structs = split(memoryview(buf)[: n * size], size)
             try:
-                deque(map(call, repeat(level), repeat(optname), structs), 0)
+                deque(map(call, repeat(level), repeat(optname), map(_FIRST, structs)), 0)
                 done += n
             except OSError as e:
                 done += n - length_hint(structs) - 1  # (the one refused was taken)

@@ -18,8 +18,8 @@ TTL = struct.Struct("=i")
 
 def test_split_gives_each_structure_and_drops_a_torn_tail() -> None:
     data = b"".join(bytes([i]) * 60 for i in range(5))
-    assert [bytes(v) for v in kw.split(data, 60)] == [bytes([i]) * 60 for i in range(5)]
-    assert [bytes(v) for v in kw.split(data + b"x" * 59, 60)] == [bytes([i]) * 60 for i in range(5)]
+    assert [v for (v,) in kw.split(data, 60)] == [bytes([i]) * 60 for i in range(5)]
+    assert [v for (v,) in kw.split(data + b"x" * 59, 60)] == [bytes([i]) * 60 for i in range(5)]
     assert list(kw.split(b"", 92)) == []
 
 
