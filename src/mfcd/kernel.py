@@ -582,6 +582,7 @@ class Writer:
         self.conn = conn
         self.slots: dict[int, int] = {}  # id of an MrouteSocket -> slot in the writer
         self.jobs: deque[WriterJob] = deque()  # sent, not reported yet
+        self.gone = False  # it stopped (or was stopped) before reporting every job
         # A reset, a socket (slot, fd), or a job (family, header, layout, keys); None: stop.
         self.queue: SimpleQueue[bytes | tuple[Any, ...] | None] = SimpleQueue()
         self.thread = threading.Thread(target=self._feed, name="mfcd-kernel-writer", daemon=True)
@@ -643,7 +644,9 @@ class Writer:
                 left = list(self.jobs)
                 self.jobs.clear()
                 self.close()
-                return left
+                self.gone = True
+                # (after a refusal it wrote nothing more: that refusal is the outcome)
+                return failed if failed is not None else left
             job = self.jobs.popleft()
             done, err, status = kernel_writer.parse_report(data)
             if status == kernel_writer.REFUSED:
@@ -651,10 +654,6 @@ class Writer:
         if failed is not None:
             self.queue.put(kernel_writer.pack_reset())
         return failed
-
-    @property
-    def alive(self) -> bool:
-        return self.conn.fileno() >= 0 and self.proc.poll() is None
 
     def close(self) -> None:
         """End the writer: end of file, then wait for it (it is our own child, by PID)."""
@@ -795,6 +794,9 @@ class Kernel:
             return
         routes = sum(len(job.op.keys) for job in writer.jobs)
         outcome = writer.wait()
+        if writer.gone:
+            self.writer = None
+            self._writer_gone("it stopped")
         if outcome is None:
             log.debug("kernel writer (pid %d): %d routes written", writer.proc.pid, routes)
             return
@@ -806,8 +808,6 @@ class Kernel:
             )
             error.applied = job.at
             raise error
-        self.writer = None
-        self._writer_gone("it stopped")
         for job in outcome:  # the writer went on in order up to some route, then stopped
             done = _written(job.sock, job.op.keys)
             rest = job.op.keys[done:]
