@@ -127,13 +127,19 @@ class Dataplane(CountersReader, Protocol):
     def events(self) -> Events: ...
 
 
+# Changes in one transaction (a batch) from which its runs, however short, go to a data
+# plane's writer (LaterDataplane.apply_later's `every_run`): a process started for fewer
+# costs more than it saves. Also the length from which a restore's run goes to it.
+LATER_MIN = 50_000
+
+
 @runtime_checkable
 class LaterDataplane(Dataplane, Protocol):
     """A data plane that can apply long runs while its caller goes on (kernel.Kernel's
     writer process): apply_later(ops) is apply(ops) whose KernelError may come from
     settle() instead, `applied` counting every op passed since the last settle()."""
 
-    def apply_later(self, ops: Sequence[KernelOp]) -> None: ...
+    def apply_later(self, ops: Sequence[KernelOp], every_run: bool = False) -> None: ...
     def settle(self) -> None: ...
     def release_writer(self) -> None: ...  # settle(), and end what writes for it until then
 

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from mfcd import kernel_writer, netlink
 from mfcd.dataplane import (
+    LATER_MIN,
     Counters,
     Events,
     LinkChange,
@@ -544,7 +545,7 @@ _UPCALL_READ = 256
 
 # Routes of a run from which Kernel.apply_later hands it to the writer process: starting and
 # feeding it costs more than it saves on fewer (bench/writer_overlap.py).
-WRITER_MIN = 50_000
+WRITER_MIN = LATER_MIN
 WRITER_BUFFER = 1024 * 1024  # bytes of structures in flight to the writer at most, about
 
 
@@ -750,9 +751,10 @@ class Kernel:
             error.applied = done
             raise error from e
 
-    def apply_later(self, ops: Sequence[KernelOp]) -> None:
-        """apply(), except that a long AddMfcRun goes to the writer process and is waited
-        for by settle() (or the next op that is not such a run), while the caller goes on.
+    def apply_later(self, ops: Sequence[KernelOp], every_run: bool = False) -> None:
+        """apply(), except that a long AddMfcRun (with `every_run`, any: a long batch's
+        chunks) goes to the writer process and is waited for by settle() (or the next op
+        that is not such a run), while the caller goes on.
 
         A KernelError's `applied` counts every op passed since the last settle(), from this
         call or earlier ones (what went in before the failure, in order); after it, nothing
@@ -760,6 +762,8 @@ class Kernel:
         base = self._later
         self._later = base + len(ops)
         minimum = self.writer_min
+        if every_run and minimum is not None:
+            minimum = 1
         for i, op in enumerate(ops):
             if type(op) is AddMfcRun and minimum is not None and len(op.keys) >= minimum:
                 writer = self.writer or self._start_writer()

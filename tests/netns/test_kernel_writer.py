@@ -13,9 +13,12 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lab.netns import Lab
 from mfcd.kernel import WRITER_MIN
 from tests.netns.conftest import Mfcd
+from tests.netns.test_batch_fast_path import DUMMIES
 from tests.netns.test_bulk_runs import PRELUDE, mroute_cache, routes_of, write_state
 
 # Beside test_bulk_runs.PRELUDE: `later(steps)` does what Controller._restore_into and
@@ -227,3 +230,60 @@ def test_a_route_refused_in_a_run_the_writer_writes_stays_pending_alone(
     assert "restoring all routes at once failed" in log
     assert "kernel writer process is not available" not in log
     assert mroute_cache(lab, 4) == []
+
+
+def long_batch(n: int, extra: str = "") -> str:
+    return (
+        "".join(
+            f"mfc add --source 198.18.0.2 --group 239.{21 + (i >> 16)}.{i >> 8 & 255}.{i & 255}"
+            " --iif r0 --oifs r1\n"
+            for i in range(n)
+        )
+        + extra
+    )
+
+
+def test_a_long_batch_goes_through_the_writer_and_lands_whole(lab: Lab, mfcd: Mfcd) -> None:
+    """A `mfcctl batch` of more than LATER_MIN routes: its chunks go to the writer while
+    the next ones are planned (mfcd's log says so), every route is in the kernel and
+    forwards, and no writer is left once the batch is answered."""
+    n = WRITER_MIN + 1000
+    assert f'"added": {n}' in mfcd.ok("batch", "-", "-o", "json", stdin=long_batch(n))
+    assert len(mroute_cache(lab, 4)) == n
+    counts = lab.probe(f"239.{21 + ((n - 1) >> 16)}.{(n - 1) >> 8 & 255}.{(n - 1) & 255}")
+    assert [counts[ns] for ns in lab.rx] == [5, 0, 0]
+    _, log = mfcd.stop()
+    written = re.findall(r"kernel writer \(pid (\d+)\): (\d+) routes written", log)
+    assert written and sum(int(routes) for _, routes in written) >= n - 1, log[-3000:]
+    assert "kernel writer process is not available" not in log
+    for pid, _ in written:
+        assert not Path(f"/proc/{pid}").exists() or "kernel_writer" not in Path(
+            f"/proc/{pid}/cmdline"
+        ).read_text(errors="replace")
+    assert mroute_cache(lab, 4) == []
+
+
+@pytest.mark.lab(receivers=1)
+def test_a_long_batch_refused_at_its_end_leaves_nothing(lab: Lab, mfcd: Mfcd) -> None:
+    """test_batch_fast_path's refused batch, long enough for the writer: the route refused
+    after 51,000 others (a VIF past the table's 32) comes while the writer still has the
+    chunks before it; the error is the same, and everything that went in comes out."""
+    for a, b in zip(DUMMIES[::2], DUMMIES[1::2], strict=True):
+        lab.ip(lab.router, "link", "add", a, "type", "veth", "peer", "name", b)
+        lab.ip(lab.router, "link", "set", a, "up")
+        lab.ip(lab.router, "link", "set", b, "up")
+    wide = ",".join(DUMMIES[:30])  # r0, r1 (the batch's) and these: the table's 32 VIFs
+    n = WRITER_MIN + 1000
+    refused = (
+        f"mfc add --source 198.18.9.1 --group 239.4.0.1 --iif r0 --oifs {wide}\n"
+        f"mfc add --source 198.18.9.2 --group 239.4.0.2 --iif r0 --oifs {DUMMIES[30]}\n"
+    )
+    result = mfcd.ctl("batch", "-", stdin=long_batch(n, refused))
+    assert result.returncode != 0
+    assert f"stdin:{n + 2}: cannot add IPv4 VIF for d30: all 32 VIFs" in result.stderr, (
+        result.stderr
+    )
+    assert mroute_cache(lab, 4) == []
+    assert mfcd.show()["routes"] == []
+    _, log = mfcd.stop()
+    assert re.search(r"kernel writer \(pid \d+\): \d+ routes written", log), log[-2000:]
