@@ -47,13 +47,14 @@ def mfcd_round(b: Bench, n: int, batch_file: Path, src: str) -> dict[str, float]
     m.forget_state()
     m.start()
     assert m.proc is not None
-    cpu = cpu_seconds(m.proc.pid)
+    cpu, own = cpu_seconds(m.proc.pid), cpu_seconds(m.proc.pid, own=True)
     started = time.monotonic()
     m.ctl("batch", str(batch_file))
     acked = time.monotonic()
     answered = m.next_answer()
     out = {"batch": answered - started, "ack": acked - started}
     out["batch cpu"] = cpu_seconds(m.proc.pid) - cpu
+    out["batch own cpu"] = cpu_seconds(m.proc.pid, own=True) - own  # (without the writer's)
     out["batch rss"] = m.memory()[1]
     b.mfcd_ns.wait_all(n, b.s.timeout)
     m.stop()
