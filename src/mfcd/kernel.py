@@ -561,7 +561,8 @@ class Writer:
     """The kernel writer process (kernel_writer.py) and the thread that packs the runs'
     structures and streams them to it, in order; the daemon's thread only waits for the
     reports (Kernel.settle). It writes through the daemon's own MRT sockets (sent to it once
-    each by SCM_RIGHTS) and exits at end of file, so it never outlives the daemon."""
+    each by SCM_RIGHTS) and exits at end of file, so it never outlives the daemon. Started
+    for a long restore or batch (Kernel.apply_later) and ended after it (release_writer)."""
 
     def __init__(self) -> None:
         conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
