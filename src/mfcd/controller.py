@@ -10,6 +10,7 @@ Kernel and state file are injected, so all of this is unit-tested with fakes.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -24,10 +25,13 @@ from typing import Any, NamedTuple, Protocol
 
 from mfcd import views, wildcards
 from mfcd.dataplane import (
+    LATER_MIN,
     Dataplane,
+    LaterDataplane,
     execute,
     missing,
     rewrite,
+    undo_applied,
 )
 from mfcd.dataplane import undo as undo_ops
 from mfcd.declarations import (
@@ -287,6 +291,11 @@ class Controller:
         self.wild_routes: dict[RouteKey, Ports] = {}
         self.wild_templates: dict[TemplateKey, Ports] = {}
         self.wild_joins: dict[JoinKey, None] = {}  # joins on a wildcard interface
+        # During the restore: the data plane's writer (see _restore_into), and the steps
+        # handed to it that it has not said are in yet.
+        self._later: LaterDataplane | None = None
+        self._later_every = False  # (a long batch: its chunks' runs go to the writer too)
+        self._inflight: list[Step] = []
 
     # --- start-up --------------------------------------------------------------------------------
 
@@ -303,6 +312,10 @@ class Controller:
         router = self.router
         router.begin(undo=False)
         undo: list[KernelOp | None] = []
+        # Long runs go to the kernel's writer process while the model goes on (_restore_into);
+        # all of it is waited for before the commit, and before any undo.
+        kernel = self.kernel
+        self._later = kernel if isinstance(kernel, LaterDataplane) else None
         try:
             router.thresholds.update(loaded.thresholds)
             steps: list[Step] = []
@@ -317,15 +330,22 @@ class Controller:
             for tkey, ports in loaded.templates.items():
                 router.keep_template(tkey, ports)
                 steps += router.try_install(tkey)
-            self._execute_into(steps, undo)
+            self._restore_into(steps, undo)
+            self._settle(undo)
         except (KernelError, VifLimit) as e:
-            self._report_undo_failures(
-                [*getattr(e, "undo_failures", []), *undo_ops(self.kernel, undo)]
-            )
+            failures = [*getattr(e, "undo_failures", [])]
+            try:
+                self._settle(undo)  # (a VifLimit with runs under way: they go in, then out)
+            except KernelError as late:
+                failures += late.undo_failures
+            self._report_undo_failures([*failures, *undo_ops(self.kernel, undo)])
+            self._end_later()  # (one by one: mfcd writes itself)
             self.router = Router()
             log.warning("restoring all routes at once failed (%s); restoring one by one", e)
             self._restore_one_by_one(loaded, links)
             return
+        finally:
+            self._end_later()  # (settled by now: nothing is left to wait for)
         router.commit()
 
     def _restore_run(
@@ -352,7 +372,7 @@ class Controller:
                 return self._restore_by_table(rest, ports, steps, undo)
             if not rest:
                 return steps
-        self._execute_into(steps, undo)
+        self._restore_into(steps, undo)
         return []
 
     def _restore_by_table(
@@ -380,7 +400,7 @@ class Controller:
                 if not add_direct(key, ports, steps):
                     steps += router.restore(key, ports)
                 if len(steps) >= CHUNK:
-                    self._execute_into(steps, undo)
+                    self._restore_into(steps, undo)
                     steps = []
         return steps
 
@@ -523,6 +543,84 @@ class Controller:
         execute(self.kernel, steps)
         undo += [step.undo for step in steps]
 
+    def _restore_into(self, steps: list[Step], undo: list[KernelOp | None]) -> None:
+        """_execute_into for the restore: with a data plane that has a writer process, long
+        runs are written by it while the restore goes on; _settle waits for them."""
+        later = self._later
+        if later is None:
+            self._execute_into(steps, undo)
+            return
+        self._inflight += steps
+        try:
+            later.apply_later([step.op for step in steps], self._later_every)
+        except KernelError as e:
+            self._undo_inflight(later, e)
+            raise
+
+    def _settle(self, undo: list[KernelOp | None]) -> None:
+        """Wait for the steps handed over by _restore_into, then add what undoes them to
+        `undo`; if one failed, the ones that went in are undone and the error raised."""
+        later = self._later
+        if later is None or not self._inflight:
+            return
+        try:
+            later.settle()
+        except KernelError as e:
+            self._undo_inflight(later, e)
+            raise
+        undo += [step.undo for step in self._inflight]
+        self._inflight = []
+
+    def _apply_planned(
+        self,
+        changes: Sequence[Change],
+        runs: Sequence[RouteRun],
+        numbered: bool,
+        outcome: Outcome,
+        keep_steps: bool,
+        *,
+        dry_run: bool,
+        undo: list[KernelOp | None],
+    ) -> None:
+        """change()'s plan and kernel writes, a chunk at a time (see _planned). A long
+        batch's chunks go to the kernel's writer process while the next ones are planned
+        (_restore_into); all of them are waited for before this returns."""
+        execute_into = self._execute_into
+        if len(changes) >= LATER_MIN and not dry_run and isinstance(self.kernel, LaterDataplane):
+            self._later, self._later_every = self.kernel, True
+            execute_into = self._restore_into
+        for steps in self._planned(changes, runs, numbered or len(changes) > 1, outcome):
+            if keep_steps:
+                outcome.steps += steps
+            if not dry_run:
+                execute_into(steps, undo)
+        if self._later is not None:
+            self._settle(undo)
+
+    def _settle_before_undo(self, e: BaseException, undo: list[KernelOp | None]) -> BaseException:
+        """On a failure with chunks still with the writer: wait for them, adding what went
+        in to `undo`. The error to raise: a refusal of one of them came before `e` (a later
+        chunk's, planned meanwhile), so it is that one, as without the writer."""
+        if self._later is None:
+            return e
+        try:
+            self._settle(undo)
+        except KernelError as late:
+            return late
+        return e
+
+    def _end_later(self) -> None:
+        """The writer is not needed any more: it ends (after a failure, already settled)."""
+        later, self._later, self._later_every = self._later, None, False
+        self._inflight = []
+        if later is not None:
+            with contextlib.suppress(KernelError):
+                later.release_writer()
+
+    def _undo_inflight(self, plane: Dataplane, e: KernelError) -> None:
+        steps, self._inflight = self._inflight, []
+        undo_applied(plane, steps, e)
+
     def _restore_one_by_one(self, loaded: Loaded, links: dict[str, int]) -> None:
         router = self.router
         router.begin()
@@ -601,11 +699,9 @@ class Controller:
             # (A plan lists each route's step: no runs then. The journal writes them all the
             # same: the runs' AddRoutes are those changes.)
             planned = () if keep_steps else runs
-            for steps in self._planned(changes, planned, numbered or len(changes) > 1, outcome):
-                if keep_steps:
-                    outcome.steps += steps
-                if not dry_run:
-                    self._execute_into(steps, undo)
+            self._apply_planned(
+                changes, planned, numbered, outcome, keep_steps, dry_run=dry_run, undo=undo
+            )
             # Group joins after the routes (their traffic then finds the routes in place).
             ops = self._member_ops
             if ops:  # (Counter.update of nothing costs a route change a few per cent)
@@ -631,12 +727,21 @@ class Controller:
         except BaseException as e:
             # What is in the kernel comes out again, newest first (a chunk the kernel refused
             # has already undone its own part).
-            failures = [*getattr(e, "undo_failures", []), *self._unjoin(joined)]
-            failures += undo_ops(self.kernel, undo)
+            error = self._settle_before_undo(e, undo)
+            failures = [
+                *getattr(error, "undo_failures", []),
+                *self._unjoin(joined),
+                *undo_ops(self.kernel, undo),
+            ]
             router.rollback()
             joins.rollback()
             self._report_undo_failures(failures)
+            if error is not e:  # (a refusal of the writer's came before it)
+                raise error from e
             raise
+        finally:
+            if self._later is not None:
+                self._end_later()
         router.commit()
         joins.commit()
         self._after_commit(len(changes))

@@ -127,6 +127,23 @@ class Dataplane(CountersReader, Protocol):
     def events(self) -> Events: ...
 
 
+# Changes in one transaction (a batch) from which its runs, however short, go to a data
+# plane's writer (LaterDataplane.apply_later's `every_run`): a process started for fewer
+# costs more than it saves. Also the length from which a restore's run goes to it.
+LATER_MIN = 50_000
+
+
+@runtime_checkable
+class LaterDataplane(Dataplane, Protocol):
+    """A data plane that can apply long runs while its caller goes on (kernel.Kernel's
+    writer process): apply_later(ops) is apply(ops) whose KernelError may come from
+    settle() instead, `applied` counting every op passed since the last settle()."""
+
+    def apply_later(self, ops: Sequence[KernelOp], every_run: bool = False) -> None: ...
+    def settle(self) -> None: ...
+    def release_writer(self) -> None: ...  # settle(), and end what writes for it until then
+
+
 # --- all-or-nothing execution, on any data plane --------------------------------------------------
 
 
@@ -141,12 +158,18 @@ def execute(plane: Dataplane, steps: Sequence[Step]) -> None:
         # (one step, as a single change has: no comprehension, itself a function call)
         plane.apply((steps[0].op,) if len(steps) == 1 else [step.op for step in steps])
     except KernelError as e:
-        undos = [step.undo for step in steps[: e.applied]]
-        failed = steps[e.applied].undo if e.partial and e.applied < len(steps) else None
-        if failed is not None and failed.__class__ in RUNS:
-            undos.append(run_head(failed, e.partial))
-        e.undo_failures = undo(plane, undos)
+        undo_applied(plane, steps, e)
         raise
+
+
+def undo_applied(plane: Dataplane, steps: Sequence[Step], e: KernelError) -> None:
+    """Undo what of `steps` went in before the failure `e` (its `applied`, `partial`);
+    failures of the undo itself go to e.undo_failures."""
+    undos = [step.undo for step in steps[: e.applied]]
+    failed = steps[e.applied].undo if e.partial and e.applied < len(steps) else None
+    if failed is not None and failed.__class__ in RUNS:
+        undos.append(run_head(failed, e.partial))
+    e.undo_failures = undo(plane, undos)
 
 
 def undo(plane: Dataplane, ops: Sequence[KernelOp | None]) -> list[KernelError]:

@@ -1,4 +1,5 @@
-"""The kernel's multicast routing API (linux/mroute.h, linux/mroute6.h); the only code using it.
+"""The kernel's multicast routing API (linux/mroute.h, linux/mroute6.h); the only code using it
+(with kernel_writer.py, the process it hands long runs of a restore to: see Writer).
 
 `Kernel` is the real data plane (see dataplane.py for the interface it implements).
 Per (family, table) one raw socket (IGMP for IPv4, ICMPv6 for IPv6) does MRT_INIT and
@@ -17,17 +18,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import struct
+import subprocess
+import sys
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import repeat
 from operator import itemgetter, length_hint
-from typing import NoReturn
+from queue import SimpleQueue
+from typing import Any, NamedTuple, NoReturn
 
-from mfcd import netlink
+from mfcd import kernel_writer, netlink
 from mfcd.dataplane import (
+    LATER_MIN,
     Counters,
     Events,
     LinkChange,
@@ -53,6 +60,8 @@ from mfcd.model import (
     RouteKey,
 )
 from mfcd.protocol import family_text
+
+log = logging.getLogger("mfcd")
 
 # Socket option numbers, shared by IPv4 (level IPPROTO_IP) and IPv6 (level IPPROTO_IPV6).
 MRT_INIT = 200
@@ -532,6 +541,136 @@ class MrouteSocket:
 _UPCALL_READ = 256
 
 
+# --- the writer process: long runs written on the second CPU ------------------------------------
+
+# Routes of a run from which Kernel.apply_later hands it to the writer process: starting and
+# feeding it costs more than it saves on fewer (bench/writer_overlap.py).
+WRITER_MIN = LATER_MIN
+WRITER_BUFFER = 1024 * 1024  # bytes of structures in flight to the writer at most, about
+
+
+class WriterJob(NamedTuple):
+    """A run handed to the writer: its position among the ops since the last settle."""
+
+    at: int  # its position among the ops since the last settle
+    sock: MrouteSocket
+    op: AddMfcRun
+
+
+class Writer:
+    """The kernel writer process (kernel_writer.py) and the thread that packs the runs'
+    structures and streams them to it, in order; the daemon's thread only waits for the
+    reports (Kernel.settle). It writes through the daemon's own MRT sockets (sent to it once
+    each by SCM_RIGHTS) and exits at end of file, so it never outlives the daemon. Started
+    for a long restore or batch (Kernel.apply_later) and ended after it (release_writer)."""
+
+    def __init__(self) -> None:
+        conn, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            for end in (conn, theirs):
+                with contextlib.suppress(OSError):
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WRITER_BUFFER)
+                with contextlib.suppress(OSError):
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, WRITER_BUFFER)
+            # -I -S: no site, no environment; the script imports the standard library only.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", kernel_writer.__file__], stdin=theirs.fileno()
+            )
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = conn
+        self.slots: dict[int, int] = {}  # id of an MrouteSocket -> slot in the writer
+        self.jobs: deque[WriterJob] = deque()  # sent, not reported yet
+        self.gone = False  # it stopped (or was stopped) before reporting every job
+        # A reset, a socket (slot, fd), or a job (family, header, layout, keys); None: stop.
+        self.queue: SimpleQueue[bytes | tuple[Any, ...] | None] = SimpleQueue()
+        self.thread = threading.Thread(target=self._feed, name="mfcd-kernel-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: WriterJob) -> None:
+        sock = job.sock
+        slot = self.slots.get(id(sock))
+        if slot is None:
+            slot = self.slots[id(sock)] = len(self.slots)
+            self.queue.put((slot, sock.fileno()))
+        family, op = sock.family, job.op
+        # (the layout here: the socket's cache of ttls is the daemon thread's)
+        layout = mfc_layout(family, op.parent, sock._ttls_of(op.oifs) if family == 4 else op.oifs)
+        size = MFCCTL.size if family == 4 else MF6CCTL.size
+        header = kernel_writer.pack_job(slot, sock.level, MRT_ADD_MFC, size, len(op.keys))
+        self.jobs.append(job)
+        self.queue.put((family, header, layout, op.keys))
+
+    def _feed(self) -> None:
+        """The feeding thread: pack each job's structures a chunk at a time and send them.
+        A failure (the writer gone, a structure that cannot be packed) closes the connection:
+        the writer stops there and Kernel.settle finds out how far it got."""
+        conn, get = self.conn, self.queue.get
+        try:
+            while (item := get()) is not None:
+                if isinstance(item, bytes):
+                    conn.sendall(item)
+                elif len(item) == 2:
+                    socket.send_fds(conn, [kernel_writer.pack_socket(item[0])], [item[1]])
+                else:
+                    self._send_job(*item)
+        except Exception:  # (an OSError, or a ValueError of a bad address)
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def _send_job(
+        self,
+        family: int,
+        header: bytes,
+        layout: tuple[bytes, bytes, bytes],
+        keys: Sequence[RouteKey],
+    ) -> None:
+        self.conn.sendall(header)
+        send, join = self.conn.sendall, b"".join
+        for at in range(0, len(keys), MFC_RUN_CHUNK):
+            send(join(mfc_structs(family, keys[at : at + MFC_RUN_CHUNK], layout)))
+
+    def wait(self) -> tuple[WriterJob, int, int] | list[WriterJob] | None:
+        """Wait for every job's report: None if all went in; the first refused job, how many
+        of its routes went in and the errno; or, if the writer is gone, the jobs it did not
+        report (each went in up to some route, in order; later ones not at all)."""
+        failed = None
+        while self.jobs:
+            data = b""
+            with contextlib.suppress(OSError):
+                data = self.conn.recv(kernel_writer.REPORT.size, socket.MSG_WAITALL)
+            if len(data) < kernel_writer.REPORT.size:
+                left = list(self.jobs)
+                self.jobs.clear()
+                self.close()
+                self.gone = True
+                # (after a refusal it wrote nothing more: that refusal is the outcome)
+                return failed if failed is not None else left
+            job = self.jobs.popleft()
+            done, err, status = kernel_writer.parse_report(data)
+            if status == kernel_writer.REFUSED:
+                failed = (job, done, err)
+        if failed is not None:
+            self.queue.put(kernel_writer.pack_reset())
+        return failed
+
+    def close(self) -> None:
+        """End the writer: end of file, then wait for it (it is our own child, by PID)."""
+        self.queue.put(None)
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=5)
+        self.conn.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 class Kernel:
     """The real data plane (dataplane.Dataplane): one MrouteSocket per (family, table), and
     the interface events of a netlink.LinkMonitor.
@@ -546,6 +685,12 @@ class Kernel:
         self.families = tuple(families)
         self.monitor = monitor
         self.sockets: dict[tuple[int, int], MrouteSocket] = {}
+        # apply_later hands a run of this many routes or more to the writer process (None:
+        # never); `writer` is that process once started, `later` the ops since the last settle.
+        self.writer_min: int | None = WRITER_MIN
+        self.writer: Writer | None = None
+        self._writer_failed = False
+        self._later = 0
         try:
             for family in self.families:
                 self.open_table(family, DEFAULT_TABLE[family])
@@ -606,6 +751,107 @@ class Kernel:
             error = KernelError(f"cannot apply {ops[done]}: {e}", "encode", 0)
             error.applied = done
             raise error from e
+
+    def apply_later(self, ops: Sequence[KernelOp], every_run: bool = False) -> None:
+        """apply(), except that a long AddMfcRun (with `every_run`, any: a long batch's
+        chunks) goes to the writer process and is waited for by settle() (or the next op
+        that is not such a run), while the caller goes on.
+
+        A KernelError's `applied` counts every op passed since the last settle(), from this
+        call or earlier ones (what went in before the failure, in order); after it, nothing
+        is pending. Without a writer (it cannot start, or died) ops are applied here."""
+        base = self._later
+        self._later = base + len(ops)
+        minimum = self.writer_min
+        if every_run and minimum is not None:
+            minimum = 1
+        for i, op in enumerate(ops):
+            if type(op) is AddMfcRun and minimum is not None and len(op.keys) >= minimum:
+                writer = self.writer or self._start_writer()
+                if writer is not None:
+                    try:
+                        sock = self.sockets.get((op.family, op.table)) or self.open_table(
+                            op.family, op.table
+                        )
+                    except KernelError as e:
+                        self._settle_jobs()
+                        self._later = 0
+                        e.applied = base + i
+                        raise
+                    writer.submit(WriterJob(base + i, sock, op))
+                    continue
+            self._settle_jobs()  # in order: what the writer has goes in first
+            try:
+                self.apply((op,))
+            except KernelError as e:
+                self._later = 0
+                e.applied = base + i
+                raise
+
+    def settle(self) -> None:
+        """Wait for what apply_later handed to the writer; raise as apply_later would."""
+        self._settle_jobs()
+        self._later = 0
+
+    def _settle_jobs(self) -> None:
+        writer = self.writer
+        if writer is None or not writer.jobs:
+            return
+        routes = sum(len(job.op.keys) for job in writer.jobs)
+        outcome = writer.wait()
+        if writer.gone:
+            self.writer = None
+            self._writer_gone("it stopped")
+        if outcome is None:
+            log.debug("kernel writer (pid %d): %d routes written", writer.proc.pid, routes)
+            return
+        self._later = 0
+        if isinstance(outcome, tuple):
+            job, done, err = outcome
+            error = job.sock._run_error(
+                MRT_ADD_MFC, job.op.keys[done], done, OSError(err, os.strerror(err))
+            )
+            error.applied = job.at
+            raise error
+        for job in outcome:  # the writer went on in order up to some route, then stopped
+            done = _written(job.sock, job.op.keys)
+            rest = job.op.keys[done:]
+            if not rest:
+                continue
+            try:
+                job.sock.mfc_run(MRT_ADD_MFC, rest, job.op.parent, job.op.oifs)
+            except KernelError as e:
+                e.partial += done
+                e.applied = job.at
+                raise
+
+    def release_writer(self) -> None:
+        """Settle, then end the writer process until apply_later needs one again."""
+        try:
+            self.settle()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+                self.writer = None
+
+    def _start_writer(self) -> Writer | None:
+        if self._writer_failed:
+            return None
+        try:
+            self.writer = Writer()
+        except Exception as e:  # (OSError mostly; whatever it is, mfcd writes itself)
+            self._writer_gone(f"it cannot start: {e}")
+        return self.writer
+
+    def _writer_gone(self, why: str) -> None:
+        """Long runs are written here from now on; said once."""
+        if not self._writer_failed:
+            log.warning(
+                "the kernel writer process is not available (%s): mfcd writes long runs of"
+                " routes itself, which takes longer",
+                why,
+            )
+        self._writer_failed = True
 
     def observe(self, family: int, table: int, entries: bool = True) -> Observation:
         """The table's VIFs (32 at most) and with `entries` its MFC (a netlink dump filtered
@@ -690,6 +936,22 @@ class Kernel:
         return Events(upcalls, links, lost)
 
     def close(self) -> None:
+        if self.writer is not None:  # first: it holds the sockets too
+            self.writer.close()
+            self.writer = None
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
+
+
+def _written(sock: MrouteSocket, keys: Sequence[RouteKey]) -> int:
+    """How many of a run's new routes the table holds: they went in in order, so the ones
+    in it are the first ones (a binary search, one O(1) counters probe a step)."""
+    lo, hi = 0, len(keys)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sock.sg_counters(keys[mid][1], keys[mid][2]) is not None:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,289 @@
+"""The kernel writer process (kernel.Writer, kernel_writer.py) against the real kernel: long
+runs of a restore written by it through the daemon's own MRT sockets go in whole and
+forward, a run it sees refused is undone exactly and says where, and when it is killed
+mid-run mfcd writes the rest itself; nothing of it outlives mfcd."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.netns import Lab
+from mfcd.kernel import WRITER_MIN
+from tests.netns.conftest import Mfcd
+from tests.netns.test_batch_fast_path import DUMMIES
+from tests.netns.test_bulk_runs import PRELUDE, mroute_cache, routes_of, write_state
+
+# Beside test_bulk_runs.PRELUDE: `later(steps)` does what Controller._restore_into and
+# _settle do (apply_later, settle, and on a failure the core's undo of what went in); keys
+# past 65,536 routes.
+LATER = textwrap.dedent(
+    """
+    import logging, os, signal, time
+    from mfcd.dataplane import undo, undo_applied
+    from mfcd.kernel import WRITER_MIN
+
+    warnings = []
+    class Keep(logging.Handler):
+        def emit(self, record):
+            warnings.append(record.getMessage())
+    logging.getLogger("mfcd").addHandler(Keep(logging.WARNING))
+
+    def later(steps):
+        try:
+            kernel.apply_later([step.op for step in steps])
+            kernel.settle()
+            return None
+        except KernelError as e:
+            undo_applied(kernel, steps, e)
+            return [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
+
+    def many(family, n, tag, bad=None):
+        out = []
+        for i in range(n):
+            if family == 4:
+                group = f"239.{tag + (i >> 16)}.{i >> 8 & 255}.{i & 255}"
+                group = "198.18.9.9" if i == bad else group
+                out.append((4, "198.18.0.2", group, 253))
+            else:
+                group = "2001:db8::9" if i == bad else f"ff3e::{tag}:{i >> 16:x}:{i & 0xffff:x}"
+                out.append((6, "2001:db8::2", group, 254))
+        return out
+    """
+)
+
+
+def run_in_router(lab: Lab, code: str) -> Any:
+    """test_bulk_runs.run_in_router with LATER, and the time long runs take."""
+    script = PRELUDE + LATER + textwrap.dedent(code) + "\nprint(json.dumps(out))\n"
+    done = lab.exec(lab.router, sys.executable, "-c", script, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_run_the_kernel_refuses_through_the_writer_is_undone_and_says_where(
+    lab: Lab,
+) -> None:
+    """Two long runs handed to the writer, the first refused at a route past its first
+    chunks: KernelError says where (the op, `partial`), the core takes out all that went in,
+    the second run never reaches the kernel; the same writer then writes a good run whole."""
+    out = run_in_router(
+        lab,
+        """
+        out = {}
+        for family in (4, 6):
+            n, bad = WRITER_MIN + 5000, WRITER_MIN - 7
+            steps = plan(family, many(family, n, 20, bad=bad), Ports("r0", ("r1",)))
+            assert router.add_run(many(family, n, 40), router.share(Ports("r0", ("r1",))), steps)
+            error = later(steps)
+            router.rollback()
+            refused = {"error": error, "cache": len(cache(family)), "vifs": len(vifs(family)),
+                       "writer": kernel.writer is not None and kernel.writer.proc.poll() is None}
+            steps = plan(family, many(family, n, 60), Ports("r0", ("r1",)))
+            good = {"error": later(steps), "cache": len(cache(family)), "bad": bad,
+                    "writer": kernel.writer is not None and kernel.writer.proc.poll() is None}
+            assert not undo(kernel, [step.undo for step in steps])
+            router.rollback()
+            good["emptied"] = len(cache(family))
+            out[family] = {"refused": refused, "good": good}
+        out["warnings"] = warnings
+        """,
+    )
+    for family in ("4", "6"):
+        refused, good = out[family]["refused"], out[family]["good"]
+        # (the first run is the keys after the first, which an AddMfc of its own writes)
+        assert refused["error"] == ["MRT_ADD_MFC", 22, 3, good["bad"] - 1, 0], refused
+        assert refused["cache"] == 0 and refused["vifs"] == 0
+        assert refused["writer"]  # refused by the kernel, through the writer
+        assert good["error"] is None
+        assert good["cache"] == WRITER_MIN + 5000
+        assert good["writer"]
+        assert good["emptied"] == 0
+    assert out["warnings"] == []
+
+
+def test_a_writer_killed_mid_run_leaves_the_rest_to_mfcd_and_nothing_half_done(
+    lab: Lab,
+) -> None:
+    """The writer is killed (SIGKILL) once it has written part of a long run: mfcd finds
+    how far it got, says once that it writes long runs itself, and writes the rest, so the
+    table holds the whole run; killed again before a route the kernel refuses, the rest is
+    written in-process up to that route, `partial` counts from the run's start, and the
+    core's undo leaves nothing behind."""
+    out = run_in_router(
+        lab,
+        """
+        from mfcd.kernel import Kernel
+        out = {}
+        for family in (4, 6):
+            for case in ("whole", "refused"):
+                n = WRITER_MIN + 20000
+                bad = n - 10 if case == "refused" else None
+                kernel.close()
+                kernel = Kernel([4, 6])
+                steps = plan(family, many(family, n, 80, bad=bad), Ports("r0", ("r1",)))
+                ops = [step.op for step in steps]
+                kernel.apply_later(ops)
+                pid = kernel.writer.proc.pid
+                probe = steps[-1].op.keys[1000]
+                deadline = time.monotonic() + 30
+                while kernel.counters(family, probe[3], [probe[1:3]]).entries[0] is None:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.005)
+                os.kill(pid, signal.SIGKILL)
+                try:
+                    kernel.settle()
+                    error = None
+                except KernelError as e:
+                    undo_applied(kernel, steps, e)
+                    error = [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
+                seen = {"error": error, "cache": len(cache(family)), "bad": bad,
+                        "writer": kernel.writer, "warnings": list(warnings)}
+                if error is None:
+                    assert not undo(kernel, [step.undo for step in steps])
+                router.rollback()
+                seen["emptied"] = len(cache(family))
+                out[f"{family} {case}"] = seen
+                warnings.clear()
+        """,
+    )
+    for family in ("4", "6"):
+        whole, refused = out[f"{family} whole"], out[f"{family} refused"]
+        assert whole["error"] is None
+        assert whole["cache"] == WRITER_MIN + 20000
+        assert whole["writer"] is None
+        assert len(whole["warnings"]) == 1
+        assert "the kernel writer process is not available" in whole["warnings"][0]
+        assert refused["error"] == ["MRT_ADD_MFC", 22, 3, refused["bad"] - 1, 0], refused
+        assert refused["cache"] == 0
+        for seen in (whole, refused):
+            assert seen["emptied"] == 0
+
+
+def test_a_restart_writes_its_long_runs_through_the_writer_and_they_forward(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A state file with more routes than WRITER_MIN in each family: mfcd hands the runs to
+    the writer process (its log says so), the kernel's caches hold every route, real packets
+    to the last one of the run are forwarded; the writer has ended once mfcd answers, and
+    after mfcd stops neither a writer nor a route is left in the namespace."""
+    n = WRITER_MIN + 2000
+    daemon = Mfcd(lab, tmp_path)  # (log level debug: the writer's line)
+    write_state(daemon.state_file, routes_of(4, n, ("r1", "r2")) + routes_of(6, n, ("r1", "r2")))
+    daemon.start(wait=False)
+    try:
+        daemon.wait_ready(timeout=60)
+        for family in (4, 6):
+            assert len(mroute_cache(lab, family)) == n
+        last = routes_of(4, n, ())[-1].group, routes_of(6, n, ())[-1].group
+        for group in last:
+            counts = lab.probe(group)
+            assert [counts[ns] for ns in lab.rx] == [5, 5, 0]
+        assert daemon.ok("ping")
+    finally:
+        if daemon.proc is not None:
+            _, log = daemon.stop()
+    pids = [int(p) for p in re.findall(r"kernel writer \(pid (\d+)\): (?:\d+) routes", log)]
+    assert re.findall(r"kernel writer \(pid \d+\): (\d+) routes written", log) == [str(n - 1)] * 2
+    assert "restoring all routes at once failed" not in log
+    assert "kernel writer process is not available" not in log
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "kernel_writer" not in Path(
+            f"/proc/{pid}/cmdline"
+        ).read_text(errors="replace")
+    for family in (4, 6):
+        assert mroute_cache(lab, family) == []
+    assert os.path.exists(daemon.state_file)
+
+
+def test_a_route_refused_in_a_run_the_writer_writes_stays_pending_alone(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """test_bulk_runs' refused restore run, with a run long enough for the writer: the
+    kernel refuses a route past WRITER_MIN; mfcd undoes what the writer wrote, restores
+    every route one by one, and only the refused one stays pending."""
+    n, bad = WRITER_MIN + 2000, WRITER_MIN + 1000
+    routes = routes_of(4, n, ("r1",))
+    routes[bad] = routes[bad]._replace(group="198.18.9.9")
+    daemon = Mfcd(lab, tmp_path)
+    config = daemon.config_file.read_text().replace('"debug"', '"info"')  # (see test_bulk_runs)
+    daemon.config_file.write_text(config)
+    write_state(daemon.state_file, routes)
+    daemon.start(wait=False)
+    try:
+        daemon.wait_ready(timeout=120)
+        assert len(mroute_cache(lab, 4)) == n - 1
+        shown = {r["group"]: r for r in daemon.show()["routes"]}
+        assert shown["198.18.9.9"]["state"] == "pending"
+        assert "the kernel refused it" in shown["198.18.9.9"]["reason"]
+        assert sum(r["state"] == "installed" for r in shown.values()) == n - 1
+    finally:
+        if daemon.proc is not None:
+            _, log = daemon.stop()
+    assert "restoring all routes at once failed" in log
+    assert "kernel writer process is not available" not in log
+    assert mroute_cache(lab, 4) == []
+
+
+def long_batch(n: int, extra: str = "") -> str:
+    return (
+        "".join(
+            f"mfc add --source 198.18.0.2 --group 239.{21 + (i >> 16)}.{i >> 8 & 255}.{i & 255}"
+            " --iif r0 --oifs r1\n"
+            for i in range(n)
+        )
+        + extra
+    )
+
+
+def test_a_long_batch_goes_through_the_writer_and_lands_whole(lab: Lab, mfcd: Mfcd) -> None:
+    """A `mfcctl batch` of more than LATER_MIN routes: its chunks go to the writer while
+    the next ones are planned (mfcd's log says so), every route is in the kernel and
+    forwards, and no writer is left once the batch is answered."""
+    n = WRITER_MIN + 1000
+    assert f'"added": {n}' in mfcd.ok("batch", "-", "-o", "json", stdin=long_batch(n))
+    assert len(mroute_cache(lab, 4)) == n
+    counts = lab.probe(f"239.{21 + ((n - 1) >> 16)}.{(n - 1) >> 8 & 255}.{(n - 1) & 255}")
+    assert [counts[ns] for ns in lab.rx] == [5, 0, 0]
+    _, log = mfcd.stop()
+    written = re.findall(r"kernel writer \(pid (\d+)\): (\d+) routes written", log)
+    assert written and sum(int(routes) for _, routes in written) >= n - 1, log[-3000:]
+    assert "kernel writer process is not available" not in log
+    for pid, _ in written:
+        assert not Path(f"/proc/{pid}").exists() or "kernel_writer" not in Path(
+            f"/proc/{pid}/cmdline"
+        ).read_text(errors="replace")
+    assert mroute_cache(lab, 4) == []
+
+
+@pytest.mark.lab(receivers=1)
+def test_a_long_batch_refused_at_its_end_leaves_nothing(lab: Lab, mfcd: Mfcd) -> None:
+    """test_batch_fast_path's refused batch, long enough for the writer: the route refused
+    after 51,000 others (a VIF past the table's 32) comes while the writer still has the
+    chunks before it; the error is the same, and everything that went in comes out."""
+    for a, b in zip(DUMMIES[::2], DUMMIES[1::2], strict=True):
+        lab.ip(lab.router, "link", "add", a, "type", "veth", "peer", "name", b)
+        lab.ip(lab.router, "link", "set", a, "up")
+        lab.ip(lab.router, "link", "set", b, "up")
+    wide = ",".join(DUMMIES[:30])  # r0, r1 (the batch's) and these: the table's 32 VIFs
+    n = WRITER_MIN + 1000
+    refused = (
+        f"mfc add --source 198.18.9.1 --group 239.4.0.1 --iif r0 --oifs {wide}\n"
+        f"mfc add --source 198.18.9.2 --group 239.4.0.2 --iif r0 --oifs {DUMMIES[30]}\n"
+    )
+    result = mfcd.ctl("batch", "-", stdin=long_batch(n, refused))
+    assert result.returncode != 0
+    assert f"stdin:{n + 2}: cannot add IPv4 VIF for d30: all 32 VIFs" in result.stderr, (
+        result.stderr
+    )
+    assert mroute_cache(lab, 4) == []
+    assert mfcd.show()["routes"] == []
+    _, log = mfcd.stop()
+    assert re.search(r"kernel writer \(pid \d+\): \d+ routes written", log), log[-2000:]
