@@ -556,6 +556,8 @@ class Controller:
         except KernelError as e:
             self._undo_inflight(later, e)
             raise
+        if not later.pending():  # all of it went in already: no steps kept in flight (a
+            self._settle(undo)  # long batch of short runs would keep every step till the end)
 
     def _settle(self, undo: list[KernelOp | None]) -> None:
         """Wait for the steps handed over by _restore_into, then add what undoes them to

@@ -140,6 +140,7 @@ class LaterDataplane(Dataplane, Protocol):
     settle() instead, `applied` counting every op passed since the last settle()."""
 
     def apply_later(self, ops: Sequence[KernelOp], every_run: bool = False) -> None: ...
+    def pending(self) -> bool: ...  # whether settle() has anything to wait for
     def settle(self) -> None: ...
     def release_writer(self) -> None: ...  # settle(), and end what writes for it until then
 

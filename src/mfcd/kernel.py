@@ -546,6 +546,11 @@ _UPCALL_READ = 256
 # Routes of a run from which Kernel.apply_later hands it to the writer process: starting and
 # feeding it costs more than it saves on fewer (bench/writer_overlap.py).
 WRITER_MIN = LATER_MIN
+# In a long batch (apply_later's `every_run`), its chunks' runs (controller.CHUNK changes
+# each when the batch is uniform) go to the writer from this length on. Shorter runs stay
+# here: any op not for the writer first waits for it, a round trip each, which made a batch
+# of 16-route runs between deletes half as slow again.
+WRITER_CHUNK_MIN = 512
 WRITER_BUFFER = 1024 * 1024  # bytes of structures in flight to the writer at most, about
 
 
@@ -585,6 +590,7 @@ class Writer:
         self.slots: dict[int, int] = {}  # id of an MrouteSocket -> slot in the writer
         self.jobs: deque[WriterJob] = deque()  # sent, not reported yet
         self.gone = False  # it stopped (or was stopped) before reporting every job
+        self.unpackable = False  # the feeder stopped it at a route it could not pack
         # A reset, a socket (slot, fd), or a job (family, header, layout, keys); None: stop.
         self.queue: SimpleQueue[bytes | tuple[Any, ...] | None] = SimpleQueue()
         self.thread = threading.Thread(target=self._feed, name="mfcd-kernel-writer", daemon=True)
@@ -631,7 +637,12 @@ class Writer:
         self.conn.sendall(header)
         send, join = self.conn.sendall, b"".join
         for at in range(0, len(keys), MFC_RUN_CHUNK):
-            send(join(mfc_structs(family, keys[at : at + MFC_RUN_CHUNK], layout)))
+            try:
+                structs = mfc_structs(family, keys[at : at + MFC_RUN_CHUNK], layout)
+            except Exception:  # (mfcd writes the rest itself, and says which route it is)
+                self.unpackable = True
+                raise
+            send(join(structs))
 
     def wait(self) -> tuple[WriterJob, int, int] | list[WriterJob] | None:
         """Wait for every job's report: None if all went in; the first refused job, how many
@@ -764,7 +775,7 @@ class Kernel:
         self._later = base + len(ops)
         minimum = self.writer_min
         if every_run and minimum is not None:
-            minimum = 1
+            minimum = WRITER_CHUNK_MIN
         for i, op in enumerate(ops):
             if type(op) is AddMfcRun and minimum is not None and len(op.keys) >= minimum:
                 writer = self.writer or self._start_writer()
@@ -788,6 +799,10 @@ class Kernel:
                 e.applied = base + i
                 raise
 
+    def pending(self) -> bool:
+        """Whether the writer has runs apply_later handed to it that it has not reported."""
+        return self.writer is not None and bool(self.writer.jobs)
+
     def settle(self) -> None:
         """Wait for what apply_later handed to the writer; raise as apply_later would."""
         self._settle_jobs()
@@ -801,12 +816,13 @@ class Kernel:
         outcome = writer.wait()
         if writer.gone:
             self.writer = None
-            self._writer_gone("it stopped")
+            if not writer.unpackable:  # (else a route mfcd names below: the writer is fine)
+                self._writer_gone("it stopped")
         if outcome is None:
             log.debug("kernel writer (pid %d): %d routes written", writer.proc.pid, routes)
             return
-        self._later = 0
         if isinstance(outcome, tuple):
+            self._later = 0  # (raised: nothing is pending after it)
             job, done, err = outcome
             error = job.sock._run_error(
                 MRT_ADD_MFC, job.op.keys[done], done, OSError(err, os.strerror(err))
@@ -818,9 +834,12 @@ class Kernel:
             rest = job.op.keys[done:]
             if not rest:
                 continue
+            # (written here, the ops since the last settle stay counted in `_later`: a
+            # later failure's `applied` counts them, and the caller undoes them all)
             try:
                 job.sock.mfc_run(MRT_ADD_MFC, rest, job.op.parent, job.op.oifs)
             except KernelError as e:
+                self._later = 0
                 e.partial += done
                 e.applied = job.at
                 raise
@@ -944,13 +963,23 @@ class Kernel:
         self.sockets.clear()
 
 
+def _holds(sock: MrouteSocket, key: RouteKey) -> bool:
+    """Whether the table holds the key's entry; not one the structure cannot hold (a bad
+    address in a state file, say: it was never written, and nothing after it was)."""
+    try:  # (sg_counters turns the kernel's errors into None or a KernelError: these are
+        # the packing's, inet_pton's OSError or ValueError)
+        return sock.sg_counters(key[1], key[2]) is not None
+    except (OSError, ValueError, struct.error):
+        return False
+
+
 def _written(sock: MrouteSocket, keys: Sequence[RouteKey]) -> int:
     """How many of a run's new routes the table holds: they went in in order, so the ones
     in it are the first ones (a binary search, one O(1) counters probe a step)."""
     lo, hi = 0, len(keys)
     while lo < hi:
         mid = (lo + hi) // 2
-        if sock.sg_counters(keys[mid][1], keys[mid][2]) is not None:
+        if _holds(sock, keys[mid]):
             lo = mid + 1
         else:
             hi = mid

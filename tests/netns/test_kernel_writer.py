@@ -254,7 +254,9 @@ def test_a_long_batch_goes_through_the_writer_and_lands_whole(lab: Lab, mfcd: Mf
     assert [counts[ns] for ns in lab.rx] == [5, 0, 0]
     _, log = mfcd.stop()
     written = re.findall(r"kernel writer \(pid (\d+)\): (\d+) routes written", log)
-    assert written and sum(int(routes) for _, routes in written) >= n - 1, log[-3000:]
+    # (nearly all: a run cut short where a chunk ends, under WRITER_CHUNK_MIN routes, is
+    # written by mfcd itself)
+    assert written and sum(int(routes) for _, routes in written) >= 0.9 * n, log[-3000:]
     assert "kernel writer process is not available" not in log
     for pid, _ in written:
         assert not Path(f"/proc/{pid}").exists() or "kernel_writer" not in Path(
@@ -287,3 +289,80 @@ def test_a_long_batch_refused_at_its_end_leaves_nothing(lab: Lab, mfcd: Mfcd) ->
     assert mfcd.show()["routes"] == []
     _, log = mfcd.stop()
     assert re.search(r"kernel writer \(pid \d+\): \d+ routes written", log), log[-2000:]
+
+
+def test_a_refusal_after_a_dead_writer_s_run_was_finished_by_mfcd_undoes_all_of_it(
+    lab: Lab,
+) -> None:
+    """The writer is killed mid-run; the next op, one mfcd writes itself, first finishes
+    that run in-process; a later op is refused. Its `applied` still counts every op since
+    the last settle (once it counted from the finished run: the core's undo then left the
+    run's routes in the kernel, a refused batch half done). Then a run whose route cannot
+    be packed (a bad address in a state file, say) stops the writer: mfcd writes up to it
+    itself, names it, and the writer stays in use (no warning)."""
+    out = run_in_router(
+        lab,
+        """
+        from mfcd.kernel import Kernel
+        from mfcd.model import AddMfc, DelMfc, Step
+        out = {}
+        for family in (4, 6):
+            n = WRITER_MIN + 20000
+            keys = many(family, n + 2, 81, bad=n + 1)
+            steps = plan(family, keys[:n], Ports("r0", ("r1",)))
+            run = steps[-1].op
+            def single(key):
+                op = AddMfc(family, key[1], key[2], run.parent, run.oifs, key[3])
+                return Step(op, DelMfc(family, key[1], key[2], key[3]), "add_mfc")
+            steps += [single(keys[n]), single(keys[n + 1])]  # the last one refused
+            kernel.apply_later([step.op for step in steps[:-2]])
+            pid = kernel.writer.proc.pid
+            probe = run.keys[1000]
+            deadline = time.monotonic() + 30
+            while kernel.counters(family, probe[3], [probe[1:3]]).entries[0] is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            os.kill(pid, signal.SIGKILL)
+            try:
+                kernel.apply_later([steps[-2].op])  # settles: mfcd finishes the run
+                kernel.apply_later([steps[-1].op])
+                kernel.settle()
+                error = None
+            except KernelError as e:
+                undo_applied(kernel, steps, e)
+                error = [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
+            out[f"{family} refused"] = {"error": error, "steps": len(steps),
+                                        "cache": len(cache(family))}
+            router.rollback()
+            kernel.close()
+            kernel = Kernel([4, 6])
+            warnings.clear()
+            # A run with an address that cannot be packed past its first chunks.
+            bad = WRITER_MIN + 5000
+            good = many(family, WRITER_MIN + 10000, 82)
+            steps = plan(family, good, Ports("r0", ("r1",)))
+            run = steps[-1].op
+            odd = "198.18.300.1" if family == 4 else "2001:db8::zz"
+            keys = list(run.keys)
+            keys[bad] = (family, keys[bad][1], odd, keys[bad][3])
+            steps[-1] = steps[-1]._replace(op=run._replace(keys=keys))
+            error = later(steps)
+            out[f"{family} unpackable"] = {"error": error, "cache": len(cache(family)),
+                                           "warnings": list(warnings)}
+            router.rollback()
+            steps = plan(family, good, Ports("r0", ("r1",)))  # and the writer goes on
+            out[f"{family} after"] = [later(steps), kernel.writer is not None, len(cache(family))]
+            assert not undo(kernel, [step.undo for step in steps])
+            router.rollback()
+        """,
+    )
+    for family in ("4", "6"):
+        refused = out[f"{family} refused"]
+        assert refused["error"] == ["MRT_ADD_MFC", 22, refused["steps"] - 1, 0, 0], refused
+        assert refused["cache"] == 0
+        unpackable = out[f"{family} unpackable"]
+        assert unpackable["error"][0] == "encode", unpackable
+        assert unpackable["error"][3] == WRITER_MIN + 5000, unpackable
+        assert unpackable["cache"] == 0
+        assert unpackable["warnings"] == []
+        assert out[f"{family} after"] == [None, True, WRITER_MIN + 10000]
