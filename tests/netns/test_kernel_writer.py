@@ -45,6 +45,15 @@ LATER = textwrap.dedent(
             undo_applied(kernel, steps, e)
             return [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
 
+    def kill_writer_after(probe):
+        # SIGKILL the writer once the probe's route is in the kernel (part of the run is)
+        pid = kernel.writer.proc.pid
+        deadline = time.monotonic() + 30
+        while kernel.counters(probe[0], probe[3], [probe[1:3]]).entries[0] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.kill(pid, signal.SIGKILL)
+
     def many(family, n, tag, bad=None):
         out = []
         for i in range(n):
@@ -131,13 +140,7 @@ def test_a_writer_killed_mid_run_leaves_the_rest_to_mfcd_and_nothing_half_done(
                 steps = plan(family, many(family, n, 80, bad=bad), Ports("r0", ("r1",)))
                 ops = [step.op for step in steps]
                 kernel.apply_later(ops)
-                pid = kernel.writer.proc.pid
-                probe = steps[-1].op.keys[1000]
-                deadline = time.monotonic() + 30
-                while kernel.counters(family, probe[3], [probe[1:3]]).entries[0] is None:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.005)
-                os.kill(pid, signal.SIGKILL)
+                kill_writer_after(steps[-1].op.keys[1000])
                 try:
                     kernel.settle()
                     error = None
@@ -316,13 +319,7 @@ def test_a_refusal_after_a_dead_writer_s_run_was_finished_by_mfcd_undoes_all_of_
                 return Step(op, DelMfc(family, key[1], key[2], key[3]), "add_mfc")
             steps += [single(keys[n]), single(keys[n + 1])]  # the last one refused
             kernel.apply_later([step.op for step in steps[:-2]])
-            pid = kernel.writer.proc.pid
-            probe = run.keys[1000]
-            deadline = time.monotonic() + 30
-            while kernel.counters(family, probe[3], [probe[1:3]]).entries[0] is None:
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
-            os.kill(pid, signal.SIGKILL)
+            kill_writer_after(run.keys[1000])
             try:
                 kernel.apply_later([steps[-2].op])  # settles: mfcd finishes the run
                 kernel.apply_later([steps[-1].op])
