@@ -15,12 +15,12 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import groupby, islice, repeat
-from operator import countOf, is_, itemgetter
+from itertools import compress, filterfalse, groupby, islice, repeat
+from operator import countOf, is_, itemgetter, ne
 from typing import Any, NamedTuple, Protocol
 
 from mfcd import views, wildcards
@@ -299,54 +299,143 @@ class Controller:
 
     # --- start-up --------------------------------------------------------------------------------
 
-    def restore(self, loaded: Loaded, links: dict[str, int]) -> None:
-        """Install the saved routes for the interfaces that exist; the others stay pending."""
+    def restore(
+        self, loaded: Loaded, links: dict[str, int], stream: RestoreStream | None = None
+    ) -> None:
+        """Install the saved routes for the interfaces that exist; the others stay pending.
+        `stream`: the restore_stream() the file's read was given (what it streamed is
+        completed here)."""
         self._take_patterns(loaded, links)
         with gc_paused():
-            self._restore(loaded, links)
+            if stream is not None and stream.started:
+                self._finish_stream(stream, loaded, links)
+            else:
+                self._restore(loaded, links)
+
+    def restore_stream(self, links: dict[str, int]) -> RestoreStream:
+        """A hook for StateFile.load: the routes read so far go to the model and the kernel
+        while the rest of the file is read (see RestoreStream); restore() completes it."""
+        return RestoreStream(self, links)
+
+    def abandon_stream(self, stream: RestoreStream) -> None:
+        """The file's read failed (corrupt): take out of the kernel what was streamed."""
+        if stream.started and stream.failed is None:
+            self._take_back(stream.undo, [])
+            self.router = Router()
+
+    def _begin_restore(self, thresholds: dict[str, int], links: dict[str, int]) -> list[Step]:
+        """Open the restore's transaction on an empty model: the thresholds and the
+        interfaces that exist; the steps to apply (none yet, as no route needs a VIF)."""
+        router = self.router
+        router.begin(undo=False)
+        # Long runs go to the kernel's writer process while the model goes on (_restore_into);
+        # all of it is waited for before the commit, and before any undo.
+        kernel = self.kernel
+        self._later = kernel if isinstance(kernel, LaterDataplane) else None
+        router.thresholds.update(thresholds)
+        steps: list[Step] = []
+        for name, ifindex in links.items():
+            steps += router.link_up(name, ifindex)
+        return steps
 
     def _restore(self, loaded: Loaded, links: dict[str, int]) -> None:
         # All at once and without an undo log (it would hold several entries per route, the
         # largest allocation of a start-up): if anything fails, the kernel's part is undone
         # and the model starts over, one route at a time.
-        router = self.router
-        router.begin(undo=False)
         undo: list[KernelOp | None] = []
-        # Long runs go to the kernel's writer process while the model goes on (_restore_into);
-        # all of it is waited for before the commit, and before any undo.
-        kernel = self.kernel
-        self._later = kernel if isinstance(kernel, LaterDataplane) else None
+        steps = self._begin_restore(loaded.thresholds, links)
         try:
-            router.thresholds.update(loaded.thresholds)
-            steps: list[Step] = []
-            for name, ifindex in links.items():
-                steps += router.link_up(name, ifindex)
             # The routes a state file holds come in runs on one combination of interfaces
             # (a batch's, a snapshot's): each run goes to the model and the kernel at once
             # (Router.add_run), in the file's order, so VIFs are numbered as route by route.
             for ports, keys in _runs(loaded.routes):
                 whole = loaded.routes if len(keys) == len(loaded.routes) else None
                 steps = self._restore_run(keys, ports, steps, undo, whole)
-            for tkey, ports in loaded.templates.items():
-                router.keep_template(tkey, ports)
-                steps += router.try_install(tkey)
-            self._restore_into(steps, undo)
-            self._settle(undo)
+            self._end_restore(loaded, steps, undo)
         except (KernelError, VifLimit) as e:
-            failures = [*getattr(e, "undo_failures", [])]
-            try:
-                self._settle(undo)  # (a VifLimit with runs under way: they go in, then out)
-            except KernelError as late:
-                failures += late.undo_failures
-            self._report_undo_failures([*failures, *undo_ops(self.kernel, undo)])
-            self._end_later()  # (one by one: mfcd writes itself)
-            self.router = Router()
-            log.warning("restoring all routes at once failed (%s); restoring one by one", e)
+            self._restore_failed(e, undo)
             self._restore_one_by_one(loaded, links)
             return
         finally:
             self._end_later()  # (settled by now: nothing is left to wait for)
-        router.commit()
+        self.router.commit()
+
+    def _finish_stream(self, stream: RestoreStream, loaded: Loaded, links: dict[str, int]) -> None:
+        """restore() of a file whose read streamed routes: the rest of them, or, if a record
+        did more than add routes, what puts the model right (see _put_right)."""
+        if stream.clean:
+            stream.hand_over(loaded)  # (the last ones read)
+        if stream.failed is not None:  # (the kernel's part is undone, the model empty)
+            self._restore_one_by_one(loaded, links)
+            return
+        steps, undo = stream.steps, stream.undo
+        try:
+            if not stream.clean:
+                steps = self._put_right(loaded, steps, undo)
+            self._end_restore(loaded, steps, undo)
+        except (KernelError, VifLimit) as e:
+            self._restore_failed(e, undo)
+            self._restore_one_by_one(loaded, links)
+            return
+        finally:
+            self._end_later()
+        self.router.commit()
+
+    def _put_right(
+        self, loaded: Loaded, steps: list[Step], undo: list[KernelOp | None]
+    ) -> list[Step]:
+        """Make the model of a streamed restore hold what the file does: the routes streamed
+        that a later record deleted or replaced, the thresholds, the routes not streamed
+        (in the file's order, as runs); return the steps still to apply."""
+        router = self.router
+        held, wanted = router.routes, loaded.routes
+        # (C speed: the routes held whose saved interfaces differ or are gone)
+        changed = list(compress(held, map(ne, map(wanted.get, held), held.values())))
+        for key in changed:
+            ports = wanted.get(key)
+            if ports is None:
+                steps += router.del_route(key)
+            else:
+                steps += router.add(key, router.share(ports))
+            if len(steps) >= CHUNK:
+                self._restore_into(steps, undo)
+                steps = []
+        for name in sorted({*router.thresholds, *loaded.thresholds}):
+            threshold = loaded.thresholds.get(name, DEFAULT_THRESHOLD)
+            if router.threshold(name) != threshold:
+                steps += router.set_threshold(name, threshold)
+        if router.thresholds != loaded.thresholds:  # (a saved 1 is kept, as _begin_restore does)
+            router.thresholds.clear()
+            router.thresholds.update(loaded.thresholds)
+        rest = list(filterfalse(held.__contains__, wanted))
+        for ports, keys in _runs_of(rest, list(map(wanted.__getitem__, rest))):
+            steps = self._restore_run(keys, ports, steps, undo)
+        return steps
+
+    def _end_restore(self, loaded: Loaded, steps: list[Step], undo: list[KernelOp | None]) -> None:
+        """The templates, then every step applied and settled."""
+        router = self.router
+        for tkey, ports in loaded.templates.items():
+            router.keep_template(tkey, ports)
+            steps += router.try_install(tkey)
+        self._restore_into(steps, undo)
+        self._settle(undo)
+
+    def _restore_failed(self, e: KernelError | VifLimit, undo: list[KernelOp | None]) -> None:
+        """The restore all at once failed: its kernel part is undone, the model emptied."""
+        self._take_back(undo, [*getattr(e, "undo_failures", [])])
+        self.router = Router()
+        log.warning("restoring all routes at once failed (%s); restoring one by one", e)
+
+    def _take_back(self, undo: list[KernelOp | None], failures: list[KernelError]) -> None:
+        """Undo what a restore applied (after waiting for what the writer has), and end the
+        writer."""
+        try:
+            self._settle(undo)  # (a VifLimit with runs under way: they go in, then out)
+        except KernelError as late:
+            failures += late.undo_failures
+        self._report_undo_failures([*failures, *undo_ops(self.kernel, undo)])
+        self._end_later()  # (one by one: mfcd writes itself)
 
     def _restore_run(
         self,
@@ -2026,14 +2115,82 @@ def _run_of(change: Any) -> tuple[int, int, int]:
 def _runs(routes: dict[RouteKey, Ports]) -> Iterator[tuple[Ports, list[RouteKey]]]:
     """The routes in runs of one combination of interfaces, in order: each run's Ports and
     keys (all routes on one combination, the usual case: one pass at C speed)."""
-    if not routes:
+    return _runs_of(routes, routes.values())
+
+
+def _runs_of(
+    keys: Iterable[RouteKey], ports: Collection[Ports]
+) -> Iterator[tuple[Ports, list[RouteKey]]]:
+    """_runs of routes given as their keys and, in the same order, their Ports."""
+    if not ports:
         return
-    first = next(iter(routes.values()))
-    if countOf(routes.values(), first) == len(routes):
-        yield first, list(routes)
+    first = next(iter(ports))
+    if countOf(ports, first) == len(ports):
+        yield first, list(keys)
         return
-    for ports, run in groupby(routes.items(), _PORTS):
-        yield ports, list(map(_KEY, run))
+    for shared, run in groupby(zip(keys, ports, strict=True), _PORTS):
+        yield shared, list(map(_KEY, run))
+
+
+class RestoreStream:
+    """A restore that starts while the state file is still read (state.RestoreStream,
+    Controller.restore_stream): the routes of the records read so far go to the model and
+    the kernel, runs at a time, so that the kernel's writer process writes them while the
+    rest is read. That holds while every record only adds new routes (a snapshot's, a
+    batch's). From the first record that deletes or replaces a route, changes a threshold
+    or names a wildcard, nothing more is handed over; at the end of the file,
+    Controller.restore puts the model right (_put_right). Nothing is handed over before
+    `first` routes are read: a short file is restored all at once, as without a stream.
+
+    A kernel refusal while the file is read undoes what went in (`failed`); restore() then
+    restores route by route, as a restore all at once does."""
+
+    def __init__(
+        self, controller: Controller, links: dict[str, int], first: int = LATER_MIN
+    ) -> None:
+        self.controller = controller
+        self.links = links
+        self.first = first  # routes read before the first hand-over; then as many a time
+        self.keys: list[RouteKey] = []  # routes read and not handed over yet, in order
+        self.steps: list[Step] = []  # planned and not yet applied
+        self.undo: list[KernelOp | None] = []
+        self.started = False  # the restore's transaction is open: routes went to the model
+        self.clean = True  # every record read only added new routes
+        self.failed: KernelError | VifLimit | None = None
+
+    def took(self, loaded: Loaded, before: int, adds: int) -> None:
+        if not self.clean:
+            return
+        routes = loaded.routes
+        if adds < 0 or len(routes) != before + adds:
+            self.clean = False  # (the routes read and not handed over: restore() does them)
+            self.keys = []
+            return
+        if adds:
+            added = list(islice(reversed(routes), adds))  # (new ones: the last of the dict)
+            added.reverse()
+            self.keys += added
+        if len(self.keys) >= self.first:
+            self.hand_over(loaded)
+
+    def hand_over(self, loaded: Loaded) -> None:
+        """The routes read so far to the model, and their steps to the kernel."""
+        keys, self.keys = self.keys, []
+        controller = self.controller
+        try:
+            if not self.started:
+                self.started = True
+                self.steps = controller._begin_restore(loaded.thresholds, self.links)
+                controller._later_every = True  # (every run of a few hundred to the writer)
+            routes = loaded.routes
+            for ports, run in _runs_of(keys, list(map(routes.__getitem__, keys))):
+                if ports.__class__ is Pattern:  # (its expansion waits for the end: restore)
+                    self.clean = False
+                    return
+                self.steps = controller._restore_run(run, ports, self.steps, self.undo)
+        except (KernelError, VifLimit) as e:
+            self.clean, self.failed = False, e
+            controller._restore_failed(e, self.undo)
 
 
 def _before(router: Router, changes: Sequence[Change]) -> Before | None:

@@ -283,7 +283,19 @@ class Daemon:
         # The cyclic GC stays paused from the first object read to the freeze: nothing here
         # forms cycles, and every pass would walk the growing set of routes again.
         with gc_paused():
-            loaded = state.load()
+            controller = Controller(kernel, state, members=self.members)
+            # Our MRT_INIT table starts empty unless another program left static entries in
+            # it; only then is the drift check after start-up worth its full dump of the table.
+            before = observe(kernel, kernel.families)
+            self.inherited = bool(before.vifs or before.mfc)
+            links = netlink.current_links()
+            # The routes read go to the kernel while the rest of the file is read.
+            stream = controller.restore_stream(links)
+            try:
+                loaded = state.load(stream)
+            except BaseException:
+                controller.abandon_stream(stream)
+                raise
             if loaded.torn_tail:
                 # Most likely; a file cut short mid-line by something else looks the same.
                 log.warning(
@@ -293,12 +305,7 @@ class Daemon:
                 )
             if loaded.version < VERSION:
                 log.info("%s: format version %d; rewriting it", state.path, loaded.version)
-            controller = Controller(kernel, state, members=self.members)
-            # Our MRT_INIT table starts empty unless another program left static entries in
-            # it; only then is the drift check after start-up worth its full dump of the table.
-            before = observe(kernel, kernel.families)
-            self.inherited = bool(before.vifs or before.mfc)
-            controller.restore(loaded, netlink.current_links())
+            controller.restore(loaded, links, stream)
             controller.restore_joins(loaded)
             del loaded
             self._apply_declared_at_start(controller)

@@ -75,6 +75,11 @@ snapshot's route records, as written) is read by one regular-expression split ra
 json (`_uniform_record`); anything else, or anything it does not take exactly, is read as
 JSON, with the same result.
 
+Streaming: a reader may be given a RestoreStream, told after each record what it added to
+the routes (`took`), so that a start can write the routes read so far to the kernel while
+the rest of the file is read (see controller.RestoreStream). It is only told; what the file
+holds is still the Loaded that parse returns.
+
 Version 1 (`mfcd-state 1`, written by earlier releases) is the same without sequence numbers
 or route counts; it still loads, with none of their checks, and is rewritten in version 2
 before the first change.
@@ -174,6 +179,16 @@ def change_op(change: Change) -> Op:
             return ["template", family, source, group, iif, list(oifs), table]
         case DelTemplate((family, source, group, table, iif)):
             return ["untemplate", family, source, group, iif, table]
+
+
+class RestoreStream(Protocol):
+    """Told by the reader of a version 2 file, after each record it took, what the record
+    did to `loaded.routes`: `adds` routes added by its "add" ops (or a snapshot's routes)
+    with `before` routes held before it; `adds` is -1 for a record that deleted a route or
+    changed a threshold. The routes added are new ones exactly when `len(loaded.routes)` is
+    `before + adds` (they are then the last `adds` keys of the dict, in order)."""
+
+    def took(self, loaded: Loaded, before: int, adds: int) -> None: ...
 
 
 class RunOfAdds(Protocol):
@@ -640,8 +655,9 @@ def _corrupt(path: str, lineno: int, reason: object) -> StateError:
     return StateError(f"{path}: line {lineno} is corrupt ({reason}); {_LEFT_UNTOUCHED}")
 
 
-def parse(data: bytes, path: str = "state file") -> Loaded:
-    """Replay a journal held in memory; raise StateError on corruption."""
+def parse(data: bytes, path: str = "state file", stream: RestoreStream | None = None) -> Loaded:
+    """Replay a journal held in memory; raise StateError on corruption. `stream` is told
+    what each record added (version 2 only: a version 1 file is rewritten first)."""
     if not data:
         # mfcd never leaves its file empty (a new one starts with an empty snapshot, renamed
         # into place whole), so this is a file truncated or overwritten by something else.
@@ -653,6 +669,7 @@ def parse(data: bytes, path: str = "state file") -> Loaded:
         loaded = Loaded()
     elif data.startswith(HEADER_V1):
         loaded = Loaded(version=1)
+        stream = None
     else:
         raise StateError(
             f"{path}: not an mfcd state file (line 1 is neither {HEADER.decode()!r}"
@@ -667,7 +684,7 @@ def parse(data: bytes, path: str = "state file") -> Loaded:
     try:
         # (a source used again only after many others is still shared: see address_sharing)
         with address_sharing.bulk():
-            _replay(loaded, data, path)
+            _replay(loaded, data, path, stream)
     finally:
         if collecting:
             gc.enable()
@@ -707,7 +724,7 @@ class _Snapshot:
     parts: int = 0  # how many it has
 
 
-def _replay(loaded: Loaded, data: bytes, path: str) -> None:
+def _replay(loaded: Loaded, data: bytes, path: str, stream: RestoreStream | None) -> None:
     pos = len(HEADER)  # the same length in both versions
     loaded.good_length = pos
     if pos == len(data):
@@ -727,16 +744,15 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
             break
         lineno += 1
         try:
-            crc, body = data[pos:end].split(b" ", 1)
-            if int(crc, 16) != zlib.crc32(body):
-                raise ValueError("checksum mismatch")
-            record = _uniform_record(body) or json.loads(body)
+            record = _record(data[pos:end])
             if not _whole(record, data, end):
                 # A change of several records cut short by a crash: never acknowledged.
                 loaded.torn_tail = True
                 then = "an incomplete last change"
                 break
-            if not _take(loaded, record, snap, lineno, path):
+            before = len(loaded.routes)
+            adds = _take(loaded, record, snap, lineno, path)
+            if adds is None:
                 then = f"line {lineno}"
                 break
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, MfcdError) as e:
@@ -748,6 +764,8 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
                 reason += f"; it is route record {part} of {snap.chunks} of the snapshot on line"
                 reason += f" {snap.line}"
             raise _corrupt(path, lineno, reason) from None
+        if stream is not None:  # (outside the try: what it raises is not the file's fault)
+            stream.took(loaded, 0 if "snapshot" in record else before, adds)
         if unterminated:
             loaded.good_length, loaded.unterminated = end, True
             loaded.torn_tail = end < len(data)  # a write a crash interrupted followed it
@@ -762,6 +780,14 @@ def _replay(loaded: Loaded, data: bytes, path: str) -> None:
             f" {snap.chunks - snap.missing} found before {then}"
         )
         raise _corrupt(path, snap.line, reason)
+
+
+def _record(line: bytes) -> Any:
+    """The record a line holds, its checksum checked."""
+    crc, body = line.split(b" ", 1)
+    if int(crc, 16) != zlib.crc32(body):
+        raise ValueError("checksum mismatch")
+    return _uniform_record(body) or json.loads(body)
 
 
 def _whole(record: Any, data: bytes, end: int) -> bool:
@@ -820,47 +846,61 @@ def _torn_line(loaded: Loaded, tail: bytes, snap: _Snapshot, path: str, lineno: 
     loaded.torn_tail = True
 
 
-def _take(loaded: Loaded, record: Any, snap: _Snapshot, lineno: int, path: str) -> bool:
-    """Replay one record; False if it ends a snapshot too early (reported by the caller)."""
+def _take(loaded: Loaded, record: Any, snap: _Snapshot, lineno: int, path: str) -> int | None:
+    """Replay one record; None if it ends a snapshot too early (reported by the caller),
+    else the routes its "add" ops (or a snapshot's routes) added, -1 if it deleted a route
+    or changed a threshold (see RestoreStream)."""
     numbered = loaded.version >= 2
     if numbered:
         loaded.seq = _next_seq(record, loaded.seq)
     if snap.missing:
         if record.__class__ is not dict or "routes" not in record:
-            return False
+            return None
         _add_saved(loaded.routes, record["routes"], 0)
         snap.missing -= 1
+        adds = len(record["routes"])
     elif "snapshot" in record:
         if numbered and lineno != 2:
             raise ValueError("a snapshot after the first record")
         snap.chunks = snap.missing = _read_snapshot(loaded, record["snapshot"], numbered)
         snap.count = record["snapshot"]["count"] if numbered else -1
         snap.line = lineno
+        adds = len(loaded.routes)
     elif "routes" in record:
         raise ValueError("route record outside a snapshot")
     elif numbered and lineno == 2:
         raise ValueError("the first record is not a snapshot")
     else:
         _next_part(record, snap)
-        if record["ops"].__class__ is _Uniform:  # (see _uniform_record)
-            _add_saved(loaded.routes, record["ops"], 1)
-            loaded.ops_since_snapshot += len(record["ops"])
-            return True
-        adds: list[Any] = []  # a run of adds, read by one _add_routes (a start's hot loop)
-        for op in record["ops"]:
-            if op[0] == "add":
-                adds.append(op)
-                continue
-            if adds:
-                _add_routes(loaded.routes, adds, 1)
-                adds = []
-            _apply(loaded, op)
-        _add_routes(loaded.routes, adds, 1)
-        loaded.ops_since_snapshot += len(record["ops"])
-        return True
+        ops = record["ops"]
+        loaded.ops_since_snapshot += len(ops)
+        if ops.__class__ is _Uniform:  # (see _uniform_record)
+            _add_saved(loaded.routes, ops, 1)
+            return len(ops)
+        return _take_ops(loaded, ops)
     if not snap.missing and snap.count >= 0 and len(loaded.routes) != snap.count:
         raise _counted_wrong(path, snap.line, snap.count, len(loaded.routes))
-    return True
+    return adds
+
+
+def _take_ops(loaded: Loaded, ops: list[Any]) -> int:
+    """Replay a change's ops; the routes its adds added, or -1 (see _take)."""
+    adds: list[Any] = []  # a run of adds, read by one _add_routes (a start's hot loop)
+    added = 0
+    clean = True
+    for op in ops:
+        if op[0] == "add":
+            adds.append(op)
+            continue
+        if adds:
+            _add_routes(loaded.routes, adds, 1)
+            added += len(adds)
+            adds = []
+        _apply(loaded, op)
+        if op[0] in ("del", "threshold"):
+            clean = False
+    _add_routes(loaded.routes, adds, 1)
+    return added + len(adds) if clean else -1
 
 
 def _next_part(record: dict[str, Any], snap: _Snapshot) -> None:
@@ -1068,7 +1108,8 @@ class StateFile:
         if relocked is not None:
             log.warning("%s", relocked)
 
-    def load(self) -> Loaded:
+    def load(self, stream: RestoreStream | None = None) -> Loaded:
+        """Read the file (see parse, which `stream` is given to)."""
         try:
             # Read and write through the same descriptor: the file appended to is the one read.
             fd = os.open(self.path, os.O_RDWR | _NOFOLLOW)
@@ -1080,7 +1121,7 @@ class StateFile:
         try:
             with open(fd, "rb", closefd=False) as f:
                 data = f.read()
-            loaded = parse(data, self.path)
+            loaded = parse(data, self.path, stream)
             if loaded.version == VERSION:
                 self._keep_for_append(fd, loaded)
         except OSError as e:
