@@ -379,6 +379,8 @@ class Controller:
             return
         finally:
             self._end_later()
+            # (its runs' keys, freed now: before the start gives the heap back, heap.release)
+            stream.steps, stream.undo = [], []
         self.router.commit()
 
     def _put_right(
@@ -2152,6 +2154,7 @@ class RestoreStream:
         self.links = links
         self.first = first  # routes read before the first hand-over; then as many a time
         self.keys: list[RouteKey] = []  # routes read and not handed over yet, in order
+        self.ports: list[Ports] = []  # and their interfaces
         self.steps: list[Step] = []  # planned and not yet applied
         self.undo: list[KernelOp | None] = []
         self.started = False  # the restore's transaction is open: routes went to the model
@@ -2164,30 +2167,34 @@ class RestoreStream:
         routes = loaded.routes
         if adds < 0 or len(routes) != before + adds:
             self.clean = False  # (the routes read and not handed over: restore() does them)
-            self.keys = []
+            self.keys, self.ports = [], []
             return
         if adds:
-            added = list(islice(reversed(routes), adds))  # (new ones: the last of the dict)
+            # The new ones are the dict's last: read back from its end (in the order of its
+            # entries, without a lookup each).
+            added = list(islice(reversed(routes), adds))
             added.reverse()
             self.keys += added
+            ports = list(islice(reversed(routes.values()), adds))
+            ports.reverse()
+            self.ports += ports
         if len(self.keys) >= self.first:
             self.hand_over(loaded)
 
     def hand_over(self, loaded: Loaded) -> None:
         """The routes read so far to the model, and their steps to the kernel."""
-        keys, self.keys = self.keys, []
+        keys, ports, self.keys, self.ports = self.keys, self.ports, [], []
         controller = self.controller
         try:
             if not self.started:
                 self.started = True
                 self.steps = controller._begin_restore(loaded.thresholds, self.links)
                 controller._later_every = True  # (every run of a few hundred to the writer)
-            routes = loaded.routes
-            for ports, run in _runs_of(keys, list(map(routes.__getitem__, keys))):
-                if ports.__class__ is Pattern:  # (its expansion waits for the end: restore)
+            for shared, run in _runs_of(keys, ports):
+                if shared.__class__ is Pattern:  # (its expansion waits for the end: restore)
                     self.clean = False
                     return
-                self.steps = controller._restore_run(run, ports, self.steps, self.undo)
+                self.steps = controller._restore_run(run, shared, self.steps, self.undo)
         except (KernelError, VifLimit) as e:
             self.clean, self.failed = False, e
             controller._restore_failed(e, self.undo)

@@ -174,9 +174,10 @@ def test_a_restart_writes_its_long_runs_through_the_writer_and_they_forward(
     lab: Lab, tmp_path: Path
 ) -> None:
     """A state file with more routes than WRITER_MIN in each family: mfcd hands the runs to
-    the writer process (its log says so), the kernel's caches hold every route, real packets
-    to the last one of the run are forwarded; the writer has ended once mfcd answers, and
-    after mfcd stops neither a writer nor a route is left in the namespace."""
+    the writer process while it reads the file (its log says so), the kernel's caches hold
+    every route, real packets to the last one of the run are forwarded; the writer has
+    ended once mfcd answers, and after mfcd stops neither a writer nor a route is left in
+    the namespace."""
     n = WRITER_MIN + 2000
     daemon = Mfcd(lab, tmp_path)  # (log level debug: the writer's line)
     write_state(daemon.state_file, routes_of(4, n, ("r1", "r2")) + routes_of(6, n, ("r1", "r2")))
@@ -194,7 +195,11 @@ def test_a_restart_writes_its_long_runs_through_the_writer_and_they_forward(
         if daemon.proc is not None:
             _, log = daemon.stop()
     pids = [int(p) for p in re.findall(r"kernel writer \(pid (\d+)\): (?:\d+) routes", log)]
-    assert re.findall(r"kernel writer \(pid \d+\): (\d+) routes written", log) == [str(n - 1)] * 2
+    # The restore is streamed from the file's read: runs of 50,000 routes or more as read,
+    # each family's first route (its VIFs) and a run's first route of a family begun in the
+    # run before (what a hand-over that spans both families starts with) written by mfcd.
+    written = re.findall(r"kernel writer \(pid \d+\): (\d+) routes written", log)
+    assert 2 <= len(written) <= 4 and sum(map(int, written)) in (2 * n - 3, 2 * n - 2)
     assert "restoring all routes at once failed" not in log
     assert "kernel writer process is not available" not in log
     for pid in pids:
