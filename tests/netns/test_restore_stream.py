@@ -56,7 +56,7 @@ def test_a_streamed_restart_ends_as_the_file_says_after_deletes_replaces_and_thr
         assert (v4[10].source, v4[10].group) not in kernel4
         assert (v6[10].source, v6[10].group) not in kernel6
         names = {name: vif for vif, name in kernel_tables.vifs(lab, 4).items()}
-        assert kernel4[(v4[20].source, v4[20].group)] == (names["r0"], {names["r3"]})
+        assert kernel4[(v4[20].source, v4[20].group)] == (names["r0"], frozenset({names["r3"]}))
         assert oif_ttls(lab, hex_group(v4[-1].group)) == {names["r1"]: 1, names["r2"]: 5}
         counts = lab.probe(v4[20].group)
         assert [counts[ns] for ns in lab.rx] == [0, 0, 5]
