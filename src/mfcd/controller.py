@@ -369,6 +369,11 @@ class Controller:
             self._restore_one_by_one(loaded, links)
             return
         steps, undo = stream.steps, stream.undo
+        log.debug(
+            "restore: %d routes went to the kernel while the state file was read%s",
+            len(self.router.routes),
+            "" if stream.clean else "; the file's later records are applied now",
+        )
         try:
             if not stream.clean:
                 steps = self._put_right(loaded, steps, undo)
