@@ -12,11 +12,12 @@ batch), or `snapshot`, a compacted file. Then, in a fresh process per round, in 
 raw loop (MRT_ADD_MFC of N structs packed in advance), revision A, the raw loop,
 revision B. A revision's round is what Daemon._restore does before it answers: imports,
 StateFile.load, Controller.restore into a Kernel of both families, with the cyclic GC
-paused (a revision that streams the restore from the read, Controller.restore_stream,
-does so; its "load" phase then holds the kernel's writes made meanwhile). Printed: CPU time (process_time) and wall-clock time of each phase, and the ratio
-of the whole to the raw loop of the same round, and the user and system parts of the CPU
-time of each (os.times). `--profile FILE` runs B's last round under cProfile and writes
-its stats to FILE. Figures: docs/benchmarks.md, "Recovery at
+paused (a revision that streams the restore from the read, Controller.restore_stream, does
+so; its "load" phase then holds the kernel's writes made meanwhile). Printed: CPU time
+(process_time) and wall-clock time of each phase, and the ratio of the whole to the raw
+loop of the same round, and the user and system parts of the CPU time of each (os.times).
+`--profile FILE` runs B's last round under cProfile and writes its stats to FILE.
+Figures: docs/benchmarks.md, "Recovery at
 start through runs".
 """
 
