@@ -391,19 +391,16 @@ class Controller:
     def _put_right(
         self, loaded: Loaded, steps: list[Step], undo: list[KernelOp | None]
     ) -> list[Step]:
-        """Make the model of a streamed restore hold what the file does: the routes streamed
-        that a later record deleted or replaced, the thresholds, the routes not streamed
-        (in the file's order, as runs); return the steps still to apply."""
+        """Make the model of a streamed restore hold what the file does: the routes handed
+        over that a later record deleted or replaced are deleted (all of them first, so
+        the VIFs only they used are free), the thresholds set, then the routes not in the
+        model (the replaced ones among them) added in the file's order, as runs; return
+        the steps still to apply."""
         router = self.router
         held, wanted = router.routes, loaded.routes
         # (C speed: the routes held whose saved interfaces differ or are gone)
-        changed = list(compress(held, map(ne, map(wanted.get, held), held.values())))
-        for key in changed:
-            ports = wanted.get(key)
-            if ports is None:
-                steps += router.del_route(key)
-            else:
-                steps += router.add(key, router.share(ports))
+        for key in list(compress(held, map(ne, map(wanted.get, held), held.values()))):
+            steps += router.del_route(key)
             if len(steps) >= CHUNK:
                 self._restore_into(steps, undo)
                 steps = []
@@ -2201,8 +2198,11 @@ class RestoreStream:
                     return
                 self.steps = controller._restore_run(run, shared, self.steps, self.undo)
         except (KernelError, VifLimit) as e:
-            self.clean, self.failed = False, e
+            # (without its traceback: that holds this frame, and through the reader's
+            # frames the file and its routes, for as long as the stream is kept)
+            self.clean, self.failed = False, e.with_traceback(None)
             controller._restore_failed(e, self.undo)
+            self.steps, self.undo = [], []
 
 
 def _before(router: Router, changes: Sequence[Change]) -> Before | None:

@@ -307,7 +307,7 @@ class Daemon:
                 log.info("%s: format version %d; rewriting it", state.path, loaded.version)
             controller.restore(loaded, links, stream)
             controller.restore_joins(loaded)
-            del loaded
+            del loaded, stream
             self._apply_declared_at_start(controller)
             # The restored routes live as long as the daemon: keep the cyclic GC from
             # rescanning them on every collection.

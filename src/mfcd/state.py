@@ -675,6 +675,10 @@ def parse(data: bytes, path: str = "state file", stream: RestoreStream | None = 
             f"{path}: not an mfcd state file (line 1 is neither {HEADER.decode()!r}"
             f" nor {HEADER_V1.decode()!r})"
         )
+    if stream is not None and _THRESHOLD_OP in data:
+        # A threshold changed after the snapshot rewrites every IPv4 entry on its interface:
+        # the routes handed over before it would be written twice (see RestoreStream).
+        stream = None
     # Nothing read here forms a reference cycle, so the cyclic collector has nothing to
     # find; left on, it would walk the growing set of routes again and again (40% of the
     # time at 100,000 routes). Its next pass still looks at the new objects once, unless the
@@ -689,6 +693,9 @@ def parse(data: bytes, path: str = "state file", stream: RestoreStream | None = 
         if collecting:
             gc.enable()
     return loaded
+
+
+_THRESHOLD_OP = b'["threshold",'  # as mfcd writes the op (one written otherwise is still read)
 
 
 def _next_seq(record: Any, seq: int) -> int:

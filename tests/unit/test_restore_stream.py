@@ -5,6 +5,11 @@ refusal while the file is read, and a corrupt line after routes went in."""
 
 from __future__ import annotations
 
+import gc
+import json
+import logging
+import sys
+import zlib
 from typing import Any
 
 import pytest
@@ -28,14 +33,22 @@ COMBOS = [
 ]
 
 
-def state_file(snapshot: dict[RouteKey, Ports], changes: list[list[Change]]) -> bytes:
-    """A version 2 file: a snapshot (chunked above 1,000 routes), then one record a change."""
+def state_file(
+    snapshot: dict[RouteKey, Ports], changes: list[list[Change]], spaced: bool = False
+) -> bytes:
+    """A version 2 file: a snapshot (chunked above 1,000 routes), then one record a change;
+    `spaced`: the changes' records written with spaces, as by hand (mfcd writes none)."""
     routes = [Route(f, s, g, *p, t) for (f, s, g, t), p in snapshot.items()]
     lines = list(_snapshot_records(routes, {"b": 3}, 1))
     seq = len(lines)
     for change in changes:
         seq += 1
-        lines.append(encode_record({"seq": seq, "ops": [change_op(c) for c in change]}))
+        record = {"seq": seq, "ops": [change_op(c) for c in change]}
+        if spaced:
+            body = json.dumps(record).encode()
+            lines.append(b"%08x %s\n" % (zlib.crc32(body), body))
+        else:
+            lines.append(encode_record(record))
     return HEADER + b"".join(lines)
 
 
@@ -121,16 +134,19 @@ OPS = st.sampled_from(("add", "replace", "del", "threshold"))
     ops=st.lists(st.tuples(OPS, st.integers(0, 3), st.integers(0, 10**6)), max_size=12),
     per_record=st.integers(1, 4),
     first=st.integers(1, 500),
+    spaced=st.booleans(),
 )
 def test_records_that_delete_replace_or_set_thresholds_end_up_as_the_whole_file(
     sizes: list[tuple[int, int]],
     ops: list[tuple[str, int, int]],
     per_record: int,
     first: int,
+    spaced: bool,
 ) -> None:
     """After routes were streamed, records that delete or replace some of them (or ones
     not streamed yet), add new ones and change thresholds: the model and kernel put right
-    at the end hold what a restore of the whole file does."""
+    at the end hold what a restore of the whole file does. (A threshold op as mfcd writes
+    it stops the stream before it starts; `spaced` ones are found only when read.)"""
     snapshot = snapshot_of(sizes)
     keys = list(snapshot)
     n = len(keys)
@@ -148,7 +164,7 @@ def test_records_that_delete_replace_or_set_thresholds_end_up_as_the_whole_file(
         else:
             flat.append(SetThreshold("abcd"[combo], 1 + pick % 5))
     changes = [flat[i : i + per_record] for i in range(0, len(flat), per_record)]
-    data = state_file(snapshot, changes)
+    data = state_file(snapshot, changes, spaced)
     assert_same(restored(data, first), restored(data, None), numbered=False)
 
 
@@ -231,3 +247,63 @@ def test_a_corrupt_line_after_routes_went_in_takes_them_out() -> None:
     assert stream.started and len(kernel.mfcs) == 2000
     ctl.abandon_stream(stream)
     assert kernel.mfcs == {} and kernel.vifs == {} and ctl.router.routes == {}
+
+
+def test_a_threshold_op_in_the_journal_reads_the_file_whole_first() -> None:
+    """A threshold changed after the snapshot would rewrite every IPv4 route handed over
+    on its interface: such a file is not streamed (one write a route, as before)."""
+    data = state_file(snapshot_of([(0, 2500)]), [[SetThreshold("b", 5)]])
+    kernel = FakeKernel()
+    ctl = Controller(kernel, FakeState())
+    stream = RestoreStream(ctl, LINKS, first=1000)
+    loaded = parse(data, stream=stream)
+    assert not stream.started
+    ctl.restore(loaded, LINKS, stream)
+    assert len(kernel.mfcs) == 2500 and len(kernel.applied) == 2500 + 2
+    assert {ttl for e in kernel.mfcs.values() for ttl in e.ttls.values()} == {5}
+
+
+def test_routes_moved_to_a_new_interface_at_the_vif_limit_go_in_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """All 32 VIFs in use by the routes handed over, then a record moves every route of
+    one interface to another: the file needs 32 VIFs, as the restore of the whole file
+    does; the old ones are deleted before the moved ones go back, so the VIFs suffice and
+    nothing is restored route by route."""
+    caplog.set_level(logging.WARNING)
+    links = {f"e{i}": i + 1 for i in range(32)} | {"o": 100, "f": 101}
+    snapshot = {key(4, i, None): Ports(f"e{i % 31}", ("o",)) for i in range(310)}
+    moved: list[Change] = [
+        AddRoute(k, Ports("f", ("o",))) for k, p in snapshot.items() if p.iif == "e0"
+    ]
+    data = state_file(snapshot, [moved])
+    ctl = Controller(FakeKernel(), FakeState())
+    stream = RestoreStream(ctl, links, first=100)
+    ctl.restore(parse(data, stream=stream), links, stream)
+    assert stream.started and not stream.clean
+    whole = Controller(FakeKernel(), FakeState())
+    whole.restore(parse(data), links)
+    assert_same(ctl, whole, numbered=False)
+    assert "restoring all routes at once failed" not in caplog.text
+
+
+def test_a_refusal_while_the_file_is_read_keeps_nothing_of_it_alive() -> None:
+    """The refusal kept by the stream holds no traceback (its frames held the file's bytes
+    and routes), nor the undo of what was taken back: with the cyclic collector off and
+    frozen, as at start, nothing of the read outlives it."""
+    data = state_file(snapshot_of([(0, 2500)]), [])
+    base = sys.getrefcount(data)
+    ctl = Controller(FakeKernel(fail_at=4), FakeState())
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        stream = RestoreStream(ctl, LINKS, first=1000)
+        loaded = parse(data, stream=stream)
+        ctl.restore(loaded, LINKS, stream)
+        assert stream.failed is not None and stream.failed.__traceback__ is None
+        assert stream.steps == [] and stream.undo == []
+        del loaded, stream
+        assert sys.getrefcount(data) == base
+    finally:
+        if collecting:
+            gc.enable()
