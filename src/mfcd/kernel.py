@@ -548,8 +548,9 @@ _UPCALL_READ = 256
 WRITER_MIN = LATER_MIN
 # In a long batch (apply_later's `every_run`), its chunks' runs (controller.CHUNK changes
 # each when the batch is uniform) go to the writer from this length on. Shorter runs stay
-# here: any op not for the writer first waits for it, a round trip each, which made a batch
-# of 16-route runs between deletes half as slow again.
+# here while the writer has nothing (see Kernel._for_writer): any op not for the writer
+# first waits for it, a round trip each, which made a batch of 16-route runs between
+# deletes half as slow again.
 WRITER_CHUNK_MIN = 512
 WRITER_BUFFER = 1024 * 1024  # bytes of structures in flight to the writer at most, about
 
@@ -773,11 +774,9 @@ class Kernel:
         is pending. Without a writer (it cannot start, or died) ops are applied here."""
         base = self._later
         self._later = base + len(ops)
-        minimum = self.writer_min
-        if every_run and minimum is not None:
-            minimum = WRITER_CHUNK_MIN
+        minimum = self.writer_min  # (None: never)
         for i, op in enumerate(ops):
-            if type(op) is AddMfcRun and minimum is not None and len(op.keys) >= minimum:
+            if type(op) is AddMfcRun and minimum is not None and self._for_writer(op, every_run):
                 writer = self.writer or self._start_writer()
                 if writer is not None:
                     try:
@@ -798,6 +797,16 @@ class Kernel:
                 self._later = 0
                 e.applied = base + i
                 raise
+
+    def _for_writer(self, op: AddMfcRun, every_run: bool) -> bool:
+        """Whether apply_later hands `op` to the writer: a long run; with `every_run`, a
+        chunk's run of WRITER_CHUNK_MIN routes, or a shorter one while the writer has runs
+        (written here, it would first wait for all of them: the writer would run dry at
+        every short run of a long batch, where a chunk cuts one)."""
+        n = len(op.keys)
+        if not every_run:
+            return self.writer_min is not None and n >= self.writer_min
+        return n >= WRITER_CHUNK_MIN or self.pending()
 
     def pending(self) -> bool:
         """Whether the writer has runs apply_later handed to it that it has not reported."""
