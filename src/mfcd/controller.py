@@ -294,6 +294,9 @@ class Controller:
         # During the restore: the data plane's writer (see _restore_into), and the steps
         # handed to it that it has not said are in yet.
         self._later: LaterDataplane | None = None
+        # The kernel refused part of the restore: the errors' tracebacks may have left
+        # reference cycles through the reader's frames (the daemon collects them once).
+        self.refused_at_start = False
         self._later_every = False  # (a long batch: its chunks' runs go to the writer too)
         self._inflight: list[Step] = []
 
@@ -363,17 +366,17 @@ class Controller:
     def _finish_stream(self, stream: RestoreStream, loaded: Loaded, links: dict[str, int]) -> None:
         """restore() of a file whose read streamed routes: the rest of them, or, if a record
         did more than add routes, what puts the model right (see _put_right)."""
+        log.debug(
+            "restore: %d routes were handed over while the state file was read%s",
+            len(self.router.routes),
+            "" if stream.clean else "; the file's later records are applied now",
+        )
         if stream.clean:
             stream.hand_over(loaded)  # (the last ones read)
         if stream.failed is not None:  # (the kernel's part is undone, the model empty)
             self._restore_one_by_one(loaded, links)
             return
         steps, undo = stream.steps, stream.undo
-        log.debug(
-            "restore: %d routes went to the kernel while the state file was read%s",
-            len(self.router.routes),
-            "" if stream.clean else "; the file's later records are applied now",
-        )
         try:
             if not stream.clean:
                 steps = self._put_right(loaded, steps, undo)
@@ -427,9 +430,11 @@ class Controller:
 
     def _restore_failed(self, e: KernelError | VifLimit, undo: list[KernelOp | None]) -> None:
         """The restore all at once failed: its kernel part is undone, the model emptied."""
+        self.refused_at_start = True
         self._take_back(undo, [*getattr(e, "undo_failures", [])])
         self.router = Router()
-        log.warning("restoring all routes at once failed (%s); restoring one by one", e)
+        # (its text: a log record that kept the error would keep its frames, the file's)
+        log.warning("restoring all routes at once failed (%s); restoring one by one", str(e))
 
     def _take_back(self, undo: list[KernelOp | None], failures: list[KernelError]) -> None:
         """Undo what a restore applied (after waiting for what the writer has), and end the
@@ -2161,7 +2166,7 @@ class RestoreStream:
         self.undo: list[KernelOp | None] = []
         self.started = False  # the restore's transaction is open: routes went to the model
         self.clean = True  # every record read only added new routes
-        self.failed: KernelError | VifLimit | None = None
+        self.failed: str | None = None  # why the kernel refused, if it did
 
     def took(self, loaded: Loaded, before: int, adds: int) -> None:
         if not self.clean:
@@ -2198,9 +2203,9 @@ class RestoreStream:
                     return
                 self.steps = controller._restore_run(run, shared, self.steps, self.undo)
         except (KernelError, VifLimit) as e:
-            # (without its traceback: that holds this frame, and through the reader's
-            # frames the file and its routes, for as long as the stream is kept)
-            self.clean, self.failed = False, e.with_traceback(None)
+            # (its text only: the error's tracebacks, its own and its context's, hold the
+            # reader's frames, and through them the file and its routes)
+            self.clean, self.failed = False, str(e)
             controller._restore_failed(e, self.undo)
             self.steps, self.undo = [], []
 

@@ -309,6 +309,10 @@ class Daemon:
             controller.restore_joins(loaded)
             del loaded, stream
             self._apply_declared_at_start(controller)
+            if controller.refused_at_start:
+                # An error's traceback and what it was raised from can form cycles through
+                # the frames that read the file: frozen, they would keep it for good.
+                gc.collect()
             # The restored routes live as long as the daemon: keep the cyclic GC from
             # rescanning them on every collection.
             gc.freeze()

@@ -590,6 +590,10 @@ class Writer:
         self.conn = conn
         self.slots: dict[int, int] = {}  # id of an MrouteSocket -> slot in the writer
         self.jobs: deque[WriterJob] = deque()  # sent, not reported yet
+        # Reports taken by collect() since the last wait(): the routes of the runs done, and
+        # the refused run (the writer skips every later one until wait() resets it).
+        self.reported = 0
+        self.refused: tuple[WriterJob, int, int] | None = None
         self.gone = False  # it stopped (or was stopped) before reporting every job
         self.unpackable = False  # the feeder stopped it at a route it could not pack
         # A reset, a socket (slot, fd), or a job (family, header, layout, keys); None: stop.
@@ -645,11 +649,30 @@ class Writer:
                 raise
             send(join(structs))
 
+    def collect(self) -> None:
+        """Take the reports that have come, without waiting: `jobs` is left holding only
+        the runs not reported yet, and the reports never fill the socket (the writer would
+        stop, blocked on one, until the next wait()). A refusal is kept for wait()."""
+        conn, size = self.conn, kernel_writer.REPORT.size
+        while self.jobs and self.refused is None:
+            try:
+                if len(conn.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)) < size:
+                    return  # (a report in part, or the end: wait() sees to it)
+                data = conn.recv(size)
+            except OSError:  # (none yet, or the writer is gone: wait() sees to that too)
+                return
+            job = self.jobs.popleft()
+            done, err, status = kernel_writer.parse_report(data)
+            if status == kernel_writer.REFUSED:
+                self.refused = (job, done, err)
+            else:
+                self.reported += len(job.op.keys)
+
     def wait(self) -> tuple[WriterJob, int, int] | list[WriterJob] | None:
         """Wait for every job's report: None if all went in; the first refused job, how many
         of its routes went in and the errno; or, if the writer is gone, the jobs it did not
         report (each went in up to some route, in order; later ones not at all)."""
-        failed = None
+        failed, self.refused, self.reported = self.refused, None, 0
         while self.jobs:
             data = b""
             with contextlib.suppress(OSError):
@@ -801,8 +824,8 @@ class Kernel:
     def _for_writer(self, op: AddMfcRun, every_run: bool) -> bool:
         """Whether apply_later hands `op` to the writer: a long run; with `every_run`, a
         chunk's run of WRITER_CHUNK_MIN routes, or a shorter one while the writer has runs
-        (written here, it would first wait for all of them: the writer would run dry at
-        every short run of a long batch, where a chunk cuts one)."""
+        it has not reported (written here, it would first wait for all of them: the writer
+        would run dry at every short run of a long batch, where a chunk cuts one)."""
         n = len(op.keys)
         if not every_run:
             return self.writer_min is not None and n >= self.writer_min
@@ -810,7 +833,11 @@ class Kernel:
 
     def pending(self) -> bool:
         """Whether the writer has runs apply_later handed to it that it has not reported."""
-        return self.writer is not None and bool(self.writer.jobs)
+        writer = self.writer
+        if writer is None:
+            return False
+        writer.collect()
+        return bool(writer.jobs)
 
     def settle(self) -> None:
         """Wait for what apply_later handed to the writer; raise as apply_later would."""
@@ -819,9 +846,9 @@ class Kernel:
 
     def _settle_jobs(self) -> None:
         writer = self.writer
-        if writer is None or not writer.jobs:
+        if writer is None or not (writer.jobs or writer.refused):
             return
-        routes = sum(len(job.op.keys) for job in writer.jobs)
+        routes = writer.reported + sum(len(job.op.keys) for job in writer.jobs)
         outcome = writer.wait()
         if writer.gone:
             self.writer = None

@@ -7,11 +7,16 @@ import errno
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
+from queue import SimpleQueue
 
 import pytest
 
 from mfcd import kernel_writer as kw
+from mfcd.kernel import Writer, WriterJob
+from mfcd.model import AddMfcRun
 
 TTL = struct.Struct("=i")
 
@@ -84,3 +89,33 @@ def test_the_loop_writes_in_order_and_stops_at_the_refused_one(
     bad = 2 * kw.PIECE + 3  # refused in the third piece: counted from the job's start
     conn.sendall(kw.pack_reset() + job([0 if i == bad else 30 for i in range(n)]))
     assert report(conn) == (bad, errno.EINVAL, kw.REFUSED)
+
+
+def test_collect_takes_the_reports_that_came_and_keeps_a_refusal_for_wait(
+    writer: tuple[socket.socket, socket.socket],
+) -> None:
+    """kernel.Writer.collect against the real loop: the reports that have come are taken
+    without waiting (their runs leave `jobs`, their routes are counted), a refusal is kept,
+    and the next wait() returns it, reads the skipped run's report and queues the reset."""
+    ours, _ = writer
+    plane = object.__new__(Writer)  # (the loop in a thread stands for the process)
+    plane.conn, plane.jobs, plane.queue = ours, deque(), SimpleQueue()
+    plane.reported, plane.refused, plane.gone = 0, None, False
+    ttls = [[5, 6], [7], [0, 9], [8]]  # (the third run's first is refused, the fourth skipped)
+    runs = [
+        WriterJob(i, None, AddMfcRun(4, 253, 0, (), [(4, "s", "g", 253)] * len(t)))  # type: ignore[arg-type]
+        for i, t in enumerate(ttls)
+    ]
+    plane.collect()  # (nothing sent: nothing to take, and no wait)
+    for run, t in zip(runs, ttls, strict=True):
+        plane.jobs.append(run)
+        ours.sendall(job(t))
+    deadline = time.monotonic() + 5
+    while plane.refused is None and time.monotonic() < deadline:
+        plane.collect()
+        time.sleep(0.01)
+    assert plane.refused == (runs[2], 0, errno.EINVAL)
+    assert list(plane.jobs) == [runs[3]] and plane.reported == 3
+    assert plane.wait() == (runs[2], 0, errno.EINVAL)
+    assert not plane.jobs and plane.refused is None and plane.reported == 0
+    assert plane.queue.get_nowait() == kw.pack_reset()
