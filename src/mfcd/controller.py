@@ -347,20 +347,37 @@ class Controller:
         # and the model starts over, one route at a time.
         undo: list[KernelOp | None] = []
         steps = self._begin_restore(loaded.thresholds, links)
-        try:
+
+        def complete() -> None:
             # The routes a state file holds come in runs on one combination of interfaces
             # (a batch's, a snapshot's): each run goes to the model and the kernel at once
             # (Router.add_run), in the file's order, so VIFs are numbered as route by route.
+            nonlocal steps
             for ports, keys in _runs(loaded.routes):
                 whole = loaded.routes if len(keys) == len(loaded.routes) else None
                 steps = self._restore_run(keys, ports, steps, undo, whole)
             self._end_restore(loaded, steps, undo)
+
+        self._complete_restore(complete, loaded, links, undo)
+
+    def _complete_restore(
+        self,
+        complete: Callable[[], None],
+        loaded: Loaded,
+        links: dict[str, int],
+        undo: list[KernelOp | None],
+    ) -> None:
+        """Run `complete` (the rest of a restore all at once), then commit; if the kernel
+        refuses or the VIFs run out, what went in is undone and the routes are restored
+        one by one. The writer ends either way (settled by then)."""
+        try:
+            complete()
         except (KernelError, VifLimit) as e:
             self._restore_failed(e, undo)
             self._restore_one_by_one(loaded, links)
             return
         finally:
-            self._end_later()  # (settled by now: nothing is left to wait for)
+            self._end_later()
         self.router.commit()
 
     def _finish_stream(self, stream: RestoreStream, loaded: Loaded, links: dict[str, int]) -> None:
@@ -377,19 +394,14 @@ class Controller:
             self._restore_one_by_one(loaded, links)
             return
         steps, undo = stream.steps, stream.undo
-        try:
-            if not stream.clean:
-                steps = self._put_right(loaded, steps, undo)
-            self._end_restore(loaded, steps, undo)
-        except (KernelError, VifLimit) as e:
-            self._restore_failed(e, undo)
-            self._restore_one_by_one(loaded, links)
-            return
-        finally:
-            self._end_later()
-            # (its runs' keys, freed now: before the start gives the heap back, heap.release)
-            stream.steps, stream.undo = [], []
-        self.router.commit()
+        # (its runs' keys, freed once done: before the start gives the heap back, heap.release)
+        stream.steps, stream.undo = [], []
+
+        def complete() -> None:
+            rest = steps if stream.clean else self._put_right(loaded, steps, undo)
+            self._end_restore(loaded, rest, undo)
+
+        self._complete_restore(complete, loaded, links, undo)
 
     def _put_right(
         self, loaded: Loaded, steps: list[Step], undo: list[KernelOp | None]
