@@ -170,7 +170,7 @@ def undo_applied(plane: Dataplane, steps: Sequence[Step], e: KernelError) -> Non
     failed = steps[e.applied].undo if e.partial and e.applied < len(steps) else None
     if failed is not None and failed.__class__ in RUNS:
         undos.append(run_head(failed, e.partial))
-    e.undo_failures = undo(plane, undos)
+    e.undo_failures += undo(plane, undos)
 
 
 def undo(plane: Dataplane, ops: Sequence[KernelOp | None]) -> list[KernelError]:

@@ -15,7 +15,7 @@ from queue import SimpleQueue
 import pytest
 
 from mfcd import kernel_writer as kw
-from mfcd.kernel import Writer, WriterJob
+from mfcd.kernel import Writer, WriterJob, WriterReport
 from mfcd.model import AddMfcRun
 
 TTL = struct.Struct("=i")
@@ -91,31 +91,41 @@ def test_the_loop_writes_in_order_and_stops_at_the_refused_one(
     assert report(conn) == (bad, errno.EINVAL, kw.REFUSED)
 
 
-def test_collect_takes_the_reports_that_came_and_keeps_a_refusal_for_wait(
+def test_collect_takes_the_reports_that_came_and_wait_returns_them_in_order(
     writer: tuple[socket.socket, socket.socket],
 ) -> None:
     """kernel.Writer.collect against the real loop: the reports that have come are taken
-    without waiting (their runs leave `jobs`, their routes are counted), a refusal is kept,
-    and the next wait() returns it, reads the skipped run's report and queues the reset."""
+    without waiting (their pieces leave `jobs`), a refusal is noted, and the next wait()
+    returns every report since the last one in order (the skipped piece's too), queues the
+    reset and starts afresh."""
     ours, _ = writer
     plane = object.__new__(Writer)  # (the loop in a thread stands for the process)
     plane.conn, plane.jobs, plane.queue = ours, deque(), SimpleQueue()
-    plane.reported, plane.refused, plane.gone = 0, None, False
-    ttls = [[5, 6], [7], [0, 9], [8]]  # (the third run's first is refused, the fourth skipped)
-    runs = [
-        WriterJob(i, None, AddMfcRun(4, 253, 0, (), [(4, "s", "g", 253)] * len(t)))  # type: ignore[arg-type]
+    plane.reports, plane.refused, plane.gone = [], False, False
+    ttls = [[5, 6], [7], [0, 9], [8]]  # (the third piece's first is refused, the fourth skipped)
+    keys = [(4, "s", "g", 253)]
+    pieces = [
+        WriterJob(i, 0, None, AddMfcRun(4, 253, 0, (), keys * len(t)), keys * len(t))  # type: ignore[arg-type]
         for i, t in enumerate(ttls)
     ]
     plane.collect()  # (nothing sent: nothing to take, and no wait)
-    for run, t in zip(runs, ttls, strict=True):
-        plane.jobs.append(run)
+    assert plane.reports == []
+    for piece, t in zip(pieces, ttls, strict=True):
+        plane.jobs.append(piece)
         ours.sendall(job(t))
     deadline = time.monotonic() + 5
-    while plane.refused is None and time.monotonic() < deadline:
+    while plane.jobs and time.monotonic() < deadline:
         plane.collect()
         time.sleep(0.01)
-    assert plane.refused == (runs[2], 0, errno.EINVAL)
-    assert list(plane.jobs) == [runs[3]] and plane.reported == 3
-    assert plane.wait() == (runs[2], 0, errno.EINVAL)
-    assert not plane.jobs and plane.refused is None and plane.reported == 0
+    assert plane.refused and not plane.jobs
+    expected = [
+        WriterReport(pieces[0], 2, 0, kw.DONE),
+        WriterReport(pieces[1], 1, 0, kw.DONE),
+        WriterReport(pieces[2], 0, errno.EINVAL, kw.REFUSED),
+        WriterReport(pieces[3], 0, 0, kw.SKIPPED),
+    ]
+    assert plane.reports == expected
+    assert plane.load() == 0
+    assert plane.wait() == expected
+    assert not plane.jobs and not plane.refused and plane.reports == []
     assert plane.queue.get_nowait() == kw.pack_reset()
