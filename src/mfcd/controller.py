@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -248,6 +248,7 @@ class Controller:
         self.router = router or Router()
         # Group joins: the model, and the kernel's memberships (None: the model only).
         self.joins = Joins()
+        self._rejoined: set[JoinKey] = set()  # the SSM joins check_joins restored last time
         self.members = members
         self._member_ops: list[MembershipOp] = []  # planned by the change under way
         # Called when the kernel may no longer match the model (a rollback it refused).
@@ -1919,6 +1920,23 @@ class Controller:
         another event. A leave and a join restore it; the kernel then sends two reports."""
         if kind == "new" and up and self.joins.wanted:
             self._members(f"interface {interface} up", self.joins.refresh, interface)
+
+    def check_joins(self, running: Container[str], held: Container[tuple[int, str, str]]) -> int:
+        """Join again the SSM groups, on the `running` interfaces (up, with a carrier), whose
+        source the kernel no longer filters on (`held`: /proc/net/mcfilter[6]): disabling
+        and enabling IPv6 on an interface empties its source lists with no link event at
+        all. A leave and a join restore them, as after a link event. Returns how many."""
+        ops = self._members("SSM joins checked", self.joins.lost, running, held)
+        keys = {op.key for op in ops}
+        if keys - self._rejoined:  # (said once while the same ones keep losing it)
+            log.info(
+                "the kernel had lost the source of %d SSM joins (%s): joined them again",
+                len(keys),
+                ", ".join(sorted(describe_key(key) for key in keys)[:3])
+                + (", ..." if len(keys) > 3 else ""),
+            )
+        self._rejoined = keys
+        return len(keys)
 
     def link_event(self, kind: str, interface: str, ifindex: int) -> list[Step]:
         """Apply one rtnetlink link event ("new" or "del")."""

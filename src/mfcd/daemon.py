@@ -46,7 +46,7 @@ from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
 from mfcd.kernel import Kernel, MrouteSocket
 from mfcd.learning import Learner
-from mfcd.membership import Memberships
+from mfcd.membership import Memberships, link_running, source_filters
 from mfcd.metrics_server import MetricsServer, read_process
 from mfcd.metrics_server import bind as bind_metrics_socket
 from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, RouteKey, Step, TableKey
@@ -114,6 +114,9 @@ RESTART_ONLY = (
 COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
 STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
+# Seconds between checks that the SSM joins' sources are still in the kernel (/proc/net/
+# mcfilter[6], read only while there are such joins: a few ms with thousands of them).
+JOIN_CHECK_INTERVAL = 5.0
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 STOP_WAIT = 1.0  # seconds a stop waits for a cancelled SIGHUP reload to clean up
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
@@ -381,6 +384,7 @@ class Daemon:
         keeper = asyncio.create_task(self._keep_state_file())
         advertising = asyncio.create_task(self._advertise())
         expiry = asyncio.create_task(self._expire_learned())
+        join_check = asyncio.create_task(self._check_joins())
         if self.inherited:
             log.warning("the kernel's tables held entries mfcd did not add; repairing them")
             self._resync_later(0.0, full=True)
@@ -394,6 +398,7 @@ class Daemon:
         keeper.cancel()
         self._stop_advertising(advertising)
         expiry.cancel()
+        join_check.cancel()
         compact.cancel()  # the journal is closed soon
         if self._compacting is not None:
             self._compacting.cancel()
@@ -824,6 +829,22 @@ class Daemon:
         while True:
             await asyncio.sleep(self.learner.interval)
             await run_sliced(self.learner.ticking())  # requests answered between slices
+
+    async def _check_joins(self) -> None:
+        """Every JOIN_CHECK_INTERVAL, join again the SSM groups whose source the kernel lost
+        on an interface that is up (Controller.check_joins)."""
+        while True:
+            await asyncio.sleep(JOIN_CHECK_INTERVAL)
+            interfaces = self.controller.joins.ssm_interfaces()
+            running = {name for name in interfaces if link_running(name)}
+            if not running:
+                continue
+            try:
+                held = source_filters(self.kernel.families)
+            except OSError as e:  # (procfs: not expected; the next turn tries again)
+                log.debug("reading the kernel's source filters failed: %s", e)
+                continue
+            self.controller.check_joins(running, held)
 
     async def _keep_state_file(self) -> None:
         """Once a second, write the state file back if it was deleted or replaced (each change

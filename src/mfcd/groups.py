@@ -19,6 +19,7 @@ expand to one join per address, at most MAX_EXPANSION per command.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Container
 from typing import Any, NamedTuple
 
 from mfcd.errors import InvalidArgument, NotFound
@@ -222,6 +223,23 @@ class Joins:
             if held is not None and key[2] != ANY_SOURCE:
                 ops += [MembershipOp(False, key, held), MembershipOp(True, key, held)]
         return ops
+
+    def lost(
+        self, interfaces: Container[str], held: Container[tuple[int, str, str]]
+    ) -> list[MembershipOp]:
+        """Leave and join again the SSM groups joined on `interfaces` whose source the kernel
+        no longer filters on (`held`: (ifindex, group, source) of /proc/net/mcfilter[6])."""
+        ops = []
+        for key, ifindex in self.joined.items():
+            if key[2] == ANY_SOURCE or key[0] not in interfaces:
+                continue
+            if (ifindex, key[1], key[2]) not in held:
+                ops += [MembershipOp(False, key, ifindex), MembershipOp(True, key, ifindex)]
+        return ops
+
+    def ssm_interfaces(self) -> set[str]:
+        """The interfaces with SSM groups joined."""
+        return {key[0] for key in self.joined if key[2] != ANY_SOURCE}
 
     def park(self, key: JoinKey, reason: str) -> None:
         """Keep a join the kernel refused as pending, with the reason."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import resource
 import socket
@@ -221,6 +222,65 @@ class Memberships:
         self.held.clear()
         self.count.clear()
         self.groups.clear()
+
+
+# --- what the kernel filters on: /proc/net/mcfilter and mcfilter6 ------------------------------
+
+# A source the kernel filters on for an interface: (ifindex, group, source), addresses as
+# mfcd writes them (inet_ntop's form).
+SourceFilter = tuple[int, str, str]
+MCFILTER = {4: "/proc/net/mcfilter", 6: "/proc/net/mcfilter6"}
+SIOCGIFFLAGS = 0x8913
+IFF_UP, IFF_RUNNING = 0x1, 0x40
+IFREQ_FLAGS = struct.Struct("=16sH22x")  # struct ifreq: the name, then ifr_flags
+assert IFREQ_FLAGS.size == 40  # x86_64
+
+
+def parse_source_filters(family: int, text: str) -> set[SourceFilter]:
+    """The sources included (INC > 0) in /proc/net/mcfilter (family 4: "IDX DEV 0xGROUP
+    0xSOURCE INC EXC", addresses in host order) or mcfilter6 (32 hex digits each)."""
+    found: set[SourceFilter] = set()
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) != 6 or not fields[4].isdigit() or fields[4] == "0":
+            continue
+        index, _, group, source = fields[:4]
+        address = _ipv4 if family == 4 else _ipv6
+        found.add((int(index), address(group), address(source)))
+    return found
+
+
+def _ipv4(text: str) -> str:
+    return socket.inet_ntoa(int(text, 16).to_bytes(4, "big"))
+
+
+def _ipv6(text: str) -> str:
+    return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(text))
+
+
+def source_filters(families: Sequence[int]) -> set[SourceFilter]:
+    """The sources the kernel filters on now, for the families' SSM joins (a family whose
+    file is missing, IPv6 disabled on the host, has none)."""
+    found: set[SourceFilter] = set()
+    for family in families:
+        try:
+            with open(MCFILTER[family], encoding="ascii") as f:
+                found |= parse_source_filters(family, f.read())
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def link_running(name: str) -> bool:
+    """Whether the interface is up and has its carrier (SIOCGIFFLAGS): a join's sources come
+    back only then; False if it is gone."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            data = fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ_FLAGS.pack(name.encode(), 0))
+        except (OSError, UnicodeError):
+            return False
+    flags: int = IFREQ_FLAGS.unpack(data)[1]
+    return flags & (IFF_UP | IFF_RUNNING) == IFF_UP | IFF_RUNNING
 
 
 def _more_files() -> bool:

@@ -276,6 +276,38 @@ def test_ssm_joins_keep_their_source_across_link_down_and_up(lab: Lab, mfcd: Mfc
     wait_for(lambda: source_filters(lab, "r2", 6) == {v6}, what="the IPv6 source again")
 
 
+def test_ssm_joins_get_their_source_back_after_ipv6_is_disabled_and_enabled(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    """Disabling and enabling IPv6 on an interface empties its IPv6 source lists with no
+    link event at all: mfcd's periodic check (daemon.JOIN_CHECK_INTERVAL) finds the source
+    missing from /proc/net/mcfilter6, joins the group again, and says so once; the IPv4 join
+    is left as it is. A join on an interface that is down is left alone (its sources come
+    back with the link)."""
+    v4, v6 = ("239.13.0.3", "198.18.2.2"), ("ff3e::13:3", "2001:db8:2::2")
+    mfcd.ok("join", "--interface", "r2", "--group", v4[0], "--source", v4[1])
+    mfcd.ok("join", "--interface", "r2", "--group", v6[0], "--source", v6[1])
+    wait_for(lambda: source_filters(lab, "r2", 6) == {v6}, what="the IPv6 source")
+    for value in ("1", "0"):
+        done = lab.exec(lab.router, "sysctl", "-qw", f"net.ipv6.conf.r2.disable_ipv6={value}")
+        assert done.returncode == 0, done.stderr
+    assert source_filters(lab, "r2", 6) == set()  # (the kernel's doing: nothing to see here)
+    wait_for(lambda: source_filters(lab, "r2", 6) == {v6}, timeout=15, what="the source again")
+    assert source_filters(lab, "r2", 4) == {v4}
+    # Down: the kernel empties both lists, and the check leaves them to the link's return.
+    lab.ip(lab.rx[1], "link", "set", "x0", "down")  # (r2 loses its carrier)
+    lab.ip(lab.router, "link", "set", "r2", "down")
+    wait_for(lambda: not source_filters(lab, "r2", 4), what="the kernel dropping the sources")
+    time.sleep(6)
+    lab.ip(lab.router, "link", "set", "r2", "up")
+    lab.ip(lab.rx[1], "link", "set", "x0", "up")
+    wait_for(lambda: source_filters(lab, "r2", 4) == {v4}, what="the IPv4 source again")
+    wait_for(lambda: source_filters(lab, "r2", 6) == {v6}, what="the IPv6 source again")
+    _, log = mfcd.stop()
+    assert log.count("the kernel had lost the source of 1 SSM joins") == 1, log[-3000:]
+    assert f"source {v6[1]} group {v6[0]} on r2" in log
+
+
 # --- multicast router discovery (RFC 4286) --------------------------------------------------------
 
 SOLICIT = """

@@ -112,6 +112,29 @@ def test_a_join_waits_for_its_interface_and_follows_it() -> None:
     assert joined(joins, joins.link_down, "r1") == []
 
 
+def test_ssm_joins_whose_source_the_kernel_lost_are_left_and_joined_again() -> None:
+    """Joins.lost: an SSM join on an interface checked whose (ifindex, group, source) the
+    kernel's filters lack; not an ASM join, not one the filters hold, not one on an
+    interface not checked (down), and nothing changes in the model."""
+    joins = Joins()
+    other = ("r2", "239.2.2.2", "198.18.1.1")
+    links = {"r1": 5, "r2": 6}
+    for key in (A, S, other):
+        joined(joins, joins.join, key, "api", links)
+    assert joins.ssm_interfaces() == {"r1", "r2"}
+    held = {(5, "ff3e::1", "2001:db8::1")}
+    assert joined(joins, joins.lost, {"r1", "r2"}, held) == [
+        MembershipOp(False, other, 6),
+        MembershipOp(True, other, 6),
+    ]
+    assert joined(joins, joins.lost, {"r1"}, held) == []
+    assert joined(joins, joins.lost, {"r1"}, set()) == [
+        MembershipOp(False, S, 5),
+        MembershipOp(True, S, 5),
+    ]
+    assert joins.status(S) == ("joined", "") and joins.status(other) == ("joined", "")
+
+
 def test_leaving_a_join_never_made_is_not_found_and_leaving_a_pending_one_is_quiet() -> None:
     joins = Joins()
     with pytest.raises(NotFound, match=r"group 239\.1\.1\.1 on r1 was not joined"):
@@ -192,6 +215,30 @@ def test_each_op_uses_the_rfc_3678_call(
 ) -> None:
     got_level, got_option, value = membership.request(op)
     assert (got_level, got_option, len(value)) == (level, option, size)
+
+
+def test_the_kernel_s_source_filters_are_read_from_proc() -> None:
+    """/proc/net/mcfilter (addresses as host-order hex) and mcfilter6 (32 hex digits), as
+    Linux 6.x prints them; a source no longer included (INC 0) is not held."""
+    v4 = (
+        "Idx Device        MCA        SRC    INC    EXC\n"
+        "  3     r2 0xef0d0001 0xc6120202      1      0\n"
+        "  3     r2 0xef0d0002 0xc6120203      0      1\n"
+        " 12 longna 0xe8010203 0x0a000001      2      0\n"
+    )
+    assert membership.parse_source_filters(4, v4) == {
+        (3, "239.13.0.1", "198.18.2.2"),
+        (12, "232.1.2.3", "10.0.0.1"),
+    }
+    v6 = (
+        "Idx Device                Multicast Address                   Source Address    INC"
+        "    EXC\n"
+        "  3     r2 ff3e0000000000000000000000130001 20010db8000200000000000000000002      1"
+        "      0\n"
+    )
+    assert membership.parse_source_filters(6, v6) == {(3, "ff3e::13:1", "2001:db8:2::2")}
+    assert membership.parse_source_filters(6, v6.splitlines()[0]) == set()
+    assert membership.IFREQ_FLAGS.size == 40
 
 
 def test_the_drop_all_filter_is_one_ret_0() -> None:
