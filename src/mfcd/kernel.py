@@ -20,6 +20,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -560,17 +561,25 @@ CREW = 2
 # Routes of a piece of a long run (a restore's) that one writer takes: the pieces go to
 # the writer with the fewest routes in hand, so both stay busy to the end of the run.
 WRITER_PIECE = 8192
+# Routes a writer may have in hand (about half a second of its calls): a piece waits for
+# room (_room), so a refusal stops the other writer soon, not after all that was queued.
+WRITER_AHEAD = 8 * WRITER_PIECE
 
 
 class WriterJob(NamedTuple):
     """A piece of a run handed to a writer: its op's position among the ops since the last
-    settle, and where in the op's keys its own start."""
+    settle, and its routes' place in the op's keys (no copy of them: a restore's pieces
+    stay listed until the settle)."""
 
     at: int  # its op's position among the ops since the last settle
     first: int  # its first route's position in the op's keys
+    size: int  # its routes: op.keys[first : first + size]
     sock: MrouteSocket
     op: AddMfcRun
-    keys: Sequence[RouteKey]  # op.keys[first : first + len(keys)]
+
+    def keys(self) -> Sequence[RouteKey]:
+        keys = self.op.keys
+        return keys if self.size == len(keys) else keys[self.first : self.first + self.size]
 
 
 # A WriterReport status beside kernel_writer's: the writer stopped before it reported the
@@ -622,7 +631,7 @@ class Writer:
         self.refused = False
         self.gone = False  # it stopped (or was stopped) before reporting every piece
         self.unpackable = False  # the feeder stopped it at a route it could not pack
-        # A reset, a socket (slot, fd), or a job (family, header, layout, keys); None: stop.
+        # A reset, a socket (slot, fd), or a job (family, header, layout, job); None: stop.
         self.queue: SimpleQueue[bytes | tuple[Any, ...] | None] = SimpleQueue()
         self.thread = threading.Thread(target=self._feed, name="mfcd-kernel-writer", daemon=True)
         self.thread.start()
@@ -637,14 +646,14 @@ class Writer:
         # (the layout here: the socket's cache of ttls is the daemon thread's)
         layout = mfc_layout(family, op.parent, sock._ttls_of(op.oifs) if family == 4 else op.oifs)
         size = MFCCTL.size if family == 4 else MF6CCTL.size
-        header = kernel_writer.pack_job(slot, sock.level, MRT_ADD_MFC, size, len(job.keys))
+        header = kernel_writer.pack_job(slot, sock.level, MRT_ADD_MFC, size, job.size)
         self.jobs.append(job)
-        self.queue.put((family, header, layout, job.keys))
+        self.queue.put((family, header, layout, job))
 
     def load(self) -> int:
         """Routes handed to it and not reported yet (after taking the reports that came)."""
         self.collect()
-        return sum(len(job.keys) for job in self.jobs)
+        return sum(job.size for job in self.jobs)
 
     def _feed(self) -> None:
         """The feeding thread: pack each job's structures a chunk at a time and send them.
@@ -655,7 +664,7 @@ class Writer:
             while (item := get()) is not None:
                 if isinstance(item, bytes):
                     conn.sendall(item)
-                elif len(item) == 2:
+                elif len(item) == 2:  # (a job has four)
                     socket.send_fds(conn, [kernel_writer.pack_socket(item[0])], [item[1]])
                 else:
                     self._send_job(*item)
@@ -668,13 +677,16 @@ class Writer:
         family: int,
         header: bytes,
         layout: tuple[bytes, bytes, bytes],
-        keys: Sequence[RouteKey],
+        job: WriterJob,
     ) -> None:
+        """A job's header, then its routes packed, a chunk at a time (sliced from the op's
+        keys as they are packed)."""
         self.conn.sendall(header)
         send, join = self.conn.sendall, b"".join
-        for at in range(0, len(keys), MFC_RUN_CHUNK):
+        keys, end = job.op.keys, job.first + job.size
+        for at in range(job.first, end, MFC_RUN_CHUNK):
             try:
-                structs = mfc_structs(family, keys[at : at + MFC_RUN_CHUNK], layout)
+                structs = mfc_structs(family, keys[at : min(at + MFC_RUN_CHUNK, end)], layout)
             except Exception:  # (mfcd writes the rest itself, and says which route it is)
                 self.unpackable = True
                 raise
@@ -757,6 +769,7 @@ class Kernel:
         self.crew = max(1, min(CREW, len(os.sched_getaffinity(0))))
         self.writers: list[Writer] = []
         self._writer_failed = False
+        self._crew_short = False  # (said once: fewer writers could start than `crew`)
         self._later = 0
         try:
             for family in self.families:
@@ -865,14 +878,19 @@ class Kernel:
 
     def _hand_out(self, writers: list[Writer], at: int, sock: MrouteSocket, op: AddMfcRun) -> None:
         """The run in pieces of WRITER_PIECE routes, each to the writer with the fewest
-        routes in hand: the pieces of one writer go in in order, those of two side by side."""
-        keys = op.keys
-        if len(writers) == 1 or len(keys) <= WRITER_PIECE:
-            min(writers, key=Writer.load).submit(WriterJob(at, 0, sock, op, keys))
+        routes in hand: the pieces of one writer go in in order, those of two side by side.
+        Once a writer has reported a refusal, nothing more is handed out: the settle raises
+        it now (the other writer would write routes only to have them taken out again)."""
+        n = len(op.keys)
+        step = n if len(writers) == 1 else WRITER_PIECE
+        if not n:
             return
-        for first in range(0, len(keys), WRITER_PIECE):
-            piece = keys[first : first + WRITER_PIECE]
-            min(writers, key=Writer.load).submit(WriterJob(at, first, sock, op, piece))
+        for first in range(0, n, step):
+            loads = _room(writers)
+            if any(writer.refused for writer in writers):
+                self._settle_jobs()  # (raises: a refusal is among the reports)
+            writer = writers[loads.index(min(loads))]
+            writer.submit(WriterJob(at, first, min(step, n - first), sock, op))
 
     def pending(self) -> bool:
         """Whether the writers have runs apply_later handed to them not reported yet (or a
@@ -903,7 +921,7 @@ class Kernel:
             got = writer.wait()
             reports += got
             if not writer.gone:
-                done = sum(len(r.job.keys) for r in got if r.status == kernel_writer.DONE)
+                done = sum(r.job.size for r in got if r.status == kernel_writer.DONE)
                 written.append((writer.proc.pid, done))
         self._drop_gone()
         reports.sort(key=_PLACE)
@@ -943,7 +961,8 @@ class Kernel:
             self.writers = []
 
     def _start_crew(self) -> list[Writer]:
-        """Start the writers (as many as `crew`, or as many as start); none after a failure."""
+        """Start the writers (as many as `crew`, or as many as start); none after a failure.
+        One that cannot start is said once; with none, long runs are written here."""
         if self._writer_failed:
             return []
         for _ in range(self.crew):
@@ -952,6 +971,15 @@ class Kernel:
             except Exception as e:  # (OSError mostly; whatever it is, mfcd writes itself)
                 if not self.writers:
                     self._writer_gone(f"it cannot start: {e}")
+                elif not self._crew_short:
+                    self._crew_short = True
+                    log.warning(
+                        "only %d of %d kernel writer processes could start (%s): long runs"
+                        " of routes take longer",
+                        len(self.writers),
+                        self.crew,
+                        e,
+                    )
                 break
         return self.writers
 
@@ -1079,6 +1107,18 @@ def _written(sock: MrouteSocket, keys: Sequence[RouteKey]) -> int:
     return lo
 
 
+def _room(writers: list[Writer]) -> list[int]:
+    """The writers' loads, once one has fewer than WRITER_AHEAD routes in hand (waiting for
+    their reports) or has refused; at once if a writer is gone (settle finds that out)."""
+    while True:
+        loads = [writer.load() for writer in writers]
+        if min(loads) < WRITER_AHEAD or any(writer.refused for writer in writers):
+            return loads
+        ready, _, _ = select.select([writer.conn for writer in writers], [], [], 1.0)
+        if ready and [writer.load() for writer in writers] == loads:
+            return loads  # (readable with no report: the end of a writer, or a part of one)
+
+
 _PLACE = attrgetter("job.at", "job.first")  # a report's piece's place among the ops' routes
 
 
@@ -1089,16 +1129,17 @@ def _conclude(report: WriterReport) -> KernelError | None:
     job, done, err, status = report
     if status == kernel_writer.DONE:
         return None
+    keys = job.keys()
     if status == kernel_writer.REFUSED:
         error = job.sock._run_error(
-            MRT_ADD_MFC, job.keys[done], job.first + done, OSError(err, os.strerror(err))
+            MRT_ADD_MFC, keys[done], job.first + done, OSError(err, os.strerror(err))
         )
         error.applied = job.at
         return error
     # GONE; or SKIPPED, which follows its writer's refusal and so is never concluded: if it
     # were, none of its routes went in.
-    done = _written(job.sock, job.keys) if status == GONE else 0
-    rest = job.keys[done:]
+    done = _written(job.sock, keys) if status == GONE else 0
+    rest = keys[done:]
     try:
         if rest:
             job.sock.mfc_run(MRT_ADD_MFC, rest, job.op.parent, job.op.oifs)
@@ -1111,19 +1152,23 @@ def _conclude(report: WriterReport) -> KernelError | None:
 
 def _take_out(report: WriterReport) -> list[KernelError]:
     """Delete the routes of a piece after the refused one that went in all the same (another
-    writer wrote them); the deletes refused (the model no longer holds those routes: the
-    drift check finds them)."""
+    writer wrote them); the deletes refused, each, past which the others go on (the model
+    does not hold those routes: the drift check finds them)."""
     job, done, _, status = report
+    keys = job.keys()
     if status == kernel_writer.DONE:
-        done = len(job.keys)
+        done = len(keys)
     elif status == GONE:
-        done = _written(job.sock, job.keys)
+        done = _written(job.sock, keys)
     elif status == kernel_writer.SKIPPED:
         done = 0
-    if not done:
-        return []
-    try:
-        job.sock.mfc_run(MRT_DEL_MFC, job.keys[:done], 0, ())
-    except KernelError as e:
-        return [e]
-    return []
+    failures: list[KernelError] = []
+    left = keys[:done]
+    while left:
+        try:
+            job.sock.mfc_run(MRT_DEL_MFC, left, 0, ())
+            break
+        except KernelError as e:
+            failures.append(e)
+            left = left[e.partial + 1 :]
+    return failures

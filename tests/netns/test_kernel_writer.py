@@ -140,7 +140,7 @@ def test_a_writer_killed_mid_run_leaves_the_rest_to_mfcd_and_nothing_half_done(
         out = {}
         for family in (4, 6):
             for case in ("whole", "refused"):
-                n = WRITER_MIN + 20000
+                n = WRITER_MIN + 70000  # (60,000 a writer: the kill comes well before its end)
                 bad = n - 10 if case == "refused" else None
                 kernel.close()
                 kernel = Kernel([4, 6])
@@ -167,7 +167,7 @@ def test_a_writer_killed_mid_run_leaves_the_rest_to_mfcd_and_nothing_half_done(
     for family in ("4", "6"):
         whole, refused = out[f"{family} whole"], out[f"{family} refused"]
         assert whole["error"] is None
-        assert whole["cache"] == WRITER_MIN + 20000
+        assert whole["cache"] == WRITER_MIN + 70000
         assert whole["writers"] == 0  # (one was killed: mfcd ended the other)
         assert len(whole["warnings"]) == 1
         assert "the kernel writer process is not available" in whole["warnings"][0]
@@ -379,3 +379,107 @@ def test_a_refusal_after_a_dead_writer_s_run_was_finished_by_mfcd_undoes_all_of_
         assert unpackable["warnings"] == []
         # (the writer whose feeder met the route ended; the other goes on)
         assert out[f"{family} after"] == [None, max(1, CREW_HERE - 1), WRITER_MIN + 10000]
+
+
+def test_random_runs_refusals_and_a_killed_writer_end_as_one_writer_in_order_would(
+    lab: Lab,
+) -> None:
+    """The crew against the one-writer-in-order rule, over seeded random cases: runs of
+    various lengths (under a piece, a few pieces), single adds between them (each settles
+    the writers first), up to two bad routes (one the kernel refuses, one that cannot be
+    packed), a writer killed at a random moment, the runs handed out in two calls with a
+    look at `pending()` between. The error always names the first bad route (`applied`,
+    `partial`), the core's undo then leaves the table empty with no undo failure, and a case
+    with no bad route leaves every route in the table."""
+    out = run_in_router(
+        lab,
+        """
+        import random, threading
+        rnd = random.Random(20261202)
+        out = {"cases": 0, "wrong": []}
+        made = [0]
+        def fresh(family, n):
+            keys = []
+            for _ in range(n):
+                i = made[0]
+                made[0] += 1
+                group = (f"239.{90 + (i >> 16)}.{i >> 8 & 255}.{i & 255}" if family == 4
+                         else f"ff3e::90:{i >> 16:x}:{i & 0xffff:x}")
+                keys.append((family, "198.18.0.2" if family == 4 else "2001:db8::2", group,
+                             253 if family == 4 else 254))
+            return keys
+        def kill_one():
+            time.sleep(rnd.random() * 0.04)
+            for writer in list(kernel.writers)[:1]:
+                os.kill(writer.proc.pid, signal.SIGKILL)
+        for case in range(24):
+            family = rnd.choice((4, 6))
+            if kernel._writer_failed:
+                kernel.close()
+                kernel = Kernel([4, 6])
+            shared = router.share(Ports("r0", ("r1",)))
+            router.begin()
+            steps = router.add(fresh(family, 1)[0], shared)
+            parts = [(rnd.random() < 0.25, fresh(family, rnd.choice((1, 600, 8192, 9000, 20000))))
+                     for _ in range(rnd.randint(2, 5))]
+            bads = []
+            for b, kind in enumerate(rnd.sample(("refused", "unpackable", None, None), 2)):
+                if kind is None:
+                    continue
+                at = rnd.randrange(len(parts))
+                single, ks = parts[at]
+                pos = rnd.randrange(len(ks))
+                if kind == "refused":
+                    group = f"198.18.9.{b + 9}" if family == 4 else f"2001:db8::{b + 9}"
+                else:
+                    group = f"198.18.300.{b}" if family == 4 else f"2001:db8::z{b}"
+                ks[pos] = (*ks[pos][:2], group, ks[pos][3])
+                bads.append((at, pos, kind))
+            starts = []  # each part's first step (the first route's are its VIFs' and its own)
+            for single, ks in parts:
+                starts.append(len(steps))
+                if single or len(ks) == 1:
+                    for key in ks:
+                        assert router.add_direct(key, shared, steps)
+                else:
+                    assert router.add_run(ks, shared, steps)
+            ops = [step.op for step in steps]
+            expected = None
+            if bads:
+                at, pos, kind = min(bads)
+                before = starts[at]
+                single = parts[at][0] or len(parts[at][1]) == 1
+                expected = ["MRT_ADD_MFC" if kind == "refused" else "encode",
+                            22 if kind == "refused" else 0,
+                            before + (pos if single else 0), 0 if single else pos]
+            killer = threading.Thread(target=kill_one) if rnd.random() < 0.4 else None
+            error = None
+            try:
+                cut = rnd.randrange(1, len(ops) + 1)
+                kernel.apply_later(ops[:cut], True)
+                if killer is not None:
+                    killer.start()
+                kernel.pending()
+                kernel.apply_later(ops[cut:], True)
+                kernel.settle()
+            except KernelError as e:
+                undo_applied(kernel, steps, e)
+                error = [e.operation, e.errno, e.applied, e.partial, len(e.undo_failures)]
+            if killer is not None and killer.ident is not None:
+                killer.join()
+            held = len(cache(family))
+            if error is None:
+                right = expected is None and held == 1 + sum(len(ks) for _, ks in parts)
+                assert not undo(kernel, [step.undo for step in steps])
+            else:
+                right = error == [*expected, 0] and held == 0
+            router.rollback()
+            out["cases"] += 1
+            if not right or cache(family):
+                out["wrong"].append({"case": case, "expected": expected, "error": error,
+                                     "held": held, "bads": bads,
+                                     "parts": [(s, len(ks)) for s, ks in parts]})
+        """,
+    )
+    assert out["cases"] == 24
+    assert out["wrong"] == []

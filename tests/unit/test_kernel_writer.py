@@ -105,7 +105,7 @@ def test_collect_takes_the_reports_that_came_and_wait_returns_them_in_order(
     ttls = [[5, 6], [7], [0, 9], [8]]  # (the third piece's first is refused, the fourth skipped)
     keys = [(4, "s", "g", 253)]
     pieces = [
-        WriterJob(i, 0, None, AddMfcRun(4, 253, 0, (), keys * len(t)), keys * len(t))  # type: ignore[arg-type]
+        WriterJob(i, 0, len(t), None, AddMfcRun(4, 253, 0, (), keys * len(t)))  # type: ignore[arg-type]
         for i, t in enumerate(ttls)
     ]
     plane.collect()  # (nothing sent: nothing to take, and no wait)
