@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -1921,12 +1921,12 @@ class Controller:
         if kind == "new" and up and self.joins.wanted:
             self._members(f"interface {interface} up", self.joins.refresh, interface)
 
-    def check_joins(self, running: Container[str], held: Container[tuple[int, str, str]]) -> int:
-        """Join again the SSM groups, on the `running` interfaces (up, with a carrier), whose
-        source the kernel no longer filters on (`held`: /proc/net/mcfilter[6]): disabling
-        and enabling IPv6 on an interface empties its source lists with no link event at
-        all. A leave and a join restore them, as after a link event. Returns how many."""
-        ops = self._members("SSM joins checked", self.joins.lost, running, held)
+    def check_joins(self, lost: Iterable[JoinKey]) -> int:
+        """Join again the SSM joins whose source the kernel no longer filters on (`lost`, as
+        membership.lost_sources found them): disabling and enabling IPv6 on an interface
+        empties its source lists with no link event at all. A leave and a join restore
+        them, as after a link event. Returns how many."""
+        ops = self._members("SSM joins checked", self.joins.rejoin, lost)
         keys = {op.key for op in ops}
         if keys - self._rejoined:  # (said once while the same ones keep losing it)
             log.info(

@@ -46,7 +46,7 @@ from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
 from mfcd.kernel import Kernel, MrouteSocket
 from mfcd.learning import Learner
-from mfcd.membership import Memberships, link_running, source_filters
+from mfcd.membership import Memberships, link_running, lost_sources
 from mfcd.metrics_server import MetricsServer, read_process
 from mfcd.metrics_server import bind as bind_metrics_socket
 from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, RouteKey, Step, TableKey
@@ -115,7 +115,8 @@ COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
 STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is still there
 # Seconds between checks that the SSM joins' sources are still in the kernel (/proc/net/
-# mcfilter[6], read only while there are such joins: a few ms with thousands of them).
+# mcfilter[6], read only while there are such joins, in a thread: 20,000 joins are some
+# 100 ms to read and parse).
 JOIN_CHECK_INTERVAL = 5.0
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 STOP_WAIT = 1.0  # seconds a stop waits for a cancelled SIGHUP reload to clean up
@@ -835,16 +836,23 @@ class Daemon:
         on an interface that is up (Controller.check_joins)."""
         while True:
             await asyncio.sleep(JOIN_CHECK_INTERVAL)
-            interfaces = self.controller.joins.ssm_interfaces()
-            running = {name for name in interfaces if link_running(name)}
-            if not running:
-                continue
             try:
-                held = source_filters(self.kernel.families)
-            except OSError as e:  # (procfs: not expected; the next turn tries again)
-                log.debug("reading the kernel's source filters failed: %s", e)
-                continue
-            self.controller.check_joins(running, held)
+                await self._check_joins_once()
+            except Exception:  # (a bug: said, and the next turn tries again)
+                log.exception("checking the SSM joins against the kernel failed")
+
+    async def _check_joins_once(self) -> None:
+        joins = self.controller.joins
+        running = {name for name in joins.ssm_interfaces() if link_running(name)}
+        if not running:
+            return
+        try:  # (in a thread: thousands of joins are 100 ms of /proc to read and parse)
+            lost = await asyncio.to_thread(lost_sources, joins.ssm_joined(running))
+        except OSError as e:  # (procfs: not expected; the next turn tries again)
+            log.debug("reading the kernel's source filters failed: %s", e)
+            return
+        if lost:
+            self.controller.check_joins(lost)
 
     async def _keep_state_file(self) -> None:
         """Once a second, write the state file back if it was deleted or replaced (each change

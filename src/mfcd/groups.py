@@ -19,7 +19,7 @@ expand to one join per address, at most MAX_EXPANSION per command.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Container
+from collections.abc import Container, Iterable
 from typing import Any, NamedTuple
 
 from mfcd.errors import InvalidArgument, NotFound
@@ -224,16 +224,21 @@ class Joins:
                 ops += [MembershipOp(False, key, held), MembershipOp(True, key, held)]
         return ops
 
-    def lost(
-        self, interfaces: Container[str], held: Container[tuple[int, str, str]]
-    ) -> list[MembershipOp]:
-        """Leave and join again the SSM groups joined on `interfaces` whose source the kernel
-        no longer filters on (`held`: (ifindex, group, source) of /proc/net/mcfilter[6])."""
+    def ssm_joined(self, interfaces: Container[str]) -> list[tuple[JoinKey, int]]:
+        """The SSM joins held on `interfaces`, with the ifindex of each."""
+        return [
+            (key, ifindex)
+            for key, ifindex in self.joined.items()
+            if key[2] != ANY_SOURCE and key[0] in interfaces
+        ]
+
+    def rejoin(self, keys: Iterable[JoinKey]) -> list[MembershipOp]:
+        """Leave and join again those of the SSM joins `keys` still held (nothing changes
+        here): the kernel lost their source."""
         ops = []
-        for key, ifindex in self.joined.items():
-            if key[2] == ANY_SOURCE or key[0] not in interfaces:
-                continue
-            if (ifindex, key[1], key[2]) not in held:
+        for key in keys:
+            ifindex = self.joined.get(key)
+            if ifindex is not None and key[2] != ANY_SOURCE:
                 ops += [MembershipOp(False, key, ifindex), MembershipOp(True, key, ifindex)]
         return ops
 
@@ -283,7 +288,10 @@ def _addresses(
         raise InvalidArgument(f"{field} must be an address or a prefix (a string)", field=field)
     try:
         if "/" not in text:
-            return [ipaddress.ip_address(text)]  # type: ignore[return-value]
+            address = ipaddress.ip_address(text)
+            if getattr(address, "scope_id", None) is not None:  # (Python 3.9+ takes "%zone")
+                raise ValueError("a zone index has no place here: --interface says where")
+            return [address]  # type: ignore[return-value]
         net = ipaddress.ip_network(text, strict=True)
     except ValueError as e:
         raise InvalidArgument(

@@ -1114,7 +1114,10 @@ def _room(writers: list[Writer]) -> list[int]:
         loads = [writer.load() for writer in writers]
         if min(loads) < WRITER_AHEAD or any(writer.refused for writer in writers):
             return loads
-        ready, _, _ = select.select([writer.conn for writer in writers], [], [], 1.0)
+        poll = select.poll()  # (not select(): a descriptor may be past 1024, see membership)
+        for writer in writers:
+            poll.register(writer.conn, select.POLLIN)
+        ready = poll.poll(1000)
         if ready and [writer.load() for writer in writers] == loads:
             return loads  # (readable with no report: the end of a writer, or a part of one)
 

@@ -3,6 +3,7 @@ state file's join records, batch lines and the join commands (with a fake data p
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import struct
@@ -113,26 +114,39 @@ def test_a_join_waits_for_its_interface_and_follows_it() -> None:
 
 
 def test_ssm_joins_whose_source_the_kernel_lost_are_left_and_joined_again() -> None:
-    """Joins.lost: an SSM join on an interface checked whose (ifindex, group, source) the
-    kernel's filters lack; not an ASM join, not one the filters hold, not one on an
-    interface not checked (down), and nothing changes in the model."""
+    """The periodic check's parts: Joins.ssm_joined lists the SSM joins on the interfaces
+    checked (not an ASM join, not one on an interface not checked: down);
+    membership.missing_sources keeps those whose (ifindex, group, source) the kernel's
+    filters lack, comparing addresses packed (an IPv4-mapped source has two spellings);
+    Joins.rejoin leaves and joins those still held again, changing nothing in the model."""
     joins = Joins()
     other = ("r2", "239.2.2.2", "198.18.1.1")
+    mapped = join_keys("r1", "ff3e::2", "::ffff:198.18.2.2")[0]
     links = {"r1": 5, "r2": 6}
-    for key in (A, S, other):
+    for key in (A, S, other, mapped):
         joined(joins, joins.join, key, "api", links)
     assert joins.ssm_interfaces() == {"r1", "r2"}
-    held = {(5, "ff3e::1", "2001:db8::1")}
-    assert joined(joins, joins.lost, {"r1", "r2"}, held) == [
+    assert joins.ssm_joined({"r1"}) == [(S, 5), (mapped, 5)]
+    v4 = socket.inet_aton
+    v6 = functools.partial(socket.inet_pton, socket.AF_INET6)
+    held = {
+        (5, v6("ff3e::1"), v6("2001:db8::1")),
+        (5, v6("ff3e::2"), v6("::ffff:198.18.2.2")),
+        (6, v4("239.2.2.2"), v4("198.18.1.9")),
+    }
+    assert membership.missing_sources(joins.ssm_joined({"r1", "r2"}), held) == [other]
+    assert membership.missing_sources(joins.ssm_joined({"r1"}), set()) == [S, mapped]
+    assert joined(joins, joins.rejoin, [other, A, ("r9", "239.9.9.9", "198.18.1.1")]) == [
         MembershipOp(False, other, 6),
         MembershipOp(True, other, 6),
     ]
-    assert joined(joins, joins.lost, {"r1"}, held) == []
-    assert joined(joins, joins.lost, {"r1"}, set()) == [
-        MembershipOp(False, S, 5),
-        MembershipOp(True, S, 5),
-    ]
     assert joins.status(S) == ("joined", "") and joins.status(other) == ("joined", "")
+
+
+@pytest.mark.parametrize("args", [("ff3e::1%r2", "2001:db8::1"), ("ff3e::1", "fe80::1%r2")])
+def test_a_zone_index_is_refused_with_a_reason(args: tuple[str, str]) -> None:
+    with pytest.raises(InvalidArgument, match="a zone index has no place here"):
+        join_keys("r2", *args)
 
 
 def test_leaving_a_join_never_made_is_not_found_and_leaving_a_pending_one_is_quiet() -> None:
@@ -227,8 +241,8 @@ def test_the_kernel_s_source_filters_are_read_from_proc() -> None:
         " 12 longna 0xe8010203 0x0a000001      2      0\n"
     )
     assert membership.parse_source_filters(4, v4) == {
-        (3, "239.13.0.1", "198.18.2.2"),
-        (12, "232.1.2.3", "10.0.0.1"),
+        (3, socket.inet_aton("239.13.0.1"), socket.inet_aton("198.18.2.2")),
+        (12, socket.inet_aton("232.1.2.3"), socket.inet_aton("10.0.0.1")),
     }
     v6 = (
         "Idx Device                Multicast Address                   Source Address    INC"
@@ -236,7 +250,10 @@ def test_the_kernel_s_source_filters_are_read_from_proc() -> None:
         "  3     r2 ff3e0000000000000000000000130001 20010db8000200000000000000000002      1"
         "      0\n"
     )
-    assert membership.parse_source_filters(6, v6) == {(3, "ff3e::13:1", "2001:db8:2::2")}
+    packed = functools.partial(socket.inet_pton, socket.AF_INET6)
+    assert membership.parse_source_filters(6, v6) == {
+        (3, packed("ff3e::13:1"), packed("2001:db8:2::2"))
+    }
     assert membership.parse_source_filters(6, v6.splitlines()[0]) == set()
     assert membership.IFREQ_FLAGS.size == 40
 
