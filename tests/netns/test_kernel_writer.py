@@ -483,3 +483,31 @@ def test_random_runs_refusals_and_a_killed_writer_end_as_one_writer_in_order_wou
     )
     assert out["cases"] == 24
     assert out["wrong"] == []
+
+
+def test_a_long_run_waits_for_room_with_descriptors_past_1024(lab: Lab) -> None:
+    """Twenty thousand IPv4 joins take some 1,000 sockets, and mfcd raises its limit of
+    open files (membership._more_files): the writers' sockets then have descriptors past
+    1024, which select() cannot take. A run of 60,000 routes, more than the writers may
+    hold at once (WRITER_AHEAD made one piece here), waits for room (with poll()) and goes
+    in whole."""
+    out = run_in_router(
+        lab,
+        """
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(1100)]
+        import mfcd.kernel
+        mfcd.kernel.WRITER_AHEAD = mfcd.kernel.WRITER_PIECE
+        steps = plan(4, many(4, 60000, 40), Ports("r0", ("r1",)))
+        kernel.apply_later([step.op for step in steps])
+        out = {"fds": [w.conn.fileno() for w in kernel.writers]}
+        kernel.settle()
+        out["cache"] = len(cache(4))
+        assert not undo(kernel, [step.undo for step in steps])
+        router.rollback()
+        """,
+    )
+    assert min(out["fds"]) > 1024
+    assert out["cache"] == 60000
