@@ -851,6 +851,10 @@ class Daemon:
         except OSError as e:  # (procfs: not expected; the next turn tries again)
             log.debug("reading the kernel's source filters failed: %s", e)
             return
+        # (an interface that went down meanwhile lost its sources for that reason: the
+        # join waits for it to come back, when the link event joins again)
+        still = {name for name in {key[0] for key in lost} if link_running(name)}
+        lost = [key for key in lost if key[0] in still]
         if lost:
             self.controller.check_joins(lost)
 
