@@ -46,6 +46,7 @@ from mfcd.dataplane import (
     Upcall,
     UpcallKind,
     VifCounters,
+    undo,
 )
 from mfcd.errors import KernelError
 from mfcd.model import (
@@ -930,7 +931,7 @@ class Kernel:
             if failure is None:
                 failure = _conclude(report)
             else:
-                failure.undo_failures += _take_out(report)
+                failure.undo_failures += _take_out(self, report)
         if failure is not None:
             self._later = 0  # (raised: nothing is pending after it)
             raise failure
@@ -1153,10 +1154,10 @@ def _conclude(report: WriterReport) -> KernelError | None:
     return None
 
 
-def _take_out(report: WriterReport) -> list[KernelError]:
+def _take_out(kernel: Kernel, report: WriterReport) -> list[KernelError]:
     """Delete the routes of a piece after the refused one that went in all the same (another
-    writer wrote them); the deletes refused, each, past which the others go on (the model
-    does not hold those routes: the drift check finds them)."""
+    writer wrote them), as dataplane.undo does; the deletes refused (the model does not hold
+    those routes: the drift check finds them)."""
     job, done, _, status = report
     keys = job.keys()
     if status == kernel_writer.DONE:
@@ -1165,13 +1166,6 @@ def _take_out(report: WriterReport) -> list[KernelError]:
         done = _written(job.sock, keys)
     elif status == kernel_writer.SKIPPED:
         done = 0
-    failures: list[KernelError] = []
-    left = keys[:done]
-    while left:
-        try:
-            job.sock.mfc_run(MRT_DEL_MFC, left, 0, ())
-            break
-        except KernelError as e:
-            failures.append(e)
-            left = left[e.partial + 1 :]
-    return failures
+    if not done:
+        return []
+    return undo(kernel, [DelMfcRun(job.op.family, job.op.table, keys[:done])])

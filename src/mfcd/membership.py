@@ -27,7 +27,7 @@ from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 from mfcd.errors import KernelError
-from mfcd.groups import ANY_SOURCE, JoinKey, MembershipOp, describe_key
+from mfcd.groups import ANY_SOURCE, JoinKey, MembershipOp, describe_key, family_of
 
 # linux/in.h (IPPROTO_IP) and linux/in6.h (IPPROTO_IPV6) use the same numbers.
 MCAST_JOIN_GROUP = 42
@@ -261,7 +261,7 @@ def missing_sources(
     """The SSM joins (key, ifindex) whose source the kernel does not filter on."""
     missing = []
     for key, ifindex in joined:
-        af = _AF[6 if ":" in key[1] else 4]
+        af = _AF[family_of(key)]
         if (ifindex, socket.inet_pton(af, key[1]), socket.inet_pton(af, key[2])) not in held:
             missing.append(key)
     return missing
