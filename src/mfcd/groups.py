@@ -217,12 +217,7 @@ class Joins:
 
     def refresh(self, interface: str) -> list[MembershipOp]:
         """Leave and join again the SSM groups joined on an interface (nothing changes here)."""
-        ops = []
-        for key in self.on(interface):
-            held = self.joined.get(key)
-            if held is not None and key[2] != ANY_SOURCE:
-                ops += [MembershipOp(False, key, held), MembershipOp(True, key, held)]
-        return ops
+        return self.rejoin(self.on(interface))
 
     def ssm_joined(self, interfaces: Container[str]) -> list[tuple[JoinKey, int]]:
         """The SSM joins held on `interfaces`, with the ifindex of each."""
@@ -234,7 +229,7 @@ class Joins:
 
     def rejoin(self, keys: Iterable[JoinKey]) -> list[MembershipOp]:
         """Leave and join again those of the SSM joins `keys` still held (nothing changes
-        here): the kernel lost their source."""
+        here): the kernel lost their source, or may have (refresh)."""
         ops = []
         for key in keys:
             ifindex = self.joined.get(key)
