@@ -15,7 +15,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -102,6 +102,9 @@ RELOAD_CHUNK = 100
 # journaled on its own, after the group: its own work dwarfs a sync, and what it replaces
 # need not be kept.
 GROUP_MAX_CHANGES = CHUNK
+# What a join the kernel refused says while pending: daemon.Daemon._check_joins tries it
+# again on its own (every JOIN_CHECK_INTERVAL, less often while it keeps failing).
+REJOIN_HINT = "mfcd tries it again by itself, mfcctl sync at once"
 
 
 class gc_paused:  # noqa: N801 (used as the function it was: `with gc_paused():`)
@@ -546,9 +549,10 @@ class Controller:
         if loaded.joins:
             log.info("joins: %d of %d joined", len(joins.joined), len(joins.wanted))
 
-    def _carry_out(self, ops: Sequence[MembershipOp], what: str) -> None:
+    def _carry_out(self, ops: Sequence[MembershipOp], what: str, again: bool = False) -> None:
         """Carry out membership ops the model already holds, one by one; a join the kernel
-        refuses stays pending with the reason (no client waits for these)."""
+        refuses stays pending with the reason (no client waits for these). `again`: the ops
+        retry joins refused before, whose refusal was logged then (a second is debug)."""
         if self.members is None:
             return
         for op in ops:
@@ -558,13 +562,15 @@ class Controller:
             except KernelError as e:
                 if op.join:
                     self.joins.begin()
-                    self.joins.park(op.key, f"the kernel refused it ({e}); mfcctl sync retries")
+                    self.joins.park(op.key, f"the kernel refused it ({e}); {REJOIN_HINT}")
                     self.joins.commit()
-                    log.error("%s: %s", what, e)
+                    (log.debug if again else log.error)("%s: %s", what, e)
                 else:
                     log.debug("%s: %s", what, e)
 
-    def _members(self, what: str, method: Any, *args: Any) -> list[MembershipOp]:
+    def _members(
+        self, what: str, method: Any, *args: Any, again: bool = False
+    ) -> list[MembershipOp]:
         """Run a join model method as its own transaction, then carry out its ops."""
         self.joins.begin()
         try:
@@ -573,8 +579,24 @@ class Controller:
             self.joins.rollback()
             raise
         self.joins.commit()
-        self._carry_out(ops, what)
+        self._carry_out(ops, what, again)
         return ops
+
+    def retry_refused_joins(self, running: Container[str]) -> int:
+        """Join again the joins the kernel refused, on the interfaces in `running` (up, with
+        a carrier): the cause may pass (a limit raised, memory freed) with no event to say
+        so. Those joined now are logged; those refused again stay pending, said at debug
+        level only (their first refusal was an error in the log). Returns how many joined."""
+        links = {name: i for name, i in self.router.links.items() if name in running}
+        ops = self._members("joins refused before", self.joins.retry, links, again=True)
+        joined = sorted(op.key for op in ops if op.key in self.joins.joined)
+        if joined:
+            log.info(
+                "joined %d groups the kernel had refused before: %s",
+                len(joined),
+                _some(describe_key(key) for key in joined),
+            )
+        return len(joined)
 
     def snapshot_extra(self) -> dict[str, Any]:
         """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
@@ -1932,8 +1954,7 @@ class Controller:
             log.info(
                 "the kernel had lost the source of %d SSM joins (%s): joined them again",
                 len(keys),
-                ", ".join(sorted(describe_key(key) for key in keys)[:3])
-                + (", ..." if len(keys) > 3 else ""),
+                _some(describe_key(key) for key in keys),
             )
         self._rejoined = keys
         return len(keys)
@@ -2285,3 +2306,9 @@ def on_vifs(
         if hit:
             found.append(key)
     return found
+
+
+def _some(texts: Iterable[str], shown: int = 3) -> str:
+    """The first few of the texts in order, and "..." if there are more: for a log line."""
+    ordered = sorted(texts)
+    return ", ".join(ordered[:shown]) + (", ..." if len(ordered) > shown else "")

@@ -31,6 +31,7 @@ from mfcd import (
     config,
     declarations,
     directory_trust,
+    groups,
     heap,
     metrics,
     mrdisc,
@@ -118,6 +119,9 @@ STATE_CHECK_INTERVAL = 1.0  # seconds between checks that the state file is stil
 # mcfilter[6], read only while there are such joins, in a thread: 20,000 joins are some
 # 100 ms to read and parse).
 JOIN_CHECK_INTERVAL = 5.0
+# A join the kernel refused is tried again at that check, then at every 2nd, 4th, ... up to
+# every REJOIN_MOST_TURNS-th (a minute) while the kernel refuses them all.
+REJOIN_MOST_TURNS = 12
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 STOP_WAIT = 1.0  # seconds a stop waits for a cancelled SIGHUP reload to clean up
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
@@ -217,6 +221,7 @@ class Daemon:
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
         self._compact_called = False  # a _compact_soon waits in the loop's queue
         self._reissuing: asyncio.Task[None] | None = None  # entries written again in slices
+        self._rejoins = groups.Retries(REJOIN_MOST_TURNS)  # when refused joins are tried again
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
         # Upcalls received, by kind (dataplane.UPCALL_KINDS): counted, not yet acted on.
@@ -832,8 +837,9 @@ class Daemon:
             await run_sliced(self.learner.ticking())  # requests answered between slices
 
     async def _check_joins(self) -> None:
-        """Every JOIN_CHECK_INTERVAL, join again the SSM groups whose source the kernel lost
-        on an interface that is up (Controller.check_joins)."""
+        """Every JOIN_CHECK_INTERVAL, try again the joins the kernel refused (paced by
+        _rejoins), and join again the SSM groups whose source the kernel lost on an
+        interface that is up (Controller.check_joins)."""
         while True:
             await asyncio.sleep(JOIN_CHECK_INTERVAL)
             try:
@@ -842,6 +848,7 @@ class Daemon:
                 log.exception("checking the SSM joins against the kernel failed")
 
     async def _check_joins_once(self) -> None:
+        self._retry_refused_joins()
         joins = self.controller.joins
         running = {name for name in joins.ssm_interfaces() if link_running(name)}
         if not running:
@@ -857,6 +864,15 @@ class Daemon:
         lost = [key for key in lost if key[0] in still]
         if lost:
             self.controller.check_joins(lost)
+
+    def _retry_refused_joins(self) -> None:
+        """Join again, if due, the joins the kernel refused on interfaces that are up with a
+        carrier (those down wait for their link event, which joins them)."""
+        refused = self.controller.joins.refused
+        if not self._rejoins.due(refused):
+            return
+        running = {name for name in {key[0] for key in refused} if link_running(name)}
+        self._rejoins.tried(self.controller.retry_refused_joins(running) if running else 0)
 
     async def _keep_state_file(self) -> None:
         """Once a second, write the state file back if it was deleted or replaced (each change

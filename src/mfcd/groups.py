@@ -19,7 +19,7 @@ expand to one join per address, at most MAX_EXPANSION per command.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Container, Iterable
+from collections.abc import Collection, Container, Iterable
 from typing import Any, NamedTuple
 
 from mfcd.errors import InvalidArgument, NotFound
@@ -264,6 +264,35 @@ class Joins:
     def saved(self) -> list[list[str]]:
         """The joins a state file keeps: those of the API (config ones come from the file)."""
         return [list(key) for key, origin in self.wanted.items() if origin == ORIGIN_API]
+
+
+class Retries:
+    """When the refused joins are tried again, at the turns of a periodic check: at every turn
+    while new refusals come or a retry joins some, then every 2, 4, ... turns up to `most`
+    while the kernel refuses them all (each retry of thousands is as many system calls)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.every = 1  # turns between two retries
+        self.left = 0  # turns to let pass before the next
+        self.known: set[JoinKey] = set()  # the refused joins at the last turn
+
+    def due(self, refused: Collection[JoinKey]) -> bool:
+        """Whether this turn retries, `refused` being the joins refused now."""
+        if not self.known.issuperset(refused):
+            self.every, self.left = 1, 0  # (a new refusal: its cause may pass soon)
+        self.known = set(refused)
+        if not refused:
+            return False
+        if self.left:
+            self.left -= 1
+            return False
+        return True
+
+    def tried(self, joined: int) -> None:
+        """A retry is over, having joined `joined` of them."""
+        self.every = 1 if joined else min(2 * self.every, self.most)
+        self.left = self.every - 1
 
 
 def describe_key(key: JoinKey) -> str:

@@ -264,6 +264,34 @@ def test_joins_survive_restarts_and_an_interface_recreated(lab: Lab, mfcd: Mfcd)
     assert {g["state"] for g in groups(mfcd) if g["interface"] == "r1"} == {"joined"}
 
 
+def test_joins_the_kernel_refused_are_joined_by_mfcd_once_it_takes_them(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    """A join the kernel refuses at start (here its limit of memberships per socket is 0,
+    as when a limit is reached) stays pending with the reason; mfcd's periodic check tries
+    it again by itself and joins it once the limit is raised, with no command."""
+    mfcd.ok("join", "--interface", "r1", "--group", "239.12.0.5")
+    mfcd.ok("join", "--interface", "r1", "--group", "239.12.0.6", "--source", "198.18.1.2")
+    mfcd.stop()
+    limit = "net.ipv4.igmp_max_memberships"
+    before = lab.exec(lab.router, "sysctl", "-n", limit).stdout.strip()
+    try:
+        assert lab.exec(lab.router, "sysctl", "-qw", f"{limit}=0").returncode == 0
+        mfcd.start()
+        for join in groups(mfcd):
+            assert join["state"] == "pending", join
+            assert "the kernel refused it" in join["reason"], join
+            assert "mfcd tries it again by itself" in join["reason"], join
+        assert not {"239.12.0.5", "239.12.0.6"} & memberships(lab, "r1", 4)
+    finally:  # (the lab's own namespace: raised again whatever happened)
+        lab.exec(lab.router, "sysctl", "-qw", f"{limit}={before}")
+    wait_for(lambda: {"239.12.0.5", "239.12.0.6"} <= memberships(lab, "r1", 4), timeout=15)
+    assert ("239.12.0.6", "198.18.1.2") in source_filters(lab, "r1", 4)
+    assert {join["state"] for join in groups(mfcd)} == {"joined"}
+    _, log = mfcd.stop()
+    assert "joined 2 groups the kernel had refused before" in log, log[-3000:]
+
+
 def test_ssm_joins_keep_their_source_across_link_down_and_up(lab: Lab, mfcd: Mfcd) -> None:
     """Linux empties a group's source list on link down and leaves it empty on up."""
     mfcd.ok("join", "--interface", "r2", "--group", "239.13.0.1", "--source", "198.18.2.2")

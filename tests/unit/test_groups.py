@@ -22,6 +22,7 @@ from mfcd.groups import (
     Joins,
     Leave,
     MembershipOp,
+    Retries,
     SetMrdisc,
     join_keys,
 )
@@ -178,6 +179,24 @@ def test_refused_joins_wait_with_the_reason_and_are_retried() -> None:
     assert joins.status(S) == ("pending", "the kernel refused it (No buffer space)")
     assert joined(joins, joins.retry, LINKS) == [MembershipOp(True, S, 5)]
     assert joins.status(S).state == "joined"
+
+
+def test_refused_joins_are_retried_at_each_turn_then_less_often_while_all_are_refused() -> None:
+    retries = Retries(most=4)
+    assert not retries.due([])  # nothing refused: nothing to try
+    turns = []
+    for _ in range(12):
+        due = retries.due([S])
+        turns.append(due)
+        if due:
+            retries.tried(0)  # the kernel refuses it again
+    # at once, then 2 turns later, then every 4th (the most), and no more rarely than that
+    assert turns == [True, False, True, False, False, False, True, False, False, False, True, False]
+    assert retries.due([S, A])  # a new refusal: at the next turn, whatever the pace was
+    retries.tried(0)
+    assert [retries.due([S, A]), retries.due([S, A])] == [False, True]  # every 2nd turn
+    retries.tried(1)  # one joined: every turn again
+    assert retries.due([S])
 
 
 def test_refresh_joins_the_ssm_groups_again_only() -> None:
@@ -456,3 +475,28 @@ def test_joins_tell_monitor_subscribers() -> None:
         ("mrdisc", None),
     ]
     assert (events[0]["interface"], events[0]["source"], events[3]["on"]) == ("a", "*", True)
+
+
+def test_a_join_refused_on_link_up_is_joined_by_a_retry_once_the_kernel_takes_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key = ("d", "239.9.9.9", ANY_SOURCE)
+    commands, members = with_members(frozenset({key}))
+    ctl = commands.controller
+    assert ask(commands, "join", {"interface": "d", "group": "239.9.9.9"})["ok"]  # d: missing
+    with caplog.at_level("DEBUG", logger="mfcd"):
+        ctl.link_up("d", 9)  # the kernel refuses the join: pending, said as an error
+        status = ctl.joins.status(key)
+        assert status.state == "pending" and "mfcd tries it again by itself" in status.reason
+        assert ctl.retry_refused_joins({"d"}) == 0  # refused again: said at debug level
+    assert [r.levelname for r in caplog.records if "No such device" in r.message] == [
+        "ERROR",
+        "DEBUG",
+    ]
+    members.refuse = frozenset()
+    assert ctl.retry_refused_joins({"a"}) == 0  # d is not running: left for its link event
+    assert key not in members.held
+    with caplog.at_level("INFO", logger="mfcd"):
+        assert ctl.retry_refused_joins({"d"}) == 1
+    assert members.held[key] == 9 and ctl.joins.status(key).state == "joined"
+    assert "joined 1 groups the kernel had refused before: group 239.9.9.9 on d" in caplog.text
