@@ -43,7 +43,8 @@ class CliError(Exception):
     """A failure reported as one line on stderr with an exit status.
 
     A batch the daemon refused says where: `op` (of a batch of ops) or `line` (of the
-    batch text, read from `file`), both counted from 1.
+    batch text, read from `file`), both counted from 1. A config error's `file` and `line`
+    come from the daemon, whose message starts with them already.
     """
 
     def __init__(
@@ -60,11 +61,13 @@ class CliError(Exception):
         self.op = op
         self.line = line
         self.file = ""
+        self.placed_by_daemon = False  # `file` came in the daemon's error, not from mfcctl
 
     def located(self) -> str:
         """The message after where it applies: `FILE:LINE: ...` as compilers say it, `op N: ...`."""
         if self.line is not None:
-            return f"{self.file}:{self.line}: {self}" if self.file else f"line {self.line}: {self}"
+            place = f"{self.file}:{self.line}: " if self.file else f"line {self.line}: "
+            return str(self) if str(self).startswith(place) else place + str(self)
         if self.op is not None:
             return f"op {self.op}: {self}"
         return str(self)
@@ -74,6 +77,8 @@ class CliError(Exception):
         error: dict[str, Any] = {"code": self.code, "message": str(self)}
         if self.op is not None:
             error["op"] = self.op
+        if self.file and self.placed_by_daemon:
+            error["file"] = self.file
         if self.line is not None:
             error["line"] = self.line
         return {"error": error}
@@ -177,7 +182,10 @@ class Client:
             code = str(error.get("code", "internal_error"))
             status = protocol.ERROR_EXIT.get(code, protocol.EXIT_PROTOCOL)
             message = str(error.get("message", "request failed"))
-            raise CliError(message, status, code, _count(error, "op"), _count(error, "line"))
+            failed = CliError(message, status, code, _count(error, "op"), _count(error, "line"))
+            if isinstance(error.get("file"), str):  # (a config error's)
+                failed.file, failed.placed_by_daemon = error["file"], True
+            raise failed
         raise CliError(
             f"mfcd sent a reply that does not answer request {request_id}: {_clip(line, 200)}",
             protocol.EXIT_PROTOCOL,

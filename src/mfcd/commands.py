@@ -306,7 +306,9 @@ class Commands:
             if e.code not in ("not_found",):
                 log.debug("%s: rejected: %s", peer, e)
             message = _clip(str(e))
-            return protocol.encode_error(request_id, e.code, message, e.field, op=e.op, line=e.line)
+            return protocol.encode_error(
+                request_id, e.code, message, e.field, op=e.op, line=e.line, file=e.file
+            )
         # A bug; keep serving everyone else.
         log.error("internal error while handling a request from %s", peer, exc_info=e)
         return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")
@@ -316,7 +318,7 @@ class Commands:
         try:
             result = await self.reloader(dry_run)
         except MfcdError as e:
-            return protocol.encode_error(request_id, e.code, _clip(str(e)), e.field)
+            return self._failure(request_id, e, peer)
         except Exception as e:  # a bug; keep serving everyone else
             log.exception("internal error while reloading for %s", peer)
             return protocol.encode_error(request_id, "internal_error", f"internal error: {e}")

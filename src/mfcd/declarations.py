@@ -111,15 +111,28 @@ class Declarations:
 
 class Problems(MfcdError):
     """Every problem found in the config files, each "FILE:LINE: reason"; the message is
-    the first one, with how many more there are."""
+    the first one, with how many more there are, and `file` and `line` say where it is."""
 
     code = "config_error"
 
     def __init__(self, problems: list[str]) -> None:
         more = len(problems) - 1
         tail = f" (and {more} more: mfcd --check-config lists them)" if more else ""
-        super().__init__(problems[0] + tail)
+        file, line = place_of(problems[0])
+        super().__init__(problems[0] + tail, line=line, file=file)
         self.problems = problems
+
+
+_PLACE = re.compile(r"(?P<file>[^\n]+?):(?P<line>[0-9]+): ")
+
+
+def place_of(problem: str) -> tuple[str | None, int | None]:
+    """The FILE and LINE a problem starts with ("FILE:LINE: reason"), or None for each
+    (a problem of a whole file says "FILE: reason": no line)."""
+    found = _PLACE.match(problem)
+    if found is None:
+        return None, None
+    return found["file"], int(found["line"])
 
 
 def template_intents(

@@ -8,7 +8,7 @@ class MfcdError(Exception):
 
     Where in a request it lies travels beside the message, for programs: `field`, the
     argument at fault; in a batch, `op`, the operation (counted from 1) of `ops`, or
-    `line`, the line of `text` (counted from 1).
+    `line`, the line of `text` (counted from 1); in the config files, `file` and `line`.
     """
 
     code = "internal_error"
@@ -20,11 +20,13 @@ class MfcdError(Exception):
         *,
         op: int | None = None,
         line: int | None = None,
+        file: str | None = None,
     ) -> None:
         super().__init__(message)
         self.field = field
         self.op = op
         self.line = line
+        self.file = file
 
 
 class BadRequest(MfcdError):

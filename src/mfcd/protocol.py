@@ -95,7 +95,7 @@ ERROR_EXIT = {
     "unsupported_version": EXIT_REJECTED,
     "syntax_error": EXIT_USAGE,  # a line of a batch text does not parse
     "invalid_argument": EXIT_REJECTED,  # a value is wrong: address, interface name, threshold...
-    "vif_limit": EXIT_REJECTED,  # all 32 VIFs of a family are in use
+    "vif_limit": EXIT_REJECTED,  # all 32 VIFs of a table (of a family) are in use
     "too_large": EXIT_REJECTED,
     "timeout": EXIT_REJECTED,  # the client took longer than client_timeout to send a request
     "not_found": EXIT_NOT_FOUND,  # mfc del of a route that does not exist, leave of no join
@@ -222,13 +222,17 @@ def encode_error(
     *,
     op: int | None = None,
     line: int | None = None,
+    file: str | None = None,
 ) -> bytes:
-    """An error response; `op` and `line` place it in a batch (its ops, or its text)."""
+    """An error response; `op` and `line` place it in a batch (its ops, or its text), `file`
+    and `line` in the config files."""
     error: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         error["field"] = field
     if op is not None:
         error["op"] = op
+    if file is not None:
+        error["file"] = file
     if line is not None:
         error["line"] = line
     msg = {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": error}

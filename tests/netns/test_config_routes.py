@@ -121,6 +121,13 @@ def test_a_bad_config_changes_nothing_and_reload_names_file_and_line(
     result = daemon.ctl("reload")
     assert result.returncode == 1
     assert f"{daemon.config_file}:" in result.stderr and "10.1.1.1" in result.stderr
+    # Where: in the error object as well (once in the text mfcctl prints).
+    error = json.loads(daemon.ctl("-o", "json", "reload").stdout)["error"]
+    assert (error["code"], error["file"]) == ("config_error", str(daemon.config_file))
+    lines = daemon.config_file.read_text().splitlines()
+    assert "10.1.1.1" in lines[error["line"] - 1]
+    assert result.stderr == f"mfcctl: {error['message']}\n"
+    assert error["message"].startswith(f"{daemon.config_file}:{error['line']}: ")
     assert kernel_tables.mfc(lab, 4) == before
     assert received(lab, "239.5.1.1") == [5, 0, 0]
     # SIGHUP: the same, logged.

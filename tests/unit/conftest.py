@@ -54,16 +54,16 @@ class MfcEntry:
 
 
 class FakeKernel:
-    """The default multicast tables of one netns, with Linux's rules: a dataplane.Dataplane.
+    """The multicast tables of one netns, with Linux's rules: a dataplane.Dataplane.
 
-    Like Linux (see kernel-notes.md section 0): an MFC oif that is not a VIF when the entry is
+    Like Linux (see docs/kernel.md): an MFC oif that is not a VIF when the entry is
     written is dropped for good; deleting a VIF (or its device) keeps the MFC entries, and the oif
     forwards again if the same VIF index is added back.  Adding a VIF index that is taken, deleting
     one that is free, adding a VIF for a device that does not exist or deleting an absent MFC entry
     fails as in Linux.  `fail_at=n` makes the n-th operation applied fail once; `refuse`
     makes every operation equal to one of its members fail (a run's routes count one each).
-    Upcalls put in `upcalls` are returned by the next events().  Only the default tables
-    exist: an operation naming another table fails as for a disabled family.
+    Upcalls put in `upcalls` are returned by the next events().  Every table exists, as
+    the real Kernel opens one when an operation first names it.
     """
 
     def __init__(self, devices: set[int] | None = None, fail_at: int | None = None) -> None:

@@ -556,3 +556,19 @@ def test_a_table_mistyped_inside_a_block_is_refused_by_every_later_read(tmp_path
     main.write_text(text.replace('"info"', '"debug"'))
     with pytest.raises(Problems, match=f"^{main}:7: unknown setting 'routes'"):
         config.load_all(str(main), cache)
+
+
+@pytest.mark.parametrize(
+    ("problem", "place"),
+    [
+        ("/etc/mfc_daemon.conf:12: route: bad group", ("/etc/mfc_daemon.conf", 12)),
+        ("/etc/mfc.d/10 a:b.conf:3: join: x: 4: y", ("/etc/mfc.d/10 a:b.conf", 3)),
+        ("/etc/mfc_daemon.conf: not valid TOML: oops", (None, None)),
+    ],
+)
+def test_a_config_error_says_its_file_and_line_beside_the_message(
+    problem: str, place: tuple[str | None, int | None]
+) -> None:
+    error = Problems([problem, "/etc/other.conf:1: route: another"])
+    assert (error.file, error.line) == place
+    assert str(error) == problem + " (and 1 more: mfcd --check-config lists them)"
