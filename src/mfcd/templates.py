@@ -101,11 +101,6 @@ def is_template(source: str, group: str) -> bool:
     return False
 
 
-def bare(text: str) -> str:
-    """An address given as a full-length prefix ("198.18.0.2/32") without its length."""
-    return text.partition("/")[0]
-
-
 _parsed: dict[tuple[str, int], Prefix] = {}
 
 

@@ -52,9 +52,15 @@ def _address(value: Any, field: str) -> tuple[int, bytes, str]:
     """Parse an address; return (family, packed, canonical text)."""
     if not isinstance(value, str):
         raise InvalidArgument(f"{field} must be a string", field=field)
-    if "/" in value:  # a full-length prefix is an address ("198.18.0.2/32")
-        value = tpl.bare(value)
     family = 6 if ":" in value else 4
+    if "/" in value:  # a full-length prefix is an address ("198.18.0.2/32"), no other is
+        value, _, length = value.partition("/")
+        if length != ("32" if family == 4 else "128"):
+            raise InvalidArgument(
+                f"{field} {value}/{length} is a prefix, and this takes one address (a"
+                " template's prefix is changed by `mfc add` of the template again)",
+                field=field,
+            )
     try:
         packed = socket.inet_pton(_AF[family], value)
     except (OSError, ValueError):

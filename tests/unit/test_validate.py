@@ -231,3 +231,24 @@ def test_a_table_of_digits_other_than_ascii_is_refused_as_a_name(table: str) -> 
     # str.isdigit() is True for them, and int() refuses "²": an internal error before.
     with pytest.raises(InvalidArgument, match="not a table name"):
         validate.route_key_of("198.18.0.1", "239.1.1.1", table)
+
+
+def test_a_full_length_prefix_is_an_address_and_no_other_prefix_is() -> None:
+    assert validate.route_key_of("198.18.0.2/32", "239.10.0.1/32", None)[1:3] == (
+        "198.18.0.2",
+        "239.10.0.1",
+    )
+    assert validate.group_of("ff3e::1/128") == (6, "ff3e::1")
+    # Anything shorter used to be cut off silently: `mfc oif del --source 198.18.0.2/1
+    # --group 239.10.0.1/4` changed the route 198.18.0.2 -> 239.10.0.1.
+    for source, group, field in (
+        ("198.18.0.2/1", "239.10.0.1", "source"),
+        ("198.18.0.2", "239.80.0.0/24", "group"),
+        ("2001:db8::1", "ff3e::/64", "group"),
+        ("198.18.0.2", "239.10.0.1/", "group"),
+    ):
+        with pytest.raises(InvalidArgument, match="is a prefix, and this takes one address") as e:
+            validate.route_key_of(source, group, None)
+        assert e.value.field == field
+    with pytest.raises(InvalidArgument, match="239.1.0.0/16 is a prefix"):
+        validate.group_of("239.1.0.0/16")
