@@ -250,5 +250,5 @@ def test_a_full_length_prefix_is_an_address_and_no_other_prefix_is() -> None:
         with pytest.raises(InvalidArgument, match="is a prefix, and this takes one address") as e:
             validate.route_key_of(source, group, None)
         assert e.value.field == field
-    with pytest.raises(InvalidArgument, match="239.1.0.0/16 is a prefix"):
+    with pytest.raises(InvalidArgument, match=r"239\.1\.0\.0/16 is a prefix"):
         validate.group_of("239.1.0.0/16")
