@@ -10,7 +10,7 @@ from typing import Any
 
 from mfcd.declarations import Declarations, Part, Problems, check, merge, parse_file
 from mfcd.errors import ConfigError
-from mfcd.protocol import MAX_REQUEST_BYTES
+from mfcd.protocol import MAX_REQUEST_BYTES, family_text
 
 DEFAULT_PATH = "/etc/mfc_daemon.conf"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -243,13 +243,40 @@ def load_all(path: str | None, cache: ReadCache | None = None) -> tuple[Config, 
     cache.parts = parts
     ids = tuple(id(part.found) for part in parts.values())
     if cache.merged is not None and cache.merged[0] == ids and not problems:
-        return cfg, cache.merged[1]  # the same files as the last good read: checked already
-    found = merge([part.found for part in parts.values()], problems)
-    check(found, problems)
+        found = cache.merged[1]  # the same files as the last good read: checked already
+    else:
+        found = merge([part.found for part in parts.values()], problems)
+        check(found, problems)
+        if not problems:
+            cache.merged = (ids, found)
+    # (after the cache: the settings may turn a family off while the drop-ins stay the same)
+    problems += off_families(found, cfg.families, name)
     if problems:
         raise Problems(problems)
-    cache.merged = (ids, found)
     return cfg, found
+
+
+def off_families(found: Declarations, families: tuple[int, ...], name: str) -> list[str]:
+    """A problem for the first route and the first template of each family the settings turn
+    off, with how many more there are: mfcd would refuse them all at start (joins need no
+    multicast routing and are made whatever the settings say)."""
+    problems = []
+    for family in {4, 6} - set(families):
+        off = f"{family_text(family)} is off (ipv{family} = false in {name})"
+        routes = [key for key in found.routes if key[0] == family]
+        templates = [t for t in found.templates if t.family == family]
+        for what, places in (
+            ("route", [found.where(key) for key in routes[:1]]),
+            ("template", [t.where for t in templates[:1]]),
+        ):
+            if places:
+                count = len(routes) if what == "route" else len(templates)
+                more = f" (and {count - 1} more)" if count > 1 else ""
+                problems.append(
+                    f"{places[0]}: {what}: {off}: this {family_text(family)} {what} cannot be"
+                    f" installed{more}; turn the family on or remove them"
+                )
+    return problems
 
 
 def _line_of_key(text: str, key: str) -> int:

@@ -235,6 +235,38 @@ def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path) -> None:
         config.load_all(str(main), cache)
 
 
+def test_routes_and_templates_of_a_family_turned_off_are_problems(tmp_path: Path) -> None:
+    """`ipv6 = false` with IPv6 routes: --check-config called it valid, and the start then
+    applied none of the files' intents (IPv4 ones too). Joins need no multicast routing."""
+    main = tmp_path / "mfcd.conf"
+    (tmp_path / "mfcd.d").mkdir()
+    drop_in = tmp_path / "mfcd.d" / "10.conf"
+    drop_in.write_text(
+        route("239.1.1.1")
+        + route("ff3e::1", source="2001:db8::2")
+        + route("ff3e::2", source="2001:db8::2")
+        + '[[route]]\ngroup = "ff3e::10"\niif = "a"\noifs = ["b"]\n'
+        + '[[join]]\ninterface = "a"\ngroup = "ff3e::20"\n'
+    )
+    cache = config.ReadCache()
+    main.write_text("ipv6 = true\n")
+    assert len(config.load_all(str(main), cache)[1].routes) == 3
+    main.write_text("ipv6 = false\n")  # (the drop-in's declarations come from the cache)
+    with pytest.raises(Problems) as e:
+        config.load_all(str(main), cache)
+    off = f"IPv6 is off (ipv6 = false in {main})"
+    assert e.value.problems == [
+        f"{drop_in}:6: route: {off}: this IPv6 route cannot be installed (and 1 more);"
+        " turn the family on or remove them",
+        f"{drop_in}:16: template: {off}: this IPv6 template cannot be installed;"
+        " turn the family on or remove them",
+    ]
+    assert (e.value.file, e.value.line) == (str(drop_in), 6)
+    main.write_text("ipv4 = false\n")
+    with pytest.raises(Problems, match=r"10.conf:1: route: IPv4 is off \(ipv4 = false in "):
+        config.load_all(str(main), cache)
+
+
 def test_a_setting_error_names_its_line(tmp_path: Path) -> None:
     main = tmp_path / "mfcd.conf"
     main.write_text('ipv4 = true\nlog_level = "loud"\n')
