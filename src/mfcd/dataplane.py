@@ -1,5 +1,6 @@
-"""The one kernel interface of the route engine: the Dataplane protocol, its values, and
-all-or-nothing execution on top of it (no I/O).
+"""The route engine's one kernel interface: the Dataplane protocol and all-or-nothing execution.
+
+The protocol, its values and the all-or-nothing execution on top of it do no I/O.
 
 The interface
 -------------

@@ -1,5 +1,6 @@
-"""When group commit hands the next group to the journal's thread: once the clients of the
-group just synced are back in it, or after as long as that sync took.
+"""When group commit hands the next group to the journal's thread.
+
+Once the clients of the group just synced are back in it, or after as long as that sync took.
 
 Each client waits for its answer before it sends its next change, so while one group
 syncs, only the clients of the group before can join the next one: started at once, the

@@ -1,5 +1,7 @@
-"""Reading one response line of JSON as it arrives: the members before a long array, then the
-array's items one at a time (mfcctl's `show --output json` of 1,000,000 routes).
+"""Reading one response line of JSON as it arrives, a value at a time.
+
+First the members before a long array, then the array's items one at a time (mfcctl's
+`show --output json` of 1,000,000 routes).
 
 Stdlib-only (mfcctl imports it). Pure apart from the `read` function it is given, which returns
 the next bytes of the stream (b"" at its end).

@@ -1,5 +1,7 @@
-"""The kernel's multicast routing API (linux/mroute.h, linux/mroute6.h); the only code using it
-(with kernel_writer.py, the process it hands long runs of a restore to: see Writer).
+"""The kernel's multicast routing API (linux/mroute.h, linux/mroute6.h); the only code using it.
+
+The one exception is kernel_writer.py, the process it hands long runs of a restore to
+(see Writer).
 
 `Kernel` is the real data plane (see dataplane.py for the interface it implements).
 Per (family, table) one raw socket (IGMP for IPv4, ICMPv6 for IPv6) does MRT_INIT and
@@ -10,7 +12,8 @@ packets) on the socket; `Kernel.events()` must be called whenever it is readable
 full receive buffer silently drops both the upcall and the unresolved entry.
 
 Packing the kernel's structures and parsing what it sends are pure functions
-(pack_*, parse_*), unit-tested against the uapi sizes in tests/unit/test_kernel.py.
+(pack_*, parse_*), unit-tested in tests/unit/test_kernel.py; the layouts of the
+structures are declared in uapi.py.
 """
 
 from __future__ import annotations
@@ -62,6 +65,19 @@ from mfcd.model import (
     RouteKey,
 )
 from mfcd.protocol import family_text
+from mfcd.uapi import (
+    IF_SET,
+    IGMPMSG,
+    MF6CCTL,
+    MFCCTL,
+    MIF6CTL,
+    MRT6MSG,
+    SIOC_SG_REQ,
+    SIOC_SG_REQ6,
+    SIOC_VIF_REQ,
+    SOCKADDR_IN6,
+    VIFCTL,
+)
 
 log = logging.getLogger("mfcd")
 
@@ -87,42 +103,9 @@ ICMP6_FILTER = 1  # level IPPROTO_ICMPV6
 SIOCGETVIFCNT = 0x89E0  # also SIOCGETMIFCNT_IN6
 SIOCGETSGCNT = 0x89E1  # also SIOCGETSGCNT_IN6
 
-# struct vifctl { vifi_t vifc_vifi; u8 flags; u8 threshold; u32 rate_limit;
-#                 union { in_addr lcl_addr; int lcl_ifindex; }; in_addr rmt_addr; }
-VIFCTL = struct.Struct("=HBBIi4s")
-# struct mfcctl { in_addr origin, mcastgrp; vifi_t parent; u8 ttls[MAXVIFS];
-#                 u32 pkt_cnt, byte_cnt, wrong_if; int expire; }
-MFCCTL = struct.Struct("=4s4sH32s2xIIIi")
-# struct sioc_sg_req { in_addr src, grp; unsigned long pktcnt, bytecnt, wrong_if; }
-SIOC_SG_REQ = struct.Struct("@4s4sLLL")
-# struct sioc_vif_req { vifi_t vifi; unsigned long icount, ocount, ibytes, obytes; }
-SIOC_VIF_REQ = struct.Struct("@HLLLL")
-# struct sockaddr_in6 { u16 family; be16 port; u32 flowinfo; in6_addr addr; u32 scope_id; }
-SOCKADDR_IN6 = struct.Struct("=HHI16sI")
-# struct mif6ctl { mifi_t mif6c_mifi; u8 mif6c_flags; u8 vifc_threshold; u16 mif6c_pifi;
-#                  u32 vifc_rate_limit; }
-MIF6CTL = struct.Struct("=HBBH2xI")
-# struct mf6cctl { sockaddr_in6 origin, mcastgrp; mifi_t parent; struct if_set ifset; }
-MF6CCTL = struct.Struct("=28s28sH2x32s")
-IF_SET = struct.Struct("=8I")  # 256 bits; bit n = MIF n
-# struct sioc_sg_req6 { sockaddr_in6 src, grp; unsigned long pktcnt, bytecnt, wrong_if; }
-SIOC_SG_REQ6 = struct.Struct("@28s28sLLL")
-# struct sioc_mif_req6 { mifi_t mifi; unsigned long icount, ocount, ibytes, obytes; }
-SIOC_MIF_REQ6 = struct.Struct("@HLLLL")
-
-_LONG = struct.calcsize("@L")
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 _pton = socket.inet_pton
-assert VIFCTL.size == 16
-assert MFCCTL.size == 60
-assert SIOC_SG_REQ.size == 8 + 3 * _LONG
-assert SIOC_VIF_REQ.size == 4 * _LONG + _LONG  # vifi padded to the alignment of long
-assert SOCKADDR_IN6.size == 28
-assert MIF6CTL.size == 12
-assert MF6CCTL.size == 92
-assert SIOC_SG_REQ6.size == 56 + 3 * _LONG
-assert SIOC_MIF_REQ6.size == SIOC_VIF_REQ.size
 
 _OPNAMES = {
     MRT_INIT: "MRT_INIT",
@@ -177,13 +160,6 @@ def _explain(family: int, optname: int, err: int, table: int | None = None) -> s
 
 # --- pure packing and parsing (unit-tested in tests/unit/test_kernel.py) ----------------------
 
-# struct igmpmsg { u32 unused1, unused2; u8 im_msgtype, im_mbz, im_vif, im_vif_hi;
-#                  in_addr im_src, im_dst; }: laid over the IP header of the packet's copy.
-IGMPMSG = struct.Struct("=8xBBBB4s4s")
-# struct mrt6msg { u8 im6_mbz, im6_msgtype; u16 im6_mif; u32 im6_pad; in6_addr im6_src, im6_dst; }
-MRT6MSG = struct.Struct("=BBHI16s16s")
-assert IGMPMSG.size == 20
-assert MRT6MSG.size == 40
 # IGMPMSG_NOCACHE/WRONGVIF/WHOLEPKT/WRVIFWHOLE (mroute.h); MRT6MSG_NOCACHE/WRONGMIF/WHOLEPKT
 # (mroute6.h, which has no WRMIFWHOLE). WRVIFWHOLE is a WRONGVIF that carries the packet.
 _UPCALL_KINDS: dict[int, dict[int, UpcallKind]] = {

@@ -1,6 +1,7 @@
-"""A kernel writer process: writes pieces of runs of packed MFC structures through mfcd's own
-MRT sockets on another CPU while the daemon goes on with its own work (kernel.Writer; mfcd
-runs two side by side on two CPUs).
+"""A kernel writer process: writes runs of packed MFC structures through mfcd's own MRT sockets.
+
+It writes pieces of the runs on another CPU while the daemon goes on with its own work
+(kernel.Writer; mfcd runs two side by side on two CPUs).
 
 Started by kernel.Writer as `python -I -S kernel_writer.py` (stdlib only, so it starts in a
 few tens of ms) with one end of a Unix stream socket pair as its standard input. It gets:

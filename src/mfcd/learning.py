@@ -1,5 +1,7 @@
-"""Learned entries: (S,G) entries installed from templates when the kernel reports a packet
-with no entry (NOCACHE upcall), re-pointed on a wrong interface, expired when idle, flushed.
+"""Learned entries: (S,G) entries the kernel asks for, installed from templates.
+
+An entry is installed when the kernel reports a packet with no entry (NOCACHE upcall),
+re-pointed on a wrong interface, expired when idle, flushed.
 
 Learning happens on the event loop as soon as the upcall is read: the kernel holds the
 first packets of the flow (up to 4, for about 10 s) on an unresolved entry and forwards

@@ -10,7 +10,7 @@ IPv4 sockets.  The sockets are unbound UDP sockets with a drop-all BPF filter: t
 pull the group's traffic toward the host without ever queueing a datagram of it.
 Memberships end with the process, even after SIGKILL (docs/kernel.md, C.5).
 
-The structures are packed by pure functions, unit-tested for their sizes.
+The structures (laid out in uapi.py) are packed by pure functions, unit-tested.
 """
 
 from __future__ import annotations
@@ -22,12 +22,25 @@ import fcntl
 import os
 import resource
 import socket
-import struct
 from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 from mfcd.errors import KernelError
 from mfcd.groups import ANY_SOURCE, JoinKey, MembershipOp, describe_key, family_of
+from mfcd.uapi import (
+    GROUP_REQ,
+    GROUP_SOURCE_REQ,
+    IFF_RUNNING,
+    IFF_UP,
+    IFREQ_FLAGS,
+    SIOCGIFFLAGS,
+    SO_ATTACH_FILTER,
+    SOCK_FILTER,
+    SOCK_FPROG,
+    SOCKADDR_IN,
+    SOCKADDR_IN6,
+    SOCKADDR_STORAGE,
+)
 
 # linux/in.h (IPPROTO_IP) and linux/in6.h (IPPROTO_IPV6) use the same numbers.
 MCAST_JOIN_GROUP = 42
@@ -36,13 +49,6 @@ MCAST_UNBLOCK_SOURCE = 44
 MCAST_LEAVE_GROUP = 45
 MCAST_JOIN_SOURCE_GROUP = 46
 MCAST_LEAVE_SOURCE_GROUP = 47
-SO_ATTACH_FILTER = 26
-SOCKADDR_STORAGE = 128
-# struct group_req: u32 gr_interface, 4 bytes of padding (the sockaddr_storage is 8-aligned
-# on 64-bit), sockaddr_storage gr_group. group_source_req adds gsr_source.
-GROUP_REQ = struct.Struct("=I4x128s")
-GROUP_SOURCE_REQ = struct.Struct("=I4x128s128s")
-assert GROUP_REQ.size == 136 and GROUP_SOURCE_REQ.size == 264  # x86_64, verified (kernel.md C.1)
 # A socket is full when the kernel answers one of these to a join: IPv4 groups and the
 # sources of a group (both families) give ENOBUFS, IPv6 groups ENOMEM.
 FULL = (errno.ENOBUFS, errno.ENOMEM)
@@ -54,9 +60,9 @@ def sockaddr(family: int, address: str) -> bytes:
     """A sockaddr_in or sockaddr_in6 (port 0) in a zeroed sockaddr_storage."""
     packed = socket.inet_pton(_AF[family], address)
     if family == 4:
-        raw = struct.pack("=H2s4s", socket.AF_INET, b"\0\0", packed)  # family, port, address
-    else:  # family, port, flowinfo, address, scope id
-        raw = struct.pack("=H2sI16sI", socket.AF_INET6, b"\0\0", 0, packed, 0)
+        raw = SOCKADDR_IN.pack(socket.AF_INET, 0, packed)
+    else:
+        raw = SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, packed, 0)
     return raw.ljust(SOCKADDR_STORAGE, b"\0")
 
 
@@ -81,7 +87,7 @@ def request(op: MembershipOp) -> tuple[int, int, bytes]:
 
 def drop_all_program() -> ctypes.Array[ctypes.c_char]:
     """The classic BPF program `ret #0` (accept no byte of any packet)."""
-    return ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K
+    return ctypes.create_string_buffer(SOCK_FILTER.pack(0x06, 0, 0, 0))  # BPF_RET|BPF_K
 
 
 _DROP_ALL = drop_all_program()  # kept alive: the kernel copies it at attach time anyway
@@ -203,7 +209,7 @@ class Memberships:
             ) from None
         # Unbound, it receives nothing already; the filter makes sure it never queues the
         # joined traffic even if something binds it later.
-        fprog = struct.pack("@HP", 1, ctypes.addressof(_DROP_ALL))  # struct sock_fprog
+        fprog = SOCK_FPROG.pack(1, ctypes.addressof(_DROP_ALL))
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
         self.sockets[family].append(sock)
         self.room[family].append(sock)
@@ -231,10 +237,6 @@ class Memberships:
 # spellings, say).
 SourceFilter = tuple[int, bytes, bytes]
 MCFILTER = {4: "/proc/net/mcfilter", 6: "/proc/net/mcfilter6"}
-SIOCGIFFLAGS = 0x8913
-IFF_UP, IFF_RUNNING = 0x1, 0x40
-IFREQ_FLAGS = struct.Struct("=16sH22x")  # struct ifreq: the name, then ifr_flags
-assert IFREQ_FLAGS.size == 40  # x86_64
 
 
 def parse_source_filters(family: int, text: str) -> set[SourceFilter]:
@@ -281,16 +283,27 @@ def lost_sources(joined: Sequence[tuple[JoinKey, int]]) -> list[JoinKey]:
     return missing_sources(joined, held)
 
 
+def interface_flags(name: str) -> int | None:
+    """SIOCGIFFLAGS of `name` in this network namespace; None if it does not exist."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            data = fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ_FLAGS.pack(os.fsencode(name), 0))
+        except OSError as e:
+            if e.errno in (errno.ENODEV, errno.ENXIO, errno.EINVAL):
+                return None
+            raise
+    flags: int = IFREQ_FLAGS.unpack(data)[1]
+    return flags
+
+
 def link_running(name: str) -> bool:
     """Whether the interface is up and has its carrier (SIOCGIFFLAGS): a join's sources come
     back only then; False if it is gone."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            data = fcntl.ioctl(sock, SIOCGIFFLAGS, IFREQ_FLAGS.pack(name.encode(), 0))
-        except (OSError, UnicodeError):
-            return False
-    flags: int = IFREQ_FLAGS.unpack(data)[1]
-    return flags & (IFF_UP | IFF_RUNNING) == IFF_UP | IFF_RUNNING
+    try:
+        flags = interface_flags(name)
+    except (OSError, UnicodeError):
+        return False
+    return flags is not None and flags & (IFF_UP | IFF_RUNNING) == IFF_UP | IFF_RUNNING
 
 
 def _more_files() -> bool:

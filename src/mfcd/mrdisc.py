@@ -26,6 +26,7 @@ import struct
 from collections.abc import Iterable
 
 from mfcd.membership import MCAST_JOIN_GROUP, MCAST_LEAVE_GROUP, group_req
+from mfcd.uapi import IN_PKTINFO, IP_MREQN
 
 ADVERTISEMENT = 0x30
 SOLICITATION = 0x31
@@ -96,8 +97,8 @@ class Advertiser:
 
     def send(self, kind: int, ifindex: int, interval: int = 0) -> None:
         """Send one MRD message out of the interface `ifindex` (raises OSError)."""
-        # struct ip_mreqn: multiaddr, address, ifindex: the interface by index alone.
-        mreqn = struct.pack("=4s4si", bytes(4), bytes(4), ifindex)
+        # The interface by index alone: no group, no address.
+        mreqn = IP_MREQN.pack(bytes(4), bytes(4), ifindex)
         self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
         self.sock.sendto(message(kind, interval), (ALL_SNOOPERS, 0))
 
@@ -125,8 +126,12 @@ class Advertiser:
             if not solicitation_in(packet):
                 continue
             for level, kind, data in ancillary:
-                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 4:
-                    found.append(struct.unpack_from("=i", data)[0])  # struct in_pktinfo
+                if (
+                    level == socket.IPPROTO_IP
+                    and kind == IP_PKTINFO
+                    and len(data) >= IN_PKTINFO.size
+                ):
+                    found.append(IN_PKTINFO.unpack_from(data)[0])  # ipi_ifindex
 
     def close(self, terminate: Iterable[int] = ()) -> None:
         """Send a Termination on each of `terminate` (ifindexes), then close."""

@@ -1,6 +1,7 @@
-"""What `mfcctl diagnose` reads from the machine: interface state, sysctls, bridge settings,
-the route back to a source, the flow's packets on the wire (read-only; the thin shell
-around the pure diagnosis.py).
+"""What `mfcctl diagnose` reads from the machine: the read-only shell around diagnosis.py.
+
+Interface state, sysctls, bridge settings, the route back to a source, the flow's packets
+on the wire; the verdicts are the pure diagnosis.py's.
 
 Nothing here changes anything: /proc and /sys are only read, the route lookup is an
 RTM_GETROUTE (as `ip route get`), and the packet sample is an AF_PACKET socket with a BPF
@@ -12,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import errno
-import fcntl
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,12 +26,10 @@ from mfcd import diagnosis, netlink
 from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, SgCounters, sg_counters, vif_counters
 from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Sample
+from mfcd.membership import interface_flags
 from mfcd.model import Router
+from mfcd.uapi import IFF_RUNNING, IFF_UP, SO_ATTACH_FILTER, SOCK_FILTER, SOCK_FPROG
 
-SIOCGIFFLAGS = 0x8913
-IFF_UP = 0x1
-IFF_RUNNING = 0x40
-SO_ATTACH_FILTER = 26
 PACKET_OUTGOING = 4  # a packet this host sends (the forwarded copies), <linux/if_packet.h>
 ETH_P = {4: 0x0800, 6: 0x86DD}
 MAX_PACKETS = 200  # sampled at most: enough for TTLs and arrival interfaces
@@ -42,8 +38,6 @@ STOP_CHECK = 0.2  # seconds between two looks at the stop flag while sampling
 # here instead of holding the default executor's threads, which write the state file.
 _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="diagnose")
 SNAP = 64  # bytes of each packet copied: the IP header is all that is read
-_IFREQ = struct.Struct("=16sH22x")  # struct ifreq: name, then ifr_flags in the union
-_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
 # Classic BPF opcodes (<linux/filter.h>)
 _LD_W_ABS = 0x20
 _JEQ_K = 0x15
@@ -74,9 +68,9 @@ def bpf_program(family: int, group: str, source: str | None) -> list[tuple[int, 
 
 
 def _attach(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
-    code = b"".join(_FILTER.pack(*insn) for insn in program)
+    code = b"".join(SOCK_FILTER.pack(*insn) for insn in program)
     buf = ctypes.create_string_buffer(code)
-    fprog = struct.pack("@HP", len(program), ctypes.addressof(buf))
+    fprog = SOCK_FPROG.pack(len(program), ctypes.addressof(buf))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
@@ -187,19 +181,6 @@ def _read(path: str) -> str | None:
 def _number(path: str) -> int | None:
     text = _read(path)
     return int(text) if text is not None and text.lstrip("-").isdigit() else None
-
-
-def interface_flags(name: str) -> int | None:
-    """SIOCGIFFLAGS of `name` in this network namespace; None if it does not exist."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            out = fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, _IFREQ.pack(os.fsencode(name), 0))
-        except OSError as e:
-            if e.errno in (errno.ENODEV, errno.ENXIO, errno.EINVAL):
-                return None
-            raise
-    flags: int = _IFREQ.unpack(out)[1]
-    return flags
 
 
 def read_interface(family: int, name: str) -> Interface:

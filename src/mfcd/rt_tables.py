@@ -1,5 +1,8 @@
-"""Names of routing tables: the `/etc/iproute2/rt_tables` format (parser, no I/O) and a thin
-reader of the files iproute2 reads, so `table` may be given as `ip` users name it."""
+"""Names of routing tables, so `table` may be given as `ip` users name it.
+
+The `/etc/iproute2/rt_tables` format (parser, no I/O) and a thin reader of the files
+iproute2 reads.
+"""
 
 from __future__ import annotations
 

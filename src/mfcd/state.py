@@ -1,5 +1,6 @@
-"""The state file: an append-only, checksummed, numbered journal of route changes, compacted
-into snapshots, with one owner at a time.
+"""The state file: an append-only, checksummed, numbered journal of route changes.
+
+It is compacted into snapshots and has one owner at a time.
 
 Format version 2 (text, one record per line):
 

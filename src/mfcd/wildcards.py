@@ -1,5 +1,7 @@
-"""Interface wildcards (pure): names ending in `*` or `+` that stand for every interface whose
-name starts with what comes before, now and later.
+"""Interface wildcards (pure): names ending in `*` or `+` that stand for interfaces by prefix.
+
+Such a name stands for every interface whose name starts with what comes before the `*` or
+`+`, now and later.
 
 Config routes (declarations) and runtime routes (mfcctl, JSON, batches) share these. A
 route or template whose oifs name a wildcard keeps that *pattern* as its intent (what the

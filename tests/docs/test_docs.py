@@ -8,6 +8,7 @@ run and the result committed.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import subprocess
@@ -180,3 +181,13 @@ def test_every_mfcctl_command_and_option_is_in_the_man_page() -> None:
             for option in action.option_strings:
                 if option not in ("-h", "--help"):
                     assert f"\\fB{_roff(option)}\\fP" in page
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "src" / "mfcd").glob("*.py")), ids=lambda p: p.name)
+def test_each_module_starts_with_its_one_line_purpose(path: Path) -> None:
+    """The docstring's first line is the module's whole purpose; details follow a blank line."""
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")), clean=False)
+    assert docstring, f"{path.name} has no docstring"
+    first, _, rest = docstring.partition("\n")
+    assert len(first) <= 97, f"{path.name}: the purpose line is over 100 characters"
+    assert not rest or rest.startswith("\n"), f"{path.name}: the purpose goes on a second line"

@@ -8,35 +8,20 @@ import struct
 
 import pytest
 
-from mfcd import kernel
+from mfcd import kernel, uapi
 from mfcd.dataplane import Dataplane, ObservedVif, SgCounters, Upcall, VifCounters
 from mfcd.errors import KernelError
 from mfcd.kernel import Kernel
 from tests.unit.conftest import FakeKernel
 
-LONG = struct.calcsize("@L")
-
-
-def test_struct_sizes_match_the_uapi_headers() -> None:
-    # linux/mroute.h, linux/mroute6.h on a 64-bit or 32-bit ABI: unsigned long is LONG bytes.
-    assert kernel.VIFCTL.size == 16  # struct vifctl
-    assert kernel.MFCCTL.size == 60  # struct mfcctl (MAXVIFS 32)
-    assert kernel.MIF6CTL.size == 12  # struct mif6ctl
-    assert kernel.MF6CCTL.size == 92  # struct mf6cctl: 2 x sockaddr_in6, mifi_t, pad, if_set
-    assert kernel.SIOC_SG_REQ.size == 8 + 3 * LONG
-    assert kernel.SIOC_SG_REQ6.size == 56 + 3 * LONG
-    assert kernel.SIOC_VIF_REQ.size == 5 * LONG  # vifi_t padded to a long
-    assert kernel.IGMPMSG.size == 20  # struct igmpmsg
-    assert kernel.MRT6MSG.size == 40  # struct mrt6msg
-
 
 def test_vifctl_names_the_device_by_ifindex() -> None:
     data = kernel.pack_vifctl(3, 42, 5)
-    assert kernel.VIFCTL.unpack(data) == (3, kernel.VIFF_USE_IFINDEX, 5, 0, 42, b"\0" * 4)
+    assert uapi.VIFCTL.unpack(data) == (3, kernel.VIFF_USE_IFINDEX, 5, 0, 42, b"\0" * 4)
 
 
 def test_mif6ctl_round_trip_and_its_16_bit_ifindex() -> None:
-    assert kernel.MIF6CTL.unpack(kernel.pack_mif6ctl(7, 65535, 1)) == (7, 0, 1, 65535, 0)
+    assert uapi.MIF6CTL.unpack(kernel.pack_mif6ctl(7, 65535, 1)) == (7, 0, 1, 65535, 0)
     with pytest.raises(KernelError, match="65535"):
         kernel.pack_mif6ctl(7, 65536, 1)
 
@@ -44,7 +29,7 @@ def test_mif6ctl_round_trip_and_its_16_bit_ifindex() -> None:
 def test_mfcctl_puts_each_threshold_at_its_vif_index() -> None:
     ttls = kernel.pack_ttls(((1, 5), (31, 1)))
     data = kernel.pack_mfcctl("198.18.0.1", "239.1.2.3", 0, ttls)
-    origin, group, parent, packed, *counters = kernel.MFCCTL.unpack(data)
+    origin, group, parent, packed, *counters = uapi.MFCCTL.unpack(data)
     assert socket.inet_ntop(socket.AF_INET, origin) == "198.18.0.1"
     assert socket.inet_ntop(socket.AF_INET, group) == "239.1.2.3"
     assert (parent, counters) == (0, [0, 0, 0, 0])
@@ -53,12 +38,12 @@ def test_mfcctl_puts_each_threshold_at_its_vif_index() -> None:
 
 def test_mf6cctl_sets_one_bit_per_oif() -> None:
     data = kernel.pack_mf6cctl("2001:db8::2", "ff3e::1", 2, ((0, 1), (5, 1), (31, 1)))
-    origin, group, parent, ifset = kernel.MF6CCTL.unpack(data)
-    family, _port, _flow, address, _scope = kernel.SOCKADDR_IN6.unpack(origin)
+    origin, group, parent, ifset = uapi.MF6CCTL.unpack(data)
+    family, _port, _flow, address, _scope = uapi.SOCKADDR_IN6.unpack(origin)
     assert (family, socket.inet_ntop(socket.AF_INET6, address)) == (socket.AF_INET6, "2001:db8::2")
-    assert socket.inet_ntop(socket.AF_INET6, kernel.SOCKADDR_IN6.unpack(group)[3]) == "ff3e::1"
+    assert socket.inet_ntop(socket.AF_INET6, uapi.SOCKADDR_IN6.unpack(group)[3]) == "ff3e::1"
     assert parent == 2
-    assert kernel.IF_SET.unpack(ifset) == (1 | 1 << 5 | 1 << 31, 0, 0, 0, 0, 0, 0, 0)
+    assert uapi.IF_SET.unpack(ifset) == (1 | 1 << 5 | 1 << 31, 0, 0, 0, 0, 0, 0, 0)
 
 
 @pytest.mark.parametrize(("family", "source"), [(4, "198.18.0.2"), (6, "2001:db8::2")])
@@ -66,15 +51,15 @@ def test_sg_request_round_trip(family: int, source: str) -> None:
     group = "239.1.1.1" if family == 4 else "ff3e::1"
     request = kernel.pack_sg_req(family, source, group)
     assert kernel.parse_sg_req(family, request) == SgCounters(0, 0, 0)
-    layout = kernel.SIOC_SG_REQ if family == 4 else kernel.SIOC_SG_REQ6
+    layout = uapi.SIOC_SG_REQ if family == 4 else uapi.SIOC_SG_REQ6
     src, grp, *_ = layout.unpack(request)
     answered = layout.pack(src, grp, 10, 1500, 2)  # what the kernel writes back
     assert kernel.parse_sg_req(family, answered) == SgCounters(10, 1500, 2)
 
 
 def test_vif_request_round_trip() -> None:
-    assert kernel.SIOC_VIF_REQ.unpack(kernel.pack_vif_req(4)) == (4, 0, 0, 0, 0)
-    answered = kernel.SIOC_VIF_REQ.pack(4, 9, 8, 900, 800)
+    assert uapi.SIOC_VIF_REQ.unpack(kernel.pack_vif_req(4)) == (4, 0, 0, 0, 0)
+    answered = uapi.SIOC_VIF_REQ.pack(4, 9, 8, 900, 800)
     assert kernel.parse_vif_req(answered) == VifCounters(9, 8, 900, 800)
 
 
