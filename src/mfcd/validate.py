@@ -129,13 +129,15 @@ def route_key(args: dict[str, Any]) -> RouteKey:
 
 
 MAX_TABLE = 2**32 - 1
-_table_names: dict[str, int] | None = None  # /etc/iproute2/rt_tables, read when first needed
+# The names of /etc/iproute2/rt_tables and rt_tables.d, read at the first name and again when
+# the files change (rt_tables.Names): a name added is known to the next request or reload.
+_table_names: rt_tables.Names | dict[str, int] = rt_tables.Names()  # (tests may set a dict)
 
 
 def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> int:
     """A route's table: None or "default" for the family's default table (IPv4 253, IPv6
-    254), a number from 1 to 2**32-1, or a name from /etc/iproute2/rt_tables (`names`, read
-    from the files when not given)."""
+    254), a number from 1 to 2**32-1, or a name from /etc/iproute2/rt_tables (`names`, the
+    files' as they are now when not given)."""
     if value is None or value == "default":
         return DEFAULT_TABLE[family]
     if value.__class__ is int:
@@ -149,20 +151,25 @@ def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> in
     if isinstance(value, str):
         if value.isascii() and value.isdigit():  # ("²".isdigit() too)
             return table_of(int(value), family, names)
-        if names is None:
-            global _table_names  # noqa: PLW0603 (read the files once per daemon)
-            if _table_names is None:
-                _table_names = rt_tables.load()
-            names = _table_names
-        number = names.get(value)
+        number = (_table_names if names is None else names).get(value)
         if number is None or number == 0:
-            raise InvalidArgument(
-                f"table {value!r} is not a table name: give a number, default, or a name"
-                " from /etc/iproute2/rt_tables",
-                field="table",
-            )
+            raise InvalidArgument(_not_a_name(value, names is None), field="table")
         return number
     raise InvalidArgument("table must be a number or a table name", field="table")
+
+
+def _not_a_name(value: str, from_files: bool) -> str:
+    """Why `value` is no table, with the lines where reading a file stopped (if any)."""
+    files = _table_names if from_files and isinstance(_table_names, rt_tables.Names) else None
+    stopped = ""
+    if files is not None and files.problems:
+        stopped = "; as by ip, no line after one that is not NUMBER NAME is read: " + ", ".join(
+            files.problems
+        )
+    return (
+        f"table {value!r} is not a table name: give a number, default, or a name from"
+        f" /etc/iproute2/rt_tables or rt_tables.d/*.conf{stopped}"
+    )
 
 
 _numbered_tables: dict[str, int] = {}  # "100" -> 100: a batch names its table on every line
