@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import diagnosis, netlink
+from mfcd import diagnosis, netlink, protocol
 from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, SgCounters, sg_counters, vif_counters
 from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Sample
@@ -210,7 +210,7 @@ def read_interface(family: int, name: str) -> Interface:
         return Interface(name, True)
     if flags is None:
         return Interface(name, False)
-    ip = "ipv4" if family == 4 else "ipv6"
+    ip = protocol.FAMILY_NAMES[family]
     forwarding = _number(f"/proc/sys/net/{ip}/conf/{name}/mc_forwarding")
     rp_filter = None
     if family == 4:
