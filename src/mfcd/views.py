@@ -1,4 +1,4 @@
-"""What the protocol shows: show, vif.show, group.show, results and plans, sync reports, log text.
+"""What the protocol shows: show, vif.show, group.show, diagnose, results, plans, reports, logs.
 
 Pure: it reads the model (and, for statistics, a counters reader the caller passes)
 and builds the JSON values of results; it changes nothing and does no I/O of its
@@ -32,6 +32,7 @@ from typing import Any
 from mfcd import groups
 from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, sg_counters, vif_counters
+from mfcd.diagnosis import Check, Intent, Query, verdict
 from mfcd.groups import JoinKey, Joins, MembershipOp
 from mfcd.model import (
     DEFAULT_TABLE,
@@ -684,6 +685,64 @@ def join_states(joins: Joins, keys: Sequence[JoinKey], links: Container[str]) ->
         out["missing"] = sorted({key[0] for key in waiting if key[0] not in links})
     else:
         out["state"] = "joined"
+    return out
+
+
+# --- diagnose ------------------------------------------------------------------------------------
+
+
+def diagnose_result(
+    query: Query, seconds: float, flows: Sequence[tuple[Intent | None, Sequence[Check]]]
+) -> dict[str, Any]:
+    """diagnose's result: the flow asked about, how long it was sampled, and for each intent
+    that matches it (or None when none does) its checklist, with a verdict for each and one
+    for all."""
+    shown = [_diagnosed_flow(intent, checks) for intent, checks in flows]
+    everything = [check for _, checks in flows for check in checks]
+    return {
+        "group": query.group,
+        "source": query.source,
+        "table": query.table,
+        "seconds": seconds,
+        "verdict": verdict(everything),
+        "flows": shown,
+    }
+
+
+def _diagnosed_flow(intent: Intent | None, checks: Sequence[Check]) -> dict[str, Any]:
+    return {
+        "route": None if intent is None else diagnosed_intent(intent),
+        "verdict": verdict(checks),
+        "checks": [diagnosed_check(c) for c in checks],
+    }
+
+
+def diagnosed_intent(intent: Intent) -> dict[str, Any]:
+    """A route or template that matches a diagnosed flow, as diagnose shows it."""
+    out: dict[str, Any] = {
+        "kind": intent.kind,
+        "family": FAMILY_NAMES[intent.family],
+        "table": intent.table,
+        "source": intent.source,
+        "group": intent.group,
+        "iif": intent.iif,
+        "oifs": list(intent.oifs),
+        "state": intent.state,
+        "origin": intent.origin,
+    }
+    if intent.template is not None:
+        out["template"] = {"source": intent.template[0], "group": intent.template[1]}
+        out["learned"] = intent.learned
+    return out
+
+
+def diagnosed_check(check: Check) -> dict[str, Any]:
+    """One item of a diagnosed flow's checklist, as diagnose shows it."""
+    out: dict[str, Any] = {"check": check.check, "status": check.status, "detail": check.detail}
+    if check.interface is not None:
+        out["interface"] = check.interface
+    if check.fix:
+        out["fix"] = check.fix
     return out
 
 

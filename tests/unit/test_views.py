@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -15,6 +16,7 @@ from mfcd import views
 from mfcd.controller import Controller
 from mfcd.dataplane import Counters as Read
 from mfcd.dataplane import SgCounters, VifCounters
+from mfcd.diagnosis import Check, Intent, Query
 from mfcd.errors import KernelError
 from mfcd.groups import ANY_SOURCE, JoinKey, Joins, MembershipOp
 from mfcd.model import AddRoute, Ports, Route, SetThreshold, Step
@@ -347,4 +349,47 @@ def test_show_stats_learning_part_has_the_limits_then_the_counts() -> None:
     counts = Counter({"learned": 4, "dropped": 1})
     assert json.dumps(views.learning_stats(3, 100, 300.0, counts)) == json.dumps(
         {"entries": 3, "max_learned": 100, "idle_timeout": 300.0, "learned": 4, "dropped": 1}
+    )
+
+
+# --- diagnose ------------------------------------------------------------------------------------
+
+
+def test_diagnose_shows_each_flows_route_and_checks_with_a_verdict_for_each_and_all() -> None:
+    intent = Intent("template", 6, "2001:db8::1", "ff3e::1", 254, "a", ("b",), "installed", "")
+    intent = dataclasses.replace(intent, template=("*", "ff3e::/16"), learned=True)
+    good = [Check("route", "passed", "matches"), Check("iif", "passed", "a is up", "", "a")]
+    bad = [Check("route", "failed", "no route matches", "add one")]
+    query = Query(6, "ff3e::1", None, 254, 1.0)
+    shown = views.diagnose_result(query, 1.0, [(intent, good), (None, bad)])
+    route = {
+        "kind": "template",
+        "family": "ipv6",
+        "table": 254,
+        "source": "2001:db8::1",
+        "group": "ff3e::1",
+        "iif": "a",
+        "oifs": ["b"],
+        "state": "installed",
+        "origin": "api",
+        "template": {"source": "*", "group": "ff3e::/16"},
+        "learned": True,
+    }
+    checks = [
+        {"check": "route", "status": "passed", "detail": "matches"},
+        {"check": "iif", "status": "passed", "detail": "a is up", "interface": "a"},
+    ]
+    refused = {"check": "route", "status": "failed", "detail": "no route matches", "fix": "add one"}
+    assert json.dumps(shown) == json.dumps(
+        {
+            "group": "ff3e::1",
+            "source": None,
+            "table": 254,
+            "seconds": 1.0,
+            "verdict": "failed",
+            "flows": [
+                {"route": route, "verdict": "ok", "checks": checks},
+                {"route": None, "verdict": "failed", "checks": [refused]},
+            ],
+        }
     )
