@@ -1501,7 +1501,8 @@ class Cli:
             return protocol.EXIT_OK
 
 
-_DEFAULT_TABLES = {"ipv4": 253, "ipv6": 254}  # the kernel's default table of each family
+# The kernel's default table of each family, by the family's name in results.
+_DEFAULT_TABLES = {protocol.FAMILY_NAMES[f]: t for f, t in protocol.DEFAULT_TABLE.items()}
 
 
 def _other_table(entry: dict[str, Any]) -> bool:

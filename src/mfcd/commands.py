@@ -376,7 +376,10 @@ class Commands:
             patterns=self.controller.shown_patterns(),
         )
         if stats and learner is not None:
-            result["learning"] = learner.stats()
+            learned = len(learner.router.learned)
+            result["learning"] = views.learning_stats(
+                learned, learner.max_learned, learner.idle_timeout, learner.counts
+            )
         return result
 
     def flush_learned(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
@@ -639,7 +642,8 @@ class Commands:
         if not dry_run:
             if is_wildcard(keys[0][0]):  # the joins it stands for now
                 keys = [e for k in keys for e in self.controller.expanded_joins(k)]
-            result.update(self._join_states(keys))
+            links = self.controller.router.links
+            result.update(views.join_states(self.controller.joins, keys, links))
         return result
 
     def leave(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
@@ -648,25 +652,9 @@ class Commands:
 
     def group_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, ())
-        joins = self.controller.joins
-        shown = []
-        for key in sorted(joins.wanted, key=groups.sort_key):
-            status = joins.status(key)
-            entry = {
-                "interface": key[0],
-                "family": protocol.FAMILY_NAMES[groups.family_of(key)],
-                "group": key[1],
-                "source": key[2],
-                "state": status.state,
-                "origin": joins.origin(key),
-            }
-            if status.reason:
-                entry["reason"] = status.reason
-            owner = self.controller.wild_joins and self.controller.join_owner(key)
-            if owner:
-                entry["interface_pattern"] = owner[0]
-            shown.append(entry)
-        return {"groups": shown, "mrdisc": sorted(joins.mrdisc)}
+        controller = self.controller
+        owner = controller.join_owner if controller.wild_joins else None
+        return views.group_show(controller.joins, owner)
 
     def _join_keys(
         self, args: Any, fields: tuple[str, ...] = ("interface", "group")
@@ -679,20 +667,6 @@ class Commands:
         keys = groups.join_keys(name, group, source)
         self._check_family(groups.family_of(keys[0]))
         return keys
-
-    def _join_states(self, keys: list[JoinKey]) -> dict[str, Any]:
-        """How many of the joins wait, and for which interfaces (or why)."""
-        joins = self.controller.joins
-        waiting = [key for key in keys if key not in joins.joined]
-        out: dict[str, Any] = {"joins": len(keys), "pending": len(waiting)}
-        if waiting:
-            out["state"] = "pending"
-            out["reason"] = joins.status(waiting[0]).reason
-            links = self.controller.router.links
-            out["missing"] = sorted({key[0] for key in waiting if key[0] not in links})
-        else:
-            out["state"] = "joined"
-        return out
 
     def batch(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("ops", "text", "plan"))
@@ -723,17 +697,15 @@ class Commands:
                 e.op = None
             raise
         kinds = Counter(map(type, _outside(changes, runs)))  # (runs hold AddRoutes alone)
-        joined, left = kinds[Join], kinds[Leave]
-        result["added"] = len(changes) - deleted - updated - joined - left
-        result["deleted"] = deleted
-        result["updated"] = updated
-        if joined or left:
-            result["joined"] = joined
-            result["left"] = left
-        if not dry_run:
-            pending, missing = self._pending(changes)
-            result["pending"] = pending
-            result["missing"] = missing
+        counts = views.batch_counts(
+            changes=len(changes),
+            deleted=deleted,
+            updated=updated,
+            joined=kinds[Join],
+            left=kinds[Leave],
+            pending=None if dry_run else self._pending(changes),
+        )
+        result.update(counts)
         return result
 
     def _pending(self, changes: list[Change]) -> tuple[int, list[str]]:
@@ -983,7 +955,8 @@ class Commands:
             added=_added(self.controller.router, only),
         )
         if plan and outcome.memberships:
-            result.setdefault("plan", []).extend(map(groups.describe, outcome.memberships))
+            memberships = map(views.describe_membership, outcome.memberships)
+            result.setdefault("plan", []).extend(memberships)
         if not dry_run:
             note = _state_note(result)
             self._after_change(

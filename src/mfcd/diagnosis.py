@@ -14,13 +14,14 @@ probes.py gathers the facts (model state, /proc, /sys, counters sampled over an
 interval, a packet-socket sample of the flow on every interface); `checklist()` walks the
 path in order and says for each step passed, failed or unknown, and for each failure one
 line saying what to do. Nothing here reads the machine, so every verdict is unit-tested.
+views.py shows the checklist and the intent it is of (the result of `diagnose`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from mfcd import templates as tpl
 from mfcd.model import DEFAULT_TABLE, RouteKey, Router
@@ -38,14 +39,6 @@ class Check:
     detail: str
     fix: str = ""
     interface: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"check": self.check, "status": self.status, "detail": self.detail}
-        if self.interface is not None:
-            out["interface"] = self.interface
-        if self.fix:
-            out["fix"] = self.fix
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +80,6 @@ class Intent:
     def entry(self) -> bool:
         """Whether the kernel should hold an (S,G) entry for it (counters to read)."""
         return self.template is None or self.learned
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "kind": self.kind,
-            "family": "ipv4" if self.family == 4 else "ipv6",
-            "table": self.table,
-            "source": self.source,
-            "group": self.group,
-            "iif": self.iif,
-            "oifs": list(self.oifs),
-            "state": self.state,
-            "origin": self.origin,
-        }
-        if self.template is not None:
-            out["template"] = {"source": self.template[0], "group": self.template[1]}
-            out["learned"] = self.learned
-        return out
 
 
 def matching_intents(router: Router, query: Query) -> list[Intent]:

@@ -82,18 +82,6 @@ def sort_key(key: JoinKey) -> tuple[str, int, bytes, int, bytes]:
     return (key[0], group.version, group.packed, len(source), source)
 
 
-def describe(op: MembershipOp) -> dict[str, Any]:
-    """A membership operation as plans show it (beside the route steps)."""
-    interface, group, source = op.key
-    return {
-        "action": "join" if op.join else "leave",
-        "family": "ipv6" if ":" in group else "ipv4",
-        "interface": interface,
-        "group": group,
-        "source": source,
-    }
-
-
 _MISSING: Any = object()
 
 

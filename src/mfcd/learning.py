@@ -459,12 +459,3 @@ class Learner:
                 _, t_source, t_group, _, t_iif = template
                 fields["template"] = {"source": t_source, "group": t_group, "iif": t_iif}
             bus.emit(kind, **fields, **extra)
-
-    def stats(self) -> dict[str, int | float]:
-        """What `show --stats` says about learning."""
-        return {
-            "entries": len(self.router.learned),
-            "max_learned": self.max_learned,
-            "idle_timeout": self.idle_timeout,
-            **self.counts,
-        }

@@ -47,6 +47,7 @@ from typing import Any, NamedTuple, TypeVar
 from mfcd import templates as tpl
 from mfcd.errors import InvalidArgument, NotFound, VifLimit
 from mfcd.groups import Join, Leave, SetMrdisc
+from mfcd.protocol import DEFAULT_TABLE as DEFAULT_TABLE  # noqa: PLC0414 (re-exported)
 from mfcd.protocol import family_text
 from mfcd.templates import TemplateKey
 
@@ -54,9 +55,6 @@ MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
 # Who asked for an intent: mfcctl or JSON ("api"), the configuration file ("config"), or the
 # kernel's upcalls through a template ("learned"). Only "api" intents are saved.
 ORIGINS = ("api", "config", "learned")
-# The kernel's default multicast routing table of each family: RT_TABLE_DEFAULT for IPv4,
-# RT_TABLE_MAIN for IPv6 (an MRT_INIT socket without MRT_TABLE takes it; /proc shows only it).
-DEFAULT_TABLE = {4: 253, 6: 254}
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
 
 # (family 4|6, source, group, table), addresses in canonical text form; `table` is the kernel's

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from mfcd import diagnosis, netlink
+from mfcd import diagnosis, netlink, protocol, views
 from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, SgCounters, sg_counters, vif_counters
 from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Sample
@@ -191,7 +191,7 @@ def read_interface(family: int, name: str) -> Interface:
         return Interface(name, True)
     if flags is None:
         return Interface(name, False)
-    ip = "ipv4" if family == 4 else "ipv6"
+    ip = protocol.FAMILY_NAMES[family]
     forwarding = _number(f"/proc/sys/net/{ip}/conf/{name}/mc_forwarding")
     rp_filter = None
     if family == 4:
@@ -267,7 +267,7 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
     elapsed = round(time.monotonic() - started, 1)
     after = [_counters(counters, i) for i in intents]
     vifs_after = [_sent(router, counters, i) for i in intents]
-    flows = []
+    flows: list[tuple[Intent | None, list[diagnosis.Check]]] = []
     for index, (intent, old, new) in enumerate(zip(intents, before, after, strict=True)):
         counts = None
         if old is not None and new is not None:
@@ -286,25 +286,15 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
             backs.get(intent.source),
             _difference(vifs_before[index], vifs_after[index]),
         )
-        flows.append(_flow_json(intent, diagnosis.checklist(facts)))
+        flows.append((intent, diagnosis.checklist(facts)))
     if not intents:
         sources = {p.source for p in packets}
         one = source if source is not None else (min(sources) if len(sources) == 1 else None)
         seen = sample_of(packets, one, elapsed, error) if one is not None else None
         # Without a source, the one sender seen (if just one) stands for it in the fix.
         facts = Facts(family, one, group, None, {}, None, seen, None)
-        flows.append(_flow_json(None, diagnosis.checklist(facts)))
-    checks = [c for flow in flows for c in flow["checks"]]
-    return {
-        "group": group,
-        "source": source,
-        "table": query.table,
-        "seconds": elapsed,
-        "verdict": diagnosis.verdict(
-            diagnosis.Check(c["check"], c["status"], c["detail"]) for c in checks
-        ),
-        "flows": flows,
-    }
+        flows.append((None, diagnosis.checklist(facts)))
+    return views.diagnose_result(query, elapsed, flows)
 
 
 def _counters(reader: CountersReader, intent: Intent) -> SgCounters | None:
@@ -328,11 +318,3 @@ def _sent(router: Router, reader: CountersReader, intent: Intent) -> dict[str, i
 
 def _difference(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {n: after[n] - before[n] for n in after if n in before}
-
-
-def _flow_json(intent: Intent | None, checks: list[diagnosis.Check]) -> dict[str, Any]:
-    return {
-        "route": None if intent is None else intent.as_json(),
-        "verdict": diagnosis.verdict(checks),
-        "checks": [c.as_json() for c in checks],
-    }

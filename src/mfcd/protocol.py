@@ -111,6 +111,9 @@ ERROR_EXIT = {
 
 # The address families by number (model.py's route keys) and by name (in results and messages).
 FAMILY_NAMES = {4: "ipv4", 6: "ipv6"}
+# The kernel's default multicast routing table of each family: RT_TABLE_DEFAULT for IPv4,
+# RT_TABLE_MAIN for IPv6 (an MRT_INIT socket without MRT_TABLE takes it; /proc shows only it).
+DEFAULT_TABLE = {4: 253, 6: 254}
 
 
 def family_text(family: int) -> str:

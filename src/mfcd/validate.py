@@ -205,7 +205,7 @@ def route_key_of(source: Any, group: Any, table: Any = None) -> RouteKey:
         else:
             first = src[0]
             if 0 < first < 224 and first != 127 and 224 <= grp[0] <= 239 and grp[:3] != _LOCAL4:
-                table = 253 if table is None else ipv4_table(table)
+                table = DEFAULT_TABLE[4] if table is None else ipv4_table(table)
                 return (4, share_source(source), share_group(group), table)
     family, src_packed, source = _address(source, "source")
     gfamily, grp_packed, group = _address(group, "group")

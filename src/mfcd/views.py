@@ -1,4 +1,4 @@
-"""What the protocol shows: show and vif.show, change results and plans, sync reports, log text.
+"""What the protocol shows: show, vif.show, group.show, diagnose, results, plans, reports, logs.
 
 Pure: it reads the model (and, for statistics, a counters reader the caller passes)
 and builds the JSON values of results; it changes nothing and does no I/O of its
@@ -15,14 +15,25 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Container,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from itertools import islice
 from json.encoder import encode_basestring_ascii as encode_ascii
 from operator import itemgetter
 from typing import Any
 
+from mfcd import groups
 from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, sg_counters, vif_counters
+from mfcd.diagnosis import Check, Intent, Query, verdict
+from mfcd.groups import JoinKey, Joins, MembershipOp
 from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
@@ -121,6 +132,43 @@ def change_result(
         if status.missing:
             result["missing"] = list(status.missing)
     return result
+
+
+def describe_membership(op: MembershipOp) -> dict[str, Any]:
+    """A join or leave as plans show it (beside the route steps)."""
+    interface, group, source = op.key
+    return {
+        "action": "join" if op.join else "leave",
+        "family": FAMILY_NAMES[groups.family_of(op.key)],
+        "interface": interface,
+        "group": group,
+        "source": source,
+    }
+
+
+def batch_counts(
+    *,
+    changes: int,
+    deleted: int,
+    updated: int,
+    joined: int,
+    left: int,
+    pending: tuple[int, list[str]] | None,
+) -> dict[str, Any]:
+    """What a batch of `changes` did, beside change_result's: routes added (the changes that
+    are not deletes, updates, joins or leaves), deleted and updated, the joins and leaves
+    when it had any, and (`pending`: unless a dry run) how many of its routes wait for which
+    missing interfaces."""
+    out: dict[str, Any] = {
+        "added": changes - deleted - updated - joined - left,
+        "deleted": deleted,
+        "updated": updated,
+    }
+    if joined or left:
+        out.update(joined=joined, left=left)
+    if pending is not None:
+        out["pending"], out["missing"] = pending
+    return out
 
 
 _VIFI = itemgetter(0)  # of an Oifs item
@@ -582,6 +630,120 @@ _ORDER6 = struct.Struct(">BI16s16s")
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def learning_stats(
+    entries: int, max_learned: int, idle_timeout: float, counts: Mapping[str, int]
+) -> dict[str, int | float]:
+    """What `show --stats` says about learning: the learned `entries` now, the limits, and
+    learning.Learner's counts since start-up."""
+    return {
+        "entries": entries,
+        "max_learned": max_learned,
+        "idle_timeout": idle_timeout,
+        **counts,
+    }
+
+
+# --- group joins ---------------------------------------------------------------------------------
+
+
+def group_show(
+    joins: Joins, owner: Callable[[JoinKey], JoinKey | None] | None = None
+) -> dict[str, Any]:
+    """group.show: each join wanted, in show order, with its state (and why it waits), its
+    origin, and the wildcard join it stands for (`owner`, when there are wildcard joins);
+    and the interfaces that send router advertisements."""
+    shown = []
+    for key in sorted(joins.wanted, key=groups.sort_key):
+        status = joins.status(key)
+        entry = {
+            "interface": key[0],
+            "family": FAMILY_NAMES[groups.family_of(key)],
+            "group": key[1],
+            "source": key[2],
+            "state": status.state,
+            "origin": joins.origin(key),
+        }
+        if status.reason:
+            entry["reason"] = status.reason
+        pattern = owner(key) if owner is not None else None
+        if pattern:
+            entry["interface_pattern"] = pattern[0]
+        shown.append(entry)
+    return {"groups": shown, "mrdisc": sorted(joins.mrdisc)}
+
+
+def join_states(joins: Joins, keys: Sequence[JoinKey], links: Container[str]) -> dict[str, Any]:
+    """What a join answers: how many of its joins (`keys`) wait, why the first one does,
+    and which of their interfaces do not exist (not in `links`)."""
+    waiting = [key for key in keys if key not in joins.joined]
+    out: dict[str, Any] = {"joins": len(keys), "pending": len(waiting)}
+    if waiting:
+        out["state"] = "pending"
+        out["reason"] = joins.status(waiting[0]).reason
+        out["missing"] = sorted({key[0] for key in waiting if key[0] not in links})
+    else:
+        out["state"] = "joined"
+    return out
+
+
+# --- diagnose ------------------------------------------------------------------------------------
+
+
+def diagnose_result(
+    query: Query, seconds: float, flows: Sequence[tuple[Intent | None, Sequence[Check]]]
+) -> dict[str, Any]:
+    """diagnose's result: the flow asked about, how long it was sampled, and for each intent
+    that matches it (or None when none does) its checklist, with a verdict for each and one
+    for all."""
+    shown = [_diagnosed_flow(intent, checks) for intent, checks in flows]
+    everything = [check for _, checks in flows for check in checks]
+    return {
+        "group": query.group,
+        "source": query.source,
+        "table": query.table,
+        "seconds": seconds,
+        "verdict": verdict(everything),
+        "flows": shown,
+    }
+
+
+def _diagnosed_flow(intent: Intent | None, checks: Sequence[Check]) -> dict[str, Any]:
+    return {
+        "route": None if intent is None else diagnosed_intent(intent),
+        "verdict": verdict(checks),
+        "checks": [diagnosed_check(c) for c in checks],
+    }
+
+
+def diagnosed_intent(intent: Intent) -> dict[str, Any]:
+    """A route or template that matches a diagnosed flow, as diagnose shows it."""
+    out: dict[str, Any] = {
+        "kind": intent.kind,
+        "family": FAMILY_NAMES[intent.family],
+        "table": intent.table,
+        "source": intent.source,
+        "group": intent.group,
+        "iif": intent.iif,
+        "oifs": list(intent.oifs),
+        "state": intent.state,
+        "origin": intent.origin,
+    }
+    if intent.template is not None:
+        out["template"] = {"source": intent.template[0], "group": intent.template[1]}
+        out["learned"] = intent.learned
+    return out
+
+
+def diagnosed_check(check: Check) -> dict[str, Any]:
+    """One item of a diagnosed flow's checklist, as diagnose shows it."""
+    out: dict[str, Any] = {"check": check.check, "status": check.status, "detail": check.detail}
+    if check.interface is not None:
+        out["interface"] = check.interface
+    if check.fix:
+        out["fix"] = check.fix
+    return out
 
 
 # --- reload --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from mfcd import diagnosis
+from mfcd import diagnosis, views
 from mfcd.diagnosis import Check, Counts, Facts, Intent, Interface, Query, RouteBack, Sample
 from mfcd.model import Ports
 from tests.unit import test_templates as templates
@@ -265,7 +265,7 @@ def test_matching_intents_from_the_model() -> None:
     assert one[0].state == "pending"
     assert one[0].reason == "waiting for r9"
     assert one[0].thresholds == {"r1": 4, "r9": 1}
-    assert one[0].as_json()["origin"] == "api"
+    assert views.diagnosed_intent(one[0])["origin"] == "api"
     every = diagnosis.matching_intents(router, Query(4, GROUP, None, 253, 1.0))
     assert [i.source for i in every] == [SOURCE, "198.18.0.3"]
     assert diagnosis.matching_intents(router, Query(4, GROUP, SOURCE, 100, 1.0)) == []
@@ -303,7 +303,7 @@ def test_the_most_specific_template_of_each_iif_is_the_intent_when_no_route_matc
         "installed",
     )
     assert not first.entry
-    assert first.as_json()["template"] == {"source": "*", "group": "239.1.1.0/24"}
+    assert views.diagnosed_intent(first)["template"] == {"source": "*", "group": "239.1.1.0/24"}
     # A source outside the prefix of b's template: only a's.
     outside = diagnosis.matching_intents(ctl.router, Query(4, GROUP, "198.19.0.9", 253, 1.0))
     assert [i.iif for i in outside] == ["a"]
@@ -323,7 +323,7 @@ def test_the_most_specific_template_of_each_iif_is_the_intent_when_no_route_matc
             ("*", "239.1.1.0/24"),
         )
         assert learned.learned and learned.entry and learned.origin == "learned"
-        assert learned.as_json()["learned"] is True
+        assert views.diagnosed_intent(learned)["learned"] is True
     # No template holds another group.
     assert diagnosis.matching_intents(ctl.router, Query(4, "238.3.0.1", None, 253, 1.0)) == []
 

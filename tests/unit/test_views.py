@@ -1,7 +1,8 @@
-"""Tests for mfcd.views: what show, vif.show, change results and sync reports show."""
+"""Tests for mfcd.views: what show, vif.show, group.show, results and sync reports show."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -15,7 +16,9 @@ from mfcd import views
 from mfcd.controller import Controller
 from mfcd.dataplane import Counters as Read
 from mfcd.dataplane import SgCounters, VifCounters
+from mfcd.diagnosis import Check, Intent, Query
 from mfcd.errors import KernelError
+from mfcd.groups import ANY_SOURCE, JoinKey, Joins, MembershipOp
 from mfcd.model import AddRoute, Ports, Route, SetThreshold, Step
 from mfcd.protocol import Encoded
 from mfcd.views import Views, _address_order, describe_step
@@ -233,3 +236,160 @@ def test_the_sort_key_orders_by_family_table_group_and_source_as_numbers() -> No
         return family, table, int(address(group)), int(address(source))
 
     assert sorted(keys, key=_address_order()) == sorted(keys, key=numbers)
+
+
+# --- group joins ---------------------------------------------------------------------------------
+
+
+def joins_of(*wanted: tuple[JoinKey, str], links: dict[str, int]) -> Joins:
+    joins = Joins()
+    joins.begin()
+    for key, origin in wanted:
+        joins.join(key, origin, links)
+    joins.commit()
+    return joins
+
+
+def test_group_show_lists_each_join_in_show_order_with_its_state_and_origin() -> None:
+    waiting = ("zz", "239.5.0.3", ANY_SOURCE)
+    ssm = ("a", "ff3e::1", "2001:db8::1")
+    asm = ("a", "239.5.0.2", ANY_SOURCE)
+    joins = joins_of((waiting, "config"), (ssm, "config"), (asm, "api"), links={"a": 5})
+    joins.begin()
+    joins.park(asm, "the kernel refused it (No buffer space)")
+    joins.set_mrdisc("a", True)
+    joins.commit()
+    shown = views.group_show(joins, lambda key: ("vlan*", *key[1:]) if key == ssm else None)
+    assert json.dumps(shown) == json.dumps(
+        {
+            "groups": [
+                {
+                    "interface": "a",
+                    "family": "ipv4",
+                    "group": "239.5.0.2",
+                    "source": "*",
+                    "state": "pending",
+                    "origin": "api",
+                    "reason": "the kernel refused it (No buffer space)",
+                },
+                {
+                    "interface": "a",
+                    "family": "ipv6",
+                    "group": "ff3e::1",
+                    "source": "2001:db8::1",
+                    "state": "joined",
+                    "origin": "config",
+                    "interface_pattern": "vlan*",
+                },
+                {
+                    "interface": "zz",
+                    "family": "ipv4",
+                    "group": "239.5.0.3",
+                    "source": "*",
+                    "state": "pending",
+                    "origin": "config",
+                    "reason": "waiting for zz",
+                },
+            ],
+            "mrdisc": ["a"],
+        }
+    )
+    assert "interface_pattern" not in str(views.group_show(joins))  # (no wildcard joins)
+
+
+def test_a_joins_result_counts_the_waiting_joins_and_their_missing_interfaces() -> None:
+    keys = [("a", "239.5.0.1", ANY_SOURCE), ("zz", "239.5.0.1", ANY_SOURCE)]
+    joins = joins_of(*((k, "api") for k in keys), links={"a": 5})
+    assert views.join_states(joins, keys[:1], {"a"}) == {
+        "joins": 1,
+        "pending": 0,
+        "state": "joined",
+    }
+    assert json.dumps(views.join_states(joins, keys, {"a"})) == json.dumps(
+        {
+            "joins": 2,
+            "pending": 1,
+            "state": "pending",
+            "reason": "waiting for zz",
+            "missing": ["zz"],
+        }
+    )
+
+
+def test_a_membership_operation_is_planned_as_a_join_or_leave_of_its_family() -> None:
+    leave = MembershipOp(False, ("a", "ff3e::1", "2001:db8::1"), 5)
+    assert json.dumps(views.describe_membership(leave)) == json.dumps(
+        {
+            "action": "leave",
+            "family": "ipv6",
+            "interface": "a",
+            "group": "ff3e::1",
+            "source": "2001:db8::1",
+        }
+    )
+    join = MembershipOp(True, ("a", "239.5.0.1", ANY_SOURCE), 5)
+    assert views.describe_membership(join)["action"] == "join"
+    assert views.describe_membership(join)["family"] == "ipv4"
+
+
+def test_a_batchs_counts_name_joins_only_when_it_had_some_and_pending_unless_a_dry_run() -> None:
+    routes = views.batch_counts(
+        changes=10, deleted=2, updated=3, joined=0, left=0, pending=(1, ["zz"])
+    )
+    assert json.dumps(routes) == json.dumps(
+        {"added": 5, "deleted": 2, "updated": 3, "pending": 1, "missing": ["zz"]}
+    )
+    both = views.batch_counts(changes=10, deleted=2, updated=3, joined=1, left=1, pending=None)
+    assert json.dumps(both) == json.dumps(
+        {"added": 3, "deleted": 2, "updated": 3, "joined": 1, "left": 1}
+    )
+
+
+def test_show_stats_learning_part_has_the_limits_then_the_counts() -> None:
+    counts = Counter({"learned": 4, "dropped": 1})
+    assert json.dumps(views.learning_stats(3, 100, 300.0, counts)) == json.dumps(
+        {"entries": 3, "max_learned": 100, "idle_timeout": 300.0, "learned": 4, "dropped": 1}
+    )
+
+
+# --- diagnose ------------------------------------------------------------------------------------
+
+
+def test_diagnose_shows_each_flows_route_and_checks_with_a_verdict_for_each_and_all() -> None:
+    intent = Intent("template", 6, "2001:db8::1", "ff3e::1", 254, "a", ("b",), "installed", "")
+    intent = dataclasses.replace(intent, template=("*", "ff3e::/16"), learned=True)
+    good = [Check("route", "passed", "matches"), Check("iif", "passed", "a is up", "", "a")]
+    bad = [Check("route", "failed", "no route matches", "add one")]
+    query = Query(6, "ff3e::1", None, 254, 1.0)
+    shown = views.diagnose_result(query, 1.0, [(intent, good), (None, bad)])
+    route = {
+        "kind": "template",
+        "family": "ipv6",
+        "table": 254,
+        "source": "2001:db8::1",
+        "group": "ff3e::1",
+        "iif": "a",
+        "oifs": ["b"],
+        "state": "installed",
+        "origin": "api",
+        "template": {"source": "*", "group": "ff3e::/16"},
+        "learned": True,
+    }
+    checks = [
+        {"check": "route", "status": "passed", "detail": "matches"},
+        {"check": "iif", "status": "passed", "detail": "a is up", "interface": "a"},
+    ]
+    refused = {"check": "route", "status": "failed", "detail": "no route matches", "fix": "add one"}
+    assert json.dumps(shown) == json.dumps(
+        {
+            "group": "ff3e::1",
+            "source": None,
+            "table": 254,
+            "seconds": 1.0,
+            "verdict": "failed",
+            "flows": [
+                {"route": route, "verdict": "ok", "checks": checks},
+                {"route": None, "verdict": "failed", "checks": [refused]},
+            ],
+        }
+    )
