@@ -1023,7 +1023,8 @@ class Kernel:
                 return parse_proc_vifs(family, f.read())
         if family == 6:
             # A socket of its own (no MRT_INIT), set to the table: the table's own socket
-            # may close meanwhile, as observe runs in a thread.
+            # may close meanwhile, as observe runs in a thread. (MRT6_TABLE creates a table
+            # that does not exist, empty; the tables observed are those mfcd uses.)
             with socket.socket(_AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
                 sock.setsockopt(socket.IPPROTO_IPV6, MRT_TABLE, struct.pack("=I", table))
                 return probe_mifs(sock)
