@@ -15,7 +15,15 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
+from collections.abc import (
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from collections.abc import Set as AbstractSet
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -130,12 +138,13 @@ class gc_paused:  # noqa: N801 (used as the function it was: `with gc_paused():`
 
 @dataclass(frozen=True, slots=True)
 class KernelView:
-    """What the kernel holds now: VIFs as (family, table, index) -> device name; MFC entries
+    """What the kernel holds now: VIFs as (family, table, index) -> device name (None: the
+    kernel does not name it, in an IPv6 table other than the default); MFC entries
     as model.KernelEntry, or None when the MFC was not read (a dump of a large table costs
     minutes: then each route's entry is probed instead, see Controller.sync); `tables` are
     the (family, table) that were read (None: every table the model uses)."""
 
-    vifs: dict[tuple[int, int, int], str]
+    vifs: Mapping[tuple[int, int, int], str | None]
     mfc: dict[RouteKey, KernelEntry] | None
     tables: frozenset[tuple[int, int]] | None = None
 
@@ -149,12 +158,11 @@ def observe(
     """What the default tables of `families` and the other `tables` hold now, as a
     KernelView: the VIFs, and with `full` every MFC entry (a dump that costs minutes at
     1,000,000 entries; without it the MFC is None and Controller.sync probes the model's
-    entries one by one instead). Another IPv6 table than the default is not read: the kernel
-    does not list its VIFs (docs/kernel.md), so sync probes its entries instead."""
+    entries one by one instead)."""
     families = tuple(families)
     wanted = {(family, DEFAULT_TABLE[family]) for family in families}
-    wanted |= {(f, t) for f, t in tables if f in families and (f == 4 or t == DEFAULT_TABLE[f])}
-    vifs: dict[tuple[int, int, int], str] = {}
+    wanted |= {(f, t) for f, t in tables if f in families}
+    vifs: dict[tuple[int, int, int], str | None] = {}
     mfc: dict[RouteKey, KernelEntry] | None = {} if full else None
     for family, table in sorted(wanted):
         seen = plane.observe(family, table, entries=full)
@@ -1997,11 +2005,6 @@ class Controller:
         router = self.router
         if view.mfc is not None:
             report = self.repair(router.repair(view.vifs, view.mfc, view.tables), dry_run)
-            # Tables that could not be read (IPv6 other than the default): probe their entries.
-            read = view.tables
-            if read is not None:
-                unread = [k for k in router.installed if (k[0], k[3]) not in read]
-                report += self.check_entries(unread, dry_run)
         else:
             report, readded = self.repair_vifs(view.vifs, dry_run, view.tables)
             stale = set(router.users(readded))
@@ -2037,7 +2040,7 @@ class Controller:
 
     def repair_vifs(
         self,
-        kernel_vifs: dict[tuple[int, int, int], str],
+        kernel_vifs: Mapping[tuple[int, int, int], str | None],
         dry_run: bool = False,
         tables: AbstractSet[tuple[int, int]] | None = None,
     ) -> tuple[list[dict[str, Any]], set[tuple[int, int, str]]]:

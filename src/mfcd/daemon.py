@@ -725,15 +725,16 @@ class Daemon:
     async def _check_drift(self) -> None:
         """Compare the kernel's tables with the model where they can differ, and repair.
 
-        The VIFs are read from /proc (32 rows); the MFC entries of the routes on the
-        interfaces that changed are probed one by one (SIOCGETSGCNT, O(1) each), in slices
-        of slices.SLICE_SECONDS with clients served in between: a cost that grows with the routes
-        touched, where a dump of the kernel's table grows faster than the table (minutes at
-        1,000,000 entries). Missing entries are written again, and so are those of routes
-        on a VIF added back (the kernel dropped their oifs there). The event itself wrote
-        the entries it changed a moment ago, so they are not written a second time; `mfcctl
-        sync` writes every entry again. Only the full check, for entries another program
-        left behind, dumps the table.
+        The VIFs of every table are read (32 at most each, see Kernel.observe); the MFC
+        entries of the routes on the interfaces that changed are probed one by one
+        (SIOCGETSGCNT, O(1) each), in slices of slices.SLICE_SECONDS with clients served
+        in between: a cost that grows with the routes touched, where a dump of the kernel's
+        table grows faster than the table (minutes at 1,000,000 entries). Missing entries
+        are written again, and so are those of routes on a VIF added back (the kernel
+        dropped their oifs there). The event itself wrote the entries it changed a moment
+        ago, so they are not written a second time; `mfcctl sync` writes every entry
+        again. Only the full check, for entries another program left behind, dumps the
+        table.
         """
         touched, self._touched = self._touched, set()
         if self._full_check:

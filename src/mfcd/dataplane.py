@@ -18,7 +18,8 @@ It has exactly four operations:
   ((source, group) -> iif, oifs with TTLs, counters). Reading every entry costs more than
   linear time in the kernel (minutes at 1,000,000): without `entries` only the VIFs.
   The real Kernel reads the VIFs of a default table from /proc, those of another IPv4
-  table by netlink, and refuses another IPv6 table (the kernel lists no such VIFs).
+  table by netlink, and those of another IPv6 table by probing each index (the kernel
+  lists no such MIFs, nor names their devices: device None).
 - `counters(family, table, entries=(), vifs=())`: per-(S,G) and per-VIF counters, one
   O(1) probe each, in the order asked; None for an entry or VIF the table does not hold.
 - `events()`: what the kernel reported since the last call (upcalls of every table,
@@ -60,8 +61,8 @@ class VifCounters(NamedTuple):
 
 
 class ObservedVif(NamedTuple):
-    device: str
-    ifindex: int | None  # None where the kernel does not say (IPv6's /proc)
+    device: str | None  # None where the kernel does not say (an IPv6 table but the default)
+    ifindex: int | None  # None where the kernel does not say (IPv6)
     counters: VifCounters
 
 

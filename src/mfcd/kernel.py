@@ -54,6 +54,7 @@ from mfcd.dataplane import (
 from mfcd.errors import KernelError
 from mfcd.model import (
     DEFAULT_TABLE,
+    MAXVIFS,
     AddMfc,
     AddMfcRun,
     AddVif,
@@ -300,6 +301,26 @@ def parse_proc_vifs(family: int, text: str) -> dict[int, ObservedVif]:
             ifindex = int(row[7], 16)
         counters = VifCounters(int(row[3]), int(row[5]), int(row[2]), int(row[4]))
         vifs[int(row[0])] = ObservedVif(row[1], ifindex, counters)
+    return vifs
+
+
+def probe_mifs(sock: socket.socket) -> dict[int, ObservedVif]:
+    """The MIFs of the IPv6 table `sock` is set to (MRT6_TABLE), from SIOCGETMIFCNT_IN6 on
+    each index: it answers EADDRNOTAVAIL for an index without a MIF below the highest one,
+    EINVAL past it. The answer holds counters but no device, and nothing else the kernel
+    offers names the device of a MIF outside the default table: device and ifindex None."""
+    vifs = {}
+    for vifi in range(MAXVIFS):
+        buf = bytearray(pack_vif_req(vifi))
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCGETVIFCNT, buf, True)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                break
+            if e.errno == errno.EADDRNOTAVAIL:
+                continue
+            raise
+        vifs[vifi] = ObservedVif(None, None, parse_vif_req(buf))
     return vifs
 
 
@@ -994,18 +1015,19 @@ class Kernel:
 
     def _observe_vifs(self, family: int, table: int) -> dict[int, ObservedVif]:
         """/proc for the default tables (it shows only those); the netlink VIF dump for other
-        IPv4 tables. IPv6 has no such dump: another IPv6 table's VIFs are not readable yet."""
+        IPv4 tables. IPv6 has no such dump (RTM_GETLINK of RTNL_FAMILY_IP6MR is an ordinary
+        link dump): another IPv6 table's MIFs are probed one index at a time."""
         if table == DEFAULT_TABLE[family]:
             name = "ip_mr_vif" if family == 4 else "ip6_mr_vif"
             with open(f"/proc/net/{name}", encoding="ascii") as f:
                 return parse_proc_vifs(family, f.read())
         if family == 6:
-            raise KernelError(
-                f"observing IPv6 table {table} is not supported: the kernel lists the VIFs of"
-                " the default IPv6 table only",
-                "observe",
-                0,
-            )
+            # A socket of its own (no MRT_INIT), set to the table: the table's own socket
+            # may close meanwhile, as observe runs in a thread. (MRT6_TABLE creates a table
+            # that does not exist, empty; the tables observed are those mfcd uses.)
+            with socket.socket(_AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+                sock.setsockopt(socket.IPPROTO_IPV6, MRT_TABLE, struct.pack("=I", table))
+                return probe_mifs(sock)
         vifs = {}
         for v in netlink.dump_vifs(table):
             try:

@@ -1278,15 +1278,16 @@ class Router:
 
     def repair(
         self,
-        kernel_vifs: dict[tuple[int, int, int], str],
+        kernel_vifs: Mapping[tuple[int, int, int], str | None],
         kernel_mfc: dict[RouteKey, KernelEntry],
         tables: AbstractSet[TableKey] | None = None,
     ) -> list[Step]:
         """Steps that make the kernel match the model again, from what the kernel holds now.
 
         `kernel_vifs` maps (family, table, vif index) of every VIF in the kernel to the name
-        of its device; `kernel_mfc` maps each route key in the kernel to (iif ifindex or
-        None, {oif ifindex: ttl}).  `tables` are the (family, table) that were read (None:
+        of its device (None where the kernel does not name it: see repair_vifs);
+        `kernel_mfc` maps each route key in the kernel to (iif ifindex or None, {oif
+        ifindex: ttl}).  `tables` are the (family, table) that were read (None:
         every table); the rest are left alone.  Nothing in the model changes: it is the
         truth being restored.
         """
@@ -1303,12 +1304,15 @@ class Router:
 
     def repair_vifs(
         self,
-        kernel_vifs: dict[tuple[int, int, int], str],
+        kernel_vifs: Mapping[tuple[int, int, int], str | None],
         tables: AbstractSet[TableKey] | None = None,
     ) -> tuple[list[Step], set[VifKey]]:
         """The VIF part of `repair`: its steps, and the (family, table, interface) of each
         VIF it adds back, whose routes' entries must be written again (the kernel dropped
-        their oifs on that VIF for good, or never had them)."""
+        their oifs on that VIF for good, or never had them).
+
+        A VIF whose device the kernel does not name (an IPv6 table other than the default)
+        is taken for mfcd's own where mfcd has one at its index, else removed (as "?")."""
         steps: list[Step] = []
         readded: set[VifKey] = set()
         seen = {(family, table) for family, table, _ in kernel_vifs} | self.slots.keys()
@@ -1318,12 +1322,14 @@ class Router:
             slots = self.slots.get((family, table), [None] * MAXVIFS)
             for vifi, name in enumerate(slots):
                 vif = self.vifs[(family, table, name)] if name is not None else None
+                present = (family, table, vifi) in kernel_vifs
                 device = kernel_vifs.get((family, table, vifi))
-                if device is not None and (vif is None or vif.ifindex is None or device != name):
+                if present and (vif is None or vif.ifindex is None or device not in (None, name)):
                     # Not ours, or on another device (one renamed behind our back): remove it.
-                    steps.append(Step(DelVif(family, vifi, device, table), None, "del_vif"))
-                    device = None
-                if device is None and vif is not None and vif.ifindex is not None:
+                    gone = DelVif(family, vifi, "?" if device is None else device, table)
+                    steps.append(Step(gone, None, "del_vif"))
+                    present = False
+                if not present and vif is not None and vif.ifindex is not None:
                     threshold = self.threshold(vif.interface)
                     add = AddVif(family, vifi, vif.interface, vif.ifindex, threshold, table)
                     steps.append(Step(add, None, "readd_vif"))

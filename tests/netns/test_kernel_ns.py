@@ -29,7 +29,7 @@ PRELUDE = textwrap.dedent(
     import json, socket, subprocess
     from mfcd.errors import KernelError
     from mfcd.kernel import Kernel
-    from mfcd.model import AddMfc, AddVif, DelMfc
+    from mfcd.model import AddMfc, AddVif, DelMfc, DelVif
     r0, r1 = socket.if_nametoindex("r0"), socket.if_nametoindex("r1")
     def mroute(family, *table):
         return subprocess.run(["ip", family, "mroute", "show", *table], capture_output=True,
@@ -90,10 +90,12 @@ def test_an_op_naming_another_table_opens_it_and_close_table_empties_it(netns: s
         out["vifs100"] = {i: [v.device, v.ifindex == (r0, r1)[i]] for i, v in seen.vifs.items()}
         out["entries100"] = {f"{s},{g}": [e.iif == r0, e.oifs == {r1: 1}]
                              for (s, g), e in seen.entries.items()}
-        try:
-            k.observe(6, 200)
-        except KernelError as e:
-            out["observe6"] = str(e)
+        seen = k.observe(6, 200)  # MIFs probed: counters, no device
+        out["vifs200"] = {i: [v.device, v.ifindex] for i, v in seen.vifs.items()}
+        out["entries200"] = {f"{s},{g}": [e.iif == r0, e.oifs == {r1: 1}]
+                             for (s, g), e in seen.entries.items()}
+        k.apply([DelVif(6, 0, "r0", 200)])
+        out["vifs200_left"] = sorted(k.observe(6, 200, entries=False).vifs)
         k.close_table(4, 100)
         k.close_table(6, 200)
         out["after"] = [mroute("-4", "table", "100"), mroute("-6", "table", "200")]
@@ -110,7 +112,9 @@ def test_an_op_naming_another_table_opens_it_and_close_table_empties_it(netns: s
     assert out["observe"] == [[], {}]
     assert out["vifs100"] == {"0": ["r0", True], "1": ["r1", True]}  # netlink VIF dump
     assert out["entries100"] == {"198.18.0.2,239.5.0.1": [True, True]}
-    assert "default IPv6 table only" in out["observe6"]
+    assert out["vifs200"] == {"0": [None, None], "1": [None, None]}
+    assert out["entries200"] == {"2001:db8::2,ff3e::5:1": [True, True]}
+    assert out["vifs200_left"] == [1]
     assert out["after"] == ["", ""]
     assert out["left"] == [[4, 253], [6, 254]]
 

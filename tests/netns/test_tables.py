@@ -9,6 +9,7 @@ receiver, so a packet that reached the wrong table would arrive at the wrong rec
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 
@@ -171,3 +172,87 @@ def test_a_table_another_router_owns_is_refused_and_nothing_changes(lab: Lab, mf
     lab.stop(holder)
     mfcd.ok(*route_args(second, GROUPS[4], "r1", "r3"), "--table", TABLE)
     assert [r["table"] for r in mfcd.show()["routes"]] == [100, 253]
+
+
+# Another privileged program changes table 100 behind mfcd's back, through a raw socket set
+# to the table without MRT_INIT (the kernel lets any CAP_NET_ADMIN socket): it deletes a
+# VIF, adds an entry of its own and, unless `ours` is empty, deletes mfcd's entry.
+BEHIND_THE_BACK = """
+import socket, struct
+family, table, vifi = {family}, {table}, {vifi}
+stray, ours, group = {stray!r}, {ours!r}, {group!r}
+if family == 4:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+    level, vif = socket.IPPROTO_IP, struct.pack("=HBBIi4s", vifi, 0, 0, 0, 0, bytes(4))
+    def mfc(source):
+        return struct.pack("=4s4sH32s2xIIIi", socket.inet_aton(source),
+                           socket.inet_aton(group), 0, bytes(32), 0, 0, 0, 0)
+else:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    level, vif = socket.IPPROTO_IPV6, struct.pack("=HBBH2xI", vifi, 0, 0, 0, 0)
+    def sin6(address):
+        raw = socket.inet_pton(socket.AF_INET6, address)
+        return struct.pack("=HHI16sI", socket.AF_INET6, 0, 0, raw, 0)
+    def mfc(source):
+        return struct.pack("=28s28sH2x32s", sin6(source), sin6(group), 0, bytes(32))
+s.setsockopt(level, 209, struct.pack("=I", table))  # MRT_TABLE
+s.setsockopt(level, 203, vif)  # MRT_DEL_VIF
+s.setsockopt(level, 204, mfc(stray))  # MRT_ADD_MFC
+if ours:
+    s.setsockopt(level, 205, mfc(ours))  # MRT_DEL_MFC
+"""
+STRAYS = {4: "198.18.1.9", 6: "2001:db8:1::9"}
+
+
+def behind_the_back(lab: Lab, family: int, vifi: int, ours: str) -> None:
+    code = BEHIND_THE_BACK.format(
+        family=family, table=TABLE, vifi=vifi, stray=STRAYS[family], ours=ours, group=GROUPS[family]
+    )
+    done = lab.exec(lab.router, sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.lab(receivers=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_sync_and_the_drift_check_repair_another_table_changed_behind_mfcds_back(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    lab.ip(lab.router, f"-{family}", "mrule", "add", "iif", "r1", "lookup", TABLE, "pref", "100")
+    group, source, name = GROUPS[family], SOURCES[family][1], f"ipv{family}"
+    mfcd.ok(*route_args(source, group, "r1", "r2,r3"), "--table", TABLE)
+    vifs = {v["interface"]: v["vif"] for v in mfcd.show()["vifs"] if v["table"] == 100}
+    assert send_and_count(lab, family, 1) == [5, 5]
+
+    # r3's VIF gone, an entry of another program's in, mfcd's entry out.
+    behind_the_back(lab, family, vifs["r3"], source)
+    assert STRAYS[family] in mroute_table(lab, family, TABLE)
+    assert source not in mroute_table(lab, family, TABLE)
+    report = mfcd.ok("sync", "--dry-run")
+    for line in (
+        f"readd vif {name} table 100 VIF {vifs['r3']} (r3)",
+        f"del mfc {name} table 100 {STRAYS[family]} -> {group}",
+        f"reissue mfc {name} table 100 {source} -> {group}",
+    ):
+        assert line in report, report
+    assert STRAYS[family] in mroute_table(lab, family, TABLE)  # a dry run repairs nothing
+
+    assert "repaired" in mfcd.ok("sync")
+    assert STRAYS[family] not in mroute_table(lab, family, TABLE)
+    assert send_and_count(lab, family, 1) == [5, 5]
+    assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+    assert json.loads(mfcd.ok("-o", "json", "sync", "--full"))["repairs"] == []
+
+    # Again, and this time the drift check after an interface event repairs it: a route
+    # waiting for dq0 makes dq0's arrival such an event.
+    behind_the_back(lab, family, vifs["r3"], "")
+    assert send_and_count(lab, family, 1) == [5, 0]
+    mfcd.ok(*route_args(SOURCES[family][0], UNROUTED[family], "r0", "dq0"))
+    lab.ip(lab.router, "link", "add", "dq0", "up", "type", "veth", "peer", "name", "dq1")
+    deadline = time.monotonic() + 10
+    while send_and_count(lab, family, 1, 1) != [1, 1]:
+        assert time.monotonic() < deadline, mroute_table(lab, family, TABLE)
+    assert send_and_count(lab, family, 1) == [5, 5]
+    # (the check after an event looks for missing VIFs, not for entries of others)
+    assert STRAYS[family] in mroute_table(lab, family, TABLE)
+    _, log = mfcd.stop()
+    assert re.search(r"WARNING: drift check of routes on dq0\b.*readd_vif 1", log), log

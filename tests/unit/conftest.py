@@ -125,13 +125,15 @@ class FakeKernel:
         self.applied.append(op)
 
     def observe(self, family: int, table: int, entries: bool = True) -> Observation:
-        """VIF devices are named by `names`, else after their ifindex ("if7")."""
+        """VIF devices are named by `names`, else after their ifindex ("if7"); as in Linux,
+        those of an IPv6 table other than the default are not named (None)."""
         self.observed.append((family, table, entries))
         zero_vif, zero_sg = VifCounters(0, 0, 0, 0), SgCounters(0, 0, 0)
-        if family == 6 and table != DEFAULT_TABLE[6]:
-            raise KernelError(f"observing IPv6 table {table} is not supported", "observe", 0)
+        named = family == 4 or table == DEFAULT_TABLE[6]
         vifs = {
             vifi: ObservedVif(self.names.get(ifindex, f"if{ifindex}"), ifindex, zero_vif)
+            if named
+            else ObservedVif(None, None, zero_vif)
             for (f, t, vifi), ifindex in self.vifs.items()
             if f == family and t == table
         }

@@ -18,7 +18,7 @@ from mfcd.model import (
     SetThreshold,
 )
 from mfcd.state import Loaded, route_op
-from tests.unit.conftest import FakeKernel, FakeState, observable
+from tests.unit.conftest import FakeKernel, FakeState, MfcEntry, observable
 
 LINKS = {"a": 1, "b": 2, "c": 3, "d": 4}
 
@@ -448,7 +448,7 @@ def test_check_entries_without_rewrite_all_writes_only_missing_and_stale(ctl: Co
 # --- tables ---------------------------------------------------------------------------------------
 
 
-def test_sync_reads_every_table_it_can_and_probes_the_ipv6_ones_it_cannot(ctl: Controller) -> None:
+def test_sync_reads_every_table_the_ipv6_ones_without_device_names(ctl: Controller) -> None:
     kernel, _ = fake(ctl)
     v4 = r4(1, "c", "a")._replace(table=100)
     v6 = Route(6, "2001:db8::1", "ff3e::1", "a", ("b",), 100)
@@ -456,20 +456,32 @@ def test_sync_reads_every_table_it_can_and_probes_the_ipv6_ones_it_cannot(ctl: C
     assert ctl.router.tables() == {(4, 253), (4, 100), (6, 100)}
     kernel.names = {ifindex: name for name, ifindex in ctl.router.links.items()}
     view = controller.observe(kernel, (4, 6), True, ctl.router.tables())
-    # IPv6 table 100 is not read (Linux lists no VIFs of it): its entries are probed.
-    assert view.tables == frozenset({(4, 253), (4, 100), (6, 254)})
+    assert view.tables == frozenset({(4, 253), (4, 100), (6, 254), (6, 100)})
+    assert {k: d for k, d in view.vifs.items() if k[:2] == (6, 100)} == {
+        (6, 100, 0): None,  # Linux names no device of such a MIF
+        (6, 100, 1): None,
+    }
     assert ctl.sync(view, dry_run=True) == []
-    # Table 100 loses a VIF and the IPv6 entry behind mfcd's back; the default table is intact.
-    lost = next(k for k, ifindex in kernel.vifs.items() if k[:2] == (4, 100) and ifindex == 1)
-    del kernel.vifs[lost]
+    # Each table loses a VIF, and IPv6 table 100 its entry, behind mfcd's back; another
+    # program adds a MIF and an entry there. The default table is intact.
+    for family, ifindex in ((4, 1), (6, 2)):  # a's VIF in IPv4 table 100, b's in IPv6's
+        lost = next(k for k, i in kernel.vifs.items() if k[:2] == (family, 100) and i == ifindex)
+        del kernel.vifs[lost]
     del kernel.mfcs[v6.key]
+    kernel.vifs[(6, 100, 9)] = 3
+    stray = (6, "2001:db8::9", "ff3e::9", 100)
+    kernel.mfcs[stray] = MfcEntry(0, {9: 1})
     view = controller.observe(kernel, (4, 6), True, ctl.router.tables())
     report = ctl.sync(view)
     assert sorted((r["action"], r["family"], r["table"]) for r in report) == [
+        ("del_mfc", "ipv6", 100),
+        ("del_vif", "ipv6", 100),
         ("readd_vif", "ipv4", 100),
+        ("readd_vif", "ipv6", 100),
         ("reissue_mfc", "ipv4", 100),
         ("reissue_mfc", "ipv6", 100),
     ]
     assert kernel.forwarding(v4.key) == (3, frozenset({(1, 1)}))
-    assert v6.key in kernel.mfcs
+    assert kernel.forwarding(v6.key) == (1, frozenset({(2, 0)}))
+    assert stray not in kernel.mfcs and (6, 100, 9) not in kernel.vifs
     assert kernel.forwarding(r4(1, "a").key) == (1, frozenset({(2, 1)}))  # untouched

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import inspect
 import socket
 import struct
@@ -112,6 +114,38 @@ def test_ipv6_upcalls_read_only_the_first_40_bytes() -> None:
     assert kernel.parse_upcall(6, 254, mrt6msg(4, 1, "::1", "ff3e::1")) is None
     assert kernel.parse_upcall(6, 254, data[:39]) is None
     assert kernel.parse_upcall(6, 254, b"\x01" + data[1:]) is None  # im6_mbz must be 0
+
+
+def test_mifs_are_probed_index_by_index_until_einval(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As Linux answers SIOCGETMIFCNT_IN6: MIFs 0 and 2, a gap at 1, nothing from 3 on.
+    asked: list[int] = []
+
+    def ioctl(fd: int, request: int, buf: bytearray, mutate: bool) -> int:
+        vifi = uapi.SIOC_VIF_REQ.unpack(buf)[0]
+        asked.append(vifi)
+        assert request == kernel.SIOCGETVIFCNT and mutate
+        if vifi >= 3:
+            raise OSError(errno.EINVAL, "past the highest")
+        if vifi == 1:
+            raise OSError(errno.EADDRNOTAVAIL, "no such MIF")
+        buf[:] = uapi.SIOC_VIF_REQ.pack(vifi, 1, 2, 3, 4 + vifi)
+        return 0
+
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        vifs = kernel.probe_mifs(sock)
+        assert vifs == {
+            0: ObservedVif(None, None, VifCounters(1, 2, 3, 4)),
+            2: ObservedVif(None, None, VifCounters(1, 2, 3, 6)),
+        }
+        assert asked == [0, 1, 2, 3]
+
+        def refused(fd: int, request: int, buf: bytearray, mutate: bool) -> int:
+            raise OSError(errno.EPERM, "not permitted")
+
+        monkeypatch.setattr(fcntl, "ioctl", refused)
+        with pytest.raises(PermissionError):
+            kernel.probe_mifs(sock)
 
 
 def test_proc_vifs_are_parsed_with_counters_and_the_ipv4_ifindex() -> None:

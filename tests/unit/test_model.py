@@ -590,9 +590,11 @@ def test_link_events_reach_the_kernel_through_the_world() -> None:
 # --- repair: what `mfcctl sync` does from what the kernel holds ---------------------------------
 
 
-def _in_sync(router: Router) -> tuple[dict[tuple[int, int, int], str], dict[Any, Any]]:
+def _in_sync(
+    router: Router,
+) -> tuple[dict[tuple[int, int, int], str | None], dict[Any, Any]]:
     """The kernel's view when it holds exactly what the model wants."""
-    vifs = {
+    vifs: dict[tuple[int, int, int], str | None] = {
         (v.family, v.table, v.vifi): v.interface
         for v in router.iter_vifs()
         if v.ifindex is not None
@@ -642,6 +644,21 @@ def test_repair_removes_what_the_model_does_not_own() -> None:
     assert sorted(actions(steps)) == ["del_mfc", "del_vif", "reissue_mfc"]
     assert vif_ops(steps, DelVif) == [(5, "x")]
     assert [s.op for s in steps if s.action == "del_mfc"] == [DelMfc(*stray)]
+
+
+def test_repair_takes_an_unnamed_vif_for_its_own_and_removes_an_unnamed_stray() -> None:
+    # Another IPv6 table than the default: the kernel says which MIF indexes exist, not
+    # their devices (None).
+    router = router_with_links("a", "b", "c")
+    run(router, router.add_route, Route(6, "2001:db8::1", "ff3e::1", "a", ("b", "c"), 100))
+    vifs, mfc = _in_sync(router)
+    unnamed: dict[tuple[int, int, int], str | None] = dict.fromkeys(vifs)
+    assert router.repair(unnamed, mfc) == []
+    del unnamed[(6, 100, 1)]  # b's MIF removed behind mfcd's back
+    unnamed[(6, 100, 7)] = None  # another program's MIF
+    steps = router.repair(unnamed, mfc)
+    assert actions(steps) == ["readd_vif", "del_vif", "reissue_mfc"]
+    assert vif_ops(steps, AddVif) == [(1, "b")] and vif_ops(steps, DelVif) == [(7, "?")]
 
 
 def test_tracked_links_are_the_interfaces_routes_use_or_wait_for() -> None:
