@@ -492,6 +492,11 @@ def _batch_command(sub: Any) -> None:
     _command_options(batch, changes=True)
 
 
+VIF_SET_NEEDS = (
+    "vif set needs a setting: --threshold TTL, --mrdisc or --no-mrdisc (see mfcctl vif set --help)"
+)
+
+
 def _vif_command(sub: Any) -> None:
     import argparse  # noqa: PLC0415 (loaded already: build_parser imported it)
 
@@ -502,7 +507,7 @@ def _vif_command(sub: Any) -> None:
         help="change an interface's settings (kept across restarts)",
         description="Change an interface's settings. They are saved, apply to its VIF now and"
         " whenever it is created again. Setting the default value (`default`) removes the"
-        " setting.",
+        " setting. Give one setting at least (without one: a usage error, exit status 2).",
     )
     vif_set.add_argument(
         "interface", metavar="IFNAME", help="interface name (it need not exist yet)"
@@ -1572,16 +1577,14 @@ def main(
         sys.stdout, sys.stderr = out, err
         try:
             args = parser.parse_args(argv)
-            if (
-                args.command == "vif"
-                and args.action == "set"
-                and args.threshold is None is args.mrdisc
-            ):
-                parser.error("vif set needs --threshold or --mrdisc/--no-mrdisc")  # (both None)
         except SystemExit as e:
             return int(e.code or 0)
         finally:
             sys.stdout, sys.stderr = saved
+        if args.command == "vif" and args.action == "set" and args.threshold is None is args.mrdisc:
+            # One line, not the top-level usage argparse would print for the main parser.
+            print(f"mfcctl: {VIF_SET_NEEDS}", file=err)
+            return protocol.EXIT_USAGE
     cli = Cli(args, out, err)
     try:
         return cli.run()

@@ -54,7 +54,6 @@ def test_parser_takes_oifs_comma_or_space_separated(oifs: list[str]) -> None:
         [*ADD],
         ["mfc", "del", "--source", "10.0.0.1"],
         ["mfc"],
-        ["vif", "set", "r1"],
         ["vif", "set", "r1", "--threshold", "x"],
         ["frobnicate"],
         [],
@@ -68,6 +67,20 @@ def test_parser_rejects_incomplete_commands(
     captured = capsys.readouterr()
     assert "usage: mfcctl" in err + captured.err
     assert out + captured.out == ""
+
+
+@pytest.mark.parametrize("argv", [["vif", "set", "r1"], ["vif", "set", "r1", "-o", "json"]])
+def test_vif_set_without_a_setting_is_one_line_naming_the_options(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(*argv)
+    assert status == protocol.EXIT_USAGE
+    assert capsys.readouterr() == ("", "")
+    assert out == ""
+    assert err.count("\n") == 1, err  # not the top-level usage
+    assert err.startswith("mfcctl: vif set needs")
+    for option in ("--threshold", "--mrdisc", "--no-mrdisc"):
+        assert option in err
 
 
 def test_usage_errors_go_to_the_given_stderr(capsys: pytest.CaptureFixture[str]) -> None:
