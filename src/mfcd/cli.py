@@ -1172,27 +1172,29 @@ def format_reload(result: dict[str, Any]) -> str:
         return str(result["summary"])
     lines = ["dry run, nothing changed; mfcd would:"]
     for entry in result.get("plan", []):
-        if entry["action"] == "threshold":
-            lines.append(f"  set threshold {entry['threshold']} on {entry['interface']}")
-            continue
-        if entry["action"] == "mrdisc":
-            lines.append(f"  turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}")
-            continue
-        if entry["action"] in ("join", "leave"):
-            what = f"{entry['action']} {entry['source']} -> {entry['group']}"
-            what += f" on {entry['interface']}"
-            lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
-            continue
-        what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
-        if _other_table(entry):
-            what += f" table {entry['table']}"
-        if "iif" in entry:
-            what += f" iif {entry['iif']}"
-        if "oifs" in entry:
-            what += f" oifs {','.join(entry['oifs'])}"
-        lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
+        lines.append(
+            f"  {_reload_step(entry)}" + (f"  ({entry['where']})" if "where" in entry else "")
+        )
     lines.append(result["summary"])
     return "\n".join(lines)
+
+
+def _reload_step(entry: dict[str, Any]) -> str:
+    """One step of a reload's plan, without the FILE:LINE that declares it."""
+    if entry["action"] == "threshold":
+        return f"set threshold {entry['threshold']} on {entry['interface']}"
+    if entry["action"] == "mrdisc":
+        return f"turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}"
+    if entry["action"] in ("join", "leave"):
+        return f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
+    what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
+    if _other_table(entry):
+        what += f" table {entry['table']}"
+    if "iif" in entry:
+        what += f" iif {entry['iif']}"
+    if "oifs" in entry:
+        what += f" oifs {','.join(entry['oifs'])}"
+    return what
 
 
 def format_sync(result: dict[str, Any]) -> str:

@@ -785,9 +785,11 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         plan += [_declared("remove", key, None) for key in change.removed]
         for name, threshold in sorted(change.thresholds.items()):
             value = DEFAULT_THRESHOLD if threshold is None else threshold
-            plan.append({"action": "threshold", "interface": name, "threshold": value})
+            entry = {"action": "threshold", "interface": name, "threshold": value}
+            plan.append(_setting_where(entry, declared, name))
         for name, on in sorted(change.mrdisc.items()):
-            plan.append({"action": "mrdisc", "interface": name, "on": bool(on)})
+            entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
+            plan.append(_setting_where(entry, declared, name))
         plan += _template_plan(change.templates)
         plan += _join_plan(change.joins)
         result["plan"] = plan
@@ -801,6 +803,15 @@ def _declared(action: str, key: RouteKey, where: str | None, **more: Any) -> dic
     entry.update(source=source, group=group, table=table, **more)
     if where is not None:
         entry["where"] = where
+    return entry
+
+
+def _setting_where(entry: dict[str, Any], declared: Any, name: str) -> dict[str, Any]:
+    """A threshold or mrdisc step of the plan with the FILE:LINE of the `[[interface]]` that
+    declares it (none for a setting the files no longer declare, as for a removed route)."""
+    setting = declared.interfaces.get(name)
+    if setting is not None:
+        entry["where"] = setting.where
     return entry
 
 
