@@ -441,7 +441,7 @@ class Views:
                 entry["missing"] = list(status.missing)
                 entry["reason"] = status.reason
             wild = self._template_patterns.get(key)
-            if wild is not None:  # a runtime template with wildcards
+            if wild is not None:  # a template with wildcards (runtime or config)
                 if wild.iif != iif:
                     entry["iif_pattern"] = wild.iif
                 if any(map(is_wildcard, wild.oifs)):

@@ -199,3 +199,17 @@ def test_the_dry_run_plan_gives_thresholds_and_mrdisc_their_file_and_line() -> N
     result = reload(ctl, "", dry_run=True)
     assert all("where" not in e for e in result["plan"])  # type: ignore[attr-defined]
     assert "set threshold 1 on b" in cli.format_reload(result)
+
+
+def test_show_lists_a_config_template_wildcard_iif_and_oifs_beside_what_they_match() -> None:
+    ctl = controller()
+    reload(ctl, '[[route]]\ngroup = "239.2.0.0/24"\niif = "vlan*"\noifs = ["b", "c+"]\n')
+    ctl.link_up("vlan2", 9)
+    ctl.follow_wildcards()
+    shown = views.Views(kernel_of(ctl)).show(ctl.router, patterns=ctl.shown_patterns())
+    templates = [r for r in shown["routes"] if r.get("template")]
+    assert [(t["iif"], t.get("iif_pattern"), t.get("oif_patterns")) for t in templates] == [
+        ("vlan1", "vlan*", ["b", "c+"]),
+        ("vlan2", "vlan*", ["b", "c+"]),
+    ]
+    assert cli.format_templates(templates)[2].split()[2] == "vlan*(vlan1)"
