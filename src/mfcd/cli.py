@@ -536,7 +536,8 @@ def _vif_command(sub: Any) -> None:
         "show",
         help="show VIFs and interface settings",
         description="Show the VIFs (with --stats, their packet and byte counters) and the"
-        " interfaces whose settings were changed with `vif set`.",
+        " interfaces with a setting (threshold, mrdisc) made with `vif set` (origin api) or"
+        " declared in the config files (origin config).",
     )
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
     _table_option(
@@ -992,9 +993,26 @@ def format_vif_show(result: dict[str, Any]) -> str:
     lines = format_vifs(vifs, any("stats" in v for v in vifs))
     settings = result.get("settings", [])
     lines += ["", f"Interface settings ({len(settings)})"]
-    rows = [["INTERFACE", "THRESHOLD"]] + [[s["interface"], str(s["threshold"])] for s in settings]
-    lines += table(rows, right={1}) if settings else ["  (none: every interface uses threshold 1)"]
+    rows = [["INTERFACE", "THRESHOLD", "MRDISC", "ORIGIN"]]
+    rows += [_setting_row(s) for s in settings]
+    none = "  (none: every interface uses threshold 1, mrdisc off)"
+    lines += table(rows, right={1}) if settings else [none]
     return "\n".join(lines)
+
+
+def _setting_row(setting: dict[str, Any]) -> list[str]:
+    """An interface's settings, `-` for one it does not have (the default), and where they
+    come from: `config` or `api`, each named when the two differ."""
+    threshold = str(setting["threshold"]) if "threshold_origin" in setting else "-"
+    mrdisc = ("on" if setting["mrdisc"] else "off") if "mrdisc_origin" in setting else "-"
+    origins = {
+        w: setting[f"{w}_origin"] for w in ("threshold", "mrdisc") if f"{w}_origin" in setting
+    }
+    if len(set(origins.values())) > 1:
+        origin = ", ".join(f"{what} {o}" for what, o in origins.items())
+    else:
+        origin = next(iter(origins.values()), "-")
+    return [setting["interface"], threshold, mrdisc, origin]
 
 
 def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:

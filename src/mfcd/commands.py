@@ -441,8 +441,15 @@ class Commands:
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
-        router, table = self.controller.router, _table_filter(args)
-        return self.views.vif_show(router, stats=_flag(args, "stats"), table=table)
+        controller, table = self.controller, _table_filter(args)
+        declared = views.Settings(controller.declared.thresholds(), controller.declared.mrdisc())
+        return self.views.vif_show(
+            controller.router,
+            stats=_flag(args, "stats"),
+            table=table,
+            mrdisc=controller.joins.mrdisc,
+            declared=declared,
+        )
 
     def diagnose(self, request_id: Any, args: dict[str, Any], peer: Peer) -> Deferred:
         """Walk one flow's path (probes.diagnose): validated now, answered after sampling."""

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import (
     Callable,
+    Collection,
     Container,
     Generator,
     Iterable,
@@ -27,7 +28,7 @@ from collections.abc import (
 from itertools import islice
 from json.encoder import encode_basestring_ascii as encode_ascii
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from mfcd import groups
 from mfcd import templates as tpl
@@ -217,6 +218,37 @@ def route_response(
     ).encode()
 
 
+class Settings(NamedTuple):
+    """The interface settings the config files declare (the rest are the API's)."""
+
+    thresholds: Mapping[str, int] = {}
+    mrdisc: Mapping[str, bool] = {}
+
+
+def interface_settings(
+    thresholds: Mapping[str, int], mrdisc: Collection[str], declared: Settings
+) -> list[dict[str, Any]]:
+    """vif.show's settings: each interface with a threshold other than the default, mrdisc
+    on, or a setting the config files declare, by name; each setting it has names its
+    origin (`threshold_origin`, `mrdisc_origin`: "config" or "api"), as a route does."""
+    # (A journal may hold a setting back to the default: that is no setting.)
+    set_thresholds = {n for n, t in thresholds.items() if t != DEFAULT_THRESHOLD}
+    names = set_thresholds | set(mrdisc) | set(declared.thresholds) | set(declared.mrdisc)
+    out = []
+    for name in sorted(names):
+        entry: dict[str, Any] = {
+            "interface": name,
+            "threshold": thresholds.get(name, DEFAULT_THRESHOLD),
+            "mrdisc": name in mrdisc,
+        }
+        if name in declared.thresholds or name in set_thresholds:
+            entry["threshold_origin"] = "config" if name in declared.thresholds else "api"
+        if name in declared.mrdisc or name in mrdisc:
+            entry["mrdisc_origin"] = "config" if name in declared.mrdisc else "api"
+        out.append(entry)
+    return out
+
+
 # --- show and vif.show ---------------------------------------------------------------------------
 
 
@@ -275,18 +307,20 @@ class Views:
         return vifs
 
     def vif_show(
-        self, router: Router, stats: bool = False, table: int | None = None
+        self,
+        router: Router,
+        stats: bool = False,
+        table: int | None = None,
+        *,
+        mrdisc: Collection[str] = (),
+        declared: Settings | None = None,
     ) -> dict[str, Any]:
-        """vif.show: the VIFs alone (not the JSON of every route, which show would build)."""
+        """vif.show: the VIFs alone (not the JSON of every route, which show would build),
+        and the interface settings (see interface_settings)."""
         return {
             "schema": SHOW_SCHEMA,
             "vifs": self.vifs(router, stats, table),
-            # (A journal may hold a setting back to the default: that is no setting.)
-            "settings": [
-                {"interface": n, "threshold": t}
-                for n, t in sorted(router.thresholds.items())
-                if t != DEFAULT_THRESHOLD
-            ],
+            "settings": interface_settings(router.thresholds, mrdisc, declared or Settings()),
             "max_vifs": MAXVIFS,
         }
 

@@ -734,3 +734,25 @@ def test_show_stats_says_what_learning_did_in_80_columns() -> None:
     assert all(len(line) <= 80 for line in text.splitlines())
     quiet = dict(learning, learned=0, unmatched=0)
     assert "Learning" not in cli.format_show({"vifs": [], "routes": [], "learning": quiet}, 80)
+
+
+def test_vif_show_text_lists_threshold_mrdisc_and_origin() -> None:
+    settings = [
+        {"interface": "a", "threshold": 3, "mrdisc": False, "threshold_origin": "api"},
+        {"interface": "b", "threshold": 16, "mrdisc": True, "threshold_origin": "config"}
+        | {"mrdisc_origin": "config"},
+        {"interface": "c", "threshold": 1, "mrdisc": True, "mrdisc_origin": "api"},
+        {"interface": "d", "threshold": 4, "mrdisc": False, "threshold_origin": "api"}
+        | {"mrdisc_origin": "config"},
+    ]
+    text = cli.format_vif_show({"vifs": [], "settings": settings})
+    assert [line.split() for line in text.splitlines()[3:]] == [
+        ["Interface", "settings", "(4)"],
+        ["INTERFACE", "THRESHOLD", "MRDISC", "ORIGIN"],
+        ["a", "3", "-", "api"],
+        ["b", "16", "on", "config"],
+        ["c", "-", "on", "api"],
+        ["d", "4", "off", "threshold", "api,", "mrdisc", "config"],
+    ]
+    empty = cli.format_vif_show({"vifs": [], "settings": []})
+    assert empty.endswith("(none: every interface uses threshold 1, mrdisc off)")
