@@ -580,7 +580,8 @@ def _join_command(sub: Any, name: str = "join") -> None:
         " while the interface does not exist it is pending. Joining again changes nothing."
         if joining
         else "Leave GROUP (and SOURCE) on IFNAME, joined before with `join`; prefixes as for"
-        " `join`. Exit status 5 if it was not joined.",
+        " `join`: a prefix leaves what is still joined of it, naming what was left before."
+        " Exit status 5 if it was not joined (none of a prefix).",
     )
     cmd.add_argument(
         "--interface",
@@ -1184,6 +1185,22 @@ def format_groups(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _already_left(result: dict[str, Any], shown: int = 3) -> str:
+    """`left 3 joins; 1 was not joined (left before): 239.1.1.1 on r1`."""
+    gone = result["already_left"]
+    names = [
+        f"{j['group']} on {j['interface']}"
+        + ("" if j["source"] == "*" else f" for source {j['source']}")
+        for j in gone[:shown]
+    ]
+    more = f" and {len(gone) - shown} more" if len(gone) > shown else ""
+    count = result["left"]
+    joins = "1 join" if count == 1 else f"{count} joins"
+    was = "1 was" if len(gone) == 1 else f"{len(gone)} were"
+    verb = "would leave" if result.get("dry_run") else "left"
+    return f"{verb} {joins}; {was} not joined (left before): {', '.join(names)}{more}"
+
+
 def format_reload(result: dict[str, Any]) -> str:
     """`3 added, 1 removed, 0 changed, 9,996 unchanged`; in a dry run the plan before it."""
     if not result.get("dry_run"):
@@ -1334,7 +1351,11 @@ class Cli:
 
     def _change_text(self, result: dict[str, Any]) -> str:
         if result.get("dry_run"):
-            return "dry run, nothing changed; mfcd would:\n" + _indent(format_plan(result))
+            plan = "dry run, nothing changed; mfcd would:\n" + _indent(format_plan(result))
+            return plan + (f"\n{_already_left(result)}" if "already_left" in result else "")
+        if "already_left" in result:  # a leave of a prefix some groups of which were left
+            text = _already_left(result)
+            return f"{format_plan(result)}\n{text}" if self.args.verbose else text
         if "deleted" in result:  # a batch
             summary = f"{result.get('added', 0)} added, {result['deleted']} deleted"
             if result.get("updated"):

@@ -289,6 +289,25 @@ def describe_key(key: JoinKey) -> str:
     return f"{what} on {interface}"
 
 
+def leaving(
+    keys: list[JoinKey], joined: Collection[JoinKey], named: str
+) -> tuple[list[JoinKey], list[JoinKey]]:
+    """Of the joins a leave names (`named`: as the command gave them), those joined, to
+    leave, and those not (a group of a prefix left before): leaving a prefix leaves what
+    is still joined of it. None joined is not_found (see not_joined)."""
+    left = [key for key in keys if key not in joined]
+    if len(left) == len(keys):
+        raise not_joined(keys, joined, named)
+    if not left:
+        return keys, []
+    return [key for key in keys if key in joined], left
+
+
+def not_joined(keys: list[JoinKey], joined: Iterable[JoinKey], named: str) -> NotFound:
+    """The error of a leave none of whose joins is joined."""
+    return NotFound(f"{named} was not joined", field="group")
+
+
 # --- arguments ---------------------------------------------------------------------------------
 
 

@@ -708,6 +708,11 @@ def group_show(
     return {"groups": shown, "mrdisc": sorted(joins.mrdisc)}
 
 
+def join_entry(key: JoinKey) -> dict[str, str]:
+    """A join as a leave's `already_left` names it."""
+    return {"interface": key[0], "group": key[1], "source": key[2]}
+
+
 def join_states(joins: Joins, keys: Sequence[JoinKey], links: Container[str]) -> dict[str, Any]:
     """What a join answers: how many of its joins (`keys`) wait, why the first one does,
     and which of their interfaces do not exist (not in `links`)."""

@@ -756,3 +756,15 @@ def test_vif_show_text_lists_threshold_mrdisc_and_origin() -> None:
     ]
     empty = cli.format_vif_show({"vifs": [], "settings": []})
     assert empty.endswith("(none: every interface uses threshold 1, mrdisc off)")
+
+
+def test_a_leave_that_found_some_joins_left_says_which() -> None:
+    gone = [{"interface": "r1", "group": f"239.1.1.{n}", "source": "*"} for n in range(4)]
+    gone[0]["source"] = "198.18.0.2"
+    text = cli._already_left({"left": 1, "already_left": gone})
+    assert text == (
+        "left 1 join; 4 were not joined (left before): 239.1.1.0 on r1 for source 198.18.0.2,"
+        " 239.1.1.1 on r1, 239.1.1.2 on r1 and 1 more"
+    )
+    dry = cli._already_left({"dry_run": True, "left": 3, "already_left": gone[1:2]})
+    assert dry == "would leave 3 joins; 1 was not joined (left before): 239.1.1.1 on r1"
