@@ -581,7 +581,8 @@ def _join_command(sub: Any, name: str = "join") -> None:
         if joining
         else "Leave GROUP (and SOURCE) on IFNAME, joined before with `join`; prefixes as for"
         " `join`: a prefix leaves what is still joined of it, naming what was left before."
-        " Exit status 5 if it was not joined (none of a prefix).",
+        " Exit status 5 if it was not joined (none of a prefix). An SSM join is left with"
+        " its --source; without --source only the join for any source is.",
     )
     cmd.add_argument(
         "--interface",

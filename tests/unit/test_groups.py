@@ -24,6 +24,7 @@ from mfcd.groups import (
     MembershipOp,
     Retries,
     SetMrdisc,
+    describe_key,
     join_keys,
     leaving,
 )
@@ -171,6 +172,46 @@ def test_leaving_a_prefix_leaves_what_is_still_joined_of_it() -> None:
     assert leaving(keys, dict.fromkeys(keys), "") == (keys, [])
     with pytest.raises(NotFound, match=r"^group 239\.1\.1\.0/30 on r1 was not joined$"):
         leaving(keys, {("r2", "239.1.1.0", "*"): None}, "group 239.1.1.0/30 on r1")
+
+
+SSM = ("r2", "232.1.1.1", "198.18.0.2")
+
+
+@pytest.mark.parametrize(
+    ("asked", "joined", "message"),
+    [
+        (
+            ("r2", "232.1.1.1", "*"),
+            [SSM],
+            "was not joined for any source; it is joined for source 198.18.0.2 only (SSM):"
+            " leave it with --source 198.18.0.2",
+        ),
+        (
+            ("r2", "232.1.1.1", "*"),
+            [SSM, ("r2", "232.1.1.1", "198.18.0.3")],
+            "it is joined for sources 198.18.0.2, 198.18.0.3: leave each with --source SOURCE",
+        ),
+        (
+            ("r2", "232.1.1.1", "198.18.0.9"),
+            [("r2", "232.1.1.1", "*")],
+            "198.18.0.9 group 232.1.1.1 on r2 was not joined; it is joined for any source:"
+            " leave it without --source",
+        ),
+        (
+            ("r2", "232.1.1.1", "198.18.0.9"),
+            [("r2", "232.1.1.1", "*"), SSM],
+            "it is joined for any source and source 198.18.0.2: leave each",
+        ),
+    ],
+)
+def test_leaving_a_join_for_another_source_says_which_are_joined_and_how_to_leave_them(
+    asked: tuple[str, str, str], joined: list[tuple[str, str, str]], message: str
+) -> None:
+    others = [("r1", "232.1.1.1", "198.18.0.7"), ("r2", "232.1.1.2", "198.18.0.7")]
+    with pytest.raises(NotFound) as e:
+        leaving([asked], dict.fromkeys([*joined, *others]), describe_key(asked))
+    assert message in str(e.value)
+    assert "198.18.0.7" not in str(e.value)  # (another interface's, another group's)
 
 
 def test_rollback_restores_everything() -> None:
