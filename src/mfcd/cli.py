@@ -492,6 +492,11 @@ def _batch_command(sub: Any) -> None:
     _command_options(batch, changes=True)
 
 
+VIF_SET_NEEDS = (
+    "vif set needs a setting: --threshold TTL, --mrdisc or --no-mrdisc (see mfcctl vif set --help)"
+)
+
+
 def _vif_command(sub: Any) -> None:
     import argparse  # noqa: PLC0415 (loaded already: build_parser imported it)
 
@@ -502,7 +507,7 @@ def _vif_command(sub: Any) -> None:
         help="change an interface's settings (kept across restarts)",
         description="Change an interface's settings. They are saved, apply to its VIF now and"
         " whenever it is created again. Setting the default value (`default`) removes the"
-        " setting.",
+        " setting. Give one setting at least (without one: a usage error, exit status 2).",
     )
     vif_set.add_argument(
         "interface", metavar="IFNAME", help="interface name (it need not exist yet)"
@@ -531,7 +536,8 @@ def _vif_command(sub: Any) -> None:
         "show",
         help="show VIFs and interface settings",
         description="Show the VIFs (with --stats, their packet and byte counters) and the"
-        " interfaces whose settings were changed with `vif set`.",
+        " interfaces with a setting (threshold, mrdisc) made with `vif set` (origin api) or"
+        " declared in the config files (origin config).",
     )
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
     _table_option(
@@ -574,7 +580,9 @@ def _join_command(sub: Any, name: str = "join") -> None:
         " while the interface does not exist it is pending. Joining again changes nothing."
         if joining
         else "Leave GROUP (and SOURCE) on IFNAME, joined before with `join`; prefixes as for"
-        " `join`. Exit status 5 if it was not joined.",
+        " `join`: a prefix leaves what is still joined of it, naming what was left before."
+        " Exit status 5 if it was not joined (none of a prefix). An SSM join is left with"
+        " its --source; without --source only the join for any source is.",
     )
     cmd.add_argument(
         "--interface",
@@ -987,9 +995,26 @@ def format_vif_show(result: dict[str, Any]) -> str:
     lines = format_vifs(vifs, any("stats" in v for v in vifs))
     settings = result.get("settings", [])
     lines += ["", f"Interface settings ({len(settings)})"]
-    rows = [["INTERFACE", "THRESHOLD"]] + [[s["interface"], str(s["threshold"])] for s in settings]
-    lines += table(rows, right={1}) if settings else ["  (none: every interface uses threshold 1)"]
+    rows = [["INTERFACE", "THRESHOLD", "MRDISC", "ORIGIN"]]
+    rows += [_setting_row(s) for s in settings]
+    none = "  (none: every interface uses threshold 1, mrdisc off)"
+    lines += table(rows, right={1}) if settings else [none]
     return "\n".join(lines)
+
+
+def _setting_row(setting: dict[str, Any]) -> list[str]:
+    """An interface's settings, `-` for one it does not have (the default), and where they
+    come from: `config` or `api`, each named when the two differ."""
+    threshold = str(setting["threshold"]) if "threshold_origin" in setting else "-"
+    mrdisc = ("on" if setting["mrdisc"] else "off") if "mrdisc_origin" in setting else "-"
+    origins = {
+        w: setting[f"{w}_origin"] for w in ("threshold", "mrdisc") if f"{w}_origin" in setting
+    }
+    if len(set(origins.values())) > 1:
+        origin = ", ".join(f"{what} {o}" for what, o in origins.items())
+    else:
+        origin = next(iter(origins.values()), "-")
+    return [setting["interface"], threshold, mrdisc, origin]
 
 
 def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:
@@ -1161,33 +1186,51 @@ def format_groups(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _already_left(result: dict[str, Any], shown: int = 3) -> str:
+    """`left 3 joins; 1 was not joined (left before): 239.1.1.1 on r1`."""
+    gone = result["already_left"]
+    names = [
+        f"{j['group']} on {j['interface']}"
+        + ("" if j["source"] == "*" else f" for source {j['source']}")
+        for j in gone[:shown]
+    ]
+    more = f" and {len(gone) - shown} more" if len(gone) > shown else ""
+    count = result["left"]
+    joins = "1 join" if count == 1 else f"{count} joins"
+    was = "1 was" if len(gone) == 1 else f"{len(gone)} were"
+    verb = "would leave" if result.get("dry_run") else "left"
+    return f"{verb} {joins}; {was} not joined (left before): {', '.join(names)}{more}"
+
+
 def format_reload(result: dict[str, Any]) -> str:
     """`3 added, 1 removed, 0 changed, 9,996 unchanged`; in a dry run the plan before it."""
     if not result.get("dry_run"):
         return str(result["summary"])
     lines = ["dry run, nothing changed; mfcd would:"]
     for entry in result.get("plan", []):
-        if entry["action"] == "threshold":
-            lines.append(f"  set threshold {entry['threshold']} on {entry['interface']}")
-            continue
-        if entry["action"] == "mrdisc":
-            lines.append(f"  turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}")
-            continue
-        if entry["action"] in ("join", "leave"):
-            what = f"{entry['action']} {entry['source']} -> {entry['group']}"
-            what += f" on {entry['interface']}"
-            lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
-            continue
-        what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
-        if _other_table(entry):
-            what += f" table {entry['table']}"
-        if "iif" in entry:
-            what += f" iif {entry['iif']}"
-        if "oifs" in entry:
-            what += f" oifs {','.join(entry['oifs'])}"
-        lines.append(f"  {what}" + (f"  ({entry['where']})" if "where" in entry else ""))
+        lines.append(
+            f"  {_reload_step(entry)}" + (f"  ({entry['where']})" if "where" in entry else "")
+        )
     lines.append(result["summary"])
     return "\n".join(lines)
+
+
+def _reload_step(entry: dict[str, Any]) -> str:
+    """One step of a reload's plan, without the FILE:LINE that declares it."""
+    if entry["action"] == "threshold":
+        return f"set threshold {entry['threshold']} on {entry['interface']}"
+    if entry["action"] == "mrdisc":
+        return f"turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}"
+    if entry["action"] in ("join", "leave"):
+        return f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
+    what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
+    if _other_table(entry):
+        what += f" table {entry['table']}"
+    if "iif" in entry:
+        what += f" iif {entry['iif']}"
+    if "oifs" in entry:
+        what += f" oifs {','.join(entry['oifs'])}"
+    return what
 
 
 def format_sync(result: dict[str, Any]) -> str:
@@ -1309,7 +1352,11 @@ class Cli:
 
     def _change_text(self, result: dict[str, Any]) -> str:
         if result.get("dry_run"):
-            return "dry run, nothing changed; mfcd would:\n" + _indent(format_plan(result))
+            plan = "dry run, nothing changed; mfcd would:\n" + _indent(format_plan(result))
+            return plan + (f"\n{_already_left(result)}" if "already_left" in result else "")
+        if "already_left" in result:  # a leave of a prefix some groups of which were left
+            text = _already_left(result)
+            return f"{format_plan(result)}\n{text}" if self.args.verbose else text
         if "deleted" in result:  # a batch
             summary = f"{result.get('added', 0)} added, {result['deleted']} deleted"
             if result.get("updated"):
@@ -1572,16 +1619,14 @@ def main(
         sys.stdout, sys.stderr = out, err
         try:
             args = parser.parse_args(argv)
-            if (
-                args.command == "vif"
-                and args.action == "set"
-                and args.threshold is None is args.mrdisc
-            ):
-                parser.error("vif set needs --threshold or --mrdisc/--no-mrdisc")  # (both None)
         except SystemExit as e:
             return int(e.code or 0)
         finally:
             sys.stdout, sys.stderr = saved
+        if args.command == "vif" and args.action == "set" and args.threshold is None is args.mrdisc:
+            # One line, not the top-level usage argparse would print for the main parser.
+            print(f"mfcctl: {VIF_SET_NEEDS}", file=err)
+            return protocol.EXIT_USAGE
     cli = Cli(args, out, err)
     try:
         return cli.run()

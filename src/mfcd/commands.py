@@ -49,7 +49,7 @@ from mfcd.errors import (
     UnsupportedVersion,
 )
 from mfcd.events import EventBus
-from mfcd.groups import Join, JoinKey, Leave, SetMrdisc
+from mfcd.groups import ANY_SOURCE, Join, JoinKey, Leave, SetMrdisc, describe_key
 from mfcd.learning import Learner
 from mfcd.model import (
     DEFAULT_TABLE,
@@ -441,8 +441,15 @@ class Commands:
 
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
-        router, table = self.controller.router, _table_filter(args)
-        return self.views.vif_show(router, stats=_flag(args, "stats"), table=table)
+        controller, table = self.controller, _table_filter(args)
+        declared = views.Settings(controller.declared.thresholds(), controller.declared.mrdisc())
+        return self.views.vif_show(
+            controller.router,
+            stats=_flag(args, "stats"),
+            table=table,
+            mrdisc=controller.joins.mrdisc,
+            declared=declared,
+        )
 
     def diagnose(self, request_id: Any, args: dict[str, Any], peer: Peer) -> Deferred:
         """Walk one flow's path (probes.diagnose): validated now, answered after sampling."""
@@ -647,8 +654,20 @@ class Commands:
         return result
 
     def leave(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        """Leave the joins named; of a prefix, those still joined (the others are listed as
+        `already_left`). Any other refusal (a join the files declare, one of a wildcard's)
+        leaves nothing."""
         keys = self._join_keys(args)
-        return self._change([Leave(k) for k in keys], dry_run, peer, "leave", args)
+        controller = self.controller
+        joined = controller.wild_joins if is_wildcard(keys[0][0]) else controller.joins.wanted
+        named = describe_key(keys[0])
+        if len(keys) > 1:  # a prefix: as given
+            named = describe_key((keys[0][0], args["group"], args.get("source") or ANY_SOURCE))
+        keys, left = groups.leaving(keys, joined, named)
+        result = self._change([Leave(k) for k in keys], dry_run, peer, "leave", args)
+        if left:
+            result.update(left=len(keys), already_left=[views.join_entry(k) for k in left])
+        return result
 
     def group_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, ())

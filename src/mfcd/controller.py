@@ -47,6 +47,7 @@ from mfcd.declarations import (
     Diff,
     join_intents,
     template_intents,
+    template_patterns,
 )
 from mfcd.errors import (
     DeclaredInConfig,
@@ -1072,12 +1073,12 @@ class Controller:
         return gone + [AddTemplate(k, p) for k, p in wanted.items()]
 
     def shown_patterns(self) -> tuple[dict[RouteKey, Ports], dict[TemplateKey, Ports]]:
-        """The wildcard oifs as given (the config files' routes and the runtime routes and
-        templates) that show lists beside their expansion."""
+        """The wildcard interfaces as given (the config files' routes and templates, the
+        runtime routes and templates) that show lists beside their expansion."""
         declared = self.declared
         routes = {key: declared.routes[key] for key in declared.wild}
         routes.update(self.wild_routes)
-        templates: dict[TemplateKey, Ports] = {}
+        templates = template_patterns(declared, self.router.links) if declared.templates else {}
         for key, ports in self.wild_templates.items():
             templates.update(dict.fromkeys(self._expanded_now(key), ports))
         return routes, templates

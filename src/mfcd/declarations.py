@@ -32,7 +32,7 @@ import ipaddress
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, chain, islice, repeat
@@ -141,13 +141,33 @@ def template_intents(
     """The templates the config files declare, as model keys with their interfaces and
     FILE:LINE: a wildcard iif is one template per existing interface it matches, wildcard
     oifs are the existing interfaces they match (see expand)."""
-    names = list(links)
     out: dict[TemplateKey, tuple[Ports, str]] = {}
-    for t in declared.templates:
+    for key, ports, t in _expansions(declared.templates, links):
+        out.setdefault(key, (ports, t.where))
+    return out
+
+
+def template_patterns(declared: Declarations, links: Iterable[str]) -> dict[TemplateKey, Ports]:
+    """The config templates with a wildcard iif or oifs, their interfaces as declared, by
+    each template they expand to now: `show` lists them beside it, as it does a runtime
+    template's (controller.shown_patterns)."""
+    wild = [t for t in declared.templates if any(map(is_wildcard, (t.iif, *t.oifs)))]
+    out: dict[TemplateKey, Ports] = {}
+    for key, _, t in _expansions(wild, links):
+        out.setdefault(key, Ports(t.iif, t.oifs))
+    return out
+
+
+def _expansions(
+    templates: Iterable[Template], links: Iterable[str]
+) -> Iterator[tuple[TemplateKey, Ports, Template]]:
+    """Each template's model key and interfaces over the interfaces that exist (see
+    wildcards.per_iif), with the declared template it comes from."""
+    names = list(links)
+    for t in templates:
         for ports in per_iif(Ports(t.iif, t.oifs), names):
             change = validate.template_change(t.source, t.group, ports.iif, [*ports.oifs], t.table)
-            out.setdefault(change.key, (change.ports, t.where))
-    return out
+            yield change.key, change.ports, t
 
 
 def join_intents(declared: Declarations, links: Iterable[str]) -> dict[JoinKey, str]:

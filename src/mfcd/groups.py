@@ -289,6 +289,53 @@ def describe_key(key: JoinKey) -> str:
     return f"{what} on {interface}"
 
 
+def leaving(
+    keys: list[JoinKey], joined: Collection[JoinKey], named: str
+) -> tuple[list[JoinKey], list[JoinKey]]:
+    """Of the joins a leave names (`named`: as the command gave them), those joined, to
+    leave, and those not (a group of a prefix left before): leaving a prefix leaves what
+    is still joined of it. None joined is not_found (see not_joined)."""
+    left = [key for key in keys if key not in joined]
+    if len(left) == len(keys):
+        raise not_joined(keys, joined, named)
+    if not left:
+        return keys, []
+    return [key for key in keys if key in joined], left
+
+
+def not_joined(keys: list[JoinKey], joined: Iterable[JoinKey], named: str) -> NotFound:
+    """The error of a leave none of whose joins is joined; when its group is joined on the
+    interface for other sources (an SSM join left without --source, or the reverse), it
+    says which and how to leave them, rather than leaving them (a leave names what it
+    leaves, as smcroute's does)."""
+    interface, asked = keys[0][0], {key[2] for key in keys}
+    named_groups = {key[1] for key in keys}
+    others = sorted(
+        (k for k in joined if k[0] == interface and k[1] in named_groups and k[2] not in asked),
+        key=sort_key,
+    )
+    message = f"{named} was not joined"
+    if not others:
+        return NotFound(message, field="group")
+    if asked == {ANY_SOURCE}:
+        message += " for any source"
+    sources = list(dict.fromkeys(k[2] for k in others))  # (ASM first, then by address)
+    ssm = [s for s in sources if s != ANY_SOURCE]
+    if not ssm:
+        how = "for any source: leave it without --source"
+    elif sources == ssm and len(ssm) == 1:
+        how = f"for source {ssm[0]} only (SSM): leave it with --source {ssm[0]}"
+    else:
+        more = f" and {len(ssm) - 3} more" if len(ssm) > 3 else ""
+        listed = f"source{'s' if len(ssm) > 1 else ''} {', '.join(ssm[:3])}{more}"
+        listed = f"any source and {listed}" if ANY_SOURCE in sources else listed
+        how = (
+            f"for {listed}: leave each with --source SOURCE (any source: without"
+            " --source); mfcctl show groups lists them"
+        )
+    return NotFound(f"{message}; it is joined {how}", field="source")
+
+
 # --- arguments ---------------------------------------------------------------------------------
 
 

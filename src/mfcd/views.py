@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import (
     Callable,
+    Collection,
     Container,
     Generator,
     Iterable,
@@ -27,7 +28,7 @@ from collections.abc import (
 from itertools import islice
 from json.encoder import encode_basestring_ascii as encode_ascii
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from mfcd import groups
 from mfcd import templates as tpl
@@ -217,6 +218,37 @@ def route_response(
     ).encode()
 
 
+class Settings(NamedTuple):
+    """The interface settings the config files declare (the rest are the API's)."""
+
+    thresholds: Mapping[str, int] = {}
+    mrdisc: Mapping[str, bool] = {}
+
+
+def interface_settings(
+    thresholds: Mapping[str, int], mrdisc: Collection[str], declared: Settings
+) -> list[dict[str, Any]]:
+    """vif.show's settings: each interface with a threshold other than the default, mrdisc
+    on, or a setting the config files declare, by name; each setting it has names its
+    origin (`threshold_origin`, `mrdisc_origin`: "config" or "api"), as a route does."""
+    # (A journal may hold a setting back to the default: that is no setting.)
+    set_thresholds = {n for n, t in thresholds.items() if t != DEFAULT_THRESHOLD}
+    names = set_thresholds | set(mrdisc) | set(declared.thresholds) | set(declared.mrdisc)
+    out = []
+    for name in sorted(names):
+        entry: dict[str, Any] = {
+            "interface": name,
+            "threshold": thresholds.get(name, DEFAULT_THRESHOLD),
+            "mrdisc": name in mrdisc,
+        }
+        if name in declared.thresholds or name in set_thresholds:
+            entry["threshold_origin"] = "config" if name in declared.thresholds else "api"
+        if name in declared.mrdisc or name in mrdisc:
+            entry["mrdisc_origin"] = "config" if name in declared.mrdisc else "api"
+        out.append(entry)
+    return out
+
+
 # --- show and vif.show ---------------------------------------------------------------------------
 
 
@@ -275,18 +307,20 @@ class Views:
         return vifs
 
     def vif_show(
-        self, router: Router, stats: bool = False, table: int | None = None
+        self,
+        router: Router,
+        stats: bool = False,
+        table: int | None = None,
+        *,
+        mrdisc: Collection[str] = (),
+        declared: Settings | None = None,
     ) -> dict[str, Any]:
-        """vif.show: the VIFs alone (not the JSON of every route, which show would build)."""
+        """vif.show: the VIFs alone (not the JSON of every route, which show would build),
+        and the interface settings (see interface_settings)."""
         return {
             "schema": SHOW_SCHEMA,
             "vifs": self.vifs(router, stats, table),
-            # (A journal may hold a setting back to the default: that is no setting.)
-            "settings": [
-                {"interface": n, "threshold": t}
-                for n, t in sorted(router.thresholds.items())
-                if t != DEFAULT_THRESHOLD
-            ],
+            "settings": interface_settings(router.thresholds, mrdisc, declared or Settings()),
             "max_vifs": MAXVIFS,
         }
 
@@ -441,7 +475,7 @@ class Views:
                 entry["missing"] = list(status.missing)
                 entry["reason"] = status.reason
             wild = self._template_patterns.get(key)
-            if wild is not None:  # a runtime template with wildcards
+            if wild is not None:  # a template with wildcards (runtime or config)
                 if wild.iif != iif:
                     entry["iif_pattern"] = wild.iif
                 if any(map(is_wildcard, wild.oifs)):
@@ -674,6 +708,11 @@ def group_show(
     return {"groups": shown, "mrdisc": sorted(joins.mrdisc)}
 
 
+def join_entry(key: JoinKey) -> dict[str, str]:
+    """A join as a leave's `already_left` names it."""
+    return {"interface": key[0], "group": key[1], "source": key[2]}
+
+
 def join_states(joins: Joins, keys: Sequence[JoinKey], links: Container[str]) -> dict[str, Any]:
     """What a join answers: how many of its joins (`keys`) wait, why the first one does,
     and which of their interfaces do not exist (not in `links`)."""
@@ -785,9 +824,11 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         plan += [_declared("remove", key, None) for key in change.removed]
         for name, threshold in sorted(change.thresholds.items()):
             value = DEFAULT_THRESHOLD if threshold is None else threshold
-            plan.append({"action": "threshold", "interface": name, "threshold": value})
+            entry = {"action": "threshold", "interface": name, "threshold": value}
+            plan.append(_setting_where(entry, declared, name))
         for name, on in sorted(change.mrdisc.items()):
-            plan.append({"action": "mrdisc", "interface": name, "on": bool(on)})
+            entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
+            plan.append(_setting_where(entry, declared, name))
         plan += _template_plan(change.templates)
         plan += _join_plan(change.joins)
         result["plan"] = plan
@@ -801,6 +842,15 @@ def _declared(action: str, key: RouteKey, where: str | None, **more: Any) -> dic
     entry.update(source=source, group=group, table=table, **more)
     if where is not None:
         entry["where"] = where
+    return entry
+
+
+def _setting_where(entry: dict[str, Any], declared: Any, name: str) -> dict[str, Any]:
+    """A threshold or mrdisc step of the plan with the FILE:LINE of the `[[interface]]` that
+    declares it (none for a setting the files no longer declare, as for a removed route)."""
+    setting = declared.interfaces.get(name)
+    if setting is not None:
+        entry["where"] = setting.where
     return entry
 
 

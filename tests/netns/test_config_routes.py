@@ -353,6 +353,10 @@ def test_config_mrdisc_advertises_is_refused_to_the_api_and_ends_with_a_reload(
         daemon.start()
     assert mrd(seen, 0x30), seen  # advertisements, from start-up on
     assert json.loads(daemon.ok("show", "groups", "-o", "json"))["mrdisc"] == ["r1"]
+    [setting] = json.loads(daemon.ok("vif", "show", "-o", "json"))["settings"]
+    assert (setting["mrdisc"], setting["mrdisc_origin"]) == (True, "config")
+    assert "threshold_origin" not in setting  # (the files set no threshold on r1)
+    assert daemon.ok("vif", "show").splitlines()[-1].split() == ["r1", "-", "on", "config"]
     code, message = refused_code(daemon, "vif", "set", "r1", "--no-mrdisc")
     assert code == "declared_in_config" and f"{daemon.config_file}:" in message
     write_config(daemon, "")

@@ -176,6 +176,32 @@ def test_leaving_what_was_never_joined_is_not_found(mfcd: Mfcd) -> None:
     assert "group 239.7.0.9 on r1 was not joined" in result.stderr
 
 
+def test_leaving_a_prefix_after_one_of_its_groups_leaves_the_rest(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok("join", "--interface", "r1", "--group", "239.7.1.0/30")
+    mfcd.ok("leave", "--interface", "r1", "--group", "239.7.1.1")
+    out = mfcd.ok("leave", "--interface", "r1", "--group", "239.7.1.0/30")
+    assert out.strip() == "left 3 joins; 1 was not joined (left before): 239.7.1.1 on r1"
+    assert not {g for g in memberships(lab, "r1", 4) if g.startswith("239.7.1.")}
+    assert groups(mfcd) == []
+    again = mfcd.ctl("leave", "--interface", "r1", "--group", "239.7.1.0/30")
+    assert again.returncode == 5, again.stderr
+    assert "group 239.7.1.0/30 on r1 was not joined" in again.stderr
+
+
+def test_leaving_an_ssm_join_without_its_source_says_how(lab: Lab, mfcd: Mfcd) -> None:
+    source = "198.18.0.2"
+    mfcd.ok("join", "--interface", "r2", "--group", "239.7.2.1", "--source", source)
+    result = mfcd.ctl("leave", "--interface", "r2", "--group", "239.7.2.1", "-o", "json")
+    assert result.returncode == 5
+    assert json.loads(result.stdout)["error"]["code"] == "not_found"
+    assert f"joined for source {source} only (SSM): leave it with --source {source}" in (
+        result.stderr
+    )
+    assert source_filters(lab, "r2", 4) == {("239.7.2.1", source)}  # still joined
+    mfcd.ok("leave", "--interface", "r2", "--group", "239.7.2.1", "--source", source)
+    assert source_filters(lab, "r2", 4) == set()
+
+
 def test_a_thousand_joins_on_one_interface(lab: Lab, mfcd: Mfcd) -> None:
     """1,024 IPv4 joins need 52 sockets at the default 20 per socket; no sysctl changes."""
     mfcd.ok("join", "--interface", "r1", "--group", "239.20.0.0/22")

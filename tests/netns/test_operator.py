@@ -83,7 +83,9 @@ def test_ipv4_threshold_is_applied_persisted_and_shown(lab: Lab, mfcd: Mfcd) -> 
     mfcd.ok("vif", "set", "r1", "--threshold", "8")
     assert received(lab, 4) == [0, 5, 0]
     shown = json.loads(mfcd.ok("vif", "show", "--output", "json"))
-    assert shown["settings"] == [{"interface": "r1", "threshold": 8}]
+    assert shown["settings"] == [
+        {"interface": "r1", "threshold": 8, "mrdisc": False, "threshold_origin": "api"}
+    ]
     assert {v["interface"]: v["threshold"] for v in shown["vifs"]}["r1"] == 8
     mfcd.stop()
     mfcd.start()

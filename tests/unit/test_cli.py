@@ -54,7 +54,6 @@ def test_parser_takes_oifs_comma_or_space_separated(oifs: list[str]) -> None:
         [*ADD],
         ["mfc", "del", "--source", "10.0.0.1"],
         ["mfc"],
-        ["vif", "set", "r1"],
         ["vif", "set", "r1", "--threshold", "x"],
         ["frobnicate"],
         [],
@@ -68,6 +67,20 @@ def test_parser_rejects_incomplete_commands(
     captured = capsys.readouterr()
     assert "usage: mfcctl" in err + captured.err
     assert out + captured.out == ""
+
+
+@pytest.mark.parametrize("argv", [["vif", "set", "r1"], ["vif", "set", "r1", "-o", "json"]])
+def test_vif_set_without_a_setting_is_one_line_naming_the_options(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(*argv)
+    assert status == protocol.EXIT_USAGE
+    assert capsys.readouterr() == ("", "")
+    assert out == ""
+    assert err.count("\n") == 1, err  # not the top-level usage
+    assert err.startswith("mfcctl: vif set needs")
+    for option in ("--threshold", "--mrdisc", "--no-mrdisc"):
+        assert option in err
 
 
 def test_usage_errors_go_to_the_given_stderr(capsys: pytest.CaptureFixture[str]) -> None:
@@ -721,3 +734,37 @@ def test_show_stats_says_what_learning_did_in_80_columns() -> None:
     assert all(len(line) <= 80 for line in text.splitlines())
     quiet = dict(learning, learned=0, unmatched=0)
     assert "Learning" not in cli.format_show({"vifs": [], "routes": [], "learning": quiet}, 80)
+
+
+def test_vif_show_text_lists_threshold_mrdisc_and_origin() -> None:
+    settings = [
+        {"interface": "a", "threshold": 3, "mrdisc": False, "threshold_origin": "api"},
+        {"interface": "b", "threshold": 16, "mrdisc": True, "threshold_origin": "config"}
+        | {"mrdisc_origin": "config"},
+        {"interface": "c", "threshold": 1, "mrdisc": True, "mrdisc_origin": "api"},
+        {"interface": "d", "threshold": 4, "mrdisc": False, "threshold_origin": "api"}
+        | {"mrdisc_origin": "config"},
+    ]
+    text = cli.format_vif_show({"vifs": [], "settings": settings})
+    assert [line.split() for line in text.splitlines()[3:]] == [
+        ["Interface", "settings", "(4)"],
+        ["INTERFACE", "THRESHOLD", "MRDISC", "ORIGIN"],
+        ["a", "3", "-", "api"],
+        ["b", "16", "on", "config"],
+        ["c", "-", "on", "api"],
+        ["d", "4", "off", "threshold", "api,", "mrdisc", "config"],
+    ]
+    empty = cli.format_vif_show({"vifs": [], "settings": []})
+    assert empty.endswith("(none: every interface uses threshold 1, mrdisc off)")
+
+
+def test_a_leave_that_found_some_joins_left_says_which() -> None:
+    gone = [{"interface": "r1", "group": f"239.1.1.{n}", "source": "*"} for n in range(4)]
+    gone[0]["source"] = "198.18.0.2"
+    text = cli._already_left({"left": 1, "already_left": gone})
+    assert text == (
+        "left 1 join; 4 were not joined (left before): 239.1.1.0 on r1 for source 198.18.0.2,"
+        " 239.1.1.1 on r1, 239.1.1.2 on r1 and 1 more"
+    )
+    dry = cli._already_left({"dry_run": True, "left": 3, "already_left": gone[1:2]})
+    assert dry == "would leave 3 joins; 1 was not joined (left before): 239.1.1.1 on r1"

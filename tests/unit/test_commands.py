@@ -473,7 +473,7 @@ def test_vif_set_to_the_default_clears_the_setting_and_is_journaled_as_that(
 ) -> None:
     ask(commands, "vif.set", {"interface": "b", "threshold": 5})
     assert ask(commands, "vif.show", {})["result"]["settings"] == [
-        {"interface": "b", "threshold": 5}
+        {"interface": "b", "threshold": 5, "mrdisc": False, "threshold_origin": "api"}
     ]
     result = ask(commands, "vif.set", {"interface": "b", "threshold": 1})["result"]
     assert [step["action"] for step in result["plan"]] == ["reissue_mfc"]
@@ -484,6 +484,27 @@ def test_vif_set_to_the_default_clears_the_setting_and_is_journaled_as_that(
     # A journal replayed at start may hold the default as a setting: it is shown as none.
     commands.controller.router.thresholds["c"] = 1
     assert ask(commands, "vif.show", {})["result"]["settings"] == []
+
+
+def test_vif_show_says_where_each_setting_comes_from_and_lists_mrdisc(
+    commands: Commands,
+) -> None:
+    from tests.unit.test_declarations import apply  # noqa: PLC0415 (its config helpers)
+
+    apply(commands.controller, '[[interface]]\nname = "b"\nthreshold = 16\nmrdisc = true\n')
+    ask(commands, "vif.set", {"interface": "c", "mrdisc": True})
+    ask(commands, "vif.set", {"interface": "a", "threshold": 3})
+    assert ask(commands, "vif.show", {})["result"]["settings"] == [
+        {"interface": "a", "threshold": 3, "mrdisc": False, "threshold_origin": "api"},
+        {
+            "interface": "b",
+            "threshold": 16,
+            "mrdisc": True,
+            "threshold_origin": "config",
+            "mrdisc_origin": "config",
+        },
+        {"interface": "c", "threshold": 1, "mrdisc": True, "mrdisc_origin": "api"},
+    ]
 
 
 def test_sync_reads_the_whole_table_only_when_small_or_asked(

@@ -182,3 +182,34 @@ def test_show_text_names_a_config_template_origin() -> None:
     lines = cli.format_templates(shown)
     assert "installed, config" in lines[2] and "239.2.0.0/24" in lines[2]
     assert "config" not in lines[3] and "239.3.0.0/24" in lines[3]
+
+
+def test_the_dry_run_plan_gives_thresholds_and_mrdisc_their_file_and_line() -> None:
+    ctl = controller()
+    text = '[[interface]]\nname = "c"\nmrdisc = true\n\n[[interface]]\nname = "b"\nthreshold = 9\n'
+    result = reload(ctl, text, dry_run=True)
+    steps = {entry["action"]: entry for entry in result["plan"]}  # type: ignore[attr-defined]
+    assert steps["mrdisc"]["where"] == "f.conf:1"
+    assert steps["threshold"]["where"] == "f.conf:5"
+    lines = cli.format_reload(result)
+    assert "  set threshold 9 on b  (f.conf:5)" in lines.splitlines()
+    assert "  turn mrdisc on on c  (f.conf:1)" in lines.splitlines()
+    # A setting the files no longer declare goes back to the default: no place to name.
+    reload(ctl, text)
+    result = reload(ctl, "", dry_run=True)
+    assert all("where" not in e for e in result["plan"])  # type: ignore[attr-defined]
+    assert "set threshold 1 on b" in cli.format_reload(result)
+
+
+def test_show_lists_a_config_template_wildcard_iif_and_oifs_beside_what_they_match() -> None:
+    ctl = controller()
+    reload(ctl, '[[route]]\ngroup = "239.2.0.0/24"\niif = "vlan*"\noifs = ["b", "c+"]\n')
+    ctl.link_up("vlan2", 9)
+    ctl.follow_wildcards()
+    shown = views.Views(kernel_of(ctl)).show(ctl.router, patterns=ctl.shown_patterns())
+    templates = [r for r in shown["routes"] if r.get("template")]
+    assert [(t["iif"], t.get("iif_pattern"), t.get("oif_patterns")) for t in templates] == [
+        ("vlan1", "vlan*", ["b", "c+"]),
+        ("vlan2", "vlan*", ["b", "c+"]),
+    ]
+    assert cli.format_templates(templates)[2].split()[2] == "vlan*(vlan1)"

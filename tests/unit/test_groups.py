@@ -24,11 +24,14 @@ from mfcd.groups import (
     MembershipOp,
     Retries,
     SetMrdisc,
+    describe_key,
     join_keys,
+    leaving,
 )
 from mfcd.state import StateFile, change_op, parse
 from tests.unit.conftest import FakeState
 from tests.unit.test_commands import ask, make_commands, snapshot
+from tests.unit.test_declarations import apply
 
 # --- arguments ---------------------------------------------------------------------------------
 
@@ -157,6 +160,58 @@ def test_leaving_a_join_never_made_is_not_found_and_leaving_a_pending_one_is_qui
     joined(joins, joins.join, A, "api", {})
     assert joined(joins, joins.leave, A) == []
     assert not joins.wanted
+
+
+def test_leaving_a_prefix_leaves_what_is_still_joined_of_it() -> None:
+    keys = join_keys("r1", "239.1.1.0/30")
+    joined = dict.fromkeys(k for k in keys if k[1] != "239.1.1.1")
+    assert leaving(keys, joined, "group 239.1.1.0/30 on r1") == (
+        [("r1", "239.1.1.0", "*"), ("r1", "239.1.1.2", "*"), ("r1", "239.1.1.3", "*")],
+        [("r1", "239.1.1.1", "*")],
+    )
+    assert leaving(keys, dict.fromkeys(keys), "") == (keys, [])
+    with pytest.raises(NotFound, match=r"^group 239\.1\.1\.0/30 on r1 was not joined$"):
+        leaving(keys, {("r2", "239.1.1.0", "*"): None}, "group 239.1.1.0/30 on r1")
+
+
+SSM = ("r2", "232.1.1.1", "198.18.0.2")
+
+
+@pytest.mark.parametrize(
+    ("asked", "joined", "message"),
+    [
+        (
+            ("r2", "232.1.1.1", "*"),
+            [SSM],
+            "was not joined for any source; it is joined for source 198.18.0.2 only (SSM):"
+            " leave it with --source 198.18.0.2",
+        ),
+        (
+            ("r2", "232.1.1.1", "*"),
+            [SSM, ("r2", "232.1.1.1", "198.18.0.3")],
+            "it is joined for sources 198.18.0.2, 198.18.0.3: leave each with --source SOURCE",
+        ),
+        (
+            ("r2", "232.1.1.1", "198.18.0.9"),
+            [("r2", "232.1.1.1", "*")],
+            "198.18.0.9 group 232.1.1.1 on r2 was not joined; it is joined for any source:"
+            " leave it without --source",
+        ),
+        (
+            ("r2", "232.1.1.1", "198.18.0.9"),
+            [("r2", "232.1.1.1", "*"), SSM],
+            "it is joined for any source and source 198.18.0.2: leave each",
+        ),
+    ],
+)
+def test_leaving_a_join_for_another_source_says_which_are_joined_and_how_to_leave_them(
+    asked: tuple[str, str, str], joined: list[tuple[str, str, str]], message: str
+) -> None:
+    others = [("r1", "232.1.1.1", "198.18.0.7"), ("r2", "232.1.1.2", "198.18.0.7")]
+    with pytest.raises(NotFound) as e:
+        leaving([asked], dict.fromkeys([*joined, *others]), describe_key(asked))
+    assert message in str(e.value)
+    assert "198.18.0.7" not in str(e.value)  # (another interface's, another group's)
 
 
 def test_rollback_restores_everything() -> None:
@@ -343,6 +398,37 @@ def test_join_and_leave_lines() -> None:
     ]:
         with pytest.raises(batchfile.SyntaxProblem, match=words):
             list(batchfile.lines(bad))
+
+
+def test_leave_of_a_prefix_part_of_which_was_left_leaves_the_rest_and_says_so() -> None:
+    commands = make_commands()
+    wanted = commands.controller.joins.wanted
+    prefix = {"interface": "a", "group": "239.5.0.0/30"}
+    assert ask(commands, "join", prefix)["ok"]
+    assert ask(commands, "leave", {"interface": "a", "group": "239.5.0.1"})["ok"]
+    planned = ask(commands, "leave", prefix, dry_run=True)["result"]
+    assert len(wanted) == 3 and planned["left"] == 3
+    done = ask(commands, "leave", prefix)["result"]
+    assert [step["group"] for step in done["plan"]] == ["239.5.0.0", "239.5.0.2", "239.5.0.3"]
+    assert done["already_left"] == [{"interface": "a", "group": "239.5.0.1", "source": "*"}]
+    assert wanted == {}
+    error = ask(commands, "leave", prefix)["error"]
+    assert (error["code"], error["message"]) == (
+        "not_found",
+        "group 239.5.0.0/30 on a was not joined",
+    )
+
+
+def test_a_real_refusal_of_one_group_of_a_prefix_leaves_none() -> None:
+    commands = make_commands()
+    ask(commands, "join", {"interface": "a", "group": "239.5.0.0/30"})
+    ask(commands, "leave", {"interface": "a", "group": "239.5.0.1"})
+    apply(commands.controller, '[[join]]\ninterface = "a"\ngroup = "239.5.0.2"\n')
+    error = ask(commands, "leave", {"interface": "a", "group": "239.5.0.0/30"})["error"]
+    assert (
+        error["code"] == "declared_in_config" and "239.5.0.2 on a is joined in" in error["message"]
+    )
+    assert len(commands.controller.joins.wanted) == 3  # nothing left
 
 
 def test_join_command_results_and_group_show() -> None:

@@ -149,7 +149,9 @@ def test_vif_show_lists_the_vifs_and_the_settings_other_than_the_default(ctl: Co
     ctl.change([SetThreshold("b", 16), SetThreshold("zz", 3)])
     ctl.change([SetThreshold("zz", 1)])  # back to the default: no setting
     shown = Views(ctl.kernel).vif_show(ctl.router)
-    assert shown["settings"] == [{"interface": "b", "threshold": 16}]
+    assert shown["settings"] == [
+        {"interface": "b", "threshold": 16, "mrdisc": False, "threshold_origin": "api"}
+    ]
     assert [(v["interface"], v["threshold"], v["routes"]) for v in shown["vifs"]] == [
         ("a", 1, 2),
         ("b", 16, 2),
@@ -393,3 +395,23 @@ def test_diagnose_shows_each_flows_route_and_checks_with_a_verdict_for_each_and_
             ],
         }
     )
+
+
+def test_interface_settings_name_each_setting_and_where_it_comes_from() -> None:
+    declared = views.Settings(thresholds={"c": 9, "d": 1}, mrdisc={"e": False, "b": True})
+    shown = views.interface_settings({"a": 5, "c": 9, "z": 1}, ["a", "b"], declared)
+    assert shown == [
+        # the API's threshold and mrdisc
+        {
+            "interface": "a",
+            "threshold": 5,
+            "mrdisc": True,
+            "threshold_origin": "api",
+            "mrdisc_origin": "api",
+        },
+        {"interface": "b", "threshold": 1, "mrdisc": True, "mrdisc_origin": "config"},
+        {"interface": "c", "threshold": 9, "mrdisc": False, "threshold_origin": "config"},
+        # declared as the defaults: still the files' settings
+        {"interface": "d", "threshold": 1, "mrdisc": False, "threshold_origin": "config"},
+        {"interface": "e", "threshold": 1, "mrdisc": False, "mrdisc_origin": "config"},
+    ]  # (z: a threshold back to the default is no setting)
