@@ -1477,9 +1477,10 @@ class Cli:
             raise CliError("--watch needs a positive number of seconds", protocol.EXIT_USAGE)
         previous: dict[str, tuple[int, int]] = {}
         last = 0.0
+        args = {"stats": True, **_table_filter(self.args)}
         try:
             while True:
-                result = self.client.call("show", {"stats": True})
+                result = self.client.call("show", args)
                 # A fresh connection per sample: idle between samples, an open one would meet
                 # the daemon's client_timeout.
                 self.client.close()
