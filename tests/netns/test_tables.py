@@ -171,3 +171,24 @@ def test_a_table_another_router_owns_is_refused_and_nothing_changes(lab: Lab, mf
     lab.stop(holder)
     mfcd.ok(*route_args(second, GROUPS[4], "r1", "r3"), "--table", TABLE)
     assert [r["table"] for r in mfcd.show()["routes"]] == [100, 253]
+
+
+LARGEST = {4: 999_999_999, 6: 99_999_999}  # the largest id MRT_TABLE / MRT6_TABLE take
+
+
+@pytest.mark.lab(receivers=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_largest_table_of_each_family_works_and_one_more_is_refused_first(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    source, group, largest = SOURCES[family][0], GROUPS[family], LARGEST[family]
+    before = mfcd.show()
+    refused = mfcd.ctl(*route_args(source, group, "r0", "r2"), "--table", str(largest + 1))
+    assert refused.returncode == 1
+    name = f"IPv{family}"
+    assert f"out of range for {name}: give a number from 1 to {largest}" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert mfcd.show() == before
+    mfcd.ok(*route_args(source, group, "r0", "r2"), "--table", str(largest))
+    assert [(r["table"], r["state"]) for r in mfcd.show()["routes"]] == [(largest, "installed")]
+    assert group in mroute_table(lab, family, str(largest))
