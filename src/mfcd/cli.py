@@ -686,8 +686,12 @@ def _import_command(sub: Any) -> None:
         help="convert an smcroute.conf to mfcd's config (TOML) on stdout",
         description="Convert an smcroute.conf (phyint, mroute, mgroup, ssmgroup, include) to"
         " the [[route]], [[join]] and [[interface]] declarations of mfc_daemon.conf(5),"
-        " printed on stdout (or written to --output). Every line that cannot be converted is"
-        " reported on stderr as FILE:LINE: why, and the exit status is then 1. Needs no mfcd.",
+        " printed on stdout (or written to --to). What it writes passes mfcd --check-config:"
+        " every line that cannot be converted, or that mfcd's config reader would refuse, is"
+        " written as a '# NOT CONVERTED: LINE' comment and reported on stderr as FILE:LINE: why,"
+        " and the exit status is then 1. A line converted with a change (an oif that"
+        " 'phyint IF disable' leaves out, a trailing backslash) is reported as FILE:LINE:"
+        " warning: why. Needs no mfcd.",
     )
     imp.add_argument("file", metavar="FILE", help="the smcroute.conf to convert")
     imp.add_argument("--to", metavar="OUT", help="write the TOML to OUT instead of stdout")
@@ -1508,14 +1512,22 @@ class Cli:
         except OSError as e:
             raise CliError(f"cannot read {name}: {e.strerror}", protocol.EXIT_USAGE) from None
         if to is not None:
-            with open(to, "w", encoding="utf-8") as f:
-                f.write(converted.text)
+            try:
+                with open(to, "w", encoding="utf-8") as f:
+                    f.write(converted.text)
+            except OSError as e:
+                raise CliError(f"cannot write {to}: {e.strerror}", protocol.EXIT_USAGE) from None
         elif not self.json:
             self.stdout.write(converted.text)
         if self.json:
-            result = {"toml": converted.text, "problems": converted.problems, "to": to}
+            result = {
+                "toml": converted.text,
+                "problems": converted.problems,
+                "warnings": converted.warnings,
+                "to": to,
+            }
             self.stdout.write(json.dumps(result) + "\n")
-        for problem in converted.problems:
+        for problem in converted.report:
             print(f"mfcctl: {problem}", file=self.stderr)
         return protocol.EXIT_REJECTED if converted.problems else protocol.EXIT_OK
 
@@ -1524,9 +1536,10 @@ class Cli:
             raise CliError("--watch needs a positive number of seconds", protocol.EXIT_USAGE)
         previous: dict[str, tuple[int, int]] = {}
         last = 0.0
+        args = {"stats": True, **_table_filter(self.args)}
         try:
             while True:
-                result = self.client.call("show", {"stats": True})
+                result = self.client.call("show", args)
                 # A fresh connection per sample: idle between samples, an open one would meet
                 # the daemon's client_timeout.
                 self.client.close()

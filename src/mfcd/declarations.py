@@ -708,7 +708,7 @@ def _take_written(
     if any(tables):
         numbers = [int(t) if t else DEFAULT_TABLE[4] for t in tables]
         sizes = [6 if t else 5 for t in tables]
-        if max(numbers) > validate.MAX_TABLE:
+        if max(numbers) > validate.MAX_TABLE[4]:
             return None
     lines: list[int] = list(accumulate(map(add, sizes, map(len, blanks)), initial=line))
     taken = _take_columns(

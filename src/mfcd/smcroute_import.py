@@ -1,7 +1,6 @@
 """smcroute.conf to mfcd's config declarations (TOML), for `mfcctl import-smcroute`.
 
-Standard library only, and no dataclasses: mfcctl imports it for this one command. Each
-directive of smcroute.conf(5) becomes a declaration of mfc_daemon.conf(5):
+Each directive of smcroute.conf(5) becomes a declaration of mfc_daemon.conf(5):
 
     phyint IF [enable|disable] [mrdisc] [ttl-threshold N]  ->  [[interface]] (when it sets one)
     mroute from IF [source S[/LEN]] group G[/LEN] to OIF... ->  [[route]] (a template without
@@ -10,39 +9,88 @@ directive of smcroute.conf(5) becomes a declaration of mfc_daemon.conf(5):
     ssmgroup from IF source S group G                       ->  [[join]] with a source
     include GLOB                                            ->  the files' declarations, inline
 
-The `+` wildcard of interface names is mfcd's too. Every line that cannot be converted is
-reported as "FILE:LINE: why" and left out, as a comment, of the output.
+The `+` wildcard of interface names is mfcd's too. `phyint IF disable` gives IF no VIF in
+smcroute, so routes do not use it: IF is left out of the oifs that name it (a warning), and
+a wildcard that matches it is warned about (mfcd's wildcard would include it). As smcroute
+reads each line on its own, a trailing backslash continues nothing: it is part of the last
+word, and an oif that ends in one is skipped (a warning), as smcroute skips it.
+
+What is written is read back with mfcd's own config reader (declarations), so that it passes
+`mfcd --check-config`: a line that cannot be converted, or whose declarations that reader
+refuses, is written as `# NOT CONVERTED: LINE` and reported as "FILE:LINE: why". Only
+mfcctl's import-smcroute command loads this module.
 """
 
 from __future__ import annotations
 
+import bisect
 import glob
 import ipaddress
 import json
 import os
+import re
+import socket
 from typing import NamedTuple
 
+from mfcd import declarations
+
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
+_WILDCARDS = ("+", "*")
 
 
 class Converted(NamedTuple):
     text: str  # the TOML
     problems: list[str]  # "FILE:LINE: why", one per line not converted
+    warnings: list[str]  # "FILE:LINE: warning: why", for lines converted with a change
+    report: list[str]  # the problems and warnings in the order of their lines
 
 
 class _Problem(Exception):
     pass
 
 
+class _Line:
+    """One directive of the input and what it became."""
+
+    __slots__ = ("blocks", "exact", "notes", "problem", "route", "text", "warnings", "where")
+
+    def __init__(self, where: str, text: str) -> None:
+        self.where = where  # FILE:LINE ("" for a comment of the import's own)
+        self.text = text  # the line as written
+        self.notes: list[str] = []  # comments written before its declarations
+        self.blocks: list[list[str]] = []  # its declarations, each as its lines
+        self.route: tuple[str | None, str, str, list[str]] | None = None  # mroute's S, G, iif, oifs
+        self.problem: str | None = None  # why it is not converted
+        self.warnings: list[str] = []  # what changed in converting it, if it is converted
+        self.exact = False  # one (S,G) route: read back with the routes that mfcd reads fast
+
+    def lines(self) -> list[str]:
+        """Its lines in the output."""
+        if not self.where:
+            return self.notes
+        if self.problem is not None:
+            return [f"# NOT CONVERTED: {self.text}", f"#   ({self.where}: {self.problem})"]
+        out = [f"# {self.where}: {self.text}", *self.notes]
+        for block in self.blocks:
+            out += block
+            out.append("")
+        return out
+
+
 class _Converter:
     def __init__(self) -> None:
-        self.out: list[str] = []
-        self.problems: list[str] = []
+        self.lines: list[_Line] = []
         self.routes: dict[tuple[str, str, str], str] = {}  # (source, group, iif) -> FILE:LINE
         self.joins: set[tuple[str, str, str | None]] = set()
         self.interfaces: dict[str, str] = {}  # name -> FILE:LINE
+        self.disabled: dict[str, str] = {}  # phyint IF disable: IF (or pattern) -> FILE:LINE
         self.reading: list[str] = []  # the include chain, to refuse loops
-        self.where = ""  # FILE:LINE of the directive being converted
+        self.line = _Line("", "")  # the directive being converted
+
+    def comment(self, text: str) -> None:
+        note = _Line("", "")
+        note.notes.append(text)
+        self.lines.append(note)
 
     def file(self, path: str) -> None:
         real = os.path.realpath(path)
@@ -51,22 +99,36 @@ class _Converter:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
         self.reading.append(real)
+        continued = False  # whether the line before ended in a backslash
         try:
-            for number, line in enumerate(lines, 1):
-                where = f"{path}:{number}"
-                words = line.split("#", 1)[0].split()
+            for number, text in enumerate(lines, 1):
+                words = text.split("#", 1)[0].split()
+                after_backslash, continued = continued, bool(words) and words[-1][-1] == "\\"
                 if not words:
                     continue
-                self.out.append(f"# {where}: {line.strip()}")
-                self.where = where
+                line = self.line = _Line(f"{path}:{number}", text.strip())
+                self.lines.append(line)
+                if words[-1] == "\\" and len(words) > 1:
+                    # smcroute ignores the word, or skips it as an oif it does not know.
+                    words.pop()
+                    line.warnings.append(
+                        "the trailing backslash is left out: smcroute reads each line on its"
+                        " own (no line continuation)"
+                    )
+                    line.notes.append("# (a trailing backslash: left out, it continues nothing)")
                 try:
                     self.directive(words, path)
                 except _Problem as e:
-                    self.problems.append(f"{where}: {e}")
-                    self.out.append(f"# NOT CONVERTED: {e}")
+                    line.problem = str(e)
+                    if continued:
+                        line.problem += "; the trailing backslash continues nothing in smcroute"
+                    elif after_backslash:
+                        line.problem += (
+                            "; the line before ends in a backslash, but smcroute reads each"
+                            " line on its own"
+                        )
                 except OSError as e:
-                    self.problems.append(f"{where}: cannot read an included file: {e}")
-                    self.out.append(f"# NOT CONVERTED: {e}")
+                    line.problem = f"cannot read an included file: {e}"
         finally:
             self.reading.pop()
 
@@ -112,28 +174,33 @@ class _Converter:
             else:
                 raise _Problem(f"unknown phyint option {word!r}")
             i += 1
+        # The last word wins, as in smcroute; a later enable undoes a disable.
+        if notes and notes[-1] == "disable":
+            self.disabled[name] = self.line.where
+        elif notes:
+            self.disabled.pop(name, None)
+        out = self.line.notes
         if "disable" in notes or (threshold is None and not mrdisc):
-            # mfcd gives an interface a VIF only while a route names it: enable and disable
-            # have nothing to say.
-            self.out.append("# (mfcd adds a VIF only for interfaces routes use: nothing to do)")
+            # mfcd gives an interface a VIF only while a route names it: enable has nothing
+            # to say, and disable is applied to the routes (_apply_disabled).
+            out.append("# (mfcd adds a VIF only for interfaces routes use: nothing to do)")
             if "disable" in notes and (threshold is not None or mrdisc):
                 raise _Problem("phyint disable with settings: the settings are left out")
             return
-        if name.endswith(("+", "*")):
+        if name.endswith(_WILDCARDS):
             raise _Problem(
                 f"phyint {name}: interface settings take one interface name, not a"
                 " wildcard; write one phyint line per interface"
             )
         if name in self.interfaces:
             raise _Problem(f"phyint {name} again (first at {self.interfaces[name]})")
-        self.interfaces[name] = self.where
-        self.out.append("[[interface]]")
-        self.out.append(f"name = {_q(name)}")
+        self.interfaces[name] = self.line.where
+        block = ["[[interface]]", f"name = {_q(name)}"]
         if threshold is not None:
-            self.out.append(f"threshold = {threshold}")
+            block.append(f"threshold = {threshold}")
         if mrdisc:
-            self.out.append("mrdisc = true")
-        self.out.append("")
+            block.append("mrdisc = true")
+        self.line.blocks.append(block)
 
     def mroute(self, words: list[str]) -> None:
         if "to" not in words:
@@ -143,18 +210,26 @@ class _Converter:
         oifs = words[cut + 1 :]
         if "from" not in options or "group" not in options:
             raise _Problem("mroute needs `from IIF` and `group GROUP`")
+        if oifs and oifs[-1].endswith("\\"):
+            self.line.warnings.append(
+                f"oif {oifs[-1]} left out: smcroute reads each line on its own (no line"
+                " continuation), takes the word as an interface name, finds none and skips it"
+            )
+            self.line.notes.append(f"# ({oifs[-1]} left out: smcroute has no line continuation)")
+            oifs = oifs[:-1]
         if not oifs:
             raise _Problem("mroute needs at least one oif after `to`")
         iif = options["from"]
         group = _group(options["group"])
         source = _source(options.get("source"), group)
-        if source is not None and "/" not in source + group and iif.endswith(("+", "*")):
+        out = self.line.notes
+        if source is not None and "/" not in source + group and iif.endswith(_WILDCARDS):
             # mfcd's (S,G) routes arrive on one interface; a template may take a wildcard.
             source = f"{source}/{ipaddress.ip_address(source).max_prefixlen}"
-            self.out.append("# (a wildcard iif: written as a template of one source)")
+            out.append("# (a wildcard iif: written as a template of one source)")
         if iif in oifs:
             oifs = [n for n in oifs if n != iif]
-            self.out.append(f"# ({iif} is the iif: left out of the oifs)")
+            out.append(f"# ({iif} is the iif: left out of the oifs)")
             if not oifs:
                 raise _Problem("the only oif is the iif: no route")
         if len(set(oifs)) != len(oifs):
@@ -162,14 +237,14 @@ class _Converter:
         key = (source or "*", group, iif)
         if key in self.routes:
             raise _Problem(f"the same route again (first at {self.routes[key]}); kept the first")
-        self.routes[key] = self.where
-        self.out.append("[[route]]")
-        if source is not None:
-            self.out.append(f"source = {_q(source)}")
-        self.out.append(f"group = {_q(group)}")
-        self.out.append(f"iif = {_q(iif)}")
-        self.out.append(f"oifs = [{', '.join(_q(n) for n in oifs)}]")
-        self.out.append("")
+        self.routes[key] = self.line.where
+        self.line.route = (source, group, iif, oifs)
+        self.line.exact = (
+            source is not None
+            and "/" not in source + group
+            and not any(n.endswith(_WILDCARDS) for n in oifs)
+        )
+        self.line.blocks.append(_route_block(source, group, iif, oifs))
 
     def mgroup(self, kind: str, words: list[str]) -> None:
         options = _pairs(words, ("from", "source", "group"), kind)
@@ -178,7 +253,7 @@ class _Converter:
         if kind == "ssmgroup" and "source" not in options:
             raise _Problem("ssmgroup needs `source ADDRESS`")
         name = options["from"]
-        if name.endswith(("+", "*")):
+        if name.endswith(_WILDCARDS):
             raise _Problem(f"{kind} from {name}: a join takes one interface, not a wildcard")
         group = _group(options["group"])
         sources: list[str | None] = [None]
@@ -193,15 +268,13 @@ class _Converter:
         for source in sources:
             key = (name, group, source)
             if key in self.joins:
-                self.out.append("# (the same join again: left out)")
+                self.line.notes.append("# (the same join again: left out)")
                 continue
             self.joins.add(key)
-            self.out.append("[[join]]")
-            self.out.append(f"interface = {_q(name)}")
-            self.out.append(f"group = {_q(group)}")
+            block = ["[[join]]", f"interface = {_q(name)}", f"group = {_q(group)}"]
             if source is not None:
-                self.out.append(f"source = {_q(source)}")
-            self.out.append("")
+                block.append(f"source = {_q(source)}")
+            self.line.blocks.append(block)
 
     def include(self, words: list[str], path: str) -> None:
         if len(words) != 1:
@@ -210,8 +283,134 @@ class _Converter:
         if not os.path.isabs(pattern):
             pattern = os.path.join(os.path.dirname(path), pattern)
         for name in sorted(glob.glob(pattern)):
-            self.out.append(f"# include {name}")
+            self.comment(f"# include {name}")
             self.file(name)
+
+    # --- after the last line -----------------------------------------------------------------
+
+    def apply_disabled(self) -> None:
+        """Leave the interfaces of `phyint IF disable` out of the routes, as smcroute does
+        (they have no VIF), and warn of wildcards that match them."""
+        if not self.disabled:
+            return
+        for line in self.lines:
+            if line.route is None or line.problem is not None:
+                continue
+            source, group, iif, oifs = line.route
+            for role, name in (("iif", iif), *(("oif", n) for n in oifs)):
+                if name.endswith(_WILDCARDS):
+                    self.warn_wildcard(line, name, role)
+            off = self.disabled_by(iif)
+            if off is not None and not iif.endswith(_WILDCARDS):
+                line.problem = (
+                    f"iif {iif} is disabled (phyint {off} disable at {self.disabled[off]}):"
+                    " smcroute routes nothing from it"
+                )
+                continue
+            kept = [n for n in oifs if n.endswith(_WILDCARDS) or self.disabled_by(n) is None]
+            if kept == oifs:
+                continue
+            for name in oifs:
+                if name not in kept:
+                    off = self.disabled_by(name) or name
+                    line.warnings.append(
+                        f"oif {name} left out: phyint {off} disable (at {self.disabled[off]})"
+                        " gives it no VIF, so smcroute does not forward to it",
+                    )
+                    line.notes.append(f"# ({name} left out of the oifs: phyint {off} disable)")
+            if not kept:
+                line.problem = (
+                    f"every oif ({' '.join(oifs)}) is disabled by phyint ... disable: smcroute"
+                    " installs no route"
+                )
+                continue
+            line.route = (source, group, iif, kept)
+            line.blocks = [_route_block(source, group, iif, kept)]
+
+    def disabled_by(self, name: str) -> str | None:
+        """The disabled name or pattern that covers the interface `name`, if any."""
+        if name in self.disabled:
+            return name
+        for off in self.disabled:
+            if off.endswith(_WILDCARDS) and name.startswith(off[:-1]):
+                return off
+        return None
+
+    def warn_wildcard(self, line: _Line, pattern: str, role: str) -> None:
+        stem = pattern[:-1]
+        for off, where in self.disabled.items():
+            other = off[:-1] if off.endswith(_WILDCARDS) else off
+            if other.startswith(stem) or (off.endswith(_WILDCARDS) and stem.startswith(other)):
+                line.warnings.append(
+                    f"{role} {pattern} matches {off}, which phyint {off} disable (at {where})"
+                    f" keeps out of smcroute's routes; mfcd's {pattern} includes it: name the"
+                    " interfaces instead if it must stay out",
+                )
+
+    def read_back(self) -> None:
+        """Mark the lines whose declarations mfcd's config reader refuses, until it refuses
+        none: each round marks one line at least (a problem of the whole, such as too many
+        VIFs, names one line at a time)."""
+        while True:
+            refused = _refused(self.lines)
+            if not refused:
+                return
+            for line, why in refused.items():
+                line.problem = why
+
+
+def _route_block(source: str | None, group: str, iif: str, oifs: list[str]) -> list[str]:
+    block = ["[[route]]"]
+    if source is not None:
+        block.append(f"source = {_q(source)}")
+    block += [f"group = {_q(group)}", f"iif = {_q(iif)}"]
+    block.append(f"oifs = [{', '.join(_q(n) for n in oifs)}]")
+    return block
+
+
+# Where mfcd's reader names a place in the texts _refused gives it.
+_PLACE = re.compile(r"<([ab])>:(\d+)")
+
+
+def _refused(lines: list[_Line]) -> dict[_Line, str]:
+    """The lines whose declarations mfcd's config reader refuses, and why. The exact routes
+    are read as one file (<a>, which mfcd reads at once) and the rest as another (<b>), merged
+    and checked as mfcd merges and checks its config files."""
+    texts: dict[str, list[str]] = {"a": [], "b": []}
+    starts: dict[str, list[int]] = {"a": [], "b": []}
+    owners: dict[str, list[_Line]] = {"a": [], "b": []}
+    for line in lines:
+        if line.problem is not None or not line.blocks:
+            continue
+        name = "a" if line.exact else "b"
+        out = texts[name]
+        starts[name].append(len(out) + 1)
+        owners[name].append(line)
+        for block in line.blocks:
+            out += block
+            out.append("")
+    problems: list[str] = []
+    parts = []
+    for name, out in texts.items():
+        part = declarations.parse_file("\n".join(out) + "\n", f"<{name}>")
+        problems += part.problems
+        parts.append(part.found)
+    declarations.check(declarations.merge(parts, problems), problems)
+
+    def owner(name: str, number: int) -> _Line:
+        return owners[name][bisect.bisect_right(starts[name], number) - 1]
+
+    refused: dict[_Line, str] = {}
+    for problem in problems:
+        place = _PLACE.match(problem)
+        if place is None or not owners[place[1]]:
+            # (never seen: every problem names its line) Refuse all rather than write
+            # what mfcd would refuse.
+            return {line: problem for line in owners["a"] + owners["b"]}
+        line = owner(place[1], int(place[2]))
+        why = _PLACE.sub(lambda m: owner(m[1], int(m[2])).where, problem[place.end() + 2 :])
+        refused.setdefault(line, f"mfcd would refuse it: {why}")
+    return refused
 
 
 def _pairs(words: list[str], keys: tuple[str, ...], kind: str) -> dict[str, str]:
@@ -235,7 +434,24 @@ def _network(text: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Netw
         raise _Problem(f"{what} {text!r} is not an address or ADDRESS/LEN") from None
 
 
+def _ipv4(text: str) -> bytes | None:
+    """The packed IPv4 address `text` if it is one written as ipaddress writes it (the
+    common case, much faster than ipaddress), else None."""
+    if ":" in text or "/" in text:
+        return None
+    try:
+        packed = socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return None
+    return packed if socket.inet_ntop(socket.AF_INET, packed) == text else None
+
+
 def _group(text: str) -> str:
+    packed = _ipv4(text)
+    if packed is not None:
+        if 224 <= packed[0] <= 239:
+            return text
+        raise _Problem(f"group {text} is not a multicast address")
     net = _network(text, "group")
     if not net.is_multicast:
         raise _Problem(f"group {text} is not a multicast address")
@@ -248,6 +464,9 @@ def _source(text: str | None, group: str) -> str | None:
     """The source as mfcd writes it: None for any source (absent, 0.0.0.0 or ::)."""
     if text is None:
         return None
+    packed = _ipv4(text)
+    if packed is not None and packed != bytes(4) and ":" not in group:
+        return text
     net = _network(text, "source")
     if net.network_address.is_unspecified:
         return None
@@ -259,15 +478,36 @@ def _source(text: str | None, group: str) -> str | None:
     return str(net)
 
 
+_PLAIN = re.compile(r"[\w.:/+*@-]*", re.ASCII)  # names and addresses: nothing to escape
+
+
 def _q(text: str) -> str:
-    return json.dumps(text)  # a TOML basic string for the names and addresses met here
+    """A TOML basic string: JSON's escapes are TOML's, but for the UTF-16 surrogate pairs
+    ensure_ascii writes, so the text stays as it is but for control characters."""
+    if _PLAIN.fullmatch(text):
+        return f'"{text}"'
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def convert_file(path: str) -> Converted:
     """Convert an smcroute.conf and the files it includes (OSError if it cannot be read)."""
     converter = _Converter()
-    converter.out.append(f"# Converted from {path} by mfcctl import-smcroute.")
-    converter.out.append("# Check it with: mfcd --check-config --config FILE")
-    converter.out.append("")
+    converter.comment(f"# Converted from {path} by mfcctl import-smcroute.")
+    converter.comment("# Check it with: mfcd --check-config --config FILE")
+    converter.comment("")
     converter.file(path)
-    return Converted("\n".join(converter.out) + "\n", converter.problems)
+    converter.apply_disabled()
+    converter.read_back()
+    out: list[str] = []
+    problems: list[str] = []
+    warnings: list[str] = []
+    report: list[str] = []
+    for line in converter.lines:
+        out += line.lines()
+        if line.problem is not None:
+            problems.append(f"{line.where}: {line.problem}")
+            report.append(problems[-1])
+        else:
+            warnings += (f"{line.where}: warning: {why}" for why in line.warnings)
+            report += warnings[len(warnings) - len(line.warnings) :]
+    return Converted("\n".join(out) + "\n", problems, warnings, report)

@@ -128,7 +128,12 @@ def route_key(args: dict[str, Any]) -> RouteKey:
     return route_key_of(args["source"], args["group"], args.get("table"))
 
 
-MAX_TABLE = 2**32 - 1
+# The largest table each family's kernel takes: MRT_TABLE refuses ids of 10 digits and
+# MRT6_TABLE ids of 9 (EINVAL; net/ipv4/ipmr.c, net/ipv6/ip6mr.c), so that the table's
+# register device "pimreg<id>" / "pim6reg<id>" fits IFNAMSIZ. Checked here, a table too large
+# is refused before anything is written, not reported by the kernel as a missing feature.
+MAX_TABLE = {4: 999_999_999, 6: 99_999_999}
+_FAMILY_WORD = {4: "IPv4", 6: "IPv6"}
 # The names of /etc/iproute2/rt_tables and rt_tables.d, read at the first name and again when
 # the files change (rt_tables.Names): a name added is known to the next request or reload.
 _table_names: rt_tables.Names | dict[str, int] = rt_tables.Names()  # (tests may set a dict)
@@ -136,16 +141,17 @@ _table_names: rt_tables.Names | dict[str, int] = rt_tables.Names()  # (tests may
 
 def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> int:
     """A route's table: None or "default" for the family's default table (IPv4 253, IPv6
-    254), a number from 1 to 2**32-1, or a name from /etc/iproute2/rt_tables (`names`, the
-    files' as they are now when not given)."""
+    254), a number from 1 to the family's MAX_TABLE, or a name from /etc/iproute2/rt_tables
+    (`names`, the files' as they are now when not given)."""
     if value is None or value == "default":
         return DEFAULT_TABLE[family]
     if value.__class__ is int:
-        if 1 <= value <= MAX_TABLE:
+        if 1 <= value <= MAX_TABLE[family]:
             return int(value)
         raise InvalidArgument(
-            f"table {value} is out of range: give a number from 1 to {MAX_TABLE}"
-            " (0 is RT_TABLE_UNSPEC) or a name",
+            f"table {value} is out of range for {_FAMILY_WORD[family]}: give a number from 1"
+            f" to {MAX_TABLE[family]} (0 is RT_TABLE_UNSPEC; the kernel refuses larger ids)"
+            " or a name",
             field="table",
         )
     if isinstance(value, str):
@@ -154,6 +160,13 @@ def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> in
         number = (_table_names if names is None else names).get(value)
         if number is None or number == 0:
             raise InvalidArgument(_not_a_name(value, names is None), field="table")
+        if number > MAX_TABLE[family]:
+            raise InvalidArgument(
+                f"table {value!r} is table {number} in rt_tables, above the kernel's limit for"
+                f" {_FAMILY_WORD[family]} ({MAX_TABLE[family]}): give it a smaller number there"
+                " or use another table",
+                field="table",
+            )
         return number
     raise InvalidArgument("table must be a number or a table name", field="table")
 

@@ -212,6 +212,9 @@ def behind_the_back(lab: Lab, family: int, vifi: int, ours: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+LARGEST = {4: 999_999_999, 6: 99_999_999}  # the largest id MRT_TABLE / MRT6_TABLE take
+
+
 @pytest.mark.lab(receivers=3)
 @pytest.mark.parametrize("family", [4, 6])
 def test_sync_and_the_drift_check_repair_another_table_changed_behind_mfcds_back(
@@ -256,3 +259,21 @@ def test_sync_and_the_drift_check_repair_another_table_changed_behind_mfcds_back
     assert STRAYS[family] in mroute_table(lab, family, TABLE)
     _, log = mfcd.stop()
     assert re.search(r"WARNING: drift check of routes on dq0\b.*readd_vif 1", log), log
+
+
+@pytest.mark.lab(receivers=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_the_largest_table_of_each_family_works_and_one_more_is_refused_first(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    source, group, largest = SOURCES[family][0], GROUPS[family], LARGEST[family]
+    before = mfcd.show()
+    refused = mfcd.ctl(*route_args(source, group, "r0", "r2"), "--table", str(largest + 1))
+    assert refused.returncode == 1
+    name = f"IPv{family}"
+    assert f"out of range for {name}: give a number from 1 to {largest}" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert mfcd.show() == before
+    mfcd.ok(*route_args(source, group, "r0", "r2"), "--table", str(largest))
+    assert [(r["table"], r["state"]) for r in mfcd.show()["routes"]] == [(largest, "installed")]
+    assert group in mroute_table(lab, family, str(largest))

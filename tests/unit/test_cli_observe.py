@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,23 @@ def test_monitor_prints_each_event_as_it_comes(tmp_path: Path) -> None:
     assert [json.loads(line) for line in out.splitlines()] == events
     assert status == protocol.EXIT_UNREACHABLE
     assert "closed the connection" in err
+
+
+@pytest.mark.parametrize(("given", "sent"), [([], {}), (["--table", "7"], {"table": 7})])
+def test_watch_asks_for_the_table_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], sent: dict[str, Any]
+) -> None:
+    fake = FakeDaemon(tmp_path / "mfcd.sock", {"ok": True, "result": {"routes": [ROUTE]}})
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt  # (one sample is enough)
+
+    monkeypatch.setattr(time, "sleep", interrupt)
+    status, out, _ = run_cli(
+        "--socket", str(fake.path), "show", "--watch", "1", *given, "-o", "json"
+    )
+    fake.close()
+    assert status == 0
+    assert json.loads(out)["routes"] == [ROUTE]
+    [request] = fake.requests
+    assert (request["cmd"], request["args"]) == ("show", {"stats": True, **sent})

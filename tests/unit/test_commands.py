@@ -597,6 +597,40 @@ def test_a_bad_table_is_refused_and_changes_nothing(
     assert snapshot(commands) == before
 
 
+def test_a_table_too_large_for_its_family_is_refused_in_a_request_or_a_batch_line(
+    commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel takes IPv4 tables below 10**9 and IPv6 tables below 10**8: refused here, one
+    # line naming the limit, not later as a kernel error.
+    monkeypatch.setattr(validate, "_table_names", {"big": 100_000_000})
+    v6 = {"source": "2001:db8::1", "group": "ff3e::1", "iif": "a", "oifs": ["b"]}
+    before = snapshot(commands)
+    for args, limit in (
+        ({**ROUTE, "table": 10**9}, "999999999"),
+        ({**v6, "table": 10**8}, "99999999"),
+        ({**v6, "table": "big"}, "99999999"),
+    ):
+        response = ask(commands, "mfc.add", args)
+        assert error_of(response) == ("invalid_argument", "table")
+        assert limit in response["error"]["message"]
+        assert "\n" not in response["error"]["message"]
+    for line in (
+        "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif c --oifs a --table 1000000000\n",
+        "mfc add --source 2001:db8::1 --group ff3e::1 --iif c --oifs a --table 100000000\n",
+    ):
+        response = ask(
+            commands,
+            "batch",
+            {"text": "mfc add --source 10.0.0.9 --group 239.1.1.1 --iif c --oifs a\n" + line},
+        )
+        assert error_of(response)[0] == "invalid_argument"
+        assert response["error"]["line"] == 2
+        assert "out of range for IPv" in response["error"]["message"]
+    assert snapshot(commands) == before
+    assert ask(commands, "mfc.add", {**ROUTE, "table": 999_999_999})["ok"]
+    assert ask(commands, "mfc.add", {**v6, "table": 99_999_999})["ok"]
+
+
 def test_batch_lines_and_ops_take_a_table(commands: Commands) -> None:
     text = (
         "mfc add --source 10.0.0.1 --group 239.1.1.1 --iif c --oifs a --table 100\n"

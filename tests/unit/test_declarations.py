@@ -604,3 +604,19 @@ def test_a_config_error_says_its_file_and_line_beside_the_message(
     error = Problems([problem, "/etc/other.conf:1: route: another"])
     assert (error.file, error.line) == place
     assert str(error) == problem + " (and 1 more: mfcd --check-config lists them)"
+
+
+def test_a_declared_table_too_large_for_its_family_is_a_problem_naming_the_limit() -> None:
+    v4 = route() + "table = 1000000000\n"
+    v6 = route("ff3e::1", source="2001:db8::1") + "table = 100000000\n"
+    template = route("ff3e::/16", source="*") + "table = 100000000\n"
+    _, problems = parse(v4 + v6 + template)
+    assert [p.split(": ", 2)[:2] for p in problems] == [
+        ["f.conf:6", "route"],
+        ["f.conf:12", "route"],
+        ["f.conf:18", "route"],
+    ]
+    assert "out of range for IPv4: give a number from 1 to 999999999" in problems[0]
+    assert all("out of range for IPv6: give a number from 1 to 99999999" in p for p in problems[1:])
+    found, problems = parse(route() + "table = 999999999\n")
+    assert not problems and [k[3] for k in found.routes] == [999_999_999]

@@ -252,3 +252,41 @@ def test_a_full_length_prefix_is_an_address_and_no_other_prefix_is() -> None:
         assert e.value.field == field
     with pytest.raises(InvalidArgument, match=r"239\.1\.0\.0/16 is a prefix"):
         validate.group_of("239.1.0.0/16")
+
+
+NAMED = {"wide4": 999_999_999, "wide6": 99_999_999, "huge": 2**32 - 1, "nine": 100_000_000}
+
+
+@pytest.mark.parametrize(
+    ("family", "largest"), [(4, 999_999_999), (6, 99_999_999)], ids=["ipv4", "ipv6"]
+)
+def test_a_table_goes_up_to_the_kernels_limit_for_its_family(family: int, largest: int) -> None:
+    # MRT_TABLE takes ids below 10**9, MRT6_TABLE below 10**8 (EINVAL above: kernel-notes).
+    name = "wide4" if family == 4 else "wide6"
+    assert validate.table_of(largest, family) == largest
+    assert validate.table_of(str(largest), family) == largest
+    assert validate.table_of(name, family, NAMED) == largest
+    word = "IPv4" if family == 4 else "IPv6"
+    for too_large in (largest + 1, str(largest + 1), 2**32 - 1):
+        with pytest.raises(InvalidArgument, match=f"out of range for {word}: .* 1 to {largest} "):
+            validate.table_of(too_large, family)
+    for name in ("huge", "nine") if family == 6 else ("huge",):
+        with pytest.raises(
+            InvalidArgument, match=f"above the kernel's limit for {word} \\({largest}\\)"
+        ):
+            validate.table_of(name, family, NAMED)
+
+
+def test_a_route_or_template_of_a_table_too_large_for_its_family_is_refused() -> None:
+    assert validate.route_key_of("2001:db8::1", "ff3e::1", 99_999_999)[3] == 99_999_999
+    assert validate.route_key_of("198.18.0.1", "239.1.1.1", "100000000")[3] == 100_000_000
+    for source, group, table in (
+        ("2001:db8::1", "ff3e::1", 100_000_000),
+        ("198.18.0.1", "239.1.1.1", "1000000000"),
+        ("198.18.0.1", "239.1.1.1", 1_000_000_000),
+    ):
+        with pytest.raises(InvalidArgument, match="out of range") as caught:
+            validate.route_key_of(source, group, table)
+        assert caught.value.field == "table"
+        with pytest.raises(InvalidArgument, match="out of range"):
+            validate.template_change("*", group, "r0", ["r1"], table)

@@ -1,0 +1,205 @@
+"""Tests for mfcd.smcroute_import (mfcctl import-smcroute): what it writes always passes
+mfcd's config reader, `phyint IF disable`, trailing backslashes, and the command's exits."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mfcd import config, smcroute_import
+from mfcd.declarations import Declarations
+from tests.unit.test_cli import run_cli
+
+
+def convert(tmp_path: Path, text: str) -> smcroute_import.Converted:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text(text)
+    return smcroute_import.convert_file(str(conf))
+
+
+def loads(tmp_path: Path, converted: smcroute_import.Converted) -> Declarations:
+    """The declarations of the converted text as `mfcd --check-config` reads them (raises
+    declarations.Problems on any problem)."""
+    out = tmp_path / "mfcd.conf"
+    out.write_text(converted.text)
+    return config.load_all(str(out))[1]
+
+
+def numbers(messages: list[str]) -> list[int]:
+    return [int(m.split(":")[1]) for m in messages]
+
+
+# --- what mfcd's reader refuses is not written ---------------------------------------------------
+
+REFUSED = [
+    "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1",
+    "mroute from eth0 source 198.18.0.2 group 224.0.0.5 to eth1",  # link-local group
+    "mroute from eth0 source 198.18.0.3 group 239.1.1.3 to averyveryverylongname0",
+    "mroute from eth2 source 198.18.0.1 group 239.1.1.1 to eth1",  # the same (S,G) again
+    "mgroup from eth0 group 239.1.1.9",
+    "mroute from eth0 source 127.0.0.1 group 239.1.1.4 to eth1",  # loopback source
+    "mroute from eth0 source 198.18.0.5 group 239.1.1.5 to eth1",
+]
+
+
+def test_each_line_mfcd_would_refuse_is_a_not_converted_comment(tmp_path: Path) -> None:
+    converted = convert(tmp_path, "\n".join(REFUSED) + "\n")
+    assert numbers(converted.problems) == [2, 3, 4, 6]
+    assert "link-local" in converted.problems[0]
+    assert "declared twice (also at " in converted.problems[2]
+    assert converted.problems[2].endswith(f"{tmp_path / 'smcroute.conf'}:1)")
+    for k in (2, 3, 4, 6):
+        assert f"# NOT CONVERTED: {REFUSED[k - 1]}\n" in converted.text
+    found = loads(tmp_path, converted)
+    assert {k[1] for k in found.routes} == {"198.18.0.1", "198.18.0.5"}
+    assert len(found.joins) == 1
+
+
+def test_routes_past_the_vif_limit_are_not_converted_one_by_one(tmp_path: Path) -> None:
+    # A problem of the whole (33 interfaces in one table) names one route at a time.
+    lines = [
+        f"mroute from eth0 source 198.18.0.{k} group 239.1.1.{k} to e{k} f{k}" for k in range(1, 21)
+    ]
+    converted = convert(tmp_path, "\n".join(lines) + "\n")
+    assert numbers(converted.problems) == list(range(16, 21))  # eth0 and 2 * 16 > 32
+    assert all("more than 32 VIFs" in p for p in converted.problems)
+    assert len(loads(tmp_path, converted).routes) == 15
+
+
+# Words an smcroute.conf line is made of, right or wrong for mfcd.
+WORDS = {
+    "iif": ["eth0", "eth1", "eth+", "lo", "-x", "a" * 16, "eth0\\"],
+    "source": ["198.18.0.1", "198.18.0.0/24", "0.0.0.0", "127.0.0.1", "2001:db8::1", "x"],
+    "group": ["239.1.1.1", "239.1.0.0/16", "224.0.0.1", "ff3e::1", "225.1.2.3/24", "1.2.3.4"],
+}
+
+
+@st.composite
+def smcroute_lines(draw: st.DrawFn) -> str:
+    kind = draw(st.sampled_from(["mroute", "mroute", "mgroup", "phyint", "junk"]))
+    iif = draw(st.sampled_from(WORDS["iif"]))
+    source = draw(st.sampled_from([None, *WORDS["source"]]))
+    group = draw(st.sampled_from(WORDS["group"]))
+    words = [kind, "from", iif] if kind != "phyint" else [kind, iif]
+    if kind == "phyint":
+        words += draw(st.sampled_from([["disable"], ["enable", "ttl-threshold", "3"], ["mrdisc"]]))
+    elif kind != "junk":
+        words += (["source", source] if source else []) + ["group", group]
+    if kind == "mroute":
+        words += ["to", *draw(st.lists(st.sampled_from(WORDS["iif"]), min_size=1, max_size=3))]
+    if draw(st.booleans()):
+        words.append("\\")
+    return " ".join(words)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(lines=st.lists(smcroute_lines(), min_size=1, max_size=12))
+def test_whatever_the_input_the_output_passes_the_config_reader(
+    tmp_path: Path, lines: list[str]
+) -> None:
+    converted = convert(tmp_path, "\n".join(lines) + "\n")
+    loads(tmp_path, converted)  # raises on any problem
+    # Each line as it was written, above its declarations or as not converted.
+    path = tmp_path / "smcroute.conf"
+    refused = numbers(converted.problems)
+    expected = [
+        f"# NOT CONVERTED: {line}" if number in refused else f"# {path}:{number}: {line}"
+        for number, line in enumerate(lines, 1)
+    ]
+    written = converted.text.splitlines()
+    assert [w for w in written if w.startswith(("# NOT CONVERTED: ", f"# {path}:"))] == expected
+
+
+# --- phyint IF disable ---------------------------------------------------------------------------
+
+
+def test_a_disabled_interface_is_left_out_of_the_oifs_with_a_warning(tmp_path: Path) -> None:
+    converted = convert(
+        tmp_path,
+        "phyint eth9 disable\n"
+        "phyint vlan+ disable\n"
+        "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1 eth9 vlan5\n"
+        "mroute from eth0 source 198.18.0.2 group 239.1.1.2 to eth9\n"
+        "mroute from eth9 source 198.18.0.3 group 239.1.1.3 to eth1\n"
+        "mroute from eth0 group 239.2.0.0/16 to eth1 eth+\n"
+        "mroute from vlan+ group 239.3.0.0/16 to eth1\n",
+    )
+    found = loads(tmp_path, converted)
+    assert [p.oifs for p in found.routes.values()] == [("eth1",)]
+    assert numbers(converted.problems) == [4, 5]  # no oif left; from a disabled iif
+    assert "smcroute routes nothing from it" in converted.problems[1]
+    assert numbers(converted.warnings) == [3, 3, 6, 7]
+    assert "oif eth9 left out: phyint eth9 disable (at " in converted.warnings[0]
+    assert "oif vlan5 left out: phyint vlan+ disable" in converted.warnings[1]
+    assert "oif eth+ matches eth9" in converted.warnings[2]
+    assert "iif vlan+ matches vlan+" in converted.warnings[3]
+    assert numbers(converted.report) == [3, 3, 4, 5, 6, 7]
+
+
+def test_a_later_enable_undoes_a_disable(tmp_path: Path) -> None:
+    converted = convert(
+        tmp_path,
+        "phyint eth9 disable\nphyint eth9 enable\n"
+        "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1 eth9\n",
+    )
+    assert converted.problems == converted.warnings == []
+    assert [p.oifs for p in loads(tmp_path, converted).routes.values()] == [("eth1", "eth9")]
+
+
+# --- a trailing backslash continues nothing, as in smcroute ------------------------------------
+
+
+def test_a_trailing_backslash_continues_nothing(tmp_path: Path) -> None:
+    # smcroute reads each line on its own (conf.c: fgets, then words split at white space):
+    # a lone "\" word is ignored (or, after `to`, an interface it skips), "eth2\" is a name.
+    converted = convert(
+        tmp_path,
+        "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1 \\\n"
+        "  eth2\n"
+        "mroute from eth0 source 198.18.0.2 group 239.1.1.2 to eth1 eth2\\\n"
+        "mgroup from eth0 group 239.1.1.9 \\\n"
+        "mgroup from eth0 group 239.1.1.8\\\n",
+    )
+    found = loads(tmp_path, converted)
+    assert [p.oifs for p in found.routes.values()] == [("eth1",), ("eth1",)]
+    assert [j.group for j in found.joins] == ["239.1.1.9"]
+    assert numbers(converted.problems) == [2, 5]
+    assert "the line before ends in a backslash" in converted.problems[0]
+    assert "continues nothing" in converted.problems[1]
+    assert numbers(converted.warnings) == [1, 3, 4]
+    assert "oif eth2\\ left out" in converted.warnings[1]
+    assert "# NOT CONVERTED: eth2\n" in converted.text
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_status_2(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\n")
+    for to in (tmp_path / "no" / "such.conf", tmp_path):
+        status, out, err = run_cli("import-smcroute", str(conf), "--to", str(to))
+        assert (status, out) == (2, "")
+        assert err.splitlines() == [
+            f"mfcctl: cannot write {to}: {os.strerror(2 if to != tmp_path else 21)}"
+        ]
+
+
+def test_json_output_names_problems_and_warnings(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text(
+        "phyint eth9 disable\n"
+        "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1 eth9\n"
+        "mroute from eth0 source 198.18.0.2 group 224.0.0.2 to eth1\n"
+    )
+    status, out, err = run_cli("import-smcroute", str(conf), "-o", "json")
+    result = json.loads(out)
+    assert status == 1
+    assert numbers(result["problems"]) == [3] and numbers(result["warnings"]) == [2]
+    assert [line.split(": ", 1)[1].split(":")[1] for line in err.splitlines()] == ["2", "3"]
