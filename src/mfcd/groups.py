@@ -149,8 +149,8 @@ class Joins:
         return [MembershipOp(True, key, ifindex)]
 
     def leave(self, key: JoinKey) -> list[MembershipOp]:
-        if key not in self.wanted:
-            raise NotFound(f"{describe_key(key)} was not joined")
+        if key not in self.wanted:  # (in a batch too: the SSM hint of not_joined)
+            raise not_joined([key], self.wanted, describe_key(key))
         self._pop(self.wanted, key)
         self._pop(self.refused, key)
         ifindex = self.joined.get(key)

@@ -825,10 +825,10 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         for name, threshold in sorted(change.thresholds.items()):
             value = DEFAULT_THRESHOLD if threshold is None else threshold
             entry = {"action": "threshold", "interface": name, "threshold": value}
-            plan.append(_setting_where(entry, declared, name))
+            plan.append(_setting_where(entry, declared, name, "threshold"))
         for name, on in sorted(change.mrdisc.items()):
             entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
-            plan.append(_setting_where(entry, declared, name))
+            plan.append(_setting_where(entry, declared, name, "mrdisc"))
         plan += _template_plan(change.templates)
         plan += _join_plan(change.joins)
         result["plan"] = plan
@@ -845,11 +845,12 @@ def _declared(action: str, key: RouteKey, where: str | None, **more: Any) -> dic
     return entry
 
 
-def _setting_where(entry: dict[str, Any], declared: Any, name: str) -> dict[str, Any]:
+def _setting_where(entry: dict[str, Any], declared: Any, name: str, which: str) -> dict[str, Any]:
     """A threshold or mrdisc step of the plan with the FILE:LINE of the `[[interface]]` that
-    declares it (none for a setting the files no longer declare, as for a removed route)."""
+    declares it (none for a setting the files no longer declare, as for a removed route,
+    though the block may remain for the interface's other setting)."""
     setting = declared.interfaces.get(name)
-    if setting is not None:
+    if setting is not None and getattr(setting, which) is not None:
         entry["where"] = setting.where
     return entry
 

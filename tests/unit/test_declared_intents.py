@@ -199,6 +199,11 @@ def test_the_dry_run_plan_gives_thresholds_and_mrdisc_their_file_and_line() -> N
     result = reload(ctl, "", dry_run=True)
     assert all("where" not in e for e in result["plan"])  # type: ignore[attr-defined]
     assert "set threshold 1 on b" in cli.format_reload(result)
+    # Nor for one the block of the interface no longer holds, its other setting still there.
+    reload(ctl, '[[interface]]\nname = "b"\nthreshold = 9\nmrdisc = true\n')
+    result = reload(ctl, '\n\n[[interface]]\nname = "b"\nmrdisc = true\n', dry_run=True)
+    steps = {entry["action"]: entry for entry in result["plan"]}  # type: ignore[attr-defined]
+    assert steps["threshold"] == {"action": "threshold", "interface": "b", "threshold": 1}
 
 
 def test_show_lists_a_config_template_wildcard_iif_and_oifs_beside_what_they_match() -> None:

@@ -214,6 +214,19 @@ def test_leaving_a_join_for_another_source_says_which_are_joined_and_how_to_leav
     assert "198.18.0.7" not in str(e.value)  # (another interface's, another group's)
 
 
+def test_a_leave_in_a_batch_also_says_which_sources_are_joined() -> None:
+    """Joins.leave (the path of batch lines) gives not_joined's hint, as `mfcctl leave` does."""
+    joins = Joins()
+    joined(joins, joins.join, S, "api", LINKS)
+    asm = (S[0], S[1], ANY_SOURCE)
+    with pytest.raises(NotFound) as e:
+        joins.leave(asm)
+    assert f"it is joined for source {S[2]} only (SSM): leave it with --source {S[2]}" in str(
+        e.value
+    )
+    assert joins.wanted == {S: "api"}
+
+
 def test_rollback_restores_everything() -> None:
     joins = Joins()
     joined(joins, joins.join, A, "api", LINKS)
