@@ -708,15 +708,17 @@ class Commands:
         result.update(counts)
         return result
 
-    def _pending(self, changes: list[Change]) -> tuple[int, list[str]]:
-        """How many of the routes a batch added wait for interfaces that do not exist, and
-        which interfaces those are."""
+    def _pending(self, changes: list[Change]) -> tuple[int, int, list[str]]:
+        """How many of the routes a batch added wait for interfaces that do not exist: not
+        installed (pending: their iif, say) or installed without them (degraded), and which
+        interfaces those are."""
         router = self.controller.router
-        if not any(router.waiting.values()):
-            return 0, []  # the common case, known without looking at 100,000 routes
-        links, routes = router.links, router.routes
+        if not router.waiting and all(vif.ifindex is not None for vif in router.vifs.values()):
+            return 0, 0, []  # the common case, known without looking at 100,000 routes
+        links, routes, installed = router.links, router.routes, router.installed
         missing_of: dict[int, tuple[str, ...]] = {}  # id(ports): its missing interfaces
         pending: set[RouteKey] = set()
+        degraded: set[RouteKey] = set()
         names: set[str] = set()
         for change in changes:
             if not isinstance(change, AddRoute):
@@ -727,9 +729,9 @@ class Commands:
                 missing = tuple(n for n in ports.interfaces if n not in links)
                 missing_of[id(ports)] = missing
             if missing and routes.get(change.key) == ports:  # still so after the batch
-                pending.add(change.key)
+                (degraded if change.key in installed else pending).add(change.key)
                 names.update(missing)
-        return len(pending), sorted(names)
+        return len(pending), len(degraded), sorted(names)
 
     def _op_changes(self, ops: Any) -> tuple[list[Change], int, int]:
         """A batch's ops as changes, with how many delete a route and how many change oifs."""
