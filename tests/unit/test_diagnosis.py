@@ -92,7 +92,7 @@ def test_no_route_suggests_the_interface_the_flow_arrives_on() -> None:
     ("state", "reason", "words"),
     [
         ("pending", "waiting for r9", "create r9"),
-        ("degraded", "waiting for r2", "r2 went away"),
+        ("degraded", "waiting for r2", "create r2 (or re-create it, if it went away)"),
         ("pending", "no free VIF: all 32 are in use", "free a VIF"),
         ("pending", "kernel refused: EINVAL", "mfcctl sync"),
     ],
