@@ -13,7 +13,7 @@ from mfcd import batchfile, protocol, validate
 from mfcd import commands as commands_module
 from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
-from mfcd.model import Ports
+from mfcd.model import RUN_MIN, Ports
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
 PEER = Peer(pid=4242, uid=0, gid=0)
@@ -424,6 +424,27 @@ mfc add --source 10.0.0.6 --group 239.1.1.1 --iif a --oifs b,r9
     assert (4, "10.0.0.6", "239.1.1.1", 253) in router.installed
     result = ask(commands, "batch", {"text": text}, dry_run=True)["result"]
     assert "pending" not in result and "degraded" not in result
+
+
+def test_a_batchs_runs_are_counted_degraded_a_run_at_a_time(commands: Commands) -> None:
+    """Runs on interfaces that all exist are not looked into, even with a VIF reserved for
+    a missing interface elsewhere; a run on a missing oif is degraded, route by route."""
+    n = 2 * RUN_MIN
+    ask(commands, "mfc.add", dict(ROUTE, source="10.0.9.9", oifs=["b", "zz"]))  # (zz reserved)
+
+    def lines(first: int, oifs: str) -> str:
+        return "".join(
+            f"mfc add --source 10.1.{i // 200}.{i % 200 + 1} --group 239.1.1.1 --iif a"
+            f" --oifs {oifs}\n"
+            for i in range(first, first + n)
+        )
+
+    result = ask(commands, "batch", {"text": lines(0, "b")})["result"]
+    assert (result["added"], result["pending"], result["degraded"]) == (n, 0, 0)
+    result = ask(commands, "batch", {"text": lines(n, "yy")})["result"]  # (forwards nowhere)
+    assert (result["added"], result["pending"], result["degraded"]) == (n, 0, n)
+    assert result["missing"] == ["yy"]
+    assert len(commands.controller.router.installed) == 2 * n + 2
 
 
 # --- fuzzing -------------------------------------------------------------------------------------
