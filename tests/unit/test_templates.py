@@ -18,7 +18,7 @@ from mfcd.controller import Controller, observe
 from mfcd.dataplane import Upcall, UpcallKind
 from mfcd.errors import InvalidArgument, NotFound
 from mfcd.learning import Learner
-from mfcd.model import AddRoute, AddTemplate, DelRoute, DelTemplate, Route
+from mfcd.model import AddRoute, AddTemplate, DelRoute, DelTemplate, Ports, Route
 from mfcd.state import Loaded, StateFile, parse
 from mfcd.templates import TemplateKey
 from mfcd.views import Views
@@ -213,6 +213,24 @@ def test_a_template_whose_oif_is_missing_is_degraded_and_holds_its_vifs() -> Non
     ctl.link_up("zz", 9)
     assert ctl.router.status(change.key).state == "installed"
     assert len(kernel.vifs) == 2
+
+
+def test_a_template_restored_with_its_oif_missing_is_degraded_as_before_the_restart() -> None:
+    lived, kernel, _, _ = setup()
+    lived.change([star("239.1.1.1", "a", "b", "c"), star("239.1.2.0/24", "c", "a")])
+    kernel.device_gone(LINKS["c"])
+    lived.link_down("c")
+    restarted = Controller(FakeKernel(), FakeState())
+    saved = {k: Ports(p.iif, p.oifs) for k, p in lived.router.templates.items()}
+    restarted.restore(Loaded(templates=saved), {n: i for n, i in LINKS.items() if n != "c"})
+    degraded = tkey("239.1.1.1", "a")
+    assert restarted.router.status(degraded) == lived.router.status(degraded)
+    assert restarted.router.status(degraded).state == "degraded"
+    # With its iif gone a template learns nothing either way; restored, it is pending.
+    assert restarted.router.status(tkey("239.1.2.0/24", "c")).state == "pending"
+    c, was = restarted.router.vif_of(4, "c"), lived.router.vif_of(4, "c")
+    assert c is not None and was is not None
+    assert (c.vifi, c.ifindex) == (was.vifi, was.ifindex) == (2, None)  # reserved for c
 
 
 def test_a_nocache_upcall_is_learned_with_the_templates_oifs() -> None:
