@@ -383,8 +383,10 @@ def _mfc_command(sub: Any) -> None:
         help="add or replace the route for (source, group), or a template",
         description="Add the route for (SOURCE, GROUP), or replace it if one exists. Packets"
         " from SOURCE to GROUP that arrive on IIF are forwarded out of every OIF. A route"
-        " naming an interface that does not exist yet is kept as pending and installed when"
-        " the interface appears; mfcctl warns about it on stderr. Without --source (any"
+        " whose IIF does not exist yet is kept as pending and installed when IIF appears; one"
+        " naming an OIF that does not exist yet is installed at once as degraded: it forwards"
+        " out of the other OIFs, and out of that one too when it appears. mfcctl warns about"
+        " either on stderr. Without --source (any"
         " source), or with a prefix as SOURCE or GROUP (198.18.0.0/16, 239.2.0.0/24), it is a"
         " template: mfcd learns an (S,G) entry from it for each flow that arrives on IIF (the"
         " most specific template wins; an exact route always wins).",
@@ -429,7 +431,7 @@ def _mfc_command(sub: Any) -> None:
         help="add outgoing interfaces to a route",
         description="Add each OIF to the outgoing interfaces of the route for (SOURCE, GROUP);"
         " those it has already stay as they are. An interface that does not exist yet makes"
-        " the route pending until it appears.",
+        " the route degraded: it forwards out of the others until that one appears.",
     )
     _key_options(oif_add)
     _oifs_option(oif_add, "outgoing interfaces to add, comma- or space-separated")
@@ -450,9 +452,10 @@ def _show_command(sub: Any) -> None:
     show = sub.add_parser(
         "show",
         help="show VIFs and routes (IPv4 and IPv6)",
-        description="Show the VIFs and every route with its state: installed, pending (an"
-        " interface does not exist yet, or no VIF is free) or degraded (an interface went away;"
-        " it is forwarded again when the interface is back).",
+        description="Show the VIFs and every route with its state: installed, pending (its"
+        " IIF does not exist yet, or no VIF is free: it forwards nothing) or degraded (in the"
+        " kernel with an interface missing: it forwards out of the OIFs that exist, or nothing"
+        " if its IIF went away, and is whole again when the missing ones appear).",
     )
     show.add_argument(
         "-s",
@@ -1349,9 +1352,7 @@ class Cli:
         if "joins" in result:  # a join
             warning = f"{_names(missing)} (yet); joined when {they}"
         elif "pending" in result:  # a batch: how many of its routes wait
-            count = result["pending"]
-            routes = "1 route is" if count == 1 else f"{count} routes are"
-            warning = f"{routes} pending: {_names(missing)} (yet); each is installed when {they}"
+            warning = f"{_waiting(result)}: {_names(missing)} (yet); each {_then(result)} {they}"
         else:
             state = result.get("state", "pending")
             warning = f"{_names(missing)} (yet); the route is {state} until {they}"
@@ -1599,6 +1600,26 @@ def _flush_text(result: dict[str, Any]) -> str:
     n = result.get("flushed", 0)
     entries = "1 learned entry" if n == 1 else f"{n} learned entries"
     return f"would remove {entries}" if result.get("dry_run") else f"removed {entries}"
+
+
+def _waiting(batch: dict[str, Any]) -> str:
+    """`7 routes are pending`, `1 route is degraded`, `2 routes are pending and 3 degraded`."""
+    counts = [(n, state) for state in ("pending", "degraded") if (n := batch.get(state, 0))]
+    first, state = counts[0] if counts else (0, "pending")
+    text = "1 route is" if first == 1 else f"{first} routes are"
+    text += f" {state}"
+    for n, other in counts[1:]:
+        text += f" and {n} {other}"
+    return text
+
+
+def _then(batch: dict[str, Any]) -> str:
+    """What becomes of a batch's waiting routes when their interfaces appear."""
+    if not batch.get("degraded"):
+        return "is installed when"
+    if not batch.get("pending"):
+        return "forwards out of its other oifs until"
+    return "is complete when"
 
 
 def _names(interfaces: list[str], shown: int = 3) -> str:

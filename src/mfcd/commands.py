@@ -722,33 +722,44 @@ class Commands:
             updated=updated,
             joined=kinds[Join],
             left=kinds[Leave],
-            pending=None if dry_run else self._pending(changes),
+            pending=None if dry_run else self._pending(changes, runs),
         )
         result.update(counts)
         return result
 
-    def _pending(self, changes: list[Change]) -> tuple[int, list[str]]:
-        """How many of the routes a batch added wait for interfaces that do not exist, and
-        which interfaces those are."""
+    def _pending(
+        self, changes: list[Change], runs: Sequence[RouteRun]
+    ) -> tuple[int, int, list[str]]:
+        """How many of the routes a batch added wait for interfaces that do not exist: not
+        installed (pending: their iif, say) or installed without them (degraded), and which
+        interfaces those are. A run's routes share their interfaces: looked at once a run."""
         router = self.controller.router
-        if not any(router.waiting.values()):
-            return 0, []  # the common case, known without looking at 100,000 routes
-        links, routes = router.links, router.routes
+        if not router.waiting and all(vif.ifindex is not None for vif in router.vifs.values()):
+            return 0, 0, []  # the common case, known without looking at 100,000 routes
+        links, routes, installed = router.links, router.routes, router.installed
         missing_of: dict[int, tuple[str, ...]] = {}  # id(ports): its missing interfaces
-        pending: set[RouteKey] = set()
+        waiting: tuple[set[RouteKey], set[RouteKey]] = (set(), set())  # pending, degraded
         names: set[str] = set()
-        for change in changes:
-            if not isinstance(change, AddRoute):
-                continue
-            ports = change.ports  # one shared value per combination: checked once each
+
+        def note(keys: Iterable[RouteKey], ports: Ports) -> None:
+            # (one shared Ports value per combination: checked once each)
             missing = missing_of.get(id(ports))
             if missing is None:
                 missing = tuple(n for n in ports.interfaces if n not in links)
                 missing_of[id(ports)] = missing
-            if missing and routes.get(change.key) == ports:  # still so after the batch
-                pending.add(change.key)
-                names.update(missing)
-        return len(pending), sorted(names)
+            if not missing:
+                return
+            for key in keys:
+                if routes.get(key) == ports:  # still so after the batch
+                    waiting[key in installed].add(key)
+                    names.update(missing)
+
+        for run in runs:
+            note(run.keys, run.ports)
+        for change in _outside(changes, runs):
+            if isinstance(change, AddRoute):
+                note((change.key,), change.ports)
+        return len(waiting[0]), len(waiting[1]), sorted(names)
 
     def _op_changes(self, ops: Any) -> tuple[list[Change], int, int]:
         """A batch's ops as changes, with how many delete a route and how many change oifs."""

@@ -287,6 +287,9 @@ class Controller:
         # time with clients served in between; `reissues` are the VIFs waiting for it.
         self.sliced = False
         self.reissues: dict[str, _Reissue] = {}  # by interface name
+        # Told the routes each slice wrote again (the daemon tells monitor subscribers their
+        # state, as it does for the routes an interface event writes at once).
+        self.on_reissued: Callable[[list[RouteKey]], None] | None = None
         # The routes a sliced reload (declared_slices) is changing, until it is done: an api
         # change to one of them is refused meanwhile.
         self.reloading: AbstractSet[RouteKey] = frozenset()
@@ -1904,6 +1907,8 @@ class Controller:
                         step = Step(router.entry(key), None, "reissue_mfc")
                         log.debug("%s: %s", what, views.step_text(step))
                 job.counts["reissue_mfc"] += len(chunk)
+                if chunk and self.on_reissued is not None:
+                    self.on_reissued(chunk)
                 yield len(chunk)
             seconds = time.monotonic() - job.started
             summary = views.summarize_counts(job.counts, seconds)

@@ -363,6 +363,7 @@ class Daemon:
         # An interface re-created under 1,000,000 routes: their entries are written again a
         # slice at a time, clients served in between (see _reissue).
         controller.sliced = True
+        controller.on_reissued = self._tell_states
         # Every table's socket and the link monitor: each readable one means events() has
         # something (upcalls must be read continuously: a full buffer drops them silently).
         self.learner = Learner(
@@ -670,6 +671,13 @@ class Daemon:
         if deleted is not None:  # (a scan of the routes: only while someone subscribes)
             vifs = router.vifs_named(deleted)
             keys += router.users({(vif.family, vif.table, vif.interface) for vif in vifs})
+        self._tell_states(keys)
+
+    def _tell_states(self, keys: list[RouteKey]) -> None:
+        """Tell monitor subscribers the state of each of these routes (once each)."""
+        if not self.events.subscribers:
+            return
+        router = self.controller.router
         for key in dict.fromkeys(keys):
             if key in router.routes:
                 status = router.status(key)

@@ -332,7 +332,11 @@ def _state(intent: Intent) -> Check:
             " interface names: mfcctl mfc add ... with the right --iif/--oifs"
         )
         if intent.state == "degraded":
-            fix = f"{names} went away; the route forwards again when it is back: re-create it"
+            fix = (
+                f"create {names} (or re-create it, if it went away): the route's entry is in"
+                " the kernel and is completed the moment it appears; or fix the interface"
+                " names: mfcctl mfc add ... with the right --iif/--oifs"
+            )
     elif "VIF" in intent.reason:
         fix = "free a VIF: delete routes on interfaces you no longer need (mfcctl show)"
     else:

@@ -4,12 +4,15 @@ Theory of operation
 -------------------
 The daemon keeps *desired* routes, one per (family, source, group, table).  A route is
 *installed* when every interface it names exists: the model then holds a VIF for
-each of those interfaces and an MFC entry in the kernel.  A route naming an
-interface that does not exist is *pending*; it is installed the moment the last
-missing interface appears.  An installed route whose interface disappears is
-*degraded*: the kernel removed the VIF by itself, the MFC entry stays, and the
-VIF index stays reserved for that interface name so that when the interface is
-re-created the same VIF index is added again and the entry is re-issued.  A VIF
+each of those interfaces and an MFC entry in the kernel.  A route whose iif does not
+exist is *pending*; it is installed the moment its iif appears.  A route installed
+while an oif it names does not exist, or whose interface disappears after, is
+*degraded*: the MFC entry is in the kernel and forwards out of the oifs that exist,
+and the VIF index of each missing interface is reserved for its name (a Vif with no
+ifindex: the kernel has no VIF there, having removed it with its device or never had
+it), so that when the interface appears the VIF is added at that index and the entry
+is re-issued.  Which state a route is in therefore depends only on which interfaces
+exist, never on their history: a restart does not change what is forwarded.  A VIF
 index is never handed to another interface while an entry refers to it.
 
 Every mutating method returns the kernel operations (`Step`s, each paired with
@@ -686,11 +689,7 @@ class Router:
             if missing:
                 return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
             return RouteStatus("installed", (), "")
-        if missing:
-            return RouteStatus("pending", missing, "waiting for " + ", ".join(missing))
-        if key in self.refused:
-            return RouteStatus("pending", (), self.refused[key])
-        return RouteStatus("pending", (), f"no free VIF: all {MAXVIFS} are in use")
+        return _not_installed(ports, missing, self.refused.get(key))
 
     def vif_of(self, family: int, interface: str, table: int | None = None) -> Vif | None:
         table = DEFAULT_TABLE[family] if table is None else table
@@ -779,17 +778,21 @@ class Router:
         else:
             self._forget_pending(key, old)
         self._set_route(key, ports)
-        missing = [n for n in ports.interfaces if n not in self.links]
-        if missing:
+        links = self.links
+        if ports.iif not in links:
             steps = self._uninstall(key, old) if old is not None else []
-            self._wait(key, missing)
+            self._wait(key, [n for n in ports.interfaces if n not in links])
             return steps
+        for name in ports.oifs:
+            if name not in links:  # degraded from the start: a full VIF table leaves it
+                return self._install_or_block(key, ports, old)  # pending, as a restart would
         return self._install(key, ports, old)
 
     def add_direct(self, key: RouteKey, ports: Ports, steps: list[Step]) -> bool:
-        """`add` of a route not yet known whose interfaces all exist and already have VIFs,
-        done directly, its step appended to `steps`; False (and nothing changed) for any
-        other route: use `add`.
+        """`add` of a route not yet known whose interfaces all have VIFs (its iif's up; an
+        oif's may be reserved for a missing interface: the route is degraded), done
+        directly, its step appended to `steps`; False (and nothing changed) for any other
+        route: use `add`.
 
         Same result as `_set(routes)` + `_install(key, ports, None)` (the model tests run
         both), at a fraction of the cost, with one undo-log entry instead of four: bulk
@@ -898,12 +901,16 @@ class Router:
 
     def _direct_entry(self, family: int, table: int, ports: Ports) -> _Direct | None:
         """The VIFs, the entry and the shared Ports of a route on `ports`, if all its VIFs
-        exist and are up."""
+        exist and its iif's is up (an oif's may be reserved for a missing interface: the
+        route is degraded, as _install makes it)."""
         vifs = self.vifs
-        used = []
-        for name in ports.interfaces:
+        iif = vifs.get((family, table, ports.iif))
+        if iif is None or iif.ifindex is None:
+            return None
+        used = [iif]
+        for name in ports.oifs:
             vif = vifs.get((family, table, name))
-            if vif is None or vif.ifindex is None:
+            if vif is None:
                 return None
             used.append(vif)
         th = self.thresholds
@@ -927,7 +934,8 @@ class Router:
             self.vifs[(family, table, name)].refs -= 1
 
     def restore(self, key: RouteKey, ports: Ports) -> list[Step]:
-        """Add a saved route at start-up: install it if possible, else leave it pending."""
+        """Add a saved route at start-up: install it if its iif exists (degraded if an oif
+        does not), else leave it pending."""
         ports = self.share(ports)
         steps: list[Step] = []
         if self.add_direct(key, ports, steps):
@@ -1153,11 +1161,12 @@ class Router:
         return steps
 
     def _hold(self, key: TemplateKey, ports: Ports, block: bool) -> list[Step]:
-        """Take a VIF on each interface of a template (pending while one is missing); with
-        `block`, a full VIF table leaves it pending (blocked) instead of raising VifLimit."""
-        missing = [n for n in ports.interfaces if n not in self.links]
-        if missing:
-            self._wait(key, missing)
+        """Take a VIF on each interface of a template (pending while its iif is missing; a
+        missing oif's is reserved, as for a route); with `block`, a full VIF table leaves
+        it pending (blocked) instead of raising VifLimit."""
+        links = self.links
+        if ports.iif not in links:
+            self._wait(key, [n for n in ports.interfaces if n not in links])
             return []
         family, table = key[0], key[3]
         savepoint = self._savepoint()
@@ -1193,9 +1202,7 @@ class Router:
             if missing:
                 return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
             return RouteStatus("installed", (), "")
-        if missing:
-            return RouteStatus("pending", missing, "waiting for " + ", ".join(missing))
-        return RouteStatus("pending", (), f"no free VIF: all {MAXVIFS} are in use")
+        return _not_installed(ports, missing, None)
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -1390,13 +1397,18 @@ class Router:
         if ports is None or key in self.installed:
             return []
         self._forget_pending(key, ports)
-        missing = [n for n in ports.interfaces if n not in self.links]
-        if missing:
-            self._wait(key, missing)
+        links = self.links
+        if ports.iif not in links:
+            self._wait(key, [n for n in ports.interfaces if n not in links])
             return []
+        return self._install_or_block(key, ports, None)
+
+    def _install_or_block(self, key: RouteKey, ports: Ports, old: Ports | None) -> list[Step]:
+        """_install, or, if the VIF table is full, leave the route pending (blocked) with
+        what an installed `old` version used released."""
         savepoint = self._savepoint()
         try:
-            return self._install(key, ports, None)
+            return self._install(key, ports, old)
         except VifLimit:
             # Undo the VIFs this route had already taken, so other routes can still use them.
             assert self._log is not None
@@ -1404,8 +1416,9 @@ class Router:
                 raise  # nothing to undo with: the caller starts over, recording
             self._log.rollback(savepoint)
             self._forget_direct()
+            steps = self._uninstall(key, old)
             self._set(self.blocked, key, None)
-            return []
+            return steps
 
     def _wait(self, key: PendingKey, missing: Iterable[str]) -> None:
         for name in missing:
@@ -1480,10 +1493,12 @@ class Router:
                 f"cannot add {fam} VIF for {name}: all {MAXVIFS} VIFs{where} are in use;"
                 " delete routes on other interfaces first"
             ) from None
-        ifindex = self.links[name]
+        ifindex = self.links.get(name)
         vif = Vif(family, vifi, name, ifindex, table, refs=1)
         self._set(self.vifs, (family, table, name), vif)
         self._assign(slots, vifi, name)
+        if ifindex is None:
+            return []  # reserved for the interface: link_up adds it (revive_vif)
         add = AddVif(family, vifi, name, ifindex, self.threshold(name), table)
         return [Step(add, DelVif(family, vifi, name, table), "add_vif")]
 
@@ -1518,6 +1533,15 @@ class Router:
             self._place(key, entry)
             steps.append(Step(_write(key, entry), _write(key, previous), "reissue_mfc"))
         return steps
+
+
+def _not_installed(ports: Ports, missing: tuple[str, ...], refused: str | None) -> RouteStatus:
+    """The state of a route or template that is not installed: pending, and why."""
+    if missing and ports.iif in missing:
+        return RouteStatus("pending", missing, "waiting for " + ", ".join(missing))
+    if refused is not None:
+        return RouteStatus("pending", missing, refused)
+    return RouteStatus("pending", missing, f"no free VIF: all {MAXVIFS} are in use")
 
 
 def template_text(key: TemplateKey) -> str:

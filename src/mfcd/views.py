@@ -154,12 +154,13 @@ def batch_counts(
     updated: int,
     joined: int,
     left: int,
-    pending: tuple[int, list[str]] | None,
+    pending: tuple[int, int, list[str]] | None,
 ) -> dict[str, Any]:
     """What a batch of `changes` did, beside change_result's: routes added (the changes that
     are not deletes, updates, joins or leaves), deleted and updated, the joins and leaves
-    when it had any, and (`pending`: unless a dry run) how many of its routes wait for which
-    missing interfaces."""
+    when it had any, and (`pending`: unless a dry run) how many of its routes wait for
+    missing interfaces, not installed (pending) or installed without them (degraded), and
+    which interfaces those are."""
     out: dict[str, Any] = {
         "added": changes - deleted - updated - joined - left,
         "deleted": deleted,
@@ -168,7 +169,7 @@ def batch_counts(
     if joined or left:
         out.update(joined=joined, left=left)
     if pending is not None:
-        out["pending"], out["missing"] = pending
+        out["pending"], out["degraded"], out["missing"] = pending
     return out
 
 

@@ -198,7 +198,7 @@ def test_an_oif_without_carrier(lab: Lab, mfcd: Mfcd) -> None:
 
 
 def test_a_pending_route(lab: Lab, mfcd: Mfcd) -> None:
-    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,nosuch0"))
+    mfcd.ok(*route_args(SOURCE, GROUP, "nosuch0", "r1"))  # (its iif is missing)
     with sending(lab):
         status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
     assert status == 8
@@ -206,11 +206,23 @@ def test_a_pending_route(lab: Lab, mfcd: Mfcd) -> None:
     assert found["state"]["status"] == "failed"
     assert found["state"]["detail"] == "pending: waiting for nosuch0"
     assert "create nosuch0" in found["state"]["fix"]
-    assert found["oif:nosuch0"]["detail"] == "nosuch0 does not exist"
+    assert found["iif"]["detail"] == "nosuch0 does not exist"
     assert found["counted"]["status"] == "unknown"  # no kernel entry to count on
-    # No VIF for r0 yet: the kernel keeps its multicast from the routing table.
-    assert found["mc_forwarding"]["status"] == "failed"
-    assert "see state" in found["mc_forwarding"]["fix"]
+
+
+def test_a_degraded_route(lab: Lab, mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,nosuch0"))  # (an oif is missing)
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    found = checks(result)
+    assert found["state"]["status"] == "failed"
+    assert found["state"]["detail"] == "degraded: waiting for nosuch0"
+    assert "create nosuch0" in found["state"]["fix"]
+    assert found["oif:nosuch0"]["detail"] == "nosuch0 does not exist"
+    # In the kernel all the same: r0 has its VIF, and the route forwards out of r1.
+    assert found["mc_forwarding"]["status"] == "passed"
+    assert found["oif:r1"]["status"] == "passed"
 
 
 def test_no_route_names_where_the_flow_arrives(lab: Lab, mfcd: Mfcd) -> None:

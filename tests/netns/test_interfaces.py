@@ -16,22 +16,70 @@ from tests.netns.test_forwarding import FLOWS, add, received
 
 @pytest.mark.lab(receivers=4, linked=3)
 @pytest.mark.parametrize("family", [4, 6])
-def test_route_naming_a_missing_interface_is_pending_until_it_appears(
+def test_a_route_naming_a_missing_oif_forwards_to_the_others_at_once(
     lab: Lab, mfcd: Mfcd, family: int
 ) -> None:
     source, group = FLOWS[family]
     out = mfcd.ok(
         "mfc", "add", "--source", source, "--group", group, "--iif", "r0", "--oifs", "r1,r4"
     )
-    assert "pending" in out and "r4" in out
-    route = mfcd.wait_state(group, "pending")
+    assert "degraded" in out and "r4" in out
+    route = mfcd.wait_state(group, "degraded")
     assert route["missing"] == ["r4"] and route["reason"] == "waiting for r4"
-    assert received(lab, family) == [0, 0, 0, 0]
-    assert kernel_tables.mfc(lab, family) == {}
+    assert received(lab, family) == [5, 0, 0, 0]  # r1 at once, not after r4 appears
 
     lab.add_receiver_link(4)  # the interface appears: no command needed
     mfcd.wait_state(group, "installed")
     assert received(lab, family) == [5, 0, 0, 5]
+
+
+@pytest.mark.lab(receivers=4, linked=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_route_naming_a_missing_iif_is_pending_until_it_appears(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    source, group = FLOWS[family]
+    out = mfcd.ok(
+        "mfc", "add", "--source", source, "--group", group, "--iif", "r4", "--oifs", "r1,r5"
+    )
+    assert "pending" in out and "r4" in out
+    route = mfcd.wait_state(group, "pending")
+    assert route["missing"] == ["r4", "r5"] and route["reason"] == "waiting for r4, r5"
+    assert kernel_tables.mfc(lab, family) == {}
+    assert kernel_tables.vifs(lab, family) == {}  # nothing reserved for a pending route
+
+    lab.add_receiver_link(4)  # the iif appears: installed, degraded as r5 is missing
+    route = mfcd.wait_state(group, "degraded")
+    assert route["missing"] == ["r5"]
+    assert len(kernel_tables.mfc(lab, family)) == 1
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_restart_while_an_oif_is_deleted_keeps_forwarding_to_the_others(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    """An oif deleted: the route is degraded and forwards to the other oifs; a restart of
+    mfcd (which takes its routes out of the kernel and restores them from the state file)
+    must not change that. The interface re-created: forwarded there too."""
+    group = FLOWS[family][1]
+    add(mfcd, family, "r0", "r1", "r2", "r3")
+    assert received(lab, family) == [5, 5, 5]
+    lab.del_router_link("r3")
+    mfcd.wait_state(group, "degraded")
+    assert received(lab, family) == [5, 5, 0]
+    vifs_before = kernel_tables.vifs(lab, family)
+
+    mfcd.stop()
+    assert kernel_tables.mfc(lab, family) == {}  # (what the restart has to put back)
+    mfcd.start()
+    route = mfcd.wait_state(group, "degraded")
+    assert route["missing"] == ["r3"]
+    assert received(lab, family) == [5, 5, 0]
+    assert kernel_tables.vifs(lab, family) == vifs_before  # r3's index still reserved
+
+    lab.add_receiver_link(3)
+    mfcd.wait_state(group, "installed")
+    assert received(lab, family) == [5, 5, 5]
 
 
 @pytest.mark.parametrize("family", [4, 6])

@@ -81,7 +81,7 @@ def test_route_and_interface_events_arrive_in_order(lab: Lab, mfcd: Mfcd) -> Non
         (e["event"], e["group"], e.get("state")) for e in seen if e["event"].startswith("route.")
     ]
     assert routes == [
-        ("route.add", "239.1.1.1", "pending"),
+        ("route.add", "239.1.1.1", "degraded"),
         ("route.add", "239.1.1.2", "installed"),
         ("route.state", "239.1.1.1", "installed"),
         ("route.state", "239.1.1.1", "degraded"),
@@ -90,7 +90,7 @@ def test_route_and_interface_events_arrive_in_order(lab: Lab, mfcd: Mfcd) -> Non
     degraded = [e for e in seen if e["event"] == "route.state"][-1]
     assert degraded["reason"] == "waiting for r9"
     first = next(e for e in seen if e["event"] == "route.add")
-    assert (first["iif"], first["oifs"], first["state"]) == ("r0", ["r1", "r9"], "pending")
+    assert (first["iif"], first["oifs"], first["state"]) == ("r0", ["r1", "r9"], "degraded")
     assert first["family"] == "ipv4" and first["origin"] == "api"
     links = [e["action"] for e in seen if e["event"] == "link" and e["interface"] == "r9"]
     assert links[0] == "new"

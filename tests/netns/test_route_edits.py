@@ -69,11 +69,11 @@ def test_a_missing_interface_is_a_warning_and_a_batch_says_what_it_did(
     typo = mfcd.ctl("mfc", "add", *route, "--oifs", "r1,rr2")
     assert typo.returncode == 0
     assert typo.stderr == (
-        "mfcctl: warning: interface rr2 does not exist (yet); the route is pending until it"
+        "mfcctl: warning: interface rr2 does not exist (yet); the route is degraded until it"
         " appears\n"
     )
-    assert mfcd.wait_state(group, "pending")["missing"] == ["rr2"]
-    assert kernel_tables.mfc(lab, 4) == {}
+    assert mfcd.wait_state(group, "degraded")["missing"] == ["rr2"]
+    assert kernel_tables.mfc(lab, 4) == {(source, group): (0, frozenset({1}))}  # to r1
 
     # Fixed with oif changes; then a batch with two routes waiting for interfaces.
     mfcd.ok("mfc", "oif", "del", "--source", source, "--group", group, "--oifs", "rr2")
@@ -89,10 +89,10 @@ def test_a_missing_interface_is_a_warning_and_a_batch_says_what_it_did(
     done = mfcd.ctl("batch", "-", stdin=batch)
     assert (done.returncode, done.stdout) == (0, "3 added, 1 deleted\n")
     assert done.stderr == (
-        "mfcctl: warning: 2 routes are pending: interfaces x8, x9 do not exist (yet); each is"
-        " installed when they appear\n"
+        "mfcctl: warning: 1 route is pending and 1 degraded: interfaces x8, x9 do not exist"
+        " (yet); each is complete when they appear\n"
     )
-    assert set(kernel_tables.mfc(lab, 4)) == {(source, "239.1.1.4")}
+    assert set(kernel_tables.mfc(lab, 4)) == {(source, "239.1.1.2"), (source, "239.1.1.4")}
 
 
 def test_vif_set_threshold_default_clears_the_setting(lab: Lab, mfcd: Mfcd) -> None:

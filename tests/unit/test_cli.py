@@ -154,16 +154,63 @@ def test_mfc_oif_sends_the_oifs_to_add_or_remove(daemon: FakeDaemon, action: str
     )
 
 
-def test_a_pending_route_is_a_warning_on_stderr_naming_the_interface(tmp_path: Path) -> None:
-    result = {"dry_run": False, "state": "pending", "reason": "waiting for r9", "missing": ["r9"]}
+@pytest.mark.parametrize("state", ["pending", "degraded"])
+def test_a_route_waiting_is_a_warning_on_stderr_naming_the_interface(
+    tmp_path: Path, state: str
+) -> None:
+    result = {"dry_run": False, "state": state, "reason": "waiting for r9", "missing": ["r9"]}
     fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
     status, out, err = run_cli("--socket", str(fake.path), *ADD, "r9")
     fake.close()
-    assert (status, out) == (0, "route pending: waiting for r9\n")
+    assert (status, out) == (0, f"route {state}: waiting for r9\n")
     assert err == (
-        "mfcctl: warning: interface r9 does not exist (yet); the route is pending until it"
+        f"mfcctl: warning: interface r9 does not exist (yet); the route is {state} until it"
         " appears\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("pending", "degraded", "warning"),
+    [
+        (
+            0,
+            1,
+            "1 route is degraded: interface r9 does not exist (yet); each forwards out of"
+            " its other oifs until it appears",
+        ),
+        (
+            2,
+            3,
+            "2 routes are pending and 3 degraded: interface r9 does not exist (yet); each"
+            " is complete when it appears",
+        ),
+        (
+            1,
+            0,
+            "1 route is pending: interface r9 does not exist (yet); each is installed when"
+            " it appears",
+        ),
+    ],
+)
+def test_a_batch_warns_of_its_pending_and_degraded_routes(
+    tmp_path: Path, pending: int, degraded: int, warning: str
+) -> None:
+    result = {
+        "dry_run": False,
+        "changes": 5,
+        "added": 5,
+        "deleted": 0,
+        "updated": 0,
+        "pending": pending,
+        "degraded": degraded,
+        "missing": ["r9"],
+    }
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    batch = tmp_path / "routes.batch"
+    batch.write_text("mfc del --source 10.0.0.1 --group 239.1.1.1\n")
+    status, out, err = run_cli("--socket", str(fake.path), "batch", str(batch))
+    fake.close()
+    assert (status, out, err) == (0, "5 added, 0 deleted\n", f"mfcctl: warning: {warning}\n")
 
 
 def test_a_batch_prints_a_summary_and_warns_about_its_pending_routes(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from mfcd import batchfile, protocol, validate
 from mfcd import commands as commands_module
 from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
-from mfcd.model import Ports
+from mfcd.model import RUN_MIN, Ports
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
 PEER = Peer(pid=4242, uid=0, gid=0)
@@ -322,11 +322,18 @@ def test_dry_run_reports_the_plan(commands: Commands) -> None:
     assert (result["dry_run"], result["state"]) == (False, "installed")
 
 
-def test_a_pending_route_says_why_and_names_what_is_missing(commands: Commands) -> None:
-    result = ask(commands, "mfc.add", dict(ROUTE, oifs=["zz"]))["result"]
-    assert (result["state"], result["reason"]) == ("pending", "waiting for zz")
+def test_a_degraded_route_says_why_and_names_what_is_missing(commands: Commands) -> None:
+    result = ask(commands, "mfc.add", dict(ROUTE, oifs=["b", "zz"]))["result"]
+    assert (result["state"], result["reason"]) == ("degraded", "waiting for zz")
     assert result["missing"] == ["zz"]
+    assert [step["action"] for step in result["plan"]] == ["replace_mfc"]  # in the kernel now
     assert "missing" not in ask(commands, "mfc.add", ROUTE)["result"]
+
+
+def test_a_pending_route_says_why_and_names_what_is_missing(commands: Commands) -> None:
+    result = ask(commands, "mfc.add", dict(ROUTE, iif="yy", oifs=["b", "zz"]))["result"]
+    assert (result["state"], result["reason"]) == ("pending", "waiting for yy, zz")
+    assert result["missing"] == ["yy", "zz"]
 
 
 def oifs_of(commands: Commands, source: str = "10.0.0.1") -> tuple[str, ...]:
@@ -349,9 +356,10 @@ def test_oif_add_and_del_change_one_oif_and_journal_the_whole_route(commands: Co
     ]
 
 
-def test_oif_add_of_a_missing_interface_makes_the_route_pending(commands: Commands) -> None:
+def test_oif_add_of_a_missing_interface_makes_the_route_degraded(commands: Commands) -> None:
     result = ask(commands, "mfc.oif.add", {**KEY, "oifs": ["zz"]})["result"]
-    assert (result["state"], result["missing"]) == ("pending", ["zz"])
+    assert (result["state"], result["missing"]) == ("degraded", ["zz"])
+    assert [step["action"] for step in result["plan"]] == ["replace_mfc"]  # still forwards to b
 
 
 def test_oif_changes_dry_run_changes_nothing(commands: Commands) -> None:
@@ -375,7 +383,7 @@ mfc del --source 10.0.0.1 --group 239.1.1.1
     ops = [batchfile.line_op(line.split()) for line in text.splitlines()]
     result = ask(commands, "batch", {"text": text} if form == "text" else {"ops": ops})["result"]
     assert (result["added"], result["deleted"], result["updated"]) == (1, 1, 3)
-    assert result["pending"] == 0
+    assert (result["pending"], result["degraded"]) == (0, 0)
     assert commands.controller.router.routes == {
         (4, "10.0.0.2", "239.1.1.1", 253): Ports("a", ("c",)),
     }
@@ -396,9 +404,10 @@ mfc oif add --source 10.0.0.1 --group 239.1.1.1 --oifs c
     assert snapshot(commands) == before
 
 
-def test_a_batch_counts_its_pending_routes_and_names_the_missing_interfaces(
+def test_a_batch_counts_its_pending_and_degraded_routes_and_names_the_missing_interfaces(
     commands: Commands,
 ) -> None:
+    """Pending: the iif is missing (not installed); degraded: an oif is (installed)."""
     text = """\
 mfc add --source 10.0.0.2 --group 239.1.1.1 --iif a --oifs b,r9
 mfc add --source 10.0.0.3 --group 239.1.1.1 --iif r8 --oifs b
@@ -406,12 +415,36 @@ mfc add --source 10.0.0.3 --group 239.1.1.1 --iif r8 --oifs b
 mfc add --source 10.0.0.4 --group 239.1.1.1 --iif a --oifs r7
 mfc del --source 10.0.0.4 --group 239.1.1.1
 mfc add --source 10.0.0.5 --group 239.1.1.1 --iif a --oifs c
+mfc add --source 10.0.0.6 --group 239.1.1.1 --iif a --oifs b,r9
 """
     result = ask(commands, "batch", {"text": text})["result"]
-    assert (result["added"], result["deleted"], result["updated"]) == (5, 1, 0)
-    assert (result["pending"], result["missing"]) == (2, ["r8", "r9"])
+    assert (result["added"], result["deleted"], result["updated"]) == (6, 1, 0)
+    assert (result["pending"], result["degraded"], result["missing"]) == (1, 2, ["r8", "r9"])
+    router = commands.controller.router
+    assert (4, "10.0.0.6", "239.1.1.1", 253) in router.installed
     result = ask(commands, "batch", {"text": text}, dry_run=True)["result"]
-    assert "pending" not in result
+    assert "pending" not in result and "degraded" not in result
+
+
+def test_a_batchs_runs_are_counted_degraded_a_run_at_a_time(commands: Commands) -> None:
+    """Runs on interfaces that all exist are not looked into, even with a VIF reserved for
+    a missing interface elsewhere; a run on a missing oif is degraded, route by route."""
+    n = 2 * RUN_MIN
+    ask(commands, "mfc.add", dict(ROUTE, source="10.0.9.9", oifs=["b", "zz"]))  # (zz reserved)
+
+    def lines(first: int, oifs: str) -> str:
+        return "".join(
+            f"mfc add --source 10.1.{i // 200}.{i % 200 + 1} --group 239.1.1.1 --iif a"
+            f" --oifs {oifs}\n"
+            for i in range(first, first + n)
+        )
+
+    result = ask(commands, "batch", {"text": lines(0, "b")})["result"]
+    assert (result["added"], result["pending"], result["degraded"]) == (n, 0, 0)
+    result = ask(commands, "batch", {"text": lines(n, "yy")})["result"]  # (forwards nowhere)
+    assert (result["added"], result["pending"], result["degraded"]) == (n, 0, n)
+    assert result["missing"] == ["yy"]
+    assert len(commands.controller.router.installed) == 2 * n + 2
 
 
 # --- fuzzing -------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def test_changes_tell_subscribers_one_event_per_route() -> None:
         "239.1.1.2",
         "api",
     )
-    assert (added["iif"], added["oifs"], added["state"]) == ("a", ["b", "zz"], "pending")
+    assert (added["iif"], added["oifs"], added["state"]) == ("a", ["b", "zz"], "degraded")
     assert events[2]["threshold"] == 5
 
 

@@ -92,7 +92,7 @@ def test_no_route_suggests_the_interface_the_flow_arrives_on() -> None:
     ("state", "reason", "words"),
     [
         ("pending", "waiting for r9", "create r9"),
-        ("degraded", "waiting for r2", "r2 went away"),
+        ("degraded", "waiting for r2", "create r2 (or re-create it, if it went away)"),
         ("pending", "no free VIF: all 32 are in use", "free a VIF"),
         ("pending", "kernel refused: EINVAL", "mfcctl sync"),
     ],
@@ -262,7 +262,7 @@ def test_matching_intents_from_the_model() -> None:
     router.thresholds["r1"] = 4
     one = diagnosis.matching_intents(router, Query(4, GROUP, SOURCE, 253, 1.0))
     assert len(one) == 1
-    assert one[0].state == "pending"
+    assert one[0].state == "degraded"
     assert one[0].reason == "waiting for r9"
     assert one[0].thresholds == {"r1": 4, "r9": 1}
     assert views.diagnosed_intent(one[0])["origin"] == "api"

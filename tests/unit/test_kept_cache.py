@@ -63,7 +63,7 @@ def test_a_rollback_of_no_vif_or_threshold_keeps_the_cache() -> None:
     assert r.add(key(0), ports) == []  # the same route again
     r.rollback()
     assert r._direct[(4, DEFAULT_TABLE[4])][ports] is kept
-    on_d = r.ports("a", ("d",))
+    on_d = r.ports("d", ("a",))  # ("d" the iif: a route cannot be added while it is down)
     r.begin()
     r.add(key(3), on_d)  # (a VIF on "d")
     r.commit()
@@ -74,7 +74,7 @@ def test_a_rollback_of_no_vif_or_threshold_keeps_the_cache() -> None:
     r.link_up("d", 99)  # (the VIF's ifindex written)
     assert r.add_direct(key(4), on_d, steps)  # (the cache filled again: "d" is up)
     r.rollback()
-    assert not r._direct  # ("d" is down again: a route on it cannot be added directly)
+    assert not r._direct  # ("d" is down again: a route from it cannot be added directly)
     r.begin()
     assert not r.add_direct(key(4), on_d, steps)
     r.rollback()

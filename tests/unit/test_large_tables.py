@@ -66,7 +66,7 @@ def test_the_view_follows_deletes_pending_routes_replacements_and_rollbacks() ->
     ports = router.ports("eth0", ("eth1",))
     for n in range(10):
         run(router, router.add, key(n), ports)
-    run(router, router.add, key(10), router.ports("eth0", ("gone",)))  # pending
+    run(router, router.add, key(10), router.ports("gone", ("eth0",)))  # pending
     run(router, router.del_route, key(3))
     run(router, router.add, key(4), router.ports("eth0", ("eth1", "eth2")))  # replaced
     assert key(10) in router.routes and key(10) not in router.installed
@@ -97,7 +97,7 @@ def test_a_rollback_keeps_the_installed_count_without_counting_again() -> None:
     ports = router.ports("eth0", ("eth1",))
     for n in range(10):
         run(router, router.add, key(n), ports)
-    run(router, router.add, key(10), router.ports("eth0", ("gone",)))  # pending
+    run(router, router.add, key(10), router.ports("gone", ("eth0",)))  # pending
     changes: list[tuple[Callable[..., object], tuple[object, ...]]] = [
         (router.add, (key(20), ports)),  # direct install
         (router.add, (key(4), router.ports("eth0", ("eth1", "eth2")))),  # replaced

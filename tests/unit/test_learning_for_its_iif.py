@@ -30,7 +30,8 @@ def test_no_entry_when_templates_of_two_interfaces_or_of_the_arrival_one_match()
     ctl.change([star("239.1.1.1", "b", "a"), star("239.1.1.1", "c", "a")])
     assert learner.on_upcalls([upcall(ctl, "198.18.0.9", "239.1.1.1", "a")]) == 0
     assert kernel.mfcs == {} and learner.counts["unmatched"] == 1
-    # A template of the arrival interface that is pending (its oif is missing) wins.
+    # A template of the arrival interface wins, degraded (its oif is missing) as it is: the
+    # entry learned from it forwards nowhere until that oif exists.
     ctl.change([star("239.1.1.2", "b", "a"), star("239.1.1.2", "a", "missing0")])
-    assert learner.on_upcalls([upcall(ctl, "198.18.0.9", "239.1.1.2", "a")]) == 0
-    assert key("198.18.0.9", "239.1.1.2") not in kernel.mfcs
+    assert learner.on_upcalls([upcall(ctl, "198.18.0.9", "239.1.1.2", "a")]) == 1
+    assert kernel.forwarding(key("198.18.0.9", "239.1.1.2")) == (LINKS["a"], frozenset())

@@ -150,7 +150,7 @@ def test_over_the_limit_no_route_has_series_and_the_page_says_how_many(ctl: Cont
 def test_routes_are_counted_by_state_and_origin() -> None:
     ctl = controller_with(*LINKS)
     ctl.change([AddRoute.of(r4(n, "a", "b")) for n in (1, 2, 3)])
-    ctl.change([AddRoute.of(r4(4, "c", "d")), AddRoute.of(r4(5, "a", "missing"))])
+    ctl.change([AddRoute.of(r4(4, "c", "d")), AddRoute.of(r4(5, "missing", "a"))])
     ctl.router.origins[r4(2, "a", "b").key] = "config"
     ctl.router.origins[r4(5, "a", "x").key] = "learned"
     ctl.link_event("del", "d", LINKS["d"])  # route 4 degraded

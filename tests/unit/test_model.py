@@ -217,18 +217,101 @@ def test_deleting_an_unknown_route_raises_not_found() -> None:
 # --- pending and degraded routes -----------------------------------------------------------------
 
 
-def test_pending_route_is_installed_when_its_interface_appears() -> None:
+def test_pending_route_is_installed_when_its_iif_appears() -> None:
     router = router_with_links("a")
-    assert run(router, router.add_route, r4(1, "a", "x")) == []
+    assert run(router, router.add_route, r4(1, "x", "a")) == []
     status = router.status(r4(1, "a").key)
     assert (status.state, status.missing) == ("pending", ("x",))
+    assert status.reason == "waiting for x"
     assert router.vifs == {}  # nothing is reserved for a pending route
 
     steps = run(router, router.link_up, "x", 7)
     assert actions(steps) == ["add_vif", "add_vif", "add_mfc"]
-    assert steps[1].op == AddVif(4, 1, "x", 7, DEFAULT_THRESHOLD, 253)
+    assert steps[0].op == AddVif(4, 0, "x", 7, DEFAULT_THRESHOLD, 253)
     assert router.status(r4(1, "a").key).state == "installed"
     assert router.waiting == {}
+    check_invariants(router)
+
+
+def test_a_route_whose_iif_and_an_oif_are_missing_is_pending_then_degraded() -> None:
+    router = router_with_links("a")
+    assert run(router, router.add_route, r4(1, "x", "a", "y")) == []
+    status = router.status(r4(1, "a").key)
+    assert (status.state, status.missing, status.reason) == (
+        "pending",
+        ("x", "y"),
+        "waiting for x, y",
+    )
+
+    steps = run(router, router.link_up, "x", 7)  # the iif: installed, y's index reserved
+    assert actions(steps) == ["add_vif", "add_vif", "add_mfc"]
+    assert steps[2].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1), (2, 1)), 253)
+    status = router.status(r4(1, "a").key)
+    assert (status.state, status.missing) == ("degraded", ("y",))
+    assert router.waiting == {}
+    check_invariants(router)
+
+
+def test_a_route_added_with_a_missing_oif_is_degraded_with_its_index_reserved() -> None:
+    """The same state an installed route is in once that oif is deleted: it forwards out of
+    the oifs that exist, whether mfcd restarted in between or not."""
+    router = router_with_links("a", "b")
+    steps = run(router, router.add_route, r4(1, "a", "b", "x"))
+    assert actions(steps) == ["add_vif", "add_vif", "add_mfc"]  # no VIF for x in the kernel
+    assert steps[2].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1), (2, 1)), 253)
+    status = router.status(r4(1, "a").key)
+    assert (status.state, status.missing, status.reason) == ("degraded", ("x",), "waiting for x")
+    x = router.vif_of(4, "x")
+    assert x is not None and (x.vifi, x.ifindex, x.refs) == (2, None, 1)
+    assert router.waiting == {}
+
+    # Another interface does not get index 2 while the entry refers to it.
+    run(router, router.link_up, "c", 9)
+    run(router, router.add_route, r4(3, "c", "a"))
+    assert vifi(router, "c") == 3
+
+    steps = run(router, router.link_up, "x", 42)  # as after a deletion: VIF added, re-issued
+    assert actions(steps) == ["readd_vif", "reissue_mfc"]
+    assert steps[0].op == AddVif(4, 2, "x", 42, DEFAULT_THRESHOLD, 253)
+    assert steps[1].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1), (2, 1)), 253)
+    assert router.status(r4(1, "a").key).state == "installed"
+    check_invariants(router)
+
+
+def test_a_degraded_route_is_the_same_after_an_oif_deletion_and_after_a_fresh_add() -> None:
+    """What a restart does: the model built again from the routes with the interface gone
+    holds what the model that saw the deletion holds (same VIF indexes, entries, states)."""
+    routes = [r4(1, "a", "b", "c"), r6(2, "a", "c", "b"), r4(3, "b", "c")]
+    lived = router_with_links("a", "b", "c")
+    for route in routes:
+        run(lived, lived.add_route, route)
+    run(lived, lived.link_down, "c")
+    fresh = router_with_links("a", "b")
+    for route in routes:
+        run(fresh, fresh.add_route, route)
+    assert dict(fresh.installed) == dict(lived.installed)
+    assert fresh.vifs == lived.vifs and fresh.slots == lived.slots
+    for route in routes:
+        assert fresh.status(route.key) == lived.status(route.key)
+        assert fresh.status(route.key).state == "degraded"
+    assert actions(run(fresh, fresh.link_up, "c", 5)) == actions(run(lived, lived.link_up, "c", 5))
+    assert dict(fresh.installed) == dict(lived.installed)
+
+
+def test_a_route_that_cannot_reserve_an_index_for_its_missing_oif_stays_pending() -> None:
+    names = [f"e{i}" for i in range(MAXVIFS)]
+    router = router_with_links(*names)
+    for i in range(1, MAXVIFS):
+        run(router, router.add_route, r4(i, "e0", names[i]))
+    assert run(router, router.add_route, r4(99, "e0", "e1", "x")) == []  # accepted, pending
+    status = router.status(r4(99, "e0").key)
+    assert (status.state, status.missing) == ("pending", ("x",))
+    assert status.reason == f"no free VIF: all {MAXVIFS} are in use"
+    assert r4(99, "e0").key in router.blocked
+    run(router, router.del_route, r4(31, "e0").key)  # an index is free: retried, degraded
+    steps = run(router, router.retry_blocked)
+    assert actions(steps) == ["add_mfc"]
+    assert router.status(r4(99, "e0").key).state == "degraded"
     check_invariants(router)
 
 
@@ -358,7 +441,7 @@ def test_new_vifs_use_the_interface_threshold() -> None:
 
 def test_changes_need_an_open_transaction() -> None:
     router = router_with_links("a")
-    router.add_route(r4(1, "a", "x"))  # pending: no savepoint needed, recorded nowhere
+    router.add_route(r4(1, "x", "a"))  # pending: no savepoint needed, recorded nowhere
     with pytest.raises(RuntimeError):
         router.link_up("x", 5)
     router.begin()
@@ -693,7 +776,7 @@ def test_version_counts_the_transactions_that_changed_something() -> None:
 
 def test_users_are_the_installed_routes_on_any_of_the_interfaces() -> None:
     router = router_with_links("a", "b", "c", "d")
-    for route in (r4(1, "a", "b"), r4(2, "c", "a"), r4(3, "c", "d"), r4(4, "a", "z")):
+    for route in (r4(1, "a", "b"), r4(2, "c", "a"), r4(3, "c", "d"), r4(4, "z", "a")):
         run(router, router.add_route, route)
     assert router.users([(4, 253, "a")]) == [r4(1, "a").key, r4(2, "a").key]  # not the pending one
     assert router.users([(4, 253, "b"), (4, 253, "d")]) == [r4(1, "a").key, r4(3, "a").key]

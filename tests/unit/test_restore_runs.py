@@ -24,7 +24,9 @@ COMBOS = [
     ("a", ("b",)),
     ("b", ("a", "c")),
     ("c", ("d",)),
-    ("a", ("x",)),  # x does not exist: pending
+    ("a", ("x",)),  # x does not exist: degraded, its VIF index reserved
+    ("y", ("a", "b")),  # y (the iif) does not exist: pending
+    ("c", ("b", "x")),  # degraded
     ("d", ("a", "b", "c")),
 ]
 

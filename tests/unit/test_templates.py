@@ -18,7 +18,7 @@ from mfcd.controller import Controller, observe
 from mfcd.dataplane import Upcall, UpcallKind
 from mfcd.errors import InvalidArgument, NotFound
 from mfcd.learning import Learner
-from mfcd.model import AddRoute, AddTemplate, DelRoute, DelTemplate, Route
+from mfcd.model import AddRoute, AddTemplate, DelRoute, DelTemplate, Ports, Route
 from mfcd.state import Loaded, StateFile, parse
 from mfcd.templates import TemplateKey
 from mfcd.views import Views
@@ -187,15 +187,50 @@ def test_a_template_holds_vifs_and_writes_no_entry() -> None:
     assert ctl.router.status(star("239.1.1.1", "a", "b").key).state == "installed"
 
 
-def test_a_template_naming_a_missing_interface_is_pending_until_it_appears() -> None:
+def test_a_template_whose_iif_is_missing_is_pending_until_it_appears() -> None:
     ctl, kernel, _, _ = setup()
-    change = star("239.1.1.1", "a", "zz")
+    change = star("239.1.1.1", "zz", "a")
     ctl.change([change])
-    assert ctl.router.status(change.key).reason == "waiting for zz"
+    status = ctl.router.status(change.key)
+    assert (status.state, status.reason) == ("pending", "waiting for zz")
     assert kernel.vifs == {}
     ctl.link_up("zz", 9)
     assert ctl.router.status(change.key).state == "installed"
     assert len(kernel.vifs) == 2
+
+
+def test_a_template_whose_oif_is_missing_is_degraded_and_holds_its_vifs() -> None:
+    """As a route: its iif's VIF is in the kernel (upcalls come), the missing oif's index is
+    reserved and added when the interface appears."""
+    ctl, kernel, _, _ = setup()
+    change = star("239.1.1.1", "a", "zz")
+    ctl.change([change])
+    status = ctl.router.status(change.key)
+    assert (status.state, status.reason) == ("degraded", "waiting for zz")
+    assert len(kernel.vifs) == 1
+    zz = ctl.router.vif_of(4, "zz")
+    assert zz is not None and zz.ifindex is None
+    ctl.link_up("zz", 9)
+    assert ctl.router.status(change.key).state == "installed"
+    assert len(kernel.vifs) == 2
+
+
+def test_a_template_restored_with_its_oif_missing_is_degraded_as_before_the_restart() -> None:
+    lived, kernel, _, _ = setup()
+    lived.change([star("239.1.1.1", "a", "b", "c"), star("239.1.2.0/24", "c", "a")])
+    kernel.device_gone(LINKS["c"])
+    lived.link_down("c")
+    restarted = Controller(FakeKernel(), FakeState())
+    saved = {k: Ports(p.iif, p.oifs) for k, p in lived.router.templates.items()}
+    restarted.restore(Loaded(templates=saved), {n: i for n, i in LINKS.items() if n != "c"})
+    degraded = tkey("239.1.1.1", "a")
+    assert restarted.router.status(degraded) == lived.router.status(degraded)
+    assert restarted.router.status(degraded).state == "degraded"
+    # With its iif gone a template learns nothing either way; restored, it is pending.
+    assert restarted.router.status(tkey("239.1.2.0/24", "c")).state == "pending"
+    c, was = restarted.router.vif_of(4, "c"), lived.router.vif_of(4, "c")
+    assert c is not None and was is not None
+    assert (c.vifi, c.ifindex) == (was.vifi, was.ifindex) == (2, None)  # reserved for c
 
 
 def test_a_nocache_upcall_is_learned_with_the_templates_oifs() -> None:
@@ -450,14 +485,13 @@ def test_show_encodes_templates_and_learned_entries_as_json_would() -> None:
     assert again == plain
 
 
-def test_a_pending_template_learns_what_arrived_meanwhile_once_its_interfaces_exist() -> None:
+def test_a_degraded_template_learns_at_once_and_its_entries_gain_the_oif_when_it_appears() -> None:
     ctl, kernel, learner, _ = setup()
     ctl.change([star("239.9.9.9", "a", "b"), star("239.1.1.1", "a", "zz")])  # zz: missing
     learner.after_change()
-    learner.on_upcalls([upcall(ctl, "198.18.0.9", "239.1.1.1", "a")])
-    assert kernel.mfcs == {}  # the best template is pending: nothing learned, remembered
+    assert learner.on_upcalls([upcall(ctl, "198.18.0.9", "239.1.1.1", "a")]) == 1
+    assert kernel.forwarding(key("198.18.0.9")) == (1, frozenset())  # nowhere to go yet
     ctl.link_up("zz", 9)
-    assert learner.after_change() == 1
     assert kernel.forwarding(key("198.18.0.9")) == (1, frozenset({(9, 1)}))
 
 
