@@ -1172,6 +1172,7 @@ class Router:
         savepoint = self._savepoint()
         steps: list[Step] = []
         try:
+            self._check_room(family, table, ports)
             for name in ports.interfaces:
                 vif = self.vifs.get((family, table, name))
                 if vif is None:
@@ -1449,6 +1450,7 @@ class Router:
         held = frozenset(released)
         steps: list[Step] = []
         vifs = self.vifs
+        self._check_room(family, table, ports, held)
         for name in ports.interfaces:
             if name in held:
                 continue
@@ -1478,6 +1480,44 @@ class Router:
         for name in ports.interfaces:
             steps += self._release(family, table, name)
         return steps
+
+    def _check_room(
+        self, family: int, table: int, ports: Ports, held: AbstractSet[str] = frozenset()
+    ) -> None:
+        """Raise VifLimit, before any VIF is taken, when the interfaces of `ports` that have
+        no VIF in the table yet (and are not in `held`) outnumber its free VIFs: the message
+        then counts both, not just the first interface that found the table full."""
+        vifs = self.vifs
+        new = [n for n in ports.interfaces if n not in held and (family, table, n) not in vifs]
+        if not new:
+            return
+        new = list(dict.fromkeys(new))
+        slots = self.slots.get((family, table))
+        free = MAXVIFS if slots is None else slots.count(None)
+        if len(new) <= free:
+            return
+        fam = family_text(family)
+        where = "" if table == DEFAULT_TABLE[family] else f" of table {table}"
+        names = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
+        taken = self._taken_in_transaction(slots)
+        earlier = f"; earlier changes of this request took {taken}" if taken else ""
+        raise VifLimit(
+            f"cannot add {len(new)} new {fam} VIF{'s' if len(new) > 1 else ''} ({names}):"
+            f" only {free} of the {MAXVIFS} VIFs{where} are free{earlier}; delete routes on"
+            " interfaces you no longer need first"
+        )
+
+    def _taken_in_transaction(self, slots: list[str | None] | None) -> int:
+        """How many of a table's VIF slots the open transaction took (0 when it records
+        nothing): a batch or reload that fills the table says so. Only read on failure."""
+        if slots is None or not self._undo:
+            return 0
+        taken = {
+            vifi
+            for kind, target, vifi, old in self._undo
+            if kind == _SLOT and target is slots and old is None
+        }
+        return sum(1 for vifi in taken if slots[vifi] is not None)
 
     def _new_vif(self, family: int, table: int, name: str) -> list[Step]:
         slots = self.slots.get((family, table))

@@ -377,7 +377,7 @@ def test_vif_limit_is_32_per_family() -> None:
     run(router, router.add_route, r6(1, names[0], *names[1:MAXVIFS]))  # IPv6 has its own 32
     before = observable(router)
     router.begin()
-    with pytest.raises(VifLimit, match="all 32 VIFs are in use"):
+    with pytest.raises(VifLimit, match=r"1 new IPv4 VIF \(e32\): only 0 of the 32 VIFs are"):
         router.add_route(r4(2, names[0], names[MAXVIFS]))
     router.rollback()
     assert observable(router) == before
@@ -817,15 +817,52 @@ def test_each_table_has_its_own_vifs_and_an_interface_may_be_a_vif_in_several() 
     check_invariants(router)
 
 
+def test_the_vif_limit_counts_the_new_vifs_needed_and_the_free_ones() -> None:
+    """A route that needs more VIFs than are free says how many of each (not that all 32
+    are in use when only 6 are), and changes nothing."""
+    used = [f"u{i}" for i in range(6)]
+    wanted = [f"d{i}" for i in range(30)]
+    router = router_with_links(*used, *wanted)
+    run(router, router.add_route, r4(1, used[0], *used[1:]))  # 6 VIFs in use
+    before = observable(router)
+    router.begin()
+    with pytest.raises(VifLimit) as raised:
+        router.add_route(r4(2, used[0], *wanted))  # 30 new, 26 free
+    router.rollback()
+    message = str(raised.value)
+    assert "30 new IPv4 VIFs (d0, d1, d2, d3 and 26 more)" in message
+    assert "only 26 of the 32 VIFs are free" in message
+    assert "in use" not in message and "earlier" not in message
+    assert observable(router) == before
+
+
+def test_a_request_that_runs_out_of_vifs_says_what_its_earlier_changes_took() -> None:
+    """A batch (or reload) whose routes together need more VIFs than are free: the route
+    that finds the table full says how many the request's earlier routes took."""
+    names = [f"e{i}" for i in range(40)]
+    router = router_with_links(*names)
+    run(router, router.add_route, r4(1, "e0", "e1"))  # 2 in use
+    before = observable(router)
+    router.begin()
+    router.add_route(r4(2, "e0", *names[2:22]))  # 20 more: 10 free
+    with pytest.raises(VifLimit) as raised:
+        router.add_route(r4(3, "e0", *names[22:40]))  # 18 more
+    router.rollback()
+    message = str(raised.value)
+    assert "cannot add 18 new IPv4 VIFs" in message
+    assert "only 10 of the 32 VIFs are free; earlier changes of this request took 20" in message
+    assert observable(router) == before
+
+
 def test_the_vif_limit_is_per_table() -> None:
     names = [f"e{i}" for i in range(MAXVIFS + 1)]
     router = router_with_links(*names)
     run(router, router.add_route, r4(1, "e0", *names[1:MAXVIFS]))  # 32 VIFs: the default full
-    with pytest.raises(VifLimit, match="all 32 VIFs are in use"):
+    with pytest.raises(VifLimit, match="only 0 of the 32 VIFs are free"):
         run(router, router.add_route, r4(2, "e0", names[MAXVIFS]))
     run(router, router.add_route, in_table(r4(2, "e0", names[MAXVIFS]), 7))
     assert router.status(in_table(r4(2, "e0"), 7).key).state == "installed"
-    with pytest.raises(VifLimit, match="VIFs of table 7 are in use"):
+    with pytest.raises(VifLimit, match="only 30 of the 32 VIFs of table 7 are free"):
         run(router, router.add_route, in_table(r4(3, "e1", *names[2:]), 7))
     check_invariants(router)
 

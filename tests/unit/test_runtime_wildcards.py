@@ -138,7 +138,7 @@ def test_a_route_that_cannot_follow_past_the_vif_limit_keeps_its_oifs_and_others
     ctl.link_up("y1", 101)
     lines = ctl.follow_api_wildcards()
     assert [ok for ok, _ in lines] == [False, False]
-    assert "all 32 VIFs are in use" in lines[0][1]
+    assert "1 new IPv4 VIF (vlan2): only 0 of the 32 VIFs are free" in lines[0][1]
     assert ctl.router.routes[KEY] == Ports("a", ("vlan1",))  # as it was, still installed
     assert ctl.router.status(KEY).state == "installed"
     ctl.change([DelRoute(OTHER)])  # VIFs free again: the next interface event catches up
