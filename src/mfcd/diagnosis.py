@@ -6,15 +6,18 @@ A multicast packet from S to G is forwarded when every step of its path works: a
 (an intent) matches it and is installed; its iif exists, is up and has carrier, and the
 kernel hands the interface's multicast to the routing table (mc_forwarding); the packets
 reach the router on that iif (not on another interface, not at all when nobody asked the
-upstream for them); rp_filter lets the source in; their TTL is above each oif's
-threshold; the kernel counts them on the route; and each oif is up and forwards onto its
-link (a bridge that snoops IGMP/MLD with no querier may prune the stream).
+upstream for them); for a table other than the family's default, the multicast routing
+rules (`ip mrule`) send what arrives on the iif to that table; rp_filter lets the source
+in; their TTL is above each oif's threshold; the kernel counts them on the route; and
+each oif is up and forwards onto its link (a bridge that snoops IGMP/MLD with no querier
+may prune the stream).
 
-probes.py gathers the facts (model state, /proc, /sys, counters sampled over an
-interval, a packet-socket sample of the flow on every interface); `checklist()` walks the
-path in order and says for each step passed, failed or unknown, and for each failure one
-line saying what to do. Nothing here reads the machine, so every verdict is unit-tested.
-views.py shows the checklist and the intent it is of (the result of `diagnose`).
+probes.py gathers the facts (model state, /proc, /sys, the multicast rules, counters
+sampled over an interval, a packet-socket sample of the flow on every interface);
+`checklist()` walks the path in order and says for each step passed, failed or unknown,
+and for each failure one line saying what to do. Nothing here reads the machine, so every
+verdict is unit-tested. views.py shows the checklist and the intent it is of (the result
+of `diagnose`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Literal
 
 from mfcd import templates as tpl
 from mfcd.model import DEFAULT_TABLE, RouteKey, Router
+from mfcd.netlink import MRule
 from mfcd.templates import TemplateKey
 
 Status = Literal["passed", "failed", "unknown"]
@@ -216,6 +220,15 @@ class RouteBack:
 
 
 @dataclass(frozen=True, slots=True)
+class Rules:
+    """The family's multicast routing rules in the kernel's order; `error` when they could
+    not be read (then `rules` is empty)."""
+
+    rules: tuple[MRule, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Facts:
     """Everything the checklist of one flow looks at."""
 
@@ -230,6 +243,8 @@ class Facts:
     # Packets that left by each oif's VIF during the interval (every route on the VIF
     # counts); an oif without a VIF is absent. None: not read.
     sent: dict[str, int] | None = None
+    # The multicast routing rules; None: not read (the route is in the default table).
+    rules: Rules | None = None
 
 
 def checklist(facts: Facts) -> list[Check]:
@@ -243,13 +258,17 @@ def checklist(facts: Facts) -> list[Check]:
         checks.append(_learned(facts, intent))
     checks += _interface_checks(facts, "iif", [intent.iif])
     checks.append(_mc_forwarding(facts, intent))
+    if intent.table != DEFAULT_TABLE[intent.family]:
+        checks.append(_mrule(facts, intent))
     checks.append(_arrival(facts, intent))
     checks.append(_wrong_if(facts, intent))
     checks.append(_rp_filter(facts, intent))
     checks.append(_ttl(facts, intent))
-    checks.append(_counted(facts, intent))
+    # Whether a failure on the way in explains that nothing is counted (nor sent).
+    explained = any(c.status == "failed" for c in checks)
+    checks.append(_counted(facts, intent, explained))
     checks += _interface_checks(facts, "oif", intent.oifs)
-    checks.append(_sent(facts, intent))
+    checks.append(_sent(facts, intent, explained))
     checks.append(_snooping(facts, intent))
     return checks
 
@@ -387,6 +406,76 @@ def _mc_forwarding(facts: Facts, intent: Intent) -> Check:
     )
 
 
+def deciding_rule(rules: Sequence[MRule], iif: str) -> MRule | None:
+    """The multicast rule that decides where a packet arriving on `iif` goes: a lookup,
+    or an action that drops it (unreachable, prohibit, blackhole); None when no rule does
+    (the kernel then drops it).
+
+    As the kernel's fib_rules_lookup() walks them for ipmr/ip6mr: in priority order (the
+    dump's order among equal priorities); a rule matches when its iif (if any) is the
+    interface, inverted by `not`; a goto jumps to the first rule of its target priority
+    (later in the list) and is matched from there; a nop and a goto without target fall
+    through. The kernel's multicast rules do not look at `from`/`to` (ipmr_rule_match()
+    accepts every packet; the dump reports none). A rule that also matches on an fwmark,
+    oif, tunnel id, l3mdev or uid range is taken as not matching (MRule.unmatched): an
+    arriving packet has no oif and, unless a firewall marks it, mark 0. A lookup of a table
+    that does not exist falls through in the kernel; here it decides (which tables exist is
+    not read).
+    """
+    ordered = sorted(rules, key=lambda r: r.priority)  # stable: keeps the dump's order
+    index = 0
+    while index < len(ordered):
+        rule = ordered[index]
+        matches = (rule.iif is None or rule.iif == iif) and not rule.unmatched
+        if matches == rule.invert:
+            index += 1
+        elif rule.action == "goto":
+            later = range(index + 1, len(ordered))
+            target = next((i for i in later if ordered[i].priority == rule.goto), None)
+            index = index + 1 if target is None else target
+        elif rule.action == "nop":
+            index += 1
+        else:
+            return rule
+    return None
+
+
+def _rule_text(rule: MRule) -> str:
+    what = f"lookup {rule.table}" if rule.action == "lookup" else rule.action
+    match = "from all" if rule.iif is None else f"iif {rule.iif}"
+    return f"{rule.priority}: {'not ' if rule.invert else ''}{match} {what}"
+
+
+def _mrule(facts: Facts, intent: Intent) -> Check:
+    """Whether the multicast rules send the iif's traffic to the route's table (only a
+    table other than the default needs a rule: see shared/kernel-notes.md 2.4)."""
+    rules, iif, table = facts.rules, intent.iif, intent.table
+    ip = "ip mrule" if intent.family == 4 else "ip -6 mrule"
+    if rules is None or rules.error:
+        why = rules.error if rules is not None else "not read"
+        return Check("mrule", "unknown", f"cannot read the multicast rules ({ip}): {why}")
+    rule = deciding_rule(rules.rules, iif)
+    if rule is not None and rule.action == "lookup" and rule.table == table:
+        detail = f"rule {_rule_text(rule)} sends what arrives on {iif} to table {table}"
+        return Check("mrule", "passed", detail)
+    # The new rule must come before the one that decides now (any rule before that one
+    # does not match the iif); without one, any priority does.
+    priority = 100 if rule is None else rule.priority - 1
+    fix = f"{ip} add iif {iif} lookup {table} pref {priority}"
+    if rule is not None and rule.priority == 0:
+        fix = f"{ip} del pref 0 (it comes before any other), then {ip} add iif {iif} lookup {table}"
+    if rule is None:
+        detail = f"no multicast rule ({ip}) matches what arrives on {iif}: the kernel drops it"
+    elif rule.action == "lookup":
+        detail = (
+            f"what arrives on {iif} goes to table {rule.table} (rule {_rule_text(rule)}), not to"
+            f" the route's table {table}"
+        )
+    else:
+        detail = f"rule {_rule_text(rule)} drops what arrives on {iif}"
+    return Check("mrule", "failed", detail, fix)
+
+
 def _arrival(facts: Facts, intent: Intent) -> Check:
     sample = facts.sample
     if sample is None or sample.error:
@@ -504,7 +593,15 @@ def _ttl(facts: Facts, intent: Intent) -> Check:
     )
 
 
-def _counted(facts: Facts, intent: Intent) -> Check:
+# When nothing diagnose checks explains that the kernel counted or sent nothing.
+_UNEXPLAINED = (
+    "no check above failed: compare the kernel's entry with the flow (ip mroute show, or"
+    " ip -6 mroute; table N), and look for a firewall rule (nftables/iptables raw, mangle or"
+    " filter) that drops the flow before it is routed"
+)
+
+
+def _counted(facts: Facts, intent: Intent, failed_above: bool) -> Check:
     counts = facts.counts
     if counts is None:
         return Check("counted", "unknown", "the route has no kernel entry to count packets on")
@@ -519,11 +616,11 @@ def _counted(facts: Facts, intent: Intent) -> Check:
         "failed",
         f"the kernel counted no packet on the route in {counts.seconds:g} s"
         f" ({counts.total_packets} in all)",
-        "see the checks that failed above",
+        "see the checks that failed above" if failed_above else _UNEXPLAINED,
     )
 
 
-def _sent(facts: Facts, intent: Intent) -> Check:
+def _sent(facts: Facts, intent: Intent, failed_above: bool) -> Check:
     sent = facts.sent
     seconds = facts.counts.seconds if facts.counts is not None else 0.0
     if sent is None or facts.counts is None or not any(o in sent for o in intent.oifs):
@@ -534,7 +631,7 @@ def _sent(facts: Facts, intent: Intent) -> Check:
         return Check("sent", "passed", f"packets left by every oif in {seconds:g} s ({counts})")
     if facts.counts.packets <= 0:
         why = "nothing was counted on the route"
-        fix = "see the checks that failed above"
+        fix = "see the checks that failed above" if failed_above else _UNEXPLAINED
     else:
         why = "although the route counted packets"
         fix = "see the ttl and oif checks (TTL at or below a threshold, an oif down)"

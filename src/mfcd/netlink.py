@@ -31,12 +31,14 @@ __all__ = [
     "Link",
     "LinkEvent",
     "LinkMonitor",
+    "MRule",
     "MfcEntry",
     "MrVif",
     "NetlinkError",
     "current_links",
     "dump_links",
     "dump_mfc",
+    "dump_mrules",
     "dump_vifs",
     "error_of",
     "iter_messages",
@@ -45,6 +47,7 @@ __all__ = [
     "parse_link_event",
     "parse_link_message",
     "parse_mfc_message",
+    "parse_rule_message",
     "parse_vif_tables",
 ]
 
@@ -674,3 +677,129 @@ def route_get(family: int, address: str) -> int | None:
             raise
         except OSError as exc:
             raise NetlinkError(exc.errno or errno.EIO, "route lookup") from exc
+
+
+# --- multicast routing rules (`ip mrule`), read-only, for mfcctl diagnose ---------------------
+
+RTM_NEWRULE = 32
+RTM_GETRULE = 34
+# struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
+# (<linux/fib_rules.h>): the same layout as struct rtmsg.
+FIB_RULE_HDR = RTMSG
+FIB_RULE_INVERT = 0x2
+FIB_RULE_IIF_DETACHED = 0x8  # its iif does not exist (now): it matches nothing
+_UID_RANGE = struct.Struct("=II")  # struct fib_rule_uid_range: start, end
+FRA_IIFNAME = 3
+FRA_GOTO = 4
+FRA_PRIORITY = 6
+FRA_FWMARK = 10
+FRA_TUN_ID = 12
+FRA_TABLE = 15
+FRA_OIFNAME = 17
+FRA_L3MDEV = 19
+FRA_UID_RANGE = 20
+# frh.action
+FR_ACT_TO_TBL = 1
+FR_ACT_GOTO = 2
+FR_ACT_NOP = 3
+FR_ACT_BLACKHOLE = 6
+FR_ACT_UNREACHABLE = 7
+FR_ACT_PROHIBIT = 8
+_ACTIONS = {
+    FR_ACT_TO_TBL: "lookup",
+    FR_ACT_GOTO: "goto",
+    FR_ACT_NOP: "nop",
+    FR_ACT_BLACKHOLE: "blackhole",
+    FR_ACT_UNREACHABLE: "unreachable",
+    FR_ACT_PROHIBIT: "prohibit",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class MRule:
+    """One multicast routing rule (`ip mrule` / `ip -6 mrule`), as the kernel dumps it.
+
+    `action` is "lookup", "goto", "nop", "blackhole", "unreachable", "prohibit" (or
+    "action N"); `table` is a lookup's table, `goto` a goto's target priority. `unmatched`
+    is set when, `not` aside, the rule matches no packet arriving from the wire as far as
+    diagnose can tell: its iif is detached (gone), or it also matches on an fwmark (an
+    arriving packet's mark is 0 unless a firewall sets one), an oif (an arriving packet
+    has none), a tunnel id, an l3mdev or a uid range that leaves out uid 0."""
+
+    priority: int
+    action: str
+    table: int = 0
+    goto: int | None = None
+    iif: str | None = None  # None: any interface
+    invert: bool = False  # `not`
+    unmatched: bool = False
+
+
+def rule_request(family: int) -> bytes:
+    """The fib_rule_hdr payload of an RTM_GETRULE dump of one family's multicast rules."""
+    if family not in _FAMILIES:
+        raise ValueError(f"family must be 4 or 6, not {family!r}")
+    return FIB_RULE_HDR.pack(_FAMILIES[family][0], 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _name(attr: memoryview) -> str:
+    return os.fsdecode(bytes(attr).split(b"\0", 1)[0])
+
+
+def parse_rule_message(data: ReadableBuffer, family: int) -> MRule | None:
+    """Decode one RTM_NEWRULE of the multicast family of `family` (4: RTNL_FAMILY_IPMR,
+    6: RTNL_FAMILY_IP6MR); None for any other message."""
+    kind, view = _message(data, 0)
+    if kind != RTM_NEWRULE:
+        return None
+    if len(view) < NLMSGHDR.size + FIB_RULE_HDR.size:
+        raise ValueError("rule message shorter than struct fib_rule_hdr")
+    rule_family, _dl, _sl, _tos, table, _r1, _r2, action, flags = FIB_RULE_HDR.unpack_from(
+        view, NLMSGHDR.size
+    )
+    if rule_family != _FAMILIES[family][0]:
+        return None
+    attrs = parse_attrs(view, NLMSGHDR.size + FIB_RULE_HDR.size)
+    mark = attrs.get(FRA_FWMARK)
+    # A rule with a uid range matches an arriving packet's uid (0) unless the range leaves
+    # it out; the kernel reports the full range on every rule of a recent kernel.
+    uids = attrs.get(FRA_UID_RANGE)
+    narrow_uids = (
+        uids is not None
+        and len(uids) >= 8
+        and _UID_RANGE.unpack_from(uids)
+        != (
+            0,
+            0xFFFFFFFF,
+        )
+    )
+    unmatched = (
+        bool(flags & FIB_RULE_IIF_DETACHED)
+        or (mark is not None and _u32(mark) != 0)
+        or FRA_OIFNAME in attrs
+        or (FRA_TUN_ID in attrs and any(attrs[FRA_TUN_ID]))
+        or (FRA_L3MDEV in attrs and any(attrs[FRA_L3MDEV]))
+        or narrow_uids
+    )
+    iif = attrs.get(FRA_IIFNAME)
+    goto = attrs.get(FRA_GOTO)
+    priority = attrs.get(FRA_PRIORITY)
+    table_attr = attrs.get(FRA_TABLE)
+    return MRule(
+        priority=0 if priority is None else _u32(priority),
+        action=_ACTIONS.get(action, f"action {action}"),
+        # frh.table is a u8; FRA_TABLE carries the real id.
+        table=table if table_attr is None else _u32(table_attr),
+        goto=None if goto is None else _u32(goto),
+        iif=None if iif is None else _name(iif),
+        invert=bool(flags & FIB_RULE_INVERT),
+        unmatched=unmatched,
+    )
+
+
+def dump_mrules(family: int) -> list[MRule]:
+    """The multicast routing rules of one family (4 or 6), in the kernel's order. Reads only."""
+    request = rule_request(family)
+    return _dump(
+        "dump mrules", RTM_GETRULE, request, lambda message: parse_rule_message(message, family)
+    )

@@ -4,9 +4,10 @@ Interface state, sysctls, bridge settings, the route back to a source, the flow'
 on the wire; the verdicts are the pure diagnosis.py's.
 
 Nothing here changes anything: /proc and /sys are only read, the route lookup is an
-RTM_GETROUTE (as `ip route get`), and the packet sample is an AF_PACKET socket with a BPF
-filter that copies only the flow's packets, for a few seconds at most. Sampling blocks,
-so `diagnose()` runs it in a thread: the daemon keeps serving meanwhile.
+RTM_GETROUTE (as `ip route get`), the multicast rules an RTM_GETRULE dump (as `ip mrule`),
+and the packet sample is an AF_PACKET socket with a BPF filter that copies only the flow's
+packets, for a few seconds at most. Sampling blocks, so `diagnose()` runs it in a thread:
+the daemon keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any
 from mfcd import diagnosis, netlink, protocol, views
 from mfcd import templates as tpl
 from mfcd.dataplane import CountersReader, SgCounters, sg_counters, vif_counters
-from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Sample
+from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Rules, Sample
 from mfcd.membership import interface_flags
-from mfcd.model import Router
+from mfcd.model import DEFAULT_TABLE, Router
 from mfcd.uapi import IFF_RUNNING, IFF_UP, SO_ATTACH_FILTER, SOCK_FILTER, SOCK_FPROG
 
 PACKET_OUTGOING = 4  # a packet this host sends (the forwarded copies), <linux/if_packet.h>
@@ -229,12 +230,20 @@ def route_back(family: int, source: str) -> RouteBack:
         return RouteBack(f"ifindex {ifindex}")
 
 
+def read_rules(family: int) -> Rules:
+    """The family's multicast routing rules (`ip mrule` / `ip -6 mrule`)."""
+    try:
+        return Rules(tuple(netlink.dump_mrules(family)))
+    except (OSError, ValueError) as e:
+        return Rules((), f"dump failed: {getattr(e, 'strerror', None) or e}")
+
+
 # --- the whole diagnosis --------------------------------------------------------------------------
 
 
 def _machine_facts(
     query: Query, intents: list[Intent], stop: threading.Event
-) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack]]:
+) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack], Rules | None]:
     """Everything read from the machine (blocking: in a thread)."""
     family = query.family
     packets, error = sample_packets(family, query.group, query.source, query.seconds, stop)
@@ -245,7 +254,10 @@ def _machine_facts(
         for intent in intents:
             if intent.source not in backs and not is_prefix(intent.source):
                 backs[intent.source] = route_back(family, intent.source)
-    return packets, error, interfaces, backs
+    # Only a table other than the default needs a rule to get any traffic.
+    default = DEFAULT_TABLE[family]
+    rules = read_rules(family) if any(i.table != default for i in intents) else None
+    return packets, error, interfaces, backs, rules
 
 
 async def diagnose(router: Router, counters: CountersReader, query: Query) -> dict[str, Any]:
@@ -260,7 +272,7 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
         _executor, _machine_facts, query, intents, stop
     )
     try:
-        packets, error, interfaces, backs = await asyncio.shield(reading)
+        packets, error, interfaces, backs, rules = await asyncio.shield(reading)
     except asyncio.CancelledError:
         stop.set()  # mfcd stops: the thread ends within STOP_CHECK
         raise
@@ -285,6 +297,7 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
             sample,
             backs.get(intent.source),
             _difference(vifs_before[index], vifs_after[index]),
+            rules,
         )
         flows.append((intent, diagnosis.checklist(facts)))
     if not intents:

@@ -7,8 +7,19 @@ import dataclasses
 import pytest
 
 from mfcd import diagnosis, views
-from mfcd.diagnosis import Check, Counts, Facts, Intent, Interface, Query, RouteBack, Sample
+from mfcd.diagnosis import (
+    Check,
+    Counts,
+    Facts,
+    Intent,
+    Interface,
+    Query,
+    RouteBack,
+    Rules,
+    Sample,
+)
 from mfcd.model import Ports
+from mfcd.netlink import MRule
 from tests.unit import test_templates as templates
 from tests.unit.conftest import router_with_links, run
 
@@ -373,3 +384,124 @@ def test_a_pending_template_learns_nothing() -> None:
     facts = dataclasses.replace(HEALTHY, intent=pending, counts=None)
     assert check(facts, "learned").status == "unknown"
     assert check(facts, "state").status == "failed"
+
+
+# --- the multicast rules (ip mrule) of a table other than the default --------------------------
+
+DEFAULT_RULE4 = MRule(32767, "lookup", 253)
+IN_100 = dataclasses.replace(HEALTHY, intent=dataclasses.replace(INTENT, table=100))
+
+
+def with_rules(*rules: MRule, facts: Facts = IN_100) -> Facts:
+    return dataclasses.replace(facts, rules=Rules(rules))
+
+
+def test_the_default_table_needs_no_rule_and_is_not_checked() -> None:
+    assert "mrule" not in [c.check for c in diagnosis.checklist(HEALTHY)]
+
+
+def test_a_missing_mrule_fails_with_the_rule_to_add() -> None:
+    """The user trial's case: arrival, TTL and rp_filter fine, no rule to table 100."""
+    facts = dataclasses.replace(with_rules(DEFAULT_RULE4), counts=Counts(2.0, 0, 0, 0))
+    checks = diagnosis.checklist(facts)
+    names = [c.check for c in checks]
+    assert names.index("mc_forwarding") + 1 == names.index("mrule") < names.index("arrival")
+    c = check(facts, "mrule")
+    assert c.status == "failed"
+    assert "goes to table 253 (rule 32767: from all lookup 253), not to the route's table 100" in (
+        c.detail
+    )
+    assert c.fix == "ip mrule add iif r0 lookup 100 pref 32766"
+    assert check(facts, "counted").fix == "see the checks that failed above"
+
+
+def test_an_mrule_for_the_iif_passes() -> None:
+    facts = with_rules(MRule(100, "lookup", 100, iif="r0"), DEFAULT_RULE4)
+    c = check(facts, "mrule")
+    assert (c.status, c.detail) == (
+        "passed",
+        "rule 100: iif r0 lookup 100 sends what arrives on r0 to table 100",
+    )
+    assert diagnosis.verdict(diagnosis.checklist(facts)) == "ok"
+
+
+def test_ipv6_says_ip_minus_6() -> None:
+    intent = dataclasses.replace(INTENT, family=6, table=100)
+    facts = with_rules(
+        MRule(32767, "lookup", 254), facts=dataclasses.replace(IN_100, intent=intent)
+    )
+    assert check(facts, "mrule").fix == "ip -6 mrule add iif r0 lookup 100 pref 32766"
+
+
+def test_unreadable_rules_are_unknown() -> None:
+    assert check(IN_100, "mrule").status == "unknown"
+    facts = dataclasses.replace(IN_100, rules=Rules((), "dump failed: Operation not supported"))
+    c = check(facts, "mrule")
+    assert c.status == "unknown" and "Operation not supported" in c.detail
+
+
+@pytest.mark.parametrize(
+    ("rules", "decides"),
+    [
+        # Another interface's rule does not match; the default rule decides.
+        ((MRule(10, "lookup", 100, iif="r9"), DEFAULT_RULE4), 32767),
+        # Priority order, not the list's.
+        ((DEFAULT_RULE4, MRule(10, "lookup", 100, iif="r0")), 10),
+        # `not iif r9` matches r0; `not iif r0` does not.
+        (
+            (
+                MRule(5, "lookup", 7, iif="r0", invert=True),
+                MRule(6, "lookup", 100, iif="r9", invert=True),
+            ),
+            6,
+        ),
+        # fwmark (or oif...): taken as not matching an arriving packet.
+        ((MRule(5, "lookup", 7, iif="r0", unmatched=True), DEFAULT_RULE4), 32767),
+        # nop falls through; goto jumps to its target priority and matches from there.
+        (
+            (
+                MRule(1, "nop"),
+                MRule(2, "goto", goto=50),
+                MRule(3, "lookup", 7),
+                MRule(50, "lookup", 100),
+            ),
+            50,
+        ),
+        # A goto with no rule at its target falls through.
+        ((MRule(2, "goto", goto=40), MRule(3, "lookup", 100)), 3),
+        # A terminal action decides (and drops).
+        ((MRule(4, "unreachable", iif="r0"), DEFAULT_RULE4), 4),
+        ((), None),
+    ],
+)
+def test_the_deciding_rule_is_found_as_the_kernel_walks_them(
+    rules: tuple[MRule, ...], decides: int | None
+) -> None:
+    rule = diagnosis.deciding_rule(rules, "r0")
+    assert (None if rule is None else rule.priority) == decides
+
+
+def test_a_rule_that_drops_or_no_rule_at_all_fails() -> None:
+    c = check(with_rules(MRule(4, "unreachable", iif="r0"), DEFAULT_RULE4), "mrule")
+    assert (
+        c.status == "failed" and c.detail == "rule 4: iif r0 unreachable drops what arrives on r0"
+    )
+    assert c.fix == "ip mrule add iif r0 lookup 100 pref 3"
+    c = check(with_rules(), "mrule")
+    assert "no multicast rule (ip mrule) matches" in c.detail
+    assert c.fix == "ip mrule add iif r0 lookup 100 pref 100"
+    c = check(with_rules(MRule(0, "lookup", 253)), "mrule")
+    assert c.fix.startswith("ip mrule del pref 0")
+
+
+def test_nothing_counted_with_no_failure_above_does_not_point_above() -> None:
+    """The trial's confusion: `counted` failed with "see the checks that failed above"
+    while none had."""
+    facts = dataclasses.replace(HEALTHY, counts=Counts(2.0, 0, 0, 0), sent={"r1": 0, "r2": 0})
+    checks = diagnosis.checklist(facts)
+    counted = check(facts, "counted")
+    assert [c.check for c in checks if c.status == "failed"] == ["counted", "sent"]
+    assert (
+        counted.fix and "above" in counted.fix and "see the checks that failed" not in counted.fix
+    )
+    assert "see the checks that failed" not in check(facts, "sent").fix

@@ -19,6 +19,7 @@ from mfcd.netlink import (
     LinkEvent,
     LinkMonitor,
     MfcEntry,
+    MRule,
     NetlinkError,
     dump_links,
     dump_mfc,
@@ -29,6 +30,7 @@ from mfcd.netlink import (
     parse_link_event,
     parse_link_message,
     parse_mfc_message,
+    parse_rule_message,
 )
 
 # Captured from kernel 6.18 in a namespace (tests/netns set-up): an MRT_INIT socket with
@@ -592,3 +594,74 @@ def test_parse_route_oif_reads_the_answers_interface() -> None:
     assert netlink.parse_route_oif(message) == 7
     without = netlink.NLMSGHDR.pack(16 + 12, netlink.RTM_NEWROUTE, 0, 1, 0) + payload[:12]
     assert netlink.parse_route_oif(without) is None
+
+
+# --- multicast routing rules (ip mrule) -------------------------------------------------------
+
+# Captured from kernel 6.18 in a namespace with veth r0 and `ip mrule add iif r0 lookup 100
+# pref 100`, `ip mrule add iif r9 lookup 100 pref 101` (r9 does not exist: detached),
+# `ip -6 mrule add not iif r0 fwmark 5 goto 32767 pref 7`, `ip -6 mrule add iif r0
+# unreachable pref 8`, and each family's default rule.
+RULE4_R0 = bytes.fromhex(
+    "440000002000020007000000f80d000080000000640000010000000008000f006400000008000e00ffffffff"
+    "050015000000000007000300723000000800060064000000"
+)
+RULE4_DETACHED = bytes.fromhex(
+    "440000002000020007000000f80d000080000000640000010800000008000f006400000008000e00ffffffff"
+    "050015000000000007000300723900000800060065000000"
+)
+RULE4_DEFAULT = bytes.fromhex(
+    "3c0000002000020007000000f80d000080000000fd0000010000000008000f00fd00000008000e00ffffffff"
+    "050015000200000008000600ff7f0000"
+)
+RULE6_GOTO = bytes.fromhex(
+    "5c0000002000020007000000f80d000081000000000000020200000008000f000000000008000e00ffffffff"
+    "05001500000000000700030072300000080006000700000008000a000500000008001000ffffffff08000400"
+    "ff7f0000"
+)
+RULE6_UNREACHABLE = bytes.fromhex(
+    "440000002000020007000000f80d000081000000000000070000000008000f000000000008000e00ffffffff"
+    "050015000000000007000300723000000800060008000000"
+)
+RULE6_DEFAULT = bytes.fromhex(
+    "3c0000002000020007000000f80d000081000000fe0000010000000008000f00fe00000008000e00ffffffff"
+    "050015000200000008000600ff7f0000"
+)
+
+
+@pytest.mark.parametrize(
+    ("family", "data", "expected"),
+    [
+        (4, RULE4_R0, MRule(100, "lookup", 100, iif="r0")),
+        (4, RULE4_DETACHED, MRule(101, "lookup", 100, iif="r9", unmatched=True)),
+        (4, RULE4_DEFAULT, MRule(32767, "lookup", 253)),
+        (6, RULE6_GOTO, MRule(7, "goto", 0, goto=32767, iif="r0", invert=True, unmatched=True)),
+        (6, RULE6_UNREACHABLE, MRule(8, "unreachable", 0, iif="r0")),
+        (6, RULE6_DEFAULT, MRule(32767, "lookup", 254)),
+    ],
+)
+def test_parse_rule_message_captured_from_the_kernel(
+    family: int, data: bytes, expected: MRule
+) -> None:
+    assert parse_rule_message(data, family) == expected
+
+
+def test_parse_rule_message_ignores_the_other_family_and_other_messages() -> None:
+    assert parse_rule_message(RULE4_DEFAULT, 6) is None
+    assert parse_rule_message(RULE6_DEFAULT, 4) is None
+    assert parse_rule_message(MFC4_RESOLVED, 4) is None
+
+
+def test_rule_request_asks_for_the_multicast_family() -> None:
+    assert netlink.rule_request(4)[0] == netlink.RTNL_FAMILY_IPMR
+    assert netlink.rule_request(6)[0] == netlink.RTNL_FAMILY_IP6MR
+    with pytest.raises(ValueError):
+        netlink.rule_request(5)
+
+
+@given(st.binary(max_size=120))
+def test_parse_rule_message_raises_only_value_error_on_garbage(tail: bytes) -> None:
+    head = bytes([128]) + bytes(11)
+    for data in (tail, nlmsg(netlink.RTM_NEWRULE, head + tail)):
+        with contextlib.suppress(ValueError):
+            parse_rule_message(data, 4)
