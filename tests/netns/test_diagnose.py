@@ -370,3 +370,36 @@ def test_neither_a_route_nor_a_template_matches(lab: Lab, mfcd: Mfcd) -> None:
     status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
     assert status == 8
     assert checks(result)["route"]["detail"] == f"no route or template matches ({SOURCE}, {GROUP})"
+
+
+@pytest.mark.parametrize(("family", "source", "group"), [(4, SOURCE, GROUP), (6, SOURCE6, GROUP6)])
+def test_a_route_in_another_table_without_its_mrule(
+    lab: Lab, mfcd: Mfcd, family: int, source: str, group: str
+) -> None:
+    """The user trial's case: a table-100 route, no `ip mrule iif r0 lookup 100`. Arrival,
+    TTL and rp_filter are fine; the mrule check fails with the rule to add, and counted
+    does not send the reader to failures above that are not there. With the rule: ok."""
+    mfcd.ok("mfc", "add", "--table", "100", *route_args(source, group, "r0", "r1")[2:])
+    args = ("--group", group, "--source", source, "--table", "100")
+    with sending(lab, source, group):
+        status, result = diagnose(mfcd, *args)
+    assert (status, result["verdict"]) == (8, "failed"), result
+    found = checks(result)
+    ip = "ip mrule" if family == 4 else "ip -6 mrule"
+    assert found["mrule"]["status"] == "failed", found["mrule"]
+    assert found["mrule"]["fix"] == f"{ip} add iif r0 lookup 100 pref 32766"
+    assert "not to the route's table 100" in found["mrule"]["detail"]
+    for name in ("arrival", "ttl", "rp_filter"):
+        assert found[name]["status"] == "passed", found[name]
+    assert found["counted"]["status"] == "failed"
+    assert found["counted"]["fix"] == "see the checks that failed above"
+    # The fix, as diagnose wrote it.
+    lab.ip(lab.router, *found["mrule"]["fix"].removeprefix("ip ").split())
+    with sending(lab, source, group):
+        status, result = diagnose(mfcd, *args)
+    found = checks(result)
+    assert (status, result["verdict"]) == (0, "ok"), result
+    assert found["mrule"]["detail"] == (
+        "rule 32766: iif r0 lookup 100 sends what arrives on r0 to table 100"
+    )
+    assert "counted" in found and found["counted"]["status"] == "passed"
