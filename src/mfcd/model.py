@@ -1500,7 +1500,7 @@ class Router:
         where = "" if table == DEFAULT_TABLE[family] else f" of table {table}"
         names = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
         taken = self._taken_in_transaction(slots)
-        earlier = f"; earlier changes of this request took {taken}" if taken else ""
+        earlier = f"; earlier routes of this batch or reload took {taken}" if taken else ""
         raise VifLimit(
             f"cannot add {len(new)} new {fam} VIF{'s' if len(new) > 1 else ''} ({names}):"
             f" only {free} of the {MAXVIFS} VIFs{where} are free{earlier}; delete routes on"

@@ -850,7 +850,9 @@ def test_a_request_that_runs_out_of_vifs_says_what_its_earlier_changes_took() ->
     router.rollback()
     message = str(raised.value)
     assert "cannot add 18 new IPv4 VIFs" in message
-    assert "only 10 of the 32 VIFs are free; earlier changes of this request took 20" in message
+    assert (
+        "only 10 of the 32 VIFs are free; earlier routes of this batch or reload took 20" in message
+    )
     assert observable(router) == before
 
 

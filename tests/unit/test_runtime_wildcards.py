@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mfcd import cli, validate, wildcards
+from mfcd.commands import Commands
 from mfcd.controller import Controller, Outcome
 from mfcd.declarations import diff
 from mfcd.errors import InvalidArgument, NotFound
@@ -17,7 +18,7 @@ from mfcd.state import StateFile
 from mfcd.views import Views
 from mfcd.wildcards import Pattern
 from tests.unit.conftest import FakeKernel, FakeState
-from tests.unit.test_commands import ask, error_of, make_commands
+from tests.unit.test_commands import ask, error_of, make_commands, snapshot
 from tests.unit.test_declarations import apply, parse
 
 KEY = (4, "198.18.0.2", "239.1.1.1", 253)
@@ -427,3 +428,38 @@ def test_a_config_route_takes_over_a_runtime_wildcard_route_and_its_pattern_goes
     assert ctl.router.routes[KEY] == Ports("a", ("b",))
     ctl.link_up("vlan2", 9)  # no longer followed
     assert ctl.router.routes[KEY] == Ports("a", ("b",))
+
+
+def test_a_wildcard_past_the_free_vifs_says_how_many_it_needs_and_how_many_are_free() -> None:
+    """The user trial: 30 interfaces d0..d29, 6 VIFs in use; `--oifs 'd+'` said "cannot add
+    IPv4 VIF for d6: all 32 VIFs are in use". Now: 30 needed, 26 free, nothing changed; a
+    batch that runs out says what its earlier routes took."""
+    names = ["r0", *(f"u{i}" for i in range(1, 6)), *(f"d{i}" for i in range(30))]
+    commands = Commands(controller(*names), (4, 6))
+    used = {"source": "198.18.0.3", "group": "239.20.0.2", "iif": "r0"}
+    assert ask(commands, "mfc.add", {**used, "oifs": [f"u{i}" for i in range(1, 6)]})["ok"]
+    before = snapshot(commands)
+    wild = {"source": "198.18.0.2", "group": "239.20.0.1", "iif": "r0", "oifs": ["d+"]}
+    response = ask(commands, "mfc.add", wild)
+    assert error_of(response) == ("vif_limit", None)
+    message = response["error"]["message"]
+    assert "cannot add 30 new IPv4 VIFs (d0, d1, d10, d11 and 26 more)" in message
+    assert "only 26 of the 32 VIFs are free;" in message
+    assert snapshot(commands) == before
+    ops = [
+        {
+            **wild,
+            "op": "add",
+            "group": f"239.20.0.{10 + i}",
+            "oifs": [f"d{j}" for j in range(10 * i, 10 * i + 10)],
+        }
+        for i in range(3)
+    ]
+    response = ask(commands, "batch", {"ops": ops})
+    assert response["error"]["op"] == 3
+    assert (
+        "cannot add 10 new IPv4 VIFs (d20, d21, d22, d23 and 6 more): only 6 of the 32"
+        in (response["error"]["message"])
+    )
+    assert "earlier routes of this batch or reload took 20" in response["error"]["message"]
+    assert snapshot(commands) == before
