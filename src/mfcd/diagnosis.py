@@ -265,7 +265,7 @@ def checklist(facts: Facts) -> list[Check]:
     checks.append(_rp_filter(facts, intent))
     checks.append(_ttl(facts, intent))
     # Whether a failure on the way in explains that nothing is counted (nor sent).
-    explained = any(c.status == "failed" for c in checks)
+    explained = _why_nothing(checks)
     checks.append(_counted(facts, intent, explained))
     checks += _interface_checks(facts, "oif", intent.oifs)
     checks.append(_sent(facts, intent, explained))
@@ -601,7 +601,17 @@ _UNEXPLAINED = (
 )
 
 
-def _counted(facts: Facts, intent: Intent, failed_above: bool) -> Check:
+def _why_nothing(above: Sequence[Check]) -> str:
+    """The fix of `counted` (and `sent`) when nothing was counted, by the checks above."""
+    if any(c.status == "failed" for c in above):
+        return "see the checks that failed above"
+    unknown = [c.check for c in above if c.status == "unknown"]
+    if unknown:
+        return f"no check above failed; see those that could not tell: {', '.join(unknown)}"
+    return _UNEXPLAINED
+
+
+def _counted(facts: Facts, intent: Intent, fix: str) -> Check:
     counts = facts.counts
     if counts is None:
         return Check("counted", "unknown", "the route has no kernel entry to count packets on")
@@ -616,11 +626,11 @@ def _counted(facts: Facts, intent: Intent, failed_above: bool) -> Check:
         "failed",
         f"the kernel counted no packet on the route in {counts.seconds:g} s"
         f" ({counts.total_packets} in all)",
-        "see the checks that failed above" if failed_above else _UNEXPLAINED,
+        fix,
     )
 
 
-def _sent(facts: Facts, intent: Intent, failed_above: bool) -> Check:
+def _sent(facts: Facts, intent: Intent, nothing_counted: str) -> Check:
     sent = facts.sent
     seconds = facts.counts.seconds if facts.counts is not None else 0.0
     if sent is None or facts.counts is None or not any(o in sent for o in intent.oifs):
@@ -631,7 +641,7 @@ def _sent(facts: Facts, intent: Intent, failed_above: bool) -> Check:
         return Check("sent", "passed", f"packets left by every oif in {seconds:g} s ({counts})")
     if facts.counts.packets <= 0:
         why = "nothing was counted on the route"
-        fix = "see the checks that failed above" if failed_above else _UNEXPLAINED
+        fix = nothing_counted
     else:
         why = "although the route counted packets"
         fix = "see the ttl and oif checks (TTL at or below a threshold, an oif down)"

@@ -505,3 +505,9 @@ def test_nothing_counted_with_no_failure_above_does_not_point_above() -> None:
         counted.fix and "above" in counted.fix and "see the checks that failed" not in counted.fix
     )
     assert "see the checks that failed" not in check(facts, "sent").fix
+
+
+def test_nothing_counted_with_only_unknowns_above_names_them() -> None:
+    facts = dataclasses.replace(HEALTHY, counts=Counts(2.0, 0, 0, 0), sample=None)
+    fix = check(facts, "counted").fix
+    assert fix == "no check above failed; see those that could not tell: arrival, ttl"
