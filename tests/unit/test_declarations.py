@@ -3,6 +3,7 @@ apply of declared intents, and mfcd.smcroute_import."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 import tomllib
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mfcd import config, declarations, smcroute_import
+from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
 from mfcd.declarations import Declarations, Problems, diff
 from mfcd.errors import DeclaredInConfig
@@ -20,6 +22,7 @@ from tests.unit.conftest import FakeKernel, FakeState
 DATA = Path(__file__).parent.parent / "data" / "smcroute"
 KEY = (4, "198.18.0.2", "239.1.1.1", 253)
 OTHER = (4, "198.18.0.2", "239.9.9.9", 253)
+PEER = Peer(pid=1, uid=0, gid=0)
 
 
 def parse(text: str, path: str = "f.conf") -> tuple[Declarations, list[str]]:
@@ -320,6 +323,20 @@ def test_a_runtime_change_to_a_declared_route_or_threshold_is_refused() -> None:
     with pytest.raises(DeclaredInConfig, match=r"threshold of b is declared in f\.conf:6"):
         ctl.change([SetThreshold("b", 9)])
     assert ctl.router.routes[KEY] == Ports("a", ("b",))
+
+
+@pytest.mark.parametrize(
+    "before", ["", "mfc add --source 198.18.0.2 --group 239.9.9.9 --iif a --oifs c\n"]
+)
+def test_a_refused_batch_line_is_named_in_a_batch_of_one_line_too(before: str) -> None:
+    ctl = controller()
+    apply(ctl, route())
+    commands = Commands(ctl, (4, 6))
+    text = before + "mfc add --source 198.18.0.2 --group 239.1.1.1 --iif a --oifs c\n"
+    msg = {"v": 1, "id": 1, "cmd": "batch", "args": {"text": text}}
+    error = json.loads(commands.handle(json.dumps(msg).encode(), PEER))["error"]
+    assert error["code"] == "declared_in_config"
+    assert error["line"] == text.count("\n") and "op" not in error
 
 
 def test_a_declared_route_takes_over_an_api_route_and_the_state_file_forgets_it() -> None:
