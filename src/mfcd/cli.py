@@ -489,10 +489,11 @@ def _batch_command(sub: Any) -> None:
     batch = sub.add_parser(
         "batch",
         help="apply many route changes from a file as one transaction",
-        description="Read `mfc add ...`, `mfc del ...` and `mfc oif add|del ...` lines (the"
-        " same options as on the command line; `#` starts a comment) from FILE, or stdin for"
-        " `-`, and apply them all as one all-or-nothing transaction. Prints how many routes"
-        " were added and deleted.",
+        description="Read `mfc add ...`, `mfc del ...`, `mfc oif add|del ...`, `join ...` and"
+        " `leave ...` lines (the same options as on the command line; the leading `mfc` is"
+        " optional; `#` starts a comment) from FILE, or stdin for `-`, and apply them all as"
+        " one all-or-nothing transaction. Prints how many routes were added and deleted (and"
+        " groups joined and left, if any line joins or leaves).",
     )
     batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
     _command_options(batch, changes=True)

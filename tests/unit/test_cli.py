@@ -815,3 +815,11 @@ def test_a_leave_that_found_some_joins_left_says_which() -> None:
     )
     dry = cli._already_left({"dry_run": True, "left": 3, "already_left": gone[1:2]})
     assert dry == "would leave 3 joins; 1 was not joined (left before): 239.1.1.1 on r1"
+
+
+def test_batch_help_names_every_kind_of_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["batch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for kind in ("`mfc add", "`mfc del", "`mfc oif add|del", "`join", "`leave"):
+        assert kind in text
