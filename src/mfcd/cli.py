@@ -805,6 +805,14 @@ def _parse_route_change(words: list[str], values: dict[str, Any]) -> _Parsed | N
     return _Parsed(command="mfc", action=action, **values)
 
 
+def _oif_names(words: list[str]) -> list[str]:
+    """The names of --oifs, or a usage error for an empty one (batchfile.split_oifs)."""
+    try:
+        return batchfile.split_oifs(words)
+    except ValueError as e:
+        raise CliError(str(e), protocol.EXIT_USAGE, code="syntax_error") from None
+
+
 def _table_filter(a: Any) -> dict[str, Any]:
     """The "table" argument of show and vif show, if --table was given."""
     return {} if a.table is None else {"table": _table_value(a.table)}
@@ -1391,11 +1399,11 @@ class Cli:
             if a.table is not None:
                 args["table"] = _table_value(a.table)
             if a.action == "add":
-                args.update(iif=a.iif, oifs=batchfile.split_oifs(a.oifs))
+                args.update(iif=a.iif, oifs=_oif_names(a.oifs))
             if a.action == "del" and a.iif is not None:
                 args["iif"] = a.iif
             if a.action == "oif":
-                args["oifs"] = batchfile.split_oifs(a.oifs)
+                args["oifs"] = _oif_names(a.oifs)
                 return self.change(f"mfc.oif.{a.oif}", args)
             return self.change(f"mfc.{a.action}", args)
         if a.command == "batch":

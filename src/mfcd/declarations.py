@@ -944,6 +944,8 @@ def _exact_route(entry: dict[str, Any], source: _Source, line: int, into: Declar
 
 def _check_patterns(names: list[Any], key: str) -> None:
     """Wildcards: a valid name's start, then * or +."""
+    if "" in names:
+        validate.interfaces(names, key)  # says why
     seen: set[str] = set()
     for name in names:
         if not isinstance(name, str):

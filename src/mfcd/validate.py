@@ -7,7 +7,7 @@ import socket
 from sys import intern
 from typing import Any
 
-from mfcd import address_sharing, rt_tables, wildcards
+from mfcd import address_sharing, batchfile, rt_tables, wildcards
 from mfcd import templates as tpl
 from mfcd.errors import BadRequest, InvalidArgument
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, AddRoute, AddTemplate, Ports, Route, RouteKey
@@ -269,6 +269,8 @@ def interfaces(value: Any, field: str, wild: bool = False) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise InvalidArgument(f"{field} must be a non-empty list of interface names", field=field)
     _check_oif_count(value, field)
+    if "" in value:
+        raise InvalidArgument(batchfile.empty_oif(field), field=field)
     check = interface_or_wildcard if wild else interface
     names = tuple([check(v, field) for v in value])
     if len(names) > 1 and len(set(names)) != len(names):

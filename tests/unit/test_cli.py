@@ -823,3 +823,14 @@ def test_batch_help_names_every_kind_of_line(capsys: pytest.CaptureFixture[str])
     text = " ".join(capsys.readouterr().out.split())
     for kind in ("`mfc add", "`mfc del", "`mfc oif add|del", "`join", "`leave"):
         assert kind in text
+
+
+@pytest.mark.parametrize("oifs", [["r1,,r2"], [","], ["r1,"], ["r1", ",,r2"]])
+@pytest.mark.parametrize(
+    "command",
+    [ADD, ["mfc", "oif", "add", "--source", "10.0.0.1", "--group", "239.1.1.1", "--oifs"]],
+)
+def test_an_empty_oif_name_is_a_usage_error(command: list[str], oifs: list[str]) -> None:
+    status, out, err = run_cli("--socket", "/nonexistent", *command, *oifs)
+    assert status == protocol.EXIT_USAGE and out == ""
+    assert err.startswith("mfcctl: --oifs has an empty interface name (as in r1,,r2")

@@ -675,3 +675,23 @@ def test_batch_lines_and_ops_take_a_table(commands: Commands) -> None:
     router = commands.controller.router
     assert router.routes[(4, "10.0.0.1", "239.1.1.1", 100)] == Ports("c", ("b",))
     assert router.routes[(4, "10.0.0.1", "239.1.1.1", 253)] == Ports("a", ("b",))
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args"),
+    [
+        ("mfc.add", dict(ROUTE, oifs=["b", ""])),
+        ("mfc.add", {"group": "239.2.0.0/16", "iif": "a", "oifs": ["", "b*"]}),
+        ("mfc.oif.add", {**KEY, "oifs": [""]}),
+        ("mfc.oif.del", {**KEY, "oifs": ["b", ""]}),
+        ("batch", {"ops": [dict(ROUTE, op="add", oifs=["", "c"])]}),
+    ],
+)
+def test_an_empty_oif_name_in_a_request_is_refused_with_the_one_message(
+    commands: Commands, cmd: str, args: dict[str, Any]
+) -> None:
+    before = snapshot(commands)
+    response = ask(commands, cmd, args)
+    assert error_of(response) == ("invalid_argument", "oifs")
+    assert response["error"]["message"].startswith("oifs has an empty interface name (as in r1,,r2")
+    assert snapshot(commands) == before

@@ -637,3 +637,9 @@ def test_a_declared_table_too_large_for_its_family_is_a_problem_naming_the_limit
     assert all("out of range for IPv6: give a number from 1 to 99999999" in p for p in problems[1:])
     found, problems = parse(route() + "table = 999999999\n")
     assert not problems and [k[3] for k in found.routes] == [999_999_999]
+
+
+@pytest.mark.parametrize("oifs", ['"b", ""', '"", "vlan*"'])
+def test_an_empty_oif_name_in_the_config_is_refused_with_the_one_message(oifs: str) -> None:
+    _, problems = parse(route(oifs=oifs))
+    assert len(problems) == 1 and "oifs has an empty interface name (as in r1,,r2" in problems[0]
