@@ -1222,7 +1222,7 @@ def _already_left(result: dict[str, Any], shown: int = 3) -> str:
 
 
 def format_reload(result: dict[str, Any]) -> str:
-    """`3 added, 1 removed, 0 changed, 9,996 unchanged`; in a dry run the plan before it."""
+    """`3 added, 1 removed, 0 changed, 9996 unchanged`; in a dry run the plan before it."""
     if not result.get("dry_run"):
         return str(result["summary"])
     lines = ["dry run, nothing changed; mfcd would:"]
@@ -1239,7 +1239,7 @@ def _reload_step(entry: dict[str, Any]) -> str:
     if entry["action"] == "threshold":
         return f"set threshold {entry['threshold']} on {entry['interface']}"
     if entry["action"] == "mrdisc":
-        return f"turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}"
+        return f"turn mrdisc {'on' if entry['on'] else 'off'} for {entry['interface']}"
     if entry["action"] in ("join", "leave"):
         return f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
     what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"

@@ -390,7 +390,7 @@ def test_each_directive_is_converted() -> None:
     assert found.interfaces["eth0"].threshold == 11
     assert (4, "192.168.1.42", "225.1.2.3", 253) in found.routes
     assert {(t.source, t.group) for t in found.templates} == {
-        ("*", "225.3.2.1/32"),
+        ("*", "225.3.2.1"),  # canonical, as show gives it
         ("*", "225.0.0.0/24"),
     }
     assert {(j.interface, j.group, j.source) for j in found.joins} == {
@@ -409,7 +409,7 @@ def test_each_directive_is_converted() -> None:
     mroute, _ = parse(smcroute_import.convert_file(str(DATA / "mroute.conf")).text)
     assert (6, "2001:db8::42", "ff3e::1234", 254) in mroute.routes
     assert mroute.routes[(4, "192.168.1.42", "225.1.2.6", 253)].oifs == ("eth1", "vlan+")
-    assert ("192.168.1.43/32", "eth+") in {(t.source, t.iif) for t in mroute.templates}
+    assert ("192.168.1.43", "eth+") in {(t.source, t.iif) for t in mroute.templates}
     joins, _ = parse(smcroute_import.convert_file(str(DATA / "mgroup.conf")).text)
     assert len(joins.joins) == 9  # a /30 of sources is four joins
     included, _ = parse(smcroute_import.convert_file(str(DATA / "include.conf")).text)
@@ -516,7 +516,13 @@ def test_check_config_counts_every_file_read_also_those_declaring_nothing(
         '[[route]]\nsource = "198.18.0.1"\ngroup = "239.1.1.1"\niif = "a"\noifs = ["b"]\n'
     )
     assert check_config(str(main)) == 0
-    assert "valid (2 files, 1 routes," in capsys.readouterr().out
+    assert "valid (2 files, 1 route, 0 templates," in capsys.readouterr().out
+    (tmp_path / "mfc_daemon.d" / "20-t.conf").write_text(
+        '[[route]]\ngroup = "239.2.0.0/24"\niif = "a"\noifs = ["b"]\n'
+        '[[interface]]\nname = "b"\nthreshold = 3\n'
+    )
+    assert check_config(str(main)) == 0
+    assert "(3 files, 1 route, 1 template, 0 joins, 1 interface)" in capsys.readouterr().out
 
 
 WRITTEN = '[[route]]\nsource = "{s}"\ngroup = "{g}"\niif = "{i}"\noifs = [{o}]\n{extra}'
