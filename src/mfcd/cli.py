@@ -517,7 +517,10 @@ def _vif_command(sub: Any) -> None:
         " setting. Give one setting at least (without one: a usage error, exit status 2).",
     )
     vif_set.add_argument(
-        "interface", metavar="IFNAME", help="interface name (it need not exist yet)"
+        "interface",
+        metavar="IFNAME",
+        help="one interface's name, not a wildcard (it need not exist yet: mfcctl warns, and"
+        " the setting applies when it appears)",
     )
 
     def threshold(text: str) -> int:  # (argparse names the function in its error message)
@@ -1349,16 +1352,18 @@ class Cli:
     def change(self, cmd: str, args: dict[str, Any]) -> int:
         result = self.client.call(cmd, args, dry_run=self.args.dry_run)
         self.emit(result, self._change_text)
-        self.warn_missing(result)
+        self.warn_missing(result, setting=cmd == "vif.set")
         return protocol.EXIT_OK
 
-    def warn_missing(self, result: dict[str, Any]) -> None:
+    def warn_missing(self, result: dict[str, Any], setting: bool = False) -> None:
         """Name on stderr the interfaces a change waits for: a typo is seen at once."""
         missing = result.get("missing") or []
         if not missing or result.get("dry_run"):
             return
         they = "it appears" if len(missing) == 1 else "they appear"
-        if "joins" in result:  # a join
+        if setting:  # vif set: kept by name, the interface's VIF gets it once there is one
+            warning = f"{_names(missing)} (yet); the setting is kept and applies when {they}"
+        elif "joins" in result:  # a join
             warning = f"{_names(missing)} (yet); joined when {they}"
         elif "pending" in result:  # a batch: how many of its routes wait
             warning = f"{_waiting(result)}: {_names(missing)} (yet); each {_then(result)} {they}"

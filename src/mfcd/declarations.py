@@ -1052,7 +1052,7 @@ def _parse_interface(
         name = entry["name"]
         if not isinstance(name, str):
             raise _Bad("name must be an interface name (a string)", "name")
-        validate.interface(name, "name")
+        validate.one_interface(name, "name")
         threshold = entry.get("threshold")
         if threshold is not None:
             try:

@@ -264,6 +264,19 @@ def interface_or_wildcard(value: Any, field: str) -> str:
     return interface(value, field)
 
 
+def one_interface(value: Any, field: str) -> str:
+    """The interface an interface setting names (`vif set`, a config `[[interface]]`): never
+    a wildcard, which a route's oifs take and a setting does not (a name ending in + would
+    be a literal name no route could ever use)."""
+    if value.__class__ is str and value.endswith(WILDCARDS):
+        raise InvalidArgument(
+            f"{field} {value} is a wildcard (a name ending in * or +): an interface setting"
+            " names one interface; set each interface on its own",
+            field=field,
+        )
+    return interface(value, field)
+
+
 def interfaces(value: Any, field: str, wild: bool = False) -> tuple[str, ...]:
     """A list of interface names (with `wild`, wildcards too)."""
     if not isinstance(value, list) or not value:

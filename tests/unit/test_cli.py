@@ -834,3 +834,17 @@ def test_an_empty_oif_name_is_a_usage_error(command: list[str], oifs: list[str])
     status, out, err = run_cli("--socket", "/nonexistent", *command, *oifs)
     assert status == protocol.EXIT_USAGE and out == ""
     assert err.startswith("mfcctl: --oifs has an empty interface name (as in r1,,r2")
+
+
+def test_vif_set_of_an_interface_that_does_not_exist_warns_that_it_applies_later(
+    tmp_path: Path,
+) -> None:
+    result = {"dry_run": False, "changes": 1, "missing": ["r8"]}
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    status, out, err = run_cli("--socket", str(fake.path), "vif", "set", "r8", "--threshold", "3")
+    fake.close()
+    assert (status, out) == (0, "")
+    assert err == (
+        "mfcctl: warning: interface r8 does not exist (yet); the setting is kept and applies"
+        " when it appears\n"
+    )

@@ -649,3 +649,10 @@ def test_a_declared_table_too_large_for_its_family_is_a_problem_naming_the_limit
 def test_an_empty_oif_name_in_the_config_is_refused_with_the_one_message(oifs: str) -> None:
     _, problems = parse(route(oifs=oifs))
     assert len(problems) == 1 and "oifs has an empty interface name (as in r1,,r2" in problems[0]
+
+
+@pytest.mark.parametrize("name", ["eth+", "vlan*"])
+def test_a_config_interface_setting_names_one_interface_not_a_wildcard(name: str) -> None:
+    _, problems = parse(f'[[interface]]\nname = "{name}"\nthreshold = 3\n')
+    assert len(problems) == 1
+    assert f"name {name} is a wildcard (a name ending in * or +)" in problems[0]
