@@ -532,7 +532,7 @@ def _vif_command(sub: Any) -> None:
         metavar="TTL",
         help="IPv4 TTL threshold: forward out of this interface only packets whose TTL is"
         " greater than TTL (1-255). `default` (or 1, the default) removes the setting."
-        " Linux ignores it for IPv6.",
+        " Linux ignores it for IPv6 (vif show gives an IPv6 VIF's threshold as -).",
     )
     vif_set.add_argument(
         "--mrdisc",
@@ -1063,7 +1063,8 @@ def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:
             ]
         else:
             ifindex = str(v["ifindex"]) if v["present"] else "absent"
-            row += [ifindex, str(v["threshold"]), str(v["routes"])]
+            threshold = "-" if v.get("threshold") is None else str(v["threshold"])  # (IPv6)
+            row += [ifindex, threshold, str(v["routes"])]
         rows.append(row)
     first = 4 if tables else 3  # the first numeric column after the interface
     right = set(range(first, len(header))) | ({1, 2} if tables else {1})

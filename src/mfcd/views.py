@@ -289,7 +289,9 @@ class Views:
                 "interface": vif.interface,
                 "ifindex": vif.ifindex,
                 "present": vif.ifindex is not None,
-                "threshold": router.threshold(vif.interface),
+                # (IPv6: none; Linux forwards out of every MIF of an MFC entry's set
+                # whatever its threshold, so a number here would be untrue)
+                "threshold": router.threshold(vif.interface) if vif.family == 4 else None,
                 "routes": vif.refs,
             }
             if stats:

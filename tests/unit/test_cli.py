@@ -848,3 +848,10 @@ def test_vif_set_of_an_interface_that_does_not_exist_warns_that_it_applies_later
         "mfcctl: warning: interface r8 does not exist (yet); the setting is kept and applies"
         " when it appears\n"
     )
+
+
+def test_an_ipv6_vif_shows_its_threshold_as_a_dash() -> None:
+    vifs = [dict(vif("ipv4", 0, "r1"), threshold=5), dict(vif("ipv6", 0, "r1"), threshold=None)]
+    lines = cli.format_vifs(vifs, stats=False)
+    assert lines[2].split() == ["ipv4", "0", "r1", "7", "5", "2"]
+    assert lines[3].split() == ["ipv6", "0", "r1", "7", "-", "2"]

@@ -728,3 +728,20 @@ def test_vif_set_of_a_missing_interface_says_so_and_applies_when_it_appears(
     assert isinstance(kernel, FakeKernel)
     vif = next(v for (f, t, v), ifindex in kernel.vifs.items() if ifindex == 8)
     assert kernel.mfcs[(4, "10.0.0.1", "239.1.1.1", 253)].ttls == {vif: 3}
+
+
+def test_vif_show_gives_no_threshold_for_an_ipv6_vif_which_linux_ignores(
+    commands: Commands,
+) -> None:
+    assert ask(commands, "vif.set", {"interface": "b", "threshold": 5})["ok"]
+    v6 = {"source": "2001:db8::1", "group": "ff3e::1", "iif": "a", "oifs": ["b"]}
+    assert ask(commands, "mfc.add", v6)["ok"]
+    for cmd in ("vif.show", "show"):
+        vifs = ask(commands, cmd, {})["result"]["vifs"]
+        shown = {(v["family"], v["interface"]): v["threshold"] for v in vifs}
+        assert shown == {
+            ("ipv4", "a"): 1,
+            ("ipv4", "b"): 5,
+            ("ipv6", "a"): None,
+            ("ipv6", "b"): None,
+        }
