@@ -27,8 +27,27 @@ class SyntaxProblem(ValueError):
         self.line = line
 
 
+def empty_oif(field: str) -> str:
+    """The one message for an oif list with an empty name (`r1,,r2`, `,`, a JSON ""), as
+    mfcctl, a batch line, a request and the config files all say it."""
+    return (
+        f"{field} has an empty interface name (as in r1,,r2 or a comma at an end): name each"
+        " interface, separated by commas or spaces"
+    )
+
+
 def split_oifs(values: list[str]) -> list[str]:
-    return [name for value in values for name in value.split(",") if name]
+    """The names of `--oifs` words, comma- or space-separated ("r1,r2", "r1, r2", "r1 r2");
+    ValueError for an empty name between commas or at an end (a typo, never meant)."""
+    if len(values) == 1 and "," not in values[0]:
+        return values  # (the usual single name)
+    names: list[str] = []
+    for between in " ".join(values).split(","):
+        found = between.split()
+        if not found:
+            raise ValueError(empty_oif("--oifs"))
+        names += found
+    return names
 
 
 # line, kind (add, del, oif_add, oif_del), S, G, iif ("" but for add), oifs (None for del),
@@ -134,8 +153,8 @@ def _generated(lineno: int, found: list[str]) -> Change | None:
             return None
         if "," in oif:
             oifs = oif.split(",")
-            if "" in oifs:  # "r1,,r2" or "r1,": drop the empty names
-                oifs = split_oifs(oifs)
+            if "" in oifs:  # "r1,,r2" or "r1,": line_op says what is wrong
+                return None
     elif (  # "r1 r2": two words, spelt out (a generator costs more here)
         size == 10
         and oifs[0][0] != "-"
@@ -144,11 +163,9 @@ def _generated(lineno: int, found: list[str]) -> Change | None:
         and "," not in oifs[1]
     ) or not any(oif[0] == "-" or "," in oif for oif in oifs):  # "r1 r2 r3 ..."
         pass
-    elif all(oif[0] != "-" for oif in oifs):  # "r1, r2" and the like
-        oifs = split_oifs(oifs)
-    else:
+    else:  # "r1, r2" and the like: line_op reads them
         return None
-    return (lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs, table) if oifs else None
+    return (lineno, "add", found[k + 2], found[k + 4], found[k + 6], oifs, table)
 
 
 def words(line: str) -> list[str]:
@@ -223,8 +240,6 @@ def line_op(words: list[str]) -> Op:
         op["table"] = values["table"][0]
     if "oifs" in wanted:
         op["oifs"] = split_oifs(values["oifs"])
-        if not op["oifs"]:
-            raise ValueError(f"`{command}` needs --oifs (names, not just commas)")
     return op
 
 

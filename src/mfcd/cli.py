@@ -489,10 +489,11 @@ def _batch_command(sub: Any) -> None:
     batch = sub.add_parser(
         "batch",
         help="apply many route changes from a file as one transaction",
-        description="Read `mfc add ...`, `mfc del ...` and `mfc oif add|del ...` lines (the"
-        " same options as on the command line; `#` starts a comment) from FILE, or stdin for"
-        " `-`, and apply them all as one all-or-nothing transaction. Prints how many routes"
-        " were added and deleted.",
+        description="Read `mfc add ...`, `mfc del ...`, `mfc oif add|del ...`, `join ...` and"
+        " `leave ...` lines (the same options as on the command line; the leading `mfc` is"
+        " optional; `#` starts a comment) from FILE, or stdin for `-`, and apply them all as"
+        " one all-or-nothing transaction. Prints how many routes were added and deleted (and"
+        " groups joined and left, if any line joins or leaves).",
     )
     batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
     _command_options(batch, changes=True)
@@ -516,7 +517,10 @@ def _vif_command(sub: Any) -> None:
         " setting. Give one setting at least (without one: a usage error, exit status 2).",
     )
     vif_set.add_argument(
-        "interface", metavar="IFNAME", help="interface name (it need not exist yet)"
+        "interface",
+        metavar="IFNAME",
+        help="one interface's name, not a wildcard (it need not exist yet: mfcctl warns, and"
+        " the setting applies when it appears)",
     )
 
     def threshold(text: str) -> int:  # (argparse names the function in its error message)
@@ -528,7 +532,7 @@ def _vif_command(sub: Any) -> None:
         metavar="TTL",
         help="IPv4 TTL threshold: forward out of this interface only packets whose TTL is"
         " greater than TTL (1-255). `default` (or 1, the default) removes the setting."
-        " Linux ignores it for IPv6.",
+        " Linux ignores it for IPv6 (vif show gives an IPv6 VIF's threshold as -).",
     )
     vif_set.add_argument(
         "--mrdisc",
@@ -806,6 +810,14 @@ def _parse_route_change(words: list[str], values: dict[str, Any]) -> _Parsed | N
     return _Parsed(command="mfc", action=action, **values)
 
 
+def _oif_names(words: list[str]) -> list[str]:
+    """The names of --oifs, or a usage error for an empty one (batchfile.split_oifs)."""
+    try:
+        return batchfile.split_oifs(words)
+    except ValueError as e:
+        raise CliError(str(e), protocol.EXIT_USAGE, code="syntax_error") from None
+
+
 def _table_filter(a: Any) -> dict[str, Any]:
     """The "table" argument of show and vif show, if --table was given."""
     return {} if a.table is None else {"table": _table_value(a.table)}
@@ -1053,7 +1065,8 @@ def format_vifs(vifs: list[dict[str, Any]], stats: bool) -> list[str]:
             ]
         else:
             ifindex = str(v["ifindex"]) if v["present"] else "absent"
-            row += [ifindex, str(v["threshold"]), str(v["routes"])]
+            threshold = "-" if v.get("threshold") is None else str(v["threshold"])  # (IPv6)
+            row += [ifindex, threshold, str(v["routes"])]
         rows.append(row)
     first = 4 if tables else 3  # the first numeric column after the interface
     right = set(range(first, len(header))) | ({1, 2} if tables else {1})
@@ -1215,7 +1228,7 @@ def _already_left(result: dict[str, Any], shown: int = 3) -> str:
 
 
 def format_reload(result: dict[str, Any]) -> str:
-    """`3 added, 1 removed, 0 changed, 9,996 unchanged`; in a dry run the plan before it."""
+    """`3 added, 1 removed, 0 changed, 9996 unchanged`; in a dry run the plan before it."""
     if not result.get("dry_run"):
         return str(result["summary"])
     lines = ["dry run, nothing changed; mfcd would:"]
@@ -1232,7 +1245,7 @@ def _reload_step(entry: dict[str, Any]) -> str:
     if entry["action"] == "threshold":
         return f"set threshold {entry['threshold']} on {entry['interface']}"
     if entry["action"] == "mrdisc":
-        return f"turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}"
+        return f"turn mrdisc {'on' if entry['on'] else 'off'} for {entry['interface']}"
     if entry["action"] in ("join", "leave"):
         return f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
     what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
@@ -1342,16 +1355,18 @@ class Cli:
     def change(self, cmd: str, args: dict[str, Any]) -> int:
         result = self.client.call(cmd, args, dry_run=self.args.dry_run)
         self.emit(result, self._change_text)
-        self.warn_missing(result)
+        self.warn_missing(result, setting=cmd == "vif.set")
         return protocol.EXIT_OK
 
-    def warn_missing(self, result: dict[str, Any]) -> None:
+    def warn_missing(self, result: dict[str, Any], setting: bool = False) -> None:
         """Name on stderr the interfaces a change waits for: a typo is seen at once."""
         missing = result.get("missing") or []
         if not missing or result.get("dry_run"):
             return
         they = "it appears" if len(missing) == 1 else "they appear"
-        if "joins" in result:  # a join
+        if setting:  # vif set: kept by name, the interface's VIF gets it once there is one
+            warning = f"{_names(missing)} (yet); the setting is kept and applies when {they}"
+        elif "joins" in result:  # a join
             warning = f"{_names(missing)} (yet); joined when {they}"
         elif "pending" in result:  # a batch: how many of its routes wait
             warning = f"{_waiting(result)}: {_names(missing)} (yet); each {_then(result)} {they}"
@@ -1392,11 +1407,11 @@ class Cli:
             if a.table is not None:
                 args["table"] = _table_value(a.table)
             if a.action == "add":
-                args.update(iif=a.iif, oifs=batchfile.split_oifs(a.oifs))
+                args.update(iif=a.iif, oifs=_oif_names(a.oifs))
             if a.action == "del" and a.iif is not None:
                 args["iif"] = a.iif
             if a.action == "oif":
-                args["oifs"] = batchfile.split_oifs(a.oifs)
+                args["oifs"] = _oif_names(a.oifs)
                 return self.change(f"mfc.oif.{a.oif}", args)
             return self.change(f"mfc.{a.action}", args)
         if a.command == "batch":

@@ -624,7 +624,7 @@ class Commands:
 
     def vif_set(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, ("interface",), ("threshold", "mrdisc"))
-        name = validate.interface(args["interface"], "interface")
+        name = validate.one_interface(args["interface"], "interface")
         changes: list[Change] = []
         if "threshold" in args:
             changes.append(SetThreshold(name, validate.threshold(args["threshold"])))
@@ -639,7 +639,10 @@ class Commands:
             changes.append(SetMrdisc(name, on))
         if not changes:
             raise BadRequest("vif.set needs threshold or mrdisc (or both)", field="threshold")
-        return self._change(changes, dry_run, peer, "vif.set", args)
+        result = self._change(changes, dry_run, peer, "vif.set", args)
+        if not dry_run and name not in self.controller.router.links:
+            result["missing"] = [name]  # kept; applies when it appears (a typo is seen)
+        return result
 
     # --- group joins -----------------------------------------------------------------------------
 

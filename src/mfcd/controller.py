@@ -833,7 +833,7 @@ class Controller:
                 or self.reloading
             )
         ):
-            self._refuse_declared(changes)
+            self._refuse_declared(changes, numbered)
         # Only what is journaled as it is (the API's changes) may wait for a group's sync.
         before = self._deferrable(changes, dry_run, journal is None, journal == [])
         router.begin()
@@ -1134,14 +1134,15 @@ class Controller:
             lines.append((True, f"{what} {now_text}"))
         return lines
 
-    def _refuse_declared(self, changes: Sequence[Change]) -> None:
+    def _refuse_declared(self, changes: Sequence[Change], numbered: bool) -> None:
         """Refuse a runtime change to a route, template, join or interface setting the config
         files declare: they own it, and the next reload would undo the change. Joining a
-        group the files join changes nothing and is not refused."""
+        group the files join changes nothing and is not refused. The error names the change
+        (its `op`) as change() says."""
         for index, change in enumerate(changes):
             error = self._declared_error(change)
             if error is not None:
-                if len(changes) > 1:
+                if numbered or len(changes) > 1:
                     error.op = index + 1
                 raise error
 

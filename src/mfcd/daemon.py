@@ -340,11 +340,8 @@ class Daemon:
             return
         if declared.routes or declared.interfaces or declared.templates or declared.joins:
             log.info(
-                "config: %d routes, %d templates, %d joins, %d interface settings (%s)",
-                len(declared.routes),
-                len(declared.templates),
-                len(declared.joins),
-                len(declared.interfaces),
+                "config: %s (%s)",
+                _declared_counts(declared, "interface setting"),
                 ", ".join(f"{a} {n}" for a, n in sorted(outcome.counts.items())) or "no change",
             )
 
@@ -1151,13 +1148,20 @@ def check_config(path: str | None) -> int:
         return 1
     read = [name] if path is not None or os.path.exists(name) else []
     read += config.drop_ins(name)
-    files = f"{len(read)} file{'s' if len(read) != 1 else ''}"
-    print(
-        f"{name}: valid ({files}, {len(declared.routes)} routes,"
-        f" {len(declared.templates)} templates, {len(declared.joins)} joins,"
-        f" {len(declared.interfaces)} interfaces)"
-    )
+    files = views.counted(len(read), "file")
+    print(f"{name}: valid ({files}, {_declared_counts(declared, 'interface')})")
     return 0
+
+
+def _declared_counts(declared: declarations.Declarations, interfaces: str) -> str:
+    """`2 routes, 1 template, 0 joins, 1 interface`: what the config files declare."""
+    counts = (
+        (len(declared.routes), "route"),
+        (len(declared.templates), "template"),
+        (len(declared.joins), "join"),
+        (len(declared.interfaces), interfaces),
+    )
+    return ", ".join(views.counted(n, thing) for n, thing in counts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

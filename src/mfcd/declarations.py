@@ -944,6 +944,8 @@ def _exact_route(entry: dict[str, Any], source: _Source, line: int, into: Declar
 
 def _check_patterns(names: list[Any], key: str) -> None:
     """Wildcards: a valid name's start, then * or +."""
+    if "" in names:
+        validate.interfaces(names, key)  # says why
     seen: set[str] = set()
     for name in names:
         if not isinstance(name, str):
@@ -1001,8 +1003,9 @@ def _template(entry: dict[str, Any], src: Any, group: Any, where: str) -> Templa
         raise _Bad(f"iif {iif} is also listed in oifs", "oifs")
     table = validate.table_of(entry.get("table"), family)
     # What mfcctl refuses too (a link-local group range...): as the controller will apply it.
-    validate.template_key_of(source, str(net), iif.rstrip("".join(WILDCARDS)) or "lo", table)
-    return Template(family, source, str(net), iif, tuple(oifs), table, where)
+    # (its source and group in the canonical text `show` gives them, as 239.1.1.1 for a /32)
+    key = validate.template_key_of(source, str(net), iif.rstrip("".join(WILDCARDS)) or "lo", table)
+    return Template(family, key[1], key[2], iif, tuple(oifs), table, where)
 
 
 def _parse_join(
@@ -1049,7 +1052,7 @@ def _parse_interface(
         name = entry["name"]
         if not isinstance(name, str):
             raise _Bad("name must be an interface name (a string)", "name")
-        validate.interface(name, "name")
+        validate.one_interface(name, "name")
         threshold = entry.get("threshold")
         if threshold is not None:
             try:

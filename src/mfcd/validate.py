@@ -7,7 +7,7 @@ import socket
 from sys import intern
 from typing import Any
 
-from mfcd import address_sharing, rt_tables, wildcards
+from mfcd import address_sharing, batchfile, rt_tables, wildcards
 from mfcd import templates as tpl
 from mfcd.errors import BadRequest, InvalidArgument
 from mfcd.model import DEFAULT_TABLE, MAXVIFS, AddRoute, AddTemplate, Ports, Route, RouteKey
@@ -264,11 +264,26 @@ def interface_or_wildcard(value: Any, field: str) -> str:
     return interface(value, field)
 
 
+def one_interface(value: Any, field: str) -> str:
+    """The interface an interface setting names (`vif set`, a config `[[interface]]`): never
+    a wildcard, which a route's oifs take and a setting does not (a name ending in + would
+    be a literal name no route could ever use)."""
+    if value.__class__ is str and value.endswith(WILDCARDS):
+        raise InvalidArgument(
+            f"{field} {value} is a wildcard (a name ending in * or +): an interface setting"
+            " names one interface; set each interface on its own",
+            field=field,
+        )
+    return interface(value, field)
+
+
 def interfaces(value: Any, field: str, wild: bool = False) -> tuple[str, ...]:
     """A list of interface names (with `wild`, wildcards too)."""
     if not isinstance(value, list) or not value:
         raise InvalidArgument(f"{field} must be a non-empty list of interface names", field=field)
     _check_oif_count(value, field)
+    if "" in value:
+        raise InvalidArgument(batchfile.empty_oif(field), field=field)
     check = interface_or_wildcard if wild else interface
     names = tuple([check(v, field) for v in value])
     if len(names) > 1 and len(set(names)) != len(names):

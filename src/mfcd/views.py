@@ -289,7 +289,9 @@ class Views:
                 "interface": vif.interface,
                 "ifindex": vif.ifindex,
                 "present": vif.ifindex is not None,
-                "threshold": router.threshold(vif.interface),
+                # (IPv6: none; Linux forwards out of every MIF of an MFC entry's set
+                # whatever its threshold, so a number here would be untrue)
+                "threshold": router.threshold(vif.interface) if vif.family == 4 else None,
                 "routes": vif.refs,
             }
             if stats:
@@ -805,11 +807,12 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         "joins": _counted(change.joins),
         "kernel_operations": dict(outcome.counts),
     }
-    parts = [f"{result[k]:,} {k}" for k in ("added", "removed", "changed", "unchanged")]
+    # (plain numbers, as mfcctl prints every other count: "5000 added" as a batch says it)
+    parts = [f"{result[k]} {k}" for k in ("added", "removed", "changed", "unchanged")]
     if change.thresholds:
-        parts.append(f"{len(change.thresholds)} thresholds changed")
+        parts.append(f"{counted(len(change.thresholds), 'threshold')} changed")
     if change.mrdisc:
-        parts.append(f"{len(change.mrdisc)} mrdisc settings changed")
+        parts.append(f"{counted(len(change.mrdisc), 'mrdisc setting')} changed")
     for kind in ("templates", "joins"):
         counts = result[kind]
         if any(counts.values()):
@@ -835,6 +838,11 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         result["plan"] = plan
         result["kernel_plan"] = [describe_step(s) for s in outcome.steps]
     return result
+
+
+def counted(n: int, thing: str) -> str:
+    """`1 template`, `2 templates`: a count and its noun, singular or plural."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
 
 
 def _declared(action: str, key: RouteKey, where: str | None, **more: Any) -> dict[str, Any]:

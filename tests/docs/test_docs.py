@@ -191,3 +191,15 @@ def test_each_module_starts_with_its_one_line_purpose(path: Path) -> None:
     first, _, rest = docstring.partition("\n")
     assert len(first) <= 97, f"{path.name}: the purpose line is over 100 characters"
     assert not rest or rest.startswith("\n"), f"{path.name}: the purpose goes on a second line"
+
+
+def test_the_docs_put_show_templates_where_show_prints_them() -> None:
+    route = {"family": "ipv4", "table": 253, "source": "198.18.0.2", "group": "239.1.1.1"}
+    route.update(iif="r0", oifs=["r1"], state="installed")
+    template = dict(route, source="*", group="239.2.0.0/24", template=True)
+    text = cli.format_show({"vifs": [], "routes": [route, template]}, 100)
+    assert text.index("Templates (1)") < text.index("198.18.0.2")  # before the routes
+    for page in ("cli.md", "concepts.md"):
+        words = " ".join((DOCS / page).read_text().split())
+        assert "templates after the routes" not in words and "(after the routes" not in words
+        assert "before the routes" in words

@@ -361,6 +361,6 @@ def test_config_mrdisc_advertises_is_refused_to_the_api_and_ends_with_a_reload(
     assert code == "declared_in_config" and f"{daemon.config_file}:" in message
     write_config(daemon, "")
     with capture(lab, lab.rx[0], "x0", 1.5) as seen:
-        assert "1 mrdisc settings changed" in daemon.ok("reload")
+        assert "1 mrdisc setting changed" in daemon.ok("reload")
     assert len(mrd(seen, 0x32)) == 1, seen  # a termination
     assert json.loads(daemon.ok("show", "groups", "-o", "json"))["mrdisc"] == []

@@ -185,6 +185,13 @@ def test_ipv6_ignores_thresholds_as_documented(lab: Lab, mfcd: Mfcd) -> None:
     mfcd.ok("vif", "set", "r1", "--threshold", "100")  # so r1's MIF is created with it
     add(mfcd, 6, "r0", "r1", "r2")
     assert received(lab, 6) == [5, 5, 0]
+    # So vif show gives an IPv6 VIF no threshold (- in text), not the interface's 100.
+    shown = json.loads(mfcd.ok("vif", "show", "--output", "json"))
+    assert {v["interface"]: v["threshold"] for v in shown["vifs"] if v["family"] == "ipv6"} == {
+        "r0": None,
+        "r1": None,
+        "r2": None,
+    }
 
 
 def test_watch_outlasts_the_client_timeout_and_too_large_is_reported(

@@ -107,7 +107,7 @@ def test_other_clients_are_answered_while_a_large_reload_runs(lab: Lab, daemon: 
                 reload.kill()
                 reload.wait()
     assert reload.returncode == 0, err
-    assert out.startswith(f"0 added, 0 removed, {MANY:,} changed")
+    assert out.startswith(f"0 added, 0 removed, {MANY} changed")
     after = oifs_by_group(daemon)
     assert after.pop(other[1]) == ["r1"]
     assert set(map(tuple, after.values())) == {("r2",)} and len(after) == MANY
@@ -135,4 +135,4 @@ def test_a_reload_the_kernel_refuses_a_step_of_changes_nothing(lab: Lab, daemon:
     # The next reload of files the kernel takes applies them.
     lab.ip(lab.router, "link", "set", "lo", "mtu", "65536")
     write(daemon, routes(count, '"r2"', first=1))
-    assert daemon.ok("reload").startswith(f"0 added, 1 removed, {count - 1:,} changed")
+    assert daemon.ok("reload").startswith(f"0 added, 1 removed, {count - 1} changed")

@@ -33,7 +33,10 @@ def test_the_generated_shape_and_the_general_parser_agree() -> None:
     # The same words in another order take the general path.
     slow = "mfc add --group 239.1.1.1 --source 10.0.0.1 --oifs r1,r2 --iif r0"
     assert ops(fast) == ops(slow)
-    assert ops(fast + ",,") == ops(fast)  # empty names between commas are dropped
+    with pytest.raises(batchfile.SyntaxProblem, match="empty interface name"):
+        ops(fast + ",,")  # an empty name between commas is refused on both paths
+    with pytest.raises(batchfile.SyntaxProblem, match="empty interface name"):
+        ops(slow.replace("r1,r2", "r1,,r2"))
     # One oif takes the shortest path of all; it agrees with the general one too.
     assert ops(fast.replace(",r2", "")) == ops(slow.replace(",r2", ""))
     assert ops(fast.replace(",r2", "")) == [(1, "add", "10.0.0.1", "239.1.1.1", "r0", ["r1"], None)]
@@ -142,12 +145,16 @@ def test_a_text_without_a_final_newline_and_with_crlf_line_ends() -> None:
         ("oif", "expected `mfc oif add|del ...`"),
         ("mfc oif add --source s --group g --iif r0 --oifs r1", "`mfc oif add` takes no --iif"),
         ("mfc oif del --source s --group g", "`mfc oif del` needs --oifs"),
-        ("mfc oif del --source s --group g --oifs ,", "`mfc oif del` needs --oifs (names"),
+        ("mfc oif del --source s --group g --oifs ,", "--oifs has an empty interface name"),
+        ("mfc oif add --source s --group g --oifs r1,,r2", "--oifs has an empty interface name"),
         ("mfc", "expected `mfc add ...`"),
         ("vif set r1 --threshold 3", "expected `mfc add ...`"),
         ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0", "needs --oifs"),
         ("mfc add --source 10.0.0.1 --group 239.1.1.1 --oifs r1", "needs --iif"),
-        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs ,", "needs --oifs"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs ,", "an empty interface"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,,r2", "an empty"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1,", "an empty"),
+        ("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1 ,, r2", "an empty"),
         ("mfc oif add --group 239.1.1.1 --oifs r1", "needs --source"),
         ("mfc del --source 10.0.0.1 --group 239.1.1.1 --oifs r0", "takes no --oifs"),
         ("mfc del --source 10.0.0.1 10.0.0.2 --group 239.1.1.1", "--source takes one value"),
@@ -208,3 +215,29 @@ def test_a_generated_line_ending_in_its_table_takes_the_direct_path() -> None:
     assert batchfile._generated(7, line.split()) == (
         7, "del", "10.0.0.1", "239.1.1.1", "", None, "studio"
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("words", "names"),
+    [
+        (["r1"], ["r1"]),
+        (["r1,r2"], ["r1", "r2"]),
+        (["r1", "r2"], ["r1", "r2"]),
+        (["r1,", "r2"], ["r1", "r2"]),
+        (["r1", ",r2"], ["r1", "r2"]),
+        (["r1", ",", "r2"], ["r1", "r2"]),
+        (["r1,,r2"], None),
+        ([","], None),
+        (["r1,"], None),
+        ([",r1"], None),
+        (["r1,", ",r2"], None),
+    ],
+)
+def test_oifs_split_at_commas_and_spaces_and_an_empty_name_is_refused(
+    words: list[str], names: list[str] | None
+) -> None:
+    if names is not None:
+        assert batchfile.split_oifs(words) == names
+    else:
+        with pytest.raises(ValueError, match=r"^--oifs has an empty interface name"):
+            batchfile.split_oifs(words)

@@ -815,3 +815,43 @@ def test_a_leave_that_found_some_joins_left_says_which() -> None:
     )
     dry = cli._already_left({"dry_run": True, "left": 3, "already_left": gone[1:2]})
     assert dry == "would leave 3 joins; 1 was not joined (left before): 239.1.1.1 on r1"
+
+
+def test_batch_help_names_every_kind_of_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["batch", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for kind in ("`mfc add", "`mfc del", "`mfc oif add|del", "`join", "`leave"):
+        assert kind in text
+
+
+@pytest.mark.parametrize("oifs", [["r1,,r2"], [","], ["r1,"], ["r1", ",,r2"]])
+@pytest.mark.parametrize(
+    "command",
+    [ADD, ["mfc", "oif", "add", "--source", "10.0.0.1", "--group", "239.1.1.1", "--oifs"]],
+)
+def test_an_empty_oif_name_is_a_usage_error(command: list[str], oifs: list[str]) -> None:
+    status, out, err = run_cli("--socket", "/nonexistent", *command, *oifs)
+    assert status == protocol.EXIT_USAGE and out == ""
+    assert err.startswith("mfcctl: --oifs has an empty interface name (as in r1,,r2")
+
+
+def test_vif_set_of_an_interface_that_does_not_exist_warns_that_it_applies_later(
+    tmp_path: Path,
+) -> None:
+    result = {"dry_run": False, "changes": 1, "missing": ["r8"]}
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    status, out, err = run_cli("--socket", str(fake.path), "vif", "set", "r8", "--threshold", "3")
+    fake.close()
+    assert (status, out) == (0, "")
+    assert err == (
+        "mfcctl: warning: interface r8 does not exist (yet); the setting is kept and applies"
+        " when it appears\n"
+    )
+
+
+def test_an_ipv6_vif_shows_its_threshold_as_a_dash() -> None:
+    vifs = [dict(vif("ipv4", 0, "r1"), threshold=5), dict(vif("ipv6", 0, "r1"), threshold=None)]
+    lines = cli.format_vifs(vifs, stats=False)
+    assert lines[2].split() == ["ipv4", "0", "r1", "7", "5", "2"]
+    assert lines[3].split() == ["ipv6", "0", "r1", "7", "-", "2"]

@@ -675,3 +675,73 @@ def test_batch_lines_and_ops_take_a_table(commands: Commands) -> None:
     router = commands.controller.router
     assert router.routes[(4, "10.0.0.1", "239.1.1.1", 100)] == Ports("c", ("b",))
     assert router.routes[(4, "10.0.0.1", "239.1.1.1", 253)] == Ports("a", ("b",))
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args"),
+    [
+        ("mfc.add", dict(ROUTE, oifs=["b", ""])),
+        ("mfc.add", {"group": "239.2.0.0/16", "iif": "a", "oifs": ["", "b*"]}),
+        ("mfc.oif.add", {**KEY, "oifs": [""]}),
+        ("mfc.oif.del", {**KEY, "oifs": ["b", ""]}),
+        ("batch", {"ops": [dict(ROUTE, op="add", oifs=["", "c"])]}),
+    ],
+)
+def test_an_empty_oif_name_in_a_request_is_refused_with_the_one_message(
+    commands: Commands, cmd: str, args: dict[str, Any]
+) -> None:
+    before = snapshot(commands)
+    response = ask(commands, cmd, args)
+    assert error_of(response) == ("invalid_argument", "oifs")
+    assert response["error"]["message"].startswith("oifs has an empty interface name (as in r1,,r2")
+    assert snapshot(commands) == before
+
+
+@pytest.mark.parametrize("name", ["r+", "r*", "vlan*"])
+@pytest.mark.parametrize("setting", [{"threshold": 3}, {"mrdisc": True}])
+def test_vif_set_refuses_a_wildcard_with_one_message(
+    commands: Commands, name: str, setting: dict[str, Any]
+) -> None:
+    before = snapshot(commands)
+    response = ask(commands, "vif.set", {"interface": name, **setting})
+    assert error_of(response) == ("invalid_argument", "interface")
+    assert response["error"]["message"] == (
+        f"interface {name} is a wildcard (a name ending in * or +): an interface setting names"
+        " one interface; set each interface on its own"
+    )
+    assert snapshot(commands) == before
+
+
+def test_vif_set_of_a_missing_interface_says_so_and_applies_when_it_appears(
+    commands: Commands,
+) -> None:
+    result = ask(commands, "vif.set", {"interface": "r8", "threshold": 3})["result"]
+    assert result["missing"] == ["r8"]
+    assert "missing" not in ask(commands, "vif.set", {"interface": "b", "threshold": 2})["result"]
+    dry = ask(commands, "vif.set", {"interface": "r9", "threshold": 3}, dry_run=True)["result"]
+    assert "missing" not in dry
+    # The warning's promise: once r8 appears, a route out of it uses the threshold.
+    ctl = commands.controller
+    ctl.link_up("r8", 8)
+    assert ask(commands, "mfc.add", dict(ROUTE, oifs=["r8"]))["ok"]
+    kernel = ctl.kernel
+    assert isinstance(kernel, FakeKernel)
+    vif = next(v for (f, t, v), ifindex in kernel.vifs.items() if ifindex == 8)
+    assert kernel.mfcs[(4, "10.0.0.1", "239.1.1.1", 253)].ttls == {vif: 3}
+
+
+def test_vif_show_gives_no_threshold_for_an_ipv6_vif_which_linux_ignores(
+    commands: Commands,
+) -> None:
+    assert ask(commands, "vif.set", {"interface": "b", "threshold": 5})["ok"]
+    v6 = {"source": "2001:db8::1", "group": "ff3e::1", "iif": "a", "oifs": ["b"]}
+    assert ask(commands, "mfc.add", v6)["ok"]
+    for cmd in ("vif.show", "show"):
+        vifs = ask(commands, cmd, {})["result"]["vifs"]
+        shown = {(v["family"], v["interface"]): v["threshold"] for v in vifs}
+        assert shown == {
+            ("ipv4", "a"): 1,
+            ("ipv4", "b"): 5,
+            ("ipv6", "a"): None,
+            ("ipv6", "b"): None,
+        }

@@ -3,6 +3,7 @@ apply of declared intents, and mfcd.smcroute_import."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 import tomllib
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mfcd import config, declarations, smcroute_import
+from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
 from mfcd.declarations import Declarations, Problems, diff
 from mfcd.errors import DeclaredInConfig
@@ -20,6 +22,7 @@ from tests.unit.conftest import FakeKernel, FakeState
 DATA = Path(__file__).parent.parent / "data" / "smcroute"
 KEY = (4, "198.18.0.2", "239.1.1.1", 253)
 OTHER = (4, "198.18.0.2", "239.9.9.9", 253)
+PEER = Peer(pid=1, uid=0, gid=0)
 
 
 def parse(text: str, path: str = "f.conf") -> tuple[Declarations, list[str]]:
@@ -322,6 +325,20 @@ def test_a_runtime_change_to_a_declared_route_or_threshold_is_refused() -> None:
     assert ctl.router.routes[KEY] == Ports("a", ("b",))
 
 
+@pytest.mark.parametrize(
+    "before", ["", "mfc add --source 198.18.0.2 --group 239.9.9.9 --iif a --oifs c\n"]
+)
+def test_a_refused_batch_line_is_named_in_a_batch_of_one_line_too(before: str) -> None:
+    ctl = controller()
+    apply(ctl, route())
+    commands = Commands(ctl, (4, 6))
+    text = before + "mfc add --source 198.18.0.2 --group 239.1.1.1 --iif a --oifs c\n"
+    msg = {"v": 1, "id": 1, "cmd": "batch", "args": {"text": text}}
+    error = json.loads(commands.handle(json.dumps(msg).encode(), PEER))["error"]
+    assert error["code"] == "declared_in_config"
+    assert error["line"] == text.count("\n") and "op" not in error
+
+
 def test_a_declared_route_takes_over_an_api_route_and_the_state_file_forgets_it() -> None:
     ctl = controller()
     state = ctl.state
@@ -373,7 +390,7 @@ def test_each_directive_is_converted() -> None:
     assert found.interfaces["eth0"].threshold == 11
     assert (4, "192.168.1.42", "225.1.2.3", 253) in found.routes
     assert {(t.source, t.group) for t in found.templates} == {
-        ("*", "225.3.2.1/32"),
+        ("*", "225.3.2.1"),  # canonical, as show gives it
         ("*", "225.0.0.0/24"),
     }
     assert {(j.interface, j.group, j.source) for j in found.joins} == {
@@ -392,7 +409,7 @@ def test_each_directive_is_converted() -> None:
     mroute, _ = parse(smcroute_import.convert_file(str(DATA / "mroute.conf")).text)
     assert (6, "2001:db8::42", "ff3e::1234", 254) in mroute.routes
     assert mroute.routes[(4, "192.168.1.42", "225.1.2.6", 253)].oifs == ("eth1", "vlan+")
-    assert ("192.168.1.43/32", "eth+") in {(t.source, t.iif) for t in mroute.templates}
+    assert ("192.168.1.43", "eth+") in {(t.source, t.iif) for t in mroute.templates}
     joins, _ = parse(smcroute_import.convert_file(str(DATA / "mgroup.conf")).text)
     assert len(joins.joins) == 9  # a /30 of sources is four joins
     included, _ = parse(smcroute_import.convert_file(str(DATA / "include.conf")).text)
@@ -499,7 +516,13 @@ def test_check_config_counts_every_file_read_also_those_declaring_nothing(
         '[[route]]\nsource = "198.18.0.1"\ngroup = "239.1.1.1"\niif = "a"\noifs = ["b"]\n'
     )
     assert check_config(str(main)) == 0
-    assert "valid (2 files, 1 routes," in capsys.readouterr().out
+    assert "valid (2 files, 1 route, 0 templates," in capsys.readouterr().out
+    (tmp_path / "mfc_daemon.d" / "20-t.conf").write_text(
+        '[[route]]\ngroup = "239.2.0.0/24"\niif = "a"\noifs = ["b"]\n'
+        '[[interface]]\nname = "b"\nthreshold = 3\n'
+    )
+    assert check_config(str(main)) == 0
+    assert "(3 files, 1 route, 1 template, 0 joins, 1 interface)" in capsys.readouterr().out
 
 
 WRITTEN = '[[route]]\nsource = "{s}"\ngroup = "{g}"\niif = "{i}"\noifs = [{o}]\n{extra}'
@@ -620,3 +643,16 @@ def test_a_declared_table_too_large_for_its_family_is_a_problem_naming_the_limit
     assert all("out of range for IPv6: give a number from 1 to 99999999" in p for p in problems[1:])
     found, problems = parse(route() + "table = 999999999\n")
     assert not problems and [k[3] for k in found.routes] == [999_999_999]
+
+
+@pytest.mark.parametrize("oifs", ['"b", ""', '"", "vlan*"'])
+def test_an_empty_oif_name_in_the_config_is_refused_with_the_one_message(oifs: str) -> None:
+    _, problems = parse(route(oifs=oifs))
+    assert len(problems) == 1 and "oifs has an empty interface name (as in r1,,r2" in problems[0]
+
+
+@pytest.mark.parametrize("name", ["eth+", "vlan*"])
+def test_a_config_interface_setting_names_one_interface_not_a_wildcard(name: str) -> None:
+    _, problems = parse(f'[[interface]]\nname = "{name}"\nthreshold = 3\n')
+    assert len(problems) == 1
+    assert f"name {name} is a wildcard (a name ending in * or +)" in problems[0]

@@ -131,7 +131,7 @@ def test_config_mrdisc_is_on_refused_to_the_api_and_not_saved() -> None:
     result = reload(ctl, '[[interface]]\nname = "b"\nmrdisc = true\n')
     assert set(ctl.joins.mrdisc) == {"b", "c"}
     assert ctl.snapshot_extra()["mrdisc"] == ["c"]
-    assert "1 mrdisc settings changed" in str(result["summary"])
+    assert "1 mrdisc setting changed" in str(result["summary"])
     with pytest.raises(DeclaredInConfig, match=r"mrdisc of b is declared in f\.conf:1"):
         ctl.change([SetMrdisc("b", False)])
     reload(ctl, "")
@@ -193,7 +193,10 @@ def test_the_dry_run_plan_gives_thresholds_and_mrdisc_their_file_and_line() -> N
     assert steps["threshold"]["where"] == "f.conf:5"
     lines = cli.format_reload(result)
     assert "  set threshold 9 on b  (f.conf:5)" in lines.splitlines()
-    assert "  turn mrdisc on on c  (f.conf:1)" in lines.splitlines()
+    assert "  turn mrdisc on for c  (f.conf:1)" in lines.splitlines()
+    assert lines.splitlines()[-1] == (
+        "0 added, 0 removed, 0 changed, 0 unchanged, 1 threshold changed, 1 mrdisc setting changed"
+    )
     # A setting the files no longer declare goes back to the default: no place to name.
     reload(ctl, text)
     result = reload(ctl, "", dry_run=True)
@@ -218,3 +221,20 @@ def test_show_lists_a_config_template_wildcard_iif_and_oifs_beside_what_they_mat
         ("vlan2", "vlan*", ["b", "c+"]),
     ]
     assert cli.format_templates(templates)[2].split()[2] == "vlan*(vlan1)"
+
+
+def test_a_reload_plan_names_a_template_as_show_does_and_counts_as_mfcctl_does() -> None:
+    ctl = controller()
+    text = '[[route]]\ngroup = "239.1.1.1/32"\niif = "a"\noifs = ["b"]\n'
+    result = reload(ctl, text, dry_run=True)
+    assert "  add template * -> 239.1.1.1 iif a oifs b  (f.conf:1)" in cli.format_reload(result)
+    reload(ctl, text)
+    shown = views.Views(kernel_of(ctl)).show(ctl.router)["routes"]
+    assert [(r["source"], r["group"]) for r in shown if r.get("template")] == [("*", "239.1.1.1")]
+    routes = "".join(
+        f'[[route]]\nsource = "198.18.0.2"\ngroup = "239.9.{n // 250}.{n % 250 + 1}"\n'
+        'iif = "a"\noifs = ["b"]\n'
+        for n in range(1000)
+    )
+    summary = str(reload(ctl, text + routes)["summary"])
+    assert summary.startswith("1000 added, 0 removed, 0 changed, 0 unchanged")
