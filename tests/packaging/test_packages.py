@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +183,18 @@ class Lifecycle:
     user_kept: bool = False
 
 
+def build_revision() -> str:
+    """`git stash create` of the checkout (HEAD if nothing is changed). It exits 1 without a
+    word when it cannot take the index lock to refresh a changed checkout, as while another
+    git command runs in it (seen once in CI): try again a few times before failing."""
+    for _ in range(5):
+        result = run("git", "-C", str(ROOT), "stash", "create")
+        if result.returncode == 0:
+            return result.stdout.strip() or "HEAD"
+        time.sleep(1)
+    raise AssertionError(f"git -C {ROOT} stash create failed 5 times: {result}")
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     """The .deb and .rpm, built in a temporary directory from the checkout."""
@@ -190,7 +203,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("packages")
     # One revision for both packages, even if someone commits in this checkout meanwhile.
-    rev = run("git", "-C", str(ROOT), "stash", "create", check=True).stdout.strip() or "HEAD"
+    rev = build_revision()
     results = [
         run(str(ROOT / "packaging" / script), str(out), check=True, MFCD_BUILD_REV=rev)
         for script in ("build-deb.sh", "build-rpm.sh")
