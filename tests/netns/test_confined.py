@@ -129,6 +129,19 @@ def setpriv_args(settings: dict[str, list[str]]) -> list[str]:
     ]
 
 
+def staged(top: Path, settings: dict[str, list[str]]) -> tuple[Path, Path]:
+    """The confinement's spec and a copy of confine.py in `top`, all readable by nobody (the
+    checkout's own files are left as they are: a chmod there would leave git a changed file)."""
+    top.chmod(0o755)
+    spec = top / "confinement.json"
+    spec.write_text(json.dumps(confinement(settings)))
+    launcher = top / CONFINE.name
+    shutil.copyfile(CONFINE, launcher)
+    for path in (spec, launcher):
+        path.chmod(0o644)
+    return spec, launcher
+
+
 class ConfinedMfcd(Mfcd):
     """mfcd from a copy of src/ readable by nobody, run by Debian's python3 as the unit runs it."""
 
@@ -143,7 +156,7 @@ class ConfinedMfcd(Mfcd):
         command = [
             *setpriv_args(self.settings),
             SYSTEM_PYTHON,
-            str(CONFINE),
+            str(self.spec.with_name(CONFINE.name)),
             str(self.spec),
             SYSTEM_PYTHON,
             "-m",
@@ -204,15 +217,13 @@ def confined(lab: Lab) -> Iterator[ConfinedMfcd]:
     # reach the code, the config and its own state directory.
     top = Path(tempfile.mkdtemp(prefix="mfcd-confined-"))
     try:
-        top.chmod(0o755)
+        spec, _ = staged(top, unit_settings(UNIT.read_text()))
         code = top / "src"
         shutil.copytree(ROOT / "src" / "mfcd", code / "mfcd")
         work = top / "work"
         work.mkdir(mode=0o700)
         os.chown(work, NOBODY, NOBODY)
-        spec = top / "confinement.json"
-        spec.write_text(json.dumps(confinement(unit_settings(UNIT.read_text()))))
-        for path in [code, *code.rglob("*"), spec, CONFINE]:
+        for path in [code, *code.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
         daemon = ConfinedMfcd(lab, work, code, spec)
         daemon.start()
@@ -241,10 +252,7 @@ def test_the_confinement_is_real() -> None:
     below proves something)."""
     settings = unit_settings(UNIT.read_text())
     with tempfile.TemporaryDirectory() as top:
-        spec = Path(top) / "confinement.json"
-        spec.write_text(json.dumps(confinement(settings)))
-        Path(top).chmod(0o755)
-        spec.chmod(0o644)
+        spec, launcher = staged(Path(top), settings)
         probe = (
             "import mmap, os, socket\n"
             "def tried(f):\n"
@@ -258,7 +266,7 @@ def test_the_confinement_is_real() -> None:
             "print(os.getuid(), oct(os.umask(0)))\n"
         )
         result = subprocess.run(
-            [*setpriv_args(settings), SYSTEM_PYTHON, str(CONFINE), str(spec), *PYTHON_C, probe],
+            [*setpriv_args(settings), SYSTEM_PYTHON, str(launcher), str(spec), *PYTHON_C, probe],
             capture_output=True,
             text=True,
             timeout=30,
