@@ -184,9 +184,9 @@ class Lifecycle:
 
 
 def build_revision() -> str:
-    """`git stash create` of the checkout (HEAD if nothing is changed). It exits 1 without a
-    word when it cannot take the index lock to refresh a changed checkout, as while another
-    git command runs in it (seen once in CI): try again a few times before failing."""
+    """`git stash create` of the checkout (HEAD if nothing is changed). Debian 12's git exits
+    1 without a word the first time after a tracked file changed only in its inode (a chmod
+    or touch: seen in CI), and when another git command holds the index lock: try again."""
     for _ in range(5):
         result = run("git", "-C", str(ROOT), "stash", "create")
         if result.returncode == 0:
