@@ -8,6 +8,9 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 unset PYTHONPATH VIRTUAL_ENV PYENV_VERSION
 top=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 out=$(realpath -m "${1:-$top/dist}")
+# (The refresh first: after a chmod or touch of a tracked file, git stash create exits 1
+# without a word once, and set -e would end the build silently.)
+git -C "$top" update-index -q --refresh >/dev/null || true
 rev=${MFCD_BUILD_REV:-$(git -C "$top" stash create)}
 rev=${rev:-HEAD}
 work=$(mktemp -d "${TMPDIR:-/tmp}/mfcd-build.XXXXXX")
