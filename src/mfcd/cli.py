@@ -1174,15 +1174,31 @@ def format_plan(result: dict[str, Any]) -> str:
         elif action in ("join", "leave"):
             source = "" if step["source"] == "*" else f" source {step['source']}"
             out.append(f"{action} {fam} group {step['group']}{source} on {step['interface']}")
+        elif action.endswith(" template"):
+            out.append(_template_step(action, fam, step))
         elif "parent" in step:
-            oifs = ",".join(str(v) for v in step["oifs"])
-            out.append(
-                f"{action} {fam} {step['source']} -> {step['group']}"
-                f" iif VIF {step['parent']} oifs VIF {oifs}"
-            )
+            vifs = ",".join(str(v) for v in step["oifs"])
+            if "oif_names" in step:  # (a dry run's plan names them)
+                names = ",".join(step["oif_names"]) or "none"
+                ports = f"iif {step['iif']} oifs {names} (VIF {step['parent']} -> {vifs or '-'})"
+            else:
+                ports = f"iif VIF {step['parent']} oifs VIF {vifs}"
+            out.append(f"{action} {fam} {step['source']} -> {step['group']} {ports}")
         else:
             out.append(f"{action} {fam} {step['source']} -> {step['group']}")
     return "\n".join(out)
+
+
+def _template_step(action: str, fam: str, step: dict[str, Any]) -> str:
+    """`add template ipv4 * -> 239.4.2.0/24 iif r0 oifs r1`: a template writes no MFC entry
+    until a source of it is learned, so the line says so."""
+    text = f"{action} {fam} {step['source']} -> {step['group']} iif {step['iif']}"
+    if "oifs" in step:
+        was = f" (was {','.join(step['was']) or 'none'})" if "was" in step else ""
+        text += f" oifs {','.join(step['oifs']) or 'none'}{was}"
+    if action != "remove template":
+        text += "  (no MFC entry until a source is learned)"
+    return text
 
 
 def format_groups(result: dict[str, Any]) -> str:

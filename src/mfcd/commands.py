@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import time
-from collections import Counter
+from collections import ChainMap, Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
@@ -969,6 +969,8 @@ class Commands:
             if one.__class__ is AddRoute or one.__class__ is DelRoute:
                 outcome = self.controller.change_one(one)  # (None: not a case it covers)
         one_route = outcome is not None
+        # (the templates as they are before the change: what the plan's template lines say)
+        templates = views.template_plan(changes, self._templates_before()) if plan else []
         if outcome is None:
             outcome = self.controller.change(
                 changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch", runs=runs
@@ -984,6 +986,8 @@ class Commands:
             dry_run=dry_run,
             added=_added(self.controller.router, only),
         )
+        if templates:
+            result["plan"] = templates + result.get("plan", [])
         if plan and outcome.memberships:
             memberships = map(views.describe_membership, outcome.memberships)
             result.setdefault("plan", []).extend(memberships)
@@ -993,6 +997,10 @@ class Commands:
                 changes, outcome, one_route, peer=peer, cmd=cmd, args=args, note=note
             )
         return result
+
+    def _templates_before(self) -> ChainMap[TemplateKey, Ports]:
+        """The templates running, and the runtime ones with wildcards as given (not copied)."""
+        return ChainMap(self.controller.router.templates, self.controller.wild_templates)
 
     def _after_change(
         self,

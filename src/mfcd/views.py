@@ -40,8 +40,11 @@ from mfcd.model import (
     DEFAULT_THRESHOLD,
     MAXVIFS,
     AddMfc,
+    AddTemplate,
     AddVif,
+    Change,
     DelMfc,
+    DelTemplate,
     DelVif,
     PendingKey,
     Ports,
@@ -125,6 +128,8 @@ def change_result(
     result["kernel_operations"] = dict(counts)
     if steps is not None:
         result["plan"] = [describe_step(s) for s in steps]
+        if dry_run:  # (not the one-route lane's: route_response writes its results alike)
+            _name_interfaces(result["plan"], router, steps)
     if added is not None and not dry_run:
         status = router.status(added)
         result["state"] = status.state
@@ -133,6 +138,51 @@ def change_result(
         if status.missing:
             result["missing"] = list(status.missing)
     return result
+
+
+def _name_interfaces(plan: list[dict[str, Any]], router: Router, steps: Sequence[Step]) -> None:
+    """Name the interfaces of a dry-run plan's MFC steps (`iif`, `oif_names`) as reload -n
+    does, beside their VIF numbers: by the VIFs the model holds and those the plan adds."""
+    names: dict[tuple[int, int, int], str] = {}
+    for (family, table), slots in router.slots.items():
+        for vifi, name in enumerate(slots):
+            if name is not None:
+                names[(family, table, vifi)] = name
+    for step in steps:
+        if isinstance(step.op, AddVif):
+            names[(step.op.family, step.op.table, step.op.vifi)] = step.op.interface
+    for entry, step in zip(plan, steps, strict=True):
+        if isinstance(step.op, AddMfc):
+            family, table = step.op.family, step.op.table
+            entry["iif"] = names.get((family, table, step.op.parent), "?")
+            entry["oif_names"] = [names.get((family, table, v), "?") for v in entry["oifs"]]
+
+
+def template_plan(
+    changes: Iterable[Change], templates: Mapping[TemplateKey, Ports]
+) -> list[dict[str, Any]]:
+    """A change's plan lines for the templates it adds, changes or removes (`templates`:
+    those there are before it), as reload -n lists them. A template writes no MFC entry of
+    its own (its routes come as sources are learned): its line has no kernel step."""
+    plan = []
+    for change in changes:
+        if not isinstance(change, AddTemplate | DelTemplate):
+            continue
+        family, source, group, table, iif = change.key
+        old = templates.get(change.key)
+        entry: dict[str, Any] = {"family": FAMILY_NAMES[family], "source": source}
+        entry.update(group=group, table=table, iif=iif)
+        if isinstance(change, DelTemplate):
+            entry["action"] = "remove_template"
+        elif old == change.ports:
+            continue  # (the same template again: nothing changes)
+        else:
+            entry["action"] = "add_template" if old is None else "change_template"
+            entry["oifs"] = list(change.ports.oifs)
+        if old is not None:
+            entry["was"] = list(old.oifs)
+        plan.append(entry)
+    return plan
 
 
 def describe_membership(op: MembershipOp) -> dict[str, Any]:

@@ -322,6 +322,45 @@ def test_dry_run_reports_the_plan(commands: Commands) -> None:
     assert (result["dry_run"], result["state"]) == (False, "installed")
 
 
+def test_a_dry_runs_plan_names_the_interfaces_of_its_routes(commands: Commands) -> None:
+    args = dict(ROUTE, source="10.0.0.2", oifs=["b", "c"])
+    plan = ask(commands, "mfc.add", args, dry_run=True)["result"]["plan"]
+    (mfc,) = [p for p in plan if p["action"] == "add_mfc"]
+    assert (mfc["iif"], mfc["oif_names"]) == ("a", ["b", "c"])
+    assert len(mfc["oifs"]) == 2 and mfc["parent"] not in mfc["oifs"]  # (VIF numbers too)
+
+
+TEMPLATE = {"group": "239.4.2.0/24", "iif": "a", "oifs": ["b"]}
+
+
+def test_a_dry_runs_plan_lists_the_templates_it_adds_changes_and_removes(
+    commands: Commands,
+) -> None:
+    def plan(cmd: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+        result = ask(commands, cmd, args, dry_run=True)["result"]
+        return [p for p in result["plan"] if p["action"].endswith("_template")]
+
+    (add,) = plan("mfc.add", TEMPLATE)
+    assert add == {
+        "action": "add_template",
+        "family": "ipv4",
+        "source": "*",
+        "group": "239.4.2.0/24",
+        "table": 253,
+        "iif": "a",
+        "oifs": ["b"],
+    }
+    assert ask(commands, "mfc.add", TEMPLATE)["ok"]
+    assert plan("mfc.add", TEMPLATE) == []  # (the same again: nothing changes)
+    (change,) = plan("mfc.add", dict(TEMPLATE, oifs=["c"]))
+    assert (change["action"], change["oifs"], change["was"]) == ("change_template", ["c"], ["b"])
+    (remove,) = plan("mfc.del", {"group": "239.4.2.0/24"})
+    assert (remove["action"], remove["iif"], remove["was"]) == ("remove_template", "a", ["b"])
+    text = "add --group 239.5.0.0/16 --iif a --oifs b\n"
+    (batch,) = plan("batch", {"text": text})
+    assert (batch["action"], batch["group"]) == ("add_template", "239.5.0.0/16")
+
+
 def test_a_degraded_route_says_why_and_names_what_is_missing(commands: Commands) -> None:
     result = ask(commands, "mfc.add", dict(ROUTE, oifs=["b", "zz"]))["result"]
     assert (result["state"], result["reason"]) == ("degraded", "waiting for zz")
