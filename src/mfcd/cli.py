@@ -1244,7 +1244,10 @@ def format_reload(result: dict[str, Any]) -> str:
 def _reload_step(entry: dict[str, Any]) -> str:
     """One step of a reload's plan, without the FILE:LINE that declares it."""
     if entry["action"] == "threshold":
-        return f"set threshold {entry['threshold']} on {entry['interface']}"
+        was = f" (replaces the api value {entry['was']})" if entry.get("taken_over") else ""
+        return f"set threshold {entry['threshold']} on {entry['interface']}{was}"
+    if entry["action"] == "take_over":  # an api route the files now declare
+        return _take_over_step(entry)
     if entry["action"] == "mrdisc":
         return f"turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}"
     if entry["action"] in ("join", "leave"):
@@ -1257,6 +1260,19 @@ def _reload_step(entry: dict[str, Any]) -> str:
     if "oifs" in entry:
         what += f" oifs {','.join(entry['oifs'])}"
     return what
+
+
+def _take_over_step(entry: dict[str, Any]) -> str:
+    """`take over api route 198.18.0.2 -> 239.3.3.3 (oifs r1,r2,r3 -> r1)`."""
+    what = f"take over api route {entry['source']} -> {entry['group']}"
+    if _other_table(entry):
+        what += f" table {entry['table']}"
+    was, changes = entry["was"], []
+    if was["iif"] != entry["iif"]:
+        changes.append(f"iif {was['iif']} -> {entry['iif']}")
+    if sorted(was["oifs"]) != sorted(entry["oifs"]):
+        changes.append(f"oifs {','.join(was['oifs']) or 'none'} -> {','.join(entry['oifs'])}")
+    return f"{what} ({'; '.join(changes) or 'unchanged'})"
 
 
 def format_sync(result: dict[str, Any]) -> str:

@@ -240,6 +240,16 @@ class Outcome:
     memberships: list[MembershipOp] = field(default_factory=list)  # group joins and leaves
 
 
+@dataclass
+class Takeovers:
+    """What a reload takes over from the API, as it was before (reload plans name it), and
+    the declared thresholds the interfaces already have (no change)."""
+
+    routes: dict[RouteKey, Ports] = field(default_factory=dict)  # the api route's ports
+    thresholds: dict[str, int] = field(default_factory=dict)  # the api threshold
+    same_thresholds: set[str] = field(default_factory=set)
+
+
 class MembershipsLike(Protocol):
     """The kernel's group memberships (membership.Memberships)."""
 
@@ -1249,6 +1259,27 @@ class Controller:
             raise
         self._drop_taken_patterns()
         return outcome
+
+    def takeovers(self, diff: Diff) -> Takeovers:
+        """What applying `diff` would take over from the API (before it is applied): the api
+        routes the files now declare and the api thresholds they set; and the thresholds
+        they set to the value the interface has already."""
+        router = self.router
+        out = Takeovers()
+        routes, origins = router.routes, router.origins
+        if len(routes) > len(origins):  # (api routes there are: look the added ones up)
+            for key in diff.added:
+                ports = routes.get(key)
+                if ports is not None and key not in origins:
+                    out.routes[key] = ports
+        running = self.declared.interfaces
+        for name, threshold in diff.thresholds.items():
+            was = router.thresholds.get(name)
+            if was is not None and not (name in running and running[name].threshold is not None):
+                out.thresholds[name] = was
+            elif (was or DEFAULT_THRESHOLD) == (threshold or DEFAULT_THRESHOLD):
+                out.same_thresholds.add(name)
+        return out
 
     def _drop_taken_patterns(self) -> None:
         """Forget the patterns of runtime routes and templates the config files took over."""

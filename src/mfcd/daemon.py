@@ -1050,6 +1050,7 @@ class Daemon:
             except MfcdError as e:
                 log.error("reload failed, keeping the running configuration and routes: %s", e)
                 raise
+        taken = self.controller.takeovers(change)  # (before: the reload changes them)
         try:
             if dry_run:
                 outcome = self.controller.apply_declared(declared, change, dry_run)
@@ -1066,7 +1067,7 @@ class Daemon:
         except MfcdError as e:
             log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
             raise
-        result = views.reload_result(change, outcome, declared, dry_run)
+        result = views.reload_result(change, outcome, declared, dry_run, taken)
         if not dry_run:
             self._after_change()
             log.info(

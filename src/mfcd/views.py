@@ -839,25 +839,37 @@ def diagnosed_check(check: Check) -> dict[str, Any]:
 # --- reload --------------------------------------------------------------------------------------
 
 
-def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> dict[str, Any]:
+def reload_result(
+    change: Any, outcome: Any, declared: Any, dry_run: bool, taken: Any = None
+) -> dict[str, Any]:
     """The result of a reload (a declarations.Diff applied, a controller.Outcome): routes
     added, removed, changed and unchanged, with a one-line summary, and in a dry run the
-    plan: each route that changes, with the FILE:LINE that declares it."""
+    plan: each route that changes, with the FILE:LINE that declares it. `taken` (a
+    controller.Takeovers, made before the reload): the api routes and thresholds the files
+    take over, counted apart from those added and changed, and the thresholds declared at
+    the value the interface has already, not counted as changed."""
+    routes: Mapping[RouteKey, Ports] = taken.routes if taken is not None else {}
+    api_thresholds: Mapping[str, int] = taken.thresholds if taken is not None else {}
+    same: Collection[str] = taken.same_thresholds if taken is not None else ()
+    thresholds = len(change.thresholds) - len(api_thresholds) - len(same)
     result: dict[str, Any] = {
         "dry_run": dry_run,
         "files": list(declared.files),
-        "added": len(change.added),
+        "added": len(change.added) - len(routes),
         "removed": len(change.removed),
         "changed": len(change.changed),
         "unchanged": change.unchanged,
-        "thresholds": len(change.thresholds),
+        "taken_over": len(routes) + len(api_thresholds),
+        "thresholds": thresholds,
         "templates": _counted(change.templates),
         "joins": _counted(change.joins),
         "kernel_operations": dict(outcome.counts),
     }
     parts = [f"{result[k]:,} {k}" for k in ("added", "removed", "changed", "unchanged")]
-    if change.thresholds:
-        parts.append(f"{len(change.thresholds)} thresholds changed")
+    if result["taken_over"]:
+        parts.append(f"{result['taken_over']:,} taken over from the api")
+    if thresholds:
+        parts.append(f"{thresholds} thresholds changed")
     if change.mrdisc:
         parts.append(f"{len(change.mrdisc)} mrdisc settings changed")
     for kind in ("templates", "joins"):
@@ -871,11 +883,19 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         for action, keys in (("add", change.added), ("change", change.changed)):
             for key in keys:
                 iif, oifs = declared.routes[key]
-                plan.append(_declared(action, key, declared.where(key), iif=iif, oifs=list(oifs)))
+                entry = _declared(action, key, declared.where(key), iif=iif, oifs=list(oifs))
+                was = routes.get(key)
+                if was is not None:  # an api route the files now declare
+                    entry.update(action="take_over", was={"iif": was.iif, "oifs": list(was.oifs)})
+                plan.append(entry)
         plan += [_declared("remove", key, None) for key in change.removed]
         for name, threshold in sorted(change.thresholds.items()):
+            if name in same:
+                continue
             value = DEFAULT_THRESHOLD if threshold is None else threshold
             entry = {"action": "threshold", "interface": name, "threshold": value}
+            if name in api_thresholds:
+                entry.update(taken_over=True, was=api_thresholds[name])
             plan.append(_setting_where(entry, declared, name, "threshold"))
         for name, on in sorted(change.mrdisc.items()):
             entry = {"action": "mrdisc", "interface": name, "on": bool(on)}

@@ -10,7 +10,7 @@ from mfcd.controller import Controller
 from mfcd.declarations import diff
 from mfcd.errors import DeclaredInConfig
 from mfcd.groups import Join, Leave, SetMrdisc
-from mfcd.model import AddTemplate, DelTemplate, Ports
+from mfcd.model import AddRoute, AddTemplate, DelTemplate, Ports, SetThreshold
 from tests.unit.conftest import FakeKernel, FakeState
 from tests.unit.test_declarations import controller, parse
 
@@ -24,8 +24,9 @@ def reload(ctl: Controller, text: str, dry_run: bool = False) -> dict[str, objec
     new, problems = parse(text)
     assert problems == []
     change = diff(ctl.declared, new)
+    taken = ctl.takeovers(change)  # (as the daemon does: before the reload)
     outcome = ctl.apply_declared(new, change, dry_run)
-    return views.reload_result(change, outcome, new, dry_run)
+    return views.reload_result(change, outcome, new, dry_run, taken)
 
 
 def kernel_of(ctl: Controller) -> FakeKernel:
@@ -218,3 +219,32 @@ def test_show_lists_a_config_template_wildcard_iif_and_oifs_beside_what_they_mat
         ("vlan2", "vlan*", ["b", "c+"]),
     ]
     assert cli.format_templates(templates)[2].split()[2] == "vlan*(vlan1)"
+
+
+API_ROUTE = (4, "198.18.0.2", "239.3.3.3", 253)
+
+
+def test_the_plan_says_what_a_reload_takes_over_from_the_api() -> None:
+    ctl = controller()
+    ctl.change([AddRoute(API_ROUTE, Ports("a", ("b", "c", "vlan1")))])
+    ctl.change([SetThreshold("b", 10)])
+    text = (
+        '[[route]]\nsource = "198.18.0.2"\ngroup = "239.3.3.3"\niif = "a"\noifs = ["b"]\n\n'
+        '[[interface]]\nname = "b"\nthreshold = 5\n\n[[interface]]\nname = "a"\nthreshold = 1\n'
+    )
+    result = reload(ctl, text, dry_run=True)
+    assert (result["added"], result["taken_over"], result["thresholds"]) == (0, 2, 0)
+    plan = {(e["action"], e.get("interface")): e for e in result["plan"]}  # type: ignore[attr-defined]
+    route = plan["take_over", None]
+    assert route["was"] == {"iif": "a", "oifs": ["b", "c", "vlan1"]} and route["oifs"] == ["b"]
+    assert plan["threshold", "b"]["was"] == 10 and plan["threshold", "b"]["taken_over"]
+    assert ("threshold", "a") not in plan  # (a is at 1 already: no change)
+    lines = cli.format_reload(result).splitlines()
+    assert (
+        "  take over api route 198.18.0.2 -> 239.3.3.3 (oifs b,c,vlan1 -> b)  (f.conf:1)" in lines
+    )
+    assert "  set threshold 5 on b (replaces the api value 10)  (f.conf:7)" in lines
+    assert lines[-1] == "0 added, 0 removed, 0 changed, 0 unchanged, 2 taken over from the api"
+    result = reload(ctl, text)
+    assert result["summary"] == lines[-1]
+    assert ctl.router.origins[API_ROUTE] == "config"
