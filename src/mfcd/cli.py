@@ -666,7 +666,8 @@ def _monitor_command(sub: Any) -> None:
         help="print mfcd's events as they happen",
         description="Print mfcd's events as they happen, one line each (JSON lines with"
         " --output json): routes and templates added and removed, entries learned from"
-        " templates and expired, interface changes, repairs, reloads."
+        " templates and expired, interface changes, repairs, reloads (what a reload changed"
+        " comes with origin config; a failed reload gives reload.failed with its error)."
         " A reader that falls behind loses events; a `gap` line says how many. Ctrl-C to"
         " stop.",
     )

@@ -238,6 +238,9 @@ class Outcome:
     counts: Counter[str] = field(default_factory=Counter)
     steps: list[Step] = field(default_factory=list)
     memberships: list[MembershipOp] = field(default_factory=list)  # group joins and leaves
+    # A reload's last slice, applied: its thresholds, mrdisc settings, templates and joins
+    # (its routes are the diff's; the monitor is told of both).
+    settings: list[Change] = field(default_factory=list)
 
 
 @dataclass
@@ -1343,6 +1346,7 @@ class Controller:
             self.unjournaled = None
             done = self.change(last, keep_steps=False, origin="config", journal=journal)
             outcome.counts.update(done.counts)
+            outcome.settings = last
         except GeneratorExit:  # mfcd stops: the state file never saw the slices
             self.declared, self.reloading, self.unjournaled = old, frozenset(), None
             raise

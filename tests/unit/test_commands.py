@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -11,9 +12,10 @@ from hypothesis import strategies as st
 
 from mfcd import batchfile, protocol, validate
 from mfcd import commands as commands_module
-from mfcd.commands import Commands, Peer
+from mfcd.commands import Commands, Peer, tell
 from mfcd.controller import Controller
-from mfcd.model import RUN_MIN, Ports
+from mfcd.events import EventBus
+from mfcd.model import RUN_MIN, AddRoute, Change, DelRoute, Ports, SetThreshold
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
 PEER = Peer(pid=4242, uid=0, gid=0)
@@ -714,3 +716,27 @@ def test_batch_lines_and_ops_take_a_table(commands: Commands) -> None:
     router = commands.controller.router
     assert router.routes[(4, "10.0.0.1", "239.1.1.1", 100)] == Ports("c", ("b",))
     assert router.routes[(4, "10.0.0.1", "239.1.1.1", 253)] == Ports("a", ("b",))
+
+
+def test_tell_gives_a_reloads_changes_their_origin_and_counts_what_no_buffer_holds(
+    commands: Commands,
+) -> None:
+    bus = EventBus()
+    sub = bus.subscribe(lambda: None, limit=3)
+    router = commands.controller.router
+    key = (4, "10.0.0.1", "239.1.1.1", 253)
+    gone = (4, "10.0.0.9", "239.1.1.9", 253)  # (a route the reload removed: no origin left)
+    many = (DelRoute((4, "10.0.0.9", f"239.2.0.{n}", 253)) for n in range(100_000))
+    changes: list[Change] = [
+        DelRoute(gone),
+        AddRoute(key, router.routes[key]),
+        SetThreshold("b", 5),
+    ]
+    tell(bus, router, itertools.chain(changes, many), 100_003, origin="config")
+    told = sub.take()
+    assert [(e["event"], e["origin"]) for e in told[:3]] == [
+        ("route.del", "config"),
+        ("route.add", "config"),
+        ("threshold", "config"),
+    ]
+    assert told[3] == {"event": "gap", "time": told[3]["time"], "dropped": 100_000}
