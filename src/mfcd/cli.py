@@ -1250,7 +1250,8 @@ def _reload_step(entry: dict[str, Any]) -> str:
     if entry["action"] == "take_over":  # an api route the files now declare
         return _take_over_step(entry)
     if entry["action"] == "mrdisc":
-        return f"turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}"
+        taken = " (takes over the api setting)" if entry.get("taken_over") else ""
+        return f"turn mrdisc {'on' if entry['on'] else 'off'} on {entry['interface']}{taken}"
     if entry["action"] in ("join", "leave"):
         return f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
     what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"

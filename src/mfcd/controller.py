@@ -251,6 +251,8 @@ class Takeovers:
     routes: dict[RouteKey, Ports] = field(default_factory=dict)  # the api route's ports
     thresholds: dict[str, int] = field(default_factory=dict)  # the api threshold
     same_thresholds: set[str] = field(default_factory=set)
+    mrdisc: set[str] = field(default_factory=set)  # interfaces of an api mrdisc setting
+    same_mrdisc: set[str] = field(default_factory=set)
 
 
 class MembershipsLike(Protocol):
@@ -1265,8 +1267,8 @@ class Controller:
 
     def takeovers(self, diff: Diff) -> Takeovers:
         """What applying `diff` would take over from the API (before it is applied): the api
-        routes the files now declare and the api thresholds they set; and the thresholds
-        they set to the value the interface has already."""
+        routes the files now declare and the api thresholds and mrdisc settings they set;
+        and the settings they give the value the interface has already."""
         router = self.router
         out = Takeovers()
         routes, origins = router.routes, router.origins
@@ -1282,6 +1284,12 @@ class Controller:
                 out.thresholds[name] = was
             elif (was or DEFAULT_THRESHOLD) == (threshold or DEFAULT_THRESHOLD):
                 out.same_thresholds.add(name)
+        declared_mrdisc, on_now = self.declared.mrdisc(), self.joins.mrdisc
+        for name, on in diff.mrdisc.items():
+            if name in on_now and name not in declared_mrdisc:
+                out.mrdisc.add(name)
+            elif bool(on) == (name in on_now):
+                out.same_mrdisc.add(name)
         return out
 
     def _drop_taken_patterns(self) -> None:

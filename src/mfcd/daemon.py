@@ -1099,11 +1099,14 @@ class Daemon:
     def _tell_reload(self, change: declarations.Diff, outcome: Outcome, taken: Takeovers) -> None:
         """The monitor events of what a reload changed, as a batch's (origin config): its
         routes removed, added and changed, then its settings, templates and joins (not a
-        threshold declared at the value the interface had)."""
+        setting declared at the value the interface had)."""
         routes = self.controller.router.routes
-        same = taken.same_thresholds
+        same, same_mrdisc = taken.same_thresholds, taken.same_mrdisc
         settings = [
-            c for c in outcome.settings if not (isinstance(c, SetThreshold) and c.interface in same)
+            c
+            for c in outcome.settings
+            if not (isinstance(c, SetThreshold) and c.interface in same)
+            and not (isinstance(c, groups.SetMrdisc) and c.interface in same_mrdisc)
         ]
         added = [*change.added, *change.changed]
         changes = itertools.chain(

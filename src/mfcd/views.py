@@ -845,13 +845,16 @@ def reload_result(
     """The result of a reload (a declarations.Diff applied, a controller.Outcome): routes
     added, removed, changed and unchanged, with a one-line summary, and in a dry run the
     plan: each route that changes, with the FILE:LINE that declares it. `taken` (a
-    controller.Takeovers, made before the reload): the api routes and thresholds the files
-    take over, counted apart from those added and changed, and the thresholds declared at
-    the value the interface has already, not counted as changed."""
+    controller.Takeovers, made before the reload): the api routes, thresholds and mrdisc
+    settings the files take over, counted apart from those added and changed, and the
+    settings declared at the value the interface has already, not counted as changed."""
     routes: Mapping[RouteKey, Ports] = taken.routes if taken is not None else {}
     api_thresholds: Mapping[str, int] = taken.thresholds if taken is not None else {}
     same: Collection[str] = taken.same_thresholds if taken is not None else ()
+    api_mrdisc: Collection[str] = taken.mrdisc if taken is not None else ()
+    same_mrdisc: Collection[str] = taken.same_mrdisc if taken is not None else ()
     thresholds = len(change.thresholds) - len(api_thresholds) - len(same)
+    mrdisc = len(change.mrdisc) - len(api_mrdisc) - len(same_mrdisc)
     result: dict[str, Any] = {
         "dry_run": dry_run,
         "files": list(declared.files),
@@ -859,7 +862,7 @@ def reload_result(
         "removed": len(change.removed),
         "changed": len(change.changed),
         "unchanged": change.unchanged,
-        "taken_over": len(routes) + len(api_thresholds),
+        "taken_over": len(routes) + len(api_thresholds) + len(api_mrdisc),
         "thresholds": thresholds,
         "templates": _counted(change.templates),
         "joins": _counted(change.joins),
@@ -870,8 +873,8 @@ def reload_result(
         parts.append(f"{result['taken_over']:,} taken over from the api")
     if thresholds:
         parts.append(f"{thresholds} thresholds changed")
-    if change.mrdisc:
-        parts.append(f"{len(change.mrdisc)} mrdisc settings changed")
+    if mrdisc:
+        parts.append(f"{mrdisc} mrdisc settings changed")
     for kind in ("templates", "joins"):
         counts = result[kind]
         if any(counts.values()):
@@ -898,7 +901,11 @@ def reload_result(
                 entry.update(taken_over=True, was=api_thresholds[name])
             plan.append(_setting_where(entry, declared, name, "threshold"))
         for name, on in sorted(change.mrdisc.items()):
+            if name in same_mrdisc:
+                continue
             entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
+            if name in api_mrdisc:
+                entry["taken_over"] = True
             plan.append(_setting_where(entry, declared, name, "mrdisc"))
         plan += _template_plan(change.templates)
         plan += _join_plan(change.joins)

@@ -248,3 +248,16 @@ def test_the_plan_says_what_a_reload_takes_over_from_the_api() -> None:
     result = reload(ctl, text)
     assert result["summary"] == lines[-1]
     assert ctl.router.origins[API_ROUTE] == "config"
+
+
+def test_the_plan_says_a_reload_takes_over_an_api_mrdisc_and_skips_one_already_so() -> None:
+    ctl = controller()
+    ctl.change([SetMrdisc("b", True)])
+    text = '[[interface]]\nname = "b"\nmrdisc = true\n\n[[interface]]\nname = "c"\nmrdisc = false\n'
+    result = reload(ctl, text, dry_run=True)
+    assert (result["taken_over"], result["summary"]) == (
+        1,
+        "0 added, 0 removed, 0 changed, 0 unchanged, 1 taken over from the api",
+    )
+    lines = cli.format_reload(result).splitlines()
+    assert lines[1:-1] == ["  turn mrdisc on on b (takes over the api setting)  (f.conf:1)"]
