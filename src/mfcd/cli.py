@@ -672,7 +672,8 @@ def _monitor_command(sub: Any) -> None:
         help="print mfcd's events as they happen",
         description="Print mfcd's events as they happen, one line each (JSON lines with"
         " --output json): routes and templates added and removed, entries learned from"
-        " templates and expired, interface changes, repairs, reloads."
+        " templates and expired, interface changes, repairs, reloads (what a reload changed"
+        " comes with origin config; a failed reload gives reload.failed with its error)."
         " A reader that falls behind loses events; a `gap` line says how many. Ctrl-C to"
         " stop.",
     )
@@ -1189,15 +1190,31 @@ def format_plan(result: dict[str, Any]) -> str:
         elif action in ("join", "leave"):
             source = "" if step["source"] == "*" else f" source {step['source']}"
             out.append(f"{action} {fam} group {step['group']}{source} on {step['interface']}")
+        elif action.endswith(" template"):
+            out.append(_template_step(action, fam, step))
         elif "parent" in step:
-            oifs = ",".join(str(v) for v in step["oifs"])
-            out.append(
-                f"{action} {fam} {step['source']} -> {step['group']}"
-                f" iif VIF {step['parent']} oifs VIF {oifs}"
-            )
+            vifs = ",".join(str(v) for v in step["oifs"])
+            if "oif_names" in step:  # (a dry run's plan names them)
+                names = ",".join(step["oif_names"]) or "none"
+                ports = f"iif {step['iif']} oifs {names} (VIF {step['parent']} -> {vifs or '-'})"
+            else:
+                ports = f"iif VIF {step['parent']} oifs VIF {vifs}"
+            out.append(f"{action} {fam} {step['source']} -> {step['group']} {ports}")
         else:
             out.append(f"{action} {fam} {step['source']} -> {step['group']}")
     return "\n".join(out)
+
+
+def _template_step(action: str, fam: str, step: dict[str, Any]) -> str:
+    """`add template ipv4 * -> 239.4.2.0/24 iif r0 oifs r1`: a template writes no MFC entry
+    until a source of it is learned, so the line says so."""
+    text = f"{action} {fam} {step['source']} -> {step['group']} iif {step['iif']}"
+    if "oifs" in step:
+        was = f" (was {','.join(step['was']) or 'none'})" if "was" in step else ""
+        text += f" oifs {','.join(step['oifs']) or 'none'}{was}"
+    if action != "remove template":
+        text += "  (no MFC entry until a source is learned)"
+    return text
 
 
 def format_groups(result: dict[str, Any]) -> str:
@@ -1243,9 +1260,13 @@ def format_reload(result: dict[str, Any]) -> str:
 def _reload_step(entry: dict[str, Any]) -> str:
     """One step of a reload's plan, without the FILE:LINE that declares it."""
     if entry["action"] == "threshold":
-        return f"set threshold {entry['threshold']} on {entry['interface']}"
+        was = f" (replaces the api value {entry['was']})" if entry.get("taken_over") else ""
+        return f"set threshold {entry['threshold']} on {entry['interface']}{was}"
+    if entry["action"] == "take_over":  # an api route the files now declare
+        return _take_over_step(entry)
     if entry["action"] == "mrdisc":
-        return f"turn mrdisc {'on' if entry['on'] else 'off'} for {entry['interface']}"
+        taken = " (takes over the api setting)" if entry.get("taken_over") else ""
+        return f"turn mrdisc {'on' if entry['on'] else 'off'} for {entry['interface']}{taken}"
     if entry["action"] in ("join", "leave"):
         return f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
     what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
@@ -1256,6 +1277,19 @@ def _reload_step(entry: dict[str, Any]) -> str:
     if "oifs" in entry:
         what += f" oifs {','.join(entry['oifs'])}"
     return what
+
+
+def _take_over_step(entry: dict[str, Any]) -> str:
+    """`take over api route 198.18.0.2 -> 239.3.3.3 (oifs r1,r2,r3 -> r1)`."""
+    what = f"take over api route {entry['source']} -> {entry['group']}"
+    if _other_table(entry):
+        what += f" table {entry['table']}"
+    was, changes = entry["was"], []
+    if was["iif"] != entry["iif"]:
+        changes.append(f"iif {was['iif']} -> {entry['iif']}")
+    if sorted(was["oifs"]) != sorted(entry["oifs"]):
+        changes.append(f"oifs {','.join(was['oifs']) or 'none'} -> {','.join(entry['oifs'])}")
+    return f"{what} ({'; '.join(changes) or 'unchanged'})"
 
 
 def format_sync(result: dict[str, Any]) -> str:

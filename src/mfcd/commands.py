@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import time
-from collections import Counter
+from collections import ChainMap, Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
@@ -972,6 +972,8 @@ class Commands:
             if one.__class__ is AddRoute or one.__class__ is DelRoute:
                 outcome = self.controller.change_one(one)  # (None: not a case it covers)
         one_route = outcome is not None
+        # (the templates as they are before the change: what the plan's template lines say)
+        templates = views.template_plan(changes, self._templates_before()) if plan else []
         if outcome is None:
             outcome = self.controller.change(
                 changes, dry_run=dry_run, keep_steps=plan, numbered=cmd == "batch", runs=runs
@@ -987,6 +989,8 @@ class Commands:
             dry_run=dry_run,
             added=_added(self.controller.router, only),
         )
+        if templates:
+            result["plan"] = templates + result.get("plan", [])
         if plan and outcome.memberships:
             memberships = map(views.describe_membership, outcome.memberships)
             result.setdefault("plan", []).extend(memberships)
@@ -996,6 +1000,10 @@ class Commands:
                 changes, outcome, one_route, peer=peer, cmd=cmd, args=args, note=note
             )
         return result
+
+    def _templates_before(self) -> ChainMap[TemplateKey, Ports]:
+        """The templates running, and the runtime ones with wildcards as given (not copied)."""
+        return ChainMap(self.controller.router.templates, self.controller.wild_templates)
 
     def _after_change(
         self,
@@ -1045,52 +1053,7 @@ class Commands:
 
     def _tell(self, changes: list[Change]) -> None:
         """Tell monitor subscribers what a change did, one event per route or setting."""
-        router, bus, emit = self.controller.router, self.events, self.events.emit
-        for index, change in enumerate(changes):
-            if bus.saturated():  # a batch larger than every buffer: count the rest
-                bus.drop(len(changes) - index)
-                return
-            if isinstance(change, SetThreshold):
-                emit("threshold", interface=change.interface, threshold=change.threshold)
-                continue
-            if isinstance(change, SetMrdisc):
-                emit("mrdisc", interface=change.interface, on=change.on)
-                continue
-            if isinstance(change, (Join, Leave)):
-                interface, group, source = change.key
-                kind = "join" if isinstance(change, Join) else "leave"
-                emit(kind, interface=interface, group=group, source=source)
-                continue
-            if isinstance(change, (AddTemplate, DelTemplate)):
-                self._tell_template(change)
-                continue
-            family, source, group, table = change.key
-            fields = {
-                "family": protocol.FAMILY_NAMES[family],
-                "table": table,
-                "source": source,
-                "group": group,
-                "origin": router.origin(change.key),
-            }
-            if isinstance(change, DelRoute):
-                emit("route.del", **fields)
-                continue
-            if change.key not in router.routes:  # replaced again later in the same batch
-                continue
-            status = router.status(change.key)
-            iif, oifs = router.routes[change.key]
-            emit("route.add", **fields, iif=iif, oifs=list(oifs), state=status.state)
-
-    def _tell_template(self, change: AddTemplate | DelTemplate) -> None:
-        family, source, group, table, iif = key = change.key
-        fields = {"family": protocol.FAMILY_NAMES[family], "table": table}
-        router = self.controller.router
-        fields.update(source=source, group=group, iif=iif, origin=router.template_origin(key))
-        if isinstance(change, DelTemplate):
-            self.events.emit("template.del", **fields)
-        elif key in router.templates:
-            oifs = list(router.templates[key].oifs)
-            self.events.emit("template.add", **fields, oifs=oifs, state=router.status(key).state)
+        tell(self.events, self.controller.router, changes, len(changes))
 
 
 def _new_oifs(kind: str, key: RouteKey, ports: Ports, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -1356,3 +1319,63 @@ def _table_filter(args: dict[str, Any]) -> int | None:
     if value is None:
         return None
     return views.DEFAULT_TABLES if value == "default" else validate.table_of(value, 4)
+
+
+def tell(
+    bus: EventBus, router: Router, changes: Iterable[Change], total: int, origin: str = "api"
+) -> None:
+    """Tell monitor subscribers what `total` applied changes did, one event per route,
+    template or setting (as the router holds them after); once every subscriber's buffer
+    is full the rest are only counted (a batch or reload of 100,000 routes: a gap event).
+    `origin`: where the changes came from, for what the router records no other origin of
+    ("config": a reload, whose removed routes and templates the router no longer holds)."""
+    emit = bus.emit
+    for index, change in enumerate(changes):
+        if bus.saturated():  # a batch larger than every buffer: count the rest
+            bus.drop(total - index)
+            return
+        if isinstance(change, SetThreshold):
+            emit("threshold", interface=change.interface, threshold=change.threshold, origin=origin)
+            continue
+        if isinstance(change, SetMrdisc):
+            emit("mrdisc", interface=change.interface, on=change.on, origin=origin)
+            continue
+        if isinstance(change, (Join, Leave)):
+            interface, group, source = change.key
+            kind = "join" if isinstance(change, Join) else "leave"
+            emit(kind, interface=interface, group=group, source=source, origin=origin)
+            continue
+        if isinstance(change, (AddTemplate, DelTemplate)):
+            _tell_template(bus, router, change, origin)
+            continue
+        family, source, group, table = change.key
+        fields = {
+            "family": protocol.FAMILY_NAMES[family],
+            "table": table,
+            "source": source,
+            "group": group,
+            "origin": router.origins.get(change.key, origin),
+        }
+        if isinstance(change, DelRoute):
+            emit("route.del", **fields)
+            continue
+        if change.key not in router.routes:  # replaced again later in the same batch
+            continue
+        status = router.status(change.key)
+        iif, oifs = router.routes[change.key]
+        emit("route.add", **fields, iif=iif, oifs=list(oifs), state=status.state)
+
+
+def _tell_template(
+    bus: EventBus, router: Router, change: AddTemplate | DelTemplate, origin: str
+) -> None:
+    family, source, group, table, iif = key = change.key
+    fields = {"family": protocol.FAMILY_NAMES[family], "table": table}
+    fields.update(
+        source=source, group=group, iif=iif, origin=router.template_origins.get(key, origin)
+    )
+    if isinstance(change, DelTemplate):
+        bus.emit("template.del", **fields)
+    elif key in router.templates:
+        oifs = list(router.templates[key].oifs)
+        bus.emit("template.add", **fields, oifs=oifs, state=router.status(key).state)

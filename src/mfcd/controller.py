@@ -238,6 +238,21 @@ class Outcome:
     counts: Counter[str] = field(default_factory=Counter)
     steps: list[Step] = field(default_factory=list)
     memberships: list[MembershipOp] = field(default_factory=list)  # group joins and leaves
+    # A reload's last slice, applied: its thresholds, mrdisc settings, templates and joins
+    # (its routes are the diff's; the monitor is told of both).
+    settings: list[Change] = field(default_factory=list)
+
+
+@dataclass
+class Takeovers:
+    """What a reload takes over from the API, as it was before (reload plans name it), and
+    the declared thresholds the interfaces already have (no change)."""
+
+    routes: dict[RouteKey, Ports] = field(default_factory=dict)  # the api route's ports
+    thresholds: dict[str, int] = field(default_factory=dict)  # the api threshold
+    same_thresholds: set[str] = field(default_factory=set)
+    mrdisc: set[str] = field(default_factory=set)  # interfaces of an api mrdisc setting
+    same_mrdisc: set[str] = field(default_factory=set)
 
 
 class MembershipsLike(Protocol):
@@ -1251,6 +1266,33 @@ class Controller:
         self._drop_taken_patterns()
         return outcome
 
+    def takeovers(self, diff: Diff) -> Takeovers:
+        """What applying `diff` would take over from the API (before it is applied): the api
+        routes the files now declare and the api thresholds and mrdisc settings they set;
+        and the settings they give the value the interface has already."""
+        router = self.router
+        out = Takeovers()
+        routes, origins = router.routes, router.origins
+        if len(routes) > len(origins):  # (api routes there are: look the added ones up)
+            for key in diff.added:
+                ports = routes.get(key)
+                if ports is not None and key not in origins:
+                    out.routes[key] = ports
+        running = self.declared.interfaces
+        for name, threshold in diff.thresholds.items():
+            was = router.thresholds.get(name)
+            if was is not None and not (name in running and running[name].threshold is not None):
+                out.thresholds[name] = was
+            elif (was or DEFAULT_THRESHOLD) == (threshold or DEFAULT_THRESHOLD):
+                out.same_thresholds.add(name)
+        declared_mrdisc, on_now = self.declared.mrdisc(), self.joins.mrdisc
+        for name, on in diff.mrdisc.items():
+            if name in on_now and name not in declared_mrdisc:
+                out.mrdisc.add(name)
+            elif bool(on) == (name in on_now):
+                out.same_mrdisc.add(name)
+        return out
+
     def _drop_taken_patterns(self) -> None:
         """Forget the patterns of runtime routes and templates the config files took over."""
         origins, template_origins = self.router.origins, self.router.template_origins
@@ -1313,6 +1355,7 @@ class Controller:
             self.unjournaled = None
             done = self.change(last, keep_steps=False, origin="config", journal=journal)
             outcome.counts.update(done.counts)
+            outcome.settings = last
         except GeneratorExit:  # mfcd stops: the state file never saw the slices
             self.declared, self.reloading, self.unjournaled = old, frozenset(), None
             raise

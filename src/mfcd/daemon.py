@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import random
@@ -40,8 +41,8 @@ from mfcd import (
     protocol,
     views,
 )
-from mfcd.commands import Commands
-from mfcd.controller import Controller, Outcome, gc_paused, observe, on_vifs
+from mfcd.commands import Commands, tell
+from mfcd.controller import Controller, Outcome, Takeovers, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
@@ -50,7 +51,17 @@ from mfcd.learning import Learner
 from mfcd.membership import Memberships, link_running, lost_sources
 from mfcd.metrics_server import MetricsServer, read_process
 from mfcd.metrics_server import bind as bind_metrics_socket
-from mfcd.model import DEFAULT_TABLE, AddMfc, DelMfc, RouteKey, Step, TableKey
+from mfcd.model import (
+    DEFAULT_TABLE,
+    AddMfc,
+    AddRoute,
+    DelMfc,
+    DelRoute,
+    RouteKey,
+    SetThreshold,
+    Step,
+    TableKey,
+)
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.slices import Budget, run_sliced
 from mfcd.state import VERSION, Compaction, StateFile, route_columns
@@ -999,6 +1010,10 @@ class Daemon:
             notify.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading")
             try:
                 return await self._reload(dry_run)
+            except MfcdError as e:  # (nothing changed: the monitor is told why)
+                name = self.config_path or config.DEFAULT_PATH
+                self.events.emit("reload.failed", config=name, code=e.code, error=str(e))
+                raise
             finally:
                 self.reporter.announce("READY=1")
 
@@ -1047,6 +1062,7 @@ class Daemon:
             except MfcdError as e:
                 log.error("reload failed, keeping the running configuration and routes: %s", e)
                 raise
+        taken = self.controller.takeovers(change)  # (before: the reload changes them)
         try:
             if dry_run:
                 outcome = self.controller.apply_declared(declared, change, dry_run)
@@ -1063,7 +1079,7 @@ class Daemon:
         except MfcdError as e:
             log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
             raise
-        result = views.reload_result(change, outcome, declared, dry_run)
+        result = views.reload_result(change, outcome, declared, dry_run, taken)
         if not dry_run:
             self._after_change()
             log.info(
@@ -1072,8 +1088,31 @@ class Daemon:
                 result["summary"],
                 time.monotonic() - started,
             )
+            if self.events.subscribers:
+                self._tell_reload(change, outcome, taken)
             self.events.emit("reload", config=name, summary=result["summary"])
         return result
+
+    def _tell_reload(self, change: declarations.Diff, outcome: Outcome, taken: Takeovers) -> None:
+        """The monitor events of what a reload changed, as a batch's (origin config): its
+        routes removed, added and changed, then its settings, templates and joins (not a
+        setting declared at the value the interface had)."""
+        routes = self.controller.router.routes
+        same, same_mrdisc = taken.same_thresholds, taken.same_mrdisc
+        settings = [
+            c
+            for c in outcome.settings
+            if not (isinstance(c, SetThreshold) and c.interface in same)
+            and not (isinstance(c, groups.SetMrdisc) and c.interface in same_mrdisc)
+        ]
+        added = [*change.added, *change.changed]
+        changes = itertools.chain(
+            map(DelRoute, change.removed),
+            (AddRoute(k, routes[k]) for k in added if k in routes),
+            settings,
+        )
+        total = len(change.removed) + len(added) + len(settings)
+        tell(self.events, self.controller.router, changes, total, origin="config")
 
     def _apply_settings(self, new: config.Config) -> None:
         old = self.cfg

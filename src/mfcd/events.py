@@ -34,7 +34,8 @@ KINDS = (
     "mrdisc",  # vif.set --mrdisc / --no-mrdisc
     "link",  # an interface created, changed or deleted
     "repair",  # a drift repair (sync, or the daemon's own check)
-    "reload",  # the configuration was reloaded (SIGHUP)
+    "reload",  # the configuration was reloaded (SIGHUP), after its changes' own events
+    "reload.failed",  # a reload that changed nothing: why (FILE:LINE: reason)
     "gap",  # this subscriber missed `dropped` events here
 )
 

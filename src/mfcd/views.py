@@ -40,8 +40,11 @@ from mfcd.model import (
     DEFAULT_THRESHOLD,
     MAXVIFS,
     AddMfc,
+    AddTemplate,
     AddVif,
+    Change,
     DelMfc,
+    DelTemplate,
     DelVif,
     PendingKey,
     Ports,
@@ -125,6 +128,8 @@ def change_result(
     result["kernel_operations"] = dict(counts)
     if steps is not None:
         result["plan"] = [describe_step(s) for s in steps]
+        if dry_run:  # (not the one-route lane's: route_response writes its results alike)
+            _name_interfaces(result["plan"], router, steps)
     if added is not None and not dry_run:
         status = router.status(added)
         result["state"] = status.state
@@ -133,6 +138,51 @@ def change_result(
         if status.missing:
             result["missing"] = list(status.missing)
     return result
+
+
+def _name_interfaces(plan: list[dict[str, Any]], router: Router, steps: Sequence[Step]) -> None:
+    """Name the interfaces of a dry-run plan's MFC steps (`iif`, `oif_names`) as reload -n
+    does, beside their VIF numbers: by the VIFs the model holds and those the plan adds."""
+    names: dict[tuple[int, int, int], str] = {}
+    for (family, table), slots in router.slots.items():
+        for vifi, name in enumerate(slots):
+            if name is not None:
+                names[(family, table, vifi)] = name
+    for step in steps:
+        if isinstance(step.op, AddVif):
+            names[(step.op.family, step.op.table, step.op.vifi)] = step.op.interface
+    for entry, step in zip(plan, steps, strict=True):
+        if isinstance(step.op, AddMfc):
+            family, table = step.op.family, step.op.table
+            entry["iif"] = names.get((family, table, step.op.parent), "?")
+            entry["oif_names"] = [names.get((family, table, v), "?") for v in entry["oifs"]]
+
+
+def template_plan(
+    changes: Iterable[Change], templates: Mapping[TemplateKey, Ports]
+) -> list[dict[str, Any]]:
+    """A change's plan lines for the templates it adds, changes or removes (`templates`:
+    those there are before it), as reload -n lists them. A template writes no MFC entry of
+    its own (its routes come as sources are learned): its line has no kernel step."""
+    plan = []
+    for change in changes:
+        if not isinstance(change, AddTemplate | DelTemplate):
+            continue
+        family, source, group, table, iif = change.key
+        old = templates.get(change.key)
+        entry: dict[str, Any] = {"family": FAMILY_NAMES[family], "source": source}
+        entry.update(group=group, table=table, iif=iif)
+        if isinstance(change, DelTemplate):
+            entry["action"] = "remove_template"
+        elif old == change.ports:
+            continue  # (the same template again: nothing changes)
+        else:
+            entry["action"] = "add_template" if old is None else "change_template"
+            entry["oifs"] = list(change.ports.oifs)
+        if old is not None:
+            entry["was"] = list(old.oifs)
+        plan.append(entry)
+    return plan
 
 
 def describe_membership(op: MembershipOp) -> dict[str, Any]:
@@ -791,28 +841,43 @@ def diagnosed_check(check: Check) -> dict[str, Any]:
 # --- reload --------------------------------------------------------------------------------------
 
 
-def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> dict[str, Any]:
+def reload_result(
+    change: Any, outcome: Any, declared: Any, dry_run: bool, taken: Any = None
+) -> dict[str, Any]:
     """The result of a reload (a declarations.Diff applied, a controller.Outcome): routes
     added, removed, changed and unchanged, with a one-line summary, and in a dry run the
-    plan: each route that changes, with the FILE:LINE that declares it."""
+    plan: each route that changes, with the FILE:LINE that declares it. `taken` (a
+    controller.Takeovers, made before the reload): the api routes, thresholds and mrdisc
+    settings the files take over, counted apart from those added and changed, and the
+    settings declared at the value the interface has already, not counted as changed."""
+    routes: Mapping[RouteKey, Ports] = taken.routes if taken is not None else {}
+    api_thresholds: Mapping[str, int] = taken.thresholds if taken is not None else {}
+    same: Collection[str] = taken.same_thresholds if taken is not None else ()
+    api_mrdisc: Collection[str] = taken.mrdisc if taken is not None else ()
+    same_mrdisc: Collection[str] = taken.same_mrdisc if taken is not None else ()
+    thresholds = len(change.thresholds) - len(api_thresholds) - len(same)
+    mrdisc = len(change.mrdisc) - len(api_mrdisc) - len(same_mrdisc)
     result: dict[str, Any] = {
         "dry_run": dry_run,
         "files": list(declared.files),
-        "added": len(change.added),
+        "added": len(change.added) - len(routes),
         "removed": len(change.removed),
         "changed": len(change.changed),
         "unchanged": change.unchanged,
-        "thresholds": len(change.thresholds),
+        "taken_over": len(routes) + len(api_thresholds) + len(api_mrdisc),
+        "thresholds": thresholds,
         "templates": _counted(change.templates),
         "joins": _counted(change.joins),
         "kernel_operations": dict(outcome.counts),
     }
     # (plain numbers, as mfcctl prints every other count: "5000 added" as a batch says it)
     parts = [f"{result[k]} {k}" for k in ("added", "removed", "changed", "unchanged")]
-    if change.thresholds:
-        parts.append(f"{counted(len(change.thresholds), 'threshold')} changed")
-    if change.mrdisc:
-        parts.append(f"{counted(len(change.mrdisc), 'mrdisc setting')} changed")
+    if result["taken_over"]:
+        parts.append(f"{result['taken_over']} taken over from the api")
+    if thresholds:
+        parts.append(f"{counted(thresholds, 'threshold')} changed")
+    if mrdisc:
+        parts.append(f"{counted(mrdisc, 'mrdisc setting')} changed")
     for kind in ("templates", "joins"):
         counts = result[kind]
         if any(counts.values()):
@@ -824,14 +889,26 @@ def reload_result(change: Any, outcome: Any, declared: Any, dry_run: bool) -> di
         for action, keys in (("add", change.added), ("change", change.changed)):
             for key in keys:
                 iif, oifs = declared.routes[key]
-                plan.append(_declared(action, key, declared.where(key), iif=iif, oifs=list(oifs)))
+                entry = _declared(action, key, declared.where(key), iif=iif, oifs=list(oifs))
+                was = routes.get(key)
+                if was is not None:  # an api route the files now declare
+                    entry.update(action="take_over", was={"iif": was.iif, "oifs": list(was.oifs)})
+                plan.append(entry)
         plan += [_declared("remove", key, None) for key in change.removed]
         for name, threshold in sorted(change.thresholds.items()):
+            if name in same:
+                continue
             value = DEFAULT_THRESHOLD if threshold is None else threshold
             entry = {"action": "threshold", "interface": name, "threshold": value}
+            if name in api_thresholds:
+                entry.update(taken_over=True, was=api_thresholds[name])
             plan.append(_setting_where(entry, declared, name, "threshold"))
         for name, on in sorted(change.mrdisc.items()):
+            if name in same_mrdisc:
+                continue
             entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
+            if name in api_mrdisc:
+                entry["taken_over"] = True
             plan.append(_setting_where(entry, declared, name, "mrdisc"))
         plan += _template_plan(change.templates)
         plan += _join_plan(change.joins)

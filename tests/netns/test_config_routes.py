@@ -364,3 +364,32 @@ def test_config_mrdisc_advertises_is_refused_to_the_api_and_ends_with_a_reload(
         assert "1 mrdisc setting changed" in daemon.ok("reload")
     assert len(mrd(seen, 0x32)) == 1, seen  # a termination
     assert json.loads(daemon.ok("show", "groups", "-o", "json"))["mrdisc"] == []
+
+
+def test_reload_dry_run_says_it_takes_over_an_api_route_and_threshold(
+    lab: Lab, daemon: Mfcd
+) -> None:
+    daemon.start()
+    daemon.ok(*route_args(SOURCE, "239.3.3.3", "r0", "r1,r2,r3"))
+    daemon.ok("vif", "set", "r1", "--threshold", "10")
+    assert received(lab, "239.3.3.3") == [0, 5, 5]  # (TTL 8: not above r1's threshold)
+    settings = '\n[[interface]]\nname = "r1"\nthreshold = 5\n'
+    same = '\n[[interface]]\nname = "r0"\nthreshold = 1\n'  # (r0 is at 1: no change)
+    write_config(daemon, route("239.3.3.3", "r0", "r1") + settings + same)
+    dry = daemon.ok("reload", "-n").splitlines()
+    where = f"{daemon.config_file}:"
+    take = "  take over api route 198.18.0.2 -> 239.3.3.3 (oifs r1,r2,r3 -> r1)"
+    assert any(line.startswith(take + f"  ({where}") for line in dry), dry
+    assert any(
+        line.startswith("  set threshold 5 on r1 (replaces the api value 10)") for line in dry
+    )
+    assert not any("on r0" in line for line in dry), dry
+    assert dry[-1] == "0 added, 0 removed, 0 changed, 0 unchanged, 2 taken over from the api"
+    result = json.loads(daemon.ok("-o", "json", "reload", "-n"))
+    (entry,) = [e for e in result["plan"] if e["action"] == "take_over"]
+    assert entry["was"] == {"iif": "r0", "oifs": ["r1", "r2", "r3"]}
+    assert (result["added"], result["taken_over"], result["thresholds"]) == (0, 2, 0)
+    assert received(lab, "239.3.3.3") == [0, 5, 5]  # (a dry run changes nothing)
+    assert daemon.ok("reload").strip() == dry[-1]
+    assert received(lab, "239.3.3.3") == [5, 0, 0]
+    assert shown(daemon)["239.3.3.3"]["origin"] == "config"

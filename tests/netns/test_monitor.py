@@ -17,6 +17,7 @@ from lab.netns import Lab
 from mfcd import cli, events, protocol
 from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd, route_args
+from tests.netns.test_config_routes import route, write_config
 from tests.netns.test_interfaces import DEL_VIF
 
 SOURCE = "198.18.0.2"
@@ -222,3 +223,41 @@ def test_entries_learned_through_a_template_and_their_removal_are_told(
     assert {k: gone[k] for k in fields} == fields and gone["reason"] == "template_deleted"
     line = cli.format_event(flushed).split(" ", 1)[1]
     assert line == f"expired ipv4 {SOURCE} -> {group} iif r0 from * -> 239.1.0.0/16 (flush)"
+
+
+def test_a_reloads_changes_and_a_failed_reload_are_told(mfcd: Mfcd) -> None:
+    mfcd.ok(*route_args(SOURCE, "239.3.3.3", "r0", "r1,r2"))  # taken over by the files
+    template = '\n[[route]]\ngroup = "239.7.0.0/24"\niif = "r0"\noifs = ["r1"]\n'
+    settings = '\n[[interface]]\nname = "r2"\nthreshold = 5\n'
+    join = '\n[[join]]\ninterface = "r1"\ngroup = "239.5.5.5"\n'
+    declared = route("239.3.3.3", "r0", "r1") + template + settings + join
+    write_config(mfcd, route("239.6.0.1", "r0", "r1") + declared)
+    sub = Subscriber(mfcd.socket)
+    try:
+        mfcd.ok("reload")
+        seen = sub.until("reload")
+        write_config(mfcd, declared)
+        mfcd.ok("reload")
+        removed = sub.until("reload")
+        write_config(mfcd, declared + "\n[[route]\n")
+        assert mfcd.ctl("reload").returncode == 1
+        failed = sub.until("reload.failed")[-1]
+    finally:
+        sub.close()
+    told = {(e["event"], e.get("group") or e.get("interface")): e for e in seen}
+    assert told["route.add", "239.6.0.1"]["origin"] == "config"
+    taken = told["route.add", "239.3.3.3"]
+    assert (taken["origin"], taken["oifs"]) == ("config", ["r1"])
+    assert told["template.add", "239.7.0.0/24"]["origin"] == "config"
+    assert (told["threshold", "r2"]["threshold"], told["threshold", "r2"]["origin"]) == (
+        5,
+        "config",
+    )
+    assert told["join", "239.5.5.5"]["origin"] == "config"
+    assert seen[-1]["event"] == "reload"  # (after the events of its changes)
+    assert [(e["event"], e.get("group"), e.get("origin")) for e in removed] == [
+        ("route.del", "239.6.0.1", "config"),
+        ("reload", None, None),
+    ]
+    assert (failed["config"], failed["code"]) == (str(mfcd.config_file), "config_error")
+    assert failed["error"].startswith(f"{mfcd.config_file}:")

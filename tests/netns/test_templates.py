@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lab.netns import TRAFFIC, Lab
-from tests.netns.conftest import Mfcd
+from tests.netns.conftest import Mfcd, route_args
 
 # Per family: the sender's address, a group, a group range with a member and a non-member,
 # a source range holding the sender, and an address of the sender's outside it.
@@ -393,3 +393,23 @@ def test_each_tables_socket_gets_a_large_upcall_buffer_and_assert_mode(lab: Lab)
     assert done.returncode == 0, done.stderr
     # The kernel doubles what it is asked for; MRT_ASSERT reads back as 1.
     assert done.stdout.split() == ["4", "True", "1", "6", "True", "1"]
+
+
+def test_a_dry_run_lists_the_template_it_adds_and_removes(lab: Lab, mfcd: Mfcd) -> None:
+    args = ("mfc", "add", "--group", "239.4.2.0/24", "--iif", "r0", "--oifs", "r1")
+    lines = mfcd.ok(*args, "-n").splitlines()
+    assert "  add template ipv4 * -> 239.4.2.0/24 iif r0 oifs r1" in [
+        line.split("  (")[0] for line in lines
+    ], lines
+    assert "no kernel changes needed" not in "\n".join(lines)
+    result = json.loads(mfcd.ok(*args, "-n", "-o", "json"))
+    assert result["plan"][0]["action"] == "add_template"
+    mfcd.ok(*args)
+    lines = mfcd.ok("mfc", "del", "--group", "239.4.2.0/24", "-n").splitlines()
+    assert "  remove template ipv4 * -> 239.4.2.0/24 iif r0" in lines, lines
+    batch = "mfc add --group 239.4.3.0/24 --iif r0 --oifs r2\n"
+    lines = mfcd.ok("batch", "-", "-n", stdin=batch).splitlines()
+    assert any(line.startswith("  add template ipv4 * -> 239.4.3.0/24 iif r0") for line in lines)
+    # A route's steps name its interfaces (the VIF numbers in parentheses).
+    lines = mfcd.ok(*route_args("198.18.0.2", "239.4.9.9", "r0", "r2"), "-n").splitlines()
+    assert any(" 198.18.0.2 -> 239.4.9.9 iif r0 oifs r2 (VIF " in line for line in lines), lines

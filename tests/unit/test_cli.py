@@ -497,6 +497,24 @@ def test_format_plan() -> None:
     assert cli.format_plan({"plan": []}) == "no kernel changes needed"
 
 
+def test_format_plan_of_a_dry_run_names_interfaces_and_templates() -> None:
+    mfc: dict[str, Any] = {"action": "add_mfc", "family": "ipv4", "source": "10.0.0.1"}
+    mfc.update(group="239.1.1.1", parent=0, oifs=[2, 3], iif="r0", oif_names=["r2", "r3"])
+    template: dict[str, Any] = {"action": "add_template", "family": "ipv4", "source": "*"}
+    template.update(table=253, group="239.4.2.0/24", iif="r0", oifs=["r1"])
+    changed = dict(template, action="change_template", was=["r1", "r2"])
+    removed = {k: v for k, v in template.items() if k != "oifs"}
+    assert cli.format_plan({"plan": [mfc, template, changed]}).splitlines() == [
+        "add mfc ipv4 10.0.0.1 -> 239.1.1.1 iif r0 oifs r2,r3 (VIF 0 -> 2,3)",
+        "add template ipv4 * -> 239.4.2.0/24 iif r0 oifs r1  (no MFC entry until a source is"
+        " learned)",
+        "change template ipv4 * -> 239.4.2.0/24 iif r0 oifs r1 (was r1,r2)  (no MFC entry until"
+        " a source is learned)",
+    ]
+    removed["action"] = "remove_template"
+    assert cli.format_plan({"plan": [removed]}) == "remove template ipv4 * -> 239.4.2.0/24 iif r0"
+
+
 # --- start-up cost -------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -11,9 +12,10 @@ from hypothesis import strategies as st
 
 from mfcd import batchfile, protocol, validate
 from mfcd import commands as commands_module
-from mfcd.commands import Commands, Peer
+from mfcd.commands import Commands, Peer, tell
 from mfcd.controller import Controller
-from mfcd.model import RUN_MIN, Ports
+from mfcd.events import EventBus
+from mfcd.model import RUN_MIN, AddRoute, Change, DelRoute, Ports, SetThreshold
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
 PEER = Peer(pid=4242, uid=0, gid=0)
@@ -320,6 +322,45 @@ def test_dry_run_reports_the_plan(commands: Commands) -> None:
     assert snapshot(commands) == before
     result = ask(commands, "mfc.add", args)["result"]
     assert (result["dry_run"], result["state"]) == (False, "installed")
+
+
+def test_a_dry_runs_plan_names_the_interfaces_of_its_routes(commands: Commands) -> None:
+    args = dict(ROUTE, source="10.0.0.2", oifs=["b", "c"])
+    plan = ask(commands, "mfc.add", args, dry_run=True)["result"]["plan"]
+    (mfc,) = [p for p in plan if p["action"] == "add_mfc"]
+    assert (mfc["iif"], mfc["oif_names"]) == ("a", ["b", "c"])
+    assert len(mfc["oifs"]) == 2 and mfc["parent"] not in mfc["oifs"]  # (VIF numbers too)
+
+
+TEMPLATE = {"group": "239.4.2.0/24", "iif": "a", "oifs": ["b"]}
+
+
+def test_a_dry_runs_plan_lists_the_templates_it_adds_changes_and_removes(
+    commands: Commands,
+) -> None:
+    def plan(cmd: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+        result = ask(commands, cmd, args, dry_run=True)["result"]
+        return [p for p in result["plan"] if p["action"].endswith("_template")]
+
+    (add,) = plan("mfc.add", TEMPLATE)
+    assert add == {
+        "action": "add_template",
+        "family": "ipv4",
+        "source": "*",
+        "group": "239.4.2.0/24",
+        "table": 253,
+        "iif": "a",
+        "oifs": ["b"],
+    }
+    assert ask(commands, "mfc.add", TEMPLATE)["ok"]
+    assert plan("mfc.add", TEMPLATE) == []  # (the same again: nothing changes)
+    (change,) = plan("mfc.add", dict(TEMPLATE, oifs=["c"]))
+    assert (change["action"], change["oifs"], change["was"]) == ("change_template", ["c"], ["b"])
+    (remove,) = plan("mfc.del", {"group": "239.4.2.0/24"})
+    assert (remove["action"], remove["iif"], remove["was"]) == ("remove_template", "a", ["b"])
+    text = "add --group 239.5.0.0/16 --iif a --oifs b\n"
+    (batch,) = plan("batch", {"text": text})
+    assert (batch["action"], batch["group"]) == ("add_template", "239.5.0.0/16")
 
 
 def test_a_degraded_route_says_why_and_names_what_is_missing(commands: Commands) -> None:
@@ -745,3 +786,27 @@ def test_vif_show_gives_no_threshold_for_an_ipv6_vif_which_linux_ignores(
             ("ipv6", "a"): None,
             ("ipv6", "b"): None,
         }
+
+
+def test_tell_gives_a_reloads_changes_their_origin_and_counts_what_no_buffer_holds(
+    commands: Commands,
+) -> None:
+    bus = EventBus()
+    sub = bus.subscribe(lambda: None, limit=3)
+    router = commands.controller.router
+    key = (4, "10.0.0.1", "239.1.1.1", 253)
+    gone = (4, "10.0.0.9", "239.1.1.9", 253)  # (a route the reload removed: no origin left)
+    many = (DelRoute((4, "10.0.0.9", f"239.2.0.{n}", 253)) for n in range(100_000))
+    changes: list[Change] = [
+        DelRoute(gone),
+        AddRoute(key, router.routes[key]),
+        SetThreshold("b", 5),
+    ]
+    tell(bus, router, itertools.chain(changes, many), 100_003, origin="config")
+    told = sub.take()
+    assert [(e["event"], e["origin"]) for e in told[:3]] == [
+        ("route.del", "config"),
+        ("route.add", "config"),
+        ("threshold", "config"),
+    ]
+    assert told[3] == {"event": "gap", "time": told[3]["time"], "dropped": 100_000}

@@ -10,7 +10,7 @@ from mfcd.controller import Controller
 from mfcd.declarations import diff
 from mfcd.errors import DeclaredInConfig
 from mfcd.groups import Join, Leave, SetMrdisc
-from mfcd.model import AddTemplate, DelTemplate, Ports
+from mfcd.model import AddRoute, AddTemplate, DelTemplate, Ports, SetThreshold
 from tests.unit.conftest import FakeKernel, FakeState
 from tests.unit.test_declarations import controller, parse
 
@@ -24,8 +24,9 @@ def reload(ctl: Controller, text: str, dry_run: bool = False) -> dict[str, objec
     new, problems = parse(text)
     assert problems == []
     change = diff(ctl.declared, new)
+    taken = ctl.takeovers(change)  # (as the daemon does: before the reload)
     outcome = ctl.apply_declared(new, change, dry_run)
-    return views.reload_result(change, outcome, new, dry_run)
+    return views.reload_result(change, outcome, new, dry_run, taken)
 
 
 def kernel_of(ctl: Controller) -> FakeKernel:
@@ -238,3 +239,45 @@ def test_a_reload_plan_names_a_template_as_show_does_and_counts_as_mfcctl_does()
     )
     summary = str(reload(ctl, text + routes)["summary"])
     assert summary.startswith("1000 added, 0 removed, 0 changed, 0 unchanged")
+
+
+API_ROUTE = (4, "198.18.0.2", "239.3.3.3", 253)
+
+
+def test_the_plan_says_what_a_reload_takes_over_from_the_api() -> None:
+    ctl = controller()
+    ctl.change([AddRoute(API_ROUTE, Ports("a", ("b", "c", "vlan1")))])
+    ctl.change([SetThreshold("b", 10)])
+    text = (
+        '[[route]]\nsource = "198.18.0.2"\ngroup = "239.3.3.3"\niif = "a"\noifs = ["b"]\n\n'
+        '[[interface]]\nname = "b"\nthreshold = 5\n\n[[interface]]\nname = "a"\nthreshold = 1\n'
+    )
+    result = reload(ctl, text, dry_run=True)
+    assert (result["added"], result["taken_over"], result["thresholds"]) == (0, 2, 0)
+    plan = {(e["action"], e.get("interface")): e for e in result["plan"]}  # type: ignore[attr-defined]
+    route = plan["take_over", None]
+    assert route["was"] == {"iif": "a", "oifs": ["b", "c", "vlan1"]} and route["oifs"] == ["b"]
+    assert plan["threshold", "b"]["was"] == 10 and plan["threshold", "b"]["taken_over"]
+    assert ("threshold", "a") not in plan  # (a is at 1 already: no change)
+    lines = cli.format_reload(result).splitlines()
+    assert (
+        "  take over api route 198.18.0.2 -> 239.3.3.3 (oifs b,c,vlan1 -> b)  (f.conf:1)" in lines
+    )
+    assert "  set threshold 5 on b (replaces the api value 10)  (f.conf:7)" in lines
+    assert lines[-1] == "0 added, 0 removed, 0 changed, 0 unchanged, 2 taken over from the api"
+    result = reload(ctl, text)
+    assert result["summary"] == lines[-1]
+    assert ctl.router.origins[API_ROUTE] == "config"
+
+
+def test_the_plan_says_a_reload_takes_over_an_api_mrdisc_and_skips_one_already_so() -> None:
+    ctl = controller()
+    ctl.change([SetMrdisc("b", True)])
+    text = '[[interface]]\nname = "b"\nmrdisc = true\n\n[[interface]]\nname = "c"\nmrdisc = false\n'
+    result = reload(ctl, text, dry_run=True)
+    assert (result["taken_over"], result["summary"]) == (
+        1,
+        "0 added, 0 removed, 0 changed, 0 unchanged, 1 taken over from the api",
+    )
+    lines = cli.format_reload(result).splitlines()
+    assert lines[1:-1] == ["  turn mrdisc on for b (takes over the api setting)  (f.conf:1)"]

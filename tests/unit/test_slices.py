@@ -187,8 +187,11 @@ def test_a_template_deletion_request_lets_its_entries_go_in_slices() -> None:
     response, shown = run_with_others_served(commands, submit(commands, "mfc.del", args))
     result = response["result"]
     assert result["kernel_operations"]["replace_mfc"] == ENTRIES
-    # The plan lists the last transaction's steps only (the VIFs it releases).
-    assert len(result["plan"]) == sum(result["kernel_operations"].values()) - ENTRIES
+    # The plan lists the last transaction's steps only (the VIFs it releases), after the
+    # template's own line (no kernel step).
+    template, *steps = result["plan"]
+    assert template["action"] == "remove_template"
+    assert len(steps) == sum(result["kernel_operations"].values()) - ENTRIES
     router = commands.controller.router
     assert tkey(*NARROW[:2]) not in router.templates
     assert set(router.learned.values()) == {tkey(*WIDE[:2])} and len(router.learned) == ENTRIES + 2

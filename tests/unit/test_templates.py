@@ -432,7 +432,9 @@ def test_requests_add_show_dry_run_and_delete_templates() -> None:
     commands.learner = Learner(ctl, ctl.kernel)
     star_g = {"group": "239.5.5.5", "iif": "a", "oifs": ["b"]}
     planned = ask(commands, "mfc.add", star_g, dry_run=True)["result"]
-    assert planned["plan"] == [] and ctl.router.templates == {}
+    # Its line, and no kernel step: a template has no MFC entry until a source is learned.
+    assert [p["action"] for p in planned["plan"]] == ["add_template"]
+    assert planned["kernel_operations"] == {} and ctl.router.templates == {}
     assert ask(commands, "mfc.add", star_g)["result"]["state"] == "installed"
     assert ask(commands, "mfc.add", dict(star_g, iif="b", oifs=["a"]))["ok"]
     ranged: dict[str, Any] = {"op": "add", "source": "10.0.0.0/8", "group": "239.6.0.0/16"}
