@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Lab
-from tests.netns.conftest import Mfcd, route_args
+from tests.netns.conftest import route_args
+from tests.netns.test_hardening import LoggedMfcd
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "packaging" / "mfc_daemon.service"
@@ -142,18 +143,18 @@ def staged(top: Path, settings: dict[str, list[str]]) -> tuple[Path, Path]:
     return spec, launcher
 
 
-class ConfinedMfcd(Mfcd):
-    """mfcd from a copy of src/ readable by nobody, run by Debian's python3 as the unit runs it."""
+class ConfinedMfcd(LoggedMfcd):
+    """mfcd from a copy of src/ readable by nobody, run by Debian's python3 as the unit runs it;
+    its log in a file (a start restoring 60,000 routes at log level debug would fill a pipe)."""
 
     def __init__(self, lab: Lab, workdir: Path, code: Path, spec: Path) -> None:
         super().__init__(lab, workdir)
         self.code = code
         self.spec = spec
         self.settings = unit_settings(UNIT.read_text())
-        self.log_path = code.parent / "mfcd.log"
 
-    def start(self, wait: bool = True) -> None:
-        command = [
+    def command(self) -> list[str]:
+        return [
             *setpriv_args(self.settings),
             SYSTEM_PYTHON,
             str(self.spec.with_name(CONFINE.name)),
@@ -164,29 +165,6 @@ class ConfinedMfcd(Mfcd):
             "--config",
             str(self.config_file),
         ]
-        # Its log to a file: a start restoring 20,000 routes at log level debug would fill a
-        # pipe that nobody reads before it exits, and block on it.
-        with open(self.log_path, "a", encoding="utf-8") as log:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.lab.router, *command],
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                text=True,
-                env=self.env(),
-            )
-        self.lab.processes.append(self.proc)
-        if wait:
-            self.wait_ready()
-
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
-        """Stop it; its exit status and what it logged since it started."""
-        assert self.proc is not None
-        code, _, _ = self.lab.stop(self.proc, sig)
-        self.proc = None
-        with open(self.log_path, encoding="utf-8") as log:
-            text = log.read()
-        self.log_path.unlink()
-        return code, text
 
     def wait_ready(self, timeout: float = 15) -> None:
         try:

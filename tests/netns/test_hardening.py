@@ -28,22 +28,23 @@ class LoggedMfcd(Mfcd):
     """mfcd logging to a file: a daemon serving thousands of requests would fill a pipe that
     nobody reads until it exits, and block on it."""
 
+    def command(self) -> list[str]:
+        """What runs in the router's namespace."""
+        return [str(BIN / "mfcd"), "--config", str(self.config_file)]
+
+    def env(self) -> dict[str, str] | None:
+        """Its environment (None: this process's)."""
+        return None
+
     def start(self, wait: bool = True) -> None:
         self.log_path = self.workdir / "mfcd.log"
         self._log_file: IO[str] = open(self.log_path, "a")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.lab.router,
-                str(BIN / "mfcd"),
-                "--config",
-                str(self.config_file),
-            ],
+            ["ip", "netns", "exec", self.lab.router, *self.command()],
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
             text=True,
+            env=self.env(),
         )
         self.lab.processes.append(self.proc)
         if wait:
