@@ -9,11 +9,13 @@ Each directive of smcroute.conf(5) becomes a declaration of mfc_daemon.conf(5):
     ssmgroup from IF source S group G                       ->  [[join]] with a source
     include GLOB                                            ->  the files' declarations, inline
 
-The `+` wildcard of interface names is mfcd's too. `phyint IF disable` gives IF no VIF in
-smcroute, so routes do not use it: IF is left out of the oifs that name it (a warning), and
-a wildcard that matches it is warned about (mfcd's wildcard would include it). As smcroute
-reads each line on its own, a trailing backslash continues nothing: it is part of the last
-word, and an oif that ends in one is skipped (a warning), as smcroute skips it.
+Two mroute lines for the same source, group and iif make one route with the oifs of
+both, as smcroute merges them. The `+` wildcard of interface names is mfcd's too.
+`phyint IF disable` gives IF no VIF in smcroute, so routes do not use it: IF is left out
+of the oifs that name it (a warning), and a wildcard that matches it is warned about
+(mfcd's wildcard would include it). As smcroute reads each line on its own, a trailing
+backslash continues nothing: it is part of the last word, and an oif that ends in one is
+skipped (a warning), as smcroute skips it.
 
 What is written is read back with mfcd's own config reader (declarations), so that it passes
 `mfcd --check-config`: a line that cannot be converted, or whose declarations that reader
@@ -52,7 +54,17 @@ class _Problem(Exception):
 class _Line:
     """One directive of the input and what it became."""
 
-    __slots__ = ("blocks", "exact", "notes", "problem", "route", "text", "warnings", "where")
+    __slots__ = (
+        "blocks",
+        "exact",
+        "into",
+        "notes",
+        "problem",
+        "route",
+        "text",
+        "warnings",
+        "where",
+    )
 
     def __init__(self, where: str, text: str) -> None:
         self.where = where  # FILE:LINE ("" for a comment of the import's own)
@@ -63,6 +75,7 @@ class _Line:
         self.problem: str | None = None  # why it is not converted
         self.warnings: list[str] = []  # what changed in converting it, if it is converted
         self.exact = False  # one (S,G) route: read back with the routes that mfcd reads fast
+        self.into: _Line | None = None  # the earlier mroute line its oifs were merged into
 
     def lines(self) -> list[str]:
         """Its lines in the output."""
@@ -80,7 +93,7 @@ class _Line:
 class _Converter:
     def __init__(self) -> None:
         self.lines: list[_Line] = []
-        self.routes: dict[tuple[str, str, str], str] = {}  # (source, group, iif) -> FILE:LINE
+        self.routes: dict[tuple[str, str, str], _Line] = {}  # (source, group, iif) -> first line
         self.joins: set[tuple[str, str, str | None]] = set()
         self.interfaces: dict[str, str] = {}  # name -> FILE:LINE
         self.disabled: dict[str, str] = {}  # phyint IF disable: IF (or pattern) -> FILE:LINE
@@ -235,9 +248,11 @@ class _Converter:
         if len(set(oifs)) != len(oifs):
             oifs = list(dict.fromkeys(oifs))
         key = (source or "*", group, iif)
-        if key in self.routes:
-            raise _Problem(f"the same route again (first at {self.routes[key]}); kept the first")
-        self.routes[key] = self.line.where
+        first = self.routes.get(key)
+        if first is not None:
+            self.merge(first, oifs)
+            return
+        self.routes[key] = self.line
         self.line.route = (source, group, iif, oifs)
         self.line.exact = (
             source is not None
@@ -245,6 +260,26 @@ class _Converter:
             and not any(n.endswith(_WILDCARDS) for n in oifs)
         )
         self.line.blocks.append(_route_block(source, group, iif, oifs))
+
+    def merge(self, first: _Line, oifs: list[str]) -> None:
+        """Add the oifs of a second mroute line for the same source, group and iif to the
+        first line's route, as smcroute does (mroute.c adds the oifs to the rule it has, and
+        `ip mroute` then shows one route with both lines' oifs)."""
+        assert first.route is not None
+        source, group, iif, had = first.route
+        added = [n for n in oifs if n not in had]
+        self.line.into = first
+        if not added:
+            self.line.notes.append(f"# (the same route as {first.where}: no oif to add)")
+            return
+        merged = had + added
+        first.route = (source, group, iif, merged)
+        first.exact = first.exact and not any(n.endswith(_WILDCARDS) for n in added)
+        first.blocks = [_route_block(source, group, iif, merged)]
+        self.line.notes.append(
+            f"# (the same route as {first.where}: {' '.join(added)} added to its oifs there,"
+            " as smcroute merges them)"
+        )
 
     def mgroup(self, kind: str, words: list[str]) -> None:
         options = _pairs(words, ("from", "source", "group"), kind)
@@ -503,6 +538,8 @@ def convert_file(path: str) -> Converted:
     warnings: list[str] = []
     report: list[str] = []
     for line in converter.lines:
+        if line.into is not None and line.into.problem is not None and line.problem is None:
+            line.problem = f"merged into the route of {line.into.where}, which is not converted"
         out += line.lines()
         if line.problem is not None:
             problems.append(f"{line.where}: {line.problem}")

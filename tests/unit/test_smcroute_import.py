@@ -177,6 +177,42 @@ def test_a_trailing_backslash_continues_nothing(tmp_path: Path) -> None:
     assert "# NOT CONVERTED: eth2\n" in converted.text
 
 
+# --- the same route on two lines: smcroute merges the oifs -----------------------------------
+
+
+def test_the_same_route_again_adds_its_oifs_to_the_first(tmp_path: Path) -> None:
+    # smcroute 2.5.6 (smcrouted -N -f, then ip mroute): "(198.18.0.10,239.1.1.1) Iif: r0
+    # Oifs: r1 r3", and the (*,G) template of lines 3-4 forwards to r1 r2.
+    converted = convert(
+        tmp_path,
+        "mroute from r0 source 198.18.0.10 group 239.1.1.1 to r1\n"
+        "mroute from r0 source 198.18.0.10 group 239.1.1.1 to r3 r1\n"
+        "mroute from r0 group 239.2.2.2 to r1\n"
+        "mroute from r0 group 239.2.2.2 to r2 r1\n"
+        "mroute from r0 group 239.2.2.2 to r2\n",
+    )
+    assert converted.problems == converted.warnings == []
+    found = loads(tmp_path, converted)
+    assert [p.oifs for p in found.routes.values()] == [("r1", "r3")]
+    assert [t.oifs for t in found.templates] == [("r1", "r2")]
+    path = tmp_path / "smcroute.conf"
+    assert f"# (the same route as {path}:1: r3 added to its oifs there" in converted.text
+    assert converted.text.split(f"{path}:5: ")[1].splitlines()[1] == (
+        f"# (the same route as {path}:3: no oif to add)"
+    )
+
+
+def test_a_route_merged_into_one_not_converted_is_not_converted(tmp_path: Path) -> None:
+    converted = convert(
+        tmp_path,
+        "mroute from r0 source 198.18.0.10 group 224.0.0.5 to r1\n"
+        "mroute from r0 source 198.18.0.10 group 224.0.0.5 to r3\n",
+    )
+    assert numbers(converted.problems) == [1, 2]
+    assert "merged into the route of" in converted.problems[1]
+    assert loads(tmp_path, converted).routes == {}
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 
