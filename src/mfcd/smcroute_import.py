@@ -34,7 +34,9 @@ import re
 import socket
 from typing import NamedTuple
 
-from mfcd import declarations
+from mfcd import declarations, validate
+from mfcd.errors import InvalidArgument
+from mfcd.model import DEFAULT_TABLE
 
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
 _WILDCARDS = ("+", "*")
@@ -91,7 +93,8 @@ class _Line:
 
 
 class _Converter:
-    def __init__(self) -> None:
+    def __init__(self, table: str | None) -> None:
+        self.table = table  # the TOML value of every route's `table` (None: the default)
         self.lines: list[_Line] = []
         self.routes: dict[tuple[str, str, str], _Line] = {}  # (source, group, iif) -> first line
         self.joins: set[tuple[str, str, str | None]] = set()
@@ -259,7 +262,7 @@ class _Converter:
             and "/" not in source + group
             and not any(n.endswith(_WILDCARDS) for n in oifs)
         )
-        self.line.blocks.append(_route_block(source, group, iif, oifs))
+        self.line.blocks.append(_route_block(source, group, iif, oifs, self.table))
 
     def merge(self, first: _Line, oifs: list[str]) -> None:
         """Add the oifs of a second mroute line for the same source, group and iif to the
@@ -275,7 +278,7 @@ class _Converter:
         merged = had + added
         first.route = (source, group, iif, merged)
         first.exact = first.exact and not any(n.endswith(_WILDCARDS) for n in added)
-        first.blocks = [_route_block(source, group, iif, merged)]
+        first.blocks = [_route_block(source, group, iif, merged, self.table)]
         self.line.notes.append(
             f"# (the same route as {first.where}: {' '.join(added)} added to its oifs there,"
             " as smcroute merges them)"
@@ -360,7 +363,7 @@ class _Converter:
                 )
                 continue
             line.route = (source, group, iif, kept)
-            line.blocks = [_route_block(source, group, iif, kept)]
+            line.blocks = [_route_block(source, group, iif, kept, self.table)]
 
     def disabled_by(self, name: str) -> str | None:
         """The disabled name or pattern that covers the interface `name`, if any."""
@@ -394,13 +397,31 @@ class _Converter:
                 line.problem = why
 
 
-def _route_block(source: str | None, group: str, iif: str, oifs: list[str]) -> list[str]:
+def _route_block(
+    source: str | None, group: str, iif: str, oifs: list[str], table: str | None
+) -> list[str]:
     block = ["[[route]]"]
     if source is not None:
         block.append(f"source = {_q(source)}")
     block += [f"group = {_q(group)}", f"iif = {_q(iif)}"]
     block.append(f"oifs = [{', '.join(_q(n) for n in oifs)}]")
+    if table is not None:
+        block.append(f"table = {table}")
     return block
+
+
+def table_value(text: str) -> str | None:
+    """The TOML value of `table` for --table TEXT (None for the default table), checked as
+    mfcd checks a route's table (ValueError with the reason if it is none). smcroute's
+    `-t ID` takes a number; a name of /etc/iproute2/rt_tables is kept as a name, which mfcd
+    looks up at each start and reload."""
+    try:
+        number = validate.table_of(text, 4)
+    except InvalidArgument as e:
+        raise ValueError(str(e)) from None
+    if number == DEFAULT_TABLE[4] and not text.isdigit():
+        return None  # "default": as without --table
+    return str(number) if text.isascii() and text.isdigit() else _q(text)
 
 
 # Where mfcd's reader names a place in the texts _refused gives it.
@@ -524,9 +545,10 @@ def _q(text: str) -> str:
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def convert_file(path: str) -> Converted:
-    """Convert an smcroute.conf and the files it includes (OSError if it cannot be read)."""
-    converter = _Converter()
+def convert_file(path: str, table: str | None = None) -> Converted:
+    """Convert an smcroute.conf and the files it includes (OSError if it cannot be read),
+    each route into `table` (a table_value; None for the default table)."""
+    converter = _Converter(table)
     converter.comment(f"# Converted from {path} by mfcctl import-smcroute.")
     converter.comment("# Check it with: mfcd --check-config --config FILE")
     converter.comment("")

@@ -7,10 +7,11 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfcd import config, smcroute_import
+from mfcd import config, smcroute_import, validate
 from mfcd.declarations import Declarations
 from tests.unit.test_cli import run_cli
 
@@ -211,6 +212,47 @@ def test_a_route_merged_into_one_not_converted_is_not_converted(tmp_path: Path) 
     assert numbers(converted.problems) == [1, 2]
     assert "merged into the route of" in converted.problems[1]
     assert loads(tmp_path, converted).routes == {}
+
+
+# --- --table: smcrouted -t ID ------------------------------------------------------------------
+
+
+def test_table_puts_every_route_and_template_in_that_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validate, "_table_names", {"video": 100})
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text(
+        "mroute from r0 source 198.18.0.10 group 239.1.1.1 to r1\n"
+        "mroute from r0 group 239.2.0.0/16 to r1\n"
+        "mroute from r0 source 2001:db8::1 group ff3e::1 to r1\n"
+        "mgroup from r0 group 239.1.1.1\n"
+    )
+    out = tmp_path / "mfcd.conf"
+    for table, number in (("100", 100), ("video", 100), ("default", 253), (None, 253)):
+        status, _, err = run_cli(
+            "import-smcroute", str(conf), "--to", str(out), *(["--table", table] if table else [])
+        )
+        assert (status, err) == (0, "")
+        found = config.load_all(str(out))[1]
+        ipv6 = 254 if number == 253 else number  # IPv6's default table is 254
+        assert [k[3] for k in found.routes] == [number, ipv6]
+        assert [t.table for t in found.templates] == [number]
+        assert ("table = " in out.read_text()) == (number != 253)
+    assert 'table = "video"' in smcroute_import.convert_file(str(conf), '"video"').text
+
+
+def test_a_table_mfcd_would_refuse_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validate, "_table_names", {})
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from r0 source 198.18.0.10 group 239.1.1.1 to r1\n")
+    for table, why in (("0", "out of range"), ("nosuch", "is not a table name")):
+        status, out, err = run_cli("import-smcroute", str(conf), "--table", table)
+        assert (status, out) == (2, "")
+        assert err.startswith("mfcctl: --table: table ") and why in err
+        assert len(err.splitlines()) == 1
 
 
 # --- the command ---------------------------------------------------------------------------------
