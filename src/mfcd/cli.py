@@ -696,7 +696,8 @@ def _import_command(sub: Any) -> None:
         " every line that cannot be converted, or that mfcd's config reader would refuse, is"
         " written as a '# NOT CONVERTED: LINE' comment and reported on stderr as FILE:LINE: why,"
         " and the exit status is then 1. A line converted with a change (an oif that"
-        " 'phyint IF disable' leaves out, a trailing backslash) is reported as FILE:LINE:"
+        " 'phyint IF disable' leaves out, a trailing backslash, a comment after the oifs, a"
+        " line longer than smcroute's 511 bytes) is reported as FILE:LINE:"
         " warning: why. Two mroute lines for the same source, group and iif make one route"
         " with the oifs of both, as smcroute merges them. Needs no mfcd.",
     )

@@ -15,7 +15,8 @@ both, as smcroute merges them. The `+` wildcard of interface names is mfcd's too
 of the oifs that name it (a warning), and a wildcard that matches it is warned about
 (mfcd's wildcard would include it). As smcroute reads each line on its own, a trailing
 backslash continues nothing: it is part of the last word, and an oif that ends in one is
-skipped (a warning), as smcroute skips it.
+skipped (a warning), as smcroute skips it. A comment starts at a word that begins with #,
+and a line longer than smcroute's buffer is read as several, as smcroute reads them.
 
 What is written is read back with mfcd's own config reader (declarations), so that it passes
 `mfcd --check-config`: a line that cannot be converted, or whose declarations that reader
@@ -38,6 +39,15 @@ from mfcd import declarations, validate
 from mfcd.errors import InvalidArgument
 from mfcd.model import DEFAULT_TABLE
 
+# smcroute reads its file with fgets() into a buffer of 512 bytes (conf.c, MAX_LINE_LEN):
+# a longer line is read as several, of up to 511 bytes each.
+_LINE_MAX = 511
+_PIECE = (
+    f"longer than the {_LINE_MAX} bytes smcroute reads as a line: the rest is another line to"
+    " smcroute, and converted as one below; join the words onto one shorter line, or split it",
+    f"the rest of a line longer than {_LINE_MAX} bytes, which smcroute reads as a line of its"
+    " own, and so is it converted",
+)
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
 _WILDCARDS = ("+", "*")
 
@@ -117,36 +127,49 @@ class _Converter:
         self.reading.append(real)
         continued = False  # whether the line before ended in a backslash
         try:
-            for number, text in enumerate(lines, 1):
-                words = text.split("#", 1)[0].split()
-                after_backslash, continued = continued, bool(words) and words[-1][-1] == "\\"
-                if not words:
-                    continue
-                line = self.line = _Line(f"{path}:{number}", text.strip())
-                self.lines.append(line)
-                if words[-1] == "\\" and len(words) > 1:
-                    # smcroute ignores the word, or skips it as an oif it does not know.
-                    words.pop()
-                    line.warnings.append(
-                        "the trailing backslash is left out: smcroute reads each line on its"
-                        " own (no line continuation)"
-                    )
-                    line.notes.append("# (a trailing backslash: left out, it continues nothing)")
-                try:
-                    self.directive(words, path)
-                except _Problem as e:
-                    line.problem = str(e)
-                    if continued:
-                        line.problem += "; the trailing backslash continues nothing in smcroute"
-                    elif after_backslash:
-                        line.problem += (
-                            "; the line before ends in a backslash, but smcroute reads each"
-                            " line on its own"
-                        )
-                except OSError as e:
-                    line.problem = f"cannot read an included file: {e}"
+            for number, whole in enumerate(lines, 1):
+                # (a line of fewer than 128 characters has fewer than 511 bytes)
+                pieces = [whole] if len(whole) < _LINE_MAX // 4 else _pieces(whole)
+                for piece, text in enumerate(pieces):
+                    words = text.split()
+                    comment: list[str] = []
+                    if "#" in text:
+                        words, comment = _uncomment(words)
+                    after_backslash, continued = continued, bool(words) and words[-1][-1] == "\\"
+                    if not words:
+                        continue
+                    line = self.line = _Line(f"{path}:{number}", text.strip())
+                    self.lines.append(line)
+                    line.warnings += comment
+                    if len(pieces) > 1:
+                        line.warnings.append(_PIECE[piece > 0])
+                    self.one_line(line, words, path, continued, after_backslash)
         finally:
             self.reading.pop()
+
+    def one_line(
+        self, line: _Line, words: list[str], path: str, continued: bool, after_backslash: bool
+    ) -> None:
+        if words[-1] == "\\" and len(words) > 1:
+            # smcroute ignores the word, or skips it as an oif it does not know.
+            words.pop()
+            line.warnings.append(
+                "the trailing backslash is left out: smcroute reads each line on its"
+                " own (no line continuation)"
+            )
+            line.notes.append("# (a trailing backslash: left out, it continues nothing)")
+        try:
+            self.directive(words, path)
+        except _Problem as e:
+            line.problem = str(e)
+            if continued:
+                line.problem += "; the trailing backslash continues nothing in smcroute"
+            elif after_backslash:
+                line.problem += (
+                    "; the line before ends in a backslash, but smcroute reads each line on its own"
+                )
+        except OSError as e:
+            line.problem = f"cannot read an included file: {e}"
 
     def directive(self, words: list[str], path: str) -> None:
         kind, rest = words[0], words[1:]
@@ -233,6 +256,9 @@ class _Converter:
             )
             self.line.notes.append(f"# ({oifs[-1]} left out: smcroute has no line continuation)")
             oifs = oifs[:-1]
+        if any("#" in n for n in oifs):
+            self.skip_hashed(oifs)
+            oifs = [n for n in oifs if "#" not in n]
         if not oifs:
             raise _Problem("mroute needs at least one oif after `to`")
         iif = options["from"]
@@ -283,6 +309,16 @@ class _Converter:
             f"# (the same route as {first.where}: {' '.join(added)} added to its oifs there,"
             " as smcroute merges them)"
         )
+
+    def skip_hashed(self, oifs: list[str]) -> None:
+        for name in oifs:
+            if "#" in name:
+                self.line.warnings.append(
+                    f"oif {name} left out: a comment starts only at a word that begins with #,"
+                    f" so smcroute takes {name} as an interface name, finds none and skips it"
+                    " (mfcd takes no # in a name); write a space before # for a comment"
+                )
+                self.line.notes.append(f"# ({name} left out: no interface has that name)")
 
     def mgroup(self, kind: str, words: list[str]) -> None:
         options = _pairs(words, ("from", "source", "group"), kind)
@@ -467,6 +503,37 @@ def _refused(lines: list[_Line]) -> dict[_Line, str]:
         why = _PLACE.sub(lambda m: owner(m[1], int(m[2])).where, problem[place.end() + 2 :])
         refused.setdefault(line, f"mfcd would refuse it: {why}")
     return refused
+
+
+def _pieces(text: str) -> list[str]:
+    """The line `text` as smcroute reads it: pieces of up to _LINE_MAX bytes."""
+    data = text.encode()
+    if len(data) <= _LINE_MAX:
+        return [text]
+    return [
+        data[i : i + _LINE_MAX].decode(errors="replace") for i in range(0, len(data), _LINE_MAX)
+    ]
+
+
+def _uncomment(words: list[str]) -> tuple[list[str], list[str]]:
+    """The words before a comment, as smcroute 2.5.6 reads them, and warnings. A comment
+    starts at a word that begins with #, not at a # inside a word (see _Converter.mroute);
+    after an mroute's `to`,
+    smcroute takes every word to the end of the line as an oif, comment included, but the
+    comment's words are left out here (with a warning), as their writer meant."""
+    warnings = []
+    oifs = False
+    for i, word in enumerate(words):
+        if word[0] == "#":
+            if oifs and words[i + 1 :]:
+                warnings.append(
+                    f"the comment {' '.join(words[i:])!r} is left out, but smcroute reads"
+                    " every word after `to` as an oif, a comment's too: it also forwards to"
+                    " those of its words that name an interface; add them to the oifs if so"
+                )
+            return words[:i], warnings
+        oifs = oifs or (word == "to" and words[0] == "mroute")
+    return words, warnings
 
 
 def _pairs(words: list[str], keys: tuple[str, ...], kind: str) -> dict[str, str]:

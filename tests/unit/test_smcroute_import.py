@@ -178,6 +178,49 @@ def test_a_trailing_backslash_continues_nothing(tmp_path: Path) -> None:
     assert "# NOT CONVERTED: eth2\n" in converted.text
 
 
+# --- comments and long lines, as smcroute reads them ------------------------------------------
+
+
+def test_a_comment_starts_at_a_word_that_begins_with_a_hash(tmp_path: Path) -> None:
+    # smcroute 2.5.6 (smcrouted -N -f, -l debug): "checking for r2#x ... not a known phyint,
+    # skipping", then r3; after `to`, "# r2 r3" are oifs too (ip mroute: Oifs: r1 r2 r3).
+    converted = convert(
+        tmp_path,
+        "# mroute from r0 source 198.18.0.9 group 239.1.1.9 to r1\n"
+        "  #mroute from r0 source 198.18.0.9 group 239.1.1.9 to r1\n"
+        "mroute from r0 source 198.18.0.1 group 239.1.1.1 to r1 r2#x r3\n"
+        "mroute from r0 source 198.18.0.2 group 239.1.1.2 to r1 # r2 r3\n"
+        "mroute from r0 source 198.18.0.3 group 239.1.1.3 to r1 #\n"
+        "mroute from r0 source 198.18.0.4 group 239.1.1.4 #x to r1\n"
+        "phyint r1 ttl-threshold 3 #comment\n",
+    )
+    found = loads(tmp_path, converted)
+    assert [p.oifs for p in found.routes.values()] == [("r1", "r3"), ("r1",), ("r1",)]
+    assert found.interfaces["r1"].threshold == 3
+    assert numbers(converted.problems) == [6]
+    assert "mroute needs `to OIF...`" in converted.problems[0]
+    assert numbers(converted.warnings) == [3, 4]
+    assert "oif r2#x left out: a comment starts only at a word" in converted.warnings[0]
+    assert "the comment '# r2 r3' is left out, but smcroute reads" in converted.warnings[1]
+
+
+def test_a_line_longer_than_smcroutes_buffer_is_read_as_two(tmp_path: Path) -> None:
+    # fgets() into 512 bytes: smcroute 2.5.6 reads the first 511 bytes as line 1 and logs
+    # "line 2: Unknown command r2, skipping" for the rest.
+    route = "mroute from r0 source 198.18.0.1 group 239.1.1.1 to r1"
+    converted = convert(tmp_path, route + " " * (511 - len(route)) + "r2\n")
+    assert [p.oifs for p in loads(tmp_path, converted).routes.values()] == [("r1",)]
+    assert (
+        numbers(converted.warnings) == [1] and "longer than the 511 bytes" in converted.warnings[0]
+    )
+    assert numbers(converted.problems) == [1] and "unknown directive 'r2'" in converted.problems[0]
+    assert "# NOT CONVERTED: r2\n" in converted.text
+    # 511 bytes and a newline: one line (the newline is read as an empty line).
+    converted = convert(tmp_path, route + " " * (509 - len(route)) + "r2\n")
+    assert converted.problems == converted.warnings == []
+    assert [p.oifs for p in loads(tmp_path, converted).routes.values()] == [("r1", "r2")]
+
+
 # --- the same route on two lines: smcroute merges the oifs -----------------------------------
 
 
