@@ -48,6 +48,7 @@ _PIECE = (
     f"the rest of a line longer than {_LINE_MAX} bytes, which smcroute reads as a line of its"
     " own, and so is it converted",
 )
+_REPLACED = "replaced by"
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
 _WILDCARDS = ("+", "*")
 
@@ -107,6 +108,7 @@ class _Converter:
         self.table = table  # the TOML value of every route's `table` (None: the default)
         self.lines: list[_Line] = []
         self.routes: dict[tuple[str, str, str], _Line] = {}  # (source, group, iif) -> first line
+        self.sources: dict[tuple[str, str], _Line] = {}  # (S,G) -> its route's line
         self.joins: set[tuple[str, str, str | None]] = set()
         self.interfaces: dict[str, str] = {}  # name -> FILE:LINE
         self.disabled: dict[str, str] = {}  # phyint IF disable: IF (or pattern) -> FILE:LINE
@@ -283,12 +285,33 @@ class _Converter:
             return
         self.routes[key] = self.line
         self.line.route = (source, group, iif, oifs)
+        if source is not None and "/" not in source + group:
+            self.replace((source, group))
         self.line.exact = (
             source is not None
             and "/" not in source + group
             and not any(n.endswith(_WILDCARDS) for n in oifs)
         )
         self.line.blocks.append(_route_block(source, group, iif, oifs, self.table))
+
+    def replace(self, key: tuple[str, str]) -> None:
+        """Take the (S,G) route of this line instead of an earlier one from another iif:
+        smcroute 2.5.6 installs both, and the kernel keeps the last (`ip mroute` shows one
+        entry, from the last line's iif); mfcd takes one iif per source and group."""
+        self.take(key, self.line)
+
+    def take(self, key: tuple[str, str], line: _Line) -> None:
+        """Make `line` the route of (S,G) `key`, which this line installs last."""
+        earlier = self.sources.get(key)
+        self.sources[key] = line
+        if line.problem is not None and line.problem.startswith(_REPLACED):
+            line.problem = None  # installed again, so the kernel has it again
+        if earlier is not None and earlier is not line and earlier.problem is None:
+            earlier.problem = (
+                f"{_REPLACED} {self.line.where}, the same source and group from another iif:"
+                " smcroute installs that one after it, and the kernel keeps only the last"
+                " (mfcd takes one iif per source and group)"
+            )
 
     def merge(self, first: _Line, oifs: list[str]) -> None:
         """Add the oifs of a second mroute line for the same source, group and iif to the
@@ -298,6 +321,8 @@ class _Converter:
         source, group, iif, had = first.route
         added = [n for n in oifs if n not in had]
         self.line.into = first
+        if source is not None and "/" not in source + group:
+            self.take((source, group), first)  # smcroute adds the merged route again
         if not added:
             self.line.notes.append(f"# (the same route as {first.where}: no oif to add)")
             return

@@ -547,11 +547,11 @@ def test_reload_then_cli_adds_an_oif(
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="mfcd keys a route by (source, group, table): the same (S,G) from a second iif is "
-    "'declared twice' for mfcd's config reader, so import-smcroute leaves it out (NOT "
-    "CONVERTED, exit 1) and mfcd installs the first only. A newer smcroute installs one "
-    "kernel entry per iif (MRT_ADD_MFC_PROXY); the kernel then forwards from one of them only "
-    "(docs/smcroute.md)",
+    reason="mfcd keys a route by (source, group, table): of the same (S,G) from two iifs, "
+    "import-smcroute converts the last, as smcroute 2.5.6's kernel keeps the last, and leaves "
+    "the first out (NOT CONVERTED, exit 1); mfcd installs the last only. A newer smcroute "
+    "installs one kernel entry per iif (MRT_ADD_MFC_PROXY); the kernel then forwards from one "
+    "of them only (docs/smcroute.md)",
 )
 def test_same(lab: Lab, tmp_path: Path, daemons: list[Mfcd]) -> None:
     """same.sh: the same (S,G) declared from two inbound interfaces (a1 and a2) to b1: both

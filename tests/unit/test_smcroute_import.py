@@ -49,11 +49,10 @@ REFUSED = [
 
 def test_each_line_mfcd_would_refuse_is_a_not_converted_comment(tmp_path: Path) -> None:
     converted = convert(tmp_path, "\n".join(REFUSED) + "\n")
-    assert numbers(converted.problems) == [2, 3, 4, 6]
-    assert "link-local" in converted.problems[0]
-    assert "declared twice (also at " in converted.problems[2]
-    assert converted.problems[2].endswith(f"{tmp_path / 'smcroute.conf'}:1)")
-    for k in (2, 3, 4, 6):
+    assert numbers(converted.problems) == [1, 2, 3, 6]
+    assert "replaced by " in converted.problems[0]  # by line 4, see below
+    assert "link-local" in converted.problems[1]
+    for k in (1, 2, 3, 6):
         assert f"# NOT CONVERTED: {REFUSED[k - 1]}\n" in converted.text
     found = loads(tmp_path, converted)
     assert {k[1] for k in found.routes} == {"198.18.0.1", "198.18.0.5"}
@@ -244,6 +243,32 @@ def test_the_same_route_again_adds_its_oifs_to_the_first(tmp_path: Path) -> None
     assert converted.text.split(f"{path}:5: ")[1].splitlines()[1] == (
         f"# (the same route as {path}:3: no oif to add)"
     )
+
+
+def test_the_same_source_and_group_from_another_iif_replaces_the_route(tmp_path: Path) -> None:
+    # smcroute 2.5.6 installs both lines; ip mroute then shows one entry, "Iif: r2 Oifs: r3":
+    # the kernel keeps the (S,G) added last. A line that adds its route again (line 3 merges
+    # into line 1, and smcroute installs the merged route) takes it back.
+    path = tmp_path / "smcroute.conf"
+    converted = convert(
+        tmp_path,
+        "mroute from r0 source 198.18.0.20 group 239.3.3.3 to r1\n"
+        "mroute from r2 source 198.18.0.20 group 239.3.3.3 to r3\n"
+        "mroute from r0 source 198.18.0.20 group 239.3.3.3 to r4\n"
+        "mroute from r0 source 198.18.0.21 group 239.3.3.3 to r1\n"
+        "mroute from r2 source 198.18.0.21 group 239.3.3.3 to r3\n",
+    )
+    assert numbers(converted.problems) == [2, 4]
+    assert converted.problems[0].endswith(
+        f"replaced by {path}:3, the same source and group from another iif: smcroute installs"
+        " that one after it, and the kernel keeps only the last (mfcd takes one iif per source"
+        " and group)"
+    )
+    found = loads(tmp_path, converted)
+    assert [(k[1], p.iif, p.oifs) for k, p in found.routes.items()] == [
+        ("198.18.0.20", "r0", ("r1", "r4")),
+        ("198.18.0.21", "r2", ("r3",)),
+    ]
 
 
 def test_a_route_merged_into_one_not_converted_is_not_converted(tmp_path: Path) -> None:
