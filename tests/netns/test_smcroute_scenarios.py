@@ -588,6 +588,38 @@ mroute from r1 source 2001:db8::3 group ff3e:0:0:0:0:0:0:114 to r2
     assert converted.returncode == 0, converted.stderr
 
 
+@pytest.mark.lab(receivers=2)
+def test_import_merges_a_route_again_and_takes_smcrouted_t(
+    lab: Lab, tmp_path: Path, daemons: list[Mfcd]
+) -> None:
+    """Not a script of smcroute's: `smcrouted -t 100` with the same (S,G) on two lines,
+    which smcroute 2.5.6 installs as one route to both lines' oifs (ip mroute: Oifs: r1 r2),
+    converted with `import-smcroute --table 100`, forwards there to both."""
+    original = tmp_path / "smcroute.conf"
+    original.write_text(
+        f"mroute from r0 source {SND} group 239.3.2.1 to r1\n"
+        f"mroute from r0 source {SND} group 239.3.2.1 to r2 r1\n"
+    )
+    converted = subprocess.run(
+        [str(BIN / "mfcctl"), "import-smcroute", str(original), "--table", "100"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (converted.returncode, converted.stderr) == (0, "")
+    daemon = Mfcd(lab, tmp_path, config=converted.stdout)
+    daemons.append(daemon)
+    daemon.start()
+    shown = lab.ip(lab.router, "-4", "mroute", "show", "table", "100")
+    entries = [" ".join(line.split()) for line in shown.splitlines() if line.startswith("(")]
+    assert len(entries) == 1, shown
+    words = entries[0].split()
+    assert entries[0].startswith(f"({SND},239.3.2.1) Iif: r0 Oifs: "), shown
+    assert set(words[words.index("Oifs:") + 1 : words.index("State:")]) == {"r1", "r2"}
+    assert kernel_tables.in_kernel(lab, 4, "default") == 0
+
+
 def test_vrfy(tmp_path: Path) -> None:
     """vrfy.sh: the config checker (smcrouted -F) fails a file with an error. mfcd's are
     `mfcctl import-smcroute` (exit 1, FILE:LINE of each line it cannot convert) and
