@@ -45,8 +45,7 @@ _LINE_MAX = 511
 _PIECE = (
     f"longer than the {_LINE_MAX} bytes smcroute reads as a line: the rest is another line to"
     " smcroute, and converted as one below; join the words onto one shorter line, or split it",
-    f"the rest of a line longer than {_LINE_MAX} bytes, which smcroute reads as a line of its"
-    " own, and so is it converted",
+    f"the rest of a line longer than {_LINE_MAX} bytes: converted on its own, as smcroute reads it",
 )
 _REPLACED = "replaced by"
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
@@ -286,7 +285,7 @@ class _Converter:
         self.routes[key] = self.line
         self.line.route = (source, group, iif, oifs)
         if source is not None and "/" not in source + group:
-            self.replace((source, group))
+            self.take((source, group), self.line)
         self.line.exact = (
             source is not None
             and "/" not in source + group
@@ -294,14 +293,11 @@ class _Converter:
         )
         self.line.blocks.append(_route_block(source, group, iif, oifs, self.table))
 
-    def replace(self, key: tuple[str, str]) -> None:
-        """Take the (S,G) route of this line instead of an earlier one from another iif:
-        smcroute 2.5.6 installs both, and the kernel keeps the last (`ip mroute` shows one
-        entry, from the last line's iif); mfcd takes one iif per source and group."""
-        self.take(key, self.line)
-
     def take(self, key: tuple[str, str], line: _Line) -> None:
-        """Make `line` the route of (S,G) `key`, which this line installs last."""
+        """Make `line` the route of (S,G) `key` (this line installs it last), not an earlier
+        one from another iif: smcroute 2.5.6 installs both, and the kernel keeps the last
+        (`ip mroute` shows one entry, from the last line's iif); mfcd takes one iif per
+        source and group."""
         earlier = self.sources.get(key)
         self.sources[key] = line
         if line.problem is not None and line.problem.startswith(_REPLACED):
