@@ -703,11 +703,18 @@ def _import_command(sub: Any) -> None:
         " every line that cannot be converted, or that mfcd's config reader would refuse, is"
         " written as a '# NOT CONVERTED: LINE' comment and reported on stderr as FILE:LINE: why,"
         " and the exit status is then 1. A line converted with a change (an oif that"
-        " 'phyint IF disable' leaves out, a trailing backslash) is reported as FILE:LINE:"
-        " warning: why. Needs no mfcd.",
+        " 'phyint IF disable' leaves out, a trailing backslash, a comment after the oifs, a"
+        " line longer than smcroute's 511 bytes) is reported as FILE:LINE:"
+        " warning: why. Two mroute lines for the same source, group and iif make one route"
+        " with the oifs of both, as smcroute merges them. Needs no mfcd.",
     )
     imp.add_argument("file", metavar="FILE", help="the smcroute.conf to convert")
     imp.add_argument("--to", metavar="OUT", help="write the TOML to OUT instead of stdout")
+    _table_option(
+        imp,
+        "put every route and template in this multicast routing table, as `smcrouted -t ID`"
+        " does: a number, `default` (the default) or a name from /etc/iproute2/rt_tables",
+    )
     _output_option(imp)
 
 
@@ -1476,7 +1483,7 @@ class Cli:
             self.emit(result, format_reload)
             return protocol.EXIT_OK
         if a.command == "import-smcroute":
-            return self.import_smcroute(a.file, a.to)
+            return self.import_smcroute(a.file, a.to, a.table)
         if a.command == "flush":
             result = self.client.call("flush", {}, dry_run=a.dry_run)
             self.emit(result, _flush_text)
@@ -1558,12 +1565,16 @@ class Cli:
             e.file = "stdin" if name == "-" else name
             raise
 
-    def import_smcroute(self, name: str, to: str | None) -> int:
+    def import_smcroute(self, name: str, to: str | None, table: str | None) -> int:
         # Only this command needs it: mfcctl's other commands start without it.
         from mfcd import smcroute_import  # noqa: PLC0415
 
         try:
-            converted = smcroute_import.convert_file(name)
+            value = None if table is None else smcroute_import.table_value(table)
+        except ValueError as e:
+            raise CliError(f"--table: {e}", protocol.EXIT_USAGE) from None
+        try:
+            converted = smcroute_import.convert_file(name, value)
         except OSError as e:
             raise CliError(f"cannot read {name}: {e.strerror}", protocol.EXIT_USAGE) from None
         if to is not None:

@@ -9,11 +9,14 @@ Each directive of smcroute.conf(5) becomes a declaration of mfc_daemon.conf(5):
     ssmgroup from IF source S group G                       ->  [[join]] with a source
     include GLOB                                            ->  the files' declarations, inline
 
-The `+` wildcard of interface names is mfcd's too. `phyint IF disable` gives IF no VIF in
-smcroute, so routes do not use it: IF is left out of the oifs that name it (a warning), and
-a wildcard that matches it is warned about (mfcd's wildcard would include it). As smcroute
-reads each line on its own, a trailing backslash continues nothing: it is part of the last
-word, and an oif that ends in one is skipped (a warning), as smcroute skips it.
+Two mroute lines for the same source, group and iif make one route with the oifs of
+both, as smcroute merges them. The `+` wildcard of interface names is mfcd's too.
+`phyint IF disable` gives IF no VIF in smcroute, so routes do not use it: IF is left out
+of the oifs that name it (a warning), and a wildcard that matches it is warned about
+(mfcd's wildcard would include it). As smcroute reads each line on its own, a trailing
+backslash continues nothing: it is part of the last word, and an oif that ends in one is
+skipped (a warning), as smcroute skips it. A comment starts at a word that begins with #,
+and a line longer than smcroute's buffer is read as several, as smcroute reads them.
 
 What is written is read back with mfcd's own config reader (declarations), so that it passes
 `mfcd --check-config`: a line that cannot be converted, or whose declarations that reader
@@ -32,8 +35,19 @@ import re
 import socket
 from typing import NamedTuple
 
-from mfcd import declarations
+from mfcd import declarations, validate
+from mfcd.errors import InvalidArgument
+from mfcd.model import DEFAULT_TABLE
 
+# smcroute reads its file with fgets() into a buffer of 512 bytes (conf.c, MAX_LINE_LEN):
+# a longer line is read as several, of up to 511 bytes each.
+_LINE_MAX = 511
+_PIECE = (
+    f"longer than the {_LINE_MAX} bytes smcroute reads as a line: the rest is another line to"
+    " smcroute, and converted as one below; join the words onto one shorter line, or split it",
+    f"the rest of a line longer than {_LINE_MAX} bytes: converted on its own, as smcroute reads it",
+)
+_REPLACED = "replaced by"
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
 _WILDCARDS = ("+", "*")
 
@@ -52,7 +66,17 @@ class _Problem(Exception):
 class _Line:
     """One directive of the input and what it became."""
 
-    __slots__ = ("blocks", "exact", "notes", "problem", "route", "text", "warnings", "where")
+    __slots__ = (
+        "blocks",
+        "exact",
+        "into",
+        "notes",
+        "problem",
+        "route",
+        "text",
+        "warnings",
+        "where",
+    )
 
     def __init__(self, where: str, text: str) -> None:
         self.where = where  # FILE:LINE ("" for a comment of the import's own)
@@ -63,6 +87,7 @@ class _Line:
         self.problem: str | None = None  # why it is not converted
         self.warnings: list[str] = []  # what changed in converting it, if it is converted
         self.exact = False  # one (S,G) route: read back with the routes that mfcd reads fast
+        self.into: _Line | None = None  # the earlier mroute line its oifs were merged into
 
     def lines(self) -> list[str]:
         """Its lines in the output."""
@@ -78,9 +103,11 @@ class _Line:
 
 
 class _Converter:
-    def __init__(self) -> None:
+    def __init__(self, table: str | None) -> None:
+        self.table = table  # the TOML value of every route's `table` (None: the default)
         self.lines: list[_Line] = []
-        self.routes: dict[tuple[str, str, str], str] = {}  # (source, group, iif) -> FILE:LINE
+        self.routes: dict[tuple[str, str, str], _Line] = {}  # (source, group, iif) -> first line
+        self.sources: dict[tuple[str, str], _Line] = {}  # (S,G) -> its route's line
         self.joins: set[tuple[str, str, str | None]] = set()
         self.interfaces: dict[str, str] = {}  # name -> FILE:LINE
         self.disabled: dict[str, str] = {}  # phyint IF disable: IF (or pattern) -> FILE:LINE
@@ -101,36 +128,49 @@ class _Converter:
         self.reading.append(real)
         continued = False  # whether the line before ended in a backslash
         try:
-            for number, text in enumerate(lines, 1):
-                words = text.split("#", 1)[0].split()
-                after_backslash, continued = continued, bool(words) and words[-1][-1] == "\\"
-                if not words:
-                    continue
-                line = self.line = _Line(f"{path}:{number}", text.strip())
-                self.lines.append(line)
-                if words[-1] == "\\" and len(words) > 1:
-                    # smcroute ignores the word, or skips it as an oif it does not know.
-                    words.pop()
-                    line.warnings.append(
-                        "the trailing backslash is left out: smcroute reads each line on its"
-                        " own (no line continuation)"
-                    )
-                    line.notes.append("# (a trailing backslash: left out, it continues nothing)")
-                try:
-                    self.directive(words, path)
-                except _Problem as e:
-                    line.problem = str(e)
-                    if continued:
-                        line.problem += "; the trailing backslash continues nothing in smcroute"
-                    elif after_backslash:
-                        line.problem += (
-                            "; the line before ends in a backslash, but smcroute reads each"
-                            " line on its own"
-                        )
-                except OSError as e:
-                    line.problem = f"cannot read an included file: {e}"
+            for number, whole in enumerate(lines, 1):
+                # (a line of fewer than 128 characters has fewer than 511 bytes)
+                pieces = [whole] if len(whole) < _LINE_MAX // 4 else _pieces(whole)
+                for piece, text in enumerate(pieces):
+                    words = text.split()
+                    comment: list[str] = []
+                    if "#" in text:
+                        words, comment = _uncomment(words)
+                    after_backslash, continued = continued, bool(words) and words[-1][-1] == "\\"
+                    if not words:
+                        continue
+                    line = self.line = _Line(f"{path}:{number}", text.strip())
+                    self.lines.append(line)
+                    line.warnings += comment
+                    if len(pieces) > 1:
+                        line.warnings.append(_PIECE[piece > 0])
+                    self.one_line(line, words, path, continued, after_backslash)
         finally:
             self.reading.pop()
+
+    def one_line(
+        self, line: _Line, words: list[str], path: str, continued: bool, after_backslash: bool
+    ) -> None:
+        if words[-1] == "\\" and len(words) > 1:
+            # smcroute ignores the word, or skips it as an oif it does not know.
+            words.pop()
+            line.warnings.append(
+                "the trailing backslash is left out: smcroute reads each line on its"
+                " own (no line continuation)"
+            )
+            line.notes.append("# (a trailing backslash: left out, it continues nothing)")
+        try:
+            self.directive(words, path)
+        except _Problem as e:
+            line.problem = str(e)
+            if continued:
+                line.problem += "; the trailing backslash continues nothing in smcroute"
+            elif after_backslash:
+                line.problem += (
+                    "; the line before ends in a backslash, but smcroute reads each line on its own"
+                )
+        except OSError as e:
+            line.problem = f"cannot read an included file: {e}"
 
     def directive(self, words: list[str], path: str) -> None:
         kind, rest = words[0], words[1:]
@@ -217,6 +257,9 @@ class _Converter:
             )
             self.line.notes.append(f"# ({oifs[-1]} left out: smcroute has no line continuation)")
             oifs = oifs[:-1]
+        if any("#" in n for n in oifs):
+            self.skip_hashed(oifs)
+            oifs = [n for n in oifs if "#" not in n]
         if not oifs:
             raise _Problem("mroute needs at least one oif after `to`")
         iif = options["from"]
@@ -235,16 +278,68 @@ class _Converter:
         if len(set(oifs)) != len(oifs):
             oifs = list(dict.fromkeys(oifs))
         key = (source or "*", group, iif)
-        if key in self.routes:
-            raise _Problem(f"the same route again (first at {self.routes[key]}); kept the first")
-        self.routes[key] = self.line.where
+        first = self.routes.get(key)
+        if first is not None:
+            self.merge(first, oifs)
+            return
+        self.routes[key] = self.line
         self.line.route = (source, group, iif, oifs)
+        if source is not None and "/" not in source + group:
+            self.take((source, group), self.line)
         self.line.exact = (
             source is not None
             and "/" not in source + group
             and not any(n.endswith(_WILDCARDS) for n in oifs)
         )
-        self.line.blocks.append(_route_block(source, group, iif, oifs))
+        self.line.blocks.append(_route_block(source, group, iif, oifs, self.table))
+
+    def take(self, key: tuple[str, str], line: _Line) -> None:
+        """Make `line` the route of (S,G) `key` (this line installs it last), not an earlier
+        one from another iif: smcroute 2.5.6 installs both, and the kernel keeps the last
+        (`ip mroute` shows one entry, from the last line's iif); mfcd takes one iif per
+        source and group."""
+        earlier = self.sources.get(key)
+        self.sources[key] = line
+        if line.problem is not None and line.problem.startswith(_REPLACED):
+            line.problem = None  # installed again, so the kernel has it again
+        if earlier is not None and earlier is not line and earlier.problem is None:
+            earlier.problem = (
+                f"{_REPLACED} {self.line.where}, the same source and group from another iif:"
+                " smcroute installs that one after it, and the kernel keeps only the last"
+                " (mfcd takes one iif per source and group)"
+            )
+
+    def merge(self, first: _Line, oifs: list[str]) -> None:
+        """Add the oifs of a second mroute line for the same source, group and iif to the
+        first line's route, as smcroute does (mroute.c adds the oifs to the rule it has, and
+        `ip mroute` then shows one route with both lines' oifs)."""
+        assert first.route is not None
+        source, group, iif, had = first.route
+        added = [n for n in oifs if n not in had]
+        self.line.into = first
+        if source is not None and "/" not in source + group:
+            self.take((source, group), first)  # smcroute adds the merged route again
+        if not added:
+            self.line.notes.append(f"# (the same route as {first.where}: no oif to add)")
+            return
+        merged = had + added
+        first.route = (source, group, iif, merged)
+        first.exact = first.exact and not any(n.endswith(_WILDCARDS) for n in added)
+        first.blocks = [_route_block(source, group, iif, merged, self.table)]
+        self.line.notes.append(
+            f"# (the same route as {first.where}: {' '.join(added)} added to its oifs there,"
+            " as smcroute merges them)"
+        )
+
+    def skip_hashed(self, oifs: list[str]) -> None:
+        for name in oifs:
+            if "#" in name:
+                self.line.warnings.append(
+                    f"oif {name} left out: a comment starts only at a word that begins with #,"
+                    f" so smcroute takes {name} as an interface name, finds none and skips it"
+                    " (mfcd takes no # in a name); write a space before # for a comment"
+                )
+                self.line.notes.append(f"# ({name} left out: no interface has that name)")
 
     def mgroup(self, kind: str, words: list[str]) -> None:
         options = _pairs(words, ("from", "source", "group"), kind)
@@ -325,7 +420,7 @@ class _Converter:
                 )
                 continue
             line.route = (source, group, iif, kept)
-            line.blocks = [_route_block(source, group, iif, kept)]
+            line.blocks = [_route_block(source, group, iif, kept, self.table)]
 
     def disabled_by(self, name: str) -> str | None:
         """The disabled name or pattern that covers the interface `name`, if any."""
@@ -359,13 +454,31 @@ class _Converter:
                 line.problem = why
 
 
-def _route_block(source: str | None, group: str, iif: str, oifs: list[str]) -> list[str]:
+def _route_block(
+    source: str | None, group: str, iif: str, oifs: list[str], table: str | None
+) -> list[str]:
     block = ["[[route]]"]
     if source is not None:
         block.append(f"source = {_q(source)}")
     block += [f"group = {_q(group)}", f"iif = {_q(iif)}"]
     block.append(f"oifs = [{', '.join(_q(n) for n in oifs)}]")
+    if table is not None:
+        block.append(f"table = {table}")
     return block
+
+
+def table_value(text: str) -> str | None:
+    """The TOML value of `table` for --table TEXT (None for the default table), checked as
+    mfcd checks a route's table (ValueError with the reason if it is none). smcroute's
+    `-t ID` takes a number; a name of /etc/iproute2/rt_tables is kept as a name, which mfcd
+    looks up at each start and reload."""
+    try:
+        number = validate.table_of(text, 4)
+    except InvalidArgument as e:
+        raise ValueError(str(e)) from None
+    if number == DEFAULT_TABLE[4] and not text.isdigit():
+        return None  # "default": as without --table
+    return str(number) if text.isascii() and text.isdigit() else _q(text)
 
 
 # Where mfcd's reader names a place in the texts _refused gives it.
@@ -411,6 +524,37 @@ def _refused(lines: list[_Line]) -> dict[_Line, str]:
         why = _PLACE.sub(lambda m: owner(m[1], int(m[2])).where, problem[place.end() + 2 :])
         refused.setdefault(line, f"mfcd would refuse it: {why}")
     return refused
+
+
+def _pieces(text: str) -> list[str]:
+    """The line `text` as smcroute reads it: pieces of up to _LINE_MAX bytes."""
+    data = text.encode()
+    if len(data) <= _LINE_MAX:
+        return [text]
+    return [
+        data[i : i + _LINE_MAX].decode(errors="replace") for i in range(0, len(data), _LINE_MAX)
+    ]
+
+
+def _uncomment(words: list[str]) -> tuple[list[str], list[str]]:
+    """The words before a comment, as smcroute 2.5.6 reads them, and warnings. A comment
+    starts at a word that begins with #, not at a # inside a word (see _Converter.mroute);
+    after an mroute's `to`,
+    smcroute takes every word to the end of the line as an oif, comment included, but the
+    comment's words are left out here (with a warning), as their writer meant."""
+    warnings = []
+    oifs = False
+    for i, word in enumerate(words):
+        if word[0] == "#":
+            if oifs and words[i + 1 :]:
+                warnings.append(
+                    f"the comment {' '.join(words[i:])!r} is left out, but smcroute reads"
+                    " every word after `to` as an oif, a comment's too: it also forwards to"
+                    " those of its words that name an interface; add them to the oifs if so"
+                )
+            return words[:i], warnings
+        oifs = oifs or (word == "to" and words[0] == "mroute")
+    return words, warnings
 
 
 def _pairs(words: list[str], keys: tuple[str, ...], kind: str) -> dict[str, str]:
@@ -489,9 +633,10 @@ def _q(text: str) -> str:
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def convert_file(path: str) -> Converted:
-    """Convert an smcroute.conf and the files it includes (OSError if it cannot be read)."""
-    converter = _Converter()
+def convert_file(path: str, table: str | None = None) -> Converted:
+    """Convert an smcroute.conf and the files it includes (OSError if it cannot be read),
+    each route into `table` (a table_value; None for the default table)."""
+    converter = _Converter(table)
     converter.comment(f"# Converted from {path} by mfcctl import-smcroute.")
     converter.comment("# Check it with: mfcd --check-config --config FILE")
     converter.comment("")
@@ -503,6 +648,8 @@ def convert_file(path: str) -> Converted:
     warnings: list[str] = []
     report: list[str] = []
     for line in converter.lines:
+        if line.into is not None and line.into.problem is not None and line.problem is None:
+            line.problem = f"merged into the route of {line.into.where}, which is not converted"
         out += line.lines()
         if line.problem is not None:
             problems.append(f"{line.where}: {line.problem}")

@@ -547,11 +547,11 @@ def test_reload_then_cli_adds_an_oif(
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="mfcd keys a route by (source, group, table): the same (S,G) from a second iif is "
-    "'declared twice' for mfcd's config reader, so import-smcroute leaves it out (NOT "
-    "CONVERTED, exit 1) and mfcd installs the first only. A newer smcroute installs one "
-    "kernel entry per iif (MRT_ADD_MFC_PROXY); the kernel then forwards from one of them only "
-    "(docs/smcroute.md)",
+    reason="mfcd keys a route by (source, group, table): of the same (S,G) from two iifs, "
+    "import-smcroute converts the last, as smcroute 2.5.6's kernel keeps the last, and leaves "
+    "the first out (NOT CONVERTED, exit 1); mfcd installs the last only. A newer smcroute "
+    "installs one kernel entry per iif (MRT_ADD_MFC_PROXY); the kernel then forwards from one "
+    "of them only (docs/smcroute.md)",
 )
 def test_same(lab: Lab, tmp_path: Path, daemons: list[Mfcd]) -> None:
     """same.sh: the same (S,G) declared from two inbound interfaces (a1 and a2) to b1: both
@@ -586,6 +586,38 @@ mroute from r1 source 2001:db8::3 group ff3e:0:0:0:0:0:0:114 to r2
             line.startswith(f"(2001:db8::3,ff3e::114) Iif: {iif} Oifs: r2") for line in lines6
         ), lines6
     assert converted.returncode == 0, converted.stderr
+
+
+@pytest.mark.lab(receivers=2)
+def test_import_merges_a_route_again_and_takes_smcrouted_t(
+    lab: Lab, tmp_path: Path, daemons: list[Mfcd]
+) -> None:
+    """Not a script of smcroute's: `smcrouted -t 100` with the same (S,G) on two lines,
+    which smcroute 2.5.6 installs as one route to both lines' oifs (ip mroute: Oifs: r1 r2),
+    converted with `import-smcroute --table 100`, forwards there to both."""
+    original = tmp_path / "smcroute.conf"
+    original.write_text(
+        f"mroute from r0 source {SND} group 239.3.2.1 to r1\n"
+        f"mroute from r0 source {SND} group 239.3.2.1 to r2 r1\n"
+    )
+    converted = subprocess.run(
+        [str(BIN / "mfcctl"), "import-smcroute", str(original), "--table", "100"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (converted.returncode, converted.stderr) == (0, "")
+    daemon = Mfcd(lab, tmp_path, config=converted.stdout)
+    daemons.append(daemon)
+    daemon.start()
+    shown = lab.ip(lab.router, "-4", "mroute", "show", "table", "100")
+    entries = [" ".join(line.split()) for line in shown.splitlines() if line.startswith("(")]
+    assert len(entries) == 1, shown
+    words = entries[0].split()
+    assert entries[0].startswith(f"({SND},239.3.2.1) Iif: r0 Oifs: "), shown
+    assert set(words[words.index("Oifs:") + 1 : words.index("State:")]) == {"r1", "r2"}
+    assert kernel_tables.in_kernel(lab, 4, "default") == 0
 
 
 def test_vrfy(tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfcd import config, smcroute_import
+from mfcd import config, smcroute_import, validate
 from mfcd.declarations import Declarations
 from tests.unit.test_cli import run_cli
 
@@ -48,11 +49,10 @@ REFUSED = [
 
 def test_each_line_mfcd_would_refuse_is_a_not_converted_comment(tmp_path: Path) -> None:
     converted = convert(tmp_path, "\n".join(REFUSED) + "\n")
-    assert numbers(converted.problems) == [2, 3, 4, 6]
-    assert "link-local" in converted.problems[0]
-    assert "declared twice (also at " in converted.problems[2]
-    assert converted.problems[2].endswith(f"{tmp_path / 'smcroute.conf'}:1)")
-    for k in (2, 3, 4, 6):
+    assert numbers(converted.problems) == [1, 2, 3, 6]
+    assert "replaced by " in converted.problems[0]  # by line 4, see below
+    assert "link-local" in converted.problems[1]
+    for k in (1, 2, 3, 6):
         assert f"# NOT CONVERTED: {REFUSED[k - 1]}\n" in converted.text
     found = loads(tmp_path, converted)
     assert {k[1] for k in found.routes} == {"198.18.0.1", "198.18.0.5"}
@@ -175,6 +175,152 @@ def test_a_trailing_backslash_continues_nothing(tmp_path: Path) -> None:
     assert numbers(converted.warnings) == [1, 3, 4]
     assert "oif eth2\\ left out" in converted.warnings[1]
     assert "# NOT CONVERTED: eth2\n" in converted.text
+
+
+# --- comments and long lines, as smcroute reads them ------------------------------------------
+
+
+def test_a_comment_starts_at_a_word_that_begins_with_a_hash(tmp_path: Path) -> None:
+    # smcroute 2.5.6 (smcrouted -N -f, -l debug): "checking for r2#x ... not a known phyint,
+    # skipping", then r3; after `to`, "# r2 r3" are oifs too (ip mroute: Oifs: r1 r2 r3).
+    converted = convert(
+        tmp_path,
+        "# mroute from r0 source 198.18.0.9 group 239.1.1.9 to r1\n"
+        "  #mroute from r0 source 198.18.0.9 group 239.1.1.9 to r1\n"
+        "mroute from r0 source 198.18.0.1 group 239.1.1.1 to r1 r2#x r3\n"
+        "mroute from r0 source 198.18.0.2 group 239.1.1.2 to r1 # r2 r3\n"
+        "mroute from r0 source 198.18.0.3 group 239.1.1.3 to r1 #\n"
+        "mroute from r0 source 198.18.0.4 group 239.1.1.4 #x to r1\n"
+        "phyint r1 ttl-threshold 3 #comment\n",
+    )
+    found = loads(tmp_path, converted)
+    assert [p.oifs for p in found.routes.values()] == [("r1", "r3"), ("r1",), ("r1",)]
+    assert found.interfaces["r1"].threshold == 3
+    assert numbers(converted.problems) == [6]
+    assert "mroute needs `to OIF...`" in converted.problems[0]
+    assert numbers(converted.warnings) == [3, 4]
+    assert "oif r2#x left out: a comment starts only at a word" in converted.warnings[0]
+    assert "the comment '# r2 r3' is left out, but smcroute reads" in converted.warnings[1]
+
+
+def test_a_line_longer_than_smcroutes_buffer_is_read_as_two(tmp_path: Path) -> None:
+    # fgets() into 512 bytes: smcroute 2.5.6 reads the first 511 bytes as line 1 and logs
+    # "line 2: Unknown command r2, skipping" for the rest.
+    route = "mroute from r0 source 198.18.0.1 group 239.1.1.1 to r1"
+    converted = convert(tmp_path, route + " " * (511 - len(route)) + "r2\n")
+    assert [p.oifs for p in loads(tmp_path, converted).routes.values()] == [("r1",)]
+    assert (
+        numbers(converted.warnings) == [1] and "longer than the 511 bytes" in converted.warnings[0]
+    )
+    assert numbers(converted.problems) == [1] and "unknown directive 'r2'" in converted.problems[0]
+    assert "# NOT CONVERTED: r2\n" in converted.text
+    # 511 bytes and a newline: one line (the newline is read as an empty line).
+    converted = convert(tmp_path, route + " " * (509 - len(route)) + "r2\n")
+    assert converted.problems == converted.warnings == []
+    assert [p.oifs for p in loads(tmp_path, converted).routes.values()] == [("r1", "r2")]
+
+
+# --- the same route on two lines: smcroute merges the oifs -----------------------------------
+
+
+def test_the_same_route_again_adds_its_oifs_to_the_first(tmp_path: Path) -> None:
+    # smcroute 2.5.6 (smcrouted -N -f, then ip mroute): "(198.18.0.10,239.1.1.1) Iif: r0
+    # Oifs: r1 r3", and the (*,G) template of lines 3-4 forwards to r1 r2.
+    converted = convert(
+        tmp_path,
+        "mroute from r0 source 198.18.0.10 group 239.1.1.1 to r1\n"
+        "mroute from r0 source 198.18.0.10 group 239.1.1.1 to r3 r1\n"
+        "mroute from r0 group 239.2.2.2 to r1\n"
+        "mroute from r0 group 239.2.2.2 to r2 r1\n"
+        "mroute from r0 group 239.2.2.2 to r2\n",
+    )
+    assert converted.problems == converted.warnings == []
+    found = loads(tmp_path, converted)
+    assert [p.oifs for p in found.routes.values()] == [("r1", "r3")]
+    assert [t.oifs for t in found.templates] == [("r1", "r2")]
+    path = tmp_path / "smcroute.conf"
+    assert f"# (the same route as {path}:1: r3 added to its oifs there" in converted.text
+    assert converted.text.split(f"{path}:5: ")[1].splitlines()[1] == (
+        f"# (the same route as {path}:3: no oif to add)"
+    )
+
+
+def test_the_same_source_and_group_from_another_iif_replaces_the_route(tmp_path: Path) -> None:
+    # smcroute 2.5.6 installs both lines; ip mroute then shows one entry, "Iif: r2 Oifs: r3":
+    # the kernel keeps the (S,G) added last. A line that adds its route again (line 3 merges
+    # into line 1, and smcroute installs the merged route) takes it back.
+    path = tmp_path / "smcroute.conf"
+    converted = convert(
+        tmp_path,
+        "mroute from r0 source 198.18.0.20 group 239.3.3.3 to r1\n"
+        "mroute from r2 source 198.18.0.20 group 239.3.3.3 to r3\n"
+        "mroute from r0 source 198.18.0.20 group 239.3.3.3 to r4\n"
+        "mroute from r0 source 198.18.0.21 group 239.3.3.3 to r1\n"
+        "mroute from r2 source 198.18.0.21 group 239.3.3.3 to r3\n",
+    )
+    assert numbers(converted.problems) == [2, 4]
+    assert converted.problems[0].endswith(
+        f"replaced by {path}:3, the same source and group from another iif: smcroute installs"
+        " that one after it, and the kernel keeps only the last (mfcd takes one iif per source"
+        " and group)"
+    )
+    found = loads(tmp_path, converted)
+    assert [(k[1], p.iif, p.oifs) for k, p in found.routes.items()] == [
+        ("198.18.0.20", "r0", ("r1", "r4")),
+        ("198.18.0.21", "r2", ("r3",)),
+    ]
+
+
+def test_a_route_merged_into_one_not_converted_is_not_converted(tmp_path: Path) -> None:
+    converted = convert(
+        tmp_path,
+        "mroute from r0 source 198.18.0.10 group 224.0.0.5 to r1\n"
+        "mroute from r0 source 198.18.0.10 group 224.0.0.5 to r3\n",
+    )
+    assert numbers(converted.problems) == [1, 2]
+    assert "merged into the route of" in converted.problems[1]
+    assert loads(tmp_path, converted).routes == {}
+
+
+# --- --table: smcrouted -t ID ------------------------------------------------------------------
+
+
+def test_table_puts_every_route_and_template_in_that_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validate, "_table_names", {"video": 100})
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text(
+        "mroute from r0 source 198.18.0.10 group 239.1.1.1 to r1\n"
+        "mroute from r0 group 239.2.0.0/16 to r1\n"
+        "mroute from r0 source 2001:db8::1 group ff3e::1 to r1\n"
+        "mgroup from r0 group 239.1.1.1\n"
+    )
+    out = tmp_path / "mfcd.conf"
+    for table, number in (("100", 100), ("video", 100), ("default", 253), (None, 253)):
+        status, _, err = run_cli(
+            "import-smcroute", str(conf), "--to", str(out), *(["--table", table] if table else [])
+        )
+        assert (status, err) == (0, "")
+        found = config.load_all(str(out))[1]
+        ipv6 = 254 if number == 253 else number  # IPv6's default table is 254
+        assert [k[3] for k in found.routes] == [number, ipv6]
+        assert [t.table for t in found.templates] == [number]
+        assert ("table = " in out.read_text()) == (number != 253)
+    assert 'table = "video"' in smcroute_import.convert_file(str(conf), '"video"').text
+
+
+def test_a_table_mfcd_would_refuse_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validate, "_table_names", {})
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from r0 source 198.18.0.10 group 239.1.1.1 to r1\n")
+    for table, why in (("0", "out of range"), ("nosuch", "is not a table name")):
+        status, out, err = run_cli("import-smcroute", str(conf), "--table", table)
+        assert (status, out) == (2, "")
+        assert err.startswith("mfcctl: --table: table ") and why in err
+        assert len(err.splitlines()) == 1
 
 
 # --- the command ---------------------------------------------------------------------------------
