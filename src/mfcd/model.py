@@ -1130,13 +1130,13 @@ class Router:
         """Point each of these learned entries at its best template in `index` (default:
         every template), or remove it. With an index that leaves out a template about to be
         deleted, its entries go a slice at a time before it does (learning.Learner.retiring)."""
-        if index is None:
-            index = self.template_index()
         routes, learned, holding = self.routes, self.learned, self.holding
         steps: list[Step] = []
         for key in keys:
             if key not in learned:
                 continue
+            if index is None:  # (only now: each template added drops it, see _set)
+                index = self.template_index()
             family, source, group, table = key
             best = index.match(family, table, routes[key].iif, source, group)
             if best is None or best not in holding:
