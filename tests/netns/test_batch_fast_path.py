@@ -69,7 +69,10 @@ def test_a_batch_with_one_refused_route_leaves_nothing(lab: Lab, mfcd: Mfcd) -> 
     before = [in_kernel(lab, 4, "253"), in_kernel(lab, 6, "254"), len(vifs(lab, 4))]
     result = mfcd.ctl("batch", "-", stdin=BATCH + refused)
     assert result.returncode != 0
-    assert "stdin:2002: cannot add IPv4 VIF for d30: all 32 VIFs" in result.stderr, result.stderr
+    assert (
+        "stdin:2002: cannot add 1 new IPv4 VIF (d30): only 0 of the 32 VIFs are free"
+        in result.stderr
+    ), result.stderr
     assert before == [0, 0, 0]
     for family, table in ((4, "253"), (4, TABLE), (6, "254"), (6, TABLE)):
         assert in_kernel(lab, family, table) == 0, (family, table)

@@ -141,7 +141,11 @@ def test_a_33rd_interface_rolls_back_the_whole_request(lab: Lab, mfcd: Mfcd) -> 
         "mfc add --source 198.18.0.2 --group 239.3.0.4 --iif r0 --oifs r3\n"
     )
     result = mfcd.ctl("batch", "-", stdin=batch)
-    assert result.returncode == 1 and "stdin:2: cannot add IPv4 VIF for r3" in result.stderr
+    assert (
+        result.returncode == 1
+        and "stdin:2: cannot add 1 new IPv4 VIF (r3): only 0 of the 32 VIFs are free"
+        in result.stderr
+    )
 
     assert mfcd.show() == before_show
     assert (kernel_tables.mfc(lab, 4), kernel_tables.vifs(lab, 4)) == before_kernel
