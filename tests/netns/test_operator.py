@@ -174,7 +174,7 @@ def test_verbose_and_dry_run(lab: Lab, mfcd: Mfcd) -> None:
     assert request.startswith("> ") and json.loads(request[2:])["dry_run"] is True
     assert response.startswith("< ") and json.loads(response[2:])["ok"] is True
     assert rtt.startswith("round trip ") and rtt.endswith(" ms")
-    assert "add mfc ipv6 2001:db8::2 -> ff3e::1:1 iif VIF 0 oifs VIF 1,2" in result.stdout
+    assert "add mfc ipv6 2001:db8::2 -> ff3e::1:1 iif r0 oifs r1,r2 (VIF 0 -> 1,2)" in result.stdout
     assert mfcd.show()["routes"] == []
     assert received(lab, 6) == [0, 0, 0]
 
