@@ -1361,8 +1361,11 @@ def format_event(event: dict[str, Any]) -> str:
             text += f" [{event['origin']}]"
     elif kind == "link":
         text = f"{event.get('action')} {event.get('interface')}"
-        if event.get("ifindex") is not None:
-            text += f" (ifindex {event['ifindex']})"
+        details = [f"ifindex {event['ifindex']}"] if event.get("ifindex") is not None else []
+        if "up" in event and event.get("action") != "del":
+            details.append("up" if event["up"] else "down")
+        if details:
+            text += f" ({', '.join(details)})"
     elif kind == "gap":
         text = f"{event.get('dropped')} events dropped (mfcctl read too slowly)"
     else:

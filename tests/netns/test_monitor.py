@@ -72,6 +72,8 @@ def test_route_and_interface_events_arrive_in_order(lab: Lab, mfcd: Mfcd) -> Non
         mfcd.ok(*route_args(SOURCE, "239.1.1.2", "r0", "r2"))
         lab.ip(lab.router, "link", "add", "r9", "type", "veth", "peer", "name", "r9p")
         seen = sub.until("route.state", group="239.1.1.1")
+        lab.ip(lab.router, "link", "set", "r9", "up")  # a change of the interface known
+        seen += sub.until("link", interface="r9", action="change", up=True)
         lab.ip(lab.router, "link", "del", "r9")
         seen += sub.until("route.state", group="239.1.1.1", state="degraded")
         mfcd.ok("mfc", "del", "--source", SOURCE, "--group", "239.1.1.1")
@@ -96,6 +98,7 @@ def test_route_and_interface_events_arrive_in_order(lab: Lab, mfcd: Mfcd) -> Non
     links = [e["action"] for e in seen if e["event"] == "link" and e["interface"] == "r9"]
     assert links[0] == "new"
     assert links[-1] == "del"
+    assert "change" in links and set(links[1:-1]) == {"change"}  # r9's other RTM_NEWLINKs
     assert [e["time"] for e in seen] == sorted(e["time"] for e in seen)
 
 

@@ -137,8 +137,16 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
             "route.state ipv4 198.18.0.2 -> 239.1.1.1 (degraded: waiting for r2)",
         ),
         (
-            {"event": "link", "action": "del", "interface": "r3", "ifindex": 9},
+            {"event": "link", "action": "del", "interface": "r3", "ifindex": 9, "up": False},
             "link del r3 (ifindex 9)",
+        ),
+        (
+            {"event": "link", "action": "change", "interface": "r3", "ifindex": 9, "up": True},
+            "link change r3 (ifindex 9, up)",
+        ),
+        (
+            {"event": "link", "action": "new", "interface": "r3", "ifindex": 9, "up": False},
+            "link new r3 (ifindex 9, down)",
         ),
         (
             {**KEY, "event": "learned", "iif": "r0", "template": TEMPLATE},
