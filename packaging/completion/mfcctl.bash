@@ -125,7 +125,7 @@ _mfcctl() {
         "flush ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
         "ping ") opts="-h --help -o --output -v --verbose" ;;
         "diagnose ") opts="-h --help --group --source --table --seconds -o --output -v --verbose" ;;
-        "monitor ") opts="-h --help -o --output -v --verbose" ;;
+        "monitor ") opts="-h --help -o --output -v --verbose --reconnect" ;;
         "reload ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
         "import-smcroute ") opts="-h --help --to --table -o --output" ;;
         *) opts="-h --help" ;;

@@ -42,6 +42,9 @@ def exit_codes_help(width: int = 79) -> str:
 DAEMON_USER = "mfc"  # the user mfc_daemon.service runs mfcd as
 
 
+RECONNECT_SECONDS = 0.5  # monitor --reconnect: between tries to reach mfcd again
+
+
 class CliError(Exception):
     """A failure reported as one line on stderr with an exit status.
 
@@ -265,6 +268,7 @@ class Client:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._buffer = b""  # (what was read of the old connection is no answer on a new one)
 
 
 def _read_failure(e: Exception) -> CliError:
@@ -676,6 +680,12 @@ def _monitor_command(sub: Any) -> None:
         " comes with origin config; a failed reload gives reload.failed with its error)."
         " A reader that falls behind loses events; a `gap` line says how many. Ctrl-C to"
         " stop.",
+    )
+    monitor.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="when mfcd goes away (a restart), say so on stderr and subscribe again as soon as"
+        " it answers, instead of exiting (events in between are lost)",
     )
     _command_options(monitor, changes=False)
 
@@ -1480,7 +1490,7 @@ class Cli:
         if a.command == "diagnose":
             return self.diagnose()
         if a.command == "monitor":
-            return self.monitor()
+            return self.monitor(reconnect=a.reconnect)
         if a.command == "reload":
             result = self.client.call("reload", {}, dry_run=a.dry_run)
             self.emit(result, format_reload)
@@ -1517,11 +1527,17 @@ class Cli:
         failed = result.get("verdict") == "failed"
         return protocol.EXIT_CHECK_FAILED if failed else protocol.EXIT_OK
 
-    def monitor(self) -> int:
+    def monitor(self, reconnect: bool = False) -> int:
         self.client.call("monitor", {})
         try:
             while True:
-                event = self.client.next_event()
+                try:
+                    event = self.client.next_event()
+                except CliError as e:
+                    if not reconnect or e.status != protocol.EXIT_UNREACHABLE:
+                        raise
+                    self._subscribe_again(e)
+                    continue
                 if self.json:
                     self.stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
                 else:
@@ -1529,6 +1545,24 @@ class Cli:
                 self.stdout.flush()
         except KeyboardInterrupt:
             return protocol.EXIT_OK
+
+    def _subscribe_again(self, lost: CliError) -> None:
+        """monitor --reconnect: mfcd went away (stopped or restarting): say so, then try to
+        subscribe again every RECONNECT_SECONDS until it answers."""
+        print(f"mfcctl: {lost}; reconnecting (events meanwhile are lost)", file=self.stderr)
+        self.stderr.flush()
+        while True:
+            self.client.close()
+            time.sleep(RECONNECT_SECONDS)
+            try:
+                self.client.call("monitor", {})
+            except CliError as e:
+                if e.status != protocol.EXIT_UNREACHABLE:
+                    raise
+                continue
+            print("mfcctl: reconnected to mfcd", file=self.stderr)
+            self.stderr.flush()
+            return
 
     def show_json(self, args: dict[str, Any]) -> int:
         """`show -o json` to a program: the routes written as they arrive, in the same text

@@ -198,6 +198,56 @@ def test_monitor_prints_each_event_as_it_comes(tmp_path: Path) -> None:
     assert "closed the connection" in err
 
 
+def test_monitor_reconnect_subscribes_again_when_mfcd_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--reconnect: mfcd stops (its socket goes away for a while) and starts again: mfcctl
+    says so, subscribes again and goes on printing; a protocol error still ends it."""
+    monkeypatch.setattr(cli, "RECONNECT_SECONDS", 0.02)
+    path = tmp_path / "mfcd.sock"
+    events = [
+        {"event": "link", "time": 1.0, "action": "new", "interface": "r1", "ifindex": 3},
+        {"event": "link", "time": 2.0, "action": "del", "interface": "r1", "ifindex": 3},
+    ]
+    subscriptions = []
+
+    def listen() -> socket.socket:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        server.listen(1)
+        return server
+
+    def session(server: socket.socket, event: dict[str, Any], last: bytes) -> None:
+        conn, _ = server.accept()
+        with conn:
+            request = json.loads(conn.makefile("rb").readline())
+            subscriptions.append(request["cmd"])
+            conn.sendall(protocol.encode_result(request["id"], {"subscribed": True}))
+            conn.sendall(protocol.encode_event(request["id"], event) + last)
+        server.close()
+        path.unlink()
+
+    first = listen()
+
+    def serve() -> None:
+        session(first, events[0], b"")  # then mfcd is gone: no socket at all
+        time.sleep(0.2)  # (mfcctl tries meanwhile)
+        session(listen(), events[1], b"not an event\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        status, out, err = run_cli("--socket", str(path), "-o", "json", "monitor", "--reconnect")
+    finally:
+        thread.join(timeout=5)
+    assert [json.loads(line) for line in out.splitlines()] == events, err
+    assert subscriptions == ["monitor", "monitor"]
+    lines = err.splitlines()
+    assert "closed the connection" in lines[0] and "reconnecting" in lines[0]
+    assert lines[1] == "mfcctl: reconnected to mfcd"
+    assert status == protocol.EXIT_PROTOCOL and "not an event" in lines[2]
+
+
 @pytest.mark.parametrize(("given", "sent"), [([], {}), (["--table", "7"], {"table": 7})])
 def test_watch_asks_for_the_table_given(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: list[str], sent: dict[str, Any]
