@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -123,13 +124,24 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         the_lab.destroy()
 
 
-@pytest.fixture
-def mfcd(lab: Lab, tmp_path: Path) -> Iterator[Mfcd]:
-    daemon = Mfcd(lab, tmp_path)
+D = TypeVar("D", bound=Mfcd)
+
+
+@contextmanager
+def running(daemon: D) -> Iterator[D]:
+    """Start the daemon (of any Mfcd kind) and stop it afterwards, whatever happened."""
     daemon.start()
     try:
         yield daemon
     finally:
         if daemon.proc is not None:
             daemon.stop()
+
+
+@pytest.fixture
+def mfcd(lab: Lab, tmp_path: Path) -> Iterator[Mfcd]:
+    try:
+        with running(Mfcd(lab, tmp_path)) as daemon:
+            yield daemon
+    finally:
         shutil.rmtree(tmp_path, ignore_errors=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import Lab
-from tests.netns.conftest import route_args
+from tests.netns.conftest import route_args, running
 from tests.netns.test_hardening import LoggedMfcd
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,13 +203,8 @@ def confined(lab: Lab) -> Iterator[ConfinedMfcd]:
         os.chown(work, NOBODY, NOBODY)
         for path in [code, *code.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
-        daemon = ConfinedMfcd(lab, work, code, spec)
-        daemon.start()
-        try:
+        with running(ConfinedMfcd(lab, work, code, spec)) as daemon:
             yield daemon
-        finally:
-            if daemon.proc is not None:
-                daemon.stop()
     finally:
         shutil.rmtree(top, ignore_errors=True)
 

@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.netns import Lab
-from tests.netns.conftest import Mfcd
+from tests.netns.conftest import Mfcd, running
 from tests.netns.test_metrics import fetch
 
 CAPTURE = str(Path(__file__).parents[2] / "lab" / "capture.py")
@@ -401,15 +401,8 @@ def mrd(messages: list[dict[str, Any]], kind: int) -> list[dict[str, Any]]:
     return [m for m in messages if m["family"] == 4 and m["type"] == kind]
 
 
-@contextmanager
-def daemon(lab: Lab, workdir: Path, config: str) -> Iterator[Mfcd]:
-    mfcd = Mfcd(lab, workdir, config)
-    mfcd.start()
-    try:
-        yield mfcd
-    finally:
-        if mfcd.proc is not None:
-            mfcd.stop()
+def daemon(lab: Lab, workdir: Path, config: str) -> AbstractContextManager[Mfcd]:
+    return running(Mfcd(lab, workdir, config))
 
 
 def test_router_advertisements_go_out_at_the_configured_interval(lab: Lab, tmp_path: Path) -> None:
