@@ -221,11 +221,13 @@ class RouteBack:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """The family's multicast routing rules in the kernel's order; `error` when they could
-    not be read (then `rules` is empty)."""
+    """The family's multicast routing rules in the kernel's order, and the tables they look
+    up that the kernel does not have; `error` when they could not be read (then `rules` is
+    empty)."""
 
     rules: tuple[MRule, ...] = ()
     error: str = ""
+    missing: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,43 +408,130 @@ def _mc_forwarding(facts: Facts, intent: Intent) -> Check:
     )
 
 
-def deciding_rule(rules: Sequence[MRule], iif: str) -> MRule | None:
-    """The multicast rule that decides where a packet arriving on `iif` goes: a lookup,
-    or an action that drops it (unreachable, prohibit, blackhole); None when no rule does
-    (the kernel then drops it).
+@dataclass(frozen=True, slots=True)
+class Fork:
+    """A rule on the walk that matches only some packets (by firewall mark, or the VRF of
+    the interface): `taken` says whether a packet with no mark on an interface in no VRF
+    matches it, `others` which rules can decide for the packets that go the other way
+    (None: no rule, the kernel drops them)."""
 
-    As the kernel's fib_rules_lookup() walks them for ipmr/ip6mr: in priority order (the
-    dump's order among equal priorities); a rule matches when its iif (if any) is the
-    interface, inverted by `not`; a goto jumps to the first rule of its target priority
-    (later in the list) and is matched from there; a nop and a goto without target fall
-    through. The kernel's multicast rules do not look at `from`/`to` (ipmr_rule_match()
-    accepts every packet; the dump reports none). A rule that also matches on an fwmark,
-    oif, tunnel id, l3mdev or uid range is taken as not matching (MRule.unmatched): an
-    arriving packet has no oif and, unless a firewall marks it, mark 0. A lookup of a table
-    that does not exist falls through in the kernel; here it decides (which tables exist is
-    not read).
+    rule: MRule
+    taken: bool
+    others: frozenset[MRule | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleWalk:
+    """Where the multicast rules send a packet arriving on one interface (walk_rules)."""
+
+    # The rule that decides for a packet with no firewall mark on an interface in no VRF
+    # (a lookup, or an action that drops it); None: no rule does, the kernel drops it.
+    decides: MRule | None
+    # Lookups that matched on the way but were passed over: their table does not exist.
+    skipped: tuple[MRule, ...] = ()
+    # The rules on the way that decide differently for some packets.
+    forks: tuple[Fork, ...] = ()
+
+
+def walk_rules(rules: Sequence[MRule], iif: str, missing: frozenset[int] = frozenset()) -> RuleWalk:
+    """Where the multicast rules send what arrives on `iif`, as the kernel's
+    fib_rules_lookup() walks them for ipmr/ip6mr; `missing`: tables that do not exist.
+
+    In priority order (the dump's order among equal priorities); a rule matches when its
+    iif (if any) is the interface, inverted by `not`; a goto jumps to the first rule of its
+    target priority (later in the list) and is matched from there; a nop and a goto
+    without target fall through, and so does a lookup of a table that does not exist
+    (ipmr_rule_action() returns -EAGAIN: the kernel tries the next rule). The multicast
+    rules do not look at from/to, tos, ipproto or ports (ipmr_rule_match() accepts every
+    packet); a rule with an oif, tunnel id, uid range without uid 0 or a detached iif
+    matches no arriving packet (MRule.unmatched). A rule with an fwmark or l3mdev matches
+    some packets and not others: the walk follows a packet with no mark on an interface
+    in no VRF, and notes each such rule on its way (a Fork) with the rules that can
+    decide for the packets that go the other way.
     """
     ordered = sorted(rules, key=lambda r: r.priority)  # stable: keeps the dump's order
+    count = len(ordered)
+    # Which rules can decide from each position on, over every way a fork can go. A
+    # step only goes forward, so filling it from the end needs no recursion.
+    reach: list[frozenset[MRule | None]] = [frozenset({None})] * (count + 1)
+    for index in reversed(range(count)):
+        known = _match(ordered[index], iif)
+        ways = (True, False) if known is None else (known,)
+        reach[index] = frozenset().union(
+            *(_reach(_step(ordered, index, taken, missing), reach) for taken in ways)
+        )
     index = 0
-    while index < len(ordered):
+    skipped: list[MRule] = []
+    forks: list[Fork] = []
+    while index < count:
         rule = ordered[index]
-        matches = (rule.iif is None or rule.iif == iif) and not rule.unmatched
-        if matches == rule.invert:
-            index += 1
-        elif rule.action == "goto":
-            later = range(index + 1, len(ordered))
-            target = next((i for i in later if ordered[i].priority == rule.goto), None)
-            index = index + 1 if target is None else target
-        elif rule.action == "nop":
-            index += 1
-        else:
-            return rule
+        taken = _plain_match(rule, iif)
+        if _match(rule, iif) is None:
+            other = _step(ordered, index, not taken, missing)
+            forks.append(Fork(rule, taken, _reach(other, reach)))
+        step = _step(ordered, index, taken, missing)
+        if isinstance(step, MRule):
+            return RuleWalk(step, tuple(skipped), tuple(forks))
+        if taken and rule.action == "lookup":
+            skipped.append(rule)
+        index = step
+    return RuleWalk(None, tuple(skipped), tuple(forks))
+
+
+def _match(rule: MRule, iif: str) -> bool | None:
+    """Whether `rule` matches every packet arriving on `iif` (True) or none (False); None
+    when it depends on the packet's firewall mark or on the interface's VRF."""
+    if rule.unmatched or (rule.iif is not None and rule.iif != iif):
+        return rule.invert
+    if rule.fwmark is None and not rule.l3mdev:
+        return not rule.invert
     return None
 
 
+def _plain_match(rule: MRule, iif: str) -> bool:
+    """Whether `rule` matches a packet with no firewall mark (0) on an interface in no VRF."""
+    known = _match(rule, iif)
+    if known is not None:
+        return known
+    mark, mask = rule.fwmark or (0, 0)
+    return (mark & mask == 0 and not rule.l3mdev) != rule.invert
+
+
+def _step(
+    ordered: Sequence[MRule], index: int, taken: bool, missing: frozenset[int]
+) -> int | MRule:
+    """Where the walk goes from rule `index`, matched or not: the index of the next rule
+    to match, or the rule that decides."""
+    rule = ordered[index]
+    if not taken or rule.action == "nop":
+        return index + 1
+    if rule.action == "goto":
+        later = range(index + 1, len(ordered))
+        target = next((i for i in later if ordered[i].priority == rule.goto), None)
+        return index + 1 if target is None else target
+    if rule.action == "lookup" and not rule.l3mdev and rule.table in missing:
+        return index + 1
+    return rule
+
+
+def _reach(step: int | MRule, reach: Sequence[frozenset[MRule | None]]) -> frozenset[MRule | None]:
+    return frozenset({step}) if isinstance(step, MRule) else reach[step]
+
+
 def _rule_text(rule: MRule) -> str:
-    what = f"lookup {rule.table}" if rule.action == "lookup" else rule.action
-    match = "from all" if rule.iif is None else f"iif {rule.iif}"
+    if rule.l3mdev:
+        what = "lookup [l3mdev-table]"
+    elif rule.action == "lookup":
+        what = f"lookup {rule.table}"
+    elif rule.action == "goto":
+        what = f"goto {rule.goto}"
+    else:
+        what = rule.action
+    selectors = [] if rule.iif is None else [f"iif {rule.iif}"]
+    if rule.fwmark is not None:
+        mark, mask = rule.fwmark
+        selectors.append(f"fwmark {mark:#x}" + ("" if mask == 0xFFFFFFFF else f"/{mask:#x}"))
+    match = " ".join(selectors) or "from all"
     return f"{rule.priority}: {'not ' if rule.invert else ''}{match} {what}"
 
 
@@ -454,10 +543,20 @@ def _mrule(facts: Facts, intent: Intent) -> Check:
     if rules is None or rules.error:
         why = rules.error if rules is not None else "not read"
         return Check("mrule", "unknown", f"cannot read the multicast rules ({ip}): {why}")
-    rule = deciding_rule(rules.rules, iif)
-    if rule is not None and rule.action == "lookup" and rule.table == table:
+    # The route's own table is there once mfcd installs the route, if it is not yet.
+    walk = walk_rules(rules.rules, iif, rules.missing - {table})
+    ok = _reaches(walk.decides, table)
+    forks = [f for f in walk.forks if any(_reaches(d, table) != ok for d in f.others)]
+    skipped = "".join(
+        f"; rule {_rule_text(r)} is passed over while table {r.table} does not exist"
+        for r in walk.skipped
+    )
+    if forks:
+        return Check("mrule", "unknown", _depends(walk.decides, forks, iif, table) + skipped)
+    rule = walk.decides
+    if rule is not None and ok:
         detail = f"rule {_rule_text(rule)} sends what arrives on {iif} to table {table}"
-        return Check("mrule", "passed", detail)
+        return Check("mrule", "passed", detail + skipped)
     # The new rule must come before the one that decides now (any rule before that one
     # does not match the iif); without one, any priority does.
     priority = 100 if rule is None else rule.priority - 1
@@ -468,12 +567,57 @@ def _mrule(facts: Facts, intent: Intent) -> Check:
         detail = f"no multicast rule ({ip}) matches what arrives on {iif}: the kernel drops it"
     elif rule.action == "lookup":
         detail = (
-            f"what arrives on {iif} goes to table {rule.table} (rule {_rule_text(rule)}), not to"
+            f"what arrives on {iif} goes to {_table_text(rule)} (rule {_rule_text(rule)}), not to"
             f" the route's table {table}"
         )
     else:
         detail = f"rule {_rule_text(rule)} drops what arrives on {iif}"
-    return Check("mrule", "failed", detail, fix)
+    return Check("mrule", "failed", detail + skipped, fix)
+
+
+def _reaches(rule: MRule | None, table: int) -> bool:
+    """Whether `rule`, deciding, sends the packet to `table`."""
+    return rule is not None and rule.action == "lookup" and not rule.l3mdev and rule.table == table
+
+
+def _table_text(rule: MRule) -> str:
+    return "the table of the interface's VRF" if rule.l3mdev else f"table {rule.table}"
+
+
+def _outcome(rule: MRule | None, cite: bool = True) -> str:
+    """What becomes of packets `rule` decides for (None: no rule decides)."""
+    if rule is None:
+        return "match no rule and are dropped"
+    went = f"go to {_table_text(rule)}" if rule.action == "lookup" else "are dropped"
+    return f"{went} (rule {_rule_text(rule)})" if cite else went
+
+
+def _depends(plain: MRule | None, forks: Sequence[Fork], iif: str, table: int) -> str:
+    """The mrule detail when rules that test the firewall mark or the VRF send some of
+    what arrives on `iif` to the route's table and some elsewhere."""
+    marks = any(f.rule.fwmark is not None for f in forks)
+    vrfs = any(f.rule.l3mdev for f in forks)
+    subject = " and ".join(
+        (["the packets' firewall mark"] if marks else [])
+        + ([f"whether {iif} is in a VRF"] if vrfs else [])
+    )
+    which = f"if {iif} is in no VRF, " if vrfs else ""
+    which += "packets with no mark" if marks else "packets"
+    text = f"the outcome depends on {subject}: {which} {_outcome(plain)}"
+    ok = _reaches(plain, table)
+    if plain is not None and plain.action == "lookup" and not ok:
+        text += f", not to the route's table {table}"
+    others = []
+    for fork in forks:
+        # The first rule (by priority; no rule last) that ends the other way.
+        other = min(
+            (d for d in fork.others if _reaches(d, table) != ok),
+            key=lambda d: (d is None, 0 if d is None else d.priority),
+        )
+        verb = "does not match" if fork.taken else "matches"
+        went = _outcome(other, cite=other != fork.rule)
+        others.append(f"those rule {_rule_text(fork.rule)} {verb} {went}")
+    return f"{text}, but " + "; ".join(others)
 
 
 def _arrival(facts: Facts, intent: Intent) -> Check:

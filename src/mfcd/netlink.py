@@ -49,6 +49,7 @@ __all__ = [
     "parse_mfc_message",
     "parse_rule_message",
     "parse_vif_tables",
+    "table_exists",
 ]
 
 # --- kernel ABI -------------------------------------------------------------------------------
@@ -695,6 +696,7 @@ FRA_PRIORITY = 6
 FRA_FWMARK = 10
 FRA_TUN_ID = 12
 FRA_TABLE = 15
+FRA_FWMASK = 16
 FRA_OIFNAME = 17
 FRA_L3MDEV = 19
 FRA_UID_RANGE = 20
@@ -720,11 +722,19 @@ class MRule:
     """One multicast routing rule (`ip mrule` / `ip -6 mrule`), as the kernel dumps it.
 
     `action` is "lookup", "goto", "nop", "blackhole", "unreachable", "prohibit" (or
-    "action N"); `table` is a lookup's table, `goto` a goto's target priority. `unmatched`
-    is set when, `not` aside, the rule matches no packet arriving from the wire as far as
-    diagnose can tell: its iif is detached (gone), or it also matches on an fwmark (an
-    arriving packet's mark is 0 unless a firewall sets one), an oif (an arriving packet
-    has none), a tunnel id, an l3mdev or a uid range that leaves out uid 0."""
+    "action N"); `table` is a lookup's table, `goto` a goto's target priority.
+
+    What a rule matches, besides its iif (fib_rule_match() with the flow ipmr/ip6mr build
+    for an arriving packet: its iif, no oif, skb->mark, uid 0, no tunnel id):
+    - `unmatched`: `not` aside, it matches no arriving packet: its iif is detached (gone),
+      or it also names an oif (an arriving packet has none), a tunnel id, or a uid range
+      that leaves out uid 0;
+    - `fwmark` (mark, mask): it matches only packets whose firewall mark (set by
+      nftables/iptables or tc on the way in) has those bits; None when the mask is 0;
+    - `l3mdev`: it matches only packets arriving on an interface in a VRF, and looks up
+      that VRF's table (`lookup [l3mdev-table]`).
+    The multicast rules ignore the rest (from/to, tos, ipproto, ports: ipmr_rule_match()
+    accepts every packet), so they are not kept."""
 
     priority: int
     action: str
@@ -733,6 +743,8 @@ class MRule:
     iif: str | None = None  # None: any interface
     invert: bool = False  # `not`
     unmatched: bool = False
+    fwmark: tuple[int, int] | None = None
+    l3mdev: bool = False
 
 
 def rule_request(family: int) -> bytes:
@@ -760,27 +772,23 @@ def parse_rule_message(data: ReadableBuffer, family: int) -> MRule | None:
     if rule_family != _FAMILIES[family][0]:
         return None
     attrs = parse_attrs(view, NLMSGHDR.size + FIB_RULE_HDR.size)
-    mark = attrs.get(FRA_FWMARK)
     # A rule with a uid range matches an arriving packet's uid (0) unless the range leaves
     # it out; the kernel reports the full range on every rule of a recent kernel.
     uids = attrs.get(FRA_UID_RANGE)
     narrow_uids = (
-        uids is not None
-        and len(uids) >= 8
-        and _UID_RANGE.unpack_from(uids)
-        != (
-            0,
-            0xFFFFFFFF,
-        )
+        uids is not None and len(uids) >= 8 and _UID_RANGE.unpack_from(uids) != (0, 0xFFFFFFFF)
     )
     unmatched = (
         bool(flags & FIB_RULE_IIF_DETACHED)
-        or (mark is not None and _u32(mark) != 0)
         or FRA_OIFNAME in attrs
         or (FRA_TUN_ID in attrs and any(attrs[FRA_TUN_ID]))
-        or (FRA_L3MDEV in attrs and any(attrs[FRA_L3MDEV]))
         or narrow_uids
     )
+    # The kernel sends FRA_FWMARK only when the mark is not 0 and FRA_FWMASK when either is
+    # not: `fwmark 1` comes with the mask 0xffffffff, `fwmark 0/0xff` with the mask alone.
+    mark = 0 if FRA_FWMARK not in attrs else _u32(attrs[FRA_FWMARK])
+    mask = attrs.get(FRA_FWMASK)
+    fwmark = (mark, (0xFFFFFFFF if mark else 0) if mask is None else _u32(mask))
     iif = attrs.get(FRA_IIFNAME)
     goto = attrs.get(FRA_GOTO)
     priority = attrs.get(FRA_PRIORITY)
@@ -794,6 +802,8 @@ def parse_rule_message(data: ReadableBuffer, family: int) -> MRule | None:
         iif=None if iif is None else _name(iif),
         invert=bool(flags & FIB_RULE_INVERT),
         unmatched=unmatched,
+        fwmark=fwmark if fwmark[1] else None,  # mask 0: every mark matches
+        l3mdev=FRA_L3MDEV in attrs and any(attrs[FRA_L3MDEV]),
     )
 
 
@@ -803,3 +813,36 @@ def dump_mrules(family: int) -> list[MRule]:
     return _dump(
         "dump mrules", RTM_GETRULE, request, lambda message: parse_rule_message(message, family)
     )
+
+
+def table_exists(family: int, table: int) -> bool:
+    """Whether the kernel has multicast routing table `table` (1..2**32-1) of `family`.
+
+    Any MRT_TABLE setsockopt naming a table creates it (no MRT_INIT needed), and it stays
+    until the namespace goes; a rule's lookup of a table that does not exist is passed
+    over (ipmr_rule_action(): -EAGAIN). Asks for a dump of that table alone and reads only
+    the first answer, so a table of any size costs one reply: ENOENT means no such table.
+    A kernel without strict checking ignores the filter, and then every table exists.
+    Reads only."""
+    seq = next(_seq) & 0xFFFFFFFF
+    request = mfc_request(family, table)
+    header = NLMSGHDR.pack(
+        NLMSGHDR.size + len(request), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    )
+    with _open_socket("table lookup") as sock:
+        try:
+            sock.send(header + request)
+            for reply_type, _flags, message in _replies(sock, bytearray(RECV_BUFSIZE), seq):
+                if reply_type not in (NLMSG_DONE, NLMSG_ERROR):
+                    return True  # an entry of the table
+                err, detail = error_of(message)
+                if err == errno.ENOENT:
+                    return False
+                if err:
+                    raise NetlinkError(err, "table lookup", detail)
+                return True  # an empty table
+            return True  # (the replies never end: only for the type checker)
+        except NetlinkError:
+            raise
+        except OSError as exc:
+            raise NetlinkError(exc.errno or errno.EIO, "table lookup") from exc

@@ -231,11 +231,19 @@ def route_back(family: int, source: str) -> RouteBack:
 
 
 def read_rules(family: int) -> Rules:
-    """The family's multicast routing rules (`ip mrule` / `ip -6 mrule`)."""
+    """The family's multicast routing rules (`ip mrule` / `ip -6 mrule`), and which of the
+    tables they look up the kernel does not have (their rules are passed over)."""
     try:
-        return Rules(tuple(netlink.dump_mrules(family)))
+        rules = tuple(netlink.dump_mrules(family))
     except (OSError, ValueError) as e:
         return Rules((), f"dump failed: {getattr(e, 'strerror', None) or e}")
+    named = {r.table for r in rules if r.action == "lookup" and r.table > 0}
+    try:
+        missing = frozenset(t for t in named if not netlink.table_exists(family, t))
+    except (OSError, ValueError) as e:
+        why = getattr(e, "strerror", None) or e
+        return Rules((), f"cannot tell which of their tables exist: {why}")
+    return Rules(rules, missing=missing)
 
 
 # --- the whole diagnosis --------------------------------------------------------------------------

@@ -403,3 +403,55 @@ def test_a_route_in_another_table_without_its_mrule(
         "rule 32766: iif r0 lookup 100 sends what arrives on r0 to table 100"
     )
     assert "counted" in found and found["counted"]["status"] == "passed"
+
+
+# Creates multicast routing table N in the namespace it runs in and closes the socket: any
+# MRT_TABLE setsockopt creates its table (no MRT_INIT needed), and the table stays.
+CREATE_TABLE = """
+import socket, struct, sys
+family, table = int(sys.argv[1]), int(sys.argv[2])
+if family == 4:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+    level = socket.IPPROTO_IP
+else:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    level = socket.IPPROTO_IPV6
+s.setsockopt(level, 209, struct.pack("=I", table))  # MRT_TABLE / MRT6_TABLE
+s.close()
+"""
+
+
+@pytest.mark.parametrize(("family", "source", "group"), [(4, SOURCE, GROUP), (6, SOURCE6, GROUP6)])
+def test_an_mrule_to_a_table_that_does_not_exist_is_passed_over(
+    lab: Lab, mfcd: Mfcd, family: int, source: str, group: str
+) -> None:
+    """`ip mrule add iif r0 lookup 77` before the rule to the route's table 100: while no
+    table 77 exists the kernel passes over it (ipmr_rule_action(): -EAGAIN), the packets
+    reach table 100 and are forwarded, and diagnose says ok, naming the rule passed over.
+    Once something creates table 77, that rule decides: nothing reaches table 100."""
+    mfcd.ok("mfc", "add", "--table", "100", *route_args(source, group, "r0", "r1")[2:])
+    ip = "ip mrule" if family == 4 else "ip -6 mrule"
+    lab.ip(lab.router, *f"{ip} add iif r0 lookup 77 pref 50".split()[1:])
+    lab.ip(lab.router, *f"{ip} add iif r0 lookup 100 pref 60".split()[1:])
+    assert lab.probe(group)[lab.rx[0]] == 5
+    args = ("--group", group, "--source", source, "--table", "100")
+    with sending(lab, source, group):
+        status, result = diagnose(mfcd, *args)
+    found = checks(result)
+    assert (status, result["verdict"]) == (0, "ok"), result
+    assert found["mrule"]["detail"] == (
+        "rule 60: iif r0 lookup 100 sends what arrives on r0 to table 100; rule 50: iif r0"
+        " lookup 77 is passed over while table 77 does not exist"
+    )
+    # Table 77 now exists (empty, with no owner): rule 50 takes r0's traffic.
+    created = lab.exec(lab.router, sys.executable, "-c", CREATE_TABLE, str(family), "77")
+    assert created.returncode == 0, created.stderr
+    assert lab.probe(group)[lab.rx[0]] == 0
+    with sending(lab, source, group):
+        status, result = diagnose(mfcd, *args)
+    found = checks(result)
+    assert (status, result["verdict"]) == (8, "failed"), result
+    assert found["mrule"]["status"] == "failed", found["mrule"]
+    assert "goes to table 77 (rule 50: iif r0 lookup 77)" in found["mrule"]["detail"]
+    assert found["mrule"]["fix"] == f"{ip} add iif r0 lookup 100 pref 49"
+    assert found["counted"]["status"] == "failed"

@@ -392,8 +392,10 @@ DEFAULT_RULE4 = MRule(32767, "lookup", 253)
 IN_100 = dataclasses.replace(HEALTHY, intent=dataclasses.replace(INTENT, table=100))
 
 
-def with_rules(*rules: MRule, facts: Facts = IN_100) -> Facts:
-    return dataclasses.replace(facts, rules=Rules(rules))
+def with_rules(
+    *rules: MRule, facts: Facts = IN_100, missing: frozenset[int] = frozenset()
+) -> Facts:
+    return dataclasses.replace(facts, rules=Rules(rules, missing=missing))
 
 
 def test_the_default_table_needs_no_rule_and_is_not_checked() -> None:
@@ -440,6 +442,9 @@ def test_unreadable_rules_are_unknown() -> None:
     assert c.status == "unknown" and "Operation not supported" in c.detail
 
 
+MARK1 = (1, 0xFFFFFFFF)
+
+
 @pytest.mark.parametrize(
     ("rules", "decides"),
     [
@@ -455,8 +460,17 @@ def test_unreadable_rules_are_unknown() -> None:
             ),
             6,
         ),
-        # fwmark (or oif...): taken as not matching an arriving packet.
+        # An oif, a detached iif, a uid range without 0...: matches no arriving packet.
         ((MRule(5, "lookup", 7, iif="r0", unmatched=True), DEFAULT_RULE4), 32767),
+        ((MRule(5, "lookup", 7, unmatched=True, invert=True), DEFAULT_RULE4), 5),
+        # An fwmark: a packet with no mark matches `fwmark 0/0xff`, not `fwmark 1`...
+        ((MRule(5, "lookup", 7, iif="r0", fwmark=MARK1), DEFAULT_RULE4), 32767),
+        ((MRule(5, "lookup", 7, iif="r0", fwmark=(0, 0xFF)), DEFAULT_RULE4), 5),
+        # ...and `not ... fwmark 1` (the whole match is inverted), not `not iif r9 fwmark 1`.
+        ((MRule(5, "prohibit", iif="r0", fwmark=MARK1, invert=True), DEFAULT_RULE4), 5),
+        ((MRule(5, "prohibit", iif="r9", fwmark=MARK1, invert=True), DEFAULT_RULE4), 5),
+        # l3mdev: only for an interface in a VRF.
+        ((MRule(5, "lookup", 0, l3mdev=True), DEFAULT_RULE4), 32767),
         # nop falls through; goto jumps to its target priority and matches from there.
         (
             (
@@ -471,13 +485,15 @@ def test_unreadable_rules_are_unknown() -> None:
         ((MRule(2, "goto", goto=40), MRule(3, "lookup", 100)), 3),
         # A terminal action decides (and drops).
         ((MRule(4, "unreachable", iif="r0"), DEFAULT_RULE4), 4),
+        # A lookup of a table that does not exist (77) falls through.
+        ((MRule(5, "lookup", 77, iif="r0"), DEFAULT_RULE4), 32767),
         ((), None),
     ],
 )
 def test_the_deciding_rule_is_found_as_the_kernel_walks_them(
     rules: tuple[MRule, ...], decides: int | None
 ) -> None:
-    rule = diagnosis.deciding_rule(rules, "r0")
+    rule = diagnosis.walk_rules(rules, "r0", frozenset({77})).decides
     assert (None if rule is None else rule.priority) == decides
 
 
@@ -492,6 +508,118 @@ def test_a_rule_that_drops_or_no_rule_at_all_fails() -> None:
     assert c.fix == "ip mrule add iif r0 lookup 100 pref 100"
     c = check(with_rules(MRule(0, "lookup", 253)), "mrule")
     assert c.fix.startswith("ip mrule del pref 0")
+
+
+def test_a_lookup_of_a_table_that_does_not_exist_is_passed_over() -> None:
+    """The kernel tries the next rule (ipmr_rule_action: -EAGAIN); the detail says so,
+    since the rule takes the traffic as soon as something creates its table."""
+    rules = (MRule(50, "lookup", 77, iif="r0"), MRule(60, "lookup", 100, iif="r0"))
+    c = check(with_rules(*rules, DEFAULT_RULE4, missing=frozenset({77})), "mrule")
+    assert (c.status, c.detail) == (
+        "passed",
+        "rule 60: iif r0 lookup 100 sends what arrives on r0 to table 100; rule 50: iif r0"
+        " lookup 77 is passed over while table 77 does not exist",
+    )
+    # Table 77 exists: rule 50 decides.
+    c = check(with_rules(*rules, DEFAULT_RULE4), "mrule")
+    assert c.status == "failed"
+    assert "goes to table 77 (rule 50: iif r0 lookup 77), not to the route's table 100" in c.detail
+    assert c.fix == "ip mrule add iif r0 lookup 100 pref 49"
+    # Passed over and still not reaching table 100.
+    c = check(with_rules(rules[0], DEFAULT_RULE4, missing=frozenset({77})), "mrule")
+    assert (c.status, c.fix) == ("failed", "ip mrule add iif r0 lookup 100 pref 32766")
+    assert c.detail.endswith(
+        "; rule 50: iif r0 lookup 77 is passed over while table 77 does not exist"
+    )
+
+
+def test_the_routes_own_table_counts_as_there() -> None:
+    """Before mfcd installs the route (pending), its table may not exist yet."""
+    facts = with_rules(MRule(60, "lookup", 100, iif="r0"), DEFAULT_RULE4, missing=frozenset({100}))
+    assert check(facts, "mrule").status == "passed"
+
+
+@pytest.mark.parametrize(
+    ("first", "detail"),
+    [
+        # Marked packets go elsewhere; unmarked ones to table 100.
+        (
+            MRule(50, "lookup", 77, iif="r0", fwmark=MARK1),
+            "the outcome depends on the packets' firewall mark: packets with no mark go to table"
+            " 100 (rule 60: iif r0 lookup 100), but those rule 50: iif r0 fwmark 0x1 lookup 77"
+            " matches go to table 77",
+        ),
+        # A packet with no mark matches `fwmark 0/0xff`; a marked one goes on to rule 60.
+        (
+            MRule(50, "prohibit", iif="r0", fwmark=(0, 0xFF)),
+            "the outcome depends on the packets' firewall mark: packets with no mark are dropped"
+            " (rule 50: iif r0 fwmark 0x0/0xff prohibit), but those rule 50: iif r0 fwmark"
+            " 0x0/0xff prohibit does not match go to table 100 (rule 60: iif r0 lookup 100)",
+        ),
+        (
+            MRule(50, "lookup", 0, l3mdev=True),
+            "the outcome depends on whether r0 is in a VRF: if r0 is in no VRF, packets go to"
+            " table 100 (rule 60: iif r0 lookup 100), but those rule 50: from all lookup"
+            " [l3mdev-table] matches go to the table of the interface's VRF",
+        ),
+    ],
+)
+def test_a_rule_that_matches_some_packets_makes_the_outcome_depend_on_it(
+    first: MRule, detail: str
+) -> None:
+    c = check(with_rules(first, MRule(60, "lookup", 100, iif="r0"), DEFAULT_RULE4), "mrule")
+    assert (c.status, c.detail, c.fix) == ("unknown", detail, "")
+
+
+def test_a_mark_that_leads_to_the_table_while_the_others_miss_it() -> None:
+    c = check(with_rules(MRule(50, "lookup", 100, iif="r0", fwmark=MARK1), DEFAULT_RULE4), "mrule")
+    assert (c.status, c.detail) == (
+        "unknown",
+        "the outcome depends on the packets' firewall mark: packets with no mark go to table"
+        " 253 (rule 32767: from all lookup 253), not to the route's table 100, but those rule"
+        " 50: iif r0 fwmark 0x1 lookup 100 matches go to table 100",
+    )
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        # Marked packets go to the same table.
+        MRule(50, "lookup", 100, iif="r0", fwmark=MARK1),
+        # A table that does not exist: marked packets go on too.
+        MRule(50, "lookup", 77, iif="r0", fwmark=MARK1),
+        MRule(50, "nop", iif="r0", fwmark=MARK1),
+        # Another interface's.
+        MRule(50, "lookup", 7, iif="r9", fwmark=MARK1),
+    ],
+)
+def test_a_rule_that_matches_some_packets_but_changes_nothing_passes(first: MRule) -> None:
+    facts = with_rules(
+        first, MRule(60, "lookup", 100, iif="r0"), DEFAULT_RULE4, missing=frozenset({77})
+    )
+    assert check(facts, "mrule").status == "passed"
+
+
+def test_forks_follow_every_way_a_packet_can_go() -> None:
+    """A mark sends some packets by a goto past the rule to table 100; a second mark drops
+    some of the others."""
+    rules = (
+        MRule(10, "goto", iif="r0", goto=30, fwmark=MARK1),
+        MRule(20, "lookup", 100, iif="r0"),
+        MRule(30, "blackhole", fwmark=(2, 0xFFFFFFFF)),
+        MRule(40, "lookup", 253),
+    )
+    walk = diagnosis.walk_rules(rules, "r0")
+    assert walk.decides == rules[1]
+    assert [(f.rule.priority, f.taken, f.others) for f in walk.forks] == [
+        (10, False, frozenset({rules[2], rules[3]}))
+    ]
+    c = check(with_rules(*rules), "mrule")
+    assert c.status == "unknown"
+    assert c.detail.endswith(
+        "but those rule 10: iif r0 fwmark 0x1 goto 30 matches are dropped"
+        " (rule 30: fwmark 0x2 blackhole)"
+    )
 
 
 def test_nothing_counted_with_no_failure_above_does_not_point_above() -> None:

@@ -627,6 +627,39 @@ RULE6_DEFAULT = bytes.fromhex(
     "3c0000002000020007000000f80d000081000000fe0000010000000008000f00fe00000008000e00ffffffff"
     "050015000200000008000600ff7f0000"
 )
+# Captured the same way: `ip mrule add pref 41 iif r0 fwmark 1 lookup 77`, `pref 42 iif r0
+# fwmark 0/0xff lookup 100`, `pref 43 l3mdev`, `pref 44 iif r0 oif r1 lookup 77`, `pref 45
+# iif r0 uidrange 1000-2000 lookup 77`, `pref 46 iif r0 ipproto tcp dport 9 lookup 77` and
+# `ip -6 mrule add pref 41 not iif r0 fwmark 0x10/0xf0 prohibit`.
+RULE4_FWMARK = bytes.fromhex(
+    "5400000020000200010000009d0c0000800000004d0000010000000008000f004d00000008000e00ffffffff"
+    "05001500000000000700030072300000080006002900000008000a000100000008001000ffffffff"
+)
+RULE4_FWMASK = bytes.fromhex(
+    "4c00000020000200010000009d0c000080000000640000010000000008000f006400000008000e00ffffffff"
+    "05001500000000000700030072300000080006002a00000008001000ff000000"
+)
+RULE4_L3MDEV = bytes.fromhex(
+    "4400000020000200010000009d0c000080000000000000010000000008000f000000000008000e00ffffffff"
+    "0500150000000000080006002b0000000500130001000000"
+)
+RULE4_OIF = bytes.fromhex(
+    "4c00000020000200010000009d0c0000800000004d0000010000000008000f004d00000008000e00ffffffff"
+    "050015000000000007000300723000000700110072310000080006002c000000"
+)
+RULE4_UIDS = bytes.fromhex(
+    "5000000020000200010000009d0c0000800000004d0000010000000008000f004d00000008000e00ffffffff"
+    "05001500000000000700030072300000080006002d0000000c001400e8030000d0070000"
+)
+RULE4_PORTS = bytes.fromhex(
+    "5c00000020000200010000009d0c0000800000004d0000010000000008000f004d00000008000e00ffffffff"
+    "05001500000000000700030072300000080006002e000000080018000900090006001d00ffff000005001600"
+    "06000000"
+)
+RULE6_NOT_FWMASK = bytes.fromhex(
+    "540000002000020001000000c60c000081000000000000080200000008000f000000000008000e00ffffffff"
+    "05001500000000000700030072300000080006002900000008000a001000000008001000f0000000"
+)
 
 
 @pytest.mark.parametrize(
@@ -635,9 +668,18 @@ RULE6_DEFAULT = bytes.fromhex(
         (4, RULE4_R0, MRule(100, "lookup", 100, iif="r0")),
         (4, RULE4_DETACHED, MRule(101, "lookup", 100, iif="r9", unmatched=True)),
         (4, RULE4_DEFAULT, MRule(32767, "lookup", 253)),
-        (6, RULE6_GOTO, MRule(7, "goto", 0, goto=32767, iif="r0", invert=True, unmatched=True)),
+        (6, RULE6_GOTO, MRule(7, "goto", 0, 32767, "r0", invert=True, fwmark=(5, 0xFFFFFFFF))),
         (6, RULE6_UNREACHABLE, MRule(8, "unreachable", 0, iif="r0")),
         (6, RULE6_DEFAULT, MRule(32767, "lookup", 254)),
+        (4, RULE4_FWMARK, MRule(41, "lookup", 77, iif="r0", fwmark=(1, 0xFFFFFFFF))),
+        (4, RULE4_FWMASK, MRule(42, "lookup", 100, iif="r0", fwmark=(0, 0xFF))),
+        (4, RULE4_L3MDEV, MRule(43, "lookup", 0, l3mdev=True)),
+        # Matches no arriving packet: it has no oif, and its uid is 0.
+        (4, RULE4_OIF, MRule(44, "lookup", 77, iif="r0", unmatched=True)),
+        (4, RULE4_UIDS, MRule(45, "lookup", 77, iif="r0", unmatched=True)),
+        # The multicast rules ignore ipproto and ports: it matches what arrives on r0.
+        (4, RULE4_PORTS, MRule(46, "lookup", 77, iif="r0")),
+        (6, RULE6_NOT_FWMASK, MRule(41, "prohibit", 0, iif="r0", invert=True, fwmark=(16, 0xF0))),
     ],
 )
 def test_parse_rule_message_captured_from_the_kernel(
