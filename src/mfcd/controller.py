@@ -574,7 +574,9 @@ class Controller:
         joins.commit()
         self._carry_out(ops, "restore joins")
         if loaded.joins:
-            log.info("joins: %d of %d joined", len(joins.joined), len(joins.wanted))
+            # Only the state file's: the config files' joins come next (see the daemon's
+            # line with the totals).
+            log.info("saved joins: %d of %d joined", len(joins.joined), len(joins.wanted))
 
     def _carry_out(self, ops: Sequence[MembershipOp], what: str, again: bool = False) -> None:
         """Carry out membership ops the model already holds, one by one; a join the kernel

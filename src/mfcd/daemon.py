@@ -355,6 +355,10 @@ class Daemon:
                 _declared_counts(declared, "interface setting"),
                 ", ".join(f"{a} {n}" for a, n in sorted(outcome.counts.items())) or "no change",
             )
+        if declared.joins:
+            # The saved joins' line came before the config's: these are the totals, as the
+            # status line counts them.
+            log.info("joins: %s", views.joins_joined(controller.joins))
 
     async def _serve(
         self,

@@ -917,6 +917,17 @@ def reload_result(
     return result
 
 
+def joins_joined(joins: Joins) -> str:
+    """`15 of 16 joined (saved: 7 of 8, config files: 8 of 8)`: every join, as the status
+    line counts them, and those of each origin (saved: made with mfcctl, kept in the state
+    file), for the start-up log."""
+    wanted = Counter(joins.wanted.values())
+    joined = Counter(joins.wanted[key] for key in joins.joined if key in joins.wanted)
+    origins = ((groups.ORIGIN_API, "saved"), (groups.ORIGIN_CONFIG, "config files"))
+    parts = [f"{name}: {joined[o]} of {wanted[o]}" for o, name in origins if wanted[o]]
+    return f"{len(joins.joined)} of {len(joins.wanted)} joined ({', '.join(parts)})"
+
+
 def counted(n: int, thing: str) -> str:
     """`1 template`, `2 templates`: a count and its noun, singular or plural."""
     return f"{n} {thing}" if n == 1 else f"{n} {thing}s"

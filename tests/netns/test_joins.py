@@ -449,3 +449,30 @@ def test_metrics_count_the_joins(lab: Lab, tmp_path: Path) -> None:
         body = fetch(lab, f"http://{listen}/metrics")["body"]
     assert 'mfcd_joins{origin="api"} 3\n' in body
     assert 'mfcd_joins{origin="config"} 0\n' in body
+
+
+def test_the_start_up_log_counts_the_saved_joins_then_all(lab: Lab, tmp_path: Path) -> None:
+    """The first joins line at start counts only the saved joins (made with mfcctl, kept in
+    the state file); once the config files' are made too, one line gives the totals the
+    status line shows, by origin."""
+    config = "".join(
+        f'\n[[join]]\ninterface = "{name}"\ngroup = "239.16.0.{k}"\n'
+        for k, name in enumerate(("r2", "r9"), 1)
+    )
+    with daemon(lab, tmp_path, config) as mfcd:
+        mfcd.ok("join", "--interface", "r1", "--group", "239.16.1.1")
+        mfcd.ok("join", "--interface", "r9", "--group", "239.16.1.9")
+        mfcd.stop()
+        first = mfcd.log
+        mfcd.start()
+    assert "saved joins" not in first  # none saved yet
+    assert "joins: 1 of 2 joined (config files: 1 of 2)" in first
+    lines = mfcd.log[len(first) :].splitlines()
+
+    def where(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    saved = where("saved joins: 1 of 2 joined")
+    totals = where("joins: 2 of 4 joined (saved: 1 of 2, config files: 1 of 2)")
+    ready = where("; 2 of 4 groups joined")
+    assert saved < totals < ready, lines

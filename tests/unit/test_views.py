@@ -252,6 +252,16 @@ def joins_of(*wanted: tuple[JoinKey, str], links: dict[str, int]) -> Joins:
     return joins
 
 
+def test_the_start_up_line_of_joins_counts_them_all_and_by_origin() -> None:
+    keys = [(name, f"239.5.1.{k}", ANY_SOURCE) for k, name in enumerate("aazz")]
+    origins = ("api", "config", "api", "config")
+    joins = joins_of(*zip(keys, origins, strict=True), links={"a": 5})
+    assert views.joins_joined(joins) == "2 of 4 joined (saved: 1 of 2, config files: 1 of 2)"
+    assert views.joins_joined(joins_of((keys[1], "config"), links={})) == (
+        "0 of 1 joined (config files: 0 of 1)"
+    )
+
+
 def test_group_show_lists_each_join_in_show_order_with_its_state_and_origin() -> None:
     waiting = ("zz", "239.5.0.3", ANY_SOURCE)
     ssm = ("a", "ff3e::1", "2001:db8::1")
