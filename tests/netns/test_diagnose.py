@@ -197,32 +197,30 @@ def test_an_oif_without_carrier(lab: Lab, mfcd: Mfcd) -> None:
     assert "no carrier" in checks(result)["oif:r2"]["detail"]
 
 
-def test_a_pending_route(lab: Lab, mfcd: Mfcd) -> None:
-    mfcd.ok(*route_args(SOURCE, GROUP, "nosuch0", "r1"))  # (its iif is missing)
+@pytest.mark.parametrize(
+    ("iif", "oifs", "statuses"),
+    [
+        # Its iif is missing: pending, with no kernel entry to count packets on.
+        ("nosuch0", "r1", {"counted": "unknown"}),
+        # An oif is missing: degraded. In the kernel all the same: r0 has its VIF, and the
+        # route forwards out of r1.
+        ("r0", "r1,nosuch0", {"mc_forwarding": "passed", "oif:r1": "passed"}),
+    ],
+)
+def test_a_route_waiting_for_an_interface(
+    lab: Lab, mfcd: Mfcd, iif: str, oifs: str, statuses: dict[str, str]
+) -> None:
+    state, missing = ("pending", "iif") if iif == "nosuch0" else ("degraded", "oif:nosuch0")
+    mfcd.ok(*route_args(SOURCE, GROUP, iif, oifs))
     with sending(lab):
         status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
     assert status == 8
     found = checks(result)
     assert found["state"]["status"] == "failed"
-    assert found["state"]["detail"] == "pending: waiting for nosuch0"
+    assert found["state"]["detail"] == f"{state}: waiting for nosuch0"
     assert "create nosuch0" in found["state"]["fix"]
-    assert found["iif"]["detail"] == "nosuch0 does not exist"
-    assert found["counted"]["status"] == "unknown"  # no kernel entry to count on
-
-
-def test_a_degraded_route(lab: Lab, mfcd: Mfcd) -> None:
-    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,nosuch0"))  # (an oif is missing)
-    with sending(lab):
-        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
-    assert status == 8
-    found = checks(result)
-    assert found["state"]["status"] == "failed"
-    assert found["state"]["detail"] == "degraded: waiting for nosuch0"
-    assert "create nosuch0" in found["state"]["fix"]
-    assert found["oif:nosuch0"]["detail"] == "nosuch0 does not exist"
-    # In the kernel all the same: r0 has its VIF, and the route forwards out of r1.
-    assert found["mc_forwarding"]["status"] == "passed"
-    assert found["oif:r1"]["status"] == "passed"
+    assert found[missing]["detail"] == "nosuch0 does not exist"
+    assert {name: found[name]["status"] for name in statuses} == statuses
 
 
 def test_no_route_names_where_the_flow_arrives(lab: Lab, mfcd: Mfcd) -> None:
