@@ -237,7 +237,9 @@ def read_rules(family: int) -> Rules:
         rules = tuple(netlink.dump_mrules(family))
     except (OSError, ValueError) as e:
         return Rules((), f"dump failed: {getattr(e, 'strerror', None) or e}")
+    # The default table is there from the namespace's start; the others only once named.
     named = {r.table for r in rules if r.action == "lookup" and r.table > 0}
+    named.discard(DEFAULT_TABLE[family])
     try:
         missing = frozenset(t for t in named if not netlink.table_exists(family, t))
     except (OSError, ValueError) as e:

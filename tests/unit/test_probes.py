@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
 import pytest
 
-from mfcd import probes
+from mfcd import netlink, probes
+from mfcd.diagnosis import Rules
+from mfcd.netlink import MRule
 from mfcd.probes import Packet
 
 
@@ -116,3 +119,32 @@ def test_sample_of_a_template_prefix_keeps_its_sources(
         Packet("r1", "2001:db8::2", 5),
     ]
     assert probes.sample_of(packets, source, 2.0).arrivals == arrivals
+
+
+def test_read_rules_names_the_looked_up_tables_the_kernel_does_not_have(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rules = [
+        MRule(50, "lookup", 77, iif="r0"),
+        MRule(60, "lookup", 100, iif="r0"),
+        MRule(70, "lookup", 0, l3mdev=True),
+        MRule(32767, "lookup", 253),
+    ]
+    asked: list[tuple[int, int]] = []
+
+    def table_exists(family: int, table: int) -> bool:
+        asked.append((family, table))
+        return table == 100
+
+    monkeypatch.setattr(netlink, "dump_mrules", lambda family: rules)
+    monkeypatch.setattr(netlink, "table_exists", table_exists)
+    assert probes.read_rules(4) == Rules(tuple(rules), missing=frozenset({77}))
+    # Not the default table (always there), nor an l3mdev rule's (no table of its own).
+    assert sorted(asked) == [(4, 77), (4, 100)]
+
+    def refused(family: int, table: int) -> bool:
+        raise netlink.NetlinkError(errno.EPERM, "table lookup")
+
+    monkeypatch.setattr(netlink, "table_exists", refused)
+    result = probes.read_rules(4)
+    assert result.rules == () and result.error.startswith("cannot tell which of their tables")
