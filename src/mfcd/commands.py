@@ -64,6 +64,7 @@ from mfcd.model import (
     Router,
     SetThreshold,
     Step,
+    tables_hint,
     template_text,
 )
 from mfcd.slices import run_sliced
@@ -576,7 +577,9 @@ class Commands:
         if len(found) == 1:
             return found[0]
         if not found:
-            raise NotFound(f"no template {template_text(key).rsplit(' iif ', 1)[0]}")
+            others = (k[3] for k in self.controller.router.templates if k[:3] == key[:3])
+            hint = tables_hint(key[0], "one", (t for t in others if t != key[3]))
+            raise NotFound(f"no template {template_text(key).rsplit(' iif ', 1)[0]}{hint}")
         iifs = ", ".join(k[4] for k in found)
         raise InvalidArgument(
             f"{len(found)} templates have source {key[1]} group {key[2]} (iif {iifs}):"
@@ -618,7 +621,8 @@ class Commands:
         names = validate.interfaces(oifs, "oifs", wild=True)
         ports = lookup(key)
         if ports is None:
-            raise NotFound(f"no route for source {key[1]} group {key[2]}{_in_table(key)}")
+            hint = self.controller.router.elsewhere(key)
+            raise NotFound(f"no route for source {key[1]} group {key[2]}{_in_table(key)}{hint}")
         new = _new_oifs(kind, key, ports, names)
         return validate.add_change(key[1], key[2], ports.iif, list(new), key[3])
 

@@ -968,7 +968,8 @@ class Router:
                 if key in self.learned
                 else ""
             )
-            raise NotFound(f"no route for source {source} group {group}{where}{learned}")
+            hint = "" if learned else self.elsewhere(key)
+            raise NotFound(f"no route for source {source} group {group}{where}{learned}{hint}")
         self._forget_pending(key, ports)
         steps = self._uninstall(key, ports)  # (while `routes` holds its entry)
         self._pop(self.routes, key)
@@ -1041,6 +1042,19 @@ class Router:
         if held:
             steps += self._release_all(key[0], key[3], ports)
         return steps
+
+    def elsewhere(self, key: RouteKey) -> str:
+        """For a message that no route `key` exists: where a route of its source and group
+        is (on a router of several tables, the usual reason is a missing or extra --table),
+        e.g. "; there is one in table 100 (--table 100)", or ""."""
+        family, source, group, table = key
+        routes, learned = self.routes, self.learned
+        found = []
+        for other in sorted({t for f, t in self.slots if f == family} - {table}):
+            other_key = (family, source, group, other)
+            if other_key in routes and other_key not in learned:
+                found.append(other)
+        return tables_hint(family, "one", found)
 
     def templates_named(
         self, family: int, source: str, group: str, table: int
@@ -1582,6 +1596,20 @@ def _not_installed(ports: Ports, missing: tuple[str, ...], refused: str | None) 
     if refused is not None:
         return RouteStatus("pending", missing, refused)
     return RouteStatus("pending", missing, f"no free VIF: all {MAXVIFS} are in use")
+
+
+def tables_hint(family: int, what: str, tables: Iterable[int]) -> str:
+    """The end of a not_found message naming the other tables that hold what was asked for
+    in one table, e.g. "; there is one in table 100 (--table 100)" ("" for none)."""
+    found = sorted(set(tables))
+    if not found:
+        return ""
+    if len(found) > 1:
+        listed = ", ".join(map(str, found))
+        return f"; there is {what} in tables {listed} (say which with --table)"
+    if found[0] == DEFAULT_TABLE[family]:
+        return f"; there is {what} in the default table {found[0]} (without --table)"
+    return f"; there is {what} in table {found[0]} (--table {found[0]})"
 
 
 def template_text(key: TemplateKey) -> str:

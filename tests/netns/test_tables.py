@@ -115,6 +115,13 @@ def test_each_table_forwards_the_traffic_its_rule_steers_to_it(
     assert group not in mroute_table(lab, family, TABLE)
     assert forwarded() == ([5, 0], [0, 0])  # r1's traffic finds no route in table 100
     assert [r["table"] for r in mfcd.show()["routes"]] == [253 if family == 4 else 254] * 2
+    # Asked for in table 100 again, a route of the default table is named where it is.
+    again = mfcd.ctl("mfc", "del", "--source", second, "--group", group, "--table", TABLE)
+    assert again.returncode == 5
+    default = 253 if family == 4 else 254
+    assert again.stderr.strip().endswith(
+        f"in table {TABLE}; there is one in the default table {default} (without --table)"
+    ), again.stderr
     _, log = mfcd.stop()
     assert f"table {TABLE} is empty: closed" in log
 

@@ -810,3 +810,40 @@ def test_tell_gives_a_reloads_changes_their_origin_and_counts_what_no_buffer_hol
         ("threshold", "config"),
     ]
     assert told[3] == {"event": "gap", "time": told[3]["time"], "dropped": 100_000}
+
+
+def test_not_found_says_which_other_table_holds_the_route_or_template(
+    commands: Commands,
+) -> None:
+    """On a router of several tables the usual reason a route is "not found" is a missing or
+    extra --table: the message names the table that holds it."""
+    route = {"source": "10.0.0.2", "group": "239.1.1.1"}  # (not ROUTE)
+    assert ask(commands, "mfc.add", {**route, "iif": "a", "oifs": ["b"], "table": 100})["ok"]
+    for cmd, args in (("mfc.del", route), ("mfc.oif.add", {**route, "oifs": ["c"]})):
+        before = snapshot(commands)
+        response = ask(commands, cmd, args)
+        assert snapshot(commands) == before
+        assert error_of(response) == ("not_found", None)
+        assert response["error"]["message"] == (
+            "no route for source 10.0.0.2 group 239.1.1.1; there is one in table 100 (--table 100)"
+        )
+    assert ask(commands, "mfc.add", {**route, "iif": "a", "oifs": ["b"]})["ok"]
+    assert ask(commands, "mfc.del", {**route, "table": 7})["error"]["message"] == (
+        "no route for source 10.0.0.2 group 239.1.1.1 in table 7;"
+        " there is one in tables 100, 253 (say which with --table)"
+    )
+    assert ask(commands, "mfc.del", {**route, "table": 100})["ok"]
+    assert ask(commands, "mfc.del", {**route, "table": 100})["error"]["message"] == (
+        "no route for source 10.0.0.2 group 239.1.1.1 in table 100;"
+        " there is one in the default table 253 (without --table)"
+    )
+    template = {"group": "239.2.0.0/16"}
+    assert ask(commands, "mfc.add", {**template, "iif": "a", "oifs": ["b"], "table": 100})["ok"]
+    assert ask(commands, "mfc.del", template)["error"]["message"] == (
+        "no template source * group 239.2.0.0/16; there is one in table 100 (--table 100)"
+    )
+    # A route that exists nowhere else: the message as it always was.
+    assert (
+        ask(commands, "mfc.del", {"source": "10.0.0.9", "group": "239.1.1.1"})["error"]["message"]
+        == "no route for source 10.0.0.9 group 239.1.1.1"
+    )
