@@ -1211,7 +1211,7 @@ def format_plan(result: dict[str, Any]) -> str:
             out.append(_template_step(action, fam, step))
         elif "parent" in step:
             vifs = ",".join(str(v) for v in step["oifs"])
-            if "oif_names" in step:  # (a dry run's plan names them)
+            if "oif_names" in step:  # (not in a sync repair, nor from an older mfcd)
                 names = ",".join(step["oif_names"]) or "none"
                 ports = f"iif {step['iif']} oifs {names} (VIF {step['parent']} -> {vifs or '-'})"
             else:

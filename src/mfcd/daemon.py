@@ -1081,7 +1081,8 @@ class Daemon:
         except MfcdError as e:
             log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
             raise
-        result = views.reload_result(change, outcome, declared, dry_run, taken)
+        slots = self.controller.router.slots
+        result = views.reload_result(change, outcome, declared, dry_run, taken, slots=slots)
         if not dry_run:
             self._after_change()
             log.info(

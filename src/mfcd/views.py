@@ -128,8 +128,7 @@ def change_result(
     result["kernel_operations"] = dict(counts)
     if steps is not None:
         result["plan"] = [describe_step(s) for s in steps]
-        if dry_run:  # (not the one-route lane's: route_response writes its results alike)
-            _name_interfaces(result["plan"], router, steps)
+        _name_interfaces(result["plan"], router.slots, steps, applied=not dry_run)
     if added is not None and not dry_run:
         status = router.status(added)
         result["state"] = status.state
@@ -140,21 +139,38 @@ def change_result(
     return result
 
 
-def _name_interfaces(plan: list[dict[str, Any]], router: Router, steps: Sequence[Step]) -> None:
-    """Name the interfaces of a dry-run plan's MFC steps (`iif`, `oif_names`) as reload -n
-    does, beside their VIF numbers: by the VIFs the model holds and those the plan adds."""
+def _name_interfaces(
+    plan: list[dict[str, Any]],
+    slots: Mapping[tuple[int, int], Sequence[str | None]],
+    steps: Sequence[Step],
+    *,
+    applied: bool,
+) -> None:
+    """Name the interfaces of a plan's MFC steps (`iif`, `oif_names`) beside their VIF
+    numbers, as reload -n does: each VIF by the interface it is at that step. `slots`: the
+    model's VIFs (Router.slots), before the steps, or after them when they were `applied`
+    (a VIF a change frees may be taken by another interface later in it)."""
     names: dict[tuple[int, int, int], str] = {}
-    for (family, table), slots in router.slots.items():
-        for vifi, name in enumerate(slots):
+    for (family, table), names_of in slots.items():
+        for vifi, name in enumerate(names_of):
             if name is not None:
                 names[(family, table, vifi)] = name
-    for step in steps:
-        if isinstance(step.op, AddVif):
-            names[(step.op.family, step.op.table, step.op.vifi)] = step.op.interface
+    if applied:  # (the VIFs as they were before the steps: theirs undone, last first)
+        for step in reversed(steps):
+            op = step.op
+            if isinstance(op, AddVif):
+                names.pop((op.family, op.table, op.vifi), None)
+            elif isinstance(op, DelVif):
+                names[(op.family, op.table, op.vifi)] = op.interface
     for entry, step in zip(plan, steps, strict=True):
-        if isinstance(step.op, AddMfc):
-            family, table = step.op.family, step.op.table
-            entry["iif"] = names.get((family, table, step.op.parent), "?")
+        op = step.op
+        if isinstance(op, AddVif):
+            names[(op.family, op.table, op.vifi)] = op.interface
+        elif isinstance(op, DelVif):
+            names.pop((op.family, op.table, op.vifi), None)
+        elif isinstance(op, AddMfc):
+            family, table = op.family, op.table
+            entry["iif"] = names.get((family, table, op.parent), "?")
             entry["oif_names"] = [names.get((family, table, v), "?") for v in entry["oifs"]]
 
 
@@ -226,24 +242,41 @@ def batch_counts(
 _VIFI = itemgetter(0)  # of an Oifs item
 
 
+def _vif_name(names: Sequence[str | None], vifi: int) -> str:
+    """The interface of VIF `vifi` of a table's slots, "?" if none (as _name_interfaces)."""
+    name = names[vifi] if vifi < len(names) else None
+    return "?" if name is None else name
+
+
 def route_response(
-    request_id: Any, counts: Counter[str], steps: Sequence[Step], installed: bool
+    request_id: Any,
+    counts: Counter[str],
+    steps: Sequence[Step],
+    installed: bool,
+    slots: Mapping[tuple[int, int], Sequence[str | None]],
 ) -> bytes | None:
     """protocol.encode_response(request_id, change_result(...)) of a single route's mfc.add
     (`installed`: its state is, with nothing missing) or mfc.del (False), formatted directly
     (the result's dicts and their JSON took a fifth of such a request); None when a step is
     not an MFC entry's (a VIF's): then build the result. `request_id`: an int (not a bool),
-    a string or None. tests/unit/test_one_route_lane.py holds the bytes to the general path's.
-    (Addresses are canonical, and actions plain names: nothing in them to escape.)"""
+    a string or None. `slots`: the model's VIFs (Router.slots), which name the interfaces
+    (no VIF step: they are those before the change too). tests/unit/test_one_route_lane.py
+    holds the bytes to the general path's. (Addresses are canonical, actions and interface
+    names plain names: nothing in them to escape.)"""
     plan = []
     for step in steps:
         op = step.op
         if isinstance(op, AddMfc):
-            oifs = ",".join(map(str, map(_VIFI, op.oifs)))
+            vifs = list(map(_VIFI, op.oifs))
+            oifs = ",".join(map(str, vifs))
+            names = slots.get((op.family, op.table), ())
+            iif = _vif_name(names, op.parent)
+            oif_names = ",".join([f'"{_vif_name(names, v)}"' for v in vifs])
             plan.append(
                 f'{{"action":"{step.action}","family":"{FAMILY_NAMES[op.family]}",'
                 f'"table":{op.table:d},"source":"{op.source}","group":"{op.group}",'
-                f'"parent":{op.parent:d},"oifs":[{oifs}]}}'
+                f'"parent":{op.parent:d},"oifs":[{oifs}],"iif":"{iif}",'
+                f'"oif_names":[{oif_names}]}}'
             )
         elif isinstance(op, DelMfc):
             plan.append(
@@ -842,11 +875,18 @@ def diagnosed_check(check: Check) -> dict[str, Any]:
 
 
 def reload_result(
-    change: Any, outcome: Any, declared: Any, dry_run: bool, taken: Any = None
+    change: Any,
+    outcome: Any,
+    declared: Any,
+    dry_run: bool,
+    taken: Any = None,
+    *,
+    slots: Mapping[tuple[int, int], Sequence[str | None]],
 ) -> dict[str, Any]:
     """The result of a reload (a declarations.Diff applied, a controller.Outcome): routes
     added, removed, changed and unchanged, with a one-line summary, and in a dry run the
-    plan: each route that changes, with the FILE:LINE that declares it. `taken` (a
+    plan: each route that changes, with the FILE:LINE that declares it, and the kernel's
+    (its MFC steps' interfaces named by `slots`, the model's VIFs). `taken` (a
     controller.Takeovers, made before the reload): the api routes, thresholds and mrdisc
     settings the files take over, counted apart from those added and changed, and the
     settings declared at the value the interface has already, not counted as changed."""
@@ -914,6 +954,7 @@ def reload_result(
         plan += _join_plan(change.joins)
         result["plan"] = plan
         result["kernel_plan"] = [describe_step(s) for s in outcome.steps]
+        _name_interfaces(result["kernel_plan"], slots, outcome.steps, applied=False)
     return result
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mfcd import cli, views
@@ -26,7 +28,7 @@ def reload(ctl: Controller, text: str, dry_run: bool = False) -> dict[str, objec
     change = diff(ctl.declared, new)
     taken = ctl.takeovers(change)  # (as the daemon does: before the reload)
     outcome = ctl.apply_declared(new, change, dry_run)
-    return views.reload_result(change, outcome, new, dry_run, taken)
+    return views.reload_result(change, outcome, new, dry_run, taken, slots=ctl.router.slots)
 
 
 def kernel_of(ctl: Controller) -> FakeKernel:
@@ -268,6 +270,17 @@ def test_the_plan_says_what_a_reload_takes_over_from_the_api() -> None:
     result = reload(ctl, text)
     assert result["summary"] == lines[-1]
     assert ctl.router.origins[API_ROUTE] == "config"
+
+
+def test_the_kernel_plan_of_a_dry_run_names_the_interfaces_as_a_changes_plan() -> None:
+    ctl = controller()
+    ctl.change([AddRoute((4, "198.18.0.2", "239.3.3.4", 253), Ports("c", ("a",)))])  # c: VIF 0
+    text = '[[route]]\nsource = "198.18.0.2"\ngroup = "239.3.3.3"\niif = "a"\noifs = ["b", "c"]\n'
+    result = reload(ctl, text, dry_run=True)
+    kernel_plan: list[dict[str, Any]] = result["kernel_plan"]  # type: ignore[assignment]
+    (mfc,) = [s for s in kernel_plan if s["action"] == "add_mfc"]
+    assert (mfc["parent"], mfc["oifs"]) == (1, [0, 2])
+    assert (mfc["iif"], mfc["oif_names"]) == ("a", ["c", "b"])
 
 
 def test_the_plan_says_a_reload_takes_over_an_api_mrdisc_and_skips_one_already_so() -> None:

@@ -19,7 +19,7 @@ from mfcd.dataplane import SgCounters, VifCounters
 from mfcd.diagnosis import Check, Intent, Query
 from mfcd.errors import KernelError
 from mfcd.groups import ANY_SOURCE, JoinKey, Joins, MembershipOp
-from mfcd.model import AddRoute, Ports, Route, SetThreshold, Step
+from mfcd.model import AddRoute, Change, DelRoute, Ports, Route, SetThreshold, Step
 from mfcd.protocol import Encoded
 from mfcd.views import Views, _address_order, describe_step
 from tests.unit.test_controller import LINKS, controller_with, r4
@@ -213,6 +213,36 @@ def test_a_change_result_says_the_state_of_the_route_added(ctl: Controller) -> N
     counts = Counter({"add_mfc": 2})
     batch = views.change_result(ctl.router, changes=2, counts=counts, steps=None, dry_run=True)
     assert batch == {"dry_run": True, "changes": 2, "kernel_operations": {"add_mfc": 2}}
+
+
+def test_a_plan_names_the_interfaces_of_its_routes_as_they_are_at_each_step(
+    ctl: Controller,
+) -> None:
+    """A change's plan names the iif and oifs of each MFC step beside their VIF numbers,
+    applied (`mfcctl -v`) as in a dry run (`-n`): a VIF one change frees and gives another
+    interface is named for each as it is at that step."""
+    changes: list[Change] = [
+        AddRoute.of(r4(3, "a", "c")),  # on VIF 2 (c) ...
+        DelRoute(r4(3, "a", "c").key),
+        DelRoute(r4(2, "b", "a", "c").key),  # ... which this frees ...
+        AddRoute.of(r4(4, "a", "d")),  # ... and d takes
+    ]
+
+    def named(dry_run: bool) -> list[tuple[str, int, list[int], str, list[str]]]:
+        outcome = ctl.change(changes, dry_run=dry_run, numbered=True)
+        result = views.change_result(
+            ctl.router, changes=4, counts=outcome.counts, steps=outcome.steps, dry_run=dry_run
+        )
+        return [
+            (s["action"], s["parent"], s["oifs"], s["iif"], s["oif_names"])
+            for s in result["plan"]
+            if "parent" in s
+        ]
+
+    expected = [("add_mfc", 0, [2], "a", ["c"]), ("add_mfc", 0, [2], "a", ["d"])]
+    assert named(dry_run=True) == expected
+    assert named(dry_run=False) == expected
+    assert ctl.router.slots[(4, 253)][2] == "d"
 
 
 def test_the_sort_key_orders_by_family_table_group_and_source_as_numbers() -> None:
