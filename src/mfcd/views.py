@@ -879,7 +879,7 @@ def reload_result(
     outcome: Any,
     declared: Any,
     dry_run: bool,
-    taken: Any = None,
+    taken: Any,
     *,
     slots: Mapping[tuple[int, int], Sequence[str | None]],
 ) -> dict[str, Any]:
@@ -887,27 +887,24 @@ def reload_result(
     added, removed, changed and unchanged, with a one-line summary, and in a dry run the
     plan: each route that changes, with the FILE:LINE that declares it, and the kernel's
     (its MFC steps' interfaces named by `slots`, the model's VIFs). `taken` (a
-    controller.Takeovers, made before the reload): the api routes, thresholds and mrdisc
-    settings the files take over, counted apart from those added and changed, and the
-    settings declared at the value the interface has already, not counted as changed."""
-    routes: Mapping[RouteKey, Ports] = taken.routes if taken is not None else {}
-    api_thresholds: Mapping[str, int] = taken.thresholds if taken is not None else {}
-    same: Collection[str] = taken.same_thresholds if taken is not None else ()
-    api_mrdisc: Collection[str] = taken.mrdisc if taken is not None else ()
-    same_mrdisc: Collection[str] = taken.same_mrdisc if taken is not None else ()
-    thresholds = len(change.thresholds) - len(api_thresholds) - len(same)
-    mrdisc = len(change.mrdisc) - len(api_mrdisc) - len(same_mrdisc)
+    controller.Takeovers, made before the reload): the api routes, thresholds, mrdisc
+    settings, templates and joins the files take over, counted apart from those added and
+    changed, and the settings declared at the value the interface has already, not
+    counted as changed."""
+    thresholds = len(change.thresholds) - len(taken.thresholds) - len(taken.same_thresholds)
+    mrdisc = len(change.mrdisc) - len(taken.mrdisc) - len(taken.same_mrdisc)
+    taken_over = len(taken.routes) + len(taken.thresholds) + len(taken.mrdisc)
     result: dict[str, Any] = {
         "dry_run": dry_run,
         "files": list(declared.files),
-        "added": len(change.added) - len(routes),
+        "added": len(change.added) - len(taken.routes),
         "removed": len(change.removed),
         "changed": len(change.changed),
         "unchanged": change.unchanged,
-        "taken_over": len(routes) + len(api_thresholds) + len(api_mrdisc),
+        "taken_over": taken_over + len(taken.templates) + len(taken.joins),
         "thresholds": thresholds,
-        "templates": _counted(change.templates),
-        "joins": _counted(change.joins),
+        "templates": _counted(change.templates, len(taken.templates)),
+        "joins": _counted(change.joins, len(taken.joins)),
         "kernel_operations": dict(outcome.counts),
     }
     # (plain numbers, as mfcctl prints every other count: "5000 added" as a batch says it)
@@ -925,37 +922,43 @@ def reload_result(
             parts.append(f"{kind}: {done}")
     result["summary"] = ", ".join(parts)
     if dry_run:
-        plan: list[dict[str, Any]] = []
-        for action, keys in (("add", change.added), ("change", change.changed)):
-            for key in keys:
-                iif, oifs = declared.routes[key]
-                entry = _declared(action, key, declared.where(key), iif=iif, oifs=list(oifs))
-                was = routes.get(key)
-                if was is not None:  # an api route the files now declare
-                    entry.update(action="take_over", was={"iif": was.iif, "oifs": list(was.oifs)})
-                plan.append(entry)
-        plan += [_declared("remove", key, None) for key in change.removed]
-        for name, threshold in sorted(change.thresholds.items()):
-            if name in same:
-                continue
-            value = DEFAULT_THRESHOLD if threshold is None else threshold
-            entry = {"action": "threshold", "interface": name, "threshold": value}
-            if name in api_thresholds:
-                entry.update(taken_over=True, was=api_thresholds[name])
-            plan.append(_setting_where(entry, declared, name, "threshold"))
-        for name, on in sorted(change.mrdisc.items()):
-            if name in same_mrdisc:
-                continue
-            entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
-            if name in api_mrdisc:
-                entry["taken_over"] = True
-            plan.append(_setting_where(entry, declared, name, "mrdisc"))
-        plan += _template_plan(change.templates)
-        plan += _join_plan(change.joins)
-        result["plan"] = plan
+        result["plan"] = _reload_plan(change, declared, taken)
         result["kernel_plan"] = [describe_step(s) for s in outcome.steps]
         _name_interfaces(result["kernel_plan"], slots, outcome.steps, applied=False)
     return result
+
+
+def _reload_plan(change: Any, declared: Any, taken: Any) -> list[dict[str, Any]]:
+    """A reload's plan (see reload_result): each route, setting, template and join that
+    changes, those taken over from the api marked."""
+    plan: list[dict[str, Any]] = []
+    for action, keys in (("add", change.added), ("change", change.changed)):
+        for key in keys:
+            iif, oifs = declared.routes[key]
+            entry = _declared(action, key, declared.where(key), iif=iif, oifs=list(oifs))
+            was = taken.routes.get(key)
+            if was is not None:  # an api route the files now declare
+                entry.update(action="take_over", was={"iif": was.iif, "oifs": list(was.oifs)})
+            plan.append(entry)
+    plan += [_declared("remove", key, None) for key in change.removed]
+    for name, threshold in sorted(change.thresholds.items()):
+        if name in taken.same_thresholds:
+            continue
+        value = DEFAULT_THRESHOLD if threshold is None else threshold
+        entry = {"action": "threshold", "interface": name, "threshold": value}
+        if name in taken.thresholds:
+            entry.update(taken_over=True, was=taken.thresholds[name])
+        plan.append(_setting_where(entry, declared, name, "threshold"))
+    for name, on in sorted(change.mrdisc.items()):
+        if name in taken.same_mrdisc:
+            continue
+        entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
+        if name in taken.mrdisc:
+            entry["taken_over"] = True
+        plan.append(_setting_where(entry, declared, name, "mrdisc"))
+    plan += _template_plan(change.templates, taken.templates)
+    plan += _join_plan(change.joins, taken.joins)
+    return plan
 
 
 def counted(n: int, thing: str) -> str:
@@ -982,17 +985,22 @@ def _setting_where(entry: dict[str, Any], declared: Any, name: str, which: str) 
     return entry
 
 
-def _counted(declared: Any) -> dict[str, int]:
-    """A declarations.Declared as counts."""
+def _counted(declared: Any, taken: int) -> dict[str, int]:
+    """A declarations.Declared as counts, less the `taken` of those it adds (they take over
+    api ones: counted in taken_over)."""
     return {
-        "added": len(declared.added),
+        "added": len(declared.added) - taken,
         "removed": len(declared.removed),
         "changed": len(declared.changed),
     }
 
 
-def _template_plan(declared: Any) -> list[dict[str, Any]]:
-    """The plan's lines for templates (a declarations.Declared of Template)."""
+def _template_plan(
+    declared: Any, taken: Mapping[Any, tuple[str, ...] | None]
+) -> list[dict[str, Any]]:
+    """The plan's lines for templates (a declarations.Declared of Template); one that takes
+    over api templates (`taken`: with the oifs of the one it takes over, None if several)
+    is marked, with the api oifs as `was`."""
     plan = []
     for action, items in (
         ("add_template", declared.added),
@@ -1004,12 +1012,18 @@ def _template_plan(declared: Any) -> list[dict[str, Any]]:
             entry.update(source=t.source, group=t.group, table=t.table, iif=t.iif)
             if action != "remove_template":
                 entry.update(oifs=list(t.oifs), where=t.where)
+            if t in taken:
+                entry["taken_over"] = True
+                was = taken[t]
+                if was is not None:
+                    entry["was"] = list(was)
             plan.append(entry)
     return plan
 
 
-def _join_plan(declared: Any) -> list[dict[str, Any]]:
-    """The plan's lines for joins (a declarations.Declared of Join)."""
+def _join_plan(declared: Any, taken: Collection[Any]) -> list[dict[str, Any]]:
+    """The plan's lines for joins (a declarations.Declared of Join); one that takes over
+    api joins (in `taken`) is marked."""
     plan = []
     for action, items in (("join", declared.added), ("leave", declared.removed)):
         for j in items:
@@ -1017,5 +1031,7 @@ def _join_plan(declared: Any) -> list[dict[str, Any]]:
             entry.update(group=j.group, source=j.source or "*")
             if action == "join":
                 entry["where"] = j.where
+                if j in taken:
+                    entry["taken_over"] = True
             plan.append(entry)
     return plan
