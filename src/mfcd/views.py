@@ -1,9 +1,9 @@
 """What the protocol shows: show, vif.show, group.show, diagnose, results, plans, reports, logs.
 
 Pure: it reads the model (and, for statistics, a counters reader the caller passes)
-and builds the JSON values of results; it changes nothing and does no I/O of its
-own.  The controller changes state; commands.py answers requests with what this
-module builds from it.
+and builds the JSON values of results (and what a monitor's link event says); it
+changes nothing and does no I/O of its own.  The controller changes state; commands.py
+answers requests with what this module builds from it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from mfcd import groups
 from mfcd import templates as tpl
-from mfcd.dataplane import CountersReader, sg_counters, vif_counters
+from mfcd.dataplane import CountersReader, LinkChange, sg_counters, vif_counters
 from mfcd.diagnosis import Check, Intent, Query, verdict
 from mfcd.groups import JoinKey, Joins, MembershipOp
 from mfcd.model import (
@@ -1035,3 +1035,23 @@ def _join_plan(declared: Any, taken: Collection[Any]) -> list[dict[str, Any]]:
                     entry["taken_over"] = True
             plan.append(entry)
     return plan
+
+
+# --- monitor -------------------------------------------------------------------------------------
+
+
+def link_actions(known: dict[str, int], links: Iterable[LinkChange]) -> list[str]:
+    """What each rtnetlink link event is to a monitor: `new` (an interface mfcd did not know
+    under this name and index: created, or renamed to it), `change` (one it knew: the kernel
+    says RTM_NEWLINK for each change of state, several as a veth is created and one as it is
+    deleted) or `del`. `known`: the interfaces before these events (name -> ifindex)."""
+    seen = dict(known)
+    actions = []
+    for link in links:
+        if link.kind == "del":
+            seen.pop(link.name, None)
+            actions.append("del")
+        else:
+            actions.append("change" if seen.get(link.name) == link.ifindex else "new")
+            seen[link.name] = link.ifindex
+    return actions

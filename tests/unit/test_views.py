@@ -15,7 +15,7 @@ import pytest
 from mfcd import views
 from mfcd.controller import Controller
 from mfcd.dataplane import Counters as Read
-from mfcd.dataplane import SgCounters, VifCounters
+from mfcd.dataplane import LinkChange, SgCounters, VifCounters
 from mfcd.diagnosis import Check, Intent, Query
 from mfcd.errors import KernelError
 from mfcd.groups import ANY_SOURCE, JoinKey, Joins, MembershipOp
@@ -445,3 +445,29 @@ def test_interface_settings_name_each_setting_and_where_it_comes_from() -> None:
         {"interface": "d", "threshold": 1, "mrdisc": False, "threshold_origin": "config"},
         {"interface": "e", "threshold": 1, "mrdisc": False, "mrdisc_origin": "config"},
     ]  # (z: a threshold back to the default is no setting)
+
+
+def test_link_events_tell_a_monitor_new_change_and_del() -> None:
+    """The kernel says RTM_NEWLINK for every change of state: a veth created comes as three,
+    one deleted as a NEWLINK (it went down) then a DELLINK. A monitor is told `new` only
+    for an interface it did not know under that name and index."""
+    events = [
+        LinkChange("new", "r9", 12, False),  # created
+        LinkChange("new", "r9", 12, True),  # set up
+        LinkChange("new", "r9", 12, True),  # carrier
+        LinkChange("new", "r9", 12, False),  # set down before its deletion
+        LinkChange("del", "r9", 12, False),
+        LinkChange("new", "r9", 13, False),  # created again: another index
+        LinkChange("new", "r1", 3, True),  # known already
+        LinkChange("new", "up1", 3, True),  # r1 renamed up1
+    ]
+    assert views.link_actions({"r1": 3}, events) == [
+        "new",
+        "change",
+        "change",
+        "change",
+        "del",
+        "new",
+        "change",
+        "new",
+    ]
