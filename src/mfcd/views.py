@@ -150,28 +150,30 @@ def _name_interfaces(
     numbers, as reload -n does: each VIF by the interface it is at that step. `slots`: the
     model's VIFs (Router.slots), before the steps, or after them when they were `applied`
     (a VIF a change frees may be taken by another interface later in it)."""
-    names: dict[tuple[int, int, int], str] = {}
-    for (family, table), names_of in slots.items():
-        for vifi, name in enumerate(names_of):
-            if name is not None:
-                names[(family, table, vifi)] = name
+    # The VIFs the steps have set so far (None: free), over `slots` (only the tables of
+    # the plan's routes are looked at: a request's plan is small, the tables may be many).
+    changed: dict[tuple[int, int, int], str | None] = {}
     if applied:  # (the VIFs as they were before the steps: theirs undone, last first)
         for step in reversed(steps):
             op = step.op
-            if isinstance(op, AddVif):
-                names.pop((op.family, op.table, op.vifi), None)
-            elif isinstance(op, DelVif):
-                names[(op.family, op.table, op.vifi)] = op.interface
+            if isinstance(op, AddVif | DelVif):
+                was = op.interface if isinstance(op, DelVif) else None
+                changed[(op.family, op.table, op.vifi)] = was
     for entry, step in zip(plan, steps, strict=True):
         op = step.op
-        if isinstance(op, AddVif):
-            names[(op.family, op.table, op.vifi)] = op.interface
-        elif isinstance(op, DelVif):
-            names.pop((op.family, op.table, op.vifi), None)
+        if isinstance(op, AddVif | DelVif):
+            now = op.interface if isinstance(op, AddVif) else None
+            changed[(op.family, op.table, op.vifi)] = now
         elif isinstance(op, AddMfc):
-            family, table = op.family, op.table
-            entry["iif"] = names.get((family, table, op.parent), "?")
-            entry["oif_names"] = [names.get((family, table, v), "?") for v in entry["oifs"]]
+            names = slots.get((op.family, op.table), ())
+            vifs = [op.parent, *entry["oifs"]]
+            if changed:
+                names = list(names) or [None] * MAXVIFS
+                for v in vifs:
+                    key = (op.family, op.table, v)
+                    if key in changed and v < len(names):
+                        names[v] = changed[key]
+            entry["iif"], *entry["oif_names"] = [_vif_name(names, v) for v in vifs]
 
 
 def template_plan(
@@ -242,8 +244,11 @@ def batch_counts(
 _VIFI = itemgetter(0)  # of an Oifs item
 
 
+_NO_VIFS: tuple[None, ...] = (None,) * MAXVIFS  # (the slots of a table that has none)
+
+
 def _vif_name(names: Sequence[str | None], vifi: int) -> str:
-    """The interface of VIF `vifi` of a table's slots, "?" if none (as _name_interfaces)."""
+    """The interface of VIF `vifi` of a table's slots, "?" if none."""
     name = names[vifi] if vifi < len(names) else None
     return "?" if name is None else name
 
@@ -269,9 +274,9 @@ def route_response(
         if isinstance(op, AddMfc):
             vifs = list(map(_VIFI, op.oifs))
             oifs = ",".join(map(str, vifs))
-            names = slots.get((op.family, op.table), ())
-            iif = _vif_name(names, op.parent)
-            oif_names = ",".join([f'"{_vif_name(names, v)}"' for v in vifs])
+            names = slots.get((op.family, op.table)) or _NO_VIFS
+            iif = names[op.parent] or "?"
+            oif_names = ",".join([f'"{names[v] or "?"}"' for v in vifs])
             plan.append(
                 f'{{"action":"{step.action}","family":"{FAMILY_NAMES[op.family]}",'
                 f'"table":{op.table:d},"source":"{op.source}","group":"{op.group}",'
