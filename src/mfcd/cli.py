@@ -1211,7 +1211,7 @@ def format_plan(result: dict[str, Any]) -> str:
             out.append(_template_step(action, fam, step))
         elif "parent" in step:
             vifs = ",".join(str(v) for v in step["oifs"])
-            if "oif_names" in step:  # (a dry run's plan names them)
+            if "oif_names" in step:  # (not in a sync repair, nor from an older mfcd)
                 names = ",".join(step["oif_names"]) or "none"
                 ports = f"iif {step['iif']} oifs {names} (VIF {step['parent']} -> {vifs or '-'})"
             else:
@@ -1285,7 +1285,8 @@ def _reload_step(entry: dict[str, Any]) -> str:
         taken = " (takes over the api setting)" if entry.get("taken_over") else ""
         return f"turn mrdisc {'on' if entry['on'] else 'off'} for {entry['interface']}{taken}"
     if entry["action"] in ("join", "leave"):
-        return f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
+        what = f"{entry['action']} {entry['source']} -> {entry['group']} on {entry['interface']}"
+        return what + (" (takes over the api join)" if entry.get("taken_over") else "")
     what = f"{entry['action'].replace('_', ' ')} {entry['source']} -> {entry['group']}"
     if _other_table(entry):
         what += f" table {entry['table']}"
@@ -1293,7 +1294,21 @@ def _reload_step(entry: dict[str, Any]) -> str:
         what += f" iif {entry['iif']}"
     if "oifs" in entry:
         what += f" oifs {','.join(entry['oifs'])}"
+    if entry.get("taken_over"):
+        what += _templates_taken(entry)
     return what
+
+
+def _templates_taken(entry: dict[str, Any]) -> str:
+    """` (takes over the api template: oifs r1,r2 -> r1)`: what a template line of a
+    reload's plan takes over (`was`: the api template's oifs, when it takes over one)."""
+    was = entry.get("was")
+    if was is None:
+        return " (takes over api templates)"
+    if sorted(was) == sorted(entry["oifs"]):
+        return " (takes over the api template)"
+    oifs = f"{','.join(was) or 'none'} -> {','.join(entry['oifs'])}"
+    return f" (takes over the api template: oifs {oifs})"
 
 
 def _take_over_step(entry: dict[str, Any]) -> str:

@@ -532,7 +532,9 @@ class Commands:
         installed = add and router.status(key).state == "installed"
         response = None
         if installed or not add:
-            response = views.route_response(request_id, outcome.counts, outcome.steps, installed)
+            response = views.route_response(
+                request_id, outcome.counts, outcome.steps, installed, router.slots
+            )
         note = ""
         if response is None:  # (a VIF added or removed, a route not installed)
             result = views.change_result(

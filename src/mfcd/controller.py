@@ -45,10 +45,14 @@ from mfcd.dataplane import undo as undo_ops
 from mfcd.declarations import (
     Declarations,
     Diff,
+    Template,
     join_intents,
+    join_keys_of,
     template_intents,
+    template_keys,
     template_patterns,
 )
+from mfcd.declarations import Join as DeclaredJoin
 from mfcd.errors import (
     DeclaredInConfig,
     InvalidArgument,
@@ -253,6 +257,10 @@ class Takeovers:
     same_thresholds: set[str] = field(default_factory=set)
     mrdisc: set[str] = field(default_factory=set)  # interfaces of an api mrdisc setting
     same_mrdisc: set[str] = field(default_factory=set)
+    # The declared templates and joins that take over api ones: a template with the api
+    # template's oifs (None: it takes over several, its iif a wildcard).
+    templates: dict[Template, tuple[str, ...] | None] = field(default_factory=dict)
+    joins: set[DeclaredJoin] = field(default_factory=set)
 
 
 class MembershipsLike(Protocol):
@@ -1270,8 +1278,8 @@ class Controller:
 
     def takeovers(self, diff: Diff) -> Takeovers:
         """What applying `diff` would take over from the API (before it is applied): the api
-        routes the files now declare and the api thresholds and mrdisc settings they set;
-        and the settings they give the value the interface has already."""
+        routes, templates and joins the files now declare and the api thresholds and mrdisc
+        settings they set; and the settings they give the value the interface has already."""
         router = self.router
         out = Takeovers()
         routes, origins = router.routes, router.origins
@@ -1293,7 +1301,26 @@ class Controller:
                 out.mrdisc.add(name)
             elif bool(on) == (name in on_now):
                 out.same_mrdisc.add(name)
+        self._taken_templates_and_joins(diff, out)
         return out
+
+    def _taken_templates_and_joins(self, diff: Diff, out: Takeovers) -> None:
+        """The templates and joins the files add that take over api ones (see takeovers):
+        those _declared_templates and _declared_joins take over. (A declaration the files
+        had already is the config's, over every interface it matches.)"""
+        router = self.router
+        templates, origins = router.templates, router.template_origins
+        if len(templates) > len(origins):  # (api templates there are)
+            for t in diff.templates.added:
+                keys = template_keys(t, router.links)
+                taken = [templates[k].oifs for k in keys if k in templates and k not in origins]
+                if taken:
+                    out.templates[t] = taken[0] if len(taken) == 1 else None
+        wanted = self.joins.wanted
+        for j in diff.joins.added if wanted else ():
+            origins_now = (wanted.get(k, ORIGIN_CONFIG) for k in join_keys_of(j, router.links))
+            if any(origin != ORIGIN_CONFIG for origin in origins_now):
+                out.joins.add(j)
 
     def _drop_taken_patterns(self) -> None:
         """Forget the patterns of runtime routes and templates the config files took over."""

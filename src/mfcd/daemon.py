@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from mfcd import (
@@ -43,7 +43,7 @@ from mfcd import (
 )
 from mfcd.commands import Commands, tell
 from mfcd.controller import Controller, Outcome, Takeovers, gc_paused, observe, on_vifs
-from mfcd.dataplane import Events, LinkChange
+from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
 from mfcd.kernel import Kernel, MrouteSocket
@@ -612,7 +612,9 @@ class Daemon:
     def _on_link_events(self, events: Events) -> None:
         if self.events.subscribers:
             for link, action in zip(
-                events.links, link_actions(self.controller.router.links, events.links), strict=True
+                events.links,
+                views.link_actions(self.controller.router.links, events.links),
+                strict=True,
             ):
                 self.events.emit(
                     "link", action=action, interface=link.name, ifindex=link.ifindex, up=link.up
@@ -1085,7 +1087,8 @@ class Daemon:
         except MfcdError as e:
             log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
             raise
-        result = views.reload_result(change, outcome, declared, dry_run, taken)
+        slots = self.controller.router.slots
+        result = views.reload_result(change, outcome, declared, dry_run, taken, slots=slots)
         if not dry_run:
             self._after_change()
             log.info(
@@ -1148,23 +1151,6 @@ def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Conf
 
 
 # Capability numbers (linux/capability.h) mfcd needs: raw IGMP/ICMPv6 sockets, MRT_* options.
-def link_actions(known: dict[str, int], links: Iterable[LinkChange]) -> list[str]:
-    """What each rtnetlink link event is to a monitor: `new` (an interface mfcd did not know
-    under this name and index: created, or renamed to it), `change` (one it knew: the kernel
-    says RTM_NEWLINK for each change of state, several as a veth is created and one as it is
-    deleted) or `del`. `known`: the interfaces before these events (name -> ifindex)."""
-    seen = dict(known)
-    actions = []
-    for link in links:
-        if link.kind == "del":
-            seen.pop(link.name, None)
-            actions.append("del")
-        else:
-            actions.append("change" if seen.get(link.name) == link.ifindex else "new")
-            seen[link.name] = link.ifindex
-    return actions
-
-
 NEEDED_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
 
 

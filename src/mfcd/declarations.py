@@ -158,6 +158,12 @@ def template_patterns(declared: Declarations, links: Iterable[str]) -> dict[Temp
     return out
 
 
+def template_keys(t: Template, links: Iterable[str]) -> list[TemplateKey]:
+    """The model keys of the templates one declared template is over the interfaces that
+    exist (see template_intents)."""
+    return [key for key, _, _ in _expansions([t], links)]
+
+
 def _expansions(
     templates: Iterable[Template], links: Iterable[str]
 ) -> Iterator[tuple[TemplateKey, Ports, Template]]:
@@ -176,13 +182,19 @@ def join_intents(declared: Declarations, links: Iterable[str]) -> dict[JoinKey, 
     names = list(links)
     out: dict[JoinKey, str] = {}
     for j in declared.joins:
-        interfaces = [n for n in names if matches(j.interface, n)]
-        if not is_wildcard(j.interface):
-            interfaces = [j.interface]
-        for name in interfaces:
-            for key in groups.join_keys(name, j.group, j.source):
-                out.setdefault(key, j.where)
+        for key in join_keys_of(j, names):
+            out.setdefault(key, j.where)
     return out
+
+
+def join_keys_of(j: Join, links: Iterable[str]) -> Iterator[JoinKey]:
+    """The join keys of one declared join over the interfaces that exist (join_intents)."""
+    if is_wildcard(j.interface):
+        interfaces = [n for n in links if matches(j.interface, n)]
+    else:
+        interfaces = [j.interface]
+    for name in interfaces:
+        yield from groups.join_keys(name, j.group, j.source)
 
 
 # --- positions ----------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """What the protocol shows: show, vif.show, group.show, diagnose, results, plans, reports, logs.
 
 Pure: it reads the model (and, for statistics, a counters reader the caller passes)
-and builds the JSON values of results; it changes nothing and does no I/O of its
-own.  The controller changes state; commands.py answers requests with what this
-module builds from it.
+and builds the JSON values of results (and what a monitor's link event says); it
+changes nothing and does no I/O of its own.  The controller changes state; commands.py
+answers requests with what this module builds from it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from mfcd import groups
 from mfcd import templates as tpl
-from mfcd.dataplane import CountersReader, sg_counters, vif_counters
+from mfcd.dataplane import CountersReader, LinkChange, sg_counters, vif_counters
 from mfcd.diagnosis import Check, Intent, Query, verdict
 from mfcd.groups import JoinKey, Joins, MembershipOp
 from mfcd.model import (
@@ -128,8 +128,7 @@ def change_result(
     result["kernel_operations"] = dict(counts)
     if steps is not None:
         result["plan"] = [describe_step(s) for s in steps]
-        if dry_run:  # (not the one-route lane's: route_response writes its results alike)
-            _name_interfaces(result["plan"], router, steps)
+        _name_interfaces(result["plan"], router.slots, steps, applied=not dry_run)
     if added is not None and not dry_run:
         status = router.status(added)
         result["state"] = status.state
@@ -140,22 +139,41 @@ def change_result(
     return result
 
 
-def _name_interfaces(plan: list[dict[str, Any]], router: Router, steps: Sequence[Step]) -> None:
-    """Name the interfaces of a dry-run plan's MFC steps (`iif`, `oif_names`) as reload -n
-    does, beside their VIF numbers: by the VIFs the model holds and those the plan adds."""
-    names: dict[tuple[int, int, int], str] = {}
-    for (family, table), slots in router.slots.items():
-        for vifi, name in enumerate(slots):
-            if name is not None:
-                names[(family, table, vifi)] = name
-    for step in steps:
-        if isinstance(step.op, AddVif):
-            names[(step.op.family, step.op.table, step.op.vifi)] = step.op.interface
+def _name_interfaces(
+    plan: list[dict[str, Any]],
+    slots: Mapping[tuple[int, int], Sequence[str | None]],
+    steps: Sequence[Step],
+    *,
+    applied: bool,
+) -> None:
+    """Name the interfaces of a plan's MFC steps (`iif`, `oif_names`) beside their VIF
+    numbers, as reload -n does: each VIF by the interface it is at that step. `slots`: the
+    model's VIFs (Router.slots), before the steps, or after them when they were `applied`
+    (a VIF a change frees may be taken by another interface later in it)."""
+    # The VIFs the steps have set so far (None: free), over `slots` (only the tables of
+    # the plan's routes are looked at: a request's plan is small, the tables may be many).
+    changed: dict[tuple[int, int, int], str | None] = {}
+    if applied:  # (the VIFs as they were before the steps: theirs undone, last first)
+        for step in reversed(steps):
+            op = step.op
+            if isinstance(op, AddVif | DelVif):
+                was = op.interface if isinstance(op, DelVif) else None
+                changed[(op.family, op.table, op.vifi)] = was
     for entry, step in zip(plan, steps, strict=True):
-        if isinstance(step.op, AddMfc):
-            family, table = step.op.family, step.op.table
-            entry["iif"] = names.get((family, table, step.op.parent), "?")
-            entry["oif_names"] = [names.get((family, table, v), "?") for v in entry["oifs"]]
+        op = step.op
+        if isinstance(op, AddVif | DelVif):
+            now = op.interface if isinstance(op, AddVif) else None
+            changed[(op.family, op.table, op.vifi)] = now
+        elif isinstance(op, AddMfc):
+            names = slots.get((op.family, op.table), ())
+            vifs = [op.parent, *entry["oifs"]]
+            if changed:
+                names = list(names) or [None] * MAXVIFS
+                for v in vifs:
+                    key = (op.family, op.table, v)
+                    if key in changed and v < len(names):
+                        names[v] = changed[key]
+            entry["iif"], *entry["oif_names"] = [_vif_name(names, v) for v in vifs]
 
 
 def template_plan(
@@ -226,24 +244,44 @@ def batch_counts(
 _VIFI = itemgetter(0)  # of an Oifs item
 
 
+_NO_VIFS: tuple[None, ...] = (None,) * MAXVIFS  # (the slots of a table that has none)
+
+
+def _vif_name(names: Sequence[str | None], vifi: int) -> str:
+    """The interface of VIF `vifi` of a table's slots, "?" if none."""
+    name = names[vifi] if vifi < len(names) else None
+    return "?" if name is None else name
+
+
 def route_response(
-    request_id: Any, counts: Counter[str], steps: Sequence[Step], installed: bool
+    request_id: Any,
+    counts: Counter[str],
+    steps: Sequence[Step],
+    installed: bool,
+    slots: Mapping[tuple[int, int], Sequence[str | None]],
 ) -> bytes | None:
     """protocol.encode_response(request_id, change_result(...)) of a single route's mfc.add
     (`installed`: its state is, with nothing missing) or mfc.del (False), formatted directly
     (the result's dicts and their JSON took a fifth of such a request); None when a step is
     not an MFC entry's (a VIF's): then build the result. `request_id`: an int (not a bool),
-    a string or None. tests/unit/test_one_route_lane.py holds the bytes to the general path's.
-    (Addresses are canonical, and actions plain names: nothing in them to escape.)"""
+    a string or None. `slots`: the model's VIFs (Router.slots), which name the interfaces
+    (no VIF step: they are those before the change too). tests/unit/test_one_route_lane.py
+    holds the bytes to the general path's. (Addresses are canonical, actions and interface
+    names plain names: nothing in them to escape.)"""
     plan = []
     for step in steps:
         op = step.op
         if isinstance(op, AddMfc):
-            oifs = ",".join(map(str, map(_VIFI, op.oifs)))
+            vifs = list(map(_VIFI, op.oifs))
+            oifs = ",".join(map(str, vifs))
+            names = slots.get((op.family, op.table)) or _NO_VIFS
+            iif = names[op.parent] or "?"
+            oif_names = ",".join([f'"{names[v] or "?"}"' for v in vifs])
             plan.append(
                 f'{{"action":"{step.action}","family":"{FAMILY_NAMES[op.family]}",'
                 f'"table":{op.table:d},"source":"{op.source}","group":"{op.group}",'
-                f'"parent":{op.parent:d},"oifs":[{oifs}]}}'
+                f'"parent":{op.parent:d},"oifs":[{oifs}],"iif":"{iif}",'
+                f'"oif_names":[{oif_names}]}}'
             )
         elif isinstance(op, DelMfc):
             plan.append(
@@ -842,32 +880,36 @@ def diagnosed_check(check: Check) -> dict[str, Any]:
 
 
 def reload_result(
-    change: Any, outcome: Any, declared: Any, dry_run: bool, taken: Any = None
+    change: Any,
+    outcome: Any,
+    declared: Any,
+    dry_run: bool,
+    taken: Any,
+    *,
+    slots: Mapping[tuple[int, int], Sequence[str | None]],
 ) -> dict[str, Any]:
     """The result of a reload (a declarations.Diff applied, a controller.Outcome): routes
     added, removed, changed and unchanged, with a one-line summary, and in a dry run the
-    plan: each route that changes, with the FILE:LINE that declares it. `taken` (a
-    controller.Takeovers, made before the reload): the api routes, thresholds and mrdisc
-    settings the files take over, counted apart from those added and changed, and the
-    settings declared at the value the interface has already, not counted as changed."""
-    routes: Mapping[RouteKey, Ports] = taken.routes if taken is not None else {}
-    api_thresholds: Mapping[str, int] = taken.thresholds if taken is not None else {}
-    same: Collection[str] = taken.same_thresholds if taken is not None else ()
-    api_mrdisc: Collection[str] = taken.mrdisc if taken is not None else ()
-    same_mrdisc: Collection[str] = taken.same_mrdisc if taken is not None else ()
-    thresholds = len(change.thresholds) - len(api_thresholds) - len(same)
-    mrdisc = len(change.mrdisc) - len(api_mrdisc) - len(same_mrdisc)
+    plan: each route that changes, with the FILE:LINE that declares it, and the kernel's
+    (its MFC steps' interfaces named by `slots`, the model's VIFs). `taken` (a
+    controller.Takeovers, made before the reload): the api routes, thresholds, mrdisc
+    settings, templates and joins the files take over, counted apart from those added and
+    changed, and the settings declared at the value the interface has already, not
+    counted as changed."""
+    thresholds = len(change.thresholds) - len(taken.thresholds) - len(taken.same_thresholds)
+    mrdisc = len(change.mrdisc) - len(taken.mrdisc) - len(taken.same_mrdisc)
+    taken_over = len(taken.routes) + len(taken.thresholds) + len(taken.mrdisc)
     result: dict[str, Any] = {
         "dry_run": dry_run,
         "files": list(declared.files),
-        "added": len(change.added) - len(routes),
+        "added": len(change.added) - len(taken.routes),
         "removed": len(change.removed),
         "changed": len(change.changed),
         "unchanged": change.unchanged,
-        "taken_over": len(routes) + len(api_thresholds) + len(api_mrdisc),
+        "taken_over": taken_over + len(taken.templates) + len(taken.joins),
         "thresholds": thresholds,
-        "templates": _counted(change.templates),
-        "joins": _counted(change.joins),
+        "templates": _counted(change.templates, len(taken.templates)),
+        "joins": _counted(change.joins, len(taken.joins)),
         "kernel_operations": dict(outcome.counts),
     }
     # (plain numbers, as mfcctl prints every other count: "5000 added" as a batch says it)
@@ -885,35 +927,9 @@ def reload_result(
             parts.append(f"{kind}: {done}")
     result["summary"] = ", ".join(parts)
     if dry_run:
-        plan: list[dict[str, Any]] = []
-        for action, keys in (("add", change.added), ("change", change.changed)):
-            for key in keys:
-                iif, oifs = declared.routes[key]
-                entry = _declared(action, key, declared.where(key), iif=iif, oifs=list(oifs))
-                was = routes.get(key)
-                if was is not None:  # an api route the files now declare
-                    entry.update(action="take_over", was={"iif": was.iif, "oifs": list(was.oifs)})
-                plan.append(entry)
-        plan += [_declared("remove", key, None) for key in change.removed]
-        for name, threshold in sorted(change.thresholds.items()):
-            if name in same:
-                continue
-            value = DEFAULT_THRESHOLD if threshold is None else threshold
-            entry = {"action": "threshold", "interface": name, "threshold": value}
-            if name in api_thresholds:
-                entry.update(taken_over=True, was=api_thresholds[name])
-            plan.append(_setting_where(entry, declared, name, "threshold"))
-        for name, on in sorted(change.mrdisc.items()):
-            if name in same_mrdisc:
-                continue
-            entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
-            if name in api_mrdisc:
-                entry["taken_over"] = True
-            plan.append(_setting_where(entry, declared, name, "mrdisc"))
-        plan += _template_plan(change.templates)
-        plan += _join_plan(change.joins)
-        result["plan"] = plan
+        result["plan"] = _reload_plan(change, declared, taken)
         result["kernel_plan"] = [describe_step(s) for s in outcome.steps]
+        _name_interfaces(result["kernel_plan"], slots, outcome.steps, applied=False)
     return result
 
 
@@ -926,6 +942,39 @@ def joins_joined(joins: Joins) -> str:
     origins = ((groups.ORIGIN_API, "saved"), (groups.ORIGIN_CONFIG, "config files"))
     parts = [f"{name}: {joined[o]} of {wanted[o]}" for o, name in origins if wanted[o]]
     return f"{len(joins.joined)} of {len(joins.wanted)} joined ({', '.join(parts)})"
+
+
+def _reload_plan(change: Any, declared: Any, taken: Any) -> list[dict[str, Any]]:
+    """A reload's plan (see reload_result): each route, setting, template and join that
+    changes, those taken over from the api marked."""
+    plan: list[dict[str, Any]] = []
+    for action, keys in (("add", change.added), ("change", change.changed)):
+        for key in keys:
+            iif, oifs = declared.routes[key]
+            entry = _declared(action, key, declared.where(key), iif=iif, oifs=list(oifs))
+            was = taken.routes.get(key)
+            if was is not None:  # an api route the files now declare
+                entry.update(action="take_over", was={"iif": was.iif, "oifs": list(was.oifs)})
+            plan.append(entry)
+    plan += [_declared("remove", key, None) for key in change.removed]
+    for name, threshold in sorted(change.thresholds.items()):
+        if name in taken.same_thresholds:
+            continue
+        value = DEFAULT_THRESHOLD if threshold is None else threshold
+        entry = {"action": "threshold", "interface": name, "threshold": value}
+        if name in taken.thresholds:
+            entry.update(taken_over=True, was=taken.thresholds[name])
+        plan.append(_setting_where(entry, declared, name, "threshold"))
+    for name, on in sorted(change.mrdisc.items()):
+        if name in taken.same_mrdisc:
+            continue
+        entry = {"action": "mrdisc", "interface": name, "on": bool(on)}
+        if name in taken.mrdisc:
+            entry["taken_over"] = True
+        plan.append(_setting_where(entry, declared, name, "mrdisc"))
+    plan += _template_plan(change.templates, taken.templates)
+    plan += _join_plan(change.joins, taken.joins)
+    return plan
 
 
 def counted(n: int, thing: str) -> str:
@@ -952,17 +1001,22 @@ def _setting_where(entry: dict[str, Any], declared: Any, name: str, which: str) 
     return entry
 
 
-def _counted(declared: Any) -> dict[str, int]:
-    """A declarations.Declared as counts."""
+def _counted(declared: Any, taken: int) -> dict[str, int]:
+    """A declarations.Declared as counts, less the `taken` of those it adds (they take over
+    api ones: counted in taken_over)."""
     return {
-        "added": len(declared.added),
+        "added": len(declared.added) - taken,
         "removed": len(declared.removed),
         "changed": len(declared.changed),
     }
 
 
-def _template_plan(declared: Any) -> list[dict[str, Any]]:
-    """The plan's lines for templates (a declarations.Declared of Template)."""
+def _template_plan(
+    declared: Any, taken: Mapping[Any, tuple[str, ...] | None]
+) -> list[dict[str, Any]]:
+    """The plan's lines for templates (a declarations.Declared of Template); one that takes
+    over api templates (`taken`: with the oifs of the one it takes over, None if several)
+    is marked, with the api oifs as `was`."""
     plan = []
     for action, items in (
         ("add_template", declared.added),
@@ -974,12 +1028,18 @@ def _template_plan(declared: Any) -> list[dict[str, Any]]:
             entry.update(source=t.source, group=t.group, table=t.table, iif=t.iif)
             if action != "remove_template":
                 entry.update(oifs=list(t.oifs), where=t.where)
+            if t in taken:
+                entry["taken_over"] = True
+                was = taken[t]
+                if was is not None:
+                    entry["was"] = list(was)
             plan.append(entry)
     return plan
 
 
-def _join_plan(declared: Any) -> list[dict[str, Any]]:
-    """The plan's lines for joins (a declarations.Declared of Join)."""
+def _join_plan(declared: Any, taken: Collection[Any]) -> list[dict[str, Any]]:
+    """The plan's lines for joins (a declarations.Declared of Join); one that takes over
+    api joins (in `taken`) is marked."""
     plan = []
     for action, items in (("join", declared.added), ("leave", declared.removed)):
         for j in items:
@@ -987,5 +1047,27 @@ def _join_plan(declared: Any) -> list[dict[str, Any]]:
             entry.update(group=j.group, source=j.source or "*")
             if action == "join":
                 entry["where"] = j.where
+                if j in taken:
+                    entry["taken_over"] = True
             plan.append(entry)
     return plan
+
+
+# --- monitor -------------------------------------------------------------------------------------
+
+
+def link_actions(known: dict[str, int], links: Iterable[LinkChange]) -> list[str]:
+    """What each rtnetlink link event is to a monitor: `new` (an interface mfcd did not know
+    under this name and index: created, or renamed to it), `change` (one it knew: the kernel
+    says RTM_NEWLINK for each change of state, several as a veth is created and one as it is
+    deleted) or `del`. `known`: the interfaces before these events (name -> ifindex)."""
+    seen = dict(known)
+    actions = []
+    for link in links:
+        if link.kind == "del":
+            seen.pop(link.name, None)
+            actions.append("del")
+        else:
+            actions.append("change" if seen.get(link.name) == link.ifindex else "new")
+            seen[link.name] = link.ifindex
+    return actions

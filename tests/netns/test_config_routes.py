@@ -393,3 +393,32 @@ def test_reload_dry_run_says_it_takes_over_an_api_route_and_threshold(
     assert daemon.ok("reload").strip() == dry[-1]
     assert received(lab, "239.3.3.3") == [5, 0, 0]
     assert shown(daemon)["239.3.3.3"]["origin"] == "config"
+
+
+def test_reload_dry_run_says_it_takes_over_an_api_template_and_join(lab: Lab, daemon: Mfcd) -> None:
+    daemon.start()
+    daemon.ok("mfc", "add", "--group", "239.8.0.0/24", "--iif", "r0", "--oifs", "r1,r2")
+    daemon.ok("join", "--interface", "r2", "--group", "239.8.9.9")
+    assert received(lab, "239.8.0.1") == [5, 5, 0]
+    write_config(daemon, TEMPLATE + JOIN)
+    dry = daemon.ok("reload", "-n").splitlines()
+    where = f"{daemon.config_file}:"
+    template = "  add template * -> 239.8.0.0/24 iif r0 oifs r1"
+    template += " (takes over the api template: oifs r1,r2 -> r1)"
+    assert any(line.startswith(f"{template}  ({where}") for line in dry), dry
+    join = "  join * -> 239.8.9.9 on r2 (takes over the api join)"
+    assert any(line.startswith(f"{join}  ({where}") for line in dry), dry
+    assert dry[-1] == "0 added, 0 removed, 0 changed, 0 unchanged, 2 taken over from the api"
+    result = json.loads(daemon.ok("-o", "json", "reload", "-n"))
+    assert (result["taken_over"], result["templates"]["added"], result["joins"]["added"]) == (
+        2,
+        0,
+        0,
+    )
+    assert received(lab, "239.8.0.1") == [5, 5, 0]  # (a dry run changes nothing)
+    assert daemon.ok("reload").strip() == dry[-1]
+    assert templates_shown(daemon)["239.8.0.0/24"]["origin"] == "config"
+    [joined] = groups(daemon)
+    assert (joined["group"], joined["origin"]) == ("239.8.9.9", "config")
+    assert "239.8.9.9" in memberships(lab, "r2", 4)
+    assert received(lab, "239.8.0.1") == [5, 0, 0]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from lab.netns import Lab
+from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd
 from tests.netns.test_forwarding import FAMILY, FLOWS, add, received
 
@@ -177,6 +178,38 @@ def test_verbose_and_dry_run(lab: Lab, mfcd: Mfcd) -> None:
     assert "add mfc ipv6 2001:db8::2 -> ff3e::1:1 iif r0 oifs r1,r2 (VIF 0 -> 1,2)" in result.stdout
     assert mfcd.show()["routes"] == []
     assert received(lab, 6) == [0, 0, 0]
+
+
+def test_a_verbose_change_names_its_interfaces_as_a_dry_run_does(lab: Lab, mfcd: Mfcd) -> None:
+    """mfcctl -v prints the plan of the change it made with the interfaces named beside
+    their VIF numbers, as -n does: an add that takes VIFs, one that takes none (the daemon's
+    one-route lane) and a batch; the VIF numbers are the kernel's."""
+    source, group = FLOWS[4]
+    route = ["mfc", "add", "--source", source, "--group", group, "--iif", "r0"]
+    planned = mfcd.ok("--dry-run", *route, "--oifs", "r1,r2")
+    made = mfcd.ok("--verbose", *route, "--oifs", "r1,r2")
+    step = f"add mfc ipv4 {source} -> {group} iif r0 oifs r1,r2 (VIF 0 -> 1,2)"
+    assert made.splitlines() == [
+        "add vif ipv4 VIF 0 (r0)",
+        "add vif ipv4 VIF 1 (r1)",
+        "add vif ipv4 VIF 2 (r2)",
+        step,
+    ]
+    assert planned.splitlines()[1:] == [f"  {line}" for line in made.splitlines()]
+    assert received(lab, 4) == [5, 5, 0]
+    assert kernel_tables.vifs(lab, 4) == {0: "r0", 1: "r1", 2: "r2"}
+    other = ["mfc", "add", "--source", source, "--group", "239.1.1.2", "--iif", "r0"]
+    assert mfcd.ok("-v", *other, "--oifs", "r2") == (
+        f"add mfc ipv4 {source} -> 239.1.1.2 iif r0 oifs r2 (VIF 0 -> 2)\n"
+    )
+    batch = mfcd.ok("--verbose", "batch", "-", stdin=" ".join([*route, "--oifs", "r2"]) + "\n")
+    assert batch.splitlines() == [
+        f"replace mfc ipv4 {source} -> {group} iif r0 oifs r2 (VIF 0 -> 2)",
+        "del vif ipv4 VIF 1 (r1)",
+        "1 added, 0 deleted",  # (an add that replaces a route: an add to a batch)
+    ]
+    assert received(lab, 4) == [0, 5, 0]  # (r1, r2, r3)
+    assert kernel_tables.vifs(lab, 4) == {0: "r0", 2: "r2"}
 
 
 def test_ipv6_ignores_thresholds_as_documented(lab: Lab, mfcd: Mfcd) -> None:

@@ -332,6 +332,30 @@ def test_a_dry_runs_plan_names_the_interfaces_of_its_routes(commands: Commands) 
     assert len(mfc["oifs"]) == 2 and mfc["parent"] not in mfc["oifs"]  # (VIF numbers too)
 
 
+@pytest.mark.parametrize("cmd", ["mfc.add", "batch"])
+def test_a_changes_plan_names_the_interfaces_of_its_routes_as_a_dry_run_does(
+    commands: Commands, cmd: str
+) -> None:
+    """mfcctl -v shows the plan of a change made as -n shows the one it would make: an add
+    that takes a VIF (the general path), one that takes none (the one-route lane) and a
+    batch's (with --verbose)."""
+
+    def plan(source: str, oifs: list[str], dry_run: bool) -> list[dict[str, Any]]:
+        route = dict(ROUTE, source=source, oifs=oifs)
+        if cmd == "batch":
+            text = f"mfc add --source {source} --group 239.1.1.1 --iif a --oifs {','.join(oifs)}"
+            response = ask(commands, "batch", {"text": text, "plan": True}, dry_run=dry_run)
+        else:
+            response = ask(commands, "mfc.add", route, dry_run=dry_run)
+        return [p for p in response["result"]["plan"] if p["action"] == "add_mfc"]
+
+    for source, oifs in (("10.0.0.2", ["b", "c"]), ("10.0.0.3", ["c"])):  # (c: a VIF, then none)
+        (planned,) = plan(source, oifs, dry_run=True)
+        (made,) = plan(source, oifs, dry_run=False)
+        assert (made["iif"], made["oif_names"]) == ("a", oifs)
+        assert made == planned  # (the VIF numbers too)
+
+
 TEMPLATE = {"group": "239.4.2.0/24", "iif": "a", "oifs": ["b"]}
 
 

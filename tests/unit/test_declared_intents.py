@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mfcd import cli, views
@@ -26,7 +28,7 @@ def reload(ctl: Controller, text: str, dry_run: bool = False) -> dict[str, objec
     change = diff(ctl.declared, new)
     taken = ctl.takeovers(change)  # (as the daemon does: before the reload)
     outcome = ctl.apply_declared(new, change, dry_run)
-    return views.reload_result(change, outcome, new, dry_run, taken)
+    return views.reload_result(change, outcome, new, dry_run, taken, slots=ctl.router.slots)
 
 
 def kernel_of(ctl: Controller) -> FakeKernel:
@@ -268,6 +270,82 @@ def test_the_plan_says_what_a_reload_takes_over_from_the_api() -> None:
     result = reload(ctl, text)
     assert result["summary"] == lines[-1]
     assert ctl.router.origins[API_ROUTE] == "config"
+
+
+def test_the_plan_says_a_reload_takes_over_api_templates_and_joins() -> None:
+    """An api template or join the files now declare is marked in the plan and counted in
+    taken_over (not as added), as an api route or setting is; a join of a prefix that
+    takes over some of its groups too."""
+    ctl = controller()
+    other = (4, "*", "239.3.0.0/24", 253, "a")
+    ctl.change([AddTemplate(TEMPLATE, Ports("a", ("b", "c")))])
+    ctl.change([AddTemplate(other, Ports("a", ("c",)))])
+    ctl.change([Join(ASM), Join(("c", "239.6.6.1", "*"))])
+    text = (
+        TEMPLATE_TEXT.format(oifs='"b"')
+        + '[[route]]\ngroup = "239.3.0.0/24"\niif = "a"\noifs = ["c"]\n'
+        + '[[route]]\ngroup = "239.4.0.0/24"\niif = "a"\noifs = ["b"]\n'  # (no api one)
+        + JOIN_TEXT
+        + '[[join]]\ninterface = "c"\ngroup = "239.6.6.0/31"\n'
+        + '[[join]]\ninterface = "c"\ngroup = "239.7.7.7"\n'  # (no api one)
+    )
+    result = reload(ctl, text, dry_run=True)
+    assert result["taken_over"] == 4
+    assert result["templates"] == {"added": 1, "removed": 0, "changed": 0}
+    assert result["joins"] == {"added": 1, "removed": 0, "changed": 0}
+    summary = "0 added, 0 removed, 0 changed, 0 unchanged, 4 taken over from the api, "
+    summary += "templates: 1 added, joins: 1 added"
+    assert result["summary"] == summary
+    plan: list[dict[str, Any]] = result["plan"]  # type: ignore[assignment]
+    taken = [(e["group"], e.get("was")) for e in plan if e.get("taken_over")]
+    assert taken == [
+        ("239.2.0.0/24", ["b", "c"]),
+        ("239.3.0.0/24", ["c"]),
+        ("239.5.5.5", None),
+        ("239.6.6.0/31", None),
+    ]
+    assert cli.format_reload(result).splitlines()[1:-1] == [
+        "  add template * -> 239.2.0.0/24 iif a oifs b (takes over the api template: oifs b,c"
+        " -> b)  (f.conf:1)",
+        "  add template * -> 239.3.0.0/24 iif a oifs c (takes over the api template)  (f.conf:5)",
+        "  add template * -> 239.4.0.0/24 iif a oifs b  (f.conf:9)",
+        "  join * -> 239.5.5.5 on b (takes over the api join)  (f.conf:13)",
+        "  join * -> 239.6.6.0/31 on c (takes over the api join)  (f.conf:16)",
+        "  join * -> 239.7.7.7 on c  (f.conf:19)",
+    ]
+    assert ctl.router.template_origins == {} and set(ctl.joins.wanted.values()) == {"api"}
+    result = reload(ctl, text)
+    assert (result["taken_over"], result["summary"]) == (4, summary)
+    assert ctl.router.template_origin(TEMPLATE) == "config"
+    assert set(ctl.joins.wanted.values()) == {"config"}
+
+
+def test_a_wildcard_template_that_takes_over_api_templates_says_so() -> None:
+    ctl = controller()
+    ctl.link_up("vlan2", 9)
+    keys = [(4, "*", "239.2.0.0/24", 253, f"vlan{n}") for n in (1, 2)]
+    ctl.change([AddTemplate(keys[0], Ports("vlan1", ("b",)))])
+    ctl.change([AddTemplate(keys[1], Ports("vlan2", ("c",)))])
+    text = '[[route]]\ngroup = "239.2.0.0/24"\niif = "vlan*"\noifs = ["b"]\n'
+    result = reload(ctl, text, dry_run=True)
+    assert (result["taken_over"], result["templates"]) == (
+        1,
+        {"added": 0, "removed": 0, "changed": 0},
+    )
+    assert cli.format_reload(result).splitlines()[1] == (
+        "  add template * -> 239.2.0.0/24 iif vlan* oifs b (takes over api templates)  (f.conf:1)"
+    )
+
+
+def test_the_kernel_plan_of_a_dry_run_names_the_interfaces_as_a_changes_plan() -> None:
+    ctl = controller()
+    ctl.change([AddRoute((4, "198.18.0.2", "239.3.3.4", 253), Ports("c", ("a",)))])  # c: VIF 0
+    text = '[[route]]\nsource = "198.18.0.2"\ngroup = "239.3.3.3"\niif = "a"\noifs = ["b", "c"]\n'
+    result = reload(ctl, text, dry_run=True)
+    kernel_plan: list[dict[str, Any]] = result["kernel_plan"]  # type: ignore[assignment]
+    (mfc,) = [s for s in kernel_plan if s["action"] == "add_mfc"]
+    assert (mfc["parent"], mfc["oifs"]) == (1, [0, 2])
+    assert (mfc["iif"], mfc["oif_names"]) == ("a", ["c", "b"])
 
 
 def test_the_plan_says_a_reload_takes_over_an_api_mrdisc_and_skips_one_already_so() -> None:

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from mfcd import protocol, views
 from mfcd.commands import Peer
-from mfcd.model import AddMfc, AddVif, DelMfc, Step
+from mfcd.model import AddMfc, AddVif, DelMfc, Router, Step
 from tests.unit import test_one_route as one_route
 
 # test_one_route's interfaces: "d" comes and goes (here with another ifindex too); no "e".
@@ -229,18 +229,24 @@ def test_route_response_is_encode_response_of_change_result() -> None:
     """The format itself, for each kind of id and of MFC step, against the general encoding."""
     add = AddMfc(4, "10.0.0.1", "239.1.1.1", 0, ((1, 1), (3, 5)), 253)
     delete = DelMfc(6, "2001:db8::1", "ff3e::1", 100)
+    elsewhere = AddMfc(6, "2001:db8::1", "ff3e::1", 1, ((0, 1), (2, 1)), 100)
+    router = Router()  # (VIF 2 of table 253 is no one's, nor table 100's VIF 2: named "?")
+    router.slots[(4, 253)] = ["a", "b", None, "c", *[None] * 28]
+    router.slots[(6, 100)] = ["x.100", "y@1", *[None] * 30]
     cases: list[tuple[list[Step], dict[str, int], bool]] = [
         ([Step(add, delete, "add_mfc")], {"add_mfc": 1}, True),
         ([Step(add, add, "replace_mfc")], {"replace_mfc": 1}, True),
         ([Step(delete, add, "del_mfc")], {"del_mfc": 1}, False),
         ([], {}, True),
         ([Step(add._replace(oifs=()), delete, "add_mfc")], {"add_mfc": 1}, False),
+        ([Step(add._replace(oifs=((2, 1),)), delete, "add_mfc")], {"add_mfc": 1}, True),
+        ([Step(elsewhere, delete, "add_mfc")], {"add_mfc": 1}, True),
     ]
     for request_id in (None, 0, -5, 2**80, "", 'a"b\\c\n\x00é\u2028\U0001f600', "\udfff"):
         for steps, counts, installed in cases:
             counter = Counter(counts)
             result = views.change_result(
-                None,  # type: ignore[arg-type]
+                router,
                 changes=1,
                 counts=counter,
                 steps=steps,
@@ -249,11 +255,13 @@ def test_route_response_is_encode_response_of_change_result() -> None:
             if installed:
                 result["state"] = "installed"
             expected = protocol.encode_response(request_id, result)
-            assert views.route_response(request_id, counter, steps, installed) == expected
+            response = views.route_response(request_id, counter, steps, installed, router.slots)
+            assert response == expected
+    named = json.loads(views.route_response(1, Counter(), cases[0][0], True, router.slots) or "")
+    assert named["result"]["plan"][0]["oif_names"] == ["b", "c"]
     vif = AddVif(4, 0, "a", 1, 1, 253)
-    assert (
-        views.route_response(1, Counter({"add_vif": 1}), [Step(vif, vif, "add_vif")], True) is None
-    )
+    steps = [Step(vif, vif, "add_vif")]
+    assert views.route_response(1, Counter({"add_vif": 1}), steps, True, router.slots) is None
 
 
 def _add(n: int, group: str, oifs: tuple[str, ...] = ("b",)) -> tuple[str, bytes]:

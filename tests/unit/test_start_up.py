@@ -8,7 +8,6 @@ import pytest
 
 from mfcd import config, daemon, kernel
 from mfcd.config import Config
-from mfcd.dataplane import LinkChange
 from mfcd.errors import ConfigError
 
 STATUS = "Name:\tmfcd\nCapInh:\t0000000000000000\nCapEff:\t{}\nCapBnd:\t000001ffffffffff\n"
@@ -59,29 +58,3 @@ def test_a_table_the_kernel_refuses_is_named() -> None:
     assert default.startswith("another multicast router already owns the IPv6 multicast routing")
     single = kernel._explain(6, kernel.MRT_TABLE, errno.ENOPROTOOPT, 100)
     assert "CONFIG_IPV6_MROUTE_MULTIPLE_TABLES is off" in single and "\n" not in single
-
-
-def test_link_events_tell_a_monitor_new_change_and_del() -> None:
-    """The kernel says RTM_NEWLINK for every change of state: a veth created comes as three,
-    one deleted as a NEWLINK (it went down) then a DELLINK. A monitor is told `new` only
-    for an interface it did not know under that name and index."""
-    events = [
-        LinkChange("new", "r9", 12, False),  # created
-        LinkChange("new", "r9", 12, True),  # set up
-        LinkChange("new", "r9", 12, True),  # carrier
-        LinkChange("new", "r9", 12, False),  # set down before its deletion
-        LinkChange("del", "r9", 12, False),
-        LinkChange("new", "r9", 13, False),  # created again: another index
-        LinkChange("new", "r1", 3, True),  # known already
-        LinkChange("new", "up1", 3, True),  # r1 renamed up1
-    ]
-    assert daemon.link_actions({"r1": 3}, events) == [
-        "new",
-        "change",
-        "change",
-        "change",
-        "del",
-        "new",
-        "change",
-        "new",
-    ]

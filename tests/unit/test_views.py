@@ -15,11 +15,11 @@ import pytest
 from mfcd import views
 from mfcd.controller import Controller
 from mfcd.dataplane import Counters as Read
-from mfcd.dataplane import SgCounters, VifCounters
+from mfcd.dataplane import LinkChange, SgCounters, VifCounters
 from mfcd.diagnosis import Check, Intent, Query
 from mfcd.errors import KernelError
 from mfcd.groups import ANY_SOURCE, JoinKey, Joins, MembershipOp
-from mfcd.model import AddRoute, Ports, Route, SetThreshold, Step
+from mfcd.model import AddRoute, Change, DelRoute, Ports, Route, SetThreshold, Step
 from mfcd.protocol import Encoded
 from mfcd.views import Views, _address_order, describe_step
 from tests.unit.test_controller import LINKS, controller_with, r4
@@ -213,6 +213,36 @@ def test_a_change_result_says_the_state_of_the_route_added(ctl: Controller) -> N
     counts = Counter({"add_mfc": 2})
     batch = views.change_result(ctl.router, changes=2, counts=counts, steps=None, dry_run=True)
     assert batch == {"dry_run": True, "changes": 2, "kernel_operations": {"add_mfc": 2}}
+
+
+def test_a_plan_names_the_interfaces_of_its_routes_as_they_are_at_each_step(
+    ctl: Controller,
+) -> None:
+    """A change's plan names the iif and oifs of each MFC step beside their VIF numbers,
+    applied (`mfcctl -v`) as in a dry run (`-n`): a VIF one change frees and gives another
+    interface is named for each as it is at that step."""
+    changes: list[Change] = [
+        AddRoute.of(r4(3, "a", "c")),  # on VIF 2 (c) ...
+        DelRoute(r4(3, "a", "c").key),
+        DelRoute(r4(2, "b", "a", "c").key),  # ... which this frees ...
+        AddRoute.of(r4(4, "a", "d")),  # ... and d takes
+    ]
+
+    def named(dry_run: bool) -> list[tuple[str, int, list[int], str, list[str]]]:
+        outcome = ctl.change(changes, dry_run=dry_run, numbered=True)
+        result = views.change_result(
+            ctl.router, changes=4, counts=outcome.counts, steps=outcome.steps, dry_run=dry_run
+        )
+        return [
+            (s["action"], s["parent"], s["oifs"], s["iif"], s["oif_names"])
+            for s in result["plan"]
+            if "parent" in s
+        ]
+
+    expected = [("add_mfc", 0, [2], "a", ["c"]), ("add_mfc", 0, [2], "a", ["d"])]
+    assert named(dry_run=True) == expected
+    assert named(dry_run=False) == expected
+    assert ctl.router.slots[(4, 253)][2] == "d"
 
 
 def test_the_sort_key_orders_by_family_table_group_and_source_as_numbers() -> None:
@@ -425,3 +455,29 @@ def test_interface_settings_name_each_setting_and_where_it_comes_from() -> None:
         {"interface": "d", "threshold": 1, "mrdisc": False, "threshold_origin": "config"},
         {"interface": "e", "threshold": 1, "mrdisc": False, "mrdisc_origin": "config"},
     ]  # (z: a threshold back to the default is no setting)
+
+
+def test_link_events_tell_a_monitor_new_change_and_del() -> None:
+    """The kernel says RTM_NEWLINK for every change of state: a veth created comes as three,
+    one deleted as a NEWLINK (it went down) then a DELLINK. A monitor is told `new` only
+    for an interface it did not know under that name and index."""
+    events = [
+        LinkChange("new", "r9", 12, False),  # created
+        LinkChange("new", "r9", 12, True),  # set up
+        LinkChange("new", "r9", 12, True),  # carrier
+        LinkChange("new", "r9", 12, False),  # set down before its deletion
+        LinkChange("del", "r9", 12, False),
+        LinkChange("new", "r9", 13, False),  # created again: another index
+        LinkChange("new", "r1", 3, True),  # known already
+        LinkChange("new", "up1", 3, True),  # r1 renamed up1
+    ]
+    assert views.link_actions({"r1": 3}, events) == [
+        "new",
+        "change",
+        "change",
+        "change",
+        "del",
+        "new",
+        "change",
+        "new",
+    ]
