@@ -25,8 +25,8 @@ same prefixes, so they are one template. No overlap is ambiguous, and none is re
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple, TypeVar
 
 from mfcd.errors import InvalidArgument
 
@@ -35,6 +35,7 @@ TemplateKey = tuple[int, str, str, int, str]
 ANY = "*"
 _BITS = {4: 32, 6: 128}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_V = TypeVar("_V")
 
 
 class Prefix(NamedTuple):
@@ -123,6 +124,23 @@ def contains(prefix: Prefix, number: int) -> bool:
     return number >> (bits - prefix.length) == prefix.network >> (bits - prefix.length)
 
 
+def covered(prefix: Prefix, by_address: Mapping[str, _V]) -> list[_V]:
+    """The values of `by_address` (keyed by canonical address text) whose address `prefix`
+    contains: each address of a prefix looked up when it has fewer than the mapping has
+    keys (a (*,G) template: one), else each key tested."""
+    bits = _BITS[prefix.family]
+    span = 1 << (bits - prefix.length)
+    if span <= len(by_address):
+        family, network = prefix.family, prefix.network
+        texts = (text_of(family, network + i, bits) for i in range(span))
+        return [by_address[text] for text in texts if text in by_address]
+    return [
+        value
+        for text, value in by_address.items()
+        if contains(prefix, address_number(prefix.family, text))
+    ]
+
+
 def specificity(key: TemplateKey) -> tuple[int, int]:
     """How specific a template is: (group prefix length, source prefix length); larger wins."""
     return prefix_of(key[2], key[0]).length, prefix_of(key[1], key[0]).length
@@ -159,7 +177,39 @@ class Index:
                 level = levels[(g.length, s.length)] = (*masks, {})
             level[2][(g.network, s.network)] = key
         for where, levels in by_lengths.items():
-            self.levels[where] = sorted(levels.values(), key=lambda lv: (-lv[0], -lv[1]))
+            self.levels[where] = sorted(levels.values(), key=_most_specific_first)
+
+    def add(self, key: TemplateKey) -> None:
+        """Arrange one more template, as if it had been among the keys it was made of (a
+        batch of templates then costs one each, not the whole index again each)."""
+        family, source, group, table, iif = key
+        g, s = prefix_of(group, family), prefix_of(source, family)
+        bits = _BITS[family]
+        masks = (_mask(g.length, bits), _mask(s.length, bits))
+        levels = self.levels.setdefault((family, table, iif), [])
+        for gmask, smask, found in levels:
+            if (gmask, smask) == masks:
+                found[(g.network, s.network)] = key
+                return
+        levels.append((*masks, {(g.network, s.network): key}))
+        levels.sort(key=_most_specific_first)
+
+    def discard(self, key: TemplateKey) -> None:
+        """Forget a template (if it is arranged), as if it had not been among the keys."""
+        family, source, group, table, iif = key
+        g, s = prefix_of(group, family), prefix_of(source, family)
+        bits = _BITS[family]
+        masks = (_mask(g.length, bits), _mask(s.length, bits))
+        where = (family, table, iif)
+        levels = self.levels.get(where, [])
+        for i, (gmask, smask, found) in enumerate(levels):
+            if (gmask, smask) == masks and found.get((g.network, s.network)) == key:
+                del found[(g.network, s.network)]
+                if not found:
+                    del levels[i]
+                    if not levels:
+                        del self.levels[where]
+                return
 
     def match(
         self, family: int, table: int, iif: str, source: str, group: str
@@ -181,6 +231,10 @@ class Index:
                 key = _best(levels, src, grp)
                 if key is not None:
                     yield iif, key
+
+
+def _most_specific_first(level: _Level) -> tuple[int, int]:
+    return -level[0], -level[1]
 
 
 def _mask(length: int, bits: int) -> int:
