@@ -1181,10 +1181,22 @@ class Router:
                 del groups[group]
                 if not groups:
                     del self._learned_at[where]
-        if new is not None:
-            self._learned_of.setdefault(new, set()).add(key)
-            groups = self._learned_at.setdefault((new[0], new[3], new[4]), {})
-            groups.setdefault(group, set()).add(key)
+        if new is not None:  # (no setdefault: a set made for nothing costs each upcall)
+            mine = self._learned_of.get(new)
+            if mine is None:
+                self._learned_of[new] = {key}
+            else:
+                mine.add(key)
+            where = (new[0], new[3], new[4])
+            by_group = self._learned_at.get(where)
+            if by_group is None:
+                self._learned_at[where] = {group: {key}}
+            else:
+                same = by_group.get(group)
+                if same is None:
+                    by_group[group] = {key}
+                else:
+                    same.add(key)
 
     def rematch_entries(
         self, keys: Iterable[RouteKey], index: tpl.Index | None = None
