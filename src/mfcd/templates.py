@@ -165,46 +165,36 @@ class Index:
 
     def __init__(self, keys: Iterable[TemplateKey]) -> None:
         self.levels: dict[tuple[int, int, str], list[_Level]] = {}
-        by_lengths: dict[tuple[int, int, str], dict[tuple[int, int], _Level]] = {}
+        by_masks: dict[tuple[int, int, str], dict[tuple[int, int], _Level]] = {}
         for key in keys:
-            family, source, group, table, iif = key
-            g, s = prefix_of(group, family), prefix_of(source, family)
-            levels = by_lengths.setdefault((family, table, iif), {})
-            level = levels.get((g.length, s.length))
+            where, masks, networks = _arranged(key)
+            levels = by_masks.setdefault(where, {})
+            level = levels.get(masks)
             if level is None:
-                bits = _BITS[family]
-                masks = (_mask(g.length, bits), _mask(s.length, bits))
-                level = levels[(g.length, s.length)] = (*masks, {})
-            level[2][(g.network, s.network)] = key
-        for where, levels in by_lengths.items():
+                level = levels[masks] = (*masks, {})
+            level[2][networks] = key
+        for where, levels in by_masks.items():
             self.levels[where] = sorted(levels.values(), key=_most_specific_first)
 
     def add(self, key: TemplateKey) -> None:
         """Arrange one more template, as if it had been among the keys it was made of (a
         batch of templates then costs one each, not the whole index again each)."""
-        family, source, group, table, iif = key
-        g, s = prefix_of(group, family), prefix_of(source, family)
-        bits = _BITS[family]
-        masks = (_mask(g.length, bits), _mask(s.length, bits))
-        levels = self.levels.setdefault((family, table, iif), [])
+        where, masks, networks = _arranged(key)
+        levels = self.levels.setdefault(where, [])
         for gmask, smask, found in levels:
             if (gmask, smask) == masks:
-                found[(g.network, s.network)] = key
+                found[networks] = key
                 return
-        levels.append((*masks, {(g.network, s.network): key}))
+        levels.append((*masks, {networks: key}))
         levels.sort(key=_most_specific_first)
 
     def discard(self, key: TemplateKey) -> None:
         """Forget a template (if it is arranged), as if it had not been among the keys."""
-        family, source, group, table, iif = key
-        g, s = prefix_of(group, family), prefix_of(source, family)
-        bits = _BITS[family]
-        masks = (_mask(g.length, bits), _mask(s.length, bits))
-        where = (family, table, iif)
+        where, masks, networks = _arranged(key)
         levels = self.levels.get(where, [])
         for i, (gmask, smask, found) in enumerate(levels):
-            if (gmask, smask) == masks and found.get((g.network, s.network)) == key:
-                del found[(g.network, s.network)]
+            if (gmask, smask) == masks and found.get(networks) == key:
+                del found[networks]
                 if not found:
                     del levels[i]
                     if not levels:
@@ -231,6 +221,21 @@ class Index:
                 key = _best(levels, src, grp)
                 if key is not None:
                     yield iif, key
+
+
+def _arranged(
+    key: TemplateKey,
+) -> tuple[tuple[int, int, str], tuple[int, int], tuple[int, int]]:
+    """Where an Index keeps a template: its (family, table, iif), the (group, source) masks
+    of its level and its (group, source) networks."""
+    family, source, group, table, iif = key
+    g, s = prefix_of(group, family), prefix_of(source, family)
+    bits = _BITS[family]
+    return (
+        (family, table, iif),
+        (_mask(g.length, bits), _mask(s.length, bits)),
+        (g.network, s.network),
+    )
 
 
 def _most_specific_first(level: _Level) -> tuple[int, int]:
