@@ -1,15 +1,17 @@
 """The cost of a batch of templates added (and deleted) under many learned entries: the
 model's work to re-point the entries a template change can touch (Router._rematch).
 
-Usage: python bench/template_batch.py [--learned 50000] [--templates 2000] [--rounds 3]
+Usage: python bench/template_batch.py [--learned 50000] [--sources 25] [--templates 2000]
+[--rounds 3]
 
 No root, no kernel: a Controller on the unit tests' fake kernel (tests/unit/conftest), as
 the unit tests drive it. The learned entries come from one template, (*, 239.0.0.0/8) from
-r0 to r1: `--learned` flows, 25 sources to each group 239.10.x.y. Then, timed, one batch
-(one transaction) of `--templates` templates from r0 to r2 and one batch deleting them:
+r0 to r1: `--learned` flows, `--sources` sources to each group 239.10.x.y (at most 64,000
+groups). Then, timed, one batch (one transaction) of `--templates` templates from r0 to r2
+and one batch deleting them:
 
 disjoint  (*, 239.20.x.y): no learned entry is theirs to take
-takeover  (*, 239.10.x.y): each takes over the 25 entries of its group (and gives them
+takeover  (*, 239.10.x.y): each takes over the entries of its group (and gives them
           back to the wide template when deleted)
 """
 
@@ -27,14 +29,12 @@ from mfcd.controller import Controller
 from mfcd.model import DelTemplate
 from tests.unit.conftest import FakeKernel, FakeState
 
-SOURCES = 25  # learned entries per group
-
 
 def group(n: int, second: int) -> str:
     return f"239.{second}.{n // 250}.{n % 250 + 1}"
 
 
-def controller(learned: int) -> Controller:
+def controller(learned: int, sources: int = 25) -> Controller:
     """A controller with `learned` entries learned from (*, 239.0.0.0/8) on r0."""
     kernel = FakeKernel()
     kernel.names = {1: "r0", 2: "r1", 3: "r2"}
@@ -47,8 +47,8 @@ def controller(learned: int) -> Controller:
     assert vif is not None
     router.begin()
     for i in range(learned):
-        source = f"198.18.{i % SOURCES}.1"
-        template, steps = router.learn(4, 253, source, group(i // SOURCES, 10), vif.vifi)
+        source = f"198.18.{i % sources // 250}.{i % sources % 250 + 1}"
+        template, steps = router.learn(4, 253, source, group(i // sources, 10), vif.vifi)
         assert template is not None and steps
     router.commit()
     assert len(router.learned) == learned
@@ -72,10 +72,11 @@ def batch(ctl: Controller, templates: int, second: int) -> tuple[float, float, i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--learned", type=int, default=50000)
+    parser.add_argument("--sources", type=int, default=25)
     parser.add_argument("--templates", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    ctl = controller(args.learned)
+    ctl = controller(args.learned, args.sources)
     for _ in range(args.rounds):
         for name, second in (("disjoint", 20), ("takeover", 10)):
             added, deleted, steps = batch(ctl, args.templates, second)

@@ -338,6 +338,8 @@ _ROUTE_KEY_FAMILIES = (4, 6)
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+# The learned entries of one group (Router._learned_at): the key of the only one, or a set.
+_Entries = RouteKey | set[RouteKey]
 
 
 class _Counting(dict[_K, _V]):
@@ -516,9 +518,11 @@ class Router:
         # template's change can touch (_touched), without a scan of every learned entry. Both
         # are a function of `learned` alone, kept in step with it by _set, _pop and a
         # rollback (_index_learned); the iif is the template's, which is its entries' own
-        # (each is written from its template's Ports, whose iif is the template key's).
+        # (each is written from its template's Ports, whose iif is the template key's). A
+        # group with one entry holds that key, not a set of it (a set costs some 200 bytes:
+        # at one source per group, as many as the entries).
         self._learned_of: dict[TemplateKey, set[RouteKey]] = {}
-        self._learned_at: dict[tuple[int, int, str], dict[str, set[RouteKey]]] = {}
+        self._learned_at: dict[tuple[int, int, str], dict[str, _Entries]] = {}
         # Templates whose origin is not "api" (absent: "api"), like `origins` for routes.
         self.template_origins: dict[TemplateKey, str] = {}
         self._index: tpl.Index | None = None  # templates arranged for matching
@@ -1144,7 +1148,12 @@ class Router:
         groups = self._learned_at.get((family, table, iif))
         if not groups:
             return []
-        found = [k for keys in tpl.covered(tpl.prefix_of(group, family), groups) for k in keys]
+        found: list[RouteKey] = []
+        for entries in tpl.covered(tpl.prefix_of(group, family), groups):
+            if isinstance(entries, set):
+                found += entries
+            else:
+                found.append(entries)
         prefix = tpl.prefix_of(source, family)
         if prefix.length:
             number = tpl.address_number
@@ -1175,12 +1184,15 @@ class Router:
                 del self._learned_of[old]
             where = (old[0], old[3], old[4])
             groups = self._learned_at[where]
-            keys = groups[group]
-            keys.discard(key)
-            if not keys:
+            entries = groups[group]
+            if not isinstance(entries, set):  # (the key itself: the group's only entry)
                 del groups[group]
                 if not groups:
                     del self._learned_at[where]
+            else:
+                entries.discard(key)
+                if len(entries) == 1:
+                    groups[group] = next(iter(entries))
         if new is not None:  # (no setdefault: a set made for nothing costs each upcall)
             mine = self._learned_of.get(new)
             if mine is None:
@@ -1190,13 +1202,15 @@ class Router:
             where = (new[0], new[3], new[4])
             by_group = self._learned_at.get(where)
             if by_group is None:
-                self._learned_at[where] = {group: {key}}
+                self._learned_at[where] = {group: key}
             else:
                 same = by_group.get(group)
                 if same is None:
-                    by_group[group] = {key}
-                else:
+                    by_group[group] = key
+                elif isinstance(same, set):
                     same.add(key)
+                else:
+                    by_group[group] = {same, key}
 
     def rematch_entries(
         self, keys: Iterable[RouteKey], index: tpl.Index | None = None

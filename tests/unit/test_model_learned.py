@@ -48,11 +48,15 @@ class Oracle(Router):
 def from_scratch(learned: dict[RouteKey, TemplateKey]) -> tuple[Any, Any]:
     """What the indexes of `learned` should be."""
     of: dict[TemplateKey, set[RouteKey]] = {}
-    at: dict[tuple[int, int, str], dict[str, set[RouteKey]]] = {}
+    at: dict[tuple[int, int, str], dict[str, Any]] = {}
     for key, template in learned.items():
         of.setdefault(template, set()).add(key)
         where = (template[0], template[3], template[4])
         at.setdefault(where, {}).setdefault(key[2], set()).add(key)
+    for groups in at.values():  # (a group's only entry is held as itself)
+        for group, keys in groups.items():
+            if len(keys) == 1:
+                groups[group] = next(iter(keys))
     return of, at
 
 
@@ -104,6 +108,7 @@ actions = st.one_of(
     st.tuples(st.just("learn"), flows),
     st.tuples(st.just("learn"), flows),
     st.tuples(st.just("learn"), flows),
+    st.tuples(st.just("learn"), flows),
     st.tuples(st.just("repoint"), flows),
     st.tuples(st.just("unlearn"), st.integers(0, 30)),
     st.tuples(st.just("route"), flows, st.sampled_from(NAMES)),
@@ -113,8 +118,12 @@ actions = st.one_of(
 
 
 def with_links(router: Router) -> Router:
+    """The router with every interface up and templates that learn on a, b and c (so that
+    random actions learn often, several sources of a group too; they may be deleted)."""
     for name in NAMES:
         run(router, router.link_up, name, NAMES.index(name) + 1)
+    for iif, oif in (("a", "b"), ("b", "a"), ("c", "d")):
+        run(router, router.add_template, (4, "*", "239.0.0.0/8", TABLE, iif), Ports(iif, (oif,)))
     return router
 
 
