@@ -422,12 +422,12 @@ class Commands:
         if learner is None or not _names_template(args):
             return None
         key = self._del_template(args).key
-        if key not in self.controller.router.learned.values():
+        if not self.controller.router.learned_count(key):
             return None
 
         async def answer() -> bytes:
             drained: list[Step] = []  # (only counted: see _change)
-            learned = [k for k, t in self.controller.router.learned.items() if t == key]
+            learned = self.controller.router.learned_from(key)
             try:
                 await run_sliced(learner.retiring(key, drained))
                 result = self._change(

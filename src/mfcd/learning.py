@@ -374,7 +374,7 @@ class Learner:
         are added to `steps`. The template itself stays: the caller deletes it."""
         self.retired.add(template)
         try:
-            keys = [k for k, t in self.router.learned.items() if t == template]
+            keys = self.router.learned_from(template)
             for start in range(0, len(keys), STEP):
                 yield self._rematch(keys[start : start + STEP], template, steps)
         finally:

@@ -338,6 +338,8 @@ _ROUTE_KEY_FAMILIES = (4, 6)
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+# The learned entries of one group (Router._learned_at): the key of the only one, or a set.
+_Entries = RouteKey | set[RouteKey]
 
 
 class _Counting(dict[_K, _V]):
@@ -413,7 +415,11 @@ class _UndoLog:
             elif kind == _RUN:
                 router._undo_run(key, old)
             elif kind == _DICT:
-                if target is routes and router._installed_n >= 0:
+                if target is router.learned:  # (its indexes follow it: see _index_learned)
+                    router._index_learned(key, target.get(key), None if old is _MISSING else old)
+                elif target is router.templates:
+                    router._index = None  # (made again when next asked for)
+                elif target is routes and router._installed_n >= 0:
                     # The count stays exact: a dry run or a refused change ends in a
                     # rollback, and counting again walks every route (46 ms at 1,000,000).
                     was, now = old.__class__ is Placed, routes.get(key).__class__ is Placed
@@ -508,6 +514,15 @@ class Router:
         self.templates: dict[TemplateKey, Ports] = {}
         self.holding: dict[TemplateKey, None] = {}
         self.learned: dict[RouteKey, TemplateKey] = {}  # learned route -> its template
+        # The learned entries by template, and by (family, table, iif) and group: what a
+        # template's change can touch (_touched), without a scan of every learned entry. Both
+        # are a function of `learned` alone, kept in step with it by _set, _pop and a
+        # rollback (_index_learned); the iif is the template's, which is its entries' own
+        # (each is written from its template's Ports, whose iif is the template key's). A
+        # group with one entry holds that key, not a set of it (a set costs some 200 bytes:
+        # at one source per group, as many as the entries).
+        self._learned_of: dict[TemplateKey, set[RouteKey]] = {}
+        self._learned_at: dict[tuple[int, int, str], dict[str, _Entries]] = {}
         # Templates whose origin is not "api" (absent: "api"), like `origins` for routes.
         self.template_origins: dict[TemplateKey, str] = {}
         self._index: tpl.Index | None = None  # templates arranged for matching
@@ -566,7 +581,10 @@ class Router:
         if d is self.vifs or d is self.thresholds:
             self._forget_direct()
         elif d is self.templates:
-            self._index = None
+            if self._index is not None and key not in d:
+                self._index.add(key)  # (cheaper than making it again for the next match)
+        elif d is self.learned:
+            self._index_learned(key, d.get(key), value)
         if self._undo is not None:
             self._undo.append((_DICT, d, key, d.get(key, _MISSING)))
         d[key] = value
@@ -575,7 +593,10 @@ class Router:
         if d is self.vifs or d is self.thresholds:
             self._forget_direct()
         elif d is self.templates:
-            self._index = None
+            if self._index is not None:
+                self._index.discard(key)
+        elif d is self.learned and key in d:
+            self._index_learned(key, d[key], None)
         if key in d:
             if self._undo is not None:
                 self._undo.append((_DICT, d, key, d[key]))
@@ -1009,6 +1030,7 @@ class Router:
         """Add or replace a template: hold VIFs on its interfaces (pending while one is
         missing), then point the learned entries it now matches best at it. Raises VifLimit
         like add (leaving the transaction to roll back)."""
+        assert ports.iif == key[4], "a template's iif is part of its key (see _learned_at)"
         ports = self.share(ports)
         old = self.templates.get(key)
         if old == ports:
@@ -1020,7 +1042,7 @@ class Router:
             self._pop(self.holding, key)
         self._set(self.templates, key, ports)
         steps = self._hold(key, ports, block=False)
-        steps += self._rematch(key[0], key[3], key[4])
+        steps += self._rematch(key)
         if held and old is not None:
             steps += self._release_all(key[0], key[3], old)
         return steps
@@ -1038,7 +1060,7 @@ class Router:
         if held:
             self._pop(self.holding, key)
         # Only the entries learned from it can change: for the others it was not the best.
-        steps = self._rematch(key[0], key[3], key[4], of=key)
+        steps = self._rematch(key, deleted=True)
         if held:
             steps += self._release_all(key[0], key[3], ports)
         return steps
@@ -1125,18 +1147,84 @@ class Router:
             return None
         return slots[vif]
 
-    def _rematch(
-        self, family: int, table: int, iif: str, of: TemplateKey | None = None
-    ) -> list[Step]:
-        """Point each learned entry arriving on `iif` (learned from `of`, if given) at its
-        best template now, or remove it."""
-        routes, learned = self.routes, self.learned
-        keys = [
-            k
-            for k, t in learned.items()
-            if k[0] == family and k[3] == table and (of is None or t == of)
-        ]
-        return self.rematch_entries([k for k in keys if routes[k].iif == iif])
+    def _rematch(self, key: TemplateKey, deleted: bool = False) -> list[Step]:
+        """Point the learned entries a change of template `key` can touch at their best
+        template now, or remove them: those learned from it when it is `deleted`, else those
+        of its interface it contains (for any other it cannot be the best match, before or
+        after). The same as matching every learned entry of its interface again (the model
+        tests compare both), without a scan of them; in sorted order, as plans show them."""
+        keys = self.learned_from(key) if deleted else self._touched(key)
+        return self.rematch_entries(keys)
+
+    def _touched(self, key: TemplateKey) -> list[RouteKey]:
+        """The learned entries of a template's family, table and iif that it contains, sorted."""
+        family, source, group, table, iif = key
+        groups = self._learned_at.get((family, table, iif))
+        if not groups:
+            return []
+        found: list[RouteKey] = []
+        for entries in tpl.covered(tpl.prefix_of(group, family), groups):
+            if isinstance(entries, set):
+                found += entries
+            else:
+                found.append(entries)
+        prefix = tpl.prefix_of(source, family)
+        if prefix.length:
+            number = tpl.address_number
+            found = [k for k in found if tpl.contains(prefix, number(family, k[1]))]
+        return sorted(found)
+
+    def learned_from(self, template: TemplateKey) -> list[RouteKey]:
+        """The entries learned from a template, sorted (an index lookup, not a scan)."""
+        return sorted(self._learned_of.get(template, ()))
+
+    def learned_count(self, template: TemplateKey) -> int:
+        """How many entries are learned from a template."""
+        return len(self._learned_of.get(template, ()))
+
+    def _index_learned(
+        self, key: RouteKey, old: TemplateKey | None, new: TemplateKey | None
+    ) -> None:
+        """Move a learned entry in the indexes of `learned` (see __init__) as its template
+        goes from `old` to `new` (None: not learned). Called before `learned` changes, and
+        by a rollback as it puts an old value back, so they always agree with it."""
+        if old == new:
+            return
+        group = key[2]
+        if old is not None:
+            of = self._learned_of[old]
+            of.discard(key)
+            if not of:
+                del self._learned_of[old]
+            where = (old[0], old[3], old[4])
+            groups = self._learned_at[where]
+            entries = groups[group]
+            if not isinstance(entries, set):  # (the key itself: the group's only entry)
+                del groups[group]
+                if not groups:
+                    del self._learned_at[where]
+            else:
+                entries.discard(key)
+                if len(entries) == 1:
+                    groups[group] = next(iter(entries))
+        if new is not None:  # (no setdefault: a set made for nothing costs each upcall)
+            mine = self._learned_of.get(new)
+            if mine is None:
+                self._learned_of[new] = {key}
+            else:
+                mine.add(key)
+            where = (new[0], new[3], new[4])
+            by_group = self._learned_at.get(where)
+            if by_group is None:
+                self._learned_at[where] = {group: key}
+            else:
+                same = by_group.get(group)
+                if same is None:
+                    by_group[group] = key
+                elif isinstance(same, set):
+                    same.add(key)
+                else:
+                    by_group[group] = {same, key}
 
     def rematch_entries(
         self, keys: Iterable[RouteKey], index: tpl.Index | None = None
@@ -1149,7 +1237,7 @@ class Router:
         for key in keys:
             if key not in learned:
                 continue
-            if index is None:  # (only now: each template added drops it, see _set)
+            if index is None:  # (only now: a rollback drops it)
                 index = self.template_index()
             family, source, group, table = key
             best = index.match(family, table, routes[key].iif, source, group)

@@ -25,8 +25,8 @@ same prefixes, so they are one template. No overlap is ambiguous, and none is re
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple, TypeVar
 
 from mfcd.errors import InvalidArgument
 
@@ -35,6 +35,7 @@ TemplateKey = tuple[int, str, str, int, str]
 ANY = "*"
 _BITS = {4: 32, 6: 128}
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_V = TypeVar("_V")
 
 
 class Prefix(NamedTuple):
@@ -123,6 +124,23 @@ def contains(prefix: Prefix, number: int) -> bool:
     return number >> (bits - prefix.length) == prefix.network >> (bits - prefix.length)
 
 
+def covered(prefix: Prefix, by_address: Mapping[str, _V]) -> list[_V]:
+    """The values of `by_address` (keyed by canonical address text) whose address `prefix`
+    contains: each address of a prefix looked up when it has fewer than the mapping has
+    keys (a (*,G) template: one), else each key tested."""
+    bits = _BITS[prefix.family]
+    span = 1 << (bits - prefix.length)
+    if span <= len(by_address):
+        family, network = prefix.family, prefix.network
+        texts = (text_of(family, network + i, bits) for i in range(span))
+        return [by_address[text] for text in texts if text in by_address]
+    return [
+        value
+        for text, value in by_address.items()
+        if contains(prefix, address_number(prefix.family, text))
+    ]
+
+
 def specificity(key: TemplateKey) -> tuple[int, int]:
     """How specific a template is: (group prefix length, source prefix length); larger wins."""
     return prefix_of(key[2], key[0]).length, prefix_of(key[1], key[0]).length
@@ -147,19 +165,41 @@ class Index:
 
     def __init__(self, keys: Iterable[TemplateKey]) -> None:
         self.levels: dict[tuple[int, int, str], list[_Level]] = {}
-        by_lengths: dict[tuple[int, int, str], dict[tuple[int, int], _Level]] = {}
+        by_masks: dict[tuple[int, int, str], dict[tuple[int, int], _Level]] = {}
         for key in keys:
-            family, source, group, table, iif = key
-            g, s = prefix_of(group, family), prefix_of(source, family)
-            levels = by_lengths.setdefault((family, table, iif), {})
-            level = levels.get((g.length, s.length))
+            where, masks, networks = _arranged(key)
+            levels = by_masks.setdefault(where, {})
+            level = levels.get(masks)
             if level is None:
-                bits = _BITS[family]
-                masks = (_mask(g.length, bits), _mask(s.length, bits))
-                level = levels[(g.length, s.length)] = (*masks, {})
-            level[2][(g.network, s.network)] = key
-        for where, levels in by_lengths.items():
-            self.levels[where] = sorted(levels.values(), key=lambda lv: (-lv[0], -lv[1]))
+                level = levels[masks] = (*masks, {})
+            level[2][networks] = key
+        for where, levels in by_masks.items():
+            self.levels[where] = sorted(levels.values(), key=_most_specific_first)
+
+    def add(self, key: TemplateKey) -> None:
+        """Arrange one more template, as if it had been among the keys it was made of (a
+        batch of templates then costs one each, not the whole index again each)."""
+        where, masks, networks = _arranged(key)
+        levels = self.levels.setdefault(where, [])
+        for gmask, smask, found in levels:
+            if (gmask, smask) == masks:
+                found[networks] = key
+                return
+        levels.append((*masks, {networks: key}))
+        levels.sort(key=_most_specific_first)
+
+    def discard(self, key: TemplateKey) -> None:
+        """Forget a template (if it is arranged), as if it had not been among the keys."""
+        where, masks, networks = _arranged(key)
+        levels = self.levels.get(where, [])
+        for i, (gmask, smask, found) in enumerate(levels):
+            if (gmask, smask) == masks and found.get(networks) == key:
+                del found[networks]
+                if not found:
+                    del levels[i]
+                    if not levels:
+                        del self.levels[where]
+                return
 
     def match(
         self, family: int, table: int, iif: str, source: str, group: str
@@ -181,6 +221,25 @@ class Index:
                 key = _best(levels, src, grp)
                 if key is not None:
                     yield iif, key
+
+
+def _arranged(
+    key: TemplateKey,
+) -> tuple[tuple[int, int, str], tuple[int, int], tuple[int, int]]:
+    """Where an Index keeps a template: its (family, table, iif), the (group, source) masks
+    of its level and its (group, source) networks."""
+    family, source, group, table, iif = key
+    g, s = prefix_of(group, family), prefix_of(source, family)
+    bits = _BITS[family]
+    return (
+        (family, table, iif),
+        (_mask(g.length, bits), _mask(s.length, bits)),
+        (g.network, s.network),
+    )
+
+
+def _most_specific_first(level: _Level) -> tuple[int, int]:
+    return -level[0], -level[1]
 
 
 def _mask(length: int, bits: int) -> int:

@@ -543,7 +543,6 @@ class Views:
         source and iif, each with the number of entries learned from it."""
         if not router.templates:
             return []
-        counts = Counter(router.learned.values())
         out = []
         for key in sorted(router.templates, key=_template_order):
             family, source, group, number, iif = key
@@ -560,7 +559,7 @@ class Views:
                 "state": status.state,
                 "origin": router.template_origin(key),
                 "template": True,
-                "learned": counts[key],
+                "learned": router.learned_count(key),
             }
             if status.state != "installed":
                 entry["missing"] = list(status.missing)

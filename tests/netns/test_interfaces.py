@@ -14,18 +14,24 @@ from tests.netns.conftest import Mfcd, route_args
 from tests.netns.test_forwarding import FLOWS, add, received
 
 
+def add_waiting(mfcd: Mfcd, family: int, iif: str, oifs: str, state: str, *missing: str) -> str:
+    """`mfc add` of the family's flow naming interfaces that do not exist: the command and
+    `show` say the route is `state`, waiting for `missing`. Its group."""
+    source, group = FLOWS[family]
+    out = mfcd.ok("mfc", "add", "--source", source, "--group", group, "--iif", iif, "--oifs", oifs)
+    assert state in out and all(name in out for name in missing), out
+    route = mfcd.wait_state(group, state)
+    assert route["missing"] == list(missing)
+    assert route["reason"] == "waiting for " + ", ".join(missing)
+    return group
+
+
 @pytest.mark.lab(receivers=4, linked=3)
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_route_naming_a_missing_oif_forwards_to_the_others_at_once(
     lab: Lab, mfcd: Mfcd, family: int
 ) -> None:
-    source, group = FLOWS[family]
-    out = mfcd.ok(
-        "mfc", "add", "--source", source, "--group", group, "--iif", "r0", "--oifs", "r1,r4"
-    )
-    assert "degraded" in out and "r4" in out
-    route = mfcd.wait_state(group, "degraded")
-    assert route["missing"] == ["r4"] and route["reason"] == "waiting for r4"
+    group = add_waiting(mfcd, family, "r0", "r1,r4", "degraded", "r4")
     assert received(lab, family) == [5, 0, 0, 0]  # r1 at once, not after r4 appears
 
     lab.add_receiver_link(4)  # the interface appears: no command needed
@@ -38,13 +44,7 @@ def test_a_route_naming_a_missing_oif_forwards_to_the_others_at_once(
 def test_a_route_naming_a_missing_iif_is_pending_until_it_appears(
     lab: Lab, mfcd: Mfcd, family: int
 ) -> None:
-    source, group = FLOWS[family]
-    out = mfcd.ok(
-        "mfc", "add", "--source", source, "--group", group, "--iif", "r4", "--oifs", "r1,r5"
-    )
-    assert "pending" in out and "r4" in out
-    route = mfcd.wait_state(group, "pending")
-    assert route["missing"] == ["r4", "r5"] and route["reason"] == "waiting for r4, r5"
+    group = add_waiting(mfcd, family, "r4", "r1,r5", "pending", "r4", "r5")
     assert kernel_tables.mfc(lab, family) == {}
     assert kernel_tables.vifs(lab, family) == {}  # nothing reserved for a pending route
 

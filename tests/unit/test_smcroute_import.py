@@ -30,8 +30,23 @@ def loads(tmp_path: Path, converted: smcroute_import.Converted) -> Declarations:
     return config.load_all(str(out))[1]
 
 
+def loads_clean(tmp_path: Path, text: str) -> Declarations:
+    """`loads` of the conversion of `text`, which converts with no problem and no warning."""
+    converted = convert(tmp_path, text)
+    assert converted.problems == converted.warnings == []
+    return loads(tmp_path, converted)
+
+
 def numbers(messages: list[str]) -> list[int]:
     return [int(m.split(":")[1]) for m in messages]
+
+
+def said(messages: list[str], *expected: tuple[int, str]) -> None:
+    """The messages are one per (line, words) expected, in order: each about that line of
+    the input and saying those words."""
+    assert numbers(messages) == [line for line, _ in expected], messages
+    for message, (line, words) in zip(messages, expected, strict=True):
+        assert words in message, f"line {line}: {words!r} not in {message!r}"
 
 
 # --- what mfcd's reader refuses is not written ---------------------------------------------------
@@ -49,9 +64,13 @@ REFUSED = [
 
 def test_each_line_mfcd_would_refuse_is_a_not_converted_comment(tmp_path: Path) -> None:
     converted = convert(tmp_path, "\n".join(REFUSED) + "\n")
-    assert numbers(converted.problems) == [1, 2, 3, 6]
-    assert "replaced by " in converted.problems[0]  # by line 4, see below
-    assert "link-local" in converted.problems[1]
+    said(
+        converted.problems,
+        (1, "smcroute.conf:1: replaced by "),  # by line 4, see below
+        (2, "group 224.0.0.5 is link-local"),
+        (3, "oifs 'averyveryverylongname0' is not a valid interface name"),
+        (6, "source 127.0.0.1 is a loopback address"),
+    )
     for k in (1, 2, 3, 6):
         assert f"# NOT CONVERTED: {REFUSED[k - 1]}\n" in converted.text
     found = loads(tmp_path, converted)
@@ -132,24 +151,28 @@ def test_a_disabled_interface_is_left_out_of_the_oifs_with_a_warning(tmp_path: P
     )
     found = loads(tmp_path, converted)
     assert [p.oifs for p in found.routes.values()] == [("eth1",)]
-    assert numbers(converted.problems) == [4, 5]  # no oif left; from a disabled iif
-    assert "smcroute routes nothing from it" in converted.problems[1]
-    assert numbers(converted.warnings) == [3, 3, 6, 7]
-    assert "oif eth9 left out: phyint eth9 disable (at " in converted.warnings[0]
-    assert "oif vlan5 left out: phyint vlan+ disable" in converted.warnings[1]
-    assert "oif eth+ matches eth9" in converted.warnings[2]
-    assert "iif vlan+ matches vlan+" in converted.warnings[3]
+    said(
+        converted.problems,
+        (4, "every oif (eth9) is disabled by phyint ... disable: smcroute installs no route"),
+        (5, "smcroute routes nothing from it"),
+    )
+    said(
+        converted.warnings,
+        (3, "oif eth9 left out: phyint eth9 disable (at "),
+        (3, "oif vlan5 left out: phyint vlan+ disable"),
+        (6, "oif eth+ matches eth9"),
+        (7, "iif vlan+ matches vlan+"),
+    )
     assert numbers(converted.report) == [3, 3, 4, 5, 6, 7]
 
 
 def test_a_later_enable_undoes_a_disable(tmp_path: Path) -> None:
-    converted = convert(
+    found = loads_clean(
         tmp_path,
         "phyint eth9 disable\nphyint eth9 enable\n"
         "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1 eth9\n",
     )
-    assert converted.problems == converted.warnings == []
-    assert [p.oifs for p in loads(tmp_path, converted).routes.values()] == [("eth1", "eth9")]
+    assert [p.oifs for p in found.routes.values()] == [("eth1", "eth9")]
 
 
 # --- a trailing backslash continues nothing, as in smcroute ------------------------------------
@@ -169,11 +192,18 @@ def test_a_trailing_backslash_continues_nothing(tmp_path: Path) -> None:
     found = loads(tmp_path, converted)
     assert [p.oifs for p in found.routes.values()] == [("eth1",), ("eth1",)]
     assert [j.group for j in found.joins] == ["239.1.1.9"]
-    assert numbers(converted.problems) == [2, 5]
+    said(
+        converted.problems,
+        (2, "unknown directive 'eth2' (smcroute.conf has phyint, mroute, mgroup, ssmgroup and"),
+        (5, "the trailing backslash continues nothing in smcroute"),
+    )
     assert "the line before ends in a backslash" in converted.problems[0]
-    assert "continues nothing" in converted.problems[1]
-    assert numbers(converted.warnings) == [1, 3, 4]
-    assert "oif eth2\\ left out" in converted.warnings[1]
+    said(
+        converted.warnings,
+        (1, "warning: the trailing backslash is left out: smcroute reads each line on its own"),
+        (3, "oif eth2\\ left out"),
+        (4, "warning: the trailing backslash is left out"),
+    )
     assert "# NOT CONVERTED: eth2\n" in converted.text
 
 
@@ -196,11 +226,12 @@ def test_a_comment_starts_at_a_word_that_begins_with_a_hash(tmp_path: Path) -> N
     found = loads(tmp_path, converted)
     assert [p.oifs for p in found.routes.values()] == [("r1", "r3"), ("r1",), ("r1",)]
     assert found.interfaces["r1"].threshold == 3
-    assert numbers(converted.problems) == [6]
-    assert "mroute needs `to OIF...`" in converted.problems[0]
-    assert numbers(converted.warnings) == [3, 4]
-    assert "oif r2#x left out: a comment starts only at a word" in converted.warnings[0]
-    assert "the comment '# r2 r3' is left out, but smcroute reads" in converted.warnings[1]
+    said(converted.problems, (6, "mroute needs `to OIF...`"))
+    said(
+        converted.warnings,
+        (3, "oif r2#x left out: a comment starts only at a word"),
+        (4, "the comment '# r2 r3' is left out, but smcroute reads"),
+    )
 
 
 def test_a_line_longer_than_smcroutes_buffer_is_read_as_two(tmp_path: Path) -> None:
@@ -209,15 +240,12 @@ def test_a_line_longer_than_smcroutes_buffer_is_read_as_two(tmp_path: Path) -> N
     route = "mroute from r0 source 198.18.0.1 group 239.1.1.1 to r1"
     converted = convert(tmp_path, route + " " * (511 - len(route)) + "r2\n")
     assert [p.oifs for p in loads(tmp_path, converted).routes.values()] == [("r1",)]
-    assert (
-        numbers(converted.warnings) == [1] and "longer than the 511 bytes" in converted.warnings[0]
-    )
-    assert numbers(converted.problems) == [1] and "unknown directive 'r2'" in converted.problems[0]
+    said(converted.warnings, (1, "longer than the 511 bytes"))
+    said(converted.problems, (1, "unknown directive 'r2'"))
     assert "# NOT CONVERTED: r2\n" in converted.text
     # 511 bytes and a newline: one line (the newline is read as an empty line).
-    converted = convert(tmp_path, route + " " * (509 - len(route)) + "r2\n")
-    assert converted.problems == converted.warnings == []
-    assert [p.oifs for p in loads(tmp_path, converted).routes.values()] == [("r1", "r2")]
+    found = loads_clean(tmp_path, route + " " * (509 - len(route)) + "r2\n")
+    assert [p.oifs for p in found.routes.values()] == [("r1", "r2")]
 
 
 # --- the same route on two lines: smcroute merges the oifs -----------------------------------
@@ -258,7 +286,7 @@ def test_the_same_source_and_group_from_another_iif_replaces_the_route(tmp_path:
         "mroute from r0 source 198.18.0.21 group 239.3.3.3 to r1\n"
         "mroute from r2 source 198.18.0.21 group 239.3.3.3 to r3\n",
     )
-    assert numbers(converted.problems) == [2, 4]
+    said(converted.problems, (2, f"replaced by {path}:3, "), (4, f"replaced by {path}:5, "))
     assert converted.problems[0].endswith(
         f"replaced by {path}:3, the same source and group from another iif: smcroute installs"
         " that one after it, and the kernel keeps only the last (mfcd takes one iif per source"
@@ -277,8 +305,11 @@ def test_a_route_merged_into_one_not_converted_is_not_converted(tmp_path: Path) 
         "mroute from r0 source 198.18.0.10 group 224.0.0.5 to r1\n"
         "mroute from r0 source 198.18.0.10 group 224.0.0.5 to r3\n",
     )
-    assert numbers(converted.problems) == [1, 2]
-    assert "merged into the route of" in converted.problems[1]
+    said(
+        converted.problems,
+        (1, "group 224.0.0.5 is link-local"),
+        (2, "merged into the route of"),
+    )
     assert loads(tmp_path, converted).routes == {}
 
 
