@@ -508,6 +508,10 @@ class Router:
         self.templates: dict[TemplateKey, Ports] = {}
         self.holding: dict[TemplateKey, None] = {}
         self.learned: dict[RouteKey, TemplateKey] = {}  # learned route -> its template
+        # The learned entries removed since the learner last took them (take_unlearned), with
+        # the template and iif they had: gone from the model once a change of templates is
+        # applied, and what the monitor's `expired` event of each must name.
+        self.unlearned: dict[RouteKey, tuple[TemplateKey, str]] = {}
         # Templates whose origin is not "api" (absent: "api"), like `origins` for routes.
         self.template_origins: dict[TemplateKey, str] = {}
         self._index: tpl.Index | None = None  # templates arranged for matching
@@ -1100,10 +1104,16 @@ class Router:
             return []
         self._forget_pending(key, ports)
         steps = self._uninstall(key, ports)  # (while `routes` holds its entry)
+        self.unlearned[key] = (self.learned[key], ports.iif)  # (a rollback leaves it learned)
         self._pop(self.routes, key)
         self._pop(self.origins, key)
         self._pop(self.learned, key)
         return steps
+
+    def take_unlearned(self) -> dict[RouteKey, tuple[TemplateKey, str]]:
+        """The learned entries removed since the last call (see `unlearned`), forgotten here."""
+        unlearned, self.unlearned = self.unlearned, {}
+        return unlearned
 
     def _vif_name(self, family: int, table: int, vif: int) -> str | None:
         slots = self.slots.get((family, table))
