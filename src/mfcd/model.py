@@ -83,6 +83,12 @@ class Ports(NamedTuple):
         return (self.iif, *self.oifs)
 
 
+def renamed_from(links: Mapping[str, int], interface: str, ifindex: int) -> str | None:
+    """The name an interface (`interface`, `ifindex`, as an RTM_NEWLINK names it) had in
+    `links` under another name, if it was renamed (the kernel keeps its index); else None."""
+    return next((n for n, i in links.items() if i == ifindex and n != interface), None)
+
+
 class Route(NamedTuple):
     """A desired (S,G) route: packets from `source` to `group` arriving on `iif` leave on `oifs`."""
 
