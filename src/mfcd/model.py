@@ -558,6 +558,9 @@ class Router:
             self._log.rollback()  # (which forgets the direct path's cache if it must)
         self._log = self._undo = None
         self._index = None
+        if self.unlearned:  # (a dry run's: kept no longer than the entries it let go)
+            learned = self.learned
+            self.unlearned = {k: v for k, v in self.unlearned.items() if k not in learned}
 
     def _forget_direct(self) -> None:
         if self._direct:

@@ -120,3 +120,11 @@ def test_entries_gone_with_a_wildcard_iif_template_are_told_with_their_own_iif()
     expired = {**learned, "reason": "template_deleted"}
     assert told(subscriber) == [{"event": "expired", **expired}]
     assert ctl.router.unlearned == {}  # (taken: nothing kept from one change to the next)
+
+
+def test_a_dry_run_keeps_no_record_of_the_entries_it_would_let_go() -> None:
+    ctl, _, learner, _ = setup()
+    ctl.change([star("239.1.0.0/16", "a", "b")])
+    learner.on_upcalls([upcall(ctl, "198.18.0.2", "239.1.1.1", "a")])
+    ctl.change([DelTemplate(tkey("239.1.0.0/16", "a"))], dry_run=True)
+    assert ctl.router.unlearned == {} and key("198.18.0.2") in ctl.router.learned
