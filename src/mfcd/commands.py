@@ -76,7 +76,7 @@ from mfcd.model import (
 )
 from mfcd.slices import run_sliced
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import is_wildcard
+from mfcd.wildcards import Pattern, expansion_of, is_wildcard
 
 log = logging.getLogger("mfcd")
 _new = tuple.__new__
@@ -1437,7 +1437,14 @@ def _tell_template(
     )
     if isinstance(change, DelTemplate):
         bus.emit("template.del", **fields)
-    elif key in router.templates:
+        return
+    before = {} if old is None else {"was": list(old.oifs)}  # (as a plan's line says)
+    if key in router.templates:
         oifs = list(router.templates[key].oifs)
-        before = {} if old is None else {"was": list(old.oifs)}  # (as a plan's line says)
         bus.emit("template.add", **fields, oifs=oifs, state=router.status(key).state, **before)
+    elif isinstance(change.ports, Pattern):
+        # A wildcard iif (or oifs that match no interface yet): the model holds one template
+        # per interface it matches, or none; told as given, installed if one holds its VIFs.
+        held = any(expansion_of(k, key) for k in router.holding)
+        state = "installed" if held else "pending"
+        bus.emit("template.add", **fields, oifs=list(change.ports.oifs), state=state, **before)

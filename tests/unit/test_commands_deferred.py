@@ -144,3 +144,19 @@ def test_an_add_that_replaces_a_route_or_template_says_what_it_was() -> None:
     ]
     assert (events[2]["iif"], events[2]["oifs"]) == ("c", ["b"])
     assert events[4]["oifs"] == ["c"]
+
+
+def test_a_template_with_a_wildcard_iif_is_told_as_given_when_added_and_replaced() -> None:
+    commands = make_commands()
+    commands.controller.link_up("up1", 21)
+    sub = commands.events.subscribe(lambda: None)
+    template = {"group": "239.4.0.0/16", "iif": "up+", "oifs": ["b"]}
+    assert ask(commands, "mfc.add", template)["ok"]
+    assert ask(commands, "mfc.add", {**template, "oifs": ["b", "c"]})["ok"]
+    assert ask(commands, "mfc.del", {"group": "239.4.0.0/16", "iif": "up+"})["ok"]
+    told = [(e["event"], e["iif"], e.get("oifs"), e.get("state"), e.get("was")) for e in sub.take()]
+    assert told == [
+        ("template.add", "up+", ["b"], "installed", None),
+        ("template.add", "up+", ["b", "c"], "installed", ["b"]),
+        ("template.del", "up+", None, None, None),
+    ]
