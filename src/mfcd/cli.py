@@ -675,9 +675,11 @@ def _monitor_command(sub: Any) -> None:
         "monitor",
         help="print mfcd's events as they happen",
         description="Print mfcd's events as they happen, one line each (JSON lines with"
-        " --output json): routes and templates added and removed, entries learned from"
-        " templates and expired, interface changes, repairs, reloads (what a reload changed"
-        " comes with origin config; a failed reload gives reload.failed with its error)."
+        " --output json): routes and templates added, replaced (with what they had) and"
+        " removed, entries learned from templates and expired, interface changes (a rename"
+        " as the old name deleted and the new one new), settings, joins, repairs, reloads"
+        " (what a reload changed comes with origin config; a failed reload gives"
+        " reload.failed with its error)."
         " A reader that falls behind loses events; a `gap` line says how many. Ctrl-C to"
         " stop.",
     )
@@ -1316,11 +1318,7 @@ def _take_over_step(entry: dict[str, Any]) -> str:
     what = f"take over api route {entry['source']} -> {entry['group']}"
     if _other_table(entry):
         what += f" table {entry['table']}"
-    was, changes = entry["was"], []
-    if was["iif"] != entry["iif"]:
-        changes.append(f"iif {was['iif']} -> {entry['iif']}")
-    if sorted(was["oifs"]) != sorted(entry["oifs"]):
-        changes.append(f"oifs {','.join(was['oifs']) or 'none'} -> {','.join(entry['oifs'])}")
+    changes = _interface_changes(entry["was"], entry)
     return f"{what} ({'; '.join(changes) or 'unchanged'})"
 
 
@@ -1365,39 +1363,121 @@ def format_diagnosis(result: dict[str, Any]) -> str:
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """One monitor event on one line."""
+    """One monitor event on one line, as people read it (-o json gives the fields)."""
     stamp = time.strftime("%H:%M:%S", time.localtime(event.get("time", 0)))
     kind = str(event.get("event"))
-    if kind.startswith(("route.", "learned", "expired")) and "source" in event:
-        text = f"{event.get('family')} {event['source']} -> {event.get('group')}"
-        if "iif" in event:
-            text += f" iif {event['iif']}"
-        if "oifs" in event:
-            text += f" oifs {','.join(event['oifs'])}"
-        if isinstance(event.get("template"), dict):  # learned, expired: from which template
-            text += f" from {event['template'].get('source')} -> {event['template'].get('group')}"
-        if event.get("reason") and kind == "expired":
-            text += f" ({event['reason']})"
-        if _other_table(event):
-            text += f" table {event['table']}"
-        if kind == "route.state" or event.get("state", "installed") != "installed":
-            text += f" ({event['state']}{': ' + event['reason'] if event.get('reason') else ''})"
-        if event.get("origin", "api") != "api":
-            text += f" [{event['origin']}]"
-    elif kind == "link":
-        text = f"{event.get('action')} {event.get('interface')}"
-        details = [f"ifindex {event['ifindex']}"] if event.get("ifindex") is not None else []
-        if "up" in event and event.get("action") != "del":
-            details.append("up" if event["up"] else "down")
-        if details:
-            text += f" ({', '.join(details)})"
-    elif kind == "gap":
-        text = f"{event.get('dropped')} events dropped (mfcctl read too slowly)"
+    if kind.startswith(("route.", "template.", "learned", "expired")) and "source" in event:
+        text = _route_event(kind, event)
     else:
-        text = " ".join(
-            f"{k}={v}" for k, v in event.items() if k not in ("event", "time") and v is not None
-        )
+        text = _EVENT_TEXTS.get(kind, _fields_text)(event)
     return f"{stamp} {kind} {text}".rstrip()
+
+
+def _route_event(kind: str, event: dict[str, Any]) -> str:
+    """`ipv4 198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 table 100 (pending: why) [config]`:
+    a route's, template's or learned entry's event."""
+    text = f"{event.get('family')} {event['source']} -> {event.get('group')}"
+    if "iif" in event:
+        text += f" iif {event['iif']}"
+    if "oifs" in event:
+        text += f" oifs {','.join(event['oifs']) or 'none'}"
+    if isinstance(event.get("template"), dict):  # learned, expired: from which template
+        text += f" from {event['template'].get('source')} -> {event['template'].get('group')}"
+    if event.get("reason") and kind == "expired":
+        text += f" ({event['reason']})"
+    if _other_table(event):
+        text += f" table {event['table']}"
+    if kind == "route.state" or event.get("state", "installed") != "installed":
+        text += f" ({event['state']}{': ' + event['reason'] if event.get('reason') else ''})"
+    if "was" in event:
+        text += _replaced(event)
+    return text + _origin_mark(event)
+
+
+def _replaced(event: dict[str, Any]) -> str:
+    """` (replaced: oifs r1 -> r1,r2)`: what a route.add or template.add replaced (`was`:
+    a route's iif and oifs, a template's oifs)."""
+    was = event["was"]
+    changes = _interface_changes(was if isinstance(was, dict) else {"oifs": was}, event)
+    return f" (replaced: {'; '.join(changes)})" if changes else " (replaced, same interfaces)"
+
+
+def _interface_changes(was: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`iif r0 -> r1`, `oifs r1,r2 -> r1`: how a route's (or template's) interfaces changed."""
+    changes = []
+    if "iif" in was and was["iif"] != now.get("iif"):
+        changes.append(f"iif {was['iif']} -> {now.get('iif')}")
+    if sorted(was["oifs"]) != sorted(now.get("oifs", [])):
+        changes.append(f"oifs {','.join(was['oifs']) or 'none'} -> {','.join(now['oifs'])}")
+    return changes
+
+
+def _origin_mark(event: dict[str, Any]) -> str:
+    """` [config]`: where a change came from, when not from mfcctl or the API."""
+    return f" [{event['origin']}]" if event.get("origin", "api") != "api" else ""
+
+
+def _link_event(event: dict[str, Any]) -> str:
+    """`del r4 (ifindex 7, renamed to r5)`, `new r5 (ifindex 7, down, renamed from r4)`."""
+    if event.get("action") == "lost":
+        return "events lost (too many at once): mfcd read every interface again"
+    text = f"{event.get('action')} {event.get('interface')}"
+    details = [f"ifindex {event['ifindex']}"] if event.get("ifindex") is not None else []
+    if "up" in event and event.get("action") != "del":
+        details.append("up" if event["up"] else "down")
+    if event.get("renamed_to"):
+        details.append(f"renamed to {event['renamed_to']}")
+    if event.get("renamed_from"):
+        details.append(f"renamed from {event['renamed_from']}")
+    return text + (f" ({', '.join(details)})" if details else "")
+
+
+def _membership_event(event: dict[str, Any]) -> str:
+    """`* -> 239.5.5.5 on r0 [config]`: a join's or leave's group, on its interface."""
+    what = f"{event.get('source', '*')} -> {event.get('group')} on {event.get('interface')}"
+    return what + _origin_mark(event)
+
+
+def _reload_failed(event: dict[str, Any]) -> str:
+    """`/etc/mfc_daemon.conf:12: reason (nothing changed)`: the error names its file."""
+    error, config = str(event.get("error")), str(event.get("config"))
+    where = "" if error.startswith(config) else f"{config}: "
+    return f"{where}{error} (nothing changed)"
+
+
+def _repair_event(event: dict[str, Any]) -> str:
+    """A repair as sync lists it: `readd vif ipv4 VIF 1 (r1)`."""
+    step = {k: v for k, v in event.items() if k not in ("event", "time")}
+    text = format_plan({"plan": [step]})
+    return f"{text}  FAILED: {step['error']}" if "error" in step else text
+
+
+def _fields_text(event: dict[str, Any]) -> str:
+    """An event of a kind this mfcctl does not know (a newer mfcd's): its fields."""
+    fields = [(k, v) for k, v in event.items() if k not in ("event", "time") and v is not None]
+    return " ".join(f"{k}={_value(v)}" for k, v in fields)
+
+
+def _value(value: Any) -> str:
+    """A field's value in a line: a list comma-separated, an object as JSON (no repr)."""
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+_EVENT_TEXTS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "link": _link_event,
+    "join": _membership_event,
+    "leave": _membership_event,
+    "threshold": lambda e: f"{e.get('threshold')} on {e.get('interface')}{_origin_mark(e)}",
+    "mrdisc": lambda e: (
+        f"{'on' if e.get('on') else 'off'} for {e.get('interface')}{_origin_mark(e)}"
+    ),
+    "repair": _repair_event,
+    "reload": lambda e: f"{e.get('config')}: {e.get('summary')}",
+    "reload.failed": _reload_failed,
+    "gap": lambda e: f"{e.get('dropped')} events dropped (mfcctl read too slowly)",
+}
 
 
 # --- commands ------------------------------------------------------------------------------------

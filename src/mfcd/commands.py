@@ -17,7 +17,15 @@ import logging
 import os
 import time
 from collections import ChainMap, Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
 from operator import attrgetter
@@ -69,7 +77,7 @@ from mfcd.model import (
 )
 from mfcd.slices import run_sliced
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import is_wildcard
+from mfcd.wildcards import Pattern, expansion_of, is_wildcard
 
 log = logging.getLogger("mfcd")
 _new = tuple.__new__
@@ -522,6 +530,7 @@ class Commands:
         key = change.key
         if key[0] not in self.families:
             self._check_family(key[0])
+        was = self._replaced([change]) if self.events.subscribers else None
         outcome = self.controller.change_one(change)
         if outcome is None:  # (not a case it covers: the general transaction)
             return protocol.encode_result(
@@ -547,7 +556,9 @@ class Commands:
             )
             response = protocol.encode_result(request_id, result)
             note = _state_note(result)
-        self._after_change([change], outcome, True, peer=peer, cmd=cmd, args=args, note=note)
+        self._after_change(
+            [change], outcome, True, peer=peer, cmd=cmd, args=args, note=note, was=was
+        )
         return response
 
     def _add_template(self, args: dict[str, Any], fields: tuple[str, ...] = ()) -> AddTemplate:
@@ -973,6 +984,7 @@ class Commands:
         the plan (100,000 of them would hold the loop for a second or two, formatted and
         encoded at once). `runs`: see Controller.change."""
         outcome = None
+        was = self._replaced(changes) if self.events.subscribers and not dry_run else None
         if len(changes) == 1 and plan and not dry_run and cmd != "batch" and not runs:
             one = changes[0]
             if one.__class__ is AddRoute or one.__class__ is DelRoute:
@@ -1003,13 +1015,18 @@ class Commands:
         if not dry_run:
             note = _state_note(result)
             self._after_change(
-                changes, outcome, one_route, peer=peer, cmd=cmd, args=args, note=note
+                changes, outcome, one_route, peer=peer, cmd=cmd, args=args, note=note, was=was
             )
         return result
 
     def _templates_before(self) -> ChainMap[TemplateKey, Ports]:
         """The templates running, and the runtime ones with wildcards as given (not copied)."""
         return ChainMap(self.controller.router.templates, self.controller.wild_templates)
+
+    def _replaced(self, changes: Iterable[Change]) -> Replaced:
+        """What the routes and templates `changes` add replace (see `replaced`), read before
+        they are applied."""
+        return replaced(self.controller.router.routes, self._templates_before(), changes)
 
     def _after_change(
         self,
@@ -1021,10 +1038,12 @@ class Commands:
         cmd: str,
         args: dict[str, Any],
         note: str,
+        was: Replaced | None = None,
     ) -> None:
         """What follows an applied change (not a dry run): the daemon's after-change work,
         monitor events, and its log line (with its group's verdict, if it waits for one).
-        `one_route`: the one-route transaction took it; `note`: see _state_note."""
+        `one_route`: the one-route transaction took it; `note`: see _state_note; `was`: what
+        it replaced, read before it (only while someone subscribes to events)."""
         self._confirmed = self.controller.group is not None
         # A route whose entry alone changed (no VIF: no table opened or emptied, and no
         # template) waits for its group's sync, which calls on_change for all of them.
@@ -1033,7 +1052,7 @@ class Commands:
             self.on_change()
         self._change_due |= later
         if self.events.subscribers:
-            self._tell(changes)
+            self._tell(changes, was)
         operations = sum(outcome.counts.values())
         # (the usual texts looked up, not made: this is every change)
         done = (_OUTCOMES.get(operations) or _outcome(operations)) + note
@@ -1057,9 +1076,9 @@ class Commands:
         if self.on_synced is not None:
             self.on_synced(group)
 
-    def _tell(self, changes: list[Change]) -> None:
+    def _tell(self, changes: list[Change], was: Replaced | None) -> None:
         """Tell monitor subscribers what a change did, one event per route or setting."""
-        tell(self.events, self.controller.router, changes, len(changes))
+        tell(self.events, self.controller.router, changes, len(changes), was=was)
 
 
 def _new_oifs(kind: str, key: RouteKey, ports: Ports, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -1327,15 +1346,48 @@ def _table_filter(args: dict[str, Any]) -> int | None:
     return views.DEFAULT_TABLES if value == "default" else validate.table_of(value, 4)
 
 
+# The routes and templates a change replaces, as they were (RouteKey or TemplateKey -> Ports).
+Replaced = dict[RouteKey | TemplateKey, Ports]
+
+
+def replaced(
+    routes: Mapping[RouteKey, Ports],
+    templates: Mapping[TemplateKey, Ports],
+    changes: Iterable[Change],
+) -> Replaced:
+    """The routes and templates (of `routes`, `templates`: those there are before the
+    change) that `changes` add again: their route.add and template.add events say what
+    they replaced (`was`)."""
+    was: Replaced = {}
+    for change in changes:
+        if isinstance(change, AddRoute):
+            old = routes.get(change.key)
+        elif isinstance(change, AddTemplate):
+            old = templates.get(change.key)
+        else:
+            continue
+        if old is not None:
+            was.setdefault(change.key, old)
+    return was
+
+
 def tell(
-    bus: EventBus, router: Router, changes: Iterable[Change], total: int, origin: str = "api"
+    bus: EventBus,
+    router: Router,
+    changes: Iterable[Change],
+    total: int,
+    *,
+    origin: str = "api",
+    was: Replaced | None = None,
 ) -> None:
     """Tell monitor subscribers what `total` applied changes did, one event per route,
     template or setting (as the router holds them after); once every subscriber's buffer
     is full the rest are only counted (a batch or reload of 100,000 routes: a gap event).
     `origin`: where the changes came from, for what the router records no other origin of
-    ("config": a reload, whose removed routes and templates the router no longer holds)."""
+    ("config": a reload, whose removed routes and templates the router no longer holds);
+    `was`: the routes and templates they replaced, as they were (see `replaced`)."""
     emit = bus.emit
+    was = was or {}
     for index, change in enumerate(changes):
         if bus.saturated():  # a batch larger than every buffer: count the rest
             bus.drop(total - index)
@@ -1352,7 +1404,7 @@ def tell(
             emit(kind, interface=interface, group=group, source=source, origin=origin)
             continue
         if isinstance(change, (AddTemplate, DelTemplate)):
-            _tell_template(bus, router, change, origin)
+            _tell_template(bus, router, change, origin, was.get(change.key))
             continue
         family, source, group, table = change.key
         fields = {
@@ -1369,11 +1421,18 @@ def tell(
             continue
         status = router.status(change.key)
         iif, oifs = router.routes[change.key]
-        emit("route.add", **fields, iif=iif, oifs=list(oifs), state=status.state)
+        old = was.get(change.key)
+        # (`was`, a field of its own at the end: a reader that knows it not reads the same)
+        before = {} if old is None else {"was": {"iif": old.iif, "oifs": list(old.oifs)}}
+        emit("route.add", **fields, iif=iif, oifs=list(oifs), state=status.state, **before)
 
 
 def _tell_template(
-    bus: EventBus, router: Router, change: AddTemplate | DelTemplate, origin: str
+    bus: EventBus,
+    router: Router,
+    change: AddTemplate | DelTemplate,
+    origin: str,
+    old: Ports | None = None,
 ) -> None:
     family, source, group, table, iif = key = change.key
     fields = {"family": protocol.FAMILY_NAMES[family], "table": table}
@@ -1382,6 +1441,14 @@ def _tell_template(
     )
     if isinstance(change, DelTemplate):
         bus.emit("template.del", **fields)
-    elif key in router.templates:
+        return
+    before = {} if old is None else {"was": list(old.oifs)}  # (as a plan's line says)
+    if key in router.templates:
         oifs = list(router.templates[key].oifs)
-        bus.emit("template.add", **fields, oifs=oifs, state=router.status(key).state)
+        bus.emit("template.add", **fields, oifs=oifs, state=router.status(key).state, **before)
+    elif isinstance(change.ports, Pattern):
+        # A wildcard iif (or oifs that match no interface yet): the model holds one template
+        # per interface it matches, or none; told as given, installed if one holds its VIFs.
+        held = any(expansion_of(k, key) for k in router.holding)
+        state = "installed" if held else "pending"
+        bus.emit("template.add", **fields, oifs=list(change.ports.oifs), state=state, **before)

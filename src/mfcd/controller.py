@@ -90,6 +90,7 @@ from mfcd.model import (
     Router,
     SetThreshold,
     Step,
+    renamed_from,
     template_text,
 )
 from mfcd.state import Loaded, RouteView, RunOfAdds, SnapshotNeeded
@@ -2052,9 +2053,9 @@ class Controller:
         if kind == "del":
             return self.link_down(interface) if links.get(interface) == ifindex else []
         steps: list[Step] = []
-        renamed_from = next((n for n, i in links.items() if i == ifindex and n != interface), None)
-        if renamed_from is not None:
-            steps += self.link_down(renamed_from, kernel_dropped_vif=False)
+        old = renamed_from(links, interface, ifindex)
+        if old is not None:
+            steps += self.link_down(old, kernel_dropped_vif=False)
         return steps + self.link_up(interface, ifindex)
 
     def sync_links(self, links: dict[str, int]) -> list[Step]:

@@ -41,7 +41,7 @@ from mfcd import (
     protocol,
     views,
 )
-from mfcd.commands import Commands, tell
+from mfcd.commands import Commands, Replaced, tell
 from mfcd.controller import Controller, Outcome, Takeovers, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
@@ -61,6 +61,7 @@ from mfcd.model import (
     SetThreshold,
     Step,
     TableKey,
+    renamed_from,
 )
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.slices import Budget, run_sliced
@@ -611,14 +612,8 @@ class Daemon:
 
     def _on_link_events(self, events: Events) -> None:
         if self.events.subscribers:
-            for link, action in zip(
-                events.links,
-                views.link_actions(self.controller.router.links, events.links),
-                strict=True,
-            ):
-                self.events.emit(
-                    "link", action=action, interface=link.name, ifindex=link.ifindex, up=link.up
-                )
+            for fields in views.link_events(self.controller.router.links, events.links):
+                self.events.emit("link", **fields)
             if events.links_lost:
                 self.events.emit("link", action="lost", interface=None, ifindex=None)
         router = self.controller.router
@@ -629,8 +624,12 @@ class Daemon:
                 self._tell_route_states(self.controller.sync_links(netlink.current_links()))
             else:
                 for link in events.links:
+                    # (a name renamed away is gone for the routes that name it, as if deleted)
+                    gone = link.name if link.kind == "del" else None
+                    if gone is None and self.events.subscribers:
+                        gone = renamed_from(router.links, link.name, link.ifindex)
                     steps = self.controller.link_event(link.kind, link.name, link.ifindex)
-                    self._tell_route_states(steps, link.name if link.kind == "del" else None)
+                    self._tell_route_states(steps, gone)
                     self.controller.link_admin(link.kind, link.name, link.up)
         except (OSError, ValueError) as e:
             # The dump interrupted during the storm that overran us: the delayed resync
@@ -1071,6 +1070,7 @@ class Daemon:
                 log.error("reload failed, keeping the running configuration and routes: %s", e)
                 raise
         taken = self.controller.takeovers(change)  # (before: the reload changes them)
+        was = self._replaced_by(change) if self.events.subscribers and not dry_run else None
         try:
             if dry_run:
                 outcome = self.controller.apply_declared(declared, change, dry_run)
@@ -1098,14 +1098,30 @@ class Daemon:
                 time.monotonic() - started,
             )
             if self.events.subscribers:
-                self._tell_reload(change, outcome, taken)
+                self._tell_reload(change, outcome, taken, was)
             self.events.emit("reload", config=name, summary=result["summary"])
         return result
 
-    def _tell_reload(self, change: declarations.Diff, outcome: Outcome, taken: Takeovers) -> None:
+    def _replaced_by(self, change: declarations.Diff) -> Replaced:
+        """The routes and templates running that a reload's `change` may replace, as they
+        are before it: what its route.add and template.add events say they replaced."""
+        router = self.controller.router
+        routes = router.routes
+        # (an added route mfcd holds already: an api route the files take over)
+        was: Replaced = {k: routes[k] for k in [*change.changed, *change.added] if k in routes}
+        was.update(router.templates.items())
+        return was
+
+    def _tell_reload(
+        self,
+        change: declarations.Diff,
+        outcome: Outcome,
+        taken: Takeovers,
+        was: Replaced | None,
+    ) -> None:
         """The monitor events of what a reload changed, as a batch's (origin config): its
         routes removed, added and changed, then its settings, templates and joins (not a
-        setting declared at the value the interface had)."""
+        setting declared at the value the interface had); `was`: see _replaced_by."""
         routes = self.controller.router.routes
         same, same_mrdisc = taken.same_thresholds, taken.same_mrdisc
         settings = [
@@ -1121,7 +1137,7 @@ class Daemon:
             settings,
         )
         total = len(change.removed) + len(added) + len(settings)
-        tell(self.events, self.controller.router, changes, total, origin="config")
+        tell(self.events, self.controller.router, changes, total, origin="config", was=was)
 
     def _apply_settings(self, new: config.Config) -> None:
         old = self.cfg

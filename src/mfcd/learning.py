@@ -243,21 +243,25 @@ class Learner:
         took its VIFs), match them against the unmatched upcalls of the last
         UNRESOLVED_LIFE seconds; how many were learned."""
         router = self.router
+        unlearned = router.take_unlearned()
         now = (router.templates, router.holding)
         if now == self._templates:
             return 0
         old = self._templates[0]
         self._templates = (dict(router.templates), dict(router.holding))
-        self._let_go(old)
+        self._let_go(old, unlearned)
         self._forget_recent(self.clock())
         learned = 0
         for (family, table, source, group), (vif, _) in list(self.recent.items()):
             learned += self._learn((family, table, source, group, vif), remember=False)
         return learned
 
-    def _let_go(self, old: dict[TemplateKey, Any]) -> None:
+    def _let_go(
+        self, old: dict[TemplateKey, Any], unlearned: dict[RouteKey, tuple[TemplateKey, str]]
+    ) -> None:
         """Forget the learned entries a change of templates removed (model.Router._rematch)
-        and tell subscribers why: O(learned entries), but templates change seldom."""
+        and tell subscribers why, each with the template and iif it had (`unlearned`, as
+        Router.take_unlearned gave them): O(learned entries), but templates change seldom."""
         router = self.router
         gone = [key for key in self.since if key not in router.learned]
         for key in gone:
@@ -270,12 +274,9 @@ class Learner:
         for key in gone:
             if key in router.routes:  # a route took its place: its route.add event says so
                 continue
-            family, source, group, table = key
-            was = [t for t in deleted if t[0] == family and t[3] == table]
-            was = [t for t in was if tpl.matches(t, source, group)]
-            template = max(was, key=tpl.specificity) if was else None
-            reason = "template_deleted" if template is not None else "template_changed"
-            iif = template[4] if template is not None else None
+            had = unlearned.get(key)
+            template, iif = had if had is not None else _deleted_match(key, deleted)
+            reason = "template_deleted" if template in deleted else "template_changed"
             by_reason.setdefault(reason, []).append((key, template, iif))
         for reason, told in by_reason.items():
             self._tell("expired", told, reason=reason)
@@ -414,6 +415,7 @@ class Learner:
         for key in gone:
             self.since.pop(key, None)
             self.seen.pop(key, None)
+            router.unlearned.pop(key, None)  # (told here, from _gone: not by after_change)
         if told:
             told = [t for t in told if t[0] in gone]
             self._tell("expired", told, reason="template_deleted")
@@ -433,9 +435,11 @@ class Learner:
             log.error("removing learned entries (%s) failed: %s", why, e)
             return 0
         router.commit()
+        unlearned = router.unlearned  # (told here, from _gone: not by after_change)
         for key in keys:
             self.since.pop(key, None)
             self.seen.pop(key, None)
+            unlearned.pop(key, None)
         if told:
             self._tell("expired", told, reason=why)
         return len(keys)
@@ -459,3 +463,16 @@ class Learner:
                 _, t_source, t_group, _, t_iif = template
                 fields["template"] = {"source": t_source, "group": t_group, "iif": t_iif}
             bus.emit(kind, **fields, **extra)
+
+
+def _deleted_match(
+    key: RouteKey, deleted: list[TemplateKey]
+) -> tuple[TemplateKey | None, str | None]:
+    """The best of the `deleted` templates that matches a learned entry gone with no record
+    of its own template (an entry an api route had taken before it went): its iif too."""
+    family, source, group, table = key
+    was = [t for t in deleted if t[0] == family and t[3] == table and tpl.matches(t, source, group)]
+    if not was:
+        return None, None
+    template = max(was, key=tpl.specificity)
+    return template, template[4]

@@ -83,6 +83,12 @@ class Ports(NamedTuple):
         return (self.iif, *self.oifs)
 
 
+def renamed_from(links: Mapping[str, int], interface: str, ifindex: int) -> str | None:
+    """The name an interface (`interface`, `ifindex`, as an RTM_NEWLINK names it) had in
+    `links` under another name, if it was renamed (the kernel keeps its index); else None."""
+    return next((n for n, i in links.items() if i == ifindex and n != interface), None)
+
+
 class Route(NamedTuple):
     """A desired (S,G) route: packets from `source` to `group` arriving on `iif` leave on `oifs`."""
 
@@ -523,6 +529,10 @@ class Router:
         # at one source per group, as many as the entries).
         self._learned_of: dict[TemplateKey, set[RouteKey]] = {}
         self._learned_at: dict[tuple[int, int, str], dict[str, _Entries]] = {}
+        # The learned entries removed since the learner last took them (take_unlearned), with
+        # the template and iif they had: gone from the model once a change of templates is
+        # applied, and what the monitor's `expired` event of each must name.
+        self.unlearned: dict[RouteKey, tuple[TemplateKey, str]] = {}
         # Templates whose origin is not "api" (absent: "api"), like `origins` for routes.
         self.template_origins: dict[TemplateKey, str] = {}
         self._index: tpl.Index | None = None  # templates arranged for matching
@@ -563,6 +573,9 @@ class Router:
             self._log.rollback()  # (which forgets the direct path's cache if it must)
         self._log = self._undo = None
         self._index = None
+        if self.unlearned:  # (a dry run's: kept no longer than the entries it let go)
+            learned = self.learned
+            self.unlearned = {k: v for k, v in self.unlearned.items() if k not in learned}
 
     def _forget_direct(self) -> None:
         if self._direct:
@@ -1136,10 +1149,16 @@ class Router:
             return []
         self._forget_pending(key, ports)
         steps = self._uninstall(key, ports)  # (while `routes` holds its entry)
+        self.unlearned[key] = (self.learned[key], ports.iif)  # (a rollback leaves it learned)
         self._pop(self.routes, key)
         self._pop(self.origins, key)
         self._pop(self.learned, key)
         return steps
+
+    def take_unlearned(self) -> dict[RouteKey, tuple[TemplateKey, str]]:
+        """The learned entries removed since the last call (see `unlearned`), forgotten here."""
+        unlearned, self.unlearned = self.unlearned, {}
+        return unlearned
 
     def _vif_name(self, family: int, table: int, vif: int) -> str | None:
         slots = self.slots.get((family, table))

@@ -51,6 +51,7 @@ from mfcd.model import (
     RouteKey,
     Router,
     Step,
+    renamed_from,
 )
 from mfcd.protocol import FAMILY_NAMES, PROTOCOL_VERSION, Encoded, Streamed
 from mfcd.slices import SLICE_SECONDS
@@ -1055,18 +1056,28 @@ def _join_plan(declared: Any, taken: Collection[Any]) -> list[dict[str, Any]]:
 # --- monitor -------------------------------------------------------------------------------------
 
 
-def link_actions(known: dict[str, int], links: Iterable[LinkChange]) -> list[str]:
-    """What each rtnetlink link event is to a monitor: `new` (an interface mfcd did not know
-    under this name and index: created, or renamed to it), `change` (one it knew: the kernel
-    says RTM_NEWLINK for each change of state, several as a veth is created and one as it is
-    deleted) or `del`. `known`: the interfaces before these events (name -> ifindex)."""
+def link_events(known: dict[str, int], links: Iterable[LinkChange]) -> list[dict[str, Any]]:
+    """The monitor's `link` events of rtnetlink link events: `new` (an interface mfcd did not
+    know under this name and index: created, or renamed to it), `change` (one it knew: the
+    kernel says RTM_NEWLINK for each change of state, several as a veth is created and one as
+    it is deleted) or `del`. A rename (a NEWLINK of a known index under another name) is
+    told as routes see it: the old name `del` (`renamed_to`), then the new one `new`
+    (`renamed_from`). `known`: the interfaces before these events (name -> ifindex)."""
     seen = dict(known)
-    actions = []
+    told: list[dict[str, Any]] = []
     for link in links:
+        event = {"action": "new", "interface": link.name, "ifindex": link.ifindex, "up": link.up}
         if link.kind == "del":
             seen.pop(link.name, None)
-            actions.append("del")
+            event["action"] = "del"
+        elif seen.get(link.name) == link.ifindex:
+            event["action"] = "change"
         else:
-            actions.append("change" if seen.get(link.name) == link.ifindex else "new")
+            old = renamed_from(seen, link.name, link.ifindex)
+            if old is not None:
+                del seen[old]
+                told.append({**event, "action": "del", "interface": old, "renamed_to": link.name})
+                event["renamed_from"] = old
             seen[link.name] = link.ifindex
-    return actions
+        told.append(event)
+    return told

@@ -4,6 +4,7 @@ subscriber that stops reading holds nobody up and is told what it missed."""
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import socket
@@ -102,34 +103,59 @@ def test_route_and_interface_events_arrive_in_order(lab: Lab, mfcd: Mfcd) -> Non
     assert [e["time"] for e in seen] == sorted(e["time"] for e in seen)
 
 
-def test_mfcctl_monitor_prints_lines(lab: Lab, mfcd: Mfcd) -> None:
-    proc = subprocess.Popen(
-        [str(BIN / "mfcctl"), "--socket", mfcd.socket, "monitor", "-o", "json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+class Monitor:
+    """`mfcctl monitor -o json` running: its events read as they come."""
 
-    def line(timeout: float) -> dict[str, Any] | None:
-        assert proc.stdout is not None
-        if not select.select([proc.stdout], [], [], timeout)[0]:
-            return None
-        event: dict[str, Any] = json.loads(proc.stdout.readline())
-        return event
-
-    try:
+    def __init__(self, mfcd: Mfcd) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "mfcctl"), "--socket", mfcd.socket, "monitor", "-o", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self.buffer = b""
         # Its subscription starts at some moment: change a setting until it shows.
         deadline = time.monotonic() + 20
         for threshold in range(2, 200):
-            assert time.monotonic() < deadline and proc.poll() is None
+            assert time.monotonic() < deadline and self.proc.poll() is None
             mfcd.ok("vif", "set", "r1", "--threshold", str(threshold))
-            event = line(0.2)
-            if event is not None:
+            if self.line(0.2) is not None:
                 break
-        while line(0.5) is not None:  # the last settings' events
+        while self.line(0.5) is not None:  # the last settings' events
             pass
+
+    def line(self, timeout: float) -> dict[str, Any] | None:
+        """The next event, or None if none comes within `timeout` (read from the pipe
+        unbuffered: a buffered reader may hold lines select cannot see)."""
+        assert self.proc.stdout is not None
+        while b"\n" not in self.buffer:
+            if not select.select([self.proc.stdout], [], [], timeout)[0]:
+                return None
+            data = os.read(self.proc.stdout.fileno(), 1 << 16)
+            assert data, "mfcctl monitor ended"
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        event: dict[str, Any] = json.loads(line)
+        return event
+
+    def until(self, kind: str, **fields: Any) -> list[dict[str, Any]]:
+        """Events up to and with the first of `kind` with `fields` (within 10 s)."""
+        seen = []
+        while (event := self.line(10)) is not None:
+            seen.append(event)
+            if event["event"] == kind and all(event.get(k) == v for k, v in fields.items()):
+                return seen
+        raise AssertionError(f"no {kind} {fields} event; saw {seen}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def test_mfcctl_monitor_prints_lines(lab: Lab, mfcd: Mfcd) -> None:
+    monitor = Monitor(mfcd)
+    try:
         mfcd.ok(*route_args(SOURCE, "239.1.1.3", "r0", "r1"))
-        event = line(10)
+        event = monitor.line(10)
         assert event is not None
         assert (event["event"], event["group"], event["state"]) == (
             "route.add",
@@ -137,10 +163,44 @@ def test_mfcctl_monitor_prints_lines(lab: Lab, mfcd: Mfcd) -> None:
             "installed",
         )
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        monitor.close()
     text = mfcd.ctl("monitor", "--help").stdout
     assert "gap" in text
+
+
+def test_a_renamed_interface_is_told_as_deleted_and_its_routes_degraded(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    mfcd.ok(*route_args(SOURCE, "239.1.1.4", "r0", "r1,r2"))
+    mfcd.ok(*route_args(SOURCE, "239.1.1.5", "r0", "r3"))
+    ifindex = int(lab.ip(lab.router, "-o", "link", "show", "r2").split(":")[0])
+    monitor = Monitor(mfcd)
+    try:
+        for args in (("r2", "down"), ("r2", "name", "r7"), ("r7", "up")):
+            lab.ip(lab.router, "link", "set", *args)
+        renamed = monitor.until("route.state", group="239.1.1.4")
+        for args in (("r7", "down"), ("r7", "name", "r2"), ("r2", "up")):
+            lab.ip(lab.router, "link", "set", *args)
+        back = monitor.until("route.state", group="239.1.1.4", state="installed")
+    finally:
+        monitor.close()
+    links = [(e["action"], e["interface"]) for e in renamed if e["event"] == "link"]
+    assert links[-3:] == [("change", "r2"), ("del", "r2"), ("new", "r7")]  # (then r7 up)
+    gone, new = (e for e in renamed if e["event"] == "link" and e["action"] in ("del", "new"))
+    assert (gone["ifindex"], gone["renamed_to"], "renamed_from" in gone) == (ifindex, "r7", False)
+    assert (new["ifindex"], new["renamed_from"]) == (ifindex, "r2")
+    state = renamed[-1]
+    assert (state["state"], state["reason"]) == ("degraded", "waiting for r2")
+    # Only the route on r2: the other one is not told of.
+    assert [e["group"] for e in renamed if e["event"] == "route.state"] == ["239.1.1.4"]
+    assert (
+        cli.format_event(gone).split(" ", 1)[1] == f"link del r2 (ifindex {ifindex}, renamed to r7)"
+    )
+    # Renamed back: r7 goes the same way, and the route is whole again.
+    links = [(e["action"], e["interface"]) for e in back if e["event"] == "link"]
+    assert ("del", "r7") in links and ("new", "r2") in links
+    assert back[-1]["reason"] == ""
+    assert lab.probe("239.1.1.4")[lab.rx[1]] == 5
 
 
 def test_a_subscriber_that_stops_reading_holds_nobody_up_and_sees_the_gap(mfcd: Mfcd) -> None:
@@ -228,6 +288,29 @@ def test_entries_learned_through_a_template_and_their_removal_are_told(
     assert line == f"expired ipv4 {SOURCE} -> {group} iif r0 from * -> 239.1.0.0/16 (flush)"
 
 
+def test_entries_gone_with_a_wildcard_iif_template_are_told_with_their_own_iif(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    # r-a sorts before r0: the first interface `r+` stands for is not the one traffic uses.
+    lab.ip(lab.router, "link", "add", "r-a", "type", "veth", "peer", "name", "x-a")
+    group = "239.1.1.1"
+    mfcd.ok("mfc", "add", "--group", "239.1.0.0/16", "--iif", "r+", "--oifs", "r1")
+    sub = Subscriber(mfcd.socket)
+    try:
+        assert lab.probe(group)[lab.rx[0]] == 5
+        learned = sub.until("learned", source=SOURCE, group=group)[-1]
+        mfcd.ok("mfc", "del", "--group", "239.1.0.0/16", "--iif", "r+")
+        gone = sub.until("expired", source=SOURCE, group=group)[-1]
+    finally:
+        sub.close()
+    assert (learned["iif"], learned["template"]["iif"]) == ("r0", "r0")
+    assert (gone["iif"], gone["template"], gone["reason"]) == (
+        "r0",
+        learned["template"],
+        "template_deleted",
+    )
+
+
 def test_a_reloads_changes_and_a_failed_reload_are_told(mfcd: Mfcd) -> None:
     mfcd.ok(*route_args(SOURCE, "239.3.3.3", "r0", "r1,r2"))  # taken over by the files
     template = '\n[[route]]\ngroup = "239.7.0.0/24"\niif = "r0"\noifs = ["r1"]\n'
@@ -251,6 +334,8 @@ def test_a_reloads_changes_and_a_failed_reload_are_told(mfcd: Mfcd) -> None:
     assert told["route.add", "239.6.0.1"]["origin"] == "config"
     taken = told["route.add", "239.3.3.3"]
     assert (taken["origin"], taken["oifs"]) == ("config", ["r1"])
+    assert taken["was"] == {"iif": "r0", "oifs": ["r1", "r2"]}  # (the api route it replaced)
+    assert "was" not in told["route.add", "239.6.0.1"]
     assert told["template.add", "239.7.0.0/24"]["origin"] == "config"
     assert (told["threshold", "r2"]["threshold"], told["threshold", "r2"]["origin"]) == (
         5,

@@ -161,7 +161,91 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
             "expired ipv4 198.18.0.2 -> 239.1.1.1 (template_changed)",
         ),
         ({"event": "gap", "dropped": 12}, "gap 12 events dropped (mfcctl read too slowly)"),
-        ({"event": "reload", "config": "/etc/x.conf"}, "reload config=/etc/x.conf"),
+        (
+            {"event": "reload", "config": "/etc/x.conf", "summary": "1 added, 9 unchanged"},
+            "reload /etc/x.conf: 1 added, 9 unchanged",
+        ),
+        # Every kind in the route lines' style (no key=value, no Python list), and what an
+        # add replaced when it says so (`was`).
+        (
+            {**ROUTE, "event": "route.add", "state": "installed", "origin": "config"}
+            | {"was": {"iif": "r0", "oifs": ["r1"]}},
+            "route.add ipv4 198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 (replaced: oifs r1 ->"
+            " r1,r2) [config]",
+        ),
+        (
+            {**ROUTE, "event": "route.add", "state": "installed"}
+            | {"was": {"iif": "r3", "oifs": ["r1", "r2"]}},
+            "route.add ipv4 198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 (replaced: iif r3 -> r0)",
+        ),
+        (
+            {**ROUTE, "event": "route.add", "state": "installed"}
+            | {"was": {"iif": "r0", "oifs": ["r2", "r1"]}},
+            "route.add ipv4 198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 (replaced, same interfaces)",
+        ),
+        (
+            {**TEMPLATE, "event": "template.add", "family": "ipv4", "table": 100}
+            | {"iif": "r1", "origin": "config", "oifs": ["r4"], "state": "installed"}
+            | {"was": ["r3", "r4"]},
+            "template.add ipv4 * -> 239.1.0.0/16 iif r1 oifs r4 table 100 (replaced: oifs r3,r4"
+            " -> r4) [config]",
+        ),
+        (
+            {**TEMPLATE, "event": "template.add", "family": "ipv4", "table": 253}
+            | {"iif": "r1", "origin": "api", "oifs": ["r4"], "state": "pending"},
+            "template.add ipv4 * -> 239.1.0.0/16 iif r1 oifs r4 (pending)",
+        ),
+        (
+            {**TEMPLATE, "event": "template.del", "family": "ipv4", "table": 100}
+            | {"iif": "r+", "origin": "api"},
+            "template.del ipv4 * -> 239.1.0.0/16 iif r+ table 100",
+        ),
+        (
+            {"event": "threshold", "interface": "r3", "threshold": 2, "origin": "config"},
+            "threshold 2 on r3 [config]",
+        ),
+        (
+            {"event": "mrdisc", "interface": "r3", "on": True, "origin": "api"},
+            "mrdisc on for r3",
+        ),
+        (
+            {"event": "leave", "interface": "r0", "group": "239.5.5.5", "source": "*"}
+            | {"origin": "config"},
+            "leave * -> 239.5.5.5 on r0 [config]",
+        ),
+        (
+            {"event": "join", "interface": "r0", "group": "232.1.1.1", "source": "198.18.0.2"}
+            | {"origin": "api"},
+            "join 198.18.0.2 -> 232.1.1.1 on r0",
+        ),
+        (
+            {"event": "repair", "action": "readd_vif", "family": "ipv4", "table": 253}
+            | {"vif": 1, "interface": "r1"},
+            "repair readd vif ipv4 VIF 1 (r1)",
+        ),
+        (
+            {"event": "reload.failed", "config": "/etc/x.conf", "code": "config_error"}
+            | {"error": "/etc/x.conf:3: bad oifs"},
+            "reload.failed /etc/x.conf:3: bad oifs (nothing changed)",
+        ),
+        (
+            {"event": "link", "action": "del", "interface": "r4", "ifindex": 7, "up": False}
+            | {"renamed_to": "r5"},
+            "link del r4 (ifindex 7, renamed to r5)",
+        ),
+        (
+            {"event": "link", "action": "new", "interface": "r5", "ifindex": 7, "up": False}
+            | {"renamed_from": "r4"},
+            "link new r5 (ifindex 7, down, renamed from r4)",
+        ),
+        (
+            {"event": "link", "action": "lost", "interface": None, "ifindex": None},
+            "link events lost (too many at once): mfcd read every interface again",
+        ),
+        (
+            {"event": "some.future", "names": ["a", "b"], "what": {"x": 1}, "n": 3},
+            'some.future names=a,b what={"x": 1} n=3',
+        ),
     ],
 )
 def test_event_lines(event: dict[str, Any], text: str) -> None:

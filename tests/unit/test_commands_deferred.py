@@ -122,3 +122,41 @@ def test_a_batch_larger_than_the_buffer_is_told_in_part_and_counted_in_full() ->
     assert [e["group"] for e in events[:3]] == ["239.1.2.0", "239.1.2.1", "239.1.2.2"]
     assert events[3]["event"] == "gap"
     assert events[3]["dropped"] == 7
+
+
+def test_an_add_that_replaces_a_route_or_template_says_what_it_was() -> None:
+    commands = make_commands()
+    sub = commands.events.subscribe(lambda: None)
+    route = {**ROUTE, "group": "239.1.1.3"}
+    template = {"group": "239.4.0.0/16", "iif": "a", "oifs": ["b", "c"]}
+    assert ask(commands, "mfc.add", route)["ok"]  # (the one-route lane)
+    assert ask(commands, "mfc.add", {**route, "oifs": ["b", "c"]})["ok"]
+    assert ask(commands, "batch", {"ops": [{"op": "add", **route, "iif": "c"}]})["ok"]
+    assert ask(commands, "mfc.add", template)["ok"]
+    assert ask(commands, "mfc.add", {**template, "oifs": ["c"]})["ok"]
+    events = sub.take()
+    assert [(e["event"], e.get("was")) for e in events] == [
+        ("route.add", None),
+        ("route.add", {"iif": "a", "oifs": ["b"]}),
+        ("route.add", {"iif": "a", "oifs": ["b", "c"]}),
+        ("template.add", None),
+        ("template.add", ["b", "c"]),
+    ]
+    assert (events[2]["iif"], events[2]["oifs"]) == ("c", ["b"])
+    assert events[4]["oifs"] == ["c"]
+
+
+def test_a_template_with_a_wildcard_iif_is_told_as_given_when_added_and_replaced() -> None:
+    commands = make_commands()
+    commands.controller.link_up("up1", 21)
+    sub = commands.events.subscribe(lambda: None)
+    template = {"group": "239.4.0.0/16", "iif": "up+", "oifs": ["b"]}
+    assert ask(commands, "mfc.add", template)["ok"]
+    assert ask(commands, "mfc.add", {**template, "oifs": ["b", "c"]})["ok"]
+    assert ask(commands, "mfc.del", {"group": "239.4.0.0/16", "iif": "up+"})["ok"]
+    told = [(e["event"], e["iif"], e.get("oifs"), e.get("state"), e.get("was")) for e in sub.take()]
+    assert told == [
+        ("template.add", "up+", ["b"], "installed", None),
+        ("template.add", "up+", ["b", "c"], "installed", ["b"]),
+        ("template.del", "up+", None, None, None),
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mfcd import metrics
+from mfcd import metrics, validate
 from mfcd.events import EventBus, Subscriber
 from mfcd.learning import Learner
 from mfcd.model import AddRoute, DelTemplate, Route
@@ -100,3 +100,31 @@ def test_metrics_count_learned_expired_and_dropped_entries_and_templates() -> No
     assert samples(text, "mfcd_expired_entries_total") == {"": "2"}
     assert samples(text, "mfcd_routes")['{state="installed",origin="learned"}'] == "0"
     assert key("198.18.0.1") not in ctl.router.routes
+
+
+def test_entries_gone_with_a_wildcard_iif_template_are_told_with_their_own_iif() -> None:
+    # `--iif 'up+'` stands for one template per interface; the entry learned on up2 must be
+    # told gone with iif up2 and up2's template, as its `learned` event said (not up1's).
+    ctl, _, learner, _ = setup()
+    ctl.link_up("up1", 11)
+    ctl.link_up("up2", 12)
+    ctl.change([validate.template_change(None, "239.1.0.0/16", "up+", ["d"])])
+    learner.after_change()
+    subscriber = subscribed(learner)
+    learner.on_upcalls([upcall(ctl, "198.18.0.2", "239.1.1.1", "up2")])
+    template = {**TEMPLATE, "iif": "up2"}
+    learned = {**entry("198.18.0.2"), "iif": "up2", "template": template}
+    assert told(subscriber) == [{"event": "learned", **learned}]
+    ctl.change([DelTemplate(tkey("239.1.0.0/16", "up+"))])
+    learner.after_change()
+    expired = {**learned, "reason": "template_deleted"}
+    assert told(subscriber) == [{"event": "expired", **expired}]
+    assert ctl.router.unlearned == {}  # (taken: nothing kept from one change to the next)
+
+
+def test_a_dry_run_keeps_no_record_of_the_entries_it_would_let_go() -> None:
+    ctl, _, learner, _ = setup()
+    ctl.change([star("239.1.0.0/16", "a", "b")])
+    learner.on_upcalls([upcall(ctl, "198.18.0.2", "239.1.1.1", "a")])
+    ctl.change([DelTemplate(tkey("239.1.0.0/16", "a"))], dry_run=True)
+    assert ctl.router.unlearned == {} and key("198.18.0.2") in ctl.router.learned

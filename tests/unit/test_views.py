@@ -460,7 +460,8 @@ def test_interface_settings_name_each_setting_and_where_it_comes_from() -> None:
 def test_link_events_tell_a_monitor_new_change_and_del() -> None:
     """The kernel says RTM_NEWLINK for every change of state: a veth created comes as three,
     one deleted as a NEWLINK (it went down) then a DELLINK. A monitor is told `new` only
-    for an interface it did not know under that name and index."""
+    for an interface it did not know under that name and index; a rename as the deletion
+    of the old name, then the new one (as the routes that name either see it)."""
     events = [
         LinkChange("new", "r9", 12, False),  # created
         LinkChange("new", "r9", 12, True),  # set up
@@ -469,15 +470,37 @@ def test_link_events_tell_a_monitor_new_change_and_del() -> None:
         LinkChange("del", "r9", 12, False),
         LinkChange("new", "r9", 13, False),  # created again: another index
         LinkChange("new", "r1", 3, True),  # known already
-        LinkChange("new", "up1", 3, True),  # r1 renamed up1
+        LinkChange("new", "r1", 3, False),  # set down (to be renamed)
+        LinkChange("new", "up1", 3, False),  # r1 renamed up1
+        LinkChange("new", "up1", 3, True),  # set up
     ]
-    assert views.link_actions({"r1": 3}, events) == [
-        "new",
-        "change",
-        "change",
-        "change",
-        "del",
-        "new",
-        "change",
-        "new",
+    told = views.link_events({"r1": 3}, events)
+    assert [(e["action"], e["interface"], e["ifindex"]) for e in told] == [
+        ("new", "r9", 12),
+        ("change", "r9", 12),
+        ("change", "r9", 12),
+        ("change", "r9", 12),
+        ("del", "r9", 12),
+        ("new", "r9", 13),
+        ("change", "r1", 3),
+        ("change", "r1", 3),
+        ("del", "r1", 3),
+        ("new", "up1", 3),
+        ("change", "up1", 3),
     ]
+    assert told[8] == {
+        "action": "del",
+        "interface": "r1",
+        "ifindex": 3,
+        "up": False,
+        "renamed_to": "up1",
+    }
+    assert told[9] == {
+        "action": "new",
+        "interface": "up1",
+        "ifindex": 3,
+        "up": False,
+        "renamed_from": "r1",
+    }
+    assert [e["up"] for e in told[:4]] == [False, True, True, False]
+    assert not any("renamed_to" in e or "renamed_from" in e for e in told[:8] + told[10:])
