@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the configuration file and its drop-ins (routes, joins, interfaces too),"
         " print every problem as FILE:LINE: reason, and exit: 0 if it is valid, 1 if not;"
-        " touches nothing",
+        " touches nothing (routes naming interfaces this machine lacks are valid: noted)",
     )
     parser.add_argument("--version", action="version", version=f"mfcd {__version__}")
     return parser
@@ -1060,9 +1060,10 @@ class Daemon:
         except MfcdError as e:
             log.error("reload failed, keeping the running configuration and routes: %s", e)
             raise
+        kept = self._restart_only(new)
         if not dry_run:
             try:
-                self._apply_settings(new)
+                self._apply_settings(new, kept)
             except MfcdError as e:
                 log.error("reload failed, keeping the running configuration and routes: %s", e)
                 raise
@@ -1085,6 +1086,7 @@ class Daemon:
             raise
         slots = self.controller.router.slots
         result = views.reload_result(change, outcome, declared, dry_run, taken, slots=slots)
+        result.update(self._reload_warnings(declared, kept, dry_run))
         if not dry_run:
             self._after_change()
             log.info(
@@ -1119,9 +1121,38 @@ class Daemon:
         total = len(change.removed) + len(added) + len(settings)
         tell(self.events, self.controller.router, changes, total, origin="config")
 
-    def _apply_settings(self, new: config.Config) -> None:
+    def _restart_only(self, new: config.Config) -> dict[str, Any]:
+        """The settings the files change that change only at a restart, with the values
+        kept until then."""
         old = self.cfg
-        fixed = {k: getattr(old, k) for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)}
+        return {k: getattr(old, k) for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)}
+
+    def _reload_warnings(
+        self, declared: declarations.Declarations, kept: dict[str, Any], dry_run: bool
+    ) -> dict[str, Any]:
+        """What mfcctl warns of after a reload (or its dry run), in `warnings`: the
+        settings kept until a restart, and the routes and templates of the files that wait
+        for interfaces that do not exist (counted in `pending`, `degraded` and `missing`,
+        as a batch's), so that a typo is seen. mfcd's log says them too (SIGHUP)."""
+        waiting = declarations.waiting(declared, self.controller.router.links)
+        warnings = [
+            f"{key} changes only at restart; mfcd keeps {value!r} until then"
+            for key, value in kept.items()
+        ]
+        text = views.waiting_text(waiting, would=dry_run)
+        if text:
+            warnings.append(text)
+            if not dry_run:
+                log.info("reload: %s", text)
+        return {
+            "pending": waiting.pending,
+            "degraded": waiting.degraded,
+            "missing": waiting.missing,
+            "warnings": warnings,
+        }
+
+    def _apply_settings(self, new: config.Config, fixed: dict[str, Any]) -> None:
+        old = self.cfg
         for key in fixed:
             log.warning("reload: %s changes only at restart; keeping %r", key, getattr(old, key))
         new = config.override(new, **fixed)
@@ -1194,7 +1225,21 @@ def check_config(path: str | None) -> int:
     read += config.drop_ins(name)
     files = views.counted(len(read), "file")
     print(f"{name}: valid ({files}, {_declared_counts(declared, 'interface')})")
+    _note_missing_interfaces(name, declared)
     return 0
+
+
+def _note_missing_interfaces(name: str, declared: declarations.Declarations) -> None:
+    """--check-config: a note (not an error: the files may be meant for another machine,
+    and mfcd accepts routes waiting for interfaces) of the routes and templates that name
+    interfaces this machine does not have, so that a typo is seen before a reload."""
+    try:
+        links = netlink.current_links()
+    except OSError:  # (no netlink here: nothing to compare with)
+        return
+    text = views.waiting_text(declarations.waiting(declared, links), would=True)
+    if text:
+        print(f"{name}: note: on this machine, {text}", file=sys.stderr)
 
 
 def _declared_counts(declared: declarations.Declarations, interfaces: str) -> str:
