@@ -32,7 +32,7 @@ import ipaddress
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, chain, islice, repeat
@@ -1333,30 +1333,19 @@ class Waiting(NamedTuple):
         return sorted({*self.pending_for, *self.degraded_for})
 
 
-def waiting(declared: Declarations, links: Container[str]) -> Waiting:
-    """Which of the routes and templates the files declare wait for interfaces not in
-    `links` (a wildcard waits for none: it names those that exist). Each route's Ports is
-    one shared value per combination: looked at once each, so 100,000 routes on a few
-    combinations cost some milliseconds."""
-    seen: dict[int, tuple[str, ...]] = {}  # id(ports): its missing interfaces
+def waiting(
+    combinations: Mapping[Ports, int], templates: Iterable[Template], links: Container[str]
+) -> Waiting:
+    """Which of the declared routes (`combinations`: how many routes have each Ports, as
+    Counter(Declarations.routes.values()) counts them, at C speed) and templates wait for
+    interfaces not in `links` (a wildcard waits for none: it names those that exist)."""
     counts = [0, 0]  # pending, degraded
     names: tuple[set[str], set[str]] = (set(), set())
-
-    def note(iif: str, missing: tuple[str, ...]) -> None:
+    declared = chain(combinations.items(), ((Ports(t.iif, t.oifs), 1) for t in templates))
+    for ports, n in declared:
+        missing = [name for name in ports.interfaces if name not in links and not is_wildcard(name)]
         if missing:
-            kind = 0 if iif in missing else 1
-            counts[kind] += 1
+            kind = 0 if ports.iif in missing else 1
+            counts[kind] += n
             names[kind].update(missing)
-
-    for ports in declared.routes.values():
-        missing = seen.get(id(ports))
-        if missing is None:
-            missing = seen[id(ports)] = _missing(ports.interfaces, links)
-        note(ports.iif, missing)
-    for t in declared.templates:
-        note(t.iif, _missing((t.iif, *t.oifs), links))
     return Waiting(counts[0], counts[1], sorted(names[0]), sorted(names[1]))
-
-
-def _missing(interfaces: Iterable[str], links: Container[str]) -> tuple[str, ...]:
-    return tuple(n for n in interfaces if n not in links and not is_wildcard(n))

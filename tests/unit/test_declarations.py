@@ -7,6 +7,7 @@ import ipaddress
 import json
 import textwrap
 import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -779,7 +780,11 @@ def test_waiting_counts_the_routes_and_templates_that_wait_and_for_what() -> Non
         + '[[route]]\ngroup = "239.3.0.0/24"\niif = "eth+"\noifs = ["b"]\n'
     )
     assert problems == []
-    waiting = declarations.waiting(declared, {"a", "b"})
+    combinations = Counter(declared.routes.values())
+    waiting = declarations.waiting(combinations, declared.templates, {"a", "b"})
     assert waiting == declarations.Waiting(1, 2, ["x", "y"], ["x", "z"])
     assert waiting.missing == ["x", "y", "z"]
-    assert declarations.waiting(declared, {"a", "b", "x", "y", "z"}) == (0, 0, [], [])
+    every = {"a", "b", "x", "y", "z"}
+    assert declarations.waiting(combinations, declared.templates, every) == (0, 0, [], [])
+    # Routes that share their interfaces are counted as many as they are.
+    assert declarations.waiting({Ports("y", ("b",)): 7}, [], {"b"}) == (7, 0, ["y"], [])

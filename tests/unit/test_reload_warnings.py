@@ -53,7 +53,7 @@ def reloaded(tmp_path: Path, dry_run: bool) -> dict[str, object]:
             return await mfcd.reload_config(dry_run=True)
         declared = config.load_all(str(path))[1]
         kept = mfcd._restart_only(config.load_all(str(path))[0])
-        return mfcd._reload_warnings(declared, kept, dry_run=False)
+        return await mfcd._reload_warnings(declared, kept, dry_run=False)
 
     return asyncio.run(reload())
 
