@@ -16,8 +16,8 @@ its iif is missing: its entry stays in the kernel, forwarding nothing (no VIF
 receives for it), with the iif's VIF index reserved, so that forwarding resumes the
 moment the iif returns.  Which state a route is in therefore depends only on which
 interfaces exist, never on their history: a restart does not change what is
-forwarded.  A VIF
-index is never handed to another interface while an entry refers to it.
+forwarded.  A VIF index is never handed to another interface while an entry refers
+to it.
 
 Every mutating method returns the kernel operations (`Step`s, each paired with
 the operation that undoes it) in the order the kernel needs them: VIFs before
