@@ -700,7 +700,9 @@ def _reload_command(sub: Any) -> None:
         " difference as one transaction: routes the files add, remove or change; routes"
         " unchanged are not touched (their counters keep counting); routes added with mfcctl"
         " are kept. A file with any error changes nothing: the first problem is printed with"
-        " FILE:LINE (`mfcd --check-config` lists them all). With --dry-run, print the plan.",
+        " FILE:LINE (`mfcd --check-config` lists them all). With --dry-run, print the plan."
+        " Warns on stderr of routes waiting for interfaces that do not exist (a typo) and"
+        " of settings that change only at a restart.",
     )
     _command_options(reload, changes=True)
 
@@ -1267,6 +1269,8 @@ def format_reload(result: dict[str, Any]) -> str:
     """`3 added, 1 removed, 0 changed, 9996 unchanged`; in a dry run the plan before it."""
     if not result.get("dry_run"):
         return str(result["summary"])
+    if not result.get("plan"):
+        return f"dry run: nothing to change\n{result['summary']}"
     lines = ["dry run, nothing changed; mfcd would:"]
     for entry in result.get("plan", []):
         lines.append(
@@ -1589,6 +1593,8 @@ class Cli:
         if a.command == "reload":
             result = self.client.call("reload", {}, dry_run=a.dry_run)
             self.emit(result, format_reload)
+            for warning in result.get("warnings", []):  # (restart-only settings, typos)
+                print(f"mfcctl: warning: {warning}", file=self.stderr)
             return protocol.EXIT_OK
         if a.command == "import-smcroute":
             return self.import_smcroute(a.file, a.to, a.table)

@@ -771,7 +771,8 @@ class Commands:
                 return
             for key in keys:
                 if routes.get(key) == ports:  # still so after the batch
-                    waiting[key in installed].add(key)
+                    # (installed with its iif gone since: pending, as Router.status says)
+                    waiting[key in installed and ports.iif in links].add(key)
                     names.update(missing)
 
         for run in runs:

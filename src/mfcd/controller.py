@@ -2017,7 +2017,11 @@ class Controller:
         vifs = router.vifs_named(interface)
         if interface in router.links and vifs:
             routes = sum(vif.refs for vif in vifs)
-            log.info("interface %s gone: %d routes degraded until it is back", interface, routes)
+            log.info(
+                "interface %s gone: %d routes pending (their iif) or degraded until it is back",
+                interface,
+                routes,
+            )
         self._members(f"interface {interface} gone", self.joins.link_down, interface)
         return self._apply_quietly(
             f"interface {interface} gone", self.router.link_down, interface, kernel_dropped_vif

@@ -57,6 +57,7 @@ from mfcd.model import (
     AddRoute,
     DelMfc,
     DelRoute,
+    Ports,
     RouteKey,
     SetThreshold,
     Step,
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the configuration file and its drop-ins (routes, joins, interfaces too),"
         " print every problem as FILE:LINE: reason, and exit: 0 if it is valid, 1 if not;"
-        " touches nothing",
+        " touches nothing (routes naming interfaces this machine lacks are valid: noted)",
     )
     parser.add_argument("--version", action="version", version=f"mfcd {__version__}")
     return parser
@@ -137,6 +138,9 @@ REJOIN_MOST_TURNS = 12
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 STOP_WAIT = 1.0  # seconds a stop waits for a cancelled SIGHUP reload to clean up
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
+# Declared routes a reload counts by their interfaces between two turns of the loop (a few
+# ms: Counter.update is C, but holds the loop while it runs).
+WAITING_SLICE = 20_000
 CHECK_CHUNK = 100  # routes a drift check looks at, probes and writes between two budget checks
 
 
@@ -1063,9 +1067,10 @@ class Daemon:
         except MfcdError as e:
             log.error("reload failed, keeping the running configuration and routes: %s", e)
             raise
+        kept = self._restart_only(new)
         if not dry_run:
             try:
-                self._apply_settings(new)
+                self._apply_settings(new, kept)
             except MfcdError as e:
                 log.error("reload failed, keeping the running configuration and routes: %s", e)
                 raise
@@ -1089,6 +1094,7 @@ class Daemon:
             raise
         slots = self.controller.router.slots
         result = views.reload_result(change, outcome, declared, dry_run, taken, slots=slots)
+        result.update(await self._reload_warnings(declared, kept, dry_run))
         if not dry_run:
             self._after_change()
             log.info(
@@ -1139,9 +1145,45 @@ class Daemon:
         total = len(change.removed) + len(added) + len(settings)
         tell(self.events, self.controller.router, changes, total, origin="config", was=was)
 
-    def _apply_settings(self, new: config.Config) -> None:
+    def _restart_only(self, new: config.Config) -> dict[str, Any]:
+        """The settings the files change that change only at a restart, with the values
+        kept until then."""
         old = self.cfg
-        fixed = {k: getattr(old, k) for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)}
+        return {k: getattr(old, k) for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)}
+
+    async def _reload_warnings(
+        self, declared: declarations.Declarations, kept: dict[str, Any], dry_run: bool
+    ) -> dict[str, Any]:
+        """What mfcctl warns of after a reload (or its dry run), in `warnings`: the
+        settings kept until a restart, and the routes and templates of the files that wait
+        for interfaces that do not exist (counted in `pending`, `degraded` and `missing`,
+        as a batch's), so that a typo is seen. mfcd's log says them too (SIGHUP)."""
+        # (the routes by their shared Ports, a slice at a time: 1,000,000 take some 150 ms)
+        combinations: Counter[Ports] = Counter()
+        routes = iter(declared.routes.values())
+        for _ in range(0, len(declared.routes), WAITING_SLICE):
+            combinations.update(itertools.islice(routes, WAITING_SLICE))
+            await asyncio.sleep(0)
+        links = self.controller.router.links
+        waiting = declarations.waiting(combinations, declared.templates, links)
+        warnings = [
+            f"{key} changes only at restart; mfcd keeps {value!r} until then"
+            for key, value in kept.items()
+        ]
+        text = views.waiting_text(waiting, would=dry_run)
+        if text:
+            warnings.append(text)
+            if not dry_run:
+                log.info("reload: %s", text)
+        return {
+            "pending": waiting.pending,
+            "degraded": waiting.degraded,
+            "missing": waiting.missing,
+            "warnings": warnings,
+        }
+
+    def _apply_settings(self, new: config.Config, fixed: dict[str, Any]) -> None:
+        old = self.cfg
         for key in fixed:
             log.warning("reload: %s changes only at restart; keeping %r", key, getattr(old, key))
         new = config.override(new, **fixed)
@@ -1214,7 +1256,22 @@ def check_config(path: str | None) -> int:
     read += config.drop_ins(name)
     files = views.counted(len(read), "file")
     print(f"{name}: valid ({files}, {_declared_counts(declared, 'interface')})")
+    _note_missing_interfaces(name, declared)
     return 0
+
+
+def _note_missing_interfaces(name: str, declared: declarations.Declarations) -> None:
+    """--check-config: a note (not an error: the files may be meant for another machine,
+    and mfcd accepts routes waiting for interfaces) of the routes and templates that name
+    interfaces this machine does not have, so that a typo is seen before a reload."""
+    try:
+        links = netlink.current_links()
+    except OSError:  # (no netlink here: nothing to compare with)
+        return
+    combinations = Counter(declared.routes.values())
+    text = views.waiting_text(declarations.waiting(combinations, declared.templates, links), True)
+    if text:
+        print(f"{name}: note: on this machine, {text}", file=sys.stderr)
 
 
 def _declared_counts(declared: declarations.Declarations, interfaces: str) -> str:

@@ -32,7 +32,7 @@ import ipaddress
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, chain, islice, repeat
@@ -1316,3 +1316,36 @@ def _listed(old: list[Any], new: list[Any], identity: Callable[[Any], Any]) -> D
             out.changed.append(item)
     out.removed = [item for ident, item in before.items() if ident not in after]
     return out
+
+
+class Waiting(NamedTuple):
+    """The declared routes and templates that wait for interfaces that do not exist:
+    pending (their iif is missing) and degraded (an oif only), and the interfaces each
+    kind waits for."""
+
+    pending: int
+    degraded: int
+    pending_for: list[str]
+    degraded_for: list[str]
+
+    @property
+    def missing(self) -> list[str]:
+        return sorted({*self.pending_for, *self.degraded_for})
+
+
+def waiting(
+    combinations: Mapping[Ports, int], templates: Iterable[Template], links: Container[str]
+) -> Waiting:
+    """Which of the declared routes (`combinations`: how many routes have each Ports, as
+    Counter(Declarations.routes.values()) counts them, at C speed) and templates wait for
+    interfaces not in `links` (a wildcard waits for none: it names those that exist)."""
+    counts = [0, 0]  # pending, degraded
+    names: tuple[set[str], set[str]] = (set(), set())
+    declared = chain(combinations.items(), ((Ports(t.iif, t.oifs), 1) for t in templates))
+    for ports, n in declared:
+        missing = [name for name in ports.interfaces if name not in links and not is_wildcard(name)]
+        if missing:
+            kind = 0 if ports.iif in missing else 1
+            counts[kind] += n
+            names[kind].update(missing)
+    return Waiting(counts[0], counts[1], sorted(names[0]), sorted(names[1]))

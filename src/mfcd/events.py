@@ -23,7 +23,7 @@ BUFFER = 1024  # events buffered per subscriber; more are dropped (and reported 
 KINDS = (
     "route.add",  # a route added or replaced (any origin)
     "route.del",
-    "route.state",  # an interface event installed a pending route, or degraded one
+    "route.state",  # an interface event installed a route, or left it pending or degraded
     "template.add",  # emitted by the templates code
     "template.del",
     "learned",  # an entry learned from traffic (a template matched an upcall)

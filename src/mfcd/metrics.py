@@ -223,44 +223,54 @@ _START = "Start time of the process since unix epoch in seconds."
 
 
 class _States:
-    """The state of routes: pending, degraded (installed, an interface gone) or installed."""
+    """The state of routes: pending (not installed, or installed with its iif gone),
+    degraded (installed, an oif gone) or installed."""
 
     def __init__(self, router: Router) -> None:
         self.routes, self.installed, self.links = router.routes, router.installed, router.links
-        # Ports -> an interface is gone. Keyed by value, not id(): a Placed made since may
-        # take a freed one's id between two slices of a scrape.
-        self.missing: dict[Ports, bool] = {}
+        # Ports -> the state of an installed route with them. Keyed by value, not id(): a
+        # Placed made since may take a freed one's id between two slices of a scrape.
+        self.seen: dict[Ports, str] = {}
         # Every VIF present: no installed route is degraded, and none needs a look.
         self.healthy = all(vif.ifindex is not None for vif in router.vifs.values())
 
-    def degraded(self, key: RouteKey) -> bool:
-        """Whether an installed route has an interface gone (False for any other key)."""
+    def installed_as(self, key: RouteKey) -> str:
+        """The state of an installed route: installed, degraded (an oif gone) or pending
+        (its iif gone: as a start without it leaves it); "" for any other key."""
         ports = self.routes.get(key)
         if ports is None or key not in self.installed:
-            return False
-        gone = self.missing.get(ports)
-        if gone is None:
-            gone = self.missing[ports] = any(n not in self.links for n in ports.interfaces)
-        return gone
+            return ""
+        state = self.seen.get(ports)
+        if state is None:
+            links = self.links
+            if ports.iif not in links:
+                state = "pending"
+            elif any(n not in links for n in ports.oifs):
+                state = "degraded"
+            else:
+                state = "installed"
+            self.seen[ports] = state
+        return state
 
     def of(self, key: RouteKey) -> str:
         if key not in self.installed:
             return "pending"
-        return "degraded" if not self.healthy and self.degraded(key) else "installed"
+        return "installed" if self.healthy else self.installed_as(key)
 
 
-def route_counts(router: Router, degraded: int | None = None) -> Counter[tuple[str, str]]:
-    """Routes by (state, origin): installed, degraded (installed, an interface gone) or
-    pending; origin as model.Router.origins records it (absent: "api"). `degraded`, if
-    given, is the number of degraded routes, counted by the caller a slice at a time."""
+def route_counts(router: Router, gone: Counter[str] | None = None) -> Counter[tuple[str, str]]:
+    """Routes by (state, origin): installed, degraded (installed, an oif gone) or pending
+    (not installed, or its iif gone); origin as model.Router.origins records it (absent:
+    "api"). `gone`, if given, counts the installed routes with an interface gone by state
+    (degraded, pending), as the caller counted them a slice at a time."""
     states = _States(router)
     routes, installed = router.routes, router.installed
-    if degraded is None:
-        degraded = 0 if states.healthy else sum(map(states.degraded, list(installed)))
+    if gone is None:
+        gone = Counter() if states.healthy else Counter(map(states.installed_as, list(installed)))
     counts: Counter[tuple[str, str]] = Counter()
-    counts["pending", "api"] = len(routes) - len(installed)
-    counts["degraded", "api"] = degraded
-    counts["installed", "api"] = len(installed) - degraded
+    counts["pending", "api"] = len(routes) - len(installed) + gone["pending"]
+    counts["degraded", "api"] = gone["degraded"]
+    counts["installed", "api"] = len(installed) - gone["degraded"] - gone["pending"]
     for key, origin in router.origins.items():  # sparse: the routes not from the API
         if key in routes:
             where = states.of(key)
@@ -277,17 +287,18 @@ def template_counts(router: Router) -> Counter[str]:
 
 def _routes_by_state(router: Router, registry: Registry, chunk: int) -> Iterator[str]:
     """mfcd_routes (and the hooks' counts). With an interface gone, finding the degraded
-    routes takes a look at each installed route (about 1 to 3 µs each), so it is done
-    ten slices' worth of routes at a time, with turns of the loop in between."""
+    routes (and those pending with their iif gone) takes a look at each installed route
+    (about 1 to 3 µs each), so it is done ten slices' worth of routes at a time, with
+    turns of the loop in between."""
     states = _States(router)
-    degraded = 0
+    gone: Counter[str] = Counter()
     if not states.healthy:
         keys = list(router.installed)
         step = 10 * chunk
         for start in range(0, len(keys), step):
-            degraded += sum(map(states.degraded, keys[start : start + step]))
+            gone.update(map(states.installed_as, keys[start : start + step]))
             yield ""
-    counts = route_counts(router, degraded)
+    counts = route_counts(router, gone)
     out = family(
         "mfcd_routes",
         "gauge",

@@ -6,14 +6,18 @@ The daemon keeps *desired* routes, one per (family, source, group, table).  A ro
 *installed* when every interface it names exists: the model then holds a VIF for
 each of those interfaces and an MFC entry in the kernel.  A route whose iif does not
 exist is *pending*; it is installed the moment its iif appears.  A route installed
-while an oif it names does not exist, or whose interface disappears after, is
+while an oif it names does not exist, or whose oif disappears after, is
 *degraded*: the MFC entry is in the kernel and forwards out of the oifs that exist,
 and the VIF index of each missing interface is reserved for its name (a Vif with no
 ifindex: the kernel has no VIF there, having removed it with its device or never had
 it), so that when the interface appears the VIF is added at that index and the entry
-is re-issued.  Which state a route is in therefore depends only on which interfaces
-exist, never on their history: a restart does not change what is forwarded.  A VIF
-index is never handed to another interface while an entry refers to it.
+is re-issued.  A route whose iif disappears is pending again, as one restored while
+its iif is missing: its entry stays in the kernel, forwarding nothing (no VIF
+receives for it), with the iif's VIF index reserved, so that forwarding resumes the
+moment the iif returns.  Which state a route is in therefore depends only on which
+interfaces exist, never on their history: a restart does not change what is
+forwarded.  A VIF index is never handed to another interface while an entry refers
+to it.
 
 Every mutating method returns the kernel operations (`Step`s, each paired with
 the operation that undoes it) in the order the kernel needs them: VIFs before
@@ -718,11 +722,13 @@ class Router:
                     break
             else:
                 return _INSTALLED
-        missing = tuple(n for n in dict.fromkeys(ports.interfaces) if n not in self.links)
-        if key in self.installed:
+        missing = tuple(n for n in dict.fromkeys(ports.interfaces) if n not in links)
+        if key in self.installed and ports[0] in links:
             if missing:
                 return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
             return RouteStatus("installed", (), "")
+        # (its iif gone while installed: pending, as a start without it makes it; the entry
+        # the kernel keeps forwards nothing, and the iif's VIF number stays reserved)
         return _not_installed(ports, missing, self.refused.get(key))
 
     def vif_of(self, family: int, interface: str, table: int | None = None) -> Vif | None:
@@ -1320,7 +1326,7 @@ class Router:
     def _template_status(self, key: TemplateKey) -> RouteStatus:
         ports = self.templates[key]
         missing = tuple(n for n in dict.fromkeys(ports.interfaces) if n not in self.links)
-        if key in self.holding:
+        if key in self.holding and ports.iif in self.links:  # (its iif gone: pending, as above)
             if missing:
                 return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
             return RouteStatus("installed", (), "")

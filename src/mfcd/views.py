@@ -977,6 +977,34 @@ def _reload_plan(change: Any, declared: Any, taken: Any) -> list[dict[str, Any]]
     return plan
 
 
+def waiting_text(waiting: Any, would: bool = False, shown: int = 3) -> str:
+    """`1 route is pending (waiting for r7) and 2 degraded (waiting for r8, r9): no such
+    interfaces (yet)`: what the routes and templates of the config files wait for (a
+    declarations.Waiting), `would` be for a dry run; "" if they wait for nothing."""
+    kinds = [
+        (n, state, names)
+        for n, state, names in (
+            (waiting.pending, "pending", waiting.pending_for),
+            (waiting.degraded, "degraded", waiting.degraded_for),
+        )
+        if n
+    ]
+    if not kinds:
+        return ""
+    texts = []
+    for n, state, names in kinds:
+        some = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" * (len(names) > shown))
+        texts.append(f"{state} (waiting for {some})")
+        if len(texts) == 1:
+            be = "would be" if would else "is" if n == 1 else "are"
+            texts[0] = f"{counted(n, 'route')} {be} {texts[0]}"
+        else:
+            texts[-1] = f"{n} {texts[-1]}"
+    text = " and ".join(texts)
+    plural = len(waiting.missing) > 1
+    return f"{text}: no such interface{'s' * plural} (yet)"
+
+
 def counted(n: int, thing: str) -> str:
     """`1 template`, `2 templates`: a count and its noun, singular or plural."""
     return f"{n} {thing}" if n == 1 else f"{n} {thing}s"

@@ -422,3 +422,52 @@ def test_reload_dry_run_says_it_takes_over_an_api_template_and_join(lab: Lab, da
     assert (joined["group"], joined["origin"]) == ("239.8.9.9", "config")
     assert "239.8.9.9" in memberships(lab, "r2", 4)
     assert received(lab, "239.8.0.1") == [5, 0, 0]
+
+
+def test_reload_and_check_config_warn_of_missing_interfaces_and_settings_kept(
+    lab: Lab, daemon: Mfcd
+) -> None:
+    """A typo in a drop-in (iif r7, oif rX: no such interfaces) is accepted, as pending
+    and degraded routes, and said: on stderr by reload -n and reload, in their JSON, and
+    as a note by --check-config run on this machine; a restart-only setting changed is
+    said as kept until a restart."""
+    write_config(daemon, route("239.82.0.9", "r0", "r1"))
+    daemon.start()
+    settings = daemon.config_file.read_text().split("\n[[", 1)[0].rstrip("\n")
+    daemon.config_file.write_text(
+        settings
+        + '\nmetrics_listen = "127.0.0.1:10041"\n'
+        + route("239.82.0.9", "r0", "r1")
+        + route("239.82.1.1", "r7", "r2")
+        + route("239.82.1.2", "r0", "r2", "rX")
+    )
+    kept = "mfcctl: warning: metrics_listen changes only at restart; mfcd keeps '' until then"
+    waiting = (
+        "1 {} pending (waiting for r7) and 1 degraded (waiting for rX): no such interfaces (yet)"
+    )
+
+    dry = daemon.ctl("reload", "-n")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stderr.splitlines() == [kept, "mfcctl: warning: " + waiting.format("route would be")]
+    assert "add 198.18.0.2 -> 239.82.1.1 iif r7 oifs r2" in dry.stdout
+
+    noted = lab.exec(
+        lab.router, str(BIN / "mfcd"), "--check-config", "--config", str(daemon.config_file)
+    )
+    assert noted.returncode == 0 and "valid (1 file, 3 routes," in noted.stdout
+    assert noted.stderr == (
+        f"{daemon.config_file}: note: on this machine, {waiting.format('route would be')}\n"
+    )
+
+    done = daemon.ctl("reload")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "2 added, 0 removed, 0 changed, 1 unchanged\n"
+    assert done.stderr.splitlines() == [kept, "mfcctl: warning: " + waiting.format("route is")]
+    routes = shown(daemon)
+    assert (routes["239.82.1.1"]["state"], routes["239.82.1.2"]["state"]) == ("pending", "degraded")
+
+    again = json.loads(daemon.ok("reload", "-o", "json"))  # (nothing to change: still said)
+    assert (again["pending"], again["degraded"], again["missing"]) == (1, 1, ["r7", "rX"])
+    assert again["warnings"][1] == waiting.format("route is")
+    nothing = daemon.ctl("reload", "-n")
+    assert nothing.stdout.startswith("dry run: nothing to change\n")

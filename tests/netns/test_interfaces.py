@@ -96,7 +96,7 @@ def test_deleted_and_recreated_interface_resumes_forwarding(
         lab.del_router_link("r1")
     else:
         lab.del_router_link("r0")
-    route = mfcd.wait_state(group, "degraded")
+    route = mfcd.wait_state(group, "degraded" if which == "oif" else "pending")
     assert route["missing"] == (["r1"] if which == "oif" else ["r0"])
     if which == "oif":  # (with r0 gone the sender has no link to send on)
         assert received(lab, family) == [0, 5, 0]
@@ -203,8 +203,50 @@ def test_renamed_interface_is_let_go_and_taken_back_by_name(
 def test_sync_agrees_while_an_iif_is_missing(lab: Lab, mfcd: Mfcd) -> None:
     add(mfcd, 4, "r0", "r1", "r2")
     lab.del_router_link("r0")
-    mfcd.wait_state(FLOWS[4][1], "degraded")
+    mfcd.wait_state(FLOWS[4][1], "pending")
     assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+
+
+TEMPLATE_GROUPS = {4: "239.77.0.0/16", 6: "ff3e::77:0/112"}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_route_and_a_template_whose_iif_is_deleted_are_pending_as_after_a_restart(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    """The state depends only on which interfaces exist: a route and a template whose iif
+    r0 is deleted while mfcd runs are pending, as after a restart while r0 is missing, and
+    forward nothing either way. The kernel: the running daemon's entry stays, idle (r0's
+    VIF went with the device, its index stays reserved); the restarted daemon writes none.
+    r0 re-created: installed, and forwarded, either way."""
+    source, group = FLOWS[family]
+    template = TEMPLATE_GROUPS[family]
+    add(mfcd, family, "r0", "r1", "r2")
+    mfcd.ok("mfc", "add", "--group", template, "--iif", "r0", "--oifs", "r1")
+    assert received(lab, family) == [5, 5, 0]
+    vifs_before = kernel_tables.vifs(lab, family)
+
+    lab.del_router_link("r0")
+    for shown in (group, template):
+        route = mfcd.wait_state(shown, "pending")
+        assert (route["missing"], route["reason"]) == (["r0"], "waiting for r0")
+    assert list(kernel_tables.mfc(lab, family)) == [(source, group)]  # its entry, idle
+    assert "r0" not in kernel_tables.vifs(lab, family).values()
+    assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+
+    mfcd.stop()
+    mfcd.start()
+    for shown in (group, template):
+        route = mfcd.wait_state(shown, "pending")
+        assert (route["missing"], route["reason"]) == (["r0"], "waiting for r0")
+    assert kernel_tables.mfc(lab, family) == {}
+    assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+
+    lab.add_sender_link()
+    mfcd.wait_state(group, "installed")
+    mfcd.wait_state(template, "installed")
+    assert received(lab, family) == [5, 5, 0]
+    assert sorted(kernel_tables.vifs(lab, family).values()) == sorted(vifs_before.values())
 
 
 def test_ipv6_refuses_an_interface_index_above_65535_and_changes_nothing(

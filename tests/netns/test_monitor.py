@@ -66,6 +66,40 @@ class Subscriber:
         self.sock.close()
 
 
+def test_a_deleted_iif_makes_its_routes_pending_and_its_oifs_degraded(lab: Lab, mfcd: Mfcd) -> None:
+    """route.state follows the state show gives: a route whose iif went is pending (as a
+    restart without it leaves it), one whose oif went degraded; back, both installed."""
+    mfcd.ok(*route_args(SOURCE, "239.1.1.1", "r1", "r0"))  # r1: its iif
+    mfcd.ok(*route_args(SOURCE, "239.1.1.2", "r0", "r1,r2"))  # r1: an oif
+    sub = Subscriber(mfcd.socket)
+
+    def states() -> dict[str, tuple[str, str]]:
+        """The next route.state event of each of the two routes."""
+        found: dict[str, tuple[str, str]] = {}
+        while len(found) < 2:
+            event = sub.next()
+            if event["event"] == "route.state":
+                found.setdefault(event["group"], (event["state"], event["reason"]))
+        return found
+
+    try:
+        lab.del_router_link("r1")
+        gone = states()
+        lab.add_receiver_link(1)
+        back = states()
+    finally:
+        sub.close()
+    assert gone == {
+        "239.1.1.1": ("pending", "waiting for r1"),
+        "239.1.1.2": ("degraded", "waiting for r1"),
+    }
+    assert back == {"239.1.1.1": ("installed", ""), "239.1.1.2": ("installed", "")}
+    assert {r["group"]: r["state"] for r in mfcd.show()["routes"]} == {
+        "239.1.1.1": "installed",
+        "239.1.1.2": "installed",
+    }
+
+
 def test_route_and_interface_events_arrive_in_order(lab: Lab, mfcd: Mfcd) -> None:
     sub = Subscriber(mfcd.socket)
     try:

@@ -873,3 +873,22 @@ def test_an_ipv6_vif_shows_its_threshold_as_a_dash() -> None:
     lines = cli.format_vifs(vifs, stats=False)
     assert lines[2].split() == ["ipv4", "0", "r1", "7", "5", "2"]
     assert lines[3].split() == ["ipv6", "0", "r1", "7", "-", "2"]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_reload_prints_its_warnings_on_stderr(tmp_path: Path, dry_run: bool) -> None:
+    """Settings kept until a restart and routes waiting for interfaces (a typo) are seen,
+    in the dry run too; the summary stays on stdout."""
+    warnings = [
+        "metrics_listen changes only at restart; mfcd keeps '' until then",
+        "1 route is pending (waiting for r7): no such interface (yet)",
+    ]
+    summary = "0 added, 0 removed, 0 changed, 4 unchanged"
+    result = {"dry_run": dry_run, "plan": [], "summary": summary, "warnings": warnings}
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    argv = ["--socket", str(fake.path), "reload", *(["-n"] if dry_run else [])]
+    status, out, err = run_cli(*argv)
+    fake.close()
+    assert (status, err) == (0, "".join(f"mfcctl: warning: {w}\n" for w in warnings))
+    # A dry run with nothing to do says so, not "mfcd would:" followed by nothing.
+    assert out == (f"dry run: nothing to change\n{summary}\n" if dry_run else f"{summary}\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mfcd import controller
+from mfcd import controller, metrics
 from mfcd.controller import Controller, KernelView
 from mfcd.errors import KernelError, NotFound, StateError, VifLimit
 from mfcd.model import (
@@ -17,6 +17,7 @@ from mfcd.model import (
     Ports,
     Route,
     RouteKey,
+    RouteStatus,
     SetThreshold,
 )
 from mfcd.state import Loaded, route_op
@@ -273,6 +274,35 @@ def test_a_restart_while_an_oif_is_missing_forwards_as_before_it(count: int) -> 
     assert {restarted.router.status(k).state for k in restarted.router.routes} == {"installed"}
 
 
+def test_a_restart_while_the_iif_is_missing_gives_the_state_the_daemon_that_saw_it_go_has() -> None:
+    """A route whose iif was deleted while mfcd ran is pending, as the same route restored
+    while its iif is missing: the state depends only on which interfaces exist. Either
+    way nothing is forwarded; the daemon that saw it go keeps its entry (parent VIF gone,
+    its index reserved), the restarted one has none; the iif's return installs both."""
+    routes = {r.key: Ports(r.iif, r.oifs) for r in (r4(1, "a", "b", "c"), r4(2, "b", "a"))}
+    lived = Controller(FakeKernel(), FakeState())
+    lived.restore(Loaded(routes=routes), LINKS)
+    kernel, _ = fake(lived)
+    kernel.device_gone(LINKS["a"])
+    lived.link_down("a")
+    restarted = Controller(FakeKernel(), FakeState())
+    restarted.restore(Loaded(routes=routes), {"b": 2, "c": 3, "d": 4})
+    again, _ = fake(restarted)
+    key, other = r4(1, "a").key, r4(2, "b").key
+    for ctl in (lived, restarted):
+        assert ctl.router.status(key) == RouteStatus("pending", ("a",), "waiting for a")
+        assert ctl.router.status(other) == RouteStatus("degraded", ("a",), "waiting for a")
+    assert metrics.route_counts(lived.router) == metrics.route_counts(restarted.router)
+    assert kernel.forwarding(key) == (None, frozenset({(2, 1), (3, 1)}))  # no VIF receives
+    assert key not in again.mfcs
+    a = lived.router.vif_of(4, "a")
+    assert a is not None and (a.vifi, a.ifindex) == (0, None)  # reserved for a
+    for ctl, k in ((lived, kernel), (restarted, again)):
+        ctl.link_up("a", 9)
+        assert ctl.router.status(key).state == "installed"
+        assert k.forwarding(key) == (9, frozenset({(2, 1), (3, 1)}))
+
+
 @pytest.mark.parametrize("nth", range(1, 8))
 def test_restore_falls_back_to_one_route_at_a_time(nth: int, chunk: int) -> None:
     routes = (r4(1, "a", "b"), r4(2, "c", "d"), r4(3, "a", "b", "c"))
@@ -475,7 +505,8 @@ def test_interface_events_log_one_line_at_info(
     ctl.link_down("c")
     ctl.link_up("c", 13)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "interface c gone: 51 routes degraded until it is back"
+    gone = "interface c gone: 51 routes pending (their iif) or degraded until it is back"
+    assert lines[0] == gone
     assert lines[1].startswith("interface c up (ifindex 13): 51 routes affected")
     assert len(lines) == 2
     caplog.clear()

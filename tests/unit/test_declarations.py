@@ -7,6 +7,7 @@ import ipaddress
 import json
 import textwrap
 import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -766,3 +767,24 @@ def test_thousands_of_any_source_templates_are_checked_without_comparing_every_p
     declarations._check_templates(into, problems)
     assert len(problems) == calls == 256
     assert problems[0].startswith("g: route: the template 10.0.0.0/8 -> 239.10.0.0/24 on a")
+
+
+def test_waiting_counts_the_routes_and_templates_that_wait_and_for_what() -> None:
+    """Pending: the iif is missing (its missing oifs named too); degraded: an oif only. A
+    wildcard waits for nothing (it names the interfaces that exist)."""
+    declared, problems = parse(
+        route("239.1.1.1", '"b", "x"').replace('iif = "a"', 'iif = "y"')
+        + route("239.1.1.2", '"b", "x"')
+        + route("239.1.1.3", '"b", "vlan*"')
+        + '[[route]]\ngroup = "239.2.0.0/24"\niif = "a"\noifs = ["z"]\n'
+        + '[[route]]\ngroup = "239.3.0.0/24"\niif = "eth+"\noifs = ["b"]\n'
+    )
+    assert problems == []
+    combinations = Counter(declared.routes.values())
+    waiting = declarations.waiting(combinations, declared.templates, {"a", "b"})
+    assert waiting == declarations.Waiting(1, 2, ["x", "y"], ["x", "z"])
+    assert waiting.missing == ["x", "y", "z"]
+    every = {"a", "b", "x", "y", "z"}
+    assert declarations.waiting(combinations, declared.templates, every) == (0, 0, [], [])
+    # Routes that share their interfaces are counted as many as they are.
+    assert declarations.waiting({Ports("y", ("b",)): 7}, [], {"b"}) == (7, 0, ["y"], [])

@@ -172,6 +172,22 @@ def test_routes_are_counted_by_state_and_origin() -> None:
     assert len(samples(text, "mfcd_route_packets_total")) == 4
 
 
+def test_a_route_whose_iif_is_deleted_is_counted_pending_as_after_a_restart() -> None:
+    """Its entry stays in the kernel (idle), but its state is pending, as a start without
+    the iif leaves it: the scrape, counting a slice at a time, says so too."""
+    ctl = controller_with(*LINKS)
+    ctl.change(
+        [AddRoute.of(r4(1, "a", "b")), AddRoute.of(r4(2, "c", "a")), AddRoute.of(r4(3, "b", "c"))]
+    )
+    ctl.link_event("del", "c", LINKS["c"])  # route 2 pending (its iif), route 3 degraded
+    counts = metrics.route_counts(ctl.router)
+    assert +counts == {("installed", "api"): 1, ("pending", "api"): 1, ("degraded", "api"): 1}
+    routes = samples(page(ctl), "mfcd_routes")
+    assert routes['{state="pending",origin="api"}'] == "1"
+    assert routes['{state="degraded",origin="api"}'] == "1"
+    assert routes['{state="installed",origin="api"}'] == "1"
+
+
 def test_requests_are_counted_by_command_and_result_with_their_latency(ctl: Controller) -> None:
     commands = Commands(ctl, (4, 6))
     peer = Peer(1, 0, 0)

@@ -16,6 +16,7 @@ from mfcd import views
 from mfcd.controller import Controller
 from mfcd.dataplane import Counters as Read
 from mfcd.dataplane import LinkChange, SgCounters, VifCounters
+from mfcd.declarations import Waiting
 from mfcd.diagnosis import Check, Intent, Query
 from mfcd.errors import KernelError
 from mfcd.groups import ANY_SOURCE, JoinKey, Joins, MembershipOp
@@ -504,3 +505,33 @@ def test_link_events_tell_a_monitor_new_change_and_del() -> None:
     }
     assert [e["up"] for e in told[:4]] == [False, True, True, False]
     assert not any("renamed_to" in e or "renamed_from" in e for e in told[:8] + told[10:])
+
+
+@pytest.mark.parametrize(
+    ("waiting", "would", "text"),
+    [
+        (Waiting(0, 0, [], []), False, ""),
+        (
+            Waiting(1, 1, ["r7"], ["rX"]),
+            False,
+            "1 route is pending (waiting for r7) and 1 degraded (waiting for rX): no such"
+            " interfaces (yet)",
+        ),
+        (
+            Waiting(0, 2, [], ["r9"]),
+            False,
+            "2 routes are degraded (waiting for r9): no such interface (yet)",
+        ),
+        (
+            Waiting(10000, 0, ["r1", "r2", "r3", "r4", "r5"], []),
+            True,
+            "10000 routes would be pending (waiting for r1, r2, r3 and 2 more): no such"
+            " interfaces (yet)",
+        ),
+    ],
+)
+def test_what_the_declared_routes_wait_for_is_one_short_line(
+    waiting: Waiting, would: bool, text: str
+) -> None:
+    """However many routes wait for the same interfaces, one line names them (3 at most)."""
+    assert views.waiting_text(waiting, would=would) == text
