@@ -10,10 +10,13 @@ Each directive of smcroute.conf(5) becomes a declaration of mfc_daemon.conf(5):
     include GLOB                                            ->  the files' declarations, inline
 
 Two mroute lines for the same source, group and iif make one route with the oifs of
-both, as smcroute merges them. The `+` wildcard of interface names is mfcd's too.
-`phyint IF disable` gives IF no VIF in smcroute, so routes do not use it: IF is left out
-of the oifs that name it (a warning), and a wildcard that matches it is warned about
-(mfcd's wildcard would include it). As smcroute reads each line on its own, a trailing
+both, as smcroute merges them. The `+` wildcard of interface names is mfcd's too (a join's
+as well). smcroute routes only interfaces that have a VIF when it reads a route: every
+interface but those `phyint IF disable` removes, or with `smcrouted -N` (convert_file's
+no_vifs) only those `phyint IF enable` adds. Other oifs are left out (a warning), a route
+from another iif is not converted, and a wildcard that reaches them becomes the names
+phyint enables (mfcd's wildcard would match every interface), or is warned about if a
+wildcard phyint line enables it. As smcroute reads each line on its own, a trailing
 backslash continues nothing: it is part of the last word, and an oif that ends in one is
 skipped (a warning), as smcroute skips it. A comment starts at a word that begins with #,
 and a line longer than smcroute's buffer is read as several, as smcroute reads them.

@@ -21,6 +21,7 @@ from tests.unit.test_smcroute_import import MINUS_N
 
 # MINUS_N enables only r0, r2 and r3: under -N, r+ matches those only, r1 and r4 are neither
 # iifs nor oifs. The joins are made wherever they say, enabled or not.
+
 # (group, the end device that sends: 0 is the sender behind r0) -> what the end devices behind
 # r1..r4 received (not the sending one), as smcrouted 2.5.6 -N forwarded it.
 SMCROUTED_N = {

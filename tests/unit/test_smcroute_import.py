@@ -1,5 +1,6 @@
 """Tests for mfcd.smcroute_import (mfcctl import-smcroute): what it writes always passes
-mfcd's config reader, `phyint IF disable`, trailing backslashes, and the command's exits."""
+mfcd's config reader, `phyint` lines (disable; enable with -N, as smcrouted -N), trailing
+backslashes, thresholds under --table, wildcard joins, and the command's exits."""
 
 from __future__ import annotations
 
