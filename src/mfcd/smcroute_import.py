@@ -532,6 +532,16 @@ class _Converter:
                         " stay out"
                     )
 
+    def off_text(self, name: str, seen: int) -> str:
+        """`name` in a route read after `seen` phyint lines if it reaches an interface that
+        is not enabled ("" if not): a wildcard with the enabled interfaces it matches."""
+        if not name.endswith(_WILDCARDS):
+            return "" if self.why_off(name, seen) is None else name
+        names = self.expand(name, seen)
+        if names is None:
+            return ""
+        return f"{name} (other than {' '.join(names)})" if names else name
+
     def route_blocks(self, line: _Line) -> list[list[str]]:
         """The declarations of an mroute line: one per iif of a wildcard iif expanded."""
         assert line.route is not None
@@ -547,13 +557,6 @@ class _Converter:
             raise _Problem("the only oif is the iif: no route")
         return blocks
 
-    def reaches_off(self, name: str, seen: int) -> bool:
-        """Whether `name` in a route read after `seen` phyint lines reaches an interface
-        that is not enabled (a wildcard: one that no wildcard phyint line enables)."""
-        if name.endswith(_WILDCARDS):
-            return self.expand(name, seen) is not None
-        return self.why_off(name, seen) is not None
-
     def hint_no_vifs(self) -> None:
         """Without --no-default-vifs, warn of routes that reach interfaces no phyint line
         enables in a file that enables some: written for `smcrouted -N`, most likely, where
@@ -565,7 +568,8 @@ class _Converter:
             if line.route is None or line.problem is not None:
                 continue
             _, _, iif, oifs = line.route
-            off = [name for name in (iif, *oifs) if self.reaches_off(name, line.seen)]
+            off = [self.off_text(name, line.seen) for name in (iif, *oifs)]
+            off = [text for text in off if text]
             if off:
                 line.warnings.append(
                     f"{' '.join(off)}: not enabled by a phyint line, though the file enables"

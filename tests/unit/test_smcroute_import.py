@@ -95,7 +95,9 @@ def smcroute_lines(draw: st.DrawFn) -> str:
     group = draw(st.sampled_from(WORDS["group"]))
     words = [kind, "from", iif] if kind != "phyint" else [kind, iif]
     if kind == "phyint":
-        words += draw(st.sampled_from([["disable"], ["enable", "ttl-threshold", "3"], ["mrdisc"]]))
+        words += draw(
+            st.sampled_from([["disable"], ["enable"], ["enable", "ttl-threshold", "3"], ["mrdisc"]])
+        )
     elif kind != "junk":
         words += (["source", source] if source else []) + ["group", group]
     if kind == "mroute":
@@ -108,11 +110,11 @@ def smcroute_lines(draw: st.DrawFn) -> str:
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(lines=st.lists(smcroute_lines(), min_size=1, max_size=12))
+@given(lines=st.lists(smcroute_lines(), min_size=1, max_size=12), no_vifs=st.booleans())
 def test_whatever_the_input_the_output_passes_the_config_reader(
-    tmp_path: Path, lines: list[str]
+    tmp_path: Path, lines: list[str], no_vifs: bool
 ) -> None:
-    converted = convert(tmp_path, "\n".join(lines) + "\n")
+    converted = convert(tmp_path, "\n".join(lines) + "\n", no_vifs=no_vifs)
     loads(tmp_path, converted)  # raises on any problem
     # Each line as it was written, above its declarations or as not converted.
     path = tmp_path / "smcroute.conf"
@@ -227,7 +229,8 @@ def test_without_the_option_routes_to_interfaces_not_enabled_are_warned_about(
     assert len(declared(loads(tmp_path, converted))) == 6  # as smcrouted without -N
     assert numbers(converted.warnings) == [4, 5, 6, 7, 8, 9]
     assert converted.warnings[0].endswith(
-        "warning: r+: not enabled by a phyint line, though the file enables interfaces: if"
+        "warning: r+ (other than r0 r2 r3): not enabled by a phyint line, though the file"
+        " enables interfaces: if"
         " smcrouted ran with -N, smcroute routes only the enabled ones (and a wildcard"
         " matches only those); convert with --no-default-vifs to forward as it did"
     )
