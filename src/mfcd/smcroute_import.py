@@ -74,6 +74,7 @@ class _Line:
         "exact",
         "iifs",
         "into",
+        "later",
         "notes",
         "problem",
         "route",
@@ -95,6 +96,7 @@ class _Line:
         self.into: _Line | None = None  # the earlier mroute line its oifs were merged into
         self.iifs: list[str] | None = None  # a wildcard iif's interfaces under -N (one block each)
         self.seen = 0  # how many phyint lines came before it (what smcroute had enabled then)
+        self.later: dict[str, int] = {}  # oifs a later line merged in -> its `seen`
 
     def lines(self) -> list[str]:
         """Its lines in the output."""
@@ -349,6 +351,7 @@ class _Converter:
             self.line.notes.append(f"# (the same route as {first.where}: no oif to add)")
             return
         merged = had + added
+        first.later.update(dict.fromkeys(added, self.line.seen))
         first.route = (source, group, iif, merged)
         first.exact = first.exact and not any(n.endswith(_WILDCARDS) for n in added)
         first.blocks = [_route_block(source, group, iif, merged, self.table)]
@@ -463,16 +466,18 @@ class _Converter:
             iifs = [iif]
             try:
                 if iif.endswith(_WILDCARDS):
-                    iifs = self.limit(line, iif, "iif") or iifs  # (never []: a _Problem)
+                    iifs = self.limit(line, iif, "iif", line.seen) or iifs  # (not []: _Problem)
                 elif (why := self.why_off(iif, line.seen)) is not None:
                     raise _Problem(f"iif {iif}: {why}, so smcroute routes nothing from it")
                 kept: list[str] = []
                 for name in oifs:
-                    limited = self.limit(line, name, "oif")
+                    limited = self.limit(line, name, "oif", line.later.get(name, line.seen))
                     kept += [name] if limited is None else limited
                 kept = list(dict.fromkeys(kept))
                 if not kept:
-                    whys = "; ".join(f"{n}: {self.why_off(n, line.seen)}" for n in oifs)
+                    whys = "; ".join(
+                        f"{n}: {self.why_off(n, line.later.get(n, line.seen))}" for n in oifs
+                    )
                     raise _Problem(f"no oif has a VIF in smcroute: it installs no route ({whys})")
             except _Problem as e:
                 line.problem = str(e)
@@ -491,20 +496,20 @@ class _Converter:
             except _Problem as e:
                 line.problem = str(e)
 
-    def limit(self, line: _Line, name: str, role: str) -> list[str] | None:
-        """The interfaces `name` (an iif or an oif of `line`) stands for in smcroute: None
-        when it stays as written, [] when it is left out (warned about; _Problem for an
-        iif)."""
+    def limit(self, line: _Line, name: str, role: str, seen: int) -> list[str] | None:
+        """The interfaces `name` (an iif or an oif of `line`, read after `seen` phyint lines)
+        stands for in smcroute: None when it stays as written, [] when it is left out (warned
+        about; _Problem for an iif)."""
         if not name.endswith(_WILDCARDS):
-            why = self.why_off(name, line.seen)
+            why = self.why_off(name, seen)
             if why is None:
                 return None
             line.warnings.append(f"oif {name} left out: {why}, so smcroute does not forward to it")
             line.notes.append(f"# ({name} left out of the oifs: no VIF in smcroute)")
             return []
-        names = self.expand(name, line.seen)
+        names = self.expand(name, seen)
         if names is None:
-            self.warn_off(line, name, role)
+            self.warn_off(line, name, role, seen)
             return None
         if not names and role == "iif":
             raise _Problem(f"iif {name} matches no interface with a VIF: smcroute routes nothing")
@@ -518,13 +523,13 @@ class _Converter:
         )
         return names
 
-    def warn_off(self, line: _Line, pattern: str, role: str) -> None:
+    def warn_off(self, line: _Line, pattern: str, role: str, seen: int) -> None:
         """Warn of interfaces a kept wildcard matches that smcroute leaves out (a phyint line
         disables them): mfcd's pattern includes them."""
         stem = pattern[:-1]
         for name, _, _ in self.phyints:
             if name != pattern and name.startswith(stem):
-                why = self.why_off(name, line.seen)
+                why = self.why_off(name, seen)
                 if why is not None:
                     line.warnings.append(
                         f"{role} {pattern} matches {name}, which smcroute leaves out ({why});"
@@ -568,7 +573,7 @@ class _Converter:
             if line.route is None or line.problem is not None:
                 continue
             _, _, iif, oifs = line.route
-            off = [self.off_text(name, line.seen) for name in (iif, *oifs)]
+            off = [self.off_text(n, line.later.get(n, line.seen)) for n in (iif, *oifs)]
             off = [text for text in off if text]
             if off:
                 line.warnings.append(

@@ -267,6 +267,20 @@ def test_no_default_vifs_phyint_lines(tmp_path: Path) -> None:
     assert found.interfaces == {}  # r2's threshold is not written
 
 
+def test_no_default_vifs_an_oif_merged_in_later_counts_from_its_own_line(tmp_path: Path) -> None:
+    # smcrouted 2.5.6 -N: `Oifs: r2 r1`, r1 enabled between the two lines of the route.
+    converted = convert(
+        tmp_path,
+        "phyint r0 enable\nphyint r2 enable\n"
+        "mroute from r0 source 198.18.0.2 group 239.10.1.1 to r2\n"
+        "phyint r1 enable\n"
+        "mroute from r0 source 198.18.0.2 group 239.10.1.1 to r1\n",
+        no_vifs=True,
+    )
+    assert converted.problems == converted.warnings == []
+    assert declared(loads(tmp_path, converted)) == [("239.10.1.1", "r0", ("r2", "r1"))]
+
+
 def test_the_cli_takes_no_default_vifs_as_smcrouted_takes_n(tmp_path: Path) -> None:
     conf = tmp_path / "smcroute.conf"
     conf.write_text("phyint r0 enable\nphyint r2 enable\nmroute from r0 group 239.1.0.0/16 to r+\n")
