@@ -527,7 +527,7 @@ class _Converter:
         """Warn of interfaces a kept wildcard matches that smcroute leaves out (a phyint line
         disables them): mfcd's pattern includes them."""
         stem = pattern[:-1]
-        for name, _, _ in self.phyints:
+        for name in dict.fromkeys(name for name, _, _ in self.phyints):
             if name != pattern and name.startswith(stem):
                 why = self.why_off(name, seen)
                 if why is not None:
@@ -568,21 +568,23 @@ class _Converter:
         they do not forward."""
         if self.no_vifs or not self.enables:
             return
-        self.no_vifs = True
-        for line in self.lines:
-            if line.route is None or line.problem is not None:
-                continue
-            _, _, iif, oifs = line.route
-            off = [self.off_text(n, line.later.get(n, line.seen)) for n in (iif, *oifs)]
-            off = [text for text in off if text]
-            if off:
-                line.warnings.append(
-                    f"{' '.join(off)}: not enabled by a phyint line, though the file enables"
-                    " interfaces: if smcrouted ran with -N, smcroute routes only the enabled"
-                    " ones (and a wildcard matches only those); convert with"
-                    " --no-default-vifs to forward as it did"
-                )
-        self.no_vifs = False
+        self.no_vifs = True  # (what -N would leave out)
+        try:
+            for line in self.lines:
+                if line.route is None or line.problem is not None:
+                    continue
+                _, _, iif, oifs = line.route
+                off = [self.off_text(n, line.later.get(n, line.seen)) for n in (iif, *oifs)]
+                off = [text for text in off if text]
+                if off:
+                    line.warnings.append(
+                        f"{' '.join(off)}: not enabled by a phyint line, though the file"
+                        " enables interfaces: if smcrouted ran with -N, smcroute routes only"
+                        " the enabled ones (and a wildcard matches only those); convert with"
+                        " --no-default-vifs to forward as it did"
+                    )
+        finally:
+            self.no_vifs = False
 
     def read_back(self) -> None:
         """Mark the lines whose declarations mfcd's config reader refuses, until it refuses
