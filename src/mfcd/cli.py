@@ -720,10 +720,19 @@ def _import_command(sub: Any) -> None:
         " 'phyint IF disable' leaves out, a trailing backslash, a comment after the oifs, a"
         " line longer than smcroute's 511 bytes) is reported as FILE:LINE:"
         " warning: why. Two mroute lines for the same source, group and iif make one route"
-        " with the oifs of both, as smcroute merges them. Needs no mfcd.",
+        " with the oifs of both, as smcroute merges them. If smcrouted ran with -N, convert"
+        " with -N too. Needs no mfcd.",
     )
     imp.add_argument("file", metavar="FILE", help="the smcroute.conf to convert")
     imp.add_argument("--to", metavar="OUT", help="write the TOML to OUT instead of stdout")
+    imp.add_argument(
+        "-N",
+        "--no-default-vifs",
+        action="store_true",
+        help="convert as `smcrouted -N` runs: only the interfaces a `phyint IF enable` line"
+        " enables are routed; other oifs are left out, a route from another iif is not"
+        " converted, a wildcard becomes the enabled interfaces it matches (joins are kept)",
+    )
     _table_option(
         imp,
         "put every route and template in this multicast routing table, as `smcrouted -t ID`"
@@ -1597,7 +1606,7 @@ class Cli:
                 print(f"mfcctl: warning: {warning}", file=self.stderr)
             return protocol.EXIT_OK
         if a.command == "import-smcroute":
-            return self.import_smcroute(a.file, a.to, a.table)
+            return self.import_smcroute(a.file, a.to, a.table, a.no_default_vifs)
         if a.command == "flush":
             result = self.client.call("flush", {}, dry_run=a.dry_run)
             self.emit(result, _flush_text)
@@ -1703,7 +1712,7 @@ class Cli:
             e.file = "stdin" if name == "-" else name
             raise
 
-    def import_smcroute(self, name: str, to: str | None, table: str | None) -> int:
+    def import_smcroute(self, name: str, to: str | None, table: str | None, no_vifs: bool) -> int:
         # Only this command needs it: mfcctl's other commands start without it.
         from mfcd import smcroute_import  # noqa: PLC0415
 
@@ -1712,7 +1721,7 @@ class Cli:
         except ValueError as e:
             raise CliError(f"--table: {e}", protocol.EXIT_USAGE) from None
         try:
-            converted = smcroute_import.convert_file(name, value)
+            converted = smcroute_import.convert_file(name, value, no_vifs)
         except OSError as e:
             raise CliError(f"cannot read {name}: {e.strerror}", protocol.EXIT_USAGE) from None
         if to is not None:

@@ -10,10 +10,13 @@ Each directive of smcroute.conf(5) becomes a declaration of mfc_daemon.conf(5):
     include GLOB                                            ->  the files' declarations, inline
 
 Two mroute lines for the same source, group and iif make one route with the oifs of
-both, as smcroute merges them. The `+` wildcard of interface names is mfcd's too.
-`phyint IF disable` gives IF no VIF in smcroute, so routes do not use it: IF is left out
-of the oifs that name it (a warning), and a wildcard that matches it is warned about
-(mfcd's wildcard would include it). As smcroute reads each line on its own, a trailing
+both, as smcroute merges them. The `+` wildcard of interface names is mfcd's too (a join's
+as well). smcroute routes only interfaces that have a VIF when it reads a route: every
+interface but those `phyint IF disable` removes, or with `smcrouted -N` (convert_file's
+no_vifs) only those `phyint IF enable` adds. Other oifs are left out (a warning), a route
+from another iif is not converted, and a wildcard that reaches them becomes the names
+phyint enables (mfcd's wildcard would match every interface), or is warned about if a
+wildcard phyint line enables it. As smcroute reads each line on its own, a trailing
 backslash continues nothing: it is part of the last word, and an oif that ends in one is
 skipped (a warning), as smcroute skips it. A comment starts at a word that begins with #,
 and a line longer than smcroute's buffer is read as several, as smcroute reads them.
@@ -69,10 +72,13 @@ class _Line:
     __slots__ = (
         "blocks",
         "exact",
+        "iifs",
         "into",
+        "later",
         "notes",
         "problem",
         "route",
+        "seen",
         "text",
         "warnings",
         "where",
@@ -88,6 +94,9 @@ class _Line:
         self.warnings: list[str] = []  # what changed in converting it, if it is converted
         self.exact = False  # one (S,G) route: read back with the routes that mfcd reads fast
         self.into: _Line | None = None  # the earlier mroute line its oifs were merged into
+        self.iifs: list[str] | None = None  # a wildcard iif's interfaces under -N (one block each)
+        self.seen = 0  # how many phyint lines came before it (what smcroute had enabled then)
+        self.later: dict[str, int] = {}  # oifs a later line merged in -> its `seen`
 
     def lines(self) -> list[str]:
         """Its lines in the output."""
@@ -103,14 +112,18 @@ class _Line:
 
 
 class _Converter:
-    def __init__(self, table: str | None) -> None:
+    def __init__(self, table: str | None, no_vifs: bool = False) -> None:
         self.table = table  # the TOML value of every route's `table` (None: the default)
+        self.no_vifs = no_vifs  # as `smcrouted -N`: only interfaces phyint enables are routed
+        # Each phyint line in order: (name or pattern, whether it leaves a VIF, FILE:LINE).
+        self.phyints: list[tuple[str, bool, str]] = []
+        self.enables = False  # whether a phyint line says `enable`
+        self.disables: set[str] = set()  # where the phyint lines that end in `disable` are
         self.lines: list[_Line] = []
         self.routes: dict[tuple[str, str, str], _Line] = {}  # (source, group, iif) -> first line
         self.sources: dict[tuple[str, str], _Line] = {}  # (S,G) -> its route's line
         self.joins: set[tuple[str, str, str | None]] = set()
         self.interfaces: dict[str, str] = {}  # name -> FILE:LINE
-        self.disabled: dict[str, str] = {}  # phyint IF disable: IF (or pattern) -> FILE:LINE
         self.reading: list[str] = []  # the include chain, to refuse loops
         self.line = _Line("", "")  # the directive being converted
 
@@ -140,6 +153,7 @@ class _Converter:
                     if not words:
                         continue
                     line = self.line = _Line(f"{path}:{number}", text.strip())
+                    line.seen = len(self.phyints)
                     self.lines.append(line)
                     line.warnings += comment
                     if len(pieces) > 1:
@@ -214,19 +228,26 @@ class _Converter:
             else:
                 raise _Problem(f"unknown phyint option {word!r}")
             i += 1
-        # The last word wins, as in smcroute; a later enable undoes a disable.
+        # The last word wins, as in smcroute. Without either word, the interface keeps the
+        # default: a VIF, or none under -N (smcrouted 2.5.6 logs "Removing multicast VIFs").
+        enabled = notes[-1] == "enable" if notes else not self.no_vifs
+        self.phyints.append((name, enabled, self.line.where))
+        self.enables = self.enables or "enable" in notes
         if notes and notes[-1] == "disable":
-            self.disabled[name] = self.line.where
-        elif notes:
-            self.disabled.pop(name, None)
+            self.disables.add(self.line.where)
         out = self.line.notes
         if "disable" in notes or (threshold is None and not mrdisc):
             # mfcd gives an interface a VIF only while a route names it: enable has nothing
-            # to say, and disable is applied to the routes (_apply_disabled).
+            # to say, and disable is applied to the routes (apply_phyints).
             out.append("# (mfcd adds a VIF only for interfaces routes use: nothing to do)")
             if "disable" in notes and (threshold is not None or mrdisc):
                 raise _Problem("phyint disable with settings: the settings are left out")
             return
+        if not enabled:
+            raise _Problem(
+                f"phyint {name} without enable: smcrouted -N gives {name} no VIF, so routes do"
+                " not use it and its settings are left out; add `enable` if it routes multicast"
+            )
         if name.endswith(_WILDCARDS):
             raise _Problem(
                 f"phyint {name}: interface settings take one interface name, not a"
@@ -238,6 +259,13 @@ class _Converter:
         block = ["[[interface]]", f"name = {_q(name)}"]
         if threshold is not None:
             block.append(f"threshold = {threshold}")
+            if self.table is not None:
+                self.line.warnings.append(
+                    f"mfcd applies {name}'s ttl-threshold in every table, not only in table"
+                    f" {self.table} as `smcrouted -t` did: a stream of another table with a TTL"
+                    f" of {threshold} or less no longer leaves {name} (mfcd --check-config"
+                    " reports another file's threshold for it as declared twice)"
+                )
         if mrdisc:
             block.append("mrdisc = true")
         self.line.blocks.append(block)
@@ -323,6 +351,7 @@ class _Converter:
             self.line.notes.append(f"# (the same route as {first.where}: no oif to add)")
             return
         merged = had + added
+        first.later.update(dict.fromkeys(added, self.line.seen))
         first.route = (source, group, iif, merged)
         first.exact = first.exact and not any(n.endswith(_WILDCARDS) for n in added)
         first.blocks = [_route_block(source, group, iif, merged, self.table)]
@@ -347,9 +376,7 @@ class _Converter:
             raise _Problem(f"{kind} needs `from IFNAME` and `group GROUP`")
         if kind == "ssmgroup" and "source" not in options:
             raise _Problem("ssmgroup needs `source ADDRESS`")
-        name = options["from"]
-        if name.endswith(_WILDCARDS):
-            raise _Problem(f"{kind} from {name}: a join takes one interface, not a wildcard")
+        name = options["from"]  # a wildcard joins on every match, in smcroute as in mfcd
         group = _group(options["group"])
         sources: list[str | None] = [None]
         if "source" in options:
@@ -381,66 +408,183 @@ class _Converter:
             self.comment(f"# include {name}")
             self.file(name)
 
-    # --- after the last line -----------------------------------------------------------------
+    # --- after the last line: which interfaces smcroute routes -------------------------------
 
-    def apply_disabled(self) -> None:
-        """Leave the interfaces of `phyint IF disable` out of the routes, as smcroute does
-        (they have no VIF), and warn of wildcards that match them."""
-        if not self.disabled:
-            return
+    def decided(self, name: str, upto: int | None = None) -> tuple[bool, str | None, str]:
+        """Whether smcroute had a VIF for `name` (an interface, or a wildcard as the
+        interfaces it stands for) after the first `upto` phyint lines (None: all of them), and
+        the phyint line that decided it: the name or pattern it names and where it is (None:
+        no line names it, so the default: every interface, or none with -N)."""
+        stem = name[:-1] if name.endswith(_WILDCARDS) else name
+        for pattern, enabled, where in reversed(self.phyints[:upto]):
+            if pattern == name or (pattern.endswith(_WILDCARDS) and stem.startswith(pattern[:-1])):
+                return enabled, where, pattern
+        return not self.no_vifs, None, name
+
+    def why_off(self, name: str, seen: int) -> str | None:
+        """Why a route read after `seen` phyint lines does not use `name` in smcroute (None:
+        it does). Checked with smcrouted 2.5.6: a route gets only the interfaces that have a
+        VIF when it is read ("not a known phyint, skipping"; smcroute.conf(5): phyint lines
+        come before the routes that use them), and a VIF removed later leaves every route."""
+        now, _, _ = self.decided(name, seen)
+        last, at, pattern = self.decided(name)
+        if now and last:
+            return None
+        if last:
+            return f"phyint {pattern} enable (at {at}) comes after this line, too late for smcroute"
+        if at is None:
+            return f"no phyint {name} enable line gives it a VIF (-N)"
+        if at in self.disables:
+            return f"phyint {pattern} disable (at {at}) gives it no VIF"
+        return f"phyint {pattern} (at {at}), without enable, gives it no VIF (-N)"
+
+    def expand(self, pattern: str, seen: int) -> list[str] | None:
+        """What the wildcard `pattern` stands for in a route read after `seen` phyint lines:
+        None if smcroute routes every interface it matches (no phyint line, or a wildcard
+        one, keeps all of them out), else the interfaces and narrower patterns that phyint
+        lines enable. smcroute's wildcard reaches only interfaces with a VIF, and mfcd's every
+        interface, now and later: written as those names, it forwards where smcroute did."""
+        if self.why_off(pattern, seen) is None:
+            return None
+        stem = pattern[:-1]
+        names = dict.fromkeys(
+            name
+            for name, _, _ in self.phyints
+            if name != pattern and name.startswith(stem) and self.why_off(name, seen) is None
+        )
+        return list(names)
+
+    def apply_phyints(self) -> None:
+        """Limit the routes to the interfaces smcroute gives a VIF (checked with smcrouted
+        2.5.6, with and without -N): an oif without one is skipped, a route from an iif without
+        one is not installed, and a wildcard matches only the interfaces with one. Joins are
+        left as they are: smcroute joins on interfaces it does not route, -N or not."""
         for line in self.lines:
             if line.route is None or line.problem is not None:
                 continue
             source, group, iif, oifs = line.route
-            for role, name in (("iif", iif), *(("oif", n) for n in oifs)):
-                if name.endswith(_WILDCARDS):
-                    self.warn_wildcard(line, name, role)
-            off = self.disabled_by(iif)
-            if off is not None and not iif.endswith(_WILDCARDS):
-                line.problem = (
-                    f"iif {iif} is disabled (phyint {off} disable at {self.disabled[off]}):"
-                    " smcroute routes nothing from it"
-                )
-                continue
-            kept = [n for n in oifs if n.endswith(_WILDCARDS) or self.disabled_by(n) is None]
-            if kept == oifs:
-                continue
-            for name in oifs:
-                if name not in kept:
-                    off = self.disabled_by(name) or name
-                    line.warnings.append(
-                        f"oif {name} left out: phyint {off} disable (at {self.disabled[off]})"
-                        " gives it no VIF, so smcroute does not forward to it",
+            iifs = [iif]
+            try:
+                if iif.endswith(_WILDCARDS):
+                    iifs = self.limit(line, iif, "iif", line.seen) or iifs  # (not []: _Problem)
+                elif (why := self.why_off(iif, line.seen)) is not None:
+                    raise _Problem(f"iif {iif}: {why}, so smcroute routes nothing from it")
+                kept: list[str] = []
+                for name in oifs:
+                    limited = self.limit(line, name, "oif", line.later.get(name, line.seen))
+                    kept += [name] if limited is None else limited
+                kept = list(dict.fromkeys(kept))
+                if not kept:
+                    whys = "; ".join(
+                        f"{n}: {self.why_off(n, line.later.get(n, line.seen))}" for n in oifs
                     )
-                    line.notes.append(f"# ({name} left out of the oifs: phyint {off} disable)")
-            if not kept:
-                line.problem = (
-                    f"every oif ({' '.join(oifs)}) is disabled by phyint ... disable: smcroute"
-                    " installs no route"
-                )
+                    raise _Problem(f"no oif has a VIF in smcroute: it installs no route ({whys})")
+            except _Problem as e:
+                line.problem = str(e)
+                continue
+            if kept == oifs and iifs == [iif]:
                 continue
             line.route = (source, group, iif, kept)
-            line.blocks = [_route_block(source, group, iif, kept, self.table)]
+            line.iifs = None if iifs == [iif] else iifs
+            line.exact = (
+                source is not None
+                and "/" not in source + group
+                and not any(n.endswith(_WILDCARDS) for n in (iif, *kept))
+            )
+            try:
+                line.blocks = self.route_blocks(line)
+            except _Problem as e:
+                line.problem = str(e)
 
-    def disabled_by(self, name: str) -> str | None:
-        """The disabled name or pattern that covers the interface `name`, if any."""
-        if name in self.disabled:
-            return name
-        for off in self.disabled:
-            if off.endswith(_WILDCARDS) and name.startswith(off[:-1]):
-                return off
-        return None
+    def limit(self, line: _Line, name: str, role: str, seen: int) -> list[str] | None:
+        """The interfaces `name` (an iif or an oif of `line`, read after `seen` phyint lines)
+        stands for in smcroute: None when it stays as written, [] when it is left out (warned
+        about; _Problem for an iif)."""
+        if not name.endswith(_WILDCARDS):
+            why = self.why_off(name, seen)
+            if why is None:
+                return None
+            line.warnings.append(f"oif {name} left out: {why}, so smcroute does not forward to it")
+            line.notes.append(f"# ({name} left out of the oifs: no VIF in smcroute)")
+            return []
+        names = self.expand(name, seen)
+        if names is None:
+            self.warn_off(line, name, role, seen)
+            return None
+        if not names and role == "iif":
+            raise _Problem(f"iif {name} matches no interface with a VIF: smcroute routes nothing")
+        if role == "oif" and line.route is not None:  # (mfcd's wildcard leaves out the iif too)
+            names = [n for n in names if n != line.route[2]]
+        shown = " ".join(names) or "nothing"
+        line.notes.append(f"# ({role} {name} written as {shown}: the interfaces phyint enables)")
+        line.warnings.append(
+            f"{role} {name} written as {shown}: smcroute's {name} matches only the interfaces"
+            f" phyint enables, mfcd's would match every interface, now and later"
+        )
+        return names
 
-    def warn_wildcard(self, line: _Line, pattern: str, role: str) -> None:
+    def warn_off(self, line: _Line, pattern: str, role: str, seen: int) -> None:
+        """Warn of interfaces a kept wildcard matches that smcroute leaves out (a phyint line
+        disables them): mfcd's pattern includes them."""
         stem = pattern[:-1]
-        for off, where in self.disabled.items():
-            other = off[:-1] if off.endswith(_WILDCARDS) else off
-            if other.startswith(stem) or (off.endswith(_WILDCARDS) and stem.startswith(other)):
-                line.warnings.append(
-                    f"{role} {pattern} matches {off}, which phyint {off} disable (at {where})"
-                    f" keeps out of smcroute's routes; mfcd's {pattern} includes it: name the"
-                    " interfaces instead if it must stay out",
-                )
+        for name in dict.fromkeys(name for name, _, _ in self.phyints):
+            if name != pattern and name.startswith(stem):
+                why = self.why_off(name, seen)
+                if why is not None:
+                    line.warnings.append(
+                        f"{role} {pattern} matches {name}, which smcroute leaves out ({why});"
+                        f" mfcd's {pattern} includes it: name the interfaces instead if it must"
+                        " stay out"
+                    )
+
+    def off_text(self, name: str, seen: int) -> str:
+        """`name` in a route read after `seen` phyint lines if it reaches an interface that
+        is not enabled ("" if not): a wildcard with the enabled interfaces it matches."""
+        if not name.endswith(_WILDCARDS):
+            return "" if self.why_off(name, seen) is None else name
+        names = self.expand(name, seen)
+        if names is None:
+            return ""
+        return f"{name} (other than {' '.join(names)})" if names else name
+
+    def route_blocks(self, line: _Line) -> list[list[str]]:
+        """The declarations of an mroute line: one per iif of a wildcard iif expanded."""
+        assert line.route is not None
+        source, group, iif, oifs = line.route
+        blocks = []
+        for one in line.iifs or [iif]:
+            out = [n for n in oifs if n != one]
+            if out:
+                blocks.append(_route_block(source, group, one, out, self.table))
+            else:
+                line.notes.append(f"# (from {one}, the only oif is the iif: no template)")
+        if not blocks:
+            raise _Problem("the only oif is the iif: no route")
+        return blocks
+
+    def hint_no_vifs(self) -> None:
+        """Without --no-default-vifs, warn of routes that reach interfaces no phyint line
+        enables in a file that enables some: written for `smcrouted -N`, most likely, where
+        they do not forward."""
+        if self.no_vifs or not self.enables:
+            return
+        self.no_vifs = True  # (what -N would leave out)
+        try:
+            for line in self.lines:
+                if line.route is None or line.problem is not None:
+                    continue
+                _, _, iif, oifs = line.route
+                off = [self.off_text(n, line.later.get(n, line.seen)) for n in (iif, *oifs)]
+                off = [text for text in off if text]
+                if off:
+                    line.warnings.append(
+                        f"{' '.join(off)}: not enabled by a phyint line, though the file"
+                        " enables interfaces: if smcrouted ran with -N, smcroute routes only"
+                        " the enabled ones (and a wildcard matches only those); convert with"
+                        " --no-default-vifs to forward as it did"
+                    )
+        finally:
+            self.no_vifs = False
 
     def read_back(self) -> None:
         """Mark the lines whose declarations mfcd's config reader refuses, until it refuses
@@ -633,15 +777,17 @@ def _q(text: str) -> str:
     return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
-def convert_file(path: str, table: str | None = None) -> Converted:
+def convert_file(path: str, table: str | None = None, no_vifs: bool = False) -> Converted:
     """Convert an smcroute.conf and the files it includes (OSError if it cannot be read),
-    each route into `table` (a table_value; None for the default table)."""
-    converter = _Converter(table)
+    each route into `table` (a table_value; None for the default table), as smcrouted reads
+    it, or with `no_vifs` as `smcrouted -N` does."""
+    converter = _Converter(table, no_vifs)
     converter.comment(f"# Converted from {path} by mfcctl import-smcroute.")
     converter.comment("# Check it with: mfcd --check-config --config FILE")
     converter.comment("")
     converter.file(path)
-    converter.apply_disabled()
+    converter.apply_phyints()
+    converter.hint_no_vifs()
     converter.read_back()
     out: list[str] = []
     problems: list[str] = []

@@ -642,7 +642,13 @@ mgroup from b4 group 239.1.2.3
     result = convert(tmp_path, conf)
     original = tmp_path / "smcroute.conf"
     assert result.returncode == 1
-    assert f"{original}:4:" in result.stderr and result.stderr.count("\n") == 1
+    errors = result.stderr.splitlines()
+    assert [e for e in errors if ": warning: " not in e] == [
+        f"mfcctl: {original}:4: phyint needs an interface name"
+    ]
+    # The file enables r0 and r2 and routes to r1: the hint for a file written for -N.
+    hints = [e for e in errors if ": warning: r1: not enabled by a phyint line" in e]
+    assert [e.split(":")[2] for e in hints] == ["7", "10"]
     # What was converted passes the checker; the same with a broken declaration does not.
     checked = tmp_path / "mfc_daemon.conf"
     checked.write_text(f'state_file = "{tmp_path}/state"\n' + result.stdout)

@@ -1,5 +1,6 @@
 """Tests for mfcd.smcroute_import (mfcctl import-smcroute): what it writes always passes
-mfcd's config reader, `phyint IF disable`, trailing backslashes, and the command's exits."""
+mfcd's config reader, `phyint` lines (disable; enable with -N, as smcrouted -N), trailing
+backslashes, thresholds under --table, wildcard joins, and the command's exits."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from mfcd.declarations import Declarations
 from tests.unit.test_cli import run_cli
 
 
-def convert(tmp_path: Path, text: str) -> smcroute_import.Converted:
+def convert(
+    tmp_path: Path, text: str, table: str | None = None, no_vifs: bool = False
+) -> smcroute_import.Converted:
     conf = tmp_path / "smcroute.conf"
     conf.write_text(text)
-    return smcroute_import.convert_file(str(conf))
+    return smcroute_import.convert_file(str(conf), table, no_vifs)
 
 
 def loads(tmp_path: Path, converted: smcroute_import.Converted) -> Declarations:
@@ -35,6 +38,12 @@ def loads_clean(tmp_path: Path, text: str) -> Declarations:
     converted = convert(tmp_path, text)
     assert converted.problems == converted.warnings == []
     return loads(tmp_path, converted)
+
+
+def declared(found: Declarations) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(group, iif, oifs) of each route and template, in the order they are written."""
+    routes = [(k[2], p.iif, p.oifs) for k, p in found.routes.items()]
+    return routes + [(t.group, t.iif, t.oifs) for t in found.templates]
 
 
 def numbers(messages: list[str]) -> list[int]:
@@ -105,7 +114,9 @@ def smcroute_lines(draw: st.DrawFn) -> str:
     group = draw(st.sampled_from(WORDS["group"]))
     words = [kind, "from", iif] if kind != "phyint" else [kind, iif]
     if kind == "phyint":
-        words += draw(st.sampled_from([["disable"], ["enable", "ttl-threshold", "3"], ["mrdisc"]]))
+        words += draw(
+            st.sampled_from([["disable"], ["enable"], ["enable", "ttl-threshold", "3"], ["mrdisc"]])
+        )
     elif kind != "junk":
         words += (["source", source] if source else []) + ["group", group]
     if kind == "mroute":
@@ -118,11 +129,11 @@ def smcroute_lines(draw: st.DrawFn) -> str:
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(lines=st.lists(smcroute_lines(), min_size=1, max_size=12))
+@given(lines=st.lists(smcroute_lines(), min_size=1, max_size=12), no_vifs=st.booleans())
 def test_whatever_the_input_the_output_passes_the_config_reader(
-    tmp_path: Path, lines: list[str]
+    tmp_path: Path, lines: list[str], no_vifs: bool
 ) -> None:
-    converted = convert(tmp_path, "\n".join(lines) + "\n")
+    converted = convert(tmp_path, "\n".join(lines) + "\n", no_vifs=no_vifs)
     loads(tmp_path, converted)  # raises on any problem
     # Each line as it was written, above its declarations or as not converted.
     path = tmp_path / "smcroute.conf"
@@ -151,28 +162,186 @@ def test_a_disabled_interface_is_left_out_of_the_oifs_with_a_warning(tmp_path: P
     )
     found = loads(tmp_path, converted)
     assert [p.oifs for p in found.routes.values()] == [("eth1",)]
-    said(
-        converted.problems,
-        (4, "every oif (eth9) is disabled by phyint ... disable: smcroute installs no route"),
-        (5, "smcroute routes nothing from it"),
-    )
-    said(
-        converted.warnings,
-        (3, "oif eth9 left out: phyint eth9 disable (at "),
-        (3, "oif vlan5 left out: phyint vlan+ disable"),
-        (6, "oif eth+ matches eth9"),
-        (7, "iif vlan+ matches vlan+"),
-    )
+    # No oif left; from a disabled iif; from a wildcard iif all of whose interfaces are
+    # disabled (smcroute routes nothing from vlan+ then).
+    assert numbers(converted.problems) == [4, 5, 7]
+    assert "smcroute routes nothing from it" in converted.problems[1]
+    assert "iif vlan+ matches no interface with a VIF" in converted.problems[2]
+    assert numbers(converted.warnings) == [3, 3, 6]
+    assert "oif eth9 left out: phyint eth9 disable (at " in converted.warnings[0]
+    assert "oif vlan5 left out: phyint vlan+ disable" in converted.warnings[1]
+    assert "oif eth+ matches eth9" in converted.warnings[2]
     assert numbers(converted.report) == [3, 3, 4, 5, 6, 7]
 
 
-def test_a_later_enable_undoes_a_disable(tmp_path: Path) -> None:
-    found = loads_clean(
+def test_a_later_enable_undoes_a_disable_for_the_routes_after_it(tmp_path: Path) -> None:
+    # smcrouted 2.5.6: a route gets the interfaces that have a VIF when it is read; the
+    # route between the lines did not forward to r1 (`ip mroute`: Oifs: r2).
+    converted = convert(
         tmp_path,
-        "phyint eth9 disable\nphyint eth9 enable\n"
+        "phyint eth9 disable\n"
+        "mroute from eth0 source 198.18.0.2 group 239.1.1.2 to eth1 eth9\n"
+        "phyint eth9 enable\n"
         "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1 eth9\n",
     )
-    assert [p.oifs for p in found.routes.values()] == [("eth1", "eth9")]
+    assert converted.problems == []
+    assert declared(loads(tmp_path, converted)) == [
+        ("239.1.1.2", "eth0", ("eth1",)),
+        ("239.1.1.1", "eth0", ("eth1", "eth9")),
+    ]
+    assert numbers(converted.warnings) == [2, 2, 4]
+    assert "oif eth9 left out: phyint eth9 enable (at " in converted.warnings[0]
+    assert "comes after this line" in converted.warnings[0]
+    # (and, since the file enables an interface: the hint for smcrouted -N, below)
+    assert "--no-default-vifs" in converted.warnings[1]
+
+
+# --- smcrouted -N: only the interfaces phyint enables are routed -------------------------------
+
+# Checked with smcrouted 2.5.6 -n -N in a lab (a sender behind r0, receivers behind r1..r4):
+# 239.10.7.5 from r0 reached r2 r3 (`Oifs: r0 r2 r3(ttl 3)`), 239.10.8.1 only r2, nothing
+# came from r1 or r4 ("inbound r1 is not a known phyint"), 239.10.10.x came to r3 from r0 and
+# r2 but not from r1, 239.10.12.1 went nowhere (`Iif: r0`, no oifs); the joins were made on
+# every interface named, enabled or not (`ip maddr`: 239.20.0.1 on r1, 239.20.0.2 on r0..r4).
+MINUS_N = """phyint r0 enable
+phyint r2 enable
+phyint r3 enable ttl-threshold 3
+mroute from r0 group 239.10.7.0/24 to r+
+mroute from r0 source 198.18.0.2 group 239.10.8.1 to r1 r2
+mroute from r1 source 198.18.1.2 group 239.10.9.1 to r2
+mroute from r+ group 239.10.10.0/24 to r3
+mroute from r4 group 239.10.11.0/24 to r2
+mroute from r0 source 198.18.0.2 group 239.10.12.1 to r1 r4
+mgroup from r1 group 239.20.0.1
+mgroup from r+ group 239.20.0.2
+"""
+
+
+def test_no_default_vifs_routes_only_the_enabled_interfaces(tmp_path: Path) -> None:
+    converted = convert(tmp_path, MINUS_N, no_vifs=True)
+    found = loads(tmp_path, converted)
+    assert declared(found) == [
+        ("239.10.8.1", "r0", ("r2",)),  # r1 left out
+        ("239.10.7.0/24", "r0", ("r2", "r3")),  # r+: the enabled ones (r0 is the iif)
+        ("239.10.10.0/24", "r0", ("r3",)),  # iif r+: one template per enabled interface
+        ("239.10.10.0/24", "r2", ("r3",)),  # (r3 to r3 is nothing)
+    ]
+    assert {(j.interface, j.group) for j in found.joins} == {
+        ("r1", "239.20.0.1"),
+        ("r+", "239.20.0.2"),
+    }
+    assert numbers(converted.problems) == [6, 8, 9]
+    assert "iif r1: no phyint r1 enable line gives it a VIF (-N)" in converted.problems[0]
+    assert "no oif has a VIF in smcroute" in converted.problems[2]
+    assert numbers(converted.warnings) == [4, 5, 7]
+    assert "oif r+ written as r2 r3" in converted.warnings[0]
+    assert "oif r1 left out" in converted.warnings[1]
+    assert "iif r+ written as r0 r2 r3" in converted.warnings[2]
+    assert '[[interface]]\nname = "r3"\nthreshold = 3\n' in converted.text
+
+
+def test_without_the_option_routes_to_interfaces_not_enabled_are_warned_about(
+    tmp_path: Path,
+) -> None:
+    converted = convert(tmp_path, MINUS_N)
+    assert converted.problems == []
+    assert len(declared(loads(tmp_path, converted))) == 6  # as smcrouted without -N
+    assert numbers(converted.warnings) == [4, 5, 6, 7, 8, 9]
+    assert converted.warnings[0].endswith(
+        "warning: r+ (other than r0 r2 r3): not enabled by a phyint line, though the file"
+        " enables interfaces: if"
+        " smcrouted ran with -N, smcroute routes only the enabled ones (and a wildcard"
+        " matches only those); convert with --no-default-vifs to forward as it did"
+    )
+    assert ": warning: r1 r4: not enabled" in converted.warnings[5]
+    # A file that enables nothing was not written for -N: no such warning.
+    assert convert(tmp_path, MINUS_N.replace(" enable", "")).warnings == []
+
+
+def test_no_default_vifs_phyint_lines(tmp_path: Path) -> None:
+    # smcrouted 2.5.6 -N: a phyint line without `enable` removes the VIF ("Removing multicast
+    # VIFs for r2"); a route read before `phyint r1 enable` does not get r1; a wildcard
+    # phyint line enables what it matches.
+    converted = convert(
+        tmp_path,
+        "phyint r0 enable\n"
+        "mroute from r0 source 198.18.0.2 group 239.10.1.1 to r1 r5\n"
+        "phyint r1 enable\n"
+        "phyint r2 ttl-threshold 3\n"
+        "phyint r5 enable\n"
+        "phyint vlan+ enable\n"
+        "phyint vlan7 disable\n"
+        "mroute from r0 source 198.18.0.2 group 239.10.2.1 to r1 r2 vlan+\n",
+        no_vifs=True,
+    )
+    found = loads(tmp_path, converted)
+    assert declared(found) == [("239.10.2.1", "r0", ("r1", "vlan+"))]
+    assert numbers(converted.problems) == [2, 4]
+    assert "r1: phyint r1 enable (at " in converted.problems[0]
+    assert "phyint r2 without enable: smcrouted -N gives r2 no VIF" in converted.problems[1]
+    assert numbers(converted.warnings) == [8, 8]
+    assert "oif r2 left out: phyint r2 (at " in converted.warnings[0]
+    assert "without enable, gives it no VIF (-N)" in converted.warnings[0]
+    assert "oif vlan+ matches vlan7, which smcroute leaves out" in converted.warnings[1]
+    assert found.interfaces == {}  # r2's threshold is not written
+
+
+def test_no_default_vifs_an_oif_merged_in_later_counts_from_its_own_line(tmp_path: Path) -> None:
+    # smcrouted 2.5.6 -N: `Oifs: r2 r1`, r1 enabled between the two lines of the route.
+    converted = convert(
+        tmp_path,
+        "phyint r0 enable\nphyint r2 enable\n"
+        "mroute from r0 source 198.18.0.2 group 239.10.1.1 to r2\n"
+        "phyint r1 enable\n"
+        "mroute from r0 source 198.18.0.2 group 239.10.1.1 to r1\n",
+        no_vifs=True,
+    )
+    assert converted.problems == converted.warnings == []
+    assert declared(loads(tmp_path, converted)) == [("239.10.1.1", "r0", ("r2", "r1"))]
+
+
+def test_the_cli_takes_no_default_vifs_as_smcrouted_takes_n(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("phyint r0 enable\nphyint r2 enable\nmroute from r0 group 239.1.0.0/16 to r+\n")
+    for option in ("-N", "--no-default-vifs"):
+        status, out, err = run_cli("import-smcroute", option, str(conf))
+        assert status == 0
+        assert 'oifs = ["r2"]' in out
+        assert "warning: oif r+ written as r2" in err
+
+
+# --- TTL thresholds are per interface, in every table ------------------------------------------
+
+
+def test_a_threshold_under_table_is_warned_about(tmp_path: Path) -> None:
+    text = "phyint r2 enable ttl-threshold 5\nphyint r3 mrdisc\n"
+    converted = convert(tmp_path, text, table="100")
+    assert converted.problems == []
+    assert [w.split(": ", 1)[1] for w in converted.warnings] == [
+        "warning: mfcd applies r2's ttl-threshold in every table, not only in table 100 as"
+        " `smcrouted -t` did: a stream of another table with a TTL of 5 or less no longer"
+        " leaves r2 (mfcd --check-config reports another file's threshold for it as declared"
+        " twice)"
+    ]
+    assert loads(tmp_path, converted).interfaces["r2"].threshold == 5
+    assert convert(tmp_path, text).warnings == []  # the default table: smcroute's own VIFs
+
+
+# --- wildcard joins ------------------------------------------------------------------------------
+
+
+def test_a_wildcard_join_joins_on_every_match(tmp_path: Path) -> None:
+    # smcrouted 2.5.6: "Join group (*,239.20.0.2) on ifindex 2 ... 6", every r* interface.
+    converted = convert(
+        tmp_path,
+        "mgroup from r+ group 239.20.0.1\nssmgroup from vlan* source 198.18.0.2 group 232.1.1.1\n",
+    )
+    assert converted.problems == converted.warnings == []
+    joins = loads(tmp_path, converted).joins
+    assert [(j.interface, j.group, j.source) for j in joins] == [
+        ("r+", "239.20.0.1", None),
+        ("vlan*", "232.1.1.1", "198.18.0.2"),
+    ]
 
 
 # --- a trailing backslash continues nothing, as in smcroute ------------------------------------
