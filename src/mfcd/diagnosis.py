@@ -342,14 +342,30 @@ def _route(facts: Facts) -> Check:
             f"{held} {'has one' if len(facts.elsewhere) == 1 else 'have one'}: diagnose"
             f" with --table {facts.elsewhere[0]}, or without --table (every table)",
         )
+    table, why = _steered(facts, iif), "; --table N for another table"
+    if table is not None:
+        why = f"; the multicast rules send what arrives on {iif} to table {table}"
+    option = "" if table is None else f"--table {table} "
     return Check(
         "route",
         "failed",
         f"no route or template matches {_flow(facts)}",
-        f"add one: mfcctl mfc add --source {source} --group {facts.group} --iif {iif}"
-        " --oifs OIF[,OIF...] (without --source: a template for any source; --table N for"
-        " another table)",
+        f"add one: mfcctl mfc add {option}--source {source} --group {facts.group} --iif {iif}"
+        f" --oifs OIF[,OIF...] (without --source: a template for any source{why})",
     )
+
+
+def _steered(facts: Facts, iif: str) -> int | None:
+    """The table other than the default that the multicast rules send what arrives on
+    `iif` to (None: the default table, or not known)."""
+    rules = facts.rules
+    if rules is None or rules.error:
+        return None
+    rule = walk_rules(rules.rules, iif, rules.missing).decides
+    default = DEFAULT_TABLE[facts.family]
+    if rule is None or rule.action != "lookup" or rule.l3mdev or rule.table == default:
+        return None
+    return rule.table
 
 
 def _table_name(family: int, number: int) -> str:

@@ -253,7 +253,7 @@ def read_rules(family: int) -> Rules:
 
 def _machine_facts(
     query: Query, intents: list[Intent], stop: threading.Event
-) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack], Rules | None]:
+) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack], Rules]:
     """Everything read from the machine (blocking: in a thread)."""
     family = query.family
     packets, error = sample_packets(family, query.group, query.source, query.seconds, stop)
@@ -264,8 +264,9 @@ def _machine_facts(
         for intent in intents:
             if intent.source not in backs and not is_prefix(intent.source):
                 backs[intent.source] = route_back(family, intent.source)
-    # Every table's: a rule may also take the iif's traffic away from the default table.
-    rules = read_rules(family) if intents else None
+    # Every table's: a rule may also take the iif's traffic away from the default table
+    # (and, with no route, says in which table to add one).
+    rules = read_rules(family)
     return packets, error, interfaces, backs, rules
 
 
@@ -318,7 +319,7 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
         one = source if source is not None else (min(sources) if len(sources) == 1 else None)
         seen = sample_of(packets, one, elapsed, error) if one is not None else None
         # Without a source, the one sender seen (if just one) stands for it in the fix.
-        facts = Facts(family, one, group, None, {}, None, seen, None, elsewhere=elsewhere)
+        facts = Facts(family, one, group, None, {}, None, seen, None, None, rules, elsewhere)
         flows.append((None, diagnosis.checklist(facts)))
     return views.diagnose_result(query, elapsed, flows)
 

@@ -547,3 +547,11 @@ def test_without_a_table_diagnose_finds_the_route_of_another_table(lab: Lab, mfc
     assert (
         text.stdout.splitlines()[0] == f"{SOURCE} -> {GROUP} iif r0 oifs r1 (installed) table 100"
     )
+    # With no route for the flow anywhere: the one to add goes where r0's traffic goes.
+    mfcd.ok("mfc", "del", "--table", "100", "--source", SOURCE, "--group", GROUP)
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    assert checks(result)["route"]["fix"].startswith(
+        f"add one: mfcctl mfc add --table 100 --source {SOURCE} --group {GROUP} --iif r0"
+    )

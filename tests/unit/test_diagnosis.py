@@ -323,6 +323,22 @@ def test_without_a_table_a_template_of_any_table_matches() -> None:
     assert diagnosis.matching_intents(ctl.router, Query(4, GROUP, SOURCE, 253, 1.0)) == []
 
 
+def test_no_match_on_an_iif_the_rules_steer_to_another_table_adds_it_there() -> None:
+    """The flow arrives on r3, which `ip mrule iif r3 lookup 100` sends to table 100: a route
+    added in the default table would get nothing, so the fix names --table 100."""
+    rules = Rules((MRule(0, "lookup", 100, iif="r3"), MRule(32767, "lookup", 253)))
+    sample = Sample(2.0, {"r3": 10}, {"r3": (8,)})
+    facts = Facts(4, SOURCE, GROUP, None, {}, None, sample, None, None, rules)
+    [route] = diagnosis.checklist(facts)
+    assert route.fix == (
+        f"add one: mfcctl mfc add --table 100 --source {SOURCE} --group {GROUP} --iif r3 --oifs"
+        " OIF[,OIF...] (without --source: a template for any source; the multicast rules send"
+        " what arrives on r3 to table 100)"
+    )
+    elsewhere = dataclasses.replace(facts, sample=Sample(2.0, {"r0": 10}, {"r0": (8,)}))
+    assert "--table" not in diagnosis.checklist(elsewhere)[0].fix.split("(")[0]
+
+
 def test_no_match_in_the_table_asked_for_names_the_tables_that_have_one() -> None:
     facts = Facts(4, SOURCE, GROUP, None, {}, None, Sample(2.0), None, elsewhere=(100,))
     [route] = diagnosis.checklist(facts)
