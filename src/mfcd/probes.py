@@ -319,7 +319,9 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
         one = source if source is not None else (min(sources) if len(sources) == 1 else None)
         seen = sample_of(packets, one, elapsed, error) if one is not None else None
         # Without a source, the one sender seen (if just one) stands for it in the fix.
-        facts = Facts(family, one, group, None, {}, None, seen, None, None, rules, elsewhere)
+        facts = Facts(
+            family, one, group, None, {}, None, seen, None, rules=rules, elsewhere=elsewhere
+        )
         flows.append((None, diagnosis.checklist(facts)))
     return views.diagnose_result(query, elapsed, flows)
 
