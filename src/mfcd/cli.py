@@ -647,9 +647,8 @@ def _diagnose_command(sub: Any) -> None:
         description="Check, step by step, what a flow from SOURCE to GROUP needs to be"
         " forwarded: a matching route, installed (or a template, and an entry learned from"
         " it); its interfaces up with carrier;"
-        " mc_forwarding; for a table other than the default, a multicast rule (ip mrule)"
-        " sending the iif's traffic to it; packets arriving on the iif (not elsewhere, and at"
-        " all); rp_filter"
+        " mc_forwarding; the multicast rules (ip mrule) sending the iif's traffic to the"
+        " route's table; packets arriving on the iif (not elsewhere, and at all); rp_filter"
         " and the route back to the source; the packets' TTL against the oifs' thresholds;"
         " the kernel's counters; bridges snooping with no querier. mfcd samples the flow's"
         " packets and counters for SECONDS and changes nothing. Each check is passed, failed"
@@ -659,7 +658,11 @@ def _diagnose_command(sub: Any) -> None:
     diagnose.add_argument(
         "--source", metavar="ADDR", help="the sender's address (default: every route of GROUP)"
     )
-    _table_option(diagnose, "the multicast routing table (a number or a name; default: default)")
+    _table_option(
+        diagnose,
+        "the multicast routing table (a number or a name; default: every table that holds"
+        " a route or template for the flow)",
+    )
     diagnose.add_argument(
         "--seconds",
         type=float,

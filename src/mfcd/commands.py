@@ -474,7 +474,8 @@ class Commands:
         seconds = validate.seconds(
             args.get("seconds", DIAGNOSE_SECONDS), "seconds", 0.1, MAX_DIAGNOSE_SECONDS
         )
-        query = Query(family, group, source, number, seconds)
+        # Without a table, every table that holds a route or template for the flow.
+        query = Query(family, group, source, None if table is None else number, seconds)
 
         async def answer() -> bytes:
             try:

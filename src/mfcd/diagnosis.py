@@ -6,11 +6,15 @@ A multicast packet from S to G is forwarded when every step of its path works: a
 (an intent) matches it and is installed; its iif exists, is up and has carrier, and the
 kernel hands the interface's multicast to the routing table (mc_forwarding); the packets
 reach the router on that iif (not on another interface, not at all when nobody asked the
-upstream for them); for a table other than the family's default, the multicast routing
-rules (`ip mrule`) send what arrives on the iif to that table; rp_filter lets the source
+upstream for them); the multicast routing rules (`ip mrule`) send what arrives on the iif
+to the route's table (a table other than the family's default needs a rule; the default
+table loses the traffic to a rule that sends it elsewhere); rp_filter lets the source
 in; their TTL is above each oif's threshold; the kernel counts them on the route; and
-each oif is up and forwards onto its link (a bridge that snoops IGMP/MLD with no querier
-may prune the stream).
+each oif is up and forwards onto its link (a snooping switch behind a bridge oif with no
+querier may prune the stream).
+
+Without a table, the flow is looked for in every table: each route or template that
+matches it, in any table, gets its checklist.
 
 probes.py gathers the facts (model state, /proc, /sys, the multicast rules, counters
 sampled over an interval, a packet-socket sample of the flow on every interface);
@@ -36,7 +40,8 @@ Status = Literal["passed", "failed", "unknown"]
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One item of the checklist: `check` is a stable name, `fix` is set on failures."""
+    """One item of the checklist: `check` is a stable name, `fix` is set on failures (and
+    on an unknown that has advice)."""
 
     check: str
     status: Status
@@ -48,12 +53,13 @@ class Check:
 @dataclass(frozen=True, slots=True)
 class Query:
     """What to diagnose: the flow from `source` (None: any) to `group` in `table` (a kernel
-    table number), sampled for `seconds`."""
+    table number; None: in whichever tables hold a route or template for it), sampled for
+    `seconds`."""
 
     family: int
     group: str
     source: str | None
-    table: int
+    table: int | None
     seconds: float
 
 
@@ -87,26 +93,51 @@ class Intent:
 
 
 def matching_intents(router: Router, query: Query) -> list[Intent]:
-    """The intents that match the query's packets: the exact routes (and entries learned
-    from templates, shown as their template), else the templates that would teach an
-    entry, matched as the learner matches (templates.Index: the most specific template of
-    each interface; without a source, of those whose group prefix holds the group)."""
-    family, group, number = query.family, query.group, query.table
-    if query.source is not None:
-        key: RouteKey = (family, query.source, group, number)
-        keys = [key] if key in router.routes else []
-    else:
-        # A scan, but diagnose runs rarely and by hand.
-        keys = sorted(
-            k for k in router.routes if k[0] == family and k[2] == group and k[3] == number
-        )
-    if keys:
-        return [_intent_of(router, key) for key in keys]
-    return [_template_intent(router, query, t) for t in _matching_templates(router, query)]
+    """The intents that match the query's packets, in the query's table or, without one,
+    in each table (the default first): the table's exact routes (and entries learned from
+    templates, shown as their template), else the templates that would teach an entry,
+    matched as the learner matches (templates.Index: the most specific template of each
+    interface; without a source, of those whose group prefix holds the group)."""
+    found = []
+    routes = _matching_routes(router, query)
+    for number in _tables(router, query, routes):
+        keys = [k for k in routes if k[3] == number]
+        if keys:
+            found += [_intent_of(router, key) for key in keys]
+        else:
+            templates = _matching_templates(router, query, number)
+            found += [_template_intent(router, query, t) for t in templates]
+    return found
 
 
-def _matching_templates(router: Router, query: Query) -> list[TemplateKey]:
-    family, table, source, group = query.family, query.table, query.source, query.group
+def _matching_routes(router: Router, query: Query) -> list[RouteKey]:
+    family, source, group, number = query.family, query.source, query.group, query.table
+    if source is not None and number is not None:
+        key: RouteKey = (family, source, group, number)
+        return [key] if key in router.routes else []
+    # A scan, but diagnose runs rarely and by hand.
+    return sorted(
+        k
+        for k in router.routes
+        if k[0] == family
+        and k[2] == group
+        and (source is None or k[1] == source)
+        and (number is None or k[3] == number)
+    )
+
+
+def _tables(router: Router, query: Query, routes: Sequence[RouteKey]) -> list[int]:
+    """The tables to look in: the query's, else those holding a matching route or any
+    template of the family (the default table first)."""
+    if query.table is not None:
+        return [query.table]
+    numbers = {k[3] for k in routes} | {t[3] for t in router.templates if t[0] == query.family}
+    default = DEFAULT_TABLE[query.family]
+    return sorted(numbers, key=lambda n: (n != default, n))
+
+
+def _matching_templates(router: Router, query: Query, table: int) -> list[TemplateKey]:
+    family, source, group = query.family, query.source, query.group
     iifs = sorted({t[4] for t in router.templates if t[0] == family and t[3] == table})
     if source is not None:
         index = router.template_index()
@@ -163,7 +194,7 @@ def _template_intent(router: Router, query: Query, key: TemplateKey) -> Intent:
         query.family,
         query.source if query.source is not None else key[1],
         query.group,
-        query.table,
+        key[3],
         ports.iif,
         ports.oifs,
         status.state,
@@ -245,8 +276,11 @@ class Facts:
     # Packets that left by each oif's VIF during the interval (every route on the VIF
     # counts); an oif without a VIF is absent. None: not read.
     sent: dict[str, int] | None = None
-    # The multicast routing rules; None: not read (the route is in the default table).
+    # The multicast routing rules; None: not read.
     rules: Rules | None = None
+    # With no intent and a table asked for: the other tables holding a route or template
+    # for the flow.
+    elsewhere: tuple[int, ...] = ()
 
 
 def checklist(facts: Facts) -> list[Check]:
@@ -256,12 +290,13 @@ def checklist(facts: Facts) -> list[Check]:
     if intent is None:
         return checks
     checks.append(_state(intent))
+    mrule = _mrule_check(facts, intent)
     if intent.template is not None:
-        checks.append(_learned(facts, intent))
+        checks.append(_learned(facts, intent, mrule))
     checks += _interface_checks(facts, "iif", [intent.iif])
     checks.append(_mc_forwarding(facts, intent))
-    if intent.table != DEFAULT_TABLE[intent.family]:
-        checks.append(_mrule(facts, intent))
+    if mrule is not None:
+        checks.append(mrule)
     checks.append(_arrival(facts, intent))
     checks.append(_wrong_if(facts, intent))
     checks.append(_rp_filter(facts, intent))
@@ -298,13 +333,43 @@ def _route(facts: Facts) -> Check:
     if facts.sample is not None and facts.sample.arrivals:
         iif = _busiest(facts.sample.arrivals)
     source = facts.source or "SOURCE"
+    if facts.elsewhere:
+        held = " and ".join(_table_name(facts.family, n) for n in facts.elsewhere)
+        return Check(
+            "route",
+            "failed",
+            f"no route or template matches {_flow(facts)} in the table asked for",
+            f"{held} {'has one' if len(facts.elsewhere) == 1 else 'have one'}: diagnose"
+            f" with --table {facts.elsewhere[0]}, or without --table (every table)",
+        )
+    table, why = _steered(facts, iif), "; --table N for another table"
+    if table is not None:
+        why = f"; the multicast rules send what arrives on {iif} to table {table}"
+    option = "" if table is None else f"--table {table} "
     return Check(
         "route",
         "failed",
         f"no route or template matches {_flow(facts)}",
-        f"add one: mfcctl mfc add --source {source} --group {facts.group} --iif {iif}"
-        " --oifs OIF[,OIF...] (without --source: a template for any source)",
+        f"add one: mfcctl mfc add {option}--source {source} --group {facts.group} --iif {iif}"
+        f" --oifs OIF[,OIF...] (without --source: a template for any source{why})",
     )
+
+
+def _steered(facts: Facts, iif: str) -> int | None:
+    """The table other than the default that the multicast rules send what arrives on
+    `iif` to (None: the default table, or not known)."""
+    rules = facts.rules
+    if rules is None or rules.error:
+        return None
+    rule = walk_rules(rules.rules, iif, rules.missing).decides
+    default = DEFAULT_TABLE[facts.family]
+    if rule is None or rule.action != "lookup" or rule.l3mdev or rule.table == default:
+        return None
+    return rule.table
+
+
+def _table_name(family: int, number: int) -> str:
+    return f"the default table ({number})" if number == DEFAULT_TABLE[family] else f"table {number}"
 
 
 def _intent_text(intent: Intent) -> str:
@@ -314,8 +379,9 @@ def _intent_text(intent: Intent) -> str:
     )
 
 
-def _learned(facts: Facts, intent: Intent) -> Check:
-    """A template's: whether an (S,G) entry is learned from it for the flow."""
+def _learned(facts: Facts, intent: Intent, mrule: Check | None) -> Check:
+    """A template's: whether an (S,G) entry is learned from it for the flow (`mrule`: the
+    mrule check below, if any)."""
     if intent.learned:
         return Check("learned", "passed", f"an entry for {_flow(facts)} is learned from it")
     if intent.state != "installed":
@@ -324,12 +390,21 @@ def _learned(facts: Facts, intent: Intent) -> Check:
     arrived = sample.arrivals.get(intent.iif, 0) if sample is not None else 0
     detail = f"no entry for {_flow(facts)} is learned from the template yet"
     if arrived:
+        fix = (
+            "see the mc_forwarding and rp_filter checks below; past max_learned new flows are"
+            " not learned (mfcctl show --stats)"
+        )
+        if mrule is not None and mrule.status != "passed":
+            # The kernel's upcall for a packet comes from the table the rules chose.
+            fix = (
+                f"see the mrule check below: only packets the multicast rules send to table"
+                f" {intent.table} teach its templates"
+            )
         return Check(
             "learned",
             "failed",
             f"{detail}, although {arrived} packets arrived on {intent.iif}",
-            "see the mc_forwarding and rp_filter checks below; past max_learned new flows are"
-            " not learned (mfcctl show --stats)",
+            fix,
         )
     return Check(
         "learned",
@@ -535,9 +610,20 @@ def _rule_text(rule: MRule) -> str:
     return f"{rule.priority}: {'not ' if rule.invert else ''}{match} {what}"
 
 
+def _mrule_check(facts: Facts, intent: Intent) -> Check | None:
+    """The mrule check, or None where it would only be noise: for the default table, when
+    the rules send the iif's traffic there (the kernel's own rules do) or cannot be read.
+    Another table needs a rule to get any traffic (shared/kernel-notes.md 2.4); the
+    default table loses the iif's traffic to a rule that sends it elsewhere."""
+    check = _mrule(facts, intent)
+    if intent.table != DEFAULT_TABLE[intent.family] or check.status == "failed":
+        return check
+    read = facts.rules is not None and not facts.rules.error
+    return check if check.status == "unknown" and read else None
+
+
 def _mrule(facts: Facts, intent: Intent) -> Check:
-    """Whether the multicast rules send the iif's traffic to the route's table (only a
-    table other than the default needs a rule: see shared/kernel-notes.md 2.4)."""
+    """Whether the multicast rules send the iif's traffic to the route's table."""
     rules, iif, table = facts.rules, intent.iif, intent.table
     ip = "ip mrule" if intent.family == 4 else "ip -6 mrule"
     if rules is None or rules.error:
@@ -570,9 +656,23 @@ def _mrule(facts: Facts, intent: Intent) -> Check:
             f"what arrives on {iif} goes to {_table_text(rule)} (rule {_rule_text(rule)}), not to"
             f" the route's table {table}"
         )
+        if table == DEFAULT_TABLE[intent.family] and not rule.l3mdev:
+            # The rule was most likely added on purpose: the route belongs in its table.
+            fix = f"{_move(intent, rule.table)}; or send {iif}'s traffic to table {table}: {fix}"
     else:
         detail = f"rule {_rule_text(rule)} drops what arrives on {iif}"
     return Check("mrule", "failed", detail + skipped, fix)
+
+
+def _move(intent: Intent, table: int) -> str:
+    """The fix that declares the intent in `table` instead of its own."""
+    source, group = intent.template or (intent.source, intent.group)
+    option = "" if source == tpl.ANY else f"--source {source} "
+    return (
+        f"declare the {intent.kind} in table {table}, where that traffic goes: mfcctl mfc add"
+        f" --table {table} {option}--group {group} --iif {intent.iif} --oifs"
+        f" {','.join(intent.oifs)}, and delete this one"
+    )
 
 
 def _reaches(rule: MRule | None, table: int) -> bool:
@@ -807,12 +907,19 @@ def _snooping(facts: Facts, intent: Intent) -> Check:
         return Check(
             "bridge_snooping", "passed", "every bridge oif has a querier or does not snoop"
         )
+    # Not a failure: while a Linux bridge hears no querier it floods multicast to every
+    # port (br_dev_xmit: br_multicast_querier_exists() is false), so the stream reaches
+    # the receivers; what mfcd cannot see is a snooping switch further on, which prunes
+    # it once the receivers' memberships time out with nobody querying.
     name = pruning[0]
+    sent = facts.sent or {}
+    counted = "".join(f", {sent[n]} packets left by {n}" for n in pruning if sent.get(n, 0) > 0)
     return Check(
         "bridge_snooping",
-        "failed",
-        f"bridge {', '.join(pruning)} snoops IGMP/MLD with no querier of its own: receivers'"
-        " memberships time out and the bridge may prune the stream",
+        "unknown",
+        f"bridge {', '.join(pruning)} snoops IGMP/MLD with no querier of its own: it floods"
+        f" the stream to every port while it hears no querier{counted}, but a snooping switch"
+        " behind it may prune the stream once receivers' memberships time out",
         f"ip link set {name} type bridge mcast_querier 1 (unless another querier serves that"
         f" LAN), or mcast_snooping 0",
     )

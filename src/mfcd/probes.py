@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mfcd import diagnosis, netlink, protocol, views
@@ -253,7 +253,7 @@ def read_rules(family: int) -> Rules:
 
 def _machine_facts(
     query: Query, intents: list[Intent], stop: threading.Event
-) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack], Rules | None]:
+) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack], Rules]:
     """Everything read from the machine (blocking: in a thread)."""
     family = query.family
     packets, error = sample_packets(family, query.group, query.source, query.seconds, stop)
@@ -264,9 +264,9 @@ def _machine_facts(
         for intent in intents:
             if intent.source not in backs and not is_prefix(intent.source):
                 backs[intent.source] = route_back(family, intent.source)
-    # Only a table other than the default needs a rule to get any traffic.
-    default = DEFAULT_TABLE[family]
-    rules = read_rules(family) if any(i.table != default for i in intents) else None
+    # Every table's: a rule may also take the iif's traffic away from the default table
+    # (and, with no route, says in which table to add one).
+    rules = read_rules(family)
     return packets, error, interfaces, backs, rules
 
 
@@ -274,6 +274,10 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
     """Diagnose every intent matching the flow; the result of the `diagnose` command."""
     family, group, source = query.family, query.group, query.source
     intents = diagnosis.matching_intents(router, query)
+    elsewhere: tuple[int, ...] = ()
+    if not intents and query.table is not None:
+        others = diagnosis.matching_intents(router, replace(query, table=None))
+        elsewhere = tuple(sorted({i.table for i in others}))
     before = [_counters(counters, i) for i in intents]
     vifs_before = [_sent(router, counters, i) for i in intents]
     started = time.monotonic()
@@ -315,7 +319,9 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
         one = source if source is not None else (min(sources) if len(sources) == 1 else None)
         seen = sample_of(packets, one, elapsed, error) if one is not None else None
         # Without a source, the one sender seen (if just one) stands for it in the fix.
-        facts = Facts(family, one, group, None, {}, None, seen, None)
+        facts = Facts(
+            family, one, group, None, {}, None, seen, None, rules=rules, elsewhere=elsewhere
+        )
         flows.append((None, diagnosis.checklist(facts)))
     return views.diagnose_result(query, elapsed, flows)
 

@@ -79,6 +79,38 @@ def test_diagnose_without_a_route_answers_later_with_a_failed_checklist() -> Non
     assert result["flows"][0]["checks"][0]["check"] == "route"
 
 
+def diagnosed(commands: Commands, args: dict[str, Any]) -> dict[str, Any]:
+    deferred = dispatch(commands, "diagnose", {**args, "seconds": 0.1})
+    assert isinstance(deferred, Deferred) and deferred.answer is not None
+    result: dict[str, Any] = json.loads(asyncio.run(deferred.answer()))["result"]
+    return result
+
+
+def test_diagnose_without_a_table_finds_the_route_in_its_table() -> None:
+    """The trial's case: the flow's route is in table 100; without --table diagnose said no
+    route matched and told to add one. With a table that holds none: which tables do."""
+    commands = make_commands()
+    assert ask(commands, "mfc.add", {**ROUTE, "group": "239.1.1.7", "table": 100})["ok"]
+    flow = {"source": ROUTE["source"], "group": "239.1.1.7"}
+    result = diagnosed(commands, flow)
+    assert result["table"] is None
+    assert [f["route"]["table"] for f in result["flows"]] == [100]
+    # Both tables hold one: each is walked, the default table's first.
+    assert ask(commands, "mfc.add", {**ROUTE, "group": "239.1.1.7"})["ok"]
+    assert [f["route"]["table"] for f in diagnosed(commands, flow)["flows"]] == [253, 100]
+    assert [f["route"]["table"] for f in diagnosed(commands, {"group": "239.1.1.7"})["flows"]] == [
+        253,
+        100,
+    ]
+    # A table given: that table's only, as before.
+    result = diagnosed(commands, {**flow, "table": 100})
+    assert (result["table"], [f["route"]["table"] for f in result["flows"]]) == (100, [100])
+    assert ask(commands, "mfc.del", {**flow})["ok"]
+    [route] = diagnosed(commands, {**flow, "table": "default"})["flows"][0]["checks"]
+    assert route["status"] == "failed"
+    assert route["fix"].startswith("table 100 has one: diagnose with --table 100")
+
+
 def test_changes_tell_subscribers_one_event_per_route() -> None:
     commands = make_commands()
     sub = commands.events.subscribe(lambda: None)

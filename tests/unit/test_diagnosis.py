@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from mfcd import diagnosis, views
+from mfcd import diagnosis, validate, views
 from mfcd.diagnosis import (
     Check,
     Counts,
@@ -248,10 +248,19 @@ def test_hop_limit_for_ipv6() -> None:
 
 
 def test_bridge_snooping_without_a_querier() -> None:
+    """The trial's case: the stream reaches the receivers behind the bridge (a Linux bridge
+    floods while it hears no querier); only a switch further on may prune it: unknown,
+    with the advice, not a failure (exit status 8) for a healthy flow."""
     facts = with_interface(HEALTHY, "r1", snooping=True, querier=False)
     c = check(facts, "bridge_snooping")
-    assert c.status == "failed"
+    assert c.status == "unknown"
     assert "mcast_querier 1" in c.fix
+    assert "floods the stream to every port while it hears no querier, 190 packets left by r1" in (
+        c.detail
+    )
+    assert diagnosis.verdict(diagnosis.checklist(facts)) == "unknown"
+    silent = dataclasses.replace(facts, sent={"r1": 0, "r2": 190})
+    assert "packets left" not in check(silent, "bridge_snooping").detail
     with_querier = with_interface(HEALTHY, "r1", snooping=True, querier=True)
     assert check(with_querier, "bridge_snooping").status == "passed"
     no_snooping = with_interface(HEALTHY, "r1", snooping=False, querier=False)
@@ -280,6 +289,71 @@ def test_matching_intents_from_the_model() -> None:
     every = diagnosis.matching_intents(router, Query(4, GROUP, None, 253, 1.0))
     assert [i.source for i in every] == [SOURCE, "198.18.0.3"]
     assert diagnosis.matching_intents(router, Query(4, GROUP, SOURCE, 100, 1.0)) == []
+
+
+def test_without_a_table_every_table_is_looked_in() -> None:
+    """The trial's case: a route of table 100 forwards the flow; diagnose without --table
+    found nothing. Without a table: the routes of each table (the default first), else that
+    table's templates; with one, only that table's."""
+    router = router_with_links("r0", "r1", "r2")
+    for table in (100, 253):
+        run(router, router.add, (4, SOURCE, GROUP, table), router.share(Ports("r0", ("r1",))))
+    run(router, router.add, (4, "198.18.0.3", GROUP, 100), router.share(Ports("r1", ("r2",))))
+    found = diagnosis.matching_intents(router, Query(4, GROUP, SOURCE, None, 1.0))
+    assert [(i.kind, i.source, i.table) for i in found] == [
+        ("route", SOURCE, 253),
+        ("route", SOURCE, 100),
+    ]
+    every = diagnosis.matching_intents(router, Query(4, GROUP, None, None, 1.0))
+    assert [(i.source, i.table) for i in every] == [
+        (SOURCE, 253),
+        (SOURCE, 100),
+        ("198.18.0.3", 100),
+    ]
+    only = diagnosis.matching_intents(router, Query(4, GROUP, None, 100, 1.0))
+    assert [(i.source, i.table) for i in only] == [(SOURCE, 100), ("198.18.0.3", 100)]
+    assert diagnosis.matching_intents(router, Query(6, "ff3e::1", None, None, 1.0)) == []
+
+
+def test_without_a_table_a_template_of_any_table_matches() -> None:
+    ctl, _, _, _ = templates.setup()
+    ctl.change([validate.template_change(None, "239.1.0.0/16", "a", ["b"], 100)])
+    [found] = diagnosis.matching_intents(ctl.router, Query(4, GROUP, SOURCE, None, 1.0))
+    assert (found.kind, found.table, found.template) == ("template", 100, ("*", "239.1.0.0/16"))
+    assert diagnosis.matching_intents(ctl.router, Query(4, GROUP, SOURCE, 253, 1.0)) == []
+
+
+def test_no_match_on_an_iif_the_rules_steer_to_another_table_adds_it_there() -> None:
+    """The flow arrives on r3, which `ip mrule iif r3 lookup 100` sends to table 100: a route
+    added in the default table would get nothing, so the fix names --table 100."""
+    rules = Rules((MRule(0, "lookup", 100, iif="r3"), MRule(32767, "lookup", 253)))
+    sample = Sample(2.0, {"r3": 10}, {"r3": (8,)})
+    facts = Facts(4, SOURCE, GROUP, None, {}, None, sample, None, None, rules)
+    [route] = diagnosis.checklist(facts)
+    assert route.fix == (
+        f"add one: mfcctl mfc add --table 100 --source {SOURCE} --group {GROUP} --iif r3 --oifs"
+        " OIF[,OIF...] (without --source: a template for any source; the multicast rules send"
+        " what arrives on r3 to table 100)"
+    )
+    elsewhere = dataclasses.replace(facts, sample=Sample(2.0, {"r0": 10}, {"r0": (8,)}))
+    assert "--table" not in diagnosis.checklist(elsewhere)[0].fix.split("(")[0]
+
+
+def test_no_match_in_the_table_asked_for_names_the_tables_that_have_one() -> None:
+    facts = Facts(4, SOURCE, GROUP, None, {}, None, Sample(2.0), None, elsewhere=(100,))
+    [route] = diagnosis.checklist(facts)
+    assert route.status == "failed"
+    assert (
+        route.detail == f"no route or template matches ({SOURCE}, {GROUP}) in the table asked for"
+    )
+    assert (
+        route.fix
+        == "table 100 has one: diagnose with --table 100, or without --table (every table)"
+    )
+    both = dataclasses.replace(facts, elsewhere=(100, 253))
+    assert diagnosis.checklist(both)[0].fix.startswith(
+        "table 100 and the default table (253) have one: diagnose with --table 100"
+    )
 
 
 # --- templates ---------------------------------------------------------------------------------
@@ -398,8 +472,83 @@ def with_rules(
     return dataclasses.replace(facts, rules=Rules(rules, missing=missing))
 
 
-def test_the_default_table_needs_no_rule_and_is_not_checked() -> None:
-    assert "mrule" not in [c.check for c in diagnosis.checklist(HEALTHY)]
+def test_the_default_table_with_the_kernels_rules_gets_no_mrule_line() -> None:
+    """A host with only the kernel's rule, or rules that cannot be read: nothing new shown
+    for a route in the default table."""
+    for facts in (
+        HEALTHY,
+        with_rules(DEFAULT_RULE4, facts=HEALTHY),
+        with_rules(MRule(10, "lookup", 100, iif="r5"), DEFAULT_RULE4, facts=HEALTHY),
+        dataclasses.replace(HEALTHY, rules=Rules((), "dump failed: Operation not supported")),
+    ):
+        checks = diagnosis.checklist(facts)
+        assert "mrule" not in [c.check for c in checks]
+        assert diagnosis.verdict(checks) == "ok"
+
+
+STEERED = MRule(0, "lookup", 100, iif="r0")
+
+
+def test_a_default_table_route_whose_iif_a_rule_steers_elsewhere_fails_on_mrule() -> None:
+    """The trial's commonest multi-table mistake: `ip mrule add iif r0 lookup 100` and the
+    route left in the default table. Nothing is counted; mrule says why (not a firewall)."""
+    facts = with_rules(
+        STEERED, DEFAULT_RULE4, facts=dataclasses.replace(HEALTHY, counts=Counts(2.0, 0, 0, 0))
+    )
+    checks = diagnosis.checklist(facts)
+    names = [c.check for c in checks]
+    assert names.index("mc_forwarding") + 1 == names.index("mrule") < names.index("arrival")
+    c = check(facts, "mrule")
+    assert (c.status, c.detail) == (
+        "failed",
+        "what arrives on r0 goes to table 100 (rule 0: iif r0 lookup 100), not to the route's"
+        " table 253",
+    )
+    assert c.fix == (
+        "declare the route in table 100, where that traffic goes: mfcctl mfc add --table 100"
+        f" --source {SOURCE} --group {GROUP} --iif r0 --oifs r1,r2, and delete this one; or send"
+        " r0's traffic to table 253: ip mrule del pref 0 (it comes before any other), then"
+        " ip mrule add iif r0 lookup 253"
+    )
+    assert check(facts, "counted").fix == "see the checks that failed above"
+    later = with_rules(MRule(100, "lookup", 100, iif="r0"), DEFAULT_RULE4, facts=HEALTHY)
+    assert check(later, "mrule").fix.endswith("ip mrule add iif r0 lookup 253 pref 99")
+
+
+def test_a_default_table_template_whose_iif_is_steered_elsewhere_points_at_mrule() -> None:
+    """The trial's IPv6 case: a (*,G) template of table 254 stops learning after an
+    `ip -6 mrule add iif r0 lookup 200`; learned pointed at mc_forwarding and rp_filter."""
+    intent = dataclasses.replace(
+        TEMPLATE, family=6, source="2001:db8::2", group="ff3e::1", table=254
+    )
+    intent = dataclasses.replace(intent, template=("*", "ff3e::/16"))
+    facts = with_rules(
+        MRule(100, "lookup", 200, iif="r0"),
+        MRule(32767, "lookup", 254),
+        facts=dataclasses.replace(HEALTHY, family=6, intent=intent, counts=None),
+    )
+    learned = check(facts, "learned")
+    assert learned.status == "failed"
+    assert learned.fix == (
+        "see the mrule check below: only packets the multicast rules send to table 254 teach"
+        " its templates"
+    )
+    mrule = check(facts, "mrule")
+    assert mrule.status == "failed"
+    assert mrule.fix.startswith(
+        "declare the template in table 200, where that traffic goes: mfcctl mfc add --table 200"
+        " --group ff3e::/16 --iif r0 --oifs r1,r2, and delete this one; or send r0's traffic"
+        " to table 254: ip -6 mrule add iif r0 lookup 254 pref 99"
+    )
+
+
+def test_a_default_table_route_some_of_whose_packets_a_mark_steers_elsewhere_is_unknown() -> None:
+    facts = with_rules(
+        MRule(10, "lookup", 100, iif="r0", fwmark=MARK1), DEFAULT_RULE4, facts=HEALTHY
+    )
+    c = check(facts, "mrule")
+    assert c.status == "unknown"
+    assert "packets with no mark go to table 253" in c.detail
 
 
 def test_a_missing_mrule_fails_with_the_rule_to_add() -> None:
