@@ -450,6 +450,7 @@ class Daemon:
         self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
         self.registry.templates = lambda: metrics.template_counts(controller.router)
         commands.reloader = self.reload_config
+        commands.left_out = lambda: self.left_out
         return commands
 
     def _metrics_sources(self) -> metrics.Sources:

@@ -247,6 +247,8 @@ class Facts:
     sent: dict[str, int] | None = None
     # The multicast routing rules; None: not read (the route is in the default table).
     rules: Rules | None = None
+    # Config files a start left out for an error: they may declare the flow's route.
+    left_out: tuple[str, ...] = ()
 
 
 def checklist(facts: Facts) -> list[Check]:
@@ -298,13 +300,17 @@ def _route(facts: Facts) -> Check:
     if facts.sample is not None and facts.sample.arrivals:
         iif = _busiest(facts.sample.arrivals)
     source = facts.source or "SOURCE"
-    return Check(
-        "route",
-        "failed",
-        f"no route or template matches {_flow(facts)}",
+    fix = (
         f"add one: mfcctl mfc add --source {source} --group {facts.group} --iif {iif}"
-        " --oifs OIF[,OIF...] (without --source: a template for any source)",
+        " --oifs OIF[,OIF...] (without --source: a template for any source)"
     )
+    if facts.left_out:  # the likelier cause: the route is declared where mfcd did not read
+        files = ", ".join(facts.left_out)
+        fix = (
+            f"if the config files declare it: mfcd left out {files} at start for an error"
+            f" (see the log); fix it and run mfcctl reload. Else {fix}"
+        )
+    return Check("route", "failed", f"no route or template matches {_flow(facts)}", fix)
 
 
 def _intent_text(intent: Intent) -> str:

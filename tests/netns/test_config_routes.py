@@ -458,6 +458,8 @@ def test_a_start_with_a_bad_drop_in_leaves_it_out_and_a_reload_applies_it_once_f
         assert left_out() == "mfcd_config_files_left_out 1"
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGUSR1)  # the status line, as STATUS= says it
+        diagnosed = daemon.ctl("diagnose", "--source", SOURCE, "--group", "239.5.9.3")
+        assert f"mfcd left out {bad} at start for an error" in diagnosed.stdout
         refused = daemon.ctl("reload")  # still bad: all or nothing, nothing changes
         assert refused.returncode == 1 and f"{bad}:" in refused.stderr
 
