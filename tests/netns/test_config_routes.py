@@ -469,6 +469,14 @@ def test_a_start_with_a_bad_drop_in_leaves_it_out_and_a_reload_applies_it_once_f
         assert received(lab, "239.5.9.2") == [0, 5, 0]
         assert left_out() == "mfcd_config_files_left_out 0"
         _, log = daemon.stop()
+
+        # on_config_error = "refuse": the start of old, exit status 1 naming FILE:LINE.
+        text = daemon.config_file.read_text()
+        daemon.config_file.write_text('on_config_error = "refuse"\n' + text)
+        bad.write_text(route("239.5.9.4", "r0", "r0"))
+        with pytest.raises(RuntimeError, match=f"mfcd exited with 1: mfcd: {bad}:"):
+            daemon.start()
+        daemon.proc = None
     finally:
         if daemon.proc is not None:
             daemon.stop()
