@@ -162,6 +162,8 @@ class Commands:
         self.registry = metrics.Registry()  # requests counted for /metrics (the daemon's)
         # Reads the config files again and applies them (the daemon's; None: not available).
         self.reloader: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
+        # The config files a start left out for an error (the daemon's): diagnose names them.
+        self.left_out: Callable[[], Sequence[str]] = tuple
         self.learner: Learner | None = None  # learned entries (None: flush has none)
         # Learned entries flushed, or let go of with their template, a slice at a time with
         # other clients served in between (the daemon turns it on; else one transaction).
@@ -480,7 +482,9 @@ class Commands:
         async def answer() -> bytes:
             try:
                 controller = self.controller
-                result = await probes.diagnose(controller.router, controller.kernel, query)
+                result = await probes.diagnose(
+                    controller.router, controller.kernel, query, self.left_out()
+                )
             except Exception as e:
                 return self._failure(request_id, e, peer)
             return protocol.encode_result(request_id, result)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
-from mfcd.declarations import Declarations, Part, Problems, check, merge, parse_file
+from mfcd.declarations import Declarations, Part, Problems, check, merge, parse_file, place_of
 from mfcd.errors import ConfigError
 from mfcd.protocol import MAX_REQUEST_BYTES, family_text
 
@@ -17,6 +18,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DROP_IN_SUFFIX = ".d"  # /etc/mfc_daemon.conf -> /etc/mfc_daemon.d/*.conf
 DECLARATION_KINDS = ("route", "join", "interface")  # see mfcd.declarations
 DEFAULT_SOCKET_GROUP = "mfc"  # the package's group; optional unless named in the configuration
+# What a start does with a config file that has an error (see load_at_start); a reload
+# always refuses the whole set of files, keeping what runs.
+ON_CONFIG_ERROR = ("skip_file", "refuse")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class Config:
     # Seconds a learned entry's packet counter may stand still before it is removed (0: never).
     learned_idle_timeout: float = 60.0
     max_learned: int = 100_000  # learned entries at most; new flows past it are not learned
+    on_config_error: str = "skip_file"  # one of ON_CONFIG_ERROR
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -79,6 +84,9 @@ def _check(key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {key} must be a {want.__name__}, not {value!r}")
     if key == "log_level" and value not in LOG_LEVELS:
         raise ConfigError(f"{where}: log_level must be one of {', '.join(LOG_LEVELS)}")
+    if key == "on_config_error" and value not in ON_CONFIG_ERROR:
+        choices = " or ".join(f'"{c}"' for c in ON_CONFIG_ERROR)
+        raise ConfigError(f"{where}: on_config_error must be {choices}")
     if key in _RANGES:
         low, high = _RANGES[key]
         if not isinstance(value, (int, float)) or not low <= value <= high:
@@ -204,42 +212,107 @@ def load_all(path: str | None, cache: ReadCache | None = None) -> tuple[Config, 
     a reload and `mfcd --check-config` read. Raises declarations.Problems listing every
     problem of every file; nothing is half-read. With a `cache`, a file whose text has not
     changed since is not parsed again."""
+    read = _read_all(path, cache or ReadCache(), ())
+    if read.problems:
+        raise Problems(read.problems)
+    return read.settings, read.declared
+
+
+class Loaded(NamedTuple):
+    """What a start read (load_at_start): the settings, the declarations of the files left
+    in, every problem found and the files (or drop-in directory) left out for them."""
+
+    settings: Config
+    declared: Declarations
+    problems: list[str]
+    left_out: list[str]
+
+
+def load_at_start(path: str | None, cache: ReadCache) -> Loaded:
+    """The files as a start reads them. With on_config_error = "skip_file" (the default) a
+    file with a problem is left out whole, its declarations with it, and the others are
+    read as if it were not there; a file whose problem only the whole set shows (a route
+    declared twice, too many VIFs) is the later one, where the problem is told, so the
+    files are read again until none is left with a problem. Raises Problems (every
+    problem) when the main file's settings cannot be read: no socket_path or state_file
+    can be guessed; with "refuse", or when a problem names no file it could leave out."""
+    read = _read_all(path, cache, ())
+    problems = list(read.problems)
+    left_out: list[str] = []
+    while read.problems:
+        if not read.settings_ok or read.settings.on_config_error == "refuse":
+            raise Problems(problems)
+        files = [_file_of(problem) for problem in read.problems]
+        more = [f for f in dict.fromkeys(files) if f is not None and f not in left_out]
+        if None in files or not more:  # (nothing to leave out: no way forward)
+            raise Problems(problems)
+        left_out = sorted([*left_out, *more], key=lambda f: (f != (path or DEFAULT_PATH), f))
+        read = _read_all(path, cache, left_out)
+        problems += [p for p in read.problems if p not in problems]
+    return Loaded(read.settings, read.declared, problems, left_out)
+
+
+def _file_of(problem: str) -> str | None:
+    """The file a problem ("FILE:LINE: reason" or "FILE: reason") is told in."""
+    file, _ = place_of(problem)
+    if file is None and ": " in problem:
+        file = problem.split(": ", 1)[0]
+    return file
+
+
+class _Read(NamedTuple):
+    settings: Config
+    settings_ok: bool  # the main file's settings were read without a problem
+    declared: Declarations
+    problems: list[str]
+
+
+def _read_all(path: str | None, cache: ReadCache, left_out: Sequence[str]) -> _Read:
+    """Every file read and checked, but the declarations of those `left_out` (of the main
+    file, only its settings are read then; a drop-in directory left out is not read)."""
     name = path or DEFAULT_PATH
-    cache = cache or ReadCache()
     problems: list[str] = []
     cfg = Config()
+    settings_ok = True
     files: list[str] = []
     if path is not None or os.path.exists(name):
         files.append(name)
-    try:
-        files += drop_ins(name)
-    except ConfigError as e:
-        problems.append(str(e))
+    if drop_in_dir(name) not in left_out:
+        try:
+            files += drop_ins(name)
+        except ConfigError as e:
+            problems.append(str(e))
     parts: dict[str, Part] = {}
     for index, file in enumerate(files):
+        main = index == 0 and file == name
+        if file in left_out and not main:
+            continue
         try:
             text = read_text(file)
         except ConfigError as e:
             problems.append(str(e) if os.path.exists(file) else f"{file}: no such file")
+            settings_ok = settings_ok and not main
             continue
         part = cache.parts.get(file)
         if part is None or part.text != text:
             part = parse_file(text, file, part)
-        parts[file] = part
-        problems += part.problems
+        if file not in left_out:
+            parts[file] = part
+            problems += part.problems
         if part.settings is None:
-            continue
-        if index == 0 and file == name:
+            settings_ok = settings_ok and not main  # not TOML: no setting can be trusted
+        elif main:
             try:
                 cfg = from_table(part.settings, name)
             except ConfigError as e:
                 problems.append(_with_line(str(e), name, text))
-            continue
-        for key in part.settings:
-            problems.append(
-                f"{file}:{_line_of_key(text, key)}: {key!r}: a drop-in file declares only"
-                f" [[route]], [[join]] and [[interface]]; settings belong in {name}"
-            )
+                settings_ok = False
+        else:
+            for key in part.settings:
+                problems.append(
+                    f"{file}:{_line_of_key(text, key)}: {key!r}: a drop-in file declares only"
+                    f" [[route]], [[join]] and [[interface]]; settings belong in {name}"
+                )
     cache.parts = parts
     ids = tuple(id(part.found) for part in parts.values())
     if cache.merged is not None and cache.merged[0] == ids and not problems:
@@ -251,9 +324,7 @@ def load_all(path: str | None, cache: ReadCache | None = None) -> tuple[Config, 
             cache.merged = (ids, found)
     # (after the cache: the settings may turn a family off while the drop-ins stay the same)
     problems += off_families(found, cfg.families, name)
-    if problems:
-        raise Problems(problems)
-    return cfg, found
+    return _Read(cfg, settings_ok, found, problems)
 
 
 def off_families(found: Declarations, families: tuple[int, ...], name: str) -> list[str]:

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the configuration file and its drop-ins (routes, joins, interfaces too),"
         " print every problem as FILE:LINE: reason, and exit: 0 if it is valid, 1 if not;"
-        " touches nothing (routes naming interfaces this machine lacks are valid: noted)",
+        " touches nothing (routes naming interfaces this machine lacks are valid: noted;"
+        " a start leaves out each file with an error: on_config_error)",
     )
     parser.add_argument("--version", action="version", version=f"mfcd {__version__}")
     return parser
@@ -207,8 +208,13 @@ class Daemon:
         overrides: dict[str, str | None],
         declared: declarations.Declarations | None = None,
         read_cache: config.ReadCache | None = None,
+        *,
+        left_out: Sequence[str] = (),
     ) -> None:
         self.cfg = cfg
+        # The config files (or drop-in directory) whose declarations a start left out for an
+        # error (on_config_error = "skip_file"): told in the status until a reload applies all.
+        self.left_out = list(left_out)
         # What the config files declared at start: applied once the state file's routes are.
         self.declared = declared or declarations.Declarations()
         self._reloading = asyncio.Lock()  # one reload at a time
@@ -250,7 +256,7 @@ class Daemon:
         self._rng = random.Random()
         self.events = EventBus()  # what `mfcctl monitor` subscribers are told
         # What /metrics counts between scrapes; its server, if metrics_listen is set.
-        self.registry = metrics.Registry()
+        self.registry = metrics.Registry(config_files_left_out=len(self.left_out))
         self.metrics: MetricsServer | None = None
         self._metrics_socket: socket.socket | None = None
 
@@ -450,6 +456,7 @@ class Daemon:
         self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
         self.registry.templates = lambda: metrics.template_counts(controller.router)
         commands.reloader = self.reload_config
+        commands.left_out = lambda: self.left_out
         return commands
 
     def _metrics_sources(self) -> metrics.Sources:
@@ -478,6 +485,11 @@ class Daemon:
         joins = self.controller.joins
         if joins.wanted:  # (a host without joins keeps the line it always had)
             text += f"; {len(joins.joined)} of {len(joins.wanted)} groups joined"
+        if self.left_out:
+            text += (
+                f"; {views.counted(len(self.left_out), 'config file')} left out for errors"
+                " (see the log; mfcctl reload once fixed)"
+            )
         return text
 
     def _sync_tables(self) -> None:
@@ -1103,6 +1115,10 @@ class Daemon:
                 result["summary"],
                 time.monotonic() - started,
             )
+            if self.left_out:
+                log.info("config: every file applied, none left out any more")
+                self.left_out = []
+                self.registry.config_files_left_out = 0
             if self.events.subscribers:
                 self._tell_reload(change, outcome, taken, was)
             self.events.emit("reload", config=name, summary=result["summary"])
@@ -1285,6 +1301,18 @@ def _declared_counts(declared: declarations.Declarations, interfaces: str) -> st
     return ", ".join(views.counted(n, thing) for n, thing in counts)
 
 
+def _log_left_out(loaded: config.Loaded) -> None:
+    """A start that left config files out (on_config_error = "skip_file"): each problem and
+    what mfcd does instead, at error level, as a failed reload logs them."""
+    for problem in loaded.problems:
+        log.error("config: %s", problem)
+    log.error(
+        'config: left out %s (on_config_error = "skip_file"): starting with the state file\'s'
+        " routes and the other files' declarations; fix the files and run mfcctl reload",
+        ", ".join(loaded.left_out),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
@@ -1299,11 +1327,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_cache = config.ReadCache()
         # (as a reload reads them: GC passes over the routes read so far would double it)
         with gc_paused():
-            cfg, declared = config.load_all(args.config, read_cache)
+            loaded = config.load_at_start(args.config, read_cache)
             # What was read lives until a reload replaces it: out of the GC's reach, as
             # start-up then puts the routes (Daemon._restore), so no pass walks it before.
             gc.freeze()
-        cfg = resolve(cfg, overrides)
+        cfg = resolve(loaded.settings, overrides)
     except declarations.Problems as e:
         for problem in e.problems:
             print(f"mfcd: {problem}", file=sys.stderr)
@@ -1312,7 +1340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mfcd: {e}", file=sys.stderr)
         return 1
     setup_logging(cfg.log_level)
-    daemon = Daemon(cfg, args.config, overrides, declared, read_cache)
+    if loaded.problems:
+        _log_left_out(loaded)
+    daemon = Daemon(
+        cfg, args.config, overrides, loaded.declared, read_cache, left_out=loaded.left_out
+    )
     try:
         check_start_up(cfg)
         asyncio.run(daemon.run())

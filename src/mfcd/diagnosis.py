@@ -281,6 +281,8 @@ class Facts:
     # With no intent and a table asked for: the other tables holding a route or template
     # for the flow.
     elsewhere: tuple[int, ...] = ()
+    # Config files a start left out for an error: they may declare the flow's route.
+    left_out: tuple[str, ...] = ()
 
 
 def checklist(facts: Facts) -> list[Check]:
@@ -346,13 +348,17 @@ def _route(facts: Facts) -> Check:
     if table is not None:
         why = f"; the multicast rules send what arrives on {iif} to table {table}"
     option = "" if table is None else f"--table {table} "
-    return Check(
-        "route",
-        "failed",
-        f"no route or template matches {_flow(facts)}",
+    fix = (
         f"add one: mfcctl mfc add {option}--source {source} --group {facts.group} --iif {iif}"
-        f" --oifs OIF[,OIF...] (without --source: a template for any source{why})",
+        f" --oifs OIF[,OIF...] (without --source: a template for any source{why})"
     )
+    if facts.left_out:  # the likelier cause: the route is declared where mfcd did not read
+        files = ", ".join(facts.left_out)
+        fix = (
+            f"if the config files declare it: mfcd left out {files} at start for an error"
+            f" (see the log); fix it and run mfcctl reload. Else {fix}"
+        )
+    return Check("route", "failed", f"no route or template matches {_flow(facts)}", fix)
 
 
 def _steered(facts: Facts, iif: str) -> int | None:

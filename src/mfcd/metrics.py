@@ -131,6 +131,7 @@ class Registry:
     entries: Counter[str] = field(default_factory=Counter)
     templates: Callable[[], Mapping[str, int]] | None = None
     joins: Callable[[], Mapping[str, int]] | None = None
+    config_files_left_out: int = 0  # config files a start left out for errors, until a reload
 
     def request(self, command: str, result: str, seconds: float) -> None:
         """One request handled: its command ("invalid" if it named none), its result ("ok"
@@ -346,6 +347,13 @@ def _activity(src: Sources) -> str:
     out += header(name, "histogram", "Time taken to handle a control socket request.")
     for cmd, histogram in sorted(registry.request_seconds.items()):
         out += "".join(histogram.samples(name, [("command", cmd)]))
+    out += family(
+        "mfcd_config_files_left_out",
+        "gauge",
+        "Config files whose declarations mfcd left out at start for an error"
+        ' (on_config_error = "skip_file"); 0 once a reload applies them all.',
+        [("", registry.config_files_left_out)],
+    )
     name = "mfcd_state_sync_duration_seconds"
     out += header(name, "histogram", "Time taken to write a change durably to the state file.")
     out += "".join(registry.state_sync_seconds.samples(name))

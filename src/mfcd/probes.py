@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -270,8 +270,11 @@ def _machine_facts(
     return packets, error, interfaces, backs, rules
 
 
-async def diagnose(router: Router, counters: CountersReader, query: Query) -> dict[str, Any]:
-    """Diagnose every intent matching the flow; the result of the `diagnose` command."""
+async def diagnose(
+    router: Router, counters: CountersReader, query: Query, left_out: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Diagnose every intent matching the flow; the result of the `diagnose` command
+    (`left_out`: the config files a start left out for an error, named when none matches)."""
     family, group, source = query.family, query.group, query.source
     intents = diagnosis.matching_intents(router, query)
     elsewhere: tuple[int, ...] = ()
@@ -320,7 +323,17 @@ async def diagnose(router: Router, counters: CountersReader, query: Query) -> di
         seen = sample_of(packets, one, elapsed, error) if one is not None else None
         # Without a source, the one sender seen (if just one) stands for it in the fix.
         facts = Facts(
-            family, one, group, None, {}, None, seen, None, rules=rules, elsewhere=elsewhere
+            family,
+            one,
+            group,
+            None,
+            {},
+            None,
+            seen,
+            None,
+            rules=rules,
+            elsewhere=elsewhere,
+            left_out=tuple(left_out),
         )
         flows.append((None, diagnosis.checklist(facts)))
     return views.diagnose_result(query, elapsed, flows)

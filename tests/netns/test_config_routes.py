@@ -16,6 +16,7 @@ from lab.netns import Lab
 from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd, route_args
 from tests.netns.test_joins import capture, groups, memberships, mrd
+from tests.netns.test_metrics import fetch
 
 SOURCE = "198.18.0.2"
 DATA = Path(__file__).parent.parent / "data" / "smcroute"
@@ -471,3 +472,64 @@ def test_reload_and_check_config_warn_of_missing_interfaces_and_settings_kept(
     assert again["warnings"][1] == waiting.format("route is")
     nothing = daemon.ctl("reload", "-n")
     assert nothing.stdout.startswith("dry run: nothing to change\n")
+
+
+def test_a_start_with_a_bad_drop_in_leaves_it_out_and_a_reload_applies_it_once_fixed(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """F11: one bad declaration in a drop-in stopped mfcd at start (exit 1), taking down every
+    flow, the state file's api routes too. Now the file is left out, told at error level, in
+    the status line and in /metrics, and a reload applies it once it is fixed."""
+    daemon = Mfcd(lab, tmp_path, config='metrics_listen = "127.0.0.1:10040"\n')
+    try:
+        write_config(daemon, route("239.5.9.1", "r0", "r1"))
+        daemon.start()
+        daemon.ok(*route_args(SOURCE, "239.5.9.2", "r0", "r2"))  # an api route
+        assert received(lab, "239.5.9.1") == [5, 0, 0]
+        assert received(lab, "239.5.9.2") == [0, 5, 0]
+        daemon.stop()
+
+        # A fleet tool drops in a file with one bad route (and a good one) while mfcd is down.
+        drop_ins = daemon.config_file.with_suffix(".d")
+        drop_ins.mkdir()
+        bad = drop_ins / "80-bad.conf"
+        bad.write_text(route("239.5.9.3", "r0", "r3") + route("239.5.9.4", "r0", "r0"))
+        daemon.start()
+        assert received(lab, "239.5.9.1") == [5, 0, 0]  # the main file's route
+        assert received(lab, "239.5.9.2") == [0, 5, 0]  # the state file's
+        assert received(lab, "239.5.9.3") == [0, 0, 0]  # left out with its file
+        assert set(shown(daemon)) == {"239.5.9.1", "239.5.9.2"}
+
+        def left_out() -> str:
+            body: str = fetch(lab, "http://127.0.0.1:10040/metrics")["body"]
+            return next(ln for ln in body.splitlines() if ln.startswith("mfcd_config_files_left"))
+
+        assert left_out() == "mfcd_config_files_left_out 1"
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGUSR1)  # the status line, as STATUS= says it
+        diagnosed = daemon.ctl("diagnose", "--source", SOURCE, "--group", "239.5.9.3")
+        assert f"mfcd left out {bad} at start for an error" in diagnosed.stdout
+        refused = daemon.ctl("reload")  # still bad: all or nothing, nothing changes
+        assert refused.returncode == 1 and f"{bad}:" in refused.stderr
+
+        bad.write_text(route("239.5.9.3", "r0", "r3"))  # fixed
+        assert daemon.ok("reload").strip() == "1 added, 0 removed, 0 changed, 1 unchanged"
+        assert received(lab, "239.5.9.3") == [0, 0, 5]
+        assert received(lab, "239.5.9.2") == [0, 5, 0]
+        assert left_out() == "mfcd_config_files_left_out 0"
+        _, log = daemon.stop()
+
+        # on_config_error = "refuse": the start of old, exit status 1 naming FILE:LINE.
+        text = daemon.config_file.read_text()
+        daemon.config_file.write_text('on_config_error = "refuse"\n' + text)
+        bad.write_text(route("239.5.9.4", "r0", "r0"))
+        with pytest.raises(RuntimeError, match=f"mfcd exited with 1: mfcd: {bad}:"):
+            daemon.start()
+        daemon.proc = None
+    finally:
+        if daemon.proc is not None:
+            daemon.stop()
+    assert f"ERROR: config: {bad}:" in log and "iif r0 is also listed in oifs" in log
+    assert f"ERROR: config: left out {bad} (on_config_error" in log
+    assert "1 config file left out for errors (see the log; mfcctl reload once fixed)" in log
+    assert "config: every file applied, none left out any more" in log

@@ -195,3 +195,11 @@ def test_override_checks_and_converts_like_the_file(
 def test_override_rejects_bad_values() -> None:
     with pytest.raises(ConfigError, match="--log-level"):
         config.override(Config(), log_level="loud")
+
+
+def test_on_config_error_is_skip_file_or_refuse() -> None:
+    assert Config().on_config_error == "skip_file"
+    assert config.parse('on_config_error = "refuse"\n').on_config_error == "refuse"
+    assert 'on_config_error must be "skip_file" or "refuse"' in refused(
+        'on_config_error = "ignore"\n'
+    )

@@ -788,3 +788,93 @@ def test_waiting_counts_the_routes_and_templates_that_wait_and_for_what() -> Non
     assert declarations.waiting(combinations, declared.templates, every) == (0, 0, [], [])
     # Routes that share their interfaces are counted as many as they are.
     assert declarations.waiting({Ports("y", ("b",)): 7}, [], {"b"}) == (7, 0, ["y"], [])
+
+
+def start_files(tmp_path: Path, main_text: str, **drop_ins: str) -> Path:
+    """A main file and its drop-ins (name without .conf -> text)."""
+    main = tmp_path / "mfcd.conf"
+    main.write_text(main_text)
+    (tmp_path / "mfcd.d").mkdir(exist_ok=True)
+    for name, text in drop_ins.items():
+        (tmp_path / "mfcd.d" / f"{name}.conf").write_text(text)
+    return main
+
+
+BAD_ROUTE = '[[route]]\nsource = "198.18.0.2"\ngroup = "239.9.9.9"\niif = "a"\noifs = ["a"]\n'
+
+
+def test_a_start_leaves_out_the_files_with_problems_and_reads_the_others(tmp_path: Path) -> None:
+    """F11: one bad drop-in stopped mfcd from starting at all; now only that file is left
+    out (its good routes with it), while a reload of the same files still refuses them all."""
+    main = start_files(
+        tmp_path,
+        'log_level = "debug"\n' + route("239.1.1.1"),
+        **{"10-good": route("239.1.1.2"), "80-bad": route("239.1.1.3") + BAD_ROUTE},
+    )
+    bad = str(tmp_path / "mfcd.d" / "80-bad.conf")
+    loaded = config.load_at_start(str(main), config.ReadCache())
+    assert loaded.settings.log_level == "debug"
+    assert [k[2] for k in loaded.declared.routes] == ["239.1.1.1", "239.1.1.2"]
+    assert loaded.left_out == [bad]
+    assert len(loaded.problems) == 1
+    assert loaded.problems[0].startswith(f"{bad}:10: route: iif a is also listed in oifs")
+    with pytest.raises(Problems):  # --check-config and a reload: all or nothing
+        config.load_all(str(main))
+    clean = start_files(tmp_path, route("239.1.1.1"))
+    (tmp_path / "mfcd.d" / "80-bad.conf").unlink()
+    assert config.load_at_start(str(clean), config.ReadCache()).problems == []
+
+
+def test_a_start_leaves_out_the_later_file_of_a_clash_and_the_main_files_declarations(
+    tmp_path: Path,
+) -> None:
+    main = start_files(
+        tmp_path,
+        "ipv6 = false\n" + route("239.1.1.1") + BAD_ROUTE,
+        **{
+            "10-a": route("239.1.1.2"),
+            "20-b": route("239.1.1.2") + route("239.1.1.4"),  # a route of 10-a again
+            "30-c": route("239.1.1.5"),
+            "40-d": route("ff3e::1", source="2001:db8::2"),  # IPv6 is off
+            "50-e": 'log_level = "error"\n',  # a setting in a drop-in
+        },
+    )
+    loaded = config.load_at_start(str(main), config.ReadCache())
+    d = tmp_path / "mfcd.d"
+    assert loaded.left_out == [
+        str(main),
+        str(d / "20-b.conf"),
+        str(d / "40-d.conf"),
+        str(d / "50-e.conf"),
+    ]
+    assert [k[2] for k in loaded.declared.routes] == ["239.1.1.2", "239.1.1.5"]
+    assert loaded.settings.ipv6 is False  # the main file's settings are read all the same
+    assert len(loaded.problems) == 4
+
+
+@pytest.mark.parametrize(
+    "main_text",
+    [
+        'socket_path = "/x.sock"\n[[route\n',  # not TOML: no setting can be trusted
+        'log_level = "loud"\n',  # a bad setting
+        'on_config_error = "refuse"\n',  # asked to refuse
+    ],
+)
+def test_a_start_refuses_when_the_settings_cannot_be_read_or_it_is_asked_to(
+    tmp_path: Path, main_text: str
+) -> None:
+    main = start_files(tmp_path, main_text, **{"80-bad": BAD_ROUTE})
+    with pytest.raises(Problems):
+        config.load_at_start(str(main), config.ReadCache())
+    (tmp_path / "mfcd.d" / "80-bad.conf").unlink()
+    if "refuse" in main_text:  # (no problem: nothing refused)
+        assert config.load_at_start(str(main), config.ReadCache()).left_out == []
+
+
+def test_a_start_leaves_out_an_unreadable_drop_in_directory(tmp_path: Path) -> None:
+    main = start_files(tmp_path, route("239.1.1.1"))
+    (tmp_path / "mfcd.d").rmdir()
+    (tmp_path / "mfcd.d").write_text("a file, not a directory")
+    loaded = config.load_at_start(str(main), config.ReadCache())
+    assert loaded.left_out == [str(tmp_path / "mfcd.d")]
+    assert [k[2] for k in loaded.declared.routes] == ["239.1.1.1"]

@@ -366,6 +366,16 @@ def test_no_route_or_template_matching_says_both_can_be_added() -> None:
     assert "without --source: a template" in route.fix
 
 
+def test_no_route_names_the_config_files_a_start_left_out() -> None:
+    """F11: the flow's route may be declared in a file mfcd left out at start for an error."""
+    facts = Facts(4, SOURCE, GROUP, None, {}, None, Sample(2.0), None, left_out=("/e/80.conf",))
+    [route] = diagnosis.checklist(facts)
+    assert route.fix is not None and route.fix.startswith(
+        "if the config files declare it: mfcd left out /e/80.conf at start for an error"
+        " (see the log); fix it and run mfcctl reload. Else add one: mfcctl mfc add"
+    )
+
+
 def test_the_most_specific_template_of_each_iif_is_the_intent_when_no_route_matches() -> None:
     ctl, _, learner, _ = templates.setup()
     wide, narrow = (

@@ -224,6 +224,12 @@ def test_hooks_of_other_parts_appear_only_once_set(ctl: Controller) -> None:
     assert samples(text, "mfcd_upcalls_total")['{kind="nocache"}'] == "4"
 
 
+def test_config_files_left_out_at_start_are_a_gauge(ctl: Controller) -> None:
+    assert samples(page(ctl), "mfcd_config_files_left_out") == {"": "0"}
+    registry = Registry(config_files_left_out=2)
+    assert samples(page(ctl, registry=registry), "mfcd_config_files_left_out") == {"": "2"}
+
+
 def test_a_route_removed_while_the_page_is_built_is_left_out(ctl: Controller) -> None:
     src = Sources(ctl.router, Counted(), Registry(), Counter(), "1", None, 10)
     parts = metrics.exposition(src, chunk=1)
