@@ -4,6 +4,7 @@ wait during a large show, after a large batch, during an interface re-creation a
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
               [--base SRC] [--only clients,pings,show,batch,relink,degrade,updown,tables,idle]
               [--work-dir DIR] [--wait-compaction] [--distinct-sources] [--lean-clients]
+              [--table-per-line]
 
 Each scenario runs mfcd in a network namespace of its own (`mfcds<random>`, veth pairs
 `r0`..`r2`, nothing on the host is touched). With `--base SRC` (a `src` directory of another
@@ -38,7 +39,9 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   again; time until it answers, peak and settled RSS. With `--wait-compaction`, the
   restart waits for the compaction the batch made due to finish, and the RSS then is
   reported too (the restart then reads a snapshot, not the batch's journal records).
-- tables: `--routes` in the default table, then as many in table 100: the time of each
+- tables: `--routes` in the default table, then as many in table 100 (`mfcctl batch --table
+  100` of the same file; `--table-per-line`: a file whose every line ends in `--table 100`,
+  17% more text to send and read): the time of each
   batch, mfcd's CPU time for it and the RSS after it, two tables against one; and the
   control, in a second mfcd: as many new routes into the same table after the first batch.
 - idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
@@ -96,6 +99,8 @@ def group(n: int) -> str:
 
 # --lean-clients: the clients scenario's connections served by _lean_clients
 LEAN_CLIENTS = False
+# --table-per-line: the tables scenario's second batch names its table on every line.
+TABLE_PER_LINE = False
 
 # --distinct-sources: route n from source 10.0.0.0 + n (198.18.0.0/15 holds too few for
 # 1,000,000; nothing leaves the namespace), not all from one source
@@ -377,12 +382,17 @@ def clients(d: Daemon, n: int, seconds: float) -> dict[str, Any]:
 
 
 def load(d: Daemon, routes: int, table: int | None = None, start: int = 0) -> float:
-    batch = d.work / f"routes{table or ''}-{start}.batch"
+    """Load `routes` new routes (from route `start` on) with `mfcctl batch`: into `table` by
+    `batch --table N`, the file the same as the default table's, or with --table-per-line
+    by a file whose every line ends in `--table N`. Seconds until mfcctl returns."""
+    per_line = f" --table {table}" if table and TABLE_PER_LINE else ""
+    batch = d.work / f"routes{per_line.replace(' --table ', '')}-{start}.batch"
     if not batch.exists():
-        batch.write_text(batch_text(start, routes, f" --table {table}" if table else ""))
+        batch.write_text(batch_text(start, routes, per_line))
+    option = ["--table", str(table)] if table and not per_line else []
     t = time.monotonic()
     subprocess.run(
-        [PYTHON, "-m", "mfcd.cli", "--socket", d.sock, "batch", str(batch)],
+        [PYTHON, "-m", "mfcd.cli", "--socket", d.sock, "batch", *option, str(batch)],
         check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=str(d.src)),
     )  # fmt: skip
     return time.monotonic() - t
@@ -637,6 +647,11 @@ def main() -> int:
         action="store_true",
         help="clients: plain sockets and one select, answers not decoded (see _lean_clients)",
     )
+    parser.add_argument(
+        "--table-per-line",
+        action="store_true",
+        help="tables: table 100's batch ends every line in --table 100 (not batch --table 100)",
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy each run's mfcd log into DIR")
     parser.add_argument(
         "--work-dir",
@@ -645,9 +660,10 @@ def main() -> int:
         " then cost next to nothing and the clients scenario measures CPU alone",
     )
     args = parser.parse_args()
-    global DISTINCT_SOURCES, LEAN_CLIENTS  # noqa: PLW0603 (settings of the whole run)
+    global DISTINCT_SOURCES, LEAN_CLIENTS, TABLE_PER_LINE  # noqa: PLW0603 (the whole run's)
     DISTINCT_SOURCES = args.distinct_sources
     LEAN_CLIENTS = args.lean_clients
+    TABLE_PER_LINE = args.table_per_line
     if os.geteuid() != 0:
         sys.exit("stalls.py: needs root (it creates network namespaces)")
     revisions = {"B (this checkout)": SRC}

@@ -500,6 +500,11 @@ def _batch_command(sub: Any) -> None:
         " groups joined and left, if any line joins or leaves).",
     )
     batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
+    _table_option(
+        batch,
+        "the multicast routing table of the lines that name none (a number, `default` or a"
+        " name from /etc/iproute2/rt_tables); a line's own --table still names its table",
+    )
     _command_options(batch, changes=True)
 
 
@@ -1580,7 +1585,7 @@ class Cli:
                 return self.change(f"mfc.oif.{a.oif}", args)
             return self.change(f"mfc.{a.action}", args)
         if a.command == "batch":
-            return self.batch(a.file)
+            return self.batch(a.file, getattr(a, "table", None))
         if a.command == "vif" and a.action == "set":
             settings = {"threshold": a.threshold, "mrdisc": a.mrdisc}  # (main: one at least)
             args = {k: v for k, v in settings.items() if v is not None}
@@ -1694,7 +1699,7 @@ class Cli:
         write("]}\n")
         return protocol.EXIT_OK
 
-    def batch(self, name: str) -> int:
+    def batch(self, name: str, table: str | None = None) -> int:
         try:
             if name == "-":
                 text = sys.stdin.read()
@@ -1707,6 +1712,8 @@ class Cli:
         # mfcd parses the text itself (one line at a time, which keeps a large batch small in
         # memory) and names a failing line in the error's `line`: printed as "FILE:N: ...".
         args: dict[str, Any] = {"text": text}
+        if table is not None:
+            args["table"] = _table_value(table)
         if self.args.verbose:
             args["plan"] = True
         try:

@@ -713,18 +713,21 @@ class Commands:
         return keys
 
     def batch(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
-        validate.require_fields(args, (), ("ops", "text", "plan"))
+        validate.require_fields(args, (), ("ops", "text", "plan", "table"))
         if ("ops" in args) == ("text" in args):
             raise BadRequest("a batch takes either ops (a list) or text (batch file lines)")
         text = args.get("text")
         if "text" in args and not isinstance(text, str):
             raise BadRequest("text must be a string", field="text")
+        table = args.get("table")  # (of the lines and ops that name none)
+        if table is not None:
+            validate.table_of(table, 4)  # (a bad name or type: said once, not at each line)
         # (a source seen again only after many others is still shared: see address_sharing)
         with address_sharing.bulk():
             if text is not None:
-                changes, deleted, updated, runs = self._read_text(text)
+                changes, deleted, updated, runs = self._read_text(text, table)
             else:
-                changes, deleted, updated = self._op_changes(args["ops"])
+                changes, deleted, updated = self._op_changes(args["ops"], table)
                 runs = []
         # A batch answers with counts; the step-by-step plan (as large as the batch) only when
         # asked for or in a dry run.
@@ -787,10 +790,13 @@ class Commands:
                 note((change.key,), change.ports)
         return len(waiting[0]), len(waiting[1]), sorted(names)
 
-    def _op_changes(self, ops: Any) -> tuple[list[Change], int, int]:
-        """A batch's ops as changes, with how many delete a route and how many change oifs."""
+    def _op_changes(self, ops: Any, table: Any = None) -> tuple[list[Change], int, int]:
+        """A batch's ops as changes, with how many delete a route and how many change oifs
+        (`table`: that of the ops that name none, if not the family's default)."""
         if not isinstance(ops, list):
             raise BadRequest("ops must be a list", field="ops")
+        if table is not None:
+            ops = [_with_table(op, table) for op in ops]
         changes: list[Change] = []
         routes = _BatchRoutes(self.controller.router, changes, self.controller.wild_routes)
         deleted = updated = 0
@@ -812,20 +818,25 @@ class Commands:
         changes, deleted, updated, _ = self._read_text(text)
         return changes, deleted, updated
 
-    def _read_text(self, text: str) -> tuple[list[Change], int, int, list[RouteRun]]:
+    def _read_text(
+        self, text: str, table: Any = None
+    ) -> tuple[list[Change], int, int, list[RouteRun]]:
         """A batch text's changes, with how many delete a route and how many change oifs, and
-        the runs of them that add routes on one table and interfaces (see RouteRun).
+        the runs of them that add routes on one table and interfaces (see RouteRun); `table`:
+        that of the lines that name none, if not the family's default.
 
         Stretches of usual IPv4 adds are read and validated as columns (batchscan.pieces);
         if one holds a mistake, the text is read again line by line, which names the first
         wrong line exactly as it always has."""
         try:
-            return self._read_pieces(text, fast=True)
+            return self._read_pieces(text, table, fast=True)
         except _ReadAgain:
             pass  # (read again after the handler: the first pass's lists are freed first)
-        return self._read_pieces(text, fast=False)
+        return self._read_pieces(text, table, fast=False)
 
-    def _read_pieces(self, text: str, fast: bool) -> tuple[list[Change], int, int, list[RouteRun]]:
+    def _read_pieces(
+        self, text: str, default: Any, fast: bool
+    ) -> tuple[list[Change], int, int, list[RouteRun]]:
         """_read_text, reading stretches as columns if `fast` (_ReadAgain: one is wrong)."""
         changes: list[Change] = []
         runs: list[RouteRun] = []
@@ -841,10 +852,12 @@ class Commands:
             for piece in batchscan.pieces(text) if fast else batch_lines(text):
                 if isinstance(piece, batchscan.Run):  # lines read as columns
                     lineno = piece.line
-                    if not self._take_run(piece, run):
+                    if not self._take_run(piece, run, default):
                         raise _ReadAgain
                     continue
                 lineno, kind, source, group, iif, oifs, table = piece
+                if table is None:
+                    table = default
                 if (source == "*" or "/" in source or "/" in group) and kind in ("add", "del"):
                     add(self._template_line(kind, source, group, iif, oifs, table=table))
                     deleted += kind == "del"
@@ -876,7 +889,7 @@ class Commands:
         run.end()
         return changes, deleted, updated, runs
 
-    def _take_run(self, piece: batchscan.Run, run: _AddRun) -> bool:
+    def _take_run(self, piece: batchscan.Run, run: _AddRun, default: Any = None) -> bool:
         """Add a batchscan.Run's lines (addresses valid already) to the changes, each stretch
         on one table and interfaces as one run (see _AddRun.take); False, having added
         nothing, if a line is wrong or not a plain route's (its interfaces, table or family)
@@ -885,7 +898,8 @@ class Commands:
             return False
         iifs, oifs, tables = piece.iifs, piece.oifs, piece.tables
         try:
-            numbers = {t: validate.ipv4_table(t) for t in set(tables)}  # (None: the default)
+            # (None: the batch's table, or the family's default table)
+            numbers = {t: validate.ipv4_table(default if t is None else t) for t in set(tables)}
             # (no pair made a line; list.count needs no hash of each fresh string, as set does)
             one = iifs.count(iifs[0]) == len(iifs) and oifs.count(oifs[0]) == len(oifs)
             combos = {(iifs[0], oifs[0])} if one else set(zip(iifs, oifs, strict=True))
@@ -1336,6 +1350,13 @@ def _line_of(op: int, text: str) -> int | None:
 
 
 _JOINS = frozenset(batchfile.JOIN_OPS)
+
+
+def _with_table(op: Any, table: Any) -> Any:
+    """A batch op with the batch's table if it names none (a join's has none to name)."""
+    if not isinstance(op, dict) or "table" in op or op.get("op") in ("join", "leave"):
+        return op
+    return {**op, "table": table}
 
 
 def _in_table(key: RouteKey) -> str:

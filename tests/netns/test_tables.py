@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -284,3 +285,29 @@ def test_the_largest_table_of_each_family_works_and_one_more_is_refused_first(
     mfcd.ok(*route_args(source, group, "r0", "r2"), "--table", str(largest))
     assert [(r["table"], r["state"]) for r in mfcd.show()["routes"]] == [(largest, "installed")]
     assert group in mroute_table(lab, family, str(largest))
+
+
+@pytest.mark.lab(receivers=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_batch_table_puts_the_lines_that_name_none_in_it(
+    lab: Lab, mfcd: Mfcd, family: int, tmp_path: Path
+) -> None:
+    """`mfcctl batch --table 100 FILE`: the file's lines name no table and land in table 100,
+    which forwards the traffic its rule steers to it; a line's own --table still counts."""
+    lab.ip(lab.router, f"-{family}", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    group = GROUPS[family]
+    first, second = SOURCES[family]
+    batch = tmp_path / "table100.batch"
+    batch.write_text(
+        f"mfc add --source {second} --group {group} --iif r1 --oifs r3\n"
+        f"mfc add --source {first} --group {group} --iif r0 --oifs r2 --table default\n"
+    )
+    assert mfcd.ok("batch", "--table", TABLE, str(batch)).startswith("2 added")
+    default = 253 if family == 4 else 254
+    assert sorted((r["source"], r["table"]) for r in mfcd.show()["routes"]) == sorted(
+        [(second, 100), (first, default)]
+    )
+    in_100 = mroute_table(lab, family, TABLE).replace(", ", ",")
+    assert f"({second},{group})" in in_100 and f"({first}," not in in_100
+    assert send_and_count(lab, family, 1) == [0, 5]  # r1's traffic: table 100, out of r3
+    assert send_and_count(lab, family, 0) == [5, 0]  # r0's: the default table, out of r2

@@ -892,3 +892,21 @@ def test_reload_prints_its_warnings_on_stderr(tmp_path: Path, dry_run: bool) -> 
     assert (status, err) == (0, "".join(f"mfcctl: warning: {w}\n" for w in warnings))
     # A dry run with nothing to do says so, not "mfcd would:" followed by nothing.
     assert out == (f"dry run: nothing to change\n{summary}\n" if dry_run else f"{summary}\n")
+
+
+@pytest.mark.parametrize(("given", "sent"), [("100", 100), ("video", "video"), (None, None)])
+def test_batch_table_is_the_table_of_the_lines_that_name_none(
+    tmp_path: Path, given: str | None, sent: int | str | None
+) -> None:
+    result = {"dry_run": False, "changes": 1, "added": 1, "deleted": 0, "updated": 0}
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    batch = tmp_path / "routes.batch"
+    batch.write_text("mfc add --source 10.0.0.1 --group 239.1.1.1 --iif r0 --oifs r1\n")
+    table = [] if given is None else ["--table", given]
+    status, _, err = run_cli("--socket", str(fake.path), "batch", *table, str(batch))
+    fake.close()
+    assert (status, err) == (0, "")
+    [request] = fake.requests
+    assert request["cmd"] == "batch"
+    assert request["args"].get("table") == sent
+    assert ("table" in request["args"]) == (given is not None)

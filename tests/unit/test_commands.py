@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -871,3 +872,39 @@ def test_not_found_says_which_other_table_holds_the_route_or_template(
         ask(commands, "mfc.del", {"source": "10.0.0.9", "group": "239.1.1.1"})["error"]["message"]
         == "no route for source 10.0.0.9 group 239.1.1.1"
     )
+
+
+@pytest.mark.parametrize("form", ["text", "ops"])
+def test_a_batch_table_is_that_of_the_lines_that_name_none(commands: Commands, form: str) -> None:
+    """`batch --table 100`: every route and template line without --table goes to table 100
+    (read as columns or line by line, IPv4 and IPv6), a line's own --table still counts, and
+    joins (which have no table) are as they were."""
+    usual = [f"mfc add --source 10.0.0.5 --group 239.3.0.{i} --iif a --oifs b" for i in range(40)]
+    lines = [
+        *usual,  # (read as one run of columns)
+        "mfc add --source 10.0.0.5 --group 239.3.1.1 --iif a --oifs b --table 7",
+        "mfc add --group 239.4.0.0/16 --iif a --oifs c",
+        "mfc add --source 2001:db8::5 --group ff3e::5 --iif a --oifs b",
+        "join --interface c --group 239.5.5.5",
+    ]
+    if form == "text":
+        args: dict[str, Any] = {"text": "".join(line + "\n" for line in lines)}
+    else:
+        args = {"ops": [batchfile.line_op(batchfile.words(line)) for line in lines]}
+    response = ask(commands, "batch", {**args, "table": 100})
+    assert response["ok"], response
+    router = commands.controller.router
+    tables = Counter(key[3] for key in router.routes if key[1] != "10.0.0.1")
+    assert tables == {100: 41, 7: 1}
+    assert [key[3] for key in router.templates] == [100]
+    assert (6, "2001:db8::5", "ff3e::5", 100) in router.routes
+    assert commands.controller.joins.wanted  # the join, as without --table
+    assert (4, "10.0.0.1", "239.1.1.1", 253) in router.routes  # ROUTE, untouched
+
+
+def test_a_bad_batch_table_changes_nothing(commands: Commands) -> None:
+    before = snapshot(commands)
+    text = "mfc add --source 10.0.0.5 --group 239.3.0.1 --iif a --oifs b\n"
+    response = ask(commands, "batch", {"text": text, "table": 0})
+    assert error_of(response) == ("invalid_argument", "table")
+    assert snapshot(commands) == before
