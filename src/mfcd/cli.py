@@ -867,6 +867,8 @@ def _parse_simple_command(command: str, rest: list[str], values: dict[str, Any])
     in any order after it, as argparse takes them."""
     if command == "show":
         values.update(stats=False, watch=None, table=None, what=None)  # (`show --table`: argparse)
+    elif command == "batch":
+        values["table"] = None  # (`batch --table`: argparse)
     i = 0
     while i < len(rest):
         word = rest[i]
@@ -1585,7 +1587,7 @@ class Cli:
                 return self.change(f"mfc.oif.{a.oif}", args)
             return self.change(f"mfc.{a.action}", args)
         if a.command == "batch":
-            return self.batch(a.file, getattr(a, "table", None))
+            return self.batch(a.file, a.table)
         if a.command == "vif" and a.action == "set":
             settings = {"threshold": a.threshold, "mrdisc": a.mrdisc}  # (main: one at least)
             args = {k: v for k, v in settings.items() if v is not None}
