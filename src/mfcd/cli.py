@@ -457,9 +457,9 @@ def _show_command(sub: Any) -> None:
         "show",
         help="show VIFs and routes (IPv4 and IPv6)",
         description="Show the VIFs and every route with its state: installed, pending (its"
-        " IIF does not exist yet, or no VIF is free: it forwards nothing) or degraded (in the"
-        " kernel with an interface missing: it forwards out of the OIFs that exist, or nothing"
-        " if its IIF went away, and is whole again when the missing ones appear).",
+        " IIF does not exist, or no VIF is free: it forwards nothing) or degraded (an OIF is"
+        " missing: it forwards out of the OIFs that exist, and is whole again when the missing"
+        " ones appear).",
     )
     show.add_argument(
         "-s",

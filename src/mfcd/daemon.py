@@ -480,8 +480,14 @@ class Daemon:
 
     def status(self) -> str:
         router = self.controller.router
-        total, installed = len(router.routes), len(router.installed)
-        text = f"{installed} of {total} routes installed, {total - installed} pending"
+        # As show and mfcd_routes count them: a route whose iif is gone is pending even while
+        # its entry is in the kernel; a degraded one counts as installed (it forwards).
+        # (A look at each route only while an interface is missing; this line is rare.)
+        states = Counter[str]()
+        for (state, _), n in metrics.route_counts(router).items():
+            states[state] += n
+        total, pending = len(router.routes), states["pending"]
+        text = f"{total - pending} of {total} routes installed, {pending} pending"
         joins = self.controller.joins
         if joins.wanted:  # (a host without joins keeps the line it always had)
             text += f"; {len(joins.joined)} of {len(joins.wanted)} groups joined"
@@ -692,8 +698,8 @@ class Daemon:
             self._reissuing = None
 
     def _tell_route_states(self, steps: list[Step], deleted: str | None = None) -> None:
-        """Tell monitor subscribers the state of each route an interface event wrote, and
-        of the installed routes on a `deleted` interface (degraded now, with no write)."""
+        """Tell monitor subscribers the state of each route an interface event wrote, and of
+        the installed routes on a `deleted` interface (pending or degraded now, no write)."""
         if not self.events.subscribers:
             return
         router = self.controller.router
@@ -1106,7 +1112,6 @@ class Daemon:
             raise
         slots = self.controller.router.slots
         result = views.reload_result(change, outcome, declared, dry_run, taken, slots=slots)
-        result.update(await self._reload_warnings(declared, kept, dry_run))
         if not dry_run:
             self._after_change()
             log.info(
@@ -1122,6 +1127,9 @@ class Daemon:
             if self.events.subscribers:
                 self._tell_reload(change, outcome, taken, was)
             self.events.emit("reload", config=name, summary=result["summary"])
+        # Last: counting what the routes wait for lets other clients in between its slices,
+        # which must not come between the reload's changes and their events.
+        result.update(await self._reload_warnings(declared, kept, dry_run))
         return result
 
     def _replaced_by(self, change: declarations.Diff) -> Replaced:
@@ -1282,7 +1290,7 @@ def _note_missing_interfaces(name: str, declared: declarations.Declarations) -> 
     interfaces this machine does not have, so that a typo is seen before a reload."""
     try:
         links = netlink.current_links()
-    except OSError:  # (no netlink here: nothing to compare with)
+    except (OSError, ValueError):  # (no netlink here, or an answer not understood)
         return
     combinations = Counter(declared.routes.values())
     text = views.waiting_text(declarations.waiting(combinations, declared.templates, links), True)

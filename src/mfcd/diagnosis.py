@@ -259,6 +259,14 @@ class Rules:
     rules: tuple[MRule, ...] = ()
     error: str = ""
     missing: frozenset[int] = frozenset()
+    # The interfaces in a VRF (its devices and the VRF devices themselves), which an l3mdev
+    # rule matches; None: not known (an l3mdev rule then makes the walk depend on it).
+    in_vrf: frozenset[str] | None = None
+
+    def walk(self, iif: str, missing: frozenset[int] | None = None) -> RuleWalk:
+        """walk_rules for what arrives on `iif` (`missing`: the tables taken as missing)."""
+        vrf = None if self.in_vrf is None else iif in self.in_vrf
+        return walk_rules(self.rules, iif, self.missing if missing is None else missing, vrf)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +375,7 @@ def _steered(facts: Facts, iif: str) -> int | None:
     rules = facts.rules
     if rules is None or rules.error:
         return None
-    rule = walk_rules(rules.rules, iif, rules.missing).decides
+    rule = rules.walk(iif).decides
     default = DEFAULT_TABLE[facts.family]
     if rule is None or rule.action != "lookup" or rule.l3mdev or rule.table == default:
         return None
@@ -514,9 +522,15 @@ class RuleWalk:
     forks: tuple[Fork, ...] = ()
 
 
-def walk_rules(rules: Sequence[MRule], iif: str, missing: frozenset[int] = frozenset()) -> RuleWalk:
+def walk_rules(
+    rules: Sequence[MRule],
+    iif: str,
+    missing: frozenset[int] = frozenset(),
+    vrf: bool | None = None,
+) -> RuleWalk:
     """Where the multicast rules send what arrives on `iif`, as the kernel's
-    fib_rules_lookup() walks them for ipmr/ip6mr; `missing`: tables that do not exist.
+    fib_rules_lookup() walks them for ipmr/ip6mr; `missing`: tables that do not exist;
+    `vrf`: whether `iif` is in a VRF (None: not known).
 
     In priority order (the dump's order among equal priorities); a rule matches when its
     iif (if any) is the interface, inverted by `not`; a goto jumps to the first rule of its
@@ -528,7 +542,8 @@ def walk_rules(rules: Sequence[MRule], iif: str, missing: frozenset[int] = froze
     matches no arriving packet (MRule.unmatched). A rule with an fwmark or l3mdev matches
     some packets and not others: the walk follows a packet with no mark on an interface
     in no VRF, and notes each such rule on its way (a Fork) with the rules that can
-    decide for the packets that go the other way.
+    decide for the packets that go the other way. When `vrf` is known, an l3mdev rule
+    matches every packet on `iif` or none (the interface is in a VRF or not).
     """
     ordered = sorted(rules, key=lambda r: r.priority)  # stable: keeps the dump's order
     count = len(ordered)
@@ -536,7 +551,7 @@ def walk_rules(rules: Sequence[MRule], iif: str, missing: frozenset[int] = froze
     # step only goes forward, so filling it from the end needs no recursion.
     reach: list[frozenset[MRule | None]] = [frozenset({None})] * (count + 1)
     for index in reversed(range(count)):
-        known = _match(ordered[index], iif)
+        known = _match(ordered[index], iif, vrf)
         ways = (True, False) if known is None else (known,)
         reach[index] = frozenset().union(
             *(_reach(_step(ordered, index, taken, missing), reach) for taken in ways)
@@ -546,8 +561,8 @@ def walk_rules(rules: Sequence[MRule], iif: str, missing: frozenset[int] = froze
     forks: list[Fork] = []
     while index < count:
         rule = ordered[index]
-        taken = _plain_match(rule, iif)
-        if _match(rule, iif) is None:
+        taken = _plain_match(rule, iif, vrf)
+        if _match(rule, iif, vrf) is None:
             other = _step(ordered, index, not taken, missing)
             forks.append(Fork(rule, taken, _reach(other, reach)))
         step = _step(ordered, index, taken, missing)
@@ -559,23 +574,27 @@ def walk_rules(rules: Sequence[MRule], iif: str, missing: frozenset[int] = froze
     return RuleWalk(None, tuple(skipped), tuple(forks))
 
 
-def _match(rule: MRule, iif: str) -> bool | None:
+def _match(rule: MRule, iif: str, vrf: bool | None = None) -> bool | None:
     """Whether `rule` matches every packet arriving on `iif` (True) or none (False); None
-    when it depends on the packet's firewall mark or on the interface's VRF."""
+    when it depends on the packet's firewall mark, or on the interface's VRF (`vrf`: whether
+    it is in one, None: not known)."""
     if rule.unmatched or (rule.iif is not None and rule.iif != iif):
         return rule.invert
-    if rule.fwmark is None and not rule.l3mdev:
+    if rule.l3mdev and vrf is False:
+        return rule.invert  # (l3mdev matches only what arrives in a VRF)
+    if rule.fwmark is None and (not rule.l3mdev or vrf):
         return not rule.invert
     return None
 
 
-def _plain_match(rule: MRule, iif: str) -> bool:
-    """Whether `rule` matches a packet with no firewall mark (0) on an interface in no VRF."""
-    known = _match(rule, iif)
+def _plain_match(rule: MRule, iif: str, vrf: bool | None = None) -> bool:
+    """Whether `rule` matches a packet with no firewall mark (0) on `iif`, in a VRF if
+    `vrf` says so (and in none if not known)."""
+    known = _match(rule, iif, vrf)
     if known is not None:
         return known
     mark, mask = rule.fwmark or (0, 0)
-    return (mark & mask == 0 and not rule.l3mdev) != rule.invert
+    return (mark & mask == 0 and (not rule.l3mdev or bool(vrf))) != rule.invert
 
 
 def _step(
@@ -636,7 +655,7 @@ def _mrule(facts: Facts, intent: Intent) -> Check:
         why = rules.error if rules is not None else "not read"
         return Check("mrule", "unknown", f"cannot read the multicast rules ({ip}): {why}")
     # The route's own table is there once mfcd installs the route, if it is not yet.
-    walk = walk_rules(rules.rules, iif, rules.missing - {table})
+    walk = rules.walk(iif, rules.missing - {table})
     ok = _reaches(walk.decides, table)
     forks = [f for f in walk.forks if any(_reaches(d, table) != ok for d in f.others)]
     skipped = "".join(

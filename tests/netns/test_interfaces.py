@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -233,8 +235,12 @@ def test_a_route_and_a_template_whose_iif_is_deleted_are_pending_as_after_a_rest
     assert list(kernel_tables.mfc(lab, family)) == [(source, group)]  # its entry, idle
     assert "r0" not in kernel_tables.vifs(lab, family).values()
     assert mfcd.ok("sync").startswith("kernel and mfcd agree")
+    assert mfcd.proc is not None
+    mfcd.proc.send_signal(signal.SIGUSR1)  # the status line (STATUS=) counts it pending too
+    time.sleep(0.5)
 
-    mfcd.stop()
+    _, log = mfcd.stop()
+    assert "status: 0 of 1 routes installed, 1 pending" in log, log[-2000:]
     mfcd.start()
     for shown in (group, template):
         route = mfcd.wait_state(shown, "pending")

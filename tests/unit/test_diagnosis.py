@@ -798,3 +798,20 @@ def test_nothing_counted_with_only_unknowns_above_names_them() -> None:
     facts = dataclasses.replace(HEALTHY, counts=Counts(2.0, 0, 0, 0), sample=None)
     fix = check(facts, "counted").fix
     assert fix == "no check above failed; see those that could not tell: arrival, ttl"
+
+
+@pytest.mark.parametrize(("vrf", "decides"), [(False, 60), (True, 50), (None, 60)])
+def test_an_l3mdev_rule_decides_once_it_is_known_whether_the_interface_is_in_a_vrf(
+    vrf: bool | None, decides: int
+) -> None:
+    """The rule a VRF adds (`pref 1000 l3mdev`) matches only what arrives in a VRF: known,
+    it matches all or nothing, and no fork is left; unknown, the walk follows a packet in no
+    VRF and notes the rule as a fork."""
+    rules = (MRule(50, "lookup", 0, l3mdev=True), MRule(60, "lookup", 100, iif="r0"))
+    walk = diagnosis.walk_rules(rules, "r0", frozenset(), vrf)
+    assert walk.decides is not None and walk.decides.priority == decides
+    assert bool(walk.forks) == (vrf is None)
+    members = None if vrf is None else frozenset({"r0"} if vrf else {"r9"})
+    facts = dataclasses.replace(IN_100, rules=Rules(rules, in_vrf=members))
+    c = check(facts, "mrule")
+    assert c.status == {False: "passed", True: "failed", None: "unknown"}[vrf]
