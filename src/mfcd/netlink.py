@@ -22,7 +22,7 @@ import itertools
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, TypeVar
@@ -98,6 +98,9 @@ RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 
 IFLA_IFNAME = 3
+IFLA_MASTER = 10
+IFLA_LINKINFO = 18
+IFLA_INFO_KIND = 1  # (inside IFLA_LINKINFO)
 IFLA_AF_SPEC = 26
 # Inside IFLA_AF_SPEC of an RTM_NEWLINK of family RTNL_FAMILY_IPMR (<linux/if_link.h>)
 IPMRA_TABLE_ID = 1
@@ -285,6 +288,43 @@ def parse_link_message(data: ReadableBuffer) -> Link | None:
         raise ValueError(f"link message for ifindex {ifindex} without IFLA_IFNAME")
     # os.fsdecode like socket.if_nameindex(): names are bytes and need not be UTF-8.
     return Link(ifindex, os.fsdecode(bytes(name).split(b"\0", 1)[0]), bool(flags & IFF_UP))
+
+
+def parse_link_kind(data: ReadableBuffer) -> tuple[int, str, str, int] | None:
+    """(ifindex, name, kind, master ifindex) of an RTM_NEWLINK of AF_UNSPEC: the kind from
+    IFLA_LINKINFO's IFLA_INFO_KIND ("vrf", "bridge", "veth"; "" if none), the master 0 if
+    none. None for any other message."""
+    link = parse_link_message(data)
+    if link is None:
+        return None
+    _, view = _message(data, 0)
+    attrs = parse_attrs(view, NLMSGHDR.size + IFINFOMSG.size)
+    kind = ""
+    info = attrs.get(IFLA_LINKINFO)
+    if info is not None:
+        raw = parse_attrs(info).get(IFLA_INFO_KIND)
+        kind = "" if raw is None else bytes(raw).split(b"\0", 1)[0].decode("ascii", "replace")
+    master = attrs.get(IFLA_MASTER)
+    return link.ifindex, link.name, kind, 0 if master is None else _U32.unpack(master)[0]
+
+
+def vrf_members(links: Iterable[tuple[int, str, str, int]]) -> frozenset[str]:
+    """The names of the VRF devices and of the interfaces enslaved to one, of links as
+    parse_link_kind gives them: what an `l3mdev` multicast rule matches."""
+    links = list(links)
+    vrfs = {ifindex for ifindex, _, kind, _ in links if kind == "vrf"}
+    return frozenset(name for i, name, _, master in links if i in vrfs or master in vrfs)
+
+
+def dump_link_kinds() -> list[tuple[int, str, str, int]]:
+    """parse_link_kind of every interface of this network namespace."""
+    request = IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+    return _dump("dump links", RTM_GETLINK, request, parse_link_kind)
+
+
+def dump_vrf_members() -> frozenset[str]:
+    """vrf_members of this network namespace's interfaces."""
+    return vrf_members(dump_link_kinds())
 
 
 def parse_link_event(data: ReadableBuffer) -> LinkEvent | None:

@@ -13,6 +13,7 @@ the daemon keeps serving meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import socket
@@ -245,7 +246,11 @@ def read_rules(family: int) -> Rules:
     except (OSError, ValueError) as e:
         why = getattr(e, "strerror", None) or e
         return Rules((), f"cannot tell which of their tables exist: {why}")
-    return Rules(rules, missing=missing)
+    in_vrf = None
+    if any(r.l3mdev for r in rules):  # (the rule a VRF adds: which interfaces it takes)
+        with contextlib.suppress(OSError, ValueError):  # (not known: the check says so)
+            in_vrf = netlink.dump_vrf_members()
+    return Rules(rules, missing=missing, in_vrf=in_vrf)
 
 
 # --- the whole diagnosis --------------------------------------------------------------------------

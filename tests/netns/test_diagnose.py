@@ -260,6 +260,19 @@ def test_a_bridge_oif_snooping_with_no_querier(lab: Lab, mfcd: Mfcd) -> None:
     assert "br0" in snooping["detail"] and "packets left by br0" in snooping["detail"]
     assert "mcast_querier 1" in snooping["fix"]
     assert checks(result)["sent"]["status"] == "passed"
+    # The kernel's link dump as diagnose reads it for an l3mdev rule: kinds and masters (a
+    # bridge port is in no VRF; this kernel has no vrf link type to make one).
+    code = (
+        "import json; from mfcd import netlink; kinds = netlink.dump_link_kinds();"
+        " print(json.dumps([kinds, sorted(netlink.vrf_members(kinds))]))"
+    )
+    read = lab.exec(router, sys.executable, "-c", code)
+    assert read.returncode == 0, read.stderr
+    kinds, members = json.loads(read.stdout)
+    by_name = {name: (kind, master) for _, name, kind, master in kinds}
+    bridge = next(i for i, name, _, _ in kinds if name == "br0")
+    assert by_name["br0"] == ("bridge", 0) and by_name["r2"] == ("veth", bridge)
+    assert by_name["lo"] == ("", 0) and members == []
     assert lab.probe(GROUP)[lab.rx[1]] == 5  # rx2, behind br0's port r2
     lab.ip(router, "link", "set", "br0", "type", "bridge", "mcast_querier", "1")
     with sending(lab):

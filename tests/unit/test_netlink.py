@@ -707,3 +707,30 @@ def test_parse_rule_message_raises_only_value_error_on_garbage(tail: bytes) -> N
     for data in (tail, nlmsg(netlink.RTM_NEWRULE, head + tail)):
         with contextlib.suppress(ValueError):
             parse_rule_message(data, 4)
+
+
+def test_a_links_kind_and_master_are_read_and_vrf_members_found() -> None:
+    """The kind from IFLA_LINKINFO (a veth's, captured from the kernel) and IFLA_MASTER; a
+    VRF device and the interfaces enslaved to it are what an l3mdev rule matches."""
+    assert netlink.parse_link_kind(LINK_R0) == (2, "r0", "veth", 0)
+
+    def link(ifindex: int, name: bytes, kind: bytes, master: int = 0) -> bytes:
+        ifinfo = struct.pack("=BxHiII", 0, 1, ifindex, 1, 0)
+        attrs = rtattr(3, name + b"\0") + rtattr(18, rtattr(1, kind + b"\0"))
+        if master:
+            attrs += rtattr(10, struct.pack("=I", master))
+        return nlmsg(16, ifinfo + attrs)
+
+    found = [
+        netlink.parse_link_kind(m)
+        for m in (
+            link(5, b"blue", b"vrf"),
+            link(6, b"r1", b"veth", master=5),
+            link(7, b"br0", b"bridge"),
+            link(8, b"r2", b"veth", master=7),  # a bridge port: in no VRF
+            link(9, b"r3", b""),
+        )
+    ]
+    assert found[0] == (5, "blue", "vrf", 0) and found[1] == (6, "r1", "veth", 5)
+    assert netlink.vrf_members(f for f in found if f is not None) == {"blue", "r1"}
+    assert netlink.parse_link_kind(nlmsg(24, b"\0" * 12)) is None  # not a link message

@@ -138,7 +138,11 @@ def test_read_rules_names_the_looked_up_tables_the_kernel_does_not_have(
 
     monkeypatch.setattr(netlink, "dump_mrules", lambda family: rules)
     monkeypatch.setattr(netlink, "table_exists", table_exists)
-    assert probes.read_rules(4) == Rules(tuple(rules), missing=frozenset({77}))
+    # (an l3mdev rule: which interfaces are in a VRF is read too)
+    monkeypatch.setattr(netlink, "dump_vrf_members", lambda: frozenset({"r9"}))
+    assert probes.read_rules(4) == Rules(
+        tuple(rules), missing=frozenset({77}), in_vrf=frozenset({"r9"})
+    )
     # Not the default table (always there), nor an l3mdev rule's (no table of its own).
     assert sorted(asked) == [(4, 77), (4, 100)]
 
@@ -148,3 +152,19 @@ def test_read_rules_names_the_looked_up_tables_the_kernel_does_not_have(
     monkeypatch.setattr(netlink, "table_exists", refused)
     result = probes.read_rules(4)
     assert result.rules == () and result.error.startswith("cannot tell which of their tables")
+
+
+def test_read_rules_reads_vrf_members_only_for_an_l3mdev_rule_and_says_when_it_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refused() -> frozenset[str]:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(netlink, "table_exists", lambda family, table: True)
+    monkeypatch.setattr(netlink, "dump_vrf_members", refused)
+    plain = [MRule(32767, "lookup", 253)]
+    monkeypatch.setattr(netlink, "dump_mrules", lambda family: plain)
+    assert probes.read_rules(4) == Rules(tuple(plain))  # (no dump of the links at all)
+    vrf = [MRule(1000, "lookup", 0, l3mdev=True), *plain]
+    monkeypatch.setattr(netlink, "dump_mrules", lambda family: vrf)
+    assert probes.read_rules(4) == Rules(tuple(vrf), in_vrf=None)  # not known: said so
