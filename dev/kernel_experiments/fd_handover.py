@@ -171,19 +171,28 @@ class Flow:
         return f"sent {self.sent}, received {len(set(got))}, lost {len(missing)} (seq {gap})"
 
 
-def handover(lab: Lab, v6: bool, table: int | None) -> None:
-    net = Net(lab, v6, table)
-    t = net.tag
-    g1, g2 = net.group(1), net.group(2)
-    child, link = net.spawn_owner(g1, EXIT_CLEAN)
-    flow = Flow(net, g1, PORT)
+def owner_gone(
+    net: Net, grp: str, after: str, port: int, lead: float
+) -> tuple[subprocess.Popen[bytes], socket.socket, Flow]:
+    """An owner of `grp`'s entry with a flow across it, told to send its fd and exit as
+    `after` says, `lead` s into the flow: the owner (gone), the link the fd comes on, the flow."""
+    child, link = net.spawn_owner(grp, after)
+    flow = Flow(net, grp, port)
     time.sleep(0.3)
     flow.start()
-    time.sleep(0.5)
+    time.sleep(lead)
     assert child.stdin is not None
     child.stdin.write(b"go\n")
     child.stdin.flush()
     child.wait()
+    return child, link, flow
+
+
+def handover(lab: Lab, v6: bool, table: int | None) -> None:
+    net = Net(lab, v6, table)
+    t = net.tag
+    g1, g2 = net.group(1), net.group(2)
+    child, link, flow = owner_gone(net, g1, EXIT_CLEAN, PORT, 0.5)
     say(f"{t} owner exited after sending the fd (rc)", child.returncode)
     # Nobody holds the socket in a process now: only the in-flight SCM_RIGHTS message.
     say(f"{t} while in flight: mc_forwarding", net.mc_forwarding())
@@ -284,15 +293,7 @@ def killed_owner(lab: Lab, v6: bool) -> None:
     """The owner sends the fd and dies by SIGKILL; then MRT_DONE through the inherited socket."""
     net = Net(lab, v6, None, "k")
     t = net.tag
-    child, link = net.spawn_owner(net.group(1), EXIT_KILLED)
-    flow = Flow(net, net.group(1), PORT + 3)
-    time.sleep(0.3)
-    flow.start()
-    time.sleep(0.3)
-    assert child.stdin is not None
-    child.stdin.write(b"go\n")
-    child.stdin.flush()
-    child.wait()
+    child, link, flow = owner_gone(net, net.group(1), EXIT_KILLED, PORT + 3, 0.3)
     time.sleep(FLIGHT)
     _, fds, _, _ = socket.recv_fds(link, 64, 4)
     s = socket.socket(fileno=fds[0])
@@ -314,15 +315,7 @@ def plain_restart(lab: Lab, v6: bool) -> None:
     """Baseline: the owner closes its socket, a new one does MRT_INIT and re-adds FLIGHT s later."""
     net = Net(lab, v6, None, "p")
     t = net.tag
-    child, link = net.spawn_owner(net.group(1), EXIT_CLEAN)
-    flow = Flow(net, net.group(1), PORT + 4)
-    time.sleep(0.3)
-    flow.start()
-    time.sleep(0.3)
-    assert child.stdin is not None
-    child.stdin.write(b"go\n")
-    child.stdin.flush()
-    child.wait()
+    _, link, flow = owner_gone(net, net.group(1), EXIT_CLEAN, PORT + 4, 0.3)
     _, fds, _, _ = socket.recv_fds(link, 64, 4)
     socket.socket(fileno=fds[0]).close()  # the old socket goes away: the kernel flushes
     time.sleep(FLIGHT)
