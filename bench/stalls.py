@@ -2,7 +2,8 @@
 wait during a large show, after a large batch, during an interface re-creation and a restart.
 
 Usage (root): python bench/stalls.py [--routes N] [--clients 20] [--seconds 5] [--rounds 2]
-              [--base SRC] [--only clients,pings,show,batch,relink,degrade,updown,tables,idle]
+              [--pairs 8] [--base SRC]
+              [--only clients,pings,show,batch,relink,degrade,updown,tables,idle]
               [--work-dir DIR] [--wait-compaction] [--distinct-sources] [--lean-clients]
               [--table-per-line]
 
@@ -39,11 +40,14 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   again; time until it answers, peak and settled RSS. With `--wait-compaction`, the
   restart waits for the compaction the batch made due to finish, and the RSS then is
   reported too (the restart then reads a snapshot, not the batch's journal records).
-- tables: `--routes` in the default table, then as many in table 100 (`mfcctl batch --table
-  100` of the same file; `--table-per-line`: a file whose every line ends in `--table 100`,
-  17% more text to send and read): the time of each
-  batch, mfcd's CPU time for it and the RSS after it, two tables against one; and the
-  control, in a second mfcd: as many new routes into the same table after the first batch.
+- tables: two tables against one, as `--pairs` pairs of batches, each pair in an mfcd of
+  its own: `--routes` into one table, then as many (the same groups) into the other
+  (`mfcctl batch --table 100` of the same file; `--table-per-line`: a file whose every line
+  ends in `--table 100`, 17% more text to send and read). The order alternates (default
+  table first, then table 100 first). Each batch's time and mfcd's CPU time; two tables ÷
+  one as 1 + median(second) / median(first), with a 95% bootstrap interval, and the
+  medians by table; the RSS after each batch. The control, as many pairs again: the
+  second batch is as many new routes into the same table.
 - idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
   nothing else happening (the machine's own scheduling delays when it is shared).
 """
@@ -55,6 +59,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import secrets
 import select
@@ -562,30 +567,21 @@ def updown(d: Daemon, routes: int) -> dict[str, Any]:
     return {"longest ping wait ms": longest(waits, t)}
 
 
-def tables(d: Daemon, routes: int) -> dict[str, Any]:
-    """`routes` in the default table, then as many in table 100 (the same groups): each
-    batch's time, mfcd's CPU time for it and the RSS after it (settled, after the
-    compaction), against one table. The control, in a second mfcd: the same first batch,
-    then `routes` new groups into the same table, which says whether a second batch costs
-    more for its table or for the routes already there."""
-    took, cpu, rss = _two_batches(d, routes, 100)
-    assert d.proc is not None
-    peak = kib(d.proc.pid, "VmHWM")
-    d.stop()
-    (d.work / "control").mkdir()
-    other = Daemon(d.src, d.work / "control")
-    try:
-        control, control_cpu, _ = _two_batches(other, routes, None)
-    finally:
-        other.close()
+def tables(d: Daemon, routes: int, pairs: int) -> dict[str, Any]:
+    """Two tables against one, as `pairs` pairs of batches, each pair in an mfcd of its own:
+    `routes` into one table, then as many (the same groups) into the other. The order
+    alternates (default table first, then table 100 first), so "second" is never one
+    table: a cost of table 100 itself shows in the medians by table. Two tables ÷ one is
+    1 + median(second) / median(first), with a 95% bootstrap interval of that ratio. The
+    control, as many pairs again: the second batch is `routes` new groups into the same
+    table, which says whether a second batch costs more for its table or for the routes
+    already there. RSS (settled, after the compaction) from the first pair."""
+    runs, rss, peak = _pairs(d, routes, pairs, control=False)
+    control, _, _ = _pairs(d, routes, pairs, control=True)
     one, two = rss[1] - rss[0], rss[2] - rss[0]
     return {
-        "batch s (one table, the second)": [round(t, 2) for t in took],
-        "batch CPU s (one table, the second)": [round(c, 2) for c in cpu],
-        "two tables / one: time": round(sum(took) / took[0], 2),
-        "two tables / one: CPU": round(sum(cpu) / cpu[0], 2),
-        "control: batch s (one table, as many new routes in it)": [round(t, 2) for t in control],
-        "control: batch CPU s": [round(c, 2) for c in control_cpu],
+        **_ratios("", runs),
+        **_ratios("control: ", control),
         "RSS MiB (empty, one table, two)": [round(r / 1024, 1) for r in rss],
         "two tables / one: RSS growth": round(two / one, 2),
         "two tables / one: RSS": round(rss[2] / rss[1], 2),
@@ -593,28 +589,81 @@ def tables(d: Daemon, routes: int) -> dict[str, Any]:
     }
 
 
-def _two_batches(
-    d: Daemon, routes: int, table: int | None
-) -> tuple[list[float], list[float], list[int]]:
-    """Start mfcd, load `routes` into the default table, then `routes` more: the same groups
-    into `table`, or new groups into the default table (None). Each batch's time and mfcd's
-    CPU time for it, and the RSS (KiB) before, after the first and after the second."""
-    d.start()
-    assert d.proc is not None
-    rss = [kib(d.proc.pid, "VmRSS")]
-    took, cpu = [], []
-    for second in (False, True):
-        before = cpu_seconds(d.proc.pid)
-        if not second:
-            took.append(load(d, routes))
-        elif table is not None:
-            took.append(load(d, routes, table))
+def _pairs(
+    d: Daemon, routes: int, pairs: int, control: bool
+) -> tuple[list[dict[str, Any]], list[int], int]:
+    """`pairs` fresh mfcds (the first is `d`), each given two batches of `routes`: for each,
+    the table of each batch and its wall time and mfcd CPU time; the RSS (KiB) before, after
+    the first and after the second batch of the first pair, and that pair's peak RSS."""
+    runs: list[dict[str, Any]] = []
+    rss: list[int] = []
+    peak = 0
+    for k in range(pairs):
+        order: tuple[int | None, int | None] = (None, 100) if k % 2 == 0 else (100, None)
+        if control:
+            order = (order[0], order[0])
+        if k == 0 and not control:
+            daemon = d
         else:
-            took.append(load(d, routes, start=routes))
-        cpu.append(cpu_seconds(d.proc.pid) - before)
-        time.sleep(6)  # the compaction after the batch is over
-        rss.append(kib(d.proc.pid, "VmRSS"))
-    return took, cpu, rss
+            (d.work / f"pair{int(control)}-{k}").mkdir()
+            daemon = Daemon(d.src, d.work / f"pair{int(control)}-{k}")
+        try:
+            daemon.start()
+            assert daemon.proc is not None
+            sizes = [kib(daemon.proc.pid, "VmRSS")]
+            run_: dict[str, Any] = {"tables": [t or "default" for t in order], "s": [], "cpu": []}
+            for second, table in enumerate(order):
+                before = cpu_seconds(daemon.proc.pid)
+                start = routes if control and second else 0
+                run_["s"].append(load(daemon, routes, table, start))
+                run_["cpu"].append(cpu_seconds(daemon.proc.pid) - before)
+                time.sleep(6)  # the compaction after the batch is over
+                sizes.append(kib(daemon.proc.pid, "VmRSS"))
+            if k == 0 and not control:
+                rss, peak = sizes, kib(daemon.proc.pid, "VmHWM")
+            runs.append(run_)
+        finally:
+            if daemon is d:
+                daemon.stop()  # (the caller closes its namespace)
+            else:
+                daemon.close()
+    return runs, rss, peak
+
+
+def _ratios(prefix: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batches' times and CPU, and two tables ÷ one (see tables) with its interval."""
+    out: dict[str, Any] = {
+        prefix + "batch s (first, second)": [[round(t, 2) for t in r["s"]] for r in runs],
+        prefix + "batch CPU s (first, second)": [[round(c, 2) for c in r["cpu"]] for r in runs],
+    }
+    for what, key in (("time", "s"), ("CPU", "cpu")):
+        first = [r[key][0] for r in runs]
+        second = [r[key][1] for r in runs]
+        low, high = _interval(first, second)
+        out[f"{prefix}two tables / one: {what}"] = round(_ratio(first, second), 3)
+        out[f"{prefix}two tables / one: {what}, 95% interval"] = [round(low, 3), round(high, 3)]
+        by_table: dict[str, list[float]] = {}
+        for r in runs:
+            for table, value in zip(r["tables"], r[key], strict=True):
+                by_table.setdefault(str(table), []).append(value)
+        out[f"{prefix}median {what} by table"] = {
+            t: round(statistics.median(v), 3) for t, v in by_table.items()
+        }
+    return out
+
+
+def _ratio(first: list[float], second: list[float]) -> float:
+    return 1 + statistics.median(second) / statistics.median(first)
+
+
+def _interval(first: list[float], second: list[float], draws: int = 4000) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of _ratio (a fixed seed: the same runs give the
+    same interval)."""
+    pick = random.Random(12).choices
+    got = sorted(
+        _ratio(pick(first, k=len(first)), pick(second, k=len(second))) for _ in range(draws)
+    )
+    return got[int(0.025 * draws)], got[int(0.975 * draws) - 1]
 
 
 def idle(d: Daemon, routes: int) -> dict[str, Any]:
@@ -636,6 +685,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--pairs", type=int, default=8, help="tables: pairs of batches (each in an mfcd of its own)"
+    )
     parser.add_argument("--base", type=Path, help="src directory of the revision to compare (A)")
     parser.add_argument("--only", default="clients,show,batch,relink")
     parser.add_argument("--wait-compaction", action="store_true", help="see batch")
@@ -678,7 +730,7 @@ def main() -> int:
         "degrade": lambda d: degrade(d, args.routes),
         "updown": lambda d: updown(d, args.routes),
         "idle": lambda d: idle(d, args.routes),
-        "tables": lambda d: tables(d, args.routes),
+        "tables": lambda d: tables(d, args.routes, args.pairs),
     }
     results: dict[str, Any] = {"routes": args.routes, "connections": args.clients, "load": []}
     for name in args.only.split(","):
