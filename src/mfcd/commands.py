@@ -813,11 +813,6 @@ class Commands:
                 updated += 1
         return changes, deleted, updated
 
-    def _text_changes(self, text: str) -> tuple[list[Change], int, int]:
-        """A batch text's changes, with how many delete a route and how many change oifs."""
-        changes, deleted, updated, _ = self._read_text(text)
-        return changes, deleted, updated
-
     def _read_text(
         self, text: str, table: Any = None
     ) -> tuple[list[Change], int, int, list[RouteRun]]:

@@ -216,7 +216,7 @@ def test_a_batch_texts_changes_keep_the_order_of_its_lines() -> None:
             add.format(5),
         ]
     )
-    changes, deleted, updated = commands._text_changes(text)
+    changes, deleted, updated, _ = commands._read_text(text)
     kinds = [type(change).__name__ for change in changes]
     assert kinds == [
         "AddRoute",
