@@ -709,8 +709,8 @@ def _reload_command(sub: Any) -> None:
         " unchanged are not touched (their counters keep counting); routes added with mfcctl"
         " are kept. A file with any error changes nothing: the first problem is printed with"
         " FILE:LINE (`mfcd --check-config` lists them all). With --dry-run, print the plan."
-        " Warns on stderr of routes waiting for interfaces that do not exist (a typo) and"
-        " of settings that change only at a restart.",
+        " Warns on stderr of routes and templates waiting for interfaces that do not exist (a"
+        " typo) and of settings that take effect only at the next start.",
     )
     _command_options(reload, changes=True)
 

@@ -207,7 +207,17 @@ class ReadCache:
         self.merged: tuple[tuple[int, ...], Declarations] | None = None
 
 
-def load_all(path: str | None, cache: ReadCache | None = None) -> tuple[Config, Declarations]:
+class Read(NamedTuple):
+    """What load_all read: the settings, the declarations, and every file read, in order
+    (the main file, if there is one, then the drop-ins), those that declare nothing too;
+    Declarations.files names only the files of declarations."""
+
+    settings: Config
+    declared: Declarations
+    files: list[str]
+
+
+def load_all(path: str | None, cache: ReadCache | None = None) -> Read:
     """The settings and the declarations of the config file and its drop-ins: what start-up,
     a reload and `mfcd --check-config` read. Raises declarations.Problems listing every
     problem of every file; nothing is half-read. With a `cache`, a file whose text has not
@@ -215,7 +225,7 @@ def load_all(path: str | None, cache: ReadCache | None = None) -> tuple[Config, 
     read = _read_all(path, cache or ReadCache(), ())
     if read.problems:
         raise Problems(read.problems)
-    return read.settings, read.declared
+    return Read(read.settings, read.declared, read.files)
 
 
 class Loaded(NamedTuple):
@@ -226,6 +236,25 @@ class Loaded(NamedTuple):
     declared: Declarations
     problems: list[str]
     left_out: list[str]
+
+
+def left_out_named(left_out: Sequence[str], path: str | None) -> list[str]:
+    """What a start left out (Loaded.left_out) as the log and diagnose name it: the drop-in
+    directory, when it could not be read, as the directory it is, not as a file."""
+    directory = drop_in_dir(path or DEFAULT_PATH)
+    return [f"the drop-in directory {f}" if f == directory else f for f in left_out]
+
+
+def left_out_counted(left_out: Sequence[str], path: str | None) -> str:
+    """`2 config files`, `the drop-in directory`, `1 config file and the drop-in directory`:
+    what a start left out, for the status line (the files of a directory it could not read
+    are not known, so it is not counted as files)."""
+    directory = drop_in_dir(path or DEFAULT_PATH)
+    files = sum(f != directory for f in left_out)
+    said = [f"{files} config file{'s' * (files != 1)}"] if files else []
+    if directory in left_out:
+        said.append("the drop-in directory")
+    return " and ".join(said)
 
 
 def load_at_start(path: str | None, cache: ReadCache) -> Loaded:
@@ -265,6 +294,9 @@ class _Read(NamedTuple):
     settings_ok: bool  # the main file's settings were read without a problem
     declared: Declarations
     problems: list[str]
+    # Those read and taken, in order (those that declare nothing too): every file read
+    # when none is left out (a main file left out is read for its settings, not listed).
+    files: list[str]
 
 
 def _read_all(path: str | None, cache: ReadCache, left_out: Sequence[str]) -> _Read:
@@ -324,7 +356,7 @@ def _read_all(path: str | None, cache: ReadCache, left_out: Sequence[str]) -> _R
             cache.merged = (ids, found)
     # (after the cache: the settings may turn a family off while the drop-ins stay the same)
     problems += off_families(found, cfg.families, name)
-    return _Read(cfg, settings_ok, found, problems)
+    return _Read(cfg, settings_ok, found, problems, list(parts))
 
 
 def off_families(found: Declarations, families: tuple[int, ...], name: str) -> list[str]:

@@ -118,6 +118,7 @@ def setup_logging(level: str) -> None:
 
 
 # Settings a running daemon cannot change: SIGHUP keeps the running value and warns.
+# on_config_error is read by a start only (a reload is all or nothing whatever it says).
 RESTART_ONLY = (
     "socket_path",
     "state_file",
@@ -125,6 +126,7 @@ RESTART_ONLY = (
     "ipv6",
     "max_request_bytes",
     "metrics_listen",
+    "on_config_error",
 )
 COMPACT_DELAY = 5.0  # seconds after start-up before a long journal is compacted
 RESYNC_DELAY = 1.0  # seconds of quiet after link events before checking the kernel for drift
@@ -456,7 +458,7 @@ class Daemon:
         self.registry.joins = lambda: Counter(controller.joins.wanted.values())  # mfcd_joins
         self.registry.templates = lambda: metrics.template_counts(controller.router)
         commands.reloader = self.reload_config
-        commands.left_out = lambda: self.left_out
+        commands.left_out = lambda: config.left_out_named(self.left_out, self.config_path)
         return commands
 
     def _metrics_sources(self) -> metrics.Sources:
@@ -493,8 +495,8 @@ class Daemon:
             text += f"; {len(joins.joined)} of {len(joins.wanted)} groups joined"
         if self.left_out:
             text += (
-                f"; {views.counted(len(self.left_out), 'config file')} left out for errors"
-                " (see the log; mfcctl reload once fixed)"
+                f"; {config.left_out_counted(self.left_out, self.config_path)} left out for"
+                " errors (see the log; mfcctl reload once fixed)"
             )
         return text
 
@@ -1046,13 +1048,12 @@ class Daemon:
             finally:
                 self.reporter.announce("READY=1")
 
-    def _read_config(
-        self,
-    ) -> tuple[config.Config, declarations.Declarations, declarations.Diff]:
-        """Parse the files and diff the declarations (in a thread: 100,000 routes take seconds)."""
-        new, declared = config.load_all(self.config_path, self._read_cache)
-        new = resolve(new, self.overrides)
-        return new, declared, declarations.diff(self.controller.declared, declared)
+    def _read_config(self) -> tuple[config.Read, declarations.Diff]:
+        """Parse the files and diff the declarations (in a thread: 100,000 routes take
+        seconds); the settings resolved with the command line's."""
+        read = config.load_all(self.config_path, self._read_cache)
+        read = read._replace(settings=resolve(read.settings, self.overrides))
+        return read, declarations.diff(self.controller.declared, read.declared)
 
     async def _reload(self, dry_run: bool) -> dict[str, Any]:
         # The cyclic GC paused throughout: a pass over the 100,000s of new objects (the
@@ -1076,7 +1077,7 @@ class Daemon:
         name = self.config_path or config.DEFAULT_PATH
         try:
             with gc_paused():
-                new, declared, change = await asyncio.to_thread(self._read_config)
+                (new, declared, files), change = await asyncio.to_thread(self._read_config)
         except declarations.Problems as e:
             for problem in e.problems:
                 log.error("reload: %s", problem)
@@ -1111,7 +1112,9 @@ class Daemon:
             log.error("reload: applying the config files' routes failed, nothing changed: %s", e)
             raise
         slots = self.controller.router.slots
-        result = views.reload_result(change, outcome, declared, dry_run, taken, slots=slots)
+        result = views.reload_result(
+            change, outcome, declared, dry_run, taken, files=files, slots=slots
+        )
         if not dry_run:
             self._after_change()
             log.info(
@@ -1190,10 +1193,7 @@ class Daemon:
             await asyncio.sleep(0)
         links = self.controller.router.links
         waiting = declarations.waiting(combinations, declared.templates, links)
-        warnings = [
-            f"{key} changes only at restart; mfcd keeps {value!r} until then"
-            for key, value in kept.items()
-        ]
+        warnings = [kept_text(key, value) for key, value in kept.items()]
         text = views.waiting_text(waiting, would=dry_run)
         if text:
             warnings.append(text)
@@ -1208,8 +1208,8 @@ class Daemon:
 
     def _apply_settings(self, new: config.Config, fixed: dict[str, Any]) -> None:
         old = self.cfg
-        for key in fixed:
-            log.warning("reload: %s changes only at restart; keeping %r", key, getattr(old, key))
+        for key, value in fixed.items():
+            log.warning("reload: %s", kept_text(key, value))
         new = config.override(new, **fixed)
         if (new.socket_group, new.socket_mode) != (old.socket_group, old.socket_mode):
             socket_permissions(old.socket_path, new.socket_group, new.socket_mode)
@@ -1220,6 +1220,17 @@ class Daemon:
             self.learner.idle_timeout = new.learned_idle_timeout
             self.learner.max_learned = new.max_learned
         self.cfg = new
+
+
+def kept_text(key: str, value: Any) -> str:
+    """What a reload says (and logs) of a setting the files change that only a restart
+    applies (RESTART_ONLY), `value` the one kept until then."""
+    if key == "on_config_error":  # (nothing running uses it: only the next start)
+        return (
+            "on_config_error takes effect at the next start (a reload is all or nothing"
+            " whatever it says)"
+        )
+    return f"{key} changes only at restart; mfcd keeps {value!r} until then"
 
 
 def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:
@@ -1266,7 +1277,7 @@ def check_config(path: str | None) -> int:
     The same code reads the files at start and on a reload."""
     name = path or config.DEFAULT_PATH
     try:
-        _, declared = config.load_all(path)
+        _, declared, read = config.load_all(path)
     except declarations.Problems as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
@@ -1276,8 +1287,6 @@ def check_config(path: str | None) -> int:
     except MfcdError as e:
         print(str(e), file=sys.stderr)
         return 1
-    read = [name] if path is not None or os.path.exists(name) else []
-    read += config.drop_ins(name)
     files = views.counted(len(read), "file")
     print(f"{name}: valid ({files}, {_declared_counts(declared, 'interface')})")
     _note_missing_interfaces(name, declared)
@@ -1309,7 +1318,7 @@ def _declared_counts(declared: declarations.Declarations, interfaces: str) -> st
     return ", ".join(views.counted(n, thing) for n, thing in counts)
 
 
-def _log_left_out(loaded: config.Loaded) -> None:
+def _log_left_out(loaded: config.Loaded, path: str | None) -> None:
     """A start that left config files out (on_config_error = "skip_file"): each problem and
     what mfcd does instead, at error level, as a failed reload logs them."""
     for problem in loaded.problems:
@@ -1317,7 +1326,7 @@ def _log_left_out(loaded: config.Loaded) -> None:
     log.error(
         'config: left out %s (on_config_error = "skip_file"): starting with the state file\'s'
         " routes and the other files' declarations; fix the files and run mfcctl reload",
-        ", ".join(loaded.left_out),
+        ", ".join(config.left_out_named(loaded.left_out, path)),
     )
 
 
@@ -1349,7 +1358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     setup_logging(cfg.log_level)
     if loaded.problems:
-        _log_left_out(loaded)
+        _log_left_out(loaded, args.config)
     daemon = Daemon(
         cfg, args.config, overrides, loaded.declared, read_cache, left_out=loaded.left_out
     )

@@ -1320,13 +1320,16 @@ def _listed(old: list[Any], new: list[Any], identity: Callable[[Any], Any]) -> D
 
 class Waiting(NamedTuple):
     """The declared routes and templates that wait for interfaces that do not exist:
-    pending (their iif is missing) and degraded (an oif only), and the interfaces each
-    kind waits for."""
+    pending (their iif is missing) and degraded (an oif only), how many of each are
+    templates (a warning names them apart from the routes), and the interfaces each kind
+    waits for."""
 
-    pending: int
+    pending: int  # routes and templates
     degraded: int
     pending_for: list[str]
     degraded_for: list[str]
+    pending_templates: int  # of `pending`, the templates
+    degraded_templates: int
 
     @property
     def missing(self) -> list[str]:
@@ -1339,13 +1342,16 @@ def waiting(
     """Which of the declared routes (`combinations`: how many routes have each Ports, as
     Counter(Declarations.routes.values()) counts them, at C speed) and templates wait for
     interfaces not in `links` (a wildcard waits for none: it names those that exist)."""
-    counts = [0, 0]  # pending, degraded
+    counts = [0, 0, 0, 0]  # pending, degraded, and of them the templates
     names: tuple[set[str], set[str]] = (set(), set())
-    declared = chain(combinations.items(), ((Ports(t.iif, t.oifs), 1) for t in templates))
-    for ports, n in declared:
+    routes = ((ports, n, False) for ports, n in combinations.items())
+    declared = chain(routes, ((Ports(t.iif, t.oifs), 1, True) for t in templates))
+    for ports, n, template in declared:
         missing = [name for name in ports.interfaces if name not in links and not is_wildcard(name)]
         if missing:
             kind = 0 if ports.iif in missing else 1
             counts[kind] += n
+            counts[kind + 2] += n * template
             names[kind].update(missing)
-    return Waiting(counts[0], counts[1], sorted(names[0]), sorted(names[1]))
+    pending, degraded = sorted(names[0]), sorted(names[1])
+    return Waiting(counts[0], counts[1], pending, degraded, counts[2], counts[3])

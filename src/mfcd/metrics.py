@@ -131,7 +131,9 @@ class Registry:
     entries: Counter[str] = field(default_factory=Counter)
     templates: Callable[[], Mapping[str, int]] | None = None
     joins: Callable[[], Mapping[str, int]] | None = None
-    config_files_left_out: int = 0  # config files a start left out for errors, until a reload
+    # Config files a start left out for errors (an unreadable drop-in directory: one), until
+    # a reload applies them.
+    config_files_left_out: int = 0
 
     def request(self, command: str, result: str, seconds: float) -> None:
         """One request handled: its command ("invalid" if it named none), its result ("ok"
@@ -350,8 +352,9 @@ def _activity(src: Sources) -> str:
     out += family(
         "mfcd_config_files_left_out",
         "gauge",
-        "Config files whose declarations mfcd left out at start for an error"
-        ' (on_config_error = "skip_file"); 0 once a reload applies them all.',
+        "Config files whose declarations mfcd left out at start for an error, a drop-in"
+        ' directory it could not read counted as one (on_config_error = "skip_file"); 0 once'
+        " a reload applies them all.",
         [("", registry.config_files_left_out)],
     )
     name = "mfcd_state_sync_duration_seconds"

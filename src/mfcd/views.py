@@ -886,9 +886,11 @@ def reload_result(
     dry_run: bool,
     taken: Any,
     *,
+    files: Sequence[str],
     slots: Mapping[tuple[int, int], Sequence[str | None]],
 ) -> dict[str, Any]:
-    """The result of a reload (a declarations.Diff applied, a controller.Outcome): routes
+    """The result of a reload (a declarations.Diff applied, a controller.Outcome): the
+    `files` read (the main file too when it holds only settings), routes
     added, removed, changed and unchanged, with a one-line summary, and in a dry run the
     plan: each route that changes, with the FILE:LINE that declares it, and the kernel's
     (its MFC steps' interfaces named by `slots`, the model's VIFs). `taken` (a
@@ -901,7 +903,7 @@ def reload_result(
     taken_over = len(taken.routes) + len(taken.thresholds) + len(taken.mrdisc)
     result: dict[str, Any] = {
         "dry_run": dry_run,
-        "files": list(declared.files),
+        "files": list(files),
         "added": len(change.added) - len(taken.routes),
         "removed": len(change.removed),
         "changed": len(change.changed),
@@ -980,29 +982,39 @@ def _reload_plan(change: Any, declared: Any, taken: Any) -> list[dict[str, Any]]
 def waiting_text(waiting: Any, would: bool = False, shown: int = 3) -> str:
     """`1 route is pending (waiting for r7) and 2 degraded (waiting for r8, r9): no such
     interfaces (yet)`: what the routes and templates of the config files wait for (a
-    declarations.Waiting), `would` be for a dry run; "" if they wait for nothing."""
+    declarations.Waiting), `would` be for a dry run; "" if they wait for nothing. Templates
+    are named as such (`1 route and 1 template are pending`); the second state's noun is
+    left out only when every one of them is of the same kind as the first's."""
     kinds = [
-        (n, state, names)
-        for n, state, names in (
-            (waiting.pending, "pending", waiting.pending_for),
-            (waiting.degraded, "degraded", waiting.degraded_for),
+        (n, templates, state, names)
+        for n, templates, state, names in (
+            (waiting.pending, waiting.pending_templates, "pending", waiting.pending_for),
+            (waiting.degraded, waiting.degraded_templates, "degraded", waiting.degraded_for),
         )
         if n
     ]
     if not kinds:
         return ""
-    texts = []
-    for n, state, names in kinds:
+    nouns = [_routes_and_templates(n - templates, templates) for n, templates, _, _ in kinds]
+    # Routes only (the usual case), or templates only: "and 2 degraded" needs no noun.
+    of = {"route" if not t else "template" if t == n else "both" for n, t, _, _ in kinds}
+    alike = of in ({"route"}, {"template"})
+    texts: list[str] = []
+    for (n, _, state, names), noun in zip(kinds, nouns, strict=True):
         some = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" * (len(names) > shown))
-        texts.append(f"{state} (waiting for {some})")
-        if len(texts) == 1:
+        if not texts:
             be = "would be" if would else "is" if n == 1 else "are"
-            texts[0] = f"{counted(n, 'route')} {be} {texts[0]}"
+            texts.append(f"{noun} {be} {state} (waiting for {some})")
         else:
-            texts[-1] = f"{n} {texts[-1]}"
-    text = " and ".join(texts)
+            texts.append(f"{n if alike else noun} {state} (waiting for {some})")
     plural = len(waiting.missing) > 1
-    return f"{text}: no such interface{'s' * plural} (yet)"
+    return f"{' and '.join(texts)}: no such interface{'s' * plural} (yet)"
+
+
+def _routes_and_templates(routes: int, templates: int) -> str:
+    """`2 routes`, `1 template`, `1 route and 2 templates`: those that are not 0."""
+    parts = [counted(n, noun) for n, noun in ((routes, "route"), (templates, "template")) if n]
+    return " and ".join(parts)
 
 
 def counted(n: int, thing: str) -> str:

@@ -429,47 +429,57 @@ def test_reload_and_check_config_warn_of_missing_interfaces_and_settings_kept(
     lab: Lab, daemon: Mfcd
 ) -> None:
     """A typo in a drop-in (iif r7, oif rX: no such interfaces) is accepted, as pending
-    and degraded routes, and said: on stderr by reload -n and reload, in their JSON, and
-    as a note by --check-config run on this machine; a restart-only setting changed is
-    said as kept until a restart."""
+    and degraded routes and templates, and said (a template as a template): on stderr by
+    reload -n and reload, in their JSON, and as a note by --check-config run on this
+    machine; a restart-only setting changed is said as kept until a restart, and
+    on_config_error, which only a start reads, as taking effect at the next start."""
     write_config(daemon, route("239.82.0.9", "r0", "r1"))
     daemon.start()
     settings = daemon.config_file.read_text().split("\n[[", 1)[0].rstrip("\n")
     daemon.config_file.write_text(
         settings
-        + '\nmetrics_listen = "127.0.0.1:10041"\n'
+        + '\nmetrics_listen = "127.0.0.1:10041"\non_config_error = "refuse"\n'
         + route("239.82.0.9", "r0", "r1")
         + route("239.82.1.1", "r7", "r2")
         + route("239.82.1.2", "r0", "r2", "rX")
+        + '\n[[route]]\ngroup = "239.83.0.0/16"\niif = "r0"\noifs = ["r2", "rX"]\n'
     )
-    kept = "mfcctl: warning: metrics_listen changes only at restart; mfcd keeps '' until then"
+    kept = [
+        "mfcctl: warning: metrics_listen changes only at restart; mfcd keeps '' until then",
+        "mfcctl: warning: on_config_error takes effect at the next start (a reload is all or"
+        " nothing whatever it says)",
+    ]
     waiting = (
-        "1 {} pending (waiting for r7) and 1 degraded (waiting for rX): no such interfaces (yet)"
+        "1 {} pending (waiting for r7) and 1 route and 1 template degraded (waiting for rX):"
+        " no such interfaces (yet)"
     )
 
     dry = daemon.ctl("reload", "-n")
     assert dry.returncode == 0, dry.stderr
-    assert dry.stderr.splitlines() == [kept, "mfcctl: warning: " + waiting.format("route would be")]
+    assert dry.stderr.splitlines() == [
+        *kept,
+        "mfcctl: warning: " + waiting.format("route would be"),
+    ]
     assert "add 198.18.0.2 -> 239.82.1.1 iif r7 oifs r2" in dry.stdout
 
     noted = lab.exec(
         lab.router, str(BIN / "mfcd"), "--check-config", "--config", str(daemon.config_file)
     )
-    assert noted.returncode == 0 and "valid (1 file, 3 routes," in noted.stdout
+    assert noted.returncode == 0 and "valid (1 file, 3 routes, 1 template," in noted.stdout
     assert noted.stderr == (
         f"{daemon.config_file}: note: on this machine, {waiting.format('route would be')}\n"
     )
 
     done = daemon.ctl("reload")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "2 added, 0 removed, 0 changed, 1 unchanged\n"
-    assert done.stderr.splitlines() == [kept, "mfcctl: warning: " + waiting.format("route is")]
+    assert done.stdout == "2 added, 0 removed, 0 changed, 1 unchanged, templates: 1 added\n"
+    assert done.stderr.splitlines() == [*kept, "mfcctl: warning: " + waiting.format("route is")]
     routes = shown(daemon)
     assert (routes["239.82.1.1"]["state"], routes["239.82.1.2"]["state"]) == ("pending", "degraded")
 
     again = json.loads(daemon.ok("reload", "-o", "json"))  # (nothing to change: still said)
-    assert (again["pending"], again["degraded"], again["missing"]) == (1, 1, ["r7", "rX"])
-    assert again["warnings"][1] == waiting.format("route is")
+    assert (again["pending"], again["degraded"], again["missing"]) == (1, 2, ["r7", "rX"])
+    assert again["warnings"][2] == waiting.format("route is")
     nothing = daemon.ctl("reload", "-n")
     assert nothing.stdout.startswith("dry run: nothing to change\n")
 
@@ -533,3 +543,45 @@ def test_a_start_with_a_bad_drop_in_leaves_it_out_and_a_reload_applies_it_once_f
     assert f"ERROR: config: left out {bad} (on_config_error" in log
     assert "1 config file left out for errors (see the log; mfcctl reload once fixed)" in log
     assert "config: every file applied, none left out any more" in log
+
+
+def test_an_unreadable_drop_in_directory_is_named_as_one_and_reload_lists_every_file(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """A drop-in directory mfcd cannot read is left out at start (on_config_error =
+    "skip_file"): the log, the status line and diagnose name it as the directory it is (it
+    was "1 config file left out"); the gauge counts it as one. Once it is a directory
+    again, reload -o json lists every file read: the main file, which holds only settings
+    (it was left out of `files`), and the drop-in."""
+    daemon = Mfcd(lab, tmp_path, config='metrics_listen = "127.0.0.1:10040"\n')
+    drop_ins = daemon.config_file.with_suffix(".d")
+    drop_ins.write_text("a file where the drop-in directory belongs\n")
+
+    def left_out() -> str:
+        body: str = fetch(lab, "http://127.0.0.1:10040/metrics")["body"]
+        return next(ln for ln in body.splitlines() if ln.startswith("mfcd_config_files_left"))
+
+    try:
+        daemon.start()
+        assert left_out() == "mfcd_config_files_left_out 1"
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGUSR1)  # the status line, as STATUS= says it
+        diagnosed = daemon.ctl("diagnose", "--source", SOURCE, "--group", "239.5.8.1")
+        assert f"mfcd left out the drop-in directory {drop_ins} at start" in diagnosed.stdout
+
+        drop_ins.unlink()
+        drop_ins.mkdir()
+        (drop_ins / "10.conf").write_text(route("239.5.8.1", "r0", "r1"))
+        reloaded = json.loads(daemon.ok("reload", "-o", "json"))
+        assert reloaded["files"] == [str(daemon.config_file), str(drop_ins / "10.conf")]
+        assert reloaded["summary"] == "1 added, 0 removed, 0 changed, 0 unchanged"
+        assert received(lab, "239.5.8.1") == [5, 0, 0]
+        assert left_out() == "mfcd_config_files_left_out 0"
+        _, log = daemon.stop()
+    finally:
+        if daemon.proc is not None:
+            daemon.stop()
+    assert f"ERROR: config: {drop_ins}: cannot read the drop-in directory" in log
+    assert f"ERROR: config: left out the drop-in directory {drop_ins} (on_config_error" in log
+    assert "; the drop-in directory left out for errors (see the log; mfcctl reload" in log
+    assert "config file left out" not in log

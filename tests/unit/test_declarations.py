@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from mfcd import config, declarations, smcroute_import
 from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
+from mfcd.daemon import Daemon, _log_left_out
 from mfcd.declarations import Declarations, Problems, diff
 from mfcd.errors import DeclaredInConfig
 from mfcd.model import AddRoute, DelRoute, Ports, SetThreshold
@@ -202,8 +203,9 @@ def test_drop_ins_are_read_sorted_and_hold_only_declarations(tmp_path: Path) -> 
     (tmp_path / "mfcd.d" / "20.conf").write_text(route("239.1.1.3"))
     (tmp_path / "mfcd.d" / "10.conf").write_text(route("239.1.1.2"))
     (tmp_path / "mfcd.d" / "x.txt").write_text("not toml at all [")
-    cfg, found = config.load_all(str(main))
+    cfg, found, read = config.load_all(str(main))
     assert cfg.log_level == "debug"
+    assert read == found.files
     assert found.files == [
         str(main),
         str(tmp_path / "mfcd.d/10.conf"),
@@ -222,6 +224,22 @@ def test_drop_ins_are_read_sorted_and_hold_only_declarations(tmp_path: Path) -> 
     assert str(e.value).endswith("(and 1 more: mfcd --check-config lists them)")
 
 
+def test_load_all_lists_every_file_read_those_that_declare_nothing_too(tmp_path: Path) -> None:
+    """Declarations.files names the files of declarations (FILE:LINE); what was read is
+    `files`: the main file of settings only and an empty drop-in too."""
+    main = tmp_path / "mfcd.conf"
+    main.write_text('log_level = "debug"\n')
+    assert config.load_all(str(main)).files == [str(main)]
+    (tmp_path / "mfcd.d").mkdir()
+    (tmp_path / "mfcd.d" / "10.conf").write_text(route("239.1.1.2"))
+    (tmp_path / "mfcd.d" / "20.conf").write_text("")
+    cache = config.ReadCache()
+    for _ in range(2):  # (the second read from the cache)
+        read = config.load_all(str(main), cache)
+        assert read.declared.files == [str(tmp_path / "mfcd.d/10.conf")]
+        assert read.files == [str(main), *(str(tmp_path / f"mfcd.d/{n}.conf") for n in (10, 20))]
+
+
 def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path) -> None:
     main = tmp_path / "mfcd.conf"
     main.write_text(route("239.1.1.1"))
@@ -229,12 +247,12 @@ def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path) -> None:
     drop_in = tmp_path / "mfcd.d" / "10.conf"
     drop_in.write_text(route("239.1.1.2"))
     cache = config.ReadCache()
-    _, first = config.load_all(str(main), cache)
-    _, again = config.load_all(str(main), cache)
+    first = config.load_all(str(main), cache).declared
+    again = config.load_all(str(main), cache).declared
     assert again is first  # nothing parsed or checked again
     kept = cache.parts[str(main)]
     drop_in.write_text(route("239.1.1.3"))
-    _, changed = config.load_all(str(main), cache)
+    changed = config.load_all(str(main), cache).declared
     assert cache.parts[str(main)] is kept
     assert [k[2] for k in changed.routes] == ["239.1.1.1", "239.1.1.3"]
     assert changed.where((4, "198.18.0.2", "239.1.1.3", 253)) == f"{drop_in}:1"
@@ -778,16 +796,18 @@ def test_waiting_counts_the_routes_and_templates_that_wait_and_for_what() -> Non
         + route("239.1.1.3", '"b", "vlan*"')
         + '[[route]]\ngroup = "239.2.0.0/24"\niif = "a"\noifs = ["z"]\n'
         + '[[route]]\ngroup = "239.3.0.0/24"\niif = "eth+"\noifs = ["b"]\n'
+        + '[[route]]\ngroup = "239.4.0.0/24"\niif = "y"\noifs = ["b"]\n'
     )
     assert problems == []
     combinations = Counter(declared.routes.values())
     waiting = declarations.waiting(combinations, declared.templates, {"a", "b"})
-    assert waiting == declarations.Waiting(1, 2, ["x", "y"], ["x", "z"])
+    # Of them templates (a warning names them apart): 239.4.0.0/24 pending, 239.2.0.0/24 degraded.
+    assert waiting == declarations.Waiting(2, 2, ["x", "y"], ["x", "z"], 1, 1)
     assert waiting.missing == ["x", "y", "z"]
     every = {"a", "b", "x", "y", "z"}
-    assert declarations.waiting(combinations, declared.templates, every) == (0, 0, [], [])
+    assert declarations.waiting(combinations, declared.templates, every) == (0, 0, [], [], 0, 0)
     # Routes that share their interfaces are counted as many as they are.
-    assert declarations.waiting({Ports("y", ("b",)): 7}, [], {"b"}) == (7, 0, ["y"], [])
+    assert declarations.waiting({Ports("y", ("b",)): 7}, [], {"b"}) == (7, 0, ["y"], [], 0, 0)
 
 
 def start_files(tmp_path: Path, main_text: str, **drop_ins: str) -> Path:
@@ -878,3 +898,41 @@ def test_a_start_leaves_out_an_unreadable_drop_in_directory(tmp_path: Path) -> N
     loaded = config.load_at_start(str(main), config.ReadCache())
     assert loaded.left_out == [str(tmp_path / "mfcd.d")]
     assert [k[2] for k in loaded.declared.routes] == ["239.1.1.1"]
+
+
+def test_a_drop_in_directory_left_out_is_named_as_a_directory_not_counted_as_a_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreadable drop-in directory was told as "1 config file left out" (its files are
+    not known): the status line, the log and diagnose name it as the directory it is; the
+    gauge counts it as one (docs/metrics.md)."""
+    main = start_files(tmp_path, route("239.1.1.1") + BAD_ROUTE)
+    directory = tmp_path / "mfcd.d"
+    directory.rmdir()
+    directory.write_text("a file, not a directory")
+    loaded = config.load_at_start(str(main), config.ReadCache())
+    assert loaded.left_out == [str(main), str(directory)]
+    assert config.left_out_named(loaded.left_out, str(main)) == [
+        str(main),
+        f"the drop-in directory {directory}",
+    ]
+    daemon = Daemon(config.Config(), str(main), {}, left_out=loaded.left_out)
+    daemon.controller = Controller(FakeKernel(), FakeState())
+    assert daemon.status() == (
+        "0 of 0 routes installed, 0 pending; 1 config file and the drop-in directory left out"
+        " for errors (see the log; mfcctl reload once fixed)"
+    )
+    assert daemon.registry.config_files_left_out == 2
+    only = Daemon(config.Config(), str(main), {}, left_out=[str(directory)])
+    only.controller = daemon.controller
+    assert only.status().endswith(
+        "; the drop-in directory left out for errors (see the log; mfcctl reload once fixed)"
+    )
+    files = Daemon(config.Config(), str(main), {}, left_out=[str(main), str(directory) + "x"])
+    files.controller = daemon.controller
+    assert "; 2 config files left out for errors" in files.status()
+    caplog.set_level("ERROR")
+    _log_left_out(loaded, str(main))
+    assert f"config: left out {main}, the drop-in directory {directory} (on_config_error" in (
+        caplog.text
+    )

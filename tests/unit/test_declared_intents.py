@@ -28,7 +28,8 @@ def reload(ctl: Controller, text: str, dry_run: bool = False) -> dict[str, objec
     change = diff(ctl.declared, new)
     taken = ctl.takeovers(change)  # (as the daemon does: before the reload)
     outcome = ctl.apply_declared(new, change, dry_run)
-    return views.reload_result(change, outcome, new, dry_run, taken, slots=ctl.router.slots)
+    slots = ctl.router.slots
+    return views.reload_result(change, outcome, new, dry_run, taken, files=new.files, slots=slots)
 
 
 def kernel_of(ctl: Controller) -> FakeKernel:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,8 +36,10 @@ iif = "r0"
 oifs = ["r2", "rX", "vlan*"]
 """
 LINKS = {"r0": 1, "r2": 2}
+# (the template 239.83.0.0/16 is named as a template: a reload said "2 degraded" of routes)
 INTERFACES = (
-    "1 route is pending (waiting for r7) and 2 degraded (waiting for rX): no such interfaces (yet)"
+    "1 route is pending (waiting for r7) and 1 route and 1 template degraded (waiting for rX):"
+    " no such interfaces (yet)"
 )
 
 
@@ -96,3 +99,64 @@ def test_check_config_notes_the_interfaces_this_machine_lacks_and_stays_valid(
     monkeypatch.setattr(netlink, "current_links", lambda: {**LINKS, "r7": 3, "rX": 4})
     assert check_config(str(path)) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.fixture
+def no_after_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload's work after its change (the learner, the tables' sockets, the status):
+    none of it here, where the daemon has only a controller."""
+    monkeypatch.setattr(Daemon, "_after_change", lambda self: None)
+
+
+def reload_of(path: Path, dry_run: bool) -> tuple[dict[str, Any], config.Config]:
+    """A reload (or its dry run) of the files at `path` by a daemon started with the
+    defaults (see no_after_change): its result and the settings it runs with after it."""
+
+    async def reload() -> tuple[dict[str, Any], config.Config]:
+        mfcd = Daemon(config.Config(), str(path), {})
+        mfcd.controller = Controller(FakeKernel(), FakeState())
+        return await mfcd.reload_config(dry_run=dry_run), mfcd.cfg
+
+    return asyncio.run(reload())
+
+
+@pytest.mark.usefixtures("no_after_change")
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_on_config_error_changed_takes_effect_at_the_next_start_and_a_reload_says_so(
+    tmp_path: Path, dry_run: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a start reads on_config_error (a reload is all or nothing): a reload that
+    changed it said nothing, as if it were applied."""
+    path = tmp_path / "mfc_daemon.conf"
+    path.write_text('on_config_error = "refuse"\nlog_level = "debug"\n')
+    caplog.set_level("INFO")
+    result, running = reload_of(path, dry_run)
+    later = (
+        "on_config_error takes effect at the next start (a reload is all or nothing whatever"
+        " it says)"
+    )
+    assert result["warnings"] == [later]
+    assert running.on_config_error == "skip_file"  # (as the start read it, until the next)
+    assert running.log_level == ("info" if dry_run else "debug")  # the others apply
+    assert (f"reload: {later}" in caplog.text) is not dry_run
+
+
+@pytest.mark.usefixtures("no_after_change")
+def test_a_reload_lists_every_file_it_read_the_main_file_of_settings_only_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`files` left out the main file when it declared nothing (only settings), though
+    --check-config counts it ("valid (2 files, ...)")."""
+    path = tmp_path / "mfc_daemon.conf"
+    path.write_text('log_level = "info"\n')
+    assert reload_of(path, dry_run=True)[0]["files"] == [str(path)]
+    (tmp_path / "mfc_daemon.d").mkdir()
+    drop_in = tmp_path / "mfc_daemon.d" / "10.conf"
+    drop_in.write_text(FILES.split("\n", 1)[1])  # (the routes, not the setting)
+    empty = tmp_path / "mfc_daemon.d" / "20.conf"
+    empty.write_text("# nothing yet\n")
+    for dry_run in (True, False):
+        assert reload_of(path, dry_run)[0]["files"] == [str(path), str(drop_in), str(empty)]
+    monkeypatch.setattr(netlink, "current_links", lambda: dict(LINKS))
+    assert check_config(str(path)) == 0  # (the same files, counted)
+    assert capsys.readouterr().out.startswith(f"{path}: valid (3 files, 2 routes, 1 template,")

@@ -510,28 +510,59 @@ def test_link_events_tell_a_monitor_new_change_and_del() -> None:
 @pytest.mark.parametrize(
     ("waiting", "would", "text"),
     [
-        (Waiting(0, 0, [], []), False, ""),
+        (Waiting(0, 0, [], [], 0, 0), False, ""),
         (
-            Waiting(1, 1, ["r7"], ["rX"]),
+            Waiting(1, 1, ["r7"], ["rX"], 0, 0),
             False,
             "1 route is pending (waiting for r7) and 1 degraded (waiting for rX): no such"
             " interfaces (yet)",
         ),
         (
-            Waiting(0, 2, [], ["r9"]),
+            Waiting(0, 2, [], ["r9"], 0, 0),
             False,
             "2 routes are degraded (waiting for r9): no such interface (yet)",
         ),
         (
-            Waiting(10000, 0, ["r1", "r2", "r3", "r4", "r5"], []),
+            Waiting(10000, 0, ["r1", "r2", "r3", "r4", "r5"], [], 0, 0),
             True,
             "10000 routes would be pending (waiting for r1, r2, r3 and 2 more): no such"
             " interfaces (yet)",
+        ),
+        # Templates are templates, not routes; a mix names both.
+        (
+            Waiting(2, 1, ["r7"], ["rX"], 2, 1),
+            False,
+            "2 templates are pending (waiting for r7) and 1 degraded (waiting for rX): no such"
+            " interfaces (yet)",
+        ),
+        (
+            Waiting(1, 2, ["r7"], ["rX"], 0, 1),
+            False,
+            "1 route is pending (waiting for r7) and 1 route and 1 template degraded (waiting"
+            " for rX): no such interfaces (yet)",
+        ),
+        (
+            Waiting(3, 1, ["r7"], ["rX"], 1, 0),
+            True,
+            "2 routes and 1 template would be pending (waiting for r7) and 1 route degraded"
+            " (waiting for rX): no such interfaces (yet)",
+        ),
+        (
+            Waiting(1, 1, ["r7"], ["rX"], 0, 1),
+            False,
+            "1 route is pending (waiting for r7) and 1 template degraded (waiting for rX): no"
+            " such interfaces (yet)",
+        ),
+        (
+            Waiting(0, 1, [], ["rX"], 0, 1),
+            False,
+            "1 template is degraded (waiting for rX): no such interface (yet)",
         ),
     ],
 )
 def test_what_the_declared_routes_wait_for_is_one_short_line(
     waiting: Waiting, would: bool, text: str
 ) -> None:
-    """However many routes wait for the same interfaces, one line names them (3 at most)."""
+    """However many routes wait for the same interfaces, one line names them (3 at most);
+    templates are counted as templates."""
     assert views.waiting_text(waiting, would=would) == text
