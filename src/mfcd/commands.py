@@ -44,7 +44,15 @@ from mfcd import (
     views,
 )
 from mfcd.batchscan import lines as batch_lines
-from mfcd.controller import Controller, Group, Outcome, RouteRun, gc_paused, observe
+from mfcd.controller import (
+    Controller,
+    Group,
+    Outcome,
+    Replaced,
+    RouteRun,
+    gc_paused,
+    observe,
+)
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.diagnosis import Query
 from mfcd.errors import (
@@ -1371,10 +1379,6 @@ def _table_filter(args: dict[str, Any]) -> int | None:
     if value is None:
         return None
     return views.DEFAULT_TABLES if value == "default" else validate.table_of(value, 4)
-
-
-# The routes and templates a change replaces, as they were (RouteKey or TemplateKey -> Ports).
-Replaced = dict[RouteKey | TemplateKey, Ports]
 
 
 def replaced(

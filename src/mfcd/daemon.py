@@ -41,7 +41,7 @@ from mfcd import (
     protocol,
     views,
 )
-from mfcd.commands import Commands, Replaced, tell
+from mfcd.commands import Commands, tell
 from mfcd.controller import Controller, Outcome, Takeovers, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
@@ -1093,14 +1093,14 @@ class Daemon:
                 log.error("reload failed, keeping the running configuration and routes: %s", e)
                 raise
         taken = self.controller.takeovers(change)  # (before: the reload changes them)
-        was = self._replaced_by(change) if self.events.subscribers and not dry_run else None
         try:
             if dry_run:
                 outcome = self.controller.apply_declared(declared, change, dry_run)
             else:
                 # A slice at a time, clients served in between (Controller.declared_slices
                 # says what they see meanwhile); a failed slice undoes them all.
-                outcome = Outcome()
+                # (what each slice replaces, noted as it applies it, while someone listens)
+                outcome = Outcome(replaced={} if self.events.subscribers else None)
                 try:
                     await run_sliced(self.controller.declared_slices(declared, change, outcome))
                 finally:
@@ -1125,33 +1125,19 @@ class Daemon:
                 self.left_out = []
                 self.registry.config_files_left_out = 0
             if self.events.subscribers:
-                self._tell_reload(change, outcome, taken, was)
+                self._tell_reload(change, outcome, taken)
             self.events.emit("reload", config=name, summary=result["summary"])
         # Last: counting what the routes wait for lets other clients in between its slices,
         # which must not come between the reload's changes and their events.
         result.update(await self._reload_warnings(declared, kept, dry_run))
         return result
 
-    def _replaced_by(self, change: declarations.Diff) -> Replaced:
-        """The routes and templates running that a reload's `change` may replace, as they
-        are before it: what its route.add and template.add events say they replaced."""
-        router = self.controller.router
-        routes = router.routes
-        # (an added route mfcd holds already: an api route the files take over)
-        was: Replaced = {k: routes[k] for k in [*change.changed, *change.added] if k in routes}
-        was.update(router.templates.items())
-        return was
-
-    def _tell_reload(
-        self,
-        change: declarations.Diff,
-        outcome: Outcome,
-        taken: Takeovers,
-        was: Replaced | None,
-    ) -> None:
+    def _tell_reload(self, change: declarations.Diff, outcome: Outcome, taken: Takeovers) -> None:
         """The monitor events of what a reload changed, as a batch's (origin config): its
         routes removed, added and changed, then its settings, templates and joins (not a
-        setting declared at the value the interface had); `was`: see _replaced_by."""
+        setting declared at the value the interface had). What they replaced (`was`) is
+        what its slices found as they applied them (Outcome.replaced), not what there was
+        when it began: clients' changes and learned entries land between two slices."""
         routes = self.controller.router.routes
         same, same_mrdisc = taken.same_thresholds, taken.same_mrdisc
         settings = [
@@ -1167,6 +1153,7 @@ class Daemon:
             settings,
         )
         total = len(change.removed) + len(added) + len(settings)
+        was = outcome.replaced
         tell(self.events, self.controller.router, changes, total, origin="config", was=was)
 
     def _restart_only(self, new: config.Config) -> dict[str, Any]:
