@@ -2085,18 +2085,6 @@ class Controller:
             steps += self.link_down(old, kernel_dropped_vif=False)
         return steps + self.link_up(interface, ifindex)
 
-    def sync_links(self, links: dict[str, int]) -> list[Step]:
-        """Bring the model's view of interfaces in line with a fresh dump (after a missed event)."""
-        steps: list[Step] = []
-        present = set(links.values())
-        for name, ifindex in [(n, i) for n, i in self.router.links.items() if n not in links]:
-            # Gone under this name but its device still exists: renamed, so the kernel still
-            # has the VIF (on the renamed device) and mfcd must remove it.
-            steps += self.link_down(name, kernel_dropped_vif=ifindex not in present)
-        for name, ifindex in links.items():
-            steps += self.link_event("new", name, ifindex)
-        return steps
-
     def sync(self, view: KernelView, dry_run: bool = False) -> list[dict[str, Any]]:
         """Repair drift between the kernel's tables and the model; report each repair.
 
