@@ -44,7 +44,15 @@ from mfcd import (
     views,
 )
 from mfcd.batchscan import lines as batch_lines
-from mfcd.controller import Controller, Group, Outcome, RouteRun, gc_paused, observe
+from mfcd.controller import (
+    Controller,
+    Group,
+    Outcome,
+    Replaced,
+    RouteRun,
+    gc_paused,
+    observe,
+)
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
 from mfcd.diagnosis import Query
 from mfcd.errors import (
@@ -77,7 +85,7 @@ from mfcd.model import (
 )
 from mfcd.slices import run_sliced
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import Pattern, expansion_of, is_wildcard
+from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard
 
 log = logging.getLogger("mfcd")
 _new = tuple.__new__
@@ -1368,10 +1376,6 @@ def _table_filter(args: dict[str, Any]) -> int | None:
     return views.DEFAULT_TABLES if value == "default" else validate.table_of(value, 4)
 
 
-# The routes and templates a change replaces, as they were (RouteKey or TemplateKey -> Ports).
-Replaced = dict[RouteKey | TemplateKey, Ports]
-
-
 def replaced(
     routes: Mapping[RouteKey, Ports],
     templates: Mapping[TemplateKey, Ports],
@@ -1403,13 +1407,18 @@ def tell(
     was: Replaced | None = None,
 ) -> None:
     """Tell monitor subscribers what `total` applied changes did, one event per route,
-    template or setting (as the router holds them after); once every subscriber's buffer
-    is full the rest are only counted (a batch or reload of 100,000 routes: a gap event).
+    template or setting, in their order (as the router holds them after; a route that a
+    later change replaced or deleted, as its own change made it); once every subscriber's
+    buffer is full the rest are only counted (a batch or reload of 100,000 routes: a gap).
     `origin`: where the changes came from, for what the router records no other origin of
     ("config": a reload, whose removed routes and templates the router no longer holds);
     `was`: the routes and templates they replaced, as they were (see `replaced`)."""
     emit = bus.emit
     was = was or {}
+    # What the changes told so far made of a route or template (None: deleted): what a later
+    # change of it in the same batch replaced, rather than what was there before the batch.
+    # Only the told changes pass here (a buffer's worth at most): no cost for a large batch.
+    made: dict[RouteKey | TemplateKey, Ports | None] = {}
     for index, change in enumerate(changes):
         if bus.saturated():  # a batch larger than every buffer: count the rest
             bus.drop(total - index)
@@ -1425,8 +1434,11 @@ def tell(
             kind = "join" if isinstance(change, Join) else "leave"
             emit(kind, interface=interface, group=group, source=source, origin=origin)
             continue
+        key = change.key
+        old = made[key] if key in made else was.get(key)
         if isinstance(change, (AddTemplate, DelTemplate)):
-            _tell_template(bus, router, change, origin, was.get(change.key))
+            made[key] = change.ports if isinstance(change, AddTemplate) else None
+            _tell_template(bus, router, change, origin, old)
             continue
         family, source, group, table = change.key
         fields = {
@@ -1437,16 +1449,20 @@ def tell(
             "origin": router.origins.get(change.key, origin),
         }
         if isinstance(change, DelRoute):
+            made[key] = None
             emit("route.del", **fields)
             continue
-        if change.key not in router.routes:  # replaced again later in the same batch
-            continue
-        status = router.status(change.key)
-        iif, oifs = router.routes[change.key]
-        old = was.get(change.key)
+        ports = change.ports
+        if ports.__class__ is Pattern:  # (the model holds its expansion, as it was made)
+            ports = expand(ports, router.links)
+        made[key] = ports
+        if router.routes.get(change.key) == ports:
+            state = router.status(change.key).state
+        else:  # replaced or deleted by a later change of the batch: as it was meanwhile
+            state = router.state_with(ports)
         # (`was`, a field of its own at the end: a reader that knows it not reads the same)
         before = {} if old is None else {"was": {"iif": old.iif, "oifs": list(old.oifs)}}
-        emit("route.add", **fields, iif=iif, oifs=list(oifs), state=status.state, **before)
+        emit("route.add", **fields, iif=ports.iif, oifs=list(ports.oifs), state=state, **before)
 
 
 def _tell_template(
@@ -1465,12 +1481,17 @@ def _tell_template(
         bus.emit("template.del", **fields)
         return
     before = {} if old is None else {"was": list(old.oifs)}  # (as a plan's line says)
-    if key in router.templates:
-        oifs = list(router.templates[key].oifs)
+    ports = change.ports
+    now = router.templates.get(key)
+    if now is not None and (now == ports or ports.__class__ is Pattern):
+        oifs = list(now.oifs)
         bus.emit("template.add", **fields, oifs=oifs, state=router.status(key).state, **before)
-    elif isinstance(change.ports, Pattern):
+    elif isinstance(ports, Pattern):
         # A wildcard iif (or oifs that match no interface yet): the model holds one template
         # per interface it matches, or none; told as given, installed if one holds its VIFs.
         held = any(expansion_of(k, key) for k in router.holding)
         state = "installed" if held else "pending"
-        bus.emit("template.add", **fields, oifs=list(change.ports.oifs), state=state, **before)
+        bus.emit("template.add", **fields, oifs=list(ports.oifs), state=state, **before)
+    else:  # replaced or deleted by a later change of the batch: as it was meanwhile
+        state = router.state_with(ports)
+        bus.emit("template.add", **fields, oifs=list(ports.oifs), state=state, **before)

@@ -207,6 +207,10 @@ class StateLike(Protocol):
     def replaced(self) -> str | None: ...
 
 
+# The routes and templates a change replaced, as they were (RouteKey or TemplateKey -> Ports):
+# what monitor events say of them (`was`).
+Replaced = dict[RouteKey | TemplateKey, Ports]
+
 # What a request's changes replaced, to put back if their sync fails: each route's Ports
 # before (None: there was none) and each interface's threshold before (None: no setting).
 Before = tuple[dict[RouteKey, Ports | None], dict[str, int | None]]
@@ -246,6 +250,10 @@ class Outcome:
     # A reload's last slice, applied: its thresholds, mrdisc settings, templates and joins
     # (its routes are the diff's; the monitor is told of both).
     settings: list[Change] = field(default_factory=list)
+    # A reload's routes and templates replaced, as each slice found them when it applied
+    # them (a client's change between two slices included); None: not asked for (no one
+    # subscribes to events, whose `was` says them).
+    replaced: Replaced | None = None
 
 
 @dataclass
@@ -1376,13 +1384,18 @@ class Controller:
                 if end > len(removals):
                     added = keys[max(0, start - len(removals)) : end - len(removals)]
                     chunk += self._declared_routes(new, added, journal)
-                self._remember(chunk, before)
+                self._remember(chunk, before, outcome.replaced)
                 done = self.change(chunk, keep_steps=False, origin="config", journal=[])
                 outcome.counts.update(done.counts)
                 yield len(chunk)
             last += self._declared_joins(new, journal)
             # The last slice journals the takeovers: a snapshot it writes instead is of `new`.
             self.unjournaled = None
+            if outcome.replaced is not None:
+                templates = self.router.templates  # (as they are now: clients changed some?)
+                for change in last:
+                    if isinstance(change, AddTemplate) and change.key in templates:
+                        outcome.replaced[change.key] = templates[change.key]
             done = self.change(last, keep_steps=False, origin="config", journal=journal)
             outcome.counts.update(done.counts)
             outcome.settings = last
@@ -1406,14 +1419,24 @@ class Controller:
         del old
 
     def _remember(
-        self, changes: Sequence[Change], before: dict[RouteKey, tuple[Ports | None, str]]
+        self,
+        changes: Sequence[Change],
+        before: dict[RouteKey, tuple[Ports | None, str]],
+        replaced: Replaced | None = None,
     ) -> None:
-        """Note what each route the changes touch was before the first of them (see _put_back)."""
+        """Note what each route the changes touch was before the first of them (see
+        _put_back), and in `replaced` (unless None) the routes they replace as they are
+        now, just before they are applied: what may have changed since the reload began."""
         routes, origins = self.router.routes, self.router.origins
         for change in changes:
             if isinstance(change, (AddRoute, DelRoute)) and change.key not in before:
                 key = change.key
                 before[key] = (routes.get(key), origins.get(key, "api"))
+        if replaced is None:  # (nobody listens: not a step more for a reload of 100,000)
+            return
+        for change in changes:
+            if isinstance(change, AddRoute) and change.key in routes:
+                replaced[change.key] = routes[change.key]
 
     def _put_back(self, before: dict[RouteKey, tuple[Ports | None, str]]) -> Iterator[int]:
         """Undo the slices of a failed reload: each route as it was, with its origin,
@@ -2061,18 +2084,6 @@ class Controller:
         if old is not None:
             steps += self.link_down(old, kernel_dropped_vif=False)
         return steps + self.link_up(interface, ifindex)
-
-    def sync_links(self, links: dict[str, int]) -> list[Step]:
-        """Bring the model's view of interfaces in line with a fresh dump (after a missed event)."""
-        steps: list[Step] = []
-        present = set(links.values())
-        for name, ifindex in [(n, i) for n, i in self.router.links.items() if n not in links]:
-            # Gone under this name but its device still exists: renamed, so the kernel still
-            # has the VIF (on the renamed device) and mfcd must remove it.
-            steps += self.link_down(name, kernel_dropped_vif=ifindex not in present)
-        for name, ifindex in links.items():
-            steps += self.link_event("new", name, ifindex)
-        return steps
 
     def sync(self, view: KernelView, dry_run: bool = False) -> list[dict[str, Any]]:
         """Repair drift between the kernel's tables and the model; report each repair.

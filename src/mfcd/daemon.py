@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mfcd import (
@@ -41,9 +41,9 @@ from mfcd import (
     protocol,
     views,
 )
-from mfcd.commands import Commands, Replaced, tell
+from mfcd.commands import Commands, tell
 from mfcd.controller import Controller, Outcome, Takeovers, gc_paused, observe, on_vifs
-from mfcd.dataplane import Events
+from mfcd.dataplane import Events, LinkChange, link_changes
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
 from mfcd.kernel import Kernel, MrouteSocket
@@ -635,26 +635,18 @@ class Daemon:
             self._on_link_events(events)
 
     def _on_link_events(self, events: Events) -> None:
-        if self.events.subscribers:
-            for fields in views.link_events(self.controller.router.links, events.links):
-                self.events.emit("link", **fields)
-            if events.links_lost:
-                self.events.emit("link", action="lost", interface=None, ifindex=None)
         router = self.controller.router
         before, tracked = dict(router.links), router.tracked_links()
         try:
+            self._follow_links(events.links)
             if events.links_lost:
+                # The events missed are what a fresh dump differs by: applied and told as
+                # if they had been read (interfaces, then the routes they leave pending,
+                # degraded or installed), after the events read and a `lost` event.
                 log.warning("missed interface events (netlink overrun); re-reading interfaces")
-                self._tell_route_states(self.controller.sync_links(netlink.current_links()))
-            else:
-                for link in events.links:
-                    # (a name renamed away is gone for the routes that name it, as if deleted)
-                    gone = link.name if link.kind == "del" else None
-                    if gone is None and self.events.subscribers:
-                        gone = renamed_from(router.links, link.name, link.ifindex)
-                    steps = self.controller.link_event(link.kind, link.name, link.ifindex)
-                    self._tell_route_states(steps, gone)
-                    self.controller.link_admin(link.kind, link.name, link.up)
+                if self.events.subscribers:
+                    self.events.emit("link", action="lost", interface=None, ifindex=None)
+                self._follow_links(link_changes(router.links, dumped_links()))
         except (OSError, ValueError) as e:
             # The dump interrupted during the storm that overran us: the delayed resync
             # re-reads every interface.
@@ -677,12 +669,29 @@ class Daemon:
         self._reissue_soon()
         self.learner.after_change()  # a template that took its VIFs now may match traffic
 
-    def _sync_links(self, links: dict[str, int]) -> None:
-        """controller.sync_links for a drift check (events missed or not read): interfaces
-        that came or went are then followed by wildcards, as after their events."""
+    def _follow_links(self, links: Sequence[LinkChange]) -> None:
+        """Apply link events (read, or made of a fresh dump: see dataplane.link_changes), and
+        tell monitor subscribers each one, then the routes each one changed the state of."""
+        router = self.controller.router
+        if self.events.subscribers:
+            for fields in views.link_events(router.links, links):
+                self.events.emit("link", **fields)
+        for link in links:
+            # (a name renamed away is gone for the routes that name it, as if deleted)
+            gone = link.name if link.kind == "del" else None
+            if gone is None and self.events.subscribers:
+                gone = renamed_from(router.links, link.name, link.ifindex)
+            steps = self.controller.link_event(link.kind, link.name, link.ifindex)
+            self._tell_route_states(steps, gone)
+            self.controller.link_admin(link.kind, link.name, link.up)
+
+    def _sync_links(self, links: Iterable[LinkChange]) -> None:
+        """For a drift check (events missed or not read), the interfaces of a fresh dump
+        (`links`): those that came or went are applied and told as their events would
+        have been, then followed by wildcards."""
         router = self.controller.router
         before = dict(router.links)
-        self.controller.sync_links(links)
+        self._follow_links(link_changes(router.links, links))
         if router.links != before:
             self.report_status()
             self._follow_wildcards()
@@ -793,7 +802,7 @@ class Daemon:
         try:
             # A link event whose kernel change failed left the model's view of interfaces
             # behind; a fresh dump sets it right before the tables are compared.
-            self._sync_links(netlink.current_links())
+            self._sync_links(dumped_links())
             self._reissue_soon()
             view = observe(self.kernel, families, False, controller.router.tables())
         except (OSError, KernelError) as e:
@@ -851,7 +860,7 @@ class Daemon:
         """
         controller = self.controller
         try:
-            self._sync_links(netlink.current_links())
+            self._sync_links(dumped_links())
             version = controller.router.version
             tables = controller.router.tables()
             view = await asyncio.to_thread(observe, self.kernel, self.kernel.families, True, tables)
@@ -1094,14 +1103,14 @@ class Daemon:
                 log.error("reload failed, keeping the running configuration and routes: %s", e)
                 raise
         taken = self.controller.takeovers(change)  # (before: the reload changes them)
-        was = self._replaced_by(change) if self.events.subscribers and not dry_run else None
         try:
             if dry_run:
                 outcome = self.controller.apply_declared(declared, change, dry_run)
             else:
                 # A slice at a time, clients served in between (Controller.declared_slices
                 # says what they see meanwhile); a failed slice undoes them all.
-                outcome = Outcome()
+                # (what each slice replaces, noted as it applies it, while someone listens)
+                outcome = Outcome(replaced={} if self.events.subscribers else None)
                 try:
                     await run_sliced(self.controller.declared_slices(declared, change, outcome))
                 finally:
@@ -1128,33 +1137,19 @@ class Daemon:
                 self.left_out = []
                 self.registry.config_files_left_out = 0
             if self.events.subscribers:
-                self._tell_reload(change, outcome, taken, was)
+                self._tell_reload(change, outcome, taken)
             self.events.emit("reload", config=name, summary=result["summary"])
         # Last: counting what the routes wait for lets other clients in between its slices,
         # which must not come between the reload's changes and their events.
         result.update(await self._reload_warnings(declared, kept, dry_run))
         return result
 
-    def _replaced_by(self, change: declarations.Diff) -> Replaced:
-        """The routes and templates running that a reload's `change` may replace, as they
-        are before it: what its route.add and template.add events say they replaced."""
-        router = self.controller.router
-        routes = router.routes
-        # (an added route mfcd holds already: an api route the files take over)
-        was: Replaced = {k: routes[k] for k in [*change.changed, *change.added] if k in routes}
-        was.update(router.templates.items())
-        return was
-
-    def _tell_reload(
-        self,
-        change: declarations.Diff,
-        outcome: Outcome,
-        taken: Takeovers,
-        was: Replaced | None,
-    ) -> None:
+    def _tell_reload(self, change: declarations.Diff, outcome: Outcome, taken: Takeovers) -> None:
         """The monitor events of what a reload changed, as a batch's (origin config): its
         routes removed, added and changed, then its settings, templates and joins (not a
-        setting declared at the value the interface had); `was`: see _replaced_by."""
+        setting declared at the value the interface had). What they replaced (`was`) is
+        what its slices found as they applied them (Outcome.replaced), not what there was
+        when it began: clients' changes and learned entries land between two slices."""
         routes = self.controller.router.routes
         same, same_mrdisc = taken.same_thresholds, taken.same_mrdisc
         settings = [
@@ -1170,6 +1165,7 @@ class Daemon:
             settings,
         )
         total = len(change.removed) + len(added) + len(settings)
+        was = outcome.replaced
         tell(self.events, self.controller.router, changes, total, origin="config", was=was)
 
     def _restart_only(self, new: config.Config) -> dict[str, Any]:
@@ -1231,6 +1227,11 @@ def kept_text(key: str, value: Any) -> str:
             " whatever it says)"
         )
     return f"{key} changes only at restart; mfcd keeps {value!r} until then"
+
+
+def dumped_links() -> list[LinkChange]:
+    """Every interface there is now (a netlink dump), each as the event that made it."""
+    return [LinkChange("new", link.name, link.ifindex, link.up) for link in netlink.dump_links()]
 
 
 def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:

@@ -34,11 +34,20 @@ and the daemon calls `events()` whenever one is readable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from mfcd.errors import KernelError
-from mfcd.model import DEFAULT_TABLE, RUNS, KernelOp, RouteKey, Step, run_head, run_tail
+from mfcd.model import (
+    DEFAULT_TABLE,
+    RUNS,
+    KernelOp,
+    RouteKey,
+    Step,
+    renamed_from,
+    run_head,
+    run_tail,
+)
 
 # Upcall kinds: IGMPMSG_NOCACHE / MRT6MSG_NOCACHE (a packet with no entry),
 # IGMPMSG_WRONGVIF / MRT6MSG_WRONGMIF (a packet on the wrong interface, only with
@@ -102,6 +111,43 @@ class LinkChange(NamedTuple):
     name: str
     ifindex: int
     up: bool = True  # IFF_UP, the administrative state
+
+
+def link_changes(known: Mapping[str, int], present: Iterable[LinkChange]) -> list[LinkChange]:
+    """The link events that take the interfaces `known` (name -> ifindex) to those `present`
+    (a fresh dump, each as its "new"): what events missed (an overrun) did, to be applied
+    and told as if they had been read. First each deleted one (its index gone: one deleted
+    and created again under its name is deleted, then new), then each renamed one (an index
+    known under another name: before the new ones, one of which may take the old name),
+    then each new one. A change of state alone (up, down) is not seen."""
+    now = list(present)
+    indexes = {link.ifindex for link in now}
+    deleted = [LinkChange("del", n, i, False) for n, i in known.items() if i not in indexes]
+    known_indexes = set(known.values())
+    changed = [link for link in now if known.get(link.name) != link.ifindex]
+    renamed = [link for link in changed if link.ifindex in known_indexes]
+    held = {n: i for n, i in known.items() if i in indexes}  # (after the deletions)
+    new = [link for link in changed if link.ifindex not in known_indexes]
+    return deleted + _renames_in_order(renamed, held) + new
+
+
+def _renames_in_order(renamed: list[LinkChange], held: dict[str, int]) -> list[LinkChange]:
+    """Renames each after the one that frees its new name (c renamed x, then b renamed c),
+    as the kernel made them; names swapped (no order does it) as they come. `held`: the
+    interfaces before them, name -> ifindex (changed here)."""
+    out: list[LinkChange] = []
+    waiting = renamed
+    while waiting:
+        ready = [link for link in waiting if held.get(link.name, link.ifindex) == link.ifindex]
+        ready = ready or waiting[:1]
+        for link in ready:
+            old = renamed_from(held, link.name, link.ifindex)
+            if old is not None:
+                del held[old]
+            held[link.name] = link.ifindex
+        out += ready
+        waiting = [link for link in waiting if link not in ready]
+    return out
 
 
 class Events(NamedTuple):

@@ -731,6 +731,18 @@ class Router:
         # the kernel keeps forwards nothing, and the iif's VIF number stays reserved)
         return _not_installed(ports, missing, self.refused.get(key))
 
+    def state_with(self, ports: Ports) -> str:
+        """The state a route of these interfaces has with the interfaces there are now:
+        that of one a later change of the same transaction replaced or deleted (no
+        interface comes or goes within one). Not seen: a VIF table full at the time."""
+        links = self.links
+        if ports[0] not in links:
+            return "pending"
+        for name in ports[1]:
+            if name not in links:
+                return "degraded"
+        return "installed"
+
     def vif_of(self, family: int, interface: str, table: int | None = None) -> Vif | None:
         table = DEFAULT_TABLE[family] if table is None else table
         return self.vifs.get((family, table, interface))

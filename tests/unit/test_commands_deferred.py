@@ -178,6 +178,38 @@ def test_an_add_that_replaces_a_route_or_template_says_what_it_was() -> None:
     assert events[4]["oifs"] == ["c"]
 
 
+def test_a_batch_that_changes_a_route_twice_tells_each_change_as_its_line_made_it() -> None:
+    """Lines for the same route in one batch: each event has its own line's interfaces and
+    state, and says that it replaced what the line before it made (not what was there
+    before the batch); a template added twice, too."""
+    commands = make_commands()
+    route = {**ROUTE, "group": "239.1.1.5"}
+    where = {"source": route["source"], "group": route["group"]}
+    template = {"group": "239.4.0.0/16", "iif": "a"}
+    assert ask(commands, "mfc.add", route)["ok"]  # a -> b before the batch
+    sub = commands.events.subscribe(lambda: None)
+    ops = [
+        {"op": "add", **route, "oifs": ["b", "zz"]},
+        {"op": "add", **route, "oifs": ["c"]},
+        {"op": "del", **where},
+        {"op": "add", **route, "iif": "zz"},
+        {"op": "add", **template, "oifs": ["b"]},
+        {"op": "add", **template, "oifs": ["c"]},
+    ]
+    assert ask(commands, "batch", {"ops": ops})["ok"]
+    told = [
+        (e["event"], e.get("iif"), e.get("oifs"), e.get("state"), e.get("was")) for e in sub.take()
+    ]
+    assert told == [
+        ("route.add", "a", ["b", "zz"], "degraded", {"iif": "a", "oifs": ["b"]}),
+        ("route.add", "a", ["c"], "installed", {"iif": "a", "oifs": ["b", "zz"]}),
+        ("route.del", None, None, None, None),
+        ("route.add", "zz", ["b"], "pending", None),
+        ("template.add", "a", ["b"], "installed", None),
+        ("template.add", "a", ["c"], "installed", ["b"]),
+    ]
+
+
 def test_a_template_with_a_wildcard_iif_is_told_as_given_when_added_and_replaced() -> None:
     commands = make_commands()
     commands.controller.link_up("up1", 21)

@@ -9,6 +9,7 @@ from mfcd import validate
 from mfcd.config import Config
 from mfcd.controller import Controller
 from mfcd.daemon import Daemon
+from mfcd.dataplane import LinkChange
 from mfcd.declarations import Declarations, diff
 from mfcd.model import Ports
 from tests.unit.conftest import FakeKernel, FakeState
@@ -36,7 +37,7 @@ def test_interfaces_the_drift_check_finds_are_followed_by_wildcards() -> None:
         assert routes[DECLARED] == Ports("a", ("b", "vlan1"))
         assert routes[RUNTIME] == Ports("a", ("vlan1",))
         # vlan2 came and vlan1 went, and mfcd heard of neither: the check's dump says so.
-        daemon._sync_links({"a": 1, "b": 2, "vlan2": 4})
+        daemon._sync_links([LinkChange("new", n, i) for n, i in (("a", 1), ("b", 2), ("vlan2", 4))])
         assert routes[DECLARED] == Ports("a", ("b", "vlan2"))
         assert routes[RUNTIME] == Ports("a", ("vlan2",))
         assert ctl.router.installed[RUNTIME].oifs == ctl.router.installed[DECLARED].oifs[1:]
