@@ -476,7 +476,7 @@ def _show_command(sub: Any) -> None:
     )
     _table_option(
         show,
-        "only the routes and VIFs of this table: a number or a name, \"default\" for each"
+        'only the routes and VIFs of this table: a number or a name, "default" for each'
         " family's default table (without --table: every table)",
     )
     show.add_argument(
@@ -561,7 +561,7 @@ def _vif_command(sub: Any) -> None:
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
     _table_option(
         vif_show,
-        "only the VIFs of this table: a number or a name, \"default\" for each family's default"
+        'only the VIFs of this table: a number or a name, "default" for each family\'s default'
         " table (without --table: every table)",
     )
     _command_options(vif_show, changes=False)
