@@ -1263,8 +1263,9 @@ def dumped_links() -> list[LinkChange]:
 def _log_stopping(kernel: Kernel) -> None:
     if any(sock.stored for sock in kernel.sockets.values()):
         log.info(
-            "stopping: the kernel's tables stay in systemd's fd store (a restart takes them"
-            " over, forwarding on; a stop of the unit removes them)"
+            "stopping: the kernel's tables are left to systemd's fd store (a restart takes"
+            " them over, forwarding on; a stop of the unit, or a unit without"
+            " FileDescriptorStoreMax=, removes them)"
         )
     else:
         log.info("stopping: removing routes from the kernel")

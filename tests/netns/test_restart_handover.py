@@ -205,7 +205,6 @@ def test_a_restart_through_the_fd_store_forwards_on_and_repairs_the_tables(
         base = daemon.config_file.read_text().split("\n[[route]]")[0]
         daemon.config_file.write_text(base + routes(family, (new, "r3", None)))
         lost = restart_under_flow(daemon, family)
-        print(f"IPv{family}: lost {lost} across the handover, {lost_plain} across a plain restart")
         assert lost == 0, f"lost {lost} across the handover, {lost_plain} across a plain restart"
         # Repaired: the full drift check removed `gone`'s entry and VIF r2, `new` is in;
         # the flow's VIFs kept their numbers (r3 took none the kernel had).
@@ -243,3 +242,31 @@ def _stored(systemd: FakeSystemd, names: set[str]) -> None:
 def _flushed(lab: Lab, family: int) -> None:
     assert kernel_tables.mfc(lab, family) == {}
     assert kernel_tables.vifs(lab, family) == {}
+
+
+LARGE = 60_000  # routes: the restore's run goes to the kernel writer processes (LATER_MIN)
+
+
+def test_a_large_table_taken_over_is_written_again_by_the_writer_processes(
+    lab: Lab, tmp_path: Path, systemd: FakeSystemd
+) -> None:
+    daemon = StoredMfcd(lab, tmp_path, systemd, "")
+    daemon.start()
+    try:
+        add(daemon, 4, "r0", "r1")
+        batch = "".join(
+            f"mfc add --source 198.18.0.2 --group 239.10.{n >> 8}.{n & 255} --iif r0 --oifs r2\n"
+            for n in range(LARGE)
+        )
+        daemon.ok("batch", "-", stdin=batch)
+        wait_for(lambda: _stored(systemd, {"mrt4-253", "mrt6-254"}))
+        assert restart_under_flow(daemon, 4) == 0
+        first = len(daemon.log)  # (the first mfcd's; what follows is the second's)
+        wait_for(lambda: assert_kernel_matches_show(lab, daemon, 4), 60)
+        assert len(kernel_tables.mfc(lab, 4)) == LARGE + 1
+    finally:
+        if daemon.proc is not None:
+            daemon.stop()
+    second = daemon.log[first:]
+    assert "adopted the IPv4 table 253 from the previous mfcd (3 VIFs" in second
+    assert "kernel writer (pid" in second  # (the restore's run of 60,000 routes)
