@@ -272,3 +272,43 @@ def test_a_table_kept_by_one_kernel_is_adopted_by_the_next_and_others_released(n
     assert "239.5.0.1" in out["entry"]
     assert "239.5.0.1" in out["after_k2"]  # k2 stored it too: its close leaves the table
     assert out["after_store"].strip() == ""  # the store's close, the last: flushed
+
+
+def test_an_adopted_ipv6_table_other_than_the_default_gets_its_mifs_added_again(netns: str) -> None:
+    # The kernel names no device for such a MIF: it cannot be kept, so it is deleted and
+    # added again (the entries through it then written again, as the restore does).
+    out = run_py(
+        netns,
+        """
+        import os
+        class Keeper:
+            held = {}
+            def keep(self, name, fd):
+                self.held[name] = os.dup(fd)
+                return True
+            def drop(self, name):
+                os.close(self.held.pop(name))
+        keeper, out = Keeper(), {}
+        k = Kernel([6], keeper=keeper)
+        k.apply([AddVif(6, 0, "r0", r0, 1, 200), AddVif(6, 1, "r1", r1, 1, 200),
+                 AddMfc(6, "2001:db8::2", "ff3e::5:1", 0, ((1, 1),), 200)])
+        k.close()
+        k2 = Kernel([6], keeper=keeper, passed=[(os.dup(fd), n) for n, fd in keeper.held.items()])
+        out["adopted"] = k2.adopted
+        out["kept"] = sorted(k2.sockets[(6, 200)].kept.items())
+        k2.apply([AddVif(6, 0, "r0", r0, 1, 200), AddVif(6, 1, "r1", r1, 1, 200),
+                  AddMfc(6, "2001:db8::2", "ff3e::5:1", 0, ((1, 1),), 200)])
+        out["mifs"] = sorted(k2.observe(6, 200, entries=False).vifs)
+        out["entry"] = mroute("-6", "table", "200")
+        k2.close_table(6, 200)
+        out["held"] = sorted(keeper.held)
+        k2.close()
+        for fd in keeper.held.values():
+            os.close(fd)
+        """,
+    )
+    assert out["adopted"] == [[6, 254], [6, 200]] or out["adopted"] == [[6, 200], [6, 254]]
+    assert out["kept"] == [[0, None], [1, None]]
+    assert out["mifs"] == [0, 1]
+    assert "ff3e::5:1" in out["entry"] and "r1" in out["entry"]
+    assert out["held"] == ["mrt6-254"]  # close_table dropped mrt6-200 from the store

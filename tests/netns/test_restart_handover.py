@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -133,8 +134,8 @@ def routes(family: int, *declared: tuple[str, str, int | None]) -> str:
     return text
 
 
-def restart_under_flow(daemon: StoredMfcd, family: int) -> int:
-    """Restart the daemon (SIGTERM, then a start with what the store holds) while the flow
+def restart_under_flow(daemon: StoredMfcd, family: int, sig: int = signal.SIGTERM) -> int:
+    """Restart the daemon (`sig`, then a start with what the store holds) while the flow
     runs; return the packets the receiver missed."""
     lab = daemon.lab
     source, group = FLOWS[family]
@@ -144,8 +145,8 @@ def restart_under_flow(daemon: StoredMfcd, family: int) -> int:
         lab.sender, sys.executable, TRAFFIC, "send", group, "5000", "s0", source, str(RATE_PACKETS)
     )
     time.sleep(1.0)
-    code, log = daemon.stop()
-    assert code == 0, log
+    code, log = daemon.stop(sig)
+    assert code == (0 if sig == signal.SIGTERM else -sig), log
     daemon.start()
     assert sender.wait(timeout=60) == 0
     time.sleep(0.5)
@@ -270,3 +271,22 @@ def test_a_large_table_taken_over_is_written_again_by_the_writer_processes(
     second = daemon.log[first:]
     assert "adopted the IPv4 table 253 from the previous mfcd (3 VIFs" in second
     assert "kernel writer (pid" in second  # (the restore's run of 60,000 routes)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_crash_leaves_the_tables_forwarding_for_the_next_mfcd(
+    lab: Lab, tmp_path: Path, systemd: FakeSystemd, family: int
+) -> None:
+    # Stored at MRT_INIT, not at SIGTERM: a SIGKILL (a crash, the watchdog, the OOM killer)
+    # leaves them to the store all the same, and Restart=on-failure's next mfcd takes over.
+    daemon = StoredMfcd(lab, tmp_path, systemd, "")
+    daemon.start()
+    try:
+        add(daemon, family, "r0", "r1")
+        wait_for(lambda: _stored(systemd, {"mrt4-253", "mrt6-254"}))
+        assert restart_under_flow(daemon, family, signal.SIGKILL) == 0
+        wait_for(lambda: assert_kernel_matches_show(lab, daemon, family))
+    finally:
+        if daemon.proc is not None:
+            daemon.stop()
+    assert f"adopted the IPv{family} table {253 if family == 4 else 254}" in daemon.log
