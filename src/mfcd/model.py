@@ -556,6 +556,9 @@ class Router:
         # and a rollback write them: _assign clears it, a rollback that puts one back too).
         self._direct: dict[TableKey, dict[Ports, _Direct]] = {}
         self._direct_at = 0
+        # Where a new VIF should go, per table and interface: the index its device has in a
+        # table a restart took over (see prefer_slots); a hint, outside transactions.
+        self.preferred: dict[TableKey, dict[str, int]] = {}
 
     # --- transactions ----------------------------------------------------------------------------
 
@@ -1658,13 +1661,39 @@ class Router:
         }
         return sum(1 for vifi in taken if slots[vifi] is not None)
 
+    def prefer_slots(self, vifs: Mapping[tuple[int, int, int], str | None]) -> None:
+        """Number new VIFs as the kernel's `vifs` ((family, table, vifi) -> device, None
+        where unknown) are numbered, while they are free: a restart that took over the
+        previous mfcd's tables then gives each interface the VIF it has there, and its
+        entries stay valid (the kernel cannot move a VIF: another index means deleting
+        and adding it, with its routes' entries written again). Empty: lowest free index."""
+        self.preferred = {}
+        for (family, table, vifi), device in vifs.items():
+            if device is not None and 0 <= vifi < MAXVIFS:
+                self.preferred.setdefault((family, table), {})[device] = vifi
+
+    def _free_slot(self, family: int, table: int, name: str, slots: list[str | None]) -> int:
+        """The index a new VIF of `name` takes: its preferred one if free, else the lowest free
+        one no other interface prefers, else the lowest free one (ValueError: none)."""
+        prefer = self.preferred.get((family, table))
+        if not prefer:
+            return slots.index(None)
+        at = prefer.get(name)
+        if at is not None and slots[at] is None:
+            return at
+        others = set(prefer.values())
+        for vifi, held in enumerate(slots):
+            if held is None and vifi not in others:
+                return vifi
+        return slots.index(None)
+
     def _new_vif(self, family: int, table: int, name: str) -> list[Step]:
         slots = self.slots.get((family, table))
         if slots is None:
             slots = [None] * MAXVIFS
             self._set(self.slots, (family, table), slots)
         try:
-            vifi = slots.index(None)
+            vifi = self._free_slot(family, table, name, slots)
         except ValueError:
             fam = family_text(family)
             where = "" if table == DEFAULT_TABLE[family] else f" of table {table}"

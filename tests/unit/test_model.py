@@ -110,6 +110,25 @@ def test_vifs_are_allocated_lowest_free_first() -> None:
     check_invariants(router)
 
 
+def test_preferred_slots_number_vifs_as_a_table_taken_over_does() -> None:
+    # The previous mfcd's table: a at 2, b at 0, gone at 1 (no route names it any more).
+    router = router_with_links("a", "b", "c", "d")
+    router.prefer_slots(
+        {(4, 253, 2): "a", (4, 253, 0): "b", (4, 253, 1): "gone", (6, 254, 5): None}
+    )
+    steps = run(router, router.add_route, r4(1, "a", "b", "c"))
+    # c is new: the lowest index no other interface prefers (1 stays free for "gone").
+    assert vif_ops(steps, AddVif) == [(2, "a"), (0, "b"), (3, "c")]
+    # Once every free index but a preferred one is taken, that one is used all the same.
+    router.prefer_slots({(4, 253, i): f"x{i}" for i in range(32)})
+    assert vif_ops(run(router, router.add_route, r4(2, "a", "d")), AddVif) == [(1, "d")]
+    # Other tables and families are numbered as always.
+    assert vif_ops(run(router, router.add_route, r6(1, "b", "a")), AddVif) == [(0, "b"), (1, "a")]
+    router.prefer_slots({})
+    assert router.preferred == {}
+    check_invariants(router)
+
+
 def test_families_allocate_vifs_independently() -> None:
     router = router_with_links("a", "b")
     run(router, router.add_route, r4(1, "a", "b"))
