@@ -311,3 +311,44 @@ def test_a_batch_table_puts_the_lines_that_name_none_in_it(
     assert f"({second},{group})" in in_100 and f"({first}," not in in_100
     assert send_and_count(lab, family, 1) == [0, 5]  # r1's traffic: table 100, out of r3
     assert send_and_count(lab, family, 0) == [5, 0]  # r0's: the default table, out of r2
+
+
+@pytest.mark.lab(receivers=3)
+def test_a_threshold_of_one_table_stops_only_that_tables_traffic(lab: Lab, mfcd: Mfcd) -> None:
+    """`vif set r3 --threshold 8 --table 100`: table 100's traffic (r1's, by the rule) with
+    the lab's TTL of 8 no longer leaves r3, the default table's (r0's) still does."""
+    family, group = 4, GROUPS[4]
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    first, second = SOURCES[family]
+    mfcd.ok(*route_args(first, group, "r0", "r3"))  # r3 is a VIF of both tables
+    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+
+    def forwarded() -> tuple[list[int], list[int]]:
+        return send_and_count(lab, family, 0), send_and_count(lab, family, 1)
+
+    assert forwarded() == ([0, 5], [0, 5])
+    mfcd.ok("vif", "set", "r3", "--threshold", "8", "--table", TABLE)
+    assert forwarded() == ([0, 5], [0, 0])  # TTL 8 is not above table 100's threshold
+    assert "r3(ttl 8)" in mroute_table(lab, family, TABLE)
+    assert "ttl" not in mroute_table(lab, family, "default")
+    settings = json.loads(mfcd.ok("vif", "show", "-o", "json"))["settings"]
+    assert settings == [
+        {"interface": "r3", "table": 100, "threshold": 8, "threshold_origin": "api"}
+    ]
+    # Kept across a restart, in that table only.
+    mfcd.stop()
+    mfcd.start()
+    assert forwarded() == ([0, 5], [0, 0])
+    # The every-table threshold leaves table 100's own alone; 1 there is a setting too.
+    mfcd.ok("vif", "set", "r3", "--threshold", "8")
+    mfcd.ok("vif", "set", "r3", "--threshold", "1", "--table", TABLE)
+    assert forwarded() == ([0, 0], [0, 5])
+    # `default` with --table removes table 100's own: the every-table 8 applies there too.
+    mfcd.ok("vif", "set", "r3", "--threshold", "default", "--table", TABLE)
+    assert forwarded() == ([0, 0], [0, 0])
+    # mrdisc is per interface: refused with a table, and nothing changes.
+    refused = mfcd.ctl("vif", "set", "r3", "--mrdisc", "--table", TABLE, "-o", "json")
+    assert refused.returncode != 0
+    assert json.loads(refused.stdout)["error"]["code"] == "invalid_argument"
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert mfcd.ok("sync", "--dry-run", "-o", "json").count('"action"') == 0
