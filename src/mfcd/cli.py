@@ -1331,7 +1331,8 @@ def _reload_step(entry: dict[str, Any]) -> str:
         was = f" (replaces the api value {entry['was']})" if entry.get("taken_over") else ""
         if "table" in entry:  # (a threshold of one table; None: that setting removed)
             value = "default" if entry["threshold"] is None else entry["threshold"]
-            return f"set threshold {value} on {entry['interface']} in table {entry['table']}"
+            where = f"{entry['interface']} in table {entry['table']}"
+            return f"set threshold {value} on {where}{was}"
         return f"set threshold {entry['threshold']} on {entry['interface']}{was}"
     if entry["action"] == "take_over":  # an api route the files now declare
         return _take_over_step(entry)

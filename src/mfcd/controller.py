@@ -256,6 +256,8 @@ class Takeovers:
 
     routes: dict[RouteKey, Ports] = field(default_factory=dict)  # the api route's ports
     thresholds: dict[str, int] = field(default_factory=dict)  # the api threshold
+    # (name, table) -> the api threshold of that table a declared one takes over
+    table_thresholds: dict[tuple[str, int], int] = field(default_factory=dict)
     same_thresholds: set[str] = field(default_factory=set)
     mrdisc: set[str] = field(default_factory=set)  # interfaces of an api mrdisc setting
     same_mrdisc: set[str] = field(default_factory=set)
@@ -1318,6 +1320,11 @@ class Controller:
                 out.thresholds[name] = was
             elif (was or DEFAULT_THRESHOLD) == (threshold or DEFAULT_THRESHOLD):
                 out.same_thresholds.add(name)
+        running_tables = self.declared.table_interfaces
+        for setting, threshold in diff.table_thresholds.items():
+            was = router.table_thresholds.get(setting)
+            if was is not None and threshold is not None and setting not in running_tables:
+                out.table_thresholds[setting] = was
         declared_mrdisc, on_now = self.declared.mrdisc(), self.joins.mrdisc
         for name, on in diff.mrdisc.items():
             if name in on_now and name not in declared_mrdisc:

@@ -922,9 +922,10 @@ def reload_result(
     changed, and the settings declared at the value the interface has already, not
     counted as changed."""
     thresholds = len(change.thresholds) - len(taken.thresholds) - len(taken.same_thresholds)
-    thresholds += len(change.table_thresholds)
+    thresholds += len(change.table_thresholds) - len(taken.table_thresholds)
     mrdisc = len(change.mrdisc) - len(taken.mrdisc) - len(taken.same_mrdisc)
     taken_over = len(taken.routes) + len(taken.thresholds) + len(taken.mrdisc)
+    taken_over += len(taken.table_thresholds)
     result: dict[str, Any] = {
         "dry_run": dry_run,
         "files": list(declared.files),
@@ -994,6 +995,8 @@ def _reload_plan(change: Any, declared: Any, taken: Any) -> list[dict[str, Any]]
     for (name, table), threshold in sorted(change.table_thresholds.items()):
         # (None: the table's setting removed; the interface's every-table one applies there)
         entry = {"action": "threshold", "interface": name, "table": table, "threshold": threshold}
+        if (name, table) in taken.table_thresholds:
+            entry.update(taken_over=True, was=taken.table_thresholds[(name, table)])
         setting = declared.table_interfaces.get((name, table))
         if setting is not None:
             entry["where"] = setting.where
