@@ -352,3 +352,30 @@ def test_a_threshold_of_one_table_stops_only_that_tables_traffic(lab: Lab, mfcd:
     assert json.loads(refused.stdout)["error"]["code"] == "invalid_argument"
     assert len(refused.stderr.strip().splitlines()) == 1
     assert mfcd.ok("sync", "--dry-run", "-o", "json").count('"action"') == 0
+
+
+@pytest.mark.lab(receivers=3)
+def test_a_declared_threshold_of_one_table_applies_there_and_a_reload_removes_it(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    family, group = 4, GROUPS[4]
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    first, second = SOURCES[family]
+    mfcd.ok(*route_args(first, group, "r0", "r3"))
+    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+    settings = mfcd.config_file.read_text()
+    declared = f'\n[[interface]]\nname = "r3"\ntable = {TABLE}\nthreshold = 8\n'
+    mfcd.config_file.write_text(settings + declared)
+    assert "1 threshold changed" in mfcd.ok("reload")
+    assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 0])
+    shown = json.loads(mfcd.ok("vif", "show", "-o", "json"))["settings"]
+    assert shown == [
+        {"interface": "r3", "table": 100, "threshold": 8, "threshold_origin": "config"}
+    ]
+    text = mfcd.ok("vif", "show").splitlines()
+    assert text[-1].split() == ["r3", "100", "8", "-", "config"]
+    refused = mfcd.ctl("vif", "set", "r3", "--threshold", "2", "--table", TABLE)
+    assert refused.returncode != 0 and "declared in" in refused.stderr
+    mfcd.config_file.write_text(settings)
+    mfcd.ok("reload")
+    assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])

@@ -891,6 +891,18 @@ def test_tell_gives_a_reloads_changes_their_origin_and_counts_what_no_buffer_hol
     assert told[3] == {"event": "gap", "time": told[3]["time"], "dropped": 100_000}
 
 
+def test_tell_gives_a_threshold_of_one_table_the_value_that_table_uses_now(
+    commands: Commands,
+) -> None:
+    bus = EventBus()
+    sub = bus.subscribe(lambda: None, limit=3)
+    router = commands.controller.router
+    router.thresholds["b"] = 5  # (the every-table one, which a removed table setting leaves)
+    tell(bus, router, [SetThreshold("b", 0, 100)], 1)
+    [event] = sub.take()
+    assert (event["table"], event["threshold"], event["origin"]) == (100, 5, "api")
+
+
 def test_not_found_says_which_other_table_holds_the_route_or_template(
     commands: Commands,
 ) -> None:
