@@ -66,6 +66,16 @@ def mroute_table(lab: Lab, family: int, table: str) -> str:
     return shown.stdout
 
 
+def both_tables_to_r3(lab: Lab, mfcd: Mfcd) -> None:
+    """IPv4: r1's traffic steered to table 100 (`ip mrule`), r0's to the default table; a
+    route in each, both out of r3 (a VIF of both tables)."""
+    group = GROUPS[4]
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    first, second = SOURCES[4]
+    mfcd.ok(*route_args(first, group, "r0", "r3"))
+    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+
+
 @pytest.mark.lab(receivers=3)
 @pytest.mark.parametrize("family", [4, 6])
 def test_each_table_forwards_the_traffic_its_rule_steers_to_it(
@@ -131,11 +141,8 @@ def test_each_table_forwards_the_traffic_its_rule_steers_to_it(
 def test_an_interface_recreated_comes_back_in_every_table_it_is_a_vif_of(
     lab: Lab, mfcd: Mfcd
 ) -> None:
-    family, group = 4, GROUPS[4]
-    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
-    first, second = SOURCES[family]
-    mfcd.ok(*route_args(first, group, "r0", "r3"))  # r3 is a VIF in both tables
-    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+    family = 4
+    both_tables_to_r3(lab, mfcd)
     assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
     lab.del_router_link("r3")
     routes = mfcd.show()["routes"]
@@ -317,11 +324,8 @@ def test_a_batch_table_puts_the_lines_that_name_none_in_it(
 def test_a_threshold_of_one_table_stops_only_that_tables_traffic(lab: Lab, mfcd: Mfcd) -> None:
     """`vif set r3 --threshold 8 --table 100`: table 100's traffic (r1's, by the rule) with
     the lab's TTL of 8 no longer leaves r3, the default table's (r0's) still does."""
-    family, group = 4, GROUPS[4]
-    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
-    first, second = SOURCES[family]
-    mfcd.ok(*route_args(first, group, "r0", "r3"))  # r3 is a VIF of both tables
-    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+    family = 4
+    both_tables_to_r3(lab, mfcd)
 
     def forwarded() -> tuple[list[int], list[int]]:
         return send_and_count(lab, family, 0), send_and_count(lab, family, 1)
@@ -358,11 +362,8 @@ def test_a_threshold_of_one_table_stops_only_that_tables_traffic(lab: Lab, mfcd:
 def test_a_declared_threshold_of_one_table_applies_there_and_a_reload_removes_it(
     lab: Lab, mfcd: Mfcd
 ) -> None:
-    family, group = 4, GROUPS[4]
-    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
-    first, second = SOURCES[family]
-    mfcd.ok(*route_args(first, group, "r0", "r3"))
-    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+    family = 4
+    both_tables_to_r3(lab, mfcd)
     settings = mfcd.config_file.read_text()
     declared = f'\n[[interface]]\nname = "r3"\ntable = {TABLE}\nthreshold = 8\n'
     mfcd.config_file.write_text(settings + declared)
