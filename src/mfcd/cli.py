@@ -754,7 +754,8 @@ def _import_command(sub: Any) -> None:
     _table_option(
         imp,
         "put every route and template in this multicast routing table, as `smcrouted -t ID`"
-        " does: a number, `default` (the default) or a name from /etc/iproute2/rt_tables",
+        " does: a number, `default` (the default) or a name from /etc/iproute2/rt_tables;"
+        " a ttl-threshold becomes the interface's threshold in that table only",
     )
     _output_option(imp)
 
