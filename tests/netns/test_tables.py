@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import TRAFFIC, Lab
-from tests.netns.conftest import Mfcd, route_args
+from tests.netns.conftest import BIN, Mfcd, route_args, running, smcrouted
 
 GROUPS = {4: "239.1.7.1", 6: "ff3e::7:1"}
 UNROUTED = {4: "239.1.7.9", 6: "ff3e::7:9"}  # no route in any table
@@ -380,3 +381,36 @@ def test_a_declared_threshold_of_one_table_applies_there_and_a_reload_removes_it
     mfcd.config_file.write_text(settings)
     mfcd.ok("reload")
     assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
+
+
+# An smcroute.conf for `smcrouted -t 100`: r1's traffic, which the rule steers to table 100,
+# out of r2 and r3, with a threshold on r3 that the lab's TTL of 8 does not pass.
+SMCROUTE_TABLE_100 = f"""phyint r3 ttl-threshold 8
+mroute from r1 source {SOURCES[4][1]} group {GROUPS[4]} to r2 r3
+"""
+
+
+@pytest.mark.lab(receivers=3)
+def test_an_imported_smcroute_table_keeps_its_threshold_in_that_table(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """`import-smcroute --table 100` of a file `smcrouted -t 100` ran: its ttl-threshold
+    stops table 100's traffic out of r3 as smcrouted's did, and no other table's."""
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    original = tmp_path / "smcroute.conf"
+    original.write_text(SMCROUTE_TABLE_100)
+    with smcrouted(lab, original, tmp_path, "-t", TABLE):
+        by_smcroute = send_and_count(lab, 4, 1)
+    converted = subprocess.run(
+        [str(BIN / "mfcctl"), "import-smcroute", "--table", TABLE, str(original)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (converted.returncode, converted.stderr) == (0, "")  # (no warning any more)
+    with running(Mfcd(lab, tmp_path, config=converted.stdout)) as mfcd:
+        mfcd.ok(*route_args(SOURCES[4][0], GROUPS[4], "r0", "r3"))  # the default table
+        by_mfcd = send_and_count(lab, 4, 1)
+        assert by_smcroute == by_mfcd == [5, 0]
+        assert send_and_count(lab, 4, 0) == [0, 5]  # r3's threshold is table 100's only
