@@ -1452,10 +1452,10 @@ def tell(
             if change.table is None:
                 emit("threshold", interface=name, threshold=change.threshold, origin=origin)
             else:  # (its threshold now: the every-table one where the table's was removed)
-                threshold = router.threshold(change.interface, change.table)
+                threshold = router.threshold(name, change.table)
                 emit(
                     "threshold",
-                    interface=change.interface,
+                    interface=name,
                     threshold=threshold,
                     table=change.table,
                     origin=origin,
