@@ -75,6 +75,7 @@ from mfcd.groups import (
 from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
+    NO_SETTING,
     RUN_MIN,
     AddRoute,
     AddTemplate,
@@ -263,6 +264,8 @@ class Takeovers:
 
     routes: dict[RouteKey, Ports] = field(default_factory=dict)  # the api route's ports
     thresholds: dict[str, int] = field(default_factory=dict)  # the api threshold
+    # (name, table) -> the api threshold of that table a declared one takes over
+    table_thresholds: dict[tuple[str, int], int] = field(default_factory=dict)
     same_thresholds: set[str] = field(default_factory=set)
     mrdisc: set[str] = field(default_factory=set)  # interfaces of an api mrdisc setting
     same_mrdisc: set[str] = field(default_factory=set)
@@ -374,7 +377,7 @@ class Controller:
             self._take_back(stream.undo, [])
             self.router = Router()
 
-    def _begin_restore(self, thresholds: dict[str, int], links: dict[str, int]) -> list[Step]:
+    def _begin_restore(self, loaded: Loaded, links: dict[str, int]) -> list[Step]:
         """Open the restore's transaction on an empty model: the thresholds and the
         interfaces that exist; the steps to apply (none yet, as no route needs a VIF)."""
         router = self.router
@@ -383,7 +386,8 @@ class Controller:
         # all of it is waited for before the commit, and before any undo.
         kernel = self.kernel
         self._later = kernel if isinstance(kernel, LaterDataplane) else None
-        router.thresholds.update(thresholds)
+        router.thresholds.update(loaded.thresholds)
+        router.table_thresholds.update(loaded.table_thresholds)
         steps: list[Step] = []
         for name, ifindex in links.items():
             steps += router.link_up(name, ifindex)
@@ -394,7 +398,7 @@ class Controller:
         # largest allocation of a start-up): if anything fails, the kernel's part is undone
         # and the model starts over, one route at a time.
         undo: list[KernelOp | None] = []
-        steps = self._begin_restore(loaded.thresholds, links)
+        steps = self._begin_restore(loaded, links)
 
         def complete() -> None:
             # The routes a state file holds come in runs on one combination of interfaces
@@ -474,6 +478,8 @@ class Controller:
         if router.thresholds != loaded.thresholds:  # (a saved 1 is kept, as _begin_restore does)
             router.thresholds.clear()
             router.thresholds.update(loaded.thresholds)
+        for (name, table), threshold in sorted(loaded.table_thresholds.items()):
+            steps += router.set_threshold(name, threshold, table)
         rest = list(filterfalse(held.__contains__, wanted))
         for ports, keys in _runs_of(rest, list(map(wanted.__getitem__, rest))):
             steps = self._restore_run(keys, ports, steps, undo)
@@ -645,14 +651,22 @@ class Controller:
         return len(joined)
 
     def snapshot_extra(self) -> dict[str, Any]:
-        """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
-        declared = self._saved_declarations().mrdisc()
+        """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc
+        and thresholds of one table (`[[interface, table, ttl], ...]`)."""
+        saved_declarations = self._saved_declarations()
+        declared = saved_declarations.mrdisc()
         mrdisc = sorted(n for n in self.joins.mrdisc if n not in declared)
+        declared_tables = saved_declarations.table_thresholds()
+        table_thresholds = [
+            [name, table, ttl]
+            for (name, table), ttl in sorted(self.router.table_thresholds.items())
+            if (name, table) not in declared_tables
+        ]
         saved = self.joins.saved()
         if self.wild_joins:  # a wildcard join is saved as itself, not its expansions
             saved = [k for k in saved if self.join_owner((k[0], k[1], k[2])) is None]
             saved += [list(k) for k in self.wild_joins]
-        return {"joins": saved, "mrdisc": mrdisc}
+        return {"joins": saved, "mrdisc": mrdisc, "table_thresholds": table_thresholds}
 
     def _saved_declarations(self) -> Declarations:
         """The declarations the state file leaves out (those before a reload under way)."""
@@ -806,6 +820,7 @@ class Controller:
         router = self.router
         router.begin()
         router.thresholds.update(loaded.thresholds)
+        router.table_thresholds.update(loaded.table_thresholds)
         for name, ifindex in links.items():
             router.note_link(name, ifindex)
         for key, ports in loaded.routes.items():
@@ -863,6 +878,7 @@ class Controller:
                 router.origins
                 or router.template_origins
                 or declared.interfaces
+                or declared.table_interfaces
                 or declared.joins
                 or self.reloading
             )
@@ -1184,7 +1200,15 @@ class Controller:
         """Why `change` is refused (see _refuse_declared), or None."""
         router, declared = self.router, self.declared
         again = "; change it there and reload (mfcctl reload)"
-        if isinstance(change, (SetThreshold, SetMrdisc)):
+        if isinstance(change, SetThreshold) and change.table is not None:
+            setting = declared.table_interfaces.get((change.interface, change.table))
+            if setting is not None:
+                return DeclaredInConfig(
+                    f"the threshold of {setting.name} in table {change.table} is declared in"
+                    f" {setting.where}{again}",
+                    field="threshold",
+                )
+        elif isinstance(change, (SetThreshold, SetMrdisc)):
             setting = declared.interfaces.get(change.interface)
             what = "threshold" if isinstance(change, SetThreshold) else "mrdisc"
             if setting is not None and getattr(setting, what) is not None:
@@ -1304,6 +1328,11 @@ class Controller:
                 out.thresholds[name] = was
             elif (was or DEFAULT_THRESHOLD) == (threshold or DEFAULT_THRESHOLD):
                 out.same_thresholds.add(name)
+        running_tables = self.declared.table_interfaces
+        for setting, threshold in diff.table_thresholds.items():
+            was = router.table_thresholds.get(setting)
+            if was is not None and threshold is not None and setting not in running_tables:
+                out.table_thresholds[setting] = was
         declared_mrdisc, on_now = self.declared.mrdisc(), self.joins.mrdisc
         for name, on in diff.mrdisc.items():
             if name in on_now and name not in declared_mrdisc:
@@ -1497,6 +1526,12 @@ class Controller:
             was_declared = name in running and running[name].threshold is not None
             if name in self.router.thresholds and not was_declared:
                 journal.append(SetThreshold(name, DEFAULT_THRESHOLD))  # an api setting taken over
+        running_tables = self.declared.table_interfaces
+        api_tables = self.router.table_thresholds
+        for (name, table), threshold in sorted(diff.table_thresholds.items()):
+            changes.append(SetThreshold(name, threshold or NO_SETTING, table))
+            if (name, table) in api_tables and (name, table) not in running_tables:
+                journal.append(SetThreshold(name, NO_SETTING, table))  # (as above)
         return changes
 
     def _declared_mrdisc(self, diff: Diff, journal: list[Change]) -> list[Change]:
@@ -1846,8 +1881,8 @@ class Controller:
                 return router.add(key, router.share(ports))
             case DelRoute(key):
                 return router.del_route(key)
-            case SetThreshold(interface, threshold):
-                return router.set_threshold(interface, threshold)
+            case SetThreshold(interface, threshold, table):
+                return router.set_threshold(interface, threshold, table)
             case AddTemplate(key, ports):
                 return router.add_template(key, ports)
             case DelTemplate(key):
@@ -2344,7 +2379,7 @@ class RestoreStream:
         try:
             if not self.started:
                 self.started = True
-                self.steps = controller._begin_restore(loaded.thresholds, self.links)
+                self.steps = controller._begin_restore(loaded, self.links)
                 controller._later_every = True  # (every run of a few hundred to the writer)
             for shared, run in _runs_of(keys, ports):
                 if shared.__class__ is Pattern:  # (its expansion waits for the end: restore)
@@ -2374,7 +2409,7 @@ def _before(router: Router, changes: Sequence[Change]) -> Before | None:
                 return None
             if key not in routes:
                 routes[key] = router.routes.get(key)
-        elif isinstance(change, SetThreshold):
+        elif isinstance(change, SetThreshold) and change.table is None:
             name = change.interface
             if name not in thresholds:
                 thresholds[name] = router.thresholds.get(name)

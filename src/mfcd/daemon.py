@@ -379,7 +379,13 @@ class Daemon:
         except MfcdError as e:
             log.error("the config files' intents were not applied (mfcctl reload retries): %s", e)
             return
-        if declared.routes or declared.interfaces or declared.templates or declared.joins:
+        if (
+            declared.routes
+            or declared.interfaces
+            or declared.table_interfaces
+            or declared.templates
+            or declared.joins
+        ):
             log.info(
                 "config: %s (%s)",
                 _declared_counts(declared, "interface setting"),
@@ -1181,7 +1187,7 @@ class Daemon:
         settings = [
             c
             for c in outcome.settings
-            if not (isinstance(c, SetThreshold) and c.interface in same)
+            if not (isinstance(c, SetThreshold) and c.table is None and c.interface in same)
             and not (isinstance(c, groups.SetMrdisc) and c.interface in same_mrdisc)
         ]
         added = [*change.added, *change.changed]
@@ -1351,7 +1357,7 @@ def _declared_counts(declared: declarations.Declarations, interfaces: str) -> st
         (len(declared.routes), "route"),
         (len(declared.templates), "template"),
         (len(declared.joins), "join"),
-        (len(declared.interfaces), interfaces),
+        (len(declared.interfaces) + len(declared.table_interfaces), interfaces),
     )
     return ", ".join(views.counted(n, thing) for n, thing in counts)
 

@@ -44,7 +44,7 @@ frozen dataclass costs three times as much to make.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from itertools import repeat
@@ -63,6 +63,9 @@ MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
 # kernel's upcalls through a template ("learned"). Only "api" intents are saved.
 ORIGINS = ("api", "config", "learned")
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
+# A SetThreshold of one table with this threshold removes that table's setting (the table
+# then uses the every-table one). Never a threshold: the kernel's ttls 0 means "not an oif".
+NO_SETTING = 0
 
 # (family 4|6, source, group, table), addresses in canonical text form; `table` is the kernel's
 # multicast routing table number (DEFAULT_TABLE[family] unless the route names another). It is
@@ -291,8 +294,12 @@ class DelRoute(NamedTuple):
 
 
 class SetThreshold(NamedTuple):
+    """An interface's TTL threshold: in every table (`table` None), or in one table only,
+    where it overrides the every-table setting (`threshold` NO_SETTING removes it)."""
+
     interface: str
     threshold: int
+    table: int | None = None
 
 
 class AddTemplate(NamedTuple):
@@ -514,8 +521,11 @@ class Router:
         # absent interface -> pending routes and templates naming it
         self.waiting: dict[str, set[PendingKey]] = {}
         self.blocked: dict[PendingKey, None] = {}  # pending only for want of a free VIF index
-        # per-interface TTL threshold (IPv4 MFC ttls)
+        # per-interface TTL threshold (IPv4 MFC ttls), in every table
         self.thresholds: _Counting[str, int] = _Counting()  # (see _direct)
+        # (interface, table) -> the threshold of its VIF in that table only, which wins
+        # over `thresholds` there (smcroute's are per table: one table per smcrouted)
+        self.table_thresholds: _Counting[tuple[str, int], int] = _Counting()
         self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
         # Routes whose origin is not "api" (absent: "api"), see ORIGINS.
         self.origins: dict[RouteKey, str] = {}
@@ -598,7 +608,7 @@ class Router:
         return len(self._log.entries)
 
     def _set(self, d: dict[Any, Any], key: Any, value: Any) -> None:
-        if d is self.vifs or d is self.thresholds:
+        if d is self.vifs or d is self.thresholds or d is self.table_thresholds:
             self._forget_direct()
         elif d is self.templates:
             if self._index is not None and key not in d:
@@ -610,7 +620,7 @@ class Router:
         d[key] = value
 
     def _pop(self, d: dict[Any, Any], key: Any) -> None:
-        if d is self.vifs or d is self.thresholds:
+        if d is self.vifs or d is self.thresholds or d is self.table_thresholds:
             self._forget_direct()
         elif d is self.templates:
             if self._index is not None:
@@ -770,7 +780,13 @@ class Router:
         """The tables that hold VIFs (and so may hold entries): the kernel tables in use."""
         return set(self.slots)
 
-    def threshold(self, interface: str) -> int:
+    def threshold(self, interface: str, table: int | None = None) -> int:
+        """An interface's threshold: in `table` (its own setting there, if it has one), or
+        its every-table setting (None)."""
+        if table is not None and self.table_thresholds:
+            ttl = self.table_thresholds.get((interface, table))
+            if ttl is not None:
+                return ttl
         return self.thresholds.get(interface, DEFAULT_THRESHOLD)
 
     def origin(self, key: RouteKey) -> str:
@@ -946,7 +962,7 @@ class Router:
     def _direct_for(self, family: int, table: int, ports: Ports) -> _Direct | None:
         """The VIFs, entry and shared Ports of a route on `ports` (see _direct_entry), from
         the cache when it has them."""
-        at = self.vifs.changes + self.thresholds.changes
+        at = self.vifs.changes + self.thresholds.changes + self.table_thresholds.changes
         if at != self._direct_at:  # (both only ever count up)
             self._direct_at = at
             self._direct.clear()
@@ -968,8 +984,8 @@ class Router:
             if vif is None:
                 return None
             used.append(vif)
-        th = self.thresholds
-        oifs = [(vif.vifi, th.get(vif.interface, DEFAULT_THRESHOLD)) for vif in used[1:]]
+        threshold = self.threshold
+        oifs = [(vif.vifi, threshold(vif.interface, table)) for vif in used[1:]]
         if len(oifs) > 1:
             oifs.sort()
         entry = self._share_entry(used[0].vifi, tuple(oifs))
@@ -1030,8 +1046,11 @@ class Router:
         self._pop(self.routes, key)
         return steps
 
-    def set_threshold(self, interface: str, threshold: int) -> list[Step]:
-        """Change the TTL threshold of an interface and re-issue the IPv4 entries that use it."""
+    def set_threshold(self, interface: str, threshold: int, table: int | None = None) -> list[Step]:
+        """Change the TTL threshold of an interface, in every table or in `table` only (see
+        SetThreshold), and re-issue the IPv4 entries whose threshold that changes."""
+        if table is not None:
+            return self._set_table_threshold(interface, threshold, table)
         if not 1 <= threshold <= 255:
             raise InvalidArgument("threshold must be between 1 and 255", field="threshold")
         if self.threshold(interface) == threshold:
@@ -1040,7 +1059,32 @@ class Router:
             self._pop(self.thresholds, interface)  # the default is no setting at all
         else:
             self._set(self.thresholds, interface, threshold)
-        used = [(4, vif.table, interface) for vif in self.vifs_named(interface) if vif.family == 4]
+        own = self.table_thresholds
+        # (a table with its own setting keeps it: its entries do not change)
+        return self._reissue_on(interface, lambda table: (interface, table) not in own)
+
+    def _set_table_threshold(self, interface: str, threshold: int, table: int) -> list[Step]:
+        if threshold != NO_SETTING and not 1 <= threshold <= 255:
+            raise InvalidArgument("threshold must be between 1 and 255", field="threshold")
+        key = (interface, table)
+        if self.table_thresholds.get(key, NO_SETTING) == threshold:
+            return []
+        before = self.threshold(interface, table)
+        if threshold == NO_SETTING:
+            self._pop(self.table_thresholds, key)
+        else:
+            self._set(self.table_thresholds, key, threshold)
+        if self.threshold(interface, table) == before:
+            return []  # (the same value as the every-table one: no entry changes)
+        return self._reissue_on(interface, lambda t: t == table)
+
+    def _reissue_on(self, interface: str, tables: Callable[[int], bool]) -> list[Step]:
+        """Re-issue the IPv4 entries using the interface's VIF in the tables chosen."""
+        used = [
+            (4, vif.table, interface)
+            for vif in self.vifs_named(interface)
+            if vif.family == 4 and tables(vif.table)
+        ]
         if not used:
             return []
         return self._reissue(self.users(used))
@@ -1384,7 +1428,8 @@ class Router:
         # The kernel dropped the VIF with the old device; add the same index for the new one
         # and re-issue its entries (an oif missing at write time is never restored).
         self._assign(vif, "ifindex", ifindex)
-        add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface), table)
+        threshold = self.threshold(interface, table)
+        add = AddVif(family, vif.vifi, interface, ifindex, threshold, table)
         steps = [Step(add, DelVif(family, vif.vifi, interface, table), "readd_vif")]
         if not reissue:
             return steps
@@ -1413,7 +1458,7 @@ class Router:
             if not kernel_dropped_vif:
                 # Renamed: the device (and its VIF) still exist under another name; let go of it.
                 family, table = vif.family, vif.table
-                threshold = self.threshold(interface)
+                threshold = self.threshold(interface, table)
                 undo = AddVif(family, vif.vifi, interface, vif.ifindex, threshold, table)
                 steps.append(Step(DelVif(family, vif.vifi, interface, table), undo, "del_vif"))
             self._assign(vif, "ifindex", None)
@@ -1480,7 +1525,7 @@ class Router:
                     steps.append(Step(gone, None, "del_vif"))
                     present = False
                 if not present and vif is not None and vif.ifindex is not None:
-                    threshold = self.threshold(vif.interface)
+                    threshold = self.threshold(vif.interface, table)
                     add = AddVif(family, vifi, vif.interface, vif.ifindex, threshold, table)
                     steps.append(Step(add, None, "readd_vif"))
                     readded.add((family, table, vif.interface))
@@ -1523,7 +1568,7 @@ class Router:
         for name in route_oifs:
             ifindex = self.vifs[(family, table, name)].ifindex
             if ifindex is not None:  # the kernel hides oifs whose VIF is gone
-                oifs[ifindex] = self.threshold(name) if family == 4 else 1
+                oifs[ifindex] = self.threshold(name, table) if family == 4 else 1
         return parent, oifs
 
     # --- internals -------------------------------------------------------------------------------
@@ -1707,7 +1752,7 @@ class Router:
         self._assign(slots, vifi, name)
         if ifindex is None:
             return []  # reserved for the interface: link_up adds it (revive_vif)
-        add = AddVif(family, vifi, name, ifindex, self.threshold(name), table)
+        add = AddVif(family, vifi, name, ifindex, self.threshold(name, table), table)
         return [Step(add, DelVif(family, vifi, name, table), "add_vif")]
 
     def _release(self, family: int, table: int, name: str) -> list[Step]:
@@ -1722,13 +1767,19 @@ class Router:
             self._pop(self.slots, (family, table))  # the table's last VIF: it is no longer used
         if vif.ifindex is None:
             return []  # the kernel removed it together with the interface
-        undo = AddVif(family, vif.vifi, name, vif.ifindex, self.threshold(name), table)
+        undo = AddVif(family, vif.vifi, name, vif.ifindex, self.threshold(name, table), table)
         return [Step(DelVif(family, vif.vifi, name, table), undo, "del_vif")]
 
     def _entry(self, family: int, table: int, ports: Ports) -> Entry:
         vifs = self.vifs
-        th = self.thresholds
-        oifs = [(vifs[(family, table, n)].vifi, th.get(n, DEFAULT_THRESHOLD)) for n in ports.oifs]
+        if self.table_thresholds:
+            threshold = self.threshold
+            oifs = [(vifs[(family, table, n)].vifi, threshold(n, table)) for n in ports.oifs]
+        else:
+            th = self.thresholds
+            oifs = [
+                (vifs[(family, table, n)].vifi, th.get(n, DEFAULT_THRESHOLD)) for n in ports.oifs
+            ]
         if len(oifs) > 1:
             oifs.sort()
         return self._share_entry(vifs[(family, table, ports.iif)].vifi, tuple(oifs))

@@ -263,6 +263,7 @@ def observable(router: Router) -> dict[str, Any]:
             "waiting": router.waiting,
             "blocked": router.blocked,
             "thresholds": router.thresholds,
+            "table_thresholds": router.table_thresholds,
         }
     )
 
