@@ -683,8 +683,18 @@ class Commands:
         if not changes:
             raise BadRequest("vif.set needs threshold or mrdisc (or both)", field="threshold")
         result = self._change(changes, dry_run, peer, "vif.set", args)
-        if not dry_run and name not in self.controller.router.links:
+        router = self.controller.router
+        if dry_run or not any(map(_keeps, changes)):  # (a removal waits for nothing)
+            return result
+        if name not in router.links:
             result["missing"] = [name]  # kept; applies when it appears (a typo is seen)
+        ipv6 = sorted(t for (f, t), names in router.slots.items() if f == 6 and name in names)
+        if ipv6 and any(isinstance(c, SetThreshold) for c in changes):
+            tables = ", ".join(map(str, ipv6))
+            result["warnings"] = [
+                f"a threshold limits IPv4 only: {name} also forwards IPv6 routes (a VIF of"
+                f" IPv6 table {tables}), which it does not limit"
+            ]
         return result
 
     # --- group joins -----------------------------------------------------------------------------
@@ -1385,6 +1395,15 @@ def _setting_table(args: dict[str, Any]) -> int | None:
     only, so "default" is IPv4's default table (253)."""
     value = args.get("table")
     return None if value is None else validate.table_of(value, 4)
+
+
+def _keeps(change: Change) -> bool:
+    """Whether a vif.set change keeps a setting (not one that removes it)."""
+    if isinstance(change, SetThreshold):
+        return change.threshold != NO_SETTING and (
+            change.table is not None or change.threshold != DEFAULT_THRESHOLD
+        )
+    return isinstance(change, SetMrdisc) and change.on
 
 
 def _threshold_change(name: str, value: Any, table: int | None) -> SetThreshold:

@@ -850,6 +850,32 @@ def test_vif_set_of_a_missing_interface_says_so_and_applies_when_it_appears(
     assert kernel.mfcs[(4, "10.0.0.1", "239.1.1.1", 253)].ttls == {vif: 3}
 
 
+def test_vif_set_removing_a_setting_of_a_missing_interface_warns_of_nothing(
+    commands: Commands,
+) -> None:
+    for setting in ({"threshold": "default"}, {"mrdisc": False}):
+        result = ask(commands, "vif.set", {"interface": "r8", **setting})["result"]
+        assert "missing" not in result
+    result = ask(commands, "vif.set", {"interface": "r8", "threshold": 1, "table": 100})
+    assert result["result"]["missing"] == ["r8"]  # (one table's 1 is a setting: it wins there)
+
+
+def test_vif_set_of_a_threshold_warns_when_the_interface_carries_ipv6(
+    commands: Commands,
+) -> None:
+    assert "warnings" not in ask(commands, "vif.set", {"interface": "b", "threshold": 5})["result"]
+    v6 = {"source": "2001:db8::1", "group": "ff3e::1", "iif": "a", "oifs": ["b"]}
+    assert ask(commands, "mfc.add", v6)["ok"]
+    result = ask(commands, "vif.set", {"interface": "b", "threshold": 6})["result"]
+    assert result["warnings"] == [
+        "a threshold limits IPv4 only: b also forwards IPv6 routes (a VIF of IPv6 table 254),"
+        " which it does not limit"
+    ]
+    assert "warnings" not in ask(commands, "vif.set", {"interface": "b", "mrdisc": True})["result"]
+    removed = ask(commands, "vif.set", {"interface": "b", "threshold": "default"})["result"]
+    assert "warnings" not in removed
+
+
 def test_vif_show_gives_no_threshold_for_an_ipv6_vif_which_linux_ignores(
     commands: Commands,
 ) -> None:
