@@ -781,7 +781,12 @@ class Kernel:
         if sock is None:
             if family not in self.families:
                 raise _disabled(family)
-            sock = self.sockets[(family, table)] = MrouteSocket(family, table)
+            try:
+                sock = MrouteSocket(family, table)
+            except KernelError as e:
+                e.table = (family, table)  # (see dataplane.table_owned)
+                raise
+            self.sockets[(family, table)] = sock
         return sock
 
     def close_table(self, family: int, table: int) -> None:
