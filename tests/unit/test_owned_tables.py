@@ -183,3 +183,34 @@ def test_a_restore_keeps_the_owned_tables_routes_and_templates_pending_with_the_
     assert router.status(OWNED_TEMPLATE).state == "installed"
     assert router.status(OWNED_ROUTE).state == "installed"
     assert router.refused == {}
+
+
+@pytest.mark.parametrize("sliced", [False, True])
+def test_many_routes_of_an_owned_table_are_pending_and_the_others_go_in_as_runs(
+    sliced: bool,
+) -> None:
+    """300 routes on one pair of interfaces in each table (runs, several reload slices): the
+    default table's are installed, table 100's pending; after the owner is gone a retry
+    installs them all."""
+    ctl = owned_controller()
+    text = "".join(
+        f'[[route]]\ntable = {table}\nsource = "198.18.0.2"\ngroup = "239.{n}.0.{i}"\n'
+        'iif = "a"\noifs = ["b"]\n'
+        for n, table in ((7, 253), (8, 100))
+        for i in range(1, 151)
+    )
+    new, problems = parse(text)
+    assert problems == []
+    if sliced:
+        for _ in ctl.declared_slices(new, diff(ctl.declared, new), Outcome()):
+            pass
+    else:
+        ctl.apply_declared(new, diff(ctl.declared, new))
+    router, kernel = ctl.router, kernel_of(ctl)
+    assert sum(1 for k in kernel.mfcs if k[3] == 253) == 150
+    assert len(router.refused) == 150 and all(k[3] == 100 for k in router.refused)
+    assert router.installed_count() == 150
+    kernel.owned.clear()
+    ctl.retry_refused()
+    assert router.installed_count() == 300 and router.refused == {}
+    assert sum(1 for k in kernel.mfcs if k[3] == 100) == 150
