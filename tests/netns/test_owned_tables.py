@@ -86,6 +86,12 @@ def test_a_table_another_router_owns_keeps_its_routes_pending_and_the_rest_forwa
                 assert owned in str(route["reason"]) and "mfcctl sync" in str(route["reason"])
                 assert route["origin"] == "config"
             assert shown(mfcd, group, DEFAULT_TABLE[family])["state"] == "installed"
+            if how == "start":  # diagnose finds the route and says what to do
+                args = ("--group", group, "--source", SOURCES[family][1], "--table", "100")
+                diagnosed = mfcd.ctl("diagnose", *args, "--seconds", "0.5")
+                assert diagnosed.returncode == 8, diagnosed.stderr
+                assert owned in diagnosed.stdout
+                assert "stop the multicast router that owns the table" in diagnosed.stdout
             # The other router goes: a sync (or reload) installs them, and table 100
             # forwards (r1 -> r3).
             lab.stop(owner)
