@@ -39,6 +39,7 @@ from mfcd.dataplane import (
     execute,
     missing,
     rewrite,
+    table_owned,
     undo_applied,
 )
 from mfcd.dataplane import undo as undo_ops
@@ -91,9 +92,11 @@ from mfcd.model import (
     Router,
     SetThreshold,
     Step,
+    TableKey,
     renamed_from,
     template_text,
 )
+from mfcd.protocol import family_text
 from mfcd.state import Loaded, RouteView, RunOfAdds, SnapshotNeeded
 from mfcd.templates import TemplateKey
 from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, matches, per_iif
@@ -349,6 +352,7 @@ class Controller:
         # reference cycles through the reader's frames (the daemon collects them once).
         self.refused_at_start = False
         self._later_every = False  # (a long batch: its chunks' runs go to the writer too)
+        self._noting_tables = False  # inside _table_refusals (see there)
         self._inflight: list[Step] = []
 
     # --- start-up --------------------------------------------------------------------------------
@@ -828,10 +832,11 @@ class Controller:
         for tkey, ports in loaded.templates.items():
             router.keep_template(tkey, ports)
         router.commit()
-        for key in loaded.routes:
-            self._install_or_park(key, f"restore {key[1]} -> {key[2]}")
-        for tkey in loaded.templates:
-            self._install_or_park(tkey, f"restore template {tkey[1]} -> {tkey[2]}")
+        with self._table_refusals():
+            for key in loaded.routes:
+                self._install_or_park(key, f"restore {key[1]} -> {key[2]}")
+            for tkey in loaded.templates:
+                self._install_or_park(tkey, f"restore template {tkey[1]} -> {tkey[2]}")
 
     # --- client changes --------------------------------------------------------------------------
 
@@ -1295,19 +1300,75 @@ class Controller:
         # replaced) must leave out the thresholds and mrdisc settings the files now declare.
         old, self.declared = self.declared, new
         try:
-            outcome = self.change(
-                changes,
-                keep_steps=False,
-                numbered=False,
-                origin="config",
-                journal=journal,
-                runs=runs,
-            )
+            with self._table_refusals():
+                outcome = self._change_declared(
+                    changes, keep_steps=False, numbered=False, journal=journal, runs=runs
+                )
         except BaseException:
             self.declared = old
             raise
         self._drop_taken_patterns()
         return outcome
+
+    def _change_declared(
+        self, changes: Sequence[Change], owned: dict[TableKey, str] | None = None, **kw: Any
+    ) -> Outcome:
+        """change() of config intents (origin "config"), inside _table_refusals: when the
+        kernel refuses a whole table (another multicast router owns it), the transaction is
+        undone and tried again with the intents of that table kept pending, refused with the
+        kernel's reason, instead of failing for every table (an environmental refusal, not a
+        fault of the files: mfcctl sync or reload tries them again). `owned`: the tables
+        found so far (a sliced reload's, from slice to slice), updated."""
+        unavailable = self.router.unavailable
+        if owned:
+            unavailable.update(owned)
+        try:
+            while True:
+                try:
+                    return self.change(changes, origin="config", **kw)
+                except KernelError as e:
+                    table = table_owned(e)
+                    if table is None or table in unavailable:
+                        raise
+                    unavailable[table] = _refused_reason(e)
+        finally:
+            if owned is not None:
+                owned.update(unavailable)
+
+    @contextlib.contextmanager
+    def _table_refusals(self, tell: bool = True) -> Iterator[None]:
+        """While many intents are applied at once (a start, a reload, a retry): the first
+        refusal of a whole table (another multicast router owns it) is noted in
+        Router.unavailable, and the intents of that table after it are kept pending with
+        that reason without asking the kernel again. Cleared at the end (an api change then
+        asks the kernel, which says why it refuses); with `tell`, logged once per table."""
+        if self._noting_tables:
+            yield
+            return
+        self._noting_tables = True
+        try:
+            yield
+        finally:
+            self._noting_tables = False
+            if tell:
+                self._tell_unavailable(self.router.unavailable)
+            self.router.unavailable.clear()
+
+    def _tell_unavailable(self, tables: Mapping[TableKey, str]) -> None:
+        """Log, for each table the kernel refused as a whole, how many intents wait for it."""
+        refused = self.router.refused
+        for (family, table), reason in sorted(tables.items()):
+            keys = [k for k, why in refused.items() if why == reason]
+            routes = sum(1 for k in keys if len(k) == 4)
+            log.warning(
+                "%s table %d: %s; %s and %s there stay pending (mfcctl sync or reload tries"
+                " them again)",
+                family_text(family),
+                table,
+                reason.removeprefix("the kernel refused it (").partition("); mfcctl")[0],
+                views.counted(routes, "route"),
+                views.counted(len(keys) - routes, "template"),
+            )
 
     def takeovers(self, diff: Diff) -> Takeovers:
         """What applying `diff` would take over from the API (before it is applied): the api
@@ -1404,6 +1465,7 @@ class Controller:
         self.reloading = {*diff.added, *diff.changed, *diff.removed}
         before: dict[RouteKey, tuple[Ports | None, str]] = {}  # what the slices replaced
         self.unjournaled = (before, old)
+        owned: dict[TableKey, str] = {}  # tables another router owns (see _change_declared)
         try:
             yield 0
             keys = [*diff.added, *diff.changed]
@@ -1414,8 +1476,7 @@ class Controller:
                     added = keys[max(0, start - len(removals)) : end - len(removals)]
                     chunk += self._declared_routes(new, added, journal)
                 self._remember(chunk, before, outcome.replaced)
-                done = self.change(chunk, keep_steps=False, origin="config", journal=[])
-                outcome.counts.update(done.counts)
+                self._declared_slice(chunk, owned, outcome, journal=[])
                 yield len(chunk)
             last += self._declared_joins(new, journal)
             # The last slice journals the takeovers: a snapshot it writes instead is of `new`.
@@ -1425,9 +1486,9 @@ class Controller:
                 for change in last:
                     if isinstance(change, AddTemplate) and change.key in templates:
                         outcome.replaced[change.key] = templates[change.key]
-            done = self.change(last, keep_steps=False, origin="config", journal=journal)
-            outcome.counts.update(done.counts)
+            self._declared_slice(last, owned, outcome, journal=journal)
             outcome.settings = last
+            self._tell_unavailable(owned)
         except GeneratorExit:  # mfcd stops: the state file never saw the slices
             self.declared, self.reloading, self.unjournaled = old, frozenset(), None
             raise
@@ -1446,6 +1507,19 @@ class Controller:
         del before
         yield 0
         del old
+
+    def _declared_slice(
+        self,
+        changes: Sequence[Change],
+        owned: dict[TableKey, str],
+        outcome: Outcome,
+        journal: list[Change],
+    ) -> None:
+        """One slice of declared_slices, counted in `outcome` (see _change_declared; the
+        tables another router owns are said once the reload is done)."""
+        with self._table_refusals(tell=False):
+            done = self._change_declared(changes, owned, keep_steps=False, journal=journal)
+        outcome.counts.update(done.counts)
 
     def _remember(
         self,
@@ -1996,8 +2070,9 @@ class Controller:
                 job = self.reissues.setdefault(interface, _Reissue(ifindex, started))
                 job.vifs.add((vif.family, vif.table, interface))
             steps += readded
-        for key in router.waiting_for(interface):
-            steps += self._install_or_park(key, what)
+        with self._table_refusals():
+            for key in router.waiting_for(interface):
+                steps += self._install_or_park(key, what)
         waiting = self.reissues.get(interface)
         if waiting is not None:
             waiting.counts.update(step.action for step in steps)  # said once its entries are
@@ -2052,22 +2127,36 @@ class Controller:
         """Try to install pending routes, each in its own transaction."""
         started = time.monotonic()
         steps: list[Step] = []
-        for key in keys:
-            steps += self._install_or_park(key, "install pending route")
+        with self._table_refusals():
+            for key in keys:
+                steps += self._install_or_park(key, "install pending route")
         if steps:
             log.info("pending routes: %s", views.summarize(steps, time.monotonic() - started))
         return steps
 
+    def retry_refused(self) -> list[Step]:
+        """Try again the routes and templates the kernel refused (retry_pending)."""
+        refused = self.router.refused
+        return self.retry_pending(list(refused)) if refused else []
+
     def _install_or_park(self, key: PendingKey, what: str) -> list[Step]:
         """Install a pending route; if the kernel refuses, keep it pending with the reason."""
         outcome = self._attempt(what, self.router.try_install, key)
-        if not isinstance(outcome, str):
+        if not isinstance(outcome, Exception):
             return outcome
-        if len(key) == 4 and key in self.router.routes:
-            route = self.router.route(key)
-            self.router.begin()
-            self.router.park(route, f"the kernel refused it ({outcome}); mfcctl sync retries")
-            self.router.commit()
+        router = self.router
+        reason = _refused_reason(outcome)
+        table = table_owned(outcome)
+        if table is not None and self._noting_tables:
+            # (the others of its table are kept pending without asking: _table_refusals)
+            router.unavailable[table] = reason
+        router.begin()
+        if len(key) == 4:
+            if key in router.routes:
+                router.park(router.route(key), reason)
+        else:
+            router.park_template(key, reason)
+        router.commit()
         return []
 
     def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
@@ -2221,10 +2310,10 @@ class Controller:
     def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:
         """Run a model method as its own transaction; log instead of raising (no client waits)."""
         outcome = self._attempt(what, method, *args)
-        return [] if isinstance(outcome, str) else outcome
+        return [] if isinstance(outcome, Exception) else outcome
 
-    def _attempt(self, what: str, method: Any, *args: Any) -> list[Step] | str:
-        """Run a model method as its own transaction: its steps, or why it failed (logged)."""
+    def _attempt(self, what: str, method: Any, *args: Any) -> list[Step] | Exception:
+        """Run a model method as its own transaction: its steps, or what failed (logged)."""
         router = self.router
         router.begin()
         try:
@@ -2234,12 +2323,17 @@ class Controller:
             router.rollback()
             log.error("%s: %s", what, e)
             self._report_undo_failures(getattr(e, "undo_failures", []))
-            return str(e)
+            return e
         router.commit()
         if log.isEnabledFor(logging.DEBUG):  # callers log a summary at info
             for step in steps:
                 log.debug("%s: %s", what, views.step_text(step))
         return steps
+
+
+def _refused_reason(e: Exception) -> str:
+    """What a route or template the kernel refused says while pending."""
+    return f"the kernel refused it ({e}); mfcctl sync retries"
 
 
 _NEW_COUNTER = dict.__new__  # an empty Counter, as Counter() makes one

@@ -1157,6 +1157,10 @@ class Daemon:
             change, outcome, declared, dry_run, taken, files=files, slots=slots
         )
         if not dry_run:
+            # What the kernel refused stays pending until retried (a table another
+            # multicast router owned at start, say): a reload retries it, as sync does
+            # (first: _after_change then waits on the tables it opens).
+            self.controller.retry_refused()
             self._after_change()
             log.info(
                 "configuration reloaded from %s: %s, in %.2f s",
@@ -1227,6 +1231,9 @@ class Daemon:
             warnings.append(text)
             if not dry_run:
                 log.info("reload: %s", text)
+        refused = "" if dry_run else views.refused_text(self.controller.router)
+        if refused:  # (logged as the tables were found refused)
+            warnings.append(refused)
         return {
             "pending": waiting.pending,
             "degraded": waiting.degraded,

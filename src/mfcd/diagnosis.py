@@ -447,6 +447,11 @@ def _state(intent: Intent) -> Check:
                 " the kernel and is completed the moment it appears; or fix the interface"
                 " names: mfcctl mfc add ... with the right --iif/--oifs"
             )
+    elif "another multicast router" in intent.reason:
+        fix = (
+            "stop the multicast router that owns the table (`ss -w -a -p` names it), then"
+            " run mfcctl sync; or declare the route in another table"
+        )
     elif "VIF" in intent.reason:
         fix = "free a VIF: delete routes on interfaces you no longer need (mfcctl show)"
     else:

@@ -892,7 +892,12 @@ class Kernel:
         if sock is None:
             if family not in self.families:
                 raise _disabled(family)
-            sock = self.sockets[(family, table)] = MrouteSocket(family, table)
+            try:
+                sock = MrouteSocket(family, table)
+            except KernelError as e:
+                e.table = (family, table)  # (see dataplane.table_owned)
+                raise
+            self.sockets[(family, table)] = sock
             # Stored right after MRT_INIT, before any VIF: a crash, a watchdog kill or the
             # OOM killer then leaves the table to the next mfcd as a stop does.
             if self.keeper is not None:

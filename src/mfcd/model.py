@@ -526,7 +526,14 @@ class Router:
         # (interface, table) -> the threshold of its VIF in that table only, which wins
         # over `thresholds` there (smcroute's are per table: one table per smcrouted)
         self.table_thresholds: _Counting[tuple[str, int], int] = _Counting()
-        self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
+        # Routes and templates pending because the kernel refused them: why.
+        self.refused: dict[PendingKey, str] = {}
+        # Tables the kernel refuses as a whole (another multicast router owns them), with
+        # the reason: a route or template to install there is kept pending (refused) with
+        # it instead, without asking the kernel. Not part of a transaction: the controller
+        # sets it while it applies many intents at once and clears it after (an api change
+        # then asks the kernel again, and is refused with the kernel's reason).
+        self.unavailable: dict[TableKey, str] = {}
         # Routes whose origin is not "api" (absent: "api"), see ORIGINS.
         self.origins: dict[RouteKey, str] = {}
         # Templates (mfcd.templates), and those holding VIFs on their interfaces: the kernel
@@ -845,7 +852,8 @@ class Router:
             if self.add_direct(key, ports, steps):
                 return steps
         elif old == ports:
-            return []
+            # (the same route again: one the kernel refused is tried again)
+            return self.try_install(key) if key in self.refused else []
         else:
             self._forget_pending(key, old)
         self._set_route(key, ports)
@@ -1028,6 +1036,16 @@ class Router:
         self._set_route(key, self.ports(route.iif, route.oifs))
         self._set(self.refused, key, reason)
 
+    def park_template(self, key: TemplateKey, reason: str) -> None:
+        """Keep a template the kernel refused (its VIFs) as pending; `mfcctl sync` tries it
+        again, as it does routes."""
+        if key in self.templates and key not in self.holding:
+            self._set(self.refused, key, reason)
+
+    def _refused_table(self, key: PendingKey) -> str | None:
+        """Why the table of `key` is unavailable (see `unavailable`), None if it is not."""
+        return self.unavailable.get((key[0], key[3])) if self.unavailable else None
+
     def del_route(self, key: RouteKey) -> list[Step]:
         source, group = key[1], key[2]
         ports = self.routes.get(key)
@@ -1112,7 +1130,8 @@ class Router:
         ports = self.share(ports)
         old = self.templates.get(key)
         if old == ports:
-            return []
+            # (the same template again: one the kernel refused is tried again)
+            return self._try_hold(key) if key in self.refused else []
         if old is not None:
             self._forget_pending(key, old)
         held = key in self.holding
@@ -1355,6 +1374,10 @@ class Router:
             self._wait(key, [n for n in ports.interfaces if n not in links])
             return []
         family, table = key[0], key[3]
+        refused = self._refused_table(key)
+        if refused is not None:
+            self._set(self.refused, key, refused)
+            return []
         savepoint = self._savepoint()
         steps: list[Step] = []
         try:
@@ -1389,7 +1412,7 @@ class Router:
             if missing:
                 return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
             return RouteStatus("installed", (), "")
-        return _not_installed(ports, missing, None)
+        return _not_installed(ports, missing, self.refused.get(key))
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -1630,6 +1653,11 @@ class Router:
         """Write a route to the kernel, allocating VIFs first; release what `old` alone used."""
         family, table = key[0], key[3]
         previous = self.installed.get(key)
+        if previous is None:
+            refused = self._refused_table(key)
+            if refused is not None:
+                self._set(self.refused, key, refused)
+                return []
         # Interfaces the installed old version already holds a reference on, in its order:
         # those it alone used are released in that order (a set's would change with the
         # hash seed, and with it the plan shown and the order of the kernel's writes).

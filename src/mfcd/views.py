@@ -1047,6 +1047,27 @@ def waiting_text(waiting: Any, would: bool = False, shown: int = 3) -> str:
     return f"{' and '.join(texts)}: no such interface{'s' * plural} (yet)"
 
 
+def refused_text(router: Router) -> str:
+    """`1 route and 1 template of the config files are pending: the kernel refused it
+    (REASON); mfcctl sync retries`: the config routes and templates the kernel refused
+    (another multicast router owns their table, say), with the first one's reason; ""
+    if none."""
+    # (a route's key has 4 fields, a template's 5: neither is found in the other's dict)
+    origins: Mapping[Any, str] = router.origins
+    template_origins: Mapping[Any, str] = router.template_origins
+    keys = [
+        k
+        for k in router.refused
+        if origins.get(k) == "config" or template_origins.get(k) == "config"
+    ]
+    if not keys:
+        return ""
+    routes = sum(1 for k in keys if len(k) == 4)
+    noun = _routes_and_templates(routes, len(keys) - routes)
+    be = "is" if len(keys) == 1 else "are"
+    return f"{noun} of the config files {be} pending: {router.refused[keys[0]]}"
+
+
 def _routes_and_templates(routes: int, templates: int) -> str:
     """`2 routes`, `1 template`, `1 route and 2 templates`: those that are not 0."""
     parts = [counted(n, noun) for n, noun in ((routes, "route"), (templates, "template")) if n]
