@@ -867,6 +867,18 @@ def test_not_found_says_which_other_table_holds_the_route_or_template(
     assert ask(commands, "mfc.del", template)["error"]["message"] == (
         "no template source * group 239.2.0.0/16; there is one in table 100 (--table 100)"
     )
+    # Named with its iif (trial 14 F12): the table that holds it, or the iif it has.
+    assert ask(commands, "mfc.del", {**template, "iif": "a"})["error"]["message"] == (
+        "no template source * group 239.2.0.0/16 iif a; there is one in table 100 (--table 100)"
+    )
+    assert ask(commands, "mfc.del", {**template, "iif": "c", "table": 100})["error"]["message"] == (
+        "no template source * group 239.2.0.0/16 iif c in table 100;"
+        " there is one with iif a (--iif a)"
+    )
+    assert ask(commands, "mfc.del", {**template, "iif": "c"})["error"]["message"] == (
+        "no template source * group 239.2.0.0/16 iif c;"
+        " there is one with iif a in table 100 (--table 100)"
+    )
     # A route that exists nowhere else: the message as it always was.
     assert (
         ask(commands, "mfc.del", {"source": "10.0.0.9", "group": "239.1.1.1"})["error"]["message"]
