@@ -1190,8 +1190,11 @@ class Daemon:
         links = self.controller.router.links
         waiting = declarations.waiting(combinations, declared.templates, links)
         warnings = [kept_text(key, value) for key, value in kept.items()]
-        text = views.waiting_text(waiting, would=dry_run)
-        if text:
+        texts = (
+            views.waiting_text(waiting, would=dry_run),
+            views.settings_waiting_text(declared.interfaces, links),
+        )
+        for text in filter(None, texts):
             warnings.append(text)
             if not dry_run:
                 log.info("reload: %s", text)
@@ -1303,8 +1306,11 @@ def _note_missing_interfaces(name: str, declared: declarations.Declarations) -> 
     except (OSError, ValueError):  # (no netlink here, or an answer not understood)
         return
     combinations = Counter(declared.routes.values())
-    text = views.waiting_text(declarations.waiting(combinations, declared.templates, links), True)
-    if text:
+    texts = (
+        views.waiting_text(declarations.waiting(combinations, declared.templates, links), True),
+        views.settings_waiting_text(declared.interfaces, links),
+    )
+    for text in filter(None, texts):
         print(f"{name}: note: on this machine, {text}", file=sys.stderr)
 
 

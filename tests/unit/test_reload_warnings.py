@@ -160,3 +160,44 @@ def test_a_reload_lists_every_file_it_read_the_main_file_of_settings_only_too(
     monkeypatch.setattr(netlink, "current_links", lambda: dict(LINKS))
     assert check_config(str(path)) == 0  # (the same files, counted)
     assert capsys.readouterr().out.startswith(f"{path}: valid (3 files, 2 routes, 1 template,")
+
+
+SETTINGS = (
+    '[[interface]]\nname = "r0"\nthreshold = 4\n\n[[interface]]\nname = "r22"\nthreshold = 5\n'
+)
+
+
+@pytest.mark.usefixtures("no_after_change")
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_reload_warns_of_interface_settings_for_an_interface_that_does_not_exist(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    """A typo in an [[interface]] name was silent, unlike one in a route's (trial 14 F11)."""
+    path = tmp_path / "mfc_daemon.conf"
+    path.write_text(SETTINGS)
+
+    async def reload() -> dict[str, Any]:
+        mfcd = Daemon(config.Config(), str(path), {})
+        ctl = mfcd.controller = Controller(FakeKernel(), FakeState())
+        ctl.link_up("r0", 1)
+        return await mfcd.reload_config(dry_run=dry_run)
+
+    assert asyncio.run(reload())["warnings"] == [
+        f"[[interface]] r22 ({path}:5): no such interface (yet); its settings apply when it appears"
+    ]
+
+
+def test_check_config_notes_interface_settings_for_interfaces_this_machine_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "mfc_daemon.conf"
+    path.write_text(SETTINGS + '\n[[interface]]\nname = "r23"\nmrdisc = true\n')
+    monkeypatch.setattr(netlink, "current_links", lambda: dict(LINKS))
+    assert check_config(str(path)) == 0
+    assert capsys.readouterr().err == (
+        f"{path}: note: on this machine, [[interface]] r22 ({path}:5), r23 ({path}:9): no such"
+        " interfaces (yet); their settings apply when they appear\n"
+    )
+    monkeypatch.setattr(netlink, "current_links", lambda: {**LINKS, "r22": 3, "r23": 4})
+    assert check_config(str(path)) == 0
+    assert capsys.readouterr().err == ""
