@@ -1528,6 +1528,8 @@ class Cli:
         result = self.client.call(cmd, args, dry_run=self.args.dry_run)
         self.emit(result, self._change_text)
         self.warn_missing(result, setting=cmd == "vif.set")
+        for warning in result.get("warnings", []):  # (a table the mrules do not reach)
+            print(f"mfcctl: warning: {warning}", file=self.stderr)
         return protocol.EXIT_OK
 
     def warn_missing(self, result: dict[str, Any], setting: bool = False) -> None:

@@ -26,7 +26,7 @@ of `diagnose`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +34,7 @@ from mfcd import templates as tpl
 from mfcd.model import DEFAULT_TABLE, RouteKey, Router
 from mfcd.netlink import MRule
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import is_wildcard
 
 Status = Literal["passed", "failed", "unknown"]
 
@@ -326,6 +327,85 @@ def verdict(checks: Iterable[Check]) -> str:
     if "failed" in statuses:
         return "failed"
     return "unknown" if "unknown" in statuses else "ok"
+
+
+# --- the rules' warning on a change (mfc add, batch, reload, --check-config) ----------------------
+
+# A change's warnings name at most this many (family, table, iif): the rest are counted.
+MOST_UNREACHED = 5
+_FAMILY = {4: "IPv4", 6: "IPv6"}
+
+
+def unreached(
+    rules: Rules, family: int, table: int, iif: str, names: Mapping[int, str] | None = None
+) -> str:
+    """Why what arrives on `iif` does not reach `table` by the multicast rules (so a route
+    or template there forwards nothing), or "" when it does, or when that is not known
+    (rules not read, an l3mdev or firewall-mark rule on the way). `names`: table names by
+    number (rt_tables), to say `254 (main)`. The route's own table is taken as existing,
+    as it is once the route is installed."""
+    if rules.error or not rules.rules or is_wildcard(iif):
+        return ""  # (no rule at all: a kernel without multicast rules, most likely)
+    walk = rules.walk(iif, rules.missing - {table})
+    rule = walk.decides
+    if _reaches(rule, table) or any(any(_reaches(d, table) for d in f.others) for f in walk.forks):
+        return ""
+    if rule is not None and rule.l3mdev:
+        return ""  # (the VRF's table may be the route's: not known here)
+    default = DEFAULT_TABLE[family]
+    word = _FAMILY[family]
+
+    def named(number: int) -> str:
+        name = (names or {}).get(number)
+        return f"{number} ({name})" if name else str(number)
+
+    if rule is None:
+        went = f"no rule matches {iif}, the kernel drops its traffic"
+    elif rule.action == "lookup":
+        where = "the default table" if rule.table == default else f"table {named(rule.table)}"
+        went = f"{iif} goes to {where} (rule {_rule_text(rule)})"
+    else:
+        went = f"rule {_rule_text(rule)} drops it"
+    if table == default:
+        return f"no multicast rule sends {iif}'s traffic to {word}'s default table {table}: {went}"
+    return (
+        f"no multicast rule sends {iif}'s traffic to {word} table {named(table)}: {went};"
+        f" {word}'s default table is {default} (`default`)"
+    )
+
+
+def unreached_warnings(
+    wanted: Iterable[tuple[int, int, str]],
+    rules_of: Callable[[int], Rules],
+    names: Callable[[], Mapping[int, str]] | None = None,
+    where: Mapping[tuple[int, int, str], str] | None = None,
+) -> list[str]:
+    """The warnings (see unreached) of the (family, table, iif) of a change's routes and
+    templates, each once, the rules of each family read once; `names` gives the table
+    names (asked for only when there is a warning); `where` says, for a config file's,
+    where the first one is declared (FILE:LINE)."""
+    warnings: list[str] = []
+    rules: dict[int, Rules] = {}
+    named: Mapping[int, str] | None = None
+    more = 0
+    for family, table, iif in sorted(set(wanted)):
+        if family not in rules:
+            rules[family] = rules_of(family)
+        if not unreached(rules[family], family, table, iif):
+            continue
+        if named is None:
+            named = names() if names is not None else {}
+        text = unreached(rules[family], family, table, iif, named)
+        if not text:
+            continue
+        if len(warnings) == MOST_UNREACHED:
+            more += 1
+            continue
+        place = (where or {}).get((family, table, iif))
+        warnings.append(f"{place}: {text}" if place else text)
+    if more:
+        warnings.append(f"and {more} more (table, iif) like these: mfcctl diagnose explains each")
+    return warnings
 
 
 # --- the checks, in the order of the path ---------------------------------------------------------

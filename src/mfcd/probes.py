@@ -253,6 +253,37 @@ def read_rules(family: int) -> Rules:
     return Rules(rules, missing=missing, in_vrf=in_vrf)
 
 
+# How long the multicast rules read for a change's warning are taken as current (seconds).
+# A client sending changes at full speed costs one read per interval (some 0.1-0.4 ms:
+# the dump, and a lookup of each table the rules name), not one per request; a rule
+# changed by `ip mrule` counts from mfcctl's next command on (mfcctl takes longer to start).
+RULES_INTERVAL = 0.01
+
+
+class RuleReader:
+    """The multicast rules of each family (read_rules), read again once `interval` has
+    passed since they were last read: what a change's warning (diagnosis.unreached) looks
+    at."""
+
+    def __init__(
+        self,
+        interval: float = RULES_INTERVAL,
+        read: Callable[[int], Rules] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval, self._read, self._clock = interval, read, clock
+        self._read_at: dict[int, tuple[float, Rules]] = {}
+
+    def __call__(self, family: int) -> Rules:
+        now = self._clock()
+        known = self._read_at.get(family)
+        if known is not None and now - known[0] < self._interval:
+            return known[1]
+        rules = (self._read or read_rules)(family)  # (read_rules as it is now: tests set it)
+        self._read_at[family] = (now, rules)
+        return rules
+
+
 # --- the whole diagnosis --------------------------------------------------------------------------
 
 

@@ -146,6 +146,11 @@ def table_names() -> dict[str, int]:
     return names.now() if isinstance(names, rt_tables.Names) else dict(names)
 
 
+def table_numbers() -> dict[int, str]:
+    """The name of each numbered table, as the files say now (for messages: `254 (main)`)."""
+    return {number: name for name, number in table_names().items()}
+
+
 def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> int:
     """A route's table: None or "default" for the family's default table (IPv4 253, IPv6
     254), a number from 1 to the family's MAX_TABLE, or a name from /etc/iproute2/rt_tables

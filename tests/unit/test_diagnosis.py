@@ -815,3 +815,78 @@ def test_an_l3mdev_rule_decides_once_it_is_known_whether_the_interface_is_in_a_v
     facts = dataclasses.replace(IN_100, rules=Rules(rules, in_vrf=members))
     c = check(facts, "mrule")
     assert c.status == {False: "passed", True: "failed", None: "unknown"}[vrf]
+
+
+# --- the rules' warning on a change (trial 14 F6) ---------------------------------------------
+
+STEERED_R1 = Rules((MRule(0, "lookup", 100, iif="r1"), DEFAULT_RULE4))
+
+
+def test_a_route_in_a_table_no_rule_reaches_is_warned_of_naming_where_its_iif_goes() -> None:
+    """`--table main` (254) for IPv4, where nothing goes; and a default-table route on an
+    iif an mrule steers elsewhere: installed, forwarding nothing, said nowhere."""
+    names = {100: "studio", 254: "main"}
+    assert diagnosis.unreached(STEERED_R1, 4, 254, "r1", names) == (
+        "no multicast rule sends r1's traffic to IPv4 table 254 (main): r1 goes to table"
+        " 100 (studio) (rule 0: iif r1 lookup 100); IPv4's default table is 253 (`default`)"
+    )
+    assert diagnosis.unreached(STEERED_R1, 4, 254, "r0") == (
+        "no multicast rule sends r0's traffic to IPv4 table 254: r0 goes to the default table"
+        " (rule 32767: from all lookup 253); IPv4's default table is 253 (`default`)"
+    )
+    assert diagnosis.unreached(STEERED_R1, 4, 253, "r1") == (
+        "no multicast rule sends r1's traffic to IPv4's default table 253: r1 goes to table 100"
+        " (rule 0: iif r1 lookup 100)"
+    )
+    six = Rules((MRule(0, "lookup", 100, iif="r1"), MRule(32767, "lookup", 254)))
+    assert diagnosis.unreached(six, 6, 253, "r0", {253: "default"}) == (
+        "no multicast rule sends r0's traffic to IPv6 table 253 (default): r0 goes to the"
+        " default table (rule 32767: from all lookup 254); IPv6's default table is 254"
+        " (`default`)"
+    )
+    dropped = Rules((MRule(0, "lookup", 100, iif="r1"),))
+    assert diagnosis.unreached(dropped, 4, 253, "r0") == (
+        "no multicast rule sends r0's traffic to IPv4's default table 253: no rule matches r0,"
+        " the kernel drops its traffic"
+    )
+
+
+def test_no_warning_where_the_rules_reach_the_table_or_cannot_tell() -> None:
+    for table, iif in ((100, "r1"), (253, "r0")):
+        assert diagnosis.unreached(STEERED_R1, 4, table, iif) == ""
+    # A rule to a table that does not exist yet: the route's own table will.
+    missing = dataclasses.replace(STEERED_R1, missing=frozenset({100}))
+    assert diagnosis.unreached(missing, 4, 100, "r1") == ""
+    assert "goes to the default table" in diagnosis.unreached(missing, 4, 254, "r1")
+    assert diagnosis.unreached(Rules(error="dump failed: EPERM"), 4, 254, "r1") == ""
+    assert diagnosis.unreached(Rules(()), 4, 254, "r1") == ""  # (no rules read at all)
+    assert diagnosis.unreached(STEERED_R1, 4, 254, "vlan*") == ""  # (a wildcard: each iif)
+    marked = Rules((MRule(0, "lookup", 254, fwmark=(1, 0xFF)), DEFAULT_RULE4))
+    assert diagnosis.unreached(marked, 4, 254, "r1") == ""  # (some packets: marked ones)
+    vrf = Rules((MRule(0, "lookup", 0, l3mdev=True), DEFAULT_RULE4), in_vrf=frozenset({"r1"}))
+    assert diagnosis.unreached(vrf, 4, 254, "r1") == ""
+
+
+def test_the_warnings_of_a_change_read_each_familys_rules_once_and_say_each_table_iif_once() -> (
+    None
+):
+    read: list[int] = []
+
+    def rules_of(family: int) -> Rules:
+        read.append(family)
+        return STEERED_R1
+
+    wanted = [(4, 254, "r1"), (4, 254, "r1"), (4, 100, "r1"), (4, 253, "r1")]
+    wanted += [(4, 254 + n, "r0") for n in range(10)]
+    where = {(4, 254, "r1"): "a.conf:3"}
+    warnings = diagnosis.unreached_warnings(wanted, rules_of, where=where)
+    assert read == [4]
+    assert warnings[0].startswith("no multicast rule sends r1's traffic to IPv4's default table")
+    assert warnings[2].startswith(
+        "a.conf:3: no multicast rule sends r1's traffic to IPv4 table 254"
+    )
+    assert warnings[-1] == "and 7 more (table, iif) like these: mfcctl diagnose explains each"
+    assert len(warnings) == diagnosis.MOST_UNREACHED + 1
+    assert diagnosis.unreached_warnings([(4, 254, "r1")], rules_of, where=where) == [
+        "a.conf:3: " + diagnosis.unreached(STEERED_R1, 4, 254, "r1")
+    ]
