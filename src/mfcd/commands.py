@@ -494,8 +494,14 @@ class Commands:
         async def answer() -> bytes:
             try:
                 controller = self.controller
+                # (the tables another router owns, as the real kernel found them: a fake has none)
+                owned = getattr(controller.kernel, "owned", ())
                 result = await probes.diagnose(
-                    controller.router, controller.kernel, query, self.left_out()
+                    controller.router,
+                    controller.kernel,
+                    query,
+                    self.left_out(),
+                    frozenset(t for f, t in owned if f == family),
                 )
             except Exception as e:
                 return self._failure(request_id, e, peer)

@@ -292,6 +292,13 @@ class Facts:
     elsewhere: tuple[int, ...] = ()
     # Config files a start left out for an error: they may declare the flow's route.
     left_out: tuple[str, ...] = ()
+    # What mfcd has in each other table on the intent's iif (a rule's fix that takes the
+    # iif's traffic from there would starve them): table -> (routes its VIF there carries,
+    # templates with that iif).
+    fed: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    # The tables mfcd found another multicast router owns (MRT_INIT refused): a fix does
+    # not offer to declare the intent there.
+    owned: frozenset[int] = frozenset()
 
 
 def checklist(facts: Facts) -> list[Check]:
@@ -459,7 +466,7 @@ def _steered(facts: Facts, iif: str) -> int | None:
     default = DEFAULT_TABLE[facts.family]
     if rule is None or rule.action != "lookup" or rule.l3mdev or rule.table == default:
         return None
-    return rule.table
+    return None if rule.table in facts.owned else rule.table
 
 
 def _table_name(family: int, number: int) -> str:
@@ -761,12 +768,35 @@ def _mrule(facts: Facts, intent: Intent) -> Check:
             f"what arrives on {iif} goes to {_table_text(rule)} (rule {_rule_text(rule)}), not to"
             f" the route's table {table}"
         )
-        if table == DEFAULT_TABLE[intent.family] and not rule.l3mdev:
-            # The rule was most likely added on purpose: the route belongs in its table.
+        fix += _starves(facts, rule, iif)
+        # A rule for the iif (or any rule, for an intent of the default table) was most
+        # likely added on purpose: the intent belongs in its table, unless another router
+        # owns that one. (The kernel's catch-all rule is no such sign: a rule is missing.)
+        on_purpose = rule.iif is not None or table == DEFAULT_TABLE[intent.family]
+        if on_purpose and not rule.l3mdev and rule.table not in facts.owned:
             fix = f"{_move(intent, rule.table)}; or send {iif}'s traffic to table {table}: {fix}"
     else:
         detail = f"rule {_rule_text(rule)} drops what arrives on {iif}"
     return Check("mrule", "failed", detail + skipped, fix)
+
+
+def _starves(facts: Facts, rule: MRule, iif: str) -> str:
+    """The end of a fix that takes `iif`'s traffic from the table `rule` sends it to, when
+    mfcd has routes or templates there on that iif: they would forward nothing."""
+    if rule.l3mdev:
+        return ""
+    routes, templates = facts.fed.get(rule.table, (0, 0))
+    if not routes and not templates:
+        return ""
+    what = " and ".join(
+        f"{n} {noun}{'s' * (n != 1)}"
+        for n, noun in ((routes, "route"), (templates, "template"))
+        if n
+    )
+    return (
+        f" (careful: rule {rule.priority} feeds table {rule.table}, where {iif} carries {what}"
+        f" of mfcd's: they would get none of {iif}'s traffic)"
+    )
 
 
 def _move(intent: Intent, table: int) -> str:

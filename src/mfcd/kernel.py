@@ -759,6 +759,9 @@ class Kernel:
         self.families = tuple(families)
         self.monitor = monitor
         self.sockets: dict[tuple[int, int], MrouteSocket] = {}
+        # The (family, table)s whose MRT_INIT another multicast router holds (EADDRINUSE at
+        # their last try): diagnose offers no fix that declares a route there.
+        self.owned: set[tuple[int, int]] = set()
         # apply_later hands a run of this many routes or more to the writer processes (None:
         # never); `writers` are those once started (the crew, `crew` of them: two when two
         # CPUs can run them, whose calls the kernel takes side by side), `later` the ops
@@ -781,7 +784,14 @@ class Kernel:
         if sock is None:
             if family not in self.families:
                 raise _disabled(family)
-            sock = self.sockets[(family, table)] = MrouteSocket(family, table)
+            try:
+                sock = MrouteSocket(family, table)
+            except KernelError as e:
+                if e.errno == errno.EADDRINUSE:
+                    self.owned.add((family, table))
+                raise
+            self.owned.discard((family, table))
+            self.sockets[(family, table)] = sock
         return sock
 
     def close_table(self, family: int, table: int) -> None:

@@ -177,9 +177,18 @@ def test_a_table_another_router_owns_is_refused_and_nothing_changes(lab: Lab, mf
     assert f"already owns IPv4 multicast routing table {TABLE}" in refused.stderr
     assert refused.stderr.count("\n") == 1
     assert mfcd.show() == before
+    # r1's traffic steered to the owned table: diagnose of a default-table route on r1
+    # does not offer to declare it there, which mfcd would refuse (trial 14 F7).
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    mfcd.ok(*route_args(second, GROUPS[4], "r1", "r2"))
+    args = ("--source", second, "--group", GROUPS[4], "--seconds", "0.2")
+    diagnosed = json.loads(mfcd.ctl("-o", "json", "diagnose", *args).stdout)
+    [mrule] = [c for c in diagnosed["flows"][0]["checks"] if c["check"] == "mrule"]
+    assert mrule["status"] == "failed" and f"goes to table {TABLE}" in mrule["detail"]
+    assert mrule["fix"].startswith("ip mrule del pref 0"), mrule["fix"]
     lab.stop(holder)
     mfcd.ok(*route_args(second, GROUPS[4], "r1", "r3"), "--table", TABLE)
-    assert [r["table"] for r in mfcd.show()["routes"]] == [100, 253]
+    assert [r["table"] for r in mfcd.show()["routes"]] == [100, 253, 253]
 
 
 # Another privileged program changes table 100 behind mfcd's back, through a raw socket set

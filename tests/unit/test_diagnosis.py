@@ -683,7 +683,10 @@ def test_a_lookup_of_a_table_that_does_not_exist_is_passed_over() -> None:
     c = check(with_rules(*rules, DEFAULT_RULE4), "mrule")
     assert c.status == "failed"
     assert "goes to table 77 (rule 50: iif r0 lookup 77), not to the route's table 100" in c.detail
-    assert c.fix == "ip mrule add iif r0 lookup 100 pref 49"
+    assert c.fix.startswith("declare the route in table 77, where that traffic goes:")
+    assert c.fix.endswith(
+        "; or send r0's traffic to table 100: ip mrule add iif r0 lookup 100 pref 49"
+    )
     # Passed over and still not reaching table 100.
     c = check(with_rules(rules[0], DEFAULT_RULE4, missing=frozenset({77})), "mrule")
     assert (c.status, c.fix) == ("failed", "ip mrule add iif r0 lookup 100 pref 32766")
@@ -890,3 +893,36 @@ def test_the_warnings_of_a_change_read_each_familys_rules_once_and_say_each_tabl
     assert diagnosis.unreached_warnings([(4, 254, "r1")], rules_of, where=where) == [
         "a.conf:3: " + diagnosis.unreached(STEERED_R1, 4, 254, "r1")
     ]
+
+
+def test_a_route_of_another_table_whose_iif_a_rule_steers_elsewhere_is_offered_that_table() -> None:
+    """A `--table main` route on r0, which `iif r0 lookup 100` (pref 0) sends to table 100:
+    the only fix was `ip mrule del pref 0`, which starves table 100's routes and templates
+    (trial 14 F7). Declaring the route where the traffic goes comes first, and the fix that
+    takes the rule away says what it feeds."""
+    in_main = dataclasses.replace(HEALTHY, intent=dataclasses.replace(INTENT, table=254))
+    facts = dataclasses.replace(
+        with_rules(STEERED, DEFAULT_RULE4, facts=in_main), fed={100: (2, 1)}
+    )
+    c = check(facts, "mrule")
+    assert c.status == "failed"
+    assert c.fix == (
+        "declare the route in table 100, where that traffic goes: mfcctl mfc add --table 100"
+        f" --source {SOURCE} --group {GROUP} --iif r0 --oifs r1,r2, and delete this one; or send"
+        " r0's traffic to table 254: ip mrule del pref 0 (it comes before any other), then"
+        " ip mrule add iif r0 lookup 254 (careful: rule 0 feeds table 100, where r0 carries 2"
+        " routes and 1 template of mfcd's: they would get none of r0's traffic)"
+    )
+    # A table another router owns (smcrouted -t 100): not offered; the rule's fix stays.
+    owned = dataclasses.replace(facts, owned=frozenset({100}), fed={})
+    assert check(owned, "mrule").fix == (
+        "ip mrule del pref 0 (it comes before any other), then ip mrule add iif r0 lookup 254"
+    )
+    # Nor for a default-table intent, nor where no route is (the route check's fix).
+    steered = dataclasses.replace(
+        with_rules(STEERED, DEFAULT_RULE4, facts=HEALTHY), owned=frozenset({100})
+    )
+    assert not check(steered, "mrule").fix.startswith("declare")
+    nothing = dataclasses.replace(steered, intent=None)
+    assert "--table 100" not in check(nothing, "route").fix
+    assert "--table 100" in check(dataclasses.replace(nothing, owned=frozenset()), "route").fix
