@@ -390,7 +390,8 @@ def _mfc_command(sub: Any) -> None:
         " whose IIF does not exist yet is kept as pending and installed when IIF appears; one"
         " naming an OIF that does not exist yet is installed at once as degraded: it forwards"
         " out of the other OIFs, and out of that one too when it appears. mfcctl warns about"
-        " either on stderr. Without --source (any"
+        " either on stderr, and about a table the multicast rules (ip mrule) do not send"
+        " IIF's traffic to: the route is added, but forwards nothing. Without --source (any"
         " source), or with a prefix as SOURCE or GROUP (198.18.0.0/16, 239.2.0.0/24), it is a"
         " template: mfcd learns an (S,G) entry from it for each flow that arrives on IIF (the"
         " most specific template wins; an exact route always wins).",
@@ -1564,7 +1565,7 @@ class Cli:
         result = self.client.call(cmd, args, dry_run=self.args.dry_run)
         self.emit(result, self._change_text)
         self.warn_missing(result, setting=cmd == "vif.set")
-        for warning in result.get("warnings", []):  # (vif.set: a threshold and IPv6)
+        for warning in result.get("warnings", []):  # (vif.set and IPv6; tables no rule reaches)
             print(f"mfcctl: warning: {warning}", file=self.stderr)
         return protocol.EXIT_OK
 

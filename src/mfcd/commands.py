@@ -54,7 +54,7 @@ from mfcd.controller import (
     observe,
 )
 from mfcd.dataplane import UPCALL_KINDS, Dataplane
-from mfcd.diagnosis import Query
+from mfcd.diagnosis import Query, Rules, unreached_warnings
 from mfcd.errors import (
     BadRequest,
     BatchSyntax,
@@ -174,6 +174,10 @@ class Commands:
         self.reloader: Callable[[bool], Awaitable[dict[str, Any]]] | None = None
         # The config files a start left out for an error (the daemon's): diagnose names them.
         self.left_out: Callable[[], Sequence[str]] = tuple
+        # The multicast rules of a family (the daemon's probes.RuleReader): a route or
+        # template added in a table its iif's traffic does not go to is warned of (None:
+        # not looked at).
+        self.mrules: Callable[[int], Rules] | None = None
         self.learner: Learner | None = None  # learned entries (None: flush has none)
         # Learned entries flushed, or let go of with their template, a slice at a time with
         # other clients served in between (the daemon turns it on; else one transaction).
@@ -496,8 +500,14 @@ class Commands:
         async def answer() -> bytes:
             try:
                 controller = self.controller
+                # (the tables another router owns, as the real kernel found them: a fake has none)
+                owned = getattr(controller.kernel, "owned", ())
                 result = await probes.diagnose(
-                    controller.router, controller.kernel, query, self.left_out()
+                    controller.router,
+                    controller.kernel,
+                    query,
+                    self.left_out(),
+                    frozenset(t for f, t in owned if f == family),
                 )
             except Exception as e:
                 return self._failure(request_id, e, peer)
@@ -526,11 +536,31 @@ class Commands:
         return {"dry_run": dry_run, "repairs": repairs, "full": full}
 
     def mfc_add(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
+        change: AddRoute | AddTemplate
         if _names_template(args):
-            return self._change([self._add_template(args)], dry_run, peer, "mfc.add", args)
-        change = validate.route_change(args)
-        self._check_family(change.key[0])
-        return self._change([change], dry_run, peer, "mfc.add", args)
+            change = self._add_template(args)
+        else:
+            change = validate.route_change(args)
+            self._check_family(change.key[0])
+        result = self._change([change], dry_run, peer, "mfc.add", args)
+        return self._warned(result, _reaching([change], ()))
+
+    def _unreached(self, wanted: Iterable[tuple[int, int, str]]) -> list[str]:
+        """The warnings of the (family, table, iif) `wanted` whose traffic the multicast
+        rules send to another table (diagnosis.unreached): accepted, but forwarding
+        nothing."""
+        if self.mrules is None:
+            return []
+        return unreached_warnings(wanted, self.mrules, validate.table_numbers)
+
+    def _warned(
+        self, result: dict[str, Any], wanted: Iterable[tuple[int, int, str]]
+    ) -> dict[str, Any]:
+        """`result` with the warnings of `wanted` (see _unreached), if any."""
+        warnings = self._unreached(wanted)
+        if warnings:
+            result["warnings"] = warnings
+        return result
 
     def mfc_del(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         if _names_template(args):
@@ -551,15 +581,17 @@ class Commands:
             self._check_family(key[0])
         was = self._replaced([change]) if self.events.subscribers else None
         outcome = self.controller.change_one(change)
+        warnings = self._unreached(_reaching([change], ())) if add else []
         if outcome is None:  # (not a case it covers: the general transaction)
-            return protocol.encode_result(
-                request_id, self._change([change], False, peer, cmd, args)
-            )
+            result = self._change([change], False, peer, cmd, args)
+            if warnings:
+                result["warnings"] = warnings
+            return protocol.encode_result(request_id, result)
         router = self.controller.router
         # (installed: nothing missing, no reason; "degraded" is installed with a part missing)
         installed = add and router.status(key).state == "installed"
         response = None
-        if installed or not add:
+        if (installed or not add) and not warnings:
             response = views.route_response(
                 request_id, outcome.counts, outcome.steps, installed, router.slots
             )
@@ -573,6 +605,8 @@ class Commands:
                 dry_run=False,
                 added=key if add else None,
             )
+            if warnings:
+                result["warnings"] = warnings
             response = protocol.encode_result(request_id, result)
             note = _state_note(result)
         self._after_change(
@@ -784,7 +818,7 @@ class Commands:
             pending=None if dry_run else self._pending(changes, runs),
         )
         result.update(counts)
-        return result
+        return self._warned(result, _reaching(changes, runs))
 
     def _pending(
         self, changes: list[Change], runs: Sequence[RouteRun]
@@ -1266,6 +1300,25 @@ def _outside(changes: list[Change], runs: Sequence[RouteRun]) -> Iterable[Change
         done = run.start + len(run.keys)
     gaps.append(changes[done:])
     return itertools.chain.from_iterable(gaps)
+
+
+def _reaching(changes: list[Change], runs: Sequence[RouteRun]) -> set[tuple[int, int, str]]:
+    """The (family, table, iif) of the routes and templates `changes` add: a run's once,
+    and of the routes outside runs, those that share their Ports with the one before
+    once (a batch of 100,000 routes on a few interfaces costs a comparison a route)."""
+    wanted = {(run.keys[0][0], run.keys[0][3], run.ports.iif) for run in runs if run.keys}
+    last: tuple[Ports | None, int] = (None, 0)
+    for change in _outside(changes, runs):
+        if isinstance(change, AddRoute):
+            key, ports = change.key, change.ports
+            if ports is last[0] and key[3] == last[1]:
+                continue
+            last = (ports, key[3])
+            wanted.add((key[0], key[3], ports.iif))
+        elif isinstance(change, AddTemplate):
+            family, _, _, table, iif = change.key
+            wanted.add((family, table, iif))
+    return wanted
 
 
 def _added(router: Router, change: Change | None) -> RouteKey | TemplateKey | None:

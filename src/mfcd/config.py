@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
+from mfcd import validate
 from mfcd.declarations import Declarations, Part, Problems, check, merge, parse_file, place_of
 from mfcd.errors import ConfigError
 from mfcd.protocol import MAX_REQUEST_BYTES, family_text
@@ -200,11 +201,20 @@ def override(config: Config, **values: Any) -> Config:
 
 class ReadCache:
     """What the last read found, so that a reload parses only the files that changed (the
-    daemon keeps one): each file's Part by path, and the declarations last merged."""
+    daemon keeps one): each file's Part by path, the declarations last merged, and the
+    rt_tables names they were read with (a table name resolved once is kept in them)."""
 
     def __init__(self) -> None:
         self.parts: dict[str, Part] = {}
         self.merged: tuple[tuple[int, ...], Declarations] | None = None
+        self.names: dict[str, int] = {}
+
+    def check_names(self) -> None:
+        """Forget every file read if the rt_tables names changed since: a file whose text
+        is the same may name a table whose number is not (`table = "studio"`)."""
+        names = validate.table_names()
+        if names != self.names:
+            self.parts, self.merged, self.names = {}, None, dict(names)
 
 
 class Read(NamedTuple):
@@ -303,6 +313,7 @@ def _read_all(path: str | None, cache: ReadCache, left_out: Sequence[str]) -> _R
     """Every file read and checked, but the declarations of those `left_out` (of the main
     file, only its settings are read then; a drop-in directory left out is not read)."""
     name = path or DEFAULT_PATH
+    cache.check_names()
     problems: list[str] = []
     cfg = Config()
     settings_ok = True

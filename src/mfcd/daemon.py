@@ -28,13 +28,14 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mfcd import (
     __version__,
     config,
     declarations,
+    diagnosis,
     directory_trust,
     groups,
     heap,
@@ -42,7 +43,9 @@ from mfcd import (
     mrdisc,
     netlink,
     notify,
+    probes,
     protocol,
+    validate,
     views,
 )
 from mfcd.commands import Commands, tell
@@ -226,6 +229,9 @@ class Daemon:
         self._reloading = asyncio.Lock()  # one reload at a time
         # What the files held when last read: a reload parses only the files that changed.
         self._read_cache = read_cache or config.ReadCache()
+        # The multicast rules (`ip mrule`), for the warning of a route that they do not send
+        # its iif's traffic to (mfc add, batch, reload): read at most every 10 ms.
+        self.mrules = probes.RuleReader()
         self.config_path = config_path
         self.overrides = overrides
         self.server: Server | None = None
@@ -491,6 +497,7 @@ class Daemon:
         self.registry.templates = lambda: metrics.template_counts(controller.router)
         commands.reloader = self.reload_config
         commands.left_out = lambda: config.left_out_named(self.left_out, self.config_path)
+        commands.mrules = self.mrules
         return commands
 
     def _metrics_sources(self) -> metrics.Sources:
@@ -1177,7 +1184,7 @@ class Daemon:
             self.events.emit("reload", config=name, summary=result["summary"])
         # Last: counting what the routes wait for lets other clients in between its slices,
         # which must not come between the reload's changes and their events.
-        result.update(await self._reload_warnings(declared, kept, dry_run))
+        result.update(await self._reload_warnings(declared, kept, dry_run, change))
         return result
 
     def _tell_reload(self, change: declarations.Diff, outcome: Outcome, taken: Takeovers) -> None:
@@ -1211,12 +1218,18 @@ class Daemon:
         return {k: getattr(old, k) for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)}
 
     async def _reload_warnings(
-        self, declared: declarations.Declarations, kept: dict[str, Any], dry_run: bool
+        self,
+        declared: declarations.Declarations,
+        kept: dict[str, Any],
+        dry_run: bool,
+        change: declarations.Diff | None = None,
     ) -> dict[str, Any]:
         """What mfcctl warns of after a reload (or its dry run), in `warnings`: the
-        settings kept until a restart, and the routes and templates of the files that wait
+        settings kept until a restart, the routes and templates of the files that wait
         for interfaces that do not exist (counted in `pending`, `degraded` and `missing`,
-        as a batch's), so that a typo is seen. mfcd's log says them too (SIGHUP)."""
+        as a batch's), so that a typo is seen, and those (of the routes, those the reload
+        adds or changes: `change`) in a table the multicast rules do not send their iif's
+        traffic to. mfcd's log says them too (SIGHUP)."""
         # (the routes by their shared Ports, a slice at a time: 1,000,000 take some 150 ms)
         combinations: Counter[Ports] = Counter()
         routes = iter(declared.routes.values())
@@ -1226,8 +1239,13 @@ class Daemon:
         links = self.controller.router.links
         waiting = declarations.waiting(combinations, declared.templates, links)
         warnings = [kept_text(key, value) for key, value in kept.items()]
-        text = views.waiting_text(waiting, would=dry_run)
-        if text:
+        keys = [] if change is None else itertools.chain(change.added, change.changed)
+        texts = (
+            views.waiting_text(waiting, would=dry_run),
+            views.settings_waiting_text(declared.interfaces, links),
+            *unreached_of(declared, keys, self.mrules),
+        )
+        for text in filter(None, texts):
             warnings.append(text)
             if not dry_run:
                 log.info("reload: %s", text)
@@ -1255,6 +1273,25 @@ class Daemon:
             self.learner.idle_timeout = new.learned_idle_timeout
             self.learner.max_learned = new.max_learned
         self.cfg = new
+
+
+def unreached_of(
+    declared: declarations.Declarations,
+    keys: Iterable[RouteKey],
+    rules_of: Callable[[int], diagnosis.Rules],
+) -> list[str]:
+    """The warnings (diagnosis.unreached) of the declared routes `keys` and of every
+    declared template whose table the multicast rules do not send its iif's traffic to,
+    each (family, table, iif) once, at the FILE:LINE of the first that has it."""
+    wanted: dict[tuple[int, int, str], str] = {}
+    routes = declared.routes
+    for key in keys:
+        reaching = (key[0], key[3], routes[key].iif)
+        if reaching not in wanted:
+            wanted[reaching] = declared.where(key)
+    for t in declared.templates:
+        wanted.setdefault((t.family, t.table, t.iif), t.where)
+    return diagnosis.unreached_warnings(wanted, rules_of, validate.table_numbers, where=wanted)
 
 
 def kept_text(key: str, value: Any) -> str:
@@ -1353,8 +1390,12 @@ def _note_missing_interfaces(name: str, declared: declarations.Declarations) -> 
     except (OSError, ValueError):  # (no netlink here, or an answer not understood)
         return
     combinations = Counter(declared.routes.values())
-    text = views.waiting_text(declarations.waiting(combinations, declared.templates, links), True)
-    if text:
+    texts = (
+        views.waiting_text(declarations.waiting(combinations, declared.templates, links), True),
+        views.settings_waiting_text(declared.interfaces, links),
+        *unreached_of(declared, declared.routes, probes.read_rules),
+    )
+    for text in filter(None, texts):
         print(f"{name}: note: on this machine, {text}", file=sys.stderr)
 
 

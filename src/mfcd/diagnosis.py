@@ -26,7 +26,7 @@ of `diagnose`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +34,7 @@ from mfcd import templates as tpl
 from mfcd.model import DEFAULT_TABLE, RouteKey, Router
 from mfcd.netlink import MRule
 from mfcd.templates import TemplateKey
+from mfcd.wildcards import is_wildcard
 
 Status = Literal["passed", "failed", "unknown"]
 
@@ -291,6 +292,13 @@ class Facts:
     elsewhere: tuple[int, ...] = ()
     # Config files a start left out for an error: they may declare the flow's route.
     left_out: tuple[str, ...] = ()
+    # What mfcd has in each other table on the intent's iif (a rule's fix that takes the
+    # iif's traffic from there would starve them): table -> (routes its VIF there carries,
+    # templates with that iif).
+    fed: Mapping[int, tuple[int, int]] = field(default_factory=dict)
+    # The tables mfcd found another multicast router owns (MRT_INIT refused): a fix does
+    # not offer to declare the intent there.
+    owned: frozenset[int] = frozenset()
 
 
 def checklist(facts: Facts) -> list[Check]:
@@ -326,6 +334,85 @@ def verdict(checks: Iterable[Check]) -> str:
     if "failed" in statuses:
         return "failed"
     return "unknown" if "unknown" in statuses else "ok"
+
+
+# --- the rules' warning on a change (mfc add, batch, reload, --check-config) ----------------------
+
+# A change's warnings name at most this many (family, table, iif): the rest are counted.
+MOST_UNREACHED = 5
+_FAMILY = {4: "IPv4", 6: "IPv6"}
+
+
+def unreached(
+    rules: Rules, family: int, table: int, iif: str, names: Mapping[int, str] | None = None
+) -> str:
+    """Why what arrives on `iif` does not reach `table` by the multicast rules (so a route
+    or template there forwards nothing), or "" when it does, or when that is not known
+    (rules not read, an l3mdev or firewall-mark rule on the way). `names`: table names by
+    number (rt_tables), to say `254 (main)`. The route's own table is taken as existing,
+    as it is once the route is installed."""
+    if rules.error or not rules.rules or is_wildcard(iif):
+        return ""  # (no rule at all: a kernel without multicast rules, most likely)
+    walk = rules.walk(iif, rules.missing - {table})
+    rule = walk.decides
+    if _reaches(rule, table) or any(any(_reaches(d, table) for d in f.others) for f in walk.forks):
+        return ""
+    if rule is not None and rule.l3mdev:
+        return ""  # (the VRF's table may be the route's: not known here)
+    default = DEFAULT_TABLE[family]
+    word = _FAMILY[family]
+
+    def named(number: int) -> str:
+        name = (names or {}).get(number)
+        return f"{number} ({name})" if name else str(number)
+
+    if rule is None:
+        went = f"no rule matches {iif}, the kernel drops its traffic"
+    elif rule.action == "lookup":
+        where = "the default table" if rule.table == default else f"table {named(rule.table)}"
+        went = f"{iif} goes to {where} (rule {_rule_text(rule)})"
+    else:
+        went = f"rule {_rule_text(rule)} drops it"
+    if table == default:
+        return f"no multicast rule sends {iif}'s traffic to {word}'s default table {table}: {went}"
+    return (
+        f"no multicast rule sends {iif}'s traffic to {word} table {named(table)}: {went};"
+        f" {word}'s default table is {default} (`default`)"
+    )
+
+
+def unreached_warnings(
+    wanted: Iterable[tuple[int, int, str]],
+    rules_of: Callable[[int], Rules],
+    names: Callable[[], Mapping[int, str]] | None = None,
+    where: Mapping[tuple[int, int, str], str] | None = None,
+) -> list[str]:
+    """The warnings (see unreached) of the (family, table, iif) of a change's routes and
+    templates, each once, the rules of each family read once; `names` gives the table
+    names (asked for only when there is a warning); `where` says, for a config file's,
+    where the first one is declared (FILE:LINE)."""
+    warnings: list[str] = []
+    rules: dict[int, Rules] = {}
+    named: Mapping[int, str] | None = None
+    more = 0
+    for family, table, iif in sorted(set(wanted)):
+        if family not in rules:
+            rules[family] = rules_of(family)
+        if not unreached(rules[family], family, table, iif):
+            continue
+        if named is None:
+            named = names() if names is not None else {}
+        text = unreached(rules[family], family, table, iif, named)
+        if not text:
+            continue
+        if len(warnings) == MOST_UNREACHED:
+            more += 1
+            continue
+        place = (where or {}).get((family, table, iif))
+        warnings.append(f"{place}: {text}" if place else text)
+    if more:
+        warnings.append(f"and {more} more (table, iif) like these: mfcctl diagnose explains each")
+    return warnings
 
 
 # --- the checks, in the order of the path ---------------------------------------------------------
@@ -379,7 +466,7 @@ def _steered(facts: Facts, iif: str) -> int | None:
     default = DEFAULT_TABLE[facts.family]
     if rule is None or rule.action != "lookup" or rule.l3mdev or rule.table == default:
         return None
-    return rule.table
+    return None if rule.table in facts.owned else rule.table
 
 
 def _table_name(family: int, number: int) -> str:
@@ -686,12 +773,35 @@ def _mrule(facts: Facts, intent: Intent) -> Check:
             f"what arrives on {iif} goes to {_table_text(rule)} (rule {_rule_text(rule)}), not to"
             f" the route's table {table}"
         )
-        if table == DEFAULT_TABLE[intent.family] and not rule.l3mdev:
-            # The rule was most likely added on purpose: the route belongs in its table.
+        fix += _starves(facts, rule, iif)
+        # A rule for the iif (or any rule, for an intent of the default table) was most
+        # likely added on purpose: the intent belongs in its table, unless another router
+        # owns that one. (The kernel's catch-all rule is no such sign: a rule is missing.)
+        on_purpose = rule.iif is not None or table == DEFAULT_TABLE[intent.family]
+        if on_purpose and not rule.l3mdev and rule.table not in facts.owned:
             fix = f"{_move(intent, rule.table)}; or send {iif}'s traffic to table {table}: {fix}"
     else:
         detail = f"rule {_rule_text(rule)} drops what arrives on {iif}"
     return Check("mrule", "failed", detail + skipped, fix)
+
+
+def _starves(facts: Facts, rule: MRule, iif: str) -> str:
+    """The end of a fix that takes `iif`'s traffic from the table `rule` sends it to, when
+    mfcd has routes or templates there on that iif: they would forward nothing."""
+    if rule.l3mdev:
+        return ""
+    routes, templates = facts.fed.get(rule.table, (0, 0))
+    if not routes and not templates:
+        return ""
+    what = " and ".join(
+        f"{n} {noun}{'s' * (n != 1)}"
+        for n, noun in ((routes, "route"), (templates, "template"))
+        if n
+    )
+    return (
+        f" (careful: rule {rule.priority} feeds table {rule.table}, where {iif} carries {what}"
+        f" of mfcd's: they would get none of {iif}'s traffic)"
+    )
 
 
 def _move(intent: Intent, table: int) -> str:

@@ -869,6 +869,9 @@ class Kernel:
         self.keeper = keeper
         self.sockets: dict[tuple[int, int], MrouteSocket] = {}
         self.adopted: list[tuple[int, int]] = []  # the tables taken over, in order
+        # The (family, table)s whose MRT_INIT another multicast router holds (EADDRINUSE at
+        # their last try): diagnose offers no fix that declares a route there.
+        self.owned: set[tuple[int, int]] = set()
         # apply_later hands a run of this many routes or more to the writer processes (None:
         # never); `writers` are those once started (the crew, `crew` of them: two when two
         # CPUs can run them, whose calls the kernel takes side by side), `later` the ops
@@ -896,7 +899,10 @@ class Kernel:
                 sock = MrouteSocket(family, table)
             except KernelError as e:
                 e.table = (family, table)  # (see dataplane.table_owned)
+                if e.errno == errno.EADDRINUSE:
+                    self.owned.add((family, table))
                 raise
+            self.owned.discard((family, table))
             self.sockets[(family, table)] = sock
             # Stored right after MRT_INIT, before any VIF: a crash, a watchdog kill or the
             # OOM killer then leaves the table to the next mfcd as a stop does.

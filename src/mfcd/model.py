@@ -1149,7 +1149,7 @@ class Router:
         interface, or out of the kernel; then its VIFs are released."""
         ports = self.templates.get(key)
         if ports is None:
-            raise NotFound(f"no template {template_text(key)}")
+            raise NotFound(f"no template {template_text(key)}{self.template_elsewhere(key)}")
         self._forget_pending(key, ports)
         self._pop(self.templates, key)
         self._pop(self.template_origins, key)
@@ -1174,6 +1174,24 @@ class Router:
             if other_key in routes and other_key not in learned:
                 found.append(other)
         return tables_hint(family, "one", found)
+
+    def template_elsewhere(self, key: TemplateKey) -> str:
+        """For a message that no template `key` exists: the iif the template of its prefixes
+        in its table has ("; there is one with iif r1 (--iif r1)"), else the other tables
+        that hold one (as elsewhere says), or ""."""
+        family, source, group, table, iif = key
+        iifs = [k[4] for k in self.templates_named(family, source, group, table)]
+        if len(iifs) > 1:
+            return f"; there are some with iif {', '.join(iifs)} (say which with --iif)"
+        if iifs:
+            return f"; there is one with iif {iifs[0]} (--iif {iifs[0]})"
+        found = [k for k in self.templates if k[:3] == key[:3] and k[3] != table]
+        same = [k[3] for k in found if k[4] == iif]
+        if same:
+            return tables_hint(family, "one", same)
+        others = sorted({k[4] for k in found})
+        with_iif = f" with iif {', '.join(others)}" if others else ""
+        return tables_hint(family, f"one{with_iif}", (k[3] for k in found))
 
     def templates_named(
         self, family: int, source: str, group: str, table: int

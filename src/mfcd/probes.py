@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -253,6 +254,37 @@ def read_rules(family: int) -> Rules:
     return Rules(rules, missing=missing, in_vrf=in_vrf)
 
 
+# How long the multicast rules read for a change's warning are taken as current (seconds).
+# A client sending changes at full speed costs one read per interval (some 0.1-0.4 ms:
+# the dump, and a lookup of each table the rules name), not one per request; a rule
+# changed by `ip mrule` counts from mfcctl's next command on (mfcctl takes longer to start).
+RULES_INTERVAL = 0.01
+
+
+class RuleReader:
+    """The multicast rules of each family (read_rules), read again once `interval` has
+    passed since they were last read: what a change's warning (diagnosis.unreached) looks
+    at."""
+
+    def __init__(
+        self,
+        interval: float = RULES_INTERVAL,
+        read: Callable[[int], Rules] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._interval, self._read, self._clock = interval, read, clock
+        self._read_at: dict[int, tuple[float, Rules]] = {}
+
+    def __call__(self, family: int) -> Rules:
+        now = self._clock()
+        known = self._read_at.get(family)
+        if known is not None and now - known[0] < self._interval:
+            return known[1]
+        rules = (self._read or read_rules)(family)  # (read_rules as it is now: tests set it)
+        self._read_at[family] = (now, rules)
+        return rules
+
+
 # --- the whole diagnosis --------------------------------------------------------------------------
 
 
@@ -276,10 +308,15 @@ def _machine_facts(
 
 
 async def diagnose(
-    router: Router, counters: CountersReader, query: Query, left_out: Sequence[str] = ()
+    router: Router,
+    counters: CountersReader,
+    query: Query,
+    left_out: Sequence[str] = (),
+    owned: frozenset[int] = frozenset(),
 ) -> dict[str, Any]:
     """Diagnose every intent matching the flow; the result of the `diagnose` command
-    (`left_out`: the config files a start left out for an error, named when none matches)."""
+    (`left_out`: the config files a start left out for an error, named when none matches;
+    `owned`: the family's tables another multicast router owns)."""
     family, group, source = query.family, query.group, query.source
     intents = diagnosis.matching_intents(router, query)
     elsewhere: tuple[int, ...] = ()
@@ -320,6 +357,8 @@ async def diagnose(
             backs.get(intent.source),
             _difference(vifs_before[index], vifs_after[index]),
             rules,
+            fed=_fed(router, intent),
+            owned=owned,
         )
         flows.append((intent, diagnosis.checklist(facts)))
     if not intents:
@@ -339,9 +378,31 @@ async def diagnose(
             rules=rules,
             elsewhere=elsewhere,
             left_out=tuple(left_out),
+            owned=owned,
         )
         flows.append((None, diagnosis.checklist(facts)))
     return views.diagnose_result(query, elapsed, flows)
+
+
+def _fed(router: Router, intent: Intent) -> dict[int, tuple[int, int]]:
+    """What mfcd has on the intent's iif in each other table of its family (Facts.fed):
+    the routes its VIF there carries (as iif or oif, learned entries too: its count of
+    users, less the templates that hold it; no scan of every route) and the templates
+    with that iif."""
+    family, iif = intent.family, intent.iif
+    on_iif: Counter[int] = Counter()
+    holding: Counter[int] = Counter()  # templates that hold the iif's VIF, by table
+    for key, ports in router.templates.items():
+        if key[0] == family and iif in ports.interfaces:
+            on_iif[key[3]] += key[4] == iif
+            holding[key[3]] += key in router.holding
+    fed = {}
+    for f, table in router.slots:
+        vif = router.vif_of(family, iif, table) if f == family and table != intent.table else None
+        routes = vif.refs - holding[table] if vif is not None else 0
+        if routes > 0 or on_iif[table]:
+            fed[table] = (max(routes, 0), on_iif[table])
+    return fed
 
 
 def _counters(reader: CountersReader, intent: Intent) -> SgCounters | None:

@@ -191,6 +191,11 @@ class Names:
             number = self._names.get(name)
         return number
 
+    def now(self) -> dict[str, int]:
+        """Every name as the files say now (read again if they changed); not to be changed."""
+        self.refresh()
+        return self._names
+
     def refresh(self) -> None:
         """Read the files again if any changed since they were last read."""
         self._due = self._clock() + self._interval

@@ -139,6 +139,18 @@ _FAMILY_WORD = {4: "IPv4", 6: "IPv6"}
 _table_names: rt_tables.Names | dict[str, int] = rt_tables.Names()  # (tests may set a dict)
 
 
+def table_names() -> dict[str, int]:
+    """The table names as the files say now (what a name given now resolves to): a reload
+    compares them with those its cached files were read with (config.ReadCache)."""
+    names = _table_names
+    return names.now() if isinstance(names, rt_tables.Names) else dict(names)
+
+
+def table_numbers() -> dict[int, str]:
+    """The name of each numbered table, as the files say now (for messages: `254 (main)`)."""
+    return {number: name for name, number in table_names().items()}
+
+
 def table_of(value: Any, family: int, names: dict[str, int] | None = None) -> int:
     """A route's table: None or "default" for the family's default table (IPv4 253, IPv6
     254), a number from 1 to the family's MAX_TABLE, or a name from /etc/iproute2/rt_tables

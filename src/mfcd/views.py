@@ -1068,6 +1068,22 @@ def refused_text(router: Router) -> str:
     return f"{noun} of the config files {be} pending: {router.refused[keys[0]]}"
 
 
+def settings_waiting_text(
+    interfaces: Mapping[str, Any], links: Container[str], shown: int = 3
+) -> str:
+    """`[[interface]] r22 (mfcd.d/50.conf:3): no such interface (yet); its settings apply
+    when it appears`: the interfaces the config files set (Declarations.interfaces) that do
+    not exist, so that a typo in a name is seen as in a route's; "" if none."""
+    absent = [s for name, s in interfaces.items() if name not in links]
+    if not absent:
+        return ""
+    some = ", ".join(f"{s.name} ({s.where})" for s in absent[:shown])
+    some += f" and {len(absent) - shown} more" * (len(absent) > shown)
+    if len(absent) == 1:
+        return f"[[interface]] {some}: no such interface (yet); its settings apply when it appears"
+    return f"[[interface]] {some}: no such interfaces (yet); their settings apply when they appear"
+
+
 def _routes_and_templates(routes: int, templates: int) -> str:
     """`2 routes`, `1 template`, `1 route and 2 templates`: those that are not 0."""
     parts = [counted(n, noun) for n, noun in ((routes, "route"), (templates, "template")) if n]

@@ -468,7 +468,11 @@ def test_an_mrule_to_a_table_that_does_not_exist_is_passed_over(
     assert (status, result["verdict"]) == (8, "failed"), result
     assert found["mrule"]["status"] == "failed", found["mrule"]
     assert "goes to table 77 (rule 50: iif r0 lookup 77)" in found["mrule"]["detail"]
-    assert found["mrule"]["fix"] == f"{ip} add iif r0 lookup 100 pref 49"
+    # (first: the route where rule 50 sends the traffic, as for a default-table route)
+    assert found["mrule"]["fix"].startswith("declare the route in table 77, where that traffic")
+    assert found["mrule"]["fix"].endswith(
+        f"; or send r0's traffic to table 100: {ip} add iif r0 lookup 100 pref 49"
+    )
     assert found["counted"]["status"] == "failed"
 
 
@@ -500,7 +504,11 @@ def test_a_default_table_route_whose_iif_a_rule_steers_to_another_table(
     shown = result["flows"][0]["route"]["source"]  # canonical: 2001:db8::2
     move = f"mfcctl mfc add --table 100 --source {shown} --group {group} --iif r0 --oifs r1"
     assert move in found["mrule"]["fix"]
-    assert found["mrule"]["fix"].endswith(f"{ip} add iif r0 lookup {default} pref 99")
+    # (the rule's fix takes r0's traffic from table 100 and its route: said)
+    assert found["mrule"]["fix"].endswith(
+        f"{ip} add iif r0 lookup {default} pref 99 (careful: rule 100 feeds table 100, where"
+        " r0 carries 1 route of mfcd's: they would get none of r0's traffic)"
+    )
     assert found["counted"]["fix"] == "see the checks that failed above"
     # The fix, as diagnose wrote it: the route in table 100.
     mfcd.ok("mfc", "del", "--source", source, "--group", group)

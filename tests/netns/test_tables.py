@@ -185,9 +185,18 @@ def test_a_table_another_router_owns_is_refused_and_nothing_changes(lab: Lab, mf
     assert f"already owns IPv4 multicast routing table {TABLE}" in refused.stderr
     assert refused.stderr.count("\n") == 1
     assert mfcd.show() == before
+    # r1's traffic steered to the owned table: diagnose of a default-table route on r1
+    # does not offer to declare it there, which mfcd would refuse (trial 14 F7).
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    mfcd.ok(*route_args(second, GROUPS[4], "r1", "r2"))
+    args = ("--source", second, "--group", GROUPS[4], "--seconds", "0.2")
+    diagnosed = json.loads(mfcd.ctl("-o", "json", "diagnose", *args).stdout)
+    [mrule] = [c for c in diagnosed["flows"][0]["checks"] if c["check"] == "mrule"]
+    assert mrule["status"] == "failed" and f"goes to table {TABLE}" in mrule["detail"]
+    assert mrule["fix"].startswith("ip mrule del pref 0"), mrule["fix"]
     lab.stop(holder)
     mfcd.ok(*route_args(second, GROUPS[4], "r1", "r3"), "--table", TABLE)
-    assert [r["table"] for r in mfcd.show()["routes"]] == [100, 253]
+    assert [r["table"] for r in mfcd.show()["routes"]] == [100, 253, 253]
 
 
 # Another privileged program changes table 100 behind mfcd's back, through a raw socket set
@@ -414,3 +423,73 @@ def test_an_imported_smcroute_table_keeps_its_threshold_in_that_table(
         by_mfcd = send_and_count(lab, 4, 1)
         assert by_smcroute == by_mfcd == [5, 0]
         assert send_and_count(lab, 4, 0) == [0, 5]  # r3's threshold is table 100's only
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_route_in_a_table_its_iifs_traffic_does_not_go_to_is_warned_of(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    """With `ip mrule iif r1 lookup 100`: a route in a table no rule sends anything to
+    (`--table main` for IPv4, 253 for IPv6, which iproute2 names `default`) or in the
+    default table on r1 is accepted and installed, but forwards nothing. mfc add, batch,
+    reload (-n) and --check-config warn of it, naming where the traffic goes (trial 14
+    F6); a route where the rules send its iif's traffic has no warning."""
+    lab.ip(lab.router, f"-{family}", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    group = GROUPS[family]
+    first, second = SOURCES[family]
+    word = f"IPv{family}"
+    nowhere = "main" if family == 4 else "253"
+    number = 254 if family == 4 else 253
+    default = 253 if family == 4 else 254
+    to_nowhere = f"no multicast rule sends r0's traffic to {word} table {number}"
+    to_default = (
+        f"no multicast rule sends r1's traffic to {word}'s default table {default}: r1 goes"
+        f" to table {TABLE}"
+    )
+
+    # Where the rules send the iif's traffic: no warning (table 100 exists from then on:
+    # until it does, the kernel passes over the rule, and r1's traffic goes to the default).
+    fine = mfcd.ctl("mfc", "add", "--table", TABLE, *route_args(second, group, "r1", "r3")[2:])
+    assert fine.returncode == 0 and fine.stderr == ""
+    fine = mfcd.ctl(*route_args(first, UNROUTED[family], "r0", "r2"))
+    assert fine.returncode == 0 and fine.stderr == ""
+    added = mfcd.ctl("mfc", "add", "--table", nowhere, *route_args(first, group, "r0", "r2")[2:])
+    assert added.returncode == 0, added.stderr
+    assert added.stderr.startswith(f"mfcctl: warning: {to_nowhere}")
+    assert f"{word}'s default table is {default} (`default`)" in added.stderr
+    added = mfcd.ctl(*route_args(second, group, "r1", "r2"))
+    assert added.returncode == 0 and added.stderr.startswith(f"mfcctl: warning: {to_default}")
+    assert {r["state"] for r in mfcd.show()["routes"]} == {"installed"}
+    # (what the warnings say: r1's traffic goes to table 100 (r3), r0's to the default)
+    assert send_and_count(lab, family, 1) == [0, 5]
+    assert send_and_count(lab, family, 0) == [0, 0]
+
+    # A batch: said once per table and iif; in its JSON too.
+    lines = "".join(
+        f"mfc add --source {second} --group {g} --iif r1 --oifs r2\n"
+        for g in (("239.1.8.1", "239.1.8.2") if family == 4 else ("ff3e::8:1", "ff3e::8:2"))
+    )
+    batch = mfcd.ctl("-o", "json", "batch", "-", stdin=lines)
+    assert batch.returncode == 0, batch.stderr
+    [warning] = json.loads(batch.stdout)["warnings"]
+    assert warning.startswith(to_default)
+
+    # The config files: reload -n, reload and --check-config.
+    settings = mfcd.config_file.read_text()
+    mfcd.config_file.write_text(
+        settings
+        + f'\n[[route]]\nsource = "{first}"\ngroup = "{UNROUTED[family]}"\niif = "r0"\n'
+        + f'oifs = ["r3"]\ntable = {number}\n'
+    )
+    line = settings.count("\n") + 2
+    for dry in (["-n"], []):
+        reloaded = mfcd.ctl("reload", *dry)
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert reloaded.stderr.startswith(
+            f"mfcctl: warning: {mfcd.config_file}:{line}: {to_nowhere}"
+        )
+    noted = lab.exec(
+        lab.router, str(BIN / "mfcd"), "--check-config", "--config", str(mfcd.config_file)
+    )
+    assert noted.returncode == 0, noted.stderr
+    assert f"note: on this machine, {mfcd.config_file}:{line}: {to_nowhere}" in noted.stderr

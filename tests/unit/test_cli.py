@@ -169,6 +169,17 @@ def test_a_route_waiting_is_a_warning_on_stderr_naming_the_interface(
     )
 
 
+def test_a_change_prints_mfcds_warnings_on_stderr(tmp_path: Path) -> None:
+    """A route in a table the multicast rules do not send its iif's traffic to (trial 14
+    F6): mfcd says it in `warnings`, mfcctl prints each on stderr."""
+    warning = "no multicast rule sends r1's traffic to IPv4 table 254 (main): r1 goes to ..."
+    result = {"dry_run": False, "changes": 1, "warnings": [warning]}
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    status, out, err = run_cli("--socket", str(fake.path), *ADD, "r9")
+    fake.close()
+    assert (status, out, err) == (0, "", f"mfcctl: warning: {warning}\n")
+
+
 @pytest.mark.parametrize(
     ("pending", "degraded", "warning"),
     [

@@ -15,8 +15,10 @@ from mfcd import batchfile, protocol, validate
 from mfcd import commands as commands_module
 from mfcd.commands import Commands, Peer, tell
 from mfcd.controller import Controller
+from mfcd.diagnosis import Rules
 from mfcd.events import EventBus
 from mfcd.model import RUN_MIN, AddRoute, Change, DelRoute, Ports, SetThreshold
+from mfcd.netlink import MRule
 from tests.unit.conftest import FakeKernel, FakeState, observable
 
 PEER = Peer(pid=4242, uid=0, gid=0)
@@ -959,6 +961,18 @@ def test_not_found_says_which_other_table_holds_the_route_or_template(
     assert ask(commands, "mfc.del", template)["error"]["message"] == (
         "no template source * group 239.2.0.0/16; there is one in table 100 (--table 100)"
     )
+    # Named with its iif (trial 14 F12): the table that holds it, or the iif it has.
+    assert ask(commands, "mfc.del", {**template, "iif": "a"})["error"]["message"] == (
+        "no template source * group 239.2.0.0/16 iif a; there is one in table 100 (--table 100)"
+    )
+    assert ask(commands, "mfc.del", {**template, "iif": "c", "table": 100})["error"]["message"] == (
+        "no template source * group 239.2.0.0/16 iif c in table 100;"
+        " there is one with iif a (--iif a)"
+    )
+    assert ask(commands, "mfc.del", {**template, "iif": "c"})["error"]["message"] == (
+        "no template source * group 239.2.0.0/16 iif c;"
+        " there is one with iif a in table 100 (--table 100)"
+    )
     # A route that exists nowhere else: the message as it always was.
     assert (
         ask(commands, "mfc.del", {"source": "10.0.0.9", "group": "239.1.1.1"})["error"]["message"]
@@ -1000,3 +1014,46 @@ def test_a_bad_batch_table_changes_nothing(commands: Commands) -> None:
     response = ask(commands, "batch", {"text": text, "table": 0})
     assert error_of(response) == ("invalid_argument", "table")
     assert snapshot(commands) == before
+
+
+def test_a_route_or_template_in_a_table_its_iifs_traffic_does_not_reach_is_warned_of(
+    commands: Commands,
+) -> None:
+    """`--table main` for IPv4 (254, no rule goes there), or the default table for an iif
+    an mrule steers to table 100: accepted, installed, forwarding nothing, and said
+    nowhere (trial 14 F6). A warning, in `warnings`, the rules read once a request."""
+    rules = Rules((MRule(0, "lookup", 100, iif="c"), MRule(32767, "lookup", 253)))
+    read: list[int] = []
+
+    def mrules(family: int) -> Rules:
+        read.append(family)
+        return rules
+
+    commands.mrules = mrules
+    to_main = "no multicast rule sends a's traffic to IPv4 table 254"
+    steered = "no multicast rule sends c's traffic to IPv4's default table 253: c goes to table"
+    route = {"source": "10.0.0.7", "group": "239.5.5.6", "iif": "a", "oifs": ["b"]}
+    for envelope in ({"dry_run": True}, {}):  # (the dry run, then the one-route lane)
+        response = ask(commands, "mfc.add", {**route, "table": 254}, **envelope)
+        assert response["ok"]
+        assert [w[: len(to_main)] for w in response["result"]["warnings"]] == [to_main]
+    assert read == [4, 4]
+    template = {"group": "239.6.0.0/16", "iif": "c", "oifs": ["b"]}
+    response = ask(commands, "mfc.add", template)
+    assert response["ok"] and response["result"]["warnings"][0].startswith(steered)
+    # Where the rules send the iif's traffic: no warning.
+    assert "warnings" not in ask(commands, "mfc.add", {**template, "table": 100})["result"]
+    assert "warnings" not in ask(commands, "mfc.add", {**route, "group": "239.5.5.7"})["result"]
+    # A batch: each table and iif once, however many routes have them.
+    lines = [
+        f"mfc add --table 254 --source 10.0.0.7 --group 239.7.0.{n} --iif a --oifs b"
+        for n in range(50)
+    ]
+    lines += [f"mfc add --source 10.0.0.8 --group 239.7.1.{n} --iif c --oifs b" for n in range(50)]
+    read.clear()
+    result = ask(commands, "batch", {"text": "\n".join(lines)})["result"]
+    assert result["added"] == 100
+    assert [w[:40] for w in result["warnings"]] == [steered[:40], to_main[:40]]
+    assert read == [4]
+    ops = [{"op": "add", "source": "10.0.0.9", "group": "239.8.0.1", "iif": "c", "oifs": ["b"]}]
+    assert ask(commands, "batch", {"ops": ops})["result"]["warnings"][0].startswith(steered)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mfcd import config, declarations, smcroute_import
+from mfcd import config, declarations, rt_tables, smcroute_import, validate
 from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
 from mfcd.daemon import Daemon, _log_left_out
@@ -259,6 +259,29 @@ def test_a_reload_parses_only_the_files_that_changed(tmp_path: Path) -> None:
     drop_in.write_text(route("239.1.1.1"))
     with pytest.raises(Problems, match="declared twice"):
         config.load_all(str(main), cache)
+
+
+def test_a_reload_reads_again_a_file_naming_a_table_renumbered_in_rt_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache kept the table numbers of a file whose text had not changed: after
+    "100 studio" became "101 studio", a reload moved nothing until the file was touched."""
+    etc = tmp_path / "iproute2"
+    etc.mkdir()
+    (etc / "rt_tables").write_text("100 studio\n")
+    monkeypatch.setattr(validate, "_table_names", rt_tables.Names(str(etc), str(tmp_path / "usr")))
+    main = tmp_path / "mfcd.conf"
+    main.write_text(route("239.1.1.1") + 'table = "studio"\n')
+    (tmp_path / "mfcd.d").mkdir()
+    (tmp_path / "mfcd.d" / "10.conf").write_text(route("239.1.1.2"))
+    cache = config.ReadCache()
+    first = config.load_all(str(main), cache).declared
+    assert [k[3] for k in first.routes] == [100, 253]
+    assert config.load_all(str(main), cache).declared is first  # (unchanged: from the cache)
+    (etc / "rt_tables").write_text("101 studio\n")
+    moved = config.load_all(str(main), cache).declared
+    assert [k[3] for k in moved.routes] == [101, 253]
+    assert config.load_all(str(main), cache).declared is moved
 
 
 def test_routes_and_templates_of_a_family_turned_off_are_problems(tmp_path: Path) -> None:

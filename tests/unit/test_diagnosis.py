@@ -689,7 +689,10 @@ def test_a_lookup_of_a_table_that_does_not_exist_is_passed_over() -> None:
     c = check(with_rules(*rules, DEFAULT_RULE4), "mrule")
     assert c.status == "failed"
     assert "goes to table 77 (rule 50: iif r0 lookup 77), not to the route's table 100" in c.detail
-    assert c.fix == "ip mrule add iif r0 lookup 100 pref 49"
+    assert c.fix.startswith("declare the route in table 77, where that traffic goes:")
+    assert c.fix.endswith(
+        "; or send r0's traffic to table 100: ip mrule add iif r0 lookup 100 pref 49"
+    )
     # Passed over and still not reaching table 100.
     c = check(with_rules(rules[0], DEFAULT_RULE4, missing=frozenset({77})), "mrule")
     assert (c.status, c.fix) == ("failed", "ip mrule add iif r0 lookup 100 pref 32766")
@@ -821,3 +824,111 @@ def test_an_l3mdev_rule_decides_once_it_is_known_whether_the_interface_is_in_a_v
     facts = dataclasses.replace(IN_100, rules=Rules(rules, in_vrf=members))
     c = check(facts, "mrule")
     assert c.status == {False: "passed", True: "failed", None: "unknown"}[vrf]
+
+
+# --- the rules' warning on a change (trial 14 F6) ---------------------------------------------
+
+STEERED_R1 = Rules((MRule(0, "lookup", 100, iif="r1"), DEFAULT_RULE4))
+
+
+def test_a_route_in_a_table_no_rule_reaches_is_warned_of_naming_where_its_iif_goes() -> None:
+    """`--table main` (254) for IPv4, where nothing goes; and a default-table route on an
+    iif an mrule steers elsewhere: installed, forwarding nothing, said nowhere."""
+    names = {100: "studio", 254: "main"}
+    assert diagnosis.unreached(STEERED_R1, 4, 254, "r1", names) == (
+        "no multicast rule sends r1's traffic to IPv4 table 254 (main): r1 goes to table"
+        " 100 (studio) (rule 0: iif r1 lookup 100); IPv4's default table is 253 (`default`)"
+    )
+    assert diagnosis.unreached(STEERED_R1, 4, 254, "r0") == (
+        "no multicast rule sends r0's traffic to IPv4 table 254: r0 goes to the default table"
+        " (rule 32767: from all lookup 253); IPv4's default table is 253 (`default`)"
+    )
+    assert diagnosis.unreached(STEERED_R1, 4, 253, "r1") == (
+        "no multicast rule sends r1's traffic to IPv4's default table 253: r1 goes to table 100"
+        " (rule 0: iif r1 lookup 100)"
+    )
+    six = Rules((MRule(0, "lookup", 100, iif="r1"), MRule(32767, "lookup", 254)))
+    assert diagnosis.unreached(six, 6, 253, "r0", {253: "default"}) == (
+        "no multicast rule sends r0's traffic to IPv6 table 253 (default): r0 goes to the"
+        " default table (rule 32767: from all lookup 254); IPv6's default table is 254"
+        " (`default`)"
+    )
+    dropped = Rules((MRule(0, "lookup", 100, iif="r1"),))
+    assert diagnosis.unreached(dropped, 4, 253, "r0") == (
+        "no multicast rule sends r0's traffic to IPv4's default table 253: no rule matches r0,"
+        " the kernel drops its traffic"
+    )
+
+
+def test_no_warning_where_the_rules_reach_the_table_or_cannot_tell() -> None:
+    for table, iif in ((100, "r1"), (253, "r0")):
+        assert diagnosis.unreached(STEERED_R1, 4, table, iif) == ""
+    # A rule to a table that does not exist yet: the route's own table will.
+    missing = dataclasses.replace(STEERED_R1, missing=frozenset({100}))
+    assert diagnosis.unreached(missing, 4, 100, "r1") == ""
+    assert "goes to the default table" in diagnosis.unreached(missing, 4, 254, "r1")
+    assert diagnosis.unreached(Rules(error="dump failed: EPERM"), 4, 254, "r1") == ""
+    assert diagnosis.unreached(Rules(()), 4, 254, "r1") == ""  # (no rules read at all)
+    assert diagnosis.unreached(STEERED_R1, 4, 254, "vlan*") == ""  # (a wildcard: each iif)
+    marked = Rules((MRule(0, "lookup", 254, fwmark=(1, 0xFF)), DEFAULT_RULE4))
+    assert diagnosis.unreached(marked, 4, 254, "r1") == ""  # (some packets: marked ones)
+    vrf = Rules((MRule(0, "lookup", 0, l3mdev=True), DEFAULT_RULE4), in_vrf=frozenset({"r1"}))
+    assert diagnosis.unreached(vrf, 4, 254, "r1") == ""
+
+
+def test_the_warnings_of_a_change_read_each_familys_rules_once_and_say_each_table_iif_once() -> (
+    None
+):
+    read: list[int] = []
+
+    def rules_of(family: int) -> Rules:
+        read.append(family)
+        return STEERED_R1
+
+    wanted = [(4, 254, "r1"), (4, 254, "r1"), (4, 100, "r1"), (4, 253, "r1")]
+    wanted += [(4, 254 + n, "r0") for n in range(10)]
+    where = {(4, 254, "r1"): "a.conf:3"}
+    warnings = diagnosis.unreached_warnings(wanted, rules_of, where=where)
+    assert read == [4]
+    assert warnings[0].startswith("no multicast rule sends r1's traffic to IPv4's default table")
+    assert warnings[2].startswith(
+        "a.conf:3: no multicast rule sends r1's traffic to IPv4 table 254"
+    )
+    assert warnings[-1] == "and 7 more (table, iif) like these: mfcctl diagnose explains each"
+    assert len(warnings) == diagnosis.MOST_UNREACHED + 1
+    assert diagnosis.unreached_warnings([(4, 254, "r1")], rules_of, where=where) == [
+        "a.conf:3: " + diagnosis.unreached(STEERED_R1, 4, 254, "r1")
+    ]
+
+
+def test_a_route_of_another_table_whose_iif_a_rule_steers_elsewhere_is_offered_that_table() -> None:
+    """A `--table main` route on r0, which `iif r0 lookup 100` (pref 0) sends to table 100:
+    the only fix was `ip mrule del pref 0`, which starves table 100's routes and templates
+    (trial 14 F7). Declaring the route where the traffic goes comes first, and the fix that
+    takes the rule away says what it feeds."""
+    in_main = dataclasses.replace(HEALTHY, intent=dataclasses.replace(INTENT, table=254))
+    facts = dataclasses.replace(
+        with_rules(STEERED, DEFAULT_RULE4, facts=in_main), fed={100: (2, 1)}
+    )
+    c = check(facts, "mrule")
+    assert c.status == "failed"
+    assert c.fix == (
+        "declare the route in table 100, where that traffic goes: mfcctl mfc add --table 100"
+        f" --source {SOURCE} --group {GROUP} --iif r0 --oifs r1,r2, and delete this one; or send"
+        " r0's traffic to table 254: ip mrule del pref 0 (it comes before any other), then"
+        " ip mrule add iif r0 lookup 254 (careful: rule 0 feeds table 100, where r0 carries 2"
+        " routes and 1 template of mfcd's: they would get none of r0's traffic)"
+    )
+    # A table another router owns (smcrouted -t 100): not offered; the rule's fix stays.
+    owned = dataclasses.replace(facts, owned=frozenset({100}), fed={})
+    assert check(owned, "mrule").fix == (
+        "ip mrule del pref 0 (it comes before any other), then ip mrule add iif r0 lookup 254"
+    )
+    # Nor for a default-table intent, nor where no route is (the route check's fix).
+    steered = dataclasses.replace(
+        with_rules(STEERED, DEFAULT_RULE4, facts=HEALTHY), owned=frozenset({100})
+    )
+    assert not check(steered, "mrule").fix.startswith("declare")
+    nothing = dataclasses.replace(steered, intent=None)
+    assert "--table 100" not in check(nothing, "route").fix
+    assert "--table 100" in check(dataclasses.replace(nothing, owned=frozenset()), "route").fix

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import socket
 import struct
@@ -9,9 +10,11 @@ import struct
 import pytest
 
 from mfcd import netlink, probes
-from mfcd.diagnosis import Rules
+from mfcd.diagnosis import Intent, Rules
+from mfcd.model import Ports, Route
 from mfcd.netlink import MRule
 from mfcd.probes import Packet
+from tests.unit.conftest import router_with_links, run
 
 
 def run_bpf(program: list[tuple[int, int, int, int]], packet: bytes) -> int:
@@ -168,3 +171,16 @@ def test_read_rules_reads_vrf_members_only_for_an_l3mdev_rule_and_says_when_it_c
     vrf = [MRule(1000, "lookup", 0, l3mdev=True), *plain]
     monkeypatch.setattr(netlink, "dump_mrules", lambda family: vrf)
     assert probes.read_rules(4) == Rules(tuple(vrf), in_vrf=None)  # not known: said so
+
+
+def test_fed_says_what_mfcd_has_on_the_iif_in_the_other_tables() -> None:
+    """diagnose's mrule fix that takes an iif's traffic from a table says what mfcd has
+    there (trial 14 F7): the routes the iif's VIF carries and the templates on the iif."""
+    router = router_with_links("r0", "r1", "r2")
+    run(router, router.add_route, Route(4, "198.18.1.2", "239.1.1.1", "r1", ("r2",), 100))
+    run(router, router.add_route, Route(4, "198.18.1.2", "239.1.1.2", "r1", ("r2",), 100))
+    run(router, router.add_template, (4, "*", "239.2.0.0/16", 100, "r1"), Ports("r1", ("r2",)))
+    run(router, router.add_route, Route(4, "198.18.1.2", "239.1.1.1", "r1", ("r2",), 253))
+    intent = Intent("route", 4, "198.18.1.2", "239.1.1.1", 253, "r1", ("r2",), "installed", "")
+    assert probes._fed(router, intent) == {100: (2, 1)}
+    assert probes._fed(router, dataclasses.replace(intent, iif="r0")) == {}

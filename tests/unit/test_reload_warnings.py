@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from mfcd import config, netlink
+from mfcd import config, netlink, validate
 from mfcd.controller import Controller
 from mfcd.daemon import Daemon, check_config
+from mfcd.netlink import MRule
 from tests.unit.conftest import FakeKernel, FakeState
 
 FILES = """\
@@ -160,3 +161,109 @@ def test_a_reload_lists_every_file_it_read_the_main_file_of_settings_only_too(
     monkeypatch.setattr(netlink, "current_links", lambda: dict(LINKS))
     assert check_config(str(path)) == 0  # (the same files, counted)
     assert capsys.readouterr().out.startswith(f"{path}: valid (3 files, 2 routes, 1 template,")
+
+
+SETTINGS = (
+    '[[interface]]\nname = "r0"\nthreshold = 4\n\n[[interface]]\nname = "r22"\nthreshold = 5\n'
+)
+
+
+@pytest.mark.usefixtures("no_after_change")
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_reload_warns_of_interface_settings_for_an_interface_that_does_not_exist(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    """A typo in an [[interface]] name was silent, unlike one in a route's (trial 14 F11)."""
+    path = tmp_path / "mfc_daemon.conf"
+    path.write_text(SETTINGS)
+
+    async def reload() -> dict[str, Any]:
+        mfcd = Daemon(config.Config(), str(path), {})
+        ctl = mfcd.controller = Controller(FakeKernel(), FakeState())
+        ctl.link_up("r0", 1)
+        return await mfcd.reload_config(dry_run=dry_run)
+
+    assert asyncio.run(reload())["warnings"] == [
+        f"[[interface]] r22 ({path}:5): no such interface (yet); its settings apply when it appears"
+    ]
+
+
+def test_check_config_notes_interface_settings_for_interfaces_this_machine_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "mfc_daemon.conf"
+    path.write_text(SETTINGS + '\n[[interface]]\nname = "r23"\nmrdisc = true\n')
+    monkeypatch.setattr(netlink, "current_links", lambda: dict(LINKS))
+    assert check_config(str(path)) == 0
+    assert capsys.readouterr().err == (
+        f"{path}: note: on this machine, [[interface]] r22 ({path}:5), r23 ({path}:9): no such"
+        " interfaces (yet); their settings apply when they appear\n"
+    )
+    monkeypatch.setattr(netlink, "current_links", lambda: {**LINKS, "r22": 3, "r23": 4})
+    assert check_config(str(path)) == 0
+    assert capsys.readouterr().err == ""
+
+
+UNREACHED = """\
+[[route]]
+source = "198.18.10.2"
+group = "239.84.1.1"
+iif = "r0"
+oifs = ["r2"]
+table = 254
+
+[[route]]
+group = "239.85.0.0/16"
+iif = "r1"
+oifs = ["r2"]
+"""
+
+
+@pytest.fixture
+def steered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The multicast rules send r1's traffic to table 100, the rest to the default table."""
+    rules = [MRule(0, "lookup", 100, iif="r1"), MRule(32767, "lookup", 253)]
+    monkeypatch.setattr(netlink, "dump_mrules", lambda family: rules)
+    monkeypatch.setattr(netlink, "table_exists", lambda family, table: True)
+    monkeypatch.setattr(validate, "_table_names", {"main": 254})
+
+
+@pytest.mark.usefixtures("no_after_change", "steered")
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_reload_warns_of_routes_and_templates_in_a_table_their_iif_does_not_reach(
+    tmp_path: Path, dry_run: bool
+) -> None:
+    """`table = 254` for IPv4, and a default-table template on an iif an mrule steers to
+    table 100: valid, installed, forwarding nothing, and said nowhere (trial 14 F6)."""
+    path = tmp_path / "mfc_daemon.conf"
+    path.write_text(UNREACHED)
+
+    async def reload() -> dict[str, Any]:
+        mfcd = Daemon(config.Config(), str(path), {})
+        ctl = mfcd.controller = Controller(FakeKernel(), FakeState())
+        for n, name in enumerate(("r0", "r1", "r2"), 1):
+            ctl.link_up(name, n)
+        return await mfcd.reload_config(dry_run=dry_run)
+
+    assert asyncio.run(reload())["warnings"] == [
+        f"{path}:8: no multicast rule sends r1's traffic to IPv4's default table 253: r1 goes"
+        " to table 100 (rule 0: iif r1 lookup 100)",
+        f"{path}:1: no multicast rule sends r0's traffic to IPv4 table 254 (main): r0 goes to"
+        " the default table (rule 32767: from all lookup 253); IPv4's default table is 253"
+        " (`default`)",
+    ]
+
+
+@pytest.mark.usefixtures("steered")
+def test_check_config_notes_routes_in_a_table_their_iif_does_not_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "mfc_daemon.conf"
+    path.write_text(UNREACHED)
+    monkeypatch.setattr(netlink, "current_links", lambda: {"r0": 1, "r1": 2, "r2": 3})
+    assert check_config(str(path)) == 0
+    notes = capsys.readouterr().err.splitlines()
+    assert [n.split(": no multicast rule")[0] for n in notes] == [
+        f"{path}: note: on this machine, {path}:8",
+        f"{path}: note: on this machine, {path}:1",
+    ]
