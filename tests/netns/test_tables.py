@@ -311,3 +311,65 @@ def test_a_batch_table_puts_the_lines_that_name_none_in_it(
     assert f"({second},{group})" in in_100 and f"({first}," not in in_100
     assert send_and_count(lab, family, 1) == [0, 5]  # r1's traffic: table 100, out of r3
     assert send_and_count(lab, family, 0) == [5, 0]  # r0's: the default table, out of r2
+
+
+# Another privileged program rewrites one of mfcd's entries through a socket of its own
+# (MRT_TABLE, no MRT_INIT): the kernel flags the entry MFC_STATIC (docs/kernel.md, E).
+REWRITE = """
+import socket, struct
+family, table, source, group, parent, oif = {family}, {table}, {source!r}, {group!r}, {parent}, {oif}
+if family == 4:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+    level, ttls = socket.IPPROTO_IP, bytearray(32)
+    ttls[oif] = 1
+    arg = struct.pack("=4s4sH32s2xIIIi", socket.inet_aton(source), socket.inet_aton(group),
+                      parent, bytes(ttls), 0, 0, 0, 0)
+else:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    level, bits = socket.IPPROTO_IPV6, [0] * 8
+    bits[oif // 32] |= 1 << (oif % 32)
+    def sin6(address):
+        raw = socket.inet_pton(socket.AF_INET6, address)
+        return struct.pack("=HHI16sI", socket.AF_INET6, 0, 0, raw, 0)
+    arg = struct.pack("=28s28sH2x32s", sin6(source), sin6(group), parent, struct.pack("=8I", *bits))
+s.setsockopt(level, 209, struct.pack("=I", table))  # MRT_TABLE
+s.setsockopt(level, 204, arg)  # MRT_ADD_MFC
+"""
+DEFAULT = {4: 253, 6: 254}
+
+
+@pytest.mark.lab(receivers=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_entry_another_program_rewrote_is_mfcds_again_after_sync_and_goes_with_it(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    """sync deletes and adds the entry (a rewrite in place would keep it static), says what
+    the kernel had, and after mfcd's stop nothing of it is left to forward."""
+    group, source, name = GROUPS[family], SOURCES[family][0], f"ipv{family}"
+    mfcd.ok(*route_args(source, group, "r0", "r2"))
+    mfcd.ok(*route_args(source, UNROUTED[family], "r0", "r3"))  # so that r3 has a VIF
+    vifs = {v["interface"]: v["vif"] for v in mfcd.show()["vifs"]}
+    code = REWRITE.format(
+        family=family,
+        table=DEFAULT[family],
+        source=source,
+        group=group,
+        parent=vifs["r0"],
+        oif=vifs["r3"],
+    )
+    done = lab.exec(lab.router, sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert send_and_count(lab, family, 0) == [0, 5]  # to r3 now
+
+    check = mfcd.ctl("-n", "sync")
+    assert check.returncode == 8, check.stderr  # drift found
+    assert (
+        f"readd mfc {name} {source} -> {group} iif r0 oifs r2 (VIF {vifs['r0']} -> {vifs['r2']}):"
+        " the kernel had iif r0 oifs r3; another program wrote it"
+    ) in check.stdout, check.stdout
+    assert "repaired" in mfcd.ok("sync")
+    assert mfcd.ctl("-n", "sync").returncode == 0
+    assert send_and_count(lab, family, 0) == [5, 0]
+
+    mfcd.stop()
+    assert group not in mroute_table(lab, family, "all")
