@@ -317,7 +317,8 @@ def test_a_batch_table_puts_the_lines_that_name_none_in_it(
 # (MRT_TABLE, no MRT_INIT): the kernel flags the entry MFC_STATIC (docs/kernel.md, E).
 REWRITE = """
 import socket, struct
-family, table, source, group, parent, oif = {family}, {table}, {source!r}, {group!r}, {parent}, {oif}
+family, table, parent, oif = {family}, {table}, {parent}, {oif}
+source, group = {source!r}, {group!r}
 if family == 4:
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
     level, ttls = socket.IPPROTO_IP, bytearray(32)
