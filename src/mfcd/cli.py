@@ -572,8 +572,10 @@ def _sync_command(sub: Any) -> None:
         help="compare the kernel's tables with mfcd's routes and repair any drift",
         description="Read the kernel's VIFs and MFC entries and repair every difference from"
         " mfcd's routes: re-add missing VIFs and entries, rewrite changed entries, delete"
-        " entries mfcd does not own. With --dry-run, only report. mfcd also does this at"
-        " start-up and after interface changes.",
+        " and add again entries another program wrote (they would outlive mfcd), delete"
+        " entries mfcd does not own. Each repair names its interfaces and what the kernel"
+        " had. With --dry-run, only report, and exit with status 8 when there is drift."
+        " mfcd also does this at start-up and after interface changes.",
     )
     sync.add_argument(
         "--full",

@@ -491,7 +491,11 @@ class Commands:
             try:
                 controller = self.controller
                 result = await probes.diagnose(
-                    controller.router, controller.kernel, query, self.left_out()
+                    controller.router,
+                    controller.kernel,
+                    query,
+                    self.left_out(),
+                    list(controller.joins.joined),
                 )
             except Exception as e:
                 return self._failure(request_id, e, peer)
