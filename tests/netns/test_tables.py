@@ -374,3 +374,29 @@ def test_an_entry_another_program_rewrote_is_mfcds_again_after_sync_and_goes_wit
 
     mfcd.stop()
     assert group not in mroute_table(lab, family, "all")
+
+
+@pytest.mark.lab(receivers=3)
+def test_a_start_makes_a_static_entry_left_behind_mfcds_own(lab: Lab, mfcd: Mfcd) -> None:
+    """An entry another program rewrote outlived the last mfcd (as before sync re-added
+    such entries): the next start repairs it, so its stop removes it."""
+    source, group = SOURCES[4][0], GROUPS[4]
+    mfcd.ok(*route_args(source, group, "r0", "r2"))
+    vifs = {v["interface"]: v["vif"] for v in mfcd.show()["vifs"]}
+    code = REWRITE.format(
+        family=4, table=253, source=source, group=group, parent=vifs["r0"], oif=vifs["r2"]
+    )
+    done = lab.exec(lab.router, sys.executable, "-c", code)  # the same oifs, static now
+    assert done.returncode == 0, done.stderr
+    mfcd.stop()
+    assert group in mroute_table(lab, 4, "all")  # left behind
+    mfcd.start()
+    deadline = time.monotonic() + 10
+    while (check := mfcd.ctl("-n", "sync")).returncode != 0:  # the start's repair is done
+        assert check.returncode == 8 and time.monotonic() < deadline, check.stdout
+        time.sleep(0.2)
+    assert send_and_count(lab, 4, 0) == [5, 0]
+    _, log = mfcd.stop()
+    assert "held entries mfcd did not add; repairing them" in log
+    assert "sync: 1 repairs" in log
+    assert group not in mroute_table(lab, 4, "all")
