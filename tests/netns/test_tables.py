@@ -238,7 +238,9 @@ def test_sync_and_the_drift_check_repair_another_table_changed_behind_mfcds_back
     behind_the_back(lab, family, vifs["r3"], source)
     assert STRAYS[family] in mroute_table(lab, family, TABLE)
     assert source not in mroute_table(lab, family, TABLE)
-    report = mfcd.ok("sync", "--dry-run")
+    dry = mfcd.ctl("sync", "--dry-run")
+    assert dry.returncode == 8, dry.stderr  # drift found
+    report = dry.stdout
     for line in (
         f"readd vif {name} table 100 VIF {vifs['r3']} (r3)",
         f"del mfc {name} table 100 {STRAYS[family]} -> {group}",
