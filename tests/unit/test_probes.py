@@ -9,9 +9,13 @@ import struct
 import pytest
 
 from mfcd import netlink, probes
-from mfcd.diagnosis import Rules
+from mfcd.controller import Controller
+from mfcd.diagnosis import KernelEntry, Rules
+from mfcd.model import AddRoute, Route
 from mfcd.netlink import MRule
 from mfcd.probes import Packet
+from tests.unit.conftest import FakeKernel, FakeState
+from tests.unit.test_diagnosis import INTENT
 
 
 def run_bpf(program: list[tuple[int, int, int, int]], packet: bytes) -> int:
@@ -168,3 +172,36 @@ def test_read_rules_reads_vrf_members_only_for_an_l3mdev_rule_and_says_when_it_c
     vrf = [MRule(1000, "lookup", 0, l3mdev=True), *plain]
     monkeypatch.setattr(netlink, "dump_mrules", lambda family: vrf)
     assert probes.read_rules(4) == Rules(tuple(vrf), in_vrf=None)  # not known: said so
+
+
+# --- the kernel's entry beside mfcd's ----------------------------------------------------------
+
+
+def test_the_kernels_entry_is_named_beside_mfcds_and_missing_vifs_found() -> None:
+
+    kernel = FakeKernel()
+    kernel.names = {1: "r0", 2: "r1", 3: "r2"}  # the VIFs' devices, as /proc names them
+    ctl = Controller(kernel, FakeState())
+    for ifindex, name in enumerate(("r0", "r1", "r2"), 1):
+        ctl.link_up(name, ifindex)
+    route = Route(4, INTENT.source, INTENT.group, "r0", ("r1", "r2"), 253)
+    ctl.change([AddRoute.of(route)])
+    router = ctl.router
+    assert probes._kernel_entry(router, INTENT, kernel.observe(4, 253)) == KernelEntry(
+        ("r0", ("r1", "r2")), ("r0", ("r1", "r2"))
+    )
+    vifs = {ifindex: v for (_, _, v), ifindex in kernel.vifs.items()}
+    kernel.foreign_add(route.key, vifs[1], {vifs[2]: 1, 9: 1})  # r1 only, and a stray VIF
+    del kernel.vifs[(4, 253, vifs[3])]  # r2's VIF deleted behind mfcd's back
+    seen = kernel.observe(4, 253)
+    assert probes._kernel_entry(router, INTENT, seen) == KernelEntry(
+        ("r0", ("r1",)), ("r0", ("r1", "r2")), static=True, missing_vifs=("r2",)
+    )
+    assert probes._kernel_entry(router, INTENT, None) is None
+
+
+def test_a_join_of_the_group_on_the_iif_counts_any_source_or_the_flows() -> None:
+
+    assert probes._joined(INTENT, [("r0", INTENT.group, "*")])
+    assert probes._joined(INTENT, [("r0", INTENT.group, INTENT.source)])
+    assert not probes._joined(INTENT, [("r1", INTENT.group, "*"), ("r0", "239.9.9.9", "*")])
