@@ -2132,9 +2132,10 @@ class Controller:
         The DelMfc half of a "readd_mfc" gets no line of its own: the AddMfc after it
         reports both (and the delete's error, if any: the add is tried anyway, as an
         entry left static beats none). `view`, what the kernel held, says for each
-        entry what was wrong with it (views.drift)."""
+        entry what was wrong with it (_drift)."""
         report = []
         carried: KernelError | None = None
+        names: dict[int, str] | None = None  # ifindex -> interface, made once if needed
         for step in steps:
             error: KernelError | None = None
             if not dry_run:
@@ -2151,31 +2152,28 @@ class Controller:
             entry = views.repair(step, error or carried, self.router.slots)
             carried = None
             if view is not None and view.mfc is not None and isinstance(step.op, AddMfc):
-                entry.update(self._drift(step.op, view.mfc, view.static))
+                if names is None:
+                    links = self.router.links.items()
+                    names = {ifindex: name for name, ifindex in links if ifindex is not None}
+                entry.update(self._drift(step.op, view, names))
             report.append(entry)
         return report
 
-    def _drift(
-        self,
-        op: AddMfc,
-        kernel_mfc: Mapping[RouteKey, KernelEntry],
-        static: AbstractSet[RouteKey],
-    ) -> dict[str, Any]:
+    def _drift(self, op: AddMfc, view: KernelView, names: Mapping[int, str]) -> dict[str, Any]:
         """What the kernel had instead of a repaired entry: `drift` (missing, different,
         static: written by another program, vif: a VIF it uses was added back) and the
-        kernel's entry, its interfaces named (`kernel`)."""
+        kernel's entry, its interfaces named by `names` (`kernel`)."""
         key = (op.family, op.source, op.group, op.table)
-        had = kernel_mfc.get(key)
+        had = None if view.mfc is None else view.mfc.get(key)
         if had is None:
             return {"drift": "missing"}
         router = self.router
-        names = {ifindex: name for name, ifindex in router.links.items() if ifindex is not None}
         iif, oifs = had
         kernel = {
             "iif": None if iif is None else names.get(iif, f"ifindex {iif}"),
             "oifs": sorted(names.get(i, f"ifindex {i}") for i in oifs),
         }
-        if key in static:
+        if key in view.static:
             return {"drift": "static", "kernel": kernel}
         return {"drift": "vif" if had == router.expected(key) else "different", "kernel": kernel}
 
