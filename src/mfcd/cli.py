@@ -584,8 +584,10 @@ def _sync_command(sub: Any) -> None:
         help="compare the kernel's tables with mfcd's routes and repair any drift",
         description="Read the kernel's VIFs and MFC entries and repair every difference from"
         " mfcd's routes: re-add missing VIFs and entries, rewrite changed entries, delete"
-        " entries mfcd does not own. With --dry-run, only report. mfcd also does this at"
-        " start-up and after interface changes.",
+        " and add again entries another program wrote (they would outlive mfcd), delete"
+        " entries mfcd does not own. Each repair names its interfaces and what the kernel"
+        " had. With --dry-run, only report, and exit with status 8 when there is drift."
+        " mfcd also does this at start-up and after interface changes.",
     )
     sync.add_argument(
         "--full",
@@ -1263,7 +1265,7 @@ def format_plan(result: dict[str, Any]) -> str:
             out.append(_template_step(action, fam, step))
         elif "parent" in step:
             vifs = ",".join(str(v) for v in step["oifs"])
-            if "oif_names" in step:  # (not in a sync repair, nor from an older mfcd)
+            if "oif_names" in step:  # (not from an older mfcd)
                 names = ",".join(step["oif_names"]) or "none"
                 ports = f"iif {step['iif']} oifs {names} (VIF {step['parent']} -> {vifs or '-'})"
             else:
@@ -1384,10 +1386,33 @@ def format_sync(result: dict[str, Any]) -> str:
         return "kernel and mfcd agree: nothing to repair"
     head = "would repair (dry run, nothing changed):" if result.get("dry_run") else "repaired:"
     lines = [
-        f"{line}  FAILED: {repair['error']}" if "error" in repair else line
+        _repair_line(line, repair)
         for line, repair in zip(format_plan({"plan": repairs}).splitlines(), repairs, strict=True)
     ]
     return head + "\n" + _indent("\n".join(lines))
+
+
+_DRIFTS = {
+    "missing": "the kernel had no entry",
+    "vif": "a VIF it uses was added back",
+    "static": "another program wrote it (MFC_STATIC, it would outlive mfcd): deleted and added",
+}
+
+
+def _repair_line(line: str, repair: dict[str, Any]) -> str:
+    """A repair's plan line, with what the kernel had (`: the kernel had iif r0 oifs r2`)
+    and the error if the kernel refused it."""
+    drift = repair.get("drift")
+    kernel = repair.get("kernel")
+    why = []
+    if isinstance(kernel, dict):
+        oifs = ",".join(kernel.get("oifs") or []) or "none"
+        why.append(f"the kernel had iif {kernel.get('iif') or 'none'} oifs {oifs}")
+    if isinstance(drift, str) and drift in _DRIFTS:
+        why.append(_DRIFTS[drift])
+    if why:
+        line += ": " + "; ".join(why)
+    return f"{line}  FAILED: {repair['error']}" if "error" in repair else line
 
 
 _MARKS = {"passed": "ok  ", "failed": "FAIL", "unknown": "??  "}
@@ -1504,8 +1529,7 @@ def _reload_failed(event: dict[str, Any]) -> str:
 def _repair_event(event: dict[str, Any]) -> str:
     """A repair as sync lists it: `readd vif ipv4 VIF 1 (r1)`."""
     step = {k: v for k, v in event.items() if k not in ("event", "time")}
-    text = format_plan({"plan": [step]})
-    return f"{text}  FAILED: {step['error']}" if "error" in step else text
+    return _repair_line(format_plan({"plan": [step]}), step)
 
 
 def _fields_text(event: dict[str, Any]) -> str:
@@ -1641,7 +1665,9 @@ class Cli:
         if a.command == "sync":
             result = self.client.call("sync", {"full": True} if a.full else {}, dry_run=a.dry_run)
             self.emit(result, format_sync)
-            return protocol.EXIT_OK
+            # -n is a check: drift found fails it, as diagnose's failed checks do
+            drift = a.dry_run and bool(result.get("repairs"))
+            return protocol.EXIT_CHECK_FAILED if drift else protocol.EXIT_OK
         if a.command == "diagnose":
             return self.diagnose()
         if a.command == "monitor":

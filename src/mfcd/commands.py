@@ -507,7 +507,8 @@ class Commands:
                     controller.kernel,
                     query,
                     self.left_out(),
-                    frozenset(t for f, t in owned if f == family),
+                    owned=frozenset(t for f, t in owned if f == family),
+                    joined=list(controller.joins.joined),
                 )
             except Exception as e:
                 return self._failure(request_id, e, peer)

@@ -78,9 +78,11 @@ from mfcd.model import (
     DEFAULT_THRESHOLD,
     NO_SETTING,
     RUN_MIN,
+    AddMfc,
     AddRoute,
     AddTemplate,
     Change,
+    DelMfc,
     DelRoute,
     DelTemplate,
     KernelEntry,
@@ -157,6 +159,7 @@ class KernelView:
     vifs: Mapping[tuple[int, int, int], str | None]
     mfc: dict[RouteKey, KernelEntry] | None
     tables: frozenset[tuple[int, int]] | None = None
+    static: frozenset[RouteKey] = frozenset()  # keys of `mfc` whose entry is MFC_STATIC
 
 
 def observe(
@@ -174,13 +177,16 @@ def observe(
     wanted |= {(f, t) for f, t in tables if f in families}
     vifs: dict[tuple[int, int, int], str | None] = {}
     mfc: dict[RouteKey, KernelEntry] | None = {} if full else None
+    static: set[RouteKey] = set()
     for family, table in sorted(wanted):
         seen = plane.observe(family, table, entries=full)
         vifs.update(((family, table, vifi), vif.device) for vifi, vif in seen.vifs.items())
         if mfc is not None and seen.entries is not None:
             for (source, group), entry in seen.entries.items():
                 mfc[(family, source, group, table)] = (entry.iif, entry.oifs)
-    return KernelView(vifs, mfc, frozenset(wanted))
+                if entry.static:
+                    static.add((family, source, group, table))
+    return KernelView(vifs, mfc, frozenset(wanted), frozenset(static))
 
 
 class RouteRun(NamedTuple):
@@ -2223,7 +2229,8 @@ class Controller:
         started = time.monotonic()
         router = self.router
         if view.mfc is not None:
-            report = self.repair(router.repair(view.vifs, view.mfc, view.tables), dry_run)
+            steps = router.repair(view.vifs, view.mfc, view.tables, view.static)
+            report = self.repair(steps, dry_run, view)
         else:
             report, readded = self.repair_vifs(view.vifs, dry_run, view.tables)
             stale = set(router.users(readded))
@@ -2241,9 +2248,18 @@ class Controller:
             )
         return report
 
-    def repair(self, steps: Sequence[Step], dry_run: bool = False) -> list[dict[str, Any]]:
-        """Apply repair steps one by one (a refused one is reported with its error)."""
+    def repair(
+        self, steps: Sequence[Step], dry_run: bool = False, view: KernelView | None = None
+    ) -> list[dict[str, Any]]:
+        """Apply repair steps one by one (a refused one is reported with its error).
+
+        The DelMfc half of a "readd_mfc" gets no line of its own: the AddMfc after it
+        reports both (and the delete's error, if any: the add is tried anyway, as an
+        entry left static beats none). `view`, what the kernel held, says for each
+        entry what was wrong with it (_drift)."""
         report = []
+        carried: KernelError | None = None
+        names: dict[int, str] | None = None  # ifindex -> interface, made once if needed
         for step in steps:
             error: KernelError | None = None
             if not dry_run:
@@ -2254,8 +2270,36 @@ class Controller:
                     log.warning("sync: %s failed: %s", views.step_text(step), e)
                 else:
                     log.debug("sync: repaired: %s", views.step_text(step))
-            report.append(views.repair(step, error))
+            if step.action == "readd_mfc" and isinstance(step.op, DelMfc):
+                carried = error
+                continue
+            entry = views.repair(step, error or carried, self.router.slots)
+            carried = None
+            if view is not None and view.mfc is not None and isinstance(step.op, AddMfc):
+                if names is None:
+                    links = self.router.links.items()
+                    names = {ifindex: name for name, ifindex in links if ifindex is not None}
+                entry.update(self._drift(step.op, view, names))
+            report.append(entry)
         return report
+
+    def _drift(self, op: AddMfc, view: KernelView, names: Mapping[int, str]) -> dict[str, Any]:
+        """What the kernel had instead of a repaired entry: `drift` (missing, different,
+        static: written by another program, vif: a VIF it uses was added back) and the
+        kernel's entry, its interfaces named by `names` (`kernel`)."""
+        key = (op.family, op.source, op.group, op.table)
+        had = None if view.mfc is None else view.mfc.get(key)
+        if had is None:
+            return {"drift": "missing"}
+        router = self.router
+        iif, oifs = had
+        kernel = {
+            "iif": None if iif is None else names.get(iif, f"ifindex {iif}"),
+            "oifs": sorted(names.get(i, f"ifindex {i}") for i in oifs),
+        }
+        if key in view.static:
+            return {"drift": "static", "kernel": kernel}
+        return {"drift": "vif" if had == router.expected(key) else "different", "kernel": kernel}
 
     def repair_vifs(
         self,
@@ -2287,8 +2331,8 @@ class Controller:
         router = self.router
         installed = router.installed
         keys = [key for key in keys if key in installed]
-        wanted = set(missing(self.kernel, keys))
-        wanted.update(key for key in keys if key in stale)
+        gone = set(missing(self.kernel, keys))
+        wanted = gone | {key for key in keys if key in stale}
         failed: dict[RouteKey, KernelError] = {}
         if not dry_run:
             writes = keys if rewrite_all else [key for key in keys if key in wanted]
@@ -2304,7 +2348,10 @@ class Controller:
                 log.warning("sync: %s failed: %s", views.step_text(step), refused)
             elif not dry_run:
                 log.debug("sync: repaired: %s", views.step_text(step))
-            report.append(views.repair(step, refused))
+            entry = views.repair(step, refused, router.slots)
+            if key in wanted:  # (a probe sees only whether an entry is there)
+                entry["drift"] = "missing" if key in gone else "vif"
+            report.append(entry)
         return report
 
     def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:

@@ -82,6 +82,9 @@ class ObservedEntry(NamedTuple):
     iif: int | None  # ifindex; None when the parent is not a VIF
     oifs: dict[int, int]  # oif ifindex -> TTL threshold
     counters: SgCounters
+    # MFC_STATIC: written through another socket than the table's owner. Such an entry
+    # outlives the owner's close, and an in-place MRT_ADD_MFC keeps the flag (docs/kernel.md).
+    static: bool = False
 
 
 class Observation(NamedTuple):

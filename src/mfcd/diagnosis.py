@@ -270,6 +270,24 @@ class Rules:
         return walk_rules(self.rules, iif, self.missing if missing is None else missing, vrf)
 
 
+# An MFC entry by interface names: (iif, oifs); an iif None is not a VIF the kernel names.
+EntryNames = tuple[str | None, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelEntry:
+    """The kernel's entry for the flow's (S,G) in the intent's table, beside mfcd's.
+
+    `had`: the kernel's (None: no entry); `wanted`: the entry mfcd's route makes (None:
+    none, as for a template that has learned nothing); `static`: another program wrote the
+    kernel's entry; `missing_vifs`: the route's interfaces whose VIF the kernel lacks."""
+
+    had: EntryNames | None
+    wanted: EntryNames | None
+    static: bool = False
+    missing_vifs: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Facts:
     """Everything the checklist of one flow looks at."""
@@ -299,6 +317,10 @@ class Facts:
     # The tables mfcd found another multicast router owns (MRT_INIT refused): a fix does
     # not offer to declare the intent there.
     owned: frozenset[int] = frozenset()
+    # The kernel's entry for the flow and the VIFs it uses; None: not read.
+    kernel: KernelEntry | None = None
+    # mfcd holds a join of the group on the intent's iif.
+    joined: bool = False
 
 
 def checklist(facts: Facts) -> list[Check]:
@@ -308,9 +330,12 @@ def checklist(facts: Facts) -> list[Check]:
     if intent is None:
         return checks
     checks.append(_state(intent))
+    drift = _kernel_entry(facts, intent)
+    if drift is not None:
+        checks.append(drift)
     mrule = _mrule_check(facts, intent)
     if intent.template is not None:
-        checks.append(_learned(facts, intent, mrule))
+        checks.append(_learned(facts, intent, mrule, drift))
     checks += _interface_checks(facts, "iif", [intent.iif])
     checks.append(_mc_forwarding(facts, intent))
     if mrule is not None:
@@ -323,7 +348,7 @@ def checklist(facts: Facts) -> list[Check]:
     explained = _why_nothing(checks)
     checks.append(_counted(facts, intent, explained))
     checks += _interface_checks(facts, "oif", intent.oifs)
-    checks.append(_sent(facts, intent, explained))
+    checks.append(_sent(facts, intent, explained, drift is not None and drift.status == "failed"))
     checks.append(_snooping(facts, intent))
     return checks
 
@@ -480,11 +505,23 @@ def _intent_text(intent: Intent) -> str:
     )
 
 
-def _learned(facts: Facts, intent: Intent, mrule: Check | None) -> Check:
+def _learned(
+    facts: Facts, intent: Intent, mrule: Check | None, drift: Check | None = None
+) -> Check:
     """A template's: whether an (S,G) entry is learned from it for the flow (`mrule`: the
-    mrule check below, if any)."""
+    mrule check below, if any; `drift`: the kernel_entry check above, if any)."""
     if intent.learned:
         return Check("learned", "passed", f"an entry for {_flow(facts)} is learned from it")
+    kernel = facts.kernel
+    # An entry the kernel forwards by raises no upcall to learn from.
+    if drift is not None and drift.status == "failed" and kernel and kernel.had is not None:
+        return Check(
+            "learned",
+            "failed",
+            f"no entry for {_flow(facts)} is learned from the template: the kernel holds"
+            " one mfcd did not add, so the flow raises no upcall to learn from",
+            "see the kernel_entry check above: " + _SYNC_FIX,
+        )
     if intent.state != "installed":
         return Check("learned", "unknown", "nothing is learned while the template is not installed")
     sample = facts.sample
@@ -544,6 +581,68 @@ def _state(intent: Intent) -> Check:
     else:
         fix = "fix what the kernel refused (see mfcd's log), then run mfcctl sync"
     return Check("state", "failed", f"{intent.state}: {intent.reason}", fix)
+
+
+_SYNC_FIX = "mfcctl -n sync shows what differs; mfcctl sync makes the kernel match mfcd again"
+
+
+def _entry_text(entry: EntryNames) -> str:
+    iif, oifs = entry
+    return f"iif {iif or 'none'} oifs {','.join(oifs) or 'none'}"
+
+
+def _kernel_entry(facts: Facts, intent: Intent) -> Check | None:
+    """Whether the kernel's entry for the flow (and the VIFs it uses) is mfcd's: another
+    program may have written, rewritten or deleted it, or deleted a VIF (drift, which
+    `mfcctl sync` repairs). None: not read, or nothing to compare (no source)."""
+    kernel = facts.kernel
+    if kernel is None:
+        return None
+    flow = f"({intent.source}, {intent.group})"
+    table = _table_name(intent.family, intent.table)
+    if kernel.missing_vifs:
+        gone = ", ".join(kernel.missing_vifs)
+        return Check(
+            "kernel_entry",
+            "failed",
+            f"the kernel lacks the VIF of {gone} in {table}: the route forwards nothing there",
+            _SYNC_FIX,
+        )
+    had, wanted = kernel.had, kernel.wanted
+    if had is None and wanted is None:
+        return Check("kernel_entry", "passed", f"the kernel holds no entry for {flow}, as expected")
+    if had is None:
+        return Check(
+            "kernel_entry",
+            "failed",
+            f"the kernel holds no entry for {flow} in {table}, though the route is installed",
+            _SYNC_FIX,
+        )
+    if wanted is None:
+        return Check(
+            "kernel_entry",
+            "failed",
+            f"the kernel holds an entry for {flow} in {table} that mfcd did not add"
+            f" ({_entry_text(had)}): it forwards the flow instead of mfcd's {intent.kind}",
+            _SYNC_FIX,
+        )
+    if had != wanted:
+        return Check(
+            "kernel_entry",
+            "failed",
+            f"the kernel's entry for {flow} differs from mfcd's: the kernel has"
+            f" {_entry_text(had)}, mfcd wants {_entry_text(wanted)}",
+            _SYNC_FIX,
+        )
+    if kernel.static:
+        return Check(
+            "kernel_entry",
+            "failed",
+            f"another program wrote the kernel's entry for {flow} (MFC_STATIC): it would"
+            " stay after mfcd stops",
+            _SYNC_FIX,
+        )
+    return Check("kernel_entry", "passed", f"the kernel's entry is mfcd's ({_entry_text(had)})")
 
 
 def _interface_checks(facts: Facts, role: str, names: Sequence[str]) -> list[Check]:
@@ -884,13 +983,23 @@ def _arrival(facts: Facts, intent: Intent) -> Check:
             f"make {where} the {what}'s iif: mfcctl mfc add {option}--group {group}"
             f" --iif {where} --oifs {','.join(intent.oifs)} (or fix the upstream path)",
         )
+    if facts.joined:
+        fix = (
+            f"check that the sender sends, and that the upstream switch or router forwards"
+            f" {intent.group} to {intent.iif}: mfcd already joined it there (mfcctl show groups)"
+        )
+    else:
+        fix = (
+            f"check that the sender sends; if the upstream switch or router forwards"
+            f" {intent.group} only where it is asked for, a join is needed on {intent.iif}"
+            " (an IGMP/MLD report)"
+        )
     return Check(
         "arrival",
         "failed",
         f"no packet from {intent.source} to {intent.group} reached this router in"
         f" {sample.seconds:g} s",
-        f"check that the sender sends; if the upstream switch or router forwards {intent.group}"
-        f" only where it is asked for, a join is needed on {intent.iif} (an IGMP/MLD report)",
+        fix,
     )
 
 
@@ -1014,7 +1123,7 @@ def _counted(facts: Facts, intent: Intent, fix: str) -> Check:
     )
 
 
-def _sent(facts: Facts, intent: Intent, nothing_counted: str) -> Check:
+def _sent(facts: Facts, intent: Intent, nothing_counted: str, drifted: bool = False) -> Check:
     sent = facts.sent
     seconds = facts.counts.seconds if facts.counts is not None else 0.0
     if sent is None or facts.counts is None or not any(o in sent for o in intent.oifs):
@@ -1029,6 +1138,8 @@ def _sent(facts: Facts, intent: Intent, nothing_counted: str) -> Check:
     else:
         why = "although the route counted packets"
         fix = "see the ttl and oif checks (TTL at or below a threshold, an oif down)"
+        if drifted:
+            fix = "see the kernel_entry check: the kernel's entry is not mfcd's"
     return Check(
         "sent",
         "failed",

@@ -1210,7 +1210,7 @@ class Kernel:
             if entries:
                 mfc = {
                     (e.source, e.group): ObservedEntry(
-                        e.iif, e.oifs, SgCounters(e.packets, e.bytes, e.wrong_if)
+                        e.iif, e.oifs, SgCounters(e.packets, e.bytes, e.wrong_if), e.static
                     )
                     for e in netlink.dump_mfc(family, table)
                     if e.resolved

@@ -272,7 +272,8 @@ class Step(NamedTuple):
 
     op: KernelOp
     undo: KernelOp | None  # None: nothing to restore (repairs of what the model does not own)
-    action: str  # add_vif, del_vif, add_mfc, replace_mfc, del_mfc, readd_vif, reissue_mfc
+    # add_vif, del_vif, add_mfc, replace_mfc, del_mfc, readd_vif, reissue_mfc, readd_mfc
+    action: str
 
 
 # --- requested changes -------------------------------------------------------------------------
@@ -1517,22 +1518,34 @@ class Router:
         kernel_vifs: Mapping[tuple[int, int, int], str | None],
         kernel_mfc: dict[RouteKey, KernelEntry],
         tables: AbstractSet[TableKey] | None = None,
+        static: AbstractSet[RouteKey] = frozenset(),
     ) -> list[Step]:
         """Steps that make the kernel match the model again, from what the kernel holds now.
 
         `kernel_vifs` maps (family, table, vif index) of every VIF in the kernel to the name
         of its device (None where the kernel does not name it: see repair_vifs);
         `kernel_mfc` maps each route key in the kernel to (iif ifindex or None, {oif
-        ifindex: ttl}).  `tables` are the (family, table) that were read (None:
-        every table); the rest are left alone.  Nothing in the model changes: it is the
-        truth being restored.
+        ifindex: ttl}); `static` are its keys whose entry is MFC_STATIC (another socket
+        wrote it).  `tables` are the (family, table) that were read (None: every table);
+        the rest are left alone.  Nothing in the model changes: it is the truth being
+        restored.
+
+        A static entry of an installed route is deleted and added again ("readd_mfc": a
+        DelMfc step, then the AddMfc), however it differs: an in-place write keeps the
+        flag, and a static entry outlives mfcd's socket (docs/kernel.md). The gap is two
+        back-to-back system calls: a packet arriving in it waits in the kernel's unresolved
+        queue, which the add resolves and forwards. Other differences are written in place
+        ("reissue_mfc", counters kept); entries that match cost nothing.
         """
         steps, readded = self.repair_vifs(kernel_vifs, tables)
         reissue = set(self.users(readded))
         for key, entry in self.installed.items():
             if tables is not None and (key[0], key[3]) not in tables:
                 continue
-            if key in reissue or kernel_mfc.get(key) != self._expected(key):
+            if key in static:
+                steps.append(Step(_delete(key), None, "readd_mfc"))
+                steps.append(Step(_write(key, entry), None, "readd_mfc"))
+            elif key in reissue or kernel_mfc.get(key) != self.expected(key):
                 steps.append(Step(_write(key, entry), None, "reissue_mfc"))
         for key in kernel_mfc.keys() - self.installed.keys():
             steps.append(Step(_delete(key), None, "del_mfc"))
@@ -1600,7 +1613,7 @@ class Router:
                     found.append(key)
         return found
 
-    def _expected(self, key: RouteKey) -> KernelEntry:
+    def expected(self, key: RouteKey) -> KernelEntry:
         """How the kernel reports an installed route's entry (ifindexes, not VIF numbers)."""
         family, table = key[0], key[3]
         iif, route_oifs = self.routes[key]

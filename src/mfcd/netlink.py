@@ -151,6 +151,9 @@ ReadableBuffer = bytes | bytearray | memoryview
 # One netlink message as iter_messages yields it: (type, flags, seq, the whole message).
 Message = tuple[int, int, int, memoryview]
 RTNH_F_UNRESOLVED = 0x20  # rtm_flags of an entry still waiting in the unresolved queue
+# rtm_protocol of an MFC entry: ipmr/ip6mr report MFC_STATIC entries (written through a socket
+# that is not the table's mroute socket) as RTPROT_STATIC, the others as RTPROT_MROUTED.
+RTPROT_STATIC = 4
 _T = TypeVar("_T")
 _seq = itertools.count(1)
 
@@ -189,6 +192,7 @@ class MfcEntry:
     bytes: int
     wrong_if: int
     resolved: bool = True  # False for the kernel's unresolved queue (traffic without a route)
+    static: bool = False  # MFC_STATIC: written by another socket; it outlives the table's owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +371,7 @@ def parse_mfc_message(data: ReadableBuffer) -> MfcEntry | None:
         return None
     if len(view) < NLMSGHDR.size + RTMSG.size:
         raise ValueError("route message shorter than struct rtmsg")
-    rtm_family, _dl, _sl, _tos, rtm_table, _proto, _scope, _type, flags = RTMSG.unpack_from(
+    rtm_family, _dl, _sl, _tos, rtm_table, proto, _scope, _type, flags = RTMSG.unpack_from(
         view, NLMSGHDR.size
     )
     version = _VERSION_OF_RTNL_FAMILY.get(rtm_family)
@@ -396,6 +400,7 @@ def parse_mfc_message(data: ReadableBuffer) -> MfcEntry | None:
         bytes=octets,
         wrong_if=wrong_if,
         resolved=not flags & RTNH_F_UNRESOLVED,
+        static=proto == RTPROT_STATIC,
     )
 
 

@@ -27,8 +27,27 @@ from typing import Any
 
 from mfcd import diagnosis, netlink, protocol, views
 from mfcd import templates as tpl
-from mfcd.dataplane import CountersReader, SgCounters, sg_counters, vif_counters
-from mfcd.diagnosis import Counts, Facts, Intent, Interface, Query, RouteBack, Rules, Sample
+from mfcd.dataplane import (
+    Dataplane,
+    Observation,
+    SgCounters,
+    sg_counters,
+    vif_counters,
+)
+from mfcd.diagnosis import (
+    Counts,
+    EntryNames,
+    Facts,
+    Intent,
+    Interface,
+    KernelEntry,
+    Query,
+    RouteBack,
+    Rules,
+    Sample,
+)
+from mfcd.errors import KernelError
+from mfcd.groups import ANY_SOURCE, JoinKey
 from mfcd.membership import interface_flags
 from mfcd.model import DEFAULT_TABLE, Router
 from mfcd.uapi import IFF_RUNNING, IFF_UP, SO_ATTACH_FILTER, SOCK_FILTER, SOCK_FPROG
@@ -41,6 +60,9 @@ STOP_CHECK = 0.2  # seconds between two looks at the stop flag while sampling
 # here instead of holding the default executor's threads, which write the state file.
 _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="diagnose")
 SNAP = 64  # bytes of each packet copied: the IP header is all that is read
+# Diagnose reads the kernel's entry for the flow from a dump of its table, which takes
+# seconds beyond this many routes (minutes at 1,000,000): then it reads none.
+DUMP_ROUTES = 100_000
 # Classic BPF opcodes (<linux/filter.h>)
 _LD_W_ABS = 0x20
 _JEQ_K = 0x15
@@ -288,11 +310,23 @@ class RuleReader:
 # --- the whole diagnosis --------------------------------------------------------------------------
 
 
+Tables = dict[tuple[int, int], Observation]
+
+
 def _machine_facts(
-    query: Query, intents: list[Intent], stop: threading.Event
-) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack], Rules]:
-    """Everything read from the machine (blocking: in a thread)."""
+    query: Query,
+    intents: list[Intent],
+    stop: threading.Event,
+    plane: Dataplane | None = None,
+) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack], Rules, Tables]:
+    """Everything read from the machine (blocking: in a thread); with `plane`, the VIFs
+    and entries of the intents' tables (of those with a source: an (S,G) to look up)."""
     family = query.family
+    tables: Tables = {}
+    if plane is not None:
+        for table in sorted({i.table for i in intents if not is_prefix(i.source)}):
+            with contextlib.suppress(KernelError):  # (the check is then left out)
+                tables[(family, table)] = plane.observe(family, table)
     packets, error = sample_packets(family, query.group, query.source, query.seconds, stop)
     names = {n for intent in intents for n in (intent.iif, *intent.oifs)}
     interfaces = {n: read_interface(family, n) for n in names}
@@ -304,19 +338,22 @@ def _machine_facts(
     # Every table's: a rule may also take the iif's traffic away from the default table
     # (and, with no route, says in which table to add one).
     rules = read_rules(family)
-    return packets, error, interfaces, backs, rules
+    return packets, error, interfaces, backs, rules, tables
 
 
 async def diagnose(
     router: Router,
-    counters: CountersReader,
+    counters: Dataplane,
     query: Query,
     left_out: Sequence[str] = (),
+    *,
     owned: frozenset[int] = frozenset(),
+    joined: Iterable[JoinKey] = (),
 ) -> dict[str, Any]:
     """Diagnose every intent matching the flow; the result of the `diagnose` command
     (`left_out`: the config files a start left out for an error, named when none matches;
-    `owned`: the family's tables another multicast router owns)."""
+    `owned`: the family's tables another multicast router owns; `joined`: the joins mfcd
+    holds)."""
     family, group, source = query.family, query.group, query.source
     intents = diagnosis.matching_intents(router, query)
     elsewhere: tuple[int, ...] = ()
@@ -327,11 +364,12 @@ async def diagnose(
     vifs_before = [_sent(router, counters, i) for i in intents]
     started = time.monotonic()
     stop = threading.Event()
+    plane = counters if len(router.installed) <= DUMP_ROUTES else None
     reading = asyncio.get_running_loop().run_in_executor(
-        _executor, _machine_facts, query, intents, stop
+        _executor, _machine_facts, query, intents, stop, plane
     )
     try:
-        packets, error, interfaces, backs, rules = await asyncio.shield(reading)
+        packets, error, interfaces, backs, rules, tables = await asyncio.shield(reading)
     except asyncio.CancelledError:
         stop.set()  # mfcd stops: the thread ends within STOP_CHECK
         raise
@@ -359,6 +397,8 @@ async def diagnose(
             rules,
             fed=_fed(router, intent),
             owned=owned,
+            kernel=_kernel_entry(router, intent, tables.get((family, intent.table))),
+            joined=_joined(intent, joined),
         )
         flows.append((intent, diagnosis.checklist(facts)))
     if not intents:
@@ -405,13 +445,48 @@ def _fed(router: Router, intent: Intent) -> dict[int, tuple[int, int]]:
     return fed
 
 
-def _counters(reader: CountersReader, intent: Intent) -> SgCounters | None:
+def _joined(intent: Intent, joined: Iterable[JoinKey]) -> bool:
+    """Whether mfcd holds a join of the flow's group on its iif (any source, or its own)."""
+    wanted = {(intent.iif, intent.group, ANY_SOURCE), (intent.iif, intent.group, intent.source)}
+    return any(key in wanted for key in joined)
+
+
+def _kernel_entry(router: Router, intent: Intent, seen: Observation | None) -> KernelEntry | None:
+    """The kernel's entry for the intent's (S,G) and the VIFs it uses, beside mfcd's (None:
+    the table was not read)."""
+    if seen is None or seen.entries is None or is_prefix(intent.source):
+        return None
+    names = {ifindex: name for name, ifindex in router.links.items() if ifindex is not None}
+
+    def named(iif: int | None, oifs: Iterable[int]) -> EntryNames:
+        def name(ifindex: int) -> str:
+            return names.get(ifindex, f"ifindex {ifindex}")
+
+        return (None if iif is None else name(iif), tuple(sorted(map(name, oifs))))
+
+    key = (intent.family, intent.source, intent.group, intent.table)
+    wanted = named(*router.expected(key)) if key in router.installed else None
+    found = seen.entries.get((intent.source, intent.group))
+    had = None if found is None else named(found.iif, found.oifs)
+    missing = []
+    for interface in (intent.iif, *intent.oifs):
+        vif = router.vif_of(intent.family, interface, intent.table)
+        if vif is None or vif.ifindex is None:
+            continue  # (no VIF wanted: the interface is missing, which other checks say)
+        there = seen.vifs.get(vif.vifi)
+        if there is None or there.device not in (None, interface):
+            missing.append(interface)
+    static = found is not None and found.static
+    return KernelEntry(had, wanted, static, tuple(missing))
+
+
+def _counters(reader: Dataplane, intent: Intent) -> SgCounters | None:
     if intent.state not in {"installed", "degraded"} or not intent.entry:
         return None  # (a template with nothing learned: no entry)
     return sg_counters(reader, intent.family, intent.source, intent.group, intent.table)
 
 
-def _sent(router: Router, reader: CountersReader, intent: Intent) -> dict[str, int]:
+def _sent(router: Router, reader: Dataplane, intent: Intent) -> dict[str, int]:
     """Packets out of each oif's VIF so far (an oif without a VIF, or gone, is left out)."""
     out = {}
     for oif in intent.oifs:

@@ -86,7 +86,8 @@ EXIT_STATUSES = {
     EXIT_KERNEL: "the kernel or the state file refused the change (nothing was changed)",
     EXIT_PROTOCOL: "protocol or internal error: a reply that is malformed or answers another"
     " request, or a socket served by a user other than root, mfc or you",
-    EXIT_CHECK_FAILED: "diagnose: a check of the flow failed",
+    EXIT_CHECK_FAILED: "a check found a problem: diagnose (a check of the flow failed),"
+    " sync -n (the kernel's tables differ from mfcd's)",
 }
 
 # Error codes (stable) and the mfcctl exit status each one maps to.

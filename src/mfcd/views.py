@@ -88,9 +88,17 @@ def describe_step(step: Step) -> dict[str, Any]:
     return out
 
 
-def repair(step: Step, error: Exception | None = None) -> dict[str, Any]:
-    """A repair of a sync report: the step, and the error if the kernel refused it."""
+def repair(
+    step: Step,
+    error: Exception | None = None,
+    slots: Mapping[tuple[int, int], Sequence[str | None]] | None = None,
+) -> dict[str, Any]:
+    """A repair of a sync report: the step, its interfaces named after the model's VIFs
+    (`slots`, Router.slots: a repair restores them) as plans name them, and the error if
+    the kernel refused it."""
     entry = describe_step(step)
+    if slots is not None and isinstance(step.op, AddMfc):
+        _name_interfaces([entry], slots, [step], applied=False)
     if error is not None:
         entry["error"] = str(error)
     return entry

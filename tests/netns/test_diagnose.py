@@ -576,3 +576,81 @@ def test_without_a_table_diagnose_finds_the_route_of_another_table(lab: Lab, mfc
     assert checks(result)["route"]["fix"].startswith(
         f"add one: mfcctl mfc add --table 100 --source {SOURCE} --group {GROUP} --iif r0"
     )
+
+
+# Another program's MRT_ADD_MFC through a socket of its own (no MRT_INIT), in the default
+# IPv4 table: (SOURCE, group) from VIF `parent` to the VIFs `oifs`.
+FOREIGN_ADD = """
+import socket, struct, sys
+source, group = sys.argv[1], sys.argv[2]
+parent, oifs = int(sys.argv[3]), [int(v) for v in sys.argv[4:]]
+ttls = bytearray(32)
+for v in oifs:
+    ttls[v] = 1
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+s.setsockopt(socket.IPPROTO_IP, 209, struct.pack("=I", 253))  # MRT_TABLE
+arg = struct.pack("=4s4sH32s2xIIIi", socket.inet_aton(source), socket.inet_aton(group),
+                  parent, bytes(ttls), 0, 0, 0, 0)
+s.setsockopt(socket.IPPROTO_IP, 204, arg)  # MRT_ADD_MFC
+"""
+
+
+def foreign_add(lab: Lab, group: str, parent: int, *oifs: int) -> None:
+    args = [str(v) for v in (parent, *oifs)]
+    done = lab.exec(lab.router, sys.executable, "-c", FOREIGN_ADD, SOURCE, group, *args)
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_entry_another_program_rewrote_is_named_with_sync_as_the_fix(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    mfcd.ok(*route_args(SOURCE, GROUP, "r0", "r1,r2"))
+    vifs = {v["interface"]: v["vif"] for v in mfcd.show()["vifs"]}
+    foreign_add(lab, GROUP, vifs["r0"], vifs["r1"])  # r2 dropped
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    drift = checks(result)["kernel_entry"]
+    assert drift["status"] == "failed"
+    assert drift["detail"] == (
+        f"the kernel's entry for ({SOURCE}, {GROUP}) differs from mfcd's: the kernel has"
+        " iif r0 oifs r1, mfcd wants iif r0 oifs r1,r2"
+    )
+    assert drift["fix"].startswith("mfcctl -n sync shows what differs; mfcctl sync")
+    assert checks(result)["sent"]["fix"].startswith("see the kernel_entry check")
+
+    mfcd.ok("sync")
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 0, failed(result)
+    assert checks(result)["kernel_entry"]["status"] == "passed"
+
+
+def test_a_foreign_entry_blocking_a_template_and_a_deleted_vif_are_named(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    mfcd.ok("mfc", "add", "--group", "239.1.0.0/16", "--iif", "r0", "--oifs", "r1")
+    mfcd.ok(*route_args(SOURCE, "239.2.2.2", "r0", "r2"))  # so that r2 has a VIF
+    vifs = {v["interface"]: v["vif"] for v in mfcd.show()["vifs"]}
+    foreign_add(lab, GROUP, vifs["r0"], vifs["r2"])  # before the first packet: none learned
+    with sending(lab):
+        status, result = diagnose(mfcd, "--group", GROUP, "--source", SOURCE)
+    assert status == 8
+    drift = checks(result)["kernel_entry"]
+    assert "that mfcd did not add (iif r0 oifs r2)" in drift["detail"], drift
+    assert "the kernel holds one mfcd did not add" in checks(result)["learned"]["detail"]
+
+    mfcd.ok("sync")
+    # An oif's VIF deleted behind mfcd's back.
+    code = (
+        "import socket, struct; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 2);"
+        "s.setsockopt(0, 209, struct.pack('=I', 253));"
+        f"s.setsockopt(0, 203, struct.pack('=HBBIi4s', {vifs['r2']}, 0, 0, 0, 0, bytes(4)))"
+    )
+    done = lab.exec(lab.router, sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    with sending(lab, group="239.2.2.2"):
+        status, result = diagnose(mfcd, "--group", "239.2.2.2", "--source", SOURCE)
+    assert status == 8
+    drift = checks(result)["kernel_entry"]
+    assert drift["detail"].startswith("the kernel lacks the VIF of r2"), drift

@@ -136,7 +136,9 @@ def test_sync_repairs_a_vif_removed_behind_the_daemons_back(
     assert lab.exec(lab.router, sys.executable, "-c", code).returncode == 0
     assert received(lab, family) == [0, 5, 0]
 
-    report = mfcd.ok("--dry-run", "sync")
+    dry = mfcd.ctl("--dry-run", "sync")
+    assert dry.returncode == 8, dry.stderr  # drift found
+    report = dry.stdout
     assert (
         "would repair" in report
         and f"readd vif {'ipv4' if family == 4 else 'ipv6'} VIF {vif}" in report

@@ -255,7 +255,9 @@ def test_sync_and_the_drift_check_repair_another_table_changed_behind_mfcds_back
     behind_the_back(lab, family, vifs["r3"], source)
     assert STRAYS[family] in mroute_table(lab, family, TABLE)
     assert source not in mroute_table(lab, family, TABLE)
-    report = mfcd.ok("sync", "--dry-run")
+    dry = mfcd.ctl("sync", "--dry-run")
+    assert dry.returncode == 8, dry.stderr  # drift found
+    report = dry.stdout
     for line in (
         f"readd vif {name} table 100 VIF {vifs['r3']} (r3)",
         f"del mfc {name} table 100 {STRAYS[family]} -> {group}",
@@ -493,3 +495,92 @@ def test_a_route_in_a_table_its_iifs_traffic_does_not_go_to_is_warned_of(
     )
     assert noted.returncode == 0, noted.stderr
     assert f"note: on this machine, {mfcd.config_file}:{line}: {to_nowhere}" in noted.stderr
+
+
+# Another privileged program rewrites one of mfcd's entries through a socket of its own
+# (MRT_TABLE, no MRT_INIT): the kernel flags the entry MFC_STATIC (docs/kernel.md, E).
+REWRITE = """
+import socket, struct
+family, table, parent, oif = {family}, {table}, {parent}, {oif}
+source, group = {source!r}, {group!r}
+if family == 4:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+    level, ttls = socket.IPPROTO_IP, bytearray(32)
+    ttls[oif] = 1
+    arg = struct.pack("=4s4sH32s2xIIIi", socket.inet_aton(source), socket.inet_aton(group),
+                      parent, bytes(ttls), 0, 0, 0, 0)
+else:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    level, bits = socket.IPPROTO_IPV6, [0] * 8
+    bits[oif // 32] |= 1 << (oif % 32)
+    def sin6(address):
+        raw = socket.inet_pton(socket.AF_INET6, address)
+        return struct.pack("=HHI16sI", socket.AF_INET6, 0, 0, raw, 0)
+    arg = struct.pack("=28s28sH2x32s", sin6(source), sin6(group), parent, struct.pack("=8I", *bits))
+s.setsockopt(level, 209, struct.pack("=I", table))  # MRT_TABLE
+s.setsockopt(level, 204, arg)  # MRT_ADD_MFC
+"""
+DEFAULT = {4: 253, 6: 254}
+
+
+@pytest.mark.lab(receivers=3)
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_entry_another_program_rewrote_is_mfcds_again_after_sync_and_goes_with_it(
+    lab: Lab, mfcd: Mfcd, family: int
+) -> None:
+    """sync deletes and adds the entry (a rewrite in place would keep it static), says what
+    the kernel had, and after mfcd's stop nothing of it is left to forward."""
+    group, source, name = GROUPS[family], SOURCES[family][0], f"ipv{family}"
+    mfcd.ok(*route_args(source, group, "r0", "r2"))
+    mfcd.ok(*route_args(source, UNROUTED[family], "r0", "r3"))  # so that r3 has a VIF
+    vifs = {v["interface"]: v["vif"] for v in mfcd.show()["vifs"]}
+    code = REWRITE.format(
+        family=family,
+        table=DEFAULT[family],
+        source=source,
+        group=group,
+        parent=vifs["r0"],
+        oif=vifs["r3"],
+    )
+    done = lab.exec(lab.router, sys.executable, "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert send_and_count(lab, family, 0) == [0, 5]  # to r3 now
+
+    check = mfcd.ctl("-n", "sync")
+    assert check.returncode == 8, check.stderr  # drift found
+    assert (
+        f"readd mfc {name} {source} -> {group} iif r0 oifs r2 (VIF {vifs['r0']} -> {vifs['r2']}):"
+        " the kernel had iif r0 oifs r3; another program wrote it"
+    ) in check.stdout, check.stdout
+    assert "repaired" in mfcd.ok("sync")
+    assert mfcd.ctl("-n", "sync").returncode == 0
+    assert send_and_count(lab, family, 0) == [5, 0]
+
+    mfcd.stop()
+    assert group not in mroute_table(lab, family, "all")
+
+
+@pytest.mark.lab(receivers=3)
+def test_a_start_makes_a_static_entry_left_behind_mfcds_own(lab: Lab, mfcd: Mfcd) -> None:
+    """An entry another program rewrote outlived the last mfcd (as before sync re-added
+    such entries): the next start repairs it, so its stop removes it."""
+    source, group = SOURCES[4][0], GROUPS[4]
+    mfcd.ok(*route_args(source, group, "r0", "r2"))
+    vifs = {v["interface"]: v["vif"] for v in mfcd.show()["vifs"]}
+    code = REWRITE.format(
+        family=4, table=253, source=source, group=group, parent=vifs["r0"], oif=vifs["r2"]
+    )
+    done = lab.exec(lab.router, sys.executable, "-c", code)  # the same oifs, static now
+    assert done.returncode == 0, done.stderr
+    mfcd.stop()
+    assert group in mroute_table(lab, 4, "all")  # left behind
+    mfcd.start()
+    deadline = time.monotonic() + 10
+    while (check := mfcd.ctl("-n", "sync")).returncode != 0:  # the start's repair is done
+        assert check.returncode == 8 and time.monotonic() < deadline, check.stdout
+        time.sleep(0.2)
+    assert send_and_count(lab, 4, 0) == [5, 0]
+    _, log = mfcd.stop()
+    assert "held entries mfcd did not add; repairing them" in log
+    assert "sync: 1 repairs" in log
+    assert group not in mroute_table(lab, 4, "all")

@@ -84,6 +84,9 @@ class FakeKernel:
         self.upcalls: list[Upcall] = []
         self.runs: list[int] = []  # the routes of each run applied (runs are applied whole)
         self.owned: set[tuple[int, int]] = set()  # (family, table) another router owns
+        # Entries another socket wrote (MFC_STATIC): as in Linux, mfcd's own rewrite in
+        # place keeps the flag; only a delete clears it (docs/kernel.md, E).
+        self.static: set[RouteKey] = set()
 
     def apply(self, ops: Sequence[KernelOp]) -> None:
         """A run (AddMfcRun, DelMfcRun) is one operation per route, as in Linux: `fail_at`
@@ -138,7 +141,14 @@ class FakeKernel:
             case DelMfc(family, source, group, table):
                 if self.mfcs.pop((family, source, group, table), None) is None:
                     raise KernelError("no such entry", "MRT_DEL_MFC", errno.ENOENT)
+                self.static.discard((family, source, group, table))
         self.applied.append(op)
+
+    def foreign_add(self, key: RouteKey, parent: int, oifs: dict[int, int]) -> None:
+        """Another program's MRT_ADD_MFC (a socket that is not the table's): the entry is
+        static from now on."""
+        self.mfcs[key] = MfcEntry(parent, dict(oifs))
+        self.static.add(key)
 
     def observe(self, family: int, table: int, entries: bool = True) -> Observation:
         """VIF devices are named by `names`, else after their ifindex ("if7"); as in Linux,
@@ -164,7 +174,8 @@ class FakeKernel:
                     for v, ttl in entry.ttls.items()
                     if (f, t, v) in self.vifs
                 }
-                mfc[(source, group)] = ObservedEntry(iif, oifs, zero_sg)
+                static = (f, source, group, t) in self.static
+                mfc[(source, group)] = ObservedEntry(iif, oifs, zero_sg, static)
         return Observation(family, table, vifs, mfc)
 
     def counters(

@@ -355,3 +355,82 @@ def test_watch_asks_for_the_table_given(
     assert json.loads(out)["routes"] == [ROUTE]
     [request] = fake.requests
     assert (request["cmd"], request["args"]) == ("show", {"stats": True, **sent})
+
+
+# --- sync: repairs as plans name them, and -n as a check ---------------------------------------
+
+REPAIRS = [
+    {
+        "action": "reissue_mfc",
+        "family": "ipv4",
+        "table": 253,
+        "source": "198.18.10.2",
+        "group": "239.1.1.1",
+        "parent": 0,
+        "oifs": [2, 3],
+        "iif": "r0",
+        "oif_names": ["r2", "r3"],
+        "drift": "different",
+        "kernel": {"iif": "r0", "oifs": ["r2"]},
+    },
+    {
+        "action": "readd_mfc",
+        "family": "ipv4",
+        "table": 253,
+        "source": "198.18.10.2",
+        "group": "239.60.0.1",
+        "parent": 0,
+        "oifs": [2],
+        "iif": "r0",
+        "oif_names": ["r2"],
+        "drift": "static",
+        "kernel": {"iif": "r0", "oifs": ["r3"]},
+    },
+    {
+        "action": "reissue_mfc",
+        "family": "ipv4",
+        "table": 253,
+        "source": "198.18.10.2",
+        "group": "239.1.1.2",
+        "parent": 0,
+        "oifs": [2],
+        "iif": "r0",
+        "oif_names": ["r2"],
+        "drift": "missing",
+    },
+]
+
+
+def test_sync_repairs_name_interfaces_and_what_the_kernel_had() -> None:
+    lines = cli.format_sync({"dry_run": True, "repairs": REPAIRS}).splitlines()
+    assert lines == [
+        "would repair (dry run, nothing changed):",
+        "  reissue mfc ipv4 198.18.10.2 -> 239.1.1.1 iif r0 oifs r2,r3 (VIF 0 -> 2,3):"
+        " the kernel had iif r0 oifs r2",
+        "  readd mfc ipv4 198.18.10.2 -> 239.60.0.1 iif r0 oifs r2 (VIF 0 -> 2):"
+        " the kernel had iif r0 oifs r3; another program wrote it (MFC_STATIC, it would"
+        " outlive mfcd): deleted and added",
+        "  reissue mfc ipv4 198.18.10.2 -> 239.1.1.2 iif r0 oifs r2 (VIF 0 -> 2):"
+        " the kernel had no entry",
+    ]
+    event = {"event": "repair", "time": 1.0, **REPAIRS[0]}
+    assert cli._repair_event(event) == lines[1].strip()
+
+
+@pytest.mark.parametrize(
+    ("argv", "repairs", "status"),
+    [
+        (["-n", "sync"], REPAIRS, protocol.EXIT_CHECK_FAILED),
+        (["-n", "sync"], [], protocol.EXIT_OK),
+        (["sync"], REPAIRS, protocol.EXIT_OK),  # repaired: nothing left to fail
+    ],
+)
+def test_a_dry_run_sync_that_finds_drift_exits_8(
+    tmp_path: Path, argv: list[str], repairs: list[dict[str, Any]], status: int
+) -> None:
+    result = {"dry_run": "-n" in argv, "repairs": repairs, "full": True}
+    fake = FakeDaemon(tmp_path / "mfcd.sock", {"ok": True, "result": result})
+    try:
+        assert run_cli("--socket", str(fake.path), *argv)[0] == status
+    finally:
+        fake.close()

@@ -548,6 +548,56 @@ def test_check_entries_without_rewrite_all_writes_only_missing_and_stale(ctl: Co
     assert kernel.forwarding(two) == (2, frozenset({(1, 1), (3, 1)}))
 
 
+def test_sync_re_adds_an_entry_another_program_wrote_so_it_is_mfcds_again(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    kernel.names = {ifindex: name for name, ifindex in ctl.router.links.items()}
+    one, two = r4(1, "a").key, r4(2, "b").key
+    vifs = {i: v for (f, t, v), i in kernel.vifs.items()}  # ifindex -> VIF
+    kernel.foreign_add(one, vifs[1], {vifs[3]: 1})  # oifs c instead of b: static now
+    writes = len(kernel.applied)
+    view = controller.observe(kernel, (4,), True)
+    report = ctl.sync(view, dry_run=True)
+    assert len(report) == 1 and len(kernel.applied) == writes
+    assert report[0] | {"parent": 0, "oifs": []} == {
+        "action": "readd_mfc",
+        "family": "ipv4",
+        "table": 253,
+        "source": "10.0.0.1",
+        "group": "239.1.1.1",
+        "parent": 0,
+        "oifs": [],
+        "iif": "a",
+        "oif_names": ["b"],
+        "drift": "static",
+        "kernel": {"iif": "a", "oifs": ["c"]},
+    }
+    ctl.sync(view)
+    # deleted, then added: mfcd's own (not static), as the route says; `two` not written
+    assert kernel.applied[writes:] == [
+        DelMfc(4, "10.0.0.1", "239.1.1.1", 253),
+        ctl.router.entry(one),
+    ]
+    assert one not in kernel.static
+    assert kernel.forwarding(one) == (1, frozenset({(2, 1)}))
+    assert kernel.forwarding(two) == (2, frozenset({(1, 1), (3, 1)}))
+
+
+def test_sync_says_what_the_kernel_had_instead(ctl: Controller) -> None:
+    kernel, _ = fake(ctl)
+    kernel.names = {ifindex: name for name, ifindex in ctl.router.links.items()}
+    one, two = r4(1, "a").key, r4(2, "b").key
+    del kernel.mfcs[one]
+    kernel.mfcs[two].ttls.popitem()  # one oif fewer, written by mfcd itself: not static
+    report = ctl.sync(controller.observe(kernel, (4,), True), dry_run=True)
+    assert [(r["source"], r["action"], r["drift"]) for r in report] == [
+        ("10.0.0.1", "reissue_mfc", "missing"),
+        ("10.0.0.2", "reissue_mfc", "different"),
+    ]
+    assert "kernel" not in report[0]
+    assert report[1]["kernel"] == {"iif": "b", "oifs": ["a"]}
+    assert (report[1]["iif"], report[1]["oif_names"]) == ("b", ["a", "c"])
+
+
 # --- tables ---------------------------------------------------------------------------------------
 
 

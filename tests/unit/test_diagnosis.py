@@ -932,3 +932,69 @@ def test_a_route_of_another_table_whose_iif_a_rule_steers_elsewhere_is_offered_t
     nothing = dataclasses.replace(steered, intent=None)
     assert "--table 100" not in check(nothing, "route").fix
     assert "--table 100" in check(dataclasses.replace(nothing, owned=frozenset()), "route").fix
+
+
+# --- the kernel's entry beside mfcd's (drift another program made) ------------------------------
+
+OURS = ("r0", ("r1", "r2"))
+
+
+def with_kernel(facts: Facts, **kernel: object) -> Facts:
+    entry = diagnosis.KernelEntry(**{"had": OURS, "wanted": OURS, **kernel})  # type: ignore[arg-type]
+    return dataclasses.replace(facts, kernel=entry)
+
+
+def test_the_kernels_entry_agreeing_with_mfcds_passes() -> None:
+    c = check(with_kernel(HEALTHY), "kernel_entry")
+    assert (c.status, c.detail) == ("passed", "the kernel's entry is mfcd's (iif r0 oifs r1,r2)")
+    assert [c.check for c in diagnosis.checklist(with_kernel(HEALTHY))][:3] == [
+        "route",
+        "state",
+        "kernel_entry",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kernel", "words"),
+    [
+        (
+            {"had": ("r0", ("r1",))},
+            "the kernel's entry for (198.18.0.2, 239.1.1.1) differs from mfcd's: the kernel has"
+            " iif r0 oifs r1, mfcd wants iif r0 oifs r1,r2",
+        ),
+        ({"had": None}, "the kernel holds no entry for (198.18.0.2, 239.1.1.1) in the default"),
+        ({"missing_vifs": ("r2",)}, "the kernel lacks the VIF of r2 in the default table (253)"),
+        ({"static": True}, "another program wrote the kernel's entry"),
+    ],
+)
+def test_drift_in_the_kernel_is_named_with_sync_as_the_fix(
+    kernel: dict[str, object], words: str
+) -> None:
+    facts = with_kernel(dataclasses.replace(HEALTHY, sent={"r1": 190, "r2": 0}), **kernel)
+    c = check(facts, "kernel_entry")
+    assert c.status == "failed" and c.detail.startswith(words), c.detail
+    assert (
+        c.fix == "mfcctl -n sync shows what differs; mfcctl sync makes the kernel match mfcd again"
+    )
+    assert check(facts, "sent").fix.startswith("see the kernel_entry check")
+
+
+def test_a_foreign_entry_blocking_a_template_is_named() -> None:
+    facts = dataclasses.replace(HEALTHY, intent=TEMPLATE, counts=None)
+    facts = with_kernel(facts, had=("r0", ("r4",)), wanted=None)
+    c = check(facts, "kernel_entry")
+    assert c.status == "failed"
+    assert "that mfcd did not add (iif r0 oifs r4)" in c.detail
+    learned = check(facts, "learned")
+    assert "the kernel holds one mfcd did not add" in learned.detail
+    assert learned.fix.startswith("see the kernel_entry check above: mfcctl -n sync")
+
+
+def test_nothing_arrives_on_an_iif_already_joined_does_not_ask_for_a_join() -> None:
+    facts = dataclasses.replace(
+        HEALTHY, sample=Sample(2.0), counts=Counts(2.0, 0, 0, 0), joined=True
+    )
+    c = check(facts, "arrival")
+    assert c.status == "failed"
+    assert "a join is needed" not in c.fix
+    assert "mfcd already joined it there" in c.fix

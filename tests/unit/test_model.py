@@ -750,7 +750,7 @@ def _in_sync(
         for v in router.iter_vifs()
         if v.ifindex is not None
     }
-    mfc = {key: router._expected(key) for key in router.installed}
+    mfc = {key: router.expected(key) for key in router.installed}
     return vifs, mfc
 
 

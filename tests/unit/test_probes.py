@@ -10,11 +10,13 @@ import struct
 import pytest
 
 from mfcd import netlink, probes
-from mfcd.diagnosis import Intent, Rules
-from mfcd.model import Ports, Route
+from mfcd.controller import Controller
+from mfcd.diagnosis import Intent, KernelEntry, Rules
+from mfcd.model import AddRoute, Ports, Route
 from mfcd.netlink import MRule
 from mfcd.probes import Packet
-from tests.unit.conftest import router_with_links, run
+from tests.unit.conftest import FakeKernel, FakeState, router_with_links, run
+from tests.unit.test_diagnosis import INTENT
 
 
 def run_bpf(program: list[tuple[int, int, int, int]], packet: bytes) -> int:
@@ -184,3 +186,36 @@ def test_fed_says_what_mfcd_has_on_the_iif_in_the_other_tables() -> None:
     intent = Intent("route", 4, "198.18.1.2", "239.1.1.1", 253, "r1", ("r2",), "installed", "")
     assert probes._fed(router, intent) == {100: (2, 1)}
     assert probes._fed(router, dataclasses.replace(intent, iif="r0")) == {}
+
+
+# --- the kernel's entry beside mfcd's ----------------------------------------------------------
+
+
+def test_the_kernels_entry_is_named_beside_mfcds_and_missing_vifs_found() -> None:
+
+    kernel = FakeKernel()
+    kernel.names = {1: "r0", 2: "r1", 3: "r2"}  # the VIFs' devices, as /proc names them
+    ctl = Controller(kernel, FakeState())
+    for ifindex, name in enumerate(("r0", "r1", "r2"), 1):
+        ctl.link_up(name, ifindex)
+    route = Route(4, INTENT.source, INTENT.group, "r0", ("r1", "r2"), 253)
+    ctl.change([AddRoute.of(route)])
+    router = ctl.router
+    assert probes._kernel_entry(router, INTENT, kernel.observe(4, 253)) == KernelEntry(
+        ("r0", ("r1", "r2")), ("r0", ("r1", "r2"))
+    )
+    vifs = {ifindex: v for (_, _, v), ifindex in kernel.vifs.items()}
+    kernel.foreign_add(route.key, vifs[1], {vifs[2]: 1, 9: 1})  # r1 only, and a stray VIF
+    del kernel.vifs[(4, 253, vifs[3])]  # r2's VIF deleted behind mfcd's back
+    seen = kernel.observe(4, 253)
+    assert probes._kernel_entry(router, INTENT, seen) == KernelEntry(
+        ("r0", ("r1",)), ("r0", ("r1", "r2")), static=True, missing_vifs=("r2",)
+    )
+    assert probes._kernel_entry(router, INTENT, None) is None
+
+
+def test_a_join_of_the_group_on_the_iif_counts_any_source_or_the_flows() -> None:
+
+    assert probes._joined(INTENT, [("r0", INTENT.group, "*")])
+    assert probes._joined(INTENT, [("r0", INTENT.group, INTENT.source)])
+    assert not probes._joined(INTENT, [("r1", INTENT.group, "*"), ("r0", "239.9.9.9", "*")])
