@@ -758,6 +758,7 @@ class Commands:
             updated=updated,
             joined=kinds[Join],
             left=kinds[Leave],
+            templates=(kinds[AddTemplate], kinds[DelTemplate]),
             pending=None if dry_run else self._pending(changes, runs),
         )
         result.update(counts)

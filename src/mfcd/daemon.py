@@ -59,6 +59,7 @@ from mfcd.model import (
     DelRoute,
     Ports,
     RouteKey,
+    RouteStatus,
     SetThreshold,
     Step,
     TableKey,
@@ -67,6 +68,7 @@ from mfcd.model import (
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.slices import Budget, run_sliced
 from mfcd.state import VERSION, Compaction, StateFile, route_columns
+from mfcd.templates import TemplateKey
 
 log = logging.getLogger("mfcd")
 
@@ -681,8 +683,10 @@ class Daemon:
             gone = link.name if link.kind == "del" else None
             if gone is None and self.events.subscribers:
                 gone = renamed_from(router.links, link.name, link.ifindex)
+            was = self._template_states({link.name, gone}) if self.events.subscribers else {}
             steps = self.controller.link_event(link.kind, link.name, link.ifindex)
             self._tell_route_states(steps, gone)
+            self._tell_template_states(was)
             self.controller.link_admin(link.kind, link.name, link.up)
 
     def _sync_links(self, links: Iterable[LinkChange]) -> None:
@@ -720,6 +724,38 @@ class Daemon:
             vifs = router.vifs_named(deleted)
             keys += router.users({(vif.family, vif.table, vif.interface) for vif in vifs})
         self._tell_states(keys)
+
+    def _template_states(self, names: set[str | None]) -> dict[TemplateKey, RouteStatus]:
+        """The states of the templates naming one of these interfaces (a scan of the
+        templates: only while someone subscribes), before a link event changes them."""
+        router = self.controller.router
+        return {
+            key: router.status(key)
+            for key, ports in router.templates.items()
+            if not names.isdisjoint(ports.interfaces)
+        }
+
+    def _tell_template_states(self, was: dict[TemplateKey, RouteStatus]) -> None:
+        """Tell monitor subscribers each template a link event changed the state (or the
+        reason) of, as `route.state` tells routes."""
+        router = self.controller.router
+        for key, before in was.items():
+            if key not in router.templates:
+                continue
+            status = router.status(key)
+            if (status.state, status.reason) == (before.state, before.reason):
+                continue
+            family, source, group, table, iif = key
+            self.events.emit(
+                "template.state",
+                family=protocol.FAMILY_NAMES[family],
+                table=table,
+                source=source,
+                group=group,
+                iif=iif,
+                state=status.state,
+                reason=status.reason,
+            )
 
     def _tell_states(self, keys: list[RouteKey]) -> None:
         """Tell monitor subscribers the state of each of these routes (once each)."""

@@ -20,7 +20,7 @@ from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
 from mfcd.daemon import Daemon, _log_left_out
 from mfcd.declarations import Declarations, Problems, diff
-from mfcd.errors import DeclaredInConfig
+from mfcd.errors import DeclaredInConfig, VifLimit
 from mfcd.model import AddRoute, DelRoute, Ports, SetThreshold
 from mfcd.wildcards import expand, matches
 from tests.unit.conftest import FakeKernel, FakeState
@@ -936,3 +936,20 @@ def test_a_drop_in_directory_left_out_is_named_as_a_directory_not_counted_as_a_f
     assert f"config: left out {main}, the drop-in directory {directory} (on_config_error" in (
         caplog.text
     )
+
+
+def test_a_reload_of_a_route_that_could_never_get_its_vifs_is_refused() -> None:
+    """Trial 14 F8: a config route naming 29 interfaces that do not exist, in a table with
+    4 VIFs in use, was applied ("1 route is degraded") and left pending with "all 32 are in
+    use"; with the interfaces there the same file was refused. Now refused either way."""
+    ctl = controller()
+    for ifindex, name in enumerate(("c", "d"), 10):
+        ctl.link_up(name, ifindex)
+    ctl.change([AddRoute((4, "198.18.0.2", "239.9.9.9", 253), Ports("a", ("b", "c", "d")))])
+    before = dict(ctl.router.routes)
+    names = ", ".join(f'"w{i}"' for i in range(29))
+    new, problems = parse(route("239.1.1.2", names))
+    assert problems == []  # (30 names in the file: the api route's VIFs are not its own)
+    with pytest.raises(VifLimit, match=r"cannot add 29 new IPv4 VIFs.*only 28 of the 32 VIFs of"):
+        ctl.apply_declared(new, diff(ctl.declared, new))
+    assert dict(ctl.router.routes) == before and ctl.router.blocked == {}
