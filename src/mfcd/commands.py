@@ -771,7 +771,12 @@ class Commands:
         installed (pending: their iif, say) or installed without them (degraded), and which
         interfaces those are. A run's routes share their interfaces: looked at once a run."""
         router = self.controller.router
-        if not router.waiting and all(vif.ifindex is not None for vif in router.vifs.values()):
+        short = router.short  # (wildcard routes short of what they match: degraded too)
+        if (
+            not router.waiting
+            and not short
+            and all(vif.ifindex is not None for vif in router.vifs.values())
+        ):
             return 0, 0, []  # the common case, known without looking at 100,000 routes
         links, routes, installed = router.links, router.routes, router.installed
         missing_of: dict[int, tuple[str, ...]] = {}  # id(ports): its missing interfaces
@@ -797,6 +802,9 @@ class Commands:
         for change in _outside(changes, runs):
             if isinstance(change, AddRoute):
                 note((change.key,), change.ports)
+                if change.key in short and change.key not in waiting[0]:
+                    waiting[1].add(change.key)
+                    names.update(n for n in short[change.key] if is_wildcard(n))
         return len(waiting[0]), len(waiting[1]), sorted(names)
 
     def _op_changes(self, ops: Any, table: Any = None) -> tuple[list[Change], int, int]:

@@ -247,6 +247,8 @@ class Daemon:
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
         self._compact_called = False  # a _compact_soon waits in the loop's queue
         self._reissuing: asyncio.Task[None] | None = None  # entries written again in slices
+        # The last error of following the config files' wildcards: told again only if it changes.
+        self._follow_error: str | None = None
         self._rejoins = groups.Retries(REJOIN_MOST_TURNS)  # when refused joins are tried again
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
@@ -780,8 +782,11 @@ class Daemon:
         try:
             outcome = self.controller.follow_wildcards()
         except MfcdError as e:
-            log.error("wildcard oifs: could not follow the interfaces: %s", e)
+            if str(e) != self._follow_error:  # (once, not at each event of a burst)
+                log.error("wildcard oifs: could not follow the interfaces: %s", e)
+            self._follow_error = str(e)
         else:
+            self._follow_error = None
             if outcome is not None:
                 steps = views.summarize(outcome.steps, 0.0)
                 log.info("wildcard oifs follow the interfaces: %s", steps)

@@ -502,3 +502,10 @@ def test_a_wildcard_past_the_free_vifs_says_how_many_it_needs_and_how_many_are_f
     )
     assert "earlier routes of this batch or reload took 20" in response["error"]["message"]
     assert snapshot(commands) == before
+
+
+def test_a_batch_counts_a_wildcard_that_matches_nothing_as_degraded() -> None:
+    commands = Commands(controller("a", "b"), (4, 6))
+    op = {"op": "add", "source": KEY[1], "group": KEY[2], "iif": "a", "oifs": ["vlna*"]}
+    result = ask(commands, "batch", {"ops": [op]})["result"]
+    assert (result["pending"], result["degraded"], result["missing"]) == (0, 1, ["vlna*"])

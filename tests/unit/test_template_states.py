@@ -1,15 +1,20 @@
 """Trial 14 F10: an interface event that changes a template's state is told to monitor
-subscribers as `template.state` (routes get `route.state`), degraded and back."""
+subscribers as `template.state` (routes get `route.state`), degraded and back; F9: a
+wildcard that cannot follow the interfaces is logged once per change."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+import pytest
 
 from mfcd.config import Config
 from mfcd.controller import Controller
 from mfcd.daemon import Daemon
 from mfcd.dataplane import Events, LinkChange
+from mfcd.errors import VifLimit
 from mfcd.learning import Learner
 from mfcd.model import AddTemplate, Ports
 from tests.unit.conftest import FakeKernel, FakeState
@@ -62,3 +67,22 @@ def test_a_template_whose_iif_goes_is_told_pending() -> None:
     states = {(e["group"], e["state"]) for e in gone}
     # (239.3: iif b, oif a gone: degraded; 239.2: its iif gone: pending)
     assert states == {("239.2.0.0/16", "pending"), ("239.3.0.0/16", "degraded")}
+
+
+def test_a_wildcard_that_cannot_follow_is_logged_once_per_change(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 14 F9: 7 identical ERROR lines for one burst of interface events."""
+    daemon = Daemon(Config(), None, {})
+    ctl = daemon.controller = Controller(FakeKernel(), FakeState())
+    errors = iter(["cannot add 1 new IPv4 VIF (d29)"] * 3 + ["cannot add 2 new IPv4 VIFs"])
+
+    def follow() -> None:
+        raise VifLimit(next(errors))
+
+    monkeypatch.setattr(ctl, "follow_wildcards", follow)
+    with caplog.at_level(logging.ERROR):
+        for _ in range(4):
+            daemon._follow_wildcards()
+    told = [r.getMessage() for r in caplog.records if "wildcard oifs" in r.getMessage()]
+    assert len(told) == 2 and told[1].endswith("cannot add 2 new IPv4 VIFs")
