@@ -789,7 +789,7 @@ def test_thousands_of_any_source_templates_are_checked_without_comparing_every_p
 
 def test_waiting_counts_the_routes_and_templates_that_wait_and_for_what() -> None:
     """Pending: the iif is missing (its missing oifs named too); degraded: an oif only. A
-    wildcard waits for nothing (it names the interfaces that exist)."""
+    wildcard oif waits only while it matches no interface."""
     declared, problems = parse(
         route("239.1.1.1", '"b", "x"').replace('iif = "a"', 'iif = "y"')
         + route("239.1.1.2", '"b", "x"')
@@ -802,12 +802,23 @@ def test_waiting_counts_the_routes_and_templates_that_wait_and_for_what() -> Non
     combinations = Counter(declared.routes.values())
     waiting = declarations.waiting(combinations, declared.templates, {"a", "b"})
     # Of them templates (a warning names them apart): 239.4.0.0/24 pending, 239.2.0.0/24 degraded.
-    assert waiting == declarations.Waiting(2, 2, ["x", "y"], ["x", "z"], 1, 1)
-    assert waiting.missing == ["x", "y", "z"]
-    every = {"a", "b", "x", "y", "z"}
+    # (239.1.1.3: vlan* matches no interface, degraded)
+    assert waiting == declarations.Waiting(2, 3, ["x", "y"], ["vlan*", "x", "z"], 1, 1)
+    assert waiting.missing == ["vlan*", "x", "y", "z"]
+    every = {"a", "b", "x", "y", "z", "vlan1"}
     assert declarations.waiting(combinations, declared.templates, every) == (0, 0, [], [], 0, 0)
     # Routes that share their interfaces are counted as many as they are.
     assert declarations.waiting({Ports("y", ("b",)): 7}, [], {"b"}) == (7, 0, ["y"], [], 0, 0)
+    # A wildcard oif that matches no interface (its iif aside) waits for one (trial 14 F9).
+    typo = {Ports("a", ("b", "vlna*")): 1, Ports("vlan1", ("vlan*",)): 1}
+    assert declarations.waiting(typo, [], {"a", "b", "vlan1"}) == (
+        0,
+        2,
+        [],
+        ["vlan*", "vlna*"],
+        0,
+        0,
+    )
 
 
 def start_files(tmp_path: Path, main_text: str, **drop_ins: str) -> Path:
