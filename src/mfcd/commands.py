@@ -1041,11 +1041,13 @@ class Commands:
         )
         if templates:
             result["plan"] = templates + result.get("plan", [])
+        if not dry_run and "state" not in result:
+            result.update(_unmatched(self.controller.router, only))
         if plan and outcome.memberships:
             memberships = map(views.describe_membership, outcome.memberships)
             result.setdefault("plan", []).extend(memberships)
         if not dry_run:
-            note = _state_note(result)
+            note = _state_note(result, isinstance(only, AddTemplate))
             self._after_change(
                 changes, outcome, one_route, peer=peer, cmd=cmd, args=args, note=note, was=was
             )
@@ -1264,13 +1266,29 @@ def _added(router: Router, change: Change | None) -> RouteKey | TemplateKey | No
     return None
 
 
-def _state_note(result: dict[str, Any]) -> str:
+def _unmatched(router: Router, change: Change | None) -> dict[str, Any]:
+    """The state of a template added with wildcard oifs that match no interface (the model
+    holds none of it until one appears): pending, the wildcards named, so that a typo
+    such as `vlna*` is said at once; {} for any other change."""
+    if not isinstance(change, AddTemplate) or change.ports.__class__ is not Pattern:
+        return {}
+    if is_wildcard(change.key[4]) or change.key in router.templates:
+        return {}
+    unmatched = [n for n in change.ports.oifs if is_wildcard(n)]
+    return {
+        "state": "pending",
+        "reason": f"no interface matches {', '.join(unmatched)} yet",
+        "missing": unmatched,
+    }
+
+
+def _state_note(result: dict[str, Any], template: bool = False) -> str:
     """What a change's log line adds to its kernel operations: "; route STATE: REASON" for
-    a route it left other than installed, else nothing."""
+    a route (or template) it left other than installed, else nothing."""
     state = result.get("state", "installed")
     if state == "installed":
         return ""
-    return f"; route {state}: {result.get('reason', '')}"
+    return f"; {'template' if template else 'route'} {state}: {result.get('reason', '')}"
 
 
 _ONE_ROUTE = frozenset({"mfc.add", "mfc.del"})  # taken by Commands._one_route

@@ -509,3 +509,19 @@ def test_a_batch_counts_a_wildcard_that_matches_nothing_as_degraded() -> None:
     op = {"op": "add", "source": KEY[1], "group": KEY[2], "iif": "a", "oifs": ["vlna*"]}
     result = ask(commands, "batch", {"ops": [op]})["result"]
     assert (result["pending"], result["degraded"], result["missing"]) == (0, 1, ["vlna*"])
+
+
+def test_a_template_whose_wildcard_oifs_match_nothing_is_pending_and_said_on_add() -> None:
+    """Trial 14 F9, for templates: the add answered with no state (the model holds none of
+    it until an interface matches), so mfcctl said nothing of a typo."""
+    commands = Commands(controller("a", "b"), (4, 6))
+    template = {"group": "239.9.0.0/16", "iif": "a", "oifs": ["vlna*"]}
+    result = ask(commands, "mfc.add", template)["result"]
+    assert (result["state"], result["reason"], result["missing"]) == (
+        "pending",
+        "no interface matches vlna* yet",
+        ["vlna*"],
+    )
+    # With an oif that exists beside it: installed by it, degraded for the wildcard.
+    result = ask(commands, "mfc.add", {**template, "oifs": ["b", "vlna*"]})["result"]
+    assert (result["state"], result["missing"]) == ("degraded", ["vlna*"])
