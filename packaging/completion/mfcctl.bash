@@ -119,7 +119,7 @@ _mfcctl() {
         "show ") opts="-h --help -s --stats -w --watch --table -o --output -v --verbose" ;;
         "join " | "leave ") opts="-h --help --interface --group --source -o --output -n --dry-run -v --verbose" ;;
         "batch ") opts="-h --help --table -o --output -n --dry-run -v --verbose" ;;
-        "vif set") opts="-h --help --threshold --mrdisc --no-mrdisc -o --output -n --dry-run -v --verbose" ;;
+        "vif set") opts="-h --help --threshold --table --mrdisc --no-mrdisc -o --output -n --dry-run -v --verbose" ;;
         "vif show") opts="-h --help -s --stats --table -o --output -v --verbose" ;;
         "sync ") opts="-h --help --full -o --output -n --dry-run -v --verbose" ;;
         "flush ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;

@@ -476,8 +476,8 @@ def _show_command(sub: Any) -> None:
     )
     _table_option(
         show,
-        "only the routes and VIFs of this table (a number or a name; `default`: each"
-        " family's default table)",
+        'only the routes and VIFs of this table: a number or a name, "default" for each'
+        " family's default table (without --table: every table)",
     )
     show.add_argument(
         "what",
@@ -523,7 +523,9 @@ def _vif_command(sub: Any) -> None:
         help="change an interface's settings (kept across restarts)",
         description="Change an interface's settings. They are saved, apply to its VIF now and"
         " whenever it is created again. Setting the default value (`default`) removes the"
-        " setting. Give one setting at least (without one: a usage error, exit status 2).",
+        " setting. Give one setting at least (without one: a usage error, exit status 2)."
+        " A threshold applies to the interface's VIF in every table, or with --table in that"
+        " table only, where it wins over the every-table one.",
     )
     vif_set.add_argument(
         "interface",
@@ -532,15 +534,16 @@ def _vif_command(sub: Any) -> None:
         " the setting applies when it appears)",
     )
 
-    def threshold(text: str) -> int:  # (argparse names the function in its error message)
-        return protocol.DEFAULT_THRESHOLD if text == "default" else int(text)
+    def threshold(text: str) -> int | str:  # (argparse names the function in its error message)
+        return text if text == "default" else int(text)
 
     vif_set.add_argument(
         "--threshold",
         type=threshold,
         metavar="TTL",
         help="IPv4 TTL threshold: forward out of this interface only packets whose TTL is"
-        " greater than TTL (1-255). `default` (or 1, the default) removes the setting."
+        " greater than TTL (1-255). `default` (or 1, the default) removes the setting;"
+        " with --table, `default` removes that table's own setting (1 there is a setting)."
         " Linux ignores it for IPv6 (vif show gives an IPv6 VIF's threshold as -).",
     )
     vif_set.add_argument(
@@ -548,7 +551,14 @@ def _vif_command(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         help="send IGMP Multicast Router Advertisements (RFC 4286) on this interface every"
         " mrdisc_interval seconds and answer solicitations, so IGMP snooping switches find"
-        " the router port (IPv4); --no-mrdisc stops it",
+        " the router port (IPv4); --no-mrdisc stops it. Per interface, never per table:"
+        " refused with --table",
+    )
+    _table_option(
+        vif_set,
+        "set the threshold of the interface's VIF in this multicast routing table only (a"
+        " number, a name from /etc/iproute2/rt_tables, or `default`: IPv4's, 253), as"
+        " smcroute's ttl-threshold is per smcrouted (one table each)",
     )
     _command_options(vif_set, changes=True)
     vif_show = vif_sub.add_parser(
@@ -561,7 +571,8 @@ def _vif_command(sub: Any) -> None:
     vif_show.add_argument("-s", "--stats", action="store_true", help="include counters")
     _table_option(
         vif_show,
-        "only the VIFs of this table (a number or a name; `default`: each family's default table)",
+        'only the VIFs of this table: a number or a name, "default" for each family\'s default'
+        " table (without --table: every table)",
     )
     _command_options(vif_show, changes=False)
 
@@ -744,7 +755,8 @@ def _import_command(sub: Any) -> None:
     _table_option(
         imp,
         "put every route and template in this multicast routing table, as `smcrouted -t ID`"
-        " does: a number, `default` (the default) or a name from /etc/iproute2/rt_tables",
+        " does: a number, `default` (the default) or a name from /etc/iproute2/rt_tables;"
+        " a ttl-threshold becomes the interface's threshold in that table only",
     )
     _output_option(imp)
 
@@ -939,6 +951,18 @@ def _table_option(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--table", metavar="TABLE", help=help)
 
 
+def _vif_set_args(a: Any) -> dict[str, Any]:
+    """vif.set's arguments: the settings given (main: one at least), and the table."""
+    threshold = a.threshold
+    if threshold == "default" and a.table is None:
+        threshold = protocol.DEFAULT_THRESHOLD  # (what a daemon before --table takes)
+    settings = {"threshold": threshold, "mrdisc": a.mrdisc}
+    args = {k: v for k, v in settings.items() if v is not None}
+    if a.table is not None:
+        args["table"] = _table_value(a.table)
+    return {"interface": a.interface, **args}
+
+
 def _table_value(text: str) -> int | str:
     """A --table as the protocol takes it: a number as a number, a name as it is."""
     return int(text) if text.isascii() and text.isdigit() else text
@@ -1060,10 +1084,14 @@ def format_vif_show(result: dict[str, Any]) -> str:
     lines = format_vifs(vifs, any("stats" in v for v in vifs))
     settings = result.get("settings", [])
     lines += ["", f"Interface settings ({len(settings)})"]
-    rows = [["INTERFACE", "THRESHOLD", "MRDISC", "ORIGIN"]]
-    rows += [_setting_row(s) for s in settings]
+    # A TABLE column only when a threshold is of one table: `all` for the other settings.
+    tables = any("table" in s for s in settings)
+    rows = [["INTERFACE", *(["TABLE"] if tables else []), "THRESHOLD", "MRDISC", "ORIGIN"]]
+    for s in settings:
+        row = _setting_row(s)
+        rows.append([row[0], str(s.get("table", "all")), *row[1:]] if tables else row)
     none = "  (none: every interface uses threshold 1, mrdisc off)"
-    lines += table(rows, right={1}) if settings else [none]
+    lines += table(rows, right={2} if tables else {1}) if settings else [none]
     return "\n".join(lines)
 
 
@@ -1071,7 +1099,7 @@ def _setting_row(setting: dict[str, Any]) -> list[str]:
     """An interface's settings, `-` for one it does not have (the default), and where they
     come from: `config` or `api`, each named when the two differ."""
     threshold = str(setting["threshold"]) if "threshold_origin" in setting else "-"
-    mrdisc = ("on" if setting["mrdisc"] else "off") if "mrdisc_origin" in setting else "-"
+    mrdisc = ("on" if setting.get("mrdisc") else "off") if "mrdisc_origin" in setting else "-"
     origins = {
         w: setting[f"{w}_origin"] for w in ("threshold", "mrdisc") if f"{w}_origin" in setting
     }
@@ -1303,6 +1331,10 @@ def _reload_step(entry: dict[str, Any]) -> str:
     """One step of a reload's plan, without the FILE:LINE that declares it."""
     if entry["action"] == "threshold":
         was = f" (replaces the api value {entry['was']})" if entry.get("taken_over") else ""
+        if "table" in entry:  # (a threshold of one table; None: that setting removed)
+            value = "default" if entry["threshold"] is None else entry["threshold"]
+            where = f"{entry['interface']} in table {entry['table']}"
+            return f"set threshold {value} on {where}{was}"
         return f"set threshold {entry['threshold']} on {entry['interface']}{was}"
     if entry["action"] == "take_over":  # an api route the files now declare
         return _take_over_step(entry)
@@ -1495,7 +1527,11 @@ _EVENT_TEXTS: dict[str, Callable[[dict[str, Any]], str]] = {
     "link": _link_event,
     "join": _membership_event,
     "leave": _membership_event,
-    "threshold": lambda e: f"{e.get('threshold')} on {e.get('interface')}{_origin_mark(e)}",
+    "threshold": lambda e: (
+        f"{e.get('threshold')} on {e.get('interface')}"
+        + (f" in table {e['table']}" if "table" in e else "")
+        + _origin_mark(e)
+    ),
     "mrdisc": lambda e: (
         f"{'on' if e.get('on') else 'off'} for {e.get('interface')}{_origin_mark(e)}"
     ),
@@ -1531,6 +1567,8 @@ class Cli:
         result = self.client.call(cmd, args, dry_run=self.args.dry_run)
         self.emit(result, self._change_text)
         self.warn_missing(result, setting=cmd == "vif.set")
+        for warning in result.get("warnings", []):  # (vif.set: a threshold and IPv6)
+            print(f"mfcctl: warning: {warning}", file=self.stderr)
         return protocol.EXIT_OK
 
     def warn_missing(self, result: dict[str, Any], setting: bool = False) -> None:
@@ -1594,9 +1632,7 @@ class Cli:
         if a.command == "batch":
             return self.batch(a.file, a.table)
         if a.command == "vif" and a.action == "set":
-            settings = {"threshold": a.threshold, "mrdisc": a.mrdisc}  # (main: one at least)
-            args = {k: v for k, v in settings.items() if v is not None}
-            return self.change("vif.set", {"interface": a.interface, **args})
+            return self.change("vif.set", _vif_set_args(a))
         if a.command in ("join", "leave"):
             args = {"interface": a.interface, "group": a.group}
             if a.source is not None:

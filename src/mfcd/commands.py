@@ -69,6 +69,8 @@ from mfcd.groups import ANY_SOURCE, Join, JoinKey, Leave, SetMrdisc, describe_ke
 from mfcd.learning import Learner
 from mfcd.model import (
     DEFAULT_TABLE,
+    DEFAULT_THRESHOLD,
+    NO_SETTING,
     RUN_MIN,
     AddRoute,
     AddTemplate,
@@ -461,7 +463,11 @@ class Commands:
     def vif_show(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
         validate.require_fields(args, (), ("stats", "table"))
         controller, table = self.controller, _table_filter(args)
-        declared = views.Settings(controller.declared.thresholds(), controller.declared.mrdisc())
+        declared = views.Settings(
+            controller.declared.thresholds(),
+            controller.declared.mrdisc(),
+            controller.declared.table_thresholds(),
+        )
         return self.views.vif_show(
             controller.router,
             stats=_flag(args, "stats"),
@@ -653,12 +659,19 @@ class Commands:
         return validate.add_change(key[1], key[2], ports.iif, list(new), key[3])
 
     def vif_set(self, args: dict[str, Any], dry_run: bool, peer: Peer) -> dict[str, Any]:
-        validate.require_fields(args, ("interface",), ("threshold", "mrdisc"))
+        validate.require_fields(args, ("interface",), ("threshold", "mrdisc", "table"))
         name = validate.one_interface(args["interface"], "interface")
+        table = _setting_table(args)
         changes: list[Change] = []
         if "threshold" in args:
-            changes.append(SetThreshold(name, validate.threshold(args["threshold"])))
+            changes.append(_threshold_change(name, args["threshold"], table))
         if "mrdisc" in args:
+            if table is not None:
+                raise InvalidArgument(
+                    "mrdisc is per interface, not per table (it sends its advertisements on"
+                    " the link): set it without --table",
+                    field="table",
+                )
             on = _flag(args, "mrdisc")
             if on and 4 not in self.families:
                 raise InvalidArgument(
@@ -670,8 +683,18 @@ class Commands:
         if not changes:
             raise BadRequest("vif.set needs threshold or mrdisc (or both)", field="threshold")
         result = self._change(changes, dry_run, peer, "vif.set", args)
-        if not dry_run and name not in self.controller.router.links:
+        router = self.controller.router
+        if dry_run or not any(map(_keeps, changes)):  # (a removal waits for nothing)
+            return result
+        if name not in router.links:
             result["missing"] = [name]  # kept; applies when it appears (a typo is seen)
+        ipv6 = sorted(t for (f, t), names in router.slots.items() if f == 6 and name in names)
+        if ipv6 and any(isinstance(c, SetThreshold) for c in changes):
+            tables = ", ".join(map(str, ipv6))
+            result["warnings"] = [
+                f"a threshold limits IPv4 only: {name} also forwards IPv6 routes (a VIF of"
+                f" IPv6 table {tables}), which it does not limit"
+            ]
         return result
 
     # --- group joins -----------------------------------------------------------------------------
@@ -1394,6 +1417,30 @@ def _in_table(key: RouteKey) -> str:
     return "" if key[3] == DEFAULT_TABLE[key[0]] else f" in table {key[3]}"
 
 
+def _setting_table(args: dict[str, Any]) -> int | None:
+    """The table a vif.set applies to (None: every table). Thresholds act on IPv4 entries
+    only, so "default" is IPv4's default table (253)."""
+    value = args.get("table")
+    return None if value is None else validate.table_of(value, 4)
+
+
+def _keeps(change: Change) -> bool:
+    """Whether a vif.set change keeps a setting (not one that removes it)."""
+    if isinstance(change, SetThreshold):
+        return change.threshold != NO_SETTING and (
+            change.table is not None or change.threshold != DEFAULT_THRESHOLD
+        )
+    return isinstance(change, SetMrdisc) and change.on
+
+
+def _threshold_change(name: str, value: Any, table: int | None) -> SetThreshold:
+    """vif.set's threshold: a TTL, or "default" (no setting: in `table`, the one of every
+    table applies there again)."""
+    if value == "default":
+        return SetThreshold(name, DEFAULT_THRESHOLD if table is None else NO_SETTING, table)
+    return SetThreshold(name, validate.threshold(value), table)
+
+
 def _table_filter(args: dict[str, Any]) -> int | None:
     """The table number a show asks for, views.DEFAULT_TABLES for "default" (each family's
     default table), or None for every table."""
@@ -1451,7 +1498,18 @@ def tell(
             bus.drop(total - index)
             return
         if isinstance(change, SetThreshold):
-            emit("threshold", interface=change.interface, threshold=change.threshold, origin=origin)
+            name = change.interface
+            if change.table is None:
+                emit("threshold", interface=name, threshold=change.threshold, origin=origin)
+            else:  # (its threshold now: the every-table one where the table's was removed)
+                threshold = router.threshold(name, change.table)
+                emit(
+                    "threshold",
+                    interface=name,
+                    threshold=threshold,
+                    table=change.table,
+                    origin=origin,
+                )
             continue
         if isinstance(change, SetMrdisc):
             emit("mrdisc", interface=change.interface, on=change.on, origin=origin)

@@ -39,6 +39,7 @@ from mfcd.dataplane import (
     execute,
     missing,
     rewrite,
+    table_owned,
     undo_applied,
 )
 from mfcd.dataplane import undo as undo_ops
@@ -75,6 +76,7 @@ from mfcd.groups import (
 from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
+    NO_SETTING,
     RUN_MIN,
     AddRoute,
     AddTemplate,
@@ -90,9 +92,11 @@ from mfcd.model import (
     Router,
     SetThreshold,
     Step,
+    TableKey,
     renamed_from,
     template_text,
 )
+from mfcd.protocol import family_text
 from mfcd.state import Loaded, RouteView, RunOfAdds, SnapshotNeeded
 from mfcd.templates import TemplateKey
 from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, matches, per_iif
@@ -263,6 +267,8 @@ class Takeovers:
 
     routes: dict[RouteKey, Ports] = field(default_factory=dict)  # the api route's ports
     thresholds: dict[str, int] = field(default_factory=dict)  # the api threshold
+    # (name, table) -> the api threshold of that table a declared one takes over
+    table_thresholds: dict[tuple[str, int], int] = field(default_factory=dict)
     same_thresholds: set[str] = field(default_factory=set)
     mrdisc: set[str] = field(default_factory=set)  # interfaces of an api mrdisc setting
     same_mrdisc: set[str] = field(default_factory=set)
@@ -349,6 +355,7 @@ class Controller:
         # reference cycles through the reader's frames (the daemon collects them once).
         self.refused_at_start = False
         self._later_every = False  # (a long batch: its chunks' runs go to the writer too)
+        self._noting_tables = False  # inside _table_refusals (see there)
         self._inflight: list[Step] = []
 
     # --- start-up --------------------------------------------------------------------------------
@@ -377,7 +384,7 @@ class Controller:
             self._take_back(stream.undo, [])
             self.router = Router()
 
-    def _begin_restore(self, thresholds: dict[str, int], links: dict[str, int]) -> list[Step]:
+    def _begin_restore(self, loaded: Loaded, links: dict[str, int]) -> list[Step]:
         """Open the restore's transaction on an empty model: the thresholds and the
         interfaces that exist; the steps to apply (none yet, as no route needs a VIF)."""
         router = self.router
@@ -386,7 +393,8 @@ class Controller:
         # all of it is waited for before the commit, and before any undo.
         kernel = self.kernel
         self._later = kernel if isinstance(kernel, LaterDataplane) else None
-        router.thresholds.update(thresholds)
+        router.thresholds.update(loaded.thresholds)
+        router.table_thresholds.update(loaded.table_thresholds)
         steps: list[Step] = []
         for name, ifindex in links.items():
             steps += router.link_up(name, ifindex)
@@ -397,7 +405,7 @@ class Controller:
         # largest allocation of a start-up): if anything fails, the kernel's part is undone
         # and the model starts over, one route at a time.
         undo: list[KernelOp | None] = []
-        steps = self._begin_restore(loaded.thresholds, links)
+        steps = self._begin_restore(loaded, links)
 
         def complete() -> None:
             # The routes a state file holds come in runs on one combination of interfaces
@@ -477,6 +485,8 @@ class Controller:
         if router.thresholds != loaded.thresholds:  # (a saved 1 is kept, as _begin_restore does)
             router.thresholds.clear()
             router.thresholds.update(loaded.thresholds)
+        for (name, table), threshold in sorted(loaded.table_thresholds.items()):
+            steps += router.set_threshold(name, threshold, table)
         rest = list(filterfalse(held.__contains__, wanted))
         for ports, keys in _runs_of(rest, list(map(wanted.__getitem__, rest))):
             steps = self._restore_run(keys, ports, steps, undo)
@@ -648,14 +658,22 @@ class Controller:
         return len(joined)
 
     def snapshot_extra(self) -> dict[str, Any]:
-        """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc."""
-        declared = self._saved_declarations().mrdisc()
+        """What a snapshot keeps besides routes and thresholds: the API's joins, mrdisc
+        and thresholds of one table (`[[interface, table, ttl], ...]`)."""
+        saved_declarations = self._saved_declarations()
+        declared = saved_declarations.mrdisc()
         mrdisc = sorted(n for n in self.joins.mrdisc if n not in declared)
+        declared_tables = saved_declarations.table_thresholds()
+        table_thresholds = [
+            [name, table, ttl]
+            for (name, table), ttl in sorted(self.router.table_thresholds.items())
+            if (name, table) not in declared_tables
+        ]
         saved = self.joins.saved()
         if self.wild_joins:  # a wildcard join is saved as itself, not its expansions
             saved = [k for k in saved if self.join_owner((k[0], k[1], k[2])) is None]
             saved += [list(k) for k in self.wild_joins]
-        return {"joins": saved, "mrdisc": mrdisc}
+        return {"joins": saved, "mrdisc": mrdisc, "table_thresholds": table_thresholds}
 
     def _saved_declarations(self) -> Declarations:
         """The declarations the state file leaves out (those before a reload under way)."""
@@ -809,6 +827,7 @@ class Controller:
         router = self.router
         router.begin()
         router.thresholds.update(loaded.thresholds)
+        router.table_thresholds.update(loaded.table_thresholds)
         for name, ifindex in links.items():
             router.note_link(name, ifindex)
         for key, ports in loaded.routes.items():
@@ -816,10 +835,11 @@ class Controller:
         for tkey, ports in loaded.templates.items():
             router.keep_template(tkey, ports)
         router.commit()
-        for key in loaded.routes:
-            self._install_or_park(key, f"restore {key[1]} -> {key[2]}")
-        for tkey in loaded.templates:
-            self._install_or_park(tkey, f"restore template {tkey[1]} -> {tkey[2]}")
+        with self._table_refusals():
+            for key in loaded.routes:
+                self._install_or_park(key, f"restore {key[1]} -> {key[2]}")
+            for tkey in loaded.templates:
+                self._install_or_park(tkey, f"restore template {tkey[1]} -> {tkey[2]}")
 
     # --- client changes --------------------------------------------------------------------------
 
@@ -866,6 +886,7 @@ class Controller:
                 router.origins
                 or router.template_origins
                 or declared.interfaces
+                or declared.table_interfaces
                 or declared.joins
                 or self.reloading
             )
@@ -1220,7 +1241,15 @@ class Controller:
         """Why `change` is refused (see _refuse_declared), or None."""
         router, declared = self.router, self.declared
         again = "; change it there and reload (mfcctl reload)"
-        if isinstance(change, (SetThreshold, SetMrdisc)):
+        if isinstance(change, SetThreshold) and change.table is not None:
+            setting = declared.table_interfaces.get((change.interface, change.table))
+            if setting is not None:
+                return DeclaredInConfig(
+                    f"the threshold of {setting.name} in table {change.table} is declared in"
+                    f" {setting.where}{again}",
+                    field="threshold",
+                )
+        elif isinstance(change, (SetThreshold, SetMrdisc)):
             setting = declared.interfaces.get(change.interface)
             what = "threshold" if isinstance(change, SetThreshold) else "mrdisc"
             if setting is not None and getattr(setting, what) is not None:
@@ -1307,20 +1336,76 @@ class Controller:
         # replaced) must leave out the thresholds and mrdisc settings the files now declare.
         old, self.declared = self.declared, new
         try:
-            outcome = self.change(
-                changes,
-                keep_steps=False,
-                numbered=False,
-                origin="config",
-                journal=journal,
-                runs=runs,
-            )
+            with self._table_refusals():
+                outcome = self._change_declared(
+                    changes, keep_steps=False, numbered=False, journal=journal, runs=runs
+                )
         except BaseException:
             self.declared = old
             raise
         self._drop_taken_patterns()
         self.note_short()
         return outcome
+
+    def _change_declared(
+        self, changes: Sequence[Change], owned: dict[TableKey, str] | None = None, **kw: Any
+    ) -> Outcome:
+        """change() of config intents (origin "config"), inside _table_refusals: when the
+        kernel refuses a whole table (another multicast router owns it), the transaction is
+        undone and tried again with the intents of that table kept pending, refused with the
+        kernel's reason, instead of failing for every table (an environmental refusal, not a
+        fault of the files: mfcctl sync or reload tries them again). `owned`: the tables
+        found so far (a sliced reload's, from slice to slice), updated."""
+        unavailable = self.router.unavailable
+        if owned:
+            unavailable.update(owned)
+        try:
+            while True:
+                try:
+                    return self.change(changes, origin="config", **kw)
+                except KernelError as e:
+                    table = table_owned(e)
+                    if table is None or table in unavailable:
+                        raise
+                    unavailable[table] = _refused_reason(e)
+        finally:
+            if owned is not None:
+                owned.update(unavailable)
+
+    @contextlib.contextmanager
+    def _table_refusals(self, tell: bool = True) -> Iterator[None]:
+        """While many intents are applied at once (a start, a reload, a retry): the first
+        refusal of a whole table (another multicast router owns it) is noted in
+        Router.unavailable, and the intents of that table after it are kept pending with
+        that reason without asking the kernel again. Cleared at the end (an api change then
+        asks the kernel, which says why it refuses); with `tell`, logged once per table."""
+        if self._noting_tables:
+            yield
+            return
+        self._noting_tables = True
+        try:
+            yield
+        finally:
+            self._noting_tables = False
+            if tell:
+                self._tell_unavailable(self.router.unavailable)
+            self.router.unavailable.clear()
+
+    def _tell_unavailable(self, tables: Mapping[TableKey, str]) -> None:
+        """Log, for each table the kernel refused as a whole, how many intents wait for it."""
+        refused = self.router.refused
+        for (family, table), reason in sorted(tables.items()):
+            keys = [k for k, why in refused.items() if why == reason]
+            routes = sum(1 for k in keys if len(k) == 4)
+            log.warning(
+                "%s table %d: %s; %s and %s there stay pending (mfcctl sync or reload tries"
+                " them again)",
+                family_text(family),
+                table,
+                reason.removeprefix("the kernel refused it (").partition("); mfcctl")[0],
+                views.counted(routes, "route"),
+                views.counted(len(keys) - routes, "template"),
+            )
 
     def takeovers(self, diff: Diff) -> Takeovers:
         """What applying `diff` would take over from the API (before it is applied): the api
@@ -1341,6 +1426,11 @@ class Controller:
                 out.thresholds[name] = was
             elif (was or DEFAULT_THRESHOLD) == (threshold or DEFAULT_THRESHOLD):
                 out.same_thresholds.add(name)
+        running_tables = self.declared.table_interfaces
+        for setting, threshold in diff.table_thresholds.items():
+            was = router.table_thresholds.get(setting)
+            if was is not None and threshold is not None and setting not in running_tables:
+                out.table_thresholds[setting] = was
         declared_mrdisc, on_now = self.declared.mrdisc(), self.joins.mrdisc
         for name, on in diff.mrdisc.items():
             if name in on_now and name not in declared_mrdisc:
@@ -1413,6 +1503,7 @@ class Controller:
         self.reloading = {*diff.added, *diff.changed, *diff.removed}
         before: dict[RouteKey, tuple[Ports | None, str]] = {}  # what the slices replaced
         self.unjournaled = (before, old)
+        owned: dict[TableKey, str] = {}  # tables another router owns (see _change_declared)
         try:
             yield 0
             keys = [*diff.added, *diff.changed]
@@ -1423,8 +1514,7 @@ class Controller:
                     added = keys[max(0, start - len(removals)) : end - len(removals)]
                     chunk += self._declared_routes(new, added, journal)
                 self._remember(chunk, before, outcome.replaced)
-                done = self.change(chunk, keep_steps=False, origin="config", journal=[])
-                outcome.counts.update(done.counts)
+                self._declared_slice(chunk, owned, outcome, journal=[])
                 yield len(chunk)
             last += self._declared_joins(new, journal)
             # The last slice journals the takeovers: a snapshot it writes instead is of `new`.
@@ -1434,9 +1524,9 @@ class Controller:
                 for change in last:
                     if isinstance(change, AddTemplate) and change.key in templates:
                         outcome.replaced[change.key] = templates[change.key]
-            done = self.change(last, keep_steps=False, origin="config", journal=journal)
-            outcome.counts.update(done.counts)
+            self._declared_slice(last, owned, outcome, journal=journal)
             outcome.settings = last
+            self._tell_unavailable(owned)
         except GeneratorExit:  # mfcd stops: the state file never saw the slices
             self.declared, self.reloading, self.unjournaled = old, frozenset(), None
             raise
@@ -1455,6 +1545,19 @@ class Controller:
         del before
         yield 0
         del old
+
+    def _declared_slice(
+        self,
+        changes: Sequence[Change],
+        owned: dict[TableKey, str],
+        outcome: Outcome,
+        journal: list[Change],
+    ) -> None:
+        """One slice of declared_slices, counted in `outcome` (see _change_declared; the
+        tables another router owns are said once the reload is done)."""
+        with self._table_refusals(tell=False):
+            done = self._change_declared(changes, owned, keep_steps=False, journal=journal)
+        outcome.counts.update(done.counts)
 
     def _remember(
         self,
@@ -1535,6 +1638,12 @@ class Controller:
             was_declared = name in running and running[name].threshold is not None
             if name in self.router.thresholds and not was_declared:
                 journal.append(SetThreshold(name, DEFAULT_THRESHOLD))  # an api setting taken over
+        running_tables = self.declared.table_interfaces
+        api_tables = self.router.table_thresholds
+        for (name, table), threshold in sorted(diff.table_thresholds.items()):
+            changes.append(SetThreshold(name, threshold or NO_SETTING, table))
+            if (name, table) in api_tables and (name, table) not in running_tables:
+                journal.append(SetThreshold(name, NO_SETTING, table))  # (as above)
         return changes
 
     def _declared_mrdisc(self, diff: Diff, journal: list[Change]) -> list[Change]:
@@ -1888,8 +1997,8 @@ class Controller:
                 return router.add(key, router.share(ports))
             case DelRoute(key):
                 return router.del_route(key)
-            case SetThreshold(interface, threshold):
-                return router.set_threshold(interface, threshold)
+            case SetThreshold(interface, threshold, table):
+                return router.set_threshold(interface, threshold, table)
             case AddTemplate(key, ports):
                 return router.add_template(key, ports)
             case DelTemplate(key):
@@ -2003,8 +2112,9 @@ class Controller:
                 job = self.reissues.setdefault(interface, _Reissue(ifindex, started))
                 job.vifs.add((vif.family, vif.table, interface))
             steps += readded
-        for key in router.waiting_for(interface):
-            steps += self._install_or_park(key, what)
+        with self._table_refusals():
+            for key in router.waiting_for(interface):
+                steps += self._install_or_park(key, what)
         waiting = self.reissues.get(interface)
         if waiting is not None:
             waiting.counts.update(step.action for step in steps)  # said once its entries are
@@ -2059,22 +2169,36 @@ class Controller:
         """Try to install pending routes, each in its own transaction."""
         started = time.monotonic()
         steps: list[Step] = []
-        for key in keys:
-            steps += self._install_or_park(key, "install pending route")
+        with self._table_refusals():
+            for key in keys:
+                steps += self._install_or_park(key, "install pending route")
         if steps:
             log.info("pending routes: %s", views.summarize(steps, time.monotonic() - started))
         return steps
 
+    def retry_refused(self) -> list[Step]:
+        """Try again the routes and templates the kernel refused (retry_pending)."""
+        refused = self.router.refused
+        return self.retry_pending(list(refused)) if refused else []
+
     def _install_or_park(self, key: PendingKey, what: str) -> list[Step]:
         """Install a pending route; if the kernel refuses, keep it pending with the reason."""
         outcome = self._attempt(what, self.router.try_install, key)
-        if not isinstance(outcome, str):
+        if not isinstance(outcome, Exception):
             return outcome
-        if len(key) == 4 and key in self.router.routes:
-            route = self.router.route(key)
-            self.router.begin()
-            self.router.park(route, f"the kernel refused it ({outcome}); mfcctl sync retries")
-            self.router.commit()
+        router = self.router
+        reason = _refused_reason(outcome)
+        table = table_owned(outcome)
+        if table is not None and self._noting_tables:
+            # (the others of its table are kept pending without asking: _table_refusals)
+            router.unavailable[table] = reason
+        router.begin()
+        if len(key) == 4:
+            if key in router.routes:
+                router.park(router.route(key), reason)
+        else:
+            router.park_template(key, reason)
+        router.commit()
         return []
 
     def link_down(self, interface: str, kernel_dropped_vif: bool = True) -> list[Step]:
@@ -2228,10 +2352,10 @@ class Controller:
     def _apply_quietly(self, what: str, method: Any, *args: Any) -> list[Step]:
         """Run a model method as its own transaction; log instead of raising (no client waits)."""
         outcome = self._attempt(what, method, *args)
-        return [] if isinstance(outcome, str) else outcome
+        return [] if isinstance(outcome, Exception) else outcome
 
-    def _attempt(self, what: str, method: Any, *args: Any) -> list[Step] | str:
-        """Run a model method as its own transaction: its steps, or why it failed (logged)."""
+    def _attempt(self, what: str, method: Any, *args: Any) -> list[Step] | Exception:
+        """Run a model method as its own transaction: its steps, or what failed (logged)."""
         router = self.router
         router.begin()
         try:
@@ -2241,12 +2365,17 @@ class Controller:
             router.rollback()
             log.error("%s: %s", what, e)
             self._report_undo_failures(getattr(e, "undo_failures", []))
-            return str(e)
+            return e
         router.commit()
         if log.isEnabledFor(logging.DEBUG):  # callers log a summary at info
             for step in steps:
                 log.debug("%s: %s", what, views.step_text(step))
         return steps
+
+
+def _refused_reason(e: Exception) -> str:
+    """What a route or template the kernel refused says while pending."""
+    return f"the kernel refused it ({e}); mfcctl sync retries"
 
 
 _NEW_COUNTER = dict.__new__  # an empty Counter, as Counter() makes one
@@ -2386,7 +2515,7 @@ class RestoreStream:
         try:
             if not self.started:
                 self.started = True
-                self.steps = controller._begin_restore(loaded.thresholds, self.links)
+                self.steps = controller._begin_restore(loaded, self.links)
                 controller._later_every = True  # (every run of a few hundred to the writer)
             for shared, run in _runs_of(keys, ports):
                 if shared.__class__ is Pattern:  # (its expansion waits for the end: restore)
@@ -2416,7 +2545,7 @@ def _before(router: Router, changes: Sequence[Change]) -> Before | None:
                 return None
             if key not in routes:
                 routes[key] = router.routes.get(key)
-        elif isinstance(change, SetThreshold):
+        elif isinstance(change, SetThreshold) and change.table is None:
             name = change.interface
             if name not in thresholds:
                 thresholds[name] = router.thresholds.get(name)

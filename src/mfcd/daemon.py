@@ -2,11 +2,15 @@
 
 Start-up order matters: refuse early if another mfcd holds the state file's lock (checked
 first: a second mfcd then never touches the socket) or serves the socket; take the
-kernel's tables (MRT_INIT); load the state file and install its
+kernel's tables (MRT_INIT, or under systemd adopt those the previous mfcd left in the
+fd store, which forward on meanwhile); load the state file and install its
 routes; only then listen and tell systemd READY=1, so a client never sees a
-half-restored daemon.
+half-restored daemon. An adopted table is then compared with the model as a whole and
+repaired (a full drift check), as one another program left entries in.
 Shutdown reverses it: stop taking requests, MRT_DONE (the kernel removes every VIF
-and route the daemon added), remove the socket.
+and route the daemon added) unless the table's socket is in systemd's fd store (its
+table then forwards on until the next mfcd adopts it, or a stop of the unit closes the
+store and with it the table), remove the socket.
 """
 
 from __future__ import annotations
@@ -279,6 +283,9 @@ class Daemon:
         # Their default action would kill mfcd without releasing the socket file.
         for sig in IGNORED_SIGNALS:
             loop.add_signal_handler(sig, _ignore, sig)
+        # The (fd, name) systemd passed from its fd store (LISTEN_FDS): the previous mfcd's
+        # table sockets, for the Kernel to adopt. Taken before any child process starts.
+        passed = notify.take_listen_fds()
         state = self.state = StateFile(cfg.state_file)
         # Before anything else, the socket too: a second mfcd on this file stops here, and
         # never binds (or removes) a socket while the first one runs.
@@ -295,7 +302,7 @@ class Daemon:
         try:
             if cfg.metrics_listen:  # a port taken stops mfcd before it touches the kernel
                 self._metrics_socket = bind_metrics_socket(cfg.metrics_listen)
-            kernel = Kernel(cfg.families, monitor)
+            kernel = Kernel(cfg.families, monitor, notify.FdStore(), passed)
             controller = self._restore(state, kernel)
             if state.needs_snapshot:
                 # No file yet: an empty one, so that a lost one is noticed at start. Version 1:
@@ -321,10 +328,19 @@ class Daemon:
         # forms cycles, and every pass would walk the growing set of routes again.
         with gc_paused():
             controller = Controller(kernel, state, members=self.members)
-            # Our MRT_INIT table starts empty unless another program left static entries in
-            # it; only then is the drift check after start-up worth its full dump of the table.
-            before = observe(kernel, kernel.families)
-            self.inherited = bool(before.vifs or before.mfc)
+            if kernel.adopted:
+                # The previous mfcd's tables, forwarding: their VIFs keep their numbers where
+                # the model has their devices, and the full check after start-up removes
+                # what the model no longer has. (Their dump, minutes at 1,000,000 entries,
+                # waits for that check, after READY=1.)
+                before = observe(kernel, kernel.families, False, kernel.adopted)
+                controller.router.prefer_slots(before.vifs)
+                self.inherited = True
+            else:
+                # Our MRT_INIT table starts empty unless another program left static entries
+                # in it; only then is the drift check after start-up worth its full dump.
+                before = observe(kernel, kernel.families)
+                self.inherited = bool(before.vifs or before.mfc)
             links = netlink.current_links()
             # The routes read go to the kernel while the rest of the file is read.
             stream = controller.restore_stream(links)
@@ -346,6 +362,7 @@ class Daemon:
             controller.restore_joins(loaded)
             del loaded, stream
             self._apply_declared_at_start(controller)
+            controller.router.prefer_slots({})  # (new VIFs from now on: the lowest free)
             if controller.refused_at_start:
                 # An error's traceback and what it was raised from can form cycles through
                 # the frames that read the file: frozen, they would keep it for good.
@@ -366,7 +383,13 @@ class Daemon:
         except MfcdError as e:
             log.error("the config files' intents were not applied (mfcctl reload retries): %s", e)
             return
-        if declared.routes or declared.interfaces or declared.templates or declared.joins:
+        if (
+            declared.routes
+            or declared.interfaces
+            or declared.table_interfaces
+            or declared.templates
+            or declared.joins
+        ):
             log.info(
                 "config: %s (%s)",
                 _declared_counts(declared, "interface setting"),
@@ -421,13 +444,11 @@ class Daemon:
         advertising = asyncio.create_task(self._advertise())
         expiry = asyncio.create_task(self._expire_learned())
         join_check = asyncio.create_task(self._check_joins())
-        if self.inherited:
-            log.warning("the kernel's tables held entries mfcd did not add; repairing them")
-            self._resync_later(0.0, full=True)
+        self._check_inherited()
         # A long journal is compacted by the usual rule, but not before the first requests.
         compact = loop.call_later(COMPACT_DELAY, self._compact_soon)
         await self.stopping.wait()
-        log.info("stopping: removing routes from the kernel")
+        _log_stopping(kernel)
         self.reporter.close()  # no STATUS= of routes after this one
         notify.notify("STOPPING=1\nSTATUS=stopping")
         watchdog.cancel()
@@ -449,6 +470,17 @@ class Daemon:
         for task in (self._resync, self._checking, self._reissuing):
             if task is not None:
                 task.cancel()
+
+    def _check_inherited(self) -> None:
+        """A full drift check soon, if the kernel's tables held VIFs or entries at start:
+        the previous mfcd's, taken over (what the model no longer has goes), or another
+        program's (removed as not mfcd's)."""
+        if self.kernel.adopted:
+            log.info("checking the tables taken over against the routes (full drift check)")
+            self._resync_later(0.0, full=True)
+        elif self.inherited:
+            log.warning("the kernel's tables held entries mfcd did not add; repairing them")
+            self._resync_later(0.0, full=True)
 
     def _commands(self, controller: Controller, kernel: Kernel) -> Commands:
         """The control protocol's commands, wired to the daemon's events, metrics and reload."""
@@ -1166,6 +1198,10 @@ class Daemon:
             change, outcome, declared, dry_run, taken, files=files, slots=slots
         )
         if not dry_run:
+            # What the kernel refused stays pending until retried (a table another
+            # multicast router owned at start, say): a reload retries it, as sync does
+            # (first: _after_change then waits on the tables it opens).
+            self.controller.retry_refused()
             self._after_change()
             log.info(
                 "configuration reloaded from %s: %s, in %.2f s",
@@ -1196,7 +1232,7 @@ class Daemon:
         settings = [
             c
             for c in outcome.settings
-            if not (isinstance(c, SetThreshold) and c.interface in same)
+            if not (isinstance(c, SetThreshold) and c.table is None and c.interface in same)
             and not (isinstance(c, groups.SetMrdisc) and c.interface in same_mrdisc)
         ]
         added = [*change.added, *change.changed]
@@ -1236,6 +1272,9 @@ class Daemon:
             warnings.append(text)
             if not dry_run:
                 log.info("reload: %s", text)
+        refused = "" if dry_run else views.refused_text(self.controller.router)
+        if refused:  # (logged as the tables were found refused)
+            warnings.append(refused)
         return {
             "pending": waiting.pending,
             "degraded": waiting.degraded,
@@ -1273,6 +1312,17 @@ def kept_text(key: str, value: Any) -> str:
 def dumped_links() -> list[LinkChange]:
     """Every interface there is now (a netlink dump), each as the event that made it."""
     return [LinkChange("new", link.name, link.ifindex, link.up) for link in netlink.dump_links()]
+
+
+def _log_stopping(kernel: Kernel) -> None:
+    if any(sock.stored for sock in kernel.sockets.values()):
+        log.info(
+            "stopping: the kernel's tables are left to systemd's fd store (a restart takes"
+            " them over, forwarding on; a stop of the unit, or a unit without"
+            " FileDescriptorStoreMax=, removes them)"
+        )
+    else:
+        log.info("stopping: removing routes from the kernel")
 
 
 def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Config:
@@ -1355,7 +1405,7 @@ def _declared_counts(declared: declarations.Declarations, interfaces: str) -> st
         (len(declared.routes), "route"),
         (len(declared.templates), "template"),
         (len(declared.joins), "join"),
-        (len(declared.interfaces), interfaces),
+        (len(declared.interfaces) + len(declared.table_interfaces), interfaces),
     )
     return ", ".join(views.counted(n, thing) for n, thing in counts)
 

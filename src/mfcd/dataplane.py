@@ -12,7 +12,9 @@ It has exactly four operations:
   failure it raises KernelError with `applied` set to how many ops went in before it, and
   for a run (model.AddMfcRun, DelMfcRun: one call per route) `partial` set to how many of
   its routes went in before the one refused; it never undoes anything (that is `execute`,
-  below, in the core).
+  below, in the core). A table another multicast router owns refuses every operation
+  that names it, as the kernel's MRT_INIT does: KernelError with operation "MRT_INIT",
+  errno EADDRINUSE and `table` set (see table_owned).
 - `observe(family, table, entries=True)`: what one table holds now, as an Observation:
   its VIFs (index -> device, ifindex, counters) and, with `entries`, its MFC entries
   ((source, group) -> iif, oifs with TTLs, counters). Reading every entry costs more than
@@ -34,6 +36,7 @@ and the daemon calls `events()` whenever one is readable.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -191,6 +194,15 @@ class LaterDataplane(Dataplane, Protocol):
     def pending(self) -> bool: ...  # whether settle() has anything to wait for
     def settle(self) -> None: ...
     def release_writer(self) -> None: ...  # settle(), and end what writes for it until then
+
+
+def table_owned(e: BaseException) -> tuple[int, int] | None:
+    """The (family, table) of a refusal because another multicast router owns the table
+    (smcroute, pimd, ...: MRT_INIT gets EADDRINUSE), else None. Such a refusal is no fault
+    of the routes: they stay pending until the table is free (mfcctl sync retries)."""
+    if isinstance(e, KernelError) and e.table is not None and e.errno == errno.EADDRINUSE:
+        return e.table
+    return None
 
 
 # --- all-or-nothing execution, on any data plane --------------------------------------------------

@@ -19,6 +19,11 @@ The TOML shape (docs/configuration.md has the complete example):
     threshold = 3                  # TTL threshold (1-255)
     mrdisc = true                  # multicast router discovery (RFC 4286) announcements
 
+    [[interface]]                  # the threshold of one table only (it wins over the above)
+    name = "eth1"
+    table = 100                    # number, "default" (IPv4's, 253) or an rt_tables name
+    threshold = 8
+
 A route with one source address and one group is an exact (S,G) route; any other is a
 template (its routes are learned from traffic). Every problem is reported as "FILE:LINE:
 reason", and every problem of every file is collected, so `mfcd --check-config` prints
@@ -50,7 +55,7 @@ from mfcd.wildcards import WILDCARDS, is_wildcard, matches, per_iif
 KINDS = ("route", "join", "interface")  # the top-level keys that declare, not set
 ROUTE_KEYS = ("source", "group", "iif", "oifs", "table")
 JOIN_KEYS = ("interface", "group", "source")
-INTERFACE_KEYS = ("name", "threshold", "mrdisc")
+INTERFACE_KEYS = ("name", "threshold", "mrdisc", "table")
 ANY_SOURCE = "*"
 _LINE_SHIFT = 32  # a position is file index << 32 | line (one int per route, not a string)
 
@@ -83,6 +88,7 @@ class InterfaceSetting(NamedTuple):
     threshold: int | None
     mrdisc: bool | None
     where: str
+    table: int | None = None  # the one table its threshold applies to (None: every table)
 
 
 @dataclass(slots=True)
@@ -96,6 +102,8 @@ class Declarations:
     templates: list[Template] = field(default_factory=list)
     joins: list[Join] = field(default_factory=list)
     interfaces: dict[str, InterfaceSetting] = field(default_factory=dict)
+    # The thresholds of one table, by (name, table): each with a threshold, no mrdisc.
+    table_interfaces: dict[tuple[str, int], InterfaceSetting] = field(default_factory=dict)
 
     def where(self, key: RouteKey) -> str:
         """FILE:LINE of a declared route."""
@@ -107,6 +115,9 @@ class Declarations:
 
     def mrdisc(self) -> dict[str, bool]:
         return {n: s.mrdisc for n, s in self.interfaces.items() if s.mrdisc is not None}
+
+    def table_thresholds(self) -> dict[tuple[str, int], int]:
+        return {k: s.threshold for k, s in self.table_interfaces.items() if s.threshold is not None}
 
 
 class Problems(MfcdError):
@@ -826,7 +837,9 @@ def _one_block(block: str, path: str) -> tuple[RouteKey, Ports, bool] | None:
 def merge(parts: list[Declarations], problems: list[str]) -> Declarations:
     """The declarations of several files as one (a declaration in two files is a problem).
     The declarations of the only file that has any are returned as they are."""
-    parts = [p for p in parts if p.routes or p.templates or p.joins or p.interfaces]
+    parts = [
+        p for p in parts if p.routes or p.templates or p.joins or p.interfaces or p.table_interfaces
+    ]
     if len(parts) == 1:
         return parts[0]
     out = Declarations()
@@ -861,6 +874,15 @@ def merge(parts: list[Declarations], problems: list[str]) -> Declarations:
                 )
             else:
                 out.interfaces[name] = setting
+        for (name, table), setting in part.table_interfaces.items():
+            other = out.table_interfaces.get((name, table))
+            if other is not None:
+                problems.append(
+                    f"{setting.where}: interface: interface {name} is declared twice for table"
+                    f" {table} (also at {other.where})"
+                )
+            else:
+                out.table_interfaces[(name, table)] = setting
     return out
 
 
@@ -1074,13 +1096,43 @@ def _parse_interface(
         mrdisc = entry.get("mrdisc")
         if mrdisc is not None and not isinstance(mrdisc, bool):
             raise _Bad("mrdisc must be true or false", "mrdisc")
+        where = source.at(source.entry_line("interface", index))
+        if "table" in entry:
+            _table_setting(entry, name, threshold, where, into)
+            return
         other = into.interfaces.get(name)
         if other is not None:
             raise _Bad(f"interface {name} is declared twice (also at {other.where})", "name")
-        where = source.at(source.entry_line("interface", index))
         into.interfaces[name] = InterfaceSetting(name, threshold, mrdisc, where)
     except (_Bad, MfcdError) as e:
         problems.append(_locate(source, "interface", index, e))
+
+
+def _table_setting(
+    entry: dict[str, Any], name: str, threshold: int | None, where: str, into: Declarations
+) -> None:
+    """An [[interface]] with a table: the interface's threshold in that table only."""
+    if "mrdisc" in entry:
+        raise _Bad(
+            "mrdisc is per interface, not per table (it sends its advertisements on the"
+            " link): set it in an [[interface]] without table",
+            "mrdisc",
+        )
+    if threshold is None:
+        raise _Bad(
+            "an [[interface]] with a table sets its threshold there: give threshold", "table"
+        )
+    try:
+        table = validate.table_of(entry["table"], 4)  # (thresholds act on IPv4 entries only)
+    except MfcdError as e:
+        raise _Bad(str(e), "table") from None
+    other = into.table_interfaces.get((name, table))
+    if other is not None:
+        raise _Bad(
+            f"interface {name} is declared twice for table {table} (also at {other.where})",
+            "table",
+        )
+    into.table_interfaces[(name, table)] = InterfaceSetting(name, threshold, None, where, table)
 
 
 _PARSERS = {"route": _parse_route, "join": _parse_join, "interface": _parse_interface}
@@ -1256,6 +1308,8 @@ class Diff:
     changed: list[RouteKey] = field(default_factory=list)
     unchanged: int = 0
     thresholds: dict[str, int | None] = field(default_factory=dict)  # name -> new (None: unset)
+    # (name, table) -> new threshold of that table only (None: unset)
+    table_thresholds: dict[tuple[str, int], int | None] = field(default_factory=dict)
     mrdisc: dict[str, bool | None] = field(default_factory=dict)  # name -> new (None: unset)
     templates: Declared = field(default_factory=Declared)  # of Template
     joins: Declared = field(default_factory=Declared)  # of Join
@@ -1286,6 +1340,10 @@ def diff(old: Declarations, new: Declarations) -> Diff:
     for name in old_th.keys() | new_th.keys():
         if old_th.get(name) != new_th.get(name):
             result.thresholds[name] = new_th.get(name)
+    old_tt, new_tt = old.table_thresholds(), new.table_thresholds()
+    for setting in old_tt.keys() | new_tt.keys():
+        if old_tt.get(setting) != new_tt.get(setting):
+            result.table_thresholds[setting] = new_tt.get(setting)
     old_md, new_md = old.mrdisc(), new.mrdisc()
     for name in old_md.keys() | new_md.keys():
         if old_md.get(name) != new_md.get(name):

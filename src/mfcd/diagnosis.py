@@ -159,9 +159,9 @@ def _matching_templates(router: Router, query: Query, table: int) -> list[Templa
     return best
 
 
-def _thresholds(router: Router, family: int, oifs: tuple[str, ...]) -> dict[str, int]:
+def _thresholds(router: Router, family: int, table: int, oifs: tuple[str, ...]) -> dict[str, int]:
     # IPv6 has no per-MIF threshold in its MFC (mf6cctl has only an oif set): 1 each.
-    return {oif: router.threshold(oif) if family == 4 else 1 for oif in oifs}
+    return {oif: router.threshold(oif, table) if family == 4 else 1 for oif in oifs}
 
 
 def _intent_of(router: Router, key: RouteKey) -> Intent:
@@ -179,7 +179,7 @@ def _intent_of(router: Router, key: RouteKey) -> Intent:
         status.state,
         status.reason,
         router.origin(key),
-        _thresholds(router, key[0], ports.oifs),
+        _thresholds(router, key[0], key[3], ports.oifs),
         None if template is None else (template[1], template[2]),
         template is not None,
     )
@@ -200,7 +200,7 @@ def _template_intent(router: Router, query: Query, key: TemplateKey) -> Intent:
         status.state,
         status.reason,
         router.template_origin(key),
-        _thresholds(router, query.family, ports.oifs),
+        _thresholds(router, query.family, key[3], ports.oifs),
         (key[1], key[2]),
     )
 
@@ -447,6 +447,11 @@ def _state(intent: Intent) -> Check:
                 " the kernel and is completed the moment it appears; or fix the interface"
                 " names: mfcctl mfc add ... with the right --iif/--oifs"
             )
+    elif "another multicast router" in intent.reason:
+        fix = (
+            "stop the multicast router that owns the table (`ss -w -a -p` names it), then"
+            " run mfcctl sync; or declare the route in another table"
+        )
     elif "VIF" in intent.reason:
         fix = "free a VIF: delete routes on interfaces you no longer need (mfcctl show)"
     else:

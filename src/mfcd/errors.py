@@ -71,6 +71,9 @@ class KernelError(MfcdError):
         self.undo_failures: list[KernelError] = []  # set when rolling back also failed
         self.applied = 0  # Dataplane.apply: how many operations went in before this one
         self.partial = 0  # ... and of this one, a run, how many of its routes went in
+        # (family, table) when the kernel refused the table itself: another multicast
+        # router owns it (MRT_INIT: EADDRINUSE), see dataplane.table_owned.
+        self.table: tuple[int, int] | None = None
 
 
 class StateError(MfcdError):

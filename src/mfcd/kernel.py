@@ -7,9 +7,14 @@ The one exception is kernel_writer.py, the process it hands long runs of a resto
 Per (family, table) one raw socket (IGMP for IPv4, ICMPv6 for IPv6) does MRT_INIT and
 then owns the table: VIFs and MFC entries added through it live exactly as long as
 the socket, so a crash or exit never leaves stale routes behind.  The daemon
-re-applies its saved state at start.  The kernel queues upcalls (and on IPv4 IGMP
-packets) on the socket; `Kernel.events()` must be called whenever it is readable, as a
-full receive buffer silently drops both the upcall and the unresolved entry.
+re-applies its saved state at start.  Under systemd each socket is also kept in the
+unit's file descriptor store (FdKeeper, named by fdname) right after MRT_INIT: then a
+restart does not flush the table, the next mfcd adopts the socket it is passed
+(Kernel's `passed`) and repairs the table's content, and nothing calls MRT_DONE on a
+stored socket but close_table (docs/operations.md, "Restarts without a forwarding gap").
+The kernel queues upcalls (and on IPv4 IGMP packets) on the socket; `Kernel.events()`
+must be called whenever it is readable, as a full receive buffer silently drops both
+the upcall and the unresolved entry.
 
 Packing the kernel's structures and parsing what it sends are pure functions
 (pack_*, parse_*), unit-tested in tests/unit/test_kernel.py; the layouts of the
@@ -34,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from itertools import repeat
 from operator import attrgetter, itemgetter, length_hint
 from queue import SimpleQueue
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 from mfcd import kernel_writer, netlink
 from mfcd.dataplane import (
@@ -332,24 +337,52 @@ def _sin6(address: str) -> bytes:
     return SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, socket.inet_pton(socket.AF_INET6, address), 0)
 
 
+def fdname(family: int, table: int) -> str:
+    """The name a table's socket is stored under (FDNAME=): the kernel cannot tell which
+    table a socket owns (getsockopt(MRT_TABLE) is ENOPROTOOPT), so the name says it."""
+    return f"mrt{family}-{table}"
+
+
+def parse_fdname(name: str) -> tuple[int, int] | None:
+    """(family, table) of a name fdname gives; None for any other name."""
+    prefix, dash, number = name.partition("-")
+    family = {"mrt4": 4, "mrt6": 6}.get(prefix)
+    if family is None or not dash or not number.isascii() or not number.isdigit():
+        return None
+    if number != str(int(number)) or int(number) > 0xFFFFFFFF:
+        return None
+    return family, int(number)
+
+
+class FdKeeper(Protocol):
+    """Where table sockets outlive the process (notify.FdStore: systemd's fd store)."""
+
+    def keep(self, name: str, fd: int) -> bool: ...  # whether it went out
+    def drop(self, name: str) -> None: ...
+
+
 # --- sockets --------------------------------------------------------------------------------------
 
 
 class MrouteSocket:
-    """One table's MRT_INIT socket."""
+    """One table's MRT_INIT socket; with `adopted`, the one a previous mfcd made (see
+    Kernel._adopt), which owns the table already: only its other options are set again."""
 
-    def __init__(self, family: int, table: int | None = None) -> None:
+    def __init__(
+        self, family: int, table: int | None = None, adopted: socket.socket | None = None
+    ) -> None:
         self.family = family
         self.table = DEFAULT_TABLE[family] if table is None else table
-        try:
-            if family == 4:
-                self.level = socket.IPPROTO_IP
-                self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
-            else:
-                self.level = socket.IPPROTO_IPV6
-                self.sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        except OSError as e:  # no CAP_NET_RAW, or the family is off (ipv6.disable=1)
-            raise KernelError(_explain(family, 0, e.errno or 0), "socket", e.errno or 0) from None
+        self.level = socket.IPPROTO_IP if family == 4 else socket.IPPROTO_IPV6
+        # Also held by the fd store: close() then leaves the table to it (no MRT_DONE).
+        self.stored = adopted is not None
+        # An adopted table's VIFs not claimed yet (vifi -> ifindex, None: device unknown):
+        # add_vif keeps one already on the device it names (see add_vif).
+        self.kept: dict[int, int | None] = {}
+        if adopted is not None:
+            self.sock = adopted
+        else:
+            self.sock = _raw_socket(family)
         self._ttls: dict[Oifs, bytes] = {}  # IPv4 oif set -> ttls
         try:
             if family == 6:
@@ -357,18 +390,24 @@ class MrouteSocket:
                 # socket; upcalls do not pass the filter and still arrive.
                 self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
             self.sock.setblocking(False)
-            # The default table without MRT_TABLE: a kernel without multiple tables has no
-            # MRT_TABLE option at all.
-            if table is not None and table != DEFAULT_TABLE[family]:
-                self._setsockopt(MRT_TABLE, struct.pack("=I", table))
-            self._setsockopt(MRT_INIT, struct.pack("=i", 1))
+            if adopted is None:
+                self._init_table(table)
             # WRONGVIF/WRONGMIF upcalls for packets of an entry arriving on another VIF (the
             # kernel sends at most one per entry every 3 s): learned entries follow them.
             self._setsockopt(MRT_ASSERT, struct.pack("=i", 1))
             self._size_buffer()
         except BaseException:
-            self.sock.close()
+            if adopted is None:  # (an adopted one is the caller's to release)
+                self.sock.close()
             raise
+
+    def _init_table(self, table: int | None) -> None:
+        """MRT_TABLE, then MRT_INIT: the socket owns the table from now on."""
+        # The default table without MRT_TABLE: a kernel without multiple tables has no
+        # MRT_TABLE option at all.
+        if table is not None and table != DEFAULT_TABLE[self.family]:
+            self._setsockopt(MRT_TABLE, struct.pack("=I", table))
+        self._setsockopt(MRT_INIT, struct.pack("=i", 1))
 
     def _size_buffer(self) -> None:
         """UPCALL_BUFFER bytes of receive buffer: SO_RCVBUFFORCE (root, CAP_NET_ADMIN)
@@ -396,6 +435,14 @@ class MrouteSocket:
         ) from None
 
     def add_vif(self, vifi: int, ifindex: int, threshold: int) -> None:
+        """MRT_ADD_VIF; in an adopted table, a VIF the previous mfcd left at `vifi` is kept
+        if it is on the same device (forwarding through it goes on: the kernel cannot
+        replace a VIF in place), else removed first (its threshold is not read back: only
+        the entries' TTLs, which the restore writes again, decide forwarding)."""
+        if self.kept and vifi in self.kept:
+            if self.kept.pop(vifi) == ifindex:
+                return
+            self.del_vif(vifi)
         if self.family == 4:
             data = pack_vifctl(vifi, ifindex, threshold)
         else:
@@ -403,6 +450,7 @@ class MrouteSocket:
         self._setsockopt(MRT_ADD_VIF, data)
 
     def del_vif(self, vifi: int) -> None:
+        self.kept.pop(vifi, None)
         data = pack_vifctl(vifi, 0, 0) if self.family == 4 else MIF6CTL.pack(vifi, 0, 0, 0, 0)
         self._setsockopt(MRT_DEL_VIF, data)
 
@@ -525,14 +573,66 @@ class MrouteSocket:
                 upcalls.append(upcall)
         return upcalls
 
-    def close(self) -> None:
-        """MRT_DONE, then close: the kernel removes this socket's VIFs and MFC entries."""
+    def close(self, release: bool = True) -> None:
+        """MRT_DONE (with `release`), then close: the kernel removes this socket's VIFs and
+        MFC entries. Without `release` only this copy is closed: the table lives on while
+        another holds the socket (systemd's fd store), and goes with the last copy."""
         if self.sock.fileno() < 0:
             return
         # If MRT_DONE fails, closing the socket flushes the table all the same.
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(self.level, MRT_DONE, struct.pack("=i", 1))
+        if release:
+            _done(self.sock, self.level)
         self.sock.close()
+
+
+def _raw_socket(family: int) -> socket.socket:
+    """A raw IGMP (IPv4) or ICMPv6 socket, the kind that does MRT_INIT."""
+    try:
+        if family == 4:
+            return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+        return socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    except OSError as e:  # no CAP_NET_RAW, or the family is off (ipv6.disable=1)
+        raise KernelError(_explain(family, 0, e.errno or 0), "socket", e.errno or 0) from None
+
+
+def _done(sock: socket.socket, level: int) -> None:
+    """MRT_DONE: the table the socket owns is flushed and free at once, whoever else holds
+    the socket (refused, harmlessly, on a socket that owns none)."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(level, MRT_DONE, struct.pack("=i", 1))
+
+
+# SO_DOMAIN and SO_PROTOCOL (asm-generic/socket.h), where Python lacks the names.
+_SO_DOMAIN = getattr(socket, "SO_DOMAIN", 39)
+_SO_PROTOCOL = getattr(socket, "SO_PROTOCOL", 38)
+_KINDS = {
+    4: (socket.AF_INET, socket.IPPROTO_IGMP, socket.IPPROTO_IP),
+    6: (socket.AF_INET6, socket.IPPROTO_ICMPV6, socket.IPPROTO_IPV6),
+}
+
+
+def unfit(sock: socket.socket, family: int, table: int) -> str | None:
+    """Why a passed socket is not the MRT_INIT socket of (family, table), or None if it is
+    as far as the kernel tells: a raw socket of the family's protocol, on which MRT_TABLE is
+    EBUSY (only a socket that owns a table answers so; which table the kernel does not say,
+    the name does). A kernel without multiple tables has no MRT_TABLE to ask (ENOPROTOOPT):
+    its one table is taken on the name's word."""
+    domain, protocol, level = _KINDS[family]
+    get = sock.getsockopt
+    kind = (get(socket.SOL_SOCKET, _SO_DOMAIN), get(socket.SOL_SOCKET, socket.SO_TYPE))
+    if kind != (domain, socket.SOCK_RAW):
+        return f"not a raw {family_text(family)} socket"
+    if get(socket.SOL_SOCKET, _SO_PROTOCOL) != protocol:
+        return "not an IGMP socket" if family == 4 else "not an ICMPv6 socket"
+    try:
+        sock.setsockopt(level, MRT_TABLE, struct.pack("=I", table))
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            return None
+        if e.errno in (errno.ENOPROTOOPT, errno.EOPNOTSUPP) and table == DEFAULT_TABLE[family]:
+            return None
+        return f"MRT_TABLE answers {os.strerror(e.errno or 0)}"
+    return "it owns no multicast routing table (nothing to adopt)"
 
 
 # Bytes read per datagram: the upcall headers (20 and 40 bytes) and the start of the packet
@@ -755,10 +855,20 @@ class Kernel:
     call events() when one is readable (they change when a table is opened or closed).
     """
 
-    def __init__(self, families: Iterable[int], monitor: netlink.LinkMonitor | None = None) -> None:
+    def __init__(
+        self,
+        families: Iterable[int],
+        monitor: netlink.LinkMonitor | None = None,
+        keeper: FdKeeper | None = None,
+        passed: Sequence[tuple[int, str]] = (),
+    ) -> None:
         self.families = tuple(families)
         self.monitor = monitor
+        # Each table's socket is kept there once open (None: nowhere, as without systemd);
+        # `passed` are the (fd, name) a previous mfcd kept, adopted first (see _adopt).
+        self.keeper = keeper
         self.sockets: dict[tuple[int, int], MrouteSocket] = {}
+        self.adopted: list[tuple[int, int]] = []  # the tables taken over, in order
         # apply_later hands a run of this many routes or more to the writer processes (None:
         # never); `writers` are those once started (the crew, `crew` of them: two when two
         # CPUs can run them, whose calls the kernel takes side by side), `later` the ops
@@ -770,6 +880,7 @@ class Kernel:
         self._crew_short = False  # (said once: fewer writers could start than `crew`)
         self._later = 0
         try:
+            self._adopt_all(passed)
             for family in self.families:
                 self.open_table(family, DEFAULT_TABLE[family])
         except BaseException:
@@ -781,14 +892,105 @@ class Kernel:
         if sock is None:
             if family not in self.families:
                 raise _disabled(family)
-            sock = self.sockets[(family, table)] = MrouteSocket(family, table)
+            try:
+                sock = MrouteSocket(family, table)
+            except KernelError as e:
+                e.table = (family, table)  # (see dataplane.table_owned)
+                raise
+            self.sockets[(family, table)] = sock
+            # Stored right after MRT_INIT, before any VIF: a crash, a watchdog kill or the
+            # OOM killer then leaves the table to the next mfcd as a stop does.
+            if self.keeper is not None:
+                sock.stored = self.keeper.keep(fdname(family, table), sock.fileno())
         return sock
 
     def close_table(self, family: int, table: int) -> None:
-        """MRT_DONE: the kernel removes the table's VIFs and entries."""
+        """MRT_DONE: the kernel removes the table's VIFs and entries; the fd store lets its
+        copy go (it would keep a socket that owns nothing)."""
         sock = self.sockets.pop((family, table), None)
         if sock is not None:
             sock.close()
+            if sock.stored and self.keeper is not None:
+                self.keeper.drop(fdname(family, table))
+
+    def _adopt_all(self, passed: Sequence[tuple[int, str]]) -> None:
+        """Take over the table sockets a previous mfcd kept; release the others. A name whose
+        copies the store was told to drop (a stale or unfit one) is kept again for the
+        socket adopted under it, if any."""
+        dropped: set[str] = set()
+        for fd, name in passed:
+            if not self._adopt(fd, name):
+                dropped.add(name)
+        for key in self.adopted:
+            name = fdname(*key)
+            if name in dropped and self.keeper is not None:
+                self.sockets[key].stored = self.keeper.keep(name, self.sockets[key].fileno())
+
+    def _adopt(self, fd: int, name: str) -> bool:
+        """Adopt the socket `fd` as the table its name says, with the VIFs it holds kept for
+        the restore to claim (MrouteSocket.add_vif). One that is not such a socket, or not
+        wanted (its family disabled, a second one for a table), is released: MRT_DONE if
+        it owns a table, closed, dropped from the store (False). Never raises."""
+        key = parse_fdname(name)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as e:  # not a socket at all
+            log.warning("passed fd %d (%s) is not a socket (%s): closed", fd, name, e)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._drop(name)
+            return False
+        why = None
+        if key is None:
+            why = "not a name mfcd stores its tables under (mrt4-TABLE, mrt6-TABLE)"
+        elif key[0] not in self.families:
+            why = f"{family_text(key[0])} is disabled in the configuration"
+        elif key in self.sockets:
+            why = "a second socket for that table"
+        else:
+            try:
+                why = unfit(sock, *key)
+            except OSError as e:
+                why = str(e)
+        adopted = None
+        if key is not None and why is None:
+            try:
+                adopted = MrouteSocket(key[0], key[1], adopted=sock)
+                adopted.kept = self._kept_vifs(*key)
+            except (OSError, KernelError) as e:
+                why = f"it cannot be set up: {e}"
+        if adopted is None or key is None:
+            log.warning("passed socket %s (fd %d) not adopted: %s; released", name, fd, why)
+            if key is not None and key not in self.sockets:  # (not the socket adopted)
+                _done(sock, _KINDS[key[0]][2])  # the table is flushed and free for MRT_INIT
+            sock.close()
+            self._drop(name)
+            return False
+        self.sockets[key] = adopted
+        self.adopted.append(key)
+        log.info(
+            "adopted the %s table %d from the previous mfcd (%d VIFs, forwarding on)",
+            family_text(key[0]),
+            key[1],
+            len(adopted.kept),
+        )
+        return True
+
+    def _drop(self, name: str) -> None:
+        if self.keeper is not None:
+            self.keeper.drop(name)
+
+    def _kept_vifs(self, family: int, table: int) -> dict[int, int | None]:
+        """The VIFs an adopted table holds: vifi -> ifindex (None: the kernel does not name
+        its device, as for IPv6 tables other than the default)."""
+        kept: dict[int, int | None] = {}
+        for vifi, vif in self._observe_vifs(family, table).items():
+            ifindex = vif.ifindex
+            if ifindex is None and vif.device is not None:
+                with contextlib.suppress(OSError):
+                    ifindex = socket.if_nametoindex(vif.device)
+            kept[vifi] = ifindex
+        return kept
 
     def fds(self) -> list[int]:
         fds = [sock.fileno() for sock in self.sockets.values()]
@@ -1075,11 +1277,14 @@ class Kernel:
         return Events(upcalls, links, lost)
 
     def close(self) -> None:
-        for writer in self.writers:  # first: they hold the sockets too
+        """Close every table's socket: MRT_DONE on those not stored, which flushes them; a
+        stored one's table lives on in the store for the next mfcd (a stop of the unit
+        closes the store, and that last close flushes it)."""
+        for writer in self.writers:  # first: they hold the sockets too (never MRT_DONE)
             writer.close()
         self.writers = []
         for sock in self.sockets.values():
-            sock.close()
+            sock.close(release=not sock.stored)
         self.sockets.clear()
 
 

@@ -64,6 +64,9 @@ MAXVIFS = 32  # linux/mroute.h MAXVIFS, linux/mroute6.h MAXMIFS
 # kernel's upcalls through a template ("learned"). Only "api" intents are saved.
 ORIGINS = ("api", "config", "learned")
 DEFAULT_THRESHOLD = 1  # forward a packet whose TTL is above 1, i.e. any packet that may be routed
+# A SetThreshold of one table with this threshold removes that table's setting (the table
+# then uses the every-table one). Never a threshold: the kernel's ttls 0 means "not an oif".
+NO_SETTING = 0
 
 # (family 4|6, source, group, table), addresses in canonical text form; `table` is the kernel's
 # multicast routing table number (DEFAULT_TABLE[family] unless the route names another). It is
@@ -292,8 +295,12 @@ class DelRoute(NamedTuple):
 
 
 class SetThreshold(NamedTuple):
+    """An interface's TTL threshold: in every table (`table` None), or in one table only,
+    where it overrides the every-table setting (`threshold` NO_SETTING removes it)."""
+
     interface: str
     threshold: int
+    table: int | None = None
 
 
 class AddTemplate(NamedTuple):
@@ -515,9 +522,19 @@ class Router:
         # absent interface -> pending routes and templates naming it
         self.waiting: dict[str, set[PendingKey]] = {}
         self.blocked: dict[PendingKey, None] = {}  # pending only for want of a free VIF index
-        # per-interface TTL threshold (IPv4 MFC ttls)
+        # per-interface TTL threshold (IPv4 MFC ttls), in every table
         self.thresholds: _Counting[str, int] = _Counting()  # (see _direct)
-        self.refused: dict[RouteKey, str] = {}  # pending because the kernel refused: why
+        # (interface, table) -> the threshold of its VIF in that table only, which wins
+        # over `thresholds` there (smcroute's are per table: one table per smcrouted)
+        self.table_thresholds: _Counting[tuple[str, int], int] = _Counting()
+        # Routes and templates pending because the kernel refused them: why.
+        self.refused: dict[PendingKey, str] = {}
+        # Tables the kernel refuses as a whole (another multicast router owns them), with
+        # the reason: a route or template to install there is kept pending (refused) with
+        # it instead, without asking the kernel. Not part of a transaction: the controller
+        # sets it while it applies many intents at once and clears it after (an api change
+        # then asks the kernel again, and is refused with the kernel's reason).
+        self.unavailable: dict[TableKey, str] = {}
         # Routes and templates whose wildcard oifs match interfaces they hold no VIF for
         # (the VIF table was full when they followed), or match none: those names and
         # patterns. Degraded, not installed (set by the controller as they follow: see
@@ -562,6 +579,9 @@ class Router:
         # and a rollback write them: _assign clears it, a rollback that puts one back too).
         self._direct: dict[TableKey, dict[Ports, _Direct]] = {}
         self._direct_at = 0
+        # Where a new VIF should go, per table and interface: the index its device has in a
+        # table a restart took over (see prefer_slots); a hint, outside transactions.
+        self.preferred: dict[TableKey, dict[str, int]] = {}
 
     # --- transactions ----------------------------------------------------------------------------
 
@@ -601,7 +621,7 @@ class Router:
         return len(self._log.entries)
 
     def _set(self, d: dict[Any, Any], key: Any, value: Any) -> None:
-        if d is self.vifs or d is self.thresholds:
+        if d is self.vifs or d is self.thresholds or d is self.table_thresholds:
             self._forget_direct()
         elif d is self.templates:
             if self._index is not None and key not in d:
@@ -613,7 +633,7 @@ class Router:
         d[key] = value
 
     def _pop(self, d: dict[Any, Any], key: Any) -> None:
-        if d is self.vifs or d is self.thresholds:
+        if d is self.vifs or d is self.thresholds or d is self.table_thresholds:
             self._forget_direct()
         elif d is self.templates:
             if self._index is not None:
@@ -796,7 +816,13 @@ class Router:
         """The tables that hold VIFs (and so may hold entries): the kernel tables in use."""
         return set(self.slots)
 
-    def threshold(self, interface: str) -> int:
+    def threshold(self, interface: str, table: int | None = None) -> int:
+        """An interface's threshold: in `table` (its own setting there, if it has one), or
+        its every-table setting (None)."""
+        if table is not None and self.table_thresholds:
+            ttl = self.table_thresholds.get((interface, table))
+            if ttl is not None:
+                return ttl
         return self.thresholds.get(interface, DEFAULT_THRESHOLD)
 
     def origin(self, key: RouteKey) -> str:
@@ -855,7 +881,8 @@ class Router:
             if self.add_direct(key, ports, steps):
                 return steps
         elif old == ports:
-            return []
+            # (the same route again: one the kernel refused is tried again)
+            return self.try_install(key) if key in self.refused else []
         else:
             self._forget_pending(key, old)
         links = self.links
@@ -976,7 +1003,7 @@ class Router:
     def _direct_for(self, family: int, table: int, ports: Ports) -> _Direct | None:
         """The VIFs, entry and shared Ports of a route on `ports` (see _direct_entry), from
         the cache when it has them."""
-        at = self.vifs.changes + self.thresholds.changes
+        at = self.vifs.changes + self.thresholds.changes + self.table_thresholds.changes
         if at != self._direct_at:  # (both only ever count up)
             self._direct_at = at
             self._direct.clear()
@@ -998,8 +1025,8 @@ class Router:
             if vif is None:
                 return None
             used.append(vif)
-        th = self.thresholds
-        oifs = [(vif.vifi, th.get(vif.interface, DEFAULT_THRESHOLD)) for vif in used[1:]]
+        threshold = self.threshold
+        oifs = [(vif.vifi, threshold(vif.interface, table)) for vif in used[1:]]
         if len(oifs) > 1:
             oifs.sort()
         entry = self._share_entry(used[0].vifi, tuple(oifs))
@@ -1042,6 +1069,16 @@ class Router:
         self._set_route(key, self.ports(route.iif, route.oifs))
         self._set(self.refused, key, reason)
 
+    def park_template(self, key: TemplateKey, reason: str) -> None:
+        """Keep a template the kernel refused (its VIFs) as pending; `mfcctl sync` tries it
+        again, as it does routes."""
+        if key in self.templates and key not in self.holding:
+            self._set(self.refused, key, reason)
+
+    def _refused_table(self, key: PendingKey) -> str | None:
+        """Why the table of `key` is unavailable (see `unavailable`), None if it is not."""
+        return self.unavailable.get((key[0], key[3])) if self.unavailable else None
+
     def del_route(self, key: RouteKey) -> list[Step]:
         source, group = key[1], key[2]
         ports = self.routes.get(key)
@@ -1060,8 +1097,11 @@ class Router:
         self._pop(self.routes, key)
         return steps
 
-    def set_threshold(self, interface: str, threshold: int) -> list[Step]:
-        """Change the TTL threshold of an interface and re-issue the IPv4 entries that use it."""
+    def set_threshold(self, interface: str, threshold: int, table: int | None = None) -> list[Step]:
+        """Change the TTL threshold of an interface, in every table or in `table` only (see
+        SetThreshold), and re-issue the IPv4 entries whose threshold that changes."""
+        if table is not None:
+            return self._set_table_threshold(interface, threshold, table)
         if not 1 <= threshold <= 255:
             raise InvalidArgument("threshold must be between 1 and 255", field="threshold")
         if self.threshold(interface) == threshold:
@@ -1070,7 +1110,32 @@ class Router:
             self._pop(self.thresholds, interface)  # the default is no setting at all
         else:
             self._set(self.thresholds, interface, threshold)
-        used = [(4, vif.table, interface) for vif in self.vifs_named(interface) if vif.family == 4]
+        own = self.table_thresholds
+        # (a table with its own setting keeps it: its entries do not change)
+        return self._reissue_on(interface, lambda table: (interface, table) not in own)
+
+    def _set_table_threshold(self, interface: str, threshold: int, table: int) -> list[Step]:
+        if threshold != NO_SETTING and not 1 <= threshold <= 255:
+            raise InvalidArgument("threshold must be between 1 and 255", field="threshold")
+        key = (interface, table)
+        if self.table_thresholds.get(key, NO_SETTING) == threshold:
+            return []
+        before = self.threshold(interface, table)
+        if threshold == NO_SETTING:
+            self._pop(self.table_thresholds, key)
+        else:
+            self._set(self.table_thresholds, key, threshold)
+        if self.threshold(interface, table) == before:
+            return []  # (the same value as the every-table one: no entry changes)
+        return self._reissue_on(interface, lambda t: t == table)
+
+    def _reissue_on(self, interface: str, tables: Callable[[int], bool]) -> list[Step]:
+        """Re-issue the IPv4 entries using the interface's VIF in the tables chosen."""
+        used = [
+            (4, vif.table, interface)
+            for vif in self.vifs_named(interface)
+            if vif.family == 4 and tables(vif.table)
+        ]
         if not used:
             return []
         return self._reissue(self.users(used))
@@ -1098,7 +1163,8 @@ class Router:
         ports = self.share(ports)
         old = self.templates.get(key)
         if old == ports:
-            return []
+            # (the same template again: one the kernel refused is tried again)
+            return self._try_hold(key) if key in self.refused else []
         if old is not None:
             self._forget_pending(key, old)
         held = key in self.holding
@@ -1343,6 +1409,10 @@ class Router:
                 self._check_room(family, table, ports)
             self._wait(key, [n for n in ports.interfaces if n not in links])
             return []
+        refused = self._refused_table(key)
+        if refused is not None:
+            self._set(self.refused, key, refused)
+            return []
         savepoint = self._savepoint()
         steps: list[Step] = []
         try:
@@ -1377,7 +1447,9 @@ class Router:
             if missing:
                 return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
             return RouteStatus("installed", (), "")
-        return _not_installed(ports, missing, None, partial(self._no_room, key[0], key[3], ports))
+        return _not_installed(
+            ports, missing, self.refused.get(key), partial(self._no_room, key[0], key[3], ports)
+        )
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -1416,7 +1488,8 @@ class Router:
         # The kernel dropped the VIF with the old device; add the same index for the new one
         # and re-issue its entries (an oif missing at write time is never restored).
         self._assign(vif, "ifindex", ifindex)
-        add = AddVif(family, vif.vifi, interface, ifindex, self.threshold(interface), table)
+        threshold = self.threshold(interface, table)
+        add = AddVif(family, vif.vifi, interface, ifindex, threshold, table)
         steps = [Step(add, DelVif(family, vif.vifi, interface, table), "readd_vif")]
         if not reissue:
             return steps
@@ -1445,7 +1518,7 @@ class Router:
             if not kernel_dropped_vif:
                 # Renamed: the device (and its VIF) still exist under another name; let go of it.
                 family, table = vif.family, vif.table
-                threshold = self.threshold(interface)
+                threshold = self.threshold(interface, table)
                 undo = AddVif(family, vif.vifi, interface, vif.ifindex, threshold, table)
                 steps.append(Step(DelVif(family, vif.vifi, interface, table), undo, "del_vif"))
             self._assign(vif, "ifindex", None)
@@ -1512,7 +1585,7 @@ class Router:
                     steps.append(Step(gone, None, "del_vif"))
                     present = False
                 if not present and vif is not None and vif.ifindex is not None:
-                    threshold = self.threshold(vif.interface)
+                    threshold = self.threshold(vif.interface, table)
                     add = AddVif(family, vifi, vif.interface, vif.ifindex, threshold, table)
                     steps.append(Step(add, None, "readd_vif"))
                     readded.add((family, table, vif.interface))
@@ -1555,7 +1628,7 @@ class Router:
         for name in route_oifs:
             ifindex = self.vifs[(family, table, name)].ifindex
             if ifindex is not None:  # the kernel hides oifs whose VIF is gone
-                oifs[ifindex] = self.threshold(name) if family == 4 else 1
+                oifs[ifindex] = self.threshold(name, table) if family == 4 else 1
         return parent, oifs
 
     # --- internals -------------------------------------------------------------------------------
@@ -1617,6 +1690,11 @@ class Router:
         """Write a route to the kernel, allocating VIFs first; release what `old` alone used."""
         family, table = key[0], key[3]
         previous = self.installed.get(key)
+        if previous is None:
+            refused = self._refused_table(key)
+            if refused is not None:
+                self._set(self.refused, key, refused)
+                return []
         # Interfaces the installed old version already holds a reference on, in its order:
         # those it alone used are released in that order (a set's would change with the
         # hash seed, and with it the plan shown and the order of the kernel's writes).
@@ -1705,13 +1783,39 @@ class Router:
         }
         return sum(1 for vifi in taken if slots[vifi] is not None)
 
+    def prefer_slots(self, vifs: Mapping[tuple[int, int, int], str | None]) -> None:
+        """Number new VIFs as the kernel's `vifs` ((family, table, vifi) -> device, None
+        where unknown) are numbered, while they are free: a restart that took over the
+        previous mfcd's tables then gives each interface the VIF it has there, and its
+        entries stay valid (the kernel cannot move a VIF: another index means deleting
+        and adding it, with its routes' entries written again). Empty: lowest free index."""
+        self.preferred = {}
+        for (family, table, vifi), device in vifs.items():
+            if device is not None and 0 <= vifi < MAXVIFS:
+                self.preferred.setdefault((family, table), {})[device] = vifi
+
+    def _free_slot(self, family: int, table: int, name: str, slots: list[str | None]) -> int:
+        """The index a new VIF of `name` takes: its preferred one if free, else the lowest free
+        one no other interface prefers, else the lowest free one (ValueError: none)."""
+        prefer = self.preferred.get((family, table))
+        if not prefer:
+            return slots.index(None)
+        at = prefer.get(name)
+        if at is not None and slots[at] is None:
+            return at
+        others = set(prefer.values())
+        for vifi, held in enumerate(slots):
+            if held is None and vifi not in others:
+                return vifi
+        return slots.index(None)
+
     def _new_vif(self, family: int, table: int, name: str) -> list[Step]:
         slots = self.slots.get((family, table))
         if slots is None:
             slots = [None] * MAXVIFS
             self._set(self.slots, (family, table), slots)
         try:
-            vifi = slots.index(None)
+            vifi = self._free_slot(family, table, name, slots)
         except ValueError:
             fam = family_text(family)
             where = f" of table {table}"
@@ -1725,7 +1829,7 @@ class Router:
         self._assign(slots, vifi, name)
         if ifindex is None:
             return []  # reserved for the interface: link_up adds it (revive_vif)
-        add = AddVif(family, vifi, name, ifindex, self.threshold(name), table)
+        add = AddVif(family, vifi, name, ifindex, self.threshold(name, table), table)
         return [Step(add, DelVif(family, vifi, name, table), "add_vif")]
 
     def _release(self, family: int, table: int, name: str) -> list[Step]:
@@ -1740,13 +1844,19 @@ class Router:
             self._pop(self.slots, (family, table))  # the table's last VIF: it is no longer used
         if vif.ifindex is None:
             return []  # the kernel removed it together with the interface
-        undo = AddVif(family, vif.vifi, name, vif.ifindex, self.threshold(name), table)
+        undo = AddVif(family, vif.vifi, name, vif.ifindex, self.threshold(name, table), table)
         return [Step(DelVif(family, vif.vifi, name, table), undo, "del_vif")]
 
     def _entry(self, family: int, table: int, ports: Ports) -> Entry:
         vifs = self.vifs
-        th = self.thresholds
-        oifs = [(vifs[(family, table, n)].vifi, th.get(n, DEFAULT_THRESHOLD)) for n in ports.oifs]
+        if self.table_thresholds:
+            threshold = self.threshold
+            oifs = [(vifs[(family, table, n)].vifi, threshold(n, table)) for n in ports.oifs]
+        else:
+            th = self.thresholds
+            oifs = [
+                (vifs[(family, table, n)].vifi, th.get(n, DEFAULT_THRESHOLD)) for n in ports.oifs
+            ]
         if len(oifs) > 1:
             oifs.sort()
         return self._share_entry(vifs[(family, table, ports.iif)].vifi, tuple(oifs))

@@ -1,4 +1,4 @@
-"""sd_notify(3) without libsystemd: readiness, status and watchdog datagrams to $NOTIFY_SOCKET."""
+"""sd_notify(3), sd_listen_fds(3) without libsystemd: readiness, status, watchdog, the fd store."""
 
 # The protocol is one AF_UNIX datagram of newline-separated VAR=value assignments (READY=1,
 # STATUS=..., STOPPING=1, RELOADING=1, WATCHDOG=1) sent to the path in $NOTIFY_SOCKET; a leading
@@ -14,14 +14,32 @@
 # reader takes one, and a daemon waiting there answers nobody. So the socket is non-blocking
 # and a datagram that does not fit now is reported as BUSY: the caller drops it or keeps the
 # latest to send again later (StatusReporter does that for STATUS=).
+#
+# The file descriptor store (FDSTORE=1, FDNAME=, FDPOLL=0, FDSTOREREMOVE=1; systemd 219, 233, 246
+# and 236): a datagram with the fds as SCM_RIGHTS asks systemd to hold them for the unit and to
+# pass them to its next main process, as LISTEN_FDS (from fd 3 on), LISTEN_PID and
+# LISTEN_FDNAMES (colon-separated names). The kernel module decides what is stored (kernel.py's
+# MRT_INIT sockets, see docs/operations.md); this module only speaks the protocol.
 
 import asyncio
 import enum
+import fcntl
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["Sent", "StatusReporter", "notify", "send", "watchdog_interval"]
+__all__ = [
+    "FdStore",
+    "Sent",
+    "StatusReporter",
+    "fdstore_message",
+    "fdstore_remove_message",
+    "listen_fds",
+    "notify",
+    "send",
+    "take_listen_fds",
+    "watchdog_interval",
+]
 
 STATUS_INTERVAL = 1.0  # seconds: at most one STATUS= per interval
 
@@ -34,8 +52,9 @@ class Sent(enum.Enum):
     BUSY = "busy"  # the service manager's queue is full now: try again later
 
 
-def send(state: str) -> Sent:
-    """Send `state` (e.g. "READY=1\\nSTATUS=listening") to the service manager, never blocking.
+def send(state: str, fds: Sequence[int] = ()) -> Sent:
+    """Send `state` (e.g. "READY=1\\nSTATUS=listening") to the service manager, never blocking;
+    `fds` go with it as SCM_RIGHTS (FDSTORE=1).
 
     OFF when not run under systemd ($NOTIFY_SOCKET unset or not an absolute/abstract
     address) or when sending failed; BUSY when the receiver's queue is full.
@@ -50,7 +69,10 @@ def send(state: str) -> Sent:
     try:
         with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
-            sock.send(state.encode("utf-8"))
+            if fds:
+                socket.send_fds(sock, [state.encode("utf-8")], list(fds))
+            else:
+                sock.send(state.encode("utf-8"))
     except BlockingIOError:
         return Sent.BUSY
     except OSError:
@@ -65,6 +87,71 @@ def notify(state: str) -> bool:
     without systemd. A datagram the service manager cannot take now is dropped (False).
     """
     return send(state) is Sent.SENT
+
+
+def fdstore_message(name: str) -> str:
+    """The datagram that stores the fds sent with it under `name`. FDPOLL=0: systemd would
+    drop an fd on POLLHUP/POLLERR, which on a raw socket says nothing about what it holds
+    (an older systemd ignores the assignment, as it does every one it does not know)."""
+    return f"FDSTORE=1\nFDNAME={name}\nFDPOLL=0"
+
+
+def fdstore_remove_message(name: str) -> str:
+    """The datagram that takes every fd stored under `name` out of the store."""
+    return f"FDSTOREREMOVE=1\nFDNAME={name}"
+
+
+class FdStore:
+    """systemd's file descriptor store, as kernel.Kernel uses it (kernel.FdKeeper)."""
+
+    def keep(self, name: str, fd: int) -> bool:
+        """Ask systemd to keep a duplicate of `fd` under `name`; whether the datagram went
+        out (not whether systemd took it: without FileDescriptorStoreMax= it closes it)."""
+        return send(fdstore_message(name), [fd]) is Sent.SENT
+
+    def drop(self, name: str) -> None:
+        send(fdstore_remove_message(name))
+
+
+# The first fd systemd passes (SD_LISTEN_FDS_START, sd-daemon.h).
+LISTEN_FDS_START = 3
+
+
+def listen_fds(environ: Mapping[str, str], pid: int) -> list[tuple[int, str]]:
+    """The (fd, name) pairs systemd passed to process `pid`, from LISTEN_PID, LISTEN_FDS and
+    LISTEN_FDNAMES as sd_listen_fds_with_names(3) reads them: none unless LISTEN_PID is
+    `pid` (the variables were meant for another process) and LISTEN_FDS a count; a name
+    missing from LISTEN_FDNAMES is "unknown" (an empty or absent list names them all so)."""
+    if environ.get("LISTEN_PID", "") != str(pid):
+        return []
+    try:
+        count = int(environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        return []
+    if count <= 0:
+        return []
+    names = environ.get("LISTEN_FDNAMES", "")
+    listed = names.split(":") if names else []
+    listed += ["unknown"] * (count - len(listed))
+    return [(LISTEN_FDS_START + i, listed[i]) for i in range(count)]
+
+
+def take_listen_fds() -> list[tuple[int, str]]:
+    """listen_fds for this process, once: the variables are unset (a child must not take
+    them for its own) and each fd is made close-on-exec (the kernel writer processes get
+    only what is sent to them)."""
+    fds = listen_fds(os.environ, os.getpid())
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    taken = []
+    for fd, name in fds:
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+            fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+        except OSError:  # not open: listed, but not passed after all
+            continue
+        taken.append((fd, name))
+    return taken
 
 
 class StatusReporter:

@@ -2,7 +2,9 @@
 
 Each directive of smcroute.conf(5) becomes a declaration of mfc_daemon.conf(5):
 
-    phyint IF [enable|disable] [mrdisc] [ttl-threshold N]  ->  [[interface]] (when it sets one)
+    phyint IF [enable|disable] [mrdisc] [ttl-threshold N]  ->  [[interface]] (when it sets one;
+                                                               with a table, the threshold's
+                                                               has that table)
     mroute from IF [source S[/LEN]] group G[/LEN] to OIF... ->  [[route]] (a template without
                                                                one source address and group)
     mgroup from IF [source S[/LEN]] group G[/LEN]           ->  [[join]] (one per source)
@@ -256,19 +258,7 @@ class _Converter:
         if name in self.interfaces:
             raise _Problem(f"phyint {name} again (first at {self.interfaces[name]})")
         self.interfaces[name] = self.line.where
-        block = ["[[interface]]", f"name = {_q(name)}"]
-        if threshold is not None:
-            block.append(f"threshold = {threshold}")
-            if self.table is not None:
-                self.line.warnings.append(
-                    f"mfcd applies {name}'s ttl-threshold in every table, not only in table"
-                    f" {self.table} as `smcrouted -t` did: a stream of another table with a TTL"
-                    f" of {threshold} or less no longer leaves {name} (mfcd --check-config"
-                    " reports another file's threshold for it as declared twice)"
-                )
-        if mrdisc:
-            block.append("mrdisc = true")
-        self.line.blocks.append(block)
+        self.line.blocks += _interface_blocks(name, threshold, mrdisc, self.table)
 
     def mroute(self, words: list[str]) -> None:
         if "to" not in words:
@@ -478,7 +468,11 @@ class _Converter:
                     whys = "; ".join(
                         f"{n}: {self.why_off(n, line.later.get(n, line.seen))}" for n in oifs
                     )
-                    raise _Problem(f"no oif has a VIF in smcroute: it installs no route ({whys})")
+                    raise _Problem(
+                        f"no oif has a VIF in smcroute ({whys}): smcroute installs the route"
+                        " with no oif, which forwards nothing (and keeps a template from"
+                        " learning the flow), but mfcd takes no route without an oif"
+                    )
             except _Problem as e:
                 line.problem = str(e)
                 continue
@@ -596,6 +590,23 @@ class _Converter:
                 return
             for line, why in refused.items():
                 line.problem = why
+
+
+def _interface_blocks(
+    name: str, threshold: int | None, mrdisc: bool, table: str | None
+) -> list[list[str]]:
+    """The [[interface]] declarations of a phyint line's settings. smcrouted -t keeps the
+    threshold on its own table's VIF: so does an [[interface]] with that table; mrdisc
+    (sent on the link, whatever the table) is the interface's, in a block of its own."""
+    block = ["[[interface]]", f"name = {_q(name)}"]
+    if threshold is not None and table is not None:
+        own = [*block, f"table = {table}", f"threshold = {threshold}"]
+        return [[*block, "mrdisc = true"], own] if mrdisc else [own]
+    if threshold is not None:
+        block.append(f"threshold = {threshold}")
+    if mrdisc:
+        block.append("mrdisc = true")
+    return [block]
 
 
 def _route_block(

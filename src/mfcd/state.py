@@ -31,10 +31,13 @@ an empty snapshot).
 Each later record is one acknowledged change, `{"seq": S, "ops": [...]}`, where an op is
 `["add", family, source, group, iif, [oifs...]]`, `["del", family, source, group]` or
 `["threshold", interface, ttl]`; an add or del of a route in another table than the
-default ends with the table number. Group joins are `["join", interface, group, source]`
-and `["leave", ...]` (source "*" for any) and `["mrdisc", interface, true|false]`; a
-snapshot keeps them as `"joins": [[interface, group, source], ...]` and `"mrdisc": [...]`
-beside the thresholds, left out when empty (files without them load unchanged).
+default ends with the table number. A threshold of one table only is
+`["threshold", interface, ttl, table]` (ttl 0: that table's setting removed). Group joins
+are `["join", interface, group, source]` and `["leave", ...]` (source "*" for any) and
+`["mrdisc", interface, true|false]`; a snapshot keeps them as
+`"joins": [[interface, group, source], ...]`, `"mrdisc": [...]` and the thresholds of one
+table as `"table_thresholds": [[interface, table, ttl], ...]` beside the thresholds, left
+out when empty (files without them load unchanged).
 A change is appended and fdatasync'ed before the client is told it succeeded, so its
 cost does not grow with the number of routes.
 A change of more than RECORD_OPS ops (a bulk batch) takes K records of at most RECORD_OPS
@@ -119,6 +122,7 @@ from mfcd.errors import MfcdError, StateError
 from mfcd.groups import Join, JoinKey, Leave, SetMrdisc
 from mfcd.model import (
     DEFAULT_TABLE,
+    NO_SETTING,
     AddRoute,
     AddTemplate,
     Change,
@@ -168,8 +172,10 @@ def change_op(change: Change) -> Op:
             if table == DEFAULT_TABLE[family]:
                 return ["del", family, source, group]
             return ["del", family, source, group, table]
-        case SetThreshold(interface, threshold):
+        case SetThreshold(interface, threshold, None):
             return ["threshold", interface, threshold]
+        case SetThreshold(interface, threshold, table):
+            return ["threshold", interface, threshold, table]
         case Join(key, _):
             return ["join", *key]
         case Leave(key):
@@ -360,6 +366,8 @@ class Loaded:
     # the key tuples read here are the ones the model goes on using.
     routes: dict[RouteKey, Ports] = field(default_factory=dict)
     thresholds: dict[str, int] = field(default_factory=dict)
+    # (interface, table) -> the interface's threshold in that table only (Router's)
+    table_thresholds: dict[tuple[str, int], int] = field(default_factory=dict)
     templates: dict[TemplateKey, Ports] = field(default_factory=dict)
     ops_since_snapshot: int = 0
     good_length: int = 0  # bytes up to the end of the last complete record
@@ -615,6 +623,14 @@ def _apply(loaded: Loaded, op: Op) -> None:
         table = _table(rest) if rest else DEFAULT_TABLE[family]
         loaded.routes.pop((family, source, group, table), None)
     elif kind == "threshold":
+        if len(op) == 4:  # of one table; ttl 0 (model.NO_SETTING) removes that setting
+            _, name, ttl, table = op
+            key = (validate.interface(name, "interface"), _table([table]))
+            if ttl == NO_SETTING and ttl.__class__ is int:
+                loaded.table_thresholds.pop(key, None)
+            else:
+                loaded.table_thresholds[key] = validate.threshold(ttl)
+            return
         _, name, ttl = op
         loaded.thresholds[validate.interface(name, "interface")] = validate.threshold(ttl)
     elif kind == "join":
@@ -953,6 +969,10 @@ def _read_snapshot(loaded: Loaded, snap: Any, numbered: bool) -> int:
     loaded.mrdisc = dict.fromkeys(
         validate.interface(n, "interface") for n in snap.get("mrdisc", ())
     )
+    loaded.table_thresholds = {
+        (validate.interface(name, "interface"), _table([table])): validate.threshold(ttl)
+        for name, table, ttl in snap.get("table_thresholds", ())
+    }
     if "chunks" not in snap:
         _add_routes(loaded.routes, snap["routes"])
         return 0

@@ -318,14 +318,35 @@ class Settings(NamedTuple):
 
     thresholds: Mapping[str, int] = {}
     mrdisc: Mapping[str, bool] = {}
+    table_thresholds: Mapping[tuple[str, int], int] = {}  # (name, table) -> that table's
 
 
 def interface_settings(
-    thresholds: Mapping[str, int], mrdisc: Collection[str], declared: Settings
+    thresholds: Mapping[str, int],
+    mrdisc: Collection[str],
+    declared: Settings,
+    table_thresholds: Mapping[tuple[str, int], int] | None = None,
 ) -> list[dict[str, Any]]:
     """vif.show's settings: each interface with a threshold other than the default, mrdisc
     on, or a setting the config files declare, by name; each setting it has names its
-    origin (`threshold_origin`, `mrdisc_origin`: "config" or "api"), as a route does."""
+    origin (`threshold_origin`, `mrdisc_origin`: "config" or "api"), as a route does.
+    After an interface's entry, one per table it has a threshold of its own in (with that
+    `table`, its `threshold` and `threshold_origin`; mrdisc is the interface's)."""
+    out = _every_table_settings(thresholds, mrdisc, declared)
+    own = {**(table_thresholds or {}), **declared.table_thresholds}
+    for (name, table), ttl in own.items():
+        origin = "config" if (name, table) in declared.table_thresholds else "api"
+        out.append(
+            {"interface": name, "table": table, "threshold": ttl, "threshold_origin": origin}
+        )
+    out.sort(key=lambda e: (e["interface"], e.get("table", -1)))
+    return out
+
+
+def _every_table_settings(
+    thresholds: Mapping[str, int], mrdisc: Collection[str], declared: Settings
+) -> list[dict[str, Any]]:
+    """interface_settings' entries of the settings of every table."""
     # (A journal may hold a setting back to the default: that is no setting.)
     set_thresholds = {n for n, t in thresholds.items() if t != DEFAULT_THRESHOLD}
     names = set_thresholds | set(mrdisc) | set(declared.thresholds) | set(declared.mrdisc)
@@ -385,7 +406,9 @@ class Views:
                 "present": vif.ifindex is not None,
                 # (IPv6: none; Linux forwards out of every MIF of an MFC entry's set
                 # whatever its threshold, so a number here would be untrue)
-                "threshold": router.threshold(vif.interface) if vif.family == 4 else None,
+                "threshold": router.threshold(vif.interface, vif.table)
+                if vif.family == 4
+                else None,
                 "routes": vif.refs,
             }
             if stats:
@@ -417,7 +440,9 @@ class Views:
         return {
             "schema": SHOW_SCHEMA,
             "vifs": self.vifs(router, stats, table),
-            "settings": interface_settings(router.thresholds, mrdisc, declared or Settings()),
+            "settings": interface_settings(
+                router.thresholds, mrdisc, declared or Settings(), router.table_thresholds
+            ),
             "max_vifs": MAXVIFS,
         }
 
@@ -904,8 +929,10 @@ def reload_result(
     changed, and the settings declared at the value the interface has already, not
     counted as changed."""
     thresholds = len(change.thresholds) - len(taken.thresholds) - len(taken.same_thresholds)
+    thresholds += len(change.table_thresholds) - len(taken.table_thresholds)
     mrdisc = len(change.mrdisc) - len(taken.mrdisc) - len(taken.same_mrdisc)
     taken_over = len(taken.routes) + len(taken.thresholds) + len(taken.mrdisc)
+    taken_over += len(taken.table_thresholds)
     result: dict[str, Any] = {
         "dry_run": dry_run,
         "files": list(files),
@@ -972,6 +999,15 @@ def _reload_plan(change: Any, declared: Any, taken: Any) -> list[dict[str, Any]]
         if name in taken.thresholds:
             entry.update(taken_over=True, was=taken.thresholds[name])
         plan.append(_setting_where(entry, declared, name, "threshold"))
+    for (name, table), threshold in sorted(change.table_thresholds.items()):
+        # (None: the table's setting removed; the interface's every-table one applies there)
+        entry = {"action": "threshold", "interface": name, "table": table, "threshold": threshold}
+        if (name, table) in taken.table_thresholds:
+            entry.update(taken_over=True, was=taken.table_thresholds[(name, table)])
+        setting = declared.table_interfaces.get((name, table))
+        if setting is not None:
+            entry["where"] = setting.where
+        plan.append(entry)
     for name, on in sorted(change.mrdisc.items()):
         if name in taken.same_mrdisc:
             continue
@@ -1014,6 +1050,27 @@ def waiting_text(waiting: Any, would: bool = False, shown: int = 3) -> str:
             texts.append(f"{n if alike else noun} {state} (waiting for {some})")
     plural = len(waiting.missing) > 1
     return f"{' and '.join(texts)}: no such interface{'s' * plural} (yet)"
+
+
+def refused_text(router: Router) -> str:
+    """`1 route and 1 template of the config files are pending: the kernel refused it
+    (REASON); mfcctl sync retries`: the config routes and templates the kernel refused
+    (another multicast router owns their table, say), with the first one's reason; ""
+    if none."""
+    # (a route's key has 4 fields, a template's 5: neither is found in the other's dict)
+    origins: Mapping[Any, str] = router.origins
+    template_origins: Mapping[Any, str] = router.template_origins
+    keys = [
+        k
+        for k in router.refused
+        if origins.get(k) == "config" or template_origins.get(k) == "config"
+    ]
+    if not keys:
+        return ""
+    routes = sum(1 for k in keys if len(k) == 4)
+    noun = _routes_and_templates(routes, len(keys) - routes)
+    be = "is" if len(keys) == 1 else "are"
+    return f"{noun} of the config files {be} pending: {router.refused[keys[0]]}"
 
 
 def _routes_and_templates(routes: int, templates: int) -> str:

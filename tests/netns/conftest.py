@@ -138,6 +138,35 @@ def running(daemon: D) -> Iterator[D]:
             daemon.stop()
 
 
+@contextmanager
+def smcrouted(lab: Lab, conf: Path, workdir: Path, *options: str) -> Iterator[None]:
+    """The real smcrouted (in the foreground, `options` added) on `conf` in the router's
+    namespace, from when it has written its pid file until the block ends."""
+    pid = workdir / "smcroute.pid"
+    proc = lab.spawn(
+        lab.router,
+        "smcrouted",
+        "-n",
+        *options,
+        "-f",
+        str(conf),
+        "-l",
+        "none",
+        "-u",
+        str(workdir / "smcroute.sock"),
+        "-P",
+        str(pid),
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not pid.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        yield
+    finally:
+        lab.stop(proc)
+
+
 @pytest.fixture
 def mfcd(lab: Lab, tmp_path: Path) -> Iterator[Mfcd]:
     try:

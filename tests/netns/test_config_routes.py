@@ -14,7 +14,7 @@ import pytest
 
 from lab.netns import Lab
 from tests.netns import kernel_tables
-from tests.netns.conftest import BIN, Mfcd, route_args
+from tests.netns.conftest import BIN, Mfcd, route_args, smcrouted
 from tests.netns.test_joins import capture, groups, memberships, mrd
 from tests.netns.test_metrics import fetch
 
@@ -252,26 +252,8 @@ def test_imported_smcroute_config_forwards_like_smcroute(
 ) -> None:
     original = DATA / "forward.conf"
     # smcroute with the original file first.
-    smcroute = lab.spawn(
-        lab.router,
-        "smcrouted",
-        "-n",
-        "-N",
-        "-f",
-        str(original),
-        "-l",
-        "none",
-        "-u",
-        str(tmp_path / "smcroute.sock"),
-        "-P",
-        str(tmp_path / "smcroute.pid"),
-    )
-    deadline = time.monotonic() + 10
-    while not (tmp_path / "smcroute.pid").exists():
-        assert smcroute.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    by_smcroute = {g: received(lab, g) for g in ("239.7.7.1", "239.7.7.2")}
-    lab.stop(smcroute)
+    with smcrouted(lab, original, tmp_path, "-N"):
+        by_smcroute = {g: received(lab, g) for g in ("239.7.7.1", "239.7.7.2")}
 
     write_imported(daemon, original)
     daemon.start()

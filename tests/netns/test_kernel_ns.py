@@ -188,3 +188,127 @@ def test_single_route_ops_write_what_a_run_of_them_writes(netns: str) -> None:
         "6/254": [True, 3],
         "refused": ["MRT_ADD_MFC", 0],
     }
+
+
+def test_a_table_kept_by_one_kernel_is_adopted_by_the_next_and_others_released(netns: str) -> None:
+    out = run_py(
+        netns,
+        """
+        import os
+        class Keeper:  # systemd's fd store: a duplicate of each fd kept, by name
+            def __init__(self):
+                self.held, self.log = [], []
+            def keep(self, name, fd):
+                self.held.append((name, os.dup(fd)))
+                self.log.append(["keep", name])
+                return True
+            def drop(self, name):
+                self.log.append(["drop", name])
+                for n, fd in self.held:
+                    if n == name:
+                        os.close(fd)
+                self.held = [(n, fd) for n, fd in self.held if n != name]
+        veth = ["ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"]
+        subprocess.run(veth, check=True)
+        subprocess.run(["ip", "link", "set", "d0", "up"], check=True)
+        d0 = socket.if_nametoindex("d0")
+        keeper, out = Keeper(), {}
+        k = Kernel([4, 6], keeper=keeper)
+        k.apply([AddVif(4, 0, "r0", r0, 1, 253), AddVif(4, 1, "r1", r1, 1, 253),
+                 AddMfc(4, "198.18.0.2", "239.5.0.1", 0, ((1, 1),), 253),
+                 AddVif(6, 0, "r0", r0, 1, 254), AddVif(6, 1, "r1", r1, 1, 254),
+                 AddMfc(6, "2001:db8::2", "ff3e::5:1", 0, ((1, 1),), 254),
+                 AddVif(4, 0, "r0", r0, 1, 100)])
+        k.close_table(4, 100)
+        out["first"] = keeper.log
+        k.close()  # stored: no MRT_DONE, the keeper's copies hold the tables
+        out["after_close"] = [mroute("-4"), mroute("-6")]
+        plain = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        passed = [(os.dup(plain.fileno()), "mrt4-100"), (os.dup(udp.fileno()), "mrt4-253"),
+                  (os.dup(udp.fileno()), "unknown")]
+        passed += [(os.dup(fd), name) for name, fd in keeper.held]
+        keeper.log = []
+        k2 = Kernel([4], keeper=keeper, passed=passed)  # IPv6 disabled now
+        out["second"] = keeper.log
+        out["adopted"] = k2.adopted
+        out["kept"] = sorted(k2.sockets[(4, 253)].kept.items())
+        out["v6_released"] = mroute("-6")
+        # The VIF on its device stays (no EADDRINUSE), the one at 1 is replaced by d0.
+        k2.apply([AddVif(4, 0, "r0", r0, 1, 253), AddVif(4, 1, "d0", d0, 1, 253),
+                  AddMfc(4, "198.18.0.2", "239.5.0.1", 0, ((1, 1),), 253)])
+        out["vifs"] = {i: v.device for i, v in k2.observe(4, 253, entries=False).vifs.items()}
+        out["entry"] = mroute("-4")
+        k2.close()
+        out["after_k2"] = mroute("-4")
+        for _, fd in keeper.held:
+            os.close(fd)
+        out["after_store"] = mroute("-4")
+        out["r"] = [r0, r1]
+        """,
+    )
+    r0, r1 = out["r"]
+    assert out["first"] == [
+        ["keep", "mrt4-253"],
+        ["keep", "mrt6-254"],
+        ["keep", "mrt4-100"],
+        ["drop", "mrt4-100"],
+    ]
+    assert "239.5.0.1" in out["after_close"][0] and "ff3e::5:1" in out["after_close"][1]
+    # The plain raw socket owns no table, the UDP one is no raw socket, "unknown" is no name
+    # of mfcd's, IPv6 is disabled: each released (dropped); mrt4-253 adopted, kept again
+    # as the UDP socket's drop took its name out of the store.
+    assert out["second"] == [
+        ["drop", "mrt4-100"],
+        ["drop", "mrt4-253"],
+        ["drop", "unknown"],
+        ["drop", "mrt6-254"],
+        ["keep", "mrt4-253"],
+    ]
+    assert out["adopted"] == [[4, 253]]
+    assert out["kept"] == [[0, r0], [1, r1]]
+    assert out["v6_released"].strip() == ""  # MRT_DONE on the released IPv6 table
+    assert out["vifs"] == {"0": "r0", "1": "d0"}
+    assert "239.5.0.1" in out["entry"]
+    assert "239.5.0.1" in out["after_k2"]  # k2 stored it too: its close leaves the table
+    assert out["after_store"].strip() == ""  # the store's close, the last: flushed
+
+
+def test_an_adopted_ipv6_table_other_than_the_default_gets_its_mifs_added_again(netns: str) -> None:
+    # The kernel names no device for such a MIF: it cannot be kept, so it is deleted and
+    # added again (the entries through it then written again, as the restore does).
+    out = run_py(
+        netns,
+        """
+        import os
+        class Keeper:
+            held = {}
+            def keep(self, name, fd):
+                self.held[name] = os.dup(fd)
+                return True
+            def drop(self, name):
+                os.close(self.held.pop(name))
+        keeper, out = Keeper(), {}
+        k = Kernel([6], keeper=keeper)
+        k.apply([AddVif(6, 0, "r0", r0, 1, 200), AddVif(6, 1, "r1", r1, 1, 200),
+                 AddMfc(6, "2001:db8::2", "ff3e::5:1", 0, ((1, 1),), 200)])
+        k.close()
+        k2 = Kernel([6], keeper=keeper, passed=[(os.dup(fd), n) for n, fd in keeper.held.items()])
+        out["adopted"] = k2.adopted
+        out["kept"] = sorted(k2.sockets[(6, 200)].kept.items())
+        k2.apply([AddVif(6, 0, "r0", r0, 1, 200), AddVif(6, 1, "r1", r1, 1, 200),
+                  AddMfc(6, "2001:db8::2", "ff3e::5:1", 0, ((1, 1),), 200)])
+        out["mifs"] = sorted(k2.observe(6, 200, entries=False).vifs)
+        out["entry"] = mroute("-6", "table", "200")
+        k2.close_table(6, 200)
+        out["held"] = sorted(keeper.held)
+        k2.close()
+        for fd in keeper.held.values():
+            os.close(fd)
+        """,
+    )
+    assert out["adopted"] == [[6, 254], [6, 200]] or out["adopted"] == [[6, 200], [6, 254]]
+    assert out["kept"] == [[0, None], [1, None]]
+    assert out["mifs"] == [0, 1]
+    assert "ff3e::5:1" in out["entry"] and "r1" in out["entry"]
+    assert out["held"] == ["mrt6-254"]  # close_table dropped mrt6-200 from the store

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab.netns import TRAFFIC, Lab
-from tests.netns.conftest import Mfcd, route_args
+from tests.netns.conftest import BIN, Mfcd, route_args, running, smcrouted
 
 GROUPS = {4: "239.1.7.1", 6: "ff3e::7:1"}
 UNROUTED = {4: "239.1.7.9", 6: "ff3e::7:9"}  # no route in any table
@@ -64,6 +65,16 @@ def upcalls(mfcd: Mfcd) -> int:
 def mroute_table(lab: Lab, family: int, table: str) -> str:
     shown = lab.exec(lab.router, "ip", f"-{family}", "mroute", "show", "table", table)
     return shown.stdout
+
+
+def both_tables_to_r3(lab: Lab, mfcd: Mfcd) -> None:
+    """IPv4: r1's traffic steered to table 100 (`ip mrule`), r0's to the default table; a
+    route in each, both out of r3 (a VIF of both tables)."""
+    group = GROUPS[4]
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    first, second = SOURCES[4]
+    mfcd.ok(*route_args(first, group, "r0", "r3"))
+    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
 
 
 @pytest.mark.lab(receivers=3)
@@ -131,11 +142,8 @@ def test_each_table_forwards_the_traffic_its_rule_steers_to_it(
 def test_an_interface_recreated_comes_back_in_every_table_it_is_a_vif_of(
     lab: Lab, mfcd: Mfcd
 ) -> None:
-    family, group = 4, GROUPS[4]
-    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
-    first, second = SOURCES[family]
-    mfcd.ok(*route_args(first, group, "r0", "r3"))  # r3 is a VIF in both tables
-    mfcd.ok(*route_args(second, group, "r1", "r3"), "--table", TABLE)
+    family = 4
+    both_tables_to_r3(lab, mfcd)
     assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
     lab.del_router_link("r3")
     routes = mfcd.show()["routes"]
@@ -311,3 +319,98 @@ def test_a_batch_table_puts_the_lines_that_name_none_in_it(
     assert f"({second},{group})" in in_100 and f"({first}," not in in_100
     assert send_and_count(lab, family, 1) == [0, 5]  # r1's traffic: table 100, out of r3
     assert send_and_count(lab, family, 0) == [5, 0]  # r0's: the default table, out of r2
+
+
+@pytest.mark.lab(receivers=3)
+def test_a_threshold_of_one_table_stops_only_that_tables_traffic(lab: Lab, mfcd: Mfcd) -> None:
+    """`vif set r3 --threshold 8 --table 100`: table 100's traffic (r1's, by the rule) with
+    the lab's TTL of 8 no longer leaves r3, the default table's (r0's) still does."""
+    family = 4
+    both_tables_to_r3(lab, mfcd)
+
+    def forwarded() -> tuple[list[int], list[int]]:
+        return send_and_count(lab, family, 0), send_and_count(lab, family, 1)
+
+    assert forwarded() == ([0, 5], [0, 5])
+    mfcd.ok("vif", "set", "r3", "--threshold", "8", "--table", TABLE)
+    assert forwarded() == ([0, 5], [0, 0])  # TTL 8 is not above table 100's threshold
+    assert "r3(ttl 8)" in mroute_table(lab, family, TABLE)
+    assert "ttl" not in mroute_table(lab, family, "default")
+    settings = json.loads(mfcd.ok("vif", "show", "-o", "json"))["settings"]
+    assert settings == [
+        {"interface": "r3", "table": 100, "threshold": 8, "threshold_origin": "api"}
+    ]
+    # Kept across a restart, in that table only.
+    mfcd.stop()
+    mfcd.start()
+    assert forwarded() == ([0, 5], [0, 0])
+    # The every-table threshold leaves table 100's own alone; 1 there is a setting too.
+    mfcd.ok("vif", "set", "r3", "--threshold", "8")
+    mfcd.ok("vif", "set", "r3", "--threshold", "1", "--table", TABLE)
+    assert forwarded() == ([0, 0], [0, 5])
+    # `default` with --table removes table 100's own: the every-table 8 applies there too.
+    mfcd.ok("vif", "set", "r3", "--threshold", "default", "--table", TABLE)
+    assert forwarded() == ([0, 0], [0, 0])
+    # mrdisc is per interface: refused with a table, and nothing changes.
+    refused = mfcd.ctl("vif", "set", "r3", "--mrdisc", "--table", TABLE, "-o", "json")
+    assert refused.returncode != 0
+    assert json.loads(refused.stdout)["error"]["code"] == "invalid_argument"
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert mfcd.ok("sync", "--dry-run", "-o", "json").count('"action"') == 0
+
+
+@pytest.mark.lab(receivers=3)
+def test_a_declared_threshold_of_one_table_applies_there_and_a_reload_removes_it(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    family = 4
+    both_tables_to_r3(lab, mfcd)
+    settings = mfcd.config_file.read_text()
+    declared = f'\n[[interface]]\nname = "r3"\ntable = {TABLE}\nthreshold = 8\n'
+    mfcd.config_file.write_text(settings + declared)
+    assert "1 threshold changed" in mfcd.ok("reload")
+    assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 0])
+    shown = json.loads(mfcd.ok("vif", "show", "-o", "json"))["settings"]
+    assert shown == [
+        {"interface": "r3", "table": 100, "threshold": 8, "threshold_origin": "config"}
+    ]
+    text = mfcd.ok("vif", "show").splitlines()
+    assert text[-1].split() == ["r3", "100", "8", "-", "config"]
+    refused = mfcd.ctl("vif", "set", "r3", "--threshold", "2", "--table", TABLE)
+    assert refused.returncode != 0 and "declared in" in refused.stderr
+    mfcd.config_file.write_text(settings)
+    mfcd.ok("reload")
+    assert (send_and_count(lab, family, 0), send_and_count(lab, family, 1)) == ([0, 5], [0, 5])
+
+
+# An smcroute.conf for `smcrouted -t 100`: r1's traffic, which the rule steers to table 100,
+# out of r2 and r3, with a threshold on r3 that the lab's TTL of 8 does not pass.
+SMCROUTE_TABLE_100 = f"""phyint r3 ttl-threshold 8
+mroute from r1 source {SOURCES[4][1]} group {GROUPS[4]} to r2 r3
+"""
+
+
+@pytest.mark.lab(receivers=3)
+def test_an_imported_smcroute_table_keeps_its_threshold_in_that_table(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """`import-smcroute --table 100` of a file `smcrouted -t 100` ran: its ttl-threshold
+    stops table 100's traffic out of r3 as smcrouted's did, and no other table's."""
+    lab.ip(lab.router, "-4", "mrule", "add", "iif", "r1", "lookup", TABLE)
+    original = tmp_path / "smcroute.conf"
+    original.write_text(SMCROUTE_TABLE_100)
+    with smcrouted(lab, original, tmp_path, "-t", TABLE):
+        by_smcroute = send_and_count(lab, 4, 1)
+    converted = subprocess.run(
+        [str(BIN / "mfcctl"), "import-smcroute", "--table", TABLE, str(original)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (converted.returncode, converted.stderr) == (0, "")  # (no warning any more)
+    with running(Mfcd(lab, tmp_path, config=converted.stdout)) as mfcd:
+        mfcd.ok(*route_args(SOURCES[4][0], GROUPS[4], "r0", "r3"))  # the default table
+        by_mfcd = send_and_count(lab, 4, 1)
+        assert by_smcroute == by_mfcd == [5, 0]
+        assert send_and_count(lab, 4, 0) == [0, 5]  # r3's threshold is table 100's only

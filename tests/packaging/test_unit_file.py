@@ -88,6 +88,15 @@ def test_fixed_decisions() -> None:
     assert unit["WantedBy"] == ["multi-user.target"]
 
 
+def test_the_fd_store_keeps_tables_across_a_restart_but_not_a_stop() -> None:
+    # mfcd stores one socket per family and table in use (docs/operations.md); without a
+    # store systemd closes them at once and a restart flushes the tables as before.
+    unit = directives()
+    assert int(unit["FileDescriptorStoreMax"][0]) >= 16
+    # Kept across a stop, the tables would forward after `systemctl stop`.
+    assert unit.get("FileDescriptorStorePreserve", ["no"]) == ["no"]
+
+
 def test_host_network_and_identity_stay_real() -> None:
     # The daemon programs the host's multicast routing: its own netns, user namespace or a
     # dynamic uid (the CLI's socket access goes by the static group mfc) would break it.

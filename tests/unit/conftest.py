@@ -63,7 +63,9 @@ class FakeKernel:
     fails as in Linux.  `fail_at=n` makes the n-th operation applied fail once; `refuse`
     makes every operation equal to one of its members fail (a run's routes count one each).
     Upcalls put in `upcalls` are returned by the next events().  Every table exists, as
-    the real Kernel opens one when an operation first names it.
+    the real Kernel opens one when an operation first names it, but those in `owned`:
+    another multicast router owns them, and every operation naming one is refused as the
+    kernel refuses MRT_INIT then (EADDRINUSE, KernelError.table set).
     """
 
     def __init__(self, devices: set[int] | None = None, fail_at: int | None = None) -> None:
@@ -78,6 +80,7 @@ class FakeKernel:
         self.observed: list[tuple[int, int, bool]] = []  # observe() calls
         self.upcalls: list[Upcall] = []
         self.runs: list[int] = []  # the routes of each run applied (runs are applied whole)
+        self.owned: set[tuple[int, int]] = set()  # (family, table) another router owns
 
     def apply(self, ops: Sequence[KernelOp]) -> None:
         """A run (AddMfcRun, DelMfcRun) is one operation per route, as in Linux: `fail_at`
@@ -105,6 +108,16 @@ class FakeKernel:
         self.calls += 1
         if self.calls == self.fail_at or op in self.refuse:
             raise KernelError("injected failure", type(op).__name__, errno.ENOBUFS)
+        if (op.family, op.table) in self.owned:
+            fam = "IPv4" if op.family == 4 else "IPv6"
+            e = KernelError(
+                f"another multicast router already owns {fam} multicast routing table"
+                f" {op.table} (smcroute, ...): stop it first or use another table",
+                "MRT_INIT",
+                errno.EADDRINUSE,
+            )
+            e.table = (op.family, op.table)
+            raise e
         # Every table exists (the real Kernel opens one when an operation first names it).
         match op:
             case AddVif(family, vifi, _, ifindex, _, table):
@@ -263,6 +276,7 @@ def observable(router: Router) -> dict[str, Any]:
             "waiting": router.waiting,
             "blocked": router.blocked,
             "thresholds": router.thresholds,
+            "table_thresholds": router.table_thresholds,
         }
     )
 

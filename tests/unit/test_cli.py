@@ -284,6 +284,23 @@ def test_vif_set_threshold_default_sends_the_default(daemon: FakeDaemon) -> None
     assert request["args"] == {"interface": "r1", "threshold": protocol.DEFAULT_THRESHOLD}
 
 
+@pytest.mark.parametrize(
+    ("options", "args"),
+    [
+        (["--threshold", "8", "--table", "100"], {"threshold": 8, "table": 100}),
+        (["--threshold", "default", "--table", "100"], {"threshold": "default", "table": 100}),
+        (["--table", "video", "--threshold", "1"], {"threshold": 1, "table": "video"}),
+    ],
+)
+def test_vif_set_table_sends_the_table(
+    daemon: FakeDaemon, options: list[str], args: dict[str, Any]
+) -> None:
+    assert run_cli("--socket", str(daemon.path), "vif", "set", "r1", *options) == (0, "", "")
+    daemon.close()
+    [request] = daemon.requests
+    assert request["args"] == {"interface": "r1", **args}
+
+
 def test_the_default_threshold_is_the_models() -> None:
     from mfcd import model  # noqa: PLC0415 (mfcctl itself must not import it)
 
@@ -862,6 +879,29 @@ def test_vif_show_text_lists_threshold_mrdisc_and_origin() -> None:
     ]
     empty = cli.format_vif_show({"vifs": [], "settings": []})
     assert empty.endswith("(none: every interface uses threshold 1, mrdisc off)")
+
+
+def test_a_reload_plan_names_the_table_of_a_threshold() -> None:
+    step = {"action": "threshold", "interface": "r1", "table": 100, "threshold": 6}
+    assert cli._reload_step(step) == "set threshold 6 on r1 in table 100"
+    assert cli._reload_step(dict(step, threshold=None)) == (
+        "set threshold default on r1 in table 100"
+    )
+
+
+def test_vif_show_text_gives_a_table_column_for_thresholds_of_one_table() -> None:
+    settings = [
+        {"interface": "a", "threshold": 3, "mrdisc": True, "threshold_origin": "api"}
+        | {"mrdisc_origin": "api"},
+        {"interface": "a", "table": 100, "threshold": 9, "threshold_origin": "config"},
+    ]
+    text = cli.format_vif_show({"vifs": [], "settings": settings})
+    assert [line.split() for line in text.splitlines()[3:]] == [
+        ["Interface", "settings", "(2)"],
+        ["INTERFACE", "TABLE", "THRESHOLD", "MRDISC", "ORIGIN"],
+        ["a", "all", "3", "on", "api"],
+        ["a", "100", "9", "-", "config"],
+    ]
 
 
 def test_a_leave_that_found_some_joins_left_says_which() -> None:

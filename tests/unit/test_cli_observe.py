@@ -218,6 +218,11 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
             "threshold 2 on r3 [config]",
         ),
         (
+            {"event": "threshold", "interface": "r3", "threshold": 8, "table": 100}
+            | {"origin": "api"},
+            "threshold 8 on r3 in table 100",
+        ),
+        (
             {"event": "mrdisc", "interface": "r3", "on": True, "origin": "api"},
             "mrdisc on for r3",
         ),

@@ -187,6 +187,27 @@ def test_ping_and_show(commands: Commands) -> None:
         ("vif.set", {"interface": "b", "threshold": True}, "invalid_argument", "threshold"),
         ("vif.set", {"interface": "b b", "threshold": 2}, "invalid_argument", "interface"),
         ("vif.set", {"interface": "b"}, "bad_request", "threshold"),
+        ("vif.set", {"interface": "b", "mrdisc": True, "table": 100}, "invalid_argument", "table"),
+        (
+            "vif.set",
+            {"interface": "b", "threshold": 5, "mrdisc": True, "table": 100},
+            "invalid_argument",
+            "table",
+        ),
+        ("vif.set", {"interface": "b", "threshold": 5, "table": 0}, "invalid_argument", "table"),
+        ("vif.set", {"interface": "b", "threshold": 5, "table": []}, "invalid_argument", "table"),
+        (
+            "vif.set",
+            {"interface": "b", "threshold": 0, "table": 9},
+            "invalid_argument",
+            "threshold",
+        ),
+        (
+            "vif.set",
+            {"interface": "b", "threshold": "x", "table": 9},
+            "invalid_argument",
+            "threshold",
+        ),
         ("batch", {"ops": "add"}, "bad_request", "ops"),
         ("batch", {"ops": [["add"]]}, "bad_request", None),
         ("batch", {"ops": [dict(ROUTE, op="replace")]}, "bad_request", "op"),
@@ -585,6 +606,39 @@ def test_vif_set_to_the_default_clears_the_setting_and_is_journaled_as_that(
     assert ask(commands, "vif.show", {})["result"]["settings"] == []
 
 
+def test_a_threshold_of_one_table_is_shown_journaled_and_removed_alone(
+    commands: Commands,
+) -> None:
+    in_100 = dict(ROUTE, table=100)
+    assert ask(commands, "mfc.add", in_100)["ok"]
+    ask(commands, "vif.set", {"interface": "b", "threshold": 5})
+    result = ask(commands, "vif.set", {"interface": "b", "threshold": 9, "table": 100})["result"]
+    assert [step["action"] for step in result["plan"]] == ["reissue_mfc"]
+    kernel = commands.controller.kernel
+    assert isinstance(kernel, FakeKernel)
+    ttls = {key[3]: mfc.ttls for key, mfc in kernel.mfcs.items()}
+    assert ttls == {253: {1: 5}, 100: {1: 9}}
+    shown = ask(commands, "vif.show", {})["result"]
+    assert shown["settings"] == [
+        {"interface": "b", "threshold": 5, "mrdisc": False, "threshold_origin": "api"},
+        {"interface": "b", "table": 100, "threshold": 9, "threshold_origin": "api"},
+    ]
+    assert {(v["table"], v["interface"]): v["threshold"] for v in shown["vifs"]} == {
+        (253, "a"): 1,
+        (253, "b"): 5,
+        (100, "a"): 1,
+        (100, "b"): 9,
+    }
+    state = commands.controller.state
+    assert isinstance(state, FakeState)
+    assert state.records[-1] == [["threshold", "b", 9, 100]]
+    # `default` with a table removes that table's setting only: the every-table 5 again.
+    ask(commands, "vif.set", {"interface": "b", "threshold": "default", "table": 100})
+    assert state.records[-1] == [["threshold", "b", 0, 100]]
+    assert {key[3]: mfc.ttls for key, mfc in kernel.mfcs.items()} == {253: {1: 5}, 100: {1: 5}}
+    assert [s.get("table") for s in ask(commands, "vif.show", {})["result"]["settings"]] == [None]
+
+
 def test_vif_show_says_where_each_setting_comes_from_and_lists_mrdisc(
     commands: Commands,
 ) -> None:
@@ -796,6 +850,32 @@ def test_vif_set_of_a_missing_interface_says_so_and_applies_when_it_appears(
     assert kernel.mfcs[(4, "10.0.0.1", "239.1.1.1", 253)].ttls == {vif: 3}
 
 
+def test_vif_set_removing_a_setting_of_a_missing_interface_warns_of_nothing(
+    commands: Commands,
+) -> None:
+    for setting in ({"threshold": "default"}, {"mrdisc": False}):
+        result = ask(commands, "vif.set", {"interface": "r8", **setting})["result"]
+        assert "missing" not in result
+    result = ask(commands, "vif.set", {"interface": "r8", "threshold": 1, "table": 100})
+    assert result["result"]["missing"] == ["r8"]  # (one table's 1 is a setting: it wins there)
+
+
+def test_vif_set_of_a_threshold_warns_when_the_interface_carries_ipv6(
+    commands: Commands,
+) -> None:
+    assert "warnings" not in ask(commands, "vif.set", {"interface": "b", "threshold": 5})["result"]
+    v6 = {"source": "2001:db8::1", "group": "ff3e::1", "iif": "a", "oifs": ["b"]}
+    assert ask(commands, "mfc.add", v6)["ok"]
+    result = ask(commands, "vif.set", {"interface": "b", "threshold": 6})["result"]
+    assert result["warnings"] == [
+        "a threshold limits IPv4 only: b also forwards IPv6 routes (a VIF of IPv6 table 254),"
+        " which it does not limit"
+    ]
+    assert "warnings" not in ask(commands, "vif.set", {"interface": "b", "mrdisc": True})["result"]
+    removed = ask(commands, "vif.set", {"interface": "b", "threshold": "default"})["result"]
+    assert "warnings" not in removed
+
+
 def test_vif_show_gives_no_threshold_for_an_ipv6_vif_which_linux_ignores(
     commands: Commands,
 ) -> None:
@@ -835,6 +915,18 @@ def test_tell_gives_a_reloads_changes_their_origin_and_counts_what_no_buffer_hol
         ("threshold", "config"),
     ]
     assert told[3] == {"event": "gap", "time": told[3]["time"], "dropped": 100_000}
+
+
+def test_tell_gives_a_threshold_of_one_table_the_value_that_table_uses_now(
+    commands: Commands,
+) -> None:
+    bus = EventBus()
+    sub = bus.subscribe(lambda: None, limit=3)
+    router = commands.controller.router
+    router.thresholds["b"] = 5  # (the every-table one, which a removed table setting leaves)
+    tell(bus, router, [SetThreshold("b", 0, 100)], 1)
+    [event] = sub.take()
+    assert (event["table"], event["threshold"], event["origin"]) == (100, 5, "api")
 
 
 def test_not_found_says_which_other_table_holds_the_route_or_template(

@@ -303,6 +303,24 @@ def test_a_restart_while_the_iif_is_missing_gives_the_state_the_daemon_that_saw_
         assert k.forwarding(key) == (9, frozenset({(2, 1), (3, 1)}))
 
 
+@pytest.mark.parametrize("nth", [None, 1, 3])
+def test_a_restore_gives_each_table_its_own_threshold(nth: int | None) -> None:
+    """A state file's thresholds of one table (its snapshot's "table_thresholds") apply in
+    that table, all at once and one route at a time (a kernel refusal first) alike."""
+    in_100 = Route(4, "10.0.0.1", "239.1.1.1", "a", ("b",), 100)
+    loaded = Loaded(
+        routes={r.key: Ports(r.iif, r.oifs) for r in (r4(1, "a", "b"), in_100)},
+        thresholds={"b": 5},
+        table_thresholds={("b", 100): 9},
+    )
+    kernel = FakeKernel(fail_at=nth)
+    ctl = Controller(kernel, FakeState())
+    ctl.restore(loaded, LINKS)
+    assert (kernel.mfcs[r4(1, "a").key].ttls, kernel.mfcs[in_100.key].ttls) == ({1: 5}, {1: 9})
+    assert ctl.router.table_thresholds == {("b", 100): 9}
+    assert ctl.snapshot_extra()["table_thresholds"] == [["b", 100, 9]]
+
+
 @pytest.mark.parametrize("nth", range(1, 8))
 def test_restore_falls_back_to_one_route_at_a_time(nth: int, chunk: int) -> None:
     routes = (r4(1, "a", "b"), r4(2, "c", "d"), r4(3, "a", "b", "c"))

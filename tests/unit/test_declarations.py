@@ -335,6 +335,79 @@ def test_declared_routes_have_origin_config_and_stay_out_of_the_state_file() -> 
     assert ctl.router.thresholds == {}
 
 
+def test_a_declared_threshold_of_one_table_applies_there_and_goes_by_diff() -> None:
+    ctl = controller()
+    assert isinstance(ctl.kernel, FakeKernel)
+    in_100 = (4, "198.18.0.2", "239.1.1.1", 100)
+    ctl.change([AddRoute(in_100, Ports("a", ("b",)))])
+    text = route() + '[[interface]]\nname = "b"\ntable = 100\nthreshold = 6\n'
+    apply(ctl, text)
+    assert (ctl.kernel.mfcs[KEY].ttls, ctl.kernel.mfcs[in_100].ttls) == ({1: 1}, {1: 6})
+    declared_there = r"threshold of b in table 100 is declared in f\.conf:6"
+    with pytest.raises(DeclaredInConfig, match=declared_there):
+        ctl.change([SetThreshold("b", 9, 100)])
+    ctl.change([SetThreshold("b", 9)])  # (the every-table one is not declared: the api's)
+    assert (ctl.kernel.mfcs[KEY].ttls, ctl.kernel.mfcs[in_100].ttls) == ({1: 9}, {1: 6})
+    ctl.compact()  # the declared setting stays out of the state file
+    state = ctl.state
+    assert isinstance(state, FakeState)
+    assert ctl.snapshot_extra()["table_thresholds"] == []
+    apply(ctl, route())  # removed from the files: the table uses the every-table 9
+    assert ctl.kernel.mfcs[in_100].ttls == {1: 9}
+    assert ctl.router.table_thresholds == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            'name = "b"\ntable = 100\nmrdisc = true\nthreshold = 3\n',
+            "mrdisc is per interface, not per table",
+        ),
+        ('name = "b"\ntable = 100\n', "with a table sets its threshold there"),
+        ('name = "b"\ntable = 0\nthreshold = 3\n', "table 0 is out of range"),
+        (
+            'name = "b"\ntable = 100\nthreshold = 3\n\n[[interface]]\nname = "b"\n'
+            "table = 100\nthreshold = 4\n",
+            "interface b is declared twice for table 100 (also at f.conf:1)",
+        ),
+    ],
+)
+def test_a_bad_interface_of_one_table_is_a_problem(text: str, problem: str) -> None:
+    _, problems = parse("[[interface]]\n" + text)
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_drop_ins_merge_the_thresholds_of_one_table(tmp_path: Path) -> None:
+    main = tmp_path / "mfcd.conf"
+    main.write_text('[[interface]]\nname = "b"\ntable = 100\nthreshold = 4\n')
+    (tmp_path / "mfcd.d").mkdir()
+    (tmp_path / "mfcd.d" / "10.conf").write_text(
+        '[[interface]]\nname = "b"\ntable = 200\nthreshold = 5\n'
+    )
+    assert config.load_all(str(main))[1].table_thresholds() == {("b", 100): 4, ("b", 200): 5}
+    (tmp_path / "mfcd.d" / "20.conf").write_text(
+        '[[interface]]\nname = "b"\ntable = 100\nthreshold = 6\n'
+    )
+    with pytest.raises(Problems) as e:
+        config.load_all(str(main))
+    assert e.value.problems == [
+        f"{tmp_path}/mfcd.d/20.conf:1: interface: interface b is declared twice for table 100"
+        f" (also at {main}:1)"
+    ]
+
+
+def test_an_interface_has_one_setting_of_every_table_and_one_per_table() -> None:
+    declared, problems = parse(
+        '[[interface]]\nname = "b"\nthreshold = 3\nmrdisc = true\n\n'
+        '[[interface]]\nname = "b"\ntable = 100\nthreshold = 4\n\n'
+        '[[interface]]\nname = "b"\ntable = 200\nthreshold = 5\n'
+    )
+    assert problems == []
+    assert declared.thresholds() == {"b": 3}
+    assert declared.table_thresholds() == {("b", 100): 4, ("b", 200): 5}
+
+
 def test_a_runtime_change_to_a_declared_route_or_threshold_is_refused() -> None:
     ctl = controller()
     apply(ctl, route() + '[[interface]]\nname = "b"\nthreshold = 4\n')

@@ -213,6 +213,36 @@ def test_the_dry_run_plan_gives_thresholds_and_mrdisc_their_file_and_line() -> N
     assert steps["threshold"] == {"action": "threshold", "interface": "b", "threshold": 1}
 
 
+def test_the_dry_run_plan_names_the_table_of_a_threshold_and_its_place() -> None:
+    ctl = controller()
+    text = '[[interface]]\nname = "b"\ntable = 100\nthreshold = 9\n'
+    result = reload(ctl, text, dry_run=True)
+    assert result["plan"] == [
+        {"action": "threshold", "interface": "b", "table": 100, "threshold": 9, "where": "f.conf:1"}
+    ]
+    assert "  set threshold 9 on b in table 100  (f.conf:1)" in cli.format_reload(result)
+    reload(ctl, text)
+    assert ctl.router.table_thresholds == {("b", 100): 9}
+    result = reload(ctl, "", dry_run=True)
+    assert "  set threshold default on b in table 100" in cli.format_reload(result)
+
+
+def test_a_declared_threshold_of_one_table_takes_over_the_apis() -> None:
+    ctl = controller()
+    ctl.change([SetThreshold("b", 4, 100)])
+    text = '[[interface]]\nname = "b"\ntable = 100\nthreshold = 9\n'
+    result = reload(ctl, text, dry_run=True)
+    assert "  set threshold 9 on b in table 100 (replaces the api value 4)  (f.conf:1)" in (
+        cli.format_reload(result).splitlines()
+    )
+    assert (result["taken_over"], result["thresholds"]) == (1, 0)
+    reload(ctl, text)
+    state = ctl.state
+    assert isinstance(state, FakeState)
+    assert state.records[-1] == [["threshold", "b", 0, 100]]  # gone from the state file
+    assert ctl.router.table_thresholds == {("b", 100): 9}
+
+
 def test_show_lists_a_config_template_wildcard_iif_and_oifs_beside_what_they_match() -> None:
     ctl = controller()
     reload(ctl, '[[route]]\ngroup = "239.2.0.0/24"\niif = "vlan*"\noifs = ["b", "c+"]\n')

@@ -104,8 +104,19 @@ def test_no_route_suggests_the_interface_the_flow_arrives_on() -> None:
     [
         ("pending", "waiting for r9", "create r9"),
         ("degraded", "waiting for r2", "create r2 (or re-create it, if it went away)"),
-        ("pending", "no free VIF: all 32 are in use", "free a VIF"),
+        (
+            "pending",
+            "no free VIF: needs 1 new IPv4 VIF in table 253, 0 of the 32 are free",
+            "free a VIF",
+        ),
+        ("degraded", "no free VIF for d29, d30", "free a VIF"),
         ("pending", "kernel refused: EINVAL", "mfcctl sync"),
+        (
+            "pending",
+            "the kernel refused it (another multicast router already owns IPv4 multicast"
+            " routing table 100 (smcroute, ...): stop it first); mfcctl sync retries",
+            "stop the multicast router that owns the table",
+        ),
     ],
 )
 def test_a_route_not_installed_says_why(state: str, reason: str, words: str) -> None:

@@ -17,6 +17,35 @@ from mfcd.kernel import Kernel
 from tests.unit.conftest import FakeKernel
 
 
+def test_fdnames_say_family_and_table_and_nothing_else_parses() -> None:
+    for family, table in ((4, 253), (6, 254), (4, 100), (6, 0xFFFFFFFF)):
+        assert kernel.parse_fdname(kernel.fdname(family, table)) == (family, table)
+    assert kernel.fdname(4, 253) == "mrt4-253"
+    for name in (
+        "unknown",
+        "stored",
+        "mrt4",
+        "mrt4-",
+        "mrt5-253",
+        "mrt4-x",
+        "mrt4--1",
+        "mrt4-0253",
+        "mrt4-4294967296",
+        "mrt4-\uff12\uff15\uff13",  # (full-width digits: isdigit() is true)
+        "MRT4-253",
+        "mrt4-253-1",
+    ):
+        assert kernel.parse_fdname(name) is None, name
+
+
+def test_a_socket_that_is_not_a_raw_mroute_one_is_unfit() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        assert kernel.unfit(udp, 4, 253) == "not a raw IPv4 socket"
+        assert kernel.unfit(udp, 6, 254) == "not a raw IPv6 socket"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
+        assert kernel.unfit(unix, 4, 253) == "not a raw IPv4 socket"
+
+
 def test_vifctl_names_the_device_by_ifindex() -> None:
     data = kernel.pack_vifctl(3, 42, 5)
     assert uapi.VIFCTL.unpack(data) == (3, kernel.VIFF_USE_IFINDEX, 5, 0, 42, b"\0" * 4)

@@ -15,6 +15,7 @@ from mfcd.model import (
     DEFAULT_TABLE,
     DEFAULT_THRESHOLD,
     MAXVIFS,
+    NO_SETTING,
     AddMfc,
     AddVif,
     DelMfc,
@@ -108,6 +109,25 @@ def test_vifs_are_allocated_lowest_free_first() -> None:
         (1, "e"),
         (2, "b"),
     ]
+    check_invariants(router)
+
+
+def test_preferred_slots_number_vifs_as_a_table_taken_over_does() -> None:
+    # The previous mfcd's table: a at 2, b at 0, gone at 1 (no route names it any more).
+    router = router_with_links("a", "b", "c", "d")
+    router.prefer_slots(
+        {(4, 253, 2): "a", (4, 253, 0): "b", (4, 253, 1): "gone", (6, 254, 5): None}
+    )
+    steps = run(router, router.add_route, r4(1, "a", "b", "c"))
+    # c is new: the lowest index no other interface prefers (1 stays free for "gone").
+    assert vif_ops(steps, AddVif) == [(2, "a"), (0, "b"), (3, "c")]
+    # Once every free index but a preferred one is taken, that one is used all the same.
+    router.prefer_slots({(4, 253, i): f"x{i}" for i in range(32)})
+    assert vif_ops(run(router, router.add_route, r4(2, "a", "d")), AddVif) == [(1, "d")]
+    # Other tables and families are numbered as always.
+    assert vif_ops(run(router, router.add_route, r6(1, "b", "a")), AddVif) == [(0, "b"), (1, "a")]
+    router.prefer_slots({})
+    assert router.preferred == {}
     check_invariants(router)
 
 
@@ -470,6 +490,47 @@ def test_new_vifs_use_the_interface_threshold() -> None:
     assert steps[2].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 64),), 253)
 
 
+def test_a_threshold_of_one_table_wins_there_and_only_there() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.add_route, r4(1, "a", "b"))
+    in_100 = Route(4, "10.0.0.1", GROUP4, "a", ("b",), 100)
+    run(router, router.add_route, in_100)
+    run(router, router.set_threshold, "b", 5)  # every table: both entries rewritten
+    steps = run(router, router.set_threshold, "b", 9, 100)
+    assert [s.op for s in steps] == [AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 9),), 100)]
+    assert (router.threshold("b", 100), router.threshold("b", 253)) == (9, 5)
+    # The every-table setting changes the tables without one of their own only.
+    steps = run(router, router.set_threshold, "b", 7)
+    assert [s.op for s in steps] == [AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 7),), 253)]
+    # 1 in a table is a setting of its own (it wins over 7 there) ...
+    steps = run(router, router.set_threshold, "b", 1, 100)
+    assert [s.op for s in steps] == [AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1),), 100)]
+    assert router.table_thresholds == {("b", 100): 1}
+    # ... and removing it gives the table the every-table one back.
+    steps = run(router, router.set_threshold, "b", NO_SETTING, 100)
+    assert [s.op for s in steps] == [AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 7),), 100)]
+    assert router.table_thresholds == {}
+    assert run(router, router.set_threshold, "b", NO_SETTING, 100) == []
+
+
+def test_a_new_vif_of_a_table_uses_that_tables_threshold() -> None:
+    router = router_with_links("a", "b")
+    run(router, router.set_threshold, "b", 64, 100)
+    steps = run(router, router.add_route, Route(4, "10.0.0.1", GROUP4, "a", ("b",), 100))
+    assert steps[1].op == AddVif(4, 1, "b", 2, 64, 100)
+    assert steps[2].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 64),), 100)
+    steps = run(router, router.add_route, r4(1, "a", "b"))  # the default table: no setting
+    assert steps[2].op == AddMfc(4, "10.0.0.1", GROUP4, 0, ((1, 1),), 253)
+
+
+@pytest.mark.parametrize("ttl", [256, -1])
+def test_a_threshold_of_one_table_out_of_range_is_refused(ttl: int) -> None:
+    router = Router()
+    router.begin()
+    with pytest.raises(InvalidArgument):
+        router.set_threshold("a", ttl, 100)
+
+
 def test_changes_need_an_open_transaction() -> None:
     router = router_with_links("a")
     router.add_route(r4(1, "x", "a"))  # pending: no savepoint needed, recorded nowhere
@@ -535,7 +596,8 @@ def routes(draw: st.DrawFn) -> Route:
     names = draw(st.lists(st.sampled_from(NAMES), min_size=2, max_size=4, unique=True))
     source = draw(st.sampled_from(SOURCES[family]))
     group = draw(st.sampled_from(GROUPS[family]))
-    return Route(family, source, group, names[0], tuple(names[1:]), DEFAULT_TABLE[family])
+    table = draw(st.sampled_from((DEFAULT_TABLE[family], 100)))
+    return Route(family, source, group, names[0], tuple(names[1:]), table)
 
 
 Action = tuple[Any, ...]
@@ -543,6 +605,9 @@ route_changes = st.one_of(
     st.tuples(st.just("add"), routes()),
     st.tuples(st.just("del"), routes()),
     st.tuples(st.just("threshold"), st.sampled_from(NAMES), st.integers(1, 4)),
+    st.tuples(
+        st.just("threshold"), st.sampled_from(NAMES), st.integers(0, 3), st.sampled_from((100,))
+    ),
 )
 link_events = st.one_of(
     st.tuples(st.just("up"), st.sampled_from(NAMES), st.integers(1, 3)),
@@ -558,6 +623,8 @@ def perform(router: Router, action: Action) -> list[Step]:
             return router.del_route(route.key)
         case ("threshold", str(name), int(ttl)):
             return router.set_threshold(name, ttl)
+        case ("threshold", str(name), int(ttl), int(table)):  # (ttl 0: NO_SETTING)
+            return router.set_threshold(name, ttl, table)
         case ("up", str(name), int(ifindex)):
             return router.link_up(name, ifindex)
         case ("down", str(name), bool(dropped)):
@@ -631,15 +698,16 @@ class World:
         for key, entry in router.installed.items():
             route = router.routes[key]
             family = key[0]
-            assert kernel.mfcs[key].parent == vifi(router, route.iif, family)
+            table = key[3]
+            assert kernel.mfcs[key].parent == vifi(router, route.iif, family, table)
             oifs = frozenset(
-                (self.devices[n], router.threshold(n) if family == 4 else 0)
+                (self.devices[n], router.threshold(n, table) if family == 4 else 0)
                 for n in route.oifs
                 if n in self.devices
             )
             assert kernel.forwarding(key) == (self.devices.get(route.iif), oifs), route
             if family == 4:  # IPv6 entries have no TTLs (struct mf6cctl holds a MIF set)
-                ttls = {vifi(router, n): router.threshold(n) for n in route.oifs}
+                ttls = {vifi(router, n, 4, table): router.threshold(n, table) for n in route.oifs}
                 assert dict(entry.oifs) == ttls, f"the model's record of {route} is stale"
 
 

@@ -11,7 +11,18 @@ from dataclasses import dataclass
 
 import pytest
 
-from mfcd.notify import Sent, StatusReporter, notify, send, watchdog_interval
+from mfcd.notify import (
+    FdStore,
+    Sent,
+    StatusReporter,
+    fdstore_message,
+    fdstore_remove_message,
+    listen_fds,
+    notify,
+    send,
+    take_listen_fds,
+    watchdog_interval,
+)
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}, <linux/socket.h>
 
@@ -221,3 +232,90 @@ def test_nothing_is_sent_after_close(listener: NotifyListener) -> None:
         return first + _drain(listener.sock)
 
     assert asyncio.run(scenario()) == ["READY=1\nSTATUS=1 route"]
+
+
+# --- the file descriptor store ----------------------------------------------------------------
+
+
+def test_fd_store_messages() -> None:
+    assert fdstore_message("mrt4-253") == "FDSTORE=1\nFDNAME=mrt4-253\nFDPOLL=0"
+    assert fdstore_remove_message("mrt6-100") == "FDSTOREREMOVE=1\nFDNAME=mrt6-100"
+
+
+def test_a_stored_fd_travels_as_scm_rights_and_is_a_duplicate(listener: NotifyListener) -> None:
+    read, write = os.pipe()
+    try:
+        assert FdStore().keep("mrt4-253", write)
+        # Room for the credentials SO_PASSCRED adds too, as systemd reads them.
+        space = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(4 * 4)
+        data, ancdata, _flags, _addr = listener.sock.recvmsg(4096, space)
+        assert data.decode().split("\n") == ["FDSTORE=1", "FDNAME=mrt4-253", "FDPOLL=0"]
+        fds = [
+            fd
+            for level, kind, payload in ancdata
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+            for fd in struct.unpack(f"{len(payload) // 4}i", payload)
+        ]
+        assert len(fds) == 1 and fds[0] != write
+        os.write(fds[0], b"x")  # the same pipe: what goes in one comes out of the other
+        assert os.read(read, 1) == b"x"
+        os.close(fds[0])
+        FdStore().drop("mrt4-253")
+        assert listener.receive().lines == ["FDSTOREREMOVE=1", "FDNAME=mrt4-253"]
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_no_fd_store_without_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    read, write = os.pipe()
+    try:
+        assert not FdStore().keep("mrt4-253", write)
+        assert send("FDSTORE=1", [write]) is Sent.OFF
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, []),
+        (
+            {"LISTEN_PID": "42", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "mrt4-253:mrt6-254"},
+            [(3, "mrt4-253"), (4, "mrt6-254")],
+        ),
+        # Names missing (or none listed) are "unknown", as sd_listen_fds_with_names says.
+        (
+            {"LISTEN_PID": "42", "LISTEN_FDS": "3", "LISTEN_FDNAMES": "mrt4-253"},
+            [(3, "mrt4-253"), (4, "unknown"), (5, "unknown")],
+        ),
+        ({"LISTEN_PID": "42", "LISTEN_FDS": "1"}, [(3, "unknown")]),
+        ({"LISTEN_PID": "42", "LISTEN_FDS": "1", "LISTEN_FDNAMES": ""}, [(3, "unknown")]),
+        # An empty name stays empty (systemd never sends one; mfcd does not adopt it).
+        (
+            {"LISTEN_PID": "42", "LISTEN_FDS": "2", "LISTEN_FDNAMES": ":mrt4-100"},
+            [(3, ""), (4, "mrt4-100")],
+        ),
+        # Meant for another process (a parent's variables, inherited), or not a count.
+        ({"LISTEN_PID": "41", "LISTEN_FDS": "1", "LISTEN_FDNAMES": "mrt4-253"}, []),
+        ({"LISTEN_FDS": "1", "LISTEN_FDNAMES": "mrt4-253"}, []),
+        ({"LISTEN_PID": "42", "LISTEN_FDS": "x"}, []),
+        ({"LISTEN_PID": "42", "LISTEN_FDS": "0"}, []),
+        ({"LISTEN_PID": "42", "LISTEN_FDS": "-1"}, []),
+    ],
+)
+def test_listen_fds_are_read_as_sd_listen_fds_reads_them(
+    environ: dict[str, str], expected: list[tuple[int, str]]
+) -> None:
+    assert listen_fds(environ, 42) == expected
+
+
+def test_listen_fds_are_taken_once_and_not_inherited(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid() + 1))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    monkeypatch.setenv("LISTEN_FDNAMES", "mrt4-253")
+    assert take_listen_fds() == []  # another process's
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        assert name not in os.environ

@@ -233,6 +233,7 @@ def test_no_default_vifs_routes_only_the_enabled_interfaces(tmp_path: Path) -> N
     assert numbers(converted.problems) == [6, 8, 9]
     assert "iif r1: no phyint r1 enable line gives it a VIF (-N)" in converted.problems[0]
     assert "no oif has a VIF in smcroute" in converted.problems[2]
+    assert "smcroute installs the route with no oif" in converted.problems[2]
     assert numbers(converted.warnings) == [4, 5, 7]
     assert "oif r+ written as r2 r3" in converted.warnings[0]
     assert "oif r1 left out" in converted.warnings[1]
@@ -310,21 +311,30 @@ def test_the_cli_takes_no_default_vifs_as_smcrouted_takes_n(tmp_path: Path) -> N
         assert "warning: oif r+ written as r2" in err
 
 
-# --- TTL thresholds are per interface, in every table ------------------------------------------
+# --- TTL thresholds: smcrouted -t keeps them on its own table's VIFs -----------------------------
 
 
-def test_a_threshold_under_table_is_warned_about(tmp_path: Path) -> None:
-    text = "phyint r2 enable ttl-threshold 5\nphyint r3 mrdisc\n"
+def test_a_threshold_under_table_is_that_tables_own(tmp_path: Path) -> None:
+    text = "phyint r2 enable ttl-threshold 5\nphyint r3 mrdisc\nphyint r4 mrdisc ttl-threshold 7\n"
     converted = convert(tmp_path, text, table="100")
-    assert converted.problems == []
-    assert [w.split(": ", 1)[1] for w in converted.warnings] == [
-        "warning: mfcd applies r2's ttl-threshold in every table, not only in table 100 as"
-        " `smcrouted -t` did: a stream of another table with a TTL of 5 or less no longer"
-        " leaves r2 (mfcd --check-config reports another file's threshold for it as declared"
-        " twice)"
-    ]
-    assert loads(tmp_path, converted).interfaces["r2"].threshold == 5
-    assert convert(tmp_path, text).warnings == []  # the default table: smcroute's own VIFs
+    assert converted.problems == converted.warnings == []
+    declared = loads(tmp_path, converted)
+    assert declared.table_thresholds() == {("r2", 100): 5, ("r4", 100): 7}
+    assert declared.thresholds() == {}
+    assert declared.mrdisc() == {"r3": True, "r4": True}  # (mrdisc is the interface's)
+    assert 'name = "r2"\ntable = 100\nthreshold = 5\n' in converted.text
+    plain = convert(tmp_path, text)  # the default table: smcroute's own VIFs, every table
+    assert plain.warnings == [] and loads(tmp_path, plain).thresholds() == {"r2": 5, "r4": 7}
+
+
+def test_the_files_of_two_instances_keep_a_threshold_each(tmp_path: Path) -> None:
+    text = "phyint r2 enable ttl-threshold 5\n"
+    one = convert(tmp_path, text, table="100").text
+    two = convert(tmp_path, text.replace("5", "9"), table="200").text
+    out = tmp_path / "both.conf"  # (before: `declared twice`, the two in every table)
+    out.write_text(one + "\n" + two)
+    declared = config.load_all(str(out))[1]
+    assert declared.table_thresholds() == {("r2", 100): 5, ("r2", 200): 9}
 
 
 # --- wildcard joins ------------------------------------------------------------------------------

@@ -113,6 +113,44 @@ def test_round_trip(path: Path, journal: bytes) -> None:
     assert loaded.ops_since_snapshot == 3
 
 
+def test_thresholds_of_one_table_are_journaled_and_kept_by_a_snapshot(path: Path) -> None:
+    sf = StateFile(str(path))
+    sf.load()
+    sf.append([SetThreshold("eth0", 7, 100), SetThreshold("eth1", 4, 100)])
+    sf.append([SetThreshold("eth1", 0, 100), SetThreshold("eth0", 3)])  # (0: removed)
+    sf.close()
+    assert rec(3, ops=[["threshold", "eth1", 0, 100], ["threshold", "eth0", 3]]) in (
+        path.read_bytes() + b"\n"
+    )
+    sf, loaded = reload(path)
+    assert (loaded.table_thresholds, loaded.thresholds) == ({("eth0", 100): 7}, {"eth0": 3})
+    sf.write_snapshot([], {}, {"table_thresholds": [["eth0", 100, 7]]})
+    sf.close()
+    assert b'"table_thresholds":[["eth0",100,7]]' in path.read_bytes()
+    assert reload(path)[1].table_thresholds == {("eth0", 100): 7}
+
+
+def test_a_file_written_before_tables_had_thresholds_loads_unchanged(path: Path) -> None:
+    # The lines of an mfcd before per-table thresholds: a snapshot without
+    # "table_thresholds", a threshold op of three fields (every table).
+    path.write_bytes(
+        HEADER
+        + line(b'{"seq":1,"snapshot":{"routes":[],"thresholds":{"eth1":3},"count":0}}')
+        + line(b'{"seq":2,"ops":[["threshold","eth0",7]]}')
+    )
+    _, loaded = reload(path)
+    assert (loaded.thresholds, loaded.table_thresholds) == ({"eth1": 3, "eth0": 7}, {})
+
+
+@pytest.mark.parametrize(
+    "op",
+    [["threshold", "eth0", 7, 0], ["threshold", "eth0", 256, 100], ["threshold", "eth0", 7, "x"]],
+)
+def test_a_bad_threshold_of_one_table_is_corruption(path: Path, op: list[Any]) -> None:
+    data = HEADER + rec(1, snapshot={"routes": [], "thresholds": {}, "count": 0}) + rec(2, ops=[op])
+    assert "line 3 is corrupt" in refused(path, data)
+
+
 def test_snapshot_replaces_earlier_ops(path: Path, journal: bytes) -> None:
     sf, _ = reload(path)
     sf.write_snapshot([R2], {})
