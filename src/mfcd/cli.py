@@ -497,8 +497,8 @@ def _batch_command(sub: Any) -> None:
         description="Read `mfc add ...`, `mfc del ...`, `mfc oif add|del ...`, `join ...` and"
         " `leave ...` lines (the same options as on the command line; the leading `mfc` is"
         " optional; `#` starts a comment) from FILE, or stdin for `-`, and apply them all as"
-        " one all-or-nothing transaction. Prints how many routes were added and deleted (and"
-        " groups joined and left, if any line joins or leaves).",
+        " one all-or-nothing transaction. Prints how many routes (and templates, if any)"
+        " were added and deleted (and groups joined and left, if any line joins or leaves).",
     )
     batch.add_argument("file", metavar="FILE", help="batch file, or - for standard input")
     _table_option(
@@ -1454,6 +1454,9 @@ def format_event(event: dict[str, Any]) -> str:
     return f"{stamp} {kind} {text}".rstrip()
 
 
+_STATE_EVENTS = ("route.state", "template.state")  # (their state is told even when installed)
+
+
 def _route_event(kind: str, event: dict[str, Any]) -> str:
     """`ipv4 198.18.0.2 -> 239.1.1.1 iif r0 oifs r1,r2 table 100 (pending: why) [config]`:
     a route's, template's or learned entry's event."""
@@ -1468,7 +1471,7 @@ def _route_event(kind: str, event: dict[str, Any]) -> str:
         text += f" ({event['reason']})"
     if _other_table(event):
         text += f" table {event['table']}"
-    if kind == "route.state" or event.get("state", "installed") != "installed":
+    if kind in _STATE_EVENTS or event.get("state", "installed") != "installed":
         text += f" ({event['state']}{': ' + event['reason'] if event.get('reason') else ''})"
     if "was" in event:
         text += _replaced(event)
@@ -1607,7 +1610,8 @@ class Cli:
             warning = f"{_waiting(result)}: {_names(missing)} (yet); each {_then(result)} {they}"
         else:
             state = result.get("state", "pending")
-            warning = f"{_names(missing)} (yet); the route is {state} until {they}"
+            what = "template" if _names_template(self.args) else "route"
+            warning = f"{_names(missing)} (yet); the {what} is {state} until {they}"
         print(f"mfcctl: warning: {warning}", file=self.stderr)
 
     def _change_text(self, result: dict[str, Any]) -> str:
@@ -1618,7 +1622,7 @@ class Cli:
             text = _already_left(result)
             return f"{format_plan(result)}\n{text}" if self.args.verbose else text
         if "deleted" in result:  # a batch
-            summary = f"{result.get('added', 0)} added, {result['deleted']} deleted"
+            summary = f"{_of_which(result, 'added')}, {_of_which(result, 'deleted')}"
             if result.get("updated"):
                 summary += f", {result['updated']} updated"
             if "joined" in result:
@@ -1630,7 +1634,8 @@ class Cli:
             joins = f"{result['pending']} of {result['joins']} joins"
             return f"{joins} pending: {result.get('reason', '')}"
         if result.get("state") in ("pending", "degraded"):
-            return f"route {result['state']}: {result.get('reason', '')}"
+            what = "template" if _names_template(self.args) else "route"
+            return f"{what} {result['state']}: {result.get('reason', '')}"
         return ""
 
     def run(self) -> int:
@@ -1897,6 +1902,29 @@ def _waiting(batch: dict[str, Any]) -> str:
     return text
 
 
+def _names_template(args: Any) -> bool:
+    """Whether `mfc add` names a template (as mfcd.templates.is_template tells): no source,
+    a source of any, or a prefix shorter than an address on either side."""
+    source = getattr(args, "source", None)
+    if source is None or source in ("*", "0.0.0.0", "::"):
+        return True
+    for text in (source, getattr(args, "group", None) or ""):
+        _, slash, length = text.partition("/")
+        if slash and length != ("128" if ":" in text else "32"):
+            return True
+    return False
+
+
+def _of_which(batch: dict[str, Any], done: str) -> str:
+    """`6 added`, or with templates among them `4 routes and 2 templates added`."""
+    n, templates = batch.get(done, 0), batch.get(f"templates_{done}", 0)
+    if not templates:
+        return f"{n} {done}"
+    routes = n - templates
+    both = f"{routes} route{'s' if routes != 1 else ''} and " if routes else ""
+    return f"{both}{templates} template{'s' if templates != 1 else ''} {done}"
+
+
 def _then(batch: dict[str, Any]) -> str:
     """What becomes of a batch's waiting routes when their interfaces appear."""
     if not batch.get("degraded"):
@@ -1907,7 +1935,13 @@ def _then(batch: dict[str, Any]) -> str:
 
 
 def _names(interfaces: list[str], shown: int = 3) -> str:
-    """`interface r9 does not exist`, `interfaces r8, r9 do not exist`, at most `shown` named."""
+    """`interface r9 does not exist`, `interfaces r8, r9 do not exist`, at most `shown` named;
+    `no interface matches vlan*` for a wildcard (an oif that matches none is missing too)."""
+    wild = [n for n in interfaces if n.endswith(("*", "+"))]
+    if wild:
+        plain = [n for n in interfaces if n not in wild]
+        matches = f"no interface matches {', '.join(wild)}"
+        return f"{_names(plain, shown)} and {matches}" if plain else matches
     if len(interfaces) == 1:
         return f"interface {interfaces[0]} does not exist"
     names = ", ".join(interfaces[:shown])

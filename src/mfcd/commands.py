@@ -816,6 +816,7 @@ class Commands:
             updated=updated,
             joined=kinds[Join],
             left=kinds[Leave],
+            templates=(kinds[AddTemplate], kinds[DelTemplate]),
             pending=None if dry_run else self._pending(changes, runs),
         )
         result.update(counts)
@@ -828,7 +829,12 @@ class Commands:
         installed (pending: their iif, say) or installed without them (degraded), and which
         interfaces those are. A run's routes share their interfaces: looked at once a run."""
         router = self.controller.router
-        if not router.waiting and all(vif.ifindex is not None for vif in router.vifs.values()):
+        short = router.short  # (wildcard routes short of what they match: degraded too)
+        if (
+            not router.waiting
+            and not short
+            and all(vif.ifindex is not None for vif in router.vifs.values())
+        ):
             return 0, 0, []  # the common case, known without looking at 100,000 routes
         links, routes, installed = router.links, router.routes, router.installed
         missing_of: dict[int, tuple[str, ...]] = {}  # id(ports): its missing interfaces
@@ -854,6 +860,9 @@ class Commands:
         for change in _outside(changes, runs):
             if isinstance(change, AddRoute):
                 note((change.key,), change.ports)
+                if change.key in short and change.key not in waiting[0]:
+                    waiting[1].add(change.key)
+                    names.update(n for n in short[change.key] if is_wildcard(n))
         return len(waiting[0]), len(waiting[1]), sorted(names)
 
     def _op_changes(self, ops: Any, table: Any = None) -> tuple[list[Change], int, int]:
@@ -1090,11 +1099,13 @@ class Commands:
         )
         if templates:
             result["plan"] = templates + result.get("plan", [])
+        if not dry_run and "state" not in result:
+            result.update(_unmatched(self.controller.router, only))
         if plan and outcome.memberships:
             memberships = map(views.describe_membership, outcome.memberships)
             result.setdefault("plan", []).extend(memberships)
         if not dry_run:
-            note = _state_note(result)
+            note = _state_note(result, isinstance(only, AddTemplate))
             self._after_change(
                 changes, outcome, one_route, peer=peer, cmd=cmd, args=args, note=note, was=was
             )
@@ -1332,13 +1343,29 @@ def _added(router: Router, change: Change | None) -> RouteKey | TemplateKey | No
     return None
 
 
-def _state_note(result: dict[str, Any]) -> str:
+def _unmatched(router: Router, change: Change | None) -> dict[str, Any]:
+    """The state of a template added with wildcard oifs that match no interface (the model
+    holds none of it until one appears): pending, the wildcards named, so that a typo
+    such as `vlna*` is said at once; {} for any other change."""
+    if not isinstance(change, AddTemplate) or change.ports.__class__ is not Pattern:
+        return {}
+    if is_wildcard(change.key[4]) or change.key in router.templates:
+        return {}
+    unmatched = [n for n in change.ports.oifs if is_wildcard(n)]
+    return {
+        "state": "pending",
+        "reason": f"no interface matches {', '.join(unmatched)} yet",
+        "missing": unmatched,
+    }
+
+
+def _state_note(result: dict[str, Any], template: bool = False) -> str:
     """What a change's log line adds to its kernel operations: "; route STATE: REASON" for
-    a route it left other than installed, else nothing."""
+    a route (or template) it left other than installed, else nothing."""
     state = result.get("state", "installed")
     if state == "installed":
         return ""
-    return f"; route {state}: {result.get('reason', '')}"
+    return f"; {'template' if template else 'route'} {state}: {result.get('reason', '')}"
 
 
 _ONE_ROUTE = frozenset({"mfc.add", "mfc.del"})  # taken by Commands._one_route

@@ -351,6 +351,9 @@ class Controller:
         self.wild_routes: dict[RouteKey, Ports] = {}
         self.wild_templates: dict[TemplateKey, Ports] = {}
         self.wild_joins: dict[JoinKey, None] = {}  # joins on a wildcard interface
+        # Why each runtime wildcard that could not follow the interfaces last time failed
+        # (by what it is): told again only when that changes, not at every interface event.
+        self._follow_failed: dict[str, str] = {}
         # During the restore: the data plane's writer (see _restore_into), and the steps
         # handed to it that it has not said are in yet.
         self._later: LaterDataplane | None = None
@@ -1077,13 +1080,16 @@ class Controller:
         # (set now: a snapshot written during the change has them)
         self.wild_routes, self.wild_templates, self.wild_joins = routes, templates, joins
         try:
-            return self.change(applied, dry_run, keep_steps, numbered, journal=list(changes))
+            outcome = self.change(applied, dry_run, keep_steps, numbered, journal=list(changes))
         except BaseException:
             self.wild_routes, self.wild_templates, self.wild_joins = was
             raise
         finally:
             if dry_run:
                 self.wild_routes, self.wild_templates, self.wild_joins = was
+        if not dry_run:
+            self.note_short()
+        return outcome
 
     def _join_changes(
         self, change: Join | Leave, joins: dict[JoinKey, None], links: Iterable[str]
@@ -1186,14 +1192,44 @@ class Controller:
             if changes:
                 names = ",".join(k[0] for k in on) or "none"
                 todo.append((f"{describe_key(jkey)}: now on", names, changes))
+        failed: dict[str, str] = {}
         for what, now_text, changes in todo:
             try:
                 self.change(changes, keep_steps=False, journal=[])
             except MfcdError as e:
-                lines.append((False, f"{what} {now_text}, but {e}"))
+                line = failed[what] = f"{what} {now_text}, but {e}"
+                if self._follow_failed.get(what) != line:  # (told once, not at each event)
+                    lines.append((False, line))
                 continue
             lines.append((True, f"{what} {now_text}"))
+        self._follow_failed = failed
+        self.note_short()
         return lines
+
+    def note_short(self) -> None:
+        """Note in the model (Router.short) which wildcard routes and templates, the runtime
+        ones and the config files', do not reach every interface their wildcard oifs match
+        (the VIF table was full when they followed), or match none: degraded, those named,
+        rather than installed with no word of it."""
+        router = self.router
+        links = router.links
+        short: dict[PendingKey, tuple[str, ...]] = {}
+        patterns = dict(self.wild_routes)
+        patterns.update((key, self.declared.routes[key]) for key in self.declared.wild)
+        for key, ports in patterns.items():
+            held = router.routes.get(key)
+            if held is not None:
+                lacking = _lacking(ports, expand(ports, links), held, links)
+                if lacking:
+                    short[key] = lacking
+        for tkey, ports in self.wild_templates.items():
+            for k, now in self._template_expansion(tkey, ports, links).items():
+                held = router.templates.get(k)
+                if held is not None:
+                    lacking = _lacking(ports, now, held, links)
+                    if lacking:
+                        short[k] = lacking
+        router.short = short
 
     def _refuse_declared(self, changes: Sequence[Change], numbered: bool) -> None:
         """Refuse a runtime change to a route, template, join or interface setting the config
@@ -1314,6 +1350,7 @@ class Controller:
             self.declared = old
             raise
         self._drop_taken_patterns()
+        self.note_short()
         return outcome
 
     def _change_declared(
@@ -1454,6 +1491,7 @@ class Controller:
             yield from self._declared_slices(new, diff, outcome)
         finally:
             self.in_reload = False
+            self.note_short()
             # Files of many routes were read (their text, the declarations: some 10s of MiB
             # at 100,000) and what the reload replaced is freed: a bulk change's release.
             if len(new.routes) + len(diff.removed) > GROUP_MAX_CHANGES:
@@ -1714,8 +1752,12 @@ class Controller:
         if any(is_wildcard(j.interface) for j in declared.joins):
             changes += self._declared_joins(declared, journal)
         if not changes:
+            self.note_short()
             return None
-        return self.change(changes, keep_steps=True, origin="config", journal=journal)
+        try:
+            return self.change(changes, keep_steps=True, origin="config", journal=journal)
+        finally:
+            self.note_short()
 
     def persistent(self, copy: bool = True) -> tuple[dict[RouteKey, Ports], dict[str, int]]:
         """The routes and thresholds the state file holds: the "api" ones (the routes are
@@ -2586,3 +2628,17 @@ def _some(texts: Iterable[str], shown: int = 3) -> str:
     """The first few of the texts in order, and "..." if there are more: for a log line."""
     ordered = sorted(texts)
     return ", ".join(ordered[:shown]) + (", ..." if len(ordered) > shown else "")
+
+
+def _lacking(pattern: Ports, now: Ports, held: Ports, links: Iterable[str]) -> tuple[str, ...]:
+    """What a wildcard route or template (`pattern`, expanded to `now`) lacks as the model
+    holds it (`held`): the interfaces its wildcards match that it has no VIF for, then the
+    wildcards that match no interface (a missing oif of a kind: degraded, as a named one)."""
+    names = list(links)
+    without = [n for n in now.oifs if n not in held.oifs]
+    unmatched = [
+        n
+        for n in pattern.oifs
+        if is_wildcard(n) and not any(matches(n, m) and m != pattern.iif for m in names)
+    ]
+    return (*without, *unmatched)

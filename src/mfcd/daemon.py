@@ -66,6 +66,7 @@ from mfcd.model import (
     DelRoute,
     Ports,
     RouteKey,
+    RouteStatus,
     SetThreshold,
     Step,
     TableKey,
@@ -74,6 +75,7 @@ from mfcd.model import (
 from mfcd.server import Server, bind_control_socket, socket_permissions
 from mfcd.slices import Budget, run_sliced
 from mfcd.state import VERSION, Compaction, StateFile, route_columns
+from mfcd.templates import TemplateKey
 
 log = logging.getLogger("mfcd")
 
@@ -255,6 +257,8 @@ class Daemon:
         self._compacting: asyncio.Task[None] | None = None  # a snapshot written in a thread
         self._compact_called = False  # a _compact_soon waits in the loop's queue
         self._reissuing: asyncio.Task[None] | None = None  # entries written again in slices
+        # The last error of following the config files' wildcards: told again only if it changes.
+        self._follow_error: str | None = None
         self._rejoins = groups.Retries(REJOIN_MOST_TURNS)  # when refused joins are tried again
         # STATUS= at most once a second, never blocking: systemd's queue holds 10 datagrams.
         self.reporter = notify.StatusReporter(self.status)
@@ -720,8 +724,10 @@ class Daemon:
             gone = link.name if link.kind == "del" else None
             if gone is None and self.events.subscribers:
                 gone = renamed_from(router.links, link.name, link.ifindex)
+            was = self._template_states({link.name, gone}) if self.events.subscribers else {}
             steps = self.controller.link_event(link.kind, link.name, link.ifindex)
             self._tell_route_states(steps, gone)
+            self._tell_template_states(was)
             self.controller.link_admin(link.kind, link.name, link.up)
 
     def _sync_links(self, links: Iterable[LinkChange]) -> None:
@@ -760,6 +766,38 @@ class Daemon:
             keys += router.users({(vif.family, vif.table, vif.interface) for vif in vifs})
         self._tell_states(keys)
 
+    def _template_states(self, names: set[str | None]) -> dict[TemplateKey, RouteStatus]:
+        """The states of the templates naming one of these interfaces (a scan of the
+        templates: only while someone subscribes), before a link event changes them."""
+        router = self.controller.router
+        return {
+            key: router.status(key)
+            for key, ports in router.templates.items()
+            if not names.isdisjoint(ports.interfaces)
+        }
+
+    def _tell_template_states(self, was: dict[TemplateKey, RouteStatus]) -> None:
+        """Tell monitor subscribers each template a link event changed the state (or the
+        reason) of, as `route.state` tells routes."""
+        router = self.controller.router
+        for key, before in was.items():
+            if key not in router.templates:
+                continue
+            status = router.status(key)
+            if (status.state, status.reason) == (before.state, before.reason):
+                continue
+            family, source, group, table, iif = key
+            self.events.emit(
+                "template.state",
+                family=protocol.FAMILY_NAMES[family],
+                table=table,
+                source=source,
+                group=group,
+                iif=iif,
+                state=status.state,
+                reason=status.reason,
+            )
+
     def _tell_states(self, keys: list[RouteKey]) -> None:
         """Tell monitor subscribers the state of each of these routes (once each)."""
         if not self.events.subscribers:
@@ -783,8 +821,11 @@ class Daemon:
         try:
             outcome = self.controller.follow_wildcards()
         except MfcdError as e:
-            log.error("wildcard oifs: could not follow the interfaces: %s", e)
+            if str(e) != self._follow_error:  # (once, not at each event of a burst)
+                log.error("wildcard oifs: could not follow the interfaces: %s", e)
+            self._follow_error = str(e)
         else:
+            self._follow_error = None
             if outcome is not None:
                 steps = views.summarize(outcome.steps, 0.0)
                 log.info("wildcard oifs follow the interfaces: %s", steps)

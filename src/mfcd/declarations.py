@@ -37,7 +37,7 @@ import ipaddress
 import re
 import socket
 import tomllib
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, chain, islice, repeat
@@ -1395,17 +1395,23 @@ class Waiting(NamedTuple):
 
 
 def waiting(
-    combinations: Mapping[Ports, int], templates: Iterable[Template], links: Container[str]
+    combinations: Mapping[Ports, int], templates: Iterable[Template], links: Collection[str]
 ) -> Waiting:
     """Which of the declared routes (`combinations`: how many routes have each Ports, as
     Counter(Declarations.routes.values()) counts them, at C speed) and templates wait for
-    interfaces not in `links` (a wildcard waits for none: it names those that exist)."""
+    interfaces not in `links` (a wildcard oif waits for one it matches, when none exists:
+    a typo such as `vlna*` is seen; a wildcard iif waits for none)."""
     counts = [0, 0, 0, 0]  # pending, degraded, and of them the templates
     names: tuple[set[str], set[str]] = (set(), set())
     routes = ((ports, n, False) for ports, n in combinations.items())
     declared = chain(routes, ((Ports(t.iif, t.oifs), 1, True) for t in templates))
     for ports, n, template in declared:
         missing = [name for name in ports.interfaces if name not in links and not is_wildcard(name)]
+        missing += [
+            name
+            for name in ports.oifs
+            if is_wildcard(name) and not any(matches(name, m) and m != ports.iif for m in links)
+        ]
         if missing:
             kind = 0 if ports.iif in missing else 1
             counts[kind] += n

@@ -26,6 +26,7 @@ KINDS = (
     "route.state",  # an interface event installed a route, or left it pending or degraded
     "template.add",  # emitted by the templates code
     "template.del",
+    "template.state",  # an interface event changed a template's state (or its reason)
     "learned",  # an entry learned from traffic (a template matched an upcall)
     "expired",  # a learned entry removed for lack of traffic
     "threshold",  # vif.set

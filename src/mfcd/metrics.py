@@ -29,6 +29,9 @@ from mfcd.protocol import FAMILY_NAMES
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CHUNK = 500  # routes read and formatted between two turns of the event loop
 ROUTE_STATES = ("installed", "pending", "degraded")
+# The origins of templates and joins: never learned (only routes are), so no series that
+# could only be 0.
+DECLARED_ORIGINS = ("api", "config")
 # What happens to (S,G) entries learned from traffic, counted in Registry.entries.
 ENTRY_EVENTS = {
     "learned": "(S,G) entries learned from traffic.",
@@ -121,15 +124,15 @@ class Registry:
 
     Hooks for parts of mfcd that count things of their own: the learning of (S,G) entries
     adds to `entries` ("learned", "expired", "dropped"); templates and joins set
-    `templates` and `joins` to functions returning their current counts by origin (their
-    families are left out of the page while a hook is None).
+    `templates` and `joins` to functions returning their current counts, by (state,
+    origin) and by origin (their families are left out of the page while a hook is None).
     """
 
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command, result)
     request_seconds: dict[str, Histogram] = field(default_factory=dict)  # by command
     state_sync_seconds: Histogram = field(default_factory=lambda: Histogram(SYNC_BUCKETS))
     entries: Counter[str] = field(default_factory=Counter)
-    templates: Callable[[], Mapping[str, int]] | None = None
+    templates: Callable[[], Mapping[tuple[str, str], int]] | None = None  # (state, origin)
     joins: Callable[[], Mapping[str, int]] | None = None
     # Config files a start left out for errors (an unreadable drop-in directory: one), until
     # a reload applies them.
@@ -279,13 +282,19 @@ def route_counts(router: Router, gone: Counter[str] | None = None) -> Counter[tu
             where = states.of(key)
             counts[where, "api"] -= 1
             counts[where, origin] += 1
+    for short in router.short:  # (few: wildcard routes short of the interfaces they match)
+        if len(short) == 4 and short in routes and states.of(short) == "installed":
+            origin = router.origin(short)
+            counts["installed", origin] -= 1
+            counts["degraded", origin] += 1
     return counts
 
 
-def template_counts(router: Router) -> Counter[str]:
-    """Templates by origin (Router.template_origins holds those not from the API)."""
-    origin = router.template_origin
-    return Counter(origin(key) for key in router.templates)
+def template_counts(router: Router) -> Counter[tuple[str, str]]:
+    """Templates by (state, origin) (Router.template_origins holds those not from the
+    API): a template pending or degraded shows, as a route does in mfcd_routes."""
+    origin, status = router.template_origin, router.status
+    return Counter((status(key).state, origin(key)) for key in router.templates)
 
 
 def _routes_by_state(router: Router, registry: Registry, chunk: int) -> Iterator[str]:
@@ -301,30 +310,35 @@ def _routes_by_state(router: Router, registry: Registry, chunk: int) -> Iterator
         for start in range(0, len(keys), step):
             gone.update(map(states.installed_as, keys[start : start + step]))
             yield ""
-    counts = route_counts(router, gone)
-    out = family(
-        "mfcd_routes",
+    out = _by_state("mfcd_routes", "Routes", route_counts(router, gone), ORIGINS)
+    if registry.templates is not None:
+        templates = registry.templates()
+        out += _by_state("mfcd_templates", "Route templates", templates, DECLARED_ORIGINS)
+    if registry.joins is not None:
+        by_origin = registry.joins()
+        out += family(
+            "mfcd_joins",
+            "gauge",
+            "Group joins (IGMP/MLD memberships) by origin (api, config).",
+            [(labels([("origin", o)]), by_origin.get(o, 0)) for o in DECLARED_ORIGINS],
+        )
+    yield out
+
+
+def _by_state(
+    name: str, what: str, counts: Mapping[tuple[str, str], int], origins: tuple[str, ...]
+) -> str:
+    """A gauge family by state and origin (mfcd_routes, mfcd_templates), every pair listed."""
+    return family(
+        name,
         "gauge",
-        "Routes by state (installed, degraded, pending) and origin (api, config, learned).",
+        f"{what} by state ({', '.join(ROUTE_STATES)}) and origin ({', '.join(origins)}).",
         [
-            (labels([("state", state), ("origin", origin)]), counts[state, origin])
+            (labels([("state", state), ("origin", origin)]), counts.get((state, origin), 0))
             for state in ROUTE_STATES
-            for origin in ORIGINS
+            for origin in origins
         ],
     )
-    for name, hook, what in (
-        ("mfcd_templates", registry.templates, "Route templates by origin."),
-        ("mfcd_joins", registry.joins, "Group joins (IGMP/MLD memberships) by origin."),
-    ):
-        if hook is not None:
-            by_origin = hook()
-            out += family(
-                name,
-                "gauge",
-                what,
-                [(labels([("origin", o)]), by_origin.get(o, 0)) for o in ORIGINS],
-            )
-    yield out
 
 
 def _activity(src: Sources) -> str:

@@ -47,6 +47,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from functools import partial
 from itertools import repeat
 from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar
@@ -535,6 +536,11 @@ class Router:
         # sets it while it applies many intents at once and clears it after (an api change
         # then asks the kernel again, and is refused with the kernel's reason).
         self.unavailable: dict[TableKey, str] = {}
+        # Routes and templates whose wildcard oifs match interfaces they hold no VIF for
+        # (the VIF table was full when they followed), or match none: those names and
+        # patterns. Degraded, not installed (set by the controller as they follow: see
+        # Controller.note_short; not part of a transaction).
+        self.short: dict[PendingKey, tuple[str, ...]] = {}
         # Routes whose origin is not "api" (absent: "api"), see ORIGINS.
         self.origins: dict[RouteKey, str] = {}
         # Templates (mfcd.templates), and those holding VIFs on their interfaces: the kernel
@@ -733,6 +739,11 @@ class Router:
 
     def status(self, key: PendingKey) -> RouteStatus:
         """A route's or a template's state (a template is installed while it holds its VIFs)."""
+        if self.short and key in self.short:
+            return self._short_status(key, self.short[key])
+        return self._status(key)
+
+    def _status(self, key: PendingKey) -> RouteStatus:
         if len(key) == 5:
             return self._template_status(key)
         ports = self.routes[key]
@@ -750,7 +761,25 @@ class Router:
             return RouteStatus("installed", (), "")
         # (its iif gone while installed: pending, as a start without it makes it; the entry
         # the kernel keeps forwards nothing, and the iif's VIF number stays reserved)
-        return _not_installed(ports, missing, self.refused.get(key))
+        return _not_installed(
+            ports, missing, self.refused.get(key), partial(self._no_room, key[0], key[3], ports)
+        )
+
+    def _short_status(self, key: PendingKey, short: tuple[str, ...]) -> RouteStatus:
+        """The state of a route or template with wildcard oifs that do not all reach the
+        interfaces they match (see `short`): degraded, naming them, where it would be
+        installed (or degraded for a missing oif)."""
+        status = self._status(key)
+        if status.state == "pending":
+            return status
+        unmatched = [n for n in short if n.endswith(("*", "+"))]
+        without = [n for n in short if not n.endswith(("*", "+"))]
+        why = [status.reason] if status.reason else []
+        if without:
+            why.append("no free VIF for " + ", ".join(without))
+        if unmatched:
+            why.append("no interface matches " + ", ".join(unmatched) + " yet")
+        return RouteStatus("degraded", status.missing + tuple(unmatched), "; ".join(why))
 
     def state_with(self, ports: Ports) -> str:
         """The state a route of these interfaces has with the interfaces there are now:
@@ -857,15 +886,19 @@ class Router:
             return self.try_install(key) if key in self.refused else []
         else:
             self._forget_pending(key, old)
-        self._set_route(key, ports)
         links = self.links
         if ports.iif not in links:
+            # A route that could not get its VIFs now is refused, as with its interfaces
+            # there (a restore's or an interface event's may still end up blocked).
+            held = old.interfaces if old is not None and key in self.installed else ()
+            self._check_room(key[0], key[3], ports, frozenset(held))
+            self._set_route(key, ports)
             steps = self._uninstall(key, old) if old is not None else []
             self._wait(key, [n for n in ports.interfaces if n not in links])
             return steps
-        for name in ports.oifs:
-            if name not in links:  # degraded from the start: a full VIF table leaves it
-                return self._install_or_block(key, ports, old)  # pending, as a restart would
+        self._set_route(key, ports)
+        # (a missing oif's VIF is reserved: a route that cannot have them all is refused,
+        # as one whose oifs all exist is; only a restore or an interface event blocks)
         return self._install(key, ports, old)
 
     def add_direct(self, key: RouteKey, ports: Ports, steps: list[Step]) -> bool:
@@ -1389,10 +1422,12 @@ class Router:
         missing oif's is reserved, as for a route); with `block`, a full VIF table leaves
         it pending (blocked) instead of raising VifLimit."""
         links = self.links
+        family, table = key[0], key[3]
         if ports.iif not in links:
+            if not block:  # (refused if it could not get its VIFs now, as with its iif there)
+                self._check_room(family, table, ports)
             self._wait(key, [n for n in ports.interfaces if n not in links])
             return []
-        family, table = key[0], key[3]
         refused = self._refused_table(key)
         if refused is not None:
             self._set(self.refused, key, refused)
@@ -1431,7 +1466,9 @@ class Router:
             if missing:
                 return RouteStatus("degraded", missing, "waiting for " + ", ".join(missing))
             return RouteStatus("installed", (), "")
-        return _not_installed(ports, missing, self.refused.get(key))
+        return _not_installed(
+            ports, missing, self.refused.get(key), partial(self._no_room, key[0], key[3], ports)
+        )
 
     # --- interface events ------------------------------------------------------------------------
 
@@ -1743,7 +1780,7 @@ class Router:
         if len(new) <= free:
             return
         fam = family_text(family)
-        where = "" if table == DEFAULT_TABLE[family] else f" of table {table}"
+        where = f" of table {table}"  # (always: the limit is per table)
         names = ", ".join(new[:4]) + (f" and {len(new) - 4} more" if len(new) > 4 else "")
         taken = self._taken_in_transaction(slots)
         earlier = f"; earlier routes of this batch or reload took {taken}" if taken else ""
@@ -1751,6 +1788,18 @@ class Router:
             f"cannot add {len(new)} new {fam} VIF{'s' if len(new) > 1 else ''} ({names}):"
             f" only {free} of the {MAXVIFS} VIFs{where} are free{earlier}; delete routes on"
             " interfaces you no longer need first"
+        )
+
+    def _no_room(self, family: int, table: int, ports: Ports) -> str:
+        """Why a route or template whose iif exists is pending (blocked): the VIFs it needs
+        that the table has no free index for."""
+        new = [n for n in dict.fromkeys(ports.interfaces) if (family, table, n) not in self.vifs]
+        slots = self.slots.get((family, table))
+        free = MAXVIFS if slots is None else slots.count(None)
+        plural = "s" if len(new) != 1 else ""
+        return (
+            f"no free VIF: needs {len(new)} new {family_text(family)} VIF{plural} in table"
+            f" {table}, {free} of the {MAXVIFS} are free"
         )
 
     def _taken_in_transaction(self, slots: list[str | None] | None) -> int:
@@ -1800,7 +1849,7 @@ class Router:
             vifi = self._free_slot(family, table, name, slots)
         except ValueError:
             fam = family_text(family)
-            where = "" if table == DEFAULT_TABLE[family] else f" of table {table}"
+            where = f" of table {table}"
             raise VifLimit(
                 f"cannot add {fam} VIF for {name}: all {MAXVIFS} VIFs{where} are in use;"
                 " delete routes on other interfaces first"
@@ -1853,13 +1902,16 @@ class Router:
         return steps
 
 
-def _not_installed(ports: Ports, missing: tuple[str, ...], refused: str | None) -> RouteStatus:
-    """The state of a route or template that is not installed: pending, and why."""
+def _not_installed(
+    ports: Ports, missing: tuple[str, ...], refused: str | None, no_room: Callable[[], str]
+) -> RouteStatus:
+    """The state of a route or template that is not installed: pending, and why
+    (`no_room`: why it is blocked, asked only when that is the reason)."""
     if missing and ports.iif in missing:
         return RouteStatus("pending", missing, "waiting for " + ", ".join(missing))
     if refused is not None:
         return RouteStatus("pending", missing, refused)
-    return RouteStatus("pending", missing, f"no free VIF: all {MAXVIFS} are in use")
+    return RouteStatus("pending", missing, no_room())
 
 
 def tables_hint(family: int, what: str, tables: Iterable[int]) -> str:

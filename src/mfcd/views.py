@@ -231,18 +231,23 @@ def batch_counts(
     updated: int,
     joined: int,
     left: int,
+    templates: tuple[int, int] = (0, 0),
     pending: tuple[int, int, list[str]] | None,
 ) -> dict[str, Any]:
     """What a batch of `changes` did, beside change_result's: routes added (the changes that
     are not deletes, updates, joins or leaves), deleted and updated, the joins and leaves
     when it had any, and (`pending`: unless a dry run) how many of its routes wait for
     missing interfaces, not installed (pending) or installed without them (degraded), and
-    which interfaces those are."""
+    which interfaces those are. `templates`: how many of those added and deleted are
+    templates (`templates_added`, `templates_deleted` when there are any: "6 added" for 4
+    routes and 2 templates misled)."""
     out: dict[str, Any] = {
         "added": changes - deleted - updated - joined - left,
         "deleted": deleted,
         "updated": updated,
     }
+    if templates[0] or templates[1]:
+        out.update(templates_added=templates[0], templates_deleted=templates[1])
     if joined or left:
         out.update(joined=joined, left=left)
     if pending is not None:

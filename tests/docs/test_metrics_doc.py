@@ -78,7 +78,7 @@ def test_the_example_alert_rules_pass_promtool_and_fire_as_described(tmp_path: P
 
 # An idle route (stuck at 10 packets) and a busy one, added at minute 0; a pending route
 # from minute 0. The idle one alerts once it has been installed and idle for 5 minutes,
-# the busy one never; the pending one after 10 minutes.
+# the busy one never; the pending one after 10 minutes, as a degraded template does.
 _IDLE = 'source="198.18.0.2",group="239.1.1.1",iif="r0",table="253",family="ipv4"'
 _BUSY = 'source="198.18.0.2",group="239.1.1.2",iif="r0",table="253",family="ipv4"'
 _JOB = 'instance="r1:10040",job="mfcd"'
@@ -96,6 +96,8 @@ tests:
         values: '2x20'
       - series: 'mfcd_metrics_route_series_omitted{{{_JOB}}}'
         values: '0x20'
+      - series: 'mfcd_templates{{state="degraded",origin="config",{_JOB}}}'
+        values: '1x20'
     alert_rule_test:
       - eval_time: 4m
         alertname: MulticastRouteWithoutTraffic
@@ -131,4 +133,14 @@ tests:
       - eval_time: 11m
         alertname: MulticastRouteSeriesOmitted
         exp_alerts: []
+      - eval_time: 11m
+        alertname: MulticastTemplatesNotInstalled
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              instance: r1:10040
+              state: degraded
+            exp_annotations:
+              summary: "1 templates degraded for 10 minutes"
+              description: "mfcctl show says which interfaces they wait for."
 """

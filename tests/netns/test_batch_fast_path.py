@@ -70,7 +70,7 @@ def test_a_batch_with_one_refused_route_leaves_nothing(lab: Lab, mfcd: Mfcd) -> 
     result = mfcd.ctl("batch", "-", stdin=BATCH + refused)
     assert result.returncode != 0
     assert (
-        "stdin:2002: cannot add 1 new IPv4 VIF (d30): only 0 of the 32 VIFs are free"
+        "stdin:2002: cannot add 1 new IPv4 VIF (d30): only 0 of the 32 VIFs of table 253 are free"
         in result.stderr
     ), result.stderr
     assert before == [0, 0, 0]

@@ -56,6 +56,30 @@ def test_a_route_naming_a_missing_iif_is_pending_until_it_appears(
     assert len(kernel_tables.mfc(lab, family)) == 1
 
 
+def test_a_route_that_could_not_get_vifs_for_its_missing_oifs_is_refused(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    """Trial 14 F8: 4 VIFs in use, a route naming 29 interfaces that do not exist was
+    accepted ("route pending: no free VIF: all 32 are in use"; "pending until they
+    appear"); refused with vif_limit as with its interfaces there, and nothing changes."""
+    mfcd.ok(*route_args("198.18.0.2", "239.65.0.1", "r0", "r1,r2,r3"))  # 4 VIFs
+    vifs = kernel_tables.vifs(lab, 4)
+    missing = ",".join(f"w{i}" for i in range(29))
+    refused = mfcd.ctl(*route_args("198.18.0.2", "239.65.0.2", "r0", missing))
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.startswith(
+        "mfcctl: cannot add 29 new IPv4 VIFs (w0, w1, w2, w3 and 25 more): only 28 of the"
+        " 32 VIFs of table 253 are free"
+    ), refused.stderr
+    assert "239.65.0.2" not in mfcd.ok("show")
+    assert kernel_tables.vifs(lab, 4) == vifs
+    # 28 fit: accepted, degraded, their VIF numbers reserved (the kernel has none yet).
+    out = mfcd.ok(*route_args("198.18.0.2", "239.65.0.3", "r0", ",".join(missing.split(",")[:28])))
+    assert out.startswith("route degraded: waiting for w0, w1")
+    assert kernel_tables.vifs(lab, 4) == vifs
+
+
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_restart_while_an_oif_is_deleted_keeps_forwarding_to_the_others(
     lab: Lab, mfcd: Mfcd, family: int

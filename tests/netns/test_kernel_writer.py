@@ -302,8 +302,8 @@ def test_a_long_batch_refused_at_its_end_leaves_nothing(lab: Lab, mfcd: Mfcd) ->
     result = mfcd.ctl("batch", "-", stdin=long_batch(n, refused))
     assert result.returncode != 0
     assert (
-        f"stdin:{n + 2}: cannot add 1 new IPv4 VIF (d30): only 0 of the 32 VIFs are free"
-        in result.stderr
+        f"stdin:{n + 2}: cannot add 1 new IPv4 VIF (d30):"
+        " only 0 of the 32 VIFs of table 253 are free" in result.stderr
     ), result.stderr
     assert mroute_cache(lab, 4) == []
     assert mfcd.show()["routes"] == []

@@ -240,7 +240,7 @@ def test_learned_and_expired_entries_are_counted_after_real_traffic(
 
     before = values()
     assert before["mfcd_learned_entries_total"] == "0"
-    assert before['mfcd_templates{origin="api"}'] == "1"
+    assert before['mfcd_templates{state="installed",origin="api"}'] == "1"
     assert lab.probe(GROUP)[lab.rx[0]] == 5  # from a source no route names
     learned = values()
     assert learned["mfcd_learned_entries_total"] == "1"

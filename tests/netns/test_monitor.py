@@ -237,6 +237,34 @@ def test_a_renamed_interface_is_told_as_deleted_and_its_routes_degraded(
     assert lab.probe("239.1.1.4")[lab.rx[1]] == 5
 
 
+def test_a_template_whose_oif_is_renamed_away_is_told_degraded_and_back(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    """Trial 14 F10: routes had `route.state`, templates nothing: a template degraded by a
+    rename (and whole again) was seen only in `show`."""
+    group = "239.7.0.0/16"
+    mfcd.ok("mfc", "add", "--group", group, "--iif", "r0", "--oifs", "r1,r2")
+    mfcd.ok("mfc", "add", "--group", "239.8.0.0/16", "--iif", "r0", "--oifs", "r3")
+    monitor = Monitor(mfcd)
+    try:
+        for args in (("r2", "down"), ("r2", "name", "r7")):
+            lab.ip(lab.router, "link", "set", *args)
+        renamed = monitor.until("template.state", group=group)
+        for args in (("r7", "name", "r2"), ("r2", "up")):
+            lab.ip(lab.router, "link", "set", *args)
+        back = monitor.until("template.state", group=group, state="installed")
+    finally:
+        monitor.close()
+    state = renamed[-1]
+    assert (state["state"], state["reason"], state["iif"]) == ("degraded", "waiting for r2", "r0")
+    assert cli.format_event(state).split(" ", 1)[1] == (
+        f"template.state ipv4 * -> {group} iif r0 (degraded: waiting for r2)"
+    )
+    told = [e["group"] for e in renamed + back if e["event"] == "template.state"]
+    assert told == [group, group]  # (the template on r3 was not touched: not told)
+    assert lab.probe("239.7.1.1")[lab.rx[1]] == 5  # learned, and forwarded out of r2 again
+
+
 def test_a_subscriber_that_stops_reading_holds_nobody_up_and_sees_the_gap(mfcd: Mfcd) -> None:
     slow = Subscriber(mfcd.socket, rcvbuf=4096)
     try:

@@ -143,7 +143,7 @@ def test_a_33rd_interface_rolls_back_the_whole_request(lab: Lab, mfcd: Mfcd) -> 
     result = mfcd.ctl("batch", "-", stdin=batch)
     assert (
         result.returncode == 1
-        and "stdin:2: cannot add 1 new IPv4 VIF (r3): only 0 of the 32 VIFs are free"
+        and "stdin:2: cannot add 1 new IPv4 VIF (r3): only 0 of the 32 VIFs of table 253 are free"
         in result.stderr
     )
 

@@ -142,3 +142,30 @@ def test_a_join_on_a_wildcard_interface_follows_vlans_in_the_kernel(lab: Lab, mf
     assert group in memberships(lab, "vlan1", 4) and group in memberships(lab, "vlan2", 4)
     mfcd.ok("leave", "--interface", "vlan*", "--group", group)
     assert groups(mfcd) == [] and group not in memberships(lab, "vlan1", 4)
+
+
+def test_a_wildcard_that_matches_nothing_or_lacks_vifs_is_degraded_and_says_why(
+    lab: Lab, mfcd: Mfcd
+) -> None:
+    """Trial 14 F9: `--oifs 'd+'` before any d* existed was `installed` with no oif and no
+    warning; an interface it matched when the VIF table was full was left out with only
+    a log line (at each interface event), the route still `installed`."""
+    # 32 VIFs: r0..r3 and 28 reserved for interfaces that do not exist.
+    missing = ",".join(f"w{i}" for i in range(28))
+    mfcd.ok(*route_args(SOURCE, "239.6.1.1", "r0", f"r1,r2,r3,{missing}"))
+    added = mfcd.ctl(*route_args(SOURCE, GROUP, "r0", "d+"))
+    assert added.returncode == 0
+    assert added.stdout == "route degraded: no interface matches d+ yet\n"
+    assert added.stderr == (
+        "mfcctl: warning: no interface matches d+ (yet); the route is degraded until it appears\n"
+    )
+    # d0 appears, but every VIF is taken: left out, and said so.
+    lab.ip(lab.router, "link", "add", "d0", "type", "veth", "peer", "name", "e0")
+    lab.ip(lab.router, "link", "set", "d0", "up")
+    wait_for(lambda: route(mfcd)["reason"] == "no free VIF for d0", mfcd)
+    assert (route(mfcd)["state"], route(mfcd)["oifs"]) == ("degraded", [])
+    # VIFs freed: the next interface event catches up.
+    mfcd.ok("mfc", "del", "--source", SOURCE, "--group", "239.6.1.1")
+    lab.ip(lab.router, "link", "add", "d1", "type", "veth", "peer", "name", "e1")
+    wait_for(lambda: route(mfcd)["state"] == "installed", mfcd)
+    assert route(mfcd)["oifs"] == ["d0", "d1"]

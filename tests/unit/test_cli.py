@@ -181,6 +181,51 @@ def test_a_change_prints_mfcds_warnings_on_stderr(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("words", "missing", "out", "warning"),
+    [
+        (  # trial 14 F16: a template is called one
+            ["mfc", "add", "--group", "239.63.0.0/16", "--iif", "r7", "--oifs", "r2"],
+            ["r7"],
+            "template pending: waiting for r7\n",
+            "interface r7 does not exist (yet); the template is pending until it appears",
+        ),
+        (  # trial 14 F9: a wildcard that matches nothing
+            [*ADD, "d+"],
+            ["d+"],
+            "route pending: waiting for r7\n",
+            "no interface matches d+ (yet); the route is pending until it appears",
+        ),
+    ],
+)
+def test_the_warning_names_a_template_and_a_wildcard_as_what_they_are(
+    tmp_path: Path, words: list[str], missing: list[str], out: str, warning: str
+) -> None:
+    result = {"dry_run": False, "state": "pending", "reason": "waiting for r7", "missing": missing}
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    status, printed, err = run_cli("--socket", str(fake.path), *words)
+    fake.close()
+    assert (status, printed, err) == (0, out, f"mfcctl: warning: {warning}\n")
+
+
+def test_a_batch_of_routes_and_templates_counts_each(tmp_path: Path) -> None:
+    """Trial 14 F16: 4 routes and 2 templates were "6 added"."""
+    result = {"dry_run": False, "changes": 7, "added": 6, "deleted": 1, "updated": 0}
+    result.update(templates_added=2, templates_deleted=1)
+    status, out, _ = batch_answered(tmp_path, result)
+    assert (status, out) == (0, "4 routes and 2 templates added, 1 template deleted\n")
+
+
+def batch_answered(tmp_path: Path, result: dict[str, Any]) -> tuple[int, str, str]:
+    """What `mfcctl batch` prints when mfcd answers with `result`."""
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
+    batch = tmp_path / "routes.batch"
+    batch.write_text("mfc del --source 10.0.0.1 --group 239.1.1.1\n")
+    answered = run_cli("--socket", str(fake.path), "batch", str(batch))
+    fake.close()
+    return answered
+
+
+@pytest.mark.parametrize(
     ("pending", "degraded", "warning"),
     [
         (
@@ -234,11 +279,7 @@ def test_a_batch_prints_a_summary_and_warns_about_its_pending_routes(tmp_path: P
         "pending": 7,
         "missing": ["r1", "r2", "r3", "r4", "r5"],
     }
-    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": result})
-    batch = tmp_path / "routes.batch"
-    batch.write_text("mfc del --source 10.0.0.1 --group 239.1.1.1\n")
-    status, out, err = run_cli("--socket", str(fake.path), "batch", str(batch))
-    fake.close()
+    status, out, err = batch_answered(tmp_path, result)
     assert (status, out) == (0, "10000 added, 2 deleted, 1 updated\n")
     assert err == (
         "mfcctl: warning: 7 routes are pending: interfaces r1, r2, r3 and 2 more do not exist"

@@ -137,6 +137,19 @@ def test_diagnose_sends_its_arguments_and_fails_with_status_8(diagnosed: FakeDae
             "route.state ipv4 198.18.0.2 -> 239.1.1.1 (degraded: waiting for r2)",
         ),
         (
+            {
+                "event": "template.state",
+                "family": "ipv4",
+                "table": 253,
+                "source": "*",
+                "group": "239.2.0.0/24",
+                "iif": "r1",
+                "state": "installed",
+                "reason": "",
+            },
+            "template.state ipv4 * -> 239.2.0.0/24 iif r1 (installed)",
+        ),
+        (
             {"event": "link", "action": "del", "interface": "r3", "ifindex": 9, "up": False},
             "link del r3 (ifindex 9)",
         ),

@@ -1057,3 +1057,17 @@ def test_a_route_or_template_in_a_table_its_iifs_traffic_does_not_reach_is_warne
     assert read == [4]
     ops = [{"op": "add", "source": "10.0.0.9", "group": "239.8.0.1", "iif": "c", "oifs": ["b"]}]
     assert ask(commands, "batch", {"ops": ops})["result"]["warnings"][0].startswith(steered)
+
+
+def test_a_batch_counts_the_templates_among_what_it_added_and_deleted() -> None:
+    """Trial 14 F16: a batch of 4 routes and 2 templates said "6 added"."""
+    commands = make_commands()
+    ops: list[dict[str, Any]] = [
+        {"op": "add", "source": f"10.0.0.{n}", "group": "239.5.5.5", "iif": "a", "oifs": ["b"]}
+        for n in range(4)
+    ]
+    ops += [{"op": "add", "group": f"239.{n}.0.0/16", "iif": "a", "oifs": ["c"]} for n in (7, 8)]
+    result = ask(commands, "batch", {"ops": ops})["result"]
+    assert (result["added"], result["templates_added"], result["templates_deleted"]) == (6, 2, 0)
+    result = ask(commands, "batch", {"ops": ops[:4]})["result"]  # (routes alone: as before)
+    assert "templates_added" not in result

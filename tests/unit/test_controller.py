@@ -403,10 +403,9 @@ def test_failed_compaction_does_not_fail_a_change_already_made(ctl: Controller) 
 def test_blocked_route_is_installed_when_a_vif_index_is_freed(present: bool) -> None:
     names = [f"e{i}" for i in range(MAXVIFS)]
     ctl = controller_with(*names)
-    big, small, blocked = r4(1, "e0", *names[1:-1]), r4(2, "e0", "e31"), r4(3, "e0", "x")
-    ctl.change(
-        [AddRoute.of(big), AddRoute.of(small), AddRoute.of(blocked)]
-    )  # 32 VIFs; `blocked` waits
+    big, small, blocked = r4(1, "e0", *names[1:-1]), r4(2, "e0", "e31"), r4(3, "x", "e1")
+    ctl.change([AddRoute.of(blocked)])  # pending for its iif (a VIF table that could hold it)
+    ctl.change([AddRoute.of(big), AddRoute.of(small)])  # 32 VIFs; `blocked` waits
     ctl.link_up("x", 99)
     assert "no free VIF" in ctl.router.status(blocked.key).reason
     if not present:  # deleted: the kernel drops its VIF; index 31 stays reserved for `small`

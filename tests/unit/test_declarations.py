@@ -20,7 +20,7 @@ from mfcd.commands import Commands, Peer
 from mfcd.controller import Controller
 from mfcd.daemon import Daemon, _log_left_out
 from mfcd.declarations import Declarations, Problems, diff
-from mfcd.errors import DeclaredInConfig
+from mfcd.errors import DeclaredInConfig, VifLimit
 from mfcd.model import AddRoute, DelRoute, Ports, SetThreshold
 from mfcd.wildcards import expand, matches
 from tests.unit.conftest import FakeKernel, FakeState
@@ -885,7 +885,7 @@ def test_thousands_of_any_source_templates_are_checked_without_comparing_every_p
 
 def test_waiting_counts_the_routes_and_templates_that_wait_and_for_what() -> None:
     """Pending: the iif is missing (its missing oifs named too); degraded: an oif only. A
-    wildcard waits for nothing (it names the interfaces that exist)."""
+    wildcard oif waits only while it matches no interface."""
     declared, problems = parse(
         route("239.1.1.1", '"b", "x"').replace('iif = "a"', 'iif = "y"')
         + route("239.1.1.2", '"b", "x"')
@@ -898,12 +898,23 @@ def test_waiting_counts_the_routes_and_templates_that_wait_and_for_what() -> Non
     combinations = Counter(declared.routes.values())
     waiting = declarations.waiting(combinations, declared.templates, {"a", "b"})
     # Of them templates (a warning names them apart): 239.4.0.0/24 pending, 239.2.0.0/24 degraded.
-    assert waiting == declarations.Waiting(2, 2, ["x", "y"], ["x", "z"], 1, 1)
-    assert waiting.missing == ["x", "y", "z"]
-    every = {"a", "b", "x", "y", "z"}
+    # (239.1.1.3: vlan* matches no interface, degraded)
+    assert waiting == declarations.Waiting(2, 3, ["x", "y"], ["vlan*", "x", "z"], 1, 1)
+    assert waiting.missing == ["vlan*", "x", "y", "z"]
+    every = {"a", "b", "x", "y", "z", "vlan1"}
     assert declarations.waiting(combinations, declared.templates, every) == (0, 0, [], [], 0, 0)
     # Routes that share their interfaces are counted as many as they are.
     assert declarations.waiting({Ports("y", ("b",)): 7}, [], {"b"}) == (7, 0, ["y"], [], 0, 0)
+    # A wildcard oif that matches no interface (its iif aside) waits for one (trial 14 F9).
+    typo = {Ports("a", ("b", "vlna*")): 1, Ports("vlan1", ("vlan*",)): 1}
+    assert declarations.waiting(typo, [], {"a", "b", "vlan1"}) == (
+        0,
+        2,
+        [],
+        ["vlan*", "vlna*"],
+        0,
+        0,
+    )
 
 
 def start_files(tmp_path: Path, main_text: str, **drop_ins: str) -> Path:
@@ -1032,3 +1043,20 @@ def test_a_drop_in_directory_left_out_is_named_as_a_directory_not_counted_as_a_f
     assert f"config: left out {main}, the drop-in directory {directory} (on_config_error" in (
         caplog.text
     )
+
+
+def test_a_reload_of_a_route_that_could_never_get_its_vifs_is_refused() -> None:
+    """Trial 14 F8: a config route naming 29 interfaces that do not exist, in a table with
+    4 VIFs in use, was applied ("1 route is degraded") and left pending with "all 32 are in
+    use"; with the interfaces there the same file was refused. Now refused either way."""
+    ctl = controller()
+    for ifindex, name in enumerate(("c", "d"), 10):
+        ctl.link_up(name, ifindex)
+    ctl.change([AddRoute((4, "198.18.0.2", "239.9.9.9", 253), Ports("a", ("b", "c", "d")))])
+    before = dict(ctl.router.routes)
+    names = ", ".join(f'"w{i}"' for i in range(29))
+    new, problems = parse(route("239.1.1.2", names))
+    assert problems == []  # (30 names in the file: the api route's VIFs are not its own)
+    with pytest.raises(VifLimit, match=r"cannot add 29 new IPv4 VIFs.*only 28 of the 32 VIFs of"):
+        ctl.apply_declared(new, diff(ctl.declared, new))
+    assert dict(ctl.router.routes) == before and ctl.router.blocked == {}

@@ -104,7 +104,12 @@ def test_no_route_suggests_the_interface_the_flow_arrives_on() -> None:
     [
         ("pending", "waiting for r9", "create r9"),
         ("degraded", "waiting for r2", "create r2 (or re-create it, if it went away)"),
-        ("pending", "no free VIF: all 32 are in use", "free a VIF"),
+        (
+            "pending",
+            "no free VIF: needs 1 new IPv4 VIF in table 253, 0 of the 32 are free",
+            "free a VIF",
+        ),
+        ("degraded", "no free VIF for d29, d30", "free a VIF"),
         ("pending", "kernel refused: EINVAL", "mfcctl sync"),
         (
             "pending",

@@ -92,7 +92,7 @@ def test_metrics_count_learned_expired_and_dropped_entries_and_templates() -> No
     assert samples(text, "mfcd_dropped_entries_total") == {"": "1"}
     assert samples(text, "mfcd_expired_entries_total") == {"": "0"}
     assert samples(text, "mfcd_routes")['{state="installed",origin="learned"}'] == "2"
-    assert samples(text, "mfcd_templates")['{origin="api"}'] == "1"
+    assert samples(text, "mfcd_templates")['{state="installed",origin="api"}'] == "1"
     for _ in range(40):
         learner.tick()
         clock.now += learner.interval

@@ -26,7 +26,7 @@ from mfcd.dataplane import SgCounters, VifCounters
 from mfcd.errors import ConfigError
 from mfcd.metrics import Histogram, Registry, Sources
 from mfcd.metrics_server import HttpError, MetricsServer, Request, parse_head, read_process
-from mfcd.model import AddRoute, DelRoute, Route
+from mfcd.model import AddRoute, AddTemplate, DelRoute, Ports, Route
 from tests.unit.test_controller import LINKS, controller_with, r4
 
 
@@ -210,16 +210,19 @@ def test_requests_are_counted_by_command_and_result_with_their_latency(ctl: Cont
 def test_hooks_of_other_parts_appear_only_once_set(ctl: Controller) -> None:
     registry = Registry()
     assert "mfcd_templates" not in page(ctl, registry=registry)
-    registry.templates = lambda: {"config": 2}
+    registry.templates = lambda: {("installed", "config"): 2, ("pending", "api"): 1}
     registry.joins = lambda: {"api": 1}
     registry.entries["learned"] += 5
     text = page(ctl, registry=registry)
+    # (by state, as mfcd_routes; never learned: templates and joins cannot be, trial 14 F10)
     assert samples(text, "mfcd_templates") == {
-        '{origin="api"}': "0",
-        '{origin="config"}': "2",
-        '{origin="learned"}': "0",
+        f'{{state="{state}",origin="{origin}"}}': str(
+            {("installed", "config"): 2, ("pending", "api"): 1}.get((state, origin), 0)
+        )
+        for state in ("installed", "pending", "degraded")
+        for origin in ("api", "config")
     }
-    assert samples(text, "mfcd_joins")['{origin="api"}'] == "1"
+    assert samples(text, "mfcd_joins") == {'{origin="api"}': "1", '{origin="config"}': "0"}
     assert samples(text, "mfcd_learned_entries_total") == {"": "5"}
     assert samples(text, "mfcd_upcalls_total")['{kind="nocache"}'] == "4"
 
@@ -248,6 +251,26 @@ def test_process_metrics_are_parsed_from_proc() -> None:
     assert (rss, vsize, started) == (40960, 1048576, 1002.5)
 
 
+def test_templates_are_counted_by_state_so_a_pending_one_shows() -> None:
+    """Trial 14 F10: a template waiting for its iif (or degraded for want of an oif) shows
+    in mfcd_templates, by state as routes are in mfcd_routes."""
+    ctl = controller_with("a", "b")
+    ctl.change(
+        [
+            AddTemplate((4, "*", "239.1.0.0/16", 253, "a"), Ports("a", ("b",))),
+            AddTemplate((4, "*", "239.2.0.0/16", 253, "x"), Ports("x", ("b",))),
+            AddTemplate((4, "*", "239.3.0.0/16", 253, "a"), Ports("a", ("b", "y"))),
+        ]
+    )
+    registry = Registry(templates=lambda: metrics.template_counts(ctl.router))
+    got = samples(page(ctl, registry=registry), "mfcd_templates")
+    assert {k: v for k, v in got.items() if v != "0"} == {
+        '{state="installed",origin="api"}': "1",
+        '{state="pending",origin="api"}': "1",
+        '{state="degraded",origin="api"}': "1",
+    }
+
+
 # --- promtool -------------------------------------------------------------------------------------
 
 
@@ -270,7 +293,7 @@ def test_promtool_accepts_a_whole_page(ctl: Controller, tmp_path: Path) -> None:
     registry.request("ping", "ok", 0.001)
     registry.request("batch", "invalid_argument", 2.0)
     registry.state_sync_seconds.observe(0.003)
-    registry.templates = lambda: {"config": 1}
+    registry.templates = lambda: {("degraded", "config"): 1}
     text = page(ctl, registry=registry)
     assert '"we\\"ird\\\\"' in text
     result = subprocess.run(

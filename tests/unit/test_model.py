@@ -20,6 +20,7 @@ from mfcd.model import (
     AddVif,
     DelMfc,
     DelVif,
+    Ports,
     Route,
     Router,
     Step,
@@ -318,21 +319,48 @@ def test_a_degraded_route_is_the_same_after_an_oif_deletion_and_after_a_fresh_ad
     assert dict(fresh.installed) == dict(lived.installed)
 
 
-def test_a_route_that_cannot_reserve_an_index_for_its_missing_oif_stays_pending() -> None:
-    names = [f"e{i}" for i in range(MAXVIFS)]
+def test_a_route_that_cannot_reserve_an_index_for_its_missing_oif_is_refused() -> None:
+    """Trial 14 F8: a route whose missing oifs would need more VIFs than are free is
+    refused with vif_limit, as the same route with its oifs there is (it was accepted,
+    pending with "all 32 are in use" when 4 were), and nothing changes."""
+    names = [f"e{i}" for i in range(4)]
     router = router_with_links(*names)
-    for i in range(1, MAXVIFS):
-        run(router, router.add_route, r4(i, "e0", names[i]))
-    assert run(router, router.add_route, r4(99, "e0", "e1", "x")) == []  # accepted, pending
-    status = router.status(r4(99, "e0").key)
-    assert (status.state, status.missing) == ("pending", ("x",))
-    assert status.reason == f"no free VIF: all {MAXVIFS} are in use"
-    assert r4(99, "e0").key in router.blocked
-    run(router, router.del_route, r4(31, "e0").key)  # an index is free: retried, degraded
-    steps = run(router, router.retry_blocked)
-    assert actions(steps) == ["add_mfc"]
-    assert router.status(r4(99, "e0").key).state == "degraded"
+    run(router, router.add_route, r4(1, "e0", *names[1:]))  # 4 VIFs in use
+    missing = [f"w{i}" for i in range(29)]
+    before = observable(router)
+    router.begin()
+    with pytest.raises(VifLimit) as raised:
+        router.add_route(r4(2, "e0", *missing))
+    router.rollback()
+    message = str(raised.value)
+    assert "cannot add 29 new IPv4 VIFs (w0, w1, w2, w3 and 25 more)" in message
+    assert "only 28 of the 32 VIFs of table 253 are free" in message
+    assert observable(router) == before
+    assert r4(2, "e0").key not in router.routes and router.blocked == {}
+    # The same with the iif missing too (no VIF is taken while it is: refused all the same).
+    router.begin()
+    with pytest.raises(VifLimit, match="cannot add 30 new IPv4 VIFs"):
+        router.add_route(r4(3, "x", *missing))
+    router.rollback()
+    assert observable(router) == before
+    # One that fits is accepted, degraded (its oifs reserved).
+    run(router, router.add_route, r4(4, "e0", *missing[:28]))
+    assert router.status(r4(4, "e0").key).state == "degraded"
     check_invariants(router)
+
+
+def test_a_template_whose_iif_is_missing_is_refused_when_it_could_not_get_its_vifs() -> None:
+    names = [f"e{i}" for i in range(4)]
+    router = router_with_links(*names)
+    run(router, router.add_route, r4(1, "e0", *names[1:]))
+    key = (4, "*", "239.9.0.0/16", 253, "x")
+    router.begin()
+    with pytest.raises(VifLimit, match="only 28 of the 32 VIFs of table 253 are free"):
+        router.add_template(key, Ports("x", tuple(f"w{i}" for i in range(28))))
+    router.rollback()
+    assert key not in router.templates
+    run(router, router.add_template, key, Ports("x", tuple(f"w{i}" for i in range(27))))
+    assert router.status(key).state == "pending"
 
 
 def test_link_down_degrades_keeps_the_index_and_link_up_readds_it() -> None:
@@ -397,7 +425,9 @@ def test_vif_limit_is_32_per_family() -> None:
     run(router, router.add_route, r6(1, names[0], *names[1:MAXVIFS]))  # IPv6 has its own 32
     before = observable(router)
     router.begin()
-    with pytest.raises(VifLimit, match=r"1 new IPv4 VIF \(e32\): only 0 of the 32 VIFs are"):
+    with pytest.raises(
+        VifLimit, match=r"1 new IPv4 VIF \(e32\): only 0 of the 32 VIFs of table 253 are"
+    ):
         router.add_route(r4(2, names[0], names[MAXVIFS]))
     router.rollback()
     assert observable(router) == before
@@ -406,12 +436,13 @@ def test_vif_limit_is_32_per_family() -> None:
 def test_route_blocked_by_the_vif_limit_is_installed_once_an_index_is_free() -> None:
     names = [f"e{i}" for i in range(MAXVIFS)]
     router = router_with_links(*names)
-    run(router, router.add_route, r4(1, names[0], *names[1:]))
-    run(router, router.add_route, r4(2, names[0], "x"))
+    run(router, router.add_route, r4(2, "x", names[1]))  # pending (its iif), room enough
+    run(router, router.add_route, r4(1, names[0], *names[1:]))  # then the table fills
     assert run(router, router.link_up, "x", 99) == []  # link events never fail
     status = router.status(r4(2, "x").key)
     assert (status.state, status.missing) == ("pending", ())
-    assert "no free VIF" in status.reason
+    # (how many it needs and how many are free: not "all 32 are in use" whatever the count)
+    assert status.reason == "no free VIF: needs 1 new IPv4 VIF in table 253, 0 of the 32 are free"
     run(router, router.add_route, r4(1, names[0], *names[1:-1]))  # frees the last index
     steps = run(router, router.retry_blocked)
     assert actions(steps) == ["add_vif", "add_mfc"]
@@ -899,7 +930,7 @@ def test_the_vif_limit_counts_the_new_vifs_needed_and_the_free_ones() -> None:
     router.rollback()
     message = str(raised.value)
     assert "30 new IPv4 VIFs (d0, d1, d2, d3 and 26 more)" in message
-    assert "only 26 of the 32 VIFs are free" in message
+    assert "only 26 of the 32 VIFs of table 253 are free" in message
     assert "in use" not in message and "earlier" not in message
     assert observable(router) == before
 
@@ -919,7 +950,8 @@ def test_a_request_that_runs_out_of_vifs_says_what_its_earlier_changes_took() ->
     message = str(raised.value)
     assert "cannot add 18 new IPv4 VIFs" in message
     assert (
-        "only 10 of the 32 VIFs are free; earlier routes of this batch or reload took 20" in message
+        "only 10 of the 32 VIFs of table 253 are free;"
+        " earlier routes of this batch or reload took 20" in message
     )
     assert observable(router) == before
 
@@ -928,7 +960,7 @@ def test_the_vif_limit_is_per_table() -> None:
     names = [f"e{i}" for i in range(MAXVIFS + 1)]
     router = router_with_links(*names)
     run(router, router.add_route, r4(1, "e0", *names[1:MAXVIFS]))  # 32 VIFs: the default full
-    with pytest.raises(VifLimit, match="only 0 of the 32 VIFs are free"):
+    with pytest.raises(VifLimit, match="only 0 of the 32 VIFs of table 253 are free"):
         run(router, router.add_route, r4(2, "e0", names[MAXVIFS]))
     run(router, router.add_route, in_table(r4(2, "e0", names[MAXVIFS]), 7))
     assert router.status(in_table(r4(2, "e0"), 7).key).state == "installed"
