@@ -354,6 +354,25 @@ def parse_fdname(name: str) -> tuple[int, int] | None:
     return family, int(number)
 
 
+def release_passed(passed: Sequence[tuple[int, str]], keeper: FdKeeper) -> None:
+    """Release the (fd, name)s systemd passed and no Kernel took: MRT_DONE on each that
+    owns a table (the kernel flushes it at once, copies elsewhere notwithstanding),
+    closed, and taken out of the store. For a start that fails before the Kernel adopts
+    them (a bad config file, say): a crash loop then forwards no stale routes."""
+    for fd, name in passed:
+        key = parse_fdname(name)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # not a socket: closed all the same
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        else:
+            if key is not None:
+                _done(sock, _KINDS[key[0]][2])
+            sock.close()
+        keeper.drop(name)
+
+
 class FdKeeper(Protocol):
     """Where table sockets outlive the process (notify.FdStore: systemd's fd store)."""
 
@@ -887,7 +906,7 @@ class Kernel:
             for family in self.families:
                 self.open_table(family, DEFAULT_TABLE[family])
         except BaseException:
-            self.close()
+            self.release()  # a start that fails forwards nothing, adopted tables included
             raise
 
     def open_table(self, family: int, table: int) -> MrouteSocket:
@@ -1292,6 +1311,15 @@ class Kernel:
         for sock in self.sockets.values():
             sock.close(release=not sock.stored)
         self.sockets.clear()
+
+    def release(self) -> None:
+        """Close every table's socket with MRT_DONE and take it out of the store: what a
+        start that fails does, so that a crash loop (a bad state file, say) forwards no
+        stale routes while systemd restarts mfcd again and again."""
+        for key, sock in self.sockets.items():
+            sock.stored = False
+            self._drop(fdname(*key))
+        self.close()
 
 
 def _holds(sock: MrouteSocket, key: RouteKey) -> bool:

@@ -205,3 +205,35 @@ def test_the_fake_and_the_real_kernel_both_implement_the_dataplane_protocol() ->
         for implementation in (FakeKernel, real):
             got = inspect.signature(getattr(implementation, name))
             assert list(got.parameters) == list(wanted.parameters), (implementation, name)
+
+
+class RecordingKeeper:
+    """kernel.FdKeeper that records what the store is told."""
+
+    def __init__(self) -> None:
+        self.kept: list[str] = []
+        self.dropped: list[str] = []
+
+    def keep(self, name: str, fd: int) -> bool:
+        self.kept.append(name)
+        return True
+
+    def drop(self, name: str) -> None:
+        self.dropped.append(name)
+
+
+def test_passed_fds_released_are_closed_and_taken_out_of_the_store() -> None:
+    # (socketpair ends stand in for the table sockets: MRT_DONE is refused on them, harmlessly)
+    ends = [socket.socketpair() for _ in range(2)]
+    passed = [
+        (ours.detach(), name) for (ours, _), name in zip(ends, ["mrt4-253", "junk"], strict=True)
+    ]
+    keeper = RecordingKeeper()
+    kernel.release_passed(passed, keeper)
+    assert keeper.dropped == ["mrt4-253", "junk"]
+    for _, peer in ends:
+        with peer:
+            assert peer.recv(1) == b""  # our end is closed
+    for fd, _ in passed:
+        with pytest.raises(OSError):
+            fcntl.fcntl(fd, fcntl.F_GETFD)
