@@ -386,7 +386,12 @@ class Daemon:
             controller.restore_joins(loaded)
             del loaded, stream
             self._apply_declared_at_start(controller)
-            controller.router.prefer_slots({})  # (new VIFs from now on: the lowest free)
+            if kernel.adopted:
+                # Until the full drift check removes the VIFs the restore left unclaimed (and
+                # the entries sending to them), no new VIF takes one of their indices.
+                controller.router.avoid_slots(before.vifs)
+            else:
+                controller.router.prefer_slots({})  # (new VIFs from now on: the lowest free)
             if controller.refused_at_start:
                 # An error's traceback and what it was raised from can form cycles through
                 # the frames that read the file: frozen, they would keep it for good.
@@ -939,6 +944,10 @@ class Daemon:
         for entry in controller.sync(view):
             self.events.emit("repair", **entry)
         self._sync_tables()
+        # The tables taken over hold no VIF the routes do not claim any more: new VIFs take
+        # the lowest free index again, and the adopted sockets forget what they held.
+        controller.router.prefer_slots({})
+        self.kernel.forget_kept()
 
     async def _watchdog(self) -> None:
         interval = notify.watchdog_interval()

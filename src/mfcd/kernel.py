@@ -461,7 +461,12 @@ class MrouteSocket:
         if self.kept and vifi in self.kept:
             if self.kept.pop(vifi) == ifindex:
                 return
-            self.del_vif(vifi)
+            try:
+                self.del_vif(vifi)
+            except KernelError as e:
+                # Gone already: the kernel removes a VIF with its device.
+                if e.errno != errno.EADDRNOTAVAIL:
+                    raise
         if self.family == 4:
             data = pack_vifctl(vifi, ifindex, threshold)
         else:
@@ -982,7 +987,8 @@ class Kernel:
             try:
                 adopted = MrouteSocket(key[0], key[1], adopted=sock)
                 adopted.kept = self._kept_vifs(*key)
-            except (OSError, KernelError) as e:
+            except Exception as e:  # (OSError, KernelError: anything leaves it unadopted)
+                adopted = None  # (set up, but what it holds is unknown: _kept_vifs failed)
                 why = f"it cannot be set up: {e}"
         if adopted is None or key is None:
             log.warning("passed socket %s (fd %d) not adopted: %s; released", name, fd, why)
@@ -1311,6 +1317,13 @@ class Kernel:
         for sock in self.sockets.values():
             sock.close(release=not sock.stored)
         self.sockets.clear()
+
+    def forget_kept(self) -> None:
+        """The VIFs the adopted tables held are claimed or removed by now (the full drift
+        check after start-up): add_vif no longer looks for them (the kernel may have
+        removed one since, with its device)."""
+        for sock in self.sockets.values():
+            sock.kept.clear()
 
     def release(self) -> None:
         """Close every table's socket with MRT_DONE and take it out of the store: what a
