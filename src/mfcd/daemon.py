@@ -1018,11 +1018,19 @@ class Daemon:
                 await asyncio.sleep(STATE_RETRY_INTERVAL)
 
     def _stop_advertising(self, advertising: asyncio.Task[None]) -> None:
-        """Stop router discovery: a termination on each advertising interface."""
+        """Stop router discovery: a termination on each advertising interface, unless the
+        tables stay in systemd's fd store. mfcd cannot tell a restart from a stop there:
+        at a restart, forwarding goes on, and a snooping switch told the router left
+        would stop sending it the flows until the next mfcd's advertisements; at a stop,
+        the switch ages the router port out instead (the advertisements' holdtime)."""
         advertising.cancel()
         if self.advertiser is not None:
             asyncio.get_running_loop().remove_reader(self.advertiser.fileno())
-            self.advertiser.close(terminate=[ifindex for ifindex, _ in self._adverts.values()])
+            if _tables_stay(self.kernel):
+                terminate = []
+            else:
+                terminate = [ifindex for ifindex, _ in self._adverts.values()]
+            self.advertiser.close(terminate=terminate)
 
     async def _advertise(self) -> None:
         """Send RFC 4286 advertisements on the interfaces set with `vif set IF --mrdisc`."""
@@ -1341,8 +1349,13 @@ def dumped_links() -> list[LinkChange]:
     return [LinkChange("new", link.name, link.ifindex, link.up) for link in netlink.dump_links()]
 
 
+def _tables_stay(kernel: Kernel) -> bool:
+    """Whether the kernel's tables outlive this mfcd (systemd's fd store holds them)."""
+    return any(sock.stored for sock in kernel.sockets.values())
+
+
 def _log_stopping(kernel: Kernel) -> None:
-    if any(sock.stored for sock in kernel.sockets.values()):
+    if _tables_stay(kernel):
         log.info(
             "stopping: the kernel's tables are left to systemd's fd store (a restart takes"
             " them over, forwarding on; a stop of the unit, or a unit without"

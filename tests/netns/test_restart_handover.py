@@ -20,6 +20,7 @@ from lab.netns import TRAFFIC, Lab
 from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd
 from tests.netns.test_forwarding import FLOWS, add, assert_kernel_matches_show
+from tests.netns.test_joins import capture, mrd
 
 # Run in the router namespace: move the fds passed to 3, 4, ... and exec mfcd with LISTEN_PID
 # its own pid, as systemd does between its fork and ExecStart= (argv: fds, names, command).
@@ -323,3 +324,20 @@ def test_a_start_that_fails_releases_the_tables_it_was_passed(
     wait_for(lambda: _stored(systemd, set()))
     _flushed(lab, 4)
     _flushed(lab, 6)
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_a_stop_that_leaves_the_tables_forwarding_sends_no_mrdisc_termination(
+    lab: Lab, tmp_path: Path, systemd: FakeSystemd, stored: bool
+) -> None:
+    # A Termination at a restart would have snooping switches stop sending the flows that
+    # forward on to the router; without the store a stop ends forwarding: it says so.
+    config = '\n[[interface]]\nname = "r1"\nmrdisc = true\n'
+    daemon = StoredMfcd(lab, tmp_path, systemd, config) if stored else Mfcd(lab, tmp_path, config)
+    daemon.start()
+    try:
+        time.sleep(1.0)  # (advertising from start-up on)
+    finally:
+        with capture(lab, lab.rx[0], "x0", 1.5) as seen:
+            daemon.stop()
+    assert len(mrd(seen, 0x32)) == (0 if stored else 1), seen
