@@ -53,7 +53,7 @@ from mfcd.controller import Controller, Outcome, Takeovers, gc_paused, observe, 
 from mfcd.dataplane import Events, LinkChange, link_changes
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
 from mfcd.events import EventBus
-from mfcd.kernel import Kernel, MrouteSocket
+from mfcd.kernel import Kernel, MrouteSocket, release_passed
 from mfcd.learning import Learner
 from mfcd.membership import Memberships, link_running, lost_sources
 from mfcd.metrics_server import MetricsServer, read_process
@@ -250,6 +250,7 @@ class Daemon:
         # The tables in use, the table sockets and the link monitor _sync_tables last saw.
         self._tables_seen: tuple[list[TableKey], list[MrouteSocket], object] | None = None
         self.serving = False  # start-up is over
+        self._passed_taken = 0  # how many of the fds systemd passed the Kernel took over
         self._reload_pending = False  # SIGHUP arrived during start-up
         # SIGHUP's reloads: a stop cancels them and waits for their clean-up (the server
         # does the same for a client's reload) before the controller closes.
@@ -277,7 +278,6 @@ class Daemon:
         self._metrics_socket: socket.socket | None = None
 
     async def run(self) -> None:
-        cfg = self.cfg
         notify.notify("STATUS=starting")
         # Signals are handled from the first moment: SIGTERM during a long start-up stops
         # cleanly once it is done, and SIGHUP waits for it instead of killing the process.
@@ -292,6 +292,19 @@ class Daemon:
         # The (fd, name) systemd passed from its fd store (LISTEN_FDS): the previous mfcd's
         # table sockets, for the Kernel to adopt. Taken before any child process starts.
         passed = notify.take_listen_fds()
+        try:
+            await self._run(passed)
+        except BaseException:
+            # A start that fails releases the tables passed (the Kernel, once it took them,
+            # does so itself): under Restart=on-failure a crash loop would otherwise forward
+            # the previous mfcd's routes, stale, for as long as it lasts.
+            if not self.serving:
+                release_passed(passed[self._passed_taken :], notify.FdStore())
+            raise
+
+    async def _run(self, passed: list[tuple[int, str]]) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
         state = self.state = StateFile(cfg.state_file)
         # Before anything else, the socket too: a second mfcd on this file stops here, and
         # never binds (or removes) a socket while the first one runs.
@@ -305,9 +318,11 @@ class Daemon:
         # Subscribe before the dump, so no interface change falls between the two.
         monitor = netlink.LinkMonitor()
         members = self.members = Memberships()
+        failed = False
         try:
             if cfg.metrics_listen:  # a port taken stops mfcd before it touches the kernel
                 self._metrics_socket = bind_metrics_socket(cfg.metrics_listen)
+            self._passed_taken = len(passed)  # the Kernel's now: it adopts or releases them
             kernel = Kernel(cfg.families, monitor, notify.FdStore(), passed)
             controller = self._restore(state, kernel)
             if state.needs_snapshot:
@@ -315,6 +330,9 @@ class Daemon:
                 # rewritten in the current format before any change is appended.
                 controller.compact()
             await self._serve(controller, kernel, listener, monitor)
+        except BaseException:
+            failed = not self.serving  # before READY=1: a failed start
+            raise
         finally:
             listener.close()
             if self._metrics_socket is not None:
@@ -323,7 +341,11 @@ class Daemon:
                 os.unlink(cfg.socket_path)  # ours: bind_control_socket refused to take another's
             monitor.close()
             if kernel is not None:
-                kernel.close()
+                # A failed start leaves no table forwarding (not even in the fd store).
+                if failed:
+                    kernel.release()
+                else:
+                    kernel.close()
             members.close()  # leaves every group
             state.close()
             _ignore_signals_from_now_on(loop)
@@ -368,7 +390,12 @@ class Daemon:
             controller.restore_joins(loaded)
             del loaded, stream
             self._apply_declared_at_start(controller)
-            controller.router.prefer_slots({})  # (new VIFs from now on: the lowest free)
+            if kernel.adopted:
+                # Until the full drift check removes the VIFs the restore left unclaimed (and
+                # the entries sending to them), no new VIF takes one of their indices.
+                controller.router.avoid_slots(before.vifs)
+            else:
+                controller.router.prefer_slots({})  # (new VIFs from now on: the lowest free)
             if controller.refused_at_start:
                 # An error's traceback and what it was raised from can form cycles through
                 # the frames that read the file: frozen, they would keep it for good.
@@ -958,6 +985,10 @@ class Daemon:
         for entry in controller.sync(view):
             self.events.emit("repair", **entry)
         self._sync_tables()
+        # The tables taken over hold no VIF the routes do not claim any more: new VIFs take
+        # the lowest free index again, and the adopted sockets forget what they held.
+        controller.router.prefer_slots({})
+        self.kernel.forget_kept()
 
     async def _watchdog(self) -> None:
         interval = notify.watchdog_interval()
@@ -1028,11 +1059,19 @@ class Daemon:
                 await asyncio.sleep(STATE_RETRY_INTERVAL)
 
     def _stop_advertising(self, advertising: asyncio.Task[None]) -> None:
-        """Stop router discovery: a termination on each advertising interface."""
+        """Stop router discovery: a termination on each advertising interface, unless the
+        tables stay in systemd's fd store. mfcd cannot tell a restart from a stop there:
+        at a restart, forwarding goes on, and a snooping switch told the router left
+        would stop sending it the flows until the next mfcd's advertisements; at a stop,
+        the switch ages the router port out instead (the advertisements' holdtime)."""
         advertising.cancel()
         if self.advertiser is not None:
             asyncio.get_running_loop().remove_reader(self.advertiser.fileno())
-            self.advertiser.close(terminate=[ifindex for ifindex, _ in self._adverts.values()])
+            if _tables_stay(self.kernel):
+                terminate = []
+            else:
+                terminate = [ifindex for ifindex, _ in self._adverts.values()]
+            self.advertiser.close(terminate=terminate)
 
     async def _advertise(self) -> None:
         """Send RFC 4286 advertisements on the interfaces set with `vif set IF --mrdisc`."""
@@ -1351,8 +1390,13 @@ def dumped_links() -> list[LinkChange]:
     return [LinkChange("new", link.name, link.ifindex, link.up) for link in netlink.dump_links()]
 
 
+def _tables_stay(kernel: Kernel) -> bool:
+    """Whether the kernel's tables outlive this mfcd (systemd's fd store holds them)."""
+    return any(sock.stored for sock in kernel.sockets.values())
+
+
 def _log_stopping(kernel: Kernel) -> None:
-    if any(sock.stored for sock in kernel.sockets.values()):
+    if _tables_stay(kernel):
         log.info(
             "stopping: the kernel's tables are left to systemd's fd store (a restart takes"
             " them over, forwarding on; a stop of the unit, or a unit without"
@@ -1463,6 +1507,13 @@ def _log_left_out(loaded: config.Loaded, path: str | None) -> None:
     )
 
 
+def _failed_start() -> int:
+    """Exit status 1, after releasing the tables systemd passed if nothing took them yet (a
+    bad config file): a failed start forwards nothing, as without the fd store."""
+    release_passed(notify.take_listen_fds(), notify.FdStore())
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {
@@ -1485,10 +1536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except declarations.Problems as e:
         for problem in e.problems:
             print(f"mfcd: {problem}", file=sys.stderr)
-        return 1
+        return _failed_start()
     except MfcdError as e:
         print(f"mfcd: {e}", file=sys.stderr)
-        return 1
+        return _failed_start()
     setup_logging(cfg.log_level)
     if loaded.problems:
         _log_left_out(loaded, args.config)
@@ -1501,13 +1552,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MfcdError as e:
         log.error("%s", e)
         notify.notify(f"STATUS=failed: {e}")
-        return 1
+        return _failed_start()
     except KeyboardInterrupt:
         pass
     except Exception as e:  # a bug: say so plainly, with the traceback for the report
         log.critical("mfcd failed unexpectedly: %s", e, exc_info=True)
         notify.notify(f"STATUS=failed: {e}")
-        return 1
+        return _failed_start()
     log.info("stopped")
     return 0
 

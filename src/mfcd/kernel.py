@@ -354,6 +354,25 @@ def parse_fdname(name: str) -> tuple[int, int] | None:
     return family, int(number)
 
 
+def release_passed(passed: Sequence[tuple[int, str]], keeper: FdKeeper) -> None:
+    """Release the (fd, name)s systemd passed and no Kernel took: MRT_DONE on each that
+    owns a table (the kernel flushes it at once, copies elsewhere notwithstanding),
+    closed, and taken out of the store. For a start that fails before the Kernel adopts
+    them (a bad config file, say): a crash loop then forwards no stale routes."""
+    for fd, name in passed:
+        key = parse_fdname(name)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:  # not a socket: closed all the same
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        else:
+            if key is not None:
+                _done(sock, _KINDS[key[0]][2])
+            sock.close()
+        keeper.drop(name)
+
+
 class FdKeeper(Protocol):
     """Where table sockets outlive the process (notify.FdStore: systemd's fd store)."""
 
@@ -442,7 +461,12 @@ class MrouteSocket:
         if self.kept and vifi in self.kept:
             if self.kept.pop(vifi) == ifindex:
                 return
-            self.del_vif(vifi)
+            try:
+                self.del_vif(vifi)
+            except KernelError as e:
+                # Gone already: the kernel removes a VIF with its device.
+                if e.errno != errno.EADDRNOTAVAIL:
+                    raise
         if self.family == 4:
             data = pack_vifctl(vifi, ifindex, threshold)
         else:
@@ -887,7 +911,7 @@ class Kernel:
             for family in self.families:
                 self.open_table(family, DEFAULT_TABLE[family])
         except BaseException:
-            self.close()
+            self.release()  # a start that fails forwards nothing, adopted tables included
             raise
 
     def open_table(self, family: int, table: int) -> MrouteSocket:
@@ -963,7 +987,8 @@ class Kernel:
             try:
                 adopted = MrouteSocket(key[0], key[1], adopted=sock)
                 adopted.kept = self._kept_vifs(*key)
-            except (OSError, KernelError) as e:
+            except Exception as e:  # (OSError, KernelError: anything leaves it unadopted)
+                adopted = None  # (set up, but what it holds is unknown: _kept_vifs failed)
                 why = f"it cannot be set up: {e}"
         if adopted is None or key is None:
             log.warning("passed socket %s (fd %d) not adopted: %s; released", name, fd, why)
@@ -1292,6 +1317,22 @@ class Kernel:
         for sock in self.sockets.values():
             sock.close(release=not sock.stored)
         self.sockets.clear()
+
+    def forget_kept(self) -> None:
+        """The VIFs the adopted tables held are claimed or removed by now (the full drift
+        check after start-up): add_vif no longer looks for them (the kernel may have
+        removed one since, with its device)."""
+        for sock in self.sockets.values():
+            sock.kept.clear()
+
+    def release(self) -> None:
+        """Close every table's socket with MRT_DONE and take it out of the store: what a
+        start that fails does, so that a crash loop (a bad state file, say) forwards no
+        stale routes while systemd restarts mfcd again and again."""
+        for key, sock in self.sockets.items():
+            sock.stored = False
+            self._drop(fdname(*key))
+        self.close()
 
 
 def _holds(sock: MrouteSocket, key: RouteKey) -> bool:

@@ -583,6 +583,9 @@ class Router:
         # Where a new VIF should go, per table and interface: the index its device has in a
         # table a restart took over (see prefer_slots); a hint, outside transactions.
         self.preferred: dict[TableKey, dict[str, int]] = {}
+        # Indices no new VIF takes while it can take another: those of a table taken over
+        # that the restore did not claim, until the drift check removes them (avoid_slots).
+        self.avoided: dict[TableKey, set[int]] = {}
 
     # --- transactions ----------------------------------------------------------------------------
 
@@ -1821,20 +1824,31 @@ class Router:
         entries stay valid (the kernel cannot move a VIF: another index means deleting
         and adding it, with its routes' entries written again). Empty: lowest free index."""
         self.preferred = {}
+        self.avoided = {}
         for (family, table, vifi), device in vifs.items():
             if device is not None and 0 <= vifi < MAXVIFS:
                 self.preferred.setdefault((family, table), {})[device] = vifi
 
+    def avoid_slots(self, vifs: Iterable[tuple[int, int, int]]) -> None:
+        """Give no new VIF an index of `vifs` ((family, table, vifi)) while another is free,
+        whatever its device (prefer_slots({}) ends it). After the restore of a table taken
+        over, these are its VIFs no route claimed: the kernel's entries still send to them
+        until the full drift check removes both, and a new interface put at one of their
+        indices would receive those entries' traffic meanwhile."""
+        for family, table, vifi in vifs:
+            self.avoided.setdefault((family, table), set()).add(vifi)
+
     def _free_slot(self, family: int, table: int, name: str, slots: list[str | None]) -> int:
         """The index a new VIF of `name` takes: its preferred one if free, else the lowest free
         one no other interface prefers, else the lowest free one (ValueError: none)."""
-        prefer = self.preferred.get((family, table))
-        if not prefer:
+        prefer = self.preferred.get((family, table), {})
+        avoided = self.avoided.get((family, table), set())
+        if not prefer and not avoided:
             return slots.index(None)
         at = prefer.get(name)
         if at is not None and slots[at] is None:
             return at
-        others = set(prefer.values())
+        others = set(prefer.values()) | avoided
         for vifi, held in enumerate(slots):
             if held is None and vifi not in others:
                 return vifi

@@ -20,6 +20,7 @@ from lab.netns import TRAFFIC, Lab
 from tests.netns import kernel_tables
 from tests.netns.conftest import BIN, Mfcd
 from tests.netns.test_forwarding import FLOWS, add, assert_kernel_matches_show
+from tests.netns.test_joins import capture, mrd
 
 # Run in the router namespace: move the fds passed to 3, 4, ... and exec mfcd with LISTEN_PID
 # its own pid, as systemd does between its fork and ExecStart= (argv: fds, names, command).
@@ -273,20 +274,70 @@ def test_a_large_table_taken_over_is_written_again_by_the_writer_processes(
     assert "kernel writer (pid" in second  # (the restore's run of 60,000 routes)
 
 
+def started_with_a_route(lab: Lab, tmp_path: Path, systemd: FakeSystemd, family: int) -> StoredMfcd:
+    """An mfcd under the fake systemd, its route r0 -> r1 in, its default tables stored."""
+    daemon = StoredMfcd(lab, tmp_path, systemd, "")
+    daemon.start()
+    try:
+        add(daemon, family, "r0", "r1")
+        wait_for(lambda: _stored(systemd, {"mrt4-253", "mrt6-254"}))
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
 @pytest.mark.parametrize("family", [4, 6])
 def test_a_crash_leaves_the_tables_forwarding_for_the_next_mfcd(
     lab: Lab, tmp_path: Path, systemd: FakeSystemd, family: int
 ) -> None:
     # Stored at MRT_INIT, not at SIGTERM: a SIGKILL (a crash, the watchdog, the OOM killer)
     # leaves them to the store all the same, and Restart=on-failure's next mfcd takes over.
-    daemon = StoredMfcd(lab, tmp_path, systemd, "")
-    daemon.start()
+    daemon = started_with_a_route(lab, tmp_path, systemd, family)
     try:
-        add(daemon, family, "r0", "r1")
-        wait_for(lambda: _stored(systemd, {"mrt4-253", "mrt6-254"}))
         assert restart_under_flow(daemon, family, signal.SIGKILL) == 0
         wait_for(lambda: assert_kernel_matches_show(lab, daemon, family))
     finally:
         if daemon.proc is not None:
             daemon.stop()
     assert f"adopted the IPv{family} table {253 if family == 4 else 254}" in daemon.log
+
+
+@pytest.mark.parametrize("broken", ["state file", "config"])
+def test_a_start_that_fails_releases_the_tables_it_was_passed(
+    lab: Lab, tmp_path: Path, systemd: FakeSystemd, broken: str
+) -> None:
+    # Restart=on-failure would start mfcd again and again: were the tables passed left in
+    # the store, they would forward the previous mfcd's routes, stale, all that while.
+    daemon = started_with_a_route(lab, tmp_path, systemd, 4)
+    daemon.stop()
+    assert kernel_tables.mfc(lab, 4) != {}  # left to the store
+    if broken == "state file":
+        Path(daemon.state_file).write_text("not a state file\n")
+    else:
+        daemon.config_file.write_text(daemon.config_file.read_text() + "no_such_setting = 1\n")
+    daemon.start(wait=False)
+    assert daemon.proc is not None
+    daemon.proc.wait(timeout=30)  # (stop then only collects it: no signal to an exited one)
+    code, log = daemon.stop()
+    assert code == 1, log
+    wait_for(lambda: _stored(systemd, set()))
+    _flushed(lab, 4)
+    _flushed(lab, 6)
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_a_stop_that_leaves_the_tables_forwarding_sends_no_mrdisc_termination(
+    lab: Lab, tmp_path: Path, systemd: FakeSystemd, stored: bool
+) -> None:
+    # A Termination at a restart would have snooping switches stop sending the flows that
+    # forward on to the router; without the store a stop ends forwarding: it says so.
+    config = '\n[[interface]]\nname = "r1"\nmrdisc = true\n'
+    daemon = StoredMfcd(lab, tmp_path, systemd, config) if stored else Mfcd(lab, tmp_path, config)
+    daemon.start()
+    try:
+        time.sleep(1.0)  # (advertising from start-up on)
+    finally:
+        with capture(lab, lab.rx[0], "x0", 1.5) as seen:
+            daemon.stop()
+    assert len(mrd(seen, 0x32)) == (0 if stored else 1), seen

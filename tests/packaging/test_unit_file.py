@@ -103,3 +103,22 @@ def test_host_network_and_identity_stay_real() -> None:
     unit = directives()
     for key in ("PrivateNetwork", "PrivateUsers", "DynamicUser", "IPAddressDeny", "ProcSubset"):
         assert key not in unit, key
+
+
+def seconds(value: str) -> float:
+    """A systemd time span of one unit ("2s", "60s", "1min", "500ms") in seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|min)?", value)
+    assert match, value
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "min": 60, None: 1}[match.group(2)]
+
+
+def test_a_restart_loop_trips_the_start_limit() -> None:
+    # Restarting every RestartSec, mfcd starts StartLimitBurst times in (burst - 1) *
+    # RestartSec plus its start-ups: that must fit the interval, or the loop never ends
+    # (systemd's default, 5 in 10 s, does not with RestartSec=2s and 1 s start-ups).
+    unit = directives()
+    burst = int(unit["StartLimitBurst"][0])
+    interval = seconds(unit["StartLimitIntervalSec"][0])
+    restart_sec = seconds(unit["RestartSec"][0])
+    start_up = 3.0  # seconds: a start that fails (config read, tables opened and released)
+    assert burst * (restart_sec + start_up) <= interval

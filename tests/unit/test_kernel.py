@@ -205,3 +205,91 @@ def test_the_fake_and_the_real_kernel_both_implement_the_dataplane_protocol() ->
         for implementation in (FakeKernel, real):
             got = inspect.signature(getattr(implementation, name))
             assert list(got.parameters) == list(wanted.parameters), (implementation, name)
+
+
+class RecordingKeeper:
+    """kernel.FdKeeper that records what the store is told."""
+
+    def __init__(self) -> None:
+        self.kept: list[str] = []
+        self.dropped: list[str] = []
+
+    def keep(self, name: str, fd: int) -> bool:
+        self.kept.append(name)
+        return True
+
+    def drop(self, name: str) -> None:
+        self.dropped.append(name)
+
+
+def test_passed_fds_released_are_closed_and_taken_out_of_the_store() -> None:
+    # (socketpair ends stand in for the table sockets: MRT_DONE is refused on them, harmlessly)
+    ends = [socket.socketpair() for _ in range(2)]
+    passed = [
+        (ours.detach(), name) for (ours, _), name in zip(ends, ["mrt4-253", "junk"], strict=True)
+    ]
+    keeper = RecordingKeeper()
+    kernel.release_passed(passed, keeper)
+    assert keeper.dropped == ["mrt4-253", "junk"]
+    for _, peer in ends:
+        with peer:
+            assert peer.recv(1) == b""  # our end is closed
+    for fd, _ in passed:
+        with pytest.raises(OSError):
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+
+
+class FakeRawSocket:
+    """Records setsockopt; MRT_DEL_VIF answers `del_errno` (0: done)."""
+
+    def __init__(self, del_errno: int) -> None:
+        self.del_errno = del_errno
+        self.calls: list[int] = []
+
+    def setsockopt(self, level: int, optname: int, value: bytes) -> None:
+        self.calls.append(optname)
+        if optname == kernel.MRT_DEL_VIF and self.del_errno:
+            raise OSError(self.del_errno, "refused")
+
+
+def adopted_socket(raw: FakeRawSocket, kept: dict[int, int | None]) -> kernel.MrouteSocket:
+    sock = kernel.MrouteSocket.__new__(kernel.MrouteSocket)
+    sock.family, sock.table, sock.level = 4, 253, socket.IPPROTO_IP
+    sock.sock = raw  # type: ignore[assignment]
+    sock.kept = kept
+    return sock
+
+
+def test_a_kept_vif_the_kernel_removed_with_its_device_is_simply_added() -> None:
+    # VIF 2 was on device 7, deleted since: the kernel dropped the VIF with it.
+    raw = FakeRawSocket(errno.EADDRNOTAVAIL)
+    adopted_socket(raw, {2: 7}).add_vif(2, 9, 1)
+    assert raw.calls == [kernel.MRT_DEL_VIF, kernel.MRT_ADD_VIF]
+    # Another refusal still fails the change.
+    with pytest.raises(KernelError):
+        adopted_socket(FakeRawSocket(errno.EPERM), {2: 7}).add_vif(2, 9, 1)
+
+
+def test_kept_vifs_are_forgotten_after_the_first_full_check() -> None:
+    k = Kernel.__new__(Kernel)
+    k.sockets = {(4, 253): adopted_socket(FakeRawSocket(0), {2: 7})}
+    k.forget_kept()
+    assert k.sockets[(4, 253)].kept == {}
+
+
+def test_a_socket_whose_vifs_cannot_be_read_is_released_not_adopted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unreadable(self: Kernel, family: int, table: int) -> dict[int, int | None]:
+        raise KernelError("SIOCGETVIFCNT refused", "SIOCGETVIFCNT", errno.EPERM)
+
+    k = Kernel.__new__(Kernel)
+    k.families, k.sockets, k.adopted, k.keeper = (4,), {}, [], RecordingKeeper()
+    monkeypatch.setattr(kernel, "unfit", lambda sock, family, table: None)
+    monkeypatch.setattr(kernel, "MrouteSocket", lambda family, table, adopted: object())
+    monkeypatch.setattr(Kernel, "_kept_vifs", unreadable)
+    ours, peer = socket.socketpair()
+    assert not k._adopt(ours.detach(), "mrt4-253")
+    assert (k.sockets, k.adopted, k.keeper.dropped) == ({}, [], ["mrt4-253"])
+    with peer:
+        assert peer.recv(1) == b""

@@ -131,6 +131,24 @@ def test_preferred_slots_number_vifs_as_a_table_taken_over_does() -> None:
     check_invariants(router)
 
 
+def test_avoided_slots_are_left_free_until_prefer_slots_ends_it() -> None:
+    # A table taken over: the restore claimed a at 0 and b at 1; the kernel's VIFs 2 and 3
+    # (one with its device unknown, as in an IPv6 table other than the default) are left
+    # for the drift check to remove, and the entries sending to them with them.
+    router = router_with_links("a", "b", "c", "d")
+    run(router, router.add_route, r4(1, "a", "b"))
+    router.avoid_slots([(4, 253, 0), (4, 253, 1), (4, 253, 2), (4, 253, 3)])
+    # A new interface meanwhile would receive their traffic at 2 or 3: it takes 4.
+    assert vif_ops(run(router, router.add_route, r4(2, "a", "c")), AddVif) == [(4, "c")]
+    # Other tables and families are numbered as always.
+    assert vif_ops(run(router, router.add_route, r6(1, "b", "a")), AddVif) == [(0, "b"), (1, "a")]
+    # The drift check removed them: the lowest free index again.
+    router.prefer_slots({})
+    assert router.avoided == {}
+    assert vif_ops(run(router, router.add_route, r4(3, "a", "d")), AddVif) == [(2, "d")]
+    check_invariants(router)
+
+
 def test_families_allocate_vifs_independently() -> None:
     router = router_with_links("a", "b")
     run(router, router.add_route, r4(1, "a", "b"))

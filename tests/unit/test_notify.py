@@ -1,6 +1,8 @@
 """Tests for mfcd.notify against a notify socket the test binds itself, as systemd (PID 1) does."""
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import socket
 import struct
@@ -319,3 +321,35 @@ def test_listen_fds_are_taken_once_and_not_inherited(monkeypatch: pytest.MonkeyP
     assert take_listen_fds() == []  # another process's
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         assert name not in os.environ
+
+
+def test_listen_fds_for_this_process_are_taken_once_and_made_close_on_exec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # fds 3 and 4 as systemd passes them (inheritable); pytest's own, if open, put back after.
+    saved = {}
+    for fd in (3, 4):
+        with contextlib.suppress(OSError):  # (not open)
+            saved[fd] = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100), os.get_inheritable(fd))
+    read, write = os.pipe()
+    try:
+        os.dup2(read, 3, inheritable=True)
+        os.dup2(write, 4, inheritable=True)
+        monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+        monkeypatch.setenv("LISTEN_FDS", "2")
+        monkeypatch.setenv("LISTEN_FDNAMES", "mrt4-253:mrt6-254")
+        assert take_listen_fds() == [(3, "mrt4-253"), (4, "mrt6-254")]
+        for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            assert name not in os.environ  # a child process does not take them for its own
+        assert not os.get_inheritable(3) and not os.get_inheritable(4)  # FD_CLOEXEC
+        assert take_listen_fds() == []  # once
+    finally:
+        for fd in (3, 4):
+            if fd in saved:
+                copy, inheritable = saved[fd]
+                os.dup2(copy, fd, inheritable=inheritable)
+                os.close(copy)
+            else:
+                os.close(fd)
+        os.close(read)
+        os.close(write)
