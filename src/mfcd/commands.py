@@ -500,7 +500,7 @@ class Commands:
         async def answer() -> bytes:
             try:
                 controller = self.controller
-                # (the tables another router owns, as the real kernel found them: a fake has none)
+                # (the tables another router owns, as the kernel found them at their opening)
                 owned = getattr(controller.kernel, "owned", ())
                 result = await probes.diagnose(
                     controller.router,
@@ -1319,13 +1319,14 @@ def _reaching(changes: list[Change], runs: Sequence[RouteRun]) -> set[tuple[int,
     and of the routes outside runs, those that share their Ports with the one before
     once (a batch of 100,000 routes on a few interfaces costs a comparison a route)."""
     wanted = {(run.keys[0][0], run.keys[0][3], run.ports.iif) for run in runs if run.keys}
-    last: tuple[Ports | None, int] = (None, 0)
+    # (the family too: one Ports may serve an IPv4 and an IPv6 route alike)
+    last: tuple[Ports | None, int, int] = (None, 0, 0)
     for change in _outside(changes, runs):
         if isinstance(change, AddRoute):
             key, ports = change.key, change.ports
-            if ports is last[0] and key[3] == last[1]:
+            if ports is last[0] and key[3] == last[1] and key[0] == last[2]:
                 continue
-            last = (ports, key[3])
+            last = (ports, key[3], key[0])
             wanted.add((key[0], key[3], ports.iif))
         elif isinstance(change, AddTemplate):
             family, _, _, table, iif = change.key

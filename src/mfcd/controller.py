@@ -1755,7 +1755,10 @@ class Controller:
             self.note_short()
             return None
         try:
-            return self.change(changes, keep_steps=True, origin="config", journal=journal)
+            # (as a start or reload: a table another router owns keeps its intents pending,
+            # and the other tables' follow their interfaces all the same)
+            with self._table_refusals():
+                return self._change_declared(changes, keep_steps=True, journal=journal)
         finally:
             self.note_short()
 

@@ -318,13 +318,16 @@ def _machine_facts(
     intents: list[Intent],
     stop: threading.Event,
     plane: Dataplane | None = None,
+    readable: frozenset[int] = frozenset(),
 ) -> tuple[list[Packet], str, dict[str, Interface], dict[str, RouteBack], Rules, Tables]:
     """Everything read from the machine (blocking: in a thread); with `plane`, the VIFs
-    and entries of the intents' tables (of those with a source: an (S,G) to look up)."""
+    and entries of the intents' tables that are `readable` (of those with a source: an
+    (S,G) to look up)."""
     family = query.family
     tables: Tables = {}
     if plane is not None:
-        for table in sorted({i.table for i in intents if not is_prefix(i.source)}):
+        wanted = {i.table for i in intents if not is_prefix(i.source)} & readable
+        for table in sorted(wanted):
             with contextlib.suppress(KernelError):  # (the check is then left out)
                 tables[(family, table)] = plane.observe(family, table)
     packets, error = sample_packets(family, query.group, query.source, query.seconds, stop)
@@ -365,8 +368,9 @@ async def diagnose(
     started = time.monotonic()
     stop = threading.Event()
     plane = counters if len(router.installed) <= DUMP_ROUTES else None
+    readable = _readable(router, query.family, owned)
     reading = asyncio.get_running_loop().run_in_executor(
-        _executor, _machine_facts, query, intents, stop, plane
+        _executor, _machine_facts, query, intents, stop, plane, readable
     )
     try:
         packets, error, interfaces, backs, rules, tables = await asyncio.shield(reading)
@@ -478,6 +482,14 @@ def _kernel_entry(router: Router, intent: Intent, seen: Observation | None) -> K
             missing.append(interface)
     static = found is not None and found.static
     return KernelEntry(had, wanted, static, tuple(missing))
+
+
+def _readable(router: Router, family: int, owned: frozenset[int]) -> frozenset[int]:
+    """The tables of `family` whose kernel entries diagnose may read: those mfcd holds VIFs
+    in, and none another router owns. Reading an IPv6 table sets MRT6_TABLE, which creates
+    a table that does not exist (a rule's `lookup` of it then takes traffic the kernel
+    passed over before), and an owned table's entries are the other router's, not drift."""
+    return frozenset(t for f, t in router.slots if f == family and t not in owned)
 
 
 def _counters(reader: Dataplane, intent: Intent) -> SgCounters | None:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mfcd import batchfile, protocol, validate
 from mfcd import commands as commands_module
-from mfcd.commands import Commands, Peer, tell
+from mfcd.commands import Commands, Peer, _reaching, tell
 from mfcd.controller import Controller
 from mfcd.diagnosis import Rules
 from mfcd.events import EventBus
@@ -1071,3 +1071,12 @@ def test_a_batch_counts_the_templates_among_what_it_added_and_deleted() -> None:
     assert (result["added"], result["templates_added"], result["templates_deleted"]) == (6, 2, 0)
     result = ask(commands, "batch", {"ops": ops[:4]})["result"]  # (routes alone: as before)
     assert "templates_added" not in result
+
+
+def test_the_tables_a_batch_reaches_count_each_family_though_they_share_ports() -> None:
+    ports = Ports("a", ("b",))
+    changes: list[Any] = [
+        AddRoute((4, "10.0.0.1", "239.1.1.1", 100), ports),
+        AddRoute((6, "2001:db8::1", "ff3e::1", 100), ports),
+    ]
+    assert _reaching(changes, ()) == {(4, 100, "a"), (6, 100, "a")}

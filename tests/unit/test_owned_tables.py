@@ -214,3 +214,38 @@ def test_many_routes_of_an_owned_table_are_pending_and_the_others_go_in_as_runs(
     ctl.retry_refused()
     assert router.installed_count() == 300 and router.refused == {}
     assert sum(1 for k in kernel.mfcs if k[3] == 100) == 150
+
+
+WILD = """
+[[route]]
+source = "198.18.0.2"
+group = "239.1.1.1"
+iif = "a"
+oifs = ["b", "v+"]
+
+[[route]]
+table = 100
+source = "198.18.1.2"
+group = "239.100.0.1"
+iif = "a"
+oifs = ["b", "v+"]
+"""
+
+
+def test_wildcards_follow_interfaces_in_every_other_table_while_one_is_owned() -> None:
+    """An interface that a config wildcard matches appears: the routes of the tables mfcd
+    has follow it, the owned table's stays pending (before, the follow's kernel refusal in
+    the owned table rolled back every table's, at each interface event)."""
+    ctl = owned_controller()
+    new, problems = parse(WILD)
+    assert problems == []
+    ctl.apply_declared(new, diff(ctl.declared, new))
+    ctl.link_up("v1", 41)
+    ctl.follow_wildcards()
+    router, kernel = ctl.router, kernel_of(ctl)
+    assert "v1" in router.routes[DEFAULT_ROUTE].oifs
+    assert router.status(DEFAULT_ROUTE).state == "installed"
+    assert len(kernel.mfcs[DEFAULT_ROUTE].ttls) == len(router.routes[DEFAULT_ROUTE].oifs)
+    status = router.status(OWNED_ROUTE)
+    assert status.state == "pending" and OWNED in status.reason
+    assert router.unavailable == {}

@@ -219,3 +219,15 @@ def test_a_join_of_the_group_on_the_iif_counts_any_source_or_the_flows() -> None
     assert probes._joined(INTENT, [("r0", INTENT.group, "*")])
     assert probes._joined(INTENT, [("r0", INTENT.group, INTENT.source)])
     assert not probes._joined(INTENT, [("r1", INTENT.group, "*"), ("r0", "239.9.9.9", "*")])
+
+
+def test_diagnose_reads_only_tables_mfcd_holds_vifs_in_and_none_owned() -> None:
+    """Reading an IPv6 table sets MRT6_TABLE, which would create a table a rule's lookup
+    then sends traffic to; an owned table's entries are another router's, not drift."""
+    router = router_with_links("r0", "r1", "r2")
+    run(router, router.add_route, Route(6, "2001:db8::2", "ff3e::1", "r1", ("r2",), 100))
+    run(router, router.add_route, Route(4, "198.18.1.2", "239.1.1.1", "r1", ("r2",), 253))
+    assert probes._readable(router, 6, frozenset()) == {100}
+    assert probes._readable(router, 6, frozenset({100})) == frozenset()
+    assert probes._readable(router, 4, frozenset({100})) == {253}
+    assert 300 not in probes._readable(router, 6, frozenset())  # (a table with no VIF)
