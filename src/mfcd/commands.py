@@ -178,6 +178,10 @@ class Commands:
         # template added in a table its iif's traffic does not go to is warned of (None:
         # not looked at).
         self.mrules: Callable[[int], Rules] | None = None
+        # The rules and (family, table, iif) of the last single add that gave no warning:
+        # the next add of the same, under rules that compare equal, is not walked again
+        # (a client adding routes one by one at full speed pays a comparison an add).
+        self._quiet: tuple[Rules, int, int, str] | None = None
         self.learner: Learner | None = None  # learned entries (None: flush has none)
         # Learned entries flushed, or let go of with their template, a slice at a time with
         # other clients served in between (the daemon turns it on; else one transaction).
@@ -554,6 +558,19 @@ class Commands:
             return []
         return unreached_warnings(wanted, self.mrules, validate.table_numbers)
 
+    def _one_unreached(self, change: Change) -> list[str]:
+        """_unreached of a single add (see _quiet)."""
+        if self.mrules is None or not isinstance(change, AddRoute):
+            return self._unreached(_reaching([change], ()))
+        key = change.key
+        rules = self.mrules(key[0])
+        quiet = (rules, key[0], key[3], change.ports.iif)
+        if quiet == self._quiet:
+            return []
+        warnings = unreached_warnings([quiet[1:]], lambda _: rules, validate.table_numbers)
+        self._quiet = None if warnings else quiet
+        return warnings
+
     def _warned(
         self, result: dict[str, Any], wanted: Iterable[tuple[int, int, str]]
     ) -> dict[str, Any]:
@@ -582,7 +599,7 @@ class Commands:
             self._check_family(key[0])
         was = self._replaced([change]) if self.events.subscribers else None
         outcome = self.controller.change_one(change)
-        warnings = self._unreached(_reaching([change], ())) if add else []
+        warnings = self._one_unreached(change) if add else []
         if outcome is None:  # (not a case it covers: the general transaction)
             result = self._change([change], False, peer, cmd, args)
             if warnings:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mfcd import batchfile, protocol, validate
+from mfcd import batchfile, diagnosis, protocol, validate
 from mfcd import commands as commands_module
 from mfcd.commands import Commands, Peer, _reaching, tell
 from mfcd.controller import Controller
@@ -1080,3 +1080,29 @@ def test_the_tables_a_batch_reaches_count_each_family_though_they_share_ports() 
         AddRoute((6, "2001:db8::1", "ff3e::1", 100), ports),
     ]
     assert _reaching(changes, ()) == {(4, 100, "a"), (6, 100, "a")}
+
+
+def test_a_single_add_under_the_same_rules_is_not_walked_again_unless_it_was_warned_of(
+    commands: Commands, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = Rules((MRule(0, "lookup", 100, iif="c"), MRule(32767, "lookup", 253)))
+    commands.mrules = lambda family: rules
+    walked: list[object] = []
+    unreached = diagnosis.unreached_warnings
+
+    def counting(*args: Any, **kwargs: Any) -> list[str]:
+        walked.append(args)
+        return unreached(*args, **kwargs)
+
+    monkeypatch.setattr(commands_module, "unreached_warnings", counting)
+    for n in range(3):  # (the one-route lane)
+        route = {"source": "10.0.0.7", "group": f"239.5.5.{n}", "iif": "a", "oifs": ["b"]}
+        assert "warnings" not in ask(commands, "mfc.add", route)["result"]
+    assert len(walked) == 1
+    steered = {"source": "10.0.0.7", "group": "239.5.6.1", "iif": "c", "oifs": ["b"]}
+    for n in range(2):  # warned of each time
+        result = ask(commands, "mfc.add", {**steered, "group": f"239.5.6.{n}"})["result"]
+        assert result["warnings"][0].startswith("no multicast rule sends c's traffic")
+    rules = Rules((MRule(0, "lookup", 100, iif="a"), MRule(32767, "lookup", 253)))
+    route = {"source": "10.0.0.7", "group": "239.5.5.9", "iif": "a", "oifs": ["b"]}
+    assert ask(commands, "mfc.add", route)["result"]["warnings"]  # (the rules changed)
