@@ -48,6 +48,10 @@ mfcd is started as `python -m mfcd.daemon` with PYTHONPATH set to the revision's
   one as 1 + median(second) / median(first), with a 95% bootstrap interval, and the
   medians by table; the RSS after each batch. The control, as many pairs again: the
   second batch is as many new routes into the same table.
+- tablestart: two tables against one at a start: in `--pairs` mfcds of their own, the time
+  until a restarted mfcd answers with no routes, with `--routes` in one table (snapshot
+  read), then with as many more in the other (the table loaded first alternates); two
+  tables ÷ one as the ratio of the medians, plain and less the empty start.
 - idle: the floor of the above, the longest ping wait over 5 s with `--routes` loaded and
   nothing else happening (the machine's own scheduling delays when it is shared).
 """
@@ -652,6 +656,42 @@ def _ratios(prefix: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def tablestart(d: Daemon, routes: int, pairs: int) -> dict[str, Any]:
+    """Two tables against one at a start (recovery from the state file): in `pairs` mfcds
+    of their own, the time until a restarted mfcd answers with no routes, with `routes` in
+    one table, and with as many more (the same groups) in the other; which table is loaded
+    first alternates. Two tables ÷ one is median(two) / median(one), and the same less the
+    empty start (the process's own fixed cost, which flatters the plain ratio)."""
+    times: dict[str, list[float]] = {"empty": [], "one": [], "two": []}
+    for k in range(pairs):
+        order = (None, 100) if k % 2 == 0 else (100, None)
+        daemon = d
+        if k:
+            (d.work / f"start-{k}").mkdir()
+            daemon = Daemon(d.src, d.work / f"start-{k}")
+        try:
+            daemon.start()
+            for what, table in (("empty", None), ("one", order[0]), ("two", order[1])):
+                if what != "empty":
+                    load(daemon, routes, table)
+                    time.sleep(6)  # the compaction after the batch is over: a snapshot is read
+                daemon.stop()
+                times[what].append(daemon.start())
+        finally:
+            if daemon is d:
+                daemon.stop()
+            else:
+                daemon.close()
+    median = {what: statistics.median(v) for what, v in times.items()}
+    return {
+        "start s (empty, one table, two)": [[round(t, 3) for t in times[w]] for w in times],
+        "two tables / one: start": round(median["two"] / median["one"], 3),
+        "two tables / one: start less the empty start": round(
+            (median["two"] - median["empty"]) / (median["one"] - median["empty"]), 3
+        ),
+    }
+
+
 def _ratio(first: list[float], second: list[float]) -> float:
     return 1 + statistics.median(second) / statistics.median(first)
 
@@ -731,6 +771,7 @@ def main() -> int:
         "updown": lambda d: updown(d, args.routes),
         "idle": lambda d: idle(d, args.routes),
         "tables": lambda d: tables(d, args.routes, args.pairs),
+        "tablestart": lambda d: tablestart(d, args.routes, args.pairs),
     }
     results: dict[str, Any] = {"routes": args.routes, "connections": args.clients, "load": []}
     for name in args.only.split(","):
