@@ -101,7 +101,15 @@ from mfcd.model import (
 from mfcd.protocol import family_text
 from mfcd.state import Loaded, RouteView, RunOfAdds, SnapshotNeeded
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import Pattern, expand, expansion_of, is_wildcard, matches, per_iif
+from mfcd.wildcards import (
+    Pattern,
+    expand,
+    expansion_of,
+    is_wildcard,
+    matches,
+    per_iif,
+    touched,
+)
 
 log = logging.getLogger("mfcd")
 _new = tuple.__new__  # a NamedTuple made without its own __new__: half the cost
@@ -354,6 +362,13 @@ class Controller:
         # Why each runtime wildcard that could not follow the interfaces last time failed
         # (by what it is): told again only when that changes, not at every interface event.
         self._follow_failed: dict[str, str] = {}
+        # The runtime wildcards whose last follow failed, and whether the config files' last
+        # did: followed again at the next interface event, whatever interface it is of.
+        self._unfollowed: set[RouteKey | TemplateKey | JoinKey] = set()
+        self._declared_unfollowed = False
+        # Whether Router.short was worked out in full since the start (note_short): until
+        # then, a note of a few patterns (an event's, a change's) works it all out.
+        self._short_known = False
         # During the restore: the data plane's writer (see _restore_into), and the steps
         # handed to it that it has not said are in yet.
         self._later: LaterDataplane | None = None
@@ -1061,13 +1076,20 @@ class Controller:
         routes, templates = dict(self.wild_routes), dict(self.wild_templates)
         joins = dict(self.wild_joins)
         applied: list[Change] = []
+        # The patterns the change adds, replaces or deletes: the only ones whose shortness
+        # (note_short) it can change.
+        touched_routes: list[RouteKey] = []
+        touched_templates: list[TemplateKey] = []
         for change in changes:
             if isinstance(change, (AddRoute, DelRoute)):
-                routes.pop(change.key, None)
+                if routes.pop(change.key, None) is not None:
+                    touched_routes.append(change.key)
             elif isinstance(change, (AddTemplate, DelTemplate)):
                 templates.pop(change.key, None)
+                touched_templates.append(change.key)
             if isinstance(change, AddRoute) and change.ports.__class__ is Pattern:
                 routes[change.key] = change.ports
+                touched_routes.append(change.key)
                 now = self.router.share(expand(change.ports, links))
                 applied.append(AddRoute(change.key, now))
             elif isinstance(change, (AddTemplate, DelTemplate)):
@@ -1088,7 +1110,7 @@ class Controller:
             if dry_run:
                 self.wild_routes, self.wild_templates, self.wild_joins = was
         if not dry_run:
-            self.note_short()
+            self.note_short(touched_routes, touched_templates)
         return outcome
 
     def _join_changes(
@@ -1153,25 +1175,33 @@ class Controller:
             templates.update(dict.fromkeys(self._expanded_now(key), ports))
         return routes, templates
 
-    def follow_api_wildcards(self) -> list[tuple[bool, str]]:
+    def follow_api_wildcards(self, names: Collection[str] | None = None) -> list[tuple[bool, str]]:
         """Re-expand the runtime routes and templates with wildcard oifs after interfaces
         came or went, each as a change of its own (nothing journaled: the patterns did not
         change). Each that changed is reported (True, line); one that cannot follow (the
         VIF table is full) keeps its oifs and is reported (False, why), so the others still
-        follow. During a sliced reload, only noted (`follow_due`)."""
+        follow. During a sliced reload, only noted (`follow_due`).
+
+        `names`: the interfaces that came, went or were renamed (None: any may have). Only
+        the patterns one of them matches are looked at, and those short of what they match
+        or that failed to follow last time (a VIF freed may let them): 2,000 wildcard
+        routes on a host of 200 interfaces cost nothing at each container's veth."""
         if self.in_reload:
             self.follow_due = True
             return []
         router = self.router
         links = router.links
+        due = self._follow_filter(names)
         lines: list[tuple[bool, str]] = []
-        todo: list[tuple[str, str, list[Change]]] = []
-        for key, ports in self.wild_routes.items():
+        todo: list[tuple[RouteKey | TemplateKey | JoinKey, str, str, list[Change]]] = []
+        routes = [(k, p) for k, p in self.wild_routes.items() if due(k, p)]
+        for key, ports in routes:
             now = router.share(expand(ports, links))
             if router.routes.get(key) != now:
                 what = f"route {key[1]} -> {key[2]}: its wildcard oifs match"
-                todo.append((what, ",".join(now.oifs) or "none", [AddRoute(key, now)]))
-        for tkey, ports in self.wild_templates.items():
+                todo.append((key, what, ",".join(now.oifs) or "none", [AddRoute(key, now)]))
+        templates = [(k, p) for k, p in self.wild_templates.items() if due(k, p)]
+        for tkey, ports in templates:
             wanted = self._template_expansion(tkey, ports, links)
             changes: list[Change] = [
                 DelTemplate(k) for k in self._expanded_now(tkey) if k not in wanted
@@ -1183,53 +1213,119 @@ class Controller:
                 now_text = "; ".join(
                     f"iif {k[4]} oifs {','.join(p.oifs)}" for k, p in wanted.items()
                 )
-                todo.append((f"template {template_text(tkey)}: now", now_text or "none", changes))
+                what = f"template {template_text(tkey)}: now"
+                todo.append((tkey, what, now_text or "none", changes))
         for jkey in self.wild_joins:
+            if not due(jkey, Pattern(jkey[0], ())):
+                continue
             on = self._join_expansion(jkey, links)
             had = self.expanded_joins(jkey)
             changes = [Leave(k) for k in had if k not in on]
             changes += [Join(k) for k in on if k not in self.joins.wanted]
             if changes:
-                names = ",".join(k[0] for k in on) or "none"
-                todo.append((f"{describe_key(jkey)}: now on", names, changes))
+                on_text = ",".join(k[0] for k in on) or "none"
+                todo.append((jkey, f"{describe_key(jkey)}: now on", on_text, changes))
         failed: dict[str, str] = {}
-        for what, now_text, changes in todo:
+        self._unfollowed = set()
+        for followed, what, now_text, changes in todo:
             try:
                 self.change(changes, keep_steps=False, journal=[])
             except MfcdError as e:
                 line = failed[what] = f"{what} {now_text}, but {e}"
                 if self._follow_failed.get(what) != line:  # (told once, not at each event)
                     lines.append((False, line))
+                self._unfollowed.add(followed)
                 continue
             lines.append((True, f"{what} {now_text}"))
         self._follow_failed = failed
-        self.note_short()
+        if names is None:
+            self.note_short()
+        else:
+            self.note_short([k for k, _ in routes], [k for k, _ in templates])
         return lines
 
-    def note_short(self) -> None:
+    def _follow_filter(
+        self, names: Collection[str] | None
+    ) -> Callable[[RouteKey | TemplateKey | JoinKey, Ports], bool]:
+        """Whether a runtime pattern is to be followed after the interfaces `names` came or
+        went (see follow_api_wildcards): any, if None or Router.short is not known yet."""
+        if names is None or not self._short_known:
+            return lambda key, ports: True
+        short, unfollowed = self.router.short, self._unfollowed
+        # (a template with a wildcard iif is short through the templates it stands for)
+        short_templates = [k for k in short if len(k) == 5]
+
+        def due(key: RouteKey | TemplateKey | JoinKey, ports: Ports) -> bool:
+            return (
+                key in short
+                or key in unfollowed
+                or touched(ports, names)
+                or (len(key) == 5 and any(expansion_of(k, key) for k in short_templates))
+            )
+
+        return due
+
+    def note_short(
+        self, routes: Iterable[RouteKey] | None = None, templates: Iterable[TemplateKey] = ()
+    ) -> None:
         """Note in the model (Router.short) which wildcard routes and templates, the runtime
         ones and the config files', do not reach every interface their wildcard oifs match
         (the VIF table was full when they followed), or match none: degraded, those named,
-        rather than installed with no word of it."""
+        rather than installed with no word of it.
+
+        With `routes` (and `templates`), only those patterns are looked at again (those a
+        change or an interface event touched): the others' note still holds, as neither
+        what they match nor what the model holds of them changed. Without, all are."""
+        router = self.router
+        if routes is None or not self._short_known:
+            short: dict[PendingKey, tuple[str, ...]] = {}
+            patterns = dict(self.wild_routes)
+            patterns.update((key, self.declared.routes[key]) for key in self.declared.wild)
+            for key, ports in patterns.items():
+                self._note_route_short(short, key, ports)
+            for tkey, ports in self.wild_templates.items():
+                self._note_template_short(short, tkey, ports)
+            router.short = short
+            self._short_known = True
+            return
+        short = dict(router.short)  # (replaced whole, as above: few, the degraded ones)
+        declared = self.declared
+        for key in routes:
+            short.pop(key, None)
+            given = declared.routes[key] if key in declared.wild else self.wild_routes.get(key)
+            if given is not None:
+                self._note_route_short(short, key, given)
+        for tkey in templates:
+            for k in [k for k in short if len(k) == 5 and expansion_of(k, tkey)]:
+                del short[k]
+            given = self.wild_templates.get(tkey)
+            if given is not None:
+                self._note_template_short(short, tkey, given)
+        router.short = short
+
+    def _note_route_short(
+        self, short: dict[PendingKey, tuple[str, ...]], key: RouteKey, ports: Ports
+    ) -> None:
+        """note_short of one wildcard route (`ports`: its pattern)."""
+        router = self.router
+        held = router.routes.get(key)
+        if held is not None:
+            lacking = _lacking(ports, expand(ports, router.links), held, router.links)
+            if lacking:
+                short[key] = lacking
+
+    def _note_template_short(
+        self, short: dict[PendingKey, tuple[str, ...]], tkey: TemplateKey, ports: Ports
+    ) -> None:
+        """note_short of one runtime template with wildcards: of each it stands for."""
         router = self.router
         links = router.links
-        short: dict[PendingKey, tuple[str, ...]] = {}
-        patterns = dict(self.wild_routes)
-        patterns.update((key, self.declared.routes[key]) for key in self.declared.wild)
-        for key, ports in patterns.items():
-            held = router.routes.get(key)
+        for k, now in self._template_expansion(tkey, ports, links).items():
+            held = router.templates.get(k)
             if held is not None:
-                lacking = _lacking(ports, expand(ports, links), held, links)
+                lacking = _lacking(ports, now, held, links)
                 if lacking:
-                    short[key] = lacking
-        for tkey, ports in self.wild_templates.items():
-            for k, now in self._template_expansion(tkey, ports, links).items():
-                held = router.templates.get(k)
-                if held is not None:
-                    lacking = _lacking(ports, now, held, links)
-                    if lacking:
-                        short[k] = lacking
-        router.short = short
+                    short[k] = lacking
 
     def _refuse_declared(self, changes: Sequence[Change], numbered: bool) -> None:
         """Refuse a runtime change to a route, template, join or interface setting the config
@@ -1734,16 +1830,22 @@ class Controller:
                 journal.append(DelRoute(key))  # an api route taken over
         return changes
 
-    def follow_wildcards(self) -> Outcome | None:
+    def follow_wildcards(self, names: Collection[str] | None = None) -> Outcome | None:
         """Re-plan the declared routes with wildcard oifs after interfaces came or went (None:
-        nothing to change). Routes without wildcards are never looked at."""
+        nothing to change). Routes without wildcards are never looked at, nor (`names`: the
+        interfaces that came, went or were renamed) those whose wildcards match none of
+        them, unless short of what they match (see follow_api_wildcards)."""
         if self.in_reload:
             self.follow_due = True
             return None
         declared, router = self.declared, self.router
+        if self._declared_unfollowed:  # (the last one failed: all again)
+            names = None
+        due = self._follow_filter(names)
+        wild = [k for k in declared.wild if due(k, declared.routes[k])]
         changes: list[Change] = []
         journal: list[Change] = []
-        for key in sorted(declared.wild):
+        for key in sorted(wild):
             ports = expand(declared.routes[key], router.links)
             if router.routes.get(key) != ports:
                 changes.append(AddRoute(key, router.share(ports)))
@@ -1752,15 +1854,19 @@ class Controller:
         if any(is_wildcard(j.interface) for j in declared.joins):
             changes += self._declared_joins(declared, journal)
         if not changes:
-            self.note_short()
+            self._declared_unfollowed = False
+            self.note_short(None if names is None else wild)
             return None
+        self._declared_unfollowed = True
         try:
             # (as a start or reload: a table another router owns keeps its intents pending,
             # and the other tables' follow their interfaces all the same)
             with self._table_refusals():
-                return self._change_declared(changes, keep_steps=True, journal=journal)
+                outcome = self._change_declared(changes, keep_steps=True, journal=journal)
+            self._declared_unfollowed = False
+            return outcome
         finally:
-            self.note_short()
+            self.note_short(None if names is None else wild)
 
     def persistent(self, copy: bool = True) -> tuple[dict[RouteKey, Ports], dict[str, int]]:
         """The routes and thresholds the state file holds: the "api" ones (the routes are

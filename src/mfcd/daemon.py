@@ -730,7 +730,7 @@ class Daemon:
         router = self.controller.router
         if router.links != before:
             self.report_status()
-            self._follow_wildcards()
+            self._follow_wildcards(moved(before, router.links))
         after = router.tracked_links()
         touched = {n for n in tracked.keys() | after.keys() if tracked.get(n) != after.get(n)}
         if touched:
@@ -766,7 +766,7 @@ class Daemon:
         self._follow_links(link_changes(router.links, links))
         if router.links != before:
             self.report_status()
-            self._follow_wildcards()
+            self._follow_wildcards(moved(before, router.links))
 
     def _reissue_soon(self) -> None:
         """Start writing the entries of re-created interfaces' routes again, if any wait."""
@@ -843,10 +843,11 @@ class Daemon:
                     reason=status.reason,
                 )
 
-    def _follow_wildcards(self) -> None:
-        """Interfaces came or went: re-plan the declared routes whose oifs are wildcards."""
+    def _follow_wildcards(self, names: set[str] | None = None) -> None:
+        """Interfaces came or went (`names`, or any): re-plan the routes whose oifs are
+        wildcards."""
         try:
-            outcome = self.controller.follow_wildcards()
+            outcome = self.controller.follow_wildcards(names)
         except MfcdError as e:
             if str(e) != self._follow_error:  # (once, not at each event of a burst)
                 log.error("wildcard oifs: could not follow the interfaces: %s", e)
@@ -856,7 +857,7 @@ class Daemon:
             if outcome is not None:
                 steps = views.summarize(outcome.steps, 0.0)
                 log.info("wildcard oifs follow the interfaces: %s", steps)
-        for followed, line in self.controller.follow_api_wildcards():  # the runtime ones
+        for followed, line in self.controller.follow_api_wildcards(names):  # the runtime ones
             (log.info if followed else log.error)("wildcard oifs: %s", line)
 
     def _resync_later(
@@ -1353,6 +1354,11 @@ class Daemon:
             self.learner.idle_timeout = new.learned_idle_timeout
             self.learner.max_learned = new.max_learned
         self.cfg = new
+
+
+def moved(before: dict[str, int], after: dict[str, int]) -> set[str]:
+    """The interfaces that came, went or changed ifindex between two views of the links."""
+    return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
 
 
 def unreached_of(

@@ -47,6 +47,13 @@ def matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
+def touched(ports: Ports, names: Iterable[str]) -> bool:
+    """Whether one of these interfaces coming or going can change what a pattern expands
+    to: one of its wildcards (an oif, or a template's iif) matches it."""
+    starts = tuple(n[:-1] for n in (ports.iif, *ports.oifs) if n.endswith(WILDCARDS))
+    return bool(starts) and any(name.startswith(starts) for name in names)
+
+
 def pattern(iif: str, oifs: tuple[str, ...]) -> Ports:
     """The Ports of these interfaces: a Pattern if an oif (or a template's iif) is a
     wildcard."""

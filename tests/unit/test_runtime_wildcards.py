@@ -3,15 +3,18 @@ patterns in the journal and snapshots, following interfaces, show and the CLI's 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
 from mfcd import cli, metrics, validate, wildcards
+from mfcd import controller as controller_module
 from mfcd.commands import Commands
 from mfcd.controller import Controller, Outcome
+from mfcd.daemon import moved
 from mfcd.declarations import diff
-from mfcd.errors import InvalidArgument, NotFound
+from mfcd.errors import InvalidArgument, MfcdError, NotFound
 from mfcd.groups import Join
 from mfcd.model import MAXVIFS, DelRoute, DelTemplate, Ports
 from mfcd.state import StateFile
@@ -19,7 +22,7 @@ from mfcd.views import Views
 from mfcd.wildcards import Pattern
 from tests.unit.conftest import FakeKernel, FakeState
 from tests.unit.test_commands import ask, error_of, make_commands, snapshot
-from tests.unit.test_declarations import apply, parse
+from tests.unit.test_declarations import apply, parse, route
 
 KEY = (4, "198.18.0.2", "239.1.1.1", 253)
 OTHER = (4, "198.18.0.2", "239.1.1.2", 253)
@@ -525,3 +528,118 @@ def test_a_template_whose_wildcard_oifs_match_nothing_is_pending_and_said_on_add
     # With an oif that exists beside it: installed by it, degraded for the wildcard.
     result = ask(commands, "mfc.add", {**template, "oifs": ["b", "vlna*"]})["result"]
     assert (result["state"], result["missing"]) == ("degraded", ["vlna*"])
+
+
+# --- following what an event touches (review 2026-12-03) ------------------------------------------
+
+_FILLER = [f"x{i}" for i in range(MAXVIFS - 8)]  # plain oifs that leave a few VIFs free
+_DECLARED = route("239.9.9.9", '"vlan*", "b"', "198.18.0.9")
+
+
+def _twins() -> tuple[Controller, Controller]:
+    """Two controllers alike: wildcard routes (the config files' too), templates with
+    wildcard oifs and iif, and few free VIFs, so some fall short of what they match."""
+    made = []
+    for _ in range(2):
+        ctl = controller("a", "b", "vlan1", "up1", *_FILLER)
+        apply(ctl, _DECLARED)
+        add(ctl, ["b", *_FILLER], (4, "198.18.0.3", "239.1.1.9", 253))
+        for i, oifs in enumerate((["vlan*"], ["b", "vlan+", "eth*"], ["up*"], ["d+"])):
+            add(ctl, oifs, (4, "198.18.0.2", f"239.1.1.{i}", 253))
+        ctl.change([validate.template_change(None, "239.2.0.0/16", "up*", ["b", "vlan*"])])
+        ctl.change([validate.template_change(None, "239.3.0.0/16", "a", ["eth*"])])
+        made.append(ctl)
+    return made[0], made[1]
+
+
+def _declared_follow(ctl: Controller, names: set[str] | None) -> object:
+    """follow_wildcards as the daemon sees it: nothing to do, steps, or an error."""
+    try:
+        outcome = ctl.follow_wildcards(names)
+    except MfcdError as e:
+        return str(e)
+    return None if outcome is None else len(outcome.steps)
+
+
+def _seen(ctl: Controller) -> tuple[object, ...]:
+    router = ctl.router
+    return dict(router.routes), dict(router.templates), dict(router.short), ctl.joins.wanted
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_following_only_the_patterns_an_event_touches_gives_what_following_all_gives(
+    seed: int,
+) -> None:
+    """Interfaces come, go and are renamed; one controller follows the patterns the
+    event's interfaces match (and those short or unfollowed), the other all of them:
+    the routes, templates and what falls short (Router.short) stay the same, as do the
+    lines said. A VIF freed by an interface no pattern matches lets a short one in."""
+    fast, slow = _twins()
+    assert _seen(fast) == _seen(slow)
+    pick = random.Random(seed)
+    names = ["vlan1", "vlan2", "vlan3", "vlan+x", "up1", "up2", "eth0", "d1", "veth7", "b"]
+    names += _FILLER[:3]
+    ifindex = 1000
+    for _ in range(40):
+        before = dict(fast.router.links)
+        name = pick.choice(names)
+        if name in before and pick.random() < 0.5:
+            events = [("del", name, before[name])]
+        elif name in before:  # renamed
+            events = [("new", pick.choice(["vlan9", "veth8", "up7", "eth3"]), before[name])]
+        else:
+            ifindex += 1
+            events = [("new", name, ifindex)]
+        for ctl in (fast, slow):
+            for kind, interface, index in events:
+                if kind == "del":
+                    kernel = ctl.kernel
+                    assert isinstance(kernel, FakeKernel)
+                    kernel.device_gone(index)
+                ctl.link_event(kind, interface, index)
+        touched = moved(before, fast.router.links)
+        assert _declared_follow(fast, touched) == _declared_follow(slow, None)
+        assert fast.follow_api_wildcards(touched) == slow.follow_api_wildcards()
+        assert _seen(fast) == _seen(slow)
+    assert fast.router.short  # (the filler left some short: the test saw both paths)
+
+
+def test_a_pattern_change_notes_its_own_shortness_as_a_full_note_would() -> None:
+    ctl, _ = _twins()
+    for oifs, key in ((["vlan*", "d*"], KEY), (["b"], OTHER), (["e+"], OTHER), (["vlan*"], KEY)):
+        add(ctl, oifs, key)
+        noted = dict(ctl.router.short)
+        ctl.note_short()  # all of them again
+        assert ctl.router.short == noted
+    ctl.change([DelRoute(KEY)])
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "up*", ["d*"])])
+    noted = dict(ctl.router.short)
+    ctl.note_short()
+    assert ctl.router.short == noted
+    assert KEY not in noted and OTHER in noted
+
+
+def test_an_interface_no_pattern_matches_expands_none_of_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2,000 wildcard routes on a host of 200 interfaces: a container's veth coming and
+    going looked at every one of them, three times (review 2026-12-03)."""
+    ctl = controller("a", "vlan1")
+    for i in range(50):
+        add(ctl, ["vlan*"], (4, "198.18.0.2", f"239.1.2.{i}", 253))
+    ctl.note_short()
+    expanded: list[object] = []
+    real = wildcards.expand
+
+    def counted(ports: Ports, links: object) -> Ports:
+        expanded.append(ports)
+        return real(ports, links)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(controller_module, "expand", counted)
+    ctl.link_up("veth1", 50)
+    assert ctl.follow_wildcards({"veth1"}) is None
+    assert ctl.follow_api_wildcards({"veth1"}) == []
+    assert expanded == []
+    ctl.link_up("vlan2", 51)
+    assert len(ctl.follow_api_wildcards({"vlan2"})) == 50
+    assert ctl.router.routes[(4, "198.18.0.2", "239.1.2.7", 253)].oifs == ("vlan1", "vlan2")

@@ -77,7 +77,7 @@ def test_a_wildcard_that_cannot_follow_is_logged_once_per_change(
     ctl = daemon.controller = Controller(FakeKernel(), FakeState())
     errors = iter(["cannot add 1 new IPv4 VIF (d29)"] * 3 + ["cannot add 2 new IPv4 VIFs"])
 
-    def follow() -> None:
+    def follow(names: object = None) -> None:
         raise VifLimit(next(errors))
 
     monkeypatch.setattr(ctl, "follow_wildcards", follow)
