@@ -16,7 +16,7 @@ from mfcd.daemon import moved
 from mfcd.declarations import diff
 from mfcd.errors import InvalidArgument, MfcdError, NotFound
 from mfcd.groups import Join
-from mfcd.model import MAXVIFS, DelRoute, DelTemplate, Ports
+from mfcd.model import MAXVIFS, Change, DelRoute, DelTemplate, Ports
 from mfcd.state import StateFile
 from mfcd.views import Views
 from mfcd.wildcards import Pattern
@@ -643,3 +643,37 @@ def test_an_interface_no_pattern_matches_expands_none_of_them(
     ctl.link_up("vlan2", 51)
     assert len(ctl.follow_api_wildcards({"vlan2"})) == 50
     assert ctl.router.routes[(4, "198.18.0.2", "239.1.2.7", 253)].oifs == ("vlan1", "vlan2")
+
+
+def test_a_short_wildcard_route_elsewhere_leaves_a_batch_its_fast_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch's count of pending and degraded routes looked at each of its routes as soon
+    as any wildcard route anywhere fell short of an interface (review 2026-12-03): only the
+    batch's own routes count, and the quick answer is the one the look gives."""
+    commands = Commands(controller("a", "b"), (4, 6))
+    ctl = commands.controller
+    add(ctl, ["vlna*"])  # matches nothing: short (degraded)
+    assert KEY in ctl.router.short
+    plain: list[Change] = [
+        validate.add_change("198.18.0.3", f"239.4.0.{i}", "a", ["b"]) for i in range(50)
+    ]
+    ctl.change(plain)
+    rewild: list[Change] = [*plain[:3], validate.add_change(KEY[1], KEY[2], "a", ["vlna*", "b"])]
+    ctl.change(rewild)
+    looked: list[Ports] = []
+
+    def interfaces(ports: Ports) -> tuple[str, ...]:
+        looked.append(ports)
+        return (ports.iif, *ports.oifs)
+
+    monkeypatch.setattr(Ports, "interfaces", property(interfaces))
+
+    def counts(changes: list[Change], slow: bool) -> tuple[int, int, list[str]]:
+        # (an interface waited for, even by no route, takes the long way)
+        ctl.router.waiting = {"zz": set()} if slow else {}
+        return commands._pending(changes, [])
+
+    assert counts(plain, False) == counts(plain, True) == (0, 0, [])
+    assert len(looked) == 1  # the slow way's (one Ports shared by them all)
+    assert counts(rewild, False) == counts(rewild, True) == (0, 1, ["vlna*"])
