@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 from revision_ab import parser, revisions, run_child  # noqa: E402
 
 CHILD = """
-import asyncio, inspect, json, logging, statistics, sys, time
+import asyncio, gc, inspect, json, logging, statistics, sys, time
 from mfcd import wildcards
 from mfcd.controller import Controller
 from mfcd.model import AddRoute, Ports
@@ -124,6 +124,7 @@ async def warnings():
     await tick
     return max(gaps), total
 
+gc.disable()  # (as during a reload: Daemon._reload pauses the cyclic GC)
 held = [asyncio.run(warnings()) for _ in range(5)]
 out["reload longest hold"] = statistics.median(h[0] for h in held)
 out["reload warnings total"] = statistics.median(h[1] for h in held)

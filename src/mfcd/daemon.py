@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from mfcd import (
@@ -150,9 +150,11 @@ REJOIN_MOST_TURNS = 12
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 STOP_WAIT = 1.0  # seconds a stop waits for a cancelled SIGHUP reload to clean up
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
-# Declared routes a reload counts by their interfaces between two turns of the loop (a few
-# ms: Counter.update is C, but holds the loop while it runs).
-WAITING_SLICE = 20_000
+# Declared routes a reload's warnings count by their interfaces (Counter.update, in C: some
+# 0.15 us a route), and routes it adds whose iif's table they note (Python: some 0.4 us a
+# route), between two looks at the time (see slices.run_sliced).
+COUNT_CHUNK = 5_000
+REACH_CHUNK = 2_000
 CHECK_CHUNK = 100  # routes a drift check looks at, probes and writes between two budget checks
 
 
@@ -1311,20 +1313,19 @@ class Daemon:
         as a batch's), so that a typo is seen, and those (of the routes, those the reload
         adds or changes: `change`) in a table the multicast rules do not send their iif's
         traffic to. mfcd's log says them too (SIGHUP)."""
-        # (the routes by their shared Ports, a slice at a time: 1,000,000 take some 150 ms)
+        # (the routes by their shared Ports, and the tables of those the reload adds or
+        # changes, a slice at a time: at 1,000,000 routes, some 150 ms and 400 ms)
         combinations: Counter[Ports] = Counter()
-        routes = iter(declared.routes.values())
-        for _ in range(0, len(declared.routes), WAITING_SLICE):
-            combinations.update(itertools.islice(routes, WAITING_SLICE))
-            await asyncio.sleep(0)
+        reaching: dict[tuple[int, int, str], str] = {}
+        keys = () if change is None else itertools.chain(change.added, change.changed)
+        await run_sliced(_counted(declared, keys, combinations, reaching))
         links = self.controller.router.links
         waiting = declarations.waiting(combinations, declared.templates, links)
         warnings = [kept_text(key, value) for key, value in kept.items()]
-        keys = [] if change is None else itertools.chain(change.added, change.changed)
         texts = (
             views.waiting_text(waiting, would=dry_run),
             views.settings_waiting_text(declared.interfaces, links),
-            *unreached_of(declared, keys, self.mrules),
+            *unreached_of(declared, (), self.mrules, reaching),
         )
         for text in filter(None, texts):
             warnings.append(text)
@@ -1361,20 +1362,51 @@ def moved(before: dict[str, int], after: dict[str, int]) -> set[str]:
     return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
 
 
-def unreached_of(
+def _counted(
     declared: declarations.Declarations,
     keys: Iterable[RouteKey],
-    rules_of: Callable[[int], diagnosis.Rules],
-) -> list[str]:
-    """The warnings (diagnosis.unreached) of the declared routes `keys` and of every
-    declared template whose table the multicast rules do not send its iif's traffic to,
-    each (family, table, iif) once, at the FILE:LINE of the first that has it."""
-    wanted: dict[tuple[int, int, str], str] = {}
+    combinations: Counter[Ports],
+    reaching: dict[tuple[int, int, str], str],
+) -> Iterator[int]:
+    """A reload's warnings' pass over its routes, a slice at a time (for run_sliced): the
+    declared routes counted by their shared Ports into `combinations`, then the routes it
+    adds or changes (`keys`) noted in `reaching` (see note_reaching)."""
+    routes = iter(declared.routes.values())
+    for _ in range(0, len(declared.routes), COUNT_CHUNK):
+        combinations.update(itertools.islice(routes, COUNT_CHUNK))
+        yield COUNT_CHUNK
+    added = iter(keys)
+    while chunk := list(itertools.islice(added, REACH_CHUNK)):
+        note_reaching(declared, chunk, reaching)
+        yield len(chunk)
+
+
+def note_reaching(
+    declared: declarations.Declarations,
+    keys: Iterable[RouteKey],
+    wanted: dict[tuple[int, int, str], str],
+) -> None:
+    """Note in `wanted` the (family, table, iif) of the declared routes `keys`, each at the
+    FILE:LINE of the first that has it (what unreached_of warns of)."""
     routes = declared.routes
     for key in keys:
         reaching = (key[0], key[3], routes[key].iif)
         if reaching not in wanted:
             wanted[reaching] = declared.where(key)
+
+
+def unreached_of(
+    declared: declarations.Declarations,
+    keys: Iterable[RouteKey],
+    rules_of: Callable[[int], diagnosis.Rules],
+    wanted: dict[tuple[int, int, str], str] | None = None,
+) -> list[str]:
+    """The warnings (diagnosis.unreached) of the declared routes `keys` (and those noted in
+    `wanted` already, see note_reaching) and of every declared template whose table the
+    multicast rules do not send its iif's traffic to, each (family, table, iif) once, at
+    the FILE:LINE of the first that has it."""
+    wanted = {} if wanted is None else wanted
+    note_reaching(declared, keys, wanted)
     for t in declared.templates:
         wanted.setdefault((t.family, t.table, t.iif), t.where)
     return diagnosis.unreached_warnings(wanted, rules_of, validate.table_numbers, where=wanted)
