@@ -7,7 +7,8 @@ Usage: python bench/engine_costs.py [--base SRC] [--head SRC] [--rounds R]
 - `note_short`: N runtime routes with wildcard oifs (`vlan*`) on a box of L interfaces (20
   vlans, the rest container veths): one more wildcard route added (a pattern change), and
   a veth coming and going (a link event no pattern matches), as the daemon follows it
-  (link_event, then the config files' and the runtime wildcards followed).
+  (link_event, then the config files' and the runtime wildcards followed), and a vlan
+  coming and going (one every pattern matches: each route changes).
 - `unreached`: a reload's `unreached_of` over M added config routes, the longest stretch it
   holds the loop (B: between two turns of the loop in the sliced pass).
 - `pending`: a JSON batch of 100,000 plain routes while one wildcard route is short of
@@ -72,8 +73,14 @@ def veth_flap():
     follow({"vethx"})
     c.link_event("del", "vethx", 9999)
     follow({"vethx"})
+def vlan_flap():  # (one every pattern matches: each route follows it, both revisions)
+    c.link_event("new", "vlanx", 9998)
+    follow({"vlanx"})
+    c.link_event("del", "vlanx", 9998)
+    follow({"vlanx"})
 out["wild add"] = median(add_one, 21)
 out["veth up+down"] = median(veth_flap, 7)
+out["vlan up+down"] = median(vlan_flap, 3)
 assert not c.router.short
 
 # --- pending: one short wildcard route, then a batch of plain routes ----------------------
