@@ -2023,6 +2023,8 @@ def main(
     try:
         return cli.run()
     except CliError as e:
+        if cli.json and not e.code and e.status == protocol.EXIT_USAGE:
+            e.code = "usage"  # (mfcctl's own: --watch 0, a batch file it cannot read...)
         if cli.json and e.code:
             out.write(json.dumps(e.as_json()) + "\n")
         print(f"mfcctl: {e.located()}", file=err)

@@ -147,6 +147,15 @@ def test_a_usage_error_with_output_json_prints_a_json_error(
         assert error["message"].split(": ", 1)[-1] in err.splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    "argv", [["show", "--watch", "0"], ["batch", "/nonexistent/batch"], ["--socket", "", "ping"]]
+)
+def test_mfcctls_own_usage_errors_with_output_json_print_a_json_error(argv: list[str]) -> None:
+    status, out, err = run_cli(*argv, "-o", "json")
+    assert status == protocol.EXIT_USAGE
+    assert json.loads(out) == cli.usage_json(err.removeprefix("mfcctl: ").rstrip("\n"))
+
+
 @pytest.mark.parametrize("asked", [[], ["-o", "table"], ["-o", "json", "-o", "table"]])
 @pytest.mark.parametrize("argv", USAGE_ERRORS)
 def test_a_usage_error_without_output_json_prints_nothing_on_stdout(
