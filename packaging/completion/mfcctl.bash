@@ -137,7 +137,7 @@ _mfcctl() {
 
     case "$cmd $action" in
         " ") _mfcctl_reply $'mfc\nshow\nbatch\nvif\nsync\nflush\nping\njoin\nleave\ndiagnose\nmonitor\nreload\nimport-smcroute' "$cur" "" ;;
-        "show ") ((npos == 0)) && _mfcctl_reply groups "$cur" "" ;;
+        "show ") ((npos == 0)) && _mfcctl_reply $'routes\ngroups\ninterfaces' "$cur" "" ;;
         "mfc ") _mfcctl_reply $'add\ndel\noif' "$cur" "" ;;
         "mfc oif") _mfcctl_reply $'add\ndel' "$cur" "" ;;
         "vif ") _mfcctl_reply $'set\nshow' "$cur" "" ;;

@@ -22,7 +22,7 @@ from mfcd import __version__, batchfile, protocol
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs a few milliseconds at every start; annotations only need it here
     import argparse  # imported when a parser is built: `mfc add`/`mfc del` never need one
-    from typing import Any, TextIO
+    from typing import Any, NoReturn, TextIO
 
 
 def exit_codes_help(width: int = 79) -> str:
@@ -50,7 +50,8 @@ class CliError(Exception):
 
     A batch the daemon refused says where: `op` (of a batch of ops) or `line` (of the
     batch text, read from `file`), both counted from 1. A config error's `file` and `line`
-    come from the daemon, whose message starts with them already.
+    come from the daemon, whose message starts with them already (a declared_in_config's
+    names them after "declared in").
     """
 
     def __init__(
@@ -70,10 +71,12 @@ class CliError(Exception):
         self.placed_by_daemon = False  # `file` came in the daemon's error, not from mfcctl
 
     def located(self) -> str:
-        """The message after where it applies: `FILE:LINE: ...` as compilers say it, `op N: ...`."""
+        """The message after where it applies: `FILE:LINE: ...` as compilers say it, `op N: ...`;
+        as it is if it names that FILE:LINE already (a declared_in_config's "declared in")."""
         if self.line is not None:
             place = f"{self.file}:{self.line}: " if self.file else f"line {self.line}: "
-            return str(self) if str(self).startswith(place) else place + str(self)
+            named = self.file and self.placed_by_daemon and place[:-2] in str(self)
+            return str(self) if named or str(self).startswith(place) else place + str(self)
         if self.op is not None:
             return f"op {self.op}: {self}"
         return str(self)
@@ -88,6 +91,20 @@ class CliError(Exception):
         if self.line is not None:
             error["line"] = self.line
         return {"error": error}
+
+
+class UsageError(SystemExit):
+    """argparse's usage error: SystemExit(2) as argparse raises it, with its message kept
+    so that main() can also print it as JSON for `-o json`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(protocol.EXIT_USAGE)
+        self.message = message
+
+
+def usage_json(message: str) -> dict[str, Any]:
+    """A usage error as `-o json` prints it: the shape of the daemon's errors, code `usage`."""
+    return {"error": {"code": "usage", "message": message}}
 
 
 # --- talking to the daemon -----------------------------------------------------------------------
@@ -352,7 +369,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """mfcctl's parser; with `only`, just that subcommand (enough to parse a command line)."""
     import argparse  # noqa: PLC0415 (see the TYPE_CHECKING import)
 
-    parser = argparse.ArgumentParser(
+    class Parser(argparse.ArgumentParser):
+        """argparse's parser, whose usage error is a UsageError (subcommands' parsers too:
+        add_parser makes them of the parser's own class)."""
+
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr)  # (argparse's words)
+            raise UsageError(f"{self.prog}: {message}")
+
+    parser = Parser(
         prog="mfcctl",
         description="Control mfcd, the multicast routing daemon: add, delete and show"
         " multicast routes (IPv4 and IPv6), VIF settings and statistics.",
@@ -483,9 +509,10 @@ def _show_command(sub: Any) -> None:
     show.add_argument(
         "what",
         nargs="?",
-        choices=("groups",),
-        help="`groups`: show the group joins (interface, group, source, state, origin) and"
-        " the interfaces that send router advertisements, instead of VIFs and routes",
+        choices=("routes", "groups", "interfaces"),
+        help="`routes` (the default, as in smcroutectl): VIFs and routes; `groups`: the group"
+        " joins (interface, group, source, state, origin) and the interfaces that send router"
+        " advertisements; `interfaces`: the VIFs and interface settings, as `vif show`",
     )
     _command_options(show, changes=False)
 
@@ -1664,9 +1691,7 @@ class Cli:
                 args["source"] = a.source
             return self.change(a.command, args)
         if a.command == "vif":
-            result = self.client.call("vif.show", {"stats": a.stats, **_table_filter(a)})
-            self.emit(result, format_vif_show)
-            return protocol.EXIT_OK
+            return self.vif_show()
         if a.command == "sync":
             result = self.client.call("sync", {"full": True} if a.full else {}, dry_run=a.dry_run)
             self.emit(result, format_sync)
@@ -1696,12 +1721,20 @@ class Cli:
         if a.what == "groups":
             self.emit(self.client.call("group.show", {}), format_groups)
             return protocol.EXIT_OK
+        if a.what == "interfaces":  # (smcroutectl's `show interfaces`)
+            return self.vif_show()
         if a.watch is not None:
             return self.watch(a.watch)
         if self.json and not self.stdout.isatty():
             return self.show_json({"stats": a.stats, **_table_filter(a)})
         result = self.client.call("show", {"stats": a.stats, **_table_filter(a)})
         self.emit(result, lambda r: format_show(r, _width()))
+        return protocol.EXIT_OK
+
+    def vif_show(self) -> int:
+        a = self.args
+        result = self.client.call("vif.show", {"stats": a.stats, **_table_filter(a)})
+        self.emit(result, format_vif_show)
         return protocol.EXIT_OK
 
     def diagnose(self) -> int:
@@ -1968,6 +2001,9 @@ def main(
     words = argv if argv is not None else sys.argv[1:]
     args: Any = _parse_common(words)
     if args is None:
+        hint = _smcroute_hint(words)
+        if hint is not None:
+            return _usage_error(hint, words, out, err)
         parser = build_parser(_command_in(words))
         # argparse prints usage errors, --help and --version to sys.stdout/sys.stderr itself.
         saved = sys.stdout, sys.stderr
@@ -1975,17 +2011,20 @@ def main(
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:
+            if isinstance(e, UsageError) and _json_asked(words):
+                out.write(json.dumps(usage_json(e.message)) + "\n")
             return int(e.code or 0)
         finally:
             sys.stdout, sys.stderr = saved
         if args.command == "vif" and args.action == "set" and args.threshold is None is args.mrdisc:
             # One line, not the top-level usage argparse would print for the main parser.
-            print(f"mfcctl: {VIF_SET_NEEDS}", file=err)
-            return protocol.EXIT_USAGE
+            return _usage_error(VIF_SET_NEEDS, words, out, err)
     cli = Cli(args, out, err)
     try:
         return cli.run()
     except CliError as e:
+        if cli.json and not e.code and e.status == protocol.EXIT_USAGE:
+            e.code = "usage"  # (mfcctl's own: --watch 0, a batch file it cannot read...)
         if cli.json and e.code:
             out.write(json.dumps(e.as_json()) + "\n")
         print(f"mfcctl: {e.located()}", file=err)
@@ -1994,6 +2033,37 @@ def main(
         return protocol.EXIT_OK
     finally:
         cli.client.close()
+
+
+def _usage_error(message: str, words: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """A usage error of mfcctl's own: one line on stderr (and JSON on stdout for -o json)."""
+    if _json_asked(words):
+        out.write(json.dumps(usage_json(message)) + "\n")
+    print(f"mfcctl: {message}", file=err)
+    return protocol.EXIT_USAGE
+
+
+def _smcroute_hint(words: Sequence[str]) -> str | None:
+    """For smcroutectl's commands and options typed at mfcctl: the mfcctl command to use."""
+    from mfcd import smcroute_habits  # noqa: PLC0415 (only for command lines not mfcctl's)
+
+    return smcroute_habits.hint(words, tuple(COMMANDS))
+
+
+def _json_asked(words: Sequence[str]) -> bool:
+    """Whether a command line that argparse may have refused asks for -o json: the last
+    -o/--output given (as argparse takes it: `-o json`, `-ojson`, `--output=json`, a
+    prefix of --output such as `--out json`) says json."""
+    asked = False
+    for word, value in zip(words, [*words[1:], ""], strict=False):
+        if word == "--":
+            break
+        name, equals, attached = word.partition("=")
+        if word.startswith("-o") and not word.startswith("--"):
+            asked = (word[2:] or value) == "json"
+        elif len(name) > 3 and "--output".startswith(name):  # (--o alone could be --on...)
+            asked = (attached if equals else value) == "json"
+    return asked
 
 
 if __name__ == "__main__":

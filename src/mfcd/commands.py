@@ -824,7 +824,9 @@ class Commands:
         except MfcdError as e:
             if text is not None and e.op is not None:  # people count the lines of their file
                 e.line = _line_of(e.op, text)
-                e.op = None
+                # `line` is now the batch text's: a `file` (where a declared_in_config's route
+                # is declared) would pair with it wrongly. The message still names FILE:LINE.
+                e.op, e.file = None, None
             raise
         kinds = Counter(map(type, _outside(changes, runs)))  # (runs hold AddRoutes alone)
         counts = views.batch_counts(

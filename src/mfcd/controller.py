@@ -49,6 +49,7 @@ from mfcd.declarations import (
     Template,
     join_intents,
     join_keys_of,
+    place_of,
     template_intents,
     template_keys,
     template_patterns,
@@ -1346,17 +1347,19 @@ class Controller:
         if isinstance(change, SetThreshold) and change.table is not None:
             setting = declared.table_interfaces.get((change.interface, change.table))
             if setting is not None:
-                return DeclaredInConfig(
+                return _declared_in(
                     f"the threshold of {setting.name} in table {change.table} is declared in"
                     f" {setting.where}{again}",
+                    setting.where,
                     field="threshold",
                 )
         elif isinstance(change, (SetThreshold, SetMrdisc)):
             setting = declared.interfaces.get(change.interface)
             what = "threshold" if isinstance(change, SetThreshold) else "mrdisc"
             if setting is not None and getattr(setting, what) is not None:
-                return DeclaredInConfig(
+                return _declared_in(
                     f"the {what} of {setting.name} is declared in {setting.where}{again}",
+                    setting.where,
                     field=what,
                 )
         elif isinstance(change, (AddRoute, DelRoute)):
@@ -1364,8 +1367,9 @@ class Controller:
             if router.origins.get(key) != "config" and key not in self.reloading:
                 return None
             if key in declared.positions:
-                return DeclaredInConfig(
-                    f"the route {key[1]} -> {key[2]} is declared in {declared.where(key)}{again}"
+                where = declared.where(key)
+                return _declared_in(
+                    f"the route {key[1]} -> {key[2]} is declared in {where}{again}", where
                 )
             return DeclaredInConfig(
                 f"the route {key[1]} -> {key[2]} is being removed by the reload under way (the"
@@ -1375,12 +1379,12 @@ class Controller:
             tkey = change.key
             if router.template_origins.get(tkey) == "config":
                 _, where = template_intents(declared, router.links).get(tkey, (None, "?"))
-                return DeclaredInConfig(
-                    f"the template {template_text(tkey)} is declared in {where}{again}"
+                return _declared_in(
+                    f"the template {template_text(tkey)} is declared in {where}{again}", where
                 )
         elif isinstance(change, Leave) and self.joins.wanted.get(change.key) == ORIGIN_CONFIG:
             where = join_intents(declared, router.links).get(change.key, "?")
-            return DeclaredInConfig(f"{describe_key(change.key)} is joined in {where}{again}")
+            return _declared_in(f"{describe_key(change.key)} is joined in {where}{again}", where)
         return None
 
     def _mark(self, changes: Sequence[Change], origin: str) -> None:
@@ -2527,6 +2531,13 @@ class Controller:
             for step in steps:
                 log.debug("%s: %s", what, views.step_text(step))
         return steps
+
+
+def _declared_in(message: str, where: str, field: str | None = None) -> DeclaredInConfig:
+    """The refusal of a change to what the config files declare at `where` (FILE:LINE, or
+    "?" when unknown): its `file` and `line` say where, as a config_error's do."""
+    file, line = place_of(f"{where}: ")
+    return DeclaredInConfig(message, field, file=file, line=line)
 
 
 def _refused_reason(e: Exception) -> str:

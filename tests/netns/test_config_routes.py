@@ -99,9 +99,12 @@ def test_config_routes_installed_at_start_and_reload_applies_the_difference(
     # A runtime change to a config route is refused, naming the file and line.
     refused = daemon.ctl("mfc", "del", "--source", SOURCE, "--group", "239.5.0.1", "-o", "json")
     assert refused.returncode == 1
-    assert json.loads(refused.stdout)["error"]["code"] == "declared_in_config"
+    error = json.loads(refused.stdout)["error"]
+    assert error["code"] == "declared_in_config"
     header = daemon.config_file.read_text().splitlines().index("[[route]]") + 1
     assert f"{daemon.config_file}:{header}" in refused.stderr  # its [[route]] header
+    assert refused.stderr.count(f"{daemon.config_file}:{header}") == 1  # said once
+    assert (error["file"], error["line"]) == (str(daemon.config_file), header)  # for programs
     assert received(lab, "239.5.0.1") == [5, 0, 0]
 
     # Config routes are not in the state file: a restart without them in the file ends them,

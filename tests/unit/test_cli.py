@@ -76,7 +76,7 @@ def test_vif_set_without_a_setting_is_one_line_naming_the_options(
     status, out, err = run_cli(*argv)
     assert status == protocol.EXIT_USAGE
     assert capsys.readouterr() == ("", "")
-    assert out == ""
+    assert out == ("" if "json" not in argv else json.dumps(cli.usage_json(err[8:-1])) + "\n")
     assert err.count("\n") == 1, err  # not the top-level usage
     assert err.startswith("mfcctl: vif set needs")
     for option in ("--threshold", "--mrdisc", "--no-mrdisc"):
@@ -88,6 +88,82 @@ def test_usage_errors_go_to_the_given_stderr(capsys: pytest.CaptureFixture[str])
     assert status == protocol.EXIT_USAGE
     assert capsys.readouterr().err == "", "argparse wrote to sys.stderr, not to main()'s stderr"
     assert "usage: mfcctl" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "instead"),
+    [
+        (
+            ["add", "r0", "198.18.10.2", "239.64.0.1", "r2"],
+            "mfcctl mfc add --iif r0 --source 198.18.10.2 --group 239.64.0.1 --oifs r2",
+        ),
+        (["rem", "r0", "198.18.10.2", "239.64.0.1"], "mfcctl mfc del --source 198.18.10.2"),
+        (["kill"], "systemctl stop mfc_daemon"),
+        (["-d", "show"], "mfcctl show --stats"),
+        (["-v", "s", "g"], "mfcctl show groups"),
+    ],
+)
+def test_smcroutectl_commands_are_one_line_naming_mfcctls(
+    argv: list[str], instead: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(*argv)
+    assert status == protocol.EXIT_USAGE
+    assert capsys.readouterr() == ("", "")
+    assert out == ""
+    assert err.startswith("mfcctl: ") and err.count("\n") == 1, err  # no usage, no choices
+    assert instead in err and " is smcroutectl's " in err
+
+
+# Ways of asking for JSON argparse takes, before or after the command; the last one counts.
+JSON_ASKED = [
+    ["-o", "json"],
+    ["--output", "json"],
+    ["--output=json"],
+    ["-ojson"],
+    ["--out", "json"],
+    ["-o", "table", "-o", "json"],
+]
+USAGE_ERRORS = [
+    ["mfc", "add", "--source", "10.0.0.1"],  # argparse's, of a subcommand
+    ["frobnicate"],  # argparse's, of mfcctl's parser
+    ["show", "routez"],
+    ["add", "r0", "239.1.1.1", "r1"],  # smcroutectl's
+    ["vif", "set", "r1"],  # mfcctl's own
+]
+
+
+@pytest.mark.parametrize("asked", JSON_ASKED)
+@pytest.mark.parametrize("argv", USAGE_ERRORS)
+def test_a_usage_error_with_output_json_prints_a_json_error(
+    argv: list[str], asked: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    for line in ([*asked, *argv], [*argv, *asked]):
+        status, out, err = run_cli(*line)
+        assert status == protocol.EXIT_USAGE
+        assert capsys.readouterr() == ("", "")
+        error = json.loads(out)["error"]
+        assert error["code"] == "usage" and set(error) == {"code", "message"}
+        # The same words on stderr, as without -o json.
+        assert error["message"].split(": ", 1)[-1] in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "argv", [["show", "--watch", "0"], ["batch", "/nonexistent/batch"], ["--socket", "", "ping"]]
+)
+def test_mfcctls_own_usage_errors_with_output_json_print_a_json_error(argv: list[str]) -> None:
+    status, out, err = run_cli(*argv, "-o", "json")
+    assert status == protocol.EXIT_USAGE
+    assert json.loads(out) == cli.usage_json(err.removeprefix("mfcctl: ").rstrip("\n"))
+
+
+@pytest.mark.parametrize("asked", [[], ["-o", "table"], ["-o", "json", "-o", "table"]])
+@pytest.mark.parametrize("argv", USAGE_ERRORS)
+def test_a_usage_error_without_output_json_prints_nothing_on_stdout(
+    argv: list[str], asked: list[str]
+) -> None:
+    status, out, err = run_cli(*asked, *argv)
+    assert (status, out) == (protocol.EXIT_USAGE, "")
+    assert err
 
 
 # --- talking to a daemon -------------------------------------------------------------------------
@@ -325,6 +401,44 @@ def test_daemon_errors_map_to_exit_statuses(tmp_path: Path) -> None:
     fake.close()
     assert (status, out) == (protocol.EXIT_NOT_FOUND, "")
     assert err == f"mfcctl: {error['message']}\n"
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_a_refusal_of_what_the_files_declare_says_where_once(tmp_path: Path, output: str) -> None:
+    message = (
+        "the route 10.0.0.1 -> 239.1.1.1 is declared in /etc/mfcd/mfc_daemon.conf:12; change it"
+        " there and reload (mfcctl reload)"
+    )
+    error: dict[str, Any] = {"code": "declared_in_config", "message": message}
+    error.update(file="/etc/mfcd/mfc_daemon.conf", line=12)
+    fake = FakeDaemon(tmp_path / "s", {"ok": False, "error": error})
+    status, out, err = run_cli("--socket", str(fake.path), "-o", output, "mfc", "del", *ADD[2:6])
+    fake.close()
+    assert (status, err) == (protocol.EXIT_REJECTED, f"mfcctl: {message}\n")
+    assert out == ("" if output == "table" else json.dumps({"error": error}) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "cmd"),
+    [
+        (["show", "routes"], "show"),
+        (["show", "routes", "-s", "--table", "100"], "show"),
+        (["show", "interfaces"], "vif.show"),
+        (["show", "interfaces", "--stats", "--table", "studio"], "vif.show"),
+    ],
+)
+def test_show_routes_and_interfaces_as_smcroutectl_says_them(
+    tmp_path: Path, argv: list[str], cmd: str
+) -> None:
+    fake = FakeDaemon(tmp_path / "s", {"ok": True, "result": {"vifs": [], "routes": []}})
+    status, _, err = run_cli("--socket", str(fake.path), *argv)
+    fake.close()
+    assert (status, err) == (protocol.EXIT_OK, "")
+    request = fake.requests[-1]
+    assert request["cmd"] == cmd
+    table = {"100": 100, "studio": "studio"}.get(argv[-1])
+    stats = "-s" in argv or "--stats" in argv
+    assert request["args"] == {"stats": stats, **({"table": table} if table else {})}
 
 
 def test_unreachable_daemon_is_exit_status_3(tmp_path: Path) -> None:

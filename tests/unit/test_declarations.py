@@ -444,6 +444,38 @@ def test_a_runtime_change_to_a_declared_route_or_threshold_is_refused() -> None:
     assert ctl.router.routes[KEY] == Ports("a", ("b",))
 
 
+DECLARED = (
+    "\n"
+    + route()
+    + '\n[[route]]\nsource = "*"\ngroup = "239.2.0.0/24"\niif = "a"\noifs = ["b"]\n'
+    + '\n[[join]]\ninterface = "a"\ngroup = "239.5.0.1"\n'
+    + '\n[[interface]]\nname = "b"\nthreshold = 4\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args", "line", "field"),
+    [
+        ("mfc.del", {"source": "198.18.0.2", "group": "239.1.1.1"}, 2, None),
+        ("mfc.del", {"group": "239.2.0.0/24", "iif": "a"}, 8, None),
+        ("leave", {"interface": "a", "group": "239.5.0.1"}, 14, None),
+        ("vif.set", {"interface": "b", "threshold": 9}, 18, "threshold"),
+    ],
+)
+def test_a_refusal_of_what_the_files_declare_has_their_file_and_line(
+    cmd: str, args: dict[str, Any], line: int, field: str | None
+) -> None:
+    """As a config_error does: programs read where it is declared without parsing the text."""
+    ctl = controller()
+    apply(ctl, DECLARED)
+    commands = Commands(ctl, (4, 6))
+    msg = {"v": 1, "id": 1, "cmd": cmd, "args": args}
+    error = json.loads(commands.handle(json.dumps(msg).encode(), PEER))["error"]
+    assert error["code"] == "declared_in_config"
+    assert (error["file"], error["line"], error.get("field")) == ("f.conf", line, field)
+    assert f" in f.conf:{line}; change it there" in error["message"]
+
+
 @pytest.mark.parametrize(
     "before", ["", "mfc add --source 198.18.0.2 --group 239.9.9.9 --iif a --oifs c\n"]
 )
@@ -456,6 +488,9 @@ def test_a_refused_batch_line_is_named_in_a_batch_of_one_line_too(before: str) -
     error = json.loads(commands.handle(json.dumps(msg).encode(), PEER))["error"]
     assert error["code"] == "declared_in_config"
     assert error["line"] == text.count("\n") and "op" not in error
+    # `line` is the batch's: no `file` of the config files to pair it with (the message
+    # still says where the route is declared).
+    assert "file" not in error and "declared in f.conf:1;" in error["message"]
 
 
 def test_a_declared_route_takes_over_an_api_route_and_the_state_file_forgets_it() -> None:
