@@ -927,7 +927,8 @@ class Daemon:
         dropped their oifs there). The event itself wrote the entries it changed a moment
         ago, so they are not written a second time; `mfcctl sync` writes every entry
         again. Only the full check, for entries another program left behind, dumps the
-        table.
+        table: after a start that found the tables in use, and every drift_check_interval
+        while the routes are few enough (see periodic_check).
         """
         touched, self._touched = self._touched, set()
         if self._full_check:
