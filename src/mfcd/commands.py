@@ -534,6 +534,7 @@ class Commands:
         repairs = self.controller.sync(view, dry_run=dry_run)
         if not dry_run:
             log.info("%s sync: %d repairs", peer, len(repairs))
+            self.registry.drift_checked(repairs, time.time())  # mfcd_drift_repairs_total
             for entry in repairs:
                 self.events.emit("repair", **entry)
             if self.on_change is not None:

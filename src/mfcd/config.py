@@ -49,6 +49,9 @@ class Config:
     # Seconds a learned entry's packet counter may stand still before it is removed (0: never).
     learned_idle_timeout: float = 60.0
     max_learned: int = 100_000  # learned entries at most; new flows past it are not learned
+    # Seconds between two drift checks of every installed route (0: none but those that
+    # interface events and sync start).
+    drift_check_interval: float = 300.0
     on_config_error: str = "skip_file"  # one of ON_CONFIG_ERROR
 
     @property
@@ -65,7 +68,12 @@ _RANGES = {
     "metrics_route_series_max": (0.0, 10_000_000.0),
     "learned_idle_timeout": (0.0, 86400.0),
     "max_learned": (0.0, 10_000_000.0),
+    "drift_check_interval": (0.0, 86400.0),
 }
+# Settings whose 0 turns something off and whose other values start higher: drift checks of
+# every route more often than every 10 s would run back to back on a large table (a probe
+# of 1,000,000 entries takes 8 s or more), and forwarding lost for 10 s is rare enough.
+_OFF_OR_FROM = {"drift_check_interval": 10.0}
 
 
 def _check(key: str, value: Any, where: str) -> Any:
@@ -90,8 +98,10 @@ def _check(key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: on_config_error must be {choices}")
     if key in _RANGES:
         low, high = _RANGES[key]
-        if not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ConfigError(f"{where}: {key} must be between {low:g} and {high:g}")
+        least = _OFF_OR_FROM.get(key, low)
+        if not isinstance(value, (int, float)) or not (low <= value <= high) or 0 < value < least:
+            within = f"0 (off) or between {least:g}" if least != low else f"between {low:g}"
+            raise ConfigError(f"{where}: {key} must be {within} and {high:g}")
     if key in ("socket_path", "state_file") and not value:
         raise ConfigError(f"{where}: {key} must not be empty")
     if key == "metrics_listen" and value:

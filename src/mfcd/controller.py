@@ -2370,8 +2370,11 @@ class Controller:
             steps += self.link_down(old, kernel_dropped_vif=False)
         return steps + self.link_up(interface, ifindex)
 
-    def sync(self, view: KernelView, dry_run: bool = False) -> list[dict[str, Any]]:
-        """Repair drift between the kernel's tables and the model; report each repair.
+    def sync(
+        self, view: KernelView, dry_run: bool = False, what: str = "sync"
+    ) -> list[dict[str, Any]]:
+        """Repair drift between the kernel's tables and the model; report each repair
+        (logged as `what` did them: sync, or the daemon's full drift check).
 
         Then routes still pending for want of a VIF or after a kernel refusal are retried:
         a repair may have removed what stood in their way (a VIF another program added).
@@ -2394,8 +2397,10 @@ class Controller:
             self._members("sync: retry joins", self.joins.retry, router.links)
             retried = self.retry_pending([*router.blocked, *router.refused])
             report += map(views.describe_step, retried)
-            log.info(
-                "sync: %d repairs, %d routes checked%s in %.2f s",
+            log.log(
+                logging.WARNING if report and what != "sync" else logging.INFO,
+                "%s: %d repairs, %d routes checked%s in %.2f s",
+                what,
                 len(report),
                 len(router.installed),
                 "" if view.mfc is not None else " by probe (foreign entries not looked for)",

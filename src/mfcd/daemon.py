@@ -48,7 +48,7 @@ from mfcd import (
     validate,
     views,
 )
-from mfcd.commands import Commands, tell
+from mfcd.commands import FULL_SYNC_ROUTES, Commands, tell
 from mfcd.controller import Controller, Outcome, Takeovers, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events, LinkChange, link_changes
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
@@ -247,6 +247,7 @@ class Daemon:
         # route); with _full_check it also dumps the whole MFC for entries mfcd did not add.
         self._touched: set[str] | None = set()
         self._full_check = False
+        self._periodic: asyncio.TimerHandle | None = None  # the next drift_check_interval tick
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
         self._readers: set[int] = set()  # the file descriptors the loop waits on
         # The tables in use, the table sockets and the link monitor _sync_tables last saw.
@@ -480,6 +481,7 @@ class Daemon:
         expiry = asyncio.create_task(self._expire_learned())
         join_check = asyncio.create_task(self._check_joins())
         self._check_inherited()
+        self._schedule_checks()
         # A long journal is compacted by the usual rule, but not before the first requests.
         compact = loop.call_later(COMPACT_DELAY, self._compact_soon)
         await self.stopping.wait()
@@ -502,7 +504,7 @@ class Daemon:
             loop.remove_reader(fd)
         self._readers.clear()
         self._tables_seen = None
-        for task in (self._resync, self._checking, self._reissuing):
+        for task in (self._resync, self._checking, self._reissuing, self._periodic):
             if task is not None:
                 task.cancel()
 
@@ -570,6 +572,8 @@ class Daemon:
                 f"; {config.left_out_counted(self.left_out, self.config_path)} left out for"
                 " errors (see the log; mfcctl reload once fixed)"
             )
+        if self.registry.last_repairs is not None:  # (drift is rare: most hosts never show it)
+            text += "; " + views.last_repairs(*self.registry.last_repairs)
         return text
 
     def _sync_tables(self) -> None:
@@ -862,6 +866,32 @@ class Daemon:
         for followed, line in self.controller.follow_api_wildcards(names):  # the runtime ones
             (log.info if followed else log.error)("wildcard oifs: %s", line)
 
+    def _schedule_checks(self) -> None:
+        """(Re)start the timer of the periodic drift check: every drift_check_interval (0:
+        none). A check is what nothing else starts when another program deletes an entry
+        or a VIF without an interface event, and the only thing that finds it unasked."""
+        if self._periodic is not None:
+            self._periodic.cancel()
+            self._periodic = None
+        interval = self.cfg.drift_check_interval
+        if interval > 0:
+            self._periodic = asyncio.get_running_loop().call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        """The periodic drift check's turn: one of every route, unless one runs already."""
+        self._schedule_checks()  # the next tick at a fixed pace, however long this check takes
+        router = self.controller.router
+        running = self._checking is not None and not self._checking.done()
+        kind = periodic_check(len(router.routes), len(router.vifs), len(router.installed), running)
+        if kind is None:
+            if running:
+                log.debug("periodic drift check skipped: the previous check still runs")
+            return
+        # (An event's check waiting for the interfaces to settle is widened, not hurried.)
+        self._resync_later(
+            RESYNC_DELAY if self._resync is not None else 0.0, None, full=kind == "full"
+        )
+
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False
     ) -> None:
@@ -900,7 +930,8 @@ class Daemon:
         dropped their oifs there). The event itself wrote the entries it changed a moment
         ago, so they are not written a second time; `mfcctl sync` writes every entry
         again. Only the full check, for entries another program left behind, dumps the
-        table.
+        table: after a start that found the tables in use, and every drift_check_interval
+        while the routes are few enough (see periodic_check).
         """
         touched, self._touched = self._touched, set()
         if self._full_check:
@@ -938,9 +969,7 @@ class Daemon:
         )
         self._sync_tables()
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
-        for entry in report:
-            self.events.emit("repair", **entry)
-        repairs = Counter(entry["action"] for entry in report)
+        repairs = self._repaired(report)
         log.log(
             logging.WARNING if report else logging.INFO,
             "drift check of %s: %d entries checked, %s, in %.2f s",
@@ -985,13 +1014,22 @@ class Daemon:
             # Changes keep coming (a busy client): check on the loop, between two requests.
             view = observe(self.kernel, self.kernel.families, True, controller.router.tables())
         self._deferred = 0
-        for entry in controller.sync(view):
-            self.events.emit("repair", **entry)
+        self._repaired(controller.sync(view, what="full drift check"))
         self._sync_tables()
         # The tables taken over hold no VIF the routes do not claim any more: new VIFs take
         # the lowest free index again, and the adopted sockets forget what they held.
         controller.router.prefer_slots({})
         self.kernel.forget_kept()
+
+    def _repaired(self, report: list[dict[str, Any]]) -> Counter[str]:
+        """A drift check's repairs: told to `monitor`, counted for /metrics and the status
+        line; their counts by action returned."""
+        for entry in report:
+            self.events.emit("repair", **entry)
+        counts = self.registry.drift_checked(report, time.time())
+        if counts:
+            self.report_status()
+        return counts
 
     async def _watchdog(self) -> None:
         interval = notify.watchdog_interval()
@@ -1355,6 +1393,20 @@ class Daemon:
             self.learner.idle_timeout = new.learned_idle_timeout
             self.learner.max_learned = new.max_learned
         self.cfg = new
+        if self.serving and new.drift_check_interval != old.drift_check_interval:
+            self._schedule_checks()  # (the first check one new interval from now)
+
+
+def periodic_check(routes: int, vifs: int, installed: int, running: bool) -> str | None:
+    """What a tick of drift_check_interval checks: "full" (a dump of the whole MFC, as sync
+    does up to FULL_SYNC_ROUTES installed routes: it also finds entries rewritten or added
+    by another program, which probes cannot), "probe" (each installed route's entry, O(1)
+    each: the dump's cost grows faster than the table, 1-2 s at 100,000 entries and
+    minutes at 1,000,000) or None: no check while one runs (the tick is skipped), nor
+    on a daemon with no route and no VIF, where there is nothing to compare."""
+    if running or not (routes or vifs):
+        return None
+    return "full" if installed <= FULL_SYNC_ROUTES else "probe"
 
 
 def moved(before: dict[str, int], after: dict[str, int]) -> set[str]:

@@ -38,6 +38,10 @@ ENTRY_EVENTS = {
     "expired": "Learned (S,G) entries removed after a time without traffic.",
     "dropped": "(S,G) entries that could not be learned (a limit, or the kernel refused).",
 }
+# What a drift check or sync repairs (Step.action): their series are on the page from the
+# start, at 0, so that increase() sees the first repair. A route that a repair let in (a
+# VIF removed that stood in its way) counts as its add_vif and add_mfc, as they come.
+REPAIR_ACTIONS = ("del_mfc", "del_vif", "readd_mfc", "readd_vif", "reissue_mfc")
 # Seconds: a request is handled in microseconds (ping) to seconds (a batch of 1,000,000).
 REQUEST_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
 REQUEST_BUCKETS += (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -137,6 +141,22 @@ class Registry:
     # Config files a start left out for errors (an unreadable drop-in directory: one), until
     # a reload applies them.
     config_files_left_out: int = 0
+    # Drift repairs by action, of every drift check and every sync that is not a dry run;
+    # when the last of these finished (time.time()), and when the last repair was and its
+    # counts (None: none since start).
+    drift_repairs: Counter[str] = field(default_factory=Counter)
+    drift_checked_at: float | None = None
+    last_repairs: tuple[float, Counter[str]] | None = None
+
+    def drift_checked(self, repairs: Iterable[Mapping[str, object]], now: float) -> Counter[str]:
+        """A drift check (or sync) finished at `now` with these repairs (each with its
+        `action`): counted; their counts by action returned."""
+        counts = Counter(str(entry["action"]) for entry in repairs)
+        self.drift_repairs.update(counts)
+        self.drift_checked_at = now
+        if counts:
+            self.last_repairs = (now, counts)
+        return counts
 
     def request(self, command: str, result: str, seconds: float) -> None:
         """One request handled: its command ("invalid" if it named none), its result ("ok"
@@ -378,7 +398,26 @@ def _activity(src: Sources) -> str:
         out += family(
             f"mfcd_{event}_entries_total", "counter", text, [("", registry.entries.get(event, 0))]
         )
-    return out
+    return out + _drift(registry)
+
+
+def _drift(registry: Registry) -> str:
+    repairs = {**dict.fromkeys(REPAIR_ACTIONS, 0), **registry.drift_repairs}
+    out = family(
+        "mfcd_drift_repairs_total",
+        "counter",
+        "Differences between the kernel's tables and the routes that drift checks and sync"
+        " repaired, by the kernel operation that repaired them.",
+        [(labels([("action", action)]), n) for action, n in sorted(repairs.items())],
+    )
+    checked = registry.drift_checked_at
+    return out + family(
+        "mfcd_drift_check_last_timestamp_seconds",
+        "gauge",
+        "When the last drift check or sync finished, in seconds since the epoch (no sample"
+        " before the first).",
+        [] if checked is None else [("", checked)],
+    )
 
 
 VIF_FAMILIES = (

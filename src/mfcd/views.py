@@ -114,6 +114,12 @@ def summarize(steps: Sequence[Step], seconds: float) -> str:
     return summarize_counts(Counter(step.action for step in steps), seconds)
 
 
+def last_repairs(at: float, counts: Counter[str]) -> str:
+    """The status line's part on the last drift repair: when (UTC) and what, by action."""
+    kinds = ", ".join(f"{action} {n}" for action, n in sorted(counts.items()))
+    return f"drift repaired at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(at))} UTC ({kinds})"
+
+
 def summarize_counts(counts: Counter[str], seconds: float) -> str:
     """summarize() of steps counted by action (any other count, as "refused", shown too)."""
     counts = +counts  # (no zero counts)

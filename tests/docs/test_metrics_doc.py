@@ -82,6 +82,12 @@ def test_the_example_alert_rules_pass_promtool_and_fire_as_described(tmp_path: P
 _IDLE = 'source="198.18.0.2",group="239.1.1.1",iif="r0",table="253",family="ipv4"'
 _BUSY = 'source="198.18.0.2",group="239.1.1.2",iif="r0",table="253",family="ipv4"'
 _JOB = 'instance="r1:10040",job="mfcd"'
+# Drift checks: r1 checks every minute and repairs once at minute 3; r2's last check was at
+# minute 1; r3 (started at 0) never checked. Another exporter's process_start_time_seconds
+# on r4 is no mfcd's.
+_STUCK = 'instance="r2:10040",job="mfcd"'
+_NEVER = 'instance="r3:10040",job="mfcd"'
+_OTHER = 'instance="r4:9100",job="node"'
 RULE_TESTS = f"""
 rule_files: [rules.yml]
 evaluation_interval: 1m
@@ -98,7 +104,62 @@ tests:
         values: '0x20'
       - series: 'mfcd_templates{{state="degraded",origin="config",{_JOB}}}'
         values: '1x20'
+      - series: 'mfcd_drift_repairs_total{{action="reissue_mfc",{_JOB}}}'
+        values: '0x2 1x17'
+      - series: 'mfcd_drift_repairs_total{{action="del_mfc",{_JOB}}}'
+        values: '0x19'
+      - series: 'mfcd_drift_check_last_timestamp_seconds{{{_JOB}}}'
+        values: '0+60x20'
+      - series: 'mfcd_drift_check_last_timestamp_seconds{{{_STUCK}}}'
+        values: '60x20'
+      - series: 'process_start_time_seconds{{{_JOB}}}'
+        values: '0x20'
+      - series: 'process_start_time_seconds{{{_STUCK}}}'
+        values: '0x20'
+      - series: 'process_start_time_seconds{{{_NEVER}}}'
+        values: '0x20'
+      - series: 'process_start_time_seconds{{{_OTHER}}}'
+        values: '0x20'
+      - series: 'mfcd_build_info{{version="1",{_JOB}}}'
+        values: '1x20'
+      - series: 'mfcd_build_info{{version="1",{_STUCK}}}'
+        values: '1x20'
+      - series: 'mfcd_build_info{{version="1",{_NEVER}}}'
+        values: '1x20'
     alert_rule_test:
+      - eval_time: 2m
+        alertname: MulticastTablesRepaired
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: MulticastTablesRepaired
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              instance: r1:10040
+              action: reissue_mfc
+            exp_annotations:
+              summary: "mfcd repaired its multicast routing tables (reissue_mfc)"
+              description: "Another program changed them; the log and mfcctl monitor say what."
+      - eval_time: 15m
+        alertname: MulticastDriftChecksStopped
+        exp_alerts: []
+      - eval_time: 17m
+        alertname: MulticastDriftChecksStopped
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              instance: r2:10040
+              job: mfcd
+            exp_annotations:
+              summary: "mfcd has not checked its tables for drift for 15 minutes"
+              description: "Is drift_check_interval 0, or is mfcd's event loop stuck?"
+          - exp_labels:
+              severity: warning
+              instance: r3:10040
+              job: mfcd
+            exp_annotations:
+              summary: "mfcd has not checked its tables for drift for 15 minutes"
+              description: "Is drift_check_interval 0, or is mfcd's event loop stuck?"
       - eval_time: 4m
         alertname: MulticastRouteWithoutTraffic
         exp_alerts: []

@@ -582,5 +582,5 @@ def test_a_start_makes_a_static_entry_left_behind_mfcds_own(lab: Lab, mfcd: Mfcd
     assert send_and_count(lab, 4, 0) == [5, 0]
     _, log = mfcd.stop()
     assert "held entries mfcd did not add; repairing them" in log
-    assert "sync: 1 repairs" in log
+    assert "WARNING: full drift check: 1 repairs" in log
     assert group not in mroute_table(lab, 4, "all")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -677,6 +678,26 @@ def test_sync_reads_the_whole_table_only_when_small_or_asked(
     assert ask(commands, "sync", {"full": 1})["error"]["code"] == "bad_request"
     asked = [entries for _family, _table, entries in kernel.observed]
     assert asked == [True, True, False, False, True, True]  # IPv4 and IPv6 each time
+
+
+def test_a_sync_counts_its_repairs_for_metrics_but_a_dry_run_does_not(
+    commands: Commands,
+) -> None:
+    kernel = commands.controller.kernel
+    assert isinstance(kernel, FakeKernel)
+    kernel.names = {1: "a", 2: "b", 3: "c"}
+    commands.plane = kernel
+    kernel.mfcs.clear()  # the route's entry removed behind mfcd's back
+    registry = commands.registry
+    assert len(ask(commands, "sync", {}, dry_run=True)["result"]["repairs"]) == 1
+    assert registry.drift_checked_at is None and not registry.drift_repairs
+    before = time.time()
+    ask(commands, "sync", {})
+    assert registry.drift_repairs == {"reissue_mfc": 1}
+    assert registry.drift_checked_at is not None and registry.drift_checked_at >= before
+    ask(commands, "sync", {})  # nothing to repair: a check all the same
+    assert registry.drift_repairs == {"reissue_mfc": 1}
+    assert registry.last_repairs is not None and registry.last_repairs[1] == {"reissue_mfc": 1}
 
 
 def test_ping_reports_the_upcalls_counted_by_kind(commands: Commands) -> None:

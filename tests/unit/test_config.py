@@ -86,10 +86,29 @@ def test_every_setting_is_read() -> None:
         ("max_request_bytes = 4096.0", "max_request_bytes must be a int"),
         ("max_request_bytes = true", "max_request_bytes must be a int"),
         ('max_request_bytes = "4096"', "max_request_bytes must be a int"),
+        ("drift_check_interval = 9.9", "drift_check_interval must be 0 (off) or between 10 and"),
+        ("drift_check_interval = 1", "drift_check_interval must be 0 (off) or between 10 and"),
+        ("drift_check_interval = -1", "drift_check_interval must be 0 (off) or between"),
+        ("drift_check_interval = 86401", "drift_check_interval must be 0 (off) or between"),
+        ("drift_check_interval = nan", "drift_check_interval must be 0 (off) or between"),
+        ('drift_check_interval = "300"', "drift_check_interval must be a float"),
     ],
 )
 def test_type_and_range_errors(line: str, words: str) -> None:
     assert words in refused(line + "\n")
+
+
+@pytest.mark.parametrize(
+    ("line", "seconds"),
+    [
+        ("", 300.0),
+        ("drift_check_interval = 0", 0.0),
+        ("drift_check_interval = 10", 10.0),
+        ("drift_check_interval = 86400", 86400.0),
+    ],
+)
+def test_drift_check_interval_is_off_or_10_s_to_a_day(line: str, seconds: float) -> None:
+    assert config.parse(line + "\n").drift_check_interval == seconds
 
 
 @pytest.mark.parametrize(

@@ -233,6 +233,31 @@ def test_config_files_left_out_at_start_are_a_gauge(ctl: Controller) -> None:
     assert samples(page(ctl, registry=registry), "mfcd_config_files_left_out") == {"": "2"}
 
 
+def test_drift_repairs_are_counted_by_action_and_the_last_check_is_a_timestamp(
+    ctl: Controller,
+) -> None:
+    registry = Registry()
+    text = page(ctl, registry=registry)
+    # Every repair action from the start, at 0; no timestamp before the first check.
+    assert samples(text, "mfcd_drift_repairs_total") == {
+        f'{{action="{action}"}}': "0" for action in metrics.REPAIR_ACTIONS
+    }
+    assert "# TYPE mfcd_drift_check_last_timestamp_seconds gauge" in text
+    assert samples(text, "mfcd_drift_check_last_timestamp_seconds") == {}
+    repairs = [{"action": "reissue_mfc"}, {"action": "readd_vif"}, {"action": "reissue_mfc"}]
+    assert registry.drift_checked(repairs, 1800000000.5) == {"reissue_mfc": 2, "readd_vif": 1}
+    assert registry.drift_checked([{"action": "add_mfc"}], 1800000300.0) == {"add_mfc": 1}
+    assert registry.drift_checked([], 1800000600.0) == {}  # a check that found nothing
+    text = page(ctl, registry=registry)
+    counted = samples(text, "mfcd_drift_repairs_total")
+    assert counted['{action="reissue_mfc"}'] == "2"
+    assert counted['{action="readd_vif"}'] == "1"
+    assert counted['{action="add_mfc"}'] == "1"  # one not foreseen comes as it is counted
+    assert counted['{action="del_mfc"}'] == "0"
+    assert samples(text, "mfcd_drift_check_last_timestamp_seconds") == {"": "1800000600.0"}
+    assert registry.last_repairs == (1800000300.0, {"add_mfc": 1})  # the last that repaired
+
+
 def test_a_route_removed_while_the_page_is_built_is_left_out(ctl: Controller) -> None:
     src = Sources(ctl.router, Counted(), Registry(), Counter(), "1", None, 10)
     parts = metrics.exposition(src, chunk=1)
@@ -294,6 +319,7 @@ def test_promtool_accepts_a_whole_page(ctl: Controller, tmp_path: Path) -> None:
     registry.request("batch", "invalid_argument", 2.0)
     registry.state_sync_seconds.observe(0.003)
     registry.templates = lambda: {("degraded", "config"): 1}
+    registry.drift_checked([{"action": "reissue_mfc"}], 1800000000.25)
     text = page(ctl, registry=registry)
     assert '"we\\"ird\\\\"' in text
     result = subprocess.run(
