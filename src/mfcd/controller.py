@@ -2371,10 +2371,11 @@ class Controller:
         return steps + self.link_up(interface, ifindex)
 
     def sync(
-        self, view: KernelView, dry_run: bool = False, what: str = "sync"
+        self, view: KernelView, dry_run: bool = False, what: str = "sync", quiet: bool = False
     ) -> list[dict[str, Any]]:
         """Repair drift between the kernel's tables and the model; report each repair
-        (logged as `what` did them: sync, or the daemon's full drift check).
+        (logged as `what` did them: sync, or the daemon's full drift check; `quiet`: at
+        debug when there was nothing to repair, as the periodic check does).
 
         Then routes still pending for want of a VIF or after a kernel refusal are retried:
         a repair may have removed what stood in their way (a VIF another program added).
@@ -2397,8 +2398,9 @@ class Controller:
             self._members("sync: retry joins", self.joins.retry, router.links)
             retried = self.retry_pending([*router.blocked, *router.refused])
             report += map(views.describe_step, retried)
+            level = logging.WARNING if report and what != "sync" else logging.INFO
             log.log(
-                logging.WARNING if report and what != "sync" else logging.INFO,
+                logging.DEBUG if quiet and not report else level,
                 "%s: %d repairs, %d routes checked%s in %.2f s",
                 what,
                 len(report),

@@ -248,6 +248,10 @@ class Daemon:
         self._touched: set[str] | None = set()
         self._full_check = False
         self._periodic: asyncio.TimerHandle | None = None  # the next drift_check_interval tick
+        # The next drift check was asked by the periodic tick alone: nothing is known to be
+        # wrong, so it logs at debug when it repairs nothing and never blocks the loop for
+        # a dump (see _check_full).
+        self._periodic_only = False
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
         self._readers: set[int] = set()  # the file descriptors the loop waits on
         # The tables in use, the table sockets and the link monitor _sync_tables last saw.
@@ -888,9 +892,9 @@ class Daemon:
                 log.debug("periodic drift check skipped: the previous check still runs")
             return
         # (An event's check waiting for the interfaces to settle is widened, not hurried.)
-        self._resync_later(
-            RESYNC_DELAY if self._resync is not None else 0.0, None, full=kind == "full"
-        )
+        pending = self._resync is not None
+        self._resync_later(RESYNC_DELAY if pending else 0.0, None, full=kind == "full")
+        self._periodic_only = not pending
 
     def _resync_later(
         self, delay: float, touched: set[str] | None = None, full: bool = False
@@ -902,6 +906,7 @@ class Daemon:
         else:
             self._touched |= touched
         self._full_check |= full
+        self._periodic_only = False  # (the tick sets it again when it alone asked)
         if self._resync is not None:
             self._resync.cancel()
         self._resync = asyncio.get_running_loop().call_later(delay, self._resync_now)
@@ -934,10 +939,16 @@ class Daemon:
         while the routes are few enough (see periodic_check).
         """
         touched, self._touched = self._touched, set()
+        periodic, self._periodic_only = self._periodic_only, False
         if self._full_check:
             self._full_check = False
-            await self._check_full()
+            await self._check_full(periodic)
             return
+        await self._check_probes(touched, periodic)
+
+    async def _check_probes(self, touched: set[str] | None, periodic: bool) -> None:
+        """The drift check by probes (see _check_drift): of the routes on `touched`, None:
+        every route."""
         started = time.monotonic()
         controller, families = self.controller, self.kernel.families
         try:
@@ -971,7 +982,7 @@ class Daemon:
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
         repairs = self._repaired(report)
         log.log(
-            logging.WARNING if report else logging.INFO,
+            logging.WARNING if report else logging.DEBUG if periodic else logging.INFO,
             "drift check of %s: %d entries checked, %s, in %.2f s",
             what,
             len(keys),
@@ -990,12 +1001,15 @@ class Daemon:
             keys += on_vifs(router, listed[start : start + CHECK_CHUNK], vifs)
         return keys
 
-    async def _check_full(self) -> None:
+    async def _check_full(self, periodic: bool = False) -> None:
         """Compare every VIF and MFC entry, from a dump of the whole table; repair.
 
         The dump takes 2 s at 100,000 routes, most of it in the kernel: it runs in a thread,
         and clients are served meanwhile. A change of the model during the dump would look
-        like drift, so the comparison is then left to a later check.
+        like drift, so the comparison is then left to a later check. A `periodic` check
+        (the tick's alone) does not wait for the changes to stop, nor dump on the loop as
+        the others end up doing under a busy client (seconds without an answer, every
+        interval): it probes every route instead, as above FULL_SYNC_ROUTES.
         """
         controller = self.controller
         try:
@@ -1006,6 +1020,10 @@ class Daemon:
         except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
             return
+        if controller.router.version != version and periodic:
+            log.debug("periodic drift check: the routes changed during the dump; probes instead")
+            await self._check_probes(None, periodic)
+            return
         if controller.router.version != version and self._deferred < MAX_DEFERRED_CHECKS:
             self._deferred += 1
             self._resync_later(RESYNC_DELAY, full=True)
@@ -1014,7 +1032,7 @@ class Daemon:
             # Changes keep coming (a busy client): check on the loop, between two requests.
             view = observe(self.kernel, self.kernel.families, True, controller.router.tables())
         self._deferred = 0
-        self._repaired(controller.sync(view, what="full drift check"))
+        self._repaired(controller.sync(view, what="full drift check", quiet=periodic))
         self._sync_tables()
         # The tables taken over hold no VIF the routes do not claim any more: new VIFs take
         # the lowest free index again, and the adopted sockets forget what they held.

@@ -70,3 +70,60 @@ def test_the_timer_ticks_at_the_interval_and_a_reload_restarts_it() -> None:
         asyncio.run(check())
     finally:
         logging.getLogger().setLevel(level)
+
+
+def _racing_daemon(monkeypatch: object) -> tuple[Daemon, list[object]]:
+    """A daemon whose table dump sees the routes change while it runs (a busy client), with
+    what its full check then does recorded instead of done."""
+    daemon = Daemon(Config(), None, {})
+    ctl = daemon.controller = Controller(FakeKernel(), FakeState())
+    daemon.kernel = SimpleNamespace(families=(4,))  # type: ignore[assignment]
+    done: list[object] = []
+
+    def racing(*_: object) -> object:
+        ctl.router.version += 1
+        return SimpleNamespace()
+
+    monkeypatch.setattr("mfcd.daemon.dumped_links", lambda: [])  # type: ignore[attr-defined]
+    monkeypatch.setattr("mfcd.daemon.observe", racing)  # type: ignore[attr-defined]
+    daemon._sync_links = lambda links: None  # type: ignore[method-assign]
+
+    async def probes(touched: set[str] | None, periodic: bool) -> None:
+        done.append(("probes", touched, periodic))
+
+    daemon._check_probes = probes  # type: ignore[method-assign]
+    daemon._resync_later = lambda delay, touched=None, full=False: done.append(  # type: ignore[method-assign]
+        ("later", full)
+    )
+    return daemon, done
+
+
+def test_a_periodic_dump_that_the_routes_outran_probes_instead_of_blocking(
+    monkeypatch: object,
+) -> None:
+    """An event's or a start's full check defers, then dumps on the loop (seconds without an
+    answer at 100,000 routes); the periodic one, which nothing urges, probes at once."""
+    daemon, done = _racing_daemon(monkeypatch)
+    asyncio.run(daemon._check_full(periodic=True))
+    assert done == [("probes", None, True)]
+    daemon, done = _racing_daemon(monkeypatch)
+    asyncio.run(daemon._check_full())
+    assert done == [("later", True)]
+
+
+def test_a_periodic_check_asked_alone_is_quiet_and_an_event_makes_it_loud() -> None:
+    async def check() -> None:
+        daemon = Daemon(Config(drift_check_interval=300.0), None, {})
+        ctl = daemon.controller = Controller(FakeKernel(), FakeState())
+        ctl.link_up("a", 1)
+        ctl.link_up("b", 2)
+        ctl.change([AddRoute.of(Route(4, "198.18.0.2", "239.1.1.1", "a", ("b",), 253))])
+        daemon._tick()
+        assert daemon._periodic_only
+        daemon._resync_later(0.5, {"a"})  # an interface event before the check starts
+        assert not daemon._periodic_only
+        for handle in (daemon._resync, daemon._periodic):
+            assert handle is not None
+            handle.cancel()
+
+    asyncio.run(check())
