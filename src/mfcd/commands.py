@@ -994,7 +994,11 @@ class Commands:
             # (no pair made a line; list.count needs no hash of each fresh string, as set does)
             one = iifs.count(iifs[0]) == len(iifs) and oifs.count(oifs[0]) == len(oifs)
             combos = {(iifs[0], oifs[0])} if one else set(zip(iifs, oifs, strict=True))
-            shared = {combo: validate.route_ports(combo[0], [combo[1]]) for combo in combos}
+            # (oifs as written, "r1" or "r1,r2": each distinct text read into names once)
+            shared = {
+                combo: validate.route_ports(combo[0], batchscan.oif_names(combo[1]))
+                for combo in combos
+            }
         except MfcdError:
             return False
         if any(ports.__class__ is not Ports for ports in shared.values()):

@@ -85,8 +85,9 @@ def expanded(text: str) -> list[batchfile.Change]:
     for piece in batchscan.pieces(text):
         if isinstance(piece, batchscan.Run):
             columns = zip(*piece[1:], strict=True)
-            for i, (source, group, iif, oif, table) in enumerate(columns):
-                out.append((piece.line + i, "add", source, group, iif, [oif], table))
+            for i, (source, group, iif, oifs, table) in enumerate(columns):
+                names = batchscan.oif_names(oifs)
+                out.append((piece.line + i, "add", source, group, iif, names, table))
         else:
             out.append(piece)
     return out
