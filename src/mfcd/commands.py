@@ -1010,10 +1010,14 @@ class Commands:
             (number,) = numbers.values()
             stretches = [(len(sources), ports, number)]
         else:  # (rare: lines of several tables or interfaces, taken as they come)
-            marks = zip(iifs, oifs, tables, strict=True)
+            # By their Ports, not their words: "r1,r2" and "r1 r2" are one run.
+            marks = zip(
+                map(shared.__getitem__, zip(iifs, oifs, strict=True)),
+                map(numbers.__getitem__, tables),
+                strict=True,
+            )
             stretches = [
-                (len(list(same)), shared[(iif, oif)], numbers[table])
-                for (iif, oif, table), same in groupby(marks)
+                (len(list(same)), ports, number) for (ports, number), same in groupby(marks)
             ]
         begin = 0
         for size, ports, number in stretches:

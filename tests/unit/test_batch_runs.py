@@ -485,3 +485,17 @@ def test_a_line_of_several_oifs_out_of_runs_is_read_as_line_by_line(
     assert answer["ok"] == ok, answer
     if not ok:
         assert answer["error"]["line"] == 700, answer
+
+
+def test_both_spellings_of_one_set_are_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 lines of oifs r1 and r2, spelt "r1,r2" and "r1 r2" in turn: one run of the
+    model (its first route alone: r1 needs a VIF), as line by line otherwise."""
+    monkeypatch.setattr(commands_module, "RUN_MIN", RUN_MIN)
+    text = "\n".join(several_oifs_line(i, "r1 r2" if i % 2 else "r1,r2") for i in range(1000))
+    commands = make(tmp_path, "count")
+    taken = runs_taken(commands)
+    assert json.loads(request(commands, text))["result"]["added"] == 1000
+    assert taken == [999]
+    both(tmp_path, text)
