@@ -3,18 +3,19 @@
 `batchfile.lines` reads a line at a time (find, slice, split, check the words): about 3 µs a
 line, a fifth of what mfcd spends on each route of a large batch. Generated files are made
 of one shape, `[mfc] add --source S --group G --iif I --oifs O` with one space between the
-words; `lines` finds each such line with one regular expression over the whole text (about
-1 µs a line) and leaves every other line to `batchfile.lines`, numbered as in the text. The
+words (O one name, or several separated by one comma or one space each: "r1,r2", "r1 r2");
+`lines` finds each such line with one regular expression over the whole text (about 1 µs
+a line) and leaves every other line to `batchfile.lines`, numbered as in the text. The
 changes are the same either way: the expression takes only words that `batchfile.lines`
-takes as they are (no quote, comment, comma, wildcard or prefix, no leading "-"); the
-values are validated afterwards, whichever read them. mfcctl does not import this module
-(`re` would slow its start): only mfcd reads batch texts.
+takes as they are (no quote, comment, wildcard or prefix, no leading "-", no empty name
+between commas); the values are validated afterwards, whichever read them. mfcctl does not
+import this module (`re` would slow its start): only mfcd reads batch texts.
 
 `pieces` goes further for the IPv4 lines of that shape (with or without `--table N`): an
 expression that also checks their addresses splits the text, and each stretch of such
-lines comes as one `Run` of columns (sources, groups, iifs, oifs, tables), with no Python
-step per line; the caller validates a Run's few distinct interfaces and tables once and
-hands the controller its routes as runs (see commands.Commands._take_run). A part of the
+lines comes as one `Run` of columns (sources, groups, iifs, oifs as written, tables), with
+no Python step per line; the caller validates a Run's few distinct interfaces and tables
+once and hands the controller its routes as runs (see commands.Commands._take_run). A part of the
 text whose lines all differ only in their addresses (a generated file) gives the same Run
 in a third of the time, read at the strings around its addresses (see _uniform).
 """
@@ -28,13 +29,17 @@ from socket import AF_INET, inet_pton
 from typing import NamedTuple
 
 from mfcd import batchfile
-from mfcd.validate import IFNAMSIZ
+from mfcd.validate import IFNAMSIZ, MAX_OIFS
 
 _ADDRESS = r"[0-9A-Fa-f.:]+"
 _NAME = r"[A-Za-z0-9_.+@][A-Za-z0-9_.+@-]*"
+# The oifs as written: one name, or several separated by one comma or one space each
+# ("r1", "r1,r2", "r1 r2"), which batchfile.lines reads as these names (see oif_names).
+# A name never starts with "-", so a `--table` after them is never taken for one.
+_OIFS = rf"{_NAME}(?:[ ,]{_NAME})*"
 _USUAL = re.compile(
     rf"^(?:mfc )?add --source ({_ADDRESS}) --group ({_ADDRESS}) --iif ({_NAME})"
-    rf" --oifs ({_NAME})$",
+    rf" --oifs ({_OIFS})$",
     re.MULTILINE,
 )
 # The usual line of an IPv4 route whose addresses validate.route_key_of takes as they are:
@@ -47,7 +52,7 @@ _SOURCE4 = rf"(?!127\.)(?:22[0-3]|2[01][0-9]|1[0-9][0-9]|[1-9][0-9]|[1-9])(?:\.{
 _GROUP4 = rf"(?:22[5-9]|23[0-9]|224(?!\.0\.0\.))(?:\.{_OCTET}){{3}}"
 _VALID = re.compile(
     rf"^(?:mfc )?add --source ({_SOURCE4}) --group ({_GROUP4}) --iif ({_NAME})"
-    rf" --oifs ({_NAME})(?: --table ([0-9]{{1,10}}))?$",
+    rf" --oifs ({_OIFS})(?: --table ([0-9]{{1,10}}))?$",
     re.MULTILINE,
 )
 _FIELDS = 6  # what _VALID.split gives per line: the text before it, then its five groups
@@ -55,8 +60,8 @@ _FIELDS = 6  # what _VALID.split gives per line: the text before it, then its fi
 
 class Run(NamedTuple):
     """Consecutive usual IPv4 add lines with valid addresses (see _VALID), as columns: the
-    first line's number, then each line's source, group, iif, oif and table (None: none
-    given)."""
+    first line's number, then each line's source, group, iif, oifs as written ("r1",
+    "r1,r2" or "r1 r2": see oif_names) and table (None: none given)."""
 
     line: int
     sources: list[str]
@@ -80,11 +85,17 @@ def lines(text: str) -> Iterator[batchfile.Change]:
             yield from _others(text[pos:start], lineno)
             lineno += text.count("\n", pos, start)
         lineno += 1
-        source, group, iif, oif = match.groups()
-        yield (lineno, "add", source, group, iif, [oif], None)
+        source, group, iif, oifs = match.groups()
+        yield (lineno, "add", source, group, iif, oif_names(oifs), None)
         pos = match.end() + 1  # past its "\n"
     if pos < len(text):
         yield from _others(text[pos:], lineno)
+
+
+def oif_names(oifs: str) -> list[str]:
+    """The names of oifs as a Run (or _USUAL) holds them, one or several separated by one
+    comma or space each: what batchfile.lines reads of them (batchfile.split_oifs)."""
+    return oifs.replace(" ", ",").split(",")
 
 
 def pieces(text: str) -> Iterator[Run | batchfile.Change]:
@@ -146,24 +157,36 @@ def _uniform(text: str, before: int) -> Run | None:
     return Run(before + 1, sources, groups, [iif] * count, [oif] * count, [table] * count)
 
 
+def _too_many(oifs: str) -> bool:
+    """Whether oifs as written hold a name too long to be valid or more names than a route
+    takes (MAX_OIFS)."""
+    if len(oifs) < IFNAMSIZ:
+        return False  # (the usual case: one short name, or a few)
+    if len(oifs) >= MAX_OIFS * IFNAMSIZ:
+        return True  # (at most MAX_OIFS names of at most IFNAMSIZ - 1 characters, and commas)
+    names = oif_names(oifs)
+    return len(names) > MAX_OIFS or max(map(len, names)) >= IFNAMSIZ
+
+
 class _Shape(NamedTuple):
     """The strings that a uniform text's first line has around its addresses."""
 
     first: re.Match[str]  # the first line, by _VALID
     head: str  # before its source: "mfc add --source " or "add --source "
     middle: str  # between its source and group: " --group "
-    tail: str  # after its group: " --iif I --oifs O[ --table N]\n"
+    tail: str  # after its group: " --iif I --oifs O[,O...][ --table N]\n"
 
 
 def _shape(text: str) -> _Shape | None:
     """The first line's _Shape, if every line of the text may repeat it: not when the text
     does not end as the first line does (its last line has no newline, or another end) or
-    when an interface name is too long to be valid (the line is refused later, and a tail
-    of megabytes would cost as much to look for as the whole text: see test_batchscan.py)."""
+    when an interface name is too long to be valid or there are more oifs than a route
+    takes (the line is refused later, and a tail of megabytes would cost as much to look
+    for as the whole text: see test_batchscan.py)."""
     first = _VALID.match(text)
     if first is None or first.end() == len(text):
         return None
-    if max(first.end(3) - first.start(3), first.end(4) - first.start(4)) >= IFNAMSIZ:
+    if first.end(3) - first.start(3) >= IFNAMSIZ or _too_many(first.group(4)):
         return None  # (the table has at most 10 digits: a valid tail is short)
     tail = text[first.end(2) : first.end() + 1]
     if not text.endswith(tail):

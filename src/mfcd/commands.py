@@ -995,7 +995,11 @@ class Commands:
             # (no pair made a line; list.count needs no hash of each fresh string, as set does)
             one = iifs.count(iifs[0]) == len(iifs) and oifs.count(oifs[0]) == len(oifs)
             combos = {(iifs[0], oifs[0])} if one else set(zip(iifs, oifs, strict=True))
-            shared = {combo: validate.route_ports(combo[0], [combo[1]]) for combo in combos}
+            # (oifs as written, "r1" or "r1,r2": each distinct text read into names once)
+            shared = {
+                combo: validate.route_ports(combo[0], batchscan.oif_names(combo[1]))
+                for combo in combos
+            }
         except MfcdError:
             return False
         if any(ports.__class__ is not Ports for ports in shared.values()):
@@ -1007,10 +1011,14 @@ class Commands:
             (number,) = numbers.values()
             stretches = [(len(sources), ports, number)]
         else:  # (rare: lines of several tables or interfaces, taken as they come)
-            marks = zip(iifs, oifs, tables, strict=True)
+            # By their Ports, not their words: "r1,r2" and "r1 r2" are one run.
+            marks = zip(
+                map(shared.__getitem__, zip(iifs, oifs, strict=True)),
+                map(numbers.__getitem__, tables),
+                strict=True,
+            )
             stretches = [
-                (len(list(same)), shared[(iif, oif)], numbers[table])
-                for (iif, oif, table), same in groupby(marks)
+                (len(list(same)), ports, number) for (ports, number), same in groupby(marks)
             ]
         begin = 0
         for size, ports, number in stretches:

@@ -1,13 +1,15 @@
 """End to end: a batch of 2,000 routes, IPv4 (read as columns and written as runs of MFC
 entries, see batchscan.pieces and Router.add_run) and IPv6 (line by line), in two tables
 each, lands in the kernel whole; the same batch with one route mfcd must refuse (it would
-need a 33rd VIF) once the first runs are in the kernel leaves nothing there."""
+need a 33rd VIF) once the first runs are in the kernel leaves nothing there. Lines of
+several oifs (`--oifs r1,r2`, `--oifs r2 r3`) go the same way and forward to each oif."""
 
 from __future__ import annotations
 
 import pytest
 
 from lab.netns import Lab
+from tests.netns import kernel_tables
 from tests.netns.conftest import Mfcd
 from tests.netns.kernel_tables import in_kernel
 
@@ -81,3 +83,38 @@ def test_a_batch_with_one_refused_route_leaves_nothing(lab: Lab, mfcd: Mfcd) -> 
     # The same batch without the refused route is taken whole afterwards.
     assert '"added": 2000' in mfcd.ok("batch", "-", "-o", "json", stdin=BATCH)
     assert in_kernel(lab, 4, TABLE) == ROUTES
+
+
+def several_oifs(first: int, count: int, oifs: str) -> str:
+    """`count` lines of the sender's flow to groups 239.5.x.y from `first` on, on `oifs`."""
+    return "".join(
+        f"mfc add --source 198.18.0.2 --group 239.5.{n >> 8}.{n & 255} --iif r0 --oifs {oifs}\n"
+        for n in range(first, first + count)
+    )
+
+
+@pytest.mark.lab(receivers=3)
+def test_lines_of_several_oifs_forward_to_each_oif(lab: Lab, mfcd: Mfcd) -> None:
+    """1,500 lines of two oifs, comma- then space-separated, on two sets of oifs (read as
+    runs of columns): every entry in the kernel with its oifs, packets forwarded to exactly
+    the oifs of their line, and the same after a restart from the journal."""
+    batch = several_oifs(0, 700, "r1,r2") + several_oifs(700, 800, "r2 r3")
+    assert '"added": 1500' in mfcd.ok("batch", "-", "-o", "json", stdin=batch)
+    vif = {name: number for number, name in kernel_tables.vifs(lab, 4).items()}
+    first, second = frozenset([vif["r1"], vif["r2"]]), frozenset([vif["r2"], vif["r3"]])
+    for restarted in (False, True):
+        if restarted:
+            mfcd.stop()
+            mfcd.start()
+            vif = {name: number for number, name in kernel_tables.vifs(lab, 4).items()}
+            first, second = frozenset([vif["r1"], vif["r2"]]), frozenset([vif["r2"], vif["r3"]])
+        entries = kernel_tables.mfc(lab, 4)
+        assert len(entries) == 1500
+        assert entries[("198.18.0.2", "239.5.0.0")] == (vif["r0"], first)
+        assert entries[("198.18.0.2", "239.5.2.187")] == (vif["r0"], first)  # the 700th
+        assert entries[("198.18.0.2", "239.5.2.188")] == (vif["r0"], second)
+        assert sorted(map(len, (oifs for _, oifs in entries.values()))) == [2] * 1500
+        counts = lab.probe("239.5.1.7")
+        assert [counts[ns] for ns in lab.rx] == [5, 5, 0]
+        counts = lab.probe("239.5.5.1")
+        assert [counts[ns] for ns in lab.rx] == [0, 5, 5]

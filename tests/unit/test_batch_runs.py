@@ -30,6 +30,15 @@ PEER = Peer(pid=4242, uid=0, gid=0)
 LINKS = ("r0", "r1", "r2", "r3")  # r9 never exists: its routes wait for it
 
 n = st.integers(0, 3)
+# The oifs of usual lines: one, or several in either spelling, in any order and mixed, some
+# refused (r2 twice, r0 also the iif, a missing r9, a wildcard, more than a route takes).
+oifs = st.sampled_from(
+    [
+        *("r2", "r3", "r9"),
+        *("r2,r3", "r2 r3", "r3,r2", "r3 r2", "r2,r3 r9", "r2,r9"),
+        *("r2,r2", "r2 r0", "r3,r+", ",".join(["r2", *(f"x{i}" for i in range(40))])),
+    ]
+)
 usual = st.builds(
     "{}add --source 10.{}.0.{} --group 239.1.{}.{} --iif {} --oifs {}{}".format,
     st.sampled_from(["", "mfc "]),
@@ -38,7 +47,7 @@ usual = st.builds(
     n,
     st.integers(0, 40),
     st.sampled_from(["r0", "r1"]),
-    st.sampled_from(["r2", "r3", "r9"]),
+    oifs,
     st.sampled_from(["", "", " --table 100", " --table 253", " --table 0"]),
 )
 others = st.sampled_from(
@@ -158,6 +167,22 @@ def test_a_kernel_failure_in_a_batch_leaves_what_it_leaves_line_by_line(
     both(tmp_path, "\n".join(lines), fail_at=fail_at)
 
 
+def runs_taken(commands: Commands) -> list[int]:
+    """The sizes of the runs the model will take in one step each (Router.add_run)."""
+    router = commands.controller.router
+    taken: list[int] = []
+    add_run = router.add_run
+
+    def counted(keys: Sequence[RouteKey], ports: Ports, steps: list[Step]) -> bool:
+        if add_run(keys, ports, steps):
+            taken.append(len(keys))
+            return True
+        return False
+
+    router.add_run = counted  # type: ignore[method-assign]
+    return taken
+
+
 def test_a_large_batch_of_new_routes_takes_a_step_per_run(tmp_path: Path) -> None:
     """2,000 usual lines on two tables and two pairs of interfaces: four runs, each one
     step of the model (and one kernel operation per route), the one across the first
@@ -172,16 +197,7 @@ def test_a_large_batch_of_new_routes_takes_a_step_per_run(tmp_path: Path) -> Non
     assert sum(len(p.sources) for p in pieces) == 2000
     commands = make(tmp_path, "count")
     router = commands.controller.router
-    taken: list[int] = []
-    add_run = router.add_run
-
-    def counted(keys: Sequence[RouteKey], ports: Ports, steps: list[Step]) -> bool:
-        if add_run(keys, ports, steps):
-            taken.append(len(keys))
-            return True
-        return False
-
-    router.add_run = counted  # type: ignore[method-assign]
+    taken = runs_taken(commands)
     response = json.loads(request(commands, text))
     assert response["ok"] and response["result"]["added"] == 2000
     assert response["result"]["kernel_operations"]["add_mfc"] == 2000
@@ -303,7 +319,7 @@ shape = st.builds(
     "{}add --source {{s}} --group {{g}} --iif {} --oifs {}{}".format,
     st.sampled_from(["", "mfc "]),
     st.sampled_from(["r0", "r1"]),
-    st.sampled_from(["r2", "r3", "r9"]),
+    oifs,
     st.sampled_from(["", " --table 100", " --table 253", " --table 0"]),
 )
 
@@ -396,3 +412,90 @@ def test_a_line_with_a_very_long_interface_name_is_refused_as_line_by_line(
     answer = json.loads(both(tmp_path, text))
     assert time.monotonic() - started < 2  # (a bound for a hang: bench/ measures the cost)
     assert "not a valid interface name" in answer["error"]["message"]
+
+
+# --- lines of several oifs ("--oifs r1,r2" or "--oifs r1 r2") -------------------------------------
+
+
+def several_oifs_line(i: int, oifs: str, iif: str = "r0") -> str:
+    address = f"--source 10.6.{i // 250}.{i % 250 + 1} --group 239.6.{i // 250}.{i % 250}"
+    return f"mfc add {address} --iif {iif} --oifs {oifs}"
+
+
+@pytest.mark.parametrize("spelling", [",", " "])
+def test_lines_of_several_oifs_take_a_step_per_run(
+    tmp_path: Path, spelling: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,000 lines of two or three oifs (comma- or space-separated), their set changing at
+    line 1,201: runs of the model (one step each, the first route of a set that needs a VIF
+    alone), the same answer, model, kernel operations and journal as line by line, and the
+    journal restores the same routes."""
+    monkeypatch.setattr(commands_module, "RUN_MIN", RUN_MIN)
+    lines = [
+        several_oifs_line(i, spelling.join(["r1", "r2"] if i < 1200 else ["r3", "r1", "r2"]))
+        for i in range(2000)
+    ]
+    text = "\n".join(lines) + "\n"
+    pieces = list(batchscan.pieces(text))
+    assert all(isinstance(p, batchscan.Run) for p in pieces)
+    commands = make(tmp_path, "count")
+    router = commands.controller.router
+    taken = runs_taken(commands)
+    response = json.loads(request(commands, text))
+    assert response["ok"] and response["result"]["added"] == 2000, response
+    # r1 has no VIF yet: the first route alone, the rest of the first chunk, then the rest
+    # of the set's lines; the second set adds r3's VIF: its first route alone again.
+    assert taken == [1023, 176, 799]
+    assert router.routes[(4, "10.6.0.1", "239.6.0.0", 253)] == Ports("r0", ("r1", "r2"))
+    assert router.routes[(4, "10.6.7.50", "239.6.7.49", 253)] == Ports("r0", ("r3", "r1", "r2"))
+    answer = both(tmp_path, text)
+    # The journal written by the runs restores every route as the batch left it.
+    state = StateFile(str(tmp_path / "fast.journal"))
+    restarted = Controller(FakeKernel(), state)
+    restarted.restore(state.load(), dict(zip(LINKS, range(1, 5), strict=True)))
+    fast = make(tmp_path, "again")
+    request(fast, text)
+    assert restarted.router.routes == fast.controller.router.routes
+    assert json.loads(answer)["result"]["added"] == 2000
+
+
+@pytest.mark.parametrize(
+    ("oifs", "ok"),
+    [
+        ("r1,r1", False),  # twice
+        ("r1 r0", False),  # the iif too
+        (",".join(f"o{i}" for i in range(32)), False),  # more oifs than a route takes
+        ("r1,r2,r9999999999999999", False),  # a name too long
+        ("r1,,r2", False),  # near misses the expression leaves to batchfile
+        ("r1,r2,", False),
+        ("r1 -r2", False),
+        ("r1, r2", True),  # (fine, read by batchfile)
+        ("r1  r2", True),
+        ("r1,r+", True),  # a wildcard: a pattern, followed by the general path
+    ],
+)
+def test_a_line_of_several_oifs_out_of_runs_is_read_as_line_by_line(
+    tmp_path: Path, oifs: str, ok: bool
+) -> None:
+    """1,500 lines of two oifs with another one at line 700: the same answer (a wrong line's
+    message, code and line) as line by line, and the same model, kernel and journal."""
+    lines = [several_oifs_line(i, "r1,r2") for i in range(1500)]
+    lines[699] = several_oifs_line(699, oifs)
+    answer = json.loads(both(tmp_path, "\n".join(lines)))
+    assert answer["ok"] == ok, answer
+    if not ok:
+        assert answer["error"]["line"] == 700, answer
+
+
+def test_both_spellings_of_one_set_are_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 lines of oifs r1 and r2, spelt "r1,r2" and "r1 r2" in turn: one run of the
+    model (its first route alone: r1 needs a VIF), as line by line otherwise."""
+    monkeypatch.setattr(commands_module, "RUN_MIN", RUN_MIN)
+    text = "\n".join(several_oifs_line(i, "r1 r2" if i % 2 else "r1,r2") for i in range(1000))
+    commands = make(tmp_path, "count")
+    taken = runs_taken(commands)
+    assert json.loads(request(commands, text))["result"]["added"] == 1000
+    assert taken == [999]
+    both(tmp_path, text)

@@ -24,6 +24,12 @@ OTHERS = [
     "mfc add --source 10.0.0.7 --group 239.1.1.7 --iif r0 --oifs r1",  # usual, with mfc
     "add --source 10.0.0.8 --group 239.1.1.8 --iif r0 --oifs r1,r2",
     "add --source 10.0.0.9 --group 239.1.1.9 --iif r0 --oifs r1 r2",
+    "mfc add --source 10.0.0.9 --group 239.1.1.9 --iif r0 --oifs r1,r2,r3 --table 7",
+    "add --source 10.0.0.9 --group 239.1.1.9 --iif r0 --oifs r3 r1,r2",  # mixed spellings
+    "add --source 10.0.0.9 --group 239.1.1.9 --iif r0 --oifs r1, r2",  # comma and space
+    "add --source 10.0.0.9 --group 239.1.1.9 --iif r0 --oifs r1  r2",  # two spaces
+    "add --source 10.0.0.9 --group 239.1.1.9 --iif r0 --oifs r1 r2 ",  # trailing space
+    "add --source 10.0.0.9 --group 239.1.1.9 --iif r0 --oifs r1,r1",  # refused later
     "add  --source 10.0.0.10 --group 239.1.1.10 --iif r0 --oifs r1",  # two spaces
     "add --source 10.0.0.11 --group 239.1.1.11 --iif r0 --oifs r1 ",  # trailing space
     "add --source 10.0.0.12 --group 239.1.1.12 --iif r0 --oifs r1  # note",
@@ -40,6 +46,10 @@ WRONG = [  # near misses that batchfile refuses
     "add --source 'x",
     "add --source 10.0.0.20 --group 239.1.1.20 --iif -r0 --oifs r1",
     "madd --source 10.0.0.21 --group 239.1.1.21 --iif r0 --oifs r1",
+    "add --source 10.0.0.22 --group 239.1.1.22 --iif r0 --oifs r1,,r2",
+    "add --source 10.0.0.23 --group 239.1.1.23 --iif r0 --oifs r1,r2,",
+    "add --source 10.0.0.24 --group 239.1.1.24 --iif r0 --oifs ,r1",
+    "add --source 10.0.0.25 --group 239.1.1.25 --iif r0 --oifs r1 -r2",
 ]
 
 
@@ -85,8 +95,9 @@ def expanded(text: str) -> list[batchfile.Change]:
     for piece in batchscan.pieces(text):
         if isinstance(piece, batchscan.Run):
             columns = zip(*piece[1:], strict=True)
-            for i, (source, group, iif, oif, table) in enumerate(columns):
-                out.append((piece.line + i, "add", source, group, iif, [oif], table))
+            for i, (source, group, iif, oifs, table) in enumerate(columns):
+                names = batchscan.oif_names(oifs)
+                out.append((piece.line + i, "add", source, group, iif, names, table))
         else:
             out.append(piece)
     return out
@@ -134,7 +145,43 @@ def test_pieces_name_a_syntax_problem_in_the_whole_text(wrong: str) -> None:
     text = text_of([USUAL.format(n=1), USUAL.format(n=2), wrong, USUAL.format(n=3)])
     with pytest.raises(batchfile.SyntaxProblem) as scanned:
         list(batchscan.pieces(text))
-    assert scanned.value.line == 3
+    with pytest.raises(batchfile.SyntaxProblem) as general:
+        list(batchfile.lines(text))
+    assert scanned.value.line == general.value.line == 3
+    assert str(scanned.value) == str(general.value)
+
+
+SEVERAL = [  # usual lines of several oifs, as written, and the names batchfile reads
+    ("r1,r2", ["r1", "r2"]),
+    ("r1 r2", ["r1", "r2"]),
+    ("r3,r1,r2", ["r3", "r1", "r2"]),
+    ("r3 r1,r2", ["r3", "r1", "r2"]),
+    ("eth0.5 br-x@y", ["eth0.5", "br-x@y"]),
+    (",".join(f"o{i}" for i in range(40)), [f"o{i}" for i in range(40)]),  # (refused later)
+]
+
+
+@pytest.mark.parametrize("table", ["", " --table 100"])
+def test_lines_of_several_oifs_come_as_runs(table: str) -> None:
+    """Lines of several oifs, comma- or space-separated, one set or different sets on
+    consecutive lines: one Run, each line's oifs as written, which oif_names reads into
+    the names batchfile reads."""
+    lines = [
+        f"add --source 10.0.0.{n + 1} --group 239.1.1.{n} --iif r0 --oifs {oifs}{table}"
+        for n, (oifs, _) in enumerate(SEVERAL * 3)
+    ]
+    text = text_of(lines, "\n")
+    (run,) = batchscan.pieces(text)
+    assert isinstance(run, batchscan.Run)
+    assert run.oifs == [oifs for oifs, _ in SEVERAL * 3]
+    assert [batchscan.oif_names(oifs) for oifs in run.oifs] == [n for _, n in SEVERAL * 3]
+    assert expanded(text) == list(batchfile.lines(text)) == list(batchscan.lines(text))
+    # One set on every line (a generated file): the same Run, read around the addresses.
+    same = text_of([line.replace("--oifs r1,r2", "--oifs r2 r1") for line in lines[::6]], "\n")
+    (uniform,) = batchscan.pieces(same)
+    assert isinstance(uniform, batchscan.Run)
+    assert uniform == batchscan._uniform(same, 0)
+    assert uniform.oifs == ["r2 r1"] * 3
 
 
 OCTETS = ["0", "1", "00", "01", "9", "10", "99", "100", "126", "127", "128", "199", "200"]
@@ -165,12 +212,16 @@ SHAPES = [  # lines the expression takes, around their addresses
     "mfc add --source {s} --group {g} --iif eth0.5 --oifs br-x@y",
     "add --source {s} --group {g} --iif r0 --oifs r1 --table 100",
     "mfc add --source {s} --group {g} --iif r1 --oifs r0 --table 0",
+    "add --source {s} --group {g} --iif r0 --oifs r1,r2,r3",
+    "mfc add --source {s} --group {g} --iif r0 --oifs r1 r2 --table 100",
 ]
 ADDRESSES = [f"{a}.{b}.1.{d}" for a in OCTETS for b in ("0", "01") for d in ("0", "255", "00")]
 # A line changed so that the text is no longer uniform, or its address not valid.
 MUTATIONS: list[Callable[[str], str]] = [
     lambda line: line.replace("--iif r0", "--iif r2"),
     lambda line: line.replace("--oifs", "--oifs  "),
+    lambda line: line.replace("--oifs ", "--oifs r7,"),
+    lambda line: line.replace("--oifs ", "--oifs r7 "),
     lambda line: line.replace("mfc add", "add") if line.startswith("mfc") else "mfc " + line,
     lambda line: line + " ",
     lambda line: line + " --table 7",
@@ -337,3 +388,26 @@ def test_groups_and_sources_are_checked_in_bulk_as_the_expression_checks_them() 
         assert batchscan._valid_groups(addresses) == expected, addresses
         expected = all(source4.fullmatch(a) for a in addresses)
         assert batchscan._valid_sources(addresses) == expected, addresses
+
+
+@pytest.mark.parametrize(
+    ("oifs", "uniform"),
+    [
+        (",".join(f"o{i}" for i in range(validate.MAX_OIFS)), True),
+        (",".join(f"o{i}" for i in range(validate.MAX_OIFS + 1)), False),  # too many
+        (" ".join(f"o{i}" for i in range(validate.MAX_OIFS + 1)), False),
+        ("r1," + "o" * 15, True),
+        ("r1," + "o" * 16, False),  # a name too long
+        ("o" * 16 + " r1", False),
+    ],
+)
+def test_a_uniform_tail_is_short_or_left_to_the_split(oifs: str, uniform: bool) -> None:
+    """A generated file's oifs are read at the strings around the addresses only when they
+    could be valid (at most MAX_OIFS names of at most IFNAMSIZ - 1 characters): the tail
+    to look for stays short. Either way the pieces are those of the split."""
+    text = "".join(
+        f"add --source 10.0.0.{n} --group 239.1.1.1 --iif r0 --oifs {oifs}\n" for n in (1, 2, 3)
+    )
+    assert (batchscan._uniform(text, 0) is not None) == uniform
+    assert list(batchscan.pieces(text)) == list(batchscan._split_pieces(text, 0))
+    assert expanded(text) == list(batchfile.lines(text))
