@@ -505,7 +505,7 @@ class Commands:
             try:
                 controller = self.controller
                 # (the tables another router owns, as the kernel found them at their opening)
-                owned = getattr(controller.kernel, "owned", ())
+                owned = controller.kernel.owned_tables()
                 result = await probes.diagnose(
                     controller.router,
                     controller.kernel,

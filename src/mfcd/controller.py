@@ -378,6 +378,9 @@ class Controller:
         self.refused_at_start = False
         self._later_every = False  # (a long batch: its chunks' runs go to the writer too)
         self._noting_tables = False  # inside _table_refusals (see there)
+        # The tables another router owns last logged, with the routes and templates then
+        # waiting for each (see _tell_owned).
+        self._owned_told: dict[TableKey, tuple[int, int]] = {}
         self._inflight: list[Step] = []
 
     # --- start-up --------------------------------------------------------------------------------
@@ -1453,57 +1456,71 @@ class Controller:
         self.note_short()
         return outcome
 
-    def _change_declared(
-        self, changes: Sequence[Change], owned: dict[TableKey, str] | None = None, **kw: Any
-    ) -> Outcome:
+    def _change_declared(self, changes: Sequence[Change], **kw: Any) -> Outcome:
         """change() of config intents (origin "config"), inside _table_refusals: when the
-        kernel refuses a whole table (another multicast router owns it), the transaction is
-        undone and tried again with the intents of that table kept pending, refused with the
-        kernel's reason, instead of failing for every table (an environmental refusal, not a
-        fault of the files: mfcctl sync or reload tries them again). `owned`: the tables
-        found so far (a sliced reload's, from slice to slice), updated."""
+        kernel refuses a whole table (another multicast router owns it) that the batch did
+        not know of yet, the transaction is undone and tried again with the intents of that
+        table kept pending, refused with the kernel's reason, instead of failing for every
+        table (an environmental refusal, not a fault of the files: mfcctl sync or reload
+        tries them again). A table known to be owned when the batch began costs no such
+        failed transaction: _table_refusals starts from the data plane's record."""
         unavailable = self.router.unavailable
-        if owned:
-            unavailable.update(owned)
-        try:
-            while True:
-                try:
-                    return self.change(changes, origin="config", **kw)
-                except KernelError as e:
-                    table = table_owned(e)
-                    if table is None or table in unavailable:
-                        raise
-                    unavailable[table] = _refused_reason(e)
-        finally:
-            if owned is not None:
-                owned.update(unavailable)
+        while True:
+            try:
+                return self.change(changes, origin="config", **kw)
+            except KernelError as e:
+                table = table_owned(e)
+                if table is None or table in unavailable:
+                    raise
+                # (the data plane noted the refusal too: owned_tables says the same)
+                unavailable[table] = _refused_reason(e)
 
     @contextlib.contextmanager
-    def _table_refusals(self, tell: bool = True) -> Iterator[None]:
-        """While many intents are applied at once (a start, a reload, a retry): the first
-        refusal of a whole table (another multicast router owns it) is noted in
-        Router.unavailable, and the intents of that table after it are kept pending with
-        that reason without asking the kernel again. Cleared at the end (an api change then
-        asks the kernel, which says why it refuses); with `tell`, logged once per table."""
+    def _table_refusals(self, tell: bool = True, retry: bool = False) -> Iterator[None]:
+        """While many intents are applied at once (a start, a reload, an interface event, a
+        retry): Router.unavailable holds the tables the kernel refuses as a whole (another
+        multicast router owns them), and the intents of such a table are kept pending with
+        the kernel's reason without asking it. It starts as the data plane's record
+        (owned_tables), but for a `retry` (sync, reload: the other router may be gone, and
+        the first intent of each table asks the kernel again), and takes the tables the
+        kernel newly refuses during the batch. Cleared at the end (an api change then asks
+        the kernel, which says why it refuses); with `tell`, what changed is logged."""
         if self._noting_tables:
             yield
             return
         self._noting_tables = True
+        unavailable = self.router.unavailable
+        if not retry:
+            unavailable.update(self._owned_reasons())
         try:
             yield
         finally:
             self._noting_tables = False
+            unavailable.clear()
             if tell:
-                self._tell_unavailable(self.router.unavailable)
-            self.router.unavailable.clear()
+                self._tell_owned()
 
-    def _tell_unavailable(self, tables: Mapping[TableKey, str]) -> None:
-        """Log, for each table the kernel refused as a whole, how many intents wait for it."""
+    def _owned_reasons(self) -> dict[TableKey, str]:
+        """The tables another multicast router owns, as the data plane found them, with what
+        an intent kept pending for one says."""
+        return {t: _refused_reason(e) for t, e in self.kernel.owned_tables().items()}
+
+    def _tell_owned(self) -> None:
+        """Log what changed in the tables another multicast router owns since last told: a
+        WARNING when one becomes owned (with how many intents wait for it), an INFO when
+        it is free again, a DEBUG when the intents waiting for one change. Not at every
+        batch: each interface event is one, and a flapping link would flood the journal."""
         refused = self.router.refused
-        for (family, table), reason in sorted(tables.items()):
+        told, self._owned_told = self._owned_told, {}
+        for (family, table), reason in sorted(self._owned_reasons().items()):
             keys = [k for k, why in refused.items() if why == reason]
             routes = sum(1 for k in keys if len(k) == 4)
-            log.warning(
+            waiting = (routes, len(keys) - routes)
+            self._owned_told[(family, table)] = waiting
+            if told.get((family, table)) == waiting:
+                continue
+            log.log(
+                logging.WARNING if (family, table) not in told else logging.DEBUG,
                 "%s table %d: %s; %s and %s there stay pending (mfcctl sync or reload tries"
                 " them again)",
                 family_text(family),
@@ -1511,6 +1528,12 @@ class Controller:
                 reason.removeprefix("the kernel refused it (").partition("); mfcctl")[0],
                 views.counted(routes, "route"),
                 views.counted(len(keys) - routes, "template"),
+            )
+        for family, table in sorted(told.keys() - self._owned_told.keys()):
+            log.info(
+                "%s table %d: no other multicast router owns it any more; mfcd uses it",
+                family_text(family),
+                table,
             )
 
     def takeovers(self, diff: Diff) -> Takeovers:
@@ -1609,7 +1632,6 @@ class Controller:
         self.reloading = {*diff.added, *diff.changed, *diff.removed}
         before: dict[RouteKey, tuple[Ports | None, str]] = {}  # what the slices replaced
         self.unjournaled = (before, old)
-        owned: dict[TableKey, str] = {}  # tables another router owns (see _change_declared)
         try:
             yield 0
             keys = [*diff.added, *diff.changed]
@@ -1620,7 +1642,7 @@ class Controller:
                     added = keys[max(0, start - len(removals)) : end - len(removals)]
                     chunk += self._declared_routes(new, added, journal)
                 self._remember(chunk, before, outcome.replaced)
-                self._declared_slice(chunk, owned, outcome, journal=[])
+                self._declared_slice(chunk, outcome, journal=[])
                 yield len(chunk)
             last += self._declared_joins(new, journal)
             # The last slice journals the takeovers: a snapshot it writes instead is of `new`.
@@ -1630,9 +1652,9 @@ class Controller:
                 for change in last:
                     if isinstance(change, AddTemplate) and change.key in templates:
                         outcome.replaced[change.key] = templates[change.key]
-            self._declared_slice(last, owned, outcome, journal=journal)
+            self._declared_slice(last, outcome, journal=journal)
             outcome.settings = last
-            self._tell_unavailable(owned)
+            self._tell_owned()
         except GeneratorExit:  # mfcd stops: the state file never saw the slices
             self.declared, self.reloading, self.unjournaled = old, frozenset(), None
             raise
@@ -1655,14 +1677,14 @@ class Controller:
     def _declared_slice(
         self,
         changes: Sequence[Change],
-        owned: dict[TableKey, str],
         outcome: Outcome,
         journal: list[Change],
     ) -> None:
-        """One slice of declared_slices, counted in `outcome` (see _change_declared; the
-        tables another router owns are said once the reload is done)."""
+        """One slice of declared_slices, counted in `outcome` (see _change_declared: a table
+        another router owns found by one slice is known to the next from the data plane's
+        record; they are said once the reload is done)."""
         with self._table_refusals(tell=False):
-            done = self._change_declared(changes, owned, keep_steps=False, journal=journal)
+            done = self._change_declared(changes, keep_steps=False, journal=journal)
         outcome.counts.update(done.counts)
 
     def _remember(
@@ -2285,10 +2307,11 @@ class Controller:
                 self.on_drift()
 
     def retry_pending(self, keys: Sequence[PendingKey]) -> list[Step]:
-        """Try to install pending routes, each in its own transaction."""
+        """Try to install pending routes, each in its own transaction (a table another
+        router owned asked again: a retry, see _table_refusals)."""
         started = time.monotonic()
         steps: list[Step] = []
-        with self._table_refusals():
+        with self._table_refusals(retry=True):
             for key in keys:
                 steps += self._install_or_park(key, "install pending route")
         if steps:

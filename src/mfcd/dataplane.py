@@ -6,7 +6,7 @@ The interface
 -------------
 A data plane holds the multicast routing tables, each named by (family, table) where
 `table` is the kernel's table number (model.DEFAULT_TABLE: 253 for IPv4, 254 for IPv6).
-It has exactly four operations:
+It has exactly four operations, and one record:
 
 - `apply(ops)`: apply model.KernelOps in order, each in the table it names. On the first
   failure it raises KernelError with `applied` set to how many ops went in before it, and
@@ -27,6 +27,11 @@ It has exactly four operations:
 - `events()`: what the kernel reported since the last call (upcalls of every table,
   interface changes), read without blocking and bounded per call, so a flood cannot
   starve the caller: call again while the source stays readable.
+- `owned_tables()`: the tables another multicast router owns, each with the refusal of
+  its last MRT_INIT (EADDRINUSE), as the data plane found them: a table enters at a
+  refusal and leaves when an operation naming it gets in (the other router is gone).
+  The one record of owned tables: the controller and diagnose read it, nothing else
+  keeps one (Router.unavailable is a copy for the length of one batch).
 
 kernel.Kernel (with netlink.py) is the only real implementation; tests/unit/conftest.py's
 FakeKernel implements the same protocol with Linux's rules. How a caller waits for events
@@ -179,6 +184,7 @@ class Dataplane(CountersReader, Protocol):
     def apply(self, ops: Sequence[KernelOp]) -> None: ...
     def observe(self, family: int, table: int, entries: bool = True) -> Observation: ...
     def events(self) -> Events: ...
+    def owned_tables(self) -> Mapping[tuple[int, int], KernelError]: ...
 
 
 # Changes in one transaction (a batch) from which its runs, however short, go to a data

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from operator import attrgetter, itemgetter, length_hint
 from queue import SimpleQueue
@@ -893,9 +893,9 @@ class Kernel:
         self.keeper = keeper
         self.sockets: dict[tuple[int, int], MrouteSocket] = {}
         self.adopted: list[tuple[int, int]] = []  # the tables taken over, in order
-        # The (family, table)s whose MRT_INIT another multicast router holds (EADDRINUSE at
-        # their last try): diagnose offers no fix that declares a route there.
-        self.owned: set[tuple[int, int]] = set()
+        # The (family, table)s whose MRT_INIT another multicast router holds, with the
+        # refusal of their last try (EADDRINUSE): see owned_tables.
+        self._owned: dict[tuple[int, int], KernelError] = {}
         # apply_later hands a run of this many routes or more to the writer processes (None:
         # never); `writers` are those once started (the crew, `crew` of them: two when two
         # CPUs can run them, whose calls the kernel takes side by side), `later` the ops
@@ -924,9 +924,9 @@ class Kernel:
             except KernelError as e:
                 e.table = (family, table)  # (see dataplane.table_owned)
                 if e.errno == errno.EADDRINUSE:
-                    self.owned.add((family, table))
+                    self._owned[(family, table)] = e
                 raise
-            self.owned.discard((family, table))
+            self._owned.pop((family, table), None)  # (the other router is gone)
             self.sockets[(family, table)] = sock
             # Stored right after MRT_INIT, before any VIF: a crash, a watchdog kill or the
             # OOM killer then leaves the table to the next mfcd as a stop does.
@@ -1022,6 +1022,10 @@ class Kernel:
                     ifindex = socket.if_nametoindex(vif.device)
             kept[vifi] = ifindex
         return kept
+
+    def owned_tables(self) -> Mapping[tuple[int, int], KernelError]:
+        """The tables another multicast router owns (dataplane.Dataplane.owned_tables)."""
+        return dict(self._owned)
 
     def fds(self) -> list[int]:
         fds = [sock.fileno() for sock in self.sockets.values()]

@@ -532,9 +532,14 @@ class Router:
         self.refused: dict[PendingKey, str] = {}
         # Tables the kernel refuses as a whole (another multicast router owns them), with
         # the reason: a route or template to install there is kept pending (refused) with
-        # it instead, without asking the kernel. Not part of a transaction: the controller
-        # sets it while it applies many intents at once and clears it after (an api change
-        # then asks the kernel again, and is refused with the kernel's reason).
+        # it instead, without asking the kernel. Not part of a transaction, and not a record
+        # of its own: the data plane's owned_tables is that (it is what sees MRT_INIT
+        # refused). This is its copy for one batch, because the model does no I/O and asks
+        # no data plane: the controller fills it from that record when it applies many
+        # intents at once (and with a table the kernel newly refuses, which the data plane
+        # notes at the same refusal), and clears it after. The two cannot disagree during
+        # the batch: a table leaves the record only when an operation there gets in, and
+        # none is sent to a table listed here (see Controller._table_refusals).
         self.unavailable: dict[TableKey, str] = {}
         # Routes and templates whose wildcard oifs match interfaces they hold no VIF for
         # (the VIF table was full when they followed), or match none: those names and

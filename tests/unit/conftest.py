@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import errno
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +68,8 @@ class FakeKernel:
     Upcalls put in `upcalls` are returned by the next events().  Every table exists, as
     the real Kernel opens one when an operation first names it, but those in `owned`:
     another multicast router owns them, and every operation naming one is refused as the
-    kernel refuses MRT_INIT then (EADDRINUSE, KernelError.table set).
+    kernel refuses MRT_INIT then (EADDRINUSE, KernelError.table set), and owned_tables
+    lists it until an operation naming it gets in.
     """
 
     def __init__(self, devices: set[int] | None = None, fail_at: int | None = None) -> None:
@@ -84,6 +85,8 @@ class FakeKernel:
         self.upcalls: list[Upcall] = []
         self.runs: list[int] = []  # the routes of each run applied (runs are applied whole)
         self.owned: set[tuple[int, int]] = set()  # (family, table) another router owns
+        # What owned_tables says: the tables an operation found owned, until one gets in.
+        self.found_owned: dict[tuple[int, int], KernelError] = {}
         # Entries another socket wrote (MFC_STATIC): as in Linux, mfcd's own rewrite in
         # place keeps the flag; only a delete clears it (docs/kernel.md, E).
         self.static: set[RouteKey] = set()
@@ -114,7 +117,8 @@ class FakeKernel:
         self.calls += 1
         if self.calls == self.fail_at or op in self.refuse:
             raise KernelError("injected failure", type(op).__name__, errno.ENOBUFS)
-        if (op.family, op.table) in self.owned:
+        where = (op.family, op.table)
+        if where in self.owned:
             fam = "IPv4" if op.family == 4 else "IPv6"
             e = KernelError(
                 f"another multicast router already owns {fam} multicast routing table"
@@ -122,8 +126,10 @@ class FakeKernel:
                 "MRT_INIT",
                 errno.EADDRINUSE,
             )
-            e.table = (op.family, op.table)
+            e.table = where
+            self.found_owned[where] = e
             raise e
+        self.found_owned.pop(where, None)  # (as the real Kernel's table opens then)
         # Every table exists (the real Kernel opens one when an operation first names it).
         match op:
             case AddVif(family, vifi, _, ifindex, _, table):
@@ -190,6 +196,9 @@ class FakeKernel:
         ]
         vif = [VifCounters(0, 0, 0, 0) if (family, table, v) in self.vifs else None for v in vifs]
         return Counters(sg, vif)
+
+    def owned_tables(self) -> Mapping[tuple[int, int], KernelError]:
+        return dict(self.found_owned)
 
     def events(self) -> Events:
         upcalls, self.upcalls = self.upcalls, []

@@ -3,13 +3,16 @@ with EADDRINUSE): kept pending with the kernel's reason, everything else applied
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from mfcd import views
 from mfcd.controller import Controller, Outcome, observe
+from mfcd.dataplane import table_owned
 from mfcd.declarations import diff
 from mfcd.errors import KernelError
-from mfcd.model import AddRoute, AddTemplate, Ports
+from mfcd.model import AddRoute, AddTemplate, KernelOp, Ports
 from mfcd.state import Loaded
 from tests.unit.conftest import FakeKernel, FakeState
 from tests.unit.test_declarations import controller, parse
@@ -249,3 +252,85 @@ def test_wildcards_follow_interfaces_in_every_other_table_while_one_is_owned() -
     status = router.status(OWNED_ROUTE)
     assert status.state == "pending" and OWNED in status.reason
     assert router.unavailable == {}
+
+
+def count_owned_refusals(kernel: FakeKernel) -> list[int]:
+    """How many applies the kernel refused because another router owns a table (a one-item
+    list, counted from now on)."""
+    refusals = [0]
+    apply = kernel.apply
+
+    def counting(ops: Sequence[KernelOp]) -> None:
+        try:
+            apply(ops)
+        except KernelError as e:
+            refusals[0] += table_owned(e) is not None
+            raise
+
+    kernel.apply = counting  # type: ignore[method-assign]
+    return refusals
+
+
+def test_interface_events_cost_no_refused_transaction_in_a_table_known_to_be_owned() -> None:
+    """Once the data plane has found table 100 owned, an interface event that the config's
+    wildcards follow keeps its routes pending without asking the kernel (before, each event
+    failed a transaction on it and replayed the whole change)."""
+    ctl = owned_controller()
+    new, _ = parse(WILD)
+    ctl.apply_declared(new, diff(ctl.declared, new))
+    kernel = kernel_of(ctl)
+    assert set(kernel.owned_tables()) == {(4, 100)}
+    refusals = count_owned_refusals(kernel)
+    for n in range(1, 4):
+        ctl.link_up(f"v{n}", 40 + n)
+        ctl.follow_wildcards()
+    assert refusals == [0]
+    assert ctl.router.status(DEFAULT_ROUTE).state == "installed"
+    status = ctl.router.status(OWNED_ROUTE)
+    assert status.state == "pending" and OWNED in status.reason
+    assert ctl.router.unavailable == {}
+
+
+def test_a_reload_into_a_table_known_to_be_owned_asks_the_kernel_only_in_the_retry() -> None:
+    """A reload adds a route to table 100, already found owned: kept pending without a
+    refused transaction; the retry that follows a reload asks the kernel once more, and
+    the record is cleared once the other router is gone."""
+    ctl = owned_controller()
+    new, _ = parse(FILES)
+    ctl.apply_declared(new, diff(ctl.declared, new))
+    kernel = kernel_of(ctl)
+    refusals = count_owned_refusals(kernel)
+    more = FILES + (
+        '[[route]]\ntable = 100\nsource = "198.18.1.2"\ngroup = "239.100.0.2"\n'
+        'iif = "a"\noifs = ["b"]\n'
+    )
+    newer, _ = parse(more)
+    for _ in ctl.declared_slices(newer, diff(ctl.declared, newer), Outcome()):
+        pass
+    added = (4, "198.18.1.2", "239.100.0.2", 100)
+    assert refusals == [0]
+    assert OWNED in ctl.router.status(added).reason
+    ctl.retry_refused()  # (what a reload does after applying)
+    assert refusals == [1]
+    assert set(kernel.owned_tables()) == {(4, 100)}
+    kernel.owned.clear()  # the other router is gone
+    ctl.retry_refused()
+    assert kernel.owned_tables() == {}
+    assert ctl.router.status(added).state == "installed"
+    check_installed_after_retry(ctl)
+
+
+def test_the_data_plane_keeps_the_record_and_sync_clears_it() -> None:
+    ctl = owned_controller()
+    new, _ = parse(FILES)
+    ctl.apply_declared(new, diff(ctl.declared, new))
+    kernel = kernel_of(ctl)
+    record = kernel.owned_tables()
+    assert set(record) == {(4, 100)} and OWNED in str(record[(4, 100)])
+    assert ctl.router.unavailable == {}  # (the model's copy lives for one batch)
+    ctl.sync(observe(ctl.kernel, (4, 6)))  # still owned: still recorded
+    assert set(kernel.owned_tables()) == {(4, 100)}
+    kernel.owned.clear()
+    ctl.sync(observe(ctl.kernel, (4, 6)))
+    assert kernel.owned_tables() == {}
+    check_installed_after_retry(ctl)
