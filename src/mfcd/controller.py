@@ -378,9 +378,9 @@ class Controller:
         self.refused_at_start = False
         self._later_every = False  # (a long batch: its chunks' runs go to the writer too)
         self._noting_tables = False  # inside _table_refusals (see there)
-        # The tables another router owns last logged, with the routes and templates then
-        # waiting for each (see _tell_owned).
-        self._owned_told: dict[TableKey, tuple[int, int]] = {}
+        # The tables another router owns last logged, with how many intents were pending
+        # then (see tell_owned).
+        self._owned_told: dict[TableKey, int] = {}
         self._inflight: list[Step] = []
 
     # --- start-up --------------------------------------------------------------------------------
@@ -1484,7 +1484,8 @@ class Controller:
         (owned_tables), but for a `retry` (sync, reload: the other router may be gone, and
         the first intent of each table asks the kernel again), and takes the tables the
         kernel newly refuses during the batch. Cleared at the end (an api change then asks
-        the kernel, which says why it refuses); with `tell`, what changed is logged."""
+        the kernel, which says why it refuses); with `tell`, what changed is logged
+        (tell_owned)."""
         if self._noting_tables:
             yield
             return
@@ -1498,29 +1499,32 @@ class Controller:
             self._noting_tables = False
             unavailable.clear()
             if tell:
-                self._tell_owned()
+                self.tell_owned()
 
     def _owned_reasons(self) -> dict[TableKey, str]:
         """The tables another multicast router owns, as the data plane found them, with what
         an intent kept pending for one says."""
         return {t: _refused_reason(e) for t, e in self.kernel.owned_tables().items()}
 
-    def _tell_owned(self) -> None:
+    def tell_owned(self) -> None:
         """Log what changed in the tables another multicast router owns since last told: a
         WARNING when one becomes owned (with how many intents wait for it), an INFO when
-        it is free again, a DEBUG when the intents waiting for one change. Not at every
-        batch: each interface event is one, and a flapping link would flood the journal."""
+        it is free again, a DEBUG when what is pending changed meanwhile. Called after each
+        batch and client change, so not again for what was told: each interface event is a
+        batch, and a flapping link would flood the journal."""
+        now, told = self._owned_reasons(), self._owned_told
+        if not now and not told:
+            return
         refused = self.router.refused
-        told, self._owned_told = self._owned_told, {}
-        for (family, table), reason in sorted(self._owned_reasons().items()):
+        size = len(refused)  # (counting the pending intents is worth it only if it changed)
+        self._owned_told = dict.fromkeys(now, size)
+        for (family, table), reason in sorted(now.items()):
+            if told.get((family, table)) == size:
+                continue
             keys = [k for k, why in refused.items() if why == reason]
             routes = sum(1 for k in keys if len(k) == 4)
-            waiting = (routes, len(keys) - routes)
-            self._owned_told[(family, table)] = waiting
-            if told.get((family, table)) == waiting:
-                continue
             log.log(
-                logging.WARNING if (family, table) not in told else logging.DEBUG,
+                logging.DEBUG if (family, table) in told else logging.WARNING,
                 "%s table %d: %s; %s and %s there stay pending (mfcctl sync or reload tries"
                 " them again)",
                 family_text(family),
@@ -1529,9 +1533,10 @@ class Controller:
                 views.counted(routes, "route"),
                 views.counted(len(keys) - routes, "template"),
             )
-        for family, table in sorted(told.keys() - self._owned_told.keys()):
+        for family, table in sorted(told.keys() - now.keys()):
             log.info(
-                "%s table %d: no other multicast router owns it any more; mfcd uses it",
+                "%s table %d: no other multicast router owns it any more; its routes and"
+                " templates can be installed",
                 family_text(family),
                 table,
             )
@@ -1654,7 +1659,7 @@ class Controller:
                         outcome.replaced[change.key] = templates[change.key]
             self._declared_slice(last, outcome, journal=journal)
             outcome.settings = last
-            self._tell_owned()
+            self.tell_owned()
         except GeneratorExit:  # mfcd stops: the state file never saw the slices
             self.declared, self.reloading, self.unjournaled = old, frozenset(), None
             raise
@@ -2553,7 +2558,9 @@ class Controller:
             execute(self.kernel, steps)
         except Exception as e:  # never leave the transaction open, whatever went wrong
             router.rollback()
-            log.error("%s: %s", what, e)
+            # (a table another router owns: tell_owned says so once the batch is over)
+            owned = self._noting_tables and table_owned(e) is not None
+            log.log(logging.DEBUG if owned else logging.ERROR, "%s: %s", what, e)
             self._report_undo_failures(getattr(e, "undo_failures", []))
             return e
         router.commit()

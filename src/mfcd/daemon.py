@@ -609,6 +609,7 @@ class Daemon:
 
     def _after_change(self) -> None:
         self.learner.after_change()  # a new template may match traffic already flowing
+        self.controller.tell_owned()  # (a client's change into a table found it free, say)
         self._sync_tables()
         self.report_status()
         # After the client is answered: the response is sent before the loop runs callbacks.

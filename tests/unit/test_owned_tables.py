@@ -3,6 +3,7 @@ with EADDRINUSE): kept pending with the kernel's reason, everything else applied
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import pytest
@@ -334,3 +335,57 @@ def test_the_data_plane_keeps_the_record_and_sync_clears_it() -> None:
     ctl.sync(observe(ctl.kernel, (4, 6)))
     assert kernel.owned_tables() == {}
     check_installed_after_retry(ctl)
+
+
+def owned_logs(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    """The levels and messages of what was logged about table 100 (then forgotten)."""
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "table 100" in r.getMessage()]
+    caplog.clear()
+    return said
+
+
+def test_an_owned_table_is_warned_of_once_and_its_release_is_an_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The WARNING when the table is found owned, nothing louder than a DEBUG at each
+    interface event while it stays owned (a flapping link), or at a sync that finds it
+    still owned, and an INFO when a sync finds it free."""
+    caplog.set_level(logging.DEBUG, logger="mfcd")
+    ctl = owned_controller()
+    new, _ = parse(WILD)
+    ctl.apply_declared(new, diff(ctl.declared, new))
+    said = owned_logs(caplog)
+    assert [level for level, _ in said] == [logging.WARNING]
+    assert OWNED in said[0][1] and "1 route and 0 templates there stay pending" in said[0][1]
+    for n in range(1, 6):
+        ctl.link_up(f"v{n}", 40 + n)
+        ctl.follow_wildcards()
+        said = owned_logs(caplog)
+        assert all(level == logging.DEBUG for level, _ in said) and len(said) <= 1
+    ctl.sync(observe(ctl.kernel, (4, 6)))  # still owned
+    assert all(level == logging.DEBUG for level, _ in owned_logs(caplog))
+    kernel_of(ctl).owned.clear()
+    ctl.sync(observe(ctl.kernel, (4, 6)))
+    said = owned_logs(caplog)
+    assert [level for level, _ in said] == [logging.INFO], said
+    assert "no other multicast router owns it any more" in said[0][1]
+    assert ctl.router.status(OWNED_ROUTE).state == "installed"
+    ctl.link_up("v9", 49)
+    ctl.follow_wildcards()
+    assert owned_logs(caplog) == []
+
+
+def test_a_client_change_that_finds_an_owned_table_free_tells_it_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="mfcd")
+    ctl = owned_controller()
+    new, _ = parse(FILES)
+    ctl.apply_declared(new, diff(ctl.declared, new))
+    assert [level for level, _ in owned_logs(caplog)] == [logging.WARNING]
+    kernel_of(ctl).owned.clear()
+    ctl.change([AddRoute((4, "198.18.1.2", "239.100.0.9", 100), Ports("a", ("b",)))])
+    ctl.tell_owned()  # (the daemon's after every change)
+    assert [level for level, _ in owned_logs(caplog)] == [logging.INFO]
+    ctl.tell_owned()
+    assert owned_logs(caplog) == []
