@@ -403,6 +403,7 @@ class Commands:
             table=table,
             learned_since=learner.since if learner is not None else None,
             patterns=self.controller.shown_patterns(),
+            unexpanded=self.controller.unexpanded_templates(),
         )
         if stats and learner is not None:
             learned = len(learner.router.learned)

@@ -53,6 +53,7 @@ from mfcd.declarations import (
     template_intents,
     template_keys,
     template_patterns,
+    template_unexpanded,
 )
 from mfcd.declarations import Join as DeclaredJoin
 from mfcd.errors import (
@@ -1179,6 +1180,22 @@ class Controller:
             templates.update(dict.fromkeys(self._expanded_now(key), ports))
         return routes, templates
 
+    def unexpanded_templates(self) -> dict[TemplateKey, tuple[Ports, str]]:
+        """The wildcard templates, runtime and the config files', that stand for no template
+        now (no interface matches their wildcard iif, or their oifs are wildcards that
+        match none), by their key as given, with their interfaces as given and origin.
+        The model holds nothing for them (nothing to install): show lists them from this."""
+        links = self.router.links
+        out = {
+            key: (ports, "api")
+            for key, ports in self.wild_templates.items()
+            if not self._expanded_now(key)
+        }
+        if self.declared.templates:
+            for key, ports in template_unexpanded(self.declared, links).items():
+                out.setdefault(key, (ports, "config"))
+        return out
+
     def follow_api_wildcards(self, names: Collection[str] | None = None) -> list[tuple[bool, str]]:
         """Re-expand the runtime routes and templates with wildcard oifs after interfaces
         came or went, each as a change of its own (nothing journaled: the patterns did not
@@ -1289,6 +1306,8 @@ class Controller:
                 self._note_route_short(short, key, ports)
             for tkey, ports in self.wild_templates.items():
                 self._note_template_short(short, tkey, ports)
+            if self.declared.templates:
+                self._note_declared_templates_short(short)
             router.short = short
             self._short_known = True
             return
@@ -1305,6 +1324,8 @@ class Controller:
             given = self.wild_templates.get(tkey)
             if given is not None:
                 self._note_template_short(short, tkey, given)
+        if self.declared.templates:
+            self._note_declared_templates_short(short)
         router.short = short
 
     def _note_route_short(
@@ -1328,6 +1349,22 @@ class Controller:
             held = router.templates.get(k)
             if held is not None:
                 lacking = _lacking(ports, now, held, links)
+                if lacking:
+                    short[k] = lacking
+
+    def _note_declared_templates_short(self, short: dict[PendingKey, tuple[str, ...]]) -> None:
+        """note_short of the config files' templates with wildcards, of each they stand for:
+        all again each time (few, and replanned at every interface event all the same)."""
+        router = self.router
+        links, origins = router.links, router.template_origins
+        for k in [k for k in short if len(k) == 5 and k in origins]:
+            del short[k]
+        for k, given in template_patterns(self.declared, links).items():
+            held = router.templates.get(k)
+            if held is not None:
+                pattern = Ports(k[4], given.oifs)  # (its iif: the one it expanded to)
+                now = expand(Ports(k[4], tuple(n for n in given.oifs if n != k[4])), links)
+                lacking = _lacking(pattern, now, held, links)
                 if lacking:
                     short[k] = lacking
 

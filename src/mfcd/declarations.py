@@ -169,6 +169,19 @@ def template_patterns(declared: Declarations, links: Iterable[str]) -> dict[Temp
     return out
 
 
+def template_unexpanded(declared: Declarations, links: Iterable[str]) -> dict[TemplateKey, Ports]:
+    """The config templates with wildcards that stand for no template over the interfaces
+    that exist (see wildcards.per_iif), by their key as given (a wildcard iif in it), with
+    their interfaces as declared: `show` lists them all the same."""
+    names = list(links)
+    out: dict[TemplateKey, Ports] = {}
+    for t in declared.templates:
+        if any(map(is_wildcard, (t.iif, *t.oifs))) and not per_iif(Ports(t.iif, t.oifs), names):
+            given = validate.template_change(t.source, t.group, t.iif, [*t.oifs], t.table)
+            out.setdefault(given.key, Ports(t.iif, t.oifs))
+    return out
+
+
 def template_keys(t: Template, links: Iterable[str]) -> list[TemplateKey]:
     """The model keys of the templates one declared template is over the interfaces that
     exist (see template_intents)."""

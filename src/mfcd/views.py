@@ -56,7 +56,7 @@ from mfcd.model import (
 from mfcd.protocol import FAMILY_NAMES, PROTOCOL_VERSION, Encoded, Streamed
 from mfcd.slices import SLICE_SECONDS
 from mfcd.templates import TemplateKey
-from mfcd.wildcards import is_wildcard
+from mfcd.wildcards import is_wildcard, matches
 
 SHOW_SCHEMA = 1
 # A streamed show ends a part (and the loop gets a turn) once it has worked SLICE_SECONDS
@@ -396,6 +396,7 @@ class Views:
         # under way's): shown beside their expansion.
         self._patterns: Mapping[RouteKey, Ports] = {}
         self._template_patterns: Mapping[TemplateKey, Ports] = {}
+        self._unexpanded: Mapping[TemplateKey, tuple[Ports, str]] = {}
         self._order: tuple[Router | None, int, int, list[RouteKey]] = (
             None,
             -1,
@@ -470,6 +471,7 @@ class Views:
         streamed: bool = False,
         learned_since: Mapping[RouteKey, float] | None = None,
         patterns: tuple[Mapping[RouteKey, Ports], Mapping[TemplateKey, Ports]] | None = None,
+        unexpanded: Mapping[TemplateKey, tuple[Ports, str]] | None = None,
     ) -> dict[str, Any]:
         """VIFs and routes as the protocol shows them, by family and table (only those of
         table number `table`, if given); with `encoded`, the routes are one
@@ -478,8 +480,11 @@ class Views:
         has its origin; a learned one names its template and, from `learned_since` (when
         each was learned, time.monotonic), its age. Templates follow the routes. A route or
         template with wildcard oifs (`patterns`: the routes', the templates') shows them as
-        given in "oif_patterns", its "oifs" being what they match now."""
+        given in "oif_patterns", its "oifs" being what they match now; one that matches no
+        interface, so that the model holds no template for it (`unexpanded`: by its key as
+        given, with its interfaces as given and its origin), is listed all the same."""
         self._patterns, self._template_patterns = patterns or ({}, {})
+        self._unexpanded = unexpanded or {}
         vifs = self.vifs(router, stats, table)
         # Every VIF present: an installed route is simply installed, with no per-route checks.
         healthy = _healthy(router)
@@ -586,12 +591,16 @@ class Views:
     def _templates_json(self, router: Router, table: int | None) -> list[dict[str, Any]]:
         """The templates as show lists them, after the routes: by family, table, group,
         source and iif, each with the number of entries learned from it."""
-        if not router.templates:
+        unexpanded = self._unexpanded
+        if not router.templates and not unexpanded:
             return []
         out = []
-        for key in sorted(router.templates, key=_template_order):
+        for key in sorted([*router.templates, *unexpanded], key=_template_order):
             family, source, group, number, iif = key
             if table is not None and not _in_table(table, family, number):
+                continue
+            if key not in router.templates:
+                out.append(_unexpanded_json(key, *unexpanded[key], router.links))
                 continue
             status = router.status(key)
             entry: dict[str, Any] = {
@@ -767,6 +776,41 @@ def _in_table(wanted: int, family: int, table: int) -> bool:
 def _healthy(router: Router) -> bool:
     """Every VIF is present: an installed route is simply installed."""
     return all(vif.ifindex is not None for vif in router.vifs.values())
+
+
+def _unexpanded_json(
+    key: TemplateKey, given: Ports, origin: str, links: Mapping[str, int]
+) -> dict[str, Any]:
+    """A wildcard template that stands for no template now, as show lists one: pending if
+    its iif is not there (or no interface matches it), else degraded (its wildcards leave
+    it no oif), with what it waits for as a template's status says it
+    (model.Router._short_status)."""
+    family, source, group, number, iif = key
+    names = list(dict.fromkeys(given.interfaces))
+    missing = [n for n in names if n not in links and not is_wildcard(n)]
+    unmatched = [n for n in names if is_wildcard(n) and not any(matches(n, m) for m in links)]
+    why = ["waiting for " + ", ".join(missing)] if missing else []
+    if unmatched:
+        why.append("no interface matches " + ", ".join(unmatched) + " yet")
+    entry: dict[str, Any] = {
+        "family": FAMILY_NAMES[family],
+        "table": number,
+        "source": source,
+        "group": group,
+        "iif": "" if is_wildcard(iif) else iif,  # (the interfaces it matches: none)
+        "oifs": [n for n in given.oifs if not is_wildcard(n)],  # (a wildcard: none)
+        "state": "pending" if iif in missing or iif in unmatched else "degraded",
+        "origin": origin,
+        "template": True,
+        "learned": 0,
+        "missing": [*missing, *unmatched],
+        "reason": "; ".join(why),
+    }
+    if is_wildcard(iif):
+        entry["iif_pattern"] = iif
+    if any(map(is_wildcard, given.oifs)):
+        entry["oif_patterns"] = list(given.oifs)
+    return entry
 
 
 def _template_order(key: TemplateKey) -> tuple[int, int, int, int, int, int, str]:

@@ -4,6 +4,7 @@ patterns in the journal and snapshots, following interfaces, show and the CLI's 
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -677,3 +678,89 @@ def test_a_short_wildcard_route_elsewhere_leaves_a_batch_its_fast_count(
     assert counts(plain, False) == counts(plain, True) == (0, 0, [])
     assert len(looked) == 1  # the slow way's (one Ports shared by them all)
     assert counts(rewild, False) == counts(rewild, True) == (0, 1, ["vlna*"])
+
+
+def test_show_lists_a_wildcard_template_that_matches_no_interface() -> None:
+    """Trial finding: a template whose oifs are only a wildcard that matches no interface
+    (`oifs = ["vlan*"]` before any vlan exists), or whose wildcard iif matches none, stands
+    for no template in the model, and show left it out (JSON and text alike). Now listed
+    with its state and what it waits for, and installed once an interface matches."""
+    ctl = controller("a", "b")
+    commands = Commands(ctl, (4, 6))
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "a", ["vlan*"])])
+    apply(
+        ctl,
+        '[[route]]\ngroup = "239.3.0.0/16"\niif = "a"\noifs = ["vlan+"]\n'
+        '[[route]]\ngroup = "239.4.0.0/16"\niif = "up*"\noifs = ["b"]\n',
+    )
+    shown = ask(commands, "show", {})["result"]["routes"]
+    rows = {t["group"]: t for t in shown if t.get("template")}
+    assert set(rows) == {"239.2.0.0/16", "239.3.0.0/16", "239.4.0.0/16"}
+    api, config, iif = rows["239.2.0.0/16"], rows["239.3.0.0/16"], rows["239.4.0.0/16"]
+    assert api["state"] == "degraded" and api["origin"] == "api"
+    assert api["reason"] == "no interface matches vlan* yet"
+    assert (api["iif"], api["oifs"], api["oif_patterns"], api["missing"]) == (
+        "a",
+        [],
+        ["vlan*"],
+        ["vlan*"],
+    )
+    assert (config["state"], config["origin"], config["missing"]) == (
+        "degraded",
+        "config",
+        ["vlan+"],
+    )
+    assert (iif["state"], iif["iif"], iif["iif_pattern"]) == ("pending", "", "up*")
+    assert iif["reason"] == "no interface matches up* yet" and iif["missing"] == ["up*"]
+    text = "\n".join(cli.format_templates([api, config, iif]))
+    assert "vlan*()  degraded (no interface matches vlan* yet)" in text
+    assert "vlan+()  degraded (no interface matches vlan+ yet), config" in text
+    assert re.search(r"up\*\(\) +b +pending \(no interface matches up\* yet\), config", text)
+    assert iif["oifs"] == ["b"]
+    # An interface each wildcard matches: the templates they stand for, installed.
+    ctl.link_up("vlan1", 9)
+    ctl.link_up("up1", 10)
+    ctl.follow_api_wildcards()
+    ctl.follow_wildcards()
+    shown = ask(commands, "show", {})["result"]["routes"]
+    rows = {t["group"]: t for t in shown if t.get("template")}
+    assert [(t["iif"], t["oifs"], t["state"]) for t in rows.values()] == [
+        ("a", ["vlan1"], "installed"),
+        ("a", ["vlan1"], "installed"),
+        ("up1", ["b"], "installed"),
+    ]
+
+
+def test_a_config_template_whose_wildcard_matches_nothing_is_degraded_as_a_runtime_one() -> None:
+    """`oifs = ["b", "vlan*"]` in the config files with no vlan interface: degraded, as the
+    same template added at run time is (it was shown installed), installed once one is."""
+    ctl = controller("a", "b")
+    commands = Commands(ctl, (4, 6))
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "a", ["b", "vlan*"])])
+    apply(ctl, '[[route]]\ngroup = "239.3.0.0/16"\niif = "up*"\noifs = ["b", "vlan*"]\n')
+    ctl.link_up("up1", 9)
+    ctl.follow_wildcards()
+    shown = ask(commands, "show", {})["result"]["routes"]
+    rows = [(t["iif"], t["state"], t["reason"]) for t in shown if t.get("template")]
+    assert rows == [
+        ("a", "degraded", "no interface matches vlan* yet"),
+        ("up1", "degraded", "no interface matches vlan* yet"),
+    ]
+    ctl.link_up("vlan1", 10)
+    ctl.follow_api_wildcards(["vlan1"])  # (only what the event touches: see note_short)
+    ctl.follow_wildcards(["vlan1"])
+    shown = ask(commands, "show", {})["result"]["routes"]
+    assert [t["state"] for t in shown if t.get("template")] == ["installed", "installed"]
+
+
+def test_an_unexpanded_template_is_pending_only_while_its_iif_is_not_there() -> None:
+    ctl = controller("up1", "b")
+    commands = Commands(ctl, (4, 6))
+    ctl.change([validate.template_change(None, "239.2.0.0/16", "up*", ["vlan*"])])
+    ctl.change([validate.template_change(None, "239.3.0.0/16", "x", ["vlan*"])])
+    shown = ask(commands, "show", {})["result"]["routes"]
+    rows = [(t["iif"], t.get("iif_pattern"), t["state"], t["reason"]) for t in shown]
+    assert rows == [
+        ("", "up*", "degraded", "no interface matches vlan* yet"),
+        ("x", None, "pending", "waiting for x; no interface matches vlan* yet"),
+    ]
