@@ -61,7 +61,7 @@ def hint(words: Sequence[str], commands: Sequence[str]) -> str | None:
             instead = OPTIONS[word].replace("PATH", _quoted([value]) if value else "PATH")
             return f"{f'{word} {value}'.rstrip()} is smcroutectl's option; {instead}"
         i += 2 if word in MFCCTL_VALUES else 1
-    if i == len(words) or words[i] in commands:
+    if i >= len(words) or words[i] in commands:
         return None
     verb = _verb(words[i])
     if verb is None:

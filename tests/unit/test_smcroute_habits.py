@@ -91,6 +91,9 @@ def test_an_smcroutectl_command_line_names_the_mfcctl_command(line: str, instead
         "frobnicate",  # neither mfcctl's nor smcroutectl's: argparse says so
         "diag",  # an abbreviation of mfcctl's diagnose, not of an smcroutectl command
         "",
+        "-o",  # an option's value missing at the end: argparse's usage error, no traceback
+        "--socket",
+        "-o json -o",
     ],
 )
 def test_mfcctls_own_command_lines_get_no_hint(line: str) -> None:
