@@ -48,7 +48,7 @@ from mfcd import (
     validate,
     views,
 )
-from mfcd.commands import FULL_SYNC_ROUTES, Commands, tell
+from mfcd.commands import Commands, tell
 from mfcd.controller import Controller, Outcome, Takeovers, gc_paused, observe, on_vifs
 from mfcd.dataplane import Events, LinkChange, link_changes
 from mfcd.errors import ConfigError, KernelError, MfcdError, StateError
@@ -149,6 +149,11 @@ JOIN_CHECK_INTERVAL = 5.0
 REJOIN_MOST_TURNS = 12
 STATE_RETRY_INTERVAL = 30  # seconds to wait after writing it back failed
 STOP_WAIT = 1.0  # seconds a stop waits for a cancelled SIGHUP reload to clean up
+# Installed routes up to which the periodic drift check dumps the MFC (periodic_check).
+# The dump runs in a thread, but its comparison with the model runs on the loop in one go:
+# 13 ms at 10,000 routes, 80 ms at 30,000, about 200 ms at 100,000 (in-process, FakeKernel):
+# fine for a sync someone asked for (FULL_SYNC_ROUTES), not every interval unasked.
+PERIODIC_FULL_ROUTES = 10_000
 MAX_DEFERRED_CHECKS = 3  # then the check runs on the event loop, where nothing can interleave
 # Declared routes a reload's warnings count by their interfaces (Counter.update, in C: some
 # 0.15 us a route), and routes it adds whose iif's table they note (Python: some 0.4 us a
@@ -248,10 +253,13 @@ class Daemon:
         self._touched: set[str] | None = set()
         self._full_check = False
         self._periodic: asyncio.TimerHandle | None = None  # the next drift_check_interval tick
-        # The next drift check was asked by the periodic tick alone: nothing is known to be
-        # wrong, so it logs at debug when it repairs nothing and never blocks the loop for
-        # a dump (see _check_full).
-        self._periodic_only = False
+        # What asked for the next drift check. _loud: something other than the periodic
+        # tick (an event, a start, a failed write): nothing known to be wrong otherwise, so
+        # a check that repairs nothing then logs at debug. _full_urgent: a start or an
+        # event wants the dump, which may end up compared on the loop (see _check_full);
+        # the tick's dump never is.
+        self._loud = False
+        self._full_urgent = False
         self.inherited = False  # the kernel's tables held VIFs or entries before we added any
         self._readers: set[int] = set()  # the file descriptors the loop waits on
         # The tables in use, the table sockets and the link monitor _sync_tables last saw.
@@ -891,23 +899,31 @@ class Daemon:
         if kind is None:
             if running:
                 log.debug("periodic drift check skipped: the previous check still runs")
+            else:  # nothing to compare: checked (an alert on the timestamp must not fire)
+                self.registry.drift_checked([], time.time())
             return
         # (An event's check waiting for the interfaces to settle is widened, not hurried.)
-        pending = self._resync is not None
-        self._resync_later(RESYNC_DELAY if pending else 0.0, None, full=kind == "full")
-        self._periodic_only = not pending
+        delay = RESYNC_DELAY if self._resync is not None else 0.0
+        self._resync_later(delay, None, full=kind == "full", periodic=True)
 
     def _resync_later(
-        self, delay: float, touched: set[str] | None = None, full: bool = False
+        self,
+        delay: float,
+        touched: set[str] | None = None,
+        full: bool = False,
+        periodic: bool = False,
     ) -> None:
         """Check the kernel for drift once interface events have settled (debounced): the
-        routes on the `touched` interfaces (None: every route), with `full` the whole MFC."""
+        routes on the `touched` interfaces (None: every route), with `full` the whole MFC;
+        `periodic`: asked by the drift_check_interval tick (see _loud, _full_urgent)."""
         if touched is None or self._touched is None:
             self._touched = None
         else:
             self._touched |= touched
         self._full_check |= full
-        self._periodic_only = False  # (the tick sets it again when it alone asked)
+        if not periodic and (touched is None or touched or full):  # (set(): a postponement)
+            self._loud = True
+            self._full_urgent |= full
         if self._resync is not None:
             self._resync.cancel()
         self._resync = asyncio.get_running_loop().call_later(delay, self._resync_now)
@@ -940,16 +956,17 @@ class Daemon:
         while the routes are few enough (see periodic_check).
         """
         touched, self._touched = self._touched, set()
-        periodic, self._periodic_only = self._periodic_only, False
+        quiet, self._loud = not self._loud, False
+        urgent, self._full_urgent = self._full_urgent, False
         if self._full_check:
             self._full_check = False
-            await self._check_full(periodic)
+            await self._check_full(urgent, quiet)
             return
-        await self._check_probes(touched, periodic)
+        await self._check_probes(touched, quiet)
 
-    async def _check_probes(self, touched: set[str] | None, periodic: bool) -> None:
+    async def _check_probes(self, touched: set[str] | None, quiet: bool) -> None:
         """The drift check by probes (see _check_drift): of the routes on `touched`, None:
-        every route."""
+        every route; `quiet`: at debug when it repairs nothing."""
         started = time.monotonic()
         controller, families = self.controller, self.kernel.families
         try:
@@ -983,7 +1000,7 @@ class Daemon:
         what = "every route" if touched is None else "routes on " + ", ".join(sorted(touched))
         repairs = self._repaired(report)
         log.log(
-            logging.WARNING if report else logging.DEBUG if periodic else logging.INFO,
+            logging.WARNING if report else logging.DEBUG if quiet else logging.INFO,
             "drift check of %s: %d entries checked, %s, in %.2f s",
             what,
             len(keys),
@@ -1002,15 +1019,15 @@ class Daemon:
             keys += on_vifs(router, listed[start : start + CHECK_CHUNK], vifs)
         return keys
 
-    async def _check_full(self, periodic: bool = False) -> None:
+    async def _check_full(self, urgent: bool = True, quiet: bool = False) -> None:
         """Compare every VIF and MFC entry, from a dump of the whole table; repair.
 
         The dump takes 2 s at 100,000 routes, most of it in the kernel: it runs in a thread,
         and clients are served meanwhile. A change of the model during the dump would look
-        like drift, so the comparison is then left to a later check. A `periodic` check
-        (the tick's alone) does not wait for the changes to stop, nor dump on the loop as
-        the others end up doing under a busy client (seconds without an answer, every
-        interval): it probes every route instead, as above FULL_SYNC_ROUTES.
+        like drift, so the comparison is then left to a later check. A check no start or
+        event made `urgent` (the periodic tick's) does not wait for the changes to stop,
+        nor dump on the loop as the others end up doing under a busy client (seconds
+        without an answer at 100,000 routes, every interval): it probes every route.
         """
         controller = self.controller
         try:
@@ -1021,19 +1038,19 @@ class Daemon:
         except (OSError, KernelError) as e:
             log.error("checking the kernel's tables failed: %s", e)
             return
-        if controller.router.version != version and periodic:
+        if controller.router.version != version and not urgent:
             log.debug("periodic drift check: the routes changed during the dump; probes instead")
-            await self._check_probes(None, periodic)
+            await self._check_probes(None, quiet)
             return
         if controller.router.version != version and self._deferred < MAX_DEFERRED_CHECKS:
             self._deferred += 1
-            self._resync_later(RESYNC_DELAY, full=True)
+            self._resync_later(RESYNC_DELAY, full=True)  # (urgent still: loud, full)
             return
         if controller.router.version != version:
             # Changes keep coming (a busy client): check on the loop, between two requests.
             view = observe(self.kernel, self.kernel.families, True, controller.router.tables())
         self._deferred = 0
-        self._repaired(controller.sync(view, what="full drift check", quiet=periodic))
+        self._repaired(controller.sync(view, what="full drift check", quiet=quiet))
         self._sync_tables()
         # The tables taken over hold no VIF the routes do not claim any more: new VIFs take
         # the lowest free index again, and the adopted sockets forget what they held.
@@ -1417,15 +1434,14 @@ class Daemon:
 
 
 def periodic_check(routes: int, vifs: int, installed: int, running: bool) -> str | None:
-    """What a tick of drift_check_interval checks: "full" (a dump of the whole MFC, as sync
-    does up to FULL_SYNC_ROUTES installed routes: it also finds entries rewritten or added
-    by another program, which probes cannot), "probe" (each installed route's entry, O(1)
-    each: the dump's cost grows faster than the table, 1-2 s at 100,000 entries and
-    minutes at 1,000,000) or None: no check while one runs (the tick is skipped), nor
-    on a daemon with no route and no VIF, where there is nothing to compare."""
+    """What a tick of drift_check_interval checks: "full" (a dump of the whole MFC up to
+    PERIODIC_FULL_ROUTES installed routes: it also finds entries rewritten or added by
+    another program, which probes cannot), "probe" (each installed route's entry, O(1)
+    each, in slices) or None: no check while one runs (the tick is skipped), nor on a
+    daemon with no route and no VIF, where there is nothing to compare."""
     if running or not (routes or vifs):
         return None
-    return "full" if installed <= FULL_SYNC_ROUTES else "probe"
+    return "full" if installed <= PERIODIC_FULL_ROUTES else "probe"
 
 
 def moved(before: dict[str, int], after: dict[str, int]) -> set[str]:
