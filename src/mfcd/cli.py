@@ -1718,6 +1718,8 @@ class Cli:
             result = self.client.call("ping", {})
             self.emit(result, lambda r: f"mfcd {r['version']} (pid {r['pid']}) is running")
             return protocol.EXIT_OK
+        if a.watch is not None and a.what in ("groups", "interfaces"):
+            raise CliError(f"--watch shows routes, not {a.what}: leave it out", protocol.EXIT_USAGE)
         if a.what == "groups":
             self.emit(self.client.call("group.show", {}), format_groups)
             return protocol.EXIT_OK

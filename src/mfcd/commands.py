@@ -161,6 +161,9 @@ class Commands:
         self.upcalls = upcalls if upcalls is not None else Counter()  # received, by kind
         self.views = views.Views(controller.kernel)
         self.on_change: Callable[[], None] | None = None  # called after each applied change
+        # A sync's repairs, told as the daemon's drift checks tell theirs (monitor, metrics,
+        # status line: Daemon._repaired); None: only counted in `registry`.
+        self.on_repaired: Callable[[list[dict[str, Any]]], object] | None = None
         self._confirmed = False  # the request being handled succeeded while a group waits
         # What each change waiting for its group's sync did, logged with the group's verdict:
         # one log record per sync, not per change, and only once the changes are durable.
@@ -535,9 +538,10 @@ class Commands:
         repairs = self.controller.sync(view, dry_run=dry_run)
         if not dry_run:
             log.info("%s sync: %d repairs", peer, len(repairs))
-            self.registry.drift_checked(repairs, time.time())  # mfcd_drift_repairs_total
-            for entry in repairs:
-                self.events.emit("repair", **entry)
+            if self.on_repaired is not None:
+                self.on_repaired(repairs)
+            else:
+                self.registry.drift_checked(repairs, time.time())  # mfcd_drift_repairs_total
             if self.on_change is not None:
                 self.on_change()  # a retried route may have opened or emptied a table
         return {"dry_run": dry_run, "repairs": repairs, "full": full}

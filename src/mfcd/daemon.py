@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from mfcd import (
@@ -535,6 +535,7 @@ class Daemon:
         """The control protocol's commands, wired to the daemon's events, metrics and reload."""
         commands = Commands(controller, self.cfg.families, kernel, self.upcalls)
         commands.on_change = self._after_change
+        commands.on_repaired = self._repaired
         commands.learner = self.learner
         commands.slicing = True  # flush and a template's learned entries: see Commands.sliced
         commands.events = self.events
@@ -751,7 +752,7 @@ class Daemon:
             self.report_status()
             self._follow_wildcards(moved(before, router.links))
         after = router.tracked_links()
-        touched = {n for n in tracked.keys() | after.keys() if tracked.get(n) != after.get(n)}
+        touched = moved(tracked, after)
         if touched:
             self._resync_later(RESYNC_DELAY, touched)
         self._sync_tables()  # a pending route installed now may have opened a table
@@ -1444,7 +1445,7 @@ def periodic_check(routes: int, vifs: int, installed: int, running: bool) -> str
     return "full" if installed <= PERIODIC_FULL_ROUTES else "probe"
 
 
-def moved(before: dict[str, int], after: dict[str, int]) -> set[str]:
+def moved(before: Mapping[str, int | None], after: Mapping[str, int | None]) -> set[str]:
     """The interfaces that came, went or changed ifindex between two views of the links."""
     return {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
 

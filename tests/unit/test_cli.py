@@ -148,7 +148,14 @@ def test_a_usage_error_with_output_json_prints_a_json_error(
 
 
 @pytest.mark.parametrize(
-    "argv", [["show", "--watch", "0"], ["batch", "/nonexistent/batch"], ["--socket", "", "ping"]]
+    "argv",
+    [
+        ["show", "--watch", "0"],
+        ["batch", "/nonexistent/batch"],
+        ["--socket", "", "ping"],
+        ["show", "groups", "--watch", "1"],  # (--watch shows routes only)
+        ["show", "interfaces", "--watch", "1"],
+    ],
 )
 def test_mfcctls_own_usage_errors_with_output_json_print_a_json_error(argv: list[str]) -> None:
     status, out, err = run_cli(*argv, "-o", "json")
