@@ -62,6 +62,7 @@ class Converted(NamedTuple):
     problems: list[str]  # "FILE:LINE: why", one per line not converted
     warnings: list[str]  # "FILE:LINE: warning: why", for lines converted with a change
     report: list[str]  # the problems and warnings in the order of their lines
+    files: tuple[str, ...] = ()  # every file read (real paths), which --to must not replace
 
 
 class _Problem(Exception):
@@ -127,6 +128,7 @@ class _Converter:
         self.joins: set[tuple[str, str, str | None]] = set()
         self.interfaces: dict[str, str] = {}  # name -> FILE:LINE
         self.reading: list[str] = []  # the include chain, to refuse loops
+        self.read: list[str] = []  # every file read, as its real path
         self.line = _Line("", "")  # the directive being converted
 
     def comment(self, text: str) -> None:
@@ -141,6 +143,7 @@ class _Converter:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
         self.reading.append(real)
+        self.read.append(real)
         continued = False  # whether the line before ended in a backslash
         try:
             for number, whole in enumerate(lines, 1):
@@ -814,4 +817,5 @@ def convert_file(path: str, table: str | None = None, no_vifs: bool = False) -> 
         else:
             warnings += (f"{line.where}: warning: {why}" for why in line.warnings)
             report += warnings[len(warnings) - len(line.warnings) :]
-    return Converted("\n".join(out) + "\n", problems, warnings, report)
+    text = "\n".join(out) + "\n"
+    return Converted(text, problems, warnings, report, tuple(converter.read))

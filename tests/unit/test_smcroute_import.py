@@ -559,3 +559,73 @@ def test_json_output_names_problems_and_warnings(tmp_path: Path) -> None:
     assert status == 1
     assert numbers(result["problems"]) == [3] and numbers(result["warnings"]) == [2]
     assert [line.split(": ", 1)[1].split(":")[1] for line in err.splitlines()] == ["2", "3"]
+
+
+def test_to_refuses_the_input_or_a_file_it_includes_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    extra = tmp_path / "d" / "extra.conf"
+    extra.write_text("mroute from eth0 source 198.18.0.2 group 239.1.1.2 to eth1\n")
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text(
+        "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\ninclude d/*.conf\n"
+    )
+    link = tmp_path / "link.conf"
+    link.symlink_to(conf)
+    before = {p: p.read_text() for p in (conf, extra)}
+    for to, real in (
+        (conf, conf),
+        (extra, extra),
+        (link, conf),
+        (tmp_path / "d/../d/extra.conf", extra),
+    ):
+        for force in ([], ["--force"]):
+            status, out, err = run_cli("import-smcroute", str(conf), "--to", str(to), *force)
+            assert (status, out) == (2, "")
+            assert err.splitlines() == [
+                f"mfcctl: --to {to} is {real}, which this import reads: write the output elsewhere"
+            ]
+    assert {p: p.read_text() for p in (conf, extra)} == before
+
+
+def test_to_replaces_only_an_earlier_import_unless_forced(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\n")
+    mine = tmp_path / "mfcd.conf"
+    mine.write_text('socket_path = "/run/mfcd/x.sock"\n')
+    status, out, err = run_cli("import-smcroute", str(conf), "--to", str(mine))
+    assert (status, out) == (2, "")
+    assert err.splitlines() == [
+        f"mfcctl: --to {mine} exists and was not written by import-smcroute (its first line):"
+        " nothing written; choose a new file (a drop-in), or replace it with --force"
+    ]
+    assert mine.read_text() == 'socket_path = "/run/mfcd/x.sock"\n'
+    out_file = tmp_path / "50-smcroute.conf"
+    for existing in (None, "", "stale"):  # new, empty, an earlier import: written
+        if existing == "stale":
+            run_cli("import-smcroute", str(conf), "--to", str(out_file))
+            out_file.write_text(out_file.read_text().replace("239.1.1.1", "239.9.9.9"))
+        elif existing is not None:
+            out_file.write_text(existing)
+        assert run_cli("import-smcroute", str(conf), "--to", str(out_file)) == (0, "", "")
+        assert "239.1.1.1" in out_file.read_text() and "239.9.9.9" not in out_file.read_text()
+        out_file.unlink()
+    assert run_cli("import-smcroute", str(conf), "--to", str(mine), "--force") == (0, "", "")
+    assert "239.1.1.1" in mine.read_text()
+
+
+def test_to_is_not_written_when_a_line_is_not_converted_unless_forced(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\nbogus line\n")
+    out_file = tmp_path / "50-smcroute.conf"
+    status, out, err = run_cli("import-smcroute", str(conf), "--to", str(out_file))
+    assert (status, out) == (1, "")
+    assert not out_file.exists()
+    assert err.splitlines()[-1] == (
+        f"mfcctl: {out_file} not written: 1 line(s) not converted; fix them and convert"
+        " again, or write it anyway with --force"
+    )
+    status, out, err = run_cli("import-smcroute", str(conf), "--to", str(out_file), "-o", "json")
+    assert status == 1 and json.loads(out)["written"] is False and not out_file.exists()
+    status, out, err = run_cli("import-smcroute", str(conf), "--to", str(out_file), "--force")
+    assert (status, out) == (1, "") and len(err.splitlines()) == 1
+    assert "# NOT CONVERTED: bogus line" in out_file.read_text()
