@@ -53,6 +53,7 @@ _PIECE = (
     f"the rest of a line longer than {_LINE_MAX} bytes: converted on its own, as smcroute reads it",
 )
 _REPLACED = "replaced by"
+_GLOB = re.compile(r"[*?[]")  # what makes glob(3) read a path as a pattern
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
 _WILDCARDS = ("+", "*")
 
@@ -397,7 +398,20 @@ class _Converter:
         pattern = words[0]
         if not os.path.isabs(pattern):
             pattern = os.path.join(os.path.dirname(path), pattern)
-        for name in sorted(glob.glob(pattern)):
+        names = sorted(glob.glob(pattern))
+        if not names and not _GLOB.search(pattern):
+            # smcroute passes the path to glob(3) too and includes nothing, but a named file
+            # that is not there is a typo or a file not copied: its routes would be lost.
+            raise _Problem(
+                f"no such file {pattern}: its routes are not converted (copy it next to"
+                " the file that includes it, or correct the path)"
+            )
+        if not names:
+            self.line.warnings.append(
+                f"{pattern} matches no file: nothing included (as in smcroute); if the files"
+                " are on another machine, copy them here and convert again"
+            )
+        for name in names:
             self.comment(f"# include {name}")
             self.file(name)
 

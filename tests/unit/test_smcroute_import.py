@@ -629,3 +629,24 @@ def test_to_is_not_written_when_a_line_is_not_converted_unless_forced(tmp_path: 
     status, out, err = run_cli("import-smcroute", str(conf), "--to", str(out_file), "--force")
     assert (status, out) == (1, "") and len(err.splitlines()) == 1
     assert "# NOT CONVERTED: bogus line" in out_file.read_text()
+
+
+def test_an_include_that_matches_no_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "extra.conf").write_text(
+        "mroute from eth0 source 198.18.0.2 group 239.1.1.2 to eth1\n"
+    )
+    converted = convert(
+        tmp_path,
+        "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\n"
+        f"include {tmp_path}/nosuch.d/*.conf\n"
+        "include d/extr.conf\n"
+        "include d/extra.conf\n",
+    )
+    said(converted.problems, (3, f"no such file {tmp_path}/d/extr.conf: its routes are not"))
+    said(converted.warnings, (2, f"{tmp_path}/nosuch.d/*.conf matches no file: nothing included"))
+    assert "# NOT CONVERTED: include d/extr.conf" in converted.text
+    assert len(loads(tmp_path, converted).routes) == 2
+    status, _, err = run_cli("import-smcroute", str(tmp_path / "smcroute.conf"))
+    assert status == 1
+    assert [line.split(":")[2] for line in err.splitlines()] == ["2", "3"]
