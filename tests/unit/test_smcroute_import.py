@@ -405,7 +405,7 @@ def test_a_comment_starts_at_a_word_that_begins_with_a_hash(tmp_path: Path) -> N
     found = loads(tmp_path, converted)
     assert [p.oifs for p in found.routes.values()] == [("r1", "r3"), ("r1",), ("r1",)]
     assert found.interfaces["r1"].threshold == 3
-    said(converted.problems, (6, "mroute needs `to OIF...`"))
+    said(converted.problems, (6, "no `to OIF...`: smcroute installs the route with no oif"))
     said(
         converted.warnings,
         (3, "oif r2#x left out: a comment starts only at a word"),
@@ -650,3 +650,33 @@ def test_an_include_that_matches_no_file_is_reported(tmp_path: Path) -> None:
     status, _, err = run_cli("import-smcroute", str(tmp_path / "smcroute.conf"))
     assert status == 1
     assert [line.split(":")[2] for line in err.splitlines()] == ["2", "3"]
+
+
+def test_an_mroute_with_no_oif_says_the_flow_is_no_longer_blocked(tmp_path: Path) -> None:
+    """Trial 15 F3: smcroute installs an mroute with no oif, which drops the flow; mfcd has
+    no such route, so the message says the converted config does not block it, and names
+    a template of the file that forwards it."""
+    converted = convert(
+        tmp_path,
+        "mroute from r0 source 198.18.0.2 group 239.14.1.1\n"
+        "mroute from r0 group 239.14.0.0/16 to r1\n"
+        "mroute from r0 source 198.18.0.3 group 239.15.1.1 to\n"
+        "mroute from r1 group 239.16.1.1\n",
+    )
+    blocked = (
+        ": smcroute installs the route with no oif, which drops the flow (a stop filter); mfcd"
+        " has no such route: the converted config does not block the flow, which is"
+        " forwarded if a route or template matches it"
+    )
+    said(
+        converted.problems,
+        (
+            1,
+            f"no `to OIF...`{blocked}; here {tmp_path}/smcroute.conf:2 matches it: mfcd"
+            " forwards it",
+        ),
+        (3, f"no oif after `to`{blocked}"),
+        (4, f"no `to OIF...`{blocked}"),
+    )
+    assert [p.endswith(blocked) for p in converted.problems] == [False, True, True]
+    assert len(loads(tmp_path, converted).templates) == 1
