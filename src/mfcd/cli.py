@@ -142,8 +142,7 @@ class Client:
         except PermissionError:
             sock.close()
             raise CliError(
-                f"cannot reach mfcd at {self.path}: permission denied — be root or a member"
-                f" of group {_socket_group(self.path)}",
+                f"cannot reach mfcd at {self.path}: permission denied — {_who_may(self.path)}",
                 protocol.EXIT_PERMISSION,
             ) from None
         except OSError as e:
@@ -349,12 +348,25 @@ def _why_no_answer(path: str) -> str:
     return "nothing is listening — start it with `systemctl start mfc_daemon` or `mfcd`"
 
 
-def _socket_group(path: str) -> str:
-    """The group that may use the socket (for the error message), or mfc if it cannot be read."""
-    try:
-        return grp.getgrgid(os.stat(path).st_gid).gr_name
-    except (OSError, KeyError):
-        return "mfc"
+def _who_may(path: str) -> str:
+    """Who may use the socket, for the permission-denied line, as the files say: its group;
+    when a directory on the way is closed to this user, that directory's (mfcd's packaged
+    /run/mfcd is mode 0750); when the group has no access, root and the owner only."""
+    for name, needed in ((path, 0o060), (os.path.dirname(path) or ".", 0o010)):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue  # (a directory above is closed to us: the socket cannot be seen)
+        if st.st_mode & needed != needed:
+            mode = st.st_mode & 0o7777
+            return f"{name} is for root and its owner only (mode {mode:04o}; see socket_mode)"
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = f"with gid {st.st_gid}"
+        where = "" if name == path else f" (of {name})"
+        return f"be root or a member of group {group}{where}"
+    return "be root or a member of the socket's group (see socket_group)"
 
 
 def _clip(data: bytes, limit: int = 2000) -> str:
