@@ -127,7 +127,7 @@ _mfcctl() {
         "diagnose ") opts="-h --help --group --source --table --seconds -o --output -v --verbose" ;;
         "monitor ") opts="-h --help -o --output -v --verbose --reconnect" ;;
         "reload ") opts="-h --help -o --output -n --dry-run -v --verbose" ;;
-        "import-smcroute ") opts="-h --help --to --table -N --no-default-vifs -o --output" ;;
+        "import-smcroute ") opts="-h --help --to --force --table -N --no-default-vifs -o --output" ;;
         *) opts="-h --help" ;;
     esac
     if [[ $cur == -* ]]; then

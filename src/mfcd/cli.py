@@ -142,8 +142,7 @@ class Client:
         except PermissionError:
             sock.close()
             raise CliError(
-                f"cannot reach mfcd at {self.path}: permission denied — be root or a member"
-                f" of group {_socket_group(self.path)}",
+                f"cannot reach mfcd at {self.path}: permission denied — {_who_may(self.path)}",
                 protocol.EXIT_PERMISSION,
             ) from None
         except OSError as e:
@@ -349,12 +348,25 @@ def _why_no_answer(path: str) -> str:
     return "nothing is listening — start it with `systemctl start mfc_daemon` or `mfcd`"
 
 
-def _socket_group(path: str) -> str:
-    """The group that may use the socket (for the error message), or mfc if it cannot be read."""
-    try:
-        return grp.getgrgid(os.stat(path).st_gid).gr_name
-    except (OSError, KeyError):
-        return "mfc"
+def _who_may(path: str) -> str:
+    """Who may use the socket, for the permission-denied line, as the files say: its group;
+    when a directory on the way is closed to this user, that directory's (mfcd's packaged
+    /run/mfcd is mode 0750); when the group has no access, root and the owner only."""
+    for name, needed in ((path, 0o060), (os.path.dirname(path) or ".", 0o010)):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue  # (a directory above is closed to us: the socket cannot be seen)
+        if st.st_mode & needed != needed:
+            mode = st.st_mode & 0o7777
+            return f"{name} is for root and its owner only (mode {mode:04o}; see socket_mode)"
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = f"with gid {st.st_gid}"
+        where = "" if name == path else f" (of {name})"
+        return f"be root or a member of group {group}{where}"
+    return "be root or a member of the socket's group (see socket_group)"
 
 
 def _clip(data: bytes, limit: int = 2000) -> str:
@@ -756,6 +768,40 @@ def _reload_command(sub: Any) -> None:
     _command_options(reload, changes=True)
 
 
+_IMPORT_MARK = " by mfcctl import-smcroute."  # the end of the first line import-smcroute writes
+
+
+def _check_import_target(to: str, read: tuple[str, ...], force: bool) -> None:
+    """Refuse an OUT that would destroy what it converts, or a file import-smcroute did not write
+    (an mfcd config with its settings, a drop-in edited by hand) unless `force`."""
+    if not os.path.lexists(to):
+        return
+    for name in read:
+        try:
+            same = os.path.samefile(to, name)
+        except OSError:
+            same = os.path.realpath(to) == name
+        if same:
+            raise CliError(
+                f"--to {to} is {name}, which this import reads: write the output elsewhere",
+                protocol.EXIT_USAGE,
+            )
+    if force or not os.path.isfile(to):  # (a device such as /dev/stdout holds nothing to lose)
+        return
+    try:
+        with open(to, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+    except OSError as e:
+        raise CliError(f"cannot read {to}: {e.strerror}", protocol.EXIT_USAGE) from None
+    first = first.rstrip("\n")
+    if first and not (first.startswith("# Converted from ") and first.endswith(_IMPORT_MARK)):
+        raise CliError(
+            f"--to {to} exists and was not written by import-smcroute (its first line): nothing"
+            " written; choose a new file (a drop-in), or replace it with --force",
+            protocol.EXIT_USAGE,
+        )
+
+
 def _import_command(sub: Any) -> None:
     imp = sub.add_parser(
         "import-smcroute",
@@ -773,7 +819,18 @@ def _import_command(sub: Any) -> None:
         " with -N too. Needs no mfcd.",
     )
     imp.add_argument("file", metavar="FILE", help="the smcroute.conf to convert")
-    imp.add_argument("--to", metavar="OUT", help="write the TOML to OUT instead of stdout")
+    imp.add_argument(
+        "--to",
+        metavar="OUT",
+        help="write the TOML to OUT instead of stdout; refused (exit 2) if OUT is FILE or a file"
+        " it includes, or an existing file import-smcroute did not write; not written when a"
+        " line is not converted (exit 1)",
+    )
+    imp.add_argument(
+        "--force",
+        action="store_true",
+        help="write OUT even if it is another existing file, or a line is not converted",
+    )
     imp.add_argument(
         "-N",
         "--no-default-vifs",
@@ -1709,7 +1766,7 @@ class Cli:
                 print(f"mfcctl: warning: {warning}", file=self.stderr)
             return protocol.EXIT_OK
         if a.command == "import-smcroute":
-            return self.import_smcroute(a.file, a.to, a.table, a.no_default_vifs)
+            return self.import_smcroute(a.file, a.to, a.table, a.no_default_vifs, a.force)
         if a.command == "flush":
             result = self.client.call("flush", {}, dry_run=a.dry_run)
             self.emit(result, _flush_text)
@@ -1827,7 +1884,9 @@ class Cli:
             e.file = "stdin" if name == "-" else name
             raise
 
-    def import_smcroute(self, name: str, to: str | None, table: str | None, no_vifs: bool) -> int:
+    def import_smcroute(
+        self, name: str, to: str | None, table: str | None, no_vifs: bool, force: bool
+    ) -> int:
         # Only this command needs it: mfcctl's other commands start without it.
         from mfcd import smcroute_import  # noqa: PLC0415
 
@@ -1839,12 +1898,20 @@ class Cli:
             converted = smcroute_import.convert_file(name, value, no_vifs)
         except OSError as e:
             raise CliError(f"cannot read {name}: {e.strerror}", protocol.EXIT_USAGE) from None
+        written = False
         if to is not None:
-            try:
-                with open(to, "w", encoding="utf-8") as f:
-                    f.write(converted.text)
-            except OSError as e:
-                raise CliError(f"cannot write {to}: {e.strerror}", protocol.EXIT_USAGE) from None
+            _check_import_target(to, converted.files, force)
+            # An incomplete conversion is not written over OUT: a drop-in missing routes
+            # would be read at the next reload (the report below says which lines).
+            written = force or not converted.problems
+            if written:
+                try:
+                    with open(to, "w", encoding="utf-8") as f:
+                        f.write(converted.text)
+                except OSError as e:
+                    raise CliError(
+                        f"cannot write {to}: {e.strerror}", protocol.EXIT_USAGE
+                    ) from None
         elif not self.json:
             self.stdout.write(converted.text)
         if self.json:
@@ -1853,10 +1920,17 @@ class Cli:
                 "problems": converted.problems,
                 "warnings": converted.warnings,
                 "to": to,
+                "written": written,
             }
             self.stdout.write(json.dumps(result) + "\n")
         for problem in converted.report:
             print(f"mfcctl: {problem}", file=self.stderr)
+        if to is not None and not written:
+            print(
+                f"mfcctl: {to} not written: {len(converted.problems)} line(s) not converted;"
+                " fix them and convert again, or write it anyway with --force",
+                file=self.stderr,
+            )
         return protocol.EXIT_REJECTED if converted.problems else protocol.EXIT_OK
 
     def watch(self, interval: float) -> int:

@@ -164,7 +164,11 @@ def drop_ins(path: str) -> list[str]:
     """The drop-in files of a config file, sorted by name (none if the directory is missing)."""
     directory = drop_in_dir(path)
     try:
-        names = sorted(n for n in os.listdir(directory) if n.endswith(".conf"))
+        # Not hidden names, as the shell's *.conf: an editor's lock link (Emacs's .#x.conf,
+        # dangling while x.conf is edited) or a hidden copy is no drop-in.
+        names = sorted(
+            n for n in os.listdir(directory) if n.endswith(".conf") and not n.startswith(".")
+        )
     except FileNotFoundError:
         return []
     except OSError as e:

@@ -2059,7 +2059,7 @@ class Controller:
                 else StateError(f"internal error: {failure}")
             )
             log.error(
-                "%s: refusing the %d changes waiting for it and putting them back",
+                "%s (refusing the %d changes waiting for it and putting them back)",
                 error,
                 sum(len(group.changes) for group in groups),
             )

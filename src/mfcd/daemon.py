@@ -22,6 +22,7 @@ import gc
 import itertools
 import logging
 import os
+import pwd
 import random
 import signal
 import socket
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the configuration file and its drop-ins (routes, joins, interfaces too),"
         " print every problem as FILE:LINE: reason, and exit: 0 if it is valid, 1 if not;"
-        " touches nothing (routes naming interfaces this machine lacks are valid: noted;"
+        " refuses a state or socket directory the start would refuse (unsafe); touches"
+        " nothing (routes naming interfaces this machine lacks are valid: noted;"
         " a start leaves out each file with an error: on_config_error)",
     )
     parser.add_argument("--version", action="version", version=f"mfcd {__version__}")
@@ -1542,6 +1544,8 @@ def resolve(cfg: config.Config, overrides: dict[str, str | None]) -> config.Conf
     )
 
 
+SERVICE_USER = "mfc"  # the user mfc_daemon.service runs mfcd as (packaging/mfc.sysusers)
+
 # Capability numbers (linux/capability.h) mfcd needs: raw IGMP/ICMPv6 sockets, MRT_* options.
 NEEDED_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
 
@@ -1567,16 +1571,25 @@ def check_start_up(cfg: config.Config) -> None:
             f"mfcd needs {' and '.join(missing)}: run it as root, or through"
             " mfc_daemon.service, which grants them to user mfc"
         )
-    directory_trust.prepare(os.path.dirname(cfg.state_file), "state directory")
-    directory_trust.prepare(os.path.dirname(cfg.socket_path), "socket directory")
+    for directory, what in _directories(cfg):
+        directory_trust.prepare(directory, what)
 
 
-def check_config(path: str | None) -> int:
+def _directories(cfg: config.Config) -> list[tuple[str, str]]:
+    """The directories mfcd creates files in, which the start checks (directory_trust)."""
+    return [
+        (os.path.dirname(cfg.state_file), "state directory"),
+        (os.path.dirname(cfg.socket_path), "socket directory"),
+    ]
+
+
+def check_config(path: str | None, overrides: dict[str, str | None] | None = None) -> int:
     """`mfcd --check-config`: every problem of the files on stderr, FILE:LINE first; 0 if none.
-    The same code reads the files at start and on a reload."""
+    The same code reads the files at start and on a reload, and the state and socket
+    directories are checked as the start checks them (without creating them)."""
     name = path or config.DEFAULT_PATH
     try:
-        _, declared, read = config.load_all(path)
+        settings, declared, read = config.load_all(path)
     except declarations.Problems as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
@@ -1586,10 +1599,26 @@ def check_config(path: str | None) -> int:
     except MfcdError as e:
         print(str(e), file=sys.stderr)
         return 1
+    refusals = _unsafe_directories(resolve(settings, overrides or {}))
+    for refusal in refusals:
+        print(f"{name}: {refusal}", file=sys.stderr)
+    if refusals:
+        return 1
     files = views.counted(len(read), "file")
     print(f"{name}: valid ({files}, {_declared_counts(declared, 'interface')})")
     _note_missing_interfaces(name, declared)
     return 0
+
+
+def _unsafe_directories(cfg: config.Config) -> list[str]:
+    """--check-config: what the start would refuse about the state and socket directories.
+    Owners trusted: root, this user and the packaged service's user `mfc` (a check run as
+    root, of the directories systemd made for mfc_daemon.service, passes as the start does)."""
+    trusted = {0, os.geteuid()}
+    with contextlib.suppress(KeyError):
+        trusted.add(pwd.getpwnam(SERVICE_USER).pw_uid)
+    found = (directory_trust.check(d, what, trusted) for d, what in _directories(cfg))
+    return [refusal for refusal in found if refusal is not None]
 
 
 def _note_missing_interfaces(name: str, declared: declarations.Declarations) -> None:
@@ -1649,7 +1678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_level": args.log_level,
     }
     if args.check_config:
-        return check_config(args.config)
+        return check_config(args.config, overrides)
     try:
         read_cache = config.ReadCache()
         # (as a reload reads them: GC passes over the routes read so far would double it)

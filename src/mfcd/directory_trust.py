@@ -50,8 +50,10 @@ def walk(
     trusted: Collection[int],
     lstat: Callable[[str], os.stat_result] = os.lstat,
     readlink: Callable[[str], str] = os.readlink,
+    final: bool = True,
 ) -> str | None:
-    """Check every directory and symlink from / to `directory` (absolute); the first problem."""
+    """Check every directory and symlink from / to `directory` (absolute); the first problem.
+    Not `final`: `directory` is one above those mfcd creates files in (a sticky /tmp passes)."""
     current = "/"
     pending = _parts(directory)
     links = 0
@@ -77,7 +79,7 @@ def walk(
         pending = _parts(target) + pending
         if os.path.isabs(target):
             current = "/"
-    return found or _judge(current, trusted, True, lstat)
+    return found or _judge(current, trusted, final, lstat)
 
 
 def _parts(path: str) -> list[str]:
@@ -108,7 +110,22 @@ def prepare(directory: str, what: str) -> None:
         ) from None
     found = walk(directory, frozenset({0, os.geteuid()}))
     if found is not None:
-        raise ConfigError(
-            f"refusing the {what} {directory}: {found}; only root and the user mfcd runs as"
-            " may write to it and to the directories above it (chmod go-w, chown)"
-        )
+        raise ConfigError(_refusal(directory, what, found))
+
+
+def check(directory: str, what: str, trusted: Collection[int]) -> str | None:
+    """What `prepare` would refuse about `directory` (absolute), without creating anything:
+    its message, or None. A directory still missing is judged by the nearest one above it
+    that exists, as one the start would create it in (mode 0755, its own)."""
+    existing = directory
+    while not os.path.lexists(existing) and existing != "/":
+        existing = os.path.dirname(existing)
+    found = walk(existing, trusted, final=existing == directory)
+    return None if found is None else _refusal(directory, what, found)
+
+
+def _refusal(directory: str, what: str, found: str) -> str:
+    return (
+        f"refusing the {what} {directory}: {found}; only root and the user mfcd runs as"
+        " may write to it and to the directories above it (chmod go-w, chown)"
+    )

@@ -378,6 +378,13 @@ async def diagnose(
         stop.set()  # mfcd stops: the thread ends within STOP_CHECK
         raise
     elapsed = round(time.monotonic() - started, 1)
+    late = _learned_meanwhile(router, query, intents)
+    if late:
+        intents, before, vifs_before = _with_learned(intents, before, vifs_before, late)
+        learned = [i for found in late.values() for i in found]
+        await asyncio.get_running_loop().run_in_executor(
+            _executor, _late_facts, learned, plane, readable, backs, tables
+        )
     after = [_counters(counters, i) for i in intents]
     vifs_after = [_sent(router, counters, i) for i in intents]
     flows: list[tuple[Intent | None, list[diagnosis.Check]]] = []
@@ -426,6 +433,63 @@ async def diagnose(
         )
         flows.append((None, diagnosis.checklist(facts)))
     return views.diagnose_result(query, elapsed, flows)
+
+
+def _learned_meanwhile(
+    router: Router, query: Query, intents: list[Intent]
+) -> dict[int, list[Intent]]:
+    """The entries learned while sampling from the templates that had learned nothing for
+    the flow (a sender that started then, or came back after its entry expired), by the
+    index of the template's intent: the flow is judged by them, as it is forwarded."""
+    waiting = {i: intent for i, intent in enumerate(intents) if not intent.entry}
+    if not waiting:
+        return {}
+    now = [i for i in diagnosis.matching_intents(router, query) if i.learned]
+    late: dict[int, list[Intent]] = {}
+    for index, intent in waiting.items():
+        found = [
+            i
+            for i in now
+            if (i.table, i.iif, i.template) == (intent.table, intent.iif, intent.template)
+        ]
+        if found:
+            late[index] = found
+    return late
+
+
+def _with_learned(
+    intents: list[Intent],
+    before: list[SgCounters | None],
+    vifs_before: list[dict[str, int]],
+    late: dict[int, list[Intent]],
+) -> tuple[list[Intent], list[SgCounters | None], list[dict[str, int]]]:
+    """The intents with each template that learned meanwhile replaced by what it learned,
+    their counters from zero (the entry is new) and the VIFs' as the template's."""
+    out: tuple[list[Intent], list[SgCounters | None], list[dict[str, int]]] = ([], [], [])
+    for index, intent in enumerate(intents):
+        for now in late.get(index, [intent]):
+            out[0].append(now)
+            out[1].append(before[index] if now is intent else SgCounters(0, 0, 0))
+            out[2].append(vifs_before[index])
+    return out
+
+
+def _late_facts(
+    learned: list[Intent],
+    plane: Dataplane | None,
+    readable: frozenset[int],
+    backs: dict[str, RouteBack],
+    tables: Tables,
+) -> None:
+    """What _machine_facts read of the sampled intents, for the entries learned meanwhile
+    (blocking: in a thread): the route back to each source, their table's entries."""
+    for intent in learned:
+        family, table = intent.family, intent.table
+        if plane is not None and table in readable and (family, table) not in tables:
+            with contextlib.suppress(KernelError):
+                tables[(family, table)] = plane.observe(family, table)
+        if family == 4 and intent.source not in backs:
+            backs[intent.source] = route_back(family, intent.source)
 
 
 def _fed(router: Router, intent: Intent) -> dict[int, tuple[int, int]]:

@@ -53,6 +53,7 @@ _PIECE = (
     f"the rest of a line longer than {_LINE_MAX} bytes: converted on its own, as smcroute reads it",
 )
 _REPLACED = "replaced by"
+_GLOB = re.compile(r"[*?[]")  # what makes glob(3) read a path as a pattern
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
 _WILDCARDS = ("+", "*")
 
@@ -62,6 +63,7 @@ class Converted(NamedTuple):
     problems: list[str]  # "FILE:LINE: why", one per line not converted
     warnings: list[str]  # "FILE:LINE: warning: why", for lines converted with a change
     report: list[str]  # the problems and warnings in the order of their lines
+    files: tuple[str, ...] = ()  # every file read (real paths), which --to must not replace
 
 
 class _Problem(Exception):
@@ -127,7 +129,10 @@ class _Converter:
         self.joins: set[tuple[str, str, str | None]] = set()
         self.interfaces: dict[str, str] = {}  # name -> FILE:LINE
         self.reading: list[str] = []  # the include chain, to refuse loops
+        self.read: list[str] = []  # every file read, as its real path
         self.line = _Line("", "")  # the directive being converted
+        # The mroute lines with no oif (smcroute's stop filters): line, source, group, iif.
+        self.stops: list[tuple[_Line, str | None, str, str]] = []
 
     def comment(self, text: str) -> None:
         note = _Line("", "")
@@ -141,6 +146,7 @@ class _Converter:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
         self.reading.append(real)
+        self.read.append(real)
         continued = False  # whether the line before ended in a backslash
         try:
             for number, whole in enumerate(lines, 1):
@@ -261,13 +267,13 @@ class _Converter:
         self.line.blocks += _interface_blocks(name, threshold, mrdisc, self.table)
 
     def mroute(self, words: list[str]) -> None:
-        if "to" not in words:
-            raise _Problem("mroute needs `to OIF...`")
-        cut = words.index("to")
+        cut = words.index("to") if "to" in words else len(words)
         options = _pairs(words[:cut], ("from", "source", "group"), "mroute")
         oifs = words[cut + 1 :]
         if "from" not in options or "group" not in options:
             raise _Problem("mroute needs `from IIF` and `group GROUP`")
+        if cut == len(words):
+            self.stop(options, "no `to OIF...`")
         if oifs and oifs[-1].endswith("\\"):
             self.line.warnings.append(
                 f"oif {oifs[-1]} left out: smcroute reads each line on its own (no line"
@@ -279,7 +285,7 @@ class _Converter:
             self.skip_hashed(oifs)
             oifs = [n for n in oifs if "#" not in n]
         if not oifs:
-            raise _Problem("mroute needs at least one oif after `to`")
+            self.stop(options, "no oif after `to`")
         iif = options["from"]
         group = _group(options["group"])
         source = _source(options.get("source"), group)
@@ -310,6 +316,30 @@ class _Converter:
             and not any(n.endswith(_WILDCARDS) for n in oifs)
         )
         self.line.blocks.append(_route_block(source, group, iif, oifs, self.table))
+
+    def stop(self, options: dict[str, str], why: str) -> None:
+        """An mroute with no oif: smcroute's stop filter, which mfcd has no such route for."""
+        group = _group(options["group"])
+        self.stops.append(
+            (self.line, _source(options.get("source"), group), group, options["from"])
+        )
+        raise _Problem(
+            f"{why}: smcroute installs the route with no oif, which drops the flow (a stop"
+            " filter); mfcd has no such route: the converted config does not block the flow,"
+            " which is forwarded if a route or template matches it"
+        )
+
+    def unstopped(self) -> None:
+        """Name the template that forwards a flow a stop filter blocked in smcroute."""
+        for stopped, source, group, iif in self.stops:
+            for line in self.lines:
+                if line.route is None or line.problem is not None or line.route[2] != iif:
+                    continue
+                if _holds(line.route[0], source) and _holds(line.route[1], group):
+                    stopped.problem = (
+                        f"{stopped.problem}; here {line.where} matches it: mfcd forwards it"
+                    )
+                    break
 
     def take(self, key: tuple[str, str], line: _Line) -> None:
         """Make `line` the route of (S,G) `key` (this line installs it last), not an earlier
@@ -394,7 +424,20 @@ class _Converter:
         pattern = words[0]
         if not os.path.isabs(pattern):
             pattern = os.path.join(os.path.dirname(path), pattern)
-        for name in sorted(glob.glob(pattern)):
+        names = sorted(glob.glob(pattern))
+        if not names and not _GLOB.search(pattern):
+            # smcroute passes the path to glob(3) too and includes nothing, but a named file
+            # that is not there is a typo or a file not copied: its routes would be lost.
+            raise _Problem(
+                f"no such file {pattern}: its routes are not converted (copy it next to"
+                " the file that includes it, or correct the path)"
+            )
+        if not names:
+            self.line.warnings.append(
+                f"{pattern} matches no file: nothing included (as in smcroute); if the files"
+                " are on another machine, copy them here and convert again"
+            )
+        for name in names:
             self.comment(f"# include {name}")
             self.file(name)
 
@@ -780,6 +823,17 @@ def _source(text: str | None, group: str) -> str | None:
 _PLAIN = re.compile(r"[\w.:/+*@-]*", re.ASCII)  # names and addresses: nothing to escape
 
 
+def _holds(prefix: str | None, address: str | None) -> bool:
+    """Whether a route's source or group (None: any source) holds `address` (None: any)."""
+    if prefix is None:
+        return True
+    if address is None:
+        return False
+    inner = ipaddress.ip_network(address, strict=False)
+    outer = ipaddress.ip_network(prefix, strict=False)
+    return inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+
+
 def _q(text: str) -> str:
     """A TOML basic string: JSON's escapes are TOML's, but for the UTF-16 surrogate pairs
     ensure_ascii writes, so the text stays as it is but for control characters."""
@@ -798,6 +852,7 @@ def convert_file(path: str, table: str | None = None, no_vifs: bool = False) -> 
     converter.comment("")
     converter.file(path)
     converter.apply_phyints()
+    converter.unstopped()
     converter.hint_no_vifs()
     converter.read_back()
     out: list[str] = []
@@ -814,4 +869,5 @@ def convert_file(path: str, table: str | None = None, no_vifs: bool = False) -> 
         else:
             warnings += (f"{line.where}: warning: {why}" for why in line.warnings)
             report += warnings[len(warnings) - len(line.warnings) :]
-    return Converted("\n".join(out) + "\n", problems, warnings, report)
+    text = "\n".join(out) + "\n"
+    return Converted(text, problems, warnings, report, tuple(converter.read))

@@ -1038,6 +1038,26 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def _write_failed(path: str, e: OSError, outcome: str = "the file is as it was") -> StateError:
+    """A write of the state file failed: what happened, what it left, and what to do."""
+    return StateError(
+        f"{path}: cannot write the state file: {_why(e)}; {outcome}; {_remedy(path, e)}"
+    )
+
+
+def _remedy(path: str, e: OSError) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        directory = os.path.dirname(os.path.abspath(path))
+        return f"free space on its filesystem (df {directory}), then retry"
+    if e.errno == errno.EROFS:
+        return (
+            "its filesystem is read-only: check the disk (dmesg), remount it read-write, then retry"
+        )
+    if e.errno == errno.EIO:
+        return "check the disk (dmesg), then retry"
+    return "check the file and its directory, then retry"
+
+
 class StateFile:
     """The journal on disk; every write is durable when the call returns."""
 
@@ -1230,7 +1250,7 @@ class StateFile:
                 newline = b"\n"
         except OSError as e:
             self._cut_back()
-            raise StateError(f"{self.path}: cannot write the state file: {e.strerror}") from None
+            raise _write_failed(self.path, e, "nothing was changed") from None
         if self.on_sync is not None:
             self.on_sync(time.monotonic() - began)
         # Once more now that it is on disk: the file may have gone while it was written.
@@ -1295,7 +1315,7 @@ class StateFile:
             os.rename(tmp, self.path)  # replaces a link at the path itself, never its target
         except OSError as e:
             _discard(fd, tmp)
-            raise StateError(f"{self.path}: cannot write the state file: {_why(e)}") from None
+            raise _write_failed(self.path, e) from None
         self._switch_to(fd, length, seq, ops=0)
 
     def start_compaction(
@@ -1343,7 +1363,7 @@ class StateFile:
             os.rename(job.tmp, self.path)
         except OSError as e:
             job.discard()
-            raise StateError(f"{self.path}: cannot write the state file: {_why(e)}") from None
+            raise _write_failed(self.path, e) from None
         job.fd = -1  # the journal's now
         self._switch_to(fd, length, seq, ops)
         return True
@@ -1531,7 +1551,7 @@ def _write_snapshot_file(
         if fd >= 0:
             _discard(fd, tmp)
         if isinstance(e, OSError):
-            raise StateError(f"{path}: cannot write the state file: {_why(e)}") from None
+            raise _write_failed(path, e) from None
         if isinstance(e, _Cancelled):
             raise StateError(f"{path}: cannot write the state file: cancelled") from None
         raise

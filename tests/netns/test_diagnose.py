@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -352,6 +353,33 @@ def test_a_template_with_a_flow_from_an_unnamed_source_passes(lab: Lab, mfcd: Mf
             )
             assert "arrived on r0" in found["arrival"]["detail"]
             assert found["counted"]["status"] == "passed"
+
+
+def test_a_flow_that_starts_while_sampling_is_judged_as_learned(lab: Lab, mfcd: Mfcd) -> None:
+    """Trial 15 F13: start diagnose, then the sender (or a flow back after its entry
+    expired): the template learns the flow during the window, and diagnose says so."""
+    mfcd.ok("mfc", "add", "--group", "239.1.0.0/16", "--iif", "r0", "--oifs", "r1,r2")
+    started: list[subprocess.Popen[str]] = []
+    late = threading.Timer(
+        0.5,
+        lambda: started.append(
+            lab.spawn(lab.sender, sys.executable, "-c", SENDER, GROUP, "s0", SOURCE, "8")
+        ),
+    )
+    late.start()
+    try:
+        result = mfcd.ctl("-o", "json", "diagnose", "--seconds", "2", "--group", GROUP)
+    finally:
+        late.join()
+        for proc in started:
+            lab.stop(proc)
+    assert result.returncode == 0, result.stdout
+    data = json.loads(result.stdout)
+    [flow] = data["flows"]
+    assert (flow["route"]["source"], flow["route"]["learned"]) == (SOURCE, True)
+    found = checks(data)
+    assert found["learned"]["status"] == "passed"
+    assert found["counted"]["status"] == "passed", found["counted"]
 
 
 def test_a_template_whose_iif_gets_no_traffic_says_nothing_is_learned(lab: Lab, mfcd: Mfcd) -> None:

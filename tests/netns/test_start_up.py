@@ -61,10 +61,21 @@ def test_a_loose_state_or_socket_directory_is_refused(lab: Lab, tmp_path: Path) 
     conf = _config(tmp_path, tidy, loose)
     err = _refused(lab, *_mfcd("--config", str(conf)))
     assert f"refusing the state directory {loose}: {loose} is writable by others (mode 0777)" in err
+    _check_refuses_as_the_start(conf, err)
     conf = _config(tmp_path, loose / "run", tidy)  # below a loose parent, also refused
     err = _refused(lab, *_mfcd("--config", str(conf)))
     assert f"refusing the socket directory {loose / 'run'}: {loose} is writable by others" in err
+    _check_refuses_as_the_start(conf, err)
     assert not (tidy / "state.journal").exists()  # refused before touching anything
+
+
+def _check_refuses_as_the_start(conf: Path, err: str) -> None:
+    """Trial 15 F7: `mfcd --check-config` refuses what the start refuses, with its line."""
+    check = subprocess.run(
+        _mfcd("--check-config", "--config", str(conf)), capture_output=True, text=True, check=False
+    )
+    refusal = err[err.index("refusing the ") :].strip()
+    assert (check.returncode, check.stdout, check.stderr) == (1, "", f"{conf}: {refusal}\n")
 
 
 def test_a_sticky_parent_such_as_tmp_is_fine(lab: Lab, tmp_path: Path) -> None:

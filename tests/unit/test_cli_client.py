@@ -5,6 +5,7 @@ A server on a real Unix socket answers each request line with the bytes a test g
 
 from __future__ import annotations
 
+import grp
 import io
 import os
 import socket
@@ -142,3 +143,35 @@ def test_a_socket_served_by_another_user_is_refused(tmp_path: Path) -> None:
         other.wait()
     assert (status, out) == (protocol.EXIT_PROTOCOL, "")
     assert err.startswith(f"mfcctl: refusing {path}: it is served by uid 65534, not by root")
+
+
+def test_the_permission_hint_follows_the_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial 15 F6: the hint names the group that really has access, not `mfc` by default
+    (which may not exist), and says when only root and the owner have access."""
+    sock = tmp_path / "mfcd.sock"
+    sock.write_text("")  # (what the hint reads is the mode and the group: any file does)
+    group = grp.getgrgid(os.stat(sock).st_gid).gr_name
+    sock.chmod(0o660)
+    assert cli._who_may(str(sock)) == f"be root or a member of group {group}"
+    sock.chmod(0o600)
+    assert cli._who_may(str(sock)) == (
+        f"{sock} is for root and its owner only (mode 0600; see socket_mode)"
+    )
+    missing = tmp_path / "run" / "mfcd.sock"  # as a user a directory on the way is closed to
+    missing.parent.mkdir(mode=0o750)
+    missing.parent.chmod(0o750)
+    assert (
+        cli._who_may(str(missing)) == f"be root or a member of group {group} (of {missing.parent})"
+    )
+    missing.parent.chmod(0o700)
+    assert cli._who_may(str(missing)).startswith(f"{missing.parent} is for root and its owner only")
+
+    def unnamed(gid: int) -> grp.struct_group:
+        raise KeyError(gid)
+
+    monkeypatch.setattr(grp, "getgrgid", unnamed)
+    sock.chmod(0o660)
+    gid = os.stat(sock).st_gid
+    assert cli._who_may(str(sock)) == f"be root or a member of group with gid {gid}"

@@ -224,6 +224,20 @@ def test_drop_ins_are_read_sorted_and_hold_only_declarations(tmp_path: Path) -> 
     assert str(e.value).endswith("(and 1 more: mfcd --check-config lists them)")
 
 
+def test_drop_ins_leave_out_hidden_names_and_editor_locks(tmp_path: Path) -> None:
+    main = tmp_path / "mfcd.conf"
+    main.write_text(route("239.1.1.1"))
+    (tmp_path / "mfcd.d").mkdir()
+    (tmp_path / "mfcd.d" / "10.conf").write_text(route("239.1.1.2"))
+    (tmp_path / "mfcd.d" / ".#10.conf").symlink_to("root@host.1234:1700000000")  # Emacs's lock
+    (tmp_path / "mfcd.d" / ".hidden.conf").write_text(route("239.1.1.3"))
+    for backup in ("10.conf~", "10.conf.swp", ".10.conf.swp", "10.conf.dpkg-old", "10.conf.rpmnew"):
+        (tmp_path / "mfcd.d" / backup).write_text("not toml at all [")
+    assert config.drop_ins(str(main)) == [str(tmp_path / "mfcd.d/10.conf")]
+    found = config.load_all(str(main))[1]
+    assert [k[2] for k in found.routes] == ["239.1.1.1", "239.1.1.2"]
+
+
 def test_load_all_lists_every_file_read_those_that_declare_nothing_too(tmp_path: Path) -> None:
     """Declarations.files names the files of declarations (FILE:LINE); what was read is
     `files`: the main file of settings only and an empty drop-in too."""

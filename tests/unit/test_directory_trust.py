@@ -118,3 +118,49 @@ def test_prepare_creates_the_directory_then_checks_it(tmp_path: Path) -> None:
         ConfigError, match=r"socket directory .*/file/x, or one above it, is a file"
     ):
         directory_trust.prepare(str(tmp_path / "file" / "x"), "socket directory")
+
+
+def test_check_says_what_the_start_would_refuse_and_creates_nothing(tmp_path: Path) -> None:
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    loose.chmod(0o777)
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    for directory in (loose, loose / "mfcd" / "run", sticky):
+        with pytest.raises(ConfigError) as e:
+            directory_trust.prepare(str(directory), "state directory")
+        assert directory_trust.check(str(directory), "state directory", ME) == str(e.value)
+    # Missing: judged as the start would create it, under a sticky or a private directory.
+    for directory in (sticky / "mfcd" / "run", tmp_path / "ok" / "mfcd"):
+        assert directory_trust.check(str(directory), "socket directory", ME) is None
+        assert not directory.exists()
+        directory_trust.prepare(str(directory), "socket directory")
+
+
+def test_check_config_refuses_the_directories_the_start_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mfcd.daemon import check_config  # noqa: PLC0415 (the daemon's entry point)
+
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    conf = tmp_path / "mfcd.conf"
+    conf.write_text(f'socket_path = "{sticky}/mfcd.sock"\nstate_file = "{sticky}/state.journal"\n')
+    assert check_config(str(conf)) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{conf}: refusing the {what} directory {sticky}: {sticky} is writable by others (mode"
+        " 1777); only root and the user mfcd runs as may write to it and to the directories"
+        " above it (chmod go-w, chown)"
+        for what in ("state", "socket")
+    ]
+    overrides: dict[str, str | None] = {
+        "socket_path": f"{sticky}/mfcd/mfcd.sock",
+        "state_file": f"{sticky}/mfcd/state.journal",
+    }
+    assert check_config(str(conf), overrides) == 0  # (as `mfcd --socket ... --state-file ...`)
+    assert capsys.readouterr().out.startswith(f"{conf}: valid (1 file, 0 routes")
+    assert not (sticky / "mfcd").exists()

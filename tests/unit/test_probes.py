@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import socket
 import struct
+from typing import Any
 
 import pytest
 
 from mfcd import netlink, probes
 from mfcd.controller import Controller
-from mfcd.diagnosis import Intent, KernelEntry, Rules
-from mfcd.model import AddRoute, Ports, Route
+from mfcd.dataplane import execute
+from mfcd.diagnosis import Intent, KernelEntry, Query, Rules
+from mfcd.model import AddRoute, AddTemplate, Ports, Route
 from mfcd.netlink import MRule
 from mfcd.probes import Packet
 from tests.unit.conftest import FakeKernel, FakeState, router_with_links, run
 from tests.unit.test_diagnosis import INTENT
+
+SOURCE, GROUP = "198.18.0.2", "239.3.0.78"
 
 
 def run_bpf(program: list[tuple[int, int, int, int]], packet: bytes) -> int:
@@ -231,3 +236,37 @@ def test_diagnose_reads_only_tables_mfcd_holds_vifs_in_and_none_owned() -> None:
     assert probes._readable(router, 6, frozenset({100})) == frozenset()
     assert probes._readable(router, 4, frozenset({100})) == {253}
     assert 300 not in probes._readable(router, 6, frozenset())  # (a table with no VIF)
+
+
+def test_a_flow_learned_while_sampling_is_judged_learned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender that starts during diagnose's window is learned then (trial 15 F13): the
+    flow is judged by its learned entry, not by the template that had learned nothing."""
+    kernel = FakeKernel()
+    ctl = Controller(kernel, FakeState())
+    for ifindex, name in enumerate(("r0", "r1", "r2"), 1):
+        ctl.link_up(name, ifindex)
+    template = (4, "*", "239.3.0.0/24", 253, "r0")
+    ctl.change([AddTemplate(template, Ports("r0", ("r1", "r2")))])
+    router = ctl.router
+    vif = router.vif_of(4, "r0", 253)
+    assert vif is not None
+
+    def sampled(query: Query, *args: object) -> tuple[Any, ...]:
+        # The first packet of the flow arrives while sampling: mfcd learns its entry.
+        execute(kernel, run(router, lambda: router.learn(4, 253, SOURCE, GROUP, vif.vifi)[1]))
+        packets = [Packet("r0", SOURCE, 8)] * 7
+        return packets, "", {}, {}, Rules(), {}
+
+    monkeypatch.setattr(probes, "_machine_facts", sampled)
+    monkeypatch.setattr(probes, "route_back", lambda family, source: None)
+    result = asyncio.run(probes.diagnose(router, kernel, Query(4, GROUP, None, None, 0.1)))
+    [flow] = result["flows"]
+    assert flow["route"]["source"] == SOURCE and flow["route"]["learned"]
+    learned = [c for c in flow["checks"] if c["check"] == "learned"]
+    assert learned == [
+        {
+            "check": "learned",
+            "status": "passed",
+            "detail": f"an entry for ({SOURCE}, {GROUP}) is learned from it",
+        }
+    ]

@@ -405,7 +405,7 @@ def test_a_comment_starts_at_a_word_that_begins_with_a_hash(tmp_path: Path) -> N
     found = loads(tmp_path, converted)
     assert [p.oifs for p in found.routes.values()] == [("r1", "r3"), ("r1",), ("r1",)]
     assert found.interfaces["r1"].threshold == 3
-    said(converted.problems, (6, "mroute needs `to OIF...`"))
+    said(converted.problems, (6, "no `to OIF...`: smcroute installs the route with no oif"))
     said(
         converted.warnings,
         (3, "oif r2#x left out: a comment starts only at a word"),
@@ -559,3 +559,124 @@ def test_json_output_names_problems_and_warnings(tmp_path: Path) -> None:
     assert status == 1
     assert numbers(result["problems"]) == [3] and numbers(result["warnings"]) == [2]
     assert [line.split(": ", 1)[1].split(":")[1] for line in err.splitlines()] == ["2", "3"]
+
+
+def test_to_refuses_the_input_or_a_file_it_includes_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    extra = tmp_path / "d" / "extra.conf"
+    extra.write_text("mroute from eth0 source 198.18.0.2 group 239.1.1.2 to eth1\n")
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text(
+        "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\ninclude d/*.conf\n"
+    )
+    link = tmp_path / "link.conf"
+    link.symlink_to(conf)
+    before = {p: p.read_text() for p in (conf, extra)}
+    for to, real in (
+        (conf, conf),
+        (extra, extra),
+        (link, conf),
+        (tmp_path / "d/../d/extra.conf", extra),
+    ):
+        for force in ([], ["--force"]):
+            status, out, err = run_cli("import-smcroute", str(conf), "--to", str(to), *force)
+            assert (status, out) == (2, "")
+            assert err.splitlines() == [
+                f"mfcctl: --to {to} is {real}, which this import reads: write the output elsewhere"
+            ]
+    assert {p: p.read_text() for p in (conf, extra)} == before
+
+
+def test_to_replaces_only_an_earlier_import_unless_forced(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\n")
+    mine = tmp_path / "mfcd.conf"
+    mine.write_text('socket_path = "/run/mfcd/x.sock"\n')
+    status, out, err = run_cli("import-smcroute", str(conf), "--to", str(mine))
+    assert (status, out) == (2, "")
+    assert err.splitlines() == [
+        f"mfcctl: --to {mine} exists and was not written by import-smcroute (its first line):"
+        " nothing written; choose a new file (a drop-in), or replace it with --force"
+    ]
+    assert mine.read_text() == 'socket_path = "/run/mfcd/x.sock"\n'
+    out_file = tmp_path / "50-smcroute.conf"
+    for existing in (None, "", "stale"):  # new, empty, an earlier import: written
+        if existing == "stale":
+            run_cli("import-smcroute", str(conf), "--to", str(out_file))
+            out_file.write_text(out_file.read_text().replace("239.1.1.1", "239.9.9.9"))
+        elif existing is not None:
+            out_file.write_text(existing)
+        assert run_cli("import-smcroute", str(conf), "--to", str(out_file)) == (0, "", "")
+        assert "239.1.1.1" in out_file.read_text() and "239.9.9.9" not in out_file.read_text()
+        out_file.unlink()
+    assert run_cli("import-smcroute", str(conf), "--to", str(mine), "--force") == (0, "", "")
+    assert "239.1.1.1" in mine.read_text()
+
+
+def test_to_is_not_written_when_a_line_is_not_converted_unless_forced(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\nbogus line\n")
+    out_file = tmp_path / "50-smcroute.conf"
+    status, out, err = run_cli("import-smcroute", str(conf), "--to", str(out_file))
+    assert (status, out) == (1, "")
+    assert not out_file.exists()
+    assert err.splitlines()[-1] == (
+        f"mfcctl: {out_file} not written: 1 line(s) not converted; fix them and convert"
+        " again, or write it anyway with --force"
+    )
+    status, out, err = run_cli("import-smcroute", str(conf), "--to", str(out_file), "-o", "json")
+    assert status == 1 and json.loads(out)["written"] is False and not out_file.exists()
+    status, out, err = run_cli("import-smcroute", str(conf), "--to", str(out_file), "--force")
+    assert (status, out) == (1, "") and len(err.splitlines()) == 1
+    assert "# NOT CONVERTED: bogus line" in out_file.read_text()
+
+
+def test_an_include_that_matches_no_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "extra.conf").write_text(
+        "mroute from eth0 source 198.18.0.2 group 239.1.1.2 to eth1\n"
+    )
+    converted = convert(
+        tmp_path,
+        "mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\n"
+        f"include {tmp_path}/nosuch.d/*.conf\n"
+        "include d/extr.conf\n"
+        "include d/extra.conf\n",
+    )
+    said(converted.problems, (3, f"no such file {tmp_path}/d/extr.conf: its routes are not"))
+    said(converted.warnings, (2, f"{tmp_path}/nosuch.d/*.conf matches no file: nothing included"))
+    assert "# NOT CONVERTED: include d/extr.conf" in converted.text
+    assert len(loads(tmp_path, converted).routes) == 2
+    status, _, err = run_cli("import-smcroute", str(tmp_path / "smcroute.conf"))
+    assert status == 1
+    assert [line.split(":")[2] for line in err.splitlines()] == ["2", "3"]
+
+
+def test_an_mroute_with_no_oif_says_the_flow_is_no_longer_blocked(tmp_path: Path) -> None:
+    """Trial 15 F3: smcroute installs an mroute with no oif, which drops the flow; mfcd has
+    no such route, so the message says the converted config does not block it, and names
+    a template of the file that forwards it."""
+    converted = convert(
+        tmp_path,
+        "mroute from r0 source 198.18.0.2 group 239.14.1.1\n"
+        "mroute from r0 group 239.14.0.0/16 to r1\n"
+        "mroute from r0 source 198.18.0.3 group 239.15.1.1 to\n"
+        "mroute from r1 group 239.16.1.1\n",
+    )
+    blocked = (
+        ": smcroute installs the route with no oif, which drops the flow (a stop filter); mfcd"
+        " has no such route: the converted config does not block the flow, which is"
+        " forwarded if a route or template matches it"
+    )
+    said(
+        converted.problems,
+        (
+            1,
+            f"no `to OIF...`{blocked}; here {tmp_path}/smcroute.conf:2 matches it: mfcd"
+            " forwards it",
+        ),
+        (3, f"no oif after `to`{blocked}"),
+        (4, f"no `to OIF...`{blocked}"),
+    )
+    assert [p.endswith(blocked) for p in converted.problems] == [False, True, True]
+    assert len(loads(tmp_path, converted).templates) == 1

@@ -1166,6 +1166,36 @@ def test_a_compaction_that_cannot_write_fails_and_changes_nothing(path: Path) ->
     assert R1.key in routes_of(state.parse(path.read_bytes()))
 
 
+@pytest.mark.parametrize(
+    ("error", "remedy"),
+    [
+        (errno.ENOSPC, "free space on its filesystem (df {dir}), then retry"),
+        (errno.EROFS, "its filesystem is read-only: check the disk (dmesg), remount it"),
+        (errno.EIO, "check the disk (dmesg), then retry"),
+    ],
+)
+def test_a_change_the_disk_refuses_says_nothing_changed_and_what_to_do(
+    path: Path, journal: bytes, monkeypatch: pytest.MonkeyPatch, error: int, remedy: str
+) -> None:
+    """Trial 15 F1: the line mfcctl prints says that the change was not made, and what to
+    do (a full disk: free space, no restart needed)."""
+    sf, _ = reload(path)
+
+    def refuse(fd: int, data: Any) -> int:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "write", refuse)
+    with pytest.raises(StateError) as e:
+        sf.append([AddRoute.of(R1)])
+    monkeypatch.undo()
+    assert str(e.value).startswith(
+        f"{path}: cannot write the state file: {os.strerror(error)}; nothing was changed; "
+        + remedy.format(dir=path.parent)
+    )
+    assert e.value.code == "state_error"
+    assert path.read_bytes() == journal
+
+
 def test_a_lock_taken_by_another_mfcd_meanwhile_stops_every_write(path: Path) -> None:
     """Two daemons appending to one file would overwrite each other's changes: once another
     mfcd holds the lock, this one refuses every write, for good."""
