@@ -768,14 +768,15 @@ def _reload_command(sub: Any) -> None:
     _command_options(reload, changes=True)
 
 
-_IMPORT_MARK = " by mfcctl import-smcroute."  # the end of the first line import-smcroute writes
-
-
 def _check_import_target(to: str, read: tuple[str, ...], force: bool) -> None:
     """Refuse an OUT that would destroy what it converts, or a file import-smcroute did not write
     (an mfcd config with its settings, a drop-in edited by hand) unless `force`."""
     if not os.path.lexists(to):
         return
+    if not os.path.exists(to):  # (writing would create the link's target, wherever it points)
+        raise CliError(
+            f"--to {to} is a dangling symbolic link: nothing written", protocol.EXIT_USAGE
+        )
     for name in read:
         try:
             same = os.path.samefile(to, name)
@@ -786,20 +787,49 @@ def _check_import_target(to: str, read: tuple[str, ...], force: bool) -> None:
                 f"--to {to} is {name}, which this import reads: write the output elsewhere",
                 protocol.EXIT_USAGE,
             )
-    if force or not os.path.isfile(to):  # (a device such as /dev/stdout holds nothing to lose)
+    # (A device such as /dev/stdout, or an empty file, holds nothing to lose.)
+    if force or not os.path.isfile(to) or os.path.getsize(to) == 0:
         return
+    from mfcd.smcroute_import import HEADER_END, HEADER_START  # noqa: PLC0415 (see below)
+
     try:
         with open(to, encoding="utf-8", errors="replace") as f:
             first = f.readline()
     except OSError as e:
         raise CliError(f"cannot read {to}: {e.strerror}", protocol.EXIT_USAGE) from None
     first = first.rstrip("\n")
-    if first and not (first.startswith("# Converted from ") and first.endswith(_IMPORT_MARK)):
+    if not (first.startswith(HEADER_START) and first.endswith(HEADER_END)):
         raise CliError(
             f"--to {to} exists and was not written by import-smcroute (its first line): nothing"
             " written; choose a new file (a drop-in), or replace it with --force",
             protocol.EXIT_USAGE,
         )
+
+
+def _write_whole(to: str, text: str) -> None:
+    """Write `text` as the file `to`: a regular file (or a new one) through a temporary file in
+    its directory, synced, then renamed over it, so that a full disk or a crash leaves the old
+    file whole (a file cut at a line could still parse, and a reload apply part of it); the
+    target of a symbolic link is replaced, not the link. A device (/dev/stdout) is written."""
+    path = os.path.realpath(to)
+    if os.path.exists(path) and not os.path.isfile(path):
+        try:
+            with open(to, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as e:
+            raise CliError(f"cannot write {to}: {e.strerror}", protocol.EXIT_USAGE) from None
+        return
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as e:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+        raise CliError(f"cannot write {to}: {e.strerror}", protocol.EXIT_USAGE) from None
 
 
 def _import_command(sub: Any) -> None:
@@ -1905,13 +1935,7 @@ class Cli:
             # would be read at the next reload (the report below says which lines).
             written = force or not converted.problems
             if written:
-                try:
-                    with open(to, "w", encoding="utf-8") as f:
-                        f.write(converted.text)
-                except OSError as e:
-                    raise CliError(
-                        f"cannot write {to}: {e.strerror}", protocol.EXIT_USAGE
-                    ) from None
+                _write_whole(to, converted.text)
         elif not self.json:
             self.stdout.write(converted.text)
         if self.json:

@@ -57,6 +57,10 @@ _GLOB = re.compile(r"[*?[]")  # what makes glob(3) read a path as a pattern
 MAX_SOURCES = 256  # a source prefix of mgroup becomes one join per address, up to this many
 _WILDCARDS = ("+", "*")
 
+# The first line of what the import writes: how `--to` knows a file it may replace.
+HEADER_START = "# Converted from "
+HEADER_END = " by mfcctl import-smcroute."
+
 
 class Converted(NamedTuple):
     text: str  # the TOML
@@ -847,7 +851,7 @@ def convert_file(path: str, table: str | None = None, no_vifs: bool = False) -> 
     each route into `table` (a table_value; None for the default table), as smcrouted reads
     it, or with `no_vifs` as `smcrouted -N` does."""
     converter = _Converter(table, no_vifs)
-    converter.comment(f"# Converted from {path} by mfcctl import-smcroute.")
+    converter.comment(f"{HEADER_START}{path}{HEADER_END}")
     converter.comment("# Check it with: mfcd --check-config --config FILE")
     converter.comment("")
     converter.file(path)

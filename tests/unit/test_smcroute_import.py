@@ -680,3 +680,36 @@ def test_an_mroute_with_no_oif_says_the_flow_is_no_longer_blocked(tmp_path: Path
     )
     assert [p.endswith(blocked) for p in converted.problems] == [False, True, True]
     assert len(loads(tmp_path, converted).templates) == 1
+
+
+def test_to_refuses_a_config_whose_first_line_is_blank_and_a_dangling_link(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\n")
+    mine = tmp_path / "mfcd.conf"
+    mine.write_text('\nsocket_path = "/run/mfcd/x.sock"\n')  # (only an empty file is empty)
+    status, _, err = run_cli("import-smcroute", str(conf), "--to", str(mine))
+    assert status == 2 and "was not written by import-smcroute" in err
+    assert mine.read_text() == '\nsocket_path = "/run/mfcd/x.sock"\n'
+    dangling = tmp_path / "dangling.conf"
+    dangling.symlink_to(tmp_path / "elsewhere" / "x.conf")
+    for force in ([], ["--force"]):
+        status, _, err = run_cli("import-smcroute", str(conf), "--to", str(dangling), *force)
+        assert (status, err) == (
+            2,
+            f"mfcctl: --to {dangling} is a dangling symbolic link: nothing written\n",
+        )
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_to_replaces_a_links_target_whole_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    conf = tmp_path / "smcroute.conf"
+    conf.write_text("mroute from eth0 source 198.18.0.1 group 239.1.1.1 to eth1\n")
+    (tmp_path / "d").mkdir()
+    target = tmp_path / "d" / "50-smcroute.conf"
+    assert run_cli("import-smcroute", str(conf), "--to", str(target)) == (0, "", "")
+    link = tmp_path / "50-smcroute.conf"
+    link.symlink_to(target)
+    conf.write_text("mroute from eth0 source 198.18.0.1 group 239.1.1.7 to eth1\n")
+    assert run_cli("import-smcroute", str(conf), "--to", str(link)) == (0, "", "")
+    assert link.is_symlink() and "239.1.1.7" in target.read_text()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["50-smcroute.conf"]
