@@ -1548,7 +1548,9 @@ class Controller:
         WARNING when one becomes owned (with how many intents wait for it), an INFO when
         it is free again, a DEBUG when what is pending changed meanwhile. Called after each
         batch and client change, so not again for what was told: each interface event is a
-        batch, and a flapping link would flood the journal."""
+        batch, and a flapping link would flood the journal. A table found free (an
+        operation there got in) has its pending routes and templates installed at once,
+        rather than at the next sync, reload or drift check."""
         now, told = self._owned_reasons(), self._owned_told
         if not now and not told:
             return
@@ -1570,13 +1572,16 @@ class Controller:
                 views.counted(routes, "route"),
                 views.counted(len(keys) - routes, "template"),
             )
-        for family, table in sorted(told.keys() - now.keys()):
+        freed = told.keys() - now.keys()
+        for family, table in sorted(freed):
             log.info(
-                "%s table %d: no other multicast router owns it any more; its routes and"
-                " templates can be installed",
+                "%s table %d: no other multicast router owns it any more; installing its"
+                " pending routes and templates",
                 family_text(family),
                 table,
             )
+        if freed:
+            self.retry_pending([k for k in refused if (k[0], k[3]) in freed])
 
     def takeovers(self, diff: Diff) -> Takeovers:
         """What applying `diff` would take over from the API (before it is applied): the api

@@ -383,9 +383,12 @@ def test_a_client_change_that_finds_an_owned_table_free_tells_it_once(
     new, _ = parse(FILES)
     ctl.apply_declared(new, diff(ctl.declared, new))
     assert [level for level, _ in owned_logs(caplog)] == [logging.WARNING]
+    assert OWNED_ROUTE in ctl.router.refused and OWNED_TEMPLATE in ctl.router.refused
     kernel_of(ctl).owned.clear()
     ctl.change([AddRoute((4, "198.18.1.2", "239.100.0.9", 100), Ports("a", ("b",)))])
     ctl.tell_owned()  # (the daemon's after every change)
     assert [level for level, _ in owned_logs(caplog)] == [logging.INFO]
+    # The table's other intents went in with it, not at the next sync or reload.
+    assert not ctl.router.refused and OWNED_ROUTE in ctl.router.installed
     ctl.tell_owned()
     assert owned_logs(caplog) == []
