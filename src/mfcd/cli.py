@@ -1952,7 +1952,7 @@ class Cli:
         if to is not None and not written:
             print(
                 f"mfcctl: {to} not written: {len(converted.problems)} line(s) not converted;"
-                " fix them and convert again, or write it anyway with --force",
+                " fix or remove them and convert again, or write it anyway with --force",
                 file=self.stderr,
             )
         return protocol.EXIT_REJECTED if converted.problems else protocol.EXIT_OK

@@ -621,7 +621,7 @@ def test_to_is_not_written_when_a_line_is_not_converted_unless_forced(tmp_path: 
     assert (status, out) == (1, "")
     assert not out_file.exists()
     assert err.splitlines()[-1] == (
-        f"mfcctl: {out_file} not written: 1 line(s) not converted; fix them and convert"
+        f"mfcctl: {out_file} not written: 1 line(s) not converted; fix or remove them and convert"
         " again, or write it anyway with --force"
     )
     status, out, err = run_cli("import-smcroute", str(conf), "--to", str(out_file), "-o", "json")
