@@ -2358,8 +2358,15 @@ class Controller:
         router owned asked again: a retry, see _table_refusals)."""
         started = time.monotonic()
         steps: list[Step] = []
+        router = self.router
+        unavailable, refused = router.unavailable, router.refused
         with self._table_refusals(retry=True):
             for key in keys:
+                if unavailable and key in refused and (key[0], key[3]) in unavailable:
+                    # Its table refused the first of its intents just now: the others stay
+                    # refused as they are, without a transaction each (1,000,000 routes of
+                    # an owned table cost seconds of event loop at every drift check).
+                    continue
                 steps += self._install_or_park(key, "install pending route")
         if steps:
             log.info("pending routes: %s", views.summarize(steps, time.monotonic() - started))

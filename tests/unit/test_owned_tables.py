@@ -392,3 +392,31 @@ def test_a_client_change_that_finds_an_owned_table_free_tells_it_once(
     assert not ctl.router.refused and OWNED_ROUTE in ctl.router.installed
     ctl.tell_owned()
     assert owned_logs(caplog) == []
+
+
+def test_a_retry_asks_an_owned_table_once_and_leaves_its_other_intents_as_they_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ctl = owned_controller()
+    more = "".join(
+        f'[[route]]\ntable = 100\nsource = "198.18.1.2"\ngroup = "239.100.1.{i}"\n'
+        'iif = "a"\noifs = ["b"]\n\n'
+        for i in range(50)
+    )
+    new, _ = parse(FILES + more)
+    ctl.apply_declared(new, diff(ctl.declared, new))
+    assert len([k for k in ctl.router.refused if k[3] == 100]) == 52
+    asked: list[object] = []
+    install = ctl._install_or_park
+
+    def counted(key: object, what: str) -> list[object]:
+        asked.append(key)
+        return install(key, what)  # type: ignore[arg-type, return-value]
+
+    monkeypatch.setattr(ctl, "_install_or_park", counted)
+    ctl.retry_refused()
+    assert len(asked) == 1  # the first asks the kernel; the other 51 need no transaction
+    assert len([k for k in ctl.router.refused if k[3] == 100]) == 52
+    kernel_of(ctl).owned.clear()  # the other router is gone: a retry installs them all
+    ctl.retry_refused()
+    assert not ctl.router.refused
